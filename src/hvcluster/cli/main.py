@@ -1,0 +1,30 @@
+"""``hvc``: the command line. Sub-commands live in modules named for what they manage."""
+
+from __future__ import annotations
+
+import typer
+
+from hvcluster import __version__
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"hvc {__version__}")
+        raise typer.Exit()
+
+
+app = typer.Typer(
+    name="hvc",
+    help="hvcluster: a failover cluster for QEMU/KVM virtual machines.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """hvcluster: a failover cluster for QEMU/KVM virtual machines."""

@@ -1,0 +1,67 @@
+"""Cluster settings, stored at ``config``. Defaults are those of ARCHITECTURE.md."""
+
+from __future__ import annotations
+
+from typing import Self
+
+from pydantic import Field, model_validator
+
+from hvcluster.models.base import Model
+
+
+class MigrationSettings(Model):
+    max_bandwidth_mib_s: int = Field(default=10_000, gt=0)  # QEMU's default cap is far too low
+    downtime_limit_ms: int = Field(default=300, gt=0)
+    auto_converge: bool = True
+    xbzrle: bool = False
+    multifd: bool = False
+    postcopy: bool = False
+    max_parallel_per_node: int = Field(default=2, ge=1)
+    timeout_s: float = Field(default=600.0, gt=0)
+
+
+class QuarantineSettings(Model):
+    """WSFC's defaults: a node that failed 3 times in an hour is kept out for 2 hours."""
+
+    threshold: int = Field(default=3, ge=1)
+    period_s: float = Field(default=3600.0, gt=0)
+    duration_s: float = Field(default=7200.0, gt=0)
+
+
+class ClusterConfig(Model):
+    name: str = "hvc"
+    lease_ttl_s: float = Field(default=4.0, gt=0)
+    keepalive_interval_s: float = Field(default=1.0, gt=0)
+    fence_after_s: float = Field(default=3.0, gt=0)
+    # Wait this much beyond fence_after before moving a dead node's VMs; must exceed the
+    # interval at which an agent re-checks its "is it me or etcd" evidence.
+    recovery_margin_s: float = Field(default=1.5, ge=0)
+    evidence_interval_s: float = Field(default=1.0, gt=0)
+    # More than this fraction of nodes vanishing at once is a control-plane event.
+    mass_failure_fraction: float = Field(default=0.5, gt=0, le=1)
+    mass_failure_grace_s: float = Field(default=30.0, ge=0)
+    local_restart_threshold: int = Field(default=3, ge=0)
+    local_restart_period_s: float = Field(default=900.0, gt=0)
+    start_group_delay_s: float = Field(default=30.0, ge=0)
+    event_retention: int = Field(default=10_000, ge=100)
+    migration: MigrationSettings = MigrationSettings()
+    quarantine: QuarantineSettings = QuarantineSettings()
+
+    @model_validator(mode="after")
+    def _timings_make_sense(self) -> Self:
+        if self.keepalive_interval_s >= self.fence_after_s:
+            raise ValueError(
+                f"keepalive_interval_s ({self.keepalive_interval_s}) must be below "
+                f"fence_after_s ({self.fence_after_s})"
+            )
+        if self.fence_after_s >= self.lease_ttl_s:
+            raise ValueError(
+                f"fence_after_s ({self.fence_after_s}) must be below lease_ttl_s "
+                f"({self.lease_ttl_s}): a node must fence itself before its lease can expire"
+            )
+        if self.recovery_margin_s <= self.evidence_interval_s:
+            raise ValueError(
+                f"recovery_margin_s ({self.recovery_margin_s}) must exceed evidence_interval_s "
+                f"({self.evidence_interval_s})"
+            )
+        return self

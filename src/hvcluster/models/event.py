@@ -1,0 +1,16 @@
+"""An entry in the cluster log (``events/<seq>``): what happened, to what, why, by whom."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from hvcluster.models.base import Model
+
+
+class Event(Model):
+    time: float  # wall clock, seconds since the epoch
+    kind: str = Field(min_length=1)  # dotted: "vm.recovered", "node.dead", "migration.done"
+    subject: str = ""  # "vm/web-1", "node/n2"
+    reason: str = ""  # the sentence: why this happened
+    actor: str = ""  # "controller@n1", "agent@n2", "api"
+    data: dict[str, str | int | float | bool | None] = {}

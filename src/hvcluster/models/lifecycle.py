@@ -1,0 +1,111 @@
+"""Lifecycles of VMs, nodes and migrations: the states, and the allowed moves between them,
+written down in one place. Anything not listed here is refused with :class:`IllegalTransition`.
+
+Staying in the same state is always allowed: stored jobs are idempotent, and re-reporting a
+state must do no harm.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from enum import StrEnum
+from typing import Generic, TypeVar
+
+from hvcluster.models.errors import IllegalTransition
+
+
+class VMState(StrEnum):
+    """The actual state of a VM, as its owning agent reports it."""
+
+    PENDING = "pending"  # spec exists, not placed yet (or waiting for a node that fits)
+    STARTING = "starting"
+    RUNNING = "running"
+    PAUSED = "paused"
+    MIGRATING = "migrating"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    FAILED = "failed"  # left failed, with a reason: crashed too often, no node fits, ...
+
+
+class NodeAdminState(StrEnum):
+    """What the administrator (or the controller, for quarantine) says a node may do."""
+
+    UP = "up"
+    PAUSED = "paused"  # no new placements
+    DRAINING = "draining"  # moving its VMs away, ends paused
+    QUARANTINED = "quarantined"  # failed too often: no placements until it expires
+
+
+class MigrationState(StrEnum):
+    REQUESTED = "requested"
+    PREPARING = "preparing"  # target starts QEMU paused with -incoming
+    TRANSFERRING = "transferring"  # source runs QMP migrate
+    SWITCHING = "switching"  # transfer complete, the controller flips the placement
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+S = TypeVar("S", bound=StrEnum)
+
+
+class Lifecycle(Generic[S]):
+    """A state machine's table of allowed moves."""
+
+    def __init__(self, kind: str, moves: Mapping[S, frozenset[S]]) -> None:
+        self.kind = kind
+        self.moves = dict(moves)
+
+    def allowed(self, current: S, target: S) -> bool:
+        return current == target or target in self.moves.get(current, frozenset())
+
+    def check(self, current: S, target: S) -> S:
+        """Return ``target`` if the move is allowed, else raise :class:`IllegalTransition`."""
+        if not self.allowed(current, target):
+            raise IllegalTransition(self.kind, current.value, target.value)
+        return target
+
+    def is_final(self, state: S) -> bool:
+        return not self.moves.get(state)
+
+
+_V = VMState
+VM_LIFECYCLE: Lifecycle[VMState] = Lifecycle(
+    "vm",
+    {
+        _V.PENDING: frozenset({_V.STARTING, _V.STOPPED, _V.FAILED}),
+        _V.STARTING: frozenset({_V.RUNNING, _V.PAUSED, _V.STOPPED, _V.FAILED}),
+        _V.RUNNING: frozenset({_V.PAUSED, _V.MIGRATING, _V.STOPPING, _V.STOPPED, _V.FAILED}),
+        _V.PAUSED: frozenset({_V.RUNNING, _V.MIGRATING, _V.STOPPING, _V.STOPPED, _V.FAILED}),
+        _V.MIGRATING: frozenset({_V.RUNNING, _V.PAUSED, _V.STOPPED, _V.FAILED}),
+        _V.STOPPING: frozenset({_V.STOPPED, _V.FAILED}),
+        _V.STOPPED: frozenset({_V.PENDING, _V.STARTING}),
+        _V.FAILED: frozenset({_V.PENDING, _V.STARTING, _V.STOPPED}),
+    },
+)
+
+_N = NodeAdminState
+NODE_LIFECYCLE: Lifecycle[NodeAdminState] = Lifecycle(
+    "node",
+    {
+        _N.UP: frozenset({_N.PAUSED, _N.DRAINING, _N.QUARANTINED}),
+        _N.PAUSED: frozenset({_N.UP, _N.DRAINING, _N.QUARANTINED}),
+        _N.DRAINING: frozenset({_N.PAUSED, _N.UP}),
+        _N.QUARANTINED: frozenset({_N.UP, _N.PAUSED}),
+    },
+)
+
+_M = MigrationState
+MIGRATION_LIFECYCLE: Lifecycle[MigrationState] = Lifecycle(
+    "migration",
+    {
+        _M.REQUESTED: frozenset({_M.PREPARING, _M.FAILED, _M.CANCELLED}),
+        _M.PREPARING: frozenset({_M.TRANSFERRING, _M.FAILED, _M.CANCELLED}),
+        _M.TRANSFERRING: frozenset({_M.SWITCHING, _M.FAILED, _M.CANCELLED}),
+        # Past SWITCHING the placement flip decides: done, or failed if the flip lost.
+        _M.SWITCHING: frozenset({_M.DONE, _M.FAILED}),
+        _M.DONE: frozenset(),
+        _M.FAILED: frozenset(),
+        _M.CANCELLED: frozenset(),
+    },
+)

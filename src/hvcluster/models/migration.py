@@ -1,0 +1,43 @@
+"""A migration record (``migrations/<id>``): a stored, idempotent job."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import Field
+
+from hvcluster.models.base import Model
+from hvcluster.models.lifecycle import MigrationState
+from hvcluster.models.names import Name
+
+
+class MigrationKind(StrEnum):
+    LIVE = "live"
+    QUICK = "quick"  # save state to a shared volume, restore on the target
+    STORAGE = "storage"  # move a running VM's disk to another volume
+
+
+class Progress(Model):
+    bytes_transferred: int = Field(default=0, ge=0)
+    bytes_remaining: int = Field(default=0, ge=0)
+    bytes_total: int = Field(default=0, ge=0)
+    dirty_rate_pages_s: float = Field(default=0.0, ge=0)
+    passes: int = Field(default=0, ge=0)
+
+
+class Migration(Model):
+    id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    vm: Name
+    source: Name
+    target: Name
+    kind: MigrationKind = MigrationKind.LIVE
+    state: MigrationState = MigrationState.REQUESTED
+    created: float = 0.0
+    updated: float = 0.0
+    epoch: int = Field(default=0, ge=0)  # the placement epoch it started from
+    target_address: str = ""  # host:port the target listens on, set in PREPARING
+    progress: Progress = Progress()
+    downtime_ms: float | None = None
+    total_ms: float | None = None
+    reason: str = ""
+    requested_by: str = ""

@@ -1,0 +1,47 @@
+"""A node (host) of the cluster, stored at ``nodes/<node>``."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from hvcluster.models.base import Model
+from hvcluster.models.lifecycle import NodeAdminState
+from hvcluster.models.names import Name
+
+
+class Capacity(Model):
+    cpus: int = Field(gt=0)
+    memory_mib: int = Field(gt=0)
+
+
+class Inventory(Model):
+    """What the node's driver found on the host."""
+
+    cpu_model: str = ""
+    cpu_flags: tuple[str, ...] = ()
+    accelerator: str = "tcg"  # "kvm" or "tcg", decided by a probe guest
+    qemu_version: str = ""
+    driver: str = "qemu"
+
+
+class Node(Model):
+    name: Name
+    address: str = Field(min_length=1)  # where its API and migrations are reached
+    api_port: int = Field(default=8440, gt=0, lt=65536)
+    capacity: Capacity
+    labels: dict[str, str] = {}
+    admin_state: NodeAdminState = NodeAdminState.UP
+    admin_reason: str = ""
+    admin_since: float = 0.0
+    switches: tuple[Name, ...] = ()
+    volumes: tuple[Name, ...] = ()
+    inventory: Inventory = Inventory()
+
+
+class NodeAlive(Model):
+    """The value of ``alive/<node>``, bound to the node's lease."""
+
+    node: Name
+    lease: int
+    since: float  # wall clock, for display only
+    pid: int = 0

@@ -1,0 +1,148 @@
+"""A VM's spec (``vms/<vm>``), its placement (``placements/<vm>``) and status (``status/<vm>``)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Literal, Self
+
+from pydantic import Field, model_validator
+
+from hvcluster.models.base import Model
+from hvcluster.models.lifecycle import VMState
+from hvcluster.models.names import Mac, Name
+
+
+class Priority(StrEnum):
+    """Recovery order, as a failover cluster's role priority."""
+
+    HIGH = "high"
+    MEDIUM = "medium"
+    LOW = "low"
+    NO_AUTO_START = "no_auto_start"
+
+    @property
+    def rank(self) -> int:
+        """Smaller recovers first."""
+        return _RANK[self]
+
+
+_RANK = {Priority.HIGH: 0, Priority.MEDIUM: 1, Priority.LOW: 2, Priority.NO_AUTO_START: 3}
+
+
+class FailbackMode(StrEnum):
+    NEVER = "never"
+    IMMEDIATE = "immediate"
+    WINDOW = "window"
+
+
+class Failback(Model):
+    mode: FailbackMode = FailbackMode.NEVER
+    window_start_hour: int = Field(default=0, ge=0, le=23)  # local hour, [start, end)
+    window_end_hour: int = Field(default=0, ge=0, le=23)
+
+    @model_validator(mode="after")
+    def _window(self) -> Self:
+        if self.mode is FailbackMode.WINDOW and self.window_start_hour == self.window_end_hour:
+            raise ValueError("failback window_start_hour and window_end_hour must differ")
+        return self
+
+
+class HAPolicy(Model):
+    priority: Priority = Priority.MEDIUM
+    preferred_owners: tuple[Name, ...] = ()  # ordered: first is most preferred
+    possible_owners: tuple[Name, ...] = ()  # empty: any node
+    anti_affinity_classes: tuple[str, ...] = ()
+    anti_affinity_enforced: bool = False  # hard if true, soft (best effort) otherwise
+    failover_threshold: int = Field(default=3, ge=0)  # failovers allowed in the period
+    failover_period_s: float = Field(default=6 * 3600.0, gt=0)
+    failback: Failback = Failback()
+    start_group: str = ""
+    start_after: tuple[str, ...] = ()  # groups that must be up before this one starts
+
+    @model_validator(mode="after")
+    def _owners_agree(self) -> Self:
+        for field in ("preferred_owners", "possible_owners"):
+            names: tuple[str, ...] = getattr(self, field)
+            if len(set(names)) != len(names):
+                raise ValueError(f"{field} lists a node twice")
+        if self.possible_owners:
+            outside = [n for n in self.preferred_owners if n not in self.possible_owners]
+            if outside:
+                raise ValueError(
+                    f"preferred_owners {outside} are not among possible_owners "
+                    f"{list(self.possible_owners)}"
+                )
+        if self.start_group and self.start_group in self.start_after:
+            raise ValueError(f"start group {self.start_group!r} cannot start after itself")
+        return self
+
+
+class Disk(Model):
+    """A disk image: a qcow2 (or raw) file, on a shared volume or at an absolute path."""
+
+    path: str = Field(min_length=1)  # relative to the volume's path, or absolute
+    volume: Name | None = None
+    format: Literal["qcow2", "raw"] = "qcow2"
+    size_gib: float | None = Field(default=None, gt=0)  # create it this size if missing
+    readonly: bool = False
+
+    @model_validator(mode="after")
+    def _path(self) -> Self:
+        if self.volume is None and not self.path.startswith("/"):
+            raise ValueError("path must be absolute when no volume is given")
+        if ".." in self.path.split("/"):
+            raise ValueError("path must not contain '..'")
+        return self
+
+
+class Nic(Model):
+    switch: Name
+    mac: Mac
+
+
+class Boot(Model):
+    """Direct kernel boot (the test guest); without it QEMU boots the first disk."""
+
+    kernel: str | None = None
+    initrd: str | None = None
+    cmdline: str = ""
+
+
+class VMSpec(Model):
+    name: Name
+    vcpus: int = Field(default=1, gt=0, le=256)
+    memory_mib: int = Field(default=128, ge=16, le=4 * 1024 * 1024)
+    disks: tuple[Disk, ...] = ()
+    nics: tuple[Nic, ...] = ()
+    boot: Boot = Boot()
+    desired_state: Literal["running", "stopped"] = "running"
+    ha: HAPolicy = HAPolicy()
+    labels: dict[str, str] = {}
+
+    @model_validator(mode="after")
+    def _unique_devices(self) -> Self:
+        macs = [n.mac for n in self.nics]
+        if len(set(macs)) != len(macs):
+            raise ValueError("nics: two NICs share a MAC address")
+        return self
+
+
+class Placement(Model):
+    """Where a VM must run. ``epoch`` is the fencing token: it rises at every move."""
+
+    node: Name
+    epoch: int = Field(ge=1)
+    reason: str = ""
+
+
+class VMStatus(Model):
+    """What the owning agent reports of a VM."""
+
+    vm: Name
+    node: Name
+    epoch: int = Field(ge=0)
+    state: VMState
+    pid: int | None = None
+    since: float = 0.0  # wall clock of the last state change
+    last_error: str = ""
+    restarts: int = Field(default=0, ge=0)

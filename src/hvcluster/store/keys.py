@@ -1,0 +1,86 @@
+"""The key layout of a cluster in the store. No key string is built anywhere else.
+
+Everything lives under ``/hvc/<cluster>/``. :class:`Keys` builds keys and parses them back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+KINDS = (
+    "nodes",
+    "alive",
+    "vms",
+    "placements",
+    "status",
+    "migrations",
+    "volumes",
+    "switches",
+    "events",
+    "election",
+    "locks",
+    "requests",
+)
+
+
+@dataclass(frozen=True)
+class Keys:
+    cluster: str = "hvc"
+
+    @property
+    def root(self) -> str:
+        return f"/hvc/{self.cluster}/"
+
+    @property
+    def config(self) -> str:
+        return self.root + "config"
+
+    def prefix(self, kind: str) -> str:
+        """``/hvc/<cluster>/<kind>/``: the prefix of every object of that kind."""
+        if kind not in KINDS:
+            raise ValueError(f"unknown key kind {kind!r}")
+        return f"{self.root}{kind}/"
+
+    def node(self, name: str) -> str:
+        return self.prefix("nodes") + name
+
+    def alive(self, name: str) -> str:
+        return self.prefix("alive") + name
+
+    def vm(self, name: str) -> str:
+        return self.prefix("vms") + name
+
+    def placement(self, vm: str) -> str:
+        return self.prefix("placements") + vm
+
+    def status(self, vm: str) -> str:
+        return self.prefix("status") + vm
+
+    def migration(self, mid: str) -> str:
+        return self.prefix("migrations") + mid
+
+    def volume(self, name: str) -> str:
+        return self.prefix("volumes") + name
+
+    def switch(self, name: str) -> str:
+        return self.prefix("switches") + name
+
+    def event(self, seq: int) -> str:
+        # zero-padded so that key order is time order
+        return f"{self.prefix('events')}{seq:020d}"
+
+    def election(self, name: str = "controller") -> str:
+        return f"{self.prefix('election')}{name}/"
+
+    def lock(self, name: str) -> str:
+        return self.prefix("locks") + name
+
+    def request(self, name: str) -> str:
+        return self.prefix("requests") + name
+
+    def name_of(self, key: str, kind: str) -> str:
+        """The object name in ``key`` under ``kind``'s prefix."""
+        prefix = self.prefix(kind)
+        if not key.startswith(prefix):
+            raise ValueError(f"{key!r} is not under {prefix!r}")
+        return key[len(prefix) :]
