@@ -1,0 +1,136 @@
+"""The node watchdog, as a real process killing real processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hvcluster.agent.watchdog import SOCKET_NAME, WatchdogFeeder, vm_pids
+
+pytestmark = pytest.mark.timeout(30)
+
+FENCE_AFTER = 1.0
+
+
+def _wait_for(predicate: object, timeout: float) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():  # type: ignore[operator]
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def _alive(proc: subprocess.Popen[bytes]) -> bool:
+    return proc.poll() is None
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Path:
+    return tmp_path / "run"
+
+
+@pytest.fixture
+def fake_vms(run_dir: Path) -> Iterator[list[subprocess.Popen[bytes]]]:
+    procs = []
+    for name in ("vm-a", "vm-b"):
+        p = subprocess.Popen(["sleep", "60"], start_new_session=True)
+        (run_dir / "vms" / name).mkdir(parents=True)
+        (run_dir / "vms" / name / "pid").write_text(f"{p.pid}\n")
+        procs.append(p)
+    yield procs
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+
+
+@pytest.fixture
+def watchdog(run_dir: Path) -> Iterator[subprocess.Popen[bytes]]:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "hvcluster.agent.watchdog",
+            "--run-dir",
+            str(run_dir),
+            "--fence-after",
+            str(FENCE_AFTER),
+        ],
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert _wait_for(lambda: (run_dir / SOCKET_NAME).exists(), 10), "watchdog did not start"
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_fed_watchdog_leaves_vms_alone_then_kills_all_when_unfed(
+    run_dir: Path, fake_vms: list[subprocess.Popen[bytes]], watchdog: subprocess.Popen[bytes]
+) -> None:
+    feeder = WatchdogFeeder(run_dir)
+    end = time.monotonic() + 2.5 * FENCE_AFTER
+    while time.monotonic() < end:
+        assert feeder.feed(time.monotonic() + FENCE_AFTER)
+        time.sleep(0.2)
+    assert all(_alive(p) for p in fake_vms), "a fed watchdog killed a VM"
+
+    last_deadline = time.monotonic() + FENCE_AFTER
+    feeder.feed(last_deadline)
+    assert _wait_for(lambda: not any(_alive(p) for p in fake_vms), FENCE_AFTER + 2)
+    killed_at = time.monotonic()
+    # Never before the deadline it was given.
+    assert killed_at >= last_deadline
+    for p in fake_vms:
+        assert p.wait() == -signal.SIGKILL
+    log = (run_dir / "watchdog.log").read_text()
+    assert "killed vm-a" in log
+    feeder.close()
+
+
+def test_unfed_from_the_start_kills(
+    run_dir: Path, fake_vms: list[subprocess.Popen[bytes]], watchdog: subprocess.Popen[bytes]
+) -> None:
+    assert _wait_for(lambda: not any(_alive(p) for p in fake_vms), FENCE_AFTER + 2)
+
+
+def test_a_deadline_never_moves_back_and_garbage_is_ignored(
+    run_dir: Path, fake_vms: list[subprocess.Popen[bytes]], watchdog: subprocess.Popen[bytes]
+) -> None:
+    feeder = WatchdogFeeder(run_dir)
+    feeder.feed(time.monotonic() + 3 * FENCE_AFTER)
+    feeder.sock.sendto(b"feed soon", feeder.path)
+    feeder.sock.sendto(b"hello", feeder.path)
+    feeder.feed(time.monotonic() - 100)  # an old deadline does not cut the current one short
+    time.sleep(1.5 * FENCE_AFTER)
+    assert all(_alive(p) for p in fake_vms)
+    assert _alive(watchdog)
+    feeder.close()
+
+
+def test_vm_pids_skips_garbage_and_dead(run_dir: Path) -> None:
+    (run_dir / "vms" / "x").mkdir(parents=True)
+    (run_dir / "vms" / "x" / "pid").write_text("not a pid")
+    p = subprocess.Popen(["true"])
+    p.wait()
+    (run_dir / "vms" / "y").mkdir(parents=True)
+    (run_dir / "vms" / "y" / "pid").write_text(str(p.pid))
+    (run_dir / "vms" / "z").mkdir(parents=True)
+    (run_dir / "vms" / "z" / "pid").write_text(str(os.getpid()))
+    assert vm_pids(run_dir) == [("z", os.getpid())]
+
+
+def test_feeder_without_a_watchdog_does_not_raise(tmp_path: Path) -> None:
+    feeder = WatchdogFeeder(tmp_path)
+    assert feeder.feed(time.monotonic() + 1) is False
+    feeder.close()
