@@ -36,6 +36,10 @@ class Node(Model):
     switches: tuple[Name, ...] = ()
     volumes: tuple[Name, ...] = ()
     inventory: Inventory = Inventory()
+    # Written by the controller: times this node was declared dead (for quarantine), and
+    # until when it is quarantined.
+    failures: tuple[float, ...] = ()
+    quarantined_until: float | None = None
 
 
 class NodeAlive(Model):

@@ -133,13 +133,15 @@ class Placement(Model):
     node: Name
     epoch: int = Field(ge=1)
     reason: str = ""
+    # Times this VM was failed over (moved off a dead node), for the failover threshold.
+    failovers: tuple[float, ...] = ()
 
 
 class VMStatus(Model):
     """What the owning agent reports of a VM."""
 
     vm: Name
-    node: Name
+    node: str = ""  # "" when no node holds it (left failed by the controller)
     epoch: int = Field(ge=0)
     state: VMState
     pid: int | None = None
