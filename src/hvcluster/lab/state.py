@@ -1,0 +1,69 @@
+"""What ``hvc lab up`` started, saved so that later ``hvc lab`` commands (and ``hvc`` itself,
+to find the API) can find it: ``<lab dir>/lab.json``."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import ValidationError
+
+from hvcluster.models.base import Model, describe
+from hvcluster.models.errors import HvcError
+
+DEFAULT_LAB_DIR = Path(os.environ.get("HVC_LAB_DIR", "/run/hvc-lab"))
+STATE_FILE = "lab.json"
+
+
+class LabNode(Model):
+    name: str
+    run_dir: str
+    config: str  # path of the agent's TOML config
+    api_port: int
+    agent_pid: int = 0
+    watchdog_pid: int = 0
+
+
+class LabState(Model):
+    cluster: str
+    dir: str
+    driver: Literal["qemu", "sim"]
+    etcd_endpoints: tuple[str, ...]
+    etcd_pids: tuple[int, ...] = ()
+    etcd_data_dirs: tuple[str, ...] = ()
+    nodes: tuple[LabNode, ...] = ()
+    api: tuple[str, ...] = ()  # every agent's API base URL
+    shared_dir: str = ""  # the lab's one "shared volume"
+
+    def node(self, name: str) -> LabNode:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        known = ", ".join(n.name for n in self.nodes)
+        raise HvcError(f"no node {name!r} in this lab (nodes: {known})")
+
+    def with_node(self, node: LabNode) -> LabState:
+        nodes = tuple(node if n.name == node.name else n for n in self.nodes)
+        return self.model_copy(update={"nodes": nodes})
+
+
+def save(state: LabState) -> Path:
+    path = Path(state.dir) / STATE_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state.model_dump(mode="json"), indent=2))
+    tmp.replace(path)
+    return path
+
+
+def load(lab_dir: Path = DEFAULT_LAB_DIR) -> LabState:
+    path = lab_dir / STATE_FILE
+    try:
+        return LabState.model_validate_json(path.read_bytes())
+    except FileNotFoundError:
+        raise HvcError(
+            f"no lab running here ({path} not found): start one with 'hvc lab up'"
+        ) from None
+    except ValidationError as e:
+        raise HvcError(f"{path} is corrupt: {describe(e)}") from e
