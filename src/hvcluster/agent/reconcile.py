@@ -1,0 +1,222 @@
+"""What a node agent must do to make its host match etcd: a pure function of what it saw.
+
+The agent reads specs, placements and statuses from the store and the VMs its driver runs,
+and :func:`plan_local` says what to do. No I/O here, time comes in as an argument: the
+executor (:mod:`hvcluster.agent.node`) carries the actions out, each start guarded by a
+transaction on the placement and the agent's own lease.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from hvcluster.models.lifecycle import VMState
+from hvcluster.models.vm import Placement, VMSpec, VMStatus
+
+
+@dataclass(frozen=True)
+class SeenPlacement:
+    """A placement as read, with the exact bytes and revision the start guard compares."""
+
+    placement: Placement
+    raw: bytes
+    mod_revision: int
+
+
+@dataclass(frozen=True)
+class LocalVM:
+    """A VM the driver runs on this host."""
+
+    name: str
+    state: VMState
+    pid: int | None
+    epoch: int
+    since: float
+
+
+@dataclass(frozen=True)
+class Start:
+    vm: str
+    spec: VMSpec
+    seen: SeenPlacement
+    restarts: int  # local restarts already made in the period
+    restart: bool  # True: it died unasked and this start is a local restart
+    reason: str
+
+
+@dataclass(frozen=True)
+class Kill:
+    """Stop a VM at once: it is no longer ours to run (moved, deleted, or a stale epoch)."""
+
+    vm: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Shutdown:
+    """Stop a VM gracefully: its desired state is stopped."""
+
+    vm: str
+    seen: SeenPlacement
+    reason: str
+
+
+@dataclass(frozen=True)
+class Report:
+    """Write ``status/<vm>`` (guarded by the placement) because it differs from the truth."""
+
+    status: VMStatus
+    seen: SeenPlacement
+    reason: str
+
+
+Action = Start | Kill | Shutdown | Report
+
+
+@dataclass(frozen=True)
+class Limits:
+    restart_threshold: int  # local restarts allowed in the period, then the VM is left failed
+    restart_period_s: float
+
+
+def plan_local(
+    me: str,
+    now: float,
+    specs: Mapping[str, VMSpec],
+    placements: Mapping[str, SeenPlacement],
+    statuses: Mapping[str, VMStatus],
+    local: Mapping[str, LocalVM],
+    crashes: Mapping[str, tuple[float, ...]],
+    limits: Limits,
+    incoming: frozenset[str] = frozenset(),
+) -> list[Action]:
+    """The actions that bring this host in line with the cluster's intent.
+
+    ``crashes``: per VM, the times this agent restarted it after it died unasked (for the
+    restart threshold: that many restarts in the period, then the VM is left failed).
+    ``incoming``: VMs this host holds as migration targets; they are not ours yet, and not
+    killed for that.
+    """
+    actions: list[Action] = []
+    # 1. Anything running here that is not placed here at the epoch it started with: kill.
+    for name, here in sorted(local.items()):
+        if name in incoming or here.state in (VMState.STOPPED, VMState.FAILED):
+            continue
+        seen = placements.get(name)
+        if name not in specs:
+            actions.append(Kill(name, f"vm {name} was deleted"))
+        elif seen is None:
+            actions.append(Kill(name, f"vm {name} has no placement any more"))
+        elif seen.placement.node != me:
+            actions.append(Kill(name, f"vm {name} is now placed on {seen.placement.node}"))
+        elif seen.placement.epoch != here.epoch:
+            actions.append(
+                Kill(
+                    name,
+                    f"vm {name} runs epoch {here.epoch} but the placement is at epoch "
+                    f"{seen.placement.epoch}",
+                )
+            )
+    killed = {a.vm for a in actions if isinstance(a, Kill)}
+
+    # 2. Everything placed here: start, stop, restart or report.
+    for name, seen in sorted(placements.items()):
+        spec = specs.get(name)
+        if seen.placement.node != me or spec is None:
+            continue
+        epoch = seen.placement.epoch
+        vm = local.get(name) if name not in killed else None
+        running = vm is not None and vm.state not in (VMState.STOPPED, VMState.FAILED)
+        status = statuses.get(name)
+        mine = status is not None and status.node == me and status.epoch == epoch
+        if spec.desired_state == "stopped":
+            if running:
+                actions.append(Shutdown(name, seen, f"vm {name} is to be stopped"))
+            elif not (mine and status is not None and status.state is VMState.STOPPED):
+                actions.append(
+                    Report(
+                        _status(name, me, epoch, VMState.STOPPED, now),
+                        seen,
+                        f"vm {name} is stopped as asked",
+                    )
+                )
+            continue
+        if running:
+            assert vm is not None
+            if not mine or status is None or status.state is not vm.state or status.pid != vm.pid:
+                actions.append(
+                    Report(
+                        _status(
+                            name,
+                            me,
+                            epoch,
+                            vm.state,
+                            vm.since,
+                            pid=vm.pid,
+                            restarts=status.restarts if mine and status else 0,
+                        ),
+                        seen,
+                        f"vm {name} is {vm.state.value} here",
+                    )
+                )
+            continue
+        # Placed here, to run, not running.
+        if mine and status is not None and status.state is VMState.FAILED:
+            continue  # left failed by us; the controller decides what next
+        recent = [t for t in crashes.get(name, ()) if now - t <= limits.restart_period_s]
+        was_running = (
+            mine
+            and status is not None
+            and status.state
+            in (VMState.RUNNING, VMState.PAUSED, VMState.STARTING, VMState.MIGRATING)
+        )
+        if was_running and len(recent) >= limits.restart_threshold:
+            actions.append(
+                Report(
+                    _status(
+                        name,
+                        me,
+                        epoch,
+                        VMState.FAILED,
+                        now,
+                        restarts=len(recent),
+                        error=f"crashed {len(recent)} times in {limits.restart_period_s:.0f}s",
+                    ),
+                    seen,
+                    f"vm {name} left failed: crashed {len(recent)} times in "
+                    f"{limits.restart_period_s:.0f}s, above the restart threshold "
+                    f"{limits.restart_threshold}",
+                )
+            )
+            continue
+        reason = (
+            f"vm {name} stopped unexpectedly; restart {len(recent)} of "
+            f"{limits.restart_threshold} allowed in {limits.restart_period_s:.0f}s"
+            if was_running
+            else f"vm {name} is placed here at epoch {epoch}"
+        )
+        actions.append(Start(name, spec, seen, len(recent), was_running, reason))
+    return actions
+
+
+def _status(
+    vm: str,
+    node: str,
+    epoch: int,
+    state: VMState,
+    since: float,
+    pid: int | None = None,
+    restarts: int = 0,
+    error: str = "",
+) -> VMStatus:
+    return VMStatus(
+        vm=vm,
+        node=node,
+        epoch=epoch,
+        state=state,
+        pid=pid,
+        since=since,
+        restarts=restarts,
+        last_error=error,
+    )

@@ -1,0 +1,123 @@
+"""The node agent's local plan: what to start, kill, stop and report."""
+
+from __future__ import annotations
+
+from hvcluster.agent.reconcile import (
+    Kill,
+    Limits,
+    LocalVM,
+    Report,
+    SeenPlacement,
+    Shutdown,
+    Start,
+    plan_local,
+)
+from hvcluster.models.base import encode
+from hvcluster.models.lifecycle import VMState
+from hvcluster.models.vm import Placement, VMSpec, VMStatus
+
+LIMITS = Limits(restart_threshold=2, restart_period_s=100.0)
+
+
+def seen(node: str, epoch: int = 1) -> SeenPlacement:
+    p = Placement(node=node, epoch=epoch)
+    return SeenPlacement(p, encode(p), mod_revision=10 + epoch)
+
+
+def spec(name: str = "a", desired: str = "running") -> VMSpec:
+    return VMSpec(name=name, desired_state=desired)  # type: ignore[arg-type]
+
+
+def running(name: str = "a", epoch: int = 1, pid: int = 42) -> LocalVM:
+    return LocalVM(name, VMState.RUNNING, pid, epoch, since=5.0)
+
+
+def status(state: VMState, node: str = "n1", epoch: int = 1, pid: int | None = 42) -> VMStatus:
+    return VMStatus(vm="a", node=node, epoch=epoch, state=state, pid=pid, since=5.0)
+
+
+def plan(**kw: object) -> list[object]:
+    args: dict[str, object] = {
+        "me": "n1",
+        "now": 50.0,
+        "specs": {"a": spec()},
+        "placements": {},
+        "statuses": {},
+        "local": {},
+        "crashes": {},
+        "limits": LIMITS,
+    }
+    args.update(kw)
+    return plan_local(**args)  # type: ignore[arg-type]
+
+
+def test_starts_what_is_placed_here_and_nothing_else() -> None:
+    actions = plan(placements={"a": seen("n1")})
+    assert len(actions) == 1
+    start = actions[0]
+    assert isinstance(start, Start) and start.vm == "a" and not start.restart
+    assert plan(placements={"a": seen("n2")}) == []
+
+
+def test_kills_a_vm_placed_elsewhere_deleted_unplaced_or_stale() -> None:
+    local = {"a": running()}
+    moved = plan(placements={"a": seen("n2", 2)}, local=local)
+    assert [type(a) for a in moved] == [Kill] and "n2" in moved[0].reason  # type: ignore[attr-defined]
+    assert [type(a) for a in plan(placements={}, local=local)] == [Kill]
+    assert [type(a) for a in plan(specs={}, placements={"a": seen("n1")}, local=local)] == [Kill]
+    stale = plan(placements={"a": seen("n1", 3)}, local=local)
+    # The stale copy is killed and the VM started again at the new epoch.
+    assert [type(a) for a in stale] == [Kill, Start]
+
+
+def test_incoming_migration_targets_are_not_killed() -> None:
+    assert (
+        plan(placements={"a": seen("n2")}, local={"a": running()}, incoming=frozenset({"a"})) == []
+    )
+
+
+def test_reports_a_running_vm_once() -> None:
+    actions = plan(placements={"a": seen("n1")}, local={"a": running()})
+    assert [type(a) for a in actions] == [Report]
+    report = actions[0]
+    assert isinstance(report, Report) and report.status.state is VMState.RUNNING
+    quiet = plan(
+        placements={"a": seen("n1")},
+        local={"a": running()},
+        statuses={"a": status(VMState.RUNNING)},
+    )
+    assert quiet == []
+
+
+def test_desired_stopped_shuts_down_then_reports_stopped() -> None:
+    specs = {"a": spec(desired="stopped")}
+    actions = plan(specs=specs, placements={"a": seen("n1")}, local={"a": running()})
+    assert [type(a) for a in actions] == [Shutdown]
+    after = plan(specs=specs, placements={"a": seen("n1")})
+    assert [type(a) for a in after] == [Report]
+    assert after[0].status.state is VMState.STOPPED  # type: ignore[attr-defined]
+    done = plan(
+        specs=specs, placements={"a": seen("n1")}, statuses={"a": status(VMState.STOPPED, pid=None)}
+    )
+    assert done == []
+
+
+def test_a_crashed_vm_is_restarted_up_to_the_threshold_then_left_failed() -> None:
+    base = {"placements": {"a": seen("n1")}, "statuses": {"a": status(VMState.RUNNING)}}
+    first = plan(**base)
+    assert isinstance(first[0], Start) and first[0].restart and first[0].restarts == 0
+    second = plan(**base, crashes={"a": (45.0,)})
+    assert isinstance(second[0], Start) and second[0].restarts == 1
+    third = plan(**base, crashes={"a": (40.0, 45.0)})
+    assert isinstance(third[0], Report) and third[0].status.state is VMState.FAILED
+    assert "crashed 2 times" in third[0].reason
+    # Crashes older than the period no longer count.
+    old = plan(**base, crashes={"a": (-100.0, -90.0)})
+    assert isinstance(old[0], Start)
+
+
+def test_left_failed_stays_failed() -> None:
+    assert plan(placements={"a": seen("n1")}, statuses={"a": status(VMState.FAILED)}) == []
+    # ... but a new epoch (the controller moved it back here) starts it again.
+    actions = plan(placements={"a": seen("n1", 2)}, statuses={"a": status(VMState.FAILED)})
+    assert isinstance(actions[0], Start) and not actions[0].restart
