@@ -1,0 +1,222 @@
+"""A node's proof of life: its lease, its ``alive/<node>`` key, and feeding its watchdog.
+
+The rules (ARCHITECTURE.md, "Safety"):
+
+* The watchdog is fed with the deadline *time the last confirmed keepalive was sent* +
+  ``fence_after``, on the monotonic clock the watchdog shares.
+* When keepalives fail, the agent asks "is it me, or is it etcd?" and feeds only on fresh,
+  positive evidence that nobody can act: it reaches a majority of the etcd members and none of
+  them has a leader. Anything less and the deadline runs out: the watchdog kills the VMs.
+* A lease found gone is replaced at once, in a transaction that also checks the placements of
+  the VMs this host runs are unchanged; where one changed, the VM is killed first.
+* A restarted agent adopts the lease its predecessor left in ``alive/<node>`` if it still
+  lives, so an agent restarted within ``fence_after`` changes nothing in the cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+
+from hvcluster.agent.watchdog import WatchdogFeeder
+from hvcluster.models.base import decode, encode
+from hvcluster.models.config import ClusterConfig
+from hvcluster.models.errors import CorruptValue, LeaseLost, StoreError
+from hvcluster.models.node import NodeAlive
+from hvcluster.store.base import Compare, Put, Store
+from hvcluster.store.keys import Keys
+
+log = logging.getLogger(__name__)
+
+# Placements of the VMs this host runs: vm -> mod revision of placements/<vm> when started.
+LocalPlacements = Callable[[], Mapping[str, int]]
+KillChanged = Callable[[set[str]], Awaitable[None]]
+Say = Callable[[str, str], Awaitable[None]]  # (event kind, reason)
+
+
+@dataclass
+class Evidence:
+    """Why the agent still feeds its watchdog without a confirmed keepalive."""
+
+    reachable: int
+    members: int
+    leaders: int
+
+    @property
+    def nobody_can_act(self) -> bool:
+        return self.members > 0 and self.reachable > self.members // 2 and self.leaders == 0
+
+
+class NodeLiveness:
+    def __init__(
+        self,
+        store: Store,
+        keys: Keys,
+        node: str,
+        config: ClusterConfig,
+        feeder: WatchdogFeeder | None,
+        local_placements: LocalPlacements,
+        kill_changed: KillChanged,
+        say: Say,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store, self.keys, self.node, self.config = store, keys, node, config
+        self.feeder = feeder
+        self.local_placements = local_placements
+        self.kill_changed = kill_changed
+        self.say = say
+        self.clock = clock
+        self.lease_id = 0
+        self.last_confirmed_sent: float | None = None
+        self.deadline = 0.0  # the last deadline given to the watchdog
+        self.registered = asyncio.Event()
+
+    # --- registration --------------------------------------------------------------
+    async def register(self) -> None:
+        """Adopt a live lease left by a previous agent of this node, or take a new one and
+        bind ``alive/<node>`` to it, checking the placements of local VMs are unchanged."""
+        key = self.keys.alive(self.node)
+        kv = await self.store.get(key)
+        if kv is not None:
+            try:
+                previous = decode(NodeAlive, key, kv.value)
+                sent = self.clock()
+                ttl = await self.store.keepalive(previous.lease)
+                if ttl > 0 and previous.node == self.node:
+                    self.lease_id = previous.lease
+                    self._confirmed(sent)
+                    self.registered.set()
+                    await self.say(
+                        "node.rejoined",
+                        f"node {self.node} adopted its live lease "
+                        f"{previous.lease:x}: nothing moves",
+                    )
+                    return
+            except (CorruptValue, LeaseLost):
+                pass
+        await self._register_new()
+
+    async def _register_new(self) -> None:
+        key = self.keys.alive(self.node)
+        while True:
+            sent = self.clock()
+            lease = await self.store.grant(self.config.lease_ttl_s)
+            local = dict(self.local_placements())
+            kv = await self.store.get(key)
+            compares = [Compare.mod_is(key, kv.mod_revision if kv else 0)]
+            compares += [Compare.mod_is(self.keys.placement(vm), rev) for vm, rev in local.items()]
+            value = NodeAlive(node=self.node, lease=lease.id, since=time.time(), pid=os.getpid())
+            result = await self.store.txn(compares, [Put(key, encode(value), lease=lease.id)])
+            if result.succeeded:
+                self.lease_id = lease.id
+                self._confirmed(sent)
+                self.registered.set()
+                await self.say(
+                    "node.registered", f"node {self.node} is alive with lease {lease.id:x}"
+                )
+                return
+            await self.store.revoke(lease.id)
+            changed = await self._changed_placements(local)
+            if changed:
+                await self.say(
+                    "node.fenced_vms",
+                    f"node {self.node} re-registering: placements of {sorted(changed)} changed "
+                    "while it was away; killing its copies",
+                )
+                await self.kill_changed(changed)
+
+    async def _changed_placements(self, local: Mapping[str, int]) -> set[str]:
+        changed = set()
+        for vm, rev in local.items():
+            kv = await self.store.get(self.keys.placement(vm))
+            if (kv.mod_revision if kv else 0) != rev:
+                changed.add(vm)
+        return changed
+
+    # --- the keepalive loop --------------------------------------------------------
+    def _confirmed(self, sent: float) -> None:
+        self.last_confirmed_sent = sent
+        self._feed(sent + self.config.fence_after_s)
+
+    def _feed(self, deadline: float) -> None:
+        self.deadline = max(self.deadline, deadline)
+        if self.feeder is not None:
+            self.feeder.feed(self.deadline)
+
+    def confirmed_within(self, seconds: float) -> bool:
+        return self.last_confirmed_sent is not None and (
+            self.clock() - self.last_confirmed_sent <= seconds
+        )
+
+    @property
+    def fenced(self) -> bool:
+        """True once the watchdog's deadline has passed: this host's VMs are being killed."""
+        return self.clock() >= self.deadline
+
+    async def run(self) -> None:
+        """Keep the lease alive forever; re-register when it is lost."""
+        interval = self.config.keepalive_interval_s
+        while True:
+            started = self.clock()
+            try:
+                await asyncio.wait_for(self.store.keepalive(self.lease_id), interval)
+                self._confirmed(started)
+            except LeaseLost:
+                await self.say(
+                    "node.lease_lost",
+                    f"node {self.node} lost lease {self.lease_id:x}; re-registering",
+                )
+                await self._reregister()
+            except (StoreError, TimeoutError) as e:
+                await self._without_keepalive(started, e)
+            await asyncio.sleep(max(0.0, interval - (self.clock() - started)))
+
+    async def _reregister(self) -> None:
+        try:
+            await self._register_new()
+        except (StoreError, TimeoutError) as e:
+            log.warning("re-registration failed: %s", e)
+
+    async def _without_keepalive(self, started: float, error: BaseException) -> None:
+        evidence = await self.evidence()
+        if evidence.nobody_can_act:
+            self._feed(started + self.config.fence_after_s)
+            log.warning(
+                "keepalive failed (%s) but %d of %d etcd members answer and none has a "
+                "leader: nobody can act, VMs keep running",
+                error,
+                evidence.reachable,
+                evidence.members,
+            )
+        else:
+            left = self.deadline - self.clock()
+            log.warning(
+                "keepalive failed (%s); %d of %d etcd members reachable, %d with a leader: "
+                "it may be us cut off; watchdog fires in %.1fs",
+                error,
+                evidence.reachable,
+                evidence.members,
+                evidence.leaders,
+                left,
+            )
+
+    async def evidence(self) -> Evidence:
+        try:
+            health = await asyncio.wait_for(self.store.health(), self.config.evidence_interval_s)
+        except (StoreError, TimeoutError):
+            return Evidence(reachable=0, members=0, leaders=0)
+        reachable = [m for m in health.members if m.reachable]
+        leaders = sum(1 for m in reachable if m.is_leader or health.leader is not None)
+        return Evidence(len(reachable), len(health.members), leaders)
+
+    async def leave(self) -> None:
+        """A clean goodbye: revoke the lease (the alive key goes at once)."""
+        if self.lease_id:
+            try:
+                await self.store.revoke(self.lease_id)
+            except StoreError as e:
+                log.warning("could not revoke lease on leaving: %s", e)
