@@ -31,9 +31,6 @@ class AgentConfig(Model):
     cpus: int | None = Field(default=None, gt=0)  # override what the driver reports
     memory_mib: int | None = Field(default=None, gt=0)
     labels: dict[str, str] = {}
-    # A command that powers a node off and exits 0 when it is confirmed off; "{node}" is
-    # replaced by the node's name. Used by the controller to recover without waiting.
-    fence_command: str | None = None
     controller: bool = True  # stand for election as controller
     sim_seed: int = 0
 

@@ -43,6 +43,10 @@ class ClusterConfig(Model):
     local_restart_threshold: int = Field(default=3, ge=0)
     local_restart_period_s: float = Field(default=900.0, gt=0)
     start_group_delay_s: float = Field(default=30.0, ge=0)
+    # A command that powers a node off and exits 0 once it is confirmed off ("{node}" is
+    # replaced by the node's name; IPMI or Redfish tools fit here). Empty: no fence agent.
+    fence_command: str = ""
+    fence_timeout_s: float = Field(default=30.0, gt=0)
     event_retention: int = Field(default=10_000, ge=100)
     migration: MigrationSettings = MigrationSettings()
     quarantine: QuarantineSettings = QuarantineSettings()

@@ -135,6 +135,9 @@ class Placement(Model):
     reason: str = ""
     # Times this VM was failed over (moved off a dead node), for the failover threshold.
     failovers: tuple[float, ...] = ()
+    # A cold move in progress: the agent of ``node`` shuts the VM down and reports it
+    # stopped; only then does the controller place it on ``moving_to`` (epoch + 1).
+    moving_to: Name | None = None
 
 
 class VMStatus(Model):
@@ -148,3 +151,5 @@ class VMStatus(Model):
     since: float = 0.0  # wall clock of the last state change
     last_error: str = ""
     restarts: int = Field(default=0, ge=0)
+    # Set by the controller: left failed, not retried until an operator starts it again.
+    left_failed: bool = False
