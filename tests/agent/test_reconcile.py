@@ -121,3 +121,23 @@ def test_left_failed_stays_failed() -> None:
     # ... but a new epoch (the controller moved it back here) starts it again.
     actions = plan(placements={"a": seen("n1", 2)}, statuses={"a": status(VMState.FAILED)})
     assert isinstance(actions[0], Start) and not actions[0].restart
+
+
+def test_a_cold_move_shuts_down_gracefully_and_reports_stopped() -> None:
+    p = Placement(node="n1", epoch=1, moving_to="n2")
+    moving = SeenPlacement(p, encode(p), 12)
+    actions = plan(placements={"a": moving}, local={"a": running()})
+    assert [type(a) for a in actions] == [Shutdown] and "moves to n2" in actions[0].reason  # type: ignore[attr-defined]
+    after = plan(placements={"a": moving}, statuses={"a": status(VMState.RUNNING)})
+    assert [type(a) for a in after] == [Report]
+    assert after[0].status.state is VMState.STOPPED  # type: ignore[attr-defined]
+
+
+def test_unplaced_but_desired_stopped_is_shut_down_not_killed() -> None:
+    actions = plan(specs={"a": spec(desired="stopped")}, local={"a": running()})
+    assert [type(a) for a in actions] == [Shutdown]
+
+
+def test_unreadable_vms_are_left_alone() -> None:
+    assert plan(local={"a": running()}, unreadable=frozenset({"a"})) == []
+    assert plan(placements={"a": seen("n1")}, unreadable=frozenset({"a"})) == []

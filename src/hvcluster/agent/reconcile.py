@@ -55,10 +55,11 @@ class Kill:
 
 @dataclass(frozen=True)
 class Shutdown:
-    """Stop a VM gracefully: its desired state is stopped."""
+    """Stop a VM gracefully: its desired state is stopped, or it is being moved cold.
+    ``seen`` is None when the VM has no placement left to report its status under."""
 
     vm: str
-    seen: SeenPlacement
+    seen: SeenPlacement | None
     reason: str
 
 
@@ -90,6 +91,7 @@ def plan_local(
     crashes: Mapping[str, tuple[float, ...]],
     limits: Limits,
     incoming: frozenset[str] = frozenset(),
+    unreadable: frozenset[str] = frozenset(),
 ) -> list[Action]:
     """The actions that bring this host in line with the cluster's intent.
 
@@ -97,14 +99,21 @@ def plan_local(
     restart threshold: that many restarts in the period, then the VM is left failed).
     ``incoming``: VMs this host holds as migration targets; they are not ours yet, and not
     killed for that.
+    ``unreadable``: VMs whose spec or placement is corrupt in the store: left as they are
+    (never killed nor started on a value we cannot read).
     """
     actions: list[Action] = []
     # 1. Anything running here that is not placed here at the epoch it started with: kill.
     for name, here in sorted(local.items()):
-        if name in incoming or here.state in (VMState.STOPPED, VMState.FAILED):
+        if name in incoming or name in unreadable:
+            continue
+        if here.state in (VMState.STOPPED, VMState.FAILED):
             continue
         seen = placements.get(name)
-        if name not in specs:
+        spec = specs.get(name)
+        if seen is None and spec is not None and spec.desired_state == "stopped":
+            actions.append(Shutdown(name, None, f"vm {name} is to be stopped"))
+        elif spec is None:
             actions.append(Kill(name, f"vm {name} was deleted"))
         elif seen is None:
             actions.append(Kill(name, f"vm {name} has no placement any more"))
@@ -123,23 +132,21 @@ def plan_local(
     # 2. Everything placed here: start, stop, restart or report.
     for name, seen in sorted(placements.items()):
         spec = specs.get(name)
-        if seen.placement.node != me or spec is None:
+        if seen.placement.node != me or spec is None or name in unreadable:
             continue
         epoch = seen.placement.epoch
         vm = local.get(name) if name not in killed else None
         running = vm is not None and vm.state not in (VMState.STOPPED, VMState.FAILED)
         status = statuses.get(name)
         mine = status is not None and status.node == me and status.epoch == epoch
-        if spec.desired_state == "stopped":
+        moving_to = seen.placement.moving_to
+        if spec.desired_state == "stopped" or moving_to:
+            why = f"vm {name} moves to {moving_to}" if moving_to else f"vm {name} is to be stopped"
             if running:
-                actions.append(Shutdown(name, seen, f"vm {name} is to be stopped"))
+                actions.append(Shutdown(name, seen, why))
             elif not (mine and status is not None and status.state is VMState.STOPPED):
                 actions.append(
-                    Report(
-                        _status(name, me, epoch, VMState.STOPPED, now),
-                        seen,
-                        f"vm {name} is stopped as asked",
-                    )
+                    Report(_status(name, me, epoch, VMState.STOPPED, now), seen, f"{why}: stopped")
                 )
             continue
         if running:
