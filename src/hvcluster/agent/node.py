@@ -1,0 +1,296 @@
+"""The node agent: makes this host match what etcd says, and says what it did.
+
+Each cycle reads specs, placements and statuses, asks the driver what runs here, plans with
+:func:`~hvcluster.agent.reconcile.plan_local` and carries the actions out:
+
+* a start only after a transaction that checks the placement is the one seen and this node's
+  ``alive`` key is still bound to our lease (the fencing token rule);
+* a kill at once when a VM's placement went elsewhere;
+* status reports guarded by the placement, so only the current owner ever writes one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from hvcluster.agent.reconcile import (
+    Action,
+    Kill,
+    Limits,
+    LocalVM,
+    Report,
+    SeenPlacement,
+    Shutdown,
+    Start,
+    plan_local,
+)
+from hvcluster.drivers.base import Driver, HostFacts
+from hvcluster.models.base import decode, encode
+from hvcluster.models.config import ClusterConfig
+from hvcluster.models.errors import CorruptValue, DriverError, StoreError
+from hvcluster.models.lifecycle import VMState
+from hvcluster.models.node import Node
+from hvcluster.models.vm import Placement, VMSpec, VMStatus
+from hvcluster.store.base import Compare, Put, Store
+from hvcluster.store.keys import Keys
+from hvcluster.store.state import read_kind
+
+log = logging.getLogger(__name__)
+
+Say = Callable[[str, str, str], Awaitable[None]]  # (kind, subject, reason)
+
+
+@dataclass
+class NodeIdentity:
+    name: str
+    address: str
+    api_port: int
+    labels: dict[str, str] = field(default_factory=dict)
+    cpus: int | None = None
+    memory_mib: int | None = None
+
+
+class NodeAgent:
+    def __init__(
+        self,
+        store: Store,
+        keys: Keys,
+        me: NodeIdentity,
+        driver: Driver,
+        config: ClusterConfig,
+        say: Say,
+        lease: Callable[[], int],
+        may_start: Callable[[], bool],
+        shutdown_timeout: float = 20.0,
+    ) -> None:
+        self.store, self.keys, self.me, self.driver = store, keys, me, driver
+        self.config, self.say = config, say
+        self.lease = lease  # the lease alive/<me> must be bound to for a start
+        self.may_start = may_start  # False while keepalives are unconfirmed
+        self.shutdown_timeout = shutdown_timeout
+        self.crashes: dict[str, list[float]] = {}
+        self.owned: dict[str, int] = {}  # vm -> placement mod revision it runs under
+        self.incoming: set[str] = set()
+        self._shutting: dict[str, asyncio.Task[None]] = {}
+        self.wake = asyncio.Event()
+        self.cycles = 0
+
+    # --- registration of the node record ---------------------------------------------
+    async def register_node(self, facts: HostFacts) -> Node:
+        """Write this host's part of ``nodes/<me>`` (CAS), keeping what others wrote there."""
+        capacity = facts.capacity.model_copy(
+            update={
+                k: v
+                for k, v in (("cpus", self.me.cpus), ("memory_mib", self.me.memory_mib))
+                if v is not None
+            }
+        )
+        key = self.keys.node(self.me.name)
+        mine = {
+            "address": self.me.address,
+            "api_port": self.me.api_port,
+            "capacity": capacity,
+            "inventory": facts.inventory,
+            "labels": self.me.labels,
+        }
+        while True:
+            kv = await self.store.get(key)
+            node: Node
+            if kv is None:
+                node = Node(name=self.me.name, **mine)
+            else:
+                try:
+                    node = decode(Node, key, kv.value).model_copy(update=mine)
+                except CorruptValue as e:
+                    await self.say(
+                        "node.corrupt",
+                        f"node/{self.me.name}",
+                        f"{e}; rewriting it from this host's facts",
+                    )
+                    node = Node(name=self.me.name, **mine)
+            compare = Compare.mod_is(key, kv.mod_revision if kv else 0)
+            result = await self.store.txn([compare], [Put(key, encode(node))])
+            if result.succeeded:
+                return node
+
+    # --- the loop --------------------------------------------------------------------
+    async def run(self, interval: float = 1.0) -> None:
+        while True:
+            try:
+                await self.cycle()
+            except (StoreError, TimeoutError) as e:
+                log.warning("reconcile cycle failed: %s", e)
+            except DriverError as e:
+                log.warning("driver failed during reconcile: %s", e)
+            self.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), interval)
+
+    async def watch_changes(self, kind: str) -> None:
+        """Wake the loop whenever anything under ``kind`` changes."""
+        while True:
+            try:
+                start = await self.store.revision() + 1
+                async for _ in self.store.watch(self.keys.prefix(kind), start):
+                    self.wake.set()
+            except StoreError as e:
+                log.warning("watch on %s broke: %s; re-watching", kind, e)
+                await asyncio.sleep(0.5)
+
+    async def watch_driver(self) -> None:
+        async for event in self.driver.events():
+            log.info("driver: vm %s is %s %s", event.name, event.state.value, event.reason)
+            self.wake.set()
+
+    async def cycle(self) -> list[str]:
+        """One pass; returns what it did, a sentence per action."""
+        self.cycles += 1
+        specs = await read_kind(self.store, self.keys, "vms", VMSpec)
+        placements = await read_kind(self.store, self.keys, "placements", Placement)
+        statuses = await read_kind(self.store, self.keys, "status", VMStatus)
+        local = {
+            vm.name: LocalVM(vm.name, vm.state, vm.pid, vm.epoch, vm.since)
+            for vm in await self.driver.list()
+        }
+        seen = {
+            name: SeenPlacement(s.value, s.raw, s.mod_revision)
+            for name, s in placements.items.items()
+        }
+        now = time.time()
+        actions = plan_local(
+            me=self.me.name,
+            now=now,
+            specs={n: s.value for n, s in specs.items.items()},
+            placements=seen,
+            statuses={n: s.value for n, s in statuses.items.items()},
+            local=local,
+            crashes={n: tuple(t) for n, t in self.crashes.items()},
+            limits=Limits(self.config.local_restart_threshold, self.config.local_restart_period_s),
+            incoming=frozenset(self.incoming),
+            unreadable=frozenset(specs.unreadable | placements.unreadable),
+        )
+        self._track_owned(seen, local)
+        said = []
+        for action in actions:
+            sentence = await self._do(action, now)
+            if sentence:
+                said.append(sentence)
+        return said
+
+    def _track_owned(self, seen: dict[str, SeenPlacement], local: dict[str, LocalVM]) -> None:
+        self.owned = {
+            name: seen[name].mod_revision
+            for name, vm in local.items()
+            if name in seen
+            and seen[name].placement.node == self.me.name
+            and vm.state not in (VMState.STOPPED, VMState.FAILED)
+        }
+
+    def owned_placements(self) -> dict[str, int]:
+        return dict(self.owned)
+
+    async def _do(self, action: Action, now: float) -> str | None:
+        subject = f"vm/{action.vm}" if not isinstance(action, Report) else f"vm/{action.status.vm}"
+        match action:
+            case Start():
+                return await self._start(action, now)
+            case Kill():
+                await self.kill_now({action.vm}, action.reason)
+                return f"killed {action.vm}: {action.reason}"
+            case Shutdown():
+                if action.vm not in self._shutting:
+                    self._shutting[action.vm] = asyncio.create_task(self._shutdown(action))
+                return None
+            case Report():
+                if await self._report(action.status, action.seen):
+                    if action.status.state is VMState.FAILED:
+                        await self.say("vm.failed", subject, action.reason)
+                    return action.reason
+                return None
+        raise AssertionError(f"unknown action {action!r}")
+
+    async def _start(self, action: Start, now: float) -> str | None:
+        if not self.may_start():
+            log.info("not starting %s: keepalives unconfirmed", action.vm)
+            return None
+        epoch = action.seen.placement.epoch
+        status = VMStatus(
+            vm=action.vm,
+            node=self.me.name,
+            epoch=epoch,
+            state=VMState.STARTING,
+            since=now,
+            restarts=action.restarts + (1 if action.restart else 0),
+        )
+        guard = [
+            Compare.value_is(self.keys.placement(action.vm), action.seen.raw),
+            Compare(self.keys.alive(self.me.name), "lease", "==", self.lease()),
+        ]
+        result = await self.store.txn(guard, [Put(self.keys.status(action.vm), encode(status))])
+        if not result.succeeded:
+            log.info("start of %s skipped: placement or our lease changed", action.vm)
+            return None
+        if action.restart:
+            self.crashes.setdefault(action.vm, []).append(now)
+            await self.say("vm.restarted", f"vm/{action.vm}", action.reason)
+        try:
+            info = await self.driver.start(action.spec, epoch)
+        except DriverError as e:
+            failed = status.model_copy(
+                update={"state": VMState.FAILED, "last_error": str(e), "since": time.time()}
+            )
+            await self._report(failed, action.seen)
+            self.crashes.setdefault(action.vm, []).append(now)
+            await self.say(
+                "vm.start_failed",
+                f"vm/{action.vm}",
+                f"vm {action.vm} failed to start on {self.me.name}: {e}",
+            )
+            return None
+        running = status.model_copy(
+            update={"state": info.state, "pid": info.pid, "since": info.since or time.time()}
+        )
+        await self._report(running, action.seen)
+        sentence = f"started {action.vm} on {self.me.name} at epoch {epoch} (pid {info.pid})"
+        await self.say("vm.started", f"vm/{action.vm}", sentence)
+        return sentence
+
+    async def _shutdown(self, action: Shutdown) -> None:
+        try:
+            info = await self.driver.shutdown(action.vm, self.shutdown_timeout)
+            if action.seen is not None:
+                status = VMStatus(
+                    vm=action.vm,
+                    node=self.me.name,
+                    epoch=action.seen.placement.epoch,
+                    state=VMState.STOPPED,
+                    since=info.since or time.time(),
+                )
+                await self._report(status, action.seen)
+            await self.say(
+                "vm.stopped", f"vm/{action.vm}", f"{action.reason}: stopped on {self.me.name}"
+            )
+        except (DriverError, StoreError) as e:
+            log.warning("shutdown of %s failed: %s", action.vm, e)
+        finally:
+            self._shutting.pop(action.vm, None)
+            self.wake.set()
+
+    async def kill_now(self, names: set[str], reason: str = "placement changed") -> None:
+        for name in sorted(names):
+            try:
+                await self.driver.kill(name)
+            except DriverError as e:
+                log.warning("kill of %s failed: %s", name, e)
+            self.owned.pop(name, None)
+            await self.say("vm.killed", f"vm/{name}", f"killed {name} on {self.me.name}: {reason}")
+
+    async def _report(self, status: VMStatus, seen: SeenPlacement) -> bool:
+        guard = [Compare.value_is(self.keys.placement(status.vm), seen.raw)]
+        result = await self.store.txn(guard, [Put(self.keys.status(status.vm), encode(status))])
+        return result.succeeded

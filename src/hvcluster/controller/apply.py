@@ -1,0 +1,188 @@
+"""Carry the scheduler's decisions out as etcd transactions.
+
+Every write compares what it read (the placement's mod revision; for a recovery, also that
+the dead node's ``alive`` key is still absent), so applying a decision twice, or after the
+world moved on, does nothing: the next cycle recomputes from etcd.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from hvcluster.models.base import encode
+from hvcluster.models.lifecycle import NodeAdminState, VMState
+from hvcluster.models.node import Node
+from hvcluster.models.vm import Placement, VMStatus
+from hvcluster.scheduler.decisions import (
+    Decision,
+    DeclareDead,
+    Failback,
+    LeaveFailed,
+    Place,
+    Quarantine,
+    Recover,
+    Unplace,
+    Unquarantine,
+    Wait,
+)
+from hvcluster.store.base import Compare, Delete, Put, Store
+from hvcluster.store.keys import Keys
+from hvcluster.store.state import ClusterState
+
+log = logging.getLogger(__name__)
+
+
+class Applier:
+    def __init__(self, store: Store, keys: Keys, state: ClusterState, now: float) -> None:
+        self.store, self.keys, self.state, self.now = store, keys, state, now
+
+    async def apply(self, d: Decision) -> bool:
+        """Apply one decision; False if it lost a race (nothing was written)."""
+        match d:
+            case Place():
+                return await self._place(
+                    d.vm, Placement(node=d.node, epoch=d.epoch, reason=d.reason)
+                )
+            case Recover():
+                return await self._recover(d)
+            case LeaveFailed():
+                return await self._leave_failed(d)
+            case Unplace():
+                return await self._unplace(d.vm)
+            case Failback():
+                return await self._cold_move(d)
+            case DeclareDead():
+                return await self._update_node(
+                    d.node, lambda n: n.model_copy(update={"failures": (*n.failures, self.now)})
+                )
+            case Quarantine():
+                return await self._update_node(
+                    d.node,
+                    lambda n: n.model_copy(
+                        update={
+                            "admin_state": NodeAdminState.QUARANTINED,
+                            "quarantined_until": d.until,
+                            "admin_reason": d.reason,
+                            "admin_since": self.now,
+                        }
+                    ),
+                )
+            case Unquarantine():
+                return await self._update_node(
+                    d.node,
+                    lambda n: n.model_copy(
+                        update={
+                            "admin_state": NodeAdminState.UP,
+                            "admin_reason": d.reason,
+                            "admin_since": self.now,
+                        }
+                    ),
+                )
+            case Wait():
+                return True
+        raise AssertionError(f"unknown decision {d!r}")
+
+    def _placement_rev(self, vm: str) -> int:
+        stored = self.state.placements.items.get(vm)
+        return stored.mod_revision if stored else 0
+
+    async def _place(self, vm: str, placement: Placement) -> bool:
+        key = self.keys.placement(vm)
+        compares = [Compare.mod_is(key, self._placement_rev(vm)), Compare.present(self.keys.vm(vm))]
+        result = await self.store.txn(compares, [Put(key, encode(placement))])
+        return result.succeeded
+
+    async def _recover(self, d: Recover) -> bool:
+        key = self.keys.placement(d.vm)
+        old = self.state.placements.items.get(d.vm)
+        failovers = (*(old.value.failovers if old else ()), self.now)
+        placement = Placement(node=d.to_node, epoch=d.epoch, reason=d.reason, failovers=failovers)
+        compares = [Compare.mod_is(key, self._placement_rev(d.vm))]
+        if d.from_node not in self.state.alive.present:
+            # The dead node must not have come back since we looked: whichever commits
+            # first wins, and the other side kills or skips.
+            compares.append(Compare.absent(self.keys.alive(d.from_node)))
+        result = await self.store.txn(compares, [Put(key, encode(placement))])
+        return result.succeeded
+
+    async def _leave_failed(self, d: LeaveFailed) -> bool:
+        placed = self.state.placements.items.get(d.vm)
+        status = self.state.statuses.items.get(d.vm)
+        epoch = max(placed.value.epoch if placed else 0, status.value.epoch if status else 0)
+        failed = VMStatus(
+            vm=d.vm,
+            node="",
+            epoch=epoch,
+            state=VMState.FAILED,
+            since=self.now,
+            last_error=d.reason,
+            left_failed=not d.retry,
+        )
+        if status and status.value.model_copy(update={"since": self.now}) == failed:
+            return True  # already said
+        if d.retry and placed is not None and placed.value.node in self.state.alive.present:
+            return True  # it has a live home; its agent reports for it
+        ops: list[Put | Delete] = [Put(self.keys.status(d.vm), encode(failed))]
+        compares = [Compare.mod_is(self.keys.placement(d.vm), self._placement_rev(d.vm))]
+        if not d.retry and placed is not None:
+            ops.append(Delete(self.keys.placement(d.vm)))
+        result = await self.store.txn(compares, ops)
+        return result.succeeded
+
+    async def _unplace(self, vm: str) -> bool:
+        key = self.keys.placement(vm)
+        result = await self.store.txn([Compare.mod_is(key, self._placement_rev(vm))], [Delete(key)])
+        return result.succeeded
+
+    async def _cold_move(self, d: Failback) -> bool:
+        """Phase one of a cold move: ask the current owner to shut the VM down. Phase two
+        (:meth:`finish_moves`) places it on the target once it reports stopped."""
+        placed = self.state.placements.items.get(d.vm)
+        if placed is None or placed.value.node != d.from_node or placed.value.moving_to:
+            return False
+        moving = placed.value.model_copy(update={"moving_to": d.to_node, "reason": d.reason})
+        key = self.keys.placement(d.vm)
+        result = await self.store.txn(
+            [Compare.mod_is(key, placed.mod_revision)], [Put(key, encode(moving))]
+        )
+        return result.succeeded
+
+    async def finish_moves(self) -> list[str]:
+        """Phase two of cold moves: a VM its old owner reports stopped (or whose old owner is
+        dead, which normal recovery handles) goes to its target with epoch + 1."""
+        said = []
+        for vm, placed in self.state.placements.items.items():
+            p = placed.value
+            if not p.moving_to:
+                continue
+            status = self.state.statuses.items.get(vm)
+            stopped = (
+                status is not None
+                and status.value.node == p.node
+                and status.value.epoch == p.epoch
+                and status.value.state is VMState.STOPPED
+            )
+            if not stopped:
+                continue
+            reason = f"vm {vm} moved from {p.node} to {p.moving_to}: stopped there, starting here"
+            new = Placement(
+                node=p.moving_to, epoch=p.epoch + 1, reason=reason, failovers=p.failovers
+            )
+            key = self.keys.placement(vm)
+            result = await self.store.txn(
+                [Compare.mod_is(key, placed.mod_revision)], [Put(key, encode(new))]
+            )
+            if result.succeeded:
+                said.append(reason)
+        return said
+
+    async def _update_node(self, name: str, change: Callable[[Node], Node]) -> bool:
+        stored = self.state.nodes.items.get(name)
+        if stored is None:
+            return False
+        key = self.keys.node(name)
+        result = await self.store.txn(
+            [Compare.mod_is(key, stored.mod_revision)], [Put(key, encode(change(stored.value)))]
+        )
+        return result.succeeded

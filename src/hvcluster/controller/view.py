@@ -1,0 +1,41 @@
+"""Build the scheduler's frozen snapshot from what the controller read and remembers."""
+
+from __future__ import annotations
+
+from hvcluster.controller.memory import ControllerMemory
+from hvcluster.models.lifecycle import VMState
+from hvcluster.scheduler.snapshot import ClusterSnapshot, NodeView, VMView
+from hvcluster.store.state import ClusterState
+
+
+def build_snapshot(state: ClusterState, memory: ControllerMemory, now: float) -> ClusterSnapshot:
+    nodes = {}
+    for name, stored_node in state.nodes.items.items():
+        node = stored_node.value
+        nodes[name] = NodeView(
+            node=node,
+            alive=name in state.alive.present,
+            gone_since=memory.gone_since.get(name),
+            fenced=name in memory.fenced,
+            failures=node.failures,
+            quarantined_until=node.quarantined_until,
+        )
+    vms = {}
+    skip = state.unreadable_vms
+    for name, stored in state.vms.items.items():
+        if name in skip:
+            continue  # never decide on a VM whose placement we cannot read
+        placed = state.placements.items.get(name)
+        status = state.statuses.items.get(name)
+        st = status.value if status else None
+        left_failed = st is not None and st.left_failed and st.state is VMState.FAILED
+        vms[name] = VMView(
+            spec=stored.value,
+            placement=placed.value if placed else None,
+            status=st,
+            failovers=placed.value.failovers if placed else (),
+            failed_reason=st.last_error if left_failed and st is not None else "",
+            pending_since=memory.pending_since.get(name),
+            epoch_floor=st.epoch if st else 0,
+        )
+    return ClusterSnapshot(now=now, config=state.config, nodes=nodes, vms=vms)
