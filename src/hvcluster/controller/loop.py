@@ -1,0 +1,143 @@
+"""The controller: while this agent is the elected leader, read, decide, apply, say why.
+
+Each cycle reads the cluster from etcd, builds a frozen snapshot (with the few facts kept in
+memory, such as when a node's ``alive`` key vanished), calls the pure scheduler, and applies
+each decision as a transaction. Every decision is logged as an event with its reason; a wait
+is said once, not every cycle. A leader change loses nothing: the next leader recomputes from
+etcd, and applying a decision twice is harmless (every write compares revisions).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from hvcluster.controller.apply import Applier
+from hvcluster.controller.fencing import Fencer
+from hvcluster.controller.memory import ControllerMemory
+from hvcluster.controller.view import build_snapshot
+from hvcluster.models.errors import StoreError
+from hvcluster.scheduler.decisions import (
+    Decision,
+    DeclareDead,
+    Failback,
+    LeaveFailed,
+    Place,
+    Quarantine,
+    Recover,
+    Unplace,
+    Unquarantine,
+    Wait,
+)
+from hvcluster.scheduler.plan import plan
+from hvcluster.store.base import Store
+from hvcluster.store.keys import Keys
+from hvcluster.store.state import read_cluster
+
+log = logging.getLogger(__name__)
+
+Say = Callable[[str, str, str], Awaitable[None]]  # (kind, subject, reason)
+
+EVENT_KIND: dict[type, str] = {
+    Place: "vm.placed",
+    Recover: "vm.recovered",
+    LeaveFailed: "vm.failed",
+    Unplace: "vm.unplaced",
+    Failback: "vm.failback",
+    DeclareDead: "node.dead",
+    Quarantine: "node.quarantined",
+    Unquarantine: "node.unquarantined",
+    Wait: "controller.waiting",
+}
+# Decisions that may repeat every cycle with the same reason: said once.
+REPEATING = (Wait, LeaveFailed)
+
+
+class Controller:
+    def __init__(
+        self,
+        store: Store,
+        keys: Keys,
+        name: str,
+        say: Say,
+        is_leader: Callable[[], bool],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store, self.keys, self.name, self.say = store, keys, name, say
+        self.is_leader = is_leader
+        self.clock = clock
+        self.memory: ControllerMemory | None = None
+        self.fencer = Fencer(say)
+        self.wake = asyncio.Event()
+        self.cycles = 0
+
+    async def run(self, interval: float = 0.5) -> None:
+        while True:
+            if not self.is_leader():
+                if self.memory is not None:
+                    log.info("%s is no longer the controller", self.name)
+                self.memory = None
+            else:
+                try:
+                    said = await self.cycle()
+                    for sentence in said:
+                        log.info("controller: %s", sentence)
+                except (StoreError, TimeoutError) as e:
+                    log.warning("controller cycle failed: %s", e)
+            self.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), interval)
+
+    async def cycle(self) -> list[str]:
+        """One read-decide-apply pass; returns a sentence per decision applied."""
+        self.cycles += 1
+        now = self.clock()
+        if self.memory is None:
+            self.memory = ControllerMemory(leader_since=now)
+            await self.say(
+                "controller.elected", f"node/{self.name}", f"{self.name} is now the controller"
+            )
+        memory = self.memory
+        state = await read_cluster(self.store, self.keys)
+        for bad in state.corrupt:
+            if bad.key not in memory.corrupt_reported:
+                memory.corrupt_reported.add(bad.key)
+                await self.say("store.corrupt", bad.key, f"{bad}; skipped until fixed")
+        memory.observe(state, now)
+        self._fence(state.config.fence_command, state.config.fence_timeout_s, memory)
+        memory.fenced = set(self.fencer.fenced)
+        applier = Applier(self.store, self.keys, state, now)
+        said = await applier.finish_moves()
+        for sentence in said:
+            await self.say("vm.moved", "", sentence)
+        for decision in plan(build_snapshot(state, memory, now)):
+            if await self._apply(applier, decision, memory):
+                said.append(decision.reason)
+        return said
+
+    def _fence(self, command: str, timeout: float, memory: ControllerMemory) -> None:
+        for node in list(self.fencer.fenced):
+            if node not in memory.gone_since:
+                self.fencer.forget(node)
+        for node in memory.gone_since:
+            self.fencer.request(node, command, timeout)
+
+    async def _apply(self, applier: Applier, d: Decision, memory: ControllerMemory) -> bool:
+        ok = await applier.apply(d)
+        kind = EVENT_KIND[type(d)]
+        if isinstance(d, REPEATING):
+            if ok and memory.changed(d.subject, d.reason):
+                await self.say(kind, d.subject, d.reason)
+            return False
+        if not ok:
+            log.info("decision lost a race (the next cycle recomputes): %s", d.reason)
+            return False
+        memory.reported.pop(d.subject, None)
+        await self.say(kind, d.subject, d.reason)
+        return True
+
+    def close(self) -> None:
+        self.fencer.close()
