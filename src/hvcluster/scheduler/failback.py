@@ -1,0 +1,110 @@
+"""Failback: a running VM goes back to a more preferred owner when one can take it.
+
+A VM running where it is placed, on a node that is not its first preferred owner, fails back
+to the most preferred owner ranked above its current node that is open (alive, up), fits it
+(capacity, hard anti-affinity) and would not add soft anti-affinity conflicts. The VM's
+``failback.mode`` says when: ``never``; ``immediate``; ``window``: only while the hour of
+``now`` is in ``[window_start_hour, window_end_hour)``, in UTC (a window whose end is not after
+its start crosses midnight). Outside the window it is a :class:`Wait` until the window opens.
+The controller carries a :class:`Failback` out as a (live) move.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+
+from hvcluster.models.vm import FailbackMode
+from hvcluster.scheduler.decisions import Decision, Failback, Wait, vm_subject
+from hvcluster.scheduler.liveness import Liveness, NodeHealth
+from hvcluster.scheduler.placement import Ledger, conflicts, misfit
+from hvcluster.scheduler.snapshot import ClusterSnapshot, VMView
+from hvcluster.scheduler.timefmt import clock, in_hour_window, next_hour_start
+
+
+def _rank_text(vm: VMView, node: str) -> str:
+    preferred = vm.spec.ha.preferred_owners
+    if node in preferred:
+        return f"preferred owner #{preferred.index(node) + 1}"
+    return "not a preferred owner"
+
+
+def _target(
+    vm: VMView, snapshot: ClusterSnapshot, closed: Mapping[str, str], ledger: Ledger
+) -> str | None:
+    """The most preferred owner above the VM's current node that can take it, if any."""
+    assert vm.placement is not None
+    spec, current = vm.spec, vm.placement.node
+    preferred = spec.ha.preferred_owners
+    above = preferred[: preferred.index(current)] if current in preferred else preferred
+    soft_here = conflicts(spec, ledger.residents(current)).soft
+    for name in above:
+        node = snapshot.nodes.get(name)
+        if node is None or name in closed:
+            continue
+        if spec.ha.possible_owners and name not in spec.ha.possible_owners:
+            continue
+        if misfit(spec, node, ledger) is not None:
+            continue
+        if conflicts(spec, ledger.residents(name)).soft > soft_here:
+            continue
+        return name
+    return None
+
+
+def failback_decisions(
+    snapshot: ClusterSnapshot,
+    health: Mapping[str, NodeHealth],
+    closed: Mapping[str, str],
+    ledger: Ledger,
+    decided: Collection[str],
+) -> tuple[Decision, ...]:
+    """Failbacks (reserved in ``ledger`` as they are decided) and window Waits, in priority
+    order. VMs in ``decided`` already have a decision this plan and are skipped."""
+    out: list[Decision] = []
+    vms = sorted(snapshot.vms.values(), key=lambda v: (v.spec.ha.priority.rank, v.name))
+    for vm in vms:
+        fb = vm.spec.ha.failback
+        if fb.mode is FailbackMode.NEVER or not vm.spec.ha.preferred_owners:
+            continue
+        if vm.name in decided or vm.failed_reason or not vm.wants_running:
+            continue
+        if not vm.is_running_as_placed or vm.placement is None:
+            continue
+        current = vm.placement.node
+        here = health.get(current)
+        if here is None or here.liveness is not Liveness.ALIVE:
+            continue
+        target = _target(vm, snapshot, closed, ledger)
+        if target is None:
+            continue
+        what = (
+            f"it runs on {current} ({_rank_text(vm, current)}) and {target} "
+            f"({_rank_text(vm, target)}) is up and fits it"
+        )
+        if fb.mode is FailbackMode.WINDOW:
+            window = f"{fb.window_start_hour:02d}:00-{fb.window_end_hour:02d}:00 UTC"
+            if not in_hour_window(snapshot.now, fb.window_start_hour, fb.window_end_hour):
+                opens = next_hour_start(snapshot.now, fb.window_start_hour)
+                out.append(
+                    Wait(
+                        vm_subject(vm.name),
+                        opens,
+                        f"{vm.name} may fail back from {current} to {target}: {what}; "
+                        f"it waits for its failback window {window}, which opens at "
+                        f"{clock(opens)}",
+                    )
+                )
+                continue
+            how = f"failback window {window} is open"
+        else:
+            how = "failback is immediate"
+        ledger.add(target, vm.spec)
+        out.append(
+            Failback(
+                vm.name,
+                current,
+                target,
+                f"fail back {vm.name} from {current} to {target}: {what}; {how}",
+            )
+        )
+    return tuple(out)
