@@ -25,9 +25,12 @@ from hvcluster.scheduler.timefmt import clock, span, stamp
 
 
 def hosted_vms(snapshot: ClusterSnapshot) -> Mapping[str, tuple[str, ...]]:
-    """For every node, the VMs placed on it or reported active on it."""
+    """For every node, the VMs placed on it or reported active on it (VMs left failed
+    aside: nothing of theirs is reclaimed)."""
     found: dict[str, list[str]] = {}
     for vm in snapshot.vms.values():
+        if vm.failed_reason:
+            continue
         for node in vm.hosts():
             found.setdefault(node, []).append(vm.name)
     return {node: tuple(sorted(vms)) for node, vms in found.items()}

@@ -2,8 +2,8 @@
 or until ``start_group_delay_s`` has passed since it became startable (``pending_since``).
 
 A group is running when every VM of that group that wants to run is running where it is
-placed; a group with no such VM does not hold anyone back. A VM placed earlier in the same
-plan is not running yet, so its dependents wait for the next cycles.
+placed, on a live node; a group with no such VM does not hold anyone back. A VM placed
+earlier in the same plan is not running yet, so its dependents wait for the next cycles.
 """
 
 from __future__ import annotations
@@ -26,14 +26,17 @@ class GroupState:
 
 
 def group_states(snapshot: ClusterSnapshot) -> Mapping[str, GroupState]:
-    """How many VMs of each start group want to run, and how many do."""
+    """How many VMs of each start group want to run, and how many do (on a live node: a
+    status that still says running on a node that is gone does not count)."""
     counts: dict[str, tuple[int, int]] = {}
     for vm in snapshot.vms.values():
         group = vm.spec.ha.start_group
         if not group or not vm.wants_running:
             continue
         running, total = counts.get(group, (0, 0))
-        counts[group] = (running + vm.is_running_as_placed, total + 1)
+        on = snapshot.nodes.get(vm.placement.node) if vm.placement else None
+        up = vm.is_running_as_placed and on is not None and on.alive
+        counts[group] = (running + up, total + 1)
     return {g: GroupState(r, t) for g, (r, t) in counts.items()}
 
 
