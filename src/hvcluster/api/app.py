@@ -1,0 +1,93 @@
+"""The REST API an agent serves: ``create_app(store, keys, node)``.
+
+It writes intent only (a VM's spec and desired state, a node's admin state) and reads state;
+the controller and the agents act on what it writes. Routes live under ``/api/v1``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from fastapi import APIRouter, Depends, FastAPI
+
+from hvcluster import __version__
+from hvcluster.api import events, nodes, vms
+from hvcluster.api.context import ApiContext, context
+from hvcluster.api.errors import install_error_handlers
+from hvcluster.api.reads import decode_all, decode_optional, snapshot
+from hvcluster.api.views import ClusterView, Counts, Health, Skipped
+from hvcluster.models.config import ClusterConfig
+from hvcluster.models.lifecycle import NodeAdminState
+from hvcluster.models.node import Node
+from hvcluster.models.vm import Placement, VMSpec, VMStatus
+from hvcluster.store.base import Store
+from hvcluster.store.keys import Keys
+
+PREFIX = "/api/v1"
+
+cluster_router = APIRouter(tags=["cluster"])
+
+
+@cluster_router.get("/healthz", response_model=Health)
+async def healthz(ctx: ApiContext = Depends(context)) -> Health:
+    """200 when this API reaches the store; 503 (from the error handler) when not."""
+    return Health(ok=True, node=ctx.node, revision=await ctx.store.revision())
+
+
+@cluster_router.get("/cluster", response_model=ClusterView)
+async def cluster(ctx: ApiContext = Depends(context)) -> ClusterView:
+    keys = ctx.keys
+    kinds = ("nodes", "alive", "vms", "placements", "status")
+    snap = await snapshot(ctx.store, keys, kinds, single=(keys.config,))
+    skipped: list[Skipped] = []
+    config_kv = snap.single[keys.config]
+    config = await decode_optional(ClusterConfig, config_kv, ctx.corrupt, skipped)
+    nodes = await decode_all(Node, keys, "nodes", snap.by_kind["nodes"], ctx.corrupt)
+    specs = await decode_all(VMSpec, keys, "vms", snap.by_kind["vms"], ctx.corrupt)
+    placements = await decode_all(
+        Placement, keys, "placements", snap.by_kind["placements"], ctx.corrupt
+    )
+    statuses = await decode_all(VMStatus, keys, "status", snap.by_kind["status"], ctx.corrupt)
+    alive = {keys.name_of(kv.key, "alive") for kv in snap.by_kind["alive"]}
+    by_state = Counter(
+        vms.state_of(
+            spec,
+            placements.items[name][0] if name in placements.items else None,
+            statuses.items[name][0] if name in statuses.items else None,
+        ).value
+        for name, (spec, _) in specs.items.items()
+    )
+    counts = Counts(
+        nodes=len(nodes.items),
+        nodes_alive=len(alive & set(nodes.items)),
+        nodes_up=sum(1 for n, _ in nodes.items.values() if n.admin_state is NodeAdminState.UP),
+        vms=len(specs.items),
+        vms_desired_running=sum(1 for s, _ in specs.items.values() if s.desired_state == "running"),
+        vms_placed=sum(1 for name in specs.items if name in placements.items),
+        vms_by_state=dict(by_state),
+    )
+    for d in (nodes, specs, placements, statuses):
+        skipped.extend(d.skipped)
+    return ClusterView(
+        cluster=keys.cluster,
+        served_by=ctx.node,
+        config=config or ClusterConfig(name=keys.cluster),
+        config_stored=config is not None,
+        counts=counts,
+        skipped=skipped,
+        revision=snap.revision,
+    )
+
+
+def create_app(store: Store, keys: Keys, node: str) -> FastAPI:
+    """The API of the agent ``node`` over ``store``. The caller owns the store (and closes it)."""
+    app = FastAPI(
+        title="hvcluster",
+        version=__version__,
+        description="A failover cluster for QEMU/KVM virtual machines.",
+    )
+    app.state.ctx = ApiContext(store=store, keys=keys, node=node)
+    install_error_handlers(app)
+    for router in (cluster_router, vms.router, nodes.router, events.router):
+        app.include_router(router, prefix=PREFIX)
+    return app

@@ -1,0 +1,83 @@
+"""What every route needs: the store, the key layout, who is serving, and the event log."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from fastapi import Path, Request
+
+from hvcluster.api.reads import CorruptReporter
+from hvcluster.api.views import Skipped
+from hvcluster.models.errors import CorruptValue, InvalidInput
+from hvcluster.models.event import Event
+from hvcluster.models.names import check_name
+from hvcluster.store.base import Store
+from hvcluster.store.events import EventLog
+from hvcluster.store.keys import Keys
+
+EventData = dict[str, str | int | float | bool | None]
+
+
+@dataclass
+class ApiContext:
+    store: Store
+    keys: Keys
+    node: str
+    log: EventLog = field(init=False)  # the writer: every change this API makes is logged
+    corrupt: CorruptReporter = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.corrupt = CorruptReporter(self._corrupt_event)
+        self.log = self.event_log()
+
+    @property
+    def actor(self) -> str:
+        return f"api@{self.node}"
+
+    async def record(
+        self, kind: str, subject: str, reason: str, data: EventData | None = None
+    ) -> None:
+        """Write one event to the cluster log, as this API."""
+        event = Event(
+            time=time.time(),
+            kind=kind,
+            subject=subject,
+            reason=reason,
+            actor=self.actor,
+            data=data or {},
+        )
+        await self.log.append(event)
+
+    def event_log(self, skipped: list[Skipped] | None = None) -> EventLog:
+        """A reader of the cluster log whose corrupt entries are reported (and collected
+        into ``skipped`` when given)."""
+
+        def on_corrupt(error: CorruptValue) -> None:
+            if skipped is not None:
+                skipped.append(Skipped(key=error.key, error=error.reason))
+            self.corrupt.report_soon(error)
+
+        return EventLog(self.store, self.keys, on_corrupt=on_corrupt)
+
+    async def _corrupt_event(self, error: CorruptValue, mod_revision: int) -> None:
+        await self.record(
+            "store.corrupt_value",
+            error.key,
+            f"skipped a value that does not decode: {error.reason}",
+            {"key": error.key, "mod_revision": mod_revision},
+        )
+
+
+def context(request: Request) -> ApiContext:
+    ctx = request.app.state.ctx
+    assert isinstance(ctx, ApiContext)
+    return ctx
+
+
+def valid_name(name: str = Path(description="a VM or node name")) -> str:
+    """A name from the path, checked as names are (it becomes part of store keys)."""
+    try:
+        return check_name(name)
+    except ValueError as e:
+        raise InvalidInput(str(e), field="name") from None

@@ -1,0 +1,121 @@
+"""One translation of the error tree to HTTP, for every route.
+
+The body is always ``{"error": "<one sentence>", "field": "<what was wrong>" | null}``:
+
+* :class:`InvalidInput` and request validation  -> 422, naming the field
+* :class:`NotFound`                              -> 404
+* :class:`Conflict` (and illegal transitions)    -> 409
+* :class:`CorruptValue` (one object asked for)   -> 409: it cannot be read, but it can be deleted
+* :class:`StoreError` (unavailable, ...)         -> 503: state is unknown, nothing was changed
+* anything else                                  -> 500, logged with its traceback
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException
+
+from hvcluster.models.errors import (
+    Conflict,
+    CorruptValue,
+    HvcError,
+    InvalidInput,
+    NotFound,
+    StoreError,
+)
+
+log = logging.getLogger(__name__)
+
+# Where FastAPI says an input came from; the client only cares about the field inside it.
+_SOURCES = {"body", "query", "path", "header", "cookie"}
+
+
+def error_response(status: int, message: str, field: str | None = None) -> JSONResponse:
+    return JSONResponse({"error": message, "field": field}, status_code=status)
+
+
+def status_of(error: HvcError) -> int:
+    if isinstance(error, InvalidInput):
+        return 422
+    if isinstance(error, NotFound):
+        return 404
+    if isinstance(error, Conflict | CorruptValue):
+        return 409
+    if isinstance(error, StoreError):
+        return 503
+    return 500
+
+
+def _field(loc: Sequence[int | str]) -> str | None:
+    parts = [str(p) for p in loc]
+    if parts and parts[0] in _SOURCES:
+        parts = parts[1:]
+    return ".".join(parts) or None
+
+
+def _message(item: dict[str, Any] | Any) -> str:
+    msg = str(item.get("msg", "invalid value"))
+    # pydantic prefixes errors raised in our validators; the sentence is ours.
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if msg.startswith(prefix):
+            msg = msg[len(prefix) :]
+    return msg
+
+
+def describe_errors(errors: Sequence[Any]) -> tuple[str, str | None]:
+    """One line naming every problem (``memory_mib: Input should be ...``); the first field."""
+    parts: list[str] = []
+    first: str | None = None
+    for i, item in enumerate(errors):
+        field = _field(item.get("loc", ()))
+        if i == 0:
+            first = field
+        parts.append(f"{field}: {_message(item)}" if field else _message(item))
+    return ("; ".join(parts) or "invalid input"), first
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def on_hvc_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, HvcError)
+        status = status_of(exc)
+        if status == 500:
+            log.error(
+                "unexpected %s on %s %s: %s",
+                type(exc).__name__,
+                request.method,
+                request.url.path,
+                exc,
+            )
+        field = exc.field if isinstance(exc, InvalidInput) else None
+        if isinstance(exc, CorruptValue):
+            field = exc.key
+        return error_response(status, str(exc), field)
+
+    async def on_validation(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError | ValidationError)
+        message, field = describe_errors(exc.errors())
+        return error_response(422, message, field)
+
+    async def on_http(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, HTTPException)
+        message = str(exc.detail)
+        if exc.status_code == 404 and message == "Not Found":
+            message = f"no such API path: {request.method} {request.url.path}"
+        return error_response(exc.status_code, message)
+
+    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(500, f"internal error: {type(exc).__name__}: {exc}")
+
+    app.add_exception_handler(HvcError, on_hvc_error)
+    app.add_exception_handler(HTTPException, on_http)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(ValidationError, on_validation)
+    app.add_exception_handler(Exception, on_unexpected)

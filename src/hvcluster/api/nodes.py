@@ -1,0 +1,150 @@
+"""``/api/v1/nodes``: list, show, pause, resume. Agents register nodes; the API only changes
+a node's admin state, checked against the node lifecycle."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+from fastapi import APIRouter, Body, Depends
+
+from hvcluster.api.context import ApiContext, context, valid_name
+from hvcluster.api.reads import decode_all, decode_one, decode_optional, snapshot
+from hvcluster.api.views import ActionRequest, NodeList, NodeView, ResumeRequest, Skipped
+from hvcluster.api.writes import update
+from hvcluster.models.errors import Conflict, NotFound
+from hvcluster.models.lifecycle import NODE_LIFECYCLE, NodeAdminState
+from hvcluster.models.node import Node, NodeAlive
+from hvcluster.models.vm import Placement
+from hvcluster.store.base import Get
+
+router = APIRouter(prefix="/nodes", tags=["nodes"])
+
+_NO_BODY = Body(default=None)
+
+
+def view(node: Node, alive: NodeAlive | None, alive_present: bool, vms: int) -> NodeView:
+    return NodeView(
+        name=node.name,
+        alive=alive_present,
+        alive_since=alive.since if alive else None,
+        admin_state=node.admin_state.value,
+        vms=vms,
+        node=node,
+        heartbeat=alive,
+    )
+
+
+@router.get("", response_model=NodeList)
+async def list_nodes(ctx: ApiContext = Depends(context)) -> NodeList:
+    snap = await snapshot(ctx.store, ctx.keys, ("nodes", "alive", "placements"))
+    nodes = await decode_all(Node, ctx.keys, "nodes", snap.by_kind["nodes"], ctx.corrupt)
+    alive = await decode_all(NodeAlive, ctx.keys, "alive", snap.by_kind["alive"], ctx.corrupt)
+    placements = await decode_all(
+        Placement, ctx.keys, "placements", snap.by_kind["placements"], ctx.corrupt
+    )
+    # A key under alive/ that does not decode still proves the lease is held.
+    present = {ctx.keys.name_of(kv.key, "alive") for kv in snap.by_kind["alive"]}
+    per_node = Counter(p.node for p, _ in placements.items.values())
+    views = []
+    for name, (node, _) in nodes.items.items():
+        heartbeat = alive.items.get(name)
+        views.append(
+            view(node, heartbeat[0] if heartbeat else None, name in present, per_node[name])
+        )
+    skipped = nodes.skipped + alive.skipped + placements.skipped
+    return NodeList(nodes=views, skipped=skipped, revision=snap.revision)
+
+
+async def _load(ctx: ApiContext, name: str) -> NodeView:
+    keys = ctx.keys
+    result = await ctx.store.txn(
+        (), [Get(keys.node(name)), Get(keys.alive(name)), Get(keys.prefix("placements"), True)]
+    )
+    node_found, alive_found, placement_kvs = result.gets
+    if not node_found:
+        raise NotFound(f"node {name!r} not found")
+    node = await decode_one(Node, node_found[0], ctx.corrupt)
+    skipped: list[Skipped] = []
+    alive = await decode_optional(
+        NodeAlive, alive_found[0] if alive_found else None, ctx.corrupt, skipped
+    )
+    placements = await decode_all(Placement, keys, "placements", placement_kvs, ctx.corrupt)
+    vms = sum(1 for p, _ in placements.items.values() if p.node == name)
+    return view(node, alive, bool(alive_found), vms)
+
+
+@router.get("/{name}", response_model=NodeView)
+async def show_node(
+    name: str = Depends(valid_name), ctx: ApiContext = Depends(context)
+) -> NodeView:
+    return await _load(ctx, name)
+
+
+async def _set_admin(
+    ctx: ApiContext,
+    name: str,
+    target: NodeAdminState,
+    reason: str,
+    clear_quarantine: bool = False,
+) -> NodeView:
+    def change(node: Node) -> Node | None:
+        if node.admin_state == target:
+            return None
+        if node.admin_state is NodeAdminState.QUARANTINED and not clear_quarantine:
+            until = node.quarantined_until
+            when = f" until {time.strftime('%H:%M:%S', time.localtime(until))}" if until else ""
+            raise Conflict(
+                f"node {name} is quarantined{when} after repeated failures; "
+                "resume it with clear_quarantine to override"
+                if target is NodeAdminState.UP
+                else f"node {name} is quarantined{when}; resume it with clear_quarantine first"
+            )
+        NODE_LIFECYCLE.check(node.admin_state, target)
+        fields: dict[str, object] = {
+            "admin_state": target,
+            "admin_reason": reason,
+            "admin_since": time.time(),
+        }
+        if node.admin_state is NodeAdminState.QUARANTINED:
+            fields["quarantined_until"] = None
+        return node.model_copy(update=fields)
+
+    done = await update(
+        ctx.store, ctx.keys.node(name), Node, change, what=f"node {name!r}", report=ctx.corrupt
+    )
+    if done.changed:
+        kind = "node.paused" if target is NodeAdminState.PAUSED else "node.resumed"
+        await ctx.record(
+            kind,
+            f"node/{name}",
+            reason,
+            {
+                "from": done.before.admin_state.value,
+                "to": target.value,
+                "revision": done.revision,
+            },
+        )
+    return await _load(ctx, name)
+
+
+@router.post("/{name}/pause", status_code=202, response_model=NodeView)
+async def pause_node(
+    name: str = Depends(valid_name),
+    request: ActionRequest | None = _NO_BODY,
+    ctx: ApiContext = Depends(context),
+) -> NodeView:
+    """No new VMs are placed on a paused node; those on it keep running."""
+    reason = request.reason if request and request.reason else "paused by an administrator"
+    return await _set_admin(ctx, name, NodeAdminState.PAUSED, reason)
+
+
+@router.post("/{name}/resume", status_code=202, response_model=NodeView)
+async def resume_node(
+    name: str = Depends(valid_name),
+    request: ResumeRequest | None = _NO_BODY,
+    ctx: ApiContext = Depends(context),
+) -> NodeView:
+    reason = request.reason if request and request.reason else "resumed by an administrator"
+    clear = bool(request and request.clear_quarantine)
+    return await _set_admin(ctx, name, NodeAdminState.UP, reason, clear)

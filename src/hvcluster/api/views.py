@@ -1,0 +1,112 @@
+"""What the API answers: a VM or node with everything known of it merged, and lists that
+say which stored values they had to skip."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from hvcluster.models.config import ClusterConfig
+from hvcluster.models.event import Event
+from hvcluster.models.lifecycle import VMState
+from hvcluster.models.node import Node, NodeAlive
+from hvcluster.models.vm import Placement, VMSpec, VMStatus
+
+
+class View(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class Skipped(View):
+    """A stored value that does not decode: left out of the answer, reported here."""
+
+    key: str
+    error: str
+
+
+class VMView(View):
+    name: str
+    desired_state: str
+    state: VMState  # the owning agent's report, or what follows from spec and placement
+    node: str  # where it is placed ("" when nowhere)
+    spec: VMSpec
+    placement: Placement | None = None
+    status: VMStatus | None = None
+
+
+class VMList(View):
+    vms: list[VMView]
+    skipped: list[Skipped] = []
+    revision: int
+
+
+class NodeView(View):
+    name: str
+    alive: bool
+    alive_since: float | None = None
+    admin_state: str
+    vms: int = 0  # VMs placed on it
+    node: Node
+    heartbeat: NodeAlive | None = None
+
+
+class NodeList(View):
+    nodes: list[NodeView]
+    skipped: list[Skipped] = []
+    revision: int
+
+
+class EventView(View):
+    seq: int
+    revision: int
+    event: Event
+
+
+class EventList(View):
+    events: list[EventView]
+    skipped: list[Skipped] = []
+    revision: int  # follow from revision + 1 to see what comes next
+
+
+class Counts(View):
+    nodes: int = 0
+    nodes_alive: int = 0
+    nodes_up: int = 0
+    vms: int = 0
+    vms_desired_running: int = 0
+    vms_placed: int = 0
+    vms_by_state: dict[str, int] = Field(default_factory=dict)
+
+
+class ClusterView(View):
+    cluster: str
+    served_by: str
+    config: ClusterConfig
+    config_stored: bool  # False: the defaults, no config key yet
+    counts: Counts
+    skipped: list[Skipped] = []
+    revision: int
+
+
+class Health(View):
+    ok: bool
+    node: str
+    revision: int
+
+
+class ActionRequest(BaseModel):
+    """The optional body of an action: why (kept in the event, and as a node's admin reason)."""
+
+    model_config = ConfigDict(extra="forbid")
+    reason: str = Field(default="", max_length=500)
+
+
+class ResumeRequest(ActionRequest):
+    # A quarantined node is only resumed when this is said explicitly (WSFC's
+    # -ClearQuarantine): the controller put it there for failing too often.
+    clear_quarantine: bool = False
+
+
+class Deleted(View):
+    name: str
+    deleted: bool = True
+    revision: int

@@ -1,0 +1,159 @@
+"""``/api/v1/vms``: create, list, show, start, stop, delete. Intent only: the controller
+places what is written here and the agents run it."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Body, Depends
+
+from hvcluster.api.context import ApiContext, context, valid_name
+from hvcluster.api.reads import Decoded, decode_all, decode_one, decode_optional, snapshot
+from hvcluster.api.views import ActionRequest, Deleted, Skipped, VMList, VMView
+from hvcluster.api.writes import update
+from hvcluster.models.base import encode
+from hvcluster.models.errors import Conflict, NotFound
+from hvcluster.models.lifecycle import VMState
+from hvcluster.models.vm import Placement, VMSpec, VMStatus
+from hvcluster.store.base import Compare, Delete, Get, Put
+
+router = APIRouter(prefix="/vms", tags=["vms"])
+
+_NO_BODY = Body(default=None)
+
+
+def state_of(spec: VMSpec, placement: Placement | None, status: VMStatus | None) -> VMState:
+    """The state to show: the owner's report if it is about the current placement (or the
+    controller left the VM failed), else what spec and placement imply."""
+    if status is not None and (
+        status.node == ""
+        or (
+            placement is not None
+            and status.node == placement.node
+            and status.epoch == placement.epoch
+        )
+    ):
+        return status.state
+    if spec.desired_state == "stopped":
+        return VMState.STOPPED
+    return VMState.PENDING
+
+
+def view(spec: VMSpec, placement: Placement | None, status: VMStatus | None) -> VMView:
+    return VMView(
+        name=spec.name,
+        desired_state=spec.desired_state,
+        state=state_of(spec, placement, status),
+        node=placement.node if placement else "",
+        spec=spec,
+        placement=placement,
+        status=status,
+    )
+
+
+async def _load(ctx: ApiContext, name: str, skipped: list[Skipped]) -> VMView:
+    """One VM with its placement and status, read in one transaction."""
+    keys = ctx.keys
+    result = await ctx.store.txn(
+        (), [Get(keys.vm(name)), Get(keys.placement(name)), Get(keys.status(name))]
+    )
+    spec_kv, placement_kv, status_kv = (found[0] if found else None for found in result.gets)
+    if spec_kv is None:
+        raise NotFound(f"vm {name!r} not found")
+    spec = await decode_one(VMSpec, spec_kv, ctx.corrupt)
+    placement = await decode_optional(Placement, placement_kv, ctx.corrupt, skipped)
+    status = await decode_optional(VMStatus, status_kv, ctx.corrupt, skipped)
+    return view(spec, placement, status)
+
+
+@router.get("", response_model=VMList)
+async def list_vms(ctx: ApiContext = Depends(context)) -> VMList:
+    snap = await snapshot(ctx.store, ctx.keys, ("vms", "placements", "status"))
+    specs = await decode_all(VMSpec, ctx.keys, "vms", snap.by_kind["vms"], ctx.corrupt)
+    placements: Decoded[Placement] = await decode_all(
+        Placement, ctx.keys, "placements", snap.by_kind["placements"], ctx.corrupt
+    )
+    statuses: Decoded[VMStatus] = await decode_all(
+        VMStatus, ctx.keys, "status", snap.by_kind["status"], ctx.corrupt
+    )
+    vms = []
+    for name, (spec, _) in specs.items.items():
+        placement = placements.items.get(name)
+        status = statuses.items.get(name)
+        vms.append(view(spec, placement[0] if placement else None, status[0] if status else None))
+    skipped = specs.skipped + placements.skipped + statuses.skipped
+    return VMList(vms=vms, skipped=skipped, revision=snap.revision)
+
+
+@router.post("", status_code=201, response_model=VMView)
+async def create_vm(spec: VMSpec, ctx: ApiContext = Depends(context)) -> VMView:
+    key = ctx.keys.vm(spec.name)
+    result = await ctx.store.txn([Compare.absent(key)], [Put(key, encode(spec))])
+    if not result.succeeded:
+        raise Conflict(f"vm {spec.name!r} already exists")
+    await ctx.record(
+        "vm.created",
+        f"vm/{spec.name}",
+        f"vm {spec.name} created ({spec.vcpus} vCPU, {spec.memory_mib} MiB, "
+        f"desired {spec.desired_state}, priority {spec.ha.priority.value})",
+        {"revision": result.revision},
+    )
+    return view(spec, None, None)
+
+
+@router.get("/{name}", response_model=VMView)
+async def show_vm(name: str = Depends(valid_name), ctx: ApiContext = Depends(context)) -> VMView:
+    return await _load(ctx, name, [])
+
+
+async def _set_desired(
+    ctx: ApiContext, name: str, desired: str, request: ActionRequest | None
+) -> VMView:
+    def change(spec: VMSpec) -> VMSpec | None:
+        if spec.desired_state == desired:
+            return None
+        return spec.model_copy(update={"desired_state": desired})
+
+    done = await update(
+        ctx.store, ctx.keys.vm(name), VMSpec, change, what=f"vm {name!r}", report=ctx.corrupt
+    )
+    if done.changed:
+        verb = "start" if desired == "running" else "stop"
+        reason = request.reason if request and request.reason else f"{verb} requested"
+        await ctx.record(
+            f"vm.{verb}_requested",
+            f"vm/{name}",
+            reason,
+            {"desired_state": desired, "revision": done.revision},
+        )
+    return await _load(ctx, name, [])
+
+
+@router.post("/{name}/start", status_code=202, response_model=VMView)
+async def start_vm(
+    name: str = Depends(valid_name),
+    request: ActionRequest | None = _NO_BODY,
+    ctx: ApiContext = Depends(context),
+) -> VMView:
+    return await _set_desired(ctx, name, "running", request)
+
+
+@router.post("/{name}/stop", status_code=202, response_model=VMView)
+async def stop_vm(
+    name: str = Depends(valid_name),
+    request: ActionRequest | None = _NO_BODY,
+    ctx: ApiContext = Depends(context),
+) -> VMView:
+    return await _set_desired(ctx, name, "stopped", request)
+
+
+@router.delete("/{name}", status_code=202, response_model=Deleted)
+async def delete_vm(name: str = Depends(valid_name), ctx: ApiContext = Depends(context)) -> Deleted:
+    """Delete the spec. The controller then removes the placement and the owning agent stops
+    the VM (agents stop VMs that have no spec). A corrupt spec can be deleted too."""
+    key = ctx.keys.vm(name)
+    result = await ctx.store.txn([Compare.present(key)], [Delete(key)])
+    if not result.succeeded:
+        raise NotFound(f"vm {name!r} not found")
+    await ctx.record(
+        "vm.deleted", f"vm/{name}", f"vm {name} deleted", {"revision": result.revision}
+    )
+    return Deleted(name=name, revision=result.revision)
