@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from hvcluster import __version__
+from hvcluster.cli import events_cmd, node_cmd, vm_cmd
 
 
 def _version(value: bool) -> None:
@@ -28,3 +29,8 @@ def main(
     ),
 ) -> None:
     """hvcluster: a failover cluster for QEMU/KVM virtual machines."""
+
+
+app.add_typer(vm_cmd.app, name="vm")
+app.add_typer(node_cmd.app, name="node")
+events_cmd.register(app)

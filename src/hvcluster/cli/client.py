@@ -1,0 +1,209 @@
+"""A small HTTP client of the hvcluster API, for the CLI.
+
+Where the API is, in order: ``--api URL`` (repeatable, or comma-separated), the ``HVC_API``
+environment variable (comma-separated), the running lab's state file
+(``$HVC_LAB_DIR/lab.json``, default ``/run/hvc-lab/lab.json``, key ``"api"``: a list of base
+URLs). Each URL is tried in turn until one answers; a request is only retried on another
+URL when it could not connect (so it was never sent).
+
+Errors come back as :class:`ApiError` (an :class:`HvcError`), one sentence each, which the
+CLI prints without a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from hvcluster.models.errors import HvcError
+
+LAB_DIR = Path("/run/hvc-lab")
+LAB_FILE = "lab.json"
+PREFIX = "/api/v1"
+TIMEOUT_S = 10.0
+
+
+class ApiError(HvcError):
+    """The API refused a request, or could not be reached."""
+
+    def __init__(self, message: str, status: int = 0, field: str | None = None) -> None:
+        self.status, self.field = status, field
+        super().__init__(message)
+
+
+def _split(value: str) -> list[str]:
+    return [u.strip().rstrip("/") for u in value.split(",") if u.strip()]
+
+
+def lab_file(env: Mapping[str, str] = os.environ) -> Path:
+    return Path(env.get("HVC_LAB_DIR") or LAB_DIR) / LAB_FILE
+
+
+def resolve_urls(
+    api: Sequence[str] | None,
+    env: Mapping[str, str] = os.environ,
+    lab: Path | None = None,
+) -> list[str]:
+    """The base URLs to try, from the option, the environment or the lab's state file."""
+    if api:
+        return [u for item in api for u in _split(item)]
+    if env.get("HVC_API"):
+        return _split(env["HVC_API"])
+    path = lab if lab is not None else lab_file(env)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ApiError(
+            f"no API given and no lab running ({path} not found): pass --api URL, "
+            "set HVC_API, or start a lab with 'hvc lab up'"
+        ) from None
+    except (OSError, ValueError) as e:
+        raise ApiError(f"cannot read the lab state file {path}: {e}") from None
+    urls = data.get("api") if isinstance(data, dict) else None
+    if not isinstance(urls, list) or not urls or not all(isinstance(u, str) for u in urls):
+        raise ApiError(f"{path} lists no API URLs (key 'api'): pass --api URL or set HVC_API")
+    return [u.rstrip("/") for u in urls]
+
+
+def _error_of(response: httpx.Response) -> ApiError:
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("error"), str):
+        field = body.get("field")
+        return ApiError(
+            body["error"], response.status_code, field if isinstance(field, str) else None
+        )
+    text = response.text.strip().splitlines()[0] if response.text.strip() else ""
+    return ApiError(
+        f"HTTP {response.status_code} from {response.url}: {text}"[:300], response.status_code
+    )
+
+
+class Client:
+    """Sync client of one cluster's API, trying each known URL until one answers."""
+
+    def __init__(self, urls: Sequence[str], timeout: float = TIMEOUT_S) -> None:
+        if not urls:
+            raise ApiError("no API URL to talk to")
+        self.urls = list(urls)
+        self._http = httpx.Client(timeout=timeout)
+
+    @classmethod
+    def from_options(cls, api: Sequence[str] | None) -> Client:
+        return cls(resolve_urls(api))
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _unreachable(self, errors: list[str]) -> ApiError:
+        return ApiError("cannot reach the hvcluster API: " + "; ".join(errors))
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        params: Mapping[str, Any] | None = None,
+    ) -> Any:
+        """Send a request; return the decoded JSON body or raise :class:`ApiError`."""
+        errors: list[str] = []
+        for base in self.urls:
+            url = base + PREFIX + path
+            try:
+                response = self._http.request(method, url, json=json_body, params=params)
+            except httpx.ConnectError as e:
+                errors.append(f"{base}: {_why(e)}")
+                continue
+            except httpx.TimeoutException:
+                raise ApiError(f"{base} did not answer in time ({method} {path})") from None
+            except httpx.HTTPError as e:
+                raise ApiError(f"{base}: {e}") from None
+            if response.is_error:
+                raise _error_of(response)
+            try:
+                return response.json()
+            except ValueError:
+                raise ApiError(f"{base} answered {method} {path} with something not JSON") from None
+        raise self._unreachable(errors)
+
+    def get(self, path: str, **params: Any) -> Any:
+        return self.request("GET", path, params={k: v for k, v in params.items() if v is not None})
+
+    def post(self, path: str, body: Any = None) -> Any:
+        return self.request("POST", path, json_body=body)
+
+    def delete(self, path: str) -> Any:
+        return self.request("DELETE", path)
+
+    def follow(self, path: str, **params: Any) -> Iterator[tuple[str, Any]]:
+        """Server-Sent Events from ``path``: yield ``(event, data)`` for each message; end
+        when the server ends the stream."""
+        errors: list[str] = []
+        query = {k: v for k, v in params.items() if v is not None}
+        for base in self.urls:
+            url = base + PREFIX + path
+            try:
+                with self._http.stream(
+                    "GET", url, params=query, timeout=httpx.Timeout(TIMEOUT_S, read=None)
+                ) as response:
+                    if response.is_error:
+                        response.read()
+                        raise _error_of(response)
+                    yield from _sse(response.iter_lines())
+                    return
+            except httpx.ConnectError as e:
+                errors.append(f"{base}: {_why(e)}")
+                continue
+            except httpx.HTTPError as e:
+                raise ApiError(f"{base}: the event stream broke: {e}") from None
+        raise self._unreachable(errors)
+
+
+def _why(error: httpx.ConnectError) -> str:
+    text = str(error)
+    if "refused" in text.lower():
+        return "connection refused (is an agent running there?)"
+    return text or type(error).__name__
+
+
+def _sse(lines: Iterator[str]) -> Iterator[tuple[str, Any]]:
+    """Parse a text/event-stream: ``event:`` and ``data:`` lines, a blank line ends one."""
+    event = "message"
+    data: list[str] = []
+    for line in lines:
+        if not line:
+            if data:
+                yield event, json.loads("\n".join(data))
+            event, data = "message", []
+        elif line.startswith("event:"):
+            event = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].lstrip())
+        # ":" comments (heartbeats) and "id:" lines need nothing here
+
+
+def api_option() -> Any:
+    """The ``--api`` option every command that talks to the API takes."""
+    import typer  # the client itself needs no Typer; only the commands' option does
+
+    return typer.Option(
+        None,
+        "--api",
+        help="API base URL (repeatable or comma-separated); default: $HVC_API, else the "
+        "running lab's state file.",
+        show_default=False,
+    )

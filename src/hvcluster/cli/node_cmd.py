@@ -1,0 +1,123 @@
+"""``hvc node``: list, show, pause and resume nodes (through the API)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+
+from hvcluster.cli.client import Client, api_option
+from hvcluster.cli.output import console, friendly_errors, print_json, print_table
+from hvcluster.cli.vm_cmd import warn_skipped, when
+
+app = typer.Typer(help="List nodes, pause and resume them.", no_args_is_help=True)
+
+
+@app.command("list")
+@friendly_errors
+def list_nodes(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+    api: list[str] | None = api_option(),
+) -> None:
+    """List nodes: alive or not, admin state, capacity, VMs placed."""
+    with Client.from_options(api) as client:
+        answer = client.get("/nodes")
+    if as_json:
+        print_json(answer)
+        return
+    rows = []
+    for n in answer["nodes"]:
+        node = n["node"]
+        rows.append(
+            (
+                n["name"],
+                "yes" if n["alive"] else "NO",
+                n["admin_state"],
+                f"{node['address']}:{node['api_port']}",
+                node["capacity"]["cpus"],
+                node["capacity"]["memory_mib"],
+                n["vms"],
+                node["admin_reason"],
+            )
+        )
+    print_table(
+        "nodes", ("NAME", "ALIVE", "ADMIN", "ADDRESS", "CPUS", "MIB", "VMS", "REASON"), rows
+    )
+    warn_skipped(answer)
+
+
+def _rows(n: dict[str, Any]) -> list[tuple[str, object]]:
+    node = n["node"]
+    inv = node["inventory"]
+    return [
+        ("alive", f"yes, since {when(n['alive_since'])}" if n["alive"] else "no"),
+        ("admin state", node["admin_state"]),
+        ("admin reason", node["admin_reason"]),
+        ("admin since", when(node["admin_since"])),
+        ("address", f"{node['address']}:{node['api_port']}"),
+        ("capacity", f"{node['capacity']['cpus']} CPUs, {node['capacity']['memory_mib']} MiB"),
+        ("vms placed", n["vms"]),
+        ("driver", f"{inv['driver']} ({inv['accelerator']})"),
+        ("qemu", inv["qemu_version"]),
+        ("switches", ", ".join(node["switches"])),
+        ("volumes", ", ".join(node["volumes"])),
+        ("failures", len(node["failures"])),
+        ("quarantined until", when(node["quarantined_until"])),
+        ("labels", ", ".join(f"{k}={v}" for k, v in sorted(node["labels"].items()))),
+    ]
+
+
+@app.command("show")
+@friendly_errors
+def show(
+    name: str = typer.Argument(..., help="Node name."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+    api: list[str] | None = api_option(),
+) -> None:
+    """Show one node."""
+    with Client.from_options(api) as client:
+        n = client.get(f"/nodes/{name}")
+    if as_json:
+        print_json(n)
+        return
+    print_table(f"node {n['name']}", ("FIELD", "VALUE"), _rows(n))
+
+
+def _say(n: dict[str, Any]) -> None:
+    console.print(
+        f"node [bold]{n['name']}[/]: {n['admin_state']}"
+        + (f" ({n['node']['admin_reason']})" if n["node"]["admin_reason"] else ""),
+        highlight=False,
+    )
+
+
+@app.command("pause")
+@friendly_errors
+def pause(
+    name: str = typer.Argument(..., help="Node name."),
+    reason: str = typer.Option("", "--reason", help="Why (shown with the node)."),
+    api: list[str] | None = api_option(),
+) -> None:
+    """Pause a node: no new VMs are placed on it; those it runs keep running."""
+    with Client.from_options(api) as client:
+        _say(client.post(f"/nodes/{name}/pause", {"reason": reason} if reason else None))
+
+
+@app.command("resume")
+@friendly_errors
+def resume(
+    name: str = typer.Argument(..., help="Node name."),
+    reason: str = typer.Option("", "--reason", help="Why (shown with the node)."),
+    clear_quarantine: bool = typer.Option(
+        False, "--clear-quarantine", help="Also resume a node quarantined for failing often."
+    ),
+    api: list[str] | None = api_option(),
+) -> None:
+    """Resume a paused node: it takes new VMs again."""
+    body: dict[str, Any] = {}
+    if reason:
+        body["reason"] = reason
+    if clear_quarantine:
+        body["clear_quarantine"] = True
+    with Client.from_options(api) as client:
+        _say(client.post(f"/nodes/{name}/resume", body or None))

@@ -1,0 +1,247 @@
+"""``hvc vm``: create, list, show, start, stop and remove VMs (through the API)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from hvcluster.cli.client import ApiError, Client, api_option
+from hvcluster.cli.output import console, err_console, friendly_errors, print_json, print_table
+from hvcluster.models.vm import Priority
+
+app = typer.Typer(help="Create, list and manage VMs.", no_args_is_help=True)
+
+
+def when(t: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else ""
+
+
+def warn_skipped(answer: dict[str, Any]) -> None:
+    for item in answer.get("skipped", []):
+        err_console.print(
+            f"[yellow]warning:[/] skipped {item['key']}: {item['error']}", highlight=False
+        )
+
+
+def _disk(value: str) -> dict[str, Any]:
+    """``/abs/path.qcow2`` or ``VOLUME:relative/path.qcow2``."""
+    volume, sep, path = value.partition(":")
+    disk: dict[str, Any] = {"path": path, "volume": volume} if sep and path else {"path": value}
+    if disk["path"].endswith((".raw", ".img")):
+        disk["format"] = "raw"
+    return disk
+
+
+def _load_file(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except OSError as e:
+        raise ApiError(f"cannot read {path}: {e.strerror}") from None
+    except ValueError as e:
+        raise ApiError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ApiError(f"{path} must hold a JSON object (a VM spec)")
+    return data
+
+
+@app.command("create")
+@friendly_errors
+def create(
+    name: str | None = typer.Argument(None, help="VM name (or take it from --file)."),
+    vcpus: int | None = typer.Option(None, "--vcpus", help="Virtual CPUs."),
+    memory: int | None = typer.Option(None, "--memory", help="Memory in MiB."),
+    disk: list[str] | None = typer.Option(
+        None, "--disk", help="A disk: /abs/path.qcow2 or VOLUME:path.qcow2 (repeatable)."
+    ),
+    priority: Priority | None = typer.Option(None, "--priority", help="Recovery priority."),
+    preferred_owner: list[str] | None = typer.Option(
+        None, "--preferred-owner", help="Preferred node, most preferred first (repeatable)."
+    ),
+    possible_owner: list[str] | None = typer.Option(
+        None, "--possible-owner", help="A node allowed to run it (repeatable; none = any)."
+    ),
+    anti_affinity: list[str] | None = typer.Option(
+        None, "--anti-affinity", help="Anti-affinity class (repeatable)."
+    ),
+    hard_anti_affinity: bool = typer.Option(
+        False, "--hard-anti-affinity", help="Never share a node with its anti-affinity classes."
+    ),
+    stopped: bool = typer.Option(False, "--stopped", help="Create it without starting it."),
+    file: Path | None = typer.Option(None, "--file", help="A VM spec as JSON; options override."),
+    as_json: bool = typer.Option(False, "--json", help="Print the created VM as JSON."),
+    api: list[str] | None = api_option(),
+) -> None:
+    """Create a VM. The controller places it and an agent starts it (unless --stopped)."""
+    spec: dict[str, Any] = _load_file(file) if file else {}
+    if name is not None:
+        spec["name"] = name
+    if "name" not in spec:
+        raise ApiError("give the VM a NAME (or a --file whose spec has a name)")
+    for key, value in (("vcpus", vcpus), ("memory_mib", memory)):
+        if value is not None:
+            spec[key] = value
+    if disk:
+        spec["disks"] = [_disk(d) for d in disk]
+    if stopped:
+        spec["desired_state"] = "stopped"
+    ha: dict[str, Any] = dict(spec.get("ha") or {})
+    if priority is not None:
+        ha["priority"] = priority.value
+    if preferred_owner:
+        ha["preferred_owners"] = preferred_owner
+    if possible_owner:
+        ha["possible_owners"] = possible_owner
+    if anti_affinity:
+        ha["anti_affinity_classes"] = anti_affinity
+    if hard_anti_affinity:
+        ha["anti_affinity_enforced"] = True
+    if ha:
+        spec["ha"] = ha
+    with Client.from_options(api) as client:
+        vm = client.post("/vms", spec)
+    if as_json:
+        print_json(vm)
+        return
+    console.print(
+        f"created vm [bold]{vm['name']}[/] (desired {vm['desired_state']}): "
+        "the controller will place it",
+        highlight=False,
+    )
+
+
+@app.command("list")
+@friendly_errors
+def list_vms(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+    api: list[str] | None = api_option(),
+) -> None:
+    """List VMs: desired and actual state, where each is placed."""
+    with Client.from_options(api) as client:
+        answer = client.get("/vms")
+    if as_json:
+        print_json(answer)
+        return
+    rows = []
+    for vm in answer["vms"]:
+        spec, placement = vm["spec"], vm.get("placement") or {}
+        rows.append(
+            (
+                vm["name"],
+                vm["state"],
+                vm["desired_state"],
+                vm["node"],
+                placement.get("epoch"),
+                spec["vcpus"],
+                spec["memory_mib"],
+                spec["ha"]["priority"],
+            )
+        )
+    print_table(
+        "VMs", ("NAME", "STATE", "DESIRED", "NODE", "EPOCH", "VCPUS", "MIB", "PRIORITY"), rows
+    )
+    warn_skipped(answer)
+
+
+def _show_rows(vm: dict[str, Any]) -> list[tuple[str, object]]:
+    spec, ha = vm["spec"], vm["spec"]["ha"]
+    placement, status = vm.get("placement") or {}, vm.get("status") or {}
+    disks = ", ".join(
+        (f"{d['volume']}:" if d.get("volume") else "") + d["path"] for d in spec["disks"]
+    )
+    rows: list[tuple[str, object]] = [
+        ("state", vm["state"]),
+        ("desired", vm["desired_state"]),
+        ("node", vm["node"]),
+        ("epoch", placement.get("epoch", "")),
+        ("placed because", placement.get("reason", "")),
+        ("vcpus", spec["vcpus"]),
+        ("memory", f"{spec['memory_mib']} MiB"),
+        ("disks", disks),
+        ("nics", ", ".join(f"{n['switch']} {n['mac']}" for n in spec["nics"])),
+        ("priority", ha["priority"]),
+        ("preferred owners", ", ".join(ha["preferred_owners"])),
+        ("possible owners", ", ".join(ha["possible_owners"]) or "any"),
+        (
+            "anti-affinity",
+            ", ".join(ha["anti_affinity_classes"])
+            + (" (hard)" if ha["anti_affinity_enforced"] and ha["anti_affinity_classes"] else ""),
+        ),
+    ]
+    if status:
+        rows += [
+            (
+                "reported by",
+                f"{status['node']} (epoch {status['epoch']})" if status["node"] else "controller",
+            ),
+            ("pid", status.get("pid")),
+            ("since", when(status.get("since"))),
+            ("restarts", status.get("restarts")),
+            ("last error", status.get("last_error")),
+        ]
+    return rows
+
+
+@app.command("show")
+@friendly_errors
+def show(
+    name: str = typer.Argument(..., help="VM name."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+    api: list[str] | None = api_option(),
+) -> None:
+    """Show one VM: spec, placement and what its agent reports."""
+    with Client.from_options(api) as client:
+        vm = client.get(f"/vms/{name}")
+    if as_json:
+        print_json(vm)
+        return
+    print_table(f"vm {vm['name']}", ("FIELD", "VALUE"), _show_rows(vm))
+
+
+def _action(name: str, verb: str, api: list[str] | None, reason: str) -> None:
+    body = {"reason": reason} if reason else None
+    with Client.from_options(api) as client:
+        vm = client.post(f"/vms/{name}/{verb}", body)
+    console.print(
+        f"vm [bold]{vm['name']}[/]: desired {vm['desired_state']} (now {vm['state']}"
+        + (f" on {vm['node']}" if vm["node"] else "")
+        + ")",
+        highlight=False,
+    )
+
+
+@app.command("start")
+@friendly_errors
+def start(
+    name: str = typer.Argument(..., help="VM name."),
+    reason: str = typer.Option("", "--reason", help="Why (kept in the event log)."),
+    api: list[str] | None = api_option(),
+) -> None:
+    """Ask for a VM to run (its desired state becomes running)."""
+    _action(name, "start", api, reason)
+
+
+@app.command("stop")
+@friendly_errors
+def stop(
+    name: str = typer.Argument(..., help="VM name."),
+    reason: str = typer.Option("", "--reason", help="Why (kept in the event log)."),
+    api: list[str] | None = api_option(),
+) -> None:
+    """Ask for a VM to stop (graceful shutdown by its agent)."""
+    _action(name, "stop", api, reason)
+
+
+@app.command("rm")
+@friendly_errors
+def rm(
+    name: str = typer.Argument(..., help="VM name."),
+    api: list[str] | None = api_option(),
+) -> None:
+    """Delete a VM: its spec goes, its agent stops it. Disk images are kept."""
+    with Client.from_options(api) as client:
+        client.delete(f"/vms/{name}")
+    console.print(f"deleted vm [bold]{name}[/]", highlight=False)

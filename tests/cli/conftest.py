@@ -1,0 +1,105 @@
+"""A real API server (uvicorn on a free loopback port, in a thread) over a MemoryStore, and
+the CLI run against it."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Coroutine, Iterator
+from typing import Any, TypeVar
+
+import pytest
+import uvicorn
+from typer.testing import CliRunner, Result
+
+from hvcluster.api import create_app
+from hvcluster.cli.main import app as cli_app
+from hvcluster.models.base import encode
+from hvcluster.models.node import Capacity, Node
+from hvcluster.store.keys import Keys
+from hvcluster.store.memory import MemoryStore
+
+KEYS = Keys("cli")
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ApiServer:
+    """uvicorn serving the API in its own thread and event loop; the store lives there too."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.store: MemoryStore | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.server: uvicorn.Server | None = None
+        self.thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
+        self.error: BaseException | None = None
+
+    async def _main(self) -> None:
+        try:
+            self.loop = asyncio.get_running_loop()
+            self.store = MemoryStore()
+            app = create_app(self.store, KEYS, "n1")
+            config = uvicorn.Config(
+                app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off"
+            )
+            self.server = uvicorn.Server(config)
+            await self.server.serve()
+        except BaseException as e:  # surfaced by start()
+            self.error = e
+        finally:
+            if self.store is not None:
+                await self.store.close()
+
+    def start(self, timeout: float = 10.0) -> None:
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not (self.server and self.server.started):
+            if self.error is not None or not self.thread.is_alive():
+                raise RuntimeError(f"the API server did not start: {self.error!r}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("the API server did not start in time")
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` in the server's loop (where the store lives); return its result."""
+        assert self.loop is not None
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=10)
+
+    def add_node(self, name: str) -> None:
+        assert self.store is not None
+        node = Node(name=name, address="127.0.0.1", capacity=Capacity(cpus=2, memory_mib=2048))
+        self.run(self.store.put(KEYS.node(name), encode(node)))
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ApiServer]:
+    s = ApiServer()
+    try:
+        s.start()
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest.fixture
+def hvc(server: ApiServer) -> Any:
+    runner = CliRunner()
+
+    def invoke(*args: str) -> Result:
+        return runner.invoke(cli_app, [*args, "--api", server.url])
+
+    return invoke
