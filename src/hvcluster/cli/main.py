@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from hvcluster import __version__
+from hvcluster.cli import image_cmd
 from hvcluster.cli import events_cmd, node_cmd, vm_cmd
 
 
@@ -34,3 +35,6 @@ def main(
 app.add_typer(vm_cmd.app, name="vm")
 app.add_typer(node_cmd.app, name="node")
 events_cmd.register(app)
+
+
+app.add_typer(image_cmd.app, name="image")

@@ -1,0 +1,55 @@
+"""The errors a driver raises. Only these (all :class:`DriverError`) ever leave a driver."""
+
+from __future__ import annotations
+
+from hvcluster.models.errors import DriverError
+
+
+class SpecError(DriverError):
+    """The VM spec cannot run on this host: a missing disk, too much memory, an unknown bridge.
+
+    ``field`` names the part of the spec that is wrong (``disks[0].path``, ``memory_mib``)."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        self.field = field
+        super().__init__(f"{field}: {message}" if field else message)
+
+
+class NotRunning(DriverError):
+    """The named VM is not running on this host (never started, stopped, or gone)."""
+
+    def __init__(self, name: str, detail: str = "") -> None:
+        self.name = name
+        super().__init__(
+            f"vm {name!r} is not running on this host" + (f": {detail}" if detail else "")
+        )
+
+
+class AlreadyRunning(DriverError):
+    """A VM of that name already runs on this host."""
+
+    def __init__(self, name: str, pid: int | None = None) -> None:
+        self.name = name
+        super().__init__(
+            f"vm {name!r} is already running on this host" + (f" (pid {pid})" if pid else "")
+        )
+
+
+class HypervisorMissing(DriverError):
+    """The hypervisor (the QEMU binary, ``qemu-img``) is not installed or not executable."""
+
+
+class QemuFailed(DriverError):
+    """QEMU refused to start, exited, or a QMP command failed. The message carries QEMU's words."""
+
+
+class MigrationFailed(DriverError):
+    """A live migration, save or restore did not complete. The VM keeps running on the source."""
+
+
+class MigrationCancelled(MigrationFailed):
+    """The migration was cancelled on request."""
+
+
+class ImageBuildFailed(DriverError):
+    """``hvc image build`` could not fetch the kernel or assemble the guest image."""

@@ -1,0 +1,88 @@
+"""The /init of the test guest (a busybox shell script), kept as a string so it ships with the
+package. See the script's own header for what it does."""
+
+INIT_SCRIPT = r"""#!/bin/busybox sh
+# /init of the hvcluster test guest. It proves, from outside, that a VM runs, was never reset,
+# never ran twice and lost nothing:
+# - prints HVC-BOOT once booted and HVC-HEARTBEAT lines on the serial console;
+# - keeps a counter in the first sector of its disk (/dev/vda), written every ~200 ms and
+#   flushed; at boot it resumes from the value on disk, so it only ever rises.
+# The ACPI power button powers it off cleanly.
+/bin/busybox mkdir -p /proc /sys /dev /tmp
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+
+for m in $(cat /etc/hvc-modules); do
+  insmod "/lib/modules/$m.ko" 2>/dev/null || echo "hvc-guest: insmod $m failed"
+done
+
+param() { # value of hvc.NAME= on the kernel command line
+  for word in $(cat /proc/cmdline); do
+    case "$word" in "hvc.$1="*) echo "${word#*=}"; return;; esac
+  done
+}
+
+disk=/dev/$(param disk)
+[ "$disk" = /dev/ ] && disk=/dev/vda
+i=0
+while [ ! -b "$disk" ] && [ $i -lt 20 ]; do sleep 0.1; i=$((i + 1)); done
+
+ip=$(param ip)
+if [ -n "$ip" ] && [ -e /sys/class/net/eth0 ]; then
+  ip addr add "$ip" dev eth0
+  ip link set eth0 up
+fi
+
+# The power button: any event on its input device means "power off now".
+for input in /sys/class/input/input*; do
+  if [ "$(cat "$input/name" 2>/dev/null)" = "Power Button" ]; then
+    for ev in "$input"/event*; do
+      [ -e "$ev" ] || continue
+      dev="/dev/input/${ev##*/}"
+      [ -c "$dev" ] || continue
+      (if [ "$(dd if="$dev" bs=24 count=1 2>/dev/null | wc -c)" -eq 24 ]; then
+         echo "HVC-POWEROFF"
+         sync
+         poweroff -f
+       fi) &
+    done
+  fi
+done
+
+read_counter() { # the counter stored on the disk, 0 if none
+  set -- $(dd if="$disk" bs=512 count=1 2>/dev/null | head -c 32)
+  if [ "$1" = HVCCOUNTER1 ]; then
+    v=$2
+    while [ "${v#0}" != "$v" ]; do v=${v#0}; done
+    echo "${v:-0}"
+  else
+    echo 0
+  fi
+}
+
+n=0
+if [ -b "$disk" ]; then
+  n=$(read_counter)
+fi
+[ -b "$disk" ] || disk=none
+echo "HVC-BOOT kernel=$(uname -r) disk=$disk counter=$n uptime=$(cut -d' ' -f1 /proc/uptime)"
+
+beat=0
+while true; do
+  n=$((n + 1))
+  if [ "$disk" != none ]; then
+    printf 'HVCCOUNTER1 %020d\n' "$n" \
+      | dd of="$disk" bs=512 count=1 conv=sync,notrunc,fsync 2>/dev/null \
+      || echo "hvc-guest: counter write failed"
+  fi
+  if [ $beat -eq 0 ]; then
+    echo "HVC-HEARTBEAT counter=$n uptime=$(cut -d' ' -f1 /proc/uptime)"
+    beat=5
+  fi
+  beat=$((beat - 1))
+  sleep 0.2
+done
+"""

@@ -1,0 +1,116 @@
+"""A VM spec checked against this host and turned into QEMU's command line."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from hvcluster.drivers.errors import SpecError
+from hvcluster.drivers.qemu.settings import QemuSettings
+from hvcluster.models.vm import Disk, VMSpec
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How this QEMU starts: accelerator, paused or not, waiting for an incoming migration."""
+
+    accelerator: str
+    paused: bool = False
+    incoming: bool = False  # "-incoming defer": the state arrives later by migrate-incoming
+
+
+def opt(value: object) -> str:
+    """A value inside a QEMU option list, where a comma must be doubled."""
+    return str(value).replace(",", ",,")
+
+
+def disk_path(disk: Disk, index: int, volumes: dict[str, Path]) -> Path:
+    if disk.volume is None:
+        return Path(disk.path)
+    root = volumes.get(disk.volume)
+    if root is None:
+        raise SpecError(
+            f"volume {disk.volume!r} is not mounted on this host", f"disks[{index}].volume"
+        )
+    return Path(root) / disk.path
+
+
+def tap_name(run_dir: Path, vm: str, index: int) -> str:
+    """A tap name unique per host runtime dir and VM (15 characters at most, as Linux wants)."""
+    digest = hashlib.sha1(f"{Path(run_dir).absolute()}\0{vm}\0{index}".encode()).hexdigest()
+    return f"hvt{digest[:11]}"
+
+
+def check_spec(spec: VMSpec, host_memory_mib: int, settings: QemuSettings) -> None:
+    """Refuse, naming the field, what cannot run here: before QEMU says it less clearly."""
+    if spec.memory_mib > host_memory_mib:
+        raise SpecError(
+            f"{spec.memory_mib} MiB is more than this host's {host_memory_mib} MiB", "memory_mib"
+        )
+    for i, disk in enumerate(spec.disks):
+        path = disk_path(disk, i, settings.volumes)
+        if not path.is_file():
+            raise SpecError(f"disk image {path} does not exist", f"disks[{i}].path")
+        if not os.access(path, os.R_OK if disk.readonly else os.R_OK | os.W_OK):
+            raise SpecError(f"disk image {path} is not accessible", f"disks[{i}].path")
+    for i, nic in enumerate(spec.nics):
+        if not Path(f"/sys/class/net/{nic.switch}/bridge").is_dir():
+            raise SpecError(f"no bridge {nic.switch!r} on this host", f"nics[{i}].switch")
+    boot = spec.boot
+    for field in ("kernel", "initrd"):
+        value = getattr(boot, field)
+        if value is not None and not Path(value).is_file():
+            raise SpecError(f"{value} does not exist", f"boot.{field}")
+    if boot.initrd and not boot.kernel:
+        raise SpecError("an initrd needs a kernel", "boot.initrd")
+    if not spec.disks and not boot.kernel:
+        raise SpecError("nothing to boot: give a disk or a kernel", "disks")
+
+
+def qemu_argv(
+    spec: VMSpec, vm_dir: Path, run_dir: Path, launch: Launch, settings: QemuSettings
+) -> list[str]:
+    """The full command line. QEMU daemonizes itself once it is ready (pidfile, QMP socket)."""
+    d = vm_dir.absolute()
+    argv = [
+        settings.binary,
+        "-name", f"{spec.name},process=hvc-{spec.name}",
+        "-machine", settings.machine,
+        "-accel", launch.accelerator,
+        "-cpu", settings.cpu_model,
+        "-smp", str(spec.vcpus),
+        "-m", f"{spec.memory_mib}M",
+        "-nodefaults", "-no-user-config", "-display", "none", "-vga", "none",
+        "-chardev", f"file,id=serial0,path={opt(d / 'serial.log')},append=on",
+        "-serial", "chardev:serial0",
+        "-chardev", f"socket,id=qmp,path={opt(d / 'qmp.sock')},server=on,wait=off",
+        "-mon", "chardev=qmp,mode=control",
+        "-pidfile", str(d / "pid"),
+        "-D", str(d / "qemu.log"),  # keeps QEMU's stderr in qemu.log after it daemonizes
+        "-daemonize",
+    ]  # fmt: skip
+    if spec.boot.kernel:
+        argv += ["-kernel", spec.boot.kernel, "-append", spec.boot.cmdline]
+        if spec.boot.initrd:
+            argv += ["-initrd", spec.boot.initrd]
+    for i, disk in enumerate(spec.disks):
+        path = disk_path(disk, i, settings.volumes)
+        drive = f"file={opt(path)},format={disk.format},if=none,id=disk{i},cache=writeback"
+        if disk.readonly:
+            drive += ",readonly=on"
+        argv += ["-drive", drive, "-device", f"virtio-blk-pci,drive=disk{i},id=vblk{i}"]
+        if i == 0 and not spec.boot.kernel:
+            argv[-1] += ",bootindex=0"
+    for i, nic in enumerate(spec.nics):
+        tap = tap_name(run_dir, spec.name, i)
+        argv += [
+            "-netdev", f"tap,id=net{i},ifname={tap},script=no,downscript=no",
+            "-device", f"virtio-net-pci,netdev=net{i},mac={nic.mac},id=nic{i}",
+        ]  # fmt: skip
+    if launch.paused or launch.incoming:
+        argv.append("-S")
+    if launch.incoming:
+        argv += ["-incoming", "defer"]
+    return argv

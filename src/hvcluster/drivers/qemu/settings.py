@@ -1,0 +1,24 @@
+"""Settings of the qemu driver on one host."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from hvcluster.drivers.image import DEFAULT_CACHE
+from hvcluster.models.base import Model
+
+
+class QemuSettings(Model):
+    binary: str = "qemu-system-x86_64"
+    # "auto": kvm only if a probe guest boots under KVM in probe_timeout_s (cached per host).
+    accelerator: Literal["auto", "kvm", "tcg"] = "auto"
+    machine: str = "q35"
+    cpu_model: str = "qemu64"  # one named model on every host keeps live migration possible
+    cache_dir: Path = DEFAULT_CACHE  # the guest image, the probe's verdict
+    volumes: dict[str, Path] = {}  # shared volume name -> where this host mounts it
+    probe_timeout_s: float = Field(default=20.0, gt=0)
+    start_timeout_s: float = Field(default=30.0, gt=0)
+    qmp_timeout_s: float = Field(default=10.0, gt=0)

@@ -1,0 +1,85 @@
+"""Host-side helpers for the test guest (see :mod:`hvcluster.drivers.image`): its disk, the
+counter it keeps there, its serial console, and a VM spec that boots it.
+
+The counter is how tests prove a VM was never reset, never ran twice and lost nothing. It is
+read with ``qemu-img dd -U`` (force-share), so it works while QEMU holds the image lock.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+
+from hvcluster.drivers.errors import HypervisorMissing
+from hvcluster.drivers.image import GuestImage
+from hvcluster.models.errors import DriverError
+from hvcluster.models.vm import Disk, Nic, VMSpec
+
+COUNTER = re.compile(rb"^HVCCOUNTER1 (\d{20})\n")
+HEARTBEAT = re.compile(r"HVC-HEARTBEAT counter=(\d+)")
+BOOT_MARKER = "HVC-BOOT"
+
+
+def _qemu_img(*args: str) -> str:
+    try:
+        done = subprocess.run(
+            ["qemu-img", *args], capture_output=True, text=True, timeout=60, check=False
+        )
+    except FileNotFoundError as e:
+        raise HypervisorMissing("qemu-img is not installed (package qemu-utils)") from e
+    if done.returncode != 0:
+        raise DriverError(f"qemu-img {' '.join(args)}: {done.stderr.strip()}")
+    return done.stdout
+
+
+def create_disk(path: Path, size_mib: int = 16, fmt: str = "qcow2") -> Path:
+    """A new, empty disk image (its counter reads 0)."""
+    _qemu_img("create", "-q", "-f", fmt, str(path), f"{size_mib}M")
+    return Path(path)
+
+
+def read_counter(path: Path, fmt: str = "qcow2") -> int:
+    """The counter the guest last wrote to the disk; 0 if it never wrote one."""
+    if fmt == "raw":
+        with open(path, "rb") as f:
+            head = f.read(64)
+    else:
+        with tempfile.TemporaryDirectory(prefix="hvc-counter-") as tmp:
+            out = Path(tmp) / "sector"
+            _qemu_img(
+                "dd", "-U", "-f", fmt, "-O", "raw", "bs=512", "count=1", f"if={path}", f"of={out}"
+            )
+            head = out.read_bytes()[:64]
+    m = COUNTER.match(head)
+    return int(m.group(1)) if m else 0
+
+
+def heartbeats(serial_log: Path) -> list[int]:
+    """The counter values of every heartbeat the guest printed so far."""
+    try:
+        text = Path(serial_log).read_text(errors="replace")
+    except FileNotFoundError:
+        return []
+    return [int(n) for n in HEARTBEAT.findall(text)]
+
+
+def booted(serial_log: Path) -> bool:
+    try:
+        return BOOT_MARKER in Path(serial_log).read_text(errors="replace")
+    except FileNotFoundError:
+        return False
+
+
+def guest_spec(
+    name: str,
+    image: GuestImage,
+    disk: Path | None = None,
+    memory_mib: int = 128,
+    nics: tuple[Nic, ...] = (),
+    fmt: str = "qcow2",
+) -> VMSpec:
+    """A VM spec that boots the test guest, with its counter on ``disk`` if given."""
+    disks = (Disk(path=str(Path(disk).absolute()), format=fmt),) if disk is not None else ()
+    return VMSpec(name=name, memory_mib=memory_mib, disks=disks, nics=nics, boot=image.boot())
