@@ -10,9 +10,10 @@ import httpx
 import pytest
 
 from hvcluster.models.base import decode, encode
+from hvcluster.models.errors import StoreUnavailable
 from hvcluster.models.lifecycle import VMState
 from hvcluster.models.vm import Placement, VMSpec, VMStatus
-from hvcluster.store.base import Compare, Op, TxnResult
+from hvcluster.store.base import Compare, Op, Put, TxnResult
 from hvcluster.store.memory import MemoryStore
 from tests.api.conftest import KEYS, kinds, spec, stored_events
 
@@ -226,3 +227,60 @@ async def test_corrupt_spec_is_skipped_reported_once_and_deletable(
     await store.put(KEYS.vm("broken"), GARBAGE)
     await api.get("/vms")
     assert len([k for k in await kinds(store) if k == "store.corrupt_value"]) == 3
+
+
+class LogDownStore(MemoryStore):
+    """A store whose event log cannot be written (every txn putting an event fails)."""
+
+    async def txn(
+        self, compares: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op] = ()
+    ) -> TxnResult:
+        if any(isinstance(op, Put) and op.key.startswith(KEYS.prefix("events")) for op in success):
+            raise StoreUnavailable("event log down (test)")
+        return await super().txn(compares, success, failure)
+
+
+async def test_a_change_that_committed_is_not_reported_failed_when_its_event_cannot_be() -> None:
+    from hvcluster.api import create_app
+
+    store = LogDownStore()
+    app = create_app(store, KEYS, "n1")
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://api/api/v1"
+    ) as api:
+        r = await api.post("/vms", json=spec("web-1"))
+        assert r.status_code == 201, r.text
+        assert (await api.post("/vms/web-1/stop")).status_code == 202
+    assert (await stored_spec(store, "web-1")).desired_state == "stopped"
+    assert await kinds(store) == []
+    await store.close()
+
+
+async def test_start_gives_a_left_failed_vm_another_chance(
+    api: httpx.AsyncClient, store: MemoryStore
+) -> None:
+    await api.post("/vms", json=spec("web-1"))
+    failed = VMStatus(
+        vm="web-1",
+        node="",
+        epoch=5,
+        state=VMState.FAILED,
+        last_error="no node fits",
+        left_failed=True,
+    )
+    await store.put(KEYS.status("web-1"), encode(failed))
+    assert (await api.get("/vms/web-1")).json()["state"] == "failed"
+
+    r = await api.post("/vms/web-1/start")
+    assert r.status_code == 202
+    assert r.json()["state"] == "pending"
+    assert await store.get(KEYS.status("web-1")) is None
+    [cleared] = [e for e in await stored_events(store) if e.kind == "vm.failed_cleared"]
+    assert "no node fits" in cleared.reason
+
+    # An agent's own report is never touched by a start.
+    running = VMStatus(vm="web-1", node="n2", epoch=6, state=VMState.RUNNING)
+    await store.put(KEYS.status("web-1"), encode(running))
+    await api.post("/vms/web-1/start")
+    kv = await store.get(KEYS.status("web-1"))
+    assert kv is not None and decode(VMStatus, kv.key, kv.value) == running

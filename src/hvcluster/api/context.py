@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 
@@ -9,12 +10,14 @@ from fastapi import Path, Request
 
 from hvcluster.api.reads import CorruptReporter
 from hvcluster.api.views import Skipped
-from hvcluster.models.errors import CorruptValue, InvalidInput
+from hvcluster.models.errors import CorruptValue, InvalidInput, StoreError
 from hvcluster.models.event import Event
 from hvcluster.models.names import check_name
 from hvcluster.store.base import Store
 from hvcluster.store.events import EventLog
 from hvcluster.store.keys import Keys
+
+log = logging.getLogger(__name__)
 
 EventData = dict[str, str | int | float | bool | None]
 
@@ -38,7 +41,11 @@ class ApiContext:
     async def record(
         self, kind: str, subject: str, reason: str, data: EventData | None = None
     ) -> None:
-        """Write one event to the cluster log, as this API."""
+        """Write one event to the cluster log, as this API.
+
+        Called after the change itself committed: if the log cannot be written now, the
+        change still stands, so the failure is logged here rather than answered as an error
+        (which would tell the client nothing changed)."""
         event = Event(
             time=time.time(),
             kind=kind,
@@ -47,7 +54,10 @@ class ApiContext:
             actor=self.actor,
             data=data or {},
         )
-        await self.log.append(event)
+        try:
+            await self.log.append(event)
+        except StoreError as e:
+            log.warning("could not log %s %s: %s", kind, subject, e)
 
     def event_log(self, skipped: list[Skipped] | None = None) -> EventLog:
         """A reader of the cluster log whose corrupt entries are reported (and collected

@@ -8,9 +8,9 @@ from fastapi import APIRouter, Body, Depends
 from hvcluster.api.context import ApiContext, context, valid_name
 from hvcluster.api.reads import Decoded, decode_all, decode_one, decode_optional, snapshot
 from hvcluster.api.views import ActionRequest, Deleted, Skipped, VMList, VMView
-from hvcluster.api.writes import update
-from hvcluster.models.base import encode
-from hvcluster.models.errors import Conflict, NotFound
+from hvcluster.api.writes import ATTEMPTS, update
+from hvcluster.models.base import decode, encode
+from hvcluster.models.errors import Conflict, CorruptValue, NotFound
 from hvcluster.models.lifecycle import VMState
 from hvcluster.models.vm import Placement, VMSpec, VMStatus
 from hvcluster.store.base import Compare, Delete, Get, Put
@@ -127,12 +127,43 @@ async def _set_desired(
     return await _load(ctx, name, [])
 
 
+async def _clear_left_failed(ctx: ApiContext, name: str, request: ActionRequest | None) -> None:
+    """Delete ``status/<vm>`` if it is the controller's left-failed mark (node "", nobody
+    runs it), compared on its mod revision so that a report written meanwhile stays. The
+    controller then places the VM again as a new one."""
+    key = ctx.keys.status(name)
+    for _ in range(ATTEMPTS):
+        kv = await ctx.store.get(key)
+        if kv is None:
+            return
+        try:
+            status = decode(VMStatus, kv.key, kv.value)
+        except CorruptValue:
+            return  # not ours to judge; the list reports it
+        if not (status.left_failed and status.node == "" and status.state is VMState.FAILED):
+            return
+        result = await ctx.store.txn([Compare.mod_is(key, kv.mod_revision)], [Delete(key)])
+        if result.succeeded:
+            reason = request.reason if request and request.reason else "start requested"
+            await ctx.record(
+                "vm.failed_cleared",
+                f"vm/{name}",
+                f"{reason}: cleared the left-failed mark ({status.last_error})",
+                {"revision": result.revision},
+            )
+            return
+    raise Conflict(f"vm {name!r}'s status kept changing under us; try again")
+
+
 @router.post("/{name}/start", status_code=202, response_model=VMView)
 async def start_vm(
     name: str = Depends(valid_name),
     request: ActionRequest | None = _NO_BODY,
     ctx: ApiContext = Depends(context),
 ) -> VMView:
+    """Desired state running. A VM the controller left failed (too many failovers, no node
+    fits) is also given another chance: its left-failed mark is cleared."""
+    await _clear_left_failed(ctx, name, request)
     return await _set_desired(ctx, name, "running", request)
 
 
