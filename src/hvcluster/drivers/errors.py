@@ -53,3 +53,7 @@ class MigrationCancelled(MigrationFailed):
 
 class ImageBuildFailed(DriverError):
     """``hvc image build`` could not fetch the kernel or assemble the guest image."""
+
+
+class ProcessFailed(DriverError):
+    """A helper process the driver needs (the sim driver's placeholder, ``ip``) failed."""

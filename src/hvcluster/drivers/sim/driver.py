@@ -1,0 +1,493 @@
+"""The ``sim`` driver: VMs that exist only as a model, with the same contract as ``qemu``.
+
+Time comes from an injected :class:`~hvcluster.drivers.clock.Clock`; every random choice
+(boot time, load, crashes, failed migrations) from a source seeded by ``seed``, the VM's name
+and epoch, so a run with a :class:`~hvcluster.drivers.clock.ManualClock` is reproducible:
+the same seed gives the same :attr:`SimDriver.trace`.
+
+With a ``run_dir``, each sim VM is also a real placeholder process with its pid in
+``<run_dir>/vms/<name>/pid`` and its state in ``sim.json`` beside it: a new driver
+re-attaches, and a killed node (or its watchdog) kills its sim VMs as it would QEMU.
+Without a ``run_dir`` everything is in memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import os
+import shutil
+import signal
+from pathlib import Path
+from typing import Any
+
+from hvcluster.drivers.base import (
+    Driver,
+    HostFacts,
+    MigrationResult,
+    ProgressCallback,
+    Usage,
+    VMEvent,
+    VMInfo,
+)
+from hvcluster.drivers.clock import Clock, SystemClock
+from hvcluster.drivers.errors import (
+    AlreadyRunning,
+    MigrationCancelled,
+    MigrationFailed,
+    NotRunning,
+    SpecError,
+)
+from hvcluster.drivers.runtime import (
+    pid_alive,
+    read_int,
+    read_json,
+    record_identity,
+    vm_dir,
+    vm_pid,
+    vms_root,
+    write_json,
+)
+from hvcluster.drivers.sim import model, placeholder
+from hvcluster.drivers.sim.state import SimHost, SimVM, persist, read_saved_state, write_saved_state
+from hvcluster.drivers.sim.transport import Incoming, Outgoing
+from hvcluster.models.config import MigrationSettings
+from hvcluster.models.lifecycle import VMState
+from hvcluster.models.migration import Progress
+from hvcluster.models.node import Capacity, Inventory
+from hvcluster.models.vm import VMSpec
+
+MIB = model.MIB
+TICK_S = 0.25  # how often crashes and killed placeholders are looked for
+
+
+class SimDriver(Driver):
+    kind = "sim"
+
+    def __init__(
+        self,
+        run_dir: Path | None = None,
+        clock: Clock | None = None,
+        seed: int = 0,
+        host: SimHost | None = None,
+        params: model.SimParams | None = None,
+    ) -> None:
+        super().__init__(run_dir)
+        self.clock: Clock = clock or SystemClock()
+        self.seed = seed
+        self.host = host or SimHost()
+        self.params = params or model.SimParams()
+        self.trace: list[tuple[float, str, str, str]] = []  # (time, vm, state, reason)
+        self._vms: dict[str, SimVM] = {}
+        self._gone: dict[str, VMInfo] = {}
+        self._failing: dict[str, str] = {}  # vm -> reason its next migration fails
+        self._ticker: asyncio.Task[None] | None = None
+        if self.run_dir is not None:
+            vms_root(self.run_dir).mkdir(parents=True, exist_ok=True)
+
+    # -- fault injection --------------------------------------------------------------------
+
+    def inject_crash(self, name: str, at: float | None = None, reason: str = "crashed") -> None:
+        """Crash ``name`` at clock time ``at`` (now if None)."""
+        vm = self._get(name)
+        vm.crash_at = self.clock.now() if at is None else at
+        vm.crash_reason = reason
+        self._observe(vm)
+
+    def fail_next_migration(self, name: str, reason: str = "injected failure") -> None:
+        self._failing[name] = reason
+
+    # -- host and lifecycle -----------------------------------------------------------------
+
+    async def inventory(self) -> HostFacts:
+        return HostFacts(
+            capacity=Capacity(cpus=self.host.cpus, memory_mib=self.host.memory_mib),
+            inventory=Inventory(
+                cpu_model=self.host.cpu_model, accelerator="sim", qemu_version="", driver="sim"
+            ),
+        )
+
+    async def start(self, spec: VMSpec, epoch: int, paused: bool = False) -> VMInfo:
+        self._refuse_if_running(spec.name)
+        self._check_spec(spec)
+        state = VMState.PAUSED if paused else VMState.RUNNING
+        vm = await self._create(spec, epoch, state, "started")
+        return vm.info()
+
+    async def shutdown(self, name: str, timeout: float) -> VMInfo:
+        vm = self._get(name)
+        age = self.clock.now() - vm.started
+        listens = vm.state == VMState.RUNNING and age >= vm.profile.boot_s
+        self._set(vm, VMState.STOPPING, "shutdown requested")
+        wait = min(self.params.shutdown_s, timeout) if listens else timeout
+        await self.clock.sleep(wait)
+        if self._vms.get(name) is vm:
+            graceful = listens and self.params.shutdown_s <= timeout
+            why = "the guest powered off" if graceful else f"forced off after {timeout}s"
+            self._finish(vm, VMState.STOPPED, why)
+        return self._gone[name]
+
+    async def kill(self, name: str) -> VMInfo:
+        self._finish(self._get(name), VMState.STOPPED, "killed on request")
+        return self._gone[name]
+
+    async def discard(self, name: str) -> None:
+        vm = self._vms.get(name)
+        if vm is not None:
+            self._finish(vm, VMState.STOPPED, "discarded")
+        elif self.run_dir is not None:
+            d = vm_dir(self.run_dir, name)
+            pid = vm_pid(d)
+            if pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            shutil.rmtree(d, ignore_errors=True)
+        self._gone.pop(name, None)
+
+    async def status(self, name: str) -> VMInfo:
+        vm = self._vms.get(name)
+        if vm is not None:
+            self._observe(vm)
+        if name in self._vms:
+            return self._vms[name].info()
+        if name in self._gone:
+            return self._gone[name]
+        raise NotRunning(name)
+
+    async def list(self) -> builtins.list[VMInfo]:
+        for vm in builtins.list(self._vms.values()):
+            self._observe(vm)
+        infos = [vm.info() for vm in self._vms.values()]
+        infos += [i for n, i in self._gone.items() if n not in self._vms]
+        return sorted(infos, key=lambda i: i.name)
+
+    async def attach(self) -> builtins.list[VMInfo]:
+        if self.run_dir is None:
+            return [vm.info() for vm in self._vms.values()]
+        attached = []
+        for d in sorted(vms_root(self.run_dir).iterdir()):
+            if d.is_dir() and d.name not in self._vms:
+                vm = self._attach_one(d)
+                if vm is not None:
+                    attached.append(vm.info())
+        if self._vms:
+            self._ensure_ticker()
+        return attached
+
+    async def usage(self, name: str) -> Usage:
+        vm = self._get(name)
+        self._observe(vm)
+        if vm.state != VMState.RUNNING:
+            return Usage(cpu_percent=0.0, memory_mib=vm.spec.memory_mib * 0.1)
+        age = self.clock.now() - vm.started
+        return Usage(
+            cpu_percent=model.cpu_percent(self.params, vm.profile, vm.spec.vcpus, age),
+            memory_mib=model.memory_mib(self.params, vm.profile, vm.spec.memory_mib, age),
+        )
+
+    async def pause(self, name: str) -> VMInfo:
+        vm = self._get(name)
+        if vm.state not in (VMState.RUNNING, VMState.PAUSED):
+            raise NotRunning(name, f"it is {vm.state}")
+        self._set(vm, VMState.PAUSED, "paused on request")
+        return vm.info()
+
+    async def resume(self, name: str) -> VMInfo:
+        vm = self._get(name)
+        if vm.state not in (VMState.RUNNING, VMState.PAUSED):
+            raise NotRunning(name, f"it is {vm.state}")
+        self._set(vm, VMState.RUNNING, "resumed on request")
+        return vm.info()
+
+    # -- migration --------------------------------------------------------------------------
+
+    async def prepare_incoming(
+        self, spec: VMSpec, epoch: int, host: str, settings: MigrationSettings | None = None
+    ) -> str:
+        self._refuse_if_running(spec.name)
+        self._check_spec(spec)
+        vm = await self._create(spec, epoch, VMState.MIGRATING, "incoming migration")
+
+        def outcome(completed: bool, reason: str, meta: dict[str, Any]) -> None:
+            if self._vms.get(vm.name) is not vm:
+                return
+            if completed:
+                vm.started = self.clock.now() - float(meta.get("age_s", 0.0))
+                self._set(vm, VMState.PAUSED, reason)
+            else:
+                self._finish(vm, VMState.FAILED, reason)
+
+        vm.incoming = Incoming(spec.name, outcome)
+        try:
+            return await vm.incoming.listen(host)
+        except MigrationFailed:
+            self._finish(vm, VMState.FAILED, "could not listen")
+            self._gone.pop(spec.name, None)
+            raise
+
+    async def migrate_out(
+        self,
+        name: str,
+        address: str,
+        settings: MigrationSettings,
+        on_progress: ProgressCallback | None = None,
+    ) -> MigrationResult:
+        vm = self._get(name)
+        if vm.state not in (VMState.RUNNING, VMState.PAUSED):
+            raise MigrationFailed(f"vm {name} is {vm.state}; only a running VM migrates")
+        prior, started = vm.state, self.clock.now()
+        vm.migrations += 1
+        vm.cancel = False
+        rng = model.vm_rng(self.seed, name, vm.epoch, f"migration-{vm.migrations}")
+        passes, downtime_ms = model.migration_plan(
+            self.params,
+            vm.spec.memory_mib,
+            settings.max_bandwidth_mib_s,
+            settings.downtime_limit_ms,
+        )
+        fail_reason = self._failing.pop(name, None)
+        if fail_reason is None and rng.random() < self.params.migration_failure_rate:
+            fail_reason = "simulated failure"
+        fail_at = rng.randrange(len(passes)) if fail_reason else -1
+        out = Outgoing(name, address)
+        await out.open({"age_s": started - vm.started})
+        self._set(vm, VMState.MIGRATING, f"migrating to {address}")
+        total, sent = vm.spec.memory_mib * MIB, 0
+        progress = Progress(bytes_total=total)
+        try:
+            for i, step in enumerate(passes):
+                await self._sleep_migrating(vm, step.seconds)
+                if i == fail_at:
+                    raise MigrationFailed(
+                        f"vm {name}: migration to {address} failed: {fail_reason}"
+                    )
+                sent += step.sent
+                progress = Progress(
+                    bytes_transferred=sent,
+                    bytes_remaining=step.remaining,
+                    bytes_total=total,
+                    dirty_rate_pages_s=self.params.dirty_mib_s * MIB / 4096,
+                    passes=i + 1,
+                )
+                if on_progress is not None:
+                    on_progress(progress)
+            await self._sleep_migrating(vm, downtime_ms / 1000)
+            await out.finish()
+        except MigrationFailed as e:
+            await out.abort(str(e))
+            if self._vms.get(name) is vm:
+                self._set(vm, prior, f"migration failed: {e}")
+            raise
+        finally:
+            await out.close()
+        self._set(vm, VMState.PAUSED, f"migrated to {address}")
+        total_ms = (self.clock.now() - started) * 1000
+        return MigrationResult(total_ms=total_ms, downtime_ms=downtime_ms, progress=progress)
+
+    async def cancel_migration(self, name: str) -> None:
+        vm = self._get(name)
+        if vm.state == VMState.MIGRATING and vm.incoming is None:
+            vm.cancel = True
+
+    async def save(self, name: str, path: Path) -> MigrationResult:
+        vm = self._get(name)
+        if vm.state not in (VMState.RUNNING, VMState.PAUSED):
+            raise MigrationFailed(f"vm {name} is {vm.state}; it cannot be saved")
+        prior, started = vm.state, self.clock.now()
+        self._set(vm, VMState.MIGRATING, f"saving to {path}")
+        await self._sleep_migrating(vm, vm.spec.memory_mib / self.params.save_mib_s)
+        state = {
+            "hvc-sim-state": 1,
+            "vm": name,
+            "epoch": vm.epoch,
+            "age_s": self.clock.now() - vm.started,
+        }
+        try:
+            write_saved_state(Path(path), state)
+        except MigrationFailed as e:
+            self._set(vm, prior, f"save failed: {e}")
+            raise
+        self._set(vm, VMState.PAUSED, f"saved to {path}")
+        total_ms = (self.clock.now() - started) * 1000
+        return MigrationResult(total_ms=total_ms, downtime_ms=total_ms)
+
+    async def restore(self, spec: VMSpec, epoch: int, path: Path, paused: bool = False) -> VMInfo:
+        self._refuse_if_running(spec.name)
+        self._check_spec(spec)
+        saved = read_saved_state(Path(path), spec.name)
+        await self.clock.sleep(spec.memory_mib / self.params.save_mib_s)
+        state = VMState.PAUSED if paused else VMState.RUNNING
+        vm = await self._create(spec, epoch, state, f"restored from {path}")
+        vm.started = self.clock.now() - float(saved.get("age_s", 0.0))
+        return vm.info()
+
+    async def close(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+            self._ticker = None
+        for vm in self._vms.values():
+            if vm.incoming is not None:
+                await vm.incoming.close()
+        self._vms.clear()
+
+    # -- inside -----------------------------------------------------------------------------
+
+    def _get(self, name: str) -> SimVM:
+        vm = self._vms.get(name)
+        if vm is not None:
+            self._observe(vm)
+        vm = self._vms.get(name)
+        if vm is None:
+            raise NotRunning(name)
+        return vm
+
+    def _refuse_if_running(self, name: str) -> None:
+        if name in self._vms:
+            raise AlreadyRunning(name, self._vms[name].pid)
+        if self.run_dir is not None and (pid := vm_pid(vm_dir(self.run_dir, name))) is not None:
+            raise AlreadyRunning(name, pid)
+
+    def _check_spec(self, spec: VMSpec) -> None:
+        if spec.memory_mib > self.host.memory_mib:
+            raise SpecError(
+                f"{spec.memory_mib} MiB is more than this host's {self.host.memory_mib} MiB",
+                "memory_mib",
+            )
+        for i, disk in enumerate(spec.disks):
+            if disk.volume is not None and disk.volume not in self.host.volumes:
+                raise SpecError(
+                    f"volume {disk.volume!r} is not mounted on this host", f"disks[{i}].volume"
+                )
+            root = self.host.volumes.get(disk.volume or "", Path("/"))
+            if self.host.check_disks and not (Path(root) / disk.path).is_file():
+                raise SpecError(f"disk image {disk.path} does not exist", f"disks[{i}].path")
+        for i, nic in enumerate(spec.nics):
+            if nic.switch not in self.host.switches:
+                raise SpecError(f"no bridge {nic.switch!r} on this host", f"nics[{i}].switch")
+
+    async def _create(self, spec: VMSpec, epoch: int, state: VMState, reason: str) -> SimVM:
+        now = self.clock.now()
+        prof = model.profile(self.params, model.vm_rng(self.seed, spec.name, epoch))
+        crash_at = now + prof.crash_after_s if prof.crash_after_s is not None else None
+        vm = SimVM(spec, epoch, VMState.STARTING, now, now, prof, crash_at=crash_at)
+        if self.run_dir is not None:
+            d = vm_dir(self.run_dir, spec.name)
+            shutil.rmtree(d, ignore_errors=True)
+            d.mkdir(parents=True)
+            write_json(
+                d / "spec.json",
+                {"spec": spec.model_dump(mode="json"), "epoch": epoch, "started": now},
+            )
+            vm.pid = await placeholder.spawn()
+            vm.pid_start = record_identity(d, vm.pid)
+        self._vms[spec.name] = vm
+        self._gone.pop(spec.name, None)
+        self._set(vm, state, reason)
+        self._ensure_ticker()
+        return vm
+
+    def _attach_one(self, d: Path) -> SimVM | None:
+        record, saved, pid = read_json(d / "spec.json"), read_json(d / "sim.json"), vm_pid(d)
+        try:
+            spec = VMSpec.model_validate(record["spec"]) if record else None
+        except ValueError:
+            spec = None
+        incoming = bool(saved and saved.get("state") == VMState.MIGRATING and saved.get("incoming"))
+        if pid is None or spec is None or record is None or saved is None or incoming:
+            if pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            shutil.rmtree(d, ignore_errors=True)
+            why = "its process died while no agent watched" if pid is None else "lost its state"
+            self._record_gone(d.name, VMState.FAILED, why, int((record or {}).get("epoch", 0)))
+            return None
+        epoch = int(record["epoch"])
+        prof = model.profile(self.params, model.vm_rng(self.seed, spec.name, epoch))
+        state = VMState(saved["state"])
+        if state == VMState.MIGRATING:  # an outgoing migration died with the old driver
+            state = VMState.RUNNING
+        vm = SimVM(
+            spec,
+            epoch,
+            state,
+            float(saved["since"]),
+            float(saved["started"]),
+            prof,
+            reason=str(saved.get("reason", "")),
+            pid=pid,
+            pid_start=read_int(d / "pid.start"),
+            crash_at=saved.get("crash_at"),
+        )
+        self._vms[spec.name] = vm
+        return vm
+
+    def _observe(self, vm: SimVM) -> None:
+        """Notice what happened to a VM by now: its process was killed, or it crashed."""
+        if self._vms.get(vm.name) is not vm:
+            return
+        if vm.pid is not None and not pid_alive(vm.pid, vm.pid_start):
+            self._finish(vm, VMState.FAILED, "its process was killed")
+        elif vm.crash_at is not None and self.clock.now() >= vm.crash_at:
+            self._finish(vm, VMState.FAILED, vm.crash_reason)
+
+    async def _sleep_migrating(self, vm: SimVM, seconds: float) -> None:
+        remaining = seconds
+        while True:
+            step = min(remaining, TICK_S)
+            await self.clock.sleep(step)
+            remaining -= step
+            self._observe(vm)
+            if self._vms.get(vm.name) is not vm:
+                raise MigrationFailed(f"vm {vm.name} died while migrating: {self._gone_reason(vm)}")
+            if vm.cancel:
+                raise MigrationCancelled(f"vm {vm.name}: migration cancelled")
+            if remaining <= 0:
+                return
+
+    def _gone_reason(self, vm: SimVM) -> str:
+        info = self._gone.get(vm.name)
+        return info.reason if info else "gone"
+
+    def _ensure_ticker(self) -> None:
+        if self._ticker is None or self._ticker.done():
+            self._ticker = asyncio.create_task(self._tick(), name="sim-driver-ticker")
+
+    async def _tick(self) -> None:
+        while True:
+            await self.clock.sleep(TICK_S)
+            for vm in builtins.list(self._vms.values()):
+                self._observe(vm)
+
+    def _set(self, vm: SimVM, state: VMState, reason: str) -> None:
+        if state == vm.state:
+            return
+        vm.state, vm.since, vm.reason = state, self.clock.now(), reason
+        self.trace.append((vm.since, vm.name, state.value, reason))
+        if self.run_dir is not None:
+            with contextlib.suppress(OSError):
+                persist(vm, vm_dir(self.run_dir, vm.name))
+        self._emit(VMEvent(name=vm.name, state=state, at=vm.since, epoch=vm.epoch, reason=reason))
+
+    def _finish(self, vm: SimVM, state: VMState, reason: str) -> None:
+        if self._vms.get(vm.name) is not vm:
+            return
+        del self._vms[vm.name]
+        if vm.pid is not None and pid_alive(vm.pid, vm.pid_start):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(vm.pid, signal.SIGKILL)
+        if vm.incoming is not None:
+            incoming, vm.incoming = vm.incoming, None
+            asyncio.get_running_loop().create_task(incoming.close())
+        if self.run_dir is not None:
+            shutil.rmtree(vm_dir(self.run_dir, vm.name), ignore_errors=True)
+        vm.state, vm.reason, vm.since = state, reason, self.clock.now()
+        self._record_gone(vm.name, state, reason, vm.epoch)
+
+    def _record_gone(self, name: str, state: VMState, reason: str, epoch: int) -> None:
+        now = self.clock.now()
+        self._gone[name] = VMInfo(name=name, state=state, since=now, epoch=epoch, reason=reason)
+        self.trace.append((now, name, state.value, reason))
+        self._emit(VMEvent(name=name, state=state, at=now, epoch=epoch, reason=reason))

@@ -1,0 +1,98 @@
+"""What a sim driver keeps of each VM, in memory and (with a run dir) on disk."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from hvcluster.drivers.base import VMInfo
+from hvcluster.drivers.errors import MigrationFailed, SpecError
+from hvcluster.drivers.runtime import write_json
+from hvcluster.drivers.sim import model
+from hvcluster.drivers.sim.transport import Incoming
+from hvcluster.models.base import Model
+from hvcluster.models.lifecycle import VMState
+from hvcluster.models.vm import VMSpec
+
+
+class SimHost(Model):
+    """The simulated host."""
+
+    cpus: int = Field(default=16, gt=0)
+    memory_mib: int = Field(default=64 * 1024, gt=0)
+    cpu_model: str = "sim-cpu"
+    switches: tuple[str, ...] = ()  # bridges this host has
+    volumes: dict[str, Path] = {}  # shared volume name -> where this host mounts it
+    check_disks: bool = True  # disks must exist as files, as for qemu
+
+
+@dataclass(eq=False)
+class SimVM:
+    spec: VMSpec
+    epoch: int
+    state: VMState
+    since: float
+    started: float  # clock time the guest started (carried over by migrations)
+    profile: model.Profile
+    reason: str = ""
+    pid: int | None = None
+    pid_start: int | None = None
+    crash_at: float | None = None
+    crash_reason: str = "crashed"
+    incoming: Incoming | None = None
+    cancel: bool = False
+    migrations: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def info(self) -> VMInfo:
+        return VMInfo(
+            name=self.name,
+            state=self.state,
+            pid=self.pid,
+            since=self.since,
+            epoch=self.epoch,
+            reason=self.reason,
+        )
+
+
+def persist(vm: SimVM, directory: Path) -> None:
+    """``sim.json``: what a new driver needs to take the VM over."""
+    write_json(
+        directory / "sim.json",
+        {
+            "state": vm.state,
+            "since": vm.since,
+            "started": vm.started,
+            "reason": vm.reason,
+            "crash_at": vm.crash_at,
+            "incoming": vm.incoming is not None or vm.reason == "incoming migration",
+        },
+    )
+
+
+def write_saved_state(path: Path, data: dict[str, Any]) -> None:
+    try:
+        Path(path).write_text(json.dumps(data) + "\n")
+    except OSError as e:
+        raise MigrationFailed(f"cannot write saved state to {path}: {e}") from e
+
+
+def read_saved_state(path: Path, name: str) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError as e:
+        raise SpecError(f"saved state {path} does not exist", "path") from e
+    except (OSError, ValueError) as e:
+        raise MigrationFailed(f"saved state {path} is unreadable: {e}") from e
+    if not isinstance(data, dict) or data.get("hvc-sim-state") != 1:
+        raise MigrationFailed(f"{path} is not the saved state of a sim VM")
+    if data.get("vm") != name:
+        raise MigrationFailed(f"{path} holds vm {data.get('vm')!r}, not {name!r}")
+    return data

@@ -1,0 +1,136 @@
+"""How a simulated migration crosses from one sim driver to another, even in another process:
+a TCP connection that carries no memory, only the handshake and the outcome. If the target
+goes away mid-migration the source sees it, as with QEMU."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Callable
+from typing import Any
+
+from hvcluster.drivers.errors import MigrationFailed
+
+Outcome = Callable[[bool, str, dict[str, Any]], None]  # (completed, reason, what the source sent)
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    if not address.startswith("tcp:"):
+        raise MigrationFailed(f"unsupported migration address {address!r} (expected tcp:HOST:PORT)")
+    host, _, port = address[4:].rpartition(":")
+    try:
+        return host.strip("[]"), int(port)
+    except ValueError as e:
+        raise MigrationFailed(f"bad migration address {address!r}") from e
+
+
+def format_address(host: str, port: int) -> str:
+    return f"tcp:[{host}]:{port}" if ":" in host else f"tcp:{host}:{port}"
+
+
+async def _send(writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:
+    writer.write(json.dumps(message).encode() + b"\n")
+    await writer.drain()
+
+
+async def _receive(reader: asyncio.StreamReader) -> dict[str, Any] | None:
+    line = await reader.readline()
+    if not line:
+        return None
+    data = json.loads(line)
+    return data if isinstance(data, dict) else None
+
+
+class Incoming:
+    """The target's listener for one VM: accepts one source, reports the outcome once."""
+
+    def __init__(self, vm: str, on_outcome: Outcome) -> None:
+        self.vm = vm
+        self._on_outcome = on_outcome
+        self._server: asyncio.Server | None = None
+        self._decided = False
+
+    async def listen(self, host: str) -> str:
+        try:
+            self._server = await asyncio.start_server(self._serve, host, 0)
+        except OSError as e:
+            raise MigrationFailed(f"cannot listen for vm {self.vm} on {host}: {e}") from e
+        port = self._server.sockets[0].getsockname()[1]
+        return format_address(host, int(port))
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+
+    def _decide(self, completed: bool, reason: str, meta: dict[str, Any] | None = None) -> None:
+        if not self._decided:
+            self._decided = True
+            self._on_outcome(completed, reason, meta or {})
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._server is not None:
+            self._server.close()  # one source only
+        try:
+            hello = await _receive(reader)
+            if not hello or hello.get("vm") != self.vm:
+                await _send(writer, {"ok": False, "error": f"this listener waits for {self.vm}"})
+                return
+            await _send(writer, {"ok": True})
+            end = await _receive(reader)
+            if end and end.get("op") == "done":
+                self._decide(True, "incoming migration completed", dict(hello.get("meta", {})))
+                await _send(writer, {"ok": True})
+            else:
+                why = end.get("reason", "aborted") if end else "the source hung up"
+                self._decide(False, f"incoming migration failed: {why}")
+        except (OSError, ValueError, asyncio.IncompleteReadError) as e:
+            self._decide(False, f"incoming migration failed: {e}")
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+
+class Outgoing:
+    """The source's side of one migration."""
+
+    def __init__(self, vm: str, address: str) -> None:
+        self.vm = vm
+        self.address = address
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def open(self, meta: dict[str, Any]) -> None:
+        host, port = parse_address(self.address)
+        try:
+            self._reader, self._writer = await asyncio.open_connection(host, port)
+            await _send(self._writer, {"op": "hello", "vm": self.vm, "meta": meta})
+            reply = await _receive(self._reader)
+        except (OSError, ValueError) as e:
+            raise MigrationFailed(f"vm {self.vm}: cannot reach {self.address}: {e}") from e
+        if not reply or not reply.get("ok"):
+            why = reply.get("error", "refused") if reply else "no answer"
+            raise MigrationFailed(f"vm {self.vm}: target {self.address} refused: {why}")
+
+    async def finish(self) -> None:
+        assert self._reader is not None and self._writer is not None
+        try:
+            await _send(self._writer, {"op": "done"})
+            reply = await _receive(self._reader)
+        except (OSError, ValueError) as e:
+            raise MigrationFailed(f"vm {self.vm}: target {self.address} lost: {e}") from e
+        if not reply or not reply.get("ok"):
+            raise MigrationFailed(f"vm {self.vm}: target {self.address} did not take the VM")
+
+    async def abort(self, reason: str) -> None:
+        if self._writer is not None:
+            with contextlib.suppress(OSError):
+                await _send(self._writer, {"op": "abort", "reason": reason})
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            with contextlib.suppress(Exception):
+                await self._writer.wait_closed()
