@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 from pathlib import Path
 from typing import Any
@@ -132,3 +133,16 @@ def process_cpu_and_rss(pid: int) -> tuple[float, float, float] | None:
     rss = int(statm[1]) * os.sysconf("SC_PAGE_SIZE") / (1024 * 1024)
     age = max(uptime - int(rest[19]) / ticks, 1e-3)
     return cpu, rss, age
+
+
+def retire(run_dir: Path, name: str, keep: tuple[str, ...] = ()) -> None:
+    """Remove a VM's runtime dir, keeping the named files (its last logs) in
+    ``<run_dir>/logs/<name>.<file>``."""
+    d = vm_dir(run_dir, name)
+    if keep:
+        logs = Path(run_dir) / "logs"
+        logs.mkdir(exist_ok=True)
+        for file in keep:
+            with contextlib.suppress(OSError):
+                os.replace(d / file, logs / f"{name}.{file}")
+    shutil.rmtree(d, ignore_errors=True)

@@ -14,10 +14,7 @@ import contextlib
 import logging
 import os
 import shlex
-import shutil
-import socket
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +32,6 @@ from hvcluster.drivers.errors import (
     MigrationFailed,
     NotRunning,
     QemuFailed,
-    SpecError,
 )
 from hvcluster.drivers.qemu.cmdline import Launch, check_spec, qemu_argv, tap_name
 from hvcluster.drivers.qemu.host import (
@@ -49,12 +45,14 @@ from hvcluster.drivers.qemu.monitor import Monitor
 from hvcluster.drivers.qemu.probe import decide_accelerator
 from hvcluster.drivers.qemu.process import enslave_tap, kill_and_wait, launch, log_tail, wait_gone
 from hvcluster.drivers.qemu.settings import QemuSettings
+from hvcluster.drivers.qemu.vm import RUNSTATES, QemuVM, free_port, saved_state, uri_host
 from hvcluster.drivers.runtime import (
     pid_alive,
     process_cpu_and_rss,
     read_int,
     read_json,
     record_identity,
+    retire,
     vm_dir,
     vm_pid,
     vms_root,
@@ -68,45 +66,6 @@ from hvcluster.models.vm import VMSpec
 
 log = logging.getLogger(__name__)
 
-# QEMU run states (query-status) as our VM states.
-RUNSTATES = {
-    "running": VMState.RUNNING,
-    "inmigrate": VMState.MIGRATING,
-    "finish-migrate": VMState.MIGRATING,
-    "shutdown": VMState.STOPPING,
-    "internal-error": VMState.FAILED,
-    "guest-panicked": VMState.FAILED,
-}  # everything else (paused, postmigrate, prelaunch, io-error, ...) is PAUSED
-
-
-@dataclass(eq=False)
-class _VM:
-    name: str
-    dir: Path
-    spec: VMSpec
-    epoch: int
-    pid: int
-    start: int | None
-    state: VMState
-    since: float
-    reason: str = ""
-    monitor: Monitor | None = None
-    stopping: bool = False  # we asked it to go: shutdown, kill, discard
-    guest_off: bool = False  # the guest powered itself off
-    exited: asyncio.Event = field(default_factory=asyncio.Event)
-    cpu_sample: tuple[float, float] | None = None  # (monotonic, cpu seconds)
-    dead_since: float | None = None  # monotonic time its process was first seen gone
-
-    def info(self) -> VMInfo:
-        return VMInfo(
-            name=self.name,
-            state=self.state,
-            pid=self.pid,
-            since=self.since,
-            epoch=self.epoch,
-            reason=self.reason,
-        )
-
 
 class QemuDriver(Driver):
     kind = "qemu"
@@ -115,7 +74,7 @@ class QemuDriver(Driver):
         super().__init__(run_dir)
         self.run_dir: Path = Path(run_dir).absolute()
         self.settings = settings or QemuSettings()
-        self._vms: dict[str, _VM] = {}
+        self._vms: dict[str, QemuVM] = {}
         self._gone: dict[str, VMInfo] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._followers: dict[str, asyncio.Task[None]] = {}
@@ -251,7 +210,7 @@ class QemuDriver(Driver):
                 await configure(monitor, settings or MigrationSettings())
                 last: Exception | None = None
                 for _ in range(5):
-                    address = f"tcp:{_host(host)}:{free_port(host)}"
+                    address = f"tcp:{uri_host(host)}:{free_port(host)}"
                     try:
                         await monitor.execute("migrate-incoming", {"uri": address})
                         return address
@@ -349,18 +308,18 @@ class QemuDriver(Driver):
     def _lock(self, name: str) -> asyncio.Lock:
         return self._locks.setdefault(name, asyncio.Lock())
 
-    def _get(self, name: str) -> _VM:
+    def _get(self, name: str) -> QemuVM:
         vm = self._vms.get(name)
         if vm is None:
             raise NotRunning(name)
         return vm
 
-    def _qmp(self, vm: _VM) -> Monitor:
+    def _qmp(self, vm: QemuVM) -> Monitor:
         if vm.monitor is None or not vm.monitor.connected:
             raise NotRunning(vm.name, "no QMP connection to its QEMU")
         return vm.monitor
 
-    async def _launch(self, spec: VMSpec, epoch: int, paused: bool, incoming: bool) -> _VM:
+    async def _launch(self, spec: VMSpec, epoch: int, paused: bool, incoming: bool) -> QemuVM:
         name = spec.name
         d = vm_dir(self.run_dir, name)
         if name in self._vms or vm_pid(d) is not None:
@@ -380,7 +339,7 @@ class QemuDriver(Driver):
             self._clean_dir(d, name)
             raise
         state = VMState.MIGRATING if incoming else VMState.PAUSED if paused else VMState.RUNNING
-        vm = _VM(name, d, spec, epoch, pid, record_identity(d, pid), VMState.STARTING, started)
+        vm = QemuVM(name, d, spec, epoch, pid, record_identity(d, pid), VMState.STARTING, started)
         self._vms[name] = vm
         self._gone.pop(name, None)
         try:
@@ -394,7 +353,7 @@ class QemuDriver(Driver):
         self._set_state(vm, state, "incoming migration" if incoming else "started")
         return vm
 
-    async def _attach_one(self, d: Path) -> _VM | None:
+    async def _attach_one(self, d: Path) -> QemuVM | None:
         name = d.name
         record = read_json(d / "spec.json")
         pid = vm_pid(d)
@@ -412,7 +371,7 @@ class QemuDriver(Driver):
             )
             return None
         saved = read_json(d / "state.json") or {}
-        vm = _VM(
+        vm = QemuVM(
             name,
             d,
             spec,
@@ -432,7 +391,7 @@ class QemuDriver(Driver):
             vm.reason = str(e)
         return vm
 
-    async def _connect(self, vm: _VM) -> None:
+    async def _connect(self, vm: QemuVM) -> None:
         def on_event(event: str, data: dict[str, Any]) -> None:
             self._on_event(vm, event, data)
 
@@ -441,7 +400,7 @@ class QemuDriver(Driver):
         )
         self._followers[vm.name] = asyncio.create_task(self._follow(vm, vm.monitor))
 
-    async def _follow(self, vm: _VM, monitor: Monitor) -> None:
+    async def _follow(self, vm: QemuVM, monitor: Monitor) -> None:
         """QEMU hung up its QMP socket: it is exiting. Wait for the process, then account."""
         await monitor.closed
         await monitor.close()
@@ -452,7 +411,7 @@ class QemuDriver(Driver):
         if self._followers.get(vm.name) is asyncio.current_task():
             del self._followers[vm.name]
 
-    def _on_event(self, vm: _VM, event: str, data: dict[str, Any]) -> None:
+    def _on_event(self, vm: QemuVM, event: str, data: dict[str, Any]) -> None:
         if event == "STOP" and vm.state != VMState.MIGRATING:
             self._set_state(vm, VMState.PAUSED, "stopped")
         elif event == "RESUME":
@@ -467,19 +426,19 @@ class QemuDriver(Driver):
             elif status == "completed":
                 self._set_state(vm, VMState.PAUSED, "migration completed")
 
-    async def _refresh(self, vm: _VM) -> None:
+    async def _refresh(self, vm: QemuVM) -> None:
         status = await self._qmp(vm).execute("query-status")
         state = RUNSTATES.get(str(status.get("status")), VMState.PAUSED)
         self._set_state(vm, state, f"QEMU run state {status.get('status')}")
 
-    async def _after_failed_migration(self, vm: _VM, resume: bool = False) -> None:
+    async def _after_failed_migration(self, vm: QemuVM, resume: bool = False) -> None:
         """QEMU resumes a source whose migration failed; make our state say what it is."""
         with contextlib.suppress(DriverError):
             if resume:
                 await self._qmp(vm).execute("cont")
             await self._refresh(vm)
 
-    async def _wait_incoming(self, vm: _VM, timeout: float) -> None:
+    async def _wait_incoming(self, vm: QemuVM, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while True:
             if vm.exited.is_set():
@@ -492,7 +451,7 @@ class QemuDriver(Driver):
                 raise QemuFailed(f"incoming state not loaded in {timeout}s")
             await asyncio.sleep(0.05)
 
-    async def _wait_exit(self, vm: _VM, timeout: float) -> bool:
+    async def _wait_exit(self, vm: QemuVM, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         while not vm.exited.is_set():
             self._check_alive(vm, grace=0.5)
@@ -501,12 +460,12 @@ class QemuDriver(Driver):
             await asyncio.sleep(0.05)
         return True
 
-    async def _destroy(self, vm: _VM) -> None:
+    async def _destroy(self, vm: QemuVM) -> None:
         vm.stopping = True
         await kill_and_wait(vm.pid, vm.start)
         await self._wait_exit(vm, 5.0)
 
-    def _check_alive(self, vm: _VM, grace: float = 2.0) -> None:
+    def _check_alive(self, vm: QemuVM, grace: float = 2.0) -> None:
         """Polling backs up the QMP hang-up: a process gone for ``grace`` seconds is gone."""
         if vm.exited.is_set() or pid_alive(vm.pid, vm.start):
             return
@@ -515,7 +474,7 @@ class QemuDriver(Driver):
         elif vm.monitor is None or time.monotonic() - vm.dead_since > grace:
             self._finish(vm)
 
-    def _finish(self, vm: _VM) -> None:
+    def _finish(self, vm: QemuVM) -> None:
         if vm.exited.is_set():
             return
         if vm.stopping:
@@ -538,7 +497,7 @@ class QemuDriver(Driver):
         self._gone[name] = VMInfo(name=name, state=state, since=now, epoch=epoch, reason=reason)
         self._emit(VMEvent(name=name, state=state, at=now, epoch=epoch, reason=reason))
 
-    def _set_state(self, vm: _VM, state: VMState, reason: str) -> None:
+    def _set_state(self, vm: QemuVM, state: VMState, reason: str) -> None:
         if state == vm.state or vm.exited.is_set():
             return
         vm.state, vm.since, vm.reason = state, time.time(), reason
@@ -547,28 +506,4 @@ class QemuDriver(Driver):
         self._emit(VMEvent(name=vm.name, state=state, at=vm.since, epoch=vm.epoch, reason=reason))
 
     def _clean_dir(self, d: Path, name: str) -> None:
-        """Keep the last logs of a VM in ``<run_dir>/logs``; remove its runtime dir."""
-        logs = self.run_dir / "logs"
-        logs.mkdir(exist_ok=True)
-        for log_name in ("serial.log", "qemu.log"):
-            with contextlib.suppress(OSError):
-                os.replace(d / log_name, logs / f"{name}.{log_name}")
-        shutil.rmtree(d, ignore_errors=True)
-
-
-def saved_state(path: Path) -> Path:
-    path = Path(path).absolute()
-    if not path.is_file():
-        raise SpecError(f"saved state {path} does not exist", "path")
-    return path
-
-
-def _host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
-
-
-def free_port(host: str) -> int:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+        retire(self.run_dir, name, keep=("serial.log", "qemu.log"))

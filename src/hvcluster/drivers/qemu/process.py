@@ -47,12 +47,18 @@ async def launch(argv: list[str], vm_dir: Path, timeout: float) -> int:
         pid = read_int(vm_dir / "pid")
         if pid is not None:
             await kill_and_wait(pid)
-        raise QemuFailed(f"QEMU did not get ready in {timeout}s: {log_tail(log_path)}") from None
+        raise QemuFailed(
+            f"vm {vm_dir.name}: QEMU did not get ready in {timeout}s: {log_tail(log_path)}"
+        ) from None
     if rc != 0:
-        raise QemuFailed(f"QEMU exited with status {rc}: {log_tail(log_path) or 'no message'}")
+        raise QemuFailed(
+            f"vm {vm_dir.name}: QEMU exited with status {rc}: {log_tail(log_path) or 'no message'}"
+        )
     pid = read_int(vm_dir / "pid")
     if pid is None or not pid_alive(pid):
-        raise QemuFailed(f"QEMU reported ready but is not running: {log_tail(log_path)}")
+        raise QemuFailed(
+            f"vm {vm_dir.name}: QEMU reported ready but is not running: {log_tail(log_path)}"
+        )
     return pid
 
 

@@ -252,7 +252,7 @@ class SimDriver(Driver):
         fail_at = rng.randrange(len(passes)) if fail_reason else -1
         out = Outgoing(name, address)
         await out.open({"age_s": started - vm.started})
-        self._set(vm, VMState.MIGRATING, f"migrating to {address}")
+        self._set(vm, VMState.MIGRATING, "migrating out")
         total, sent = vm.spec.memory_mib * MIB, 0
         progress = Progress(bytes_total=total)
         try:
@@ -275,13 +275,14 @@ class SimDriver(Driver):
             await self._sleep_migrating(vm, downtime_ms / 1000)
             await out.finish()
         except MigrationFailed as e:
-            await out.abort(str(e))
+            cancelled = isinstance(e, MigrationCancelled)
+            await out.abort("cancelled" if cancelled else fail_reason or "the source failed")
             if self._vms.get(name) is vm:
-                self._set(vm, prior, f"migration failed: {e}")
+                self._set(vm, prior, "migration failed")
             raise
         finally:
             await out.close()
-        self._set(vm, VMState.PAUSED, f"migrated to {address}")
+        self._set(vm, VMState.PAUSED, "migrated out")
         total_ms = (self.clock.now() - started) * 1000
         return MigrationResult(total_ms=total_ms, downtime_ms=downtime_ms, progress=progress)
 

@@ -1,0 +1,71 @@
+"""What the qemu driver keeps of each VM it runs, and small helpers about addresses."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hvcluster.drivers.base import VMInfo
+from hvcluster.drivers.errors import SpecError
+from hvcluster.drivers.qemu.monitor import Monitor
+from hvcluster.models.lifecycle import VMState
+from hvcluster.models.vm import VMSpec
+
+# QEMU run states (query-status) as our VM states.
+RUNSTATES = {
+    "running": VMState.RUNNING,
+    "inmigrate": VMState.MIGRATING,
+    "finish-migrate": VMState.MIGRATING,
+    "shutdown": VMState.STOPPING,
+    "internal-error": VMState.FAILED,
+    "guest-panicked": VMState.FAILED,
+}  # everything else (paused, postmigrate, prelaunch, io-error, ...) is PAUSED
+
+
+@dataclass(eq=False)
+class QemuVM:
+    name: str
+    dir: Path
+    spec: VMSpec
+    epoch: int
+    pid: int
+    start: int | None
+    state: VMState
+    since: float
+    reason: str = ""
+    monitor: Monitor | None = None
+    stopping: bool = False  # we asked it to go: shutdown, kill, discard
+    guest_off: bool = False  # the guest powered itself off
+    exited: asyncio.Event = field(default_factory=asyncio.Event)
+    cpu_sample: tuple[float, float] | None = None  # (monotonic, cpu seconds)
+    dead_since: float | None = None  # monotonic time its process was first seen gone
+
+    def info(self) -> VMInfo:
+        return VMInfo(
+            name=self.name,
+            state=self.state,
+            pid=self.pid,
+            since=self.since,
+            epoch=self.epoch,
+            reason=self.reason,
+        )
+
+
+def saved_state(path: Path) -> Path:
+    path = Path(path).absolute()
+    if not path.is_file():
+        raise SpecError(f"saved state {path} does not exist", "path")
+    return path
+
+
+def uri_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def free_port(host: str) -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
