@@ -16,7 +16,7 @@ from hvcluster.models.migration import Progress
 ACTIVE = frozenset(
     {"setup", "active", "pre-switchover", "device", "postcopy-active", "wait-unplug"}
 )
-POLL_S = 0.05
+POLL_S = 0.02
 
 
 def capabilities(settings: MigrationSettings) -> list[dict[str, Any]]:
