@@ -21,7 +21,8 @@ from hvcluster.drivers.qemu.probe import VERDICT_FILE, decide_accelerator
 from hvcluster.drivers.qemu.settings import QemuSettings
 from hvcluster.drivers.testguest import create_disk, guest_spec, read_counter
 from hvcluster.models.errors import DriverError
-from hvcluster.models.vm import Nic
+from hvcluster.models.lifecycle import VMState
+from hvcluster.models.vm import Disk, Nic, VMSpec
 from tests.drivers.conftest import CACHE
 
 pytestmark = [pytest.mark.qemu, pytest.mark.timeout(60)]
@@ -158,3 +159,30 @@ def test_counter_reader_on_raw_and_empty_disks(tmp_path: Path) -> None:
     assert read_counter(create_disk(tmp_path / "e.qcow2")) == 0
     with pytest.raises(DriverError, match="qemu-img"):
         read_counter(tmp_path / "missing.qcow2")
+
+
+async def test_a_vm_without_kernel_boots_from_its_first_disk(
+    run_dirs: Callable[[str], Path], qemu_settings: QemuSettings, tmp_path: Path
+) -> None:
+    """A user's own image (a cloud image): no kernel in the spec, the firmware boots disk 0."""
+    disk = create_disk(tmp_path / "own.qcow2")
+    spec = VMSpec(name="own", disks=(Disk(path=str(disk)),))
+    driver = QemuDriver(run_dirs("n1"), qemu_settings)
+    info = await driver.start(spec, 1)
+    assert info.state is VMState.RUNNING and info.pid is not None
+    args = cmdline(info.pid)
+    assert "-kernel" not in args and "bootindex=0" in args
+    await driver.kill("own")
+
+
+def test_hvc_image_show(guest_image: GuestImage, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from hvcluster.cli.main import app
+
+    shown = CliRunner().invoke(app, ["image", "show", "--cache", str(CACHE), "--json"])
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.stdout)["kernel"] == str(guest_image.kernel)
+    missing = CliRunner().invoke(app, ["image", "show", "--cache", str(tmp_path)])
+    assert missing.exit_code == 1
+    assert "hvc image build" in missing.output
