@@ -170,7 +170,12 @@ def download(package: str, debs: Path, log: Log) -> Path:
     if have:
         return have[-1]
     log(f"apt-get download {package}")
-    run(["apt-get", "download", "-q", package], cwd=debs)
+    try:
+        run(["apt-get", "download", "-q", package], cwd=debs)
+    except ImageBuildFailed:  # stale package lists name a version the mirror no longer has
+        log("apt-get update, then download again")
+        run(["apt-get", "update", "-q"])
+        run(["apt-get", "download", "-q", package], cwd=debs)
     have = sorted(debs.glob(f"{package}_*.deb"))
     if not have:
         raise ImageBuildFailed(f"apt-get download {package} left no .deb in {debs}")
