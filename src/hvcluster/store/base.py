@@ -142,6 +142,9 @@ class Member:
     db_size: int | None = None
     raft_term: int | None = None
     error: str = ""
+    # The leader this member follows, as it says itself: 0 = none (no quorum), None = not
+    # asked (unreachable). What an agent's "is it me, or is it etcd?" check needs.
+    leader_id: int | None = None
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,291 @@
+"""Real etcd processes on this machine: for the test fixtures, the lab and fault injection.
+
+:class:`EtcdCluster` starts 1, 3 or 5 members of the Debian ``etcd`` on free loopback ports
+with their own data dirs. Each member (:class:`EtcdProcess`) can be stopped (SIGTERM, then
+SIGKILL), killed, paused (SIGSTOP), resumed (SIGCONT) and restarted on the same ports and data
+dir. No process outlives its owner: each dies with the process that started it
+(``PR_SET_PDEATHSIG``), and whatever is still running at interpreter exit is killed.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import weakref
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+
+from hvcluster.models.errors import HvcError
+
+ETCD_BINARY = "/usr/bin/etcd"
+HOST = "127.0.0.1"
+
+_PR_SET_PDEATHSIG = 1
+_running: weakref.WeakSet[EtcdProcess] = weakref.WeakSet()
+
+
+class EtcdLabError(HvcError):
+    """An etcd process of the lab could not be started or did not become healthy."""
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct TCP ports free on the loopback address right now."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind((HOST, 0))
+        return [s.getsockname()[1] for s in socks]
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+class EtcdProcess:
+    """One etcd member: its ports, data dir and process."""
+
+    def __init__(
+        self,
+        name: str,
+        data_dir: Path,
+        client_port: int,
+        peer_port: int,
+        initial_cluster: str,
+        cluster_token: str,
+        *,
+        heartbeat_ms: int = 100,
+        election_ms: int = 1000,
+        binary: str = ETCD_BINARY,
+    ) -> None:
+        self.name = name
+        self.data_dir = data_dir
+        self.client_port = client_port
+        self.peer_port = peer_port
+        self.initial_cluster = initial_cluster
+        self.cluster_token = cluster_token
+        self.heartbeat_ms = heartbeat_ms
+        self.election_ms = election_ms
+        self.binary = binary
+        self.log_path = data_dir.parent / f"{name}.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        """``127.0.0.1:<client port>``: what the store takes."""
+        return f"{HOST}:{self.client_port}"
+
+    @property
+    def client_url(self) -> str:
+        return f"http://{HOST}:{self.client_port}"
+
+    @property
+    def peer_url(self) -> str:
+        return f"http://{HOST}:{self.peer_port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def command(self) -> list[str]:
+        return [
+            self.binary,
+            f"--name={self.name}",
+            f"--data-dir={self.data_dir}",
+            f"--listen-client-urls={self.client_url}",
+            f"--advertise-client-urls={self.client_url}",
+            f"--listen-peer-urls={self.peer_url}",
+            f"--initial-advertise-peer-urls={self.peer_url}",
+            f"--initial-cluster={self.initial_cluster}",
+            f"--initial-cluster-token={self.cluster_token}",
+            "--initial-cluster-state=new",
+            f"--heartbeat-interval={self.heartbeat_ms}",
+            f"--election-timeout={self.election_ms}",
+            "--logger=zap",
+            "--log-outputs=stderr",
+            "--log-level=warn",
+        ]
+
+    def start(self, wait: bool = True, timeout: float = 20.0) -> None:
+        """Start the member (same ports, same data dir as before); wait until it is healthy."""
+        if self.running:
+            return
+        if not Path(self.binary).exists():
+            raise EtcdLabError(f"{self.binary} not found: install the etcd-server package")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            self._proc = subprocess.Popen(
+                self.command(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                preexec_fn=_die_with_parent,
+                start_new_session=True,
+            )
+        _running.add(self)
+        if wait:
+            self.wait_healthy(timeout)
+
+    def health(self, timeout: float = 1.0) -> bool:
+        """True when the member answers ``/health`` with ``true`` (it has a leader)."""
+        try:
+            with urllib.request.urlopen(f"{self.client_url}/health", timeout=timeout) as r:
+                return bool(json.loads(r.read()).get("health") == "true")
+        except (OSError, ValueError, urllib.error.URLError):
+            return False
+
+    def wait_healthy(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.running:
+                raise EtcdLabError(f"etcd {self.name} exited at start; see {self.log_path}")
+            if self.health(timeout=0.5):
+                return
+            time.sleep(0.05)
+        raise EtcdLabError(f"etcd {self.name} not healthy after {timeout}s; see {self.log_path}")
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """SIGTERM, then SIGKILL if it is still there after ``timeout``."""
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGCONT)  # a paused process cannot handle SIGTERM
+                proc.terminate()
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self._proc = None
+        _running.discard(self)
+
+    def kill(self) -> None:
+        """SIGKILL: a crash."""
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        self._proc = None
+        _running.discard(self)
+
+    def pause(self) -> None:
+        """SIGSTOP: the process freezes with its sockets open."""
+        self._signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self._signal(signal.SIGCONT)
+
+    def restart(self, wait: bool = True, timeout: float = 20.0) -> None:
+        self.stop()
+        self.start(wait=wait, timeout=timeout)
+
+    def _signal(self, sig: signal.Signals) -> None:
+        if not self.running or self._proc is None:
+            raise EtcdLabError(f"etcd {self.name} is not running")
+        self._proc.send_signal(sig)
+
+
+class EtcdCluster:
+    """``size`` etcd members on loopback, in ``base_dir`` (a new temp dir if not given).
+
+    Use as a context manager, or call :meth:`start` and :meth:`stop` (in a ``finally``).
+    """
+
+    def __init__(
+        self,
+        size: int = 1,
+        base_dir: Path | None = None,
+        *,
+        heartbeat_ms: int = 100,
+        election_ms: int = 1000,
+        name_prefix: str = "etcd",
+    ) -> None:
+        if size < 1:
+            raise EtcdLabError(f"an etcd cluster needs at least one member, got {size}")
+        self._own_dir = base_dir is None
+        self.base_dir = Path(tempfile.mkdtemp(prefix="hvc-etcd-")) if base_dir is None else base_dir
+        ports = free_ports(2 * size)
+        names = [f"{name_prefix}{i}" for i in range(size)]
+        initial = ",".join(f"{n}=http://{HOST}:{ports[2 * i + 1]}" for i, n in enumerate(names))
+        token = f"hvc-{os.getpid()}-{ports[0]}"
+        self.members = [
+            EtcdProcess(
+                name,
+                self.base_dir / name,
+                ports[2 * i],
+                ports[2 * i + 1],
+                initial,
+                token,
+                heartbeat_ms=heartbeat_ms,
+                election_ms=election_ms,
+            )
+            for i, name in enumerate(names)
+        ]
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [m.endpoint for m in self.members]
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Start every member and wait until each is healthy; on failure stop them all."""
+        try:
+            for m in self.members:
+                m.start(wait=False)
+            deadline = time.monotonic() + timeout
+            for m in self.members:
+                m.wait_healthy(max(0.1, deadline - time.monotonic()))
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        for m in self.members:
+            with contextlib.suppress(Exception):
+                m.stop()
+
+    def cleanup(self) -> None:
+        """Stop, and remove the data dirs if this object made them."""
+        self.stop()
+        if self._own_dir:
+            shutil.rmtree(self.base_dir, ignore_errors=True)
+
+    def __enter__(self) -> EtcdCluster:
+        self.start()
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.cleanup()
+
+    def __iter__(self) -> Iterator[EtcdProcess]:
+        return iter(self.members)
+
+
+def _kill_leftovers() -> None:
+    for proc in list(_running):
+        with contextlib.suppress(Exception):
+            proc.kill()
+
+
+atexit.register(_kill_leftovers)

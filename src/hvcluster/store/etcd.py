@@ -1,0 +1,410 @@
+"""The etcd backend of the store contract (etcd v3 API, through ``aetcd``'s gRPC stubs).
+
+* Every call has a deadline (``timeout``, 5 s by default) and fails over to the next endpoint
+  on a connection error. A write that may have reached etcd is not retried: its outcome is
+  unknown, so it raises :class:`StoreUnavailable` and the caller re-reads.
+* :meth:`EtcdStore.keepalive` sends one keepalive and reads one answer; TTL 0 in the answer
+  means the lease is gone (:class:`LeaseLost`). :class:`~hvcluster.store.lease.LeaseKeeper`
+  runs the loop.
+* A watch is one gRPC stream of its own. After a connection error, a member losing its
+  leader or an etcd restart it opens a new stream from the last revision it delivered + 1:
+  no gap, no duplicate. A compacted start revision raises :class:`WatchCompacted`.
+* TTLs are whole seconds in etcd: a TTL is rounded up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import grpc  # type: ignore[import-untyped]
+import grpc.aio  # type: ignore[import-untyped]
+from aetcd import rpc
+
+from hvcluster.models.errors import LeaseLost, StoreError, StoreUnavailable
+from hvcluster.store.base import (
+    Compare,
+    Delete,
+    EventType,
+    Get,
+    KeyValue,
+    Lease,
+    Member,
+    Op,
+    Put,
+    Range,
+    Store,
+    StoreHealth,
+    TxnResult,
+    WatchCompacted,
+    WatchEvent,
+)
+from hvcluster.store.etcd_conn import Connection, Endpoint, parse_endpoint, translate
+
+log = logging.getLogger(__name__)
+
+_TARGETS = {
+    "version": rpc.Compare.VERSION,
+    "create": rpc.Compare.CREATE,
+    "mod": rpc.Compare.MOD,
+    "value": rpc.Compare.VALUE,
+    "lease": rpc.Compare.LEASE,
+}
+_RESULTS = {
+    "==": rpc.Compare.EQUAL,
+    "!=": rpc.Compare.NOT_EQUAL,
+    "<": rpc.Compare.LESS,
+    ">": rpc.Compare.GREATER,
+}
+_INT_FIELDS = {"version": "version", "create": "create_revision", "mod": "mod_revision"}
+# etcd asks the leader before answering a watch: a member cut off from it cancels the watch
+# (we then move on) instead of going silent.
+_REQUIRE_LEADER = (("hasleader", "true"),)
+
+
+def _span(prefix: str, is_prefix: bool = True) -> tuple[bytes, bytes]:
+    """etcd's [key, range_end) for a prefix; the empty prefix means every key."""
+    key = prefix.encode()
+    if not is_prefix:
+        return key, b""
+    if not key:
+        return b"\0", b"\0"
+    end = bytearray(key)
+    for i in reversed(range(len(end))):
+        if end[i] < 0xFF:
+            end[i] += 1
+            return key, bytes(end[: i + 1])
+    return key, b"\0"
+
+
+def _kv(kv: Any) -> KeyValue:
+    return KeyValue(
+        kv.key.decode(), kv.value, kv.create_revision, kv.mod_revision, kv.version, kv.lease
+    )
+
+
+def _compare(c: Compare) -> Any:
+    if c.target not in _TARGETS or c.op not in _RESULTS:
+        raise StoreError(f"unknown compare {c.target} {c.op} on {c.key}")
+    msg = rpc.Compare(key=c.key.encode(), target=_TARGETS[c.target], result=_RESULTS[c.op])
+    if c.target == "value":
+        if not isinstance(c.value, bytes):
+            raise StoreError(f"compare on value of {c.key} needs bytes, got {c.value!r}")
+        msg.value = c.value
+    else:
+        if not isinstance(c.value, int):
+            raise StoreError(f"compare on {c.target} of {c.key} needs an int, got {c.value!r}")
+        setattr(msg, _INT_FIELDS.get(c.target, "lease"), c.value)
+    return msg
+
+
+def _request_op(op: Op) -> Any:
+    if isinstance(op, Put):
+        return rpc.RequestOp(
+            request_put=rpc.PutRequest(key=op.key.encode(), value=op.value, lease=op.lease)
+        )
+    if isinstance(op, Delete):
+        key, end = _span(op.key, op.prefix)
+        return rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key, range_end=end))
+    if isinstance(op, Get):
+        key, end = _span(op.key, op.prefix)
+        return rpc.RequestOp(request_range=rpc.RangeRequest(key=key, range_end=end))
+    raise StoreError(f"unknown txn op {op!r}")
+
+
+class EtcdStore(Store):
+    """The store contract on a real etcd cluster."""
+
+    def __init__(self, endpoints: Sequence[str] | str, timeout: float = 5.0) -> None:
+        self._conn = Connection(endpoints, timeout)
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [ep.target for ep in self._conn.endpoints]
+
+    # --- reads -----------------------------------------------------------------------
+    async def get(self, key: str) -> KeyValue | None:
+        request = rpc.RangeRequest(key=key.encode())
+
+        async def call(ep: Endpoint, left: float) -> Any:
+            return await ep.stub("kv").Range(request, timeout=left)
+
+        response = await self._conn.call(f"get {key}", call, mutable=False)
+        return _kv(response.kvs[0]) if response.kvs else None
+
+    async def range(self, prefix: str) -> Range:
+        key, end = _span(prefix)
+        request = rpc.RangeRequest(key=key, range_end=end)
+
+        async def call(ep: Endpoint, left: float) -> Any:
+            return await ep.stub("kv").Range(request, timeout=left)
+
+        response = await self._conn.call(f"range {prefix}", call, mutable=False)
+        return Range(tuple(_kv(kv) for kv in response.kvs), response.header.revision)
+
+    async def revision(self) -> int:
+        request = rpc.RangeRequest(key=b"\0", count_only=True)
+
+        async def call(ep: Endpoint, left: float) -> Any:
+            return await ep.stub("kv").Range(request, timeout=left)
+
+        response = await self._conn.call("revision", call, mutable=False)
+        return int(response.header.revision)
+
+    # --- writes ----------------------------------------------------------------------
+    async def put(self, key: str, value: bytes, lease: int = 0) -> int:
+        request = rpc.PutRequest(key=key.encode(), value=value, lease=lease)
+
+        async def call(ep: Endpoint, left: float) -> Any:
+            return await ep.stub("kv").Put(request, timeout=left)
+
+        response = await self._conn.call(f"put {key}", call, mutable=True)
+        return int(response.header.revision)
+
+    async def delete(self, key: str, prefix: bool = False) -> int:
+        start, end = _span(key, prefix)
+        request = rpc.DeleteRangeRequest(key=start, range_end=end)
+
+        async def call(ep: Endpoint, left: float) -> Any:
+            return await ep.stub("kv").DeleteRange(request, timeout=left)
+
+        response = await self._conn.call(f"delete {key}", call, mutable=True)
+        return int(response.deleted)
+
+    async def txn(
+        self, compares: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op] = ()
+    ) -> TxnResult:
+        request = rpc.TxnRequest(
+            compare=[_compare(c) for c in compares],
+            success=[_request_op(op) for op in success],
+            failure=[_request_op(op) for op in failure],
+        )
+
+        async def call(ep: Endpoint, left: float) -> Any:
+            return await ep.stub("kv").Txn(request, timeout=left)
+
+        response = await self._conn.call("txn", call, mutable=True)
+        gets = tuple(
+            tuple(_kv(kv) for kv in r.response_range.kvs)
+            for r in response.responses
+            if r.WhichOneof("response") == "response_range"
+        )
+        return TxnResult(bool(response.succeeded), int(response.header.revision), gets)
+
+    async def compact(self, revision: int) -> None:
+        """Forget the change history before ``revision`` (etcd's compaction)."""
+        request = rpc.CompactionRequest(revision=revision, physical=True)
+
+        async def call(ep: Endpoint, left: float) -> Any:
+            return await ep.stub("kv").Compact(request, timeout=left)
+
+        await self._conn.call(f"compact {revision}", call, mutable=True)
+
+    # --- leases ----------------------------------------------------------------------
+    async def grant(self, ttl: float) -> Lease:
+        if ttl <= 0:
+            raise StoreError(f"lease ttl must be positive, got {ttl}")
+        request = rpc.LeaseGrantRequest(TTL=math.ceil(ttl), ID=0)
+
+        async def call(ep: Endpoint, left: float) -> Any:
+            return await ep.stub("lease").LeaseGrant(request, timeout=left)
+
+        response = await self._conn.call("lease grant", call, mutable=True)
+        if response.error:
+            raise StoreError(f"etcd refused a lease of {ttl}s: {response.error}")
+        return Lease(int(response.ID), float(response.TTL))
+
+    async def keepalive(self, lease_id: int) -> float:
+        request = rpc.LeaseKeepAliveRequest(ID=lease_id)
+
+        async def call(ep: Endpoint, left: float) -> Any:
+            stream = ep.stub("lease").LeaseKeepAlive(timeout=left)
+            try:
+                await stream.write(request)
+                await stream.done_writing()
+                return await stream.read()
+            finally:
+                stream.cancel()
+
+        response = await self._conn.call(f"keepalive {lease_id:x}", call, mutable=False)
+        if response is grpc.aio.EOF or response.TTL <= 0:
+            raise LeaseLost(f"lease {lease_id:x} is gone: it expired or was revoked")
+        return float(response.TTL)
+
+    async def revoke(self, lease_id: int) -> None:
+        request = rpc.LeaseRevokeRequest(ID=lease_id)
+
+        async def call(ep: Endpoint, left: float) -> Any:
+            return await ep.stub("lease").LeaseRevoke(request, timeout=left)
+
+        with contextlib.suppress(LeaseLost):  # already gone: that is what was asked
+            await self._conn.call(f"revoke {lease_id:x}", call, mutable=False)
+
+    async def lease_ttl(self, lease_id: int) -> float:
+        request = rpc.LeaseTimeToLiveRequest(ID=lease_id, keys=False)
+
+        async def call(ep: Endpoint, left: float) -> Any:
+            return await ep.stub("lease").LeaseTimeToLive(request, timeout=left)
+
+        response = await self._conn.call(f"lease ttl {lease_id:x}", call, mutable=False)
+        if response.TTL < 0:
+            raise LeaseLost(f"lease {lease_id:x} is gone: it expired or was revoked")
+        return float(response.TTL)
+
+    # --- watches ---------------------------------------------------------------------
+    async def watch(self, prefix: str, start_revision: int) -> AsyncIterator[WatchEvent]:
+        key, end = _span(prefix)
+        next_rev = max(start_revision, 0)  # 0: from now on (learnt when the watch is created)
+        failures = 0
+        while True:
+            self._conn.check_open()
+            ep = self._conn.current
+            stream: Any = None
+            try:
+                await ep.ready(self._conn.connect_timeout)
+                stream = ep.stub("watch").Watch(metadata=_REQUIRE_LEADER)
+                create = rpc.WatchCreateRequest(
+                    key=key, range_end=end, start_revision=next_rev, prev_kv=True
+                )
+                await stream.write(rpc.WatchRequest(create_request=create))
+                while True:
+                    response = await stream.read()
+                    if response is grpc.aio.EOF:
+                        raise StoreUnavailable(f"etcd at {ep.target} ended the watch stream")
+                    if response.compact_revision:
+                        raise WatchCompacted(int(response.compact_revision))
+                    if response.canceled:
+                        raise StoreUnavailable(
+                            f"etcd at {ep.target} cancelled the watch: {response.cancel_reason}"
+                        )
+                    if response.created and next_rev == 0:
+                        next_rev = response.header.revision + 1
+                    failures = 0
+                    for event in response.events:
+                        yield WatchEvent(
+                            EventType.DELETE if event.type == rpc.Event.DELETE else EventType.PUT,
+                            event.kv.key.decode(),
+                            event.kv.value,
+                            event.kv.mod_revision,
+                            event.prev_kv.value if event.HasField("prev_kv") else None,
+                        )
+                    if response.events:
+                        next_rev = response.events[-1].kv.mod_revision + 1
+            except TimeoutError:
+                reason = f"cannot connect to {ep.target}"
+            except grpc.aio.AioRpcError as e:
+                error = translate(e, ep.target)
+                if not isinstance(error, StoreUnavailable):
+                    raise error from None
+                reason = str(error)
+            except StoreUnavailable as e:
+                reason = str(e)
+            except grpc.aio.UsageError:
+                self._conn.check_open()
+                raise
+            finally:
+                if stream is not None:
+                    stream.cancel()
+            failures += 1
+            self._conn.rotate()
+            log.warning(
+                "watch of %s interrupted (%s); resuming at revision %s",
+                prefix,
+                reason,
+                next_rev or "now",
+            )
+            await asyncio.sleep(min(1.0, 0.05 * 2 ** min(failures, 5)))
+
+    # --- the store itself ------------------------------------------------------------
+    async def health(self, timeout: float | None = None) -> StoreHealth:
+        """Ask every member for its status (in parallel, each within ``timeout``)."""
+        budget = min(self._conn.timeout, 2.0) if timeout is None else timeout
+        targets = [ep.target for ep in self._conn.endpoints]
+        statuses = dict(
+            zip(
+                targets,
+                await asyncio.gather(*(self._status(t, budget) for t in targets)),
+                strict=True,
+            )
+        )
+        listed = None
+        for target in targets:
+            if statuses[target][0] is not None:
+                listed = await self._member_list(target, budget)
+                if listed is not None:
+                    break
+        if listed is None:
+            members = tuple(
+                Member(name=t, id=0, client_urls=(t,), reachable=False, error=statuses[t][2])
+                for t in targets
+            )
+            return StoreHealth(members, None)
+        # Ask members we were not given as endpoints too: a check must see every member.
+        urls = {m.ID: [parse_endpoint(u) for u in m.clientURLs] for m in listed}
+        missing = {u[0] for u in urls.values() if u and not any(t in statuses for t in u)}
+        extra = await asyncio.gather(*(self._status(t, budget) for t in missing))
+        statuses.update(zip(missing, extra, strict=True))
+        leader_term = max(
+            ((s.raftTerm, s.leader) for s, _, _ in statuses.values() if s is not None),
+            default=(0, 0),
+        )
+        leader_id = leader_term[1]
+        found: list[Member] = []
+        for m in listed:
+            answers = [statuses[t] for t in urls[m.ID] if t in statuses]
+            status, latency, error = next(
+                (a for a in answers if a[0] is not None), answers[0] if answers else (None, 0, "")
+            )
+            if not urls[m.ID]:
+                error = "member has no client URL"
+            found.append(
+                Member(
+                    name=m.name or f"{m.ID:x}",
+                    id=int(m.ID),
+                    client_urls=tuple(urls[m.ID]),
+                    is_leader=leader_id != 0 and leader_id == m.ID,
+                    reachable=status is not None,
+                    latency_ms=round(latency * 1000, 2) if status is not None else None,
+                    db_size=int(status.dbSize) if status is not None else None,
+                    raft_term=int(status.raftTerm) if status is not None else None,
+                    error=error or ("; ".join(str(e) for e in status.errors) if status else ""),
+                    leader_id=int(status.leader) if status is not None else None,
+                )
+            )
+        leader = next((m.name for m in found if m.is_leader), None)
+        if leader is None and leader_id:
+            leader = f"{leader_id:x}"
+        return StoreHealth(tuple(found), leader)
+
+    async def _status(self, target: str, budget: float) -> tuple[Any, float, str]:
+        """(StatusResponse or None, seconds it took, error) for one member."""
+        ep = self._conn.endpoint_for(target)
+        try:
+            async with asyncio.timeout(budget):
+                await ep.ready(budget)
+                started = time.monotonic()
+                status = await ep.stub("maintenance").Status(rpc.StatusRequest(), timeout=budget)
+                return status, time.monotonic() - started, ""
+        except TimeoutError:
+            return None, 0.0, f"no answer within {budget:g}s"
+        except grpc.aio.AioRpcError as e:
+            return None, 0.0, str(translate(e, target))
+
+    async def _member_list(self, target: str, budget: float) -> Any:
+        ep = self._conn.endpoint_for(target)
+        try:
+            async with asyncio.timeout(budget):
+                response = await ep.stub("cluster").MemberList(
+                    rpc.MemberListRequest(), timeout=budget
+                )
+                return list(response.members)
+        except (TimeoutError, grpc.aio.AioRpcError):
+            return None
+
+    async def close(self) -> None:
+        await self._conn.close()
