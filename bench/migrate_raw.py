@@ -185,8 +185,9 @@ async def main() -> None:
         "ratio_downtime": d["qemu_downtime_ms"] / max(r["qemu_downtime_ms"], 1e-9),
         "counter": {"start": start_counter, "end": end_counter},
     }
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=1) + "\n")
+    out = RESULTS if args.memory == 128 else RESULTS.with_name(f"migrate_raw-{args.memory}.json")
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(results, indent=1) + "\n")
     print(f"{args.memory} MiB guest, {args.rounds} rounds each, medians (QEMU's measure):")
     for label, m in (("driver", d), ("raw QMP", r)):
         print(
@@ -196,7 +197,7 @@ async def main() -> None:
             f" resume {m['resume_ms']:5.1f} ms"
         )
     print(f"  guest counter {start_counter} -> {end_counter} (never reset)")
-    print(f"written {RESULTS}")
+    print(f"written {out}")
 
 
 if __name__ == "__main__":
