@@ -63,6 +63,7 @@ class NodeLiveness:
         kill_changed: KillChanged,
         say: Say,
         clock: Callable[[], float] = time.monotonic,
+        on_registered: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         self.store, self.keys, self.node, self.config = store, keys, node, config
         self.feeder = feeder
@@ -70,6 +71,7 @@ class NodeLiveness:
         self.kill_changed = kill_changed
         self.say = say
         self.clock = clock
+        self.on_registered = on_registered  # e.g. rewrite nodes/<me> with registered_at
         self.lease_id = 0
         self.last_confirmed_sent: float | None = None
         self.deadline = 0.0  # the last deadline given to the watchdog
@@ -118,6 +120,8 @@ class NodeLiveness:
                 await self.say(
                     "node.registered", f"node {self.node} is alive with lease {lease.id:x}"
                 )
+                if self.on_registered is not None:
+                    await self.on_registered()
                 return
             await self.store.revoke(lease.id)
             changed = await self._changed_placements(local)

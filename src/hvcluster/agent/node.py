@@ -79,10 +79,15 @@ class NodeAgent:
         self._shutting: dict[str, asyncio.Task[None]] = {}
         self.wake = asyncio.Event()
         self.cycles = 0
+        self.facts: HostFacts | None = None
 
     # --- registration of the node record ---------------------------------------------
-    async def register_node(self, facts: HostFacts) -> Node:
+    async def register_node(self, facts: HostFacts | None = None) -> Node:
         """Write this host's part of ``nodes/<me>`` (CAS), keeping what others wrote there."""
+        facts = facts or self.facts
+        if facts is None:
+            raise ValueError("register_node needs the host's facts the first time")
+        self.facts = facts
         capacity = facts.capacity.model_copy(
             update={
                 k: v
@@ -97,6 +102,7 @@ class NodeAgent:
             "capacity": capacity,
             "inventory": facts.inventory,
             "labels": self.me.labels,
+            "registered_at": time.time(),
         }
         while True:
             kv = await self.store.get(key)

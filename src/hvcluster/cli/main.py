@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from hvcluster import __version__
-from hvcluster.cli import events_cmd, image_cmd, node_cmd, vm_cmd
+from hvcluster.cli import events_cmd, image_cmd, lab_cmd, node_cmd, store_cmd, vm_cmd
 
 
 def _version(value: bool) -> None:
@@ -35,3 +35,5 @@ app.add_typer(vm_cmd.app, name="vm")
 app.add_typer(node_cmd.app, name="node")
 events_cmd.register(app)
 app.add_typer(image_cmd.app, name="image")
+app.add_typer(lab_cmd.app, name="lab")
+app.add_typer(store_cmd.app, name="store")

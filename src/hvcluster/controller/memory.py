@@ -25,10 +25,8 @@ class ControllerMemory:
             if name in alive:
                 self.gone_since.pop(name, None)
                 self.fenced.discard(name)
-            else:
-                # A node already absent when we became leader is timed from then: later,
-                # never earlier, than the truth.
-                self.gone_since.setdefault(name, max(now, self.leader_since))
+            elif name not in self.gone_since:
+                self.gone_since[name] = self._first_seen_gone(state, name, now)
         for name in list(self.gone_since):
             if name not in state.nodes.present:
                 del self.gone_since[name]
@@ -42,6 +40,18 @@ class ControllerMemory:
                 self.pending_since.setdefault(name, now)
             else:
                 self.pending_since.pop(name, None)
+
+    def _first_seen_gone(self, state: ClusterState, name: str, now: float) -> float:
+        """A node already absent when we became leader is timed from then: later, never
+        earlier, than the truth. Except one that an earlier controller already declared dead
+        in this outage (a failure recorded after its last registration): its VMs were free
+        to reclaim then, and it is no part of a mass failure happening now."""
+        stored = state.nodes.items.get(name)
+        if stored is not None:
+            node = stored.value
+            if node.failures and node.failures[-1] >= node.registered_at:
+                return min(node.failures[-1], now)
+        return max(now, self.leader_since)
 
     def changed(self, subject: str, reason: str) -> bool:
         """True the first time ``reason`` is said about ``subject`` (so waits are not

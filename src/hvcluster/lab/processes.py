@@ -83,7 +83,15 @@ def terminate(pids: Sequence[int], grace: float = 5.0) -> None:
         reap(p)
 
 
-def kill(pids: Sequence[int]) -> None:
+def kill(pids: Sequence[int], wait: float = 5.0) -> None:
+    """SIGKILL ``pids`` and wait (up to ``wait`` seconds) until they are gone."""
     for p in pids:
         signal_pid(p, signal.SIGKILL)
-        reap(p)
+    end = time.monotonic() + wait
+    live = list(pids)
+    while live and time.monotonic() < end:
+        for p in live:
+            reap(p)
+        live = [p for p in live if alive(p)]
+        if live:
+            time.sleep(0.01)

@@ -36,6 +36,7 @@ class Node(Model):
     switches: tuple[Name, ...] = ()
     volumes: tuple[Name, ...] = ()
     inventory: Inventory = Inventory()
+    registered_at: float = 0.0  # wall clock of the agent's last (re-)registration
     # Written by the controller: times this node was declared dead (for quarantine), and
     # until when it is quarantined.
     failures: tuple[float, ...] = ()

@@ -1,0 +1,234 @@
+"""``hvc agent``: the one daemon of a host. It runs the node agent, stands for election as
+controller, and serves the API, all on one asyncio loop and one etcd client.
+
+Stopping it (SIGTERM, or kill -9) never stops the VMs: QEMU runs detached. An agent started
+again within ``fence_after`` adopts its lease and re-attaches to its VMs; nothing moves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Iterator
+
+import uvicorn
+
+from hvcluster.agent.config import AgentConfig
+from hvcluster.agent.drivers import make_driver
+from hvcluster.agent.liveness import NodeLiveness
+from hvcluster.agent.node import NodeAgent, NodeIdentity
+from hvcluster.agent.watchdog import WatchdogFeeder
+from hvcluster.api.app import create_app
+from hvcluster.controller.loop import Controller
+from hvcluster.drivers.base import Driver
+from hvcluster.models.config import ClusterConfig
+from hvcluster.models.errors import HvcError, StoreError
+from hvcluster.models.event import Event
+from hvcluster.store.base import Store
+from hvcluster.store.election import Election
+from hvcluster.store.etcd import EtcdStore
+from hvcluster.store.events import EventLog
+from hvcluster.store.keys import Keys
+from hvcluster.store.lease import LeaseKeeper
+from hvcluster.store.state import read_config
+
+log = logging.getLogger("hvc.agent")
+
+
+class Daemon:
+    """One host's daemon. ``store`` and ``driver`` may be given (an in-process simulation
+    runs several daemons on one memory store); by default they are built from ``cfg``, and
+    only what the daemon built itself does it close."""
+
+    def __init__(
+        self,
+        cfg: AgentConfig,
+        store: Store | None = None,
+        driver: Driver | None = None,
+        serve_api: bool = True,
+    ) -> None:
+        self.cfg = cfg
+        self.keys = Keys(cfg.cluster)
+        self._own_store = store is None
+        self.store: Store = store if store is not None else EtcdStore(list(cfg.etcd))
+        self.driver: Driver = driver if driver is not None else make_driver(cfg)
+        self.serve_api = serve_api
+        self.events = EventLog(self.store, self.keys)
+        self.tasks: list[asyncio.Task[None]] = []
+        self.agent: NodeAgent | None = None
+        self.liveness: NodeLiveness | None = None
+        self.controller: Controller | None = None
+
+    async def say(self, kind: str, subject: str, reason: str, actor: str = "agent") -> None:
+        """Log a decision or action, and record it as a cluster event."""
+        log.info("%s %s: %s", kind, subject, reason)
+        event = Event(
+            time=time.time(),
+            kind=kind,
+            subject=subject,
+            reason=reason,
+            actor=f"{actor}@{self.cfg.node}",
+        )
+        try:
+            await self.events.append(event)
+        except StoreError as e:
+            log.warning("could not record event %s: %s", kind, e)
+
+    async def run(self) -> None:
+        cfg = self.cfg
+        cfg.run_dir.mkdir(parents=True, exist_ok=True)
+        config, bad = await read_config(self.store, self.keys)
+        if bad is not None:
+            log.warning("cluster config unreadable, using defaults: %s", bad)
+        driver = self.driver
+        attached = await driver.attach()
+        if attached:
+            log.info("re-attached to %s", ", ".join(f"{v.name} (pid {v.pid})" for v in attached))
+        facts = await driver.inventory()
+        feeder = WatchdogFeeder(cfg.run_dir)
+
+        async def agent_say(kind: str, subject: str, reason: str) -> None:
+            await self.say(kind, subject, reason, "agent")
+
+        liveness: NodeLiveness
+        agent = NodeAgent(
+            self.store,
+            self.keys,
+            NodeIdentity(
+                cfg.node, cfg.address, cfg.api_port, dict(cfg.labels), cfg.cpus, cfg.memory_mib
+            ),
+            driver,
+            config,
+            agent_say,
+            lease=lambda: liveness.lease_id,
+            may_start=lambda: liveness.confirmed_within(config.fence_after_s),
+        )
+        liveness = NodeLiveness(
+            self.store,
+            self.keys,
+            cfg.node,
+            config,
+            feeder,
+            local_placements=agent.owned_placements,
+            kill_changed=agent.kill_now,
+            say=lambda kind, reason: agent_say(kind, f"node/{cfg.node}", reason),
+            on_registered=agent.register_node,
+        )
+        self.agent, self.liveness = agent, liveness
+        await agent.register_node(facts)
+        # The VMs re-attached count as ours for the re-registration guard until the first
+        # cycle knows better.
+        await liveness.register()
+        self.tasks += [
+            asyncio.create_task(liveness.run(), name="liveness"),
+            asyncio.create_task(agent.run(), name="reconcile"),
+            asyncio.create_task(agent.watch_changes("placements"), name="watch-placements"),
+            asyncio.create_task(agent.watch_changes("vms"), name="watch-vms"),
+            asyncio.create_task(agent.watch_driver(), name="watch-driver"),
+        ]
+        if self.serve_api:
+            self.tasks.append(asyncio.create_task(self._serve_api(), name="api"))
+        if cfg.controller:
+            self.tasks.append(asyncio.create_task(self._control(config), name="controller"))
+        try:
+            done, _ = await asyncio.wait(self.tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                if task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+        finally:
+            for task in self.tasks:
+                task.cancel()
+            with contextlib.suppress(BaseException):
+                await asyncio.gather(*self.tasks, return_exceptions=True)
+            await driver.close()  # lets go of the VMs; they keep running
+            feeder.close()
+            if self._own_store:
+                await self.store.close()
+
+    async def _control(self, config: ClusterConfig) -> None:
+        """Stand for election as controller; run the controller loop while leading."""
+        election: Election | None = None
+
+        async def controller_say(kind: str, subject: str, reason: str) -> None:
+            await self.say(kind, subject, reason, "controller")
+
+        controller = self.controller = Controller(
+            self.store,
+            self.keys,
+            self.cfg.node,
+            controller_say,
+            is_leader=lambda: election is not None and election.is_leader,
+        )
+        loop = asyncio.create_task(controller.run())
+        keeper: LeaseKeeper | None = None
+        try:
+            while True:
+                try:
+                    keeper = LeaseKeeper(
+                        self.store, config.lease_ttl_s, config.keepalive_interval_s
+                    )
+                    await keeper.start()
+                    election = Election(self.store, keeper, "controller", self.keys)
+                    await election.campaign(self.cfg.node)
+                    controller.wake.set()
+                    await election.lost.wait()
+                    log.info("lost controller leadership; standing again")
+                except (StoreError, TimeoutError) as e:
+                    log.warning("controller election: %s; standing again", e)
+                    await asyncio.sleep(config.keepalive_interval_s)
+                finally:
+                    if keeper is not None:
+                        with contextlib.suppress(BaseException):
+                            await keeper.stop(revoke=False)
+        finally:
+            loop.cancel()
+            controller.close()
+            if election is not None:
+                with contextlib.suppress(BaseException):
+                    await election.resign()
+
+    async def _serve_api(self) -> None:
+        app = create_app(self.store, self.keys, self.cfg.node)
+        server = _ApiServer(
+            uvicorn.Config(
+                app,
+                host=self.cfg.api_host,
+                port=self.cfg.api_port,
+                log_level="warning",
+                lifespan="off",
+            )
+        )
+        await server.serve()
+
+
+class _ApiServer(uvicorn.Server):
+    """uvicorn, minus its signal handlers: the daemon handles SIGTERM/SIGINT itself."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def run(cfg: AgentConfig) -> None:
+    logging.basicConfig(
+        level=logging.INFO,
+        format=f"%(asctime)s {cfg.node} %(name)s %(levelname)s %(message)s",
+    )
+    daemon = Daemon(cfg)
+
+    async def main() -> None:
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, lambda: task.cancel() if task else None)
+        with contextlib.suppress(asyncio.CancelledError):
+            await daemon.run()
+
+    try:
+        asyncio.run(main())
+    except HvcError as e:
+        log.error("agent stopped: %s", e)
+        raise SystemExit(1) from None

@@ -1,0 +1,239 @@
+"""``hvc lab``: a whole cluster on one machine. A local etcd and N agents (each with its
+watchdog), as detached processes on loopback ports, each node with its own run dir, so that
+faults are real: kill -9 a host, SIGSTOP an agent, restart one.
+
+Everything lives under one lab dir (default ``/run/hvc-lab``); ``lab.json`` there says what
+runs, so later commands (and ``hvc`` itself, to find the API) can find it.
+"""
+
+from __future__ import annotations
+
+import functools
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+import httpx
+
+from hvcluster.lab import processes
+from hvcluster.lab.etcd import EtcdProcess, free_ports
+from hvcluster.lab.state import DEFAULT_LAB_DIR, LabNode, LabState, load, save
+from hvcluster.models.config import ClusterConfig
+from hvcluster.models.errors import HvcError
+
+Driver = Literal["qemu", "sim"]
+Log = Callable[[str], None]
+HVC = [sys.executable, "-m", "hvcluster"]
+
+
+class LabError(HvcError):
+    pass
+
+
+def running_lab(lab_dir: Path) -> LabState | None:
+    try:
+        state = load(lab_dir)
+    except HvcError:
+        return None
+    pids = [*state.etcd_pids, *(n.agent_pid for n in state.nodes)]
+    return state if any(processes.alive(p) for p in pids) else None
+
+
+def up(
+    nodes: int = 3,
+    driver: Driver = "qemu",
+    lab_dir: Path = DEFAULT_LAB_DIR,
+    cache_dir: Path = Path("/var/cache/hvcluster"),
+    config: ClusterConfig | None = None,
+    log: Log = print,
+    timeout: float = 60.0,
+) -> LabState:
+    """Start etcd and ``nodes`` agents; return once every API answers."""
+    if nodes < 1:
+        raise LabError("a lab needs at least one node")
+    if running_lab(lab_dir) is not None:
+        raise LabError(f"a lab is already running in {lab_dir}: 'hvc lab down' first")
+    if lab_dir.exists():
+        shutil.rmtree(lab_dir)
+    lab_dir.mkdir(parents=True)
+    config = config or ClusterConfig()
+    ports = free_ports(2 + nodes)
+    etcd = EtcdProcess(
+        "etcd0",
+        lab_dir / "etcd" / "etcd0",
+        ports[0],
+        ports[1],
+        f"etcd0=http://127.0.0.1:{ports[1]}",
+        f"hvc-lab-{ports[0]}",
+    )
+    etcd.data_dir.mkdir(parents=True)
+    etcd_pid = processes.spawn(etcd.command(), etcd.log_path)
+    state = LabState(
+        cluster="lab",
+        dir=str(lab_dir),
+        driver=driver,
+        etcd_endpoints=(etcd.endpoint,),
+        etcd_pids=(etcd_pid,),
+        etcd_data_dirs=(str(etcd.data_dir),),
+        shared_dir=str(lab_dir / "shared"),
+    )
+    save(state)
+    try:
+        _wait(
+            lambda: etcd.health(0.5), timeout, f"etcd did not become healthy; see {etcd.log_path}"
+        )
+        log(f"etcd on {etcd.endpoint} (pid {etcd_pid})")
+        _bootstrap(state, config)
+        Path(state.shared_dir).mkdir(parents=True, exist_ok=True)
+        lab_nodes = []
+        for i in range(nodes):
+            node = _make_node(state, f"n{i + 1}", ports[2 + i], driver, cache_dir)
+            lab_nodes.append(node)
+        state = state.model_copy(
+            update={
+                "nodes": tuple(lab_nodes),
+                "api": tuple(f"http://127.0.0.1:{n.api_port}" for n in lab_nodes),
+            }
+        )
+        save(state)
+        for node in lab_nodes:
+            state = start_node(state, node.name, config.fence_after_s)
+        for url in state.api:
+            _wait(
+                functools.partial(_healthy, url),
+                timeout,
+                f"agent API {url} did not answer; see {lab_dir}/nodes/*/agent.log",
+            )
+        log(f"{nodes} agents up ({driver} driver): " + ", ".join(state.api))
+        return state
+    except BaseException:
+        down(lab_dir, log=lambda _: None)
+        raise
+
+
+def _bootstrap(state: LabState, config: ClusterConfig) -> None:
+    """Write the cluster config (the lab's one use of etcd other than through the API)."""
+    endpoint = state.etcd_endpoints[0]
+    key = f"/hvc/{state.cluster}/config"
+    subprocess.run(
+        [
+            "etcdctl",
+            f"--endpoints=http://{endpoint}",
+            "put",
+            key,
+            config.model_copy(update={"name": state.cluster}).model_dump_json(),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=10,
+        env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"},
+    )
+
+
+def _make_node(state: LabState, name: str, port: int, driver: Driver, cache: Path) -> LabNode:
+    run_dir = Path(state.dir) / "nodes" / name
+    run_dir.mkdir(parents=True)
+    conf = run_dir / "agent.toml"
+    etcd = ", ".join(f'"{e}"' for e in state.etcd_endpoints)
+    conf.write_text(
+        f'node = "{name}"\ncluster = "{state.cluster}"\netcd = [{etcd}]\n'
+        f'address = "127.0.0.1"\napi_host = "127.0.0.1"\napi_port = {port}\n'
+        f'run_dir = "{run_dir}"\ndriver = "{driver}"\ncache_dir = "{cache}"\n'
+    )
+    return LabNode(name=name, run_dir=str(run_dir), config=str(conf), api_port=port)
+
+
+def start_node(state: LabState, name: str, fence_after: float = 3.0) -> LabState:
+    """Start the watchdog (if not running) and the agent of ``name``."""
+    node = state.node(name)
+    run_dir = Path(node.run_dir)
+    wd = node.watchdog_pid
+    if not processes.alive(wd):
+        wd = processes.spawn(
+            [
+                sys.executable,
+                "-m",
+                "hvcluster.agent.watchdog",
+                "--run-dir",
+                str(run_dir),
+                "--fence-after",
+                str(fence_after),
+            ],
+            run_dir / "watchdog.out",
+        )
+    agent = node.agent_pid
+    if not processes.alive(agent):
+        agent = processes.spawn([*HVC, "agent", "--config", node.config], run_dir / "agent.log")
+    state = state.with_node(node.model_copy(update={"agent_pid": agent, "watchdog_pid": wd}))
+    save(state)
+    return state
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/api/v1/healthz", timeout=1.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _wait(predicate: Callable[[], bool], timeout: float, message: str) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise LabError(message)
+
+
+def vm_pids(node: LabNode) -> list[int]:
+    pids = []
+    for pidfile in (Path(node.run_dir) / "vms").glob("*/pid"):
+        try:
+            pids.append(int(pidfile.read_text().strip()))
+        except (OSError, ValueError):
+            continue
+    return [p for p in pids if processes.alive(p)]
+
+
+def fault(state: LabState, action: str, name: str) -> str:
+    """Inject a fault into node ``name``; return what was done."""
+    node = state.node(name)
+    if action == "kill":  # the host crashes: agent, watchdog and its VMs die at once
+        vms = vm_pids(node)
+        processes.kill([node.agent_pid, node.watchdog_pid, *vms])
+        return (
+            f"killed {name}: agent {node.agent_pid}, watchdog {node.watchdog_pid}, "
+            f"{len(vms)} VM process(es)"
+        )
+    if action == "kill-agent":  # only the agent dies (kill -9); VMs and watchdog stay
+        processes.kill([node.agent_pid])
+        return f"killed the agent of {name} (pid {node.agent_pid})"
+    if action == "stop":  # a hung host: the agent freezes
+        processes.signal_pid(node.agent_pid, signal.SIGSTOP)
+        return f"stopped (SIGSTOP) the agent of {name} (pid {node.agent_pid})"
+    if action == "cont":
+        processes.signal_pid(node.agent_pid, signal.SIGCONT)
+        return f"continued (SIGCONT) the agent of {name} (pid {node.agent_pid})"
+    raise LabError(f"unknown fault {action!r}: use kill, kill-agent, stop or cont")
+
+
+def down(lab_dir: Path = DEFAULT_LAB_DIR, log: Log = print) -> None:
+    """Stop everything the lab started, VMs included, and remove the lab dir."""
+    try:
+        state = load(lab_dir)
+    except HvcError:
+        state = None
+    if state is not None:
+        agents = [n.agent_pid for n in state.nodes]
+        processes.terminate(agents)
+        vms = [p for n in state.nodes for p in vm_pids(n)]
+        processes.kill(vms)
+        processes.terminate([n.watchdog_pid for n in state.nodes], grace=2)
+        processes.terminate(list(state.etcd_pids))
+        log(f"stopped {len(agents)} agents, {len(vms)} VMs, etcd")
+    shutil.rmtree(lab_dir, ignore_errors=True)

@@ -1,0 +1,62 @@
+"""The lab's demo VMs, created through the API like any client would."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from hvcluster.drivers.image import require_image
+from hvcluster.lab.state import LabState
+from hvcluster.models.errors import HvcError
+
+PRIORITIES = ("high", "medium", "low")
+
+
+def demo_specs(state: LabState, count: int, cache_dir: Path) -> list[dict[str, Any]]:
+    """``count`` small VMs: test guests with a counter disk (qemu) or simulated ones (sim)."""
+    specs: list[dict[str, Any]] = []
+    boot: dict[str, Any] = {}
+    if state.driver == "qemu":
+        boot = require_image(cache_dir).boot().model_dump()
+    for i in range(count):
+        name = f"demo-{i + 1}"
+        spec: dict[str, Any] = {
+            "name": name,
+            "vcpus": 1,
+            "memory_mib": 128,
+            "ha": {"priority": PRIORITIES[i % len(PRIORITIES)]},
+        }
+        if state.driver == "qemu":
+            disk = Path(state.shared_dir) / f"{name}.qcow2"
+            make_disk(disk, size_mib=64)
+            spec["boot"] = boot
+            spec["disks"] = [{"path": str(disk)}]
+        specs.append(spec)
+    return specs
+
+
+def make_disk(path: Path, size_mib: int) -> None:
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", str(path), f"{size_mib}M"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    if result.returncode != 0:
+        raise HvcError(f"qemu-img create {path} failed: {result.stderr.strip()}")
+
+
+def create_vms(api: str, specs: list[dict[str, Any]]) -> list[str]:
+    created = []
+    for spec in specs:
+        r = httpx.post(f"{api}/api/v1/vms", json=spec, timeout=10)
+        if r.status_code not in (200, 201, 202):
+            raise HvcError(f"creating {spec['name']} failed: {r.status_code} {r.text}")
+        created.append(spec["name"])
+    return created

@@ -1,0 +1,88 @@
+"""A real lab: etcd and agent processes (with watchdogs) on loopback, stopped after."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from hvcluster.drivers.image import cached_image
+from hvcluster.lab import cluster
+from hvcluster.lab.state import LabState, load
+from hvcluster.models.config import ClusterConfig
+
+CACHE = Path("/var/cache/hvcluster")
+
+
+class Lab:
+    def __init__(self, lab_dir: Path) -> None:
+        self.dir = lab_dir
+
+    @property
+    def state(self) -> LabState:
+        return load(self.dir)
+
+    def api(self, avoid: str | None = None) -> str:
+        for n in self.state.nodes:
+            if n.name != avoid:
+                return f"http://127.0.0.1:{n.api_port}"
+        raise AssertionError("no API left")
+
+    def get(self, path: str, avoid: str | None = None) -> Any:
+        r = httpx.get(f"{self.api(avoid)}/api/v1{path}", timeout=5)
+        r.raise_for_status()
+        return r.json()
+
+    def post(self, path: str, body: Any = None, avoid: str | None = None) -> Any:
+        r = httpx.post(f"{self.api(avoid)}/api/v1{path}", json=body, timeout=10)
+        assert r.status_code < 300, r.text
+        return r.json()
+
+    def vm(self, name: str, avoid: str | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = self.get(f"/vms/{name}", avoid)
+        return result
+
+    def events(self, avoid: str | None = None, limit: int = 500) -> list[dict[str, Any]]:
+        data = self.get(f"/events?limit={limit}", avoid)
+        return list(data["events"] if isinstance(data, dict) else data)
+
+    def fault(self, action: str, node: str) -> str:
+        return cluster.fault(self.state, action, node)
+
+    def restart(self, node: str) -> None:
+        cluster.start_node(self.state, node)
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, every: float = 0.1) -> Any:
+    end = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < end:
+        try:
+            last = predicate()
+        except (httpx.HTTPError, KeyError, OSError) as e:
+            last = e
+        else:
+            if last:
+                return last
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def make_lab(tmp: Path, driver: str, nodes: int = 3) -> Iterator[Lab]:
+    lab_dir = tmp / "lab"
+    try:
+        cluster.up(nodes, driver, lab_dir, CACHE, ClusterConfig(), log=lambda _: None)  # type: ignore[arg-type]
+        yield Lab(lab_dir)
+    finally:
+        cluster.down(lab_dir, log=lambda _: None)
+
+
+@pytest.fixture(scope="module")
+def qemu_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    if cached_image(CACHE) is None:
+        pytest.fail("the test guest image is not built: run scripts/install (hvc image build)")
+    yield from make_lab(tmp_path_factory.mktemp("qemu-lab"), "qemu")

@@ -1,0 +1,210 @@
+"""Failover of real QEMU guests in a real lab: etcd, three agents with watchdogs, real faults.
+
+The test guest writes a rising counter to its disk every ~200 ms: a VM that was reset, ran
+twice or lost writes shows it there."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hvcluster.drivers.image import require_image
+from hvcluster.drivers.testguest import create_disk, read_counter
+from hvcluster.lab import processes
+from tests.lab.conftest import CACHE, Lab, wait_for
+
+pytestmark = [pytest.mark.lab, pytest.mark.qemu, pytest.mark.timeout(240)]
+
+
+def create_guest(lab: Lab, name: str, home: str) -> Path:
+    disk = Path(lab.state.shared_dir) / f"{name}.qcow2"
+    create_disk(disk)
+    spec = {
+        "name": name,
+        "memory_mib": 128,
+        "boot": require_image(CACHE).boot().model_dump(),
+        "disks": [{"path": str(disk)}],
+        "ha": {"priority": "high", "preferred_owners": [home]},
+    }
+    lab.post("/vms", spec)
+    return disk
+
+
+def running(lab: Lab, name: str, avoid: str | None = None) -> dict[str, Any] | None:
+    """The VM, once its placement's node reports it running at the placement's epoch, on a
+    node other than ``avoid`` (whose API is not asked either)."""
+    vm = lab.vm(name, avoid)
+    status = vm.get("status") or {}
+    placement = vm.get("placement") or {}
+    if (
+        status.get("state") == "running"
+        and status.get("epoch") == placement.get("epoch")
+        and status.get("node") == placement.get("node") != avoid
+    ):
+        return vm
+    return None
+
+
+def vm_pid(lab: Lab, node: str, vm: str) -> int | None:
+    try:
+        pid = int((Path(lab.state.node(node).run_dir) / "vms" / vm / "pid").read_text())
+    except (OSError, ValueError):
+        return None
+    return pid if processes.alive(pid) else None
+
+
+def counter_rises(disk: Path, above: int, timeout: float = 30) -> int:
+    value: int = wait_for(
+        lambda: (c := read_counter(disk)) > above and c,
+        timeout,
+        f"counter of {disk.name} above {above}",
+        every=0.3,
+    )
+    return value
+
+
+class TwoCopies:
+    """Samples every 20 ms how many QEMU processes of one VM run across all nodes."""
+
+    def __init__(self, lab: Lab, vm: str) -> None:
+        self.lab, self.vm = lab, vm
+        self.nodes = [n.name for n in lab.state.nodes]
+        self.max_seen = 0
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            live = [n for n in self.nodes if vm_pid(self.lab, n, self.vm)]
+            self.max_seen = max(self.max_seen, len(live))
+            self.samples += 1
+            time.sleep(0.02)
+
+    def __enter__(self) -> TwoCopies:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def test_host_crash_moves_the_vm_and_its_counter_continues(qemu_lab: Lab) -> None:
+    lab = qemu_lab
+    disk = create_guest(lab, "crash-1", "n2")
+    vm = wait_for(lambda: running(lab, "crash-1"), 60, "crash-1 running")
+    assert vm["node"] == "n2"
+    before = counter_rises(disk, 0)
+    with TwoCopies(lab, "crash-1") as copies:
+        lab.fault("kill", "n2")
+        after_kill = read_counter(disk)
+        moved = wait_for(lambda: running(lab, "crash-1", avoid="n2"), 60, "recovery", 0.2)
+    assert moved["node"] in ("n1", "n3")
+    assert moved["placement"]["epoch"] == 2
+    assert copies.max_seen <= 1, "two QEMU processes ran the VM at once"
+    assert after_kill >= before
+    resumed = counter_rises(disk, after_kill)
+    assert resumed > after_kill  # continued from where it was, never below
+    reasons = [
+        e["event"]["reason"]
+        for e in lab.events(avoid="n2")
+        if e["event"]["kind"] == "vm.recovered" and e["event"]["subject"] == "vm/crash-1"
+    ]
+    assert reasons and "n2" in reasons[-1]
+    lab.restart("n2")
+    wait_for(
+        lambda: any(n["name"] == "n2" and n["alive"] for n in lab.get("/nodes")["nodes"]),
+        30,
+        "n2 back",
+    )
+
+
+def test_a_hung_agent_is_fenced_by_its_watchdog_before_the_vm_starts_elsewhere(
+    qemu_lab: Lab,
+) -> None:
+    lab = qemu_lab
+    disk = create_guest(lab, "hang-1", "n3")
+    wait_for(lambda: running(lab, "hang-1"), 60, "hang-1 running")
+    old_pid = vm_pid(lab, "n3", "hang-1")
+    assert old_pid
+    counter_rises(disk, 0)
+    try:
+        with TwoCopies(lab, "hang-1") as copies:
+            lab.fault("stop", "n3")
+            wait_for(lambda: not processes.alive(old_pid), 10, "the watchdog to kill QEMU", 0.02)
+            killed_at = time.monotonic()
+            last = read_counter(disk)
+            moved = wait_for(lambda: running(lab, "hang-1", avoid="n3"), 60, "recovery", 0.2)
+            recovered_at = time.monotonic()
+        assert copies.max_seen <= 1 and copies.samples > 50
+        assert recovered_at > killed_at
+        assert moved["node"] != "n3"
+        log = (Path(lab.state.node("n3").run_dir) / "watchdog.log").read_text()
+        assert f"killed hang-1 (pid {old_pid})" in log
+        assert counter_rises(disk, last) > last
+    finally:
+        lab.fault("cont", "n3")
+    # The resumed agent finds its VM moved away and leaves it be.
+    wait_for(
+        lambda: any(n["name"] == "n3" and n["alive"] for n in lab.get("/nodes")["nodes"]),
+        30,
+        "n3 back",
+    )
+    time.sleep(2)
+    assert vm_pid(lab, "n3", "hang-1") is None
+    assert running(lab, "hang-1")["node"] == moved["node"]  # type: ignore[index]
+
+
+def test_agent_killed_and_restarted_within_fence_after_changes_nothing(qemu_lab: Lab) -> None:
+    lab = qemu_lab
+    disk = create_guest(lab, "steady-1", "n1")
+    before = wait_for(lambda: running(lab, "steady-1"), 60, "steady-1 running")
+    pid = vm_pid(lab, "n1", "steady-1")
+    counter_rises(disk, 0)
+    recovered_before = _count(lab, "vm.recovered", "vm/steady-1")
+    lab.fault("kill-agent", "n1")
+    lab.restart("n1")
+    time.sleep(6)  # longer than fence_after + margin: a failover would have happened by now
+    after = wait_for(lambda: running(lab, "steady-1"), 30, "steady-1 still running")
+    assert vm_pid(lab, "n1", "steady-1") == pid  # same QEMU process
+    assert after["placement"]["epoch"] == before["placement"]["epoch"]
+    assert _count(lab, "vm.recovered", "vm/steady-1") == recovered_before
+    assert any(e["event"]["kind"] == "node.rejoined" for e in lab.events())
+    counter_rises(disk, read_counter(disk))
+
+
+def test_a_killed_controller_is_replaced_within_a_lease_ttl(qemu_lab: Lab) -> None:
+    lab = qemu_lab
+    elected = [e for e in lab.events() if e["event"]["kind"] == "controller.elected"]
+    leader = elected[-1]["event"]["subject"].split("/")[1]
+    placed_before = _count(lab, "vm.placed") + _count(lab, "vm.recovered")
+    lab.fault("kill-agent", leader)
+    t0 = time.monotonic()
+
+    def new_leader() -> str | None:
+        events = [e for e in lab.events(avoid=leader) if e["event"]["kind"] == "controller.elected"]
+        subject: str = events[-1]["event"]["subject"]
+        return subject if events and subject != f"node/{leader}" else None
+
+    wait_for(new_leader, 10, "a new controller")
+    elapsed = time.monotonic() - t0
+    lab.restart(leader)
+    assert elapsed < 4.0 + 2.0  # one lease TTL (+ the time to see it)
+    time.sleep(2)
+    assert (
+        _count(lab, "vm.placed", avoid=leader) + _count(lab, "vm.recovered", avoid=leader)
+        == placed_before
+    )  # no duplicate actions
+
+
+def _count(lab: Lab, kind: str, subject: str | None = None, avoid: str | None = None) -> int:
+    return sum(
+        1
+        for e in lab.events(avoid=avoid)
+        if e["event"]["kind"] == kind and (subject is None or e["event"]["subject"] == subject)
+    )

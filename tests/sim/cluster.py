@@ -1,0 +1,141 @@
+"""A whole cluster in one event loop: real daemons (node agent, liveness, controller and
+election) on one memory store, each host with an in-memory sim driver. Fast, and with real
+decisions: the only thing simulated is the hypervisor."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from hvcluster.agent.config import AgentConfig
+from hvcluster.agent.daemon import Daemon
+from hvcluster.drivers.sim import SimDriver
+from hvcluster.drivers.sim.model import SimParams
+from hvcluster.drivers.sim.state import SimHost
+from hvcluster.models.base import decode, encode, parse
+from hvcluster.models.config import ClusterConfig
+from hvcluster.models.event import Event
+from hvcluster.models.lifecycle import VMState
+from hvcluster.models.vm import Placement, VMSpec, VMStatus
+from hvcluster.store.events import EventLog
+from hvcluster.store.keys import Keys
+from hvcluster.store.memory import MemoryStore
+
+# Short timings keep the suite fast; their ratios are the defaults'.
+FAST = ClusterConfig(
+    name="sim",
+    lease_ttl_s=2.0,
+    keepalive_interval_s=0.4,
+    fence_after_s=1.4,
+    recovery_margin_s=0.6,
+    evidence_interval_s=0.4,
+    mass_failure_grace_s=3.0,
+)
+
+
+class SimCluster:
+    def __init__(self, tmp: Path, config: ClusterConfig = FAST, cpus: int = 4) -> None:
+        self.tmp = tmp
+        self.config = config
+        self.cpus = cpus
+        self.store = MemoryStore()
+        self.keys = Keys("sim")
+        self.events = EventLog(self.store, self.keys)
+        self.daemons: dict[str, Daemon] = {}
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.drivers: dict[str, SimDriver] = {}
+
+    async def start(self, *names: str) -> None:
+        await self.store.put(self.keys.config, encode(self.config))
+        for name in names:
+            await self.start_node(name)
+
+    async def start_node(self, name: str) -> None:
+        cfg = AgentConfig(node=name, cluster="sim", run_dir=self.tmp / name, driver="sim")
+        driver = SimDriver(
+            host=SimHost(cpus=self.cpus, memory_mib=8192, check_disks=False),
+            params=SimParams(boot_s=0.3, shutdown_s=0.2),
+        )
+        daemon = Daemon(cfg, store=self.store, driver=driver, serve_api=False)
+        self.daemons[name], self.drivers[name] = daemon, driver
+        self.tasks[name] = asyncio.create_task(daemon.run(), name=f"daemon-{name}")
+        await self.wait_for(lambda: self.alive(name), 10, f"{name} to register")
+
+    async def crash(self, name: str) -> None:
+        """The host dies: its daemon stops at once and its VMs with it."""
+        task = self.tasks.pop(name)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+        driver = self.drivers[name]
+        for vm in await driver.list():
+            with contextlib.suppress(Exception):
+                await driver.kill(vm.name)
+
+    async def stop(self) -> None:
+        for name in list(self.tasks):
+            await self.crash(name)
+        await self.store.close()
+
+    # --- reading -------------------------------------------------------------------
+    def alive(self, name: str) -> bool:
+        d = self.daemons.get(name)
+        return bool(d and d.liveness and d.liveness.registered.is_set() and name in self.tasks)
+
+    async def placement(self, vm: str) -> Placement | None:
+        kv = await self.store.get(self.keys.placement(vm))
+        return decode(Placement, kv.key, kv.value) if kv else None
+
+    async def status(self, vm: str) -> VMStatus | None:
+        kv = await self.store.get(self.keys.status(vm))
+        return decode(VMStatus, kv.key, kv.value) if kv else None
+
+    async def running_on(self, vm: str) -> str | None:
+        """The node whose driver really runs ``vm`` (None if none), asserting never two."""
+        hosts = []
+        for name, driver in self.drivers.items():
+            if name not in self.tasks:
+                continue
+            for info in await driver.list():
+                if info.name == vm and info.state is VMState.RUNNING:
+                    hosts.append(name)
+        assert len(hosts) <= 1, f"{vm} runs on {hosts} at once"
+        return hosts[0] if hosts else None
+
+    async def event_list(self, kind: str | None = None, subject: str | None = None) -> list[Event]:
+        found = [e.event for e in await self.events.recent(10_000)]
+        return [
+            e
+            for e in found
+            if (kind is None or e.kind == kind) and (subject is None or e.subject == subject)
+        ]
+
+    # --- writing (as the API would) ------------------------------------------------
+    async def create_vm(self, name: str, **spec: Any) -> VMSpec:
+        vm = parse(VMSpec, {"name": name, "memory_mib": 256, **spec})
+        await self.store.put(self.keys.vm(name), encode(vm))
+        return vm
+
+    # --- waiting -------------------------------------------------------------------
+    async def wait_for(self, predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            value = predicate()
+            if asyncio.iscoroutine(value):
+                value = await value
+            if value:
+                return value
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+    async def wait_running(self, vm: str, timeout: float = 15, not_on: str | None = None) -> str:
+        async def where() -> str | None:
+            host = await self.running_on(vm)
+            return host if host and host != not_on else None
+
+        node: str = await self.wait_for(where, timeout, f"{vm} running (not on {not_on})")
+        return node

@@ -1,0 +1,17 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tests.sim.cluster import SimCluster
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[SimCluster]:
+    c = SimCluster(tmp_path)
+    try:
+        yield c
+    finally:
+        await c.stop()
