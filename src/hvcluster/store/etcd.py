@@ -266,7 +266,7 @@ class EtcdStore(Store):
             ep = self._conn.current
             stream: Any = None
             try:
-                await ep.ready(self._conn.connect_timeout)
+                await ep.ready(self._conn.connect_timeout, fail_fast=self._conn.several)
                 stream = ep.stub("watch").Watch(metadata=_REQUIRE_LEADER)
                 create = rpc.WatchCreateRequest(
                     key=key, range_end=end, start_revision=next_rev, prev_kv=True
@@ -295,8 +295,8 @@ class EtcdStore(Store):
                         )
                     if response.events:
                         next_rev = response.events[-1].kv.mod_revision + 1
-            except TimeoutError:
-                reason = f"cannot connect to {ep.target}"
+            except TimeoutError as e:
+                reason = str(e) or f"cannot connect to {ep.target}"
             except grpc.aio.AioRpcError as e:
                 error = translate(e, ep.target)
                 if not isinstance(error, StoreUnavailable):
@@ -385,13 +385,15 @@ class EtcdStore(Store):
         """(StatusResponse or None, seconds it took, error) for one member."""
         ep = self._conn.endpoint_for(target)
         try:
-            async with asyncio.timeout(budget):
-                await ep.ready(budget)
-                started = time.monotonic()
-                status = await ep.stub("maintenance").Status(rpc.StatusRequest(), timeout=budget)
-                return status, time.monotonic() - started, ""
-        except TimeoutError:
-            return None, 0.0, f"no answer within {budget:g}s"
+            started = time.monotonic()
+            await ep.ready(budget)
+            left = max(0.001, budget - (time.monotonic() - started))
+            started = time.monotonic()
+            async with asyncio.timeout(left + 0.2):  # grpc's own deadline should come first
+                status = await ep.stub("maintenance").Status(rpc.StatusRequest(), timeout=left)
+            return status, time.monotonic() - started, ""
+        except TimeoutError as e:
+            return None, 0.0, str(e) or f"no answer within {budget:g}s"
         except grpc.aio.AioRpcError as e:
             return None, 0.0, str(translate(e, target))
 

@@ -118,13 +118,30 @@ class Endpoint:
             self._stubs[kind] = factory(channel)
         return self._stubs[kind]
 
-    async def ready(self, timeout: float) -> None:
-        """Wait until the channel is connected; raise TimeoutError after ``timeout``."""
+    async def ready(self, timeout: float, fail_fast: bool = False) -> None:
+        """Wait until the channel is connected; raise TimeoutError after ``timeout``, or at
+        once when the connection is refused if ``fail_fast`` (another endpoint may answer)."""
         channel = self.channel
-        if channel.get_state(try_to_connect=True) == grpc.ChannelConnectivity.READY:
-            return
-        async with asyncio.timeout(max(timeout, 0.001)):
-            await channel.channel_ready()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        state = channel.get_state(try_to_connect=True)
+        while state != grpc.ChannelConnectivity.READY:
+            refused = state == grpc.ChannelConnectivity.TRANSIENT_FAILURE
+            if refused and fail_fast:
+                raise TimeoutError(f"cannot connect to {self.target} (refused or down)")
+            left = deadline - loop.time()
+            try:
+                if left <= 0:
+                    raise TimeoutError
+                async with asyncio.timeout(left):
+                    await channel.wait_for_state_change(state)
+            except TimeoutError:
+                if refused:
+                    raise TimeoutError(
+                        f"cannot connect to {self.target} (refused or down)"
+                    ) from None
+                raise TimeoutError(f"{self.target} did not answer within {timeout:g}s") from None
+            state = channel.get_state(try_to_connect=True)
 
     async def close(self) -> None:
         channel, self._channel, self._stubs = self._channel, None, {}
@@ -147,6 +164,10 @@ class Connection:
         # With several endpoints, give each a share of the deadline to connect.
         n = len(self.endpoints)
         self.connect_timeout = timeout if n == 1 else max(0.5, timeout / n)
+
+    @property
+    def several(self) -> bool:
+        return len(self.endpoints) > 1
 
     @property
     def current(self) -> Endpoint:
@@ -193,10 +214,11 @@ class Connection:
                 raise StoreUnavailable(f"etcd did not answer {what} within {budget:g}s: {last}")
             ep = self.current
             try:
-                await ep.ready(min(left, self.connect_timeout))
-            except TimeoutError:
-                last = f"cannot connect to {ep.target}"
+                await ep.ready(min(left, self.connect_timeout), fail_fast=self.several)
+            except TimeoutError as e:
+                last = str(e)
                 self.rotate()
+                await asyncio.sleep(0.02)  # all may be down: do not spin
                 continue
             left = deadline - loop.time()
             try:
