@@ -26,7 +26,7 @@ import grpc  # type: ignore[import-untyped]
 import grpc.aio  # type: ignore[import-untyped]
 from aetcd import rpc
 
-from hvcluster.models.errors import LeaseLost, StoreError, StoreUnavailable
+from hvcluster.models.errors import InvalidInput, LeaseLost, StoreError, StoreUnavailable
 from hvcluster.store.base import (
     Compare,
     Delete,
@@ -80,6 +80,14 @@ def _span(prefix: str, is_prefix: bool = True) -> tuple[bytes, bytes]:
             end[i] += 1
             return key, bytes(end[: i + 1])
     return key, b"\0"
+
+
+def _target(url: str) -> str | None:
+    """A member's client URL as a target we can dial (None for one we cannot, e.g. TLS)."""
+    try:
+        return parse_endpoint(url)
+    except InvalidInput:
+        return None
 
 
 def _kv(kv: Any) -> KeyValue:
@@ -345,7 +353,7 @@ class EtcdStore(Store):
             )
             return StoreHealth(members, None)
         # Ask members we were not given as endpoints too: a check must see every member.
-        urls = {m.ID: [parse_endpoint(u) for u in m.clientURLs] for m in listed}
+        urls = {m.ID: [t for u in m.clientURLs if (t := _target(u))] for m in listed}
         missing = {u[0] for u in urls.values() if u and not any(t in statuses for t in u)}
         extra = await asyncio.gather(*(self._status(t, budget) for t in missing))
         statuses.update(zip(missing, extra, strict=True))
@@ -361,7 +369,7 @@ class EtcdStore(Store):
                 (a for a in answers if a[0] is not None), answers[0] if answers else (None, 0, "")
             )
             if not urls[m.ID]:
-                error = "member has no client URL"
+                error = "no client URL we can reach: " + (", ".join(m.clientURLs) or "none")
             found.append(
                 Member(
                     name=m.name or f"{m.ID:x}",
