@@ -1,0 +1,157 @@
+"""Failover time in a real lab: repeated host crashes (agent, watchdog and VMs SIGKILLed),
+with the sim and the qemu driver, default timings. For each crash, seconds from the kill to:
+
+- detected: the controller saw the node's alive key gone (its lease expired);
+- decided: the controller recorded the recovery (placement moved, epoch + 1);
+- running: the new host's agent reported the VM running;
+- heartbeat (qemu): the guest printed its first heartbeat on the new host.
+
+Writes bench/results/failover.json and prints p50/p99 per step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hvcluster.drivers.image import DEFAULT_CACHE, require_image
+from hvcluster.drivers.testguest import create_disk, heartbeats
+from hvcluster.lab import cluster
+from hvcluster.lab.state import LabState, load
+from hvcluster.models.config import ClusterConfig
+
+RESULTS = Path(__file__).parent / "results" / "failover.json"
+VM = "bench-1"
+
+
+def api_of(state: LabState, avoid: str) -> str:
+    return next(f"http://127.0.0.1:{n.api_port}" for n in state.nodes if n.name != avoid)
+
+
+def events_since(api: str, t0: float) -> list[dict[str, Any]]:
+    data = httpx.get(f"{api}/api/v1/events?limit=300", timeout=5).json()
+    return [e["event"] for e in data["events"] if e["event"]["time"] >= t0]
+
+
+def first(events: list[dict[str, Any]], kind: str, subject: str) -> float | None:
+    times = [e["time"] for e in events if e["kind"] == kind and e["subject"] == subject]
+    return min(times) if times else None
+
+
+def one_crash(lab_dir: Path, driver: str) -> dict[str, float]:
+    state = load(lab_dir)
+    api0 = state.api[0]
+    vm = httpx.get(f"{api0}/api/v1/vms/{VM}", timeout=5).json()
+    victim = vm["placement"]["node"]
+    epoch = vm["placement"]["epoch"]
+    api = api_of(state, victim)
+    beats_before = 0
+    t0 = time.time()
+    cluster.fault(state, "kill", victim)
+    result: dict[str, float] = {}
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        try:
+            now_vm = httpx.get(f"{api}/api/v1/vms/{VM}", timeout=5).json()
+        except httpx.HTTPError:
+            continue
+        p, s = now_vm.get("placement") or {}, now_vm.get("status") or {}
+        if (
+            p.get("epoch", 0) > epoch
+            and s.get("state") == "running"
+            and s.get("epoch") == p["epoch"]
+        ):
+            if "running" not in result:
+                result["running"] = time.time() - t0
+                new_node = p["node"]
+            if driver != "qemu":
+                break
+            serial = Path(state.node(new_node).run_dir) / "vms" / VM / "serial.log"
+            if len(heartbeats(serial)) > beats_before:
+                result["heartbeat"] = time.time() - t0
+                break
+    events = events_since(api, t0)
+    for step, kind, subject in (
+        ("detected", "controller.waiting", f"node/{victim}"),
+        ("decided", "vm.recovered", f"vm/{VM}"),
+    ):
+        t = first(events, kind, subject)
+        if t is not None:
+            result[step] = t - t0
+    cluster.start_node(load(lab_dir), victim)
+    _wait_alive(api, victim)
+    return result
+
+
+def _wait_alive(api: str, node: str) -> None:
+    end = time.monotonic() + 60
+    while time.monotonic() < end:
+        nodes = httpx.get(f"{api}/api/v1/nodes", timeout=5).json()["nodes"]
+        if any(n["name"] == node and n["alive"] for n in nodes):
+            return
+        time.sleep(0.2)
+    raise SystemExit(f"{node} did not come back")
+
+
+def run(driver: str, rounds: int, work: Path) -> list[dict[str, float]]:
+    lab_dir = work / f"lab-{driver}"
+    cluster.up(3, driver, lab_dir, DEFAULT_CACHE, ClusterConfig(), log=lambda _: None)  # type: ignore[arg-type]
+    try:
+        state = load(lab_dir)
+        spec: dict[str, Any] = {"name": VM, "memory_mib": 128, "ha": {"priority": "high"}}
+        if driver == "qemu":
+            disk = create_disk(Path(state.shared_dir) / f"{VM}.qcow2")
+            spec["boot"] = require_image(DEFAULT_CACHE).boot().model_dump()
+            spec["disks"] = [{"path": str(disk)}]
+        httpx.post(f"{state.api[0]}/api/v1/vms", json=spec, timeout=10).raise_for_status()
+        time.sleep(12 if driver == "qemu" else 3)  # booted
+        out = []
+        for i in range(rounds):
+            r = one_crash(lab_dir, driver)
+            print(f"  {driver} crash {i + 1}: " + ", ".join(f"{k} {v:.2f}s" for k, v in r.items()))
+            out.append(r)
+        return out
+    finally:
+        cluster.down(lab_dir, log=lambda _: None)
+
+
+def summary(samples: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    steps = sorted({k for s in samples for k in s})
+    out = {}
+    for step in steps:
+        values = sorted(s[step] for s in samples if step in s)
+        p99 = values[min(len(values) - 1, round(0.99 * (len(values) - 1)))]
+        out[step] = {"p50": statistics.median(values), "p99": p99, "n": len(values)}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--drivers", default="sim,qemu")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/hvc-bench-failover"))
+    args = parser.parse_args()
+    results: dict[str, Any] = {"rounds": args.rounds, "config": ClusterConfig().model_dump()}
+    for driver in args.drivers.split(","):
+        samples = run(driver, args.rounds, args.work)
+        results[driver] = {"samples": samples, "summary": summary(samples)}
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=2))
+    print(f"failover after a host crash (default timings), {args.rounds} crashes each:")
+    for driver in args.drivers.split(","):
+        for step, v in results[driver]["summary"].items():
+            print(f"  {driver:5} {step:10} p50 {v['p50']:.2f}s  p99 {v['p99']:.2f}s  (n={v['n']})")
+
+
+if __name__ == "__main__":
+    main()
