@@ -3,9 +3,11 @@ simulated hypervisors."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
-from tests.sim.cluster import SimCluster
+from tests.sim.cluster import FAST, SimCluster
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -24,3 +26,20 @@ async def test_a_crashed_hosts_vm_runs_elsewhere_with_a_reason(cluster: SimClust
     assert "n2" in recovered[0].reason and "alive key" in recovered[0].reason
     waits = await cluster.event_list("controller.waiting", "node/n2")
     assert waits, "the controller said why it waited"
+
+
+async def test_a_deleted_alive_key_is_replaced_and_nothing_moves(cluster: SimCluster) -> None:
+    await cluster.start("n1", "n2")
+    await cluster.create_vm("calm", ha={"preferred_owners": ["n2"]})
+    assert await cluster.wait_running("calm") == "n2"
+    await cluster.store.delete(cluster.keys.alive("n2"))
+
+    async def back() -> bool:
+        return await cluster.store.get(cluster.keys.alive("n2")) is not None
+
+    await cluster.wait_for(back, 5, "n2 to re-register")
+    await cluster.wait_for(lambda: cluster.event_list("node.key_lost", "node/n2"), 5, "event")
+    await asyncio.sleep(FAST.fence_after_s + FAST.recovery_margin_s + 1)
+    placement = await cluster.placement("calm")
+    assert placement is not None and placement.epoch == 1 and placement.node == "n2"
+    assert await cluster.running_on("calm") == "n2"

@@ -124,6 +124,7 @@ class Daemon:
         await liveness.register()
         self.tasks += [
             asyncio.create_task(liveness.run(), name="liveness"),
+            asyncio.create_task(liveness.watch_key(), name="watch-alive"),
             asyncio.create_task(agent.run(), name="reconcile"),
             asyncio.create_task(agent.watch_changes("placements"), name="watch-placements"),
             asyncio.create_task(agent.watch_changes("vms"), name="watch-vms"),

@@ -16,6 +16,7 @@ The rules (ARCHITECTURE.md, "Safety"):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -27,7 +28,7 @@ from hvcluster.models.base import decode, encode
 from hvcluster.models.config import ClusterConfig
 from hvcluster.models.errors import CorruptValue, LeaseLost, StoreError
 from hvcluster.models.node import NodeAlive
-from hvcluster.store.base import Compare, Put, Store
+from hvcluster.store.base import Compare, EventType, Put, Store
 from hvcluster.store.keys import Keys
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,7 @@ class NodeLiveness:
         self.last_confirmed_sent: float | None = None
         self.deadline = 0.0  # the last deadline given to the watchdog
         self.registered = asyncio.Event()
+        self.key_gone = asyncio.Event()  # our alive key vanished while the lease lives
 
     # --- registration --------------------------------------------------------------
     async def register(self) -> None:
@@ -169,6 +171,9 @@ class NodeLiveness:
             try:
                 await asyncio.wait_for(self.store.keepalive(self.lease_id), interval)
                 self._confirmed(started)
+                if self.key_gone.is_set():
+                    self.key_gone.clear()
+                    await self._replace_deleted_key()
             except LeaseLost:
                 await self.say(
                     "node.lease_lost",
@@ -178,6 +183,34 @@ class NodeLiveness:
             except (StoreError, TimeoutError) as e:
                 await self._without_keepalive(started, e)
             await asyncio.sleep(max(0.0, interval - (self.clock() - started)))
+
+    async def _replace_deleted_key(self) -> None:
+        """Our alive key was deleted (by hand?) while our lease lives: to the controller we
+        look dead, so bind a new key at once, under the same guard as after a lost lease."""
+        if await self.store.get(self.keys.alive(self.node)) is not None:
+            return
+        old = self.lease_id
+        await self.say(
+            "node.key_lost",
+            f"node {self.node}'s alive key vanished while its lease lived; re-registering",
+        )
+        await self._reregister()
+        if self.lease_id != old:
+            with contextlib.suppress(StoreError):
+                await self.store.revoke(old)
+
+    async def watch_key(self) -> None:
+        """Notice at once when our alive key is deleted."""
+        key = self.keys.alive(self.node)
+        while True:
+            try:
+                start = await self.store.revision() + 1
+                async for event in self.store.watch(key, start):
+                    if event.key == key and event.type is EventType.DELETE:
+                        self.key_gone.set()
+            except StoreError as e:
+                log.warning("watch on %s broke: %s; re-watching", key, e)
+                await asyncio.sleep(self.config.keepalive_interval_s)
 
     async def _reregister(self) -> None:
         try:
