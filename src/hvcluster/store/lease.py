@@ -26,7 +26,11 @@ log = logging.getLogger(__name__)
 
 
 class LeaseKeeper:
-    """Grants a lease and renews it every ``interval`` until stopped or the lease is lost."""
+    """Grants a lease and renews it every ``interval`` until stopped or the lease is lost.
+
+    The renewing loop is a task of its own: cancelling the task that started the keeper does
+    not stop it. Call :meth:`stop` in a ``finally``.
+    """
 
     def __init__(
         self,
