@@ -77,6 +77,7 @@ def vm(
     failback: Failback | None = None,
     pending_since: float | None = None,
     last_error: str = "",
+    moving_to: str | None = None,
 ) -> VMView:
     """A VM; ``on`` places it (with a status ``state`` there unless ``state`` is None);
     ``status_on`` puts its status on another node."""
@@ -95,7 +96,7 @@ def vm(
     spec = VMSpec(
         name=name, vcpus=vcpus, memory_mib=memory, desired_state=desired, ha=HAPolicy(**ha)
     )
-    placement = Placement(node=on, epoch=epoch) if on else None
+    placement = Placement(node=on, epoch=epoch, moving_to=moving_to) if on else None
     status = None
     where = status_on or on
     if where is not None and state is not None:

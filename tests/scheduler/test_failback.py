@@ -94,6 +94,11 @@ def test_only_running_vms_fail_back() -> None:
     assert plan(snap([node("n1"), node("n2")], [v], now=at(12))) == ()
 
 
+def test_no_second_failback_while_a_move_is_under_way() -> None:
+    v = vm("web", on="n2", preferred=("n1",), failback=IMMEDIATE, moving_to="n1")
+    assert plan(snap([node("n1"), node("n2")], [v], now=at(12))) == ()
+
+
 def test_failbacks_count_capacity() -> None:
     nodes = [node("n1", cpus=2), node("n2")]
     vms = [vm(f"v{i}", on="n2", preferred=("n1",), failback=IMMEDIATE) for i in range(3)]

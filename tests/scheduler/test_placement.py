@@ -60,6 +60,12 @@ def test_capacity_counts_vm_still_reported_active_elsewhere() -> None:
     assert place_of(plan(s), "web") == "n2"
 
 
+def test_capacity_reserved_on_the_target_of_a_cold_move() -> None:
+    mover = vm("mover", 3, 512, on="n1", moving_to="n2")
+    s = snap([node("n1", cpus=8), node("n2", cpus=4)], [mover, vm("web", 2, 512)])
+    assert place_of(plan(s), "web") == "n1"
+
+
 @pytest.mark.parametrize(
     "admin", [NodeAdminState.PAUSED, NodeAdminState.DRAINING, NodeAdminState.QUARANTINED]
 )

@@ -139,6 +139,7 @@ def vm_strategy(
         after=tuple(after),
         failback=FailbackPolicy(mode=mode, window_start_hour=start, window_end_hour=end),
         pending_since=draw(st.none() | st.floats(now - 60, now)),
+        moving_to=draw(mostly(None, *node_names)) if placed else None,
     )
     return replace(view, epoch_floor=draw(st.integers(0, 6)))
 
@@ -175,7 +176,7 @@ def residents(s: ClusterSnapshot, name: str) -> set[str]:
     """VMs that hold resources on a node, computed here independently of the scheduler."""
     found = set()
     for v in s.vms.values():
-        if v.placement is not None and v.placement.node == name:
+        if v.placement is not None and name in (v.placement.node, v.placement.moving_to):
             found.add(v.name)
         if v.status is not None and v.status.node == name and v.status.state in ACTIVE:
             found.add(v.name)

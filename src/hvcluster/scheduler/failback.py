@@ -68,8 +68,8 @@ def failback_decisions(
             continue
         if vm.name in decided or vm.failed_reason or not vm.wants_running:
             continue
-        if not vm.is_running_as_placed or vm.placement is None:
-            continue
+        if not vm.is_running_as_placed or vm.placement is None or vm.moving:
+            continue  # not running where placed, or already being moved
         current = vm.placement.node
         here = health.get(current)
         if here is None or here.liveness is not Liveness.ALIVE:

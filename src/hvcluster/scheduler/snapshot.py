@@ -123,11 +123,19 @@ class VMView:
             and s.epoch == p.epoch
         )
 
+    @property
+    def moving(self) -> bool:
+        """A cold move is under way (``placement.moving_to`` is set)."""
+        return self.placement is not None and self.placement.moving_to is not None
+
     def hosts(self) -> frozenset[str]:
-        """Every node that may hold this VM's resources: its placement and its active status."""
+        """Every node that may hold this VM's resources: its placement, the target of a cold
+        move under way (reserved until the move is done), and its active status."""
         found = set()
         if self.placement is not None:
             found.add(self.placement.node)
+            if self.placement.moving_to is not None:
+                found.add(self.placement.moving_to)
         active = self.active_on
         if active is not None:
             found.add(active)
