@@ -16,7 +16,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import pytest
-from tests.etcd_fixtures import etcd_private, etcd_session
 
 from hvcluster.lab.etcd import EtcdCluster
 from hvcluster.store.base import Store, WatchEvent
@@ -24,6 +23,7 @@ from hvcluster.store.clock import Clock, ManualClock, Sleep
 from hvcluster.store.etcd import EtcdStore
 from hvcluster.store.keys import Keys
 from hvcluster.store.memory import MemoryStore
+from tests.etcd_fixtures import etcd_private, etcd_session
 
 __all__ = ["etcd_private", "etcd_session"]
 

@@ -6,11 +6,11 @@ import asyncio
 import contextlib
 
 import pytest
-from tests.store.conftest import Harness
 
 from hvcluster.models.errors import LeaseLost
 from hvcluster.store.election import Election
 from hvcluster.store.lease import LeaseKeeper
+from tests.store.conftest import Harness
 
 TTL = 2.0
 

@@ -6,13 +6,13 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from tests.store.conftest import Collector
-from tests.store.proxy import TcpProxy
 
 from hvcluster.lab.etcd import EtcdCluster, free_ports
 from hvcluster.models.errors import InvalidInput, LeaseLost, StoreError, StoreUnavailable
 from hvcluster.store.base import EventType, WatchEvent
 from hvcluster.store.etcd import EtcdStore
+from tests.store.conftest import Collector
+from tests.store.proxy import TcpProxy
 
 pytestmark = pytest.mark.etcd
 PREFIX = "/faults/"

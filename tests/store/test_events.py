@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
-from tests.store.conftest import Harness
-
 from hvcluster.models.errors import CorruptValue
 from hvcluster.models.event import Event
 from hvcluster.store.events import EventLog, LoggedEvent
+from tests.store.conftest import Harness
 
 
 def ev(i: int, kind: str = "test.step") -> Event:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from tests.store.conftest import Harness
 
 from hvcluster.models.errors import LeaseLost, StoreError
 from hvcluster.store.base import Compare, Delete, Get, Put
+from tests.store.conftest import Harness
 
 
 async def test_put_get_delete_keep_etcd_revisions(h: Harness) -> None:

@@ -7,11 +7,11 @@ import asyncio
 import time
 
 import pytest
-from tests.store.conftest import Collector, Harness
 
 from hvcluster.models.errors import LeaseLost
 from hvcluster.store.base import EventType
 from hvcluster.store.lease import LeaseKeeper
+from tests.store.conftest import Collector, Harness
 
 TTL = 2.0
 

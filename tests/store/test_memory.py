@@ -7,12 +7,12 @@ import asyncio
 import time
 
 import pytest
-from tests.store.conftest import Collector, collect
 
 from hvcluster.models.errors import LeaseLost, StoreUnavailable
 from hvcluster.store.base import Compare, EventType, Put, WatchCompacted
 from hvcluster.store.clock import ManualClock
 from hvcluster.store.memory import MemoryStore
+from tests.store.conftest import Collector, collect
 
 
 @pytest.mark.timeout(10)

@@ -9,7 +9,6 @@ import time
 
 import pytest
 import typer
-from tests.etcd_fixtures import running_etcd
 from typer.testing import CliRunner
 
 from hvcluster.cli.store_cmd import app
@@ -18,6 +17,7 @@ from hvcluster.models.errors import StoreUnavailable
 from hvcluster.store.base import StoreHealth
 from hvcluster.store.etcd import EtcdStore
 from hvcluster.store.health import has_quorum, nobody_can_act
+from tests.etcd_fixtures import running_etcd
 
 pytestmark = pytest.mark.etcd
 WIDE = {"COLUMNS": "200"}

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from tests.store.conftest import Collector, Harness, collect
 
 from hvcluster.store.base import Delete, EventType, Put, WatchCompacted
+from tests.store.conftest import Collector, Harness, collect
 
 
 async def test_a_watch_sees_every_change_in_order(h: Harness) -> None:
