@@ -29,6 +29,7 @@ from hvcluster.models.config import ClusterConfig
 from hvcluster.models.errors import CorruptValue, LeaseLost, StoreError
 from hvcluster.models.node import NodeAlive
 from hvcluster.store.base import Compare, EventType, Put, Store
+from hvcluster.store.health import nobody_can_act
 from hvcluster.store.keys import Keys
 
 log = logging.getLogger(__name__)
@@ -41,15 +42,11 @@ Say = Callable[[str, str], Awaitable[None]]  # (event kind, reason)
 
 @dataclass
 class Evidence:
-    """Why the agent still feeds its watchdog without a confirmed keepalive."""
+    """What the agent could learn of etcd when its keepalive failed."""
 
     reachable: int
     members: int
-    leaders: int
-
-    @property
-    def nobody_can_act(self) -> bool:
-        return self.members > 0 and self.reachable > self.members // 2 and self.leaders == 0
+    nobody_can_act: bool  # a majority answered and none of them has a leader
 
 
 class NodeLiveness:
@@ -232,12 +229,11 @@ class NodeLiveness:
         else:
             left = self.deadline - self.clock()
             log.warning(
-                "keepalive failed (%s); %d of %d etcd members reachable, %d with a leader: "
-                "it may be us cut off; watchdog fires in %.1fs",
+                "keepalive failed (%s); %d of %d etcd members reachable, and some may "
+                "follow a leader: it may be us cut off; watchdog fires in %.1fs",
                 error,
                 evidence.reachable,
                 evidence.members,
-                evidence.leaders,
                 left,
             )
 
@@ -245,15 +241,5 @@ class NodeLiveness:
         try:
             health = await asyncio.wait_for(self.store.health(), self.config.evidence_interval_s)
         except (StoreError, TimeoutError):
-            return Evidence(reachable=0, members=0, leaders=0)
-        reachable = [m for m in health.members if m.reachable]
-        leaders = sum(1 for m in reachable if m.is_leader or health.leader is not None)
-        return Evidence(len(reachable), len(health.members), leaders)
-
-    async def leave(self) -> None:
-        """A clean goodbye: revoke the lease (the alive key goes at once)."""
-        if self.lease_id:
-            try:
-                await self.store.revoke(self.lease_id)
-            except StoreError as e:
-                log.warning("could not revoke lease on leaving: %s", e)
+            return Evidence(reachable=0, members=0, nobody_can_act=False)
+        return Evidence(health.reachable, len(health.members), nobody_can_act(health))
