@@ -1,0 +1,180 @@
+"""A node's proof of life: the watchdog is fed only on confirmed keepalives, or on positive
+evidence that nobody can act (etcd has no leader); a lost lease is replaced under a guard."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from hvcluster.agent.liveness import NodeLiveness
+from hvcluster.agent.watchdog import WatchdogFeeder
+from hvcluster.models.base import encode
+from hvcluster.models.config import ClusterConfig
+from hvcluster.models.vm import Placement
+from hvcluster.store.base import Member, StoreHealth
+from hvcluster.store.keys import Keys
+from hvcluster.store.memory import MemoryStore
+
+pytestmark = pytest.mark.timeout(30)
+
+CONFIG = ClusterConfig(
+    lease_ttl_s=1.5,
+    keepalive_interval_s=0.1,
+    fence_after_s=0.8,
+    recovery_margin_s=0.5,
+    evidence_interval_s=0.2,
+)
+
+
+class RecordingFeeder(WatchdogFeeder):
+    def __init__(self, run_dir: Path) -> None:
+        super().__init__(run_dir)
+        self.deadlines: list[float] = []
+
+    def feed(self, deadline: float) -> bool:
+        self.deadlines.append(deadline)
+        return True
+
+
+class CutOffStore(MemoryStore):
+    """A store this node cannot reach, while (unknown to it) the rest of etcd has a leader:
+    keepalives fail, and health shows one member of three, following a leader."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cut = False
+
+    async def health(self) -> StoreHealth:
+        if not self.cut:
+            return await super().health()
+        members = (
+            Member("a", 1, (), reachable=True, leader_id=2),
+            Member("b", 2, (), reachable=False),
+            Member("c", 3, (), reachable=False),
+        )
+        return StoreHealth(members=members, leader=None)
+
+    async def keepalive(self, lease_id: int) -> float:
+        if self.cut:
+            from hvcluster.models.errors import StoreUnavailable
+
+            raise StoreUnavailable("cut off")
+        return await super().keepalive(lease_id)
+
+
+async def _liveness(
+    store: MemoryStore,
+    tmp_path: Path,
+    local: dict[str, int] | None = None,
+    killed: list[set[str]] | None = None,
+) -> tuple[NodeLiveness, RecordingFeeder]:
+    feeder = RecordingFeeder(tmp_path)
+    said: list[str] = []
+
+    async def kill(names: set[str]) -> None:
+        if killed is not None:
+            killed.append(names)
+        for name in names:  # as the agent does: a killed VM is no longer ours
+            (local or {}).pop(name, None)
+
+    async def say(kind: str, reason: str) -> None:
+        said.append(kind)
+
+    live = NodeLiveness(
+        store, Keys("t"), "n1", CONFIG, feeder, lambda: dict(local or {}), kill, say
+    )
+    await live.register()
+    return live, feeder
+
+
+@pytest.fixture
+async def running() -> AsyncIterator[list[asyncio.Task[None]]]:
+    tasks: list[asyncio.Task[None]] = []
+    yield tasks
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_confirmed_keepalives_feed_the_watchdog(
+    tmp_path: Path, running: list[asyncio.Task[None]]
+) -> None:
+    store = MemoryStore()
+    live, feeder = await _liveness(store, tmp_path)
+    running.append(asyncio.create_task(live.run()))
+    await asyncio.sleep(1.0)
+    assert len(feeder.deadlines) >= 5
+    assert feeder.deadlines[-1] > time.monotonic()  # always ahead: VMs may run
+    assert not live.fenced
+
+
+async def test_an_etcd_without_leader_is_not_a_node_failure(
+    tmp_path: Path, running: list[asyncio.Task[None]]
+) -> None:
+    store = MemoryStore()
+    live, feeder = await _liveness(store, tmp_path)
+    running.append(asyncio.create_task(live.run()))
+    await asyncio.sleep(0.3)
+    store.set_available(False)  # the whole store loses its leader
+    await asyncio.sleep(3 * CONFIG.fence_after_s)
+    assert not live.fenced, "fed on evidence that nobody can act"
+    assert feeder.deadlines[-1] > time.monotonic()
+    store.set_available(True)
+    await asyncio.sleep(0.5)
+    assert live.confirmed_within(CONFIG.keepalive_interval_s * 3)
+    assert await store.get(Keys("t").alive("n1")) is not None
+
+
+async def test_a_node_cut_off_stops_feeding_and_fences(
+    tmp_path: Path, running: list[asyncio.Task[None]]
+) -> None:
+    store = CutOffStore()
+    live, feeder = await _liveness(store, tmp_path)
+    running.append(asyncio.create_task(live.run()))
+    await asyncio.sleep(0.3)
+    store.cut = True
+    cut_at = time.monotonic()
+    await asyncio.sleep(CONFIG.fence_after_s + 0.4)
+    assert live.fenced
+    assert feeder.deadlines[-1] <= cut_at + CONFIG.fence_after_s
+    assert max(feeder.deadlines) < time.monotonic()
+
+
+async def test_a_lost_lease_is_replaced_only_if_placements_are_unchanged(
+    tmp_path: Path,
+) -> None:
+    store = MemoryStore()
+    keys = Keys("t")
+    rev = await store.put(keys.placement("vm-a"), encode(Placement(node="n1", epoch=1)))
+    await store.put(keys.placement("vm-b"), encode(Placement(node="n1", epoch=1)))
+    rev_b = (await store.get(keys.placement("vm-b"))).mod_revision  # type: ignore[union-attr]
+    killed: list[set[str]] = []
+    local = {"vm-a": rev, "vm-b": rev_b}
+    live, _ = await _liveness(store, tmp_path, local, killed)
+    live.local_placements = lambda: dict(local)
+    first = live.lease_id
+    # While the node was away the controller moved vm-a.
+    await store.revoke(first)
+    await store.put(keys.placement("vm-a"), encode(Placement(node="n2", epoch=2)))
+    task = asyncio.create_task(live.run())
+    try:
+
+        async def registered_again() -> bool:
+            return live.lease_id != first and await store.get(keys.alive("n1")) is not None
+
+        end = time.monotonic() + 5
+        while not await registered_again():
+            assert time.monotonic() < end, "did not re-register"
+            live.local_placements = lambda: (
+                {"vm-b": rev_b} if killed else {"vm-a": rev, "vm-b": rev_b}
+            )
+            await asyncio.sleep(0.05)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert killed == [{"vm-a"}]  # vm-b, unchanged, kept running
+    assert local == {"vm-b": rev_b}
