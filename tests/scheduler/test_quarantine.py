@@ -12,18 +12,23 @@ from .factory import NOW, node, of, one_for, snap, vm
 HOUR = 3600.0
 
 
-def test_dead_node_holding_vms_is_declared_dead_once_per_outage() -> None:
+def test_dead_node_is_declared_dead_once_per_outage() -> None:
     n1 = node("n1", alive=False, gone_since=NOW - 10)
     (d,) = of(plan(snap([n1, node("n2")], [vm("a", on="n1")])), DeclareDead)
     assert (d.node, d.since) == ("n1", NOW - 10)
-    assert "declared dead (held a)" in d.reason
+    assert "declared dead; its VMs a may move" in d.reason
     recorded = node("n1", alive=False, gone_since=NOW - 10, failures=[NOW - 5])
     assert of(plan(snap([recorded, node("n2")], [vm("a", on="n1")])), DeclareDead) == []
+    # a new outage, after the recorded one
+    again = node("n1", alive=False, gone_since=NOW - 4.5, failures=[NOW - 5])
+    assert len(of(plan(snap([again, node("n2")])), DeclareDead)) == 1
 
 
-def test_dead_node_holding_nothing_is_not_counted() -> None:
+def test_dead_node_holding_nothing_is_declared_dead_too() -> None:
     n1 = node("n1", alive=False, gone_since=NOW - 10)
-    assert plan(snap([n1, node("n2")])) == ()
+    (d,) = plan(snap([n1, node("n2")]))
+    assert isinstance(d, DeclareDead)
+    assert "it held no VMs" in d.reason
 
 
 def test_suspect_node_is_not_declared_dead() -> None:

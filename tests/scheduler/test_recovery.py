@@ -168,7 +168,7 @@ def test_threshold_zero_never_fails_over() -> None:
 def test_vm_left_failed_is_left_alone() -> None:
     nodes = [node("n1", alive=False), node("n2")]
     vms = [vm("a", on="n1", failed_reason="threshold"), vm("b", failed_reason="threshold")]
-    assert plan(snap(nodes, vms)) == ()
+    assert [d for d in plan(snap(nodes, vms)) if d.subject.startswith("vm/")] == []
 
 
 def test_vm_failed_on_a_live_node_moves_elsewhere() -> None:

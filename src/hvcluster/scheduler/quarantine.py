@@ -1,10 +1,11 @@
 """Declaring nodes dead, and quarantining those that die too often.
 
 A node is *declared dead* (:class:`DeclareDead`, once per outage) when it is dead in the
-sense of :mod:`.liveness` and still holds VMs to reclaim; the controller records the time in
-the node's failure history. Counting only outages that cost VMs keeps a node that is simply
-powered off, or a change of controller leader (which restarts ``gone_since``), from piling
-up failures.
+sense of :mod:`.liveness`: its VMs may be reclaimed. The controller records the snapshot's
+``now`` in the node's failure history; an outage counts as recorded once a failure at or
+after its ``gone_since`` is. A caveat: a new leader restarts ``gone_since`` for a node that
+is still gone when it takes over, so a node that stays dead across a change of leader is
+declared dead once more.
 
 A node declared dead ``quarantine.threshold`` times within ``quarantine.period_s`` is
 quarantined (WSFC's defaults: 3 times in an hour, for 2 hours): :class:`Quarantine` until
@@ -45,12 +46,11 @@ def declare_dead(
         h = health[node.name]
         if h.liveness is not Liveness.DEAD or h.gone_since is None:
             continue
-        if not hosted.get(node.name):
-            continue
         if any(t >= h.gone_since for t in node.failures):
             continue  # this outage is already recorded
-        vms = ", ".join(hosted[node.name])
-        out.append(DeclareDead(node.name, h.gone_since, f"{h.why}: declared dead (held {vms})"))
+        vms = hosted.get(node.name, ())
+        held = f"its VMs {', '.join(vms)} may move" if vms else "it held no VMs"
+        out.append(DeclareDead(node.name, h.gone_since, f"{h.why}: declared dead; {held}"))
     return tuple(out)
 
 
