@@ -232,3 +232,17 @@ def test_every_vm_of_a_dead_node_gets_one_decision() -> None:
     for i in range(6):
         assert len(for_vm(d, f"v{i}")) == 1
     assert len(of(d, Recover)) == 5
+
+
+def test_a_lease_seen_running_out_is_reclaimed_after_the_short_margin() -> None:
+    from dataclasses import replace
+
+    nodes = dead_n1(0.9)
+    nodes[0] = replace(nodes[0], expired=True)
+    w = one_for(plan(snap(nodes, [vm("web", on="n1")])), "web")
+    assert isinstance(w, Wait)
+    assert w.until == NOW - 0.9 + 1.0  # expired_margin 1 s, not fence_after + margin
+    nodes[0] = replace(nodes[0], gone_since=NOW - 1.0)
+    r = one_for(plan(snap(nodes, [vm("web", on="n1")])), "web")
+    assert isinstance(r, Recover)
+    assert "lease ran out" in r.reason

@@ -35,7 +35,7 @@ from hvcluster.scheduler.decisions import (
 from hvcluster.scheduler.plan import plan
 from hvcluster.store.base import Store
 from hvcluster.store.keys import Keys
-from hvcluster.store.state import read_cluster
+from hvcluster.store.state import ClusterState, read_cluster
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +107,7 @@ class Controller:
                 memory.corrupt_reported.add(bad.key)
                 await self.say("store.corrupt", bad.key, f"{bad}; skipped until fixed")
         memory.observe(state, now)
+        await self._read_leases(state, memory)
         self._fence(state.config.fence_command, state.config.fence_timeout_s, memory)
         memory.fenced = set(self.fencer.fenced)
         applier = Applier(self.store, self.keys, state, now)
@@ -117,6 +118,21 @@ class Controller:
             if await self._apply(applier, decision, memory):
                 said.append(decision.reason)
         return said
+
+    async def _read_leases(self, state: ClusterState, memory: ControllerMemory) -> None:
+        """Read each live node's lease TTL, so that when a key goes we can tell a lease that
+        ran out (the node is fenced already) from one revoked early (it may not be)."""
+
+        async def read(node: str, lease: int) -> None:
+            try:
+                remaining = await self.store.lease_ttl(lease)
+            except StoreError:
+                return
+            memory.saw_lease(node, remaining, self.clock())
+
+        await asyncio.gather(
+            *(read(name, alive.value.lease) for name, alive in state.alive.items.items())
+        )
 
     def _fence(self, command: str, timeout: float, memory: ControllerMemory) -> None:
         for node in list(self.fencer.fenced):

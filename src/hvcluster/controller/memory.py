@@ -7,6 +7,9 @@ from dataclasses import dataclass, field
 
 from hvcluster.store.state import ClusterState
 
+EXPIRY_TOLERANCE_S = 0.5  # a key gone this long before its lease's due time still "expired"
+OBSERVATION_FRESH_S = 1.5  # ... but only if we read the lease's TTL this recently
+
 
 @dataclass
 class ControllerMemory:
@@ -17,6 +20,9 @@ class ControllerMemory:
     fencing: set[str] = field(default_factory=set)  # fence commands under way
     reported: dict[str, str] = field(default_factory=dict)  # subject -> last reason said
     corrupt_reported: set[str] = field(default_factory=set)  # keys already reported
+    # node -> when its lease would run out, as last observed (TimeToLive) while it lived
+    lease_expiry: dict[str, tuple[float, float]] = field(default_factory=dict)  # (seen, due)
+    expired: set[str] = field(default_factory=set)  # gone nodes whose lease ran out
 
     def observe(self, state: ClusterState, now: float) -> None:
         """Update the clocks from what this cycle read."""
@@ -25,8 +31,14 @@ class ControllerMemory:
             if name in alive:
                 self.gone_since.pop(name, None)
                 self.fenced.discard(name)
+                self.expired.discard(name)
             elif name not in self.gone_since:
                 self.gone_since[name] = self._first_seen_gone(state, name, now)
+                # Gone no earlier than its lease was due to run out: it expired, it was
+                # not revoked (etcd counts TTLs in whole seconds, hence the tolerance).
+                seen = self.lease_expiry.pop(name, None)
+                if seen is not None and self.ran_out(seen[0], seen[1], now):
+                    self.expired.add(name)
         for name in list(self.gone_since):
             if name not in state.nodes.present:
                 del self.gone_since[name]
@@ -52,6 +64,18 @@ class ControllerMemory:
             if node.failures and node.failures[-1] >= node.registered_at:
                 return min(node.failures[-1], now)
         return max(now, self.leader_since)
+
+    def saw_lease(self, node: str, remaining_s: float, now: float) -> None:
+        """Record a TimeToLive answer for a live node's lease."""
+        self.lease_expiry[node] = (now, now + remaining_s)
+
+    @staticmethod
+    def ran_out(seen_at: float, due: float, gone_at: float) -> bool:
+        """Did a lease whose TTL we read at ``seen_at`` (due to run out at ``due``) expire,
+        rather than get revoked, if its key was gone at ``gone_at``? Yes when we read it
+        recently and it went no earlier than due: a keepalive after our reading would have
+        pushed its end a whole TTL further."""
+        return gone_at - seen_at <= OBSERVATION_FRESH_S and gone_at >= due - EXPIRY_TOLERANCE_S
 
     def changed(self, subject: str, reason: str) -> bool:
         """True the first time ``reason`` is said about ``subject`` (so waits are not

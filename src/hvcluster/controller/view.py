@@ -17,6 +17,7 @@ def build_snapshot(state: ClusterState, memory: ControllerMemory, now: float) ->
             alive=name in state.alive.present,
             gone_since=memory.gone_since.get(name),
             fenced=name in memory.fenced,
+            expired=name in memory.expired,
             failures=node.failures,
             quarantined_until=node.quarantined_until,
         )

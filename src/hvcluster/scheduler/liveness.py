@@ -94,6 +94,12 @@ def assess(snapshot: ClusterSnapshot) -> Mapping[str, NodeHealth]:
             result[name] = NodeHealth(name, Liveness.DEAD, since, min(since, now), why)
             continue
         wait, text = base_wait, wait_text
+        if node.expired:
+            wait = cfg.expired_margin_s
+            text = (
+                f"its lease ran out (a whole TTL without a keepalive, so its watchdog fired "
+                f"before) + margin {span(cfg.expired_margin_s)}"
+            )
         if name in in_mass and mass is not None:
             wait += cfg.mass_failure_grace_s
             text += f" + mass-failure grace {span(cfg.mass_failure_grace_s)}"

@@ -37,6 +37,9 @@ class NodeView:
       start (later, never earlier: that is the safe side). ``None`` for a node that is not
       alive is read as ``now``.
     - ``fenced``: an external fence agent confirmed the node is powered off.
+    - ``expired``: the controller watched the node's lease run out (not vanish early, as a
+      revoked lease does): the node's watchdog fired before its key went, so its VMs may be
+      reclaimed after ``expired_margin_s`` instead of ``fence_after_s`` + margin.
     - ``failures``: times the node was declared dead (see :class:`~.decisions.DeclareDead`),
       for quarantine.
     - ``quarantined_until``: end of the node's current or last quarantine. Keep it after the
@@ -47,6 +50,7 @@ class NodeView:
     alive: bool
     gone_since: float | None = None
     fenced: bool = False
+    expired: bool = False
     failures: tuple[float, ...] = ()
     quarantined_until: float | None = None
 
