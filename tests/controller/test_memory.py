@@ -6,8 +6,9 @@ from hvcluster.controller.memory import ControllerMemory
 
 
 def test_a_lease_read_recently_and_gone_when_due_ran_out() -> None:
-    # Read at t=10 with 2 s left (due 12); gone at 12.1: expired.
+    # Read at t=11 with 1 s left (due 12); gone at 12.1: expired.
     assert ControllerMemory.ran_out(seen_at=11.0, due=12.0, gone_at=12.1)
+    assert not ControllerMemory.ran_out(seen_at=11.0, due=12.0, gone_at=11.9)
     # etcd floors TTLs: a lease may go up to a second after "due".
     assert ControllerMemory.ran_out(seen_at=11.5, due=12.0, gone_at=12.9)
 

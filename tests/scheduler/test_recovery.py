@@ -237,12 +237,12 @@ def test_every_vm_of_a_dead_node_gets_one_decision() -> None:
 def test_a_lease_seen_running_out_is_reclaimed_after_the_short_margin() -> None:
     from dataclasses import replace
 
-    nodes = dead_n1(0.9)
+    nodes = dead_n1(0.4)
     nodes[0] = replace(nodes[0], expired=True)
     w = one_for(plan(snap(nodes, [vm("web", on="n1")])), "web")
     assert isinstance(w, Wait)
-    assert w.until == NOW - 0.9 + 1.0  # expired_margin 1 s, not fence_after + margin
-    nodes[0] = replace(nodes[0], gone_since=NOW - 1.0)
+    assert w.until == NOW - 0.4 + 0.5  # expired_margin 0.5 s, not fence_after + margin
+    nodes[0] = replace(nodes[0], gone_since=NOW - 0.5)
     r = one_for(plan(snap(nodes, [vm("web", on="n1")])), "web")
     assert isinstance(r, Recover)
     assert "lease ran out" in r.reason

@@ -7,8 +7,12 @@ from dataclasses import dataclass, field
 
 from hvcluster.store.state import ClusterState
 
-EXPIRY_TOLERANCE_S = 0.5  # a key gone this long before its lease's due time still "expired"
-OBSERVATION_FRESH_S = 1.5  # ... but only if we read the lease's TTL this recently
+# A key counts as expired, not revoked, only if it went no earlier than its lease was due
+# by our last reading, and that reading was this recent. etcd reports whole seconds, rounded
+# down, so "due" is never later than the true end. Then even a revoke mistaken for an expiry
+# (one that falls between the due time and the true end) comes after the node went
+# TTL - 1 s > fence_after without a keepalive reaching etcd: its watchdog fired already.
+OBSERVATION_FRESH_S = 1.5
 
 
 @dataclass
@@ -75,7 +79,7 @@ class ControllerMemory:
         rather than get revoked, if its key was gone at ``gone_at``? Yes when we read it
         recently and it went no earlier than due: a keepalive after our reading would have
         pushed its end a whole TTL further."""
-        return gone_at - seen_at <= OBSERVATION_FRESH_S and gone_at >= due - EXPIRY_TOLERANCE_S
+        return gone_at - seen_at <= OBSERVATION_FRESH_S and gone_at >= due
 
     def changed(self, subject: str, reason: str) -> bool:
         """True the first time ``reason`` is said about ``subject`` (so waits are not

@@ -39,8 +39,8 @@ class ClusterConfig(Model):
     # When the controller watched a dead node's lease run out (rather than vanish early, as
     # a revoked one does), the node went a whole TTL without a keepalive reaching etcd, so
     # its watchdog fired (fence_after < TTL) before the key went: recover after only this
-    # margin (it covers etcd's whole-second TTL readings and the watchdog's kill).
-    expired_margin_s: float = Field(default=1.0, ge=0)
+    # margin (for the watchdog's kill to land).
+    expired_margin_s: float = Field(default=0.5, ge=0)
     evidence_interval_s: float = Field(default=1.0, gt=0)
     # More than this fraction of nodes vanishing at once is a control-plane event.
     mass_failure_fraction: float = Field(default=0.5, gt=0, le=1)
