@@ -108,7 +108,11 @@ def run(driver: str, rounds: int, work: Path) -> list[dict[str, float]]:
     cluster.up(3, driver, lab_dir, DEFAULT_CACHE, ClusterConfig(), log=lambda _: None)  # type: ignore[arg-type]
     try:
         state = load(lab_dir)
-        spec: dict[str, Any] = {"name": VM, "memory_mib": 128, "ha": {"priority": "high"}}
+        spec: dict[str, Any] = {
+            "name": VM,
+            "memory_mib": 128,
+            "ha": {"priority": "high", "failover_threshold": 1000},
+        }
         if driver == "qemu":
             disk = create_disk(Path(state.shared_dir) / f"{VM}.qcow2")
             spec["boot"] = require_image(DEFAULT_CACHE).boot().model_dump()

@@ -19,7 +19,9 @@ from hvcluster.controller.apply import Applier
 from hvcluster.controller.fencing import Fencer
 from hvcluster.controller.memory import ControllerMemory
 from hvcluster.controller.view import build_snapshot
+from hvcluster.models.config import ClusterConfig
 from hvcluster.models.errors import StoreError
+from hvcluster.models.node import Node, NodeAlive
 from hvcluster.scheduler.decisions import (
     Decision,
     DeclareDead,
@@ -35,7 +37,7 @@ from hvcluster.scheduler.decisions import (
 from hvcluster.scheduler.plan import plan
 from hvcluster.store.base import Store
 from hvcluster.store.keys import Keys
-from hvcluster.store.state import ClusterState, read_cluster
+from hvcluster.store.state import ClusterState, Decoded, read_cluster, read_kind
 
 log = logging.getLogger(__name__)
 
@@ -69,24 +71,25 @@ class Controller:
         self.store, self.keys, self.name, self.say = store, keys, name, say
         self.is_leader = is_leader
         self.clock = clock
-        self.memory: ControllerMemory | None = None
+        self.memory = ControllerMemory(started=clock())
+        self.leading = False
         self.fencer = Fencer(say)
         self.wake = asyncio.Event()
         self.cycles = 0
 
     async def run(self, interval: float = 0.5) -> None:
         while True:
-            if not self.is_leader():
-                if self.memory is not None:
-                    log.info("%s is no longer the controller", self.name)
-                self.memory = None
-            else:
-                try:
-                    said = await self.cycle()
-                    for sentence in said:
+            try:
+                if not self.is_leader():
+                    if self.leading:
+                        log.info("%s is no longer the controller", self.name)
+                        self.leading = False
+                    await self.observe()
+                else:
+                    for sentence in await self.cycle():
                         log.info("controller: %s", sentence)
-                except (StoreError, TimeoutError) as e:
-                    log.warning("controller cycle failed: %s", e)
+            except (StoreError, TimeoutError) as e:
+                log.warning("controller cycle failed: %s", e)
             self.wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), interval)
@@ -95,12 +98,13 @@ class Controller:
         """One read-decide-apply pass; returns a sentence per decision applied."""
         self.cycles += 1
         now = self.clock()
-        if self.memory is None:
-            self.memory = ControllerMemory(leader_since=now)
+        memory = self.memory
+        if not self.leading:
+            self.leading = True
+            memory.reported.clear()  # say every wait once more, as the new controller
             await self.say(
                 "controller.elected", f"node/{self.name}", f"{self.name} is now the controller"
             )
-        memory = self.memory
         state = await read_cluster(self.store, self.keys)
         for bad in state.corrupt:
             if bad.key not in memory.corrupt_reported:
@@ -118,6 +122,23 @@ class Controller:
             if await self._apply(applier, decision, memory):
                 said.append(decision.reason)
         return said
+
+    async def observe(self) -> None:
+        """A follower's cycle: watch nodes come and go and read their leases, to be ready
+        to lead."""
+        nodes = await read_kind(self.store, self.keys, "nodes", Node)
+        alive = await read_kind(self.store, self.keys, "alive", NodeAlive)
+        state = ClusterState(
+            config=ClusterConfig(),
+            nodes=nodes,
+            alive=alive,
+            vms=Decoded(),
+            placements=Decoded(),
+            statuses=Decoded(),
+            corrupt=[],
+        )
+        self.memory.observe_nodes(state, self.clock())
+        await self._read_leases(state, self.memory)
 
     async def _read_leases(self, state: ClusterState, memory: ControllerMemory) -> None:
         """Read each live node's lease TTL, so that when a key goes we can tell a lease that

@@ -1,5 +1,11 @@
-"""What the controller remembers between cycles of one leadership term: facts etcd does not
-hold, each of which errs on the safe side when lost (a new leader starts every clock anew)."""
+"""What the controller remembers between cycles: facts etcd does not hold, each of which
+errs on the safe side when lost.
+
+Every agent's controller observes nodes and their leases, leader or not, so that a newly
+elected leader already knows when a node's key went and whether its lease ran out: the
+failover of the controller's own host is then as fast as any other. What an agent never saw
+(it started after a node went) is timed from its first look: later, never earlier, than the
+truth."""
 
 from __future__ import annotations
 
@@ -17,7 +23,7 @@ OBSERVATION_FRESH_S = 1.5
 
 @dataclass
 class ControllerMemory:
-    leader_since: float
+    started: float  # when this controller began to observe
     gone_since: dict[str, float] = field(default_factory=dict)  # node -> first seen not alive
     pending_since: dict[str, float] = field(default_factory=dict)  # vm -> first seen wanting a node
     fenced: set[str] = field(default_factory=set)  # nodes a fence agent confirmed off
@@ -30,6 +36,11 @@ class ControllerMemory:
 
     def observe(self, state: ClusterState, now: float) -> None:
         """Update the clocks from what this cycle read."""
+        self.observe_nodes(state, now)
+        self.observe_vms(state, now)
+
+    def observe_nodes(self, state: ClusterState, now: float) -> None:
+        """Only ``state.nodes`` and ``state.alive`` are read (followers read no more)."""
         alive = state.alive.present
         for name in state.nodes.present:
             if name in alive:
@@ -46,6 +57,9 @@ class ControllerMemory:
         for name in list(self.gone_since):
             if name not in state.nodes.present:
                 del self.gone_since[name]
+
+    def observe_vms(self, state: ClusterState, now: float) -> None:
+        alive = state.alive.present
         live_nodes = {n for n in state.nodes.items if n in alive}
         for name, vm in state.vms.items.items():
             placed = state.placements.items.get(name)
@@ -67,7 +81,7 @@ class ControllerMemory:
             node = stored.value
             if node.failures and node.failures[-1] >= node.registered_at:
                 return min(node.failures[-1], now)
-        return max(now, self.leader_since)
+        return max(now, self.started)
 
     def saw_lease(self, node: str, remaining_s: float, now: float) -> None:
         """Record a TimeToLive answer for a live node's lease."""
