@@ -167,3 +167,73 @@ async def test_a_corrupt_value_is_reported_and_skipped(cluster: SimCluster) -> N
     )
     assert any("broken" in e.subject for e in events)
     assert cluster.alive("n1") and cluster.alive("n2")
+
+
+async def test_a_fence_agent_confirming_power_off_recovers_at_once(tmp_path: Path) -> None:
+    marker = tmp_path / "fenced"
+    config = FAST.model_copy(
+        update={
+            "fence_command": f"sh -c 'echo {{node}} > {marker}'",
+            "fence_after_s": 1.4,
+            "recovery_margin_s": 30.0,
+        }  # without the fence agent: a long wait
+    )
+    cluster = SimCluster(tmp_path, config=config)
+    try:
+        await cluster.start("n1", "n2")
+        await cluster.create_vm("web", ha={"preferred_owners": ["n2"]})
+        assert await cluster.wait_running("web") == "n2"
+        await cluster.crash("n2")
+        assert await cluster.wait_running("web", 15, not_on="n2") == "n1"
+        assert marker.read_text().strip() == "n2"
+        fenced = await cluster.event_list("node.fenced", "node/n2")
+        assert fenced and "confirmed" in fenced[0].reason
+    finally:
+        await cluster.stop()
+
+
+async def test_a_paused_node_gets_no_new_vms(cluster: SimCluster) -> None:
+    from hvcluster.models.base import decode, encode
+    from hvcluster.models.node import Node
+
+    await cluster.start("n1", "n2")
+    kv = await cluster.store.get(cluster.keys.node("n1"))
+    assert kv is not None
+    node = decode(Node, kv.key, kv.value)
+    await cluster.store.put(
+        kv.key, encode(node.model_copy(update={"admin_state": NodeAdminState.PAUSED}))
+    )
+    for i in range(3):
+        await cluster.create_vm(f"v{i}", ha={"preferred_owners": ["n1"]})
+    for i in range(3):
+        assert await cluster.wait_running(f"v{i}") == "n2"
+
+
+async def test_a_vm_that_keeps_crashing_is_restarted_locally_then_left_failed(
+    cluster: SimCluster,
+) -> None:
+    await cluster.start("n1", "n2")
+    await cluster.create_vm("crashy", ha={"possible_owners": ["n1"]})
+    assert await cluster.wait_running("crashy") == "n1"
+    driver = cluster.drivers["n1"]
+    threshold = FAST.local_restart_threshold
+    for i in range(threshold + 1):
+        driver.inject_crash("crashy")
+
+        async def restarted(n: int = i) -> bool:
+            s = await cluster.status("crashy")
+            return s is not None and (s.restarts > n or s.state is VMState.FAILED)
+
+        await cluster.wait_for(restarted, 10, f"crash {i + 1} handled")
+        if i < threshold:
+            await cluster.wait_running("crashy")
+    status = await cluster.wait_for(
+        lambda: _failed_status(cluster, "crashy"), 10, "crashy left failed"
+    )
+    assert "crashed" in status.last_error
+    assert await cluster.event_list("vm.restarted", "vm/crashy")
+
+
+async def _failed_status(cluster: SimCluster, vm: str) -> object:
+    s = await cluster.status(vm)
+    return s if s is not None and s.state is VMState.FAILED else None
