@@ -22,6 +22,7 @@ from hvcluster.drivers.qemu.settings import QemuSettings
 from hvcluster.drivers.testguest import create_disk, guest_spec, read_counter
 from hvcluster.models.errors import DriverError
 from hvcluster.models.lifecycle import VMState
+from hvcluster.models.storage import bridge_name
 from hvcluster.models.vm import Disk, Nic, VMSpec
 from tests.drivers.conftest import CACHE
 
@@ -67,13 +68,14 @@ async def test_a_disk_in_use_by_another_qemu_is_refused(
 
 @pytest.fixture
 def bridge() -> Iterator[str]:
-    """A bridge with no uplink and no address, never set up: nothing leaves it."""
+    """A switch whose bridge has no uplink and no address, never set up: nothing leaves it."""
     if os.geteuid() != 0 or shutil.which("ip") is None:
         pytest.skip("needs root and iproute2")
-    name = f"hvctb{os.getpid() % 100000}"
+    switch = f"tb{os.getpid() % 100000}"
+    name = bridge_name(switch)  # the switch's bridge, as the agent would have made it
     subprocess.run(["ip", "link", "add", "name", name, "type", "bridge"], check=True)
     try:
-        yield name
+        yield switch
     finally:
         subprocess.run(["ip", "link", "del", name], check=False)
 
@@ -89,7 +91,7 @@ async def test_nic_is_a_tap_on_its_bridge_with_the_spec_mac(
     nic = Nic(switch=bridge, mac="52:54:00:ab:cd:ef")
     info = await driver.start(guest_spec("net", guest_image, nics=(nic,)), 1)
     tap = tap_name(node, "net", 0)
-    assert bridge_of(tap) == bridge
+    assert bridge_of(tap) == bridge_name(bridge)
     assert info.pid is not None and "mac=52:54:00:ab:cd:ef" in cmdline(info.pid)
     await driver.kill("net")
     for _ in range(50):

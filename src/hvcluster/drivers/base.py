@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 
 from pydantic import Field
@@ -103,6 +103,12 @@ class Driver(ABC):
     @abstractmethod
     async def inventory(self) -> HostFacts:
         """CPUs and memory of the host, CPU model and flags, accelerator, hypervisor version."""
+
+    @abstractmethod
+    def set_volumes(self, mounts: Mapping[str, Path]) -> None:
+        """Where this host mounts each shared volume it sees, checked (the agent keeps this
+        current). A disk on a volume resolves to ``<mount>/<disk.path>``; a disk on a volume
+        not listed is refused as not mounted here."""
 
     # -- lifecycle --------------------------------------------------------------------------
 

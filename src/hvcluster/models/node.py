@@ -33,8 +33,12 @@ class Node(Model):
     admin_state: NodeAdminState = NodeAdminState.UP
     admin_reason: str = ""
     admin_since: float = 0.0
-    switches: tuple[Name, ...] = ()
-    volumes: tuple[Name, ...] = ()
+    switches: tuple[Name, ...] = ()  # switches whose bridge this node has, ready
+    volumes: tuple[Name, ...] = ()  # volumes this node sees, with the right id
+    volume_free_mib: dict[str, int] = {}  # free space of each volume it sees
+    # Switches and volumes it does not have, and why ("not root", "marker holds id x").
+    switch_problems: dict[str, str] = {}
+    volume_problems: dict[str, str] = {}
     inventory: Inventory = Inventory()
     registered_at: float = 0.0  # wall clock of the agent's last (re-)registration
     # Written by the controller: times this node was declared dead (for quarantine), and

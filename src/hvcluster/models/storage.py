@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
 from enum import StrEnum
+from typing import Self
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
 from hvcluster.models.base import Model
 from hvcluster.models.names import Name
@@ -18,13 +21,64 @@ class Volume(Model):
     id: str = Field(min_length=1)  # written to a marker file, so nodes prove they see the same one
 
 
+MARKER = ".hvc-volume"  # <volume path>/.hvc-volume holds the volume's id
+
+
 class SwitchType(StrEnum):
     EXTERNAL = "external"  # bridged to an uplink NIC
     INTERNAL = "internal"  # VMs and the host
     PRIVATE = "private"  # VMs only
 
 
+# Linux interface names: at most 15 bytes (IFNAMSIZ - 1), no '/', ':' or whitespace.
+IFNAME_MAX = 15
+_IFNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$")
+BRIDGE_PREFIX = "hvc-"
+
+
+def check_ifname(value: str) -> str:
+    """A Linux interface name we are willing to pass to ``ip``."""
+    if not _IFNAME.match(value):
+        raise ValueError(
+            f"invalid interface name {value!r}: use 1-{IFNAME_MAX} letters, digits, "
+            "'-', '_' or '.', starting with a letter or digit"
+        )
+    return value
+
+
+def bridge_name(switch: str) -> str:
+    """The Linux bridge that carries switch ``switch`` on every node: ``hvc-<name>``.
+
+    The one mapping from switch to bridge, used by the agent (which creates the bridge) and
+    the drivers (which put VM taps on it). Names longer than fit in 15 characters are cut
+    and given a hash of the full name after a ".", so no two switches share a bridge."""
+    room = IFNAME_MAX - len(BRIDGE_PREFIX)
+    if len(switch) <= room:
+        name = BRIDGE_PREFIX + switch
+    else:
+        digest = hashlib.sha1(switch.encode()).hexdigest()[:4]
+        name = f"{BRIDGE_PREFIX}{switch[: room - 5]}.{digest}"  # "." is in no switch name
+    return check_ifname(name)
+
+
 class Switch(Model):
     name: Name
     type: SwitchType = SwitchType.PRIVATE
-    uplink: str | None = None
+    uplink: str | None = None  # external switches only: the NIC bridged in, where present
+
+    @field_validator("uplink")
+    @classmethod
+    def _uplink(cls, value: str | None) -> str | None:
+        return None if value is None else check_ifname(value)
+
+    @model_validator(mode="after")
+    def _uplink_only_external(self) -> Self:
+        if self.uplink is not None and self.type is not SwitchType.EXTERNAL:
+            raise ValueError(f"uplink is only for external switches, not {self.type.value} ones")
+        if self.uplink is not None and self.uplink.startswith(BRIDGE_PREFIX):
+            raise ValueError(f"uplink {self.uplink!r} is one of our own bridges")
+        return self
+
+    @property
+    def bridge(self) -> str:
+        return bridge_name(self.name)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from hvcluster.drivers.errors import SpecError
 from hvcluster.drivers.qemu.settings import QemuSettings
+from hvcluster.models.storage import bridge_name
 from hvcluster.models.vm import Disk, VMSpec
 
 
@@ -56,8 +57,11 @@ def check_spec(spec: VMSpec, host_memory_mib: int, settings: QemuSettings) -> No
         if not os.access(path, os.R_OK if disk.readonly else os.R_OK | os.W_OK):
             raise SpecError(f"disk image {path} is not accessible", f"disks[{i}].path")
     for i, nic in enumerate(spec.nics):
-        if not Path(f"/sys/class/net/{nic.switch}/bridge").is_dir():
-            raise SpecError(f"no bridge {nic.switch!r} on this host", f"nics[{i}].switch")
+        bridge = bridge_name(nic.switch)
+        if not Path(f"/sys/class/net/{bridge}/bridge").is_dir():
+            raise SpecError(
+                f"no bridge {bridge!r} for switch {nic.switch!r} on this host", f"nics[{i}].switch"
+            )
     boot = spec.boot
     for field in ("kernel", "initrd"):
         value = getattr(boot, field)

@@ -15,6 +15,7 @@ import logging
 import os
 import shlex
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,7 @@ from hvcluster.models.config import MigrationSettings
 from hvcluster.models.errors import DriverError
 from hvcluster.models.lifecycle import VMState
 from hvcluster.models.node import Capacity, Inventory
+from hvcluster.models.storage import bridge_name
 from hvcluster.models.vm import VMSpec
 
 log = logging.getLogger(__name__)
@@ -82,6 +84,9 @@ class QemuDriver(Driver):
         vms_root(self.run_dir).mkdir(parents=True, exist_ok=True)
 
     # -- host -------------------------------------------------------------------------------
+
+    def set_volumes(self, mounts: Mapping[str, Path]) -> None:
+        self.settings = self.settings.model_copy(update={"volumes": dict(mounts)})
 
     async def accelerator(self) -> tuple[str, str]:
         """``(kvm|tcg, why)``, decided once per driver (the probe itself is cached per host)."""
@@ -344,7 +349,7 @@ class QemuDriver(Driver):
         self._gone.pop(name, None)
         try:
             for i, nic in enumerate(spec.nics):
-                await enslave_tap(tap_name(self.run_dir, name, i), nic.switch)
+                await enslave_tap(tap_name(self.run_dir, name, i), bridge_name(nic.switch))
             await self._connect(vm)
         except DriverError:
             await self._destroy(vm)

@@ -19,6 +19,7 @@ import contextlib
 import os
 import shutil
 import signal
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,7 @@ from hvcluster.models.config import MigrationSettings
 from hvcluster.models.lifecycle import VMState
 from hvcluster.models.migration import Progress
 from hvcluster.models.node import Capacity, Inventory
+from hvcluster.models.storage import bridge_name
 from hvcluster.models.vm import VMSpec
 
 MIB = model.MIB
@@ -99,6 +101,9 @@ class SimDriver(Driver):
         self._failing[name] = reason
 
     # -- host and lifecycle -----------------------------------------------------------------
+
+    def set_volumes(self, mounts: Mapping[str, Path]) -> None:
+        self.host = self.host.model_copy(update={"volumes": dict(mounts)})
 
     async def inventory(self) -> HostFacts:
         return HostFacts(
@@ -366,8 +371,12 @@ class SimDriver(Driver):
             if self.host.check_disks and not (Path(root) / disk.path).is_file():
                 raise SpecError(f"disk image {disk.path} does not exist", f"disks[{i}].path")
         for i, nic in enumerate(spec.nics):
-            if nic.switch not in self.host.switches:
-                raise SpecError(f"no bridge {nic.switch!r} on this host", f"nics[{i}].switch")
+            bridge = bridge_name(nic.switch)
+            if bridge not in self.host.switches:
+                raise SpecError(
+                    f"no bridge {bridge!r} for switch {nic.switch!r} on this host",
+                    f"nics[{i}].switch",
+                )
 
     async def _create(self, spec: VMSpec, epoch: int, state: VMState, reason: str) -> SimVM:
         now = self.clock.now()
