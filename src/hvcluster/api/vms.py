@@ -3,7 +3,9 @@ places what is written here and the agents run it."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Body, Depends
+import time
+
+from fastapi import APIRouter, Body, Depends, Query
 
 from hvcluster.api.context import ApiContext, context, valid_name
 from hvcluster.api.reads import Decoded, decode_all, decode_one, decode_optional, snapshot
@@ -12,8 +14,9 @@ from hvcluster.api.writes import ATTEMPTS, update
 from hvcluster.models.base import decode, encode
 from hvcluster.models.errors import Conflict, CorruptValue, NotFound
 from hvcluster.models.lifecycle import VMState
+from hvcluster.models.storage import DiskDeletion
 from hvcluster.models.vm import Placement, VMSpec, VMStatus
-from hvcluster.store.base import Compare, Delete, Get, Put
+from hvcluster.store.base import Compare, Delete, Get, Put, TxnResult
 
 router = APIRouter(prefix="/vms", tags=["vms"])
 
@@ -177,14 +180,48 @@ async def stop_vm(
 
 
 @router.delete("/{name}", status_code=202, response_model=Deleted)
-async def delete_vm(name: str = Depends(valid_name), ctx: ApiContext = Depends(context)) -> Deleted:
+async def delete_vm(
+    name: str = Depends(valid_name),
+    disks: bool = Query(False, description="also delete its disk files on shared volumes"),
+    ctx: ApiContext = Depends(context),
+) -> Deleted:
     """Delete the spec. The controller then removes the placement and the owning agent stops
-    the VM (agents stop VMs that have no spec). A corrupt spec can be deleted too."""
+    the VM (agents stop VMs that have no spec). A corrupt spec can be deleted too.
+
+    With ``disks=true`` the VM's disks on shared volumes are deleted too, by an agent that
+    sees the volume, once no node holds their locks (disks outside volumes are kept)."""
     key = ctx.keys.vm(name)
-    result = await ctx.store.txn([Compare.present(key)], [Delete(key)])
+    if disks:
+        result = await _delete_with_disks(ctx, name)
+    else:
+        result = await ctx.store.txn([Compare.present(key)], [Delete(key)])
     if not result.succeeded:
         raise NotFound(f"vm {name!r} not found")
     await ctx.record(
         "vm.deleted", f"vm/{name}", f"vm {name} deleted", {"revision": result.revision}
     )
     return Deleted(name=name, revision=result.revision)
+
+
+async def _delete_with_disks(ctx: ApiContext, name: str) -> TxnResult:
+    """Delete the spec and store the disk deletion request, in one transaction."""
+    key = ctx.keys.vm(name)
+    for _ in range(ATTEMPTS):
+        kv = await ctx.store.get(key)
+        if kv is None:
+            return TxnResult(False, await ctx.store.revision())
+        spec = await decode_one(VMSpec, kv, ctx.corrupt)
+        on_volumes = tuple(d for d in spec.disks if d.volume is not None)
+        ops: list[Put | Delete] = [Delete(key)]
+        if on_volumes:
+            request = DiskDeletion(vm=name, disks=on_volumes, requested_at=time.time())
+            ops.append(Put(ctx.keys.request(f"delete-disks/{name}"), encode(request)))
+        result = await ctx.store.txn([Compare.mod_is(key, kv.mod_revision)], ops)
+        if result.succeeded:
+            if on_volumes:
+                files = ", ".join(f"{d.volume}:{d.path}" for d in on_volumes)
+                await ctx.record(
+                    "vm.disks_delete_requested", f"vm/{name}", f"deleting disks {files}"
+                )
+            return result
+    raise Conflict(f"vm {name!r} kept changing under us; try again")

@@ -5,7 +5,16 @@ from __future__ import annotations
 import typer
 
 from hvcluster import __version__
-from hvcluster.cli import events_cmd, image_cmd, lab_cmd, node_cmd, store_cmd, vm_cmd
+from hvcluster.cli import (
+    events_cmd,
+    image_cmd,
+    lab_cmd,
+    node_cmd,
+    store_cmd,
+    switch_cmd,
+    vm_cmd,
+    volume_cmd,
+)
 
 
 def _version(value: bool) -> None:
@@ -37,3 +46,5 @@ events_cmd.register(app)
 app.add_typer(image_cmd.app, name="image")
 app.add_typer(lab_cmd.app, name="lab")
 app.add_typer(store_cmd.app, name="store")
+app.add_typer(volume_cmd.app, name="volume")
+app.add_typer(switch_cmd.app, name="switch")

@@ -239,9 +239,13 @@ def stop(
 @friendly_errors
 def rm(
     name: str = typer.Argument(..., help="VM name."),
+    disks: bool = typer.Option(
+        False, "--disks", help="Also delete its disk files on shared volumes."
+    ),
     api: list[str] | None = api_option(),
 ) -> None:
-    """Delete a VM: its spec goes, its agent stops it. Disk images are kept."""
+    """Delete a VM: its spec goes, its agent stops it. Disk images are kept unless --disks."""
     with Client.from_options(api) as client:
-        client.delete(f"/vms/{name}")
-    console.print(f"deleted vm [bold]{name}[/]", highlight=False)
+        client.delete(f"/vms/{name}?disks=true" if disks else f"/vms/{name}")
+    also = " (its disks on volumes are deleted once it is stopped)" if disks else ""
+    console.print(f"deleted vm [bold]{name}[/]{also}", highlight=False)

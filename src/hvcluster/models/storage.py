@@ -11,6 +11,7 @@ from pydantic import Field, field_validator, model_validator
 
 from hvcluster.models.base import Model
 from hvcluster.models.names import Name
+from hvcluster.models.vm import Disk
 
 
 class Volume(Model):
@@ -82,3 +83,13 @@ class Switch(Model):
     @property
     def bridge(self) -> str:
         return bridge_name(self.name)
+
+
+class DiskDeletion(Model):
+    """A request, stored at ``requests/delete-disks/<vm>`` by ``DELETE /vms/<vm>?disks=true``,
+    that an agent seeing the volumes delete the deleted VM's disk files once no node holds
+    the VM's disk locks. Only disks on volumes are ever deleted."""
+
+    vm: Name
+    disks: tuple[Disk, ...]
+    requested_at: float = 0.0

@@ -1,0 +1,137 @@
+"""``/api/v1/switches``: virtual switches (a Linux bridge of the same name on every node).
+Add, list, show, remove.
+
+The API records the switch; each agent creates its bridge (see
+:func:`hvcluster.models.storage.bridge_name`) and reports it in its node record. A switch
+still used by a VM's NIC cannot be removed.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+
+from hvcluster.api.context import ApiContext, context, valid_name
+from hvcluster.api.reads import decode_all, decode_one, snapshot
+from hvcluster.api.views import Skipped, View
+from hvcluster.api.volumes import Removed
+from hvcluster.models.base import encode
+from hvcluster.models.errors import Conflict, NotFound
+from hvcluster.models.node import Node
+from hvcluster.models.storage import Switch
+from hvcluster.models.vm import VMSpec
+from hvcluster.store.base import Compare, Delete, Get, Put
+
+router = APIRouter(prefix="/switches", tags=["network"])
+
+
+class SwitchView(View):
+    name: str
+    type: str
+    uplink: str | None
+    bridge: str  # the Linux bridge on every node
+    switch: Switch
+    ready_on: list[str]  # nodes that report the bridge ready
+    problems: dict[str, str]  # node -> why it does not have it
+    used_by: list[str]  # VMs with a NIC on it
+
+
+class SwitchList(View):
+    switches: list[SwitchView]
+    skipped: list[Skipped] = []
+    revision: int
+
+
+def users(specs: dict[str, VMSpec], switch: str) -> list[str]:
+    return sorted(n for n, s in specs.items() if any(nic.switch == switch for nic in s.nics))
+
+
+def view(switch: Switch, nodes: list[Node], specs: dict[str, VMSpec]) -> SwitchView:
+    name = switch.name
+    return SwitchView(
+        name=name,
+        type=switch.type.value,
+        uplink=switch.uplink,
+        bridge=switch.bridge,
+        switch=switch,
+        ready_on=sorted(n.name for n in nodes if name in n.switches),
+        problems={n.name: n.switch_problems[name] for n in nodes if name in n.switch_problems},
+        used_by=users(specs, name),
+    )
+
+
+@router.get("", response_model=SwitchList)
+async def list_switches(ctx: ApiContext = Depends(context)) -> SwitchList:
+    snap = await snapshot(ctx.store, ctx.keys, ("switches", "nodes", "vms"))
+    switches = await decode_all(Switch, ctx.keys, "switches", snap.by_kind["switches"], ctx.corrupt)
+    nodes = await decode_all(Node, ctx.keys, "nodes", snap.by_kind["nodes"], ctx.corrupt)
+    specs = await decode_all(VMSpec, ctx.keys, "vms", snap.by_kind["vms"], ctx.corrupt)
+    node_list = [n for n, _ in nodes.items.values()]
+    spec_map = {name: s for name, (s, _) in specs.items.items()}
+    return SwitchList(
+        switches=[view(s, node_list, spec_map) for s, _ in switches.items.values()],
+        skipped=switches.skipped + nodes.skipped + specs.skipped,
+        revision=snap.revision,
+    )
+
+
+@router.post("", status_code=201, response_model=SwitchView)
+async def add_switch(switch: Switch, ctx: ApiContext = Depends(context)) -> SwitchView:
+    key = ctx.keys.switch(switch.name)
+    result = await ctx.store.txn([Compare.absent(key)], [Put(key, encode(switch))])
+    if not result.succeeded:
+        raise Conflict(f"switch {switch.name!r} already exists")
+    uplink = f", uplink {switch.uplink}" if switch.uplink else ""
+    await ctx.record(
+        "switch.added",
+        f"switch/{switch.name}",
+        f"switch {switch.name} added ({switch.type.value}{uplink}, bridge {switch.bridge})",
+        {"type": switch.type.value, "uplink": switch.uplink, "revision": result.revision},
+    )
+    return view(switch, [], {})
+
+
+@router.get("/{name}", response_model=SwitchView)
+async def show_switch(
+    name: str = Depends(valid_name), ctx: ApiContext = Depends(context)
+) -> SwitchView:
+    keys = ctx.keys
+    result = await ctx.store.txn(
+        (),
+        [Get(keys.switch(name)), Get(keys.prefix("nodes"), True), Get(keys.prefix("vms"), True)],
+    )
+    found, node_kvs, vm_kvs = result.gets
+    if not found:
+        raise NotFound(f"switch {name!r} not found")
+    switch = await decode_one(Switch, found[0], ctx.corrupt)
+    nodes = await decode_all(Node, keys, "nodes", node_kvs, ctx.corrupt)
+    specs = await decode_all(VMSpec, keys, "vms", vm_kvs, ctx.corrupt)
+    return view(
+        switch,
+        [n for n, _ in nodes.items.values()],
+        {n: s for n, (s, _) in specs.items.items()},
+    )
+
+
+@router.delete("/{name}", response_model=Removed)
+async def remove_switch(
+    name: str = Depends(valid_name), ctx: ApiContext = Depends(context)
+) -> Removed:
+    """Forget a switch (agents leave existing bridges alone). Refused while a VM uses it."""
+    key = ctx.keys.switch(name)
+    result = await ctx.store.txn((), [Get(key), Get(ctx.keys.prefix("vms"), True)])
+    found, vm_kvs = result.gets
+    if not found:
+        raise NotFound(f"switch {name!r} not found")
+    specs = await decode_all(VMSpec, ctx.keys, "vms", vm_kvs, ctx.corrupt)
+    used = users({n: s for n, (s, _) in specs.items.items()}, name)
+    if used:
+        raise Conflict(f"switch {name!r} is used by VM(s) {', '.join(used)}; delete them first")
+    guard = [Compare.mod_is(key, found[0].mod_revision)]
+    guard += [Compare.mod_is(kv.key, kv.mod_revision) for kv in vm_kvs]
+    done = await ctx.store.txn(guard, [Delete(key)])
+    if not done.succeeded:
+        raise Conflict(f"switch {name!r} or a VM changed while removing it; try again")
+    await ctx.record(
+        "switch.removed", f"switch/{name}", f"switch {name} removed", {"revision": done.revision}
+    )
+    return Removed(name=name, revision=done.revision)

@@ -1,0 +1,94 @@
+"""``hvc volume``: shared volumes, a path every node mounts (through the API)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+
+from hvcluster.cli.client import Client, api_option
+from hvcluster.cli.output import console, friendly_errors, print_json, print_table
+from hvcluster.cli.vm_cmd import warn_skipped
+
+app = typer.Typer(help="Shared volumes: add, list, show, remove.", no_args_is_help=True)
+
+
+def _free(v: dict[str, Any]) -> str:
+    free = v["free_mib"]
+    return f"{min(free.values())} MiB (least)" if free else ""
+
+
+@app.command("add")
+@friendly_errors
+def add(
+    name: str = typer.Argument(..., help="Volume name."),
+    path: str = typer.Argument(..., help="Where every node mounts it (absolute path)."),
+    api: list[str] | None = api_option(),
+) -> None:
+    """Add a shared volume. Each agent then checks it sees it (the marker file with its id)."""
+    with Client.from_options(api) as client:
+        v = client.post("/volumes", {"name": name, "path": path})
+    console.print(f"volume [bold]{v['name']}[/] at {v['path']} (id {v['id']})", highlight=False)
+
+
+@app.command("list")
+@friendly_errors
+def list_volumes(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+    api: list[str] | None = api_option(),
+) -> None:
+    """List volumes: which nodes see them, free space, problems."""
+    with Client.from_options(api) as client:
+        answer = client.get("/volumes")
+    if as_json:
+        print_json(answer)
+        return
+    rows = [
+        (
+            v["name"],
+            v["path"],
+            ", ".join(v["seen_by"]),
+            _free(v),
+            "; ".join(f"{n}: {why}" for n, why in sorted(v["problems"].items())),
+            len(v["used_by"]),
+        )
+        for v in answer["volumes"]
+    ]
+    print_table("volumes", ("NAME", "PATH", "SEEN BY", "FREE", "PROBLEMS", "VMS"), rows)
+    warn_skipped(answer)
+
+
+@app.command("show")
+@friendly_errors
+def show(
+    name: str = typer.Argument(..., help="Volume name."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+    api: list[str] | None = api_option(),
+) -> None:
+    """Show one volume."""
+    with Client.from_options(api) as client:
+        v = client.get(f"/volumes/{name}")
+    if as_json:
+        print_json(v)
+        return
+    rows: list[tuple[str, object]] = [
+        ("path", v["path"]),
+        ("id", v["id"]),
+        ("seen by", ", ".join(v["seen_by"])),
+        *((f"free on {n}", f"{mib} MiB") for n, mib in sorted(v["free_mib"].items())),
+        *((f"problem on {n}", why) for n, why in sorted(v["problems"].items())),
+        ("used by", ", ".join(v["used_by"])),
+    ]
+    print_table(f"volume {v['name']}", ("FIELD", "VALUE"), rows)
+
+
+@app.command("rm")
+@friendly_errors
+def rm(
+    name: str = typer.Argument(..., help="Volume name."),
+    api: list[str] | None = api_option(),
+) -> None:
+    """Forget a volume (its files stay). Refused while a VM has a disk on it."""
+    with Client.from_options(api) as client:
+        client.delete(f"/volumes/{name}")
+    console.print(f"removed volume [bold]{name}[/]", highlight=False)

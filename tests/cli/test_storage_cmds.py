@@ -1,0 +1,48 @@
+"""``hvc volume`` and ``hvc switch`` against a real API server."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def ok(result: Any) -> str:
+    assert result.exit_code == 0, result.output
+    return str(result.output)
+
+
+def test_volume_commands(hvc: Any) -> None:
+    out = ok(hvc("volume", "add", "csv-cli", "/srv/csv-cli"))
+    assert "csv-cli" in out and "/srv/csv-cli" in out and "id " in out
+    listed = json.loads(ok(hvc("volume", "list", "--json")))
+    mine = [v for v in listed["volumes"] if v["name"] == "csv-cli"]
+    assert mine and mine[0]["path"] == "/srv/csv-cli"
+    assert "csv-cli" in ok(hvc("volume", "list"))
+    assert mine[0]["id"] in ok(hvc("volume", "show", "csv-cli"))
+    ok(hvc("vm", "create", "cli-vol-vm", "--disk", "csv-cli:vm/a.qcow2"))
+    refused = hvc("volume", "rm", "csv-cli")
+    assert refused.exit_code != 0 and "cli-vol-vm" in refused.output
+    assert "Traceback" not in refused.output
+    assert "disks" in ok(hvc("vm", "rm", "cli-vol-vm", "--disks"))
+    ok(hvc("volume", "rm", "csv-cli"))
+    gone = hvc("volume", "show", "csv-cli")
+    assert gone.exit_code != 0 and "not found" in gone.output
+
+
+def test_switch_commands(hvc: Any) -> None:
+    out = ok(hvc("switch", "add", "lan-cli", "--type", "external", "--uplink", "eth7"))
+    assert "hvc-lan-cli" in out
+    ok(hvc("switch", "add", "priv-cli"))
+    listed = json.loads(ok(hvc("switch", "list", "--json")))["switches"]
+    got = {s["name"]: (s["type"], s["uplink"]) for s in listed}
+    assert got["lan-cli"] == ("external", "eth7") and got["priv-cli"] == ("private", None)
+    assert "lan-cli" in ok(hvc("switch", "list"))
+    bad = hvc("switch", "add", "x-cli", "--type", "internal", "--uplink", "eth7")
+    assert bad.exit_code != 0 and "uplink" in bad.output
+    for name in ("lan-cli", "priv-cli"):
+        ok(hvc("switch", "rm", name))
+    assert "lan-cli" not in ok(hvc("switch", "list"))
