@@ -9,7 +9,16 @@ from typing import Any, TypeVar
 from hvcluster.models.config import ClusterConfig
 from hvcluster.models.lifecycle import NodeAdminState, VMState
 from hvcluster.models.node import Capacity, Node
-from hvcluster.models.vm import Failback, HAPolicy, Placement, Priority, VMSpec, VMStatus
+from hvcluster.models.vm import (
+    Disk,
+    Failback,
+    HAPolicy,
+    Nic,
+    Placement,
+    Priority,
+    VMSpec,
+    VMStatus,
+)
 from hvcluster.scheduler import ClusterSnapshot, Decision, NodeView, VMView
 
 # 2023-11-14 22:13:20 UTC
@@ -34,12 +43,16 @@ def node(
     admin: NodeAdminState = NodeAdminState.UP,
     failures: Iterable[float] = (),
     quarantined_until: float | None = None,
+    switches: tuple[str, ...] = (),
+    volumes: tuple[str, ...] = (),
 ) -> NodeView:
     spec = Node(
         name=name,
         address="127.0.0.1",
         capacity=Capacity(cpus=cpus, memory_mib=memory),
         admin_state=admin,
+        switches=switches,
+        volumes=volumes,
     )
     if not alive and gone_since is None:
         gone_since = NOW - 3600  # long gone unless told otherwise
@@ -78,6 +91,8 @@ def vm(
     pending_since: float | None = None,
     last_error: str = "",
     moving_to: str | None = None,
+    switches: tuple[str, ...] = (),
+    volumes: tuple[str, ...] = (),
 ) -> VMView:
     """A VM; ``on`` places it (with a status ``state`` there unless ``state`` is None);
     ``status_on`` puts its status on another node."""
@@ -94,7 +109,13 @@ def vm(
     if failback is not None:
         ha["failback"] = failback
     spec = VMSpec(
-        name=name, vcpus=vcpus, memory_mib=memory, desired_state=desired, ha=HAPolicy(**ha)
+        name=name,
+        vcpus=vcpus,
+        memory_mib=memory,
+        desired_state=desired,
+        ha=HAPolicy(**ha),
+        nics=tuple(Nic(switch=sw, mac=f"52:54:00:00:00:{i:02x}") for i, sw in enumerate(switches)),
+        disks=tuple(Disk(volume=v, path=f"{name}-{i}.qcow2") for i, v in enumerate(volumes)),
     )
     placement = Placement(node=on, epoch=epoch, moving_to=moving_to) if on else None
     status = None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from hvcluster.models.lifecycle import NodeAdminState
@@ -184,3 +186,33 @@ def test_stopped_vm_is_not_placed_and_placed_one_is_unplaced() -> None:
     u = of(d, Unplace)[0]
     assert u.vm == "going"
     assert "desired stopped" in u.reason
+
+
+def test_a_node_lacking_the_vms_switch_or_volume_is_not_eligible() -> None:
+    s = snap(
+        [
+            node("n1", switches=("lan",)),
+            node("n2", volumes=("csv1",), switches=("lan",)),
+            node("n3", volumes=("csv1",)),
+        ],
+        [vm("web", on=None, state=None, switches=("lan",), volumes=("csv1",))],
+    )
+    place = one_for(plan(s), "web")
+    assert isinstance(place, Place) and place.node == "n2"
+    lonely = snap(
+        [node("n1", switches=("lan",)), node("n3", volumes=("csv1",))],
+        [vm("web", on=None, state=None, switches=("lan",), volumes=("csv1",))],
+    )
+    wait = one_for(plan(lonely), "web")
+    assert not isinstance(wait, Place)
+    assert "n1 lacks volume 'csv1'" in wait.reason
+    assert "n3 lacks switch 'lan'" in wait.reason
+
+
+def test_the_nodes_own_reason_is_given() -> None:
+    n1 = node("n1")
+    n1 = replace(
+        n1, node=n1.node.model_copy(update={"switch_problems": {"lan": "ip: not permitted"}})
+    )
+    s = snap([n1], [vm("web", on=None, state=None, switches=("lan",))])
+    assert "n1 lacks switch 'lan' (ip: not permitted)" in one_for(plan(s), "web").reason

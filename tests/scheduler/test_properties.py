@@ -3,8 +3,9 @@
 Whatever the cluster looks like - nodes dead, suspect, fenced, paused, quarantined, full;
 VMs placed anywhere, with stale statuses, odd epochs and every policy - a plan never
 over-commits a node, never breaks hard anti-affinity, never places on a node that cannot
-take VMs or outside a VM's possible owners, never starts a VM that may still run elsewhere,
-always raises the epoch, and is the same for the same snapshot.
+take VMs, outside a VM's possible owners or lacking its switches or volumes, never starts a
+VM that may still run elsewhere, always raises the epoch, and is the same for the same
+snapshot.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ from .factory import NOW, node, snap, vm
 ACTIVE = {VMState.STARTING, VMState.RUNNING, VMState.PAUSED, VMState.MIGRATING, VMState.STOPPING}
 CLASSES = ("a", "b", "c")
 GROUPS = ("g1", "g2")
+SWITCHES = ("lan", "dmz")
+VOLUMES = ("csv1", "csv2")
 PROPERTY_SETTINGS = settings(
     max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
@@ -83,6 +86,8 @@ def nodes_strategy(draw: st.DrawFn, now: float, profile: str) -> list[NodeView]:
                 admin=draw(mostly(NodeAdminState.UP, *NodeAdminState)),
                 failures=draw(failures if profile == "mixed" else st.just([])),
                 quarantined_until=draw(st.none() | st.floats(now - 7200, now + 7200)),
+                switches=tuple(draw(mostly(list(SWITCHES), [], list(SWITCHES[:1])))),
+                volumes=tuple(draw(mostly(list(VOLUMES), [], list(VOLUMES[1:])))),
             )
         )
     return out
@@ -140,6 +145,8 @@ def vm_strategy(
         failback=FailbackPolicy(mode=mode, window_start_hour=start, window_end_hour=end),
         pending_since=draw(st.none() | st.floats(now - 60, now)),
         moving_to=draw(mostly(None, *node_names)) if placed else None,
+        switches=tuple(draw(st.lists(st.sampled_from(SWITCHES), unique=True, max_size=2))),
+        volumes=tuple(draw(st.lists(st.sampled_from(VOLUMES), unique=True, max_size=2))),
     )
     return replace(view, epoch_floor=draw(st.integers(0, 6)))
 
@@ -231,6 +238,15 @@ def check_targets_are_open_nodes_among_possible_owners(s: ClusterSnapshot) -> No
             assert d.to_node != d.from_node
 
 
+def check_targets_have_the_vms_switches_and_volumes(s: ClusterSnapshot) -> None:
+    for name, new in arrivals(plan(s)).items():
+        node = s.nodes[name].node
+        for v in new:
+            spec = s.vms[v].spec
+            assert {nic.switch for nic in spec.nics} <= set(node.switches), (v, name)
+            assert {d.volume for d in spec.disks} <= set(node.volumes), (v, name)
+
+
 def check_a_vm_is_never_started_while_it_may_run_elsewhere(s: ClusterSnapshot) -> None:
     for d in plan(s):
         if not isinstance(d, Place | Recover):
@@ -290,6 +306,7 @@ CHECKS = (
     check_no_node_is_over_committed,
     check_hard_anti_affinity_is_never_violated,
     check_targets_are_open_nodes_among_possible_owners,
+    check_targets_have_the_vms_switches_and_volumes,
     check_a_vm_is_never_started_while_it_may_run_elsewhere,
     check_every_epoch_rises,
     check_plan_is_deterministic,

@@ -5,6 +5,8 @@ The rules, in order:
 1. Only *open* nodes take VMs: alive and admin state ``up`` (paused, draining and quarantined
    nodes take none). The caller says which nodes are open and why the others are not.
 2. Possible owners: when the VM lists any, only those.
+   Switches and volumes: the node must report every switch of the VM's NICs and every
+   volume of its disks (with the reason the node gave when it lacks one).
 3. Capacity: the VM's vCPUs and memory must fit in the node's capacity minus every VM that
    may hold resources there (placed there, or reported active there) - including VMs placed
    earlier in the same plan (the :class:`Ledger` is updated as the plan goes). No overcommit.
@@ -24,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from hvcluster.models.node import Node
 from hvcluster.models.vm import VMSpec
 from hvcluster.scheduler.snapshot import ClusterSnapshot, NodeView
 
@@ -110,8 +113,31 @@ def load(node: NodeView, ledger: Ledger) -> float:
     )
 
 
+def lacks(spec: VMSpec, node: Node) -> str | None:
+    """Why ``node`` cannot run ``spec`` for want of its switches (the NICs' switches) or its
+    volumes (the disks' volumes), as the node's agent reports them; or ``None``."""
+    parts = []
+    switches = sorted({nic.switch for nic in spec.nics} - set(node.switches))
+    if switches:
+        parts.append(_missing("switch", switches, node.switch_problems))
+    volumes = sorted({d.volume for d in spec.disks if d.volume is not None} - set(node.volumes))
+    if volumes:
+        parts.append(_missing("volume", volumes, node.volume_problems))
+    return f"{node.name} lacks {' and '.join(parts)}" if parts else None
+
+
+def _missing(what: str, names: list[str], problems: Mapping[str, str]) -> str:
+    return ", ".join(
+        f"{what} {n!r}" + (f" ({problems[n]})" if n in problems else "") for n in names
+    )
+
+
 def misfit(spec: VMSpec, node: NodeView, ledger: Ledger) -> str | None:
-    """Why ``spec`` does not fit on ``node`` (capacity, hard anti-affinity), or ``None``."""
+    """Why ``spec`` does not fit on ``node`` (switches and volumes, capacity, hard
+    anti-affinity), or ``None``."""
+    lacking = lacks(spec, node.node)
+    if lacking is not None:
+        return lacking
     cap, name = node.node.capacity, node.name
     free_cpus = cap.cpus - ledger.used_cpus(name)
     free_memory = cap.memory_mib - ledger.used_memory(name)
