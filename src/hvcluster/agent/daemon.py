@@ -19,6 +19,7 @@ import uvicorn
 from hvcluster.agent.config import AgentConfig
 from hvcluster.agent.drivers import make_driver
 from hvcluster.agent.liveness import NodeLiveness
+from hvcluster.agent.migration import MigrationWorker
 from hvcluster.agent.node import NodeAgent, NodeIdentity
 from hvcluster.agent.watchdog import WatchdogFeeder
 from hvcluster.api.app import create_app
@@ -61,6 +62,7 @@ class Daemon:
         self.agent: NodeAgent | None = None
         self.liveness: NodeLiveness | None = None
         self.controller: Controller | None = None
+        self.migrations: MigrationWorker | None = None
 
     async def say(self, kind: str, subject: str, reason: str, actor: str = "agent") -> None:
         """Log a decision or action, and record it as a cluster event."""
@@ -118,6 +120,9 @@ class Daemon:
             on_registered=agent.register_node,
         )
         self.agent, self.liveness = agent, liveness
+        self.migrations = MigrationWorker(
+            self.store, self.keys, agent, agent_say, cfg.run_dir.parent / "migration-state"
+        )
         await agent.register_node(facts)
         # The VMs re-attached count as ours for the re-registration guard until the first
         # cycle knows better.
@@ -129,6 +134,8 @@ class Daemon:
             asyncio.create_task(agent.watch_changes("placements"), name="watch-placements"),
             asyncio.create_task(agent.watch_changes("vms"), name="watch-vms"),
             asyncio.create_task(agent.watch_driver(), name="watch-driver"),
+            asyncio.create_task(self.migrations.run(), name="migrations"),
+            asyncio.create_task(self.migrations.watch(), name="watch-migrations"),
         ]
         if self.serve_api:
             self.tasks.append(asyncio.create_task(self._serve_api(), name="api"))

@@ -98,7 +98,7 @@ def plan_local(
     ``crashes``: per VM, the times this agent restarted it after it died unasked (for the
     restart threshold: that many restarts in the period, then the VM is left failed).
     ``incoming``: VMs this host holds as migration targets; they are not ours yet, and not
-    killed for that.
+    killed for that; nor started, stopped or reported while the migration finishes.
     ``unreadable``: VMs whose spec or placement is corrupt in the store: left as they are
     (never killed nor started on a value we cannot read).
     """
@@ -134,6 +134,8 @@ def plan_local(
         spec = specs.get(name)
         if seen.placement.node != me or spec is None or name in unreadable:
             continue
+        if name in incoming:
+            continue  # arriving by migration: the migration worker runs it once it is ours
         epoch = seen.placement.epoch
         vm = local.get(name) if name not in killed else None
         running = vm is not None and vm.state not in (VMState.STOPPED, VMState.FAILED)

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from hvcluster.controller.apply import Applier
 from hvcluster.controller.fencing import Fencer
 from hvcluster.controller.memory import ControllerMemory
+from hvcluster.controller.migrations import MigrationCoordinator
 from hvcluster.controller.view import build_snapshot
 from hvcluster.models.config import ClusterConfig
 from hvcluster.models.errors import StoreError
@@ -76,8 +77,21 @@ class Controller:
         self.fencer = Fencer(say)
         self.wake = asyncio.Event()
         self.cycles = 0
+        self.migrations = MigrationCoordinator(store, keys, say, self.memory, is_leader, clock)
 
     async def run(self, interval: float = 0.5) -> None:
+        helpers = [
+            asyncio.create_task(self.migrations.run(), name="migrations"),
+            asyncio.create_task(self.migrations.watch(), name="watch-migrations"),
+        ]
+        try:
+            await self._run(interval)
+        finally:
+            for task in helpers:
+                task.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+
+    async def _run(self, interval: float) -> None:
         while True:
             try:
                 if not self.is_leader():

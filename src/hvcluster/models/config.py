@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Self
+from typing import Literal, Self
 
 from pydantic import Field, model_validator
 
@@ -18,6 +18,9 @@ class MigrationSettings(Model):
     postcopy: bool = False
     max_parallel_per_node: int = Field(default=2, ge=1)
     timeout_s: float = Field(default=600.0, gt=0)
+    # A drained VM whose live migration failed (or that cannot move live): "quick" tries a
+    # quick migration (save state, restore on the target), "stay" leaves it, with the reason.
+    drain_fallback: Literal["quick", "stay"] = "quick"
 
 
 class QuarantineSettings(Model):

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Annotated
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from hvcluster.models.base import Model
 from hvcluster.models.lifecycle import MigrationState
-from hvcluster.models.names import Name
+from hvcluster.models.names import Name, check_name
+
+
+def _name_or_empty(value: str) -> str:
+    return value if value == "" else check_name(value)
+
+
+TargetName = Annotated[str, AfterValidator(_name_or_empty)]
 
 
 class MigrationKind(StrEnum):
@@ -29,7 +37,7 @@ class Migration(Model):
     id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
     vm: Name
     source: Name
-    target: Name
+    target: TargetName = ""  # empty while requested: the controller picks one
     kind: MigrationKind = MigrationKind.LIVE
     state: MigrationState = MigrationState.REQUESTED
     created: float = 0.0
@@ -37,7 +45,21 @@ class Migration(Model):
     epoch: int = Field(default=0, ge=0)  # the placement epoch it started from
     target_address: str = ""  # host:port the target listens on, set in PREPARING
     progress: Progress = Progress()
+    # As the guest saw it: from its pause on the source to its resume on the target (the
+    # transfer's downtime plus the switch), and from the request to that resume.
     downtime_ms: float | None = None
     total_ms: float | None = None
+    # As QEMU measured the transfer alone (quick: the save).
+    transfer_downtime_ms: float | None = None
+    transfer_ms: float | None = None
     reason: str = ""
-    requested_by: str = ""
+    requested_by: str = ""  # "api", "drain:<node>", "failback", "resume:<node>"
+    saved_path: str = ""  # quick migration: the state file on a shared path
+    switching_at: float = 0.0  # wall clock the transfer completed (quick: state saved)
+
+    @property
+    def active(self) -> bool:
+        return self.state not in _FINAL
+
+
+_FINAL = frozenset({MigrationState.DONE, MigrationState.FAILED, MigrationState.CANCELLED})

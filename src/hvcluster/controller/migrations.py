@@ -1,0 +1,304 @@
+"""The controller's part of migrations and drains.
+
+For every migration under way it checks the preconditions still hold (the VM still placed
+on the source at the record's epoch, both nodes alive, not timed out) and fails the record
+with the reason when they do not; it moves ``requested`` to ``preparing`` with a target
+(choosing one with the scheduler's placement rules when none was asked for), and it finishes
+``switching``: the placement flips to the target with epoch + 1 *and* the record becomes
+``done`` in one transaction, which compares the placement's and the record's mod revisions
+and that the target is alive. Only after that commit does the target resume the VM.
+
+Drains: :func:`hvcluster.scheduler.drain.plan_drain` decides, this module creates the
+migration records and pauses the node when the drain is complete.
+
+It runs as its own fast loop (woken by every change under ``migrations/``) while this agent
+leads, so a finished transfer is switched within one store round trip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from hvcluster.controller.memory import ControllerMemory
+from hvcluster.controller.view import build_snapshot
+from hvcluster.models.base import encode
+from hvcluster.models.errors import StoreError
+from hvcluster.models.lifecycle import MigrationState, NodeAdminState
+from hvcluster.models.migration import Migration, MigrationKind
+from hvcluster.models.node import Node
+from hvcluster.models.vm import Placement
+from hvcluster.scheduler.drain import DrainDone, DrainMove, DrainStay, InFlight, plan_drain
+from hvcluster.scheduler.placement import Choice, Ledger, choose_node
+from hvcluster.scheduler.snapshot import ClusterSnapshot
+from hvcluster.store.base import Compare, Put, Store
+from hvcluster.store.keys import Keys
+from hvcluster.store.migrations import change_migration, new_id, read_migrations
+from hvcluster.store.state import ClusterState, Decoded, Stored, read_cluster
+
+log = logging.getLogger(__name__)
+
+Say = Callable[[str, str, str], Awaitable[None]]
+_M = MigrationState
+
+
+async def create_migration(
+    store: Store,
+    keys: Keys,
+    vm: str,
+    source: str,
+    target: str,
+    epoch: int,
+    kind: MigrationKind,
+    requested_by: str,
+) -> Migration | None:
+    """Store a new ``requested`` record; None if it lost a race with another one."""
+    now = time.time()
+    rec = Migration(
+        id=new_id(vm),
+        vm=vm,
+        source=source,
+        target=target,
+        kind=kind,
+        epoch=epoch,
+        created=now,
+        updated=now,
+        requested_by=requested_by,
+    )
+    key = keys.migration(rec.id)
+    result = await store.txn([Compare.absent(key)], [Put(key, encode(rec))])
+    return rec if result.succeeded else None
+
+
+class MigrationCoordinator:
+    def __init__(
+        self,
+        store: Store,
+        keys: Keys,
+        say: Say,
+        memory: ControllerMemory,
+        is_leader: Callable[[], bool],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store, self.keys, self.say = store, keys, say
+        self.memory, self.is_leader, self.clock = memory, is_leader, clock
+        self.wake = asyncio.Event()
+        self.said: dict[str, str] = {}  # subject -> last stay reason said
+
+    async def run(self, interval: float = 0.5) -> None:
+        while True:
+            try:
+                if self.is_leader():
+                    await self.cycle()
+            except (StoreError, TimeoutError) as e:
+                log.warning("migration coordinator cycle failed: %s", e)
+            self.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), interval)
+
+    async def watch(self) -> None:
+        while True:
+            try:
+                start = await self.store.revision() + 1
+                async for _ in self.store.watch(self.keys.prefix("migrations"), start):
+                    self.wake.set()
+            except StoreError as e:
+                log.warning("watch on migrations broke: %s; re-watching", e)
+                await asyncio.sleep(0.5)
+
+    async def cycle(self) -> None:
+        records = await read_migrations(self.store, self.keys)
+        state = await read_cluster(self.store, self.keys)
+        now = self.clock()
+        snapshot = build_snapshot(state, self.memory, now)
+        active = [s for s in records.items.values() if s.value.active]
+        for stored in sorted(active, key=lambda s: s.value.created):
+            await self._advance(stored, state, snapshot, records, now)
+        if any(n.admin_state is NodeAdminState.DRAINING for n in snapshot.nodes.values()):
+            await self._drain(state, snapshot, await read_migrations(self.store, self.keys))
+
+    # --- one migration ---------------------------------------------------------------
+    async def _advance(
+        self,
+        stored: Stored[Migration],
+        state: ClusterState,
+        snapshot: ClusterSnapshot,
+        records: Decoded[Migration],
+        now: float,
+    ) -> None:
+        rec = stored.value
+        why = self._broken(rec, state, now)
+        if why is not None:
+            await self._fail(rec, why)
+        elif rec.state is _M.REQUESTED:
+            await self._prepare(rec, snapshot, records)
+        elif rec.state is _M.SWITCHING:
+            await self._switch(rec, state)
+
+    def _broken(self, rec: Migration, state: ClusterState, now: float) -> str | None:
+        """Why the migration cannot go on, or None."""
+        vm = rec.vm
+        if vm not in state.vms.items:
+            return f"vm {vm} was deleted"
+        placed = state.placements.items.get(vm)
+        if placed is None:
+            return f"vm {vm} has no placement any more"
+        p = placed.value
+        if p.node != rec.source or p.epoch != rec.epoch:
+            return f"vm {vm} is now placed on {p.node} at epoch {p.epoch}, not {rec.source}"
+        if rec.source not in state.alive.present:
+            return f"the source node {rec.source} is not alive; normal failover takes over"
+        if rec.target and rec.target not in state.alive.present:
+            return f"the target node {rec.target} is not alive; {vm} stays on {rec.source}"
+        timeout = state.config.migration.timeout_s
+        if rec.state is not _M.SWITCHING and now - rec.created > timeout:
+            return f"timed out after {timeout:.0f}s in state {rec.state.value}"
+        return None
+
+    async def _prepare(
+        self, rec: Migration, snapshot: ClusterSnapshot, records: Decoded[Migration]
+    ) -> None:
+        vm = snapshot.vms.get(rec.vm)
+        if vm is None or not vm.is_running_as_placed:
+            state = vm.status.state.value if vm and vm.status else "not reported"
+            await self._fail(rec, f"vm {rec.vm} is not running on {rec.source} ({state})")
+            return
+        ledger = Ledger(snapshot)
+        for other in records.items.values():
+            o = other.value
+            if o.active and o.id != rec.id and o.target and o.vm in snapshot.vms:
+                ledger.add(o.target, snapshot.vms[o.vm].spec)
+        closed = {
+            n.name: (f"{n.name} is not alive" if not n.alive else f"{n.name} is {n.admin_state}")
+            for n in snapshot.nodes.values()
+            if not n.alive or n.admin_state is not NodeAdminState.UP
+        }
+        if rec.target and rec.target in closed and rec.requested_by.startswith("drain:"):
+            closed.pop(rec.target)  # a drain picked it; it was open then
+        exclude = {rec.source: f"{rec.source} is where it runs"}
+        if rec.target:
+            exclude.update({n: f"{n} was not asked for" for n in snapshot.nodes if n != rec.target})
+        choice = choose_node(vm.spec, snapshot, closed, ledger, exclude)
+        if not isinstance(choice, Choice):
+            await self._fail(rec, choice.why)
+            return
+        target = choice.node
+
+        def prepare(cur: Migration) -> Migration | None:
+            if cur.state is not _M.REQUESTED:
+                return None
+            return cur.model_copy(update={"state": _M.PREPARING, "target": target})
+
+        if await change_migration(self.store, self.keys, rec.id, prepare) is not None:
+            log.info("migration %s: %s -> %s (%s)", rec.id, rec.source, target, choice.why)
+
+    async def _switch(self, rec: Migration, state: ClusterState) -> None:
+        """The flip: placement to the target at epoch + 1 and the record done, atomically."""
+        placed = state.placements.items[rec.vm]
+        p = placed.value
+        verb = "migrated live" if rec.kind is MigrationKind.LIVE else "moved by quick migration"
+        reason = f"vm {rec.vm} {verb} from {rec.source} to {rec.target} (migration {rec.id})"
+        new = Placement(node=rec.target, epoch=p.epoch + 1, reason=reason, failovers=p.failovers)
+        key = self.keys.placement(rec.vm)
+        compares = [
+            Compare.mod_is(key, placed.mod_revision),
+            Compare.present(self.keys.alive(rec.target)),
+        ]
+
+        def done(cur: Migration) -> Migration | None:
+            if cur.state is not _M.SWITCHING:
+                return None
+            return cur.model_copy(update={"state": _M.DONE})
+
+        flipped = await change_migration(
+            self.store, self.keys, rec.id, done, compares, [Put(key, encode(new))]
+        )
+        if flipped is not None:
+            ms = rec.transfer_downtime_ms
+            qemu = f"{ms:.0f} ms" if ms is not None else "unknown"
+            await self.say(
+                "migration.switched",
+                f"vm/{rec.vm}",
+                f"{reason}: placement flipped to epoch {new.epoch}; transfer downtime {qemu}",
+            )
+
+    async def _fail(self, rec: Migration, why: str) -> None:
+        def fail(cur: Migration) -> Migration | None:
+            if not cur.active:
+                return None
+            return cur.model_copy(update={"state": _M.FAILED, "reason": why})
+
+        if await change_migration(self.store, self.keys, rec.id, fail) is not None:
+            await self.say(
+                "migration.failed",
+                f"vm/{rec.vm}",
+                f"migration {rec.id} of {rec.vm} from {rec.source} failed: {why}",
+            )
+
+    # --- drains ----------------------------------------------------------------------
+    async def _drain(
+        self, state: ClusterState, snapshot: ClusterSnapshot, records: Decoded[Migration]
+    ) -> None:
+        in_flight = [
+            InFlight(r.value.vm, r.value.source, r.value.target)
+            for r in records.items.values()
+            if r.value.active
+        ]
+        failed_live: dict[str, str] = {}
+        stay: dict[str, str] = {}
+        for stored in sorted(records.items.values(), key=lambda s: s.value.created):
+            r = stored.value
+            node = snapshot.nodes.get(r.source)
+            if node is None or node.admin_state is not NodeAdminState.DRAINING:
+                continue
+            if r.requested_by != f"drain:{r.source}" or r.created < node.node.admin_since:
+                continue
+            if r.state is _M.CANCELLED:
+                stay[r.vm] = f"{r.vm} stays on {r.source}: its move was cancelled"
+            elif r.state is _M.FAILED and r.kind is MigrationKind.QUICK:
+                stay[r.vm] = f"{r.vm} stays on {r.source}: quick migration failed ({r.reason})"
+            elif r.state is _M.FAILED:
+                failed_live[r.vm] = r.reason
+        for d in plan_drain(snapshot, in_flight, failed_live, stay):
+            match d:
+                case DrainMove():
+                    epoch = snapshot.vms[d.vm].placement.epoch  # type: ignore[union-attr]
+                    made = await create_migration(
+                        self.store,
+                        self.keys,
+                        d.vm,
+                        d.node,
+                        d.target,
+                        epoch,
+                        d.kind,
+                        f"drain:{d.node}",
+                    )
+                    if made is not None:
+                        await self.say("drain.move", f"vm/{d.vm}", f"{d.reason} ({made.id})")
+                case DrainStay():
+                    if self.said.get(f"vm/{d.vm}") != d.reason:
+                        self.said[f"vm/{d.vm}"] = d.reason
+                        await self.say("drain.stay", f"vm/{d.vm}", d.reason)
+                case DrainDone():
+                    if await self._pause(state, d.node, d.reason):
+                        await self.say("node.drained", f"node/{d.node}", d.reason)
+
+    async def _pause(self, state: ClusterState, name: str, reason: str) -> bool:
+        stored = state.nodes.items.get(name)
+        if stored is None or stored.value.admin_state is not NodeAdminState.DRAINING:
+            return False
+        node: Node = stored.value.model_copy(
+            update={
+                "admin_state": NodeAdminState.PAUSED,
+                "admin_reason": reason,
+                "admin_since": self.clock(),
+            }
+        )
+        key = self.keys.node(name)
+        result = await self.store.txn(
+            [Compare.mod_is(key, stored.mod_revision)], [Put(key, encode(node))]
+        )
+        return result.succeeded

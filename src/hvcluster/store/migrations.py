@@ -1,0 +1,82 @@
+"""Reading and changing migration records (``migrations/<id>``).
+
+A record has several writers (the API creates and cancels it, the controller moves it to
+preparing and to done or failed, the target agent writes its address, the source agent moves
+it through transferring and switching and publishes progress). Every change is a
+compare-and-set on the record's mod revision, re-decided on a lost race, and every state
+change is checked against :data:`~hvcluster.models.lifecycle.MIGRATION_LIFECYCLE`.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Sequence
+
+from hvcluster.models.base import decode, encode
+from hvcluster.models.errors import CorruptValue
+from hvcluster.models.lifecycle import MIGRATION_LIFECYCLE
+from hvcluster.models.migration import Migration
+from hvcluster.store.base import Compare, Delete, Put, Store
+from hvcluster.store.keys import Keys
+from hvcluster.store.state import Decoded, read_kind
+
+ATTEMPTS = 10
+
+Change = Callable[[Migration], Migration | None]
+
+
+def new_id(vm: str) -> str:
+    """A fresh record id: the VM's name and a random suffix, sortable by nothing."""
+    return f"{vm}-{uuid.uuid4().hex[:10]}"
+
+
+async def read_migrations(store: Store, keys: Keys) -> Decoded[Migration]:
+    return await read_kind(store, keys, "migrations", Migration)
+
+
+def active_for(migrations: Decoded[Migration], vm: str) -> Migration | None:
+    """The migration of ``vm`` under way, if any (there is at most one)."""
+    for stored in migrations.items.values():
+        if stored.value.vm == vm and stored.value.active:
+            return stored.value
+    return None
+
+
+async def change_migration(
+    store: Store,
+    keys: Keys,
+    mid: str,
+    change: Change,
+    compares: Sequence[Compare] = (),
+    ops: Sequence[Put | Delete] = (),
+    attempts: int = ATTEMPTS,
+) -> Migration | None:
+    """Apply ``change`` to the record under compare-and-set; return the record written, or
+    None when ``change`` declined (returned None), the record is gone or unreadable, or the
+    extra ``compares`` failed. ``change`` is re-run on the fresh record after a lost race;
+    an illegal state change raises :class:`~hvcluster.models.errors.IllegalTransition`."""
+    key = keys.migration(mid)
+    for _ in range(attempts):
+        kv = await store.get(key)
+        if kv is None:
+            return None
+        try:
+            current = decode(Migration, kv.key, kv.value)
+        except CorruptValue:
+            return None
+        new = change(current)
+        if new is None:
+            return None
+        MIGRATION_LIFECYCLE.check(current.state, new.state)
+        new = new.model_copy(update={"updated": time.time()})
+        guard = [Compare.mod_is(key, kv.mod_revision), *compares]
+        result = await store.txn(guard, [Put(key, encode(new)), *ops])
+        if result.succeeded:
+            return new
+        if compares:
+            # Did the record move, or one of the caller's compares fail? Re-check the record.
+            again = await store.get(key)
+            if again is not None and again.mod_revision == kv.mod_revision:
+                return None
+    return None
