@@ -6,11 +6,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from hvcluster.controller.migrations import create_migration
 from hvcluster.models.base import decode
 from hvcluster.models.config import MigrationSettings
 from hvcluster.models.lifecycle import MigrationState
 from hvcluster.models.migration import Migration, MigrationKind
+from hvcluster.store.migrations import create_migration
 from tests.sim.cluster import FAST, SimCluster
 
 # 256 MiB at 64 MiB/s: a transfer takes a few seconds, long enough to act mid-way.

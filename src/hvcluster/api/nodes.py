@@ -8,6 +8,7 @@ from collections import Counter
 
 from fastapi import APIRouter, Body, Depends
 
+from hvcluster.api import migrations
 from hvcluster.api.context import ApiContext, context, valid_name
 from hvcluster.api.reads import decode_all, decode_one, decode_optional, snapshot
 from hvcluster.api.views import ActionRequest, NodeList, NodeView, ResumeRequest, Skipped
@@ -147,4 +148,7 @@ async def resume_node(
 ) -> NodeView:
     reason = request.reason if request and request.reason else "resumed by an administrator"
     clear = bool(request and request.clear_quarantine)
-    return await _set_admin(ctx, name, NodeAdminState.UP, reason, clear)
+    resumed = await _set_admin(ctx, name, NodeAdminState.UP, reason, clear)
+    if request is not None and request.failback == "immediate":
+        await migrations.fail_back(ctx, name)
+    return resumed

@@ -3,6 +3,8 @@ say which stored values they had to skip."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from hvcluster.models.config import ClusterConfig
@@ -104,6 +106,9 @@ class ResumeRequest(ActionRequest):
     # A quarantined node is only resumed when this is said explicitly (WSFC's
     # -ClearQuarantine): the controller put it there for failing too often.
     clear_quarantine: bool = False
+    # none: VMs stay where they are; policy: each VM's own failback policy decides;
+    # immediate: every VM drained off the node moves back now (live).
+    failback: Literal["none", "immediate", "policy"] = "policy"
 
 
 class Deleted(View):

@@ -36,41 +36,13 @@ from hvcluster.scheduler.placement import Choice, Ledger, choose_node
 from hvcluster.scheduler.snapshot import ClusterSnapshot
 from hvcluster.store.base import Compare, Put, Store
 from hvcluster.store.keys import Keys
-from hvcluster.store.migrations import change_migration, new_id, read_migrations
+from hvcluster.store.migrations import change_migration, create_migration, read_migrations
 from hvcluster.store.state import ClusterState, Decoded, Stored, read_cluster
 
 log = logging.getLogger(__name__)
 
 Say = Callable[[str, str, str], Awaitable[None]]
 _M = MigrationState
-
-
-async def create_migration(
-    store: Store,
-    keys: Keys,
-    vm: str,
-    source: str,
-    target: str,
-    epoch: int,
-    kind: MigrationKind,
-    requested_by: str,
-) -> Migration | None:
-    """Store a new ``requested`` record; None if it lost a race with another one."""
-    now = time.time()
-    rec = Migration(
-        id=new_id(vm),
-        vm=vm,
-        source=source,
-        target=target,
-        kind=kind,
-        epoch=epoch,
-        created=now,
-        updated=now,
-        requested_by=requested_by,
-    )
-    key = keys.migration(rec.id)
-    result = await store.txn([Compare.absent(key)], [Put(key, encode(rec))])
-    return rec if result.succeeded else None
 
 
 class MigrationCoordinator:
@@ -115,7 +87,12 @@ class MigrationCoordinator:
         now = self.clock()
         snapshot = build_snapshot(state, self.memory, now)
         active = [s for s in records.items.values() if s.value.active]
-        for stored in sorted(active, key=lambda s: s.value.created):
+        first: dict[str, str] = {}  # vm -> the id of its oldest migration under way
+        for stored in sorted(active, key=lambda s: (s.value.created, s.value.id)):
+            rec = stored.value
+            if first.setdefault(rec.vm, rec.id) != rec.id:
+                await self._fail(rec, f"migration {first[rec.vm]} of {rec.vm} is under way")
+                continue
             await self._advance(stored, state, snapshot, records, now)
         if any(n.admin_state is NodeAdminState.DRAINING for n in snapshot.nodes.values()):
             await self._drain(state, snapshot, await read_migrations(self.store, self.keys))

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from hvcluster.models.base import decode, encode
 from hvcluster.models.errors import CorruptValue
 from hvcluster.models.lifecycle import MIGRATION_LIFECYCLE
-from hvcluster.models.migration import Migration
+from hvcluster.models.migration import Migration, MigrationKind
 from hvcluster.store.base import Compare, Delete, Put, Store
 from hvcluster.store.keys import Keys
 from hvcluster.store.state import Decoded, read_kind
@@ -33,6 +33,34 @@ def new_id(vm: str) -> str:
 
 async def read_migrations(store: Store, keys: Keys) -> Decoded[Migration]:
     return await read_kind(store, keys, "migrations", Migration)
+
+
+async def create_migration(
+    store: Store,
+    keys: Keys,
+    vm: str,
+    source: str,
+    target: str,
+    epoch: int,
+    kind: MigrationKind,
+    requested_by: str,
+) -> Migration | None:
+    """Store a new ``requested`` record; None if it lost a race with another one."""
+    now = time.time()
+    rec = Migration(
+        id=new_id(vm),
+        vm=vm,
+        source=source,
+        target=target,
+        kind=kind,
+        epoch=epoch,
+        created=now,
+        updated=now,
+        requested_by=requested_by,
+    )
+    key = keys.migration(rec.id)
+    result = await store.txn([Compare.absent(key)], [Put(key, encode(rec))])
+    return rec if result.succeeded else None
 
 
 def active_for(migrations: Decoded[Migration], vm: str) -> Migration | None:

@@ -1,0 +1,292 @@
+"""Moving VMs: ``POST /vms/{name}/move``, ``/migrations``, node drain and failback on resume.
+
+The API stores a ``requested`` migration record and answers 202 with it; the controller and
+the two agents carry it out (see :mod:`hvcluster.agent.migration`). It refuses (409, with the
+reason) what cannot work now: a VM that is not running, one already moving, a target that is
+not alive or not up, or lacks the capacity. The controller checks again (with every
+placement rule) before the transfer begins.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Literal, TypeVar
+
+from fastapi import APIRouter, Body, Depends
+from pydantic import BaseModel, Field
+
+from hvcluster.api.context import ApiContext, context, valid_name
+from hvcluster.api.reads import decode_all, decode_one
+from hvcluster.api.views import ActionRequest, View
+from hvcluster.api.writes import update
+from hvcluster.models.base import Model
+from hvcluster.models.errors import Conflict, InvalidInput, NotFound
+from hvcluster.models.lifecycle import NODE_LIFECYCLE, MigrationState, NodeAdminState, VMState
+from hvcluster.models.migration import Migration, MigrationKind
+from hvcluster.models.node import Node
+from hvcluster.models.vm import Placement, VMSpec, VMStatus
+from hvcluster.store.base import Get, KeyValue
+from hvcluster.store.keys import Keys
+from hvcluster.store.migrations import change_migration, create_migration, read_migrations
+
+M = TypeVar("M", bound=Model)
+
+router = APIRouter(tags=["migrations"])
+
+_NO_BODY = Body(default=None)
+
+
+class MoveRequest(BaseModel):
+    to: str = Field(default="", description="target node; empty: the scheduler picks one")
+    kind: Literal["live", "quick"] = "live"
+    reason: str = Field(default="", max_length=500)
+
+
+class MigrationList(View):
+    migrations: list[Migration]
+    revision: int
+
+
+class Cluster:
+    """What a move request is checked against, read in one transaction."""
+
+    def __init__(self, ctx: ApiContext) -> None:
+        self.ctx = ctx
+        self.nodes: dict[str, Node] = {}
+        self.alive: set[str] = set()
+        self.specs: dict[str, VMSpec] = {}
+        self.placements: dict[str, Placement] = {}
+        self.statuses: dict[str, VMStatus] = {}
+        self.migrations: list[Migration] = []
+
+    async def load(self) -> Cluster:
+        ctx, keys = self.ctx, self.ctx.keys
+        kinds = ("nodes", "alive", "vms", "placements", "status", "migrations")
+        result = await ctx.store.txn((), [Get(keys.prefix(k), True) for k in kinds])
+        found = dict(zip(kinds, result.gets, strict=True))
+        self.alive = {keys.name_of(kv.key, "alive") for kv in found["alive"]}
+        self.nodes = await _items(Node, keys, "nodes", found["nodes"], ctx)
+        self.specs = await _items(VMSpec, keys, "vms", found["vms"], ctx)
+        self.placements = await _items(Placement, keys, "placements", found["placements"], ctx)
+        self.statuses = await _items(VMStatus, keys, "status", found["status"], ctx)
+        self.migrations = list(
+            (await _items(Migration, keys, "migrations", found["migrations"], ctx)).values()
+        )
+        return self
+
+    def active(self, vm: str) -> Migration | None:
+        return next((m for m in self.migrations if m.vm == vm and m.active), None)
+
+    def why_not(self, spec: VMSpec, node: str, source: str) -> str | None:
+        """Why ``node`` cannot take ``spec`` now, or None."""
+        found = self.nodes.get(node)
+        if found is None:
+            return f"node {node!r} not found"
+        if node == source:
+            return f"{spec.name} already runs on {node}"
+        if node not in self.alive:
+            return f"{node} is not alive"
+        if found.admin_state is not NodeAdminState.UP:
+            return f"{node} is {found.admin_state.value}"
+        if spec.ha.possible_owners and node not in spec.ha.possible_owners:
+            return f"{node} is not a possible owner of {spec.name}"
+        there = {v for v, p in self.placements.items() if p.node == node}
+        there |= {m.vm for m in self.migrations if m.active and m.target == node}
+        cpus = sum(self.specs[v].vcpus for v in there if v in self.specs)
+        memory = sum(self.specs[v].memory_mib for v in there if v in self.specs)
+        cap = found.capacity
+        if cpus + spec.vcpus > cap.cpus:
+            return f"{node} has {max(cap.cpus - cpus, 0)} of {cap.cpus} vCPUs free"
+        if memory + spec.memory_mib > cap.memory_mib:
+            return f"{node} has {max(cap.memory_mib - memory, 0)} of {cap.memory_mib} MiB free"
+        return None
+
+
+async def _items(
+    cls: type[M], keys: Keys, kind: str, kvs: Sequence[KeyValue], ctx: ApiContext
+) -> dict[str, M]:
+    decoded = await decode_all(cls, keys, kind, kvs, ctx.corrupt)
+    return {name: value for name, (value, _) in decoded.items.items()}
+
+
+@router.post("/vms/{name}/move", status_code=202, response_model=Migration)
+async def move_vm(
+    name: str = Depends(valid_name),
+    request: MoveRequest | None = _NO_BODY,
+    ctx: ApiContext = Depends(context),
+) -> Migration:
+    """Move a running VM to another node, live (memory copied while it runs) or quick (its
+    state saved and restored). Returns the migration record; follow it under /migrations."""
+    request = request or MoveRequest()
+    cluster = await Cluster(ctx).load()
+    spec = cluster.specs.get(name)
+    if spec is None:
+        raise NotFound(f"vm {name!r} not found")
+    placement, status = cluster.placements.get(name), cluster.statuses.get(name)
+    running = (
+        placement is not None
+        and status is not None
+        and status.state is VMState.RUNNING
+        and (status.node, status.epoch) == (placement.node, placement.epoch)
+    )
+    if not running or placement is None:
+        state = status.state.value if status else "not reported"
+        raise Conflict(f"vm {name} is not running ({state}); only a running VM moves")
+    under_way = cluster.active(name)
+    if under_way is not None:
+        raise Conflict(
+            f"vm {name} is already moving: migration {under_way.id} is {under_way.state.value}"
+        )
+    source = placement.node
+    if request.to:
+        why = cluster.why_not(spec, request.to, source)
+        if why is not None:
+            raise Conflict(f"cannot move {name} to {request.to}: {why}")
+    else:
+        reasons = [
+            why
+            for node in sorted(cluster.nodes)
+            if node != source and (why := cluster.why_not(spec, node, source)) is not None
+        ]
+        if len(reasons) == len(cluster.nodes) - 1:
+            detail = "; ".join(reasons) or "there is no other node"
+            raise Conflict(f"no node can take {name}: {detail}")
+    rec = await create_migration(
+        ctx.store,
+        ctx.keys,
+        name,
+        source,
+        request.to,
+        placement.epoch,
+        MigrationKind(request.kind),
+        "api",
+    )
+    if rec is None:
+        raise Conflict(f"vm {name}: the migration record could not be stored; try again")
+    where = request.to or "a node the scheduler picks"
+    await ctx.record(
+        "migration.requested",
+        f"vm/{name}",
+        request.reason or f"{request.kind} migration of {name} from {source} to {where}",
+        {"id": rec.id, "kind": request.kind, "source": source, "target": request.to},
+    )
+    return rec
+
+
+@router.get("/migrations", response_model=MigrationList)
+async def list_migrations(ctx: ApiContext = Depends(context)) -> MigrationList:
+    found = await read_migrations(ctx.store, ctx.keys)
+    records = sorted((s.value for s in found.items.values()), key=lambda m: m.created)
+    return MigrationList(migrations=records, revision=await ctx.store.revision())
+
+
+@router.get("/migrations/{mid}", response_model=Migration)
+async def show_migration(mid: str, ctx: ApiContext = Depends(context)) -> Migration:
+    kv = await ctx.store.get(ctx.keys.migration(_valid_id(mid)))
+    if kv is None:
+        raise NotFound(f"migration {mid!r} not found")
+    return await decode_one(Migration, kv, ctx.corrupt)
+
+
+@router.post("/migrations/{mid}/cancel", status_code=202, response_model=Migration)
+async def cancel_migration(
+    mid: str, request: ActionRequest | None = _NO_BODY, ctx: ApiContext = Depends(context)
+) -> Migration:
+    """Cancel a migration before the placement flips; the VM keeps running on its source."""
+    reason = request.reason if request and request.reason else "cancelled by an administrator"
+
+    def cancel(cur: Migration) -> Migration | None:
+        if cur.state is MigrationState.CANCELLED:
+            return None
+        if cur.state in (MigrationState.SWITCHING, MigrationState.DONE):
+            raise Conflict(f"migration {mid} is {cur.state.value}: too late to cancel")
+        if not cur.active:
+            raise Conflict(f"migration {mid} is {cur.state.value} already")
+        return cur.model_copy(update={"state": MigrationState.CANCELLED, "reason": reason})
+
+    done = await change_migration(ctx.store, ctx.keys, _valid_id(mid), cancel)
+    if done is not None:
+        await ctx.record("migration.cancelled", f"vm/{done.vm}", f"migration {mid}: {reason}")
+    return await show_migration(mid, ctx)
+
+
+def _valid_id(mid: str) -> str:
+    try:
+        return Migration.model_validate({"id": mid, "vm": "x", "source": "x"}).id
+    except ValueError as e:
+        raise InvalidInput(f"invalid migration id {mid!r}", field="id") from e
+
+
+# --- drain and failback ---------------------------------------------------------------
+@router.post("/nodes/{name}/drain", status_code=202, response_model=Node)
+async def drain_node(
+    name: str = Depends(valid_name),
+    request: ActionRequest | None = _NO_BODY,
+    ctx: ApiContext = Depends(context),
+) -> Node:
+    """Move every VM off the node (live, at most ``migration.max_parallel_per_node`` at
+    once); the node ends paused. Follow it with GET /nodes/{name} (admin_state)."""
+    reason = request.reason if request and request.reason else "drained by an administrator"
+
+    def drain(node: Node) -> Node | None:
+        if node.admin_state is NodeAdminState.DRAINING:
+            return None
+        NODE_LIFECYCLE.check(node.admin_state, NodeAdminState.DRAINING)
+        return node.model_copy(
+            update={
+                "admin_state": NodeAdminState.DRAINING,
+                "admin_reason": reason,
+                "admin_since": time.time(),
+            }
+        )
+
+    done = await update(
+        ctx.store, ctx.keys.node(name), Node, drain, what=f"node {name!r}", report=ctx.corrupt
+    )
+    if done.changed:
+        await ctx.record("node.draining", f"node/{name}", reason, {"revision": done.revision})
+    return done.after
+
+
+async def fail_back(ctx: ApiContext, node: str) -> list[Migration]:
+    """Resume with ``failback=immediate``: move back live every VM drained off ``node``
+    that still runs where the drain put it (on its target, at the epoch of that move)."""
+    cluster = await Cluster(ctx).load()
+    made = []
+    drained = [
+        m
+        for m in cluster.migrations
+        if m.source == node and m.requested_by == f"drain:{node}" and m.state is MigrationState.DONE
+    ]
+    for m in sorted(drained, key=lambda m: m.created):
+        placement, status = cluster.placements.get(m.vm), cluster.statuses.get(m.vm)
+        spec = cluster.specs.get(m.vm)
+        if spec is None or placement is None:
+            continue
+        if (placement.node, placement.epoch) != (m.target, m.epoch + 1):
+            continue
+        if status is None or status.state is not VMState.RUNNING or cluster.active(m.vm):
+            continue
+        if cluster.why_not(spec, node, placement.node) is not None:
+            continue
+        rec = await create_migration(
+            ctx.store,
+            ctx.keys,
+            m.vm,
+            placement.node,
+            node,
+            placement.epoch,
+            MigrationKind.LIVE,
+            f"resume:{node}",
+        )
+        if rec is not None:
+            made.append(rec)
+            cluster.migrations.append(rec)
+            await ctx.record(
+                "migration.requested",
+                f"vm/{m.vm}",
+                f"fail back {m.vm} to {node} now that it is resumed",
+                {"id": rec.id, "kind": "live", "source": placement.node, "target": node},
+            )
+    return made
