@@ -20,7 +20,7 @@ as source or target. A node with nothing left to move and nothing moving ends th
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from hvcluster.models.lifecycle import NodeAdminState, VMState
@@ -169,7 +169,7 @@ def _placed_on(vms: Iterable[VMView], node: str) -> list[VMView]:
 
 
 def _why_stay(
-    vm: VMView, stay: Mapping[str, str], failed_live: Collection[str], fallback: str
+    vm: VMView, stay: Mapping[str, str], failed_live: Mapping[str, str], fallback: str
 ) -> str | None:
     name = vm.name
     if name in stay:
@@ -179,6 +179,5 @@ def _why_stay(
     if not vm.wants_running and not vm.is_running_as_placed:
         return f"{name} is not running"
     if name in failed_live and fallback == "stay":
-        why = failed_live[name] if isinstance(failed_live, Mapping) else ""
-        return f"{name} could not move live ({why}); the drain fallback is to stay"
+        return f"{name} could not move live ({failed_live[name]}); the drain fallback is to stay"
     return None

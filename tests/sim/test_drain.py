@@ -1,0 +1,116 @@
+"""Draining a node in an in-process cluster (real agents and controller, sim VMs), and
+resuming it with failback, through the real API."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from hvcluster.api import create_app
+from hvcluster.models.base import decode
+from hvcluster.models.config import MigrationSettings
+from hvcluster.models.lifecycle import NodeAdminState
+from hvcluster.models.migration import Migration
+from hvcluster.models.node import Node
+from tests.sim.cluster import FAST, SimCluster
+
+pytestmark = pytest.mark.timeout(90)
+
+# 256 MiB at 128 MiB/s: each move takes a couple of seconds, so moves overlap.
+DRAIN = FAST.model_copy(
+    update={"migration": MigrationSettings(max_bandwidth_mib_s=128, max_parallel_per_node=2)}
+)
+
+
+class Concurrency:
+    """The most migrations under way at once per node, from a watch on every record."""
+
+    def __init__(self, cluster: SimCluster) -> None:
+        self.cluster = cluster
+        self.active: dict[str, Migration] = {}
+        self.most: dict[str, int] = {}
+        self.task: asyncio.Task[None] | None = None
+
+    async def _follow(self, start: int) -> None:
+        async for event in self.cluster.store.watch(self.cluster.keys.prefix("migrations"), start):
+            if not event.value:
+                continue
+            rec = decode(Migration, event.key, event.value)
+            if rec.active:
+                self.active[rec.id] = rec
+            else:
+                self.active.pop(rec.id, None)
+            for node in {m.source for m in self.active.values()} | {
+                m.target for m in self.active.values() if m.target
+            }:
+                n = sum(1 for m in self.active.values() if node in (m.source, m.target))
+                self.most[node] = max(self.most.get(node, 0), n)
+
+    async def __aenter__(self) -> Concurrency:
+        rev = await self.cluster.store.revision()
+        self.task = asyncio.create_task(self._follow(rev + 1))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.task is not None
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+
+
+@pytest.fixture
+async def setup(tmp_path: Path) -> AsyncIterator[tuple[SimCluster, httpx.AsyncClient]]:
+    cluster = SimCluster(tmp_path, DRAIN)
+    try:
+        app = create_app(cluster.store, cluster.keys, "n1")
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api/api/v1") as api:
+            yield cluster, api
+    finally:
+        await cluster.stop()
+
+
+async def node_state(cluster: SimCluster, name: str) -> Node:
+    kv = await cluster.store.get(cluster.keys.node(name))
+    assert kv is not None
+    return decode(Node, kv.key, kv.value)
+
+
+async def test_drain_four_vms_two_at_a_time_then_resume_with_failback(
+    setup: tuple[SimCluster, httpx.AsyncClient],
+) -> None:
+    cluster, api = setup
+    await cluster.start("n1", "n2", "n3")
+    vms = [f"vm-{i}" for i in range(4)]
+    for vm in vms:
+        await cluster.create_vm(vm, ha={"preferred_owners": ["n1"]})
+    for vm in vms:
+        assert await cluster.wait_running(vm) == "n1"
+
+    async with Concurrency(cluster) as seen:
+        r = await api.post("/nodes/n1/drain", json={"reason": "maintenance"})
+        assert r.status_code == 202, r.text
+
+        async def paused() -> bool:
+            return (await node_state(cluster, "n1")).admin_state is NodeAdminState.PAUSED
+
+        await cluster.wait_for(paused, 60, "n1 drained and paused")
+    assert seen.most["n1"] == 2, seen.most  # the limit, and it was used
+    assert all(n <= 2 for n in seen.most.values()), seen.most
+    where = {vm: await cluster.running_on(vm) for vm in vms}
+    assert all(node in ("n2", "n3") for node in where.values()), where
+    assert "drain of n1 is complete" in (await node_state(cluster, "n1")).admin_reason
+    assert await cluster.event_list("node.drained", "node/n1")
+
+    r = await api.post("/nodes/n1/resume", json={"failback": "immediate"})
+    assert r.status_code == 202, r.text
+
+    async def all_back() -> bool:
+        return all([await cluster.running_on(vm) == "n1" for vm in vms])
+
+    await cluster.wait_for(all_back, 60, "every VM back on n1")
