@@ -9,6 +9,7 @@ from hvcluster.cli import (
     events_cmd,
     image_cmd,
     lab_cmd,
+    move_cmd,
     node_cmd,
     store_cmd,
     switch_cmd,
@@ -40,7 +41,9 @@ def main(
     """hvcluster: a failover cluster for QEMU/KVM virtual machines."""
 
 
+vm_cmd.app.command("move")(move_cmd.move)
 app.add_typer(vm_cmd.app, name="vm")
+app.add_typer(move_cmd.app, name="migration")
 app.add_typer(node_cmd.app, name="node")
 events_cmd.register(app)
 app.add_typer(image_cmd.app, name="image")

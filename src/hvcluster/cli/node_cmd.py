@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import typer
 
 from hvcluster.cli.client import Client, api_option
-from hvcluster.cli.output import console, friendly_errors, print_json, print_table
+from hvcluster.cli.output import console, err_console, friendly_errors, print_json, print_table
 from hvcluster.cli.vm_cmd import warn_skipped, when
 
-app = typer.Typer(help="List nodes, pause and resume them.", no_args_is_help=True)
+app = typer.Typer(help="List nodes; pause, drain and resume them.", no_args_is_help=True)
 
 
 @app.command("list")
@@ -111,13 +112,67 @@ def resume(
     clear_quarantine: bool = typer.Option(
         False, "--clear-quarantine", help="Also resume a node quarantined for failing often."
     ),
+    failback: str = typer.Option(
+        "policy",
+        "--failback",
+        help="none: VMs stay where they are; immediate: VMs drained off it move back now; "
+        "policy: each VM's failback policy decides.",
+    ),
     api: list[str] | None = api_option(),
 ) -> None:
     """Resume a paused node: it takes new VMs again."""
-    body: dict[str, Any] = {}
+    if failback not in ("none", "immediate", "policy"):
+        raise typer.Exit(_fail(f"--failback must be none, immediate or policy, not {failback!r}"))
+    body: dict[str, Any] = {"failback": failback}
     if reason:
         body["reason"] = reason
     if clear_quarantine:
         body["clear_quarantine"] = True
     with Client.from_options(api) as client:
-        _say(client.post(f"/nodes/{name}/resume", body or None))
+        _say(client.post(f"/nodes/{name}/resume", body))
+
+
+def _fail(message: str) -> int:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    return 1
+
+
+@app.command("drain")
+@friendly_errors
+def drain(
+    name: str = typer.Argument(..., help="Node name."),
+    reason: str = typer.Option("", "--reason", help="Why (shown with the node)."),
+    wait: bool = typer.Option(False, "--wait", help="Follow it to the end; non-zero if VMs stay."),
+    timeout: float = typer.Option(1800.0, "--timeout", help="Seconds --wait waits at most."),
+    api: list[str] | None = api_option(),
+) -> None:
+    """Move every VM off a node (live, a few at a time); the node ends paused."""
+    with Client.from_options(api) as client:
+        client.post(f"/nodes/{name}/drain", {"reason": reason} if reason else None)
+        n = client.get(f"/nodes/{name}")
+        if wait:
+            n = _follow_drain(client, name, timeout)
+    _say(n)
+    if wait and "stayed" in n["node"]["admin_reason"]:
+        raise typer.Exit(1)
+
+
+def _follow_drain(client: Client, name: str, timeout: float) -> dict[str, Any]:
+    end = time.monotonic() + timeout
+    with err_console.status(f"draining {name}") as status:
+        while True:
+            n: dict[str, Any] = client.get(f"/nodes/{name}")
+            if n["admin_state"] != "draining":
+                return n
+            moving = [
+                m
+                for m in client.get("/migrations")["migrations"]
+                if m["source"] == name and m["state"] not in ("done", "failed", "cancelled")
+            ]
+            status.update(
+                f"draining {name}: {n['vms']} VM(s) left, moving now: "
+                + (", ".join(f"{m['vm']} ({m['state']})" for m in moving) or "none")
+            )
+            if time.monotonic() > end:
+                raise typer.Exit(_fail(f"gave up waiting after {timeout:.0f}s; {name} drains on"))
+            time.sleep(0.3)

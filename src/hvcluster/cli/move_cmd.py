@@ -1,0 +1,126 @@
+"""``hvc vm move`` and ``hvc migration``: move a running VM, follow it with a progress bar."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import typer
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
+
+from hvcluster.cli.client import Client, api_option
+from hvcluster.cli.output import console, err_console, friendly_errors, print_json, print_table
+
+app = typer.Typer(help="List, show and cancel migrations.", no_args_is_help=True)
+
+POLL_S = 0.2
+FINAL = ("done", "failed", "cancelled")
+
+
+def describe(m: dict[str, Any]) -> str:
+    route = f"{m['source']} -> {m['target'] or '?'}"
+    text = f"migration {m['id']} of {m['vm']} ({m['kind']}, {route}): {m['state']}"
+    if m["state"] == "done" and m.get("downtime_ms") is not None:
+        text += f", downtime {m['downtime_ms']:.0f} ms, total {m['total_ms']:.0f} ms"
+        if m.get("transfer_downtime_ms") is not None:
+            text += f" (transfer downtime {m['transfer_downtime_ms']:.0f} ms)"
+    if m["reason"]:
+        text += f": {m['reason']}"
+    return text
+
+
+def follow(client: Client, mid: str, timeout: float) -> dict[str, Any]:
+    """Poll the record until it is final (done: until its times are known); show a bar."""
+    end = time.monotonic() + timeout
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        DownloadColumn(binary_units=True),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=err_console, transient=True) as bar:
+        task = bar.add_task("requested", total=None)
+        while True:
+            m: dict[str, Any] = client.get(f"/migrations/{mid}")
+            p = m["progress"]
+            total = p["bytes_total"] or None
+            bar.update(task, description=m["state"], total=total, completed=p["bytes_transferred"])
+            timed = m["state"] != "done" or m.get("downtime_ms") is not None
+            if m["state"] in FINAL and timed:
+                return m
+            if time.monotonic() > end:
+                raise typer.Exit(_fail(f"gave up waiting after {timeout:.0f}s: {describe(m)}"))
+            time.sleep(POLL_S)
+
+
+def _fail(message: str) -> int:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    return 1
+
+
+@friendly_errors
+def move(
+    name: str = typer.Argument(..., help="VM name."),
+    to: str = typer.Option("", "--to", help="Target node; default: the scheduler picks one."),
+    live: bool = typer.Option(False, "--live", help="Live migration (the default)."),
+    quick: bool = typer.Option(False, "--quick", help="Save state, restore on the target."),
+    wait: bool = typer.Option(False, "--wait", help="Follow it to the end; non-zero if it fails."),
+    timeout: float = typer.Option(600.0, "--timeout", help="Seconds --wait waits at most."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+    api: list[str] | None = api_option(),
+) -> None:
+    """Move a running VM to another node, live (it keeps running) or quick."""
+    if live and quick:
+        raise typer.Exit(_fail("choose one of --live and --quick"))
+    body = {"to": to, "kind": "quick" if quick else "live"}
+    with Client.from_options(api) as client:
+        m = client.post(f"/vms/{name}/move", body)
+        if wait:
+            m = follow(client, m["id"], timeout)
+    if as_json:
+        print_json(m)
+    else:
+        console.print(describe(m), highlight=False)
+    if m["state"] in ("failed", "cancelled"):
+        raise typer.Exit(1)
+
+
+@app.command("list")
+@friendly_errors
+def list_migrations(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+    api: list[str] | None = api_option(),
+) -> None:
+    """Every migration record, oldest first."""
+    with Client.from_options(api) as client:
+        answer = client.get("/migrations")
+    if as_json:
+        print_json(answer)
+        return
+    rows = [
+        (
+            m["id"],
+            m["vm"],
+            m["kind"],
+            m["source"],
+            m["target"],
+            m["state"],
+            "" if m.get("downtime_ms") is None else f"{m['downtime_ms']:.0f}",
+            "" if m.get("total_ms") is None else f"{m['total_ms']:.0f}",
+            m["reason"],
+        )
+        for m in answer["migrations"]
+    ]
+    columns = ("ID", "VM", "KIND", "FROM", "TO", "STATE", "DOWN MS", "TOTAL MS", "REASON")
+    print_table("migrations", columns, rows)
+
+
+@app.command("cancel")
+@friendly_errors
+def cancel(
+    mid: str = typer.Argument(..., help="Migration id."),
+    api: list[str] | None = api_option(),
+) -> None:
+    """Cancel a migration before the switch; the VM keeps running where it was."""
+    with Client.from_options(api) as client:
+        console.print(describe(client.post(f"/migrations/{mid}/cancel")), highlight=False)
