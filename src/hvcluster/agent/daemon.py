@@ -13,6 +13,7 @@ import logging
 import signal
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import uvicorn
 
@@ -20,7 +21,9 @@ from hvcluster.agent.config import AgentConfig
 from hvcluster.agent.drivers import make_driver
 from hvcluster.agent.liveness import NodeLiveness
 from hvcluster.agent.migration import MigrationWorker
-from hvcluster.agent.node import NodeAgent, NodeIdentity
+from hvcluster.agent.network import IpLinks, Links
+from hvcluster.agent.node import NodeAgent, NodeIdentity, Say
+from hvcluster.agent.resources import HostResources
 from hvcluster.agent.watchdog import WatchdogFeeder
 from hvcluster.api.app import create_app
 from hvcluster.controller.loop import Controller
@@ -50,6 +53,7 @@ class Daemon:
         store: Store | None = None,
         driver: Driver | None = None,
         serve_api: bool = True,
+        links: Links | None = None,
     ) -> None:
         self.cfg = cfg
         self.keys = Keys(cfg.cluster)
@@ -57,11 +61,13 @@ class Daemon:
         self.store: Store = store if store is not None else EtcdStore(list(cfg.etcd))
         self.driver: Driver = driver if driver is not None else make_driver(cfg)
         self.serve_api = serve_api
+        self.links: Links = links if links is not None else IpLinks()  # switches' bridges
         self.events = EventLog(self.store, self.keys)
         self.tasks: list[asyncio.Task[None]] = []
         self.agent: NodeAgent | None = None
         self.liveness: NodeLiveness | None = None
         self.controller: Controller | None = None
+        self.resources: HostResources | None = None
         self.migrations: MigrationWorker | None = None
 
     async def say(self, kind: str, subject: str, reason: str, actor: str = "agent") -> None:
@@ -123,6 +129,8 @@ class Daemon:
         self.migrations = MigrationWorker(
             self.store, self.keys, agent, agent_say, cfg.run_dir.parent / "migration-state"
         )
+        resources = self.resources = self._resources(agent, agent_say)
+        await resources.check()  # the node registers with its switches and volumes
         await agent.register_node(facts)
         # The VMs re-attached count as ours for the re-registration guard until the first
         # cycle knows better.
@@ -134,6 +142,7 @@ class Daemon:
             asyncio.create_task(agent.watch_changes("placements"), name="watch-placements"),
             asyncio.create_task(agent.watch_changes("vms"), name="watch-vms"),
             asyncio.create_task(agent.watch_driver(), name="watch-driver"),
+            asyncio.create_task(resources.run(), name="volumes-and-switches"),
             asyncio.create_task(self.migrations.run(), name="migrations"),
             asyncio.create_task(self.migrations.watch(), name="watch-migrations"),
         ]
@@ -155,6 +164,24 @@ class Daemon:
             feeder.close()
             if self._own_store:
                 await self.store.close()
+
+    def _resources(self, agent: NodeAgent, say: Say) -> HostResources:
+        """The periodic check of this host's volumes and switches, wired to the agent."""
+        resources = HostResources(
+            self.store, self.keys, self.cfg.node, self.links, self.driver,
+            agent.report_resources, say,
+        )  # fmt: skip
+
+        def mounted(mounts: dict[str, Path]) -> None:
+            agent.disks.mounts = mounts
+
+        async def delete_disks() -> None:
+            local = [vm.name for vm in await self.driver.list()]
+            await agent.disks.carry_out_deletions(local, say)
+
+        resources.on_mounts.append(mounted)
+        resources.after_check.append(delete_disks)
+        return resources
 
     async def _control(self, config: ClusterConfig) -> None:
         """Stand for election as controller; run the controller loop while leading."""

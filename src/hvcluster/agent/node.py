@@ -17,7 +17,9 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
+from hvcluster.agent.disks import DiskBusy, VolumeDisks
 from hvcluster.agent.reconcile import (
     Action,
     Kill,
@@ -29,6 +31,7 @@ from hvcluster.agent.reconcile import (
     Start,
     plan_local,
 )
+from hvcluster.agent.resources import Resources
 from hvcluster.drivers.base import Driver, HostFacts
 from hvcluster.models.base import decode, encode
 from hvcluster.models.config import ClusterConfig
@@ -80,6 +83,8 @@ class NodeAgent:
         self.wake = asyncio.Event()
         self.cycles = 0
         self.facts: HostFacts | None = None
+        self.resources = Resources()  # switches and volumes, as agent/resources.py found them
+        self.disks = VolumeDisks(store, keys, me.name, lease)
 
     # --- registration of the node record ---------------------------------------------
     async def register_node(self, facts: HostFacts | None = None) -> Node:
@@ -95,7 +100,6 @@ class NodeAgent:
                 if v is not None
             }
         )
-        key = self.keys.node(self.me.name)
         mine = {
             "address": self.me.address,
             "api_port": self.me.api_port,
@@ -103,16 +107,33 @@ class NodeAgent:
             "inventory": facts.inventory,
             "labels": self.me.labels,
             "registered_at": time.time(),
+            **self.resources.fields(),
         }
+        node = await self._write_node(mine)
+        assert node is not None
+        return node
+
+    async def report_resources(self, resources: Resources) -> Node | None:
+        """Write this host's switches and volumes into ``nodes/<me>`` (CAS), nothing else;
+        None if the node is not registered yet (registration will write them)."""
+        self.resources = resources
+        return await self._write_node(resources.fields(), create=False)
+
+    async def _write_node(self, mine: dict[str, Any], create: bool = True) -> Node | None:
+        key = self.keys.node(self.me.name)
         while True:
             kv = await self.store.get(key)
             node: Node
             if kv is None:
+                if not create:
+                    return None
                 node = Node(name=self.me.name, **mine)
             else:
                 try:
                     node = decode(Node, key, kv.value).model_copy(update=mine)
                 except CorruptValue as e:
+                    if not create:
+                        return None
                     await self.say(
                         "node.corrupt",
                         f"node/{self.me.name}",
@@ -186,7 +207,16 @@ class NodeAgent:
             sentence = await self._do(action, now)
             if sentence:
                 said.append(sentence)
+        await self._hold_disk_locks({n: s.value for n, s in specs.items.items()})
         return said
+
+    async def _hold_disk_locks(self, specs: dict[str, VMSpec]) -> None:
+        running = {
+            vm.name
+            for vm in await self.driver.list()
+            if vm.state not in (VMState.STOPPED, VMState.FAILED)
+        }
+        await self.disks.sweep(running, specs)
 
     def _track_owned(self, seen: dict[str, SeenPlacement], local: dict[str, LocalVM]) -> None:
         self.owned = {
@@ -237,7 +267,14 @@ class NodeAgent:
             Compare.value_is(self.keys.placement(action.vm), action.seen.raw),
             Compare(self.keys.alive(self.me.name), "lease", "==", self.lease()),
         ]
-        result = await self.store.txn(guard, [Put(self.keys.status(action.vm), encode(status))])
+        try:  # and the locks of its disks on volumes: absent, or already ours
+            lock_compares, lock_puts = await self.disks.lock_ops(action.spec)
+        except DiskBusy as e:
+            log.info("not starting %s: %s", action.vm, e)
+            return None
+        result = await self.store.txn(
+            guard + lock_compares, [Put(self.keys.status(action.vm), encode(status)), *lock_puts]
+        )
         if not result.succeeded:
             log.info("start of %s skipped: placement or our lease changed", action.vm)
             return None
@@ -245,6 +282,8 @@ class NodeAgent:
             self.crashes.setdefault(action.vm, []).append(now)
             await self.say("vm.restarted", f"vm/{action.vm}", action.reason)
         try:
+            for done in await self.disks.prepare(action.spec):
+                await self.say("vm.disk_prepared", f"vm/{action.vm}", f"{done} for {action.vm}")
             info = await self.driver.start(action.spec, epoch)
         except DriverError as e:
             failed = status.model_copy(

@@ -1,0 +1,178 @@
+"""The periodic check of this host's shared volumes and virtual switches.
+
+Every few seconds (and at start) the agent reads ``volumes/`` and ``switches/``, checks each
+volume (:mod:`hvcluster.agent.storage`), makes each switch's bridge
+(:mod:`hvcluster.agent.network`), tells its driver where the volumes it sees are mounted,
+and, when anything changed, reports it in ``nodes/<me>`` through the node agent's CAS
+update. It also carries out disk deletions of deleted VMs. Nothing here stops the agent: a
+failed check is a problem reported for that volume or switch, a store error waits for the
+next round.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hvcluster.agent.network import Links, check_switches
+from hvcluster.agent.storage import check_volume, write_marker
+from hvcluster.drivers.base import Driver
+from hvcluster.models.errors import HvcError, StoreError
+from hvcluster.models.storage import Switch, Volume
+from hvcluster.store.base import Compare, Put, Store
+from hvcluster.store.keys import Keys
+from hvcluster.store.state import read_kind
+
+log = logging.getLogger(__name__)
+
+Say = Callable[[str, str, str], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What this node reports of its switches and volumes in ``nodes/<me>``."""
+
+    switches: tuple[str, ...] = ()
+    volumes: tuple[str, ...] = ()
+    volume_free_mib: dict[str, int] = field(default_factory=dict)
+    switch_problems: dict[str, str] = field(default_factory=dict)
+    volume_problems: dict[str, str] = field(default_factory=dict)
+
+    def fields(self) -> dict[str, object]:
+        return {
+            "switches": self.switches,
+            "volumes": self.volumes,
+            "volume_free_mib": dict(self.volume_free_mib),
+            "switch_problems": dict(self.switch_problems),
+            "volume_problems": dict(self.volume_problems),
+        }
+
+    def same_but_free_space(self, other: Resources, slack_mib: int) -> bool:
+        """Equal, free space aside when it moved by less than ``slack_mib`` per volume
+        (so a busy volume does not rewrite the node record every round)."""
+        if (self.switches, self.volumes, self.switch_problems, self.volume_problems) != (
+            other.switches,
+            other.volumes,
+            other.switch_problems,
+            other.volume_problems,
+        ):
+            return False
+        return all(
+            abs(free - other.volume_free_mib.get(name, -(10**12))) < slack_mib
+            for name, free in self.volume_free_mib.items()
+        )
+
+
+class HostResources:
+    def __init__(
+        self,
+        store: Store,
+        keys: Keys,
+        node: str,
+        links: Links,
+        driver: Driver,
+        report: Callable[[Resources], Awaitable[object]],
+        say: Say,
+        interval: float = 2.0,
+        free_slack_mib: int = 256,
+    ) -> None:
+        self.store, self.keys, self.node = store, keys, node
+        self.links, self.driver, self.report, self.say = links, driver, report, say
+        self.interval, self.free_slack_mib = interval, free_slack_mib
+        self.current: Resources | None = None
+        self.mounts: dict[str, Path] = {}
+        self.on_mounts: list[Callable[[dict[str, Path]], None]] = []
+        self.after_check: list[Callable[[], Awaitable[None]]] = []
+        self.checks = 0
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.check()
+            except (StoreError, TimeoutError) as e:
+                log.warning("volume and switch check failed: %s", e)
+            await asyncio.sleep(self.interval)
+
+    async def check(self) -> Resources:
+        """One round; returns what this node has now."""
+        self.checks += 1
+        volumes = await read_kind(self.store, self.keys, "volumes", Volume)
+        switches = await read_kind(self.store, self.keys, "switches", Switch)
+        seen: list[str] = []
+        free: dict[str, int] = {}
+        problems: dict[str, str] = {}
+        mounts: dict[str, Path] = {}
+        for name, stored in sorted(volumes.items.items()):
+            volume = stored.value
+            result = await asyncio.to_thread(check_volume, volume)
+            if result.needs_marker and await self._claim_marker(volume):
+                why = await asyncio.to_thread(write_marker, volume, self.node)
+                if why is None:
+                    await self.say(
+                        "volume.marked",
+                        f"volume/{name}",
+                        f"{self.node} wrote the marker of volume {name} in {volume.path}",
+                    )
+                result = await asyncio.to_thread(check_volume, volume)
+            if result.seen:
+                seen.append(name)
+                free[name] = result.free_mib or 0
+                mounts[name] = Path(volume.path)
+            else:
+                problems[name] = result.problem or "not seen"
+        switch_report = await check_switches(self.links, (s.value for s in switches.items.values()))
+        now = Resources(
+            switches=switch_report.ready,
+            volumes=tuple(seen),
+            volume_free_mib=free,
+            switch_problems=switch_report.problems,
+            volume_problems=problems,
+        )
+        if mounts != self.mounts:
+            self.mounts = mounts
+            self.driver.set_volumes(mounts)
+            for hook in self.on_mounts:
+                hook(dict(mounts))
+        if self.current is None or not now.same_but_free_space(self.current, self.free_slack_mib):
+            await self.report(now)
+            await self._tell_changes(self.current, now)
+            self.current = now
+        for after in self.after_check:
+            try:
+                await after()
+            except HvcError as e:
+                log.warning("after the volume and switch check: %s", e)
+        return now
+
+    async def _claim_marker(self, volume: Volume) -> bool:
+        """Is this node the one to write the volume's marker? The first to ask wins (a
+        claim in the store, never released: the marker is written once per volume id)."""
+        key = self.keys.lock(f"volume-marker:{volume.id}")
+        me = self.node.encode()
+        result = await self.store.txn([Compare.absent(key)], [Put(key, me)])
+        if result.succeeded:
+            return True
+        kv = await self.store.get(key)
+        return kv is not None and kv.value == me  # ours from before: write it again
+
+    async def _tell_changes(self, before: Resources | None, now: Resources) -> None:
+        """An event when a switch or volume becomes ready here, or a new problem appears."""
+        old = before or Resources()
+        for what, was, has, why, had in (
+            ("switch", old.switches, now.switches, now.switch_problems, old.switch_problems),
+            ("volume", old.volumes, now.volumes, now.volume_problems, old.volume_problems),
+        ):
+            for name in sorted(set(has) - set(was)):
+                await self.say(
+                    f"{what}.ready", f"{what}/{name}", f"{what} {name} ready on {self.node}"
+                )
+            for name, problem in sorted(why.items()):
+                if had.get(name) != problem:
+                    await self.say(
+                        f"{what}.missing",
+                        f"{what}/{name}",
+                        f"{what} {name} missing on {self.node}: {problem}",
+                    )
