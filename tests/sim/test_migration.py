@@ -10,6 +10,7 @@ import pytest
 
 from hvcluster.models.lifecycle import MigrationState, VMState
 from hvcluster.models.migration import MigrationKind
+from hvcluster.store.migrations import change_migration, read_migrations
 from tests.sim.cluster import SimCluster
 from tests.sim.moves import SLOW, StateTrail, move, record, wait_state
 
@@ -76,8 +77,6 @@ async def test_cancel_mid_transfer_keeps_the_vm_on_the_source(tmp_path: Path) ->
             return (await record(cluster, rec.id)).progress.bytes_transferred > 0
 
         await cluster.wait_for(progressed, 10, "progress published")
-        from hvcluster.store.migrations import change_migration
-
         await change_migration(
             cluster.store,
             cluster.keys,
@@ -162,3 +161,30 @@ async def test_quick_migration_saves_and_restores(cluster: SimCluster) -> None:
     await cluster.wait_for(timed, 5, "downtime recorded")
     assert started  # the restored VM keeps its age (sim state file), checked by the driver
     assert not await asyncio.to_thread(Path(done.saved_path).exists)
+
+
+async def test_failback_is_a_live_migration_and_falls_back_to_a_cold_move(
+    cluster: SimCluster,
+) -> None:
+    await cluster.start("n1", "n2")
+    await cluster.create_vm(
+        "home", ha={"preferred_owners": ["n1"], "failback": {"mode": "immediate"}}
+    )
+    await cluster.create_vm(
+        "away", ha={"preferred_owners": ["n1"], "failback": {"mode": "immediate"}}
+    )
+    assert await cluster.wait_running("home") == "n1"
+    assert await cluster.wait_running("away") == "n1"
+    await cluster.crash("n1")
+    assert await cluster.wait_running("home", 20, not_on="n1") == "n2"
+    assert await cluster.wait_running("away", 20, not_on="n1") == "n2"
+    cluster.drivers["n2"].fail_next_migration("away", "cpu flags differ")
+    await cluster.start_node("n1")
+    assert await cluster.wait_running("home", 30, not_on="n2") == "n1"
+    assert await cluster.wait_running("away", 30, not_on="n2") == "n1"
+    records = [s.value for s in (await read_migrations(cluster.store, cluster.keys)).items.values()]
+    by_vm = {r.vm: r for r in records if r.requested_by == "failback"}
+    assert by_vm["home"].state is _M.DONE  # moved live
+    assert by_vm["away"].state is _M.FAILED and "cpu flags differ" in by_vm["away"].reason
+    away = await cluster.placement("away")
+    assert away is not None and away.node == "n1" and "stopped there" in away.reason  # cold move

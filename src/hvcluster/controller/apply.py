@@ -11,7 +11,8 @@ import logging
 from collections.abc import Callable
 
 from hvcluster.models.base import encode
-from hvcluster.models.lifecycle import NodeAdminState, VMState
+from hvcluster.models.lifecycle import MigrationState, NodeAdminState, VMState
+from hvcluster.models.migration import MigrationKind
 from hvcluster.models.node import Node
 from hvcluster.models.vm import Placement, VMStatus
 from hvcluster.scheduler.decisions import (
@@ -28,6 +29,7 @@ from hvcluster.scheduler.decisions import (
 )
 from hvcluster.store.base import Compare, Delete, Put, Store
 from hvcluster.store.keys import Keys
+from hvcluster.store.migrations import create_migration, read_migrations
 from hvcluster.store.state import ClusterState
 
 log = logging.getLogger(__name__)
@@ -51,7 +53,7 @@ class Applier:
             case Unplace():
                 return await self._unplace(d.vm)
             case Failback():
-                return await self._cold_move(d)
+                return await self._failback(d)
             case DeclareDead():
                 return await self._update_node(
                     d.node, lambda n: n.model_copy(update={"failures": (*n.failures, self.now)})
@@ -134,6 +136,42 @@ class Applier:
         key = self.keys.placement(vm)
         result = await self.store.txn([Compare.mod_is(key, self._placement_rev(vm))], [Delete(key)])
         return result.succeeded
+
+    async def _failback(self, d: Failback) -> bool:
+        """A live migration when both nodes are alive; a cold move when not, or when the
+        VM's last live failback failed."""
+        alive = self.state.alive.present
+        placed = self.state.placements.items.get(d.vm)
+        if placed is None or placed.value.node != d.from_node or placed.value.moving_to:
+            return False
+        if d.from_node in alive and d.to_node in alive:
+            records = await read_migrations(self.store, self.keys)
+            mine = sorted(
+                (s.value for s in records.items.values() if s.value.vm == d.vm),
+                key=lambda m: m.created,
+            )
+            if any(m.active for m in mine):
+                return False  # a move is under way already
+            last = mine[-1] if mine else None
+            live_failed = (
+                last is not None
+                and last.requested_by == "failback"
+                and last.state in (MigrationState.FAILED, MigrationState.CANCELLED)
+                and last.epoch == placed.value.epoch
+            )
+            if not live_failed:
+                made = await create_migration(
+                    self.store,
+                    self.keys,
+                    d.vm,
+                    d.from_node,
+                    d.to_node,
+                    placed.value.epoch,
+                    MigrationKind.LIVE,
+                    "failback",
+                )
+                return made is not None
+        return await self._cold_move(d)
 
     async def _cold_move(self, d: Failback) -> bool:
         """Phase one of a cold move: ask the current owner to shut the VM down. Phase two
