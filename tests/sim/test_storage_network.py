@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 
 from hvcluster.models.base import decode, encode
-from hvcluster.models.lifecycle import VMState
+from hvcluster.models.lifecycle import MigrationState, VMState
 from hvcluster.models.node import Node
 from hvcluster.models.storage import Switch, SwitchType, Volume
 from tests.sim.cluster import SimCluster
+from tests.sim.moves import move, wait_state
 
 pytestmark = pytest.mark.timeout(60)
 NIC = {"switch": "lan", "mac": "52:54:00:00:00:01"}
@@ -75,6 +76,15 @@ async def test_a_vm_needing_a_volume_no_node_sees_stays_unplaced_with_the_reason
     await cluster.create_vm("db", disks=[{"volume": "csv1", "path": "db.qcow2"}])
     host = await cluster.wait_running("db")
     assert cluster.drivers[host].host.volumes == {"csv1": csv}
+    lock = cluster.keys.lock("disk:csv1:db.qcow2")
+    kv = await cluster.store.get(lock)
+    assert kv is not None and kv.value == f"{host} db".encode() and kv.lease > 0
+    await cluster.store.delete(cluster.keys.vm("db"))  # as the API does: its agent stops it
+
+    async def released() -> bool:
+        return await cluster.store.get(lock) is None
+
+    await cluster.wait_for(released, 10, "the disk lock of db given back")
     await cluster.create_vm("lost", disks=[{"volume": "csv2", "path": "lost.qcow2"}])
     await cluster.wait_for(
         lambda: failed_with(cluster, "lost", "lacks volume 'csv2'"), 10, "lost left failed"
@@ -82,3 +92,24 @@ async def test_a_vm_needing_a_volume_no_node_sees_stays_unplaced_with_the_reason
     assert await cluster.placement("lost") is None
     status = await cluster.status("lost")
     assert status is not None and "not a directory" in status.last_error
+
+
+async def test_migration_to_a_node_lacking_the_switch_is_refused_with_the_reason(
+    cluster: SimCluster,
+) -> None:
+    lan = Switch(name="lan", type=SwitchType.EXTERNAL, uplink="eth1")
+    await cluster.store.put(cluster.keys.switch("lan"), encode(lan))
+    await cluster.start_node("n1", nics=("eth1",))
+    await cluster.start_node("n2")
+
+    async def reported() -> bool:
+        return (await node(cluster, "n1")).switches == ("lan",)
+
+    await cluster.wait_for(reported, 10, "n1 to report switch lan")
+    await cluster.create_vm("web", nics=[NIC])
+    assert await cluster.wait_running("web") == "n1"
+    rec = await move(cluster, "web", "n2")
+    done = await wait_state(cluster, rec.id, MigrationState.DONE, MigrationState.FAILED)
+    assert done.state is MigrationState.FAILED
+    assert "n2 lacks switch 'lan' (uplink eth1 is not present on this host)" in done.reason
+    assert await cluster.running_on("web") == "n1"
