@@ -7,6 +7,10 @@ from typing import Any
 
 import pytest
 
+from hvcluster.models.base import encode
+from hvcluster.models.node import Capacity, Node
+from tests.cli.conftest import KEYS, ApiServer
+
 pytestmark = pytest.mark.timeout(60)
 
 
@@ -46,3 +50,21 @@ def test_switch_commands(hvc: Any) -> None:
     for name in ("lan-cli", "priv-cli"):
         ok(hvc("switch", "rm", name))
     assert "lan-cli" not in ok(hvc("switch", "list"))
+
+
+def test_node_show_tells_switches_and_volumes(hvc: Any, server: ApiServer) -> None:
+    node = Node(
+        name="n-res",
+        address="127.0.0.1",
+        capacity=Capacity(cpus=2, memory_mib=2048),
+        switches=("lan",),
+        switch_problems={"dmz": "uplink eth9 is not present on this host"},
+        volumes=("csv1",),
+        volume_free_mib={"csv1": 4096},
+        volume_problems={"csv2": "/srv/csv2 is not a directory here"},
+    )
+    assert server.store is not None
+    server.run(server.store.put(KEYS.node("n-res"), encode(node)))
+    out = ok(hvc("node", "show", "n-res"))
+    for words in ("lan", "dmz: uplink eth9", "csv1 (4096 MiB free)", "csv2: /srv/csv2"):
+        assert words in out, words

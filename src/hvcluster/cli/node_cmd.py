@@ -47,6 +47,15 @@ def list_nodes(
     warn_skipped(answer)
 
 
+def _problems(problems: dict[str, str]) -> str:
+    return "; ".join(f"{name}: {why}" for name, why in sorted(problems.items()))
+
+
+def _volume(node: dict[str, Any], name: str) -> str:
+    free = node.get("volume_free_mib", {}).get(name)
+    return f"{name} ({free} MiB free)" if free is not None else name
+
+
 def _rows(n: dict[str, Any]) -> list[tuple[str, object]]:
     node = n["node"]
     inv = node["inventory"]
@@ -61,7 +70,9 @@ def _rows(n: dict[str, Any]) -> list[tuple[str, object]]:
         ("driver", f"{inv['driver']} ({inv['accelerator']})"),
         ("qemu", inv["qemu_version"]),
         ("switches", ", ".join(node["switches"])),
-        ("volumes", ", ".join(node["volumes"])),
+        ("switches missing", _problems(node.get("switch_problems", {}))),
+        ("volumes", ", ".join(_volume(node, v) for v in node["volumes"])),
+        ("volumes missing", _problems(node.get("volume_problems", {}))),
         ("failures", len(node["failures"])),
         ("quarantined until", when(node["quarantined_until"])),
         ("labels", ", ".join(f"{k}={v}" for k, v in sorted(node["labels"].items()))),
