@@ -1,0 +1,83 @@
+"""Live and quick migration of the real test guest between two lab nodes, through the API.
+
+The guest's counter lives in its memory and on its disk, and it prints every value on its
+serial console: a migrated guest continues both with no reset."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hvcluster.drivers.image import cached_image
+from hvcluster.drivers.testguest import heartbeats, read_counter
+from tests.lab.conftest import CACHE, Lab, make_lab, wait_for
+from tests.lab.test_qemu_failover import counter_rises, create_guest, running, vm_pid
+
+pytestmark = [pytest.mark.lab, pytest.mark.qemu, pytest.mark.timeout(240)]
+
+
+@pytest.fixture(scope="module")
+def lab2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    if cached_image(CACHE) is None:
+        pytest.fail("the test guest image is not built: run scripts/install (hvc image build)")
+    yield from make_lab(tmp_path_factory.mktemp("qemu-migration"), "qemu", nodes=2)
+
+
+def serial(lab: Lab, node: str, vm: str) -> Path:
+    return Path(lab.state.node(node).run_dir) / "vms" / vm / "serial.log"
+
+
+def migrate(lab: Lab, vm: str, to: str, kind: str) -> dict[str, Any]:
+    rec = lab.post(f"/vms/{vm}/move", {"to": to, "kind": kind})
+
+    def finished() -> dict[str, Any] | None:
+        m: dict[str, Any] = lab.get(f"/migrations/{rec['id']}")
+        if m["state"] in ("failed", "cancelled"):
+            raise AssertionError(f"migration {m['state']}: {m['reason']}")
+        return m if m["state"] == "done" and m["downtime_ms"] is not None else None
+
+    done: dict[str, Any] = wait_for(finished, 90, f"{kind} migration of {vm}", 0.1)
+    return done
+
+
+@pytest.mark.parametrize("kind", ["live", "quick"])
+def test_migration_keeps_the_guest_running_with_no_reset(lab2: Lab, kind: str) -> None:
+    lab = lab2
+    name = f"mig-{kind}"
+    disk = create_guest(lab, name, "n1")
+    vm = wait_for(lambda: running(lab, name), 60, f"{name} running")
+    assert vm["node"] == "n1"
+    source_pid = vm_pid(lab, "n1", name)
+    counter_rises(disk, 0)
+    wait_for(lambda: len(heartbeats(serial(lab, "n1", name))) >= 3, 30, "heartbeats on n1")
+    seen_on_n1 = heartbeats(serial(lab, "n1", name))[-1]
+
+    rec = migrate(lab, name, "n2", kind)
+
+    assert rec["target"] == "n2" and rec["total_ms"] > 0
+    assert 0 < rec["downtime_ms"] < 30_000
+    moved = wait_for(lambda: running(lab, name), 30, f"{name} running on n2")
+    assert moved["node"] == "n2" and moved["placement"]["epoch"] == vm["placement"]["epoch"] + 1
+    assert source_pid is not None
+    wait_for(lambda: vm_pid(lab, "n1", name) is None, 10, "the source QEMU gone")
+    # the guest's own counter goes on from where it was: on the serial console of n2 ...
+    beats = wait_for(
+        lambda: (b := heartbeats(serial(lab, "n2", name))) and len(b) >= 3 and b,
+        30,
+        "heartbeats on n2",
+    )
+    assert beats[0] > seen_on_n1, (seen_on_n1, beats[:5])
+    assert beats == sorted(beats) and len(set(beats)) == len(beats)
+    # ... and on its disk
+    last = read_counter(disk)
+    assert last >= seen_on_n1
+    assert counter_rises(disk, last) > last
+    done = [
+        e["event"]["reason"]
+        for e in lab.events()
+        if e["event"]["kind"] == "migration.done" and e["event"]["subject"] == f"vm/{name}"
+    ]
+    assert done and "downtime" in done[-1] and "total" in done[-1]
