@@ -89,3 +89,11 @@ async def test_switch_add_list_remove(api: httpx.AsyncClient, store: MemoryStore
     assert (await api.delete("/switches/lan")).status_code == 200
     assert (await api.get("/switches")).json()["switches"] == []
     assert {"switch.added", "switch.removed"} <= set(await kinds(store))
+
+
+async def test_a_volume_added_again_can_adopt_its_id(api: httpx.AsyncClient) -> None:
+    known = "0123456789abcdef0123456789abcdef"
+    r = await api.post("/volumes", json={"name": "csv9", "path": "/srv/csv9", "id": known})
+    assert r.status_code == 201 and r.json()["id"] == known
+    bad = await api.post("/volumes", json={"name": "csv8", "path": "/srv/csv8", "id": "../x"})
+    assert bad.status_code == 422 and bad.json()["field"] == "id"

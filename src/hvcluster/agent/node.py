@@ -85,6 +85,7 @@ class NodeAgent:
         self.facts: HostFacts | None = None
         self.resources = Resources()  # switches and volumes, as agent/resources.py found them
         self.disks = VolumeDisks(store, keys, me.name, lease)
+        self._disk_busy: dict[str, str] = {}  # vm -> why its disks are busy, said once
 
     # --- registration of the node record ---------------------------------------------
     async def register_node(self, facts: HostFacts | None = None) -> Node:
@@ -270,8 +271,11 @@ class NodeAgent:
         try:  # and the locks of its disks on volumes: absent, or already ours
             lock_compares, lock_puts = await self.disks.lock_ops(action.spec)
         except DiskBusy as e:
-            log.info("not starting %s: %s", action.vm, e)
+            if self._disk_busy.get(action.vm) != str(e):
+                self._disk_busy[action.vm] = str(e)
+                await self.say("vm.disk_busy", f"vm/{action.vm}", f"not starting {action.vm}: {e}")
             return None
+        self._disk_busy.pop(action.vm, None)
         result = await self.store.txn(
             guard + lock_compares, [Put(self.keys.status(action.vm), encode(status)), *lock_puts]
         )

@@ -54,8 +54,8 @@ def check_volume(volume: Volume) -> VolumeCheck:
             return VolumeCheck(
                 volume.name,
                 False,
-                problem=f"{marker} holds id {found[:40]!r}, not {volume.id}: "
-                "another volume is mounted there",
+                problem=f"{marker} holds id {found[:40]!r}, not {volume.id}: another "
+                "volume is mounted there (if it is this one added again, add it with that id)",
             )
         st = os.statvfs(root)
         return VolumeCheck(volume.name, True, free_mib=st.f_bavail * st.f_frsize // MIB)

@@ -29,6 +29,12 @@ router = APIRouter(prefix="/volumes", tags=["storage"])
 class VolumeRequest(View):
     name: Name
     path: str = Field(pattern=r"^/", description="where every node mounts it (absolute)")
+    id: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-f]{32}$",
+        description="adopt this id (storage already marked, e.g. a volume added again); "
+        "default: a new one",
+    )
 
 
 class VolumeView(View):
@@ -98,7 +104,7 @@ async def list_volumes(ctx: ApiContext = Depends(context)) -> VolumeList:
 @router.post("", status_code=201, response_model=VolumeView)
 async def add_volume(request: VolumeRequest, ctx: ApiContext = Depends(context)) -> VolumeView:
     path = "/" + "/".join(p for p in request.path.split("/") if p)  # no trailing or double '/'
-    volume = Volume(name=request.name, path=path, id=uuid.uuid4().hex)
+    volume = Volume(name=request.name, path=path, id=request.id or uuid.uuid4().hex)
     key = ctx.keys.volume(volume.name)
     result = await ctx.store.txn([Compare.absent(key)], [Put(key, encode(volume))])
     if not result.succeeded:

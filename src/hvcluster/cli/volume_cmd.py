@@ -23,11 +23,15 @@ def _free(v: dict[str, Any]) -> str:
 def add(
     name: str = typer.Argument(..., help="Volume name."),
     path: str = typer.Argument(..., help="Where every node mounts it (absolute path)."),
+    volume_id: str | None = typer.Option(
+        None, "--id", help="Adopt the id already in its marker (a volume added again)."
+    ),
     api: list[str] | None = api_option(),
 ) -> None:
     """Add a shared volume. Each agent then checks it sees it (the marker file with its id)."""
+    body = {"name": name, "path": path} | ({"id": volume_id} if volume_id else {})
     with Client.from_options(api) as client:
-        v = client.post("/volumes", {"name": name, "path": path})
+        v = client.post("/volumes", body)
     console.print(f"volume [bold]{v['name']}[/] at {v['path']} (id {v['id']})", highlight=False)
 
 
