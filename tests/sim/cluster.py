@@ -13,7 +13,7 @@ from typing import Any
 
 from hvcluster.agent.config import AgentConfig
 from hvcluster.agent.daemon import Daemon
-from hvcluster.agent.network import MemoryLinks
+from hvcluster.agent.drivers import SimHostLinks
 from hvcluster.drivers.sim import SimDriver
 from hvcluster.drivers.sim.model import SimParams
 from hvcluster.drivers.sim.state import SimHost
@@ -38,19 +38,6 @@ FAST = ClusterConfig(
 )
 
 
-class SimHostLinks(MemoryLinks):
-    """The links of a sim host: the bridges the agent makes are the sim driver's too."""
-
-    def __init__(self, driver: SimDriver) -> None:
-        super().__init__()
-        self.driver = driver
-
-    async def add_bridge(self, name: str) -> None:
-        await super().add_bridge(name)
-        bridges = tuple(n for n, link in self.links.items() if link.kind == "bridge")
-        self.driver.host = self.driver.host.model_copy(update={"switches": bridges})
-
-
 class SimCluster:
     def __init__(self, tmp: Path, config: ClusterConfig = FAST, cpus: int = 4) -> None:
         self.tmp = tmp
@@ -62,7 +49,7 @@ class SimCluster:
         self.daemons: dict[str, Daemon] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.drivers: dict[str, SimDriver] = {}
-        self.links: dict[str, MemoryLinks] = {}
+        self.links: dict[str, SimHostLinks] = {}
 
     async def start(self, *names: str) -> None:
         await self.store.put(self.keys.config, encode(self.config))
@@ -71,7 +58,7 @@ class SimCluster:
 
     async def start_node(self, name: str, nics: tuple[str, ...] = ()) -> None:
         """Start node ``name``; its host has the NICs ``nics`` (uplinks for external
-        switches) and bridges made in memory (:class:`MemoryLinks`), never real ones."""
+        switches) and bridges made in memory (:class:`SimHostLinks`), never real ones."""
         cfg = AgentConfig(node=name, cluster="sim", run_dir=self.tmp / name, driver="sim")
         driver = SimDriver(
             host=SimHost(cpus=self.cpus, memory_mib=8192, check_disks=False),

@@ -18,10 +18,10 @@ from pathlib import Path
 import uvicorn
 
 from hvcluster.agent.config import AgentConfig
-from hvcluster.agent.drivers import make_driver
+from hvcluster.agent.drivers import make_driver, make_links
 from hvcluster.agent.liveness import NodeLiveness
 from hvcluster.agent.migration import MigrationWorker
-from hvcluster.agent.network import IpLinks, Links
+from hvcluster.agent.network import Links
 from hvcluster.agent.node import NodeAgent, NodeIdentity, Say
 from hvcluster.agent.resources import HostResources
 from hvcluster.agent.watchdog import WatchdogFeeder
@@ -61,7 +61,7 @@ class Daemon:
         self.store: Store = store if store is not None else EtcdStore(list(cfg.etcd))
         self.driver: Driver = driver if driver is not None else make_driver(cfg)
         self.serve_api = serve_api
-        self.links: Links = links if links is not None else IpLinks()  # switches' bridges
+        self.links: Links = links if links is not None else make_links(self.driver)
         self.events = EventLog(self.store, self.keys)
         self.tasks: list[asyncio.Task[None]] = []
         self.agent: NodeAgent | None = None
