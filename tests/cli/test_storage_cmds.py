@@ -68,3 +68,13 @@ def test_node_show_tells_switches_and_volumes(hvc: Any, server: ApiServer) -> No
     out = ok(hvc("node", "show", "n-res"))
     for words in ("lan", "dmz: uplink eth9", "csv1 (4096 MiB free)", "csv2: /srv/csv2"):
         assert words in out, words
+
+
+def test_vm_disk_on_a_volume_with_a_size(hvc: Any) -> None:
+    ok(hvc("vm", "create", "cli-sized", "--disk", "csv1:db/root.qcow2@2.5"))
+    vm = json.loads(ok(hvc("vm", "show", "cli-sized", "--json")))
+    disk = vm["spec"]["disks"][0]
+    assert (disk["volume"], disk["path"], disk["size_gib"]) == ("csv1", "db/root.qcow2", 2.5)
+    bad = hvc("vm", "create", "cli-bad", "--disk", "csv1:x.qcow2@big")
+    assert bad.exit_code != 0 and "GiB" in bad.output
+    ok(hvc("vm", "rm", "cli-sized"))

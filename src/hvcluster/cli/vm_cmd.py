@@ -28,9 +28,16 @@ def warn_skipped(answer: dict[str, Any]) -> None:
 
 
 def _disk(value: str) -> dict[str, Any]:
-    """``/abs/path.qcow2`` or ``VOLUME:relative/path.qcow2``."""
+    """``/abs/path.qcow2`` or ``VOLUME:relative/path.qcow2``, either with ``@GIB`` to have
+    it created (or grown to) that size."""
+    value, at, size = value.rpartition("@") if "@" in value else (value, "", "")
     volume, sep, path = value.partition(":")
     disk: dict[str, Any] = {"path": path, "volume": volume} if sep and path else {"path": value}
+    if at:
+        try:
+            disk["size_gib"] = float(size)
+        except ValueError:
+            raise ApiError(f"--disk {value}@{size}: the size after '@' is in GiB") from None
     if disk["path"].endswith((".raw", ".img")):
         disk["format"] = "raw"
     return disk
@@ -55,7 +62,10 @@ def create(
     vcpus: int | None = typer.Option(None, "--vcpus", help="Virtual CPUs."),
     memory: int | None = typer.Option(None, "--memory", help="Memory in MiB."),
     disk: list[str] | None = typer.Option(
-        None, "--disk", help="A disk: /abs/path.qcow2 or VOLUME:path.qcow2 (repeatable)."
+        None,
+        "--disk",
+        help="A disk: /abs/path.qcow2 or VOLUME:path.qcow2, with @GIB to create it that size "
+        "(repeatable).",
     ),
     priority: Priority | None = typer.Option(None, "--priority", help="Recovery priority."),
     preferred_owner: list[str] | None = typer.Option(
