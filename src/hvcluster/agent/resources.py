@@ -94,6 +94,8 @@ class HostResources:
                 await self.check()
             except (StoreError, TimeoutError) as e:
                 log.warning("volume and switch check failed: %s", e)
+            except Exception:  # a bug here must not take the node agent down with it
+                log.exception("volume and switch check failed unexpectedly")
             await asyncio.sleep(self.interval)
 
     async def check(self) -> Resources:
