@@ -147,8 +147,8 @@ class VolumeDisks:
                 continue
             path = self.path_of(disk)
             size = int(disk.size_gib * GIB)
-            if not path.exists():
-                path.parent.mkdir(parents=True, exist_ok=True)
+            if not await asyncio.to_thread(path.exists):  # a volume may be slow (NFS)
+                await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
                 await qemu_img("create", "-q", "-f", disk.format, str(path), str(size))
                 done.append(f"created {disk.volume}:{disk.path} ({disk.size_gib:g} GiB)")
             elif await virtual_size(path, disk.format) < size:
