@@ -38,8 +38,9 @@ def up(
         names = create_vms(state.api[0], demo_specs(state, count, cache))
         console.print(f"demo VMs: {', '.join(names)}")
     console.print(
-        f"[bold]lab up[/]: API (and dashboard) at {state.api[0]}  — "
-        f"try 'hvc vm list', 'hvc lab fault kill n1', 'hvc lab down'"
+        f"[bold]lab up[/]: REST API at {state.api[0]}/api/v1 (OpenAPI docs at "
+        f"{state.api[0]}/docs; no web dashboard yet) — try 'hvc vm list', "
+        f"'hvc events --follow', 'hvc lab fault kill n1', 'hvc lab down'"
     )
 
 
