@@ -25,7 +25,7 @@ from hvcluster.models.errors import HvcError
 LAB_DIR = Path("/run/hvc-lab")
 LAB_FILE = "lab.json"
 PREFIX = "/api/v1"
-TIMEOUT_S = 10.0
+TIMEOUT_S = 5.0
 
 
 class ApiError(HvcError):
@@ -129,6 +129,9 @@ class Client:
                 errors.append(f"{base}: {_why(e)}")
                 continue
             except httpx.TimeoutException:
+                if method == "GET":  # safe to ask the next agent (this one may be hung)
+                    errors.append(f"{base}: did not answer in time")
+                    continue
                 raise ApiError(f"{base} did not answer in time ({method} {path})") from None
             except httpx.HTTPError as e:
                 raise ApiError(f"{base}: {e}") from None
