@@ -225,3 +225,26 @@ def test_where_the_api_is_found(tmp_path: Path) -> None:
     (tmp_path / "lab2").mkdir()
     (tmp_path / "lab2" / "lab.json").write_text(json.dumps({"api": ["http://x:3"]}))
     assert resolve_urls(None, {"HVC_LAB_DIR": str(tmp_path / "lab2")}) == ["http://x:3"]
+
+
+@pytest.mark.timeout(30)
+def test_a_hung_agent_is_skipped_for_reads(server: ApiServer) -> None:
+    """A listener that accepts and never answers (a SIGSTOPped host): reads go to the next."""
+    import socket
+
+    hung = socket.socket()
+    hung.bind(("127.0.0.1", 0))
+    hung.listen(8)
+    try:
+        url = f"http://127.0.0.1:{hung.getsockname()[1]}"
+        result = CliRunner().invoke(
+            cli_app, ["vm", "list", "--json", "--api", f"{url},{server.url}"]
+        )
+        assert result.exit_code == 0, result.output
+        assert "vms" in json.loads(result.output)
+        # A write is never sent twice: it fails naming the hung agent.
+        write = CliRunner().invoke(cli_app, ["vm", "start", "x", "--api", f"{url},{server.url}"])
+        assert write.exit_code == 1
+        assert "did not answer in time" in " ".join(write.output.split())
+    finally:
+        hung.close()
