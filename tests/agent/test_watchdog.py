@@ -128,6 +128,9 @@ def test_vm_pids_skips_garbage_and_dead(run_dir: Path) -> None:
     (run_dir / "vms" / "z").mkdir(parents=True)
     (run_dir / "vms" / "z" / "pid").write_text(str(os.getpid()))
     assert vm_pids(run_dir) == [("z", os.getpid())]
+    # A pid recorded with another process's start time is a recycled pid: never killed.
+    (run_dir / "vms" / "z" / "pid.start").write_text("1")
+    assert vm_pids(run_dir) == []
 
 
 def test_feeder_without_a_watchdog_does_not_raise(tmp_path: Path) -> None:

@@ -24,36 +24,21 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from hvcluster.drivers.runtime import vm_pid
+
 SOCKET_NAME = "watchdog.sock"
 LOG_NAME = "watchdog.log"
 
 
 def vm_pids(run_dir: Path) -> list[tuple[str, int]]:
-    """Every (vm, pid) recorded under ``<run_dir>/vms/*/pid`` that is a live process."""
+    """Every (vm, pid) recorded under ``<run_dir>/vms/*/pid`` that still runs, and is the
+    process recorded there (its start time matches ``pid.start``: never a recycled pid)."""
     found = []
-    for pidfile in sorted((run_dir / "vms").glob("*/pid")):
-        try:
-            pid = int(pidfile.read_text().strip())
-        except (OSError, ValueError):
-            continue
-        if pid > 1 and _alive(pid):
-            found.append((pidfile.parent.name, pid))
+    for directory in sorted((run_dir / "vms").glob("*")):
+        pid = vm_pid(directory)
+        if pid is not None and pid > 1:
+            found.append((directory.name, pid))
     return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie still answers kill(0); it runs nothing, so it does not count.
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 @dataclass
