@@ -20,6 +20,7 @@ from typing import Literal
 
 import httpx
 
+from hvcluster.drivers.runtime import running_pids
 from hvcluster.lab import processes
 from hvcluster.lab.etcd import EtcdProcess, free_ports
 from hvcluster.lab.state import DEFAULT_LAB_DIR, LabNode, LabState, load, save
@@ -191,13 +192,8 @@ def _wait(predicate: Callable[[], bool], timeout: float, message: str) -> None:
 
 
 def vm_pids(node: LabNode) -> list[int]:
-    pids = []
-    for pidfile in (Path(node.run_dir) / "vms").glob("*/pid"):
-        try:
-            pids.append(int(pidfile.read_text().strip()))
-        except (OSError, ValueError):
-            continue
-    return [p for p in pids if processes.alive(p)]
+    """The VM processes (QEMU or sim placeholders) of a lab node that still run."""
+    return running_pids(Path(node.run_dir))
 
 
 def fault(state: LabState, action: str, name: str) -> str:
