@@ -179,6 +179,8 @@ class NodeLiveness:
                 await self._reregister()
             except (StoreError, TimeoutError) as e:
                 await self._without_keepalive(started, e)
+            except Exception:  # never let the keepalive loop die: the watchdog would fire
+                log.exception("keepalive cycle failed unexpectedly; carrying on")
             await asyncio.sleep(max(0.0, interval - (self.clock() - started)))
 
     async def _replace_deleted_key(self) -> None:

@@ -155,6 +155,8 @@ class NodeAgent:
                 log.warning("reconcile cycle failed: %s", e)
             except DriverError as e:
                 log.warning("driver failed during reconcile: %s", e)
+            except Exception:  # a bug must not stop the agent: its VMs would be fenced
+                log.exception("reconcile cycle failed unexpectedly; carrying on")
             self.wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), interval)

@@ -104,6 +104,8 @@ class Controller:
                         log.info("controller: %s", sentence)
             except (StoreError, TimeoutError) as e:
                 log.warning("controller cycle failed: %s", e)
+            except Exception:  # a bug in one cycle must not take the agent down
+                log.exception("controller cycle failed unexpectedly; carrying on")
             self.wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), interval)
