@@ -1,0 +1,235 @@
+"""``GET /api/v1/cluster/validate`` (the report of ``hvc cluster validate``) and
+``GET /api/v1/probe`` (what one agent answers another for it).
+
+The API drives no hypervisor: what it checks is what the nodes report in the store, plus
+what it measures itself when asked: can each alive node's agent open a TCP connection to
+every other's API (each agent is asked through its own ``/probe``), how far each agent's
+wall clock is from this one (a timestamp in the probe's answer, against the middle of the
+request), and etcd's health. The checks themselves are pure (:mod:`hvcluster.validate`).
+
+A probe only ever connects to the API address of a registered node: any other target is
+refused (422), so this endpoint cannot be used to scan a network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+
+import httpx
+from fastapi import APIRouter, Depends, Query
+
+from hvcluster.api.context import ApiContext, context
+from hvcluster.api.reads import decode_all, snapshot
+from hvcluster.models.errors import InvalidInput, StoreError
+from hvcluster.models.node import Node
+from hvcluster.models.storage import Switch, Volume
+from hvcluster.models.validation import (
+    Clock,
+    EtcdFacts,
+    EtcdMemberFacts,
+    Probe,
+    ProbeAnswer,
+    ValidationFacts,
+    ValidationReport,
+)
+from hvcluster.store.base import Store
+from hvcluster.store.health import has_quorum
+from hvcluster.validate import validate
+
+router = APIRouter(tags=["cluster"])
+
+CONNECT_TIMEOUT_S = 2.0  # one TCP connection attempt of a probe
+ASK_TIMEOUT_S = 3.0  # asking another agent (its probe included)
+HEALTH_TIMEOUT_S = 3.0
+CLOCK_SAMPLES = 3  # the sample with the shortest round trip is kept
+
+
+def api_address(node: Node) -> str:
+    """``host:port`` of the node's agent API (``[v6]:port`` for an IPv6 address)."""
+    host = f"[{node.address}]" if ":" in node.address else node.address
+    return f"{host}:{node.api_port}"
+
+
+def _split(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+async def tcp_probe(address: str, timeout: float = CONNECT_TIMEOUT_S) -> tuple[bool, float, str]:
+    """``(reachable, latency_ms, error)`` of one TCP connection to ``address``."""
+    host, port = _split(address)
+    started = time.monotonic()
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    except TimeoutError:
+        return False, (time.monotonic() - started) * 1000, f"no answer in {timeout:.0f} s"
+    except OSError as e:
+        why = os.strerror(e.errno).lower() if e.errno else str(e)
+        return False, (time.monotonic() - started) * 1000, why
+    latency = (time.monotonic() - started) * 1000
+    writer.close()
+    with contextlib.suppress(OSError):  # it answered; how it hung up does not matter
+        await writer.wait_closed()
+    return True, latency, ""
+
+
+async def _nodes(ctx: ApiContext) -> list[Node]:
+    snap = await snapshot(ctx.store, ctx.keys, ("nodes",))
+    decoded = await decode_all(Node, ctx.keys, "nodes", snap.by_kind["nodes"], ctx.corrupt)
+    return [n for n, _ in decoded.items.values()]
+
+
+@router.get("/probe", response_model=ProbeAnswer)
+async def probe(
+    target: str | None = Query(
+        default=None,
+        description="host:port of a registered node's agent API; without it, only this "
+        "agent's clock is answered",
+    ),
+    ctx: ApiContext = Depends(context),
+) -> ProbeAnswer:
+    """Can this agent open a TCP connection to ``target``? With this agent's wall clock."""
+    if target is None:
+        return ProbeAnswer(node=ctx.node, time=time.time())
+    allowed = {api_address(n) for n in await _nodes(ctx)}
+    if target not in allowed:
+        raise InvalidInput(
+            f"target {target!r} is not the agent API address of a registered node "
+            "(probes go nowhere else)",
+            field="target",
+        )
+    reachable, latency, error = await tcp_probe(target)
+    return ProbeAnswer(
+        node=ctx.node,
+        time=time.time(),
+        target=target,
+        reachable=reachable,
+        latency_ms=latency if reachable else None,
+        error=error,
+    )
+
+
+def _url(node: Node) -> str:
+    return f"http://{api_address(node)}/api/v1/probe"
+
+
+def _why(error: Exception) -> str:
+    if isinstance(error, httpx.TimeoutException):
+        return f"its agent did not answer in {ASK_TIMEOUT_S:.0f} s"
+    if isinstance(error, httpx.ConnectError):
+        return f"cannot connect to its agent at {error.request.url.netloc.decode()}"
+    return f"{type(error).__name__}: {error}"
+
+
+async def _ask(http: httpx.AsyncClient, node: Node, target: str | None) -> ProbeAnswer:
+    params = {"target": target} if target is not None else {}
+    response = await http.get(_url(node), params=params)
+    if response.is_error:
+        raise httpx.HTTPStatusError(
+            f"HTTP {response.status_code}: {response.text[:200]}",
+            request=response.request,
+            response=response,
+        )
+    return ProbeAnswer.model_validate_json(response.content)
+
+
+async def _probe_pair(
+    ctx: ApiContext, http: httpx.AsyncClient, source: Node, target: Node
+) -> Probe:
+    address = api_address(target)
+    base = {"source": source.name, "target": target.name, "address": address}
+    if source.name == ctx.node:  # this agent: connect itself
+        reachable, latency, error = await tcp_probe(address)
+        return Probe(
+            **base, reachable=reachable, latency_ms=latency if reachable else None, error=error
+        )
+    try:
+        answer = await _ask(http, source, address)
+    except (httpx.HTTPError, ValueError) as e:
+        return Probe(**base, reachable=False, asked=False, error=_why(e))
+    return Probe(
+        **base,
+        reachable=bool(answer.reachable),
+        latency_ms=answer.latency_ms,
+        error=answer.error,
+    )
+
+
+async def _clock(http: httpx.AsyncClient, node: Node) -> Clock:
+    best: Clock | None = None
+    for _ in range(CLOCK_SAMPLES):
+        sent = time.time()
+        try:
+            answer = await _ask(http, node, None)
+        except (httpx.HTTPError, ValueError) as e:
+            return best or Clock(node=node.name, error=_why(e))
+        received = time.time()
+        half = max(0.0, (received - sent) / 2)
+        sample = Clock(node=node.name, offset_s=answer.time - (sent + half), uncertainty_s=half)
+        if best is None or sample.uncertainty_s < best.uncertainty_s:
+            best = sample
+    assert best is not None
+    return best
+
+
+async def etcd_facts(store: Store) -> EtcdFacts:
+    try:
+        health = await asyncio.wait_for(store.health(), HEALTH_TIMEOUT_S)
+    except TimeoutError:
+        return EtcdFacts(error=f"no answer in {HEALTH_TIMEOUT_S:.0f} s")
+    except StoreError as e:
+        return EtcdFacts(error=str(e))
+    return EtcdFacts(
+        members=tuple(
+            EtcdMemberFacts(
+                name=m.name,
+                reachable=m.reachable,
+                is_leader=m.is_leader,
+                latency_ms=m.latency_ms,
+                db_size=m.db_size,
+                error=m.error,
+            )
+            for m in health.members
+        ),
+        leader=health.leader,
+        has_quorum=has_quorum(health),
+    )
+
+
+@router.get("/cluster/validate", response_model=ValidationReport)
+async def validate_cluster(ctx: ApiContext = Depends(context)) -> ValidationReport:
+    """Check the cluster as a failover cluster's validation does, by category; each check
+    passes, warns or fails, with what to do."""
+    started = time.monotonic()
+    keys = ctx.keys
+    snap = await snapshot(ctx.store, keys, ("nodes", "alive", "volumes", "switches"))
+    nodes = await decode_all(Node, keys, "nodes", snap.by_kind["nodes"], ctx.corrupt)
+    volumes = await decode_all(Volume, keys, "volumes", snap.by_kind["volumes"], ctx.corrupt)
+    switches = await decode_all(Switch, keys, "switches", snap.by_kind["switches"], ctx.corrupt)
+    alive = frozenset(keys.name_of(kv.key, "alive") for kv in snap.by_kind["alive"])
+    all_nodes = [n for n, _ in nodes.items.values()]
+    live = sorted((n for n in all_nodes if n.name in alive), key=lambda n: n.name)
+    async with httpx.AsyncClient(timeout=ASK_TIMEOUT_S) as http:
+        probes, clocks, etcd = await asyncio.gather(
+            asyncio.gather(
+                *(_probe_pair(ctx, http, s, t) for s in live for t in live if s.name != t.name)
+            ),
+            asyncio.gather(*(_clock(http, n) for n in live if n.name != ctx.node)),
+            etcd_facts(ctx.store),
+        )
+    facts = ValidationFacts(
+        cluster=keys.cluster,
+        served_by=ctx.node,
+        time=time.time(),
+        nodes=tuple(all_nodes),
+        alive=alive,
+        volumes=tuple(v for v, _ in volumes.items.values()),
+        switches=tuple(s for s, _ in switches.items.values()),
+        probes=tuple(probes),
+        clocks=tuple(clocks),
+        etcd=etcd,
+    )
+    return validate(facts, duration_ms=(time.monotonic() - started) * 1000)
