@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from hvcluster.agent.node import NodeAgent
+from hvcluster.drivers.base import VMInfo
 from hvcluster.drivers.errors import MigrationCancelled
 from hvcluster.models.base import decode
 from hvcluster.models.errors import CorruptValue, DriverError, StoreError
@@ -46,6 +47,7 @@ _M = MigrationState
 PROGRESS_EVERY = 0.5  # seconds between progress writes into the record
 RECENT_S = 300.0  # a done record older than this no longer makes a paused target resume
 FILE_PREFIX = "file:"
+SETTLE_S = 30.0  # how long a target waits for its driver to see an incoming stream end
 
 
 class MigrationWorker:
@@ -163,10 +165,12 @@ class MigrationWorker:
             if rec.kind is MigrationKind.QUICK:
                 await self._restore(rec, epoch)
             else:
-                info = await self.driver.status(rec.vm)
+                info = await self._settled(rec.vm)
                 if info.epoch == epoch and info.state is VMState.PAUSED:
                     await self.driver.resume(rec.vm)
                     await self._record_times(rec)
+                elif info.state is not VMState.RUNNING:
+                    raise DriverError(f"it is {info.state.value} at epoch {info.epoch}")
         except DriverError as e:
             log.warning("migration %s: could not run %s here: %s", rec.id, rec.vm, e)
             await self.say(
@@ -178,6 +182,16 @@ class MigrationWorker:
             self.agent.incoming.discard(rec.vm)
             self.finished.add(rec.id)
             self.agent.wake.set()
+
+    async def _settled(self, vm: str, timeout: float = SETTLE_S) -> VMInfo:
+        """The incoming VM's state once the driver has seen the end of the stream (the
+        source may report completion a moment before the target's QEMU does)."""
+        end = time.monotonic() + timeout
+        while True:
+            info = await self.driver.status(vm)
+            if info.state is not VMState.MIGRATING or time.monotonic() > end:
+                return info
+            await asyncio.sleep(0.005)
 
     async def _restore(self, rec: Migration, epoch: int) -> None:
         with contextlib.suppress(DriverError):
