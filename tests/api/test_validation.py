@@ -51,7 +51,7 @@ async def test_missing_volume_and_bridge_fail_naming_the_node(
     by = checks(report)
     vol = by["volume csv1"]
     assert vol["status"] == "fail" and vol["nodes"] == ["n2"]
-    assert "n2: marker holds id bbbb" in vol["message"]
+    assert "n2 (marker holds id bbbb" in vol["message"]
     sw = by["switch lan"]
     assert sw["status"] == "fail" and sw["nodes"] == ["n2"] and "not root" in sw["message"]
     # both agents serve their APIs: each reaches the other, and n2's clock was read

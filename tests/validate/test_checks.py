@@ -105,9 +105,9 @@ def test_missing_volume_and_bridge_fail_naming_the_node() -> None:
     )
     vol, sw = checks["volume csv"], checks["switch lan"]
     assert vol.status is CheckStatus.FAIL and vol.nodes == ("n2",)
-    assert "n2: marker holds id zzz" in vol.message and "abc" in vol.action
+    assert "not seen by n2 (marker holds id zzz)" in vol.message and "abc" in vol.action
     assert sw.status is CheckStatus.FAIL and sw.nodes == ("n2",)
-    assert "hvc-lan" in sw.message and "n2: not root" in sw.message
+    assert "hvc-lan" in sw.message and "missing on n2 (not root)" in sw.message
 
 
 def test_a_dead_node_is_reported_and_left_out() -> None:

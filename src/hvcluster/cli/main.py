@@ -6,6 +6,7 @@ import typer
 
 from hvcluster import __version__
 from hvcluster.cli import (
+    cluster_cmd,
     events_cmd,
     image_cmd,
     lab_cmd,
@@ -51,3 +52,4 @@ app.add_typer(lab_cmd.app, name="lab")
 app.add_typer(store_cmd.app, name="store")
 app.add_typer(volume_cmd.app, name="volume")
 app.add_typer(switch_cmd.app, name="switch")
+app.add_typer(cluster_cmd.app, name="cluster")

@@ -72,7 +72,8 @@ def network(facts: ValidationFacts, t: Thresholds) -> list[Check]:
             )
             continue
         why = "; ".join(
-            f"{n.name}: {n.switch_problems.get(switch.name, 'not reported ready')}" for n in missing
+            f"{n.name} ({n.switch_problems.get(switch.name, 'not reported ready')})"
+            for n in missing
         )
         uplink = f" with uplink {switch.uplink}" if switch.uplink else ""
         checks.append(
@@ -80,8 +81,7 @@ def network(facts: ValidationFacts, t: Thresholds) -> list[Check]:
                 category=cat,
                 name=name,
                 status=FAIL,
-                message=f"bridge {switch.bridge} ({switch.type.value}{uplink}) missing on "
-                f"{names(n.name for n in missing)}: {why}",
+                message=f"bridge {switch.bridge} ({switch.type.value}{uplink}) missing on {why}",
                 action=f"VMs with a NIC on {switch.name} cannot run there: fix what the node "
                 "says (agents need root to make bridges"
                 + (f"; the host needs NIC {switch.uplink}" if switch.uplink else "")
@@ -114,7 +114,7 @@ def storage(facts: ValidationFacts, t: Thresholds) -> list[Check]:
         seen = [n for n in nodes if volume.name in n.volumes]
         if missing:
             why = "; ".join(
-                f"{n.name}: {n.volume_problems.get(volume.name, 'not reported')}" for n in missing
+                f"{n.name} ({n.volume_problems.get(volume.name, 'not reported')})" for n in missing
             )
             checks.append(
                 Check(
@@ -122,7 +122,7 @@ def storage(facts: ValidationFacts, t: Thresholds) -> list[Check]:
                     name=name,
                     status=FAIL,
                     message=f"volume {volume.name} ({volume.path}, id {volume.id}) not seen by "
-                    f"{names(n.name for n in missing)}: {why}",
+                    f"{why}",
                     action=f"mount the same storage at {volume.path} on "
                     f"{names(n.name for n in missing)}; its {MARKER} must hold {volume.id}. "
                     "VMs with disks on it cannot run there",
