@@ -79,8 +79,9 @@ class MigrationWorker:
         while True:
             try:
                 start = await self.store.revision() + 1
-                async for _ in self.store.watch(self.keys.prefix("migrations"), start):
+                async for event in self.store.watch(self.keys.prefix("migrations"), start):
                     self.wake.set()
+                    self._fast_take_over(event.key, event.value)
             except StoreError as e:
                 log.warning("watch on migrations broke: %s; re-watching", e)
                 await asyncio.sleep(0.5)
@@ -97,6 +98,24 @@ class MigrationWorker:
                 await self._as_target(rec)
             if rec.source == self.me:
                 await self._as_source(rec)
+
+    def _fast_take_over(self, key: str, value: bytes) -> None:
+        """A record just became done with us as its target: run the VM now, without
+        waiting for the next cycle (the guest is paused until we do)."""
+        if not value:
+            return
+        try:
+            rec = decode(Migration, key, value)
+        except CorruptValue:
+            return
+        if (
+            rec.state is _M.DONE
+            and rec.target == self.me
+            and rec.vm in self.agent.incoming
+            and rec.id not in self.tasks
+            and rec.id not in self.finished
+        ):
+            self._spawn(rec.id, self._take_over(rec))
 
     def _spawn(self, mid: str, job: Awaitable[None]) -> None:
         async def run() -> None:

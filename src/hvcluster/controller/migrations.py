@@ -25,8 +25,8 @@ from collections.abc import Awaitable, Callable
 
 from hvcluster.controller.memory import ControllerMemory
 from hvcluster.controller.view import build_snapshot
-from hvcluster.models.base import encode
-from hvcluster.models.errors import StoreError
+from hvcluster.models.base import decode, encode
+from hvcluster.models.errors import CorruptValue, StoreError
 from hvcluster.models.lifecycle import MigrationState, NodeAdminState
 from hvcluster.models.migration import Migration, MigrationKind
 from hvcluster.models.node import Node
@@ -75,8 +75,15 @@ class MigrationCoordinator:
         while True:
             try:
                 start = await self.store.revision() + 1
-                async for _ in self.store.watch(self.keys.prefix("migrations"), start):
+                async for event in self.store.watch(self.keys.prefix("migrations"), start):
                     self.wake.set()
+                    rec = _decoded(event.key, event.value)
+                    if rec is not None and rec.state is _M.SWITCHING and self.is_leader():
+                        # The fast path of the flip: the guest is paused until it commits.
+                        try:
+                            await self._switch_fast(rec)
+                        except (StoreError, TimeoutError) as e:
+                            log.warning("switch of %s failed: %s; the cycle retries", rec.id, e)
             except StoreError as e:
                 log.warning("watch on migrations broke: %s; re-watching", e)
                 await asyncio.sleep(0.5)
@@ -172,9 +179,26 @@ class MigrationCoordinator:
         if await change_migration(self.store, self.keys, rec.id, prepare) is not None:
             log.info("migration %s: %s -> %s (%s)", rec.id, rec.source, target, choice.why)
 
+    async def _switch_fast(self, rec: Migration) -> None:
+        """The flip as soon as the record says switching, reading only what it compares:
+        the placement (still the source's, at the record's epoch), both nodes alive, the
+        VM's spec present. Anything else is left to the cycle, which fails the record."""
+        key = self.keys.placement(rec.vm)
+        kv = await self.store.get(key)
+        placed = _placement(kv.key, kv.value, kv.mod_revision) if kv else None
+        if placed is None or (placed.value.node, placed.value.epoch) != (rec.source, rec.epoch):
+            return
+        extra = [
+            Compare.present(self.keys.alive(rec.source)),
+            Compare.present(self.keys.vm(rec.vm)),
+        ]
+        await self._flip(rec, placed, extra)
+
     async def _switch(self, rec: Migration, state: ClusterState) -> None:
         """The flip: placement to the target at epoch + 1 and the record done, atomically."""
-        placed = state.placements.items[rec.vm]
+        await self._flip(rec, state.placements.items[rec.vm], [])
+
+    async def _flip(self, rec: Migration, placed: Stored[Placement], extra: list[Compare]) -> None:
         p = placed.value
         verb = "migrated live" if rec.kind is MigrationKind.LIVE else "moved by quick migration"
         reason = f"vm {rec.vm} {verb} from {rec.source} to {rec.target} (migration {rec.id})"
@@ -183,6 +207,7 @@ class MigrationCoordinator:
         compares = [
             Compare.mod_is(key, placed.mod_revision),
             Compare.present(self.keys.alive(rec.target)),
+            *extra,
         ]
 
         def done(cur: Migration) -> Migration | None:
@@ -279,3 +304,19 @@ class MigrationCoordinator:
             [Compare.mod_is(key, stored.mod_revision)], [Put(key, encode(node))]
         )
         return result.succeeded
+
+
+def _decoded(key: str, value: bytes) -> Migration | None:
+    if not value:
+        return None
+    try:
+        return decode(Migration, key, value)
+    except CorruptValue:
+        return None
+
+
+def _placement(key: str, value: bytes, mod_revision: int) -> Stored[Placement] | None:
+    try:
+        return Stored(decode(Placement, key, value), value, mod_revision)
+    except CorruptValue:
+        return None
