@@ -114,3 +114,16 @@ async def test_drain_sets_draining_and_immediate_failback_moves_back(
     assert [(m["vm"], m["source"], m["target"], m["requested_by"]) for m in back] == [
         ("web", "n2", "n1", "resume:n1")
     ]
+
+
+async def test_a_target_lacking_the_vms_switch_or_volume_is_refused(
+    api: httpx.AsyncClient, store: MemoryStore
+) -> None:
+    await add_node(store, "n1")
+    await add_node(store, "n2")
+    nics = [{"switch": "lan", "mac": "52:54:00:00:00:01"}]
+    disks = [{"volume": "csv1", "path": "web.qcow2"}]
+    await running(api, store, "web", "n1", nics=nics, disks=disks)
+    r = await api.post("/vms/web/move", json={"to": "n2"})
+    assert r.status_code == 409
+    assert "n2 lacks switch 'lan', volume 'csv1'" in r.json()["error"]

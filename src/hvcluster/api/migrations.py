@@ -91,6 +91,11 @@ class Cluster:
             return f"{node} is {found.admin_state.value}"
         if spec.ha.possible_owners and node not in spec.ha.possible_owners:
             return f"{node} is not a possible owner of {spec.name}"
+        switches = sorted({nic.switch for nic in spec.nics} - set(found.switches))
+        volumes = sorted({d.volume for d in spec.disks if d.volume} - set(found.volumes))
+        if switches or volumes:
+            missing = [f"switch {s!r}" for s in switches] + [f"volume {v!r}" for v in volumes]
+            return f"{node} lacks {', '.join(missing)}"
         there = {v for v, p in self.placements.items() if p.node == node}
         there |= {m.vm for m in self.migrations if m.active and m.target == node}
         cpus = sum(self.specs[v].vcpus for v in there if v in self.specs)
