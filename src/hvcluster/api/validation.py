@@ -45,6 +45,7 @@ CONNECT_TIMEOUT_S = 2.0  # one TCP connection attempt of a probe
 ASK_TIMEOUT_S = 3.0  # asking another agent (its probe included)
 HEALTH_TIMEOUT_S = 3.0
 CLOCK_SAMPLES = 3  # the sample with the shortest round trip is kept
+MAX_ASKS = 16  # requests to other agents in flight at once
 
 
 def api_address(node: Node) -> str:
@@ -212,7 +213,10 @@ async def validate_cluster(ctx: ApiContext = Depends(context)) -> ValidationRepo
     alive = frozenset(keys.name_of(kv.key, "alive") for kv in snap.by_kind["alive"])
     all_nodes = [n for n, _ in nodes.items.values()]
     live = sorted((n for n in all_nodes if n.name in alive), key=lambda n: n.name)
-    async with httpx.AsyncClient(timeout=ASK_TIMEOUT_S) as http:
+    # At most MAX_ASKS requests in flight; the others wait for the pool, not for a timeout.
+    timeout = httpx.Timeout(ASK_TIMEOUT_S, pool=None)
+    limits = httpx.Limits(max_connections=MAX_ASKS)
+    async with httpx.AsyncClient(timeout=timeout, limits=limits) as http:
         probes, clocks, etcd = await asyncio.gather(
             asyncio.gather(
                 *(_probe_pair(ctx, http, s, t) for s in live for t in live if s.name != t.name)

@@ -7,7 +7,7 @@ from hvcluster.models.validation import (
     Check,
     ValidationFacts,
 )
-from hvcluster.validate.common import ETCD_DEFAULT_QUOTA, FAIL, PASS, WARN, Thresholds, mib
+from hvcluster.validate.common import ETCD_DEFAULT_QUOTA, FAIL, PASS, WARN, Thresholds, size_of
 
 # --- time ----------------------------------------------------------------------------------
 
@@ -154,8 +154,8 @@ def etcd(facts: ValidationFacts, t: Thresholds) -> list[Check]:
                 category=cat,
                 name="db size",
                 status=status,
-                message=f"largest database {mib(size / 1024**2)} ({largest.name}), etcd's "
-                f"default quota is {mib(ETCD_DEFAULT_QUOTA / 1024**2)}",
+                message=f"largest database {size_of(size)} ({largest.name}), etcd's "
+                f"default quota is {size_of(ETCD_DEFAULT_QUOTA)}",
                 action="compact and defragment etcd (etcdctl compact, defrag)"
                 if status is not PASS
                 else "",

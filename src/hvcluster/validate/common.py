@@ -32,3 +32,11 @@ def names(nodes: Iterable[str]) -> str:
 
 def mib(value: float) -> str:
     return f"{value / 1024:.1f} GiB" if value >= 1024 else f"{value:.0f} MiB"
+
+
+def size_of(size: int) -> str:
+    """Bytes, in the unit that reads best."""
+    for unit, scale in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} B"

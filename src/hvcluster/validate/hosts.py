@@ -25,10 +25,13 @@ QEMU_GUEST_CPU = "qemu64"
 def _describe(node: Node) -> str:
     inv = node.inventory
     cpu = inv.cpu_model or "unknown CPU"
-    qemu = f"QEMU {inv.qemu_version}" if inv.qemu_version else "no QEMU version"
+    if inv.cpu_flags:
+        cpu += f" ({len(inv.cpu_flags)} flags)"
+    driver = f"{inv.driver} driver"
+    if inv.driver == "qemu":
+        driver += f", QEMU {inv.qemu_version}" if inv.qemu_version else ", no QEMU version"
     return (
-        f"{cpu} ({len(inv.cpu_flags)} flags), {node.capacity.cpus} CPUs, "
-        f"{mib(node.capacity.memory_mib)}; {inv.driver} driver, {qemu}, "
+        f"{cpu}, {node.capacity.cpus} CPUs, {mib(node.capacity.memory_mib)}; {driver}, "
         f"accelerator {inv.accelerator}"
     )
 
