@@ -3,6 +3,7 @@ loopback ports (the probes are real TCP connections)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -98,3 +99,31 @@ async def test_probe_answers_only_for_registered_nodes(
         r = await api.get("/probe", params={"target": target})
         assert r.status_code == 422, target
         assert r.json()["field"] == "target" and "registered node" in r.json()["error"]
+
+
+async def test_a_hung_agent_is_unknown_not_a_hang(
+    api: httpx.AsyncClient, store: MemoryStore, agents: Agents
+) -> None:
+    """A host whose agent accepts connections but never answers (frozen): the others reach
+    its port, what it sees is unknown, its clock unread; the report still comes back."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def accept_and_hang(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    hung = await asyncio.start_server(accept_and_hang, "127.0.0.1", 0)
+    try:
+        port = hung.sockets[0].getsockname()[1]
+        await agents.add("n1")
+        await agents.register("n3", port)
+        r = await api.get("/cluster/validate", timeout=20)
+        by = checks(r.json())
+        assert by["agent api n1 -> n3"]["status"] == "pass"  # the port accepts
+        unknown = by["agent api n3 -> n1"]
+        assert unknown["status"] == "warn" and "did not answer" in unknown["message"]
+        assert by["clock n3"]["status"] == "warn"
+    finally:
+        for writer in held:
+            writer.close()
+        hung.close()
+        await hung.wait_closed()
