@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from hvcluster.agent.config import AgentConfig
-from hvcluster.agent.daemon import Daemon
+from hvcluster.agent.daemon import Daemon, cancel_all
 from hvcluster.agent.drivers import SimHostLinks
 from hvcluster.drivers.sim import SimDriver
 from hvcluster.drivers.sim.model import SimParams
@@ -75,9 +75,7 @@ class SimCluster:
     async def crash(self, name: str) -> None:
         """The host dies: its daemon stops at once and its VMs with it."""
         task = self.tasks.pop(name)
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
+        await cancel_all([task])
         driver = self.drivers[name]
         for vm in await driver.list():
             with contextlib.suppress(Exception):

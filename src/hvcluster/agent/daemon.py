@@ -156,10 +156,7 @@ class Daemon:
                 if task.exception() is not None:
                     raise task.exception()  # type: ignore[misc]
         finally:
-            for task in self.tasks:
-                task.cancel()
-            with contextlib.suppress(BaseException):
-                await asyncio.gather(*self.tasks, return_exceptions=True)
+            await cancel_all(self.tasks)
             await driver.close()  # lets go of the VMs; they keep running
             feeder.close()
             if self._own_store:
@@ -217,13 +214,13 @@ class Daemon:
                 finally:
                     if keeper is not None:
                         with contextlib.suppress(BaseException):
-                            await keeper.stop(revoke=False)
+                            await asyncio.wait_for(keeper.stop(revoke=False), 2.0)
         finally:
             loop.cancel()
             controller.close()
             if election is not None:
                 with contextlib.suppress(BaseException):
-                    await election.resign()
+                    await asyncio.wait_for(election.resign(), 2.0)
 
     async def _serve_api(self) -> None:
         app = create_app(self.store, self.keys, self.cfg.node)
@@ -237,6 +234,21 @@ class Daemon:
             )
         )
         await server.serve()
+
+
+async def cancel_all(tasks: list[asyncio.Task[None]], rounds: int = 10) -> None:
+    """Cancel ``tasks`` and wait until they are done. Python 3.11's ``wait_for`` can swallow
+    a cancellation that races with the result it waited for, so cancel again until they end
+    (never wait forever on shutdown)."""
+    pending = {t for t in tasks if not t.done()}
+    for _ in range(rounds):
+        if not pending:
+            return
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.5)
+    if pending:
+        log.warning("tasks did not stop: %s", ", ".join(t.get_name() for t in pending))
 
 
 class _ApiServer(uvicorn.Server):
