@@ -97,6 +97,67 @@ def hvc_round(api: str, to: str) -> dict[str, float]:
     }
 
 
+def drain_time(driver: str, count: int, cache: Path, image: Any) -> dict[str, Any]:
+    """Seconds to drain a node running ``count`` VMs in a 3-node lab of ``driver``: from
+    ``POST /nodes/n1/drain`` until n1 is paused with every VM running elsewhere."""
+    with tempfile.TemporaryDirectory(prefix=f"hvc-bench-drain-{driver}-") as tmp:
+        lab_dir = Path(tmp) / "lab"
+        try:
+            state = cluster.up(3, driver, lab_dir, cache, ClusterConfig(), log=lambda _: None)  # type: ignore[arg-type]
+            for node in state.nodes:  # room for every VM on one node (the lab host has 2 CPUs)
+                with open(node.config, "a") as f:
+                    f.write("cpus = 16\n")
+                cluster.fault(state, "kill-agent", node.name)
+                cluster.start_node(state, node.name)
+            api = f"http://127.0.0.1:{state.nodes[1].api_port}"
+
+            def capacity_seen() -> bool:
+                nodes = httpx.get(f"{api}/api/v1/nodes", timeout=5).json()["nodes"]
+                return all(n["node"]["capacity"]["cpus"] == 16 and n["alive"] for n in nodes)
+
+            wait(capacity_seen, 60, "agents back with 16 CPUs", 0.2)
+            names = [f"d{i}" for i in range(count)]
+            for name in names:
+                spec: dict[str, Any] = {"name": name, "memory_mib": 128}
+                if driver == "qemu":
+                    disk = create_disk(Path(state.shared_dir) / f"{name}.qcow2")
+                    spec = guest_spec(name, image, disk, memory_mib=128).model_dump(mode="json")
+                spec["ha"] = {"preferred_owners": ["n1"]}
+                httpx.post(f"{api}/api/v1/vms", json=spec, timeout=10).raise_for_status()
+
+            def all_on(nodes: tuple[str, ...]) -> bool:
+                vms = httpx.get(f"{api}/api/v1/vms", timeout=5).json()["vms"]
+                ours = [v for v in vms if v["name"] in names]
+                return len(ours) == count and all(
+                    v["state"] == "running" and v["node"] in nodes for v in ours
+                )
+
+            wait(lambda: all_on(("n1",)), 180, f"{count} {driver} VMs running on n1", 0.2)
+            time.sleep(2)
+            t0 = time.monotonic()
+            httpx.post(f"{api}/api/v1/nodes/n1/drain", timeout=10).raise_for_status()
+
+            def paused() -> bool:
+                n = httpx.get(f"{api}/api/v1/nodes/n1", timeout=5).json()
+                return bool(n["admin_state"] == "paused")
+
+            wait(paused, 300, "n1 drained", 0.05)
+            seconds = time.monotonic() - t0
+            wait(lambda: all_on(("n2", "n3")), 30, "every VM running elsewhere", 0.1)
+            migrations = httpx.get(f"{api}/api/v1/migrations", timeout=5).json()["migrations"]
+            downtimes = [m["downtime_ms"] for m in migrations if m["downtime_ms"] is not None]
+            return {
+                "driver": driver,
+                "vms": count,
+                "max_parallel_per_node": ClusterConfig().migration.max_parallel_per_node,
+                "drain_s": seconds,
+                "migrations": len(migrations),
+                "median_downtime_ms": statistics.median(downtimes) if downtimes else None,
+            }
+        finally:
+            cluster.down(lab_dir, log=lambda _: None)
+
+
 def med(samples: list[dict[str, float]]) -> dict[str, float]:
     return {k: statistics.median(s[k] for s in samples) for k in samples[0]}
 
@@ -119,6 +180,7 @@ async def start_raw_guest(work: Path, spec: VMSpec, settings: QemuSettings) -> t
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--no-drain", action="store_true", help="skip the drain timings")
     parser.add_argument(
         "--cache", type=Path, default=Path(os.environ.get("HVC_CACHE", DEFAULT_CACHE))
     )
@@ -176,6 +238,9 @@ def main() -> None:
                     os.kill(p, signal.SIGKILL)
             kill_all(work / "raw-n1")
             cluster.down(lab_dir, log=lambda _: None)
+    drains = []
+    if not args.no_drain:
+        drains = [drain_time("sim", 8, args.cache, image), drain_time("qemu", 4, args.cache, image)]
     h, r = med(hvc_samples), med(raw_samples)
     results = {
         "rounds": args.rounds,
@@ -188,6 +253,7 @@ def main() -> None:
         "total_minus_raw_ms": h["total_ms"] - r["total_ms"],
         "goal": "downtime <= 1.5x raw, total <= raw + 300 ms",
         "counters": counters,
+        "drain": drains,
     }
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=1) + "\n")
@@ -203,6 +269,12 @@ def main() -> None:
         f" vs raw; client wall (POST to done) {h['wall_ms']:.0f} ms"
     )
     print(f"  counters: {counters} (never reset)")
+    for d in drains:
+        print(
+            f"  drain of a node with {d['vms']} {d['driver']} VMs (at most "
+            f"{d['max_parallel_per_node']} at once): {d['drain_s']:.1f} s, "
+            f"median downtime {d['median_downtime_ms'] or 0:.0f} ms"
+        )
     print(f"written {RESULTS}")
 
 

@@ -265,14 +265,15 @@ async def fail_back(ctx: ApiContext, node: str) -> list[Migration]:
         if m.source == node and m.requested_by == f"drain:{node}" and m.state is MigrationState.DONE
     ]
     for m in sorted(drained, key=lambda m: m.created):
-        placement, status = cluster.placements.get(m.vm), cluster.statuses.get(m.vm)
-        spec = cluster.specs.get(m.vm)
+        placement, spec = cluster.placements.get(m.vm), cluster.specs.get(m.vm)
         if spec is None or placement is None:
             continue
         if (placement.node, placement.epoch) != (m.target, m.epoch + 1):
             continue
-        if status is None or status.state is not VMState.RUNNING or cluster.active(m.vm):
+        if cluster.active(m.vm):
             continue
+        # Its status may not say running yet (that move ended a moment ago): the controller
+        # waits for it before the transfer begins.
         if cluster.why_not(spec, node, placement.node) is not None:
             continue
         rec = await create_migration(

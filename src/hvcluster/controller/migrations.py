@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 Say = Callable[[str, str, str], Awaitable[None]]
 _M = MigrationState
+SETTLE_S = 30.0  # a requested move waits this long for its VM to be reported running
 
 
 class MigrationCoordinator:
@@ -147,6 +148,10 @@ class MigrationCoordinator:
     ) -> None:
         vm = snapshot.vms.get(rec.vm)
         if vm is None or not vm.is_running_as_placed:
+            # Just placed there (by a migration that ended a moment ago, say): its agent may
+            # not have reported it running yet. Wait a little, then give up.
+            if vm is not None and snapshot.now - rec.created < SETTLE_S:
+                return
             state = vm.status.state.value if vm and vm.status else "not reported"
             await self._fail(rec, f"vm {rec.vm} is not running on {rec.source} ({state})")
             return
