@@ -249,15 +249,19 @@ class MigrationWorker:
         )
 
     async def _discard_incoming(self, rec: Migration) -> None:
-        """Drop the copy prepared here for ``rec``, unless the VM is placed here at its epoch."""
+        """Drop the copy prepared here for ``rec``: it never ran. Even when a failover has
+        since placed the VM here at that same epoch (its source died mid-migration), the
+        reconcile then starts it afresh rather than adopt a half-received copy."""
         if rec.vm in self.agent.incoming or rec.id in self.tasks:
-            placement = await self._placement(rec.vm)
-            ours = placement is not None and placement.node == self.me
             try:
                 info = await self.driver.status(rec.vm)
             except DriverError:
                 info = None
-            if info is not None and info.epoch == rec.epoch + 1 and not ours:
+            if (
+                info is not None
+                and info.epoch == rec.epoch + 1
+                and info.state is not VMState.RUNNING
+            ):
                 await self.driver.discard(rec.vm)
         self.agent.incoming.discard(rec.vm)
         self.agent.wake.set()
