@@ -114,3 +114,22 @@ async def test_drain_four_vms_two_at_a_time_then_resume_with_failback(
         return all([await cluster.running_on(vm) == "n1" for vm in vms])
 
     await cluster.wait_for(all_back, 60, "every VM back on n1")
+
+
+async def test_a_vm_that_cannot_move_live_is_moved_quick(
+    setup: tuple[SimCluster, httpx.AsyncClient],
+) -> None:
+    cluster, api = setup
+    await cluster.start("n1", "n2")
+    await cluster.create_vm("stubborn", ha={"preferred_owners": ["n1"]})
+    assert await cluster.wait_running("stubborn") == "n1"
+    cluster.drivers["n1"].fail_next_migration("stubborn", "cpu flags differ")
+    assert (await api.post("/nodes/n1/drain")).status_code == 202
+
+    async def paused() -> bool:
+        return (await node_state(cluster, "n1")).admin_state is NodeAdminState.PAUSED
+
+    await cluster.wait_for(paused, 60, "n1 drained and paused")
+    assert await cluster.wait_running("stubborn", 10) == "n2"
+    kinds = [(m["kind"], m["state"]) for m in (await api.get("/migrations")).json()["migrations"]]
+    assert kinds == [("live", "failed"), ("quick", "done")]
