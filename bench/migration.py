@@ -108,7 +108,7 @@ def drain_time(driver: str, count: int, cache: Path, image: Any) -> dict[str, An
                 with open(node.config, "a") as f:
                     f.write("cpus = 16\n")
                 cluster.fault(state, "kill-agent", node.name)
-                cluster.start_node(state, node.name)
+                state = cluster.start_node(state, node.name)  # saves the new pids
             api = f"http://127.0.0.1:{state.nodes[1].api_port}"
 
             def capacity_seen() -> bool:
