@@ -115,7 +115,8 @@ class MigrationWorker:
             and rec.id not in self.tasks
             and rec.id not in self.finished
         ):
-            self._spawn(rec.id, self._take_over(rec))
+            # the transaction that made the record done flipped the placement to us
+            self._spawn(rec.id, self._take_over(rec, flipped=True))
 
     def _spawn(self, mid: str, job: Awaitable[None]) -> None:
         async def run() -> None:
@@ -172,11 +173,15 @@ class MigrationWorker:
         if await change_migration(self.store, self.keys, rec.id, set_address) is None:
             await self._discard_incoming(rec)  # cancelled or failed meanwhile
 
-    async def _take_over(self, rec: Migration) -> None:
-        """The placement flipped to us: run the VM (resume it, or restore it from its file)."""
-        placement = await self._placement(rec.vm)
+    async def _take_over(self, rec: Migration, flipped: bool = False) -> None:
+        """The placement flipped to us: run the VM (resume it, or restore it from its file).
+        ``flipped``: the record was seen becoming done just now, so the placement is ours
+        (the same transaction wrote both); otherwise it is read and checked first."""
         epoch = rec.epoch + 1
-        if placement is None or placement.node != self.me or placement.epoch != epoch:
+        placement = None if flipped else await self._placement(rec.vm)
+        if not flipped and (
+            placement is None or placement.node != self.me or placement.epoch != epoch
+        ):
             await self._discard_incoming(rec)  # moved on since; not ours
             self.finished.add(rec.id)
             return

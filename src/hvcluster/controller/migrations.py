@@ -27,7 +27,7 @@ from hvcluster.controller.memory import ControllerMemory
 from hvcluster.controller.view import build_snapshot
 from hvcluster.models.base import decode, encode
 from hvcluster.models.errors import CorruptValue, StoreError
-from hvcluster.models.lifecycle import MigrationState, NodeAdminState
+from hvcluster.models.lifecycle import MIGRATION_LIFECYCLE, MigrationState, NodeAdminState
 from hvcluster.models.migration import Migration, MigrationKind
 from hvcluster.models.node import Node
 from hvcluster.models.vm import Placement
@@ -82,7 +82,7 @@ class MigrationCoordinator:
                     if rec is not None and rec.state is _M.SWITCHING and self.is_leader():
                         # The fast path of the flip: the guest is paused until it commits.
                         try:
-                            await self._switch_fast(rec)
+                            await self._switch_fast(rec, event.mod_revision)
                         except (StoreError, TimeoutError) as e:
                             log.warning("switch of %s failed: %s; the cycle retries", rec.id, e)
             except StoreError as e:
@@ -184,7 +184,7 @@ class MigrationCoordinator:
         if await change_migration(self.store, self.keys, rec.id, prepare) is not None:
             log.info("migration %s: %s -> %s (%s)", rec.id, rec.source, target, choice.why)
 
-    async def _switch_fast(self, rec: Migration) -> None:
+    async def _switch_fast(self, rec: Migration, record_rev: int) -> None:
         """The flip as soon as the record says switching, reading only what it compares:
         the placement (still the source's, at the record's epoch), both nodes alive, the
         VM's spec present. Anything else is left to the cycle, which fails the record."""
@@ -197,17 +197,52 @@ class MigrationCoordinator:
             Compare.present(self.keys.alive(rec.source)),
             Compare.present(self.keys.vm(rec.vm)),
         ]
-        await self._flip(rec, placed, extra)
+        if await self._flip_at(rec, record_rev, placed, extra):
+            return
+        await self._flip(rec, placed, extra)  # the record moved since the event: re-read it
+
+    async def _flip_at(
+        self, rec: Migration, record_rev: int, placed: Stored[Placement], extra: list[Compare]
+    ) -> bool:
+        """The flip against the record exactly as a watch event showed it (``record_rev``):
+        one transaction, no re-read. False if anything compared has changed."""
+        MIGRATION_LIFECYCLE.check(rec.state, _M.DONE)
+        new, reason = self._flipped(rec, placed.value)
+        done = rec.model_copy(update={"state": _M.DONE, "updated": time.time()})
+        pkey, rkey = self.keys.placement(rec.vm), self.keys.migration(rec.id)
+        compares = [
+            Compare.mod_is(rkey, record_rev),
+            Compare.mod_is(pkey, placed.mod_revision),
+            Compare.present(self.keys.alive(rec.target)),
+            *extra,
+        ]
+        result = await self.store.txn(compares, [Put(rkey, encode(done)), Put(pkey, encode(new))])
+        if result.succeeded:
+            await self._said_switched(rec, reason, new.epoch)
+        return result.succeeded
+
+    def _flipped(self, rec: Migration, p: Placement) -> tuple[Placement, str]:
+        verb = "migrated live" if rec.kind is MigrationKind.LIVE else "moved by quick migration"
+        reason = f"vm {rec.vm} {verb} from {rec.source} to {rec.target} (migration {rec.id})"
+        return Placement(
+            node=rec.target, epoch=p.epoch + 1, reason=reason, failovers=p.failovers
+        ), reason
+
+    async def _said_switched(self, rec: Migration, reason: str, epoch: int) -> None:
+        ms = rec.transfer_downtime_ms
+        qemu = f"{ms:.0f} ms" if ms is not None else "unknown"
+        await self.say(
+            "migration.switched",
+            f"vm/{rec.vm}",
+            f"{reason}: placement flipped to epoch {epoch}; transfer downtime {qemu}",
+        )
 
     async def _switch(self, rec: Migration, state: ClusterState) -> None:
         """The flip: placement to the target at epoch + 1 and the record done, atomically."""
         await self._flip(rec, state.placements.items[rec.vm], [])
 
     async def _flip(self, rec: Migration, placed: Stored[Placement], extra: list[Compare]) -> None:
-        p = placed.value
-        verb = "migrated live" if rec.kind is MigrationKind.LIVE else "moved by quick migration"
-        reason = f"vm {rec.vm} {verb} from {rec.source} to {rec.target} (migration {rec.id})"
-        new = Placement(node=rec.target, epoch=p.epoch + 1, reason=reason, failovers=p.failovers)
+        new, reason = self._flipped(rec, placed.value)
         key = self.keys.placement(rec.vm)
         compares = [
             Compare.mod_is(key, placed.mod_revision),
@@ -224,13 +259,7 @@ class MigrationCoordinator:
             self.store, self.keys, rec.id, done, compares, [Put(key, encode(new))]
         )
         if flipped is not None:
-            ms = rec.transfer_downtime_ms
-            qemu = f"{ms:.0f} ms" if ms is not None else "unknown"
-            await self.say(
-                "migration.switched",
-                f"vm/{rec.vm}",
-                f"{reason}: placement flipped to epoch {new.epoch}; transfer downtime {qemu}",
-            )
+            await self._said_switched(rec, reason, new.epoch)
 
     async def _fail(self, rec: Migration, why: str) -> None:
         def fail(cur: Migration) -> Migration | None:
