@@ -37,7 +37,7 @@ from hvcluster.scheduler.snapshot import ClusterSnapshot
 from hvcluster.store.base import Compare, Put, Store
 from hvcluster.store.keys import Keys
 from hvcluster.store.migrations import change_migration, create_migration, read_migrations
-from hvcluster.store.state import ClusterState, Decoded, Stored, read_cluster
+from hvcluster.store.state import ClusterState, Decoded, Stored, read_cluster, read_kind
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,12 @@ class MigrationCoordinator:
 
     async def cycle(self) -> None:
         records = await read_migrations(self.store, self.keys)
+        if not any(s.value.active for s in records.items.values()):
+            nodes = await read_kind(self.store, self.keys, "nodes", Node)
+            if all(
+                n.value.admin_state is not NodeAdminState.DRAINING for n in nodes.items.values()
+            ):
+                return  # nothing to do: spare the store a full read
         state = await read_cluster(self.store, self.keys)
         now = self.clock()
         snapshot = build_snapshot(state, self.memory, now)
