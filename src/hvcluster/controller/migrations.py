@@ -34,7 +34,7 @@ from hvcluster.models.vm import Placement
 from hvcluster.scheduler.drain import DrainDone, DrainMove, DrainStay, InFlight, plan_drain
 from hvcluster.scheduler.placement import Choice, Ledger, choose_node
 from hvcluster.scheduler.snapshot import ClusterSnapshot
-from hvcluster.store.base import Compare, Put, Store
+from hvcluster.store.base import Compare, Delete, Put, Store
 from hvcluster.store.keys import Keys
 from hvcluster.store.migrations import change_migration, create_migration, read_migrations
 from hvcluster.store.state import ClusterState, Decoded, Stored, read_cluster, read_kind
@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 Say = Callable[[str, str, str], Awaitable[None]]
 _M = MigrationState
+RETAIN_S = 7 * 86400.0  # finished records are kept this long (drains and failbacks read them)
 SETTLE_S = 30.0  # a requested move waits this long for its VM to be reported running
 
 
@@ -91,6 +92,7 @@ class MigrationCoordinator:
 
     async def cycle(self) -> None:
         records = await read_migrations(self.store, self.keys)
+        await self._prune(records)
         if not any(s.value.active for s in records.items.values()):
             nodes = await read_kind(self.store, self.keys, "nodes", Node)
             if all(
@@ -110,6 +112,15 @@ class MigrationCoordinator:
             await self._advance(stored, state, snapshot, records, now)
         if any(n.admin_state is NodeAdminState.DRAINING for n in snapshot.nodes.values()):
             await self._drain(state, snapshot, await read_migrations(self.store, self.keys))
+
+    async def _prune(self, records: Decoded[Migration]) -> None:
+        """Delete finished records older than :data:`RETAIN_S` (each compared on its revision)."""
+        cutoff = self.clock() - RETAIN_S
+        for stored in records.items.values():
+            rec = stored.value
+            if not rec.active and max(rec.updated, rec.created) < cutoff:
+                key = self.keys.migration(rec.id)
+                await self.store.txn([Compare.mod_is(key, stored.mod_revision)], [Delete(key)])
 
     # --- one migration ---------------------------------------------------------------
     async def _advance(
