@@ -173,8 +173,9 @@ async def main() -> None:
             for pid in raw_pids:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-            kill_all(work / "n1")
-            kill_all(work / "n2")
+            for run_dir in work.iterdir():  # n1, n2 and every raw-<i>, even a half-made one
+                if run_dir.is_dir():
+                    kill_all(run_dir)
     d, r = summary(driver_samples), summary(raw_samples)
     results = {
         "memory_mib": args.memory,
