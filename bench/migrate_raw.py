@@ -173,7 +173,8 @@ async def main() -> None:
             for pid in raw_pids:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-            for run_dir in work.iterdir():  # n1, n2 and every raw-<i>, even a half-made one
+            # n1, n2 and every raw-<i>, even a half-made one (cleanup: blocking is fine here)
+            for run_dir in work.iterdir():  # noqa: ASYNC240
                 if run_dir.is_dir():
                     kill_all(run_dir)
     d, r = summary(driver_samples), summary(raw_samples)
