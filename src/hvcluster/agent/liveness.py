@@ -28,7 +28,8 @@ from hvcluster.models.base import decode, encode
 from hvcluster.models.config import ClusterConfig
 from hvcluster.models.errors import CorruptValue, LeaseLost, StoreError
 from hvcluster.models.node import NodeAlive
-from hvcluster.store.base import Compare, EventType, Put, Store
+from hvcluster.store.base import Compare, EventType, Put, Store, WatchEvent
+from hvcluster.store.follow import follow
 from hvcluster.store.health import nobody_can_act
 from hvcluster.store.keys import Keys
 
@@ -201,15 +202,12 @@ class NodeLiveness:
     async def watch_key(self) -> None:
         """Notice at once when our alive key is deleted."""
         key = self.keys.alive(self.node)
-        while True:
-            try:
-                start = await self.store.revision() + 1
-                async for event in self.store.watch(key, start):
-                    if event.key == key and event.type is EventType.DELETE:
-                        self.key_gone.set()
-            except StoreError as e:
-                log.warning("watch on %s broke: %s; re-watching", key, e)
-                await asyncio.sleep(self.config.keepalive_interval_s)
+
+        def seen(event: WatchEvent) -> None:
+            if event.key == key and event.type is EventType.DELETE:
+                self.key_gone.set()
+
+        await follow(self.store, key, seen, retry_s=self.config.keepalive_interval_s)
 
     async def _reregister(self) -> None:
         try:

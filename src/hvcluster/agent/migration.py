@@ -35,7 +35,8 @@ from hvcluster.models.errors import CorruptValue, DriverError, StoreError
 from hvcluster.models.lifecycle import MigrationState, VMState
 from hvcluster.models.migration import Migration, MigrationKind, Progress
 from hvcluster.models.vm import Placement, VMSpec
-from hvcluster.store.base import Store
+from hvcluster.store.base import Store, WatchEvent
+from hvcluster.store.follow import follow
 from hvcluster.store.keys import Keys
 from hvcluster.store.migrations import change_migration, read_migrations
 from hvcluster.store.state import read_config
@@ -76,15 +77,11 @@ class MigrationWorker:
                 await asyncio.wait_for(self.wake.wait(), interval)
 
     async def watch(self) -> None:
-        while True:
-            try:
-                start = await self.store.revision() + 1
-                async for event in self.store.watch(self.keys.prefix("migrations"), start):
-                    self.wake.set()
-                    self._fast_take_over(event.key, event.value)
-            except StoreError as e:
-                log.warning("watch on migrations broke: %s; re-watching", e)
-                await asyncio.sleep(0.5)
+        def seen(event: WatchEvent) -> None:
+            self.wake.set()
+            self._fast_take_over(event.key, event.value)
+
+        await follow(self.store, self.keys.prefix("migrations"), seen)
 
     async def cycle(self) -> None:
         for task_id in [t for t, task in self.tasks.items() if task.done()]:

@@ -40,6 +40,7 @@ from hvcluster.models.lifecycle import VMState
 from hvcluster.models.node import Node
 from hvcluster.models.vm import Placement, VMSpec, VMStatus
 from hvcluster.store.base import Compare, Put, Store
+from hvcluster.store.follow import follow
 from hvcluster.store.keys import Keys
 from hvcluster.store.state import read_kind
 
@@ -163,14 +164,7 @@ class NodeAgent:
 
     async def watch_changes(self, kind: str) -> None:
         """Wake the loop whenever anything under ``kind`` changes."""
-        while True:
-            try:
-                start = await self.store.revision() + 1
-                async for _ in self.store.watch(self.keys.prefix(kind), start):
-                    self.wake.set()
-            except StoreError as e:
-                log.warning("watch on %s broke: %s; re-watching", kind, e)
-                await asyncio.sleep(0.5)
+        await follow(self.store, self.keys.prefix(kind), lambda _: self.wake.set())
 
     async def watch_driver(self) -> None:
         async for event in self.driver.events():

@@ -34,7 +34,8 @@ from hvcluster.models.vm import Placement
 from hvcluster.scheduler.drain import DrainDone, DrainMove, DrainStay, InFlight, plan_drain
 from hvcluster.scheduler.placement import Choice, Ledger, choose_node
 from hvcluster.scheduler.snapshot import ClusterSnapshot
-from hvcluster.store.base import Compare, Delete, Put, Store
+from hvcluster.store.base import Compare, Delete, Put, Store, WatchEvent
+from hvcluster.store.follow import follow
 from hvcluster.store.keys import Keys
 from hvcluster.store.migrations import change_migration, create_migration, read_migrations
 from hvcluster.store.state import ClusterState, Decoded, Stored, read_cluster, read_kind
@@ -74,21 +75,17 @@ class MigrationCoordinator:
                 await asyncio.wait_for(self.wake.wait(), interval)
 
     async def watch(self) -> None:
-        while True:
-            try:
-                start = await self.store.revision() + 1
-                async for event in self.store.watch(self.keys.prefix("migrations"), start):
-                    self.wake.set()
-                    rec = _decoded(event.key, event.value)
-                    if rec is not None and rec.state is _M.SWITCHING and self.is_leader():
-                        # The fast path of the flip: the guest is paused until it commits.
-                        try:
-                            await self._switch_fast(rec, event.mod_revision)
-                        except (StoreError, TimeoutError) as e:
-                            log.warning("switch of %s failed: %s; the cycle retries", rec.id, e)
-            except StoreError as e:
-                log.warning("watch on migrations broke: %s; re-watching", e)
-                await asyncio.sleep(0.5)
+        async def seen(event: WatchEvent) -> None:
+            self.wake.set()
+            rec = _decoded(event.key, event.value)
+            if rec is not None and rec.state is _M.SWITCHING and self.is_leader():
+                # The fast path of the flip: the guest is paused until it commits.
+                try:
+                    await self._switch_fast(rec, event.mod_revision)
+                except (StoreError, TimeoutError) as e:
+                    log.warning("switch of %s failed: %s; the cycle retries", rec.id, e)
+
+        await follow(self.store, self.keys.prefix("migrations"), seen)
 
     async def cycle(self) -> None:
         records = await read_migrations(self.store, self.keys)
