@@ -21,6 +21,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 
+from hvcluster.agent.run import run_command
 from hvcluster.agent.storage import resolve_disk
 from hvcluster.models.base import decode
 from hvcluster.models.errors import CorruptValue, DriverError
@@ -47,25 +48,7 @@ class DiskBusy(DiskError):
 
 
 async def qemu_img(*args: str) -> str:
-    argv = ["qemu-img", *args]
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            stdin=asyncio.subprocess.DEVNULL,
-        )
-    except OSError as e:
-        raise DiskError(f"cannot run qemu-img: {e.strerror or e}") from None
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), QEMU_IMG_TIMEOUT_S)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise DiskError(f"{' '.join(argv)} took over {QEMU_IMG_TIMEOUT_S:.0f}s") from None
-    if proc.returncode != 0:
-        raise DiskError(f"{' '.join(argv)}: {err.decode(errors='replace').strip()}")
-    return out.decode(errors="replace")
+    return await run_command(["qemu-img", *args], QEMU_IMG_TIMEOUT_S, DiskError)
 
 
 async def virtual_size(path: Path, fmt: str) -> int:

@@ -15,12 +15,12 @@ twin for in-process simulations.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from hvcluster.agent.run import run_command
 from hvcluster.models.storage import Switch, SwitchType
 
 IP_TIMEOUT_S = 10.0
@@ -62,26 +62,7 @@ class IpLinks(Links):
         self.prefix = [binary] + (["-n", netns] if netns else [])
 
     async def _ip(self, *args: str) -> str:
-        argv = [*self.prefix, *args]
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                stdin=asyncio.subprocess.DEVNULL,
-            )
-        except OSError as e:
-            raise LinkError(f"cannot run {argv[0]}: {e.strerror or e}") from None
-        try:
-            out, err = await asyncio.wait_for(proc.communicate(), IP_TIMEOUT_S)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-            raise LinkError(f"{' '.join(argv)} did not answer in {IP_TIMEOUT_S:.0f}s") from None
-        if proc.returncode != 0:
-            said = err.decode(errors="replace").strip() or f"exit status {proc.returncode}"
-            raise LinkError(f"{' '.join(argv)}: {said}")
-        return out.decode(errors="replace")
+        return await run_command([*self.prefix, *args], IP_TIMEOUT_S, LinkError)
 
     async def get(self, name: str) -> Link | None:
         try:
