@@ -31,9 +31,11 @@ import builtins
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
+from typing import Protocol
 
 from pydantic import Field
 
+from hvcluster.drivers.errors import NotRunning
 from hvcluster.models.base import Model
 from hvcluster.models.config import MigrationSettings
 from hvcluster.models.lifecycle import VMState
@@ -209,3 +211,24 @@ class Driver(ABC):
         if self._events.full():
             self._events.get_nowait()
         self._events.put_nowait(event)
+
+
+class HasInfo(Protocol):
+    def info(self) -> VMInfo: ...
+
+
+def known_vm(name: str, running: Mapping[str, HasInfo], gone: Mapping[str, VMInfo]) -> VMInfo:
+    """The state of ``name`` from a driver's books: a VM it runs, else one that stopped or
+    crashed here and was not started again or discarded; else :class:`NotRunning`."""
+    if name in running:
+        return running[name].info()
+    if name in gone:
+        return gone[name]
+    raise NotRunning(name)
+
+
+def known_vms(running: Mapping[str, HasInfo], gone: Mapping[str, VMInfo]) -> list[VMInfo]:
+    """Every VM in a driver's books, running or gone, by name."""
+    infos = [vm.info() for vm in running.values()]
+    infos += [info for name, info in gone.items() if name not in running]
+    return sorted(infos, key=lambda i: i.name)

@@ -27,6 +27,8 @@ from hvcluster.drivers.base import (
     Usage,
     VMEvent,
     VMInfo,
+    known_vm,
+    known_vms,
 )
 from hvcluster.drivers.errors import (
     AlreadyRunning,
@@ -152,18 +154,12 @@ class QemuDriver(Driver):
         vm = self._vms.get(name)
         if vm is not None:
             self._check_alive(vm)
-        if name in self._vms:
-            return self._vms[name].info()
-        if name in self._gone:
-            return self._gone[name]
-        raise NotRunning(name)
+        return known_vm(name, self._vms, self._gone)
 
     async def list(self) -> builtins.list[VMInfo]:
         for vm in list(self._vms.values()):
             self._check_alive(vm)
-        infos = [vm.info() for vm in self._vms.values()]
-        infos += [info for n, info in self._gone.items() if n not in self._vms]
-        return sorted(infos, key=lambda i: i.name)
+        return known_vms(self._vms, self._gone)
 
     async def attach(self) -> builtins.list[VMInfo]:
         attached = []

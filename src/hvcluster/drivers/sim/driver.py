@@ -31,6 +31,8 @@ from hvcluster.drivers.base import (
     Usage,
     VMEvent,
     VMInfo,
+    known_vm,
+    known_vms,
 )
 from hvcluster.drivers.clock import Clock, SystemClock
 from hvcluster.drivers.errors import (
@@ -154,18 +156,12 @@ class SimDriver(Driver):
         vm = self._vms.get(name)
         if vm is not None:
             self._observe(vm)
-        if name in self._vms:
-            return self._vms[name].info()
-        if name in self._gone:
-            return self._gone[name]
-        raise NotRunning(name)
+        return known_vm(name, self._vms, self._gone)
 
     async def list(self) -> builtins.list[VMInfo]:
         for vm in builtins.list(self._vms.values()):
             self._observe(vm)
-        infos = [vm.info() for vm in self._vms.values()]
-        infos += [i for n, i in self._gone.items() if n not in self._vms]
-        return sorted(infos, key=lambda i: i.name)
+        return known_vms(self._vms, self._gone)
 
     async def attach(self) -> builtins.list[VMInfo]:
         if self.run_dir is None:
