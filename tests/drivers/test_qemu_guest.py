@@ -87,7 +87,12 @@ async def test_live_migration_then_save_restore_keep_the_counter(
     assert result.total_ms > 0 and result.downtime_ms > 0
     assert seen and seen[-1].bytes_transferred > 0
     assert (await src.status("mig")).state is VMState.PAUSED
-    assert (await dst.status("mig")).state is VMState.PAUSED  # waits for the placement flip
+
+    async def target_paused() -> bool:
+        # The target hears "completed" from its own QEMU, a moment after the source does.
+        return (await dst.status("mig")).state is VMState.PAUSED  # waits for the flip
+
+    await eventually(target_paused, 5, "the target to hold the VM paused")
     before = read_counter(disk)
     assert (await dst.resume("mig")).state is VMState.RUNNING
     await src.discard("mig")
