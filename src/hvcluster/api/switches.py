@@ -12,14 +12,14 @@ from fastapi import APIRouter, Depends
 
 from hvcluster.api.context import ApiContext, context, valid_name
 from hvcluster.api.reads import decode_all, decode_one, snapshot
+from hvcluster.api.removal import Removed, remove_unused
 from hvcluster.api.views import Skipped, View
-from hvcluster.api.volumes import Removed
 from hvcluster.models.base import encode
 from hvcluster.models.errors import Conflict, NotFound
 from hvcluster.models.node import Node
 from hvcluster.models.storage import Switch
 from hvcluster.models.vm import VMSpec
-from hvcluster.store.base import Compare, Delete, Get, Put
+from hvcluster.store.base import Compare, Get, Put
 
 router = APIRouter(prefix="/switches", tags=["network"])
 
@@ -117,21 +117,4 @@ async def remove_switch(
     name: str = Depends(valid_name), ctx: ApiContext = Depends(context)
 ) -> Removed:
     """Forget a switch (agents leave existing bridges alone). Refused while a VM uses it."""
-    key = ctx.keys.switch(name)
-    result = await ctx.store.txn((), [Get(key), Get(ctx.keys.prefix("vms"), True)])
-    found, vm_kvs = result.gets
-    if not found:
-        raise NotFound(f"switch {name!r} not found")
-    specs = await decode_all(VMSpec, ctx.keys, "vms", vm_kvs, ctx.corrupt)
-    used = users({n: s for n, (s, _) in specs.items.items()}, name)
-    if used:
-        raise Conflict(f"switch {name!r} is used by VM(s) {', '.join(used)}; delete them first")
-    guard = [Compare.mod_is(key, found[0].mod_revision)]
-    guard += [Compare.mod_is(kv.key, kv.mod_revision) for kv in vm_kvs]
-    done = await ctx.store.txn(guard, [Delete(key)])
-    if not done.succeeded:
-        raise Conflict(f"switch {name!r} or a VM changed while removing it; try again")
-    await ctx.record(
-        "switch.removed", f"switch/{name}", f"switch {name} removed", {"revision": done.revision}
-    )
-    return Removed(name=name, revision=done.revision)
+    return await remove_unused(ctx, "switch", ctx.keys.switch(name), name, users)

@@ -14,6 +14,7 @@ from pydantic import Field
 
 from hvcluster.api.context import ApiContext, context, valid_name
 from hvcluster.api.reads import decode_all, decode_one, snapshot
+from hvcluster.api.removal import Removed, remove_unused
 from hvcluster.api.views import Skipped, View
 from hvcluster.models.base import encode
 from hvcluster.models.errors import Conflict, NotFound
@@ -21,7 +22,7 @@ from hvcluster.models.names import Name
 from hvcluster.models.node import Node
 from hvcluster.models.storage import Volume
 from hvcluster.models.vm import VMSpec
-from hvcluster.store.base import Compare, Delete, Get, KeyValue, Put
+from hvcluster.store.base import Compare, Get, KeyValue, Put
 
 router = APIRouter(prefix="/volumes", tags=["storage"])
 
@@ -51,11 +52,6 @@ class VolumeView(View):
 class VolumeList(View):
     volumes: list[VolumeView]
     skipped: list[Skipped] = []
-    revision: int
-
-
-class Removed(View):
-    name: str
     revision: int
 
 
@@ -140,22 +136,4 @@ async def remove_volume(
     name: str = Depends(valid_name), ctx: ApiContext = Depends(context)
 ) -> Removed:
     """Forget a volume (its files stay where they are). Refused while a VM has a disk on it."""
-    key = ctx.keys.volume(name)
-    result = await ctx.store.txn((), [Get(key), Get(ctx.keys.prefix("vms"), True)])
-    found, vm_kvs = result.gets
-    if not found:
-        raise NotFound(f"volume {name!r} not found")
-    specs = await decode_all(VMSpec, ctx.keys, "vms", vm_kvs, ctx.corrupt)
-    used = users({n: s for n, (s, _) in specs.items.items()}, name)
-    if used:
-        raise Conflict(f"volume {name!r} is used by VM(s) {', '.join(used)}; delete them first")
-    # Compare the volume and every VM spec read: a VM changed meanwhile means decide again.
-    guard = [Compare.mod_is(key, found[0].mod_revision)]
-    guard += [Compare.mod_is(kv.key, kv.mod_revision) for kv in vm_kvs]
-    done = await ctx.store.txn(guard, [Delete(key)])
-    if not done.succeeded:
-        raise Conflict(f"volume {name!r} or a VM changed while removing it; try again")
-    await ctx.record(
-        "volume.removed", f"volume/{name}", f"volume {name} removed", {"revision": done.revision}
-    )
-    return Removed(name=name, revision=done.revision)
+    return await remove_unused(ctx, "volume", ctx.keys.volume(name), name, users)
