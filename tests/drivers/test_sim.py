@@ -31,7 +31,7 @@ async def run_until(clock: ManualClock, task: asyncio.Task[object], step: float 
 
 async def scenario(seed: int) -> list[tuple[float, str, str, str]]:
     """Ten VMs on two hosts for ten simulated minutes: crashes, restarts, migrations."""
-    clock = ManualClock()
+    clock = ManualClock(start=1_000_000.0)
     a = SimDriver(clock=clock, seed=seed, params=CHAOS)
     b = SimDriver(clock=clock, seed=seed, params=CHAOS)
     epochs = {f"vm-{i}": 1 for i in range(10)}
@@ -71,7 +71,7 @@ async def test_same_seed_same_trace() -> None:
 
 
 async def test_crash_at_a_chosen_time_is_reported_then() -> None:
-    clock = ManualClock()
+    clock = ManualClock(start=1_000_000.0)
     d = SimDriver(clock=clock)
     await d.start(vm("a"), 1)
     d.inject_crash("a", at=clock.now() + 30)
@@ -84,7 +84,7 @@ async def test_crash_at_a_chosen_time_is_reported_then() -> None:
 
 
 async def test_resource_use_follows_boot_then_load() -> None:
-    clock = ManualClock()
+    clock = ManualClock(start=1_000_000.0)
     d = SimDriver(clock=clock, params=SimParams(boot_s=10, boot_jitter=0))
     await d.start(VMSpec(name="a", vcpus=2, memory_mib=1000), 1)
     booting = await d.usage("a")
@@ -111,7 +111,7 @@ def test_migration_time_grows_with_memory_and_dirty_rate() -> None:
 
 
 async def test_injected_migration_failure_and_cancel_keep_the_source() -> None:
-    clock = ManualClock()
+    clock = ManualClock(start=1_000_000.0)
     a, b = SimDriver(clock=clock), SimDriver(clock=clock)
     await a.start(vm("m", memory_mib=4096), 1)
     a.fail_next_migration("m", "link flapped")

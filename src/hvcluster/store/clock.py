@@ -1,78 +1,13 @@
-"""Time as the store and its helpers see it: the real monotonic clock, or one a test drives.
-
-:class:`ManualClock` is the basis of deterministic simulation: nothing moves until the test
-calls :meth:`ManualClock.advance`, which steps from one sleeper's deadline to the next, wakes
-the sleepers due, runs the tick hooks (e.g. :meth:`MemoryStore.expire_leases`) and lets the
-woken tasks run before it moves on.
-"""
+"""Time as the store and its helpers see it: the real monotonic clock, or one a test drives
+(:class:`hvcluster.clock.ManualClock`)."""
 
 from __future__ import annotations
 
-import asyncio
-import heapq
-import itertools
 from collections.abc import Awaitable, Callable
+
+from hvcluster.clock import ManualClock
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 
-
-class ManualClock:
-    """A monotonic clock that only moves when told to. Call it to read the time."""
-
-    def __init__(self, start: float = 1000.0, settle_rounds: int = 50) -> None:
-        self._now = start
-        self._settle_rounds = settle_rounds
-        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
-        self._order = itertools.count()
-        #: Called (in order) every time the clock moves, before sleepers run.
-        self.on_tick: list[Callable[[], object]] = []
-
-    def __call__(self) -> float:
-        return self._now
-
-    def now(self) -> float:
-        return self._now
-
-    async def sleep(self, seconds: float) -> None:
-        """Sleep ``seconds`` of this clock's time (an awaitable drop-in for asyncio.sleep)."""
-        if seconds <= 0:
-            await asyncio.sleep(0)
-            return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._sleepers, (self._now + seconds, next(self._order), fut))
-        try:
-            await fut
-        finally:
-            if not fut.done():
-                fut.cancel()
-
-    async def settle(self) -> None:
-        """Let every runnable task run until it blocks again (a bounded number of rounds)."""
-        for _ in range(self._settle_rounds):
-            await asyncio.sleep(0)
-
-    async def advance(self, seconds: float) -> None:
-        """Move time forward by ``seconds``, stopping at every sleeper's deadline on the way."""
-        if seconds < 0:
-            raise ValueError(f"seconds must not be negative, got {seconds}")
-        target = self._now + seconds
-        await self.settle()
-        while True:
-            due = self._sleepers[0][0] if self._sleepers else None
-            if due is None or due > target:
-                break
-            self._now = max(self._now, due)
-            self._tick()
-            while self._sleepers and self._sleepers[0][0] <= self._now:
-                _, _, fut = heapq.heappop(self._sleepers)
-                if not fut.done():
-                    fut.set_result(None)
-            await self.settle()
-        self._now = target
-        self._tick()
-        await self.settle()
-
-    def _tick(self) -> None:
-        for hook in self.on_tick:
-            hook()
+__all__ = ["Clock", "ManualClock", "Sleep"]
