@@ -14,6 +14,7 @@ import pytest
 from hvcluster.drivers.base import Driver, VMEvent
 from hvcluster.drivers.errors import (
     AlreadyRunning,
+    DiskMoveFailed,
     MigrationFailed,
     NotRunning,
     SpecError,
@@ -24,9 +25,10 @@ from hvcluster.drivers.qemu.settings import QemuSettings
 from hvcluster.drivers.runtime import kill_all, pid_alive, running_pids, vm_dir
 from hvcluster.drivers.sim import SimDriver, SimParams
 from hvcluster.drivers.sim.state import SimHost
-from hvcluster.drivers.testguest import guest_spec
+from hvcluster.drivers.testguest import create_disk, guest_spec
 from hvcluster.models.config import MigrationSettings
 from hvcluster.models.lifecycle import VMState
+from hvcluster.models.migration import Progress
 from hvcluster.models.vm import Disk, Nic, VMSpec
 
 pytestmark = pytest.mark.timeout(60)
@@ -266,3 +268,54 @@ async def test_save_and_restore(make: Factory, spec: VMSpec, tmp_path: Path) -> 
 def test_sim_host_is_configurable() -> None:
     host = SimHost(cpus=4, memory_mib=2048, switches=("br0",))
     assert SimDriver(host=host).host.switches == ("br0",)
+
+
+async def test_move_disk_switches_the_vm_to_the_new_file(
+    make: Factory, spec: VMSpec, tmp_path: Path
+) -> None:
+    d = make("n1")
+    (tmp_path / "a").mkdir()
+    old = create_disk(tmp_path / "a" / "c1.qcow2")
+    d.set_volumes({"b": tmp_path / "b"})
+    await d.start(spec.model_copy(update={"disks": (Disk(path=str(old)),)}), 1)
+    seen: list[Progress] = []
+    moved = await d.move_disk("c1", 0, Disk(path="c1.qcow2", volume="b"), seen.append)
+    assert (moved.old_path, moved.new_path) == (str(old), str(tmp_path / "b" / "c1.qcow2"))
+    assert moved.bytes_total > 0 and seen and seen[-1].bytes_transferred == seen[-1].bytes_total
+    assert (tmp_path / "b" / "c1.qcow2").is_file() and old.is_file()  # the old one is left
+    assert (await d.status("c1")).state is VMState.RUNNING
+    with pytest.raises(DiskMoveFailed, match=r"vm c1 disk 0: .*exists already"):
+        await d.move_disk("c1", 0, Disk(path=str(old)))
+    with pytest.raises(DiskMoveFailed, match=r"volume 'nope' is not mounted"):
+        await d.move_disk("c1", 0, Disk(path="x.qcow2", volume="nope"))
+    with pytest.raises(NotRunning):
+        await d.move_disk("c9", 0, Disk(path=str(tmp_path / "c9.qcow2")))
+    assert (await d.status("c1")).state is VMState.RUNNING
+
+
+async def test_shared_nothing_primitives(make: Factory, spec: VMSpec, tmp_path: Path) -> None:
+    src, dst = make("n1"), make("n2")
+    (tmp_path / "n1").mkdir(exist_ok=True)
+    disk = create_disk(tmp_path / "n1" / "c1.qcow2")
+    on_src = spec.model_copy(update={"disks": (Disk(path=str(disk)),)})
+    there = tmp_path / "n2-disks" / "c1.qcow2"
+    on_dst = spec.model_copy(update={"disks": (Disk(path=str(there)),)})
+    await src.start(on_src, 1)
+    sizes = await src.disk_sizes("c1")
+    assert len(sizes) == 1 and sizes[0] > 0
+    incoming = await dst.prepare_incoming_with_disks(on_dst, 2, "127.0.0.1", sizes)
+    assert incoming.paths == (str(there),) and there.is_file()
+    with pytest.raises(SpecError, match="exists"):  # its disk file is there now
+        await make("n3").prepare_incoming_with_disks(on_dst, 2, "127.0.0.1", sizes)
+    result = await src.migrate_out_with_disks(
+        "c1", incoming.address, incoming.disks_address, MigrationSettings()
+    )
+    assert result.total_ms > 0
+    assert (await src.status("c1")).state is VMState.PAUSED
+    for _ in range(100):  # the target learns of completion from the stream
+        if (await dst.status("c1")).state is VMState.PAUSED:
+            break
+        await asyncio.sleep(0.05)
+    resumed = await dst.resume("c1")
+    assert (resumed.state, resumed.epoch) == (VMState.RUNNING, 2)
+    await src.discard("c1")

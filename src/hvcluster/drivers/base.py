@@ -22,6 +22,15 @@ Live migration, as the agents run it (target T, source S)::
     # any failure before the flip: await T.discard(name) and S keeps running
 
 Quick migration is :meth:`Driver.save` on the source and :meth:`Driver.restore` on the target.
+
+Storage migration, on one host: ``await D.move_disk(name, index, new_disk, on_progress)`` copies
+the disk while the guest runs and switches the guest to the copy; the caller records the new
+path and deletes the old file. Shared-nothing migration (the target does not see the disks)::
+
+    sizes = await S.disk_sizes(name)
+    incoming = await T.prepare_incoming_with_disks(spec_on_t, epoch + 1, host, sizes)
+    result = await S.migrate_out_with_disks(name, incoming.address, incoming.disks_address, ...)
+    # the flip, then as above: await T.resume(name) (it closes the disk exports first)
 """
 
 from __future__ import annotations
@@ -29,7 +38,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -41,7 +50,7 @@ from hvcluster.models.config import MigrationSettings
 from hvcluster.models.lifecycle import VMState
 from hvcluster.models.migration import Progress
 from hvcluster.models.node import Capacity, Inventory
-from hvcluster.models.vm import VMSpec
+from hvcluster.models.vm import Disk, VMSpec
 
 
 class HostFacts(Model):
@@ -86,6 +95,28 @@ class MigrationResult(Model):
     downtime_ms: float
     setup_ms: float = 0.0
     progress: Progress = Progress()
+    completed_at: float = 0.0  # wall clock the driver heard the transfer complete (0: unknown)
+
+
+class DiskMoveResult(Model):
+    """How a storage migration of one disk went (:meth:`Driver.move_disk`)."""
+
+    name: str
+    index: int
+    old_path: str  # the file the VM used until now: left in place for the caller to delete
+    new_path: str  # the file the VM uses now
+    bytes_total: int = Field(default=0, ge=0)  # the disk's virtual size
+    total_ms: float = 0.0
+
+
+class IncomingDisks(Model):
+    """A shared-nothing migration target: where the memory goes (as for
+    :meth:`Driver.prepare_incoming`) and where the disks go (``disks_address``: the driver's
+    own form, e.g. ``nbd:127.0.0.1:10809``; each disk is exported as ``disk<index>``)."""
+
+    address: str
+    disks_address: str
+    paths: tuple[str, ...] = ()  # the disk files created for it, in disk order
 
 
 ProgressCallback = Callable[[Progress], None]
@@ -199,6 +230,59 @@ class Driver(ABC):
     @abstractmethod
     async def restore(self, spec: VMSpec, epoch: int, path: Path, paused: bool = False) -> VMInfo:
         """Quick migration, in: start ``spec`` from the state saved in ``path``."""
+
+    # -- storage migration ------------------------------------------------------------------
+
+    @abstractmethod
+    async def move_disk(
+        self,
+        name: str,
+        index: int,
+        dest: Disk,
+        on_progress: ProgressCallback | None = None,
+        timeout_s: float = 3600.0,
+    ) -> DiskMoveResult:
+        """Move disk ``index`` of the running VM ``name`` to ``dest`` while the guest runs: a
+        new image of the same virtual size and format is created at ``dest`` (refused if a
+        file is there), the disk is mirrored onto it, and the guest switches to it. The old
+        file is left for the caller to delete; the VM's spec here names ``dest`` from then on.
+
+        On any failure (or ``timeout_s``) the guest keeps using the old disk, the new file is
+        removed and :class:`DiskMoveFailed` is raised naming the VM and the disk."""
+
+    @abstractmethod
+    async def disk_sizes(self, name: str) -> builtins.list[int]:
+        """The virtual size in bytes of each disk of the running VM ``name``, in spec order."""
+
+    @abstractmethod
+    async def prepare_incoming_with_disks(
+        self,
+        spec: VMSpec,
+        epoch: int,
+        host: str,
+        sizes: Sequence[int],
+        settings: MigrationSettings | None = None,
+    ) -> IncomingDisks:
+        """Shared-nothing migration, target side: create each disk of ``spec`` as a new empty
+        image of ``sizes[i]`` bytes (refused if a file is there), start ``spec`` as
+        :meth:`prepare_incoming` does, and export the disks writable on ``host`` for the
+        source to copy into. On failure nothing is left behind. After a later
+        :meth:`discard` the caller deletes the files (``IncomingDisks.paths``)."""
+
+    @abstractmethod
+    async def migrate_out_with_disks(
+        self,
+        name: str,
+        address: str,
+        disks_address: str,
+        settings: MigrationSettings,
+        on_progress: ProgressCallback | None = None,
+    ) -> MigrationResult:
+        """Shared-nothing migration, source side: copy every disk to ``disks_address`` while
+        the guest runs (mirrors that then follow each write), then migrate memory as
+        :meth:`migrate_out`; once the source is paused, the mirrors are finished so the
+        target's copies are complete and consistent. On failure the mirrors are stopped, the
+        VM keeps running here and :class:`MigrationFailed` is raised."""
 
     # -- the driver itself ------------------------------------------------------------------
 

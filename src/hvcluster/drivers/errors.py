@@ -51,6 +51,11 @@ class MigrationCancelled(MigrationFailed):
     """The migration was cancelled on request."""
 
 
+class DiskMoveFailed(MigrationFailed):
+    """A storage migration (a disk copied to a new file, or to another host) did not complete.
+    The VM keeps using its old disk."""
+
+
 class ImageBuildFailed(DriverError):
     """``hvc image build`` could not fetch the kernel or assemble the guest image."""
 

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from hvcluster.drivers.base import (
-    Driver,
     HostFacts,
     MigrationResult,
     ProgressCallback,
@@ -36,6 +35,7 @@ from hvcluster.drivers.errors import (
     NotRunning,
     QemuFailed,
 )
+from hvcluster.drivers.qemu import blockjobs
 from hvcluster.drivers.qemu.cmdline import Launch, check_spec, qemu_argv, tap_name
 from hvcluster.drivers.qemu.host import (
     cpu_model_and_flags,
@@ -48,6 +48,7 @@ from hvcluster.drivers.qemu.monitor import Monitor
 from hvcluster.drivers.qemu.probe import decide_accelerator
 from hvcluster.drivers.qemu.process import enslave_tap, kill_and_wait, launch, log_tail, wait_gone
 from hvcluster.drivers.qemu.settings import QemuSettings
+from hvcluster.drivers.qemu.storage import StorageMigration
 from hvcluster.drivers.qemu.vm import RUNSTATES, QemuVM, free_port, saved_state, uri_host
 from hvcluster.drivers.runtime import (
     pid_alive,
@@ -71,7 +72,7 @@ from hvcluster.models.vm import VMSpec
 log = logging.getLogger(__name__)
 
 
-class QemuDriver(Driver):
+class QemuDriver(StorageMigration):
     kind = "qemu"
 
     def __init__(self, run_dir: Path, settings: QemuSettings | None = None) -> None:
@@ -195,6 +196,9 @@ class QemuDriver(Driver):
 
     async def resume(self, name: str) -> VMInfo:
         vm = self._get(name)
+        if vm.exports:  # a shared-nothing target: stop serving its disks first
+            await blockjobs.close_exports(self._qmp(vm))
+            vm.exports = False
         await self._qmp(vm).execute("cont")
         self._set_state(vm, VMState.RUNNING, "resumed on request")
         return vm.info()

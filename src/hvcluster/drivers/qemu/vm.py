@@ -41,6 +41,7 @@ class QemuVM:
     exited: asyncio.Event = field(default_factory=asyncio.Event)
     cpu_sample: tuple[float, float] | None = None  # (monotonic, cpu seconds)
     dead_since: float | None = None  # monotonic time its process was first seen gone
+    exports: bool = False  # serves its disks over NBD (a shared-nothing migration target)
 
     def info(self) -> VMInfo:
         return VMInfo(

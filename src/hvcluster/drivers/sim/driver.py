@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 from hvcluster.drivers.base import (
-    Driver,
     HostFacts,
     MigrationResult,
     ProgressCallback,
@@ -54,6 +53,7 @@ from hvcluster.drivers.runtime import (
 )
 from hvcluster.drivers.sim import model, placeholder
 from hvcluster.drivers.sim.state import SimHost, SimVM, persist, read_saved_state, write_saved_state
+from hvcluster.drivers.sim.storage import SimStorage
 from hvcluster.drivers.sim.transport import Incoming, Outgoing
 from hvcluster.models.config import MigrationSettings
 from hvcluster.models.lifecycle import VMState
@@ -66,7 +66,7 @@ MIB = model.MIB
 TICK_S = 0.25  # how often crashes and killed placeholders are looked for
 
 
-class SimDriver(Driver):
+class SimDriver(SimStorage):
     kind = "sim"
 
     def __init__(
@@ -86,6 +86,7 @@ class SimDriver(Driver):
         self._vms: dict[str, SimVM] = {}
         self._gone: dict[str, VMInfo] = {}
         self._failing: dict[str, str] = {}  # vm -> reason its next migration fails
+        self._failing_disks: dict[str, str] = {}  # vm -> reason its next disk copy fails
         self._ticker: asyncio.Task[None] | None = None
         if self.run_dir is not None:
             vms_root(self.run_dir).mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,7 @@ class SimParams(Model):
     dirty_mib_s: float = Field(default=20.0, ge=0)  # memory the guest dirties per second
     max_passes: int = Field(default=30, ge=1)
     save_mib_s: float = Field(default=2000.0, gt=0)  # writing state to a shared volume
+    disk_copy_mib_s: float = Field(default=2000.0, gt=0)  # a disk mirrored to another file
     crash_rate_per_hour: float = Field(default=0.0, ge=0)  # random crashes, per VM
     migration_failure_rate: float = Field(default=0.0, ge=0, le=1)
 

@@ -1,0 +1,219 @@
+"""The sim driver's storage migration, as a simple model of the qemu driver's block mirrors.
+
+A disk copy takes ``size / params.disk_copy_mib_s`` seconds of the driver's clock, reporting
+progress every tick; it can be made to fail (:meth:`SimStorage.fail_next_disk_move`). Where the
+disk files exist (``host.check_disks``), their bytes are really copied, so the file a moved VM
+uses is there for its next start. A disk's size is its ``size_gib``, else its file's size,
+else :data:`DEFAULT_DISK_BYTES`. A shared-nothing target's ``disks_address`` is
+``sim-disks:`` and the JSON list of the files it created; the source writes its copies there
+(tests run every sim host on one machine).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import json
+import os
+import shutil
+from abc import abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+
+from hvcluster.drivers.base import (
+    DiskMoveResult,
+    Driver,
+    IncomingDisks,
+    MigrationResult,
+    ProgressCallback,
+)
+from hvcluster.drivers.clock import Clock
+from hvcluster.drivers.errors import DiskMoveFailed, MigrationFailed, SpecError
+from hvcluster.drivers.runtime import read_json, vm_dir, write_json
+from hvcluster.drivers.sim import model
+from hvcluster.drivers.sim.state import SimHost, SimVM
+from hvcluster.models.config import MigrationSettings
+from hvcluster.models.errors import DriverError
+from hvcluster.models.lifecycle import VMState
+from hvcluster.models.migration import Progress
+from hvcluster.models.vm import Disk, VMSpec
+
+GIB = 1024**3
+DEFAULT_DISK_BYTES = GIB
+PREFIX = "sim-disks:"
+TICK_S = 0.25
+
+
+class SimStorage(Driver):
+    clock: Clock
+    host: SimHost
+    params: model.SimParams
+    _failing_disks: dict[str, str]
+
+    @abstractmethod
+    def _get(self, name: str) -> SimVM: ...
+
+    @abstractmethod
+    def _set(self, vm: SimVM, state: VMState, reason: str) -> None: ...
+
+    def fail_next_disk_move(self, name: str, reason: str = "injected failure") -> None:
+        """The next disk move or disk copy of ``name`` fails half-way with ``reason``."""
+        self._failing_disks[name] = reason
+
+    def _path(self, disk: Disk, index: int) -> Path:
+        if disk.volume is None:
+            return Path(disk.path)
+        root = self.host.volumes.get(disk.volume)
+        if root is None:
+            raise SpecError(
+                f"volume {disk.volume!r} is not mounted on this host", f"disks[{index}].volume"
+            )
+        return Path(root) / disk.path
+
+    def _size(self, disk: Disk, index: int) -> int:
+        if disk.size_gib is not None:
+            return int(disk.size_gib * GIB)
+        with contextlib.suppress(OSError, SpecError):
+            return max(os.path.getsize(self._path(disk, index)), 1)
+        return DEFAULT_DISK_BYTES
+
+    async def _copy(
+        self, vm: SimVM, sources: Sequence[Path], dests: Sequence[Path], sizes: Sequence[int],
+        on_progress: ProgressCallback | None, what: str,
+    ) -> None:  # fmt: skip
+        """The modelled copy: time, progress, an injected failure half-way, the real bytes."""
+        total, done = sum(sizes), 0
+        fail = self._failing_disks.pop(vm.name, None)
+        seconds = total / (self.params.disk_copy_mib_s * model.MIB)
+        while done < total:
+            step = min(TICK_S, seconds) if seconds > 0 else 0.0
+            await self.clock.sleep(step)
+            if self._get_or_none(vm.name) is not vm:
+                raise DiskMoveFailed(f"vm {vm.name} stopped while {what}")
+            done = total if step >= seconds else min(total, done + int(total * step / seconds))
+            seconds -= step
+            if fail is not None and done * 2 >= total:
+                raise DiskMoveFailed(f"vm {vm.name}: {what} failed: {fail}")
+            if on_progress is not None:
+                on_progress(Progress(bytes_transferred=done, bytes_total=total,
+                                     bytes_remaining=total - done))  # fmt: skip
+        for src, dst in zip(sources, dests, strict=True):
+            if self.host.check_disks and src.is_file():
+                await asyncio.to_thread(shutil.copyfile, src, dst)
+
+    def _get_or_none(self, name: str) -> SimVM | None:
+        try:
+            return self._get(name)
+        except DriverError:
+            return None
+
+    async def move_disk(
+        self,
+        name: str,
+        index: int,
+        dest: Disk,
+        on_progress: ProgressCallback | None = None,
+        timeout_s: float = 3600.0,
+    ) -> DiskMoveResult:
+        vm = self._get(name)
+        what = f"vm {name} disk {index}"
+        if not 0 <= index < len(vm.spec.disks):
+            raise SpecError(f"vm {name} has no disk {index}", f"disks[{index}]")
+        began = self.clock.now()
+        try:
+            old = self._path(vm.spec.disks[index], index)
+            new = self._path(dest, index)
+            if new.exists():
+                raise SpecError(f"{new} exists already; a disk is never moved onto a file", "path")
+            size = self._size(vm.spec.disks[index], index)
+            new.parent.mkdir(parents=True, exist_ok=True)
+            new.touch()
+        except (SpecError, OSError) as e:
+            raise DiskMoveFailed(f"{what}: cannot move it: {e}") from e
+        try:
+            await self._copy(vm, [old], [new], [size], on_progress, f"moving {what} to {new}")
+        except (DiskMoveFailed, OSError) as e:
+            with contextlib.suppress(OSError):
+                new.unlink()
+            if isinstance(e, DiskMoveFailed):
+                raise
+            raise DiskMoveFailed(f"{what}: moving it to {new} failed: {e}") from e
+        disks = list(vm.spec.disks)
+        disks[index] = dest
+        vm.spec = vm.spec.model_copy(update={"disks": tuple(disks)})
+        self._respec(vm)
+        return DiskMoveResult(
+            name=name,
+            index=index,
+            old_path=str(old),
+            new_path=str(new),
+            bytes_total=size,
+            total_ms=(self.clock.now() - began) * 1000,
+        )
+
+    def _respec(self, vm: SimVM) -> None:
+        if self.run_dir is None:
+            return
+        d = vm_dir(self.run_dir, vm.name)
+        record = read_json(d / "spec.json")
+        if record is not None:
+            record["spec"] = vm.spec.model_dump(mode="json")
+            with contextlib.suppress(OSError):
+                write_json(d / "spec.json", record)
+
+    async def disk_sizes(self, name: str) -> builtins.list[int]:
+        vm = self._get(name)
+        return [self._size(d, i) for i, d in enumerate(vm.spec.disks)]
+
+    async def prepare_incoming_with_disks(
+        self,
+        spec: VMSpec,
+        epoch: int,
+        host: str,
+        sizes: Sequence[int],
+        settings: MigrationSettings | None = None,
+    ) -> IncomingDisks:
+        paths = [self._path(d, i) for i, d in enumerate(spec.disks)]
+        if len(sizes) != len(paths):
+            raise SpecError(f"{len(sizes)} sizes for {len(paths)} disks", "disks")
+        made: list[Path] = []
+        try:
+            for i, path in enumerate(paths):
+                if path.exists():
+                    raise SpecError(f"{path} exists already", f"disks[{i}].path")
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.touch()
+                made.append(path)
+            address = await self.prepare_incoming(spec, epoch, host, settings)
+        except (SpecError, MigrationFailed, OSError) as e:
+            for path in made:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+            if isinstance(e, OSError):
+                raise SpecError(f"cannot create the disks: {e}", "disks") from e
+            raise
+        disks_address = PREFIX + json.dumps([str(p) for p in paths])
+        return IncomingDisks(
+            address=address, disks_address=disks_address, paths=tuple(map(str, paths))
+        )
+
+    async def migrate_out_with_disks(
+        self,
+        name: str,
+        address: str,
+        disks_address: str,
+        settings: MigrationSettings,
+        on_progress: ProgressCallback | None = None,
+    ) -> MigrationResult:
+        vm = self._get(name)
+        if not disks_address.startswith(PREFIX):
+            raise SpecError(f"{disks_address!r} is not a sim disks address", "disks_address")
+        dests = [Path(p) for p in json.loads(disks_address.removeprefix(PREFIX))]
+        sources = [self._path(d, i) for i, d in enumerate(vm.spec.disks)]
+        if len(dests) != len(sources):
+            raise SpecError(f"{len(dests)} targets for {len(sources)} disks", "disks_address")
+        sizes = await self.disk_sizes(name)
+        what = f"copying its disks to {disks_address}"
+        await self._copy(vm, sources, dests, sizes, on_progress, what)
+        return await self.migrate_out(name, address, settings, on_progress)
