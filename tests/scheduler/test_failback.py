@@ -140,3 +140,36 @@ def test_window_helpers() -> None:
     assert next_hour_start(at(12, 30), 22) == at(22)
     assert next_hour_start(at(22), 22) == at(22)
     assert next_hour_start(at(23), 22) == at(22) + 86400
+
+
+def held_node(name: str, held: dict[str, int]) -> NodeView:
+    """A node resumed with ``failback none`` while the VMs in ``held`` were away."""
+    plain = node(name)
+    return NodeView(plain.node.model_copy(update={"failback_held": held}), alive=True)
+
+
+def test_a_node_resumed_with_failback_none_holds_back_vms_away_at_that_epoch() -> None:
+    nodes = [held_node("n1", {"web": 1}), node("n2"), node("n3")]
+    (d,) = run(IMMEDIATE, at(12), nodes)
+    assert isinstance(d, Wait) and d.subject == "vm/web" and d.until is None
+    assert "n1 (preferred owner #1) was resumed with failback none" in d.reason
+    assert "its own failback policy, immediate, would" in d.reason
+
+
+def test_the_hold_ends_when_the_vm_has_moved_since() -> None:
+    nodes = [held_node("n1", {"web": 1}), node("n2"), node("n3")]
+    moved = vm("web", on="n2", epoch=2, preferred=("n1", "n2"), failback=IMMEDIATE)
+    (d,) = plan(snap(nodes, [moved], now=at(12)))
+    assert isinstance(d, FailbackDecision) and d.to_node == "n1"
+
+
+def test_a_hold_on_one_node_leaves_failback_to_another_preferred_owner() -> None:
+    nodes = [held_node("n1", {"web": 1}), node("n2"), node("n3")]
+    away = vm("web", on="n3", preferred=("n1", "n2", "n3"), failback=IMMEDIATE)
+    (d,) = plan(snap(nodes, [away], now=at(12)))
+    assert isinstance(d, FailbackDecision) and d.to_node == "n2"
+
+
+def test_a_hold_is_silent_when_the_vm_would_not_fail_back_anyway() -> None:
+    nodes = [held_node("n1", {"web": 1}), node("n2"), node("n3")]
+    assert run(None, at(12), nodes) == ()  # failback never: nothing to hold back

@@ -16,7 +16,7 @@ from hvcluster.api.writes import update
 from hvcluster.models.errors import Conflict, NotFound
 from hvcluster.models.lifecycle import NODE_LIFECYCLE, NodeAdminState
 from hvcluster.models.node import Node, NodeAlive
-from hvcluster.models.vm import Placement
+from hvcluster.models.vm import Placement, VMSpec
 from hvcluster.store.base import Get
 
 router = APIRouter(prefix="/nodes", tags=["nodes"])
@@ -88,10 +88,15 @@ async def _set_admin(
     target: NodeAdminState,
     reason: str,
     clear_quarantine: bool = False,
+    extra: dict[str, object] | None = None,
 ) -> NodeView:
+    """Move the node's admin state to ``target`` (and set ``extra`` fields with it, in the
+    same compare-and-set)."""
+    extra = extra or {}
+
     def change(node: Node) -> Node | None:
         if node.admin_state == target:
-            return None
+            return node.model_copy(update=extra) if extra else None
         if node.admin_state is NodeAdminState.QUARANTINED and not clear_quarantine:
             until = node.quarantined_until
             when = f" until {time.strftime('%H:%M:%S', time.localtime(until))}" if until else ""
@@ -106,6 +111,7 @@ async def _set_admin(
             "admin_state": target,
             "admin_reason": reason,
             "admin_since": time.time(),
+            **extra,
         }
         if node.admin_state is NodeAdminState.QUARANTINED:
             fields["quarantined_until"] = None
@@ -124,6 +130,7 @@ async def _set_admin(
                 "from": done.before.admin_state.value,
                 "to": target.value,
                 "revision": done.revision,
+                **({"failback_held": ",".join(sorted(done.after.failback_held))} if extra else {}),
             },
         )
     return await _load(ctx, name)
@@ -146,9 +153,42 @@ async def resume_node(
     request: ResumeRequest | None = _NO_BODY,
     ctx: ApiContext = Depends(context),
 ) -> NodeView:
+    """The node takes VMs again. ``failback``: ``none``, the VMs away from it now stay
+    where they are (until they next move), whatever their own failback policy says;
+    ``policy``, each VM's failback policy decides; ``immediate``, every VM drained off it
+    moves back now (live)."""
     reason = request.reason if request and request.reason else "resumed by an administrator"
     clear = bool(request and request.clear_quarantine)
-    resumed = await _set_admin(ctx, name, NodeAdminState.UP, reason, clear)
-    if request is not None and request.failback == "immediate":
+    failback = request.failback if request is not None else "policy"
+    held = await _away_from(ctx, name) if failback == "none" else {}
+    if held:
+        reason += (
+            f"; failback none: {len(held)} VM(s) away from it stay where they are "
+            f"until they next move ({', '.join(sorted(held))})"
+        )
+    elif failback == "none":
+        reason += "; failback none (no VM of it is away)"
+    else:
+        reason += f"; failback {failback}"
+    resumed = await _set_admin(ctx, name, NodeAdminState.UP, reason, clear, {"failback_held": held})
+    if failback == "immediate":
         await migrations.fail_back(ctx, name)
     return resumed
+
+
+async def _away_from(ctx: ApiContext, name: str) -> dict[str, int]:
+    """VMs that would fail back to ``name`` by their own policy (it is one of their preferred
+    owners) but are placed elsewhere: each with its placement epoch now."""
+    snap = await snapshot(ctx.store, ctx.keys, ("vms", "placements"))
+    specs = await decode_all(VMSpec, ctx.keys, "vms", snap.by_kind["vms"], ctx.corrupt)
+    placements = await decode_all(
+        Placement, ctx.keys, "placements", snap.by_kind["placements"], ctx.corrupt
+    )
+    held = {}
+    for vm, (placement, _) in placements.items.items():
+        spec = specs.items.get(vm)
+        if spec is None or placement.node == name:
+            continue
+        if name in spec[0].ha.preferred_owners:
+            held[vm] = placement.epoch
+    return held

@@ -106,8 +106,10 @@ class ResumeRequest(ActionRequest):
     # A quarantined node is only resumed when this is said explicitly (WSFC's
     # -ClearQuarantine): the controller put it there for failing too often.
     clear_quarantine: bool = False
-    # none: VMs stay where they are; policy: each VM's own failback policy decides;
-    # immediate: every VM drained off the node moves back now (live).
+    # none: the VMs away from the node (it is one of their preferred owners) stay where they
+    # are until they next move, whatever their own failback policy says (recorded on the
+    # node as failback_held, which the scheduler honours); policy: each VM's own failback
+    # policy decides; immediate: every VM drained off the node moves back now (live).
     failback: Literal["none", "immediate", "policy"] = "policy"
 
 

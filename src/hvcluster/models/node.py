@@ -45,6 +45,11 @@ class Node(Model):
     # until when it is quarantined.
     failures: tuple[float, ...] = ()
     quarantined_until: float | None = None
+    # Written by the API on ``resume --failback none``: VM -> the placement epoch it had
+    # then. While a VM is still at that epoch (it has not moved since), it does not fail back
+    # to this node, whatever its own failback policy says. Resuming with another failback
+    # mode clears it.
+    failback_held: dict[str, int] = {}
 
 
 class NodeAlive(Model):

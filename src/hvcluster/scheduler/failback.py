@@ -7,6 +7,11 @@ to the most preferred owner ranked above its current node that is open (alive, u
 ``now`` is in ``[window_start_hour, window_end_hour)``, in UTC (a window whose end is not after
 its start crosses midnight). Outside the window it is a :class:`Wait` until the window opens.
 The controller carries a :class:`Failback` out as a (live) move.
+
+A node resumed with ``failback none`` holds back the VMs that were away from it then
+(``Node.failback_held``: VM -> its placement epoch at the resume): such a VM does not fail
+back to that node while it is still at that epoch, whatever its own policy says. When that
+hold is all that keeps it from failing back, it is a :class:`Wait` (said once) naming it.
 """
 
 from __future__ import annotations
@@ -28,15 +33,26 @@ def _rank_text(vm: VMView, node: str) -> str:
     return "not a preferred owner"
 
 
+def held(vm: VMView, snapshot: ClusterSnapshot, node: str) -> bool:
+    """``node`` was resumed with ``failback none`` while ``vm`` was away at its present
+    placement epoch: it does not fail back there (until it next moves)."""
+    found = snapshot.nodes.get(node)
+    if found is None or vm.placement is None:
+        return False
+    return found.node.failback_held.get(vm.name) == vm.placement.epoch
+
+
 def _target(
     vm: VMView, snapshot: ClusterSnapshot, closed: Mapping[str, str], ledger: Ledger
-) -> str | None:
-    """The most preferred owner above the VM's current node that can take it, if any."""
+) -> tuple[str | None, str | None]:
+    """The most preferred owner above the VM's current node that can take it, if any; and
+    the first one that could but holds it back (resumed with ``failback none``)."""
     assert vm.placement is not None
     spec, current = vm.spec, vm.placement.node
     preferred = spec.ha.preferred_owners
     above = preferred[: preferred.index(current)] if current in preferred else preferred
     soft_here = conflicts(spec, ledger.residents(current)).soft
+    holder: str | None = None
     for name in above:
         node = snapshot.nodes.get(name)
         if node is None or name in closed:
@@ -47,8 +63,11 @@ def _target(
             continue
         if conflicts(spec, ledger.residents(name)).soft > soft_here:
             continue
-        return name
-    return None
+        if held(vm, snapshot, name):
+            holder = holder or name
+            continue
+        return name, holder
+    return None, holder
 
 
 def failback_decisions(
@@ -74,8 +93,19 @@ def failback_decisions(
         here = health.get(current)
         if here is None or here.liveness is not Liveness.ALIVE:
             continue
-        target = _target(vm, snapshot, closed, ledger)
+        target, holder = _target(vm, snapshot, closed, ledger)
         if target is None:
+            if holder is not None:
+                out.append(
+                    Wait(
+                        vm_subject(vm.name),
+                        None,
+                        f"{vm.name} stays on {current}: {holder} "
+                        f"({_rank_text(vm, holder)}) was resumed with failback none while "
+                        f"{vm.name} was away, so it does not fail back there (its own "
+                        f"failback policy, {fb.mode.value}, would) until it next moves",
+                    )
+                )
             continue
         what = (
             f"it runs on {current} ({_rank_text(vm, current)}) and {target} "
