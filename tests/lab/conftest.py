@@ -29,7 +29,7 @@ class Lab:
     def api(self, avoid: str | None = None) -> str:
         for n in self.state.nodes:
             if n.name != avoid:
-                return f"http://127.0.0.1:{n.api_port}"
+                return f"http://{n.address}:{n.api_port}"
         raise AssertionError("no API left")
 
     def get(self, path: str, avoid: str | None = None) -> Any:
@@ -72,10 +72,20 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, every: flo
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
-def make_lab(tmp: Path, driver: str, nodes: int = 3) -> Iterator[Lab]:
+def make_lab(
+    tmp: Path, driver: str, nodes: int = 3, network: cluster.Network = "loopback"
+) -> Iterator[Lab]:
     lab_dir = tmp / "lab"
     try:
-        cluster.up(nodes, driver, lab_dir, CACHE, ClusterConfig(), log=lambda _: None)  # type: ignore[arg-type]
+        cluster.up(
+            nodes,
+            driver,  # type: ignore[arg-type]
+            lab_dir,
+            CACHE,
+            ClusterConfig(),
+            log=lambda _: None,
+            network=network,
+        )
         yield Lab(lab_dir)
     finally:
         cluster.down(lab_dir, log=lambda _: None)

@@ -26,13 +26,19 @@ def up(
     demo: bool = typer.Option(False, help="Create demo VMs."),
     demo_vms: int = typer.Option(0, help="How many demo VMs (default: 3 qemu, 6 sim)."),
     cache: Path = typer.Option(Path("/var/cache/hvcluster"), help="The guest image cache."),
+    netns: bool = typer.Option(
+        False, "--netns", help="Each node in its own network namespace (links can be cut)."
+    ),
     lab_dir: Path = LabDir,
 ) -> None:
     """Start a local etcd and NODES agents; with --demo, create demo VMs."""
     if driver not in ("qemu", "sim"):
         raise typer.BadParameter("use qemu or sim", param_hint="--driver")
     kind: Literal["qemu", "sim"] = "qemu" if driver == "qemu" else "sim"
-    state = cluster.up(nodes, kind, lab_dir, cache, ClusterConfig(), log=console.print)
+    network: cluster.Network = "netns" if netns else "loopback"
+    state = cluster.up(
+        nodes, kind, lab_dir, cache, ClusterConfig(), log=console.print, network=network
+    )
     if demo:
         count = demo_vms or (3 if kind == "qemu" else 6)
         names = create_vms(state.api[0], demo_specs(state, count, cache))
@@ -63,7 +69,7 @@ def status(lab_dir: Path = LabDir, json: bool = typer.Option(False, "--json")) -
                 n.agent_pid,
                 "up" if processes.alive(n.watchdog_pid) else "down",
                 len(cluster.vm_pids(n)),
-                f"http://127.0.0.1:{n.api_port}",
+                f"http://{n.address}:{n.api_port}",
             ]
         )
     etcd = ["up" if processes.alive(p) else "down" for p in state.etcd_pids]
@@ -96,12 +102,13 @@ def down(lab_dir: Path = LabDir) -> None:
 @app.command()
 @friendly_errors
 def fault(
-    action: str = typer.Argument(..., help="kill | kill-agent | stop | cont"),
+    action: str = typer.Argument(..., help="kill | kill-agent | stop | cont | partition | heal"),
     node: str = typer.Argument(..., help="The node, e.g. n1."),
     lab_dir: Path = LabDir,
 ) -> None:
     """Inject a fault: kill = host crash (agent, watchdog, VMs SIGKILLed); kill-agent = only
-    the agent; stop = SIGSTOP the agent (a hung host); cont = SIGCONT it."""
+    the agent; stop = SIGSTOP the agent (a hung host); cont = SIGCONT it; partition = cut
+    the node's network link (a lab started with --netns), heal = plug it back."""
     console.print(cluster.fault(load(lab_dir), action, node))
 
 

@@ -1,6 +1,7 @@
 """``hvc lab``: a whole cluster on one machine. A local etcd and N agents (each with its
-watchdog), as detached processes on loopback ports, each node with its own run dir, so that
-faults are real: kill -9 a host, SIGSTOP an agent, restart one.
+watchdog), as detached processes, each node with its own run dir, so that faults are real:
+kill -9 a host, SIGSTOP an agent, restart one. On loopback ports, or (``network="netns"``)
+each node in its own network namespace, so a node's link can be cut too.
 
 Everything lives under one lab dir (default ``/run/hvc-lab``); ``lab.json`` there says what
 runs, so later commands (and ``hvc`` itself, to find the API) can find it.
@@ -21,13 +22,14 @@ from typing import Literal
 import httpx
 
 from hvcluster.drivers.runtime import running_pids
-from hvcluster.lab import processes
+from hvcluster.lab import netns, processes
 from hvcluster.lab.etcd import EtcdProcess, free_ports
 from hvcluster.lab.state import DEFAULT_LAB_DIR, LabNode, LabState, load, save
 from hvcluster.models.config import ClusterConfig
 from hvcluster.models.errors import HvcError
 
 Driver = Literal["qemu", "sim"]
+Network = Literal["loopback", "netns"]
 Log = Callable[[str], None]
 HVC = [sys.executable, "-m", "hvcluster"]
 
@@ -53,6 +55,7 @@ def up(
     config: ClusterConfig | None = None,
     log: Log = print,
     timeout: float = 60.0,
+    network: Network = "loopback",
 ) -> LabState:
     """Start etcd and ``nodes`` agents; return once every API answers."""
     if nodes < 1:
@@ -64,15 +67,26 @@ def up(
     lab_dir.mkdir(parents=True)
     config = config or ClusterConfig()
     ports = free_ports(2 + nodes)
+    names = [f"n{i + 1}" for i in range(nodes)]
+    net = netns.choose(str(lab_dir.resolve())) if network == "netns" else None
+    host = net.host_ip if net else "127.0.0.1"
     etcd = EtcdProcess(
         "etcd0",
         lab_dir / "etcd" / "etcd0",
         ports[0],
         ports[1],
-        f"etcd0=http://127.0.0.1:{ports[1]}",
+        f"etcd0=http://{host}:{ports[1]}",
         f"hvc-lab-{ports[0]}",
+        host=host,
     )
     etcd.data_dir.mkdir(parents=True)
+    if net is not None:
+        try:
+            netns.create(net, names)
+        except BaseException:
+            netns.destroy(net, names)
+            raise
+        log(f"network: bridge {net.bridge} {net.host_ip}/24, a namespace per node")
     etcd_pid = processes.spawn(etcd.command(), etcd.log_path)
     state = LabState(
         cluster="lab",
@@ -82,6 +96,7 @@ def up(
         etcd_pids=(etcd_pid,),
         etcd_data_dirs=(str(etcd.data_dir),),
         shared_dir=str(lab_dir / "shared"),
+        net=net,
     )
     save(state)
     try:
@@ -92,13 +107,14 @@ def up(
         _bootstrap(state, config)
         Path(state.shared_dir).mkdir(parents=True, exist_ok=True)
         lab_nodes = []
-        for i in range(nodes):
-            node = _make_node(state, f"n{i + 1}", ports[2 + i], driver, cache_dir)
+        for i, name in enumerate(names):
+            address = net.node_ip(i + 1) if net else "127.0.0.1"
+            node = _make_node(state, name, address, ports[2 + i], driver, cache_dir)
             lab_nodes.append(node)
         state = state.model_copy(
             update={
                 "nodes": tuple(lab_nodes),
-                "api": tuple(f"http://127.0.0.1:{n.api_port}" for n in lab_nodes),
+                "api": tuple(f"http://{n.address}:{n.api_port}" for n in lab_nodes),
             }
         )
         save(state)
@@ -136,17 +152,21 @@ def _bootstrap(state: LabState, config: ClusterConfig) -> None:
     )
 
 
-def _make_node(state: LabState, name: str, port: int, driver: Driver, cache: Path) -> LabNode:
+def _make_node(
+    state: LabState, name: str, address: str, port: int, driver: Driver, cache: Path
+) -> LabNode:
     run_dir = Path(state.dir) / "nodes" / name
     run_dir.mkdir(parents=True)
     conf = run_dir / "agent.toml"
     etcd = ", ".join(f'"{e}"' for e in state.etcd_endpoints)
     conf.write_text(
         f'node = "{name}"\ncluster = "{state.cluster}"\netcd = [{etcd}]\n'
-        f'address = "127.0.0.1"\napi_host = "127.0.0.1"\napi_port = {port}\n'
+        f'address = "{address}"\napi_host = "{address}"\napi_port = {port}\n'
         f'run_dir = "{run_dir}"\ndriver = "{driver}"\ncache_dir = "{cache}"\n'
     )
-    return LabNode(name=name, run_dir=str(run_dir), config=str(conf), api_port=port)
+    return LabNode(
+        name=name, run_dir=str(run_dir), config=str(conf), api_port=port, address=address
+    )
 
 
 def start_node(state: LabState, name: str, fence_after: float = 3.0) -> LabState:
@@ -154,22 +174,27 @@ def start_node(state: LabState, name: str, fence_after: float = 3.0) -> LabState
     node = state.node(name)
     run_dir = Path(node.run_dir)
     wd = node.watchdog_pid
+    enter = functools.partial(state.net.enter, name) if state.net else list
     if not processes.alive(wd):
         wd = processes.spawn(
-            [
-                sys.executable,
-                "-m",
-                "hvcluster.agent.watchdog",
-                "--run-dir",
-                str(run_dir),
-                "--fence-after",
-                str(fence_after),
-            ],
+            enter(
+                [
+                    sys.executable,
+                    "-m",
+                    "hvcluster.agent.watchdog",
+                    "--run-dir",
+                    str(run_dir),
+                    "--fence-after",
+                    str(fence_after),
+                ]
+            ),
             run_dir / "watchdog.out",
         )
     agent = node.agent_pid
     if not processes.alive(agent):
-        agent = processes.spawn([*HVC, "agent", "--config", node.config], run_dir / "agent.log")
+        agent = processes.spawn(
+            enter([*HVC, "agent", "--config", node.config]), run_dir / "agent.log"
+        )
     state = state.with_node(node.model_copy(update={"agent_pid": agent, "watchdog_pid": wd}))
     save(state)
     return state
@@ -215,7 +240,16 @@ def fault(state: LabState, action: str, name: str) -> str:
     if action == "cont":
         processes.signal_pid(node.agent_pid, signal.SIGCONT)
         return f"continued (SIGCONT) the agent of {name} (pid {node.agent_pid})"
-    raise LabError(f"unknown fault {action!r}: use kill, kill-agent, stop or cont")
+    if action in ("partition", "heal"):  # the node's cable pulled / plugged back
+        if state.net is None:
+            raise LabError(
+                "partition and heal need a lab with its own network: 'hvc lab up --netns'"
+            )
+        netns.set_link(state.net, name, action == "heal")
+        if action == "heal":
+            return f"healed {name}: its link {state.net.veth(name)} is up again"
+        return f"partitioned {name}: its link {state.net.veth(name)} is down (processes run on)"
+    raise LabError(f"unknown fault {action!r}: use kill, kill-agent, stop, cont, partition or heal")
 
 
 def down(lab_dir: Path = DEFAULT_LAB_DIR, log: Log = print) -> None:
@@ -232,4 +266,7 @@ def down(lab_dir: Path = DEFAULT_LAB_DIR, log: Log = print) -> None:
         processes.terminate([n.watchdog_pid for n in state.nodes], grace=2)
         processes.terminate(list(state.etcd_pids))
         log(f"stopped {len(agents)} agents, {len(vms)} VMs, etcd")
+        if state.net is not None:
+            names = [n.name for n in state.nodes] or [f"n{i + 1}" for i in range(16)]
+            netns.destroy(state.net, names)
     shutil.rmtree(lab_dir, ignore_errors=True)

@@ -69,8 +69,10 @@ class EtcdProcess:
         heartbeat_ms: int = 100,
         election_ms: int = 1000,
         binary: str = ETCD_BINARY,
+        host: str = HOST,
     ) -> None:
         self.name = name
+        self.host = host
         self.data_dir = data_dir
         self.client_port = client_port
         self.peer_port = peer_port
@@ -84,16 +86,16 @@ class EtcdProcess:
 
     @property
     def endpoint(self) -> str:
-        """``127.0.0.1:<client port>``: what the store takes."""
-        return f"{HOST}:{self.client_port}"
+        """``<host>:<client port>``: what the store takes."""
+        return f"{self.host}:{self.client_port}"
 
     @property
     def client_url(self) -> str:
-        return f"http://{HOST}:{self.client_port}"
+        return f"http://{self.host}:{self.client_port}"
 
     @property
     def peer_url(self) -> str:
-        return f"http://{HOST}:{self.peer_port}"
+        return f"http://{self.host}:{self.peer_port}"
 
     @property
     def pid(self) -> int | None:

@@ -10,6 +10,7 @@ from typing import Literal
 
 from pydantic import ValidationError
 
+from hvcluster.lab.netns import LabNet
 from hvcluster.models.base import Model, describe
 from hvcluster.models.errors import HvcError
 
@@ -22,6 +23,7 @@ class LabNode(Model):
     run_dir: str
     config: str  # path of the agent's TOML config
     api_port: int
+    address: str = "127.0.0.1"  # the agent's API and migration address
     agent_pid: int = 0
     watchdog_pid: int = 0
 
@@ -36,6 +38,7 @@ class LabState(Model):
     nodes: tuple[LabNode, ...] = ()
     api: tuple[str, ...] = ()  # every agent's API base URL
     shared_dir: str = ""  # the lab's one "shared volume"
+    net: LabNet | None = None  # None: every node on loopback; else a namespace per node
 
     def node(self, name: str) -> LabNode:
         for n in self.nodes:

@@ -1,0 +1,109 @@
+"""The lab's network: each node in its own network namespace, linked by a veth pair to one
+bridge in this host's namespace, where etcd listens. A node's link can then be cut like a pulled
+cable (``hvc lab fault partition``): its agent, watchdog and VMs keep running, cut off from
+etcd and from the other nodes.
+
+Addresses come from ``10.213.<k>.0/24`` (``<k>`` chosen so no address of this host is in it):
+the bridge is ``.1``, node ``n<i>`` is ``.<10 + i>``. Traffic stays inside the namespaces the lab
+made. Needs root, iproute2 and nsenter (util-linux).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from collections.abc import Sequence
+
+from hvcluster.models.base import Model
+from hvcluster.models.errors import HvcError
+
+PREFIX = "10.213"
+COMMAND_TIMEOUT_S = 10.0
+
+
+class NetnsError(HvcError):
+    """The lab's network could not be set up or changed."""
+
+
+class LabNet(Model):
+    bridge: str  # in this host's namespace; also the stem of every other name
+    subnet: str  # "10.213.<k>"
+
+    @property
+    def host_ip(self) -> str:
+        return f"{self.subnet}.1"
+
+    def node_ip(self, index: int) -> str:
+        """The address of the ``index``-th node (1-based)."""
+        return f"{self.subnet}.{10 + index}"
+
+    def netns(self, node: str) -> str:
+        return f"{self.bridge}-{node}"
+
+    def veth(self, node: str) -> str:
+        """The host's end of ``node``'s link (at most 15 characters)."""
+        return f"{self.bridge}{node}"
+
+    def enter(self, node: str, argv: Sequence[str]) -> list[str]:
+        """``argv`` run in ``node``'s namespace (only the network namespace changes: nsenter
+        execs it, so the pid is the command's own)."""
+        return ["nsenter", f"--net=/run/netns/{self.netns(node)}", "--", *argv]
+
+
+def _ip(*args: str, check: bool = True) -> str:
+    try:
+        done = subprocess.run(
+            ["ip", *args], capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise NetnsError(f"'ip {' '.join(args)}' could not run: {e}") from e
+    if check and done.returncode != 0:
+        raise NetnsError(f"'ip {' '.join(args)}' failed: {done.stderr.strip()}")
+    return done.stdout
+
+
+def choose(seed: str) -> LabNet:
+    """A bridge name derived from ``seed`` (the lab dir) and a /24 no address here is in."""
+    digest = hashlib.sha256(seed.encode()).hexdigest()
+    bridge = f"hvl{digest[:5]}"
+    used = _ip("-4", "-o", "addr", "show")
+    start = int(digest[5:7], 16)
+    for step in range(256):
+        k = (start + step) % 254 + 1
+        subnet = f"{PREFIX}.{k}"
+        if f" {subnet}." not in used:
+            return LabNet(bridge=bridge, subnet=subnet)
+    raise NetnsError(f"no free /24 left in {PREFIX}.0.0/16 for the lab network")
+
+
+def create(net: LabNet, nodes: Sequence[str]) -> None:
+    """Make the bridge and one namespace + link per node (the first of ``nodes`` is index 1)."""
+    destroy(net, nodes)  # a crashed earlier lab may have left pieces behind
+    _ip("link", "add", net.bridge, "type", "bridge")
+    _ip("addr", "add", f"{net.host_ip}/24", "dev", net.bridge)
+    _ip("link", "set", net.bridge, "up")
+    for index, node in enumerate(nodes, start=1):
+        ns, veth = net.netns(node), net.veth(node)
+        _ip("netns", "add", ns)
+        _ip("link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
+        _ip("link", "set", veth, "master", net.bridge, "up")
+        _ip("-n", ns, "addr", "add", f"{net.node_ip(index)}/24", "dev", "eth0")
+        _ip("-n", ns, "link", "set", "eth0", "up")
+        _ip("-n", ns, "link", "set", "lo", "up")
+
+
+def set_link(net: LabNet, node: str, up: bool) -> None:
+    """Connect (``up``) or cut ``node``'s link to the bridge."""
+    _ip("link", "set", net.veth(node), "up" if up else "down")
+
+
+def link_up(net: LabNet, node: str) -> bool:
+    return "state DOWN" not in _ip("-o", "link", "show", net.veth(node))
+
+
+def destroy(net: LabNet, nodes: Sequence[str]) -> None:
+    """Remove what :func:`create` made; what is already gone is fine."""
+    for node in nodes:
+        _ip("link", "del", net.veth(node), check=False)
+        _ip("netns", "del", net.netns(node), check=False)
+    _ip("link", "del", net.bridge, check=False)
