@@ -217,25 +217,30 @@ class NodeLiveness:
 
     async def _without_keepalive(self, started: float, error: BaseException) -> None:
         evidence = await self.evidence()
+        why = str(error) or type(error).__name__
         if evidence.nobody_can_act:
             self._feed(started + self.config.fence_after_s)
             log.warning(
                 "keepalive failed (%s) but %d of %d etcd members answer and none has a "
                 "leader: nobody can act, VMs keep running",
-                error,
+                why,
                 evidence.reachable,
                 evidence.members,
             )
-        else:
-            left = self.deadline - self.clock()
-            log.warning(
-                "keepalive failed (%s); %d of %d etcd members reachable, and some may "
-                "follow a leader: it may be us cut off; watchdog fires in %.1fs",
-                error,
-                evidence.reachable,
-                evidence.members,
-                left,
-            )
+            return
+        left = self.deadline - self.clock()
+        reach = (
+            f"{evidence.reachable} of {evidence.members} etcd members reachable, and some may "
+            "follow a leader"
+            if evidence.members
+            else "no etcd member answered"
+        )
+        fate = (
+            f"watchdog fires in {left:.1f}s"
+            if left > 0
+            else f"watchdog fired {-left:.1f}s ago: our VMs are killed and may run elsewhere"
+        )
+        log.warning("keepalive failed (%s); %s: it may be us cut off; %s", why, reach, fate)
 
     async def evidence(self) -> Evidence:
         try:

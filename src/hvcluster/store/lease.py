@@ -112,7 +112,7 @@ class LeaseKeeper:
                 "keepalive of lease %x failed (%d in a row): %s",
                 self.lease_id,
                 self.failures,
-                e or "timed out",
+                str(e) or type(e).__name__,
             )
             return False
         self.failures = 0
