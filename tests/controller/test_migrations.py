@@ -17,7 +17,7 @@ from hvcluster.models.node import Capacity, Node, NodeAlive
 from hvcluster.models.vm import Placement, VMSpec, VMStatus
 from hvcluster.store.keys import Keys
 from hvcluster.store.memory import MemoryStore
-from hvcluster.store.migrations import create_migration
+from hvcluster.store.migrations import create_migration, flip
 
 KEYS = Keys("c")
 _M = MigrationState
@@ -100,6 +100,41 @@ async def test_the_flip_moves_placement_and_record_together(store: MemoryStore) 
     p = decode(Placement, kv.key, kv.value)
     assert (p.node, p.epoch, done.state) == ("n2", 5, _M.DONE)
     assert done.id in p.reason
+
+
+async def test_the_flip_writes_nothing_when_anything_compared_changed(
+    store: MemoryStore,
+) -> None:
+    """store.migrations.flip, as the source agent runs it from transferring: a record or
+    placement that moved since it was read, a dead target: nothing written."""
+    await node(store, "n1")
+    await node(store, "n2")
+    await node(store, "n3", alive=False)
+    await vm_on(store, "a", "n1", epoch=2)
+    rec = await create_migration(store, KEYS, "a", "n1", "n2", 2, MigrationKind.LIVE, "test")
+    assert rec is not None
+    moving = rec.model_copy(update={"state": _M.TRANSFERRING})
+    rkey, pkey = KEYS.migration(rec.id), KEYS.placement("a")
+    rrev = await store.put(rkey, encode(moving))
+    pkv = await store.get(pkey)
+    assert pkv is not None
+    placed = decode(Placement, pkv.key, pkv.value)
+
+    async def attempt(r: Migration, rev: int, prev: int) -> Migration | None:
+        return await flip(store, KEYS, r, rev, placed, prev, transfer_downtime_ms=4.0)
+
+    assert await attempt(moving, rrev - 1, pkv.mod_revision) is None  # record moved
+    assert await attempt(moving, rrev, pkv.mod_revision - 1) is None  # placement moved
+    to_dead = moving.model_copy(update={"target": "n3"})
+    assert await attempt(to_dead, await store.put(rkey, encode(to_dead)), pkv.mod_revision) is None
+    rrev = await store.put(rkey, encode(moving))
+    assert (await record(store, rec.id)) == moving  # nothing of the above was written
+    done = await attempt(moving, rrev, pkv.mod_revision)
+    assert done is not None and (done.state, done.transfer_downtime_ms) == (_M.DONE, 4.0)
+    kv = await store.get(pkey)
+    assert kv is not None
+    p = decode(Placement, kv.key, kv.value)
+    assert (p.node, p.epoch) == ("n2", 3) and await record(store, rec.id) == done
 
 
 async def test_old_finished_records_are_pruned(store: MemoryStore) -> None:

@@ -4,12 +4,18 @@ hosts crashing mid-migration (never two running copies)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
+from hvcluster.models.base import decode
 from hvcluster.models.lifecycle import MigrationState, VMState
-from hvcluster.models.migration import MigrationKind
+from hvcluster.models.migration import Migration, MigrationKind
+from hvcluster.store.base import Compare, Op, Put, TxnResult
+from hvcluster.store.events import EventLog
+from hvcluster.store.keys import Keys
+from hvcluster.store.memory import MemoryStore
 from hvcluster.store.migrations import change_migration, read_migrations
 from tests.sim.cluster import SimCluster
 from tests.sim.moves import SLOW, StateTrail, move, record, wait_state
@@ -42,8 +48,7 @@ async def test_live_migration_goes_through_every_state_and_flips_the_placement(
         _M.REQUESTED,
         _M.PREPARING,
         _M.TRANSFERRING,
-        _M.SWITCHING,
-        _M.DONE,
+        _M.DONE,  # the source flipped it the moment its transfer completed
     ]
     final = await record(cluster, rec.id)
     assert final.target == "n2" and final.downtime_ms is not None and final.total_ms
@@ -141,6 +146,93 @@ async def test_source_crash_mid_migration_fails_over_with_never_two_copies(
             assert await cluster.running_on("app") == node
             await asyncio.sleep(0.1)
         assert await cluster.event_list("vm.recovered", "vm/app")
+    finally:
+        await cluster.stop()
+
+
+async def test_the_controller_flips_when_the_source_cannot(tmp_path: Path) -> None:
+    """The fallback path: the source's own flip fails its compare (the placement was
+    rewritten during the transfer, same node and epoch), so it hands the record to the
+    controller as switching, which flips it."""
+    cluster = SimCluster(tmp_path, SLOW)
+    try:
+        await cluster.start("n1", "n2")
+        await cluster.create_vm("app", ha={"preferred_owners": ["n1"]})
+        assert await cluster.wait_running("app") == "n1"
+        rec = await move(cluster, "app", "n2")
+        trail = StateTrail(cluster, rec.id)
+        await trail.start()
+        await wait_state(cluster, rec.id, _M.TRANSFERRING)
+        kv = await cluster.store.get(cluster.keys.placement("app"))
+        assert kv is not None
+        await cluster.store.put(kv.key, kv.value)  # the same placement, a new mod revision
+        done = await wait_state(cluster, rec.id, _M.DONE, _M.FAILED)
+        assert done.state is _M.DONE, done.reason
+        assert await trail.stop() == [
+            _M.REQUESTED,
+            _M.PREPARING,
+            _M.TRANSFERRING,
+            _M.SWITCHING,
+            _M.DONE,
+        ]
+        assert await cluster.wait_running("app", not_on="n1") == "n2"
+        placement = await cluster.placement("app")
+        assert placement is not None and (placement.node, placement.epoch) == ("n2", 2)
+        switched = await cluster.event_list("migration.switched", "vm/app")
+        assert switched and "by the controller" in switched[-1].reason
+    finally:
+        await cluster.stop()
+
+
+class HeldFlipStore(MemoryStore):
+    """Holds the source's own flip (the record still transferring) forever: the source host
+    dies after its transfer completed, before its flip reaches the store."""
+
+    def __init__(self, keys: Keys) -> None:
+        super().__init__()
+        self.keys = keys
+        self.held = asyncio.Event()
+
+    async def txn(
+        self, compares: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op] = ()
+    ) -> TxnResult:
+        keys = {op.key for op in success if isinstance(op, Put)}
+        for key in keys:
+            if key.startswith(self.keys.prefix("migrations")) and any(
+                k.startswith(self.keys.prefix("placements")) for k in keys
+            ):
+                kv = await self.get(key)
+                assert kv is not None
+                if decode(Migration, kv.key, kv.value).state is _M.TRANSFERRING:
+                    self.held.set()
+                    await asyncio.Event().wait()  # until the host's tasks are cancelled
+        return await super().txn(compares, success, failure)
+
+
+async def test_source_dies_after_its_transfer_before_its_flip(tmp_path: Path) -> None:
+    """Nothing flips: the record fails (the source is not alive), the target's copy never
+    runs, the VM fails over from its disk, and there are never two running copies."""
+    cluster = SimCluster(tmp_path, SLOW)
+    store = HeldFlipStore(cluster.keys)
+    cluster.store, cluster.events = store, EventLog(store, cluster.keys)
+    try:
+        await cluster.start("n1", "n2")
+        await cluster.create_vm("app", ha={"preferred_owners": ["n1", "n2"]})
+        assert await cluster.wait_running("app") == "n1"
+        rec = await move(cluster, "app", "n2")
+        await asyncio.wait_for(store.held.wait(), 20)
+        assert (await record(cluster, rec.id)).state is _M.TRANSFERRING
+        assert await cluster.running_on("app") is None  # paused on n1, incoming on n2
+        await cluster.crash("n1")
+        failed = await wait_state(cluster, rec.id, _M.FAILED, _M.DONE)
+        assert failed.state is _M.FAILED and "n1" in failed.reason
+        # running_on asserts at most one running copy on every poll
+        assert await cluster.wait_running("app", 20, not_on="n1") == "n2"
+        for _ in range(10):
+            assert await cluster.running_on("app") == "n2"
+            await asyncio.sleep(0.1)
+        assert await cluster.event_list("vm.recovered", "vm/app")
+        assert not await cluster.event_list("migration.done", "vm/app")
     finally:
         await cluster.stop()
 

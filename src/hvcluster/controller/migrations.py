@@ -2,17 +2,23 @@
 
 For every migration under way it checks the preconditions still hold (the VM still placed
 on the source at the record's epoch, both nodes alive, not timed out) and fails the record
-with the reason when they do not; it moves ``requested`` to ``preparing`` with a target
-(choosing one with the scheduler's placement rules when none was asked for), and it finishes
-``switching``: the placement flips to the target with epoch + 1 *and* the record becomes
-``done`` in one transaction, which compares the placement's and the record's mod revisions
-and that the target is alive. Only after that commit does the target resume the VM.
+with the reason when they do not, and it moves ``requested`` to ``preparing`` with a target
+(choosing one with the scheduler's placement rules when none was asked for).
+
+The flip (placement to the target at epoch + 1 and the record ``done``, in one transaction:
+:func:`hvcluster.store.migrations.flip`) is normally written by the source agent the moment
+its QEMU completes. When it could not (a compare failed, or the store did not answer), the
+source moves the record to ``switching`` and this module decides: the same flip from its
+watch event, or a failed record with the reason. Only after a flip commits does the target
+resume the VM; a record left ``transferring`` by a source that died ends failed (the source
+is not alive: normal failover), never flipped.
 
 Drains: :func:`hvcluster.scheduler.drain.plan_drain` decides, this module creates the
 migration records and pauses the node when the drain is complete.
 
-It runs as its own fast loop (woken by every change under ``migrations/``) while this agent
-leads, so a finished transfer is switched within one store round trip.
+It runs as its own loop while this agent leads, woken at once by a new request and, a
+moment later, by any other change under ``migrations/`` (those need no haste; the flip does
+not wait for it).
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from hvcluster.controller.memory import ControllerMemory
 from hvcluster.controller.view import build_snapshot
 from hvcluster.models.base import decode, encode
 from hvcluster.models.errors import CorruptValue, StoreError
-from hvcluster.models.lifecycle import MIGRATION_LIFECYCLE, MigrationState, NodeAdminState
+from hvcluster.models.lifecycle import MigrationState, NodeAdminState
 from hvcluster.models.migration import Migration, MigrationKind
 from hvcluster.models.node import Node
 from hvcluster.models.vm import Placement
@@ -37,7 +43,13 @@ from hvcluster.scheduler.snapshot import ClusterSnapshot
 from hvcluster.store.base import Compare, Delete, Put, Store, WatchEvent
 from hvcluster.store.follow import follow
 from hvcluster.store.keys import Keys
-from hvcluster.store.migrations import change_migration, create_migration, read_migrations
+from hvcluster.store.migrations import (
+    ATTEMPTS,
+    change_migration,
+    create_migration,
+    flip,
+    read_migrations,
+)
 from hvcluster.store.state import ClusterState, Decoded, Stored, read_cluster, read_kind
 
 log = logging.getLogger(__name__)
@@ -46,6 +58,7 @@ Say = Callable[[str, str, str], Awaitable[None]]
 _M = MigrationState
 RETAIN_S = 7 * 86400.0  # finished records are kept this long (drains and failbacks read them)
 SETTLE_S = 30.0  # a requested move waits this long for its VM to be reported running
+LATER_S = 0.05  # the cycle runs this long after a change that needs no haste
 
 
 class MigrationCoordinator:
@@ -75,15 +88,23 @@ class MigrationCoordinator:
                 await asyncio.wait_for(self.wake.wait(), interval)
 
     async def watch(self) -> None:
+        loop = asyncio.get_running_loop()
+
         async def seen(event: WatchEvent) -> None:
-            self.wake.set()
             rec = _decoded(event.key, event.value)
-            if rec is not None and rec.state is _M.SWITCHING and self.is_leader():
-                # The fast path of the flip: the guest is paused until it commits.
+            if rec is None or rec.state is _M.REQUESTED:
+                self.wake.set()
+            elif rec.state is _M.SWITCHING and self.is_leader():
+                self.wake.set()
+                # The source could not flip: do it now, the guest is paused until it commits.
                 try:
                     await self._switch_fast(rec, event.mod_revision)
                 except (StoreError, TimeoutError) as e:
                     log.warning("switch of %s failed: %s; the cycle retries", rec.id, e)
+            elif not self.wake.is_set():
+                # Progress, or a migration just ended (a drain's next move): soon, not at
+                # the very moment a target resumes its guest.
+                loop.call_later(LATER_S, self.wake.set)
 
         await follow(self.store, self.keys.prefix("migrations"), seen)
 
@@ -199,81 +220,51 @@ class MigrationCoordinator:
             log.info("migration %s: %s -> %s (%s)", rec.id, rec.source, target, choice.why)
 
     async def _switch_fast(self, rec: Migration, record_rev: int) -> None:
-        """The flip as soon as the record says switching, reading only what it compares:
-        the placement (still the source's, at the record's epoch), both nodes alive, the
-        VM's spec present. Anything else is left to the cycle, which fails the record."""
-        key = self.keys.placement(rec.vm)
-        kv = await self.store.get(key)
+        """The flip as soon as the record says switching, reading only the placement (it
+        must still be the source's, at the record's epoch). Anything else is left to the
+        cycle, which fails the record with the reason."""
+        kv = await self.store.get(self.keys.placement(rec.vm))
         placed = _placement(kv.key, kv.value, kv.mod_revision) if kv else None
-        if placed is None or (placed.value.node, placed.value.epoch) != (rec.source, rec.epoch):
+        if placed is None:
             return
-        extra = [
-            Compare.present(self.keys.alive(rec.source)),
-            Compare.present(self.keys.vm(rec.vm)),
-        ]
-        if await self._flip_at(rec, record_rev, placed, extra):
-            return
-        await self._flip(rec, placed, extra)  # the record moved since the event: re-read it
+        if not await self._flip_at(rec, record_rev, placed):
+            await self._flip(rec, placed)  # the record moved since the event: re-read it
 
-    async def _flip_at(
-        self, rec: Migration, record_rev: int, placed: Stored[Placement], extra: list[Compare]
-    ) -> bool:
+    async def _flip_at(self, rec: Migration, record_rev: int, placed: Stored[Placement]) -> bool:
         """The flip against the record exactly as a watch event showed it (``record_rev``):
         one transaction, no re-read. False if anything compared has changed."""
-        MIGRATION_LIFECYCLE.check(rec.state, _M.DONE)
-        new, reason = self._flipped(rec, placed.value)
-        done = rec.model_copy(update={"state": _M.DONE, "updated": time.time()})
-        pkey, rkey = self.keys.placement(rec.vm), self.keys.migration(rec.id)
-        compares = [
-            Compare.mod_is(rkey, record_rev),
-            Compare.mod_is(pkey, placed.mod_revision),
-            Compare.present(self.keys.alive(rec.target)),
-            *extra,
-        ]
-        result = await self.store.txn(compares, [Put(rkey, encode(done)), Put(pkey, encode(new))])
-        if result.succeeded:
-            await self._said_switched(rec, reason, new.epoch)
-        return result.succeeded
+        done = await flip(self.store, self.keys, rec, record_rev, placed.value, placed.mod_revision)
+        if done is not None:
+            await self._said_switched(rec, placed.value.epoch + 1)
+        return done is not None
 
-    def _flipped(self, rec: Migration, p: Placement) -> tuple[Placement, str]:
-        verb = "migrated live" if rec.kind is MigrationKind.LIVE else "moved by quick migration"
-        reason = f"vm {rec.vm} {verb} from {rec.source} to {rec.target} (migration {rec.id})"
-        return Placement(
-            node=rec.target, epoch=p.epoch + 1, reason=reason, failovers=p.failovers
-        ), reason
-
-    async def _said_switched(self, rec: Migration, reason: str, epoch: int) -> None:
+    async def _said_switched(self, rec: Migration, epoch: int) -> None:
         ms = rec.transfer_downtime_ms
         qemu = f"{ms:.0f} ms" if ms is not None else "unknown"
         await self.say(
             "migration.switched",
             f"vm/{rec.vm}",
-            f"{reason}: placement flipped to epoch {epoch}; transfer downtime {qemu}",
+            f"vm {rec.vm} {rec.kind.value} migration {rec.id} from {rec.source} to "
+            f"{rec.target}: placement flipped to epoch {epoch} by the controller (the source "
+            f"could not); transfer downtime {qemu}",
         )
 
     async def _switch(self, rec: Migration, state: ClusterState) -> None:
         """The flip: placement to the target at epoch + 1 and the record done, atomically."""
-        await self._flip(rec, state.placements.items[rec.vm], [])
+        await self._flip(rec, state.placements.items[rec.vm])
 
-    async def _flip(self, rec: Migration, placed: Stored[Placement], extra: list[Compare]) -> None:
-        new, reason = self._flipped(rec, placed.value)
-        key = self.keys.placement(rec.vm)
-        compares = [
-            Compare.mod_is(key, placed.mod_revision),
-            Compare.present(self.keys.alive(rec.target)),
-            *extra,
-        ]
-
-        def done(cur: Migration) -> Migration | None:
-            if cur.state is not _M.SWITCHING:
-                return None
-            return cur.model_copy(update={"state": _M.DONE})
-
-        flipped = await change_migration(
-            self.store, self.keys, rec.id, done, compares, [Put(key, encode(new))]
-        )
-        if flipped is not None:
-            await self._said_switched(rec, reason, new.epoch)
+    async def _flip(self, rec: Migration, placed: Stored[Placement]) -> None:
+        """The flip against the record as it is now (re-read until it holds still)."""
+        for _ in range(ATTEMPTS):
+            kv = await self.store.get(self.keys.migration(rec.id))
+            cur = _decoded(kv.key, kv.value) if kv else None
+            if kv is None or cur is None or cur.state is not _M.SWITCHING:
+                return
+            if await self._flip_at(cur, kv.mod_revision, placed):
+                return
+            again = await self.store.get(self.keys.migration(rec.id))
+            if again is not None and again.mod_revision == kv.mod_revision:
+                return  # the record held still: another compare failed; the cycle judges
 
     async def _fail(self, rec: Migration, why: str) -> None:
         def fail(cur: Migration) -> Migration | None:

@@ -40,7 +40,7 @@ class MigrationState(StrEnum):
     REQUESTED = "requested"
     PREPARING = "preparing"  # target starts QEMU paused with -incoming
     TRANSFERRING = "transferring"  # source runs QMP migrate
-    SWITCHING = "switching"  # transfer complete, the controller flips the placement
+    SWITCHING = "switching"  # transfer complete, the source could not flip: the controller does
     DONE = "done"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -101,7 +101,9 @@ MIGRATION_LIFECYCLE: Lifecycle[MigrationState] = Lifecycle(
     {
         _M.REQUESTED: frozenset({_M.PREPARING, _M.FAILED, _M.CANCELLED}),
         _M.PREPARING: frozenset({_M.TRANSFERRING, _M.FAILED, _M.CANCELLED}),
-        _M.TRANSFERRING: frozenset({_M.SWITCHING, _M.FAILED, _M.CANCELLED}),
+        # DONE: the source flipped the placement itself the moment its transfer completed;
+        # SWITCHING: it could not (a compare failed), the controller decides.
+        _M.TRANSFERRING: frozenset({_M.DONE, _M.SWITCHING, _M.FAILED, _M.CANCELLED}),
         # Past SWITCHING the placement flip decides: done, or failed if the flip lost.
         _M.SWITCHING: frozenset({_M.DONE, _M.FAILED}),
         _M.DONE: frozenset(),

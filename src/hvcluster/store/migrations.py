@@ -1,10 +1,15 @@
 """Reading and changing migration records (``migrations/<id>``).
 
 A record has several writers (the API creates and cancels it, the controller moves it to
-preparing and to done or failed, the target agent writes its address, the source agent moves
-it through transferring and switching and publishes progress). Every change is a
-compare-and-set on the record's mod revision, re-decided on a lost race, and every state
-change is checked against :data:`~hvcluster.models.lifecycle.MIGRATION_LIFECYCLE`.
+preparing and fails it, the target agent writes its address, the source agent moves it to
+transferring, publishes progress and flips it to done on completion, or to switching for the
+controller to flip). Every change is a compare-and-set on the record's mod revision,
+re-decided on a lost race, and every state change is checked against
+:data:`~hvcluster.models.lifecycle.MIGRATION_LIFECYCLE`.
+
+:func:`flip` is the one transaction that ends a migration: the placement to the target at
+epoch + 1 and the record done, written by the source agent the moment its transfer completes
+(or by the controller, from ``switching``).
 """
 
 from __future__ import annotations
@@ -12,11 +17,13 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from hvcluster.models.base import decode, encode
 from hvcluster.models.errors import CorruptValue
-from hvcluster.models.lifecycle import MIGRATION_LIFECYCLE
+from hvcluster.models.lifecycle import MIGRATION_LIFECYCLE, MigrationState
 from hvcluster.models.migration import Migration, MigrationKind
+from hvcluster.models.vm import Placement
 from hvcluster.store.base import Compare, Delete, Put, Store
 from hvcluster.store.keys import Keys
 from hvcluster.store.state import Decoded, read_kind
@@ -80,6 +87,32 @@ async def change_migration(
     ops: Sequence[Put | Delete] = (),
     attempts: int = ATTEMPTS,
 ) -> Migration | None:
+    written = await change_migration_at(store, keys, mid, change, compares, ops, attempts)
+    return written[0] if written is not None else None
+
+
+async def change_migration_at(
+    store: Store,
+    keys: Keys,
+    mid: str,
+    change: Change,
+    compares: Sequence[Compare] = (),
+    ops: Sequence[Put | Delete] = (),
+    attempts: int = ATTEMPTS,
+) -> tuple[Migration, int] | None:
+    """:func:`change_migration`, also returning the record's new mod revision."""
+    return await _change(store, keys, mid, change, compares, ops, attempts)
+
+
+async def _change(
+    store: Store,
+    keys: Keys,
+    mid: str,
+    change: Change,
+    compares: Sequence[Compare],
+    ops: Sequence[Put | Delete],
+    attempts: int,
+) -> tuple[Migration, int] | None:
     """Apply ``change`` to the record under compare-and-set; return the record written, or
     None when ``change`` declined (returned None), the record is gone or unreadable, or the
     extra ``compares`` failed. ``change`` is re-run on the fresh record after a lost race;
@@ -101,10 +134,52 @@ async def change_migration(
         guard = [Compare.mod_is(key, kv.mod_revision), *compares]
         result = await store.txn(guard, [Put(key, encode(new)), *ops])
         if result.succeeded:
-            return new
+            return new, result.revision
         if compares:
             # Did the record move, or one of the caller's compares fail? Re-check the record.
             again = await store.get(key)
             if again is not None and again.mod_revision == kv.mod_revision:
                 return None
     return None
+
+
+def flipped_placement(rec: Migration, current: Placement) -> Placement:
+    """Where ``rec`` puts its VM when it ends: its target, at the next epoch."""
+    verb = "migrated live" if rec.kind is MigrationKind.LIVE else "moved by quick migration"
+    return Placement(
+        node=rec.target,
+        epoch=current.epoch + 1,
+        reason=f"vm {rec.vm} {verb} from {rec.source} to {rec.target} (migration {rec.id})",
+        failovers=current.failovers,
+    )
+
+
+async def flip(
+    store: Store,
+    keys: Keys,
+    rec: Migration,
+    record_rev: int,
+    placement: Placement,
+    placement_rev: int,
+    **fields: Any,
+) -> Migration | None:
+    """The end of a migration in one transaction: the record (as it was at ``record_rev``)
+    done, with ``fields``, and ``placement`` (as it was at ``placement_rev``: still the
+    source's, at the record's epoch) flipped to the target at epoch + 1, if both nodes are
+    alive and the VM still exists. Returns the record written, or None when anything
+    compared has changed; nothing is written then."""
+    MIGRATION_LIFECYCLE.check(rec.state, MigrationState.DONE)
+    if (placement.node, placement.epoch) != (rec.source, rec.epoch):
+        return None
+    done = rec.model_copy(update={**fields, "state": MigrationState.DONE, "updated": time.time()})
+    rkey, pkey = keys.migration(rec.id), keys.placement(rec.vm)
+    compares = [
+        Compare.mod_is(rkey, record_rev),
+        Compare.mod_is(pkey, placement_rev),
+        Compare.present(keys.alive(rec.target)),
+        Compare.present(keys.alive(rec.source)),
+        Compare.present(keys.vm(rec.vm)),
+    ]
+    new = flipped_placement(rec, placement)
+    result = await store.txn(compares, [Put(rkey, encode(done)), Put(pkey, encode(new))])
+    return done if result.succeeded else None

@@ -1,5 +1,6 @@
 """Live migration over QMP: capabilities and parameters from the cluster settings, ``migrate``,
-progress from ``query-migrate``, and QEMU's own measure of total time and downtime."""
+the end from QEMU's MIGRATION events, progress from ``query-migrate`` every half second, and
+QEMU's own measure of total time and downtime."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from hvcluster.models.migration import Progress
 ACTIVE = frozenset(
     {"setup", "active", "pre-switchover", "device", "postcopy-active", "wait-unplug"}
 )
-POLL_S = 0.01  # the guest is paused from completion until the caller hears of it
+PROGRESS_S = 0.5  # query-migrate this often for progress (the end comes as an event)
 
 
 def capabilities(settings: MigrationSettings) -> list[dict[str, Any]]:
@@ -62,40 +63,31 @@ async def run_migration(
     uri: str,
     settings: MigrationSettings,
     on_progress: ProgressCallback | None = None,
+    progress_every: float = PROGRESS_S,
 ) -> MigrationResult:
     """Start ``migrate`` to ``uri`` and follow it to the end. On failure or timeout QEMU keeps
-    (or resumes) the VM running here and :class:`MigrationFailed` is raised."""
+    (or resumes) the VM running here and :class:`MigrationFailed` is raised.
+
+    The end is heard from QEMU's MIGRATION events (the ``events`` capability is on): no
+    polling while the guest is paused for the last pass. Progress is read with
+    ``query-migrate`` every ``progress_every`` seconds, which also catches an end whose event
+    was missed. The result's ``completed_at`` is the wall clock the completion was heard."""
     await configure(monitor, settings)
-    await monitor.execute("migrate", {"uri": uri})
-    deadline = time.monotonic() + settings.timeout_s
-    postcopy_started = False
-    info: dict[str, Any] = {}
-    while True:
-        info = await monitor.execute("query-migrate")
-        status = info.get("status", "")
-        if status == "completed":
-            break
-        if status == "cancelled":
-            raise MigrationCancelled(f"vm {monitor.name}: migration to {uri} was cancelled")
-        if status == "failed" or (status not in ACTIVE and status != "none"):
-            why = info.get("error-desc", status)
-            raise MigrationFailed(f"vm {monitor.name}: migration to {uri} failed: {why}")
-        if on_progress is not None and status == "active":
-            on_progress(progress_of(info))
-        if settings.postcopy and not postcopy_started and progress_of(info).passes >= 2:
-            await monitor.execute("migrate-start-postcopy")
-            postcopy_started = True
-        if time.monotonic() > deadline:
-            await monitor.execute("migrate_cancel")
-            raise MigrationFailed(
-                f"vm {monitor.name}: migration to {uri} did not finish in {settings.timeout_s}s"
-            )
-        await asyncio.sleep(POLL_S)
-    # QEMU can say "completed" before it has filled in the times: ask again briefly.
+    heard: asyncio.Queue[tuple[str, float]] = asyncio.Queue()
+
+    def on_event(event: str, data: dict[str, Any]) -> None:
+        if event == "MIGRATION":
+            heard.put_nowait((str(data.get("status", "")), time.time()))
+
+    with monitor.subscribe(on_event):
+        await monitor.execute("migrate", {"uri": uri})
+        completed_at = await _follow(monitor, uri, settings, on_progress, heard, progress_every)
+    # QEMU fills in its times a moment after it says completed: ask again briefly if needed.
+    info: dict[str, Any] = await monitor.execute("query-migrate")
     for _ in range(200):
         if info.get("total-time"):
             break
-        await asyncio.sleep(0.005)
+        await asyncio.sleep(0.002)
         info = await monitor.execute("query-migrate")
     progress = progress_of(info)
     if on_progress is not None:
@@ -105,4 +97,42 @@ async def run_migration(
         downtime_ms=float(info.get("downtime", 0)),
         setup_ms=float(info.get("setup-time", 0)),
         progress=progress,
+        completed_at=completed_at,
     )
+
+
+async def _follow(
+    monitor: Monitor,
+    uri: str,
+    settings: MigrationSettings,
+    on_progress: ProgressCallback | None,
+    heard: asyncio.Queue[tuple[str, float]],
+    progress_every: float,
+) -> float:
+    """Wait for the end of the migration; return the wall clock it completed."""
+    deadline = time.monotonic() + settings.timeout_s
+    postcopy_started = False
+    while True:
+        try:
+            status, at = await asyncio.wait_for(heard.get(), progress_every)
+        except TimeoutError:
+            info = await monitor.execute("query-migrate")
+            status, at = str(info.get("status", "")), time.time()
+            if on_progress is not None and status == "active":
+                on_progress(progress_of(info))
+            if settings.postcopy and not postcopy_started and progress_of(info).passes >= 2:
+                await monitor.execute("migrate-start-postcopy")
+                postcopy_started = True
+            if status in ACTIVE and time.monotonic() > deadline:
+                await monitor.execute("migrate_cancel")
+                raise MigrationFailed(
+                    f"vm {monitor.name}: migration to {uri} did not finish in {settings.timeout_s}s"
+                ) from None
+        if status == "completed":
+            return at
+        if status in ("cancelled", "cancelling"):
+            raise MigrationCancelled(f"vm {monitor.name}: migration to {uri} was cancelled")
+        if status == "failed" or (status not in ACTIVE and status != "none"):
+            info = await monitor.execute("query-migrate")
+            why = info.get("error-desc", status)
+            raise MigrationFailed(f"vm {monitor.name}: migration to {uri} failed: {why}")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ class Monitor:
         self._client = QMPClient(f"hvc-{name}")
         self._listener = EventListener()
         self._tasks: list[asyncio.Task[None]] = []
+        self._extra: list[EventHandler] = []  # handlers added by subscribe(), called first
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     @classmethod
@@ -65,6 +66,16 @@ class Monitor:
         except TimeoutError as e:
             raise QemuFailed(f"vm {self.name}: {command}: no answer in {self.timeout}s") from e
 
+    @contextlib.contextmanager
+    def subscribe(self, handler: EventHandler) -> Iterator[None]:
+        """Also call ``handler(name, data)`` for every event while the block runs (before
+        the monitor's own handler, so a waiter on it is woken first)."""
+        self._extra.append(handler)
+        try:
+            yield
+        finally:
+            self._extra.remove(handler)
+
     def send_fd(self, fd: int) -> None:
         try:
             self._client.send_fd_scm(fd)
@@ -87,7 +98,10 @@ class Monitor:
         async for event in self._listener:
             try:
                 data = event.get("data")
-                self._on_event(str(event["event"]), data if isinstance(data, dict) else {})
+                name, args = str(event["event"]), data if isinstance(data, dict) else {}
+                for handler in list(self._extra):
+                    handler(name, args)
+                self._on_event(name, args)
             except Exception:  # a bug in a handler must not stop the pump
                 log.exception("vm %s: handling QMP event %s failed", self.name, event)
 

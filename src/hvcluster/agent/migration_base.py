@@ -1,0 +1,83 @@
+"""What the source and target halves of :class:`hvcluster.agent.migration.MigrationWorker`
+share: the store, the node agent, the jobs under way, and small helpers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from hvcluster.agent.node import NodeAgent
+from hvcluster.models.base import decode
+from hvcluster.models.errors import CorruptValue, DriverError, StoreError
+from hvcluster.models.lifecycle import MigrationState
+from hvcluster.models.migration import Migration
+from hvcluster.models.vm import Placement, VMSpec
+from hvcluster.store.base import Store
+from hvcluster.store.keys import Keys
+from hvcluster.store.migrations import change_migration
+
+log = logging.getLogger(__name__)
+
+Say = Callable[[str, str, str], Awaitable[None]]
+_M = MigrationState
+
+
+class MigrationBase:
+    def __init__(
+        self, store: Store, keys: Keys, agent: NodeAgent, say: Say, state_dir: Path
+    ) -> None:
+        self.store, self.keys, self.agent, self.say = store, keys, agent, say
+        self.me = agent.me.name
+        self.driver = agent.driver
+        self.state_dir = state_dir
+        self.tasks: dict[str, asyncio.Task[None]] = {}  # record id -> its job here
+        self.cancelled: set[str] = set()  # records whose transfer we asked the driver to stop
+        self.migrated_out: dict[str, str] = {}  # vm -> record id: paused here after transfer
+        self.finished: set[str] = set()  # records this host is done with
+        self.wake = asyncio.Event()
+
+    def _spawn(self, mid: str, job: Awaitable[None]) -> None:
+        async def run() -> None:
+            try:
+                await job
+            except (StoreError, DriverError, TimeoutError) as e:
+                log.warning("migration %s: %s", mid, e)
+            finally:
+                self.wake.set()
+                self.agent.wake.set()
+
+        self.tasks[mid] = asyncio.create_task(run(), name=f"migration-{mid}")
+
+    async def _fail(self, rec: Migration, reason: str) -> None:
+        def fail(cur: Migration) -> Migration | None:
+            if not cur.active or cur.state is _M.SWITCHING:
+                return None  # final already, or the controller decides now
+            return cur.model_copy(update={"state": _M.FAILED, "reason": reason})
+
+        if await change_migration(self.store, self.keys, rec.id, fail) is not None:
+            await self.say("migration.failed", f"vm/{rec.vm}", f"migration {rec.id}: {reason}")
+
+    async def _spec(self, vm: str) -> VMSpec | None:
+        kv = await self.store.get(self.keys.vm(vm))
+        if kv is None:
+            return None
+        try:
+            return decode(VMSpec, kv.key, kv.value)
+        except CorruptValue:
+            return None
+
+    async def _placement(self, vm: str) -> Placement | None:
+        found = await self._placement_at(vm)
+        return found[0] if found is not None else None
+
+    async def _placement_at(self, vm: str) -> tuple[Placement, int] | None:
+        """The VM's placement and its mod revision (what a flip compares)."""
+        kv = await self.store.get(self.keys.placement(vm))
+        if kv is None:
+            return None
+        try:
+            return decode(Placement, kv.key, kv.value), kv.mod_revision
+        except CorruptValue:
+            return None

@@ -1,0 +1,216 @@
+"""This host as a migration's source: run the transfer, publish its progress, and end it.
+
+The end is this host's to write: the moment QEMU reports the transfer complete (a MIGRATION
+event, no polling), one transaction flips the placement to the target at epoch + 1 and marks
+the record done (:func:`hvcluster.store.migrations.flip`), compared against the record as
+this host last wrote it and the placement as read before the transfer, both nodes alive and
+the VM present. If that transaction fails (something compared changed, or the store did not
+answer), the record goes to ``switching`` and the controller decides: flip or fail. If the
+record was cancelled or failed meanwhile, the paused copy here runs again."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hvcluster.agent.migration_base import MigrationBase
+from hvcluster.agent.migration_target import FILE_PREFIX
+from hvcluster.drivers.base import MigrationResult
+from hvcluster.drivers.errors import MigrationCancelled
+from hvcluster.models.base import encode
+from hvcluster.models.errors import DriverError, StoreError
+from hvcluster.models.lifecycle import MigrationState, VMState
+from hvcluster.models.migration import Migration, MigrationKind, Progress
+from hvcluster.models.vm import Placement
+from hvcluster.store.base import Compare, Put
+from hvcluster.store.migrations import change_migration, change_migration_at, flip
+from hvcluster.store.state import read_config
+
+log = logging.getLogger(__name__)
+
+_M = MigrationState
+PROGRESS_EVERY = 0.5  # seconds between progress writes into the record
+
+
+@dataclass
+class Written:
+    """The record as this host last wrote it, and its mod revision (what the flip compares)."""
+
+    record: Migration
+    revision: int
+
+
+class SourceRole(MigrationBase):
+    async def _as_source(self, rec: Migration) -> None:
+        busy = rec.id in self.tasks
+        if rec.state is _M.PREPARING and rec.target_address and not busy:
+            self._spawn(rec.id, self._transfer(rec))
+        elif rec.state is _M.TRANSFERRING and not busy:
+            # Our transfer is not running (this agent restarted): it cannot finish.
+            with contextlib.suppress(DriverError):
+                await self.driver.cancel_migration(rec.vm)
+            await self._fail(rec, f"the source agent on {self.me} restarted mid-migration")
+        elif rec.state in (_M.FAILED, _M.CANCELLED):
+            if busy:
+                if rec.id not in self.cancelled:
+                    self.cancelled.add(rec.id)
+                    with contextlib.suppress(DriverError):
+                        await self.driver.cancel_migration(rec.vm)
+                return
+            await self._keep_running(rec)
+            self.finished.add(rec.id)
+        elif rec.state is _M.DONE and not busy:
+            self.migrated_out.pop(rec.vm, None)
+            placement = await self._placement(rec.vm)
+            if placement is not None and placement.node != self.me:
+                await self.driver.discard(rec.vm)
+            self.finished.add(rec.id)
+
+    async def _transfer(self, rec: Migration) -> None:
+        def start(cur: Migration) -> Migration | None:
+            if cur.state is not _M.PREPARING or not cur.target_address:
+                return None
+            return cur.model_copy(update={"state": _M.TRANSFERRING})
+
+        started = await change_migration_at(self.store, self.keys, rec.id, start)
+        if started is None:
+            return
+        written = Written(*started)
+        address = written.record.target_address
+        placed = await self._placement_at(rec.vm)  # what the flip compares, read beforehand
+        config, _ = await read_config(self.store, self.keys)
+        latest: list[Progress] = []
+        stop = asyncio.Event()
+        publisher = asyncio.create_task(self._publish(written, latest, stop))
+        try:
+            if rec.kind is MigrationKind.QUICK:
+                path = Path(address.removeprefix(FILE_PREFIX))
+                await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
+                result = await self.driver.save(rec.vm, path)
+                saved = str(path)
+            else:
+                result = await self.driver.migrate_out(
+                    rec.vm, address, config.migration, latest.append
+                )
+                saved = ""
+        except (DriverError, OSError) as e:
+            if not isinstance(e, MigrationCancelled):
+                await self._fail(rec, f"transfer from {self.me} to {rec.target} failed: {e}")
+            return
+        finally:
+            stop.set()  # a progress write under way lands first: the flip compares after it
+            with contextlib.suppress(asyncio.CancelledError, StoreError):
+                await publisher
+        self.migrated_out[rec.vm] = rec.id
+        await self._switch(written, placed, result, saved)
+
+    async def _switch(
+        self,
+        written: Written,
+        placed: tuple[Placement, int] | None,
+        result: MigrationResult,
+        saved: str,
+    ) -> None:
+        """The transfer completed (the guest is paused): flip, or leave it to the controller."""
+        rec = written.record
+        times: dict[str, Any] = {
+            "progress": result.progress,
+            "transfer_downtime_ms": result.downtime_ms,
+            "transfer_ms": result.total_ms,
+            "saved_path": saved,
+            "switching_at": result.completed_at or time.time(),
+        }
+        done = None
+        if placed is not None:
+            try:
+                done = await flip(
+                    self.store, self.keys, rec, written.revision, placed[0], placed[1], **times
+                )
+            except StoreError as e:
+                log.warning("migration %s: the flip got no answer (%s); re-checking", rec.id, e)
+        if done is not None:
+            log.info(
+                "migration %s: flipped %s to %s %.1f ms after its transfer completed",
+                rec.id,
+                rec.vm,
+                rec.target,
+                (time.time() - times["switching_at"]) * 1000,
+            )
+            await self.say(
+                "migration.switched",
+                f"vm/{rec.vm}",
+                f"vm {rec.vm} {rec.kind.value} migration {rec.id} from {self.me} to "
+                f"{rec.target}: transfer complete (QEMU downtime "
+                f"{result.downtime_ms:.0f} ms), placement flipped to epoch {rec.epoch + 1}",
+            )
+            return
+
+        def switching(cur: Migration) -> Migration | None:
+            if cur.state is not _M.TRANSFERRING:
+                return None
+            return cur.model_copy(update={**times, "state": _M.SWITCHING})
+
+        log.info("migration %s: could not flip; the controller decides", rec.id)
+        # None: cancelled or failed meanwhile (the cycle runs the paused copy here again),
+        # or done: the flip landed after all
+        await change_migration(self.store, self.keys, rec.id, switching)
+
+    async def _publish(self, written: Written, latest: list[Progress], stop: asyncio.Event) -> None:
+        """Progress into the record every :data:`PROGRESS_EVERY` seconds until ``stop``;
+        ``written`` follows each write (the flip compares the last one)."""
+        key = self.keys.migration(written.record.id)
+        last: Progress | None = None
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), PROGRESS_EVERY)
+            if stop.is_set() or not latest or latest[-1] == last:
+                continue
+            progress = latest[-1]
+            new = written.record.model_copy(update={"progress": progress, "updated": time.time()})
+            try:
+                result = await self.store.txn(
+                    [Compare.mod_is(key, written.revision)], [Put(key, encode(new))]
+                )
+                if result.succeeded:
+                    written.record, written.revision, last = new, result.revision, progress
+                    continue
+
+                def put(cur: Migration, p: Progress = progress) -> Migration | None:
+                    if cur.state is not _M.TRANSFERRING:
+                        return None
+                    return cur.model_copy(update={"progress": p})
+
+                # someone else wrote the record (a cancel, say): follow it, or stop
+                again = await change_migration_at(self.store, self.keys, written.record.id, put)
+                if again is None:
+                    return
+                written.record, written.revision = again
+                last = progress
+            except StoreError as e:
+                log.debug("progress of %s not written: %s", written.record.id, e)
+
+    async def _keep_running(self, rec: Migration) -> None:
+        """The migration failed: if our copy is paused by its transfer and the placement is
+        still ours at the same epoch, run it again."""
+        if self.migrated_out.get(rec.vm) != rec.id:
+            return
+        self.migrated_out.pop(rec.vm, None)
+        placement = await self._placement(rec.vm)
+        if placement is None or placement.node != self.me or placement.epoch != rec.epoch:
+            return
+        try:
+            info = await self.driver.status(rec.vm)
+            if info.state is VMState.PAUSED and info.epoch == rec.epoch:
+                await self.driver.resume(rec.vm)
+                await self.say(
+                    "migration.resumed_source",
+                    f"vm/{rec.vm}",
+                    f"vm {rec.vm} runs on {self.me} again: migration {rec.id} {rec.state.value}",
+                )
+        except DriverError as e:
+            log.warning("could not resume %s after a failed migration: %s", rec.vm, e)

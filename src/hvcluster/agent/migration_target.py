@@ -1,0 +1,203 @@
+"""This host as a migration's target: prepare the incoming copy, run it once the placement
+has flipped to us, or discard it when the migration failed.
+
+The resume is the guest-visible part of a migration: the watch event that shows the record
+done (the transaction that wrote it flipped the placement to us) runs the VM at once, with no
+store read before ``cont``; the times are recorded afterwards."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from pathlib import Path
+
+from hvcluster.agent.migration_base import MigrationBase
+from hvcluster.drivers.base import VMInfo
+from hvcluster.models.errors import DriverError
+from hvcluster.models.lifecycle import MigrationState, VMState
+from hvcluster.models.migration import Migration, MigrationKind
+from hvcluster.models.vm import VMSpec
+from hvcluster.store.migrations import change_migration
+from hvcluster.store.state import read_config
+
+log = logging.getLogger(__name__)
+
+_M = MigrationState
+RECENT_S = 300.0  # a done record older than this no longer makes a paused target resume
+FILE_PREFIX = "file:"
+SETTLE_S = 30.0  # how long a target waits for its driver to see an incoming stream end
+SETTLE_POLL_S = 0.001  # the guest is paused meanwhile: look often (it is a moment at most)
+
+
+class TargetRole(MigrationBase):
+    async def _as_target(self, rec: Migration) -> None:
+        busy = rec.id in self.tasks
+        if rec.state is _M.PREPARING and not rec.target_address and not busy:
+            self._spawn(rec.id, self._prepare(rec))
+        elif rec.state is _M.DONE and not busy:
+            if time.time() - rec.updated < RECENT_S or rec.vm in self.agent.incoming:
+                self._spawn(rec.id, self._take_over(rec))
+            else:
+                self.finished.add(rec.id)
+        elif rec.state in (_M.FAILED, _M.CANCELLED):
+            if busy:
+                self.tasks[rec.id].cancel()
+                return
+            await self._discard_incoming(rec)
+            self.finished.add(rec.id)
+
+    def _fast_take_over(self, rec: Migration) -> bool:
+        """A record just became done with us as its target: run the VM now, without waiting
+        for the next cycle (the guest is paused until we do). True if it was ours to run."""
+        if (
+            rec.state is _M.DONE
+            and rec.target == self.me
+            and rec.vm in self.agent.incoming
+            and rec.id not in self.tasks
+            and rec.id not in self.finished
+        ):
+            # the transaction that made the record done flipped the placement to us
+            self._spawn(rec.id, self._take_over(rec, flipped=True))
+            return True
+        return False
+
+    async def _prepare(self, rec: Migration) -> None:
+        self.agent.incoming.add(rec.vm)
+        spec = await self._spec(rec.vm)
+        try:
+            if spec is None:
+                raise DriverError(f"vm {rec.vm} has no spec")
+            if rec.kind is MigrationKind.QUICK:
+                address = FILE_PREFIX + str(self._state_file(spec, rec))
+            else:
+                config, _ = await read_config(self.store, self.keys)
+                address = await self.driver.prepare_incoming(
+                    spec, rec.epoch + 1, self.agent.me.address, config.migration
+                )
+        except DriverError as e:
+            await self._fail(rec, f"target {self.me} could not prepare: {e}")
+            await self._discard_incoming(rec)
+            return
+
+        def set_address(cur: Migration) -> Migration | None:
+            if cur.state is not _M.PREPARING or cur.target_address:
+                return None
+            return cur.model_copy(update={"target_address": address})
+
+        if await change_migration(self.store, self.keys, rec.id, set_address) is None:
+            await self._discard_incoming(rec)  # cancelled or failed meanwhile
+
+    async def _take_over(self, rec: Migration, flipped: bool = False) -> None:
+        """The placement flipped to us: run the VM (resume it, or restore it from its file).
+        ``flipped``: the record was seen becoming done just now, so the placement is ours
+        (the same transaction wrote both); otherwise it is read and checked first."""
+        epoch = rec.epoch + 1
+        placement = None if flipped else await self._placement(rec.vm)
+        if not flipped and (
+            placement is None or placement.node != self.me or placement.epoch != epoch
+        ):
+            await self._discard_incoming(rec)  # moved on since; not ours
+            self.finished.add(rec.id)
+            return
+        try:
+            if rec.kind is MigrationKind.QUICK:
+                await self._restore(rec, epoch)
+            else:
+                info = await self._settled(rec.vm)
+                if info.epoch == epoch and info.state is VMState.PAUSED:
+                    await self.driver.resume(rec.vm)
+                    await self._record_times(rec, time.time())
+                elif info.state is not VMState.RUNNING:
+                    raise DriverError(f"it is {info.state.value} at epoch {info.epoch}")
+        except DriverError as e:
+            log.warning("migration %s: could not run %s here: %s", rec.id, rec.vm, e)
+            await self.say(
+                "migration.resume_failed",
+                f"vm/{rec.vm}",
+                f"vm {rec.vm} moved to {self.me} but did not run here: {e}",
+            )
+        finally:
+            self.agent.incoming.discard(rec.vm)
+            self.finished.add(rec.id)
+            self.agent.wake.set()
+
+    async def _settled(self, vm: str, timeout: float = SETTLE_S) -> VMInfo:
+        """The incoming VM's state once the driver has seen the end of the stream (the
+        source may report completion a moment before the target's QEMU does)."""
+        end = time.monotonic() + timeout
+        while True:
+            info = await self.driver.status(vm)
+            if info.state is not VMState.MIGRATING or time.monotonic() > end:
+                return info
+            await asyncio.sleep(SETTLE_POLL_S)
+
+    async def _restore(self, rec: Migration, epoch: int) -> None:
+        with contextlib.suppress(DriverError):
+            info = await self.driver.status(rec.vm)
+            if info.epoch == epoch and info.state not in (VMState.STOPPED, VMState.FAILED):
+                return  # restored already
+        spec = await self._spec(rec.vm)
+        if spec is None:
+            return
+        path = Path(rec.saved_path)
+        await self.driver.restore(spec, epoch, path)
+        resumed = time.time()
+        with contextlib.suppress(OSError):
+            await asyncio.to_thread(path.unlink)
+        await self._record_times(rec, resumed)
+
+    async def _record_times(self, rec: Migration, resumed: float) -> None:
+        """Downtime as the guest saw it (paused on the source until running here) and the
+        total from the request, into the record and the ``migration.done`` event."""
+        # live: the guest stopped for the transfer's last pass; quick: when the save began
+        stopped = rec.transfer_ms if rec.kind is MigrationKind.QUICK else rec.transfer_downtime_ms
+        switch = (resumed - rec.switching_at) * 1000
+        downtime = (stopped or 0.0) + switch
+        total = (resumed - rec.created) * 1000
+
+        def record(cur: Migration) -> Migration | None:
+            return cur.model_copy(update={"downtime_ms": downtime, "total_ms": total})
+
+        await change_migration(self.store, self.keys, rec.id, record)
+        transfer = rec.transfer_downtime_ms or 0.0
+        log.info(
+            "migration %s: resumed %s here %.1f ms after its transfer completed",
+            rec.id,
+            rec.vm,
+            switch,
+        )
+        await self.say(
+            "migration.done",
+            f"vm/{rec.vm}",
+            f"vm {rec.vm} moved from {rec.source} to {self.me} by {rec.kind.value} migration "
+            f"{rec.id}: downtime {downtime:.0f} ms (transfer {transfer:.0f} ms, switch "
+            f"{switch:.0f} ms), total {total:.0f} ms",
+        )
+
+    async def _discard_incoming(self, rec: Migration) -> None:
+        """Drop the copy prepared here for ``rec``: it never ran. Even when a failover has
+        since placed the VM here at that same epoch (its source died mid-migration), the
+        reconcile then starts it afresh rather than adopt a half-received copy."""
+        if rec.vm in self.agent.incoming or rec.id in self.tasks:
+            try:
+                info = await self.driver.status(rec.vm)
+            except DriverError:
+                info = None
+            if (
+                info is not None
+                and info.epoch == rec.epoch + 1
+                and info.state is not VMState.RUNNING
+            ):
+                await self.driver.discard(rec.vm)
+        self.agent.incoming.discard(rec.vm)
+        self.agent.wake.set()
+
+    def _state_file(self, spec: VMSpec, rec: Migration) -> Path:
+        """Where a quick migration's state goes: next to the VM's first disk when that is
+        an absolute path (shared by every node), else the cluster's shared state dir."""
+        for disk in spec.disks:
+            if disk.volume is None and disk.path.startswith("/"):
+                return Path(disk.path).parent / f".{rec.vm}-{rec.id}.state"
+        return self.state_dir / f"{rec.vm}-{rec.id}.state"
