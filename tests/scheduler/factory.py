@@ -93,9 +93,12 @@ def vm(
     moving_to: str | None = None,
     switches: tuple[str, ...] = (),
     volumes: tuple[str, ...] = (),
+    migrating_to: str | None = None,
+    migrating: bool = False,
 ) -> VMView:
     """A VM; ``on`` places it (with a status ``state`` there unless ``state`` is None);
-    ``status_on`` puts its status on another node."""
+    ``status_on`` puts its status on another node; ``migrating_to`` names the target of a
+    migration under way (``migrating`` alone: one whose target is not named yet)."""
     ha: dict[str, Any] = {
         "priority": priority,
         "preferred_owners": preferred,
@@ -135,6 +138,8 @@ def vm(
         failovers=tuple(failovers),
         failed_reason=failed_reason,
         pending_since=pending_since,
+        migrating=migrating or migrating_to is not None,
+        migrating_to=migrating_to,
     )
 
 

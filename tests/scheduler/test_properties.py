@@ -1,11 +1,12 @@
 """Properties of :func:`plan` over random snapshots (Hypothesis).
 
 Whatever the cluster looks like - nodes dead, suspect, fenced, paused, quarantined, full;
-VMs placed anywhere, with stale statuses, odd epochs and every policy - a plan never
-over-commits a node, never breaks hard anti-affinity, never places on a node that cannot
-take VMs, outside a VM's possible owners or lacking its switches or volumes, never starts a
-VM that may still run elsewhere, always raises the epoch, and is the same for the same
-snapshot.
+VMs placed anywhere, with stale statuses, odd epochs, migrations under way and every
+policy - a plan never over-commits a node (counting the targets of migrations under way),
+never breaks hard anti-affinity, never places on a node that cannot take VMs, outside a
+VM's possible owners or lacking its switches or volumes, never starts a VM that may still
+run elsewhere, never fails back a VM that is moving, always raises the epoch, and is the
+same for the same snapshot.
 """
 
 from __future__ import annotations
@@ -145,6 +146,8 @@ def vm_strategy(
         failback=FailbackPolicy(mode=mode, window_start_hour=start, window_end_hour=end),
         pending_since=draw(st.none() | st.floats(now - 60, now)),
         moving_to=draw(mostly(None, *node_names)) if placed else None,
+        migrating_to=draw(mostly(None, *node_names)) if placed else None,
+        migrating=draw(mostly(False, True)),
         switches=tuple(draw(st.lists(st.sampled_from(SWITCHES), unique=True, max_size=2))),
         volumes=tuple(draw(st.lists(st.sampled_from(VOLUMES), unique=True, max_size=2))),
     )
@@ -184,6 +187,8 @@ def residents(s: ClusterSnapshot, name: str) -> set[str]:
     found = set()
     for v in s.vms.values():
         if v.placement is not None and name in (v.placement.node, v.placement.moving_to):
+            found.add(v.name)
+        if v.migrating_to == name:  # the target of a migration under way is reserved
             found.add(v.name)
         if v.status is not None and v.status.node == name and v.status.state in ACTIVE:
             found.add(v.name)
@@ -265,6 +270,13 @@ def check_a_vm_is_never_started_while_it_may_run_elsewhere(s: ClusterSnapshot) -
             assert reclaimable(s, st.node), (d, st)
 
 
+def check_a_moving_vm_is_not_failed_back(s: ClusterSnapshot) -> None:
+    for d in plan(s):
+        if isinstance(d, Failback):
+            v = s.vms[d.vm]
+            assert not v.migrating and not v.moving, d
+
+
 def check_every_epoch_rises(s: ClusterSnapshot) -> None:
     for d in plan(s):
         if isinstance(d, Place | Recover):
@@ -308,6 +320,7 @@ CHECKS = (
     check_targets_are_open_nodes_among_possible_owners,
     check_targets_have_the_vms_switches_and_volumes,
     check_a_vm_is_never_started_while_it_may_run_elsewhere,
+    check_a_moving_vm_is_not_failed_back,
     check_every_epoch_rises,
     check_plan_is_deterministic,
     check_one_decision_per_vm_each_with_a_reason,

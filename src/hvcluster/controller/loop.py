@@ -38,6 +38,7 @@ from hvcluster.scheduler.decisions import (
 from hvcluster.scheduler.plan import plan
 from hvcluster.store.base import Store
 from hvcluster.store.keys import Keys
+from hvcluster.store.migrations import read_migrations
 from hvcluster.store.state import ClusterState, Decoded, read_cluster, read_kind
 
 log = logging.getLogger(__name__)
@@ -121,6 +122,9 @@ class Controller:
             await self.say(
                 "controller.elected", f"node/{self.name}", f"{self.name} is now the controller"
             )
+        # Migrations first: one that ends (flips) between the two reads is then seen under
+        # way with its placement already flipped, so both nodes stay counted.
+        migrations = await read_migrations(self.store, self.keys)
         state = await read_cluster(self.store, self.keys)
         for bad in state.corrupt:
             if bad.key not in memory.corrupt_reported:
@@ -134,7 +138,7 @@ class Controller:
         said = await applier.finish_moves()
         for sentence in said:
             await self.say("vm.moved", "", sentence)
-        for decision in plan(build_snapshot(state, memory, now)):
+        for decision in plan(build_snapshot(state, memory, now, migrations)):
             if await self._apply(applier, decision, memory):
                 said.append(decision.reason)
         return said

@@ -4,11 +4,24 @@ from __future__ import annotations
 
 from hvcluster.controller.memory import ControllerMemory
 from hvcluster.models.lifecycle import VMState
+from hvcluster.models.migration import Migration
 from hvcluster.scheduler.snapshot import ClusterSnapshot, NodeView, VMView
-from hvcluster.store.state import ClusterState
+from hvcluster.store.state import ClusterState, Decoded
 
 
-def build_snapshot(state: ClusterState, memory: ControllerMemory, now: float) -> ClusterSnapshot:
+def build_snapshot(
+    state: ClusterState,
+    memory: ControllerMemory,
+    now: float,
+    migrations: Decoded[Migration] | None = None,
+) -> ClusterSnapshot:
+    """The snapshot of ``state``; with ``migrations``, each VM with one under way is marked
+    migrating (and its target reserved for it: see :class:`~.snapshot.VMView`)."""
+    moving: dict[str, str | None] = {}
+    for record in migrations.items.values() if migrations is not None else ():
+        rec = record.value
+        if rec.active:
+            moving[rec.vm] = moving.get(rec.vm) or rec.target or None
     nodes = {}
     for name, stored_node in state.nodes.items.items():
         node = stored_node.value
@@ -38,5 +51,7 @@ def build_snapshot(state: ClusterState, memory: ControllerMemory, now: float) ->
             failed_reason=st.last_error if left_failed and st is not None else "",
             pending_since=memory.pending_since.get(name),
             epoch_floor=st.epoch if st else 0,
+            migrating=name in moving,
+            migrating_to=moving.get(name),
         )
     return ClusterSnapshot(now=now, config=state.config, nodes=nodes, vms=vms)

@@ -87,7 +87,7 @@ def failback_decisions(
             continue
         if vm.name in decided or vm.failed_reason or not vm.wants_running:
             continue
-        if not vm.is_running_as_placed or vm.placement is None or vm.moving:
+        if not vm.is_running_as_placed or vm.placement is None or vm.moving or vm.migrating:
             continue  # not running where placed, or already being moved
         current = vm.placement.node
         here = health.get(current)

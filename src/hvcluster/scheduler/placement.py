@@ -8,8 +8,10 @@ The rules, in order:
    Switches and volumes: the node must report every switch of the VM's NICs and every
    volume of its disks (with the reason the node gave when it lacks one).
 3. Capacity: the VM's vCPUs and memory must fit in the node's capacity minus every VM that
-   may hold resources there (placed there, or reported active there) - including VMs placed
-   earlier in the same plan (the :class:`Ledger` is updated as the plan goes). No overcommit.
+   may hold resources there (placed there, reported active there, or on its way there by a
+   cold move or a migration under way: a VM being migrated counts on its source until the
+   flip *and* on its target from the moment one is named) - including VMs placed earlier in
+   the same plan (the :class:`Ledger` is updated as the plan goes). No overcommit.
 4. Hard anti-affinity: two VMs sharing an anti-affinity class never share a node when either
    of them enforces it. If no node is left, the VM is not placed, with that reason.
 5. Among the nodes that fit, the best is the one with, in order: the fewest soft
@@ -141,6 +143,9 @@ def misfit(spec: VMSpec, node: NodeView, ledger: Ledger) -> str | None:
     cap, name = node.node.capacity, node.name
     free_cpus = cap.cpus - ledger.used_cpus(name)
     free_memory = cap.memory_mib - ledger.used_memory(name)
+    if ledger.hosts(name, spec.name):  # already counted there (reserved for it): not twice
+        free_cpus += spec.vcpus
+        free_memory += spec.memory_mib
     if spec.vcpus > free_cpus:
         return f"{name} has {max(free_cpus, 0)} of {cap.cpus} vCPUs free"
     if spec.memory_mib > free_memory:

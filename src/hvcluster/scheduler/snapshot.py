@@ -80,6 +80,10 @@ class VMView:
     - ``epoch_floor``: the highest epoch the controller knows was ever used for this VM (for
       example kept in a tombstone after the placement was deleted). New epochs are always
       above it, above the placement's and above the status's.
+    - ``migrating``: a migration of this VM (live, quick, storage) is under way
+      (``migrations/<id>`` not yet done, failed or cancelled); ``migrating_to``: its target
+      node, once one is named. Until the flip the VM is placed on (and counted on) its
+      source; its target is reserved for it too, so nothing else takes that room meanwhile.
     """
 
     spec: VMSpec
@@ -89,6 +93,8 @@ class VMView:
     failed_reason: str = ""
     pending_since: float | None = None
     epoch_floor: int = 0
+    migrating: bool = False
+    migrating_to: str | None = None
 
     @property
     def name(self) -> str:
@@ -134,12 +140,15 @@ class VMView:
 
     def hosts(self) -> frozenset[str]:
         """Every node that may hold this VM's resources: its placement, the target of a cold
-        move under way (reserved until the move is done), and its active status."""
+        move or of a migration under way (reserved until the move is done), and its active
+        status."""
         found = set()
         if self.placement is not None:
             found.add(self.placement.node)
             if self.placement.moving_to is not None:
                 found.add(self.placement.moving_to)
+        if self.migrating_to is not None:
+            found.add(self.migrating_to)
         active = self.active_on
         if active is not None:
             found.add(active)
