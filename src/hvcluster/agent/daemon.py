@@ -24,6 +24,7 @@ from hvcluster.agent.migration import MigrationWorker
 from hvcluster.agent.network import Links
 from hvcluster.agent.node import NodeAgent, NodeIdentity, Say
 from hvcluster.agent.resources import HostResources
+from hvcluster.agent.storage_move import StorageMover
 from hvcluster.agent.watchdog import WatchdogFeeder
 from hvcluster.api.app import create_app
 from hvcluster.controller.loop import Controller
@@ -129,6 +130,7 @@ class Daemon:
         self.migrations = MigrationWorker(
             self.store, self.keys, agent, agent_say, cfg.run_dir.parent / "migration-state"
         )
+        storage = StorageMover(self.store, self.keys, agent, agent_say)
         resources = self.resources = self._resources(agent, agent_say)
         await resources.check()  # the node registers with its switches and volumes
         await agent.register_node(facts)
@@ -145,6 +147,8 @@ class Daemon:
             asyncio.create_task(resources.run(), name="volumes-and-switches"),
             asyncio.create_task(self.migrations.run(), name="migrations"),
             asyncio.create_task(self.migrations.watch(), name="watch-migrations"),
+            asyncio.create_task(storage.run(), name="storage-moves"),
+            asyncio.create_task(storage.watch(), name="watch-storage-moves"),
         ]
         if self.serve_api:
             self.tasks.append(asyncio.create_task(self._serve_api(), name="api"))

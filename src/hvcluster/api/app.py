@@ -11,7 +11,16 @@ from collections import Counter
 from fastapi import APIRouter, Depends, FastAPI
 
 from hvcluster import __version__
-from hvcluster.api import events, migrations, nodes, switches, validation, vms, volumes
+from hvcluster.api import (
+    events,
+    migrations,
+    nodes,
+    storage_moves,
+    switches,
+    validation,
+    vms,
+    volumes,
+)
 from hvcluster.api.context import ApiContext, context
 from hvcluster.api.errors import install_error_handlers
 from hvcluster.api.reads import decode_all, decode_optional, snapshot
@@ -89,7 +98,7 @@ def create_app(store: Store, keys: Keys, node: str) -> FastAPI:
     app.state.ctx = ApiContext(store=store, keys=keys, node=node)
     install_error_handlers(app)
     routers = (cluster_router, vms.router, nodes.router, events.router, migrations.router)
-    for router in (*routers, volumes.router, switches.router):
+    for router in (*routers, volumes.router, switches.router, storage_moves.router):
         app.include_router(router, prefix=PREFIX)
     app.include_router(validation.router, prefix=PREFIX)
     return app

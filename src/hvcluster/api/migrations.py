@@ -29,6 +29,7 @@ from hvcluster.models.vm import Placement, VMSpec, VMStatus
 from hvcluster.store.base import Get, KeyValue
 from hvcluster.store.keys import Keys
 from hvcluster.store.migrations import change_migration, create_migration, read_migrations
+from hvcluster.store.storage_moves import read_moves
 
 M = TypeVar("M", bound=Model)
 
@@ -143,6 +144,8 @@ async def move_vm(
         raise Conflict(
             f"vm {name} is already moving: migration {under_way.id} is {under_way.state.value}"
         )
+    if any(m.vm == name and m.active for m, _ in (await read_moves(ctx.store, ctx.keys)).values()):
+        raise Conflict(f"vm {name} is moving its disks to another volume; wait for that")
     source = placement.node
     if request.to:
         why = cluster.why_not(spec, request.to, source)

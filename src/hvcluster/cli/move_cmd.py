@@ -19,6 +19,8 @@ FINAL = ("done", "failed", "cancelled")
 
 def describe(m: dict[str, Any]) -> str:
     route = f"{m['source']} -> {m['target'] or '?'}"
+    if m["kind"] == "storage":
+        route = f"on {m['source']} to volume {m.get('volume', '?')}"
     text = f"migration {m['id']} of {m['vm']} ({m['kind']}, {route}): {m['state']}"
     if m["state"] == "done" and m.get("downtime_ms") is not None:
         text += f", downtime {m['downtime_ms']:.0f} ms, total {m['total_ms']:.0f} ms"
@@ -29,7 +31,9 @@ def describe(m: dict[str, Any]) -> str:
     return text
 
 
-def follow(client: Client, mid: str, timeout: float) -> dict[str, Any]:
+def follow(
+    client: Client, mid: str, timeout: float, records: str = "/migrations"
+) -> dict[str, Any]:
     """Poll the record until it is final (done: until its times are known); show a bar."""
     end = time.monotonic() + timeout
     columns = (
@@ -41,11 +45,12 @@ def follow(client: Client, mid: str, timeout: float) -> dict[str, Any]:
     with Progress(*columns, console=err_console, transient=True) as bar:
         task = bar.add_task("requested", total=None)
         while True:
-            m: dict[str, Any] = client.get(f"/migrations/{mid}")
+            m: dict[str, Any] = client.get(f"{records}/{mid}")
             p = m["progress"]
             total = p["bytes_total"] or None
             bar.update(task, description=m["state"], total=total, completed=p["bytes_transferred"])
             timed = m["state"] != "done" or m.get("downtime_ms") is not None
+            timed = timed or m["kind"] == "storage"  # the guest never pauses
             if m["state"] in FINAL and timed:
                 return m
             if time.monotonic() > end:
@@ -64,19 +69,29 @@ def move(
     to: str = typer.Option("", "--to", help="Target node; default: the scheduler picks one."),
     live: bool = typer.Option(False, "--live", help="Live migration (the default)."),
     quick: bool = typer.Option(False, "--quick", help="Save state, restore on the target."),
+    storage: str = typer.Option(
+        "", "--storage", help="Move its disks to this volume instead (it stays on its node)."
+    ),
     wait: bool = typer.Option(False, "--wait", help="Follow it to the end; non-zero if it fails."),
     timeout: float = typer.Option(600.0, "--timeout", help="Seconds --wait waits at most."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
     api: list[str] | None = api_option(),
 ) -> None:
-    """Move a running VM to another node, live (it keeps running) or quick."""
+    """Move a running VM to another node, live (it keeps running) or quick; or, with
+    --storage, move its disks to another volume while it runs."""
     if live and quick:
         raise typer.Exit(_fail("choose one of --live and --quick"))
-    body = {"to": to, "kind": "quick" if quick else "live"}
+    if storage and (to or quick):
+        raise typer.Exit(_fail("--storage moves the disks only: without --to or --quick"))
     with Client.from_options(api) as client:
-        m = client.post(f"/vms/{name}/move", body)
+        if storage:
+            m = client.post(f"/vms/{name}/move-storage", {"volume": storage})
+            records = "/storage-moves"
+        else:
+            m = client.post(f"/vms/{name}/move", {"to": to, "kind": "quick" if quick else "live"})
+            records = "/migrations"
         if wait:
-            m = follow(client, m["id"], timeout)
+            m = follow(client, m["id"], timeout, records)
     if as_json:
         print_json(m)
     else:

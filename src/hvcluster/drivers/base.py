@@ -38,7 +38,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -120,6 +120,7 @@ class IncomingDisks(Model):
 
 
 ProgressCallback = Callable[[Progress], None]
+Confirm = Callable[[], Awaitable[bool]]
 
 
 class Driver(ABC):
@@ -241,11 +242,17 @@ class Driver(ABC):
         dest: Disk,
         on_progress: ProgressCallback | None = None,
         timeout_s: float = 3600.0,
+        confirm: Confirm | None = None,
     ) -> DiskMoveResult:
         """Move disk ``index`` of the running VM ``name`` to ``dest`` while the guest runs: a
         new image of the same virtual size and format is created at ``dest`` (refused if a
         file is there), the disk is mirrored onto it, and the guest switches to it. The old
         file is left for the caller to delete; the VM's spec here names ``dest`` from then on.
+
+        ``confirm`` is awaited once the copy is complete and every further write reaches both
+        files, just before the switch: the caller records the new path there; False (or an
+        exception) abandons the move. A host that dies after ``confirm`` leaves a complete
+        copy at ``dest``.
 
         On any failure (or ``timeout_s``) the guest keeps using the old disk, the new file is
         removed and :class:`DiskMoveFailed` is raised naming the VM and the disk."""

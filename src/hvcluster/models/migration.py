@@ -56,6 +56,7 @@ class Migration(Model):
     requested_by: str = ""  # "api", "drain:<node>", "failback", "resume:<node>"
     saved_path: str = ""  # quick migration: the state file on a shared path
     switching_at: float = 0.0  # wall clock the transfer completed (quick: state saved)
+    volume: str = ""  # storage: the volume the disks move to (see store/storage_moves.py)
 
     @property
     def active(self) -> bool:

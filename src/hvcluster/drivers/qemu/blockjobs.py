@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from hvcluster.drivers.base import DiskMoveResult, MigrationResult, ProgressCallback
+from hvcluster.drivers.base import Confirm, DiskMoveResult, MigrationResult, ProgressCallback
 from hvcluster.drivers.errors import DiskMoveFailed, HypervisorMissing, QemuFailed, SpecError
 from hvcluster.drivers.qemu.monitor import Monitor
 from hvcluster.drivers.qemu.vm import QemuVM, free_port, uri_host
@@ -193,8 +193,11 @@ async def move_disk(
     fmt: str,
     on_progress: ProgressCallback | None,
     timeout_s: float,
+    confirm: Confirm | None = None,
 ) -> DiskMoveResult:
-    """Mirror disk ``index`` onto a new image at ``dest_path`` and switch the guest to it."""
+    """Mirror disk ``index`` onto a new image at ``dest_path`` and switch the guest to it
+    (after ``confirm()``, when given, says yes). Write-blocking once ready: from ``confirm``
+    on, the new image holds every write the guest saw complete."""
     began = time.monotonic()
     what = f"vm {monitor.name} disk {index}"
     try:
@@ -220,20 +223,32 @@ async def move_disk(
                 "device": device(index),
                 "target": node,
                 "sync": "full",
+                "copy-mode": "write-blocking",
                 "auto-dismiss": False,
             },
         )
         await wait_jobs(monitor, [job_id], "ready", deadline, on_progress)
-        await end_job(monitor, job_id, "job-complete", deadline)
+        if confirm is not None and not await confirm():
+            raise QemuFailed("the move was not confirmed")
+        # Confirmed: the caller recorded the new file. The switch must happen even if our
+        # task is cancelled now, so it runs on its own.
+        switch = asyncio.create_task(end_job(monitor, job_id, "job-complete", deadline))
+        try:
+            await asyncio.shield(switch)
+        except asyncio.CancelledError:
+            await asyncio.wait([switch])
+            raise
         now = str((await inserted(monitor, index))["file"])
         if now != str(dest_path):
             raise QemuFailed(f"after the switch the disk still reads {now}")
-    except DriverError as e:
+    except BaseException as e:  # a cancelled task too: never leave a mirror running
         await abort_jobs(monitor, [job_id])
         if (await _reads(monitor, index)) != str(dest_path):
             await drop_nodes(monitor, [node])
             remove(dest_path)
-        raise DiskMoveFailed(f"{what}: moving it to {dest_path} failed: {e}") from e
+        if isinstance(e, DriverError):
+            raise DiskMoveFailed(f"{what}: moving it to {dest_path} failed: {e}") from e
+        raise
     if on_progress is not None:
         on_progress(Progress(bytes_transferred=size, bytes_total=size))
     return DiskMoveResult(

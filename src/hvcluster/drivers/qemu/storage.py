@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hvcluster.drivers.base import (
+    Confirm,
     DiskMoveResult,
     Driver,
     IncomingDisks,
@@ -50,6 +51,7 @@ class StorageMigration(Driver):
         dest: Disk,
         on_progress: ProgressCallback | None = None,
         timeout_s: float = 3600.0,
+        confirm: Confirm | None = None,
     ) -> DiskMoveResult:
         vm = self._get(name)
         if not 0 <= index < len(vm.spec.disks):

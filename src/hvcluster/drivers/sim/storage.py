@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hvcluster.drivers.base import (
+    Confirm,
     DiskMoveResult,
     Driver,
     IncomingDisks,
@@ -115,6 +116,7 @@ class SimStorage(Driver):
         dest: Disk,
         on_progress: ProgressCallback | None = None,
         timeout_s: float = 3600.0,
+        confirm: Confirm | None = None,
     ) -> DiskMoveResult:
         vm = self._get(name)
         what = f"vm {name} disk {index}"
@@ -133,12 +135,14 @@ class SimStorage(Driver):
             raise DiskMoveFailed(f"{what}: cannot move it: {e}") from e
         try:
             await self._copy(vm, [old], [new], [size], on_progress, f"moving {what} to {new}")
-        except (DiskMoveFailed, OSError) as e:
+            if confirm is not None and not await confirm():
+                raise DiskMoveFailed(f"{what}: moving it to {new} was not confirmed")
+        except BaseException as e:
             with contextlib.suppress(OSError):
                 new.unlink()
-            if isinstance(e, DiskMoveFailed):
-                raise
-            raise DiskMoveFailed(f"{what}: moving it to {new} failed: {e}") from e
+            if isinstance(e, OSError):
+                raise DiskMoveFailed(f"{what}: moving it to {new} failed: {e}") from e
+            raise
         disks = list(vm.spec.disks)
         disks[index] = dest
         vm.spec = vm.spec.model_copy(update={"disks": tuple(disks)})

@@ -1,0 +1,148 @@
+"""Storage moves: ``POST /vms/{name}/move-storage`` moves a running VM's disks to another
+volume on the node that runs it (QEMU block mirror; the guest keeps running).
+
+The API stores a ``requested`` record (``requests/storage-moves/<id>``) and answers 202; the
+owning agent carries it out (:mod:`hvcluster.agent.storage_move`). It refuses (409, with the
+reason) what cannot work now: a VM that is not running, one already moving (a live or quick
+migration, or another storage move), an unknown volume, a volume its node does not see, or
+nothing to move. Follow it at ``/storage-moves/{id}``.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Body, Depends
+from pydantic import BaseModel, Field
+
+from hvcluster.api.context import ApiContext, context, valid_name
+from hvcluster.api.migrations import Cluster
+from hvcluster.api.views import ActionRequest, View
+from hvcluster.models.errors import Conflict, InvalidInput, NotFound
+from hvcluster.models.lifecycle import MigrationState, VMState
+from hvcluster.models.migration import Migration
+from hvcluster.models.names import check_name
+from hvcluster.store.storage_moves import change_move, create_move, read_move, read_moves
+
+router = APIRouter(tags=["storage"])
+
+_NO_BODY = Body(default=None)
+
+
+class StorageMoveRequest(BaseModel):
+    volume: str = Field(description="the volume the VM's disks move to")
+    reason: str = Field(default="", max_length=500)
+
+
+class StorageMoveList(View):
+    moves: list[Migration]
+    revision: int
+
+
+async def active_move(ctx: ApiContext, vm: str) -> Migration | None:
+    """The storage move of ``vm`` under way, if any (a live migration waits for it)."""
+    for rec, _ in (await read_moves(ctx.store, ctx.keys)).values():
+        if rec.vm == vm and rec.active:
+            return rec
+    return None
+
+
+@router.post("/vms/{name}/move-storage", status_code=202, response_model=Migration)
+async def move_storage(
+    name: str = Depends(valid_name),
+    request: StorageMoveRequest | None = _NO_BODY,
+    ctx: ApiContext = Depends(context),
+) -> Migration:
+    """Move the disks of a running VM to ``volume`` while it runs. Returns the record;
+    follow it under /storage-moves/{id}."""
+    if request is None:
+        raise InvalidInput("give the destination volume", field="volume")
+    try:
+        volume = check_name(request.volume)
+    except ValueError as e:
+        raise InvalidInput(str(e), field="volume") from None
+    cluster = await Cluster(ctx).load()
+    spec = cluster.specs.get(name)
+    if spec is None:
+        raise NotFound(f"vm {name!r} not found")
+    placement, status = cluster.placements.get(name), cluster.statuses.get(name)
+    if (
+        placement is None
+        or status is None
+        or status.state is not VMState.RUNNING
+        or (status.node, status.epoch) != (placement.node, placement.epoch)
+    ):
+        state = status.state.value if status else "not reported"
+        raise Conflict(f"vm {name} is not running ({state}); only a running VM's disks move")
+    migrating = cluster.active(name)
+    if migrating is not None:
+        raise Conflict(f"vm {name} is moving: migration {migrating.id} is {migrating.state}")
+    moving = await active_move(ctx, name)
+    if moving is not None:
+        raise Conflict(f"vm {name} is already moving its disks: storage move {moving.id}")
+    if await ctx.store.get(ctx.keys.volume(volume)) is None:
+        raise NotFound(f"volume {volume!r} not found")
+    node = cluster.nodes.get(placement.node)
+    if node is None or volume not in node.volumes:
+        why = node.volume_problems.get(volume, "") if node else ""
+        raise Conflict(
+            f"cannot move the disks of {name} to volume {volume!r}: node {placement.node} "
+            f"does not see it" + (f" ({why})" if why else "")
+        )
+    if not any(not d.readonly and d.volume != volume for d in spec.disks):
+        raise Conflict(f"vm {name} has no writable disk off volume {volume!r}: nothing to move")
+    rec = await create_move(
+        ctx.store, ctx.keys, name, placement.node, placement.epoch, volume, "api"
+    )
+    if rec is None:
+        raise Conflict(f"vm {name}: the storage move could not be stored; try again")
+    await ctx.record(
+        "storage.move_requested",
+        f"vm/{name}",
+        request.reason or f"move the disks of {name} to volume {volume} on {placement.node}",
+        {"id": rec.id, "volume": volume, "node": placement.node},
+    )
+    return rec
+
+
+@router.get("/storage-moves", response_model=StorageMoveList)
+async def list_moves(ctx: ApiContext = Depends(context)) -> StorageMoveList:
+    found = await read_moves(ctx.store, ctx.keys)
+    records = sorted((rec for rec, _ in found.values()), key=lambda m: m.created)
+    return StorageMoveList(moves=records, revision=await ctx.store.revision())
+
+
+@router.get("/storage-moves/{mid}", response_model=Migration)
+async def show_move(mid: str, ctx: ApiContext = Depends(context)) -> Migration:
+    rec = await read_move(ctx.store, ctx.keys, _valid_id(mid))
+    if rec is None:
+        raise NotFound(f"storage move {mid!r} not found")
+    return rec
+
+
+@router.post("/storage-moves/{mid}/cancel", status_code=202, response_model=Migration)
+async def cancel_move(
+    mid: str, request: ActionRequest | None = _NO_BODY, ctx: ApiContext = Depends(context)
+) -> Migration:
+    """Cancel a storage move before the VM's spec names the new disk; the VM keeps its old
+    disk and the copy is removed."""
+    reason = request.reason if request and request.reason else "cancelled by an administrator"
+
+    def cancel(cur: Migration) -> Migration | None:
+        if cur.state is MigrationState.CANCELLED:
+            return None
+        if cur.state in (MigrationState.SWITCHING, MigrationState.DONE):
+            raise Conflict(f"storage move {mid} is {cur.state.value}: too late to cancel")
+        if not cur.active:
+            raise Conflict(f"storage move {mid} is {cur.state.value} already")
+        return cur.model_copy(update={"state": MigrationState.CANCELLED, "reason": reason})
+
+    done = await change_move(ctx.store, ctx.keys, _valid_id(mid), cancel)
+    if done is not None:
+        await ctx.record("storage.move_cancelled", f"vm/{done.vm}", f"storage move {mid}: {reason}")
+    return await show_move(mid, ctx)
+
+
+def _valid_id(mid: str) -> str:
+    try:
+        return Migration.model_validate({"id": mid, "vm": "x", "source": "x"}).id
+    except ValueError as e:
+        raise InvalidInput(f"invalid storage move id {mid!r}", field="id") from e

@@ -1,0 +1,118 @@
+"""Storage move records (``requests/storage-moves/<id>``): a running VM's disks moved to
+another volume on the node that runs it.
+
+A record is a :class:`~hvcluster.models.migration.Migration` of kind ``storage`` whose source
+and target are that node and whose ``volume`` is the destination. It lives apart from
+``migrations/`` because nothing but the owning agent acts on it (the live-migration
+coordinator and workers never see it). Its states follow
+:data:`~hvcluster.models.lifecycle.MIGRATION_LIFECYCLE`: requested, preparing (the agent
+accepted it), transferring (disks being copied), switching (the copy is complete; the spec
+is about to name it), done (one transaction wrote the spec and the record), or failed /
+cancelled. Every change is a compare-and-set on the record's mod revision.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+from hvcluster.models.base import decode, encode
+from hvcluster.models.errors import CorruptValue
+from hvcluster.models.lifecycle import MIGRATION_LIFECYCLE
+from hvcluster.models.migration import Migration, MigrationKind
+from hvcluster.store.base import Compare, Delete, Put, Store
+from hvcluster.store.keys import Keys
+from hvcluster.store.migrations import new_id
+
+PREFIX = "storage-moves/"
+ATTEMPTS = 10
+
+Change = Callable[[Migration], Migration | None]
+
+
+def move_key(keys: Keys, mid: str) -> str:
+    return keys.request(PREFIX + mid)
+
+
+def moves_prefix(keys: Keys) -> str:
+    return keys.request(PREFIX)
+
+
+async def read_moves(store: Store, keys: Keys) -> dict[str, tuple[Migration, int]]:
+    """Every readable record by id, with its mod revision (unreadable ones are skipped)."""
+    found = await store.range(moves_prefix(keys))
+    out: dict[str, tuple[Migration, int]] = {}
+    for kv in found.kvs:
+        try:
+            rec = decode(Migration, kv.key, kv.value)
+        except CorruptValue:
+            continue
+        out[rec.id] = (rec, kv.mod_revision)
+    return out
+
+
+async def read_move(store: Store, keys: Keys, mid: str) -> Migration | None:
+    kv = await store.get(move_key(keys, mid))
+    if kv is None:
+        return None
+    try:
+        return decode(Migration, kv.key, kv.value)
+    except CorruptValue:
+        return None
+
+
+async def create_move(
+    store: Store, keys: Keys, vm: str, node: str, epoch: int, volume: str, requested_by: str
+) -> Migration | None:
+    """Store a new ``requested`` storage move; None if the id was taken (never, in practice)."""
+    now = time.time()
+    rec = Migration(
+        id=new_id(vm),
+        vm=vm,
+        source=node,
+        target=node,
+        kind=MigrationKind.STORAGE,
+        epoch=epoch,
+        created=now,
+        updated=now,
+        requested_by=requested_by,
+        volume=volume,
+    )
+    key = move_key(keys, rec.id)
+    result = await store.txn([Compare.absent(key)], [Put(key, encode(rec))])
+    return rec if result.succeeded else None
+
+
+async def change_move(
+    store: Store,
+    keys: Keys,
+    mid: str,
+    change: Change,
+    compares: Sequence[Compare] = (),
+    ops: Sequence[Put | Delete] = (),
+) -> Migration | None:
+    """Apply ``change`` under compare-and-set, with the caller's extra ``compares`` and
+    ``ops`` in the same transaction. None when ``change`` declined, the record is gone, or
+    one of the caller's compares failed; re-decided on a lost race on the record."""
+    key = move_key(keys, mid)
+    for _ in range(ATTEMPTS):
+        kv = await store.get(key)
+        if kv is None:
+            return None
+        try:
+            current = decode(Migration, kv.key, kv.value)
+        except CorruptValue:
+            return None
+        new = change(current)
+        if new is None:
+            return None
+        MIGRATION_LIFECYCLE.check(current.state, new.state)
+        new = new.model_copy(update={"updated": time.time()})
+        guard = [Compare.mod_is(key, kv.mod_revision), *compares]
+        result = await store.txn(guard, [Put(key, encode(new)), *ops])
+        if result.succeeded:
+            return new
+        again = await store.get(key)
+        if compares and again is not None and again.mod_revision == kv.mod_revision:
+            return None  # the record did not move: one of the caller's compares failed
+    return None

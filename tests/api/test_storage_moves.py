@@ -1,0 +1,86 @@
+"""Storage moves through the API: the record stored, refusals with their reason, cancel."""
+
+from __future__ import annotations
+
+import uuid
+
+import httpx
+
+from hvcluster.models.base import decode, encode
+from hvcluster.models.lifecycle import MigrationState, VMState
+from hvcluster.models.migration import Migration, MigrationKind
+from hvcluster.models.node import Node
+from hvcluster.models.storage import Volume
+from hvcluster.models.vm import Disk, Placement, VMSpec, VMStatus
+from hvcluster.store.memory import MemoryStore
+from hvcluster.store.storage_moves import move_key
+from tests.api.conftest import KEYS, add_node, kinds
+
+
+async def setup(store: MemoryStore) -> None:
+    await add_node(store, "n1")
+    await add_node(store, "n2")
+    kv = await store.get(KEYS.node("n1"))
+    assert kv is not None
+    node = decode(Node, kv.key, kv.value).model_copy(
+        update={"volumes": ("a", "b"), "volume_problems": {"c": "no marker yet"}}
+    )
+    await store.put(KEYS.node("n1"), encode(node))
+    for name in ("a", "b", "c"):
+        volume = Volume(name=name, path=f"/srv/{name}", id=uuid.uuid4().hex)
+        await store.put(KEYS.volume(name), encode(volume))
+    disks = (Disk(volume="a", path="db.qcow2"), Disk(volume="a", path="iso", readonly=True))
+    for vm, state in (("db", VMState.RUNNING), ("off", VMState.STOPPED)):
+        await store.put(KEYS.vm(vm), encode(VMSpec(name=vm, disks=disks)))
+        await store.put(KEYS.placement(vm), encode(Placement(node="n1", epoch=4)))
+        status = VMStatus(vm=vm, node="n1", epoch=4, state=state, since=1.0)
+        await store.put(KEYS.status(vm), encode(status))
+
+
+async def test_a_storage_move_is_stored_and_blocks_other_moves(
+    api: httpx.AsyncClient, store: MemoryStore
+) -> None:
+    await setup(store)
+    r = await api.post("/vms/db/move-storage", json={"volume": "b"})
+    assert r.status_code == 202, r.text
+    body = r.json()
+    assert (body["state"], body["kind"], body["source"], body["target"]) == (
+        "requested",
+        "storage",
+        "n1",
+        "n1",
+    )
+    assert (body["volume"], body["epoch"]) == ("b", 4)
+    kv = await store.get(move_key(KEYS, body["id"]))
+    assert kv is not None and decode(Migration, kv.key, kv.value).kind is MigrationKind.STORAGE
+    assert [m["id"] for m in (await api.get("/storage-moves")).json()["moves"]] == [body["id"]]
+    assert "storage.move_requested" in await kinds(store)
+    again = await api.post("/vms/db/move-storage", json={"volume": "b"})
+    assert again.status_code == 409 and "already moving its disks" in again.json()["error"]
+    live = await api.post("/vms/db/move", json={"to": "n2"})
+    assert live.status_code == 409 and "moving its disks" in live.json()["error"]
+
+    cancelled = await api.post(f"/storage-moves/{body['id']}/cancel", json={"reason": "oops"})
+    assert cancelled.status_code == 202
+    assert (cancelled.json()["state"], cancelled.json()["reason"]) == ("cancelled", "oops")
+    late = await api.post(f"/storage-moves/{body['id']}/cancel")
+    assert late.status_code == 202 and late.json()["state"] == MigrationState.CANCELLED
+    assert (await api.get("/storage-moves/nope")).status_code == 404
+
+
+async def test_refusals_name_the_reason(api: httpx.AsyncClient, store: MemoryStore) -> None:
+    await setup(store)
+    cases = {
+        ("db", "c"): (409, "node n1 does not see it (no marker yet)"),
+        ("db", "ghost"): (404, "volume 'ghost' not found"),
+        ("db", "a"): (409, "no writable disk off volume 'a'"),
+        ("off", "b"): (409, "vm off is not running (stopped)"),
+        ("nope", "b"): (404, "vm 'nope' not found"),
+        ("db", "Bad Name"): (422, "volume: invalid name"),
+    }
+    for (vm, volume), (code, why) in cases.items():
+        r = await api.post(f"/vms/{vm}/move-storage", json={"volume": volume})
+        assert r.status_code == code, (vm, volume, r.text)
+        assert why in r.json()["error"], r.json()["error"]
+    assert (await api.post("/vms/db/move-storage")).status_code == 422
+    assert (await api.get("/storage-moves")).json()["moves"] == []

@@ -1,0 +1,163 @@
+"""Storage moves in an in-process cluster: the owning agent copies a running VM's disk to
+another volume (the sim driver's model of a block mirror), then one transaction makes the
+spec name it and moves the disk lock; refusals and failures leave the VM on its old disk."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+
+from hvcluster.models.base import decode, encode
+from hvcluster.models.lifecycle import MigrationState
+from hvcluster.models.migration import Migration
+from hvcluster.models.storage import Volume
+from hvcluster.models.vm import Disk, VMSpec
+from hvcluster.store.storage_moves import change_move, create_move, read_move
+from tests.sim.cluster import SimCluster
+
+pytestmark = pytest.mark.timeout(60)
+_M = MigrationState
+
+
+async def volumes(cluster: SimCluster, tmp: Path, *names: str) -> dict[str, Path]:
+    paths = {}
+    for name in names:
+        path = tmp / f"vol-{name}"
+        path.mkdir(exist_ok=True)
+        volume = Volume(name=name, path=str(path), id=uuid.uuid4().hex)
+        await cluster.store.put(cluster.keys.volume(name), encode(volume))
+        paths[name] = path
+    return paths
+
+
+async def running_vm(cluster: SimCluster, root: Path, name: str = "db") -> str:
+    """``name`` running with its disk ``<name>/disk.qcow2`` on volume a (a real file)."""
+    (root / name).mkdir(exist_ok=True)
+    (root / name / "disk.qcow2").write_bytes(b"old disk")
+
+    async def sees_a() -> bool:
+        kv = await cluster.store.get(cluster.keys.node("n1"))
+        return kv is not None and b'"a"' in kv.value
+
+    await cluster.wait_for(sees_a, 10, "n1 to see volume a")
+    await cluster.create_vm(name, disks=[{"volume": "a", "path": f"{name}/disk.qcow2"}])
+    return await cluster.wait_running(name)
+
+
+async def request(cluster: SimCluster, vm: str, volume: str) -> Migration:
+    placement = await cluster.placement(vm)
+    assert placement is not None
+    rec = await create_move(
+        cluster.store, cluster.keys, vm, placement.node, placement.epoch, volume, "test"
+    )
+    assert rec is not None
+    return rec
+
+
+async def final(cluster: SimCluster, mid: str, timeout: float = 20) -> Migration:
+    async def ended() -> Migration | None:
+        rec = await read_move(cluster.store, cluster.keys, mid)
+        return rec if rec is not None and not rec.active else None
+
+    found: Migration = await cluster.wait_for(ended, timeout, f"storage move {mid} to end")
+    return found
+
+
+async def spec(cluster: SimCluster, vm: str) -> VMSpec:
+    kv = await cluster.store.get(cluster.keys.vm(vm))
+    assert kv is not None
+    return decode(VMSpec, kv.key, kv.value)
+
+
+async def test_a_running_vm_moves_its_disk_and_the_lock_follows(
+    cluster: SimCluster, tmp_path: Path
+) -> None:
+    paths = await volumes(cluster, tmp_path, "a", "b")
+    await cluster.start("n1")
+    assert await running_vm(cluster, paths["a"]) == "n1"
+    before = await cluster.placement("db")
+    rec = await request(cluster, "db", "b")
+    done = await final(cluster, rec.id)
+    assert done.state is _M.DONE, done.reason
+    assert (await spec(cluster, "db")).disks == (Disk(volume="b", path="db/disk.qcow2"),)
+    assert await cluster.placement("db") == before, "it never left its node or epoch"
+    assert await cluster.running_on("db") == "n1"
+    assert (paths["b"] / "db" / "disk.qcow2").is_file()
+
+    async def said() -> list[object]:
+        return list(await cluster.event_list("storage.moved", "vm/db"))
+
+    await cluster.wait_for(said, 5, "the move said")
+    assert not (paths["a"] / "db" / "disk.qcow2").exists(), "the old disk file is deleted"
+    new_lock = await cluster.store.get(cluster.keys.lock("disk:b:db/disk.qcow2"))
+    assert new_lock is not None and new_lock.value == b"n1 db" and new_lock.lease > 0
+    assert await cluster.store.get(cluster.keys.lock("disk:a:db/disk.qcow2")) is None
+    [moved] = await cluster.event_list("storage.moved", "vm/db")
+    assert "disk 0 to b:db/disk.qcow2" in moved.reason
+
+
+async def test_a_volume_the_node_does_not_see_is_refused_with_the_reason(
+    cluster: SimCluster, tmp_path: Path
+) -> None:
+    paths = await volumes(cluster, tmp_path, "a")
+    ghost = Volume(name="ghost", path=str(tmp_path / "not-mounted"), id=uuid.uuid4().hex)
+    await cluster.store.put(cluster.keys.volume("ghost"), encode(ghost))
+    await cluster.start("n1")
+    await running_vm(cluster, paths["a"])
+    rec = await request(cluster, "db", "ghost")
+    failed = await final(cluster, rec.id)
+    assert failed.state is _M.FAILED
+    assert failed.reason == "node n1 does not see volume 'ghost'"
+    assert (await spec(cluster, "db")).disks[0].volume == "a"
+    [said] = await cluster.event_list("storage.move_failed", "vm/db")
+    assert "does not see volume 'ghost'" in said.reason
+    assert await cluster.running_on("db") == "n1"
+
+
+async def test_a_failed_copy_leaves_the_vm_on_its_old_disk(
+    cluster: SimCluster, tmp_path: Path
+) -> None:
+    paths = await volumes(cluster, tmp_path, "a", "b")
+    await cluster.start("n1")
+    await running_vm(cluster, paths["a"])
+    cluster.drivers["n1"].fail_next_disk_move("db", "target volume full")
+    rec = await request(cluster, "db", "b")
+    failed = await final(cluster, rec.id)
+    assert failed.state is _M.FAILED
+    assert "vm db disk 0" in failed.reason and "target volume full" in failed.reason
+    assert (await spec(cluster, "db")).disks[0].volume == "a"
+    assert (paths["a"] / "db" / "disk.qcow2").read_bytes() == b"old disk"
+    assert not (paths["b"] / "db" / "disk.qcow2").exists(), "the half copy is removed"
+    assert await cluster.running_on("db") == "n1"
+    lock = await cluster.store.get(cluster.keys.lock("disk:a:db/disk.qcow2"))
+    assert lock is not None and lock.value == b"n1 db"
+
+
+async def test_a_cancel_mid_copy_stops_it(cluster: SimCluster, tmp_path: Path) -> None:
+    paths = await volumes(cluster, tmp_path, "a", "b")
+    await cluster.start("n1")
+    await running_vm(cluster, paths["a"])
+    driver = cluster.drivers["n1"]
+    driver.params = driver.params.model_copy(update={"disk_copy_mib_s": 0.000_001})  # ~8 s
+    rec = await request(cluster, "db", "b")
+
+    async def copying() -> bool:
+        now = await read_move(cluster.store, cluster.keys, rec.id)
+        return now is not None and now.state is _M.TRANSFERRING
+
+    await cluster.wait_for(copying, 10, "the copy to start")
+
+    def cancel(cur: Migration) -> Migration:
+        return cur.model_copy(update={"state": _M.CANCELLED, "reason": "test"})
+
+    assert await change_move(cluster.store, cluster.keys, rec.id, cancel) is not None
+
+    async def removed() -> bool:
+        return not (paths["b"] / "db" / "disk.qcow2").exists()
+
+    await cluster.wait_for(removed, 10, "the half copy removed")
+    assert (await spec(cluster, "db")).disks[0].volume == "a"
+    assert await cluster.running_on("db") == "n1"
+    assert (await final(cluster, rec.id)).state is _M.CANCELLED
