@@ -278,8 +278,23 @@ async def test_move_disk_switches_the_vm_to_the_new_file(
     old = create_disk(tmp_path / "a" / "c1.qcow2")
     d.set_volumes({"b": tmp_path / "b"})
     await d.start(spec.model_copy(update={"disks": (Disk(path=str(old)),)}), 1)
+
+    async def no() -> bool:
+        return False
+
+    with pytest.raises(DiskMoveFailed, match=r"vm c1 disk 0: .*not confirmed"):
+        await d.move_disk("c1", 0, Disk(path="c1.qcow2", volume="b"), confirm=no)
+    assert not (tmp_path / "b" / "c1.qcow2").exists(), "an unconfirmed copy is removed"
     seen: list[Progress] = []
-    moved = await d.move_disk("c1", 0, Disk(path="c1.qcow2", volume="b"), seen.append)
+    asked: list[bool] = []
+
+    async def yes() -> bool:
+        asked.append(True)
+        return True
+
+    new = Disk(path="c1.qcow2", volume="b")
+    moved = await d.move_disk("c1", 0, new, seen.append, confirm=yes)
+    assert asked == [True]
     assert (moved.old_path, moved.new_path) == (str(old), str(tmp_path / "b" / "c1.qcow2"))
     assert moved.bytes_total > 0 and seen and seen[-1].bytes_transferred == seen[-1].bytes_total
     assert (tmp_path / "b" / "c1.qcow2").is_file() and old.is_file()  # the old one is left

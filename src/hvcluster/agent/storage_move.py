@@ -130,6 +130,8 @@ class StorageMover:
                 result = await self.driver.move_disk(
                     rec.vm, index, new, latest.append, timeout, confirm
                 )
+                if (await self._spec(rec.vm) or spec).disks[index] != new and not await confirm():
+                    raise MoveFailed(f"disk {index} was switched but its new path not recorded")
                 moved.append(f"disk {index} to {rec.volume}:{new.path}")
                 with contextlib.suppress(OSError):
                     await asyncio.to_thread(Path(result.old_path).unlink)
@@ -143,6 +145,9 @@ class StorageMover:
         except (MoveFailed, DriverError, StoreError, TimeoutError) as e:
             done = f" ({', '.join(moved)} moved before)" if moved else ""
             await self._fail(rec.id, rec.vm, f"{e}{done}")
+        except Exception as e:  # a bug: say it rather than leave the record hanging
+            log.exception("storage move %s", rec.id)
+            await self._fail(rec.id, rec.vm, f"internal error: {e!r}")
         finally:
             publisher.cancel()
             with contextlib.suppress(asyncio.CancelledError):

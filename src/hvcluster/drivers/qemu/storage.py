@@ -62,7 +62,7 @@ class StorageMigration(Driver):
             raise DiskMoveFailed(f"vm {name} disk {index}: cannot move it: {e}") from e
         monitor = self._qmp(vm)
         result = await blockjobs.move_disk(
-            monitor, index, path, dest.format, on_progress, timeout_s
+            monitor, index, path, dest.format, on_progress, timeout_s, confirm
         )
         blockjobs.respec(vm, index, dest)
         return result
