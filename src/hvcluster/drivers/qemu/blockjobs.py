@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import time
 import uuid
@@ -39,6 +40,8 @@ from hvcluster.drivers.runtime import read_json, write_json
 from hvcluster.models.errors import DriverError
 from hvcluster.models.migration import Progress
 from hvcluster.models.vm import Disk
+
+log = logging.getLogger(__name__)
 
 POLL_S = 0.05
 QEMU_IMG_TIMEOUT_S = 60.0
@@ -401,7 +404,11 @@ async def with_mirrors(
     migrate: Callable[[], Awaitable[MigrationResult]],
 ) -> MigrationResult:
     """Mirror the disks to ``disks_address``, run ``migrate()`` (the memory) once they are
-    ready, then finish the mirrors; on any failure stop them and re-raise."""
+    ready, then finish the mirrors. A failure before the memory moved stops the mirrors and
+    is raised (the VM runs on here). Once it moved, the guest belongs to the target: the
+    write-blocking mirrors put every completed write there before QEMU stopped the guest,
+    so a mirror that cannot be finished cleanly (the target stopped serving first) is only
+    stopped and logged, never a reason to run the source again."""
     mirrors = Mirrors(monitor, count, disks_address)
     await mirrors.start(timeout_s, on_progress)
     try:
@@ -409,5 +416,8 @@ async def with_mirrors(
     except BaseException:
         await mirrors.abort()
         raise
-    await mirrors.finish()
+    try:
+        await mirrors.finish()
+    except DiskMoveFailed as e:
+        log.warning("%s (the memory moved; the target's copies were complete)", e)
     return result

@@ -122,5 +122,5 @@ class StorageMigration(Driver):
                 self._qmp(vm), count, disks_address, timeout, on_progress, memory
             )
         except DiskMoveFailed:
-            await self._after_failed_migration(vm, resume=True)  # paused if the memory moved
+            await self._after_failed_migration(vm)  # the copy failed: it runs on here
             raise
