@@ -50,6 +50,7 @@ class SimCluster:
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.drivers: dict[str, SimDriver] = {}
         self.links: dict[str, SimHostLinks] = {}
+        self.cpu_models: dict[str, str] = {}  # node -> its sim host's (and guests') CPU model
 
     async def start(self, *names: str) -> None:
         await self.store.put(self.keys.config, encode(self.config))
@@ -61,7 +62,12 @@ class SimCluster:
         switches) and bridges made in memory (:class:`SimHostLinks`), never real ones."""
         cfg = AgentConfig(node=name, cluster="sim", run_dir=self.tmp / name, driver="sim")
         driver = SimDriver(
-            host=SimHost(cpus=self.cpus, memory_mib=8192, check_disks=False),
+            host=SimHost(
+                cpus=self.cpus,
+                memory_mib=8192,
+                check_disks=False,
+                cpu_model=self.cpu_models.get(name, "sim-cpu"),
+            ),
             params=SimParams(boot_s=0.3, shutdown_s=0.2),
         )
         links = self.links[name] = SimHostLinks(driver)

@@ -136,6 +136,35 @@ def test_cpu_compatibility_between_each_pair() -> None:
     assert sum(1 for n in checks if n.startswith("live migration")) == 6
 
 
+def test_guest_cpu_models_that_differ_fail_the_pair() -> None:
+    base = node("n1").inventory
+    a = node("n1", inventory=base.model_copy(update={"guest_cpu_model": "qemu64"}))
+    b = node("n2", inventory=base.model_copy(update={"guest_cpu_model": "Skylake-Server"}))
+    old = node("n3")  # reports no guest CPU: a qemu agent gave qemu64 then
+    checks = by_name(facts(a, b, old))
+    pair = checks["live migration n1 <-> n2"]
+    assert pair.status is CheckStatus.FAIL and pair.nodes == ("n1", "n2")
+    assert "guests see CPU qemu64 on n1 and Skylake-Server on n2" in pair.message
+    assert "live migration impossible" in pair.message and "quick migration" in pair.message
+    assert "guest_cpu" in pair.action
+    assert checks["live migration n1 <-> n3"].status is CheckStatus.PASS
+    assert "guest CPU Skylake-Server" in checks["node n2"].message
+
+
+def test_a_host_that_cannot_provide_its_guest_cpu_fails() -> None:
+    base = node("n1").inventory
+    lacks = base.model_copy(
+        update={"guest_cpu_model": "EPYC", "guest_cpu_problem": "this host lacks sha-ni"}
+    )
+    ok = base.model_copy(update={"guest_cpu_model": "EPYC"})
+    checks = by_name(facts(node("n1", inventory=ok), node("n2", inventory=lacks)))
+    own = checks["node n2"]
+    assert own.status is CheckStatus.FAIL and "cannot give guests CPU EPYC" in own.message
+    assert "this host lacks sha-ni" in own.message
+    pair = checks["live migration n1 <-> n2"]
+    assert pair.status is CheckStatus.FAIL and "n2 cannot give guests CPU EPYC" in pair.message
+
+
 def test_qemu_versions_that_differ_warn() -> None:
     old = node("n2", inventory=node("x").inventory.model_copy(update={"qemu_version": "6.2"}))
     check = by_name(facts(node("n1"), old))["qemu versions"]

@@ -28,6 +28,9 @@ class AgentConfig(Model):
     driver: Literal["qemu", "sim"] = "qemu"
     accel: Literal["auto", "kvm", "tcg"] = "auto"
     cache_dir: Path = Path("/var/cache/hvcluster")
+    # The named CPU model qemu gives guests (-cpu): the same on every node keeps live
+    # migration possible between different hosts.
+    guest_cpu: str = Field(default="qemu64", min_length=1)
     cpus: int | None = Field(default=None, gt=0)  # override what the driver reports
     memory_mib: int | None = Field(default=None, gt=0)
     labels: dict[str, str] = {}

@@ -16,7 +16,10 @@ if TYPE_CHECKING:
 
 def make_driver(cfg: AgentConfig) -> Driver:
     if cfg.driver == "qemu":
-        return QemuDriver(cfg.run_dir, QemuSettings(accelerator=cfg.accel, cache_dir=cfg.cache_dir))
+        settings = QemuSettings(
+            accelerator=cfg.accel, cache_dir=cfg.cache_dir, cpu_model=cfg.guest_cpu
+        )
+        return QemuDriver(cfg.run_dir, settings)
     from hvcluster.drivers.sim import SimDriver
 
     return SimDriver(run_dir=cfg.run_dir, seed=cfg.sim_seed)

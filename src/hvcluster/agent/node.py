@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hvcluster.agent.disks import DiskBusy, VolumeDisks
+from hvcluster.agent.guestcpu import with_guest_cpu
 from hvcluster.agent.reconcile import (
     Action,
     Kill,
@@ -91,6 +92,8 @@ class NodeAgent:
     # --- registration of the node record ---------------------------------------------
     async def register_node(self, facts: HostFacts | None = None) -> Node:
         """Write this host's part of ``nodes/<me>`` (CAS), keeping what others wrote there."""
+        if facts is not None and facts is not self.facts:
+            facts = await with_guest_cpu(facts, self.driver)  # asked of QEMU once per facts
         facts = facts or self.facts
         if facts is None:
             raise ValueError("register_node needs the host's facts the first time")

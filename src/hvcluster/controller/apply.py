@@ -138,13 +138,14 @@ class Applier:
         return result.succeeded
 
     async def _failback(self, d: Failback) -> bool:
-        """A live migration when both nodes are alive; a cold move when not, or when the
-        VM's last live failback failed."""
+        """A live migration when both nodes are alive; a cold move when not, when the
+        scheduler says they cannot migrate live between them, or when the VM's last live
+        failback failed."""
         alive = self.state.alive.present
         placed = self.state.placements.items.get(d.vm)
         if placed is None or placed.value.node != d.from_node or placed.value.moving_to:
             return False
-        if d.from_node in alive and d.to_node in alive:
+        if d.live and d.from_node in alive and d.to_node in alive:
             records = await read_migrations(self.store, self.keys)
             mine = sorted(
                 (s.value for s in records.items.values() if s.value.vm == d.vm),

@@ -37,6 +37,7 @@ from hvcluster.models.lifecycle import MigrationState, NodeAdminState
 from hvcluster.models.migration import Migration, MigrationKind
 from hvcluster.models.node import Node
 from hvcluster.models.vm import Placement
+from hvcluster.scheduler.compat import live_blockers
 from hvcluster.scheduler.drain import DrainDone, DrainMove, DrainStay, InFlight, plan_drain
 from hvcluster.scheduler.placement import Choice, Ledger, choose_node
 from hvcluster.scheduler.snapshot import ClusterSnapshot
@@ -205,6 +206,7 @@ class MigrationCoordinator:
         exclude = {rec.source: f"{rec.source} is where it runs"}
         if rec.target:
             exclude.update({n: f"{n} was not asked for" for n in snapshot.nodes if n != rec.target})
+        exclude.update(live_blockers(snapshot, rec.source, rec.kind))  # CPU model, accelerator
         choice = choose_node(vm.spec, snapshot, closed, ledger, exclude)
         if not isinstance(choice, Choice):
             await self._fail(rec, choice.why)

@@ -22,6 +22,19 @@ class Inventory(Model):
     accelerator: str = "tcg"  # "kvm" or "tcg", decided by a probe guest
     qemu_version: str = ""
     driver: str = "qemu"
+    # The CPU model this node's driver gives its guests (qemu: its ``-cpu``; "" when the
+    # agent did not report it), and why the host cannot provide that model ("" if it can).
+    # A running guest only moves live between nodes whose guests see the same model.
+    guest_cpu_model: str = ""
+    guest_cpu_problem: str = ""
+
+    @property
+    def guest_cpu(self) -> str:
+        """The guest CPU model, as reported; for an agent that did not report one, what its
+        driver gave guests then (qemu: ``qemu64``; sim: the host's model)."""
+        if self.guest_cpu_model:
+            return self.guest_cpu_model
+        return "qemu64" if self.driver == "qemu" else self.cpu_model or self.driver
 
 
 class Node(Model):

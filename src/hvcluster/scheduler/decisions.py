@@ -91,12 +91,15 @@ class Unplace:
 
 @dataclass(frozen=True)
 class Failback:
-    """Move a running VM back to a more preferred owner; carried out as a (live) move."""
+    """Move a running VM back to a more preferred owner; carried out as a live migration,
+    or as a cold move (shut down, start there) when ``live`` is False: the two nodes cannot
+    migrate live between them (see :mod:`.compat`)."""
 
     vm: str
     from_node: str
     to_node: str
     reason: str
+    live: bool = True
 
     @property
     def subject(self) -> str:

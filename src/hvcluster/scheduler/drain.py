@@ -10,7 +10,10 @@ For every node whose admin state is ``draining``, its VMs (placed there), in pri
   when the policy (``migration.drain_fallback``) says ``quick``, else stays; one whose quick
   migration failed too, or whose move an administrator cancelled, stays;
 * the others move live (:class:`DrainMove`) to the best open node (alive, up; possible
-  owners, capacity, hard anti-affinity, as for any placement), or stay when none fits.
+  owners, capacity, hard anti-affinity, as for any placement; and one a live migration can
+  reach: same driver, accelerator and guest CPU model, see :mod:`.compat`), or stay when
+  none fits. When only nodes a live migration cannot reach fit, the drain fallback decides
+  again: ``quick`` moves it there by quick migration, ``stay`` keeps it, with the reason.
 
 At most ``migration.max_parallel_per_node`` migrations run at once per node, counting a node
 as source or target. A node with nothing left to move and nothing moving ends the drain
@@ -25,6 +28,7 @@ from dataclasses import dataclass
 
 from hvcluster.models.lifecycle import NodeAdminState, VMState
 from hvcluster.models.migration import MigrationKind
+from hvcluster.scheduler.compat import live_blockers
 from hvcluster.scheduler.placement import Choice, Ledger, choose_node
 from hvcluster.scheduler.snapshot import ClusterSnapshot, VMView
 
@@ -127,9 +131,14 @@ def plan_drain(
                 waiting = True
                 continue
             full = {n: f"{n} runs {limit} migrations already" for n in busy if busy[n] >= limit}
-            choice = choose_node(
-                vm.spec, snapshot, {**closed, **full}, ledger, {name: f"{name} is draining"}
-            )
+            shut, draining = {**closed, **full}, {name: f"{name} is draining"}
+            blocked = live_blockers(snapshot, name, kind)  # no live move there (CPU, accel)
+            choice = choose_node(vm.spec, snapshot, shut, ledger, {**draining, **blocked})
+            why_quick = "its live migration failed"
+            if not isinstance(choice, Choice) and blocked and fallback == "quick":
+                quick = choose_node(vm.spec, snapshot, shut, ledger, draining)
+                if isinstance(quick, Choice):
+                    choice, kind, why_quick = quick, MigrationKind.QUICK, blocked[quick.node]
             if not isinstance(choice, Choice):
                 if full:
                     waiting = True  # a busy node may take it once its migrations end
@@ -142,7 +151,7 @@ def plan_drain(
             busy[choice.node] += 1
             waiting = True
             how = (
-                "quick migration (its live migration failed)"
+                f"quick migration ({why_quick})"
                 if kind is MigrationKind.QUICK
                 else "live migration"
             )

@@ -6,7 +6,8 @@ to the most preferred owner ranked above its current node that is open (alive, u
 ``failback.mode`` says when: ``never``; ``immediate``; ``window``: only while the hour of
 ``now`` is in ``[window_start_hour, window_end_hour)``, in UTC (a window whose end is not after
 its start crosses midnight). Outside the window it is a :class:`Wait` until the window opens.
-The controller carries a :class:`Failback` out as a (live) move.
+The controller carries a :class:`Failback` out as a live migration, or as a cold move when
+the two nodes cannot migrate live between them (:mod:`.compat`).
 
 A node resumed with ``failback none`` holds back the VMs that were away from it then
 (``Node.failback_held``: VM -> its placement epoch at the resume): such a VM does not fail
@@ -19,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 
 from hvcluster.models.vm import FailbackMode
+from hvcluster.scheduler.compat import live_blocker
 from hvcluster.scheduler.decisions import Decision, Failback, Wait, vm_subject
 from hvcluster.scheduler.liveness import Liveness, NodeHealth
 from hvcluster.scheduler.placement import Ledger, conflicts, misfit
@@ -129,12 +131,15 @@ def failback_decisions(
         else:
             how = "failback is immediate"
         ledger.add(target, vm.spec)
+        blocker = live_blocker(snapshot.nodes[current].node, snapshot.nodes[target].node)
+        cold = f"; as a cold move: {blocker}" if blocker else ""
         out.append(
             Failback(
                 vm.name,
                 current,
                 target,
-                f"fail back {vm.name} from {current} to {target}: {what}; {how}",
+                f"fail back {vm.name} from {current} to {target}: {what}; {how}{cold}",
+                live=blocker is None,
             )
         )
     return tuple(out)

@@ -13,10 +13,9 @@ from hvcluster.models.validation import (
 )
 from hvcluster.validate.common import FAIL, PASS, WARN, Thresholds, alive_nodes, mib, names
 
-# The CPU model every qemu agent gives its guests (QemuSettings.cpu_model: not a per-host
-# setting today, so every qemu node uses it). Guests see this named model, not the host's
-# CPU, which is what keeps live migration possible between different hosts.
-QEMU_GUEST_CPU = "qemu64"
+# Guests see the named CPU model their node's agent gives them (the agent's ``guest_cpu``,
+# reported as ``inventory.guest_cpu_model``), not the host's CPU: one model on every node is
+# what keeps live migration possible between different hosts.
 
 
 # --- inventory ---------------------------------------------------------------------------
@@ -32,7 +31,7 @@ def _describe(node: Node) -> str:
         driver += f", QEMU {inv.qemu_version}" if inv.qemu_version else ", no QEMU version"
     return (
         f"{cpu}, {node.capacity.cpus} CPUs, {mib(node.capacity.memory_mib)}; {driver}, "
-        f"accelerator {inv.accelerator}"
+        f"accelerator {inv.accelerator}, guest CPU {inv.guest_cpu}"
     )
 
 
@@ -60,6 +59,19 @@ def inventory(facts: ValidationFacts, t: Thresholds) -> list[Check]:
                     message=f"{node.name} is not alive (its lease is gone): left out of the "
                     f"other checks; last reported {_describe(node)}",
                     action=f"start the agent on {node.name}, or ignore if it is down on purpose",
+                    nodes=(node.name,),
+                )
+            )
+        elif node.inventory.guest_cpu_problem:
+            checks.append(
+                Check(
+                    category=cat,
+                    name=name,
+                    status=FAIL,
+                    message=f"{node.name} cannot give guests CPU {node.inventory.guest_cpu}: "
+                    f"{node.inventory.guest_cpu_problem}",
+                    action=f"set guest_cpu in {node.name}'s agent config to a model every node "
+                    "can provide (the same on all of them), then restart that agent",
                     nodes=(node.name,),
                 )
             )
@@ -111,7 +123,7 @@ def inventory(facts: ValidationFacts, t: Thresholds) -> list[Check]:
 
 def guest_cpu(inv: Inventory) -> str:
     """The CPU model the node's guests see (what live migration needs to match)."""
-    return QEMU_GUEST_CPU if inv.driver == "qemu" else inv.cpu_model or inv.driver
+    return inv.guest_cpu
 
 
 def hypervisor(facts: ValidationFacts, t: Thresholds) -> list[Check]:
@@ -183,9 +195,18 @@ def _pair(a: Node, b: Node) -> Check:
     if ca != cb:
         return check(
             FAIL,
-            f"guests see CPU {ca} on {a.name} and {cb} on {b.name}: a running guest "
-            "cannot move to a different CPU model",
-            "give QEMU the same named CPU model on every node, or use quick migration",
+            f"guests see CPU {ca} on {a.name} and {cb} on {b.name}: live migration "
+            "impossible (a running guest cannot move to a different CPU model); use quick "
+            "migration (hvc vm move --quick)",
+            "set the same guest_cpu in every agent's config to migrate live",
+        )
+    lacking = [(n, i) for n, i in ((a, ia), (b, ib)) if i.guest_cpu_problem]
+    if lacking:
+        return check(
+            FAIL,
+            "; ".join(f"{n.name} cannot give guests CPU {i.guest_cpu}" for n, i in lacking)
+            + ": no live migration to it",
+            "set a guest_cpu every node can provide in every agent's config",
         )
     only_a = sorted(set(ia.cpu_flags) - set(ib.cpu_flags))
     only_b = sorted(set(ib.cpu_flags) - set(ia.cpu_flags))
