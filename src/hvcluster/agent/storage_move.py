@@ -29,7 +29,7 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import TypeVar
 
 from hvcluster.agent.node import NodeAgent
@@ -37,6 +37,7 @@ from hvcluster.models.base import decode, encode
 from hvcluster.models.errors import CorruptValue, DriverError, StoreError
 from hvcluster.models.lifecycle import MigrationState, VMState
 from hvcluster.models.migration import Migration, Progress
+from hvcluster.models.storage import disk_on_volume, disks_to_move
 from hvcluster.models.vm import Disk, Placement, VMSpec
 from hvcluster.store.base import Compare, Delete, KeyValue, Put, Store, WatchEvent
 from hvcluster.store.follow import follow
@@ -52,18 +53,6 @@ _M = MigrationState
 PROGRESS_EVERY = 0.5
 T = TypeVar("T", VMSpec, Placement)
 RUNNING = (_M.PREPARING, _M.TRANSFERRING, _M.SWITCHING)
-
-
-def destination(disk: Disk, vm: str, volume: str) -> Disk:
-    """Where ``disk`` goes on ``volume``: the same relative path (a disk outside any volume:
-    ``<vm>/<file name>``), same format and size."""
-    path = disk.path if disk.volume is not None else f"{vm}/{PurePosixPath(disk.path).name}"
-    return disk.model_copy(update={"volume": volume, "path": path})
-
-
-def to_move(spec: VMSpec, volume: str) -> list[int]:
-    """The disks of ``spec`` a move to ``volume`` copies: writable ones not on it already."""
-    return [i for i, d in enumerate(spec.disks) if not d.readonly and d.volume != volume]
 
 
 class MoveFailed(Exception):
@@ -125,7 +114,7 @@ class StorageMover:
             spec, disks = await self._accept(rec)
             timeout = (await read_config(self.store, self.keys))[0].migration.timeout_s
             for n, index in enumerate(disks):
-                old, new = spec.disks[index], destination(spec.disks[index], rec.vm, rec.volume)
+                old, new = spec.disks[index], disk_on_volume(spec.disks[index], rec.vm, rec.volume)
                 confirm = functools.partial(self._commit, rec, index, old, new, n == len(disks) - 1)
                 result = await self.driver.move_disk(
                     rec.vm, index, new, latest.append, timeout, confirm
@@ -171,7 +160,7 @@ class StorageMover:
             state = info.state.value if info else "not running"
             raise MoveFailed(f"vm {rec.vm} is {state} on {self.me}; only a running VM moves")
         await self._no_migration(rec.vm)
-        disks = to_move(spec, rec.volume)
+        disks = disks_to_move(spec, rec.volume)
         if not disks:
             raise MoveFailed(f"vm {rec.vm} has no writable disk off volume {rec.volume!r}")
         for state in (_M.PREPARING, _M.TRANSFERRING):

@@ -20,6 +20,7 @@ from hvcluster.models.errors import Conflict, InvalidInput, NotFound
 from hvcluster.models.lifecycle import MigrationState, VMState
 from hvcluster.models.migration import Migration
 from hvcluster.models.names import check_name
+from hvcluster.models.storage import disks_to_move
 from hvcluster.store.storage_moves import change_move, create_move, read_move, read_moves
 
 router = APIRouter(tags=["storage"])
@@ -87,7 +88,7 @@ async def move_storage(
             f"cannot move the disks of {name} to volume {volume!r}: node {placement.node} "
             f"does not see it" + (f" ({why})" if why else "")
         )
-    if not any(not d.readonly and d.volume != volume for d in spec.disks):
+    if not disks_to_move(spec, volume):
         raise Conflict(f"vm {name} has no writable disk off volume {volume!r}: nothing to move")
     rec = await create_move(
         ctx.store, ctx.keys, name, placement.node, placement.epoch, volume, "api"

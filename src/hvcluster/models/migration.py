@@ -56,7 +56,11 @@ class Migration(Model):
     requested_by: str = ""  # "api", "drain:<node>", "failback", "resume:<node>"
     saved_path: str = ""  # quick migration: the state file on a shared path
     switching_at: float = 0.0  # wall clock the transfer completed (quick: state saved)
-    volume: str = ""  # storage: the volume the disks move to (see store/storage_moves.py)
+    # storage: the volume the disks move to (see store/storage_moves.py); live: a
+    # shared-nothing migration, the disks copied to this volume of the target
+    volume: str = ""
+    disk_sizes: tuple[int, ...] = ()  # shared-nothing: the disks' sizes, from the source
+    disks_address: str = ""  # shared-nothing: where the target takes the disks (NBD)
 
     @property
     def active(self) -> bool:

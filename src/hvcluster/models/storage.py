@@ -11,7 +11,7 @@ from pydantic import Field, field_validator, model_validator
 
 from hvcluster.models.base import Model
 from hvcluster.models.names import Name
-from hvcluster.models.vm import Disk
+from hvcluster.models.vm import Disk, VMSpec
 
 
 class Volume(Model):
@@ -93,3 +93,26 @@ class DiskDeletion(Model):
     vm: Name
     disks: tuple[Disk, ...]
     requested_at: float = 0.0
+
+
+# --- storage migration: where a VM's disks go on another volume ----------------------------
+def disk_on_volume(disk: Disk, vm: str, volume: str) -> Disk:
+    """Where ``disk`` goes on ``volume``: the same relative path (a disk outside any volume:
+    ``<vm>/<file name>``), same format and size."""
+    path = disk.path if disk.volume is not None else f"{vm}/{disk.path.rsplit('/', 1)[-1]}"
+    return disk.model_copy(update={"volume": volume, "path": path})
+
+
+def disks_to_move(spec: VMSpec, volume: str) -> list[int]:
+    """The disks of ``spec`` a move to ``volume`` copies: writable ones not on it already."""
+    return [i for i, d in enumerate(spec.disks) if not d.readonly and d.volume != volume]
+
+
+def spec_on_volume(spec: VMSpec, volume: str) -> VMSpec:
+    """``spec`` with every disk :func:`disks_to_move` names on ``volume``."""
+    moving = set(disks_to_move(spec, volume))
+    disks = tuple(
+        disk_on_volume(d, spec.name, volume) if i in moving else d
+        for i, d in enumerate(spec.disks)
+    )
+    return spec.model_copy(update={"disks": disks})
