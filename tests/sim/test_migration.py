@@ -53,10 +53,13 @@ async def test_live_migration_goes_through_every_state_and_flips_the_placement(
     final = await record(cluster, rec.id)
     assert final.target == "n2" and final.downtime_ms is not None and final.total_ms
     assert await cluster.event_list("migration.done", "vm/web")
-    # the paused source copy is gone
-    assert [
-        v.name for v in await cluster.drivers["n1"].list() if v.state is not VMState.STOPPED
-    ] == []
+
+    async def source_copy_gone() -> bool:  # once the target runs it
+        return not [v for v in await cluster.drivers["n1"].list() if v.state is not VMState.STOPPED]
+
+    await cluster.wait_for(source_copy_gone, 10, "the paused source copy discarded")
+    switched = await cluster.event_list("migration.switched", "vm/web")
+    assert switched and "by the source" in switched[-1].reason
 
 
 async def test_no_target_given_the_scheduler_picks_one(cluster: SimCluster) -> None:

@@ -36,6 +36,7 @@ class MigrationBase:
         self.cancelled: set[str] = set()  # records whose transfer we asked the driver to stop
         self.migrated_out: dict[str, str] = {}  # vm -> record id: paused here after transfer
         self.finished: set[str] = set()  # records this host is done with
+        self.flipped: set[str] = set()  # records this host flipped as their source
         self.wake = asyncio.Event()
 
     def _spawn(self, mid: str, job: Awaitable[None]) -> None:
@@ -58,6 +59,15 @@ class MigrationBase:
 
         if await change_migration(self.store, self.keys, rec.id, fail) is not None:
             await self.say("migration.failed", f"vm/{rec.vm}", f"migration {rec.id}: {reason}")
+
+    async def _record(self, mid: str) -> Migration | None:
+        kv = await self.store.get(self.keys.migration(mid))
+        if kv is None:
+            return None
+        try:
+            return decode(Migration, kv.key, kv.value)
+        except CorruptValue:
+            return None
 
     async def _spec(self, vm: str) -> VMSpec | None:
         kv = await self.store.get(self.keys.vm(vm))

@@ -20,7 +20,6 @@ from typing import Any
 
 from hvcluster.agent.migration_base import MigrationBase
 from hvcluster.agent.migration_target import FILE_PREFIX
-from hvcluster.drivers.base import MigrationResult
 from hvcluster.drivers.errors import MigrationCancelled
 from hvcluster.models.base import encode
 from hvcluster.models.errors import DriverError, StoreError
@@ -35,6 +34,7 @@ log = logging.getLogger(__name__)
 
 _M = MigrationState
 PROGRESS_EVERY = 0.5  # seconds between progress writes into the record
+HOLD_S = 5.0  # the paused copy here waits at most this long for the target to run the VM
 
 
 @dataclass
@@ -65,10 +65,17 @@ class SourceRole(MigrationBase):
             await self._keep_running(rec)
             self.finished.add(rec.id)
         elif rec.state is _M.DONE and not busy:
+            held = rec.id in self.flipped and self.migrated_out.get(rec.vm) == rec.id
+            if held and rec.downtime_ms is None and time.time() - rec.switching_at < HOLD_S:
+                return  # the target is resuming it: not now (it records its times when done)
             self.migrated_out.pop(rec.vm, None)
             placement = await self._placement(rec.vm)
             if placement is not None and placement.node != self.me:
                 await self.driver.discard(rec.vm)
+            if held:
+                self.agent.incoming.discard(rec.vm)
+                await self._said_switched(rec)
+            self.flipped.discard(rec.id)
             self.finished.add(rec.id)
 
     async def _transfer(self, rec: Migration) -> None:
@@ -87,6 +94,16 @@ class SourceRole(MigrationBase):
         latest: list[Progress] = []
         stop = asyncio.Event()
         publisher = asyncio.create_task(self._publish(written, latest, stop))
+        tried: list[bool] = []  # the flip was tried from the driver's completion hook
+
+        async def completed(at: float) -> None:
+            """The guest is paused and its state is all sent: flip now, before anything else
+            (QEMU's own measures are asked for and recorded afterwards)."""
+            await self._stop_publishing(stop, publisher)
+            self.migrated_out[rec.vm] = rec.id
+            progress = latest[-1] if latest else written.record.progress
+            tried.append(await self._flip(written, placed, progress=progress, switching_at=at))
+
         try:
             if rec.kind is MigrationKind.QUICK:
                 path = Path(address.removeprefix(FILE_PREFIX))
@@ -95,7 +112,7 @@ class SourceRole(MigrationBase):
                 saved = str(path)
             else:
                 result = await self.driver.migrate_out(
-                    rec.vm, address, config.migration, latest.append
+                    rec.vm, address, config.migration, latest.append, completed
                 )
                 saved = ""
         except (DriverError, OSError) as e:
@@ -103,51 +120,19 @@ class SourceRole(MigrationBase):
                 await self._fail(rec, f"transfer from {self.me} to {rec.target} failed: {e}")
             return
         finally:
-            stop.set()  # a progress write under way lands first: the flip compares after it
-            with contextlib.suppress(asyncio.CancelledError, StoreError):
-                await publisher
+            await self._stop_publishing(stop, publisher)
         self.migrated_out[rec.vm] = rec.id
-        await self._switch(written, placed, result, saved)
-
-    async def _switch(
-        self,
-        written: Written,
-        placed: tuple[Placement, int] | None,
-        result: MigrationResult,
-        saved: str,
-    ) -> None:
-        """The transfer completed (the guest is paused): flip, or leave it to the controller."""
-        rec = written.record
         times: dict[str, Any] = {
             "progress": result.progress,
             "transfer_downtime_ms": result.downtime_ms,
             "transfer_ms": result.total_ms,
             "saved_path": saved,
-            "switching_at": result.completed_at or time.time(),
         }
-        done = None
-        if placed is not None:
-            try:
-                done = await flip(
-                    self.store, self.keys, rec, written.revision, placed[0], placed[1], **times
-                )
-            except StoreError as e:
-                log.warning("migration %s: the flip got no answer (%s); re-checking", rec.id, e)
-        if done is not None:
-            log.info(
-                "migration %s: flipped %s to %s %.1f ms after its transfer completed",
-                rec.id,
-                rec.vm,
-                rec.target,
-                (time.time() - times["switching_at"]) * 1000,
-            )
-            await self.say(
-                "migration.switched",
-                f"vm/{rec.vm}",
-                f"vm {rec.vm} {rec.kind.value} migration {rec.id} from {self.me} to "
-                f"{rec.target}: transfer complete (QEMU downtime "
-                f"{result.downtime_ms:.0f} ms), placement flipped to epoch {rec.epoch + 1}",
-            )
+        if tried == [True]:
+            await self._add_times(rec, times)
+            return
+        times["switching_at"] = result.completed_at or time.time()
+        if not tried and await self._flip(written, placed, **times):
             return
 
         def switching(cur: Migration) -> Migration | None:
@@ -159,6 +144,65 @@ class SourceRole(MigrationBase):
         # None: cancelled or failed meanwhile (the cycle runs the paused copy here again),
         # or done: the flip landed after all
         await change_migration(self.store, self.keys, rec.id, switching)
+
+    async def _stop_publishing(self, stop: asyncio.Event, publisher: asyncio.Task[None]) -> None:
+        stop.set()  # a progress write under way lands first: the flip compares after it
+        with contextlib.suppress(asyncio.CancelledError, StoreError):
+            await publisher
+
+    async def _flip(
+        self, written: Written, placed: tuple[Placement, int] | None, **fields: Any
+    ) -> bool:
+        """The transfer completed (the guest is paused): the flip, in one transaction. False
+        if it did not happen (something compared changed, or the store did not answer)."""
+        rec = written.record
+        if placed is None:
+            return False
+        done = None
+        # Until the target runs it, this host's reconcile leaves the paused copy alone (the
+        # flip moves the placement away; killing it now would only take CPU from the
+        # target, which is loading the last of the guest's state).
+        self.agent.incoming.add(rec.vm)
+        try:
+            done = await flip(
+                self.store, self.keys, rec, written.revision, placed[0], placed[1], **fields
+            )
+        except StoreError as e:
+            log.warning("migration %s: the flip got no answer (%s); re-checking", rec.id, e)
+        finally:
+            if done is None:
+                self.agent.incoming.discard(rec.vm)
+        if done is None:
+            return False
+        self.flipped.add(rec.id)
+        log.info(
+            "migration %s: flipped %s to %s %.1f ms after its transfer completed",
+            rec.id,
+            rec.vm,
+            rec.target,
+            (time.time() - done.switching_at) * 1000,
+        )
+        return True  # said, and the copy here discarded, once the target runs it
+
+    async def _add_times(self, rec: Migration, times: dict[str, Any]) -> None:
+        """QEMU's measures of a transfer this host flipped, into the done record."""
+
+        def add(cur: Migration) -> Migration | None:
+            if cur.state is not _M.DONE or cur.transfer_downtime_ms is not None:
+                return None
+            return cur.model_copy(update=times)
+
+        await change_migration(self.store, self.keys, rec.id, add)
+
+    async def _said_switched(self, rec: Migration) -> None:
+        qemu = rec.transfer_downtime_ms or 0.0
+        await self.say(
+            "migration.switched",
+            f"vm/{rec.vm}",
+            f"vm {rec.vm} {rec.kind.value} migration {rec.id} from {self.me} to {rec.target}: "
+            f"transfer complete (QEMU downtime {qemu:.0f} ms), placement flipped to epoch "
+            f"{rec.epoch + 1} by the source; its paused copy here discarded",
+        )
 
     async def _publish(self, written: Written, latest: list[Progress], stop: asyncio.Event) -> None:
         """Progress into the record every :data:`PROGRESS_EVERY` seconds until ``stop``;

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from hvcluster.agent.migration_base import MigrationBase
 from hvcluster.drivers.base import VMInfo
+from hvcluster.drivers.errors import NotRunning
 from hvcluster.models.errors import DriverError
 from hvcluster.models.lifecycle import MigrationState, VMState
 from hvcluster.models.migration import Migration, MigrationKind
@@ -29,12 +30,15 @@ RECENT_S = 300.0  # a done record older than this no longer makes a paused targe
 FILE_PREFIX = "file:"
 SETTLE_S = 30.0  # how long a target waits for its driver to see an incoming stream end
 SETTLE_POLL_S = 0.001  # the guest is paused meanwhile: look often (it is a moment at most)
+TIMES_TRIES, TIMES_WAIT_S = 100, 0.02  # waiting for the source to write QEMU's measures
 
 
 class TargetRole(MigrationBase):
     async def _as_target(self, rec: Migration) -> None:
         busy = rec.id in self.tasks
         if rec.state is _M.PREPARING and not rec.target_address and not busy:
+            if rec.vm in self.migrated_out:
+                return  # our paused copy from its last move here is not discarded yet
             self._spawn(rec.id, self._prepare(rec))
         elif rec.state is _M.DONE and not busy:
             if time.time() - rec.updated < RECENT_S or rec.vm in self.agent.incoming:
@@ -105,12 +109,7 @@ class TargetRole(MigrationBase):
             if rec.kind is MigrationKind.QUICK:
                 await self._restore(rec, epoch)
             else:
-                info = await self._settled(rec.vm)
-                if info.epoch == epoch and info.state is VMState.PAUSED:
-                    await self.driver.resume(rec.vm)
-                    await self._record_times(rec, time.time())
-                elif info.state is not VMState.RUNNING:
-                    raise DriverError(f"it is {info.state.value} at epoch {info.epoch}")
+                await self._resume(rec, epoch)
         except DriverError as e:
             log.warning("migration %s: could not run %s here: %s", rec.id, rec.vm, e)
             await self.say(
@@ -122,6 +121,22 @@ class TargetRole(MigrationBase):
             self.agent.incoming.discard(rec.vm)
             self.finished.add(rec.id)
             self.agent.wake.set()
+
+    async def _resume(self, rec: Migration, epoch: int) -> None:
+        info = await self.driver.status(rec.vm)
+        if info.epoch == epoch and info.state is VMState.MIGRATING:
+            try:
+                # the driver runs it the moment its state is loaded, if it can
+                await self.driver.resume(rec.vm)
+                await self._record_times(rec, time.time())
+                return
+            except NotRunning:
+                info = await self._settled(rec.vm)  # it cannot: wait until it is loaded
+        if info.epoch == epoch and info.state is VMState.PAUSED:
+            await self.driver.resume(rec.vm)
+            await self._record_times(rec, time.time())
+        elif info.state is not VMState.RUNNING:
+            raise DriverError(f"it is {info.state.value} at epoch {info.epoch}")
 
     async def _settled(self, vm: str, timeout: float = SETTLE_S) -> VMInfo:
         """The incoming VM's state once the driver has seen the end of the stream (the
@@ -150,7 +165,13 @@ class TargetRole(MigrationBase):
 
     async def _record_times(self, rec: Migration, resumed: float) -> None:
         """Downtime as the guest saw it (paused on the source until running here) and the
-        total from the request, into the record and the ``migration.done`` event."""
+        total from the request, into the record and the ``migration.done`` event. QEMU's
+        part of the downtime is written by the source just after its flip: waited for."""
+        for _ in range(TIMES_TRIES):
+            if rec.kind is MigrationKind.QUICK or rec.transfer_downtime_ms is not None:
+                break
+            await asyncio.sleep(TIMES_WAIT_S)
+            rec = await self._record(rec.id) or rec
         # live: the guest stopped for the transfer's last pass; quick: when the save began
         stopped = rec.transfer_ms if rec.kind is MigrationKind.QUICK else rec.transfer_downtime_ms
         switch = (resumed - rec.switching_at) * 1000

@@ -120,6 +120,7 @@ class IncomingDisks(Model):
 
 
 ProgressCallback = Callable[[Progress], None]
+CompletionHook = Callable[[float], Awaitable[None]]  # migrate_out's on_complete(at)
 Confirm = Callable[[], Awaitable[bool]]
 
 
@@ -201,10 +202,14 @@ class Driver(ABC):
         address: str,
         settings: MigrationSettings,
         on_progress: ProgressCallback | None = None,
+        on_complete: CompletionHook | None = None,
     ) -> MigrationResult:
         """Live-migrate a running VM to ``address``. On success the source is left paused (the
         caller discards it after the placement flip); on failure it keeps running and
-        :class:`MigrationFailed` is raised."""
+        :class:`MigrationFailed` is raised. ``on_complete(at)``, if given, is awaited the
+        moment the transfer completes (``at``: the wall clock it was heard; the VM is paused
+        here), before the driver collects QEMU's measures: the caller switches over without
+        waiting for them. It must not raise."""
 
     @abstractmethod
     async def cancel_migration(self, name: str) -> None:
@@ -212,7 +217,10 @@ class Driver(ABC):
 
     @abstractmethod
     async def resume(self, name: str) -> VMInfo:
-        """Run a paused VM (the migration target after the placement flip, or a paused VM)."""
+        """Run a paused VM (the migration target after the placement flip, or a paused VM).
+        An incoming VM still receiving its state may be resumed by a driver that can: it runs
+        the moment its state is loaded, and resume returns then; other drivers raise
+        :class:`~hvcluster.drivers.errors.NotRunning` until it is loaded."""
 
     @abstractmethod
     async def pause(self, name: str) -> VMInfo:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from hvcluster.drivers.base import (
+    CompletionHook,
     HostFacts,
     MigrationResult,
     ProgressCallback,
@@ -199,9 +200,25 @@ class QemuDriver(StorageMigration):
         if vm.exports:  # a shared-nothing target: stop serving its disks first
             await blockjobs.close_exports(self._qmp(vm))
             vm.exports = False
-        await self._qmp(vm).execute("cont")
+        # Still receiving its state: QEMU runs it the moment that is loaded ("cont" while
+        # in-migrate); return then, when QEMU says RESUME.
+        monitor, resumed = self._qmp(vm), asyncio.Event()
+        with monitor.subscribe(lambda event, _: resumed.set() if event == "RESUME" else None):
+            await monitor.execute("cont")
+            if vm.state == VMState.MIGRATING:
+                await self._until_resumed(vm, resumed)
         self._set_state(vm, VMState.RUNNING, "resumed on request")
         return vm.info()
+
+    async def _until_resumed(self, vm: QemuVM, resumed: asyncio.Event) -> None:
+        deadline = time.monotonic() + MigrationSettings().timeout_s
+        while not resumed.is_set():
+            if vm.exited.is_set():
+                raise QemuFailed(f"vm {vm.name}: QEMU exited before its state was loaded")
+            if time.monotonic() > deadline:
+                raise QemuFailed(f"vm {vm.name}: its incoming state was not loaded in time")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(resumed.wait(), 0.5)
 
     # -- migration --------------------------------------------------------------------------
 
@@ -233,13 +250,15 @@ class QemuDriver(StorageMigration):
         address: str,
         settings: MigrationSettings,
         on_progress: ProgressCallback | None = None,
+        on_complete: CompletionHook | None = None,
     ) -> MigrationResult:
         vm = self._get(name)
         if vm.state not in (VMState.RUNNING, VMState.PAUSED):
             raise MigrationFailed(f"vm {name} is {vm.state}; only a running VM migrates")
         self._set_state(vm, VMState.MIGRATING, f"migrating to {address}")
         try:
-            result = await run_migration(self._qmp(vm), address, settings, on_progress)
+            monitor = self._qmp(vm)
+            result = await run_migration(monitor, address, settings, on_progress, on_complete)
         except DriverError as e:
             await self._after_failed_migration(vm)
             if isinstance(e, MigrationFailed):
@@ -428,7 +447,7 @@ class QemuDriver(StorageMigration):
             status = str(data.get("status", ""))
             if status in ACTIVE:
                 self._set_state(vm, VMState.MIGRATING, f"migration {status}")
-            elif status == "completed":
+            elif status == "completed" and vm.state != VMState.RUNNING:  # (resumed already)
                 self._set_state(vm, VMState.PAUSED, "migration completed")
 
     async def _refresh(self, vm: QemuVM) -> None:

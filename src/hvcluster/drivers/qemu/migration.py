@@ -8,7 +8,7 @@ import asyncio
 import time
 from typing import Any
 
-from hvcluster.drivers.base import MigrationResult, ProgressCallback
+from hvcluster.drivers.base import CompletionHook, MigrationResult, ProgressCallback
 from hvcluster.drivers.errors import MigrationCancelled, MigrationFailed
 from hvcluster.drivers.qemu.monitor import Monitor
 from hvcluster.models.config import MigrationSettings
@@ -63,6 +63,7 @@ async def run_migration(
     uri: str,
     settings: MigrationSettings,
     on_progress: ProgressCallback | None = None,
+    on_complete: CompletionHook | None = None,
     progress_every: float = PROGRESS_S,
 ) -> MigrationResult:
     """Start ``migrate`` to ``uri`` and follow it to the end. On failure or timeout QEMU keeps
@@ -71,7 +72,8 @@ async def run_migration(
     The end is heard from QEMU's MIGRATION events (the ``events`` capability is on): no
     polling while the guest is paused for the last pass. Progress is read with
     ``query-migrate`` every ``progress_every`` seconds, which also catches an end whose event
-    was missed. The result's ``completed_at`` is the wall clock the completion was heard."""
+    was missed. ``on_complete(at)`` is awaited as soon as the end is heard, before QEMU's
+    measures are asked for; ``at`` (the result's ``completed_at``) is when it was heard."""
     await configure(monitor, settings)
     heard: asyncio.Queue[tuple[str, float]] = asyncio.Queue()
 
@@ -82,6 +84,8 @@ async def run_migration(
     with monitor.subscribe(on_event):
         await monitor.execute("migrate", {"uri": uri})
         completed_at = await _follow(monitor, uri, settings, on_progress, heard, progress_every)
+    if on_complete is not None:
+        await on_complete(completed_at)
     # QEMU fills in its times a moment after it says completed: ask again briefly if needed.
     info: dict[str, Any] = await monitor.execute("query-migrate")
     for _ in range(200):

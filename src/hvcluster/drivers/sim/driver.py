@@ -19,11 +19,13 @@ import contextlib
 import os
 import shutil
 import signal
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from hvcluster.drivers.base import (
+    CompletionHook,
     HostFacts,
     MigrationResult,
     ProgressCallback,
@@ -234,6 +236,7 @@ class SimDriver(SimStorage):
         address: str,
         settings: MigrationSettings,
         on_progress: ProgressCallback | None = None,
+        on_complete: CompletionHook | None = None,
     ) -> MigrationResult:
         vm = self._get(name)
         if vm.state not in (VMState.RUNNING, VMState.PAUSED):
@@ -285,6 +288,8 @@ class SimDriver(SimStorage):
         finally:
             await out.close()
         self._set(vm, VMState.PAUSED, "migrated out")
+        if on_complete is not None:
+            await on_complete(time.time())
         total_ms = (self.clock.now() - started) * 1000
         return MigrationResult(total_ms=total_ms, downtime_ms=downtime_ms, progress=progress)
 

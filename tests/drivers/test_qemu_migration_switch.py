@@ -1,0 +1,68 @@
+"""The qemu driver's fast switch of a live migration, with a real test guest: the source's
+completion hook runs the moment QEMU says completed (before QEMU's measures are read), and a
+target resumed while still loading its state runs the guest as soon as it is loaded."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from hvcluster.drivers.image import GuestImage
+from hvcluster.drivers.qemu.driver import QemuDriver
+from hvcluster.drivers.qemu.settings import QemuSettings
+from hvcluster.drivers.runtime import vm_dir
+from hvcluster.drivers.testguest import booted, create_disk, guest_spec, heartbeats, read_counter
+from hvcluster.models.config import MigrationSettings
+from hvcluster.models.lifecycle import VMState
+from tests.drivers.conftest import eventually
+
+pytestmark = [pytest.mark.qemu, pytest.mark.timeout(120)]
+
+BOOT_S = 60.0  # generous: two cores shared with other test suites
+
+
+async def test_target_resumed_from_the_completion_hook_runs_the_guest_on(
+    run_dirs: Callable[[str], Path],
+    qemu_settings: QemuSettings,
+    guest_image: GuestImage,
+    tmp_path: Path,
+) -> None:
+    n1, n2 = run_dirs("n1"), run_dirs("n2")
+    disk = create_disk(tmp_path / "shared.qcow2")
+    spec = guest_spec("mig", guest_image, disk)
+    src, dst = QemuDriver(n1, qemu_settings), QemuDriver(n2, qemu_settings)
+    try:
+        await src.start(spec, epoch=1)
+        serial1 = vm_dir(n1, "mig") / "serial.log"
+        await eventually(lambda: bool(heartbeats(serial1)), BOOT_S, "first heartbeat")
+        address = await dst.prepare_incoming(spec, 2, "127.0.0.1", MigrationSettings())
+        seen: dict[str, object] = {}
+
+        async def completed(at: float) -> None:
+            seen["source"] = (await src.status("mig")).state
+            seen["target before"] = (await dst.status("mig")).state
+            seen["resumed"] = (await dst.resume("mig")).state  # returns once it runs
+            seen["at"] = at
+
+        result = await src.migrate_out("mig", address, MigrationSettings(), None, completed)
+        print(f"target when the hook ran: {seen['target before']}")  # usually migrating
+        assert seen["source"] is VMState.PAUSED
+        assert seen["resumed"] is VMState.RUNNING
+        assert result.completed_at == seen["at"] and result.downtime_ms > 0
+        before = read_counter(disk)
+        await src.discard("mig")
+        await asyncio.sleep(0.5)  # its own "completed" event came after RESUME: still running
+        assert (await dst.status("mig")).state is VMState.RUNNING
+        serial2 = vm_dir(n2, "mig") / "serial.log"
+        await eventually(lambda: bool(heartbeats(serial2)), 20, "heartbeat on the target")
+        assert not booted(serial2), "the target must continue the guest, not boot it"
+        await eventually(lambda: read_counter(disk) > before, 20, "the counter going on")
+    finally:
+        for driver in (src, dst):
+            for vm in await driver.list():
+                if vm.state not in (VMState.STOPPED, VMState.FAILED):
+                    await driver.discard(vm.name)
+            await driver.close()
