@@ -91,6 +91,24 @@ async def test_move_disk_keeps_the_counter_and_runs_from_the_new_file(
         back = await driver.move_disk("mv", 0, Disk(path="back.qcow2", volume="a"))
         assert back.old_path == str(new)
         await counter_rises(tmp_path / "vol-a" / "back.qcow2", read_counter(new))
+
+        # A mirror left running by a mover that went away is stopped by the next move.
+        stale = create_disk(tmp_path / "vol-b" / "stale.qcow2", size_mib=32)
+        monitor = driver._vms["mv"].monitor
+        assert monitor is not None
+        target = {"driver": "file", "filename": str(stale)}
+        await monitor.execute(
+            "blockdev-add", {"driver": "qcow2", "node-name": "hvc-move0-old", "file": target}
+        )
+        await monitor.execute(
+            "blockdev-mirror",
+            {"job-id": "hvc-mirror0-old", "device": "disk0", "target": "hvc-move0-old",
+             "sync": "full", "auto-dismiss": False},
+        )  # fmt: skip
+        again = await driver.move_disk("mv", 0, Disk(path="again.qcow2", volume="b"))
+        assert again.old_path == str(tmp_path / "vol-a" / "back.qcow2")
+        assert await monitor.execute("query-jobs") == []
+        await counter_rises(tmp_path / "vol-b" / "again.qcow2", read_counter(stale))
     finally:
         await driver.close()
 

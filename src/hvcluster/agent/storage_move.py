@@ -102,6 +102,7 @@ class StorageMover:
             elif rec.state in RUNNING and task is None:
                 why = f"the agent on {self.me} restarted mid-move; {rec.vm} keeps its old disks"
                 await self._fail(rec.id, rec.vm, why)
+                await self._remove_copies(rec)
             elif rec.state in (_M.FAILED, _M.CANCELLED) and task is not None:
                 task.cancel()  # cancelled or failed by someone else: stop copying
 
@@ -230,6 +231,16 @@ class StorageMover:
             raise MoveFailed(f"disk {new.volume}:{new.path} is locked by {kv.value.decode()}")
         compares.append(Compare.value_is(key, mine) if kv else Compare.absent(key))
         ops.append(Put(key, mine, lease=disks.lease()))
+
+    async def _remove_copies(self, rec: Migration) -> None:
+        """The new files of a move that will not finish, those the spec does not name."""
+        spec = await self._spec(rec.vm)
+        if spec is None:
+            return
+        for i in disks_to_move(spec, rec.volume):
+            with contextlib.suppress(DriverError, OSError):
+                path = self.agent.disks.path_of(disk_on_volume(spec.disks[i], rec.vm, rec.volume))
+                await asyncio.to_thread(path.unlink)
 
     async def _publish(self, mid: str, latest: list[Progress]) -> None:
         written: Progress | None = None

@@ -184,6 +184,21 @@ async def drop_nodes(monitor: Monitor, nodes: Sequence[str]) -> None:
             await monitor.execute("blockdev-del", {"node-name": node})
 
 
+async def drop_stale(monitor: Monitor, index: int) -> None:
+    """Stop a mirror of disk ``index`` left by an earlier move whose agent went away, and
+    close its target node (its file, not named by the spec, is the caller's to delete)."""
+    stale = [
+        str(j["id"])
+        for j in await monitor.execute("query-jobs")
+        if str(j.get("id", "")).startswith(f"hvc-mirror{index}-")
+    ]
+    if stale:
+        await abort_jobs(monitor, stale)
+    nodes = await monitor.execute("query-named-block-nodes", {"flat": True})
+    prefix = f"hvc-move{index}-"
+    await drop_nodes(monitor, [n["node-name"] for n in nodes if n["node-name"].startswith(prefix)])
+
+
 def _id(kind: str, index: int) -> str:
     return f"hvc-{kind}{index}-{uuid.uuid4().hex[:8]}"
 
@@ -204,6 +219,7 @@ async def move_disk(
     began = time.monotonic()
     what = f"vm {monitor.name} disk {index}"
     try:
+        await drop_stale(monitor, index)
         drive = await inserted(monitor, index)
         old = str(drive["file"])
         if old == str(dest_path):
