@@ -46,8 +46,17 @@ def test_a_lab_validates_and_a_volume_no_node_sees_fails(sim_lab: Lab, tmp_path:
     code, checks = validate(lab)
     failed = {n: c["message"] for n, c in checks.items() if c["status"] == "fail"}
     assert failed == {} and code == 0
-    for name in ("agent api n1 -> n2", "agent api n2 -> n1", "volume csv-val", "switch lan"):
+    for name in (
+        "agent api n1 -> n2",
+        "agent api n2 -> n1",
+        "migration port n1 -> n2",
+        "migration port n2 -> n1",
+        "volume csv-val",
+        "switch lan",
+        "live migration n1 <-> n2",
+    ):
         assert checks[name]["status"] == "pass", checks[name]
+    assert "guest CPU sim-cpu" in checks["node n1"]["message"]  # reported by the agent
     assert checks["leader"]["status"] == "pass" and checks["members"]["status"] == "pass"
     assert "etcd0" in checks["leader"]["message"]
     assert checks["clock n2"]["status"] == "pass"  # one machine, one clock

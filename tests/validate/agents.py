@@ -23,9 +23,9 @@ INVENTORY = Inventory(
 )
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return int(s.getsockname()[1])
 
 
@@ -42,11 +42,11 @@ class Agents:
         self.store, self.keys = store, keys
         self.servers: list[tuple[_Server, asyncio.Task[None]]] = []
 
-    async def serve(self, name: str) -> int:
-        port = free_port()
+    async def serve(self, name: str, host: str = "127.0.0.1") -> int:
+        port = free_port(host)
         config = uvicorn.Config(
             create_app(self.store, self.keys, name),
-            host="127.0.0.1",
+            host=host,
             port=port,
             log_level="warning",
             lifespan="off",

@@ -245,3 +245,42 @@ def test_etcd_single_member_slow_and_large() -> None:
 def test_no_nodes_fails() -> None:
     report = validate(facts())
     assert report.failed and report.checks[0].name == "nodes"
+
+
+def test_migration_port_probes_pass_fail_or_are_unknown() -> None:
+    def port(source: str, target: str, **over: Any) -> Probe:
+        fields: dict[str, Any] = {
+            "source": source,
+            "target": target,
+            "address": "127.0.0.1:40001",
+            "reachable": True,
+            "latency_ms": 0.2,
+            "kind": "migration",
+        }
+        return Probe(**{**fields, **over})
+
+    probes = (
+        port("n1", "n2"),
+        port("n2", "n1", reachable=False, latency_ms=None, error="no answer in 2 s"),
+        port(
+            "n1",
+            "n3",
+            address="10.0.0.3",
+            reachable=False,
+            error="n3 could not open a listener on its migration address: cannot listen on "
+            "10.0.0.3: cannot assign requested address",
+        ),
+        port("n3", "n1", reachable=False, asked=False, error="timeout"),
+    )
+    checks = by_name(facts(node("n1"), node("n2"), node("n3"), probes=probes))
+    assert checks["migration port n1 -> n2"].status is CheckStatus.PASS
+    blocked = checks["migration port n2 -> n1"]
+    assert blocked.status is CheckStatus.FAIL and blocked.nodes == ("n2", "n1")
+    assert "live migrations from n2 to n1 will fail" in blocked.action
+    unbound = checks["migration port n1 -> n3"]
+    assert (
+        unbound.status is CheckStatus.FAIL and "cannot assign requested address" in unbound.message
+    )
+    assert "check that 10.0.0.3 (the address in n3's agent config)" in unbound.action
+    assert checks["migration port n3 -> n1"].status is CheckStatus.WARN
+    assert "agent api n1 -> n2" not in checks  # api and migration probes are told apart

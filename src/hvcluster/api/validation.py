@@ -9,6 +9,12 @@ request), and etcd's health. The checks themselves are pure (:mod:`hvcluster.val
 
 A probe only ever connects to the API address of a registered node: any other target is
 refused (422), so this endpoint cannot be used to scan a network.
+
+The migration port is probed as a migration uses it: the source's agent asks the target's
+(``POST /probe/listen``) to open a short-lived listener on its migration address at a free
+port, as QEMU's incoming migration does, then connects to it and reads its token
+(``GET /probe?migration=<node>``; see :mod:`hvcluster.api.listen`). It only connects to
+the registered address of a registered node.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import httpx
 from fastapi import APIRouter, Depends, Query
 
 from hvcluster.api.context import ApiContext, context
+from hvcluster.api.listen import ListenRefused, open_listener, reach_listener, split
 from hvcluster.api.reads import decode_all, snapshot
 from hvcluster.models.errors import InvalidInput, StoreError
 from hvcluster.models.node import Node
@@ -30,6 +37,7 @@ from hvcluster.models.validation import (
     Clock,
     EtcdFacts,
     EtcdMemberFacts,
+    ListenAnswer,
     Probe,
     ProbeAnswer,
     ValidationFacts,
@@ -46,6 +54,9 @@ ASK_TIMEOUT_S = 3.0  # asking another agent (its probe included)
 HEALTH_TIMEOUT_S = 3.0
 CLOCK_SAMPLES = 3  # the sample with the shortest round trip is kept
 MAX_ASKS = 16  # requests to other agents in flight at once
+# Asking a source to probe a target's migration port: it asks the target to listen, then
+# connects and reads the greeting.
+MIGRATION_ASK_TIMEOUT_S = ASK_TIMEOUT_S + 2 * CONNECT_TIMEOUT_S + 1.0
 
 
 def api_address(node: Node) -> str:
@@ -54,14 +65,9 @@ def api_address(node: Node) -> str:
     return f"{host}:{node.api_port}"
 
 
-def _split(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
 async def tcp_probe(address: str, timeout: float = CONNECT_TIMEOUT_S) -> tuple[bool, float, str]:
     """``(reachable, latency_ms, error)`` of one TCP connection to ``address``."""
-    host, port = _split(address)
+    host, port = split(address)
     started = time.monotonic()
     try:
         _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
@@ -90,9 +96,30 @@ async def probe(
         description="host:port of a registered node's agent API; without it, only this "
         "agent's clock is answered",
     ),
+    migration: str | None = Query(
+        default=None,
+        description="a registered node: can this agent reach a listener that node opens on "
+        "its migration address, as for an incoming migration?",
+    ),
     ctx: ApiContext = Depends(context),
 ) -> ProbeAnswer:
-    """Can this agent open a TCP connection to ``target``? With this agent's wall clock."""
+    """Can this agent open a TCP connection to ``target`` (or to ``migration``'s migration
+    address)? With this agent's wall clock."""
+    if migration is not None:
+        nodes = {n.name: n for n in await _nodes(ctx)}
+        if migration not in nodes:
+            raise InvalidInput(f"{migration!r} is not a registered node", field="migration")
+        async with httpx.AsyncClient(timeout=ASK_TIMEOUT_S) as http:
+            found = await _migration_probe(http, ctx.node, nodes[migration])
+        return ProbeAnswer(
+            node=ctx.node,
+            time=time.time(),
+            target=found.address,
+            reachable=found.reachable,
+            latency_ms=found.latency_ms,
+            error=found.error,
+            asked=found.asked,
+        )
     if target is None:
         return ProbeAnswer(node=ctx.node, time=time.time())
     allowed = {api_address(n) for n in await _nodes(ctx)}
@@ -110,6 +137,72 @@ async def probe(
         reachable=reachable,
         latency_ms=latency if reachable else None,
         error=error,
+    )
+
+
+@router.post("/probe/listen", response_model=ListenAnswer)
+async def probe_listen(ctx: ApiContext = Depends(context)) -> ListenAnswer:
+    """Open a short-lived TCP listener on this node's migration address (its registered
+    address, where QEMU listens for an incoming migration) at a free port, as an incoming
+    migration does; it greets one connection with the token answered here, then closes."""
+    me = next((n for n in await _nodes(ctx) if n.name == ctx.node), None)
+    if me is None:
+        return ListenAnswer(node=ctx.node, error=f"{ctx.node} is not registered")
+    try:
+        address, token = await open_listener(me.address)
+    except ListenRefused as e:
+        return ListenAnswer(node=ctx.node, error=str(e))
+    return ListenAnswer(node=ctx.node, address=address, token=token)
+
+
+async def _migration_probe(http: httpx.AsyncClient, source: str, target: Node) -> Probe:
+    """From this agent (``source``): ask ``target``'s agent to listen on its migration
+    address, connect to that listener, read its token."""
+    base = {"source": source, "target": target.name, "kind": "migration"}
+    try:
+        response = await http.post(f"http://{api_address(target)}/api/v1/probe/listen")
+        response.raise_for_status()
+        listen = ListenAnswer.model_validate_json(response.content)
+    except (httpx.HTTPError, ValueError) as e:
+        why = f"{target.name}'s agent could not be asked to open a listener: {_why(e)}"
+        return Probe(**base, address=target.address, reachable=False, asked=False, error=why)
+    if listen.error:
+        why = f"{target.name} could not open a listener on its migration address: {listen.error}"
+        return Probe(**base, address=target.address, reachable=False, error=why)
+    if split(listen.address)[0] != target.address.strip("[]"):
+        why = f"{target.name} listened at {listen.address}, not on its address {target.address}"
+        return Probe(**base, address=listen.address, reachable=False, error=why)
+    reached, latency, error = await reach_listener(listen.address, listen.token, CONNECT_TIMEOUT_S)
+    return Probe(
+        **base,
+        address=listen.address,
+        reachable=reached,
+        latency_ms=latency if reached else None,
+        error=error,
+    )
+
+
+async def _probe_migration_pair(
+    ctx: ApiContext, http: httpx.AsyncClient, source: Node, target: Node
+) -> Probe:
+    if source.name == ctx.node:
+        return await _migration_probe(http, source.name, target)
+    base = {"source": source.name, "target": target.name, "kind": "migration"}
+    try:
+        response = await http.get(
+            _url(source), params={"migration": target.name}, timeout=MIGRATION_ASK_TIMEOUT_S
+        )
+        response.raise_for_status()
+        answer = ProbeAnswer.model_validate_json(response.content)
+    except (httpx.HTTPError, ValueError) as e:
+        return Probe(**base, address=target.address, reachable=False, asked=False, error=_why(e))
+    return Probe(
+        **base,
+        address=answer.target or target.address,
+        reachable=bool(answer.reachable),
+        latency_ms=answer.latency_ms,
+        error=answer.error,
+        asked=answer.asked,
     )
 
 
@@ -216,11 +309,11 @@ async def validate_cluster(ctx: ApiContext = Depends(context)) -> ValidationRepo
     # At most MAX_ASKS requests in flight; the others wait for the pool, not for a timeout.
     timeout = httpx.Timeout(ASK_TIMEOUT_S, pool=None)
     limits = httpx.Limits(max_connections=MAX_ASKS)
+    pairs = [(s, t) for s in live for t in live if s.name != t.name]
     async with httpx.AsyncClient(timeout=timeout, limits=limits) as http:
-        probes, clocks, etcd = await asyncio.gather(
-            asyncio.gather(
-                *(_probe_pair(ctx, http, s, t) for s in live for t in live if s.name != t.name)
-            ),
+        probes, ports, clocks, etcd = await asyncio.gather(
+            asyncio.gather(*(_probe_pair(ctx, http, s, t) for s, t in pairs)),
+            asyncio.gather(*(_probe_migration_pair(ctx, http, s, t) for s, t in pairs)),
             asyncio.gather(*(_clock(http, n) for n in live if n.name != ctx.node)),
             etcd_facts(ctx.store),
         )
@@ -232,7 +325,7 @@ async def validate_cluster(ctx: ApiContext = Depends(context)) -> ValidationRepo
         alive=alive,
         volumes=tuple(v for v, _ in volumes.items.values()),
         switches=tuple(s for s, _ in switches.items.values()),
-        probes=tuple(probes),
+        probes=(*probes, *ports),
         clocks=tuple(clocks),
         etcd=etcd,
     )

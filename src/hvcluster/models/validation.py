@@ -9,6 +9,7 @@ cluster's "Test-Cluster".
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Literal
 
 from pydantic import Field
 
@@ -60,7 +61,9 @@ class ValidationReport(Model):
 
 
 class Probe(Model):
-    """Could ``source``'s agent open a TCP connection to ``target``'s agent API?"""
+    """Could ``source``'s agent open a TCP connection to ``target``'s agent API (``kind``
+    "api"), or to a listener ``target`` opened on its migration address, on a free port as
+    QEMU does for an incoming migration (``kind`` "migration")?"""
 
     source: str
     target: str  # node name
@@ -68,7 +71,10 @@ class Probe(Model):
     reachable: bool
     latency_ms: float | None = None
     error: str = ""  # why not; or why the source itself could not be asked
-    asked: bool = True  # False: the source's agent did not answer, so this is unknown
+    # False: unknown, because the source's agent did not answer (or, for a migration probe,
+    # the target's agent could not be asked to open its listener).
+    asked: bool = True
+    kind: Literal["api", "migration"] = "api"
 
 
 class Clock(Model):
@@ -120,4 +126,16 @@ class ProbeAnswer(Model):
     target: str | None = None
     reachable: bool | None = None
     latency_ms: float | None = Field(default=None, ge=0)
+    error: str = ""
+    asked: bool = True  # False: the probe could not be carried out (see ``error``)
+
+
+class ListenAnswer(Model):
+    """What ``POST /api/v1/probe/listen`` answers: the short-lived listener this agent opened
+    on its migration address (``host:port``) and the token it greets a connection with; or
+    why it could not open one."""
+
+    node: str
+    address: str = ""
+    token: str = ""
     error: str = ""

@@ -6,6 +6,7 @@ from hvcluster.models.storage import MARKER
 from hvcluster.models.validation import (
     Category,
     Check,
+    Probe,
     ValidationFacts,
 )
 from hvcluster.validate.common import FAIL, PASS, WARN, Thresholds, alive_nodes, mib, names
@@ -16,7 +17,8 @@ from hvcluster.validate.common import FAIL, PASS, WARN, Thresholds, alive_nodes,
 def network(facts: ValidationFacts, t: Thresholds) -> list[Check]:
     cat = Category.NETWORK
     checks: list[Check] = []
-    for p in sorted(facts.probes, key=lambda p: (p.source, p.target)):
+    api = [p for p in facts.probes if p.kind == "api"]
+    for p in sorted(api, key=lambda p: (p.source, p.target)):
         name = f"agent api {p.source} -> {p.target}"
         if not p.asked:
             checks.append(
@@ -53,6 +55,8 @@ def network(facts: ValidationFacts, t: Thresholds) -> list[Check]:
                     nodes=(p.source, p.target),
                 )
             )
+    ports = [p for p in facts.probes if p.kind == "migration"]
+    checks += [_migration_port(p) for p in sorted(ports, key=lambda p: (p.source, p.target))]
     nodes = alive_nodes(facts)
     if not facts.switches:
         checks.append(
@@ -90,6 +94,44 @@ def network(facts: ValidationFacts, t: Thresholds) -> list[Check]:
             )
         )
     return checks
+
+
+def _migration_port(p: Probe) -> Check:
+    """Did ``p.source`` reach a listener ``p.target`` opened as for an incoming migration?"""
+    name = f"migration port {p.source} -> {p.target}"
+    cat = Category.NETWORK
+    if not p.asked:
+        return Check(
+            category=cat,
+            name=name,
+            status=WARN,
+            message=f"unknown: {p.error}",
+            action="see the agent api checks: both agents must answer for this probe",
+            nodes=(p.source, p.target),
+        )
+    if p.reachable:
+        latency = f" in {p.latency_ms:.1f} ms" if p.latency_ms is not None else ""
+        return Check(
+            category=cat,
+            name=name,
+            status=PASS,
+            message=f"{p.source} reaches an incoming-migration listener on {p.target} at "
+            f"{p.address}{latency}",
+        )
+    host = p.address.rpartition(":")[0].strip("[]") or p.address
+    return Check(
+        category=cat,
+        name=name,
+        status=FAIL,
+        message=f"{p.source} cannot reach a migration listener on {p.target} at {p.address}: "
+        f"{p.error or 'no connection'}",
+        action=f"live migrations from {p.source} to {p.target} will fail: let TCP from "
+        f"{p.source} reach {host} on {p.target}'s ephemeral ports (an incoming migration "
+        f"listens on a free port: see net.ipv4.ip_local_port_range on {p.target}), not only "
+        f"the agent's API port, and check that {host} (the address in {p.target}'s agent "
+        "config) is an address of that host",
+        nodes=(p.source, p.target),
+    )
 
 
 # --- storage -----------------------------------------------------------------------------
