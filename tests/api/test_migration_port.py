@@ -2,7 +2,8 @@
 MemoryStore; every probe is a real TCP connection to a listener the target's agent opened on
 its migration address at a free port, as an incoming migration does. The failure case runs
 in a network namespace of its own (root only) where a firewall lets only n2's agent API port
-through, as a host firewall that forgot migrations would."""
+through, as a host firewall that forgot migrations would (and where a node registered with
+an address that is not its own cannot open a listener at all)."""
 
 from __future__ import annotations
 
@@ -170,7 +171,14 @@ def test_a_firewalled_migration_port_fails_naming_both_nodes(netns: str) -> None
             app = create_app(store, KEYS, "n1")
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://api/api/v1") as api:
-                return checks((await api.get("/cluster/validate")).json())
+                found = checks((await api.get("/cluster/validate")).json())
+            # n3's registered address is not one of its own here: it cannot listen there.
+            await agents.register("n3", free_port(), address="10.0.0.9")
+            transport = httpx.ASGITransport(app=create_app(store, KEYS, "n3"))
+            async with httpx.AsyncClient(transport=transport, base_url="http://api/api/v1") as api:
+                unbound = (await api.post("/probe/listen")).json()
+            found["unbound"] = unbound
+            return found
         finally:
             await agents.stop()
             await store.close()
@@ -185,3 +193,4 @@ def test_a_firewalled_migration_port_fails_naming_both_nodes(netns: str) -> None
     assert "no answer in 2 s" in blocked["message"]
     assert "live migrations from n1 to n2 will fail" in blocked["action"]
     assert "ephemeral ports" in blocked["action"]
+    assert by["unbound"]["error"] == "cannot listen on 10.0.0.9: cannot assign requested address"
