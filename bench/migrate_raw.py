@@ -1,6 +1,9 @@
 """Live migration of one test guest over loopback: through the qemu driver's primitives, then
-by hand with raw QMP (the same guest, same run, same settings). QEMU's own downtime and total
-time, and the wall time of the whole step. Writes bench/results/migrate_raw.json."""
+by hand with raw QMP (the same guest, same run, same settings: :data:`SETTINGS` on both
+ends, capabilities and parameters made by the driver's own functions). QEMU's own downtime
+and total time, and the wall time of the whole step. Writes bench/results/migrate_raw.json.
+
+``raw_round`` is also bench/migration.py's baseline."""
 
 from __future__ import annotations
 
@@ -19,11 +22,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from qemu.qmp import QMPClient, QMPError
+from qemu.qmp import EventListener, QMPClient, QMPError
 
 from hvcluster.drivers.image import DEFAULT_CACHE, build_image
 from hvcluster.drivers.qemu import QemuDriver, QemuSettings
 from hvcluster.drivers.qemu.cmdline import Launch, qemu_argv
+from hvcluster.drivers.qemu.migration import capabilities, parameters
 from hvcluster.drivers.qemu.vm import free_port
 from hvcluster.drivers.runtime import kill_all, pid_alive, read_int, vm_dir
 from hvcluster.drivers.testguest import create_disk, guest_spec, heartbeats, read_counter
@@ -58,13 +62,19 @@ async def driver_round(
 async def raw_round(
     src_sock: Path, src_pid: int, spec: VMSpec, work: Path, i: int
 ) -> tuple[dict[str, float], Path, int]:
-    """Start a target QEMU by hand with -incoming tcp:..., migrate with raw QMP, cont, quit."""
+    """Start a target QEMU by hand with -incoming tcp:..., migrate with raw QMP, cont, quit.
+
+    The same settings as hvcluster's (:data:`SETTINGS` through the driver's own
+    ``capabilities``/``parameters``, on both ends), and the same way of hearing the end: the
+    source's MIGRATION event ``completed`` (``t2``, wall clock), then the target's own
+    ``completed`` event, then ``cont``. Guest-visible downtime = QEMU's downtime + t2 until
+    ``cont`` returned, exactly as hvcluster's record measures it."""
     d = work / f"raw-{i}" / "vms" / NAME
     d.mkdir(parents=True)
     port = free_port("127.0.0.1")
     argv = qemu_argv(spec, d, work, Launch("tcg", paused=True, incoming=True), QemuSettings())
     argv[argv.index("defer")] = f"tcp:127.0.0.1:{port}"
-    t0 = time.monotonic()
+    t0 = time.time()
     proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.DEVNULL)
     if await proc.wait() != 0:
         raise RuntimeError(f"raw target QEMU did not start: {(d / 'qemu.log').read_text()}")
@@ -73,35 +83,23 @@ async def raw_round(
     src, dst = QMPClient("raw-src"), QMPClient("raw-dst")
     await src.connect(str(src_sock))
     await dst.connect(str(d / "qmp.sock"))
-    caps = [{"capability": "events", "state": True}, {"capability": "auto-converge", "state": True}]
-    await src.execute("migrate-set-capabilities", {"capabilities": caps})
-    await src.execute(
-        "migrate-set-parameters",
-        {
-            "max-bandwidth": SETTINGS.max_bandwidth_mib_s * 1024 * 1024,
-            "downtime-limit": SETTINGS.downtime_limit_ms,
-        },
-    )
-    t1 = time.monotonic()
+    src_events, dst_events = EventListener(("MIGRATION",)), EventListener(("MIGRATION",))
+    src.register_listener(src_events)
+    dst.register_listener(dst_events)
+    for client in (dst, src):
+        await client.execute("migrate-set-capabilities", {"capabilities": capabilities(SETTINGS)})
+        await client.execute("migrate-set-parameters", parameters(SETTINGS))
+    t1 = time.time()
     await src.execute("migrate", {"uri": f"tcp:127.0.0.1:{port}"})
-    info: Any = {}
-    while True:
-        info = await src.execute("query-migrate")
-        if info["status"] == "completed":
-            break
-        if info["status"] in ("failed", "cancelled"):
-            raise RuntimeError(f"raw migration {info['status']}: {info}")
-        await asyncio.sleep(0.01)
-    t2 = time.monotonic()
+    await _completed(src_events, "source")
+    t2 = time.time()
+    await _completed(dst_events, "target")
+    await dst.execute("cont")
+    t3 = time.time()
+    info: Any = await src.execute("query-migrate")
     while not info.get("total-time"):
         await asyncio.sleep(0.01)
         info = await src.execute("query-migrate")
-    for _ in range(1000):
-        if (await dst.execute("query-status"))["status"] != "inmigrate":
-            break
-        await asyncio.sleep(0.01)
-    await dst.execute("cont")
-    t3 = time.monotonic()
     for client, command in ((src, "quit"), (src, None), (dst, None)):
         with contextlib.suppress(EOFError, QMPError):  # the source hangs up as it quits
             await (client.execute(command) if command else client.disconnect())
@@ -117,6 +115,17 @@ async def raw_round(
         "resume_ms": (t3 - t2) * 1000,
     }
     return sample, d / "qmp.sock", dst_pid
+
+
+async def _completed(events: EventListener, which: str) -> None:
+    """Wait for the MIGRATION event saying completed (failed or cancelled: an error)."""
+    while True:
+        event = await asyncio.wait_for(events.get(), SETTINGS.timeout_s)
+        status = event.get("data", {}).get("status")
+        if status == "completed":
+            return
+        if status in ("failed", "cancelled"):
+            raise RuntimeError(f"raw migration ({which}): {status}")
 
 
 def summary(samples: list[dict[str, float]]) -> dict[str, float]:

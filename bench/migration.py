@@ -8,12 +8,20 @@ so both paths see the same load.
 Measures, per round:
 
 - ``qemu_downtime_ms``: QEMU's own downtime of the transfer (both paths);
-- ``downtime_ms``: what the guest sees, paused on the source until running on the target:
-  raw = QEMU's downtime + completion until ``cont`` returned; hvcluster = the record's
-  ``downtime_ms`` (QEMU's downtime + the switch: the placement flip and the target's resume);
+- ``downtime_ms``: what the guest sees, paused on the source until running on the target,
+  measured the same way on both paths: QEMU's downtime + from the moment the source's
+  MIGRATION ``completed`` event was heard until the target's ``cont`` returned (raw: by
+  this script; hvcluster: the record's ``downtime_ms``, i.e. the source agent flips the
+  placement and the target agent resumes from its watch event); ``switch_ms`` is that
+  second part alone;
 - ``total_ms``: raw = target QEMU start + migrate + cont; hvcluster = the record's
   ``total_ms`` (request stored until the target resumed); ``wall_ms``: what the client
   waited, POST to the record done with its times (hvcluster only).
+
+Both paths use the same QEMU migration settings (``SETTINGS`` of migrate_raw.py: the
+cluster's defaults, max-bandwidth, downtime-limit, auto-converge; set on both ends with the
+driver's own functions), and both hear the end from QMP events, not polling. The client
+polls the record every 50 ms (``wall_ms`` is that coarse) to keep its own load low.
 
 Writes bench/results/migration.json and prints medians and the ratios.
 """
@@ -46,11 +54,12 @@ from hvcluster.drivers.testguest import create_disk, guest_spec, heartbeats, rea
 from hvcluster.lab import cluster
 from hvcluster.models.config import ClusterConfig
 from hvcluster.models.vm import VMSpec
-from migrate_raw import raw_round
+from migrate_raw import SETTINGS, raw_round
 
 RESULTS = Path(__file__).parent / "results" / "migration.json"
 VM = "bench-mig"
 RAW = "mig"  # migrate_raw's guest name
+POLL_S = 0.05  # the client's look at the record: not so often that it loads the agents
 
 
 def wait(pred: Any, timeout: float, what: str, every: float = 0.05) -> Any:
@@ -77,7 +86,7 @@ def hvc_round(api: str, to: str) -> dict[str, float]:
         return m if m["state"] == "done" and m["downtime_ms"] is not None else None
 
     try:
-        m = wait(done, 120, f"migration {mid}", every=0.01)
+        m = wait(done, 120, f"migration {mid}", every=POLL_S)
     except RuntimeError:
         print(httpx.get(f"{api}/api/v1/migrations/{mid}", timeout=5).json(), file=sys.stderr)
         raise
@@ -92,6 +101,7 @@ def hvc_round(api: str, to: str) -> dict[str, float]:
         "qemu_downtime_ms": float(m["transfer_downtime_ms"]),
         "qemu_total_ms": float(m["transfer_ms"]),
         "downtime_ms": float(m["downtime_ms"]),
+        "switch_ms": float(m["downtime_ms"]) - float(m["transfer_downtime_ms"]),
         "total_ms": float(m["total_ms"]),
         "wall_ms": wall,
     }
@@ -186,7 +196,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     image = require_image(args.cache)
-    config = ClusterConfig()
+    config = ClusterConfig(migration=SETTINGS)  # the raw rounds use the very same settings
     with tempfile.TemporaryDirectory(prefix="hvc-bench-migration-") as tmp:
         work = Path(tmp)
         lab_dir = work / "lab"
@@ -217,6 +227,7 @@ def main() -> None:
                 sample, sock, pid = asyncio.run(raw_round(sock, pid, raw_spec, work, i))
                 raw_pids.append(pid)
                 sample["downtime_ms"] = sample["qemu_downtime_ms"] + sample["resume_ms"]
+                sample["switch_ms"] = sample["resume_ms"]
                 sample["total_ms"] = (
                     sample["prepare_ms"] + sample["migrate_call_ms"] + sample["resume_ms"]
                 )
@@ -225,6 +236,10 @@ def main() -> None:
             time.sleep(1)
             counters["cluster_end"] = read_counter(disk)
             counters["raw_end"] = read_counter(raw_disk)
+            if os.environ.get("HVC_BENCH_KEEP"):  # the agents' logs, for their timestamps
+                keep = Path(os.environ["HVC_BENCH_KEEP"])
+                shutil.rmtree(keep, ignore_errors=True)
+                shutil.copytree(lab_dir / "nodes", keep, ignore=shutil.ignore_patterns("*.sock"))
         except BaseException:
             keep = Path(os.environ.get("HVC_BENCH_KEEP", "/tmp/hvc-bench-migration-logs"))
             with contextlib.suppress(OSError):
@@ -246,6 +261,7 @@ def main() -> None:
         "rounds": args.rounds,
         "memory_mib": 128,
         "settings": config.migration.model_dump(),
+        "settings_note": "the same QEMU migration settings on both paths, both ends",
         "hvcluster": {"samples": hvc_samples, "median": h},
         "raw": {"samples": raw_samples, "median": r},
         "ratio_downtime": h["downtime_ms"] / max(r["downtime_ms"], 1e-9),
@@ -260,7 +276,8 @@ def main() -> None:
     print(f"128 MiB test guest, {args.rounds} rounds each, medians:")
     for label, m in (("hvcluster", h), ("raw QMP", r)):
         print(
-            f"  {label:9s} downtime {m['downtime_ms']:7.1f} ms (QEMU {m['qemu_downtime_ms']:5.1f})"
+            f"  {label:9s} downtime {m['downtime_ms']:7.1f} ms (QEMU {m['qemu_downtime_ms']:5.1f}"
+            f" + switch {m['switch_ms']:5.1f})"
             f"  total {m['total_ms']:7.1f} ms (QEMU transfer {m['qemu_total_ms']:6.1f})"
         )
     print(

@@ -13,8 +13,12 @@ The protocol (``migrations/<id>``; the controller's part in
   the record ``done`` in one transaction; if it cannot, ``switching`` and the controller
   flips or fails it;
 * target, on ``done`` with the placement flipped to it: ``resume`` (or ``restore``) straight
-  from the watch event, then records the downtime; the source's paused copy is killed by its
-  reconcile (the placement moved) and discarded here.
+  from the watch event (a QEMU still loading the last of the state runs the moment it is
+  loaded), then writes ``resumed_at``;
+* source, on ``resumed_at`` (or after :data:`~hvcluster.agent.migration_source.HOLD_S`):
+  writes QEMU's measures, discards its paused copy (held out of its reconcile until then, so
+  that nothing here competes with the target's resume) and says ``migration.switched``;
+  whichever of the two writes second completes ``downtime_ms`` and says ``migration.done``.
 
 Any failure or cancel before the flip: the target discards its copy, the source keeps (or
 resumes) the VM. Never two running: the target resumes only after the flip is committed, and
@@ -55,6 +59,8 @@ class MigrationWorker(TargetRole, SourceRole):
             rec = _decoded(event.key, event.value)
             if rec is None:
                 self.wake.set()
+            elif rec.id in self.flipped and not rec.resumed_at:
+                pass  # our own flip: nothing to do here until the target has run the VM
             elif self.me in (rec.source, rec.target) and not self._fast_take_over(rec):
                 self.wake.set()  # (a take-over wakes the cycle when it has run the VM)
 

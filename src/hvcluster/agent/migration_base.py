@@ -7,6 +7,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from hvcluster.agent.node import NodeAgent
 from hvcluster.models.base import decode
@@ -37,6 +38,7 @@ class MigrationBase:
         self.migrated_out: dict[str, str] = {}  # vm -> record id: paused here after transfer
         self.finished: set[str] = set()  # records this host is done with
         self.flipped: set[str] = set()  # records this host flipped as their source
+        self.times: dict[str, dict[str, Any]] = {}  # QEMU's measures of those, not yet written
         self.wake = asyncio.Event()
 
     def _spawn(self, mid: str, job: Awaitable[None]) -> None:
@@ -46,8 +48,9 @@ class MigrationBase:
             except (StoreError, DriverError, TimeoutError) as e:
                 log.warning("migration %s: %s", mid, e)
             finally:
-                self.wake.set()
-                self.agent.wake.set()
+                if mid not in self.flipped:  # (a flip here: the target's resume wakes us)
+                    self.wake.set()
+                    self.agent.wake.set()
 
         self.tasks[mid] = asyncio.create_task(run(), name=f"migration-{mid}")
 

@@ -27,7 +27,13 @@ from hvcluster.models.lifecycle import MigrationState, VMState
 from hvcluster.models.migration import Migration, MigrationKind, Progress
 from hvcluster.models.vm import Placement
 from hvcluster.store.base import Compare, Put
-from hvcluster.store.migrations import change_migration, change_migration_at, flip
+from hvcluster.store.migrations import (
+    change_migration,
+    change_migration_at,
+    done_sentence,
+    flip,
+    with_times,
+)
 from hvcluster.store.state import read_config
 
 log = logging.getLogger(__name__)
@@ -66,14 +72,17 @@ class SourceRole(MigrationBase):
             self.finished.add(rec.id)
         elif rec.state is _M.DONE and not busy:
             held = rec.id in self.flipped and self.migrated_out.get(rec.vm) == rec.id
-            if held and rec.downtime_ms is None and time.time() - rec.switching_at < HOLD_S:
-                return  # the target is resuming it: not now (it records its times when done)
+            if held and not rec.resumed_at and time.time() - rec.switching_at < HOLD_S:
+                return  # the target is resuming it: nothing here meanwhile, not even a write
+            if rec.id in self.times:
+                await self._add_times(rec, self.times.pop(rec.id))
             self.migrated_out.pop(rec.vm, None)
             placement = await self._placement(rec.vm)
             if placement is not None and placement.node != self.me:
                 await self.driver.discard(rec.vm)
             if held:
                 self.agent.incoming.discard(rec.vm)
+                self.agent.wake.set()
                 await self._said_switched(rec)
             self.flipped.discard(rec.id)
             self.finished.add(rec.id)
@@ -129,7 +138,7 @@ class SourceRole(MigrationBase):
             "saved_path": saved,
         }
         if tried == [True]:
-            await self._add_times(rec, times)
+            self.times[rec.id] = times  # written once the target runs the VM
             return
         times["switching_at"] = result.completed_at or time.time()
         if not tried and await self._flip(written, placed, **times):
@@ -185,14 +194,17 @@ class SourceRole(MigrationBase):
         return True  # said, and the copy here discarded, once the target runs it
 
     async def _add_times(self, rec: Migration, times: dict[str, Any]) -> None:
-        """QEMU's measures of a transfer this host flipped, into the done record."""
+        """QEMU's measures of a transfer this host flipped, into the done record (with the
+        target's ``resumed_at``, if there, they make the downtime: said then)."""
 
         def add(cur: Migration) -> Migration | None:
             if cur.state is not _M.DONE or cur.transfer_downtime_ms is not None:
                 return None
-            return cur.model_copy(update=times)
+            return with_times(cur.model_copy(update=times))
 
-        await change_migration(self.store, self.keys, rec.id, add)
+        written = await change_migration(self.store, self.keys, rec.id, add)
+        if written is not None and written.downtime_ms is not None:
+            await self.say("migration.done", f"vm/{rec.vm}", done_sentence(written))
 
     async def _said_switched(self, rec: Migration) -> None:
         qemu = rec.transfer_downtime_ms or 0.0

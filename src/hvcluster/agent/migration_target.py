@@ -20,7 +20,7 @@ from hvcluster.models.errors import DriverError
 from hvcluster.models.lifecycle import MigrationState, VMState
 from hvcluster.models.migration import Migration, MigrationKind
 from hvcluster.models.vm import VMSpec
-from hvcluster.store.migrations import change_migration
+from hvcluster.store.migrations import change_migration, done_sentence, with_times
 from hvcluster.store.state import read_config
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,6 @@ RECENT_S = 300.0  # a done record older than this no longer makes a paused targe
 FILE_PREFIX = "file:"
 SETTLE_S = 30.0  # how long a target waits for its driver to see an incoming stream end
 SETTLE_POLL_S = 0.001  # the guest is paused meanwhile: look often (it is a moment at most)
-TIMES_TRIES, TIMES_WAIT_S = 100, 0.02  # waiting for the source to write QEMU's measures
 
 
 class TargetRole(MigrationBase):
@@ -127,14 +126,12 @@ class TargetRole(MigrationBase):
         if info.epoch == epoch and info.state is VMState.MIGRATING:
             try:
                 # the driver runs it the moment its state is loaded, if it can
-                await self.driver.resume(rec.vm)
-                await self._record_times(rec, time.time())
+                await self._record_times(rec, _ran_at(await self.driver.resume(rec.vm)))
                 return
             except NotRunning:
                 info = await self._settled(rec.vm)  # it cannot: wait until it is loaded
         if info.epoch == epoch and info.state is VMState.PAUSED:
-            await self.driver.resume(rec.vm)
-            await self._record_times(rec, time.time())
+            await self._record_times(rec, _ran_at(await self.driver.resume(rec.vm)))
         elif info.state is not VMState.RUNNING:
             raise DriverError(f"it is {info.state.value} at epoch {info.epoch}")
 
@@ -157,45 +154,31 @@ class TargetRole(MigrationBase):
         if spec is None:
             return
         path = Path(rec.saved_path)
-        await self.driver.restore(spec, epoch, path)
-        resumed = time.time()
+        resumed = _ran_at(await self.driver.restore(spec, epoch, path))
         with contextlib.suppress(OSError):
             await asyncio.to_thread(path.unlink)
         await self._record_times(rec, resumed)
 
     async def _record_times(self, rec: Migration, resumed: float) -> None:
-        """Downtime as the guest saw it (paused on the source until running here) and the
-        total from the request, into the record and the ``migration.done`` event. QEMU's
-        part of the downtime is written by the source just after its flip: waited for."""
-        for _ in range(TIMES_TRIES):
-            if rec.kind is MigrationKind.QUICK or rec.transfer_downtime_ms is not None:
-                break
-            await asyncio.sleep(TIMES_WAIT_S)
-            rec = await self._record(rec.id) or rec
-        # live: the guest stopped for the transfer's last pass; quick: when the save began
-        stopped = rec.transfer_ms if rec.kind is MigrationKind.QUICK else rec.transfer_downtime_ms
-        switch = (resumed - rec.switching_at) * 1000
-        downtime = (stopped or 0.0) + switch
-        total = (resumed - rec.created) * 1000
-
-        def record(cur: Migration) -> Migration | None:
-            return cur.model_copy(update={"downtime_ms": downtime, "total_ms": total})
-
-        await change_migration(self.store, self.keys, rec.id, record)
-        transfer = rec.transfer_downtime_ms or 0.0
+        """When the VM ran here, into the record; with QEMU's part of the downtime (the
+        source writes it once the VM runs here) that makes the downtime as the guest saw it
+        (paused on the source until running here), said in ``migration.done`` by whichever
+        of the two writes second."""
         log.info(
             "migration %s: resumed %s here %.1f ms after its transfer completed",
             rec.id,
             rec.vm,
-            switch,
+            (resumed - rec.switching_at) * 1000,
         )
-        await self.say(
-            "migration.done",
-            f"vm/{rec.vm}",
-            f"vm {rec.vm} moved from {rec.source} to {self.me} by {rec.kind.value} migration "
-            f"{rec.id}: downtime {downtime:.0f} ms (transfer {transfer:.0f} ms, switch "
-            f"{switch:.0f} ms), total {total:.0f} ms",
-        )
+
+        def record(cur: Migration) -> Migration | None:
+            if cur.resumed_at:
+                return None
+            return with_times(cur.model_copy(update={"resumed_at": resumed}))
+
+        written = await change_migration(self.store, self.keys, rec.id, record)
+        if written is not None and written.downtime_ms is not None:
+            await self.say("migration.done", f"vm/{rec.vm}", done_sentence(written))
 
     async def _discard_incoming(self, rec: Migration) -> None:
         """Drop the copy prepared here for ``rec``: it never ran. Even when a failover has
@@ -222,3 +205,13 @@ class TargetRole(MigrationBase):
             if disk.volume is None and disk.path.startswith("/"):
                 return Path(disk.path).parent / f".{rec.vm}-{rec.id}.state"
         return self.state_dir / f"{rec.vm}-{rec.id}.state"
+
+
+def _ran_at(info: VMInfo) -> float:
+    """When the driver saw the VM start running (its state's ``since``: for QEMU when it
+    said RESUME, which may come before ``resume`` returns to this busy loop); now if that
+    is not a plausible wall clock."""
+    now = time.time()
+    if info.state is VMState.RUNNING and now - 60 < info.since <= now:
+        return info.since
+    return now

@@ -56,6 +56,7 @@ class Migration(Model):
     requested_by: str = ""  # "api", "drain:<node>", "failback", "resume:<node>"
     saved_path: str = ""  # quick migration: the state file on a shared path
     switching_at: float = 0.0  # wall clock the transfer completed (quick: state saved)
+    resumed_at: float = 0.0  # wall clock the target ran the VM (0: not yet)
     # storage: the volume the disks move to (see store/storage_moves.py); live: a
     # shared-nothing migration, the disks copied to this volume of the target
     volume: str = ""

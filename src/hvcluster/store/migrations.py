@@ -183,3 +183,30 @@ async def flip(
     new = flipped_placement(rec, placement)
     result = await store.txn(compares, [Put(rkey, encode(done)), Put(pkey, encode(new))])
     return done if result.succeeded else None
+
+
+def with_times(rec: Migration) -> Migration:
+    """``rec`` with ``downtime_ms`` and ``total_ms`` filled in once both halves are there:
+    QEMU's part of the downtime (written by the source, or for a quick migration the save
+    time) and the target's ``resumed_at``. Unchanged while either is missing."""
+    stopped = rec.transfer_ms if rec.kind is MigrationKind.QUICK else rec.transfer_downtime_ms
+    if stopped is None or not rec.resumed_at or rec.downtime_ms is not None:
+        return rec
+    switch = (rec.resumed_at - rec.switching_at) * 1000
+    return rec.model_copy(
+        update={
+            "downtime_ms": stopped + switch,
+            "total_ms": (rec.resumed_at - rec.created) * 1000,
+        }
+    )
+
+
+def done_sentence(rec: Migration) -> str:
+    """The ``migration.done`` event's words for a record :func:`with_times` completed."""
+    transfer = rec.transfer_downtime_ms or 0.0
+    switch = (rec.resumed_at - rec.switching_at) * 1000
+    return (
+        f"vm {rec.vm} moved from {rec.source} to {rec.target} by {rec.kind.value} migration "
+        f"{rec.id}: downtime {rec.downtime_ms or 0:.0f} ms (transfer {transfer:.0f} ms, "
+        f"switch {switch:.0f} ms), total {rec.total_ms or 0:.0f} ms"
+    )
