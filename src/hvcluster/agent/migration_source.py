@@ -49,6 +49,7 @@ class Written:
 
     record: Migration
     revision: int
+    writing: bool = False  # a progress write is under way
 
 
 class SourceRole(MigrationBase):
@@ -75,7 +76,7 @@ class SourceRole(MigrationBase):
             if held and not rec.resumed_at and time.time() - rec.switching_at < HOLD_S:
                 return  # the target is resuming it: nothing here meanwhile, not even a write
             if rec.id in self.times:
-                await self._add_times(rec, self.times.pop(rec.id))
+                rec = await self._add_times(rec, self.times.pop(rec.id))
             self.migrated_out.pop(rec.vm, None)
             placement = await self._placement(rec.vm)
             if placement is not None and placement.node != self.me:
@@ -108,7 +109,7 @@ class SourceRole(MigrationBase):
         async def completed(at: float) -> None:
             """The guest is paused and its state is all sent: flip now, before anything else
             (QEMU's own measures are asked for and recorded afterwards)."""
-            await self._stop_publishing(stop, publisher)
+            await self._stop_publishing(written, stop, publisher)
             self.migrated_out[rec.vm] = rec.id
             progress = latest[-1] if latest else written.record.progress
             tried.append(await self._flip(written, placed, progress=progress, switching_at=at))
@@ -129,7 +130,7 @@ class SourceRole(MigrationBase):
                 await self._fail(rec, f"transfer from {self.me} to {rec.target} failed: {e}")
             return
         finally:
-            await self._stop_publishing(stop, publisher)
+            await self._stop_publishing(written, stop, publisher)
         self.migrated_out[rec.vm] = rec.id
         times: dict[str, Any] = {
             "progress": result.progress,
@@ -154,8 +155,13 @@ class SourceRole(MigrationBase):
         # or done: the flip landed after all
         await change_migration(self.store, self.keys, rec.id, switching)
 
-    async def _stop_publishing(self, stop: asyncio.Event, publisher: asyncio.Task[None]) -> None:
-        stop.set()  # a progress write under way lands first: the flip compares after it
+    async def _stop_publishing(
+        self, written: Written, stop: asyncio.Event, publisher: asyncio.Task[None]
+    ) -> None:
+        stop.set()
+        if not written.writing:
+            publisher.cancel()  # idle: no need to wait for it to wake
+        # a progress write under way lands first: the flip compares after it
         with contextlib.suppress(asyncio.CancelledError, StoreError):
             await publisher
 
@@ -193,7 +199,7 @@ class SourceRole(MigrationBase):
         )
         return True  # said, and the copy here discarded, once the target runs it
 
-    async def _add_times(self, rec: Migration, times: dict[str, Any]) -> None:
+    async def _add_times(self, rec: Migration, times: dict[str, Any]) -> Migration:
         """QEMU's measures of a transfer this host flipped, into the done record (with the
         target's ``resumed_at``, if there, they make the downtime: said then)."""
 
@@ -205,6 +211,7 @@ class SourceRole(MigrationBase):
         written = await change_migration(self.store, self.keys, rec.id, add)
         if written is not None and written.downtime_ms is not None:
             await self.say("migration.done", f"vm/{rec.vm}", done_sentence(written))
+        return written or rec.model_copy(update=times)
 
     async def _said_switched(self, rec: Migration) -> None:
         qemu = rec.transfer_downtime_ms or 0.0
@@ -228,6 +235,7 @@ class SourceRole(MigrationBase):
                 continue
             progress = latest[-1]
             new = written.record.model_copy(update={"progress": progress, "updated": time.time()})
+            written.writing = True
             try:
                 result = await self.store.txn(
                     [Compare.mod_is(key, written.revision)], [Put(key, encode(new))]
@@ -249,6 +257,8 @@ class SourceRole(MigrationBase):
                 last = progress
             except StoreError as e:
                 log.debug("progress of %s not written: %s", written.record.id, e)
+            finally:
+                written.writing = False
 
     async def _keep_running(self, rec: Migration) -> None:
         """The migration failed: if our copy is paused by its transfer and the placement is
