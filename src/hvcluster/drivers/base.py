@@ -292,12 +292,14 @@ class Driver(ABC):
         disks_address: str,
         settings: MigrationSettings,
         on_progress: ProgressCallback | None = None,
+        on_complete: CompletionHook | None = None,
     ) -> MigrationResult:
         """Shared-nothing migration, source side: copy every disk to ``disks_address`` while
         the guest runs (mirrors that then follow each write), then migrate memory as
-        :meth:`migrate_out`; once the source is paused, the mirrors are finished so the
-        target's copies are complete and consistent. On failure the mirrors are stopped, the
-        VM keeps running here and :class:`MigrationFailed` is raised."""
+        :meth:`migrate_out` (``on_complete`` as there: by then the target's copies hold every
+        write the guest saw complete); once the source is paused, the mirrors are finished.
+        On failure before the memory moved, the mirrors are stopped, the VM keeps running
+        here and :class:`MigrationFailed` is raised."""
 
     # -- the driver itself ------------------------------------------------------------------
 

@@ -20,6 +20,8 @@ from hvcluster.models.base import decode, encode
 from hvcluster.models.errors import CorruptValue
 from hvcluster.models.lifecycle import MIGRATION_LIFECYCLE
 from hvcluster.models.migration import Migration, MigrationKind
+from hvcluster.models.storage import spec_on_volume
+from hvcluster.models.vm import VMSpec
 from hvcluster.store.base import Compare, Delete, Put, Store
 from hvcluster.store.keys import Keys
 from hvcluster.store.migrations import new_id
@@ -116,3 +118,22 @@ async def change_move(
         if compares and again is not None and again.mod_revision == kv.mod_revision:
             return None  # the record did not move: one of the caller's compares failed
     return None
+
+
+async def moved_spec_ops(
+    store: Store, keys: Keys, rec: Migration
+) -> tuple[list[Compare], list[Put]]:
+    """A shared-nothing migration's part of its flip: the VM's spec with every disk on
+    ``rec.volume``, compared on the spec's revision as read now (a spec changed meanwhile
+    fails the flip). Nothing for any other migration."""
+    if not rec.volume or rec.kind is MigrationKind.STORAGE:
+        return [], []
+    key = keys.vm(rec.vm)
+    kv = await store.get(key)
+    if kv is None:
+        return [Compare.present(key)], []  # the flip fails: the VM is gone
+    try:
+        spec = spec_on_volume(decode(VMSpec, kv.key, kv.value), rec.volume)
+    except CorruptValue:
+        return [Compare.absent(key)], []  # the flip fails: the spec is unreadable
+    return [Compare.mod_is(key, kv.mod_revision)], [Put(key, encode(spec))]

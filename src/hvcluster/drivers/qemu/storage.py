@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hvcluster.drivers.base import (
+    CompletionHook,
     Confirm,
     DiskMoveResult,
     Driver,
@@ -110,11 +111,12 @@ class StorageMigration(Driver):
         disks_address: str,
         settings: MigrationSettings,
         on_progress: ProgressCallback | None = None,
+        on_complete: CompletionHook | None = None,
     ) -> MigrationResult:
         vm = self._get(name)
 
         async def memory() -> MigrationResult:
-            return await self.migrate_out(name, address, settings, on_progress)
+            return await self.migrate_out(name, address, settings, on_progress, on_complete)
 
         count, timeout = len(vm.spec.disks), settings.timeout_s
         try:

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hvcluster.drivers.base import (
+    CompletionHook,
     Confirm,
     DiskMoveResult,
     Driver,
@@ -209,6 +210,7 @@ class SimStorage(Driver):
         disks_address: str,
         settings: MigrationSettings,
         on_progress: ProgressCallback | None = None,
+        on_complete: CompletionHook | None = None,
     ) -> MigrationResult:
         vm = self._get(name)
         if not disks_address.startswith(PREFIX):
@@ -220,4 +222,4 @@ class SimStorage(Driver):
         sizes = await self.disk_sizes(name)
         what = f"copying its disks to {disks_address}"
         await self._copy(vm, sources, dests, sizes, on_progress, what)
-        return await self.migrate_out(name, address, settings, on_progress)
+        return await self.migrate_out(name, address, settings, on_progress, on_complete)
