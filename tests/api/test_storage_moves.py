@@ -84,3 +84,32 @@ async def test_refusals_name_the_reason(api: httpx.AsyncClient, store: MemorySto
         assert why in r.json()["error"], r.json()["error"]
     assert (await api.post("/vms/db/move-storage")).status_code == 422
     assert (await api.get("/storage-moves")).json()["moves"] == []
+
+
+async def test_a_shared_nothing_move_needs_a_target_seeing_the_volume(
+    api: httpx.AsyncClient, store: MemoryStore
+) -> None:
+    await setup(store)  # db has a read-only disk: it cannot move shared-nothing
+    solo = VMSpec(name="solo", disks=(Disk(volume="a", path="solo.qcow2"),))
+    await store.put(KEYS.vm("solo"), encode(solo))
+    await store.put(KEYS.placement("solo"), encode(Placement(node="n2", epoch=2)))
+    status = VMStatus(vm="solo", node="n2", epoch=2, state=VMState.RUNNING, since=1.0)
+    await store.put(KEYS.status("solo"), encode(status))
+    cases = {
+        ("db", "n2", "b", "live"): (409, "copies every disk: disks [1] are read-only"),
+        ("solo", "n1", "b", "quick"): (422, "a shared-nothing move is live"),
+        ("solo", "n1", "ghost", "live"): (404, "volume 'ghost' not found"),
+        ("solo", "n1", "c", "live"): (409, "n1 lacks volume 'c'"),
+    }
+    for (vm, to, volume, kind), (code, why) in cases.items():
+        body = {"to": to, "with_storage": volume, "kind": kind}
+        r = await api.post(f"/vms/{vm}/move", json=body)
+        assert r.status_code == code, (vm, volume, r.text)
+        assert why in r.json()["error"], r.json()["error"]
+    # n1 sees b (n2, where it runs, does not see a's replacement: it need not)
+    r = await api.post("/vms/solo/move", json={"to": "n1", "with_storage": "b"})
+    assert r.status_code == 202, r.text
+    kv = await store.get(KEYS.migration(r.json()["id"]))
+    assert kv is not None
+    rec = decode(Migration, kv.key, kv.value)
+    assert (rec.volume, rec.kind, rec.target) == ("b", MigrationKind.LIVE, "n1")

@@ -75,6 +75,7 @@ def test_move_storage_waits_for_the_end(server: ApiServer, hvc: Any) -> None:
     cluster(server, "db")
     with_volumes(server)
     assert hvc("vm", "move", "db", "--storage", "b", "--to", "m2").exit_code != 0
+    assert "not with --quick" in hvc("vm", "move", "db", "--with-storage", "b", "--quick").output
     refused = hvc("vm", "move", "db", "--storage", "ghost")
     assert refused.exit_code != 0 and "volume 'ghost' not found" in refused.output
     thread = finish_soon(server)
@@ -82,3 +83,10 @@ def test_move_storage_waits_for_the_end(server: ApiServer, hvc: Any) -> None:
     thread.join(timeout=10)
     assert r.exit_code == 0, r.output
     assert "of db (storage, on m1 to volume b): done" in r.output
+
+
+def test_move_with_storage_asks_for_a_shared_nothing_migration(server: ApiServer, hvc: Any) -> None:
+    cluster(server, "db")
+    with_volumes(server)  # m1 sees a and b; m2 sees none
+    refused = hvc("vm", "move", "db", "--to", "m2", "--with-storage", "b")
+    assert refused.exit_code != 0 and "m2 lacks volume 'b'" in refused.output

@@ -86,3 +86,44 @@ def test_a_running_vm_moves_its_disk_to_another_volume_and_keeps_counting(
     assert lab.post("/vms/mover/move-storage", {"volume": "vol-a"})["state"] == "requested"
     wait_for(lambda: not new.exists(), 60, "moved back: the vol-b file deleted")
     counter_rises(old, read_counter(old) + 2)
+
+
+def test_shared_nothing_migration_moves_disk_and_memory_and_keeps_counting(
+    lab_storage: Lab,
+) -> None:
+    """Live migration to n2 with the disk copied to another volume (over NBD, while the
+    guest writes): it goes on counting on n2 from its own new file."""
+    lab = lab_storage
+    c, d = add_volume(lab, "vol-c"), add_volume(lab, "vol-d")
+    spec: dict[str, Any] = {
+        "name": "nomad",
+        "memory_mib": 128,
+        "boot": require_image(CACHE).boot().model_dump(),
+        "disks": [{"volume": "vol-c", "path": "nomad/root.qcow2", "size_gib": 1 / 32}],
+        "ha": {"preferred_owners": ["n1"]},
+    }
+    lab.post("/vms", spec)
+    vm = wait_for(lambda: running(lab, "nomad"), 60, "nomad running")
+    assert vm["node"] == "n1"
+    old, new = c / "nomad" / "root.qcow2", d / "nomad" / "root.qcow2"
+    counter_rises(old, 2)
+
+    rec = lab.post("/vms/nomad/move", {"to": "n2", "with_storage": "vol-d"})
+    assert rec["volume"] == "vol-d"
+
+    def finished() -> dict[str, Any] | None:
+        m: dict[str, Any] = lab.get(f"/migrations/{rec['id']}")
+        if m["state"] in ("failed", "cancelled"):
+            raise AssertionError(f"migration {m['state']}: {m['reason']}")
+        return m if m["state"] == "done" and m["downtime_ms"] is not None else None
+
+    done: dict[str, Any] = wait_for(finished, 90, "the shared-nothing migration", 0.1)
+    assert done["disk_sizes"] == [32 * 1024 * 1024]
+    moved = wait_for(lambda: running(lab, "nomad"), 30, "nomad running on n2")
+    assert moved["node"] == "n2"
+    assert moved["spec"]["disks"][0]["volume"] == "vol-d"
+    at_switch = read_counter(new)
+    counter_rises(new, at_switch + 3)
+    wait_for(lambda: not old.exists(), 20, "the source's old disk deleted")
+    serial = Path(lab.state.node("n2").run_dir) / "vms" / "nomad" / "serial.log"
+    assert "HVC-BOOT" not in serial.read_text(errors="replace"), "continued, not booted"

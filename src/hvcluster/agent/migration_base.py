@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from hvcluster.agent.node import NodeAgent
+from hvcluster.agent.shared_nothing import SharedNothing
 from hvcluster.models.base import decode
 from hvcluster.models.errors import CorruptValue, DriverError, StoreError
 from hvcluster.models.lifecycle import MigrationState
@@ -23,6 +25,7 @@ log = logging.getLogger(__name__)
 
 Say = Callable[[str, str, str], Awaitable[None]]
 _M = MigrationState
+QUIET_S = 0.05  # the reconcile holds off this long (at most) while a guest switches over here
 
 
 class MigrationBase:
@@ -39,7 +42,12 @@ class MigrationBase:
         self.finished: set[str] = set()  # records this host is done with
         self.flipped: set[str] = set()  # records this host flipped as their source
         self.times: dict[str, dict[str, Any]] = {}  # QEMU's measures of those, not yet written
+        self.shared = SharedNothing(store, keys, agent)  # disks that travel with the memory
         self.wake = asyncio.Event()
+
+    def _quiet(self, seconds: float = QUIET_S) -> None:
+        """Hold this host's reconcile off for a moment: a guest is switching over here."""
+        self.agent.quiet_until = max(self.agent.quiet_until, time.monotonic() + seconds)
 
     def _spawn(self, mid: str, job: Awaitable[None]) -> None:
         async def run() -> None:

@@ -20,6 +20,7 @@ from typing import Any
 
 from hvcluster.agent.migration_base import MigrationBase
 from hvcluster.agent.migration_target import FILE_PREFIX
+from hvcluster.agent.shared_nothing import shared_nothing
 from hvcluster.drivers.errors import MigrationCancelled
 from hvcluster.models.base import encode
 from hvcluster.models.errors import DriverError, StoreError
@@ -35,6 +36,7 @@ from hvcluster.store.migrations import (
     with_times,
 )
 from hvcluster.store.state import read_config
+from hvcluster.store.storage_moves import moved_spec_ops
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,8 @@ class Written:
 class SourceRole(MigrationBase):
     async def _as_source(self, rec: Migration) -> None:
         busy = rec.id in self.tasks
+        if shared_nothing(rec) and rec.state in (_M.REQUESTED, _M.PREPARING):
+            await self.shared.publish_sizes(rec)  # the target waits for them (once)
         if rec.state is _M.PREPARING and rec.target_address and not busy:
             self._spawn(rec.id, self._transfer(rec))
         elif rec.state is _M.TRANSFERRING and not busy:
@@ -70,6 +74,7 @@ class SourceRole(MigrationBase):
                         await self.driver.cancel_migration(rec.vm)
                 return
             await self._keep_running(rec)
+            self.shared.forget(rec)
             self.finished.add(rec.id)
         elif rec.state is _M.DONE and not busy:
             held = rec.id in self.flipped and self.migrated_out.get(rec.vm) == rec.id
@@ -81,6 +86,7 @@ class SourceRole(MigrationBase):
             placement = await self._placement(rec.vm)
             if placement is not None and placement.node != self.me:
                 await self.driver.discard(rec.vm)
+                await self.shared.delete_old_files(rec)  # shared-nothing: the copy is there
             if held:
                 self.agent.incoming.discard(rec.vm)
                 self.agent.wake.set()
@@ -100,6 +106,7 @@ class SourceRole(MigrationBase):
         written = Written(*started)
         address = written.record.target_address
         placed = await self._placement_at(rec.vm)  # what the flip compares, read beforehand
+        moved = await moved_spec_ops(self.store, self.keys, rec)  # shared-nothing: new paths
         config, _ = await read_config(self.store, self.keys)
         latest: list[Progress] = []
         stop = asyncio.Event()
@@ -109,10 +116,13 @@ class SourceRole(MigrationBase):
         async def completed(at: float) -> None:
             """The guest is paused and its state is all sent: flip now, before anything else
             (QEMU's own measures are asked for and recorded afterwards)."""
+            self._quiet()
             await self._stop_publishing(written, stop, publisher)
             self.migrated_out[rec.vm] = rec.id
             progress = latest[-1] if latest else written.record.progress
-            tried.append(await self._flip(written, placed, progress=progress, switching_at=at))
+            tried.append(
+                await self._flip(written, placed, moved, progress=progress, switching_at=at)
+            )
 
         try:
             if rec.kind is MigrationKind.QUICK:
@@ -120,6 +130,11 @@ class SourceRole(MigrationBase):
                 await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
                 result = await self.driver.save(rec.vm, path)
                 saved = str(path)
+            elif shared_nothing(rec):  # the disks first, into the target's exports
+                result = await self.shared.migrate_out(
+                    written.record, address, config.migration, latest.append, completed
+                )
+                saved = ""
             else:
                 result = await self.driver.migrate_out(
                     rec.vm, address, config.migration, latest.append, completed
@@ -142,7 +157,7 @@ class SourceRole(MigrationBase):
             self.times[rec.id] = times  # written once the target runs the VM
             return
         times["switching_at"] = result.completed_at or time.time()
-        if not tried and await self._flip(written, placed, **times):
+        if not tried and await self._flip(written, placed, moved, **times):
             return
 
         def switching(cur: Migration) -> Migration | None:
@@ -166,7 +181,11 @@ class SourceRole(MigrationBase):
             await publisher
 
     async def _flip(
-        self, written: Written, placed: tuple[Placement, int] | None, **fields: Any
+        self,
+        written: Written,
+        placed: tuple[Placement, int] | None,
+        moved: tuple[list[Compare], list[Put]],
+        **fields: Any,
     ) -> bool:
         """The transfer completed (the guest is paused): the flip, in one transaction. False
         if it did not happen (something compared changed, or the store did not answer)."""
@@ -180,7 +199,7 @@ class SourceRole(MigrationBase):
         self.agent.incoming.add(rec.vm)
         try:
             done = await flip(
-                self.store, self.keys, rec, written.revision, placed[0], placed[1], **fields
+                self.store, self.keys, rec, written.revision, placed[0], placed[1], moved, **fields
             )
         except StoreError as e:
             log.warning("migration %s: the flip got no answer (%s); re-checking", rec.id, e)

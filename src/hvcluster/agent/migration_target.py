@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from hvcluster.agent.migration_base import MigrationBase
+from hvcluster.agent.shared_nothing import shared_nothing
 from hvcluster.drivers.base import VMInfo
 from hvcluster.drivers.errors import NotRunning
 from hvcluster.models.errors import DriverError
@@ -36,7 +37,7 @@ class TargetRole(MigrationBase):
     async def _as_target(self, rec: Migration) -> None:
         busy = rec.id in self.tasks
         if rec.state is _M.PREPARING and not rec.target_address and not busy:
-            if rec.vm in self.migrated_out:
+            if rec.vm in self.migrated_out or not self.shared.ready_to_prepare(rec):
                 return  # our paused copy from its last move here is not discarded yet
             self._spawn(rec.id, self._prepare(rec))
         elif rec.state is _M.DONE and not busy:
@@ -76,9 +77,12 @@ class TargetRole(MigrationBase):
                 address = FILE_PREFIX + str(self._state_file(spec, rec))
             else:
                 config, _ = await read_config(self.store, self.keys)
-                address = await self.driver.prepare_incoming(
-                    spec, rec.epoch + 1, self.agent.me.address, config.migration
-                )
+                if shared_nothing(rec):  # its disks come too: made here, served to the source
+                    address = await self.shared.prepare(rec, spec, config.migration)
+                else:
+                    address = await self.driver.prepare_incoming(
+                        spec, rec.epoch + 1, self.agent.me.address, config.migration
+                    )
         except DriverError as e:
             await self._fail(rec, f"target {self.me} could not prepare: {e}")
             await self._discard_incoming(rec)
@@ -117,6 +121,7 @@ class TargetRole(MigrationBase):
                 f"vm {rec.vm} moved to {self.me} but did not run here: {e}",
             )
         finally:
+            self.shared.keep_created(rec)  # the spec names them now
             self.agent.incoming.discard(rec.vm)
             self.finished.add(rec.id)
             self.agent.wake.set()
@@ -195,6 +200,7 @@ class TargetRole(MigrationBase):
                 and info.state is not VMState.RUNNING
             ):
                 await self.driver.discard(rec.vm)
+        await self.shared.delete_created(rec)  # a shared-nothing copy's files, if unused
         self.agent.incoming.discard(rec.vm)
         self.agent.wake.set()
 

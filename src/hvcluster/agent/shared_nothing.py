@@ -28,11 +28,11 @@ from hvcluster.agent.node import NodeAgent
 from hvcluster.drivers.base import CompletionHook, MigrationResult, ProgressCallback
 from hvcluster.models.base import decode
 from hvcluster.models.config import MigrationSettings
-from hvcluster.models.errors import DriverError
+from hvcluster.models.errors import CorruptValue, DriverError
 from hvcluster.models.lifecycle import MigrationState
 from hvcluster.models.migration import Migration
 from hvcluster.models.storage import spec_on_volume
-from hvcluster.models.vm import VMSpec
+from hvcluster.models.vm import Disk, VMSpec
 from hvcluster.store.base import Store
 from hvcluster.store.keys import Keys
 from hvcluster.store.migrations import change_migration
@@ -49,8 +49,8 @@ class SharedNothing:
     def __init__(self, store: Store, keys: Keys, agent: NodeAgent) -> None:
         self.store, self.keys, self.agent = store, keys, agent
         self.driver = agent.driver
-        self.created: dict[str, tuple[str, ...]] = {}  # record id -> files made here (target)
-        self.old_files: dict[str, list[Path]] = {}  # record id -> files to delete (source)
+        self.created: dict[str, list[tuple[Disk, Path]]] = {}  # record -> made here (target)
+        self.old_files: dict[str, list[tuple[Disk, Path]]] = {}  # record -> to delete (source)
         self.sizing: set[str] = set()  # records whose sizes this source is writing
 
     # --- source ----------------------------------------------------------------------
@@ -85,17 +85,14 @@ class SharedNothing:
         spec = await self._spec(rec.vm)
         if spec is None:
             raise DriverError(f"vm {rec.vm} has no spec")
-        self.old_files[rec.id] = self._files(spec)
+        self.old_files[rec.id] = self._files(spec.disks)
         return await self.driver.migrate_out_with_disks(
             rec.vm, address, rec.disks_address, settings, on_progress, on_complete
         )
 
     async def delete_old_files(self, rec: Migration) -> None:
         """The flip wrote the new paths and the paused copy here is gone: the old files go."""
-        for path in self.old_files.pop(rec.id, []):
-            with contextlib.suppress(OSError):
-                await asyncio.to_thread(path.unlink)
-                log.info("migration %s: deleted %s's old disk %s", rec.id, rec.vm, path)
+        await self._delete(rec, self.old_files.pop(rec.id, []), "old")
 
     def forget(self, rec: Migration) -> None:
         self.old_files.pop(rec.id, None)
@@ -113,7 +110,7 @@ class SharedNothing:
         incoming = await self.driver.prepare_incoming_with_disks(
             target, rec.epoch + 1, self.agent.me.address, rec.disk_sizes, settings
         )
-        self.created[rec.id] = incoming.paths
+        self.created[rec.id] = list(zip(target.disks, map(Path, incoming.paths), strict=True))
 
         def put(cur: Migration) -> Migration | None:
             if cur.state is not _M.PREPARING or cur.target_address:
@@ -126,25 +123,40 @@ class SharedNothing:
 
     async def delete_created(self, rec: Migration) -> None:
         """The incoming copy was discarded (the migration failed): its new files go."""
-        for path in self.created.pop(rec.id, ()):
-            with contextlib.suppress(OSError):
-                await asyncio.to_thread(Path(path).unlink)
+        await self._delete(rec, self.created.pop(rec.id, []), "unused new")
 
     def keep_created(self, rec: Migration) -> None:
         """The VM runs here now on the files created for it."""
         self.created.pop(rec.id, None)
 
     # --- helpers ---------------------------------------------------------------------
-    def _files(self, spec: VMSpec) -> list[Path]:
+    def _files(self, disks: tuple[Disk, ...]) -> list[tuple[Disk, Path]]:
         files = []
-        for disk in spec.disks:
+        for disk in disks:
             if disk.volume is None:
-                files.append(Path(disk.path))
+                files.append((disk, Path(disk.path)))
                 continue
             with contextlib.suppress(DriverError):
-                files.append(self.agent.disks.path_of(disk))
+                files.append((disk, self.agent.disks.path_of(disk)))
         return files
+
+    async def _delete(self, rec: Migration, files: list[tuple[Disk, Path]], what: str) -> None:
+        """Delete ``files``, except those whose disk the VM's spec names (never a file the
+        VM may be using, whatever happened since)."""
+        if not files:
+            return
+        spec = await self._spec(rec.vm)
+        named = list(spec.disks) if spec is not None else []
+        for disk, path in files:
+            if disk in named:
+                continue
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(path.unlink)
+                log.info("migration %s: deleted %s's %s disk %s", rec.id, rec.vm, what, path)
 
     async def _spec(self, vm: str) -> VMSpec | None:
         kv = await self.store.get(self.keys.vm(vm))
-        return decode(VMSpec, kv.key, kv.value) if kv is not None else None
+        try:
+            return decode(VMSpec, kv.key, kv.value) if kv is not None else None
+        except CorruptValue:
+            return None

@@ -20,15 +20,21 @@ from hvcluster.api.context import ApiContext, context, valid_name
 from hvcluster.api.reads import decode_all, decode_one
 from hvcluster.api.views import ActionRequest, View
 from hvcluster.api.writes import update
-from hvcluster.models.base import Model
+from hvcluster.models.base import Model, encode
 from hvcluster.models.errors import Conflict, InvalidInput, NotFound
 from hvcluster.models.lifecycle import NODE_LIFECYCLE, MigrationState, NodeAdminState, VMState
 from hvcluster.models.migration import Migration, MigrationKind
 from hvcluster.models.node import Node
+from hvcluster.models.storage import disks_to_move, spec_on_volume
 from hvcluster.models.vm import Placement, VMSpec, VMStatus
-from hvcluster.store.base import Get, KeyValue
+from hvcluster.store.base import Compare, Get, KeyValue, Put
 from hvcluster.store.keys import Keys
-from hvcluster.store.migrations import change_migration, create_migration, read_migrations
+from hvcluster.store.migrations import (
+    change_migration,
+    create_migration,
+    new_id,
+    read_migrations,
+)
 from hvcluster.store.storage_moves import read_moves
 
 M = TypeVar("M", bound=Model)
@@ -42,6 +48,10 @@ class MoveRequest(BaseModel):
     to: str = Field(default="", description="target node; empty: the scheduler picks one")
     kind: Literal["live", "quick"] = "live"
     reason: str = Field(default="", max_length=500)
+    with_storage: str = Field(
+        default="",
+        description="shared-nothing: copy the VM's disks to this volume of the target (live)",
+    )
 
 
 class MigrationList(View):
@@ -147,6 +157,8 @@ async def move_vm(
     if any(m.vm == name and m.active for m, _ in (await read_moves(ctx.store, ctx.keys)).values()):
         raise Conflict(f"vm {name} is moving its disks to another volume; wait for that")
     source = placement.node
+    if request.with_storage:
+        spec = await shared_nothing_spec(ctx, spec, request)  # the target must see its volume
     if request.to:
         why = cluster.why_not(spec, request.to, source)
         if why is not None:
@@ -160,16 +172,19 @@ async def move_vm(
         if len(reasons) == len(cluster.nodes) - 1:
             detail = "; ".join(reasons) or "there is no other node"
             raise Conflict(f"no node can take {name}: {detail}")
-    rec = await create_migration(
-        ctx.store,
-        ctx.keys,
-        name,
-        source,
-        request.to,
-        placement.epoch,
-        MigrationKind(request.kind),
-        "api",
-    )
+    if request.with_storage:
+        rec = await create_shared_nothing(ctx, name, source, request, placement.epoch)
+    else:
+        rec = await create_migration(
+            ctx.store,
+            ctx.keys,
+            name,
+            source,
+            request.to,
+            placement.epoch,
+            MigrationKind(request.kind),
+            "api",
+        )
     if rec is None:
         raise Conflict(f"vm {name}: the migration record could not be stored; try again")
     where = request.to or "a node the scheduler picks"
@@ -180,6 +195,43 @@ async def move_vm(
         {"id": rec.id, "kind": request.kind, "source": source, "target": request.to},
     )
     return rec
+
+
+async def shared_nothing_spec(ctx: ApiContext, spec: VMSpec, request: MoveRequest) -> VMSpec:
+    """The spec as it will be on the target of a shared-nothing move (every disk on the
+    requested volume), after checking the request can work."""
+    volume = request.with_storage
+    if request.kind != "live":
+        raise InvalidInput("a shared-nothing move is live", field="kind")
+    if await ctx.store.get(ctx.keys.volume(volume)) is None:
+        raise NotFound(f"volume {volume!r} not found")
+    moving = disks_to_move(spec, volume)
+    if not spec.disks or len(moving) != len(spec.disks):
+        kept = [i for i in range(len(spec.disks)) if i not in moving]
+        why = f"disks {kept} are read-only or on {volume!r} already" if kept else "no disk"
+        raise Conflict(f"a shared-nothing move of {spec.name} copies every disk: {why}")
+    return spec_on_volume(spec, volume)
+
+
+async def create_shared_nothing(
+    ctx: ApiContext, name: str, source: str, request: MoveRequest, epoch: int
+) -> Migration | None:
+    now = time.time()
+    rec = Migration(
+        id=new_id(name),
+        vm=name,
+        source=source,
+        target=request.to,
+        kind=MigrationKind.LIVE,
+        epoch=epoch,
+        created=now,
+        updated=now,
+        requested_by="api",
+        volume=request.with_storage,
+    )
+    key = ctx.keys.migration(rec.id)
+    result = await ctx.store.txn([Compare.absent(key)], [Put(key, encode(rec))])
+    return rec if result.succeeded else None
 
 
 @router.get("/migrations", response_model=MigrationList)

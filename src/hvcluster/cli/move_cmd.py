@@ -19,6 +19,8 @@ FINAL = ("done", "failed", "cancelled")
 
 def describe(m: dict[str, Any]) -> str:
     route = f"{m['source']} -> {m['target'] or '?'}"
+    if m["kind"] == "live" and m.get("volume"):
+        route += f", disks to volume {m['volume']}"
     if m["kind"] == "storage":
         route = f"on {m['source']} to volume {m.get('volume', '?')}"
     text = f"migration {m['id']} of {m['vm']} ({m['kind']}, {route}): {m['state']}"
@@ -72,6 +74,11 @@ def move(
     storage: str = typer.Option(
         "", "--storage", help="Move its disks to this volume instead (it stays on its node)."
     ),
+    with_storage: str = typer.Option(
+        "",
+        "--with-storage",
+        help="Shared-nothing: copy its disks to this volume of the target as it moves live.",
+    ),
     wait: bool = typer.Option(False, "--wait", help="Follow it to the end; non-zero if it fails."),
     timeout: float = typer.Option(600.0, "--timeout", help="Seconds --wait waits at most."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
@@ -81,14 +88,18 @@ def move(
     --storage, move its disks to another volume while it runs."""
     if live and quick:
         raise typer.Exit(_fail("choose one of --live and --quick"))
-    if storage and (to or quick):
+    if storage and (to or quick or with_storage):
         raise typer.Exit(_fail("--storage moves the disks only: without --to or --quick"))
+    if with_storage and quick:
+        raise typer.Exit(_fail("--with-storage moves it live: not with --quick"))
     with Client.from_options(api) as client:
         if storage:
             m = client.post(f"/vms/{name}/move-storage", {"volume": storage})
             records = "/storage-moves"
         else:
-            m = client.post(f"/vms/{name}/move", {"to": to, "kind": "quick" if quick else "live"})
+            kind = "quick" if quick else "live"
+            body = {"to": to, "kind": kind, "with_storage": with_storage}
+            m = client.post(f"/vms/{name}/move", body)
             records = "/migrations"
         if wait:
             m = follow(client, m["id"], timeout, records)

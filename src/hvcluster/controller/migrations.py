@@ -36,6 +36,7 @@ from hvcluster.models.errors import CorruptValue, StoreError
 from hvcluster.models.lifecycle import MigrationState, NodeAdminState
 from hvcluster.models.migration import Migration, MigrationKind
 from hvcluster.models.node import Node
+from hvcluster.models.storage import spec_on_volume
 from hvcluster.models.vm import Placement
 from hvcluster.scheduler.compat import live_blockers
 from hvcluster.scheduler.drain import DrainDone, DrainMove, DrainStay, InFlight, plan_drain
@@ -52,6 +53,7 @@ from hvcluster.store.migrations import (
     read_migrations,
 )
 from hvcluster.store.state import ClusterState, Decoded, Stored, read_cluster, read_kind
+from hvcluster.store.storage_moves import moved_spec_ops
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +209,9 @@ class MigrationCoordinator:
         if rec.target:
             exclude.update({n: f"{n} was not asked for" for n in snapshot.nodes if n != rec.target})
         exclude.update(live_blockers(snapshot, rec.source, rec.kind))  # CPU model, accelerator
-        choice = choose_node(vm.spec, snapshot, closed, ledger, exclude)
+        # shared-nothing: the target needs the volume the disks go to, not the ones they are on
+        spec = spec_on_volume(vm.spec, rec.volume) if rec.volume else vm.spec
+        choice = choose_node(spec, snapshot, closed, ledger, exclude)
         if not isinstance(choice, Choice):
             await self._fail(rec, choice.why)
             return
@@ -235,7 +239,10 @@ class MigrationCoordinator:
     async def _flip_at(self, rec: Migration, record_rev: int, placed: Stored[Placement]) -> bool:
         """The flip against the record exactly as a watch event showed it (``record_rev``):
         one transaction, no re-read. False if anything compared has changed."""
-        done = await flip(self.store, self.keys, rec, record_rev, placed.value, placed.mod_revision)
+        extra = await moved_spec_ops(self.store, self.keys, rec)  # shared-nothing: new paths
+        done = await flip(
+            self.store, self.keys, rec, record_rev, placed.value, placed.mod_revision, extra
+        )
         if done is not None:
             await self._said_switched(rec, placed.value.epoch + 1)
         return done is not None

@@ -112,7 +112,6 @@ def spec_on_volume(spec: VMSpec, volume: str) -> VMSpec:
     """``spec`` with every disk :func:`disks_to_move` names on ``volume``."""
     moving = set(disks_to_move(spec, volume))
     disks = tuple(
-        disk_on_volume(d, spec.name, volume) if i in moving else d
-        for i, d in enumerate(spec.disks)
+        disk_on_volume(d, spec.name, volume) if i in moving else d for i, d in enumerate(spec.disks)
     )
     return spec.model_copy(update={"disks": disks})

@@ -161,13 +161,15 @@ async def flip(
     record_rev: int,
     placement: Placement,
     placement_rev: int,
+    extra: tuple[Sequence[Compare], Sequence[Put]] = ((), ()),
     **fields: Any,
 ) -> Migration | None:
     """The end of a migration in one transaction: the record (as it was at ``record_rev``)
     done, with ``fields``, and ``placement`` (as it was at ``placement_rev``: still the
     source's, at the record's epoch) flipped to the target at epoch + 1, if both nodes are
-    alive and the VM still exists. Returns the record written, or None when anything
-    compared has changed; nothing is written then."""
+    alive and the VM still exists. ``extra``: more compares and writes of the same
+    transaction (a shared-nothing migration's spec with its new disk paths). Returns the
+    record written, or None when anything compared has changed; nothing is written then."""
     MIGRATION_LIFECYCLE.check(rec.state, MigrationState.DONE)
     if (placement.node, placement.epoch) != (rec.source, rec.epoch):
         return None
@@ -181,7 +183,8 @@ async def flip(
         Compare.present(keys.vm(rec.vm)),
     ]
     new = flipped_placement(rec, placement)
-    result = await store.txn(compares, [Put(rkey, encode(done)), Put(pkey, encode(new))])
+    ops = [Put(rkey, encode(done)), Put(pkey, encode(new)), *extra[1]]
+    result = await store.txn([*compares, *extra[0]], ops)
     return done if result.succeeded else None
 
 
