@@ -14,7 +14,7 @@ from hvcluster.models.lifecycle import MigrationState
 from hvcluster.models.migration import Migration, MigrationKind
 from hvcluster.models.vm import Disk
 from hvcluster.store.base import Compare, Put
-from hvcluster.store.migrations import new_id
+from hvcluster.store.migrations import change_migration, new_id
 from tests.sim.cluster import SimCluster
 from tests.sim.moves import wait_state
 from tests.sim.test_storage_move import running_vm, spec, volumes
@@ -93,3 +93,32 @@ async def test_a_failed_disk_copy_leaves_the_vm_where_it_was(
         return not (paths["b"] / "db" / "disk.qcow2").exists()
 
     await cluster.wait_for(copy_gone, 10, "the target's new file deleted")
+
+
+async def test_a_cancel_while_the_disks_copy_stops_the_copy(
+    cluster: SimCluster, tmp_path: Path
+) -> None:
+    paths = await volumes(cluster, tmp_path, "a", "b")
+    await cluster.start("n1", "n2")
+    host = await running_vm(cluster, paths["a"])
+    other = "n2" if host == "n1" else "n1"
+    driver = cluster.drivers[host]
+    driver.params = driver.params.model_copy(update={"disk_copy_mib_s": 0.000_001})  # ~8 s
+    rec = await request(cluster, "db", other, "b")
+    await wait_state(cluster, rec.id, _M.TRANSFERRING)
+
+    def cancel(cur: Migration) -> Migration:
+        return cur.model_copy(update={"state": _M.CANCELLED, "reason": "test"})
+
+    assert await change_migration(cluster.store, cluster.keys, rec.id, cancel) is not None
+
+    async def copy_gone() -> bool:
+        return not (paths["b"] / "db" / "disk.qcow2").exists()
+
+    await cluster.wait_for(copy_gone, 5, "the target's new file deleted")
+    # (left alone, the copy would run ~8 s more)
+    await cluster.wait_for(lambda: not driver._copying, 5, "the source's copy stopped")
+    assert await cluster.running_on("db") == host
+    assert (await spec(cluster, "db")).disks == (Disk(volume="a", path="db/disk.qcow2"),)
+    placement = await cluster.placement("db")
+    assert placement is not None and placement.node == host

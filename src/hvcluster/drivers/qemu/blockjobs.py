@@ -33,7 +33,13 @@ from pathlib import Path
 from typing import Any
 
 from hvcluster.drivers.base import Confirm, DiskMoveResult, MigrationResult, ProgressCallback
-from hvcluster.drivers.errors import DiskMoveFailed, HypervisorMissing, QemuFailed, SpecError
+from hvcluster.drivers.errors import (
+    DiskMoveFailed,
+    HypervisorMissing,
+    MigrationCancelled,
+    QemuFailed,
+    SpecError,
+)
 from hvcluster.drivers.qemu.monitor import Monitor
 from hvcluster.drivers.qemu.vm import QemuVM, free_port, uri_host
 from hvcluster.drivers.runtime import read_json, write_json
@@ -128,6 +134,7 @@ async def wait_jobs(
     until: str,
     deadline: float,
     on_progress: ProgressCallback | None = None,
+    cancelled: Callable[[], bool] | None = None,
 ) -> None:
     """Wait until every job in ``ids`` is in state ``until`` (``ready``, ``concluded``). A
     job that concluded with an error, or vanished, raises :class:`QemuFailed` with QEMU's
@@ -147,6 +154,8 @@ async def wait_jobs(
             return
         if time.monotonic() > deadline:
             raise QemuFailed(f"block jobs {', '.join(ids)} not {until} in time")
+        if cancelled is not None and cancelled():
+            raise MigrationCancelled(f"vm {monitor.name}: the disk copy was cancelled")
         await asyncio.sleep(POLL_S)
 
 
@@ -359,7 +368,12 @@ class Mirrors:
         self.nodes: list[str] = []
         self.jobs: list[str] = []
 
-    async def start(self, timeout_s: float, on_progress: ProgressCallback | None) -> None:
+    async def start(
+        self,
+        timeout_s: float,
+        on_progress: ProgressCallback | None,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> None:
         """Open each export, mirror onto it, and wait until every mirror is ready."""
         host, port = nbd_server(self.address)
         try:
@@ -384,7 +398,7 @@ class Mirrors:
                 )
                 self.jobs.append(job_id)
             deadline = time.monotonic() + timeout_s
-            await wait_jobs(self.monitor, self.jobs, "ready", deadline, on_progress)
+            await wait_jobs(self.monitor, self.jobs, "ready", deadline, on_progress, cancelled)
         except DriverError as e:
             await self.abort()
             raise DiskMoveFailed(
@@ -418,6 +432,7 @@ async def with_mirrors(
     timeout_s: float,
     on_progress: ProgressCallback | None,
     migrate: Callable[[], Awaitable[MigrationResult]],
+    cancelled: Callable[[], bool] | None = None,
 ) -> MigrationResult:
     """Mirror the disks to ``disks_address``, run ``migrate()`` (the memory) once they are
     ready, then finish the mirrors. A failure before the memory moved stops the mirrors and
@@ -426,7 +441,7 @@ async def with_mirrors(
     so a mirror that cannot be finished cleanly (the target stopped serving first) is only
     stopped and logged, never a reason to run the source again."""
     mirrors = Mirrors(monitor, count, disks_address)
-    await mirrors.start(timeout_s, on_progress)
+    await mirrors.start(timeout_s, on_progress, cancelled)
     try:
         result = await migrate()
     except BaseException:

@@ -36,6 +36,16 @@ from hvcluster.models.vm import Disk, VMSpec
 class StorageMigration(Driver):
     settings: QemuSettings
 
+    def __init__(self, run_dir: Path | None) -> None:
+        super().__init__(run_dir)
+        self._copying: set[str] = set()  # VMs copying their disks for a shared-nothing move
+        self._copy_cancelled: set[str] = set()
+
+    def cancel_disk_copy(self, name: str) -> None:
+        """Stop the disk copy of a shared-nothing migration of ``name``, if one runs."""
+        if name in self._copying:
+            self._copy_cancelled.add(name)
+
     @abstractmethod
     def _get(self, name: str) -> QemuVM: ...
 
@@ -119,10 +129,20 @@ class StorageMigration(Driver):
             return await self.migrate_out(name, address, settings, on_progress, on_complete)
 
         count, timeout = len(vm.spec.disks), settings.timeout_s
+        self._copying.add(name)
         try:
             return await blockjobs.with_mirrors(
-                self._qmp(vm), count, disks_address, timeout, on_progress, memory
+                self._qmp(vm),
+                count,
+                disks_address,
+                timeout,
+                on_progress,
+                memory,
+                lambda: name in self._copy_cancelled,
             )
         except DiskMoveFailed:
             await self._after_failed_migration(vm)  # the copy failed: it runs on here
             raise
+        finally:
+            self._copying.discard(name)
+            self._copy_cancelled.discard(name)

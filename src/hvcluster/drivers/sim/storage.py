@@ -59,6 +59,16 @@ class SimStorage(Driver):
     @abstractmethod
     def _set(self, vm: SimVM, state: VMState, reason: str) -> None: ...
 
+    def __init__(self, run_dir: Path | None) -> None:
+        super().__init__(run_dir)
+        self._copying: set[str] = set()  # VMs copying their disks for a shared-nothing move
+        self._copy_cancelled: set[str] = set()
+
+    def cancel_disk_copy(self, name: str) -> None:
+        """Stop the disk copy of a shared-nothing migration of ``name``, if one runs."""
+        if name in self._copying:
+            self._copy_cancelled.add(name)
+
     def fail_next_disk_move(self, name: str, reason: str = "injected failure") -> None:
         """The next disk move or disk copy of ``name`` fails half-way with ``reason``."""
         self._failing_disks[name] = reason
@@ -97,6 +107,8 @@ class SimStorage(Driver):
             seconds -= step
             if fail is not None and done * 2 >= total:
                 raise DiskMoveFailed(f"vm {vm.name}: {what} failed: {fail}")
+            if vm.name in self._copy_cancelled:
+                raise DiskMoveFailed(f"vm {vm.name}: {what} was cancelled")
             if on_progress is not None:
                 on_progress(Progress(bytes_transferred=done, bytes_total=total,
                                      bytes_remaining=total - done))  # fmt: skip
@@ -221,5 +233,10 @@ class SimStorage(Driver):
             raise SpecError(f"{len(dests)} targets for {len(sources)} disks", "disks_address")
         sizes = await self.disk_sizes(name)
         what = f"copying its disks to {disks_address}"
-        await self._copy(vm, sources, dests, sizes, on_progress, what)
+        self._copying.add(name)
+        try:
+            await self._copy(vm, sources, dests, sizes, on_progress, what)
+        finally:
+            self._copying.discard(name)
+            self._copy_cancelled.discard(name)
         return await self.migrate_out(name, address, settings, on_progress, on_complete)
