@@ -63,6 +63,7 @@ class TargetRole(MigrationBase):
             and rec.id not in self.finished
         ):
             # the transaction that made the record done flipped the placement to us
+            self._quiet()
             self._spawn(rec.id, self._take_over(rec, flipped=True))
             return True
         return False
@@ -124,6 +125,7 @@ class TargetRole(MigrationBase):
             self.shared.keep_created(rec)  # the spec names them now
             self.agent.incoming.discard(rec.vm)
             self.finished.add(rec.id)
+            self.agent.quiet_until = 0.0
             self.agent.wake.set()
 
     async def _resume(self, rec: Migration, epoch: int) -> None:

@@ -81,6 +81,9 @@ class NodeAgent:
         self.crashes: dict[str, list[float]] = {}
         self.owned: dict[str, int] = {}  # vm -> placement mod revision it runs under
         self.incoming: set[str] = set()
+        # A migration switching over on this host asks the loop to hold off until then
+        # (monotonic clock): a cycle's reads would take CPU from the guest's resume.
+        self.quiet_until = 0.0
         self._shutting: dict[str, asyncio.Task[None]] = {}
         self.wake = asyncio.Event()
         self.cycles = 0
@@ -164,6 +167,9 @@ class NodeAgent:
             self.wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), interval)
+            hold = self.quiet_until - time.monotonic()
+            if hold > 0:
+                await asyncio.sleep(hold)
 
     async def watch_changes(self, kind: str) -> None:
         """Wake the loop whenever anything under ``kind`` changes."""
