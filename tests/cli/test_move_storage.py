@@ -90,3 +90,21 @@ def test_move_with_storage_asks_for_a_shared_nothing_migration(server: ApiServer
     with_volumes(server)  # m1 sees a and b; m2 sees none
     refused = hvc("vm", "move", "db", "--to", "m2", "--with-storage", "b")
     assert refused.exit_code != 0 and "m2 lacks volume 'b'" in refused.output
+
+
+def test_storage_moves_are_listed_and_cancelled_with_the_migrations(
+    server: ApiServer, hvc: Any
+) -> None:
+    cluster(server, "db")
+    with_volumes(server)
+    r = hvc("vm", "move", "db", "--storage", "b")
+    assert r.exit_code == 0 and "requested" in r.output
+    listed = hvc("migration", "list")
+    assert listed.exit_code == 0 and "storage" in listed.output and "(b)" in listed.output
+    store = server.store
+    assert store is not None
+    [rec] = [m for m, _ in server.run(read_moves(store, KEYS)).values() if m.active]
+    cancelled = hvc("migration", "cancel", rec.id)
+    assert cancelled.exit_code == 0, cancelled.output
+    assert "cancelled" in cancelled.output
+    assert "not found" in hvc("migration", "cancel", "nope-123").output

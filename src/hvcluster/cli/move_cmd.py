@@ -8,7 +8,7 @@ from typing import Any
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
 
-from hvcluster.cli.client import Client, api_option
+from hvcluster.cli.client import ApiError, Client, api_option
 from hvcluster.cli.output import console, err_console, friendly_errors, print_json, print_table
 
 app = typer.Typer(help="List, show and cancel migrations.", no_args_is_help=True)
@@ -117,25 +117,27 @@ def list_migrations(
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
     api: list[str] | None = api_option(),
 ) -> None:
-    """Every migration record, oldest first."""
+    """Every migration record (storage moves too), oldest first."""
     with Client.from_options(api) as client:
         answer = client.get("/migrations")
+        answer["storage_moves"] = client.get("/storage-moves")["moves"]
     if as_json:
         print_json(answer)
         return
+    records = sorted(answer["migrations"] + answer["storage_moves"], key=lambda m: m["created"])
     rows = [
         (
             m["id"],
             m["vm"],
             m["kind"],
             m["source"],
-            m["target"],
+            m["target"] + (f" ({m['volume']})" if m.get("volume") else ""),
             m["state"],
             "" if m.get("downtime_ms") is None else f"{m['downtime_ms']:.0f}",
             "" if m.get("total_ms") is None else f"{m['total_ms']:.0f}",
             m["reason"],
         )
-        for m in answer["migrations"]
+        for m in records
     ]
     columns = ("ID", "VM", "KIND", "FROM", "TO", "STATE", "DOWN MS", "TOTAL MS", "REASON")
     print_table("migrations", columns, rows)
@@ -147,6 +149,13 @@ def cancel(
     mid: str = typer.Argument(..., help="Migration id."),
     api: list[str] | None = api_option(),
 ) -> None:
-    """Cancel a migration before the switch; the VM keeps running where it was."""
+    """Cancel a migration (or storage move) before the switch; the VM keeps running where
+    it was, on its old disks."""
     with Client.from_options(api) as client:
-        console.print(describe(client.post(f"/migrations/{mid}/cancel")), highlight=False)
+        try:
+            m = client.post(f"/migrations/{mid}/cancel")
+        except ApiError as e:
+            if e.status != 404:
+                raise
+            m = client.post(f"/storage-moves/{mid}/cancel")
+        console.print(describe(m), highlight=False)
