@@ -183,6 +183,25 @@ async def test_shared_nothing_to_an_unreachable_export_keeps_the_vm_running(
                 "un", "tcp:127.0.0.1:1", "nbd:127.0.0.1:1", MigrationSettings()
             )
         assert (await src.status("un")).state is VMState.RUNNING
+
+        # The mirrors of a shared-nothing migration whose agent went away are stopped by
+        # the cancel the next agent sends (here to a file node named as an NBD one would be).
+        monitor = src._vms["un"].monitor
+        assert monitor is not None
+        left = create_disk(tmp_path / "left.qcow2")
+        target = {"driver": "file", "filename": str(left)}
+        await monitor.execute(
+            "blockdev-add", {"driver": "qcow2", "node-name": "hvc-nbd0-old", "file": target}
+        )
+        await monitor.execute(
+            "blockdev-mirror",
+            {"job-id": "hvc-copy0-old", "device": "disk0", "target": "hvc-nbd0-old",
+             "sync": "full", "copy-mode": "write-blocking", "auto-dismiss": False},
+        )  # fmt: skip
+        await src.cancel_migration("un")
+        assert await monitor.execute("query-jobs") == []
+        nodes = await monitor.execute("query-named-block-nodes", {"flat": True})
+        assert not [n for n in nodes if n["node-name"].startswith("hvc-")]
         await eventually(lambda: bool(heartbeats(serial(n1, "un"))), BOOT_S, "first heartbeat")
         await counter_rises(disk, read_counter(disk))
     finally:

@@ -208,6 +208,22 @@ async def drop_stale(monitor: Monitor, index: int) -> None:
     await drop_nodes(monitor, [n["node-name"] for n in nodes if n["node-name"].startswith(prefix)])
 
 
+async def drop_copies(monitor: Monitor) -> None:
+    """Stop every shared-nothing mirror of this VM (``hvc-copy*``) and close its NBD nodes
+    (``hvc-nbd*``): left running by a source agent that went away mid-migration."""
+    jobs = [
+        str(j["id"])
+        for j in await monitor.execute("query-jobs")
+        if str(j.get("id", "")).startswith("hvc-copy")
+    ]
+    if jobs:
+        await abort_jobs(monitor, jobs)
+    nodes = await monitor.execute("query-named-block-nodes", {"flat": True})
+    await drop_nodes(
+        monitor, [n["node-name"] for n in nodes if n["node-name"].startswith("hvc-nbd")]
+    )
+
+
 def _id(kind: str, index: int) -> str:
     return f"hvc-{kind}{index}-{uuid.uuid4().hex[:8]}"
 

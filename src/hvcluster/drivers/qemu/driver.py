@@ -268,7 +268,7 @@ class QemuDriver(StorageMigration):
         return result
 
     async def cancel_migration(self, name: str) -> None:
-        self.cancel_disk_copy(name)  # a shared-nothing migration still copying its disks
+        await self.cancel_disk_copy(name)  # a shared-nothing migration's disk copy
         await self._qmp(self._get(name)).execute("migrate_cancel")
 
     async def save(self, name: str, path: Path) -> MigrationResult:

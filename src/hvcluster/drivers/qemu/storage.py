@@ -9,6 +9,7 @@ It relies on the few driver internals declared abstract below.
 from __future__ import annotations
 
 import builtins
+import contextlib
 from abc import abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,10 +42,14 @@ class StorageMigration(Driver):
         self._copying: set[str] = set()  # VMs copying their disks for a shared-nothing move
         self._copy_cancelled: set[str] = set()
 
-    def cancel_disk_copy(self, name: str) -> None:
-        """Stop the disk copy of a shared-nothing migration of ``name``, if one runs."""
+    async def cancel_disk_copy(self, name: str) -> None:
+        """Stop the disk copy of a shared-nothing migration of ``name``, if one runs; or
+        the mirrors one left behind when its agent went away (never a reason to fail)."""
         if name in self._copying:
             self._copy_cancelled.add(name)
+            return
+        with contextlib.suppress(DriverError):
+            await blockjobs.drop_copies(self._qmp(self._get(name)))
 
     @abstractmethod
     def _get(self, name: str) -> QemuVM: ...

@@ -294,7 +294,7 @@ class SimDriver(SimStorage):
         return MigrationResult(total_ms=total_ms, downtime_ms=downtime_ms, progress=progress)
 
     async def cancel_migration(self, name: str) -> None:
-        self.cancel_disk_copy(name)  # a shared-nothing migration still copying its disks
+        await self.cancel_disk_copy(name)  # a shared-nothing migration's disk copy
         vm = self._get(name)
         if vm.state == VMState.MIGRATING and vm.incoming is None:
             vm.cancel = True

@@ -64,7 +64,7 @@ class SimStorage(Driver):
         self._copying: set[str] = set()  # VMs copying their disks for a shared-nothing move
         self._copy_cancelled: set[str] = set()
 
-    def cancel_disk_copy(self, name: str) -> None:
+    async def cancel_disk_copy(self, name: str) -> None:
         """Stop the disk copy of a shared-nothing migration of ``name``, if one runs."""
         if name in self._copying:
             self._copy_cancelled.add(name)
