@@ -4,6 +4,7 @@ spec name it and moves the disk lock; refusals and failures leave the VM on its 
 
 from __future__ import annotations
 
+import time
 import uuid
 from pathlib import Path
 
@@ -11,10 +12,10 @@ import pytest
 
 from hvcluster.models.base import decode, encode
 from hvcluster.models.lifecycle import MigrationState
-from hvcluster.models.migration import Migration
+from hvcluster.models.migration import Migration, MigrationKind
 from hvcluster.models.storage import Volume
 from hvcluster.models.vm import Disk, VMSpec
-from hvcluster.store.storage_moves import change_move, create_move, read_move
+from hvcluster.store.storage_moves import change_move, create_move, move_key, read_move
 from tests.sim.cluster import SimCluster
 
 pytestmark = pytest.mark.timeout(60)
@@ -161,3 +162,38 @@ async def test_a_cancel_mid_copy_stops_it(cluster: SimCluster, tmp_path: Path) -
     assert (await spec(cluster, "db")).disks[0].volume == "a"
     assert await cluster.running_on("db") == "n1"
     assert (await final(cluster, rec.id)).state is _M.CANCELLED
+
+
+async def test_a_move_its_agent_lost_fails_and_its_unnamed_copy_goes(
+    cluster: SimCluster, tmp_path: Path
+) -> None:
+    paths = await volumes(cluster, tmp_path, "a", "b")
+    await cluster.start("n1")
+    await running_vm(cluster, paths["a"])
+    await running_vm(cluster, paths["a"], "web")
+    # web's half copy, by an agent that died mid-move; db's disk path on b is db's own spec's
+    (paths["b"] / "web").mkdir()
+    (paths["b"] / "web" / "disk.qcow2").write_bytes(b"half a copy")
+    placement = await cluster.placement("web")
+    assert placement is not None
+    rec = Migration(
+        id="web-lost",
+        vm="web",
+        source="n1",
+        target="n1",
+        kind=MigrationKind.STORAGE,
+        state=_M.TRANSFERRING,
+        epoch=placement.epoch,
+        volume="b",
+        created=time.time(),
+    )
+    await cluster.store.put(move_key(cluster.keys, rec.id), encode(rec))
+    failed = await final(cluster, rec.id)
+    assert failed.state is _M.FAILED and "restarted mid-move" in failed.reason
+
+    async def removed() -> bool:
+        return not (paths["b"] / "web" / "disk.qcow2").exists()
+
+    await cluster.wait_for(removed, 5, "the unnamed half copy removed")
+    assert (await spec(cluster, "web")).disks[0].volume == "a"
+    assert await cluster.running_on("web") == "n1"

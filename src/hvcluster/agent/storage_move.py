@@ -233,14 +233,23 @@ class StorageMover:
         ops.append(Put(key, mine, lease=disks.lease()))
 
     async def _remove_copies(self, rec: Migration) -> None:
-        """The new files of a move that will not finish, those the spec does not name."""
+        """The new files of a move that will not finish: those no VM's spec names (the
+        old agent may have died before it made them, and a file of that name may be
+        another VM's disk)."""
         spec = await self._spec(rec.vm)
         if spec is None:
             return
+        found = await self.store.range(self.keys.prefix("vms"))
+        named = set()
+        for kv in found.kvs:
+            other = _decode(VMSpec, kv)
+            named |= {(d.volume, d.path) for d in other.disks} if other else set()
         for i in disks_to_move(spec, rec.volume):
+            new = disk_on_volume(spec.disks[i], rec.vm, rec.volume)
+            if (new.volume, new.path) in named:
+                continue
             with contextlib.suppress(DriverError, OSError):
-                path = self.agent.disks.path_of(disk_on_volume(spec.disks[i], rec.vm, rec.volume))
-                await asyncio.to_thread(path.unlink)
+                await asyncio.to_thread(self.agent.disks.path_of(new).unlink)
 
     async def _publish(self, mid: str, latest: list[Progress]) -> None:
         written: Progress | None = None
