@@ -92,10 +92,36 @@ async def test_move_disk_keeps_the_counter_and_runs_from_the_new_file(
         assert back.old_path == str(new)
         await counter_rises(tmp_path / "vol-a" / "back.qcow2", read_counter(new))
 
-        # A mirror left running by a mover that went away is stopped by the next move.
-        stale = create_disk(tmp_path / "vol-b" / "stale.qcow2", size_mib=32)
+        # A move confirmed (the spec names the new file) whose mover went away before the
+        # switch: the next agent finishes it.
         monitor = driver._vms["mv"].monitor
         assert monitor is not None
+        confirmed = create_disk(tmp_path / "vol-b" / "confirmed.qcow2", size_mib=32)
+        target = {"driver": "file", "filename": str(confirmed)}
+        await monitor.execute(
+            "blockdev-add", {"driver": "qcow2", "node-name": "hvc-move0-c", "file": target}
+        )
+        await monitor.execute(
+            "blockdev-mirror",
+            {"job-id": "hvc-mirror0-c", "device": "disk0", "target": "hvc-move0-c",
+             "sync": "full", "copy-mode": "write-blocking", "auto-dismiss": False},
+        )  # fmt: skip
+
+        async def ready() -> bool:
+            jobs = await monitor.execute("query-jobs")
+            return bool(jobs) and jobs[0]["status"] == "ready"
+
+        await eventually(ready, 30, "the confirmed mirror ready")
+        dest = Disk(path="confirmed.qcow2", volume="b")
+        assert await driver.finish_disk_move("mv", 0, Disk(path="x.qcow2", volume="b")) is None
+        assert await driver.finish_disk_move("mv", 0, dest) == str(
+            tmp_path / "vol-a" / "back.qcow2"
+        )
+        assert await driver.finish_disk_move("mv", 0, dest) is None  # nothing left to finish
+        await counter_rises(confirmed, read_counter(confirmed))
+
+        # A mirror left running by a mover that went away is stopped by the next move.
+        stale = create_disk(tmp_path / "vol-b" / "stale.qcow2", size_mib=32)
         target = {"driver": "file", "filename": str(stale)}
         await monitor.execute(
             "blockdev-add", {"driver": "qcow2", "node-name": "hvc-move0-old", "file": target}
@@ -106,7 +132,7 @@ async def test_move_disk_keeps_the_counter_and_runs_from_the_new_file(
              "sync": "full", "auto-dismiss": False},
         )  # fmt: skip
         again = await driver.move_disk("mv", 0, Disk(path="again.qcow2", volume="b"))
-        assert again.old_path == str(tmp_path / "vol-a" / "back.qcow2")
+        assert again.old_path == str(confirmed)
         assert await monitor.execute("query-jobs") == []
         await counter_rises(tmp_path / "vol-b" / "again.qcow2", read_counter(stale))
     finally:

@@ -197,3 +197,27 @@ async def test_a_move_its_agent_lost_fails_and_its_unnamed_copy_goes(
     await cluster.wait_for(removed, 5, "the unnamed half copy removed")
     assert (await spec(cluster, "web")).disks[0].volume == "a"
     assert await cluster.running_on("web") == "n1"
+
+
+async def test_finished_moves_are_pruned_after_a_week(cluster: SimCluster, tmp_path: Path) -> None:
+    await cluster.start("n1")
+    week = 7 * 86400
+    for mid, age in (("old-1", week + 60), ("new-1", week - 60)):
+        rec = Migration(
+            id=mid,
+            vm="gone",
+            source="n1",
+            target="n1",
+            kind=MigrationKind.STORAGE,
+            state=_M.DONE,
+            volume="b",
+            created=time.time() - age,
+            updated=time.time() - age,
+        )
+        await cluster.store.put(move_key(cluster.keys, mid), encode(rec))
+
+    async def pruned() -> bool:
+        return await read_move(cluster.store, cluster.keys, "old-1") is None
+
+    await cluster.wait_for(pruned, 5, "the week-old record pruned")
+    assert await read_move(cluster.store, cluster.keys, "new-1") is not None

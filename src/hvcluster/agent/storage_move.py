@@ -44,13 +44,14 @@ from hvcluster.store.follow import follow
 from hvcluster.store.keys import Keys
 from hvcluster.store.migrations import active_for, read_migrations
 from hvcluster.store.state import read_config
-from hvcluster.store.storage_moves import change_move, moves_prefix, read_moves
+from hvcluster.store.storage_moves import change_move, move_key, moves_prefix, read_moves
 
 log = logging.getLogger(__name__)
 
 Say = Callable[[str, str, str], Awaitable[None]]
 _M = MigrationState
 PROGRESS_EVERY = 0.5
+RETAIN_S = 7 * 86400.0  # finished records are kept this long
 T = TypeVar("T", VMSpec, Placement)
 RUNNING = (_M.PREPARING, _M.TRANSFERRING, _M.SWITCHING)
 
@@ -65,6 +66,7 @@ class StorageMover:
         self.me = agent.me.name
         self.driver = agent.driver
         self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.checked: set[str] = set()  # done records seen switched (see _finish)
         self.wake = asyncio.Event()
 
     # --- the loop --------------------------------------------------------------------
@@ -93,9 +95,16 @@ class StorageMover:
     async def cycle(self) -> None:
         for mid in [m for m, task in self.tasks.items() if task.done()]:
             self.tasks.pop(mid)
-        for mid, (rec, _) in sorted((await read_moves(self.store, self.keys)).items()):
-            if rec.source != self.me:
-                continue
+        records = sorted((await read_moves(self.store, self.keys)).items())
+        mine = [(mid, rec, rev) for mid, (rec, rev) in records if rec.source == self.me]
+        for mid, rec, rev in mine:  # first: moves done by an agent before us, and old records
+            if rec.state is _M.DONE and mid not in self.checked and mid not in self.tasks:
+                self.checked.add(mid)
+                await self._finish(rec)
+            if not rec.active and max(rec.updated, rec.created) < time.time() - RETAIN_S:
+                key = move_key(self.keys, mid)
+                await self.store.txn([Compare.mod_is(key, rev)], [Delete(key)])
+        for mid, rec, _ in mine:
             task = self.tasks.get(mid)
             if rec.state is _M.REQUESTED and task is None:
                 self.tasks[mid] = asyncio.create_task(self._run(rec), name=f"storage-{mid}")
@@ -139,9 +148,38 @@ class StorageMover:
             log.exception("storage move %s", rec.id)
             await self._fail(rec.id, rec.vm, f"internal error: {e!r}")
         finally:
+            self.checked.add(rec.id)  # nothing left for _finish
             publisher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await publisher
+
+    async def _finish(self, rec: Migration) -> None:
+        """A done move: if the agent that ran it went away between the commit and the switch,
+        the guest still uses the old file (its copy following every write): switch it now."""
+        spec = await self._spec(rec.vm)
+        try:
+            info = await self.driver.status(rec.vm)
+        except DriverError:
+            return
+        if spec is None or info.state not in (VMState.RUNNING, VMState.PAUSED):
+            return
+        for index, disk in enumerate(spec.disks):
+            if disk.volume != rec.volume:
+                continue
+            try:
+                old = await self.driver.finish_disk_move(rec.vm, index, disk)
+            except DriverError as e:
+                log.warning("storage move %s: disk %s not switched: %s", rec.id, index, e)
+                continue
+            if old is not None:
+                with contextlib.suppress(OSError):
+                    await asyncio.to_thread(Path(old).unlink)
+                await self.say(
+                    "storage.moved",
+                    f"vm/{rec.vm}",
+                    f"vm {rec.vm} disk {index} switched to {disk.volume}:{disk.path}, the "
+                    f"move {rec.id} its previous agent committed (old file {old} deleted)",
+                )
 
     async def _accept(self, rec: Migration) -> tuple[VMSpec, list[int]]:
         """The checks of step 1; the record moves to transferring. Raises MoveFailed."""

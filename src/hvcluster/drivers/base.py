@@ -266,6 +266,13 @@ class Driver(ABC):
         removed and :class:`DiskMoveFailed` is raised naming the VM and the disk."""
 
     @abstractmethod
+    async def finish_disk_move(self, name: str, index: int, dest: Disk) -> str | None:
+        """Switch disk ``index`` of ``name`` to ``dest`` if a move to it was confirmed but
+        not switched (its caller went away in between; the copy still follows every write).
+        Returns the file the guest used until now (for the caller to delete), or None when
+        there is nothing to finish."""
+
+    @abstractmethod
     async def disk_sizes(self, name: str) -> builtins.list[int]:
         """The virtual size in bytes of each disk of the running VM ``name``, in spec order."""
 

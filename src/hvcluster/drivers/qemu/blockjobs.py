@@ -193,6 +193,29 @@ async def drop_nodes(monitor: Monitor, nodes: Sequence[str]) -> None:
             await monitor.execute("blockdev-del", {"node-name": node})
 
 
+async def finish_move(monitor: Monitor, index: int, dest_path: Path) -> str | None:
+    """Complete a ready mirror of disk ``index`` onto ``dest_path`` left by a mover that went
+    away after its confirm; the file read until then, or None if there is none to finish."""
+    nodes = await monitor.execute("query-named-block-nodes", {"flat": True})
+    onto = {
+        n["node-name"]
+        for n in nodes
+        if n["node-name"].startswith(f"hvc-move{index}-") and n.get("file") == str(dest_path)
+    }
+    jobs = [
+        j
+        for j in await monitor.execute("query-jobs")
+        if str(j.get("id", "")).startswith(f"hvc-mirror{index}-") and j.get("status") == "ready"
+    ]
+    if not onto or not jobs:
+        return None
+    old = await _reads(monitor, index)
+    await end_job(monitor, str(jobs[0]["id"]), "job-complete", time.monotonic() + 60)
+    if await _reads(monitor, index) != str(dest_path):
+        raise DiskMoveFailed(f"vm {monitor.name} disk {index}: not switched to {dest_path}")
+    return old
+
+
 async def drop_stale(monitor: Monitor, index: int) -> None:
     """Stop a mirror of disk ``index`` left by an earlier move whose agent went away, and
     close its target node (its file, not named by the spec, is the caller's to delete)."""

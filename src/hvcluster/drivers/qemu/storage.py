@@ -83,6 +83,14 @@ class StorageMigration(Driver):
         blockjobs.respec(vm, index, dest)
         return result
 
+    async def finish_disk_move(self, name: str, index: int, dest: Disk) -> str | None:
+        vm = self._get(name)
+        path = disk_path(dest, index, self.settings.volumes)
+        old = await blockjobs.finish_move(self._qmp(vm), index, path)
+        if old is not None:
+            blockjobs.respec(vm, index, dest)
+        return old
+
     async def disk_sizes(self, name: str) -> builtins.list[int]:
         vm = self._get(name)
         return await blockjobs.disk_sizes(self._qmp(vm), len(vm.spec.disks))

@@ -179,6 +179,9 @@ class SimStorage(Driver):
             with contextlib.suppress(OSError):
                 write_json(d / "spec.json", record)
 
+    async def finish_disk_move(self, name: str, index: int, dest: Disk) -> str | None:
+        return None  # a sim move is switched the moment it is confirmed
+
     async def disk_sizes(self, name: str) -> builtins.list[int]:
         vm = self._get(name)
         return [self._size(d, i) for i, d in enumerate(vm.spec.disks)]
