@@ -36,6 +36,7 @@ from hvcluster.models.vm import Disk, VMSpec
 from hvcluster.store.base import Store
 from hvcluster.store.keys import Keys
 from hvcluster.store.migrations import change_migration
+from hvcluster.store.storage_moves import named_disks
 
 log = logging.getLogger(__name__)
 _M = MigrationState
@@ -107,6 +108,7 @@ class SharedNothing:
         if rec.volume not in self.agent.disks.mounts:
             raise DriverError(f"{self.agent.me.name} does not see volume {rec.volume!r}")
         target = spec_on_volume(spec, rec.volume)
+        await self._clear_leftovers(target)
         incoming = await self.driver.prepare_incoming_with_disks(
             target, rec.epoch + 1, self.agent.me.address, rec.disk_sizes, settings
         )
@@ -130,6 +132,19 @@ class SharedNothing:
         self.created.pop(rec.id, None)
 
     # --- helpers ---------------------------------------------------------------------
+    async def _clear_leftovers(self, target: VMSpec) -> None:
+        """Files where the disks go that no VM's spec names: left by an earlier attempt whose
+        agent went away (a file a spec names is never touched: creating over it is refused)."""
+        named = await named_disks(self.store, self.keys)
+        for disk in target.disks:
+            if (disk.volume, disk.path) in named:
+                continue
+            with contextlib.suppress(DriverError, OSError):
+                path = self.agent.disks.path_of(disk)
+                if await asyncio.to_thread(path.exists):
+                    await asyncio.to_thread(path.unlink)
+                    log.info("removed %s, left by an earlier migration of %s", path, target.name)
+
     def _files(self, disks: tuple[Disk, ...]) -> list[tuple[Disk, Path]]:
         files = []
         for disk in disks:

@@ -44,7 +44,13 @@ from hvcluster.store.follow import follow
 from hvcluster.store.keys import Keys
 from hvcluster.store.migrations import active_for, read_migrations
 from hvcluster.store.state import read_config
-from hvcluster.store.storage_moves import change_move, move_key, moves_prefix, read_moves
+from hvcluster.store.storage_moves import (
+    change_move,
+    move_key,
+    moves_prefix,
+    named_disks,
+    read_moves,
+)
 
 log = logging.getLogger(__name__)
 
@@ -277,11 +283,7 @@ class StorageMover:
         spec = await self._spec(rec.vm)
         if spec is None:
             return
-        found = await self.store.range(self.keys.prefix("vms"))
-        named = set()
-        for kv in found.kvs:
-            other = _decode(VMSpec, kv)
-            named |= {(d.volume, d.path) for d in other.disks} if other else set()
+        named = await named_disks(self.store, self.keys)
         for i in disks_to_move(spec, rec.volume):
             new = disk_on_volume(spec.disks[i], rec.vm, rec.volume)
             if (new.volume, new.path) in named:

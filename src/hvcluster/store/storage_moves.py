@@ -137,3 +137,16 @@ async def moved_spec_ops(
     except CorruptValue:
         return [Compare.absent(key)], []  # the flip fails: the spec is unreadable
     return [Compare.mod_is(key, kv.mod_revision)], [Put(key, encode(spec))]
+
+
+async def named_disks(store: Store, keys: Keys) -> set[tuple[str | None, str]]:
+    """(volume, path) of every disk some VM's spec names: files never deleted as leftovers."""
+    found = await store.range(keys.prefix("vms"))
+    named: set[tuple[str | None, str]] = set()
+    for kv in found.kvs:
+        try:
+            spec = decode(VMSpec, kv.key, kv.value)
+        except CorruptValue:
+            continue
+        named |= {(d.volume, d.path) for d in spec.disks}
+    return named
