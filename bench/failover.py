@@ -1,5 +1,8 @@
-"""Failover time in a real lab: repeated host crashes (agent, watchdog and VMs SIGKILLed),
-with the sim and the qemu driver, default timings. For each crash, seconds from the kill to:
+"""Failover time in a real lab: repeated host failures with the sim and the qemu driver,
+default timings. Two faults: ``kill`` (a host crash: agent, watchdog and VMs SIGKILLed) and
+``partition`` (a lab with a network namespace per node; the host's link is cut, everything on
+it keeps running, so its watchdog must kill its VMs first; healed after each round). For each
+failure, seconds from the fault to:
 
 - detected: the controller saw the node's alive key gone (its lease expired);
 - decided: the controller recorded the recovery (placement moved, epoch + 1);
@@ -34,7 +37,7 @@ VM = "bench-1"
 
 
 def api_of(state: LabState, avoid: str) -> str:
-    return next(f"http://127.0.0.1:{n.api_port}" for n in state.nodes if n.name != avoid)
+    return next(f"http://{n.address}:{n.api_port}" for n in state.nodes if n.name != avoid)
 
 
 def events_since(api: str, t0: float) -> list[dict[str, Any]]:
@@ -47,16 +50,15 @@ def first(events: list[dict[str, Any]], kind: str, subject: str) -> float | None
     return min(times) if times else None
 
 
-def one_crash(lab_dir: Path, driver: str) -> dict[str, float]:
+def one_failure(lab_dir: Path, driver: str, fault: str) -> dict[str, float]:
     state = load(lab_dir)
-    api0 = state.api[0]
-    vm = httpx.get(f"{api0}/api/v1/vms/{VM}", timeout=5).json()
+    vm = httpx.get(f"{api_of(state, '')}/api/v1/vms/{VM}", timeout=5).json()
     victim = vm["placement"]["node"]
     epoch = vm["placement"]["epoch"]
     api = api_of(state, victim)
     beats_before = 0
     t0 = time.time()
-    cluster.fault(state, "kill", victim)
+    cluster.fault(state, fault, victim)
     result: dict[str, float] = {}
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
@@ -88,7 +90,10 @@ def one_crash(lab_dir: Path, driver: str) -> dict[str, float]:
         t = first(events, kind, subject)
         if t is not None:
             result[step] = t - t0
-    cluster.start_node(load(lab_dir), victim)
+    if fault == "partition":
+        cluster.fault(load(lab_dir), "heal", victim)
+    else:
+        cluster.start_node(load(lab_dir), victim)
     _wait_alive(api, victim)
     return result
 
@@ -109,9 +114,18 @@ def bench_config() -> ClusterConfig:
     return ClusterConfig(quarantine=QuarantineSettings(threshold=10_000))
 
 
-def run(driver: str, rounds: int, work: Path) -> list[dict[str, float]]:
+def run(driver: str, fault: str, rounds: int, work: Path) -> list[dict[str, float]]:
     lab_dir = work / f"lab-{driver}"
-    cluster.up(3, driver, lab_dir, DEFAULT_CACHE, bench_config(), log=lambda _: None)  # type: ignore[arg-type]
+    network = "netns" if fault == "partition" else "loopback"
+    cluster.up(
+        3,
+        driver,  # type: ignore[arg-type]
+        lab_dir,
+        DEFAULT_CACHE,
+        bench_config(),
+        log=lambda _: None,
+        network=network,  # type: ignore[arg-type]
+    )
     try:
         state = load(lab_dir)
         spec: dict[str, Any] = {
@@ -127,8 +141,9 @@ def run(driver: str, rounds: int, work: Path) -> list[dict[str, float]]:
         time.sleep(12 if driver == "qemu" else 3)  # booted
         out = []
         for i in range(rounds):
-            r = one_crash(lab_dir, driver)
-            print(f"  {driver} crash {i + 1}: " + ", ".join(f"{k} {v:.2f}s" for k, v in r.items()))
+            r = one_failure(lab_dir, driver, fault)
+            done = ", ".join(f"{k} {v:.2f}s" for k, v in r.items())
+            print(f"  {driver} {fault} {i + 1}: {done}")
             out.append(r)
         return out
     finally:
@@ -149,18 +164,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--drivers", default="sim,qemu")
+    parser.add_argument("--faults", default="kill,partition", help="kill and/or partition")
     parser.add_argument("--work", type=Path, default=Path("/tmp/hvc-bench-failover"))
     args = parser.parse_args()
     results: dict[str, Any] = {"rounds": args.rounds, "config": bench_config().model_dump()}
-    for driver in args.drivers.split(","):
-        samples = run(driver, args.rounds, args.work)
-        results[driver] = {"samples": samples, "summary": summary(samples)}
+    cases = [(d, f) for f in args.faults.split(",") for d in args.drivers.split(",")]
+    for driver, fault in cases:
+        samples = run(driver, fault, args.rounds, args.work)
+        results[f"{driver}/{fault}"] = {"samples": samples, "summary": summary(samples)}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2))
-    print(f"failover after a host crash (default timings), {args.rounds} crashes each:")
-    for driver in args.drivers.split(","):
-        for step, v in results[driver]["summary"].items():
-            print(f"  {driver:5} {step:10} p50 {v['p50']:.2f}s  p99 {v['p99']:.2f}s  (n={v['n']})")
+    print(f"failover (default timings), {args.rounds} failures each:")
+    for driver, fault in cases:
+        for step, v in results[f"{driver}/{fault}"]["summary"].items():
+            case = f"{driver}/{fault}"
+            print(f"  {case:15} {step:10} p50 {v['p50']:.2f}s  p99 {v['p99']:.2f}s  (n={v['n']})")
 
 
 if __name__ == "__main__":
