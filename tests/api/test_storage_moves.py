@@ -55,16 +55,20 @@ async def test_a_storage_move_is_stored_and_blocks_other_moves(
     assert kv is not None and decode(Migration, kv.key, kv.value).kind is MigrationKind.STORAGE
     assert [m["id"] for m in (await api.get("/storage-moves")).json()["moves"]] == [body["id"]]
     assert "storage.move_requested" in await kinds(store)
+    held = f"vm db is already moving (storage move {body['id']}, requested)"
     again = await api.post("/vms/db/move-storage", json={"volume": "b"})
-    assert again.status_code == 409 and "already moving its disks" in again.json()["error"]
+    assert again.status_code == 409 and again.json()["error"] == held
     live = await api.post("/vms/db/move", json={"to": "n2"})
-    assert live.status_code == 409 and "moving its disks" in live.json()["error"]
+    assert live.status_code == 409 and live.json()["error"] == held
 
     cancelled = await api.post(f"/storage-moves/{body['id']}/cancel", json={"reason": "oops"})
     assert cancelled.status_code == 202
     assert (cancelled.json()["state"], cancelled.json()["reason"]) == ("cancelled", "oops")
     late = await api.post(f"/storage-moves/{body['id']}/cancel")
     assert late.status_code == 202 and late.json()["state"] == MigrationState.CANCELLED
+    assert await store.get(KEYS.job("db")) is None  # the cancel freed the VM
+    after = await api.post("/vms/db/move-storage", json={"volume": "b"})
+    assert after.status_code == 202, after.text
     assert (await api.get("/storage-moves/nope")).status_code == 404
 
 

@@ -41,6 +41,7 @@ from hvcluster.models.storage import disk_on_volume, disks_to_move
 from hvcluster.models.vm import Disk, Placement, VMSpec
 from hvcluster.store.base import Compare, Delete, KeyValue, Put, Store, WatchEvent
 from hvcluster.store.follow import follow
+from hvcluster.store.jobs import release_if_named
 from hvcluster.store.keys import Keys
 from hvcluster.store.migrations import active_for, read_migrations
 from hvcluster.store.state import read_config
@@ -109,7 +110,9 @@ class StorageMover:
                 await self._finish(rec)
             if not rec.active and max(rec.updated, rec.created) < time.time() - RETAIN_S:
                 key = move_key(self.keys, mid)
-                await self.store.txn([Compare.mod_is(key, rev)], [Delete(key)])
+                job = await self.store.get(self.keys.job(rec.vm))
+                held, ops = release_if_named(self.keys, rec, job)  # if it still names it
+                await self.store.txn([Compare.mod_is(key, rev), *held], [Delete(key), *ops])
         for mid, rec, _ in mine:
             task = self.tasks.get(mid)
             if rec.state is _M.REQUESTED and task is None:

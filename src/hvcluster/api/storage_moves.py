@@ -21,6 +21,7 @@ from hvcluster.models.lifecycle import MigrationState, VMState
 from hvcluster.models.migration import Migration
 from hvcluster.models.names import check_name
 from hvcluster.models.storage import disks_to_move
+from hvcluster.store.jobs import busy
 from hvcluster.store.storage_moves import change_move, create_move, read_move, read_moves
 
 router = APIRouter(tags=["storage"])
@@ -36,14 +37,6 @@ class StorageMoveRequest(BaseModel):
 class StorageMoveList(View):
     moves: list[Migration]
     revision: int
-
-
-async def active_move(ctx: ApiContext, vm: str) -> Migration | None:
-    """The storage move of ``vm`` under way, if any (a live migration waits for it)."""
-    for rec, _ in (await read_moves(ctx.store, ctx.keys)).values():
-        if rec.vm == vm and rec.active:
-            return rec
-    return None
 
 
 @router.post("/vms/{name}/move-storage", status_code=202, response_model=Migration)
@@ -73,12 +66,9 @@ async def move_storage(
     ):
         state = status.state.value if status else "not reported"
         raise Conflict(f"vm {name} is not running ({state}); only a running VM's disks move")
-    migrating = cluster.active(name)
-    if migrating is not None:
-        raise Conflict(f"vm {name} is moving: migration {migrating.id} is {migrating.state}")
-    moving = await active_move(ctx, name)
-    if moving is not None:
-        raise Conflict(f"vm {name} is already moving its disks: storage move {moving.id}")
+    under_way = await busy(ctx.store, ctx.keys, name)  # the store's create enforces it
+    if under_way is not None:
+        raise Conflict(under_way)
     if await ctx.store.get(ctx.keys.volume(volume)) is None:
         raise NotFound(f"volume {volume!r} not found")
     node = cluster.nodes.get(placement.node)
@@ -93,8 +83,9 @@ async def move_storage(
     rec = await create_move(
         ctx.store, ctx.keys, name, placement.node, placement.epoch, volume, "api"
     )
-    if rec is None:
-        raise Conflict(f"vm {name}: the storage move could not be stored; try again")
+    if rec is None:  # another job took the VM since we looked
+        taken = await busy(ctx.store, ctx.keys, name)
+        raise Conflict(taken or f"vm {name}: the storage move could not be stored; try again")
     await ctx.record(
         "storage.move_requested",
         f"vm/{name}",

@@ -20,6 +20,7 @@ KINDS = (
     "election",
     "locks",
     "requests",
+    "jobs",
 )
 
 
@@ -74,6 +75,10 @@ class Keys:
 
     def lock(self, name: str) -> str:
         return self.prefix("locks") + name
+
+    def job(self, vm: str) -> str:
+        """The one job (migration or storage move) under way for ``vm``: see store/jobs.py."""
+        return self.prefix("jobs") + vm
 
     def request(self, name: str) -> str:
         return self.prefix("requests") + name

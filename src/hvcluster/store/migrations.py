@@ -25,6 +25,7 @@ from hvcluster.models.lifecycle import MIGRATION_LIFECYCLE, MigrationState
 from hvcluster.models.migration import Migration, MigrationKind
 from hvcluster.models.vm import Placement
 from hvcluster.store.base import Compare, Delete, Put, Store
+from hvcluster.store.jobs import claim, release
 from hvcluster.store.keys import Keys
 from hvcluster.store.state import Decoded, read_kind
 
@@ -51,8 +52,11 @@ async def create_migration(
     epoch: int,
     kind: MigrationKind,
     requested_by: str,
+    volume: str = "",
 ) -> Migration | None:
-    """Store a new ``requested`` record; None if it lost a race with another one."""
+    """Store a new ``requested`` record, with the VM's job key (store/jobs.py) in the same
+    transaction; None if another job holds the VM (:func:`hvcluster.store.jobs.busy` says
+    which). ``volume``: a shared-nothing migration's destination volume."""
     now = time.time()
     rec = Migration(
         id=new_id(vm),
@@ -64,9 +68,11 @@ async def create_migration(
         created=now,
         updated=now,
         requested_by=requested_by,
+        volume=volume,
     )
     key = keys.migration(rec.id)
-    result = await store.txn([Compare.absent(key)], [Put(key, encode(rec))])
+    held, hold = claim(keys, rec)
+    result = await store.txn([Compare.absent(key), *held], [Put(key, encode(rec)), *hold])
     return rec if result.succeeded else None
 
 
@@ -132,7 +138,8 @@ async def _change(
         MIGRATION_LIFECYCLE.check(current.state, new.state)
         new = new.model_copy(update={"updated": time.time()})
         guard = [Compare.mod_is(key, kv.mod_revision), *compares]
-        result = await store.txn(guard, [Put(key, encode(new)), *ops])
+        ends = release(keys, current) if current.active and not new.active else []
+        result = await store.txn(guard, [Put(key, encode(new)), *ops, *ends])
         if result.succeeded:
             return new, result.revision
         if compares:
@@ -167,9 +174,10 @@ async def flip(
     """The end of a migration in one transaction: the record (as it was at ``record_rev``)
     done, with ``fields``, and ``placement`` (as it was at ``placement_rev``: still the
     source's, at the record's epoch) flipped to the target at epoch + 1, if both nodes are
-    alive and the VM still exists. ``extra``: more compares and writes of the same
-    transaction (a shared-nothing migration's spec with its new disk paths). Returns the
-    record written, or None when anything compared has changed; nothing is written then."""
+    alive and the VM still exists; the VM's job key goes with it. ``extra``: more compares
+    and writes of the same transaction (a shared-nothing migration's spec with its new disk
+    paths). Returns the record written, or None when anything compared has changed;
+    nothing is written then."""
     MIGRATION_LIFECYCLE.check(rec.state, MigrationState.DONE)
     if (placement.node, placement.epoch) != (rec.source, rec.epoch):
         return None
@@ -183,7 +191,8 @@ async def flip(
         Compare.present(keys.vm(rec.vm)),
     ]
     new = flipped_placement(rec, placement)
-    ops = [Put(rkey, encode(done)), Put(pkey, encode(new)), *extra[1]]
+    ops: list[Put | Delete] = [Put(rkey, encode(done)), Put(pkey, encode(new)), *extra[1]]
+    ops += release(keys, rec)
     result = await store.txn([*compares, *extra[0]], ops)
     return done if result.succeeded else None
 

@@ -23,6 +23,7 @@ from hvcluster.models.migration import Migration, MigrationKind
 from hvcluster.models.storage import spec_on_volume
 from hvcluster.models.vm import VMSpec
 from hvcluster.store.base import Compare, Delete, Put, Store
+from hvcluster.store.jobs import claim, release
 from hvcluster.store.keys import Keys
 from hvcluster.store.migrations import new_id
 
@@ -66,7 +67,8 @@ async def read_move(store: Store, keys: Keys, mid: str) -> Migration | None:
 async def create_move(
     store: Store, keys: Keys, vm: str, node: str, epoch: int, volume: str, requested_by: str
 ) -> Migration | None:
-    """Store a new ``requested`` storage move; None if the id was taken (never, in practice)."""
+    """Store a new ``requested`` storage move, with the VM's job key (store/jobs.py) in the
+    same transaction; None if another job holds the VM."""
     now = time.time()
     rec = Migration(
         id=new_id(vm),
@@ -81,7 +83,8 @@ async def create_move(
         volume=volume,
     )
     key = move_key(keys, rec.id)
-    result = await store.txn([Compare.absent(key)], [Put(key, encode(rec))])
+    held, hold = claim(keys, rec)
+    result = await store.txn([Compare.absent(key), *held], [Put(key, encode(rec)), *hold])
     return rec if result.succeeded else None
 
 
@@ -111,7 +114,8 @@ async def change_move(
         MIGRATION_LIFECYCLE.check(current.state, new.state)
         new = new.model_copy(update={"updated": time.time()})
         guard = [Compare.mod_is(key, kv.mod_revision), *compares]
-        result = await store.txn(guard, [Put(key, encode(new)), *ops])
+        ends = release(keys, current) if current.active and not new.active else []
+        result = await store.txn(guard, [Put(key, encode(new)), *ops, *ends])
         if result.succeeded:
             return new
         again = await store.get(key)

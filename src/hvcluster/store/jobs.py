@@ -1,0 +1,146 @@
+"""One job per VM, enforced by the store: ``jobs/<vm>``.
+
+A VM moves by one job at a time: a live, quick or shared-nothing migration
+(``migrations/<id>``) or a storage move (``requests/storage-moves/<id>``). Reading "is
+another job under way?" before creating a record leaves a gap (no compare can say "no
+active record"), so the job key closes it:
+
+* every creator writes the key (``Compare.absent``: create revision 0) in the SAME
+  transaction that creates the record: of two concurrent creators exactly one commits;
+* every transaction that ends a record (done, failed, cancelled; the flip; pruning of a
+  record whose key still names it) deletes the key in that same transaction. While a
+  record is active its key names it (both were written together, and only a final or
+  missing record lets the controller clear a key), so an active record's end deletes the
+  key without comparing its value;
+* a key whose record is final or missing (a record written by other means, a bug) is
+  stale: the controller clears it (:func:`stale`), compared on the key's revision, and says
+  so in an event.
+
+The key's value says which record holds the VM (:class:`Job`), so a refused creator can
+name it: "vm web-1 is already moving (live migration web-1-3fa2, transferring)".
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from hvcluster.models.base import Model, decode, encode
+from hvcluster.models.errors import CorruptValue
+from hvcluster.models.migration import Migration, MigrationKind
+from hvcluster.store.base import Compare, Delete, KeyValue, Put, Store
+from hvcluster.store.keys import Keys
+
+RecordKind = Literal["migration", "storage-move"]
+STORAGE_MOVES = "storage-moves/"  # under requests/ (store/storage_moves.py)
+
+
+class Job(Model):
+    id: str
+    vm: str
+    record: RecordKind
+    what: str  # "live migration", "quick migration", "shared-nothing migration", "storage move"
+
+
+def job_of(rec: Migration) -> Job:
+    """The job key's value for ``rec``."""
+    if rec.kind is MigrationKind.STORAGE:
+        return Job(id=rec.id, vm=rec.vm, record="storage-move", what="storage move")
+    what = "shared-nothing migration" if rec.volume else f"{rec.kind.value} migration"
+    return Job(id=rec.id, vm=rec.vm, record="migration", what=what)
+
+
+def record_key(keys: Keys, job: Job) -> str:
+    if job.record == "storage-move":
+        return keys.request(STORAGE_MOVES + job.id)
+    return keys.migration(job.id)
+
+
+def claim(keys: Keys, rec: Migration) -> tuple[list[Compare], list[Put]]:
+    """The compare and write that make ``rec`` the VM's one job: with the record's own put,
+    in one transaction (which fails if another job holds the VM)."""
+    key = keys.job(rec.vm)
+    return [Compare(key, "create", "==", 0)], [Put(key, encode(job_of(rec)))]
+
+
+def release(keys: Keys, rec: Migration) -> list[Delete]:
+    """The write that frees the VM when its active ``rec`` ends (see the module doc)."""
+    return [Delete(keys.job(rec.vm))]
+
+
+def release_if_named(
+    keys: Keys, rec: Migration, kv: KeyValue | None
+) -> tuple[list[Compare], list[Delete]]:
+    """Pruning a final ``rec``: delete the job key too when it (as read: ``kv``) still names
+    it, compared on its value; nothing otherwise."""
+    if kv is None or _job(kv) != job_of(rec):
+        return [], []
+    return [Compare.value_is(kv.key, kv.value)], [Delete(kv.key)]
+
+
+def _job(kv: KeyValue) -> Job | None:
+    try:
+        return decode(Job, kv.key, kv.value)
+    except CorruptValue:
+        return None
+
+
+async def holder(store: Store, keys: Keys, vm: str) -> tuple[Job | None, Migration | None] | None:
+    """The job key of ``vm`` (None: no job) and the record it names (None: missing or
+    unreadable); the job is None if the key itself is unreadable."""
+    kv = await store.get(keys.job(vm))
+    if kv is None:
+        return None
+    job = _job(kv)
+    if job is None:
+        return None, None
+    rkv = await store.get(record_key(keys, job))
+    if rkv is None:
+        return job, None
+    try:
+        return job, decode(Migration, rkv.key, rkv.value)
+    except CorruptValue:
+        return job, None
+
+
+async def busy(store: Store, keys: Keys, vm: str) -> str | None:
+    """Why ``vm`` cannot start another job now ("vm web-1 is already moving (live migration
+    web-1-3fa2, transferring)"), or None when no job holds it."""
+    found = await holder(store, keys, vm)
+    if found is None:
+        return None
+    job, rec = found
+    if job is None:
+        return f"vm {vm} has an unreadable job key; the controller clears it, try again shortly"
+    if rec is None or not rec.active:
+        state = rec.state.value if rec is not None else "gone"
+        return (
+            f"vm {vm} is held by {job.what} {job.id} ({state}) that did not release it; "
+            f"the controller clears it, try again shortly"
+        )
+    return f"vm {vm} is already moving ({job.what} {job.id}, {rec.state.value})"
+
+
+async def stale(store: Store, keys: Keys) -> list[tuple[KeyValue, Job | None, Migration | None]]:
+    """Job keys whose record is final, missing or unreadable (or that are unreadable
+    themselves), with what they name: the controller clears them."""
+    found = await store.range(keys.prefix("jobs"))
+    out = []
+    for kv in found.kvs:
+        job = _job(kv)
+        rec = None
+        if job is not None:
+            rkv = await store.get(record_key(keys, job))
+            if rkv is not None:
+                try:
+                    rec = decode(Migration, rkv.key, rkv.value)
+                except CorruptValue:
+                    rec = None
+        if job is None or rec is None or not rec.active:
+            out.append((kv, job, rec))
+    return out
+
+
+async def clear(store: Store, kv: KeyValue) -> bool:
+    """Delete a stale job key as it was read (not if it changed since)."""
+    result = await store.txn([Compare.mod_is(kv.key, kv.mod_revision)], [Delete(kv.key)])
+    return result.succeeded
