@@ -51,6 +51,7 @@ class SimCluster:
         self.drivers: dict[str, SimDriver] = {}
         self.links: dict[str, SimHostLinks] = {}
         self.cpu_models: dict[str, str] = {}  # node -> its sim host's (and guests') CPU model
+        self.cpu_provides: dict[str, tuple[str, ...]] = {}  # node -> models it gives guests
 
     async def start(self, *names: str) -> None:
         await self.store.put(self.keys.config, encode(self.config))
@@ -67,6 +68,7 @@ class SimCluster:
                 memory_mib=8192,
                 check_disks=False,
                 cpu_model=self.cpu_models.get(name, "sim-cpu"),
+                guest_cpu_models=self.cpu_provides.get(name, ()),
             ),
             params=SimParams(boot_s=0.3, shutdown_s=0.2),
         )

@@ -1,6 +1,11 @@
-"""Nodes whose guests see different CPU models (in-process cluster, real agents and
-controller, sim VMs): a live migration between them is refused with that reason, a quick
-one goes; a drain that can only reach such a node moves the VM by quick migration."""
+"""The guest CPU model follows the VM (in-process cluster, real agents and controller, sim
+VMs whose incoming side refuses the CPU state of another model, as QEMU would fail to load
+it). Three nodes with different default models: n1 gives guests sim-cpu; n2 sim-cpu-v2 and
+can provide sim-cpu too; n3 provides only sim-cpu-v3.
+
+A VM booted on n1 moves live (or quick) to n2 and keeps sim-cpu there; a move to n3 is
+refused by the API up front (409 with the reason) and by the controller when the record
+gets there anyway; a cold start on n3 takes n3's own model."""
 
 from __future__ import annotations
 
@@ -12,10 +17,10 @@ import pytest
 
 from hvcluster.api import create_app
 from hvcluster.models.base import decode
-from hvcluster.models.lifecycle import MigrationState, NodeAdminState
+from hvcluster.models.lifecycle import MigrationState, VMState
 from hvcluster.models.migration import Migration, MigrationKind
 from hvcluster.models.node import Node
-from hvcluster.store.migrations import read_migrations
+from hvcluster.store.migrations import create_migration
 from tests.sim.cluster import FAST, SimCluster
 
 pytestmark = pytest.mark.timeout(90)
@@ -24,7 +29,8 @@ pytestmark = pytest.mark.timeout(90)
 @pytest.fixture
 async def setup(tmp_path: Path) -> AsyncIterator[tuple[SimCluster, httpx.AsyncClient]]:
     cluster = SimCluster(tmp_path, FAST)
-    cluster.cpu_models["n2"] = "sim-cpu-v2"
+    cluster.cpu_models.update({"n2": "sim-cpu-v2", "n3": "sim-cpu-v3"})
+    cluster.cpu_provides["n2"] = ("sim-cpu-v2", "sim-cpu")
     try:
         app = create_app(cluster.store, cluster.keys, "n1")
         transport = httpx.ASGITransport(app=app)
@@ -45,46 +51,97 @@ async def finished(cluster: SimCluster, mid: str) -> Migration:
     return rec
 
 
-async def test_live_refused_quick_allowed(setup: tuple[SimCluster, httpx.AsyncClient]) -> None:
+async def model_of(cluster: SimCluster, vm: str, node: str) -> tuple[str, str] | None:
+    """The CPU model of ``vm`` as its status says and as ``node``'s driver runs it, once
+    that status says it runs there."""
+    status = await cluster.status(vm)
+    if status is None or status.node != node or status.state is not VMState.RUNNING:
+        return None
+    info = await cluster.drivers[node].status(vm)
+    return status.cpu_model, info.cpu_model
+
+
+async def wait_model(cluster: SimCluster, vm: str, node: str) -> tuple[str, str] | None:
+    async def reported() -> tuple[str, str] | None:
+        return await model_of(cluster, vm, node)
+
+    found: tuple[str, str] | None = await cluster.wait_for(reported, 10, f"{vm} on {node}")
+    return found
+
+
+async def test_the_model_follows_a_live_and_a_quick_move(
+    setup: tuple[SimCluster, httpx.AsyncClient],
+) -> None:
     cluster, api = setup
-    await cluster.start("n1", "n2")
+    await cluster.start("n1", "n2", "n3")
     kv = await cluster.store.get(cluster.keys.node("n2"))
     assert kv is not None
-    assert decode(Node, kv.key, kv.value).inventory.guest_cpu_model == "sim-cpu-v2"
+    inv = decode(Node, kv.key, kv.value).inventory
+    assert (inv.guest_cpu_model, inv.guest_cpu_models) == ("sim-cpu-v2", ("sim-cpu-v2", "sim-cpu"))
     await cluster.create_vm("web", ha={"preferred_owners": ["n1"]})
     assert await cluster.wait_running("web") == "n1"
+    assert await wait_model(cluster, "web", "n1") == ("sim-cpu", "sim-cpu")
 
     r = await api.post("/vms/web/move", json={"to": "n2", "kind": "live"})
     assert r.status_code == 202, r.text
     rec = await finished(cluster, r.json()["id"])
-    assert rec.state is MigrationState.FAILED
-    assert "guests see CPU sim-cpu on n1 and sim-cpu-v2 on n2" in rec.reason
-    assert "live migration impossible (use quick migration)" in rec.reason
-    assert await cluster.running_on("web") == "n1"
-
-    r = await api.post("/vms/web/move", json={"to": "n2", "kind": "quick"})
-    assert r.status_code == 202, r.text
-    assert (await finished(cluster, r.json()["id"])).state is MigrationState.DONE
+    assert (rec.state, rec.cpu_model) == (MigrationState.DONE, "sim-cpu"), rec.reason
     assert await cluster.wait_running("web", 10, not_on="n1") == "n2"
 
+    assert await wait_model(cluster, "web", "n2") == ("sim-cpu", "sim-cpu")  # not sim-cpu-v2
 
-async def test_drain_to_another_cpu_model_goes_quick(
+    # n3 cannot provide sim-cpu: refused up front, live and quick alike, with the reason
+    for kind in ("live", "quick"):
+        r = await api.post("/vms/web/move", json={"to": "n3", "kind": kind})
+        assert r.status_code == 409, r.text
+        assert "cannot move web to n3: live and quick migration impossible from n2 to n3 " in (
+            r.text
+        )
+        assert "model sim-cpu not available on n3" in r.text and "cold move only" in r.text
+    # ... and by the controller, should a record get there (a node can change meanwhile)
+    status = await cluster.status("web")
+    assert status is not None
+    made = await create_migration(
+        cluster.store, cluster.keys, "web", "n2", "n3", status.epoch, MigrationKind.QUICK, "test"
+    )
+    assert made is not None
+    rec = await finished(cluster, made.id)
+    assert rec.state is MigrationState.FAILED
+    assert "model sim-cpu not available on n3" in rec.reason
+    assert await cluster.running_on("web") == "n2"
+
+    # a quick move keeps the model too: back to n1
+    r = await api.post("/vms/web/move", json={"to": "n1", "kind": "quick"})
+    assert r.status_code == 202, r.text
+    rec = await finished(cluster, r.json()["id"])
+    assert (rec.state, rec.cpu_model) == (MigrationState.DONE, "sim-cpu"), rec.reason
+    assert await cluster.wait_running("web", 10, not_on="n2") == "n1"
+    assert await wait_model(cluster, "web", "n1") == ("sim-cpu", "sim-cpu")
+
+
+async def test_a_vm_born_on_n2_cannot_go_to_n1_but_a_cold_start_takes_the_nodes_model(
     setup: tuple[SimCluster, httpx.AsyncClient],
 ) -> None:
     cluster, api = setup
     await cluster.start("n1", "n2")
-    await cluster.create_vm("db", ha={"preferred_owners": ["n1"]})
-    assert await cluster.wait_running("db") == "n1"
-    assert (await api.post("/nodes/n1/drain")).status_code == 202
+    await cluster.create_vm("db", ha={"preferred_owners": ["n2"]})
+    assert await cluster.wait_running("db") == "n2"
+    assert await wait_model(cluster, "db", "n2") == ("sim-cpu-v2", "sim-cpu-v2")
+    r = await api.post("/vms/db/move", json={"kind": "live"})  # no target: none fits
+    assert r.status_code == 409, r.text
+    assert "no node can take db" in r.text and "model sim-cpu-v2 not available on n1" in r.text
 
-    async def paused() -> bool:
-        kv = await cluster.store.get(cluster.keys.node("n1"))
-        assert kv is not None
-        return decode(Node, kv.key, kv.value).admin_state is NodeAdminState.PAUSED
+    await cluster.crash("n2")  # failover: a cold start on n1, with n1's model
+    assert await cluster.wait_running("db", 30, not_on="n2") == "n1"
 
-    await cluster.wait_for(paused, 30, "n1 drained")
-    assert await cluster.wait_running("db", 10, not_on="n1") == "n2"
-    records = [s.value for s in (await read_migrations(cluster.store, cluster.keys)).items.values()]
-    assert [(m.kind, m.state) for m in records] == [(MigrationKind.QUICK, MigrationState.DONE)]
-    (move,) = await cluster.event_list("drain.move", "vm/db")
-    assert "by quick migration (guests see CPU sim-cpu on n1 and sim-cpu-v2 on n2" in move.reason
+    assert await wait_model(cluster, "db", "n1") == ("sim-cpu", "sim-cpu")
+
+
+async def test_a_spec_that_names_a_model_starts_only_where_it_is_provided(
+    setup: tuple[SimCluster, httpx.AsyncClient],
+) -> None:
+    cluster, _ = setup
+    await cluster.start("n1", "n2", "n3")
+    await cluster.create_vm("app", cpu_model="sim-cpu-v3", ha={"preferred_owners": ["n1"]})
+    assert await cluster.wait_running("app") == "n3"
+    assert await wait_model(cluster, "app", "n3") == ("sim-cpu-v3", "sim-cpu-v3")

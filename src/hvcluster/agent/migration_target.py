@@ -13,6 +13,7 @@ import logging
 import time
 from pathlib import Path
 
+from hvcluster.agent.guestcpu import guest_spec
 from hvcluster.agent.migration_base import MigrationBase
 from hvcluster.agent.shared_nothing import shared_nothing
 from hvcluster.drivers.base import VMInfo
@@ -74,6 +75,7 @@ class TargetRole(MigrationBase):
         try:
             if spec is None:
                 raise DriverError(f"vm {rec.vm} has no spec")
+            spec = guest_spec(spec, self.agent.facts, rec.cpu_model)  # the model it runs with
             if rec.kind is MigrationKind.QUICK:
                 address = FILE_PREFIX + str(self._state_file(spec, rec))
             else:
@@ -161,6 +163,7 @@ class TargetRole(MigrationBase):
         if spec is None:
             return
         path = Path(rec.saved_path)
+        spec = guest_spec(spec, self.agent.facts, rec.cpu_model)  # the model it was saved with
         resumed = _ran_at(await self.driver.restore(spec, epoch, path))
         with contextlib.suppress(OSError):
             await asyncio.to_thread(path.unlink)

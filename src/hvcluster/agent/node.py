@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hvcluster.agent.disks import DiskBusy, VolumeDisks
-from hvcluster.agent.guestcpu import with_guest_cpu
+from hvcluster.agent.guestcpu import guest_spec, with_guest_cpu
 from hvcluster.agent.reconcile import (
     Action,
     Kill,
@@ -187,7 +187,7 @@ class NodeAgent:
         placements = await read_kind(self.store, self.keys, "placements", Placement)
         statuses = await read_kind(self.store, self.keys, "status", VMStatus)
         local = {
-            vm.name: LocalVM(vm.name, vm.state, vm.pid, vm.epoch, vm.since)
+            vm.name: LocalVM(vm.name, vm.state, vm.pid, vm.epoch, vm.since, vm.cpu_model)
             for vm in await self.driver.list()
         }
         seen = {
@@ -293,7 +293,8 @@ class NodeAgent:
         try:
             for done in await self.disks.prepare(action.spec):
                 await self.say("vm.disk_prepared", f"vm/{action.vm}", f"{done} for {action.vm}")
-            info = await self.driver.start(action.spec, epoch)
+            spec = guest_spec(action.spec, self.facts)  # its CPU model: the spec's, or ours
+            info = await self.driver.start(spec, epoch)
         except DriverError as e:
             failed = status.model_copy(
                 update={"state": VMState.FAILED, "last_error": str(e), "since": time.time()}
@@ -307,7 +308,12 @@ class NodeAgent:
             )
             return None
         running = status.model_copy(
-            update={"state": info.state, "pid": info.pid, "since": info.since or time.time()}
+            update={
+                "state": info.state,
+                "pid": info.pid,
+                "since": info.since or time.time(),
+                "cpu_model": info.cpu_model,
+            }
         )
         await self._report(running, action.seen)
         sentence = f"started {action.vm} on {self.me.name} at epoch {epoch} (pid {info.pid})"

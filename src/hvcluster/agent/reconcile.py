@@ -33,6 +33,7 @@ class LocalVM:
     pid: int | None
     epoch: int
     since: float
+    cpu_model: str = ""  # the CPU model its guest was given ("": not known)
 
 
 @dataclass(frozen=True)
@@ -153,7 +154,13 @@ def plan_local(
             continue
         if running:
             assert vm is not None
-            if not mine or status is None or status.state is not vm.state or status.pid != vm.pid:
+            if (
+                not mine
+                or status is None
+                or status.state is not vm.state
+                or status.pid != vm.pid
+                or status.cpu_model != vm.cpu_model
+            ):
                 actions.append(
                     Report(
                         _status(
@@ -164,6 +171,7 @@ def plan_local(
                             vm.since,
                             pid=vm.pid,
                             restarts=status.restarts if mine and status else 0,
+                            cpu_model=vm.cpu_model,
                         ),
                         seen,
                         f"vm {name} is {vm.state.value} here",
@@ -218,6 +226,7 @@ def _status(
     pid: int | None = None,
     restarts: int = 0,
     error: str = "",
+    cpu_model: str = "",
 ) -> VMStatus:
     return VMStatus(
         vm=vm,
@@ -228,4 +237,5 @@ def _status(
         since=since,
         restarts=restarts,
         last_error=error,
+        cpu_model=cpu_model,
     )

@@ -22,6 +22,7 @@ from hvcluster.api.views import ActionRequest, View
 from hvcluster.api.writes import update
 from hvcluster.models.base import Model, encode
 from hvcluster.models.errors import Conflict, InvalidInput, NotFound
+from hvcluster.models.guestcpu import move_blocker, vm_cpu_model
 from hvcluster.models.lifecycle import NODE_LIFECYCLE, MigrationState, NodeAdminState, VMState
 from hvcluster.models.migration import Migration, MigrationKind
 from hvcluster.models.node import Node
@@ -89,8 +90,11 @@ class Cluster:
     def active(self, vm: str) -> Migration | None:
         return next((m for m in self.migrations if m.vm == vm and m.active), None)
 
-    def why_not(self, spec: VMSpec, node: str, source: str) -> str | None:
-        """Why ``node`` cannot take ``spec`` now, or None."""
+    def why_not(
+        self, spec: VMSpec, node: str, source: str, kind: MigrationKind = MigrationKind.LIVE
+    ) -> str | None:
+        """Why ``node`` cannot take ``spec`` now by a ``kind`` migration from ``source``
+        (the CPU model the VM runs with included), or None."""
         found = self.nodes.get(node)
         if found is None:
             return f"node {node!r} not found"
@@ -102,6 +106,12 @@ class Cluster:
             return f"{node} is {found.admin_state.value}"
         if spec.ha.possible_owners and node not in spec.ha.possible_owners:
             return f"{node} is not a possible owner of {spec.name}"
+        src = self.nodes.get(source)
+        if src is not None:
+            model = vm_cpu_model(spec, self.statuses.get(spec.name), src)
+            blocker = move_blocker(model, src, found, kind)
+            if blocker is not None:
+                return blocker
         switches = sorted({nic.switch for nic in spec.nics} - set(found.switches))
         volumes = sorted({d.volume for d in spec.disks if d.volume} - set(found.volumes))
         if switches or volumes:
@@ -160,14 +170,15 @@ async def move_vm(
     if request.with_storage:
         spec = await shared_nothing_spec(ctx, spec, request)  # the target must see its volume
     if request.to:
-        why = cluster.why_not(spec, request.to, source)
+        why = cluster.why_not(spec, request.to, source, MigrationKind(request.kind))
         if why is not None:
             raise Conflict(f"cannot move {name} to {request.to}: {why}")
     else:
         reasons = [
             why
             for node in sorted(cluster.nodes)
-            if node != source and (why := cluster.why_not(spec, node, source)) is not None
+            if node != source
+            and (why := cluster.why_not(spec, node, source, MigrationKind(request.kind)))
         ]
         if len(reasons) == len(cluster.nodes) - 1:
             detail = "; ".join(reasons) or "there is no other node"

@@ -38,7 +38,7 @@ from hvcluster.models.migration import Migration, MigrationKind
 from hvcluster.models.node import Node
 from hvcluster.models.storage import spec_on_volume
 from hvcluster.models.vm import Placement
-from hvcluster.scheduler.compat import live_blockers
+from hvcluster.scheduler.compat import move_blockers, vm_model
 from hvcluster.scheduler.drain import DrainDone, DrainMove, DrainStay, InFlight, plan_drain
 from hvcluster.scheduler.placement import Choice, Ledger, choose_node
 from hvcluster.scheduler.snapshot import ClusterSnapshot
@@ -208,19 +208,21 @@ class MigrationCoordinator:
         exclude = {rec.source: f"{rec.source} is where it runs"}
         if rec.target:
             exclude.update({n: f"{n} was not asked for" for n in snapshot.nodes if n != rec.target})
-        exclude.update(live_blockers(snapshot, rec.source, rec.kind))  # CPU model, accelerator
+        exclude.update(move_blockers(snapshot, vm, rec.source, rec.kind))  # CPU model, accel
         # shared-nothing: the target needs the volume the disks go to, not the ones they are on
         spec = spec_on_volume(vm.spec, rec.volume) if rec.volume else vm.spec
         choice = choose_node(spec, snapshot, closed, ledger, exclude)
         if not isinstance(choice, Choice):
             await self._fail(rec, choice.why)
             return
-        target = choice.node
+        target, model = choice.node, vm_model(snapshot, vm)  # the target starts QEMU with it
 
         def prepare(cur: Migration) -> Migration | None:
             if cur.state is not _M.REQUESTED:
                 return None
-            return cur.model_copy(update={"state": _M.PREPARING, "target": target})
+            return cur.model_copy(
+                update={"state": _M.PREPARING, "target": target, "cpu_model": model}
+            )
 
         if await change_migration(self.store, self.keys, rec.id, prepare) is not None:
             log.info("migration %s: %s -> %s (%s)", rec.id, rec.source, target, choice.why)

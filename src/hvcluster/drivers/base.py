@@ -69,6 +69,7 @@ class VMInfo(Model):
     since: float = 0.0  # wall clock of the last state change
     epoch: int = 0
     reason: str = ""  # why it is in this state, when that says something (a crash, a failure)
+    cpu_model: str = ""  # the CPU model its guest was given (spec.cpu_model; "": the default)
 
 
 class VMEvent(Model):

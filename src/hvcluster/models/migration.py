@@ -62,6 +62,9 @@ class Migration(Model):
     volume: str = ""
     disk_sizes: tuple[int, ...] = ()  # shared-nothing: the disks' sizes, from the source
     disks_address: str = ""  # shared-nothing: where the target takes the disks (NBD)
+    # The CPU model the VM runs with, set by the controller when it picks the target: the
+    # target starts its incoming (or restored) QEMU with it, never with its own default.
+    cpu_model: str = ""
 
     @property
     def active(self) -> bool:

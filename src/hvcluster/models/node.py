@@ -27,6 +27,10 @@ class Inventory(Model):
     # A running guest only moves live between nodes whose guests see the same model.
     guest_cpu_model: str = ""
     guest_cpu_problem: str = ""
+    # Every named CPU model this host can give guests in full (qemu: query-cpu-definitions
+    # entries with no unavailable feature, under its accelerator); () when not reported:
+    # then only ``guest_cpu`` (see :mod:`hvcluster.models.guestcpu`).
+    guest_cpu_models: tuple[str, ...] = ()
 
     @property
     def guest_cpu(self) -> str:

@@ -118,6 +118,10 @@ class VMSpec(Model):
     desired_state: Literal["running", "stopped"] = "running"
     ha: HAPolicy = HAPolicy()
     labels: dict[str, str] = {}
+    # The named CPU model its guest sees (QEMU's -cpu). "": the model of the node that
+    # cold-starts it (its agent's guest_cpu). A running VM keeps the model it was started
+    # with wherever it migrates (VMStatus.cpu_model); see hvcluster.models.guestcpu.
+    cpu_model: str = Field(default="", max_length=64, pattern=r"^([A-Za-z0-9][A-Za-z0-9._-]*)?$")
 
     @model_validator(mode="after")
     def _unique_devices(self) -> Self:
@@ -153,3 +157,6 @@ class VMStatus(Model):
     restarts: int = Field(default=0, ge=0)
     # Set by the controller: left failed, not retried until an operator starts it again.
     left_failed: bool = False
+    # The CPU model its guest was started with ("": not reported): it follows the VM through
+    # live and quick migrations until its next cold start.
+    cpu_model: str = ""

@@ -11,9 +11,10 @@ For every node whose admin state is ``draining``, its VMs (placed there), in pri
   migration failed too, or whose move an administrator cancelled, stays;
 * the others move live (:class:`DrainMove`) to the best open node (alive, up; possible
   owners, capacity, hard anti-affinity, as for any placement; and one a live migration can
-  reach: same driver, accelerator and guest CPU model, see :mod:`.compat`), or stay when
-  none fits. When only nodes a live migration cannot reach fit, the drain fallback decides
-  again: ``quick`` moves it there by quick migration, ``stay`` keeps it, with the reason.
+  reach: same driver and accelerator, and able to provide the CPU model the VM runs with,
+  see :mod:`.compat`), or stay when none fits. When only nodes a live migration cannot
+  reach fit, the drain fallback decides again: ``quick`` moves it by quick migration to a
+  node that can take its saved state (same driver, its CPU model), ``stay`` keeps it.
 
 At most ``migration.max_parallel_per_node`` migrations run at once per node, counting a node
 as source or target. A node with nothing left to move and nothing moving ends the drain
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 
 from hvcluster.models.lifecycle import NodeAdminState, VMState
 from hvcluster.models.migration import MigrationKind
-from hvcluster.scheduler.compat import live_blockers
+from hvcluster.scheduler.compat import move_blockers
 from hvcluster.scheduler.placement import Choice, Ledger, choose_node
 from hvcluster.scheduler.snapshot import ClusterSnapshot, VMView
 
@@ -132,11 +133,12 @@ def plan_drain(
                 continue
             full = {n: f"{n} runs {limit} migrations already" for n in busy if busy[n] >= limit}
             shut, draining = {**closed, **full}, {name: f"{name} is draining"}
-            blocked = live_blockers(snapshot, name, kind)  # no live move there (CPU, accel)
+            blocked = move_blockers(snapshot, vm, name, kind)  # CPU model, accelerator
             choice = choose_node(vm.spec, snapshot, shut, ledger, {**draining, **blocked})
             why_quick = "its live migration failed"
             if not isinstance(choice, Choice) and blocked and fallback == "quick":
-                quick = choose_node(vm.spec, snapshot, shut, ledger, draining)
+                no_quick = move_blockers(snapshot, vm, name, MigrationKind.QUICK)
+                quick = choose_node(vm.spec, snapshot, shut, ledger, {**draining, **no_quick})
                 if isinstance(quick, Choice):
                     choice, kind, why_quick = quick, MigrationKind.QUICK, blocked[quick.node]
             if not isinstance(choice, Choice):

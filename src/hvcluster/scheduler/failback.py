@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 
 from hvcluster.models.vm import FailbackMode
-from hvcluster.scheduler.compat import live_blocker
+from hvcluster.scheduler.compat import move_blocker, vm_model
 from hvcluster.scheduler.decisions import Decision, Failback, Wait, vm_subject
 from hvcluster.scheduler.liveness import Liveness, NodeHealth
 from hvcluster.scheduler.placement import Ledger, conflicts, misfit
@@ -131,7 +131,9 @@ def failback_decisions(
         else:
             how = "failback is immediate"
         ledger.add(target, vm.spec)
-        blocker = live_blocker(snapshot.nodes[current].node, snapshot.nodes[target].node)
+        blocker = move_blocker(
+            vm_model(snapshot, vm), snapshot.nodes[current].node, snapshot.nodes[target].node
+        )
         cold = f"; as a cold move: {blocker}" if blocker else ""
         out.append(
             Failback(

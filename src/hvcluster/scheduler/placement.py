@@ -28,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from hvcluster.models.guestcpu import cannot_provide
 from hvcluster.models.node import Node
 from hvcluster.models.vm import VMSpec
 from hvcluster.scheduler.snapshot import ClusterSnapshot, NodeView
@@ -117,7 +118,8 @@ def load(node: NodeView, ledger: Ledger) -> float:
 
 def lacks(spec: VMSpec, node: Node) -> str | None:
     """Why ``node`` cannot run ``spec`` for want of its switches (the NICs' switches) or its
-    volumes (the disks' volumes), as the node's agent reports them; or ``None``."""
+    volumes (the disks' volumes), as the node's agent reports them, or of the CPU model the
+    spec names; or ``None``."""
     parts = []
     switches = sorted({nic.switch for nic in spec.nics} - set(node.switches))
     if switches:
@@ -125,7 +127,11 @@ def lacks(spec: VMSpec, node: Node) -> str | None:
     volumes = sorted({d.volume for d in spec.disks if d.volume is not None} - set(node.volumes))
     if volumes:
         parts.append(_missing("volume", volumes, node.volume_problems))
-    return f"{node.name} lacks {' and '.join(parts)}" if parts else None
+    if parts:
+        return f"{node.name} lacks {' and '.join(parts)}"
+    if spec.cpu_model and (why := cannot_provide(node, spec.cpu_model)) is not None:
+        return f"{spec.name} names CPU {why}"  # the spec's model, for any start there
+    return None
 
 
 def _missing(what: str, names: list[str], problems: Mapping[str, str]) -> str:

@@ -83,7 +83,7 @@ def qemu_argv(
         "-name", f"{spec.name},process=hvc-{spec.name}",
         "-machine", settings.machine,
         "-accel", launch.accelerator,
-        "-cpu", settings.cpu_model,
+        "-cpu", spec.cpu_model or settings.cpu_model,  # the VM's own model, if it has one
         "-smp", str(spec.vcpus),
         "-m", f"{spec.memory_mib}M",
         "-nodefaults", "-no-user-config", "-display", "none", "-vga", "none",

@@ -51,6 +51,7 @@ class QemuVM:
             since=self.since,
             epoch=self.epoch,
             reason=self.reason,
+            cpu_model=self.spec.cpu_model,
         )
 
 

@@ -114,7 +114,12 @@ class SimDriver(SimStorage):
         return HostFacts(
             capacity=Capacity(cpus=self.host.cpus, memory_mib=self.host.memory_mib),
             inventory=Inventory(
-                cpu_model=self.host.cpu_model, accelerator="sim", qemu_version="", driver="sim"
+                cpu_model=self.host.cpu_model,
+                accelerator="sim",
+                qemu_version="",
+                driver="sim",
+                guest_cpu_model=self.host.cpu_model,
+                guest_cpu_models=self.host.guest_cpu_models or (self.host.cpu_model,),
             ),
         )
 
@@ -222,7 +227,7 @@ class SimDriver(SimStorage):
             else:
                 self._finish(vm, VMState.FAILED, reason)
 
-        vm.incoming = Incoming(spec.name, outcome)
+        vm.incoming = Incoming(spec.name, outcome, spec.cpu_model)
         try:
             return await vm.incoming.listen(host)
         except MigrationFailed:
@@ -256,7 +261,7 @@ class SimDriver(SimStorage):
             fail_reason = "simulated failure"
         fail_at = rng.randrange(len(passes)) if fail_reason else -1
         out = Outgoing(name, address)
-        await out.open({"age_s": started - vm.started})
+        await out.open({"age_s": started - vm.started, "cpu_model": vm.spec.cpu_model})
         self._set(vm, VMState.MIGRATING, "migrating out")
         total, sent = vm.spec.memory_mib * MIB, 0
         progress = Progress(bytes_total=total)
@@ -311,6 +316,7 @@ class SimDriver(SimStorage):
             "vm": name,
             "epoch": vm.epoch,
             "age_s": self.clock.now() - vm.started,
+            "cpu_model": vm.spec.cpu_model,
         }
         try:
             write_saved_state(Path(path), state)
@@ -325,6 +331,11 @@ class SimDriver(SimStorage):
         self._refuse_if_running(spec.name)
         self._check_spec(spec)
         saved = read_saved_state(Path(path), spec.name)
+        if saved.get("cpu_model", spec.cpu_model) != spec.cpu_model:
+            raise MigrationFailed(
+                f"vm {spec.name}: {path} holds the CPU state of model {saved['cpu_model']}, "
+                f"not of {spec.cpu_model or 'the default'}"
+            )
         await self.clock.sleep(spec.memory_mib / self.params.save_mib_s)
         state = VMState.PAUSED if paused else VMState.RUNNING
         vm = await self._create(spec, epoch, state, f"restored from {path}")
@@ -360,6 +371,9 @@ class SimDriver(SimStorage):
             raise AlreadyRunning(name, pid)
 
     def _check_spec(self, spec: VMSpec) -> None:
+        models = self.host.guest_cpu_models or (self.host.cpu_model,)
+        if spec.cpu_model and spec.cpu_model not in models:
+            raise SpecError(f"this host cannot give guests CPU model {spec.cpu_model}", "cpu_model")
         if spec.memory_mib > self.host.memory_mib:
             raise SpecError(
                 f"{spec.memory_mib} MiB is more than this host's {self.host.memory_mib} MiB",

@@ -24,7 +24,8 @@ class SimHost(Model):
 
     cpus: int = Field(default=16, gt=0)
     memory_mib: int = Field(default=64 * 1024, gt=0)
-    cpu_model: str = "sim-cpu"
+    cpu_model: str = "sim-cpu"  # the host's, and the default its guests get
+    guest_cpu_models: tuple[str, ...] = ()  # models it can give guests (): cpu_model only
     switches: tuple[str, ...] = ()  # bridges this host has
     volumes: dict[str, Path] = {}  # shared volume name -> where this host mounts it
     check_disks: bool = True  # disks must exist as files, as for qemu
@@ -59,6 +60,7 @@ class SimVM:
             since=self.since,
             epoch=self.epoch,
             reason=self.reason,
+            cpu_model=self.spec.cpu_model,
         )
 
 

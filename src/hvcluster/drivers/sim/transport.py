@@ -45,9 +45,10 @@ async def _receive(reader: asyncio.StreamReader) -> dict[str, Any] | None:
 class Incoming:
     """The target's listener for one VM: accepts one source, reports the outcome once."""
 
-    def __init__(self, vm: str, on_outcome: Outcome) -> None:
+    def __init__(self, vm: str, on_outcome: Outcome, model: str | None = None) -> None:
         self.vm = vm
         self._on_outcome = on_outcome
+        self._model = model  # the CPU model the guest here has: the state must be of it
         self._server: asyncio.Server | None = None
         self._decided = False
 
@@ -76,6 +77,12 @@ class Incoming:
             hello = await _receive(reader)
             if not hello or hello.get("vm") != self.vm:
                 await _send(writer, {"ok": False, "error": f"this listener waits for {self.vm}"})
+                return
+            sent = dict(hello.get("meta", {})).get("cpu_model", self._model)
+            if self._model is not None and sent != self._model:
+                why = f"CPU state of model {sent or 'default'} into a guest of {self._model}"
+                await _send(writer, {"ok": False, "error": why})
+                self._decide(False, f"incoming migration refused: {why}")
                 return
             await _send(writer, {"ok": True})
             end = await _receive(reader)
