@@ -20,7 +20,7 @@ from hvcluster.api.context import ApiContext, context, valid_name
 from hvcluster.api.reads import decode_all, decode_one
 from hvcluster.api.views import ActionRequest, View
 from hvcluster.api.writes import update
-from hvcluster.models.base import Model, encode
+from hvcluster.models.base import Model
 from hvcluster.models.errors import Conflict, InvalidInput, NotFound
 from hvcluster.models.guestcpu import move_blocker, vm_cpu_model
 from hvcluster.models.lifecycle import NODE_LIFECYCLE, MigrationState, NodeAdminState, VMState
@@ -28,15 +28,14 @@ from hvcluster.models.migration import Migration, MigrationKind
 from hvcluster.models.node import Node
 from hvcluster.models.storage import disks_to_move, spec_on_volume
 from hvcluster.models.vm import Placement, VMSpec, VMStatus
-from hvcluster.store.base import Compare, Get, KeyValue, Put
+from hvcluster.store.base import Get, KeyValue
+from hvcluster.store.jobs import busy
 from hvcluster.store.keys import Keys
 from hvcluster.store.migrations import (
     change_migration,
     create_migration,
-    new_id,
     read_migrations,
 )
-from hvcluster.store.storage_moves import read_moves
 
 M = TypeVar("M", bound=Model)
 
@@ -159,13 +158,9 @@ async def move_vm(
     if not running or placement is None:
         state = status.state.value if status else "not reported"
         raise Conflict(f"vm {name} is not running ({state}); only a running VM moves")
-    under_way = cluster.active(name)
+    under_way = await busy(ctx.store, ctx.keys, name)  # the store's create enforces it
     if under_way is not None:
-        raise Conflict(
-            f"vm {name} is already moving: migration {under_way.id} is {under_way.state.value}"
-        )
-    if any(m.vm == name and m.active for m, _ in (await read_moves(ctx.store, ctx.keys)).values()):
-        raise Conflict(f"vm {name} is moving its disks to another volume; wait for that")
+        raise Conflict(under_way)
     source = placement.node
     if request.with_storage:
         spec = await shared_nothing_spec(ctx, spec, request)  # the target must see its volume
@@ -183,21 +178,20 @@ async def move_vm(
         if len(reasons) == len(cluster.nodes) - 1:
             detail = "; ".join(reasons) or "there is no other node"
             raise Conflict(f"no node can take {name}: {detail}")
-    if request.with_storage:
-        rec = await create_shared_nothing(ctx, name, source, request, placement.epoch)
-    else:
-        rec = await create_migration(
-            ctx.store,
-            ctx.keys,
-            name,
-            source,
-            request.to,
-            placement.epoch,
-            MigrationKind(request.kind),
-            "api",
-        )
-    if rec is None:
-        raise Conflict(f"vm {name}: the migration record could not be stored; try again")
+    rec = await create_migration(
+        ctx.store,
+        ctx.keys,
+        name,
+        source,
+        request.to,
+        placement.epoch,
+        MigrationKind(request.kind),
+        "api",
+        volume=request.with_storage,
+    )
+    if rec is None:  # another job took the VM since we looked
+        why = await busy(ctx.store, ctx.keys, name)
+        raise Conflict(why or f"vm {name}: the migration record could not be stored; try again")
     where = request.to or "a node the scheduler picks"
     await ctx.record(
         "migration.requested",
@@ -222,27 +216,6 @@ async def shared_nothing_spec(ctx: ApiContext, spec: VMSpec, request: MoveReques
         why = f"disks {kept} are read-only or on {volume!r} already" if kept else "no disk"
         raise Conflict(f"a shared-nothing move of {spec.name} copies every disk: {why}")
     return spec_on_volume(spec, volume)
-
-
-async def create_shared_nothing(
-    ctx: ApiContext, name: str, source: str, request: MoveRequest, epoch: int
-) -> Migration | None:
-    now = time.time()
-    rec = Migration(
-        id=new_id(name),
-        vm=name,
-        source=source,
-        target=request.to,
-        kind=MigrationKind.LIVE,
-        epoch=epoch,
-        created=now,
-        updated=now,
-        requested_by="api",
-        volume=request.with_storage,
-    )
-    key = ctx.keys.migration(rec.id)
-    result = await ctx.store.txn([Compare.absent(key)], [Put(key, encode(rec))])
-    return rec if result.succeeded else None
 
 
 @router.get("/migrations", response_model=MigrationList)

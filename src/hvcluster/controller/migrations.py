@@ -29,6 +29,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from hvcluster.controller.jobs import sweep_jobs
 from hvcluster.controller.memory import ControllerMemory
 from hvcluster.controller.view import build_snapshot
 from hvcluster.models.base import decode, encode
@@ -44,6 +45,7 @@ from hvcluster.scheduler.placement import Choice, Ledger, choose_node
 from hvcluster.scheduler.snapshot import ClusterSnapshot
 from hvcluster.store.base import Compare, Delete, Put, Store, WatchEvent
 from hvcluster.store.follow import follow
+from hvcluster.store.jobs import busy, release_if_named
 from hvcluster.store.keys import Keys
 from hvcluster.store.migrations import (
     ATTEMPTS,
@@ -112,6 +114,7 @@ class MigrationCoordinator:
         await follow(self.store, self.keys.prefix("migrations"), seen)
 
     async def cycle(self) -> None:
+        await sweep_jobs(self.store, self.keys, self.say)  # stale job keys, orphaned moves
         records = await read_migrations(self.store, self.keys)
         await self._prune(records)
         if not any(s.value.active for s in records.items.values()):
@@ -135,13 +138,19 @@ class MigrationCoordinator:
             await self._drain(state, snapshot, await read_migrations(self.store, self.keys))
 
     async def _prune(self, records: Decoded[Migration]) -> None:
-        """Delete finished records older than :data:`RETAIN_S` (each compared on its revision)."""
+        """Delete finished records older than :data:`RETAIN_S` (each compared on its
+        revision), with their VM's job key if it still names them."""
         cutoff = self.clock() - RETAIN_S
         for stored in records.items.values():
             rec = stored.value
             if not rec.active and max(rec.updated, rec.created) < cutoff:
                 key = self.keys.migration(rec.id)
-                await self.store.txn([Compare.mod_is(key, stored.mod_revision)], [Delete(key)])
+                held, ops = release_if_named(
+                    self.keys, rec, await self.store.get(self.keys.job(rec.vm))
+                )
+                await self.store.txn(
+                    [Compare.mod_is(key, stored.mod_revision), *held], [Delete(key), *ops]
+                )
 
     # --- one migration ---------------------------------------------------------------
     async def _advance(
@@ -330,6 +339,11 @@ class MigrationCoordinator:
                     )
                     if made is not None:
                         await self.say("drain.move", f"vm/{d.vm}", f"{d.reason} ({made.id})")
+                    elif (why := await busy(self.store, self.keys, d.vm)) is not None and (
+                        self.said.get(f"vm/{d.vm}") != why  # it moves once that job ends
+                    ):
+                        self.said[f"vm/{d.vm}"] = why
+                        await self.say("drain.wait", f"vm/{d.vm}", f"{why}; drain waits")
                 case DrainStay():
                     if self.said.get(f"vm/{d.vm}") != d.reason:
                         self.said[f"vm/{d.vm}"] = d.reason
