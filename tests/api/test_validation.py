@@ -11,7 +11,10 @@ import httpx
 import pytest
 
 from hvcluster.models.base import encode
+from hvcluster.models.lifecycle import VMState
+from hvcluster.models.node import Inventory
 from hvcluster.models.storage import Switch, Volume
+from hvcluster.models.vm import VMStatus
 from hvcluster.store.memory import MemoryStore
 from tests.api.conftest import KEYS
 from tests.validate.agents import Agents, free_port
@@ -127,3 +130,26 @@ async def test_a_hung_agent_is_unknown_not_a_hang(
             writer.close()
         hung.close()
         await hung.wait_closed()
+
+
+async def test_cpu_models_of_running_vms_are_checked_per_direction(
+    api: httpx.AsyncClient, store: MemoryStore, agents: Agents
+) -> None:
+    """n1 also provides Haswell and runs web with it; n2 provides qemu64 only."""
+    provides = Inventory(guest_cpu_model="qemu64", guest_cpu_models=("qemu64", "Haswell"))
+    await agents.add("n1", inventory=provides)
+    await agents.add("n2", inventory=Inventory(guest_cpu_model="qemu64"))
+    web = VMStatus(vm="web", node="n1", epoch=1, state=VMState.RUNNING, cpu_model="Haswell")
+    await store.put(KEYS.status("web"), encode(web))
+    stopped = VMStatus(vm="old", node="n1", epoch=1, state=VMState.STOPPED, cpu_model="EPYC")
+    await store.put(KEYS.status("old"), encode(stopped))  # no CPU state left: not counted
+    r = await api.get("/cluster/validate")
+    assert r.status_code == 200, r.text
+    by = checks(r.json())
+    there = by["CPU models n1 -> n2"]
+    assert there["status"] == "fail" and there["nodes"] == ["n1", "n2"]
+    assert there["message"] == (
+        "live and quick migration impossible from n1 to n2 (model Haswell not available on "
+        "n2): cold move only; n1 runs web with it"
+    )
+    assert by["CPU models n2 -> n1"]["status"] == "pass"

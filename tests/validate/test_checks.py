@@ -136,19 +136,50 @@ def test_cpu_compatibility_between_each_pair() -> None:
     assert sum(1 for n in checks if n.startswith("live migration")) == 6
 
 
-def test_guest_cpu_models_that_differ_fail_the_pair() -> None:
-    base = node("n1").inventory
-    a = node("n1", inventory=base.model_copy(update={"guest_cpu_model": "qemu64"}))
-    b = node("n2", inventory=base.model_copy(update={"guest_cpu_model": "Skylake-Server"}))
+def guests(name: str, model: str, *provides: str) -> Node:
+    """A qemu node whose guests get ``model`` by default, providing ``provides`` too."""
+    update: dict[str, Any] = {"guest_cpu_model": model}
+    if provides:
+        update["guest_cpu_models"] = (model, *provides)
+    return node(name, inventory=node(name).inventory.model_copy(update=update))
+
+
+def test_cpu_models_are_checked_per_ordered_pair() -> None:
+    a = guests("n1", "qemu64")  # provides its own model only
+    b = guests("n2", "Skylake-Server", "qemu64")
     old = node("n3")  # reports no guest CPU: a qemu agent gave qemu64 then
     checks = by_name(facts(a, b, old))
-    pair = checks["live migration n1 <-> n2"]
-    assert pair.status is CheckStatus.FAIL and pair.nodes == ("n1", "n2")
-    assert "guests see CPU qemu64 on n1 and Skylake-Server on n2" in pair.message
-    assert "live migration impossible" in pair.message and "quick migration" in pair.message
-    assert "guest_cpu" in pair.action
-    assert checks["live migration n1 <-> n3"].status is CheckStatus.PASS
+    assert checks["live migration n1 <-> n2"].status is CheckStatus.PASS  # driver, accel, flags
+    ok = checks["CPU models n1 -> n2"]
+    assert ok.status is CheckStatus.PASS and "n2 can provide every CPU model" in ok.message
+    bad = checks["CPU models n2 -> n1"]
+    assert bad.status is CheckStatus.FAIL and bad.nodes == ("n2", "n1")
+    assert bad.message == (
+        "live and quick migration impossible from n2 to n1 (model Skylake-Server not "
+        "available on n1): cold move only"
+    )
+    assert "make n1 provide Skylake-Server (it provides qemu64)" in bad.action
+    assert "cpu_model" in bad.action and "cold" in bad.action
+    assert checks["CPU models n1 -> n3"].status is CheckStatus.PASS
+    assert checks["CPU models n3 -> n2"].status is CheckStatus.PASS
     assert "guest CPU Skylake-Server" in checks["node n2"].message
+    # six ordered pairs among three nodes
+    assert sum(1 for n in checks if n.startswith("CPU models")) == 6
+
+
+def test_the_models_running_vms_use_count_too() -> None:
+    a = guests("n1", "qemu64", "Haswell")
+    b = guests("n2", "qemu64")
+    plain = by_name(facts(a, b))
+    assert plain["CPU models n1 -> n2"].status is CheckStatus.PASS  # only its default
+    running = {"n1": {"web": "Haswell", "db": "", "app": "qemu64"}}
+    checks = by_name(facts(a, b, guest_cpus=running))
+    pair = checks["CPU models n1 -> n2"]
+    assert pair.status is CheckStatus.FAIL
+    assert "(model Haswell not available on n2): cold move only; n1 runs web with it" in (
+        pair.message
+    )
+    assert checks["CPU models n2 -> n1"].status is CheckStatus.PASS
 
 
 def test_a_host_that_cannot_provide_its_guest_cpu_fails() -> None:
@@ -161,8 +192,9 @@ def test_a_host_that_cannot_provide_its_guest_cpu_fails() -> None:
     own = checks["node n2"]
     assert own.status is CheckStatus.FAIL and "cannot give guests CPU EPYC" in own.message
     assert "this host lacks sha-ni" in own.message
-    pair = checks["live migration n1 <-> n2"]
-    assert pair.status is CheckStatus.FAIL and "n2 cannot give guests CPU EPYC" in pair.message
+    pair = checks["CPU models n1 -> n2"]
+    assert pair.status is CheckStatus.FAIL
+    assert "model EPYC not available on n2" in pair.message
 
 
 def test_qemu_versions_that_differ_warn() -> None:

@@ -31,6 +31,7 @@ from hvcluster.api.context import ApiContext, context
 from hvcluster.api.listen import ListenRefused, open_listener, reach_listener, split
 from hvcluster.api.reads import decode_all, snapshot
 from hvcluster.models.errors import InvalidInput, StoreError
+from hvcluster.models.lifecycle import VMState
 from hvcluster.models.node import Node
 from hvcluster.models.storage import Switch, Volume
 from hvcluster.models.validation import (
@@ -43,6 +44,7 @@ from hvcluster.models.validation import (
     ValidationFacts,
     ValidationReport,
 )
+from hvcluster.models.vm import VMStatus
 from hvcluster.store.base import Store
 from hvcluster.store.health import has_quorum
 from hvcluster.validate import validate
@@ -57,6 +59,9 @@ MAX_ASKS = 16  # requests to other agents in flight at once
 # Asking a source to probe a target's migration port: it asks the target to listen, then
 # connects and reads the greeting.
 MIGRATION_ASK_TIMEOUT_S = ASK_TIMEOUT_S + 2 * CONNECT_TIMEOUT_S + 1.0
+
+# VMs whose guest CPU state exists on a node (what a live or quick migration carries off)
+RUNS = frozenset({VMState.RUNNING, VMState.PAUSED, VMState.MIGRATING})
 
 
 def api_address(node: Node) -> str:
@@ -299,11 +304,16 @@ async def validate_cluster(ctx: ApiContext = Depends(context)) -> ValidationRepo
     passes, warns or fails, with what to do."""
     started = time.monotonic()
     keys = ctx.keys
-    snap = await snapshot(ctx.store, keys, ("nodes", "alive", "volumes", "switches"))
+    snap = await snapshot(ctx.store, keys, ("nodes", "alive", "volumes", "switches", "status"))
     nodes = await decode_all(Node, keys, "nodes", snap.by_kind["nodes"], ctx.corrupt)
     volumes = await decode_all(Volume, keys, "volumes", snap.by_kind["volumes"], ctx.corrupt)
     switches = await decode_all(Switch, keys, "switches", snap.by_kind["switches"], ctx.corrupt)
     alive = frozenset(keys.name_of(kv.key, "alive") for kv in snap.by_kind["alive"])
+    statuses = await decode_all(VMStatus, keys, "status", snap.by_kind["status"], ctx.corrupt)
+    guest_cpus: dict[str, dict[str, str]] = {}  # node -> {vm: its CPU model}, running there
+    for status, _ in statuses.items.values():
+        if status.node and status.state in RUNS:
+            guest_cpus.setdefault(status.node, {})[status.vm] = status.cpu_model
     all_nodes = [n for n, _ in nodes.items.values()]
     live = sorted((n for n in all_nodes if n.name in alive), key=lambda n: n.name)
     # At most MAX_ASKS requests in flight; the others wait for the pool, not for a timeout.
@@ -328,5 +338,6 @@ async def validate_cluster(ctx: ApiContext = Depends(context)) -> ValidationRepo
         probes=(*probes, *ports),
         clocks=tuple(clocks),
         etcd=etcd,
+        guest_cpus=guest_cpus,
     )
     return validate(facts, duration_ms=(time.monotonic() - started) * 1000)

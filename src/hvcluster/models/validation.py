@@ -116,6 +116,9 @@ class ValidationFacts(Model):
     probes: tuple[Probe, ...] = ()
     clocks: tuple[Clock, ...] = ()
     etcd: EtcdFacts = EtcdFacts()
+    # node -> {vm: the CPU model its guest runs with} for the VMs running there ("": not
+    # reported, the node's default then)
+    guest_cpus: dict[str, dict[str, str]] = {}
 
 
 class ProbeAnswer(Model):

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from itertools import combinations
+from itertools import combinations, permutations
 
-from hvcluster.models.node import Inventory, Node
+from hvcluster.models.guestcpu import cannot_provide, provided
+from hvcluster.models.node import Node
 from hvcluster.models.validation import (
     Category,
     Check,
@@ -13,9 +14,9 @@ from hvcluster.models.validation import (
 )
 from hvcluster.validate.common import FAIL, PASS, WARN, Thresholds, alive_nodes, mib, names
 
-# Guests see the named CPU model their node's agent gives them (the agent's ``guest_cpu``,
-# reported as ``inventory.guest_cpu_model``), not the host's CPU: one model on every node is
-# what keeps live migration possible between different hosts.
+# Guests see a named CPU model, not the host's CPU: the one they were cold-started with (the
+# spec's cpu_model, or the starting node's guest_cpu), kept through live and quick
+# migrations. A VM moves that way only to a node that can provide its model.
 
 
 # --- inventory ---------------------------------------------------------------------------
@@ -121,11 +122,6 @@ def inventory(facts: ValidationFacts, t: Thresholds) -> list[Check]:
 # --- hypervisor --------------------------------------------------------------------------
 
 
-def guest_cpu(inv: Inventory) -> str:
-    """The CPU model the node's guests see (what live migration needs to match)."""
-    return inv.guest_cpu
-
-
 def hypervisor(facts: ValidationFacts, t: Thresholds) -> list[Check]:
     cat = Category.HYPERVISOR
     nodes = alive_nodes(facts)
@@ -158,11 +154,15 @@ def hypervisor(facts: ValidationFacts, t: Thresholds) -> list[Check]:
         )
     for a, b in combinations(nodes, 2):
         checks.append(_pair(a, b))
+    for a, b in permutations(nodes, 2):
+        if a.inventory.driver == b.inventory.driver:  # else the pair fails already
+            checks.append(_models(a, b, facts.guest_cpus.get(a.name, {})))
     return checks
 
 
 def _pair(a: Node, b: Node) -> Check:
-    """Can a VM live-migrate between ``a`` and ``b`` (both ways)?"""
+    """Can a VM live-migrate between ``a`` and ``b`` (both ways), as far as the driver, the
+    accelerator and the hosts' CPU flags go? (CPU models: :func:`_models`, per direction.)"""
     ia, ib = a.inventory, b.inventory
     name = f"live migration {a.name} <-> {b.name}"
     pair = (a.name, b.name)
@@ -191,23 +191,6 @@ def _pair(a: Node, b: Node) -> Check:
             "live-migrate between accelerators",
             "set the same accel in both agents' config, or use quick migration (--quick)",
         )
-    ca, cb = guest_cpu(ia), guest_cpu(ib)
-    if ca != cb:
-        return check(
-            FAIL,
-            f"guests see CPU {ca} on {a.name} and {cb} on {b.name}: live migration "
-            "impossible (a running guest cannot move to a different CPU model); use quick "
-            "migration (hvc vm move --quick)",
-            "set the same guest_cpu in every agent's config to migrate live",
-        )
-    lacking = [(n, i) for n, i in ((a, ia), (b, ib)) if i.guest_cpu_problem]
-    if lacking:
-        return check(
-            FAIL,
-            "; ".join(f"{n.name} cannot give guests CPU {i.guest_cpu}" for n, i in lacking)
-            + ": no live migration to it",
-            "set a guest_cpu every node can provide in every agent's config",
-        )
     only_a = sorted(set(ia.cpu_flags) - set(ib.cpu_flags))
     only_b = sorted(set(ib.cpu_flags) - set(ia.cpu_flags))
     if only_a or only_b:
@@ -218,12 +201,49 @@ def _pair(a: Node, b: Node) -> Check:
             differ.append(f"only {b.name} has {_flag_list(only_b)}")
         return check(
             WARN,
-            f"compatible (guests see {ca} on both), but the hosts' CPU flags differ: "
-            + "; ".join(differ),
-            "fine while guests get a named CPU model; never give guests the host's CPU "
-            "(-cpu host) on these nodes",
+            "same driver and accelerator, but the hosts' CPU flags differ: " + "; ".join(differ),
+            "fine while guests get a named CPU model that both provide (see the CPU model "
+            "checks); never give guests the host's CPU (-cpu host) on these nodes",
         )
-    return check(PASS, f"compatible: guests see {ca} on both, same {ia.accelerator} accelerator")
+    return check(PASS, f"compatible: same {ia.driver} driver and {ia.accelerator} accelerator")
+
+
+def _models(a: Node, b: Node, running: dict[str, str]) -> Check:
+    """Can ``b`` run, after a live or quick migration from ``a``, every CPU model ``a``'s
+    guests run with (``running``: vm -> model) and ``a``'s default (the model of any VM it
+    starts next)?"""
+    default = a.inventory.guest_cpu
+    users: dict[str, list[str]] = {default: []}
+    for vm, model in sorted(running.items()):
+        users.setdefault(model or default, []).append(vm)
+    missing = {m: vms for m, vms in users.items() if cannot_provide(b, m) is not None}
+    name = f"CPU models {a.name} -> {b.name}"
+    if not missing:
+        return Check(
+            category=Category.HYPERVISOR,
+            name=name,
+            status=PASS,
+            message=f"{b.name} can provide every CPU model {a.name}'s guests run with "
+            f"({', '.join(sorted(users))})",
+        )
+    models = sorted(missing)
+    what = f"model {models[0]}" if len(models) == 1 else f"models {', '.join(models)}"
+    who = sorted(vm for vms in missing.values() for vm in vms)
+    runs = f"; {a.name} runs {', '.join(who)} with it" if who else ""
+    offer = ", ".join(provided(b.inventory)) or "none"
+    return Check(
+        category=Category.HYPERVISOR,
+        name=name,
+        status=FAIL,
+        message=f"live and quick migration impossible from {a.name} to {b.name} ({what} "
+        f"not available on {b.name}): cold move only{runs}",
+        action=f"make {b.name} provide {what.split(' ', 1)[1]} (it provides {offer}): its "
+        "host CPU or accelerator must support it; or give every node the same guest_cpu "
+        "(agent config) and set a cpu_model every node provides in the VMs' specs (it "
+        f"applies at their next cold start); meanwhile move VMs from {a.name} to {b.name} "
+        "cold (stop, then start there)",
+        nodes=(a.name, b.name),
+    )
 
 
 def _flag_list(flags: list[str], most: int = 8) -> str:
