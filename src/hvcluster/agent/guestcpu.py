@@ -43,7 +43,8 @@ def guest_spec(spec: VMSpec, facts: HostFacts | None, model: str = "") -> VMSpec
         return spec.model_copy(update={"cpu_model": model}) if model else spec
     inv = facts.inventory
     chosen = model or spec.cpu_model or inv.guest_cpu
-    if chosen not in provided(inv):
+    own = chosen == inv.guest_cpu and not inv.guest_cpu_problem  # max/host: here, not moved
+    if chosen not in provided(inv) and not own:
         why = inv.guest_cpu_problem if chosen == inv.guest_cpu else ""
         raise SpecError(
             f"this node cannot give vm {spec.name} CPU model {chosen}"

@@ -12,24 +12,32 @@ from __future__ import annotations
 
 import json
 import subprocess
+from typing import Any
 
 QUERY = (
     '{"execute": "qmp_capabilities"}\n{"execute": "query-cpu-definitions"}\n{"execute": "quit"}\n'
 )
 MOST_SHOWN = 8
+_NONE: frozenset[str] = frozenset()
 
 
 class CpuModels:
     """QEMU's CPU models on this host: name -> the features it lacks here; or why unknown."""
 
-    def __init__(self, models: dict[str, list[str]] | None, error: str = "") -> None:
+    def __init__(
+        self, models: dict[str, list[str]] | None, error: str = "", unsafe: frozenset[str] = _NONE
+    ) -> None:
         self.models = models or {}
         self.error = error
+        self.unsafe = unsafe  # models QEMU says are not migration-safe (max, host)
 
     @property
     def provided(self) -> tuple[str, ...]:
-        """The models this host gives guests in full, sorted."""
-        return tuple(sorted(m for m, missing in self.models.items() if not missing))
+        """The models this host gives guests in full and that migrate (QEMU's
+        ``migration-safe``: not ``max`` nor ``host``, which mean other CPUs elsewhere)."""
+        return tuple(
+            sorted(m for m, missing in self.models.items() if not missing and m not in self.unsafe)
+        )
 
     def problem(self, binary: str, model: str, accelerator: str) -> str:
         """Why this host cannot give guests ``model``; "" if it can."""
@@ -73,11 +81,15 @@ def _ask(binary: str, accelerator: str, timeout: float) -> CpuModels:
         return CpuModels(None, f"{binary} not found")
     except subprocess.TimeoutExpired:
         return CpuModels(None, f"{binary} did not list its CPU models in {timeout:.0f} s")
-    models = _models(done.stdout)
-    if models is None:
+    found = _definitions(done.stdout)
+    if found is None:
         tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no answer"]
         return CpuModels(None, f"{binary} did not list its CPU models ({tail[0][:200]})")
-    return CpuModels(models)
+    models = {
+        str(m.get("name")): [str(f) for f in m.get("unavailable-features") or []] for m in found
+    }
+    unsafe = frozenset(str(m.get("name")) for m in found if m.get("migration-safe") is False)
+    return CpuModels(models, unsafe=unsafe)
 
 
 def guest_cpu_problem(binary: str, model: str, accelerator: str, timeout: float = 15.0) -> str:
@@ -85,8 +97,8 @@ def guest_cpu_problem(binary: str, model: str, accelerator: str, timeout: float 
     return cpu_models(binary, accelerator, timeout).problem(binary, model, accelerator)
 
 
-def _models(stdout: str) -> dict[str, list[str]] | None:
-    """Model name -> its unavailable features, from QMP's answers; None without that answer."""
+def _definitions(stdout: str) -> list[dict[str, Any]] | None:
+    """QEMU's CPU definitions, from QMP's answers; None without that answer."""
     for line in stdout.splitlines():
         try:
             answer = json.loads(line)
@@ -94,9 +106,5 @@ def _models(stdout: str) -> dict[str, list[str]] | None:
             continue
         found = answer.get("return") if isinstance(answer, dict) else None
         if isinstance(found, list):
-            return {
-                str(m.get("name")): [str(f) for f in m.get("unavailable-features") or []]
-                for m in found
-                if isinstance(m, dict)
-            }
+            return [m for m in found if isinstance(m, dict)]
     return None
