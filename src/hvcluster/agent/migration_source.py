@@ -33,6 +33,8 @@ from hvcluster.store.migrations import (
     change_migration_at,
     done_sentence,
     flip,
+    source_times_lost,
+    times_missing,
     with_times,
 )
 from hvcluster.store.state import read_config
@@ -82,6 +84,11 @@ class SourceRole(MigrationBase):
                 return  # the target is resuming it: nothing here meanwhile, not even a write
             if rec.id in self.times:
                 rec = await self._add_times(rec, self.times.pop(rec.id))
+            elif rec.id not in self.flipped and times_missing(rec):
+                # Flipped by this host's agent before a restart: QEMU's measures went with it.
+                if not rec.resumed_at and time.time() - rec.switching_at < HOLD_S:
+                    return  # the target is about to write when it ran the VM: wait for it
+                rec = await self._times_lost(rec)
             self.migrated_out.pop(rec.vm, None)
             placement = await self._placement(rec.vm)
             if placement is not None and placement.node != self.me:
@@ -231,6 +238,23 @@ class SourceRole(MigrationBase):
         if written is not None and written.downtime_ms is not None:
             await self.say("migration.done", f"vm/{rec.vm}", done_sentence(written))
         return written or rec.model_copy(update=times)
+
+    async def _times_lost(self, rec: Migration) -> Migration:
+        """A done record this host flipped before its agent restarted: QEMU's measures of
+        the transfer are gone, so the downtime stays unknown (said why); the total comes
+        from the target's ``resumed_at``. The paused copy is discarded by the caller."""
+        why = (
+            f"the source agent on {self.me} restarted after the flip, before it wrote QEMU's "
+            f"measures of the transfer"
+        )
+
+        def mark(cur: Migration) -> Migration | None:
+            return source_times_lost(cur, why) if times_missing(cur) else None
+
+        written = await change_migration(self.store, self.keys, rec.id, mark)
+        if written is not None:
+            await self.say("migration.done", f"vm/{rec.vm}", done_sentence(written))
+        return written or rec
 
     async def _said_switched(self, rec: Migration) -> None:
         qemu = rec.transfer_downtime_ms or 0.0
