@@ -1,0 +1,255 @@
+"""The qemu driver's hold on its QEMU processes: launching one, re-attaching to one a previous
+agent left running, following it over QMP (its events make the VM's state; its hang-up
+means it is exiting), and accounting for its exit.
+
+:class:`QemuSupervisor` is the base of :class:`~hvcluster.drivers.qemu.driver.QemuDriver`
+(through the migration and save/restore parts) and provides the driver internals that
+:class:`~hvcluster.drivers.qemu.storage.StorageMigration` declares.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from hvcluster.drivers.base import VMEvent, VMInfo
+from hvcluster.drivers.errors import AlreadyRunning, NotRunning
+from hvcluster.drivers.qemu.cmdline import Launch, check_spec, qemu_argv, tap_name
+from hvcluster.drivers.qemu.host import host_memory_mib
+from hvcluster.drivers.qemu.migration import ACTIVE
+from hvcluster.drivers.qemu.monitor import Monitor
+from hvcluster.drivers.qemu.probe import decide_accelerator
+from hvcluster.drivers.qemu.process import enslave_tap, kill_and_wait, launch, log_tail, wait_gone
+from hvcluster.drivers.qemu.settings import QemuSettings
+from hvcluster.drivers.qemu.storage import StorageMigration
+from hvcluster.drivers.qemu.vm import RUNSTATES, QemuVM
+from hvcluster.drivers.runtime import (
+    pid_alive,
+    read_int,
+    read_json,
+    record_identity,
+    retire,
+    vm_dir,
+    vm_pid,
+    vms_root,
+    write_json,
+)
+from hvcluster.models.errors import DriverError
+from hvcluster.models.lifecycle import VMState
+from hvcluster.models.storage import bridge_name
+from hvcluster.models.vm import VMSpec
+
+log = logging.getLogger(__name__)
+
+
+class QemuSupervisor(StorageMigration):
+    def __init__(self, run_dir: Path, settings: QemuSettings | None = None) -> None:
+        super().__init__(run_dir)
+        self.run_dir: Path = Path(run_dir).absolute()
+        self.settings = settings or QemuSettings()
+        self._vms: dict[str, QemuVM] = {}
+        self._gone: dict[str, VMInfo] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._followers: dict[str, asyncio.Task[None]] = {}
+        self._accel: tuple[str, str] | None = None
+        vms_root(self.run_dir).mkdir(parents=True, exist_ok=True)
+
+    async def accelerator(self) -> tuple[str, str]:
+        """``(kvm|tcg, why)``, decided once per driver (the probe itself is cached per host)."""
+        if self._accel is None:
+            self._accel = await decide_accelerator(self.settings)
+        return self._accel
+
+    def _lock(self, name: str) -> asyncio.Lock:
+        return self._locks.setdefault(name, asyncio.Lock())
+
+    def _get(self, name: str) -> QemuVM:
+        vm = self._vms.get(name)
+        if vm is None:
+            raise NotRunning(name)
+        return vm
+
+    def _qmp(self, vm: QemuVM) -> Monitor:
+        if vm.monitor is None or not vm.monitor.connected:
+            raise NotRunning(vm.name, "no QMP connection to its QEMU")
+        return vm.monitor
+
+    async def _launch(self, spec: VMSpec, epoch: int, paused: bool, incoming: bool) -> QemuVM:
+        name = spec.name
+        d = vm_dir(self.run_dir, name)
+        if name in self._vms or vm_pid(d) is not None:
+            raise AlreadyRunning(name, self._vms[name].pid if name in self._vms else vm_pid(d))
+        check_spec(spec, host_memory_mib(), self.settings)
+        accel, _ = await self.accelerator()
+        if d.exists():
+            self._clean_dir(d, name)
+        d.mkdir(parents=True)
+        started = time.time()
+        record = {"spec": spec.model_dump(mode="json"), "epoch": epoch, "started": started}
+        write_json(d / "spec.json", record | {"accelerator": accel, "incoming": incoming})
+        argv = qemu_argv(spec, d, self.run_dir, Launch(accel, paused, incoming), self.settings)
+        try:
+            pid = await launch(argv, d, self.settings.start_timeout_s)
+        except DriverError:
+            self._clean_dir(d, name)
+            raise
+        state = VMState.MIGRATING if incoming else VMState.PAUSED if paused else VMState.RUNNING
+        vm = QemuVM(name, d, spec, epoch, pid, record_identity(d, pid), VMState.STARTING, started)
+        self._vms[name] = vm
+        self._gone.pop(name, None)
+        try:
+            for i, nic in enumerate(spec.nics):
+                await enslave_tap(tap_name(self.run_dir, name, i), bridge_name(nic.switch))
+            await self._connect(vm)
+        except DriverError:
+            await self._destroy(vm)
+            self._gone.pop(name, None)
+            raise
+        self._set_state(vm, state, "incoming migration" if incoming else "started")
+        return vm
+
+    async def _attach_one(self, d: Path) -> QemuVM | None:
+        name = d.name
+        record = read_json(d / "spec.json")
+        pid = vm_pid(d)
+        try:
+            spec = VMSpec.model_validate(record["spec"]) if record else None
+        except ValueError:
+            spec = None
+        if pid is None or spec is None or record is None:
+            if pid is not None:  # a VM we cannot account for must not run unsupervised
+                await kill_and_wait(pid)
+            why = "its runtime dir is unreadable" if pid else "QEMU exited while no agent watched"
+            self._clean_dir(d, name)
+            self._record_gone(
+                name, VMState.FAILED, why, int(record.get("epoch", 0)) if record else 0
+            )
+            return None
+        saved = read_json(d / "state.json") or {}
+        vm = QemuVM(
+            name,
+            d,
+            spec,
+            int(record["epoch"]),
+            pid,
+            read_int(d / "pid.start"),
+            VMState(saved.get("state", VMState.RUNNING)),
+            float(saved.get("since", record.get("started", time.time()))),
+            reason=str(saved.get("reason", "")),
+        )
+        self._vms[name] = vm
+        try:
+            await self._connect(vm)
+            await self._refresh(vm)
+        except DriverError as e:
+            log.warning("vm %s: attached to pid %s without QMP: %s", name, pid, e)
+            vm.reason = str(e)
+        return vm
+
+    async def _connect(self, vm: QemuVM) -> None:
+        def on_event(event: str, data: dict[str, Any]) -> None:
+            self._on_event(vm, event, data)
+
+        vm.monitor = await Monitor.connect(
+            vm.name, vm.dir / "qmp.sock", on_event, self.settings.qmp_timeout_s
+        )
+        self._followers[vm.name] = asyncio.create_task(self._follow(vm, vm.monitor))
+
+    async def _follow(self, vm: QemuVM, monitor: Monitor) -> None:
+        """QEMU hung up its QMP socket: it is exiting. Wait for the process, then account."""
+        await monitor.closed
+        await monitor.close()
+        if await wait_gone(vm.pid, vm.start, 5.0):
+            self._finish(vm)
+        else:
+            log.warning("vm %s: QMP hung up but QEMU (pid %s) still runs", vm.name, vm.pid)
+        if self._followers.get(vm.name) is asyncio.current_task():
+            del self._followers[vm.name]
+
+    def _on_event(self, vm: QemuVM, event: str, data: dict[str, Any]) -> None:
+        if event == "STOP" and vm.state != VMState.MIGRATING:
+            self._set_state(vm, VMState.PAUSED, "stopped")
+        elif event == "RESUME":
+            self._set_state(vm, VMState.RUNNING, "resumed")
+        elif event == "SHUTDOWN":
+            vm.guest_off = vm.guest_off or bool(data.get("guest"))
+            self._set_state(vm, VMState.STOPPING, f"shutdown ({data.get('reason', '?')})")
+        elif event == "MIGRATION":
+            status = str(data.get("status", ""))
+            if status in ACTIVE:
+                self._set_state(vm, VMState.MIGRATING, f"migration {status}")
+            elif status == "completed" and vm.state != VMState.RUNNING:  # (resumed already)
+                self._set_state(vm, VMState.PAUSED, "migration completed")
+
+    async def _refresh(self, vm: QemuVM) -> None:
+        status = await self._qmp(vm).execute("query-status")
+        state = RUNSTATES.get(str(status.get("status")), VMState.PAUSED)
+        self._set_state(vm, state, f"QEMU run state {status.get('status')}")
+
+    async def _after_failed_migration(self, vm: QemuVM, resume: bool = False) -> None:
+        """QEMU resumes a source whose migration failed; make our state say what it is."""
+        with contextlib.suppress(DriverError):
+            if resume:
+                await self._qmp(vm).execute("cont")
+            await self._refresh(vm)
+
+    async def _wait_exit(self, vm: QemuVM, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not vm.exited.is_set():
+            self._check_alive(vm, grace=0.5)
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.05)
+        return True
+
+    async def _destroy(self, vm: QemuVM) -> None:
+        vm.stopping = True
+        await kill_and_wait(vm.pid, vm.start)
+        await self._wait_exit(vm, 5.0)
+
+    def _check_alive(self, vm: QemuVM, grace: float = 2.0) -> None:
+        """Polling backs up the QMP hang-up: a process gone for ``grace`` seconds is gone."""
+        if vm.exited.is_set() or pid_alive(vm.pid, vm.start):
+            return
+        if vm.dead_since is None:
+            vm.dead_since = time.monotonic()
+        elif vm.monitor is None or time.monotonic() - vm.dead_since > grace:
+            self._finish(vm)
+
+    def _finish(self, vm: QemuVM) -> None:
+        if vm.exited.is_set():
+            return
+        if vm.stopping:
+            state, reason = VMState.STOPPED, "stopped on request"
+        elif vm.guest_off:
+            state, reason = VMState.STOPPED, "the guest powered off"
+        else:
+            tail = log_tail(vm.dir / "qemu.log", 300)
+            state = VMState.FAILED
+            reason = "QEMU exited unexpectedly (killed or crashed)" + (f": {tail}" if tail else "")
+        self._clean_dir(vm.dir, vm.name)
+        if self._vms.get(vm.name) is vm:
+            del self._vms[vm.name]
+        self._record_gone(vm.name, state, reason, vm.epoch)
+        vm.state, vm.reason, vm.since = state, reason, time.time()
+        vm.exited.set()
+
+    def _record_gone(self, name: str, state: VMState, reason: str, epoch: int) -> None:
+        now = time.time()
+        self._gone[name] = VMInfo(name=name, state=state, since=now, epoch=epoch, reason=reason)
+        self._emit(VMEvent(name=name, state=state, at=now, epoch=epoch, reason=reason))
+
+    def _set_state(self, vm: QemuVM, state: VMState, reason: str) -> None:
+        if state == vm.state or vm.exited.is_set():
+            return
+        vm.state, vm.since, vm.reason = state, time.time(), reason
+        with contextlib.suppress(OSError):
+            write_json(vm.dir / "state.json", {"state": state, "since": vm.since, "reason": reason})
+        self._emit(VMEvent(name=vm.name, state=state, at=vm.since, epoch=vm.epoch, reason=reason))
+
+    def _clean_dir(self, d: Path, name: str) -> None:
+        retire(self.run_dir, name, keep=("serial.log", "qemu.log"))
