@@ -5,15 +5,16 @@ A move is a record at ``requests/storage-moves/<id>`` (see
 at a placement epoch, and the destination volume. Only that node's agent acts on it:
 
 1. *requested -> preparing*: the VM still placed here at that epoch and running, this node
-   sees the volume (else it fails, saying so), no live migration of the VM under way, and
-   at least one disk to move (writable, not on that volume already);
+   sees the volume (else it fails, saying so), the VM's job key names this move (see
+   :mod:`hvcluster.store.jobs`: no migration can start meanwhile), and at least one disk to
+   move (writable, not on that volume already);
 2. *transferring*: for each such disk, the driver mirrors it onto a new file at the same
    path on the destination volume (progress in the record every :data:`PROGRESS_EVERY` s);
 3. once a copy is complete and follows every write (the driver's ``confirm``), ONE
    transaction writes the VM spec with the new path, moves the disk lock (lease-bound) to it
    and updates the record (for the last disk: *switching -> done*), compared on the record,
-   the spec and the placement (still here, same epoch) revisions; only then does the guest
-   switch to the new file, and the old file is deleted.
+   the spec and the placement (still here, same epoch) revisions and the job key; only
+   then does the guest switch to the new file, and the old file is deleted.
 
 Any failure before that transaction: the record fails with the reason, the guest keeps its
 old disk, the new file is removed. A cancel (or the controller failing it) stops the copy.
@@ -41,9 +42,8 @@ from hvcluster.models.storage import disk_on_volume, disks_to_move
 from hvcluster.models.vm import Disk, Placement, VMSpec
 from hvcluster.store.base import Compare, Delete, KeyValue, Put, Store, WatchEvent
 from hvcluster.store.follow import follow
-from hvcluster.store.jobs import release_if_named
+from hvcluster.store.jobs import busy, job_of, release_if_named
 from hvcluster.store.keys import Keys
-from hvcluster.store.migrations import active_for, read_migrations
 from hvcluster.store.state import read_config
 from hvcluster.store.storage_moves import (
     change_move,
@@ -207,7 +207,7 @@ class StorageMover:
         if info is None or info.state is not VMState.RUNNING:
             state = info.state.value if info else "not running"
             raise MoveFailed(f"vm {rec.vm} is {state} on {self.me}; only a running VM moves")
-        await self._no_migration(rec.vm)
+        await self._holds_the_vm(rec)
         disks = disks_to_move(spec, rec.volume)
         if not disks:
             raise MoveFailed(f"vm {rec.vm} has no writable disk off volume {rec.volume!r}")
@@ -216,10 +216,15 @@ class StorageMover:
                 raise MoveFailed("the move was cancelled")
         return spec, disks
 
-    async def _no_migration(self, vm: str) -> None:
-        active = active_for(await read_migrations(self.store, self.keys), vm)
-        if active is not None:
-            raise MoveFailed(f"migration {active.id} of {vm} is under way")
+    async def _holds_the_vm(self, rec: Migration) -> Compare:
+        """The VM's job key names this move (it was created with it: no migration can start
+        meanwhile); the compare that keeps it so in the commit. Raises MoveFailed."""
+        key, value = self.keys.job(rec.vm), encode(job_of(rec))
+        kv = await self.store.get(key)
+        if kv is None or kv.value != value:
+            why = await busy(self.store, self.keys, rec.vm)
+            raise MoveFailed(why or f"vm {rec.vm} is not held by storage move {rec.id}")
+        return Compare.value_is(key, value)
 
     async def _commit(self, rec: Migration, index: int, old: Disk, new: Disk, last: bool) -> bool:
         """The one transaction that makes ``new`` the VM's disk ``index`` (see step 3)."""
@@ -236,7 +241,7 @@ class StorageMover:
             raise
 
     async def _write(self, rec: Migration, index: int, old: Disk, new: Disk, last: bool) -> bool:
-        await self._no_migration(rec.vm)
+        held = await self._holds_the_vm(rec)
         skv = await self.store.get(self.keys.vm(rec.vm))
         pkv = await self.store.get(self.keys.placement(rec.vm))
         if skv is None or pkv is None:
@@ -252,6 +257,7 @@ class StorageMover:
         compares = [
             Compare.mod_is(skv.key, skv.mod_revision),
             Compare.mod_is(pkv.key, pkv.mod_revision),
+            held,
         ]
         ops: list[Put | Delete] = [Put(skv.key, encode(updated))]
         await self._move_lock(rec.vm, old, new, compares, ops)
