@@ -61,6 +61,9 @@ def test_migration_keeps_the_guest_running_with_no_reset(lab2: Lab, kind: str) -
     assert 0 < rec["downtime_ms"] < 30_000
     moved = wait_for(lambda: running(lab, name), 30, f"{name} running on n2")
     assert moved["node"] == "n2" and moved["placement"]["epoch"] == vm["placement"]["epoch"] + 1
+    # the guest CPU model it was started with on n1 came along (the record named it)
+    assert vm["status"]["cpu_model"] == rec["cpu_model"] == "qemu64"
+    assert moved["status"]["cpu_model"] == "qemu64"
     assert source_pid is not None
     wait_for(lambda: vm_pid(lab, "n1", name) is None, 10, "the source QEMU gone")
     # the guest's own counter goes on from where it was: on the serial console of n2 ...
