@@ -84,10 +84,15 @@ def test_create_from_file_with_overrides(hvc: Any, tmp_path: Path) -> None:
             "--anti-affinity",
             "db",
             "--hard-anti-affinity",
+            "--cpu-model",
+            "Nehalem",
         )
     )
     vm = json.loads(ok(hvc("vm", "show", "db-1", "--json")))
     assert (vm["spec"]["vcpus"], vm["desired_state"]) == (3, "stopped")
+    assert vm["spec"]["cpu_model"] == "Nehalem"
+    bad = hvc("vm", "create", "x-1", "--cpu-model", "Nehalem,+avx")  # never a -cpu option
+    assert bad.exit_code != 0 and "cpu_model" in bad.output
     ha = vm["spec"]["ha"]
     assert (ha["priority"], ha["anti_affinity_classes"], ha["anti_affinity_enforced"]) == (
         "low",

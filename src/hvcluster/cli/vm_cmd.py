@@ -80,6 +80,13 @@ def create(
     hard_anti_affinity: bool = typer.Option(
         False, "--hard-anti-affinity", help="Never share a node with its anti-affinity classes."
     ),
+    cpu_model: str | None = typer.Option(
+        None,
+        "--cpu-model",
+        help="The guest's CPU model (QEMU -cpu name); it then starts only on nodes that "
+        "provide it. Default: the model of the node that starts it; either way it keeps the "
+        "model through live and quick migrations.",
+    ),
     stopped: bool = typer.Option(False, "--stopped", help="Create it without starting it."),
     file: Path | None = typer.Option(None, "--file", help="A VM spec as JSON; options override."),
     as_json: bool = typer.Option(False, "--json", help="Print the created VM as JSON."),
@@ -91,7 +98,7 @@ def create(
         spec["name"] = name
     if "name" not in spec:
         raise ApiError("give the VM a NAME (or a --file whose spec has a name)")
-    for key, value in (("vcpus", vcpus), ("memory_mib", memory)):
+    for key, value in (("vcpus", vcpus), ("memory_mib", memory), ("cpu_model", cpu_model)):
         if value is not None:
             spec[key] = value
     if disk:
