@@ -17,10 +17,10 @@ import pytest
 
 from hvcluster.api import create_app
 from hvcluster.models.base import decode
-from hvcluster.models.lifecycle import MigrationState, VMState
+from hvcluster.models.lifecycle import MigrationState, NodeAdminState, VMState
 from hvcluster.models.migration import Migration, MigrationKind
 from hvcluster.models.node import Node
-from hvcluster.store.migrations import create_migration
+from hvcluster.store.migrations import create_migration, read_migrations
 from tests.sim.cluster import FAST, SimCluster
 
 pytestmark = pytest.mark.timeout(90)
@@ -145,3 +145,59 @@ async def test_a_spec_that_names_a_model_starts_only_where_it_is_provided(
     await cluster.create_vm("app", cpu_model="sim-cpu-v3", ha={"preferred_owners": ["n1"]})
     assert await cluster.wait_running("app") == "n3"
     assert await wait_model(cluster, "app", "n3") == ("sim-cpu-v3", "sim-cpu-v3")
+
+
+async def test_drain_moves_a_vm_only_where_its_model_is_provided(
+    setup: tuple[SimCluster, httpx.AsyncClient],
+) -> None:
+    cluster, api = setup
+    await cluster.start("n1", "n2", "n3")
+    await cluster.create_vm("a", ha={"preferred_owners": ["n1"]})
+    assert await cluster.wait_running("a") == "n1"
+    assert (await api.post("/nodes/n1/drain")).status_code == 202
+
+    async def drained() -> bool:
+        kv = await cluster.store.get(cluster.keys.node("n1"))
+        assert kv is not None
+        return decode(Node, kv.key, kv.value).admin_state is NodeAdminState.PAUSED
+
+    await cluster.wait_for(drained, 30, "n1 drained")
+    assert await cluster.running_on("a") == "n2"  # n3 would take it, but not its sim-cpu
+    assert await wait_model(cluster, "a", "n2") == ("sim-cpu", "sim-cpu")
+    (move,) = await cluster.event_list("drain.move", "vm/a")
+    assert "by live migration" in move.reason
+
+    # drain n2 now: only n1 (paused) and n3 (no sim-cpu) are left: a stays, saying why
+    assert (await api.post("/nodes/n2/drain")).status_code == 202
+
+    async def stayed() -> str | None:
+        found = await cluster.event_list("drain.stay", "vm/a")
+        return found[-1].reason if found else None
+
+    why = await cluster.wait_for(stayed, 20, "a to stay on n2")
+    assert "model sim-cpu not available on n3" in why
+    assert await cluster.running_on("a") == "n2"
+
+
+async def test_failback_to_a_node_lacking_the_model_is_a_cold_move(
+    setup: tuple[SimCluster, httpx.AsyncClient],
+) -> None:
+    cluster, _ = setup
+    await cluster.start("n1", "n2")
+    # it fails over to n2 (a cold start: it gets sim-cpu-v2 there), which its preferred
+    # owner n1 cannot provide: the failback must be cold too
+    await cluster.create_vm(
+        "home",
+        ha={"preferred_owners": ["n1"], "failback": {"mode": "immediate"}},
+    )
+    assert await cluster.wait_running("home") == "n1"
+    await cluster.crash("n1")
+    assert await cluster.wait_running("home", 20, not_on="n1") == "n2"
+    assert await wait_model(cluster, "home", "n2") == ("sim-cpu-v2", "sim-cpu-v2")
+    await cluster.start_node("n1")
+    assert await cluster.wait_running("home", 30, not_on="n2") == "n1"
+    assert await wait_model(cluster, "home", "n1") == ("sim-cpu", "sim-cpu")  # cold: n1's
+    records = [s.value for s in (await read_migrations(cluster.store, cluster.keys)).items.values()]
+    assert [r for r in records if r.vm == "home"] == []  # no live migration was tried
+    placed = await cluster.placement("home")
+    assert placed is not None and "stopped there" in placed.reason
