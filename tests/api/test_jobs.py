@@ -14,7 +14,7 @@ from hvcluster.api import create_app
 from hvcluster.models.base import decode, encode
 from hvcluster.models.migration import MigrationKind
 from hvcluster.models.node import Node
-from hvcluster.store.base import KeyValue, Op, TxnResult
+from hvcluster.store.base import Compare, KeyValue, Op, TxnResult
 from hvcluster.store.jobs import Job, busy
 from hvcluster.store.memory import MemoryStore
 from hvcluster.store.migrations import create_migration
@@ -23,63 +23,72 @@ from tests.api.conftest import KEYS
 from tests.api.test_storage_moves import setup
 
 
-class YieldingStore(MemoryStore):
-    """A MemoryStore that lets other tasks run before every read and transaction, as a
-    networked store does: concurrent requests interleave between their checks and writes.
-    Counts the transactions that tried to claim a job key."""
+class GatedStore(MemoryStore):
+    """A MemoryStore where the first ``gate`` reads of the VM's job key wait for each other:
+    every concurrent creator has found the VM free before any of them writes (the gap a
+    read check leaves). Counts the transactions that tried to claim a job key."""
 
-    claims = 0
+    def __init__(self, gate: int) -> None:
+        super().__init__()
+        self.gate, self.arrived, self.claims = gate, 0, 0
+        self.all_checked = asyncio.Event()
 
     async def get(self, key: str) -> KeyValue | None:
-        await asyncio.sleep(0)
+        if key == KEYS.job("db") and self.arrived < self.gate:
+            self.arrived += 1
+            if self.arrived == self.gate:
+                self.all_checked.set()
+            await asyncio.wait_for(self.all_checked.wait(), 10)
         return await super().get(key)
 
     async def txn(
-        self, compares: Sequence[object], success: Sequence[Op], failure: Sequence[Op] = ()
+        self, compares: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op] = ()
     ) -> TxnResult:
-        await asyncio.sleep(0)
-        if any(getattr(c, "key", "").startswith(KEYS.prefix("jobs")) for c in compares):
+        if any(c.key.startswith(KEYS.prefix("jobs")) for c in compares):
             self.claims += 1
-        return await super().txn(compares, success, failure)  # type: ignore[arg-type]
+        return await super().txn(compares, success, failure)
+
+
+ASKS = [
+    ("/vms/db/move", {"to": "n2"}),
+    ("/vms/db/move", {"to": "n2", "kind": "quick"}),
+    ("/vms/db/move-storage", {"volume": "b"}),
+    ("/vms/db/move", {"to": "n2"}),
+    ("/vms/db/move-storage", {"volume": "b"}),
+] * 2
 
 
 @pytest.fixture
-async def ystore() -> AsyncIterator[YieldingStore]:
-    s = YieldingStore()
+async def gated() -> AsyncIterator[GatedStore]:
+    s = GatedStore(gate=len(ASKS))
     try:
         yield s
     finally:
         await s.close()
 
 
-async def test_concurrent_creators_exactly_one_wins(ystore: YieldingStore) -> None:
-    await setup(ystore)
-    kv = await ystore.get(KEYS.node("n2"))
+async def test_concurrent_creators_exactly_one_wins(gated: GatedStore) -> None:
+    await setup(gated)
+    kv = await gated.get(KEYS.node("n2"))
     assert kv is not None
     n2 = decode(Node, kv.key, kv.value).model_copy(update={"volumes": ("a", "b")})
-    await ystore.put(KEYS.node("n2"), encode(n2))
-    app = create_app(ystore, KEYS, "n1")
+    await gated.put(KEYS.node("n2"), encode(n2))
+    app = create_app(gated, KEYS, "n1")
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://api/api/v1") as api:
-        asks = [
-            ("/vms/db/move", {"to": "n2"}),
-            ("/vms/db/move", {"to": "n2", "kind": "quick"}),
-            ("/vms/db/move-storage", {"volume": "b"}),
-            ("/vms/db/move", {"to": "n2"}),
-            ("/vms/db/move-storage", {"volume": "b"}),
-        ] * 2
+        asks = ASKS
         answers = await asyncio.gather(*(api.post(path, json=body) for path, body in asks))
     won = [a for a in answers if a.status_code == 202]
     lost = [a for a in answers if a.status_code == 409]
     assert len(won) == 1, [a.text for a in answers]
     assert len(lost) == len(asks) - 1, [a.text for a in answers]
     winner = won[0].json()
-    kv = await ystore.get(KEYS.job("db"))
+    kv = await gated.get(KEYS.job("db"))
     assert kv is not None and decode(Job, kv.key, kv.value).id == winner["id"]
     what = "storage move" if winner["kind"] == "storage" else f"{winner['kind']} migration"
     held = f"vm db is already moving ({what} {winner['id']}, requested)"
-    assert {a.json()["error"] for a in lost} == {held}
-    assert ystore.claims > 1  # several passed the read check: the store decided
+    assert {a.json()["error"] for a in lost} == {held}, [a.text for a in lost]
+    assert gated.claims == len(asks)  # every one passed the read check: the store decided
 
 
 async def test_the_gap_between_check_and_create_is_closed(store: MemoryStore) -> None:

@@ -105,3 +105,41 @@ async def test_a_source_agent_restarted_after_its_flip_completes_the_record(
 
     await cluster.wait_for(discarded, 10, "the paused copy on n1 discarded")
     assert await cluster.running_on("web") == "n2"
+
+
+async def test_a_source_host_lost_after_its_flip_has_its_record_completed_by_the_controller(
+    cluster: SimCluster,
+) -> None:
+    await cluster.start("n1", "n2")
+    await cluster.create_vm("web", ha={"preferred_owners": ["n1"]})
+    assert await cluster.wait_running("web") == "n1"
+    rec = await move(cluster, "web", "n2")
+    crashed = asyncio.Event()
+
+    async def crash_source_at_the_flip() -> None:
+        start = await cluster.store.revision()
+        async for event in cluster.store.watch(cluster.keys.migration(rec.id), start):
+            if event.value and decode(Migration, event.key, event.value).state is _M.DONE:
+                await cluster.crash("n1")
+                crashed.set()
+                return
+
+    watcher = asyncio.create_task(crash_source_at_the_flip())
+    try:
+        await asyncio.wait_for(crashed.wait(), 20)
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+    assert (await record(cluster, rec.id)).transfer_downtime_ms is None
+
+    async def completed() -> Migration | None:
+        got = await record(cluster, rec.id)
+        return got if got.reason else None
+
+    done: Migration = await cluster.wait_for(completed, 30, "the controller to complete it")
+    assert done.state is _M.DONE and done.reason.startswith(TIMES_LOST)
+    assert "source node n1 went away after the flip" in done.reason
+    assert done.downtime_ms is None and done.resumed_at
+    assert done.total_ms == pytest.approx((done.resumed_at - done.created) * 1000)
+    assert await cluster.running_on("web") == "n2"

@@ -51,8 +51,11 @@ from hvcluster.store.migrations import (
     ATTEMPTS,
     change_migration,
     create_migration,
+    done_sentence,
     flip,
     read_migrations,
+    source_times_lost,
+    times_missing,
 )
 from hvcluster.store.state import ClusterState, Decoded, Stored, read_cluster, read_kind
 from hvcluster.store.storage_moves import moved_spec_ops
@@ -64,6 +67,8 @@ _M = MigrationState
 RETAIN_S = 7 * 86400.0  # finished records are kept this long (drains and failbacks read them)
 SETTLE_S = 30.0  # a requested move waits this long for its VM to be reported running
 LATER_S = 0.05  # the cycle runs this long after a change that needs no haste
+TIMES_WAIT_S = 10.0  # a done record waits this long for its source's measures (source gone)
+TIMES_GIVE_UP_S = 120.0  # ... and this long if its source is alive
 
 
 class MigrationCoordinator:
@@ -117,6 +122,7 @@ class MigrationCoordinator:
         await sweep_jobs(self.store, self.keys, self.say)  # stale job keys, orphaned moves
         records = await read_migrations(self.store, self.keys)
         await self._prune(records)
+        await self._times_lost(records)
         if not any(s.value.active for s in records.items.values()):
             nodes = await read_kind(self.store, self.keys, "nodes", Node)
             if all(
@@ -151,6 +157,39 @@ class MigrationCoordinator:
                 await self.store.txn(
                     [Compare.mod_is(key, stored.mod_revision), *held], [Delete(key), *ops]
                 )
+
+    async def _times_lost(self, records: Decoded[Migration]) -> None:
+        """A done record whose source node went away after its flip, before it wrote QEMU's
+        measures of the transfer: the downtime stays unknown (said why), the total comes
+        from the target's resume time. The same, later, for one whose source is alive but
+        never wrote them. (A source agent that only restarted does this itself.)"""
+        now = self.clock()
+        waiting = [
+            s.value
+            for s in records.items.values()
+            if times_missing(s.value) and now - s.value.switching_at > TIMES_WAIT_S
+        ]
+        if not waiting:
+            return
+        alive = {
+            self.keys.name_of(kv.key, "alive")
+            for kv in (await self.store.range(self.keys.prefix("alive"))).kvs
+        }
+        for rec in waiting:
+            if rec.source not in alive:
+                why = f"the source node {rec.source} went away after the flip, before it "
+                why += "wrote QEMU's measures of the transfer"
+            elif now - rec.switching_at > TIMES_GIVE_UP_S:
+                why = f"the source node {rec.source} never wrote QEMU's measures of the transfer"
+            else:
+                continue
+
+            def mark(cur: Migration, why: str = why) -> Migration | None:
+                return source_times_lost(cur, why) if times_missing(cur) else None
+
+            written = await change_migration(self.store, self.keys, rec.id, mark)
+            if written is not None:
+                await self.say("migration.done", f"vm/{rec.vm}", done_sentence(written))
 
     # --- one migration ---------------------------------------------------------------
     async def _advance(
