@@ -229,6 +229,7 @@ def times_missing(rec: Migration) -> bool:
     stopped = rec.transfer_ms if rec.kind is MigrationKind.QUICK else rec.transfer_downtime_ms
     return (
         rec.state is MigrationState.DONE
+        and rec.switching_at > 0  # (every flip writes it)
         and stopped is None
         and rec.downtime_ms is None
         and not rec.reason.startswith(TIMES_LOST)
