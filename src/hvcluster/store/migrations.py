@@ -108,23 +108,25 @@ async def change_migration_at(
     attempts: int = ATTEMPTS,
 ) -> tuple[Migration, int] | None:
     """:func:`change_migration`, also returning the record's new mod revision."""
-    return await _change(store, keys, mid, change, compares, ops, attempts)
+    return await change_record(store, keys, keys.migration(mid), change, compares, ops, attempts)
 
 
-async def _change(
+async def change_record(
     store: Store,
     keys: Keys,
-    mid: str,
+    key: str,
     change: Change,
-    compares: Sequence[Compare],
-    ops: Sequence[Put | Delete],
-    attempts: int,
+    compares: Sequence[Compare] = (),
+    ops: Sequence[Put | Delete] = (),
+    attempts: int = ATTEMPTS,
 ) -> tuple[Migration, int] | None:
-    """Apply ``change`` to the record under compare-and-set; return the record written, or
-    None when ``change`` declined (returned None), the record is gone or unreadable, or the
-    extra ``compares`` failed. ``change`` is re-run on the fresh record after a lost race;
-    an illegal state change raises :class:`~hvcluster.models.errors.IllegalTransition`."""
-    key = keys.migration(mid)
+    """Apply ``change`` to the record at ``key`` (a migration or a storage move) under
+    compare-and-set, with the caller's ``compares`` and ``ops`` in the same transaction; the
+    VM's job key is released by the change that ends the record. Return the record written
+    and its mod revision, or None when ``change`` declined (returned None), the record is
+    gone or unreadable, or the extra ``compares`` failed. ``change`` is re-run on the fresh
+    record after a lost race; an illegal state change raises
+    :class:`~hvcluster.models.errors.IllegalTransition`."""
     for _ in range(attempts):
         kv = await store.get(key)
         if kv is None:

@@ -18,17 +18,15 @@ from collections.abc import Callable, Sequence
 
 from hvcluster.models.base import decode, encode
 from hvcluster.models.errors import CorruptValue
-from hvcluster.models.lifecycle import MIGRATION_LIFECYCLE
 from hvcluster.models.migration import Migration, MigrationKind
 from hvcluster.models.storage import spec_on_volume
 from hvcluster.models.vm import VMSpec
 from hvcluster.store.base import Compare, Delete, Put, Store
-from hvcluster.store.jobs import claim, release
+from hvcluster.store.jobs import claim
 from hvcluster.store.keys import Keys
-from hvcluster.store.migrations import new_id
+from hvcluster.store.migrations import change_record, new_id
 
 PREFIX = "storage-moves/"
-ATTEMPTS = 10
 
 Change = Callable[[Migration], Migration | None]
 
@@ -99,29 +97,8 @@ async def change_move(
     """Apply ``change`` under compare-and-set, with the caller's extra ``compares`` and
     ``ops`` in the same transaction. None when ``change`` declined, the record is gone, or
     one of the caller's compares failed; re-decided on a lost race on the record."""
-    key = move_key(keys, mid)
-    for _ in range(ATTEMPTS):
-        kv = await store.get(key)
-        if kv is None:
-            return None
-        try:
-            current = decode(Migration, kv.key, kv.value)
-        except CorruptValue:
-            return None
-        new = change(current)
-        if new is None:
-            return None
-        MIGRATION_LIFECYCLE.check(current.state, new.state)
-        new = new.model_copy(update={"updated": time.time()})
-        guard = [Compare.mod_is(key, kv.mod_revision), *compares]
-        ends = release(keys, current) if current.active and not new.active else []
-        result = await store.txn(guard, [Put(key, encode(new)), *ops, *ends])
-        if result.succeeded:
-            return new
-        again = await store.get(key)
-        if compares and again is not None and again.mod_revision == kv.mod_revision:
-            return None  # the record did not move: one of the caller's compares failed
-    return None
+    done = await change_record(store, keys, move_key(keys, mid), change, compares, ops)
+    return done[0] if done else None
 
 
 async def moved_spec_ops(
