@@ -10,7 +10,7 @@ placement rule) before the transfer begins.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal, TypeVar
 
 from fastapi import APIRouter, Body, Depends
@@ -239,27 +239,38 @@ async def cancel_migration(
 ) -> Migration:
     """Cancel a migration before the placement flips; the VM keeps running on its source."""
     reason = request.reason if request and request.reason else "cancelled by an administrator"
-
-    def cancel(cur: Migration) -> Migration | None:
-        if cur.state is MigrationState.CANCELLED:
-            return None
-        if cur.state in (MigrationState.SWITCHING, MigrationState.DONE):
-            raise Conflict(f"migration {mid} is {cur.state.value}: too late to cancel")
-        if not cur.active:
-            raise Conflict(f"migration {mid} is {cur.state.value} already")
-        return cur.model_copy(update={"state": MigrationState.CANCELLED, "reason": reason})
-
+    cancel = cancelling(f"migration {mid}", reason)
     done = await change_migration(ctx.store, ctx.keys, _valid_id(mid), cancel)
     if done is not None:
         await ctx.record("migration.cancelled", f"vm/{done.vm}", f"migration {mid}: {reason}")
     return await show_migration(mid, ctx)
 
 
-def _valid_id(mid: str) -> str:
+def cancelling(what: str, reason: str) -> Callable[[Migration], Migration | None]:
+    """The change that cancels the job ``what`` (a migration or a storage move) with
+    ``reason``: nothing if it is cancelled already, 409 once it has switched or ended."""
+
+    def cancel(cur: Migration) -> Migration | None:
+        if cur.state is MigrationState.CANCELLED:
+            return None
+        if cur.state in (MigrationState.SWITCHING, MigrationState.DONE):
+            raise Conflict(f"{what} is {cur.state.value}: too late to cancel")
+        if not cur.active:
+            raise Conflict(f"{what} is {cur.state.value} already")
+        return cur.model_copy(update={"state": MigrationState.CANCELLED, "reason": reason})
+
+    return cancel
+
+
+def valid_id(mid: str, what: str) -> str:
     try:
         return Migration.model_validate({"id": mid, "vm": "x", "source": "x"}).id
     except ValueError as e:
-        raise InvalidInput(f"invalid migration id {mid!r}", field="id") from e
+        raise InvalidInput(f"invalid {what} id {mid!r}", field="id") from e
+
+
+def _valid_id(mid: str) -> str:
+    return valid_id(mid, "migration")
 
 
 # --- drain and failback ---------------------------------------------------------------

@@ -14,10 +14,10 @@ from fastapi import APIRouter, Body, Depends
 from pydantic import BaseModel, Field
 
 from hvcluster.api.context import ApiContext, context, valid_name
-from hvcluster.api.migrations import Cluster
+from hvcluster.api.migrations import Cluster, cancelling, valid_id
 from hvcluster.api.views import ActionRequest, View
 from hvcluster.models.errors import Conflict, InvalidInput, NotFound
-from hvcluster.models.lifecycle import MigrationState, VMState
+from hvcluster.models.lifecycle import VMState
 from hvcluster.models.migration import Migration
 from hvcluster.models.names import check_name
 from hvcluster.models.storage import disks_to_move
@@ -117,16 +117,7 @@ async def cancel_move(
     """Cancel a storage move before the VM's spec names the new disk; the VM keeps its old
     disk and the copy is removed."""
     reason = request.reason if request and request.reason else "cancelled by an administrator"
-
-    def cancel(cur: Migration) -> Migration | None:
-        if cur.state is MigrationState.CANCELLED:
-            return None
-        if cur.state in (MigrationState.SWITCHING, MigrationState.DONE):
-            raise Conflict(f"storage move {mid} is {cur.state.value}: too late to cancel")
-        if not cur.active:
-            raise Conflict(f"storage move {mid} is {cur.state.value} already")
-        return cur.model_copy(update={"state": MigrationState.CANCELLED, "reason": reason})
-
+    cancel = cancelling(f"storage move {mid}", reason)
     done = await change_move(ctx.store, ctx.keys, _valid_id(mid), cancel)
     if done is not None:
         await ctx.record("storage.move_cancelled", f"vm/{done.vm}", f"storage move {mid}: {reason}")
@@ -134,7 +125,4 @@ async def cancel_move(
 
 
 def _valid_id(mid: str) -> str:
-    try:
-        return Migration.model_validate({"id": mid, "vm": "x", "source": "x"}).id
-    except ValueError as e:
-        raise InvalidInput(f"invalid storage move id {mid!r}", field="id") from e
+    return valid_id(mid, "storage move")
