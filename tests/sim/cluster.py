@@ -7,13 +7,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 from hvcluster.agent.config import AgentConfig
 from hvcluster.agent.daemon import Daemon, cancel_all
 from hvcluster.agent.drivers import SimHostLinks
+from hvcluster.api.app import create_app
 from hvcluster.drivers.sim import SimDriver
 from hvcluster.drivers.sim.model import SimParams
 from hvcluster.drivers.sim.state import SimHost
@@ -21,6 +24,7 @@ from hvcluster.models.base import decode, encode, parse
 from hvcluster.models.config import ClusterConfig
 from hvcluster.models.event import Event
 from hvcluster.models.lifecycle import VMState
+from hvcluster.models.node import Node
 from hvcluster.models.vm import Placement, VMSpec, VMStatus
 from hvcluster.store.events import EventLog
 from hvcluster.store.keys import Keys
@@ -152,3 +156,21 @@ class SimCluster:
 
         node: str = await self.wait_for(where, timeout, f"{vm} running (not on {not_on})")
         return node
+
+
+@contextlib.asynccontextmanager
+async def with_api(cluster: SimCluster) -> AsyncIterator[httpx.AsyncClient]:
+    """The cluster's REST API in-process, as n1 serves it; the cluster is stopped after."""
+    try:
+        app = create_app(cluster.store, cluster.keys, "n1")
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api/api/v1") as api:
+            yield api
+    finally:
+        await cluster.stop()
+
+
+async def node_record(cluster: SimCluster, name: str) -> Node:
+    kv = await cluster.store.get(cluster.keys.node(name))
+    assert kv is not None
+    return decode(Node, kv.key, kv.value)

@@ -15,13 +15,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from hvcluster.api import create_app
 from hvcluster.models.base import decode
 from hvcluster.models.lifecycle import MigrationState, NodeAdminState, VMState
 from hvcluster.models.migration import Migration, MigrationKind
 from hvcluster.models.node import Node
 from hvcluster.store.migrations import create_migration, read_migrations
-from tests.sim.cluster import FAST, SimCluster
+from tests.sim.cluster import FAST, SimCluster, with_api
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -31,13 +30,8 @@ async def setup(tmp_path: Path) -> AsyncIterator[tuple[SimCluster, httpx.AsyncCl
     cluster = SimCluster(tmp_path, FAST)
     cluster.cpu_models.update({"n2": "sim-cpu-v2", "n3": "sim-cpu-v3"})
     cluster.cpu_provides["n2"] = ("sim-cpu-v2", "sim-cpu")
-    try:
-        app = create_app(cluster.store, cluster.keys, "n1")
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://api/api/v1") as api:
-            yield cluster, api
-    finally:
-        await cluster.stop()
+    async with with_api(cluster) as api:
+        yield cluster, api
 
 
 async def finished(cluster: SimCluster, mid: str) -> Migration:

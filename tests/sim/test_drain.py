@@ -11,13 +11,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from hvcluster.api import create_app
 from hvcluster.models.base import decode
 from hvcluster.models.config import MigrationSettings
 from hvcluster.models.lifecycle import NodeAdminState
 from hvcluster.models.migration import Migration
-from hvcluster.models.node import Node
-from tests.sim.cluster import FAST, SimCluster
+from tests.sim.cluster import FAST, SimCluster, node_record, with_api
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -66,19 +64,8 @@ class Concurrency:
 @pytest.fixture
 async def setup(tmp_path: Path) -> AsyncIterator[tuple[SimCluster, httpx.AsyncClient]]:
     cluster = SimCluster(tmp_path, DRAIN)
-    try:
-        app = create_app(cluster.store, cluster.keys, "n1")
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://api/api/v1") as api:
-            yield cluster, api
-    finally:
-        await cluster.stop()
-
-
-async def node_state(cluster: SimCluster, name: str) -> Node:
-    kv = await cluster.store.get(cluster.keys.node(name))
-    assert kv is not None
-    return decode(Node, kv.key, kv.value)
+    async with with_api(cluster) as api:
+        yield cluster, api
 
 
 async def test_drain_four_vms_two_at_a_time_then_resume_with_failback(
@@ -97,14 +84,14 @@ async def test_drain_four_vms_two_at_a_time_then_resume_with_failback(
         assert r.status_code == 202, r.text
 
         async def paused() -> bool:
-            return (await node_state(cluster, "n1")).admin_state is NodeAdminState.PAUSED
+            return (await node_record(cluster, "n1")).admin_state is NodeAdminState.PAUSED
 
         await cluster.wait_for(paused, 60, "n1 drained and paused")
     assert seen.most["n1"] == 2, seen.most  # the limit, and it was used
     assert all(n <= 2 for n in seen.most.values()), seen.most
     where = {vm: await cluster.running_on(vm) for vm in vms}
     assert all(node in ("n2", "n3") for node in where.values()), where
-    assert "drain of n1 is complete" in (await node_state(cluster, "n1")).admin_reason
+    assert "drain of n1 is complete" in (await node_record(cluster, "n1")).admin_reason
     assert await cluster.event_list("node.drained", "node/n1")
 
     r = await api.post("/nodes/n1/resume", json={"failback": "immediate"})
@@ -127,7 +114,7 @@ async def test_a_vm_that_cannot_move_live_is_moved_quick(
     assert (await api.post("/nodes/n1/drain")).status_code == 202
 
     async def paused() -> bool:
-        return (await node_state(cluster, "n1")).admin_state is NodeAdminState.PAUSED
+        return (await node_record(cluster, "n1")).admin_state is NodeAdminState.PAUSED
 
     await cluster.wait_for(paused, 60, "n1 drained and paused")
     assert await cluster.wait_running("stubborn", 10) == "n2"

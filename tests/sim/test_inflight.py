@@ -11,11 +11,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from hvcluster.api import create_app
 from hvcluster.models.config import MigrationSettings
 from hvcluster.models.lifecycle import MigrationState
 from hvcluster.store.migrations import read_migrations
-from tests.sim.cluster import FAST, SimCluster
+from tests.sim.cluster import FAST, SimCluster, with_api
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -26,13 +25,8 @@ SLOW = FAST.model_copy(update={"migration": MigrationSettings(max_bandwidth_mib_
 @pytest.fixture
 async def setup(tmp_path: Path) -> AsyncIterator[tuple[SimCluster, httpx.AsyncClient]]:
     cluster = SimCluster(tmp_path, SLOW, cpus=4)
-    try:
-        app = create_app(cluster.store, cluster.keys, "n1")
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://api/api/v1") as api:
-            yield cluster, api
-    finally:
-        await cluster.stop()
+    async with with_api(cluster) as api:
+        yield cluster, api
 
 
 async def test_a_receiving_node_is_not_overcommitted(

@@ -15,11 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from hvcluster.api import create_app
-from hvcluster.models.base import decode
 from hvcluster.models.lifecycle import NodeAdminState
-from hvcluster.models.node import Node
-from tests.sim.cluster import FAST, SimCluster
+from tests.sim.cluster import FAST, SimCluster, node_record, with_api
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -29,19 +26,8 @@ EXPECTED_BACK = {"none": set(), "policy": {"eager"}, "immediate": {"eager", "laz
 @pytest.fixture
 async def setup(tmp_path: Path) -> AsyncIterator[tuple[SimCluster, httpx.AsyncClient]]:
     cluster = SimCluster(tmp_path, FAST)
-    try:
-        app = create_app(cluster.store, cluster.keys, "n1")
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://api/api/v1") as api:
-            yield cluster, api
-    finally:
-        await cluster.stop()
-
-
-async def node_record(cluster: SimCluster, name: str) -> Node:
-    kv = await cluster.store.get(cluster.keys.node(name))
-    assert kv is not None
-    return decode(Node, kv.key, kv.value)
+    async with with_api(cluster) as api:
+        yield cluster, api
 
 
 async def where(cluster: SimCluster) -> dict[str, str | None]:
