@@ -71,7 +71,12 @@ async def create_migration(
         requested_by=requested_by,
         volume=volume,
     )
-    key = keys.migration(rec.id)
+    return await store_new(store, keys, keys.migration(rec.id), rec)
+
+
+async def store_new(store: Store, keys: Keys, key: str, rec: Migration) -> Migration | None:
+    """Store the new record ``rec`` (a migration or a storage move) at ``key`` with its VM's
+    job key in the same transaction; None if the record or the job key exists already."""
     held, hold = claim(keys, rec)
     result = await store.txn([Compare.absent(key), *held], [Put(key, encode(rec)), *hold])
     return rec if result.succeeded else None
@@ -94,7 +99,7 @@ async def change_migration(
     ops: Sequence[Put | Delete] = (),
     attempts: int = ATTEMPTS,
 ) -> Migration | None:
-    written = await change_migration_at(store, keys, mid, change, compares, ops, attempts)
+    written = await change_record(store, keys, keys.migration(mid), change, compares, ops, attempts)
     return written[0] if written is not None else None
 
 

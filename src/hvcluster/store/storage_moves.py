@@ -22,9 +22,8 @@ from hvcluster.models.migration import Migration, MigrationKind
 from hvcluster.models.storage import spec_on_volume
 from hvcluster.models.vm import VMSpec
 from hvcluster.store.base import Compare, Delete, Put, Store
-from hvcluster.store.jobs import claim
 from hvcluster.store.keys import Keys
-from hvcluster.store.migrations import change_record, new_id
+from hvcluster.store.migrations import change_record, new_id, store_new
 
 PREFIX = "storage-moves/"
 
@@ -80,10 +79,7 @@ async def create_move(
         requested_by=requested_by,
         volume=volume,
     )
-    key = move_key(keys, rec.id)
-    held, hold = claim(keys, rec)
-    result = await store.txn([Compare.absent(key), *held], [Put(key, encode(rec)), *hold])
-    return rec if result.succeeded else None
+    return await store_new(store, keys, move_key(keys, rec.id), rec)
 
 
 async def change_move(
