@@ -14,6 +14,7 @@ import contextlib
 import ctypes
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -31,6 +32,7 @@ from hvcluster.models.errors import HvcError
 
 ETCD_BINARY = "/usr/bin/etcd"
 HOST = "127.0.0.1"
+PORT_FLOOR = 20000  # lab and test ports are chosen from here up to the ephemeral range
 
 _PR_SET_PDEATHSIG = 1
 _running: weakref.WeakSet[EtcdProcess] = weakref.WeakSet()
@@ -40,13 +42,34 @@ class EtcdLabError(HvcError):
     """An etcd process of the lab could not be started or did not become healthy."""
 
 
+def _ephemeral_floor() -> int:
+    """The lowest port the kernel hands out to outgoing connections."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
 def free_ports(n: int) -> list[int]:
-    """``n`` distinct TCP ports free on the loopback address right now."""
+    """``n`` distinct TCP ports free on the loopback address right now, chosen below the
+    kernel's ephemeral range: a port from that range, free when asked, can be taken a moment
+    later by any outgoing connection (e.g. one etcd member dialling another) before the
+    process meant to listen on it binds it."""
+    low = _ephemeral_floor()
+    tries = 4 * n + 64
+    candidates = random.sample(range(PORT_FLOOR, max(low, PORT_FLOOR + tries)), k=tries)
     with contextlib.ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
-        for s in socks:
-            s.bind((HOST, 0))
-        return [s.getsockname()[1] for s in socks]
+        chosen: list[int] = []
+        for port in candidates:
+            s = stack.enter_context(socket.socket())
+            try:
+                s.bind((HOST, port))
+            except OSError:
+                continue
+            chosen.append(port)
+            if len(chosen) == n:
+                return chosen
+    raise EtcdLabError(f"no {n} free TCP ports found on {HOST} in {PORT_FLOOR}-{low - 1}")
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
