@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,8 +29,13 @@ def netns_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 
 
 def leader(lab: Lab, avoid: str | None = None) -> str:
-    elected = [e for e in lab.events(avoid) if e["event"]["kind"] == "controller.elected"]
-    subject: str = elected[-1]["event"]["subject"]
+    """The node of the latest controller election (waiting for a first one: the lab is up
+    once its APIs answer, which can be before any controller is elected)."""
+
+    def elected() -> list[dict[str, Any]]:
+        return [e for e in lab.events(avoid) if e["event"]["kind"] == "controller.elected"]
+
+    subject: str = wait_for(elected, 30, "a controller elected")[-1]["event"]["subject"]
     return subject.split("/")[1]
 
 
