@@ -81,9 +81,7 @@ async def list_tokens(ctx: ApiContext = Depends(context)) -> TokenList:
 
 
 @router.post("", status_code=201, response_model=TokenCreated)
-async def create_token(
-    request: TokenRequest, ctx: ApiContext = Depends(context)
-) -> TokenCreated:
+async def create_token(request: TokenRequest, ctx: ApiContext = Depends(context)) -> TokenCreated:
     now = time.time()
     expires_at = now + request.expires_in_s if request.expires_in_s is not None else None
     token, secret = issue(request.name, request.role, now, expires_at, created_by=ctx.actor)
