@@ -35,7 +35,7 @@ class Lab:
     @property
     def headers(self) -> dict[str, str]:
         """The lab's admin token (made by ``hvc lab up``), as every request sends it."""
-        return {"Authorization": f"Bearer {self.state.token}"}
+        return self.state.auth()
 
     def get(self, path: str, avoid: str | None = None) -> Any:
         r = httpx.get(f"{self.api(avoid)}/api/v1{path}", timeout=5, headers=self.headers)

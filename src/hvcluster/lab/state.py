@@ -48,6 +48,10 @@ class LabState(Model):
         known = ", ".join(n.name for n in self.nodes)
         raise HvcError(f"no node {name!r} in this lab (nodes: {known})")
 
+    def auth(self) -> dict[str, str]:
+        """The header that sends the lab's admin token with a request."""
+        return {"Authorization": f"Bearer {self.token}"}
+
     def with_node(self, node: LabNode) -> LabState:
         nodes = tuple(node if n.name == node.name else n for n in self.nodes)
         return self.model_copy(update={"nodes": nodes})
