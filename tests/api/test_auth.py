@@ -22,7 +22,7 @@ from tests.validate.agents import Agents
 
 PREFIX = "/api/v1"
 # What each route needs, said here independently of api/auth.py: reads need a reader, writes
-# an operator, except these areas (admin) and these exceptions.
+# an operator, except these areas (admin; tokens even to read) and these exceptions.
 ADMIN_AREAS = ("/tokens", "/volumes", "/switches", "/cluster")
 OPEN = {("GET", "/healthz")}
 READER_WRITES = {("POST", "/probe/listen")}
@@ -32,6 +32,8 @@ PARAMS = {"/events/follow": {"since": 1, "count": 1}}  # ends after the one stor
 def expected_role(method: str, path: str) -> Role | None:
     if (method, path) in OPEN:
         return None
+    if path.startswith("/tokens"):
+        return Role.ADMIN
     if method == "GET" or (method, path) in READER_WRITES:
         return Role.READER
     return Role.ADMIN if path.startswith(ADMIN_AREAS) else Role.OPERATOR

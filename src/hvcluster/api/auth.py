@@ -4,7 +4,8 @@
 route can be added without it. What a route needs follows from its method and path, in one
 place (:func:`required_role`), so a new route gets a role without anyone remembering to:
 
-* reads (GET) need ``reader``;
+* reads (GET) need ``reader``, except the token list (``admin``: who may do what is the
+  admins' business);
 * writes under ``/tokens``, ``/volumes``, ``/switches`` and ``/cluster`` (the cluster's
   configuration) need ``admin``;
 * every other write (VMs, nodes, migrations, storage moves: actions) needs ``operator``;
@@ -38,6 +39,7 @@ from hvcluster.store.tokens import find_token
 
 READS = frozenset({"GET", "HEAD"})
 OPEN = frozenset({"/healthz"})  # reads anyone may make
+ADMIN_ONLY = frozenset({"tokens"})  # areas whose reads need admin too
 ADMIN_AREAS = frozenset({"tokens", "volumes", "switches", "cluster"})
 READER_WRITES = frozenset({"/probe/listen"})
 # Declares the scheme in the OpenAPI document (the docs' "Authorize" button, API fuzzers);
@@ -62,11 +64,13 @@ def required_role(method: str, path: str) -> Role | None:
     """The least role that may make ``method path`` (``path`` under ``/api/v1``, a route's
     template or a concrete path: only literal segments decide); None: open to anyone."""
     method = method.upper()
+    area = path.strip("/").split("/", 1)[0]
+    if area in ADMIN_ONLY:
+        return Role.ADMIN
     if method in READS:
         return None if path in OPEN else Role.READER
     if path in READER_WRITES:
         return Role.READER
-    area = path.strip("/").split("/", 1)[0]
     return Role.ADMIN if area in ADMIN_AREAS else Role.OPERATOR
 
 

@@ -1,4 +1,4 @@
-"""``/api/v1/tokens``: API tokens (admin only). Create (the secret is answered once, never
+"""``/api/v1/tokens``: API tokens (admin only, reads too). Create (the secret is answered once, never
 stored), list (without secrets), revoke.
 
 Revoking the last valid admin token is refused: nobody could then manage tokens through the
