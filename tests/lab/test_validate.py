@@ -95,6 +95,7 @@ def test_hvc_lab_up_prints_an_admin_token_that_works(tmp_path: Path) -> None:
         token = lines[lines.index(next(x for x in lines if x.startswith("admin token"))) + 1]
         state = Lab(lab_dir).state
         assert token == state.token and token.startswith("admin.")
+        assert (lab_dir / "lab.json").stat().st_mode & 0o077 == 0  # it holds the token
         api = f"{state.api[0]}/api/v1"
         bearer = {"Authorization": f"Bearer {token}"}
         assert httpx.get(f"{api}/tokens", headers=bearer, timeout=5).status_code == 200
