@@ -93,9 +93,9 @@ def test_where_endpoint_token_and_ca_come_from(tmp_path: Path) -> None:
     config.write_text('api = ["http://conf:1", "http://conf:2"]\ntoken = "conf.t"\n')
     env = {"HVC_CONFIG": str(config)}
 
-    found = resolve(env=env, lab=lab)  # the config file, then the lab for what it lacks
+    found = resolve(env=env, lab=lab)  # the config file (no CA: the lab's is for the lab's URLs)
     assert found.urls == ("http://conf:1", "http://conf:2")
-    assert (found.token, found.ca) == ("conf.t", "/lab/ca.pem")
+    assert (found.token, found.ca) == ("conf.t", None)
     env |= {"HVC_API": "http://env:1", "HVC_TOKEN": "env.t", "HVC_CA": "/env/ca.pem"}
     found = resolve(env=env, lab=lab)
     assert (found.urls, found.token, found.ca) == (("http://env:1",), "env.t", "/env/ca.pem")
@@ -106,6 +106,11 @@ def test_where_endpoint_token_and_ca_come_from(tmp_path: Path) -> None:
     empty.write_text("")
     found = resolve(env={"HVC_CONFIG": str(empty)}, lab=lab)
     assert (found.urls, found.token, found.ca) == (("http://lab:1",), "lab.t", "/lab/ca.pem")
+    found = resolve(["http://lab:1/"], env={"HVC_CONFIG": str(empty)}, lab=lab)
+    assert (found.token, found.ca) == ("lab.t", "/lab/ca.pem")
+    # the lab's admin token is never sent anywhere but to the lab's agents
+    found = resolve(["http://elsewhere:1"], env={"HVC_CONFIG": str(empty)}, lab=lab)
+    assert (found.token, found.ca) == (None, None)
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,5 @@
-"""``/api/v1/tokens``: API tokens (admin only, reads too). Create (the secret is answered once, never
-stored), list (without secrets), revoke.
+"""``/api/v1/tokens``: API tokens (admin only, reads too). Create (the secret is answered
+once, never stored), list (without secrets), revoke.
 
 Revoking the last valid admin token is refused: nobody could then manage tokens through the
 API (``hvc token create --store-endpoints`` on a host that reaches etcd would still work).

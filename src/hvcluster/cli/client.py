@@ -8,7 +8,8 @@ Where the API is, which token to send and which CA to trust are each found in th
 3. the config file, ``$HVC_CONFIG`` or ``~/.config/hvc/config.toml``, keys ``api`` (a URL or
    a list), ``token`` and ``ca``;
 4. the running lab's state file (``$HVC_LAB_DIR/lab.json``, default
-   ``/run/hvc-lab/lab.json``, keys ``"api"``: a list of base URLs, ``"token"``, ``"ca"``).
+   ``/run/hvc-lab/lab.json``, keys ``"api"``: a list of base URLs, ``"token"``, ``"ca"``);
+   its token and CA only for the lab's own URLs (its admin token goes nowhere else).
 
 Each URL is tried in turn until one answers; a request is only retried on another URL when
 it could not connect (so it was never sent).
@@ -119,12 +120,20 @@ def resolve(
     config = read_config(config_file(env), required=bool(env.get("HVC_CONFIG")))
     lab_path = lab if lab is not None else lab_file(env)
     lab_data = _read_lab(lab_path)
+    urls = tuple(_urls(api, env, config, lab_data, lab_path))
     lab_dict = lab_data if isinstance(lab_data, dict) else None
+    if lab_dict is not None and not set(urls) <= _lab_urls(lab_dict):
+        lab_dict = None  # the lab's token goes to the lab's agents only
     return Connection(
-        urls=tuple(_urls(api, env, config, lab_data, lab_path)),
+        urls=urls,
         token=_first(token, env.get("HVC_TOKEN"), config.get("token"), lab_dict, "token"),
         ca=_first(ca, env.get("HVC_CA"), config.get("ca"), lab_dict, "ca"),
     )
+
+
+def _lab_urls(lab: dict[str, Any]) -> set[str]:
+    urls = lab.get("api")
+    return {u.rstrip("/") for u in urls if isinstance(u, str)} if isinstance(urls, list) else set()
 
 
 def _first(
