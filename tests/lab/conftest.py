@@ -1,4 +1,5 @@
-"""A real lab: etcd and agent processes (with watchdogs) on loopback, stopped after."""
+"""A real lab: etcd and agent processes (with watchdogs) on loopback, stopped after. It runs
+with TLS, as every lab does: requests verify the API's certificate against the lab's CA."""
 
 from __future__ import annotations
 
@@ -26,19 +27,24 @@ class Lab:
     def state(self) -> LabState:
         return load(self.dir)
 
+    @property
+    def ca(self) -> str:
+        """The lab's CA file: what ``verify=`` takes."""
+        return self.state.ca
+
     def api(self, avoid: str | None = None) -> str:
         for n in self.state.nodes:
             if n.name != avoid:
-                return f"http://{n.address}:{n.api_port}"
+                return self.state.api_url(n)
         raise AssertionError("no API left")
 
     def get(self, path: str, avoid: str | None = None) -> Any:
-        r = httpx.get(f"{self.api(avoid)}/api/v1{path}", timeout=5)
+        r = httpx.get(f"{self.api(avoid)}/api/v1{path}", timeout=5, verify=self.ca)
         r.raise_for_status()
         return r.json()
 
     def post(self, path: str, body: Any = None, avoid: str | None = None) -> Any:
-        r = httpx.post(f"{self.api(avoid)}/api/v1{path}", json=body, timeout=10)
+        r = httpx.post(f"{self.api(avoid)}/api/v1{path}", json=body, timeout=10, verify=self.ca)
         assert r.status_code < 300, r.text
         return r.json()
 

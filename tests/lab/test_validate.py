@@ -23,7 +23,8 @@ def sim_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 
 
 def validate(lab: Lab) -> tuple[int, dict[str, dict[str, Any]]]:
-    result = CliRunner().invoke(cli_app, ["cluster", "validate", "--json", "--api", lab.api()])
+    args = ["cluster", "validate", "--json", "--api", lab.api()]
+    result = CliRunner().invoke(cli_app, args, env={"HVC_LAB_DIR": str(lab.dir)})
     assert result.exit_code in (0, 1), result.output
     report = json.loads(result.stdout)
     return result.exit_code, {c["name"]: c for c in report["checks"]}

@@ -145,3 +145,21 @@ def test_three_members_losing_one_then_quorum() -> None:
         for p in cluster:
             p.wait_healthy(30)
         assert has_quorum(health(cluster.endpoints))
+
+
+def test_check_over_tls_needs_the_client_certificate(etcd_tls_session: EtcdCluster) -> None:
+    files = etcd_tls_session.client_tls
+    assert files is not None
+    url = f"https://{etcd_tls_session.endpoints[0]}"
+    code, out = check(
+        "--endpoints", url, "--ca", str(files.ca), "--cert", str(files.cert),
+        "--key", str(files.key), "--json",
+    )  # fmt: skip
+    assert code == 0, out
+    assert json.loads(out)["quorum"] is True
+
+    code, out = check("--endpoints", url, "--ca", str(files.ca), "--timeout", "1")
+    assert code == 2 and "client certificate" in out and "Traceback" not in out
+
+    code, out = check("--endpoints", url, "--timeout", "1")
+    assert code != 0 and "CA" in out and "Traceback" not in out

@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
+import httpx
 from fastapi import Path, Request
 
 from hvcluster.api.reads import CorruptReporter
@@ -22,11 +24,29 @@ log = logging.getLogger(__name__)
 EventData = dict[str, str | int | float | bool | None]
 
 
+@dataclass(frozen=True)
+class PeerApi:
+    """How this agent calls other agents' APIs (the probes of cluster validation): over
+    https when the agents serve TLS, each certificate checked against ``ca`` (a CA file;
+    None: the system's CAs)."""
+
+    tls: bool = False
+    ca: str | None = None
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
+
+    def client(self, **options: Any) -> httpx.AsyncClient:
+        return httpx.AsyncClient(verify=self.ca or True, **options)
+
+
 @dataclass
 class ApiContext:
     store: Store
     keys: Keys
     node: str
+    peers: PeerApi = field(default_factory=PeerApi)
     log: EventLog = field(init=False)  # the writer: every change this API makes is logged
     corrupt: CorruptReporter = field(init=False)
 

@@ -6,6 +6,9 @@ environment variable (comma-separated), the running lab's state file
 URLs). Each URL is tried in turn until one answers; a request is only retried on another
 URL when it could not connect (so it was never sent).
 
+An https API's certificate is checked against ``$HVC_CA`` (a CA file), else the running
+lab's CA (key ``"ca"`` of its state file), else the system's CAs.
+
 Errors come back as :class:`ApiError` (an :class:`HvcError`), one sentence each, which the
 CLI prints without a traceback.
 """
@@ -70,6 +73,19 @@ def resolve_urls(
     return [u.rstrip("/") for u in urls]
 
 
+def resolve_ca(env: Mapping[str, str] = os.environ, lab: Path | None = None) -> str | bool:
+    """What httpx's ``verify=`` gets: a CA file, or True for the system's CAs."""
+    if env.get("HVC_CA"):
+        return env["HVC_CA"]
+    path = lab if lab is not None else lab_file(env)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return True
+    ca = data.get("ca") if isinstance(data, dict) else None
+    return ca if isinstance(ca, str) and ca else True
+
+
 def _error_of(response: httpx.Response) -> ApiError:
     try:
         body = response.json()
@@ -89,15 +105,17 @@ def _error_of(response: httpx.Response) -> ApiError:
 class Client:
     """Sync client of one cluster's API, trying each known URL until one answers."""
 
-    def __init__(self, urls: Sequence[str], timeout: float = TIMEOUT_S) -> None:
+    def __init__(
+        self, urls: Sequence[str], timeout: float = TIMEOUT_S, verify: str | bool = True
+    ) -> None:
         if not urls:
             raise ApiError("no API URL to talk to")
         self.urls = list(urls)
-        self._http = httpx.Client(timeout=timeout)
+        self._http = httpx.Client(timeout=timeout, verify=verify)
 
     @classmethod
     def from_options(cls, api: Sequence[str] | None) -> Client:
-        return cls(resolve_urls(api))
+        return cls(resolve_urls(api), verify=resolve_ca())
 
     def close(self) -> None:
         self._http.close()
@@ -180,6 +198,8 @@ def _why(error: httpx.ConnectError) -> str:
     text = str(error)
     if "refused" in text.lower():
         return "connection refused (is an agent running there?)"
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        return f"its TLS certificate is not trusted: set HVC_CA to the cluster's CA file ({text})"
     return text or type(error).__name__
 
 

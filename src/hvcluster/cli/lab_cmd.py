@@ -41,7 +41,7 @@ def up(
     )
     if demo:
         count = demo_vms or (3 if kind == "qemu" else 6)
-        names = create_vms(state.api[0], demo_specs(state, count, cache))
+        names = create_vms(state.api[0], demo_specs(state, count, cache), state.ca)
         console.print(f"demo VMs: {', '.join(names)}")
     console.print(
         f"[bold]lab up[/]: REST API at {state.api[0]}/api/v1 (OpenAPI docs at "
@@ -69,7 +69,7 @@ def status(lab_dir: Path = LabDir, json: bool = typer.Option(False, "--json")) -
                 n.agent_pid,
                 "up" if processes.alive(n.watchdog_pid) else "down",
                 len(cluster.vm_pids(n)),
-                f"http://{n.address}:{n.api_port}",
+                state.api_url(n),
             ]
         )
     etcd = ["up" if processes.alive(p) else "down" for p in state.etcd_pids]
