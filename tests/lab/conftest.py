@@ -3,6 +3,7 @@ with TLS, as every lab does: requests verify the API's certificate against the l
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,9 +29,9 @@ class Lab:
         return load(self.dir)
 
     @property
-    def ca(self) -> str:
-        """The lab's CA file: what ``verify=`` takes."""
-        return self.state.ca
+    def ca(self) -> ssl.SSLContext:
+        """What ``verify=`` takes: trust the lab's CA."""
+        return ssl.create_default_context(cafile=self.state.ca)
 
     def api(self, avoid: str | None = None) -> str:
         for n in self.state.nodes:

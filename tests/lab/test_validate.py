@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from hvcluster.cli.main import app as cli_app
+from hvcluster.lab.pki import Authority
 from tests.lab.conftest import Lab, make_lab, wait_for
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(120)]
@@ -68,3 +69,17 @@ def test_a_lab_validates_and_a_volume_no_node_sees_fails(sim_lab: Lab, tmp_path:
     assert code == 1
     gone = checks["volume gone"]
     assert gone["status"] == "fail" and gone["nodes"] == ["n1", "n2"]
+
+
+def test_the_cli_refuses_an_api_whose_certificate_it_cannot_verify(
+    sim_lab: Lab, tmp_path: Path
+) -> None:
+    other_ca = Authority(tmp_path / "other").ensure_ca()
+    args = ["node", "list", "--api", sim_lab.api()]
+    result = CliRunner().invoke(cli_app, args, env={"HVC_CA": str(other_ca)})
+    assert result.exit_code != 0
+    assert "not trusted" in result.output and "HVC_CA" in result.output
+    assert "Traceback" not in result.output
+    plain = sim_lab.api().replace("https://", "http://")
+    result = CliRunner().invoke(cli_app, ["node", "list", "--api", plain])
+    assert result.exit_code != 0 and "Traceback" not in result.output

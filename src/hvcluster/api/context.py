@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,7 +39,7 @@ class PeerApi:
         return "https" if self.tls else "http"
 
     def client(self, **options: Any) -> httpx.AsyncClient:
-        return httpx.AsyncClient(verify=self.ca or True, **options)
+        return httpx.AsyncClient(verify=ssl.create_default_context(cafile=self.ca), **options)
 
 
 @dataclass

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -73,17 +74,25 @@ def resolve_urls(
     return [u.rstrip("/") for u in urls]
 
 
-def resolve_ca(env: Mapping[str, str] = os.environ, lab: Path | None = None) -> str | bool:
-    """What httpx's ``verify=`` gets: a CA file, or True for the system's CAs."""
+def resolve_ca(env: Mapping[str, str] = os.environ, lab: Path | None = None) -> str | None:
+    """The CA file to check an https API against (None: the system's CAs)."""
     if env.get("HVC_CA"):
         return env["HVC_CA"]
     path = lab if lab is not None else lab_file(env)
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
-        return True
+        return None
     ca = data.get("ca") if isinstance(data, dict) else None
-    return ca if isinstance(ca, str) and ca else True
+    return ca if isinstance(ca, str) and ca else None
+
+
+def tls_context(ca: str | None) -> ssl.SSLContext:
+    """What httpx's ``verify=`` gets: the system's CAs, or only ``ca``."""
+    try:
+        return ssl.create_default_context(cafile=ca)
+    except OSError as e:
+        raise ApiError(f"cannot read the CA file {ca} (HVC_CA): {e.strerror or e}") from None
 
 
 def _error_of(response: httpx.Response) -> ApiError:
@@ -106,16 +115,17 @@ class Client:
     """Sync client of one cluster's API, trying each known URL until one answers."""
 
     def __init__(
-        self, urls: Sequence[str], timeout: float = TIMEOUT_S, verify: str | bool = True
+        self, urls: Sequence[str], timeout: float = TIMEOUT_S, ca: str | None = None
     ) -> None:
+        """``ca``: the CA file to check an https API against (default: :func:`resolve_ca`)."""
         if not urls:
             raise ApiError("no API URL to talk to")
         self.urls = list(urls)
-        self._http = httpx.Client(timeout=timeout, verify=verify)
+        self._http = httpx.Client(timeout=timeout, verify=tls_context(ca or resolve_ca()))
 
     @classmethod
     def from_options(cls, api: Sequence[str] | None) -> Client:
-        return cls(resolve_urls(api), verify=resolve_ca())
+        return cls(resolve_urls(api))
 
     def close(self) -> None:
         self._http.close()

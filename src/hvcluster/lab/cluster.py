@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -228,7 +229,8 @@ def start_node(state: LabState, name: str, fence_after: float = 3.0) -> LabState
 
 def _healthy(url: str, ca: str) -> bool:
     try:
-        response = httpx.get(f"{url}/api/v1/healthz", timeout=1.0, verify=ca or True)
+        verify = ssl.create_default_context(cafile=ca or None)
+        response = httpx.get(f"{url}/api/v1/healthz", timeout=1.0, verify=verify)
         return response.status_code == 200
     except httpx.HTTPError:
         return False

@@ -1,7 +1,7 @@
 """A small PKI for the lab and the tests: one CA, and certificates it signs.
 
 Made with the ``openssl`` command (OpenSSL 3), so the project needs no crypto library of its
-own. Keys are P-256 and written 0600 (the directory 0700); certificates 0644. A server
+own. Keys are P-256 and written 0600; certificates 0644. A server
 certificate names every address it is reached by (IP and DNS subject alternative names):
 gRPC, Python's ``ssl`` and etcd all check the name the client dialled against them. Every
 certificate is good for both ends of a connection (``serverAuth`` and ``clientAuth``), as
@@ -89,7 +89,7 @@ class Authority:
         if self.ca_cert.exists() and self.ca_key.exists():
             return self.ca_cert
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.dir.chmod(0o700)
+        self.dir.chmod(0o755)  # certificates are public; every key is 0600
         _run(
             [
                 "req", "-x509", *_KEY, "-keyout", self.ca_key.name, "-out", self.ca_cert.name,
