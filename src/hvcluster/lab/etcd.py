@@ -214,11 +214,21 @@ class EtcdProcess:
         except (OSError, ValueError, urllib.error.URLError):
             return False
 
+    def last_words(self, lines: int = 3) -> str:
+        """The end of the member's log (why it exited), for an error message."""
+        try:
+            text = self.log_path.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return "(no log)"
+        return " | ".join(text[-lines:])
+
     def wait_healthy(self, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not self.running:
-                raise EtcdLabError(f"etcd {self.name} exited at start; see {self.log_path}")
+                raise EtcdLabError(
+                    f"etcd {self.name} exited at start; see {self.log_path}: {self.last_words()}"
+                )
             if self.health(timeout=0.5):
                 return
             time.sleep(0.05)

@@ -425,7 +425,10 @@ class EtcdStore(Store):
         ep = self._conn.endpoint_for(target)
         try:
             started = time.monotonic()
-            await ep.ready(budget)
+            # A refused connection is known at the first failed attempt (gRPC keeps its
+            # error for at most its 1 s reconnect back-off): no need to wait out the budget,
+            # and the "is it me or etcd?" evidence has only a second.
+            await ep.ready(budget, fail_fast=True)
             left = max(0.001, budget - (time.monotonic() - started))
             started = time.monotonic()
             async with asyncio.timeout(left + 0.2):  # grpc's own deadline should come first
