@@ -120,8 +120,8 @@ class Authority:
             lines.append(f"subjectAltName={subject_alt_names(hosts)}")
         ext.write_text("\n".join(lines) + "\n")
         try:
-            _run(["req", "-new", *_KEY, "-keyout", key.name, "-out", csr.name,
-                  "-subj", f"/CN={name}"], self.dir)  # fmt: skip
+            request = ["req", "-new", *_KEY, "-keyout", key.name, "-out", csr.name]
+            _run([*request, "-subj", f"/CN={name}"], self.dir)
             _run(
                 [
                     "x509", "-req", "-in", csr.name, "-CA", self.ca_cert.name,

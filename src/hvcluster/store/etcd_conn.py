@@ -68,13 +68,13 @@ class EtcdTls:
         missing or unreadable."""
         if (self.cert is None) != (self.key is None):
             field = "key" if self.key is None else "cert"
-            raise InvalidInput("a client certificate needs its key, and a key its certificate",
-                               field)  # fmt: skip
+            raise InvalidInput("a client certificate and its key go together", field)
         ca = _read(self.ca, "ca", "the CA certificate")
         cert = _read(self.cert, "cert", "the client certificate") if self.cert else None
         key = _read(self.key, "key", "the client key") if self.key else None
-        return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key,
-                                            certificate_chain=cert)  # fmt: skip
+        return grpc.ssl_channel_credentials(
+            root_certificates=ca, private_key=key, certificate_chain=cert
+        )
 
 
 def _read(path: Path, field: str, what: str) -> bytes:
@@ -119,8 +119,7 @@ def parse_endpoints(endpoints: Sequence[str] | str, tls: bool = False) -> list[s
         if scheme_of(e) == "https" and not tls:
             raise InvalidInput(f"{e!r} is a TLS endpoint: give the CA of etcd too", "endpoints")
         if scheme_of(e) == "http" and tls:
-            raise InvalidInput(f"{e!r} is a plain-text endpoint but TLS is configured",
-                               "endpoints")  # fmt: skip
+            raise InvalidInput(f"{e!r} is plain text, but TLS is configured", "endpoints")
     targets = list(dict.fromkeys(parse_endpoint(e) for e in endpoints))
     if not targets:
         raise InvalidInput("at least one etcd endpoint is needed", "endpoints")
