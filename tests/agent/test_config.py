@@ -70,6 +70,9 @@ def test_tls_settings_are_checked_naming_the_field(tmp_path: Path) -> None:
         f'node = "n1"\netcd_ca = "{files.ca}"\netcd_cert = "{files.cert}"\n'
     )
     assert "api_key" in refused(f'node = "n1"\napi_cert = "{files.cert}"\n')
+    other = pki.issue("n2")
+    mismatch = refused(f'node = "n1"\napi_cert = "{files.cert}"\napi_key = "{other.key}"\n')
+    assert "api_key" in mismatch and "not the key of api_cert" in mismatch
     missing = refused(f'node = "n1"\netcd_ca = "{tmp_path / "nope.crt"}"\n')
     assert "etcd_ca" in missing and "nope.crt" in missing
     (tmp_path / "junk").write_text("junk")

@@ -12,6 +12,7 @@ system's CAs). Files are checked at load, each error naming its setting.
 
 from __future__ import annotations
 
+import ssl
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -83,8 +84,15 @@ class AgentConfig(Model):
     @classmethod
     def _key_with_cert(cls, key: Path | None, info: ValidationInfo) -> Path | None:
         cert = info.field_name.replace("_key", "_cert") if info.field_name else ""
-        if cert in info.data and (info.data[cert] is None) != (key is None):
+        if cert not in info.data:  # the certificate itself was refused
+            return key
+        if (info.data[cert] is None) != (key is None):
             raise ValueError(f"{cert} and its key go together: give both or neither")
+        if key is not None:
+            try:  # a key of another certificate would only fail at the first connection
+                ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(info.data[cert], key)
+            except ssl.SSLError as e:
+                raise ValueError(f"{key} is not the key of {cert} {info.data[cert]}: {e}") from None
         return key
 
 
