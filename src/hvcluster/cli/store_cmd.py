@@ -42,6 +42,7 @@ def _as_dict(health: StoreHealth) -> dict[str, Any]:
                 "id": f"{m.id:x}",
                 "client_urls": list(m.client_urls),
                 "reachable": m.reachable,
+                "refused": m.refused,
                 "is_leader": m.is_leader,
                 "leader_id": f"{m.leader_id:x}" if m.leader_id is not None else None,
                 "raft_term": m.raft_term,
@@ -84,7 +85,9 @@ def check(
                 m.name,
                 f"{m.id:x}" if m.id else "",
                 ", ".join(m.client_urls),
-                "yes" if m.reachable else "[red]unreachable[/]",
+                "yes"
+                if m.reachable
+                else ("[red]refused[/]" if m.refused else "[red]unreachable[/]"),
                 "[bold]leader[/]" if m.is_leader else ("follower" if m.leader_id else ""),
                 m.raft_term,
                 f"{m.latency_ms:.1f} ms" if m.latency_ms is not None else "",
