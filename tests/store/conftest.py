@@ -3,6 +3,7 @@
 * ``memory``: a MemoryStore on a ManualClock. Time moves only when a test calls
   ``h.advance``, so lease expiry is exact.
 * ``etcd``: an EtcdStore on a real etcd (one per session); ``h.advance`` really sleeps.
+* ``etcd-tls``: the same over TLS, with a client certificate, as the lab and real hosts run.
 
 Each test works under its own key prefix, so tests sharing the session's etcd never meet.
 """
@@ -23,9 +24,9 @@ from hvcluster.store.clock import Clock, ManualClock, Sleep
 from hvcluster.store.etcd import EtcdStore
 from hvcluster.store.keys import Keys
 from hvcluster.store.memory import MemoryStore
-from tests.etcd_fixtures import etcd_private, etcd_session
+from tests.etcd_fixtures import etcd_private, etcd_session, etcd_tls_session, store_tls
 
-__all__ = ["etcd_private", "etcd_session"]
+__all__ = ["etcd_private", "etcd_session", "etcd_tls_session"]
 
 
 @dataclass
@@ -63,7 +64,7 @@ def etcd_harness(cluster: EtcdCluster) -> Harness:
     name = f"t{uuid.uuid4().hex[:8]}"
     return Harness(
         "etcd",
-        EtcdStore(cluster.endpoints, timeout=5.0),
+        EtcdStore(cluster.endpoints, timeout=5.0, tls=store_tls(cluster)),
         time.monotonic,
         asyncio.sleep,
         asyncio.sleep,
@@ -72,12 +73,14 @@ def etcd_harness(cluster: EtcdCluster) -> Harness:
     )
 
 
-@pytest.fixture(params=["memory", "etcd"])
+@pytest.fixture(params=["memory", "etcd", "etcd-tls"])
 async def h(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
     if request.param == "memory":
         harness = await memory_harness()
-    else:
+    elif request.param == "etcd":
         harness = etcd_harness(request.getfixturevalue("etcd_session"))
+    else:
+        harness = etcd_harness(request.getfixturevalue("etcd_tls_session"))
     try:
         yield harness
     finally:

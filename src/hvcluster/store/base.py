@@ -145,6 +145,9 @@ class Member:
     # The leader this member follows, as it says itself: 0 = none (no quorum), None = not
     # asked (unreachable). What an agent's "is it me, or is it etcd?" check needs.
     leader_id: int | None = None
+    # Unreachable because its host refused the connection (nothing listens on the port: the
+    # member's process is not running, so it cannot vote). A timeout or a TLS failure is not.
+    refused: bool = False
 
 
 @dataclass(frozen=True)

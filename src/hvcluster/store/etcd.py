@@ -20,6 +20,7 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import grpc  # type: ignore[import-untyped]
@@ -44,7 +45,14 @@ from hvcluster.store.base import (
     WatchCompacted,
     WatchEvent,
 )
-from hvcluster.store.etcd_conn import Connection, Endpoint, parse_endpoint, translate
+from hvcluster.store.etcd_conn import (
+    ConnectFailed,
+    Connection,
+    Endpoint,
+    EtcdTls,
+    parse_endpoint,
+    translate,
+)
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +91,7 @@ def _span(prefix: str, is_prefix: bool = True) -> tuple[bytes, bytes]:
 
 
 def _target(url: str) -> str | None:
-    """A member's client URL as a target we can dial (None for one we cannot, e.g. TLS)."""
+    """A member's client URL as a target we can dial (None for one we cannot parse)."""
     try:
         return parse_endpoint(url)
     except InvalidInput:
@@ -125,11 +133,24 @@ def _request_op(op: Op) -> Any:
     raise StoreError(f"unknown txn op {op!r}")
 
 
+@dataclass(frozen=True)
+class _Answer:
+    """What asking one member for its status gave: its StatusResponse, or the error, and
+    whether its host refused the connection (nothing listens: its etcd is not running)."""
+
+    status: Any
+    seconds: float = 0.0
+    error: str = ""
+    refused: bool = False
+
+
 class EtcdStore(Store):
     """The store contract on a real etcd cluster."""
 
-    def __init__(self, endpoints: Sequence[str] | str, timeout: float = 5.0) -> None:
-        self._conn = Connection(endpoints, timeout)
+    def __init__(
+        self, endpoints: Sequence[str] | str, timeout: float = 5.0, tls: EtcdTls | None = None
+    ) -> None:
+        self._conn = Connection(endpoints, timeout, tls)
 
     @property
     def endpoints(self) -> list[str]:
@@ -342,13 +363,20 @@ class EtcdStore(Store):
         )
         listed = None
         for target in targets:
-            if statuses[target][0] is not None:
+            if statuses[target].status is not None:
                 listed = await self._member_list(target, budget)
                 if listed is not None:
                     break
         if listed is None:
             members = tuple(
-                Member(name=t, id=0, client_urls=(t,), reachable=False, error=statuses[t][2])
+                Member(
+                    name=t,
+                    id=0,
+                    client_urls=(t,),
+                    reachable=False,
+                    error=statuses[t].error,
+                    refused=statuses[t].refused,
+                )
                 for t in targets
             )
             return StoreHealth(members, None)
@@ -358,16 +386,18 @@ class EtcdStore(Store):
         extra = await asyncio.gather(*(self._status(t, budget) for t in missing))
         statuses.update(zip(missing, extra, strict=True))
         leader_term = max(
-            ((s.raftTerm, s.leader) for s, _, _ in statuses.values() if s is not None),
+            ((a.status.raftTerm, a.status.leader) for a in statuses.values() if a.status),
             default=(0, 0),
         )
         leader_id = leader_term[1]
         found: list[Member] = []
         for m in listed:
             answers = [statuses[t] for t in urls[m.ID] if t in statuses]
-            status, latency, error = next(
-                (a for a in answers if a[0] is not None), answers[0] if answers else (None, 0, "")
+            answer = next(
+                (a for a in answers if a.status is not None),
+                answers[0] if answers else _Answer(None),
             )
+            status, latency, error = answer.status, answer.seconds, answer.error
             if not urls[m.ID]:
                 error = "no client URL we can reach: " + (", ".join(m.clientURLs) or "none")
             found.append(
@@ -382,6 +412,7 @@ class EtcdStore(Store):
                     raft_term=int(status.raftTerm) if status is not None else None,
                     error=error or ("; ".join(str(e) for e in status.errors) if status else ""),
                     leader_id=int(status.leader) if status is not None else None,
+                    refused=bool(answers) and all(a.refused for a in answers),
                 )
             )
         leader = next((m.name for m in found if m.is_leader), None)
@@ -389,21 +420,26 @@ class EtcdStore(Store):
             leader = f"{leader_id:x}"
         return StoreHealth(tuple(found), leader)
 
-    async def _status(self, target: str, budget: float) -> tuple[Any, float, str]:
-        """(StatusResponse or None, seconds it took, error) for one member."""
+    async def _status(self, target: str, budget: float) -> _Answer:
+        """One member's status, or why there is none."""
         ep = self._conn.endpoint_for(target)
         try:
             started = time.monotonic()
-            await ep.ready(budget)
+            # A refused connection is known at the first failed attempt (gRPC keeps its
+            # error for at most its 1 s reconnect back-off): no need to wait out the budget,
+            # and the "is it me or etcd?" evidence has only a second.
+            await ep.ready(budget, fail_fast=True)
             left = max(0.001, budget - (time.monotonic() - started))
             started = time.monotonic()
             async with asyncio.timeout(left + 0.2):  # grpc's own deadline should come first
                 status = await ep.stub("maintenance").Status(rpc.StatusRequest(), timeout=left)
-            return status, time.monotonic() - started, ""
+            return _Answer(status, time.monotonic() - started)
+        except ConnectFailed as e:
+            return _Answer(None, error=str(e), refused=e.refused)
         except TimeoutError as e:
-            return None, 0.0, str(e) or f"no answer within {budget:g}s"
+            return _Answer(None, error=str(e) or f"no answer within {budget:g}s")
         except grpc.aio.AioRpcError as e:
-            return None, 0.0, str(translate(e, target))
+            return _Answer(None, error=str(translate(e, target)))
 
     async def _member_list(self, target: str, budget: float) -> Any:
         ep = self._conn.endpoint_for(target)
