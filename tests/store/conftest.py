@@ -1,7 +1,8 @@
 """The contract suite runs every test on both backends through a :class:`Harness`.
 
 * ``memory``: a MemoryStore on a ManualClock. Time moves only when a test calls
-  ``h.advance``, so lease expiry is exact.
+  ``h.advance``, so lease expiry is exact. Its range reads come in pages of
+  :data:`MEMORY_PAGE` keys (other tasks run between them), as etcd's do.
 * ``etcd``: an EtcdStore on a real etcd (one per session); ``h.advance`` really sleeps.
 
 Each test works under its own key prefix, so tests sharing the session's etcd never meet.
@@ -49,9 +50,12 @@ class Harness:
         await self.store.compact(revision)
 
 
+MEMORY_PAGE = 7
+
+
 async def memory_harness() -> Harness:
     clock = ManualClock()
-    store = MemoryStore(clock)
+    store = MemoryStore(clock, page_size=MEMORY_PAGE)
     clock.on_tick.append(store.expire_leases)
     cluster = f"t{uuid.uuid4().hex[:8]}"
     return Harness(
