@@ -31,7 +31,7 @@ async def add_vms(store: Store, keys: Keys, count: int, **fields: object) -> Non
     """``count`` VM specs (vm-0000...), 100 to a txn, as the API would store them."""
     for start in range(0, count, 100):
         ops: Sequence[Op] = [
-            Put(keys.vm(f"vm-{i:04}"), encode(VMSpec(name=f"vm-{i:04}", **fields)))  # type: ignore[arg-type]
+            Put(keys.vm(f"vm-{i:04}"), encode(VMSpec(name=f"vm-{i:04}", **fields)))
             for i in range(start, min(count, start + 100))
         ]
         await store.txn([], ops)
