@@ -39,6 +39,20 @@ async def test_a_prefix_over_the_message_limit_reads_whole(h: Harness) -> None:
     assert r.revision == await h.store.revision()
 
 
+async def test_large_values_read_whole_in_smaller_pages(h: Harness) -> None:
+    """50 values of 200 KB: a first page of them all would be 10 MB (etcd: read again at
+    half the keys until a page fits)."""
+    for start in range(0, 50, 5):
+        ops = [Put(h.k(f"large/{i:02}"), bytes([i]) * 200_000) for i in range(start, start + 5)]
+        await h.store.txn([], ops)
+    r = await h.store.range(h.k("large/"))
+    assert [kv.value[:1] for kv in r.kvs] == [bytes([i]) for i in range(50)]
+    assert {len(kv.value) for kv in r.kvs} == {200_000}
+    singles = await h.store.txn([], [Get(h.k(f"large/{i:02}")) for i in range(0, 50, 2)])
+    assert [kvs[0].value[:1] for kvs in singles.gets] == [bytes([i]) for i in range(0, 50, 2)]
+    assert singles.revision == r.revision
+
+
 async def test_a_paged_read_is_one_revision_while_writers_go_on(h: Harness) -> None:
     """The first and last key change together in one txn, all the time: every read sees
     them equal (a read whose later pages were read at a later revision would not)."""
