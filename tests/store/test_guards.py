@@ -24,9 +24,11 @@ async def test_hundreds_of_keys_guarded_in_one_txn(h: Harness) -> None:
     await h.store.put(h.k("p/vm123"), b"n2")  # moved elsewhere before the read
     guard = await keys_unchanged(h.store, h.k("p/"), known)
     assert guard.changed == {h.k("p/vm123")}
+    assert not (await h.store.txn(guard.compares, [alive])).succeeded, "changed: no commit"
 
     guard = await keys_unchanged(h.store, h.k("p/"), {**known, h.k("p/vm123"): 0})
     assert guard.changed == {h.k("p/vm123")}, "a key expected absent that exists"
+    assert not (await h.store.txn(guard.compares, [])).succeeded
     fresh = {kv.key: kv.mod_revision for kv in (await h.store.range(h.k("p/"))).kvs}
     guard = await keys_unchanged(h.store, h.k("p/"), fresh)
     await h.store.delete(h.k("p/vm007"))  # after the read: not seen (see the module doc)
