@@ -7,7 +7,9 @@ import asyncio
 
 import pytest
 
-from hvcluster.store.base import Compare, Delete, Get, Put, RevisionCompacted
+from hvcluster.store.base import Compare, Delete, Get, Page, Put, RevisionCompacted, Store
+from hvcluster.store.etcd import EtcdStore
+from hvcluster.store.memory import MemoryStore
 from tests.store.conftest import Collector, Harness
 
 BIG = 600  # keys of VALUE_SIZE bytes: about 6 MB under one prefix, over gRPC's 4 MiB
@@ -161,3 +163,47 @@ async def test_a_watch_from_the_past_hands_on_more_than_the_message_limit(h: Har
     assert events[BIG + 5].prev_value == big_value(5, 0)
     revisions = [e.mod_revision for e in events]
     assert revisions == sorted(revisions)
+
+
+class CompactOnce:
+    """Mixed into a store: after the first page of the next range read, writes one key
+    under the prefix and compacts to now (as etcd's auto-compaction might)."""
+
+    armed = False
+
+    async def _range_page(self, prefix: str, start: str, revision: int, limit: int) -> Page:
+        page: Page = await super()._range_page(prefix, start, revision, limit)  # type: ignore[misc]
+        if self.armed and page.more:
+            self.armed = False
+            store: Store = self  # type: ignore[assignment]
+            await store.put(prefix + "zz-late", b"written between two pages")
+            await store.compact(await store.revision())  # type: ignore[attr-defined]
+        return page
+
+
+class CompactingMemory(CompactOnce, MemoryStore):
+    pass
+
+
+class CompactingEtcd(CompactOnce, EtcdStore):
+    pass
+
+
+async def test_a_read_overtaken_by_compaction_starts_over(h: Harness) -> None:
+    store: CompactingMemory | CompactingEtcd
+    if isinstance(h.store, EtcdStore):
+        store = CompactingEtcd(h.store.endpoints)
+    else:
+        store = CompactingMemory(page_size=10)
+    try:
+        for start in range(0, 300, 100):
+            await store.txn(
+                [], [Put(h.k(f"c/{i:03}"), b"x" * 10_000) for i in range(start, start + 100)]
+            )
+        store.armed = True
+        r = await store.range(h.k("c/"))
+        assert not store.armed, "compacted between two pages"
+        assert len(r.kvs) == 301 and r.kvs[-1].key == h.k("c/zz-late"), "read again, whole"
+        assert r.revision == await store.revision()
+    finally:
+        await store.close()
