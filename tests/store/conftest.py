@@ -1,8 +1,7 @@
 """The contract suite runs every test on both backends through a :class:`Harness`.
 
 * ``memory``: a MemoryStore on a ManualClock. Time moves only when a test calls
-  ``h.advance``, so lease expiry is exact. Its range reads come in pages of
-  :data:`MEMORY_PAGE` keys (other tasks run between them), as etcd's do.
+  ``h.advance``, so lease expiry is exact.
 * ``etcd``: an EtcdStore on a real etcd (one per session); ``h.advance`` really sleeps.
 
 Each test works under its own key prefix, so tests sharing the session's etcd never meet.
@@ -50,7 +49,7 @@ class Harness:
         await self.store.compact(revision)
 
 
-MEMORY_PAGE = 7
+MEMORY_PAGE = 7  # memory range reads come in pages (other tasks run between), as etcd's
 
 
 async def memory_harness() -> Harness:

@@ -4,9 +4,12 @@ a compare on a prefix guards every key under it; a watch hands on any amount of 
 from __future__ import annotations
 
 import asyncio
+import uuid
+from collections.abc import AsyncIterator
 
 import pytest
 
+from hvcluster.lab.etcd import EtcdCluster
 from hvcluster.store.base import Compare, Delete, Get, Page, Put, RevisionCompacted, Store
 from hvcluster.store.etcd import EtcdStore
 from hvcluster.store.memory import MemoryStore
@@ -189,21 +192,31 @@ class CompactingEtcd(CompactOnce, EtcdStore):
     pass
 
 
-async def test_a_read_overtaken_by_compaction_starts_over(h: Harness) -> None:
+@pytest.fixture(params=["memory", "etcd"])
+async def compacting(
+    request: pytest.FixtureRequest,
+) -> AsyncIterator[CompactingMemory | CompactingEtcd]:
     store: CompactingMemory | CompactingEtcd
-    if isinstance(h.store, EtcdStore):
-        store = CompactingEtcd(h.store.endpoints)
-    else:
+    if request.param == "memory":
         store = CompactingMemory(page_size=10)
+    else:
+        cluster: EtcdCluster = request.getfixturevalue("etcd_session")
+        store = CompactingEtcd(cluster.endpoints)
     try:
-        for start in range(0, 300, 100):
-            await store.txn(
-                [], [Put(h.k(f"c/{i:03}"), b"x" * 10_000) for i in range(start, start + 100)]
-            )
-        store.armed = True
-        r = await store.range(h.k("c/"))
-        assert not store.armed, "compacted between two pages"
-        assert len(r.kvs) == 301 and r.kvs[-1].key == h.k("c/zz-late"), "read again, whole"
-        assert r.revision == await store.revision()
+        yield store
     finally:
         await store.close()
+
+
+async def test_a_read_overtaken_by_compaction_starts_over(
+    compacting: CompactingMemory | CompactingEtcd,
+) -> None:
+    store, prefix = compacting, f"/t/{uuid.uuid4().hex[:8]}/c/"
+    for start in range(0, 300, 100):
+        ops = [Put(f"{prefix}{i:03}", b"x" * 10_000) for i in range(start, start + 100)]
+        await store.txn([], ops)
+    store.armed = True
+    r = await store.range(prefix)
+    assert not store.armed, "compacted between two pages"
+    assert len(r.kvs) == 301 and r.kvs[-1].key == f"{prefix}zz-late", "read again, whole"
+    assert r.revision == await store.revision()
