@@ -3,7 +3,7 @@ well as by age (the cluster config says how many and how long); records under wa
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import pytest
 
@@ -12,10 +12,12 @@ from hvcluster.controller.migrations import MigrationCoordinator
 from hvcluster.controller.retention import Retention, Say
 from hvcluster.models.base import encode
 from hvcluster.models.config import ClusterConfig
+from hvcluster.models.errors import StoreError
 from hvcluster.models.event import Event
 from hvcluster.models.lifecycle import MigrationState, NodeAdminState
 from hvcluster.models.migration import Migration, MigrationKind
 from hvcluster.models.node import Capacity, Node
+from hvcluster.store.base import Compare, Delete, Op, TxnResult
 from hvcluster.store.events import EventLog
 from hvcluster.store.jobs import job_of
 from hvcluster.store.keys import Keys
@@ -192,3 +194,27 @@ def _say(said: list[str]) -> Say:
         said.append(f"{kind} {reason}")
 
     return say
+
+
+class NoDeletes(MemoryStore):
+    """A store that refuses every txn that only deletes (pruning), as if broken for it."""
+
+    async def txn(
+        self, compares: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op] = ()
+    ) -> TxnResult:
+        if success and all(isinstance(op, Delete) for op in success):
+            raise StoreError("etcdserver: mvcc: database space exceeded")
+        return await super().txn(compares, success, failure)
+
+
+async def test_pruning_that_fails_does_not_stop_the_cycle() -> None:
+    store = NoDeletes()
+    await configure(store, max_migration_records=10)
+    await stored(store, *(migration(f"f{i:02}", 60.0 * (i + 1)) for i in range(12)))
+    await stored(store, migration("stale", 1.0, state=_M.REQUESTED, vm="gone", target=""))
+    said: list[str] = []
+    await coordinator(store, said).cycle()
+    assert len(await ids(store)) == 13
+    stale = await record(store, "stale")
+    assert stale is not None and stale.state is _M.FAILED, "the cycle went on after pruning"
+    await store.close()

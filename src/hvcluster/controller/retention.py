@@ -18,6 +18,7 @@ import math
 from collections.abc import Awaitable, Callable, Sequence
 
 from hvcluster.models.config import ClusterConfig
+from hvcluster.models.errors import StoreError
 from hvcluster.models.lifecycle import NodeAdminState
 from hvcluster.models.migration import Migration
 from hvcluster.models.node import Node
@@ -40,7 +41,14 @@ class Retention:
         self.swept_at = -math.inf
 
     async def sweep(self, migrations: Decoded[Migration]) -> None:
-        """Prune what the config says goes: migrations now, the rest if due."""
+        """Prune what the config says goes: migrations now, the rest if due. Housekeeping
+        never fails the caller's cycle: a store error is logged and the next sweep retries."""
+        try:
+            await self._sweep(migrations)
+        except StoreError as e:
+            log.warning("pruning old records failed (the next cycle retries): %s", e)
+
+    async def _sweep(self, migrations: Decoded[Migration]) -> None:
         config, _ = await read_config(self.store, self.keys)
         now = self.clock()
         records = [(s.value, s.mod_revision) for s in migrations.items.values()]
@@ -54,8 +62,8 @@ class Retention:
         await self._records(
             "storage move", moves, lambda rec: move_key(self.keys, rec.id), config, now
         )
-        log_ = EventLog(self.store, self.keys, retention=config.event_retention)
-        trimmed = await log_.trim(config.event_max_age_s, now)
+        events = EventLog(self.store, self.keys, retention=config.event_retention)
+        trimmed = await events.trim(config.event_max_age_s, now)
         if trimmed:
             log.info("trimmed %d events from the cluster log", trimmed)
 
