@@ -3,6 +3,7 @@ well as by age (the cluster config says how many and how long); records under wa
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Sequence
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from hvcluster.controller.memory import ControllerMemory
 from hvcluster.controller.migrations import MigrationCoordinator
 from hvcluster.controller.retention import Retention, Say
+from hvcluster.lab.etcd import EtcdCluster
 from hvcluster.models.base import encode
 from hvcluster.models.config import ClusterConfig
 from hvcluster.models.errors import StoreError
@@ -17,7 +19,8 @@ from hvcluster.models.event import Event
 from hvcluster.models.lifecycle import MigrationState, NodeAdminState
 from hvcluster.models.migration import Migration, MigrationKind
 from hvcluster.models.node import Capacity, Node
-from hvcluster.store.base import Compare, Delete, Op, TxnResult
+from hvcluster.store.base import Compare, Delete, Op, Put, TxnResult
+from hvcluster.store.etcd import EtcdStore
 from hvcluster.store.events import EventLog
 from hvcluster.store.jobs import job_of
 from hvcluster.store.keys import Keys
@@ -26,6 +29,9 @@ from hvcluster.store.retention import Prunable, prune
 from hvcluster.store.state import Decoded
 from hvcluster.store.storage_moves import move_key
 from tests.controller.test_migrations import record
+from tests.etcd_fixtures import etcd_session
+
+__all__ = ["etcd_session"]
 
 KEYS = Keys("c")
 _M = MigrationState
@@ -218,3 +224,32 @@ async def test_pruning_that_fails_does_not_stop_the_cycle() -> None:
     stale = await record(store, "stale")
     assert stale is not None and stale.state is _M.FAILED, "the cycle went on after pruning"
     await store.close()
+
+
+async def test_thousands_of_records_over_grpcs_limit_on_etcd(etcd_session: EtcdCluster) -> None:
+    """2,500 finished records of 2 KB (5 MB: one read of them used to exceed gRPC's 4 MiB
+    and fail every cycle): the cycle runs and keeps the newest max_migration_records."""
+    keys = Keys(f"t{uuid.uuid4().hex[:8]}")
+    store = EtcdStore(etcd_session.endpoints)
+    try:
+        config = ClusterConfig(name=keys.cluster, max_migration_records=100)
+        await store.put(keys.config, encode(config))
+        for start in range(0, 2500, 100):
+            recs = [
+                migration(f"f{i:04}", 60.0 * (i + 1), reason="r" * 2000)
+                for i in range(start, start + 100)
+            ]
+            await store.txn([], [Put(keys.migration(r.id), encode(r)) for r in recs])
+
+        async def say(kind: str, subject: str, reason: str) -> None:
+            return None
+
+        coordinator = MigrationCoordinator(
+            store, keys, say, ControllerMemory(started=0.0), lambda: True, lambda: NOW
+        )
+        await coordinator.cycle()
+        left = await store.range(keys.prefix("migrations"))
+        assert [kv.key for kv in left.kvs] == [keys.migration(f"f{i:04}") for i in range(100)]
+    finally:
+        await store.delete(keys.root, prefix=True)
+        await store.close()
