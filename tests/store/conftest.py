@@ -50,9 +50,12 @@ class Harness:
         await self.store.compact(revision)
 
 
+MEMORY_PAGE = 7  # memory range reads come in pages (other tasks run between), as etcd's
+
+
 async def memory_harness() -> Harness:
     clock = ManualClock()
-    store = MemoryStore(clock)
+    store = MemoryStore(clock, page_size=MEMORY_PAGE)
     clock.on_tick.append(store.expire_leases)
     cluster = f"t{uuid.uuid4().hex[:8]}"
     return Harness(

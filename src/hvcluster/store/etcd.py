@@ -6,9 +6,12 @@
 * :meth:`EtcdStore.keepalive` sends one keepalive and reads one answer; TTL 0 in the answer
   means the lease is gone (:class:`LeaseLost`). :class:`~hvcluster.store.lease.LeaseKeeper`
   runs the loop.
-* A watch is one gRPC stream of its own. After a connection error, a member losing its
-  leader or an etcd restart it opens a new stream from the last revision it delivered + 1:
-  no gap, no duplicate. A compacted start revision raises :class:`WatchCompacted`.
+* A watch is one gRPC stream of its own, resumed after any interruption with no gap and no
+  duplicate (:mod:`hvcluster.store.etcd_watch`).
+* gRPC refuses a message over 4 MiB, so a range is read in pages (``limit``, then on from
+  the last key, every page at the first one's revision) of about :data:`PAGE_BYTES`; a page
+  still too large is read again at half the keys. A txn of only Gets is read the same way,
+  all at one revision.
 * TTLs are whole seconds in etcd: a TTL is rounded up.
 """
 
@@ -27,22 +30,22 @@ import grpc  # type: ignore[import-untyped]
 import grpc.aio  # type: ignore[import-untyped]
 from aetcd import rpc
 
-from hvcluster.models.errors import InvalidInput, LeaseLost, StoreError, StoreUnavailable
+from hvcluster.models.errors import InvalidInput, LeaseLost, StoreError
 from hvcluster.store.base import (
+    RANGE_ATTEMPTS,
     Compare,
     Delete,
-    EventType,
     Get,
     KeyValue,
     Lease,
     Member,
     Op,
+    Page,
     Put,
-    Range,
+    RevisionCompacted,
     Store,
     StoreHealth,
     TxnResult,
-    WatchCompacted,
     WatchEvent,
 )
 from hvcluster.store.etcd_conn import (
@@ -53,6 +56,7 @@ from hvcluster.store.etcd_conn import (
     parse_endpoint,
     translate,
 )
+from hvcluster.store.etcd_watch import watch
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +74,15 @@ _RESULTS = {
     ">": rpc.Compare.GREATER,
 }
 _INT_FIELDS = {"version": "version", "create": "create_revision", "mod": "mod_revision"}
-# etcd asks the leader before answering a watch: a member cut off from it cancels the watch
-# (we then move on) instead of going silent.
-_REQUIRE_LEADER = (("hasleader", "true"),)
+# A page of a range aims at this many bytes (gRPC's limit is 4 MiB), starting at
+# FIRST_PAGE keys and sized from the keys seen so far; never more than MAX_PAGE keys.
+PAGE_BYTES = 1 << 20
+FIRST_PAGE = 128
+MAX_PAGE = 2000
+
+
+class _TooLarge(Exception):
+    """The answer exceeded the gRPC message limit (RESOURCE_EXHAUSTED)."""
 
 
 def _span(prefix: str, is_prefix: bool = True) -> tuple[bytes, bytes]:
@@ -107,7 +117,8 @@ def _kv(kv: Any) -> KeyValue:
 def _compare(c: Compare) -> Any:
     if c.target not in _TARGETS or c.op not in _RESULTS:
         raise StoreError(f"unknown compare {c.target} {c.op} on {c.key}")
-    msg = rpc.Compare(key=c.key.encode(), target=_TARGETS[c.target], result=_RESULTS[c.op])
+    key, end = _span(c.key, c.prefix)
+    msg = rpc.Compare(key=key, range_end=end, target=_TARGETS[c.target], result=_RESULTS[c.op])
     if c.target == "value":
         if not isinstance(c.value, bytes):
             raise StoreError(f"compare on value of {c.key} needs bytes, got {c.value!r}")
@@ -144,6 +155,22 @@ class _Answer:
     refused: bool = False
 
 
+def _reading(error: grpc.aio.AioRpcError, revision: int) -> Exception | None:
+    """A read's gRPC error as what the paging loop acts on (None: any other)."""
+    details = error.details() or ""
+    if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return _TooLarge(details)
+    if "required revision has been compacted" in details:
+        return RevisionCompacted(revision, 0)
+    return None
+
+
+def _page_limit(kvs: Sequence[Any]) -> int:
+    """How many keys the next page should ask for, from the sizes of ``kvs``."""
+    size = sum(len(kv.key) + len(kv.value) for kv in kvs) // max(len(kvs), 1)
+    return max(1, min(MAX_PAGE, PAGE_BYTES // max(size, 1)))
+
+
 class EtcdStore(Store):
     """The store contract on a real etcd cluster."""
 
@@ -166,15 +193,64 @@ class EtcdStore(Store):
         response = await self._conn.call(f"get {key}", call, mutable=False)
         return _kv(response.kvs[0]) if response.kvs else None
 
-    async def range(self, prefix: str) -> Range:
-        key, end = _span(prefix)
-        request = rpc.RangeRequest(key=key, range_end=end)
+    async def _range_page(self, prefix: str, start: str, revision: int, limit: int) -> Page:
+        _, end = _span(prefix)
+        limit = limit or FIRST_PAGE
+        while True:
+            request = rpc.RangeRequest(
+                key=start.encode(), range_end=end, limit=limit, revision=revision
+            )
+            try:
+                response = await self._read(f"range {prefix}", request, revision)
+            except _TooLarge:
+                if limit == 1:
+                    raise StoreError(
+                        f"range {prefix}: the key at {start!r} alone exceeds gRPC's message limit"
+                    ) from None
+                limit = max(1, limit // 2)
+                continue
+            return Page(
+                tuple(_kv(kv) for kv in response.kvs),
+                bool(response.more),
+                revision or int(response.header.revision),
+                _page_limit(response.kvs) if response.kvs else limit,
+            )
+
+    async def _read(self, what: str, request: Any, revision: int) -> Any:
+        """One Range call; a too large answer raises :class:`_TooLarge`, a compacted
+        ``revision`` :class:`RevisionCompacted`."""
 
         async def call(ep: Endpoint, left: float) -> Any:
-            return await ep.stub("kv").Range(request, timeout=left)
+            try:
+                return await ep.stub("kv").Range(request, timeout=left)
+            except grpc.aio.AioRpcError as e:
+                mine = _reading(e, revision)
+                if mine is None:
+                    raise
+                raise mine from None
 
-        response = await self._conn.call(f"range {prefix}", call, mutable=False)
-        return Range(tuple(_kv(kv) for kv in response.kvs), response.header.revision)
+        return await self._conn.call(what, call, mutable=False)
+
+    async def _read_all(self, gets: Sequence[Get]) -> TxnResult:
+        """A txn of only Gets, each read whole (in pages), all at one revision: that of the
+        first read. Starts over when compaction overtakes that revision."""
+        for attempt in range(1, RANGE_ATTEMPTS + 1):
+            try:
+                first, revision = await self._get_at(gets[0], 0)
+                rest = await asyncio.gather(*(self._get_at(g, revision) for g in gets[1:]))
+                return TxnResult(True, revision, (first, *(kvs for kvs, _ in rest)))
+            except RevisionCompacted:
+                if attempt == RANGE_ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _get_at(self, op: Get, revision: int) -> tuple[tuple[KeyValue, ...], int]:
+        if op.prefix:
+            found = await self.range(op.key, revision)
+            return found.kvs, found.revision
+        request = rpc.RangeRequest(key=op.key.encode(), revision=revision)
+        response = await self._read(f"get {op.key}", request, revision)
+        return tuple(_kv(kv) for kv in response.kvs), revision or int(response.header.revision)
 
     async def revision(self) -> int:
         request = rpc.RangeRequest(key=b"\0", count_only=True)
@@ -208,6 +284,10 @@ class EtcdStore(Store):
     async def txn(
         self, compares: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op] = ()
     ) -> TxnResult:
+        reads = [op for op in success if isinstance(op, Get)]
+        read_only = not compares and not failure and reads and len(reads) == len(success)
+        if read_only and any(op.prefix for op in reads):
+            return await self._read_all(reads)
         request = rpc.TxnRequest(
             compare=[_compare(c) for c in compares],
             success=[_request_op(op) for op in success],
@@ -215,9 +295,22 @@ class EtcdStore(Store):
         )
 
         async def call(ep: Endpoint, left: float) -> Any:
-            return await ep.stub("kv").Txn(request, timeout=left)
+            try:
+                return await ep.stub("kv").Txn(request, timeout=left)
+            except grpc.aio.AioRpcError as e:
+                if e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    raise _TooLarge(e.details() or "") from None
+                raise
 
-        response = await self._conn.call("txn", call, mutable=True)
+        try:
+            response = await self._conn.call("txn", call, mutable=not read_only)
+        except _TooLarge as e:
+            if read_only:
+                return await self._read_all(reads)
+            raise StoreError(
+                f"the answer to a txn exceeds gRPC's message limit ({e}); it may have been "
+                "applied: Gets of large prefixes belong in range(), not in a txn that writes"
+            ) from None
         gets = tuple(
             tuple(_kv(kv) for kv in r.response_range.kvs)
             for r in response.responses
@@ -286,68 +379,9 @@ class EtcdStore(Store):
         return float(response.TTL)
 
     # --- watches ---------------------------------------------------------------------
-    async def watch(self, prefix: str, start_revision: int) -> AsyncIterator[WatchEvent]:
+    def watch(self, prefix: str, start_revision: int) -> AsyncIterator[WatchEvent]:
         key, end = _span(prefix)
-        next_rev = max(start_revision, 0)  # 0: from now on (learnt when the watch is created)
-        failures = 0
-        while True:
-            self._conn.check_open()
-            ep = self._conn.current
-            stream: Any = None
-            try:
-                await ep.ready(self._conn.connect_timeout, fail_fast=self._conn.several)
-                stream = ep.stub("watch").Watch(metadata=_REQUIRE_LEADER)
-                create = rpc.WatchCreateRequest(
-                    key=key, range_end=end, start_revision=next_rev, prev_kv=True
-                )
-                await stream.write(rpc.WatchRequest(create_request=create))
-                while True:
-                    response = await stream.read()
-                    if response is grpc.aio.EOF:
-                        raise StoreUnavailable(f"etcd at {ep.target} ended the watch stream")
-                    if response.compact_revision:
-                        raise WatchCompacted(int(response.compact_revision))
-                    if response.canceled:
-                        raise StoreUnavailable(
-                            f"etcd at {ep.target} cancelled the watch: {response.cancel_reason}"
-                        )
-                    if response.created and next_rev == 0:
-                        next_rev = response.header.revision + 1
-                    failures = 0
-                    for event in response.events:
-                        yield WatchEvent(
-                            EventType.DELETE if event.type == rpc.Event.DELETE else EventType.PUT,
-                            event.kv.key.decode(),
-                            event.kv.value,
-                            event.kv.mod_revision,
-                            event.prev_kv.value if event.HasField("prev_kv") else None,
-                        )
-                    if response.events:
-                        next_rev = response.events[-1].kv.mod_revision + 1
-            except TimeoutError as e:
-                reason = str(e) or f"cannot connect to {ep.target}"
-            except grpc.aio.AioRpcError as e:
-                error = translate(e, ep.target)
-                if not isinstance(error, StoreUnavailable):
-                    raise error from None
-                reason = str(error)
-            except StoreUnavailable as e:
-                reason = str(e)
-            except grpc.aio.UsageError:
-                self._conn.check_open()
-                raise
-            finally:
-                if stream is not None:
-                    stream.cancel()
-            failures += 1
-            self._conn.rotate()
-            log.warning(
-                "watch of %s interrupted (%s); resuming at revision %s",
-                prefix,
-                reason,
-                next_rev or "now",
-            )
-            await asyncio.sleep(min(1.0, 0.05 * 2 ** min(failures, 5)))
+        return watch(self._conn, prefix, (key, end), start_revision)  # etcd_watch.py
 
     # --- the store itself ------------------------------------------------------------
     async def health(self, timeout: float | None = None) -> StoreHealth:
