@@ -42,6 +42,7 @@ class MigrationBase:
         self.finished: set[str] = set()  # records this host is done with
         self.flipped: set[str] = set()  # records this host flipped as their source
         self.times: dict[str, dict[str, Any]] = {}  # QEMU's measures of those, not yet written
+        self.errors: dict[str, int] = {}  # record id -> unexpected errors of its steps here
         self.shared = SharedNothing(store, keys, agent)  # disks that travel with the memory
         self.wake = asyncio.Event()
 
@@ -49,12 +50,16 @@ class MigrationBase:
         """Hold this host's reconcile off for a moment: a guest is switching over here."""
         self.agent.quiet_until = max(self.agent.quiet_until, time.monotonic() + seconds)
 
-    def _spawn(self, mid: str, job: Awaitable[None]) -> None:
+    def _spawn(self, rec: Migration, job: Awaitable[None]) -> None:
+        mid = rec.id
+
         async def run() -> None:
             try:
                 await job
             except (StoreError, DriverError, TimeoutError) as e:
                 log.warning("migration %s: %s", mid, e)
+            except Exception as e:  # a bug (ours or the driver's): this record only
+                await self._broke(rec, e)
             finally:
                 if mid not in self.flipped:  # (a flip here: the target's resume wakes us)
                     self.wake.set()
@@ -62,14 +67,32 @@ class MigrationBase:
 
         self.tasks[mid] = asyncio.create_task(run(), name=f"migration-{mid}")
 
-    async def _fail(self, rec: Migration, reason: str) -> None:
+    async def _broke(self, rec: Migration, error: Exception) -> None:
+        """An unexpected exception in this host's part of ``rec``: logged with its traceback,
+        the record failed with the reason if it is still under way (the source keeps or
+        resumes the VM, the target discards its copy: the usual paths of a failed record),
+        else said as ``migration.error``. Failed is final: the record is never retried."""
+        log.error("migration %s of %s on %s", rec.id, rec.vm, self.me, exc_info=error)
+        reason = f"unexpected error on {self.me}: {type(error).__name__}: {error}"
+        try:
+            if not await self._fail(rec, reason):
+                await self.say("migration.error", f"vm/{rec.vm}", f"migration {rec.id}: {reason}")
+        except (StoreError, TimeoutError) as e:
+            log.warning("migration %s: could not record its error: %s", rec.id, e)
+
+    async def _fail(self, rec: Migration, reason: str) -> bool:
+        """Fail ``rec`` with ``reason`` (said as ``migration.failed``); False if it was not
+        under way any more, or switching (the controller decides then)."""
+
         def fail(cur: Migration) -> Migration | None:
             if not cur.active or cur.state is _M.SWITCHING:
                 return None  # final already, or the controller decides now
             return cur.model_copy(update={"state": _M.FAILED, "reason": reason})
 
-        if await change_migration(self.store, self.keys, rec.id, fail) is not None:
-            await self.say("migration.failed", f"vm/{rec.vm}", f"migration {rec.id}: {reason}")
+        if await change_migration(self.store, self.keys, rec.id, fail) is None:
+            return False
+        await self.say("migration.failed", f"vm/{rec.vm}", f"migration {rec.id}: {reason}")
+        return True
 
     async def _record(self, mid: str) -> Migration | None:
         kv = await self.store.get(self.keys.migration(mid))

@@ -62,7 +62,7 @@ class SourceRole(MigrationBase):
         if shared_nothing(rec) and rec.state in (_M.REQUESTED, _M.PREPARING):
             await self.shared.publish_sizes(rec)  # the target waits for them (once)
         if rec.state is _M.PREPARING and rec.target_address and not busy:
-            self._spawn(rec.id, self._transfer(rec))
+            self._spawn(rec, self._transfer(rec))
         elif rec.state is _M.TRANSFERRING and not busy:
             # Our transfer is not running (this agent restarted): it cannot finish.
             with contextlib.suppress(DriverError):
@@ -151,6 +151,15 @@ class SourceRole(MigrationBase):
             if not isinstance(e, MigrationCancelled):
                 await self._fail(rec, f"transfer from {self.me} to {rec.target} failed: {e}")
             return
+        except Exception:
+            # A bug mid-transfer (the record fails with it, see _spawn): stop whatever the
+            # driver still does, and let the failed record's path run the copy here again
+            # if it is paused (only at this record's epoch, while placed here).
+            if rec.id not in self.flipped:
+                with contextlib.suppress(Exception):
+                    await self.driver.cancel_migration(rec.vm)
+                self.migrated_out[rec.vm] = rec.id
+            raise
         finally:
             await self._stop_publishing(written, stop, publisher)
         self.migrated_out[rec.vm] = rec.id

@@ -40,10 +40,10 @@ class TargetRole(MigrationBase):
         if rec.state is _M.PREPARING and not rec.target_address and not busy:
             if rec.vm in self.migrated_out or not self.shared.ready_to_prepare(rec):
                 return  # our paused copy from its last move here is not discarded yet
-            self._spawn(rec.id, self._prepare(rec))
+            self._spawn(rec, self._prepare(rec))
         elif rec.state is _M.DONE and not busy:
             if time.time() - rec.updated < RECENT_S or rec.vm in self.agent.incoming:
-                self._spawn(rec.id, self._take_over(rec))
+                self._spawn(rec, self._take_over(rec))
             else:
                 self.finished.add(rec.id)
         elif rec.state in (_M.FAILED, _M.CANCELLED):
@@ -65,7 +65,7 @@ class TargetRole(MigrationBase):
         ):
             # the transaction that made the record done flipped the placement to us
             self._quiet()
-            self._spawn(rec.id, self._take_over(rec, flipped=True))
+            self._spawn(rec, self._take_over(rec, flipped=True))
             return True
         return False
 

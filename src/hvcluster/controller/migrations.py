@@ -85,6 +85,7 @@ class MigrationCoordinator:
         self.memory, self.is_leader, self.clock = memory, is_leader, clock
         self.wake = asyncio.Event()
         self.said: dict[str, str] = {}  # subject -> last stay reason said
+        self.broken: set[str] = set()  # records whose step raised unexpectedly: not again
 
     async def run(self, interval: float = 0.5) -> None:
         while True:
@@ -93,6 +94,8 @@ class MigrationCoordinator:
                     await self.cycle()
             except (StoreError, TimeoutError) as e:
                 log.warning("migration coordinator cycle failed: %s", e)
+            except Exception:  # not one record's (those fail alone): say, go on
+                log.exception("migration coordinator cycle failed unexpectedly; carrying on")
             self.wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), interval)
@@ -111,6 +114,8 @@ class MigrationCoordinator:
                     await self._switch_fast(rec, event.mod_revision)
                 except (StoreError, TimeoutError) as e:
                     log.warning("switch of %s failed: %s; the cycle retries", rec.id, e)
+                except Exception:  # the watch goes on; the cycle judges the record
+                    log.exception("switch of %s failed unexpectedly; the cycle judges", rec.id)
             elif not self.wake.is_set():
                 # Progress, or a migration just ended (a drain's next move): soon, not at
                 # the very moment a target resumes its guest.
@@ -136,10 +141,17 @@ class MigrationCoordinator:
         first: dict[str, str] = {}  # vm -> the id of its oldest migration under way
         for stored in sorted(active, key=lambda s: (s.value.created, s.value.id)):
             rec = stored.value
+            if rec.id in self.broken:
+                continue
             if first.setdefault(rec.vm, rec.id) != rec.id:
                 await self._fail(rec, f"migration {first[rec.vm]} of {rec.vm} is under way")
                 continue
-            await self._advance(stored, state, snapshot, records, now)
+            try:
+                await self._advance(stored, state, snapshot, records, now)
+            except (StoreError, TimeoutError):
+                raise  # the store, not the record: the next cycle tries again
+            except Exception as e:
+                await self._advance_broke(rec, e)
         if any(n.admin_state is NodeAdminState.DRAINING for n in snapshot.nodes.values()):
             await self._drain(state, snapshot, await read_migrations(self.store, self.keys))
 
@@ -208,6 +220,16 @@ class MigrationCoordinator:
             await self._prepare(rec, snapshot, records)
         elif rec.state is _M.SWITCHING:
             await self._switch(rec, state)
+
+    async def _advance_broke(self, rec: Migration, error: Exception) -> None:
+        """An unexpected exception judging ``rec``: logged with its traceback, the record
+        failed with the reason (the source keeps its VM, the target drops its copy), and
+        never judged again here, so a record that would raise again cannot loop."""
+        log.error("migration %s of %s: the controller's step", rec.id, rec.vm, exc_info=error)
+        self.broken.add(rec.id)
+        await self._fail(
+            rec, f"unexpected error in the controller: {type(error).__name__}: {error}"
+        )
 
     def _broken(self, rec: Migration, state: ClusterState, now: float) -> str | None:
         """Why the migration cannot go on, or None."""
