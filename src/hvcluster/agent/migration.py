@@ -63,6 +63,8 @@ class MigrationWorker(TargetRole, SourceRole):
         def seen(event: WatchEvent) -> None:
             try:
                 rec = _decoded(event.key, event.value)
+                if rec is not None:
+                    self._state_changed(rec)  # quick: a source waits for the target's check
                 if rec is None:
                     self.wake.set()
                 elif rec.id in self.flipped and not rec.resumed_at:

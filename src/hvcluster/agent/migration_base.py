@@ -7,7 +7,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 from hvcluster.agent.node import NodeAgent
@@ -29,13 +28,10 @@ QUIET_S = 0.05  # the reconcile holds off this long (at most) while a guest swit
 
 
 class MigrationBase:
-    def __init__(
-        self, store: Store, keys: Keys, agent: NodeAgent, say: Say, state_dir: Path
-    ) -> None:
+    def __init__(self, store: Store, keys: Keys, agent: NodeAgent, say: Say) -> None:
         self.store, self.keys, self.agent, self.say = store, keys, agent, say
         self.me = agent.me.name
         self.driver = agent.driver
-        self.state_dir = state_dir
         self.tasks: dict[str, asyncio.Task[None]] = {}  # record id -> its job here
         self.cancelled: set[str] = set()  # records whose transfer we asked the driver to stop
         self.migrated_out: dict[str, str] = {}  # vm -> record id: paused here after transfer
@@ -43,6 +39,7 @@ class MigrationBase:
         self.flipped: set[str] = set()  # records this host flipped as their source
         self.times: dict[str, dict[str, Any]] = {}  # QEMU's measures of those, not yet written
         self.errors: dict[str, int] = {}  # record id -> unexpected errors of its steps here
+        self.verify_waits: dict[str, asyncio.Event] = {}  # quick: source awaits target's check
         self.shared = SharedNothing(store, keys, agent)  # disks that travel with the memory
         self.wake = asyncio.Event()
 

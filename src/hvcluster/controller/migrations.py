@@ -35,7 +35,7 @@ from hvcluster.controller.view import build_snapshot
 from hvcluster.models.base import decode, encode
 from hvcluster.models.errors import CorruptValue, StoreError
 from hvcluster.models.lifecycle import MigrationState, NodeAdminState
-from hvcluster.models.migration import Migration, MigrationKind
+from hvcluster.models.migration import Migration, MigrationKind, state_file_for, state_volume
 from hvcluster.models.node import Node
 from hvcluster.models.storage import spec_on_volume
 from hvcluster.models.vm import Placement
@@ -286,13 +286,20 @@ class MigrationCoordinator:
             await self._fail(rec, choice.why)
             return
         target, model = choice.node, vm_model(snapshot, vm)  # the target starts QEMU with it
+        update: dict[str, object] = {"state": _M.PREPARING, "target": target, "cpu_model": model}
+        if rec.kind is MigrationKind.QUICK:  # where the state goes: a volume both see
+            volume = state_volume(
+                vm.spec, snapshot.nodes[rec.source].node, snapshot.nodes[target].node
+            )
+            if volume is None:  # (move_blockers excluded such targets)
+                await self._fail(rec, f"{rec.source} and {target} share no volume")
+                return
+            update["state_file"] = state_file_for(volume, rec.vm, rec.id)
 
         def prepare(cur: Migration) -> Migration | None:
             if cur.state is not _M.REQUESTED:
                 return None
-            return cur.model_copy(
-                update={"state": _M.PREPARING, "target": target, "cpu_model": model}
-            )
+            return cur.model_copy(update=update)
 
         if await change_migration(self.store, self.keys, rec.id, prepare) is not None:
             log.info("migration %s: %s -> %s (%s)", rec.id, rec.source, target, choice.why)

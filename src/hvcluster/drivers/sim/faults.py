@@ -28,6 +28,9 @@ class SimBugs:
 
     def __init__(self) -> None:
         self.bugs: dict[tuple[str, str], Bug] = {}
+        # VMs whose next save "succeeds" where only this host sees it (a volume mounted on
+        # the source only, say): the file is not where the target will look for it
+        self.unshared: set[str] = set()
 
     def add(self, operation: str, vm: str, message: str, times: int | None) -> Bug:
         if operation not in OPERATIONS:

@@ -158,6 +158,9 @@ class SimMigration(SimStorage):
             "age_s": self.clock.now() - vm.started,
             "cpu_model": vm.spec.cpu_model,
         }
+        if name in self.bugs.unshared:
+            self.bugs.unshared.discard(name)
+            path = Path(path).with_suffix(".unshared")
         try:
             write_saved_state(Path(path), state)
         except MigrationFailed as e:

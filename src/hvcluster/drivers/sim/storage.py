@@ -73,6 +73,11 @@ class SimStorage(Driver):
         ``RuntimeError`` (see :mod:`hvcluster.drivers.sim.faults`); the bug counts its hits."""
         return self.bugs.add(operation, vm, message, times)
 
+    def save_unshared(self, vm: str) -> None:
+        """The next save of ``vm`` reports success but writes its state beside the path it
+        was given (``.unshared``), as a host whose volume is not the shared one would."""
+        self.bugs.unshared.add(vm)
+
     async def cancel_disk_copy(self, name: str) -> None:
         """Stop the disk copy of a shared-nothing migration of ``name``, if one runs."""
         if name in self._copying:
