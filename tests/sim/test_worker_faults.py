@@ -111,7 +111,9 @@ async def test_a_bug_in_a_disk_move_fails_that_move_and_the_vm_keeps_its_disk(
     rec = await request(cluster, "db", "b")
     failed = await final(cluster, rec.id)
     assert failed.state is _M.FAILED
-    assert failed.reason == "unexpected error on n1: RuntimeError: move_disk of db: mirror went away"
+    assert (
+        failed.reason == "unexpected error on n1: RuntimeError: move_disk of db: mirror went away"
+    )
     [said] = await cluster.event_list("storage.move_failed", "vm/db")
     assert "mirror went away" in said.reason
     await asyncio.sleep(1.5)
@@ -124,3 +126,28 @@ async def test_a_bug_in_a_disk_move_fails_that_move_and_the_vm_keeps_its_disk(
     done = await final(cluster, again.id)
     assert done.state is _M.DONE, done.reason
     assert (await spec(cluster, "db")).disks[0].volume == "b"
+
+
+async def test_the_source_sends_only_to_the_target_nodes_registered_address(
+    cluster: SimCluster,
+) -> None:
+    """A target address that is tcp:HOST:PORT but not the target node's (here the target's
+    driver listens on another loopback address): refused, the record failed with the
+    reason, the VM stays; the next move of it works."""
+    await cluster.start("n1", "n2")
+    await cluster.create_vm("app", ha={"preferred_owners": ["n1"]})
+    assert await cluster.wait_running("app") == "n1"
+    cluster.drivers["n2"].listen_elsewhere("app", "127.0.0.2")
+    rec = await move(cluster, "app", "n2")
+    failed = await wait_state(cluster, rec.id, _M.FAILED, _M.DONE)
+    assert failed.reason.startswith("refused to migrate app to 'tcp:127.0.0.2:")
+    assert failed.reason.endswith("127.0.0.2 is not n2's registered address 127.0.0.1")
+    [said] = await cluster.event_list("migration.failed", "vm/app")
+    assert "is not n2's registered address" in said.reason
+    assert await cluster.running_on("app") == "n1"
+    assert failed.progress.bytes_transferred == 0
+
+    again = await move(cluster, "app", "n2")
+    done = await wait_state(cluster, again.id, _M.DONE, _M.FAILED)
+    assert done.state is _M.DONE, done.reason
+    assert await cluster.wait_running("app", not_on="n1") == "n2"

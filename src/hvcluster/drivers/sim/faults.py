@@ -31,6 +31,8 @@ class SimBugs:
         # VMs whose next save "succeeds" where only this host sees it (a volume mounted on
         # the source only, say): the file is not where the target will look for it
         self.unshared: set[str] = set()
+        # VM -> the host its next incoming migration listens on instead of the one asked
+        self.listen_elsewhere: dict[str, str] = {}
 
     def add(self, operation: str, vm: str, message: str, times: int | None) -> Bug:
         if operation not in OPERATIONS:

@@ -52,6 +52,7 @@ class SimMigration(SimStorage):
         self, spec: VMSpec, epoch: int, host: str, settings: MigrationSettings | None = None
     ) -> str:
         self.bugs.trip("prepare_incoming", spec.name)
+        host = self.bugs.listen_elsewhere.pop(spec.name, host)
         self._refuse_if_running(spec.name)
         self._check_spec(spec)
         vm = await self._create(spec, epoch, VMState.MIGRATING, "incoming migration")

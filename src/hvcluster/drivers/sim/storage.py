@@ -78,6 +78,11 @@ class SimStorage(Driver):
         was given (``.unshared``), as a host whose volume is not the shared one would."""
         self.bugs.unshared.add(vm)
 
+    def listen_elsewhere(self, vm: str, host: str) -> None:
+        """The next incoming migration of ``vm`` listens on ``host``, not the one asked
+        (its address then names a host that is not this node's)."""
+        self.bugs.listen_elsewhere[vm] = host
+
     async def cancel_disk_copy(self, name: str) -> None:
         """Stop the disk copy of a shared-nothing migration of ``name``, if one runs."""
         if name in self._copying:
