@@ -63,11 +63,11 @@ class MigrationWorker(TargetRole, SourceRole):
         def seen(event: WatchEvent) -> None:
             try:
                 rec = _decoded(event.key, event.value)
-                if rec is not None:
-                    self._state_changed(rec)  # quick: a source waits for the target's check
                 if rec is None:
                     self.wake.set()
-                elif rec.id in self.flipped and not rec.resumed_at:
+                    return
+                self._state_changed(rec)  # quick: a source waits for the target's check
+                if rec.id in self.flipped and not rec.resumed_at:
                     pass  # our own flip: nothing to do here until the target has run the VM
                 elif self.me in (rec.source, rec.target) and not self._fast_take_over(rec):
                     self.wake.set()  # (a take-over wakes the cycle when it has run the VM)
