@@ -155,9 +155,9 @@ class Controller:
         ``controller.error`` (once while it repeats); the cycle goes on with the other
         decisions, and the next cycle decides afresh."""
         log.error("controller: applying %r", d, exc_info=error)
-        why = f"could not apply '{d.reason}': {type(error).__name__}: {error}"
-        if memory.changed(f"error:{d.subject}", why):
-            await self.say("controller.error", d.subject, why)
+        what = f"{type(error).__name__}: {error}"
+        if memory.changed(f"error:{d.subject}", what):  # (its reason may change each cycle)
+            await self.say("controller.error", d.subject, f"not applied ({what}): {d.reason}")
 
     async def observe(self) -> None:
         """A follower's cycle: watch nodes come and go and read their leases, to be ready
