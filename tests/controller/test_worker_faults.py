@@ -102,3 +102,30 @@ async def test_a_decision_that_raises_is_said_and_the_others_apply(faulty: Fault
     assert len(errors) == 1, "said once while it repeats"
     assert errors[0][0] == "vm/a" and "RuntimeError: backend bug on" in errors[0][1]
     assert any(k == "vm.placed" and s == "vm/b" for k, s, _ in said)
+
+
+async def test_a_housekeeping_step_that_raises_does_not_stop_the_records(
+    faulty: FaultyStore,
+) -> None:
+    """The sweep of stale job keys raises (every time): said once, and the records under
+    way are still judged."""
+    await node(faulty, "n1")
+    await node(faulty, "n2")
+    await vm_on(faulty, "a", "n1")
+    await vm_on(faulty, "b", "n1")
+    gone = await create_migration(faulty, KEYS, "a", "n1", "n2", 1, MigrationKind.LIVE, "test")
+    assert gone is not None
+    await faulty.delete(KEYS.migration(gone.id))  # its job key is stale now
+    faulty.broken[KEYS.job("a")] = 1_000  # clearing it raises
+    good = await create_migration(faulty, KEYS, "b", "n1", "n2", 1, MigrationKind.LIVE, "test")
+    assert good is not None
+    said: list[str] = []
+    coord = coordinator(faulty, said)
+    await coord.cycle()
+    await coord.cycle()
+    other = await record(faulty, good.id)
+    assert other is not None and other.state is _M.PREPARING
+    errors = [s for s in said if s.startswith("controller.error")]
+    assert errors == [
+        f"controller.error the job keys' sweep failed: RuntimeError: backend bug on {KEYS.job('a')}"
+    ]

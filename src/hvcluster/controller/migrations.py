@@ -124,10 +124,11 @@ class MigrationCoordinator:
         await follow(self.store, self.keys.prefix("migrations"), seen)
 
     async def cycle(self) -> None:
-        await sweep_jobs(self.store, self.keys, self.say)  # stale job keys, orphaned moves
+        # stale job keys, orphaned moves
+        await self._guarded("the job keys' sweep", sweep_jobs(self.store, self.keys, self.say))
         records = await read_migrations(self.store, self.keys)
-        await self._prune(records)
-        await self._times_lost(records)
+        await self._guarded("pruning old records", self._prune(records))
+        await self._guarded("measures of the sources gone", self._times_lost(records))
         if not any(s.value.active for s in records.items.values()):
             nodes = await read_kind(self.store, self.keys, "nodes", Node)
             if all(
@@ -154,6 +155,20 @@ class MigrationCoordinator:
                 await self._advance_broke(rec, e)
         if any(n.admin_state is NodeAdminState.DRAINING for n in snapshot.nodes.values()):
             await self._drain(state, snapshot, await read_migrations(self.store, self.keys))
+
+    async def _guarded(self, what: str, step: Awaitable[None]) -> None:
+        """Run a housekeeping ``step`` of the cycle: an unexpected exception in it is logged
+        (said once while it repeats) and the cycle goes on to the records under way."""
+        try:
+            await step
+        except (StoreError, TimeoutError):
+            raise  # the store: the next cycle tries again
+        except Exception as e:
+            log.error("migration coordinator: %s", what, exc_info=e)
+            why = f"{what} failed: {type(e).__name__}: {e}"
+            if self.said.get(what) != why:
+                self.said[what] = why
+                await self.say("controller.error", "migrations", why)
 
     async def _prune(self, records: Decoded[Migration]) -> None:
         """Delete finished records older than :data:`RETAIN_S` (each compared on its
