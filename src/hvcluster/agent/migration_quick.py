@@ -101,7 +101,7 @@ class QuickState(MigrationBase):
         def saved(cur: Migration) -> Migration | None:
             if cur.state is not _M.TRANSFERRING:
                 return None
-            return cur.model_copy(update={"saved_path": cur.state_file, "updated": time.time()})
+            return cur.model_copy(update={"saved_path": cur.state_file})
 
         written = await change_migration_at(self.store, self.keys, rec.id, saved)
         if written is None:
