@@ -24,6 +24,7 @@ from hvcluster.models.config import ClusterConfig
 from hvcluster.models.event import Event
 from hvcluster.models.lifecycle import VMState
 from hvcluster.models.node import Node
+from hvcluster.models.storage import Volume
 from hvcluster.models.vm import Placement, VMSpec, VMStatus
 from hvcluster.store.events import EventLog
 from hvcluster.store.keys import Keys
@@ -56,6 +57,15 @@ class SimCluster:
         self.links: dict[str, SimHostLinks] = {}
         self.cpu_models: dict[str, str] = {}  # node -> its sim host's (and guests') CPU model
         self.cpu_provides: dict[str, tuple[str, ...]] = {}  # node -> models it gives guests
+
+    async def add_volume(self, name: str) -> Path:
+        """A shared volume (a directory of this machine, which every sim host sees), known
+        to the cluster before the nodes start: they report it at their first check."""
+        path = self.tmp / f"vol-{name}"
+        path.mkdir(exist_ok=True)
+        volume = Volume(name=name, path=str(path), id=f"{name}-id")
+        await self.store.put(self.keys.volume(name), encode(volume))
+        return path
 
     async def start(self, *names: str) -> None:
         await self.store.put(self.keys.config, encode(self.config))

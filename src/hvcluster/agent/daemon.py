@@ -129,9 +129,7 @@ class Daemon:
             on_registered=agent.register_node,
         )
         self.agent, self.liveness = agent, liveness
-        self.migrations = MigrationWorker(
-            self.store, self.keys, agent, agent_say, cfg.run_dir.parent / "migration-state"
-        )
+        self.migrations = MigrationWorker(self.store, self.keys, agent, agent_say)
         storage = StorageMover(self.store, self.keys, agent, agent_say)
         resources = self.resources = self._resources(agent, agent_say)
         await resources.check()  # the node registers with its switches and volumes

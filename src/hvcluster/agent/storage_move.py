@@ -74,6 +74,7 @@ class StorageMover:
         self.driver = agent.driver
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.checked: set[str] = set()  # done records seen switched (see _finish)
+        self.given_up: set[str] = set()  # records whose step raised unexpectedly here
         self.wake = asyncio.Event()
 
     # --- the loop --------------------------------------------------------------------
@@ -84,6 +85,8 @@ class StorageMover:
                     await self.cycle()
                 except (StoreError, TimeoutError) as e:
                     log.warning("storage move cycle failed: %s", e)
+                except Exception:  # not one record's (those are caught in the cycle)
+                    log.exception("storage move cycle failed unexpectedly; carrying on")
                 self.wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), interval)
@@ -103,26 +106,54 @@ class StorageMover:
         for mid in [m for m, task in self.tasks.items() if task.done()]:
             self.tasks.pop(mid)
         records = sorted((await read_moves(self.store, self.keys)).items())
-        mine = [(mid, rec, rev) for mid, (rec, rev) in records if rec.source == self.me]
+        mine = [
+            (mid, rec, rev)
+            for mid, (rec, rev) in records
+            if rec.source == self.me and mid not in self.given_up
+        ]
         for mid, rec, rev in mine:  # first: moves done by an agent before us, and old records
-            if rec.state is _M.DONE and mid not in self.checked and mid not in self.tasks:
-                self.checked.add(mid)
-                await self._finish(rec)
-            if not rec.active and max(rec.updated, rec.created) < time.time() - RETAIN_S:
-                key = move_key(self.keys, mid)
-                job = await self.store.get(self.keys.job(rec.vm))
-                held, ops = release_if_named(self.keys, rec, job)  # if it still names it
-                await self.store.txn([Compare.mod_is(key, rev), *held], [Delete(key), *ops])
+            await self._guarded(rec, self._tidy(mid, rec, rev))
         for mid, rec, _ in mine:
-            task = self.tasks.get(mid)
-            if rec.state is _M.REQUESTED and task is None:
-                self.tasks[mid] = asyncio.create_task(self._run(rec), name=f"storage-{mid}")
-            elif rec.state in RUNNING and task is None:
-                why = f"the agent on {self.me} restarted mid-move; {rec.vm} keeps its old disks"
-                await self._fail(rec.id, rec.vm, why)
-                await self._remove_copies(rec)
-            elif rec.state in (_M.FAILED, _M.CANCELLED) and task is not None:
-                task.cancel()  # cancelled or failed by someone else: stop copying
+            await self._guarded(rec, self._step(mid, rec))
+
+    async def _tidy(self, mid: str, rec: Migration, rev: int) -> None:
+        if rec.state is _M.DONE and mid not in self.checked and mid not in self.tasks:
+            self.checked.add(mid)
+            await self._finish(rec)
+        if not rec.active and max(rec.updated, rec.created) < time.time() - RETAIN_S:
+            key = move_key(self.keys, mid)
+            job = await self.store.get(self.keys.job(rec.vm))
+            held, ops = release_if_named(self.keys, rec, job)  # if it still names it
+            await self.store.txn([Compare.mod_is(key, rev), *held], [Delete(key), *ops])
+
+    async def _step(self, mid: str, rec: Migration) -> None:
+        task = self.tasks.get(mid)
+        if rec.state is _M.REQUESTED and task is None:
+            self.tasks[mid] = asyncio.create_task(self._run(rec), name=f"storage-{mid}")
+        elif rec.state in RUNNING and task is None:
+            why = f"the agent on {self.me} restarted mid-move; {rec.vm} keeps its old disks"
+            await self._fail(rec.id, rec.vm, why)
+            await self._remove_copies(rec)
+        elif rec.state in (_M.FAILED, _M.CANCELLED) and task is not None:
+            task.cancel()  # cancelled or failed by someone else: stop copying
+
+    async def _guarded(self, rec: Migration, step: Awaitable[None]) -> None:
+        """Run one record's step so that an unexpected exception is that record's: logged
+        with its traceback, the record failed with the reason if under way (else said as
+        ``storage.move_error``), and given up here (never retried: no crash loop). Store
+        errors pass: the next cycle tries again."""
+        try:
+            await step
+        except (StoreError, TimeoutError):
+            raise
+        except Exception as e:
+            log.error("storage move %s of %s", rec.id, rec.vm, exc_info=e)
+            self.given_up.add(rec.id)
+            why = f"unexpected error on {self.me}: {type(e).__name__}: {e}"
+            if not await self._fail(rec.id, rec.vm, why):
+                await self.say(
+                    "storage.move_error", f"vm/{rec.vm}", f"storage move {rec.id}: {why}"
+                )
 
     # --- one move --------------------------------------------------------------------
     async def _run(self, rec: Migration) -> None:
@@ -153,9 +184,12 @@ class StorageMover:
         except (MoveFailed, DriverError, StoreError, TimeoutError) as e:
             done = f" ({', '.join(moved)} moved before)" if moved else ""
             await self._fail(rec.id, rec.vm, f"{e}{done}")
-        except Exception as e:  # a bug: say it rather than leave the record hanging
+        except Exception as e:  # a bug: this record fails with it, the agent goes on
             log.exception("storage move %s", rec.id)
-            await self._fail(rec.id, rec.vm, f"internal error: {e!r}")
+            why = f"unexpected error on {self.me}: {type(e).__name__}: {e}"
+            await self._fail(
+                rec.id, rec.vm, why + (f" ({', '.join(moved)} moved before)" if moved else "")
+            )
         finally:
             self.checked.add(rec.id)  # nothing left for _finish
             publisher.cancel()
@@ -317,7 +351,7 @@ class StorageMover:
                 await change_move(self.store, self.keys, mid, put)
                 written = progress
 
-    async def _fail(self, mid: str, vm: str, reason: str) -> None:
+    async def _fail(self, mid: str, vm: str, reason: str) -> bool:
         def fail(cur: Migration) -> Migration | None:
             if not cur.active:
                 return None
@@ -326,6 +360,8 @@ class StorageMover:
         with contextlib.suppress(StoreError):
             if await change_move(self.store, self.keys, mid, fail) is not None:
                 await self.say("storage.move_failed", f"vm/{vm}", f"storage move {mid}: {reason}")
+                return True
+        return False
 
     async def _spec(self, vm: str) -> VMSpec | None:
         kv = await self.store.get(self.keys.vm(vm))
