@@ -96,7 +96,7 @@ async def test_a_host_file_is_no_disk_unless_its_directory_is_allowed(
 
 def test_allowed_disk_dirs_are_never_system_directories() -> None:
     for bad in ("/", "/etc", "/usr/lib/x", "/var/lib", "relative"):
-        with pytest.raises(ValueError, match="not a disk directory|must be an absolute path"):
+        with pytest.raises(ValueError, match=r"not a disk directory|must be an absolute path"):
             ClusterConfig(allowed_disk_dirs=(bad,))
 
 
@@ -117,7 +117,6 @@ async def test_a_volume_is_never_root_nor_a_system_directory(
     message = await refused(api, "/volumes", {"name": "csv1", "path": path}, "path")
     assert words in message
     assert await nothing_stored(store, "volumes")
-    assert not Path("/", MARKER).exists() and not Path("/etc", MARKER).exists()
 
 
 async def test_a_volume_needs_the_marker_an_admin_placed(

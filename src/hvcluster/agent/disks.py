@@ -136,6 +136,15 @@ class VolumeDisks:
         except ValueError as e:
             raise DiskError(str(e)) from None
 
+    def disk_at(self, path: Path | str) -> Disk | None:
+        """The disk on a volume seen here whose file ``path`` is (as resolved), if any."""
+        full = Path(path).resolve()
+        for volume, mount in self.mounts.items():
+            root = Path(mount).resolve()
+            if full != root and full.is_relative_to(root):
+                return Disk(volume=volume, path=str(full.relative_to(root)))
+        return None
+
     async def allowed_dirs(self) -> tuple[str, ...]:
         """The cluster config's ``allowed_disk_dirs``, read now (an admin may change it)."""
         config, _ = await read_config(self.store, self.keys)
@@ -172,13 +181,17 @@ class VolumeDisks:
                 done.append(f"grew {disk.file} to {disk.size_gib:g} GiB")
         return done
 
-    async def record_created(self, disk: Disk, spec: VMSpec) -> None:
-        """Record that the cluster created ``disk``'s file for ``spec`` (after creating it:
-        a crash in between leaves a file the cluster will never delete, the safe side)."""
+    def created_put(self, disk: Disk, spec: VMSpec) -> Put:
+        """The write that records the cluster created ``disk``'s file for ``spec``."""
         record = CreatedDisk(
             file=disk.file, vm=spec.name, uid=spec.uid, node=self.node, created_at=time.time()
         )
-        await self.store.put(self.keys.created_disk(disk.file), encode(record))
+        return Put(self.keys.created_disk(disk.file), encode(record))
+
+    async def record_created(self, disk: Disk, spec: VMSpec) -> None:
+        """Record that the cluster created ``disk``'s file for ``spec`` (after creating it:
+        a crash in between leaves a file the cluster will never delete, the safe side)."""
+        await self.store.txn((), [self.created_put(disk, spec)])
 
     async def forget_created(self, disk: Disk) -> None:
         await self.store.txn((), [Delete(self.keys.created_disk(disk.file))])
