@@ -56,3 +56,27 @@ async def test_a_vm_deleted_while_stopping_and_created_again_runs(tmp_path: Path
         await cluster.wait_for(runs_as_new, 30, "the new web running")
         placement = await cluster.placement("web")
         assert placement is not None and placement.uid == new_uid and placement.epoch > 1
+
+
+async def test_an_agent_never_starts_a_vm_on_a_host_file_written_past_the_api(
+    tmp_path: Path,
+) -> None:
+    """A spec put into etcd directly (no API check) naming /etc/passwd: the agent resolves
+    the path itself, refuses to start the VM and says why."""
+    cluster = SimCluster(tmp_path)
+    try:
+        await cluster.start("n1")
+        await cluster.create_vm("thief", disks=[{"path": "/etc/passwd", "format": "raw"}])
+
+        async def refused() -> str:
+            status = await cluster.status("thief")
+            failed = status is not None and status.state is VMState.FAILED
+            return status.last_error if failed and status is not None else ""
+
+        error = await cluster.wait_for(refused, 20, "thief refused")
+        assert "disks[0].path" in error and "allowed_disk_dirs" in error
+        assert await cluster.running_on("thief") is None
+        said = await cluster.event_list("vm.start_failed", "vm/thief")
+        assert said and "allowed_disk_dirs" in said[0].reason
+    finally:
+        await cluster.stop()

@@ -76,6 +76,8 @@ class TargetRole(MigrationBase):
             if spec is None:
                 raise DriverError(f"vm {rec.vm} has no spec")
             spec = guest_spec(spec, self.agent.facts, rec.cpu_model)  # the model it runs with
+            if not shared_nothing(rec):
+                await self.agent.disks.check(spec)  # its files as this host resolves them
             if rec.kind is MigrationKind.QUICK:
                 address = FILE_PREFIX + str(self._state_file(spec, rec))
             else:

@@ -137,6 +137,9 @@ def _bootstrap(state: LabState, config: ClusterConfig) -> None:
     """Write the cluster config (the lab's one use of etcd other than through the API)."""
     endpoint = state.etcd_endpoints[0]
     key = f"/hvc/{state.cluster}/config"
+    # the demo's disks are files in the shared directory, outside any volume: allowed there
+    dirs = (*config.allowed_disk_dirs, state.shared_dir)
+    config = config.model_copy(update={"allowed_disk_dirs": tuple(dict.fromkeys(dirs))})
     subprocess.run(
         [
             "etcdctl",

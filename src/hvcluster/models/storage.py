@@ -15,12 +15,15 @@ from hvcluster.models.vm import Disk, VMSpec
 
 # Host directories that are never a volume (nor an allowed disk directory): the first list
 # with everything under it (the system's own files), the second only as itself (a volume
-# may well live under /srv, /mnt or /var/lib, never be it).
+# may well live under /srv, /mnt or /var/lib, never be it; the lab's lives under /run).
 SYSTEM_TREES = (
-    "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/run",
-    "/sbin", "/sys", "/usr", "/var/log", "/var/run", "/var/lock",
+    "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/sbin",
+    "/sys", "/usr", "/var/log", "/var/run", "/var/lock", "/run/lock", "/run/systemd",
+    "/run/user", "/run/udev", "/run/dbus",
 )  # fmt: skip
-SYSTEM_DIRS = ("/", "/home", "/media", "/mnt", "/opt", "/root", "/srv", "/tmp", "/var", "/var/lib")
+SYSTEM_DIRS = (
+    "/", "/home", "/media", "/mnt", "/opt", "/root", "/run", "/srv", "/tmp", "/var", "/var/lib",
+)  # fmt: skip
 
 
 def normal_dir(path: str) -> str:
