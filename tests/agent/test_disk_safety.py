@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 
 from hvcluster.agent.disks import DiskBusy, DiskError, VolumeDisks
+from hvcluster.agent.storage import check_volume
 from hvcluster.models.base import encode
 from hvcluster.models.config import ClusterConfig
-from hvcluster.models.storage import DiskDeletion
-from hvcluster.models.vm import Disk, VMSpec
+from hvcluster.models.storage import MARKER, DiskDeletion, Volume
+from hvcluster.models.vm import Boot, Disk, VMSpec
 from hvcluster.store.keys import Keys
 from hvcluster.store.memory import MemoryStore
 
@@ -80,6 +81,9 @@ async def test_paths_are_resolved_on_the_host_and_kept_in_their_place(
     linked = VMSpec(name="x", disks=(Disk(path=f"{allowed}/passwd.img", format="raw"),))
     with pytest.raises(DiskError, match="leads to /etc/passwd"):
         await disks.check(linked)
+    initrd = VMSpec(name="x", boot=Boot(kernel=f"{allowed}/k", initrd=f"{allowed}/passwd.img"))
+    with pytest.raises(DiskError, match=r"boot\.initrd: .*leads to /etc/passwd"):
+        await disks.check(initrd)
 
 
 async def deletion(store: MemoryStore, vm: str, *paths: str) -> None:
@@ -148,3 +152,18 @@ async def test_a_disk_the_agent_creates_is_recorded_and_can_be_deleted(
     )
     await disks.carry_out_deletions([], said)
     assert not (tmp_path / "db" / "root.qcow2").exists()
+
+
+def test_a_marker_that_is_a_symlink_is_never_followed(tmp_path: Path) -> None:
+    """Whoever can write the shared storage must not read host files through the problem
+    the agent reports (a node record anybody with the API reads)."""
+    root = tmp_path / "csv1"
+    root.mkdir()
+    (root / MARKER).symlink_to("/etc/passwd")
+    r = check_volume(Volume(name="csv1", path=str(root), id="a" * 32))
+    assert not r.seen and "no marker" in (r.problem or "") and "root:" not in (r.problem or "")
+    (root / MARKER).unlink()
+    (root / MARKER).write_text("root:x:0:0:root:/root:/bin/bash\n")  # not an id: not shown
+    r = check_volume(Volume(name="csv1", path=str(root), id="a" * 32))
+    assert not r.seen and "holds no volume id" in (r.problem or "")
+    assert "root:x" not in (r.problem or "")

@@ -94,6 +94,24 @@ async def test_a_host_file_is_no_disk_unless_its_directory_is_allowed(
     assert ok.json()["spec"]["disks"][0]["path"] == f"{allowed}/x/a.qcow2"
 
 
+@pytest.mark.parametrize("field", ["kernel", "initrd"])
+async def test_kernel_and_initrd_come_only_from_allowed_directories(
+    api: httpx.AsyncClient, store: MemoryStore, tmp_path: Path, field: str
+) -> None:
+    """An initrd is loaded into the guest's memory: /etc/shadow there is a leak like a disk."""
+    config = ClusterConfig(name="t", allowed_disk_dirs=(str(tmp_path),))
+    await store.put(KEYS.config, encode(config))
+    boot = {"kernel": str(tmp_path / "vmlinuz"), "initrd": str(tmp_path / "initrd.img")}
+    boot[field] = "/etc/shadow"
+    message = await refused(api, "/vms", spec("x", boot=boot), f"boot.{field}")
+    assert "allowed_disk_dirs" in message and str(tmp_path) in message
+    assert await nothing_stored(store, "vms")
+    ok = {"kernel": f"{tmp_path}/./vmlinuz", "initrd": f"{tmp_path}//initrd.img"}
+    r = await api.post("/vms", json=spec("x", boot=ok))
+    assert r.status_code == 201, r.text
+    assert r.json()["spec"]["boot"]["initrd"] == f"{tmp_path}/initrd.img"
+
+
 def test_allowed_disk_dirs_are_never_system_directories() -> None:
     for bad in ("/", "/etc", "/usr/lib/x", "/var/lib", "relative"):
         with pytest.raises(ValueError, match=r"not a disk directory|must be an absolute path"):
@@ -130,7 +148,12 @@ async def test_a_volume_needs_the_marker_an_admin_placed(
     assert await nothing_stored(store, "volumes")
     (root / MARKER).write_text("not an id!\n")
     message = await refused(api, "/volumes", {"name": "csv1", "path": str(root)}, "path")
-    assert "holds no volume id" in message
+    assert "holds no volume id" in message and "not an id" not in message
+    (root / MARKER).unlink()
+    (root / MARKER).symlink_to("/etc/hostname")  # a host file's content as the volume id
+    message = await refused(api, "/volumes", {"name": "csv1", "path": str(root)}, "path")
+    assert "is not a regular file" in message
+    (root / MARKER).unlink()
     link = tmp_path / "to-etc"
     link.symlink_to("/etc")
     message = await refused(api, "/volumes", {"name": "csv2", "path": str(link)}, "path")

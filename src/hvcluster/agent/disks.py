@@ -151,14 +151,20 @@ class VolumeDisks:
         return config.allowed_disk_dirs
 
     async def check(self, spec: VMSpec) -> None:
-        """Refuse (:class:`DiskError` naming the disk) a spec naming a file outside its
-        volume or outside the allowed directories, as this host resolves the paths."""
+        """Refuse (:class:`DiskError` naming the field) a spec naming a disk outside its
+        volume, or a disk, kernel or initrd outside the allowed directories, as this host
+        resolves the paths."""
         allowed = await self.allowed_dirs()
         for i, disk in enumerate(spec.disks):
             try:
                 await asyncio.to_thread(self.path_of, disk, allowed)
             except DiskError as e:
                 raise DiskError(f"disks[{i}].path: {e}") from None
+        for field, path in spec.boot.files():
+            try:
+                await asyncio.to_thread(resolve_allowed, path, allowed)
+            except ValueError as e:
+                raise DiskError(f"boot.{field}: {e}") from None
 
     # --- creation --------------------------------------------------------------------
     async def prepare(self, spec: VMSpec) -> list[str]:

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from hvcluster.models.storage import MARKER, Volume, system_dir_problem
+from hvcluster.models.storage import MARKER, MARKER_ID, Volume, system_dir_problem
 
 MIB = 1024 * 1024
 
@@ -45,25 +45,34 @@ def check_volume(volume: Volume) -> VolumeCheck:
         if system is not None:
             return VolumeCheck(volume.name, False, problem=f"{root} leads to {system}")
         marker = root / MARKER
-        if not marker.is_file():
+        if not marker.is_file() or marker.is_symlink():
             return VolumeCheck(
                 volume.name,
                 False,
                 problem=f"no marker {marker}: an admin places it ('hvc volume mark {root}')",
             )
-        with marker.open("rb") as f:
-            found = f.read(256).decode(errors="replace").strip()
+        found = read_marker_id(marker)
         if found != volume.id:
+            shown = repr(found) if MARKER_ID.match(found) else "no volume id"  # never a secret
             return VolumeCheck(
                 volume.name,
                 False,
-                problem=f"{marker} holds id {found[:40]!r}, not {volume.id}: another "
+                problem=f"{marker} holds {shown}, not {volume.id}: another "
                 "volume is mounted there (if it is this one added again, add it with that id)",
             )
         st = os.statvfs(root)
         return VolumeCheck(volume.name, True, free_mib=st.f_bavail * st.f_frsize // MIB)
     except OSError as e:
         return VolumeCheck(volume.name, False, problem=f"{root}: {e.strerror or e}")
+
+
+def read_marker_id(marker: Path) -> str:
+    """The first line of a marker file, read without following a symlink (O_NOFOLLOW)."""
+    fd = os.open(marker, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        return os.read(fd, 256).decode(errors="replace").strip()
+    finally:
+        os.close(fd)
 
 
 def resolve_disk(mount: Path, path: str) -> Path:
@@ -87,6 +96,6 @@ def resolve_allowed(path: str, allowed: Iterable[str]) -> Path:
             return full
     where = ", ".join(allowed) or "none: disks live on volumes"
     raise ValueError(
-        f"disk {path} (leads to {full}) is outside the directories the cluster config "
-        f"allows for disks (allowed_disk_dirs: {where})"
+        f"{path} (leads to {full}) is outside the directories the cluster config "
+        f"allows for disk and boot images (allowed_disk_dirs: {where})"
     )

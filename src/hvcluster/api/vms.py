@@ -100,17 +100,25 @@ async def list_vms(ctx: ApiContext = Depends(context)) -> VMList:
 
 
 async def check_disk_dirs(ctx: ApiContext, spec: VMSpec) -> None:
-    """Refuse a disk at an absolute path outside the cluster config's ``allowed_disk_dirs``
-    (by name here; the agent checks again with the host's file system, symlinks followed)."""
+    """Refuse a disk at an absolute path, or a kernel or initrd, outside the cluster config's
+    ``allowed_disk_dirs`` (by name here; the agent checks again with the host's file
+    system, symlinks followed)."""
     config, _ = await read_config(ctx.store, ctx.keys)
     allowed = config.allowed_disk_dirs
+    where = ", ".join(allowed) if allowed else "none"
     for i, disk in enumerate(spec.disks):
         if disk.volume is None and not any(is_under(disk.path, d) for d in allowed):
-            where = ", ".join(allowed) if allowed else "none"
             raise InvalidInput(
                 f"disk {disk.path} is not on a volume (give 'volume' and a relative path) "
                 f"nor under a directory the cluster config allows (allowed_disk_dirs: {where})",
                 field=f"disks.{i}.path",
+            )
+    for field, path in spec.boot.files():
+        if not any(is_under(path, d) for d in allowed):
+            raise InvalidInput(
+                f"{path} is not under a directory the cluster config allows for disk and "
+                f"boot images (allowed_disk_dirs: {where})",
+                field=f"boot.{field}",
             )
 
 

@@ -11,6 +11,7 @@ disk cannot be removed.
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
 from fastapi import APIRouter, Depends
@@ -70,11 +71,14 @@ def read_marker(path: str) -> str:
     how = f"an admin places it with 'hvc volume mark {path}' on a node that mounts it"
     if not marker.exists():
         raise InvalidInput(f"no volume marker {marker}: {how}", field="path")
-    if not marker.is_file():
+    if not marker.is_file() or marker.is_symlink():
         raise InvalidInput(f"{marker} is not a regular file: {how}", field="path")
     try:
-        with marker.open("rb") as f:
-            found = f.read(MARKER_READ_MAX).decode(errors="replace").strip()
+        fd = os.open(marker, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        try:
+            found = os.read(fd, MARKER_READ_MAX).decode(errors="replace").strip()
+        finally:
+            os.close(fd)
     except OSError as e:
         raise InvalidInput(f"cannot read {marker}: {e.strerror or e}", field="path") from None
     if not MARKER_ID.match(found):

@@ -65,7 +65,7 @@ def up(
     if lab_dir.exists():
         shutil.rmtree(lab_dir)
     lab_dir.mkdir(parents=True)
-    config = config or ClusterConfig()
+    config = lab_config(config or ClusterConfig(), lab_dir / "shared", cache_dir)
     ports = free_ports(2 + nodes)
     names = [f"n{i + 1}" for i in range(nodes)]
     net = netns.choose(str(lab_dir.resolve())) if network == "netns" else None
@@ -133,13 +133,19 @@ def up(
         raise
 
 
+def lab_config(config: ClusterConfig, shared: Path, cache_dir: Path) -> ClusterConfig:
+    """``config`` allowing disks in the lab's shared directory (the demo's disks are files
+    there, outside any volume) and the test guest's kernel and initrd from the image cache."""
+    dirs = (*config.allowed_disk_dirs, str(shared.absolute()), str(cache_dir.absolute()))
+    return ClusterConfig.model_validate(
+        config.model_dump() | {"allowed_disk_dirs": tuple(dict.fromkeys(dirs))}
+    )
+
+
 def _bootstrap(state: LabState, config: ClusterConfig) -> None:
     """Write the cluster config (the lab's one use of etcd other than through the API)."""
     endpoint = state.etcd_endpoints[0]
     key = f"/hvc/{state.cluster}/config"
-    # the demo's disks are files in the shared directory, outside any volume: allowed there
-    dirs = (*config.allowed_disk_dirs, state.shared_dir)
-    config = config.model_copy(update={"allowed_disk_dirs": tuple(dict.fromkeys(dirs))})
     subprocess.run(
         [
             "etcdctl",

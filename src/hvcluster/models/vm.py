@@ -82,21 +82,32 @@ def canonical_disk_path(path: str, on_volume: bool) -> str:
     single slashes, no ``.`` (``./db//root.qcow2`` -> ``db/root.qcow2``); relative on a
     volume, absolute otherwise. ``..`` is refused, not resolved: it would leave the volume
     (or the allowed directory) by name. Symlinks are the agent's to check, on the host."""
-    if "\0" in path:
-        raise ValueError("path must not contain a NUL character")
     if on_volume and path.startswith("/"):
         raise ValueError(
             f"path {path!r} must be relative to its volume (VOLUME:relative/path), not absolute"
         )
     if not on_volume and not path.startswith("/"):
         raise ValueError("path must be absolute when no volume is given")
+    joined = "/".join(_parts(path))
+    return joined if on_volume else "/" + joined
+
+
+def canonical_host_path(path: str) -> str:
+    """An absolute host file's one form (as :func:`canonical_disk_path` without a volume)."""
+    if not path.startswith("/"):
+        raise ValueError(f"path {path!r} must be absolute")
+    return "/" + "/".join(_parts(path))
+
+
+def _parts(path: str) -> list[str]:
+    if "\0" in path:
+        raise ValueError("path must not contain a NUL character")
     parts = [p for p in path.split("/") if p not in ("", ".")]
     if ".." in parts:
         raise ValueError(f"path {path!r} must not contain '..'")
     if not parts:
         raise ValueError(f"path {path!r} names no file")
-    joined = "/".join(parts)
-    return joined if on_volume else "/" + joined
+    return parts
 
 
 def is_under(path: str, directory: str) -> bool:
@@ -135,11 +146,22 @@ class Nic(Model):
 
 
 class Boot(Model):
-    """Direct kernel boot (the test guest); without it QEMU boots the first disk."""
+    """Direct kernel boot (the test guest); without it QEMU boots the first disk. The kernel
+    and initrd are host files loaded into the guest: like absolute disks, only from a
+    directory the cluster config allows (``allowed_disk_dirs``)."""
 
-    kernel: str | None = None
-    initrd: str | None = None
+    kernel: str | None = Field(default=None, max_length=4096)
+    initrd: str | None = Field(default=None, max_length=4096)
     cmdline: str = ""
+
+    @field_validator("kernel", "initrd")
+    @classmethod
+    def _host_file(cls, value: str | None) -> str | None:
+        return None if value is None else canonical_host_path(value)
+
+    def files(self) -> list[tuple[str, str]]:
+        """(field, path) of each host file it loads."""
+        return [(f, p) for f, p in (("kernel", self.kernel), ("initrd", self.initrd)) if p]
 
 
 # A VM's uid: given by the API when the VM is created, carried by its placement and status,
