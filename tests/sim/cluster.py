@@ -135,7 +135,7 @@ class SimCluster:
 
     # --- writing (as the API would) ------------------------------------------------
     async def create_vm(self, name: str, **spec: Any) -> VMSpec:
-        vm = parse(VMSpec, {"name": name, "memory_mib": 256, **spec})
+        vm = parse(VMSpec, {"name": name, "memory_mib": 256, "uid": uuid.uuid4().hex, **spec})
         await self.store.put(self.keys.vm(name), encode(vm))
         return vm
 

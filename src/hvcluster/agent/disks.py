@@ -225,8 +225,9 @@ class VolumeDisks:
             if locked:
                 continue  # still running somewhere; it is being stopped
             gone, kept = [], []
+            named = await self.named_files()
             for disk in request.disks:
-                why = await self.delete_if_ours(disk, vm, request.uid)
+                why = await self.delete_if_ours(disk, vm, request.uid, named)
                 if why is None:
                     gone.append(disk.file)
                 else:
@@ -241,14 +242,19 @@ class VolumeDisks:
             if result.succeeded and kept:
                 await say("vm.disks_kept", f"vm/{vm}", f"kept disks of {vm}: {'; '.join(kept)}")
 
-    async def delete_if_ours(self, disk: Disk, vm: str, uid: str = "") -> str | None:
+    async def delete_if_ours(
+        self, disk: Disk, vm: str, uid: str = "", named: dict[str, str] | None = None
+    ) -> str | None:
         """Delete ``disk``'s file if the cluster created it for ``vm`` (uid ``uid``) and no
-        VM's spec names it; None when deleted (or already gone), else why it was kept."""
+        VM's spec names it; None when deleted (or already gone), else why it was kept.
+        ``named``: :meth:`named_files`, when the caller read it already."""
         if disk.volume is None:
             return "it is not on a volume"
         if disk.volume not in self.mounts:
             return f"volume {disk.volume} is not seen on {self.node}"
-        why = await self._why_keep(disk, vm, uid, await self._named_files())
+        if named is None:
+            named = await self.named_files()
+        why = await self._why_keep(disk, vm, uid, named)
         if why is not None:
             return why
         try:
@@ -260,7 +266,7 @@ class VolumeDisks:
         log.info("deleted %s (%s), created by the cluster for %s", disk.file, path, vm)
         return None
 
-    async def _named_files(self) -> dict[str, str]:
+    async def named_files(self) -> dict[str, str]:
         """Every disk file a VM spec names -> one VM naming it."""
         specs = await read_kind(self.store, self.keys, "vms", VMSpec)
         named: dict[str, str] = {}
