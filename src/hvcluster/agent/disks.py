@@ -221,8 +221,7 @@ class VolumeDisks:
                 continue
             if vm in running or any(d.volume not in self.mounts for d in request.disks):
                 continue
-            locked = [d for d in request.disks if await self.store.get(self.lock_key(d))]
-            if locked:
+            if await self._still_held(request):
                 continue  # still running somewhere; it is being stopped
             gone, kept = [], []
             named = await self.named_files()
@@ -241,6 +240,16 @@ class VolumeDisks:
                 )
             if result.succeeded and kept:
                 await say("vm.disks_kept", f"vm/{vm}", f"kept disks of {vm}: {'; '.join(kept)}")
+
+    async def _still_held(self, request: DiskDeletion) -> bool:
+        """Does a node still hold the lock of one of the deleted VM's disks (it is still
+        being stopped)? A lock another VM holds (a shared read-only file) does not count:
+        that file is kept anyway, its VM's spec names it."""
+        for disk in request.disks:
+            kv = await self.store.get(self.lock_key(disk))
+            if kv is not None and kv.value.decode(errors="replace").endswith(f" {request.vm}"):
+                return True
+        return False
 
     async def delete_if_ours(
         self, disk: Disk, vm: str, uid: str = "", named: dict[str, str] | None = None
