@@ -75,6 +75,8 @@ class TargetRole(QuickState):
         try:
             if spec is None:
                 raise DriverError(f"vm {rec.vm} has no spec")
+            if not shared_nothing(rec):
+                await self.agent.disks.check(spec)  # its files as this host resolves them
             if rec.kind is MigrationKind.QUICK:
                 await self._prepare_state(rec)  # its state comes by a file: nothing to start
                 return

@@ -31,6 +31,7 @@ from hvcluster.drivers.base import (
     ProgressCallback,
 )
 from hvcluster.drivers.clock import Clock
+from hvcluster.drivers.diskpath import disk_path
 from hvcluster.drivers.errors import DiskMoveFailed, MigrationFailed, SpecError
 from hvcluster.drivers.runtime import read_json, vm_dir, write_json
 from hvcluster.drivers.sim import model
@@ -93,14 +94,7 @@ class SimStorage(Driver):
         self._failing_disks[name] = reason
 
     def _path(self, disk: Disk, index: int) -> Path:
-        if disk.volume is None:
-            return Path(disk.path)
-        root = self.host.volumes.get(disk.volume)
-        if root is None:
-            raise SpecError(
-                f"volume {disk.volume!r} is not mounted on this host", f"disks[{index}].volume"
-            )
-        return Path(root) / disk.path
+        return disk_path(disk, index, self.host.volumes)
 
     def _size(self, disk: Disk, index: int) -> int:
         if disk.size_gib is not None:
