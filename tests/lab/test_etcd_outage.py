@@ -1,0 +1,171 @@
+"""etcd outages in a real lab: three etcd members (each in its own network namespace), three
+agents with watchdogs, sim VMs whose placeholder processes run on every node. Safety rule 5
+(ARCHITECTURE.md): members that crash (their reachable host refuses the connection) are
+evidence that nobody can act, so losing quorum that way kills no VM and moves none; every
+node registers again once quorum returns. Which VM processes run is read from the hosts'
+run dirs and process table, never from the cluster's records."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hvcluster.lab import faults, processes
+from tests.lab.conftest import Lab, make_lab, wait_for
+
+pytestmark = [pytest.mark.lab, pytest.mark.timeout(240)]
+
+NODES = ("n1", "n2", "n3")
+VMS = {f"out-{n}": n for n in NODES}  # one VM at home on every node
+OUTAGE_S = 15.0
+# What a false failover or a fence leaves in the log.
+NEVER = {"vm.recovered", "vm.moved", "vm.killed", "vm.restarted", "node.dead", "vm.failed"}
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    labs = make_lab(tmp_path_factory.mktemp("etcd-lab"), "sim", network="netns", etcd=3)
+    lab = next(labs)
+    try:
+        for vm, node in VMS.items():
+            spec = {"name": vm, "memory_mib": 64, "ha": {"preferred_owners": [node]}}
+            lab.post("/vms", spec)
+        for vm in VMS:
+            wait_for(lambda vm=vm: placed(lab, vm), 60, f"{vm} running")
+        yield lab
+    finally:
+        labs.close()  # make_lab's own finally: the lab down
+
+
+def placed(lab: Lab, vm: str) -> tuple[str, int] | None:
+    """(node, placement epoch) once the VM runs where it is placed, at that epoch."""
+    v = lab.vm(vm)
+    status, placement = v.get("status") or {}, v.get("placement") or {}
+    same = all(status.get(k) == placement.get(k) for k in ("node", "epoch"))
+    if status.get("state") == "running" and same:
+        return placement["node"], placement["epoch"]
+    return None
+
+
+def host_processes(lab: Lab) -> dict[str, list[tuple[str, int]]]:
+    """Every VM's (node, pid) from the nodes' run dirs and ``/proc``."""
+    return {vm: faults.find_vm(lab.state, vm) for vm in VMS}
+
+
+def alive_nodes(lab: Lab) -> list[str]:
+    return sorted(n["name"] for n in lab.get("/nodes")["nodes"] if n["alive"])
+
+
+def last_seq(lab: Lab) -> int:
+    return max((e["seq"] for e in lab.events()), default=0)
+
+
+def events_since(lab: Lab, seq: int) -> list[dict[str, Any]]:
+    return [e["event"] for e in lab.events() if e["seq"] > seq]
+
+
+def outage(lab: Lab, down: list[str]) -> list[dict[str, Any]]:
+    """Kill the members ``down`` for OUTAGE_S, watching every VM process all along, then start
+    them again; assert nothing was killed or moved; the events written since."""
+    wait_for(lambda: alive_nodes(lab) == list(NODES), 60, "every node alive before")
+    epochs = {vm: wait_for(lambda vm=vm: placed(lab, vm), 60, f"{vm} running") for vm in VMS}
+    before = host_processes(lab)
+    assert all(len(where) == 1 for where in before.values()), before
+    agents = {n.name: (n.agent_pid, n.watchdog_pid) for n in lab.state.nodes}
+    seq = last_seq(lab)
+    try:
+        for member in down:
+            lab.fault("etcd-kill", member)
+        end = time.monotonic() + OUTAGE_S
+        while time.monotonic() < end:  # the hosts' process tables, every half second
+            now = host_processes(lab)
+            assert now == before, f"VM processes changed during the outage: {now}{why(lab)}"
+            for node, pids in agents.items():
+                assert all(processes.alive(p) for p in pids), f"agent or watchdog of {node} died"
+            time.sleep(0.5)
+    finally:
+        for member in down:
+            if not processes.alive(lab.state.member(member).pid):
+                lab.fault("etcd-start", member)
+    wait_for(lambda: alive_nodes(lab) == list(NODES), 60, "every node alive after quorum")
+    for vm, was in epochs.items():
+        assert wait_for(lambda vm=vm: placed(lab, vm), 30, f"{vm} running") == was, vm
+    assert host_processes(lab) == before, "same VM processes, same nodes"
+    events = events_since(lab, seq)
+    assert not [e for e in events if e["kind"] in NEVER], events
+    return events
+
+
+def why(lab: Lab) -> str:
+    """What the agents and watchdogs said about liveness: for a failure message."""
+    said = []
+    for n in lab.state.nodes:
+        for name in ("agent.log", "watchdog.out"):
+            lines = (Path(n.run_dir) / name).read_text(errors="replace").splitlines()
+            keep = [x for x in lines if any(w in x for w in ("liveness", "watchdog", "fenc"))]
+            said += [f"{n.name}/{name}: {x[:300]}" for x in keep[-8:]]
+    return "\n" + "\n".join(said)
+
+
+def fault_events(events: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    return [(e["data"]["fault"], e["subject"]) for e in events if e["kind"] == "lab.fault"]
+
+
+def netns_of(pid: int | str) -> str:
+    return os.readlink(f"/proc/{pid}/ns/net")
+
+
+def test_the_lab_runs_three_members_each_in_its_own_namespace(lab: Lab) -> None:
+    state = lab.state
+    assert state.net is not None and len(state.etcd_members) == 3
+    addresses = {m.address for m in state.etcd_members}
+    assert len(addresses) == 3 and all(a.startswith(state.net.subnet + ".") for a in addresses)
+    namespaces = {netns_of(m.pid) for m in state.etcd_members}
+    assert len(namespaces) == 3 and netns_of("self") not in namespaces
+    for n in state.nodes:  # every agent was given every member
+        config = Path(n.config).read_text()
+        assert all(m.client_url in config for m in state.etcd_members)
+
+
+def test_a_killed_vm_process_restarts_on_its_node_and_says_so(lab: Lab) -> None:
+    wait_for(lambda: placed(lab, "out-n2"), 60, "out-n2 running")
+    ((node, old_pid),) = faults.find_vm(lab.state, "out-n2")
+    seq = last_seq(lab)
+    said = lab.fault("vm-kill", "out-n2")
+    assert f"pid {old_pid} on {node}" in said and not processes.alive(old_pid)
+
+    def restarted() -> list[tuple[str, int]]:
+        now = faults.find_vm(lab.state, "out-n2")
+        return now if now and now[0][1] != old_pid else []
+
+    assert wait_for(restarted, 30, "out-n2 running again")[0][0] == node == "n2"
+    wait_for(lambda: placed(lab, "out-n2"), 30, "out-n2 running (its status)")
+    events = events_since(lab, seq)
+    assert ("vm-kill", "vm/out-n2") in fault_events(events)
+    restarts = [e for e in events if e["kind"] == "vm.restarted" and e["subject"] == "vm/out-n2"]
+    assert restarts, events
+
+
+def test_two_of_three_members_crashed_kill_no_vm_and_move_none(lab: Lab) -> None:
+    events = outage(lab, ["etcd0", "etcd1"])
+    # in the order done: the events that found no quorum waited for the next fault that did
+    assert fault_events(events) == [
+        ("etcd-kill", "etcd/etcd0"),
+        ("etcd-kill", "etcd/etcd1"),
+        ("etcd-start", "etcd/etcd0"),
+        ("etcd-start", "etcd/etcd1"),
+    ]
+
+
+def test_all_members_crashed_kill_no_vm_and_move_none(lab: Lab) -> None:
+    events = outage(lab, ["etcd2", "etcd0", "etcd1"])
+    assert fault_events(events) == [
+        (action, f"etcd/{member}")
+        for action in ("etcd-kill", "etcd-start")
+        for member in ("etcd2", "etcd0", "etcd1")
+    ]
