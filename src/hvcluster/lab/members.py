@@ -133,7 +133,7 @@ def cont(state: LabState, name: str) -> tuple[LabState, str]:
     return state, f"continued (SIGCONT) etcd member {name} (pid {member.pid})"
 
 
-def start(state: LabState, name: str, timeout: float = 10.0) -> tuple[LabState, str]:
+def start(state: LabState, name: str, timeout: float = 5.0) -> tuple[LabState, str]:
     """Start a dead member again with its data dir; wait (up to ``timeout``) until it has a
     leader, which it cannot have while most members are still down: then it says so."""
     member = state.member(name)
