@@ -223,3 +223,37 @@ def test_all_members_crashed_kill_no_vm_and_move_none(lab: Lab) -> None:
         for action in ("etcd-kill", "etcd-start")
         for member in ("etcd2", "etcd0", "etcd1")
     ]
+
+
+def test_a_node_cut_off_from_every_member_is_fenced_and_its_vm_runs_once(lab: Lab) -> None:
+    """``partition n3 --from etcd``: n3 still reaches the other nodes, not one etcd member,
+    while the rest keep quorum. Its watchdog kills its VM before it runs elsewhere."""
+    wait_for(lambda: alive_nodes(lab) == list(NODES), 60, "every node alive")
+    wait_for(lambda: placed(lab, "out-n3"), 60, "out-n3 running")
+    ((node, old_pid),) = faults.find_vm(lab.state, "out-n3")
+    assert node == "n3"
+    seq = last_seq(lab)
+    most = 0
+    try:
+        said = lab.fault("partition", "n3", source="etcd")
+        assert "from etcd" in said
+        end = time.monotonic() + 60
+        while time.monotonic() < end:  # until it runs elsewhere, never two at once
+            found = faults.find_vm(lab.state, "out-n3")
+            most = max(most, len(found))
+            if found and found[0][0] != "n3":
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError(f"out-n3 did not run elsewhere: {found}{why(lab)}")
+        assert not processes.alive(old_pid) and most == 1
+        assert processes.alive(lab.state.node("n3").agent_pid)  # cut off, not dead
+    finally:
+        lab.fault("heal", "n3")
+    wait_for(lambda: alive_nodes(lab) == list(NODES), 60, "n3 back after the heal")
+    moved = wait_for(lambda: placed(lab, "out-n3"), 30, "out-n3 running")
+    assert moved[0] != "n3" and moved[1] == 2
+    assert [n for n, _ in faults.find_vm(lab.state, "out-n3")] == [moved[0]]
+    events = events_since(lab, seq)
+    assert ("partition", "node/n3") in fault_events(events)
+    assert [e["subject"] for e in events if e["kind"] == "vm.recovered"] == ["vm/out-n3"]
