@@ -98,6 +98,7 @@ def status(lab_dir: Path = LabDir, json: bool = typer.Option(False, "--json")) -
                 "driver": state.driver,
                 "etcd": etcd,
                 "endpoints": state.etcd_endpoints,
+                "members": [m.name for m in state.etcd_members],
                 "nodes": [
                     dict(zip(("name", "agent", "pid", "watchdog", "vms", "api"), r, strict=True))
                     for r in rows
