@@ -15,7 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import Result
+from typer.testing import CliRunner
 
+from hvcluster.cli.main import app as cli_app
 from hvcluster.lab import faults, processes
 from hvcluster.store.etcd import EtcdStore
 from hvcluster.store.etcd_conn import EtcdTls
@@ -257,3 +260,24 @@ def test_a_node_cut_off_from_every_member_is_fenced_and_its_vm_runs_once(lab: La
     events = events_since(lab, seq)
     assert ("partition", "node/n3") in fault_events(events)
     assert [e["subject"] for e in events if e["kind"] == "vm.recovered"] == ["vm/out-n3"]
+
+
+def test_hvc_lab_fault_says_what_it_did_and_refuses_bad_input_by_name(lab: Lab) -> None:
+    def hvc(*args: str) -> Result:
+        return CliRunner().invoke(cli_app, ["lab", *args], env={"COLUMNS": "200"})
+
+    done = hvc("fault", "delay", "n2", "300", "--dir", str(lab.dir))
+    assert done.exit_code == 0, done.output
+    assert "for 300 ms" in done.output and "event lab.fault written" in done.output
+    for args, said in (
+        (("fault", "delay", "n2"), "milliseconds"),
+        (("fault", "etcd-stop", "etcd7"), "no etcd member 'etcd7'"),
+        (("fault", "vm-kill", "nope"), "no process of VM 'nope'"),
+        (("fault", "partition", "n1", "--from", "moon"), "--from"),
+        (("fault", "explode", "n1"), "unknown fault 'explode'"),
+    ):
+        result = hvc(*args, "--dir", str(lab.dir))
+        assert result.exit_code != 0 and said in result.output, (args, result.output)
+        assert "Traceback" not in result.output
+    refused = hvc("up", "--etcd", "2", "--dir", str(lab.dir / "never"))
+    assert refused.exit_code != 0 and "--etcd" in refused.output
