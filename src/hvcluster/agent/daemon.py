@@ -27,6 +27,7 @@ from hvcluster.agent.resources import HostResources
 from hvcluster.agent.storage_move import StorageMover
 from hvcluster.agent.watchdog import WatchdogFeeder
 from hvcluster.api.app import create_app
+from hvcluster.api.serving import server_settings
 from hvcluster.controller.loop import Controller
 from hvcluster.drivers.base import Driver
 from hvcluster.models.config import ClusterConfig
@@ -235,6 +236,7 @@ class Daemon:
                 port=self.cfg.api_port,
                 log_level="warning",
                 lifespan="off",
+                **server_settings(),  # floods and slow clients: see hvcluster.api.serving
             )
         )
         await server.serve()

@@ -23,6 +23,7 @@ from hvcluster.api import (
 )
 from hvcluster.api.context import ApiContext, context
 from hvcluster.api.errors import install_error_handlers
+from hvcluster.api.limits import RequestLimits
 from hvcluster.api.reads import decode_all, decode_optional, snapshot
 from hvcluster.api.views import ClusterView, Counts, Health, Skipped
 from hvcluster.models.config import ClusterConfig
@@ -97,6 +98,7 @@ def create_app(store: Store, keys: Keys, node: str) -> FastAPI:
     )
     app.state.ctx = ApiContext(store=store, keys=keys, node=node)
     install_error_handlers(app)
+    app.add_middleware(RequestLimits)  # bodies bounded in size and time before any route
     routers = (cluster_router, vms.router, nodes.router, events.router, migrations.router)
     for router in (*routers, volumes.router, switches.router, storage_moves.router):
         app.include_router(router, prefix=PREFIX)

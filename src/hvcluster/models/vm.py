@@ -9,7 +9,23 @@ from pydantic import Field, model_validator
 
 from hvcluster.models.base import Model
 from hvcluster.models.lifecycle import VMState
-from hvcluster.models.names import Mac, Name
+from hvcluster.models.names import (
+    LIST_MAX,
+    NODE_NAMES_MAX,
+    PATH_MAX,
+    HostPath,
+    Labels,
+    Mac,
+    Name,
+    ShortText,
+)
+
+DISKS_MAX = 64  # per VM (Hyper-V: 4 SCSI controllers of 64 disks; QEMU runs out of slots first)
+NICS_MAX = 32
+DISK_GIB_MAX = 64 * 1024  # 64 TiB, qcow2's own limit with its default cluster size
+CMDLINE_MAX = 4096
+FAILOVERS_MAX = 10_000
+PERIOD_S_MAX = 366 * 86400.0
 
 
 class Priority(StrEnum):
@@ -49,15 +65,18 @@ class Failback(Model):
 
 class HAPolicy(Model):
     priority: Priority = Priority.MEDIUM
-    preferred_owners: tuple[Name, ...] = ()  # ordered: first is most preferred
-    possible_owners: tuple[Name, ...] = ()  # empty: any node
-    anti_affinity_classes: tuple[str, ...] = ()
+    # ordered: first is most preferred
+    preferred_owners: tuple[Name, ...] = Field(default=(), max_length=NODE_NAMES_MAX)
+    possible_owners: tuple[Name, ...] = Field(default=(), max_length=NODE_NAMES_MAX)  # (): any
+    anti_affinity_classes: tuple[ShortText, ...] = Field(default=(), max_length=LIST_MAX)
     anti_affinity_enforced: bool = False  # hard if true, soft (best effort) otherwise
-    failover_threshold: int = Field(default=3, ge=0)  # failovers allowed in the period
-    failover_period_s: float = Field(default=6 * 3600.0, gt=0)
+    # failovers allowed in the period
+    failover_threshold: int = Field(default=3, ge=0, le=FAILOVERS_MAX)
+    failover_period_s: float = Field(default=6 * 3600.0, gt=0, le=PERIOD_S_MAX)
     failback: Failback = Failback()
-    start_group: str = ""
-    start_after: tuple[str, ...] = ()  # groups that must be up before this one starts
+    start_group: ShortText = ""
+    # groups that must be up before this one starts
+    start_after: tuple[ShortText, ...] = Field(default=(), max_length=LIST_MAX)
 
     @model_validator(mode="after")
     def _owners_agree(self) -> Self:
@@ -80,10 +99,10 @@ class HAPolicy(Model):
 class Disk(Model):
     """A disk image: a qcow2 (or raw) file, on a shared volume or at an absolute path."""
 
-    path: str = Field(min_length=1)  # relative to the volume's path, or absolute
+    path: str = Field(min_length=1, max_length=PATH_MAX)  # relative to the volume's, or absolute
     volume: Name | None = None
     format: Literal["qcow2", "raw"] = "qcow2"
-    size_gib: float | None = Field(default=None, gt=0)  # create it this size if missing
+    size_gib: float | None = Field(default=None, gt=0, le=DISK_GIB_MAX)  # created if missing
     readonly: bool = False
 
     @model_validator(mode="after")
@@ -103,21 +122,21 @@ class Nic(Model):
 class Boot(Model):
     """Direct kernel boot (the test guest); without it QEMU boots the first disk."""
 
-    kernel: str | None = None
-    initrd: str | None = None
-    cmdline: str = ""
+    kernel: HostPath | None = None
+    initrd: HostPath | None = None
+    cmdline: str = Field(default="", max_length=CMDLINE_MAX)
 
 
 class VMSpec(Model):
     name: Name
     vcpus: int = Field(default=1, gt=0, le=256)
     memory_mib: int = Field(default=128, ge=16, le=4 * 1024 * 1024)
-    disks: tuple[Disk, ...] = ()
-    nics: tuple[Nic, ...] = ()
+    disks: tuple[Disk, ...] = Field(default=(), max_length=DISKS_MAX)
+    nics: tuple[Nic, ...] = Field(default=(), max_length=NICS_MAX)
     boot: Boot = Boot()
     desired_state: Literal["running", "stopped"] = "running"
     ha: HAPolicy = HAPolicy()
-    labels: dict[str, str] = {}
+    labels: Labels = {}
     # The named CPU model its guest sees (QEMU's -cpu). "": the model of the node that
     # cold-starts it (its agent's guest_cpu). A running VM keeps the model it was started
     # with wherever it migrates (VMStatus.cpu_model); see hvcluster.models.guestcpu.
