@@ -1,0 +1,286 @@
+"""Request limits: bodies bounded in size and time before any route reads them, numbers
+finite and in range, fields bounded; each refused with a 4xx naming what was wrong, and
+nothing written to the store. Plus the agent's HTTP server: a client that trickles its
+request head is cut off, and the others are still served."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from pydantic import ValidationError
+from starlette.types import Message, Receive, Scope, Send
+
+from hvcluster.api import create_app
+from hvcluster.api.limits import MAX_BODY_BYTES, RequestLimits
+from hvcluster.api.serving import HeadTimeoutH11Protocol, server_settings
+from hvcluster.models.config import ClusterConfig
+from hvcluster.store.memory import MemoryStore
+from tests.api.conftest import KEYS, spec
+
+CHUNK = 64 * 1024
+
+
+async def refused(
+    api: httpx.AsyncClient, store: MemoryStore, body: bytes | dict[str, Any], status: int = 422
+) -> dict[str, Any]:
+    """POST ``body`` to /vms; it must be refused with ``status`` and change nothing."""
+    before = await store.revision()
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    r = await api.post("/vms", content=content, headers={"content-type": "application/json"})
+    assert r.status_code == status, r.text
+    assert await store.revision() == before
+    answer: dict[str, Any] = r.json()
+    return answer
+
+
+# --- numbers: finite and in range ------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        (b'{"name": "a", "disks": [{"path": "/d", "size_gib": 1e999}]}', "disks.0.size_gib"),
+        (b'{"name": "a", "disks": [{"path": "/d", "size_gib": NaN}]}', "disks.0.size_gib"),
+        (b'{"name": "a", "ha": {"failover_period_s": Infinity}}', "ha.failover_period_s"),
+        (b'{"name": "a", "ha": {"failover_period_s": -1e999}}', "ha.failover_period_s"),
+    ],
+)
+async def test_infinite_numbers_are_refused_naming_the_field(
+    api: httpx.AsyncClient, store: MemoryStore, raw: bytes, field: str
+) -> None:
+    """JSON's 1e999 parses as infinity; it used to be accepted and stored as null."""
+    answer = await refused(api, store, raw)
+    assert answer["field"] == field
+    assert "finite" in answer["error"] or "less than" in answer["error"]
+
+
+@pytest.mark.parametrize(
+    ("over", "field"),
+    [
+        ({"disks": [{"path": "/d", "size_gib": 1e308}]}, "disks.0.size_gib"),
+        ({"ha": {"failover_threshold": 10**30}}, "ha.failover_threshold"),
+        ({"ha": {"failover_period_s": 1e300}}, "ha.failover_period_s"),
+    ],
+)
+async def test_numbers_out_of_range_are_refused(
+    api: httpx.AsyncClient, store: MemoryStore, over: dict[str, Any], field: str
+) -> None:
+    """``size_gib: 1e308`` used to be stored, and the agent's ``int(size_gib * GIB)`` then
+    raised OverflowError."""
+    answer = await refused(api, store, spec("a", **over))
+    assert answer["field"] == field
+    assert "less than or equal" in answer["error"]
+
+
+def test_cluster_timings_are_finite_and_bounded() -> None:
+    for bad in (float("inf"), float("nan"), 1e12):
+        with pytest.raises(ValidationError, match="lease_ttl_s"):
+            ClusterConfig(lease_ttl_s=bad)
+    with pytest.raises(ValidationError, match="event_retention"):
+        ClusterConfig(event_retention=10**12)
+    with pytest.raises(ValidationError, match="migration.timeout_s"):
+        ClusterConfig.model_validate({"migration": {"timeout_s": 1e999}})
+
+
+# --- field sizes -----------------------------------------------------------------------------
+LONG = "x" * 5000
+
+
+@pytest.mark.parametrize(
+    ("over", "field"),
+    [
+        ({"labels": {f"k{i}": "v" for i in range(65)}}, "labels"),
+        ({"labels": {"k" * 64: "v"}}, "labels"),
+        ({"labels": {"k": "v" * 256}}, "labels.k"),
+        ({"disks": [{"path": f"/d{i}"} for i in range(65)]}, "disks"),
+        ({"nics": [{"switch": "s", "mac": f"52:54:00:00:00:{i:02x}"} for i in range(33)]}, "nics"),
+        ({"disks": [{"path": "/" + LONG}]}, "disks.0.path"),
+        ({"boot": {"cmdline": LONG}}, "boot.cmdline"),
+        ({"boot": {"kernel": "/" + LONG}}, "boot.kernel"),
+        ({"ha": {"preferred_owners": [f"n{i}" for i in range(65)]}}, "ha.preferred_owners"),
+        ({"ha": {"possible_owners": [f"n{i}" for i in range(65)]}}, "ha.possible_owners"),
+        ({"ha": {"anti_affinity_classes": [f"c{i}" for i in range(33)]}}, "ha"),
+        ({"ha": {"anti_affinity_classes": ["c" * 64]}}, "ha.anti_affinity_classes.0"),
+        ({"ha": {"start_group": LONG}}, "ha.start_group"),
+        ({"ha": {"start_after": [f"g{i}" for i in range(33)]}}, "ha.start_after"),
+    ],
+)
+async def test_oversized_fields_are_refused_naming_the_field(
+    api: httpx.AsyncClient, store: MemoryStore, over: dict[str, Any], field: str
+) -> None:
+    answer = await refused(api, store, spec("a", **over))
+    assert answer["field"].startswith(field), answer
+
+
+async def test_oversized_request_fields_of_other_routes(
+    api: httpx.AsyncClient, store: MemoryStore
+) -> None:
+    await api.post("/vms", json=spec("a"))
+    before = await store.revision()
+    cases = [
+        ("/volumes", {"name": "v", "path": "/" + LONG}, "path"),
+        ("/vms/a/move", {"to": LONG}, "to"),
+        ("/vms/a/move", {"with_storage": LONG}, "with_storage"),
+        ("/vms/a/move-storage", {"volume": LONG}, "volume"),
+        ("/vms/a/stop", {"reason": LONG}, "reason"),
+    ]
+    for path, body, field in cases:
+        r = await api.post(path, json=body)
+        assert r.status_code == 422, (path, r.text)
+        assert r.json()["field"] == field, (path, r.text)
+    assert await store.revision() == before
+
+
+# --- body size and time ----------------------------------------------------------------------
+async def test_a_body_over_the_limit_is_refused_by_its_declared_length(
+    api: httpx.AsyncClient, store: MemoryStore
+) -> None:
+    """Refused before it is read; one just within the limit still reaches its route."""
+    padding = " " * (MAX_BODY_BYTES - 100)
+    body = json.dumps(spec("a")).encode() + padding.encode()
+    assert len(body) <= MAX_BODY_BYTES
+    r = await api.post("/vms", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 201, r.text
+    answer = await refused(api, store, body + b" " * 200, status=413)
+    assert answer["field"] == "body"
+    assert "too large" in answer["error"] and str(MAX_BODY_BYTES) in answer["error"]
+
+
+async def test_a_streamed_body_is_refused_once_it_passes_the_limit(
+    api: httpx.AsyncClient, store: MemoryStore
+) -> None:
+    """A chunked body (no Content-Length) of 300 MB: refused once it passes the limit,
+    having been read no further than that (the stream is pulled only as the app reads)."""
+    pulled = 0
+
+    async def body() -> AsyncIterator[bytes]:
+        nonlocal pulled
+        yield b'{"name": "a", "labels": {"k": "'
+        for _ in range(300 * 1024 * 1024 // CHUNK):
+            pulled += CHUNK
+            yield b"v" * CHUNK
+
+    before = await store.revision()
+    r = await api.post("/vms", content=body(), headers={"content-type": "application/json"})
+    assert r.status_code == 413, r.text[:200]
+    assert r.json()["field"] == "body"
+    assert pulled <= MAX_BODY_BYTES + CHUNK
+    assert await store.revision() == before
+
+
+async def test_a_body_that_does_not_arrive_in_time_is_answered_408() -> None:
+    """A client trickling its body: the middleware gives up after its timeout, and the
+    route is never called."""
+    called = False
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        nonlocal called
+        called = True
+
+    async def trickle() -> Message:
+        await asyncio.sleep(0.05)
+        return {"type": "http.request", "body": b"x", "more_body": True}
+
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    limits = RequestLimits(app, body_timeout_s=0.5)
+    scope: Scope = {"type": "http", "method": "POST", "path": "/api/v1/vms", "headers": []}
+    await asyncio.wait_for(limits(scope, trickle, send), 10)
+    assert not called
+    assert sent[0]["status"] == 408
+    answer = json.loads(sent[1]["body"])
+    assert answer["field"] == "body" and "not received within 0.5 s" in answer["error"]
+
+
+# --- the HTTP server: slow request heads -----------------------------------------------------
+class QuickHeadTimeout(HeadTimeoutH11Protocol):
+    head_timeout_s = 0.5
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:  # leave the test runner's signals alone
+        yield
+
+
+@pytest.fixture
+async def served(store: MemoryStore) -> AsyncIterator[int]:
+    """The API over ``store`` served by uvicorn as an agent serves it (a shorter head
+    timeout), on a free loopback port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    settings = {**server_settings(), "http": QuickHeadTimeout}
+    config = uvicorn.Config(
+        create_app(store, KEYS, "n1"),
+        host="127.0.0.1",
+        port=port,
+        log_level="error",
+        lifespan="off",
+        **settings,
+    )
+    server = _Server(config)
+    task = asyncio.create_task(server.serve())
+    try:
+        async with asyncio.timeout(10):
+            while not server.started:
+                assert not task.done(), task
+                await asyncio.sleep(0.01)
+        yield port
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+
+
+async def _closed_by_server(reader: asyncio.StreamReader, within: float) -> bool:
+    """True once the server closes the connection (whatever it sent before), False if it
+    is still open after ``within`` seconds."""
+    try:
+        async with asyncio.timeout(within):
+            while await reader.read(4096):
+                pass
+    except TimeoutError:
+        return False
+    except ConnectionError:
+        pass
+    return True
+
+
+async def test_a_client_trickling_its_request_head_is_cut_off(served: int) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", served)
+    try:
+        for byte in b"GET /api/v1/healthz HTTP/1.1\r\nHost: x\r\n":
+            writer.write(bytes([byte]))
+            await writer.drain()
+            if reader.at_eof():
+                break
+            await asyncio.sleep(0.02)
+        assert await _closed_by_server(reader, within=10)
+    finally:
+        writer.close()
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{served}/api/v1") as http:
+        assert (await http.get("/healthz")).status_code == 200
+
+
+async def test_a_silent_connection_is_cut_off_and_a_kept_alive_one_too(served: int) -> None:
+    silent_reader, silent = await asyncio.open_connection("127.0.0.1", served)
+    kept_reader, kept = await asyncio.open_connection("127.0.0.1", served)
+    try:
+        kept.write(b"GET /api/v1/healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = await asyncio.wait_for(kept_reader.readuntil(b"\r\n\r\n"), 10)
+        assert head.startswith(b"HTTP/1.1 200")
+        kept.write(b"GET /api/v1/healthz HTTP/1.1\r\n")  # a second request, never finished
+        assert await _closed_by_server(silent_reader, within=10)
+        assert await _closed_by_server(kept_reader, within=10)
+    finally:
+        silent.close()
+        kept.close()
