@@ -103,6 +103,10 @@ LONG = "x" * 5000
         ({"disks": [{"path": "/" + LONG}]}, "disks.0.path"),
         ({"boot": {"cmdline": LONG}}, "boot.cmdline"),
         ({"boot": {"kernel": "/" + LONG}}, "boot.kernel"),
+        # a NUL reaches no program or system call (the agent's os calls raise ValueError)
+        ({"disks": [{"path": "/srv/a\x00b"}]}, "disks.0.path"),
+        ({"boot": {"cmdline": "console=ttyS0\nquit"}}, "boot.cmdline"),
+        ({"boot": {"initrd": "/boot/\x7finitrd"}}, "boot.initrd"),
         ({"ha": {"preferred_owners": [f"n{i}" for i in range(65)]}}, "ha.preferred_owners"),
         ({"ha": {"possible_owners": [f"n{i}" for i in range(65)]}}, "ha.possible_owners"),
         ({"ha": {"anti_affinity_classes": [f"c{i}" for i in range(33)]}}, "ha"),
@@ -125,6 +129,7 @@ async def test_oversized_request_fields_of_other_routes(
     before = await store.revision()
     cases = [
         ("/volumes", {"name": "v", "path": "/" + LONG}, "path"),
+        ("/volumes", {"name": "v", "path": "/srv/\x00"}, "path"),
         ("/vms/a/move", {"to": LONG}, "to"),
         ("/vms/a/move", {"with_storage": LONG}, "with_storage"),
         ("/vms/a/move-storage", {"volume": LONG}, "volume"),

@@ -18,7 +18,7 @@ from hvcluster.api.removal import Removed, remove_unused
 from hvcluster.api.views import Skipped, View
 from hvcluster.models.base import encode
 from hvcluster.models.errors import Conflict, NotFound
-from hvcluster.models.names import PATH_MAX, Name
+from hvcluster.models.names import HostPath, Name
 from hvcluster.models.node import Node
 from hvcluster.models.storage import Volume
 from hvcluster.models.vm import VMSpec
@@ -29,9 +29,7 @@ router = APIRouter(prefix="/volumes", tags=["storage"])
 
 class VolumeRequest(View):
     name: Name
-    path: str = Field(
-        pattern=r"^/", max_length=PATH_MAX, description="where every node mounts it (absolute)"
-    )
+    path: HostPath = Field(pattern=r"^/", description="where every node mounts it (absolute)")
     id: str | None = Field(
         default=None,
         pattern=r"^[0-9a-f]{32}$",

@@ -7,7 +7,7 @@ from typing import Literal, Self
 from pydantic import Field, model_validator
 
 from hvcluster.models.base import Model
-from hvcluster.models.names import PATH_MAX
+from hvcluster.models.names import PATH_MAX, Argument
 
 # Upper bounds: a setting past them is a typo, and a huge one overflows where it is used
 # (a timer, QEMU's migrate parameters). Timings are finite (the base model refuses inf/nan).
@@ -62,7 +62,7 @@ class ClusterConfig(Model):
     start_group_delay_s: float = Field(default=30.0, ge=0, le=DAY_S)
     # A command that powers a node off and exits 0 once it is confirmed off ("{node}" is
     # replaced by the node's name; IPMI or Redfish tools fit here). Empty: no fence agent.
-    fence_command: str = Field(default="", max_length=PATH_MAX)
+    fence_command: Argument = Field(default="", max_length=PATH_MAX)
     fence_timeout_s: float = Field(default=30.0, gt=0, le=DAY_S)
     event_retention: int = Field(default=10_000, ge=100, le=COUNT_MAX)
     migration: MigrationSettings = MigrationSettings()

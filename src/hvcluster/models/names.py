@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-from pydantic import AfterValidator, Field, StringConstraints
+from pydantic import AfterValidator, Field, StringConstraints, WithJsonSchema
 
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 MAC_RE = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
@@ -35,7 +35,13 @@ def check_mac(value: str) -> str:
     return value
 
 
-Name = Annotated[str, AfterValidator(check_name)]
+# The rule is also in the OpenAPI schema (clients and API fuzzers see it); our validator
+# says what is wrong in a sentence.
+Name = Annotated[
+    str,
+    AfterValidator(check_name),
+    WithJsonSchema({"type": "string", "pattern": _NAME.pattern, "maxLength": 63}),
+]
 Mac = Annotated[str, AfterValidator(check_mac)]
 
 
@@ -54,4 +60,19 @@ LabelKey = Annotated[str, StringConstraints(min_length=1, max_length=LABEL_KEY_M
 LabelValue = Annotated[str, StringConstraints(max_length=LABEL_VALUE_MAX)]
 Labels = Annotated[dict[LabelKey, LabelValue], Field(max_length=LABELS_MAX)]
 ShortText = Annotated[str, StringConstraints(max_length=LABEL_KEY_MAX)]  # a group or class
-HostPath = Annotated[str, StringConstraints(max_length=PATH_MAX)]
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def check_no_control(value: str) -> str:
+    """Host paths and QEMU arguments hold no control character: a NUL cannot be passed to
+    a program or a system call at all (Python raises), a newline would split a log line."""
+    found = _CONTROL.search(value)
+    if found:
+        raise ValueError(
+            f"must not contain control characters ({found.group()!r} at {found.start()})"
+        )
+    return value
+
+
+HostPath = Annotated[str, StringConstraints(max_length=PATH_MAX), AfterValidator(check_no_control)]
+Argument = Annotated[str, AfterValidator(check_no_control)]  # bound its length where used

@@ -12,7 +12,7 @@ from hvcluster.models.lifecycle import VMState
 from hvcluster.models.names import (
     LIST_MAX,
     NODE_NAMES_MAX,
-    PATH_MAX,
+    Argument,
     HostPath,
     Labels,
     Mac,
@@ -99,7 +99,7 @@ class HAPolicy(Model):
 class Disk(Model):
     """A disk image: a qcow2 (or raw) file, on a shared volume or at an absolute path."""
 
-    path: str = Field(min_length=1, max_length=PATH_MAX)  # relative to the volume's, or absolute
+    path: HostPath = Field(min_length=1)  # relative to the volume's path, or absolute
     volume: Name | None = None
     format: Literal["qcow2", "raw"] = "qcow2"
     size_gib: float | None = Field(default=None, gt=0, le=DISK_GIB_MAX)  # created if missing
@@ -124,7 +124,7 @@ class Boot(Model):
 
     kernel: HostPath | None = None
     initrd: HostPath | None = None
-    cmdline: str = Field(default="", max_length=CMDLINE_MAX)
+    cmdline: Argument = Field(default="", max_length=CMDLINE_MAX)
 
 
 class VMSpec(Model):
