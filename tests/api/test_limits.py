@@ -206,9 +206,60 @@ async def test_a_body_that_does_not_arrive_in_time_is_answered_408() -> None:
     assert answer["field"] == "body" and "not received within 0.5 s" in answer["error"]
 
 
-# --- the HTTP server: slow request heads -----------------------------------------------------
+async def test_requests_beyond_those_in_progress_are_answered_503_unread() -> None:
+    """At most ``max_in_progress`` requests are worked on; one more is answered 503 without
+    its body being read. A request stops counting once its answer starts (a stream)."""
+    release = asyncio.Event()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        if scope["path"] == "/stream":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+        await release.wait()
+        if scope["path"] != "/stream":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    limits = RequestLimits(app, max_in_progress=2)
+    pulled: list[str] = []
+
+    def call(path: str) -> tuple[asyncio.Task[None], list[Message]]:
+        sent: list[Message] = []
+
+        async def receive() -> Message:
+            pulled.append(path)
+            return {"type": "http.request", "body": b"{}", "more_body": False}
+
+        async def send(message: Message) -> None:
+            sent.append(message)
+
+        scope: Scope = {"type": "http", "method": "POST", "path": path, "headers": []}
+        return asyncio.create_task(limits(scope, receive, send)), sent
+
+    first, _ = call("/a")
+    streamed, stream_sent = call("/stream")
+    await asyncio.sleep(0.05)
+    assert stream_sent and stream_sent[0]["status"] == 200  # answering: no longer counted
+    second, _ = call("/b")
+    await asyncio.sleep(0.05)
+    third, third_sent = call("/c")
+    await asyncio.wait_for(third, 10)
+    assert third_sent[0]["status"] == 503 and "/c" not in pulled
+    assert "requests in progress" in json.loads(third_sent[1]["body"])["error"]
+    release.set()
+    await asyncio.wait_for(asyncio.gather(first, streamed, second), 10)
+    fourth, fourth_sent = call("/d")
+    await asyncio.wait_for(fourth, 10)
+    assert fourth_sent[0]["status"] == 200 and limits.in_progress == 0
+
+
+# --- the HTTP server: slow request heads, too many connections --------------------------------
 class QuickHeadTimeout(HeadTimeoutH11Protocol):
     head_timeout_s = 0.5
+
+
+class FewConnections(HeadTimeoutH11Protocol):
+    max_connections = 3
 
 
 class _Server(uvicorn.Server):
@@ -219,12 +270,26 @@ class _Server(uvicorn.Server):
 
 @pytest.fixture
 async def served(store: MemoryStore) -> AsyncIterator[int]:
-    """The API over ``store`` served by uvicorn as an agent serves it (a shorter head
-    timeout), on a free loopback port."""
+    """The API over ``store`` served as an agent serves it, but with a shorter head timeout."""
+    async with serve(store, QuickHeadTimeout) as port:
+        yield port
+
+
+@pytest.fixture
+async def served_few(store: MemoryStore) -> AsyncIterator[int]:
+    """The API over ``store`` served as an agent serves it, but holding 3 connections."""
+    async with serve(store, FewConnections) as port:
+        yield port
+
+
+@contextlib.asynccontextmanager
+async def serve(store: MemoryStore, protocol: type[HeadTimeoutH11Protocol]) -> AsyncIterator[int]:
+    """Serve the API over ``store`` with uvicorn, the agent's settings but ``protocol``, on a
+    free loopback port; stop it at the end."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
-    settings = {**server_settings(), "http": QuickHeadTimeout}
+    settings = {**server_settings(), "http": protocol}
     config = uvicorn.Config(
         create_app(store, KEYS, "n1"),
         host="127.0.0.1",
@@ -289,3 +354,20 @@ async def test_a_silent_connection_is_cut_off_and_a_kept_alive_one_too(served: i
     finally:
         silent.close()
         kept.close()
+
+
+async def test_connections_beyond_the_limit_are_closed_at_once(served_few: int) -> None:
+    held = [await asyncio.open_connection("127.0.0.1", served_few) for _ in range(3)]
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", served_few)
+        try:
+            assert await _closed_by_server(reader, within=5)
+        finally:
+            writer.close()
+        held_reader, held_writer = held[0]
+        held_writer.write(b"GET /api/v1/healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = await asyncio.wait_for(held_reader.readuntil(b"\r\n\r\n"), 10)
+        assert head.startswith(b"HTTP/1.1 200"), head
+    finally:
+        for _, w in held:
+            w.close()

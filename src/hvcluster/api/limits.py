@@ -1,10 +1,15 @@
-"""Request bodies are bounded in size and in time, before any route sees them.
+"""Requests are bounded in number, and their bodies in size and time, before any route
+sees them.
 
 The API is served on the agent's own event loop, the loop that also keeps the node's lease
 and feeds its watchdog. A body of hundreds of MB read into memory and parsed as JSON there
-would stall that loop for seconds, long enough for the watchdog to kill every VM of the host.
-So :class:`RequestLimits` (an ASGI middleware, outermost but for Starlette's error handler):
+would stall that loop for seconds, long enough for the watchdog to kill every VM of the host;
+a thousand requests at once would hold a thousand bodies and store reads. So
+:class:`RequestLimits` (an ASGI middleware, outermost but for Starlette's error handler):
 
+* answers 503 at once, reading nothing, when :data:`MAX_IN_PROGRESS` requests are already
+  in progress (admitted, not yet answering: a streamed answer such as ``/events/follow``
+  stops counting once it starts);
 * refuses at once with 413 a request whose ``Content-Length`` exceeds :data:`MAX_BODY_BYTES`,
   without reading its body;
 * counts the bytes of every other body as they stream in (chunked ones too) and refuses
@@ -30,6 +35,7 @@ log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1024 * 1024  # the largest VM spec is a few KiB
 BODY_TIMEOUT_S = 30.0
+MAX_IN_PROGRESS = 64
 
 
 class _Refused(Exception):
@@ -59,15 +65,41 @@ class RequestLimits:
         app: ASGIApp,
         max_body_bytes: int = MAX_BODY_BYTES,
         body_timeout_s: float = BODY_TIMEOUT_S,
+        max_in_progress: int = MAX_IN_PROGRESS,
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.body_timeout_s = body_timeout_s
+        self.max_in_progress = max_in_progress
+        self.in_progress = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if self.in_progress >= self.max_in_progress:
+            message = f"{self.in_progress} requests in progress already; try again shortly"
+            response = error_response(503, message)
+            response.headers.update({"retry-after": "1", "connection": "close"})
+            await response(scope, receive, send)
+            return
+        self.in_progress += 1
+        counted = True
+
+        async def send_counted(message: Message) -> None:
+            nonlocal counted
+            if counted and message["type"] == "http.response.start":
+                counted = False
+                self.in_progress -= 1
+            await send(message)
+
+        try:
+            await self._limited(scope, receive, send_counted)
+        finally:
+            if counted:
+                self.in_progress -= 1
+
+    async def _limited(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             declared = declared_length(scope)
             if declared is not None and declared > self.max_body_bytes:

@@ -1,9 +1,12 @@
 """How an agent serves the API (uvicorn): settings that keep floods and slow clients from
 hurting the agent, whose event loop also keeps the node's lease.
 
-* At most :data:`MAX_CONNECTIONS` connections (or requests in progress) are served at once;
-  a request beyond that is answered 503 at once (uvicorn's ``limit_concurrency``), so a
-  flood costs a short answer each rather than memory and store reads.
+* At most :data:`MAX_CONNECTIONS` connections are held open: one more is closed as soon as
+  it is accepted, so a crowd of clients cannot take every file descriptor of the agent
+  (which it needs for etcd, its VMs' QMP sockets, its disks); at the limit, a request on a
+  held connection is answered 503 (uvicorn's ``limit_concurrency``). How many requests are
+  worked on at once is bounded lower, by :mod:`hvcluster.api.limits` (503 beyond it too):
+  a flood costs a short answer each rather than memory and store reads.
 * A request head (request line and headers) must be complete within
   :data:`HEAD_TIMEOUT_S` of the connection (or of the first byte of the next request on a
   kept-alive one), else the connection is closed: uvicorn has no such timeout, and a client
@@ -17,26 +20,52 @@ hurting the agent, whose event loop also keeps the node's lease.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-MAX_CONNECTIONS = 128
+MAX_CONNECTIONS = 1024
 HEAD_TIMEOUT_S = 10.0
 MAX_HEAD_BYTES = 16 * 1024
 KEEP_ALIVE_S = 5
 BACKLOG = 2048
 
 
+class Tally:
+    """Counts what a flood does many times and says it at most once a minute, so that the
+    agent's log (written from its event loop) does not grow by a line per connection."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.count = 0
+        self.said_at: float | None = None
+
+    def add(self, logger: logging.Logger, now: float) -> None:
+        self.count += 1
+        if self.said_at is None or now - self.said_at >= 60:
+            logger.warning("%s: %d since the last report", self.what, self.count)
+            self.said_at, self.count = now, 0
+
+
+REFUSED = Tally(f"closed connections at once: {MAX_CONNECTIONS} were open")
+CUT = Tally(f"cut connections whose request head did not come within {HEAD_TIMEOUT_S:g} s")
+
+
 class HeadTimeoutH11Protocol(H11Protocol):
     """uvicorn's h11 protocol with a deadline on each request head (see the module)."""
 
     head_timeout_s = HEAD_TIMEOUT_S
+    max_connections = MAX_CONNECTIONS
     _head_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        if len(self.connections) > self.max_connections:
+            REFUSED.add(self.logger, self.loop.time())
+            transport.abort()
+            return
         self._arm_head_timer()
 
     def data_received(self, data: bytes) -> None:
@@ -62,11 +91,7 @@ class HeadTimeoutH11Protocol(H11Protocol):
     def _head_timed_out(self) -> None:
         self._head_timer = None
         if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
-            self.logger.warning(
-                "closed a connection from %s: no complete request head within %g s",
-                f"{self.client[0]}:{self.client[1]}" if self.client else "?",
-                self.head_timeout_s,
-            )
+            CUT.add(self.logger, self.loop.time())
             self.transport.abort()  # nothing to answer: it has not finished asking
 
 
