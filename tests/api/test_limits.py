@@ -371,3 +371,16 @@ async def test_connections_beyond_the_limit_are_closed_at_once(served_few: int) 
     finally:
         for _, w in held:
             w.close()
+
+
+async def test_event_revisions_beyond_int64_are_refused(api: httpx.AsyncClient) -> None:
+    """etcd's revisions are int64: a larger one is refused naming where it came from, not
+    passed on to a watch that cannot ask for it."""
+    for params, headers, field in (
+        ({"since": 2**63}, {}, "since"),
+        ({"after": 2**64}, {}, "after"),
+        ({}, {"Last-Event-ID": str(2**63)}, "Last-Event-ID"),
+    ):
+        r = await asyncio.wait_for(api.get("/events/follow", params=params, headers=headers), 10)
+        assert r.status_code == 422, r.text
+        assert r.json()["field"] == field
