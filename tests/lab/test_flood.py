@@ -288,7 +288,7 @@ def test_all_three_at_once(flood_lab: Lab) -> None:
         )
 
     (status, sent), statuses, closed_after = asyncio.run(attack())
-    assert status in (413, None) and sent < 64 * MIB
+    assert status in (413, 503, None) and sent < 64 * MIB  # 503: too many in progress
     assert set(statuses) <= {200, 422, 503, None}, set(statuses)
     assert sum(1 for t in closed_after if t is None) == 0
     assert_unharmed(flood_lab, was, memory_mib=128)
