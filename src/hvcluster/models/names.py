@@ -51,7 +51,6 @@ Mac = Annotated[str, AfterValidator(check_mac)]
 LABELS_MAX = 64  # labels on one object
 LABEL_KEY_MAX = 63
 LABEL_VALUE_MAX = 255
-TEXT_MAX = 1024  # a free-text field (a reason, a group name)
 PATH_MAX = 4096  # a host path (Linux's PATH_MAX)
 NODE_NAMES_MAX = 64  # node names in one list (a failover cluster has at most 64 nodes)
 LIST_MAX = 32  # other lists of short strings (anti-affinity classes, start groups)

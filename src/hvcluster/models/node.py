@@ -6,7 +6,7 @@ from pydantic import Field
 
 from hvcluster.models.base import Model
 from hvcluster.models.lifecycle import NodeAdminState
-from hvcluster.models.names import TEXT_MAX, Labels, Name
+from hvcluster.models.names import Labels, Name
 
 
 class Capacity(Model):
@@ -43,12 +43,12 @@ class Inventory(Model):
 
 class Node(Model):
     name: Name
-    address: str = Field(min_length=1, max_length=253)  # where its API and migrations are reached
+    address: str = Field(min_length=1)  # where its API and migrations are reached
     api_port: int = Field(default=8440, gt=0, lt=65536)
     capacity: Capacity
     labels: Labels = {}
     admin_state: NodeAdminState = NodeAdminState.UP
-    admin_reason: str = Field(default="", max_length=TEXT_MAX)
+    admin_reason: str = ""
     admin_since: float = 0.0
     switches: tuple[Name, ...] = ()  # switches whose bridge this node has, ready
     volumes: tuple[Name, ...] = ()  # volumes this node sees, with the right id
