@@ -208,13 +208,15 @@ async def test_a_body_that_does_not_arrive_in_time_is_answered_408() -> None:
 
 async def test_requests_beyond_those_in_progress_are_answered_503_unread() -> None:
     """At most ``max_in_progress`` requests are worked on; one more is answered 503 without
-    its body being read. A request stops counting once its answer starts (a stream)."""
+    its body being read. A request counts until its answer is all sent, an event stream
+    only until it starts."""
     release = asyncio.Event()
+    stream = [(b"content-type", b"text/event-stream")]
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         await receive()
         if scope["path"] == "/stream":
-            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.start", "status": 200, "headers": stream})
         await release.wait()
         if scope["path"] != "/stream":
             await send({"type": "http.response.start", "status": 200, "headers": []})
@@ -240,7 +242,7 @@ async def test_requests_beyond_those_in_progress_are_answered_503_unread() -> No
     streamed, stream_sent = call("/stream")
     await asyncio.sleep(0.05)
     assert stream_sent and stream_sent[0]["status"] == 200  # answering: no longer counted
-    second, _ = call("/b")
+    second, second_sent = call("/b")
     await asyncio.sleep(0.05)
     third, third_sent = call("/c")
     await asyncio.wait_for(third, 10)
@@ -248,9 +250,47 @@ async def test_requests_beyond_those_in_progress_are_answered_503_unread() -> No
     assert "requests in progress" in json.loads(third_sent[1]["body"])["error"]
     release.set()
     await asyncio.wait_for(asyncio.gather(first, streamed, second), 10)
+    assert second_sent[0]["status"] == 200
     fourth, fourth_sent = call("/d")
     await asyncio.wait_for(fourth, 10)
     assert fourth_sent[0]["status"] == 200 and limits.in_progress == 0
+
+
+async def test_an_answer_goes_out_in_pieces_and_a_client_not_reading_is_given_up() -> None:
+    """A 1 MiB answer is handed over 64 KiB at a time, each when the client took the last;
+    one not taken in time ends the answer, and the request no longer counts."""
+    big = b"x" * MAX_BODY_BYTES
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": big})
+
+    limits = RequestLimits(app, send_timeout_s=0.5)
+    pieces: list[int] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def slow_client(message: Message) -> None:
+        if message["type"] == "http.response.body":
+            if len(pieces) == 3:  # it stops reading
+                await asyncio.sleep(3600)
+            pieces.append(len(message["body"]))
+
+    scope: Scope = {"type": "http", "method": "GET", "path": "/big", "headers": []}
+    await asyncio.wait_for(limits(scope, receive, slow_client), 10)
+    assert pieces == [64 * 1024] * 3
+    assert limits.in_progress == 0
+
+    pieces.clear()
+
+    async def client(message: Message) -> None:
+        if message["type"] == "http.response.body":
+            pieces.append(len(message["body"]))
+
+    await asyncio.wait_for(limits(scope, receive, client), 10)
+    assert pieces == [64 * 1024] * 16 and limits.in_progress == 0
 
 
 # --- the HTTP server: slow request heads, too many connections --------------------------------

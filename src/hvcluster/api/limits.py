@@ -8,8 +8,8 @@ a thousand requests at once would hold a thousand bodies and store reads. So
 :class:`RequestLimits` (an ASGI middleware, outermost but for Starlette's error handler):
 
 * answers 503 at once, reading nothing, when :data:`MAX_IN_PROGRESS` requests are already
-  in progress (admitted, not yet answering: a streamed answer such as ``/events/follow``
-  stops counting once it starts);
+  in progress (admitted, their answer not yet all handed to the server; an event stream
+  such as ``/events/follow`` stops counting once it starts);
 * refuses at once with 413 a request whose ``Content-Length`` exceeds :data:`MAX_BODY_BYTES`,
   without reading its body;
 * counts the bytes of every other body as they stream in (chunked ones too) and refuses
@@ -20,6 +20,12 @@ a thousand requests at once would hold a thousand bodies and store reads. So
 
 Only then is the route called, with the body it was sent (already read, at most the limit).
 The answers have the API's error shape, ``{"error": ..., "field": "body"}``.
+
+The answer goes out in pieces of :data:`SEND_CHUNK` bytes, each waiting until the client has
+taken the previous ones (the server's flow control): a client that reads slowly, or not at
+all, holds at most one piece in the server's buffers, and its request slot, not a whole
+answer of many MB per connection. A piece not taken within :data:`SEND_TIMEOUT_S` ends the
+answer there (the connection is closed).
 """
 
 from __future__ import annotations
@@ -36,6 +42,12 @@ log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 1024 * 1024  # the largest VM spec is a few KiB
 BODY_TIMEOUT_S = 30.0
 MAX_IN_PROGRESS = 64
+SEND_CHUNK = 64 * 1024
+SEND_TIMEOUT_S = 30.0
+
+
+class _SlowReader(Exception):
+    """The client did not take a piece of its answer in time."""
 
 
 class _Refused(Exception):
@@ -66,11 +78,13 @@ class RequestLimits:
         max_body_bytes: int = MAX_BODY_BYTES,
         body_timeout_s: float = BODY_TIMEOUT_S,
         max_in_progress: int = MAX_IN_PROGRESS,
+        send_timeout_s: float = SEND_TIMEOUT_S,
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.body_timeout_s = body_timeout_s
         self.max_in_progress = max_in_progress
+        self.send_timeout_s = send_timeout_s
         self.in_progress = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -86,18 +100,48 @@ class RequestLimits:
         self.in_progress += 1
         counted = True
 
-        async def send_counted(message: Message) -> None:
+        def done() -> None:
             nonlocal counted
-            if counted and message["type"] == "http.response.start":
+            if counted:
                 counted = False
                 self.in_progress -= 1
+
+        async def send_paced(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                await self._send_body(send, message)
+                if not message.get("more_body", False):
+                    done()
+                return
+            if message["type"] == "http.response.start" and _event_stream(message):
+                done()
             await send(message)
 
         try:
-            await self._limited(scope, receive, send_counted)
+            await self._limited(scope, receive, send_paced)
+        except _SlowReader:
+            log.info("gave up answering %s from %s: it reads too slowly", scope.get("path"),
+                     _client(scope))  # fmt: skip
         finally:
-            if counted:
-                self.in_progress -= 1
+            done()
+
+    async def _send_body(self, send: Send, message: Message) -> None:
+        """Hand ``message``'s body to the server a piece at a time (see the module)."""
+        body: bytes = message.get("body", b"")
+        more = bool(message.get("more_body", False))
+        start = 0
+        while True:
+            piece = body[start : start + SEND_CHUNK]
+            start += SEND_CHUNK
+            last = start >= len(body)
+            try:
+                async with asyncio.timeout(self.send_timeout_s):
+                    await send(
+                        {"type": "http.response.body", "body": piece, "more_body": more or not last}
+                    )
+            except TimeoutError:
+                raise _SlowReader() from None
+            if last:
+                return
 
     async def _limited(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -164,6 +208,13 @@ def _replay(body: bytes, receive: Receive) -> Receive:
         return await receive()
 
     return replay
+
+
+def _event_stream(start: Message) -> bool:
+    return any(
+        name == b"content-type" and value.startswith(b"text/event-stream")
+        for name, value in start.get("headers", ())
+    )
 
 
 def _client(scope: Scope) -> str:
