@@ -7,13 +7,12 @@ from typing import Literal, Self
 from pydantic import Field, model_validator
 
 from hvcluster.models.base import Model
-from hvcluster.models.names import PATH_MAX, Argument
+from hvcluster.models.names import PATH_MAX, PERIOD_S_MAX, Argument
 
 # Upper bounds: a setting past them is a typo, and a huge one overflows where it is used
 # (a timer, QEMU's migrate parameters). Timings are finite (the base model refuses inf/nan).
 DAY_S = 86400.0
 TIMING_S_MAX = 3600.0  # lease, keepalive, fencing and recovery timings
-PERIOD_S_MAX = 366 * DAY_S  # counting windows (quarantine, local restarts)
 COUNT_MAX = 1_000_000
 
 

@@ -1,5 +1,5 @@
 """Name rules shared by every named object (VMs, nodes, volumes, switches), and the size
-bounds shared by the fields a request may fill (labels, free text, host paths, lists)."""
+bounds shared by the fields a request may fill (labels, host paths, lists, periods)."""
 
 from __future__ import annotations
 
@@ -54,6 +54,7 @@ LABEL_VALUE_MAX = 255
 PATH_MAX = 4096  # a host path (Linux's PATH_MAX)
 NODE_NAMES_MAX = 64  # node names in one list (a failover cluster has at most 64 nodes)
 LIST_MAX = 32  # other lists of short strings (anti-affinity classes, start groups)
+PERIOD_S_MAX = 366 * 86400.0  # a counting window (failovers, quarantine, local restarts)
 
 LabelKey = Annotated[str, StringConstraints(min_length=1, max_length=LABEL_KEY_MAX)]
 LabelValue = Annotated[str, StringConstraints(max_length=LABEL_VALUE_MAX)]

@@ -12,6 +12,7 @@ from hvcluster.models.lifecycle import VMState
 from hvcluster.models.names import (
     LIST_MAX,
     NODE_NAMES_MAX,
+    PERIOD_S_MAX,
     Argument,
     HostPath,
     Labels,
@@ -22,10 +23,9 @@ from hvcluster.models.names import (
 
 DISKS_MAX = 64  # per VM (Hyper-V: 4 SCSI controllers of 64 disks; QEMU runs out of slots first)
 NICS_MAX = 32
-DISK_GIB_MAX = 64 * 1024  # 64 TiB, qcow2's own limit with its default cluster size
+DISK_GIB_MAX = 64 * 1024  # 64 TiB, as Hyper-V's VHDX; size_gib * GiB stays an exact int
 CMDLINE_MAX = 4096
 FAILOVERS_MAX = 10_000
-PERIOD_S_MAX = 366 * 86400.0
 
 
 class Priority(StrEnum):
