@@ -20,7 +20,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from hvcluster.api import create_app
 from hvcluster.api.limits import MAX_BODY_BYTES, RequestLimits
-from hvcluster.api.serving import HeadTimeoutH11Protocol, server_settings
+from hvcluster.api.serving import MAX_HEAD_BYTES, HeadTimeoutH11Protocol, server_settings
 from hvcluster.models.config import ClusterConfig
 from hvcluster.store.memory import MemoryStore
 from tests.api.conftest import KEYS, spec
@@ -424,3 +424,17 @@ async def test_event_revisions_beyond_int64_are_refused(api: httpx.AsyncClient) 
         r = await asyncio.wait_for(api.get("/events/follow", params=params, headers=headers), 10)
         assert r.status_code == 422, r.text
         assert r.json()["field"] == field
+
+
+async def test_a_request_head_growing_past_16_kib_is_refused(served: int) -> None:
+    """h11 holds at most that much of an unfinished head (a whole one read at once is
+    parsed as it is: it was already read)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", served)
+    try:
+        pad = b"a" * (MAX_HEAD_BYTES + 1024)
+        writer.write(b"GET /api/v1/healthz HTTP/1.1\r\nHost: x\r\nX-Pad: " + pad)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n"), 10)
+        assert head.startswith(b"HTTP/1.1 400"), head
+        assert await _closed_by_server(reader, within=10)
+    finally:
+        writer.close()

@@ -11,8 +11,8 @@ hurting the agent, whose event loop also keeps the node's lease.
   :data:`HEAD_TIMEOUT_S` of the connection (or of the first byte of the next request on a
   kept-alive one), else the connection is closed: uvicorn has no such timeout, and a client
   trickling its headers byte by byte (slowloris) would hold its connection, and a slot of
-  the limit above, for ever. A head is at most :data:`MAX_HEAD_BYTES` (h11's limit; more
-  is answered 400). The body has its own limits (:mod:`hvcluster.api.limits`).
+  the limit above, for ever. An unfinished head is held up to :data:`MAX_HEAD_BYTES`
+  (h11's limit; past it: 400). The body has its own limits (:mod:`hvcluster.api.limits`).
 * An idle kept-alive connection is closed after :data:`KEEP_ALIVE_S`; the listen backlog
   holds :data:`BACKLOG` connections not yet accepted.
 """
