@@ -28,6 +28,7 @@ from hvcluster.agent.storage_move import StorageMover
 from hvcluster.agent.watchdog import WatchdogFeeder
 from hvcluster.api.app import create_app
 from hvcluster.api.context import PeerApi
+from hvcluster.api.serving import server_settings
 from hvcluster.controller.loop import Controller
 from hvcluster.drivers.base import Driver
 from hvcluster.models.config import ClusterConfig
@@ -242,6 +243,7 @@ class Daemon:
                 lifespan="off",
                 ssl_certfile=str(cfg.api_cert) if cfg.api_cert else None,
                 ssl_keyfile=str(cfg.api_key) if cfg.api_key else None,
+                **server_settings(),  # floods and slow clients: see hvcluster.api.serving
             )
         )
         await server.serve()

@@ -6,7 +6,7 @@ from pydantic import Field
 
 from hvcluster.models.base import Model
 from hvcluster.models.lifecycle import NodeAdminState
-from hvcluster.models.names import Name
+from hvcluster.models.names import Labels, Name
 
 
 class Capacity(Model):
@@ -46,7 +46,7 @@ class Node(Model):
     address: str = Field(min_length=1)  # where its API and migrations are reached
     api_port: int = Field(default=8440, gt=0, lt=65536)
     capacity: Capacity
-    labels: dict[str, str] = {}
+    labels: Labels = {}
     admin_state: NodeAdminState = NodeAdminState.UP
     admin_reason: str = ""
     admin_since: float = 0.0
