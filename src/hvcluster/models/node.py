@@ -41,6 +41,15 @@ class Inventory(Model):
         return "qemu64" if self.driver == "qemu" else self.cpu_model or self.driver
 
 
+class WatchdogReport(Model):
+    """Whether this node's watchdog acknowledges feeding, as its agent last saw it. While it
+    does not, the agent starts no VM: nothing would kill them were the node cut off."""
+
+    acknowledging: bool
+    since: float  # wall clock: since when it is so
+    problem: str = ""  # why it is not ("no watchdog listens at /run/hvc/watchdog.sock ...")
+
+
 class Node(Model):
     name: Name
     address: str = Field(min_length=1)  # where its API and migrations are reached
@@ -58,6 +67,7 @@ class Node(Model):
     volume_problems: dict[str, str] = {}
     inventory: Inventory = Inventory()
     registered_at: float = 0.0  # wall clock of the agent's last (re-)registration
+    watchdog: WatchdogReport | None = None  # written by the agent; None: not reported
     # Written by the controller: times this node was declared dead (for quarantine), and
     # until when it is quarantined.
     failures: tuple[float, ...] = ()

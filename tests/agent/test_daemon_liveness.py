@@ -1,0 +1,117 @@
+"""An agent's liveness (keepalives, watchdog feeding) goes on whatever the rest of the agent
+does: a slow accelerator probe at restart or a blocked main loop never starves the watchdog
+(a real ``hvc watchdog`` process, real etcd, an in-process daemon with a sim driver)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from hvcluster.agent.config import AgentConfig
+from hvcluster.agent.daemon import Daemon, cancel_all
+from hvcluster.agent.network import MemoryLinks
+from hvcluster.drivers.sim import SimDriver
+from hvcluster.lab.etcd import EtcdCluster
+from hvcluster.models.base import encode
+from hvcluster.models.config import ClusterConfig
+from hvcluster.store.etcd import EtcdStore
+from hvcluster.store.keys import Keys
+from tests.agent.daemons import SlowProbeDriver, node_watchdog, vm_process, wait_for, watchdog_log
+
+pytestmark = pytest.mark.timeout(90)
+
+FENCE_AFTER = 2.0
+
+
+def _config(cluster: str) -> ClusterConfig:
+    return ClusterConfig(
+        name=cluster,
+        lease_ttl_s=4.0,
+        keepalive_interval_s=0.4,
+        fence_after_s=FENCE_AFTER,
+        recovery_margin_s=0.8,
+        evidence_interval_s=0.4,
+    )
+
+
+@pytest.fixture
+async def cluster(etcd_session: EtcdCluster) -> AsyncIterator[tuple[str, list[str]]]:
+    """A cluster of its own (a fresh prefix) on the session's etcd, its config written."""
+    name = f"t{uuid.uuid4().hex[:8]}"
+    store = EtcdStore(etcd_session.endpoints)
+    try:
+        await store.put(Keys(name).config, encode(_config(name)))
+    finally:
+        await store.close()
+    yield name, etcd_session.endpoints
+
+
+def _agent(cluster: str, endpoints: list[str], run_dir: Path) -> AgentConfig:
+    return AgentConfig(
+        node="n1", cluster=cluster, etcd=tuple(endpoints), run_dir=run_dir, driver="sim",
+        controller=False,
+    )  # fmt: skip
+
+
+def _registered(daemon: Daemon) -> bool:
+    live = daemon.liveness
+    return live is not None and live.registered.is_set()
+
+
+async def test_a_slow_probe_at_restart_never_starves_the_watchdog(
+    cluster: tuple[str, list[str]], tmp_path: Path
+) -> None:
+    name, endpoints = cluster
+    cfg = _agent(name, endpoints, tmp_path / "n1")
+    with node_watchdog(cfg.run_dir, FENCE_AFTER), vm_process(cfg.run_dir, "vm-a") as vm:
+        first = Daemon(cfg, driver=SimDriver(), serve_api=False, links=MemoryLinks())
+        task = asyncio.create_task(first.run())
+        try:
+            await wait_for(lambda: _registered(first), 30, "the first agent to register")
+            assert first.liveness is not None
+            lease = first.liveness.lease_id
+        finally:
+            await cancel_all([task])  # the agent dies; its lease, VM and watchdog stay
+        # Restarted, its QEMU probe takes three times fence_after.
+        driver = SlowProbeDriver(probe_s=3 * FENCE_AFTER)
+        second = Daemon(cfg, driver=driver, serve_api=False, links=MemoryLinks())
+        task = asyncio.create_task(second.run())
+        try:
+            await wait_for(lambda: driver.probed, 30, "the probe to end")
+            await wait_for(
+                lambda: second.agent is not None and second.agent.cycles >= 2, 30, "reconciling"
+            )
+            assert vm.poll() is None, f"the watchdog killed the VM: {watchdog_log(cfg.run_dir)}"
+            assert "killed" not in watchdog_log(cfg.run_dir)
+            assert second.liveness is not None and second.liveness.lease_id == lease  # adopted
+        finally:
+            await cancel_all([task])
+
+
+async def test_a_blocked_main_loop_does_not_stop_feeding(
+    cluster: tuple[str, list[str]], tmp_path: Path
+) -> None:
+    name, endpoints = cluster
+    cfg = _agent(name, endpoints, tmp_path / "n1")
+    with node_watchdog(cfg.run_dir, FENCE_AFTER), vm_process(cfg.run_dir, "vm-a") as vm:
+        daemon = Daemon(cfg, driver=SimDriver(), serve_api=False, links=MemoryLinks())
+        task = asyncio.create_task(daemon.run())
+        try:
+            await wait_for(
+                lambda: daemon.agent is not None and daemon.agent.cycles >= 1, 30, "reconciling"
+            )
+            assert daemon.liveness is not None
+            lease = daemon.liveness.lease_id
+            # A handler (say, parsing a huge request body) holds the agent's loop.
+            time.sleep(3 * FENCE_AFTER)
+            await asyncio.sleep(0.5)
+            assert vm.poll() is None, f"the watchdog killed the VM: {watchdog_log(cfg.run_dir)}"
+            assert "killed" not in watchdog_log(cfg.run_dir)
+            assert daemon.liveness.lease_id == lease  # never lost
+        finally:
+            await cancel_all([task])
