@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -40,7 +39,7 @@ def _config(cluster: str) -> ClusterConfig:
 
 
 @pytest.fixture
-async def cluster(etcd_session: EtcdCluster) -> AsyncIterator[tuple[str, list[str]]]:
+async def cluster(etcd_session: EtcdCluster) -> tuple[str, list[str]]:
     """A cluster of its own (a fresh prefix) on the session's etcd, its config written."""
     name = f"t{uuid.uuid4().hex[:8]}"
     store = EtcdStore(etcd_session.endpoints)
@@ -48,7 +47,7 @@ async def cluster(etcd_session: EtcdCluster) -> AsyncIterator[tuple[str, list[st
         await store.put(Keys(name).config, encode(_config(name)))
     finally:
         await store.close()
-    yield name, etcd_session.endpoints
+    return name, etcd_session.endpoints
 
 
 def _agent(cluster: str, endpoints: list[str], run_dir: Path) -> AgentConfig:
@@ -108,7 +107,7 @@ async def test_a_blocked_main_loop_does_not_stop_feeding(
             assert daemon.liveness is not None
             lease = daemon.liveness.lease_id
             # A handler (say, parsing a huge request body) holds the agent's loop.
-            time.sleep(3 * FENCE_AFTER)
+            time.sleep(3 * FENCE_AFTER)  # noqa: ASYNC251 - that is the point
             await asyncio.sleep(0.5)
             assert vm.poll() is None, f"the watchdog killed the VM: {watchdog_log(cfg.run_dir)}"
             assert "killed" not in watchdog_log(cfg.run_dir)
