@@ -65,6 +65,9 @@ class Node(Model):
     # Switches and volumes it does not have, and why ("not root", "marker holds id x").
     switch_problems: dict[str, str] = {}
     volume_problems: dict[str, str] = {}
+    # Its interfaces that carry an address or the default route, and what they carry: never
+    # an uplink (enslaving one would cut the node off the network). Written by its agent.
+    interfaces_in_use: dict[str, str] = {}
     inventory: Inventory = Inventory()
     registered_at: float = 0.0  # wall clock of the agent's last (re-)registration
     watchdog: WatchdogReport | None = None  # written by the agent; None: not reported
