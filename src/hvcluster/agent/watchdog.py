@@ -212,18 +212,17 @@ class WatchdogFeeder:
                 self._unanswered_since = None
 
     def acknowledgement(self, grace: float) -> Acknowledgement:
-        """Not ok when the last feed could not be sent, or a feed went unanswered for more
-        than ``grace`` seconds (a watchdog answers at once: it is hung or gone); not judged
-        yet (None) before the first answer, within ``grace`` of the first feed."""
+        """Not ok once a feed went unanswered (or could not even be sent) for more than
+        ``grace`` seconds: a watchdog answers at once, so it is gone, hung, or watching
+        another run dir. Not judged yet (None) before its first answer, within ``grace``
+        (an agent and its watchdog may start together)."""
         with self._lock:
             self._read_answers()
             if not self._fed:
                 return Acknowledgement(None)
             silent = self._unanswered_since
-            if self._send_error:
-                return Acknowledgement(False, self._send_error, silent)
             if silent is not None and self.clock() - silent > grace:
-                problem = f"the watchdog at {self.path} does not answer"
+                problem = self._send_error or f"the watchdog at {self.path} does not answer"
                 return Acknowledgement(False, problem, silent)
             return Acknowledgement(True if self._answered else None)
 
