@@ -2,11 +2,17 @@
 the agent can delay it.
 
 On a real host it runs on a thread of its own, with its own event loop and its own etcd
-client (:class:`OwnThread`): a 300 MB request body parsed by the API, a slow accelerator
-probe, a reconcile cycle stuck in a driver call all block the agent's main loop, and a
-keepalive or feed that waits for them gets every VM of the host killed by the watchdog. It
-starts first, before any probe: an agent restarted within ``fence_after`` adopts its lease
-and feeds the watchdog at once, whatever the rest of its start costs.
+client (:class:`OwnThread`): a handler that blocks, a slow accelerator probe, a reconcile
+cycle stuck in a driver call all hold up the agent's main loop, and a keepalive or feed that
+waits for them gets every VM of the host killed by the watchdog. It starts first, before any
+probe: an agent restarted within ``fence_after`` adopts its lease and feeds the watchdog at
+once, whatever the rest of its start costs.
+
+What a thread does not protect against: one C call that holds the GIL for seconds. Python
+hands the GIL between threads every few milliseconds, but ``json.loads`` of a 66 MB body
+holds it for its whole 3 s (measured here), and this thread waits with everything else. So
+request bodies must stay bounded before they are parsed (the API's body size limit); a
+frozen agent (SIGSTOP) stops this thread too and is fenced, as it must be.
 
 An in-process simulation (daemons handed a memory store) runs it on the daemon's own loop
 instead (:class:`OnLoop`): a :class:`~hvcluster.store.memory.MemoryStore` is asyncio code
