@@ -55,11 +55,8 @@ def closed_nodes(
         elif node.admin_state is not NodeAdminState.UP:
             why = f": {node.node.admin_reason}" if node.node.admin_reason else ""
             closed[name] = f"{name} is {node.admin_state.value}{why}"
-        elif node.node.watchdog is not None and not node.node.watchdog.acknowledging:
-            # Its agent starts nothing: no watchdog would kill the VM were it cut off.
-            closed[name] = (
-                f"{name}'s watchdog does not acknowledge feeding ({node.node.watchdog.problem})"
-            )
+        elif node.watchdog_refusal is not None:
+            closed[name] = node.watchdog_refusal
     return closed
 
 
