@@ -106,8 +106,7 @@ class Daemon:
         when the daemon made its store; on this loop with the store it was handed (an
         in-process simulation on a memory store: see agent/liveness_thread.py)."""
         if self._own_store:
-            make_store = lambda: EtcdStore(list(self.cfg.etcd))  # noqa: E731
-            return OwnThread(make_store, self._build_liveness, "liveness")
+            return OwnThread(lambda: etcd_store(self.cfg), self._build_liveness, "liveness")
         return OnLoop(self.store, self._build_liveness)
 
     async def _build_liveness(self, store: Store, runner: LivenessRunner) -> NodeLiveness:
@@ -290,6 +289,11 @@ class Daemon:
             )
         )
         await server.serve()
+
+
+def etcd_store(cfg: AgentConfig) -> EtcdStore:
+    """The agent's etcd client (the daemon's, and liveness's own)."""
+    return EtcdStore(list(cfg.etcd))
 
 
 async def cancel_all(tasks: list[asyncio.Task[None]], rounds: int = 10) -> None:

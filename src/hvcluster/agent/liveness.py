@@ -137,8 +137,9 @@ class NodeLiveness:
                 ttl = await self.store.keepalive(previous.lease)
                 if ttl > 0 and previous.node == self.node:
                     self.lease_id = previous.lease
-                    self.registered.set()
                     self._confirmed(sent)
+                    self.registered.set()
+                    self._publish()
                     await self.say(
                         "node.rejoined",
                         f"node {self.node} adopted its live lease "
@@ -162,8 +163,9 @@ class NodeLiveness:
             result = await self.store.txn(compares, [Put(key, encode(value), lease=lease.id)])
             if result.succeeded:
                 self.lease_id = lease.id
-                self.registered.set()
                 self._confirmed(sent)
+                self.registered.set()
+                self._publish()
                 self._watchdog_written = None  # a node record written anew may lack it
                 await self.say(
                     "node.registered", f"node {self.node} is alive with lease {lease.id:x}"
