@@ -33,6 +33,8 @@ from hvcluster.lab.state import LabState, load
 from hvcluster.models.config import ClusterConfig, QuarantineSettings
 
 RESULTS = Path(__file__).parent / "results" / "failover.json"
+# The lab's admin token, once the lab is up (every request sends it).
+HEADERS: dict[str, str] = {}
 VM = "bench-1"
 
 
@@ -41,7 +43,7 @@ def api_of(state: LabState, avoid: str) -> str:
 
 
 def events_since(api: str, t0: float) -> list[dict[str, Any]]:
-    data = httpx.get(f"{api}/api/v1/events?limit=300", timeout=5).json()
+    data = httpx.get(f"{api}/api/v1/events?limit=300", headers=HEADERS, timeout=5).json()
     return [e["event"] for e in data["events"] if e["event"]["time"] >= t0]
 
 
@@ -52,7 +54,7 @@ def first(events: list[dict[str, Any]], kind: str, subject: str) -> float | None
 
 def one_failure(lab_dir: Path, driver: str, fault: str) -> dict[str, float]:
     state = load(lab_dir)
-    vm = httpx.get(f"{api_of(state, '')}/api/v1/vms/{VM}", timeout=5).json()
+    vm = httpx.get(f"{api_of(state, '')}/api/v1/vms/{VM}", headers=HEADERS, timeout=5).json()
     victim = vm["placement"]["node"]
     epoch = vm["placement"]["epoch"]
     api = api_of(state, victim)
@@ -64,7 +66,7 @@ def one_failure(lab_dir: Path, driver: str, fault: str) -> dict[str, float]:
     while time.monotonic() < deadline:
         time.sleep(0.05)
         try:
-            now_vm = httpx.get(f"{api}/api/v1/vms/{VM}", timeout=5).json()
+            now_vm = httpx.get(f"{api}/api/v1/vms/{VM}", headers=HEADERS, timeout=5).json()
         except httpx.HTTPError:
             continue
         p, s = now_vm.get("placement") or {}, now_vm.get("status") or {}
@@ -101,7 +103,7 @@ def one_failure(lab_dir: Path, driver: str, fault: str) -> dict[str, float]:
 def _wait_alive(api: str, node: str) -> None:
     end = time.monotonic() + 60
     while time.monotonic() < end:
-        nodes = httpx.get(f"{api}/api/v1/nodes", timeout=5).json()["nodes"]
+        nodes = httpx.get(f"{api}/api/v1/nodes", headers=HEADERS, timeout=5).json()["nodes"]
         if any(n["name"] == node and n["alive"] for n in nodes):
             return
         time.sleep(0.2)
@@ -128,6 +130,7 @@ def run(driver: str, fault: str, rounds: int, work: Path) -> list[dict[str, floa
     )
     try:
         state = load(lab_dir)
+        HEADERS.update(state.auth())
         spec: dict[str, Any] = {
             "name": VM,
             "memory_mib": 128,
@@ -137,7 +140,9 @@ def run(driver: str, fault: str, rounds: int, work: Path) -> list[dict[str, floa
             disk = create_disk(Path(state.shared_dir) / f"{VM}.qcow2")
             spec["boot"] = require_image(DEFAULT_CACHE).boot().model_dump()
             spec["disks"] = [{"path": str(disk)}]
-        httpx.post(f"{state.api[0]}/api/v1/vms", json=spec, timeout=10).raise_for_status()
+        httpx.post(
+            f"{state.api[0]}/api/v1/vms", json=spec, headers=HEADERS, timeout=10
+        ).raise_for_status()
         time.sleep(12 if driver == "qemu" else 3)  # booted
         out = []
         for i in range(rounds):

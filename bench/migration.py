@@ -58,6 +58,8 @@ from hvcluster.models.vm import VMSpec
 from migrate_raw import SETTINGS, raw_round
 
 RESULTS = Path(__file__).parent / "results" / "migration.json"
+# The lab's admin token, once the lab is up (every request sends it).
+HEADERS: dict[str, str] = {}
 VM = "bench-mig"
 RAW = "mig"  # migrate_raw's guest name
 POLL_S = 0.2  # the client's look at the record: rarely, so that it does not load the agents
@@ -76,12 +78,16 @@ def wait(pred: Any, timeout: float, what: str, every: float = 0.05) -> Any:
 
 def hvc_round(api: str, to: str) -> dict[str, float]:
     t0 = time.monotonic()
-    r = httpx.post(f"{api}/api/v1/vms/{VM}/move", json={"to": to, "kind": "live"}, timeout=10)
+    r = httpx.post(
+        f"{api}/api/v1/vms/{VM}/move", json={"to": to, "kind": "live"}, headers=HEADERS, timeout=10
+    )
     r.raise_for_status()
     mid = r.json()["id"]
 
     def done() -> dict[str, Any] | None:
-        m: dict[str, Any] = httpx.get(f"{api}/api/v1/migrations/{mid}", timeout=5).json()
+        m: dict[str, Any] = httpx.get(
+            f"{api}/api/v1/migrations/{mid}", headers=HEADERS, timeout=5
+        ).json()
         if m["state"] in ("failed", "cancelled"):
             raise RuntimeError(f"migration {m['state']}: {m['reason']}")
         return m if m["state"] == "done" and m["downtime_ms"] is not None else None
@@ -89,12 +95,15 @@ def hvc_round(api: str, to: str) -> dict[str, float]:
     try:
         m = wait(done, 120, f"migration {mid}", every=POLL_S)
     except RuntimeError:
-        print(httpx.get(f"{api}/api/v1/migrations/{mid}", timeout=5).json(), file=sys.stderr)
+        print(
+            httpx.get(f"{api}/api/v1/migrations/{mid}", headers=HEADERS, timeout=5).json(),
+            file=sys.stderr,
+        )
         raise
     wall = (time.monotonic() - t0) * 1000
 
     def running() -> bool:
-        vm = httpx.get(f"{api}/api/v1/vms/{VM}", timeout=5).json()
+        vm = httpx.get(f"{api}/api/v1/vms/{VM}", headers=HEADERS, timeout=5).json()
         return bool(vm["state"] == "running" and vm["node"] == to)
 
     wait(running, 30, f"{VM} running on {to}")
@@ -115,6 +124,7 @@ def drain_time(driver: str, count: int, cache: Path, image: Any) -> dict[str, An
         lab_dir = Path(tmp) / "lab"
         try:
             state = cluster.up(3, driver, lab_dir, cache, ClusterConfig(), log=lambda _: None)  # type: ignore[arg-type]
+            HEADERS.update(state.auth())
             for node in state.nodes:  # room for every VM on one node (the lab host has 2 CPUs)
                 with open(node.config, "a") as f:
                     f.write("cpus = 16\n")
@@ -123,7 +133,7 @@ def drain_time(driver: str, count: int, cache: Path, image: Any) -> dict[str, An
             api = f"http://127.0.0.1:{state.nodes[1].api_port}"
 
             def capacity_seen() -> bool:
-                nodes = httpx.get(f"{api}/api/v1/nodes", timeout=5).json()["nodes"]
+                nodes = httpx.get(f"{api}/api/v1/nodes", headers=HEADERS, timeout=5).json()["nodes"]
                 return all(n["node"]["capacity"]["cpus"] == 16 and n["alive"] for n in nodes)
 
             wait(capacity_seen, 60, "agents back with 16 CPUs", 0.2)
@@ -134,10 +144,12 @@ def drain_time(driver: str, count: int, cache: Path, image: Any) -> dict[str, An
                     disk = create_disk(Path(state.shared_dir) / f"{name}.qcow2")
                     spec = guest_spec(name, image, disk, memory_mib=128).model_dump(mode="json")
                 spec["ha"] = {"preferred_owners": ["n1"]}
-                httpx.post(f"{api}/api/v1/vms", json=spec, timeout=10).raise_for_status()
+                httpx.post(
+                    f"{api}/api/v1/vms", json=spec, headers=HEADERS, timeout=10
+                ).raise_for_status()
 
             def all_on(nodes: tuple[str, ...]) -> bool:
-                vms = httpx.get(f"{api}/api/v1/vms", timeout=5).json()["vms"]
+                vms = httpx.get(f"{api}/api/v1/vms", headers=HEADERS, timeout=5).json()["vms"]
                 ours = [v for v in vms if v["name"] in names]
                 return len(ours) == count and all(
                     v["state"] == "running" and v["node"] in nodes for v in ours
@@ -146,16 +158,20 @@ def drain_time(driver: str, count: int, cache: Path, image: Any) -> dict[str, An
             wait(lambda: all_on(("n1",)), 180, f"{count} {driver} VMs running on n1", 0.2)
             time.sleep(2)
             t0 = time.monotonic()
-            httpx.post(f"{api}/api/v1/nodes/n1/drain", timeout=10).raise_for_status()
+            httpx.post(
+                f"{api}/api/v1/nodes/n1/drain", headers=HEADERS, timeout=10
+            ).raise_for_status()
 
             def paused() -> bool:
-                n = httpx.get(f"{api}/api/v1/nodes/n1", timeout=5).json()
+                n = httpx.get(f"{api}/api/v1/nodes/n1", headers=HEADERS, timeout=5).json()
                 return bool(n["admin_state"] == "paused")
 
             wait(paused, 300, "n1 drained", 0.05)
             seconds = time.monotonic() - t0
             wait(lambda: all_on(("n2", "n3")), 30, "every VM running elsewhere", 0.1)
-            migrations = httpx.get(f"{api}/api/v1/migrations", timeout=5).json()["migrations"]
+            migrations = httpx.get(f"{api}/api/v1/migrations", headers=HEADERS, timeout=5).json()[
+                "migrations"
+            ]
             downtimes = [m["downtime_ms"] for m in migrations if m["downtime_ms"] is not None]
             return {
                 "driver": driver,
@@ -204,11 +220,14 @@ def main() -> None:
         raw_pids: list[int] = []
         try:
             state = cluster.up(2, "qemu", lab_dir, args.cache, config, log=lambda _: None)
+            HEADERS.update(state.auth())
             api = f"http://127.0.0.1:{state.nodes[0].api_port}"
             disk = create_disk(Path(state.shared_dir) / f"{VM}.qcow2")
             spec = guest_spec(VM, image, disk, memory_mib=128).model_dump(mode="json")
             spec["ha"] = {"preferred_owners": ["n1"]}
-            httpx.post(f"{api}/api/v1/vms", json=spec, timeout=10).raise_for_status()
+            httpx.post(
+                f"{api}/api/v1/vms", json=spec, headers=HEADERS, timeout=10
+            ).raise_for_status()
             serial = Path(state.node("n1").run_dir) / "vms" / VM / "serial.log"
             wait(lambda: heartbeats(serial), 120, "the cluster guest's heartbeats", 0.2)
 

@@ -17,6 +17,7 @@ from hvcluster.models.node import Capacity, Node, NodeAlive
 from hvcluster.store.events import EventLog
 from hvcluster.store.keys import Keys
 from hvcluster.store.memory import MemoryStore
+from tests.tokens import auth, make_token
 
 KEYS = Keys("t")
 
@@ -32,9 +33,13 @@ async def store() -> AsyncIterator[MemoryStore]:
 
 @pytest.fixture
 async def api(store: MemoryStore) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of n1's API carrying an admin token (``tests.tokens.ADMIN``)."""
     app = create_app(store, KEYS, "n1")
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://api/api/v1") as client:
+    headers = auth(await make_token(store, KEYS))
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://api/api/v1", headers=headers
+    ) as client:
         yield client
 
 

@@ -7,10 +7,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 
-import httpx
 import pytest
 
-from hvcluster.api import create_app
 from hvcluster.models.base import decode, encode
 from hvcluster.models.migration import MigrationKind
 from hvcluster.models.node import Node
@@ -21,6 +19,7 @@ from hvcluster.store.migrations import create_migration
 from hvcluster.store.storage_moves import create_move
 from tests.api.conftest import KEYS
 from tests.api.test_storage_moves import setup
+from tests.tokens import api_client
 
 
 class GatedStore(MemoryStore):
@@ -73,9 +72,7 @@ async def test_concurrent_creators_exactly_one_wins(gated: GatedStore) -> None:
     assert kv is not None
     n2 = decode(Node, kv.key, kv.value).model_copy(update={"volumes": ("a", "b")})
     await gated.put(KEYS.node("n2"), encode(n2))
-    app = create_app(gated, KEYS, "n1")
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://api/api/v1") as api:
+    async with api_client(gated, KEYS) as api:
         asks = ASKS
         answers = await asyncio.gather(*(api.post(path, json=body) for path, body in asks))
     won = [a for a in answers if a.status_code == 202]

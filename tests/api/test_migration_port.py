@@ -20,9 +20,9 @@ from typing import Any
 import httpx
 import pytest
 
-from hvcluster.api import create_app
 from hvcluster.store.memory import MemoryStore
 from tests.api.conftest import KEYS
+from tests.tokens import api_client
 from tests.validate.agents import Agents, free_port
 
 pytestmark = pytest.mark.timeout(60)
@@ -168,14 +168,11 @@ def test_a_firewalled_migration_port_fails_naming_both_nodes(netns: str) -> None
             port = await agents.serve("n2", host="127.0.0.2")
             await agents.register("n2", port, address="127.0.0.2")
             await asyncio.to_thread(firewall, netns, "127.0.0.2", port)
-            app = create_app(store, KEYS, "n1")
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://api/api/v1") as api:
+            async with api_client(store, KEYS, "n1") as api:
                 found = checks((await api.get("/cluster/validate")).json())
             # n3's registered address is not one of its own here: it cannot listen there.
             await agents.register("n3", free_port(), address="10.0.0.9")
-            transport = httpx.ASGITransport(app=create_app(store, KEYS, "n3"))
-            async with httpx.AsyncClient(transport=transport, base_url="http://api/api/v1") as api:
+            async with api_client(store, KEYS, "n3") as api:
                 unbound = (await api.post("/probe/listen")).json()
             found["unbound"] = unbound
             return found

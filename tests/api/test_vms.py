@@ -16,6 +16,7 @@ from hvcluster.models.vm import Placement, VMSpec, VMStatus
 from hvcluster.store.base import Compare, Op, Put, TxnResult
 from hvcluster.store.memory import MemoryStore
 from tests.api.conftest import KEYS, kinds, spec, stored_events
+from tests.tokens import api_client
 
 GARBAGE = b"\xff\xfe{not json"
 
@@ -49,7 +50,7 @@ async def test_create_show_list_delete(api: httpx.AsyncClient, store: MemoryStor
     assert (await api.get("/vms/web-1")).status_code == 404
     assert await kinds(store) == ["vm.created", "vm.created", "vm.deleted"]
     event = (await stored_events(store))[0]
-    assert event.actor == "api@n1"
+    assert event.actor == "token:test-admin@n1"  # the token the request came with
     assert event.subject == "vm/web-1"
 
 
@@ -107,13 +108,8 @@ class RacingStore(MemoryStore):
 
 
 async def test_stop_retries_when_another_writer_wins() -> None:
-    from hvcluster.api import create_app
-
     store = RacingStore()
-    app = create_app(store, KEYS, "n1")
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://api/api/v1"
-    ) as api:
+    async with api_client(store, KEYS) as api:
         await api.post("/vms", json=spec("web-1"))
         # Two other writers change the spec in between; our stop must keep their changes.
         bigger = VMSpec(name="web-1", vcpus=4)
@@ -241,13 +237,8 @@ class LogDownStore(MemoryStore):
 
 
 async def test_a_change_that_committed_is_not_reported_failed_when_its_event_cannot_be() -> None:
-    from hvcluster.api import create_app
-
     store = LogDownStore()
-    app = create_app(store, KEYS, "n1")
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://api/api/v1"
-    ) as api:
+    async with api_client(store, KEYS) as api:
         r = await api.post("/vms", json=spec("web-1"))
         assert r.status_code == 201, r.text
         assert (await api.post("/vms/web-1/stop")).status_code == 202

@@ -20,6 +20,7 @@ from hvcluster.models.base import encode
 from hvcluster.models.node import Capacity, Node
 from hvcluster.store.keys import Keys
 from hvcluster.store.memory import MemoryStore
+from tests.tokens import make_token
 
 KEYS = Keys("cli")
 T = TypeVar("T")
@@ -38,6 +39,7 @@ class ApiServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.store: MemoryStore | None = None
+        self.token = ""  # an admin token, made before the server answers
         self.loop: asyncio.AbstractEventLoop | None = None
         self.server: uvicorn.Server | None = None
         self.thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
@@ -47,6 +49,7 @@ class ApiServer:
         try:
             self.loop = asyncio.get_running_loop()
             self.store = MemoryStore()
+            self.token = await make_token(self.store, KEYS)
             app = create_app(self.store, KEYS, "n1")
             config = uvicorn.Config(
                 app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off"
@@ -79,6 +82,10 @@ class ApiServer:
         assert self.loop is not None
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=10)
 
+    def env(self) -> dict[str, str]:
+        """The environment a CLI needs to speak to this server with its admin token."""
+        return {"HVC_TOKEN": self.token}
+
     def add_node(self, name: str) -> None:
         assert self.store is not None
         node = Node(name=name, address="127.0.0.1", capacity=Capacity(cpus=2, memory_mib=2048))
@@ -97,9 +104,10 @@ def server() -> Iterator[ApiServer]:
 
 @pytest.fixture
 def hvc(server: ApiServer) -> Any:
+    """``hvc ARGS --api URL`` against the server, with its admin token in ``HVC_TOKEN``."""
     runner = CliRunner()
 
     def invoke(*args: str) -> Result:
-        return runner.invoke(cli_app, [*args, "--api", server.url])
+        return runner.invoke(cli_app, [*args, "--api", server.url], env=server.env())
 
     return invoke

@@ -152,7 +152,7 @@ def test_events_list(hvc: Any) -> None:
         ("vm.created", "vm/ev-1"),
         ("vm.stop_requested", "vm/ev-1"),
     ]
-    assert all(e["event"]["actor"] == "api@n1" for e in answer["events"])
+    assert all(e["event"]["actor"] == "token:test-admin@n1" for e in answer["events"])
     table = ok(hvc("events", "--limit", "2"))
     assert "vm.stop_requested" in table
 
@@ -160,7 +160,7 @@ def test_events_list(hvc: Any) -> None:
 def test_events_follow(hvc: Any, server: ApiServer) -> None:
     """A real `hvc events --follow` process prints the last event, then the next one."""
     ok(hvc("vm", "create", "fol-1"))
-    env = {**os.environ, "HVC_API": server.url}
+    env = {**os.environ, "HVC_API": server.url, **server.env()}
     code = "from hvcluster.cli.main import app; app()"
     proc = subprocess.Popen(
         [
@@ -209,7 +209,9 @@ def test_connection_refused_names_the_url() -> None:
 
 def test_second_url_is_tried_when_the_first_refuses(server: ApiServer) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
-    result = CliRunner().invoke(cli_app, ["vm", "list", "--json", "--api", f"{dead},{server.url}"])
+    result = CliRunner().invoke(
+        cli_app, ["vm", "list", "--json", "--api", f"{dead},{server.url}"], env=server.env()
+    )
     assert result.exit_code == 0, result.output
     assert "vms" in json.loads(result.output)
 
@@ -243,12 +245,14 @@ def test_a_hung_agent_is_skipped_for_reads(server: ApiServer) -> None:
     try:
         url = f"http://127.0.0.1:{hung.getsockname()[1]}"
         result = CliRunner().invoke(
-            cli_app, ["vm", "list", "--json", "--api", f"{url},{server.url}"]
+            cli_app, ["vm", "list", "--json", "--api", f"{url},{server.url}"], env=server.env()
         )
         assert result.exit_code == 0, result.output
         assert "vms" in json.loads(result.output)
         # A write is never sent twice: it fails naming the hung agent.
-        write = CliRunner().invoke(cli_app, ["vm", "start", "x", "--api", f"{url},{server.url}"])
+        write = CliRunner().invoke(
+            cli_app, ["vm", "start", "x", "--api", f"{url},{server.url}"], env=server.env()
+        )
         assert write.exit_code == 1
         assert "did not answer in time" in " ".join(write.output.split())
     finally:

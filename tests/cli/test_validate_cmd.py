@@ -16,8 +16,10 @@ from typer.testing import CliRunner, Result
 from hvcluster.cli.main import app as cli_app
 from hvcluster.models.base import encode
 from hvcluster.models.storage import Volume
+from hvcluster.models.token import Role
 from hvcluster.store.keys import Keys
 from hvcluster.store.memory import MemoryStore
+from tests.tokens import make_token
 from tests.validate.agents import Agents
 
 pytestmark = pytest.mark.timeout(60)
@@ -35,6 +37,7 @@ class Cluster:
         self.store: MemoryStore | None = None
         self.agents: Agents | None = None
         self.url = ""
+        self.token = ""  # a reader's: validate needs no more, on any agent
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=20)
@@ -42,6 +45,7 @@ class Cluster:
     async def _setup(self) -> None:
         self.store = MemoryStore()
         self.agents = Agents(self.store, KEYS)
+        self.token = await make_token(self.store, KEYS, "val-reader", Role.READER)
         volume = Volume(name="csv1", path="/srv/csv1", id="c" * 32)
         await self.store.put(KEYS.volume("csv1"), encode(volume))
         n1 = await self.agents.add("n1", volumes=("csv1",), volume_free_mib={"csv1": 5000})
@@ -79,7 +83,7 @@ def cluster() -> Iterator[Cluster]:
 
 def hvc(cluster: Cluster, *args: str) -> Result:
     args = ("cluster", "validate", *args, "--api", cluster.url)
-    return CliRunner().invoke(cli_app, args, env={"COLUMNS": "250"})
+    return CliRunner().invoke(cli_app, args, env={"COLUMNS": "250", "HVC_TOKEN": cluster.token})
 
 
 def test_table_names_the_failure_and_exits_1(cluster: Cluster) -> None:

@@ -32,13 +32,20 @@ class Lab:
                 return f"http://{n.address}:{n.api_port}"
         raise AssertionError("no API left")
 
+    @property
+    def headers(self) -> dict[str, str]:
+        """The lab's admin token (made by ``hvc lab up``), as every request sends it."""
+        return self.state.auth()
+
     def get(self, path: str, avoid: str | None = None) -> Any:
-        r = httpx.get(f"{self.api(avoid)}/api/v1{path}", timeout=5)
+        r = httpx.get(f"{self.api(avoid)}/api/v1{path}", timeout=5, headers=self.headers)
         r.raise_for_status()
         return r.json()
 
     def post(self, path: str, body: Any = None, avoid: str | None = None) -> Any:
-        r = httpx.post(f"{self.api(avoid)}/api/v1{path}", json=body, timeout=10)
+        r = httpx.post(
+            f"{self.api(avoid)}/api/v1{path}", json=body, timeout=10, headers=self.headers
+        )
         assert r.status_code < 300, r.text
         return r.json()
 

@@ -49,7 +49,12 @@ def test_a_vm_on_a_volume_gets_its_disk_and_fails_over_with_it(qemu_lab: Lab) ->
     assert counter_rises(disk, before) > before  # the same disk, continued
     kinds = [e["event"]["kind"] for e in lab.events(avoid="n2")]
     assert "vm.disk_prepared" in kinds
-    r = httpx.delete(f"{lab.api('n2')}/api/v1/vms/vol-1", params={"disks": "true"}, timeout=5)
+    r = httpx.delete(
+        f"{lab.api('n2')}/api/v1/vms/vol-1",
+        params={"disks": "true"},
+        timeout=5,
+        headers=lab.headers,
+    )
     assert r.status_code == 202, r.text
     wait_for(lambda: not disk.exists(), 30, "the disk file deleted")
     lab.restart("n2")

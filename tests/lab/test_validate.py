@@ -4,10 +4,14 @@ probes cross between agent processes, the etcd checks read a real etcd."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from typer.testing import CliRunner
 
@@ -23,7 +27,10 @@ def sim_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 
 
 def validate(lab: Lab) -> tuple[int, dict[str, dict[str, Any]]]:
-    result = CliRunner().invoke(cli_app, ["cluster", "validate", "--json", "--api", lab.api()])
+    """``hvc cluster validate``, which finds the lab's admin token in its state file."""
+    env = {"HVC_LAB_DIR": str(lab.dir)}
+    args = ["cluster", "validate", "--json", "--api", lab.api()]
+    result = CliRunner().invoke(cli_app, args, env=env)
     assert result.exit_code in (0, 1), result.output
     report = json.loads(result.stdout)
     return result.exit_code, {c["name"]: c for c in report["checks"]}
@@ -67,3 +74,60 @@ def test_a_lab_validates_and_a_volume_no_node_sees_fails(sim_lab: Lab, tmp_path:
     assert code == 1
     gone = checks["volume gone"]
     assert gone["status"] == "fail" and gone["nodes"] == ["n1", "n2"]
+
+
+def test_hvc_lab_up_prints_an_admin_token_that_works(tmp_path: Path) -> None:
+    """A real ``hvc lab up``: the token it prints opens the API (an admin route too); no
+    token or a wrong one gets 401; etcd holds only its hash."""
+    lab_dir = tmp_path / "lab"
+    hvc = [sys.executable, "-m", "hvcluster"]
+    env = {**os.environ, "HVC_LAB_DIR": str(lab_dir), "COLUMNS": "250"}
+    try:
+        up = subprocess.run(
+            [*hvc, "lab", "up", "--driver", "sim", "--nodes", "1", "--dir", str(lab_dir)],
+            capture_output=True,
+            text=True,
+            timeout=90,
+            env=env,
+        )
+        assert up.returncode == 0, up.stderr
+        lines = up.stdout.splitlines()
+        token = lines[lines.index(next(x for x in lines if x.startswith("admin token"))) + 1]
+        state = Lab(lab_dir).state
+        assert token == state.token and token.startswith("admin.")
+        assert (lab_dir / "lab.json").stat().st_mode & 0o077 == 0  # it holds the token
+        api = f"{state.api[0]}/api/v1"
+        bearer = {"Authorization": f"Bearer {token}"}
+        assert httpx.get(f"{api}/tokens", headers=bearer, timeout=5).status_code == 200
+        made = httpx.post(
+            f"{api}/tokens", json={"name": "ops", "role": "operator"}, headers=bearer, timeout=5
+        )
+        assert made.status_code == 201, made.text
+        refused = httpx.get(f"{api}/vms", timeout=5)
+        assert refused.status_code == 401 and refused.headers["www-authenticate"].startswith(
+            "Bearer"
+        )
+        wrong = {"Authorization": f"Bearer {token[:-2]}xx"}
+        assert httpx.get(f"{api}/vms", headers=wrong, timeout=5).status_code == 401
+        # hvc finds the token in the lab's state by itself
+        listed = subprocess.run(
+            [*hvc, "token", "list", "--json"], capture_output=True, text=True, timeout=30, env=env
+        )
+        assert listed.returncode == 0, listed.stderr
+        assert {t["name"] for t in json.loads(listed.stdout)["tokens"]} == {"admin", "ops"}
+        stored = subprocess.run(
+            [
+                "etcdctl",
+                f"--endpoints=http://{state.etcd_endpoints[0]}",
+                "get",
+                "--prefix",
+                "/hvc/lab/tokens/",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"},
+        ).stdout
+        assert "admin" in stored and token.split(".", 1)[1] not in stored
+    finally:
+        subprocess.run([*hvc, "lab", "down", "--dir", str(lab_dir)], timeout=60, env=env)

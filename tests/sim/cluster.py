@@ -17,7 +17,6 @@ from hvcluster.agent.config import AgentConfig
 from hvcluster.agent.daemon import Daemon, cancel_all
 from hvcluster.agent.drivers import SimHostLinks
 from hvcluster.agent.watchdog import MemoryWatchdog
-from hvcluster.api.app import create_app
 from hvcluster.drivers.sim import SimDriver
 from hvcluster.drivers.sim.model import SimParams
 from hvcluster.drivers.sim.state import SimHost
@@ -30,6 +29,7 @@ from hvcluster.models.vm import Placement, VMSpec, VMStatus
 from hvcluster.store.events import EventLog
 from hvcluster.store.keys import Keys
 from hvcluster.store.memory import MemoryStore
+from tests.tokens import api_client
 
 # Short timings keep the suite fast; their ratios are the defaults'.
 FAST = ClusterConfig(
@@ -164,11 +164,10 @@ class SimCluster:
 
 @contextlib.asynccontextmanager
 async def with_api(cluster: SimCluster) -> AsyncIterator[httpx.AsyncClient]:
-    """The cluster's REST API in-process, as n1 serves it; the cluster is stopped after."""
+    """The cluster's REST API in-process, as n1 serves it, with an admin token; the cluster
+    is stopped after."""
     try:
-        app = create_app(cluster.store, cluster.keys, "n1")
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://api/api/v1") as api:
+        async with api_client(cluster.store, cluster.keys, "n1") as api:
             yield api
     finally:
         await cluster.stop()

@@ -17,10 +17,12 @@ from hvcluster.api import (
     nodes,
     storage_moves,
     switches,
+    tokens,
     validation,
     vms,
     volumes,
 )
+from hvcluster.api.auth import Authorizer
 from hvcluster.api.context import ApiContext, context
 from hvcluster.api.errors import install_error_handlers
 from hvcluster.api.reads import decode_all, decode_optional, snapshot
@@ -39,7 +41,8 @@ cluster_router = APIRouter(tags=["cluster"])
 
 @cluster_router.get("/healthz", response_model=Health)
 async def healthz(ctx: ApiContext = Depends(context)) -> Health:
-    """200 when this API reaches the store; 503 (from the error handler) when not."""
+    """200 when this API reaches the store; 503 (from the error handler) when not. Open to
+    anyone, without a token (see api/auth.py)."""
     return Health(ok=True, node=ctx.node, revision=await ctx.store.revision())
 
 
@@ -94,6 +97,8 @@ def create_app(store: Store, keys: Keys, node: str) -> FastAPI:
         title="hvcluster",
         version=__version__,
         description="A failover cluster for QEMU/KVM virtual machines.",
+        # Every route, whichever router it comes from: the token and its role (api/auth.py).
+        dependencies=[Depends(Authorizer(store, keys, PREFIX))],
     )
     app.state.ctx = ApiContext(store=store, keys=keys, node=node)
     install_error_handlers(app)
@@ -101,4 +106,5 @@ def create_app(store: Store, keys: Keys, node: str) -> FastAPI:
     for router in (*routers, volumes.router, switches.router, storage_moves.router):
         app.include_router(router, prefix=PREFIX)
     app.include_router(validation.router, prefix=PREFIX)
+    app.include_router(tokens.router, prefix=PREFIX)
     return app

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from dataclasses import dataclass, field
 
 from fastapi import Path, Request
 
+from hvcluster.api.auth import Caller
 from hvcluster.api.reads import CorruptReporter
 from hvcluster.api.views import Skipped
 from hvcluster.models.errors import CorruptValue, InvalidInput, StoreError
@@ -24,9 +26,12 @@ EventData = dict[str, str | int | float | bool | None]
 
 @dataclass
 class ApiContext:
+    """One per app; each request gets a copy naming its caller (:meth:`acting_for`)."""
+
     store: Store
     keys: Keys
     node: str
+    caller: Caller | None = None  # the request's checked token; None: the API itself
     log: EventLog = field(init=False)  # the writer: every change this API makes is logged
     corrupt: CorruptReporter = field(init=False)
 
@@ -36,7 +41,22 @@ class ApiContext:
 
     @property
     def actor(self) -> str:
-        return f"api@{self.node}"
+        """Who the events this context writes name: the caller's token, and this node."""
+        if self.caller is None:
+            return f"api@{self.node}"
+        return f"token:{self.caller.name}@{self.node}"
+
+    def acting_for(self, caller: Caller) -> ApiContext:
+        """This context for one request of ``caller``: the same store, log and reporter."""
+        mine = copy.copy(self)
+        mine.caller = caller
+        return mine
+
+    def forwarded_headers(self) -> dict[str, str]:
+        """Headers for asking another agent on the caller's behalf: its own token."""
+        if self.caller is None:
+            return {}
+        return {"Authorization": f"Bearer {self.caller.credential}"}
 
     async def record(
         self, kind: str, subject: str, reason: str, data: EventData | None = None
@@ -80,9 +100,12 @@ class ApiContext:
 
 
 def context(request: Request) -> ApiContext:
+    """The context of this request: as its caller (checked by ``api.auth.Authorizer``, which
+    every route depends on, before this)."""
     ctx = request.app.state.ctx
     assert isinstance(ctx, ApiContext)
-    return ctx
+    caller = getattr(request.state, "caller", None)
+    return ctx.acting_for(caller) if isinstance(caller, Caller) else ctx
 
 
 def valid_name(name: str = Path(description="a VM or node name")) -> str:

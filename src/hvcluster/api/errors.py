@@ -2,6 +2,8 @@
 
 The body is always ``{"error": "<one sentence>", "field": "<what was wrong>" | null}``:
 
+* :class:`Unauthenticated` (no, bad, expired token) -> 401, with ``WWW-Authenticate: Bearer``
+* :class:`Forbidden` (a role below the route's)  -> 403, naming the role needed
 * :class:`InvalidInput` and request validation  -> 422, naming the field
 * :class:`NotFound`                              -> 404
 * :class:`Conflict` (and illegal transitions)    -> 409
@@ -25,10 +27,12 @@ from starlette.exceptions import HTTPException
 from hvcluster.models.errors import (
     Conflict,
     CorruptValue,
+    Forbidden,
     HvcError,
     InvalidInput,
     NotFound,
     StoreError,
+    Unauthenticated,
 )
 
 log = logging.getLogger(__name__)
@@ -42,6 +46,10 @@ def error_response(status: int, message: str, field: str | None = None) -> JSONR
 
 
 def status_of(error: HvcError) -> int:
+    if isinstance(error, Unauthenticated):
+        return 401
+    if isinstance(error, Forbidden):
+        return 403
     if isinstance(error, InvalidInput):
         return 422
     if isinstance(error, NotFound):
@@ -96,7 +104,10 @@ def install_error_handlers(app: FastAPI) -> None:
         field = exc.field if isinstance(exc, InvalidInput) else None
         if isinstance(exc, CorruptValue):
             field = exc.key
-        return error_response(status, str(exc), field)
+        response = error_response(status, str(exc), field)
+        if status == 401:
+            response.headers["WWW-Authenticate"] = 'Bearer realm="hvcluster"'
+        return response
 
     async def on_validation(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError | ValidationError)

@@ -114,7 +114,9 @@ async def probe(
         nodes = {n.name: n for n in await _nodes(ctx)}
         if migration not in nodes:
             raise InvalidInput(f"{migration!r} is not a registered node", field="migration")
-        async with httpx.AsyncClient(timeout=ASK_TIMEOUT_S) as http:
+        async with httpx.AsyncClient(
+            timeout=ASK_TIMEOUT_S, headers=ctx.forwarded_headers()
+        ) as http:
             found = await _migration_probe(http, ctx.node, nodes[migration])
         return ProbeAnswer(
             node=ctx.node,
@@ -320,7 +322,9 @@ async def validate_cluster(ctx: ApiContext = Depends(context)) -> ValidationRepo
     timeout = httpx.Timeout(ASK_TIMEOUT_S, pool=None)
     limits = httpx.Limits(max_connections=MAX_ASKS)
     pairs = [(s, t) for s in live for t in live if s.name != t.name]
-    async with httpx.AsyncClient(timeout=timeout, limits=limits) as http:
+    # Other agents are asked with the caller's own token (see api/auth.py).
+    headers = ctx.forwarded_headers()
+    async with httpx.AsyncClient(timeout=timeout, limits=limits, headers=headers) as http:
         probes, ports, clocks, etcd = await asyncio.gather(
             asyncio.gather(*(_probe_pair(ctx, http, s, t) for s, t in pairs)),
             asyncio.gather(*(_probe_migration_pair(ctx, http, s, t) for s, t in pairs)),

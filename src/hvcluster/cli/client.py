@@ -1,10 +1,18 @@
 """A small HTTP client of the hvcluster API, for the CLI.
 
-Where the API is, in order: ``--api URL`` (repeatable, or comma-separated), the ``HVC_API``
-environment variable (comma-separated), the running lab's state file
-(``$HVC_LAB_DIR/lab.json``, default ``/run/hvc-lab/lab.json``, key ``"api"``: a list of base
-URLs). Each URL is tried in turn until one answers; a request is only retried on another
-URL when it could not connect (so it was never sent).
+Where the API is, which token to send and which CA to trust are each found in this order:
+
+1. the options: ``--api URL`` (repeatable, or comma-separated), ``hvc --token T``,
+   ``hvc --ca FILE``;
+2. the environment: ``HVC_API`` (comma-separated), ``HVC_TOKEN``, ``HVC_CA``;
+3. the config file, ``$HVC_CONFIG`` or ``~/.config/hvc/config.toml``, keys ``api`` (a URL or
+   a list), ``token`` and ``ca``;
+4. the running lab's state file (``$HVC_LAB_DIR/lab.json``, default
+   ``/run/hvc-lab/lab.json``, keys ``"api"``: a list of base URLs, ``"token"``, ``"ca"``);
+   its token and CA only for the lab's own URLs (its admin token goes nowhere else).
+
+Each URL is tried in turn until one answers; a request is only retried on another URL when
+it could not connect (so it was never sent).
 
 Errors come back as :class:`ApiError` (an :class:`HvcError`), one sentence each, which the
 CLI prints without a traceback.
@@ -14,7 +22,10 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
+import tomllib
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +35,8 @@ from hvcluster.models.errors import HvcError
 
 LAB_DIR = Path("/run/hvc-lab")
 LAB_FILE = "lab.json"
+CONFIG_FILE = Path("~/.config/hvc/config.toml")
+CONFIG_KEYS = ("api", "token", "ca")
 PREFIX = "/api/v1"
 TIMEOUT_S = 5.0
 
@@ -44,30 +57,145 @@ def lab_file(env: Mapping[str, str] = os.environ) -> Path:
     return Path(env.get("HVC_LAB_DIR") or LAB_DIR) / LAB_FILE
 
 
+def config_file(env: Mapping[str, str] = os.environ) -> Path:
+    return Path(env.get("HVC_CONFIG") or CONFIG_FILE).expanduser()
+
+
+def read_config(path: Path, required: bool = False) -> dict[str, Any]:
+    """The CLI's config file (``api``, ``token``, ``ca``); {} when there is none (an error
+    if ``required``: it was named explicitly)."""
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        if required:
+            raise ApiError(f"the config file {path} ($HVC_CONFIG) does not exist") from None
+        return {}
+    except OSError as e:
+        raise ApiError(f"cannot read the config file {path}: {e.strerror or e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ApiError(f"the config file {path} is not valid TOML: {e}") from None
+    unknown = sorted(set(data) - set(CONFIG_KEYS))
+    if unknown:
+        raise ApiError(f"{path}: unknown key(s) {', '.join(unknown)} (known: api, token, ca)")
+    api = data.get("api")
+    if api is not None and not (
+        isinstance(api, str) or (isinstance(api, list) and all(isinstance(u, str) for u in api))
+    ):
+        raise ApiError(f"{path}: api must be a URL or a list of URLs")
+    for key in ("token", "ca"):
+        if key in data and not isinstance(data[key], str):
+            raise ApiError(f"{path}: {key} must be a string")
+    return data
+
+
+def _read_lab(path: Path) -> dict[str, Any] | str | None:
+    """The lab's state, None if there is no lab, or why it cannot be read."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        return f"cannot read the lab state file {path}: {e}"
+    return data if isinstance(data, dict) else {}
+
+
+@dataclass(frozen=True)
+class Connection:
+    """Where the API is, which token to send (None: none), which CA file to trust."""
+
+    urls: tuple[str, ...]
+    token: str | None = None
+    ca: str | None = None
+
+
+def resolve(
+    api: Sequence[str] | None = None,
+    token: str | None = None,
+    ca: str | None = None,
+    env: Mapping[str, str] = os.environ,
+    lab: Path | None = None,
+) -> Connection:
+    """Each of URLs, token and CA from the options, the environment, the config file or
+    the lab's state file, whichever names it first."""
+    config = read_config(config_file(env), required=bool(env.get("HVC_CONFIG")))
+    lab_path = lab if lab is not None else lab_file(env)
+    lab_data = _read_lab(lab_path)
+    urls = tuple(_urls(api, env, config, lab_data, lab_path))
+    lab_dict = lab_data if isinstance(lab_data, dict) else None
+    if lab_dict is not None and not set(urls) <= _lab_urls(lab_dict):
+        lab_dict = None  # the lab's token goes to the lab's agents only
+    return Connection(
+        urls=urls,
+        token=_first(token, env.get("HVC_TOKEN"), config.get("token"), lab_dict, "token"),
+        ca=_first(ca, env.get("HVC_CA"), config.get("ca"), lab_dict, "ca"),
+    )
+
+
+def _lab_urls(lab: dict[str, Any]) -> set[str]:
+    urls = lab.get("api")
+    return {u.rstrip("/") for u in urls if isinstance(u, str)} if isinstance(urls, list) else set()
+
+
+def _first(
+    option: str | None,
+    environ: str | None,
+    configured: str | None,
+    lab: dict[str, Any] | None,
+    key: str,
+) -> str | None:
+    for value in (option, environ, configured, (lab or {}).get(key)):
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+def _urls(
+    api: Sequence[str] | None,
+    env: Mapping[str, str],
+    config: Mapping[str, Any],
+    lab: dict[str, Any] | str | None,
+    path: Path,
+) -> list[str]:
+    if api:
+        return [u for item in api for u in _split(item)]
+    if env.get("HVC_API"):
+        return _split(env["HVC_API"])
+    configured = config.get("api")
+    if configured:
+        items = [configured] if isinstance(configured, str) else configured
+        return [u for item in items for u in _split(item)]
+    if lab is None:
+        raise ApiError(
+            f"no API given and no lab running ({path} not found): pass --api URL, "
+            'set HVC_API, write api = "URL" in ~/.config/hvc/config.toml, or start a lab '
+            "with 'hvc lab up'"
+        )
+    if isinstance(lab, str):
+        raise ApiError(lab)
+    urls = lab.get("api")
+    if not isinstance(urls, list) or not urls or not all(isinstance(u, str) for u in urls):
+        raise ApiError(f"{path} lists no API URLs (key 'api'): pass --api URL or set HVC_API")
+    return [u.rstrip("/") for u in urls]
+
+
 def resolve_urls(
     api: Sequence[str] | None,
     env: Mapping[str, str] = os.environ,
     lab: Path | None = None,
 ) -> list[str]:
-    """The base URLs to try, from the option, the environment or the lab's state file."""
-    if api:
-        return [u for item in api for u in _split(item)]
-    if env.get("HVC_API"):
-        return _split(env["HVC_API"])
-    path = lab if lab is not None else lab_file(env)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ApiError(
-            f"no API given and no lab running ({path} not found): pass --api URL, "
-            "set HVC_API, or start a lab with 'hvc lab up'"
-        ) from None
-    except (OSError, ValueError) as e:
-        raise ApiError(f"cannot read the lab state file {path}: {e}") from None
-    urls = data.get("api") if isinstance(data, dict) else None
-    if not isinstance(urls, list) or not urls or not all(isinstance(u, str) for u in urls):
-        raise ApiError(f"{path} lists no API URLs (key 'api'): pass --api URL or set HVC_API")
-    return [u.rstrip("/") for u in urls]
+    """The base URLs to try (see :func:`resolve`)."""
+    return list(resolve(api, env=env, lab=lab).urls)
+
+
+@dataclass
+class GlobalOptions:
+    """``hvc --token T --ca FILE ...``: set by the root command, read by every client."""
+
+    token: str | None = None
+    ca: str | None = None
+
+
+given = GlobalOptions()
 
 
 def _error_of(response: httpx.Response) -> ApiError:
@@ -89,15 +217,23 @@ def _error_of(response: httpx.Response) -> ApiError:
 class Client:
     """Sync client of one cluster's API, trying each known URL until one answers."""
 
-    def __init__(self, urls: Sequence[str], timeout: float = TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        urls: Sequence[str],
+        timeout: float = TIMEOUT_S,
+        token: str | None = None,
+        ca: str | None = None,
+    ) -> None:
         if not urls:
             raise ApiError("no API URL to talk to")
         self.urls = list(urls)
-        self._http = httpx.Client(timeout=timeout)
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(timeout=timeout, headers=headers, verify=_trust(ca))
 
     @classmethod
-    def from_options(cls, api: Sequence[str] | None) -> Client:
-        return cls(resolve_urls(api))
+    def from_options(cls, api: Sequence[str] | None, timeout: float = TIMEOUT_S) -> Client:
+        found = resolve(api, given.token, given.ca)
+        return cls(found.urls, timeout, token=found.token, ca=found.ca)
 
     def close(self) -> None:
         self._http.close()
@@ -174,6 +310,16 @@ class Client:
             except httpx.HTTPError as e:
                 raise ApiError(f"{base}: the event stream broke: {e}") from None
         raise self._unreachable(errors)
+
+
+def _trust(ca: str | None) -> ssl.SSLContext | bool:
+    """What httpx verifies the API's certificate with: the CA file when one is given."""
+    if not ca:
+        return True
+    try:
+        return ssl.create_default_context(cafile=ca)
+    except (OSError, ssl.SSLError) as e:
+        raise ApiError(f"cannot use the CA file {ca}: {e}") from None
 
 
 def _why(error: httpx.ConnectError) -> str:

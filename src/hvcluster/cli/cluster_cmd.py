@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from hvcluster.cli.client import Client, api_option, resolve_urls
+from hvcluster.cli.client import Client, api_option
 from hvcluster.cli.output import console, fail, friendly_errors, print_json
 from hvcluster.cli.report_html import render
 from hvcluster.models.validation import Category, CheckStatus, ValidationReport
@@ -62,7 +62,7 @@ def validate(
 ) -> None:
     """Check the cluster: inventory, hypervisor, network, storage, time skew, etcd. Each
     check passes, warns or fails with what to do; the exit code is 1 if any failed."""
-    with Client(resolve_urls(api), timeout=VALIDATE_TIMEOUT_S) as client:
+    with Client.from_options(api, timeout=VALIDATE_TIMEOUT_S) as client:
         answer = client.get("/cluster/validate")
     report = ValidationReport.model_validate(answer)
     if html is not None:

@@ -41,8 +41,14 @@ def up(
     )
     if demo:
         count = demo_vms or (3 if kind == "qemu" else 6)
-        names = create_vms(state.api[0], demo_specs(state, count, cache))
+        names = create_vms(state.api[0], demo_specs(state, count, cache), state.token)
         console.print(f"demo VMs: {', '.join(names)}")
+    console.print(
+        f"admin token (hvc finds it in {Path(state.dir) / 'lab.json'}; other clients send "
+        "'Authorization: Bearer <token>'):",
+        highlight=False,
+    )
+    print(state.token)  # alone on its line, unwrapped, for scripts
     console.print(
         f"[bold]lab up[/]: REST API at {state.api[0]}/api/v1 (OpenAPI docs at "
         f"{state.api[0]}/docs; no web dashboard yet) — try 'hvc vm list', "

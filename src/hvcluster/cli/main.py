@@ -6,6 +6,7 @@ import typer
 
 from hvcluster import __version__
 from hvcluster.cli import (
+    client,
     cluster_cmd,
     events_cmd,
     image_cmd,
@@ -14,6 +15,7 @@ from hvcluster.cli import (
     node_cmd,
     store_cmd,
     switch_cmd,
+    token_cmd,
     vm_cmd,
     volume_cmd,
 )
@@ -38,8 +40,23 @@ def main(
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),
+    token: str | None = typer.Option(
+        None,
+        "--token",
+        help="API token; default: $HVC_TOKEN, the config file ($HVC_CONFIG or "
+        "~/.config/hvc/config.toml), else the running lab's.",
+        show_default=False,
+    ),
+    ca: str | None = typer.Option(
+        None,
+        "--ca",
+        help="CA certificate file to verify the API with; default: $HVC_CA, the config "
+        "file, else the running lab's.",
+        show_default=False,
+    ),
 ) -> None:
     """hvcluster: a failover cluster for QEMU/KVM virtual machines."""
+    client.given.token, client.given.ca = token, ca
 
 
 vm_cmd.app.command("move")(move_cmd.move)
@@ -53,3 +70,4 @@ app.add_typer(store_cmd.app, name="store")
 app.add_typer(volume_cmd.app, name="volume")
 app.add_typer(switch_cmd.app, name="switch")
 app.add_typer(cluster_cmd.app, name="cluster")
+app.add_typer(token_cmd.app, name="token")

@@ -27,6 +27,8 @@ from hvcluster.lab.etcd import EtcdProcess, free_ports
 from hvcluster.lab.state import DEFAULT_LAB_DIR, LabNode, LabState, load, save
 from hvcluster.models.config import ClusterConfig
 from hvcluster.models.errors import HvcError
+from hvcluster.models.token import Role, issue
+from hvcluster.store.keys import Keys
 
 Driver = Literal["qemu", "sim"]
 Network = Literal["loopback", "netns"]
@@ -104,7 +106,8 @@ def up(
             lambda: etcd.health(0.5), timeout, f"etcd did not become healthy; see {etcd.log_path}"
         )
         log(f"etcd on {etcd.endpoint} (pid {etcd_pid})")
-        _bootstrap(state, config)
+        state = _bootstrap(state, config)
+        save(state)
         Path(state.shared_dir).mkdir(parents=True, exist_ok=True)
         lab_nodes = []
         for i, name in enumerate(names):
@@ -133,23 +136,25 @@ def up(
         raise
 
 
-def _bootstrap(state: LabState, config: ClusterConfig) -> None:
-    """Write the cluster config (the lab's one use of etcd other than through the API)."""
+def _bootstrap(state: LabState, config: ClusterConfig) -> LabState:
+    """Write the cluster config and the lab's admin token (hashed) straight into etcd (the
+    lab's one use of etcd other than through the API); the state, with that token."""
     endpoint = state.etcd_endpoints[0]
-    key = f"/hvc/{state.cluster}/config"
-    subprocess.run(
-        [
-            "etcdctl",
-            f"--endpoints=http://{endpoint}",
-            "put",
-            key,
-            config.model_copy(update={"name": state.cluster}).model_dump_json(),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=10,
-        env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"},
+    keys = Keys(state.cluster)
+    token, bearer = issue("admin", Role.ADMIN, time.time(), created_by="hvc lab up")
+    writes = (
+        (keys.config, config.model_copy(update={"name": state.cluster}).model_dump_json()),
+        (keys.token(token.name), token.model_dump_json()),
     )
+    for key, value in writes:
+        subprocess.run(
+            ["etcdctl", f"--endpoints=http://{endpoint}", "put", key, value],
+            check=True,
+            capture_output=True,
+            timeout=10,
+            env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"},
+        )
+    return state.model_copy(update={"token": bearer})
 
 
 def _make_node(
@@ -201,6 +206,7 @@ def start_node(state: LabState, name: str, fence_after: float = 3.0) -> LabState
 
 
 def _healthy(url: str) -> bool:
+    """``/healthz`` answers without a token (api/auth.py)."""
     try:
         return httpx.get(f"{url}/api/v1/healthz", timeout=1.0).status_code == 200
     except httpx.HTTPError:

@@ -52,10 +52,11 @@ def make_disk(path: Path, size_mib: int) -> None:
         raise HvcError(f"qemu-img create {path} failed: {result.stderr.strip()}")
 
 
-def create_vms(api: str, specs: list[dict[str, Any]]) -> list[str]:
+def create_vms(api: str, specs: list[dict[str, Any]], token: str) -> list[str]:
     created = []
+    headers = {"Authorization": f"Bearer {token}"}
     for spec in specs:
-        r = httpx.post(f"{api}/api/v1/vms", json=spec, timeout=10)
+        r = httpx.post(f"{api}/api/v1/vms", json=spec, timeout=10, headers=headers)
         if r.status_code not in (200, 201, 202):
             raise HvcError(f"creating {spec['name']} failed: {r.status_code} {r.text}")
         created.append(spec["name"])

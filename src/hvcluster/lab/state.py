@@ -39,6 +39,7 @@ class LabState(Model):
     api: tuple[str, ...] = ()  # every agent's API base URL
     shared_dir: str = ""  # the lab's one "shared volume"
     net: LabNet | None = None  # None: every node on loopback; else a namespace per node
+    token: str = ""  # the admin API token made at bootstrap (hvc reads it from here)
 
     def node(self, name: str) -> LabNode:
         for n in self.nodes:
@@ -46,6 +47,10 @@ class LabState(Model):
                 return n
         known = ", ".join(n.name for n in self.nodes)
         raise HvcError(f"no node {name!r} in this lab (nodes: {known})")
+
+    def auth(self) -> dict[str, str]:
+        """The header that sends the lab's admin token with a request."""
+        return {"Authorization": f"Bearer {self.token}"}
 
     def with_node(self, node: LabNode) -> LabState:
         nodes = tuple(node if n.name == node.name else n for n in self.nodes)
@@ -55,6 +60,8 @@ class LabState(Model):
 def save(state: LabState) -> Path:
     path = Path(state.dir) / STATE_FILE
     tmp = path.with_suffix(".tmp")
+    tmp.touch(mode=0o600)  # it holds the admin token: its owner (root) only
+    tmp.chmod(0o600)
     tmp.write_text(json.dumps(state.model_dump(mode="json"), indent=2))
     tmp.replace(path)
     return path

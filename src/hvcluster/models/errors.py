@@ -44,6 +44,14 @@ class CorruptValue(HvcError):
         super().__init__(f"corrupt value at {key}: {reason}")
 
 
+class Unauthenticated(HvcError):
+    """No token, or one that is unknown, wrong, revoked or expired (HTTP 401)."""
+
+
+class Forbidden(HvcError):
+    """The token is valid but its role is below what the request needs (HTTP 403)."""
+
+
 class StoreError(HvcError):
     """The store (etcd) failed or could not be reached."""
 

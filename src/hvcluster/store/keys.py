@@ -21,6 +21,7 @@ KINDS = (
     "locks",
     "requests",
     "jobs",
+    "tokens",
 )
 
 
@@ -79,6 +80,10 @@ class Keys:
     def job(self, vm: str) -> str:
         """The one job (migration or storage move) under way for ``vm``: see store/jobs.py."""
         return self.prefix("jobs") + vm
+
+    def token(self, name: str) -> str:
+        """An API token's record (its secret only hashed): see models/token.py."""
+        return self.prefix("tokens") + name
 
     def request(self, name: str) -> str:
         return self.prefix("requests") + name
