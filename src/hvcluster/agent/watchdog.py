@@ -203,9 +203,7 @@ class WatchdogFeeder:
         while True:
             try:
                 answer = self.sock.recv(64)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
+            except OSError:  # nothing more waiting (EAGAIN), or the socket is closed
                 return
             if answer.startswith(b"ack "):
                 self._answered = True
