@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -39,7 +40,7 @@ VM = "bench-1"
 
 
 def api_of(state: LabState, avoid: str) -> str:
-    return next(f"http://{n.address}:{n.api_port}" for n in state.nodes if n.name != avoid)
+    return next(state.api_url(n) for n in state.nodes if n.name != avoid)
 
 
 def events_since(api: str, t0: float) -> list[dict[str, Any]]:
@@ -131,6 +132,7 @@ def run(driver: str, fault: str, rounds: int, work: Path) -> list[dict[str, floa
     try:
         state = load(lab_dir)
         HEADERS.update(state.auth())
+        os.environ["SSL_CERT_FILE"] = state.ca  # httpx checks the lab's https APIs with it
         spec: dict[str, Any] = {
             "name": VM,
             "memory_mib": 128,

@@ -130,7 +130,8 @@ def drain_time(driver: str, count: int, cache: Path, image: Any) -> dict[str, An
                     f.write("cpus = 16\n")
                 cluster.fault(state, "kill-agent", node.name)
                 state = cluster.start_node(state, node.name)  # saves the new pids
-            api = f"http://127.0.0.1:{state.nodes[1].api_port}"
+            api = state.api_url(state.nodes[1])
+            os.environ["SSL_CERT_FILE"] = state.ca  # httpx checks the lab's https APIs with it
 
             def capacity_seen() -> bool:
                 nodes = httpx.get(f"{api}/api/v1/nodes", headers=HEADERS, timeout=5).json()["nodes"]
@@ -221,7 +222,8 @@ def main() -> None:
         try:
             state = cluster.up(2, "qemu", lab_dir, args.cache, config, log=lambda _: None)
             HEADERS.update(state.auth())
-            api = f"http://127.0.0.1:{state.nodes[0].api_port}"
+            api = state.api_url(state.nodes[0])
+            os.environ["SSL_CERT_FILE"] = state.ca
             disk = create_disk(Path(state.shared_dir) / f"{VM}.qcow2")
             spec = guest_spec(VM, image, disk, memory_mib=128).model_dump(mode="json")
             spec["ha"] = {"preferred_owners": ["n1"]}

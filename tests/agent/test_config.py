@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from hvcluster.agent.config import load_config
+from hvcluster.lab.pki import Authority
 from hvcluster.models.errors import ConfigError
 
 
@@ -42,3 +43,40 @@ def test_unreadable_or_broken_file(tmp_path: Path) -> None:
     bad.write_text("node = \n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(bad, {})
+
+
+def test_tls_settings_are_checked_naming_the_field(tmp_path: Path) -> None:
+    pki = Authority(tmp_path / "pki")
+    files = pki.issue("n1", ["127.0.0.1"])
+    f = tmp_path / "agent.toml"
+    good = (
+        f'node = "n1"\netcd = ["https://127.0.0.1:2379"]\netcd_ca = "{files.ca}"\n'
+        f'etcd_cert = "{files.cert}"\netcd_key = "{files.key}"\n'
+        f'api_cert = "{files.cert}"\napi_key = "{files.key}"\napi_ca = "{files.ca}"\n'
+    )
+    f.write_text(good)
+    cfg = load_config(f, {})
+    assert (cfg.etcd_ca, cfg.api_cert) == (files.ca, files.cert)
+
+    def refused(text: str) -> str:
+        f.write_text(text)
+        with pytest.raises(ConfigError) as info:
+            load_config(f, {})
+        return str(info.value)
+
+    assert "etcd_ca" in refused('node = "n1"\netcd = ["https://127.0.0.1:2379"]\n')
+    assert "etcd_ca" in refused(f'node = "n1"\netcd_cert = "{files.cert}"\n')
+    assert "etcd_key" in refused(
+        f'node = "n1"\netcd_ca = "{files.ca}"\netcd_cert = "{files.cert}"\n'
+    )
+    assert "api_key" in refused(f'node = "n1"\napi_cert = "{files.cert}"\n')
+    other = pki.issue("n2")
+    mismatch = refused(f'node = "n1"\napi_cert = "{files.cert}"\napi_key = "{other.key}"\n')
+    assert "api_key" in mismatch and "not the key of api_cert" in mismatch
+    missing = refused(f'node = "n1"\netcd_ca = "{tmp_path / "nope.crt"}"\n')
+    assert "etcd_ca" in missing and "nope.crt" in missing
+    (tmp_path / "junk").write_text("junk")
+    assert "api_ca" in refused(f'node = "n1"\napi_ca = "{tmp_path / "junk"}"\n')
+    assert "etcd_ca" in refused(
+        f'node = "n1"\netcd = ["http://127.0.0.1:2379"]\netcd_ca = "{files.ca}"\n'
+    )

@@ -83,7 +83,7 @@ def test_the_ca_file_is_used(server: ApiServer, tmp_path: Path) -> None:
     result = CliRunner().invoke(
         cli_app, ["--ca", str(tmp_path / "absent.pem"), "vm", "list", "--api", server.url]
     )
-    assert result.exit_code == 1 and "cannot use the CA file" in said(result)
+    assert result.exit_code == 1 and "cannot read the CA file" in said(result)
 
 
 def test_where_endpoint_token_and_ca_come_from(tmp_path: Path) -> None:

@@ -9,8 +9,9 @@ from collections.abc import AsyncIterator
 import pytest
 
 from hvcluster.controller.memory import ControllerMemory
-from hvcluster.controller.migrations import RETAIN_S, MigrationCoordinator
+from hvcluster.controller.migrations import MigrationCoordinator
 from hvcluster.models.base import decode, encode
+from hvcluster.models.config import ClusterConfig
 from hvcluster.models.lifecycle import MigrationState, VMState
 from hvcluster.models.migration import Migration, MigrationKind
 from hvcluster.models.node import Capacity, Node, NodeAlive
@@ -145,6 +146,6 @@ async def test_old_finished_records_are_pruned(store: MemoryStore) -> None:
     new = old.model_copy(update={"id": "new-1", "created": now, "updated": now})
     for m in (old, new):
         await store.put(KEYS.migration(m.id), encode(m))
-    await coordinator(store, [], now=1.0 + RETAIN_S + 1).cycle()
+    await coordinator(store, [], now=1.0 + ClusterConfig().migration_retention_s + 1).cycle()
     assert await record(store, "old-1") is None
     assert await record(store, "new-1") is not None

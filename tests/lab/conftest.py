@@ -1,7 +1,9 @@
-"""A real lab: etcd and agent processes (with watchdogs) on loopback, stopped after."""
+"""A real lab: etcd and agent processes (with watchdogs) on loopback, stopped after. It runs
+with TLS, as every lab does: requests verify the API's certificate against the lab's CA."""
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,10 +28,15 @@ class Lab:
     def state(self) -> LabState:
         return load(self.dir)
 
+    @property
+    def ca(self) -> ssl.SSLContext:
+        """What ``verify=`` takes: trust the lab's CA."""
+        return ssl.create_default_context(cafile=self.state.ca)
+
     def api(self, avoid: str | None = None) -> str:
         for n in self.state.nodes:
             if n.name != avoid:
-                return f"http://{n.address}:{n.api_port}"
+                return self.state.api_url(n)
         raise AssertionError("no API left")
 
     @property
@@ -38,13 +45,19 @@ class Lab:
         return self.state.auth()
 
     def get(self, path: str, avoid: str | None = None) -> Any:
-        r = httpx.get(f"{self.api(avoid)}/api/v1{path}", timeout=5, headers=self.headers)
+        r = httpx.get(
+            f"{self.api(avoid)}/api/v1{path}", timeout=5, headers=self.headers, verify=self.ca
+        )
         r.raise_for_status()
         return r.json()
 
     def post(self, path: str, body: Any = None, avoid: str | None = None) -> Any:
         r = httpx.post(
-            f"{self.api(avoid)}/api/v1{path}", json=body, timeout=10, headers=self.headers
+            f"{self.api(avoid)}/api/v1{path}",
+            json=body,
+            timeout=10,
+            headers=self.headers,
+            verify=self.ca,
         )
         assert r.status_code < 300, r.text
         return r.json()

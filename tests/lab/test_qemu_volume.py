@@ -54,6 +54,7 @@ def test_a_vm_on_a_volume_gets_its_disk_and_fails_over_with_it(qemu_lab: Lab) ->
         params={"disks": "true"},
         timeout=5,
         headers=lab.headers,
+        verify=lab.ca,
     )
     assert r.status_code == 202, r.text
     wait_for(lambda: not disk.exists(), 30, "the disk file deleted")

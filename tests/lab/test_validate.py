@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from hvcluster.cli.main import app as cli_app
+from hvcluster.lab.pki import Authority
 from tests.lab.conftest import Lab, make_lab, wait_for
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(120)]
@@ -28,9 +30,8 @@ def sim_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 
 def validate(lab: Lab) -> tuple[int, dict[str, dict[str, Any]]]:
     """``hvc cluster validate``, which finds the lab's admin token in its state file."""
-    env = {"HVC_LAB_DIR": str(lab.dir)}
     args = ["cluster", "validate", "--json", "--api", lab.api()]
-    result = CliRunner().invoke(cli_app, args, env=env)
+    result = CliRunner().invoke(cli_app, args, env={"HVC_LAB_DIR": str(lab.dir)})
     assert result.exit_code in (0, 1), result.output
     report = json.loads(result.stdout)
     return result.exit_code, {c["name"]: c for c in report["checks"]}
@@ -98,17 +99,22 @@ def test_hvc_lab_up_prints_an_admin_token_that_works(tmp_path: Path) -> None:
         assert (lab_dir / "lab.json").stat().st_mode & 0o077 == 0  # it holds the token
         api = f"{state.api[0]}/api/v1"
         bearer = {"Authorization": f"Bearer {token}"}
-        assert httpx.get(f"{api}/tokens", headers=bearer, timeout=5).status_code == 200
+        ca = ssl.create_default_context(cafile=state.ca)
+        assert httpx.get(f"{api}/tokens", headers=bearer, timeout=5, verify=ca).status_code == 200
         made = httpx.post(
-            f"{api}/tokens", json={"name": "ops", "role": "operator"}, headers=bearer, timeout=5
+            f"{api}/tokens",
+            json={"name": "ops", "role": "operator"},
+            headers=bearer,
+            timeout=5,
+            verify=ca,
         )
         assert made.status_code == 201, made.text
-        refused = httpx.get(f"{api}/vms", timeout=5)
+        refused = httpx.get(f"{api}/vms", timeout=5, verify=ca)
         assert refused.status_code == 401 and refused.headers["www-authenticate"].startswith(
             "Bearer"
         )
         wrong = {"Authorization": f"Bearer {token[:-2]}xx"}
-        assert httpx.get(f"{api}/vms", headers=wrong, timeout=5).status_code == 401
+        assert httpx.get(f"{api}/vms", headers=wrong, timeout=5, verify=ca).status_code == 401
         # hvc finds the token in the lab's state by itself
         listed = subprocess.run(
             [*hvc, "token", "list", "--json"], capture_output=True, text=True, timeout=30, env=env
@@ -118,7 +124,10 @@ def test_hvc_lab_up_prints_an_admin_token_that_works(tmp_path: Path) -> None:
         stored = subprocess.run(
             [
                 "etcdctl",
-                f"--endpoints=http://{state.etcd_endpoints[0]}",
+                f"--endpoints={state.etcd_endpoints[0]}",
+                f"--cacert={state.ca}",
+                f"--cert={state.client_cert}",
+                f"--key={state.client_key}",
                 "get",
                 "--prefix",
                 "/hvc/lab/tokens/",
@@ -131,3 +140,17 @@ def test_hvc_lab_up_prints_an_admin_token_that_works(tmp_path: Path) -> None:
         assert "admin" in stored and token.split(".", 1)[1] not in stored
     finally:
         subprocess.run([*hvc, "lab", "down", "--dir", str(lab_dir)], timeout=60, env=env)
+
+
+def test_the_cli_refuses_an_api_whose_certificate_it_cannot_verify(
+    sim_lab: Lab, tmp_path: Path
+) -> None:
+    other_ca = Authority(tmp_path / "other").ensure_ca()
+    args = ["node", "list", "--api", sim_lab.api()]
+    result = CliRunner().invoke(cli_app, args, env={"HVC_CA": str(other_ca)})
+    assert result.exit_code != 0
+    assert "not trusted" in result.output and "HVC_CA" in result.output
+    assert "Traceback" not in result.output
+    plain = sim_lab.api().replace("https://", "http://")
+    result = CliRunner().invoke(cli_app, ["node", "list", "--api", plain])
+    assert result.exit_code != 0 and "Traceback" not in result.output

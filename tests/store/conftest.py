@@ -3,6 +3,7 @@
 * ``memory``: a MemoryStore on a ManualClock. Time moves only when a test calls
   ``h.advance``, so lease expiry is exact.
 * ``etcd``: an EtcdStore on a real etcd (one per session); ``h.advance`` really sleeps.
+* ``etcd-tls``: the same over TLS, with a client certificate, as the lab and real hosts run.
 
 Each test works under its own key prefix, so tests sharing the session's etcd never meet.
 """
@@ -23,9 +24,9 @@ from hvcluster.store.clock import Clock, ManualClock, Sleep
 from hvcluster.store.etcd import EtcdStore
 from hvcluster.store.keys import Keys
 from hvcluster.store.memory import MemoryStore
-from tests.etcd_fixtures import etcd_private, etcd_session
+from tests.etcd_fixtures import etcd_private, etcd_session, etcd_tls_session, store_tls
 
-__all__ = ["etcd_private", "etcd_session"]
+__all__ = ["etcd_private", "etcd_session", "etcd_tls_session"]
 
 
 @dataclass
@@ -49,9 +50,12 @@ class Harness:
         await self.store.compact(revision)
 
 
+MEMORY_PAGE = 7  # memory range reads come in pages (other tasks run between), as etcd's
+
+
 async def memory_harness() -> Harness:
     clock = ManualClock()
-    store = MemoryStore(clock)
+    store = MemoryStore(clock, page_size=MEMORY_PAGE)
     clock.on_tick.append(store.expire_leases)
     cluster = f"t{uuid.uuid4().hex[:8]}"
     return Harness(
@@ -63,7 +67,7 @@ def etcd_harness(cluster: EtcdCluster) -> Harness:
     name = f"t{uuid.uuid4().hex[:8]}"
     return Harness(
         "etcd",
-        EtcdStore(cluster.endpoints, timeout=5.0),
+        EtcdStore(cluster.endpoints, timeout=5.0, tls=store_tls(cluster)),
         time.monotonic,
         asyncio.sleep,
         asyncio.sleep,
@@ -72,12 +76,14 @@ def etcd_harness(cluster: EtcdCluster) -> Harness:
     )
 
 
-@pytest.fixture(params=["memory", "etcd"])
+@pytest.fixture(params=["memory", "etcd", "etcd-tls"])
 async def h(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
     if request.param == "memory":
         harness = await memory_harness()
-    else:
+    elif request.param == "etcd":
         harness = etcd_harness(request.getfixturevalue("etcd_session"))
+    else:
+        harness = etcd_harness(request.getfixturevalue("etcd_tls_session"))
     try:
         yield harness
     finally:

@@ -70,6 +70,16 @@ async def test_retention_keeps_the_newest_in_batches(h: Harness) -> None:
     assert await log.append(ev(56)) == 56
 
 
+async def test_trim_by_age_keeps_young_and_undecodable_events(h: Harness) -> None:
+    log = EventLog(h.store, h.keys, retention=1000)
+    for i, at in enumerate((100.0, 5000.0, 200.0, 9000.0), start=1):
+        await log.append(ev(i).model_copy(update={"time": at}))
+    await h.store.put(h.keys.event(5), b"not an event")
+    assert await log.trim(max_age_s=1000.0, now=6000.0) == 2
+    left = [kv.key for kv in (await h.store.range(log.prefix)).kvs]
+    assert left == [log.counter, *(h.keys.event(s) for s in (2, 4, 5))]
+
+
 async def test_a_corrupt_event_is_reported_and_skipped(h: Harness) -> None:
     reported: list[CorruptValue] = []
     log = EventLog(h.store, h.keys, on_corrupt=reported.append)

@@ -2,15 +2,22 @@
 
 Cluster-wide settings (timings, migration limits) live in etcd (``config``); these are only
 what a host must know before it can reach etcd.
+
+TLS: ``etcd_ca`` (the CA that signed etcd's certificates) with ``etcd_cert``/``etcd_key``
+(this agent's client certificate, for etcd's ``--client-cert-auth``) makes every etcd
+connection TLS. ``api_cert``/``api_key`` make the API https; every agent of a cluster then
+serves https, and this one checks the others' certificates against ``api_ca`` (default: the
+system's CAs). Files are checked at load, each error naming its setting.
 """
 
 from __future__ import annotations
 
+import ssl
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 
 from hvcluster.models.base import Model, describe
 from hvcluster.models.errors import ConfigError
@@ -36,6 +43,57 @@ class AgentConfig(Model):
     labels: dict[str, str] = {}
     controller: bool = True  # stand for election as controller
     sim_seed: int = 0
+    etcd_ca: Path | None = None
+    etcd_cert: Path | None = None
+    etcd_key: Path | None = None
+    api_cert: Path | None = None
+    api_key: Path | None = None
+    api_ca: Path | None = None
+
+    @field_validator("etcd_ca", "etcd_cert", "etcd_key", "api_cert", "api_key", "api_ca")
+    @classmethod
+    def _readable_pem(cls, path: Path | None) -> Path | None:
+        if path is None:
+            return None
+        try:
+            head = path.read_bytes()[:65536]
+        except OSError as e:
+            raise ValueError(f"cannot read {path}: {e.strerror}") from None
+        if b"-----BEGIN " not in head:
+            raise ValueError(f"{path} is not a PEM file")
+        return path
+
+    @field_validator("etcd_ca")
+    @classmethod
+    def _ca_matches_endpoints(cls, ca: Path | None, info: ValidationInfo) -> Path | None:
+        schemes = {e.split("://")[0] for e in info.data.get("etcd", ()) if "://" in e}
+        if ca is None and "https" in schemes:
+            raise ValueError("https:// etcd endpoints need etcd_ca (the CA of etcd's certificates)")
+        if ca is not None and "http" in schemes:
+            raise ValueError("set, but an etcd endpoint is http:// (plain text): use https://")
+        return ca
+
+    @field_validator("etcd_cert")
+    @classmethod
+    def _cert_needs_ca(cls, cert: Path | None, info: ValidationInfo) -> Path | None:
+        if cert is not None and "etcd_ca" in info.data and info.data["etcd_ca"] is None:
+            raise ValueError("a client certificate for etcd needs etcd_ca too")
+        return cert
+
+    @field_validator("etcd_key", "api_key")
+    @classmethod
+    def _key_with_cert(cls, key: Path | None, info: ValidationInfo) -> Path | None:
+        cert = info.field_name.replace("_key", "_cert") if info.field_name else ""
+        if cert not in info.data:  # the certificate itself was refused
+            return key
+        if (info.data[cert] is None) != (key is None):
+            raise ValueError(f"{cert} and its key go together: give both or neither")
+        if key is not None:
+            try:  # a key of another certificate would only fail at the first connection
+                ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(info.data[cert], key)
+            except ssl.SSLError as e:
+                raise ValueError(f"{key} is not the key of {cert} {info.data[cert]}: {e}") from None
+        return key
 
 
 def load_config(path: Path | None, overrides: dict[str, Any]) -> AgentConfig:

@@ -30,6 +30,7 @@ from hvcluster.agent.resources import HostResources
 from hvcluster.agent.storage_move import StorageMover
 from hvcluster.agent.watchdog import WatchdogFeeder
 from hvcluster.api.app import create_app
+from hvcluster.api.context import PeerApi
 from hvcluster.controller.loop import Controller
 from hvcluster.drivers.base import Driver
 from hvcluster.models.config import ClusterConfig
@@ -38,6 +39,7 @@ from hvcluster.models.event import Event
 from hvcluster.store.base import Store
 from hvcluster.store.election import Election
 from hvcluster.store.etcd import EtcdStore
+from hvcluster.store.etcd_conn import EtcdTls
 from hvcluster.store.events import EventLog
 from hvcluster.store.keys import Keys
 from hvcluster.store.lease import LeaseKeeper
@@ -63,7 +65,7 @@ class Daemon:
         self.cfg = cfg
         self.keys = Keys(cfg.cluster)
         self._own_store = store is None
-        self.store: Store = store if store is not None else EtcdStore(list(cfg.etcd))
+        self.store: Store = store if store is not None else etcd_store(cfg)
         self.driver: Driver = driver if driver is not None else make_driver(cfg)
         self.serve_api = serve_api
         self.links: Links = links if links is not None else make_links(self.driver)
@@ -278,22 +280,29 @@ class Daemon:
                     await asyncio.wait_for(election.resign(), 2.0)
 
     async def _serve_api(self) -> None:
-        app = create_app(self.store, self.keys, self.cfg.node)
+        """The API, over https when a certificate is configured."""
+        cfg = self.cfg
+        peers = PeerApi(cfg.api_cert is not None, str(cfg.api_ca) if cfg.api_ca else None)
+        app = create_app(self.store, self.keys, cfg.node, peers)
         server = _ApiServer(
             uvicorn.Config(
                 app,
-                host=self.cfg.api_host,
-                port=self.cfg.api_port,
+                host=cfg.api_host,
+                port=cfg.api_port,
                 log_level="warning",
                 lifespan="off",
+                ssl_certfile=str(cfg.api_cert) if cfg.api_cert else None,
+                ssl_keyfile=str(cfg.api_key) if cfg.api_key else None,
             )
         )
         await server.serve()
 
 
 def etcd_store(cfg: AgentConfig) -> EtcdStore:
-    """The agent's etcd client (the daemon's, and liveness's own)."""
-    return EtcdStore(list(cfg.etcd))
+    """The agent's etcd client (the daemon's, and liveness's own): TLS (with its client
+    certificate) when ``etcd_ca`` is set."""
+    tls = EtcdTls(cfg.etcd_ca, cfg.etcd_cert, cfg.etcd_key) if cfg.etcd_ca else None
+    return EtcdStore(list(cfg.etcd), tls=tls)
 
 
 async def cancel_all(tasks: list[asyncio.Task[None]], rounds: int = 10) -> None:

@@ -38,6 +38,7 @@ from hvcluster.models.errors import CorruptValue, LeaseLost, StoreError
 from hvcluster.models.node import Node, NodeAlive, WatchdogReport
 from hvcluster.store.base import Compare, EventType, Put, Store, WatchEvent
 from hvcluster.store.follow import follow
+from hvcluster.store.guards import keys_unchanged
 from hvcluster.store.health import nobody_can_act
 from hvcluster.store.keys import Keys
 
@@ -157,8 +158,9 @@ class NodeLiveness:
             lease = await self.store.grant(self.config.lease_ttl_s)
             local = dict(self.local_placements())
             kv = await self.store.get(key)
-            compares = [Compare.mod_is(key, kv.mod_revision if kv else 0)]
-            compares += [Compare.mod_is(self.keys.placement(vm), rev) for vm, rev in local.items()]
+            placed = {self.keys.placement(vm): rev for vm, rev in local.items()}
+            guard = await keys_unchanged(self.store, self.keys.prefix("placements"), placed)
+            compares = [Compare.mod_is(key, kv.mod_revision if kv else 0), *guard.compares]
             value = NodeAlive(node=self.node, lease=lease.id, since=time.time(), pid=os.getpid())
             result = await self.store.txn(compares, [Put(key, encode(value), lease=lease.id)])
             if result.succeeded:

@@ -23,7 +23,7 @@ from hvcluster.api import (
     volumes,
 )
 from hvcluster.api.auth import Authorizer
-from hvcluster.api.context import ApiContext, context
+from hvcluster.api.context import ApiContext, PeerApi, context
 from hvcluster.api.errors import install_error_handlers
 from hvcluster.api.reads import decode_all, decode_optional, snapshot
 from hvcluster.api.views import ClusterView, Counts, Health, Skipped
@@ -91,8 +91,9 @@ async def cluster(ctx: ApiContext = Depends(context)) -> ClusterView:
     )
 
 
-def create_app(store: Store, keys: Keys, node: str) -> FastAPI:
-    """The API of the agent ``node`` over ``store``. The caller owns the store (and closes it)."""
+def create_app(store: Store, keys: Keys, node: str, peers: PeerApi | None = None) -> FastAPI:
+    """The API of the agent ``node`` over ``store``. The caller owns the store (and closes it).
+    ``peers``: how to reach other agents' APIs (default: plain http)."""
     app = FastAPI(
         title="hvcluster",
         version=__version__,
@@ -100,7 +101,7 @@ def create_app(store: Store, keys: Keys, node: str) -> FastAPI:
         # Every route, whichever router it comes from: the token and its role (api/auth.py).
         dependencies=[Depends(Authorizer(store, keys, PREFIX))],
     )
-    app.state.ctx = ApiContext(store=store, keys=keys, node=node)
+    app.state.ctx = ApiContext(store=store, keys=keys, node=node, peers=peers or PeerApi())
     install_error_handlers(app)
     routers = (cluster_router, vms.router, nodes.router, events.router, migrations.router)
     for router in (*routers, volumes.router, switches.router, storage_moves.router):

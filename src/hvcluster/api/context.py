@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import copy
 import logging
+import ssl
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
+import httpx
 from fastapi import Path, Request
 
 from hvcluster.api.auth import Caller
@@ -24,6 +27,23 @@ log = logging.getLogger(__name__)
 EventData = dict[str, str | int | float | bool | None]
 
 
+@dataclass(frozen=True)
+class PeerApi:
+    """How this agent calls other agents' APIs (the probes of cluster validation): over
+    https when the agents serve TLS, each certificate checked against ``ca`` (a CA file;
+    None: the system's CAs)."""
+
+    tls: bool = False
+    ca: str | None = None
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
+
+    def client(self, **options: Any) -> httpx.AsyncClient:
+        return httpx.AsyncClient(verify=ssl.create_default_context(cafile=self.ca), **options)
+
+
 @dataclass
 class ApiContext:
     """One per app; each request gets a copy naming its caller (:meth:`acting_for`)."""
@@ -32,6 +52,7 @@ class ApiContext:
     keys: Keys
     node: str
     caller: Caller | None = None  # the request's checked token; None: the API itself
+    peers: PeerApi = field(default_factory=PeerApi)
     log: EventLog = field(init=False)  # the writer: every change this API makes is logged
     corrupt: CorruptReporter = field(init=False)
 

@@ -114,10 +114,8 @@ async def probe(
         nodes = {n.name: n for n in await _nodes(ctx)}
         if migration not in nodes:
             raise InvalidInput(f"{migration!r} is not a registered node", field="migration")
-        async with httpx.AsyncClient(
-            timeout=ASK_TIMEOUT_S, headers=ctx.forwarded_headers()
-        ) as http:
-            found = await _migration_probe(http, ctx.node, nodes[migration])
+        async with ctx.peers.client(timeout=ASK_TIMEOUT_S, headers=ctx.forwarded_headers()) as http:
+            found = await _migration_probe(http, ctx.peers.scheme, ctx.node, nodes[migration])
         return ProbeAnswer(
             node=ctx.node,
             time=time.time(),
@@ -162,12 +160,14 @@ async def probe_listen(ctx: ApiContext = Depends(context)) -> ListenAnswer:
     return ListenAnswer(node=ctx.node, address=address, token=token)
 
 
-async def _migration_probe(http: httpx.AsyncClient, source: str, target: Node) -> Probe:
+async def _migration_probe(
+    http: httpx.AsyncClient, scheme: str, source: str, target: Node
+) -> Probe:
     """From this agent (``source``): ask ``target``'s agent to listen on its migration
     address, connect to that listener, read its token."""
     base = {"source": source, "target": target.name, "kind": "migration"}
     try:
-        response = await http.post(f"http://{api_address(target)}/api/v1/probe/listen")
+        response = await http.post(f"{scheme}://{api_address(target)}/api/v1/probe/listen")
         response.raise_for_status()
         listen = ListenAnswer.model_validate_json(response.content)
     except (httpx.HTTPError, ValueError) as e:
@@ -193,11 +193,13 @@ async def _probe_migration_pair(
     ctx: ApiContext, http: httpx.AsyncClient, source: Node, target: Node
 ) -> Probe:
     if source.name == ctx.node:
-        return await _migration_probe(http, source.name, target)
+        return await _migration_probe(http, ctx.peers.scheme, source.name, target)
     base = {"source": source.name, "target": target.name, "kind": "migration"}
     try:
         response = await http.get(
-            _url(source), params={"migration": target.name}, timeout=MIGRATION_ASK_TIMEOUT_S
+            _url(source, ctx.peers.scheme),
+            params={"migration": target.name},
+            timeout=MIGRATION_ASK_TIMEOUT_S,
         )
         response.raise_for_status()
         answer = ProbeAnswer.model_validate_json(response.content)
@@ -213,8 +215,8 @@ async def _probe_migration_pair(
     )
 
 
-def _url(node: Node) -> str:
-    return f"http://{api_address(node)}/api/v1/probe"
+def _url(node: Node, scheme: str) -> str:
+    return f"{scheme}://{api_address(node)}/api/v1/probe"
 
 
 def _why(error: Exception) -> str:
@@ -225,9 +227,9 @@ def _why(error: Exception) -> str:
     return f"{type(error).__name__}: {error}"
 
 
-async def _ask(http: httpx.AsyncClient, node: Node, target: str | None) -> ProbeAnswer:
+async def _ask(http: httpx.AsyncClient, scheme: str, node: Node, target: str | None) -> ProbeAnswer:
     params = {"target": target} if target is not None else {}
-    response = await http.get(_url(node), params=params)
+    response = await http.get(_url(node, scheme), params=params)
     if response.is_error:
         raise httpx.HTTPStatusError(
             f"HTTP {response.status_code}: {response.text[:200]}",
@@ -248,7 +250,7 @@ async def _probe_pair(
             **base, reachable=reachable, latency_ms=latency if reachable else None, error=error
         )
     try:
-        answer = await _ask(http, source, address)
+        answer = await _ask(http, ctx.peers.scheme, source, address)
     except (httpx.HTTPError, ValueError) as e:
         return Probe(**base, reachable=False, asked=False, error=_why(e))
     return Probe(
@@ -259,12 +261,12 @@ async def _probe_pair(
     )
 
 
-async def _clock(http: httpx.AsyncClient, node: Node) -> Clock:
+async def _clock(http: httpx.AsyncClient, scheme: str, node: Node) -> Clock:
     best: Clock | None = None
     for _ in range(CLOCK_SAMPLES):
         sent = time.time()
         try:
-            answer = await _ask(http, node, None)
+            answer = await _ask(http, scheme, node, None)
         except (httpx.HTTPError, ValueError) as e:
             return best or Clock(node=node.name, error=_why(e))
         received = time.time()
@@ -324,11 +326,13 @@ async def validate_cluster(ctx: ApiContext = Depends(context)) -> ValidationRepo
     pairs = [(s, t) for s in live for t in live if s.name != t.name]
     # Other agents are asked with the caller's own token (see api/auth.py).
     headers = ctx.forwarded_headers()
-    async with httpx.AsyncClient(timeout=timeout, limits=limits, headers=headers) as http:
+    async with ctx.peers.client(timeout=timeout, limits=limits, headers=headers) as http:
         probes, ports, clocks, etcd = await asyncio.gather(
             asyncio.gather(*(_probe_pair(ctx, http, s, t) for s, t in pairs)),
             asyncio.gather(*(_probe_migration_pair(ctx, http, s, t) for s, t in pairs)),
-            asyncio.gather(*(_clock(http, n) for n in live if n.name != ctx.node)),
+            asyncio.gather(
+                *(_clock(http, ctx.peers.scheme, n) for n in live if n.name != ctx.node)
+            ),
             etcd_facts(ctx.store),
         )
     facts = ValidationFacts(

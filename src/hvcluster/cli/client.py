@@ -14,6 +14,8 @@ Where the API is, which token to send and which CA to trust are each found in th
 Each URL is tried in turn until one answers; a request is only retried on another URL when
 it could not connect (so it was never sent).
 
+An https API's certificate is checked against the CA found as above, else the system's CAs.
+
 Errors come back as :class:`ApiError` (an :class:`HvcError`), one sentence each, which the
 CLI prints without a traceback.
 """
@@ -198,6 +200,14 @@ class GlobalOptions:
 given = GlobalOptions()
 
 
+def tls_context(ca: str | None) -> ssl.SSLContext:
+    """What httpx's ``verify=`` gets: the system's CAs, or only ``ca``."""
+    try:
+        return ssl.create_default_context(cafile=ca)
+    except OSError as e:
+        raise ApiError(f"cannot read the CA file {ca} (HVC_CA): {e.strerror or e}") from None
+
+
 def _error_of(response: httpx.Response) -> ApiError:
     try:
         body = response.json()
@@ -224,11 +234,12 @@ class Client:
         token: str | None = None,
         ca: str | None = None,
     ) -> None:
+        """``ca``: the CA file to check an https API against (None: the system's CAs)."""
         if not urls:
             raise ApiError("no API URL to talk to")
         self.urls = list(urls)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._http = httpx.Client(timeout=timeout, headers=headers, verify=_trust(ca))
+        self._http = httpx.Client(timeout=timeout, headers=headers, verify=tls_context(ca))
 
     @classmethod
     def from_options(cls, api: Sequence[str] | None, timeout: float = TIMEOUT_S) -> Client:
@@ -312,20 +323,12 @@ class Client:
         raise self._unreachable(errors)
 
 
-def _trust(ca: str | None) -> ssl.SSLContext | bool:
-    """What httpx verifies the API's certificate with: the CA file when one is given."""
-    if not ca:
-        return True
-    try:
-        return ssl.create_default_context(cafile=ca)
-    except (OSError, ssl.SSLError) as e:
-        raise ApiError(f"cannot use the CA file {ca}: {e}") from None
-
-
 def _why(error: httpx.ConnectError) -> str:
     text = str(error)
     if "refused" in text.lower():
         return "connection refused (is an agent running there?)"
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        return f"its TLS certificate is not trusted: set HVC_CA to the cluster's CA file ({text})"
     return text or type(error).__name__
 
 

@@ -41,7 +41,7 @@ def up(
     )
     if demo:
         count = demo_vms or (3 if kind == "qemu" else 6)
-        names = create_vms(state.api[0], demo_specs(state, count, cache), state.token)
+        names = create_vms(state.api[0], demo_specs(state, count, cache), state.token, state.ca)
         console.print(f"demo VMs: {', '.join(names)}")
     console.print(
         f"admin token (hvc finds it in {Path(state.dir) / 'lab.json'}; other clients send "
@@ -75,7 +75,7 @@ def status(lab_dir: Path = LabDir, json: bool = typer.Option(False, "--json")) -
                 n.agent_pid,
                 "up" if processes.alive(n.watchdog_pid) else "down",
                 len(cluster.vm_pids(n)),
-                f"http://{n.address}:{n.api_port}",
+                state.api_url(n),
             ]
         )
     etcd = ["up" if processes.alive(p) else "down" for p in state.etcd_pids]

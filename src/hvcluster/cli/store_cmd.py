@@ -4,6 +4,7 @@ the store directly, because it must work when nothing else does)."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -11,13 +12,14 @@ import typer
 from hvcluster.cli.output import console, fail, friendly_errors, print_json, print_table
 from hvcluster.store.base import StoreHealth
 from hvcluster.store.etcd import EtcdStore
+from hvcluster.store.etcd_conn import EtcdTls
 from hvcluster.store.health import followers_of_leader, has_quorum, quorum_size
 
 app = typer.Typer(help="The etcd store behind the cluster.", no_args_is_help=True)
 
 
-async def _health(endpoints: str, timeout: float) -> StoreHealth:
-    store = EtcdStore(endpoints, timeout=max(timeout, 0.1))
+async def _health(endpoints: str, timeout: float, tls: EtcdTls | None) -> StoreHealth:
+    store = EtcdStore(endpoints, timeout=max(timeout, 0.1), tls=tls)
     try:
         return await store.health(timeout=timeout)
     finally:
@@ -40,6 +42,7 @@ def _as_dict(health: StoreHealth) -> dict[str, Any]:
                 "id": f"{m.id:x}",
                 "client_urls": list(m.client_urls),
                 "reachable": m.reachable,
+                "refused": m.refused,
                 "is_leader": m.is_leader,
                 "leader_id": f"{m.leader_id:x}" if m.leader_id is not None else None,
                 "raft_term": m.raft_term,
@@ -60,12 +63,20 @@ def check(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     timeout: float = typer.Option(2.0, min=0.1, help="Seconds to wait for each member."),
+    ca: Path | None = typer.Option(
+        None, "--ca", help="TLS: the CA that signed etcd's certificates (https endpoints)."
+    ),
+    cert: Path | None = typer.Option(None, "--cert", help="TLS: this client's certificate."),
+    key: Path | None = typer.Option(None, "--key", help="TLS: this client's key."),
 ) -> None:
     """Show every etcd member: reachable or not, leader, raft term, latency, db size.
 
     Exits 0 when a majority of the members answer and follow one leader, 2 otherwise.
     """
-    health = asyncio.run(_health(endpoints, timeout))
+    if ca is None and (cert is not None or key is not None):
+        raise typer.BadParameter("a client certificate needs the CA too", param_hint="--ca")
+    tls = EtcdTls(ca, cert, key) if ca is not None else None
+    health = asyncio.run(_health(endpoints, timeout, tls))
     if as_json:
         print_json(_as_dict(health))
     else:
@@ -74,7 +85,9 @@ def check(
                 m.name,
                 f"{m.id:x}" if m.id else "",
                 ", ".join(m.client_urls),
-                "yes" if m.reachable else "[red]unreachable[/]",
+                "yes"
+                if m.reachable
+                else ("[red]refused[/]" if m.refused else "[red]unreachable[/]"),
                 "[bold]leader[/]" if m.is_leader else ("follower" if m.leader_id else ""),
                 m.raft_term,
                 f"{m.latency_ms:.1f} ms" if m.latency_ms is not None else "",

@@ -31,6 +31,7 @@ from collections.abc import Awaitable, Callable
 
 from hvcluster.controller.jobs import sweep_jobs
 from hvcluster.controller.memory import ControllerMemory
+from hvcluster.controller.retention import Retention
 from hvcluster.controller.view import build_snapshot
 from hvcluster.models.base import decode, encode
 from hvcluster.models.errors import CorruptValue, StoreError
@@ -43,9 +44,9 @@ from hvcluster.scheduler.compat import move_blockers, vm_model
 from hvcluster.scheduler.drain import DrainDone, DrainMove, DrainStay, InFlight, plan_drain
 from hvcluster.scheduler.placement import Choice, Ledger, choose_node
 from hvcluster.scheduler.snapshot import ClusterSnapshot
-from hvcluster.store.base import Compare, Delete, Put, Store, WatchEvent
+from hvcluster.store.base import Compare, Put, Store, WatchEvent
 from hvcluster.store.follow import follow
-from hvcluster.store.jobs import busy, release_if_named
+from hvcluster.store.jobs import busy
 from hvcluster.store.keys import Keys
 from hvcluster.store.migrations import (
     ATTEMPTS,
@@ -64,7 +65,6 @@ log = logging.getLogger(__name__)
 
 Say = Callable[[str, str, str], Awaitable[None]]
 _M = MigrationState
-RETAIN_S = 7 * 86400.0  # finished records are kept this long (drains and failbacks read them)
 SETTLE_S = 30.0  # a requested move waits this long for its VM to be reported running
 LATER_S = 0.05  # the cycle runs this long after a change that needs no haste
 TIMES_WAIT_S = 10.0  # a done record waits this long for its source's measures (source gone)
@@ -85,6 +85,7 @@ class MigrationCoordinator:
         self.memory, self.is_leader, self.clock = memory, is_leader, clock
         self.wake = asyncio.Event()
         self.said: dict[str, str] = {}  # subject -> last stay reason said
+        self.retention = Retention(store, keys, say, clock)
 
     async def run(self, interval: float = 0.5) -> None:
         while True:
@@ -144,19 +145,8 @@ class MigrationCoordinator:
             await self._drain(state, snapshot, await read_migrations(self.store, self.keys))
 
     async def _prune(self, records: Decoded[Migration]) -> None:
-        """Delete finished records older than :data:`RETAIN_S` (each compared on its
-        revision), with their VM's job key if it still names them."""
-        cutoff = self.clock() - RETAIN_S
-        for stored in records.items.values():
-            rec = stored.value
-            if not rec.active and max(rec.updated, rec.created) < cutoff:
-                key = self.keys.migration(rec.id)
-                held, ops = release_if_named(
-                    self.keys, rec, await self.store.get(self.keys.job(rec.vm))
-                )
-                await self.store.txn(
-                    [Compare.mod_is(key, stored.mod_revision), *held], [Delete(key), *ops]
-                )
+        """Finished records go by age and by count, as the config says (retention.py)."""
+        await self.retention.sweep(records)
 
     async def _times_lost(self, records: Decoded[Migration]) -> None:
         """A done record whose source node went away after its flip, before it wrote QEMU's

@@ -5,6 +5,12 @@ each node in its own network namespace, so a node's link can be cut too.
 
 Everything lives under one lab dir (default ``/run/hvc-lab``); ``lab.json`` there says what
 runs, so later commands (and ``hvc`` itself, to find the API) can find it.
+
+The lab runs as a real cluster should: etcd with TLS on client and peer links and client
+certificates required, every API over https. ``<lab dir>/pki`` holds the lab's CA
+(``ca.crt``), a certificate per etcd member and per node (the node's agent presents it to
+etcd and serves its API with it), and ``client.crt``/``client.key`` for etcdctl and
+``hvc store check``. Keys are 0600.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import functools
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -24,6 +31,7 @@ import httpx
 from hvcluster.drivers.runtime import running_pids
 from hvcluster.lab import netns, processes
 from hvcluster.lab.etcd import EtcdProcess, free_ports
+from hvcluster.lab.pki import Authority, CertFiles
 from hvcluster.lab.state import DEFAULT_LAB_DIR, LabNode, LabState, load, save
 from hvcluster.models.config import ClusterConfig
 from hvcluster.models.errors import HvcError
@@ -72,14 +80,18 @@ def up(
     names = [f"n{i + 1}" for i in range(nodes)]
     net = netns.choose(str(lab_dir.resolve())) if network == "netns" else None
     host = net.host_ip if net else "127.0.0.1"
+    pki = Authority(lab_dir / "pki", "hvcluster lab CA")
+    client = pki.issue("client")
     etcd = EtcdProcess(
         "etcd0",
         lab_dir / "etcd" / "etcd0",
         ports[0],
         ports[1],
-        f"etcd0=http://{host}:{ports[1]}",
+        f"etcd0=https://{host}:{ports[1]}",
         f"hvc-lab-{ports[0]}",
         host=host,
+        tls=pki.issue("etcd0", [host, "127.0.0.1", "localhost"]),
+        client_tls=client,
     )
     etcd.data_dir.mkdir(parents=True)
     if net is not None:
@@ -94,30 +106,34 @@ def up(
         cluster="lab",
         dir=str(lab_dir),
         driver=driver,
-        etcd_endpoints=(etcd.endpoint,),
+        etcd_endpoints=(etcd.client_url,),
         etcd_pids=(etcd_pid,),
         etcd_data_dirs=(str(etcd.data_dir),),
         shared_dir=str(lab_dir / "shared"),
         net=net,
+        ca=str(client.ca),
+        client_cert=str(client.cert),
+        client_key=str(client.key),
     )
     save(state)
     try:
         _wait(
             lambda: etcd.health(0.5), timeout, f"etcd did not become healthy; see {etcd.log_path}"
         )
-        log(f"etcd on {etcd.endpoint} (pid {etcd_pid})")
+        log(f"etcd on {etcd.client_url} (pid {etcd_pid}); CA and certificates in {pki.dir}")
         state = _bootstrap(state, config)
         save(state)
         Path(state.shared_dir).mkdir(parents=True, exist_ok=True)
         lab_nodes = []
         for i, name in enumerate(names):
             address = net.node_ip(i + 1) if net else "127.0.0.1"
-            node = _make_node(state, name, address, ports[2 + i], driver, cache_dir)
+            certs = pki.issue(name, [address, "127.0.0.1", "localhost"])
+            node = _make_node(state, name, address, ports[2 + i], driver, cache_dir, certs)
             lab_nodes.append(node)
         state = state.model_copy(
             update={
                 "nodes": tuple(lab_nodes),
-                "api": tuple(f"http://{n.address}:{n.api_port}" for n in lab_nodes),
+                "api": tuple(state.api_url(n) for n in lab_nodes),
             }
         )
         save(state)
@@ -125,7 +141,7 @@ def up(
             state = start_node(state, node.name, config.fence_after_s)
         for url in state.api:
             _wait(
-                functools.partial(_healthy, url),
+                functools.partial(_healthy, url, state.ca),
                 timeout,
                 f"agent API {url} did not answer; see {lab_dir}/nodes/*/agent.log",
             )
@@ -146,9 +162,10 @@ def _bootstrap(state: LabState, config: ClusterConfig) -> LabState:
         (keys.config, config.model_copy(update={"name": state.cluster}).model_dump_json()),
         (keys.token(token.name), token.model_dump_json()),
     )
+    tls = [f"--cacert={state.ca}", f"--cert={state.client_cert}", f"--key={state.client_key}"]
     for key, value in writes:
         subprocess.run(
-            ["etcdctl", f"--endpoints=http://{endpoint}", "put", key, value],
+            ["etcdctl", f"--endpoints={endpoint}", *(tls if state.ca else []), "put", key, value],
             check=True,
             capture_output=True,
             timeout=10,
@@ -158,7 +175,13 @@ def _bootstrap(state: LabState, config: ClusterConfig) -> LabState:
 
 
 def _make_node(
-    state: LabState, name: str, address: str, port: int, driver: Driver, cache: Path
+    state: LabState,
+    name: str,
+    address: str,
+    port: int,
+    driver: Driver,
+    cache: Path,
+    certs: CertFiles,
 ) -> LabNode:
     run_dir = Path(state.dir) / "nodes" / name
     run_dir.mkdir(parents=True)
@@ -168,6 +191,8 @@ def _make_node(
         f'node = "{name}"\ncluster = "{state.cluster}"\netcd = [{etcd}]\n'
         f'address = "{address}"\napi_host = "{address}"\napi_port = {port}\n'
         f'run_dir = "{run_dir}"\ndriver = "{driver}"\ncache_dir = "{cache}"\n'
+        f'etcd_ca = "{certs.ca}"\netcd_cert = "{certs.cert}"\netcd_key = "{certs.key}"\n'
+        f'api_cert = "{certs.cert}"\napi_key = "{certs.key}"\napi_ca = "{certs.ca}"\n'
     )
     return LabNode(
         name=name, run_dir=str(run_dir), config=str(conf), api_port=port, address=address
@@ -205,10 +230,12 @@ def start_node(state: LabState, name: str, fence_after: float = 3.0) -> LabState
     return state
 
 
-def _healthy(url: str) -> bool:
+def _healthy(url: str, ca: str) -> bool:
     """``/healthz`` answers without a token (api/auth.py)."""
     try:
-        return httpx.get(f"{url}/api/v1/healthz", timeout=1.0).status_code == 200
+        verify = ssl.create_default_context(cafile=ca or None)
+        response = httpx.get(f"{url}/api/v1/healthz", timeout=1.0, verify=verify)
+        return response.status_code == 200
     except httpx.HTTPError:
         return False
 

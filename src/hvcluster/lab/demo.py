@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -52,11 +53,13 @@ def make_disk(path: Path, size_mib: int) -> None:
         raise HvcError(f"qemu-img create {path} failed: {result.stderr.strip()}")
 
 
-def create_vms(api: str, specs: list[dict[str, Any]], token: str) -> list[str]:
+def create_vms(api: str, specs: list[dict[str, Any]], token: str, ca: str = "") -> list[str]:
+    """Create ``specs`` through the API at ``api`` (verified against ``ca`` if given)."""
     created = []
     headers = {"Authorization": f"Bearer {token}"}
     for spec in specs:
-        r = httpx.post(f"{api}/api/v1/vms", json=spec, timeout=10, headers=headers)
+        verify = ssl.create_default_context(cafile=ca or None)
+        r = httpx.post(f"{api}/api/v1/vms", json=spec, timeout=10, headers=headers, verify=verify)
         if r.status_code not in (200, 201, 202):
             raise HvcError(f"creating {spec['name']} failed: {r.status_code} {r.text}")
         created.append(spec["name"])

@@ -1,10 +1,12 @@
 """Real etcd processes on this machine: for the test fixtures, the lab and fault injection.
 
 :class:`EtcdCluster` starts 1, 3 or 5 members of the Debian ``etcd`` on free loopback ports
-with their own data dirs. Each member (:class:`EtcdProcess`) can be stopped (SIGTERM, then
-SIGKILL), killed, paused (SIGSTOP), resumed (SIGCONT) and restarted on the same ports and data
-dir. No process outlives its owner: each dies with the process that started it
-(``PR_SET_PDEATHSIG``), and whatever is still running at interpreter exit is killed.
+with their own data dirs, over plain HTTP or (given an :class:`~hvcluster.lab.pki.Authority`)
+with TLS on client and peer links and client-certificate authentication. Each member
+(:class:`EtcdProcess`) can be stopped (SIGTERM, then SIGKILL), killed, paused (SIGSTOP),
+resumed (SIGCONT) and restarted on the same ports and data dir. No process outlives its owner:
+each dies with the process that started it (``PR_SET_PDEATHSIG``), and whatever is still
+running at interpreter exit is killed.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import random
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -28,6 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
+from hvcluster.lab.pki import Authority, CertFiles
 from hvcluster.models.errors import HvcError
 
 ETCD_BINARY = "/usr/bin/etcd"
@@ -93,7 +97,12 @@ class EtcdProcess:
         election_ms: int = 1000,
         binary: str = ETCD_BINARY,
         host: str = HOST,
+        tls: CertFiles | None = None,
+        client_tls: CertFiles | None = None,
     ) -> None:
+        """``tls``: this member's certificate (its client and peer URLs are then https and
+        it asks every client and peer for a certificate signed by the same CA);
+        ``client_tls``: the certificate its health check presents (default ``tls``)."""
         self.name = name
         self.host = host
         self.data_dir = data_dir
@@ -104,6 +113,8 @@ class EtcdProcess:
         self.heartbeat_ms = heartbeat_ms
         self.election_ms = election_ms
         self.binary = binary
+        self.tls = tls
+        self.client_tls = client_tls or tls
         self.log_path = data_dir.parent / f"{name}.log"
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -113,12 +124,16 @@ class EtcdProcess:
         return f"{self.host}:{self.client_port}"
 
     @property
+    def scheme(self) -> str:
+        return "http" if self.tls is None else "https"
+
+    @property
     def client_url(self) -> str:
-        return f"http://{self.host}:{self.client_port}"
+        return f"{self.scheme}://{self.host}:{self.client_port}"
 
     @property
     def peer_url(self) -> str:
-        return f"http://{self.host}:{self.peer_port}"
+        return f"{self.scheme}://{self.host}:{self.peer_port}"
 
     @property
     def pid(self) -> int | None:
@@ -145,7 +160,30 @@ class EtcdProcess:
             "--logger=zap",
             "--log-outputs=stderr",
             "--log-level=warn",
+            *self._tls_flags(),
         ]
+
+    def _tls_flags(self) -> list[str]:
+        if self.tls is None:
+            return []
+        ca, cert, key = self.tls.ca, self.tls.cert, self.tls.key
+        return [
+            f"--cert-file={cert}",
+            f"--key-file={key}",
+            f"--trusted-ca-file={ca}",
+            "--client-cert-auth",
+            f"--peer-cert-file={cert}",
+            f"--peer-key-file={key}",
+            f"--peer-trusted-ca-file={ca}",
+            "--peer-client-cert-auth",
+        ]
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        if self.client_tls is None:
+            return None
+        context = ssl.create_default_context(cafile=str(self.client_tls.ca))
+        context.load_cert_chain(self.client_tls.cert, self.client_tls.key)
+        return context
 
     def start(self, wait: bool = True, timeout: float = 20.0) -> None:
         """Start the member (same ports, same data dir as before); wait until it is healthy."""
@@ -170,16 +208,27 @@ class EtcdProcess:
     def health(self, timeout: float = 1.0) -> bool:
         """True when the member answers ``/health`` with ``true`` (it has a leader)."""
         try:
-            with urllib.request.urlopen(f"{self.client_url}/health", timeout=timeout) as r:
+            url, context = f"{self.client_url}/health", self._ssl_context()
+            with urllib.request.urlopen(url, timeout=timeout, context=context) as r:
                 return bool(json.loads(r.read()).get("health") == "true")
         except (OSError, ValueError, urllib.error.URLError):
             return False
+
+    def last_words(self, lines: int = 3) -> str:
+        """The end of the member's log (why it exited), for an error message."""
+        try:
+            text = self.log_path.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return "(no log)"
+        return " | ".join(text[-lines:])
 
     def wait_healthy(self, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not self.running:
-                raise EtcdLabError(f"etcd {self.name} exited at start; see {self.log_path}")
+                raise EtcdLabError(
+                    f"etcd {self.name} exited at start; see {self.log_path}: {self.last_words()}"
+                )
             if self.health(timeout=0.5):
                 return
             time.sleep(0.05)
@@ -244,14 +293,23 @@ class EtcdCluster:
         heartbeat_ms: int = 100,
         election_ms: int = 1000,
         name_prefix: str = "etcd",
+        authority: Authority | None = None,
     ) -> None:
+        """With ``authority``, every member runs with TLS and client-certificate auth, with
+        a certificate of that CA; :attr:`client_tls` is one for clients."""
         if size < 1:
             raise EtcdLabError(f"an etcd cluster needs at least one member, got {size}")
         self._own_dir = base_dir is None
         self.base_dir = Path(tempfile.mkdtemp(prefix="hvc-etcd-")) if base_dir is None else base_dir
         ports = free_ports(2 * size)
         names = [f"{name_prefix}{i}" for i in range(size)]
-        initial = ",".join(f"{n}=http://{HOST}:{ports[2 * i + 1]}" for i, n in enumerate(names))
+        scheme = "http" if authority is None else "https"
+        initial = ",".join(f"{n}={scheme}://{HOST}:{ports[2 * i + 1]}" for i, n in enumerate(names))
+        self.client_tls: CertFiles | None = None
+        certs: dict[str, CertFiles] = {}
+        if authority is not None:
+            self.client_tls = authority.issue(f"{name_prefix}-client")
+            certs = {n: authority.issue(n, [HOST, "localhost"]) for n in names}
         token = f"hvc-{os.getpid()}-{ports[0]}"
         self.members = [
             EtcdProcess(
@@ -263,6 +321,8 @@ class EtcdCluster:
                 token,
                 heartbeat_ms=heartbeat_ms,
                 election_ms=election_ms,
+                tls=certs.get(name),
+                client_tls=self.client_tls,
             )
             for i, name in enumerate(names)
         ]

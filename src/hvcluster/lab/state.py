@@ -1,5 +1,5 @@
 """What ``hvc lab up`` started, saved so that later ``hvc lab`` commands (and ``hvc`` itself,
-to find the API) can find it: ``<lab dir>/lab.json``."""
+to find the API and the CA to verify it with) can find it: ``<lab dir>/lab.json``."""
 
 from __future__ import annotations
 
@@ -40,6 +40,20 @@ class LabState(Model):
     shared_dir: str = ""  # the lab's one "shared volume"
     net: LabNet | None = None  # None: every node on loopback; else a namespace per node
     token: str = ""  # the admin API token made at bootstrap (hvc reads it from here)
+    # TLS: the lab's CA (etcd and every API have certificates it signed; clients verify
+    # against it), and a client certificate of the lab's own, for etcdctl and
+    # 'hvc store check'. Empty: a plain-text lab.
+    ca: str = ""
+    client_cert: str = ""
+    client_key: str = ""
+
+    @property
+    def api_scheme(self) -> str:
+        return "https" if self.ca else "http"
+
+    def api_url(self, node: LabNode) -> str:
+        """The base URL of ``node``'s API."""
+        return f"{self.api_scheme}://{node.address}:{node.api_port}"
 
     def node(self, name: str) -> LabNode:
         for n in self.nodes:

@@ -55,7 +55,12 @@ class ClusterConfig(Model):
     # replaced by the node's name; IPMI or Redfish tools fit here). Empty: no fence agent.
     fence_command: str = ""
     fence_timeout_s: float = Field(default=30.0, gt=0)
+    # Records that grow with use, kept by count and by age (the leader prunes them): the
+    # cluster log's newest events, and each of finished migrations and storage moves.
     event_retention: int = Field(default=10_000, ge=100)
+    event_max_age_s: float = Field(default=30 * 86400.0, gt=0)
+    max_migration_records: int = Field(default=2_000, ge=10)
+    migration_retention_s: float = Field(default=7 * 86400.0, gt=0)
     migration: MigrationSettings = MigrationSettings()
     quarantine: QuarantineSettings = QuarantineSettings()
 

@@ -9,7 +9,15 @@ rules a backend must keep:
   that does not exist compares as version 0, create and mod revision 0.
 * **Compare-and-set.** :meth:`Store.txn` applies its ``success`` ops if every compare holds,
   else its ``failure`` ops, atomically: nobody sees half of it. Ownership writes always go
-  through a txn that compares; never read-modify-write without one.
+  through a txn that compares; never read-modify-write without one. A compare on a prefix
+  holds when it holds for every key under it (none there: it compares as one missing key),
+  so one compare guards any number of keys (:meth:`Compare.unchanged_since`): a txn has at
+  most 128 compares and 128 ops in each branch (etcd's ``--max-txn-ops``).
+* **Reads of any size.** :meth:`Store.range` returns every key under a prefix, all as of one
+  revision, however many and large they are: the backend reads in pages (gRPC refuses a
+  message over 4 MiB) at the revision of the first page. A txn of only :class:`Get` ops and
+  no compares is such a read too (one revision for all of them). A prefix :class:`Get` in a
+  txn that compares or writes is one message: keep those to small prefixes.
 * **Leases.** :meth:`Store.grant` gives a lease with a TTL; keys put with it are deleted
   when it expires or is revoked (a watch sees a DELETE for each). :meth:`Store.keepalive`
   renews it and returns the TTL granted; a lease that is gone raises :class:`LeaseLost`
@@ -62,6 +70,13 @@ class Compare:
     target: CompareTarget
     op: CompareOp
     value: int | bytes
+    prefix: bool = False  # every key under ``key`` (none there: as one missing key)
+
+    @staticmethod
+    def unchanged_since(prefix: str, revision: int) -> Compare:
+        """No key under ``prefix`` was written after ``revision`` (one compare for all of
+        them; a key deleted since is not seen: guard what was decided from what exists)."""
+        return Compare(prefix, "mod", "<", revision + 1, prefix=True)
 
     @staticmethod
     def absent(key: str) -> Compare:
@@ -111,6 +126,16 @@ class TxnResult:
     gets: tuple[tuple[KeyValue, ...], ...] = ()
 
 
+@dataclass(frozen=True)
+class Page:
+    """One page of a range read: ``more`` when keys are left after its last."""
+
+    kvs: tuple[KeyValue, ...]
+    more: bool
+    revision: int  # the revision read at
+    next_limit: int = 0  # how many keys the next page should ask for (0: the backend knows)
+
+
 class EventType(StrEnum):
     PUT = "put"
     DELETE = "delete"
@@ -145,6 +170,9 @@ class Member:
     # The leader this member follows, as it says itself: 0 = none (no quorum), None = not
     # asked (unreachable). What an agent's "is it me, or is it etcd?" check needs.
     leader_id: int | None = None
+    # Unreachable because its host refused the connection (nothing listens on the port: the
+    # member's process is not running, so it cannot vote). A timeout or a TLS failure is not.
+    refused: bool = False
 
 
 @dataclass(frozen=True)
@@ -167,6 +195,19 @@ class WatchCompacted(StoreError):
         super().__init__(f"revision compacted; the oldest left is {compact_revision}")
 
 
+class RevisionCompacted(StoreError):
+    """A read asked for a revision that was compacted away."""
+
+    def __init__(self, revision: int, compact_revision: int) -> None:
+        self.revision = revision
+        self.compact_revision = compact_revision
+        oldest = f"; the oldest left is {compact_revision}" if compact_revision else ""
+        super().__init__(f"revision {revision} was compacted away{oldest}")
+
+
+RANGE_ATTEMPTS = 5  # a whole read starts over when compaction overtakes its revision
+
+
 class Store(abc.ABC):
     """An etcd-shaped key-value store. Keys are str, values bytes."""
 
@@ -175,9 +216,33 @@ class Store(abc.ABC):
     async def get(self, key: str) -> KeyValue | None:
         """The key, or None if absent."""
 
+    async def range(self, prefix: str, revision: int = 0) -> Range:
+        """Every key starting with ``prefix``, in key order, as of ``revision`` (0: now),
+        with the revision read at; any number and size of keys (read in pages, every page
+        at the first one's revision). A read whose revision is compacted before its last
+        page starts over at a new one (:data:`RANGE_ATTEMPTS` times); a ``revision`` asked
+        for that is compacted raises :class:`RevisionCompacted`."""
+        for attempt in range(1, RANGE_ATTEMPTS + 1):
+            kvs: list[KeyValue] = []
+            start, at, limit = prefix, revision, 0
+            try:
+                while True:
+                    page = await self._range_page(prefix, start, at, limit)
+                    kvs.extend(page.kvs)
+                    at, limit = page.revision, page.next_limit
+                    if not page.more or not page.kvs:
+                        return Range(tuple(kvs), at)
+                    start = page.kvs[-1].key + "\0"
+            except RevisionCompacted:
+                if revision or attempt == RANGE_ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")
+
     @abc.abstractmethod
-    async def range(self, prefix: str) -> Range:
-        """Every key starting with ``prefix``, in key order, with the revision read at."""
+    async def _range_page(self, prefix: str, start: str, revision: int, limit: int) -> Page:
+        """The keys under ``prefix`` from ``start`` on (inclusive), as of ``revision`` (0:
+        now), one page of them (``limit``: the previous page's ``next_limit``; 0 for the
+        first), and the revision read at."""
 
     @abc.abstractmethod
     async def revision(self) -> int:

@@ -6,9 +6,12 @@
 * :meth:`EtcdStore.keepalive` sends one keepalive and reads one answer; TTL 0 in the answer
   means the lease is gone (:class:`LeaseLost`). :class:`~hvcluster.store.lease.LeaseKeeper`
   runs the loop.
-* A watch is one gRPC stream of its own. After a connection error, a member losing its
-  leader or an etcd restart it opens a new stream from the last revision it delivered + 1:
-  no gap, no duplicate. A compacted start revision raises :class:`WatchCompacted`.
+* A watch is one gRPC stream of its own, resumed after any interruption with no gap and no
+  duplicate (:mod:`hvcluster.store.etcd_watch`).
+* gRPC refuses a message over 4 MiB, so a range is read in pages (``limit``, then on from
+  the last key, every page at the first one's revision) of about :data:`PAGE_BYTES`; a page
+  still too large is read again at half the keys. A txn of only Gets is read the same way,
+  all at one revision.
 * TTLs are whole seconds in etcd: a TTL is rounded up.
 """
 
@@ -20,31 +23,40 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import grpc  # type: ignore[import-untyped]
 import grpc.aio  # type: ignore[import-untyped]
 from aetcd import rpc
 
-from hvcluster.models.errors import InvalidInput, LeaseLost, StoreError, StoreUnavailable
+from hvcluster.models.errors import InvalidInput, LeaseLost, StoreError
 from hvcluster.store.base import (
+    RANGE_ATTEMPTS,
     Compare,
     Delete,
-    EventType,
     Get,
     KeyValue,
     Lease,
     Member,
     Op,
+    Page,
     Put,
-    Range,
+    RevisionCompacted,
     Store,
     StoreHealth,
     TxnResult,
-    WatchCompacted,
     WatchEvent,
 )
-from hvcluster.store.etcd_conn import Connection, Endpoint, parse_endpoint, translate
+from hvcluster.store.etcd_conn import (
+    ConnectFailed,
+    Connection,
+    Endpoint,
+    EtcdTls,
+    parse_endpoint,
+    translate,
+)
+from hvcluster.store.etcd_watch import watch
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +74,15 @@ _RESULTS = {
     ">": rpc.Compare.GREATER,
 }
 _INT_FIELDS = {"version": "version", "create": "create_revision", "mod": "mod_revision"}
-# etcd asks the leader before answering a watch: a member cut off from it cancels the watch
-# (we then move on) instead of going silent.
-_REQUIRE_LEADER = (("hasleader", "true"),)
+# A page of a range aims at this many bytes (gRPC's limit is 4 MiB), starting at
+# FIRST_PAGE keys and sized from the keys seen so far; never more than MAX_PAGE keys.
+PAGE_BYTES = 1 << 20
+FIRST_PAGE = 128
+MAX_PAGE = 2000
+
+
+class _TooLarge(Exception):
+    """The answer exceeded the gRPC message limit (RESOURCE_EXHAUSTED)."""
 
 
 def _span(prefix: str, is_prefix: bool = True) -> tuple[bytes, bytes]:
@@ -83,7 +101,7 @@ def _span(prefix: str, is_prefix: bool = True) -> tuple[bytes, bytes]:
 
 
 def _target(url: str) -> str | None:
-    """A member's client URL as a target we can dial (None for one we cannot, e.g. TLS)."""
+    """A member's client URL as a target we can dial (None for one we cannot parse)."""
     try:
         return parse_endpoint(url)
     except InvalidInput:
@@ -99,7 +117,8 @@ def _kv(kv: Any) -> KeyValue:
 def _compare(c: Compare) -> Any:
     if c.target not in _TARGETS or c.op not in _RESULTS:
         raise StoreError(f"unknown compare {c.target} {c.op} on {c.key}")
-    msg = rpc.Compare(key=c.key.encode(), target=_TARGETS[c.target], result=_RESULTS[c.op])
+    key, end = _span(c.key, c.prefix)
+    msg = rpc.Compare(key=key, range_end=end, target=_TARGETS[c.target], result=_RESULTS[c.op])
     if c.target == "value":
         if not isinstance(c.value, bytes):
             raise StoreError(f"compare on value of {c.key} needs bytes, got {c.value!r}")
@@ -125,11 +144,40 @@ def _request_op(op: Op) -> Any:
     raise StoreError(f"unknown txn op {op!r}")
 
 
+@dataclass(frozen=True)
+class _Answer:
+    """What asking one member for its status gave: its StatusResponse, or the error, and
+    whether its host refused the connection (nothing listens: its etcd is not running)."""
+
+    status: Any
+    seconds: float = 0.0
+    error: str = ""
+    refused: bool = False
+
+
+def _reading(error: grpc.aio.AioRpcError, revision: int) -> Exception | None:
+    """A read's gRPC error as what the paging loop acts on (None: any other)."""
+    details = error.details() or ""
+    if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return _TooLarge(details)
+    if "required revision has been compacted" in details:
+        return RevisionCompacted(revision, 0)
+    return None
+
+
+def _page_limit(kvs: Sequence[Any]) -> int:
+    """How many keys the next page should ask for, from the sizes of ``kvs``."""
+    size = sum(len(kv.key) + len(kv.value) for kv in kvs) // max(len(kvs), 1)
+    return max(1, min(MAX_PAGE, PAGE_BYTES // max(size, 1)))
+
+
 class EtcdStore(Store):
     """The store contract on a real etcd cluster."""
 
-    def __init__(self, endpoints: Sequence[str] | str, timeout: float = 5.0) -> None:
-        self._conn = Connection(endpoints, timeout)
+    def __init__(
+        self, endpoints: Sequence[str] | str, timeout: float = 5.0, tls: EtcdTls | None = None
+    ) -> None:
+        self._conn = Connection(endpoints, timeout, tls)
 
     @property
     def endpoints(self) -> list[str]:
@@ -145,15 +193,64 @@ class EtcdStore(Store):
         response = await self._conn.call(f"get {key}", call, mutable=False)
         return _kv(response.kvs[0]) if response.kvs else None
 
-    async def range(self, prefix: str) -> Range:
-        key, end = _span(prefix)
-        request = rpc.RangeRequest(key=key, range_end=end)
+    async def _range_page(self, prefix: str, start: str, revision: int, limit: int) -> Page:
+        _, end = _span(prefix)
+        limit = limit or FIRST_PAGE
+        while True:
+            request = rpc.RangeRequest(
+                key=start.encode(), range_end=end, limit=limit, revision=revision
+            )
+            try:
+                response = await self._read(f"range {prefix}", request, revision)
+            except _TooLarge:
+                if limit == 1:
+                    raise StoreError(
+                        f"range {prefix}: the key at {start!r} alone exceeds gRPC's message limit"
+                    ) from None
+                limit = max(1, limit // 2)
+                continue
+            return Page(
+                tuple(_kv(kv) for kv in response.kvs),
+                bool(response.more),
+                revision or int(response.header.revision),
+                _page_limit(response.kvs) if response.kvs else limit,
+            )
+
+    async def _read(self, what: str, request: Any, revision: int) -> Any:
+        """One Range call; a too large answer raises :class:`_TooLarge`, a compacted
+        ``revision`` :class:`RevisionCompacted`."""
 
         async def call(ep: Endpoint, left: float) -> Any:
-            return await ep.stub("kv").Range(request, timeout=left)
+            try:
+                return await ep.stub("kv").Range(request, timeout=left)
+            except grpc.aio.AioRpcError as e:
+                mine = _reading(e, revision)
+                if mine is None:
+                    raise
+                raise mine from None
 
-        response = await self._conn.call(f"range {prefix}", call, mutable=False)
-        return Range(tuple(_kv(kv) for kv in response.kvs), response.header.revision)
+        return await self._conn.call(what, call, mutable=False)
+
+    async def _read_all(self, gets: Sequence[Get]) -> TxnResult:
+        """A txn of only Gets, each read whole (in pages), all at one revision: that of the
+        first read. Starts over when compaction overtakes that revision."""
+        for attempt in range(1, RANGE_ATTEMPTS + 1):
+            try:
+                first, revision = await self._get_at(gets[0], 0)
+                rest = await asyncio.gather(*(self._get_at(g, revision) for g in gets[1:]))
+                return TxnResult(True, revision, (first, *(kvs for kvs, _ in rest)))
+            except RevisionCompacted:
+                if attempt == RANGE_ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _get_at(self, op: Get, revision: int) -> tuple[tuple[KeyValue, ...], int]:
+        if op.prefix:
+            found = await self.range(op.key, revision)
+            return found.kvs, found.revision
+        request = rpc.RangeRequest(key=op.key.encode(), revision=revision)
+        response = await self._read(f"get {op.key}", request, revision)
+        return tuple(_kv(kv) for kv in response.kvs), revision or int(response.header.revision)
 
     async def revision(self) -> int:
         request = rpc.RangeRequest(key=b"\0", count_only=True)
@@ -187,6 +284,10 @@ class EtcdStore(Store):
     async def txn(
         self, compares: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op] = ()
     ) -> TxnResult:
+        reads = [op for op in success if isinstance(op, Get)]
+        read_only = not compares and not failure and reads and len(reads) == len(success)
+        if read_only and any(op.prefix for op in reads):
+            return await self._read_all(reads)
         request = rpc.TxnRequest(
             compare=[_compare(c) for c in compares],
             success=[_request_op(op) for op in success],
@@ -194,9 +295,22 @@ class EtcdStore(Store):
         )
 
         async def call(ep: Endpoint, left: float) -> Any:
-            return await ep.stub("kv").Txn(request, timeout=left)
+            try:
+                return await ep.stub("kv").Txn(request, timeout=left)
+            except grpc.aio.AioRpcError as e:
+                if e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    raise _TooLarge(e.details() or "") from None
+                raise
 
-        response = await self._conn.call("txn", call, mutable=True)
+        try:
+            response = await self._conn.call("txn", call, mutable=not read_only)
+        except _TooLarge as e:
+            if read_only:
+                return await self._read_all(reads)
+            raise StoreError(
+                f"the answer to a txn exceeds gRPC's message limit ({e}); it may have been "
+                "applied: Gets of large prefixes belong in range(), not in a txn that writes"
+            ) from None
         gets = tuple(
             tuple(_kv(kv) for kv in r.response_range.kvs)
             for r in response.responses
@@ -265,68 +379,9 @@ class EtcdStore(Store):
         return float(response.TTL)
 
     # --- watches ---------------------------------------------------------------------
-    async def watch(self, prefix: str, start_revision: int) -> AsyncIterator[WatchEvent]:
+    def watch(self, prefix: str, start_revision: int) -> AsyncIterator[WatchEvent]:
         key, end = _span(prefix)
-        next_rev = max(start_revision, 0)  # 0: from now on (learnt when the watch is created)
-        failures = 0
-        while True:
-            self._conn.check_open()
-            ep = self._conn.current
-            stream: Any = None
-            try:
-                await ep.ready(self._conn.connect_timeout, fail_fast=self._conn.several)
-                stream = ep.stub("watch").Watch(metadata=_REQUIRE_LEADER)
-                create = rpc.WatchCreateRequest(
-                    key=key, range_end=end, start_revision=next_rev, prev_kv=True
-                )
-                await stream.write(rpc.WatchRequest(create_request=create))
-                while True:
-                    response = await stream.read()
-                    if response is grpc.aio.EOF:
-                        raise StoreUnavailable(f"etcd at {ep.target} ended the watch stream")
-                    if response.compact_revision:
-                        raise WatchCompacted(int(response.compact_revision))
-                    if response.canceled:
-                        raise StoreUnavailable(
-                            f"etcd at {ep.target} cancelled the watch: {response.cancel_reason}"
-                        )
-                    if response.created and next_rev == 0:
-                        next_rev = response.header.revision + 1
-                    failures = 0
-                    for event in response.events:
-                        yield WatchEvent(
-                            EventType.DELETE if event.type == rpc.Event.DELETE else EventType.PUT,
-                            event.kv.key.decode(),
-                            event.kv.value,
-                            event.kv.mod_revision,
-                            event.prev_kv.value if event.HasField("prev_kv") else None,
-                        )
-                    if response.events:
-                        next_rev = response.events[-1].kv.mod_revision + 1
-            except TimeoutError as e:
-                reason = str(e) or f"cannot connect to {ep.target}"
-            except grpc.aio.AioRpcError as e:
-                error = translate(e, ep.target)
-                if not isinstance(error, StoreUnavailable):
-                    raise error from None
-                reason = str(error)
-            except StoreUnavailable as e:
-                reason = str(e)
-            except grpc.aio.UsageError:
-                self._conn.check_open()
-                raise
-            finally:
-                if stream is not None:
-                    stream.cancel()
-            failures += 1
-            self._conn.rotate()
-            log.warning(
-                "watch of %s interrupted (%s); resuming at revision %s",
-                prefix,
-                reason,
-                next_rev or "now",
-            )
-            await asyncio.sleep(min(1.0, 0.05 * 2 ** min(failures, 5)))
+        return watch(self._conn, prefix, (key, end), start_revision)  # etcd_watch.py
 
     # --- the store itself ------------------------------------------------------------
     async def health(self, timeout: float | None = None) -> StoreHealth:
@@ -342,13 +397,20 @@ class EtcdStore(Store):
         )
         listed = None
         for target in targets:
-            if statuses[target][0] is not None:
+            if statuses[target].status is not None:
                 listed = await self._member_list(target, budget)
                 if listed is not None:
                     break
         if listed is None:
             members = tuple(
-                Member(name=t, id=0, client_urls=(t,), reachable=False, error=statuses[t][2])
+                Member(
+                    name=t,
+                    id=0,
+                    client_urls=(t,),
+                    reachable=False,
+                    error=statuses[t].error,
+                    refused=statuses[t].refused,
+                )
                 for t in targets
             )
             return StoreHealth(members, None)
@@ -358,16 +420,18 @@ class EtcdStore(Store):
         extra = await asyncio.gather(*(self._status(t, budget) for t in missing))
         statuses.update(zip(missing, extra, strict=True))
         leader_term = max(
-            ((s.raftTerm, s.leader) for s, _, _ in statuses.values() if s is not None),
+            ((a.status.raftTerm, a.status.leader) for a in statuses.values() if a.status),
             default=(0, 0),
         )
         leader_id = leader_term[1]
         found: list[Member] = []
         for m in listed:
             answers = [statuses[t] for t in urls[m.ID] if t in statuses]
-            status, latency, error = next(
-                (a for a in answers if a[0] is not None), answers[0] if answers else (None, 0, "")
+            answer = next(
+                (a for a in answers if a.status is not None),
+                answers[0] if answers else _Answer(None),
             )
+            status, latency, error = answer.status, answer.seconds, answer.error
             if not urls[m.ID]:
                 error = "no client URL we can reach: " + (", ".join(m.clientURLs) or "none")
             found.append(
@@ -382,6 +446,7 @@ class EtcdStore(Store):
                     raft_term=int(status.raftTerm) if status is not None else None,
                     error=error or ("; ".join(str(e) for e in status.errors) if status else ""),
                     leader_id=int(status.leader) if status is not None else None,
+                    refused=bool(answers) and all(a.refused for a in answers),
                 )
             )
         leader = next((m.name for m in found if m.is_leader), None)
@@ -389,21 +454,26 @@ class EtcdStore(Store):
             leader = f"{leader_id:x}"
         return StoreHealth(tuple(found), leader)
 
-    async def _status(self, target: str, budget: float) -> tuple[Any, float, str]:
-        """(StatusResponse or None, seconds it took, error) for one member."""
+    async def _status(self, target: str, budget: float) -> _Answer:
+        """One member's status, or why there is none."""
         ep = self._conn.endpoint_for(target)
         try:
             started = time.monotonic()
-            await ep.ready(budget)
+            # A refused connection is known at the first failed attempt (gRPC keeps its
+            # error for at most its 1 s reconnect back-off): no need to wait out the budget,
+            # and the "is it me or etcd?" evidence has only a second.
+            await ep.ready(budget, fail_fast=True)
             left = max(0.001, budget - (time.monotonic() - started))
             started = time.monotonic()
             async with asyncio.timeout(left + 0.2):  # grpc's own deadline should come first
                 status = await ep.stub("maintenance").Status(rpc.StatusRequest(), timeout=left)
-            return status, time.monotonic() - started, ""
+            return _Answer(status, time.monotonic() - started)
+        except ConnectFailed as e:
+            return _Answer(None, error=str(e), refused=e.refused)
         except TimeoutError as e:
-            return None, 0.0, str(e) or f"no answer within {budget:g}s"
+            return _Answer(None, error=str(e) or f"no answer within {budget:g}s")
         except grpc.aio.AioRpcError as e:
-            return None, 0.0, str(translate(e, target))
+            return _Answer(None, error=str(translate(e, target)))
 
     async def _member_list(self, target: str, budget: float) -> Any:
         ep = self._conn.endpoint_for(target)

@@ -6,6 +6,10 @@ watch stream shared by all watches that drops them all on an error, and no per-e
 status. The stubs give us per-call deadlines and a stream per watch, which is what resuming
 a watch at an exact revision needs.
 
+With :class:`EtcdTls` the channels are TLS (``grpc.aio.secure_channel``): the server's
+certificate is checked against the given CA and the client presents its own certificate, as
+etcd's ``--client-cert-auth`` requires.
+
 Every gRPC error becomes a :class:`StoreError` subclass here, and nowhere else.
 """
 
@@ -15,6 +19,8 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc  # type: ignore[import-untyped]
@@ -48,12 +54,53 @@ _UNAVAILABLE_CODES = {
 }
 
 
-def parse_endpoint(endpoint: str) -> str:
-    """``127.0.0.1:2379`` or ``http://127.0.0.1:2379`` -> the gRPC target ``127.0.0.1:2379``."""
+@dataclass(frozen=True)
+class EtcdTls:
+    """TLS to etcd: the CA that signed the members' certificates, and this client's
+    certificate and key (both or neither; etcd with ``--client-cert-auth`` needs them)."""
+
+    ca: Path
+    cert: Path | None = None
+    key: Path | None = None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        """gRPC channel credentials from the files; a clear error naming the one that is
+        missing or unreadable."""
+        if (self.cert is None) != (self.key is None):
+            field = "key" if self.key is None else "cert"
+            raise InvalidInput("a client certificate and its key go together", field)
+        ca = _read(self.ca, "ca", "the CA certificate")
+        cert = _read(self.cert, "cert", "the client certificate") if self.cert else None
+        key = _read(self.key, "key", "the client key") if self.key else None
+        return grpc.ssl_channel_credentials(
+            root_certificates=ca, private_key=key, certificate_chain=cert
+        )
+
+
+def _read(path: Path, field: str, what: str) -> bytes:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise InvalidInput(f"cannot read {what} {path}: {e.strerror}", field) from None
+    if b"-----BEGIN " not in data:
+        raise InvalidInput(f"{path} is not a PEM file ({what})", field)
+    return data
+
+
+def scheme_of(endpoint: str) -> str | None:
+    """``http``, ``https``, or None for a bare ``host:port``."""
     text = endpoint.strip()
-    if text.startswith("https://"):
-        raise InvalidInput(f"{endpoint!r}: TLS endpoints are not supported yet", "endpoints")
-    text = text.removeprefix("http://").rstrip("/")
+    for scheme in ("http", "https"):
+        if text.startswith(f"{scheme}://"):
+            return scheme
+    return None
+
+
+def parse_endpoint(endpoint: str) -> str:
+    """``127.0.0.1:2379``, ``http://127.0.0.1:2379`` or ``https://...`` -> the gRPC target
+    ``127.0.0.1:2379``."""
+    text = endpoint.strip()
+    text = text.removeprefix("http://").removeprefix("https://").rstrip("/")
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise InvalidInput(
@@ -63,9 +110,16 @@ def parse_endpoint(endpoint: str) -> str:
     return text
 
 
-def parse_endpoints(endpoints: Sequence[str] | str) -> list[str]:
+def parse_endpoints(endpoints: Sequence[str] | str, tls: bool = False) -> list[str]:
+    """The gRPC targets of ``endpoints``; an ``https://`` one needs ``tls`` and an
+    ``http://`` one refuses it (a scheme that contradicts the settings is a mistake)."""
     if isinstance(endpoints, str):
         endpoints = [e for e in endpoints.split(",") if e.strip()]
+    for e in endpoints:
+        if scheme_of(e) == "https" and not tls:
+            raise InvalidInput(f"{e!r} is a TLS endpoint: give the CA of etcd too", "endpoints")
+        if scheme_of(e) == "http" and tls:
+            raise InvalidInput(f"{e!r} is plain text, but TLS is configured", "endpoints")
     targets = list(dict.fromkeys(parse_endpoint(e) for e in endpoints))
     if not targets:
         raise InvalidInput("at least one etcd endpoint is needed", "endpoints")
@@ -83,6 +137,40 @@ def translate(error: grpc.aio.AioRpcError, target: str) -> StoreError:
     return StoreError(f"{where} refused the request ({code.name}): {details}")
 
 
+class ConnectFailed(TimeoutError):
+    """A channel could not connect. ``refused``: the host answered that nothing listens on
+    the port (its etcd is not running), as opposed to no answer or a TLS failure, which
+    say nothing about whether the member runs."""
+
+    def __init__(self, message: str, refused: bool) -> None:
+        super().__init__(message)
+        self.refused = refused
+
+
+def connect_error(details: str, tls: bool) -> tuple[str, bool]:
+    """(a sentence saying why, refused?) from gRPC's last connection error."""
+    text = details.lower()
+    if "connection refused" in text:
+        return "connection refused (no etcd listens there)", True
+    if "certificate_verify_failed" in text or ("handshake failed" in text and tls):
+        return (
+            "TLS handshake failed: its certificate is not signed by the CA we were given, "
+            f"or does not name the address we dialled ({details})",
+            False,
+        )
+    if tls and ("tsi_data_corrupted" in text or "bad_certificate" in text):
+        return (
+            "etcd refused our TLS client certificate (none given, or not signed by a CA it "
+            f"trusts) ({details})",
+            False,
+        )
+    if tls and "handshake read failed" in text:
+        return f"the TLS handshake broke off: does it speak TLS? ({details})", False
+    if not tls and "socket closed" in text:
+        return f"it closed the connection at once: does it expect TLS? ({details})", False
+    return details, False
+
+
 def never_sent(error: grpc.aio.AioRpcError) -> bool:
     """True when the request cannot have reached etcd (no connection was ever made)."""
     details = error.details() or ""
@@ -92,15 +180,21 @@ def never_sent(error: grpc.aio.AioRpcError) -> bool:
 class Endpoint:
     """One etcd client URL and its (lazily opened) gRPC channel and stubs."""
 
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, credentials: grpc.ChannelCredentials | None = None) -> None:
         self.target = target
+        self.credentials = credentials
         self._channel: grpc.aio.Channel | None = None
         self._stubs: dict[str, Any] = {}
 
     @property
     def channel(self) -> grpc.aio.Channel:
         if self._channel is None:
-            self._channel = grpc.aio.insecure_channel(self.target, options=CHANNEL_OPTIONS)
+            if self.credentials is None:
+                self._channel = grpc.aio.insecure_channel(self.target, options=CHANNEL_OPTIONS)
+            else:
+                self._channel = grpc.aio.secure_channel(
+                    self.target, self.credentials, options=CHANNEL_OPTIONS
+                )
             self._stubs = {}
         return self._channel
 
@@ -126,9 +220,9 @@ class Endpoint:
         deadline = loop.time() + timeout
         state = channel.get_state(try_to_connect=True)
         while state != grpc.ChannelConnectivity.READY:
-            refused = state == grpc.ChannelConnectivity.TRANSIENT_FAILURE
-            if refused and fail_fast:
-                raise TimeoutError(f"cannot connect to {self.target} (refused or down)")
+            failed = state == grpc.ChannelConnectivity.TRANSIENT_FAILURE
+            if failed and fail_fast:
+                raise await self._connect_failed()
             left = deadline - loop.time()
             try:
                 if left <= 0:
@@ -136,12 +230,23 @@ class Endpoint:
                 async with asyncio.timeout(left):
                     await channel.wait_for_state_change(state)
             except TimeoutError:
-                if refused:
-                    raise TimeoutError(
-                        f"cannot connect to {self.target} (refused or down)"
-                    ) from None
+                if failed:
+                    raise await self._connect_failed() from None
                 raise TimeoutError(f"{self.target} did not answer within {timeout:g}s") from None
             state = channel.get_state(try_to_connect=True)
+
+    async def _connect_failed(self) -> ConnectFailed:
+        """Why the channel is in TRANSIENT_FAILURE: gRPC keeps the last connection error and
+        fails a call at once with it (a refused port, a TLS certificate refused by either
+        side, a plain-text peer), which says much more than the state alone."""
+        try:
+            await self.stub("maintenance").Status(rpc.StatusRequest(), timeout=0.5)
+        except grpc.aio.AioRpcError as e:
+            details = e.details() or e.code().name
+        else:
+            details = "it answered when asked again"
+        why, refused = connect_error(details, self.credentials is not None)
+        return ConnectFailed(f"cannot connect to {self.target}: {why}", refused)
 
     async def close(self) -> None:
         channel, self._channel, self._stubs = self._channel, None, {}
@@ -153,11 +258,15 @@ class Endpoint:
 class Connection:
     """The endpoints of one etcd cluster, one of which is current; fails over on errors."""
 
-    def __init__(self, endpoints: Sequence[str] | str, timeout: float) -> None:
+    def __init__(
+        self, endpoints: Sequence[str] | str, timeout: float, tls: EtcdTls | None = None
+    ) -> None:
         if timeout <= 0:
             raise InvalidInput(f"must be positive, got {timeout}", "timeout")
         self.timeout = timeout
-        self.endpoints = [Endpoint(t) for t in parse_endpoints(endpoints)]
+        self.credentials = tls.credentials() if tls is not None else None
+        targets = parse_endpoints(endpoints, tls is not None)
+        self.endpoints = [Endpoint(t, self.credentials) for t in targets]
         self._extra: dict[str, Endpoint] = {}
         self._current = 0
         self.closed = False
@@ -182,7 +291,7 @@ class Connection:
             if ep.target == target:
                 return ep
         if target not in self._extra:
-            self._extra[target] = Endpoint(target)
+            self._extra[target] = Endpoint(target, self.credentials)
         return self._extra[target]
 
     def check_open(self) -> None:

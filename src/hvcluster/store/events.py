@@ -5,8 +5,9 @@
   The counter is the key of sequence 0 (``events/000…0``), which no event ever uses; a
   counter that is corrupt or behind is reported and the log goes on after its newest event.
 * Retention: whoever appends a multiple of ``batch`` also deletes the ``batch`` events that
-  fell out of the newest ``retention`` (one transaction); :meth:`EventLog.trim` sweeps
-  whatever an appender that died may have left.
+  fell out of the newest ``retention`` (one transaction); :meth:`EventLog.trim` (run by the
+  leader now and then) sweeps whatever an appender that died may have left, and events
+  older than an age.
 * A value that does not decode is reported (log, :attr:`EventLog.corrupt`, ``on_corrupt``)
   and skipped; it never ends a read or a follow.
 """
@@ -14,6 +15,8 @@
 from __future__ import annotations
 
 import logging
+import math
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -119,24 +122,31 @@ class EventLog:
             if event is not None:
                 yield LoggedEvent(seq, ev.mod_revision, event)
 
-    async def trim(self) -> int:
-        """Delete every event older than the newest ``retention``; return how many went."""
+    async def trim(self, max_age_s: float | None = None, now: float | None = None) -> int:
+        """Delete every event but the newest ``retention`` and, given ``max_age_s``, every
+        one whose time is more than that before ``now``; return how many went. (A value
+        that does not decode goes by count only.)"""
         r = await self.store.range(self.prefix)
-        seqs = sorted(s for kv in r.kvs if (s := self._seq_of_key(kv.key)))
-        old = seqs[: max(0, len(seqs) - self.retention)]
-        await self._forget(old)
-        return len(old)
+        found = sorted((s, kv.value) for kv in r.kvs if (s := self._seq_of_key(kv.key)))
+        keep_from = max(0, len(found) - self.retention)
+        old = [seq for seq, _ in found[:keep_from]]
+        if max_age_s is not None:
+            cutoff = (time.time() if now is None else now) - max_age_s
+            old += [seq for seq, raw in found[keep_from:] if _written(raw) < cutoff]
+        return await self._forget(old)
 
     # --- internals -------------------------------------------------------------------
-    async def _forget(self, seqs: range | list[int]) -> None:
-        seqs = list(seqs)
+    async def _forget(self, seqs: range | list[int]) -> int:
+        seqs, gone = list(seqs), 0
         for i in range(0, len(seqs), MAX_TXN_OPS):
             ops = [Delete(self.keys.event(s)) for s in seqs[i : i + MAX_TXN_OPS]]
             try:
                 await self.store.txn([], ops)
             except StoreError as e:  # retention is housekeeping: never fail an append for it
                 log.warning("could not trim the event log: %s", e)
-                return
+                break
+            gone += len(ops)
+        return gone
 
     async def _last(self, counter: bytes | None) -> int:
         if counter is None:
@@ -167,3 +177,11 @@ class EventLog:
         log.warning("skipped: %s", error)
         if self._on_corrupt is not None:
             self._on_corrupt(error)
+
+
+def _written(raw: bytes) -> float:
+    """When an event was written (inf for one that does not decode: kept by age)."""
+    try:
+        return decode(Event, "", raw).time
+    except CorruptValue:
+        return math.inf

@@ -24,11 +24,17 @@ def has_quorum(health: StoreHealth) -> bool:
 
 
 def nobody_can_act(health: StoreHealth) -> bool:
-    """Positive evidence that no one can change the store: a majority of the members
-    answered and none of them has a leader (ARCHITECTURE.md, safety rule 5)."""
-    answered = [m for m in health.members if m.reachable]
+    """Positive evidence that no one can change the store (ARCHITECTURE.md, safety rule 5):
+    a majority of the members each either answered and has no leader, or was refused by its
+    reachable host (connection refused: its etcd is not running, so it cannot vote), and no
+    member that answered follows a leader. A timeout is never evidence (a frozen member and
+    a cut link look the same), and neither is a failed TLS handshake (the member runs)."""
+    members = health.members
+    answered = [m for m in members if m.reachable]
+    leaderless = [m for m in answered if m.leader_id == 0]
+    refused = [m for m in members if not m.reachable and m.refused]
     return (
-        bool(health.members)
-        and len(answered) >= quorum_size(len(health.members))
-        and all(m.leader_id == 0 for m in answered)
+        bool(members)
+        and len(leaderless) == len(answered)
+        and len(leaderless) + len(refused) >= quorum_size(len(members))
     )

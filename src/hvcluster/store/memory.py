@@ -5,6 +5,10 @@ suite runs unchanged on both backends and a simulation can run many agents again
 :class:`MemoryStore`. Every operation is atomic: it runs without an ``await`` in its middle
 (one checkpoint at its start lets other tasks interleave as they would around real I/O).
 
+Reads at a past revision (the pages of a :meth:`~Store.range` after the first, given a
+``page_size``) are answered from an undo log of every change, kept as long as the watch
+history; a revision older than that is compacted (:class:`RevisionCompacted`).
+
 Leases expire by the injected clock. Expiry is applied at the start of every operation and by
 :meth:`MemoryStore.expire_leases` (a simulation calls it after advancing a
 :class:`~hvcluster.store.clock.ManualClock`); with the real clock a small background task
@@ -35,8 +39,9 @@ from hvcluster.store.base import (
     Lease,
     Member,
     Op,
+    Page,
     Put,
-    Range,
+    RevisionCompacted,
     Store,
     StoreHealth,
     TxnResult,
@@ -78,11 +83,17 @@ class MemoryStore(Store):
         *,
         history: int = 100_000,
         background_expiry: bool | None = None,
+        page_size: int | None = None,
     ) -> None:
         """``history``: how many change events are kept for watches; older ones are
-        compacted away. ``background_expiry`` defaults to on with the real clock only."""
+        compacted away. ``background_expiry`` defaults to on with the real clock only.
+        ``page_size``: how many keys one page of a range read holds (None: all), so that
+        tests see reads in pages interleave with writes as they do on etcd."""
         if history < 1:
             raise ValueError(f"history must be at least 1, got {history}")
+        if page_size is not None and page_size < 1:
+            raise ValueError(f"page_size must be at least 1, got {page_size}")
+        self._page_size = page_size
         self._clock = clock
         self._history_limit = history
         self._background = (
@@ -92,6 +103,8 @@ class MemoryStore(Store):
         self._sorted: list[str] = []
         self._rev = 1  # an empty etcd is at revision 1
         self._events: list[WatchEvent] = []
+        # (revision, key, the key before that change: None if absent), in revision order
+        self._undo: list[tuple[int, str, KeyValue | None]] = []
         self._compacted = 0  # revisions up to this one are gone from the history
         self._leases: dict[int, _Lease] = {}
         self._lease_ids = itertools.count(0x1000)
@@ -137,9 +150,12 @@ class MemoryStore(Store):
         await self._checkpoint()
         return self._data.get(key)
 
-    async def range(self, prefix: str) -> Range:
+    async def _range_page(self, prefix: str, start: str, revision: int, limit: int) -> Page:
         await self._checkpoint()
-        return Range(tuple(self._data[k] for k in self._keys_under(prefix)), self._rev)
+        at = revision or self._rev
+        kvs = [kv for kv in self._as_of(prefix, at) if kv.key >= start]
+        size = len(kvs) if self._page_size is None else self._page_size
+        return Page(tuple(kvs[:size]), len(kvs) > size, at)
 
     async def revision(self) -> int:
         await self._checkpoint()
@@ -284,8 +300,32 @@ class MemoryStore(Store):
             end += 1
         return self._sorted[start:end]
 
+    def _as_of(self, prefix: str, revision: int) -> list[KeyValue]:
+        """The keys under ``prefix`` as they were at ``revision``, in key order."""
+        if revision > self._rev:
+            raise StoreError(f"revision {revision} is a future revision (now {self._rev})")
+        if revision <= self._compacted:
+            raise RevisionCompacted(revision, self._compacted + 1)
+        now = {k: self._data[k] for k in self._keys_under(prefix)}
+        if revision == self._rev:
+            return list(now.values())
+        since = bisect.bisect_right(self._undo, revision, key=lambda u: u[0])
+        for _, key, before in reversed(self._undo[since:]):
+            if key.startswith(prefix):
+                if before is None:
+                    now.pop(key, None)
+                else:
+                    now[key] = before
+        return [now[k] for k in sorted(now)]
+
     def _holds(self, c: Compare) -> bool:
-        kv = self._data.get(c.key)
+        if c.prefix:
+            found = [self._data[k] for k in self._keys_under(c.key)]
+            if found:
+                return all(self._holds_for(c, kv) for kv in found)
+        return self._holds_for(c, None if c.prefix else self._data.get(c.key))
+
+    def _holds_for(self, c: Compare, kv: KeyValue | None) -> bool:
         if c.target == "value":
             if not isinstance(c.value, bytes):
                 raise StoreError(f"compare on value of {c.key} needs bytes, got {c.value!r}")
@@ -343,6 +383,7 @@ class MemoryStore(Store):
         if lease:
             self._leases[lease].keys.add(key)
         self._data[key] = kv
+        self._undo.append((rev, key, old))
         return WatchEvent(EventType.PUT, key, value, rev, old.value if old else None)
 
     def _delete(self, key: str, rev: int) -> WatchEvent:
@@ -350,6 +391,7 @@ class MemoryStore(Store):
         del self._sorted[bisect.bisect_left(self._sorted, key)]
         if old.lease and old.lease in self._leases:
             self._leases[old.lease].keys.discard(key)
+        self._undo.append((rev, key, old))
         return WatchEvent(EventType.DELETE, key, b"", rev, old.value)
 
     def _revoke(self, lease_id: int) -> None:
@@ -371,6 +413,7 @@ class MemoryStore(Store):
     def _compact_to(self, revision: int) -> None:
         start = bisect.bisect_left(self._events, revision, key=lambda e: e.mod_revision)
         del self._events[:start]
+        del self._undo[: bisect.bisect_left(self._undo, revision, key=lambda u: u[0])]
         self._compacted = max(self._compacted, revision - 1)
         self._notify()
 
