@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from hvcluster.models.config import ClusterConfig
 from hvcluster.store.etcd import EtcdStore
 from hvcluster.store.keys import Keys
 from tests.agent.daemons import SlowProbeDriver, node_watchdog, vm_process, wait_for, watchdog_log
+from tests.etcd_fixtures import store_tls
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -38,23 +40,43 @@ def _config(cluster: str) -> ClusterConfig:
     )
 
 
-@pytest.fixture
-async def cluster(etcd_session: EtcdCluster) -> tuple[str, list[str]]:
-    """A cluster of its own (a fresh prefix) on the session's etcd, its config written."""
+@dataclass(frozen=True)
+class Cluster:
+    name: str
+    etcd: EtcdCluster
+
+    def agent(self, run_dir: Path) -> AgentConfig:
+        tls = store_tls(self.etcd)
+        return AgentConfig(
+            node="n1", cluster=self.name, etcd=tuple(self.etcd.endpoints), run_dir=run_dir,
+            driver="sim", controller=False,
+            etcd_ca=tls.ca if tls else None, etcd_cert=tls.cert if tls else None,
+            etcd_key=tls.key if tls else None,
+        )  # fmt: skip
+
+
+async def _cluster(etcd: EtcdCluster) -> Cluster:
+    """A cluster of its own (a fresh prefix) on a shared etcd, its config written."""
     name = f"t{uuid.uuid4().hex[:8]}"
-    store = EtcdStore(etcd_session.endpoints)
+    store = EtcdStore(etcd.endpoints, tls=store_tls(etcd))
     try:
         await store.put(Keys(name).config, encode(_config(name)))
     finally:
         await store.close()
-    return name, etcd_session.endpoints
+    return Cluster(name, etcd)
 
 
-def _agent(cluster: str, endpoints: list[str], run_dir: Path) -> AgentConfig:
-    return AgentConfig(
-        node="n1", cluster=cluster, etcd=tuple(endpoints), run_dir=run_dir, driver="sim",
-        controller=False,
-    )  # fmt: skip
+@pytest.fixture
+async def cluster(etcd_session: EtcdCluster) -> Cluster:
+    return await _cluster(etcd_session)
+
+
+@pytest.fixture(params=["plain", "tls"])
+async def any_cluster(request: pytest.FixtureRequest) -> Cluster:
+    """On plain etcd, and on etcd with TLS and client certificates (liveness's own client
+    must carry the agent's TLS settings)."""
+    fixture = "etcd_session" if request.param == "plain" else "etcd_tls_session"
+    return await _cluster(request.getfixturevalue(fixture))
 
 
 def _registered(daemon: Daemon) -> bool:
@@ -63,10 +85,9 @@ def _registered(daemon: Daemon) -> bool:
 
 
 async def test_a_slow_probe_at_restart_never_starves_the_watchdog(
-    cluster: tuple[str, list[str]], tmp_path: Path
+    cluster: Cluster, tmp_path: Path
 ) -> None:
-    name, endpoints = cluster
-    cfg = _agent(name, endpoints, tmp_path / "n1")
+    cfg = cluster.agent(tmp_path / "n1")
     with node_watchdog(cfg.run_dir, FENCE_AFTER), vm_process(cfg.run_dir, "vm-a") as vm:
         first = Daemon(cfg, driver=SimDriver(), serve_api=False, links=MemoryLinks())
         task = asyncio.create_task(first.run())
@@ -93,10 +114,9 @@ async def test_a_slow_probe_at_restart_never_starves_the_watchdog(
 
 
 async def test_a_blocked_main_loop_does_not_stop_feeding(
-    cluster: tuple[str, list[str]], tmp_path: Path
+    any_cluster: Cluster, tmp_path: Path
 ) -> None:
-    name, endpoints = cluster
-    cfg = _agent(name, endpoints, tmp_path / "n1")
+    cfg = any_cluster.agent(tmp_path / "n1")
     with node_watchdog(cfg.run_dir, FENCE_AFTER), vm_process(cfg.run_dir, "vm-a") as vm:
         daemon = Daemon(cfg, driver=SimDriver(), serve_api=False, links=MemoryLinks())
         task = asyncio.create_task(daemon.run())
