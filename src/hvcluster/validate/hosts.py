@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from itertools import combinations, permutations
 
 from hvcluster.models.guestcpu import cannot_provide, provided
@@ -60,6 +61,20 @@ def inventory(facts: ValidationFacts, t: Thresholds) -> list[Check]:
                     message=f"{node.name} is not alive (its lease is gone): left out of the "
                     f"other checks; last reported {_describe(node)}",
                     action=f"start the agent on {node.name}, or ignore if it is down on purpose",
+                    nodes=(node.name,),
+                )
+            )
+        elif node.watchdog is not None and not node.watchdog.acknowledging:
+            since = time.strftime("%H:%M:%S", time.localtime(node.watchdog.since))
+            checks.append(
+                Check(
+                    category=cat,
+                    name=name,
+                    status=FAIL,
+                    message=f"{node.name}'s watchdog does not acknowledge feeding since "
+                    f"{since}: {node.watchdog.problem}; {node.name} starts and takes no VM",
+                    action=f"run hvc watchdog --run-dir <the agent's run_dir> on {node.name} "
+                    "(the same run dir as its agent)",
                     nodes=(node.name,),
                 )
             )
