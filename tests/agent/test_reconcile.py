@@ -141,3 +141,30 @@ def test_unplaced_but_desired_stopped_is_shut_down_not_killed() -> None:
 def test_unreadable_vms_are_left_alone() -> None:
     assert plan(local={"a": running()}, unreadable=frozenset({"a"})) == []
     assert plan(placements={"a": seen("n1")}, unreadable=frozenset({"a"})) == []
+
+
+def test_an_older_vm_of_the_same_name_is_not_this_one() -> None:
+    """A placement and status carrying another uid are a deleted VM's (still stopping here):
+    its process is killed, never adopted, and its last report is not taken for the new VM's."""
+    old, new = "0" * 32, "1" * 32
+    p = Placement(node="n1", epoch=1, uid=old)
+    stale = SeenPlacement(p, encode(p), mod_revision=11)
+    was = status(VMState.RUNNING).model_copy(update={"uid": old})
+    fresh = VMSpec(name="a", uid=new)
+    actions = plan(
+        specs={"a": fresh}, placements={"a": stale}, statuses={"a": was}, local={"a": running()}
+    )
+    assert [type(a) for a in actions] == [Kill]
+    assert "no placement" in actions[0].reason  # type: ignore[attr-defined]
+    # placed anew (the controller, above every epoch seen): started, and reported as its own
+    q = Placement(node="n1", epoch=2, uid=new)
+    placed = SeenPlacement(q, encode(q), mod_revision=12)
+    [start] = plan(specs={"a": fresh}, placements={"a": placed}, statuses={"a": was})
+    assert isinstance(start, Start) and not start.restart  # not a crash of the old one
+    [report] = plan(
+        specs={"a": fresh},
+        placements={"a": placed},
+        statuses={"a": was},
+        local={"a": running(epoch=2)},
+    )
+    assert isinstance(report, Report) and report.status.uid == new

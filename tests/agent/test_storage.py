@@ -13,7 +13,7 @@ import pytest
 from hvcluster.agent.disks import DiskBusy, DiskError, VolumeDisks, virtual_size
 from hvcluster.agent.network import MemoryLinks
 from hvcluster.agent.resources import HostResources, Resources
-from hvcluster.agent.storage import check_volume, resolve_disk, write_marker
+from hvcluster.agent.storage import check_volume, resolve_disk
 from hvcluster.drivers.sim import SimDriver
 from hvcluster.models.base import encode
 from hvcluster.models.storage import MARKER, DiskDeletion, Switch, SwitchType, Volume
@@ -39,24 +39,33 @@ async def store() -> AsyncIterator[MemoryStore]:
         await s.close()
 
 
-def test_marker_is_written_once_and_checked(tmp_path: Path) -> None:
+def place_marker(v: Volume) -> None:
+    """What an admin does once per volume ('hvc volume mark' writes a new id the same way)."""
+    (Path(v.path) / MARKER).write_text(f"{v.id}\n")
+
+
+def test_the_marker_an_admin_placed_is_checked_and_never_written(tmp_path: Path) -> None:
     v = volume(tmp_path / "csv1")
     missing = check_volume(v)
     assert not missing.seen and "not a directory" in (missing.problem or "")
     (tmp_path / "csv1").mkdir()
     fresh = check_volume(v)
-    assert not fresh.seen and fresh.needs_marker
-    assert write_marker(v, "n1") is None
+    assert not fresh.seen and "hvc volume mark" in (fresh.problem or "")
+    assert list((tmp_path / "csv1").iterdir()) == []  # checking wrote nothing
+    place_marker(v)
     seen = check_volume(v)
     assert seen.seen and seen.free_mib is not None and seen.free_mib > 0
-    assert (tmp_path / "csv1" / MARKER).read_text().strip() == v.id
-    assert write_marker(v, "n2") is None  # the same id there already: fine
     other = v.model_copy(update={"id": uuid.uuid4().hex})
-    assert "already holds id" in (write_marker(other, "n2") or "")
-    assert (tmp_path / "csv1" / MARKER).read_text().strip() == v.id  # never overwritten
     wrong = check_volume(other)
-    assert not wrong.seen and v.id in (wrong.problem or "") and not wrong.needs_marker
-    assert [p.name for p in (tmp_path / "csv1").iterdir()] == [MARKER]  # no temp files left
+    assert not wrong.seen and v.id in (wrong.problem or "")
+    assert (tmp_path / "csv1" / MARKER).read_text().strip() == v.id  # never overwritten
+
+
+def test_a_volume_path_leading_to_a_system_directory_is_not_seen(tmp_path: Path) -> None:
+    (tmp_path / "csv1").symlink_to("/etc")  # the store says a path; the host says /etc
+    v = volume(tmp_path / "csv1")
+    r = check_volume(v)
+    assert not r.seen and "/etc" in (r.problem or "") and "system directory" in (r.problem or "")
 
 
 def test_disk_paths_never_leave_the_volume(tmp_path: Path) -> None:
@@ -89,13 +98,14 @@ async def test_nodes_agree_on_a_volume_and_a_different_id_is_missing(
     (tmp_path / "csv1").mkdir()
     (tmp_path / "other").mkdir()
     v = volume(tmp_path / "csv1")
+    place_marker(v)
     await store.put(KEYS.volume("csv1"), encode(v))
     n1, n2 = await host(store, "n1"), await host(store, "n2")
     first = await n1.check()
     assert first.volumes == ("csv1",) and first.volume_free_mib["csv1"] > 0
     assert n1.mounts == {"csv1": tmp_path / "csv1"}
     assert isinstance(n1.driver, SimDriver) and n1.driver.host.volumes == n1.mounts
-    assert (await n2.check()).volumes == ("csv1",)  # the marker n1 wrote
+    assert (await n2.check()).volumes == ("csv1",)
     # a node where another volume is mounted at that path sees a different id
     (tmp_path / "other" / MARKER).write_text("someone-else\n")
     await store.put(
@@ -107,14 +117,13 @@ async def test_nodes_agree_on_a_volume_and_a_different_id_is_missing(
     assert n3.mounts == {}
 
 
-async def test_only_the_claiming_node_writes_the_marker(store: MemoryStore, tmp_path: Path) -> None:
+async def test_no_agent_writes_a_marker(store: MemoryStore, tmp_path: Path) -> None:
     (tmp_path / "csv1").mkdir()
     v = volume(tmp_path / "csv1")
     await store.put(KEYS.volume("csv1"), encode(v))
-    await store.put(KEYS.lock(f"volume-marker:{v.id}"), b"n9")  # n9 claimed it, then died
-    n1 = await host(store, "n1")
-    r = await n1.check()
-    assert r.volumes == () and "no marker" in r.volume_problems["csv1"]
+    for node in ("n1", "n2"):
+        r = await (await host(store, node)).check()
+        assert r.volumes == () and "no marker" in r.volume_problems["csv1"]
     assert not (tmp_path / "csv1" / MARKER).exists()
 
 
@@ -194,6 +203,7 @@ async def test_disks_of_a_deleted_vm_are_deleted_once_unlocked(
     (tmp_path / "a.qcow2").write_bytes(b"x")
     outside = tmp_path.parent / f"{tmp_path.name}-keep.qcow2"
     outside.write_bytes(b"y")
+    await disks.record_created(disk, spec(disk))  # as prepare() records what it creates
     request = DiskDeletion(vm="db", disks=(disk,))
     key = KEYS.request("delete-disks/db")
     await store.put(key, encode(request))
@@ -206,6 +216,7 @@ async def test_disks_of_a_deleted_vm_are_deleted_once_unlocked(
     await disks.carry_out_deletions([], say)
     assert not (tmp_path / "a.qcow2").exists() and await store.get(key) is None
     assert said == ["vm.disks_deleted"] and outside.exists()
+    assert await store.get(KEYS.created_disk("csv1:a.qcow2")) is None  # its record with it
     # a VM re-created under the same name keeps its disks
     (tmp_path / "a.qcow2").write_bytes(b"x")
     await store.put(key, encode(request))

@@ -213,6 +213,18 @@ async def test_the_last_admin_token_cannot_be_revoked(api: httpx.AsyncClient) ->
     assert (await api.delete("/tokens/test-admin")).status_code == 200
 
 
+async def test_a_token_is_revoked_among_hundreds_of_admins(
+    store: MemoryStore, api: httpx.AsyncClient
+) -> None:
+    """The revocation's guard does not grow with the number of admin tokens (etcd allows 128
+    compares in a txn, and the memory store refuses more as etcd does)."""
+    for i in range(200):
+        await make_token(store, KEYS, f"admin-{i:03d}", Role.ADMIN)
+    r = await api.delete("/tokens/admin-100")
+    assert r.status_code == 200, r.text
+    assert (await store.get(KEYS.token("admin-100"))) is None
+
+
 async def test_validate_with_a_reader_token_asks_other_agents_with_it(
     store: MemoryStore, raw: httpx.AsyncClient
 ) -> None:

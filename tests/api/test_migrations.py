@@ -127,3 +127,46 @@ async def test_a_target_lacking_the_vms_switch_or_volume_is_refused(
     r = await api.post("/vms/web/move", json={"to": "n2"})
     assert r.status_code == 409
     assert "n2 lacks switch 'lan', volume 'csv1'" in r.json()["error"]
+
+
+async def with_volumes(store: MemoryStore, name: str, *volumes: str) -> None:
+    await add_node(store, name)
+    kv = await store.get(KEYS.node(name))
+    assert kv is not None
+    node = decode(Node, kv.key, kv.value).model_copy(update={"volumes": volumes})
+    await store.put(KEYS.node(name), encode(node))
+
+
+async def test_quick_move_needs_a_volume_both_nodes_see(
+    api: httpx.AsyncClient, store: MemoryStore
+) -> None:
+    """The state is saved where the target can read it, or the move is refused up front."""
+    await with_volumes(store, "n1", "a")
+    await with_volumes(store, "n2", "b")
+    await with_volumes(store, "n3", "b", "a")
+    await running(api, store, "web", "n1")
+    r = await api.post("/vms/web/move", json={"to": "n2", "kind": "quick"})
+    assert r.status_code == 409, r.text
+    assert r.json()["error"] == (
+        "cannot move web to n2: n1 and n2 share no volume to save the VM's state on: "
+        "no quick migration between them"
+    )
+    assert (await api.get("/migrations")).json()["migrations"] == []
+    # live needs no shared volume for the state; quick to n3 (sees a) is stored
+    r = await api.post("/vms/web/move", json={"to": "n3", "kind": "quick"})
+    assert r.status_code == 202, r.text
+
+
+async def test_quick_move_with_no_target_named_says_why_none_fits(
+    api: httpx.AsyncClient, store: MemoryStore
+) -> None:
+    await with_volumes(store, "n1", "a")
+    await with_volumes(store, "n2")
+    await running(api, store, "web", "n1")
+    r = await api.post("/vms/web/move", json={"kind": "quick"})
+    assert r.status_code == 409
+    assert r.json()["error"] == (
+        "no node can take web: n1 and n2 share no volume to save the VM's state on: "
+        "no quick migration between them"
+    )
+    assert (await api.post("/vms/web/move", json={"kind": "live"})).status_code == 202

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 
 import httpx
 import pytest
@@ -12,6 +13,7 @@ import pytest
 from hvcluster.api import volumes
 from hvcluster.api.context import ApiContext
 from hvcluster.api.removal import remove_unused
+from hvcluster.cli.volume_cmd import place_marker
 from hvcluster.lab.etcd import EtcdCluster
 from hvcluster.models.base import encode
 from hvcluster.models.errors import Conflict
@@ -64,11 +66,13 @@ async def ctx(request: pytest.FixtureRequest) -> AsyncIterator[ApiContext]:
 
 
 async def test_a_volume_among_8000_vms_is_removed_when_unused(
-    api: httpx.AsyncClient, store: MemoryStore
+    api: httpx.AsyncClient, store: MemoryStore, tmp_path: Path
 ) -> None:
-    assert (
-        await api.post("/volumes", json={"name": "csv1", "path": "/srv/csv1"})
-    ).status_code == 201
+    root = tmp_path / "csv1"
+    root.mkdir()
+    place_marker(root)  # as an admin prepares a volume: 'hvc volume mark'
+    made = await api.post("/volumes", json={"name": "csv1", "path": str(root)})
+    assert made.status_code == 201, made.text
     await add_vms(store, KEYS, 8000)
     disk = {"volume": "csv1", "path": "a.qcow2", "size_gib": 1}
     assert (await api.post("/vms", json=spec("db", disks=[disk]))).status_code == 201

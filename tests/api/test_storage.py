@@ -2,23 +2,36 @@
 
 from __future__ import annotations
 
+import uuid
+from pathlib import Path
+
 import httpx
 
 from hvcluster.models.base import decode, encode
 from hvcluster.models.node import Node
-from hvcluster.models.storage import DiskDeletion, Volume
+from hvcluster.models.storage import MARKER, DiskDeletion, Volume
 from hvcluster.store.memory import MemoryStore
 from tests.api.conftest import KEYS, add_node, kinds, spec
 
 
-async def test_volume_add_list_show_remove(api: httpx.AsyncClient, store: MemoryStore) -> None:
-    r = await api.post("/volumes", json={"name": "csv1", "path": "/srv/csv1//"})
+def marked(root: Path, volume_id: str = "") -> Path:
+    """A directory prepared as an admin does: the marker holding the volume's id."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / MARKER).write_text((volume_id or uuid.uuid4().hex) + "\n")
+    return root
+
+
+async def test_volume_add_list_show_remove(
+    api: httpx.AsyncClient, store: MemoryStore, tmp_path: Path
+) -> None:
+    root = marked(tmp_path / "csv1")
+    r = await api.post("/volumes", json={"name": "csv1", "path": f"{root}//"})
     assert r.status_code == 201, r.text
     body = r.json()
-    assert body["path"] == "/srv/csv1" and len(body["id"]) == 32
+    assert body["path"] == str(root) and body["id"] == (root / MARKER).read_text().strip()
     kv = await store.get(KEYS.volume("csv1"))
     assert kv is not None and decode(Volume, kv.key, kv.value).id == body["id"]
-    again = await api.post("/volumes", json={"name": "csv1", "path": "/other"})
+    again = await api.post("/volumes", json={"name": "csv1", "path": str(root)})
     assert again.status_code == 409 and "already exists" in again.json()["error"]
     bad = await api.post("/volumes", json={"name": "csv2", "path": "relative"})
     assert bad.status_code == 422 and bad.json()["field"] == "path"
@@ -43,8 +56,11 @@ async def test_volume_add_list_show_remove(api: httpx.AsyncClient, store: Memory
     assert {"volume.added", "volume.removed"} <= set(await kinds(store))
 
 
-async def test_volume_in_use_is_not_removed(api: httpx.AsyncClient, store: MemoryStore) -> None:
-    await api.post("/volumes", json={"name": "csv1", "path": "/srv/csv1"})
+async def test_volume_in_use_is_not_removed(
+    api: httpx.AsyncClient, store: MemoryStore, tmp_path: Path
+) -> None:
+    r = await api.post("/volumes", json={"name": "csv1", "path": str(marked(tmp_path / "csv1"))})
+    assert r.status_code == 201, r.text
     disk = {"volume": "csv1", "path": "a.qcow2", "size_gib": 1}
     assert (await api.post("/vms", json=spec("db", disks=[disk]))).status_code == 201
     r = await api.delete("/volumes/csv1")
@@ -91,9 +107,15 @@ async def test_switch_add_list_remove(api: httpx.AsyncClient, store: MemoryStore
     assert {"switch.added", "switch.removed"} <= set(await kinds(store))
 
 
-async def test_a_volume_added_again_can_adopt_its_id(api: httpx.AsyncClient) -> None:
+async def test_a_volume_added_again_adopts_the_id_of_its_marker(
+    api: httpx.AsyncClient, tmp_path: Path
+) -> None:
     known = "0123456789abcdef0123456789abcdef"
-    r = await api.post("/volumes", json={"name": "csv9", "path": "/srv/csv9", "id": known})
+    root = marked(tmp_path / "csv9", known)
+    r = await api.post("/volumes", json={"name": "csv9", "path": str(root), "id": known})
     assert r.status_code == 201 and r.json()["id"] == known
-    bad = await api.post("/volumes", json={"name": "csv8", "path": "/srv/csv8", "id": "../x"})
+    other = await api.post("/volumes", json={"name": "csv7", "path": str(root), "id": "f" * 32})
+    assert other.status_code == 422 and other.json()["field"] == "id"
+    assert known in other.json()["error"]
+    bad = await api.post("/volumes", json={"name": "csv8", "path": str(root), "id": "../x"})
     assert bad.status_code == 422 and bad.json()["field"] == "id"

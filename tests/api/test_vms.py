@@ -136,7 +136,7 @@ async def test_stop_retries_when_another_writer_wins() -> None:
         ),
         (spec(colour="blue"), "colour", "Extra inputs are not permitted"),
         ({"vcpus": 1}, "name", "Field required"),
-        (spec(disks=[{"path": "relative.qcow2"}]), "disks.0", "path must be absolute"),
+        (spec(disks=[{"path": "relative.qcow2"}]), "disks.0.path", "path must be absolute"),
     ],
 )
 async def test_bad_specs_are_refused_naming_the_field(

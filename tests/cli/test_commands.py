@@ -38,18 +38,24 @@ def test_vm_lifecycle(hvc: Any) -> None:
             "--priority",
             "high",
             "--disk",
-            "/srv/web-1.qcow2",
+            "csv1:./web-1.qcow2",
             "--preferred-owner",
             "n1",
         )
     )
     assert "created vm web-1" in out
+    refused = hvc("vm", "create", "web-2", "--disk", "/etc/passwd")
+    assert refused.exit_code != 0 and "Traceback" not in refused.output
+    assert "disks.0.path" in refused.output and "allowed_disk_dirs" in refused.output
 
     listed = json.loads(ok(hvc("vm", "list", "--json")))
     vm = next(v for v in listed["vms"] if v["name"] == "web-1")
     assert (vm["state"], vm["desired_state"]) == ("pending", "running")
     assert vm["spec"]["ha"]["priority"] == "high"
-    assert vm["spec"]["disks"][0]["path"] == "/srv/web-1.qcow2"
+    assert (vm["spec"]["disks"][0]["volume"], vm["spec"]["disks"][0]["path"]) == (
+        "csv1",
+        "web-1.qcow2",
+    )
 
     table = ok(hvc("vm", "list"))
     assert "web-1" in table and "pending" in table

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from hvcluster.models.base import encode
+from hvcluster.models.base import decode, encode
 from hvcluster.models.lifecycle import MigrationState, VMState
-from hvcluster.models.node import NodeAlive
+from hvcluster.models.node import Node, NodeAlive
 from hvcluster.models.vm import Placement, VMSpec, VMStatus
 from hvcluster.store.migrations import change_migration, read_migrations
 from tests.cli.conftest import KEYS, ApiServer
@@ -36,6 +36,14 @@ def cluster(server: ApiServer, *vms: str) -> None:
     server.add_node("m1")
     server.add_node("m2")
     server.run(setup())
+    server.run(sharing_a_volume(store, "m1", "m2"))  # where a quick move saves the state
+
+
+async def sharing_a_volume(store: Any, *nodes: str) -> None:
+    for name in nodes:
+        kv = await store.get(KEYS.node(name))
+        node = decode(Node, kv.key, kv.value).model_copy(update={"volumes": ("csv",)})
+        await store.put(KEYS.node(name), encode(node))
 
 
 def fail_soon(server: ApiServer, vm: str, reason: str) -> threading.Thread:

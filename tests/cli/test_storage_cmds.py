@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner, Result
 
+from hvcluster.cli.main import app as cli_app
 from hvcluster.models.base import encode
 from hvcluster.models.node import Capacity, Node
+from hvcluster.models.storage import MARKER
 from tests.cli.conftest import KEYS, ApiServer
 
 pytestmark = pytest.mark.timeout(60)
@@ -19,12 +23,27 @@ def ok(result: Any) -> str:
     return str(result.output)
 
 
-def test_volume_commands(hvc: Any) -> None:
-    out = ok(hvc("volume", "add", "csv-cli", "/srv/csv-cli"))
-    assert "csv-cli" in out and "/srv/csv-cli" in out and "id " in out
+def local(*args: str) -> Result:
+    """A host-local command (no API): 'hvc volume mark'."""
+    return CliRunner().invoke(cli_app, list(args))
+
+
+def test_volume_commands(hvc: Any, tmp_path: Path) -> None:
+    root = tmp_path / "csv-cli"
+    root.mkdir()
+    unmarked = hvc("volume", "add", "csv-cli", str(root))
+    assert unmarked.exit_code != 0 and f"'hvcvolumemark{root}'" in "".join(unmarked.output.split())
+    assert list(root.iterdir()) == []
+    marked = ok(local("volume", "mark", str(root)))
+    placed = (root / MARKER).read_text().strip()
+    assert f"marked{root}(id{placed})" in "".join(marked.split())
+    assert "already marked" in ok(local("volume", "mark", str(root)))  # kept, not rewritten
+    assert (root / MARKER).read_text().strip() == placed
+    out = ok(hvc("volume", "add", "csv-cli", str(root)))
+    assert f"volumecsv-cliat{root}(id{placed})" in "".join(out.split())
     listed = json.loads(ok(hvc("volume", "list", "--json")))
     mine = [v for v in listed["volumes"] if v["name"] == "csv-cli"]
-    assert mine and mine[0]["path"] == "/srv/csv-cli"
+    assert mine and mine[0]["path"] == str(root)
     assert "csv-cli" in ok(hvc("volume", "list"))
     assert mine[0]["id"] in ok(hvc("volume", "show", "csv-cli"))
     ok(hvc("vm", "create", "cli-vol-vm", "--disk", "csv-cli:vm/a.qcow2"))
@@ -35,6 +54,17 @@ def test_volume_commands(hvc: Any) -> None:
     ok(hvc("volume", "rm", "csv-cli"))
     gone = hvc("volume", "show", "csv-cli")
     assert gone.exit_code != 0 and "not found" in gone.output
+
+
+def test_volume_mark_refuses_root_and_system_directories(tmp_path: Path) -> None:
+    for path in ("/", "/etc", "/usr/lib"):
+        refused = local("volume", "mark", path)
+        assert refused.exit_code != 0 and "system directory" in refused.output
+        assert "Traceback" not in refused.output
+        assert not Path(path, MARKER).exists()
+    (tmp_path / "to-root").symlink_to("/")
+    refused = local("volume", "mark", str(tmp_path / "to-root"))
+    assert refused.exit_code != 0 and "/ is a system directory" in refused.output
 
 
 def test_switch_commands(hvc: Any) -> None:

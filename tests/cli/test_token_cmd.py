@@ -20,7 +20,11 @@ from hvcluster.lab.etcd import EtcdCluster
 from hvcluster.store.etcd import EtcdStore
 from hvcluster.store.keys import Keys
 from tests.cli.conftest import ApiServer
-from tests.etcd_fixtures import etcd_session  # noqa: F401  (a fixture)
+from tests.etcd_fixtures import (  # noqa: F401  (fixtures)
+    etcd_session,
+    etcd_tls_session,
+    store_tls,
+)
 
 
 def ok(result: Result) -> str:
@@ -164,3 +168,30 @@ def test_the_first_admin_token_is_written_straight_into_etcd(
         ("root", "admin", "bootstrap")
     ]
     assert root.split(".", 1)[1].encode() not in stored
+
+
+@pytest.mark.etcd
+def test_the_first_admin_token_over_tls_needs_the_client_certificate(
+    etcd_tls_session: EtcdCluster,  # noqa: F811
+) -> None:
+    files = etcd_tls_session.client_tls
+    assert files is not None
+    endpoint = etcd_tls_session.endpoints[0]
+    cluster = f"tls{int(time.time() * 1000) % 100000}"
+    args = ["token", "create", "root", "--role", "admin", "--store-endpoints", endpoint]
+    args += ["--cluster", cluster, "--ca", str(files.ca)]
+    refused = CliRunner().invoke(cli_app, args)
+    assert refused.exit_code != 0 and "Traceback" not in refused.output
+    tls = ["--cert", str(files.cert), "--key", str(files.key)]
+    root = ok(CliRunner().invoke(cli_app, [*args, *tls])).strip().splitlines()[-1]
+
+    async def stored() -> bytes | None:
+        store = EtcdStore([endpoint], tls=store_tls(etcd_tls_session))
+        try:
+            kv = await store.get(Keys(cluster).token("root"))
+            return None if kv is None else kv.value
+        finally:
+            await store.close()
+
+    value = asyncio.run(stored())
+    assert value is not None and root.split(".", 1)[1].encode() not in value

@@ -18,7 +18,7 @@ from hvcluster.drivers.qemu.driver import QemuDriver
 from hvcluster.drivers.qemu.settings import QemuSettings
 from hvcluster.drivers.testguest import read_counter
 from hvcluster.models.base import encode
-from hvcluster.models.storage import Volume
+from hvcluster.models.storage import MARKER, Volume
 from hvcluster.models.vm import Disk, VMSpec
 from hvcluster.store.keys import Keys
 from hvcluster.store.memory import MemoryStore
@@ -46,9 +46,9 @@ async def test_a_vm_with_its_disk_on_a_volume_boots(
 ) -> None:
     csv = tmp_path / "csv1"
     csv.mkdir()
-    await store.put(
-        KEYS.volume("csv1"), encode(Volume(name="csv1", path=str(csv), id=uuid.uuid4().hex))
-    )
+    volume = Volume(name="csv1", path=str(csv), id=uuid.uuid4().hex)
+    (csv / MARKER).write_text(volume.id + "\n")  # placed by an admin ('hvc volume mark')
+    await store.put(KEYS.volume("csv1"), encode(volume))
     driver = QemuDriver(run_dirs("n1"), qemu_settings)
     disks = VolumeDisks(store, KEYS, "n1", lambda: 0)
     reported: list[Resources] = []

@@ -15,6 +15,7 @@ from hvcluster.drivers.image import cached_image
 from hvcluster.drivers.testguest import heartbeats, read_counter
 from tests.lab.conftest import CACHE, Lab, make_lab, wait_for
 from tests.lab.test_qemu_failover import counter_rises, create_guest, running, vm_pid
+from tests.lab.test_qemu_storage_move import add_volume
 
 pytestmark = [pytest.mark.lab, pytest.mark.qemu, pytest.mark.timeout(240)]
 
@@ -54,8 +55,13 @@ def test_migration_keeps_the_guest_running_with_no_reset(lab2: Lab, kind: str) -
     counter_rises(disk, 0)
     wait_for(lambda: len(heartbeats(serial(lab, "n1", name))) >= 3, 30, "heartbeats on n1")
     seen_on_n1 = heartbeats(serial(lab, "n1", name))[-1]
+    if kind == "quick":  # the state is saved where both nodes see it: a volume of both
+        add_volume(lab, "csv-state")
 
     rec = migrate(lab, name, "n2", kind)
+    if kind == "quick":  # restored from the state n2 read on the shared volume
+        assert rec["saved_path"] == f"csv-state:.hvc-migration-state/{name}-{rec['id']}.state"
+        assert rec["state_verified"]
 
     assert rec["target"] == "n2" and rec["total_ms"] > 0
     assert 0 < rec["downtime_ms"] < 30_000

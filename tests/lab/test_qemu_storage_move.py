@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from hvcluster.cli.volume_cmd import place_marker
 from hvcluster.drivers.image import cached_image, require_image
 from hvcluster.drivers.testguest import read_counter
 from tests.lab.conftest import CACHE, Lab, make_lab, wait_for
@@ -28,6 +29,7 @@ def lab_storage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 def add_volume(lab: Lab, name: str) -> Path:
     root = Path(lab.state.shared_dir) / name
     root.mkdir()
+    place_marker(root)  # what an admin does: 'hvc volume mark PATH'
     lab.post("/volumes", {"name": name, "path": str(root)})
     nodes = sorted(n.name for n in lab.state.nodes)
     wait_for(lambda: lab.get(f"/volumes/{name}")["seen_by"] == nodes, 20, f"{name} seen")

@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
+from hvcluster.cli.volume_cmd import place_marker
 from hvcluster.drivers.image import require_image
 from hvcluster.models.storage import MARKER
 from tests.lab.conftest import CACHE, Lab, wait_for
@@ -27,7 +28,9 @@ def test_a_vm_on_a_volume_gets_its_disk_and_fails_over_with_it(qemu_lab: Lab) ->
     lab = qemu_lab
     root = Path(lab.state.shared_dir) / "csv-lab"
     root.mkdir()
+    marker_id, _ = place_marker(root)  # what an admin does: 'hvc volume mark PATH'
     volume = lab.post("/volumes", {"name": "csv-lab", "path": str(root)})
+    assert volume["id"] == marker_id
     nodes = sorted(n.name for n in lab.state.nodes)
     wait_for(lambda: seen_by(lab, "csv-lab") == nodes, 20, "every node to see csv-lab")
     assert (root / MARKER).read_text().strip() == volume["id"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import ssl
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from hvcluster.cli.main import app as cli_app
+from hvcluster.cli.volume_cmd import place_marker
 from hvcluster.lab.pki import Authority
 from tests.lab.conftest import Lab, make_lab, wait_for
 
@@ -46,6 +48,7 @@ def test_a_lab_validates_and_a_volume_no_node_sees_fails(sim_lab: Lab, tmp_path:
     wait_for(lambda: alive(lab) == ["n1", "n2"], 30, "both nodes alive")
     root = Path(lab.state.shared_dir) / "csv-val"
     root.mkdir()
+    place_marker(root)  # what an admin does: 'hvc volume mark PATH'
     lab.post("/volumes", {"name": "csv-val", "path": str(root)})
     lab.post("/switches", {"name": "lan"})
     wait_for(lambda: lab.get("/volumes/csv-val")["seen_by"] == ["n1", "n2"], 20, "volume seen")
@@ -69,7 +72,11 @@ def test_a_lab_validates_and_a_volume_no_node_sees_fails(sim_lab: Lab, tmp_path:
     assert "etcd0" in checks["leader"]["message"]
     assert checks["clock n2"]["status"] == "pass"  # one machine, one clock
 
-    lab.post("/volumes", {"name": "gone", "path": str(tmp_path / "not-there")})
+    gone_root = tmp_path / "not-there"
+    gone_root.mkdir()
+    place_marker(gone_root)  # added while mounted; then its mount goes away
+    lab.post("/volumes", {"name": "gone", "path": str(gone_root)})
+    shutil.rmtree(gone_root)
     wait_for(lambda: set(lab.get("/volumes/gone")["problems"]) == {"n1", "n2"}, 20, "problems said")
     code, checks = validate(lab)
     assert code == 1

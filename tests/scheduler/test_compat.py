@@ -30,8 +30,9 @@ def cpu(
     admin: NodeAdminState = NodeAdminState.UP,
     **inv: Any,
 ) -> NodeView:
-    """A node whose guests get ``model`` by default, providing ``provides`` too."""
-    plain = node(name, admin=admin)
+    """A node whose guests get ``model`` by default, providing ``provides`` too (and that
+    sees volume csv, as every other node here: quick migration saves the state there)."""
+    plain = node(name, admin=admin, volumes=("csv",))
     update = {"guest_cpu_model": model, **inv}
     if provides:
         update["guest_cpu_models"] = (model, *provides)

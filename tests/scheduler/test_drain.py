@@ -52,7 +52,7 @@ def test_owners_anti_affinity_and_capacity_are_respected() -> None:
 
 
 def test_failed_live_falls_back_to_quick_or_stays_per_policy_and_done_pauses() -> None:
-    nodes = [node("n1", admin=DRAINING), node("n2")]
+    nodes = [node("n1", admin=DRAINING, volumes=("csv",)), node("n2", volumes=("csv",))]
     vms = [vm("a", on="n1"), vm("broken", on="n1", state=VMState.FAILED, last_error="boom")]
     quick = plan_drain(snap(nodes, vms), [], failed_live={"a": "cpu mismatch"})
     assert [(d.vm, d.kind) for d in quick if isinstance(d, DrainMove)] == [
@@ -66,3 +66,19 @@ def test_failed_live_falls_back_to_quick_or_stays_per_policy_and_done_pauses() -
     assert done and done[0].stayed == ("a", "broken")
     empty = plan_drain(snap(nodes, [vm("z", on="n2")]), [])
     assert [d.node for d in empty if isinstance(d, DrainDone)] == ["n1"]
+
+
+def test_quick_fallback_needs_a_volume_both_nodes_see_for_the_state() -> None:
+    """The saved state must be where the target can read it: no shared volume, no quick
+    migration; the drain leaves the VM and says why."""
+    apart = [node("n1", admin=DRAINING, volumes=("a",)), node("n2", volumes=("b",))]
+    out = plan_drain(snap(apart, [vm("a", on="n1")]), [], failed_live={"a": "cpu mismatch"})
+    assert not [d for d in out if isinstance(d, DrainMove)]
+    (stay,) = [d for d in out if isinstance(d, DrainStay)]
+    assert "n1 and n2 share no volume to save the VM's state on" in stay.reason
+    # the VM's own disk volume is chosen when both see it, else any volume both see
+    shared = [node("n1", admin=DRAINING, volumes=("a", "b")), node("n2", volumes=("a", "b"))]
+    moves = plan_drain(snap(shared, [vm("a", on="n1")]), [], failed_live={"a": "x"})
+    assert [(d.vm, d.kind) for d in moves if isinstance(d, DrainMove)] == [
+        ("a", MigrationKind.QUICK)
+    ]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,8 @@ from hvcluster.models.config import ClusterConfig
 from hvcluster.models.event import Event
 from hvcluster.models.lifecycle import VMState
 from hvcluster.models.node import Node
-from hvcluster.models.vm import Placement, VMSpec, VMStatus
+from hvcluster.models.storage import MARKER, CreatedDisk, Volume
+from hvcluster.models.vm import Disk, Placement, VMSpec, VMStatus
 from hvcluster.store.events import EventLog
 from hvcluster.store.keys import Keys
 from hvcluster.store.memory import MemoryStore
@@ -137,9 +139,25 @@ class SimCluster:
 
     # --- writing (as the API would) ------------------------------------------------
     async def create_vm(self, name: str, **spec: Any) -> VMSpec:
-        vm = parse(VMSpec, {"name": name, "memory_mib": 256, **spec})
+        vm = parse(VMSpec, {"name": name, "memory_mib": 256, "uid": uuid.uuid4().hex, **spec})
         await self.store.put(self.keys.vm(name), encode(vm))
         return vm
+
+    async def add_volume(self, name: str, path: Path | None = None) -> Path:
+        """A shared volume (a directory of this machine, which every sim host sees; default
+        ``<tmp>/vol-<name>``) prepared as an admin does (its marker with a new id: what 'hvc
+        volume mark' writes), then recorded as 'hvc volume add' does; its path."""
+        path = path if path is not None else self.tmp / f"vol-{name}"
+        volume = Volume(name=name, path=str(path), id=place_marker(path))
+        await self.store.put(self.keys.volume(name), encode(volume))
+        return path
+
+    async def created_by_the_cluster(self, vm: str, volume: str, path: str) -> None:
+        """Record the file ``volume:path`` as one the cluster created for ``vm`` (what an
+        agent writes when it creates a disk): only such files are ever deleted."""
+        disk = Disk(volume=volume, path=path)
+        record = CreatedDisk(file=disk.file, vm=vm, node="n1", created_at=time.time())
+        await self.store.put(self.keys.created_disk(disk.file), encode(record))
 
     # --- waiting -------------------------------------------------------------------
     async def wait_for(self, predicate: Callable[[], Any], timeout: float, what: str) -> Any:
@@ -160,6 +178,14 @@ class SimCluster:
 
         node: str = await self.wait_for(where, timeout, f"{vm} running (not on {not_on})")
         return node
+
+
+def place_marker(path: Path) -> str:
+    """The directory ``path`` with a volume marker holding a new id, as an admin leaves it."""
+    path.mkdir(parents=True, exist_ok=True)
+    volume_id = uuid.uuid4().hex
+    (path / MARKER).write_text(volume_id + "\n")
+    return volume_id
 
 
 @contextlib.asynccontextmanager

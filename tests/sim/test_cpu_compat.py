@@ -67,6 +67,7 @@ async def test_the_model_follows_a_live_and_a_quick_move(
     setup: tuple[SimCluster, httpx.AsyncClient],
 ) -> None:
     cluster, api = setup
+    await cluster.add_volume("csv")  # a quick move saves the state there
     await cluster.start("n1", "n2", "n3")
     kv = await cluster.store.get(cluster.keys.node("n2"))
     assert kv is not None

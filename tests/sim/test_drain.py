@@ -107,6 +107,7 @@ async def test_a_vm_that_cannot_move_live_is_moved_quick(
     setup: tuple[SimCluster, httpx.AsyncClient],
 ) -> None:
     cluster, api = setup
+    await cluster.add_volume("csv")  # where its quick migration saves the state
     await cluster.start("n1", "n2")
     await cluster.create_vm("stubborn", ha={"preferred_owners": ["n1"]})
     assert await cluster.wait_running("stubborn") == "n1"
@@ -120,3 +121,27 @@ async def test_a_vm_that_cannot_move_live_is_moved_quick(
     assert await cluster.wait_running("stubborn", 10) == "n2"
     kinds = [(m["kind"], m["state"]) for m in (await api.get("/migrations")).json()["migrations"]]
     assert kinds == [("live", "failed"), ("quick", "done")]
+
+
+async def test_a_vm_that_cannot_move_live_stays_when_no_volume_is_shared(
+    setup: tuple[SimCluster, httpx.AsyncClient],
+) -> None:
+    """The fallback is quick, but a quick migration needs a volume both nodes see for the
+    state: none, so the VM stays and the drain says why."""
+    cluster, api = setup
+    await cluster.start("n1", "n2")
+    await cluster.create_vm("stubborn", ha={"preferred_owners": ["n1"]})
+    assert await cluster.wait_running("stubborn") == "n1"
+    cluster.drivers["n1"].fail_next_migration("stubborn", "cpu flags differ")
+    assert (await api.post("/nodes/n1/drain")).status_code == 202
+
+    async def paused() -> bool:
+        return (await node_record(cluster, "n1")).admin_state is NodeAdminState.PAUSED
+
+    await cluster.wait_for(paused, 60, "n1 drained and paused")
+    assert await cluster.running_on("stubborn") == "n1"
+    kinds = [(m["kind"], m["state"]) for m in (await api.get("/migrations")).json()["migrations"]]
+    assert kinds == [("live", "failed")]
+    [stay] = await cluster.event_list("drain.stay", "vm/stubborn")
+    assert "n1 and n2 share no volume to save the VM's state on" in stay.reason
+    assert "stayed: stubborn" in (await node_record(cluster, "n1")).admin_reason

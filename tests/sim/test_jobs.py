@@ -31,6 +31,7 @@ async def job(cluster: SimCluster, vm: str) -> Job | None:
 async def test_concurrent_creators_one_record_and_the_key_freed_by_the_flip(
     cluster: SimCluster,
 ) -> None:
+    await cluster.add_volume("csv")  # should the quick move win: its state goes there
     await cluster.start("n1", "n2")
     await cluster.create_vm("web", ha={"preferred_owners": ["n1"]})
     assert await cluster.wait_running("web") == "n1"

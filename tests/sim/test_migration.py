@@ -249,6 +249,7 @@ async def test_source_dies_after_its_transfer_before_its_flip(tmp_path: Path) ->
 
 
 async def test_quick_migration_saves_and_restores(cluster: SimCluster) -> None:
+    volume = await cluster.add_volume("csv")  # both nodes see it: the state goes there
     await cluster.start("n1", "n2")
     await cluster.create_vm("q", ha={"preferred_owners": ["n1"]})
     assert await cluster.wait_running("q") == "n1"
@@ -263,7 +264,10 @@ async def test_quick_migration_saves_and_restores(cluster: SimCluster) -> None:
 
     await cluster.wait_for(timed, 5, "downtime recorded")
     assert started  # the restored VM keeps its age (sim state file), checked by the driver
-    assert not await asyncio.to_thread(Path(done.saved_path).exists)
+    assert done.saved_path == done.state_file == f"csv:.hvc-migration-state/q-{rec.id}.state"
+    assert done.state_verified, "the target read the state before the flip"
+    state = volume / ".hvc-migration-state" / f"q-{rec.id}.state"
+    assert not await asyncio.to_thread(state.exists), "deleted once restored"
 
 
 async def test_failback_is_a_live_migration_and_falls_back_to_a_cold_move(

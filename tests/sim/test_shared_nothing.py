@@ -53,6 +53,7 @@ async def test_disks_and_memory_move_together(cluster: SimCluster, tmp_path: Pat
     assert before is not None
     (paths["b"] / "db").mkdir()  # a leftover of an attempt whose target agent went away
     (paths["b"] / "db" / "disk.qcow2").write_bytes(b"half a copy")
+    await cluster.created_by_the_cluster("db", "b", "db/disk.qcow2")  # that attempt made it
     rec = await request(cluster, "db", other, "b")
     done = await wait_state(cluster, rec.id, _M.DONE, _M.FAILED)
     assert done.state is _M.DONE, done.reason

@@ -26,17 +26,20 @@ async def volumes(cluster: SimCluster, tmp: Path, *names: str) -> dict[str, Path
     paths = {}
     for name in names:
         path = tmp / f"vol-{name}"
-        path.mkdir(exist_ok=True)
-        volume = Volume(name=name, path=str(path), id=uuid.uuid4().hex)
-        await cluster.store.put(cluster.keys.volume(name), encode(volume))
+        await cluster.add_volume(name, path)
         paths[name] = path
     return paths
 
 
-async def running_vm(cluster: SimCluster, root: Path, name: str = "db") -> str:
-    """``name`` running with its disk ``<name>/disk.qcow2`` on volume a (a real file)."""
+async def running_vm(
+    cluster: SimCluster, root: Path, name: str = "db", created: bool = True
+) -> str:
+    """``name`` running with its disk ``<name>/disk.qcow2`` on volume a (a real file), one
+    the cluster created (recorded so), unless ``created`` is False (an admin's file)."""
     (root / name).mkdir(exist_ok=True)
     (root / name / "disk.qcow2").write_bytes(b"old disk")
+    if created:
+        await cluster.created_by_the_cluster(name, "a", f"{name}/disk.qcow2")
 
     async def sees_a() -> bool:
         kv = await cluster.store.get(cluster.keys.node("n1"))
@@ -97,6 +100,28 @@ async def test_a_running_vm_moves_its_disk_and_the_lock_follows(
     assert await cluster.store.get(cluster.keys.lock("disk:a:db/disk.qcow2")) is None
     [moved] = await cluster.event_list("storage.moved", "vm/db")
     assert "disk 0 to b:db/disk.qcow2" in moved.reason
+
+
+async def test_an_old_disk_file_the_cluster_did_not_create_is_kept(
+    cluster: SimCluster, tmp_path: Path
+) -> None:
+    paths = await volumes(cluster, tmp_path, "a", "b")
+    await cluster.start("n1")
+    await running_vm(cluster, paths["a"], created=False)  # a file an admin made
+    rec = await request(cluster, "db", "b")
+    done = await final(cluster, rec.id)
+    assert done.state is _M.DONE, done.reason
+    assert (await spec(cluster, "db")).disks == (Disk(volume="b", path="db/disk.qcow2"),)
+
+    async def said() -> list[object]:
+        return list(await cluster.event_list("storage.moved", "vm/db"))
+
+    await cluster.wait_for(said, 5, "the move said")
+    assert (paths["a"] / "db" / "disk.qcow2").read_bytes() == b"old disk", "the file is kept"
+    [moved] = await cluster.event_list("storage.moved", "vm/db")
+    assert "old file a:db/disk.qcow2 kept: the cluster did not create it" in moved.reason
+    made = await cluster.store.get(cluster.keys.created_disk("b:db/disk.qcow2"))
+    assert made is not None, "the new file is the cluster's: recorded"
 
 
 async def test_a_volume_the_node_does_not_see_is_refused_with_the_reason(
@@ -174,6 +199,7 @@ async def test_a_move_its_agent_lost_fails_and_its_unnamed_copy_goes(
     # web's half copy, by an agent that died mid-move; db's disk path on b is db's own spec's
     (paths["b"] / "web").mkdir()
     (paths["b"] / "web" / "disk.qcow2").write_bytes(b"half a copy")
+    await cluster.created_by_the_cluster("web", "b", "web/disk.qcow2")  # as it recorded first
     placement = await cluster.placement("web")
     assert placement is not None
     rec = Migration(

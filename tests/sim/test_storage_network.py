@@ -60,11 +60,9 @@ async def test_a_vm_needing_a_volume_no_node_sees_stays_unplaced_with_the_reason
     cluster: SimCluster, tmp_path: Path
 ) -> None:
     csv = tmp_path / "csv1"
-    csv.mkdir()
-    seen = Volume(name="csv1", path=str(csv), id=uuid.uuid4().hex)
+    await cluster.add_volume("csv1", csv)
     unseen = Volume(name="csv2", path=str(tmp_path / "not-mounted"), id=uuid.uuid4().hex)
-    for v in (seen, unseen):
-        await cluster.store.put(cluster.keys.volume(v.name), encode(v))
+    await cluster.store.put(cluster.keys.volume(unseen.name), encode(unseen))
     await cluster.start("n1", "n2")
 
     async def reported() -> bool:

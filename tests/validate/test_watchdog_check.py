@@ -15,7 +15,7 @@ def test_a_node_whose_watchdog_is_silent_fails_inventory() -> None:
     checks = by_name(facts(node("n1", watchdog=silent), node("n2", watchdog=ok)))
     failed = checks["node n1"]
     assert failed.status is CheckStatus.FAIL
-    assert "n1's watchdog does not acknowledge feeding" in failed.message
+    assert "n1's watchdog has not acknowledged feeding for 999s" in failed.message
     assert "no watchdog listens at /run/hvc/watchdog.sock" in failed.message
     assert "hvc watchdog --run-dir" in failed.action
     assert checks["node n2"].status is CheckStatus.PASS

@@ -36,6 +36,7 @@ from hvcluster.drivers.base import Driver
 from hvcluster.models.config import ClusterConfig
 from hvcluster.models.errors import HvcError, StoreError
 from hvcluster.models.event import Event
+from hvcluster.models.lifecycle import VMState
 from hvcluster.store.base import Store
 from hvcluster.store.election import Election
 from hvcluster.store.etcd import EtcdStore
@@ -190,9 +191,7 @@ class Daemon:
             lease=lambda: live.state().lease_id,
             may_start=lambda: live.state().may_start(time.monotonic(), config.fence_after_s),
         )
-        self.migrations = MigrationWorker(
-            self.store, self.keys, agent, agent_say, cfg.run_dir.parent / "migration-state"
-        )
+        self.migrations = MigrationWorker(self.store, self.keys, agent, agent_say)
         storage = StorageMover(self.store, self.keys, agent, agent_say)
         resources = self.resources = self._resources(agent, agent_say)
         await resources.check()  # the node registers with its switches and volumes
@@ -230,8 +229,9 @@ class Daemon:
             agent.disks.mounts = mounts
 
         async def delete_disks() -> None:
-            local = [vm.name for vm in await self.driver.list()]
-            await agent.disks.carry_out_deletions(local, say)
+            listed = await self.driver.list()
+            local = [vm.name for vm in listed if vm.state not in (VMState.STOPPED, VMState.FAILED)]
+            await agent.disks.carry_out_deletions(local, say)  # a stopped VM uses no file
 
         resources.on_mounts.append(mounted)
         resources.after_check.append(delete_disks)

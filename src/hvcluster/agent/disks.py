@@ -1,6 +1,10 @@
 """VM disks on shared volumes: locks, creation and resizing, deletion.
 
-* **Locks.** While a VM runs, its agent holds ``locks/disk:<volume>:<path>`` for each of its
+* **Names.** A disk is ``VOLUME:relative/path`` (or an absolute path under a directory the
+  cluster config allows), canonical from its model on (:attr:`Disk.file`): locks, records
+  and deletions all use that one form. On the host, the path is resolved (symlinks followed)
+  and refused if it leaves its volume or allowed directory (:meth:`VolumeDisks.path_of`).
+* **Locks.** While a VM runs, its agent holds ``locks/disk:<VOLUME:path>`` for each of its
   disks on a volume, bound to the agent's lease (so a dead node's locks go with it). The start
   transaction takes them (compared absent, or already ours); :meth:`VolumeDisks.sweep`, run
   after each reconcile cycle, takes them for VMs that arrived otherwise (a migration) and
@@ -8,9 +12,12 @@
   line.
 * **Creation.** A disk with ``size_gib`` that does not exist is created with ``qemu-img
   create`` before the VM starts (under its lock); one smaller than ``size_gib`` is grown with
-  ``qemu-img resize``. Only files inside a volume are ever created.
+  ``qemu-img resize``. Only files inside a volume are ever created, and each is recorded
+  (``disks/<VOLUME:path>``, a :class:`CreatedDisk`).
 * **Deletion.** ``DELETE /vms/<vm>?disks=true`` stores a :class:`DiskDeletion`; an agent
   that sees the volumes deletes the files once no lock is held on them, then the request.
+  A file is deleted only if the cluster created it for that VM and no VM's spec names it;
+  otherwise it is kept, and an event says why.
 """
 
 from __future__ import annotations
@@ -18,17 +25,19 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 
 from hvcluster.agent.run import run_command
-from hvcluster.agent.storage import resolve_disk
-from hvcluster.models.base import decode
+from hvcluster.agent.storage import resolve_allowed, resolve_disk
+from hvcluster.models.base import decode, encode
 from hvcluster.models.errors import CorruptValue, DriverError
-from hvcluster.models.storage import DiskDeletion
+from hvcluster.models.storage import CreatedDisk, DiskDeletion
 from hvcluster.models.vm import Disk, VMSpec
 from hvcluster.store.base import Compare, Delete, Put, Store
 from hvcluster.store.keys import Keys
+from hvcluster.store.state import read_config, read_kind
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +72,7 @@ class VolumeDisks:
 
     # --- locks -----------------------------------------------------------------------
     def lock_key(self, disk: Disk) -> str:
-        return self.keys.lock(f"disk:{disk.volume}:{disk.path}")
+        return self.keys.lock(f"disk:{disk.file}")
 
     def holder(self, vm: str) -> bytes:
         return f"{self.node} {vm}".encode()
@@ -87,7 +96,7 @@ class VolumeDisks:
                 compares.append(Compare.value_is(key, mine))
             else:
                 who = kv.value.decode(errors="replace")
-                raise DiskBusy(f"disk {disk.volume}:{disk.path} is locked by {who}")
+                raise DiskBusy(f"disk {disk.file} is locked by {who}")
             puts.append(Put(key, mine, lease=self.lease()))
         return compares, puts
 
@@ -112,18 +121,56 @@ class VolumeDisks:
                     [Compare.absent(key)], [Put(key, self.holder(vm), lease=self.lease())]
                 )
 
-    # --- creation --------------------------------------------------------------------
-    def path_of(self, disk: Disk) -> Path:
-        mount = self.mounts.get(disk.volume or "")
-        if mount is None:
-            raise DiskError(f"volume {disk.volume!r} is not seen on {self.node}")
+    # --- where a disk is on this host --------------------------------------------------
+    def path_of(self, disk: Disk, allowed: Sequence[str] = ()) -> Path:
+        """Where ``disk`` is on this host, as its file system resolves it: inside its
+        volume's mount, or (an absolute disk) inside one of the ``allowed`` directories.
+        :class:`DiskError` when it is not (a symlink leading out, a volume not seen here)."""
         try:
+            if disk.volume is None:
+                return resolve_allowed(disk.path, allowed)
+            mount = self.mounts.get(disk.volume)
+            if mount is None:
+                raise DiskError(f"volume {disk.volume!r} is not seen on {self.node}")
             return resolve_disk(mount, disk.path)
         except ValueError as e:
             raise DiskError(str(e)) from None
 
+    def disk_at(self, path: Path | str) -> Disk | None:
+        """The disk on a volume seen here whose file ``path`` is (as resolved), if any."""
+        full = Path(path).resolve()
+        for volume, mount in self.mounts.items():
+            root = Path(mount).resolve()
+            if full != root and full.is_relative_to(root):
+                return Disk(volume=volume, path=str(full.relative_to(root)))
+        return None
+
+    async def allowed_dirs(self) -> tuple[str, ...]:
+        """The cluster config's ``allowed_disk_dirs``, read now (an admin may change it)."""
+        config, _ = await read_config(self.store, self.keys)
+        return config.allowed_disk_dirs
+
+    async def check(self, spec: VMSpec) -> None:
+        """Refuse (:class:`DiskError` naming the field) a spec naming a disk outside its
+        volume, or a disk, kernel or initrd outside the allowed directories, as this host
+        resolves the paths."""
+        allowed = await self.allowed_dirs()
+        for i, disk in enumerate(spec.disks):
+            try:
+                await asyncio.to_thread(self.path_of, disk, allowed)
+            except DiskError as e:
+                raise DiskError(f"disks[{i}].path: {e}") from None
+        for field, path in spec.boot.files():
+            try:
+                await asyncio.to_thread(resolve_allowed, path, allowed)
+            except ValueError as e:
+                raise DiskError(f"boot.{field}: {e}") from None
+
+    # --- creation --------------------------------------------------------------------
     async def prepare(self, spec: VMSpec) -> list[str]:
-        """Create missing sized disks, grow smaller ones; say what was done."""
+        """Check every disk's path; create missing sized disks on volumes (recording that
+        the cluster created them), grow smaller ones; say what was done."""
+        await self.check(spec)
         done = []
         for disk in self.on_volumes(spec):
             if disk.size_gib is None:
@@ -133,11 +180,27 @@ class VolumeDisks:
             if not await asyncio.to_thread(path.exists):  # a volume may be slow (NFS)
                 await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
                 await qemu_img("create", "-q", "-f", disk.format, str(path), str(size))
-                done.append(f"created {disk.volume}:{disk.path} ({disk.size_gib:g} GiB)")
+                await self.record_created(disk, spec)
+                done.append(f"created {disk.file} ({disk.size_gib:g} GiB)")
             elif await virtual_size(path, disk.format) < size:
                 await qemu_img("resize", "-q", "-f", disk.format, str(path), str(size))
-                done.append(f"grew {disk.volume}:{disk.path} to {disk.size_gib:g} GiB")
+                done.append(f"grew {disk.file} to {disk.size_gib:g} GiB")
         return done
+
+    def created_put(self, disk: Disk, spec: VMSpec) -> Put:
+        """The write that records the cluster created ``disk``'s file for ``spec``."""
+        record = CreatedDisk(
+            file=disk.file, vm=spec.name, uid=spec.uid, node=self.node, created_at=time.time()
+        )
+        return Put(self.keys.created_disk(disk.file), encode(record))
+
+    async def record_created(self, disk: Disk, spec: VMSpec) -> None:
+        """Record that the cluster created ``disk``'s file for ``spec`` (after creating it:
+        a crash in between leaves a file the cluster will never delete, the safe side)."""
+        await self.store.txn((), [self.created_put(disk, spec)])
+
+    async def forget_created(self, disk: Disk) -> None:
+        await self.store.txn((), [Delete(self.keys.created_disk(disk.file))])
 
     # --- deletion --------------------------------------------------------------------
     async def carry_out_deletions(self, local: Iterable[str], say: Say) -> None:
@@ -158,21 +221,87 @@ class VolumeDisks:
                 continue
             if vm in running or any(d.volume not in self.mounts for d in request.disks):
                 continue
-            locked = [d for d in request.disks if await self.store.get(self.lock_key(d))]
-            if locked:
+            if await self._still_held(request):
                 continue  # still running somewhere; it is being stopped
-            gone = []
+            gone, kept = [], []
+            named = await self.named_files()
             for disk in request.disks:
-                try:
-                    path = self.path_of(disk)
-                    await asyncio.to_thread(path.unlink, True)
-                    gone.append(f"{disk.volume}:{disk.path}")
-                except (DiskError, OSError) as e:
-                    log.warning("could not delete disk %s of %s: %s", disk.path, vm, e)
+                why = await self.delete_if_ours(disk, vm, request.uid, named)
+                if why is None:
+                    gone.append(disk.file)
+                else:
+                    kept.append(f"{disk.file} ({why})")
             result = await self.store.txn(
                 [Compare.mod_is(kv.key, kv.mod_revision)], [Delete(kv.key)]
             )
-            if result.succeeded:
+            if result.succeeded and gone:
                 await say(
                     "vm.disks_deleted", f"vm/{vm}", f"deleted disks of {vm}: {', '.join(gone)}"
                 )
+            if result.succeeded and kept:
+                await say("vm.disks_kept", f"vm/{vm}", f"kept disks of {vm}: {'; '.join(kept)}")
+
+    async def _still_held(self, request: DiskDeletion) -> bool:
+        """Does a node still hold the lock of one of the deleted VM's disks (it is still
+        being stopped)? A lock another VM holds (a shared read-only file) does not count:
+        that file is kept anyway, its VM's spec names it."""
+        for disk in request.disks:
+            kv = await self.store.get(self.lock_key(disk))
+            if kv is not None and kv.value.decode(errors="replace").endswith(f" {request.vm}"):
+                return True
+        return False
+
+    async def delete_if_ours(
+        self, disk: Disk, vm: str, uid: str = "", named: dict[str, str] | None = None
+    ) -> str | None:
+        """Delete ``disk``'s file if the cluster created it for ``vm`` (uid ``uid``) and no
+        VM's spec names it; None when deleted (or already gone), else why it was kept.
+        ``named``: :meth:`named_files`, when the caller read it already."""
+        if disk.volume is None:
+            return "it is not on a volume"
+        if disk.volume not in self.mounts:
+            return f"volume {disk.volume} is not seen on {self.node}"
+        if named is None:
+            named = await self.named_files()
+        why = await self._why_keep(disk, vm, uid, named)
+        if why is not None:
+            return why
+        try:
+            path = await asyncio.to_thread(self.path_of, disk)
+            await asyncio.to_thread(path.unlink, True)
+        except (DiskError, OSError) as e:
+            return f"could not delete it: {e}"
+        await self.forget_created(disk)
+        log.info("deleted %s (%s), created by the cluster for %s", disk.file, path, vm)
+        return None
+
+    async def named_files(self) -> dict[str, str]:
+        """Every disk file a VM spec names -> one VM naming it."""
+        specs = await read_kind(self.store, self.keys, "vms", VMSpec)
+        named: dict[str, str] = {}
+        for name, stored in specs.items.items():
+            for disk in stored.value.disks:
+                named.setdefault(disk.file, name)
+        return named
+
+    async def _why_keep(self, disk: Disk, vm: str, uid: str, named: dict[str, str]) -> str | None:
+        """Why ``disk`` must not be deleted as ``vm``'s, or None if it may be."""
+        if disk.file in named:
+            return f"vm {named[disk.file]} names it"
+        kv = await self.store.get(self.keys.created_disk(disk.file))
+        if kv is None:
+            return "the cluster did not create it"
+        try:
+            record = decode(CreatedDisk, kv.key, kv.value)
+        except CorruptValue as e:
+            return f"its creation record is unreadable: {e}"
+        if record.vm != vm or (record.uid and uid and record.uid != uid):
+            return f"the cluster created it for another vm {record.vm}"
+        try:
+            real = await asyncio.to_thread(self.path_of, disk)
+        except DiskError as e:
+            return str(e)
+        root = await asyncio.to_thread(Path(self.mounts[disk.volume or ""]).resolve)
+        if real != root / disk.path:
+            return f"it is (or lies under) a symlink, to {real}"
+        return None

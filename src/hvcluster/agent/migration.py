@@ -44,25 +44,36 @@ log = logging.getLogger(__name__)
 
 
 class MigrationWorker(TargetRole, SourceRole):
+    """Both roles, one cycle. An unexpected exception in one record's step is that record's
+    failure (see :meth:`_step_broke`), never the worker's: the agent and its VMs go on."""
+
     async def run(self, interval: float = 1.0) -> None:
         while True:
             try:
                 await self.cycle()
             except (StoreError, TimeoutError) as e:
                 log.warning("migration cycle failed: %s", e)
+            except Exception:  # not one record's (those are caught in the cycle): say, go on
+                log.exception("migration cycle failed unexpectedly; carrying on")
             self.wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), interval)
 
     async def watch(self) -> None:
         def seen(event: WatchEvent) -> None:
-            rec = _decoded(event.key, event.value)
-            if rec is None:
+            try:
+                rec = _decoded(event.key, event.value)
+                if rec is None:
+                    self.wake.set()
+                    return
+                self._state_changed(rec)  # quick: a source waits for the target's check
+                if rec.id in self.flipped and not rec.resumed_at:
+                    pass  # our own flip: nothing to do here until the target has run the VM
+                elif self.me in (rec.source, rec.target) and not self._fast_take_over(rec):
+                    self.wake.set()  # (a take-over wakes the cycle when it has run the VM)
+            except Exception:  # the watch must go on; the cycle sees the record anyway
+                log.exception("migration watch: event on %s", event.key)
                 self.wake.set()
-            elif rec.id in self.flipped and not rec.resumed_at:
-                pass  # our own flip: nothing to do here until the target has run the VM
-            elif self.me in (rec.source, rec.target) and not self._fast_take_over(rec):
-                self.wake.set()  # (a take-over wakes the cycle when it has run the VM)
 
         await follow(self.store, self.keys.prefix("migrations"), seen)
 
@@ -74,10 +85,40 @@ class MigrationWorker(TargetRole, SourceRole):
             rec = stored.value
             if mid in self.finished:
                 continue
-            if rec.target == self.me:
-                await self._as_target(rec)
-            if rec.source == self.me:
-                await self._as_source(rec)
+            try:
+                if rec.target == self.me:
+                    await self._as_target(rec)
+                if rec.source == self.me:
+                    await self._as_source(rec)
+            except (StoreError, TimeoutError):
+                raise  # the store, not the record: the next cycle tries again
+            except Exception as e:
+                await self._step_broke(rec, e)
+
+    async def _step_broke(self, rec: Migration, error: Exception) -> None:
+        """One record's step raised unexpectedly. Under way: the record fails with the
+        reason (its failed path runs next cycle: the source keeps its VM, the target drops
+        its copy). Failed or done already, or its failed path broke too: this host gives the
+        record up, said once, and leaves what remains of it to its reconcile (which kills
+        what is not placed here). Either way it is never retried as it was: no crash loop."""
+        errors = self.errors[rec.id] = self.errors.get(rec.id, 0) + 1
+        if rec.active and errors == 1:
+            await self._broke(rec, error)
+            return
+        log.error("migration %s: given up on %s", rec.id, self.me, exc_info=error)
+        self.finished.add(rec.id)
+        self.flipped.discard(rec.id)
+        if self.migrated_out.get(rec.vm) == rec.id:
+            self.migrated_out.pop(rec.vm)
+        self.agent.incoming.discard(rec.vm)
+        self.agent.wake.set()
+        why = f"unexpected error on {self.me}: {type(error).__name__}: {error}"
+        await self.say(
+            "migration.error",
+            f"vm/{rec.vm}",
+            f"migration {rec.id} ({rec.state.value}): {why}; {self.me} gives it up and "
+            f"its reconcile takes over",
+        )
 
 
 def _decoded(key: str, value: bytes) -> Migration | None:

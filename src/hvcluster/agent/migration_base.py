@@ -7,7 +7,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 from hvcluster.agent.node import NodeAgent
@@ -29,19 +28,18 @@ QUIET_S = 0.05  # the reconcile holds off this long (at most) while a guest swit
 
 
 class MigrationBase:
-    def __init__(
-        self, store: Store, keys: Keys, agent: NodeAgent, say: Say, state_dir: Path
-    ) -> None:
+    def __init__(self, store: Store, keys: Keys, agent: NodeAgent, say: Say) -> None:
         self.store, self.keys, self.agent, self.say = store, keys, agent, say
         self.me = agent.me.name
         self.driver = agent.driver
-        self.state_dir = state_dir
         self.tasks: dict[str, asyncio.Task[None]] = {}  # record id -> its job here
         self.cancelled: set[str] = set()  # records whose transfer we asked the driver to stop
         self.migrated_out: dict[str, str] = {}  # vm -> record id: paused here after transfer
         self.finished: set[str] = set()  # records this host is done with
         self.flipped: set[str] = set()  # records this host flipped as their source
         self.times: dict[str, dict[str, Any]] = {}  # QEMU's measures of those, not yet written
+        self.errors: dict[str, int] = {}  # record id -> unexpected errors of its steps here
+        self.verify_waits: dict[str, asyncio.Event] = {}  # quick: source awaits target's check
         self.shared = SharedNothing(store, keys, agent)  # disks that travel with the memory
         self.wake = asyncio.Event()
 
@@ -49,12 +47,16 @@ class MigrationBase:
         """Hold this host's reconcile off for a moment: a guest is switching over here."""
         self.agent.quiet_until = max(self.agent.quiet_until, time.monotonic() + seconds)
 
-    def _spawn(self, mid: str, job: Awaitable[None]) -> None:
+    def _spawn(self, rec: Migration, job: Awaitable[None]) -> None:
+        mid = rec.id
+
         async def run() -> None:
             try:
                 await job
             except (StoreError, DriverError, TimeoutError) as e:
                 log.warning("migration %s: %s", mid, e)
+            except Exception as e:  # a bug (ours or the driver's): this record only
+                await self._broke(rec, e)
             finally:
                 if mid not in self.flipped:  # (a flip here: the target's resume wakes us)
                     self.wake.set()
@@ -62,14 +64,32 @@ class MigrationBase:
 
         self.tasks[mid] = asyncio.create_task(run(), name=f"migration-{mid}")
 
-    async def _fail(self, rec: Migration, reason: str) -> None:
+    async def _broke(self, rec: Migration, error: Exception) -> None:
+        """An unexpected exception in this host's part of ``rec``: logged with its traceback,
+        the record failed with the reason if it is still under way (the source keeps or
+        resumes the VM, the target discards its copy: the usual paths of a failed record),
+        else said as ``migration.error``. Failed is final: the record is never retried."""
+        log.error("migration %s of %s on %s", rec.id, rec.vm, self.me, exc_info=error)
+        reason = f"unexpected error on {self.me}: {type(error).__name__}: {error}"
+        try:
+            if not await self._fail(rec, reason):
+                await self.say("migration.error", f"vm/{rec.vm}", f"migration {rec.id}: {reason}")
+        except (StoreError, TimeoutError) as e:
+            log.warning("migration %s: could not record its error: %s", rec.id, e)
+
+    async def _fail(self, rec: Migration, reason: str) -> bool:
+        """Fail ``rec`` with ``reason`` (said as ``migration.failed``); False if it was not
+        under way any more, or switching (the controller decides then)."""
+
         def fail(cur: Migration) -> Migration | None:
             if not cur.active or cur.state is _M.SWITCHING:
                 return None  # final already, or the controller decides now
             return cur.model_copy(update={"state": _M.FAILED, "reason": reason})
 
-        if await change_migration(self.store, self.keys, rec.id, fail) is not None:
-            await self.say("migration.failed", f"vm/{rec.vm}", f"migration {rec.id}: {reason}")
+        if await change_migration(self.store, self.keys, rec.id, fail) is None:
+            return False
+        await self.say("migration.failed", f"vm/{rec.vm}", f"migration {rec.id}: {reason}")
+        return True
 
     async def _record(self, mid: str) -> Migration | None:
         kv = await self.store.get(self.keys.migration(mid))

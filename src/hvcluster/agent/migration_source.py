@@ -15,17 +15,16 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from hvcluster.agent.migration_base import MigrationBase
-from hvcluster.agent.migration_target import FILE_PREFIX
+from hvcluster.agent.migration_quick import NotVerified, QuickState
 from hvcluster.agent.shared_nothing import shared_nothing
 from hvcluster.drivers.errors import MigrationCancelled
-from hvcluster.models.base import encode
-from hvcluster.models.errors import DriverError, StoreError
+from hvcluster.models.base import decode, encode
+from hvcluster.models.errors import CorruptValue, DriverError, StoreError
 from hvcluster.models.lifecycle import MigrationState, VMState
-from hvcluster.models.migration import Migration, MigrationKind, Progress
+from hvcluster.models.migration import Migration, MigrationKind, Progress, address_host
+from hvcluster.models.node import Node
 from hvcluster.models.vm import Placement
 from hvcluster.store.base import Compare, Put
 from hvcluster.store.migrations import (
@@ -56,13 +55,13 @@ class Written:
     writing: bool = False  # a progress write is under way
 
 
-class SourceRole(MigrationBase):
+class SourceRole(QuickState):
     async def _as_source(self, rec: Migration) -> None:
         busy = rec.id in self.tasks
         if shared_nothing(rec) and rec.state in (_M.REQUESTED, _M.PREPARING):
             await self.shared.publish_sizes(rec)  # the target waits for them (once)
-        if rec.state is _M.PREPARING and rec.target_address and not busy:
-            self._spawn(rec.id, self._transfer(rec))
+        if rec.state is _M.PREPARING and rec.target_ready and not busy:
+            self._spawn(rec, self._transfer(rec))
         elif rec.state is _M.TRANSFERRING and not busy:
             # Our transfer is not running (this agent restarted): it cannot finish.
             with contextlib.suppress(DriverError):
@@ -76,6 +75,7 @@ class SourceRole(MigrationBase):
                         await self.driver.cancel_migration(rec.vm)
                 return
             await self._keep_running(rec)
+            await self._drop_state(rec)
             self.shared.forget(rec)
             self.finished.add(rec.id)
         elif rec.state is _M.DONE and not busy:
@@ -103,7 +103,7 @@ class SourceRole(MigrationBase):
 
     async def _transfer(self, rec: Migration) -> None:
         def start(cur: Migration) -> Migration | None:
-            if cur.state is not _M.PREPARING or not cur.target_address:
+            if cur.state is not _M.PREPARING or not cur.target_ready:
                 return None
             return cur.model_copy(update={"state": _M.TRANSFERRING})
 
@@ -112,6 +112,11 @@ class SourceRole(MigrationBase):
             return
         written = Written(*started)
         address = written.record.target_address
+        if rec.kind is not MigrationKind.QUICK:
+            refused = await self._refused(written.record)
+            if refused is not None:
+                await self._fail(rec, f"refused to migrate {rec.vm} to {address!r}: {refused}")
+                return
         placed = await self._placement_at(rec.vm)  # what the flip compares, read beforehand
         moved = await moved_spec_ops(self.store, self.keys, rec)  # shared-nothing: new paths
         config, _ = await read_config(self.store, self.keys)
@@ -132,11 +137,11 @@ class SourceRole(MigrationBase):
             )
 
         try:
-            if rec.kind is MigrationKind.QUICK:
-                path = Path(address.removeprefix(FILE_PREFIX))
+            if rec.kind is MigrationKind.QUICK:  # to the volume the target checked it sees
+                path = self._state_path(written.record.state_file)
                 await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
                 result = await self.driver.save(rec.vm, path)
-                saved = str(path)
+                saved = written.record.state_file
             elif shared_nothing(rec):  # the disks first, into the target's exports
                 result = await self.shared.migrate_out(
                     written.record, address, config.migration, latest.append, completed
@@ -151,9 +156,25 @@ class SourceRole(MigrationBase):
             if not isinstance(e, MigrationCancelled):
                 await self._fail(rec, f"transfer from {self.me} to {rec.target} failed: {e}")
             return
+        except Exception:
+            # A bug mid-transfer (the record fails with it, see _spawn): stop whatever the
+            # driver still does, and let the failed record's path run the copy here again
+            # if it is paused (only at this record's epoch, while placed here).
+            if rec.id not in self.flipped:
+                with contextlib.suppress(Exception):
+                    await self.driver.cancel_migration(rec.vm)
+                self.migrated_out[rec.vm] = rec.id
+            raise
         finally:
             await self._stop_publishing(written, stop, publisher)
         self.migrated_out[rec.vm] = rec.id
+        saved_at = time.time()
+        if rec.kind is MigrationKind.QUICK:
+            try:  # the target must read the state before the placement flips
+                written.record, written.revision = await self._saved_and_verified(rec)
+            except NotVerified as e:
+                log.info("migration %s: %s; %s runs here again", rec.id, e, rec.vm)
+                return  # failed or cancelled: the cycle runs the paused copy here again
         times: dict[str, Any] = {
             "progress": result.progress,
             "transfer_downtime_ms": result.downtime_ms,
@@ -163,7 +184,7 @@ class SourceRole(MigrationBase):
         if tried == [True]:
             self.times[rec.id] = times  # written once the target runs the VM
             return
-        times["switching_at"] = result.completed_at or time.time()
+        times["switching_at"] = result.completed_at or saved_at
         if not tried and await self._flip(written, placed, moved, **times):
             return
 
@@ -302,6 +323,22 @@ class SourceRole(MigrationBase):
                 log.debug("progress of %s not written: %s", written.record.id, e)
             finally:
                 written.writing = False
+
+    async def _refused(self, rec: Migration) -> str | None:
+        """Why this host will not send ``rec``'s VM to its ``target_address`` (whoever can
+        write the record could point it anywhere): it must be the target node's registered
+        address (the model admits only tcp:HOST:PORT). None if it is."""
+        kv = await self.store.get(self.keys.node(rec.target))
+        try:
+            node = decode(Node, kv.key, kv.value) if kv is not None else None
+        except CorruptValue:
+            node = None
+        if node is None:
+            return f"the target node {rec.target} is not registered"
+        host = address_host(rec.target_address)
+        if host != node.address.strip("[]"):
+            return f"{host} is not {rec.target}'s registered address {node.address}"
+        return None
 
     async def _keep_running(self, rec: Migration) -> None:
         """The migration failed: if our copy is paused by its transfer and the placement is

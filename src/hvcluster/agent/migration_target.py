@@ -11,17 +11,15 @@ import asyncio
 import contextlib
 import logging
 import time
-from pathlib import Path
 
 from hvcluster.agent.guestcpu import guest_spec
-from hvcluster.agent.migration_base import MigrationBase
+from hvcluster.agent.migration_quick import QuickState
 from hvcluster.agent.shared_nothing import shared_nothing
 from hvcluster.drivers.base import VMInfo
 from hvcluster.drivers.errors import NotRunning
 from hvcluster.models.errors import DriverError
 from hvcluster.models.lifecycle import MigrationState, VMState
 from hvcluster.models.migration import Migration, MigrationKind
-from hvcluster.models.vm import VMSpec
 from hvcluster.store.migrations import change_migration, done_sentence, with_times
 from hvcluster.store.state import read_config
 
@@ -29,21 +27,23 @@ log = logging.getLogger(__name__)
 
 _M = MigrationState
 RECENT_S = 300.0  # a done record older than this no longer makes a paused target resume
-FILE_PREFIX = "file:"
 SETTLE_S = 30.0  # how long a target waits for its driver to see an incoming stream end
 SETTLE_POLL_S = 0.001  # the guest is paused meanwhile: look often (it is a moment at most)
 
 
-class TargetRole(MigrationBase):
+class TargetRole(QuickState):
     async def _as_target(self, rec: Migration) -> None:
         busy = rec.id in self.tasks
-        if rec.state is _M.PREPARING and not rec.target_address and not busy:
+        if rec.state is _M.PREPARING and not rec.target_ready and not busy:
             if rec.vm in self.migrated_out or not self.shared.ready_to_prepare(rec):
                 return  # our paused copy from its last move here is not discarded yet
-            self._spawn(rec.id, self._prepare(rec))
+            self._spawn(rec, self._prepare(rec))
+        elif rec.state is _M.TRANSFERRING and rec.saved_path and not rec.state_verified:
+            if not busy:  # quick: the source saved the state; can we read it?
+                self._spawn(rec, self._verify_state(rec))
         elif rec.state is _M.DONE and not busy:
             if time.time() - rec.updated < RECENT_S or rec.vm in self.agent.incoming:
-                self._spawn(rec.id, self._take_over(rec))
+                self._spawn(rec, self._take_over(rec))
             else:
                 self.finished.add(rec.id)
         elif rec.state in (_M.FAILED, _M.CANCELLED):
@@ -65,7 +65,7 @@ class TargetRole(MigrationBase):
         ):
             # the transaction that made the record done flipped the placement to us
             self._quiet()
-            self._spawn(rec.id, self._take_over(rec, flipped=True))
+            self._spawn(rec, self._take_over(rec, flipped=True))
             return True
         return False
 
@@ -75,17 +75,19 @@ class TargetRole(MigrationBase):
         try:
             if spec is None:
                 raise DriverError(f"vm {rec.vm} has no spec")
-            spec = guest_spec(spec, self.agent.facts, rec.cpu_model)  # the model it runs with
+            if not shared_nothing(rec):
+                await self.agent.disks.check(spec)  # its files as this host resolves them
             if rec.kind is MigrationKind.QUICK:
-                address = FILE_PREFIX + str(self._state_file(spec, rec))
+                await self._prepare_state(rec)  # its state comes by a file: nothing to start
+                return
+            spec = guest_spec(spec, self.agent.facts, rec.cpu_model)  # the model it runs with
+            config, _ = await read_config(self.store, self.keys)
+            if shared_nothing(rec):  # its disks come too: made here, served to the source
+                address = await self.shared.prepare(rec, spec, config.migration)
             else:
-                config, _ = await read_config(self.store, self.keys)
-                if shared_nothing(rec):  # its disks come too: made here, served to the source
-                    address = await self.shared.prepare(rec, spec, config.migration)
-                else:
-                    address = await self.driver.prepare_incoming(
-                        spec, rec.epoch + 1, self.agent.me.address, config.migration
-                    )
+                address = await self.driver.prepare_incoming(
+                    spec, rec.epoch + 1, self.agent.me.address, config.migration
+                )
         except DriverError as e:
             await self._fail(rec, f"target {self.me} could not prepare: {e}")
             await self._discard_incoming(rec)
@@ -162,7 +164,7 @@ class TargetRole(MigrationBase):
         spec = await self._spec(rec.vm)
         if spec is None:
             return
-        path = Path(rec.saved_path)
+        path = self._state_path(rec.saved_path)
         spec = guest_spec(spec, self.agent.facts, rec.cpu_model)  # the model it was saved with
         resumed = _ran_at(await self.driver.restore(spec, epoch, path))
         with contextlib.suppress(OSError):
@@ -208,14 +210,6 @@ class TargetRole(MigrationBase):
         await self.shared.delete_created(rec)  # a shared-nothing copy's files, if unused
         self.agent.incoming.discard(rec.vm)
         self.agent.wake.set()
-
-    def _state_file(self, spec: VMSpec, rec: Migration) -> Path:
-        """Where a quick migration's state goes: next to the VM's first disk when that is
-        an absolute path (shared by every node), else the cluster's shared state dir."""
-        for disk in spec.disks:
-            if disk.volume is None and disk.path.startswith("/"):
-                return Path(disk.path).parent / f".{rec.vm}-{rec.id}.state"
-        return self.state_dir / f"{rec.vm}-{rec.id}.state"
 
 
 def _ran_at(info: VMInfo) -> float:

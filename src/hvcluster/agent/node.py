@@ -271,6 +271,7 @@ class NodeAgent:
             state=VMState.STARTING,
             since=now,
             restarts=action.restarts + (1 if action.restart else 0),
+            uid=action.spec.uid,
         )
         guard = [
             Compare.value_is(self.keys.placement(action.vm), action.seen.raw),
@@ -333,6 +334,7 @@ class NodeAgent:
                     epoch=action.seen.placement.epoch,
                     state=VMState.STOPPED,
                     since=info.since or time.time(),
+                    uid=action.seen.placement.uid,
                 )
                 await self._report(status, action.seen)
             await self.say(

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from hvcluster.models.lifecycle import VMState
-from hvcluster.models.vm import Placement, VMSpec, VMStatus
+from hvcluster.models.vm import Placement, VMSpec, VMStatus, same_vm
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,14 @@ def plan_local(
     killed for that; nor started, stopped or reported while the migration finishes.
     ``unreadable``: VMs whose spec or placement is corrupt in the store: left as they are
     (never killed nor started on a value we cannot read).
+
+    A placement or status whose uid is not its spec's is an older VM's of the same name
+    (deleted, perhaps still stopping): it counts as absent, never as the new VM's.
     """
+    placements = {
+        n: p for n, p in placements.items() if n not in specs or same_vm(specs[n], p.placement.uid)
+    }
+    statuses = {n: s for n, s in statuses.items() if n not in specs or same_vm(specs[n], s.uid)}
     actions: list[Action] = []
     # 1. Anything running here that is not placed here at the epoch it started with: kill.
     for name, here in sorted(local.items()):
@@ -149,7 +156,11 @@ def plan_local(
                 actions.append(Shutdown(name, seen, why))
             elif not (mine and status is not None and status.state is VMState.STOPPED):
                 actions.append(
-                    Report(_status(name, me, epoch, VMState.STOPPED, now), seen, f"{why}: stopped")
+                    Report(
+                        _status(name, me, epoch, VMState.STOPPED, now, uid=spec.uid),
+                        seen,
+                        f"{why}: stopped",
+                    )
                 )
             continue
         if running:
@@ -172,6 +183,7 @@ def plan_local(
                             pid=vm.pid,
                             restarts=status.restarts if mine and status else 0,
                             cpu_model=vm.cpu_model,
+                            uid=spec.uid,
                         ),
                         seen,
                         f"vm {name} is {vm.state.value} here",
@@ -199,6 +211,7 @@ def plan_local(
                         now,
                         restarts=len(recent),
                         error=f"crashed {len(recent)} times in {limits.restart_period_s:.0f}s",
+                        uid=spec.uid,
                     ),
                     seen,
                     f"vm {name} left failed: crashed {len(recent)} times in "
@@ -227,6 +240,7 @@ def _status(
     restarts: int = 0,
     error: str = "",
     cpu_model: str = "",
+    uid: str = "",
 ) -> VMStatus:
     return VMStatus(
         vm=vm,
@@ -238,4 +252,5 @@ def _status(
         restarts=restarts,
         last_error=error,
         cpu_model=cpu_model,
+        uid=uid,
     )

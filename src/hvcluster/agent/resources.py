@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hvcluster.agent.network import Links, check_switches
-from hvcluster.agent.storage import check_volume, write_marker
+from hvcluster.agent.storage import check_volume
 from hvcluster.drivers.base import Driver
 from hvcluster.models.errors import HvcError, StoreError
 from hvcluster.models.storage import Switch, Volume
-from hvcluster.store.base import Compare, Put, Store
+from hvcluster.store.base import Store
 from hvcluster.store.keys import Keys
 from hvcluster.store.state import read_kind
 
@@ -118,16 +118,7 @@ class HostResources:
         mounts: dict[str, Path] = {}
         for name, stored in sorted(volumes.items.items()):
             volume = stored.value
-            result = await asyncio.to_thread(check_volume, volume)
-            if result.needs_marker and await self._claim_marker(volume):
-                why = await asyncio.to_thread(write_marker, volume, self.node)
-                if why is None:
-                    await self.say(
-                        "volume.marked",
-                        f"volume/{name}",
-                        f"{self.node} wrote the marker of volume {name} in {volume.path}",
-                    )
-                result = await asyncio.to_thread(check_volume, volume)
+            result = await asyncio.to_thread(check_volume, volume)  # never writes a marker
             if result.seen:
                 seen.append(name)
                 free[name] = result.free_mib or 0
@@ -158,17 +149,6 @@ class HostResources:
             except HvcError as e:
                 log.warning("after the volume and switch check: %s", e)
         return now
-
-    async def _claim_marker(self, volume: Volume) -> bool:
-        """Is this node the one to write the volume's marker? The first to ask wins (a
-        claim in the store, never released: the marker is written once per volume id)."""
-        key = self.keys.lock(f"volume-marker:{volume.id}")
-        me = self.node.encode()
-        result = await self.store.txn([Compare.absent(key)], [Put(key, me)])
-        if result.succeeded:
-            return True
-        kv = await self.store.get(key)
-        return kv is not None and kv.value == me  # ours from before: write it again
 
     async def _tell_changes(self, before: Resources | None, now: Resources) -> None:
         """An event when a switch or volume becomes ready here, or a new problem appears."""

@@ -11,7 +11,8 @@
 * the flip transaction also rewrites the VM's spec with the disks on the volume (compared on
   the spec's revision): the placement and the disk paths change together;
 * after the flip the source deletes its old files; after a failure the target deletes the
-  files it created.
+  files it created. Either only if the cluster created them (the target records each file
+  it creates) and no VM's spec names them: an old file an admin made is kept, with an event.
 
 Every disk moves (a read-only disk, or one on the volume already, is refused by the API).
 The roles of :mod:`hvcluster.agent.migration_source` / ``migration_target`` call in here.
@@ -19,10 +20,7 @@ The roles of :mod:`hvcluster.agent.migration_source` / ``migration_target`` call
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-from pathlib import Path
 
 from hvcluster.agent.node import NodeAgent
 from hvcluster.drivers.base import CompletionHook, MigrationResult, ProgressCallback
@@ -36,7 +34,6 @@ from hvcluster.models.vm import Disk, VMSpec
 from hvcluster.store.base import Store
 from hvcluster.store.keys import Keys
 from hvcluster.store.migrations import change_migration
-from hvcluster.store.storage_moves import named_disks
 
 log = logging.getLogger(__name__)
 _M = MigrationState
@@ -50,8 +47,9 @@ class SharedNothing:
     def __init__(self, store: Store, keys: Keys, agent: NodeAgent) -> None:
         self.store, self.keys, self.agent = store, keys, agent
         self.driver = agent.driver
-        self.created: dict[str, list[tuple[Disk, Path]]] = {}  # record -> made here (target)
-        self.old_files: dict[str, list[tuple[Disk, Path]]] = {}  # record -> to delete (source)
+        # record -> (disks, the VM's uid): the files made here (target), or to delete (source)
+        self.created: dict[str, tuple[tuple[Disk, ...], str]] = {}
+        self.old_files: dict[str, tuple[tuple[Disk, ...], str]] = {}
         self.sizing: set[str] = set()  # records whose sizes this source is writing
 
     # --- source ----------------------------------------------------------------------
@@ -86,14 +84,14 @@ class SharedNothing:
         spec = await self._spec(rec.vm)
         if spec is None:
             raise DriverError(f"vm {rec.vm} has no spec")
-        self.old_files[rec.id] = self._files(spec.disks)
+        self.old_files[rec.id] = (spec.disks, spec.uid)
         return await self.driver.migrate_out_with_disks(
             rec.vm, address, rec.disks_address, settings, on_progress, on_complete
         )
 
     async def delete_old_files(self, rec: Migration) -> None:
         """The flip wrote the new paths and the paused copy here is gone: the old files go."""
-        await self._delete(rec, self.old_files.pop(rec.id, []), "old")
+        await self._delete(rec, self.old_files.pop(rec.id, ((), "")), "old")
 
     def forget(self, rec: Migration) -> None:
         self.old_files.pop(rec.id, None)
@@ -112,7 +110,9 @@ class SharedNothing:
         incoming = await self.driver.prepare_incoming_with_disks(
             target, rec.epoch + 1, self.agent.me.address, rec.disk_sizes, settings
         )
-        self.created[rec.id] = list(zip(target.disks, map(Path, incoming.paths), strict=True))
+        self.created[rec.id] = (target.disks, spec.uid)
+        for disk in target.disks:  # the cluster's own files: only such are ever deleted
+            await self.agent.disks.record_created(disk, target)
 
         def put(cur: Migration) -> Migration | None:
             if cur.state is not _M.PREPARING or cur.target_address:
@@ -125,7 +125,7 @@ class SharedNothing:
 
     async def delete_created(self, rec: Migration) -> None:
         """The incoming copy was discarded (the migration failed): its new files go."""
-        await self._delete(rec, self.created.pop(rec.id, []), "unused new")
+        await self._delete(rec, self.created.pop(rec.id, ((), "")), "unused new")
 
     def keep_created(self, rec: Migration) -> None:
         """The VM runs here now on the files created for it."""
@@ -133,41 +133,30 @@ class SharedNothing:
 
     # --- helpers ---------------------------------------------------------------------
     async def _clear_leftovers(self, target: VMSpec) -> None:
-        """Files where the disks go that no VM's spec names: left by an earlier attempt whose
-        agent went away (a file a spec names is never touched: creating over it is refused)."""
-        named = await named_disks(self.store, self.keys)
+        """Files where the disks go, left by an earlier attempt whose agent went away: only
+        those the cluster created for this VM that no VM's spec names (creating over any
+        other file is refused)."""
         for disk in target.disks:
-            if (disk.volume, disk.path) in named:
-                continue
-            with contextlib.suppress(DriverError, OSError):
-                path = self.agent.disks.path_of(disk)
-                if await asyncio.to_thread(path.exists):
-                    await asyncio.to_thread(path.unlink)
-                    log.info("removed %s, left by an earlier migration of %s", path, target.name)
+            if await self.agent.disks.delete_if_ours(disk, target.name, target.uid) is None:
+                log.info("cleared %s, left by an earlier migration of %s", disk.file, target.name)
 
-    def _files(self, disks: tuple[Disk, ...]) -> list[tuple[Disk, Path]]:
-        files = []
+    async def _delete(self, rec: Migration, files: tuple[tuple[Disk, ...], str], what: str) -> None:
+        """Delete ``files`` the cluster created for the VM that no VM's spec names (never a
+        file the VM may be using, whatever happened since); say which were kept and why."""
+        disks, uid = files
+        kept = []
         for disk in disks:
-            if disk.volume is None:
-                files.append((disk, Path(disk.path)))
-                continue
-            with contextlib.suppress(DriverError):
-                files.append((disk, self.agent.disks.path_of(disk)))
-        return files
-
-    async def _delete(self, rec: Migration, files: list[tuple[Disk, Path]], what: str) -> None:
-        """Delete ``files``, except those whose disk the VM's spec names (never a file the
-        VM may be using, whatever happened since)."""
-        if not files:
-            return
-        spec = await self._spec(rec.vm)
-        named = list(spec.disks) if spec is not None else []
-        for disk, path in files:
-            if disk in named:
-                continue
-            with contextlib.suppress(OSError):
-                await asyncio.to_thread(path.unlink)
-                log.info("migration %s: deleted %s's %s disk %s", rec.id, rec.vm, what, path)
+            why = await self.agent.disks.delete_if_ours(disk, rec.vm, uid)
+            if why is None:
+                log.info("migration %s: deleted %s's %s disk %s", rec.id, rec.vm, what, disk.file)
+            else:
+                kept.append(f"{disk.file} ({why})")
+        if kept:
+            await self.agent.say(
+                "vm.disks_kept",
+                f"vm/{rec.vm}",
+                f"migration {rec.id}: kept {what} disk files of {rec.vm}: {'; '.join(kept)}",
+            )
 
     async def _spec(self, vm: str) -> VMSpec | None:
         kv = await self.store.get(self.keys.vm(vm))

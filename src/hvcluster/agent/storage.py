@@ -3,23 +3,21 @@
 A volume is a path every node mounts. A node *sees* a volume when the path is a directory
 whose marker file ``<path>/.hvc-volume`` holds the volume's id: the same id on every node
 proves they all mount the same storage (and not, say, an empty local directory where an
-NFS mount failed). The marker is written once, by the one agent that wins a claim in the
-store (``locks/volume-marker:<id>``, compare absent), atomically: the id goes to a temporary
-file that is then hard-linked into place, which fails if a marker already exists (O_EXCL
-semantics with the content complete). Every other node waits for the marker to appear.
+NFS mount failed). An admin places the marker (``hvc volume mark PATH``); no agent ever
+writes it, and a path that is (or leads by a symlink to) ``/`` or a system directory is
+never a volume here, whatever the store says.
 
 Checks are plain blocking file-system calls; callers run them in a thread.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from hvcluster.models.storage import MARKER, Volume
+from hvcluster.models.storage import MARKER, MARKER_ID, Volume, system_dir_problem
 
 MIB = 1024 * 1024
 
@@ -30,7 +28,6 @@ class VolumeCheck:
     seen: bool
     free_mib: int | None = None
     problem: str | None = None  # why it is not seen
-    needs_marker: bool = False  # the path is there but nobody wrote the marker yet
 
 
 def marker_path(volume: Volume) -> Path:
@@ -43,18 +40,24 @@ def check_volume(volume: Volume) -> VolumeCheck:
     try:
         if not root.is_dir():
             return VolumeCheck(volume.name, False, problem=f"{root} is not a directory here")
+        real = root.resolve()
+        system = system_dir_problem(str(real))
+        if system is not None:
+            return VolumeCheck(volume.name, False, problem=f"{root} leads to {system}")
         marker = root / MARKER
-        try:
-            found = marker.read_text().strip()
-        except FileNotFoundError:
-            return VolumeCheck(
-                volume.name, False, problem=f"no marker {marker} yet", needs_marker=True
-            )
-        if found != volume.id:
+        if not marker.is_file() or marker.is_symlink():
             return VolumeCheck(
                 volume.name,
                 False,
-                problem=f"{marker} holds id {found[:40]!r}, not {volume.id}: another "
+                problem=f"no marker {marker}: an admin places it ('hvc volume mark {root}')",
+            )
+        found = read_marker_id(marker)
+        if found != volume.id:
+            shown = repr(found) if MARKER_ID.match(found) else "no volume id"  # never a secret
+            return VolumeCheck(
+                volume.name,
+                False,
+                problem=f"{marker} holds {shown}, not {volume.id}: another "
                 "volume is mounted there (if it is this one added again, add it with that id)",
             )
         st = os.statvfs(root)
@@ -63,37 +66,36 @@ def check_volume(volume: Volume) -> VolumeCheck:
         return VolumeCheck(volume.name, False, problem=f"{root}: {e.strerror or e}")
 
 
-def write_marker(volume: Volume, node: str) -> str | None:
-    """Write the marker holding the volume's id, unless one exists. None when written (or
-    when the same id was already there), else why not."""
-    root = Path(volume.path)
-    marker = root / MARKER
-    tmp = root / f"{MARKER}.{node}.{uuid.uuid4().hex[:8]}"
+def read_marker_id(marker: Path) -> str:
+    """The first line of a marker file, read without following a symlink (O_NOFOLLOW)."""
+    fd = os.open(marker, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     try:
-        fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        try:
-            os.write(fd, f"{volume.id}\n".encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
-            os.link(tmp, marker)  # fails if a marker exists: nobody's is overwritten
-        except FileExistsError:
-            found = marker.read_text().strip()
-            if found != volume.id:
-                return f"{marker} already holds id {found[:40]!r}"
-        return None
-    except OSError as e:
-        return f"cannot write {marker}: {e.strerror or e}"
+        return os.read(fd, 256).decode(errors="replace").strip()
     finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+        os.close(fd)
 
 
 def resolve_disk(mount: Path, path: str) -> Path:
-    """``<mount>/<path>``, refused (ValueError) if it leaves the volume (a symlink, '..')."""
+    """``<mount>/<path>`` as the host's file system resolves it, refused (ValueError) if it
+    leaves the volume (a symlink, '..')."""
     root = Path(mount).resolve()
     full = (root / path).resolve()
     if full == root or not full.is_relative_to(root):
-        raise ValueError(f"disk path {path!r} leaves volume {mount}")
+        raise ValueError(f"disk path {path!r} leaves volume {mount} (it leads to {full})")
     return full
+
+
+def resolve_allowed(path: str, allowed: Iterable[str]) -> Path:
+    """The absolute disk ``path`` as the host resolves it, refused (ValueError) unless it
+    stays inside one of the ``allowed`` directories (the cluster config's
+    ``allowed_disk_dirs``), symlinks followed."""
+    full = Path(path).resolve()
+    for directory in allowed:
+        root = Path(directory).resolve()
+        if full != root and full.is_relative_to(root):
+            return full
+    where = ", ".join(allowed) or "none: disks live on volumes"
+    raise ValueError(
+        f"{path} (leads to {full}) is outside the directories the cluster config "
+        f"allows for disk and boot images (allowed_disk_dirs: {where})"
+    )

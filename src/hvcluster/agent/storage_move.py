@@ -13,8 +13,10 @@ at a placement epoch, and the destination volume. Only that node's agent acts on
 3. once a copy is complete and follows every write (the driver's ``confirm``), ONE
    transaction writes the VM spec with the new path, moves the disk lock (lease-bound) to it
    and updates the record (for the last disk: *switching -> done*), compared on the record,
-   the spec and the placement (still here, same epoch) revisions and the job key; only
-   then does the guest switch to the new file, and the old file is deleted.
+   the spec and the placement (still here, same epoch) revisions and the job key, and
+   records that the cluster created the new file; only then does the guest switch to the
+   new file, and the old file is deleted if the cluster created it and no VM's spec names
+   it (else it is kept, and the event says why).
 
 Any failure before that transaction: the record fails with the reason, the guest keeps its
 old disk, the new file is removed. A cancel (or the controller failing it) stops the copy.
@@ -30,7 +32,6 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import TypeVar
 
 from hvcluster.agent.node import NodeAgent
@@ -49,7 +50,6 @@ from hvcluster.store.storage_moves import (
     change_move,
     move_key,
     moves_prefix,
-    named_disks,
     read_moves,
 )
 
@@ -74,6 +74,7 @@ class StorageMover:
         self.driver = agent.driver
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.checked: set[str] = set()  # done records seen switched (see _finish)
+        self.given_up: set[str] = set()  # records whose step raised unexpectedly here
         self.wake = asyncio.Event()
 
     # --- the loop --------------------------------------------------------------------
@@ -84,6 +85,8 @@ class StorageMover:
                     await self.cycle()
                 except (StoreError, TimeoutError) as e:
                     log.warning("storage move cycle failed: %s", e)
+                except Exception:  # not one record's (those are caught in the cycle)
+                    log.exception("storage move cycle failed unexpectedly; carrying on")
                 self.wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), interval)
@@ -103,26 +106,54 @@ class StorageMover:
         for mid in [m for m, task in self.tasks.items() if task.done()]:
             self.tasks.pop(mid)
         records = sorted((await read_moves(self.store, self.keys)).items())
-        mine = [(mid, rec, rev) for mid, (rec, rev) in records if rec.source == self.me]
+        mine = [
+            (mid, rec, rev)
+            for mid, (rec, rev) in records
+            if rec.source == self.me and mid not in self.given_up
+        ]
         for mid, rec, rev in mine:  # first: moves done by an agent before us, and old records
-            if rec.state is _M.DONE and mid not in self.checked and mid not in self.tasks:
-                self.checked.add(mid)
-                await self._finish(rec)
-            if not rec.active and max(rec.updated, rec.created) < time.time() - RETAIN_S:
-                key = move_key(self.keys, mid)
-                job = await self.store.get(self.keys.job(rec.vm))
-                held, ops = release_if_named(self.keys, rec, job)  # if it still names it
-                await self.store.txn([Compare.mod_is(key, rev), *held], [Delete(key), *ops])
+            await self._guarded(rec, self._tidy(mid, rec, rev))
         for mid, rec, _ in mine:
-            task = self.tasks.get(mid)
-            if rec.state is _M.REQUESTED and task is None:
-                self.tasks[mid] = asyncio.create_task(self._run(rec), name=f"storage-{mid}")
-            elif rec.state in RUNNING and task is None:
-                why = f"the agent on {self.me} restarted mid-move; {rec.vm} keeps its old disks"
-                await self._fail(rec.id, rec.vm, why)
-                await self._remove_copies(rec)
-            elif rec.state in (_M.FAILED, _M.CANCELLED) and task is not None:
-                task.cancel()  # cancelled or failed by someone else: stop copying
+            await self._guarded(rec, self._step(mid, rec))
+
+    async def _tidy(self, mid: str, rec: Migration, rev: int) -> None:
+        if rec.state is _M.DONE and mid not in self.checked and mid not in self.tasks:
+            self.checked.add(mid)
+            await self._finish(rec)
+        if not rec.active and max(rec.updated, rec.created) < time.time() - RETAIN_S:
+            key = move_key(self.keys, mid)
+            job = await self.store.get(self.keys.job(rec.vm))
+            held, ops = release_if_named(self.keys, rec, job)  # if it still names it
+            await self.store.txn([Compare.mod_is(key, rev), *held], [Delete(key), *ops])
+
+    async def _step(self, mid: str, rec: Migration) -> None:
+        task = self.tasks.get(mid)
+        if rec.state is _M.REQUESTED and task is None:
+            self.tasks[mid] = asyncio.create_task(self._run(rec), name=f"storage-{mid}")
+        elif rec.state in RUNNING and task is None:
+            why = f"the agent on {self.me} restarted mid-move; {rec.vm} keeps its old disks"
+            await self._fail(rec.id, rec.vm, why)
+            await self._remove_copies(rec)
+        elif rec.state in (_M.FAILED, _M.CANCELLED) and task is not None:
+            task.cancel()  # cancelled or failed by someone else: stop copying
+
+    async def _guarded(self, rec: Migration, step: Awaitable[None]) -> None:
+        """Run one record's step so that an unexpected exception is that record's: logged
+        with its traceback, the record failed with the reason if under way (else said as
+        ``storage.move_error``), and given up here (never retried: no crash loop). Store
+        errors pass: the next cycle tries again."""
+        try:
+            await step
+        except (StoreError, TimeoutError):
+            raise
+        except Exception as e:
+            log.error("storage move %s of %s", rec.id, rec.vm, exc_info=e)
+            self.given_up.add(rec.id)
+            why = f"unexpected error on {self.me}: {type(e).__name__}: {e}"
+            if not await self._fail(rec.id, rec.vm, why):
+                await self.say(
+                    "storage.move_error", f"vm/{rec.vm}", f"storage move {rec.id}: {why}"
+                )
 
     # --- one move --------------------------------------------------------------------
     async def _run(self, rec: Migration) -> None:
@@ -135,14 +166,14 @@ class StorageMover:
             for n, index in enumerate(disks):
                 old, new = spec.disks[index], disk_on_volume(spec.disks[index], rec.vm, rec.volume)
                 confirm = functools.partial(self._commit, rec, index, old, new, n == len(disks) - 1)
-                result = await self.driver.move_disk(
-                    rec.vm, index, new, latest.append, timeout, confirm
-                )
+                await self._about_to_create(new, spec)
+                await self.driver.move_disk(rec.vm, index, new, latest.append, timeout, confirm)
                 if (await self._spec(rec.vm) or spec).disks[index] != new and not await confirm():
                     raise MoveFailed(f"disk {index} was switched but its new path not recorded")
-                moved.append(f"disk {index} to {rec.volume}:{new.path}")
-                with contextlib.suppress(OSError):
-                    await asyncio.to_thread(Path(result.old_path).unlink)
+                moved.append(f"disk {index} to {new.file}")
+                kept = await self.agent.disks.delete_if_ours(old, rec.vm, spec.uid)
+                if kept is not None:
+                    moved[-1] += f" (old file {old.file} kept: {kept})"
             total = (time.time() - rec.created) * 1000
             await self.say(
                 "storage.moved",
@@ -153,9 +184,12 @@ class StorageMover:
         except (MoveFailed, DriverError, StoreError, TimeoutError) as e:
             done = f" ({', '.join(moved)} moved before)" if moved else ""
             await self._fail(rec.id, rec.vm, f"{e}{done}")
-        except Exception as e:  # a bug: say it rather than leave the record hanging
+        except Exception as e:  # a bug: this record fails with it, the agent goes on
             log.exception("storage move %s", rec.id)
-            await self._fail(rec.id, rec.vm, f"internal error: {e!r}")
+            why = f"unexpected error on {self.me}: {type(e).__name__}: {e}"
+            await self._fail(
+                rec.id, rec.vm, why + (f" ({', '.join(moved)} moved before)" if moved else "")
+            )
         finally:
             self.checked.add(rec.id)  # nothing left for _finish
             publisher.cancel()
@@ -181,13 +215,16 @@ class StorageMover:
                 log.warning("storage move %s: disk %s not switched: %s", rec.id, index, e)
                 continue
             if old is not None:
-                with contextlib.suppress(OSError):
-                    await asyncio.to_thread(Path(old).unlink)
+                was = await asyncio.to_thread(self.agent.disks.disk_at, old)
+                why = "not on a volume seen here"
+                if was is not None:
+                    why = await self.agent.disks.delete_if_ours(was, rec.vm, spec.uid) or ""
+                fate = f"kept: {why}" if why else "deleted"
                 await self.say(
                     "storage.moved",
                     f"vm/{rec.vm}",
-                    f"vm {rec.vm} disk {index} switched to {disk.volume}:{disk.path}, the "
-                    f"move {rec.id} its previous agent committed (old file {old} deleted)",
+                    f"vm {rec.vm} disk {index} switched to {disk.file}, the move {rec.id} "
+                    f"its previous agent committed (old file {old} {fate})",
                 )
 
     async def _accept(self, rec: Migration) -> tuple[VMSpec, list[int]]:
@@ -259,7 +296,9 @@ class StorageMover:
             Compare.mod_is(pkv.key, pkv.mod_revision),
             held,
         ]
-        ops: list[Put | Delete] = [Put(skv.key, encode(updated))]
+        # the new file is the cluster's (the move created it): recorded with the switch
+        created = self.agent.disks.created_put(new, spec)
+        ops: list[Put | Delete] = [Put(skv.key, encode(updated)), created]
         await self._move_lock(rec.vm, old, new, compares, ops)
         if last and await change_move(self.store, self.keys, rec.id, _step(_M.SWITCHING)) is None:
             return False  # cancelled meanwhile
@@ -285,20 +324,26 @@ class StorageMover:
         compares.append(Compare.value_is(key, mine) if kv else Compare.absent(key))
         ops.append(Put(key, mine, lease=disks.lease()))
 
+    async def _about_to_create(self, new: Disk, spec: VMSpec) -> None:
+        """Record that the cluster creates ``new``'s file (the copy), before it does, so
+        that a copy left half-way by an agent that died can be removed; a file already
+        there is never the cluster's (the driver refuses to copy onto it)."""
+        path = await asyncio.to_thread(self.agent.disks.path_of, new)
+        if await asyncio.to_thread(path.exists):
+            raise MoveFailed(f"{new.file} exists already; a disk is never moved onto a file")
+        await self.agent.disks.record_created(new, spec)
+
     async def _remove_copies(self, rec: Migration) -> None:
-        """The new files of a move that will not finish: those no VM's spec names (the
-        old agent may have died before it made them, and a file of that name may be
-        another VM's disk)."""
+        """The new files of a move that will not finish: those the cluster created for the
+        VM that no VM's spec names (the old agent may have died before it made them, and a
+        file of that name may be another VM's disk or an admin's)."""
         spec = await self._spec(rec.vm)
         if spec is None:
             return
-        named = await named_disks(self.store, self.keys)
         for i in disks_to_move(spec, rec.volume):
             new = disk_on_volume(spec.disks[i], rec.vm, rec.volume)
-            if (new.volume, new.path) in named:
-                continue
             with contextlib.suppress(DriverError, OSError):
-                await asyncio.to_thread(self.agent.disks.path_of(new).unlink)
+                await self.agent.disks.delete_if_ours(new, rec.vm, spec.uid)
 
     async def _publish(self, mid: str, latest: list[Progress]) -> None:
         written: Progress | None = None
@@ -317,7 +362,7 @@ class StorageMover:
                 await change_move(self.store, self.keys, mid, put)
                 written = progress
 
-    async def _fail(self, mid: str, vm: str, reason: str) -> None:
+    async def _fail(self, mid: str, vm: str, reason: str) -> bool:
         def fail(cur: Migration) -> Migration | None:
             if not cur.active:
                 return None
@@ -326,6 +371,8 @@ class StorageMover:
         with contextlib.suppress(StoreError):
             if await change_move(self.store, self.keys, mid, fail) is not None:
                 await self.say("storage.move_failed", f"vm/{vm}", f"storage move {mid}: {reason}")
+                return True
+        return False
 
     async def _spec(self, vm: str) -> VMSpec | None:
         kv = await self.store.get(self.keys.vm(vm))

@@ -24,7 +24,7 @@ from hvcluster.models.base import Model
 from hvcluster.models.errors import Conflict, InvalidInput, NotFound
 from hvcluster.models.guestcpu import move_blocker, vm_cpu_model
 from hvcluster.models.lifecycle import NODE_LIFECYCLE, MigrationState, NodeAdminState, VMState
-from hvcluster.models.migration import Migration, MigrationKind
+from hvcluster.models.migration import Migration, MigrationKind, no_state_volume, state_volume
 from hvcluster.models.node import Node
 from hvcluster.models.storage import disks_to_move, spec_on_volume
 from hvcluster.models.vm import Placement, VMSpec, VMStatus
@@ -111,6 +111,8 @@ class Cluster:
             blocker = move_blocker(model, src, found, kind)
             if blocker is not None:
                 return blocker
+            if kind is MigrationKind.QUICK and state_volume(spec, src, found) is None:
+                return no_state_volume(src, found)  # the target could not read the state
         switches = sorted({nic.switch for nic in spec.nics} - set(found.switches))
         volumes = sorted({d.volume for d in spec.disks if d.volume} - set(found.volumes))
         if switches or volumes:

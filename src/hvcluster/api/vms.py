@@ -4,6 +4,7 @@ places what is written here and the agents run it."""
 from __future__ import annotations
 
 import time
+import uuid
 
 from fastapi import APIRouter, Body, Depends, Query
 
@@ -12,11 +13,12 @@ from hvcluster.api.reads import Decoded, decode_all, decode_one, decode_optional
 from hvcluster.api.views import ActionRequest, Deleted, Skipped, VMList, VMView
 from hvcluster.api.writes import ATTEMPTS, update
 from hvcluster.models.base import decode, encode
-from hvcluster.models.errors import Conflict, CorruptValue, NotFound
+from hvcluster.models.errors import Conflict, CorruptValue, InvalidInput, NotFound
 from hvcluster.models.lifecycle import VMState
 from hvcluster.models.storage import DiskDeletion
-from hvcluster.models.vm import Placement, VMSpec, VMStatus
+from hvcluster.models.vm import Placement, VMSpec, VMStatus, is_under, same_vm
 from hvcluster.store.base import Compare, Delete, Get, Put, TxnResult
+from hvcluster.store.state import read_config
 
 router = APIRouter(prefix="/vms", tags=["vms"])
 
@@ -25,7 +27,12 @@ _NO_BODY = Body(default=None)
 
 def state_of(spec: VMSpec, placement: Placement | None, status: VMStatus | None) -> VMState:
     """The state to show: the owner's report if it is about the current placement (or the
-    controller left the VM failed), else what spec and placement imply."""
+    controller left the VM failed), else what spec and placement imply. A placement or
+    status of an older VM of the same name (another uid) is not this one's."""
+    if placement is not None and not same_vm(spec, placement.uid):
+        placement = None
+    if status is not None and not same_vm(spec, status.uid):
+        status = None
     if status is not None and (
         status.node == ""
         or (
@@ -41,6 +48,12 @@ def state_of(spec: VMSpec, placement: Placement | None, status: VMStatus | None)
 
 
 def view(spec: VMSpec, placement: Placement | None, status: VMStatus | None) -> VMView:
+    """The VM as shown. A placement or status of an older VM of the same name (deleted,
+    perhaps still stopping: another uid) is not this one's and is left out."""
+    if placement is not None and not same_vm(spec, placement.uid):
+        placement = None
+    if status is not None and not same_vm(spec, status.uid):
+        status = None
     return VMView(
         name=spec.name,
         desired_state=spec.desired_state,
@@ -86,8 +99,35 @@ async def list_vms(ctx: ApiContext = Depends(context)) -> VMList:
     return VMList(vms=vms, skipped=skipped, revision=snap.revision)
 
 
+async def check_disk_dirs(ctx: ApiContext, spec: VMSpec) -> None:
+    """Refuse a disk at an absolute path, or a kernel or initrd, outside the cluster config's
+    ``allowed_disk_dirs`` (by name here; the agent checks again with the host's file
+    system, symlinks followed)."""
+    config, _ = await read_config(ctx.store, ctx.keys)
+    allowed = config.allowed_disk_dirs
+    where = ", ".join(allowed) if allowed else "none"
+    for i, disk in enumerate(spec.disks):
+        if disk.volume is None and not any(is_under(disk.path, d) for d in allowed):
+            raise InvalidInput(
+                f"disk {disk.path} is not on a volume (give 'volume' and a relative path) "
+                f"nor under a directory the cluster config allows (allowed_disk_dirs: {where})",
+                field=f"disks.{i}.path",
+            )
+    for field, path in spec.boot.files():
+        if not any(is_under(path, d) for d in allowed):
+            raise InvalidInput(
+                f"{path} is not under a directory the cluster config allows for disk and "
+                f"boot images (allowed_disk_dirs: {where})",
+                field=f"boot.{field}",
+            )
+
+
 @router.post("", status_code=201, response_model=VMView)
 async def create_vm(spec: VMSpec, ctx: ApiContext = Depends(context)) -> VMView:
+    """Create a VM. It gets a new uid: its placement and status carry it, so nothing of an
+    older VM of the same name (deleted, perhaps still stopping) is ever taken for its own."""
+    await check_disk_dirs(ctx, spec)
+    spec = spec.model_copy(update={"uid": uuid.uuid4().hex})
     key = ctx.keys.vm(spec.name)
     result = await ctx.store.txn([Compare.absent(key)], [Put(key, encode(spec))])
     if not result.succeeded:
@@ -189,7 +229,8 @@ async def delete_vm(
     the VM (agents stop VMs that have no spec). A corrupt spec can be deleted too.
 
     With ``disks=true`` the VM's disks on shared volumes are deleted too, by an agent that
-    sees the volume, once no node holds their locks (disks outside volumes are kept)."""
+    sees the volume, once no node holds their locks: only files the cluster created for it
+    that no VM's spec names (the others, and disks outside volumes, are kept)."""
     key = ctx.keys.vm(name)
     if disks:
         result = await _delete_with_disks(ctx, name)
@@ -214,14 +255,19 @@ async def _delete_with_disks(ctx: ApiContext, name: str) -> TxnResult:
         on_volumes = tuple(d for d in spec.disks if d.volume is not None)
         ops: list[Put | Delete] = [Delete(key)]
         if on_volumes:
-            request = DiskDeletion(vm=name, disks=on_volumes, requested_at=time.time())
+            request = DiskDeletion(
+                vm=name, disks=on_volumes, requested_at=time.time(), uid=spec.uid
+            )
             ops.append(Put(ctx.keys.request(f"delete-disks/{name}"), encode(request)))
         result = await ctx.store.txn([Compare.mod_is(key, kv.mod_revision)], ops)
         if result.succeeded:
             if on_volumes:
-                files = ", ".join(f"{d.volume}:{d.path}" for d in on_volumes)
+                files = ", ".join(d.file for d in on_volumes)
                 await ctx.record(
-                    "vm.disks_delete_requested", f"vm/{name}", f"deleting disks {files}"
+                    "vm.disks_delete_requested",
+                    f"vm/{name}",
+                    f"deleting disks {files} (each only if the cluster created it for {name} "
+                    "and no VM names it)",
                 )
             return result
     raise Conflict(f"vm {name!r} kept changing under us; try again")

@@ -1,26 +1,37 @@
 """``/api/v1/volumes``: shared volumes (a path every node mounts). Add, list, show, remove.
 
-The API only records a volume (name, path, a generated id); each agent checks it sees the
-volume (the marker file ``<path>/.hvc-volume`` holds the id) and reports it in its node
-record. A volume still used by a VM's disk cannot be removed.
+A volume is storage an admin prepared: a directory (never ``/`` nor a system directory)
+holding the marker file ``<path>/.hvc-volume`` with the volume's id, placed by the admin
+(``hvc volume mark PATH``). The API checks the marker on its own node and records the
+volume (name, path, that id); each agent checks it sees the volume (the same id) and reports
+it in its node record. No part of the cluster writes a marker. A volume still used by a VM's
+disk cannot be removed.
 """
 
 from __future__ import annotations
 
-import uuid
+import asyncio
+import os
+from pathlib import Path
 
 from fastapi import APIRouter, Depends
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from hvcluster.api.context import ApiContext, context, valid_name
 from hvcluster.api.reads import decode_all, decode_one, snapshot
 from hvcluster.api.removal import Removed, remove_unused
 from hvcluster.api.views import Skipped, View
 from hvcluster.models.base import encode
-from hvcluster.models.errors import Conflict, NotFound
+from hvcluster.models.errors import Conflict, InvalidInput, NotFound
 from hvcluster.models.names import Name
 from hvcluster.models.node import Node
-from hvcluster.models.storage import Volume
+from hvcluster.models.storage import (
+    MARKER,
+    MARKER_ID,
+    Volume,
+    check_volume_path,
+    system_dir_problem,
+)
 from hvcluster.models.vm import VMSpec
 from hvcluster.store.base import Compare, Get, KeyValue, Put
 
@@ -29,13 +40,53 @@ router = APIRouter(prefix="/volumes", tags=["storage"])
 
 class VolumeRequest(View):
     name: Name
-    path: str = Field(pattern=r"^/", description="where every node mounts it (absolute)")
+    path: str = Field(
+        pattern=r"^/", max_length=4096, description="where every node mounts it (absolute)"
+    )
     id: str | None = Field(
         default=None,
-        pattern=r"^[0-9a-f]{32}$",
-        description="adopt this id (storage already marked, e.g. a volume added again); "
-        "default: a new one",
+        pattern=MARKER_ID.pattern,
+        description="the id its marker must hold (a check); default: the one it holds",
     )
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        return check_volume_path(value)  # not / nor a system directory
+
+
+MARKER_READ_MAX = 256
+
+
+def read_marker(path: str) -> str:
+    """The id an admin placed in ``<path>/.hvc-volume`` (read on the node serving the
+    request, which mounts the volume as every node does). The cluster never writes a
+    marker: a volume is storage an admin chose, never a directory the API was told of."""
+    root = Path(path)
+    real = root.resolve()
+    problem = system_dir_problem(str(real))
+    if problem is not None:
+        raise InvalidInput(f"{path} leads to {real}: {problem}", field="path")
+    marker = root / MARKER
+    how = f"an admin places it with 'hvc volume mark {path}' on a node that mounts it"
+    if not marker.exists():
+        raise InvalidInput(f"no volume marker {marker}: {how}", field="path")
+    if not marker.is_file() or marker.is_symlink():
+        raise InvalidInput(f"{marker} is not a regular file: {how}", field="path")
+    try:
+        fd = os.open(marker, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        try:
+            found = os.read(fd, MARKER_READ_MAX).decode(errors="replace").strip()
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise InvalidInput(f"cannot read {marker}: {e.strerror or e}", field="path") from None
+    if not MARKER_ID.match(found):
+        raise InvalidInput(
+            f"{marker} holds no volume id (8-64 letters, digits, '-', '_' or '.'): {how}",
+            field="path",
+        )
+    return found
 
 
 class VolumeView(View):
@@ -99,8 +150,13 @@ async def list_volumes(ctx: ApiContext = Depends(context)) -> VolumeList:
 
 @router.post("", status_code=201, response_model=VolumeView)
 async def add_volume(request: VolumeRequest, ctx: ApiContext = Depends(context)) -> VolumeView:
-    path = "/" + "/".join(p for p in request.path.split("/") if p)  # no trailing or double '/'
-    volume = Volume(name=request.name, path=path, id=request.id or uuid.uuid4().hex)
+    """Add a volume an admin prepared: its path holds the marker with the volume's id."""
+    found = await asyncio.to_thread(read_marker, request.path)
+    if request.id is not None and request.id != found:
+        raise InvalidInput(
+            f"the marker in {request.path} holds id {found}, not {request.id}", field="id"
+        )
+    volume = Volume(name=request.name, path=request.path, id=found)
     key = ctx.keys.volume(volume.name)
     result = await ctx.store.txn([Compare.absent(key)], [Put(key, encode(volume))])
     if not result.succeeded:

@@ -18,6 +18,34 @@ from hvcluster.store.health import followers_of_leader, has_quorum, quorum_size
 app = typer.Typer(help="The etcd store behind the cluster.", no_args_is_help=True)
 
 
+def ca_option() -> Any:
+    return typer.Option(
+        None,
+        "--ca",
+        envvar="HVC_ETCD_CA",
+        help="TLS: the CA that signed etcd's certificates (https endpoints); $HVC_ETCD_CA.",
+    )
+
+
+def cert_option() -> Any:
+    return typer.Option(
+        None, "--cert", envvar="HVC_ETCD_CERT", help="TLS: this client's certificate for etcd."
+    )
+
+
+def key_option() -> Any:
+    return typer.Option(
+        None, "--key", envvar="HVC_ETCD_KEY", help="TLS: this client's key for etcd."
+    )
+
+
+def store_tls(ca: Path | None, cert: Path | None, key: Path | None) -> EtcdTls | None:
+    """The TLS settings of a CLI command that talks to etcd directly (None: plain)."""
+    if ca is None and (cert is not None or key is not None):
+        raise typer.BadParameter("a client certificate needs the CA too", param_hint="--ca")
+    return EtcdTls(ca, cert, key) if ca is not None else None
+
+
 async def _health(endpoints: str, timeout: float, tls: EtcdTls | None) -> StoreHealth:
     store = EtcdStore(endpoints, timeout=max(timeout, 0.1), tls=tls)
     try:
@@ -63,19 +91,15 @@ def check(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     timeout: float = typer.Option(2.0, min=0.1, help="Seconds to wait for each member."),
-    ca: Path | None = typer.Option(
-        None, "--ca", help="TLS: the CA that signed etcd's certificates (https endpoints)."
-    ),
-    cert: Path | None = typer.Option(None, "--cert", help="TLS: this client's certificate."),
-    key: Path | None = typer.Option(None, "--key", help="TLS: this client's key."),
+    ca: Path | None = ca_option(),
+    cert: Path | None = cert_option(),
+    key: Path | None = key_option(),
 ) -> None:
     """Show every etcd member: reachable or not, leader, raft term, latency, db size.
 
     Exits 0 when a majority of the members answer and follow one leader, 2 otherwise.
     """
-    if ca is None and (cert is not None or key is not None):
-        raise typer.BadParameter("a client certificate needs the CA too", param_hint="--ca")
-    tls = EtcdTls(ca, cert, key) if ca is not None else None
+    tls = store_tls(ca, cert, key)
     health = asyncio.run(_health(endpoints, timeout, tls))
     if as_json:
         print_json(_as_dict(health))

@@ -11,16 +11,19 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from pathlib import Path
 from typing import Any
 
 import typer
 
 from hvcluster.cli.client import Client, api_option
 from hvcluster.cli.output import console, fail, friendly_errors, print_json, print_table
+from hvcluster.cli.store_cmd import ca_option, cert_option, key_option, store_tls
 from hvcluster.models.errors import InvalidInput
 from hvcluster.models.names import check_name
 from hvcluster.models.token import Role, Token, issue
 from hvcluster.store.etcd import EtcdStore
+from hvcluster.store.etcd_conn import EtcdTls
 from hvcluster.store.keys import Keys
 from hvcluster.store.tokens import add_token
 
@@ -53,8 +56,8 @@ def _shown_once(name: str, role: str, expires_at: float | None, bearer: str) -> 
     print(bearer)  # alone on the last line, unwrapped, for scripts
 
 
-async def _bootstrap(endpoints: str, cluster: str, token: Token) -> None:
-    store = EtcdStore(endpoints)
+async def _bootstrap(endpoints: str, cluster: str, token: Token, tls: EtcdTls | None) -> None:
+    store = EtcdStore(endpoints, tls=tls)
     try:
         await add_token(store, Keys(cluster), token)
     finally:
@@ -78,6 +81,9 @@ def create(
     cluster: str = typer.Option(
         "hvc", "--cluster", help="With --store-endpoints: the cluster name (agents' 'cluster')."
     ),
+    ca: Path | None = ca_option(),
+    cert: Path | None = cert_option(),
+    key: Path | None = key_option(),
     as_json: bool = typer.Option(False, "--json", help="Print JSON (with the token)."),
     api: list[str] | None = api_option(),
 ) -> None:
@@ -92,7 +98,7 @@ def create(
         now = time.time()
         expires_at = now + lifetime if lifetime is not None else None
         token, bearer = issue(name, role, now, expires_at, created_by="bootstrap")
-        asyncio.run(_bootstrap(store_endpoints, cluster, token))
+        asyncio.run(_bootstrap(store_endpoints, cluster, token, store_tls(ca, cert, key)))
         answer: dict[str, Any] = {
             "name": name,
             "role": role.value,

@@ -64,8 +64,8 @@ def create(
     disk: list[str] | None = typer.Option(
         None,
         "--disk",
-        help="A disk: /abs/path.qcow2 or VOLUME:path.qcow2, with @GIB to create it that size "
-        "(repeatable).",
+        help="A disk: VOLUME:relative/path.qcow2, with @GIB to create it that size; or "
+        "/abs/path.qcow2 under a directory the cluster config allows (repeatable).",
     ),
     priority: Priority | None = typer.Option(None, "--priority", help="Recovery priority."),
     preferred_owner: list[str] | None = typer.Option(
@@ -257,12 +257,20 @@ def stop(
 def rm(
     name: str = typer.Argument(..., help="VM name."),
     disks: bool = typer.Option(
-        False, "--disks", help="Also delete its disk files on shared volumes."
+        False,
+        "--disks",
+        help="Also delete its disk files on shared volumes: those the cluster created for "
+        "it that no other VM names (the others are kept; 'hvc events' says why).",
     ),
     api: list[str] | None = api_option(),
 ) -> None:
     """Delete a VM: its spec goes, its agent stops it. Disk images are kept unless --disks."""
     with Client.from_options(api) as client:
         client.delete(f"/vms/{name}?disks=true" if disks else f"/vms/{name}")
-    also = " (its disks on volumes are deleted once it is stopped)" if disks else ""
+    also = (
+        " (its disks on volumes that the cluster created and no VM names are deleted once it "
+        "is stopped)"
+        if disks
+        else ""
+    )
     console.print(f"deleted vm [bold]{name}[/]{also}", highlight=False)

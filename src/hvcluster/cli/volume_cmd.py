@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import uuid
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -9,13 +12,54 @@ import typer
 from hvcluster.cli.client import Client, api_option
 from hvcluster.cli.output import console, friendly_errors, print_json, print_table
 from hvcluster.cli.vm_cmd import warn_skipped
+from hvcluster.models.errors import HvcError
+from hvcluster.models.storage import MARKER, check_volume_path
 
-app = typer.Typer(help="Shared volumes: add, list, show, remove.", no_args_is_help=True)
+app = typer.Typer(help="Shared volumes: mark, add, list, show, remove.", no_args_is_help=True)
 
 
 def _free(v: dict[str, Any]) -> str:
     free = v["free_mib"]
     return f"{min(free.values())} MiB (least)" if free else ""
+
+
+def place_marker(path: Path) -> tuple[str, bool]:
+    """Place the marker of a new volume at ``path`` as an admin does: a new id in
+    ``<path>/.hvc-volume``, created exclusively (an existing marker is kept, never
+    overwritten). Returns the id it holds and whether it was written now. Refuses ``/`` and
+    system directories (:class:`ValueError`), also when ``path`` leads there by a symlink."""
+    real = path.resolve()
+    check_volume_path(str(real))
+    if not real.is_dir():
+        raise ValueError(f"{path} is not a directory")
+    marker = real / MARKER
+    new = uuid.uuid4().hex
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o644)
+    except FileExistsError:
+        return marker.read_text(errors="replace").strip()[:64], False
+    try:
+        os.write(fd, f"{new}\n".encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return new, True
+
+
+@app.command("mark")
+@friendly_errors
+def mark(
+    path: Path = typer.Argument(..., help="The volume's directory, as this host mounts it."),
+) -> None:
+    """Place a new volume's marker (run once, as an admin, on a host that mounts it): the
+    file .hvc-volume with a new id, which 'hvc volume add' then adopts. Never on / or a
+    system directory; an existing marker is kept."""
+    try:
+        found, written = place_marker(path)
+    except (ValueError, OSError) as e:
+        raise HvcError(f"cannot mark {path}: {e}") from None
+    verb = "marked" if written else "already marked"
+    console.print(f"{verb} {path} (id {found})", highlight=False)
 
 
 @app.command("add")
@@ -24,11 +68,12 @@ def add(
     name: str = typer.Argument(..., help="Volume name."),
     path: str = typer.Argument(..., help="Where every node mounts it (absolute path)."),
     volume_id: str | None = typer.Option(
-        None, "--id", help="Adopt the id already in its marker (a volume added again)."
+        None, "--id", help="The id its marker must hold (a check; default: the one it holds)."
     ),
     api: list[str] | None = api_option(),
 ) -> None:
-    """Add a shared volume. Each agent then checks it sees it (the marker file with its id)."""
+    """Add a shared volume whose marker an admin placed ('hvc volume mark PATH'). Each agent
+    then checks it sees it (the marker file with its id)."""
     body = {"name": name, "path": path} | ({"id": volume_id} if volume_id else {})
     with Client.from_options(api) as client:
         v = client.post("/volumes", body)

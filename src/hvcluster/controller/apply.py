@@ -44,7 +44,8 @@ class Applier:
         match d:
             case Place():
                 return await self._place(
-                    d.vm, Placement(node=d.node, epoch=d.epoch, reason=d.reason)
+                    d.vm,
+                    Placement(node=d.node, epoch=d.epoch, reason=d.reason, uid=self._uid(d.vm)),
                 )
             case Recover():
                 return await self._recover(d)
@@ -85,6 +86,11 @@ class Applier:
                 return True
         raise AssertionError(f"unknown decision {d!r}")
 
+    def _uid(self, vm: str) -> str:
+        """The uid of ``vm``'s spec, carried by every placement and status written for it."""
+        stored = self.state.vms.items.get(vm)
+        return stored.value.uid if stored else ""
+
     def _placement_rev(self, vm: str) -> int:
         stored = self.state.placements.items.get(vm)
         return stored.mod_revision if stored else 0
@@ -99,7 +105,13 @@ class Applier:
         key = self.keys.placement(d.vm)
         old = self.state.placements.items.get(d.vm)
         failovers = (*(old.value.failovers if old else ()), self.now)
-        placement = Placement(node=d.to_node, epoch=d.epoch, reason=d.reason, failovers=failovers)
+        placement = Placement(
+            node=d.to_node,
+            epoch=d.epoch,
+            reason=d.reason,
+            failovers=failovers,
+            uid=self._uid(d.vm),
+        )
         compares = [Compare.mod_is(key, self._placement_rev(d.vm))]
         if d.from_node not in self.state.alive.present:
             # The dead node must not have come back since we looked: whichever commits
@@ -120,6 +132,7 @@ class Applier:
             since=self.now,
             last_error=d.reason,
             left_failed=not d.retry,
+            uid=self._uid(d.vm),
         )
         if status and status.value.model_copy(update={"since": self.now}) == failed:
             return True  # already said
@@ -206,7 +219,11 @@ class Applier:
                 continue
             reason = f"vm {vm} moved from {p.node} to {p.moving_to}: stopped there, starting here"
             new = Placement(
-                node=p.moving_to, epoch=p.epoch + 1, reason=reason, failovers=p.failovers
+                node=p.moving_to,
+                epoch=p.epoch + 1,
+                reason=reason,
+                failovers=p.failovers,
+                uid=p.uid,
             )
             key = self.keys.placement(vm)
             result = await self.store.txn(

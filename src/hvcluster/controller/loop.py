@@ -139,9 +139,25 @@ class Controller:
         for sentence in said:
             await self.say("vm.moved", "", sentence)
         for decision in plan(build_snapshot(state, memory, now, migrations)):
-            if await self._apply(applier, decision, memory):
-                said.append(decision.reason)
+            try:
+                if await self._apply(applier, decision, memory):
+                    said.append(decision.reason)
+            except (StoreError, TimeoutError):
+                raise  # the store: the next cycle recomputes everything
+            except Exception as e:  # this decision only: the others still apply
+                await self._decision_broke(decision, e, memory)
         return said
+
+    async def _decision_broke(
+        self, d: Decision, error: Exception, memory: ControllerMemory
+    ) -> None:
+        """Applying ``d`` raised unexpectedly: logged with its traceback and said as
+        ``controller.error`` (once while it repeats); the cycle goes on with the other
+        decisions, and the next cycle decides afresh."""
+        log.error("controller: applying %r", d, exc_info=error)
+        what = f"{type(error).__name__}: {error}"
+        if memory.changed(f"error:{d.subject}", what):  # (its reason may change each cycle)
+            await self.say("controller.error", d.subject, f"not applied ({what}): {d.reason}")
 
     async def observe(self) -> None:
         """A follower's cycle: watch nodes come and go and read their leases, to be ready

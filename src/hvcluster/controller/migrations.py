@@ -36,7 +36,7 @@ from hvcluster.controller.view import build_snapshot
 from hvcluster.models.base import decode, encode
 from hvcluster.models.errors import CorruptValue, StoreError
 from hvcluster.models.lifecycle import MigrationState, NodeAdminState
-from hvcluster.models.migration import Migration, MigrationKind
+from hvcluster.models.migration import Migration, MigrationKind, state_file_for, state_volume
 from hvcluster.models.node import Node
 from hvcluster.models.storage import spec_on_volume
 from hvcluster.models.vm import Placement
@@ -85,6 +85,7 @@ class MigrationCoordinator:
         self.memory, self.is_leader, self.clock = memory, is_leader, clock
         self.wake = asyncio.Event()
         self.said: dict[str, str] = {}  # subject -> last stay reason said
+        self.broken: set[str] = set()  # records whose step raised unexpectedly: not again
         self.retention = Retention(store, keys, say, clock)
 
     async def run(self, interval: float = 0.5) -> None:
@@ -94,6 +95,8 @@ class MigrationCoordinator:
                     await self.cycle()
             except (StoreError, TimeoutError) as e:
                 log.warning("migration coordinator cycle failed: %s", e)
+            except Exception:  # not one record's (those fail alone): say, go on
+                log.exception("migration coordinator cycle failed unexpectedly; carrying on")
             self.wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), interval)
@@ -112,6 +115,8 @@ class MigrationCoordinator:
                     await self._switch_fast(rec, event.mod_revision)
                 except (StoreError, TimeoutError) as e:
                     log.warning("switch of %s failed: %s; the cycle retries", rec.id, e)
+                except Exception:  # the watch goes on; the cycle judges the record
+                    log.exception("switch of %s failed unexpectedly; the cycle judges", rec.id)
             elif not self.wake.is_set():
                 # Progress, or a migration just ended (a drain's next move): soon, not at
                 # the very moment a target resumes its guest.
@@ -120,10 +125,11 @@ class MigrationCoordinator:
         await follow(self.store, self.keys.prefix("migrations"), seen)
 
     async def cycle(self) -> None:
-        await sweep_jobs(self.store, self.keys, self.say)  # stale job keys, orphaned moves
+        # stale job keys, orphaned moves
+        await self._guarded("the job keys' sweep", sweep_jobs(self.store, self.keys, self.say))
         records = await read_migrations(self.store, self.keys)
-        await self._prune(records)
-        await self._times_lost(records)
+        await self._guarded("pruning old records", self._prune(records))
+        await self._guarded("measures of the sources gone", self._times_lost(records))
         if not any(s.value.active for s in records.items.values()):
             nodes = await read_kind(self.store, self.keys, "nodes", Node)
             if all(
@@ -137,12 +143,33 @@ class MigrationCoordinator:
         first: dict[str, str] = {}  # vm -> the id of its oldest migration under way
         for stored in sorted(active, key=lambda s: (s.value.created, s.value.id)):
             rec = stored.value
+            if rec.id in self.broken:
+                continue
             if first.setdefault(rec.vm, rec.id) != rec.id:
                 await self._fail(rec, f"migration {first[rec.vm]} of {rec.vm} is under way")
                 continue
-            await self._advance(stored, state, snapshot, records, now)
+            try:
+                await self._advance(stored, state, snapshot, records, now)
+            except (StoreError, TimeoutError):
+                raise  # the store, not the record: the next cycle tries again
+            except Exception as e:
+                await self._advance_broke(rec, e)
         if any(n.admin_state is NodeAdminState.DRAINING for n in snapshot.nodes.values()):
             await self._drain(state, snapshot, await read_migrations(self.store, self.keys))
+
+    async def _guarded(self, what: str, step: Awaitable[None]) -> None:
+        """Run a housekeeping ``step`` of the cycle: an unexpected exception in it is logged
+        (said once while it repeats) and the cycle goes on to the records under way."""
+        try:
+            await step
+        except (StoreError, TimeoutError):
+            raise  # the store: the next cycle tries again
+        except Exception as e:
+            log.error("migration coordinator: %s", what, exc_info=e)
+            why = f"{what} failed: {type(e).__name__}: {e}"
+            if self.said.get(what) != why:
+                self.said[what] = why
+                await self.say("controller.error", "migrations", why)
 
     async def _prune(self, records: Decoded[Migration]) -> None:
         """Finished records go by age and by count, as the config says (retention.py)."""
@@ -199,6 +226,16 @@ class MigrationCoordinator:
         elif rec.state is _M.SWITCHING:
             await self._switch(rec, state)
 
+    async def _advance_broke(self, rec: Migration, error: Exception) -> None:
+        """An unexpected exception judging ``rec``: logged with its traceback, the record
+        failed with the reason (the source keeps its VM, the target drops its copy), and
+        never judged again here, so a record that would raise again cannot loop."""
+        log.error("migration %s of %s: the controller's step", rec.id, rec.vm, exc_info=error)
+        self.broken.add(rec.id)
+        await self._fail(
+            rec, f"unexpected error in the controller: {type(error).__name__}: {error}"
+        )
+
     def _broken(self, rec: Migration, state: ClusterState, now: float) -> str | None:
         """Why the migration cannot go on, or None."""
         vm = rec.vm
@@ -254,13 +291,20 @@ class MigrationCoordinator:
             await self._fail(rec, choice.why)
             return
         target, model = choice.node, vm_model(snapshot, vm)  # the target starts QEMU with it
+        update: dict[str, object] = {"state": _M.PREPARING, "target": target, "cpu_model": model}
+        if rec.kind is MigrationKind.QUICK:  # where the state goes: a volume both see
+            volume = state_volume(
+                vm.spec, snapshot.nodes[rec.source].node, snapshot.nodes[target].node
+            )
+            if volume is None:  # (move_blockers excluded such targets)
+                await self._fail(rec, f"{rec.source} and {target} share no volume")
+                return
+            update["state_file"] = state_file_for(volume, rec.vm, rec.id)
 
         def prepare(cur: Migration) -> Migration | None:
             if cur.state is not _M.REQUESTED:
                 return None
-            return cur.model_copy(
-                update={"state": _M.PREPARING, "target": target, "cpu_model": model}
-            )
+            return cur.model_copy(update=update)
 
         if await change_migration(self.store, self.keys, rec.id, prepare) is not None:
             log.info("migration %s: %s -> %s (%s)", rec.id, rec.source, target, choice.why)

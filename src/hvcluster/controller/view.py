@@ -5,6 +5,7 @@ from __future__ import annotations
 from hvcluster.controller.memory import ControllerMemory
 from hvcluster.models.lifecycle import VMState
 from hvcluster.models.migration import Migration
+from hvcluster.models.vm import same_vm
 from hvcluster.scheduler.snapshot import ClusterSnapshot, NodeView, VMView
 from hvcluster.store.state import ClusterState, Decoded
 
@@ -39,18 +40,27 @@ def build_snapshot(
     for name, stored in state.vms.items.items():
         if name in skip:
             continue  # never decide on a VM whose placement we cannot read
+        spec = stored.value
         placed = state.placements.items.get(name)
         status = state.statuses.items.get(name)
+        placement = placed.value if placed else None
         st = status.value if status else None
+        # A placement or status of an older VM of this name (deleted, perhaps still
+        # stopping) is not this VM's: ignored, but its epoch stays below any new one.
+        floor = max(placement.epoch if placement else 0, st.epoch if st else 0)
+        if placement is not None and not same_vm(spec, placement.uid):
+            placement = None
+        if st is not None and not same_vm(spec, st.uid):
+            st = None
         left_failed = st is not None and st.left_failed and st.state is VMState.FAILED
         vms[name] = VMView(
-            spec=stored.value,
-            placement=placed.value if placed else None,
+            spec=spec,
+            placement=placement,
             status=st,
-            failovers=placed.value.failovers if placed else (),
+            failovers=placement.failovers if placement else (),
             failed_reason=st.last_error if left_failed and st is not None else "",
             pending_since=memory.pending_since.get(name),
-            epoch_floor=st.epoch if st else 0,
+            epoch_floor=floor,
             migrating=name in moving,
             migrating_to=moving.get(name),
         )

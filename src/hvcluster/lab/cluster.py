@@ -75,7 +75,7 @@ def up(
     if lab_dir.exists():
         shutil.rmtree(lab_dir)
     lab_dir.mkdir(parents=True)
-    config = config or ClusterConfig()
+    config = lab_config(config or ClusterConfig(), lab_dir / "shared", cache_dir)
     ports = free_ports(2 + nodes)
     names = [f"n{i + 1}" for i in range(nodes)]
     net = netns.choose(str(lab_dir.resolve())) if network == "netns" else None
@@ -150,6 +150,15 @@ def up(
     except BaseException:
         down(lab_dir, log=lambda _: None)
         raise
+
+
+def lab_config(config: ClusterConfig, shared: Path, cache_dir: Path) -> ClusterConfig:
+    """``config`` allowing disks in the lab's shared directory (the demo's disks are files
+    there, outside any volume) and the test guest's kernel and initrd from the image cache."""
+    dirs = (*config.allowed_disk_dirs, str(shared.absolute()), str(cache_dir.absolute()))
+    return ClusterConfig.model_validate(
+        config.model_dump() | {"allowed_disk_dirs": tuple(dict.fromkeys(dirs))}
+    )
 
 
 def _bootstrap(state: LabState, config: ClusterConfig) -> LabState:

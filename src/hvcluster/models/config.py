@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Literal, Self
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from hvcluster.models.base import Model
+from hvcluster.models.storage import normal_dir, system_dir_problem
 
 
 class MigrationSettings(Model):
@@ -63,6 +64,21 @@ class ClusterConfig(Model):
     migration_retention_s: float = Field(default=7 * 86400.0, gt=0)
     migration: MigrationSettings = MigrationSettings()
     quarantine: QuarantineSettings = QuarantineSettings()
+    # Host directories where a disk may be an absolute path (outside any volume); empty:
+    # disks live on volumes only. Never / nor a system directory.
+    allowed_disk_dirs: tuple[str, ...] = Field(default=(), max_length=64)
+
+    @field_validator("allowed_disk_dirs")
+    @classmethod
+    def _allowed_disk_dirs(cls, dirs: tuple[str, ...]) -> tuple[str, ...]:
+        checked = []
+        for d in dirs:
+            normal = normal_dir(d)
+            problem = system_dir_problem(normal)
+            if problem is not None:
+                raise ValueError(f"not a disk directory: {problem}")
+            checked.append(normal)
+        return tuple(checked)
 
     @model_validator(mode="after")
     def _timings_make_sense(self) -> Self:

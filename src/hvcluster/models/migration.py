@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from typing import Annotated
 
@@ -10,6 +11,8 @@ from pydantic import AfterValidator, Field
 from hvcluster.models.base import Model
 from hvcluster.models.lifecycle import MigrationState
 from hvcluster.models.names import Name, check_name
+from hvcluster.models.node import Node
+from hvcluster.models.vm import VMSpec
 
 
 def _name_or_empty(value: str) -> str:
@@ -17,6 +20,41 @@ def _name_or_empty(value: str) -> str:
 
 
 TargetName = Annotated[str, AfterValidator(_name_or_empty)]
+
+# The one form of address a migration is sent to (QEMU's ``migrate`` takes any URI, ``exec:``
+# included: whoever can write a record must not be able to make a source run a command).
+_TCP = re.compile(r"^tcp:(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})):([0-9]{1,5})$")
+
+
+def check_migration_address(value: str) -> str:
+    """``tcp:HOST:PORT`` (HOST a name, an IPv4 address or a bracketed IPv6 one), or empty."""
+    if value == "":
+        return value
+    found = _TCP.match(value)
+    if found is None or not 0 < int(found.group(2)) < 65536:
+        raise ValueError(f"migration address {value!r} is not tcp:HOST:PORT")
+    return value
+
+
+def address_host(address: str) -> str:
+    """The HOST of a ``tcp:HOST:PORT`` address, without IPv6 brackets."""
+    return address.removeprefix("tcp:").rpartition(":")[0].strip("[]")
+
+
+MigrationAddress = Annotated[str, AfterValidator(check_migration_address)]
+
+# Quick migration: where the saved state goes, relative to the volume chosen for it.
+STATE_DIR = ".hvc-migration-state"
+_STATE_FILE = re.compile(r"^[a-z0-9][a-z0-9-]*:" + re.escape(STATE_DIR) + r"/[A-Za-z0-9_.-]+$")
+
+
+def _state_file(value: str) -> str:
+    if value and (_STATE_FILE.match(value) is None or ".." in value):
+        raise ValueError(f"state file {value!r} is not VOLUME:{STATE_DIR}/NAME")
+    return value
+
+
+StateFile = Annotated[str, AfterValidator(_state_file)]
 
 
 class MigrationKind(StrEnum):
@@ -43,7 +81,7 @@ class Migration(Model):
     created: float = 0.0
     updated: float = 0.0
     epoch: int = Field(default=0, ge=0)  # the placement epoch it started from
-    target_address: str = ""  # host:port the target listens on, set in PREPARING
+    target_address: MigrationAddress = ""  # tcp:HOST:PORT the target listens on (PREPARING)
     progress: Progress = Progress()
     # As the guest saw it: from its pause on the source to its resume on the target (the
     # transfer's downtime plus the switch), and from the request to that resume.
@@ -54,7 +92,14 @@ class Migration(Model):
     transfer_ms: float | None = None
     reason: str = ""
     requested_by: str = ""  # "api", "drain:<node>", "failback", "resume:<node>"
-    saved_path: str = ""  # quick migration: the state file on a shared path
+    # Quick migration: the state goes to a volume both nodes see (chosen with the target,
+    # as VOLUME:path); the target says when it can take it (``state_prepared``), the source
+    # when it is saved (``saved_path``, the same file), and the target checks it can read
+    # it (``state_verified``) before the placement may flip.
+    state_file: StateFile = ""
+    state_prepared: bool = False
+    saved_path: StateFile = ""
+    state_verified: bool = False
     switching_at: float = 0.0  # wall clock the transfer completed (quick: state saved)
     resumed_at: float = 0.0  # wall clock the target ran the VM (0: not yet)
     # storage: the volume the disks move to (see store/storage_moves.py); live: a
@@ -69,6 +114,43 @@ class Migration(Model):
     @property
     def active(self) -> bool:
         return self.state not in _FINAL
+
+    @property
+    def target_ready(self) -> bool:
+        """The target is ready for the transfer: it listens (live), or it sees the volume
+        the state is saved to (quick)."""
+        if self.kind is MigrationKind.QUICK:
+            return self.state_prepared and bool(self.state_file)
+        return bool(self.target_address)
+
+
+def state_file_for(volume: str, vm: str, mid: str) -> str:
+    """Where quick migration ``mid`` of ``vm`` saves its state on ``volume``."""
+    return f"{volume}:{STATE_DIR}/{vm}-{mid}.state"
+
+
+def split_state_file(state_file: str) -> tuple[str, str]:
+    """(volume, path relative to it) of a ``state_file``."""
+    volume, _, path = state_file.partition(":")
+    return volume, path
+
+
+def state_volume(spec: VMSpec, source: Node, target: Node) -> str | None:
+    """The volume a quick migration of ``spec`` from ``source`` to ``target`` saves its
+    state to: one both nodes see, the VM's own disk volume first; None if they share none
+    (the target could not read a state saved anywhere else)."""
+    shared = set(source.volumes) & set(target.volumes)
+    for disk in spec.disks:
+        if disk.volume is not None and disk.volume in shared:
+            return disk.volume
+    return min(shared) if shared else None
+
+
+def no_state_volume(source: Node, target: Node) -> str:
+    return (
+        f"{source.name} and {target.name} share no volume to save the VM's state on: "
+        f"no quick migration between them"
+    )
 
 
 _FINAL = frozenset({MigrationState.DONE, MigrationState.FAILED, MigrationState.CANCELLED})

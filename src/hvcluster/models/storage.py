@@ -13,16 +13,69 @@ from hvcluster.models.base import Model
 from hvcluster.models.names import Name
 from hvcluster.models.vm import Disk, VMSpec
 
+# Host directories that are never a volume (nor an allowed disk directory): the first list
+# with everything under it (the system's own files), the second only as itself (a volume
+# may well live under /srv, /mnt or /var/lib, never be it; the lab's lives under /run).
+SYSTEM_TREES = (
+    "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/sbin",
+    "/sys", "/usr", "/var/log", "/var/run", "/var/lock", "/run/lock", "/run/systemd",
+    "/run/user", "/run/udev", "/run/dbus",
+)  # fmt: skip
+SYSTEM_DIRS = (
+    "/", "/home", "/media", "/mnt", "/opt", "/root", "/run", "/srv", "/tmp", "/var", "/var/lib",
+)  # fmt: skip
+
+
+def normal_dir(path: str) -> str:
+    """``path`` as one absolute form: single slashes, no trailing one, no ``.``; ``..`` is
+    refused (ValueError), not resolved."""
+    if not path.startswith("/"):
+        raise ValueError(f"{path!r} must be an absolute path")
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    if ".." in parts or "\0" in path:
+        raise ValueError(f"{path!r} must not contain '..' or NUL")
+    return "/" + "/".join(parts)
+
+
+def system_dir_problem(path: str) -> str | None:
+    """Why the normal absolute ``path`` cannot hold the cluster's files, or None: it is
+    ``/`` or a system directory (agents run as root, and delete files on volumes)."""
+    for tree in SYSTEM_TREES:
+        if path == tree or path.startswith(tree + "/"):
+            return f"{path} is a system directory ({tree} holds the host's own files)"
+    if path in SYSTEM_DIRS:
+        return f"{path} is a system directory: use a directory of its own below it"
+    return None
+
+
+def check_volume_path(path: str) -> str:
+    """A volume's path, normalised; ValueError when it is a system directory."""
+    normal = normal_dir(path)
+    problem = system_dir_problem(normal)
+    if problem is not None:
+        raise ValueError(f"not a volume path: {problem}")
+    return normal
+
 
 class Volume(Model):
-    """A path that every node mounts (NFS, CephFS, a cluster filesystem; in the lab a dir)."""
+    """A path that every node mounts (NFS, CephFS, a cluster filesystem; in the lab a dir).
+    Never ``/`` nor a system directory (:func:`system_dir_problem`)."""
 
     name: Name
-    path: str = Field(pattern=r"^/")
-    id: str = Field(min_length=1)  # written to a marker file, so nodes prove they see the same one
+    path: str = Field(pattern=r"^/", max_length=4096)
+    id: str = Field(min_length=1, max_length=64)  # the one its marker holds
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        return check_volume_path(value)
 
 
-MARKER = ".hvc-volume"  # <volume path>/.hvc-volume holds the volume's id
+# <volume path>/.hvc-volume holds the volume's id. An admin places it (``hvc volume mark
+# PATH``, or any 8-64 letters, digits, '-', '_', '.' written into that file); ``hvc volume
+# add`` then adopts the id it holds. No agent ever writes it.
+MARKER = ".hvc-volume"
+MARKER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{7,63}$")
 
 
 class SwitchType(StrEnum):
@@ -88,11 +141,26 @@ class Switch(Model):
 class DiskDeletion(Model):
     """A request, stored at ``requests/delete-disks/<vm>`` by ``DELETE /vms/<vm>?disks=true``,
     that an agent seeing the volumes delete the deleted VM's disk files once no node holds
-    the VM's disk locks. Only disks on volumes are ever deleted."""
+    the VM's disk locks. Only disks on volumes that the cluster created for that VM
+    (:class:`CreatedDisk`) and that no VM's spec names are ever deleted; the others are kept,
+    with an event saying why."""
 
     vm: Name
     disks: tuple[Disk, ...]
     requested_at: float = 0.0
+    uid: str = ""  # the deleted VM's VMSpec.uid
+
+
+class CreatedDisk(Model):
+    """Stored at ``disks/<VOLUME:relative/path>`` by the agent that created that file (for
+    a VM's sized disk, a storage move or a shared-nothing copy). The cluster deletes only
+    files it has such a record of, and only for the VM it created them for."""
+
+    file: str
+    vm: Name
+    uid: str = ""  # the VMSpec.uid of that VM ("": created before uids existed)
+    node: Name
+    created_at: float = 0.0
 
 
 # --- storage migration: where a VM's disks go on another volume ----------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Literal, Self
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from hvcluster.models.base import Model
 from hvcluster.models.lifecycle import VMState
@@ -77,22 +77,67 @@ class HAPolicy(Model):
         return self
 
 
-class Disk(Model):
-    """A disk image: a qcow2 (or raw) file, on a shared volume or at an absolute path."""
+def canonical_disk_path(path: str, on_volume: bool) -> str:
+    """The one form a disk's path is stored, locked and deleted in: components joined by
+    single slashes, no ``.`` (``./db//root.qcow2`` -> ``db/root.qcow2``); relative on a
+    volume, absolute otherwise. ``..`` is refused, not resolved: it would leave the volume
+    (or the allowed directory) by name. Symlinks are the agent's to check, on the host."""
+    if on_volume and path.startswith("/"):
+        raise ValueError(
+            f"path {path!r} must be relative to its volume (VOLUME:relative/path), not absolute"
+        )
+    if not on_volume and not path.startswith("/"):
+        raise ValueError("path must be absolute when no volume is given")
+    joined = "/".join(_parts(path))
+    return joined if on_volume else "/" + joined
 
-    path: str = Field(min_length=1)  # relative to the volume's path, or absolute
-    volume: Name | None = None
+
+def canonical_host_path(path: str) -> str:
+    """An absolute host file's one form (as :func:`canonical_disk_path` without a volume)."""
+    if not path.startswith("/"):
+        raise ValueError(f"path {path!r} must be absolute")
+    return "/" + "/".join(_parts(path))
+
+
+def _parts(path: str) -> list[str]:
+    if "\0" in path:
+        raise ValueError("path must not contain a NUL character")
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise ValueError(f"path {path!r} must not contain '..'")
+    if not parts:
+        raise ValueError(f"path {path!r} names no file")
+    return parts
+
+
+def is_under(path: str, directory: str) -> bool:
+    """Is the canonical absolute ``path`` inside ``directory`` (by name, no I/O)?"""
+    root = directory.rstrip("/")
+    return path.startswith(root + "/") and path != root
+
+
+class Disk(Model):
+    """A disk image: a qcow2 (or raw) file, on a shared volume (``VOLUME:relative/path``) or
+    at an absolute path under a directory the cluster config allows (``allowed_disk_dirs``).
+    The path is canonicalised here, once (:func:`canonical_disk_path`)."""
+
+    volume: Name | None = None  # before path: path's validator reads it
+    path: str = Field(min_length=1, max_length=4096)  # relative to the volume, or absolute
     format: Literal["qcow2", "raw"] = "qcow2"
     size_gib: float | None = Field(default=None, gt=0)  # create it this size if missing
     readonly: bool = False
 
-    @model_validator(mode="after")
-    def _path(self) -> Self:
-        if self.volume is None and not self.path.startswith("/"):
-            raise ValueError("path must be absolute when no volume is given")
-        if ".." in self.path.split("/"):
-            raise ValueError("path must not contain '..'")
-        return self
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str, info: ValidationInfo) -> str:
+        if "volume" not in info.data:
+            return value  # the volume itself is invalid: that is the error to report
+        return canonical_disk_path(value, info.data["volume"] is not None)
+
+    @property
+    def file(self) -> str:
+        """The file's one name in the cluster: ``VOLUME:relative/path``, or the absolute path."""
+        return f"{self.volume}:{self.path}" if self.volume is not None else self.path
 
 
 class Nic(Model):
@@ -101,15 +146,32 @@ class Nic(Model):
 
 
 class Boot(Model):
-    """Direct kernel boot (the test guest); without it QEMU boots the first disk."""
+    """Direct kernel boot (the test guest); without it QEMU boots the first disk. The kernel
+    and initrd are host files loaded into the guest: like absolute disks, only from a
+    directory the cluster config allows (``allowed_disk_dirs``)."""
 
-    kernel: str | None = None
-    initrd: str | None = None
+    kernel: str | None = Field(default=None, max_length=4096)
+    initrd: str | None = Field(default=None, max_length=4096)
     cmdline: str = ""
+
+    @field_validator("kernel", "initrd")
+    @classmethod
+    def _host_file(cls, value: str | None) -> str | None:
+        return None if value is None else canonical_host_path(value)
+
+    def files(self) -> list[tuple[str, str]]:
+        """(field, path) of each host file it loads."""
+        return [(f, p) for f, p in (("kernel", self.kernel), ("initrd", self.initrd)) if p]
+
+
+# A VM's uid: given by the API when the VM is created, carried by its placement and status,
+# so that a VM created again under a deleted one's name never inherits the old one's state.
+UID_PATTERN = r"^([0-9a-f]{32})?$"
 
 
 class VMSpec(Model):
     name: Name
+    uid: str = Field(default="", pattern=UID_PATTERN)  # "": created before uids existed
     vcpus: int = Field(default=1, gt=0, le=256)
     memory_mib: int = Field(default=128, ge=16, le=4 * 1024 * 1024)
     disks: tuple[Disk, ...] = ()
@@ -130,6 +192,15 @@ class VMSpec(Model):
             raise ValueError("nics: two NICs share a MAC address")
         return self
 
+    @field_validator("disks")
+    @classmethod
+    def _disks_once(cls, disks: tuple[Disk, ...]) -> tuple[Disk, ...]:
+        files = [d.file for d in disks]
+        twice = sorted({f for f in files if files.count(f) > 1})
+        if twice:
+            raise ValueError(f"{', '.join(twice)} named twice")
+        return disks
+
 
 class Placement(Model):
     """Where a VM must run. ``epoch`` is the fencing token: it rises at every move."""
@@ -142,6 +213,7 @@ class Placement(Model):
     # A cold move in progress: the agent of ``node`` shuts the VM down and reports it
     # stopped; only then does the controller place it on ``moving_to`` (epoch + 1).
     moving_to: Name | None = None
+    uid: str = Field(default="", pattern=UID_PATTERN)  # the VMSpec.uid it was made for
 
 
 class VMStatus(Model):
@@ -160,3 +232,11 @@ class VMStatus(Model):
     # The CPU model its guest was started with ("": not reported): it follows the VM through
     # live and quick migrations until its next cold start.
     cpu_model: str = ""
+    uid: str = Field(default="", pattern=UID_PATTERN)  # the VMSpec.uid it reports on
+
+
+def same_vm(spec: VMSpec, uid: str) -> bool:
+    """Is a placement or status carrying ``uid`` about the VM ``spec`` (and not about an
+    older VM of the same name, deleted since)? Either side written before uids existed
+    ("") counts as the same VM."""
+    return not spec.uid or not uid or uid == spec.uid

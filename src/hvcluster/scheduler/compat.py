@@ -3,7 +3,8 @@
 A live migration copies a running guest's memory and CPU state into a QEMU on the target
 that must present the very same virtual hardware: the same driver and accelerator, and the
 CPU model the guest was started with, which the target must be able to provide. A quick
-migration restores the saved state, CPU included: the same driver and the same model. The
+migration restores the saved state, CPU included: the same driver and the same model, and
+the target must see a volume the source sees too (the state is saved there). The
 rules live in :mod:`hvcluster.models.guestcpu` (the API uses them too); here they are
 applied to a snapshot.
 """
@@ -11,7 +12,7 @@ applied to a snapshot.
 from __future__ import annotations
 
 from hvcluster.models.guestcpu import cannot_provide, move_blocker, provided, vm_cpu_model
-from hvcluster.models.migration import MigrationKind
+from hvcluster.models.migration import MigrationKind, no_state_volume, state_volume
 from hvcluster.scheduler.snapshot import ClusterSnapshot, VMView
 
 __all__ = [
@@ -43,4 +44,10 @@ def move_blockers(
     for name, node in snapshot.nodes.items():
         if name != source and (why := move_blocker(model, src.node, node.node, kind)):
             found[name] = why
+        elif (
+            name != source
+            and kind is MigrationKind.QUICK
+            and state_volume(vm.spec, src.node, node.node) is None
+        ):
+            found[name] = no_state_volume(src.node, node.node)  # it could not read the state
     return found

@@ -22,6 +22,7 @@ KINDS = (
     "requests",
     "jobs",
     "tokens",
+    "disks",
 )
 
 
@@ -87,6 +88,11 @@ class Keys:
 
     def request(self, name: str) -> str:
         return self.prefix("requests") + name
+
+    def created_disk(self, file: str) -> str:
+        """The record that the cluster created disk file ``file`` (``VOLUME:relative/path``):
+        only such files are ever deleted by it (see agent/disks.py)."""
+        return self.prefix("disks") + file
 
     def name_of(self, key: str, kind: str) -> str:
         """The object name in ``key`` under ``kind``'s prefix."""

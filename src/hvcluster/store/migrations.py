@@ -166,6 +166,7 @@ def flipped_placement(rec: Migration, current: Placement) -> Placement:
         epoch=current.epoch + 1,
         reason=f"vm {rec.vm} {verb} from {rec.source} to {rec.target} (migration {rec.id})",
         failovers=current.failovers,
+        uid=current.uid,
     )
 
 

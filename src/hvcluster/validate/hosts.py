@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from itertools import combinations, permutations
 
 from hvcluster.models.guestcpu import cannot_provide, provided
@@ -65,14 +64,15 @@ def inventory(facts: ValidationFacts, t: Thresholds) -> list[Check]:
                 )
             )
         elif node.watchdog is not None and not node.watchdog.acknowledging:
-            since = time.strftime("%H:%M:%S", time.localtime(node.watchdog.since))
+            silent_s = max(0.0, facts.time - node.watchdog.since)
             checks.append(
                 Check(
                     category=cat,
                     name=name,
                     status=FAIL,
-                    message=f"{node.name}'s watchdog does not acknowledge feeding since "
-                    f"{since}: {node.watchdog.problem}; {node.name} starts and takes no VM",
+                    message=f"{node.name}'s watchdog has not acknowledged feeding for "
+                    f"{silent_s:.0f}s: {node.watchdog.problem}; {node.name} starts and takes "
+                    "no VM",
                     action=f"run hvc watchdog --run-dir <the agent's run_dir> on {node.name} "
                     "(the same run dir as its agent)",
                     nodes=(node.name,),

@@ -7,10 +7,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from hvcluster.drivers.diskpath import disk_path
 from hvcluster.drivers.errors import SpecError
 from hvcluster.drivers.qemu.settings import QemuSettings
 from hvcluster.models.storage import bridge_name
-from hvcluster.models.vm import Disk, VMSpec
+from hvcluster.models.vm import VMSpec
 
 
 @dataclass(frozen=True)
@@ -25,17 +26,6 @@ class Launch:
 def opt(value: object) -> str:
     """A value inside a QEMU option list, where a comma must be doubled."""
     return str(value).replace(",", ",,")
-
-
-def disk_path(disk: Disk, index: int, volumes: dict[str, Path]) -> Path:
-    if disk.volume is None:
-        return Path(disk.path)
-    root = volumes.get(disk.volume)
-    if root is None:
-        raise SpecError(
-            f"volume {disk.volume!r} is not mounted on this host", f"disks[{index}].volume"
-        )
-    return Path(root) / disk.path
 
 
 def tap_name(run_dir: Path, vm: str, index: int) -> str:

@@ -23,9 +23,9 @@ from hvcluster.drivers.base import (
     MigrationResult,
     ProgressCallback,
 )
+from hvcluster.drivers.diskpath import disk_path
 from hvcluster.drivers.errors import DiskMoveFailed, SpecError
 from hvcluster.drivers.qemu import blockjobs
-from hvcluster.drivers.qemu.cmdline import disk_path
 from hvcluster.drivers.qemu.monitor import Monitor
 from hvcluster.drivers.qemu.settings import QemuSettings
 from hvcluster.drivers.qemu.vm import QemuVM

@@ -137,6 +137,7 @@ class SimDriver(SimMigration):
         return self._gone[name]
 
     async def discard(self, name: str) -> None:
+        self.bugs.trip("discard", name)
         vm = self._vms.get(name)
         if vm is not None:
             self._finish(vm, VMState.STOPPED, "discarded")
@@ -192,6 +193,7 @@ class SimDriver(SimMigration):
         return vm.info()
 
     async def resume(self, name: str) -> VMInfo:
+        self.bugs.trip("resume", name)
         vm = self._get(name)
         if vm.state not in (VMState.RUNNING, VMState.PAUSED):
             raise NotRunning(name, f"it is {vm.state}")

@@ -51,6 +51,8 @@ class SimMigration(SimStorage):
     async def prepare_incoming(
         self, spec: VMSpec, epoch: int, host: str, settings: MigrationSettings | None = None
     ) -> str:
+        self.bugs.trip("prepare_incoming", spec.name)
+        host = self.bugs.listen_elsewhere.pop(spec.name, host)
         self._refuse_if_running(spec.name)
         self._check_spec(spec)
         vm = await self._create(spec, epoch, VMState.MIGRATING, "incoming migration")
@@ -80,6 +82,7 @@ class SimMigration(SimStorage):
         on_progress: ProgressCallback | None = None,
         on_complete: CompletionHook | None = None,
     ) -> MigrationResult:
+        self.bugs.trip("migrate_out", name)
         vm = self._get(name)
         if vm.state not in (VMState.RUNNING, VMState.PAUSED):
             raise MigrationFailed(f"vm {name} is {vm.state}; only a running VM migrates")
@@ -142,6 +145,7 @@ class SimMigration(SimStorage):
             vm.cancel = True
 
     async def save(self, name: str, path: Path) -> MigrationResult:
+        self.bugs.trip("save", name)
         vm = self._get(name)
         if vm.state not in (VMState.RUNNING, VMState.PAUSED):
             raise MigrationFailed(f"vm {name} is {vm.state}; it cannot be saved")
@@ -155,6 +159,9 @@ class SimMigration(SimStorage):
             "age_s": self.clock.now() - vm.started,
             "cpu_model": vm.spec.cpu_model,
         }
+        if name in self.bugs.unshared:
+            self.bugs.unshared.discard(name)
+            path = Path(path).with_suffix(".unshared")
         try:
             write_saved_state(Path(path), state)
         except MigrationFailed as e:
@@ -165,6 +172,7 @@ class SimMigration(SimStorage):
         return MigrationResult(total_ms=total_ms, downtime_ms=total_ms)
 
     async def restore(self, spec: VMSpec, epoch: int, path: Path, paused: bool = False) -> VMInfo:
+        self.bugs.trip("restore", spec.name)
         self._refuse_if_running(spec.name)
         self._check_spec(spec)
         saved = read_saved_state(Path(path), spec.name)

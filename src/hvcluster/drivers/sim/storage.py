@@ -31,9 +31,11 @@ from hvcluster.drivers.base import (
     ProgressCallback,
 )
 from hvcluster.drivers.clock import Clock
+from hvcluster.drivers.diskpath import disk_path
 from hvcluster.drivers.errors import DiskMoveFailed, MigrationFailed, SpecError
 from hvcluster.drivers.runtime import read_json, vm_dir, write_json
 from hvcluster.drivers.sim import model
+from hvcluster.drivers.sim.faults import Bug, SimBugs
 from hvcluster.drivers.sim.state import SimHost, SimVM
 from hvcluster.models.config import MigrationSettings
 from hvcluster.models.errors import DriverError
@@ -63,6 +65,24 @@ class SimStorage(Driver):
         super().__init__(run_dir)
         self._copying: set[str] = set()  # VMs copying their disks for a shared-nothing move
         self._copy_cancelled: set[str] = set()
+        self.bugs = SimBugs()
+
+    def inject_bug(
+        self, operation: str, vm: str, message: str = "injected bug", times: int | None = 1
+    ) -> Bug:
+        """The next ``times`` calls (None: every call) of ``operation`` for ``vm`` raise a
+        ``RuntimeError`` (see :mod:`hvcluster.drivers.sim.faults`); the bug counts its hits."""
+        return self.bugs.add(operation, vm, message, times)
+
+    def save_unshared(self, vm: str) -> None:
+        """The next save of ``vm`` reports success but writes its state beside the path it
+        was given (``.unshared``), as a host whose volume is not the shared one would."""
+        self.bugs.unshared.add(vm)
+
+    def listen_elsewhere(self, vm: str, host: str) -> None:
+        """The next incoming migration of ``vm`` listens on ``host``, not the one asked
+        (its address then names a host that is not this node's)."""
+        self.bugs.listen_elsewhere[vm] = host
 
     async def cancel_disk_copy(self, name: str) -> None:
         """Stop the disk copy of a shared-nothing migration of ``name``, if one runs."""
@@ -74,14 +94,7 @@ class SimStorage(Driver):
         self._failing_disks[name] = reason
 
     def _path(self, disk: Disk, index: int) -> Path:
-        if disk.volume is None:
-            return Path(disk.path)
-        root = self.host.volumes.get(disk.volume)
-        if root is None:
-            raise SpecError(
-                f"volume {disk.volume!r} is not mounted on this host", f"disks[{index}].volume"
-            )
-        return Path(root) / disk.path
+        return disk_path(disk, index, self.host.volumes)
 
     def _size(self, disk: Disk, index: int) -> int:
         if disk.size_gib is not None:
@@ -131,6 +144,7 @@ class SimStorage(Driver):
         timeout_s: float = 3600.0,
         confirm: Confirm | None = None,
     ) -> DiskMoveResult:
+        self.bugs.trip("move_disk", name)
         vm = self._get(name)
         what = f"vm {name} disk {index}"
         if not 0 <= index < len(vm.spec.disks):

@@ -1,0 +1,153 @@
+"""A bug in one job fails that job only: an unexpected exception (the sim driver's injected
+``RuntimeError``, see :mod:`hvcluster.drivers.sim.faults`) in a migration or a storage move
+fails its record once, with the reason and an event; the agent keeps running, the VM keeps
+running where it was, and a later move of the same VM works."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from hvcluster.models.lifecycle import MigrationState, VMState
+from tests.sim.cluster import SimCluster
+from tests.sim.moves import move, wait_state
+from tests.sim.test_storage_move import final, request, running_vm, spec, volumes
+
+pytestmark = pytest.mark.timeout(60)
+_M = MigrationState
+
+
+def agent_runs(cluster: SimCluster, node: str) -> bool:
+    return not cluster.tasks[node].done()
+
+
+async def test_a_bug_in_the_transfer_fails_that_migration_and_the_vm_stays(
+    cluster: SimCluster,
+) -> None:
+    await cluster.start("n1", "n2")
+    await cluster.create_vm("app", ha={"preferred_owners": ["n1"]})
+    assert await cluster.wait_running("app") == "n1"
+    bug = cluster.drivers["n1"].inject_bug("migrate_out", "app", "boom", times=None)
+    rec = await move(cluster, "app", "n2")
+    failed = await wait_state(cluster, rec.id, _M.FAILED, _M.DONE)
+    assert failed.state is _M.FAILED
+    assert "unexpected error on n1: RuntimeError: migrate_out of app: boom" in failed.reason
+    [said] = await cluster.event_list("migration.failed", "vm/app")
+    assert "RuntimeError: migrate_out of app: boom" in said.reason
+    await asyncio.sleep(1.5)  # a few cycles: the failed record is not tried again
+    assert bug.hits == 1
+    assert agent_runs(cluster, "n1") and agent_runs(cluster, "n2")
+    assert await cluster.running_on("app") == "n1"
+
+    cluster.drivers["n1"].bugs.clear("migrate_out", "app")
+    again = await move(cluster, "app", "n2")
+    done = await wait_state(cluster, again.id, _M.DONE, _M.FAILED)
+    assert done.state is _M.DONE, done.reason
+    assert await cluster.wait_running("app", not_on="n1") == "n2"
+
+
+async def test_a_bug_preparing_the_target_fails_the_record_once(cluster: SimCluster) -> None:
+    await cluster.start("n1", "n2")
+    await cluster.create_vm("app", ha={"preferred_owners": ["n1"]})
+    assert await cluster.wait_running("app") == "n1"
+    bug = cluster.drivers["n2"].inject_bug("prepare_incoming", "app", "no can do", times=None)
+    rec = await move(cluster, "app", "n2")
+    failed = await wait_state(cluster, rec.id, _M.FAILED, _M.DONE)
+    assert "unexpected error on n2: RuntimeError: prepare_incoming of app" in failed.reason
+    assert await cluster.event_list("migration.failed", "vm/app")
+    await asyncio.sleep(1.5)
+    assert bug.hits == 1, "a record that keeps failing is failed once, not retried"
+    assert agent_runs(cluster, "n2")
+    assert await cluster.running_on("app") == "n1"
+    assert "app" not in cluster.daemons["n2"].agent.incoming  # type: ignore[union-attr]
+
+    cluster.drivers["n2"].bugs.clear("prepare_incoming", "app")
+    again = await move(cluster, "app", "n2")
+    done = await wait_state(cluster, again.id, _M.DONE, _M.FAILED)
+    assert done.state is _M.DONE, done.reason
+    assert await cluster.wait_running("app", not_on="n1") == "n2"
+
+
+async def test_a_bug_after_the_flip_does_not_stop_the_source_agent(cluster: SimCluster) -> None:
+    """The source's step on a done record (discard its paused copy) raises every time: the
+    agent gives that record up, says so, and its reconcile removes the copy instead."""
+    await cluster.start("n1", "n2")
+    await cluster.create_vm("app", ha={"preferred_owners": ["n1"]})
+    assert await cluster.wait_running("app") == "n1"
+    cluster.drivers["n1"].inject_bug("discard", "app", "stuck", times=None)
+    rec = await move(cluster, "app", "n2")
+    done = await wait_state(cluster, rec.id, _M.DONE, _M.FAILED)
+    assert done.state is _M.DONE, done.reason
+    assert await cluster.wait_running("app", not_on="n1") == "n2"
+
+    async def said() -> bool:
+        return bool(await cluster.event_list("migration.error", "vm/app"))
+
+    await cluster.wait_for(said, 10, "the error said")
+    [error] = await cluster.event_list("migration.error", "vm/app")
+    assert "RuntimeError: discard of app: stuck" in error.reason and "gives it up" in error.reason
+
+    async def copy_gone() -> bool:
+        infos = await cluster.drivers["n1"].list()
+        return all(i.state in (VMState.STOPPED, VMState.FAILED) for i in infos if i.name == "app")
+
+    await cluster.wait_for(copy_gone, 10, "the paused copy on n1 removed by its reconcile")
+    assert agent_runs(cluster, "n1")
+    back = await move(cluster, "app", "n1")
+    home = await wait_state(cluster, back.id, _M.DONE, _M.FAILED)
+    assert home.state is _M.DONE, home.reason
+    assert await cluster.wait_running("app", not_on="n2") == "n1"
+
+
+async def test_a_bug_in_a_disk_move_fails_that_move_and_the_vm_keeps_its_disk(
+    cluster: SimCluster, tmp_path: Path
+) -> None:
+    paths = await volumes(cluster, tmp_path, "a", "b")
+    await cluster.start("n1")
+    assert await running_vm(cluster, paths["a"]) == "n1"
+    bug = cluster.drivers["n1"].inject_bug("move_disk", "db", "mirror went away", times=None)
+    rec = await request(cluster, "db", "b")
+    failed = await final(cluster, rec.id)
+    assert failed.state is _M.FAILED
+    assert (
+        failed.reason == "unexpected error on n1: RuntimeError: move_disk of db: mirror went away"
+    )
+    [said] = await cluster.event_list("storage.move_failed", "vm/db")
+    assert "mirror went away" in said.reason
+    await asyncio.sleep(1.5)
+    assert bug.hits == 1 and agent_runs(cluster, "n1")
+    assert await cluster.running_on("db") == "n1"
+    assert (await spec(cluster, "db")).disks[0].volume == "a"
+
+    cluster.drivers["n1"].bugs.clear("move_disk", "db")
+    again = await request(cluster, "db", "b")
+    done = await final(cluster, again.id)
+    assert done.state is _M.DONE, done.reason
+    assert (await spec(cluster, "db")).disks[0].volume == "b"
+
+
+async def test_the_source_sends_only_to_the_target_nodes_registered_address(
+    cluster: SimCluster,
+) -> None:
+    """A target address that is tcp:HOST:PORT but not the target node's (here the target's
+    driver listens on another loopback address): refused, the record failed with the
+    reason, the VM stays; the next move of it works."""
+    await cluster.start("n1", "n2")
+    await cluster.create_vm("app", ha={"preferred_owners": ["n1"]})
+    assert await cluster.wait_running("app") == "n1"
+    cluster.drivers["n2"].listen_elsewhere("app", "127.0.0.2")
+    rec = await move(cluster, "app", "n2")
+    failed = await wait_state(cluster, rec.id, _M.FAILED, _M.DONE)
+    assert failed.reason.startswith("refused to migrate app to 'tcp:127.0.0.2:")
+    assert failed.reason.endswith("127.0.0.2 is not n2's registered address 127.0.0.1")
+    [said] = await cluster.event_list("migration.failed", "vm/app")
+    assert "is not n2's registered address" in said.reason
+    assert await cluster.running_on("app") == "n1"
+    assert failed.progress.bytes_transferred == 0
+
+    again = await move(cluster, "app", "n2")
+    done = await wait_state(cluster, again.id, _M.DONE, _M.FAILED)
+    assert done.state is _M.DONE, done.reason
+    assert await cluster.wait_running("app", not_on="n1") == "n2"
