@@ -1,6 +1,6 @@
 """A node's proof of life: its lease, its ``alive/<node>`` key, and feeding its watchdog.
 
-The rules (ARCHITECTURE.md, "Safety"):
+The rules (docs/architecture.md, "Safety"):
 
 * The watchdog is fed with the deadline *time the last confirmed keepalive was sent* +
   ``fence_after``, on the monotonic clock the watchdog shares.

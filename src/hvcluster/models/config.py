@@ -1,4 +1,4 @@
-"""Cluster settings, stored at ``config``. Defaults are those of ARCHITECTURE.md."""
+"""Cluster settings, stored at ``config``. Defaults are those of docs/architecture.md."""
 
 from __future__ import annotations
 
