@@ -4,7 +4,6 @@ and writes its counter there."""
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -54,7 +53,7 @@ async def test_a_vm_with_its_disk_on_a_volume_boots(
     boot = guest_image.boot()
     assert boot.kernel is not None
     # The guest's kernel and initrd are host files: allowed from the image cache, as the lab does.
-    allowed = (os.path.dirname(os.path.realpath(boot.kernel)),)
+    allowed = (str(Path(boot.kernel).parent),)
     await store.put(KEYS.config, encode(ClusterConfig(allowed_disk_dirs=allowed)))
     driver = QemuDriver(run_dirs("n1"), qemu_settings)
     disks = VolumeDisks(store, KEYS, "n1", lambda: 0)
