@@ -13,7 +13,12 @@ from collections.abc import Iterator
 import pytest
 
 from hvcluster.agent.network import IpLinks, MemoryLinks, check_switches, ensure_switch
+from hvcluster.agent.resources import HostResources, Resources
+from hvcluster.drivers.sim import SimDriver
+from hvcluster.models.base import encode
 from hvcluster.models.storage import Switch, SwitchType, bridge_name
+from hvcluster.store.keys import Keys
+from hvcluster.store.memory import MemoryStore
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -42,6 +47,11 @@ def link(ns: str, name: str) -> dict[str, object] | None:
         return None
     found: dict[str, object] = json.loads(out.stdout)[0]
     return found
+
+
+def default_route(ns: str) -> str:
+    out = subprocess.run(["ip", "-n", ns, "route", "show", "default"], capture_output=True)
+    return out.stdout.decode()
 
 
 def kind(info: dict[str, object] | None) -> str | None:
@@ -97,3 +107,70 @@ async def test_failures_are_reported_never_raised(netns: str) -> None:
     assert gone is not None and "hvc-test-no-such-ns" in gone
     denied = await check_switches(MemoryLinks(denied=True), [Switch(name="x")])
     assert denied.ready == () and "not permitted" in denied.problems["x"]
+
+
+async def test_an_uplink_carrying_an_address_or_the_default_route_is_never_enslaved(
+    netns: str,
+) -> None:
+    ip(netns, "link", "set", "lo", "up")
+    ip(netns, "link", "add", "mgmt0", "type", "veth", "peer", "name", "mgmt0p")
+    ip(netns, "addr", "add", "192.0.2.10/24", "dev", "mgmt0")
+    ip(netns, "link", "set", "mgmt0", "up")
+    ip(netns, "link", "add", "wan0", "type", "veth", "peer", "name", "wan0p")
+    ip(netns, "link", "set", "wan0", "up")
+    ip(netns, "route", "add", "default", "via", "192.0.2.1", "dev", "wan0", "onlink")
+    ip(netns, "link", "add", "free0", "type", "veth", "peer", "name", "free0p")
+    ip(netns, "link", "set", "free0", "up")  # up: an IPv6 link-local address, nothing else
+    links = IpLinks(netns)
+    in_use = await links.in_use()
+    assert in_use["mgmt0"] == "address 192.0.2.10/24"
+    assert in_use["wan0"] == "the default route (IPv4)"
+    assert "free0" not in in_use
+
+    report = await check_switches(
+        links,
+        [
+            Switch(name="lan", type=SwitchType.EXTERNAL, uplink="mgmt0"),
+            Switch(name="wan", type=SwitchType.EXTERNAL, uplink="wan0"),
+            Switch(name="ok", type=SwitchType.EXTERNAL, uplink="free0"),
+        ],
+    )
+    assert report.ready == ("ok",)
+    assert report.problems["lan"].startswith("uplink mgmt0 carries address 192.0.2.10/24:")
+    assert "would cut the host off the network" in report.problems["lan"]
+    assert report.problems["wan"].startswith("uplink wan0 carries the default route (IPv4):")
+    assert report.in_use["mgmt0"] == "address 192.0.2.10/24"
+    for nic in ("mgmt0", "wan0"):
+        assert link(netns, nic).get("master") is None  # type: ignore[union-attr]
+    assert link(netns, "free0")["master"] == "hvc-ok"  # type: ignore[index]
+    assert "dev wan0" in default_route(netns)  # the host keeps its way out
+
+
+async def test_the_node_reports_busy_interfaces_and_the_refused_switch() -> None:
+    store = MemoryStore()
+    keys = Keys("t")
+    links = MemoryLinks()
+    links.add_nic("eth0", carrying="address 10.0.0.5/24, the default route (IPv4)")
+    said: list[tuple[str, str]] = []
+    reports: list[Resources] = []
+
+    async def report(r: Resources) -> None:
+        reports.append(r)
+
+    async def say(kind: str, subject: str, reason: str) -> None:
+        said.append((kind, reason))
+
+    await store.put(
+        keys.switch("lan"), encode(Switch(name="lan", type=SwitchType.EXTERNAL, uplink="eth0"))
+    )
+    resources = HostResources(store, keys, "n1", links, SimDriver(), report, say)
+    found = await resources.check()
+    assert found.switches == ()
+    assert found.switch_problems["lan"].startswith(
+        "uplink eth0 carries address 10.0.0.5/24, the default route (IPv4):"
+    )
+    assert found.interfaces_in_use == {"eth0": "address 10.0.0.5/24, the default route (IPv4)"}
+    assert reports[-1].fields()["interfaces_in_use"] == found.interfaces_in_use
+    assert links.links["eth0"].master is None
+    assert [k for k, _ in said] == ["switch.missing"] and "carries" in said[0][1]
+    await store.close()

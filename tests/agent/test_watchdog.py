@@ -137,3 +137,40 @@ def test_feeder_without_a_watchdog_does_not_raise(tmp_path: Path) -> None:
     feeder = WatchdogFeeder(tmp_path)
     assert feeder.feed(time.monotonic() + 1) is False
     feeder.close()
+
+
+def test_the_watchdog_acknowledges_feeding_and_silence_is_noticed(
+    run_dir: Path, watchdog: subprocess.Popen[bytes], tmp_path: Path
+) -> None:
+    feeder = WatchdogFeeder(run_dir)
+    try:
+        assert feeder.acknowledgement(grace=0.5).ok is None  # nothing fed, nothing to judge
+        assert feeder.feed(time.monotonic() + 5 * FENCE_AFTER)
+        assert _wait_for(lambda: feeder.acknowledgement(grace=0.5).ok is True, 5)
+        # A hung watchdog: feeds still go out, answers do not come.
+        watchdog.send_signal(signal.SIGSTOP)
+        try:
+            feeder.feed(time.monotonic() + 5 * FENCE_AFTER)
+
+            def silent() -> bool:
+                return feeder.acknowledgement(grace=0.5).ok is False
+
+            assert _wait_for(silent, 5)
+            ack = feeder.acknowledgement(grace=0.5)
+            assert ack.problem == f"the watchdog at {run_dir / SOCKET_NAME} does not answer"
+            assert ack.silent_since is not None
+        finally:
+            watchdog.send_signal(signal.SIGCONT)
+        feeder.feed(time.monotonic() + 5 * FENCE_AFTER)
+        assert _wait_for(lambda: feeder.acknowledgement(grace=0.5).ok is True, 5)
+    finally:
+        feeder.close()
+    # A feeder of another run dir reaches no watchdog: said at once.
+    elsewhere = WatchdogFeeder(tmp_path / "other")
+    try:
+        assert not elsewhere.feed(time.monotonic() + FENCE_AFTER)
+        assert elsewhere.acknowledgement(grace=10).ok is None  # may be starting: not yet
+        ack = elsewhere.acknowledgement(grace=0)
+        assert ack.ok is False and "no watchdog listens at" in ack.problem
+    finally:
+        elsewhere.close()

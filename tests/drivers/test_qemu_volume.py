@@ -18,6 +18,7 @@ from hvcluster.drivers.qemu.driver import QemuDriver
 from hvcluster.drivers.qemu.settings import QemuSettings
 from hvcluster.drivers.testguest import read_counter
 from hvcluster.models.base import encode
+from hvcluster.models.config import ClusterConfig
 from hvcluster.models.storage import MARKER, Volume
 from hvcluster.models.vm import Disk, VMSpec
 from hvcluster.store.keys import Keys
@@ -49,6 +50,11 @@ async def test_a_vm_with_its_disk_on_a_volume_boots(
     volume = Volume(name="csv1", path=str(csv), id=uuid.uuid4().hex)
     (csv / MARKER).write_text(volume.id + "\n")  # placed by an admin ('hvc volume mark')
     await store.put(KEYS.volume("csv1"), encode(volume))
+    boot = guest_image.boot()
+    assert boot.kernel is not None
+    # The guest's kernel and initrd are host files: allowed from the image cache, as the lab does.
+    allowed = (str(Path(boot.kernel).parent),)
+    await store.put(KEYS.config, encode(ClusterConfig(allowed_disk_dirs=allowed)))
     driver = QemuDriver(run_dirs("n1"), qemu_settings)
     disks = VolumeDisks(store, KEYS, "n1", lambda: 0)
     reported: list[Resources] = []
@@ -64,7 +70,7 @@ async def test_a_vm_with_its_disk_on_a_volume_boots(
     assert (await resources.check()).volumes == ("csv1",)
     assert driver.settings.volumes == {"csv1": csv}
     disk = Disk(volume="csv1", path="vms/c1/root.qcow2", size_gib=1 / 64)
-    spec = VMSpec(name="c1", memory_mib=128, disks=(disk,), boot=guest_image.boot())
+    spec = VMSpec(name="c1", memory_mib=128, disks=(disk,), boot=boot)
     assert await disks.prepare(spec) == ["created csv1:vms/c1/root.qcow2 (0.015625 GiB)"]
     image = csv / "vms" / "c1" / "root.qcow2"
     await driver.start(spec, 1)

@@ -44,6 +44,11 @@ class Lab:
         """The lab's admin token (made by ``hvc lab up``), as every request sends it."""
         return self.state.auth()
 
+    def get_status(self, path: str) -> int:
+        """The status of an admin's GET of ``path`` (no raise on 4xx)."""
+        url = f"{self.api()}/api/v1{path}"
+        return httpx.get(url, timeout=10, headers=self.headers, verify=self.ca).status_code
+
     def get(self, path: str, avoid: str | None = None) -> Any:
         r = httpx.get(
             f"{self.api(avoid)}/api/v1{path}", timeout=5, headers=self.headers, verify=self.ca

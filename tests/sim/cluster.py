@@ -17,6 +17,7 @@ import httpx
 from hvcluster.agent.config import AgentConfig
 from hvcluster.agent.daemon import Daemon, cancel_all
 from hvcluster.agent.drivers import SimHostLinks
+from hvcluster.agent.watchdog import MemoryWatchdog
 from hvcluster.drivers.sim import SimDriver
 from hvcluster.drivers.sim.model import SimParams
 from hvcluster.drivers.sim.state import SimHost
@@ -81,7 +82,10 @@ class SimCluster:
         links = self.links[name] = SimHostLinks(driver)
         for nic in nics:
             links.add_nic(nic)
-        daemon = Daemon(cfg, store=self.store, driver=driver, serve_api=False, links=links)
+        daemon = Daemon(
+            cfg, store=self.store, driver=driver, serve_api=False, links=links,
+            watchdog=MemoryWatchdog(),
+        )  # fmt: skip
         self.daemons[name], self.drivers[name] = daemon, driver
         self.tasks[name] = asyncio.create_task(daemon.run(), name=f"daemon-{name}")
         await self.wait_for(lambda: self.alive(name), 10, f"{name} to register")

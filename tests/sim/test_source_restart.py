@@ -12,6 +12,7 @@ import pytest
 from hvcluster.agent.config import AgentConfig
 from hvcluster.agent.daemon import Daemon, cancel_all
 from hvcluster.agent.drivers import SimHostLinks
+from hvcluster.agent.watchdog import MemoryWatchdog
 from hvcluster.drivers.sim import SimDriver
 from hvcluster.drivers.sim.model import SimParams
 from hvcluster.drivers.sim.state import SimHost
@@ -36,7 +37,10 @@ async def start_with_run_dir(cluster: SimCluster, name: str) -> None:
         run_dir=cluster.tmp / name / "sim",
     )
     links = cluster.links[name] = SimHostLinks(driver)
-    daemon = Daemon(cfg, store=cluster.store, driver=driver, serve_api=False, links=links)
+    daemon = Daemon(
+        cfg, store=cluster.store, driver=driver, serve_api=False, links=links,
+        watchdog=MemoryWatchdog(),
+    )  # fmt: skip
     cluster.daemons[name], cluster.drivers[name] = daemon, driver
     cluster.tasks[name] = asyncio.create_task(daemon.run(), name=f"daemon-{name}")
     await cluster.wait_for(lambda: cluster.alive(name), 10, f"{name} to register")

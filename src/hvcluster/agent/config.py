@@ -21,7 +21,7 @@ from pydantic import Field, ValidationError, ValidationInfo, field_validator
 
 from hvcluster.models.base import Model, describe
 from hvcluster.models.errors import ConfigError
-from hvcluster.models.names import Name
+from hvcluster.models.names import Labels, Name
 
 
 class AgentConfig(Model):
@@ -40,7 +40,7 @@ class AgentConfig(Model):
     guest_cpu: str = Field(default="qemu64", min_length=1)
     cpus: int | None = Field(default=None, gt=0)  # override what the driver reports
     memory_mib: int | None = Field(default=None, gt=0)
-    labels: dict[str, str] = {}
+    labels: Labels = {}  # bounded as a node's labels are, so registration cannot fail
     controller: bool = True  # stand for election as controller
     sim_seed: int = 0
     etcd_ca: Path | None = None

@@ -1,5 +1,7 @@
 """``hvc agent``: the one daemon of a host. It runs the node agent, stands for election as
-controller, and serves the API, all on one asyncio loop and one etcd client.
+controller, and serves the API, all on one asyncio loop and one etcd client; its liveness
+(lease keepalives, watchdog feeding) runs apart, on a thread, loop and etcd client of its own,
+started first (:mod:`hvcluster.agent.liveness_thread`).
 
 Stopping it (SIGTERM, or kill -9) never stops the VMs: QEMU runs detached. An agent started
 again within ``fence_after`` adopts its lease and re-attaches to its VMs; nothing moves.
@@ -20,6 +22,7 @@ import uvicorn
 from hvcluster.agent.config import AgentConfig
 from hvcluster.agent.drivers import make_driver, make_links
 from hvcluster.agent.liveness import NodeLiveness
+from hvcluster.agent.liveness_thread import LivenessRunner, OnLoop, OwnThread
 from hvcluster.agent.migration import MigrationWorker
 from hvcluster.agent.network import Links
 from hvcluster.agent.node import NodeAgent, NodeIdentity, Say
@@ -28,6 +31,7 @@ from hvcluster.agent.storage_move import StorageMover
 from hvcluster.agent.watchdog import WatchdogFeeder
 from hvcluster.api.app import create_app
 from hvcluster.api.context import PeerApi
+from hvcluster.api.serving import server_settings
 from hvcluster.controller.loop import Controller
 from hvcluster.drivers.base import Driver
 from hvcluster.models.config import ClusterConfig
@@ -58,6 +62,7 @@ class Daemon:
         driver: Driver | None = None,
         serve_api: bool = True,
         links: Links | None = None,
+        watchdog: WatchdogFeeder | None = None,
     ) -> None:
         self.cfg = cfg
         self.keys = Keys(cfg.cluster)
@@ -67,15 +72,26 @@ class Daemon:
         self.serve_api = serve_api
         self.links: Links = links if links is not None else make_links(self.driver)
         self.events = EventLog(self.store, self.keys)
+        # The node watchdog's feeder (MemoryWatchdog, its twin, in simulations).
+        self.watchdog = watchdog if watchdog is not None else WatchdogFeeder(cfg.run_dir)
         self.tasks: list[asyncio.Task[None]] = []
         self.agent: NodeAgent | None = None
-        self.liveness: NodeLiveness | None = None
+        self.live: LivenessRunner | None = None
         self.controller: Controller | None = None
         self.resources: HostResources | None = None
         self.migrations: MigrationWorker | None = None
 
+    @property
+    def liveness(self) -> NodeLiveness | None:
+        return self.live.liveness if self.live is not None else None
+
     async def say(self, kind: str, subject: str, reason: str, actor: str = "agent") -> None:
         """Log a decision or action, and record it as a cluster event."""
+        await self._say_to(self.events, kind, subject, reason, actor)
+
+    async def _say_to(
+        self, events: EventLog, kind: str, subject: str, reason: str, actor: str
+    ) -> None:
         log.info("%s %s: %s", kind, subject, reason)
         event = Event(
             time=time.time(),
@@ -85,13 +101,73 @@ class Daemon:
             actor=f"{actor}@{self.cfg.node}",
         )
         try:
-            await self.events.append(event)
+            await events.append(event)
         except StoreError as e:
             log.warning("could not record event %s: %s", kind, e)
+
+    def _liveness_runner(self) -> LivenessRunner:
+        """Liveness on its own thread with its own etcd client, built from the same config,
+        when the daemon made its store; on this loop with the store it was handed (an
+        in-process simulation on a memory store: see agent/liveness_thread.py)."""
+        if self._own_store:
+            return OwnThread(lambda: etcd_store(self.cfg), self._build_liveness, "liveness")
+        return OnLoop(self.store, self._build_liveness)
+
+    async def _build_liveness(self, store: Store, runner: LivenessRunner) -> NodeLiveness:
+        """The node's liveness on ``store``, its events said through ``store`` too; the
+        node agent's hooks run on the main loop (the agent may not exist yet: then it runs
+        no VM it knows of, and registers the node itself)."""
+        node, events = self.cfg.node, EventLog(store, self.keys)
+        while True:
+            try:
+                config, _ = await read_config(store, self.keys)
+                break
+            except (StoreError, TimeoutError) as e:
+                log.warning("liveness cannot read the cluster config: %s; trying again", e)
+                await asyncio.sleep(1.0)
+
+        async def say(kind: str, reason: str) -> None:
+            await self._say_to(events, kind, f"node/{node}", reason, "agent")
+
+        async def kill_changed(names: set[str]) -> None:
+            if self.agent is not None:
+                await self.agent.kill_now(names)
+
+        async def node_registered_again() -> None:
+            if self.agent is not None and self.agent.facts is not None:
+                await self.agent.register_node()
+
+        return NodeLiveness(
+            store,
+            self.keys,
+            node,
+            config,
+            self.watchdog,
+            local_placements=lambda: self.agent.owned_placements() if self.agent else {},
+            kill_changed=runner.on_main(kill_changed),
+            say=say,
+            on_registered=runner.on_main(node_registered_again, wait=False),
+        )
 
     async def run(self) -> None:
         cfg = self.cfg
         cfg.run_dir.mkdir(parents=True, exist_ok=True)
+        # Liveness first: a restarted agent adopts its lease and feeds the watchdog before
+        # anything slow (re-attaching, probing the accelerator, checking volumes).
+        live = self.live = self._liveness_runner()
+        await live.start()
+        try:
+            await self._run(live)
+        finally:
+            await cancel_all(self.tasks)
+            await live.stop()
+            await self.driver.close()  # lets go of the VMs; they keep running
+            self.watchdog.close()
+            if self._own_store:
+                await self.store.close()
+
+    async def _run(self, live: LivenessRunner) -> None:
+        cfg = self.cfg
         config, bad = await read_config(self.store, self.keys)
         if bad is not None:
             log.warning("cluster config unreadable, using defaults: %s", bad)
@@ -100,13 +176,11 @@ class Daemon:
         if attached:
             log.info("re-attached to %s", ", ".join(f"{v.name} (pid {v.pid})" for v in attached))
         facts = await driver.inventory()
-        feeder = WatchdogFeeder(cfg.run_dir)
 
         async def agent_say(kind: str, subject: str, reason: str) -> None:
             await self.say(kind, subject, reason, "agent")
 
-        liveness: NodeLiveness
-        agent = NodeAgent(
+        agent = self.agent = NodeAgent(
             self.store,
             self.keys,
             NodeIdentity(
@@ -115,32 +189,17 @@ class Daemon:
             driver,
             config,
             agent_say,
-            lease=lambda: liveness.lease_id,
-            may_start=lambda: liveness.confirmed_within(config.fence_after_s),
+            lease=lambda: live.state().lease_id,
+            may_start=lambda: live.state().may_start(time.monotonic(), config.fence_after_s),
         )
-        liveness = NodeLiveness(
-            self.store,
-            self.keys,
-            cfg.node,
-            config,
-            feeder,
-            local_placements=agent.owned_placements,
-            kill_changed=agent.kill_now,
-            say=lambda kind, reason: agent_say(kind, f"node/{cfg.node}", reason),
-            on_registered=agent.register_node,
-        )
-        self.agent, self.liveness = agent, liveness
         self.migrations = MigrationWorker(self.store, self.keys, agent, agent_say)
         storage = StorageMover(self.store, self.keys, agent, agent_say)
         resources = self.resources = self._resources(agent, agent_say)
         await resources.check()  # the node registers with its switches and volumes
         await agent.register_node(facts)
-        # The VMs re-attached count as ours for the re-registration guard until the first
-        # cycle knows better.
-        await liveness.register()
+        await live.registered()
         self.tasks += [
-            asyncio.create_task(liveness.run(), name="liveness"),
-            asyncio.create_task(liveness.watch_key(), name="watch-alive"),
+            asyncio.create_task(live.finished(), name="liveness"),
             asyncio.create_task(agent.run(), name="reconcile"),
             asyncio.create_task(agent.watch_changes("placements"), name="watch-placements"),
             asyncio.create_task(agent.watch_changes("vms"), name="watch-vms"),
@@ -155,17 +214,10 @@ class Daemon:
             self.tasks.append(asyncio.create_task(self._serve_api(), name="api"))
         if cfg.controller:
             self.tasks.append(asyncio.create_task(self._control(config), name="controller"))
-        try:
-            done, _ = await asyncio.wait(self.tasks, return_when=asyncio.FIRST_EXCEPTION)
-            for task in done:
-                if task.exception() is not None:
-                    raise task.exception()  # type: ignore[misc]
-        finally:
-            await cancel_all(self.tasks)
-            await driver.close()  # lets go of the VMs; they keep running
-            feeder.close()
-            if self._own_store:
-                await self.store.close()
+        done, _ = await asyncio.wait(self.tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            if task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
 
     def _resources(self, agent: NodeAgent, say: Say) -> HostResources:
         """The periodic check of this host's volumes and switches, wired to the agent."""
@@ -242,13 +294,15 @@ class Daemon:
                 lifespan="off",
                 ssl_certfile=str(cfg.api_cert) if cfg.api_cert else None,
                 ssl_keyfile=str(cfg.api_key) if cfg.api_key else None,
+                **server_settings(),  # floods and slow clients: see hvcluster.api.serving
             )
         )
         await server.serve()
 
 
 def etcd_store(cfg: AgentConfig) -> EtcdStore:
-    """The agent's etcd client: TLS (with its client certificate) when ``etcd_ca`` is set."""
+    """The agent's etcd client (the daemon's, and liveness's own): TLS (with its client
+    certificate) when ``etcd_ca`` is set."""
     tls = EtcdTls(cfg.etcd_ca, cfg.etcd_cert, cfg.etcd_key) if cfg.etcd_ca else None
     return EtcdStore(list(cfg.etcd), tls=tls)
 

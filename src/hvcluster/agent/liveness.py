@@ -1,6 +1,6 @@
 """A node's proof of life: its lease, its ``alive/<node>`` key, and feeding its watchdog.
 
-The rules (ARCHITECTURE.md, "Safety"):
+The rules (docs/architecture.md, "Safety"):
 
 * The watchdog is fed with the deadline *time the last confirmed keepalive was sent* +
   ``fence_after``, on the monotonic clock the watchdog shares.
@@ -11,6 +11,13 @@ The rules (ARCHITECTURE.md, "Safety"):
   the VMs this host runs are unchanged; where one changed, the VM is killed first.
 * A restarted agent adopts the lease its predecessor left in ``alive/<node>`` if it still
   lives, so an agent restarted within ``fence_after`` changes nothing in the cluster.
+* The watchdog must acknowledge feeding: while it does not (none running, one watching
+  another run dir, a hung one), nothing would kill this node's VMs were it cut off, so it
+  starts none (:meth:`LivenessState.may_start`), says so in an event and in ``nodes/<me>``.
+
+This runs on its own thread and event loop (:mod:`hvcluster.agent.liveness_thread`); the
+node agent reads what it needs through :meth:`NodeLiveness.state`, a snapshot published
+under a lock.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -27,7 +35,7 @@ from hvcluster.agent.watchdog import WatchdogFeeder
 from hvcluster.models.base import decode, encode
 from hvcluster.models.config import ClusterConfig
 from hvcluster.models.errors import CorruptValue, LeaseLost, StoreError
-from hvcluster.models.node import NodeAlive
+from hvcluster.models.node import Node, NodeAlive, WatchdogReport
 from hvcluster.store.base import Compare, EventType, Put, Store, WatchEvent
 from hvcluster.store.follow import follow
 from hvcluster.store.guards import keys_unchanged
@@ -40,6 +48,29 @@ log = logging.getLogger(__name__)
 LocalPlacements = Callable[[], Mapping[str, int]]
 KillChanged = Callable[[set[str]], Awaitable[None]]
 Say = Callable[[str, str], Awaitable[None]]  # (event kind, reason)
+
+
+@dataclass(frozen=True)
+class LivenessState:
+    """What the rest of the agent may read of liveness, from any thread."""
+
+    registered: bool = False
+    lease_id: int = 0
+    last_confirmed_sent: float | None = None  # monotonic
+    watchdog: WatchdogReport | None = None  # None: not judged yet
+
+    def may_start(self, now: float, fence_after: float) -> str | None:
+        """None if this node may start a VM now (monotonic ``now``), else why not."""
+        if not self.registered:
+            return "not registered yet"
+        sent = self.last_confirmed_sent
+        if sent is None or now - sent > fence_after:
+            return "keepalives unconfirmed"
+        if self.watchdog is None:
+            return "the watchdog has not acknowledged feeding yet"
+        if not self.watchdog.acknowledging:
+            return f"the watchdog does not acknowledge feeding: {self.watchdog.problem}"
+        return None
 
 
 @dataclass
@@ -77,6 +108,22 @@ class NodeLiveness:
         self.deadline = 0.0  # the last deadline given to the watchdog
         self.registered = asyncio.Event()
         self.key_gone = asyncio.Event()  # our alive key vanished while the lease lives
+        self.watchdog: WatchdogReport | None = None  # as last judged
+        self._watchdog_written: WatchdogReport | None = None  # as last written to nodes/<me>
+        self._lock = threading.Lock()
+        self._state = LivenessState()
+
+    def state(self) -> LivenessState:
+        """A snapshot of what the node agent needs (lease, confirmation, watchdog)."""
+        with self._lock:
+            return self._state
+
+    def _publish(self) -> None:
+        state = LivenessState(
+            self.registered.is_set(), self.lease_id, self.last_confirmed_sent, self.watchdog
+        )
+        with self._lock:
+            self._state = state
 
     # --- registration --------------------------------------------------------------
     async def register(self) -> None:
@@ -93,6 +140,7 @@ class NodeLiveness:
                     self.lease_id = previous.lease
                     self._confirmed(sent)
                     self.registered.set()
+                    self._publish()
                     await self.say(
                         "node.rejoined",
                         f"node {self.node} adopted its live lease "
@@ -119,6 +167,8 @@ class NodeLiveness:
                 self.lease_id = lease.id
                 self._confirmed(sent)
                 self.registered.set()
+                self._publish()
+                self._watchdog_written = None  # a node record written anew may lack it
                 await self.say(
                     "node.registered", f"node {self.node} is alive with lease {lease.id:x}"
                 )
@@ -152,6 +202,43 @@ class NodeLiveness:
         self.deadline = max(self.deadline, deadline)
         if self.feeder is not None:
             self.feeder.feed(self.deadline)
+        self._publish()
+
+    # --- does the watchdog answer? ------------------------------------------------------
+    async def check_watchdog(self) -> None:
+        """Judge whether the watchdog acknowledges feeding; say a change, and keep
+        ``nodes/<me>``'s ``watchdog`` field saying it."""
+        if self.feeder is None:
+            return
+        ack = self.feeder.acknowledgement(grace=self.config.fence_after_s / 2)
+        was = self.watchdog
+        if ack.ok is not None and (
+            was is None or was.acknowledging != ack.ok or was.problem != ack.problem
+        ):
+            since = time.time()
+            if not ack.ok and ack.silent_since is not None:
+                since -= max(0.0, self.clock() - ack.silent_since)
+            self.watchdog = WatchdogReport(acknowledging=ack.ok, since=since, problem=ack.problem)
+            self._publish()
+            if not ack.ok:
+                at = time.strftime("%H:%M:%S", time.localtime(since))
+                await self.say(
+                    "node.watchdog_silent",
+                    f"the watchdog of {self.node} does not acknowledge feeding since {at}: "
+                    f"{ack.problem}; no VM starts on {self.node} until it does",
+                )
+            elif was is not None:
+                await self.say(
+                    "node.watchdog_ok",
+                    f"the watchdog of {self.node} acknowledges feeding again: VMs may start",
+                )
+        report = self.watchdog
+        if (
+            report is not None
+            and report != self._watchdog_written
+            and await write_watchdog_report(self.store, self.keys, self.node, report)
+        ):
+            self._watchdog_written = report
 
     def confirmed_within(self, seconds: float) -> bool:
         return self.last_confirmed_sent is not None and (
@@ -184,6 +271,12 @@ class NodeLiveness:
                 await self._without_keepalive(started, e)
             except Exception:  # never let the keepalive loop die: the watchdog would fire
                 log.exception("keepalive cycle failed unexpectedly; carrying on")
+            try:
+                await self.check_watchdog()
+            except (StoreError, TimeoutError) as e:
+                log.warning("could not report the watchdog's state: %s", e)
+            except Exception:
+                log.exception("watchdog check failed unexpectedly; carrying on")
             await asyncio.sleep(max(0.0, interval - (self.clock() - started)))
 
     async def _replace_deleted_key(self) -> None:
@@ -250,3 +343,26 @@ class NodeLiveness:
         except (StoreError, TimeoutError):
             return Evidence(reachable=0, members=0, nobody_can_act=False)
         return Evidence(health.reachable, len(health.members), nobody_can_act(health))
+
+
+async def write_watchdog_report(
+    store: Store, keys: Keys, node: str, report: WatchdogReport
+) -> bool:
+    """Set ``watchdog`` in ``nodes/<node>`` (CAS), nothing else; False if the record is not
+    there (yet) or does not decode (the agent's registration rewrites it)."""
+    key = keys.node(node)
+    while True:
+        kv = await store.get(key)
+        if kv is None:
+            return False
+        try:
+            current = decode(Node, key, kv.value)
+        except CorruptValue:
+            return False
+        if current.watchdog == report:
+            return True
+        updated = current.model_copy(update={"watchdog": report})
+        compare = Compare.mod_is(key, kv.mod_revision)
+        result = await store.txn([compare], [Put(key, encode(updated))])
+        if result.succeeded:
+            return True

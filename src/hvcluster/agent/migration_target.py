@@ -75,6 +75,9 @@ class TargetRole(QuickState):
         try:
             if spec is None:
                 raise DriverError(f"vm {rec.vm} has no spec")
+            why_not = self.agent.may_start()  # e.g. its watchdog does not acknowledge feeding
+            if why_not is not None:
+                raise DriverError(f"{self.me} starts no VM now: {why_not}")
             if not shared_nothing(rec):
                 await self.agent.disks.check(spec)  # its files as this host resolves them
             if rec.kind is MigrationKind.QUICK:

@@ -70,13 +70,15 @@ class NodeAgent:
         config: ClusterConfig,
         say: Say,
         lease: Callable[[], int],
-        may_start: Callable[[], bool],
+        may_start: Callable[[], str | None],
         shutdown_timeout: float = 20.0,
     ) -> None:
         self.store, self.keys, self.me, self.driver = store, keys, me, driver
         self.config, self.say = config, say
         self.lease = lease  # the lease alive/<me> must be bound to for a start
-        self.may_start = may_start  # False while keepalives are unconfirmed
+        # None when this node may start a VM, else why not (keepalives unconfirmed, the
+        # watchdog not acknowledging feeding).
+        self.may_start = may_start
         self.shutdown_timeout = shutdown_timeout
         self.crashes: dict[str, list[float]] = {}
         self.owned: dict[str, int] = {}  # vm -> placement mod revision it runs under
@@ -257,8 +259,9 @@ class NodeAgent:
         raise AssertionError(f"unknown action {action!r}")
 
     async def _start(self, action: Start, now: float) -> str | None:
-        if not self.may_start():
-            log.info("not starting %s: keepalives unconfirmed", action.vm)
+        why_not = self.may_start()
+        if why_not is not None:
+            log.info("not starting %s: %s", action.vm, why_not)
             return None
         epoch = action.seen.placement.epoch
         status = VMStatus(

@@ -40,6 +40,7 @@ class Resources:
     volume_free_mib: dict[str, int] = field(default_factory=dict)
     switch_problems: dict[str, str] = field(default_factory=dict)
     volume_problems: dict[str, str] = field(default_factory=dict)
+    interfaces_in_use: dict[str, str] = field(default_factory=dict)  # never uplinks
 
     def fields(self) -> dict[str, object]:
         return {
@@ -48,16 +49,24 @@ class Resources:
             "volume_free_mib": dict(self.volume_free_mib),
             "switch_problems": dict(self.switch_problems),
             "volume_problems": dict(self.volume_problems),
+            "interfaces_in_use": dict(self.interfaces_in_use),
         }
 
     def same_but_free_space(self, other: Resources, slack_mib: int) -> bool:
         """Equal, free space aside when it moved by less than ``slack_mib`` per volume
         (so a busy volume does not rewrite the node record every round)."""
-        if (self.switches, self.volumes, self.switch_problems, self.volume_problems) != (
+        if (
+            self.switches,
+            self.volumes,
+            self.switch_problems,
+            self.volume_problems,
+            self.interfaces_in_use,
+        ) != (
             other.switches,
             other.volumes,
             other.switch_problems,
             other.volume_problems,
+            other.interfaces_in_use,
         ):
             return False
         return all(
@@ -123,6 +132,7 @@ class HostResources:
             volume_free_mib=free,
             switch_problems=switch_report.problems,
             volume_problems=problems,
+            interfaces_in_use=switch_report.in_use,
         )
         if mounts != self.mounts:
             self.mounts = mounts

@@ -7,6 +7,11 @@ monotonic clock (the time the last confirmed keepalive was sent + ``fence_after`
 deadline passes unfed, the watchdog SIGKILLs every VM process listed in
 ``<run_dir>/vms/*/pid`` and keeps doing so until it is fed again.
 
+The watchdog answers every feed (``ack <deadline it holds>``) to the feeder's address: an
+agent whose feeds go unanswered (no watchdog running, one watching another run dir, a hung
+one) knows nobody would kill its VMs if it were cut off, and starts none
+(:class:`WatchdogFeeder.acknowledgement`).
+
 No etcd, no asyncio, no threads: a datagram socket, ``select`` and ``kill``. Optionally it also
 feeds the hardware watchdog (``/dev/watchdog``) so that a hung kernel reboots the host; that is
 off by default and never used in tests.
@@ -20,7 +25,9 @@ import select
 import signal
 import socket
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,7 +128,8 @@ class Watchdog:
                 wait = max(0.0, min(0.05, self.deadline - time.monotonic()))
                 readable, _, _ = select.select([sock], [], [], wait if not self.fenced else 0.05)
                 if readable:
-                    self._handle(sock.recv(256))
+                    message, sender = sock.recvfrom(256)
+                    self._answer(sock, sender, self._handle(message))
                 self.check()
         finally:
             self.close_hardware()
@@ -129,34 +137,115 @@ class Watchdog:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
 
-    def _handle(self, message: bytes) -> None:
+    def _handle(self, message: bytes) -> bool:
+        """Take one message; True if it was a feed (to be acknowledged)."""
         parts = message.decode(errors="replace").split()
         if len(parts) == 2 and parts[0] == "feed":
             try:
                 self.feed(float(parts[1]))
+                return True
             except ValueError:
                 self.log(f"ignored malformed message {message!r}")
         else:
             self.log(f"ignored unknown message {message!r}")
+        return False
+
+    def _answer(self, sock: socket.socket, sender: str | bytes, fed: bool) -> None:
+        """Acknowledge a feed to its sender (a feeder with an address): never blocks, and a
+        feeder gone or not reading costs nothing."""
+        if not fed or not sender:
+            return
+        with contextlib.suppress(OSError):
+            sock.sendto(f"ack {self.deadline:.6f}".encode(), socket.MSG_DONTWAIT, sender)
+
+
+@dataclass(frozen=True)
+class Acknowledgement:
+    """Whether the watchdog answers feeding. ``ok`` None: nothing fed yet, nothing to judge."""
+
+    ok: bool | None
+    problem: str = ""  # why not, when not ok
+    silent_since: float | None = None  # monotonic: the first feed left unanswered
 
 
 class WatchdogFeeder:
-    """The agent's side: send a deadline; never blocks, never raises."""
+    """The agent's side: send a deadline; never blocks, never raises. Its socket has an
+    (abstract, kernel-chosen) address so the watchdog can answer; answers are read when
+    :meth:`acknowledgement` is asked, from any thread."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, clock: Callable[[], float] = time.monotonic) -> None:
         self.path = str(run_dir / SOCKET_NAME)
+        self.clock = clock
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.setblocking(False)
+        with contextlib.suppress(OSError):
+            self.sock.bind("")  # Linux autobind: an abstract address to be answered at
+        self._lock = threading.Lock()
+        self._fed = False
+        self._answered = False  # any answer since the first feed
+        self._send_error = ""
+        self._unanswered_since: float | None = None  # the oldest feed without an answer
 
     def feed(self, deadline: float) -> bool:
         try:
             self.sock.sendto(f"feed {deadline:.6f}".encode(), self.path)
-        except OSError:
-            return False
-        return True
+            sent, error = True, ""
+        except OSError as e:
+            sent, error = False, f"no watchdog listens at {self.path} ({e.strerror or e})"
+        with self._lock:
+            self._fed = True
+            self._send_error = error
+            if self._unanswered_since is None:
+                self._unanswered_since = self.clock()
+        return sent
+
+    def _read_answers(self) -> None:
+        while True:
+            try:
+                answer = self.sock.recv(64)
+            except OSError:  # nothing more waiting (EAGAIN), or the socket is closed
+                return
+            if answer.startswith(b"ack "):
+                self._answered = True
+                self._unanswered_since = None
+
+    def acknowledgement(self, grace: float) -> Acknowledgement:
+        """Not ok once a feed went unanswered (or could not even be sent) for more than
+        ``grace`` seconds: a watchdog answers at once, so it is gone, hung, or watching
+        another run dir. Not judged yet (None) before its first answer, within ``grace``
+        (an agent and its watchdog may start together)."""
+        with self._lock:
+            self._read_answers()
+            if not self._fed:
+                return Acknowledgement(None)
+            silent = self._unanswered_since
+            if silent is not None and self.clock() - silent > grace:
+                problem = self._send_error or f"the watchdog at {self.path} does not answer"
+                return Acknowledgement(False, problem, silent)
+            return Acknowledgement(True if self._answered else None)
 
     def close(self) -> None:
         self.sock.close()
+
+
+class MemoryWatchdog(WatchdogFeeder):
+    """The in-process twin for simulations (no process to kill sim VMs): it keeps the
+    deadlines it is fed and answers at once, unless ``running`` is False (then feeding
+    fails as it does with no watchdog listening)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(Path("/nonexistent-hvc-memory-watchdog"), clock)
+        self.running = True
+        self.deadlines: list[float] = []
+
+    def feed(self, deadline: float) -> bool:
+        if not self.running:
+            return super().feed(deadline)  # no socket there: fails, and says so
+        self.deadlines.append(deadline)
+        with self._lock:
+            self._fed, self._answered, self._send_error = True, True, ""
+            self._unanswered_since = None
+        return True
 
 
 def main(argv: list[str] | None = None) -> int:

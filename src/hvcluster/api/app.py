@@ -25,6 +25,7 @@ from hvcluster.api import (
 from hvcluster.api.auth import Authorizer
 from hvcluster.api.context import ApiContext, PeerApi, context
 from hvcluster.api.errors import install_error_handlers
+from hvcluster.api.limits import RequestLimits
 from hvcluster.api.reads import decode_all, decode_optional, snapshot
 from hvcluster.api.views import ClusterView, Counts, Health, Skipped
 from hvcluster.models.config import ClusterConfig
@@ -103,6 +104,7 @@ def create_app(store: Store, keys: Keys, node: str, peers: PeerApi | None = None
     )
     app.state.ctx = ApiContext(store=store, keys=keys, node=node, peers=peers or PeerApi())
     install_error_handlers(app)
+    app.add_middleware(RequestLimits)  # bodies bounded in size and time before any route
     routers = (cluster_router, vms.router, nodes.router, events.router, migrations.router)
     for router in (*routers, volumes.router, switches.router, storage_moves.router):
         app.include_router(router, prefix=PREFIX)

@@ -10,6 +10,10 @@ The body is always ``{"error": "<one sentence>", "field": "<what was wrong>" | n
 * :class:`CorruptValue` (one object asked for)   -> 409: it cannot be read, but it can be deleted
 * :class:`StoreError` (unavailable, ...)         -> 503: state is unknown, nothing was changed
 * anything else                                  -> 500, logged with its traceback
+
+Before any route, :mod:`hvcluster.api.limits` answers in the same shape: 413 for a body over
+the limit and 408 for one that does not arrive in time (``"field": "body"``), 503 when too
+many requests are in progress.
 """
 
 from __future__ import annotations

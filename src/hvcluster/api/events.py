@@ -23,6 +23,7 @@ from hvcluster.store.events import LoggedEvent
 
 router = APIRouter(prefix="/events", tags=["events"])
 
+REVISION_MAX = 2**63 - 1  # etcd's revisions are int64: a larger one cannot even be asked
 HEARTBEAT_S = 15.0  # an SSE comment this often keeps proxies and idle clients honest
 QUEUE = 1000
 
@@ -49,11 +50,14 @@ def _start_revision(since: int | None, last_event_id: str | None) -> int | None:
         return since
     if last_event_id:
         try:
-            return int(last_event_id) + 1
+            revision = int(last_event_id)
         except ValueError:
+            revision = -1
+        if not 0 <= revision < REVISION_MAX:
             raise InvalidInput(
-                f"must be an event revision, got {last_event_id!r}", field="Last-Event-ID"
-            ) from None
+                f"must be an event revision, got {last_event_id[:40]!r}", field="Last-Event-ID"
+            )
+        return revision + 1
     return None
 
 
@@ -61,9 +65,14 @@ def _start_revision(since: int | None, last_event_id: str | None) -> int | None:
 async def follow_events(
     request: Request,
     since: int | None = Query(
-        None, ge=1, description="first store revision to send (default: what comes next)"
+        None,
+        ge=1,
+        le=REVISION_MAX,
+        description="first store revision to send (default: what comes next)",
     ),
-    after: int = Query(0, ge=0, description="skip events up to this sequence number"),
+    after: int = Query(
+        0, ge=0, le=REVISION_MAX, description="skip events up to this sequence number"
+    ),
     count: int | None = Query(None, ge=1, description="end the stream after this many"),
     ctx: ApiContext = Depends(context),
 ) -> StreamingResponse:

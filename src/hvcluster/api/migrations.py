@@ -45,11 +45,14 @@ _NO_BODY = Body(default=None)
 
 
 class MoveRequest(BaseModel):
-    to: str = Field(default="", description="target node; empty: the scheduler picks one")
+    to: str = Field(
+        default="", max_length=63, description="target node; empty: the scheduler picks one"
+    )
     kind: Literal["live", "quick"] = "live"
     reason: str = Field(default="", max_length=500)
     with_storage: str = Field(
         default="",
+        max_length=63,
         description="shared-nothing: copy the VM's disks to this volume of the target (live)",
     )
 

@@ -24,6 +24,12 @@ router = APIRouter(prefix="/nodes", tags=["nodes"])
 _NO_BODY = Body(default=None)
 
 
+def watchdog_state(node: Node) -> str:
+    if node.watchdog is None:
+        return "unknown"
+    return "ok" if node.watchdog.acknowledging else "not acknowledging"
+
+
 def view(node: Node, alive: NodeAlive | None, alive_present: bool, vms: int) -> NodeView:
     return NodeView(
         name=node.name,
@@ -33,6 +39,7 @@ def view(node: Node, alive: NodeAlive | None, alive_present: bool, vms: int) -> 
         vms=vms,
         node=node,
         heartbeat=alive,
+        watchdog=watchdog_state(node),
     )
 
 

@@ -30,7 +30,7 @@ _NO_BODY = Body(default=None)
 
 
 class StorageMoveRequest(BaseModel):
-    volume: str = Field(description="the volume the VM's disks move to")
+    volume: str = Field(max_length=63, description="the volume the VM's disks move to")
     reason: str = Field(default="", max_length=500)
 
 

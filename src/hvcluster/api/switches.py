@@ -3,7 +3,9 @@ Add, list, show, remove.
 
 The API records the switch; each agent creates its bridge (see
 :func:`hvcluster.models.storage.bridge_name`) and reports it in its node record. A switch
-still used by a VM's NIC cannot be removed.
+still used by a VM's NIC cannot be removed. An uplink that a node reports carrying an
+address or the default route is refused (422): bridging it would take that node off the
+network (its agent refuses it too, for nodes that report it later).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from hvcluster.api.reads import decode_all, decode_one, snapshot
 from hvcluster.api.removal import Removed, remove_unused
 from hvcluster.api.views import Skipped, View
 from hvcluster.models.base import encode
-from hvcluster.models.errors import Conflict, NotFound
+from hvcluster.models.errors import Conflict, InvalidInput, NotFound
 from hvcluster.models.node import Node
 from hvcluster.models.storage import Switch
 from hvcluster.models.vm import VMSpec
@@ -74,8 +76,31 @@ async def list_switches(ctx: ApiContext = Depends(context)) -> SwitchList:
     )
 
 
+async def refuse_busy_uplink(ctx: ApiContext, switch: Switch) -> None:
+    """Refuse an uplink that any node reports carrying an address or the default route."""
+    uplink = switch.uplink
+    if uplink is None:
+        return
+    snap = await snapshot(ctx.store, ctx.keys, ("nodes",))
+    nodes = await decode_all(Node, ctx.keys, "nodes", snap.by_kind["nodes"], ctx.corrupt)
+    carrying = {
+        name: node.interfaces_in_use[uplink]
+        for name, (node, _) in sorted(nodes.items.items())
+        if uplink in node.interfaces_in_use
+    }
+    if carrying:
+        where = "; ".join(f"on {name}: {what}" for name, what in carrying.items())
+        raise InvalidInput(
+            f"uplink {uplink} carries {where}: enslaving it to a bridge would cut "
+            f"{', '.join(carrying)} off the network; use an interface without addresses or "
+            "routes",
+            field="uplink",
+        )
+
+
 @router.post("", status_code=201, response_model=SwitchView)
 async def add_switch(switch: Switch, ctx: ApiContext = Depends(context)) -> SwitchView:
+    await refuse_busy_uplink(ctx, switch)
     key = ctx.keys.switch(switch.name)
     result = await ctx.store.txn([Compare.absent(key)], [Put(key, encode(switch))])
     if not result.succeeded:

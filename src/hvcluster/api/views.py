@@ -49,6 +49,9 @@ class NodeView(View):
     vms: int = 0  # VMs placed on it
     node: Node
     heartbeat: NodeAlive | None = None
+    # Does its watchdog acknowledge feeding ("ok", "not acknowledging": then it starts no
+    # VM, node.watchdog says since when and why; "unknown": its agent has not said)?
+    watchdog: str = "unknown"
 
 
 class NodeList(View):

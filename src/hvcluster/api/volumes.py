@@ -23,7 +23,7 @@ from hvcluster.api.removal import Removed, remove_unused
 from hvcluster.api.views import Skipped, View
 from hvcluster.models.base import encode
 from hvcluster.models.errors import Conflict, InvalidInput, NotFound
-from hvcluster.models.names import Name
+from hvcluster.models.names import HostPath, Name
 from hvcluster.models.node import Node
 from hvcluster.models.storage import (
     MARKER,
@@ -40,9 +40,7 @@ router = APIRouter(prefix="/volumes", tags=["storage"])
 
 class VolumeRequest(View):
     name: Name
-    path: str = Field(
-        pattern=r"^/", max_length=4096, description="where every node mounts it (absolute)"
-    )
+    path: HostPath = Field(pattern=r"^/", description="where every node mounts it (absolute)")
     id: str | None = Field(
         default=None,
         pattern=MARKER_ID.pattern,

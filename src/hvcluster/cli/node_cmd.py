@@ -20,7 +20,7 @@ def list_nodes(
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
     api: list[str] | None = api_option(),
 ) -> None:
-    """List nodes: alive or not, admin state, capacity, VMs placed."""
+    """List nodes: alive or not, admin state, watchdog, capacity, VMs placed."""
     with Client.from_options(api) as client:
         answer = client.get("/nodes")
     if as_json:
@@ -34,6 +34,7 @@ def list_nodes(
                 n["name"],
                 "yes" if n["alive"] else "NO",
                 n["admin_state"],
+                _watchdog(n, short=True),
                 f"{node['address']}:{node['api_port']}",
                 node["capacity"]["cpus"],
                 node["capacity"]["memory_mib"],
@@ -42,9 +43,21 @@ def list_nodes(
             )
         )
     print_table(
-        "nodes", ("NAME", "ALIVE", "ADMIN", "ADDRESS", "CPUS", "MIB", "VMS", "REASON"), rows
+        "nodes",
+        ("NAME", "ALIVE", "ADMIN", "WATCHDOG", "ADDRESS", "CPUS", "MIB", "VMS", "REASON"),
+        rows,
     )
     warn_skipped(answer)
+
+
+def _watchdog(n: dict[str, Any], short: bool = False) -> str:
+    """ok; NO since 12:00:01 (and why, when not ``short``): then the node starts no VM."""
+    state = str(n.get("watchdog", "unknown"))
+    report = n["node"].get("watchdog") or {}
+    if state != "not acknowledging":
+        return state
+    since = f"NO since {time.strftime('%H:%M:%S', time.localtime(report.get('since', 0)))}"
+    return since if short else f"{since}: {report.get('problem', '')}; no VM starts here"
 
 
 def _problems(problems: dict[str, str]) -> str:
@@ -64,6 +77,7 @@ def _rows(n: dict[str, Any]) -> list[tuple[str, object]]:
         ("admin state", node["admin_state"]),
         ("admin reason", node["admin_reason"]),
         ("admin since", when(node["admin_since"])),
+        ("watchdog", _watchdog(n)),
         ("address", f"{node['address']}:{node['api_port']}"),
         ("capacity", f"{node['capacity']['cpus']} CPUs, {node['capacity']['memory_mib']} MiB"),
         ("vms placed", n["vms"]),

@@ -1,4 +1,5 @@
-"""The base of every stored model: frozen, strict about unknown fields, JSON in the store."""
+"""The base of every stored model: frozen, strict about unknown fields, finite numbers, JSON in
+the store."""
 
 from __future__ import annotations
 
@@ -10,7 +11,11 @@ from hvcluster.models.errors import CorruptValue, InvalidInput
 
 
 class Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+    # allow_inf_nan=False: JSON numbers such as 1e999 parse as infinity, which pydantic would
+    # accept and then store as null (JSON has no infinity); a stored model's numbers are finite.
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", validate_default=True, allow_inf_nan=False
+    )
 
 
 M = TypeVar("M", bound=Model)

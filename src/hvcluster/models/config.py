@@ -1,4 +1,4 @@
-"""Cluster settings, stored at ``config``. Defaults are those of ARCHITECTURE.md."""
+"""Cluster settings, stored at ``config``. Defaults are those of docs/architecture.md."""
 
 from __future__ import annotations
 
@@ -7,18 +7,26 @@ from typing import Literal, Self
 from pydantic import Field, field_validator, model_validator
 
 from hvcluster.models.base import Model
+from hvcluster.models.names import PATH_MAX, PERIOD_S_MAX, Argument
 from hvcluster.models.storage import normal_dir, system_dir_problem
+
+# Upper bounds: a setting past them is a typo, and a huge one overflows where it is used
+# (a timer, QEMU's migrate parameters). Timings are finite (the base model refuses inf/nan).
+DAY_S = 86400.0
+TIMING_S_MAX = 3600.0  # lease, keepalive, fencing and recovery timings
+COUNT_MAX = 1_000_000
 
 
 class MigrationSettings(Model):
-    max_bandwidth_mib_s: int = Field(default=10_000, gt=0)  # QEMU's default cap is far too low
-    downtime_limit_ms: int = Field(default=300, gt=0)
+    # QEMU's default cap is far too low
+    max_bandwidth_mib_s: int = Field(default=10_000, gt=0, le=COUNT_MAX)
+    downtime_limit_ms: int = Field(default=300, gt=0, le=2_000_000)  # QEMU's own maximum
     auto_converge: bool = True
     xbzrle: bool = False
     multifd: bool = False
     postcopy: bool = False
-    max_parallel_per_node: int = Field(default=2, ge=1)
-    timeout_s: float = Field(default=600.0, gt=0)
+    max_parallel_per_node: int = Field(default=2, ge=1, le=1000)
+    timeout_s: float = Field(default=600.0, gt=0, le=DAY_S)
     # A drained VM whose live migration failed (or that cannot move live): "quick" tries a
     # quick migration (save state, restore on the target), "stay" leaves it, with the reason.
     drain_fallback: Literal["quick", "stay"] = "quick"
@@ -27,41 +35,41 @@ class MigrationSettings(Model):
 class QuarantineSettings(Model):
     """WSFC's defaults: a node that failed 3 times in an hour is kept out for 2 hours."""
 
-    threshold: int = Field(default=3, ge=1)
-    period_s: float = Field(default=3600.0, gt=0)
-    duration_s: float = Field(default=7200.0, gt=0)
+    threshold: int = Field(default=3, ge=1, le=COUNT_MAX)
+    period_s: float = Field(default=3600.0, gt=0, le=PERIOD_S_MAX)
+    duration_s: float = Field(default=7200.0, gt=0, le=PERIOD_S_MAX)
 
 
 class ClusterConfig(Model):
-    name: str = "hvc"
-    lease_ttl_s: float = Field(default=4.0, gt=0)
-    keepalive_interval_s: float = Field(default=1.0, gt=0)
-    fence_after_s: float = Field(default=3.0, gt=0)
+    name: str = Field(default="hvc", max_length=63)
+    lease_ttl_s: float = Field(default=4.0, gt=0, le=TIMING_S_MAX)
+    keepalive_interval_s: float = Field(default=1.0, gt=0, le=TIMING_S_MAX)
+    fence_after_s: float = Field(default=3.0, gt=0, le=TIMING_S_MAX)
     # Wait this much beyond fence_after before moving a dead node's VMs; must exceed the
     # interval at which an agent re-checks its "is it me or etcd" evidence.
-    recovery_margin_s: float = Field(default=1.5, ge=0)
+    recovery_margin_s: float = Field(default=1.5, ge=0, le=TIMING_S_MAX)
     # When the controller watched a dead node's lease run out (rather than vanish early, as
     # a revoked one does), the node went a whole TTL without a keepalive reaching etcd, so
     # its watchdog fired (fence_after < TTL) before the key went: recover after only this
     # margin (for the watchdog's kill to land).
-    expired_margin_s: float = Field(default=0.5, ge=0)
-    evidence_interval_s: float = Field(default=1.0, gt=0)
+    expired_margin_s: float = Field(default=0.5, ge=0, le=TIMING_S_MAX)
+    evidence_interval_s: float = Field(default=1.0, gt=0, le=TIMING_S_MAX)
     # More than this fraction of nodes vanishing at once is a control-plane event.
     mass_failure_fraction: float = Field(default=0.5, gt=0, le=1)
-    mass_failure_grace_s: float = Field(default=30.0, ge=0)
-    local_restart_threshold: int = Field(default=3, ge=0)
-    local_restart_period_s: float = Field(default=900.0, gt=0)
-    start_group_delay_s: float = Field(default=30.0, ge=0)
+    mass_failure_grace_s: float = Field(default=30.0, ge=0, le=DAY_S)
+    local_restart_threshold: int = Field(default=3, ge=0, le=COUNT_MAX)
+    local_restart_period_s: float = Field(default=900.0, gt=0, le=PERIOD_S_MAX)
+    start_group_delay_s: float = Field(default=30.0, ge=0, le=DAY_S)
     # A command that powers a node off and exits 0 once it is confirmed off ("{node}" is
     # replaced by the node's name; IPMI or Redfish tools fit here). Empty: no fence agent.
-    fence_command: str = ""
-    fence_timeout_s: float = Field(default=30.0, gt=0)
+    fence_command: Argument = Field(default="", max_length=PATH_MAX)
+    fence_timeout_s: float = Field(default=30.0, gt=0, le=DAY_S)
     # Records that grow with use, kept by count and by age (the leader prunes them): the
     # cluster log's newest events, and each of finished migrations and storage moves.
-    event_retention: int = Field(default=10_000, ge=100)
-    event_max_age_s: float = Field(default=30 * 86400.0, gt=0)
-    max_migration_records: int = Field(default=2_000, ge=10)
-    migration_retention_s: float = Field(default=7 * 86400.0, gt=0)
+    event_retention: int = Field(default=10_000, ge=100, le=COUNT_MAX)
+    event_max_age_s: float = Field(default=30 * DAY_S, gt=0, le=PERIOD_S_MAX)
+    max_migration_records: int = Field(default=2_000, ge=10, le=COUNT_MAX)
+    migration_retention_s: float = Field(default=7 * DAY_S, gt=0, le=PERIOD_S_MAX)
     migration: MigrationSettings = MigrationSettings()
     quarantine: QuarantineSettings = QuarantineSettings()
     # Host directories where a disk may be an absolute path (outside any volume); empty:

@@ -1,11 +1,12 @@
-"""Name rules shared by every named object (VMs, nodes, volumes, switches)."""
+"""Name rules shared by every named object (VMs, nodes, volumes, switches), and the size
+bounds shared by the fields a request may fill (labels, host paths, lists, periods)."""
 
 from __future__ import annotations
 
 import re
 from typing import Annotated
 
-from pydantic import AfterValidator
+from pydantic import AfterValidator, Field, StringConstraints, WithJsonSchema
 
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 MAC_RE = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
@@ -34,5 +35,44 @@ def check_mac(value: str) -> str:
     return value
 
 
-Name = Annotated[str, AfterValidator(check_name)]
+# The rule is also in the OpenAPI schema (clients and API fuzzers see it); our validator
+# says what is wrong in a sentence.
+Name = Annotated[
+    str,
+    AfterValidator(check_name),
+    WithJsonSchema({"type": "string", "pattern": _NAME.pattern, "maxLength": 63}),
+]
 Mac = Annotated[str, AfterValidator(check_mac)]
+
+
+# Every value a request sends is stored in etcd and read back whole, by every controller
+# cycle among others, so no field is unbounded. A request over a bound gets a 422 naming the
+# field; these are far above what a real VM or node needs.
+LABELS_MAX = 64  # labels on one object
+LABEL_KEY_MAX = 63
+LABEL_VALUE_MAX = 255
+PATH_MAX = 4096  # a host path (Linux's PATH_MAX)
+NODE_NAMES_MAX = 64  # node names in one list (a failover cluster has at most 64 nodes)
+LIST_MAX = 32  # other lists of short strings (anti-affinity classes, start groups)
+PERIOD_S_MAX = 366 * 86400.0  # a counting window (failovers, quarantine, local restarts)
+
+LabelKey = Annotated[str, StringConstraints(min_length=1, max_length=LABEL_KEY_MAX)]
+LabelValue = Annotated[str, StringConstraints(max_length=LABEL_VALUE_MAX)]
+Labels = Annotated[dict[LabelKey, LabelValue], Field(max_length=LABELS_MAX)]
+ShortText = Annotated[str, StringConstraints(max_length=LABEL_KEY_MAX)]  # a group or class
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def check_no_control(value: str) -> str:
+    """Host paths and QEMU arguments hold no control character: a NUL cannot be passed to
+    a program or a system call at all (Python raises), a newline would split a log line."""
+    found = _CONTROL.search(value)
+    if found:
+        raise ValueError(
+            f"must not contain control characters ({found.group()!r} at {found.start()})"
+        )
+    return value
+
+
+HostPath = Annotated[str, StringConstraints(max_length=PATH_MAX), AfterValidator(check_no_control)]
+Argument = Annotated[str, AfterValidator(check_no_control)]  # bound its length where used

@@ -6,7 +6,7 @@ from pydantic import Field
 
 from hvcluster.models.base import Model
 from hvcluster.models.lifecycle import NodeAdminState
-from hvcluster.models.names import Name
+from hvcluster.models.names import Labels, Name
 
 
 class Capacity(Model):
@@ -41,12 +41,21 @@ class Inventory(Model):
         return "qemu64" if self.driver == "qemu" else self.cpu_model or self.driver
 
 
+class WatchdogReport(Model):
+    """Whether this node's watchdog acknowledges feeding, as its agent last saw it. While it
+    does not, the agent starts no VM: nothing would kill them were the node cut off."""
+
+    acknowledging: bool
+    since: float  # wall clock: since when it is so
+    problem: str = ""  # why it is not ("no watchdog listens at /run/hvc/watchdog.sock ...")
+
+
 class Node(Model):
     name: Name
     address: str = Field(min_length=1)  # where its API and migrations are reached
     api_port: int = Field(default=8440, gt=0, lt=65536)
     capacity: Capacity
-    labels: dict[str, str] = {}
+    labels: Labels = {}
     admin_state: NodeAdminState = NodeAdminState.UP
     admin_reason: str = ""
     admin_since: float = 0.0
@@ -56,8 +65,12 @@ class Node(Model):
     # Switches and volumes it does not have, and why ("not root", "marker holds id x").
     switch_problems: dict[str, str] = {}
     volume_problems: dict[str, str] = {}
+    # Its interfaces that carry an address or the default route, and what they carry: never
+    # an uplink (enslaving one would cut the node off the network). Written by its agent.
+    interfaces_in_use: dict[str, str] = {}
     inventory: Inventory = Inventory()
     registered_at: float = 0.0  # wall clock of the agent's last (re-)registration
+    watchdog: WatchdogReport | None = None  # written by the agent; None: not reported
     # Written by the controller: times this node was declared dead (for quarantine), and
     # until when it is quarantined.
     failures: tuple[float, ...] = ()

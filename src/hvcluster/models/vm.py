@@ -9,7 +9,23 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from hvcluster.models.base import Model
 from hvcluster.models.lifecycle import VMState
-from hvcluster.models.names import Mac, Name
+from hvcluster.models.names import (
+    LIST_MAX,
+    NODE_NAMES_MAX,
+    PERIOD_S_MAX,
+    Argument,
+    HostPath,
+    Labels,
+    Mac,
+    Name,
+    ShortText,
+)
+
+DISKS_MAX = 64  # per VM (Hyper-V: 4 SCSI controllers of 64 disks; QEMU runs out of slots first)
+NICS_MAX = 32
+DISK_GIB_MAX = 64 * 1024  # 64 TiB, as Hyper-V's VHDX; size_gib * GiB stays an exact int
+CMDLINE_MAX = 4096
+FAILOVERS_MAX = 10_000
 
 
 class Priority(StrEnum):
@@ -49,15 +65,18 @@ class Failback(Model):
 
 class HAPolicy(Model):
     priority: Priority = Priority.MEDIUM
-    preferred_owners: tuple[Name, ...] = ()  # ordered: first is most preferred
-    possible_owners: tuple[Name, ...] = ()  # empty: any node
-    anti_affinity_classes: tuple[str, ...] = ()
+    # ordered: first is most preferred
+    preferred_owners: tuple[Name, ...] = Field(default=(), max_length=NODE_NAMES_MAX)
+    possible_owners: tuple[Name, ...] = Field(default=(), max_length=NODE_NAMES_MAX)  # (): any
+    anti_affinity_classes: tuple[ShortText, ...] = Field(default=(), max_length=LIST_MAX)
     anti_affinity_enforced: bool = False  # hard if true, soft (best effort) otherwise
-    failover_threshold: int = Field(default=3, ge=0)  # failovers allowed in the period
-    failover_period_s: float = Field(default=6 * 3600.0, gt=0)
+    # failovers allowed in the period
+    failover_threshold: int = Field(default=3, ge=0, le=FAILOVERS_MAX)
+    failover_period_s: float = Field(default=6 * 3600.0, gt=0, le=PERIOD_S_MAX)
     failback: Failback = Failback()
-    start_group: str = ""
-    start_after: tuple[str, ...] = ()  # groups that must be up before this one starts
+    start_group: ShortText = ""
+    # groups that must be up before this one starts
+    start_after: tuple[ShortText, ...] = Field(default=(), max_length=LIST_MAX)
 
     @model_validator(mode="after")
     def _owners_agree(self) -> Self:
@@ -122,9 +141,9 @@ class Disk(Model):
     The path is canonicalised here, once (:func:`canonical_disk_path`)."""
 
     volume: Name | None = None  # before path: path's validator reads it
-    path: str = Field(min_length=1, max_length=4096)  # relative to the volume, or absolute
+    path: HostPath = Field(min_length=1)  # relative to the volume, or absolute
     format: Literal["qcow2", "raw"] = "qcow2"
-    size_gib: float | None = Field(default=None, gt=0)  # create it this size if missing
+    size_gib: float | None = Field(default=None, gt=0, le=DISK_GIB_MAX)  # created if missing
     readonly: bool = False
 
     @field_validator("path")
@@ -150,9 +169,9 @@ class Boot(Model):
     and initrd are host files loaded into the guest: like absolute disks, only from a
     directory the cluster config allows (``allowed_disk_dirs``)."""
 
-    kernel: str | None = Field(default=None, max_length=4096)
-    initrd: str | None = Field(default=None, max_length=4096)
-    cmdline: str = ""
+    kernel: HostPath | None = None
+    initrd: HostPath | None = None
+    cmdline: Argument = Field(default="", max_length=CMDLINE_MAX)
 
     @field_validator("kernel", "initrd")
     @classmethod
@@ -174,12 +193,12 @@ class VMSpec(Model):
     uid: str = Field(default="", pattern=UID_PATTERN)  # "": created before uids existed
     vcpus: int = Field(default=1, gt=0, le=256)
     memory_mib: int = Field(default=128, ge=16, le=4 * 1024 * 1024)
-    disks: tuple[Disk, ...] = ()
-    nics: tuple[Nic, ...] = ()
+    disks: tuple[Disk, ...] = Field(default=(), max_length=DISKS_MAX)
+    nics: tuple[Nic, ...] = Field(default=(), max_length=NICS_MAX)
     boot: Boot = Boot()
     desired_state: Literal["running", "stopped"] = "running"
     ha: HAPolicy = HAPolicy()
-    labels: dict[str, str] = {}
+    labels: Labels = {}
     # The named CPU model its guest sees (QEMU's -cpu). "": the model of the node that
     # cold-starts it (its agent's guest_cpu). A running VM keeps the model it was started
     # with wherever it migrates (VMStatus.cpu_model); see hvcluster.models.guestcpu.

@@ -70,13 +70,16 @@ DrainDecision = DrainMove | DrainStay | DrainDone
 
 
 def closed_for_drain(snapshot: ClusterSnapshot) -> dict[str, str]:
-    """Nodes that take no migrated VM, with the reason: not alive, or not up."""
+    """Nodes that take no migrated VM, with the reason: not alive, not up, or its watchdog
+    does not acknowledge feeding."""
     closed = {}
     for node in snapshot.nodes.values():
         if not node.alive:
             closed[node.name] = f"{node.name} is not alive"
         elif node.admin_state is not NodeAdminState.UP:
             closed[node.name] = f"{node.name} is {node.admin_state.value}"
+        elif node.watchdog_refusal is not None:
+            closed[node.name] = node.watchdog_refusal
     return closed
 
 

@@ -3,7 +3,7 @@
 A node is *gone* when its ``alive`` key is absent. Its VMs may still be running (the node may
 be cut off from etcd, or frozen), so they are reclaimed only once the node must have fenced
 itself: ``fence_after`` plus a margin after the controller saw the key go, or at once when an
-external fence agent confirmed the power-off (ARCHITECTURE.md, "Safety", rule 3).
+external fence agent confirmed the power-off (docs/architecture.md, "Safety", rule 3).
 
 When more than ``mass_failure_fraction`` of the nodes vanish together, it is far more likely
 that the control plane (etcd, the network to it) failed than that the hosts did: those nodes

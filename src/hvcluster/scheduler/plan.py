@@ -55,6 +55,8 @@ def closed_nodes(
         elif node.admin_state is not NodeAdminState.UP:
             why = f": {node.node.admin_reason}" if node.node.admin_reason else ""
             closed[name] = f"{name} is {node.admin_state.value}{why}"
+        elif node.watchdog_refusal is not None:
+            closed[name] = node.watchdog_refusal
     return closed
 
 

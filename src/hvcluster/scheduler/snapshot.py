@@ -62,6 +62,16 @@ class NodeView:
     def admin_state(self) -> NodeAdminState:
         return self.node.admin_state
 
+    @property
+    def watchdog_refusal(self) -> str | None:
+        """Why the node takes no VM for its watchdog, or None. Its agent starts nothing
+        while its watchdog does not acknowledge feeding: were the node cut off, nothing
+        would kill a VM it ran while the VM starts elsewhere."""
+        report = self.node.watchdog
+        if report is None or report.acknowledging:
+            return None
+        return f"{self.name}'s watchdog does not acknowledge feeding ({report.problem})"
+
 
 @dataclass(frozen=True)
 class VMView:

@@ -24,7 +24,7 @@ def has_quorum(health: StoreHealth) -> bool:
 
 
 def nobody_can_act(health: StoreHealth) -> bool:
-    """Positive evidence that no one can change the store (ARCHITECTURE.md, safety rule 5):
+    """Positive evidence that no one can change the store (docs/architecture.md, safety rule 5):
     a majority of the members each either answered and has no leader, or was refused by its
     reachable host (connection refused: its etcd is not running, so it cannot vote), and no
     member that answered follows a leader. A timeout is never evidence (a frozen member and

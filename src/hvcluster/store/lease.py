@@ -1,6 +1,6 @@
 """LeaseKeeper: hold a lease alive, and know for sure how fresh that knowledge is.
 
-Self-fencing (ARCHITECTURE.md, "Safety") rests on one number: the monotonic time at which the
+Self-fencing (docs/architecture.md, "Safety") rests on one number: the monotonic time at which the
 last keepalive that etcd *confirmed* was *sent*. The lease cannot expire at the server before
 that moment + TTL, because the server restarted the TTL after it received the request, which
 was after we sent it. :meth:`LeaseKeeper.confirmed_within` answers "is my lease certainly

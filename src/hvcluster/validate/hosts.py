@@ -63,6 +63,21 @@ def inventory(facts: ValidationFacts, t: Thresholds) -> list[Check]:
                     nodes=(node.name,),
                 )
             )
+        elif node.watchdog is not None and not node.watchdog.acknowledging:
+            silent_s = max(0.0, facts.time - node.watchdog.since)
+            checks.append(
+                Check(
+                    category=cat,
+                    name=name,
+                    status=FAIL,
+                    message=f"{node.name}'s watchdog has not acknowledged feeding for "
+                    f"{silent_s:.0f}s: {node.watchdog.problem}; {node.name} starts and takes "
+                    "no VM",
+                    action=f"run hvc watchdog --run-dir <the agent's run_dir> on {node.name} "
+                    "(the same run dir as its agent)",
+                    nodes=(node.name,),
+                )
+            )
         elif node.inventory.guest_cpu_problem:
             checks.append(
                 Check(

@@ -1,0 +1,84 @@
+"""Helpers for tests that run a whole agent daemon in-process: a real node watchdog process,
+stand-in VM processes it would kill, and waiting on conditions."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from hvcluster.agent.watchdog import LOG_NAME, SOCKET_NAME
+from hvcluster.drivers.base import HostFacts
+from hvcluster.drivers.sim import SimDriver
+
+
+async def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@contextmanager
+def node_watchdog(run_dir: Path, fence_after: float) -> Iterator[subprocess.Popen[bytes]]:
+    """``hvc watchdog`` for ``run_dir``, as a real process; killed after."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hvcluster.agent.watchdog", "--run-dir", str(run_dir),
+         "--fence-after", str(fence_after)],
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        end = time.monotonic() + 20
+        while not (run_dir / SOCKET_NAME).exists():
+            assert proc.poll() is None and time.monotonic() < end, "the watchdog did not start"
+            time.sleep(0.02)
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@contextmanager
+def vm_process(run_dir: Path, name: str) -> Iterator[subprocess.Popen[bytes]]:
+    """A process listed as VM ``name`` of the node (``vms/<name>/pid``): what the
+    watchdog kills when it is not fed."""
+    proc = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    (run_dir / "vms" / name).mkdir(parents=True, exist_ok=True)
+    (run_dir / "vms" / name / "pid").write_text(f"{proc.pid}\n")
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+def watchdog_log(run_dir: Path) -> str:
+    path = run_dir / LOG_NAME
+    return path.read_text() if path.exists() else ""
+
+
+class SlowProbeDriver(SimDriver):
+    """A sim driver whose host inventory (QEMU's accelerator probe) takes ``probe_s``: a new
+    QEMU version can take 20 s to answer."""
+
+    def __init__(self, probe_s: float) -> None:
+        super().__init__()
+        self.probe_s = probe_s
+        self.probed = False
+
+    async def inventory(self) -> HostFacts:
+        await asyncio.sleep(self.probe_s)
+        self.probed = True
+        return await super().inventory()
