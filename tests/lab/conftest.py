@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ssl
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +104,7 @@ def make_lab(
     nodes: int = 3,
     network: cluster.Network = "loopback",
     etcd: int = 1,
-) -> Iterator[Lab]:
+) -> Generator[Lab, None, None]:
     """A lab, stopped after. One etcd member unless asked (``hvc lab up`` runs 3): the tests
     that are not about etcd outages stay light on a loaded machine."""
     lab_dir = tmp / "lab"

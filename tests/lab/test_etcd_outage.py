@@ -8,6 +8,7 @@ run dirs and process table, never from the cluster's records."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import time
 from collections.abc import Iterator
@@ -15,8 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import Result
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from hvcluster.cli.main import app as cli_app
 from hvcluster.lab import faults, processes
@@ -42,7 +42,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
             spec = {"name": vm, "memory_mib": 64, "ha": {"preferred_owners": [node]}}
             lab.post("/vms", spec)
         for vm in VMS:
-            wait_for(lambda vm=vm: placed(lab, vm), 60, f"{vm} running")
+            wait_for(functools.partial(placed, lab, vm), 60, f"{vm} running")
         yield lab
     finally:
         labs.close()  # make_lab's own finally: the lab down
@@ -56,6 +56,14 @@ def placed(lab: Lab, vm: str) -> tuple[str, int] | None:
     if status.get("state") == "running" and same:
         return placement["node"], placement["epoch"]
     return None
+
+
+def running_once(lab: Lab, vm: str) -> tuple[str, int] | None:
+    """(node, pid) once the VM's one process runs on the node its status and placement name
+    (after a fence the status can still say running while no process is left)."""
+    found = faults.find_vm(lab.state, vm)
+    where = placed(lab, vm)
+    return found[0] if len(found) == 1 and where and found[0][0] == where[0] else None
 
 
 def host_processes(lab: Lab) -> dict[str, list[tuple[str, int]]]:
@@ -79,7 +87,9 @@ def outage(lab: Lab, down: list[str]) -> list[dict[str, Any]]:
     """Kill the members ``down`` for OUTAGE_S, watching every VM process all along, then start
     them again; assert nothing was killed or moved; the events written since."""
     wait_for(lambda: alive_nodes(lab) == list(NODES), 60, "every node alive before")
-    epochs = {vm: wait_for(lambda vm=vm: placed(lab, vm), 60, f"{vm} running") for vm in VMS}
+    for vm in VMS:
+        wait_for(functools.partial(running_once, lab, vm), 60, f"{vm} running")
+    epochs = {vm: placed(lab, vm) for vm in VMS}
     before = host_processes(lab)
     assert all(len(where) == 1 for where in before.values()), before
     agents = {n.name: (n.agent_pid, n.watchdog_pid) for n in lab.state.nodes}
@@ -100,7 +110,7 @@ def outage(lab: Lab, down: list[str]) -> list[dict[str, Any]]:
                 lab.fault("etcd-start", member)
     wait_for(lambda: alive_nodes(lab) == list(NODES), 60, "every node alive after quorum")
     for vm, was in epochs.items():
-        assert wait_for(lambda vm=vm: placed(lab, vm), 30, f"{vm} running") == was, vm
+        assert wait_for(functools.partial(placed, lab, vm), 30, f"{vm} running") == was, vm
     events = events_since(lab, seq)
     said = "".join(f"\n{e['kind']} {e['subject']}: {e['reason'][:200]}" for e in events)
     assert host_processes(lab) == before, f"VM processes changed after: {said}{why(lab)}"
@@ -140,8 +150,7 @@ def test_the_lab_runs_three_members_each_in_its_own_namespace(lab: Lab) -> None:
 
 
 def test_a_killed_vm_process_restarts_on_its_node_and_says_so(lab: Lab) -> None:
-    wait_for(lambda: placed(lab, "out-n2"), 60, "out-n2 running")
-    ((node, old_pid),) = faults.find_vm(lab.state, "out-n2")
+    node, old_pid = wait_for(lambda: running_once(lab, "out-n2"), 60, "out-n2 running")
     seq = last_seq(lab)
     said = lab.fault("vm-kill", "out-n2")
     assert f"pid {old_pid} on {node}" in said and not processes.alive(old_pid)
@@ -176,6 +185,8 @@ def test_every_fault_leaves_an_event_and_a_short_stall_moves_nothing(lab: Lab) -
     wait_for(lambda: alive_nodes(lab) == list(NODES), 60, "every node alive")
     leader = wait_for(lambda: etcd_leader(lab), 30, "an etcd leader")
     follower = next(m.name for m in lab.state.etcd_members if m.name != leader)
+    for vm in VMS:
+        wait_for(functools.partial(running_once, lab, vm), 60, f"{vm} running")
     before = host_processes(lab)
     seq = last_seq(lab)
     for action in ("etcd-stop", "etcd-cont", "etcd-kill", "etcd-start"):
@@ -232,8 +243,7 @@ def test_a_node_cut_off_from_every_member_is_fenced_and_its_vm_runs_once(lab: La
     """``partition n3 --from etcd``: n3 still reaches the other nodes, not one etcd member,
     while the rest keep quorum. Its watchdog kills its VM before it runs elsewhere."""
     wait_for(lambda: alive_nodes(lab) == list(NODES), 60, "every node alive")
-    wait_for(lambda: placed(lab, "out-n3"), 60, "out-n3 running")
-    ((node, old_pid),) = faults.find_vm(lab.state, "out-n3")
+    node, old_pid = wait_for(lambda: running_once(lab, "out-n3"), 60, "out-n3 running")
     assert node == "n3"
     seq = last_seq(lab)
     most = 0
