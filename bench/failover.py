@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hvcluster.drivers.image import DEFAULT_CACHE, require_image
 from hvcluster.drivers.testguest import create_disk, heartbeats
-from hvcluster.lab import cluster
+from hvcluster.lab import cluster, faults
 from hvcluster.lab.state import LabState, load
 from hvcluster.models.config import ClusterConfig, QuarantineSettings
 
@@ -61,7 +61,7 @@ def one_failure(lab_dir: Path, driver: str, fault: str) -> dict[str, float]:
     api = api_of(state, victim)
     beats_before = 0
     t0 = time.time()
-    cluster.fault(state, fault, victim)
+    faults.fault(state, fault, victim)
     result: dict[str, float] = {}
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
@@ -94,7 +94,7 @@ def one_failure(lab_dir: Path, driver: str, fault: str) -> dict[str, float]:
         if t is not None:
             result[step] = t - t0
     if fault == "partition":
-        cluster.fault(load(lab_dir), "heal", victim)
+        faults.fault(load(lab_dir), "heal", victim)
     else:
         cluster.start_node(load(lab_dir), victim)
     _wait_alive(api, victim)

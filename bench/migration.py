@@ -52,7 +52,7 @@ from hvcluster.drivers.image import DEFAULT_CACHE, require_image
 from hvcluster.drivers.qemu import QemuDriver, QemuSettings
 from hvcluster.drivers.runtime import kill_all, read_int, vm_dir
 from hvcluster.drivers.testguest import create_disk, guest_spec, heartbeats, read_counter
-from hvcluster.lab import cluster
+from hvcluster.lab import cluster, faults
 from hvcluster.models.config import ClusterConfig
 from hvcluster.models.vm import VMSpec
 from migrate_raw import SETTINGS, raw_round
@@ -128,7 +128,7 @@ def drain_time(driver: str, count: int, cache: Path, image: Any) -> dict[str, An
             for node in state.nodes:  # room for every VM on one node (the lab host has 2 CPUs)
                 with open(node.config, "a") as f:
                     f.write("cpus = 16\n")
-                cluster.fault(state, "kill-agent", node.name)
+                faults.fault(state, "kill-agent", node.name, record=False)  # setup, not a fault
                 state = cluster.start_node(state, node.name)  # saves the new pids
             api = state.api_url(state.nodes[1])
             os.environ["SSL_CERT_FILE"] = state.ca  # httpx checks the lab's https APIs with it

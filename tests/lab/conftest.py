@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ssl
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from hvcluster.drivers.image import cached_image
-from hvcluster.lab import cluster
+from hvcluster.lab import cluster, faults
 from hvcluster.lab.state import LabState, load
 from hvcluster.models.config import ClusterConfig
 
@@ -75,8 +75,9 @@ class Lab:
         data = self.get(f"/events?limit={limit}", avoid)
         return list(data["events"] if isinstance(data, dict) else data)
 
-    def fault(self, action: str, node: str) -> str:
-        return cluster.fault(self.state, action, node)
+    def fault(self, action: str, target: str, ms: int | None = None, source: str = "all") -> str:
+        """``hvc lab fault ACTION TARGET``: done, and recorded as a ``lab.fault`` event."""
+        return faults.fault(self.state, action, target, ms=ms, source=source)
 
     def restart(self, node: str) -> None:
         cluster.start_node(self.state, node)
@@ -98,8 +99,14 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, every: flo
 
 
 def make_lab(
-    tmp: Path, driver: str, nodes: int = 3, network: cluster.Network = "loopback"
-) -> Iterator[Lab]:
+    tmp: Path,
+    driver: str,
+    nodes: int = 3,
+    network: cluster.Network = "loopback",
+    etcd: int = 1,
+) -> Generator[Lab, None, None]:
+    """A lab, stopped after. One etcd member unless asked (``hvc lab up`` runs 3): the tests
+    that are not about etcd outages stay light on a loaded machine."""
     lab_dir = tmp / "lab"
     try:
         cluster.up(
@@ -110,6 +117,7 @@ def make_lab(
             ClusterConfig(),
             log=lambda _: None,
             network=network,
+            etcd_members=etcd,
         )
         yield Lab(lab_dir)
     finally:

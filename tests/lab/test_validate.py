@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 
 from hvcluster.cli.main import app as cli_app
 from hvcluster.cli.volume_cmd import place_marker
+from hvcluster.lab import processes
 from hvcluster.lab.pki import Authority
 from tests.lab.conftest import Lab, make_lab, wait_for
 
@@ -102,6 +103,9 @@ def test_hvc_lab_up_prints_an_admin_token_that_works(tmp_path: Path) -> None:
         lines = up.stdout.splitlines()
         token = lines[lines.index(next(x for x in lines if x.startswith("admin token"))) + 1]
         state = Lab(lab_dir).state
+        # the defaults: 3 etcd members, and as root a namespace for every node and member
+        assert len(state.etcd_members) == 3 and len(state.etcd_endpoints) == 3
+        assert (state.net is not None) == (os.geteuid() == 0)
         assert token == state.token and token.startswith("admin.")
         assert (lab_dir / "lab.json").stat().st_mode & 0o077 == 0  # it holds the token
         api = f"{state.api[0]}/api/v1"
@@ -147,6 +151,11 @@ def test_hvc_lab_up_prints_an_admin_token_that_works(tmp_path: Path) -> None:
         assert "admin" in stored and token.split(".", 1)[1] not in stored
     finally:
         subprocess.run([*hvc, "lab", "down", "--dir", str(lab_dir)], timeout=60, env=env)
+    if state.net is not None:  # nothing of the lab's network is left behind
+        links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+        spaces = subprocess.run(["ip", "netns"], capture_output=True, text=True).stdout
+        assert state.net.bridge not in links and state.net.bridge not in spaces
+    assert not any(processes.alive(p) for p in (*state.etcd_pids, state.nodes[0].agent_pid))
 
 
 def test_the_cli_refuses_an_api_whose_certificate_it_cannot_verify(

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
 import typer
 
 from hvcluster.cli.output import console, friendly_errors, print_json, print_table
-from hvcluster.lab import cluster, processes
+from hvcluster.lab import cluster, faults, members, processes
 from hvcluster.lab.demo import create_vms, demo_specs
 from hvcluster.lab.state import DEFAULT_LAB_DIR, load
 from hvcluster.models.config import ClusterConfig
@@ -26,18 +27,35 @@ def up(
     demo: bool = typer.Option(False, help="Create demo VMs."),
     demo_vms: int = typer.Option(0, help="How many demo VMs (default: 3 qemu, 6 sim)."),
     cache: Path = typer.Option(Path("/var/cache/hvcluster"), help="The guest image cache."),
-    netns: bool = typer.Option(
-        False, "--netns", help="Each node in its own network namespace (links can be cut)."
+    netns: bool | None = typer.Option(
+        None,
+        "--netns/--loopback",
+        help="Each node and etcd member in its own network namespace (links can be cut), "
+        "or all on loopback. Default: --netns as root, --loopback otherwise.",
     ),
+    etcd: int = typer.Option(3, help="How many etcd members: 1, 3 or 5."),
     lab_dir: Path = LabDir,
 ) -> None:
-    """Start a local etcd and NODES agents; with --demo, create demo VMs."""
+    """Start ETCD etcd members and NODES agents; with --demo, create demo VMs."""
     if driver not in ("qemu", "sim"):
         raise typer.BadParameter("use qemu or sim", param_hint="--driver")
+    if etcd not in members.SIZES:
+        raise typer.BadParameter("use 1, 3 or 5", param_hint="--etcd")
     kind: Literal["qemu", "sim"] = "qemu" if driver == "qemu" else "sim"
+    if netns is None:
+        netns = os.geteuid() == 0
+        if not netns:
+            console.print("network: loopback (not root: no namespaces, links cannot be cut)")
     network: cluster.Network = "netns" if netns else "loopback"
     state = cluster.up(
-        nodes, kind, lab_dir, cache, ClusterConfig(), log=console.print, network=network
+        nodes,
+        kind,
+        lab_dir,
+        cache,
+        ClusterConfig(),
+        log=console.print,
+        network=network,
+        etcd_members=etcd,
     )
     if demo:
         count = demo_vms or (3 if kind == "qemu" else 6)
@@ -63,28 +81,24 @@ def status(lab_dir: Path = LabDir, json: bool = typer.Option(False, "--json")) -
     state = load(lab_dir)
     rows = []
     for n in state.nodes:
-        agent = (
-            "stopped"
-            if processes.stopped(n.agent_pid)
-            else ("up" if processes.alive(n.agent_pid) else "down")
-        )
         rows.append(
             [
                 n.name,
-                agent,
+                _process_state(n.agent_pid),
                 n.agent_pid,
                 "up" if processes.alive(n.watchdog_pid) else "down",
                 len(cluster.vm_pids(n)),
                 state.api_url(n),
             ]
         )
-    etcd = ["up" if processes.alive(p) else "down" for p in state.etcd_pids]
+    etcd = [_process_state(p) for p in state.etcd_pids]
     if json:
         print_json(
             {
                 "driver": state.driver,
                 "etcd": etcd,
                 "endpoints": state.etcd_endpoints,
+                "members": [m.name for m in state.etcd_members],
                 "nodes": [
                     dict(zip(("name", "agent", "pid", "watchdog", "vms", "api"), r, strict=True))
                     for r in rows
@@ -92,10 +106,15 @@ def status(lab_dir: Path = LabDir, json: bool = typer.Option(False, "--json")) -
             }
         )
         return
-    console.print(
-        f"etcd {', '.join(state.etcd_endpoints)}: {', '.join(etcd)}  driver: {state.driver}"
-    )
+    said = (f"{m.name} {m.client_url} {e}" for m, e in zip(state.etcd_members, etcd, strict=False))
+    console.print(f"etcd: {', '.join(said)}  driver: {state.driver}")
     print_table("lab nodes", ["node", "agent", "pid", "watchdog", "VM processes", "API"], rows)
+
+
+def _process_state(pid: int) -> str:
+    if processes.stopped(pid):
+        return "stopped"
+    return "up" if processes.alive(pid) else "down"
 
 
 @app.command()
@@ -108,14 +127,23 @@ def down(lab_dir: Path = LabDir) -> None:
 @app.command()
 @friendly_errors
 def fault(
-    action: str = typer.Argument(..., help="kill | kill-agent | stop | cont | partition | heal"),
-    node: str = typer.Argument(..., help="The node, e.g. n1."),
+    action: str = typer.Argument(..., help=" | ".join(faults.FAULTS)),
+    target: str = typer.Argument(..., help="The node (n1), etcd member (etcd0) or VM."),
+    ms: int = typer.Argument(0, help="delay: how long the stall lasts, in milliseconds."),
+    source: str = typer.Option(
+        "all", "--from", help="partition: cut the node from etcd, the other nodes, or all."
+    ),
     lab_dir: Path = LabDir,
 ) -> None:
-    """Inject a fault: kill = host crash (agent, watchdog, VMs SIGKILLed); kill-agent = only
-    the agent; stop = SIGSTOP the agent (a hung host); cont = SIGCONT it; partition = cut
-    the node's network link (a lab started with --netns), heal = plug it back."""
-    console.print(cluster.fault(load(lab_dir), action, node))
+    """Inject a fault, recorded as a 'lab.fault' event. Nodes: kill = host crash (agent,
+    watchdog, VMs SIGKILLed); kill-agent = only the agent; stop = SIGSTOP the agent (a hung
+    host); cont = SIGCONT it; delay NODE MS = a stall (SIGSTOP, SIGCONT after MS; no netem
+    here); partition = cut the node's link (--from all) or drop its packets to etcd or the
+    other nodes (a lab with --netns), heal = undo. etcd: etcd-kill (SIGKILL), etcd-stop
+    (SIGSTOP), etcd-cont (SIGCONT), etcd-start (again, same data dir) MEMBER. vm-kill VM: its
+    QEMU (or sim placeholder) process dies, found from the hosts' process tables."""
+    said = faults.fault(load(lab_dir), action, target, ms=ms or None, source=source)
+    console.print(said, highlight=False)
 
 
 @app.command("start")

@@ -1,7 +1,8 @@
-"""``hvc lab``: a whole cluster on one machine. A local etcd and N agents (each with its
-watchdog), as detached processes, each node with its own run dir, so that faults are real:
-kill -9 a host, SIGSTOP an agent, restart one. On loopback ports, or (``network="netns"``)
-each node in its own network namespace, so a node's link can be cut too.
+"""``hvc lab``: a whole cluster on one machine. 1, 3 or 5 etcd members and N agents (each with
+its watchdog), as detached processes, each node with its own run dir, so that faults are real:
+kill -9 a host, SIGSTOP an agent, restart one, kill etcd members (lab/faults.py). On loopback
+ports, or (``network="netns"``) each node and each etcd member in its own network namespace,
+so a node's link can be cut too.
 
 Everything lives under one lab dir (default ``/run/hvc-lab``); ``lab.json`` there says what
 runs, so later commands (and ``hvc`` itself, to find the API) can find it.
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import shutil
-import signal
 import ssl
 import subprocess
 import sys
@@ -29,8 +29,8 @@ from typing import Literal
 import httpx
 
 from hvcluster.drivers.runtime import running_pids
-from hvcluster.lab import netns, processes
-from hvcluster.lab.etcd import EtcdProcess, free_ports
+from hvcluster.lab import members, netns, processes
+from hvcluster.lab.etcd import free_ports
 from hvcluster.lab.pki import Authority, CertFiles
 from hvcluster.lab.state import DEFAULT_LAB_DIR, LabNode, LabState, load, save
 from hvcluster.models.config import ClusterConfig
@@ -66,8 +66,10 @@ def up(
     log: Log = print,
     timeout: float = 60.0,
     network: Network = "loopback",
+    etcd_members: int = 3,
 ) -> LabState:
-    """Start etcd and ``nodes`` agents; return once every API answers."""
+    """Start ``etcd_members`` etcd members and ``nodes`` agents; return once every API
+    answers."""
     if nodes < 1:
         raise LabError("a lab needs at least one node")
     if running_lab(lab_dir) is not None:
@@ -76,51 +78,48 @@ def up(
         shutil.rmtree(lab_dir)
     lab_dir.mkdir(parents=True)
     config = lab_config(config or ClusterConfig(), lab_dir / "shared", cache_dir)
-    ports = free_ports(2 + nodes)
+    ports = free_ports(nodes + 2 * etcd_members)
     names = [f"n{i + 1}" for i in range(nodes)]
     net = netns.choose(str(lab_dir.resolve())) if network == "netns" else None
-    host = net.host_ip if net else "127.0.0.1"
     pki = Authority(lab_dir / "pki", "hvcluster lab CA")
     client = pki.issue("client")
-    etcd = EtcdProcess(
-        "etcd0",
-        lab_dir / "etcd" / "etcd0",
-        ports[0],
-        ports[1],
-        f"etcd0=https://{host}:{ports[1]}",
-        f"hvc-lab-{ports[0]}",
-        host=host,
-        tls=pki.issue("etcd0", [host, "127.0.0.1", "localhost"]),
-        client_tls=client,
-    )
-    etcd.data_dir.mkdir(parents=True)
+    etcd = members.plan(lab_dir, etcd_members, net, pki, client, ports[nodes:])
     if net is not None:
+        hosts = {m.name: m.address for m in etcd} | {
+            n: net.node_ip(i + 1) for i, n in enumerate(names)
+        }
         try:
-            netns.create(net, names)
+            netns.create(net, hosts)
         except BaseException:
-            netns.destroy(net, names)
+            netns.destroy(net, list(hosts))
             raise
-        log(f"network: bridge {net.bridge} {net.host_ip}/24, a namespace per node")
-    etcd_pid = processes.spawn(etcd.command(), etcd.log_path)
+        log(f"network: bridge {net.bridge} {net.host_ip}/24, a namespace per node and member")
     state = LabState(
         cluster="lab",
         dir=str(lab_dir),
         driver=driver,
-        etcd_endpoints=(etcd.client_url,),
-        etcd_pids=(etcd_pid,),
-        etcd_data_dirs=(str(etcd.data_dir),),
+        etcd_endpoints=tuple(m.client_url for m in etcd),
+        etcd_data_dirs=tuple(m.data_dir for m in etcd),
+        etcd_members=tuple(etcd),
         shared_dir=str(lab_dir / "shared"),
         net=net,
         ca=str(client.ca),
         client_cert=str(client.cert),
         client_key=str(client.key),
     )
+    for member in etcd:
+        state = state.with_member(members.spawn(state, member))
     save(state)
     try:
         _wait(
-            lambda: etcd.health(0.5), timeout, f"etcd did not become healthy; see {etcd.log_path}"
+            functools.partial(_etcd_healthy, state),
+            timeout,
+            f"etcd did not become healthy; see {lab_dir}/etcd/*.log",
         )
-        log(f"etcd on {etcd.client_url} (pid {etcd_pid}); CA and certificates in {pki.dir}")
+        log(
+            f"etcd: {len(etcd)} member(s) on {', '.join(state.etcd_endpoints)}; "
+            f"CA and certificates in {pki.dir}"
+        )
         state = _bootstrap(state, config)
         save(state)
         Path(state.shared_dir).mkdir(parents=True, exist_ok=True)
@@ -128,7 +127,7 @@ def up(
         for i, name in enumerate(names):
             address = net.node_ip(i + 1) if net else "127.0.0.1"
             certs = pki.issue(name, [address, "127.0.0.1", "localhost"])
-            node = _make_node(state, name, address, ports[2 + i], driver, cache_dir, certs)
+            node = _make_node(state, name, address, ports[i], driver, cache_dir, certs)
             lab_nodes.append(node)
         state = state.model_copy(
             update={
@@ -152,6 +151,11 @@ def up(
         raise
 
 
+def _etcd_healthy(state: LabState) -> bool:
+    """Every member answers and has a leader."""
+    return all(members.healthy(state, m, 0.5) for m in state.etcd_members)
+
+
 def lab_config(config: ClusterConfig, shared: Path, cache_dir: Path) -> ClusterConfig:
     """``config`` allowing disks in the lab's shared directory (the demo's disks are files
     there, outside any volume) and the test guest's kernel and initrd from the image cache."""
@@ -164,7 +168,7 @@ def lab_config(config: ClusterConfig, shared: Path, cache_dir: Path) -> ClusterC
 def _bootstrap(state: LabState, config: ClusterConfig) -> LabState:
     """Write the cluster config and the lab's admin token (hashed) straight into etcd (the
     lab's one use of etcd other than through the API); the state, with that token."""
-    endpoint = state.etcd_endpoints[0]
+    endpoints = ",".join(state.etcd_endpoints)
     keys = Keys(state.cluster)
     token, bearer = issue("admin", Role.ADMIN, time.time(), created_by="hvc lab up")
     writes = (
@@ -174,7 +178,7 @@ def _bootstrap(state: LabState, config: ClusterConfig) -> LabState:
     tls = [f"--cacert={state.ca}", f"--cert={state.client_cert}", f"--key={state.client_key}"]
     for key, value in writes:
         subprocess.run(
-            ["etcdctl", f"--endpoints={endpoint}", *(tls if state.ca else []), "put", key, value],
+            ["etcdctl", f"--endpoints={endpoints}", *(tls if state.ca else []), "put", key, value],
             check=True,
             capture_output=True,
             timeout=10,
@@ -263,37 +267,6 @@ def vm_pids(node: LabNode) -> list[int]:
     return running_pids(Path(node.run_dir))
 
 
-def fault(state: LabState, action: str, name: str) -> str:
-    """Inject a fault into node ``name``; return what was done."""
-    node = state.node(name)
-    if action == "kill":  # the host crashes: agent, watchdog and its VMs die at once
-        vms = vm_pids(node)
-        processes.kill([node.agent_pid, node.watchdog_pid, *vms])
-        return (
-            f"killed {name}: agent {node.agent_pid}, watchdog {node.watchdog_pid}, "
-            f"{len(vms)} VM process(es)"
-        )
-    if action == "kill-agent":  # only the agent dies (kill -9); VMs and watchdog stay
-        processes.kill([node.agent_pid])
-        return f"killed the agent of {name} (pid {node.agent_pid})"
-    if action == "stop":  # a hung host: the agent freezes
-        processes.signal_pid(node.agent_pid, signal.SIGSTOP)
-        return f"stopped (SIGSTOP) the agent of {name} (pid {node.agent_pid})"
-    if action == "cont":
-        processes.signal_pid(node.agent_pid, signal.SIGCONT)
-        return f"continued (SIGCONT) the agent of {name} (pid {node.agent_pid})"
-    if action in ("partition", "heal"):  # the node's cable pulled / plugged back
-        if state.net is None:
-            raise LabError(
-                "partition and heal need a lab with its own network: 'hvc lab up --netns'"
-            )
-        netns.set_link(state.net, name, action == "heal")
-        if action == "heal":
-            return f"healed {name}: its link {state.net.veth(name)} is up again"
-        return f"partitioned {name}: its link {state.net.veth(name)} is down (processes run on)"
-    raise LabError(f"unknown fault {action!r}: use kill, kill-agent, stop, cont, partition or heal")
-
-
 def down(lab_dir: Path = DEFAULT_LAB_DIR, log: Log = print) -> None:
     """Stop everything the lab started, VMs included, and remove the lab dir."""
     try:
@@ -307,8 +280,9 @@ def down(lab_dir: Path = DEFAULT_LAB_DIR, log: Log = print) -> None:
         processes.kill(vms)
         processes.terminate([n.watchdog_pid for n in state.nodes], grace=2)
         processes.terminate(list(state.etcd_pids))
-        log(f"stopped {len(agents)} agents, {len(vms)} VMs, etcd")
+        log(f"stopped {len(agents)} agents, {len(vms)} VMs, {len(state.etcd_pids)} etcd member(s)")
         if state.net is not None:
             names = [n.name for n in state.nodes] or [f"n{i + 1}" for i in range(16)]
-            netns.destroy(state.net, names)
+            etcd = [m.name for m in state.etcd_members] or [f"etcd{j}" for j in range(5)]
+            netns.destroy(state.net, [*names, *etcd])
     shutil.rmtree(lab_dir, ignore_errors=True)

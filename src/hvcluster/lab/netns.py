@@ -1,23 +1,27 @@
-"""The lab's network: each node in its own network namespace, linked by a veth pair to one
-bridge in this host's namespace, where etcd listens. A node's link can then be cut like a pulled
+"""The lab's network: each node and each etcd member in its own network namespace, linked by
+a veth pair to one bridge in this host's namespace. A node's link can then be cut like a pulled
 cable (``hvc lab fault partition``): its agent, watchdog and VMs keep running, cut off from
-etcd and from the other nodes.
+etcd and from the other nodes. A partition from only the etcd members, or only the other
+nodes, is an nftables table in the node's namespace that drops traffic to and from their
+addresses (a dropped packet, as on a cut link: no "connection refused").
 
 Addresses come from ``10.213.<k>.0/24`` (``<k>`` chosen so no address of this host is in it):
-the bridge is ``.1``, node ``n<i>`` is ``.<10 + i>``. Traffic stays inside the namespaces the lab
-made. Needs root, iproute2 and nsenter (util-linux).
+the bridge is ``.1``, etcd member ``etcd<j>`` is ``.<2 + j>``, node ``n<i>`` is ``.<10 + i>``.
+Traffic stays inside the namespaces the lab made. Needs root, iproute2, nsenter (util-linux)
+and nft.
 """
 
 from __future__ import annotations
 
 import hashlib
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from hvcluster.models.base import Model
 from hvcluster.models.errors import HvcError
 
 PREFIX = "10.213"
+NFT_TABLE = "hvclab"  # in a node's namespace: what 'partition --from etcd|nodes' drops
 COMMAND_TIMEOUT_S = 10.0
 
 
@@ -36,6 +40,10 @@ class LabNet(Model):
     def node_ip(self, index: int) -> str:
         """The address of the ``index``-th node (1-based)."""
         return f"{self.subnet}.{10 + index}"
+
+    def etcd_ip(self, index: int) -> str:
+        """The address of etcd member ``index`` (0-based; at most 8 members fit)."""
+        return f"{self.subnet}.{2 + index}"
 
     def netns(self, node: str) -> str:
         return f"{self.bridge}-{node}"
@@ -76,20 +84,51 @@ def choose(seed: str) -> LabNet:
     raise NetnsError(f"no free /24 left in {PREFIX}.0.0/16 for the lab network")
 
 
-def create(net: LabNet, nodes: Sequence[str]) -> None:
-    """Make the bridge and one namespace + link per node (the first of ``nodes`` is index 1)."""
-    destroy(net, nodes)  # a crashed earlier lab may have left pieces behind
+def create(net: LabNet, hosts: Mapping[str, str]) -> None:
+    """Make the bridge and one namespace + link per host (``hosts``: name -> its address)."""
+    destroy(net, list(hosts))  # a crashed earlier lab may have left pieces behind
     _ip("link", "add", net.bridge, "type", "bridge")
     _ip("addr", "add", f"{net.host_ip}/24", "dev", net.bridge)
     _ip("link", "set", net.bridge, "up")
-    for index, node in enumerate(nodes, start=1):
-        ns, veth = net.netns(node), net.veth(node)
+    for name, address in hosts.items():
+        ns, veth = net.netns(name), net.veth(name)
         _ip("netns", "add", ns)
         _ip("link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
         _ip("link", "set", veth, "master", net.bridge, "up")
-        _ip("-n", ns, "addr", "add", f"{net.node_ip(index)}/24", "dev", "eth0")
+        _ip("-n", ns, "addr", "add", f"{address}/24", "dev", "eth0")
         _ip("-n", ns, "link", "set", "eth0", "up")
         _ip("-n", ns, "link", "set", "lo", "up")
+
+
+def _nft(net: LabNet, node: str, script: str, check: bool = True) -> None:
+    argv = net.enter(node, ["nft", "-f", "-"])
+    try:
+        done = subprocess.run(
+            argv, input=script, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise NetnsError(f"nft in {net.netns(node)} could not run: {e}") from e
+    if check and done.returncode != 0:
+        raise NetnsError(f"nft in {net.netns(node)} failed: {done.stderr.strip()}")
+
+
+def block(net: LabNet, node: str, addresses: Sequence[str]) -> None:
+    """Drop every packet between ``node`` and ``addresses`` (its link stays up)."""
+    unblock(net, node)
+    peers = ", ".join(addresses)
+    _nft(
+        net,
+        node,
+        f"table inet {NFT_TABLE} {{\n"
+        f"  chain in {{ type filter hook input priority 0; ip saddr {{ {peers} }} drop; }}\n"
+        f"  chain out {{ type filter hook output priority 0; ip daddr {{ {peers} }} drop; }}\n"
+        "}\n",
+    )
+
+
+def unblock(net: LabNet, node: str) -> None:
+    """Remove what :func:`block` added to ``node``'s namespace (none is fine)."""
+    _nft(net, node, f"delete table inet {NFT_TABLE}\n", check=False)
 
 
 def set_link(net: LabNet, node: str, up: bool) -> None:

@@ -28,6 +28,18 @@ class LabNode(Model):
     watchdog_pid: int = 0
 
 
+class LabEtcd(Model):
+    """One etcd member of the lab: enough to start it again on its ports and data dir."""
+
+    name: str
+    address: str  # where it listens (its own namespace's address in a netns lab)
+    client_url: str
+    command: tuple[str, ...]  # its etcd command line (without any nsenter prefix)
+    data_dir: str
+    log: str
+    pid: int = 0
+
+
 class LabState(Model):
     cluster: str
     dir: str
@@ -35,6 +47,7 @@ class LabState(Model):
     etcd_endpoints: tuple[str, ...]
     etcd_pids: tuple[int, ...] = ()
     etcd_data_dirs: tuple[str, ...] = ()
+    etcd_members: tuple[LabEtcd, ...] = ()  # the same members, in full (etcd_pids kept in step)
     nodes: tuple[LabNode, ...] = ()
     api: tuple[str, ...] = ()  # every agent's API base URL
     shared_dir: str = ""  # the lab's one "shared volume"
@@ -65,6 +78,19 @@ class LabState(Model):
     def auth(self) -> dict[str, str]:
         """The header that sends the lab's admin token with a request."""
         return {"Authorization": f"Bearer {self.token}"}
+
+    def member(self, name: str) -> LabEtcd:
+        for m in self.etcd_members:
+            if m.name == name:
+                return m
+        known = ", ".join(m.name for m in self.etcd_members)
+        raise HvcError(f"no etcd member {name!r} in this lab (members: {known})")
+
+    def with_member(self, member: LabEtcd) -> LabState:
+        members = tuple(member if m.name == member.name else m for m in self.etcd_members)
+        return self.model_copy(
+            update={"etcd_members": members, "etcd_pids": tuple(m.pid for m in members)}
+        )
 
     def with_node(self, node: LabNode) -> LabState:
         nodes = tuple(node if n.name == node.name else n for n in self.nodes)
