@@ -140,6 +140,21 @@ def test_evidence_counts_refused_members_and_never_timeouts() -> None:
     assert not evidence()
 
 
+def test_a_member_following_a_leader_whose_process_is_gone_is_leaderless() -> None:
+    """For a second or two after its leader was killed, a surviving member still names it:
+    a leader refused by its own host is not running and cannot lead (nor commit anything)."""
+
+    def evidence(*members: Member) -> bool:
+        return nobody_can_act(StoreHealth(members))
+
+    dead_leader = member("a", refused=True)
+    assert evidence(dead_leader, member("b", refused=True), member("c", leader=dead_leader.id))
+    # a leader that merely timed out might be running on the far side of a cut: no evidence
+    assert not evidence(member("a"), member("b", refused=True), member("c", leader=hash("a")))
+    # a member following a live leader (not refused) is never evidence
+    assert not evidence(dead_leader, member("b", leader=hash("b")), member("c", leader=hash("b")))
+
+
 async def _health(cluster: EtcdCluster) -> StoreHealth:
     store = EtcdStore(cluster.endpoints, timeout=2, tls=tls_of(cluster))
     try:

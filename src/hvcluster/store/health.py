@@ -31,8 +31,9 @@ def nobody_can_act(health: StoreHealth) -> bool:
     a cut link look the same), and neither is a failed TLS handshake (the member runs)."""
     members = health.members
     answered = [m for m in members if m.reachable]
-    leaderless = [m for m in answered if m.leader_id == 0]
     refused = [m for m in members if not m.reachable and m.refused]
+    dead = {m.id for m in refused}
+    leaderless = [m for m in answered if m.leader_id == 0 or m.leader_id in dead]
     return (
         bool(members)
         and len(leaderless) == len(answered)
