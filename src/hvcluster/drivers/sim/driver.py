@@ -113,6 +113,7 @@ class SimDriver(SimMigration):
         )
 
     async def start(self, spec: VMSpec, epoch: int, paused: bool = False) -> VMInfo:
+        self.bugs.trip("start", spec.name)
         self._refuse_if_running(spec.name)
         self._check_spec(spec)
         state = VMState.PAUSED if paused else VMState.RUNNING

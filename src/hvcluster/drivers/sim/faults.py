@@ -12,7 +12,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 OPERATIONS = frozenset(
-    {"prepare_incoming", "migrate_out", "save", "restore", "resume", "discard", "move_disk"}
+    {
+        "start",
+        "prepare_incoming",
+        "migrate_out",
+        "save",
+        "restore",
+        "resume",
+        "discard",
+        "move_disk",
+    }
 )
 
 
