@@ -180,3 +180,22 @@ async def test_a_bug_starting_one_vm_fails_that_vm_and_the_others_start(
     cluster.drivers["n1"].bugs.clear("start", "a")
     await cluster.create_vm("c")
     assert await cluster.wait_running("c") == "n1"
+
+
+async def test_a_kill_that_raises_for_one_vm_still_kills_the_others(cluster: SimCluster) -> None:
+    """Killing the VMs whose placement moved away (liveness's re-registration, a changed
+    placement) goes on past one VM whose kill raises unexpectedly: the others must not run
+    on while they start elsewhere."""
+    await cluster.start("n1")
+    for name in ("a", "b", "c"):
+        await cluster.create_vm(name)
+        assert await cluster.wait_running(name) == "n1"
+    driver = cluster.drivers["n1"]
+    driver.inject_bug("kill", "a", "no can do", times=1)
+    agent = cluster.daemons["n1"].agent
+    assert agent is not None
+    await agent.kill_now({"a", "b", "c"}, "test: placement moved")
+    states = {vm.name: vm.state for vm in await driver.list()}
+    assert states["b"] is VMState.STOPPED and states["c"] is VMState.STOPPED, states
+    killed = {e.subject for e in await cluster.event_list("vm.killed")}
+    assert {"vm/b", "vm/c"} <= killed and "vm/a" not in killed

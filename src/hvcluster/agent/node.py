@@ -355,6 +355,9 @@ class NodeAgent:
                 await self.driver.kill(name)
             except DriverError as e:
                 log.warning("kill of %s failed: %s", name, e)
+            except Exception:  # a bug: the other VMs must still die (they start elsewhere)
+                log.exception("kill of %s failed unexpectedly; killing the others", name)
+                continue
             self.owned.pop(name, None)
             await self.say("vm.killed", f"vm/{name}", f"killed {name} on {self.me.name}: {reason}")
 

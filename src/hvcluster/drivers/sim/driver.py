@@ -134,6 +134,7 @@ class SimDriver(SimMigration):
         return self._gone[name]
 
     async def kill(self, name: str) -> VMInfo:
+        self.bugs.trip("kill", name)
         self._finish(self._get(name), VMState.STOPPED, "killed on request")
         return self._gone[name]
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 OPERATIONS = frozenset(
     {
         "start",
+        "kill",
         "prepare_incoming",
         "migrate_out",
         "save",
