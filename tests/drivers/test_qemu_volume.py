@@ -18,6 +18,7 @@ from hvcluster.drivers.qemu.driver import QemuDriver
 from hvcluster.drivers.qemu.settings import QemuSettings
 from hvcluster.drivers.testguest import read_counter
 from hvcluster.models.base import encode
+from hvcluster.models.config import ClusterConfig
 from hvcluster.models.storage import MARKER, Volume
 from hvcluster.models.vm import Disk, VMSpec
 from hvcluster.store.keys import Keys
@@ -49,6 +50,9 @@ async def test_a_vm_with_its_disk_on_a_volume_boots(
     volume = Volume(name="csv1", path=str(csv), id=uuid.uuid4().hex)
     (csv / MARKER).write_text(volume.id + "\n")  # placed by an admin ('hvc volume mark')
     await store.put(KEYS.volume("csv1"), encode(volume))
+    # the guest's kernel and initrd come from the image cache, which an admin allows
+    allowed = (str(guest_image.kernel.parent), str(guest_image.initrd.parent))
+    await store.put(KEYS.config, encode(ClusterConfig(name="t", allowed_disk_dirs=allowed)))
     driver = QemuDriver(run_dirs("n1"), qemu_settings)
     disks = VolumeDisks(store, KEYS, "n1", lambda: 0)
     reported: list[Resources] = []
