@@ -122,6 +122,17 @@ async def test_oversized_fields_are_refused_naming_the_field(
     assert answer["field"].startswith(field), answer
 
 
+async def test_thousands_of_bad_items_get_a_short_answer(
+    api: httpx.AsyncClient, store: MemoryStore
+) -> None:
+    """A body of thousands of bad items (well under the body limit) is answered with the
+    first problems and a count, not with an answer larger than the request."""
+    answer = await refused(api, store, spec("a", nics=[{"switch": "s"}] * 20_000))
+    assert answer["field"] == "nics.0.mac", answer
+    assert answer["error"].endswith("and 19990 more problems"), answer["error"][-200:]
+    assert len(answer["error"]) < 2000
+
+
 async def test_oversized_request_fields_of_other_routes(
     api: httpx.AsyncClient, store: MemoryStore
 ) -> None:
