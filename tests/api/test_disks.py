@@ -183,3 +183,39 @@ async def test_a_vm_created_again_never_shows_the_old_ones_status(
     assert second["spec"]["uid"] not in ("", first["uid"])
     shown = (await api.get("/vms/web")).json()
     assert shown["state"] == "pending" and shown["node"] == ""
+
+
+async def test_one_directory_is_one_volume(
+    api: httpx.AsyncClient, store: MemoryStore, tmp_path: Path
+) -> None:
+    """A directory added again (by another name, spelling or symlink) or one inside or
+    around a volume would give one file two names (csv1:x, csv2:x): two locks, and a spec
+    naming one would not keep the file from a deletion under the other."""
+    root = tmp_path / "vols"
+    (root / "sub").mkdir(parents=True)
+    (root / MARKER).write_text(uuid.uuid4().hex + "\n")
+    (root / "sub" / MARKER).write_text(uuid.uuid4().hex + "\n")
+    (tmp_path / "alias").symlink_to(root)
+    r = await api.post("/volumes", json={"name": "csv1", "path": str(root)})
+    assert r.status_code == 201, r.text
+    before = await store.range(KEYS.prefix("volumes"))
+    for path in (str(root), f"{root}/", str(tmp_path / "alias")):
+        message = await refused(api, "/volumes", {"name": "csv2", "path": path}, "path")
+        assert f"volume csv1's directory ({root}, id" in message, message
+    message = await refused(api, "/volumes", {"name": "csv2", "path": str(root / "sub")}, "path")
+    assert f"inside volume csv1 ({root})" in message, message
+    assert (await store.range(KEYS.prefix("volumes"))).kvs == before.kvs
+    r = await api.post("/volumes", json={"name": "csv1", "path": str(root)})
+    assert r.status_code == 409, r.text  # the same name: as before, it exists
+
+
+async def test_a_volume_around_another_is_refused(
+    api: httpx.AsyncClient, store: MemoryStore, tmp_path: Path
+) -> None:
+    outer, inner = tmp_path / "vols", tmp_path / "vols" / "sub"
+    inner.mkdir(parents=True)
+    (outer / MARKER).write_text(uuid.uuid4().hex + "\n")
+    (inner / MARKER).write_text(uuid.uuid4().hex + "\n")
+    assert (await api.post("/volumes", json={"name": "inner", "path": str(inner)})).is_success
+    message = await refused(api, "/volumes", {"name": "outer", "path": str(outer)}, "path")
+    assert f"volume inner ({inner}) lies inside it" in message, message
