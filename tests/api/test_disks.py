@@ -219,3 +219,24 @@ async def test_a_volume_around_another_is_refused(
     assert (await api.post("/volumes", json={"name": "inner", "path": str(inner)})).is_success
     message = await refused(api, "/volumes", {"name": "outer", "path": str(outer)}, "path")
     assert f"volume inner ({inner}) lies inside it" in message, message
+
+
+async def test_a_file_on_a_volume_is_named_by_its_volume_only(
+    api: httpx.AsyncClient, store: MemoryStore, tmp_path: Path
+) -> None:
+    """An allowed directory holding a volume: a disk there is named csv1:x, never by its
+    absolute path as well (a spec naming it so would not keep it from deletion as csv1:x)."""
+    shared = tmp_path / "shared"
+    (shared / "csv1").mkdir(parents=True)
+    (shared / "csv1" / MARKER).write_text(uuid.uuid4().hex + "\n")
+    config = ClusterConfig(name="t", allowed_disk_dirs=(str(shared),))
+    await store.put(KEYS.config, encode(config))
+    assert (
+        await api.post("/volumes", json={"name": "csv1", "path": str(shared / "csv1")})
+    ).is_success
+    body = spec("x", disks=[{"path": f"{shared}/csv1//db/root.qcow2"}])
+    message = await refused(api, "/vms", body, "disks.0.path")
+    assert "is on volume csv1: name it as volume csv1, path db/root.qcow2" in message
+    assert await nothing_stored(store, "vms")
+    ok = await api.post("/vms", json=spec("x", disks=[{"path": f"{shared}/csv1.qcow2"}]))
+    assert ok.status_code == 201, ok.text
