@@ -57,6 +57,8 @@ async def test_a_disk_is_stored_in_one_canonical_form(
         ({"volume": "csv1", "path": "/etc/passwd"}, "relative to its volume"),
         ({"volume": "csv1", "path": "./"}, "names no file"),
         ({"path": "/srv/disks/../../etc/passwd"}, "'..'"),
+        ({"volume": "csv1", "path": ".hvc-migration-state/web-m1.state"}, "cluster's own"),
+        ({"volume": "csv1", "path": "./.hvc-volume"}, "cluster's own"),
     ],
 )
 async def test_disk_paths_leaving_their_place_are_refused(
