@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 from fastapi import APIRouter, Depends
-from pydantic import Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
 from hvcluster.api.context import ApiContext, context, valid_name
 from hvcluster.api.reads import decode_all, decode_one, snapshot
@@ -39,6 +39,7 @@ router = APIRouter(prefix="/volumes", tags=["storage"])
 
 
 class VolumeRequest(View):
+    model_config = ConfigDict(extra="forbid")
     name: Name
     path: HostPath = Field(pattern=r"^/", description="where every node mounts it (absolute)")
     id: str | None = Field(
