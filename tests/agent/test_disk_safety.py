@@ -167,3 +167,25 @@ def test_a_marker_that_is_a_symlink_is_never_followed(tmp_path: Path) -> None:
     r = check_volume(Volume(name="csv1", path=str(root), id="a" * 32))
     assert not r.seen and "holds no volume id" in (r.problem or "")
     assert "root:x" not in (r.problem or "")
+
+
+async def test_a_file_is_kept_while_a_vm_spec_cannot_be_read(
+    store: MemoryStore, tmp_path: Path
+) -> None:
+    """A spec that does not decode (written past the API, or before a rule tightened) may
+    name the file: it is kept, with the reason, until that spec is readable or gone."""
+    root = tmp_path / "csv1"
+    root.mkdir()
+    (root / "made.qcow2").write_bytes(b"data")
+    disks = VolumeDisks(store, KEYS, "n1", lambda: 0)
+    disks.mounts = {"csv1": root}
+    gone = VMSpec(name="old", disks=(Disk(volume="csv1", path="made.qcow2"),))
+    await disks.record_created(gone.disks[0], gone)
+    await store.put(KEYS.vm("web"), b'{"name": "web", "disks": [{"volume": "csv1", "path": 1}]}')
+    await deletion(store, "old", "made.qcow2")
+    said = Said()
+    await disks.carry_out_deletions([], said)
+    assert (root / "made.qcow2").exists()
+    assert dict(said.events)["vm.disks_kept"] == (
+        "kept disks of old: csv1:made.qcow2 (the spec of vm web cannot be read: it may name it)"
+    )

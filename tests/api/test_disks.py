@@ -57,6 +57,8 @@ async def test_a_disk_is_stored_in_one_canonical_form(
         ({"volume": "csv1", "path": "/etc/passwd"}, "relative to its volume"),
         ({"volume": "csv1", "path": "./"}, "names no file"),
         ({"path": "/srv/disks/../../etc/passwd"}, "'..'"),
+        ({"volume": "csv1", "path": ".hvc-migration-state/web-m1.state"}, "cluster's own"),
+        ({"volume": "csv1", "path": "./.hvc-volume"}, "cluster's own"),
     ],
 )
 async def test_disk_paths_leaving_their_place_are_refused(
@@ -183,3 +185,60 @@ async def test_a_vm_created_again_never_shows_the_old_ones_status(
     assert second["spec"]["uid"] not in ("", first["uid"])
     shown = (await api.get("/vms/web")).json()
     assert shown["state"] == "pending" and shown["node"] == ""
+
+
+async def test_one_directory_is_one_volume(
+    api: httpx.AsyncClient, store: MemoryStore, tmp_path: Path
+) -> None:
+    """A directory added again (by another name, spelling or symlink) or one inside or
+    around a volume would give one file two names (csv1:x, csv2:x): two locks, and a spec
+    naming one would not keep the file from a deletion under the other."""
+    root = tmp_path / "vols"
+    (root / "sub").mkdir(parents=True)
+    (root / MARKER).write_text(uuid.uuid4().hex + "\n")
+    (root / "sub" / MARKER).write_text(uuid.uuid4().hex + "\n")
+    (tmp_path / "alias").symlink_to(root)
+    r = await api.post("/volumes", json={"name": "csv1", "path": str(root)})
+    assert r.status_code == 201, r.text
+    before = await store.range(KEYS.prefix("volumes"))
+    for path in (str(root), f"{root}/", str(tmp_path / "alias")):
+        message = await refused(api, "/volumes", {"name": "csv2", "path": path}, "path")
+        assert f"volume csv1's directory ({root}, id" in message, message
+    message = await refused(api, "/volumes", {"name": "csv2", "path": str(root / "sub")}, "path")
+    assert f"inside volume csv1 ({root})" in message, message
+    assert (await store.range(KEYS.prefix("volumes"))).kvs == before.kvs
+    r = await api.post("/volumes", json={"name": "csv1", "path": str(root)})
+    assert r.status_code == 409, r.text  # the same name: as before, it exists
+
+
+async def test_a_volume_around_another_is_refused(
+    api: httpx.AsyncClient, store: MemoryStore, tmp_path: Path
+) -> None:
+    outer, inner = tmp_path / "vols", tmp_path / "vols" / "sub"
+    inner.mkdir(parents=True)
+    (outer / MARKER).write_text(uuid.uuid4().hex + "\n")
+    (inner / MARKER).write_text(uuid.uuid4().hex + "\n")
+    assert (await api.post("/volumes", json={"name": "inner", "path": str(inner)})).is_success
+    message = await refused(api, "/volumes", {"name": "outer", "path": str(outer)}, "path")
+    assert f"volume inner ({inner}) lies inside it" in message, message
+
+
+async def test_a_file_on_a_volume_is_named_by_its_volume_only(
+    api: httpx.AsyncClient, store: MemoryStore, tmp_path: Path
+) -> None:
+    """An allowed directory holding a volume: a disk there is named csv1:x, never by its
+    absolute path as well (a spec naming it so would not keep it from deletion as csv1:x)."""
+    shared = tmp_path / "shared"
+    (shared / "csv1").mkdir(parents=True)
+    (shared / "csv1" / MARKER).write_text(uuid.uuid4().hex + "\n")
+    config = ClusterConfig(name="t", allowed_disk_dirs=(str(shared),))
+    await store.put(KEYS.config, encode(config))
+    assert (
+        await api.post("/volumes", json={"name": "csv1", "path": str(shared / "csv1")})
+    ).is_success
+    body = spec("x", disks=[{"path": f"{shared}/csv1//db/root.qcow2"}])
+    message = await refused(api, "/vms", body, "disks.0.path")
+    assert "is on volume csv1: name it as volume csv1, path db/root.qcow2" in message
+    assert await nothing_stored(store, "vms")
+    ok = await api.post("/vms", json=spec("x", disks=[{"path": f"{shared}/csv1.qcow2"}]))
+    assert ok.status_code == 201, ok.text

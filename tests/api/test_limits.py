@@ -122,6 +122,39 @@ async def test_oversized_fields_are_refused_naming_the_field(
     assert answer["field"].startswith(field), answer
 
 
+async def test_thousands_of_bad_items_get_a_short_answer(
+    api: httpx.AsyncClient, store: MemoryStore
+) -> None:
+    """A body of thousands of bad items (well under the body limit) is answered with the
+    first problems and a count, not with an answer larger than the request."""
+    answer = await refused(api, store, spec("a", nics=[{"switch": "s"}] * 20_000))
+    assert answer["field"] == "nics.0.mac", answer
+    assert answer["error"].endswith("and 19990 more problems"), answer["error"][-200:]
+    assert len(answer["error"]) < 2000
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/vms/a/move", {"target": "n2"}, "target"),  # the field is 'to': any node would do
+        ("/vms/a/move-storage", {"volume": "csv2", "keep_old": True}, "keep_old"),
+        ("/tokens", {"name": "t", "role": "reader", "expires_in": 3600}, "expires_in"),
+        ("/volumes", {"name": "v", "path": "/srv/v", "mark": True}, "mark"),
+    ],
+)
+async def test_a_misspelled_field_is_refused_not_ignored(
+    api: httpx.AsyncClient, store: MemoryStore, path: str, body: dict[str, Any], field: str
+) -> None:
+    """A field the route does not know is refused naming it: ignored, 'expires_in' made a
+    token that never expires, and 'target' moved a VM wherever the scheduler chose."""
+    await api.post("/vms", json=spec("a"))
+    before = await store.revision()
+    r = await api.post(path, json=body)
+    assert r.status_code == 422, r.text
+    assert r.json()["field"] == field, r.text
+    assert await store.revision() == before
+
+
 async def test_oversized_request_fields_of_other_routes(
     api: httpx.AsyncClient, store: MemoryStore
 ) -> None:

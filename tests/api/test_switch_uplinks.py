@@ -41,3 +41,16 @@ async def test_an_uplink_carrying_an_address_or_the_default_route_is_refused(
     # An interface no node uses for its own traffic is fine.
     ok = await api.post("/switches", json={"name": "lan", "type": "external", "uplink": "eth1"})
     assert ok.status_code == 201, ok.text
+
+
+async def test_an_uplink_a_switch_cannot_have_is_refused_naming_the_field(
+    api: httpx.AsyncClient, store: MemoryStore
+) -> None:
+    for body, words in (
+        ({"name": "lan", "uplink": "eth1"}, "only for external switches, not private ones"),
+        ({"name": "lan", "type": "external", "uplink": "hvc-wan"}, "one of our own bridges"),
+    ):
+        r = await api.post("/switches", json=body)
+        assert r.status_code == 422, r.text
+        assert r.json()["field"] == "uplink" and words in r.json()["error"], r.text
+    assert (await store.range(KEYS.prefix("switches"))).kvs == ()

@@ -151,3 +151,51 @@ async def test_the_source_sends_only_to_the_target_nodes_registered_address(
     done = await wait_state(cluster, again.id, _M.DONE, _M.FAILED)
     assert done.state is _M.DONE, done.reason
     assert await cluster.wait_running("app", not_on="n1") == "n2"
+
+
+async def test_a_bug_starting_one_vm_fails_that_vm_and_the_others_start(
+    cluster: SimCluster,
+) -> None:
+    """The agent's reconcile loop is a worker too: a start that raises unexpectedly fails
+    that VM with the reason (said once per try), and the VMs after it in the same cycle
+    still start, stop and report (before: the cycle ended there, every time)."""
+    await cluster.start("n1")
+    bug = cluster.drivers["n1"].inject_bug("start", "a", "no can do", times=None)
+    await cluster.create_vm("a")
+    await cluster.create_vm("b")
+    assert await cluster.wait_running("b") == "n1"
+
+    async def a_failed() -> str:
+        status = await cluster.status("a")
+        failed = status is not None and status.state is VMState.FAILED
+        return status.last_error if failed and status is not None else ""
+
+    error = await cluster.wait_for(a_failed, 20, "a failed with the reason")
+    assert "RuntimeError: start of a: no can do" in error
+    [said, *_] = await cluster.event_list("vm.start_failed", "vm/a")
+    assert "RuntimeError: start of a: no can do" in said.reason
+    assert bug.hits >= 1 and agent_runs(cluster, "n1")
+    assert await cluster.running_on("a") is None
+
+    cluster.drivers["n1"].bugs.clear("start", "a")
+    await cluster.create_vm("c")
+    assert await cluster.wait_running("c") == "n1"
+
+
+async def test_a_kill_that_raises_for_one_vm_still_kills_the_others(cluster: SimCluster) -> None:
+    """Killing the VMs whose placement moved away (liveness's re-registration, a changed
+    placement) goes on past one VM whose kill raises unexpectedly: the others must not run
+    on while they start elsewhere."""
+    await cluster.start("n1")
+    for name in ("a", "b", "c"):
+        await cluster.create_vm(name)
+        assert await cluster.wait_running(name) == "n1"
+    driver = cluster.drivers["n1"]
+    driver.inject_bug("kill", "a", "no can do", times=1)
+    agent = cluster.daemons["n1"].agent
+    assert agent is not None
+    await agent.kill_now({"a", "b", "c"}, "test: placement moved")
+    states = {vm.name: vm.state for vm in await driver.list()}
+    assert states["b"] is VMState.STOPPED and states["c"] is VMState.STOPPED, states
+    killed = {e.subject for e in await cluster.event_list("vm.killed")}
+    assert {"vm/b", "vm/c"} <= killed and "vm/a" not in killed

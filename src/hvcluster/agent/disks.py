@@ -27,6 +27,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from hvcluster.agent.run import run_command
@@ -46,6 +47,14 @@ QEMU_IMG_TIMEOUT_S = 60.0
 DELETIONS = "delete-disks/"
 
 Say = Callable[[str, str, str], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class NamedFiles:
+    """What VM specs name, read once for a batch of deletions."""
+
+    by_file: dict[str, str]  # a disk file (Disk.file) -> one VM whose spec names it
+    unreadable: tuple[str, ...]  # VMs whose spec does not decode: they may name any file
 
 
 class DiskError(DriverError):
@@ -252,7 +261,7 @@ class VolumeDisks:
         return False
 
     async def delete_if_ours(
-        self, disk: Disk, vm: str, uid: str = "", named: dict[str, str] | None = None
+        self, disk: Disk, vm: str, uid: str = "", named: NamedFiles | None = None
     ) -> str | None:
         """Delete ``disk``'s file if the cluster created it for ``vm`` (uid ``uid``) and no
         VM's spec names it; None when deleted (or already gone), else why it was kept.
@@ -275,19 +284,22 @@ class VolumeDisks:
         log.info("deleted %s (%s), created by the cluster for %s", disk.file, path, vm)
         return None
 
-    async def named_files(self) -> dict[str, str]:
-        """Every disk file a VM spec names -> one VM naming it."""
+    async def named_files(self) -> NamedFiles:
+        """Every disk file a VM spec names -> one VM naming it; and the VMs whose spec
+        cannot be read (any file may be theirs)."""
         specs = await read_kind(self.store, self.keys, "vms", VMSpec)
         named: dict[str, str] = {}
         for name, stored in specs.items.items():
             for disk in stored.value.disks:
                 named.setdefault(disk.file, name)
-        return named
+        return NamedFiles(named, tuple(sorted(specs.unreadable)))
 
-    async def _why_keep(self, disk: Disk, vm: str, uid: str, named: dict[str, str]) -> str | None:
+    async def _why_keep(self, disk: Disk, vm: str, uid: str, named: NamedFiles) -> str | None:
         """Why ``disk`` must not be deleted as ``vm``'s, or None if it may be."""
-        if disk.file in named:
-            return f"vm {named[disk.file]} names it"
+        if disk.file in named.by_file:
+            return f"vm {named.by_file[disk.file]} names it"
+        if named.unreadable:
+            return f"the spec of vm {', '.join(named.unreadable)} cannot be read: it may name it"
         kv = await self.store.get(self.keys.created_disk(disk.file))
         if kv is None:
             return "the cluster did not create it"

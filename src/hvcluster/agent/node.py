@@ -299,16 +299,19 @@ class NodeAgent:
                 await self.say("vm.disk_prepared", f"vm/{action.vm}", f"{done} for {action.vm}")
             spec = guest_spec(action.spec, self.facts)  # its CPU model: the spec's, or ours
             info = await self.driver.start(spec, epoch)
-        except DriverError as e:
+        except Exception as e:  # a bug (ours or the driver's) fails this start, not the cycle
+            if not isinstance(e, DriverError):
+                log.exception("starting %s failed unexpectedly", action.vm)
+            why = str(e) if isinstance(e, DriverError) else f"{type(e).__name__}: {e}"
             failed = status.model_copy(
-                update={"state": VMState.FAILED, "last_error": str(e), "since": time.time()}
+                update={"state": VMState.FAILED, "last_error": why, "since": time.time()}
             )
             await self._report(failed, action.seen)
             self.crashes.setdefault(action.vm, []).append(now)
             await self.say(
                 "vm.start_failed",
                 f"vm/{action.vm}",
-                f"vm {action.vm} failed to start on {self.me.name}: {e}",
+                f"vm {action.vm} failed to start on {self.me.name}: {why}",
             )
             return None
         running = status.model_copy(
@@ -352,6 +355,9 @@ class NodeAgent:
                 await self.driver.kill(name)
             except DriverError as e:
                 log.warning("kill of %s failed: %s", name, e)
+            except Exception:  # a bug: the other VMs must still die (they start elsewhere)
+                log.exception("kill of %s failed unexpectedly; killing the others", name)
+                continue
             self.owned.pop(name, None)
             await self.say("vm.killed", f"vm/{name}", f"killed {name} on {self.me.name}: {reason}")
 

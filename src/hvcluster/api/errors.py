@@ -81,15 +81,22 @@ def _message(item: dict[str, Any] | Any) -> str:
     return msg
 
 
+ERRORS_SAID = 10  # problems named in one answer; the rest are counted
+
+
 def describe_errors(errors: Sequence[Any]) -> tuple[str, str | None]:
-    """One line naming every problem (``memory_mib: Input should be ...``); the first field."""
+    """One line naming the problems (``memory_mib: Input should be ...``), at most
+    :data:`ERRORS_SAID` of them (a body of thousands of bad items gets a short answer, not
+    one larger than itself); the first field."""
     parts: list[str] = []
     first: str | None = None
-    for i, item in enumerate(errors):
+    for i, item in enumerate(errors[:ERRORS_SAID]):
         field = _field(item.get("loc", ()))
         if i == 0:
             first = field
         parts.append(f"{field}: {_message(item)}" if field else _message(item))
+    if len(errors) > ERRORS_SAID:
+        parts.append(f"and {len(errors) - ERRORS_SAID} more problems")
     return ("; ".join(parts) or "invalid input"), first
 
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Literal, TypeVar
 
 from fastapi import APIRouter, Body, Depends
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from hvcluster.api.context import ApiContext, context, valid_name
 from hvcluster.api.reads import decode_all, decode_one
@@ -45,6 +45,7 @@ _NO_BODY = Body(default=None)
 
 
 class MoveRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelled "to": any node would do
     to: str = Field(
         default="", max_length=63, description="target node; empty: the scheduler picks one"
     )

@@ -11,7 +11,7 @@ nothing to move. Follow it at ``/storage-moves/{id}``.
 from __future__ import annotations
 
 from fastapi import APIRouter, Body, Depends
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from hvcluster.api.context import ApiContext, context, valid_name
 from hvcluster.api.migrations import Cluster, cancelling, valid_id
@@ -30,6 +30,7 @@ _NO_BODY = Body(default=None)
 
 
 class StorageMoveRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
     volume: str = Field(max_length=63, description="the volume the VM's disks move to")
     reason: str = Field(default="", max_length=500)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 
 from fastapi import APIRouter, Depends
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from hvcluster.api.context import ApiContext, context, valid_name
 from hvcluster.api.reads import decode_all, snapshot
@@ -28,6 +28,7 @@ MAX_LIFETIME_S = 10 * 365 * 86400.0
 
 
 class TokenRequest(View):
+    model_config = ConfigDict(extra="forbid")  # a misspelled expires_in_s: never expiring
     name: Name
     role: Role
     expires_in_s: float | None = Field(

@@ -15,7 +15,7 @@ from hvcluster.api.writes import ATTEMPTS, update
 from hvcluster.models.base import decode, encode
 from hvcluster.models.errors import Conflict, CorruptValue, InvalidInput, NotFound
 from hvcluster.models.lifecycle import VMState
-from hvcluster.models.storage import DiskDeletion
+from hvcluster.models.storage import DiskDeletion, Volume
 from hvcluster.models.vm import Placement, VMSpec, VMStatus, is_under, same_vm
 from hvcluster.store.base import Compare, Delete, Get, Put, TxnResult
 from hvcluster.store.state import read_config
@@ -113,6 +113,8 @@ async def check_disk_dirs(ctx: ApiContext, spec: VMSpec) -> None:
                 f"nor under a directory the cluster config allows (allowed_disk_dirs: {where})",
                 field=f"disks.{i}.path",
             )
+    if any(disk.volume is None for disk in spec.disks):
+        await refuse_volume_files_by_path(ctx, spec)
     for field, path in spec.boot.files():
         if not any(is_under(path, d) for d in allowed):
             raise InvalidInput(
@@ -120,6 +122,23 @@ async def check_disk_dirs(ctx: ApiContext, spec: VMSpec) -> None:
                 f"boot images (allowed_disk_dirs: {where})",
                 field=f"boot.{field}",
             )
+
+
+async def refuse_volume_files_by_path(ctx: ApiContext, spec: VMSpec) -> None:
+    """Refuse a disk at an absolute path inside a volume: the file is named in the volume's
+    form only (``VOLUME:relative/path``), else it has two names, and a spec naming it by
+    path would not keep it from a deletion by its volume name."""
+    found = await ctx.store.range(ctx.keys.prefix("volumes"))
+    volumes = await decode_all(Volume, ctx.keys, "volumes", found.kvs, ctx.corrupt)
+    for i, disk in enumerate(spec.disks):
+        for volume, _ in volumes.items.values():
+            if disk.volume is None and is_under(disk.path, volume.path):
+                relative = disk.path[len(volume.path.rstrip("/")) + 1 :]
+                raise InvalidInput(
+                    f"disk {disk.path} is on volume {volume.name}: name it as volume "
+                    f"{volume.name}, path {relative}",
+                    field=f"disks.{i}.path",
+                )
 
 
 @router.post("", status_code=201, response_model=VMView)

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 from fastapi import APIRouter, Depends
-from pydantic import Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
 from hvcluster.api.context import ApiContext, context, valid_name
 from hvcluster.api.reads import decode_all, decode_one, snapshot
@@ -39,6 +39,7 @@ router = APIRouter(prefix="/volumes", tags=["storage"])
 
 
 class VolumeRequest(View):
+    model_config = ConfigDict(extra="forbid")
     name: Name
     path: HostPath = Field(pattern=r"^/", description="where every node mounts it (absolute)")
     id: str | None = Field(
@@ -85,6 +86,38 @@ def read_marker(path: str) -> str:
             field="path",
         )
     return found
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def refuse_overlap(volume: Volume, others: list[Volume]) -> None:
+    """Refuse ``volume`` where it is another volume's directory (the same marker id, or the
+    same real path: another spelling, a symlink) or lies inside or around one: a file there
+    would have two names (``csv1:x``, ``csv2:x``), so two locks, and a spec naming one would
+    not keep it from a deletion under the other. Paths are resolved on this node."""
+    real = os.path.realpath(volume.path)
+    for other in others:
+        there = os.path.realpath(other.path)
+        if other.id == volume.id or real == there:
+            raise InvalidInput(
+                f"{volume.path} is volume {other.name}'s directory ({other.path}, id "
+                f"{other.id}): one directory is one volume",
+                field="path",
+            )
+        if _inside(real, there):
+            raise InvalidInput(
+                f"{volume.path} lies inside volume {other.name} ({other.path}): its files "
+                "would have two names; use a directory outside every volume",
+                field="path",
+            )
+        if _inside(there, real):
+            raise InvalidInput(
+                f"volume {other.name} ({other.path}) lies inside it: its files would have "
+                "two names; use a directory outside every volume",
+                field="path",
+            )
 
 
 class VolumeView(View):
@@ -155,10 +188,17 @@ async def add_volume(request: VolumeRequest, ctx: ApiContext = Depends(context))
             f"the marker in {request.path} holds id {found}, not {request.id}", field="id"
         )
     volume = Volume(name=request.name, path=request.path, id=found)
-    key = ctx.keys.volume(volume.name)
-    result = await ctx.store.txn([Compare.absent(key)], [Put(key, encode(volume))])
-    if not result.succeeded:
-        raise Conflict(f"volume {volume.name!r} already exists")
+    key, prefix = ctx.keys.volume(volume.name), ctx.keys.prefix("volumes")
+    while True:
+        existing = await ctx.store.range(prefix)
+        volumes = await decode_all(Volume, ctx.keys, "volumes", existing.kvs, ctx.corrupt)
+        if volume.name in volumes.items or any(kv.key == key for kv in existing.kvs):
+            raise Conflict(f"volume {volume.name!r} already exists")
+        await asyncio.to_thread(refuse_overlap, volume, [v for v, _ in volumes.items.values()])
+        guard = [Compare.absent(key), Compare.unchanged_since(prefix, existing.revision)]
+        result = await ctx.store.txn(guard, [Put(key, encode(volume))])
+        if result.succeeded:
+            break  # else a volume was added meanwhile: check against it too
     await ctx.record(
         "volume.added",
         f"volume/{volume.name}",

@@ -5,9 +5,8 @@ from __future__ import annotations
 import hashlib
 import re
 from enum import StrEnum
-from typing import Self
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from hvcluster.models.base import Model
 from hvcluster.models.names import Name
@@ -122,16 +121,17 @@ class Switch(Model):
 
     @field_validator("uplink")
     @classmethod
-    def _uplink(cls, value: str | None) -> str | None:
-        return None if value is None else check_ifname(value)
-
-    @model_validator(mode="after")
-    def _uplink_only_external(self) -> Self:
-        if self.uplink is not None and self.type is not SwitchType.EXTERNAL:
-            raise ValueError(f"uplink is only for external switches, not {self.type.value} ones")
-        if self.uplink is not None and self.uplink.startswith(BRIDGE_PREFIX):
-            raise ValueError(f"uplink {self.uplink!r} is one of our own bridges")
-        return self
+    def _uplink(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """A NIC of an external switch (an error here names the field ``uplink``)."""
+        if value is None:
+            return None
+        value = check_ifname(value)
+        kind = info.data.get("type")
+        if kind is not None and kind is not SwitchType.EXTERNAL:
+            raise ValueError(f"uplink is only for external switches, not {kind.value} ones")
+        if value.startswith(BRIDGE_PREFIX):
+            raise ValueError(f"uplink {value!r} is one of our own bridges")
+        return value
 
     @property
     def bridge(self) -> str:

@@ -135,6 +135,11 @@ def is_under(path: str, directory: str) -> bool:
     return path.startswith(root + "/") and path != root
 
 
+# What the cluster keeps at the top of a volume (``.hvc-volume``, ``.hvc-migration-state/``)
+# is no disk: a guest given it would read another VM's memory or rewrite the marker.
+CLUSTER_FILES_PREFIX = ".hvc-"
+
+
 class Disk(Model):
     """A disk image: a qcow2 (or raw) file, on a shared volume (``VOLUME:relative/path``) or
     at an absolute path under a directory the cluster config allows (``allowed_disk_dirs``).
@@ -151,7 +156,15 @@ class Disk(Model):
     def _path(cls, value: str, info: ValidationInfo) -> str:
         if "volume" not in info.data:
             return value  # the volume itself is invalid: that is the error to report
-        return canonical_disk_path(value, info.data["volume"] is not None)
+        on_volume = info.data["volume"] is not None
+        path = canonical_disk_path(value, on_volume)
+        if on_volume and path.split("/", 1)[0].startswith(CLUSTER_FILES_PREFIX):
+            raise ValueError(
+                f"{path} is the cluster's own (the volume's marker, saved migration state: "
+                f"another VM's memory), never a disk; names starting {CLUSTER_FILES_PREFIX!r} "
+                "at the top of a volume are reserved"
+            )
+        return path
 
     @property
     def file(self) -> str:

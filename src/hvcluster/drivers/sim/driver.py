@@ -113,6 +113,7 @@ class SimDriver(SimMigration):
         )
 
     async def start(self, spec: VMSpec, epoch: int, paused: bool = False) -> VMInfo:
+        self.bugs.trip("start", spec.name)
         self._refuse_if_running(spec.name)
         self._check_spec(spec)
         state = VMState.PAUSED if paused else VMState.RUNNING
@@ -133,6 +134,7 @@ class SimDriver(SimMigration):
         return self._gone[name]
 
     async def kill(self, name: str) -> VMInfo:
+        self.bugs.trip("kill", name)
         self._finish(self._get(name), VMState.STOPPED, "killed on request")
         return self._gone[name]
 

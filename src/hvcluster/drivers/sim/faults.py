@@ -12,7 +12,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 OPERATIONS = frozenset(
-    {"prepare_incoming", "migrate_out", "save", "restore", "resume", "discard", "move_disk"}
+    {
+        "start",
+        "kill",
+        "prepare_incoming",
+        "migrate_out",
+        "save",
+        "restore",
+        "resume",
+        "discard",
+        "move_disk",
+    }
 )
 
 
