@@ -19,6 +19,7 @@ import contextlib
 import os
 import shutil
 import signal
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -55,6 +56,7 @@ from hvcluster.models.storage import bridge_name
 from hvcluster.models.vm import VMSpec
 
 TICK_S = 0.25  # how often crashes and killed placeholders are looked for
+KILL_WAIT_S = 1.0  # at most this long for a killed placeholder process to be gone
 
 
 class SimDriver(SimMigration):
@@ -347,6 +349,11 @@ class SimDriver(SimMigration):
         if vm.pid is not None and pid_alive(vm.pid, vm.pid_start):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(vm.pid, signal.SIGKILL)
+            # As QEMU's kill does: return once it is gone (SIGKILL lands within moments, but
+            # not before os.kill returns; seen once in CI as a pid still alive after kill).
+            deadline = time.monotonic() + KILL_WAIT_S
+            while pid_alive(vm.pid, vm.pid_start) and time.monotonic() < deadline:
+                time.sleep(0.005)
         if vm.incoming is not None:
             incoming, vm.incoming = vm.incoming, None
             asyncio.get_running_loop().create_task(incoming.close())
