@@ -159,12 +159,21 @@ class Daemon:
         try:
             await self._run(live)
         finally:
-            await cancel_all(self.tasks)
-            await live.stop()
-            await self.driver.close()  # lets go of the VMs; they keep running
-            self.watchdog.close()
-            if self._own_store:
-                await self.store.close()
+            # Each step runs even if the one before is interrupted (a caller that cancels
+            # again while we stop, as cancel_all does): a liveness left running would keep
+            # renewing the lease of an agent that is gone, and its VMs would never move.
+            try:
+                await cancel_all(self.tasks)
+            finally:
+                try:
+                    await live.stop()
+                finally:
+                    try:
+                        await self.driver.close()  # lets go of the VMs; they keep running
+                    finally:
+                        self.watchdog.close()
+                        if self._own_store:
+                            await self.store.close()
 
     async def _run(self, live: LivenessRunner) -> None:
         cfg = self.cfg
