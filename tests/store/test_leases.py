@@ -125,3 +125,17 @@ async def test_lease_keeper_reports_a_lost_lease(h: Harness) -> None:
         assert not keeper.certainly_alive()
     finally:
         await keeper.stop()
+
+
+async def test_stop_renewing_lets_the_lease_run_out_without_awaiting_anything(h: Harness) -> None:
+    """What an interrupted shutdown relies on: one call, no await, and renewal ends."""
+    s = h.store
+    keeper = LeaseKeeper(s, TTL, 0.5, clock=h.clock, sleep=h.sleep)
+    lease_id = await keeper.start()
+    try:
+        await s.put(h.k("alive"), b"1", lease_id)
+        await h.advance(1.0)
+        keeper.stop_renewing()
+        assert await wait_gone(h, h.k("alive"), 2 * TTL) <= TTL + 1.0
+    finally:
+        await keeper.stop(revoke=False)

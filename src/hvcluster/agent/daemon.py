@@ -280,6 +280,7 @@ class Daemon:
                     await asyncio.sleep(config.keepalive_interval_s)
                 finally:
                     if keeper is not None:
+                        keeper.stop_renewing()  # at once, whatever interrupts the rest
                         with contextlib.suppress(BaseException):
                             await asyncio.wait_for(keeper.stop(revoke=False), 2.0)
         finally:

@@ -120,6 +120,13 @@ class LeaseKeeper:
             self.last_confirmed_sent = sent
         return True
 
+    def stop_renewing(self) -> None:
+        """Stop renewing now, without waiting: what a shutdown that may itself be
+        interrupted does first (a coroutine cancelled before it starts never runs, so an
+        awaited :meth:`stop` alone could leave the lease renewed for ever)."""
+        if self._task is not None:
+            self._task.cancel()
+
     async def stop(self, revoke: bool = True) -> None:
         """Stop renewing; revoke the lease (deleting its keys) unless told not to."""
         task, self._task = self._task, None
