@@ -97,16 +97,23 @@ def one_failure(lab_dir: Path, driver: str, fault: str) -> dict[str, float]:
         faults.fault(load(lab_dir), "heal", victim)
     else:
         cluster.start_node(load(lab_dir), victim)
-    _wait_alive(api, victim)
+    _wait_back(load(lab_dir), api, victim)
     return result
 
 
-def _wait_alive(api: str, node: str) -> None:
+def _wait_back(state: LabState, api: str, node: str) -> None:
+    """Until ``node`` is alive and its API answers (an agent registers, with its liveness
+    first, well before its API listens: a QEMU node probes its accelerator in between)."""
     end = time.monotonic() + 60
     while time.monotonic() < end:
         nodes = httpx.get(f"{api}/api/v1/nodes", headers=HEADERS, timeout=5).json()["nodes"]
         if any(n["name"] == node and n["alive"] for n in nodes):
-            return
+            try:
+                own = state.api_url(state.node(node))
+                if httpx.get(f"{own}/api/v1/healthz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
         time.sleep(0.2)
     raise SystemExit(f"{node} did not come back")
 
