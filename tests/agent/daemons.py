@@ -7,26 +7,16 @@ import asyncio
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from hvcluster.agent.watchdog import LOG_NAME, SOCKET_NAME
 from hvcluster.drivers.base import HostFacts
 from hvcluster.drivers.sim import SimDriver
+from tests.sim.cluster import wait_for
 
-
-async def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = predicate()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+__all__ = ["wait_for"]  # the agent tests wait as the sim tests do
 
 
 @contextmanager

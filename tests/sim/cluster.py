@@ -161,15 +161,7 @@ class SimCluster:
 
     # --- waiting -------------------------------------------------------------------
     async def wait_for(self, predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            value = predicate()
-            if asyncio.iscoroutine(value):
-                value = await value
-            if value:
-                return value
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        return await wait_for(predicate, timeout, what)
 
     async def wait_running(self, vm: str, timeout: float = 15, not_on: str | None = None) -> str:
         async def where() -> str | None:
@@ -186,6 +178,20 @@ def place_marker(path: Path) -> str:
     volume_id = uuid.uuid4().hex
     (path / MARKER).write_text(volume_id + "\n")
     return volume_id
+
+
+async def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    """The first true value of ``predicate`` (sync or async), polled every 50 ms; fails
+    naming ``what`` after ``timeout`` seconds."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 @contextlib.asynccontextmanager
