@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from hvcluster.lab.etcd import ETCD_BINARY, EtcdCluster
 from hvcluster.store.base import Compare, Put, Store
 from hvcluster.store.etcd import EtcdStore
-from hvcluster.store.memory import MemoryStore
+from hvcluster.store.memory_store import MemoryStore
 
 RESULTS = Path(__file__).parent / "results" / "store.json"
 

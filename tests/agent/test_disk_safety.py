@@ -18,7 +18,7 @@ from hvcluster.models.config import ClusterConfig
 from hvcluster.models.storage import MARKER, DiskDeletion, Volume
 from hvcluster.models.vm import Boot, Disk, VMSpec
 from hvcluster.store.keys import Keys
-from hvcluster.store.memory import MemoryStore
+from hvcluster.store.memory_store import MemoryStore
 
 pytestmark = pytest.mark.timeout(30)
 KEYS = Keys("t")

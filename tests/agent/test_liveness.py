@@ -17,7 +17,7 @@ from hvcluster.models.config import ClusterConfig
 from hvcluster.models.vm import Placement
 from hvcluster.store.base import Member, StoreHealth
 from hvcluster.store.keys import Keys
-from hvcluster.store.memory import MemoryStore
+from hvcluster.store.memory_store import MemoryStore
 
 pytestmark = pytest.mark.timeout(30)
 

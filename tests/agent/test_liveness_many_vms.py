@@ -15,7 +15,7 @@ from hvcluster.models.base import encode
 from hvcluster.models.vm import Placement
 from hvcluster.store.base import Put
 from hvcluster.store.keys import Keys
-from hvcluster.store.memory import MemoryStore
+from hvcluster.store.memory_store import MemoryStore
 from tests.agent.test_liveness import CONFIG, RecordingFeeder
 
 pytestmark = pytest.mark.timeout(30)

@@ -15,7 +15,7 @@ from hvcluster.agent.watchdog import MemoryWatchdog
 from hvcluster.models.config import ClusterConfig
 from hvcluster.store.base import Store
 from hvcluster.store.keys import Keys
-from hvcluster.store.memory import MemoryStore
+from hvcluster.store.memory_store import MemoryStore
 
 pytestmark = pytest.mark.timeout(30)
 

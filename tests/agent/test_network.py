@@ -18,7 +18,7 @@ from hvcluster.drivers.sim import SimDriver
 from hvcluster.models.base import encode
 from hvcluster.models.storage import Switch, SwitchType, bridge_name
 from hvcluster.store.keys import Keys
-from hvcluster.store.memory import MemoryStore
+from hvcluster.store.memory_store import MemoryStore
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -19,7 +19,7 @@ from hvcluster.models.base import encode
 from hvcluster.models.storage import MARKER, DiskDeletion, Switch, SwitchType, Volume
 from hvcluster.models.vm import Disk, VMSpec
 from hvcluster.store.keys import Keys
-from hvcluster.store.memory import MemoryStore
+from hvcluster.store.memory_store import MemoryStore
 
 pytestmark = pytest.mark.timeout(30)
 KEYS = Keys("t")

@@ -21,7 +21,7 @@ from hvcluster.models.node import Node
 from hvcluster.models.vm import Placement, VMSpec
 from hvcluster.store.events import EventLog
 from hvcluster.store.keys import Keys
-from hvcluster.store.memory import MemoryStore
+from hvcluster.store.memory_store import MemoryStore
 from tests.agent.daemons import node_watchdog, wait_for
 
 pytestmark = pytest.mark.timeout(90)

@@ -16,7 +16,7 @@ from hvcluster.models.lifecycle import NodeAdminState
 from hvcluster.models.node import Capacity, Node, NodeAlive
 from hvcluster.store.events import EventLog
 from hvcluster.store.keys import Keys
-from hvcluster.store.memory import MemoryStore
+from hvcluster.store.memory_store import MemoryStore
 from tests.tokens import auth, make_token
 
 KEYS = Keys("t")

@@ -15,7 +15,7 @@ from hvcluster.api import create_app
 from hvcluster.models.event import Event
 from hvcluster.models.token import Role
 from hvcluster.store.events import EventLog
-from hvcluster.store.memory import MemoryStore
+from hvcluster.store.memory_store import MemoryStore
 from tests.api.conftest import KEYS, spec, stored_events
 from tests.tokens import auth, make_token
 from tests.validate.agents import Agents

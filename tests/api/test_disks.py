@@ -17,7 +17,7 @@ from hvcluster.models.config import ClusterConfig
 from hvcluster.models.lifecycle import VMState
 from hvcluster.models.storage import MARKER
 from hvcluster.models.vm import Placement, VMSpec, VMStatus
-from hvcluster.store.memory import MemoryStore
+from hvcluster.store.memory_store import MemoryStore
 from tests.api.conftest import KEYS, spec
 
 

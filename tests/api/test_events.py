@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from hvcluster.store.memory import MemoryStore
+from hvcluster.store.memory_store import MemoryStore
 from tests.api.conftest import KEYS, add_node, kinds, spec
 
 

@@ -45,7 +45,7 @@ from hvcluster.models.node import Capacity, Node, NodeAlive
 from hvcluster.models.storage import Switch, Volume
 from hvcluster.models.token import Role, Token, issue
 from hvcluster.models.vm import Disk, Nic, Placement, VMSpec, VMStatus
-from hvcluster.store.memory import MemoryStore
+from hvcluster.store.memory_store import MemoryStore
 from hvcluster.store.tokens import add_token
 from tests.api.conftest import KEYS
 

@@ -14,7 +14,7 @@ from hvcluster.models.migration import MigrationKind
 from hvcluster.models.node import Node
 from hvcluster.store.base import Compare, KeyValue, Op, TxnResult
 from hvcluster.store.jobs import Job, busy
-from hvcluster.store.memory import MemoryStore
+from hvcluster.store.memory_store import MemoryStore
 from hvcluster.store.migrations import create_migration
 from hvcluster.store.storage_moves import create_move
 from tests.api.conftest import KEYS

@@ -22,7 +22,7 @@ from hvcluster.api import create_app
 from hvcluster.api.limits import MAX_BODY_BYTES, RequestLimits
 from hvcluster.api.serving import MAX_HEAD_BYTES, HeadTimeoutH11Protocol, server_settings
 from hvcluster.models.config import ClusterConfig
-from hvcluster.store.memory import MemoryStore
+from hvcluster.store.memory_store import MemoryStore
 from tests.api.conftest import KEYS, spec
 
 CHUNK = 64 * 1024

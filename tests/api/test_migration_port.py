@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from hvcluster.store.memory import MemoryStore
+from hvcluster.store.memory_store import MemoryStore
 from tests.api.conftest import KEYS
 from tests.tokens import api_client
 from tests.validate.agents import Agents, free_port

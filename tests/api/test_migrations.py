@@ -10,7 +10,7 @@ from hvcluster.models.lifecycle import MigrationState, NodeAdminState, VMState
 from hvcluster.models.migration import Migration
 from hvcluster.models.node import Node
 from hvcluster.models.vm import Placement, VMStatus
-from hvcluster.store.memory import MemoryStore
+from hvcluster.store.memory_store import MemoryStore
 from tests.api.conftest import KEYS, add_node, kinds, spec
 
 

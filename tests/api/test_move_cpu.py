@@ -10,7 +10,7 @@ from hvcluster.models.base import decode, encode
 from hvcluster.models.lifecycle import VMState
 from hvcluster.models.node import Inventory, Node
 from hvcluster.models.vm import Placement, VMStatus
-from hvcluster.store.memory import MemoryStore
+from hvcluster.store.memory_store import MemoryStore
 from tests.api.conftest import KEYS, add_node, spec
 
 

@@ -11,7 +11,7 @@ from hvcluster.models.base import decode, encode
 from hvcluster.models.lifecycle import NodeAdminState
 from hvcluster.models.node import Node
 from hvcluster.models.vm import Placement
-from hvcluster.store.memory import MemoryStore
+from hvcluster.store.memory_store import MemoryStore
 from tests.api.conftest import KEYS, add_node, kinds, spec, stored_events
 
 

@@ -22,7 +22,7 @@ from hvcluster.models.vm import Disk, Nic, VMSpec
 from hvcluster.store.base import Compare, Op, Put, Store, TxnResult
 from hvcluster.store.etcd import EtcdStore
 from hvcluster.store.keys import Keys
-from hvcluster.store.memory import MemoryStore
+from hvcluster.store.memory_store import MemoryStore
 from tests.api.conftest import KEYS, spec
 from tests.etcd_fixtures import etcd_session
 

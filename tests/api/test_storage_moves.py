@@ -12,7 +12,7 @@ from hvcluster.models.migration import Migration, MigrationKind
 from hvcluster.models.node import Node
 from hvcluster.models.storage import Volume
 from hvcluster.models.vm import Disk, Placement, VMSpec, VMStatus
-from hvcluster.store.memory import MemoryStore
+from hvcluster.store.memory_store import MemoryStore
 from hvcluster.store.storage_moves import move_key
 from tests.api.conftest import KEYS, add_node, kinds
 

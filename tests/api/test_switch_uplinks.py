@@ -7,7 +7,7 @@ import httpx
 
 from hvcluster.models.base import decode, encode
 from hvcluster.models.node import Node
-from hvcluster.store.memory import MemoryStore
+from hvcluster.store.memory_store import MemoryStore
 from tests.api.conftest import KEYS, add_node, kinds
 
 

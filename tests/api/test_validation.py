@@ -15,7 +15,7 @@ from hvcluster.models.lifecycle import VMState
 from hvcluster.models.node import Inventory
 from hvcluster.models.storage import Switch, Volume
 from hvcluster.models.vm import VMStatus
-from hvcluster.store.memory import MemoryStore
+from hvcluster.store.memory_store import MemoryStore
 from tests.api.conftest import KEYS
 from tests.validate.agents import Agents, free_port
 

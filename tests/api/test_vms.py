@@ -14,7 +14,7 @@ from hvcluster.models.errors import StoreUnavailable
 from hvcluster.models.lifecycle import VMState
 from hvcluster.models.vm import Placement, VMSpec, VMStatus
 from hvcluster.store.base import Compare, Op, Put, TxnResult
-from hvcluster.store.memory import MemoryStore
+from hvcluster.store.memory_store import MemoryStore
 from tests.api.conftest import KEYS, kinds, spec, stored_events
 from tests.tokens import api_client
 

@@ -19,7 +19,7 @@ from hvcluster.cli.main import app as cli_app
 from hvcluster.models.base import encode
 from hvcluster.models.node import Capacity, Node
 from hvcluster.store.keys import Keys
-from hvcluster.store.memory import MemoryStore
+from hvcluster.store.memory_store import MemoryStore
 from tests.tokens import make_token
 
 KEYS = Keys("cli")

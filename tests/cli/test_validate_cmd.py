@@ -18,7 +18,7 @@ from hvcluster.models.base import encode
 from hvcluster.models.storage import Volume
 from hvcluster.models.token import Role
 from hvcluster.store.keys import Keys
-from hvcluster.store.memory import MemoryStore
+from hvcluster.store.memory_store import MemoryStore
 from tests.tokens import make_token
 from tests.validate.agents import Agents
 

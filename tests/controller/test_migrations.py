@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from hvcluster.controller.memory import ControllerMemory
 from hvcluster.controller.migrations import MigrationCoordinator
+from hvcluster.controller.notes import ControllerNotes
 from hvcluster.models.base import decode, encode
 from hvcluster.models.config import ClusterConfig
 from hvcluster.models.lifecycle import MigrationState, VMState
@@ -17,7 +17,7 @@ from hvcluster.models.migration import Migration, MigrationKind
 from hvcluster.models.node import Capacity, Node, NodeAlive
 from hvcluster.models.vm import Placement, VMSpec, VMStatus
 from hvcluster.store.keys import Keys
-from hvcluster.store.memory import MemoryStore
+from hvcluster.store.memory_store import MemoryStore
 from hvcluster.store.migrations import create_migration, flip
 
 KEYS = Keys("c")
@@ -62,7 +62,7 @@ def coordinator(
 
     clock = (lambda: now) if now is not None else time.time
     return MigrationCoordinator(
-        store, KEYS, say, ControllerMemory(started=0.0), lambda: True, clock
+        store, KEYS, say, ControllerNotes(started=0.0), lambda: True, clock
     )
 
 

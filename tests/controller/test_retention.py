@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator, Sequence
 
 import pytest
 
-from hvcluster.controller.memory import ControllerMemory
 from hvcluster.controller.migrations import MigrationCoordinator
+from hvcluster.controller.notes import ControllerNotes
 from hvcluster.controller.retention import Retention, Say
 from hvcluster.lab.etcd import EtcdCluster
 from hvcluster.models.base import encode
@@ -24,7 +24,7 @@ from hvcluster.store.etcd import EtcdStore
 from hvcluster.store.events import EventLog
 from hvcluster.store.jobs import job_of
 from hvcluster.store.keys import Keys
-from hvcluster.store.memory import MemoryStore
+from hvcluster.store.memory_store import MemoryStore
 from hvcluster.store.retention import Prunable, prune
 from hvcluster.store.state import Decoded
 from hvcluster.store.storage_moves import move_key
@@ -73,7 +73,7 @@ def coordinator(store: MemoryStore, said: list[str]) -> MigrationCoordinator:
         said.append(f"{kind} {reason}")
 
     return MigrationCoordinator(
-        store, KEYS, say, ControllerMemory(started=0.0), lambda: True, lambda: NOW
+        store, KEYS, say, ControllerNotes(started=0.0), lambda: True, lambda: NOW
     )
 
 
@@ -245,7 +245,7 @@ async def test_thousands_of_records_over_grpcs_limit_on_etcd(etcd_session: EtcdC
             return None
 
         coordinator = MigrationCoordinator(
-            store, keys, say, ControllerMemory(started=0.0), lambda: True, lambda: NOW
+            store, keys, say, ControllerNotes(started=0.0), lambda: True, lambda: NOW
         )
         await coordinator.cycle()
         left = await store.range(keys.prefix("migrations"))

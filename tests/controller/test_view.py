@@ -3,7 +3,7 @@ the new VM's (it would wait for ever on a report of a process long gone)."""
 
 from __future__ import annotations
 
-from hvcluster.controller.memory import ControllerMemory
+from hvcluster.controller.notes import ControllerNotes
 from hvcluster.controller.view import build_snapshot
 from hvcluster.models.base import Model, encode
 from hvcluster.models.config import ClusterConfig
@@ -28,7 +28,7 @@ def test_an_older_vms_placement_and_status_are_ignored_but_their_epochs_stay_bel
         statuses=one(VMStatus(vm="web", node="n1", epoch=5, state=VMState.RUNNING, uid=OLD)),
         corrupt=[],
     )
-    vm = build_snapshot(state, ControllerMemory(started=0.0), now=100.0).vms["web"]
+    vm = build_snapshot(state, ControllerNotes(started=0.0), now=100.0).vms["web"]
     assert vm.placement is None and vm.status is None and vm.active_on is None
     assert vm.next_epoch == 6  # above the old VM's, which its node may still run
     same = ClusterState(
@@ -40,5 +40,5 @@ def test_an_older_vms_placement_and_status_are_ignored_but_their_epochs_stay_bel
         statuses=state.statuses,
         corrupt=[],
     )
-    own = build_snapshot(same, ControllerMemory(started=0.0), now=100.0).vms["web"]
+    own = build_snapshot(same, ControllerNotes(started=0.0), now=100.0).vms["web"]
     assert own.placement is not None and own.active_on == "n1"

@@ -18,7 +18,7 @@ from hvcluster.models.lifecycle import MigrationState
 from hvcluster.models.migration import MigrationKind
 from hvcluster.models.vm import VMSpec
 from hvcluster.store.base import Compare, Op, TxnResult
-from hvcluster.store.memory import MemoryStore
+from hvcluster.store.memory_store import MemoryStore
 from hvcluster.store.migrations import create_migration
 from tests.controller.test_migrations import KEYS, coordinator, node, record, vm_on
 

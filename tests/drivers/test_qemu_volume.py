@@ -22,7 +22,7 @@ from hvcluster.models.config import ClusterConfig
 from hvcluster.models.storage import MARKER, Volume
 from hvcluster.models.vm import Disk, VMSpec
 from hvcluster.store.keys import Keys
-from hvcluster.store.memory import MemoryStore
+from hvcluster.store.memory_store import MemoryStore
 from tests.drivers.conftest import eventually
 
 pytestmark = [pytest.mark.qemu, pytest.mark.timeout(60)]

@@ -30,7 +30,7 @@ from hvcluster.models.storage import MARKER, CreatedDisk, Volume
 from hvcluster.models.vm import Disk, Placement, VMSpec, VMStatus
 from hvcluster.store.events import EventLog
 from hvcluster.store.keys import Keys
-from hvcluster.store.memory import MemoryStore
+from hvcluster.store.memory_store import MemoryStore
 from tests.tokens import api_client
 
 # Short timings keep the suite fast; their ratios are the defaults'.

@@ -15,7 +15,7 @@ from hvcluster.models.migration import Migration, MigrationKind
 from hvcluster.store.base import Compare, Op, Put, TxnResult
 from hvcluster.store.events import EventLog
 from hvcluster.store.keys import Keys
-from hvcluster.store.memory import MemoryStore
+from hvcluster.store.memory_store import MemoryStore
 from hvcluster.store.migrations import change_migration, read_migrations
 from tests.sim.cluster import SimCluster
 from tests.sim.moves import SLOW, StateTrail, move, record, wait_state

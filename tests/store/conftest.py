@@ -23,7 +23,7 @@ from hvcluster.store.base import Store, WatchEvent
 from hvcluster.store.clock import Clock, ManualClock, Sleep
 from hvcluster.store.etcd import EtcdStore
 from hvcluster.store.keys import Keys
-from hvcluster.store.memory import MemoryStore
+from hvcluster.store.memory_store import MemoryStore
 from tests.etcd_fixtures import etcd_private, etcd_session, etcd_tls_session, store_tls
 
 __all__ = ["etcd_private", "etcd_session", "etcd_tls_session"]

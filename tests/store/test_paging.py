@@ -12,7 +12,7 @@ import pytest
 from hvcluster.lab.etcd import EtcdCluster
 from hvcluster.store.base import Compare, Delete, Get, Page, Put, RevisionCompacted, Store
 from hvcluster.store.etcd import EtcdStore
-from hvcluster.store.memory import MemoryStore
+from hvcluster.store.memory_store import MemoryStore
 from tests.store.conftest import Collector, Harness
 
 BIG = 600  # keys of VALUE_SIZE bytes: about 6 MB under one prefix, over gRPC's 4 MiB

@@ -15,7 +15,7 @@ request bodies must stay bounded before they are parsed (the API's body size lim
 frozen agent (SIGSTOP) stops this thread too and is fenced, as it must be.
 
 An in-process simulation (daemons handed a memory store) runs it on the daemon's own loop
-instead (:class:`OnLoop`): a :class:`~hvcluster.store.memory.MemoryStore` is asyncio code
+instead (:class:`OnLoop`): a :class:`~hvcluster.store.memory_store.MemoryStore` is asyncio code
 bound to one loop (its watches, its waiters) and is not made to be shared across threads,
 and nothing in a simulation blocks a loop for real.
 

@@ -1,7 +1,7 @@
 """The controller: while this agent is the elected leader, read, decide, apply, say why.
 
-Each cycle reads the cluster from etcd, builds a frozen snapshot (with the few facts kept in
-memory, such as when a node's ``alive`` key vanished), calls the pure scheduler, and applies
+Each cycle reads the cluster from etcd, builds a frozen snapshot (with the few facts it notes
+between cycles, such as when a node's ``alive`` key vanished), calls the pure scheduler, and applies
 each decision as a transaction. Every decision is logged as an event with its reason; a wait
 is said once, not every cycle. A leader change loses nothing: the next leader recomputes from
 etcd, and applying a decision twice is harmless (every write compares revisions).
@@ -17,8 +17,8 @@ from collections.abc import Awaitable, Callable
 
 from hvcluster.controller.apply import Applier
 from hvcluster.controller.fencing import Fencer
-from hvcluster.controller.memory import ControllerMemory
 from hvcluster.controller.migrations import MigrationCoordinator
+from hvcluster.controller.notes import ControllerNotes
 from hvcluster.controller.view import build_snapshot
 from hvcluster.models.config import ClusterConfig
 from hvcluster.models.errors import StoreError
@@ -73,12 +73,12 @@ class Controller:
         self.store, self.keys, self.name, self.say = store, keys, name, say
         self.is_leader = is_leader
         self.clock = clock
-        self.memory = ControllerMemory(started=clock())
+        self.notes = ControllerNotes(started=clock())
         self.leading = False
         self.fencer = Fencer(say)
         self.wake = asyncio.Event()
         self.cycles = 0
-        self.migrations = MigrationCoordinator(store, keys, say, self.memory, is_leader, clock)
+        self.migrations = MigrationCoordinator(store, keys, say, self.notes, is_leader, clock)
 
     async def run(self, interval: float = 0.5) -> None:
         helpers = [
@@ -115,10 +115,10 @@ class Controller:
         """One read-decide-apply pass; returns a sentence per decision applied."""
         self.cycles += 1
         now = self.clock()
-        memory = self.memory
+        notes = self.notes
         if not self.leading:
             self.leading = True
-            memory.reported.clear()  # say every wait once more, as the new controller
+            notes.reported.clear()  # say every wait once more, as the new controller
             await self.say(
                 "controller.elected", f"node/{self.name}", f"{self.name} is now the controller"
             )
@@ -127,36 +127,36 @@ class Controller:
         migrations = await read_migrations(self.store, self.keys)
         state = await read_cluster(self.store, self.keys)
         for bad in state.corrupt:
-            if bad.key not in memory.corrupt_reported:
-                memory.corrupt_reported.add(bad.key)
+            if bad.key not in notes.corrupt_reported:
+                notes.corrupt_reported.add(bad.key)
                 await self.say("store.corrupt", bad.key, f"{bad}; skipped until fixed")
-        memory.observe(state, now)
-        await self._read_leases(state, memory)
-        self._fence(state.config.fence_command, state.config.fence_timeout_s, memory)
-        memory.fenced = set(self.fencer.fenced)
+        notes.observe(state, now)
+        await self._read_leases(state, notes)
+        self._fence(state.config.fence_command, state.config.fence_timeout_s, notes)
+        notes.fenced = set(self.fencer.fenced)
         applier = Applier(self.store, self.keys, state, now)
         said = await applier.finish_moves()
         for sentence in said:
             await self.say("vm.moved", "", sentence)
-        for decision in plan(build_snapshot(state, memory, now, migrations)):
+        for decision in plan(build_snapshot(state, notes, now, migrations)):
             try:
-                if await self._apply(applier, decision, memory):
+                if await self._apply(applier, decision, notes):
                     said.append(decision.reason)
             except (StoreError, TimeoutError):
                 raise  # the store: the next cycle recomputes everything
             except Exception as e:  # this decision only: the others still apply
-                await self._decision_broke(decision, e, memory)
+                await self._decision_broke(decision, e, notes)
         return said
 
     async def _decision_broke(
-        self, d: Decision, error: Exception, memory: ControllerMemory
+        self, d: Decision, error: Exception, notes: ControllerNotes
     ) -> None:
         """Applying ``d`` raised unexpectedly: logged with its traceback and said as
         ``controller.error`` (once while it repeats); the cycle goes on with the other
         decisions, and the next cycle decides afresh."""
         log.error("controller: applying %r", d, exc_info=error)
         what = f"{type(error).__name__}: {error}"
-        if memory.changed(f"error:{d.subject}", what):  # (its reason may change each cycle)
+        if notes.changed(f"error:{d.subject}", what):  # (its reason may change each cycle)
             await self.say("controller.error", d.subject, f"not applied ({what}): {d.reason}")
 
     async def observe(self) -> None:
@@ -173,10 +173,10 @@ class Controller:
             statuses=Decoded(),
             corrupt=[],
         )
-        self.memory.observe_nodes(state, self.clock())
-        await self._read_leases(state, self.memory)
+        self.notes.observe_nodes(state, self.clock())
+        await self._read_leases(state, self.notes)
 
-    async def _read_leases(self, state: ClusterState, memory: ControllerMemory) -> None:
+    async def _read_leases(self, state: ClusterState, notes: ControllerNotes) -> None:
         """Read each live node's lease TTL, so that when a key goes we can tell a lease that
         ran out (the node is fenced already) from one revoked early (it may not be)."""
 
@@ -185,30 +185,30 @@ class Controller:
                 remaining = await self.store.lease_ttl(lease)
             except StoreError:
                 return
-            memory.saw_lease(node, remaining, self.clock())
+            notes.saw_lease(node, remaining, self.clock())
 
         await asyncio.gather(
             *(read(name, alive.value.lease) for name, alive in state.alive.items.items())
         )
 
-    def _fence(self, command: str, timeout: float, memory: ControllerMemory) -> None:
+    def _fence(self, command: str, timeout: float, notes: ControllerNotes) -> None:
         for node in list(self.fencer.fenced):
-            if node not in memory.gone_since:
+            if node not in notes.gone_since:
                 self.fencer.forget(node)
-        for node in memory.gone_since:
+        for node in notes.gone_since:
             self.fencer.request(node, command, timeout)
 
-    async def _apply(self, applier: Applier, d: Decision, memory: ControllerMemory) -> bool:
+    async def _apply(self, applier: Applier, d: Decision, notes: ControllerNotes) -> bool:
         ok = await applier.apply(d)
         kind = EVENT_KIND[type(d)]
         if isinstance(d, REPEATING):
-            if ok and memory.changed(d.subject, d.reason):
+            if ok and notes.changed(d.subject, d.reason):
                 await self.say(kind, d.subject, d.reason)
             return False
         if not ok:
             log.info("decision lost a race (the next cycle recomputes): %s", d.reason)
             return False
-        memory.reported.pop(d.subject, None)
+        notes.reported.pop(d.subject, None)
         await self.say(kind, d.subject, d.reason)
         return True
 

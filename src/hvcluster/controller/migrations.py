@@ -30,7 +30,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from hvcluster.controller.jobs import sweep_jobs
-from hvcluster.controller.memory import ControllerMemory
+from hvcluster.controller.notes import ControllerNotes
 from hvcluster.controller.retention import Retention
 from hvcluster.controller.view import build_snapshot
 from hvcluster.models.base import decode, encode
@@ -77,12 +77,12 @@ class MigrationCoordinator:
         store: Store,
         keys: Keys,
         say: Say,
-        memory: ControllerMemory,
+        notes: ControllerNotes,
         is_leader: Callable[[], bool],
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store, self.keys, self.say = store, keys, say
-        self.memory, self.is_leader, self.clock = memory, is_leader, clock
+        self.notes, self.is_leader, self.clock = notes, is_leader, clock
         self.wake = asyncio.Event()
         self.said: dict[str, str] = {}  # subject -> last stay reason said
         self.broken: set[str] = set()  # records whose step raised unexpectedly: not again
@@ -138,7 +138,7 @@ class MigrationCoordinator:
                 return  # nothing to do: spare the store a full read
         state = await read_cluster(self.store, self.keys)
         now = self.clock()
-        snapshot = build_snapshot(state, self.memory, now)
+        snapshot = build_snapshot(state, self.notes, now)
         active = [s for s in records.items.values() if s.value.active]
         first: dict[str, str] = {}  # vm -> the id of its oldest migration under way
         for stored in sorted(active, key=lambda s: (s.value.created, s.value.id)):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hvcluster.controller.memory import ControllerMemory
+from hvcluster.controller.notes import ControllerNotes
 from hvcluster.models.lifecycle import VMState
 from hvcluster.models.migration import Migration
 from hvcluster.models.vm import same_vm
@@ -12,7 +12,7 @@ from hvcluster.store.state import ClusterState, Decoded
 
 def build_snapshot(
     state: ClusterState,
-    memory: ControllerMemory,
+    notes: ControllerNotes,
     now: float,
     migrations: Decoded[Migration] | None = None,
 ) -> ClusterSnapshot:
@@ -29,9 +29,9 @@ def build_snapshot(
         nodes[name] = NodeView(
             node=node,
             alive=name in state.alive.present,
-            gone_since=memory.gone_since.get(name),
-            fenced=name in memory.fenced,
-            expired=name in memory.expired,
+            gone_since=notes.gone_since.get(name),
+            fenced=name in notes.fenced,
+            expired=name in notes.expired,
             failures=node.failures,
             quarantined_until=node.quarantined_until,
         )
@@ -59,7 +59,7 @@ def build_snapshot(
             status=st,
             failovers=placement.failovers if placement else (),
             failed_reason=st.last_error if left_failed and st is not None else "",
-            pending_since=memory.pending_since.get(name),
+            pending_since=notes.pending_since.get(name),
             epoch_floor=floor,
             migrating=name in moving,
             migrating_to=moving.get(name),

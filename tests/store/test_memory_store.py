@@ -11,7 +11,7 @@ import pytest
 from hvcluster.models.errors import LeaseLost, StoreUnavailable
 from hvcluster.store.base import Compare, EventType, Put, WatchCompacted
 from hvcluster.store.clock import ManualClock
-from hvcluster.store.memory import MemoryStore
+from hvcluster.store.memory_store import MemoryStore
 from tests.store.conftest import Collector, collect
 
 

@@ -1,5 +1,6 @@
-"""What the controller remembers between cycles: facts etcd does not hold, each of which
-errs on the safe side when lost.
+"""The controller's notes: what it keeps between cycles, facts etcd does not hold, each of
+which errs on the safe side when lost. (Named notes, not memory: "memory" in this project
+is a VM's RAM.)
 
 Every agent's controller observes nodes and their leases, leader or not, so that a newly
 elected leader already knows when a node's key went and whether its lease ran out: the
@@ -22,7 +23,7 @@ OBSERVATION_FRESH_S = 1.5
 
 
 @dataclass
-class ControllerMemory:
+class ControllerNotes:
     started: float  # when this controller began to observe
     gone_since: dict[str, float] = field(default_factory=dict)  # node -> first seen not alive
     pending_since: dict[str, float] = field(default_factory=dict)  # vm -> first seen wanting a node
