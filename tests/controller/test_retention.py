@@ -25,8 +25,8 @@ from hvcluster.store.events import EventLog
 from hvcluster.store.jobs import job_of
 from hvcluster.store.keys import Keys
 from hvcluster.store.memory_store import MemoryStore
+from hvcluster.store.reads import Decoded
 from hvcluster.store.retention import Prunable, prune
-from hvcluster.store.state import Decoded
 from hvcluster.store.storage_moves import move_key
 from tests.controller.test_migrations import record
 from tests.etcd_fixtures import etcd_session

@@ -9,7 +9,8 @@ from hvcluster.models.base import Model, encode
 from hvcluster.models.config import ClusterConfig
 from hvcluster.models.lifecycle import VMState
 from hvcluster.models.vm import Placement, VMSpec, VMStatus
-from hvcluster.store.state import ClusterState, Decoded, Stored
+from hvcluster.store.reads import Decoded, Stored
+from hvcluster.store.state import ClusterState
 
 OLD, NEW = "0" * 32, "1" * 32
 

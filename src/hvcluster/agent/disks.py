@@ -38,7 +38,8 @@ from hvcluster.models.storage import CreatedDisk, DiskDeletion
 from hvcluster.models.vm import Disk, VMSpec
 from hvcluster.store.base import Compare, Delete, Put, Store
 from hvcluster.store.keys import Keys
-from hvcluster.store.state import read_config, read_kind
+from hvcluster.store.reads import read_kind
+from hvcluster.store.state import read_config
 
 log = logging.getLogger(__name__)
 

@@ -43,7 +43,7 @@ from hvcluster.models.vm import Placement, VMSpec, VMStatus
 from hvcluster.store.base import Compare, Put, Store
 from hvcluster.store.follow import follow
 from hvcluster.store.keys import Keys
-from hvcluster.store.state import read_kind
+from hvcluster.store.reads import read_kind
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from hvcluster.models.errors import HvcError, StoreError
 from hvcluster.models.storage import Switch, Volume
 from hvcluster.store.base import Store
 from hvcluster.store.keys import Keys
-from hvcluster.store.state import read_kind
+from hvcluster.store.reads import read_kind
 
 log = logging.getLogger(__name__)
 

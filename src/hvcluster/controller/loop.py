@@ -39,7 +39,8 @@ from hvcluster.scheduler.plan import plan
 from hvcluster.store.base import Store
 from hvcluster.store.keys import Keys
 from hvcluster.store.migrations import read_migrations
-from hvcluster.store.state import ClusterState, Decoded, read_cluster, read_kind
+from hvcluster.store.reads import Decoded, read_kind
+from hvcluster.store.state import ClusterState, read_cluster
 
 log = logging.getLogger(__name__)
 

@@ -58,7 +58,8 @@ from hvcluster.store.migrations import (
     source_times_lost,
     times_missing,
 )
-from hvcluster.store.state import ClusterState, Decoded, Stored, read_cluster, read_kind
+from hvcluster.store.reads import Decoded, Stored, read_kind
+from hvcluster.store.state import ClusterState, read_cluster
 from hvcluster.store.storage_moves import moved_spec_ops
 
 log = logging.getLogger(__name__)

@@ -25,8 +25,9 @@ from hvcluster.models.node import Node
 from hvcluster.store.base import Store
 from hvcluster.store.events import EventLog
 from hvcluster.store.keys import Keys
+from hvcluster.store.reads import Decoded, read_kind
 from hvcluster.store.retention import Prunable, prune, to_prune
-from hvcluster.store.state import Decoded, read_config, read_kind
+from hvcluster.store.state import read_config
 from hvcluster.store.storage_moves import move_key, read_moves
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,8 @@ from hvcluster.models.lifecycle import VMState
 from hvcluster.models.migration import Migration
 from hvcluster.models.vm import same_vm
 from hvcluster.scheduler.snapshot import ClusterSnapshot, NodeView, VMView
-from hvcluster.store.state import ClusterState, Decoded
+from hvcluster.store.reads import Decoded
+from hvcluster.store.state import ClusterState
 
 
 def build_snapshot(

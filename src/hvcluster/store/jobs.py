@@ -24,11 +24,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from hvcluster.models.base import Model, decode, encode
-from hvcluster.models.errors import CorruptValue
+from hvcluster.models.base import Model, encode
 from hvcluster.models.migration import Migration, MigrationKind
 from hvcluster.store.base import Compare, Delete, KeyValue, Put, Store
 from hvcluster.store.keys import Keys
+from hvcluster.store.reads import decode_kv, read_value
 
 RecordKind = Literal["migration", "storage-move"]
 STORAGE_MOVES = "storage-moves/"  # under requests/ (store/storage_moves.py)
@@ -78,10 +78,8 @@ def release_if_named(
 
 
 def _job(kv: KeyValue) -> Job | None:
-    try:
-        return decode(Job, kv.key, kv.value)
-    except CorruptValue:
-        return None
+    found = decode_kv(Job, kv)
+    return found.value if found is not None else None
 
 
 async def holder(store: Store, keys: Keys, vm: str) -> tuple[Job | None, Migration | None] | None:
@@ -93,13 +91,7 @@ async def holder(store: Store, keys: Keys, vm: str) -> tuple[Job | None, Migrati
     job = _job(kv)
     if job is None:
         return None, None
-    rkv = await store.get(record_key(keys, job))
-    if rkv is None:
-        return job, None
-    try:
-        return job, decode(Migration, rkv.key, rkv.value)
-    except CorruptValue:
-        return job, None
+    return job, await read_value(store, record_key(keys, job), Migration)
 
 
 async def busy(store: Store, keys: Keys, vm: str) -> str | None:
@@ -129,12 +121,7 @@ async def stale(store: Store, keys: Keys) -> list[tuple[KeyValue, Job | None, Mi
         job = _job(kv)
         rec = None
         if job is not None:
-            rkv = await store.get(record_key(keys, job))
-            if rkv is not None:
-                try:
-                    rec = decode(Migration, rkv.key, rkv.value)
-                except CorruptValue:
-                    rec = None
+            rec = await read_value(store, record_key(keys, job), Migration)
         if job is None or rec is None or not rec.active:
             out.append((kv, job, rec))
     return out

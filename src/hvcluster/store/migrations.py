@@ -27,7 +27,7 @@ from hvcluster.models.vm import Placement
 from hvcluster.store.base import Compare, Delete, Put, Store
 from hvcluster.store.jobs import claim, release
 from hvcluster.store.keys import Keys
-from hvcluster.store.state import Decoded, read_kind
+from hvcluster.store.reads import Decoded, read_kind
 
 ATTEMPTS = 10
 TIMES_LOST = "downtime unknown: "  # a done record's reason when its source's measures are lost
