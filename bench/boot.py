@@ -16,11 +16,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hvcluster.drivers.image import DEFAULT_CACHE, build_image
 from hvcluster.drivers.qemu import QemuDriver, QemuSettings
 from hvcluster.drivers.qemu.probe import decide_accelerator
 from hvcluster.drivers.runtime import kill_all, vm_dir
-from hvcluster.drivers.testguest import booted, create_disk, guest_spec, heartbeats
+from hvcluster.guestimage.image import DEFAULT_CACHE, build_image
+from hvcluster.guestimage.testguest import booted, create_disk, guest_spec, heartbeats
 
 RESULTS = Path(__file__).parent / "results" / "boot.json"
 

@@ -27,8 +27,8 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hvcluster.drivers.image import DEFAULT_CACHE, require_image
-from hvcluster.drivers.testguest import create_disk, heartbeats
+from hvcluster.guestimage.image import DEFAULT_CACHE, require_image
+from hvcluster.guestimage.testguest import create_disk, heartbeats
 from hvcluster.lab import cluster, faults
 from hvcluster.lab.state import LabState, load
 from hvcluster.models.config import ClusterConfig, QuarantineSettings

@@ -24,13 +24,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from qemu.qmp import EventListener, QMPClient, QMPError
 
-from hvcluster.drivers.image import DEFAULT_CACHE, build_image
 from hvcluster.drivers.qemu import QemuDriver, QemuSettings
 from hvcluster.drivers.qemu.cmdline import Launch, qemu_argv
 from hvcluster.drivers.qemu.migration import capabilities, parameters
 from hvcluster.drivers.qemu.vm import free_port
 from hvcluster.drivers.runtime import kill_all, pid_alive, read_int, vm_dir
-from hvcluster.drivers.testguest import create_disk, guest_spec, heartbeats, read_counter
+from hvcluster.guestimage.image import DEFAULT_CACHE, build_image
+from hvcluster.guestimage.testguest import create_disk, guest_spec, heartbeats, read_counter
 from hvcluster.models.config import MigrationSettings
 from hvcluster.models.vm import VMSpec
 

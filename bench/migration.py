@@ -48,10 +48,10 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from hvcluster.drivers.image import DEFAULT_CACHE, require_image
 from hvcluster.drivers.qemu import QemuDriver, QemuSettings
 from hvcluster.drivers.runtime import kill_all, read_int, vm_dir
-from hvcluster.drivers.testguest import create_disk, guest_spec, heartbeats, read_counter
+from hvcluster.guestimage.image import DEFAULT_CACHE, require_image
+from hvcluster.guestimage.testguest import create_disk, guest_spec, heartbeats, read_counter
 from hvcluster.lab import cluster, faults
 from hvcluster.models.config import ClusterConfig
 from hvcluster.models.vm import VMSpec

@@ -20,10 +20,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hvcluster.drivers.image import DEFAULT_CACHE, build_image
 from hvcluster.drivers.qemu import QemuDriver, QemuSettings
 from hvcluster.drivers.runtime import kill_all, vm_dir
-from hvcluster.drivers.testguest import create_disk, guest_spec, heartbeats
+from hvcluster.guestimage.image import DEFAULT_CACHE, build_image
+from hvcluster.guestimage.testguest import create_disk, guest_spec, heartbeats
 from hvcluster.models.config import MigrationSettings
 from hvcluster.models.vm import Disk, VMSpec
 

@@ -11,9 +11,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from hvcluster.agent.watchdog import LOG_NAME, SOCKET_NAME
 from hvcluster.drivers.base import HostFacts
 from hvcluster.drivers.sim import SimDriver
+from hvcluster.watchdog.node import LOG_NAME, SOCKET_NAME
 from tests.sim.cluster import wait_for
 
 __all__ = ["wait_for"]  # the agent tests wait as the sim tests do
@@ -24,7 +24,7 @@ def node_watchdog(run_dir: Path, fence_after: float) -> Iterator[subprocess.Pope
     """``hvc watchdog`` for ``run_dir``, as a real process; killed after."""
     run_dir.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "hvcluster.agent.watchdog", "--run-dir", str(run_dir),
+        [sys.executable, "-m", "hvcluster.watchdog", "--run-dir", str(run_dir),
          "--fence-after", str(fence_after)],
         stderr=subprocess.DEVNULL,
     )  # fmt: skip

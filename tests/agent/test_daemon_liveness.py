@@ -14,8 +14,8 @@ import pytest
 
 from hvcluster.agent.config import AgentConfig
 from hvcluster.agent.daemon import Daemon, cancel_all
-from hvcluster.agent.network import MemoryLinks
 from hvcluster.drivers.sim import SimDriver
+from hvcluster.host.network import MemoryLinks
 from hvcluster.lab.etcd import EtcdCluster
 from hvcluster.models.base import encode
 from hvcluster.models.config import ClusterConfig

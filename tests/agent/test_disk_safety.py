@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from hvcluster.agent.disks import DiskBusy, DiskError, VolumeDisks
-from hvcluster.agent.storage import check_volume
+from hvcluster.host.storage import check_volume
 from hvcluster.models.base import encode
 from hvcluster.models.config import ClusterConfig
 from hvcluster.models.storage import MARKER, DiskDeletion, Volume

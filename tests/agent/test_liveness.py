@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 
 from hvcluster.agent.liveness import NodeLiveness
-from hvcluster.agent.watchdog import WatchdogFeeder
 from hvcluster.models.base import encode
 from hvcluster.models.config import ClusterConfig
 from hvcluster.models.vm import Placement
 from hvcluster.store.base import Member, StoreHealth
 from hvcluster.store.keys import Keys
 from hvcluster.store.memory_store import MemoryStore
+from hvcluster.watchdog.node import WatchdogFeeder
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 
 from hvcluster.agent.liveness import NodeLiveness
-from hvcluster.agent.watchdog import WatchdogFeeder
 from hvcluster.models.base import encode
 from hvcluster.models.vm import Placement
 from hvcluster.store.base import Put
 from hvcluster.store.keys import Keys
 from hvcluster.store.memory_store import MemoryStore
+from hvcluster.watchdog.node import WatchdogFeeder
 from tests.agent.test_liveness import CONFIG, RecordingFeeder
 
 pytestmark = pytest.mark.timeout(30)

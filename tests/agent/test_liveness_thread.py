@@ -11,11 +11,11 @@ import pytest
 
 from hvcluster.agent.liveness import NodeLiveness
 from hvcluster.agent.liveness_thread import LivenessRunner, OwnThread
-from hvcluster.agent.watchdog import MemoryWatchdog
 from hvcluster.models.config import ClusterConfig
 from hvcluster.store.base import Store
 from hvcluster.store.keys import Keys
 from hvcluster.store.memory_store import MemoryStore
+from hvcluster.watchdog.node import MemoryWatchdog
 
 pytestmark = pytest.mark.timeout(30)
 

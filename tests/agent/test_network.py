@@ -12,9 +12,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from hvcluster.agent.network import IpLinks, MemoryLinks, check_switches, ensure_switch
 from hvcluster.agent.resources import HostResources, Resources
 from hvcluster.drivers.sim import SimDriver
+from hvcluster.host.network import IpLinks, MemoryLinks, check_switches, ensure_switch
 from hvcluster.models.base import encode
 from hvcluster.models.storage import Switch, SwitchType, bridge_name
 from hvcluster.store.keys import Keys

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from hvcluster.agent.disks import DiskBusy, DiskError, VolumeDisks, virtual_size
-from hvcluster.agent.network import MemoryLinks
+from hvcluster.agent.disks import DiskBusy, DiskError, VolumeDisks
 from hvcluster.agent.resources import HostResources, Resources
-from hvcluster.agent.storage import check_volume, resolve_disk
 from hvcluster.drivers.sim import SimDriver
+from hvcluster.host.network import MemoryLinks
+from hvcluster.host.qemuimg import virtual_size
+from hvcluster.host.storage import check_volume, resolve_disk
 from hvcluster.models.base import encode
 from hvcluster.models.storage import MARKER, DiskDeletion, Switch, SwitchType, Volume
 from hvcluster.models.vm import Disk, VMSpec

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from hvcluster.agent.watchdog import SOCKET_NAME, WatchdogFeeder, vm_pids
+from hvcluster.watchdog.node import SOCKET_NAME, WatchdogFeeder, vm_pids
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -59,7 +59,7 @@ def watchdog(run_dir: Path) -> Iterator[subprocess.Popen[bytes]]:
         [
             sys.executable,
             "-m",
-            "hvcluster.agent.watchdog",
+            "hvcluster.watchdog",
             "--run-dir",
             str(run_dir),
             "--fence-after",

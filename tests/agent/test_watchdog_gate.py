@@ -12,9 +12,9 @@ import pytest
 
 from hvcluster.agent.config import AgentConfig
 from hvcluster.agent.daemon import Daemon, cancel_all
-from hvcluster.agent.network import MemoryLinks
 from hvcluster.drivers.sim import SimDriver
 from hvcluster.drivers.sim.model import SimParams
+from hvcluster.host.network import MemoryLinks
 from hvcluster.models.base import decode, encode, parse
 from hvcluster.models.config import ClusterConfig
 from hvcluster.models.node import Node

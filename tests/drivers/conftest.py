@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from hvcluster.drivers.image import DEFAULT_CACHE, GuestImage, build_image
 from hvcluster.drivers.qemu.settings import QemuSettings
 from hvcluster.drivers.runtime import kill_all, running_pids
+from hvcluster.guestimage.image import DEFAULT_CACHE, GuestImage, build_image
 
 CACHE = Path(os.environ.get("HVC_CACHE", str(DEFAULT_CACHE)))
 

@@ -19,13 +19,13 @@ from hvcluster.drivers.errors import (
     NotRunning,
     SpecError,
 )
-from hvcluster.drivers.image import GuestImage
 from hvcluster.drivers.qemu.driver import QemuDriver
 from hvcluster.drivers.qemu.settings import QemuSettings
 from hvcluster.drivers.runtime import kill_all, pid_alive, running_pids, vm_dir
 from hvcluster.drivers.sim import SimDriver, SimParams
 from hvcluster.drivers.sim.state import SimHost
-from hvcluster.drivers.testguest import create_disk, guest_spec
+from hvcluster.guestimage.image import GuestImage
+from hvcluster.guestimage.testguest import create_disk, guest_spec
 from hvcluster.models.config import MigrationSettings
 from hvcluster.models.lifecycle import VMState
 from hvcluster.models.migration import Progress

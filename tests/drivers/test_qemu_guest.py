@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from hvcluster.drivers.image import GuestImage
 from hvcluster.drivers.qemu.driver import QemuDriver
 from hvcluster.drivers.qemu.settings import QemuSettings
 from hvcluster.drivers.runtime import pid_alive, vm_dir
-from hvcluster.drivers.testguest import booted, create_disk, guest_spec, heartbeats, read_counter
+from hvcluster.guestimage.image import GuestImage
+from hvcluster.guestimage.testguest import booted, create_disk, guest_spec, heartbeats, read_counter
 from hvcluster.models.config import MigrationSettings
 from hvcluster.models.lifecycle import VMState
 from hvcluster.models.migration import Progress

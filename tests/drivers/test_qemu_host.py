@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 
 from hvcluster.drivers.errors import HypervisorMissing, QemuFailed
-from hvcluster.drivers.image import GuestImage, build_image, cached_image, image_dir
 from hvcluster.drivers.qemu.cmdline import tap_name
 from hvcluster.drivers.qemu.driver import QemuDriver
 from hvcluster.drivers.qemu.probe import VERDICT_FILE, decide_accelerator
 from hvcluster.drivers.qemu.settings import QemuSettings
-from hvcluster.drivers.testguest import create_disk, guest_spec, read_counter
+from hvcluster.guestimage.image import GuestImage, build_image, cached_image, image_dir
+from hvcluster.guestimage.testguest import create_disk, guest_spec, read_counter
 from hvcluster.models.errors import DriverError
 from hvcluster.models.lifecycle import VMState
 from hvcluster.models.storage import bridge_name

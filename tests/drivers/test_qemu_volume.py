@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 
 from hvcluster.agent.disks import VolumeDisks
-from hvcluster.agent.network import MemoryLinks
 from hvcluster.agent.resources import HostResources, Resources
-from hvcluster.drivers.image import GuestImage
 from hvcluster.drivers.qemu.driver import QemuDriver
 from hvcluster.drivers.qemu.settings import QemuSettings
-from hvcluster.drivers.testguest import read_counter
+from hvcluster.guestimage.image import GuestImage
+from hvcluster.guestimage.testguest import read_counter
+from hvcluster.host.network import MemoryLinks
 from hvcluster.models.base import encode
 from hvcluster.models.config import ClusterConfig
 from hvcluster.models.storage import MARKER, Volume

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from hvcluster.drivers.image import cached_image
+from hvcluster.guestimage.image import cached_image
 from hvcluster.lab import cluster, faults
 from hvcluster.lab.state import LabState, load
 from hvcluster.models.config import ClusterConfig

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from hvcluster.drivers.image import cached_image
-from hvcluster.drivers.testguest import read_counter
+from hvcluster.guestimage.image import cached_image
+from hvcluster.guestimage.testguest import read_counter
 from hvcluster.lab import processes
 from tests.lab.conftest import CACHE, Lab, make_lab, wait_for
 from tests.lab.test_qemu_failover import TwoCopies, counter_rises, create_guest, running, vm_pid

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from hvcluster.drivers.image import require_image
-from hvcluster.drivers.testguest import create_disk, read_counter
+from hvcluster.guestimage.image import require_image
+from hvcluster.guestimage.testguest import create_disk, read_counter
 from hvcluster.lab import processes
 from tests.lab.conftest import CACHE, Lab, wait_for
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from hvcluster.drivers.image import cached_image
-from hvcluster.drivers.testguest import heartbeats, read_counter
+from hvcluster.guestimage.image import cached_image
+from hvcluster.guestimage.testguest import heartbeats, read_counter
 from tests.lab.conftest import CACHE, Lab, make_lab, wait_for
 from tests.lab.test_qemu_failover import counter_rises, create_guest, running, vm_pid
 from tests.lab.test_qemu_storage_move import add_volume

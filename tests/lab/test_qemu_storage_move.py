@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from hvcluster.cli.volume_cmd import place_marker
-from hvcluster.drivers.image import cached_image, require_image
-from hvcluster.drivers.testguest import read_counter
+from hvcluster.guestimage.image import cached_image, require_image
+from hvcluster.guestimage.testguest import read_counter
 from tests.lab.conftest import CACHE, Lab, make_lab, wait_for
 from tests.lab.test_qemu_failover import counter_rises, running, vm_pid
 

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from hvcluster.cli.volume_cmd import place_marker
-from hvcluster.drivers.image import require_image
+from hvcluster.guestimage.image import require_image
 from hvcluster.models.storage import MARKER
 from tests.lab.conftest import CACHE, Lab, wait_for
 from tests.lab.test_qemu_failover import counter_rises, running

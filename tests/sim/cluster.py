@@ -17,7 +17,6 @@ import httpx
 from hvcluster.agent.config import AgentConfig
 from hvcluster.agent.daemon import Daemon, cancel_all
 from hvcluster.agent.drivers import SimHostLinks
-from hvcluster.agent.watchdog import MemoryWatchdog
 from hvcluster.drivers.sim import SimDriver
 from hvcluster.drivers.sim.model import SimParams
 from hvcluster.drivers.sim.state import SimHost
@@ -31,6 +30,7 @@ from hvcluster.models.vm import Disk, Placement, VMSpec, VMStatus
 from hvcluster.store.events import EventLog
 from hvcluster.store.keys import Keys
 from hvcluster.store.memory_store import MemoryStore
+from hvcluster.watchdog.node import MemoryWatchdog
 from tests.tokens import api_client
 
 # Short timings keep the suite fast; their ratios are the defaults'.

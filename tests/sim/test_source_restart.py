@@ -12,7 +12,6 @@ import pytest
 from hvcluster.agent.config import AgentConfig
 from hvcluster.agent.daemon import Daemon, cancel_all
 from hvcluster.agent.drivers import SimHostLinks
-from hvcluster.agent.watchdog import MemoryWatchdog
 from hvcluster.drivers.sim import SimDriver
 from hvcluster.drivers.sim.model import SimParams
 from hvcluster.drivers.sim.state import SimHost
@@ -20,6 +19,7 @@ from hvcluster.models.base import decode
 from hvcluster.models.lifecycle import MigrationState, VMState
 from hvcluster.models.migration import Migration
 from hvcluster.store.migrations import TIMES_LOST
+from hvcluster.watchdog.node import MemoryWatchdog
 from tests.sim.cluster import SimCluster
 from tests.sim.moves import move, record
 

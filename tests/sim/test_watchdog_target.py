@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hvcluster.agent.watchdog import MemoryWatchdog
 from hvcluster.models.lifecycle import MigrationState
+from hvcluster.watchdog.node import MemoryWatchdog
 from tests.sim.cluster import SimCluster, node_record
 from tests.sim.moves import move, record
 

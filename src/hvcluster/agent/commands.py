@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from hvcluster.agent.watchdog import Watchdog
+from hvcluster.watchdog.node import Watchdog
 
 
 def watchdog(

@@ -24,16 +24,15 @@ from hvcluster.agent.drivers import make_driver, make_links
 from hvcluster.agent.liveness import NodeLiveness
 from hvcluster.agent.liveness_thread import LivenessRunner, OnLoop, OwnThread
 from hvcluster.agent.migration import MigrationWorker
-from hvcluster.agent.network import Links
 from hvcluster.agent.node import NodeAgent, NodeIdentity, Say
 from hvcluster.agent.resources import HostResources
 from hvcluster.agent.storage_move import StorageMover
-from hvcluster.agent.watchdog import WatchdogFeeder
 from hvcluster.api.app import create_app
 from hvcluster.api.context import PeerApi
 from hvcluster.api.serving import server_settings
 from hvcluster.controller.loop import Controller
 from hvcluster.drivers.base import Driver
+from hvcluster.host.network import Links
 from hvcluster.models.config import ClusterConfig
 from hvcluster.models.errors import HvcError, StoreError
 from hvcluster.models.event import Event
@@ -46,6 +45,7 @@ from hvcluster.store.events import EventLog
 from hvcluster.store.keys import Keys
 from hvcluster.store.lease import LeaseKeeper
 from hvcluster.store.state import read_config
+from hvcluster.watchdog.node import WatchdogFeeder
 
 log = logging.getLogger("hvc.agent")
 

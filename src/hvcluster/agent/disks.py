@@ -23,15 +23,14 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from hvcluster.agent.run import run_command
-from hvcluster.agent.storage import resolve_allowed, resolve_disk
+from hvcluster.host import qemuimg
+from hvcluster.host.storage import resolve_allowed, resolve_disk
 from hvcluster.models.base import decode, encode
 from hvcluster.models.errors import CorruptValue, DriverError
 from hvcluster.models.storage import CreatedDisk, DiskDeletion
@@ -44,7 +43,6 @@ from hvcluster.store.state import read_config
 log = logging.getLogger(__name__)
 
 GIB = 1024**3
-QEMU_IMG_TIMEOUT_S = 60.0
 DELETIONS = "delete-disks/"
 
 Say = Callable[[str, str, str], Awaitable[None]]
@@ -64,15 +62,6 @@ class DiskError(DriverError):
 
 class DiskBusy(DiskError):
     """Another node holds the lock of a disk."""
-
-
-async def qemu_img(*args: str) -> str:
-    return await run_command(["qemu-img", *args], QEMU_IMG_TIMEOUT_S, DiskError)
-
-
-async def virtual_size(path: Path, fmt: str) -> int:
-    info = json.loads(await qemu_img("info", "-f", fmt, "--output=json", str(path)))
-    return int(info["virtual-size"])
 
 
 class VolumeDisks:
@@ -189,11 +178,11 @@ class VolumeDisks:
             size = int(disk.size_gib * GIB)
             if not await asyncio.to_thread(path.exists):  # a volume may be slow (NFS)
                 await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
-                await qemu_img("create", "-q", "-f", disk.format, str(path), str(size))
+                await qemuimg.create(path, disk.format, size, DiskError)
                 await self.record_created(disk, spec)
                 done.append(f"created {disk.file} ({disk.size_gib:g} GiB)")
-            elif await virtual_size(path, disk.format) < size:
-                await qemu_img("resize", "-q", "-f", disk.format, str(path), str(size))
+            elif await qemuimg.virtual_size(path, disk.format, DiskError) < size:
+                await qemuimg.resize(path, disk.format, size, DiskError)
                 done.append(f"grew {disk.file} to {disk.size_gib:g} GiB")
         return done
 

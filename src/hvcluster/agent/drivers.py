@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from hvcluster.agent.config import AgentConfig
-from hvcluster.agent.network import IpLinks, Links, MemoryLinks
 from hvcluster.drivers.base import Driver
 from hvcluster.drivers.qemu.driver import QemuDriver
 from hvcluster.drivers.qemu.settings import QemuSettings
+from hvcluster.host.network import IpLinks, Links, MemoryLinks
 
 if TYPE_CHECKING:
     from hvcluster.drivers.sim import SimDriver

@@ -31,7 +31,6 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
-from hvcluster.agent.watchdog import WatchdogFeeder
 from hvcluster.models.base import decode, encode
 from hvcluster.models.config import ClusterConfig
 from hvcluster.models.errors import CorruptValue, LeaseLost, StoreError
@@ -41,6 +40,7 @@ from hvcluster.store.follow import follow
 from hvcluster.store.guards import keys_unchanged
 from hvcluster.store.health import nobody_can_act
 from hvcluster.store.keys import Keys
+from hvcluster.watchdog.node import WatchdogFeeder
 
 log = logging.getLogger(__name__)
 

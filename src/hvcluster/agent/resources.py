@@ -1,8 +1,8 @@
 """The periodic check of this host's shared volumes and virtual switches.
 
 Every few seconds (and at start) the agent reads ``volumes/`` and ``switches/``, checks each
-volume (:mod:`hvcluster.agent.storage`), makes each switch's bridge
-(:mod:`hvcluster.agent.network`), tells its driver where the volumes it sees are mounted,
+volume (:mod:`hvcluster.host.storage`), makes each switch's bridge
+(:mod:`hvcluster.host.network`), tells its driver where the volumes it sees are mounted,
 and, when anything changed, reports it in ``nodes/<me>`` through the node agent's CAS
 update. It also carries out disk deletions of deleted VMs. Nothing here stops the agent: a
 failed check is a problem reported for that volume or switch, a store error waits for the
@@ -17,9 +17,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hvcluster.agent.network import Links, check_switches
-from hvcluster.agent.storage import check_volume
 from hvcluster.drivers.base import Driver
+from hvcluster.host.network import Links, check_switches
+from hvcluster.host.storage import check_volume
 from hvcluster.models.errors import HvcError, StoreError
 from hvcluster.models.storage import Switch, Volume
 from hvcluster.store.base import Store

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from hvcluster.cli.output import friendly_errors, print_json
-from hvcluster.drivers.image import DEFAULT_CACHE, build_image, cached_image
+from hvcluster.guestimage.image import DEFAULT_CACHE, build_image, cached_image
 
 app = typer.Typer(help="The test/demo guest image (a Debian kernel + busybox initramfs).")
 

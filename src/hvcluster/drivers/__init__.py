@@ -6,7 +6,7 @@
   deterministic simulation;
 - :mod:`hvcluster.drivers.runtime`: the per-VM runtime dirs both share, and the synchronous
   helpers the node watchdog uses to kill every VM of a node;
-- :mod:`hvcluster.drivers.image` and :mod:`hvcluster.drivers.testguest`: the test guest.
+- :mod:`hvcluster.guestimage.image` and :mod:`hvcluster.guestimage.testguest`: the test guest.
 
 This layer imports only :mod:`hvcluster.models`.
 """

@@ -56,9 +56,5 @@ class DiskMoveFailed(MigrationFailed):
     The VM keeps using its old disk."""
 
 
-class ImageBuildFailed(DriverError):
-    """``hvc image build`` could not fetch the kernel or assemble the guest image."""
-
-
 class ProcessFailed(DriverError):
     """A helper process the driver needs (the sim driver's placeholder, ``ip``) failed."""

@@ -224,7 +224,7 @@ def start_node(state: LabState, name: str, fence_after: float = 3.0) -> LabState
                 [
                     sys.executable,
                     "-m",
-                    "hvcluster.agent.watchdog",
+                    "hvcluster.watchdog",
                     "--run-dir",
                     str(run_dir),
                     "--fence-after",

@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from hvcluster.drivers.image import require_image
+from hvcluster.guestimage.image import require_image
 from hvcluster.lab.state import LabState
 from hvcluster.models.errors import HvcError
 

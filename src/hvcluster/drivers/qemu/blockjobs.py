@@ -35,7 +35,6 @@ from typing import Any
 from hvcluster.drivers.base import Confirm, DiskMoveResult, MigrationResult, ProgressCallback
 from hvcluster.drivers.errors import (
     DiskMoveFailed,
-    HypervisorMissing,
     MigrationCancelled,
     QemuFailed,
     SpecError,
@@ -43,6 +42,7 @@ from hvcluster.drivers.errors import (
 from hvcluster.drivers.qemu.monitor import Monitor
 from hvcluster.drivers.qemu.vm import QemuVM, free_port, uri_host
 from hvcluster.drivers.runtime import read_json, write_json
+from hvcluster.host import qemuimg
 from hvcluster.models.errors import DriverError
 from hvcluster.models.migration import Progress
 from hvcluster.models.vm import Disk
@@ -50,7 +50,6 @@ from hvcluster.models.vm import Disk
 log = logging.getLogger(__name__)
 
 POLL_S = 0.05
-QEMU_IMG_TIMEOUT_S = 60.0
 NBD_PREFIX = "nbd:"
 
 
@@ -65,24 +64,11 @@ async def create_image(path: Path, fmt: str, size: int) -> None:
     if await asyncio.to_thread(path.exists):
         raise SpecError(f"{path} exists already; a disk is never moved onto a file", "path")
     await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
-    argv = ["qemu-img", "create", "-q", "-f", fmt, str(path), str(size)]
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
-        )
-    except FileNotFoundError as e:
-        raise HypervisorMissing("qemu-img is not installed (package qemu-utils)") from e
-    try:
-        async with asyncio.timeout(QEMU_IMG_TIMEOUT_S):
-            _, err = await proc.communicate()
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
+        await qemuimg.create(path, fmt, size, QemuFailed)
+    except QemuFailed:
         remove(path)
-        raise QemuFailed(f"qemu-img create {path}: no answer in {QEMU_IMG_TIMEOUT_S}s") from None
-    if proc.returncode != 0:
-        remove(path)
-        raise QemuFailed(f"qemu-img create {path}: {err.decode(errors='replace').strip()}")
+        raise
 
 
 def remove(path: Path) -> None:

@@ -18,9 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from hvcluster.drivers.image import cached_image
 from hvcluster.drivers.qemu.host import qemu_version
 from hvcluster.drivers.qemu.settings import QemuSettings
+from hvcluster.guestimage.image import cached_image
 
 log = logging.getLogger(__name__)
 

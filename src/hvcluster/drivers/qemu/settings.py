@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from hvcluster.drivers.image import DEFAULT_CACHE
+from hvcluster.guestimage.image import DEFAULT_CACHE
 from hvcluster.models.base import Model
 
 

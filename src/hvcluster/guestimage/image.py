@@ -3,7 +3,7 @@
 The kernel is the package ``linux-image-amd64`` depends on (``apt-get download`` +
 ``dpkg-deb -x``); the initramfs is busybox-static, the virtio modules (the extracted tree has
 no ``modules.dep``: each module's dependencies come from ``modinfo -F depends``) and the /init
-of :mod:`hvcluster.drivers.guest_init`. Everything lands in ``<cache>/guest/``; a manifest
+of :mod:`hvcluster.guestimage.guest_init`. Everything lands in ``<cache>/guest/``; a manifest
 records what was built from what, so a second build with nothing changed does nothing.
 """
 
@@ -20,8 +20,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from hvcluster.drivers.errors import ImageBuildFailed
-from hvcluster.drivers.guest_init import INIT_SCRIPT
+from hvcluster.guestimage.guest_init import INIT_SCRIPT
+from hvcluster.models.errors import HvcError
 from hvcluster.models.vm import Boot
 
 DEFAULT_CACHE = Path("/var/cache/hvcluster")
@@ -34,6 +34,10 @@ CMDLINE = "console=ttyS0 quiet"
 FORMAT = 1
 
 Log = Callable[[str], None]
+
+
+class ImageBuildFailed(HvcError):
+    """``hvc image build`` could not fetch the kernel or assemble the guest image."""
 
 
 @dataclass(frozen=True)

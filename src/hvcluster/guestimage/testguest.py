@@ -1,4 +1,4 @@
-"""Host-side helpers for the test guest (see :mod:`hvcluster.drivers.image`): its disk, the
+"""Host-side helpers for the test guest (see :mod:`hvcluster.guestimage.image`): its disk, the
 counter it keeps there, its serial console, and a VM spec that boots it.
 
 The counter is how tests prove a VM was never reset, never ran twice and lost nothing. It is
@@ -8,13 +8,11 @@ read with ``qemu-img dd -U`` (force-share), so it works while QEMU holds the ima
 from __future__ import annotations
 
 import re
-import subprocess
 import tempfile
 from pathlib import Path
 
-from hvcluster.drivers.errors import HypervisorMissing
-from hvcluster.drivers.image import GuestImage
-from hvcluster.models.errors import DriverError
+from hvcluster.guestimage.image import GuestImage
+from hvcluster.host.qemuimg import qemu_img_blocking
 from hvcluster.models.vm import Disk, Nic, VMSpec
 
 COUNTER = re.compile(rb"^HVCCOUNTER1 (\d{20})\n")
@@ -22,21 +20,9 @@ HEARTBEAT = re.compile(r"HVC-HEARTBEAT counter=(\d+)")
 BOOT_MARKER = "HVC-BOOT"
 
 
-def _qemu_img(*args: str) -> str:
-    try:
-        done = subprocess.run(
-            ["qemu-img", *args], capture_output=True, text=True, timeout=60, check=False
-        )
-    except FileNotFoundError as e:
-        raise HypervisorMissing("qemu-img is not installed (package qemu-utils)") from e
-    if done.returncode != 0:
-        raise DriverError(f"qemu-img {' '.join(args)}: {done.stderr.strip()}")
-    return done.stdout
-
-
 def create_disk(path: Path, size_mib: int = 16, fmt: str = "qcow2") -> Path:
     """A new, empty disk image (its counter reads 0)."""
-    _qemu_img("create", "-q", "-f", fmt, str(path), f"{size_mib}M")
+    qemu_img_blocking("create", "-q", "-f", fmt, str(path), f"{size_mib}M")
     return Path(path)
 
 
@@ -48,7 +34,7 @@ def read_counter(path: Path, fmt: str = "qcow2") -> int:
     else:
         with tempfile.TemporaryDirectory(prefix="hvc-counter-") as tmp:
             out = Path(tmp) / "sector"
-            _qemu_img(
+            qemu_img_blocking(
                 "dd", "-U", "-f", fmt, "-O", "raw", "bs=512", "count=1", f"if={path}", f"of={out}"
             )
             head = out.read_bytes()[:64]

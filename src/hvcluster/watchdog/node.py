@@ -249,7 +249,7 @@ class MemoryWatchdog(WatchdogFeeder):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m hvcluster.agent.watchdog --run-dir DIR --fence-after S``: no Typer, no
+    """``python -m hvcluster.watchdog --run-dir DIR --fence-after S``: no Typer, no
     asyncio, so it starts fast and depends on as little as possible."""
     import argparse
 

@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from hvcluster.agent.run import run_command
+from hvcluster.host.run import run_command
 from hvcluster.models.storage import Switch, SwitchType
 
 log = logging.getLogger(__name__)
