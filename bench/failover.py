@@ -1,15 +1,16 @@
 """Failover time in a real lab: repeated host failures with the sim and the qemu driver,
-default timings. Two faults: ``kill`` (a host crash: agent, watchdog and VMs SIGKILLed) and
-``partition`` (a lab with a network namespace per node; the host's link is cut, everything on
-it keeps running, so its watchdog must kill its VMs first; healed after each round). For each
-failure, seconds from the fault to:
+default timings (or ``--profile fast``). Two faults: ``kill`` (a host crash: agent, watchdog
+and VMs SIGKILLed) and ``partition`` (a lab with a network namespace per node; the host's link
+is cut, everything on it keeps running, so its watchdog must kill its VMs first; healed after
+each round). For each failure, seconds from the fault to:
 
 - detected: the controller saw the node's alive key gone (its lease expired);
 - decided: the controller recorded the recovery (placement moved, epoch + 1);
 - running: the new host's agent reported the VM running;
 - heartbeat (qemu): the guest printed its first heartbeat on the new host.
 
-Writes bench/results/failover.json and prints p50/p99 per step.
+Writes bench/results/failover.json (``--profile fast``: failover-fast.json) and prints p50/p99
+per step.
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ from hvcluster.guestimage.image import DEFAULT_CACHE, require_image
 from hvcluster.guestimage.testguest import create_disk, heartbeats
 from hvcluster.lab import cluster, faults
 from hvcluster.lab.state import LabState, load
-from hvcluster.models.config import ClusterConfig, QuarantineSettings
+from hvcluster.models.config import PROFILES, ClusterConfig, QuarantineSettings
 
-RESULTS = Path(__file__).parent / "results" / "failover.json"
+RESULTS = Path(__file__).parent / "results"
 # The lab's admin token, once the lab is up (every request sends it).
 HEADERS: dict[str, str] = {}
 VM = "bench-1"
@@ -118,13 +119,20 @@ def _wait_back(state: LabState, api: str, node: str) -> None:
     raise SystemExit(f"{node} did not come back")
 
 
-def bench_config() -> ClusterConfig:
-    """Default timings; quarantine off, or three nodes crashed over and over would all end
-    up quarantined (as WSFC would) and the later rounds would measure nothing."""
-    return ClusterConfig(quarantine=QuarantineSettings(threshold=10_000))
+def bench_config(profile: str = "default") -> ClusterConfig:
+    """The profile's timings; quarantine off, or three nodes crashed over and over would all
+    end up quarantined (as WSFC would) and the later rounds would measure nothing."""
+    return ClusterConfig.with_profile(profile, quarantine=QuarantineSettings(threshold=10_000))
 
 
-def run(driver: str, fault: str, rounds: int, work: Path) -> list[dict[str, float]]:
+def results_file(profile: str) -> Path:
+    """Each profile keeps its own results."""
+    return RESULTS / ("failover.json" if profile == "default" else f"failover-{profile}.json")
+
+
+def run(
+    driver: str, fault: str, rounds: int, work: Path, profile: str = "default"
+) -> list[dict[str, float]]:
     lab_dir = work / f"lab-{driver}"
     network = "netns" if fault == "partition" else "loopback"
     cluster.up(
@@ -132,7 +140,7 @@ def run(driver: str, fault: str, rounds: int, work: Path) -> list[dict[str, floa
         driver,  # type: ignore[arg-type]
         lab_dir,
         DEFAULT_CACHE,
-        bench_config(),
+        bench_config(profile),
         log=lambda _: None,
         network=network,  # type: ignore[arg-type]
     )
@@ -180,15 +188,22 @@ def main() -> None:
     parser.add_argument("--drivers", default="sim,qemu")
     parser.add_argument("--faults", default="kill,partition", help="kill and/or partition")
     parser.add_argument("--work", type=Path, default=Path("/tmp/hvc-bench-failover"))
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="default")
     args = parser.parse_args()
-    results: dict[str, Any] = {"rounds": args.rounds, "config": bench_config().model_dump()}
+    config = bench_config(args.profile)
+    results: dict[str, Any] = {
+        "rounds": args.rounds,
+        "profile": args.profile,
+        "config": config.model_dump(),
+    }
     cases = [(d, f) for f in args.faults.split(",") for d in args.drivers.split(",")]
     for driver, fault in cases:
-        samples = run(driver, fault, args.rounds, args.work)
+        samples = run(driver, fault, args.rounds, args.work, args.profile)
         results[f"{driver}/{fault}"] = {"samples": samples, "summary": summary(samples)}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2))
-    print(f"failover (default timings), {args.rounds} failures each:")
+    out = results_file(args.profile)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print(f"failover ({args.profile} timings), {args.rounds} failures each, in {out}:")
     for driver, fault in cases:
         for step, v in results[f"{driver}/{fault}"]["summary"].items():
             case = f"{driver}/{fault}"

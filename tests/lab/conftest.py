@@ -104,9 +104,11 @@ def make_lab(
     nodes: int = 3,
     network: cluster.Network = "loopback",
     etcd: int = 1,
+    config: ClusterConfig | None = None,
 ) -> Generator[Lab, None, None]:
     """A lab, stopped after. One etcd member unless asked (``hvc lab up`` runs 3): the tests
-    that are not about etcd outages stay light on a loaded machine."""
+    that are not about etcd outages stay light on a loaded machine. ``config``: e.g.
+    ``ClusterConfig.with_profile("fast")``; the defaults unless given."""
     lab_dir = tmp / "lab"
     try:
         cluster.up(
@@ -114,7 +116,7 @@ def make_lab(
             driver,  # type: ignore[arg-type]
             lab_dir,
             CACHE,
-            ClusterConfig(),
+            config or ClusterConfig(),
             log=lambda _: None,
             network=network,
             etcd_members=etcd,

@@ -246,3 +246,18 @@ def test_a_lease_seen_running_out_is_reclaimed_after_the_short_margin() -> None:
     r = one_for(plan(snap(nodes, [vm("web", on="n1")])), "web")
     assert isinstance(r, Recover)
     assert "lease ran out" in r.reason
+
+
+def test_with_the_fast_profile_a_lease_run_out_waits_until_the_watchdog_surely_fired() -> None:
+    """TTL 2 s, fence_after 1.5 s: a lease seen to run out went only TTL - 1 s (etcd rounds
+    the TTL down) = 1 s without a keepalive, so the watchdog may fire 0.5 s after the key
+    went: the margin counts from then."""
+    from dataclasses import replace
+
+    from hvcluster.models.config import PROFILES
+
+    nodes = dead_n1(0.4)
+    nodes[0] = replace(nodes[0], expired=True)
+    w = one_for(plan(snap(nodes, [vm("web", on="n1")], **PROFILES["fast"])), "web")
+    assert isinstance(w, Wait)
+    assert w.until == NOW - 0.4 + 0.5 + 0.5

@@ -106,6 +106,8 @@ def up(
         ca=str(client.ca),
         client_cert=str(client.cert),
         client_key=str(client.key),
+        profile=config.profile() or "custom",
+        fence_after_s=config.fence_after_s,
     )
     for member in etcd:
         state = state.with_member(members.spawn(state, member))
@@ -137,7 +139,7 @@ def up(
         )
         save(state)
         for node in lab_nodes:
-            state = start_node(state, node.name, config.fence_after_s)
+            state = start_node(state, node.name)
         for url in state.api:
             _wait(
                 functools.partial(_healthy, url, state.ca),
@@ -212,8 +214,9 @@ def _make_node(
     )
 
 
-def start_node(state: LabState, name: str, fence_after: float = 3.0) -> LabState:
-    """Start the watchdog (if not running) and the agent of ``name``."""
+def start_node(state: LabState, name: str) -> LabState:
+    """Start the watchdog (if not running; with the cluster's ``fence_after``) and the agent
+    of ``name``."""
     node = state.node(name)
     run_dir = Path(node.run_dir)
     wd = node.watchdog_pid
@@ -228,7 +231,7 @@ def start_node(state: LabState, name: str, fence_after: float = 3.0) -> LabState
                     "--run-dir",
                     str(run_dir),
                     "--fence-after",
-                    str(fence_after),
+                    str(state.fence_after_s),
                 ]
             ),
             run_dir / "watchdog.out",

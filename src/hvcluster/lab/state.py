@@ -53,6 +53,8 @@ class LabState(Model):
     shared_dir: str = ""  # the lab's one "shared volume"
     net: LabNet | None = None  # None: every node on loopback; else a namespace per node
     token: str = ""  # the admin API token made at bootstrap (hvc reads it from here)
+    profile: str = "default"  # the timing profile of its cluster config (models/config.py)
+    fence_after_s: float = 3.0  # of that config: what each node's watchdog is started with
     # TLS: the lab's CA (etcd and every API have certificates it signed; clients verify
     # against it), and a client certificate of the lab's own, for etcdctl and
     # 'hvc store check'. Empty: a plain-text lab.

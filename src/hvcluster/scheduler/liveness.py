@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
+from hvcluster.models.config import ClusterConfig
 from hvcluster.scheduler.snapshot import ClusterSnapshot, NodeView
 from hvcluster.scheduler.timefmt import clock, span
 
@@ -54,6 +55,21 @@ class MassFailure:
             f"vanished together, more than {fraction:.0%}: treated as a control-plane event, "
             "not node failures"
         )
+
+
+# etcd reports a lease's remaining TTL in whole seconds, rounded down: a lease the controller
+# took for run out (controller/memory.py) went at least TTL - this without a keepalive.
+TTL_ROUNDING_S = 1.0
+
+
+def expired_wait(cfg: ClusterConfig) -> float:
+    """How long after a node's lease ran out its VMs may be reclaimed. The node went at
+    least ``TTL - 1 s`` without a confirmed keepalive, so its watchdog fired
+    ``fence_after - (TTL - 1 s)`` after the key went at the latest (nothing, with the
+    default timings): that, plus ``expired_margin`` for the kill to land. With the fast
+    profile (TTL 2 s, fence_after 1.5 s) it is 0.5 s more than the margin."""
+    late = max(0.0, cfg.fence_after_s - (cfg.lease_ttl_s - TTL_ROUNDING_S))
+    return late + cfg.expired_margin_s
 
 
 def _gone_since(node: NodeView, now: float) -> float:
@@ -95,10 +111,10 @@ def assess(snapshot: ClusterSnapshot) -> Mapping[str, NodeHealth]:
             continue
         wait, text = base_wait, wait_text
         if node.expired:
-            wait = cfg.expired_margin_s
+            wait = expired_wait(cfg)
             text = (
                 f"its lease ran out (a whole TTL without a keepalive, so its watchdog fired "
-                f"before) + margin {span(cfg.expired_margin_s)}"
+                f"by then) + margin {span(wait)}"
             )
         if name in in_mass and mass is not None:
             wait += cfg.mass_failure_grace_s
