@@ -45,6 +45,7 @@ from hvcluster.store.events import EventLog
 from hvcluster.store.keys import Keys
 from hvcluster.store.lease import LeaseKeeper
 from hvcluster.store.state import read_config
+from hvcluster.tasks import cancel_all
 from hvcluster.watchdog.node import WatchdogFeeder
 
 log = logging.getLogger("hvc.agent")
@@ -261,7 +262,8 @@ class Daemon:
             controller_say,
             is_leader=lambda: election is not None and election.is_leader,
         )
-        loop = asyncio.create_task(controller.run())
+        loop = asyncio.create_task(controller.run(), name="controller-loop")
+        self.tasks.append(loop)  # stopped with the others (cancel_all: never left running)
         keeper: LeaseKeeper | None = None
         try:
             while True:
@@ -284,8 +286,10 @@ class Daemon:
                         with contextlib.suppress(BaseException):
                             await asyncio.wait_for(keeper.stop(revoke=False), 2.0)
         finally:
-            loop.cancel()
-            controller.close()
+            try:  # the controller ends with us, never left running on its own
+                await cancel_all([loop])
+            finally:
+                controller.close()
             if election is not None:
                 with contextlib.suppress(BaseException):
                     await asyncio.wait_for(election.resign(), 2.0)
@@ -315,21 +319,6 @@ def etcd_store(cfg: AgentConfig) -> EtcdStore:
     certificate) when ``etcd_ca`` is set."""
     tls = EtcdTls(cfg.etcd_ca, cfg.etcd_cert, cfg.etcd_key) if cfg.etcd_ca else None
     return EtcdStore(list(cfg.etcd), tls=tls)
-
-
-async def cancel_all(tasks: list[asyncio.Task[None]], rounds: int = 10) -> None:
-    """Cancel ``tasks`` and wait until they are done. Python 3.11's ``wait_for`` can swallow
-    a cancellation that races with the result it waited for, so cancel again until they end
-    (never wait forever on shutdown)."""
-    pending = {t for t in tasks if not t.done()}
-    for _ in range(rounds):
-        if not pending:
-            return
-        for task in pending:
-            task.cancel()
-        _, pending = await asyncio.wait(pending, timeout=0.5)
-    if pending:
-        log.warning("tasks did not stop: %s", ", ".join(t.get_name() for t in pending))
 
 
 class _ApiServer(uvicorn.Server):

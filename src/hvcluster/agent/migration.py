@@ -27,8 +27,6 @@ the source resumes only when the record failed while the placement is still its 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 
 from hvcluster.agent.migration_source import SourceRole
@@ -39,6 +37,7 @@ from hvcluster.models.migration import Migration
 from hvcluster.store.base import WatchEvent
 from hvcluster.store.follow import follow
 from hvcluster.store.migrations import read_migrations
+from hvcluster.tasks import wait_event
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +55,7 @@ class MigrationWorker(TargetRole, SourceRole):
             except Exception:  # not one record's (those are caught in the cycle): say, go on
                 log.exception("migration cycle failed unexpectedly; carrying on")
             self.wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), interval)
+            await wait_event(self.wake, interval)
 
     async def watch(self) -> None:
         def seen(event: WatchEvent) -> None:

@@ -28,6 +28,7 @@ from hvcluster.models.errors import CorruptValue, DriverError
 from hvcluster.models.lifecycle import MigrationState
 from hvcluster.models.migration import Migration, MigrationKind, split_state_file
 from hvcluster.store.migrations import change_migration, change_migration_at
+from hvcluster.tasks import wait_event
 
 log = logging.getLogger(__name__)
 
@@ -122,8 +123,7 @@ class QuickState(MigrationBase):
                     await self._fail(rec, why)
                     raise NotVerified(why)
                 waiting.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(waiting.wait(), min(left, VERIFY_POLL_S))
+                await wait_event(waiting, min(left, VERIFY_POLL_S))
         finally:
             self.verify_waits.pop(rec.id, None)
 

@@ -38,6 +38,7 @@ from hvcluster.store.migrations import (
 )
 from hvcluster.store.state import read_config
 from hvcluster.store.storage_moves import moved_spec_ops
+from hvcluster.tasks import wait_event
 
 log = logging.getLogger(__name__)
 
@@ -293,8 +294,7 @@ class SourceRole(QuickState):
         key = self.keys.migration(written.record.id)
         last: Progress | None = None
         while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), PROGRESS_EVERY)
+            await wait_event(stop, PROGRESS_EVERY)
             if stop.is_set() or not latest or latest[-1] == last:
                 continue
             progress = latest[-1]

@@ -12,7 +12,6 @@ Each cycle reads specs, placements and statuses, asks the driver what runs here,
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -44,6 +43,7 @@ from hvcluster.store.base import Compare, Put, Store
 from hvcluster.store.follow import follow
 from hvcluster.store.keys import Keys
 from hvcluster.store.reads import read_kind
+from hvcluster.tasks import wait_event
 
 log = logging.getLogger(__name__)
 
@@ -167,8 +167,7 @@ class NodeAgent:
             except Exception:  # a bug must not stop the agent: its VMs would be fenced
                 log.exception("reconcile cycle failed unexpectedly; carrying on")
             self.wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), interval)
+            await wait_event(self.wake, interval)
             hold = self.quiet_until - time.monotonic()
             if hold > 0:
                 await asyncio.sleep(hold)

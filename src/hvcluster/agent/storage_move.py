@@ -52,6 +52,7 @@ from hvcluster.store.storage_moves import (
     moves_prefix,
     read_moves,
 )
+from hvcluster.tasks import wait_event
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +89,7 @@ class StorageMover:
                 except Exception:  # not one record's (those are caught in the cycle)
                     log.exception("storage move cycle failed unexpectedly; carrying on")
                 self.wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.wake.wait(), interval)
+                await wait_event(self.wake, interval)
         finally:  # the daemon stops: so do the copies (the driver stops their mirrors)
             for task in self.tasks.values():
                 task.cancel()

@@ -10,7 +10,6 @@ etcd, and applying a decision twice is harmless (every write compares revisions)
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -41,6 +40,7 @@ from hvcluster.store.keys import Keys
 from hvcluster.store.migrations import read_migrations
 from hvcluster.store.reads import Decoded, read_kind
 from hvcluster.store.state import ClusterState, read_cluster
+from hvcluster.tasks import cancel_all, wait_event
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +89,7 @@ class Controller:
         try:
             await self._run(interval)
         finally:
-            for task in helpers:
-                task.cancel()
-            await asyncio.gather(*helpers, return_exceptions=True)
+            await cancel_all(helpers)  # again until they end: a wait_for may swallow one
 
     async def _run(self, interval: float) -> None:
         while True:
@@ -109,8 +107,7 @@ class Controller:
             except Exception:  # a bug in one cycle must not take the agent down
                 log.exception("controller cycle failed unexpectedly; carrying on")
             self.wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), interval)
+            await wait_event(self.wake, interval)
 
     async def cycle(self) -> list[str]:
         """One read-decide-apply pass; returns a sentence per decision applied."""

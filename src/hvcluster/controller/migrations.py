@@ -24,7 +24,6 @@ not wait for it).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -61,6 +60,7 @@ from hvcluster.store.migrations import (
 from hvcluster.store.reads import Decoded, Stored, read_kind
 from hvcluster.store.state import ClusterState, read_cluster
 from hvcluster.store.storage_moves import moved_spec_ops
+from hvcluster.tasks import wait_event
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +99,7 @@ class MigrationCoordinator:
             except Exception:  # not one record's (those fail alone): say, go on
                 log.exception("migration coordinator cycle failed unexpectedly; carrying on")
             self.wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), interval)
+            await wait_event(self.wake, interval)
 
     async def watch(self) -> None:
         loop = asyncio.get_running_loop()
