@@ -14,7 +14,7 @@ from pathlib import Path
 from hvcluster.drivers.base import HostFacts
 from hvcluster.drivers.sim import SimDriver
 from hvcluster.watchdog.node import LOG_NAME, SOCKET_NAME
-from tests.sim.cluster import wait_for
+from tests.waiting import wait_for
 
 __all__ = ["wait_for"]  # the agent tests wait as the sim tests do
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -46,19 +45,3 @@ def run_dirs(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
     deadline = time.monotonic() + 10
     while any(running_pids(d) for d in made) and time.monotonic() < deadline:
         time.sleep(0.05)
-
-
-async def eventually(
-    check: Callable[[], Awaitable[bool]] | Callable[[], bool], timeout: float, what: str
-) -> None:
-    """Poll ``check`` until it is true; fail the test naming ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.1)

@@ -19,7 +19,7 @@ from hvcluster.models.config import MigrationSettings
 from hvcluster.models.lifecycle import VMState
 from hvcluster.models.migration import Progress
 from hvcluster.models.vm import Disk
-from tests.drivers.conftest import eventually
+from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.qemu, pytest.mark.timeout(120)]
 
@@ -31,7 +31,7 @@ def serial(run_dir: Path, name: str) -> Path:
 
 
 async def counter_rises(disk: Path, above: int) -> None:
-    await eventually(lambda: read_counter(disk) > above, 15, f"counter on {disk} above {above}")
+    await wait_for(lambda: read_counter(disk) > above, 15, f"counter on {disk} above {above}")
 
 
 async def test_move_disk_keeps_the_counter_and_runs_from_the_new_file(
@@ -51,7 +51,7 @@ async def test_move_disk_keeps_the_counter_and_runs_from_the_new_file(
     spec = guest_spec("mv", guest_image, old)
     try:
         await driver.start(spec, epoch=1)
-        await eventually(lambda: bool(heartbeats(serial(node, "mv"))), BOOT_S, "first heartbeat")
+        await wait_for(lambda: bool(heartbeats(serial(node, "mv"))), BOOT_S, "first heartbeat")
         await counter_rises(old, 2)
 
         # Refusals leave the guest on its disk: a file already there, an unknown volume.
@@ -111,7 +111,7 @@ async def test_move_disk_keeps_the_counter_and_runs_from_the_new_file(
             jobs = await monitor.execute("query-jobs")
             return bool(jobs) and jobs[0]["status"] == "ready"
 
-        await eventually(ready, 30, "the confirmed mirror ready")
+        await wait_for(ready, 30, "the confirmed mirror ready")
         dest = Disk(path="confirmed.qcow2", volume="b")
         assert await driver.finish_disk_move("mv", 0, Disk(path="x.qcow2", volume="b")) is None
         assert await driver.finish_disk_move("mv", 0, dest) == str(
@@ -157,7 +157,7 @@ async def test_shared_nothing_migration_continues_from_the_targets_own_copy(
     target_spec = spec.model_copy(update={"disks": (Disk(path=str(there)),)})
     try:
         await src.start(spec, epoch=1)
-        await eventually(lambda: bool(heartbeats(serial(n1, "sn"))), BOOT_S, "first heartbeat")
+        await wait_for(lambda: bool(heartbeats(serial(n1, "sn"))), BOOT_S, "first heartbeat")
         await counter_rises(src_disk, 3)
 
         sizes = await src.disk_sizes("sn")
@@ -177,7 +177,7 @@ async def test_shared_nothing_migration_continues_from_the_targets_own_copy(
         async def target_paused() -> bool:
             return (await dst.status("sn")).state is VMState.PAUSED
 
-        await eventually(target_paused, 10, "the target to hold the VM paused")
+        await wait_for(target_paused, 10, "the target to hold the VM paused")
         at_switch = read_counter(src_disk)
         assert read_counter(there) == at_switch > 3, "the target's copy is complete"
         await dst.resume("sn")
@@ -185,7 +185,7 @@ async def test_shared_nothing_migration_continues_from_the_targets_own_copy(
         src_disk.unlink()  # the target does not need the source's disk
         await counter_rises(there, at_switch + 3)
         assert not booted(serial(n2, "sn")), "the target continues the guest, not boots it"
-        await eventually(lambda: bool(heartbeats(serial(n2, "sn"))), 10, "heartbeat on target")
+        await wait_for(lambda: bool(heartbeats(serial(n2, "sn"))), 10, "heartbeat on target")
         assert heartbeats(serial(n2, "sn"))[0] > at_switch - 5
     finally:
         await src.close()
@@ -228,7 +228,7 @@ async def test_shared_nothing_to_an_unreachable_export_keeps_the_vm_running(
         assert await monitor.execute("query-jobs") == []
         nodes = await monitor.execute("query-named-block-nodes", {"flat": True})
         assert not [n for n in nodes if n["node-name"].startswith("hvc-")]
-        await eventually(lambda: bool(heartbeats(serial(n1, "un"))), BOOT_S, "first heartbeat")
+        await wait_for(lambda: bool(heartbeats(serial(n1, "un"))), BOOT_S, "first heartbeat")
         await counter_rises(disk, read_counter(disk))
     finally:
         await src.close()

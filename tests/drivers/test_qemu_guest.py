@@ -16,7 +16,7 @@ from hvcluster.guestimage.testguest import booted, create_disk, guest_spec, hear
 from hvcluster.models.config import MigrationSettings
 from hvcluster.models.lifecycle import VMState
 from hvcluster.models.migration import Progress
-from tests.drivers.conftest import eventually
+from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.qemu, pytest.mark.timeout(120)]
 
@@ -28,7 +28,7 @@ def serial(run_dir: Path, name: str) -> Path:
 
 
 async def counter_rises(disk: Path, above: int) -> None:
-    await eventually(lambda: read_counter(disk) > above, 15, f"counter on {disk} above {above}")
+    await wait_for(lambda: read_counter(disk) > above, 15, f"counter on {disk} above {above}")
 
 
 async def test_boot_counter_reattach_and_graceful_stop(
@@ -39,7 +39,7 @@ async def test_boot_counter_reattach_and_graceful_stop(
     driver = QemuDriver(node, qemu_settings)
     info = await driver.start(guest_spec("g1", guest_image, disk), epoch=7)
     assert info.state is VMState.RUNNING and info.epoch == 7 and info.pid
-    await eventually(lambda: bool(heartbeats(serial(node, "g1"))), BOOT_S, "first heartbeat")
+    await wait_for(lambda: bool(heartbeats(serial(node, "g1"))), BOOT_S, "first heartbeat")
     first = read_counter(disk)
     await counter_rises(disk, first)
 
@@ -76,7 +76,7 @@ async def test_live_migration_then_save_restore_keep_the_counter(
     spec = guest_spec("mig", guest_image, disk)
     src, dst = QemuDriver(n1, qemu_settings), QemuDriver(n2, qemu_settings)
     await src.start(spec, epoch=1)
-    await eventually(lambda: bool(heartbeats(serial(n1, "mig"))), BOOT_S, "first heartbeat")
+    await wait_for(lambda: bool(heartbeats(serial(n1, "mig"))), BOOT_S, "first heartbeat")
     await counter_rises(disk, 3)
 
     address = await dst.prepare_incoming(spec, 2, "127.0.0.1", MigrationSettings())
@@ -92,7 +92,7 @@ async def test_live_migration_then_save_restore_keep_the_counter(
         # The target hears "completed" from its own QEMU, a moment after the source does.
         return (await dst.status("mig")).state is VMState.PAUSED  # waits for the flip
 
-    await eventually(target_paused, 5, "the target to hold the VM paused")
+    await wait_for(target_paused, 5, "the target to hold the VM paused")
     before = read_counter(disk)
     assert (await dst.resume("mig")).state is VMState.RUNNING
     await src.discard("mig")
@@ -101,7 +101,7 @@ async def test_live_migration_then_save_restore_keep_the_counter(
     assert read_counter(disk) >= before
     beats = heartbeats(serial(n2, "mig"))
     assert not booted(serial(n2, "mig")), "the target must continue the guest, not boot it"
-    await eventually(lambda: bool(heartbeats(serial(n2, "mig"))), 10, "heartbeat on target")
+    await wait_for(lambda: bool(heartbeats(serial(n2, "mig"))), 10, "heartbeat on target")
     beats = heartbeats(serial(n2, "mig"))
     assert beats[0] > before - 5  # it carried on counting where the source was
 

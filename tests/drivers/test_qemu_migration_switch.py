@@ -17,7 +17,7 @@ from hvcluster.guestimage.image import GuestImage
 from hvcluster.guestimage.testguest import booted, create_disk, guest_spec, heartbeats, read_counter
 from hvcluster.models.config import MigrationSettings
 from hvcluster.models.lifecycle import VMState
-from tests.drivers.conftest import eventually
+from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.qemu, pytest.mark.timeout(120)]
 
@@ -37,7 +37,7 @@ async def test_target_resumed_from_the_completion_hook_runs_the_guest_on(
     try:
         await src.start(spec, epoch=1)
         serial1 = vm_dir(n1, "mig") / "serial.log"
-        await eventually(lambda: bool(heartbeats(serial1)), BOOT_S, "first heartbeat")
+        await wait_for(lambda: bool(heartbeats(serial1)), BOOT_S, "first heartbeat")
         address = await dst.prepare_incoming(spec, 2, "127.0.0.1", MigrationSettings())
         seen: dict[str, object] = {}
 
@@ -57,9 +57,9 @@ async def test_target_resumed_from_the_completion_hook_runs_the_guest_on(
         await asyncio.sleep(0.5)  # its own "completed" event came after RESUME: still running
         assert (await dst.status("mig")).state is VMState.RUNNING
         serial2 = vm_dir(n2, "mig") / "serial.log"
-        await eventually(lambda: bool(heartbeats(serial2)), 20, "heartbeat on the target")
+        await wait_for(lambda: bool(heartbeats(serial2)), 20, "heartbeat on the target")
         assert not booted(serial2), "the target must continue the guest, not boot it"
-        await eventually(lambda: read_counter(disk) > before, 20, "the counter going on")
+        await wait_for(lambda: read_counter(disk) > before, 20, "the counter going on")
     finally:
         for driver in (src, dst):
             for vm in await driver.list():

@@ -23,7 +23,7 @@ from hvcluster.models.storage import MARKER, Volume
 from hvcluster.models.vm import Disk, VMSpec
 from hvcluster.store.keys import Keys
 from hvcluster.store.memory_store import MemoryStore
-from tests.drivers.conftest import eventually
+from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.qemu, pytest.mark.timeout(60)]
 KEYS = Keys("t")
@@ -75,6 +75,6 @@ async def test_a_vm_with_its_disk_on_a_volume_boots(
     image = csv / "vms" / "c1" / "root.qcow2"
     await driver.start(spec, 1)
     try:
-        await eventually(lambda: read_counter(image) >= 2, 45, "the guest's counter on the volume")
+        await wait_for(lambda: read_counter(image) >= 2, 45, "the guest's counter on the volume")
     finally:
         await driver.kill("c1")

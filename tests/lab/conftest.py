@@ -4,7 +4,6 @@ with TLS, as every lab does: requests verify the API's certificate against the l
 from __future__ import annotations
 
 import ssl
-import time
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from hvcluster.guestimage.image import cached_image
 from hvcluster.lab import cluster, faults
 from hvcluster.lab.state import LabState, load
 from hvcluster.models.config import ClusterConfig
+from tests.waiting import wait_for_sync
 
 CACHE = Path("/var/cache/hvcluster")
 
@@ -83,19 +83,13 @@ class Lab:
         cluster.start_node(self.state, node)
 
 
+LAB_ERRORS = (httpx.HTTPError, KeyError, OSError)
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, every: float = 0.1) -> Any:
-    end = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < end:
-        try:
-            last = predicate()
-        except (httpx.HTTPError, KeyError, OSError) as e:
-            last = e
-        else:
-            if last:
-                return last
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+    """:func:`tests.waiting.wait_for_sync`, an agent's transient errors (one restarting, a
+    node being cut off) counting as 'not yet'."""
+    return wait_for_sync(predicate, timeout, what, every=every, tolerate=LAB_ERRORS)
 
 
 def make_lab(

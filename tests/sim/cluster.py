@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ import httpx
 from hvcluster.agent.config import AgentConfig
 from hvcluster.agent.daemon import Daemon, cancel_all
 from hvcluster.agent.drivers import SimHostLinks
+from hvcluster.controller.loop import Controller
 from hvcluster.drivers.sim import SimDriver
 from hvcluster.drivers.sim.model import SimParams
 from hvcluster.drivers.sim.state import SimHost
@@ -32,6 +33,7 @@ from hvcluster.store.keys import Keys
 from hvcluster.store.memory_store import MemoryStore
 from hvcluster.watchdog.node import MemoryWatchdog
 from tests.tokens import api_client
+from tests.waiting import wait_for
 
 # Short timings keep the suite fast; their ratios are the defaults'.
 FAST = ClusterConfig(
@@ -163,6 +165,60 @@ class SimCluster:
     async def wait_for(self, predicate: Callable[[], Any], timeout: float, what: str) -> Any:
         return await wait_for(predicate, timeout, what)
 
+    def leader(self) -> Controller | None:
+        """The controller leading now, if any."""
+        for name, daemon in self.daemons.items():
+            if name in self.tasks and daemon.controller is not None and daemon.controller.leading:
+                return daemon.controller
+        return None
+
+    async def cycles_pass(
+        self,
+        counters: dict[str, Callable[[], int]],
+        n: int = 2,
+        meanwhile: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """Wait until each loop's cycle counter (by name) has grown by ``n``: with n=2 a
+        whole cycle of each began after this call and ended (evidence that it decided on
+        what is there now). ``meanwhile`` (its asserts) runs on every poll."""
+        start = {what: counter() for what, counter in counters.items()}
+
+        async def passed() -> bool:
+            if meanwhile is not None:
+                await meanwhile()
+            return all(c() >= start[what] + n for what, c in counters.items())
+
+        await self.wait_for(passed, 10, f"{n} more cycles of {', '.join(counters)}")
+
+    async def decided(
+        self, after: float | None = None, meanwhile: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
+        """Positive evidence that the controller decided on the cluster as of ``after``
+        (a time of its clock, default now): its clock passed it, then a whole cycle of the
+        leader began and ended. What a negative assert ('nothing moved') waits for."""
+        if after is not None:
+            await self.wait_for(lambda: time.time() >= after, after - time.time() + 10, "the time")
+        leader = await self.wait_for(self.leader, 10, "a leading controller")
+        await self.cycles_pass({"the controller": lambda: leader.cycles}, meanwhile=meanwhile)
+
+    async def worker_cycles(
+        self, node: str, meanwhile: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
+        """A whole cycle of ``node``'s migration and storage move workers, and of the
+        controller and its migration coordinator, ran after this call: whatever they would
+        retry or move has had its chance. ``meanwhile`` (its asserts) runs on every poll."""
+        daemon = self.daemons[node]
+        assert daemon.migrations is not None and daemon.storage is not None
+        migrations, storage = daemon.migrations, daemon.storage
+        leader: Controller = await self.wait_for(self.leader, 10, "a leading controller")
+        counters = {
+            f"{node}'s migration worker": lambda: migrations.cycles,
+            f"{node}'s storage move worker": lambda: storage.cycles,
+            "the controller": lambda: leader.cycles,
+            "the migration coordinator": lambda: leader.migrations.cycles,
+        }
+        await self.cycles_pass(counters, meanwhile=meanwhile)
+
     async def wait_running(self, vm: str, timeout: float = 15, not_on: str | None = None) -> str:
         async def where() -> str | None:
             host = await self.running_on(vm)
@@ -178,20 +234,6 @@ def place_marker(path: Path) -> str:
     volume_id = uuid.uuid4().hex
     (path / MARKER).write_text(volume_id + "\n")
     return volume_id
-
-
-async def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    """The first true value of ``predicate`` (sync or async), polled every 50 ms; fails
-    naming ``what`` after ``timeout`` seconds."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = predicate()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 @contextlib.asynccontextmanager

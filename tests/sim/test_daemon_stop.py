@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.sim.cluster import SimCluster
+from tests.waiting import wait_for
 
 
 @pytest.mark.parametrize("yields", [0, 1, 3, 8, 21])
@@ -28,8 +29,7 @@ async def test_a_daemon_cancelled_again_while_stopping_ends_its_liveness(
         assert task.done()
         live = daemon.live
         assert live is not None
-        for _ in range(100):  # whatever is still pending runs to its end
-            await asyncio.sleep(0.01)
-        assert live.ended(), "the liveness of a stopped daemon still runs (renewing its lease)"
+        # whatever is still pending runs to its end
+        await wait_for(live.ended, 2, "the liveness of the stopped daemon to end")
     finally:
         await cluster.stop()

@@ -3,7 +3,7 @@ simulated hypervisors."""
 
 from __future__ import annotations
 
-import asyncio
+import time
 
 import pytest
 
@@ -32,6 +32,7 @@ async def test_a_deleted_alive_key_is_replaced_and_nothing_moves(cluster: SimClu
     await cluster.start("n1", "n2")
     await cluster.create_vm("calm", ha={"preferred_owners": ["n2"]})
     assert await cluster.wait_running("calm") == "n2"
+    deleted = time.time()
     await cluster.store.delete(cluster.keys.alive("n2"))
 
     async def back() -> bool:
@@ -39,7 +40,8 @@ async def test_a_deleted_alive_key_is_replaced_and_nothing_moves(cluster: SimClu
 
     await cluster.wait_for(back, 5, "n2 to re-register")
     await cluster.wait_for(lambda: cluster.event_list("node.key_lost", "node/n2"), 5, "event")
-    await asyncio.sleep(FAST.fence_after_s + FAST.recovery_margin_s + 1)
+    # the moment n2's VM would have been recovered, had the key stayed away, has passed
+    await cluster.decided(after=deleted + FAST.fence_after_s + FAST.recovery_margin_s)
     placement = await cluster.placement("calm")
     assert placement is not None and placement.epoch == 1 and placement.node == "n2"
     assert await cluster.running_on("calm") == "n2"

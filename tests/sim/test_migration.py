@@ -108,7 +108,7 @@ async def test_cancel_mid_transfer_keeps_the_vm_on_the_source(tmp_path: Path) ->
             ]
 
         await cluster.wait_for(target_clean, 10, "the target copy discarded")
-        await asyncio.sleep(1.0)
+        await cluster.worker_cycles("n1")  # the cancelled move had its chance to go on
         assert await cluster.running_on("app") == "n1"
         placement = await cluster.placement("app")
         assert placement is not None and (placement.node, placement.epoch) == ("n1", 1)
@@ -128,9 +128,11 @@ async def test_target_crash_mid_migration_keeps_the_vm_on_the_source(tmp_path: P
         failed = await wait_state(cluster, rec.id, _M.FAILED, _M.DONE)
         assert failed.state is _M.FAILED and "n2" in failed.reason
         assert await cluster.wait_running("app", 10) == "n1"  # its transfer is cancelled
-        for _ in range(20):
+
+        async def still_on_n1() -> None:
             assert await cluster.running_on("app") == "n1"
-            await asyncio.sleep(0.1)
+
+        await cluster.worker_cycles("n1", meanwhile=still_on_n1)
         placement = await cluster.placement("app")
         assert placement is not None and placement.node == "n1"
     finally:
@@ -153,9 +155,11 @@ async def test_source_crash_mid_migration_fails_over_with_never_two_copies(
         # running_on asserts at most one running copy on every poll
         node = await cluster.wait_running("app", 20, not_on="n1")
         assert node in ("n2", "n3")
-        for _ in range(20):
+
+        async def still_one() -> None:
             assert await cluster.running_on("app") == node
-            await asyncio.sleep(0.1)
+
+        await cluster.worker_cycles(node, meanwhile=still_one)
         assert await cluster.event_list("vm.recovered", "vm/app")
     finally:
         await cluster.stop()
@@ -239,9 +243,11 @@ async def test_source_dies_after_its_transfer_before_its_flip(tmp_path: Path) ->
         assert failed.state is _M.FAILED and "n1" in failed.reason
         # running_on asserts at most one running copy on every poll
         assert await cluster.wait_running("app", 20, not_on="n1") == "n2"
-        for _ in range(10):
+
+        async def still_on_n2() -> None:
             assert await cluster.running_on("app") == "n2"
-            await asyncio.sleep(0.1)
+
+        await cluster.worker_cycles("n2", meanwhile=still_on_n2)
         assert await cluster.event_list("vm.recovered", "vm/app")
         assert not await cluster.event_list("migration.done", "vm/app")
     finally:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest
@@ -112,9 +111,11 @@ async def test_failback(cluster: SimCluster, mode: str) -> None:
         assert placement is not None and placement.epoch == 3  # 1 placed, 2 recovered, 3 moved back
     else:
         await cluster.wait_for(lambda: cluster.alive("n1"), 5, "n1 back")
-        for _ in range(20):  # two seconds: plenty of controller cycles
+
+        async def stays_on_n2() -> None:
             assert await cluster.running_on("home") == "n2"
-            await asyncio.sleep(0.1)
+
+        await cluster.decided(meanwhile=stays_on_n2)  # a whole cycle saw n1 back
         assert not await cluster.event_list("vm.failback", "vm/home")
 
 

@@ -5,8 +5,6 @@ the move is refused with the reason."""
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
 from hvcluster.models.lifecycle import MigrationState
@@ -62,9 +60,11 @@ async def test_a_state_the_target_cannot_read_fails_the_move_and_the_source_runs
     await cluster.wait_for(resumed, 10, "the source's resume said")
     [said] = await cluster.event_list("migration.failed", "vm/app")
     assert "cannot read the saved state" in said.reason
-    for _ in range(5):  # and it stays there: nothing started on n2
+
+    async def stays_on_n1() -> None:  # and it stays there: nothing started on n2
         assert await cluster.running_on("app") == "n1"
-        await asyncio.sleep(0.1)
+
+    await cluster.worker_cycles("n2", meanwhile=stays_on_n1)
 
     again = await move(cluster, "app", "n2", QUICK)
     done = await wait_state(cluster, again.id, _M.DONE, _M.FAILED)

@@ -8,7 +8,6 @@ back ``eager`` only, ``immediate`` brings back both.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -64,11 +63,12 @@ async def test_resume_failback_modes(
         return all((now[vm] == "n1") == (vm in back) for vm in now)
 
     await cluster.wait_for(expected, 30, f"{sorted(back)} back on n1")
-    # Stays so: many controller cycles later, nothing else has moved.
-    for _ in range(30):
-        await asyncio.sleep(0.1)
+
+    async def stays() -> None:  # whole cycles later, nothing else has moved
         now = await where(cluster)
         assert {vm for vm, node in now.items() if node == "n1"} == back, now
+
+    await cluster.decided(meanwhile=stays)
 
     record = await node_record(cluster, "n1")
     resumed = (await cluster.event_list("node.resumed", "node/n1"))[-1]

@@ -5,7 +5,6 @@ running where it was, and a later move of the same VM works."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest
@@ -36,7 +35,7 @@ async def test_a_bug_in_the_transfer_fails_that_migration_and_the_vm_stays(
     assert "unexpected error on n1: RuntimeError: migrate_out of app: boom" in failed.reason
     [said] = await cluster.event_list("migration.failed", "vm/app")
     assert "RuntimeError: migrate_out of app: boom" in said.reason
-    await asyncio.sleep(1.5)  # a few cycles: the failed record is not tried again
+    await cluster.worker_cycles("n1")  # the failed record is not tried again
     assert bug.hits == 1
     assert agent_runs(cluster, "n1") and agent_runs(cluster, "n2")
     assert await cluster.running_on("app") == "n1"
@@ -57,7 +56,7 @@ async def test_a_bug_preparing_the_target_fails_the_record_once(cluster: SimClus
     failed = await wait_state(cluster, rec.id, _M.FAILED, _M.DONE)
     assert "unexpected error on n2: RuntimeError: prepare_incoming of app" in failed.reason
     assert await cluster.event_list("migration.failed", "vm/app")
-    await asyncio.sleep(1.5)
+    await cluster.worker_cycles("n2")
     assert bug.hits == 1, "a record that keeps failing is failed once, not retried"
     assert agent_runs(cluster, "n2")
     assert await cluster.running_on("app") == "n1"
@@ -116,7 +115,7 @@ async def test_a_bug_in_a_disk_move_fails_that_move_and_the_vm_keeps_its_disk(
     )
     [said] = await cluster.event_list("storage.move_failed", "vm/db")
     assert "mirror went away" in said.reason
-    await asyncio.sleep(1.5)
+    await cluster.worker_cycles("n1")
     assert bug.hits == 1 and agent_runs(cluster, "n1")
     assert await cluster.running_on("db") == "n1"
     assert (await spec(cluster, "db")).disks[0].volume == "a"

@@ -81,6 +81,7 @@ class Daemon:
         self.controller: Controller | None = None
         self.resources: HostResources | None = None
         self.migrations: MigrationWorker | None = None
+        self.storage: StorageMover | None = None
 
     @property
     def liveness(self) -> NodeLiveness | None:
@@ -203,7 +204,7 @@ class Daemon:
             may_start=lambda: live.state().may_start(time.monotonic(), config.fence_after_s),
         )
         self.migrations = MigrationWorker(self.store, self.keys, agent, agent_say)
-        storage = StorageMover(self.store, self.keys, agent, agent_say)
+        storage = self.storage = StorageMover(self.store, self.keys, agent, agent_say)
         resources = self.resources = self._resources(agent, agent_say)
         await resources.check()  # the node registers with its switches and volumes
         await agent.register_node(facts)

@@ -48,6 +48,7 @@ class MigrationWorker(TargetRole, SourceRole):
 
     async def run(self, interval: float = 1.0) -> None:
         while True:
+            self.cycles += 1
             try:
                 await self.cycle()
             except (StoreError, TimeoutError) as e:

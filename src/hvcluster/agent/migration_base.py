@@ -39,6 +39,7 @@ class MigrationBase:
         self.flipped: set[str] = set()  # records this host flipped as their source
         self.times: dict[str, dict[str, Any]] = {}  # QEMU's measures of those, not yet written
         self.errors: dict[str, int] = {}  # record id -> unexpected errors of its steps here
+        self.cycles = 0  # cycles begun (tests wait on it: 'a later cycle did not retry')
         self.verify_waits: dict[str, asyncio.Event] = {}  # quick: source awaits target's check
         self.shared = SharedNothing(store, keys, agent)  # disks that travel with the memory
         self.wake = asyncio.Event()

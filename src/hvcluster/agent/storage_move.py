@@ -77,11 +77,13 @@ class StorageMover:
         self.checked: set[str] = set()  # done records seen switched (see _finish)
         self.given_up: set[str] = set()  # records whose step raised unexpectedly here
         self.wake = asyncio.Event()
+        self.cycles = 0  # cycles begun (tests wait on it: 'a later cycle did not retry')
 
     # --- the loop --------------------------------------------------------------------
     async def run(self, interval: float = 1.0) -> None:
         try:
             while True:
+                self.cycles += 1
                 try:
                     await self.cycle()
                 except (StoreError, TimeoutError) as e:

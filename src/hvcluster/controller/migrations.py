@@ -87,10 +87,12 @@ class MigrationCoordinator:
         self.wake = asyncio.Event()
         self.said: dict[str, str] = {}  # subject -> last stay reason said
         self.broken: set[str] = set()  # records whose step raised unexpectedly: not again
+        self.cycles = 0  # cycles begun (tests wait on it: 'a later cycle did not retry')
         self.retention = Retention(store, keys, say, clock)
 
     async def run(self, interval: float = 0.5) -> None:
         while True:
+            self.cycles += 1
             try:
                 if self.is_leader():
                     await self.cycle()
