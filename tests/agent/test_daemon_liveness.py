@@ -128,7 +128,9 @@ async def test_a_blocked_main_loop_does_not_stop_feeding(
             lease = daemon.liveness.lease_id
             # A handler (say, parsing a huge request body) holds the agent's loop.
             time.sleep(3 * FENCE_AFTER)  # noqa: ASYNC251 - that is the point
-            await asyncio.sleep(0.5)
+            agent, cycles = daemon.agent, daemon.agent.cycles
+            agent.wake.set()  # the loop runs again: a whole cycle of the agent after the block
+            await wait_for(lambda: agent.cycles >= cycles + 2, 10, "the agent cycling again")
             assert vm.poll() is None, f"the watchdog killed the VM: {watchdog_log(cfg.run_dir)}"
             assert "killed" not in watchdog_log(cfg.run_dir)
             assert daemon.liveness.lease_id == lease  # never lost

@@ -18,6 +18,7 @@ from hvcluster.store.base import Member, StoreHealth
 from hvcluster.store.keys import Keys
 from hvcluster.store.memory_store import MemoryStore
 from hvcluster.watchdog.node import WatchdogFeeder
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -106,8 +107,7 @@ async def test_confirmed_keepalives_feed_the_watchdog(
     store = MemoryStore()
     live, feeder = await _liveness(store, tmp_path)
     running.append(asyncio.create_task(live.run()))
-    await asyncio.sleep(1.0)
-    assert len(feeder.deadlines) >= 5
+    await wait_for(lambda: len(feeder.deadlines) >= 5, 5, "five confirmed keepalives fed")
     assert feeder.deadlines[-1] > time.monotonic()  # always ahead: VMs may run
     assert not live.fenced
 
@@ -118,14 +118,17 @@ async def test_an_etcd_without_leader_is_not_a_node_failure(
     store = MemoryStore()
     live, feeder = await _liveness(store, tmp_path)
     running.append(asyncio.create_task(live.run()))
-    await asyncio.sleep(0.3)
+    await wait_for(lambda: live.confirmed_within(1.0), 5, "a confirmed keepalive")
     store.set_available(False)  # the whole store loses its leader
-    await asyncio.sleep(3 * CONFIG.fence_after_s)
+    lost = time.monotonic()
+    # Evidence the moment to fence has long passed: a feed made 2 fence periods later.
+    late = lost + 3 * CONFIG.fence_after_s
+    await wait_for(lambda: feeder.deadlines[-1] >= late, 10, "a feed long after the loss")
     assert not live.fenced, "fed on evidence that nobody can act"
     assert feeder.deadlines[-1] > time.monotonic()
     store.set_available(True)
-    await asyncio.sleep(0.5)
-    assert live.confirmed_within(CONFIG.keepalive_interval_s * 3)
+    ok = CONFIG.keepalive_interval_s * 3
+    await wait_for(lambda: live.confirmed_within(ok), 5, "keepalives confirmed again")
     assert await store.get(Keys("t").alive("n1")) is not None
 
 
@@ -135,11 +138,10 @@ async def test_a_node_cut_off_stops_feeding_and_fences(
     store = CutOffStore()
     live, feeder = await _liveness(store, tmp_path)
     running.append(asyncio.create_task(live.run()))
-    await asyncio.sleep(0.3)
+    await wait_for(lambda: feeder.deadlines, 5, "a confirmed keepalive fed")
     store.cut = True
     cut_at = time.monotonic()
-    await asyncio.sleep(CONFIG.fence_after_s + 0.4)
-    assert live.fenced
+    await wait_for(lambda: live.fenced, CONFIG.fence_after_s + 5, "fenced")
     assert feeder.deadlines[-1] <= cut_at + CONFIG.fence_after_s
     assert max(feeder.deadlines) < time.monotonic()
 
@@ -166,13 +168,8 @@ async def test_a_lost_lease_is_replaced_only_if_placements_are_unchanged(
         async def registered_again() -> bool:
             return live.lease_id != first and await store.get(keys.alive("n1")) is not None
 
-        end = time.monotonic() + 5
-        while not await registered_again():
-            assert time.monotonic() < end, "did not re-register"
-            live.local_placements = lambda: (
-                {"vm-b": rev_b} if killed else {"vm-a": rev, "vm-b": rev_b}
-            )
-            await asyncio.sleep(0.05)
+        live.local_placements = lambda: {"vm-b": rev_b} if killed else {"vm-a": rev, "vm-b": rev_b}
+        await wait_for(registered_again, 5, "registered again")
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

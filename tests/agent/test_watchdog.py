@@ -7,25 +7,35 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from hvcluster.watchdog.node import SOCKET_NAME, WatchdogFeeder, vm_pids
+from tests.waiting import wait_for_sync
 
 pytestmark = pytest.mark.timeout(30)
 
 FENCE_AFTER = 1.0
 
 
-def _wait_for(predicate: object, timeout: float) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():  # type: ignore[operator]
-            return True
-        time.sleep(0.02)
-    return False
+def _wait_for(predicate: Callable[[], object], timeout: float) -> bool:
+    wait_for_sync(predicate, timeout, "the watchdog", every=0.02)
+    return True
+
+
+def _held(feeder: WatchdogFeeder, answers: int) -> float:
+    """The deadline the watchdog says it holds in its ``answers``-th answer from now
+    (it answers every feed, in order): positive evidence it has taken those feeds."""
+    before = feeder.sock.gettimeout()
+    feeder.sock.settimeout(5)
+    try:
+        held = [feeder.sock.recv(64) for _ in range(answers)]
+    finally:
+        feeder.sock.settimeout(before)
+    assert held[-1].startswith(b"ack "), held
+    return float(held[-1].split()[1])
 
 
 def _alive(proc: subprocess.Popen[bytes]) -> bool:
@@ -108,11 +118,13 @@ def test_a_deadline_never_moves_back_and_garbage_is_ignored(
     run_dir: Path, fake_vms: list[subprocess.Popen[bytes]], watchdog: subprocess.Popen[bytes]
 ) -> None:
     feeder = WatchdogFeeder(run_dir)
-    feeder.feed(time.monotonic() + 3 * FENCE_AFTER)
+    first = time.monotonic() + 3 * FENCE_AFTER
+    feeder.feed(first)
     feeder.sock.sendto(b"feed soon", feeder.path)
     feeder.sock.sendto(b"hello", feeder.path)
     feeder.feed(time.monotonic() - 100)  # an old deadline does not cut the current one short
-    time.sleep(1.5 * FENCE_AFTER)
+    # the watchdog took both feeds and holds the first deadline, then checked the VMs
+    assert _held(feeder, 2) == pytest.approx(first, abs=1e-5)
     assert all(_alive(p) for p in fake_vms)
     assert _alive(watchdog)
     feeder.close()
