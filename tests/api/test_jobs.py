@@ -10,13 +10,13 @@ from collections.abc import AsyncIterator, Sequence
 import pytest
 
 from hvcluster.models.base import decode, encode
+from hvcluster.models.job import Job
 from hvcluster.models.migration import MigrationKind
 from hvcluster.models.node import Node
 from hvcluster.store.base import Compare, KeyValue, Op, TxnResult
-from hvcluster.store.jobs import Job, busy
+from hvcluster.store.jobs import busy
 from hvcluster.store.memory_store import MemoryStore
-from hvcluster.store.migrations import create_migration
-from hvcluster.store.storage_moves import create_move
+from hvcluster.store.migrations import create_migration, create_move
 from tests.api.conftest import KEYS
 from tests.api.test_storage_moves import setup
 from tests.tokens import api_client

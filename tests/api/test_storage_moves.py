@@ -13,7 +13,6 @@ from hvcluster.models.node import Node
 from hvcluster.models.storage import Volume
 from hvcluster.models.vm import Disk, Placement, VMSpec, VMStatus
 from hvcluster.store.memory_store import MemoryStore
-from hvcluster.store.storage_moves import move_key
 from tests.api.conftest import KEYS, add_node, kinds
 
 
@@ -51,7 +50,7 @@ async def test_a_storage_move_is_stored_and_blocks_other_moves(
         "n1",
     )
     assert (body["volume"], body["epoch"]) == ("b", 4)
-    kv = await store.get(move_key(KEYS, body["id"]))
+    kv = await store.get(KEYS.storage_move(body["id"]))
     assert kv is not None and decode(Migration, kv.key, kv.value).kind is MigrationKind.STORAGE
     assert [m["id"] for m in (await api.get("/storage-moves")).json()["moves"]] == [body["id"]]
     assert "storage.move_requested" in await kinds(store)

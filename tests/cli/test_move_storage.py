@@ -15,7 +15,7 @@ from hvcluster.models.migration import Migration
 from hvcluster.models.node import Node
 from hvcluster.models.storage import Volume
 from hvcluster.models.vm import Disk, VMSpec
-from hvcluster.store.storage_moves import change_move, read_moves
+from hvcluster.store.migrations import change_move, read_moves
 from tests.cli.conftest import KEYS, ApiServer
 from tests.cli.test_move import cluster
 
@@ -46,7 +46,7 @@ def finish_soon(server: ApiServer) -> threading.Thread:
     assert store is not None
 
     async def finish() -> bool:
-        for rec, _ in (await read_moves(store, KEYS)).values():
+        for rec in (await read_moves(store, KEYS)).values():
             for state in (MigrationState.PREPARING, MigrationState.TRANSFERRING):
                 await change_move(store, KEYS, rec.id, lambda m, s=state: _to(m, s))
             await change_move(store, KEYS, rec.id, lambda m: _to(m, MigrationState.SWITCHING))
@@ -103,7 +103,7 @@ def test_storage_moves_are_listed_and_cancelled_with_the_migrations(
     assert listed.exit_code == 0 and "storage" in listed.output and "(b)" in listed.output
     store = server.store
     assert store is not None
-    [rec] = [m for m, _ in server.run(read_moves(store, KEYS)).values() if m.active]
+    [rec] = [m for m in server.run(read_moves(store, KEYS)).values() if m.active]
     cancelled = hvc("migration", "cancel", rec.id)
     assert cancelled.exit_code == 0, cancelled.output
     assert "cancelled" in cancelled.output

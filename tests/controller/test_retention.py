@@ -16,18 +16,17 @@ from hvcluster.models.base import encode
 from hvcluster.models.config import ClusterConfig
 from hvcluster.models.errors import StoreError
 from hvcluster.models.event import Event
+from hvcluster.models.job import job_of
 from hvcluster.models.lifecycle import MigrationState, NodeAdminState
 from hvcluster.models.migration import Migration, MigrationKind
 from hvcluster.models.node import Capacity, Node
 from hvcluster.store.base import Compare, Delete, Op, Put, TxnResult
 from hvcluster.store.etcd import EtcdStore
 from hvcluster.store.events import EventLog
-from hvcluster.store.jobs import job_of
 from hvcluster.store.keys import Keys
 from hvcluster.store.memory_store import MemoryStore
 from hvcluster.store.reads import Decoded
 from hvcluster.store.retention import Prunable, prune
-from hvcluster.store.storage_moves import move_key
 from tests.controller.test_migrations import record
 from tests.etcd_fixtures import etcd_session
 
@@ -163,7 +162,7 @@ async def test_storage_moves_and_the_cluster_log_are_kept_by_count_and_age(
     await configure(store, max_migration_records=10, event_retention=100, event_max_age_s=DAY)
     for i in range(14):
         rec = migration(f"s{i:02}", 60.0 * (i + 1), kind=MigrationKind.STORAGE, volume="b")
-        await store.put(move_key(KEYS, rec.id), encode(rec))
+        await store.put(KEYS.storage_move(rec.id), encode(rec))
     log = EventLog(store, KEYS)  # appenders keep 10,000 by default: the sweep keeps 100
     for i in range(150):
         age = 2 * DAY if i < 20 else 60.0
@@ -172,7 +171,7 @@ async def test_storage_moves_and_the_cluster_log_are_kept_by_count_and_age(
     retention = Retention(store, KEYS, _say(said), lambda: NOW)
     await retention.sweep(Decoded())
     moves = {kv.key for kv in (await store.range(KEYS.request("storage-moves/"))).kvs}
-    assert moves == {move_key(KEYS, f"s{i:02}") for i in range(10)}
+    assert moves == {KEYS.storage_move(f"s{i:02}") for i in range(10)}
     assert "storage_move.pruned pruned 4 finished storage move records" in said[0]
     kept = [int(e.event.reason) for e in await log.recent(1000)]
     assert kept == list(range(50, 150)), "the newest 100 (all younger than a day)"

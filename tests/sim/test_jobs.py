@@ -11,11 +11,10 @@ import time
 import pytest
 
 from hvcluster.models.base import decode, encode
+from hvcluster.models.job import Job, job_of
 from hvcluster.models.lifecycle import MigrationState
 from hvcluster.models.migration import Migration, MigrationKind
-from hvcluster.store.jobs import Job, job_of
-from hvcluster.store.migrations import create_migration
-from hvcluster.store.storage_moves import create_move, move_key, read_move
+from hvcluster.store.migrations import create_migration, create_move, read_move
 from tests.sim.cluster import SimCluster
 from tests.sim.moves import record, wait_state
 
@@ -130,7 +129,7 @@ async def test_a_storage_move_of_a_vm_placed_elsewhere_is_failed_by_the_controll
     )
     assert rec is not None
     moving = rec.model_copy(update={"state": _M.TRANSFERRING})
-    await cluster.store.put(move_key(cluster.keys, rec.id), encode(moving))
+    await cluster.store.put(cluster.keys.storage_move(rec.id), encode(moving))
 
     async def failed() -> Migration | None:
         got = await read_move(cluster.store, cluster.keys, rec.id)

@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 
 from hvcluster.models.base import encode
+from hvcluster.models.job import new_id
 from hvcluster.models.lifecycle import MigrationState
 from hvcluster.models.migration import Migration, MigrationKind
 from hvcluster.models.vm import Disk
 from hvcluster.store.base import Compare, Put
-from hvcluster.store.migrations import change_migration, new_id
+from hvcluster.store.migrations import change_migration
 from tests.sim.cluster import SimCluster
 from tests.sim.moves import wait_state
 from tests.sim.test_storage_move import running_vm, spec, volumes

@@ -18,7 +18,7 @@ from hvcluster.drivers.sim.state import SimHost
 from hvcluster.models.base import decode
 from hvcluster.models.lifecycle import MigrationState, VMState
 from hvcluster.models.migration import Migration
-from hvcluster.store.migrations import TIMES_LOST
+from hvcluster.models.migration_times import TIMES_LOST
 from hvcluster.watchdog.node import MemoryWatchdog
 from tests.sim.cluster import SimCluster
 from tests.sim.moves import move, record

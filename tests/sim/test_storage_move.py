@@ -15,7 +15,7 @@ from hvcluster.models.lifecycle import MigrationState
 from hvcluster.models.migration import Migration, MigrationKind
 from hvcluster.models.storage import Volume
 from hvcluster.models.vm import Disk, VMSpec
-from hvcluster.store.storage_moves import change_move, create_move, move_key, read_move
+from hvcluster.store.migrations import change_move, create_move, read_move
 from tests.sim.cluster import SimCluster
 
 pytestmark = pytest.mark.timeout(60)
@@ -213,7 +213,7 @@ async def test_a_move_its_agent_lost_fails_and_its_unnamed_copy_goes(
         volume="b",
         created=time.time(),
     )
-    await cluster.store.put(move_key(cluster.keys, rec.id), encode(rec))
+    await cluster.store.put(cluster.keys.storage_move(rec.id), encode(rec))
     failed = await final(cluster, rec.id)
     assert failed.state is _M.FAILED and "restarted mid-move" in failed.reason
 
@@ -240,7 +240,7 @@ async def test_finished_moves_are_pruned_after_a_week(cluster: SimCluster, tmp_p
             created=time.time() - age,
             updated=time.time() - age,
         )
-        await cluster.store.put(move_key(cluster.keys, mid), encode(rec))
+        await cluster.store.put(cluster.keys.storage_move(mid), encode(rec))
 
     async def pruned() -> bool:
         return await read_move(cluster.store, cluster.keys, "old-1") is None

@@ -8,12 +8,18 @@ import asyncio
 from collections.abc import Callable
 
 from hvcluster.models.base import encode
+from hvcluster.models.job import Job, job_of
 from hvcluster.models.lifecycle import MigrationState
 from hvcluster.models.migration import Migration, MigrationKind
 from hvcluster.models.vm import Placement
-from hvcluster.store.jobs import Job, busy, clear, job_of, stale
-from hvcluster.store.migrations import change_migration, create_migration, flip
-from hvcluster.store.storage_moves import change_move, create_move
+from hvcluster.store.jobs import busy, clear, stale
+from hvcluster.store.migrations import (
+    change_migration,
+    change_move,
+    create_migration,
+    create_move,
+    flip,
+)
 from tests.store.conftest import Harness
 
 _M = MigrationState

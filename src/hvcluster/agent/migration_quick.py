@@ -27,7 +27,7 @@ from hvcluster.models.base import decode
 from hvcluster.models.errors import CorruptValue, DriverError
 from hvcluster.models.lifecycle import MigrationState
 from hvcluster.models.migration import Migration, MigrationKind, split_state_file
-from hvcluster.store.migrations import change_migration, change_migration_at
+from hvcluster.store.migrations import change_migration, change_record
 from hvcluster.tasks import wait_event
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ class QuickState(MigrationBase):
                 return None
             return cur.model_copy(update={"saved_path": cur.state_file})
 
-        written = await change_migration_at(self.store, self.keys, rec.id, saved)
+        written = await change_record(self.store, self.keys, self.keys.migration(rec.id), saved)
         if written is None:
             raise NotVerified("the migration ended while the state was saved")
         waiting = self.verify_waits.setdefault(rec.id, asyncio.Event())

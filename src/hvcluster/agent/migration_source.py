@@ -24,20 +24,17 @@ from hvcluster.models.base import decode, encode
 from hvcluster.models.errors import CorruptValue, DriverError, StoreError
 from hvcluster.models.lifecycle import MigrationState, VMState
 from hvcluster.models.migration import Migration, MigrationKind, Progress, address_host
-from hvcluster.models.node import Node
-from hvcluster.models.vm import Placement
-from hvcluster.store.base import Compare, Put
-from hvcluster.store.migrations import (
-    change_migration,
-    change_migration_at,
+from hvcluster.models.migration_times import (
     done_sentence,
-    flip,
     source_times_lost,
     times_missing,
     with_times,
 )
+from hvcluster.models.node import Node
+from hvcluster.models.vm import Placement
+from hvcluster.store.base import Compare, Put
+from hvcluster.store.migrations import change_migration, change_record, flip, moved_spec_ops
 from hvcluster.store.state import read_config
-from hvcluster.store.storage_moves import moved_spec_ops
 from hvcluster.tasks import wait_event
 
 log = logging.getLogger(__name__)
@@ -108,7 +105,7 @@ class SourceRole(QuickState):
                 return None
             return cur.model_copy(update={"state": _M.TRANSFERRING})
 
-        started = await change_migration_at(self.store, self.keys, rec.id, start)
+        started = await change_record(self.store, self.keys, self.keys.migration(rec.id), start)
         if started is None:
             return
         written = Written(*started)
@@ -314,7 +311,9 @@ class SourceRole(QuickState):
                     return cur.model_copy(update={"progress": p})
 
                 # someone else wrote the record (a cancel, say): follow it, or stop
-                again = await change_migration_at(self.store, self.keys, written.record.id, put)
+                again = await change_record(
+                    self.store, self.keys, self.keys.migration(written.record.id), put
+                )
                 if again is None:
                     return
                 written.record, written.revision = again

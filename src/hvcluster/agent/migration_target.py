@@ -20,7 +20,8 @@ from hvcluster.drivers.errors import NotRunning
 from hvcluster.models.errors import DriverError
 from hvcluster.models.lifecycle import MigrationState, VMState
 from hvcluster.models.migration import Migration, MigrationKind
-from hvcluster.store.migrations import change_migration, done_sentence, with_times
+from hvcluster.models.migration_times import done_sentence, with_times
+from hvcluster.store.migrations import change_migration
 from hvcluster.store.state import read_config
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """The owning agent's part of storage moves: a running VM's disks moved to another volume.
 
 A move is a record at ``requests/storage-moves/<id>`` (see
-:mod:`hvcluster.store.storage_moves`) naming the VM, the node it runs on (source = target)
+:mod:`hvcluster.store.migrations`) naming the VM, the node it runs on (source = target)
 at a placement epoch, and the destination volume. Only that node's agent acts on it:
 
 1. *requested -> preparing*: the VM still placed here at that epoch and running, this node
@@ -37,21 +37,17 @@ from typing import TypeVar
 from hvcluster.agent.node import NodeAgent
 from hvcluster.models.base import decode, encode
 from hvcluster.models.errors import CorruptValue, DriverError, StoreError
+from hvcluster.models.job import job_of
 from hvcluster.models.lifecycle import MigrationState, VMState
 from hvcluster.models.migration import Migration, Progress
 from hvcluster.models.storage import disk_on_volume, disks_to_move
 from hvcluster.models.vm import Disk, Placement, VMSpec
 from hvcluster.store.base import Compare, Delete, KeyValue, Put, Store, WatchEvent
 from hvcluster.store.follow import follow
-from hvcluster.store.jobs import busy, job_of, release_if_named
+from hvcluster.store.jobs import busy, release_if_named
 from hvcluster.store.keys import Keys
+from hvcluster.store.migrations import change_move, read_moves
 from hvcluster.store.state import read_config
-from hvcluster.store.storage_moves import (
-    change_move,
-    move_key,
-    moves_prefix,
-    read_moves,
-)
 from hvcluster.tasks import wait_event
 
 log = logging.getLogger(__name__)
@@ -102,16 +98,16 @@ class StorageMover:
         def seen(_: WatchEvent) -> None:
             self.wake.set()
 
-        await follow(self.store, moves_prefix(self.keys), seen)
+        await follow(self.store, self.keys.storage_move(), seen)
 
     async def cycle(self) -> None:
         for mid in [m for m, task in self.tasks.items() if task.done()]:
             self.tasks.pop(mid)
-        records = sorted((await read_moves(self.store, self.keys)).items())
+        records = sorted((await read_moves(self.store, self.keys)).items.items())
         mine = [
-            (mid, rec, rev)
-            for mid, (rec, rev) in records
-            if rec.source == self.me and mid not in self.given_up
+            (mid, s.value, s.mod_revision)
+            for mid, s in records
+            if s.value.source == self.me and mid not in self.given_up
         ]
         for mid, rec, rev in mine:  # first: moves done by an agent before us, and old records
             await self._guarded(rec, self._tidy(mid, rec, rev))
@@ -123,7 +119,7 @@ class StorageMover:
             self.checked.add(mid)
             await self._finish(rec)
         if not rec.active and max(rec.updated, rec.created) < time.time() - RETAIN_S:
-            key = move_key(self.keys, mid)
+            key = self.keys.storage_move(mid)
             job = await self.store.get(self.keys.job(rec.vm))
             held, ops = release_if_named(self.keys, rec, job)  # if it still names it
             await self.store.txn([Compare.mod_is(key, rev), *held], [Delete(key), *ops])

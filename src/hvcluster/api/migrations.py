@@ -31,11 +31,7 @@ from hvcluster.models.vm import Placement, VMSpec, VMStatus
 from hvcluster.store.base import Get, KeyValue
 from hvcluster.store.jobs import busy
 from hvcluster.store.keys import Keys
-from hvcluster.store.migrations import (
-    change_migration,
-    create_migration,
-    read_migrations,
-)
+from hvcluster.store.migrations import change_migration, create_migration, read_migrations
 
 M = TypeVar("M", bound=Model)
 

@@ -22,7 +22,7 @@ from hvcluster.models.migration import Migration
 from hvcluster.models.names import check_name
 from hvcluster.models.storage import disks_to_move
 from hvcluster.store.jobs import busy
-from hvcluster.store.storage_moves import change_move, create_move, read_move, read_moves
+from hvcluster.store.migrations import change_move, create_move, read_move, read_moves
 
 router = APIRouter(tags=["storage"])
 
@@ -99,7 +99,7 @@ async def move_storage(
 @router.get("/storage-moves", response_model=StorageMoveList)
 async def list_moves(ctx: ApiContext = Depends(context)) -> StorageMoveList:
     found = await read_moves(ctx.store, ctx.keys)
-    records = sorted((rec for rec, _ in found.values()), key=lambda m: m.created)
+    records = sorted(found.values(), key=lambda m: m.created)
     return StorageMoveList(moves=records, revision=await ctx.store.revision())
 
 

@@ -24,7 +24,7 @@ from hvcluster.models.vm import Placement
 from hvcluster.store.base import Store
 from hvcluster.store.jobs import clear, holder, stale
 from hvcluster.store.keys import Keys
-from hvcluster.store.storage_moves import change_move
+from hvcluster.store.migrations import change_move
 
 log = logging.getLogger(__name__)
 

@@ -36,6 +36,7 @@ from hvcluster.models.base import decode, encode
 from hvcluster.models.errors import CorruptValue, StoreError
 from hvcluster.models.lifecycle import MigrationState, NodeAdminState
 from hvcluster.models.migration import Migration, MigrationKind, state_file_for, state_volume
+from hvcluster.models.migration_times import done_sentence, source_times_lost, times_missing
 from hvcluster.models.node import Node
 from hvcluster.models.storage import spec_on_volume
 from hvcluster.models.vm import Placement
@@ -51,15 +52,12 @@ from hvcluster.store.migrations import (
     ATTEMPTS,
     change_migration,
     create_migration,
-    done_sentence,
     flip,
+    moved_spec_ops,
     read_migrations,
-    source_times_lost,
-    times_missing,
 )
 from hvcluster.store.reads import Decoded, Stored, read_kind
 from hvcluster.store.state import ClusterState, read_cluster
-from hvcluster.store.storage_moves import moved_spec_ops
 from hvcluster.tasks import wait_event
 
 log = logging.getLogger(__name__)

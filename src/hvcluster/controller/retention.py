@@ -25,10 +25,10 @@ from hvcluster.models.node import Node
 from hvcluster.store.base import Store
 from hvcluster.store.events import EventLog
 from hvcluster.store.keys import Keys
+from hvcluster.store.migrations import read_moves
 from hvcluster.store.reads import Decoded, read_kind
 from hvcluster.store.retention import Prunable, prune, to_prune
 from hvcluster.store.state import read_config
-from hvcluster.store.storage_moves import move_key, read_moves
 
 log = logging.getLogger(__name__)
 
@@ -52,16 +52,15 @@ class Retention:
     async def _sweep(self, migrations: Decoded[Migration]) -> None:
         config, _ = await read_config(self.store, self.keys)
         now = self.clock()
-        records = [(s.value, s.mod_revision) for s in migrations.items.values()]
         await self._records(
-            "migration", records, lambda rec: self.keys.migration(rec.id), config, now
+            "migration", migrations, lambda rec: self.keys.migration(rec.id), config, now
         )
         if now - self.swept_at < SWEEP_EVERY_S:
             return
         self.swept_at = now
-        moves = list((await read_moves(self.store, self.keys)).values())
+        moves = await read_moves(self.store, self.keys)
         await self._records(
-            "storage move", moves, lambda rec: move_key(self.keys, rec.id), config, now
+            "storage move", moves, lambda rec: self.keys.storage_move(rec.id), config, now
         )
         events = EventLog(self.store, self.keys, retention=config.event_retention)
         trimmed = await events.trim(config.event_max_age_s, now)
@@ -71,11 +70,12 @@ class Retention:
     async def _records(
         self,
         what: str,
-        records: Sequence[tuple[Migration, int]],
+        found: Decoded[Migration],
         key_of: Callable[[Migration], str],
         config: ClusterConfig,
         now: float,
     ) -> None:
+        records = [(s.value, s.mod_revision) for s in found.items.values()]
         limit, age = config.max_migration_records, config.migration_retention_s
         draining: set[str] = set()
         if sum(not rec.active for rec, _ in records) > limit:

@@ -102,7 +102,7 @@ class Migration(Model):
     state_verified: bool = False
     switching_at: float = 0.0  # wall clock the transfer completed (quick: state saved)
     resumed_at: float = 0.0  # wall clock the target ran the VM (0: not yet)
-    # storage: the volume the disks move to (see store/storage_moves.py); live: a
+    # storage: the volume the disks move to (see store/migrations.py); live: a
     # shared-nothing migration, the disks copied to this volume of the target
     volume: str = ""
     disk_sizes: tuple[int, ...] = ()  # shared-nothing: the disks' sizes, from the source

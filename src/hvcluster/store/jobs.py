@@ -22,36 +22,17 @@ name it: "vm web-1 is already moving (live migration web-1-3fa2, transferring)".
 
 from __future__ import annotations
 
-from typing import Literal
-
-from hvcluster.models.base import Model, encode
-from hvcluster.models.migration import Migration, MigrationKind
+from hvcluster.models.base import encode
+from hvcluster.models.job import Job, job_of
+from hvcluster.models.migration import Migration
 from hvcluster.store.base import Compare, Delete, KeyValue, Put, Store
 from hvcluster.store.keys import Keys
 from hvcluster.store.reads import decode_kv, read_value
 
-RecordKind = Literal["migration", "storage-move"]
-STORAGE_MOVES = "storage-moves/"  # under requests/ (store/storage_moves.py)
-
-
-class Job(Model):
-    id: str
-    vm: str
-    record: RecordKind
-    what: str  # "live migration", "quick migration", "shared-nothing migration", "storage move"
-
-
-def job_of(rec: Migration) -> Job:
-    """The job key's value for ``rec``."""
-    if rec.kind is MigrationKind.STORAGE:
-        return Job(id=rec.id, vm=rec.vm, record="storage-move", what="storage move")
-    what = "shared-nothing migration" if rec.volume else f"{rec.kind.value} migration"
-    return Job(id=rec.id, vm=rec.vm, record="migration", what=what)
-
 
 def record_key(keys: Keys, job: Job) -> str:
     if job.record == "storage-move":
-        return keys.request(STORAGE_MOVES + job.id)
+        return keys.storage_move(job.id)
     return keys.migration(job.id)
 
 

@@ -89,6 +89,10 @@ class Keys:
     def request(self, name: str) -> str:
         return self.prefix("requests") + name
 
+    def storage_move(self, mid: str = "") -> str:
+        """A storage move's record (store/migrations.py); with no id, the prefix of them all."""
+        return self.request("storage-moves/" + mid)
+
     def created_disk(self, file: str) -> str:
         """The record that the cluster created disk file ``file`` (``VOLUME:relative/path``):
         only such files are ever deleted by it (see agent/disks.py)."""

@@ -1,11 +1,15 @@
-"""Reading and changing migration records (``migrations/<id>``).
+"""Job records: migrations (``migrations/<id>``) and storage moves
+(``requests/storage-moves/<id>``), both :class:`~hvcluster.models.migration.Migration`.
 
-A record has several writers (the API creates and cancels it, the controller moves it to
-preparing and fails it, the target agent writes its address, the source agent moves it to
-transferring, publishes progress and flips it to done on completion, or to switching for the
-controller to flip). Every change is a compare-and-set on the record's mod revision,
-re-decided on a lost race, and every state change is checked against
-:data:`~hvcluster.models.lifecycle.MIGRATION_LIFECYCLE`.
+A migration record has several writers (the API creates and cancels it, the controller moves
+it to preparing and fails it, the target agent writes its address, the source agent moves it
+to transferring, publishes progress and flips it to done on completion, or to switching for the
+controller to flip). A storage move (kind ``storage``: a running VM's disks moved to the
+volume ``volume`` on the node that runs it, source and target both that node) lives apart
+because nothing but the owning agent acts on it. Every change is a compare-and-set on the
+record's mod revision, re-decided on a lost race, and every state change is checked against
+:data:`~hvcluster.models.lifecycle.MIGRATION_LIFECYCLE`. A record is created with its VM's job
+key and the change that ends it releases the key (store/jobs.py).
 
 :func:`flip` is the one transaction that ends a migration: the placement to the target at
 epoch + 1 and the record done, written by the source agent the moment its transfer completes
@@ -15,33 +19,44 @@ epoch + 1 and the record done, written by the source agent the moment its transf
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from hvcluster.models.base import decode, encode
+from hvcluster.models.base import encode
 from hvcluster.models.errors import CorruptValue
+from hvcluster.models.job import flipped_placement, new_id
 from hvcluster.models.lifecycle import MIGRATION_LIFECYCLE, MigrationState
 from hvcluster.models.migration import Migration, MigrationKind
-from hvcluster.models.vm import Placement
+from hvcluster.models.storage import spec_on_volume
+from hvcluster.models.vm import Placement, VMSpec
 from hvcluster.store.base import Compare, Delete, Put, Store
 from hvcluster.store.jobs import claim, release
 from hvcluster.store.keys import Keys
-from hvcluster.store.reads import Decoded, read_kind
+from hvcluster.store.reads import (
+    Decoded,
+    read_kind,
+    read_one,
+    read_one_or_error,
+    read_prefix,
+    read_value,
+)
 
 ATTEMPTS = 10
-TIMES_LOST = "downtime unknown: "  # a done record's reason when its source's measures are lost
 
 Change = Callable[[Migration], Migration | None]
 
 
-def new_id(vm: str) -> str:
-    """A fresh record id: the VM's name and a random suffix, sortable by nothing."""
-    return f"{vm}-{uuid.uuid4().hex[:10]}"
-
-
 async def read_migrations(store: Store, keys: Keys) -> Decoded[Migration]:
     return await read_kind(store, keys, "migrations", Migration)
+
+
+async def read_moves(store: Store, keys: Keys) -> Decoded[Migration]:
+    """Every storage move by id (unreadable ones reported and skipped)."""
+    return await read_prefix(store, keys.storage_move(), Migration)
+
+
+async def read_move(store: Store, keys: Keys, mid: str) -> Migration | None:
+    return await read_value(store, keys.storage_move(mid), Migration)
 
 
 async def create_migration(
@@ -57,7 +72,8 @@ async def create_migration(
 ) -> Migration | None:
     """Store a new ``requested`` record, with the VM's job key (store/jobs.py) in the same
     transaction; None if another job holds the VM (:func:`hvcluster.store.jobs.busy` says
-    which). ``volume``: a shared-nothing migration's destination volume."""
+    which). ``volume``: a shared-nothing migration's destination volume, or a storage
+    move's (kind ``storage``: stored under ``requests/storage-moves/``)."""
     now = time.time()
     rec = Migration(
         id=new_id(vm),
@@ -71,15 +87,19 @@ async def create_migration(
         requested_by=requested_by,
         volume=volume,
     )
-    return await store_new(store, keys, keys.migration(rec.id), rec)
-
-
-async def store_new(store: Store, keys: Keys, key: str, rec: Migration) -> Migration | None:
-    """Store the new record ``rec`` (a migration or a storage move) at ``key`` with its VM's
-    job key in the same transaction; None if the record or the job key exists already."""
+    key = keys.storage_move(rec.id) if kind is MigrationKind.STORAGE else keys.migration(rec.id)
     held, hold = claim(keys, rec)
     result = await store.txn([Compare.absent(key), *held], [Put(key, encode(rec)), *hold])
     return rec if result.succeeded else None
+
+
+async def create_move(
+    store: Store, keys: Keys, vm: str, node: str, epoch: int, volume: str, requested_by: str
+) -> Migration | None:
+    """A new storage move of ``vm``'s disks to ``volume`` on ``node`` (see
+    :func:`create_migration`)."""
+    kind = MigrationKind.STORAGE
+    return await create_migration(store, keys, vm, node, node, epoch, kind, requested_by, volume)
 
 
 def active_for(migrations: Decoded[Migration], vm: str) -> Migration | None:
@@ -99,21 +119,22 @@ async def change_migration(
     ops: Sequence[Put | Delete] = (),
     attempts: int = ATTEMPTS,
 ) -> Migration | None:
+    """:func:`change_record` of the migration ``mid``, the record written alone."""
     written = await change_record(store, keys, keys.migration(mid), change, compares, ops, attempts)
     return written[0] if written is not None else None
 
 
-async def change_migration_at(
+async def change_move(
     store: Store,
     keys: Keys,
     mid: str,
     change: Change,
     compares: Sequence[Compare] = (),
     ops: Sequence[Put | Delete] = (),
-    attempts: int = ATTEMPTS,
-) -> tuple[Migration, int] | None:
-    """:func:`change_migration`, also returning the record's new mod revision."""
-    return await change_record(store, keys, keys.migration(mid), change, compares, ops, attempts)
+) -> Migration | None:
+    """:func:`change_record` of the storage move ``mid``, the record written alone."""
+    written = await change_record(store, keys, keys.storage_move(mid), change, compares, ops)
+    return written[0] if written is not None else None
 
 
 async def change_record(
@@ -133,19 +154,16 @@ async def change_record(
     record after a lost race; an illegal state change raises
     :class:`~hvcluster.models.errors.IllegalTransition`."""
     for _ in range(attempts):
-        kv = await store.get(key)
-        if kv is None:
+        found = await read_one(store, key, Migration)
+        if found is None:
             return None
-        try:
-            current = decode(Migration, kv.key, kv.value)
-        except CorruptValue:
-            return None
+        current = found.value
         new = change(current)
         if new is None:
             return None
         MIGRATION_LIFECYCLE.check(current.state, new.state)
         new = new.model_copy(update={"updated": time.time()})
-        guard = [Compare.mod_is(key, kv.mod_revision), *compares]
+        guard = [Compare.mod_is(key, found.mod_revision), *compares]
         ends = release(keys, current) if current.active and not new.active else []
         result = await store.txn(guard, [Put(key, encode(new)), *ops, *ends])
         if result.succeeded:
@@ -153,21 +171,9 @@ async def change_record(
         if compares:
             # Did the record move, or one of the caller's compares fail? Re-check the record.
             again = await store.get(key)
-            if again is not None and again.mod_revision == kv.mod_revision:
+            if again is not None and again.mod_revision == found.mod_revision:
                 return None
     return None
-
-
-def flipped_placement(rec: Migration, current: Placement) -> Placement:
-    """Where ``rec`` puts its VM when it ends: its target, at the next epoch."""
-    verb = "migrated live" if rec.kind is MigrationKind.LIVE else "moved by quick migration"
-    return Placement(
-        node=rec.target,
-        epoch=current.epoch + 1,
-        reason=f"vm {rec.vm} {verb} from {rec.source} to {rec.target} (migration {rec.id})",
-        failovers=current.failovers,
-        uid=current.uid,
-    )
 
 
 async def flip(
@@ -206,56 +212,25 @@ async def flip(
     return done if result.succeeded else None
 
 
-def with_times(rec: Migration) -> Migration:
-    """``rec`` with ``downtime_ms`` and ``total_ms`` filled in once both halves are there:
-    QEMU's part of the downtime (written by the source, or for a quick migration the save
-    time) and the target's ``resumed_at``. Unchanged while either is missing."""
-    stopped = rec.transfer_ms if rec.kind is MigrationKind.QUICK else rec.transfer_downtime_ms
-    if stopped is None and rec.reason.startswith(TIMES_LOST) and rec.resumed_at:
-        return rec.model_copy(update={"total_ms": (rec.resumed_at - rec.created) * 1000})
-    if stopped is None or not rec.resumed_at or rec.downtime_ms is not None:
-        return rec
-    switch = (rec.resumed_at - rec.switching_at) * 1000
-    return rec.model_copy(
-        update={
-            "downtime_ms": stopped + switch,
-            "total_ms": (rec.resumed_at - rec.created) * 1000,
-        }
-    )
+async def moved_spec_ops(
+    store: Store, keys: Keys, rec: Migration
+) -> tuple[list[Compare], list[Put]]:
+    """A shared-nothing migration's part of its flip: the VM's spec with every disk on
+    ``rec.volume``, compared on the spec's revision as read now (a spec changed meanwhile
+    fails the flip). Nothing for any other migration."""
+    if not rec.volume or rec.kind is MigrationKind.STORAGE:
+        return [], []
+    key = keys.vm(rec.vm)
+    found = await read_one_or_error(store, key, VMSpec)
+    if found is None:
+        return [Compare.present(key)], []  # the flip fails: the VM is gone
+    if isinstance(found, CorruptValue):
+        return [Compare.absent(key)], []  # the flip fails: the spec is unreadable
+    spec = spec_on_volume(found.value, rec.volume)
+    return [Compare.mod_is(key, found.mod_revision)], [Put(key, encode(spec))]
 
 
-def source_times_lost(rec: Migration, why: str) -> Migration:
-    """A done record whose source's measures of the transfer were lost (the agent that ran
-    it went away before writing them): the downtime stays unknown, ``reason`` says why, and
-    the total is filled from the target's ``resumed_at`` (now, or by :func:`with_times` when
-    the target writes it later)."""
-    return with_times(rec.model_copy(update={"reason": TIMES_LOST + why}))
-
-
-def times_missing(rec: Migration) -> bool:
-    """A done record still waiting for its source's measures of the transfer."""
-    stopped = rec.transfer_ms if rec.kind is MigrationKind.QUICK else rec.transfer_downtime_ms
-    return (
-        rec.state is MigrationState.DONE
-        and rec.switching_at > 0  # (every flip writes it)
-        and stopped is None
-        and rec.downtime_ms is None
-        and not rec.reason.startswith(TIMES_LOST)
-    )
-
-
-def done_sentence(rec: Migration) -> str:
-    """The ``migration.done`` event's words for a record :func:`with_times` completed."""
-    transfer = rec.transfer_downtime_ms or 0.0
-    switch = (rec.resumed_at - rec.switching_at) * 1000
-    if rec.downtime_ms is None:
-        total = f"{rec.total_ms:.0f} ms" if rec.total_ms is not None else "unknown"
-        return (
-            f"vm {rec.vm} moved from {rec.source} to {rec.target} by {rec.kind.value} "
-            f"migration {rec.id}: {rec.reason or 'downtime unknown'}; total {total}"
-        )
-    return (
-        f"vm {rec.vm} moved from {rec.source} to {rec.target} by {rec.kind.value} migration "
-        f"{rec.id}: downtime {rec.downtime_ms or 0:.0f} ms (transfer {transfer:.0f} ms, "
-        f"switch {switch:.0f} ms), total {rec.total_ms or 0:.0f} ms"
-    )
+async def named_disks(store: Store, keys: Keys) -> set[tuple[str | None, str]]:
+    """(volume, path) of every disk some VM's spec names: files never deleted as leftovers."""
+    specs = await read_kind(store, keys, "vms", VMSpec)
+    return {(d.volume, d.path) for spec in specs.values() for d in spec.disks}
