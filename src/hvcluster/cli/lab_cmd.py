@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json as json_module
 import os
 from pathlib import Path
 from typing import Literal
@@ -9,7 +10,8 @@ from typing import Literal
 import typer
 
 from hvcluster.cli.output import console, friendly_errors, print_json, print_table
-from hvcluster.lab import cluster, faults, members, processes
+from hvcluster.lab import chaos as chaos_run
+from hvcluster.lab import chaos_plan, chaos_report, cluster, faults, members, processes
 from hvcluster.lab.demo import create_vms, demo_specs
 from hvcluster.lab.state import DEFAULT_LAB_DIR, load
 from hvcluster.models.config import PROFILES, ClusterConfig
@@ -162,3 +164,59 @@ def start(
     state = cluster.start_node(load(lab_dir), node)
     n = state.node(node)
     console.print(f"started {node}: agent pid {n.agent_pid}, watchdog pid {n.watchdog_pid}")
+
+
+@app.command()
+@friendly_errors
+def chaos(
+    duration: str = typer.Option("10m", help="How long: 90s, 10m, 1h."),
+    seed: int = typer.Option(1, help="The same seed on the same lab: the same faults."),
+    fault_kinds: str = typer.Option(
+        ",".join(chaos_plan.KINDS), "--faults", help="Some of kill,stop,partition,etcd,vm."
+    ),
+    vms: int = typer.Option(2, min=1, max=20, help="How many HA test guests to create."),
+    slo: float = typer.Option(30.0, help="Every HA VM running again within this (s)."),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the report here."),
+    cache: Path = typer.Option(Path("/var/cache/hvcluster"), help="The guest image cache."),
+    lab_dir: Path = LabDir,
+) -> None:
+    """Random faults at random times against the running lab, one at a time, each undone,
+    while a checker watches from outside: never two QEMU processes of one disk (the hosts'
+    process tables), guest disk counters never going back, every HA VM running again within
+    the SLO, admin intent kept (a stopped VM, a paused node), the API answering. Raises the
+    lab's quarantine and restart thresholds for the run (and says so). Ends with a table and
+    JSON; exits 1 on any violation."""
+    try:
+        kinds = chaos_plan.parse_kinds(fault_kinds)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--faults") from None
+    options = chaos_run.Options(
+        duration_s=_seconds(duration),
+        seed=seed,
+        kinds=kinds,
+        vms=vms,
+        slo_s=slo,
+        cache=cache,
+    )
+    result = chaos_run.run(lab_dir, options, log=lambda s: console.print(s, highlight=False))
+    out = json_out or lab_dir / "chaos.json"
+    out.write_text(json_module.dumps(result, indent=2))
+    print_table("chaos: faults by kind", chaos_report.HEADERS, chaos_report.rows(result))
+    console.print(chaos_report.verdict(result), highlight=False)
+    for v in result["violations"]:
+        console.print(f"[red]violation[/] {v['rule']} {v['subject']}: {v['detail']}")
+    console.print(f"report: {out}")
+    if result["violations"]:
+        raise typer.Exit(1)
+
+
+def _seconds(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600}
+    try:
+        if text and text[-1] in units:
+            return float(text[:-1]) * units[text[-1]]
+        return float(text)
+    except ValueError:
+        raise typer.BadParameter(
+            f"use e.g. 90s, 10m or 1h, got {text!r}", param_hint="--duration"
+        ) from None

@@ -1,0 +1,110 @@
+"""What the lab's hosts really run, read from ``/proc`` and never from the cluster's records:
+the chaos checker's eyes (``lab/invariants.py``).
+
+A QEMU process of the lab is found by its command line (``qemu-system-*`` naming a VM dir
+under one of the lab nodes' run dirs, which says the node); the disk files it holds are its
+open file descriptors (``/proc/<pid>/fd``). A sim VM's placeholder is a bare ``sleep``, so a
+sim VM is found from its node's run dir, its pid checked against its start time in ``/proc``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hvcluster.drivers.runtime import vm_dir, vm_pid
+from hvcluster.lab import processes
+from hvcluster.lab.state import LabState
+
+PROC = Path("/proc")
+
+
+@dataclass(frozen=True)
+class VMProcess:
+    pid: int
+    node: str
+    vm: str
+    disks: frozenset[str] = field(default_factory=frozenset)  # resolved paths it holds open
+    stopped: bool = False  # SIGSTOPped (or its host is): it runs no guest code now
+
+
+def _cmdline(pid: str) -> list[str]:
+    try:
+        raw = (PROC / pid / "cmdline").read_bytes()
+    except OSError:
+        return []
+    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+
+
+def _open_files(pid: int) -> frozenset[str]:
+    found = set()
+    fd_dir = PROC / str(pid) / "fd"
+    try:
+        names = os.listdir(fd_dir)
+    except OSError:
+        return frozenset()
+    for fd in names:
+        try:
+            target = os.readlink(fd_dir / fd)
+        except OSError:
+            continue
+        if target.startswith("/"):
+            found.add(target)
+    return frozenset(found)
+
+
+def _vm_name(argv: list[str]) -> str:
+    for flag, value in itertools.pairwise(argv):
+        if flag == "-name":
+            return value.split(",", 1)[0]
+    return ""
+
+
+def qemu_processes(state: LabState) -> list[VMProcess]:
+    """Every QEMU process running a VM of one of the lab's nodes, with the files it holds."""
+    run_dirs = {str(Path(n.run_dir).absolute()) + "/": n.name for n in state.nodes}
+    found = []
+    for entry in os.listdir(PROC):
+        if not entry.isdigit():
+            continue
+        argv = _cmdline(entry)
+        if not argv or not os.path.basename(argv[0]).startswith("qemu-system"):
+            continue
+        joined = " ".join(argv)
+        node = next((name for d, name in run_dirs.items() if d in joined), None)
+        if node is None:  # another lab's or someone else's QEMU
+            continue
+        pid = int(entry)
+        if not processes.alive(pid):
+            continue
+        found.append(
+            VMProcess(
+                pid=pid,
+                node=node,
+                vm=_vm_name(argv),
+                disks=_open_files(pid),
+                stopped=processes.stopped(pid),
+            )
+        )
+    return found
+
+
+def sim_processes(state: LabState, vms: list[str]) -> list[VMProcess]:
+    """Every placeholder process of ``vms`` on the lab's nodes (from their run dirs, each pid
+    checked in ``/proc``)."""
+    found = []
+    for node in state.nodes:
+        for vm in vms:
+            pid = vm_pid(vm_dir(Path(node.run_dir), vm))
+            if pid is not None:
+                found.append(VMProcess(pid=pid, node=node.name, vm=vm))
+    return found
+
+
+def vm_processes(state: LabState, vms: list[str]) -> list[VMProcess]:
+    """The processes of the lab's VMs, as the hosts' process tables show them."""
+    if state.driver == "qemu":
+        return qemu_processes(state)
+    return sim_processes(state, vms)

@@ -1,0 +1,274 @@
+"""The chaos checker: watches a lab all the time, from outside the cluster, and records every
+broken invariant as a :class:`Violation` (``hvc lab chaos``, ``lab/chaos.py``).
+
+1. Never two QEMU processes holding one VM's disk at once, from the hosts' process tables
+   (``lab/hostview.py``), not from the cluster's records. (A chaos run moves no VM live, so
+   even a migration's two processes would count.)
+2. Each guest's disk counter never goes backwards or resets (read as the lab tests read it,
+   ``qemu-img dd -U``).
+3. (Recovery within the SLO: the runner's, from :meth:`Checker.recovery`.)
+4. No admin intent lost: a VM stopped by the administrator has no process anywhere and stays
+   stopped; a paused node stays paused.
+5. The API answers: some node's API answers within ``api_grace_s``, always.
+
+Three threads: the process tables every ``interval`` seconds, the counters every second, the
+API every half second (which also says which HA VMs run: where placed, at the placement's
+epoch, as one process on that node).
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from hvcluster.drivers.testguest import read_counter
+from hvcluster.lab import hostview
+from hvcluster.lab.hostview import VMProcess
+from hvcluster.lab.state import LabState
+from hvcluster.models.errors import HvcError
+
+API_TIMEOUT_S = 2.0
+
+
+@dataclass(frozen=True)
+class Violation:
+    time: float
+    rule: str  # two-copies | counter | recovery | intent | api
+    subject: str
+    detail: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "time": self.time,
+            "rule": self.rule,
+            "subject": self.subject,
+            "detail": self.detail,
+        }
+
+
+@dataclass
+class Watched:
+    """What the checker watches: HA VMs (name -> disk, None for sim), VMs the administrator
+    stopped, nodes the administrator paused."""
+
+    ha: dict[str, Path | None]
+    stopped: list[str] = field(default_factory=list)
+    paused: list[str] = field(default_factory=list)
+
+
+class Checker:
+    def __init__(
+        self,
+        state: Callable[[], LabState],
+        watched: Watched,
+        interval: float = 0.2,
+        api_grace_s: float = 10.0,
+        log: Callable[[str], None] = lambda _: None,
+    ) -> None:
+        self._state = state
+        self.watched = watched
+        self.interval = interval
+        self.api_grace_s = api_grace_s
+        self.log = log
+        self.violations: list[Violation] = []
+        self.samples = {"processes": 0, "counters": 0, "api": 0}
+        self.counter_errors = 0
+        self.max_counter: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._processes: list[VMProcess] = []
+        self._doubled: set[str] = set()  # disks (or VMs) now held twice: said once each
+        self._intent_broken: set[str] = set()
+        # (time, HA VMs not running) from each API look, in time order
+        self._times: list[float] = []
+        self._down: list[frozenset[str]] = []
+        self._nodes_alive: dict[str, bool] = {}
+        self._api_ok_at = time.monotonic()
+        self._api_said = False
+        self._threads = [
+            threading.Thread(
+                target=self._loop, args=(f, p), name=f"chaos-{f.__name__}", daemon=True
+            )
+            for f, p in (
+                (self._look_at_processes, interval),
+                (self._look_at_counters, 1.0),
+                (self._look_at_api, 0.5),
+            )
+        ]
+
+    # -- running -------------------------------------------------------------------------
+
+    def start(self) -> Checker:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=10)
+
+    def _loop(self, look: Callable[[], None], every: float) -> None:
+        while not self._stop.is_set():
+            try:
+                look()
+            except Exception as e:  # a checker that dies silently checks nothing: say it
+                self.log(f"checker: {look.__name__} failed once: {type(e).__name__}: {e}")
+            self._stop.wait(every)
+
+    def violate(self, rule: str, subject: str, detail: str) -> None:
+        v = Violation(time.time(), rule, subject, detail)
+        with self._lock:
+            self.violations.append(v)
+        self.log(f"VIOLATION {rule} {subject}: {detail}")
+
+    # -- 1 and 4: the process tables -----------------------------------------------------
+
+    def _look_at_processes(self) -> None:
+        names = [*self.watched.ha, *self.watched.stopped]
+        found = hostview.vm_processes(self._state(), names)
+        self.samples["processes"] += 1
+        with self._lock:
+            self._processes = found
+        holders: dict[str, list[VMProcess]] = {}
+        for p in found:
+            keys = [f"vm {p.vm}"] if p.vm else []
+            keys += [f"disk {d}" for d in p.disks if d in self._disks()]
+            for key in keys:
+                holders.setdefault(key, []).append(p)
+        doubled = {k for k, ps in holders.items() if len(ps) > 1}
+        for key in sorted(doubled - self._doubled):
+            where = ", ".join(f"pid {p.pid} on {p.node}" for p in holders[key])
+            self.violate("two-copies", key, f"held by {len(holders[key])} processes: {where}")
+        self._doubled = doubled
+        for vm in self.watched.stopped:
+            running = [p for p in found if p.vm == vm]
+            if running and f"vm {vm}" not in self._intent_broken:
+                self._intent_broken.add(f"vm {vm}")
+                where = ", ".join(f"pid {p.pid} on {p.node}" for p in running)
+                self.violate("intent", f"vm/{vm}", f"stopped by the administrator, runs: {where}")
+
+    def _disks(self) -> set[str]:
+        return {os.path.realpath(d) for d in self.watched.ha.values() if d is not None}
+
+    # -- 2: the counters -----------------------------------------------------------------
+
+    def _look_at_counters(self) -> None:
+        for vm, disk in self.watched.ha.items():
+            if disk is None:
+                continue
+            try:
+                value = read_counter(disk)
+            except (HvcError, OSError):
+                self.counter_errors += 1
+                continue
+            last = self.max_counter.get(vm, 0)
+            if value < last:
+                self.violate("counter", f"vm/{vm}", f"disk counter went from {last} to {value}")
+            self.max_counter[vm] = max(last, value)
+        self.samples["counters"] += 1
+
+    # -- 3, 4 and 5: the API -------------------------------------------------------------
+
+    def _look_at_api(self) -> None:
+        state = self._state()
+        answer = self._ask(state)
+        now = time.monotonic()
+        if answer is None:
+            if now - self._api_ok_at > self.api_grace_s and not self._api_said:
+                self._api_said = True
+                self.violate("api", "api", f"no node's API answered for {self.api_grace_s:.0f} s")
+            return
+        self._api_ok_at, self._api_said = now, False
+        vms, nodes = answer
+        self.samples["api"] += 1
+        with self._lock:
+            procs = list(self._processes)
+        down = frozenset(vm for vm in self.watched.ha if not _runs_once(vms.get(vm), procs, vm))
+        with self._lock:
+            self._times.append(time.time())
+            self._down.append(down)
+            self._nodes_alive = {n["name"]: bool(n["alive"]) for n in nodes}
+        for vm in self.watched.stopped:
+            desired = (vms.get(vm) or {}).get("desired_state")
+            if desired != "stopped" and f"desired {vm}" not in self._intent_broken:
+                self._intent_broken.add(f"desired {vm}")
+                self.violate("intent", f"vm/{vm}", f"stopped by the administrator, now {desired}")
+        for n in nodes:
+            key = f"node {n['name']}"
+            paused = n["admin_state"] == "paused"
+            if n["name"] in self.watched.paused and not paused and key not in self._intent_broken:
+                self._intent_broken.add(key)
+                self.violate("intent", f"node/{n['name']}", f"paused, now {n['admin_state']}")
+
+    def _ask(self, state: LabState) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+        verify: ssl.SSLContext | bool = (
+            ssl.create_default_context(cafile=state.ca) if state.ca else False
+        )
+        for node in state.nodes:
+            base = f"{state.api_url(node)}/api/v1"
+            try:
+                with httpx.Client(verify=verify, headers=state.auth(), timeout=API_TIMEOUT_S) as c:
+                    vms = c.get(f"{base}/vms")
+                    nodes = c.get(f"{base}/nodes")
+            except httpx.HTTPError:
+                continue
+            if vms.status_code == 200 and nodes.status_code == 200:
+                return {v["name"]: v for v in vms.json()["vms"]}, list(nodes.json()["nodes"])
+        return None
+
+    # -- for the runner ------------------------------------------------------------------
+
+    def nodes_alive(self) -> dict[str, bool]:
+        with self._lock:
+            return dict(self._nodes_alive)
+
+    def last_look(self) -> tuple[float, frozenset[str]] | None:
+        with self._lock:
+            return (self._times[-1], self._down[-1]) if self._times else None
+
+    def all_running_since(self, t: float) -> bool:
+        """Every HA VM ran at every API look from ``t`` on (and there was one)."""
+        with self._lock:
+            i = bisect.bisect_left(self._times, t)
+            return i < len(self._times) and not any(self._down[i:])
+
+    def recovery(self, start: float, end: float) -> tuple[bool, float]:
+        """(was any HA VM down between ``start`` and ``end``, seconds from ``start`` until
+        every HA VM ran again after the last look that found one down)."""
+        with self._lock:
+            i = bisect.bisect_left(self._times, start)
+            j = bisect.bisect_right(self._times, end)
+            looks = list(zip(self._times[i:j], self._down[i:j], strict=True))
+        last_down = max((k for k, (_, down) in enumerate(looks) if down), default=None)
+        if last_down is None:
+            return False, 0.0
+        after = [t for t, down in looks[last_down + 1 :] if not down]
+        return True, (after[0] if after else end) - start
+
+    def down_now(self) -> frozenset[str]:
+        look = self.last_look()
+        return look[1] if look else frozenset(self.watched.ha)
+
+
+def _runs_once(view: dict[str, Any] | None, procs: list[VMProcess], vm: str) -> bool:
+    """The VM runs: its status says running where and at the epoch it is placed, and one
+    process of it runs there (its host not frozen), none elsewhere."""
+    if view is None:
+        return False
+    status, placement = view.get("status") or {}, view.get("placement") or {}
+    if status.get("state") != "running" or not placement:
+        return False
+    if status.get("node") != placement.get("node") or status.get("epoch") != placement.get("epoch"):
+        return False
+    mine = [p for p in procs if p.vm == vm]
+    return len(mine) == 1 and mine[0].node == placement["node"] and not mine[0].stopped
