@@ -87,6 +87,7 @@ def run(lab_dir: Path, options: Options, log: Log = print) -> dict[str, Any]:
         [m.name for m in state.etcd_members],
         list(setup.watched.ha),
         setup.timing,
+        quiet=tuple(setup.watched.paused),
     )
     checker = Checker(lambda: load(lab_dir), setup.watched, log=log).start()
     records: list[FaultRecord] = []

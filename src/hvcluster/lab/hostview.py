@@ -27,7 +27,8 @@ class VMProcess:
     node: str
     vm: str
     disks: frozenset[str] = field(default_factory=frozenset)  # resolved paths it holds open
-    stopped: bool = False  # SIGSTOPped (or its host is): it runs no guest code now
+    stopped: bool = False  # SIGSTOPped: it runs no guest code now
+    parent: int = 0
 
 
 def _cmdline(pid: str) -> list[str]:
@@ -86,9 +87,21 @@ def qemu_processes(state: LabState) -> list[VMProcess]:
                 vm=_vm_name(argv),
                 disks=_open_files(pid),
                 stopped=processes.stopped(pid),
+                parent=_parent(pid),
             )
         )
-    return found
+    # QEMU's -daemonize: the process started forks the one that runs the guest and waits
+    # (holding no disk) until it is ready. That parent is not a second copy.
+    waiting = {(p.parent, p.vm) for p in found}
+    return [p for p in found if (p.pid, p.vm) not in waiting]
+
+
+def _parent(pid: int) -> int:
+    try:
+        stat = (PROC / str(pid) / "stat").read_text()
+        return int(stat.rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
 
 
 def sim_processes(state: LabState, vms: list[str]) -> list[VMProcess]:

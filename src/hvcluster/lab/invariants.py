@@ -140,9 +140,14 @@ class Checker:
         with self._lock:
             self._processes = found
         holders: dict[str, list[VMProcess]] = {}
+        disks = self._disks()
         for p in found:
-            keys = [f"vm {p.vm}"] if p.vm else []
-            keys += [f"disk {d}" for d in p.disks if d in self._disks()]
+            # A VM with a disk by the disk only: a QEMU daemonizing is two processes of one
+            # name for a moment (the first opens no disk, waits for the one it forked and
+            # exits). A VM without one (sim) by its name.
+            keys = [f"disk {d}" for d in p.disks if d in disks]
+            if p.vm and self.watched.ha.get(p.vm, 0) is None:
+                keys = [f"vm {p.vm}"]
             for key in keys:
                 holders.setdefault(key, []).append(p)
         doubled = {k for k, ps in holders.items() if len(ps) > 1}
