@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from hvcluster.drivers.image import cached_image
+from hvcluster.guestimage.image import cached_image
 from hvcluster.lab import chaos, chaos_report
 from hvcluster.lab.chaos_plan import KINDS
 from hvcluster.lab.invariants import Checker, Watched

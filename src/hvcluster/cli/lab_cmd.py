@@ -178,6 +178,11 @@ def chaos(
     slo: float = typer.Option(30.0, help="Every HA VM running again within this (s)."),
     json_out: Path | None = typer.Option(None, "--json", help="Also write the report here."),
     cache: Path = typer.Option(Path("/var/cache/hvcluster"), help="The guest image cache."),
+    profile: str | None = typer.Option(
+        None,
+        help="The timing profile the lab must run (default or fast: set by 'hvc lab up "
+        "--profile'; agents take their timings when they start). Default: whatever it runs.",
+    ),
     lab_dir: Path = LabDir,
 ) -> None:
     """Random faults at random times against the running lab, one at a time, each undone,
@@ -190,6 +195,13 @@ def chaos(
         kinds = chaos_plan.parse_kinds(fault_kinds)
     except ValueError as e:
         raise typer.BadParameter(str(e), param_hint="--faults") from None
+    state = load(lab_dir)
+    if profile is not None and profile != state.profile:
+        raise typer.BadParameter(
+            f"this lab runs the {state.profile} profile: start it with "
+            f"'hvc lab up --profile {profile}'",
+            param_hint="--profile",
+        )
     options = chaos_run.Options(
         duration_s=_seconds(duration),
         seed=seed,

@@ -146,9 +146,7 @@ class Controller:
                 await self._decision_broke(decision, e, notes)
         return said
 
-    async def _decision_broke(
-        self, d: Decision, error: Exception, notes: ControllerNotes
-    ) -> None:
+    async def _decision_broke(self, d: Decision, error: Exception, notes: ControllerNotes) -> None:
         """Applying ``d`` raised unexpectedly: logged with its traceback and said as
         ``controller.error`` (once while it repeats); the cycle goes on with the other
         decisions, and the next cycle decides afresh."""

@@ -25,8 +25,8 @@ from typing import Any
 
 import httpx
 
-from hvcluster.drivers.image import require_image
-from hvcluster.drivers.testguest import create_disk
+from hvcluster.guestimage.image import require_image
+from hvcluster.guestimage.testguest import create_disk
 from hvcluster.lab import cluster, faults, members
 from hvcluster.lab.chaos_plan import KINDS, Fault, Planner, Timing
 from hvcluster.lab.chaos_report import FaultRecord, report
@@ -155,14 +155,9 @@ def one_fault(
 def _undo(lab_dir: Path, fault: Fault) -> None:
     state = load(lab_dir)
     if fault.undo == "start":
-        cluster.start_node(state, fault.target, _fence_after(state))
+        cluster.start_node(state, fault.target)
     else:
         faults.fault(state, fault.undo, fault.target)
-
-
-def _fence_after(state: LabState) -> float:
-    config = asyncio.run(_read_config(state))
-    return config.fence_after_s
 
 
 def _wait_back(lab_dir: Path, checker: Checker, timeout: float, at_least: float) -> bool:
@@ -192,6 +187,7 @@ def prepare(state: LabState, options: Options, log: Log) -> Setup:
     """Thresholds raised, the admin intent made, the HA guests created and running."""
     config = asyncio.run(_raise_thresholds(state))
     settings = {
+        "profile": config.profile() or "custom",
         "quarantine_threshold": config.quarantine.threshold,
         "local_restart_threshold": config.local_restart_threshold,
         "vm_failover_threshold": FAILOVERS_MAX,
@@ -202,7 +198,8 @@ def prepare(state: LabState, options: Options, log: Log) -> Setup:
     log(
         f"thresholds for this run: node quarantine after {THRESHOLD} failures, local restarts "
         f"{THRESHOLD}, each chaos VM's failover threshold {FAILOVERS_MAX} (the cluster honours "
-        "them: lower ones would leave nodes quarantined and VMs failed by design); timings: "
+        "them: lower ones would leave nodes quarantined and VMs failed by design); timings "
+        f"({config.profile() or 'custom'} profile): "
         f"lease {config.lease_ttl_s} s, fence_after {config.fence_after_s} s, keepalive "
         f"{config.keepalive_interval_s} s"
     )

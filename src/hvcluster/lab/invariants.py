@@ -30,7 +30,7 @@ from typing import Any
 
 import httpx
 
-from hvcluster.drivers.testguest import read_counter
+from hvcluster.guestimage.testguest import read_counter
 from hvcluster.lab import hostview
 from hvcluster.lab.hostview import VMProcess
 from hvcluster.lab.state import LabState
