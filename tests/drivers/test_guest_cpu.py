@@ -14,6 +14,7 @@ from hvcluster.drivers.qemu.driver import QemuDriver
 from hvcluster.drivers.qemu.guestcpu import cpu_models, guest_cpu_problem
 from hvcluster.drivers.qemu.settings import QemuSettings
 from hvcluster.drivers.sim import SimDriver
+from hvcluster.models.guestcpu import default_guest_cpu
 from hvcluster.models.node import Capacity, Inventory
 from hvcluster.models.vm import Disk, VMSpec
 
@@ -40,14 +41,14 @@ def test_an_unknown_model_and_a_missing_binary() -> None:
 
 FACTS = HostFacts(
     capacity=Capacity(cpus=2, memory_mib=1024),
-    inventory=Inventory(cpu_model="Host CPU", accelerator="tcg", driver="qemu"),
+    inventory=Inventory(host_cpu="Host CPU", accelerator="tcg", driver="qemu"),
 )
 
 
 async def test_the_agent_reports_its_qemu_guest_cpu(tmp_path: Path) -> None:
     driver = QemuDriver(tmp_path, QemuSettings(accelerator="tcg", cpu_model="Skylake-Server"))
     inv = (await with_guest_cpu(FACTS, driver)).inventory
-    assert inv.guest_cpu_model == "Skylake-Server" and inv.guest_cpu == "Skylake-Server"
+    assert inv.guest_cpu_model == "Skylake-Server" == default_guest_cpu(inv)
     assert "it lacks" in inv.guest_cpu_problem
     ok = QemuDriver(tmp_path, QemuSettings(accelerator="tcg"))
     inv = (await with_guest_cpu(FACTS, ok)).inventory

@@ -11,8 +11,8 @@ import pytest
 
 from hvcluster.agent.config import AgentConfig
 from hvcluster.agent.daemon import Daemon, cancel_all
-from hvcluster.agent.drivers import SimHostLinks
 from hvcluster.drivers.sim import SimDriver
+from hvcluster.drivers.sim.links import SimHostLinks
 from hvcluster.drivers.sim.model import SimParams
 from hvcluster.drivers.sim.state import SimHost
 from hvcluster.models.base import decode

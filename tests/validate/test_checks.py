@@ -124,7 +124,7 @@ def test_cpu_compatibility_between_each_pair() -> None:
     same = node("n1")
     other_flags = node("n2", inventory=same.inventory.model_copy(update={"cpu_flags": ("fpu",)}))
     kvm = node("n3", inventory=same.inventory.model_copy(update={"accelerator": "kvm"}))
-    sim = node("n4", inventory=Inventory(cpu_model="sim-cpu", accelerator="tcg", driver="sim"))
+    sim = node("n4", inventory=Inventory(host_cpu="sim-cpu", accelerator="tcg", driver="sim"))
     checks = by_name(facts(same, other_flags, kvm, sim))
     flags = checks["live migration n1 <-> n2"]
     assert flags.status is CheckStatus.WARN and "only n1 has sse2, vmx" in flags.message

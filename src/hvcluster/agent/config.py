@@ -21,6 +21,7 @@ from pydantic import Field, ValidationError, ValidationInfo, field_validator
 
 from hvcluster.models.base import Model, describe
 from hvcluster.models.errors import ConfigError
+from hvcluster.models.guestcpu import QEMU_DEFAULT
 from hvcluster.models.names import Labels, Name
 
 
@@ -37,7 +38,7 @@ class AgentConfig(Model):
     cache_dir: Path = Path("/var/cache/hvcluster")
     # The named CPU model qemu gives guests (-cpu): the same on every node keeps live
     # migration possible between different hosts.
-    guest_cpu: str = Field(default="qemu64", min_length=1)
+    guest_cpu: str = Field(default=QEMU_DEFAULT, min_length=1)
     cpus: int | None = Field(default=None, gt=0)  # override what the driver reports
     memory_mib: int | None = Field(default=None, gt=0)
     labels: Labels = {}  # bounded as a node's labels are, so registration cannot fail

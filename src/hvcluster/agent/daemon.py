@@ -20,7 +20,6 @@ from pathlib import Path
 import uvicorn
 
 from hvcluster.agent.config import AgentConfig
-from hvcluster.agent.drivers import make_driver, make_links
 from hvcluster.agent.liveness import NodeLiveness
 from hvcluster.agent.liveness_thread import LivenessRunner, OnLoop, OwnThread
 from hvcluster.agent.migration import MigrationWorker
@@ -32,6 +31,7 @@ from hvcluster.api.context import PeerApi
 from hvcluster.api.serving import server_settings
 from hvcluster.controller.loop import Controller
 from hvcluster.drivers.base import Driver
+from hvcluster.drivers.registry import DriverOptions, make_driver
 from hvcluster.host.network import Links
 from hvcluster.models.config import ClusterConfig
 from hvcluster.models.errors import HvcError, StoreError
@@ -69,9 +69,9 @@ class Daemon:
         self.keys = Keys(cfg.cluster)
         self._own_store = store is None
         self.store: Store = store if store is not None else etcd_store(cfg)
-        self.driver: Driver = driver if driver is not None else make_driver(cfg)
+        self.driver: Driver = driver if driver is not None else driver_of(cfg)
         self.serve_api = serve_api
-        self.links: Links = links if links is not None else make_links(self.driver)
+        self.links: Links = links if links is not None else self.driver.links()
         self.events = EventLog(self.store, self.keys)
         # The node watchdog's feeder (MemoryWatchdog, its twin, in simulations).
         self.watchdog = watchdog if watchdog is not None else WatchdogFeeder(cfg.run_dir)
@@ -313,6 +313,18 @@ class Daemon:
             )
         )
         await server.serve()
+
+
+def driver_of(cfg: AgentConfig) -> Driver:
+    """This host's driver, chosen by the config's ``driver`` name from the registry."""
+    options = DriverOptions(
+        run_dir=cfg.run_dir,
+        accelerator=cfg.accel,
+        cache_dir=cfg.cache_dir,
+        guest_cpu=cfg.guest_cpu,
+        sim_seed=cfg.sim_seed,
+    )
+    return make_driver(cfg.driver, options)
 
 
 def etcd_store(cfg: AgentConfig) -> EtcdStore:

@@ -3,36 +3,22 @@ can provide (reported in ``nodes/<me>``), and the model each VM it starts gets.
 
 The model follows the VM (see :mod:`hvcluster.models.guestcpu`): a cold start takes the
 spec's ``cpu_model`` or this node's default; an incoming migration (live, quick,
-shared-nothing) takes the model the VM ran with, from the migration record."""
+shared-nothing) takes the model the VM ran with, from the migration record. What the host
+can provide is the driver's answer (:meth:`Driver.guest_cpus`)."""
 
 from __future__ import annotations
 
-import asyncio
-
 from hvcluster.drivers.base import Driver, HostFacts
 from hvcluster.drivers.errors import SpecError
-from hvcluster.drivers.qemu.driver import QemuDriver
-from hvcluster.drivers.qemu.guestcpu import cpu_models
-from hvcluster.models.guestcpu import provided
+from hvcluster.models.guestcpu import default_guest_cpu, guest_cpu_of, provided
 from hvcluster.models.vm import VMSpec
 
 
 async def with_guest_cpu(facts: HostFacts, driver: Driver) -> HostFacts:
     """``facts`` with ``guest_cpu_model``, ``guest_cpu_problem`` and ``guest_cpu_models``
-    filled in: for qemu, its ``-cpu`` default and the models QEMU can provide under the
-    node's accelerator (asked once per agent process); for sim, what the sim host says (its
-    own model by default)."""
-    inv = facts.inventory
-    if isinstance(driver, QemuDriver):
-        binary, model = driver.settings.binary, driver.settings.cpu_model
-        known = await asyncio.to_thread(cpu_models, binary, inv.accelerator)
-        problem = known.problem(binary, model, inv.accelerator)
-        models = known.provided
-    else:
-        model, problem = inv.guest_cpu_model or inv.cpu_model or inv.driver, ""
-        models = inv.guest_cpu_models or (model,)
-    update = {"guest_cpu_model": model, "guest_cpu_problem": problem, "guest_cpu_models": models}
-    return facts.model_copy(update={"inventory": inv.model_copy(update=update)})
+    filled in, as the driver answers for this host."""
+    inv = await driver.guest_cpus(facts.inventory)
+    return facts.model_copy(update={"inventory": inv})
 
 
 def guest_spec(spec: VMSpec, facts: HostFacts | None, model: str = "") -> VMSpec:
@@ -42,10 +28,11 @@ def guest_spec(spec: VMSpec, facts: HostFacts | None, model: str = "") -> VMSpec
     if facts is None:
         return spec.model_copy(update={"cpu_model": model}) if model else spec
     inv = facts.inventory
-    chosen = model or spec.cpu_model or inv.guest_cpu
-    own = chosen == inv.guest_cpu and not inv.guest_cpu_problem  # max/host: here, not moved
+    default = default_guest_cpu(inv)
+    chosen = guest_cpu_of(spec, default, model)
+    own = chosen == default and not inv.guest_cpu_problem  # max/host: here, not moved
     if chosen not in provided(inv) and not own:
-        why = inv.guest_cpu_problem if chosen == inv.guest_cpu else ""
+        why = inv.guest_cpu_problem if chosen == default else ""
         raise SpecError(
             f"this node cannot give vm {spec.name} CPU model {chosen}"
             + (f": {why}" if why else f" (it provides {', '.join(provided(inv)) or 'none'})"),

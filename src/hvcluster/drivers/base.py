@@ -45,8 +45,10 @@ from typing import Protocol
 from pydantic import Field
 
 from hvcluster.drivers.errors import NotRunning
+from hvcluster.host.network import IpLinks, Links
 from hvcluster.models.base import Model
 from hvcluster.models.config import MigrationSettings
+from hvcluster.models.guestcpu import default_guest_cpu
 from hvcluster.models.lifecycle import VMState
 from hvcluster.models.migration import Progress
 from hvcluster.models.node import Capacity, Inventory
@@ -139,6 +141,22 @@ class Driver(ABC):
     @abstractmethod
     async def inventory(self) -> HostFacts:
         """CPUs and memory of the host, CPU model and flags, accelerator, hypervisor version."""
+
+    async def guest_cpus(self, inv: Inventory) -> Inventory:
+        """``inv`` with the guest CPU models of this host: the one it gives guests whose spec
+        names none (``guest_cpu_model``), why it cannot provide that one (``guest_cpu_problem``,
+        "" if it can) and every model it can (``guest_cpu_models``). Here: the default of
+        :func:`~hvcluster.models.guestcpu.default_guest_cpu`, and the models ``inv`` lists
+        (that one alone if none); a driver that can ask its hypervisor says more."""
+        model = default_guest_cpu(inv)
+        models = inv.guest_cpu_models or (model,)
+        update = {"guest_cpu_model": model, "guest_cpu_problem": "", "guest_cpu_models": models}
+        return inv.model_copy(update=update)
+
+    def links(self) -> Links:
+        """Where the agent makes the bridges of switches for this driver's VM NICs: the
+        host's own links (``ip``), unless the driver's VMs live elsewhere."""
+        return IpLinks()
 
     @abstractmethod
     def set_volumes(self, mounts: Mapping[str, Path]) -> None:

@@ -21,6 +21,24 @@ from hvcluster.models.node import Inventory, Node
 from hvcluster.models.vm import VMSpec, VMStatus
 
 MOST_SHOWN = 6
+# The model a qemu node gives guests unless its agent is told otherwise: one named model
+# every x86 host provides keeps live migration possible between different hosts.
+QEMU_DEFAULT = "qemu64"
+
+
+def default_guest_cpu(inv: Inventory) -> str:
+    """The CPU model a node (of inventory ``inv``) gives a guest whose spec names none: as
+    its agent reported it; for an agent that did not, what its driver gave guests then
+    (qemu: :data:`QEMU_DEFAULT`; sim: the host's own model)."""
+    if inv.guest_cpu_model:
+        return inv.guest_cpu_model
+    return QEMU_DEFAULT if inv.driver == "qemu" else inv.host_cpu or inv.driver
+
+
+def guest_cpu_of(spec: VMSpec, default: str, carried: str = "") -> str:
+    """The CPU model a VM's guest is started with: ``carried`` (the model it runs with, for
+    an incoming migration), else its spec's own, else ``default`` (the node's)."""
+    return carried or spec.cpu_model or default
 
 
 def provided(inv: Inventory) -> tuple[str, ...]:
@@ -28,7 +46,7 @@ def provided(inv: Inventory) -> tuple[str, ...]:
     agent that reports no list provides its own default model (unless it said it cannot)."""
     if inv.guest_cpu_models:
         return inv.guest_cpu_models
-    return () if inv.guest_cpu_problem else (inv.guest_cpu,)
+    return () if inv.guest_cpu_problem else (default_guest_cpu(inv),)
 
 
 def cannot_provide(node: Node, model: str) -> str | None:
@@ -37,7 +55,7 @@ def cannot_provide(node: Node, model: str) -> str | None:
     if model in models:
         return None
     inv = node.inventory
-    if model == inv.guest_cpu and inv.guest_cpu_problem:
+    if model == default_guest_cpu(inv) and inv.guest_cpu_problem:
         return f"model {model} not available on {node.name}: {inv.guest_cpu_problem}"
     shown = ", ".join(models[:MOST_SHOWN]) or "none"
     more = f" and {len(models) - MOST_SHOWN} more" if len(models) > MOST_SHOWN else ""
@@ -49,9 +67,7 @@ def vm_cpu_model(spec: VMSpec, status: VMStatus | None, node: Node | None) -> st
     names it, else the default of ``node`` (where it runs); "" if none of them says."""
     if status is not None and status.cpu_model:
         return status.cpu_model
-    if spec.cpu_model:
-        return spec.cpu_model
-    return node.inventory.guest_cpu if node is not None else ""
+    return guest_cpu_of(spec, default_guest_cpu(node.inventory) if node is not None else "")
 
 
 def move_blocker(

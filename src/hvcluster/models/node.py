@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 
 from hvcluster.models.base import Model
 from hvcluster.models.lifecycle import NodeAdminState
@@ -17,7 +17,10 @@ class Capacity(Model):
 class Inventory(Model):
     """What the node's driver found on the host."""
 
-    cpu_model: str = ""
+    # The host's own CPU (``model name`` of /proc/cpuinfo; sim: its host's model). Records
+    # written before it was named so call it ``cpu_model``: still read (``cpu_model``
+    # everywhere else is a guest's).
+    host_cpu: str = Field(default="", validation_alias=AliasChoices("host_cpu", "cpu_model"))
     cpu_flags: tuple[str, ...] = ()
     accelerator: str = "tcg"  # "kvm" or "tcg", decided by a probe guest
     qemu_version: str = ""
@@ -29,16 +32,8 @@ class Inventory(Model):
     guest_cpu_problem: str = ""
     # Every named CPU model this host can give guests in full (qemu: query-cpu-definitions
     # entries with no unavailable feature, under its accelerator); () when not reported:
-    # then only ``guest_cpu`` (see :mod:`hvcluster.models.guestcpu`).
+    # then only its default (see :func:`hvcluster.models.guestcpu.default_guest_cpu`).
     guest_cpu_models: tuple[str, ...] = ()
-
-    @property
-    def guest_cpu(self) -> str:
-        """The guest CPU model, as reported; for an agent that did not report one, what its
-        driver gave guests then (qemu: ``qemu64``; sim: the host's model)."""
-        if self.guest_cpu_model:
-            return self.guest_cpu_model
-        return "qemu64" if self.driver == "qemu" else self.cpu_model or self.driver
 
 
 class WatchdogReport(Model):

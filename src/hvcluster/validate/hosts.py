@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from itertools import combinations, permutations
 
-from hvcluster.models.guestcpu import cannot_provide, provided
+from hvcluster.models.guestcpu import cannot_provide, default_guest_cpu, provided
 from hvcluster.models.node import Node
 from hvcluster.models.validation import (
     Category,
@@ -24,7 +24,7 @@ from hvcluster.validate.common import FAIL, PASS, WARN, Thresholds, alive_nodes,
 
 def _describe(node: Node) -> str:
     inv = node.inventory
-    cpu = inv.cpu_model or "unknown CPU"
+    cpu = inv.host_cpu or "unknown CPU"
     if inv.cpu_flags:
         cpu += f" ({len(inv.cpu_flags)} flags)"
     driver = f"{inv.driver} driver"
@@ -32,7 +32,7 @@ def _describe(node: Node) -> str:
         driver += f", QEMU {inv.qemu_version}" if inv.qemu_version else ", no QEMU version"
     return (
         f"{cpu}, {node.capacity.cpus} CPUs, {mib(node.capacity.memory_mib)}; {driver}, "
-        f"accelerator {inv.accelerator}, guest CPU {inv.guest_cpu}"
+        f"accelerator {inv.accelerator}, guest CPU {default_guest_cpu(inv)}"
     )
 
 
@@ -84,8 +84,8 @@ def inventory(facts: ValidationFacts, t: Thresholds) -> list[Check]:
                     category=cat,
                     name=name,
                     status=FAIL,
-                    message=f"{node.name} cannot give guests CPU {node.inventory.guest_cpu}: "
-                    f"{node.inventory.guest_cpu_problem}",
+                    message=f"{node.name} cannot give guests CPU "
+                    f"{default_guest_cpu(node.inventory)}: {node.inventory.guest_cpu_problem}",
                     action=f"set guest_cpu in {node.name}'s agent config to a model every node "
                     "can provide (the same on all of them), then restart that agent",
                     nodes=(node.name,),
@@ -227,7 +227,7 @@ def _models(a: Node, b: Node, running: dict[str, str]) -> Check:
     """Can ``b`` run, after a live or quick migration from ``a``, every CPU model ``a``'s
     guests run with (``running``: vm -> model) and ``a``'s default (the model of any VM it
     starts next)?"""
-    default = a.inventory.guest_cpu
+    default = default_guest_cpu(a.inventory)
     users: dict[str, list[str]] = {default: []}
     for vm, model in sorted(running.items()):
         users.setdefault(model or default, []).append(vm)

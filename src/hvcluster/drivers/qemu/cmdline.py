@@ -10,6 +10,7 @@ from pathlib import Path
 from hvcluster.drivers.diskpath import disk_path
 from hvcluster.drivers.errors import SpecError
 from hvcluster.drivers.qemu.settings import QemuSettings
+from hvcluster.models.guestcpu import guest_cpu_of
 from hvcluster.models.storage import bridge_name
 from hvcluster.models.vm import VMSpec
 
@@ -73,7 +74,7 @@ def qemu_argv(
         "-name", f"{spec.name},process=hvc-{spec.name}",
         "-machine", settings.machine,
         "-accel", launch.accelerator,
-        "-cpu", spec.cpu_model or settings.cpu_model,  # the VM's own model, if it has one
+        "-cpu", guest_cpu_of(spec, settings.cpu_model),
         "-smp", str(spec.vcpus),
         "-m", f"{spec.memory_mib}M",
         "-nodefaults", "-no-user-config", "-display", "none", "-vga", "none",

@@ -19,6 +19,7 @@ from pathlib import Path
 from hvcluster.drivers.base import HostFacts, Usage, VMInfo, known_vm, known_vms
 from hvcluster.drivers.errors import NotRunning, QemuFailed
 from hvcluster.drivers.qemu import blockjobs
+from hvcluster.drivers.qemu.guestcpu import cpu_models
 from hvcluster.drivers.qemu.host import (
     cpu_model_and_flags,
     host_cpus,
@@ -50,13 +51,25 @@ class QemuDriver(LiveMigration, SaveRestore):
         return HostFacts(
             capacity=Capacity(cpus=host_cpus(), memory_mib=host_memory_mib()),
             inventory=Inventory(
-                cpu_model=model,
+                host_cpu=model,
                 cpu_flags=flags,
                 accelerator=accel,
                 qemu_version=qemu_version(self.settings.binary),
                 driver=self.kind,
             ),
         )
+
+    async def guest_cpus(self, inv: Inventory) -> Inventory:
+        """Its ``-cpu`` default, and the models QEMU can provide under the node's accelerator
+        (QEMU is asked once per binary and accelerator in this process)."""
+        binary, model = self.settings.binary, self.settings.cpu_model
+        known = await asyncio.to_thread(cpu_models, binary, inv.accelerator)
+        update = {
+            "guest_cpu_model": model,
+            "guest_cpu_problem": known.problem(binary, model, inv.accelerator),
+            "guest_cpu_models": known.provided,
+        }
+        return inv.model_copy(update=update)
 
     async def start(self, spec: VMSpec, epoch: int, paused: bool = False) -> VMInfo:
         async with self._lock(spec.name):

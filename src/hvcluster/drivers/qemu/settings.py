@@ -9,6 +9,7 @@ from pydantic import Field
 
 from hvcluster.guestimage.image import DEFAULT_CACHE
 from hvcluster.models.base import Model
+from hvcluster.models.guestcpu import QEMU_DEFAULT
 
 
 class QemuSettings(Model):
@@ -16,7 +17,7 @@ class QemuSettings(Model):
     # "auto": kvm only if a probe guest boots under KVM in probe_timeout_s (cached per host).
     accelerator: Literal["auto", "kvm", "tcg"] = "auto"
     machine: str = "q35"
-    cpu_model: str = "qemu64"  # one named model on every host keeps live migration possible
+    cpu_model: str = QEMU_DEFAULT  # guests whose spec names no model get this one
     cache_dir: Path = DEFAULT_CACHE  # the guest image, the probe's verdict
     volumes: dict[str, Path] = {}  # shared volume name -> where this host mounts it
     probe_timeout_s: float = Field(default=20.0, gt=0)

@@ -48,8 +48,10 @@ from hvcluster.drivers.runtime import (
     write_json,
 )
 from hvcluster.drivers.sim import model, placeholder
+from hvcluster.drivers.sim.links import SimHostLinks
 from hvcluster.drivers.sim.migration import SimMigration
 from hvcluster.drivers.sim.state import SimHost, SimVM, persist
+from hvcluster.host.network import Links
 from hvcluster.models.lifecycle import VMState
 from hvcluster.models.node import Capacity, Inventory
 from hvcluster.models.storage import bridge_name
@@ -105,7 +107,7 @@ class SimDriver(SimMigration):
         return HostFacts(
             capacity=Capacity(cpus=self.host.cpus, memory_mib=self.host.memory_mib),
             inventory=Inventory(
-                cpu_model=self.host.cpu_model,
+                host_cpu=self.host.cpu_model,
                 accelerator="sim",
                 qemu_version="",
                 driver="sim",
@@ -113,6 +115,9 @@ class SimDriver(SimMigration):
                 guest_cpu_models=self.host.guest_cpu_models or (self.host.cpu_model,),
             ),
         )
+
+    def links(self) -> Links:
+        return SimHostLinks(self)
 
     async def start(self, spec: VMSpec, epoch: int, paused: bool = False) -> VMInfo:
         self.bugs.trip("start", spec.name)
