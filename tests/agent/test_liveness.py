@@ -175,3 +175,50 @@ async def test_a_lost_lease_is_replaced_only_if_placements_are_unchanged(
         await asyncio.gather(task, return_exceptions=True)
     assert killed == [{"vm-a"}]  # vm-b, unchanged, kept running
     assert local == {"vm-b": rev_b}
+
+
+class AllCrashedStore(MemoryStore):
+    """Every etcd member crashed (each host refuses the connection), then (``restarting``)
+    two come back and hang, as members do until they have a quorum again."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+        self.restarting = False
+
+    async def health(self) -> StoreHealth:
+        if not self.down:
+            return await super().health()
+        silent = {1, 2} if self.restarting else set()
+        members = tuple(
+            Member(f"m{i}", i, (), reachable=False, refused=i not in silent) for i in (1, 2, 3)
+        )
+        return StoreHealth(members=members, leader=None)
+
+    async def keepalive(self, lease_id: int) -> float:
+        if self.down:
+            await asyncio.sleep(3600)  # a connection attempt that never ends
+        return await super().keepalive(lease_id)
+
+
+async def test_with_every_member_down_a_node_feeds_a_lease_ttl_from_each_question(
+    tmp_path: Path, running: list[asyncio.Task[None]]
+) -> None:
+    """Nobody leads: the deadline is the question's time + TTL (more than fence_after), asked
+    while the keepalive still hangs; once members restart and only time out, feeding stops
+    and the node fences within TTL of the last answer that proved nobody led."""
+    store = AllCrashedStore()
+    live, feeder = await _liveness(store, tmp_path)
+    running.append(asyncio.create_task(live.run()))
+    await asyncio.sleep(0.3)
+    store.down = True
+    await asyncio.sleep(3 * CONFIG.lease_ttl_s)
+    now = time.monotonic()
+    assert not live.fenced, "fed while nobody led"
+    assert feeder.deadlines[-1] - now > CONFIG.fence_after_s  # a TTL, not fence_after
+    assert feeder.deadlines[-1] <= now + CONFIG.lease_ttl_s
+    store.restarting = True
+    last = time.monotonic()
+    await asyncio.sleep(CONFIG.lease_ttl_s + 0.3)
+    assert live.fenced
+    assert max(feeder.deadlines) <= last + CONFIG.lease_ttl_s

@@ -4,9 +4,10 @@ The rules (docs/architecture.md, "Safety"):
 
 * The watchdog is fed with the deadline *time the last confirmed keepalive was sent* +
   ``fence_after``, on the monotonic clock the watchdog shares.
-* When keepalives fail, the agent asks "is it me, or is it etcd?" and feeds only on fresh,
-  positive evidence that nobody can act: it reaches a majority of the etcd members and none of
-  them has a leader. Anything less and the deadline runs out: the watchdog kills the VMs.
+* When keepalives fail, the agent asks "is it me, or is it etcd?" (every half evidence
+  interval, beside the keepalives, so a slow keepalive never delays the question) and feeds
+  only on fresh, positive evidence that nobody can act (:mod:`hvcluster.agent.evidence`).
+  Anything less and the deadline runs out: the watchdog kills the VMs.
 * A lease found gone is replaced at once, in a transaction that also checks the placements of
   the VMs this host runs are unchanged; where one changed, the VM is killed first.
 * A restarted agent adopts the lease its predecessor left in ``alive/<node>`` if it still
@@ -31,6 +32,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
+from hvcluster.agent.evidence import NONE, Evidence, seek
 from hvcluster.models.base import decode, encode
 from hvcluster.models.config import ClusterConfig
 from hvcluster.models.errors import CorruptValue, LeaseLost, StoreError
@@ -38,7 +40,6 @@ from hvcluster.models.node import Node, NodeAlive, WatchdogReport
 from hvcluster.store.base import Compare, EventType, Put, Store, WatchEvent
 from hvcluster.store.follow import follow
 from hvcluster.store.guards import keys_unchanged
-from hvcluster.store.health import nobody_can_act
 from hvcluster.store.keys import Keys
 from hvcluster.watchdog.node import WatchdogFeeder
 
@@ -73,15 +74,6 @@ class LivenessState:
         return None
 
 
-@dataclass
-class Evidence:
-    """What the agent could learn of etcd when its keepalive failed."""
-
-    reachable: int
-    members: int
-    nobody_can_act: bool  # a majority answered and none of them has a leader
-
-
 class NodeLiveness:
     def __init__(
         self,
@@ -106,6 +98,9 @@ class NodeLiveness:
         self.lease_id = 0
         self.last_confirmed_sent: float | None = None
         self.deadline = 0.0  # the last deadline given to the watchdog
+        self.lease_ttl = config.lease_ttl_s  # as etcd last reported it for our lease
+        self.failing = False  # the last keepalive failed: seek evidence
+        self.last_evidence: Evidence = NONE
         self.registered = asyncio.Event()
         self.key_gone = asyncio.Event()  # our alive key vanished while the lease lives
         self.watchdog: WatchdogReport | None = None  # as last judged
@@ -138,6 +133,7 @@ class NodeLiveness:
                 ttl = await self.store.keepalive(previous.lease)
                 if ttl > 0 and previous.node == self.node:
                     self.lease_id = previous.lease
+                    self.lease_ttl = ttl
                     self._confirmed(sent)
                     self.registered.set()
                     self._publish()
@@ -165,6 +161,7 @@ class NodeLiveness:
             result = await self.store.txn(compares, [Put(key, encode(value), lease=lease.id)])
             if result.succeeded:
                 self.lease_id = lease.id
+                self.lease_ttl = self.config.lease_ttl_s
                 self._confirmed(sent)
                 self.registered.set()
                 self._publish()
@@ -251,24 +248,34 @@ class NodeLiveness:
         return self.clock() >= self.deadline
 
     async def run(self) -> None:
-        """Keep the lease alive forever; re-register when it is lost."""
+        """Keep the lease alive forever, re-registering when it is lost; while keepalives
+        fail, seek evidence that nobody can act beside them."""
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._keepalives(), name="keepalives")
+            group.create_task(self._seek_evidence(), name="evidence")
+
+    async def _keepalives(self) -> None:
         interval = self.config.keepalive_interval_s
         while True:
             started = self.clock()
             try:
-                await asyncio.wait_for(self.store.keepalive(self.lease_id), interval)
+                ttl = await asyncio.wait_for(self.store.keepalive(self.lease_id), interval)
+                self.failing = False
+                self.lease_ttl = ttl
                 self._confirmed(started)
                 if self.key_gone.is_set():
                     self.key_gone.clear()
                     await self._replace_deleted_key()
             except LeaseLost:
+                self.failing = False  # etcd answers: no outage to weigh
                 await self.say(
                     "node.lease_lost",
                     f"node {self.node} lost lease {self.lease_id:x}; re-registering",
                 )
                 await self._reregister()
             except (StoreError, TimeoutError) as e:
-                await self._without_keepalive(started, e)
+                self.failing = True
+                self._without_keepalive(e)
             except Exception:  # never let the keepalive loop die: the watchdog would fire
                 log.exception("keepalive cycle failed unexpectedly; carrying on")
             try:
@@ -278,6 +285,38 @@ class NodeLiveness:
             except Exception:
                 log.exception("watchdog check failed unexpectedly; carrying on")
             await asyncio.sleep(max(0.0, interval - (self.clock() - started)))
+
+    def _overdue(self) -> bool:
+        """A keepalive failed, or none was confirmed for longer than an interval and a half
+        (one may hang in a connection attempt that has not failed yet)."""
+        sent = self.last_confirmed_sent
+        late = sent is not None and self.clock() - sent > 1.5 * self.config.keepalive_interval_s
+        return self.failing or late
+
+    async def _seek_evidence(self) -> None:
+        """Every half evidence interval while keepalives are overdue: "is it me, or etcd?"
+        Positive evidence feeds the watchdog from when the question was asked
+        (:meth:`hvcluster.agent.evidence.Evidence.feeds_until`)."""
+        period = self.config.evidence_interval_s / 2
+        while True:
+            asked = self.clock()
+            if self._overdue():
+                try:
+                    evidence = await seek(self.store, self.config.evidence_interval_s)
+                    self._feed_on(evidence, asked)
+                except Exception:  # never let it die: the watchdog would fire for nothing
+                    log.exception("seeking evidence failed unexpectedly; carrying on")
+            await asyncio.sleep(max(0.0, period - (self.clock() - asked)))
+
+    def _feed_on(self, evidence: Evidence, asked: float) -> None:
+        was, self.last_evidence = self.last_evidence, evidence
+        ttl = min(self.lease_ttl, self.config.lease_ttl_s)
+        until = evidence.feeds_until(asked, self.config.fence_after_s, ttl)
+        if until is not None and self._overdue():
+            self._feed(until)
+        if evidence != was:
+            fate = "VMs keep running" if until is not None else "it may be us cut off"
+            log.warning("keepalives fail; %s: %s", evidence.describe(), fate)
 
     async def _replace_deleted_key(self) -> None:
         """Our alive key was deleted (by hand?) while our lease lives: to the controller we
@@ -310,39 +349,15 @@ class NodeLiveness:
         except (StoreError, TimeoutError) as e:
             log.warning("re-registration failed: %s", e)
 
-    async def _without_keepalive(self, started: float, error: BaseException) -> None:
-        evidence = await self.evidence()
+    def _without_keepalive(self, error: BaseException) -> None:
         why = str(error) or type(error).__name__
-        if evidence.nobody_can_act:
-            self._feed(started + self.config.fence_after_s)
-            log.warning(
-                "keepalive failed (%s) but %d of %d etcd members answer and none has a "
-                "leader: nobody can act, VMs keep running",
-                why,
-                evidence.reachable,
-                evidence.members,
-            )
-            return
         left = self.deadline - self.clock()
-        reach = (
-            f"{evidence.reachable} of {evidence.members} etcd members reachable, and some may "
-            "follow a leader"
-            if evidence.members
-            else "no etcd member answered"
-        )
         fate = (
             f"watchdog fires in {left:.1f}s"
             if left > 0
             else f"watchdog fired {-left:.1f}s ago: our VMs are killed and may run elsewhere"
         )
-        log.warning("keepalive failed (%s); %s: it may be us cut off; %s", why, reach, fate)
-
-    async def evidence(self) -> Evidence:
-        try:
-            health = await asyncio.wait_for(self.store.health(), self.config.evidence_interval_s)
-        except (StoreError, TimeoutError):
-            return Evidence(reachable=0, members=0, nobody_can_act=False)
-        return Evidence(health.reachable, len(health.members), nobody_can_act(health))
+        log.warning("keepalive failed (%s); %s; %s", why, self.last_evidence.describe(), fate)
 
 
 async def write_watchdog_report(

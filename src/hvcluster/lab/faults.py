@@ -175,7 +175,7 @@ def vm_kill(state: LabState, vm: str) -> str:
 def write_events(state: LabState, *events: Event) -> str:
     """Write the pending events and ``events`` to the cluster log; what became of them."""
     pending_file = Path(state.dir) / PENDING
-    queued = [*_pending(pending_file), *events]
+    queued = [*pending_events(pending_file), *events]
     total = len(queued)
     try:
         asyncio.run(_append(state, queued))
@@ -189,7 +189,8 @@ def write_events(state: LabState, *events: Event) -> str:
     return f"event {KIND} written" + (f" (and {total - 1} that waited)" * (total > 1))
 
 
-def _pending(path: Path) -> list[Event]:
+def pending_events(path: Path) -> list[Event]:
+    """The events waiting in ``path`` for etcd to take them."""
     try:
         lines = path.read_bytes().splitlines()
     except FileNotFoundError:

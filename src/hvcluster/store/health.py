@@ -39,3 +39,19 @@ def nobody_can_act(health: StoreHealth) -> bool:
         and len(leaderless) == len(answered)
         and len(leaderless) + len(refused) >= quorum_size(len(members))
     )
+
+
+def nobody_leads(health: StoreHealth) -> bool:
+    """Stronger than :func:`nobody_can_act`: *every* member was refused by its host or
+    answered with no live leader, so no member is a leader now (a leader names itself). Any
+    leader from now on must win a new election, and etcd's new leader gives every lease a
+    full TTL before it may revoke one (its lessor is promoted only once the leader applied
+    its first entry, and a promotion renews every lease): no lease can vanish within its TTL
+    of this answer (docs/architecture.md, Safety rule 5)."""
+    members = health.members
+    dead = {m.id for m in members if not m.reachable and m.refused}
+    return bool(members) and all(
+        (not m.reachable and m.refused)
+        or (m.reachable and (m.leader_id == 0 or m.leader_id in dead))
+        for m in members
+    )
