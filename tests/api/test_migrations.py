@@ -126,7 +126,7 @@ async def test_a_target_lacking_the_vms_switch_or_volume_is_refused(
     await running(api, store, "web", "n1", nics=nics, disks=disks)
     r = await api.post("/vms/web/move", json={"to": "n2"})
     assert r.status_code == 409
-    assert "n2 lacks switch 'lan', volume 'csv1'" in r.json()["error"]
+    assert "n2 lacks switch 'lan' and volume 'csv1'" in r.json()["error"]
 
 
 async def with_volumes(store: MemoryStore, name: str, *volumes: str) -> None:

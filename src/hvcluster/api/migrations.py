@@ -2,9 +2,10 @@
 
 The API stores a ``requested`` migration record and answers 202 with it; the controller and
 the two agents carry it out (see :mod:`hvcluster.agent.migration`). It refuses (409, with the
-reason) what cannot work now: a VM that is not running, one already moving, a target that is
-not alive or not up, or lacks the capacity. The controller checks again (with every
-placement rule) before the transfer begins.
+reason) what cannot work now: a VM that is not running, one already moving, a target that
+cannot take it by the one fitting rule (:mod:`hvcluster.models.fit`: not alive or not up, not
+a possible owner, lacking a switch, a volume, the CPU model or the capacity, ...). The
+controller checks again before the transfer begins.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ from hvcluster.api.views import ActionRequest, View
 from hvcluster.api.writes import update
 from hvcluster.models.base import Model
 from hvcluster.models.errors import Conflict, InvalidInput, NotFound
-from hvcluster.models.guestcpu import move_blocker, vm_cpu_model
+from hvcluster.models.fit import Target, resident, why_not_move
+from hvcluster.models.guestcpu import vm_cpu_model
 from hvcluster.models.lifecycle import NODE_LIFECYCLE, MigrationState, NodeAdminState, VMState
-from hvcluster.models.migration import Migration, MigrationKind, no_state_volume, state_volume
+from hvcluster.models.migration import Migration, MigrationKind
 from hvcluster.models.node import Node
 from hvcluster.models.storage import disks_to_move, spec_on_volume
 from hvcluster.models.vm import Placement, VMSpec, VMStatus
@@ -93,41 +95,22 @@ class Cluster:
         self, spec: VMSpec, node: str, source: str, kind: MigrationKind = MigrationKind.LIVE
     ) -> str | None:
         """Why ``node`` cannot take ``spec`` now by a ``kind`` migration from ``source``
-        (the CPU model the VM runs with included), or None."""
-        found = self.nodes.get(node)
-        if found is None:
-            return f"node {node!r} not found"
-        if node == source:
-            return f"{spec.name} already runs on {node}"
-        if node not in self.alive:
-            return f"{node} is not alive"
-        if found.admin_state is not NodeAdminState.UP:
-            return f"{node} is {found.admin_state.value}"
-        if spec.ha.possible_owners and node not in spec.ha.possible_owners:
-            return f"{node} is not a possible owner of {spec.name}"
+        (the CPU model the VM runs with included), or None: the rule of
+        :func:`hvcluster.models.fit.why_not_move`, on what this request read."""
         src = self.nodes.get(source)
-        if src is not None:
-            model = vm_cpu_model(spec, self.statuses.get(spec.name), src)
-            blocker = move_blocker(model, src, found, kind)
-            if blocker is not None:
-                return blocker
-            if kind is MigrationKind.QUICK and state_volume(spec, src, found) is None:
-                return no_state_volume(src, found)  # the target could not read the state
-        switches = sorted({nic.switch for nic in spec.nics} - set(found.switches))
-        volumes = sorted({d.volume for d in spec.disks if d.volume} - set(found.volumes))
-        if switches or volumes:
-            missing = [f"switch {s!r}" for s in switches] + [f"volume {v!r}" for v in volumes]
-            return f"{node} lacks {', '.join(missing)}"
         there = {v for v, p in self.placements.items() if p.node == node}
         there |= {m.vm for m in self.migrations if m.active and m.target == node}
-        cpus = sum(self.specs[v].vcpus for v in there if v in self.specs)
-        memory = sum(self.specs[v].memory_mib for v in there if v in self.specs)
-        cap = found.capacity
-        if cpus + spec.vcpus > cap.cpus:
-            return f"{node} has {max(cap.cpus - cpus, 0)} of {cap.cpus} vCPUs free"
-        if memory + spec.memory_mib > cap.memory_mib:
-            return f"{node} has {max(cap.memory_mib - memory, 0)} of {cap.memory_mib} MiB free"
-        return None
+        specs = [self.specs[v] for v in sorted(there) if v in self.specs and v != spec.name]
+        target = Target(
+            node,
+            self.nodes.get(node),
+            node in self.alive,
+            sum(s.vcpus for s in specs),
+            sum(s.memory_mib for s in specs),
+            tuple(resident(s) for s in specs),
+        )
+        model = vm_cpu_model(spec, self.statuses.get(spec.name), src)
+        return why_not_move(spec, model, src, target, kind)
 
 
 async def _items(

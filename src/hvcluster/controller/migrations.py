@@ -34,6 +34,7 @@ from hvcluster.controller.retention import Retention
 from hvcluster.controller.view import build_snapshot
 from hvcluster.models.base import decode, encode
 from hvcluster.models.errors import CorruptValue, StoreError
+from hvcluster.models.fit import not_up
 from hvcluster.models.lifecycle import MigrationState, NodeAdminState
 from hvcluster.models.migration import Migration, MigrationKind, state_file_for, state_volume
 from hvcluster.models.migration_times import done_sentence, source_times_lost, times_missing
@@ -274,9 +275,9 @@ class MigrationCoordinator:
             if o.active and o.id != rec.id and o.target and o.vm in snapshot.vms:
                 ledger.add(o.target, snapshot.vms[o.vm].spec)
         closed = {
-            n.name: (f"{n.name} is not alive" if not n.alive else f"{n.name} is {n.admin_state}")
+            n.name: why
             for n in snapshot.nodes.values()
-            if not n.alive or n.admin_state is not NodeAdminState.UP
+            if (why := f"{n.name} is not alive" if not n.alive else not_up(n.node)) is not None
         }
         if rec.target and rec.target in closed and rec.requested_by.startswith("drain:"):
             closed.pop(rec.target)  # a drain picked it; it was open then

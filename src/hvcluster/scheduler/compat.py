@@ -5,14 +5,15 @@ that must present the very same virtual hardware: the same driver and accelerato
 CPU model the guest was started with, which the target must be able to provide. A quick
 migration restores the saved state, CPU included: the same driver and the same model, and
 the target must see a volume the source sees too (the state is saved there). The
-rules live in :mod:`hvcluster.models.guestcpu` (the API uses them too); here they are
-applied to a snapshot.
+rules live in :mod:`hvcluster.models.guestcpu` and :func:`hvcluster.models.fit.cannot_move`
+(the API uses them too); here they are applied to a snapshot.
 """
 
 from __future__ import annotations
 
+from hvcluster.models.fit import cannot_move
 from hvcluster.models.guestcpu import cannot_provide, move_blocker, provided, vm_cpu_model
-from hvcluster.models.migration import MigrationKind, no_state_volume, state_volume
+from hvcluster.models.migration import MigrationKind
 from hvcluster.scheduler.snapshot import ClusterSnapshot, VMView
 
 __all__ = [
@@ -42,12 +43,6 @@ def move_blockers(
     model = vm_model(snapshot, vm)
     found = {}
     for name, node in snapshot.nodes.items():
-        if name != source and (why := move_blocker(model, src.node, node.node, kind)):
+        if name != source and (why := cannot_move(vm.spec, model, src.node, node.node, kind)):
             found[name] = why
-        elif (
-            name != source
-            and kind is MigrationKind.QUICK
-            and state_volume(vm.spec, src.node, node.node) is None
-        ):
-            found[name] = no_state_volume(src.node, node.node)  # it could not read the state
     return found

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 
+from hvcluster.models.fit import conflicts, not_owner
 from hvcluster.models.vm import FailbackMode
 from hvcluster.scheduler.compat import move_blocker, vm_model
 from hvcluster.scheduler.decisions import Decision, Failback, Wait, vm_subject
 from hvcluster.scheduler.liveness import Liveness, NodeHealth
-from hvcluster.scheduler.placement import Ledger, conflicts, misfit
+from hvcluster.scheduler.placement import Ledger, misfit
 from hvcluster.scheduler.snapshot import ClusterSnapshot, VMView
 from hvcluster.scheduler.timefmt import clock, in_hour_window, next_hour_start
 
@@ -59,9 +60,7 @@ def _target(
         node = snapshot.nodes.get(name)
         if node is None or name in closed:
             continue
-        if spec.ha.possible_owners and name not in spec.ha.possible_owners:
-            continue
-        if misfit(spec, node, ledger) is not None:
+        if not_owner(spec, name) is not None or misfit(spec, node, ledger) is not None:
             continue
         if conflicts(spec, ledger.residents(name)).soft > soft_here:
             continue

@@ -7,6 +7,7 @@ The rules, in order:
 2. Possible owners: when the VM lists any, only those.
    Switches and volumes: the node must report every switch of the VM's NICs and every
    volume of its disks (with the reason the node gave when it lacks one).
+   Rules 2 to 4 are the one fitting rule of :mod:`hvcluster.models.fit`, shared with the API.
 3. Capacity: the VM's vCPUs and memory must fit in the node's capacity minus every VM that
    may hold resources there (placed there, reported active there, or on its way there by a
    cold move or a migration under way: a VM being migrated counts on its source until the
@@ -28,27 +29,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from hvcluster.models.guestcpu import cannot_provide
-from hvcluster.models.node import Node
+from hvcluster.models import fit
+from hvcluster.models.fit import Resident, conflicts, resident
 from hvcluster.models.vm import VMSpec
 from hvcluster.scheduler.snapshot import ClusterSnapshot, NodeView
 
 _MAX_REJECTIONS_SHOWN = 6
-
-
-@dataclass(frozen=True)
-class Resident:
-    """A VM that holds (or may hold) resources on a node."""
-
-    vm: str
-    classes: frozenset[str]
-    enforced: bool
-
-
-def resident(spec: VMSpec) -> Resident:
-    return Resident(
-        spec.name, frozenset(spec.ha.anti_affinity_classes), spec.ha.anti_affinity_enforced
-    )
 
 
 class Ledger:
@@ -84,30 +70,6 @@ class Ledger:
         return vm in self._residents.get(node, {})
 
 
-@dataclass(frozen=True)
-class Conflicts:
-    hard: tuple[tuple[str, str], ...]  # (other vm, shared class)
-    soft: int
-
-
-def conflicts(spec: VMSpec, residents: Iterable[Resident]) -> Conflicts:
-    """Anti-affinity conflicts of ``spec`` with the VMs of one node (itself excluded)."""
-    me = resident(spec)
-    hard: list[tuple[str, str]] = []
-    soft = 0
-    for other in sorted(residents, key=lambda r: r.vm):
-        if other.vm == me.vm:
-            continue
-        shared = me.classes & other.classes
-        if not shared:
-            continue
-        if me.enforced or other.enforced:
-            hard.append((other.vm, min(shared)))
-        else:
-            soft += 1
-    return Conflicts(tuple(hard), soft)
-
-
 def load(node: NodeView, ledger: Ledger) -> float:
     """The higher of the node's CPU and memory use, as a fraction of its capacity."""
     cap = node.node.capacity
@@ -116,51 +78,15 @@ def load(node: NodeView, ledger: Ledger) -> float:
     )
 
 
-def lacks(spec: VMSpec, node: Node) -> str | None:
-    """Why ``node`` cannot run ``spec`` for want of its switches (the NICs' switches) or its
-    volumes (the disks' volumes), as the node's agent reports them, or of the CPU model the
-    spec names; or ``None``."""
-    parts = []
-    switches = sorted({nic.switch for nic in spec.nics} - set(node.switches))
-    if switches:
-        parts.append(_missing("switch", switches, node.switch_problems))
-    volumes = sorted({d.volume for d in spec.disks if d.volume is not None} - set(node.volumes))
-    if volumes:
-        parts.append(_missing("volume", volumes, node.volume_problems))
-    if parts:
-        return f"{node.name} lacks {' and '.join(parts)}"
-    if spec.cpu_model and (why := cannot_provide(node, spec.cpu_model)) is not None:
-        return f"{spec.name} names CPU {why}"  # the spec's model, for any start there
-    return None
-
-
-def _missing(what: str, names: list[str], problems: Mapping[str, str]) -> str:
-    return ", ".join(
-        f"{what} {n!r}" + (f" ({problems[n]})" if n in problems else "") for n in names
-    )
-
-
 def misfit(spec: VMSpec, node: NodeView, ledger: Ledger) -> str | None:
-    """Why ``spec`` does not fit on ``node`` (switches and volumes, capacity, hard
-    anti-affinity), or ``None``."""
-    lacking = lacks(spec, node.node)
-    if lacking is not None:
-        return lacking
-    cap, name = node.node.capacity, node.name
-    free_cpus = cap.cpus - ledger.used_cpus(name)
-    free_memory = cap.memory_mib - ledger.used_memory(name)
+    """Why ``spec`` does not fit on ``node`` by the rule of :func:`hvcluster.models.fit.misfit`
+    (switches, volumes, CPU model, capacity, hard anti-affinity), with what ``ledger`` counts
+    in use there; or ``None``."""
+    name = node.name
+    cpus, memory = ledger.used_cpus(name), ledger.used_memory(name)
     if ledger.hosts(name, spec.name):  # already counted there (reserved for it): not twice
-        free_cpus += spec.vcpus
-        free_memory += spec.memory_mib
-    if spec.vcpus > free_cpus:
-        return f"{name} has {max(free_cpus, 0)} of {cap.cpus} vCPUs free"
-    if spec.memory_mib > free_memory:
-        return f"{name} has {max(free_memory, 0)} of {cap.memory_mib} MiB free"
-    hard = conflicts(spec, ledger.residents(name)).hard
-    if hard:
-        other, cls = hard[0]
-        return f"{name} runs {other} of hard anti-affinity class {cls!r}"
-    return None
+        cpus, memory = cpus - spec.vcpus, memory - spec.memory_mib
+    return fit.misfit(spec, node.node, cpus, memory, ledger.residents(name))
 
 
 @dataclass(frozen=True)
@@ -187,7 +113,6 @@ def choose_node(
     ``exclude`` maps further nodes to skip for this VM (e.g. where it just failed) to why.
     """
     exclude = exclude or {}
-    possible = spec.ha.possible_owners
     preferred = spec.ha.preferred_owners
     rejections: list[str] = []
     fits: list[tuple[int, int, float, str]] = []
@@ -197,8 +122,8 @@ def choose_node(
             rejections.append(closed[name])
         elif name in exclude:
             rejections.append(exclude[name])
-        elif possible and name not in possible:
-            rejections.append(f"{name} is not a possible owner")
+        elif (not_owner := fit.not_owner(spec, name)) is not None:
+            rejections.append(not_owner)
         elif (why_not := misfit(spec, node, ledger)) is not None:
             rejections.append(why_not)
         else:

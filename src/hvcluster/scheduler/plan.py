@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 
-from hvcluster.models.lifecycle import NodeAdminState
+from hvcluster.models.fit import not_up
 from hvcluster.scheduler.decisions import (
     Decision,
     LeaveFailed,
@@ -52,9 +52,8 @@ def closed_nodes(
             closed[name] = f"{name} is not alive ({liveness.value})"
         elif name in quarantined:
             closed[name] = f"{name} is being quarantined"
-        elif node.admin_state is not NodeAdminState.UP:
-            why = f": {node.node.admin_reason}" if node.node.admin_reason else ""
-            closed[name] = f"{name} is {node.admin_state.value}{why}"
+        elif (why := not_up(node.node)) is not None:
+            closed[name] = why
         elif node.watchdog_refusal is not None:
             closed[name] = node.watchdog_refusal
     return closed
