@@ -10,12 +10,12 @@ import pytest
 
 from hvcluster.controller.migrations import MigrationCoordinator
 from hvcluster.controller.notes import ControllerNotes
-from hvcluster.controller.retention import Retention, Say
+from hvcluster.controller.retention import Retention
 from hvcluster.lab.etcd import EtcdCluster
 from hvcluster.models.base import encode
 from hvcluster.models.config import ClusterConfig
 from hvcluster.models.errors import StoreError
-from hvcluster.models.event import Event
+from hvcluster.models.event import Event, Say
 from hvcluster.models.job import job_of
 from hvcluster.models.lifecycle import MigrationState, NodeAdminState
 from hvcluster.models.migration import Migration, MigrationKind

@@ -14,7 +14,9 @@ from hvcluster.models.lifecycle import (
     MigrationState,
     NodeAdminState,
     VMState,
+    vm_status_change,
 )
+from hvcluster.models.vm import VMStatus
 
 CASES: list[tuple[Lifecycle[StrEnum], type[StrEnum]]] = [
     (VM_LIFECYCLE, VMState),  # type: ignore[list-item]
@@ -57,3 +59,20 @@ def test_specific_vm_moves() -> None:
     assert VM_LIFECYCLE.allowed(VMState.RUNNING, VMState.MIGRATING)
     assert not VM_LIFECYCLE.allowed(VMState.STOPPED, VMState.RUNNING)
     assert not VM_LIFECYCLE.allowed(VMState.STOPPING, VMState.RUNNING)
+
+
+def test_a_vm_status_follows_the_lifecycle_within_one_run_only() -> None:
+    def st(state: VMState, node: str = "n1", epoch: int = 3) -> VMStatus:
+        return VMStatus(vm="web", node=node, epoch=epoch, state=state)
+
+    assert vm_status_change(None, st(VMState.RUNNING)) is None  # the first report
+    assert vm_status_change(st(VMState.STARTING), st(VMState.RUNNING)) is None
+    assert vm_status_change(st(VMState.RUNNING), st(VMState.STARTING)) is None  # a restart
+    assert vm_status_change(st(VMState.STOPPED), st(VMState.RUNNING)) == (
+        "vm status stopped -> running on n1 at epoch 3 is not a move of the VM lifecycle"
+    )
+    assert vm_status_change(st(VMState.STOPPED), st(VMState.RUNNING, "n2")) is None
+    assert vm_status_change(st(VMState.STOPPED), st(VMState.RUNNING, epoch=4)) is None
+    assert vm_status_change(st(VMState.FAILED, ""), st(VMState.FAILED, "")) is None
+    left = st(VMState.STOPPED, "")
+    assert "on no node" in str(vm_status_change(left, st(VMState.RUNNING, "")))

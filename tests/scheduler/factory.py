@@ -11,7 +11,7 @@ from hvcluster.models.lifecycle import NodeAdminState, VMState
 from hvcluster.models.node import Capacity, Node
 from hvcluster.models.vm import (
     Disk,
-    Failback,
+    FailbackPolicy,
     HAPolicy,
     Nic,
     Placement,
@@ -87,7 +87,7 @@ def vm(
     failed_reason: str = "",
     group: str = "",
     after: tuple[str, ...] = (),
-    failback: Failback | None = None,
+    failback: FailbackPolicy | None = None,
     pending_since: float | None = None,
     last_error: str = "",
     moving_to: str | None = None,

@@ -11,9 +11,8 @@ from typing import Any
 from hvcluster.models.guestcpu import cannot_provide, move_blocker, provided, vm_cpu_model
 from hvcluster.models.lifecycle import NodeAdminState
 from hvcluster.models.migration import MigrationKind
-from hvcluster.models.vm import Failback, FailbackMode
-from hvcluster.scheduler import Failback as FailbackDecision
-from hvcluster.scheduler import NodeView, VMView, plan
+from hvcluster.models.vm import FailbackMode, FailbackPolicy
+from hvcluster.scheduler import Failback, NodeView, VMView, plan
 from hvcluster.scheduler.compat import move_blockers, vm_model
 from hvcluster.scheduler.drain import DrainMove, DrainStay, plan_drain
 from hvcluster.scheduler.placement import Choice, Ledger, NoFit, choose_node
@@ -138,10 +137,10 @@ def test_drain_falls_back_to_quick_across_accelerators() -> None:
 
 
 def test_failback_where_the_model_is_not_provided_is_a_cold_move() -> None:
-    immediate = Failback(mode=FailbackMode.IMMEDIATE)
+    immediate = FailbackPolicy(mode=FailbackMode.IMMEDIATE)
     away = vm("web", on="n2", preferred=("n1",), failback=immediate)
-    (d,) = of(plan(snap([cpu("n1", "EPYC"), cpu("n2")], [away])), FailbackDecision)
+    (d,) = of(plan(snap([cpu("n1", "EPYC"), cpu("n2")], [away])), Failback)
     assert not d.live
     assert "as a cold move: live and quick migration impossible from n2 to n1" in d.reason
-    (d,) = of(plan(snap([cpu("n1", "EPYC", "qemu64"), cpu("n2")], [away])), FailbackDecision)
+    (d,) = of(plan(snap([cpu("n1", "EPYC", "qemu64"), cpu("n2")], [away])), Failback)
     assert d.live and "cold" not in d.reason

@@ -4,26 +4,26 @@ from __future__ import annotations
 
 import pytest
 
-from hvcluster.models.vm import Failback, FailbackMode
+from hvcluster.models.vm import FailbackMode, FailbackPolicy
 from hvcluster.scheduler import Decision, NodeView, VMView, Wait, plan
 from hvcluster.scheduler import Failback as FailbackDecision
 from hvcluster.scheduler.timefmt import in_hour_window, next_hour_start
 
 from .factory import at, node, snap, vm
 
-IMMEDIATE = Failback(mode=FailbackMode.IMMEDIATE)
+IMMEDIATE = FailbackPolicy(mode=FailbackMode.IMMEDIATE)
 
 
-def window(start: int, end: int) -> Failback:
-    return Failback(mode=FailbackMode.WINDOW, window_start_hour=start, window_end_hour=end)
+def window(start: int, end: int) -> FailbackPolicy:
+    return FailbackPolicy(mode=FailbackMode.WINDOW, window_start_hour=start, window_end_hour=end)
 
 
-def web(fb: Failback | None, on: str = "n2") -> VMView:
+def web(fb: FailbackPolicy | None, on: str = "n2") -> VMView:
     return vm("web", on=on, preferred=("n1", "n2"), failback=fb)
 
 
 def run(
-    fb: Failback | None, now: float, nodes: list[NodeView] | None = None, on: str = "n2"
+    fb: FailbackPolicy | None, now: float, nodes: list[NodeView] | None = None, on: str = "n2"
 ) -> tuple[Decision, ...]:
     nodes = nodes or [node("n1"), node("n2"), node("n3")]
     return plan(snap(nodes, [web(fb, on=on)], now=now))

@@ -4,13 +4,13 @@ never overcommit a node that is receiving VMs."""
 
 from __future__ import annotations
 
-from hvcluster.models.vm import Failback, FailbackMode
+from hvcluster.models.vm import FailbackMode, FailbackPolicy
 from hvcluster.scheduler import Failback as FailbackDecision
 from hvcluster.scheduler import LeaveFailed, Place, Recover, plan
 
 from .factory import node, of, one_for, snap, vm
 
-IMMEDIATE = Failback(mode=FailbackMode.IMMEDIATE)
+IMMEDIATE = FailbackPolicy(mode=FailbackMode.IMMEDIATE)
 
 
 def test_a_node_receiving_a_vm_has_that_room_reserved() -> None:

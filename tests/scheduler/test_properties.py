@@ -19,8 +19,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from hvcluster.models.lifecycle import NodeAdminState, VMState
-from hvcluster.models.vm import Failback as FailbackPolicy
-from hvcluster.models.vm import FailbackMode, Priority
+from hvcluster.models.vm import FailbackMode, FailbackPolicy, Priority
 from hvcluster.scheduler import (
     ClusterSnapshot,
     Decision,

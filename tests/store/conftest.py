@@ -20,7 +20,7 @@ import pytest
 
 from hvcluster.lab.etcd import EtcdCluster
 from hvcluster.store.base import Store, WatchEvent
-from hvcluster.store.clock import Clock, ManualClock, Sleep
+from hvcluster.store.clock import ManualClock, Now, Sleep
 from hvcluster.store.etcd import EtcdStore
 from hvcluster.store.keys import Keys
 from hvcluster.store.memory_store import MemoryStore
@@ -33,7 +33,7 @@ __all__ = ["etcd_private", "etcd_session", "etcd_tls_session"]
 class Harness:
     kind: str
     store: MemoryStore | EtcdStore
-    clock: Clock
+    clock: Now
     sleep: Sleep
     advance: Callable[[float], Awaitable[None]]
     prefix: str

@@ -10,7 +10,7 @@ from hvcluster.models.validation import (
     Category,
     Check,
     CheckStatus,
-    Clock,
+    ClockOffset,
     EtcdFacts,
     EtcdMemberFacts,
     Probe,
@@ -78,7 +78,7 @@ def test_a_healthy_cluster_passes_everything() -> None:
             volumes=(Volume(name="csv", path="/srv/csv", id="abc"),),
             switches=(Switch(name="lan"),),
             probes=probes,
-            clocks=(Clock(node="n2", offset_s=0.01, uncertainty_s=0.001),),
+            clocks=(ClockOffset(node="n2", offset_s=0.01, uncertainty_s=0.001),),
         )
     )
     bad = [c for c in report.checks if c.status is not CheckStatus.PASS]
@@ -217,11 +217,11 @@ def test_unreachable_agent_fails_with_both_nodes() -> None:
 
 def test_clock_skew_thresholds_allow_for_the_round_trip() -> None:
     clocks = (
-        Clock(node="a", offset_s=0.1),
-        Clock(node="b", offset_s=-0.9),
-        Clock(node="c", offset_s=3.0),
-        Clock(node="d", offset_s=2.4, uncertainty_s=0.5),  # at least 1.9 s: only a warning
-        Clock(node="e", error="connection refused"),
+        ClockOffset(node="a", offset_s=0.1),
+        ClockOffset(node="b", offset_s=-0.9),
+        ClockOffset(node="c", offset_s=3.0),
+        ClockOffset(node="d", offset_s=2.4, uncertainty_s=0.5),  # at least 1.9 s: only a warning
+        ClockOffset(node="e", error="connection refused"),
     )
     checks = by_name(facts(node("n1"), clocks=clocks))
     status = {n: checks[f"clock {n}"].status for n in "abcde"}

@@ -23,7 +23,7 @@ from hvcluster.agent.config import AgentConfig
 from hvcluster.agent.liveness import NodeLiveness
 from hvcluster.agent.liveness_thread import LivenessRunner, OnLoop, OwnThread
 from hvcluster.agent.migration import MigrationWorker
-from hvcluster.agent.node import NodeAgent, NodeIdentity, Say
+from hvcluster.agent.node import NodeAgent, NodeIdentity
 from hvcluster.agent.resources import HostResources
 from hvcluster.agent.storage_move import StorageMover
 from hvcluster.api.app import create_app
@@ -35,7 +35,7 @@ from hvcluster.drivers.registry import DriverOptions, make_driver
 from hvcluster.host.network import Links
 from hvcluster.models.config import ClusterConfig
 from hvcluster.models.errors import HvcError, StoreError
-from hvcluster.models.event import Event
+from hvcluster.models.event import Event, Say
 from hvcluster.models.lifecycle import VMState
 from hvcluster.store.base import Store
 from hvcluster.store.election import Election

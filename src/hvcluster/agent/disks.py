@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +33,7 @@ from hvcluster.host import qemuimg
 from hvcluster.host.storage import resolve_allowed, resolve_disk
 from hvcluster.models.base import decode, encode
 from hvcluster.models.errors import CorruptValue, DriverError
+from hvcluster.models.event import Say
 from hvcluster.models.storage import CreatedDisk, DiskDeletion
 from hvcluster.models.vm import Disk, VMSpec
 from hvcluster.store.base import Compare, Delete, Put, Store
@@ -45,7 +46,6 @@ log = logging.getLogger(__name__)
 GIB = 1024**3
 DELETIONS = "delete-disks/"
 
-Say = Callable[[str, str, str], Awaitable[None]]
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,8 @@ log = logging.getLogger(__name__)
 # Placements of the VMs this host runs: vm -> mod revision of placements/<vm> when started.
 LocalPlacements = Callable[[], Mapping[str, int]]
 KillChanged = Callable[[set[str]], Awaitable[None]]
-Say = Callable[[str, str], Awaitable[None]]  # (event kind, reason)
+# Record an event about this node: (event kind, reason); the subject is bound in.
+SayOfNode = Callable[[str, str], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,7 @@ class NodeLiveness:
         feeder: WatchdogFeeder | None,
         local_placements: LocalPlacements,
         kill_changed: KillChanged,
-        say: Say,
+        say: SayOfNode,
         clock: Callable[[], float] = time.monotonic,
         on_registered: Callable[[], Awaitable[object]] | None = None,
     ) -> None:

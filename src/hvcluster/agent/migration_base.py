@@ -6,13 +6,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Any
 
 from hvcluster.agent.node import NodeAgent
 from hvcluster.agent.shared_nothing import SharedNothing
 from hvcluster.models.base import decode
 from hvcluster.models.errors import CorruptValue, DriverError, StoreError
+from hvcluster.models.event import Say
 from hvcluster.models.lifecycle import MigrationState
 from hvcluster.models.migration import Migration
 from hvcluster.models.vm import Placement, VMSpec
@@ -22,7 +23,6 @@ from hvcluster.store.migrations import change_migration
 
 log = logging.getLogger(__name__)
 
-Say = Callable[[str, str, str], Awaitable[None]]
 _M = MigrationState
 QUIET_S = 0.05  # the reconcile holds off this long (at most) while a guest switches over here
 

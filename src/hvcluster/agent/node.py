@@ -6,15 +6,17 @@ Each cycle reads specs, placements and statuses, asks the driver what runs here,
 * a start only after a transaction that checks the placement is the one seen and this node's
   ``alive`` key is still bound to our lease (the fencing token rule);
 * a kill at once when a VM's placement went elsewhere;
-* status reports guarded by the placement, so only the current owner ever writes one.
+* status reports guarded by the placement, so only the current owner ever writes one, and
+  by the status they replace: a move the VM lifecycle does not list is refused and logged.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +38,8 @@ from hvcluster.drivers.base import Driver, HostFacts
 from hvcluster.models.base import decode, encode
 from hvcluster.models.config import ClusterConfig
 from hvcluster.models.errors import CorruptValue, DriverError, StoreError
-from hvcluster.models.lifecycle import VMState
+from hvcluster.models.event import Say
+from hvcluster.models.lifecycle import VMState, vm_status_change
 from hvcluster.models.node import Node
 from hvcluster.models.vm import Placement, VMSpec, VMStatus
 from hvcluster.store.base import Compare, Put, Store
@@ -47,7 +50,6 @@ from hvcluster.tasks import wait_event
 
 log = logging.getLogger(__name__)
 
-Say = Callable[[str, str, str], Awaitable[None]]  # (kind, subject, reason)
 
 
 @dataclass
@@ -93,6 +95,7 @@ class NodeAgent:
         self.resources = Resources()  # switches and volumes, as agent/resources.py found them
         self.disks = VolumeDisks(store, keys, me.name, lease)
         self._disk_busy: dict[str, str] = {}  # vm -> why its disks are busy, said once
+        self._refused: dict[str, str] = {}  # vm -> why its status was not written, logged once
 
     # --- registration of the node record ---------------------------------------------
     async def register_node(self, facts: HostFacts | None = None) -> Node:
@@ -284,8 +287,12 @@ class NodeAgent:
                 await self.say("vm.disk_busy", f"vm/{action.vm}", f"not starting {action.vm}: {e}")
             return None
         self._disk_busy.pop(action.vm, None)
+        held = await self._status_held(status)
+        if held is None:
+            return None
         result = await self.store.txn(
-            guard + lock_compares, [Put(self.keys.status(action.vm), encode(status)), *lock_puts]
+            guard + held + lock_compares,
+            [Put(self.keys.status(action.vm), encode(status)), *lock_puts],
         )
         if not result.succeeded:
             log.info("start of %s skipped: placement or our lease changed", action.vm)
@@ -361,6 +368,28 @@ class NodeAgent:
             await self.say("vm.killed", f"vm/{name}", f"killed {name} on {self.me.name}: {reason}")
 
     async def _report(self, status: VMStatus, seen: SeenPlacement) -> bool:
-        guard = [Compare.value_is(self.keys.placement(status.vm), seen.raw)]
+        held = await self._status_held(status)
+        if held is None:
+            return False
+        guard = [Compare.value_is(self.keys.placement(status.vm), seen.raw), *held]
         result = await self.store.txn(guard, [Put(self.keys.status(status.vm), encode(status))])
         return result.succeeded
+
+    async def _status_held(self, status: VMStatus) -> list[Compare] | None:
+        """The compare that holds ``status/<vm>`` as read, so that ``status`` replaces the
+        very status it was checked against (:func:`vm_status_change`); None, logged once per
+        reason, when that move is not in the VM lifecycle: it is not written."""
+        key = self.keys.status(status.vm)
+        kv = await self.store.get(key)
+        before = None
+        if kv is not None:
+            with contextlib.suppress(CorruptValue):  # unreadable: overwritten, as a new run
+                before = decode(VMStatus, kv.key, kv.value)
+        why = vm_status_change(before, status)
+        if why is not None:
+            if self._refused.get(status.vm) != why:
+                self._refused[status.vm] = why
+                log.warning("not writing the status of %s: %s", status.vm, why)
+            return None
+        self._refused.pop(status.vm, None)
+        return [Compare.mod_is(key, kv.mod_revision) if kv else Compare.absent(key)]

@@ -21,6 +21,7 @@ from hvcluster.drivers.base import Driver
 from hvcluster.host.network import Links, check_switches
 from hvcluster.host.storage import check_volume
 from hvcluster.models.errors import HvcError, StoreError
+from hvcluster.models.event import Say
 from hvcluster.models.storage import Switch, Volume
 from hvcluster.store.base import Store
 from hvcluster.store.keys import Keys
@@ -28,7 +29,6 @@ from hvcluster.store.reads import read_kind
 
 log = logging.getLogger(__name__)
 
-Say = Callable[[str, str, str], Awaitable[None]]
 
 
 @dataclass(frozen=True)

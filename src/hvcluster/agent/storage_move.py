@@ -37,6 +37,7 @@ from typing import TypeVar
 from hvcluster.agent.node import NodeAgent
 from hvcluster.models.base import decode, encode
 from hvcluster.models.errors import CorruptValue, DriverError, StoreError
+from hvcluster.models.event import Say
 from hvcluster.models.job import job_of
 from hvcluster.models.lifecycle import MigrationState, VMState
 from hvcluster.models.migration import Migration, Progress
@@ -52,7 +53,6 @@ from hvcluster.tasks import wait_event
 
 log = logging.getLogger(__name__)
 
-Say = Callable[[str, str, str], Awaitable[None]]
 _M = MigrationState
 PROGRESS_EVERY = 0.5
 RETAIN_S = 7 * 86400.0  # finished records are kept this long

@@ -35,7 +35,7 @@ from hvcluster.models.lifecycle import VMState
 from hvcluster.models.node import Node
 from hvcluster.models.storage import Switch, Volume
 from hvcluster.models.validation import (
-    Clock,
+    ClockOffset,
     EtcdFacts,
     EtcdMemberFacts,
     ListenAnswer,
@@ -261,17 +261,18 @@ async def _probe_pair(
     )
 
 
-async def _clock(http: httpx.AsyncClient, scheme: str, node: Node) -> Clock:
-    best: Clock | None = None
+async def _clock(http: httpx.AsyncClient, scheme: str, node: Node) -> ClockOffset:
+    best: ClockOffset | None = None
     for _ in range(CLOCK_SAMPLES):
         sent = time.time()
         try:
             answer = await _ask(http, scheme, node, None)
         except (httpx.HTTPError, ValueError) as e:
-            return best or Clock(node=node.name, error=_why(e))
+            return best or ClockOffset(node=node.name, error=_why(e))
         received = time.time()
         half = max(0.0, (received - sent) / 2)
-        sample = Clock(node=node.name, offset_s=answer.time - (sent + half), uncertainty_s=half)
+        offset = answer.time - (sent + half)
+        sample = ClockOffset(node=node.name, offset_s=offset, uncertainty_s=half)
         if best is None or sample.uncertainty_s < best.uncertainty_s:
             best = sample
     assert best is not None

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable
 
 from hvcluster.models.base import encode
-from hvcluster.models.lifecycle import MigrationState, NodeAdminState, VMState
+from hvcluster.models.lifecycle import MigrationState, NodeAdminState, VMState, vm_status_change
 from hvcluster.models.migration import MigrationKind
 from hvcluster.models.node import Node
 from hvcluster.models.vm import Placement, VMStatus
@@ -138,6 +138,10 @@ class Applier:
             return True  # already said
         if d.retry and placed is not None and placed.value.node in self.state.alive.present:
             return True  # it has a live home; its agent reports for it
+        illegal = vm_status_change(status.value if status else None, failed)
+        if illegal is not None:  # (never so far: the mark is on no node, a run of its own)
+            log.warning("not leaving %s failed: %s", d.vm, illegal)
+            return False
         ops: list[Put | Delete] = [Put(self.keys.status(d.vm), encode(failed))]
         compares = [Compare.mod_is(self.keys.placement(d.vm), self._placement_rev(d.vm))]
         if not d.retry and placed is not None:

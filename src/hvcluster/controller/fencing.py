@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import shlex
-from collections.abc import Awaitable, Callable
+
+from hvcluster.models.event import Say
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ async def run_fence(command: str, node: str, timeout: float) -> tuple[bool, str]
 class Fencer:
     """Fences each gone node once per outage, in the background."""
 
-    def __init__(self, say: Callable[[str, str, str], Awaitable[None]]) -> None:
+    def __init__(self, say: Say) -> None:
         self.say = say
         self.fenced: set[str] = set()
         self._tasks: dict[str, asyncio.Task[None]] = {}

@@ -14,10 +14,10 @@ fails them when their VM or nodes go.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
 
 from hvcluster.models.base import decode
 from hvcluster.models.errors import CorruptValue
+from hvcluster.models.event import Say
 from hvcluster.models.lifecycle import MigrationState
 from hvcluster.models.migration import Migration, MigrationKind
 from hvcluster.models.vm import Placement
@@ -28,7 +28,6 @@ from hvcluster.store.migrations import change_move
 
 log = logging.getLogger(__name__)
 
-Say = Callable[[str, str, str], Awaitable[None]]
 
 
 async def sweep_jobs(store: Store, keys: Keys, say: Say) -> None:

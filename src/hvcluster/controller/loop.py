@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 from hvcluster.controller.apply import Applier
 from hvcluster.controller.fencing import Fencer
@@ -21,6 +21,7 @@ from hvcluster.controller.notes import ControllerNotes
 from hvcluster.controller.view import build_snapshot
 from hvcluster.models.config import ClusterConfig
 from hvcluster.models.errors import StoreError
+from hvcluster.models.event import Say
 from hvcluster.models.node import Node, NodeAlive
 from hvcluster.scheduler.decisions import (
     Decision,
@@ -44,7 +45,6 @@ from hvcluster.tasks import cancel_all, wait_event
 
 log = logging.getLogger(__name__)
 
-Say = Callable[[str, str, str], Awaitable[None]]  # (kind, subject, reason)
 
 EVENT_KIND: dict[type, str] = {
     Place: "vm.placed",

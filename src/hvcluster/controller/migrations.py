@@ -34,6 +34,7 @@ from hvcluster.controller.retention import Retention
 from hvcluster.controller.view import build_snapshot
 from hvcluster.models.base import decode, encode
 from hvcluster.models.errors import CorruptValue, StoreError
+from hvcluster.models.event import Say
 from hvcluster.models.fit import not_up
 from hvcluster.models.lifecycle import MigrationState, NodeAdminState
 from hvcluster.models.migration import Migration, MigrationKind, state_file_for, state_volume
@@ -63,7 +64,6 @@ from hvcluster.tasks import wait_event
 
 log = logging.getLogger(__name__)
 
-Say = Callable[[str, str, str], Awaitable[None]]
 _M = MigrationState
 SETTLE_S = 30.0  # a requested move waits this long for its VM to be reported running
 LATER_S = 0.05  # the cycle runs this long after a change that needs no haste

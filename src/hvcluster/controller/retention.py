@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from hvcluster.models.config import ClusterConfig
 from hvcluster.models.errors import StoreError
+from hvcluster.models.event import Say
 from hvcluster.models.lifecycle import NodeAdminState
 from hvcluster.models.migration import Migration
 from hvcluster.models.node import Node
@@ -32,7 +33,6 @@ from hvcluster.store.state import read_config
 
 log = logging.getLogger(__name__)
 
-Say = Callable[[str, str, str], Awaitable[None]]
 SWEEP_EVERY_S = 60.0
 
 

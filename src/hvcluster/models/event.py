@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from pydantic import Field
 
 from hvcluster.models.base import Model
@@ -14,3 +16,8 @@ class Event(Model):
     reason: str = ""  # the sentence: why this happened
     actor: str = ""  # "controller@n1", "agent@n2", "api"
     data: dict[str, str | int | float | bool | None] = {}
+
+
+# How a component records an event: ``await say(kind, subject, reason)``. The one who says it
+# (its actor) is bound in by whoever hands the component its ``say``.
+Say = Callable[[str, str, str], Awaitable[None]]

@@ -3,13 +3,19 @@ written down in one place. Anything not listed here is refused with :class:`Ille
 
 Staying in the same state is always allowed: stored jobs are idempotent, and re-reporting a
 state must do no harm.
+
+Who enforces them: the API checks a node's admin state change (``NODE_LIFECYCLE.check``), the
+migration record's writers check its moves (:mod:`hvcluster.store.migrations`), and every
+writer of a VM's status (the agent's reports and starts, the controller's left-failed mark)
+checks :func:`vm_status_change` against the status it replaces, refusing (and logging) an
+illegal one rather than storing it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from enum import StrEnum
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from hvcluster.models.errors import IllegalTransition
 
@@ -75,14 +81,59 @@ VM_LIFECYCLE: Lifecycle[VMState] = Lifecycle(
     {
         _V.PENDING: frozenset({_V.STARTING, _V.STOPPED, _V.FAILED}),
         _V.STARTING: frozenset({_V.RUNNING, _V.PAUSED, _V.STOPPED, _V.FAILED}),
-        _V.RUNNING: frozenset({_V.PAUSED, _V.MIGRATING, _V.STOPPING, _V.STOPPED, _V.FAILED}),
-        _V.PAUSED: frozenset({_V.RUNNING, _V.MIGRATING, _V.STOPPING, _V.STOPPED, _V.FAILED}),
-        _V.MIGRATING: frozenset({_V.RUNNING, _V.PAUSED, _V.STOPPED, _V.FAILED}),
-        _V.STOPPING: frozenset({_V.STOPPED, _V.FAILED}),
+        # -> STARTING: the agent starts again a guest that died or shut down unasked (at the
+        # same placement epoch).
+        _V.RUNNING: frozenset(
+            {_V.STARTING, _V.PAUSED, _V.MIGRATING, _V.STOPPING, _V.STOPPED, _V.FAILED}
+        ),
+        _V.PAUSED: frozenset(
+            {_V.STARTING, _V.RUNNING, _V.MIGRATING, _V.STOPPING, _V.STOPPED, _V.FAILED}
+        ),
+        _V.MIGRATING: frozenset({_V.STARTING, _V.RUNNING, _V.PAUSED, _V.STOPPED, _V.FAILED}),
+        _V.STOPPING: frozenset({_V.STARTING, _V.STOPPED, _V.FAILED}),  # the guest shut down
         _V.STOPPED: frozenset({_V.PENDING, _V.STARTING}),
         _V.FAILED: frozenset({_V.PENDING, _V.STARTING, _V.STOPPED}),
     },
 )
+
+
+
+class StatusReport(Protocol):
+    """What :func:`vm_status_change` reads of a ``VMStatus`` (models/vm.py imports this
+    module, so it is named by its shape here)."""
+
+    @property
+    def node(self) -> str: ...
+    @property
+    def epoch(self) -> int: ...
+    @property
+    def uid(self) -> str: ...
+    @property
+    def state(self) -> VMState: ...
+
+
+def vm_status_change(before: StatusReport | None, after: StatusReport) -> str | None:
+    """Why writing status ``after`` over ``before`` (as stored; None if absent or unreadable)
+    is an illegal move of :data:`VM_LIFECYCLE`, or None if it is allowed.
+
+    A status reports one *run* of a VM: one node at one placement epoch, for one VM (uid).
+    The table holds within a run. A new run (another node or epoch: a failover, a migration,
+    a new placement; the controller's left-failed mark, on no node; a new VM of the same
+    name) starts afresh, in whatever state its writer found it."""
+    if before is None or (before.node, before.epoch, before.uid) != (
+        after.node,
+        after.epoch,
+        after.uid,
+    ):
+        return None
+    if VM_LIFECYCLE.allowed(before.state, after.state):
+        return None
+    where = f"on {after.node}" if after.node else "on no node"
+    return (
+        f"vm status {before.state.value} -> {after.state.value} {where} at epoch "
+        f"{after.epoch} is not a move of the VM lifecycle"
+    )
+
 
 _N = NodeAdminState
 NODE_LIFECYCLE: Lifecycle[NodeAdminState] = Lifecycle(

@@ -77,7 +77,7 @@ class Probe(Model):
     kind: Literal["api", "migration"] = "api"
 
 
-class Clock(Model):
+class ClockOffset(Model):
     """A node's wall clock against the asking agent's: ``offset_s`` > 0 means it is ahead.
 
     Measured as NTP does: the other's timestamp against the middle of the request, so the
@@ -114,7 +114,7 @@ class ValidationFacts(Model):
     volumes: tuple[Volume, ...] = ()
     switches: tuple[Switch, ...] = ()
     probes: tuple[Probe, ...] = ()
-    clocks: tuple[Clock, ...] = ()
+    clocks: tuple[ClockOffset, ...] = ()
     etcd: EtcdFacts = EtcdFacts()
     # node -> {vm: the CPU model its guest runs with} for the VMs running there ("": not
     # reported, the node's default then)

@@ -51,7 +51,10 @@ class FailbackMode(StrEnum):
     WINDOW = "window"
 
 
-class Failback(Model):
+class FailbackPolicy(Model):
+    """When a VM goes back to a more preferred owner (the scheduler's decision to do so is
+    :class:`hvcluster.scheduler.decisions.Failback`)."""
+
     mode: FailbackMode = FailbackMode.NEVER
     window_start_hour: int = Field(default=0, ge=0, le=23)  # local hour, [start, end)
     window_end_hour: int = Field(default=0, ge=0, le=23)
@@ -73,7 +76,7 @@ class HAPolicy(Model):
     # failovers allowed in the period
     failover_threshold: int = Field(default=3, ge=0, le=FAILOVERS_MAX)
     failover_period_s: float = Field(default=6 * 3600.0, gt=0, le=PERIOD_S_MAX)
-    failback: Failback = Failback()
+    failback: FailbackPolicy = FailbackPolicy()
     start_group: ShortText = ""
     # groups that must be up before this one starts
     start_after: tuple[ShortText, ...] = Field(default=(), max_length=LIST_MAX)

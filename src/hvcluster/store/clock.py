@@ -7,7 +7,10 @@ from collections.abc import Awaitable, Callable
 
 from hvcluster.clock import ManualClock
 
-Clock = Callable[[], float]
+# The time as the store reads it: seconds on the monotonic scale, each time it is called
+# (``time.monotonic``, or a ManualClock). Not a ``Clock``: that is the sim driver's object
+# that also sleeps (hvcluster.drivers.clock).
+Now = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 
-__all__ = ["Clock", "ManualClock", "Sleep"]
+__all__ = ["ManualClock", "Now", "Sleep"]

@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 from hvcluster.models.errors import LeaseLost, StoreError
 from hvcluster.store.base import Store
-from hvcluster.store.clock import Clock, Sleep
+from hvcluster.store.clock import Now, Sleep
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ class LeaseKeeper:
         interval: float,
         *,
         on_lost: Callable[[LeaseLost], object] | None = None,
-        clock: Clock = time.monotonic,
+        clock: Now = time.monotonic,
         sleep: Sleep = asyncio.sleep,
         call_timeout: float | None = None,
     ) -> None:

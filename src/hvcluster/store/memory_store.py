@@ -48,7 +48,7 @@ from hvcluster.store.base import (
     WatchCompacted,
     WatchEvent,
 )
-from hvcluster.store.clock import Clock
+from hvcluster.store.clock import Now
 
 REAPER_PERIOD = 0.05  # seconds between expiry checks with the real clock
 MAX_TXN_OPS = 128  # etcd's default --max-txn-ops
@@ -79,7 +79,7 @@ class MemoryStore(Store):
 
     def __init__(
         self,
-        clock: Clock = time.monotonic,
+        clock: Now = time.monotonic,
         *,
         history: int = 100_000,
         background_expiry: bool | None = None,
