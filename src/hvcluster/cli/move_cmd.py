@@ -10,6 +10,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeE
 
 from hvcluster.cli.client import ApiError, Client, api_option
 from hvcluster.cli.output import console, err_console, friendly_errors, print_json, print_table
+from hvcluster.cli.views import listing
 
 app = typer.Typer(help="List, show and cancel migrations.", no_args_is_help=True)
 
@@ -111,19 +112,15 @@ def move(
         raise typer.Exit(1)
 
 
-@app.command("list")
-@friendly_errors
-def list_migrations(
-    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
-    api: list[str] | None = api_option(),
-) -> None:
+def _every_move(client: Client) -> dict[str, Any]:
+    answer: dict[str, Any] = client.get("/migrations")
+    answer["storage_moves"] = client.get("/storage-moves")["moves"]
+    return answer
+
+
+@listing(app, _every_move)
+def list_migrations(answer: dict[str, Any]) -> None:
     """Every migration record (storage moves too), oldest first."""
-    with Client.from_options(api) as client:
-        answer = client.get("/migrations")
-        answer["storage_moves"] = client.get("/storage-moves")["moves"]
-    if as_json:
-        print_json(answer)
-        return
     records = sorted(answer["migrations"] + answer["storage_moves"], key=lambda m: m["created"])
     rows = [
         (

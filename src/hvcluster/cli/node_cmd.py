@@ -8,24 +8,16 @@ from typing import Any
 import typer
 
 from hvcluster.cli.client import Client, api_option
-from hvcluster.cli.output import console, err_console, friendly_errors, print_json, print_table
+from hvcluster.cli.output import console, err_console, friendly_errors, print_table
+from hvcluster.cli.views import listing, showing
 from hvcluster.cli.vm_cmd import warn_skipped, when
 
 app = typer.Typer(help="List nodes; pause, drain and resume them.", no_args_is_help=True)
 
 
-@app.command("list")
-@friendly_errors
-def list_nodes(
-    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
-    api: list[str] | None = api_option(),
-) -> None:
+@listing(app, "/nodes")
+def list_nodes(answer: dict[str, Any]) -> None:
     """List nodes: alive or not, admin state, watchdog, capacity, VMs placed."""
-    with Client.from_options(api) as client:
-        answer = client.get("/nodes")
-    if as_json:
-        print_json(answer)
-        return
     rows = []
     for n in answer["nodes"]:
         node = n["node"]
@@ -93,19 +85,9 @@ def _rows(n: dict[str, Any]) -> list[tuple[str, object]]:
     ]
 
 
-@app.command("show")
-@friendly_errors
-def show(
-    name: str = typer.Argument(..., help="Node name."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
-    api: list[str] | None = api_option(),
-) -> None:
+@showing(app, "/nodes", "Node")
+def show(n: dict[str, Any]) -> None:
     """Show one node."""
-    with Client.from_options(api) as client:
-        n = client.get(f"/nodes/{name}")
-    if as_json:
-        print_json(n)
-        return
     print_table(f"node {n['name']}", ("FIELD", "VALUE"), _rows(n))
 
 

@@ -7,7 +7,8 @@ from typing import Any
 import typer
 
 from hvcluster.cli.client import Client, api_option
-from hvcluster.cli.output import console, friendly_errors, print_json, print_table
+from hvcluster.cli.output import console, friendly_errors, print_table
+from hvcluster.cli.views import listing
 from hvcluster.cli.vm_cmd import warn_skipped
 from hvcluster.models.storage import SwitchType
 
@@ -40,18 +41,9 @@ def add(
     )
 
 
-@app.command("list")
-@friendly_errors
-def list_switches(
-    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
-    api: list[str] | None = api_option(),
-) -> None:
+@listing(app, "/switches")
+def list_switches(answer: dict[str, Any]) -> None:
     """List switches: type, uplink, bridge, nodes that have it, problems."""
-    with Client.from_options(api) as client:
-        answer = client.get("/switches")
-    if as_json:
-        print_json(answer)
-        return
     rows = [
         (
             s["name"],

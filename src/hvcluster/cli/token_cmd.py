@@ -19,6 +19,7 @@ import typer
 from hvcluster.cli.client import Client, api_option
 from hvcluster.cli.output import console, fail, friendly_errors, print_json, print_table
 from hvcluster.cli.store_cmd import ca_option, cert_option, key_option, store_tls
+from hvcluster.cli.views import listing
 from hvcluster.models.errors import InvalidInput
 from hvcluster.models.names import check_name
 from hvcluster.models.token import Role, Token, issue
@@ -118,18 +119,9 @@ def create(
     _shown_once(answer["name"], answer["role"], answer["expires_at"], answer["token"])
 
 
-@app.command("list")
-@friendly_errors
-def list_tokens(
-    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
-    api: list[str] | None = api_option(),
-) -> None:
+@listing(app, "/tokens")
+def list_tokens(answer: dict[str, Any]) -> None:
     """List tokens (never their secrets): name, role, created, expires, by whom."""
-    with Client.from_options(api) as client:
-        answer = client.get("/tokens")
-    if as_json:
-        print_json(answer)
-        return
     rows = [
         (
             t["name"],

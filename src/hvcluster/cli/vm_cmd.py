@@ -11,6 +11,7 @@ import typer
 
 from hvcluster.cli.client import ApiError, Client, api_option
 from hvcluster.cli.output import console, err_console, friendly_errors, print_json, print_table
+from hvcluster.cli.views import listing, showing
 from hvcluster.models.vm import Priority
 
 app = typer.Typer(help="Create, list and manage VMs.", no_args_is_help=True)
@@ -130,18 +131,9 @@ def create(
     )
 
 
-@app.command("list")
-@friendly_errors
-def list_vms(
-    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
-    api: list[str] | None = api_option(),
-) -> None:
+@listing(app, "/vms")
+def list_vms(answer: dict[str, Any]) -> None:
     """List VMs: desired and actual state, where each is placed."""
-    with Client.from_options(api) as client:
-        answer = client.get("/vms")
-    if as_json:
-        print_json(answer)
-        return
     rows = []
     for vm in answer["vms"]:
         spec, placement = vm["spec"], vm.get("placement") or {}
@@ -202,19 +194,9 @@ def _show_rows(vm: dict[str, Any]) -> list[tuple[str, object]]:
     return rows
 
 
-@app.command("show")
-@friendly_errors
-def show(
-    name: str = typer.Argument(..., help="VM name."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
-    api: list[str] | None = api_option(),
-) -> None:
+@showing(app, "/vms", "VM")
+def show(vm: dict[str, Any]) -> None:
     """Show one VM: spec, placement and what its agent reports."""
-    with Client.from_options(api) as client:
-        vm = client.get(f"/vms/{name}")
-    if as_json:
-        print_json(vm)
-        return
     print_table(f"vm {vm['name']}", ("FIELD", "VALUE"), _show_rows(vm))
 
 

@@ -10,7 +10,8 @@ from typing import Any
 import typer
 
 from hvcluster.cli.client import Client, api_option
-from hvcluster.cli.output import console, friendly_errors, print_json, print_table
+from hvcluster.cli.output import console, friendly_errors, print_table
+from hvcluster.cli.views import listing, showing
 from hvcluster.cli.vm_cmd import warn_skipped
 from hvcluster.models.errors import HvcError
 from hvcluster.models.storage import MARKER, check_volume_path
@@ -80,18 +81,9 @@ def add(
     console.print(f"volume [bold]{v['name']}[/] at {v['path']} (id {v['id']})", highlight=False)
 
 
-@app.command("list")
-@friendly_errors
-def list_volumes(
-    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
-    api: list[str] | None = api_option(),
-) -> None:
+@listing(app, "/volumes")
+def list_volumes(answer: dict[str, Any]) -> None:
     """List volumes: which nodes see them, free space, problems."""
-    with Client.from_options(api) as client:
-        answer = client.get("/volumes")
-    if as_json:
-        print_json(answer)
-        return
     rows = [
         (
             v["name"],
@@ -107,19 +99,9 @@ def list_volumes(
     warn_skipped(answer)
 
 
-@app.command("show")
-@friendly_errors
-def show(
-    name: str = typer.Argument(..., help="Volume name."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
-    api: list[str] | None = api_option(),
-) -> None:
+@showing(app, "/volumes", "Volume")
+def show(v: dict[str, Any]) -> None:
     """Show one volume."""
-    with Client.from_options(api) as client:
-        v = client.get(f"/volumes/{name}")
-    if as_json:
-        print_json(v)
-        return
     rows: list[tuple[str, object]] = [
         ("path", v["path"]),
         ("id", v["id"]),

@@ -1,0 +1,73 @@
+"""The two shapes most ``hvc`` reads share: ``list`` (a collection) and ``show NAME`` (one
+item). Each GETs from the API and prints JSON for scripts (``--json``) or, for people, what
+the command's own function makes of the answer (a table). Written once here so that every
+such command takes the same options and treats them the same way.
+
+    @listing(app, "/nodes")
+    def list_nodes(answer: dict[str, Any]) -> None:
+        \"\"\"List nodes: ...\"\"\"  # the command's help
+        print_table(...)
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import typer
+
+from hvcluster.cli.client import Client, api_option
+from hvcluster.cli.output import friendly_errors, print_json
+
+Show = Callable[[Any], None]  # prints an answer for people
+Read = Callable[[Client], Any]  # what a list asks of the API, when more than one GET
+
+
+def json_option(help: str = "Print JSON for scripts.") -> Any:
+    """The ``--json`` option of every command that can answer scripts."""
+    return typer.Option(False, "--json", help=help)
+
+
+def listing(app: typer.Typer, path: str | Read, name: str = "list") -> Callable[[Show], Show]:
+    """Register the decorated function as ``name``: GET ``path`` (or ask ``read``), then
+    print the answer as JSON, or hand it to the function."""
+    read = path if callable(path) else lambda client: client.get(path)
+
+    def register(show: Show) -> Show:
+        @app.command(name, help=inspect.cleandoc(show.__doc__ or ""))
+        @friendly_errors
+        def command(as_json: bool = json_option(), api: list[str] | None = api_option()) -> None:
+            _answer(api, read, as_json, show)
+
+        return show
+
+    return register
+
+
+def showing(app: typer.Typer, collection: str, what: str) -> Callable[[Show], Show]:
+    """Register the decorated function as ``show NAME``: GET ``collection/NAME``, then
+    print the answer as JSON, or hand it to the function."""
+
+    def register(show: Show) -> Show:
+        @app.command("show", help=inspect.cleandoc(show.__doc__ or ""))
+        @friendly_errors
+        def command(
+            name: str = typer.Argument(..., help=f"{what} name."),
+            as_json: bool = json_option(),
+            api: list[str] | None = api_option(),
+        ) -> None:
+            _answer(api, lambda client: client.get(f"{collection}/{name}"), as_json, show)
+
+        return show
+
+    return register
+
+
+def _answer(api: list[str] | None, read: Read, as_json: bool, show: Show) -> None:
+    with Client.from_options(api) as client:
+        answer = read(client)
+    if as_json:
+        print_json(answer)
+    else:
+        show(answer)
