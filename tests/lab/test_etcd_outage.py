@@ -263,19 +263,27 @@ def test_a_node_cut_off_from_every_member_is_fenced_and_its_vm_runs_once(lab: La
     assert node == "n3"
     seq = last_seq(lab)
     most = 0
+    fenced_after = None
     try:
-        said = lab.fault("partition", "n3", source="etcd")
-        assert "from etcd" in said
+        cut = time.monotonic()
+        faults.fault(lab.state, "partition", "n3", source="etcd", record=False)
         end = time.monotonic() + 60
         while time.monotonic() < end:  # until it runs elsewhere, never two at once
             found = faults.find_vm(lab.state, "out-n3")
             most = max(most, len(found))
+            if fenced_after is None and not processes.alive(old_pid):
+                fenced_after = time.monotonic() - cut
             if found and found[0][0] != "n3":
                 break
             time.sleep(0.05)
         else:
             raise AssertionError(f"out-n3 did not run elsewhere: {found}{why(lab)}")
+        elsewhere = time.monotonic() - cut
+        assert "from etcd" in lab.fault("partition", "n3", source="etcd")  # now recorded
         assert not processes.alive(old_pid) and most == 1
+        # rule 2: the last confirmed keepalive was sent before the cut; + the watchdog's kill
+        assert fenced_after is not None and fenced_after <= lab.state.fence_after_s + 0.5
+        print(f"\nn3 cut off: fenced after {fenced_after:.1f}s, out-n3 elsewhere {elsewhere:.1f}s")
         assert processes.alive(lab.state.node("n3").agent_pid)  # cut off, not dead
     finally:
         lab.fault("heal", "n3")
@@ -307,3 +315,6 @@ def test_hvc_lab_fault_says_what_it_did_and_refuses_bad_input_by_name(lab: Lab) 
         assert "Traceback" not in result.output
     refused = hvc("up", "--etcd", "2", "--dir", str(lab.dir / "never"))
     assert refused.exit_code != 0 and "--etcd" in refused.output
+    refused = hvc("up", "--profile", "slow", "--dir", str(lab.dir / "never"))
+    assert refused.exit_code != 0 and "--profile" in refused.output
+    assert "default or fast" in refused.output
