@@ -18,7 +18,6 @@ epoch, as one process on that node).
 
 from __future__ import annotations
 
-import bisect
 import os
 import ssl
 import threading
@@ -32,6 +31,7 @@ import httpx
 
 from hvcluster.guestimage.testguest import read_counter
 from hvcluster.lab import hostview
+from hvcluster.lab.availability import Looks
 from hvcluster.lab.hostview import VMProcess
 from hvcluster.lab.state import LabState
 from hvcluster.models.errors import HvcError
@@ -88,9 +88,7 @@ class Checker:
         self._processes: list[VMProcess] = []
         self._doubled: set[str] = set()  # disks (or VMs) now held twice: said once each
         self._intent_broken: set[str] = set()
-        # (time, HA VMs not running) from each API look, in time order
-        self._times: list[float] = []
-        self._down: list[frozenset[str]] = []
+        self.looks = Looks()  # which HA VMs were down at each API look
         self._nodes_alive: dict[str, bool] = {}
         self._api_ok_at = time.monotonic()
         self._api_said = False
@@ -199,9 +197,8 @@ class Checker:
         with self._lock:
             procs = list(self._processes)
         down = frozenset(vm for vm in self.watched.ha if not _runs_once(vms.get(vm), procs, vm))
+        self.looks.add(time.time(), down)
         with self._lock:
-            self._times.append(time.time())
-            self._down.append(down)
             self._nodes_alive = {n["name"]: bool(n["alive"]) for n in nodes}
         for vm in self.watched.stopped:
             desired = (vms.get(vm) or {}).get("desired_state")
@@ -237,32 +234,11 @@ class Checker:
         with self._lock:
             return dict(self._nodes_alive)
 
-    def last_look(self) -> tuple[float, frozenset[str]] | None:
-        with self._lock:
-            return (self._times[-1], self._down[-1]) if self._times else None
-
     def all_running_since(self, t: float) -> bool:
-        """Every HA VM ran at every API look from ``t`` on (and there was one)."""
-        with self._lock:
-            i = bisect.bisect_left(self._times, t)
-            return i < len(self._times) and not any(self._down[i:])
+        return self.looks.all_running_since(t)
 
     def recovery(self, start: float, end: float) -> tuple[bool, float]:
-        """(was any HA VM down between ``start`` and ``end``, seconds from ``start`` until
-        every HA VM ran again after the last look that found one down)."""
-        with self._lock:
-            i = bisect.bisect_left(self._times, start)
-            j = bisect.bisect_right(self._times, end)
-            looks = list(zip(self._times[i:j], self._down[i:j], strict=True))
-        last_down = max((k for k, (_, down) in enumerate(looks) if down), default=None)
-        if last_down is None:
-            return False, 0.0
-        after = [t for t, down in looks[last_down + 1 :] if not down]
-        return True, (after[0] if after else end) - start
-
-    def down_now(self) -> frozenset[str]:
-        look = self.last_look()
-        return look[1] if look else frozenset(self.watched.ha)
+        return self.looks.recovery(start, end)
 
 
 def _runs_once(view: dict[str, Any] | None, procs: list[VMProcess], vm: str) -> bool:
