@@ -79,8 +79,8 @@ async def migrations(
         t0 = time.monotonic()
         sizes = await holder.disk_sizes(NAME)
         incoming = await other.prepare_incoming_with_disks(target, epoch, "127.0.0.1", sizes)
-        result = await holder.migrate_out_with_disks(
-            NAME, incoming.address, incoming.disks_address, SETTINGS
+        result = await holder.migrate_out(
+            NAME, incoming.address, SETTINGS, disks_address=incoming.disks_address
         )
         await other.resume(NAME)
         wall = (time.monotonic() - t0) * 1000

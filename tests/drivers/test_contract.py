@@ -322,8 +322,8 @@ async def test_shared_nothing_primitives(make: Factory, spec: VMSpec, tmp_path: 
     assert incoming.paths == (str(there),) and there.is_file()
     with pytest.raises(SpecError, match="exists"):  # its disk file is there now
         await make("n3").prepare_incoming_with_disks(on_dst, 2, "127.0.0.1", sizes)
-    result = await src.migrate_out_with_disks(
-        "c1", incoming.address, incoming.disks_address, MigrationSettings()
+    result = await src.migrate_out(
+        "c1", incoming.address, MigrationSettings(), disks_address=incoming.disks_address
     )
     assert result.total_ms > 0
     assert (await src.status("c1")).state is VMState.PAUSED

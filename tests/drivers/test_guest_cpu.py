@@ -67,7 +67,7 @@ def test_qemu_lists_the_models_it_provides_once() -> None:
 
 async def cpu_type(driver: QemuDriver, name: str) -> str:
     """The QOM type of the VM's first vCPU, asked of its QEMU (query-cpus-fast, qom-get)."""
-    monitor = driver._vms[name].monitor
+    monitor = driver.vms.running[name].monitor
     assert monitor is not None
     cpus = await monitor.execute("query-cpus-fast")
     kind = await monitor.execute("qom-get", {"path": cpus[0]["qom-path"], "property": "type"})

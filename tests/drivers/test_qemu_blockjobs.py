@@ -94,7 +94,7 @@ async def test_move_disk_keeps_the_counter_and_runs_from_the_new_file(
 
         # A move confirmed (the spec names the new file) whose mover went away before the
         # switch: the next agent finishes it.
-        monitor = driver._vms["mv"].monitor
+        monitor = driver.vms.running["mv"].monitor
         assert monitor is not None
         confirmed = create_disk(tmp_path / "vol-b" / "confirmed.qcow2", size_mib=32)
         target = {"driver": "file", "filename": str(confirmed)}
@@ -103,9 +103,15 @@ async def test_move_disk_keeps_the_counter_and_runs_from_the_new_file(
         )
         await monitor.execute(
             "blockdev-mirror",
-            {"job-id": "hvc-mirror0-c", "device": "disk0", "target": "hvc-move0-c",
-             "sync": "full", "copy-mode": "write-blocking", "auto-dismiss": False},
-        )  # fmt: skip
+            {
+                "job-id": "hvc-mirror0-c",
+                "device": "disk0",
+                "target": "hvc-move0-c",
+                "sync": "full",
+                "copy-mode": "write-blocking",
+                "auto-dismiss": False,
+            },
+        )
 
         async def ready() -> bool:
             jobs = await monitor.execute("query-jobs")
@@ -128,9 +134,14 @@ async def test_move_disk_keeps_the_counter_and_runs_from_the_new_file(
         )
         await monitor.execute(
             "blockdev-mirror",
-            {"job-id": "hvc-mirror0-old", "device": "disk0", "target": "hvc-move0-old",
-             "sync": "full", "auto-dismiss": False},
-        )  # fmt: skip
+            {
+                "job-id": "hvc-mirror0-old",
+                "device": "disk0",
+                "target": "hvc-move0-old",
+                "sync": "full",
+                "auto-dismiss": False,
+            },
+        )
         again = await driver.move_disk("mv", 0, Disk(path="again.qcow2", volume="b"))
         assert again.old_path == str(confirmed)
         assert await monitor.execute("query-jobs") == []
@@ -168,8 +179,12 @@ async def test_shared_nothing_migration_continues_from_the_targets_own_copy(
         assert incoming.disks_address.startswith("nbd:127.0.0.1:")
         assert incoming.paths == (str(there),) and there.exists()
         seen: list[Progress] = []
-        result = await src.migrate_out_with_disks(
-            "sn", incoming.address, incoming.disks_address, MigrationSettings(), seen.append
+        result = await src.migrate_out(
+            "sn",
+            incoming.address,
+            MigrationSettings(),
+            seen.append,
+            disks_address=incoming.disks_address,
         )
         assert result.total_ms > 0 and seen
         assert (await src.status("sn")).state is VMState.PAUSED
@@ -205,14 +220,14 @@ async def test_shared_nothing_to_an_unreachable_export_keeps_the_vm_running(
         await src.start(guest_spec("un", guest_image, disk), epoch=1)
         # No need to wait for the boot: the copy fails at once (nobody serves that port).
         with pytest.raises(DiskMoveFailed, match=r"vm un: copying its disks to nbd:127.0.0.1:1"):
-            await src.migrate_out_with_disks(
-                "un", "tcp:127.0.0.1:1", "nbd:127.0.0.1:1", MigrationSettings()
+            await src.migrate_out(
+                "un", "tcp:127.0.0.1:1", MigrationSettings(), disks_address="nbd:127.0.0.1:1"
             )
         assert (await src.status("un")).state is VMState.RUNNING
 
         # The mirrors of a shared-nothing migration whose agent went away are stopped by
         # the cancel the next agent sends (here to a file node named as an NBD one would be).
-        monitor = src._vms["un"].monitor
+        monitor = src.vms.running["un"].monitor
         assert monitor is not None
         left = create_disk(tmp_path / "left.qcow2")
         target = {"driver": "file", "filename": str(left)}
@@ -221,9 +236,15 @@ async def test_shared_nothing_to_an_unreachable_export_keeps_the_vm_running(
         )
         await monitor.execute(
             "blockdev-mirror",
-            {"job-id": "hvc-copy0-old", "device": "disk0", "target": "hvc-nbd0-old",
-             "sync": "full", "copy-mode": "write-blocking", "auto-dismiss": False},
-        )  # fmt: skip
+            {
+                "job-id": "hvc-copy0-old",
+                "device": "disk0",
+                "target": "hvc-nbd0-old",
+                "sync": "full",
+                "copy-mode": "write-blocking",
+                "auto-dismiss": False,
+            },
+        )
         await src.cancel_migration("un")
         assert await monitor.execute("query-jobs") == []
         nodes = await monitor.execute("query-named-block-nodes", {"flat": True})

@@ -121,7 +121,7 @@ async def test_a_cancel_while_the_disks_copy_stops_the_copy(
 
     await cluster.wait_for(copy_gone, 5, "the target's new file deleted")
     # (left alone, the copy would run ~8 s more)
-    await cluster.wait_for(lambda: not driver._copying, 5, "the source's copy stopped")
+    await cluster.wait_for(lambda: not driver.storage.copying, 5, "the source's copy stopped")
     assert await cluster.running_on("db") == host
     assert (await spec(cluster, "db")).disks == (Disk(volume="a", path="db/disk.qcow2"),)
     placement = await cluster.placement("db")

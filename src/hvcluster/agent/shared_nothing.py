@@ -85,8 +85,8 @@ class SharedNothing:
         if spec is None:
             raise DriverError(f"vm {rec.vm} has no spec")
         self.old_files[rec.id] = (spec.disks, spec.uid)
-        return await self.driver.migrate_out_with_disks(
-            rec.vm, address, rec.disks_address, settings, on_progress, on_complete
+        return await self.driver.migrate_out(
+            rec.vm, address, settings, on_progress, on_complete, disks_address=rec.disks_address
         )
 
     async def delete_old_files(self, rec: Migration) -> None:

@@ -29,7 +29,7 @@ path and deletes the old file. Shared-nothing migration (the target does not see
 
     sizes = await S.disk_sizes(name)
     incoming = await T.prepare_incoming_with_disks(spec_on_t, epoch + 1, host, sizes)
-    result = await S.migrate_out_with_disks(name, incoming.address, incoming.disks_address, ...)
+    result = await S.migrate_out(name, incoming.address, ..., disks_address=incoming.disks_address)
     # the flip, then as above: await T.resume(name) (it closes the disk exports first)
 """
 
@@ -40,11 +40,20 @@ import builtins
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Protocol
 
 from pydantic import Field
 
-from hvcluster.drivers.errors import NotRunning
+from hvcluster.drivers.parts import (
+    Books,
+    DiskMove,
+    DiskMover,
+    Migrator,
+    Receive,
+    Saver,
+    Send,
+    known_vm,
+    known_vms,
+)
 from hvcluster.host.network import IpLinks, Links
 from hvcluster.models.base import Model
 from hvcluster.models.config import MigrationSettings
@@ -128,9 +137,19 @@ Confirm = Callable[[], Awaitable[bool]]
 
 
 class Driver(ABC):
-    """The hypervisor of one host. See the module docstring for the rules."""
+    """The hypervisor of one host. See the module docstring for the rules.
+
+    A driver runs its VMs itself (their lifecycle, below) and keeps them in its ``books``;
+    migrations and disk work it hands to collaborators (:mod:`hvcluster.drivers.parts`) its
+    constructor sets: ``migrator`` (live migration), ``saver`` (quick migration) and
+    ``disks`` (storage and shared-nothing migration). The methods that only hand a request
+    to one of them are written here, once."""
 
     kind: str = "abstract"
+    books: Books
+    migrator: Migrator
+    saver: Saver
+    disks: DiskMover
 
     def __init__(self, run_dir: Path | None) -> None:
         self.run_dir = Path(run_dir) if run_dir is not None else None
@@ -181,13 +200,13 @@ class Driver(ABC):
     async def kill(self, name: str) -> VMInfo:
         """Stop the VM at once (SIGKILL of its process), whatever its state."""
 
-    @abstractmethod
     async def status(self, name: str) -> VMInfo:
         """The state of one VM; raises :class:`NotRunning` if this host does not know it."""
+        return known_vm(self.books, name)
 
-    @abstractmethod
     async def list(self) -> builtins.list[VMInfo]:
         """Every VM this host runs, with pid, state and since. Polling it notices crashes."""
+        return known_vms(self.books)
 
     @abstractmethod
     async def attach(self) -> builtins.list[VMInfo]:
@@ -207,14 +226,13 @@ class Driver(ABC):
 
     # -- migration --------------------------------------------------------------------------
 
-    @abstractmethod
     async def prepare_incoming(
         self, spec: VMSpec, epoch: int, host: str, settings: MigrationSettings | None = None
     ) -> str:
         """Start ``spec`` paused, waiting for an incoming migration on a free port of ``host``;
         return the address the source must send to."""
+        return await self.migrator.receive(Receive(spec, epoch, host, settings))
 
-    @abstractmethod
     async def migrate_out(
         self,
         name: str,
@@ -222,17 +240,28 @@ class Driver(ABC):
         settings: MigrationSettings,
         on_progress: ProgressCallback | None = None,
         on_complete: CompletionHook | None = None,
+        disks_address: str = "",
     ) -> MigrationResult:
         """Live-migrate a running VM to ``address``. On success the source is left paused (the
         caller discards it after the placement flip); on failure it keeps running and
         :class:`MigrationFailed` is raised. ``on_complete(at)``, if given, is awaited the
         moment the transfer completes (``at``: the wall clock it was heard; the VM is paused
         here), before the driver collects QEMU's measures: the caller switches over without
-        waiting for them. It must not raise."""
+        waiting for them. It must not raise.
 
-    @abstractmethod
+        With a ``disks_address``, a shared-nothing migration: first copy every disk there
+        while the guest runs (mirrors that then follow each write), then migrate memory as
+        above (``on_complete`` as there: by then the target's copies hold every write the
+        guest saw complete); once the source is paused, the mirrors are finished. On failure
+        before the memory moved, the mirrors are stopped, the VM keeps running here and
+        :class:`MigrationFailed` is raised."""
+        send = Send(address, settings, on_progress, on_complete, disks_address)
+        return await (self.disks if disks_address else self.migrator).send(name, send)
+
     async def cancel_migration(self, name: str) -> None:
         """Cancel an outgoing migration of ``name``; the VM keeps running here."""
+        await self.disks.cancel_copy(name)  # a shared-nothing migration's disk copy
+        await self.migrator.cancel(name)
 
     @abstractmethod
     async def resume(self, name: str) -> VMInfo:
@@ -250,18 +279,17 @@ class Driver(ABC):
         """Drop a VM without a shutdown: a failed migration's target, or the source after a
         completed migration. Never fails when the VM is already gone."""
 
-    @abstractmethod
     async def save(self, name: str, path: Path) -> MigrationResult:
         """Quick migration, out: pause the VM and write its state to ``path``. The VM stays
         paused here; the caller discards (or resumes) it."""
+        return await self.saver.save(name, path)
 
-    @abstractmethod
     async def restore(self, spec: VMSpec, epoch: int, path: Path, paused: bool = False) -> VMInfo:
         """Quick migration, in: start ``spec`` from the state saved in ``path``."""
+        return await self.saver.restore(spec, epoch, path, paused)
 
     # -- storage migration ------------------------------------------------------------------
 
-    @abstractmethod
     async def move_disk(
         self,
         name: str,
@@ -283,19 +311,20 @@ class Driver(ABC):
 
         On any failure (or ``timeout_s``) the guest keeps using the old disk, the new file is
         removed and :class:`DiskMoveFailed` is raised naming the VM and the disk."""
+        move = DiskMove(index, dest, on_progress, timeout_s, confirm)
+        return await self.disks.move(name, move)
 
-    @abstractmethod
     async def finish_disk_move(self, name: str, index: int, dest: Disk) -> str | None:
         """Switch disk ``index`` of ``name`` to ``dest`` if a move to it was confirmed but
         not switched (its caller went away in between; the copy still follows every write).
         Returns the file the guest used until now (for the caller to delete), or None when
         there is nothing to finish."""
+        return await self.disks.finish_move(name, index, dest)
 
-    @abstractmethod
     async def disk_sizes(self, name: str) -> builtins.list[int]:
         """The virtual size in bytes of each disk of the running VM ``name``, in spec order."""
+        return await self.disks.sizes(name)
 
-    @abstractmethod
     async def prepare_incoming_with_disks(
         self,
         spec: VMSpec,
@@ -309,23 +338,8 @@ class Driver(ABC):
         :meth:`prepare_incoming` does, and export the disks writable on ``host`` for the
         source to copy into. On failure nothing is left behind. After a later
         :meth:`discard` the caller deletes the files (``IncomingDisks.paths``)."""
-
-    @abstractmethod
-    async def migrate_out_with_disks(
-        self,
-        name: str,
-        address: str,
-        disks_address: str,
-        settings: MigrationSettings,
-        on_progress: ProgressCallback | None = None,
-        on_complete: CompletionHook | None = None,
-    ) -> MigrationResult:
-        """Shared-nothing migration, source side: copy every disk to ``disks_address`` while
-        the guest runs (mirrors that then follow each write), then migrate memory as
-        :meth:`migrate_out` (``on_complete`` as there: by then the target's copies hold every
-        write the guest saw complete); once the source is paused, the mirrors are finished.
-        On failure before the memory moved, the mirrors are stopped, the VM keeps running
-        here and :class:`MigrationFailed` is raised."""
+        incoming = Receive(spec, epoch, host, settings, tuple(sizes))
+        return await self.disks.receive(incoming)
 
     # -- the driver itself ------------------------------------------------------------------
 
@@ -338,24 +352,3 @@ class Driver(ABC):
         if self._events.full():
             self._events.get_nowait()
         self._events.put_nowait(event)
-
-
-class HasInfo(Protocol):
-    def info(self) -> VMInfo: ...
-
-
-def known_vm(name: str, running: Mapping[str, HasInfo], gone: Mapping[str, VMInfo]) -> VMInfo:
-    """The state of ``name`` from a driver's books: a VM it runs, else one that stopped or
-    crashed here and was not started again or discarded; else :class:`NotRunning`."""
-    if name in running:
-        return running[name].info()
-    if name in gone:
-        return gone[name]
-    raise NotRunning(name)
-
-
-def known_vms(running: Mapping[str, HasInfo], gone: Mapping[str, VMInfo]) -> list[VMInfo]:
-    """Every VM in a driver's books, running or gone, by name."""
-    infos = [vm.info() for vm in running.values()]
-    infos += [info for name, info in gone.items() if name not in running]
-    return sorted(infos, key=lambda i: i.name)

@@ -8,11 +8,11 @@ checked it lies under a directory the cluster config allows before it asked for 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from hvcluster.drivers.errors import SpecError
-from hvcluster.models.vm import Disk
+from hvcluster.models.vm import Disk, VMSpec
 
 
 def disk_path(disk: Disk, index: int, volumes: Mapping[str, Path]) -> Path:
@@ -30,3 +30,12 @@ def disk_path(disk: Disk, index: int, volumes: Mapping[str, Path]) -> Path:
             f"disk {disk.file} leads out of its volume (to {full})", f"disks[{index}].path"
         )
     return full
+
+
+def incoming_paths(spec: VMSpec, sizes: Sequence[int], volumes: Mapping[str, Path]) -> list[Path]:
+    """Where a shared-nothing migration's target creates the disks of ``spec``: one file
+    per disk, of which the source gave one size each (refused otherwise)."""
+    paths = [disk_path(d, i, volumes) for i, d in enumerate(spec.disks)]
+    if len(sizes) != len(paths):
+        raise SpecError(f"{len(sizes)} sizes for {len(paths)} disks", "disks")
+    return paths

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import ssl
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from hvcluster.guestimage.image import require_image
+from hvcluster.guestimage.testguest import create_disk
 from hvcluster.lab.state import LabState
 from hvcluster.models.errors import HvcError
 
@@ -43,14 +43,7 @@ def make_disk(path: Path, size_mib: int) -> None:
     if path.exists():
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run(
-        ["qemu-img", "create", "-q", "-f", "qcow2", str(path), f"{size_mib}M"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    if result.returncode != 0:
-        raise HvcError(f"qemu-img create {path} failed: {result.stderr.strip()}")
+    create_disk(path, size_mib)
 
 
 def create_vms(api: str, specs: list[dict[str, Any]], token: str, ca: str = "") -> list[str]:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from hvcluster.drivers.base import HostFacts, Usage, VMInfo, known_vm, known_vms
+from hvcluster.drivers.base import Driver, HostFacts, Usage, VMInfo
 from hvcluster.drivers.errors import NotRunning, QemuFailed
 from hvcluster.drivers.qemu import blockjobs
 from hvcluster.drivers.qemu.guestcpu import cpu_models
@@ -26,11 +26,14 @@ from hvcluster.drivers.qemu.host import (
     host_memory_mib,
     qemu_version,
 )
-from hvcluster.drivers.qemu.live import LiveMigration
+from hvcluster.drivers.qemu.live import QemuLive
 from hvcluster.drivers.qemu.process import kill_and_wait
-from hvcluster.drivers.qemu.saved import SaveRestore
+from hvcluster.drivers.qemu.saved import QemuSaver
+from hvcluster.drivers.qemu.settings import QemuSettings
+from hvcluster.drivers.qemu.storage import QemuDisks
+from hvcluster.drivers.qemu.supervision import QemuSupervisor
 from hvcluster.drivers.qemu.vm import QemuVM
-from hvcluster.drivers.runtime import process_cpu_and_rss, vm_dir, vm_pid, vms_root
+from hvcluster.drivers.runtime import process_cpu_and_rss, vms_root
 from hvcluster.models.config import MigrationSettings
 from hvcluster.models.lifecycle import VMState
 from hvcluster.models.node import Capacity, Inventory
@@ -39,14 +42,30 @@ from hvcluster.models.vm import VMSpec
 log = logging.getLogger(__name__)
 
 
-class QemuDriver(LiveMigration, SaveRestore):
+class QemuDriver(Driver):
     kind = "qemu"
 
+    def __init__(self, run_dir: Path, settings: QemuSettings | None = None) -> None:
+        super().__init__(run_dir)
+        self.vms = QemuSupervisor(Path(run_dir), settings or QemuSettings(), self._emit)
+        self.run_dir: Path = self.vms.run_dir
+        self.books = self.vms
+        live = QemuLive(self.vms)
+        self.migrator, self.saver, self.disks = live, QemuSaver(self.vms), QemuDisks(self.vms, live)
+
+    @property
+    def settings(self) -> QemuSettings:
+        return self.vms.settings
+
+    async def accelerator(self) -> tuple[str, str]:
+        """``(kvm|tcg, why)``, decided once per driver (the probe itself is cached per host)."""
+        return await self.vms.accelerator()
+
     def set_volumes(self, mounts: Mapping[str, Path]) -> None:
-        self.settings = self.settings.model_copy(update={"volumes": dict(mounts)})
+        self.vms.settings = self.settings.model_copy(update={"volumes": dict(mounts)})
 
     async def inventory(self) -> HostFacts:
-        accel, _ = await self.accelerator()
+        accel, _ = await self.vms.accelerator()
         model, flags = cpu_model_and_flags()
         return HostFacts(
             capacity=Capacity(cpus=host_cpus(), memory_mib=host_memory_mib()),
@@ -72,68 +91,43 @@ class QemuDriver(LiveMigration, SaveRestore):
         return inv.model_copy(update=update)
 
     async def start(self, spec: VMSpec, epoch: int, paused: bool = False) -> VMInfo:
-        async with self._lock(spec.name):
-            vm = await self._launch(spec, epoch, paused=paused, incoming=False)
+        async with self.vms.lock(spec.name):
+            vm = await self.vms.launch(spec, epoch, paused=paused, incoming=False)
             return vm.info()
 
     async def shutdown(self, name: str, timeout: float) -> VMInfo:
-        async with self._lock(name):
-            vm = self._get(name)
+        async with self.vms.lock(name):
+            vm = self.vms.get(name)
             vm.stopping = True
             if vm.monitor is not None:
                 with contextlib.suppress(QemuFailed):
                     await vm.monitor.execute("system_powerdown")
-            if not await self._wait_exit(vm, timeout):
+            if not await self.vms.wait_exit(vm, timeout):
                 log.info("vm %s: no power-off in %ss, forcing it off", name, timeout)
                 await kill_and_wait(vm.pid, vm.start)
-                await self._wait_exit(vm, 10.0)
-            return self._gone[name]
+                await self.vms.wait_exit(vm, 10.0)
+            return self.vms.gone[name]
 
     async def kill(self, name: str) -> VMInfo:
-        async with self._lock(name):
-            vm = self._get(name)
-            await self._destroy(vm)
-            return self._gone[name]
-
-    async def discard(self, name: str) -> None:
-        async with self._lock(name):
-            vm = self._vms.get(name)
-            if vm is not None:
-                await self._destroy(vm)
-            else:
-                d = vm_dir(self.run_dir, name)
-                pid = vm_pid(d)
-                if pid is not None:
-                    await kill_and_wait(pid)
-                if d.exists():
-                    self._clean_dir(d, name)
-            self._gone.pop(name, None)
-
-    async def status(self, name: str) -> VMInfo:
-        vm = self._vms.get(name)
-        if vm is not None:
-            self._check_alive(vm)
-        return known_vm(name, self._vms, self._gone)
-
-    async def list(self) -> builtins.list[VMInfo]:
-        for vm in list(self._vms.values()):
-            self._check_alive(vm)
-        return known_vms(self._vms, self._gone)
+        async with self.vms.lock(name):
+            vm = self.vms.get(name)
+            await self.vms.destroy(vm)
+            return self.vms.gone[name]
 
     async def attach(self) -> builtins.list[VMInfo]:
         attached = []
         for d in sorted(vms_root(self.run_dir).iterdir()):
             name = d.name
-            if not d.is_dir() or name in self._vms:
+            if not d.is_dir() or name in self.vms.running:
                 continue
-            async with self._lock(name):
-                vm = await self._attach_one(d)
+            async with self.vms.lock(name):
+                vm = await self.vms.attach_one(d)
             if vm is not None:
                 attached.append(vm.info())
         return attached
 
     async def usage(self, name: str) -> Usage:
-        vm = self._get(name)
+        vm = self.vms.get(name)
         sample = process_cpu_and_rss(vm.pid)
         if sample is None:
             raise NotRunning(name, "its process is gone")
@@ -147,24 +141,24 @@ class QemuDriver(LiveMigration, SaveRestore):
         return Usage(cpu_percent=max(percent, 0.0), memory_mib=rss)
 
     async def pause(self, name: str) -> VMInfo:
-        vm = self._get(name)
-        await self._qmp(vm).execute("stop")
-        self._set_state(vm, VMState.PAUSED, "paused on request")
+        vm = self.vms.get(name)
+        await self.vms.qmp(vm).execute("stop")
+        self.vms.set_state(vm, VMState.PAUSED, "paused on request")
         return vm.info()
 
     async def resume(self, name: str) -> VMInfo:
-        vm = self._get(name)
+        vm = self.vms.get(name)
         if vm.exports:  # a shared-nothing target: stop serving its disks first
-            await blockjobs.close_exports(self._qmp(vm))
+            await blockjobs.close_exports(self.vms.qmp(vm))
             vm.exports = False
         # Still receiving its state: QEMU runs it the moment that is loaded ("cont" while
         # in-migrate); return then, when QEMU says RESUME.
-        monitor, resumed = self._qmp(vm), asyncio.Event()
+        monitor, resumed = self.vms.qmp(vm), asyncio.Event()
         with monitor.subscribe(lambda event, _: resumed.set() if event == "RESUME" else None):
             await monitor.execute("cont")
             if vm.state == VMState.MIGRATING:
                 await self._until_resumed(vm, resumed)
-        self._set_state(vm, VMState.RUNNING, "resumed on request")
+        self.vms.set_state(vm, VMState.RUNNING, "resumed on request")
         return vm.info()
 
     async def _until_resumed(self, vm: QemuVM, resumed: asyncio.Event) -> None:
@@ -177,15 +171,8 @@ class QemuDriver(LiveMigration, SaveRestore):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(resumed.wait(), 0.5)
 
+    async def discard(self, name: str) -> None:
+        await self.vms.discard(name)
+
     async def close(self) -> None:
-        for task in self._followers.values():
-            task.cancel()
-        for task in self._followers.values():
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        self._followers.clear()
-        for vm in self._vms.values():
-            if vm.monitor is not None:
-                await vm.monitor.close()
-                vm.monitor = None
-        self._vms.clear()
+        await self.vms.close()

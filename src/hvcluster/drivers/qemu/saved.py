@@ -21,17 +21,22 @@ from hvcluster.models.lifecycle import VMState
 from hvcluster.models.vm import VMSpec
 
 
-class SaveRestore(QemuSupervisor):
+class QemuSaver:
+    """The qemu driver's quick migration (its :class:`~hvcluster.drivers.parts.Saver`)."""
+
+    def __init__(self, vms: QemuSupervisor) -> None:
+        self.vms = vms
+
     async def save(self, name: str, path: Path) -> MigrationResult:
-        vm = self._get(name)
-        monitor = self._qmp(vm)
+        vm = self.vms.get(name)
+        monitor = self.vms.qmp(vm)
         was_running = vm.state == VMState.RUNNING
         await monitor.execute("stop")
-        self._set_state(vm, VMState.MIGRATING, f"saving to {path}")
+        self.vms.set_state(vm, VMState.MIGRATING, f"saving to {path}")
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         except OSError as e:
-            await self._after_failed_migration(vm, resume=was_running)
+            await self.vms.after_failed_migration(vm, resume=was_running)
             raise MigrationFailed(f"vm {name}: cannot write saved state to {path}: {e}") from e
         try:
             monitor.send_fd(fd)
@@ -39,19 +44,19 @@ class SaveRestore(QemuSupervisor):
             result = await run_migration(monitor, "fd:hvc-save", MigrationSettings(), None)
             os.fsync(fd)
         except DriverError as e:
-            await self._after_failed_migration(vm, resume=was_running)
+            await self.vms.after_failed_migration(vm, resume=was_running)
             raise MigrationFailed(f"vm {name}: saving to {path} failed: {e}") from e
         finally:
             os.close(fd)
-        self._set_state(vm, VMState.PAUSED, f"saved to {path}")
+        self.vms.set_state(vm, VMState.PAUSED, f"saved to {path}")
         return result
 
     async def restore(self, spec: VMSpec, epoch: int, path: Path, paused: bool = False) -> VMInfo:
         path = saved_state(path)
-        async with self._lock(spec.name):
-            vm = await self._launch(spec, epoch, paused=True, incoming=True)
+        async with self.vms.lock(spec.name):
+            vm = await self.vms.launch(spec, epoch, paused=True, incoming=True)
             try:
-                monitor = self._qmp(vm)
+                monitor = self.vms.qmp(vm)
                 await configure(monitor, MigrationSettings())
                 await monitor.execute(
                     "migrate-incoming", {"uri": f"exec:cat {shlex.quote(str(path))}"}
@@ -59,10 +64,10 @@ class SaveRestore(QemuSupervisor):
                 await self._wait_incoming(vm, MigrationSettings().timeout_s)
                 if not paused:
                     await monitor.execute("cont")
-                    self._set_state(vm, VMState.RUNNING, f"restored from {path}")
+                    self.vms.set_state(vm, VMState.RUNNING, f"restored from {path}")
             except DriverError as e:
-                await self._destroy(vm)
-                self._gone.pop(spec.name, None)
+                await self.vms.destroy(vm)
+                self.vms.gone.pop(spec.name, None)
                 raise MigrationFailed(f"vm {spec.name}: restore from {path} failed: {e}") from e
             return vm.info()
 
@@ -71,9 +76,9 @@ class SaveRestore(QemuSupervisor):
         while True:
             if vm.exited.is_set():
                 raise QemuFailed(f"QEMU exited: {vm.reason}")
-            status = await self._qmp(vm).execute("query-status")
+            status = await self.vms.qmp(vm).execute("query-status")
             if status.get("status") != "inmigrate":
-                self._set_state(vm, VMState.PAUSED, "incoming state loaded")
+                self.vms.set_state(vm, VMState.PAUSED, "incoming state loaded")
                 return
             if time.monotonic() > deadline:
                 raise QemuFailed(f"incoming state not loaded in {timeout}s")

@@ -2,9 +2,9 @@
 agent left running, following it over QMP (its events make the VM's state; its hang-up
 means it is exiting), and accounting for its exit.
 
-:class:`QemuSupervisor` is the base of :class:`~hvcluster.drivers.qemu.driver.QemuDriver`
-(through the migration and save/restore parts) and provides the driver internals that
-:class:`~hvcluster.drivers.qemu.storage.StorageMigration` declares.
+:class:`QemuSupervisor` is a collaborator of :class:`~hvcluster.drivers.qemu.driver.QemuDriver`
+and of its parts (live migration, save/restore, block jobs), which all work on the VMs it
+keeps.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,6 @@ from hvcluster.drivers.qemu.monitor import Monitor
 from hvcluster.drivers.qemu.probe import decide_accelerator
 from hvcluster.drivers.qemu.process import enslave_tap, kill_and_wait, launch, log_tail, wait_gone
 from hvcluster.drivers.qemu.settings import QemuSettings
-from hvcluster.drivers.qemu.storage import StorageMigration
 from hvcluster.drivers.qemu.vm import RUNSTATES, QemuVM
 from hvcluster.drivers.runtime import (
     pid_alive,
@@ -45,16 +45,21 @@ from hvcluster.models.vm import VMSpec
 
 log = logging.getLogger(__name__)
 
+Emit = Callable[[VMEvent], None]
 
-class QemuSupervisor(StorageMigration):
-    def __init__(self, run_dir: Path, settings: QemuSettings | None = None) -> None:
-        super().__init__(run_dir)
+
+class QemuSupervisor:
+    """The QEMU processes of one host: the qemu driver's books (:class:`Books`), shared with
+    its migration and disk parts."""
+
+    def __init__(self, run_dir: Path, settings: QemuSettings, emit: Emit) -> None:
         self.run_dir: Path = Path(run_dir).absolute()
-        self.settings = settings or QemuSettings()
-        self._vms: dict[str, QemuVM] = {}
-        self._gone: dict[str, VMInfo] = {}
+        self.settings = settings
+        self.emit = emit
+        self.running: dict[str, QemuVM] = {}  # by VM name
+        self.gone: dict[str, VMInfo] = {}  # stopped or crashed here, not started again since
         self._locks: dict[str, asyncio.Lock] = {}
-        self._followers: dict[str, asyncio.Task[None]] = {}
+        self.followers: dict[str, asyncio.Task[None]] = {}
         self._accel: tuple[str, str] | None = None
         vms_root(self.run_dir).mkdir(parents=True, exist_ok=True)
 
@@ -64,29 +69,65 @@ class QemuSupervisor(StorageMigration):
             self._accel = await decide_accelerator(self.settings)
         return self._accel
 
-    def _lock(self, name: str) -> asyncio.Lock:
+    def look(self, name: str | None = None) -> None:
+        """Notice VMs whose process is gone (polling backs up the QMP hang-up)."""
+        names = [*self.running] if name is None else [name]
+        for vm in [self.running[n] for n in names if n in self.running]:
+            self.check_alive(vm)
+
+    async def discard(self, name: str) -> None:
+        """Drop ``name`` without a shutdown; also a QEMU of a runtime dir not taken over."""
+        async with self.lock(name):
+            vm = self.running.get(name)
+            if vm is not None:
+                await self.destroy(vm)
+            else:
+                d = vm_dir(self.run_dir, name)
+                pid = vm_pid(d)
+                if pid is not None:
+                    await kill_and_wait(pid)
+                if d.exists():
+                    self.clean_dir(d, name)
+            self.gone.pop(name, None)
+
+    async def close(self) -> None:
+        """Stop following every QEMU and hang up on it (they keep running)."""
+        for task in self.followers.values():
+            task.cancel()
+        for task in self.followers.values():
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self.followers.clear()
+        for vm in self.running.values():
+            if vm.monitor is not None:
+                await vm.monitor.close()
+                vm.monitor = None
+        self.running.clear()
+
+    def lock(self, name: str) -> asyncio.Lock:
         return self._locks.setdefault(name, asyncio.Lock())
 
-    def _get(self, name: str) -> QemuVM:
-        vm = self._vms.get(name)
+    def get(self, name: str) -> QemuVM:
+        vm = self.running.get(name)
         if vm is None:
             raise NotRunning(name)
         return vm
 
-    def _qmp(self, vm: QemuVM) -> Monitor:
+    def qmp(self, vm: QemuVM) -> Monitor:
         if vm.monitor is None or not vm.monitor.connected:
             raise NotRunning(vm.name, "no QMP connection to its QEMU")
         return vm.monitor
 
-    async def _launch(self, spec: VMSpec, epoch: int, paused: bool, incoming: bool) -> QemuVM:
+    async def launch(self, spec: VMSpec, epoch: int, paused: bool, incoming: bool) -> QemuVM:
         name = spec.name
         d = vm_dir(self.run_dir, name)
-        if name in self._vms or vm_pid(d) is not None:
-            raise AlreadyRunning(name, self._vms[name].pid if name in self._vms else vm_pid(d))
+        running = self.running.get(name)
+        if running is not None or vm_pid(d) is not None:
+            raise AlreadyRunning(name, running.pid if running is not None else vm_pid(d))
         check_spec(spec, host_memory_mib(), self.settings)
         accel, _ = await self.accelerator()
         if d.exists():
-            self._clean_dir(d, name)
+            self.clean_dir(d, name)
         d.mkdir(parents=True)
         started = time.time()
         record = {"spec": spec.model_dump(mode="json"), "epoch": epoch, "started": started}
@@ -95,24 +136,24 @@ class QemuSupervisor(StorageMigration):
         try:
             pid = await launch(argv, d, self.settings.start_timeout_s)
         except DriverError:
-            self._clean_dir(d, name)
+            self.clean_dir(d, name)
             raise
         state = VMState.MIGRATING if incoming else VMState.PAUSED if paused else VMState.RUNNING
         vm = QemuVM(name, d, spec, epoch, pid, record_identity(d, pid), VMState.STARTING, started)
-        self._vms[name] = vm
-        self._gone.pop(name, None)
+        self.running[name] = vm
+        self.gone.pop(name, None)
         try:
             for i, nic in enumerate(spec.nics):
                 await enslave_tap(tap_name(self.run_dir, name, i), bridge_name(nic.switch))
             await self._connect(vm)
         except DriverError:
-            await self._destroy(vm)
-            self._gone.pop(name, None)
+            await self.destroy(vm)
+            self.gone.pop(name, None)
             raise
-        self._set_state(vm, state, "incoming migration" if incoming else "started")
+        self.set_state(vm, state, "incoming migration" if incoming else "started")
         return vm
 
-    async def _attach_one(self, d: Path) -> QemuVM | None:
+    async def attach_one(self, d: Path) -> QemuVM | None:
         name = d.name
         record = read_json(d / "spec.json")
         pid = vm_pid(d)
@@ -124,7 +165,7 @@ class QemuSupervisor(StorageMigration):
             if pid is not None:  # a VM we cannot account for must not run unsupervised
                 await kill_and_wait(pid)
             why = "its runtime dir is unreadable" if pid else "QEMU exited while no agent watched"
-            self._clean_dir(d, name)
+            self.clean_dir(d, name)
             self._record_gone(
                 name, VMState.FAILED, why, int(record.get("epoch", 0)) if record else 0
             )
@@ -141,10 +182,10 @@ class QemuSupervisor(StorageMigration):
             float(saved.get("since", record.get("started", time.time()))),
             reason=str(saved.get("reason", "")),
         )
-        self._vms[name] = vm
+        self.running[name] = vm
         try:
             await self._connect(vm)
-            await self._refresh(vm)
+            await self.refresh(vm)
         except DriverError as e:
             log.warning("vm %s: attached to pid %s without QMP: %s", name, pid, e)
             vm.reason = str(e)
@@ -157,7 +198,7 @@ class QemuSupervisor(StorageMigration):
         vm.monitor = await Monitor.connect(
             vm.name, vm.dir / "qmp.sock", on_event, self.settings.qmp_timeout_s
         )
-        self._followers[vm.name] = asyncio.create_task(self._follow(vm, vm.monitor))
+        self.followers[vm.name] = asyncio.create_task(self._follow(vm, vm.monitor))
 
     async def _follow(self, vm: QemuVM, monitor: Monitor) -> None:
         """QEMU hung up its QMP socket: it is exiting. Wait for the process, then account."""
@@ -167,51 +208,51 @@ class QemuSupervisor(StorageMigration):
             self._finish(vm)
         else:
             log.warning("vm %s: QMP hung up but QEMU (pid %s) still runs", vm.name, vm.pid)
-        if self._followers.get(vm.name) is asyncio.current_task():
-            del self._followers[vm.name]
+        if self.followers.get(vm.name) is asyncio.current_task():
+            del self.followers[vm.name]
 
     def _on_event(self, vm: QemuVM, event: str, data: dict[str, Any]) -> None:
         if event == "STOP" and vm.state != VMState.MIGRATING:
-            self._set_state(vm, VMState.PAUSED, "stopped")
+            self.set_state(vm, VMState.PAUSED, "stopped")
         elif event == "RESUME":
-            self._set_state(vm, VMState.RUNNING, "resumed")
+            self.set_state(vm, VMState.RUNNING, "resumed")
         elif event == "SHUTDOWN":
             vm.guest_off = vm.guest_off or bool(data.get("guest"))
-            self._set_state(vm, VMState.STOPPING, f"shutdown ({data.get('reason', '?')})")
+            self.set_state(vm, VMState.STOPPING, f"shutdown ({data.get('reason', '?')})")
         elif event == "MIGRATION":
             status = str(data.get("status", ""))
             if status in ACTIVE:
-                self._set_state(vm, VMState.MIGRATING, f"migration {status}")
+                self.set_state(vm, VMState.MIGRATING, f"migration {status}")
             elif status == "completed" and vm.state != VMState.RUNNING:  # (resumed already)
-                self._set_state(vm, VMState.PAUSED, "migration completed")
+                self.set_state(vm, VMState.PAUSED, "migration completed")
 
-    async def _refresh(self, vm: QemuVM) -> None:
-        status = await self._qmp(vm).execute("query-status")
+    async def refresh(self, vm: QemuVM) -> None:
+        status = await self.qmp(vm).execute("query-status")
         state = RUNSTATES.get(str(status.get("status")), VMState.PAUSED)
-        self._set_state(vm, state, f"QEMU run state {status.get('status')}")
+        self.set_state(vm, state, f"QEMU run state {status.get('status')}")
 
-    async def _after_failed_migration(self, vm: QemuVM, resume: bool = False) -> None:
+    async def after_failed_migration(self, vm: QemuVM, resume: bool = False) -> None:
         """QEMU resumes a source whose migration failed; make our state say what it is."""
         with contextlib.suppress(DriverError):
             if resume:
-                await self._qmp(vm).execute("cont")
-            await self._refresh(vm)
+                await self.qmp(vm).execute("cont")
+            await self.refresh(vm)
 
-    async def _wait_exit(self, vm: QemuVM, timeout: float) -> bool:
+    async def wait_exit(self, vm: QemuVM, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         while not vm.exited.is_set():
-            self._check_alive(vm, grace=0.5)
+            self.check_alive(vm, grace=0.5)
             if time.monotonic() > deadline:
                 return False
             await asyncio.sleep(0.05)
         return True
 
-    async def _destroy(self, vm: QemuVM) -> None:
+    async def destroy(self, vm: QemuVM) -> None:
         vm.stopping = True
         await kill_and_wait(vm.pid, vm.start)
-        await self._wait_exit(vm, 5.0)
+        await self.wait_exit(vm, 5.0)
 
-    def _check_alive(self, vm: QemuVM, grace: float = 2.0) -> None:
+    def check_alive(self, vm: QemuVM, grace: float = 2.0) -> None:
         """Polling backs up the QMP hang-up: a process gone for ``grace`` seconds is gone."""
         if vm.exited.is_set() or pid_alive(vm.pid, vm.start):
             return
@@ -231,25 +272,25 @@ class QemuSupervisor(StorageMigration):
             tail = log_tail(vm.dir / "qemu.log", 300)
             state = VMState.FAILED
             reason = "QEMU exited unexpectedly (killed or crashed)" + (f": {tail}" if tail else "")
-        self._clean_dir(vm.dir, vm.name)
-        if self._vms.get(vm.name) is vm:
-            del self._vms[vm.name]
+        self.clean_dir(vm.dir, vm.name)
+        if self.running.get(vm.name) is vm:
+            del self.running[vm.name]
         self._record_gone(vm.name, state, reason, vm.epoch)
         vm.state, vm.reason, vm.since = state, reason, time.time()
         vm.exited.set()
 
     def _record_gone(self, name: str, state: VMState, reason: str, epoch: int) -> None:
         now = time.time()
-        self._gone[name] = VMInfo(name=name, state=state, since=now, epoch=epoch, reason=reason)
-        self._emit(VMEvent(name=name, state=state, at=now, epoch=epoch, reason=reason))
+        self.gone[name] = VMInfo(name=name, state=state, since=now, epoch=epoch, reason=reason)
+        self.emit(VMEvent(name=name, state=state, at=now, epoch=epoch, reason=reason))
 
-    def _set_state(self, vm: QemuVM, state: VMState, reason: str) -> None:
+    def set_state(self, vm: QemuVM, state: VMState, reason: str) -> None:
         if state == vm.state or vm.exited.is_set():
             return
         vm.state, vm.since, vm.reason = state, time.time(), reason
         with contextlib.suppress(OSError):
             write_json(vm.dir / "state.json", {"state": state, "since": vm.since, "reason": reason})
-        self._emit(VMEvent(name=vm.name, state=state, at=vm.since, epoch=vm.epoch, reason=reason))
+        self.emit(VMEvent(name=vm.name, state=state, at=vm.since, epoch=vm.epoch, reason=reason))
 
-    def _clean_dir(self, d: Path, name: str) -> None:
+    def clean_dir(self, d: Path, name: str) -> None:
         retire(self.run_dir, name, keep=("serial.log", "qemu.log"))

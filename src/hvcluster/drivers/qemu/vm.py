@@ -43,16 +43,12 @@ class QemuVM:
     dead_since: float | None = None  # monotonic time its process was first seen gone
     exports: bool = False  # serves its disks over NBD (a shared-nothing migration target)
 
+    @property
+    def cpu_model(self) -> str:
+        return self.spec.cpu_model  # the model its guest was given ("": the driver's default)
+
     def info(self) -> VMInfo:
-        return VMInfo(
-            name=self.name,
-            state=self.state,
-            pid=self.pid,
-            since=self.since,
-            epoch=self.epoch,
-            reason=self.reason,
-            cpu_model=self.spec.cpu_model,
-        )
+        return VMInfo.model_validate(self, from_attributes=True)
 
 
 def saved_state(path: Path) -> Path:

@@ -23,14 +23,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from hvcluster.drivers.base import (
-    HostFacts,
-    Usage,
-    VMEvent,
-    VMInfo,
-    known_vm,
-    known_vms,
-)
+from hvcluster.drivers.base import Driver, HostFacts, Usage, VMEvent, VMInfo
 from hvcluster.drivers.clock import Clock, SystemClock
 from hvcluster.drivers.errors import (
     AlreadyRunning,
@@ -48,9 +41,11 @@ from hvcluster.drivers.runtime import (
     write_json,
 )
 from hvcluster.drivers.sim import model, placeholder
+from hvcluster.drivers.sim.faults import Bug, SimBugs
 from hvcluster.drivers.sim.links import SimHostLinks
 from hvcluster.drivers.sim.migration import SimMigration
 from hvcluster.drivers.sim.state import SimHost, SimVM, persist
+from hvcluster.drivers.sim.storage import SimStorage
 from hvcluster.host.network import Links
 from hvcluster.models.lifecycle import VMState
 from hvcluster.models.node import Capacity, Inventory
@@ -61,7 +56,7 @@ TICK_S = 0.25  # how often crashes and killed placeholders are looked for
 KILL_WAIT_S = 1.0  # at most this long for a killed placeholder process to be gone
 
 
-class SimDriver(SimMigration):
+class SimDriver(Driver):
     kind = "sim"
 
     def __init__(
@@ -78,10 +73,13 @@ class SimDriver(SimMigration):
         self.host = host or SimHost()
         self.params = params or model.SimParams()
         self.trace: list[tuple[float, str, str, str]] = []  # (time, vm, state, reason)
-        self._vms: dict[str, SimVM] = {}
-        self._gone: dict[str, VMInfo] = {}
-        self._failing: dict[str, str] = {}  # vm -> reason its next migration fails
-        self._failing_disks: dict[str, str] = {}  # vm -> reason its next disk copy fails
+        self.running: dict[str, SimVM] = {}  # by VM name
+        self.gone: dict[str, VMInfo] = {}  # stopped or crashed here, not started again since
+        self.bugs = SimBugs()
+        self.books = self
+        self.migrations = SimMigration(self)
+        self.storage = SimStorage(self)
+        self.migrator, self.saver, self.disks = self.migrations, self.migrations, self.storage
         self._ticker: asyncio.Task[None] | None = None
         if self.run_dir is not None:
             vms_root(self.run_dir).mkdir(parents=True, exist_ok=True)
@@ -90,13 +88,34 @@ class SimDriver(SimMigration):
 
     def inject_crash(self, name: str, at: float | None = None, reason: str = "crashed") -> None:
         """Crash ``name`` at clock time ``at`` (now if None)."""
-        vm = self._get(name)
+        vm = self.get(name)
         vm.crash_at = self.clock.now() if at is None else at
         vm.crash_reason = reason
-        self._observe(vm)
+        self.observe(vm)
 
     def fail_next_migration(self, name: str, reason: str = "injected failure") -> None:
-        self._failing[name] = reason
+        self.migrations.failing[name] = reason
+
+    def fail_next_disk_move(self, name: str, reason: str = "injected failure") -> None:
+        """The next disk move or disk copy of ``name`` fails half-way with ``reason``."""
+        self.storage.failing[name] = reason
+
+    def inject_bug(
+        self, operation: str, vm: str, message: str = "injected bug", times: int | None = 1
+    ) -> Bug:
+        """The next ``times`` calls (None: every call) of ``operation`` for ``vm`` raise a
+        ``RuntimeError`` (see :mod:`hvcluster.drivers.sim.faults`); the bug counts its hits."""
+        return self.bugs.add(operation, vm, message, times)
+
+    def save_unshared(self, vm: str) -> None:
+        """The next save of ``vm`` reports success but writes its state beside the path it
+        was given (``.unshared``), as a host whose volume is not the shared one would."""
+        self.bugs.unshared.add(vm)
+
+    def listen_elsewhere(self, vm: str, host: str) -> None:
+        """The next incoming migration of ``vm`` listens on ``host``, not the one asked
+        (its address then names a host that is not this node's)."""
+        self.bugs.listen_elsewhere[vm] = host
 
     # -- host and lifecycle -----------------------------------------------------------------
 
@@ -121,35 +140,35 @@ class SimDriver(SimMigration):
 
     async def start(self, spec: VMSpec, epoch: int, paused: bool = False) -> VMInfo:
         self.bugs.trip("start", spec.name)
-        self._refuse_if_running(spec.name)
-        self._check_spec(spec)
+        self.refuse_if_running(spec.name)
+        self.check_spec(spec)
         state = VMState.PAUSED if paused else VMState.RUNNING
-        vm = await self._create(spec, epoch, state, "started")
+        vm = await self.create(spec, epoch, state, "started")
         return vm.info()
 
     async def shutdown(self, name: str, timeout: float) -> VMInfo:
-        vm = self._get(name)
+        vm = self.get(name)
         age = self.clock.now() - vm.started
         listens = vm.state == VMState.RUNNING and age >= vm.profile.boot_s
-        self._set(vm, VMState.STOPPING, "shutdown requested")
+        self.set_state(vm, VMState.STOPPING, "shutdown requested")
         wait = min(self.params.shutdown_s, timeout) if listens else timeout
         await self.clock.sleep(wait)
-        if self._vms.get(name) is vm:
+        if self.running.get(name) is vm:
             graceful = listens and self.params.shutdown_s <= timeout
             why = "the guest powered off" if graceful else f"forced off after {timeout}s"
-            self._finish(vm, VMState.STOPPED, why)
-        return self._gone[name]
+            self.finish(vm, VMState.STOPPED, why)
+        return self.gone[name]
 
     async def kill(self, name: str) -> VMInfo:
         self.bugs.trip("kill", name)
-        self._finish(self._get(name), VMState.STOPPED, "killed on request")
-        return self._gone[name]
+        self.finish(self.get(name), VMState.STOPPED, "killed on request")
+        return self.gone[name]
 
     async def discard(self, name: str) -> None:
         self.bugs.trip("discard", name)
-        vm = self._vms.get(name)
+        vm = self.running.get(name)
         if vm is not None:
-            self._finish(vm, VMState.STOPPED, "discarded")
+            self.finish(vm, VMState.STOPPED, "discarded")
         elif self.run_dir is not None:
             d = vm_dir(self.run_dir, name)
             pid = vm_pid(d)
@@ -157,35 +176,24 @@ class SimDriver(SimMigration):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
             shutil.rmtree(d, ignore_errors=True)
-        self._gone.pop(name, None)
-
-    async def status(self, name: str) -> VMInfo:
-        vm = self._vms.get(name)
-        if vm is not None:
-            self._observe(vm)
-        return known_vm(name, self._vms, self._gone)
-
-    async def list(self) -> builtins.list[VMInfo]:
-        for vm in builtins.list(self._vms.values()):
-            self._observe(vm)
-        return known_vms(self._vms, self._gone)
+        self.gone.pop(name, None)
 
     async def attach(self) -> builtins.list[VMInfo]:
         if self.run_dir is None:
-            return [vm.info() for vm in self._vms.values()]
+            return [vm.info() for vm in self.running.values()]
         attached = []
         for d in sorted(vms_root(self.run_dir).iterdir()):
-            if d.is_dir() and d.name not in self._vms:
+            if d.is_dir() and d.name not in self.running:
                 vm = self._attach_one(d)
                 if vm is not None:
                     attached.append(vm.info())
-        if self._vms:
+        if self.running:
             self._ensure_ticker()
         return attached
 
     async def usage(self, name: str) -> Usage:
-        vm = self._get(name)
-        self._observe(vm)
+        vm = self.get(name)
+        self.observe(vm)
         if vm.state != VMState.RUNNING:
             return Usage(cpu_percent=0.0, memory_mib=vm.spec.memory_mib * 0.1)
         age = self.clock.now() - vm.started
@@ -195,18 +203,18 @@ class SimDriver(SimMigration):
         )
 
     async def pause(self, name: str) -> VMInfo:
-        vm = self._get(name)
+        vm = self.get(name)
         if vm.state not in (VMState.RUNNING, VMState.PAUSED):
             raise NotRunning(name, f"it is {vm.state}")
-        self._set(vm, VMState.PAUSED, "paused on request")
+        self.set_state(vm, VMState.PAUSED, "paused on request")
         return vm.info()
 
     async def resume(self, name: str) -> VMInfo:
         self.bugs.trip("resume", name)
-        vm = self._get(name)
+        vm = self.get(name)
         if vm.state not in (VMState.RUNNING, VMState.PAUSED):
             raise NotRunning(name, f"it is {vm.state}")
-        self._set(vm, VMState.RUNNING, "resumed on request")
+        self.set_state(vm, VMState.RUNNING, "resumed on request")
         return vm.info()
 
     async def close(self) -> None:
@@ -215,29 +223,34 @@ class SimDriver(SimMigration):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
             self._ticker = None
-        for vm in self._vms.values():
-            if vm.incoming is not None:
-                await vm.incoming.close()
-        self._vms.clear()
+        for vm in self.running.values():
+            if vm.moving.incoming is not None:
+                await vm.moving.incoming.close()
+        self.running.clear()
 
     # -- inside -----------------------------------------------------------------------------
 
-    def _get(self, name: str) -> SimVM:
-        vm = self._vms.get(name)
+    def look(self, name: str | None = None) -> None:
+        for vm in [*self.running.values()] if name is None else [self.running.get(name)]:
+            if vm is not None:
+                self.observe(vm)
+
+    def get(self, name: str) -> SimVM:
+        vm = self.running.get(name)
         if vm is not None:
-            self._observe(vm)
-        vm = self._vms.get(name)
+            self.observe(vm)
+        vm = self.running.get(name)
         if vm is None:
             raise NotRunning(name)
         return vm
 
-    def _refuse_if_running(self, name: str) -> None:
-        if name in self._vms:
-            raise AlreadyRunning(name, self._vms[name].pid)
+    def refuse_if_running(self, name: str) -> None:
+        if name in self.running:
+            raise AlreadyRunning(name, self.running[name].pid)
         if self.run_dir is not None and (pid := vm_pid(vm_dir(self.run_dir, name))) is not None:
             raise AlreadyRunning(name, pid)
 
-    def _check_spec(self, spec: VMSpec) -> None:
+    def check_spec(self, spec: VMSpec) -> None:
         models = self.host.guest_cpu_models or (self.host.cpu_model,)
         if spec.cpu_model and spec.cpu_model not in models:
             raise SpecError(f"this host cannot give guests CPU model {spec.cpu_model}", "cpu_model")
@@ -262,7 +275,7 @@ class SimDriver(SimMigration):
                     f"nics[{i}].switch",
                 )
 
-    async def _create(self, spec: VMSpec, epoch: int, state: VMState, reason: str) -> SimVM:
+    async def create(self, spec: VMSpec, epoch: int, state: VMState, reason: str) -> SimVM:
         now = self.clock.now()
         prof = model.profile(self.params, model.vm_rng(self.seed, spec.name, epoch))
         crash_at = now + prof.crash_after_s if prof.crash_after_s is not None else None
@@ -277,9 +290,9 @@ class SimDriver(SimMigration):
             )
             vm.pid = await placeholder.spawn()
             vm.pid_start = record_identity(d, vm.pid)
-        self._vms[spec.name] = vm
-        self._gone.pop(spec.name, None)
-        self._set(vm, state, reason)
+        self.running[spec.name] = vm
+        self.gone.pop(spec.name, None)
+        self.set_state(vm, state, reason)
         self._ensure_ticker()
         return vm
 
@@ -315,17 +328,17 @@ class SimDriver(SimMigration):
             pid_start=read_int(d / "pid.start"),
             crash_at=saved.get("crash_at"),
         )
-        self._vms[spec.name] = vm
+        self.running[spec.name] = vm
         return vm
 
-    def _observe(self, vm: SimVM) -> None:
+    def observe(self, vm: SimVM) -> None:
         """Notice what happened to a VM by now: its process was killed, or it crashed."""
-        if self._vms.get(vm.name) is not vm:
+        if self.running.get(vm.name) is not vm:
             return
         if vm.pid is not None and not pid_alive(vm.pid, vm.pid_start):
-            self._finish(vm, VMState.FAILED, "its process was killed")
+            self.finish(vm, VMState.FAILED, "its process was killed")
         elif vm.crash_at is not None and self.clock.now() >= vm.crash_at:
-            self._finish(vm, VMState.FAILED, vm.crash_reason)
+            self.finish(vm, VMState.FAILED, vm.crash_reason)
 
     def _ensure_ticker(self) -> None:
         if self._ticker is None or self._ticker.done():
@@ -334,10 +347,10 @@ class SimDriver(SimMigration):
     async def _tick(self) -> None:
         while True:
             await self.clock.sleep(TICK_S)
-            for vm in builtins.list(self._vms.values()):
-                self._observe(vm)
+            for vm in builtins.list(self.running.values()):
+                self.observe(vm)
 
-    def _set(self, vm: SimVM, state: VMState, reason: str) -> None:
+    def set_state(self, vm: SimVM, state: VMState, reason: str) -> None:
         if state == vm.state:
             return
         vm.state, vm.since, vm.reason = state, self.clock.now(), reason
@@ -347,10 +360,10 @@ class SimDriver(SimMigration):
                 persist(vm, vm_dir(self.run_dir, vm.name))
         self._emit(VMEvent(name=vm.name, state=state, at=vm.since, epoch=vm.epoch, reason=reason))
 
-    def _finish(self, vm: SimVM, state: VMState, reason: str) -> None:
-        if self._vms.get(vm.name) is not vm:
+    def finish(self, vm: SimVM, state: VMState, reason: str) -> None:
+        if self.running.get(vm.name) is not vm:
             return
-        del self._vms[vm.name]
+        del self.running[vm.name]
         if vm.pid is not None and pid_alive(vm.pid, vm.pid_start):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(vm.pid, signal.SIGKILL)
@@ -359,8 +372,8 @@ class SimDriver(SimMigration):
             deadline = time.monotonic() + KILL_WAIT_S
             while pid_alive(vm.pid, vm.pid_start) and time.monotonic() < deadline:
                 time.sleep(0.005)
-        if vm.incoming is not None:
-            incoming, vm.incoming = vm.incoming, None
+        if vm.moving.incoming is not None:
+            incoming, vm.moving.incoming = vm.moving.incoming, None
             asyncio.get_running_loop().create_task(incoming.close())
         if self.run_dir is not None:
             shutil.rmtree(vm_dir(self.run_dir, vm.name), ignore_errors=True)
@@ -369,6 +382,6 @@ class SimDriver(SimMigration):
 
     def _record_gone(self, name: str, state: VMState, reason: str, epoch: int) -> None:
         now = self.clock.now()
-        self._gone[name] = VMInfo(name=name, state=state, since=now, epoch=epoch, reason=reason)
+        self.gone[name] = VMInfo(name=name, state=state, since=now, epoch=epoch, reason=reason)
         self.trace.append((now, name, state.value, reason))
         self._emit(VMEvent(name=name, state=state, at=now, epoch=epoch, reason=reason))

@@ -8,101 +8,82 @@ model is refused, as QEMU would fail."""
 from __future__ import annotations
 
 import time
-from abc import abstractmethod
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from hvcluster.drivers.base import CompletionHook, MigrationResult, ProgressCallback, VMInfo
+from hvcluster.drivers.base import MigrationResult, VMInfo
 from hvcluster.drivers.errors import MigrationCancelled, MigrationFailed
+from hvcluster.drivers.parts import Receive, Send
 from hvcluster.drivers.sim import model
 from hvcluster.drivers.sim.state import SimVM, read_saved_state, write_saved_state
-from hvcluster.drivers.sim.storage import SimStorage
 from hvcluster.drivers.sim.transport import Incoming, Outgoing
-from hvcluster.models.config import MigrationSettings
 from hvcluster.models.lifecycle import VMState
 from hvcluster.models.migration import Progress
 from hvcluster.models.vm import VMSpec
+
+if TYPE_CHECKING:
+    from hvcluster.drivers.sim.driver import SimDriver
 
 MIB = model.MIB
 TICK_S = 0.25  # how often a migrating VM is looked at (crashed, killed, cancelled)
 
 
-class SimMigration(SimStorage):
-    seed: int
-    _vms: dict[str, SimVM]
-    _gone: dict[str, VMInfo]
-    _failing: dict[str, str]
+class SimMigration:
+    """The sim driver's live and quick migration (its :class:`~hvcluster.drivers.parts.Migrator`
+    and :class:`~hvcluster.drivers.parts.Saver`)."""
 
-    @abstractmethod
-    def _refuse_if_running(self, name: str) -> None: ...
+    def __init__(self, driver: SimDriver) -> None:
+        self.driver = driver
+        self.failing: dict[str, str] = {}  # vm -> reason its next migration fails
 
-    @abstractmethod
-    def _check_spec(self, spec: VMSpec) -> None: ...
-
-    @abstractmethod
-    async def _create(self, spec: VMSpec, epoch: int, state: VMState, reason: str) -> SimVM: ...
-
-    @abstractmethod
-    def _observe(self, vm: SimVM) -> None: ...
-
-    @abstractmethod
-    def _finish(self, vm: SimVM, state: VMState, reason: str) -> None: ...
-
-    async def prepare_incoming(
-        self, spec: VMSpec, epoch: int, host: str, settings: MigrationSettings | None = None
-    ) -> str:
-        self.bugs.trip("prepare_incoming", spec.name)
-        host = self.bugs.listen_elsewhere.pop(spec.name, host)
-        self._refuse_if_running(spec.name)
-        self._check_spec(spec)
-        vm = await self._create(spec, epoch, VMState.MIGRATING, "incoming migration")
+    async def receive(self, incoming: Receive) -> str:
+        spec, epoch = incoming.spec, incoming.epoch
+        self.driver.bugs.trip("prepare_incoming", spec.name)
+        host = self.driver.bugs.listen_elsewhere.pop(spec.name, incoming.host)
+        self.driver.refuse_if_running(spec.name)
+        self.driver.check_spec(spec)
+        vm = await self.driver.create(spec, epoch, VMState.MIGRATING, "incoming migration")
 
         def outcome(completed: bool, reason: str, meta: dict[str, Any]) -> None:
-            if self._vms.get(vm.name) is not vm:
+            if self.driver.running.get(vm.name) is not vm:
                 return
             if completed:
-                vm.started = self.clock.now() - float(meta.get("age_s", 0.0))
-                self._set(vm, VMState.PAUSED, reason)
+                vm.started = self.driver.clock.now() - float(meta.get("age_s", 0.0))
+                self.driver.set_state(vm, VMState.PAUSED, reason)
             else:
-                self._finish(vm, VMState.FAILED, reason)
+                self.driver.finish(vm, VMState.FAILED, reason)
 
-        vm.incoming = Incoming(spec.name, outcome, spec.cpu_model)
+        vm.moving.incoming = Incoming(spec.name, outcome, spec.cpu_model)
         try:
-            return await vm.incoming.listen(host)
+            return await vm.moving.incoming.listen(host)
         except MigrationFailed:
-            self._finish(vm, VMState.FAILED, "could not listen")
-            self._gone.pop(spec.name, None)
+            self.driver.finish(vm, VMState.FAILED, "could not listen")
+            self.driver.gone.pop(spec.name, None)
             raise
 
-    async def migrate_out(
-        self,
-        name: str,
-        address: str,
-        settings: MigrationSettings,
-        on_progress: ProgressCallback | None = None,
-        on_complete: CompletionHook | None = None,
-    ) -> MigrationResult:
-        self.bugs.trip("migrate_out", name)
-        vm = self._get(name)
+    async def send(self, name: str, send: Send) -> MigrationResult:
+        address, settings, on_progress = send.address, send.settings, send.on_progress
+        self.driver.bugs.trip("migrate_out", name)
+        vm = self.driver.get(name)
         if vm.state not in (VMState.RUNNING, VMState.PAUSED):
             raise MigrationFailed(f"vm {name} is {vm.state}; only a running VM migrates")
-        prior, started = vm.state, self.clock.now()
-        vm.migrations += 1
-        vm.cancel = False
-        rng = model.vm_rng(self.seed, name, vm.epoch, f"migration-{vm.migrations}")
+        prior, started = vm.state, self.driver.clock.now()
+        vm.moving.count += 1
+        vm.moving.cancel = False
+        rng = model.vm_rng(self.driver.seed, name, vm.epoch, f"migration-{vm.moving.count}")
         passes, downtime_ms = model.migration_plan(
-            self.params,
+            self.driver.params,
             vm.spec.memory_mib,
             settings.max_bandwidth_mib_s,
             settings.downtime_limit_ms,
         )
-        fail_reason = self._failing.pop(name, None)
-        if fail_reason is None and rng.random() < self.params.migration_failure_rate:
+        fail_reason = self.failing.pop(name, None)
+        if fail_reason is None and rng.random() < self.driver.params.migration_failure_rate:
             fail_reason = "simulated failure"
         fail_at = rng.randrange(len(passes)) if fail_reason else -1
         out = Outgoing(name, address)
         await out.open({"age_s": started - vm.started, "cpu_model": vm.spec.cpu_model})
-        self._set(vm, VMState.MIGRATING, "migrating out")
+        self.driver.set_state(vm, VMState.MIGRATING, "migrating out")
         total, sent = vm.spec.memory_mib * MIB, 0
         progress = Progress(bytes_total=total)
         try:
@@ -117,7 +98,7 @@ class SimMigration(SimStorage):
                     bytes_transferred=sent,
                     bytes_remaining=step.remaining,
                     bytes_total=total,
-                    dirty_rate_pages_s=self.params.dirty_mib_s * MIB / 4096,
+                    dirty_rate_pages_s=self.driver.params.dirty_mib_s * MIB / 4096,
                     passes=i + 1,
                 )
                 if on_progress is not None:
@@ -127,80 +108,79 @@ class SimMigration(SimStorage):
         except MigrationFailed as e:
             cancelled = isinstance(e, MigrationCancelled)
             await out.abort("cancelled" if cancelled else fail_reason or "the source failed")
-            if self._vms.get(name) is vm:
-                self._set(vm, prior, "migration failed")
+            if self.driver.running.get(name) is vm:
+                self.driver.set_state(vm, prior, "migration failed")
             raise
         finally:
             await out.close()
-        self._set(vm, VMState.PAUSED, "migrated out")
-        if on_complete is not None:
-            await on_complete(time.time())
-        total_ms = (self.clock.now() - started) * 1000
+        self.driver.set_state(vm, VMState.PAUSED, "migrated out")
+        if send.on_complete is not None:
+            await send.on_complete(time.time())
+        total_ms = (self.driver.clock.now() - started) * 1000
         return MigrationResult(total_ms=total_ms, downtime_ms=downtime_ms, progress=progress)
 
-    async def cancel_migration(self, name: str) -> None:
-        await self.cancel_disk_copy(name)  # a shared-nothing migration's disk copy
-        vm = self._get(name)
-        if vm.state == VMState.MIGRATING and vm.incoming is None:
-            vm.cancel = True
+    async def cancel(self, name: str) -> None:
+        vm = self.driver.get(name)
+        if vm.state == VMState.MIGRATING and vm.moving.incoming is None:
+            vm.moving.cancel = True
 
     async def save(self, name: str, path: Path) -> MigrationResult:
-        self.bugs.trip("save", name)
-        vm = self._get(name)
+        self.driver.bugs.trip("save", name)
+        vm = self.driver.get(name)
         if vm.state not in (VMState.RUNNING, VMState.PAUSED):
             raise MigrationFailed(f"vm {name} is {vm.state}; it cannot be saved")
-        prior, started = vm.state, self.clock.now()
-        self._set(vm, VMState.MIGRATING, f"saving to {path}")
-        await self._sleep_migrating(vm, vm.spec.memory_mib / self.params.save_mib_s)
+        prior, started = vm.state, self.driver.clock.now()
+        self.driver.set_state(vm, VMState.MIGRATING, f"saving to {path}")
+        await self._sleep_migrating(vm, vm.spec.memory_mib / self.driver.params.save_mib_s)
         state = {
             "hvc-sim-state": 1,
             "vm": name,
             "epoch": vm.epoch,
-            "age_s": self.clock.now() - vm.started,
+            "age_s": self.driver.clock.now() - vm.started,
             "cpu_model": vm.spec.cpu_model,
         }
-        if name in self.bugs.unshared:
-            self.bugs.unshared.discard(name)
+        if name in self.driver.bugs.unshared:
+            self.driver.bugs.unshared.discard(name)
             path = Path(path).with_suffix(".unshared")
         try:
             write_saved_state(Path(path), state)
         except MigrationFailed as e:
-            self._set(vm, prior, f"save failed: {e}")
+            self.driver.set_state(vm, prior, f"save failed: {e}")
             raise
-        self._set(vm, VMState.PAUSED, f"saved to {path}")
-        total_ms = (self.clock.now() - started) * 1000
+        self.driver.set_state(vm, VMState.PAUSED, f"saved to {path}")
+        total_ms = (self.driver.clock.now() - started) * 1000
         return MigrationResult(total_ms=total_ms, downtime_ms=total_ms)
 
-    async def restore(self, spec: VMSpec, epoch: int, path: Path, paused: bool = False) -> VMInfo:
-        self.bugs.trip("restore", spec.name)
-        self._refuse_if_running(spec.name)
-        self._check_spec(spec)
+    async def restore(self, spec: VMSpec, epoch: int, path: Path, paused: bool) -> VMInfo:
+        self.driver.bugs.trip("restore", spec.name)
+        self.driver.refuse_if_running(spec.name)
+        self.driver.check_spec(spec)
         saved = read_saved_state(Path(path), spec.name)
         if saved.get("cpu_model", spec.cpu_model) != spec.cpu_model:
             raise MigrationFailed(
                 f"vm {spec.name}: {path} holds the CPU state of model {saved['cpu_model']}, "
                 f"not of {spec.cpu_model or 'the default'}"
             )
-        await self.clock.sleep(spec.memory_mib / self.params.save_mib_s)
+        await self.driver.clock.sleep(spec.memory_mib / self.driver.params.save_mib_s)
         state = VMState.PAUSED if paused else VMState.RUNNING
-        vm = await self._create(spec, epoch, state, f"restored from {path}")
-        vm.started = self.clock.now() - float(saved.get("age_s", 0.0))
+        vm = await self.driver.create(spec, epoch, state, f"restored from {path}")
+        vm.started = self.driver.clock.now() - float(saved.get("age_s", 0.0))
         return vm.info()
 
     async def _sleep_migrating(self, vm: SimVM, seconds: float) -> None:
         remaining = seconds
         while True:
             step = min(remaining, TICK_S)
-            await self.clock.sleep(step)
+            await self.driver.clock.sleep(step)
             remaining -= step
-            self._observe(vm)
-            if self._vms.get(vm.name) is not vm:
+            self.driver.observe(vm)
+            if self.driver.running.get(vm.name) is not vm:
                 raise MigrationFailed(f"vm {vm.name} died while migrating: {self._gone_reason(vm)}")
-            if vm.cancel:
+            if vm.moving.cancel:
                 raise MigrationCancelled(f"vm {vm.name}: migration cancelled")
             if remaining <= 0:
                 return
 
     def _gone_reason(self, vm: SimVM) -> str:
-        info = self._gone.get(vm.name)
+        info = self.driver.gone.get(vm.name)
         return info.reason if info else "gone"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,16 @@ class SimHost(Model):
 
 
 @dataclass(eq=False)
+class Moving:
+    """A sim VM's migrations: the one it receives, a cancel asked of the one it sends, and
+    how many it sent (each draws its own random outcome)."""
+
+    incoming: Incoming | None = None
+    cancel: bool = False
+    count: int = 0
+
+
+@dataclass(eq=False)
 class SimVM:
     spec: VMSpec
     epoch: int
@@ -44,24 +54,18 @@ class SimVM:
     pid_start: int | None = None
     crash_at: float | None = None
     crash_reason: str = "crashed"
-    incoming: Incoming | None = None
-    cancel: bool = False
-    migrations: int = 0
+    moving: Moving = field(default_factory=Moving)
 
     @property
     def name(self) -> str:
         return self.spec.name
 
+    @property
+    def cpu_model(self) -> str:
+        return self.spec.cpu_model  # the model its guest was given ("": the driver's default)
+
     def info(self) -> VMInfo:
-        return VMInfo(
-            name=self.name,
-            state=self.state,
-            pid=self.pid,
-            since=self.since,
-            epoch=self.epoch,
-            reason=self.reason,
-            cpu_model=self.spec.cpu_model,
-        )
+        return VMInfo.model_validate(self, from_attributes=True)
 
 
 def persist(vm: SimVM, directory: Path) -> None:
@@ -74,7 +78,7 @@ def persist(vm: SimVM, directory: Path) -> None:
             "started": vm.started,
             "reason": vm.reason,
             "crash_at": vm.crash_at,
-            "incoming": vm.incoming is not None or vm.reason == "incoming migration",
+            "incoming": vm.moving.incoming is not None or vm.reason == "incoming migration",
         },
     )
 

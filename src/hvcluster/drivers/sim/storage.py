@@ -1,7 +1,7 @@
 """The sim driver's storage migration, as a simple model of the qemu driver's block mirrors.
 
 A disk copy takes ``size / params.disk_copy_mib_s`` seconds of the driver's clock, reporting
-progress every tick; it can be made to fail (:meth:`SimStorage.fail_next_disk_move`). Where the
+progress every tick; it can be made to fail (:meth:`SimDriver.fail_next_disk_move`). Where the
 disk files exist (``host.check_disks``), their bytes are really copied, so the file a moved VM
 uses is there for its next start. A disk's size is its ``size_gib``, else its file's size,
 else :data:`DEFAULT_DISK_BYTES`. A shared-nothing target's ``disks_address`` is
@@ -17,31 +17,23 @@ import contextlib
 import json
 import os
 import shutil
-from abc import abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from hvcluster.drivers.base import (
-    CompletionHook,
-    Confirm,
-    DiskMoveResult,
-    Driver,
-    IncomingDisks,
-    MigrationResult,
-    ProgressCallback,
-)
-from hvcluster.drivers.clock import Clock
-from hvcluster.drivers.diskpath import disk_path
+from hvcluster.drivers.base import DiskMoveResult, IncomingDisks, MigrationResult, ProgressCallback
+from hvcluster.drivers.diskpath import disk_path, incoming_paths
 from hvcluster.drivers.errors import DiskMoveFailed, MigrationFailed, SpecError
+from hvcluster.drivers.parts import DiskMove, Receive, Send
 from hvcluster.drivers.runtime import read_json, vm_dir, write_json
 from hvcluster.drivers.sim import model
-from hvcluster.drivers.sim.faults import Bug, SimBugs
-from hvcluster.drivers.sim.state import SimHost, SimVM
-from hvcluster.models.config import MigrationSettings
+from hvcluster.drivers.sim.state import SimVM
 from hvcluster.models.errors import DriverError
-from hvcluster.models.lifecycle import VMState
 from hvcluster.models.migration import Progress
-from hvcluster.models.vm import Disk, VMSpec
+from hvcluster.models.vm import Disk
+
+if TYPE_CHECKING:
+    from hvcluster.drivers.sim.driver import SimDriver
 
 GIB = 1024**3
 DEFAULT_DISK_BYTES = GIB
@@ -49,52 +41,23 @@ PREFIX = "sim-disks:"
 TICK_S = 0.25
 
 
-class SimStorage(Driver):
-    clock: Clock
-    host: SimHost
-    params: model.SimParams
-    _failing_disks: dict[str, str]
+class SimStorage:
+    """The sim driver's storage migration (its :class:`~hvcluster.drivers.parts.DiskMover`);
+    a shared-nothing migration's memory goes through its migration part."""
 
-    @abstractmethod
-    def _get(self, name: str) -> SimVM: ...
+    def __init__(self, driver: SimDriver) -> None:
+        self.driver = driver
+        self.copying: set[str] = set()  # VMs copying their disks for a shared-nothing move
+        self.copy_cancelled: set[str] = set()
+        self.failing: dict[str, str] = {}  # vm -> reason its next disk move or copy fails
 
-    @abstractmethod
-    def _set(self, vm: SimVM, state: VMState, reason: str) -> None: ...
-
-    def __init__(self, run_dir: Path | None) -> None:
-        super().__init__(run_dir)
-        self._copying: set[str] = set()  # VMs copying their disks for a shared-nothing move
-        self._copy_cancelled: set[str] = set()
-        self.bugs = SimBugs()
-
-    def inject_bug(
-        self, operation: str, vm: str, message: str = "injected bug", times: int | None = 1
-    ) -> Bug:
-        """The next ``times`` calls (None: every call) of ``operation`` for ``vm`` raise a
-        ``RuntimeError`` (see :mod:`hvcluster.drivers.sim.faults`); the bug counts its hits."""
-        return self.bugs.add(operation, vm, message, times)
-
-    def save_unshared(self, vm: str) -> None:
-        """The next save of ``vm`` reports success but writes its state beside the path it
-        was given (``.unshared``), as a host whose volume is not the shared one would."""
-        self.bugs.unshared.add(vm)
-
-    def listen_elsewhere(self, vm: str, host: str) -> None:
-        """The next incoming migration of ``vm`` listens on ``host``, not the one asked
-        (its address then names a host that is not this node's)."""
-        self.bugs.listen_elsewhere[vm] = host
-
-    async def cancel_disk_copy(self, name: str) -> None:
+    async def cancel_copy(self, name: str) -> None:
         """Stop the disk copy of a shared-nothing migration of ``name``, if one runs."""
-        if name in self._copying:
-            self._copy_cancelled.add(name)
-
-    def fail_next_disk_move(self, name: str, reason: str = "injected failure") -> None:
-        """The next disk move or disk copy of ``name`` fails half-way with ``reason``."""
-        self._failing_disks[name] = reason
+        if name in self.copying:
+            self.copy_cancelled.add(name)
 
     def _path(self, disk: Disk, index: int) -> Path:
-        return disk_path(disk, index, self.host.volumes)
+        return disk_path(disk, index, self.driver.host.volumes)
 
     def _size(self, disk: Disk, index: int) -> int:
         if disk.size_gib is not None:
@@ -109,47 +72,40 @@ class SimStorage(Driver):
     ) -> None:  # fmt: skip
         """The modelled copy: time, progress, an injected failure half-way, the real bytes."""
         total, done = sum(sizes), 0
-        fail = self._failing_disks.pop(vm.name, None)
-        seconds = total / (self.params.disk_copy_mib_s * model.MIB)
+        fail = self.failing.pop(vm.name, None)
+        seconds = total / (self.driver.params.disk_copy_mib_s * model.MIB)
         while done < total:
             step = min(TICK_S, seconds) if seconds > 0 else 0.0
-            await self.clock.sleep(step)
+            await self.driver.clock.sleep(step)
             if self._get_or_none(vm.name) is not vm:
                 raise DiskMoveFailed(f"vm {vm.name} stopped while {what}")
             done = total if step >= seconds else min(total, done + int(total * step / seconds))
             seconds -= step
             if fail is not None and done * 2 >= total:
                 raise DiskMoveFailed(f"vm {vm.name}: {what} failed: {fail}")
-            if vm.name in self._copy_cancelled:
+            if vm.name in self.copy_cancelled:
                 raise DiskMoveFailed(f"vm {vm.name}: {what} was cancelled")
             if on_progress is not None:
                 on_progress(Progress(bytes_transferred=done, bytes_total=total,
                                      bytes_remaining=total - done))  # fmt: skip
         for src, dst in zip(sources, dests, strict=True):
-            if self.host.check_disks and src.is_file():
+            if self.driver.host.check_disks and src.is_file():
                 await asyncio.to_thread(shutil.copyfile, src, dst)
 
     def _get_or_none(self, name: str) -> SimVM | None:
         try:
-            return self._get(name)
+            return self.driver.get(name)
         except DriverError:
             return None
 
-    async def move_disk(
-        self,
-        name: str,
-        index: int,
-        dest: Disk,
-        on_progress: ProgressCallback | None = None,
-        timeout_s: float = 3600.0,
-        confirm: Confirm | None = None,
-    ) -> DiskMoveResult:
-        self.bugs.trip("move_disk", name)
-        vm = self._get(name)
+    async def move(self, name: str, move: DiskMove) -> DiskMoveResult:
+        index, dest, on_progress, confirm = move.index, move.dest, move.on_progress, move.confirm
+        self.driver.bugs.trip("move_disk", name)
+        vm = self.driver.get(name)
         what = f"vm {name} disk {index}"
         if not 0 <= index < len(vm.spec.disks):
             raise SpecError(f"vm {name} has no disk {index}", f"disks[{index}]")
-        began = self.clock.now()
+        began = self.driver.clock.now()
         try:
             old = self._path(vm.spec.disks[index], index)
             new = self._path(dest, index)
@@ -180,37 +136,28 @@ class SimStorage(Driver):
             old_path=str(old),
             new_path=str(new),
             bytes_total=size,
-            total_ms=(self.clock.now() - began) * 1000,
+            total_ms=(self.driver.clock.now() - began) * 1000,
         )
 
     def _respec(self, vm: SimVM) -> None:
-        if self.run_dir is None:
+        if self.driver.run_dir is None:
             return
-        d = vm_dir(self.run_dir, vm.name)
+        d = vm_dir(self.driver.run_dir, vm.name)
         record = read_json(d / "spec.json")
         if record is not None:
             record["spec"] = vm.spec.model_dump(mode="json")
             with contextlib.suppress(OSError):
                 write_json(d / "spec.json", record)
 
-    async def finish_disk_move(self, name: str, index: int, dest: Disk) -> str | None:
+    async def finish_move(self, name: str, index: int, dest: Disk) -> str | None:
         return None  # a sim move is switched the moment it is confirmed
 
-    async def disk_sizes(self, name: str) -> builtins.list[int]:
-        vm = self._get(name)
+    async def sizes(self, name: str) -> builtins.list[int]:
+        vm = self.driver.get(name)
         return [self._size(d, i) for i, d in enumerate(vm.spec.disks)]
 
-    async def prepare_incoming_with_disks(
-        self,
-        spec: VMSpec,
-        epoch: int,
-        host: str,
-        sizes: Sequence[int],
-        settings: MigrationSettings | None = None,
-    ) -> IncomingDisks:
-        paths = [self._path(d, i) for i, d in enumerate(spec.disks)]
-        if len(sizes) != len(paths):
-            raise SpecError(f"{len(sizes)} sizes for {len(paths)} disks", "disks")
+    async def receive(self, incoming: Receive) -> IncomingDisks:
+        paths = incoming_paths(incoming.spec, incoming.sizes, self.driver.host.volumes)
         made: list[Path] = []
         try:
             for i, path in enumerate(paths):
@@ -219,7 +166,7 @@ class SimStorage(Driver):
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.touch()
                 made.append(path)
-            address = await self.prepare_incoming(spec, epoch, host, settings)
+            address = await self.driver.migrations.receive(incoming)
         except (SpecError, MigrationFailed, OSError) as e:
             for path in made:
                 with contextlib.suppress(OSError):
@@ -232,28 +179,20 @@ class SimStorage(Driver):
             address=address, disks_address=disks_address, paths=tuple(map(str, paths))
         )
 
-    async def migrate_out_with_disks(
-        self,
-        name: str,
-        address: str,
-        disks_address: str,
-        settings: MigrationSettings,
-        on_progress: ProgressCallback | None = None,
-        on_complete: CompletionHook | None = None,
-    ) -> MigrationResult:
-        vm = self._get(name)
+    async def send(self, name: str, send: Send) -> MigrationResult:
+        vm, disks_address = self.driver.get(name), send.disks_address
         if not disks_address.startswith(PREFIX):
             raise SpecError(f"{disks_address!r} is not a sim disks address", "disks_address")
         dests = [Path(p) for p in json.loads(disks_address.removeprefix(PREFIX))]
         sources = [self._path(d, i) for i, d in enumerate(vm.spec.disks)]
         if len(dests) != len(sources):
             raise SpecError(f"{len(dests)} targets for {len(sources)} disks", "disks_address")
-        sizes = await self.disk_sizes(name)
+        sizes = await self.sizes(name)
         what = f"copying its disks to {disks_address}"
-        self._copying.add(name)
+        self.copying.add(name)
         try:
-            await self._copy(vm, sources, dests, sizes, on_progress, what)
+            await self._copy(vm, sources, dests, sizes, send.on_progress, what)
         finally:
-            self._copying.discard(name)
-            self._copy_cancelled.discard(name)
-        return await self.migrate_out(name, address, settings, on_progress, on_complete)
+            self.copying.discard(name)
+            self.copy_cancelled.discard(name)
+        return await self.driver.migrations.send(name, send)
