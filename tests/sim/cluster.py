@@ -76,7 +76,7 @@ class SimCluster:
                 cpus=self.cpus,
                 memory_mib=8192,
                 check_disks=False,
-                cpu_model=self.cpu_models.get(name, "sim-cpu"),
+                host_cpu=self.cpu_models.get(name, "sim-cpu"),
                 guest_cpu_models=self.cpu_provides.get(name, ()),
             ),
             params=SimParams(boot_s=0.3, shutdown_s=0.2),

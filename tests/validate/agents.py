@@ -19,7 +19,7 @@ from hvcluster.store.base import Store
 from hvcluster.store.keys import Keys
 
 INVENTORY = Inventory(
-    cpu_model="Test CPU", cpu_flags=("fpu", "sse2"), accelerator="tcg", qemu_version="7.2.22"
+    host_cpu="Test CPU", cpu_flags=("fpu", "sse2"), accelerator="tcg", qemu_version="7.2.22"
 )
 
 

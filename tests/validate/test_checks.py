@@ -23,7 +23,7 @@ FLAGS = ("fpu", "sse2", "vmx")
 
 def node(name: str, **over: Any) -> Node:
     inv = Inventory(
-        cpu_model="Xeon", cpu_flags=FLAGS, accelerator="tcg", qemu_version="7.2.22", driver="qemu"
+        host_cpu="Xeon", cpu_flags=FLAGS, accelerator="tcg", qemu_version="7.2.22", driver="qemu"
     )
     fields: dict[str, Any] = {
         "name": name,

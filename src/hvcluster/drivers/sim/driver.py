@@ -126,12 +126,12 @@ class SimDriver(Driver):
         return HostFacts(
             capacity=Capacity(cpus=self.host.cpus, memory_mib=self.host.memory_mib),
             inventory=Inventory(
-                host_cpu=self.host.cpu_model,
+                host_cpu=self.host.host_cpu,
                 accelerator="sim",
                 qemu_version="",
                 driver="sim",
-                guest_cpu_model=self.host.cpu_model,
-                guest_cpu_models=self.host.guest_cpu_models or (self.host.cpu_model,),
+                guest_cpu_model=self.host.host_cpu,
+                guest_cpu_models=self.host.guest_models,
             ),
         )
 
@@ -251,8 +251,7 @@ class SimDriver(Driver):
             raise AlreadyRunning(name, pid)
 
     def check_spec(self, spec: VMSpec) -> None:
-        models = self.host.guest_cpu_models or (self.host.cpu_model,)
-        if spec.cpu_model and spec.cpu_model not in models:
+        if spec.cpu_model and spec.cpu_model not in self.host.guest_models:
             raise SpecError(f"this host cannot give guests CPU model {spec.cpu_model}", "cpu_model")
         if spec.memory_mib > self.host.memory_mib:
             raise SpecError(

@@ -24,11 +24,16 @@ class SimHost(Model):
 
     cpus: int = Field(default=16, gt=0)
     memory_mib: int = Field(default=64 * 1024, gt=0)
-    cpu_model: str = "sim-cpu"  # the host's, and the default its guests get
-    guest_cpu_models: tuple[str, ...] = ()  # models it can give guests (): cpu_model only
+    host_cpu: str = "sim-cpu"  # the host's CPU model, and the default its guests get
+    guest_cpu_models: tuple[str, ...] = ()  # models it can give guests (): host_cpu only
     switches: tuple[str, ...] = ()  # bridges this host has
     volumes: dict[str, Path] = {}  # shared volume name -> where this host mounts it
     check_disks: bool = True  # disks must exist as files, as for qemu
+
+    @property
+    def guest_models(self) -> tuple[str, ...]:
+        """The CPU models this host can give guests."""
+        return self.guest_cpu_models or (self.host_cpu,)
 
 
 @dataclass(eq=False)
