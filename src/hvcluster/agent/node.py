@@ -101,7 +101,7 @@ class NodeAgent:
     async def register_node(self, facts: HostFacts | None = None) -> Node:
         """Write this host's part of ``nodes/<me>`` (CAS), keeping what others wrote there."""
         if facts is not None and facts is not self.facts:
-            facts = await with_guest_cpu(facts, self.driver)  # asked of QEMU once per facts
+            facts = await with_guest_cpu(facts, self.driver)  # the driver asked once per facts
         facts = facts or self.facts
         if facts is None:
             raise ValueError("register_node needs the host's facts the first time")
