@@ -195,6 +195,7 @@ def chaos(
         kinds = chaos_plan.parse_kinds(fault_kinds)
     except ValueError as e:
         raise typer.BadParameter(str(e), param_hint="--faults") from None
+    seconds = _seconds(duration)
     state = load(lab_dir)
     if profile is not None and profile != state.profile:
         raise typer.BadParameter(
@@ -203,7 +204,7 @@ def chaos(
             param_hint="--profile",
         )
     options = chaos_run.Options(
-        duration_s=_seconds(duration),
+        duration_s=seconds,
         seed=seed,
         kinds=kinds,
         vms=vms,
