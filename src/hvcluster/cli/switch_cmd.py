@@ -8,7 +8,7 @@ import typer
 
 from hvcluster.cli.client import Client, api_option
 from hvcluster.cli.output import console, friendly_errors, print_table
-from hvcluster.cli.views import listing
+from hvcluster.cli.views import listing, removing
 from hvcluster.cli.vm_cmd import warn_skipped
 from hvcluster.models.storage import SwitchType
 
@@ -62,13 +62,9 @@ def list_switches(answer: dict[str, Any]) -> None:
     warn_skipped(answer)
 
 
-@app.command("rm")
-@friendly_errors
-def rm(
-    name: str = typer.Argument(..., help="Switch name."),
-    api: list[str] | None = api_option(),
-) -> None:
-    """Forget a switch (bridges already made stay). Refused while a VM has a NIC on it."""
-    with Client.from_options(api) as client:
-        client.delete(f"/switches/{name}")
-    console.print(f"removed switch [bold]{name}[/]", highlight=False)
+removing(
+    app,
+    "/switches",
+    "switch",
+    "Forget a switch (bridges already made stay). Refused while a VM has a NIC on it.",
+)

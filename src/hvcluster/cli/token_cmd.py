@@ -19,7 +19,7 @@ import typer
 from hvcluster.cli.client import Client, api_option
 from hvcluster.cli.output import console, fail, friendly_errors, print_json, print_table
 from hvcluster.cli.store_cmd import ca_option, cert_option, key_option, store_tls
-from hvcluster.cli.views import listing
+from hvcluster.cli.views import listing, removing
 from hvcluster.models.errors import InvalidInput
 from hvcluster.models.names import check_name
 from hvcluster.models.token import Role, Token, issue
@@ -135,13 +135,11 @@ def list_tokens(answer: dict[str, Any]) -> None:
     print_table("tokens", ("NAME", "ROLE", "CREATED", "EXPIRES", "CREATED BY"), rows)
 
 
-@app.command("revoke")
-@friendly_errors
-def revoke(
-    name: str = typer.Argument(..., help="Token name."),
-    api: list[str] | None = api_option(),
-) -> None:
-    """Revoke a token: refused from the next request on. The last admin token stays."""
-    with Client.from_options(api) as client:
-        client.delete(f"/tokens/{name}")
-    console.print(f"revoked token [bold]{name}[/]", highlight=False)
+removing(
+    app,
+    "/tokens",
+    "token",
+    "Revoke a token: refused from the next request on. The last admin token stays.",
+    verb="revoke",
+    done="revoked",
+)

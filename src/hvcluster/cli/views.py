@@ -18,7 +18,7 @@ from typing import Any
 import typer
 
 from hvcluster.cli.client import Client, api_option
-from hvcluster.cli.output import friendly_errors, print_json
+from hvcluster.cli.output import console, friendly_errors, print_json
 
 Show = Callable[[Any], None]  # prints an answer for people
 Read = Callable[[Client], Any]  # what a list asks of the API, when more than one GET
@@ -71,3 +71,19 @@ def _answer(api: list[str] | None, read: Read, as_json: bool, show: Show) -> Non
         print_json(answer)
     else:
         show(answer)
+
+
+def removing(
+    app: typer.Typer, collection: str, what: str, help: str, verb: str = "rm", done: str = "removed"
+) -> None:
+    """Register ``verb NAME``: DELETE ``collection/NAME``, then say it is ``done``."""
+
+    @app.command(verb, help=help)
+    @friendly_errors
+    def command(
+        name: str = typer.Argument(..., help=f"{what.capitalize()} name."),
+        api: list[str] | None = api_option(),
+    ) -> None:
+        with Client.from_options(api) as client:
+            client.delete(f"{collection}/{name}")
+        console.print(f"{done} {what} [bold]{name}[/]", highlight=False)

@@ -200,38 +200,30 @@ def show(vm: dict[str, Any]) -> None:
     print_table(f"vm {vm['name']}", ("FIELD", "VALUE"), _show_rows(vm))
 
 
-def _action(name: str, verb: str, api: list[str] | None, reason: str) -> None:
-    body = {"reason": reason} if reason else None
-    with Client.from_options(api) as client:
-        vm = client.post(f"/vms/{name}/{verb}", body)
-    console.print(
-        f"vm [bold]{vm['name']}[/]: desired {vm['desired_state']} (now {vm['state']}"
-        + (f" on {vm['node']}" if vm["node"] else "")
-        + ")",
-        highlight=False,
-    )
+def _desired(verb: str, help: str) -> None:
+    """Register ``verb NAME``: ask the API to change the VM's desired state, then say what
+    it is now."""
+
+    @app.command(verb, help=help)
+    @friendly_errors
+    def command(
+        name: str = typer.Argument(..., help="VM name."),
+        reason: str = typer.Option("", "--reason", help="Why (kept in the event log)."),
+        api: list[str] | None = api_option(),
+    ) -> None:
+        body = {"reason": reason} if reason else None
+        with Client.from_options(api) as client:
+            vm = client.post(f"/vms/{name}/{verb}", body)
+        console.print(
+            f"vm [bold]{vm['name']}[/]: desired {vm['desired_state']} (now {vm['state']}"
+            + (f" on {vm['node']}" if vm["node"] else "")
+            + ")",
+            highlight=False,
+        )
 
 
-@app.command("start")
-@friendly_errors
-def start(
-    name: str = typer.Argument(..., help="VM name."),
-    reason: str = typer.Option("", "--reason", help="Why (kept in the event log)."),
-    api: list[str] | None = api_option(),
-) -> None:
-    """Ask for a VM to run (its desired state becomes running)."""
-    _action(name, "start", api, reason)
-
-
-@app.command("stop")
-@friendly_errors
-def stop(
-    name: str = typer.Argument(..., help="VM name."),
-    reason: str = typer.Option("", "--reason", help="Why (kept in the event log)."),
-    api: list[str] | None = api_option(),
-) -> None:
-    """Ask for a VM to stop (graceful shutdown by its agent)."""
-    _action(name, "stop", api, reason)
+_desired("start", "Ask for a VM to run (its desired state becomes running).")
+_desired("stop", "Ask for a VM to stop (graceful shutdown by its agent).")
 
 
 @app.command("rm")

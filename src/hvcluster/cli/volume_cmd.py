@@ -11,7 +11,7 @@ import typer
 
 from hvcluster.cli.client import Client, api_option
 from hvcluster.cli.output import console, friendly_errors, print_table
-from hvcluster.cli.views import listing, showing
+from hvcluster.cli.views import listing, removing, showing
 from hvcluster.cli.vm_cmd import warn_skipped
 from hvcluster.models.errors import HvcError
 from hvcluster.models.storage import MARKER, check_volume_path
@@ -113,13 +113,9 @@ def show(v: dict[str, Any]) -> None:
     print_table(f"volume {v['name']}", ("FIELD", "VALUE"), rows)
 
 
-@app.command("rm")
-@friendly_errors
-def rm(
-    name: str = typer.Argument(..., help="Volume name."),
-    api: list[str] | None = api_option(),
-) -> None:
-    """Forget a volume (its files stay). Refused while a VM has a disk on it."""
-    with Client.from_options(api) as client:
-        client.delete(f"/volumes/{name}")
-    console.print(f"removed volume [bold]{name}[/]", highlight=False)
+removing(
+    app,
+    "/volumes",
+    "volume",
+    "Forget a volume (its files stay). Refused while a VM has a disk on it.",
+)

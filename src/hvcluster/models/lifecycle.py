@@ -15,9 +15,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from enum import StrEnum
-from typing import Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from hvcluster.models.errors import IllegalTransition
+
+if TYPE_CHECKING:  # (models/vm.py imports this module)
+    from hvcluster.models.vm import VMStatus
 
 
 class VMState(StrEnum):
@@ -97,22 +100,7 @@ VM_LIFECYCLE: Lifecycle[VMState] = Lifecycle(
 )
 
 
-
-class StatusReport(Protocol):
-    """What :func:`vm_status_change` reads of a ``VMStatus`` (models/vm.py imports this
-    module, so it is named by its shape here)."""
-
-    @property
-    def node(self) -> str: ...
-    @property
-    def epoch(self) -> int: ...
-    @property
-    def uid(self) -> str: ...
-    @property
-    def state(self) -> VMState: ...
-
-
-def vm_status_change(before: StatusReport | None, after: StatusReport) -> str | None:
+def vm_status_change(before: VMStatus | None, after: VMStatus) -> str | None:
     """Why writing status ``after`` over ``before`` (as stored; None if absent or unreadable)
     is an illegal move of :data:`VM_LIFECYCLE`, or None if it is allowed.
 

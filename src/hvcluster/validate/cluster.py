@@ -7,7 +7,15 @@ from hvcluster.models.validation import (
     Check,
     ValidationFacts,
 )
-from hvcluster.validate.common import ETCD_DEFAULT_QUOTA, FAIL, PASS, WARN, Thresholds, size_of
+from hvcluster.validate.common import (
+    ETCD_DEFAULT_QUOTA,
+    FAIL,
+    PASS,
+    WARN,
+    Thresholds,
+    check,
+    size_of,
+)
 
 # --- time ----------------------------------------------------------------------------------
 
@@ -16,28 +24,14 @@ def time_skew(facts: ValidationFacts, t: Thresholds) -> list[Check]:
     cat = Category.TIME
     ref = facts.served_by
     if not facts.clocks:
-        return [
-            Check(
-                category=cat,
-                name="clocks",
-                status=PASS,
-                message="one node: no clock to compare",
-            )
-        ]
+        return [check(cat, "clocks", PASS, "one node: no clock to compare")]
     checks: list[Check] = []
     for clock in sorted(facts.clocks, key=lambda c: c.node):
         name = f"clock {clock.node}"
         if clock.offset_s is None:
-            checks.append(
-                Check(
-                    category=cat,
-                    name=name,
-                    status=WARN,
-                    message=f"could not read {clock.node}'s clock: {clock.error or 'no answer'}",
-                    action=f"see why {ref} cannot reach {clock.node} (network checks)",
-                    nodes=(clock.node,),
-                )
-            )
+            unread = f"could not read {clock.node}'s clock: {clock.error or 'no answer'}"
+            why = f"see why {ref} cannot reach {clock.node} (network checks)"
+            checks.append(check(cat, name, WARN, unread, why, (clock.node,)))
             continue
         # At least this far apart, whatever the network delay was.
         skew = max(0.0, abs(clock.offset_s) - clock.uncertainty_s)
@@ -52,14 +46,7 @@ def time_skew(facts: ValidationFacts, t: Thresholds) -> list[Check]:
         if status is not PASS:
             said += f": more than {limit} s; event times and quarantine windows disagree"
         checks.append(
-            Check(
-                category=cat,
-                name=name,
-                status=status,
-                message=said,
-                action=action,
-                nodes=(clock.node,) if status is not PASS else (),
-            )
+            check(cat, name, status, said, action, (clock.node,) if status is not PASS else ())
         )
     return checks
 

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from hvcluster.models.node import Node
-from hvcluster.models.validation import CheckStatus, ValidationFacts
+from hvcluster.models.validation import Category, Check, CheckStatus, ValidationFacts
 
 PASS, WARN, FAIL = CheckStatus.PASS, CheckStatus.WARN, CheckStatus.FAIL
 ETCD_DEFAULT_QUOTA = 2 * 1024**3  # etcd's default backend quota
@@ -40,3 +40,30 @@ def size_of(size: int) -> str:
         if size >= scale:
             return f"{size / scale:.1f} {unit}"
     return f"{size} B"
+
+
+def check(
+    category: Category,
+    name: str,
+    status: CheckStatus,
+    message: str,
+    action: str = "",
+    nodes: tuple[str, ...] = (),
+) -> Check:
+    """A :class:`Check`, its fields in the order every category writes them."""
+    return Check(
+        category=category, name=name, status=status, message=message, action=action, nodes=nodes
+    )
+
+
+def alike(
+    category: Category, name: str, found: dict[str, list[str]], differ: str, action: str, same: str
+) -> list[Check]:
+    """Is a setting the same on every node? ``found``: each value -> the nodes with it. A
+    warning when they differ (``differ`` formatted with ``listed``, each value with its
+    nodes), a pass when they agree (``same`` formatted with ``value``); none without any."""
+    if len(found) > 1:
+        listed = "; ".join(f"{v} on {names(ns)}" for v, ns in sorted(found.items()))
+        nodes = tuple(sorted(n for ns in found.values() for n in ns))
+        return [check(category, name, WARN, differ.format(listed=listed), action, nodes)]
+    return [check(category, name, PASS, same.format(value=v)) for v in found]

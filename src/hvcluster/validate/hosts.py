@@ -12,7 +12,16 @@ from hvcluster.models.validation import (
     CheckStatus,
     ValidationFacts,
 )
-from hvcluster.validate.common import FAIL, PASS, WARN, Thresholds, alive_nodes, mib, names
+from hvcluster.validate.common import (
+    FAIL,
+    PASS,
+    WARN,
+    Thresholds,
+    alike,
+    alive_nodes,
+    check,
+    mib,
+)
 
 # Guests see a named CPU model, not the host's CPU: the one they were cold-started with (the
 # spec's cpu_model, or the starting node's guest_cpu), kept through live and quick
@@ -50,88 +59,58 @@ def inventory(facts: ValidationFacts, t: Thresholds) -> list[Check]:
         ]
     checks: list[Check] = []
     for node in sorted(facts.nodes, key=lambda n: n.name):
-        name = f"node {node.name}"
-        if node.name not in facts.alive:
-            checks.append(
-                Check(
-                    category=cat,
-                    name=name,
-                    status=WARN,
-                    message=f"{node.name} is not alive (its lease is gone): left out of the "
-                    f"other checks; last reported {_describe(node)}",
-                    action=f"start the agent on {node.name}, or ignore if it is down on purpose",
-                    nodes=(node.name,),
-                )
-            )
-        elif node.watchdog is not None and not node.watchdog.acknowledging:
-            silent_s = max(0.0, facts.time - node.watchdog.since)
-            checks.append(
-                Check(
-                    category=cat,
-                    name=name,
-                    status=FAIL,
-                    message=f"{node.name}'s watchdog has not acknowledged feeding for "
-                    f"{silent_s:.0f}s: {node.watchdog.problem}; {node.name} starts and takes "
-                    "no VM",
-                    action=f"run hvc watchdog --run-dir <the agent's run_dir> on {node.name} "
-                    "(the same run dir as its agent)",
-                    nodes=(node.name,),
-                )
-            )
-        elif node.inventory.guest_cpu_problem:
-            checks.append(
-                Check(
-                    category=cat,
-                    name=name,
-                    status=FAIL,
-                    message=f"{node.name} cannot give guests CPU "
-                    f"{default_guest_cpu(node.inventory)}: {node.inventory.guest_cpu_problem}",
-                    action=f"set guest_cpu in {node.name}'s agent config to a model every node "
-                    "can provide (the same on all of them), then restart that agent",
-                    nodes=(node.name,),
-                )
-            )
-        elif node.inventory.driver == "qemu" and not node.inventory.qemu_version:
-            checks.append(
-                Check(
-                    category=cat,
-                    name=name,
-                    status=WARN,
-                    message=f"{node.name} reports no QEMU version: {_describe(node)}",
-                    action=f"check qemu-system-x86_64 runs on {node.name}",
-                    nodes=(node.name,),
-                )
-            )
+        trouble = _trouble(node, facts)
+        if trouble is None:
+            checks.append(check(cat, f"node {node.name}", PASS, _describe(node)))
         else:
-            checks.append(Check(category=cat, name=name, status=PASS, message=_describe(node)))
+            checks.append(check(cat, f"node {node.name}", *trouble, (node.name,)))
     versions: dict[str, list[str]] = {}
     for node in alive_nodes(facts):
         if node.inventory.driver == "qemu" and node.inventory.qemu_version:
             versions.setdefault(node.inventory.qemu_version, []).append(node.name)
-    if len(versions) > 1:
-        listed = "; ".join(f"{v} on {names(ns)}" for v, ns in sorted(versions.items()))
-        checks.append(
-            Check(
-                category=cat,
-                name="qemu versions",
-                status=WARN,
-                message=f"QEMU versions differ: {listed}; a live migration to an older QEMU "
-                "can fail",
-                action="install the same QEMU version on every node",
-                nodes=tuple(n for ns in versions.values() for n in ns),
-            )
+    return checks + alike(
+        cat,
+        "qemu versions",
+        versions,
+        "QEMU versions differ: {listed}; a live migration to an older QEMU can fail",
+        "install the same QEMU version on every node",
+        "QEMU {value} on every qemu node",
+    )
+
+
+def _trouble(node: Node, facts: ValidationFacts) -> tuple[CheckStatus, str, str] | None:
+    """What is wrong with ``node`` as it reports itself (status, message, action), if any."""
+    if node.name not in facts.alive:
+        return (
+            WARN,
+            f"{node.name} is not alive (its lease is gone): left out of the other checks; "
+            f"last reported {_describe(node)}",
+            f"start the agent on {node.name}, or ignore if it is down on purpose",
         )
-    elif versions:
-        (version,) = versions
-        checks.append(
-            Check(
-                category=cat,
-                name="qemu versions",
-                status=PASS,
-                message=f"QEMU {version} on every qemu node",
-            )
+    if node.watchdog is not None and not node.watchdog.acknowledging:
+        silent_s = max(0.0, facts.time - node.watchdog.since)
+        return (
+            FAIL,
+            f"{node.name}'s watchdog has not acknowledged feeding for {silent_s:.0f}s: "
+            f"{node.watchdog.problem}; {node.name} starts and takes no VM",
+            f"run hvc watchdog --run-dir <the agent's run_dir> on {node.name} (the same run "
+            "dir as its agent)",
         )
-    return checks
+    if node.inventory.guest_cpu_problem:
+        return (
+            FAIL,
+            f"{node.name} cannot give guests CPU {default_guest_cpu(node.inventory)}: "
+            f"{node.inventory.guest_cpu_problem}",
+            f"set guest_cpu in {node.name}'s agent config to a model every node can provide "
+            "(the same on all of them), then restart that agent",
+        )
+    if node.inventory.driver == "qemu" and not node.inventory.qemu_version:
+        return (
+            WARN,
+            f"{node.name} reports no QEMU version: {_describe(node)}",
+            f"check qemu-system-x86_64 runs on {node.name}",
+        )
+    return None
 
 
 # --- hypervisor --------------------------------------------------------------------------
@@ -144,29 +123,15 @@ def hypervisor(facts: ValidationFacts, t: Thresholds) -> list[Check]:
     accels: dict[str, list[str]] = {}
     for node in nodes:
         accels.setdefault(node.inventory.accelerator, []).append(node.name)
-    if len(accels) > 1:
-        listed = "; ".join(f"{a} on {names(ns)}" for a, ns in sorted(accels.items()))
-        checks.append(
-            Check(
-                category=cat,
-                name="accelerator",
-                status=WARN,
-                message=f"nodes use different accelerators: {listed}; VMs fail over between "
-                "them, but cannot live-migrate",
-                action="set the same accel (kvm or tcg) in every agent's config",
-                nodes=tuple(n.name for n in nodes),
-            )
-        )
-    elif accels:
-        (accel,) = accels
-        checks.append(
-            Check(
-                category=cat,
-                name="accelerator",
-                status=PASS,
-                message=f"every node runs guests with {accel}",
-            )
-        )
+    checks += alike(
+        cat,
+        "accelerator",
+        accels,
+        "nodes use different accelerators: {listed}; VMs fail over between them, but cannot "
+        "live-migrate",
+        "set the same accel (kvm or tcg) in every agent's config",
+        "every node runs guests with {value}",
+    )
     for a, b in combinations(nodes, 2):
         checks.append(_pair(a, b))
     for a, b in permutations(nodes, 2):
@@ -182,7 +147,7 @@ def _pair(a: Node, b: Node) -> Check:
     name = f"live migration {a.name} <-> {b.name}"
     pair = (a.name, b.name)
 
-    def check(status: CheckStatus, message: str, action: str = "") -> Check:
+    def verdict(status: CheckStatus, message: str, action: str = "") -> Check:
         return Check(
             category=Category.HYPERVISOR,
             name=name,
@@ -193,14 +158,14 @@ def _pair(a: Node, b: Node) -> Check:
         )
 
     if ia.driver != ib.driver:
-        return check(
+        return verdict(
             FAIL,
             f"{a.name} runs the {ia.driver} driver, {b.name} the {ib.driver} driver: a VM "
             "cannot move between them",
             "run the same driver on every node",
         )
     if ia.accelerator != ib.accelerator:
-        return check(
+        return verdict(
             FAIL,
             f"{a.name} uses {ia.accelerator}, {b.name} {ib.accelerator}: QEMU cannot "
             "live-migrate between accelerators",
@@ -214,13 +179,13 @@ def _pair(a: Node, b: Node) -> Check:
             differ.append(f"only {a.name} has {_flag_list(only_a)}")
         if only_b:
             differ.append(f"only {b.name} has {_flag_list(only_b)}")
-        return check(
+        return verdict(
             WARN,
             "same driver and accelerator, but the hosts' CPU flags differ: " + "; ".join(differ),
             "fine while guests get a named CPU model that both provide (see the CPU model "
             "checks); never give guests the host's CPU (-cpu host) on these nodes",
         )
-    return check(PASS, f"compatible: same {ia.driver} driver and {ia.accelerator} accelerator")
+    return verdict(PASS, f"compatible: same {ia.driver} driver and {ia.accelerator} accelerator")
 
 
 def _models(a: Node, b: Node, running: dict[str, str]) -> Check:

@@ -9,7 +9,16 @@ from hvcluster.models.validation import (
     Probe,
     ValidationFacts,
 )
-from hvcluster.validate.common import FAIL, PASS, WARN, Thresholds, alive_nodes, mib, names
+from hvcluster.validate.common import (
+    FAIL,
+    PASS,
+    WARN,
+    Thresholds,
+    alive_nodes,
+    check,
+    mib,
+    names,
+)
 
 # --- network -----------------------------------------------------------------------------
 
@@ -21,16 +30,9 @@ def network(facts: ValidationFacts, t: Thresholds) -> list[Check]:
     for p in sorted(api, key=lambda p: (p.source, p.target)):
         name = f"agent api {p.source} -> {p.target}"
         if not p.asked:
-            checks.append(
-                Check(
-                    category=cat,
-                    name=name,
-                    status=WARN,
-                    message=f"unknown: {p.source}'s agent could not be asked ({p.error})",
-                    action=f"see why {facts.served_by} cannot reach {p.source} (check above)",
-                    nodes=(p.source,),
-                )
-            )
+            unknown = f"unknown: {p.source}'s agent could not be asked ({p.error})"
+            why = f"see why {facts.served_by} cannot reach {p.source} (check above)"
+            checks.append(check(cat, name, WARN, unknown, why, (p.source,)))
         elif p.reachable:
             latency = f" in {p.latency_ms:.1f} ms" if p.latency_ms is not None else ""
             checks.append(
@@ -141,14 +143,8 @@ def storage(facts: ValidationFacts, t: Thresholds) -> list[Check]:
     cat = Category.STORAGE
     nodes = alive_nodes(facts)
     if not facts.volumes:
-        return [
-            Check(
-                category=cat,
-                name="volumes",
-                status=PASS,
-                message="no shared volume defined (VM disks, if any, are not shared)",
-            )
-        ]
+        none = "no shared volume defined (VM disks, if any, are not shared)"
+        return [check(cat, "volumes", PASS, none)]
     checks: list[Check] = []
     for volume in sorted(facts.volumes, key=lambda v: v.name):
         name = f"volume {volume.name}"
