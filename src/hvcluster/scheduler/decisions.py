@@ -22,13 +22,10 @@ def node_subject(name: str) -> str:
 
 
 @dataclass(frozen=True)
-class Place:
-    """Place a VM that has no placement on ``node`` with ``epoch`` (above every epoch seen)."""
+class AboutVM:
+    """A decision about one VM (its first field): ``subject`` is ``vm/<name>``."""
 
     vm: str
-    node: str
-    epoch: int
-    reason: str
 
     @property
     def subject(self) -> str:
@@ -36,7 +33,27 @@ class Place:
 
 
 @dataclass(frozen=True)
-class Recover:
+class AboutNode:
+    """A decision about one node (its first field): ``subject`` is ``node/<name>``."""
+
+    node: str
+
+    @property
+    def subject(self) -> str:
+        return node_subject(self.node)
+
+
+@dataclass(frozen=True)
+class Place(AboutVM):
+    """Place a VM that has no placement on ``node`` with ``epoch`` (above every epoch seen)."""
+
+    node: str
+    epoch: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Recover(AboutVM):
     """Move a VM off ``from_node`` to ``to_node`` with ``epoch``; a failover.
 
     ``from_dead``: ``from_node`` is dead and safe to reclaim; apply only in a transaction
@@ -45,20 +62,15 @@ class Recover:
     check the placement only. Either way record ``now`` in the VM's failover history.
     """
 
-    vm: str
     from_node: str
     to_node: str
     epoch: int
     reason: str
     from_dead: bool = True
 
-    @property
-    def subject(self) -> str:
-        return vm_subject(self.vm)
-
 
 @dataclass(frozen=True)
-class LeaveFailed:
+class LeaveFailed(AboutVM):
     """The VM is not (re)started: mark it failed with ``reason``.
 
     ``retry=False`` (failover threshold exceeded, no-auto-start after a failure): the
@@ -68,82 +80,52 @@ class LeaveFailed:
     not record a ``failed_reason``; the scheduler tries again every cycle.
     """
 
-    vm: str
     reason: str
     retry: bool = False
 
-    @property
-    def subject(self) -> str:
-        return vm_subject(self.vm)
-
 
 @dataclass(frozen=True)
-class Unplace:
+class Unplace(AboutVM):
     """Delete the VM's placement (its owning agent then stops it), e.g. desired stopped."""
 
-    vm: str
     reason: str
-
-    @property
-    def subject(self) -> str:
-        return vm_subject(self.vm)
 
 
 @dataclass(frozen=True)
-class Failback:
+class Failback(AboutVM):
     """Move a running VM back to a more preferred owner; carried out as a live migration,
     or as a cold move (shut down, start there) when ``live`` is False: the two nodes cannot
     migrate live between them (see :mod:`.compat`)."""
 
-    vm: str
     from_node: str
     to_node: str
     reason: str
     live: bool = True
 
-    @property
-    def subject(self) -> str:
-        return vm_subject(self.vm)
-
 
 @dataclass(frozen=True)
-class DeclareDead:
+class DeclareDead(AboutNode):
     """The node is declared dead this cycle (its VMs may be reclaimed): record the
     snapshot's ``now`` in its failure history (used for quarantine). Emitted once per
     outage: not again while a recorded failure is at or after ``since``."""
 
-    node: str
     since: float
     reason: str
 
-    @property
-    def subject(self) -> str:
-        return node_subject(self.node)
-
 
 @dataclass(frozen=True)
-class Quarantine:
+class Quarantine(AboutNode):
     """Set the node's admin state to quarantined until ``until``: no placements on it."""
 
-    node: str
     until: float
     reason: str
 
-    @property
-    def subject(self) -> str:
-        return node_subject(self.node)
-
 
 @dataclass(frozen=True)
-class Unquarantine:
+class Unquarantine(AboutNode):
     """The node's quarantine has expired: set its admin state back to up."""
 
-    node: str
     reason: str
-
-    @property
-    def subject(self) -> str:
-        return node_subject(self.node)
 
 
 @dataclass(frozen=True)
