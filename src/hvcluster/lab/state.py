@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 from pydantic import ValidationError
 
@@ -71,22 +72,14 @@ class LabState(Model):
         return f"{self.api_scheme}://{node.address}:{node.api_port}"
 
     def node(self, name: str) -> LabNode:
-        for n in self.nodes:
-            if n.name == name:
-                return n
-        known = ", ".join(n.name for n in self.nodes)
-        raise HvcError(f"no node {name!r} in this lab (nodes: {known})")
+        return _named(self.nodes, name, "node", "nodes")
 
     def auth(self) -> dict[str, str]:
         """The header that sends the lab's admin token with a request."""
         return {"Authorization": f"Bearer {self.token}"}
 
     def member(self, name: str) -> LabEtcd:
-        for m in self.etcd_members:
-            if m.name == name:
-                return m
-        known = ", ".join(m.name for m in self.etcd_members)
-        raise HvcError(f"no etcd member {name!r} in this lab (members: {known})")
+        return _named(self.etcd_members, name, "etcd member", "members")
 
     def with_member(self, member: LabEtcd) -> LabState:
         members = tuple(member if m.name == member.name else m for m in self.etcd_members)
@@ -97,6 +90,19 @@ class LabState(Model):
     def with_node(self, node: LabNode) -> LabState:
         nodes = tuple(node if n.name == node.name else n for n in self.nodes)
         return self.model_copy(update={"nodes": nodes})
+
+
+N = TypeVar("N", LabNode, LabEtcd)
+
+
+def _named(items: Iterable[N], name: str, what: str, plural: str) -> N:
+    """The item called ``name``; else an error listing those there are."""
+    found = list(items)
+    for item in found:
+        if item.name == name:
+            return item
+    known = ", ".join(i.name for i in found)
+    raise HvcError(f"no {what} {name!r} in this lab ({plural}: {known})")
 
 
 def save(state: LabState) -> Path:

@@ -16,11 +16,15 @@ def check_name(value: str) -> str:
     """A DNS-label-like name: lowercase letters, digits and '-', 1 to 63 characters,
     starting and ending with a letter or digit. It becomes part of etcd keys, file names
     and QEMU arguments, so nothing else is allowed."""
-    if not _NAME.match(value):
-        raise ValueError(
-            f"invalid name {value!r}: use 1-63 lowercase letters, digits or '-', "
-            "starting and ending with a letter or digit"
-        )
+    rule = "use 1-63 lowercase letters, digits or '-', starting and ending with a letter or digit"
+    return matching(_NAME, value, "name", rule)
+
+
+def matching(pattern: re.Pattern[str], value: str, what: str, rule: str) -> str:
+    """``value``, if ``pattern`` matches it; else a ValueError saying it is an invalid
+    ``what`` and the ``rule`` it breaks."""
+    if not pattern.match(value):
+        raise ValueError(f"invalid {what} {value!r}: {rule}")
     return value
 
 

@@ -9,7 +9,7 @@ from enum import StrEnum
 from pydantic import Field, ValidationInfo, field_validator
 
 from hvcluster.models.base import Model
-from hvcluster.models.names import Name
+from hvcluster.models.names import Name, matching
 from hvcluster.models.vm import Disk, VMSpec
 
 # Host directories that are never a volume (nor an allowed disk directory): the first list
@@ -91,12 +91,8 @@ BRIDGE_PREFIX = "hvc-"
 
 def check_ifname(value: str) -> str:
     """A Linux interface name we are willing to pass to ``ip``."""
-    if not _IFNAME.match(value):
-        raise ValueError(
-            f"invalid interface name {value!r}: use 1-{IFNAME_MAX} letters, digits, "
-            "'-', '_' or '.', starting with a letter or digit"
-        )
-    return value
+    rule = f"use 1-{IFNAME_MAX} letters, digits, '-', '_' or '.', starting with a letter or digit"
+    return matching(_IFNAME, value, "interface name", rule)
 
 
 def bridge_name(switch: str) -> str:

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-from hvcluster.models.validation import (
-    Category,
-    Check,
-    ValidationFacts,
-)
+from hvcluster.models.validation import Category, Check, ValidationFacts
 from hvcluster.validate.common import (
     ETCD_DEFAULT_QUOTA,
     FAIL,

@@ -6,22 +6,8 @@ from itertools import combinations, permutations
 
 from hvcluster.models.guestcpu import cannot_provide, default_guest_cpu, provided
 from hvcluster.models.node import Node
-from hvcluster.models.validation import (
-    Category,
-    Check,
-    CheckStatus,
-    ValidationFacts,
-)
-from hvcluster.validate.common import (
-    FAIL,
-    PASS,
-    WARN,
-    Thresholds,
-    alike,
-    alive_nodes,
-    check,
-    mib,
-)
+from hvcluster.models.validation import Category, Check, CheckStatus, ValidationFacts
+from hvcluster.validate.common import FAIL, PASS, WARN, Thresholds, alike, alive_nodes, check, mib
 
 # Guests see a named CPU model, not the host's CPU: the one they were cold-started with (the
 # spec's cpu_model, or the starting node's guest_cpu), kept through live and quick
@@ -199,30 +185,25 @@ def _models(a: Node, b: Node, running: dict[str, str]) -> Check:
     missing = {m: vms for m, vms in users.items() if cannot_provide(b, m) is not None}
     name = f"CPU models {a.name} -> {b.name}"
     if not missing:
-        return Check(
-            category=Category.HYPERVISOR,
-            name=name,
-            status=PASS,
-            message=f"{b.name} can provide every CPU model {a.name}'s guests run with "
-            f"({', '.join(sorted(users))})",
-        )
+        every = f"every CPU model {a.name}'s guests run with ({', '.join(sorted(users))})"
+        return check(Category.HYPERVISOR, name, PASS, f"{b.name} can provide {every}")
     models = sorted(missing)
     what = f"model {models[0]}" if len(models) == 1 else f"models {', '.join(models)}"
     who = sorted(vm for vms in missing.values() for vm in vms)
     runs = f"; {a.name} runs {', '.join(who)} with it" if who else ""
     offer = ", ".join(provided(b.inventory)) or "none"
-    return Check(
-        category=Category.HYPERVISOR,
-        name=name,
-        status=FAIL,
-        message=f"live and quick migration impossible from {a.name} to {b.name} ({what} "
+    return check(
+        Category.HYPERVISOR,
+        name,
+        FAIL,
+        f"live and quick migration impossible from {a.name} to {b.name} ({what} "
         f"not available on {b.name}): cold move only{runs}",
-        action=f"make {b.name} provide {what.split(' ', 1)[1]} (it provides {offer}): its "
+        f"make {b.name} provide {what.split(' ', 1)[1]} (it provides {offer}): its "
         "host CPU or accelerator must support it; or give every node the same guest_cpu "
         "(agent config) and set a cpu_model every node provides in the VMs' specs (it "
         f"applies at their next cold start); meanwhile move VMs from {a.name} to {b.name} "
         "cold (stop, then start there)",
-        nodes=(a.name, b.name),
+        (a.name, b.name),
     )
 
 

@@ -3,22 +3,8 @@
 from __future__ import annotations
 
 from hvcluster.models.storage import MARKER
-from hvcluster.models.validation import (
-    Category,
-    Check,
-    Probe,
-    ValidationFacts,
-)
-from hvcluster.validate.common import (
-    FAIL,
-    PASS,
-    WARN,
-    Thresholds,
-    alive_nodes,
-    check,
-    mib,
-    names,
-)
+from hvcluster.models.validation import Category, Check, Probe, ValidationFacts
+from hvcluster.validate.common import FAIL, PASS, WARN, Thresholds, alive_nodes, check, mib, names
 
 # --- network -----------------------------------------------------------------------------
 
