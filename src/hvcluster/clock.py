@@ -11,7 +11,40 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import time
 from collections.abc import Callable
+from typing import Protocol
+
+
+class Clock(Protocol):
+    """Time as the agent daemon and its loops see it: real by default (:data:`SYSTEM`), or
+    a :class:`ManualClock` that a simulation moves."""
+
+    def now(self) -> float:
+        """Monotonic seconds: deadlines, intervals, the watchdog's scale."""
+        ...
+
+    def wall(self) -> float:
+        """Wall-clock seconds: what is written in records and compared across nodes."""
+        ...
+
+    async def sleep(self, seconds: float) -> None: ...
+
+
+class SystemClock:
+    """The real clocks and ``asyncio.sleep``."""
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    def wall(self) -> float:
+        return time.time()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(max(seconds, 0.0))
+
+
+SYSTEM = SystemClock()
 
 
 class ManualClock:
@@ -29,6 +62,11 @@ class ManualClock:
         return self._now
 
     def now(self) -> float:
+        return self._now
+
+    def wall(self) -> float:
+        """The same time (a manual clock has one scale: start it on the wall-clock scale
+        when wall times matter, as a simulated cluster's do)."""
         return self._now
 
     async def sleep(self, seconds: float) -> None:

@@ -16,6 +16,7 @@ import httpx
 
 from hvcluster.agent.config import AgentConfig
 from hvcluster.agent.daemon import Daemon, cancel_all
+from hvcluster.clock import SYSTEM, ManualClock
 from hvcluster.controller.loop import Controller
 from hvcluster.drivers.sim import SimDriver
 from hvcluster.drivers.sim.links import SimHostLinks
@@ -47,12 +48,30 @@ FAST = ClusterConfig(
 )
 
 
+def manual_clock() -> ManualClock:
+    """A manual clock started at the wall-clock time now: records hold wall times, and the
+    few written with the real clock (by the test, say) stay comparable."""
+    return ManualClock(time.time())
+
+
 class SimCluster:
-    def __init__(self, tmp: Path, config: ClusterConfig = FAST, cpus: int = 4) -> None:
+    """Every daemon, the store and the sim drivers run on one :class:`ManualClock`: nothing
+    moves until a wait moves it (:meth:`wait_for`), so a test takes the CPU time of its
+    events, not their seconds. ``real_time``: on the real clocks instead."""
+
+    def __init__(
+        self, tmp: Path, config: ClusterConfig = FAST, cpus: int = 4, real_time: bool = False
+    ) -> None:
         self.tmp = tmp
         self.config = config
         self.cpus = cpus
-        self.store = MemoryStore()
+        self.clock = None if real_time else manual_clock()
+        clock = self.clock
+        if clock is None:
+            self.store = MemoryStore()
+        else:
+            self.store = MemoryStore(clock.now)
+            clock.on_tick.append(self.store.expire_leases)
         self.keys = Keys("sim")
         self.events = EventLog(self.store, self.keys)
         self.daemons: dict[str, Daemon] = {}
@@ -61,6 +80,18 @@ class SimCluster:
         self.links: dict[str, SimHostLinks] = {}
         self.cpu_models: dict[str, str] = {}  # node -> its sim host's (and guests') CPU model
         self.cpu_provides: dict[str, tuple[str, ...]] = {}  # node -> models it gives guests
+
+    def monotonic(self) -> float:
+        """Monotonic time as the cluster's store and daemons see it (what a store takes)."""
+        return self.clock.now() if self.clock else time.monotonic()
+
+    def use_store(self, store: MemoryStore) -> None:
+        """Run on ``store`` (one that injects faults, made on :meth:`monotonic`) instead,
+        before any node starts."""
+        if self.clock is not None:
+            self.clock.on_tick.remove(self.store.expire_leases)
+            self.clock.on_tick.append(store.expire_leases)
+        self.store, self.events = store, EventLog(store, self.keys)
 
     async def start(self, *names: str) -> None:
         await self.store.put(self.keys.config, encode(self.config))
@@ -80,13 +111,16 @@ class SimCluster:
                 guest_cpu_models=self.cpu_provides.get(name, ()),
             ),
             params=SimParams(boot_s=0.3, shutdown_s=0.2),
+            clock=self.clock,
         )
         links = self.links[name] = SimHostLinks(driver)
         for nic in nics:
             links.add_nic(nic)
+        clock = self.clock
         daemon = Daemon(
             cfg, store=self.store, driver=driver, serve_api=False, links=links,
-            watchdog=MemoryWatchdog(),
+            watchdog=MemoryWatchdog(clock.now) if clock else MemoryWatchdog(),
+            clock=clock or SYSTEM,
         )  # fmt: skip
         self.daemons[name], self.drivers[name] = daemon, driver
         self.tasks[name] = asyncio.create_task(daemon.run(), name=f"daemon-{name}")
@@ -158,12 +192,17 @@ class SimCluster:
         """Record the file ``volume:path`` as one the cluster created for ``vm`` (what an
         agent writes when it creates a disk): only such files are ever deleted."""
         disk = Disk(volume=volume, path=path)
-        record = CreatedDisk(file=disk.file, vm=vm, node="n1", created_at=time.time())
+        record = CreatedDisk(file=disk.file, vm=vm, node="n1", created_at=self.now())
         await self.store.put(self.keys.created_disk(disk.file), encode(record))
 
     # --- waiting -------------------------------------------------------------------
     async def wait_for(self, predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-        return await wait_for(predicate, timeout, what)
+        """:func:`tests.waiting.wait_for`, on the cluster's clock (moving it, if manual)."""
+        return await wait_for(predicate, timeout, what, clock=self.clock)
+
+    def now(self) -> float:
+        """Wall time as the cluster's daemons see it."""
+        return self.clock.wall() if self.clock else time.time()
 
     def leader(self) -> Controller | None:
         """The controller leading now, if any."""
@@ -197,7 +236,7 @@ class SimCluster:
         (a time of its clock, default now): its clock passed it, then a whole cycle of the
         leader began and ended. What a negative assert ('nothing moved') waits for."""
         if after is not None:
-            await self.wait_for(lambda: time.time() >= after, after - time.time() + 10, "the time")
+            await self.wait_for(lambda: self.now() >= after, after - self.now() + 10, "the time")
         leader = await self.wait_for(self.leader, 10, "a leading controller")
         await self.cycles_pass({"the controller": lambda: leader.cycles}, meanwhile=meanwhile)
 

@@ -10,6 +10,7 @@ from tests.sim.cluster import SimCluster
 
 @pytest.fixture
 async def cluster(tmp_path: Path) -> AsyncIterator[SimCluster]:
+    """A sim cluster on a manual clock: its time moves only as the test waits."""
     c = SimCluster(tmp_path)
     try:
         yield c

@@ -3,8 +3,6 @@ simulated hypervisors."""
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from tests.sim.cluster import FAST, SimCluster
@@ -32,7 +30,7 @@ async def test_a_deleted_alive_key_is_replaced_and_nothing_moves(cluster: SimClu
     await cluster.start("n1", "n2")
     await cluster.create_vm("calm", ha={"preferred_owners": ["n2"]})
     assert await cluster.wait_running("calm") == "n2"
-    deleted = time.time()
+    deleted = cluster.now()
     await cluster.store.delete(cluster.keys.alive("n2"))
 
     async def back() -> bool:

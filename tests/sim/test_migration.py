@@ -4,7 +4,7 @@ hosts crashing mid-migration (never two running copies)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -13,7 +13,6 @@ from hvcluster.models.base import decode
 from hvcluster.models.lifecycle import MigrationState, VMState
 from hvcluster.models.migration import Migration, MigrationKind
 from hvcluster.store.base import Compare, Op, Put, TxnResult
-from hvcluster.store.events import EventLog
 from hvcluster.store.keys import Keys
 from hvcluster.store.memory_store import MemoryStore
 from hvcluster.store.migrations import change_migration, read_migrations
@@ -203,8 +202,8 @@ class HeldFlipStore(MemoryStore):
     """Holds the source's own flip (the record still transferring) forever: the source host
     dies after its transfer completed, before its flip reaches the store."""
 
-    def __init__(self, keys: Keys) -> None:
-        super().__init__()
+    def __init__(self, keys: Keys, clock: Callable[[], float]) -> None:
+        super().__init__(clock)
         self.keys = keys
         self.held = asyncio.Event()
 
@@ -228,14 +227,14 @@ async def test_source_dies_after_its_transfer_before_its_flip(tmp_path: Path) ->
     """Nothing flips: the record fails (the source is not alive), the target's copy never
     runs, the VM fails over from its disk, and there are never two running copies."""
     cluster = SimCluster(tmp_path, SLOW)
-    store = HeldFlipStore(cluster.keys)
-    cluster.store, cluster.events = store, EventLog(store, cluster.keys)
+    store = HeldFlipStore(cluster.keys, cluster.monotonic)
+    cluster.use_store(store)
     try:
         await cluster.start("n1", "n2")
         await cluster.create_vm("app", ha={"preferred_owners": ["n1", "n2"]})
         assert await cluster.wait_running("app") == "n1"
         rec = await move(cluster, "app", "n2")
-        await asyncio.wait_for(store.held.wait(), 20)
+        await cluster.wait_for(store.held.is_set, 20, "the source's flip held")
         assert (await record(cluster, rec.id)).state is _M.TRANSFERRING
         assert await cluster.running_on("app") is None  # paused on n1, incoming on n2
         await cluster.crash("n1")

@@ -11,6 +11,7 @@ import pytest
 
 from hvcluster.agent.config import AgentConfig
 from hvcluster.agent.daemon import Daemon, cancel_all
+from hvcluster.clock import SYSTEM
 from hvcluster.drivers.sim import SimDriver
 from hvcluster.drivers.sim.links import SimHostLinks
 from hvcluster.drivers.sim.model import SimParams
@@ -35,11 +36,13 @@ async def start_with_run_dir(cluster: SimCluster, name: str) -> None:
         host=SimHost(cpus=cluster.cpus, memory_mib=8192, check_disks=False),
         params=SimParams(boot_s=0.3, shutdown_s=0.2),
         run_dir=cluster.tmp / name / "sim",
+        clock=cluster.clock,
     )
     links = cluster.links[name] = SimHostLinks(driver)
     daemon = Daemon(
         cfg, store=cluster.store, driver=driver, serve_api=False, links=links,
-        watchdog=MemoryWatchdog(),
+        watchdog=MemoryWatchdog(cluster.clock.now) if cluster.clock else MemoryWatchdog(),
+        clock=cluster.clock or SYSTEM,
     )  # fmt: skip
     cluster.daemons[name], cluster.drivers[name] = daemon, driver
     cluster.tasks[name] = asyncio.create_task(daemon.run(), name=f"daemon-{name}")
@@ -70,7 +73,7 @@ async def test_a_source_agent_restarted_after_its_flip_completes_the_record(
 
     watcher = asyncio.create_task(stop_source_at_the_flip())
     try:
-        await asyncio.wait_for(stopped.wait(), 20)
+        await cluster.wait_for(stopped.is_set, 20, "the source agent stopped at the flip")
     finally:
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -130,7 +133,7 @@ async def test_a_source_host_lost_after_its_flip_has_its_record_completed_by_the
 
     watcher = asyncio.create_task(crash_source_at_the_flip())
     try:
-        await asyncio.wait_for(crashed.wait(), 20)
+        await cluster.wait_for(crashed.is_set, 20, "the source host crashed at the flip")
     finally:
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import logging
 import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from hvcluster.agent.storage_move import StorageMover
 from hvcluster.api.app import create_app
 from hvcluster.api.context import PeerApi
 from hvcluster.api.serving import server_settings
+from hvcluster.clock import SYSTEM, Clock
 from hvcluster.controller.loop import Controller
 from hvcluster.drivers.base import Driver
 from hvcluster.drivers.registry import DriverOptions, make_driver
@@ -64,8 +64,10 @@ class Daemon:
         serve_api: bool = True,
         links: Links | None = None,
         watchdog: WatchdogFeeder | None = None,
+        clock: Clock = SYSTEM,
     ) -> None:
         self.cfg = cfg
+        self.clock = clock  # real; a simulation's ManualClock moves every loop of the daemon
         self.keys = Keys(cfg.cluster)
         self._own_store = store is None
         self.store: Store = store if store is not None else etcd_store(cfg)
@@ -96,7 +98,7 @@ class Daemon:
     ) -> None:
         log.info("%s %s: %s", kind, subject, reason)
         event = Event(
-            time=time.time(),
+            time=self.clock.wall(),
             kind=kind,
             subject=subject,
             reason=reason,
@@ -126,7 +128,7 @@ class Daemon:
                 break
             except (StoreError, TimeoutError) as e:
                 log.warning("liveness cannot read the cluster config: %s; trying again", e)
-                await asyncio.sleep(1.0)
+                await self.clock.sleep(1.0)
 
         async def say(kind: str, reason: str) -> None:
             await self._say_to(events, kind, f"node/{node}", reason, "agent")
@@ -149,6 +151,9 @@ class Daemon:
             kill_changed=runner.on_main(kill_changed),
             say=say,
             on_registered=runner.on_main(node_registered_again, wait=False),
+            clock=self.clock.now,
+            sleep=self.clock.sleep,
+            wall=self.clock.wall,
         )
 
     async def run(self) -> None:
@@ -201,7 +206,8 @@ class Daemon:
             config,
             agent_say,
             lease=lambda: live.state().lease_id,
-            may_start=lambda: live.state().may_start(time.monotonic(), config.fence_after_s),
+            may_start=lambda: live.state().may_start(self.clock.now(), config.fence_after_s),
+            clock=self.clock,
         )
         self.migrations = MigrationWorker(self.store, self.keys, agent, agent_say)
         storage = self.storage = StorageMover(self.store, self.keys, agent, agent_say)
@@ -234,7 +240,7 @@ class Daemon:
         """The periodic check of this host's volumes and switches, wired to the agent."""
         resources = HostResources(
             self.store, self.keys, self.cfg.node, self.links, self.driver,
-            agent.report_resources, say,
+            agent.report_resources, say, sleep=self.clock.sleep,
         )  # fmt: skip
 
         def mounted(mounts: dict[str, Path]) -> None:
@@ -262,6 +268,8 @@ class Daemon:
             self.cfg.node,
             controller_say,
             is_leader=lambda: election is not None and election.is_leader,
+            clock=self.clock.wall,
+            sleep=self.clock.sleep,
         )
         loop = asyncio.create_task(controller.run(), name="controller-loop")
         self.tasks.append(loop)  # stopped with the others (cancel_all: never left running)
@@ -270,7 +278,11 @@ class Daemon:
             while True:
                 try:
                     keeper = LeaseKeeper(
-                        self.store, config.lease_ttl_s, config.keepalive_interval_s
+                        self.store,
+                        config.lease_ttl_s,
+                        config.keepalive_interval_s,
+                        clock=self.clock.now,
+                        sleep=self.clock.sleep,
                     )
                     await keeper.start()
                     election = Election(self.store, keeper, "controller", self.keys)
@@ -280,7 +292,7 @@ class Daemon:
                     log.info("lost controller leadership; standing again")
                 except (StoreError, TimeoutError) as e:
                     log.warning("controller election: %s; standing again", e)
-                    await asyncio.sleep(config.keepalive_interval_s)
+                    await self.clock.sleep(config.keepalive_interval_s)
                 finally:
                     if keeper is not None:
                         keeper.stop_renewing()  # at once, whatever interrupts the rest

@@ -88,13 +88,15 @@ class NodeLiveness:
         say: SayOfNode,
         clock: Callable[[], float] = time.monotonic,
         on_registered: Callable[[], Awaitable[object]] | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.store, self.keys, self.node, self.config = store, keys, node, config
         self.feeder = feeder
         self.local_placements = local_placements
         self.kill_changed = kill_changed
         self.say = say
-        self.clock = clock
+        self.clock, self.sleep, self.wall = clock, sleep, wall  # a simulation's: one clock
         self.on_registered = on_registered  # e.g. rewrite nodes/<me> with registered_at
         self.lease_id = 0
         self.last_confirmed_sent: float | None = None
@@ -158,7 +160,7 @@ class NodeLiveness:
             placed = {self.keys.placement(vm): rev for vm, rev in local.items()}
             guard = await keys_unchanged(self.store, self.keys.prefix("placements"), placed)
             compares = [Compare.mod_is(key, kv.mod_revision if kv else 0), *guard.compares]
-            value = NodeAlive(node=self.node, lease=lease.id, since=time.time(), pid=os.getpid())
+            value = NodeAlive(node=self.node, lease=lease.id, since=self.wall(), pid=os.getpid())
             result = await self.store.txn(compares, [Put(key, encode(value), lease=lease.id)])
             if result.succeeded:
                 self.lease_id = lease.id
@@ -213,7 +215,7 @@ class NodeLiveness:
         if ack.ok is not None and (
             was is None or was.acknowledging != ack.ok or was.problem != ack.problem
         ):
-            since = time.time()
+            since = self.wall()
             if not ack.ok and ack.silent_since is not None:
                 since -= max(0.0, self.clock() - ack.silent_since)
             self.watchdog = WatchdogReport(acknowledging=ack.ok, since=since, problem=ack.problem)
@@ -285,7 +287,7 @@ class NodeLiveness:
                 log.warning("could not report the watchdog's state: %s", e)
             except Exception:
                 log.exception("watchdog check failed unexpectedly; carrying on")
-            await asyncio.sleep(max(0.0, interval - (self.clock() - started)))
+            await self.sleep(max(0.0, interval - (self.clock() - started)))
 
     def _overdue(self) -> bool:
         """A keepalive failed, or none was confirmed for longer than an interval and a half

@@ -56,7 +56,7 @@ class MigrationWorker(TargetRole, SourceRole):
             except Exception:  # not one record's (those are caught in the cycle): say, go on
                 log.exception("migration cycle failed unexpectedly; carrying on")
             self.wake.clear()
-            await wait_event(self.wake, interval)
+            await wait_event(self.wake, interval, self.agent.clock.sleep)
 
     async def watch(self) -> None:
         def seen(event: WatchEvent) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable
 from typing import Any
 
@@ -46,7 +45,7 @@ class MigrationBase:
 
     def _quiet(self, seconds: float = QUIET_S) -> None:
         """Hold this host's reconcile off for a moment: a guest is switching over here."""
-        self.agent.quiet_until = max(self.agent.quiet_until, time.monotonic() + seconds)
+        self.agent.quiet_until = max(self.agent.quiet_until, self.agent.clock.now() + seconds)
 
     def _spawn(self, rec: Migration, job: Awaitable[None]) -> None:
         mid = rec.id

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from pathlib import Path
 
 from hvcluster.agent.migration_base import MigrationBase
@@ -108,7 +107,8 @@ class QuickState(MigrationBase):
         if written is None:
             raise NotVerified("the migration ended while the state was saved")
         waiting = self.verify_waits.setdefault(rec.id, asyncio.Event())
-        deadline = time.monotonic() + VERIFY_S
+        clock = self.agent.clock
+        deadline = clock.now() + VERIFY_S
         try:
             while True:
                 found = await self._record_at(rec.id)
@@ -116,14 +116,14 @@ class QuickState(MigrationBase):
                     raise NotVerified("the migration ended while the target checked the state")
                 if found[0].state_verified:
                     return found
-                left = deadline - time.monotonic()
+                left = deadline - clock.now()
                 if left <= 0:
                     why = f"target {rec.target} did not confirm within {VERIFY_S:.0f} s that it "
                     why += f"can read the saved state {rec.state_file}"
                     await self._fail(rec, why)
                     raise NotVerified(why)
                 waiting.clear()
-                await wait_event(waiting, min(left, VERIFY_POLL_S))
+                await wait_event(waiting, min(left, VERIFY_POLL_S), clock.sleep)
         finally:
             self.verify_waits.pop(rec.id, None)
 

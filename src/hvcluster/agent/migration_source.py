@@ -291,7 +291,7 @@ class SourceRole(QuickState):
         key = self.keys.migration(written.record.id)
         last: Progress | None = None
         while not stop.is_set():
-            await wait_event(stop, PROGRESS_EVERY)
+            await wait_event(stop, PROGRESS_EVERY, self.agent.clock.sleep)
             if stop.is_set() or not latest or latest[-1] == last:
                 continue
             progress = latest[-1]

@@ -153,12 +153,13 @@ class TargetRole(QuickState):
     async def _settled(self, vm: str, timeout: float = SETTLE_S) -> VMInfo:
         """The incoming VM's state once the driver has seen the end of the stream (the
         source may report completion a moment before the target's QEMU does)."""
-        end = time.monotonic() + timeout
+        clock = self.agent.clock
+        end = clock.now() + timeout
         while True:
             info = await self.driver.status(vm)
-            if info.state is not VMState.MIGRATING or time.monotonic() > end:
+            if info.state is not VMState.MIGRATING or clock.now() > end:
                 return info
-            await asyncio.sleep(SETTLE_POLL_S)
+            await clock.sleep(SETTLE_POLL_S)
 
     async def _restore(self, rec: Migration, epoch: int) -> None:
         with contextlib.suppress(DriverError):

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +33,7 @@ from hvcluster.agent.reconcile import (
     plan_local,
 )
 from hvcluster.agent.resources import Resources
+from hvcluster.clock import SYSTEM, Clock
 from hvcluster.drivers.base import Driver, HostFacts
 from hvcluster.models.base import decode, encode
 from hvcluster.models.config import ClusterConfig
@@ -74,8 +74,10 @@ class NodeAgent:
         lease: Callable[[], int],
         may_start: Callable[[], str | None],
         shutdown_timeout: float = 20.0,
+        clock: Clock = SYSTEM,
     ) -> None:
         self.store, self.keys, self.me, self.driver = store, keys, me, driver
+        self.clock = clock  # this agent's loops and its migration and storage workers'
         self.config, self.say = config, say
         self.lease = lease  # the lease alive/<me> must be bound to for a start
         # None when this node may start a VM, else why not (keepalives unconfirmed, the
@@ -119,7 +121,7 @@ class NodeAgent:
             "capacity": capacity,
             "inventory": facts.inventory,
             "labels": self.me.labels,
-            "registered_at": time.time(),
+            "registered_at": self.clock.wall(),
             **self.resources.fields(),
         }
         node = await self._write_node(mine)
@@ -170,10 +172,10 @@ class NodeAgent:
             except Exception:  # a bug must not stop the agent: its VMs would be fenced
                 log.exception("reconcile cycle failed unexpectedly; carrying on")
             self.wake.clear()
-            await wait_event(self.wake, interval)
-            hold = self.quiet_until - time.monotonic()
+            await wait_event(self.wake, interval, self.clock.sleep)
+            hold = self.quiet_until - self.clock.now()
             if hold > 0:
-                await asyncio.sleep(hold)
+                await self.clock.sleep(hold)
 
     async def watch_changes(self, kind: str) -> None:
         """Wake the loop whenever anything under ``kind`` changes."""
@@ -198,7 +200,7 @@ class NodeAgent:
             name: SeenPlacement(s.value, s.raw, s.mod_revision)
             for name, s in placements.items.items()
         }
-        now = time.time()
+        now = self.clock.wall()
         actions = plan_local(
             me=self.me.name,
             now=now,
@@ -310,7 +312,7 @@ class NodeAgent:
                 log.exception("starting %s failed unexpectedly", action.vm)
             why = str(e) if isinstance(e, DriverError) else f"{type(e).__name__}: {e}"
             failed = status.model_copy(
-                update={"state": VMState.FAILED, "last_error": why, "since": time.time()}
+                update={"state": VMState.FAILED, "last_error": why, "since": self.clock.wall()}
             )
             await self._report(failed, action.seen)
             self.crashes.setdefault(action.vm, []).append(now)
@@ -324,7 +326,7 @@ class NodeAgent:
             update={
                 "state": info.state,
                 "pid": info.pid,
-                "since": info.since or time.time(),
+                "since": info.since or self.clock.wall(),
                 "cpu_model": info.cpu_model,
             }
         )
@@ -342,7 +344,7 @@ class NodeAgent:
                     node=self.me.name,
                     epoch=action.seen.placement.epoch,
                     state=VMState.STOPPED,
-                    since=info.since or time.time(),
+                    since=info.since or self.clock.wall(),
                     uid=action.seen.placement.uid,
                 )
                 await self._report(status, action.seen)

@@ -87,7 +87,9 @@ class HostResources:
         say: Say,
         interval: float = 2.0,
         free_slack_mib: int = 256,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
+        self.sleep = sleep
         self.store, self.keys, self.node = store, keys, node
         self.links, self.driver, self.report, self.say = links, driver, report, say
         self.interval, self.free_slack_mib = interval, free_slack_mib
@@ -105,7 +107,7 @@ class HostResources:
                 log.warning("volume and switch check failed: %s", e)
             except Exception:  # a bug here must not take the node agent down with it
                 log.exception("volume and switch check failed unexpectedly")
-            await asyncio.sleep(self.interval)
+            await self.sleep(self.interval)
 
     async def check(self) -> Resources:
         """One round; returns what this node has now."""

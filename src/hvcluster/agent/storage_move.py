@@ -87,7 +87,7 @@ class StorageMover:
                 except Exception:  # not one record's (those are caught in the cycle)
                     log.exception("storage move cycle failed unexpectedly; carrying on")
                 self.wake.clear()
-                await wait_event(self.wake, interval)
+                await wait_event(self.wake, interval, self.agent.clock.sleep)
         finally:  # the daemon stops: so do the copies (the driver stops their mirrors)
             for task in self.tasks.values():
                 task.cancel()
@@ -346,7 +346,7 @@ class StorageMover:
     async def _publish(self, mid: str, latest: list[Progress]) -> None:
         written: Progress | None = None
         while True:
-            await asyncio.sleep(PROGRESS_EVERY)
+            await self.agent.clock.sleep(PROGRESS_EVERY)
             if not latest or latest[-1] == written:
                 continue
             progress = latest[-1]

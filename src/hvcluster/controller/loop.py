@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from hvcluster.controller.apply import Applier
 from hvcluster.controller.fencing import Fencer
@@ -70,8 +70,10 @@ class Controller:
         say: Say,
         is_leader: Callable[[], bool],
         clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.store, self.keys, self.name, self.say = store, keys, name, say
+        self.sleep = sleep  # clock and sleep: a simulation's ManualClock, real by default
         self.is_leader = is_leader
         self.clock = clock
         self.notes = ControllerNotes(started=clock())
@@ -79,7 +81,9 @@ class Controller:
         self.fencer = Fencer(say)
         self.wake = asyncio.Event()
         self.cycles = 0
-        self.migrations = MigrationCoordinator(store, keys, say, self.notes, is_leader, clock)
+        self.migrations = MigrationCoordinator(
+            store, keys, say, self.notes, is_leader, clock, sleep
+        )
 
     async def run(self, interval: float = 0.5) -> None:
         helpers = [
@@ -107,7 +111,7 @@ class Controller:
             except Exception:  # a bug in one cycle must not take the agent down
                 log.exception("controller cycle failed unexpectedly; carrying on")
             self.wake.clear()
-            await wait_event(self.wake, interval)
+            await wait_event(self.wake, interval, self.sleep)
 
     async def cycle(self) -> list[str]:
         """One read-decide-apply pass; returns a sentence per decision applied."""

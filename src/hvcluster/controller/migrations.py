@@ -80,7 +80,9 @@ class MigrationCoordinator:
         notes: ControllerNotes,
         is_leader: Callable[[], bool],
         clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
+        self.sleep = sleep
         self.store, self.keys, self.say = store, keys, say
         self.notes, self.is_leader, self.clock = notes, is_leader, clock
         self.wake = asyncio.Event()
@@ -100,7 +102,7 @@ class MigrationCoordinator:
             except Exception:  # not one record's (those fail alone): say, go on
                 log.exception("migration coordinator cycle failed unexpectedly; carrying on")
             self.wake.clear()
-            await wait_event(self.wake, interval)
+            await wait_event(self.wake, interval, self.sleep)
 
     async def watch(self) -> None:
         loop = asyncio.get_running_loop()
