@@ -210,15 +210,16 @@ async def test_with_every_member_down_a_node_feeds_a_lease_ttl_from_each_questio
     store = AllCrashedStore()
     live, feeder = await _liveness(store, tmp_path)
     running.append(asyncio.create_task(live.run()))
-    await asyncio.sleep(0.3)
+    await wait_for(lambda: feeder.deadlines, 5, "a confirmed keepalive fed")
     store.down = True
-    await asyncio.sleep(3 * CONFIG.lease_ttl_s)
+    # Evidence that feeding went on: a feed from a question asked two TTLs after the crash.
+    late = time.monotonic() + 3 * CONFIG.lease_ttl_s
+    await wait_for(lambda: feeder.deadlines[-1] >= late, 15, "a feed long after the crash")
     now = time.monotonic()
     assert not live.fenced, "fed while nobody led"
     assert feeder.deadlines[-1] - now > CONFIG.fence_after_s  # a TTL, not fence_after
     assert feeder.deadlines[-1] <= now + CONFIG.lease_ttl_s
     store.restarting = True
     last = time.monotonic()
-    await asyncio.sleep(CONFIG.lease_ttl_s + 0.3)
-    assert live.fenced
+    await wait_for(lambda: live.fenced, CONFIG.lease_ttl_s + 5, "fenced")
     assert max(feeder.deadlines) <= last + CONFIG.lease_ttl_s

@@ -10,6 +10,7 @@ import httpx
 
 from hvcluster.store.memory_store import MemoryStore
 from tests.api.conftest import KEYS, add_node, kinds, spec
+from tests.waiting import wait_for
 
 
 def sse(body: str) -> list[tuple[str, dict[str, Any], str | None]]:
@@ -138,10 +139,11 @@ async def test_corrupt_event_is_skipped_and_reported(
     answer = (await api.get("/events")).json()
     assert [e["event"]["subject"] for e in answer["events"]] == ["vm/b"]
     assert [s["key"] for s in answer["skipped"]] == [KEYS.event(1)]
-    for _ in range(100):  # reported in the background, once
-        if "store.corrupt_value" in await kinds(store):
-            break
-        await asyncio.sleep(0.01)
+
+    async def reported() -> bool:  # in the background, once
+        return "store.corrupt_value" in await kinds(store)
+
+    await wait_for(reported, 1, "the corrupt value reported")
     await api.get("/events")
     await asyncio.sleep(0.05)
     assert (await kinds(store)).count("store.corrupt_value") == 1

@@ -24,6 +24,7 @@ from hvcluster.store.memory_store import MemoryStore
 from tests.api.conftest import KEYS
 from tests.tokens import api_client
 from tests.validate.agents import Agents, free_port
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -75,11 +76,7 @@ async def test_the_listener_greets_once_then_closes(api: httpx.AsyncClient, agen
         w.close()
         return False
 
-    for _ in range(50):
-        if await closed():
-            break
-        await asyncio.sleep(0.02)
-    assert await closed()
+    await wait_for(closed, 1, "the port closed")
     r = await api.get("/probe", params={"migration": "nope"})
     assert r.status_code == 422 and r.json()["field"] == "migration"
 

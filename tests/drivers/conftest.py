@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import pytest
 from hvcluster.drivers.qemu.settings import QemuSettings
 from hvcluster.drivers.runtime import kill_all, running_pids
 from hvcluster.guestimage.image import DEFAULT_CACHE, GuestImage, build_image
+from tests.waiting import wait_for_sync
 
 CACHE = Path(os.environ.get("HVC_CACHE", str(DEFAULT_CACHE)))
 
@@ -42,6 +42,4 @@ def run_dirs(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
     yield make
     for d in made:
         kill_all(d)
-    deadline = time.monotonic() + 10
-    while any(running_pids(d) for d in made) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for_sync(lambda: not any(running_pids(d) for d in made), 10, "the VM processes gone")

@@ -30,6 +30,7 @@ from hvcluster.models.config import MigrationSettings
 from hvcluster.models.lifecycle import VMState
 from hvcluster.models.migration import Progress
 from hvcluster.models.vm import Disk, Nic, VMSpec
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -179,10 +180,7 @@ async def test_new_instance_reattaches(make: Factory, spec: VMSpec, kind: str) -
     # A VM that died while nobody watched is reported failed and its dir cleaned.
     await second.close()
     os.kill(info.pid, signal.SIGKILL)
-    for _ in range(100):
-        if not pid_alive(info.pid):
-            break
-        await asyncio.sleep(0.05)
+    await wait_for(lambda: not pid_alive(info.pid), 5, "the killed VM process gone")
     third = make("n1")
     assert await third.attach() == []
     assert (await third.status("c1")).state is VMState.FAILED
@@ -230,11 +228,11 @@ async def test_live_migration_primitives(make: Factory, spec: VMSpec) -> None:
     assert result.total_ms > 0 and result.downtime_ms >= 0
     assert passes and passes == sorted(passes)
     assert (await src.status("c1")).state is VMState.PAUSED
-    for _ in range(50):  # the target learns of completion from the stream
-        if (await dst.status("c1")).state is VMState.PAUSED:
-            break
-        await asyncio.sleep(0.05)
-    assert (await dst.status("c1")).state is VMState.PAUSED
+
+    async def paused() -> bool:  # the target learns of completion from the stream
+        return (await dst.status("c1")).state is VMState.PAUSED
+
+    await wait_for(paused, 5, "the target paused")
     resumed = await dst.resume("c1")
     assert (resumed.state, resumed.epoch) == (VMState.RUNNING, 2)
     await src.discard("c1")
@@ -327,10 +325,11 @@ async def test_shared_nothing_primitives(make: Factory, spec: VMSpec, tmp_path: 
     )
     assert result.total_ms > 0
     assert (await src.status("c1")).state is VMState.PAUSED
-    for _ in range(100):  # the target learns of completion from the stream
-        if (await dst.status("c1")).state is VMState.PAUSED:
-            break
-        await asyncio.sleep(0.05)
+
+    async def paused() -> bool:  # the target learns of completion from the stream
+        return (await dst.status("c1")).state is VMState.PAUSED
+
+    await wait_for(paused, 5, "the target paused")
     resumed = await dst.resume("c1")
     assert (resumed.state, resumed.epoch) == (VMState.RUNNING, 2)
     await src.discard("c1")

@@ -3,7 +3,6 @@ bridges and taps, the KVM probe, the image build and the counter reader."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shutil
@@ -25,6 +24,7 @@ from hvcluster.models.lifecycle import VMState
 from hvcluster.models.storage import bridge_name
 from hvcluster.models.vm import Disk, Nic, VMSpec
 from tests.drivers.conftest import CACHE
+from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.qemu, pytest.mark.timeout(60)]
 
@@ -94,11 +94,7 @@ async def test_nic_is_a_tap_on_its_bridge_with_the_spec_mac(
     assert bridge_of(tap) == bridge_name(bridge)
     assert info.pid is not None and "mac=52:54:00:ab:cd:ef" in cmdline(info.pid)
     await driver.kill("net")
-    for _ in range(50):
-        if bridge_of(tap) is None:
-            break
-        await asyncio.sleep(0.05)
-    assert bridge_of(tap) is None, "the tap goes with its QEMU"
+    await wait_for(lambda: bridge_of(tap) is None, 2.5, "the tap gone with its QEMU")
 
 
 def bridge_of(interface: str) -> str | None:
