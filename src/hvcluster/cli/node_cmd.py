@@ -9,7 +9,7 @@ import typer
 
 from hvcluster.cli.client import Client, api_option
 from hvcluster.cli.output import console, err_console, friendly_errors, print_table
-from hvcluster.cli.views import listing, showing
+from hvcluster.cli.views import listing, post, showing
 from hvcluster.cli.vm_cmd import warn_skipped, when
 
 app = typer.Typer(help="List nodes; pause, drain and resume them.", no_args_is_help=True)
@@ -107,8 +107,7 @@ def pause(
     api: list[str] | None = api_option(),
 ) -> None:
     """Pause a node: no new VMs are placed on it; those it runs keep running."""
-    with Client.from_options(api) as client:
-        _say(client.post(f"/nodes/{name}/pause", {"reason": reason} if reason else None))
+    _say(post(api, f"/nodes/{name}/pause", {"reason": reason} if reason else None))
 
 
 @app.command("resume")
@@ -135,8 +134,7 @@ def resume(
         body["reason"] = reason
     if clear_quarantine:
         body["clear_quarantine"] = True
-    with Client.from_options(api) as client:
-        _say(client.post(f"/nodes/{name}/resume", body))
+    _say(post(api, f"/nodes/{name}/resume", body))
 
 
 def _fail(message: str) -> int:

@@ -6,9 +6,9 @@ from typing import Any
 
 import typer
 
-from hvcluster.cli.client import Client, api_option
+from hvcluster.cli.client import api_option
 from hvcluster.cli.output import console, friendly_errors, print_table
-from hvcluster.cli.views import listing, removing
+from hvcluster.cli.views import listing, post, removing
 from hvcluster.cli.vm_cmd import warn_skipped
 from hvcluster.models.storage import SwitchType
 
@@ -33,8 +33,7 @@ def add(
     body: dict[str, Any] = {"name": name, "type": type_.value}
     if uplink:
         body["uplink"] = uplink
-    with Client.from_options(api) as client:
-        s = client.post("/switches", body)
+    s = post(api, "/switches", body)
     console.print(
         f"switch [bold]{s['name']}[/] ({s['type']}), bridge {s['bridge']} on every node",
         highlight=False,

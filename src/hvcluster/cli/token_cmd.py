@@ -16,10 +16,10 @@ from typing import Any
 
 import typer
 
-from hvcluster.cli.client import Client, api_option
+from hvcluster.cli.client import api_option
 from hvcluster.cli.output import console, fail, friendly_errors, print_json, print_table
 from hvcluster.cli.store_cmd import ca_option, cert_option, key_option, store_tls
-from hvcluster.cli.views import listing, removing
+from hvcluster.cli.views import listing, post, removing
 from hvcluster.models.errors import InvalidInput
 from hvcluster.models.names import check_name
 from hvcluster.models.token import Role, Token, issue
@@ -111,8 +111,7 @@ def create(
         body: dict[str, Any] = {"name": name, "role": role.value}
         if lifetime is not None:
             body["expires_in_s"] = lifetime
-        with Client.from_options(api) as client:
-            answer = client.post("/tokens", body)
+        answer = post(api, "/tokens", body)
     if as_json:
         print_json(answer)
         return

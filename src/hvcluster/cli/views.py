@@ -87,3 +87,9 @@ def removing(
         with Client.from_options(api) as client:
             client.delete(f"{collection}/{name}")
         console.print(f"{done} {what} [bold]{name}[/]", highlight=False)
+
+
+def post(api: list[str] | None, path: str, body: Any = None) -> Any:
+    """One POST to the API, through a client opened for it: the answer."""
+    with Client.from_options(api) as client:
+        return client.post(path, body)

@@ -11,7 +11,7 @@ import typer
 
 from hvcluster.cli.client import ApiError, Client, api_option
 from hvcluster.cli.output import console, err_console, friendly_errors, print_json, print_table
-from hvcluster.cli.views import listing, showing
+from hvcluster.cli.views import listing, post, showing
 from hvcluster.models.vm import Priority
 
 app = typer.Typer(help="Create, list and manage VMs.", no_args_is_help=True)
@@ -119,8 +119,7 @@ def create(
         ha["anti_affinity_enforced"] = True
     if ha:
         spec["ha"] = ha
-    with Client.from_options(api) as client:
-        vm = client.post("/vms", spec)
+    vm = post(api, "/vms", spec)
     if as_json:
         print_json(vm)
         return
@@ -212,8 +211,7 @@ def _desired(verb: str, help: str) -> None:
         api: list[str] | None = api_option(),
     ) -> None:
         body = {"reason": reason} if reason else None
-        with Client.from_options(api) as client:
-            vm = client.post(f"/vms/{name}/{verb}", body)
+        vm = post(api, f"/vms/{name}/{verb}", body)
         console.print(
             f"vm [bold]{vm['name']}[/]: desired {vm['desired_state']} (now {vm['state']}"
             + (f" on {vm['node']}" if vm["node"] else "")

@@ -9,9 +9,9 @@ from typing import Any
 
 import typer
 
-from hvcluster.cli.client import Client, api_option
+from hvcluster.cli.client import api_option
 from hvcluster.cli.output import console, friendly_errors, print_table
-from hvcluster.cli.views import listing, removing, showing
+from hvcluster.cli.views import listing, post, removing, showing
 from hvcluster.cli.vm_cmd import warn_skipped
 from hvcluster.models.errors import HvcError
 from hvcluster.models.storage import MARKER, check_volume_path
@@ -76,8 +76,7 @@ def add(
     """Add a shared volume whose marker an admin placed ('hvc volume mark PATH'). Each agent
     then checks it sees it (the marker file with its id)."""
     body = {"name": name, "path": path} | ({"id": volume_id} if volume_id else {})
-    with Client.from_options(api) as client:
-        v = client.post("/volumes", body)
+    v = post(api, "/volumes", body)
     console.print(f"volume [bold]{v['name']}[/] at {v['path']} (id {v['id']})", highlight=False)
 
 

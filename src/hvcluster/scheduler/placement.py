@@ -91,12 +91,16 @@ def misfit(spec: VMSpec, node: NodeView, ledger: Ledger) -> str | None:
 
 @dataclass(frozen=True)
 class Choice:
+    """The node chosen for a VM, and why that one (said in the decision's reason)."""
+
     node: str
     why: str
 
 
 @dataclass(frozen=True)
 class NoFit:
+    """No node fits the VM: why not, node by node (at most a few shown)."""
+
     why: str
 
 
