@@ -7,10 +7,12 @@ import contextlib
 
 import pytest
 
+from hvcluster.clock import settle
 from hvcluster.models.errors import LeaseLost
 from hvcluster.store.election import Election
 from hvcluster.store.lease import LeaseKeeper
 from tests.store.conftest import Harness
+from tests.waiting import wait_for
 
 TTL = 2.0
 
@@ -19,6 +21,16 @@ async def candidate(h: Harness, name: str = "race") -> Election:
     keeper = LeaseKeeper(h.store, TTL, 0.5, clock=h.clock, sleep=h.sleep)
     await keeper.start()
     return Election(h.store, keeper, name, h.keys)
+
+
+async def standing(e: Election, n: int) -> None:
+    """Wait until ``n`` candidates stand in ``e``'s election (their keys written): evidence
+    that the last one has made its move and waits its turn."""
+
+    async def counted() -> bool:
+        return len((await e.store.range(e.prefix)).kvs) >= n
+
+    await wait_for(counted, 5, f"{n} candidates standing")
 
 
 async def stop(*elections: Election) -> None:
@@ -69,7 +81,8 @@ async def test_a_resigned_leader_is_replaced_and_observers_see_it(h: Harness) ->
     try:
         await a.campaign("a")
         b_wins = asyncio.create_task(b.campaign("b"))
-        await asyncio.sleep(0.2)
+        await standing(b, 2)
+        await settle()  # b reads its predecessor and waits on it: a few loop turns
         assert not b_wins.done(), "b must wait while a leads"
         assert a.is_leader and not b.is_leader
         await a.resign()
@@ -119,7 +132,7 @@ async def test_campaigning_with_a_lost_lease_fails(h: Harness) -> None:
     try:
         await a.campaign("a")
         b_wins = asyncio.create_task(b.campaign("b"))
-        await asyncio.sleep(0.1)
+        await standing(b, 2)
         await h.store.revoke(b.keeper.lease_id)
         await h.advance(0.6)  # b's keeper notices at its next keepalive
         with pytest.raises(LeaseLost):

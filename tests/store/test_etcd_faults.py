@@ -38,7 +38,9 @@ async def test_a_watch_resumes_after_its_connection_is_cut(etcd_session: EtcdClu
             await proxy.cut()
             revs += [await writer.put(f"{prefix}{round_}/{i}", b"y") for i in range(5)]
             await watch.wait_for(lambda evs, n=len(revs): len(evs) >= n)
-        await asyncio.sleep(0.3)  # room for a duplicate to show up, if there were one
+        # A duplicate would come before a change made after them all: wait for that one.
+        revs.append(await writer.put(f"{prefix}last", b"z"))
+        await watch.wait_for(lambda evs, last=revs[-1]: any(e.mod_revision == last for e in evs))
         await watch.stop()
         assert_exactly(watch.events, revs)
         assert proxy.connections >= 3, "the watch did reconnect"
@@ -90,10 +92,12 @@ async def test_a_watch_resumes_across_etcd_restarts(etcd_private: EtcdCluster) -
         await store.delete(f"{prefix}a0")
         revs.append(await store.revision())
         events = await watch.wait_for(lambda evs: len(evs) >= 15, timeout=20)
-        await asyncio.sleep(0.3)
+        assert events[-1].type == EventType.DELETE
+        # A duplicate would come before a change made after them all: wait for that one.
+        revs.append(await store.put(f"{prefix}last", b"z"))
+        await watch.wait_for(lambda evs, last=revs[-1]: any(e.mod_revision == last for e in evs))
         await watch.stop()
         assert_exactly(watch.events, revs)
-        assert events[-1].type == EventType.DELETE
         assert await store.keepalive(lease.id) == 30, "leases survive a restart"
     finally:
         await store.close()

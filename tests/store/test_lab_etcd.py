@@ -6,10 +6,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+
+from tests.waiting import wait_for_sync
 
 pytestmark = pytest.mark.etcd
 
@@ -44,10 +45,7 @@ def test_etcd_dies_with_the_process_that_started_it(tmp_path: Path) -> None:
         assert running(pid)
         owner.kill()  # no finally, no atexit: only the kernel can clean up now
         owner.wait()
-        deadline = time.monotonic() + 10
-        while running(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not running(pid), "etcd outlived its owner"
+        wait_for_sync(lambda: not running(pid), 10, "etcd to end with its owner")
     finally:
         owner.kill()
         owner.wait()
