@@ -31,14 +31,14 @@ from pathlib import Path
 
 from hvcluster.host import qemuimg
 from hvcluster.host.storage import resolve_allowed, resolve_disk
-from hvcluster.models.base import decode, encode
+from hvcluster.models.base import encode
 from hvcluster.models.errors import CorruptValue, DriverError
 from hvcluster.models.event import Say
 from hvcluster.models.storage import CreatedDisk, DiskDeletion
 from hvcluster.models.vm import Disk, VMSpec
 from hvcluster.store.base import Compare, Delete, Put, Store
 from hvcluster.store.keys import Keys
-from hvcluster.store.reads import read_kind
+from hvcluster.store.reads import read_kind, read_one_or_error, read_prefix
 from hvcluster.store.state import read_config
 
 log = logging.getLogger(__name__)
@@ -204,14 +204,11 @@ class VolumeDisks:
     # --- deletion --------------------------------------------------------------------
     async def carry_out_deletions(self, local: Iterable[str], say: Say) -> None:
         """Delete the disks of deleted VMs that asked for it, where it is safe to."""
-        found = await self.store.range(self.keys.request(DELETIONS))
+        prefix = self.keys.request(DELETIONS)
+        found = await read_prefix(self.store, prefix, DiskDeletion)
         running = set(local)
-        for kv in found.kvs:
-            try:
-                request = decode(DiskDeletion, kv.key, kv.value)
-            except CorruptValue as e:
-                log.warning("skipping %s", e)
-                continue
+        for kv in found.items.values():
+            request = kv.value
             vm = request.vm
             if await self.store.get(self.keys.vm(vm)) is not None:
                 # a VM of that name exists again: its disks are not the ones to delete
@@ -290,13 +287,12 @@ class VolumeDisks:
             return f"vm {named.by_file[disk.file]} names it"
         if named.unreadable:
             return f"the spec of vm {', '.join(named.unreadable)} cannot be read: it may name it"
-        kv = await self.store.get(self.keys.created_disk(disk.file))
-        if kv is None:
+        found = await read_one_or_error(self.store, self.keys.created_disk(disk.file), CreatedDisk)
+        if found is None:
             return "the cluster did not create it"
-        try:
-            record = decode(CreatedDisk, kv.key, kv.value)
-        except CorruptValue as e:
-            return f"its creation record is unreadable: {e}"
+        if isinstance(found, CorruptValue):
+            return f"its creation record is unreadable: {found}"
+        record = found.value
         if record.vm != vm or (record.uid and uid and record.uid != uid):
             return f"the cluster created it for another vm {record.vm}"
         try:

@@ -41,6 +41,7 @@ from hvcluster.store.base import Compare, EventType, Put, Store, WatchEvent
 from hvcluster.store.follow import follow
 from hvcluster.store.guards import keys_unchanged
 from hvcluster.store.keys import Keys
+from hvcluster.store.reads import read_one
 from hvcluster.watchdog.node import WatchdogFeeder
 
 log = logging.getLogger(__name__)
@@ -370,17 +371,13 @@ async def write_watchdog_report(
     there (yet) or does not decode (the agent's registration rewrites it)."""
     key = keys.node(node)
     while True:
-        kv = await store.get(key)
-        if kv is None:
+        found = await read_one(store, key, Node)
+        if found is None:
             return False
-        try:
-            current = decode(Node, key, kv.value)
-        except CorruptValue:
-            return False
-        if current.watchdog == report:
+        if found.value.watchdog == report:
             return True
-        updated = current.model_copy(update={"watchdog": report})
-        compare = Compare.mod_is(key, kv.mod_revision)
+        updated = found.value.model_copy(update={"watchdog": report})
+        compare = Compare.mod_is(key, found.mod_revision)
         result = await store.txn([compare], [Put(key, encode(updated))])
         if result.succeeded:
             return True

@@ -31,12 +31,12 @@ import logging
 
 from hvcluster.agent.migration_source import SourceRole
 from hvcluster.agent.migration_target import TargetRole
-from hvcluster.models.base import decode
-from hvcluster.models.errors import CorruptValue, StoreError
+from hvcluster.models.errors import StoreError
 from hvcluster.models.migration import Migration
 from hvcluster.store.base import WatchEvent
 from hvcluster.store.follow import follow
 from hvcluster.store.migrations import read_migrations
+from hvcluster.store.reads import decode_kv
 from hvcluster.tasks import wait_event
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,8 @@ class MigrationWorker(TargetRole, SourceRole):
     async def watch(self) -> None:
         def seen(event: WatchEvent) -> None:
             try:
-                rec = _decoded(event.key, event.value)
+                found = decode_kv(Migration, event)
+                rec = found.value if found is not None else None
                 if rec is None:
                     self.wake.set()
                     return
@@ -118,12 +119,3 @@ class MigrationWorker(TargetRole, SourceRole):
             f"migration {rec.id} ({rec.state.value}): {why}; {self.me} gives it up and "
             f"its reconcile takes over",
         )
-
-
-def _decoded(key: str, value: bytes) -> Migration | None:
-    if not value:
-        return None
-    try:
-        return decode(Migration, key, value)
-    except CorruptValue:
-        return None

@@ -10,15 +10,14 @@ from typing import Any
 
 from hvcluster.agent.node import NodeAgent
 from hvcluster.agent.shared_nothing import SharedNothing
-from hvcluster.models.base import decode
-from hvcluster.models.errors import CorruptValue, DriverError, StoreError
+from hvcluster.models.errors import DriverError, StoreError
 from hvcluster.models.event import Say
 from hvcluster.models.lifecycle import MigrationState
 from hvcluster.models.migration import Migration
-from hvcluster.models.vm import Placement, VMSpec
 from hvcluster.store.base import Store
 from hvcluster.store.keys import Keys
 from hvcluster.store.migrations import change_migration
+from hvcluster.store.reads import Reader
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +41,7 @@ class MigrationBase:
         self.verify_waits: dict[str, asyncio.Event] = {}  # quick: source awaits target's check
         self.shared = SharedNothing(store, keys, agent)  # disks that travel with the memory
         self.wake = asyncio.Event()
+        self.read = Reader(store, keys)
 
     def _quiet(self, seconds: float = QUIET_S) -> None:
         """Hold this host's reconcile off for a moment: a guest is switching over here."""
@@ -90,35 +90,3 @@ class MigrationBase:
             return False
         await self.say("migration.failed", f"vm/{rec.vm}", f"migration {rec.id}: {reason}")
         return True
-
-    async def _record(self, mid: str) -> Migration | None:
-        kv = await self.store.get(self.keys.migration(mid))
-        if kv is None:
-            return None
-        try:
-            return decode(Migration, kv.key, kv.value)
-        except CorruptValue:
-            return None
-
-    async def _spec(self, vm: str) -> VMSpec | None:
-        kv = await self.store.get(self.keys.vm(vm))
-        if kv is None:
-            return None
-        try:
-            return decode(VMSpec, kv.key, kv.value)
-        except CorruptValue:
-            return None
-
-    async def _placement(self, vm: str) -> Placement | None:
-        found = await self._placement_at(vm)
-        return found[0] if found is not None else None
-
-    async def _placement_at(self, vm: str) -> tuple[Placement, int] | None:
-        """The VM's placement and its mod revision (what a flip compares)."""
-        kv = await self.store.get(self.keys.placement(vm))
-        if kv is None:
-            return None
-        try:
-            return decode(Placement, kv.key, kv.value), kv.mod_revision
-        except CorruptValue:
-            return None

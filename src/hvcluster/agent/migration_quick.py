@@ -22,11 +22,11 @@ import logging
 from pathlib import Path
 
 from hvcluster.agent.migration_base import MigrationBase
-from hvcluster.models.base import decode
-from hvcluster.models.errors import CorruptValue, DriverError
+from hvcluster.models.errors import DriverError
 from hvcluster.models.lifecycle import MigrationState
 from hvcluster.models.migration import Migration, MigrationKind, split_state_file
 from hvcluster.store.migrations import change_migration, change_record
+from hvcluster.store.reads import read_one
 from hvcluster.tasks import wait_event
 
 log = logging.getLogger(__name__)
@@ -111,11 +111,11 @@ class QuickState(MigrationBase):
         deadline = clock.now() + VERIFY_S
         try:
             while True:
-                found = await self._record_at(rec.id)
-                if found is None or not found[0].active:
+                found = await read_one(self.store, self.keys.migration(rec.id), Migration)
+                if found is None or not found.value.active:
                     raise NotVerified("the migration ended while the target checked the state")
-                if found[0].state_verified:
-                    return found
+                if found.value.state_verified:
+                    return found.value, found.mod_revision
                 left = deadline - clock.now()
                 if left <= 0:
                     why = f"target {rec.target} did not confirm within {VERIFY_S:.0f} s that it "
@@ -134,15 +134,6 @@ class QuickState(MigrationBase):
         with contextlib.suppress(DriverError, OSError):
             path = self._state_path(rec.state_file)
             await asyncio.to_thread(path.unlink, missing_ok=True)
-
-    async def _record_at(self, mid: str) -> tuple[Migration, int] | None:
-        kv = await self.store.get(self.keys.migration(mid))
-        if kv is None:
-            return None
-        try:
-            return decode(Migration, kv.key, kv.value), kv.mod_revision
-        except CorruptValue:
-            return None
 
 
 class NotVerified(Exception):

@@ -20,8 +20,8 @@ from typing import Any
 from hvcluster.agent.migration_quick import NotVerified, QuickState
 from hvcluster.agent.shared_nothing import shared_nothing
 from hvcluster.drivers.errors import MigrationCancelled
-from hvcluster.models.base import decode, encode
-from hvcluster.models.errors import CorruptValue, DriverError, StoreError
+from hvcluster.models.base import encode
+from hvcluster.models.errors import DriverError, StoreError
 from hvcluster.models.lifecycle import MigrationState, VMState
 from hvcluster.models.migration import Migration, MigrationKind, Progress, address_host
 from hvcluster.models.migration_times import (
@@ -30,10 +30,10 @@ from hvcluster.models.migration_times import (
     times_missing,
     with_times,
 )
-from hvcluster.models.node import Node
 from hvcluster.models.vm import Placement
 from hvcluster.store.base import Compare, Put
 from hvcluster.store.migrations import change_migration, change_record, flip, moved_spec_ops
+from hvcluster.store.reads import Stored, read_one
 from hvcluster.store.state import read_config
 from hvcluster.tasks import wait_event
 
@@ -88,7 +88,7 @@ class SourceRole(QuickState):
                     return  # the target is about to write when it ran the VM: wait for it
                 rec = await self._times_lost(rec)
             self.migrated_out.pop(rec.vm, None)
-            placement = await self._placement(rec.vm)
+            placement = await self.read.placement(rec.vm)
             if placement is not None and placement.node != self.me:
                 await self.driver.discard(rec.vm)
                 await self.shared.delete_old_files(rec)  # shared-nothing: the copy is there
@@ -115,7 +115,8 @@ class SourceRole(QuickState):
             if refused is not None:
                 await self._fail(rec, f"refused to migrate {rec.vm} to {address!r}: {refused}")
                 return
-        placed = await self._placement_at(rec.vm)  # what the flip compares, read beforehand
+        # what the flip compares, read beforehand
+        placed = await read_one(self.store, self.keys.placement(rec.vm), Placement)
         moved = await moved_spec_ops(self.store, self.keys, rec)  # shared-nothing: new paths
         config, _ = await read_config(self.store, self.keys)
         latest: list[Progress] = []
@@ -209,7 +210,7 @@ class SourceRole(QuickState):
     async def _flip(
         self,
         written: Written,
-        placed: tuple[Placement, int] | None,
+        placed: Stored[Placement] | None,
         moved: tuple[list[Compare], list[Put]],
         **fields: Any,
     ) -> bool:
@@ -224,8 +225,10 @@ class SourceRole(QuickState):
         # target, which is loading the last of the guest's state).
         self.agent.incoming.add(rec.vm)
         try:
+            at = written.revision
+            placement, placement_rev = placed.value, placed.mod_revision
             done = await flip(
-                self.store, self.keys, rec, written.revision, placed[0], placed[1], moved, **fields
+                self.store, self.keys, rec, at, placement, placement_rev, moved, **fields
             )
         except StoreError as e:
             log.warning("migration %s: the flip got no answer (%s); re-checking", rec.id, e)
@@ -327,11 +330,7 @@ class SourceRole(QuickState):
         """Why this host will not send ``rec``'s VM to its ``target_address`` (whoever can
         write the record could point it anywhere): it must be the target node's registered
         address (the model admits only tcp:HOST:PORT). None if it is."""
-        kv = await self.store.get(self.keys.node(rec.target))
-        try:
-            node = decode(Node, kv.key, kv.value) if kv is not None else None
-        except CorruptValue:
-            node = None
+        node = await self.read.node(rec.target)
         if node is None:
             return f"the target node {rec.target} is not registered"
         host = address_host(rec.target_address)
@@ -345,7 +344,7 @@ class SourceRole(QuickState):
         if self.migrated_out.get(rec.vm) != rec.id:
             return
         self.migrated_out.pop(rec.vm, None)
-        placement = await self._placement(rec.vm)
+        placement = await self.read.placement(rec.vm)
         if placement is None or placement.node != self.me or placement.epoch != rec.epoch:
             return
         try:

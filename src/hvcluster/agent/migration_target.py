@@ -72,7 +72,7 @@ class TargetRole(QuickState):
 
     async def _prepare(self, rec: Migration) -> None:
         self.agent.incoming.add(rec.vm)
-        spec = await self._spec(rec.vm)
+        spec = await self.read.spec(rec.vm)
         try:
             if spec is None:
                 raise DriverError(f"vm {rec.vm} has no spec")
@@ -110,7 +110,7 @@ class TargetRole(QuickState):
         ``flipped``: the record was seen becoming done just now, so the placement is ours
         (the same transaction wrote both); otherwise it is read and checked first."""
         epoch = rec.epoch + 1
-        placement = None if flipped else await self._placement(rec.vm)
+        placement = None if flipped else await self.read.placement(rec.vm)
         if not flipped and (
             placement is None or placement.node != self.me or placement.epoch != epoch
         ):
@@ -166,7 +166,7 @@ class TargetRole(QuickState):
             info = await self.driver.status(rec.vm)
             if info.epoch == epoch and info.state not in (VMState.STOPPED, VMState.FAILED):
                 return  # restored already
-        spec = await self._spec(rec.vm)
+        spec = await self.read.spec(rec.vm)
         if spec is None:
             return
         path = self._state_path(rec.saved_path)

@@ -35,7 +35,7 @@ from hvcluster.agent.reconcile import (
 from hvcluster.agent.resources import Resources
 from hvcluster.clock import SYSTEM, Clock
 from hvcluster.drivers.base import Driver, HostFacts
-from hvcluster.models.base import decode, encode
+from hvcluster.models.base import encode
 from hvcluster.models.config import ClusterConfig
 from hvcluster.models.errors import CorruptValue, DriverError, StoreError
 from hvcluster.models.event import Say
@@ -45,7 +45,7 @@ from hvcluster.models.vm import Placement, VMSpec, VMStatus
 from hvcluster.store.base import Compare, Put, Store
 from hvcluster.store.follow import follow
 from hvcluster.store.keys import Keys
-from hvcluster.store.reads import read_kind
+from hvcluster.store.reads import decode_one, read_kind
 from hvcluster.tasks import wait_event
 
 log = logging.getLogger(__name__)
@@ -138,23 +138,19 @@ class NodeAgent:
         key = self.keys.node(self.me.name)
         while True:
             kv = await self.store.get(key)
-            node: Node
-            if kv is None:
+            found = await decode_one(Node, kv)
+            if found is None or isinstance(found, CorruptValue):
                 if not create:
                     return None
-                node = Node(name=self.me.name, **mine)
-            else:
-                try:
-                    node = decode(Node, key, kv.value).model_copy(update=mine)
-                except CorruptValue as e:
-                    if not create:
-                        return None
+                if found is not None:
                     await self.say(
                         "node.corrupt",
                         f"node/{self.me.name}",
-                        f"{e}; rewriting it from this host's facts",
+                        f"{found}; rewriting it from this host's facts",
                     )
-                    node = Node(name=self.me.name, **mine)
+                node = Node(name=self.me.name, **mine)
+            else:
+                node = found.value.model_copy(update=mine)
             compare = Compare.mod_is(key, kv.mod_revision if kv else 0)
             result = await self.store.txn([compare], [Put(key, encode(node))])
             if result.succeeded:

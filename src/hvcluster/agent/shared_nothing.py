@@ -24,9 +24,8 @@ import logging
 
 from hvcluster.agent.node import NodeAgent
 from hvcluster.drivers.base import CompletionHook, MigrationResult, ProgressCallback
-from hvcluster.models.base import decode
 from hvcluster.models.config import MigrationSettings
-from hvcluster.models.errors import CorruptValue, DriverError
+from hvcluster.models.errors import DriverError
 from hvcluster.models.lifecycle import MigrationState
 from hvcluster.models.migration import Migration
 from hvcluster.models.storage import spec_on_volume
@@ -34,6 +33,7 @@ from hvcluster.models.vm import Disk, VMSpec
 from hvcluster.store.base import Store
 from hvcluster.store.keys import Keys
 from hvcluster.store.migrations import change_migration
+from hvcluster.store.reads import Reader
 
 log = logging.getLogger(__name__)
 _M = MigrationState
@@ -47,6 +47,7 @@ class SharedNothing:
     def __init__(self, store: Store, keys: Keys, agent: NodeAgent) -> None:
         self.store, self.keys, self.agent = store, keys, agent
         self.driver = agent.driver
+        self.read = Reader(store, keys)
         # record -> (disks, the VM's uid): the files made here (target), or to delete (source)
         self.created: dict[str, tuple[tuple[Disk, ...], str]] = {}
         self.old_files: dict[str, tuple[tuple[Disk, ...], str]] = {}
@@ -81,7 +82,7 @@ class SharedNothing:
         on_complete: CompletionHook | None,
     ) -> MigrationResult:
         """The transfer: disks into the target's exports, then memory."""
-        spec = await self._spec(rec.vm)
+        spec = await self.read.spec(rec.vm)
         if spec is None:
             raise DriverError(f"vm {rec.vm} has no spec")
         self.old_files[rec.id] = (spec.disks, spec.uid)
@@ -157,10 +158,3 @@ class SharedNothing:
                 f"vm/{rec.vm}",
                 f"migration {rec.id}: kept {what} disk files of {rec.vm}: {'; '.join(kept)}",
             )
-
-    async def _spec(self, vm: str) -> VMSpec | None:
-        kv = await self.store.get(self.keys.vm(vm))
-        try:
-            return decode(VMSpec, kv.key, kv.value) if kv is not None else None
-        except CorruptValue:
-            return None

@@ -35,19 +35,20 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from hvcluster.agent.node import NodeAgent
-from hvcluster.models.base import decode, encode
-from hvcluster.models.errors import CorruptValue, DriverError, StoreError
+from hvcluster.models.base import encode
+from hvcluster.models.errors import DriverError, StoreError
 from hvcluster.models.event import Say
 from hvcluster.models.job import job_of
 from hvcluster.models.lifecycle import MigrationState, VMState
 from hvcluster.models.migration import Migration, Progress
 from hvcluster.models.storage import disk_on_volume, disks_to_move
 from hvcluster.models.vm import Disk, Placement, VMSpec
-from hvcluster.store.base import Compare, Delete, KeyValue, Put, Store, WatchEvent
+from hvcluster.store.base import Compare, Delete, Put, Store, WatchEvent
 from hvcluster.store.follow import follow
 from hvcluster.store.jobs import busy, release_if_named
 from hvcluster.store.keys import Keys
 from hvcluster.store.migrations import change_move, read_moves
+from hvcluster.store.reads import Reader, read_one
 from hvcluster.store.state import read_config
 from hvcluster.tasks import wait_event
 
@@ -73,6 +74,7 @@ class StorageMover:
         self.checked: set[str] = set()  # done records seen switched (see _finish)
         self.given_up: set[str] = set()  # records whose step raised unexpectedly here
         self.wake = asyncio.Event()
+        self.read = Reader(store, keys)
         self.cycles = 0  # cycles begun (tests wait on it: 'a later cycle did not retry')
 
     # --- the loop --------------------------------------------------------------------
@@ -166,7 +168,8 @@ class StorageMover:
                 confirm = functools.partial(self._commit, rec, index, old, new, n == len(disks) - 1)
                 await self._about_to_create(new, spec)
                 await self.driver.move_disk(rec.vm, index, new, latest.append, timeout, confirm)
-                if (await self._spec(rec.vm) or spec).disks[index] != new and not await confirm():
+                now = await self.read.spec(rec.vm) or spec
+                if now.disks[index] != new and not await confirm():
                     raise MoveFailed(f"disk {index} was switched but its new path not recorded")
                 moved.append(f"disk {index} to {new.file}")
                 kept = await self.agent.disks.delete_if_ours(old, rec.vm, spec.uid)
@@ -197,7 +200,7 @@ class StorageMover:
     async def _finish(self, rec: Migration) -> None:
         """A done move: if the agent that ran it went away between the commit and the switch,
         the guest still uses the old file (its copy following every write): switch it now."""
-        spec = await self._spec(rec.vm)
+        spec = await self.read.spec(rec.vm)
         try:
             info = await self.driver.status(rec.vm)
         except DriverError:
@@ -227,8 +230,8 @@ class StorageMover:
 
     async def _accept(self, rec: Migration) -> tuple[VMSpec, list[int]]:
         """The checks of step 1; the record moves to transferring. Raises MoveFailed."""
-        spec = await self._spec(rec.vm)
-        placement = await self._placement(rec.vm)
+        spec = await self.read.spec(rec.vm)
+        placement = await self.read.placement(rec.vm)
         if spec is None or placement is None:
             raise MoveFailed(f"vm {rec.vm} has no spec or placement any more")
         if (placement.node, placement.epoch) != (self.me, rec.epoch):
@@ -270,19 +273,19 @@ class StorageMover:
             log.warning("storage move %s: commit of disk %s: %s; re-reading", rec.id, index, e)
             for _ in range(5):
                 with contextlib.suppress(StoreError, TimeoutError):
-                    spec = await self._spec(rec.vm)
+                    spec = await self.read.spec(rec.vm)
                     return spec is not None and spec.disks[index] == new
                 await asyncio.sleep(0.5)
             raise
 
     async def _write(self, rec: Migration, index: int, old: Disk, new: Disk, last: bool) -> bool:
         held = await self._holds_the_vm(rec)
-        skv = await self.store.get(self.keys.vm(rec.vm))
-        pkv = await self.store.get(self.keys.placement(rec.vm))
+        skv = await read_one(self.store, self.keys.vm(rec.vm), VMSpec)
+        pkv = await read_one(self.store, self.keys.placement(rec.vm), Placement)
         if skv is None or pkv is None:
             return False
-        spec, placement = _decode(VMSpec, skv), _decode(Placement, pkv)
-        if spec is None or placement is None or len(spec.disks) <= index:
+        spec, placement = skv.value, pkv.value
+        if len(spec.disks) <= index:
             return False
         if spec.disks[index] != old or (placement.node, placement.epoch) != (self.me, rec.epoch):
             return False
@@ -335,7 +338,7 @@ class StorageMover:
         """The new files of a move that will not finish: those the cluster created for the
         VM that no VM's spec names (the old agent may have died before it made them, and a
         file of that name may be another VM's disk or an admin's)."""
-        spec = await self._spec(rec.vm)
+        spec = await self.read.spec(rec.vm)
         if spec is None:
             return
         for i in disks_to_move(spec, rec.volume):
@@ -372,14 +375,6 @@ class StorageMover:
                 return True
         return False
 
-    async def _spec(self, vm: str) -> VMSpec | None:
-        kv = await self.store.get(self.keys.vm(vm))
-        return _decode(VMSpec, kv) if kv is not None else None
-
-    async def _placement(self, vm: str) -> Placement | None:
-        kv = await self.store.get(self.keys.placement(vm))
-        return _decode(Placement, kv) if kv is not None else None
-
 
 def _step(state: MigrationState) -> Callable[[Migration], Migration | None]:
     def step(cur: Migration) -> Migration | None:
@@ -390,10 +385,3 @@ def _step(state: MigrationState) -> Callable[[Migration], Migration | None]:
         return cur.model_copy(update={"state": state})
 
     return step
-
-
-def _decode(cls: type[T], kv: KeyValue) -> T | None:
-    try:
-        return decode(cls, kv.key, kv.value)
-    except CorruptValue:
-        return None

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 
-from hvcluster.models.base import decode
 from hvcluster.models.errors import CorruptValue
 from hvcluster.models.event import Say
 from hvcluster.models.lifecycle import MigrationState
@@ -25,6 +24,7 @@ from hvcluster.store.base import Store
 from hvcluster.store.jobs import clear, holder, stale
 from hvcluster.store.keys import Keys
 from hvcluster.store.migrations import change_move
+from hvcluster.store.reads import read_one_or_error
 
 log = logging.getLogger(__name__)
 
@@ -61,15 +61,12 @@ async def _orphaned(store: Store, keys: Keys, rec: Migration) -> str | None:
     """Why no agent will end the storage move ``rec``, or None."""
     if await store.get(keys.vm(rec.vm)) is None:
         return f"vm {rec.vm} was deleted"
-    kv = await store.get(keys.placement(rec.vm))
-    placement = None
-    if kv is not None:
-        try:
-            placement = decode(Placement, kv.key, kv.value)
-        except CorruptValue:
-            return None
-    if placement is None:
+    found = await read_one_or_error(store, keys.placement(rec.vm), Placement)
+    if isinstance(found, CorruptValue):
+        return None
+    if found is None:
         return f"vm {rec.vm} has no placement any more"
+    placement = found.value
     if (placement.node, placement.epoch) != (rec.source, rec.epoch):
         return (
             f"vm {rec.vm} is now placed on {placement.node} at epoch {placement.epoch}, not "

@@ -32,8 +32,8 @@ from hvcluster.controller.jobs import sweep_jobs
 from hvcluster.controller.notes import ControllerNotes
 from hvcluster.controller.retention import Retention
 from hvcluster.controller.view import build_snapshot
-from hvcluster.models.base import decode, encode
-from hvcluster.models.errors import CorruptValue, StoreError
+from hvcluster.models.base import encode
+from hvcluster.models.errors import StoreError
 from hvcluster.models.event import Say
 from hvcluster.models.fit import not_up
 from hvcluster.models.lifecycle import MigrationState, NodeAdminState
@@ -58,7 +58,7 @@ from hvcluster.store.migrations import (
     moved_spec_ops,
     read_migrations,
 )
-from hvcluster.store.reads import Decoded, Stored, read_kind
+from hvcluster.store.reads import Decoded, Stored, decode_kv, read_kind, read_one
 from hvcluster.store.state import ClusterState, read_cluster
 from hvcluster.tasks import wait_event
 
@@ -108,7 +108,8 @@ class MigrationCoordinator:
         loop = asyncio.get_running_loop()
 
         async def seen(event: WatchEvent) -> None:
-            rec = _decoded(event.key, event.value)
+            found = decode_kv(Migration, event)
+            rec = found.value if found is not None else None
             if rec is None or rec.state is _M.REQUESTED:
                 self.wake.set()
             elif rec.state is _M.SWITCHING and self.is_leader():
@@ -316,8 +317,7 @@ class MigrationCoordinator:
         """The flip as soon as the record says switching, reading only the placement (it
         must still be the source's, at the record's epoch). Anything else is left to the
         cycle, which fails the record with the reason."""
-        kv = await self.store.get(self.keys.placement(rec.vm))
-        placed = _placement(kv.key, kv.value, kv.mod_revision) if kv else None
+        placed = await read_one(self.store, self.keys.placement(rec.vm), Placement)
         if placed is None:
             return
         if not await self._flip_at(rec, record_rev, placed):
@@ -352,14 +352,13 @@ class MigrationCoordinator:
     async def _flip(self, rec: Migration, placed: Stored[Placement]) -> None:
         """The flip against the record as it is now (re-read until it holds still)."""
         for _ in range(ATTEMPTS):
-            kv = await self.store.get(self.keys.migration(rec.id))
-            cur = _decoded(kv.key, kv.value) if kv else None
-            if kv is None or cur is None or cur.state is not _M.SWITCHING:
+            found = await read_one(self.store, self.keys.migration(rec.id), Migration)
+            if found is None or found.value.state is not _M.SWITCHING:
                 return
-            if await self._flip_at(cur, kv.mod_revision, placed):
+            if await self._flip_at(found.value, found.mod_revision, placed):
                 return
             again = await self.store.get(self.keys.migration(rec.id))
-            if again is not None and again.mod_revision == kv.mod_revision:
+            if again is not None and again.mod_revision == found.mod_revision:
                 return  # the record held still: another compare failed; the cycle judges
 
     async def _fail(self, rec: Migration, why: str) -> None:
@@ -444,19 +443,3 @@ class MigrationCoordinator:
             [Compare.mod_is(key, stored.mod_revision)], [Put(key, encode(node))]
         )
         return result.succeeded
-
-
-def _decoded(key: str, value: bytes) -> Migration | None:
-    if not value:
-        return None
-    try:
-        return decode(Migration, key, value)
-    except CorruptValue:
-        return None
-
-
-def _placement(key: str, value: bytes, mod_revision: int) -> Stored[Placement] | None:
-    try:
-        return Stored(decode(Placement, key, value), value, mod_revision)
-    except CorruptValue:
-        return None

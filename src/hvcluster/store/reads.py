@@ -1,7 +1,8 @@
 """The one way to read the store: typed values, decoded and validated, each with the bytes and
 revision a later compare-and-set needs; a corrupt value reported once and skipped.
 
-* :func:`read_one` / :func:`read_value`: one key (absent or corrupt: None);
+* :func:`read_one` / :func:`read_value`: one key (absent or corrupt: None); :class:`Reader`
+  for the named objects (a VM's spec, placement, status; a node; a job record);
   :func:`read_one_or_error` when the caller must tell "corrupt" from "absent".
 * :func:`read_kind` / :func:`read_prefix`: every object under a prefix, at one revision.
 * :func:`read_snapshot`: several prefixes and single keys in one transaction (one revision).
@@ -24,6 +25,9 @@ from typing import Generic, Protocol, TypeVar
 
 from hvcluster.models.base import Model, decode
 from hvcluster.models.errors import CorruptValue
+from hvcluster.models.migration import Migration
+from hvcluster.models.node import Node
+from hvcluster.models.vm import Placement, VMSpec, VMStatus
 from hvcluster.store.base import Get, KeyValue, Store
 from hvcluster.store.keys import Keys
 
@@ -226,3 +230,29 @@ def _decode(model: type[M], kv: Entry | None) -> Stored[M] | CorruptValue | None
         return Stored(decode(model, kv.key, kv.value), kv.value, kv.mod_revision, kv.key)
     except CorruptValue as e:
         return e
+
+
+class Reader:
+    """The named objects of one cluster, read one at a time: the value, or None when it is
+    absent or corrupt (reported). :func:`read_one` gives the revision too."""
+
+    def __init__(self, store: Store, keys: Keys, report: CorruptReporter = LOG_ONCE) -> None:
+        self.store, self.keys, self.report = store, keys, report
+
+    async def spec(self, vm: str) -> VMSpec | None:
+        return await read_value(self.store, self.keys.vm(vm), VMSpec, self.report)
+
+    async def placement(self, vm: str) -> Placement | None:
+        return await read_value(self.store, self.keys.placement(vm), Placement, self.report)
+
+    async def status(self, vm: str) -> VMStatus | None:
+        return await read_value(self.store, self.keys.status(vm), VMStatus, self.report)
+
+    async def node(self, name: str) -> Node | None:
+        return await read_value(self.store, self.keys.node(name), Node, self.report)
+
+    async def migration(self, mid: str) -> Migration | None:
+        return await read_value(self.store, self.keys.migration(mid), Migration, self.report)
+
+    async def storage_move(self, mid: str) -> Migration | None:
+        return await read_value(self.store, self.keys.storage_move(mid), Migration, self.report)
