@@ -26,7 +26,7 @@ from hvcluster.api.auth import Authorizer
 from hvcluster.api.context import ApiContext, PeerApi, context
 from hvcluster.api.errors import install_error_handlers
 from hvcluster.api.limits import RequestLimits
-from hvcluster.api.reads import decode_all, decode_optional, snapshot
+from hvcluster.api.reads import decode_optional, skipped_of
 from hvcluster.api.views import ClusterView, Counts, Health, Skipped
 from hvcluster.models.config import ClusterConfig
 from hvcluster.models.lifecycle import NodeAdminState
@@ -34,6 +34,7 @@ from hvcluster.models.node import Node
 from hvcluster.models.vm import Placement, VMSpec, VMStatus
 from hvcluster.store.base import Store
 from hvcluster.store.keys import Keys
+from hvcluster.store.reads import read_snapshot
 
 PREFIX = "/api/v1"
 
@@ -51,36 +52,34 @@ async def healthz(ctx: ApiContext = Depends(context)) -> Health:
 async def cluster(ctx: ApiContext = Depends(context)) -> ClusterView:
     keys = ctx.keys
     kinds = ("nodes", "alive", "vms", "placements", "status")
-    snap = await snapshot(ctx.store, keys, kinds, single=(keys.config,))
+    snap = await read_snapshot(ctx.store, keys, kinds, single=(keys.config,))
     skipped: list[Skipped] = []
     config_kv = snap.single[keys.config]
     config = await decode_optional(ClusterConfig, config_kv, ctx.corrupt, skipped)
-    nodes = await decode_all(Node, keys, "nodes", snap.by_kind["nodes"], ctx.corrupt)
-    specs = await decode_all(VMSpec, keys, "vms", snap.by_kind["vms"], ctx.corrupt)
-    placements = await decode_all(
-        Placement, keys, "placements", snap.by_kind["placements"], ctx.corrupt
-    )
-    statuses = await decode_all(VMStatus, keys, "status", snap.by_kind["status"], ctx.corrupt)
+    nodes = await snap.decoded(Node, "nodes", ctx.corrupt)
+    specs = await snap.decoded(VMSpec, "vms", ctx.corrupt)
+    placements = await snap.decoded(Placement, "placements", ctx.corrupt)
+    statuses = await snap.decoded(VMStatus, "status", ctx.corrupt)
     alive = {keys.name_of(kv.key, "alive") for kv in snap.by_kind["alive"]}
     by_state = Counter(
         vms.state_of(
             spec,
-            placements.items[name][0] if name in placements.items else None,
-            statuses.items[name][0] if name in statuses.items else None,
+            placements.get(name),
+            statuses.get(name),
         ).value
-        for name, (spec, _) in specs.items.items()
+        for name, spec in specs.by_name().items()
     )
     counts = Counts(
         nodes=len(nodes.items),
         nodes_alive=len(alive & set(nodes.items)),
-        nodes_up=sum(1 for n, _ in nodes.items.values() if n.admin_state is NodeAdminState.UP),
+        nodes_up=sum(1 for n in nodes.values() if n.admin_state is NodeAdminState.UP),
         vms=len(specs.items),
-        vms_desired_running=sum(1 for s, _ in specs.items.values() if s.desired_state == "running"),
+        vms_desired_running=sum(1 for s in specs.values() if s.desired_state == "running"),
         vms_placed=sum(1 for name in specs.items if name in placements.items),
         vms_by_state=dict(by_state),
     )
     for d in (nodes, specs, placements, statuses):
-        skipped.extend(d.skipped)
+        skipped.extend(skipped_of(d))
     return ClusterView(
         cluster=keys.cluster,
         served_by=ctx.node,

@@ -32,10 +32,10 @@ from fastapi import Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from hvcluster.models.errors import CorruptValue, Forbidden, Unauthenticated
-from hvcluster.models.token import Role, split_bearer
+from hvcluster.models.token import Role, Token, split_bearer
 from hvcluster.store.base import Store
 from hvcluster.store.keys import Keys
-from hvcluster.store.tokens import find_token
+from hvcluster.store.reads import read_one_or_error
 
 READS = frozenset({"GET", "HEAD"})
 OPEN = frozenset({"/healthz"})  # reads anyone may make
@@ -88,10 +88,10 @@ async def authenticate(store: Store, keys: Keys, header: str | None, now: float)
     if parts is None:
         raise Unauthenticated("malformed token: expected NAME.SECRET, as 'hvc token create' prints")
     name, secret = parts
-    try:
-        token = await find_token(store, keys, name)
-    except CorruptValue as e:
-        raise Unauthenticated(f"token {name!r} cannot be read ({e.reason}): make a new one") from e
+    found = await read_one_or_error(store, keys.token(name), Token)
+    if isinstance(found, CorruptValue):
+        raise Unauthenticated(f"token {name!r} cannot be read ({found.reason}): make a new one")
+    token = found.value if found is not None else None
     if token is None or not token.matches(secret):
         raise Unauthenticated(f"token {name!r} is unknown, revoked, or its secret is wrong")
     if token.expired(now):

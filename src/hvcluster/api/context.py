@@ -13,7 +13,6 @@ import httpx
 from fastapi import Path, Request
 
 from hvcluster.api.auth import Caller
-from hvcluster.api.reads import CorruptReporter
 from hvcluster.api.views import Skipped
 from hvcluster.models.errors import CorruptValue, InvalidInput, StoreError
 from hvcluster.models.event import Event
@@ -21,6 +20,7 @@ from hvcluster.models.names import check_name
 from hvcluster.store.base import Store
 from hvcluster.store.events import EventLog
 from hvcluster.store.keys import Keys
+from hvcluster.store.reads import CorruptReporter
 
 log = logging.getLogger(__name__)
 

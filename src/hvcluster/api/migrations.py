@@ -18,7 +18,7 @@ from fastapi import APIRouter, Body, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
 from hvcluster.api.context import ApiContext, context, valid_name
-from hvcluster.api.reads import decode_all, decode_one
+from hvcluster.api.reads import decode_one
 from hvcluster.api.views import ActionRequest, View
 from hvcluster.api.writes import update
 from hvcluster.models.base import Model
@@ -34,6 +34,7 @@ from hvcluster.store.base import Get, KeyValue
 from hvcluster.store.jobs import busy
 from hvcluster.store.keys import Keys
 from hvcluster.store.migrations import change_migration, create_migration, read_migrations
+from hvcluster.store.reads import decode_many
 
 M = TypeVar("M", bound=Model)
 
@@ -116,8 +117,8 @@ class Cluster:
 async def _items(
     cls: type[M], keys: Keys, kind: str, kvs: Sequence[KeyValue], ctx: ApiContext
 ) -> dict[str, M]:
-    decoded = await decode_all(cls, keys, kind, kvs, ctx.corrupt)
-    return {name: value for name, (value, _) in decoded.items.items()}
+    decoded = await decode_many(cls, keys.prefix(kind), kvs, ctx.corrupt)
+    return {name: value for name, value in decoded.by_name().items()}
 
 
 @router.post("/vms/{name}/move", status_code=202, response_model=Migration)

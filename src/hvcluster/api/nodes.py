@@ -10,7 +10,7 @@ from fastapi import APIRouter, Body, Depends
 
 from hvcluster.api import migrations
 from hvcluster.api.context import ApiContext, context, valid_name
-from hvcluster.api.reads import decode_all, decode_one, decode_optional, snapshot
+from hvcluster.api.reads import decode_one, decode_optional, skipped_of
 from hvcluster.api.views import ActionRequest, NodeList, NodeView, ResumeRequest, Skipped
 from hvcluster.api.writes import update
 from hvcluster.models.errors import Conflict, NotFound
@@ -18,6 +18,7 @@ from hvcluster.models.lifecycle import NODE_LIFECYCLE, NodeAdminState
 from hvcluster.models.node import Node, NodeAlive
 from hvcluster.models.vm import Placement, VMSpec
 from hvcluster.store.base import Get
+from hvcluster.store.reads import decode_many, read_snapshot
 
 router = APIRouter(prefix="/nodes", tags=["nodes"])
 
@@ -45,22 +46,17 @@ def view(node: Node, alive: NodeAlive | None, alive_present: bool, vms: int) -> 
 
 @router.get("", response_model=NodeList)
 async def list_nodes(ctx: ApiContext = Depends(context)) -> NodeList:
-    snap = await snapshot(ctx.store, ctx.keys, ("nodes", "alive", "placements"))
-    nodes = await decode_all(Node, ctx.keys, "nodes", snap.by_kind["nodes"], ctx.corrupt)
-    alive = await decode_all(NodeAlive, ctx.keys, "alive", snap.by_kind["alive"], ctx.corrupt)
-    placements = await decode_all(
-        Placement, ctx.keys, "placements", snap.by_kind["placements"], ctx.corrupt
-    )
+    snap = await read_snapshot(ctx.store, ctx.keys, ("nodes", "alive", "placements"))
+    nodes = await snap.decoded(Node, "nodes", ctx.corrupt)
+    alive = await snap.decoded(NodeAlive, "alive", ctx.corrupt)
+    placements = await snap.decoded(Placement, "placements", ctx.corrupt)
     # A key under alive/ that does not decode still proves the lease is held.
     present = {ctx.keys.name_of(kv.key, "alive") for kv in snap.by_kind["alive"]}
-    per_node = Counter(p.node for p, _ in placements.items.values())
+    per_node = Counter(p.node for p in placements.values())
     views = []
-    for name, (node, _) in nodes.items.items():
-        heartbeat = alive.items.get(name)
-        views.append(
-            view(node, heartbeat[0] if heartbeat else None, name in present, per_node[name])
-        )
-    skipped = nodes.skipped + alive.skipped + placements.skipped
+    for name, node in nodes.by_name().items():
+        views.append(view(node, alive.get(name), name in present, per_node[name]))
+    skipped = skipped_of(nodes, alive, placements)
     return NodeList(nodes=views, skipped=skipped, revision=snap.revision)
 
 
@@ -77,8 +73,8 @@ async def _load(ctx: ApiContext, name: str) -> NodeView:
     alive = await decode_optional(
         NodeAlive, alive_found[0] if alive_found else None, ctx.corrupt, skipped
     )
-    placements = await decode_all(Placement, keys, "placements", placement_kvs, ctx.corrupt)
-    vms = sum(1 for p, _ in placements.items.values() if p.node == name)
+    placements = await decode_many(Placement, keys.prefix("placements"), placement_kvs, ctx.corrupt)
+    vms = sum(1 for p in placements.values() if p.node == name)
     return view(node, alive, bool(alive_found), vms)
 
 
@@ -186,16 +182,14 @@ async def resume_node(
 async def _away_from(ctx: ApiContext, name: str) -> dict[str, int]:
     """VMs that would fail back to ``name`` by their own policy (it is one of their preferred
     owners) but are placed elsewhere: each with its placement epoch now."""
-    snap = await snapshot(ctx.store, ctx.keys, ("vms", "placements"))
-    specs = await decode_all(VMSpec, ctx.keys, "vms", snap.by_kind["vms"], ctx.corrupt)
-    placements = await decode_all(
-        Placement, ctx.keys, "placements", snap.by_kind["placements"], ctx.corrupt
-    )
+    snap = await read_snapshot(ctx.store, ctx.keys, ("vms", "placements"))
+    specs = await snap.decoded(VMSpec, "vms", ctx.corrupt)
+    placements = await snap.decoded(Placement, "placements", ctx.corrupt)
     held = {}
-    for vm, (placement, _) in placements.items.items():
-        spec = specs.items.get(vm)
+    for vm, placement in placements.by_name().items():
+        spec = specs.get(vm)
         if spec is None or placement.node == name:
             continue
-        if name in spec[0].ha.preferred_owners:
+        if name in spec.ha.preferred_owners:
             held[vm] = placement.epoch
     return held

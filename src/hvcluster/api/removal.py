@@ -13,11 +13,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from hvcluster.api.context import ApiContext
-from hvcluster.api.reads import decode_all
 from hvcluster.api.views import View
 from hvcluster.models.errors import Conflict, NotFound
 from hvcluster.models.vm import VMSpec
 from hvcluster.store.base import Compare, Delete, Get
+from hvcluster.store.reads import decode_many
 
 UsersOf = Callable[[dict[str, VMSpec], str], list[str]]
 
@@ -38,12 +38,12 @@ async def remove_unused(ctx: ApiContext, kind: str, key: str, name: str, users: 
         found, vm_kvs = read.gets
         if not found:
             raise NotFound(f"{kind} {name!r} not found")
-        specs = await decode_all(VMSpec, ctx.keys, "vms", vm_kvs, ctx.corrupt)
-        used = users({n: s for n, (s, _) in specs.items.items()}, name)
+        specs = await decode_many(VMSpec, ctx.keys.prefix("vms"), vm_kvs, ctx.corrupt)
+        used = users(specs.by_name(), name)
         if used:
             raise Conflict(f"{kind} {name!r} is used by VM(s) {_names(used)}; delete them first")
-        if specs.skipped:
-            unreadable = [ctx.keys.name_of(s.key, "vms") for s in specs.skipped]
+        if specs.corrupt:
+            unreadable = sorted(specs.unreadable)
             raise Conflict(
                 f"{kind} {name!r}: cannot tell whether VM(s) {_names(unreadable)} use it (their "
                 "specs do not decode); fix or delete them first"

@@ -13,7 +13,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 
 from hvcluster.api.context import ApiContext, context, valid_name
-from hvcluster.api.reads import decode_all, decode_one, snapshot
+from hvcluster.api.reads import decode_one, skipped_of
 from hvcluster.api.removal import Removed, remove_unused
 from hvcluster.api.views import Skipped, View
 from hvcluster.models.base import encode
@@ -22,6 +22,7 @@ from hvcluster.models.node import Node
 from hvcluster.models.storage import Switch
 from hvcluster.models.vm import VMSpec
 from hvcluster.store.base import Compare, Get, Put
+from hvcluster.store.reads import decode_many, read_snapshot
 
 router = APIRouter(prefix="/switches", tags=["network"])
 
@@ -63,15 +64,15 @@ def view(switch: Switch, nodes: list[Node], specs: dict[str, VMSpec]) -> SwitchV
 
 @router.get("", response_model=SwitchList)
 async def list_switches(ctx: ApiContext = Depends(context)) -> SwitchList:
-    snap = await snapshot(ctx.store, ctx.keys, ("switches", "nodes", "vms"))
-    switches = await decode_all(Switch, ctx.keys, "switches", snap.by_kind["switches"], ctx.corrupt)
-    nodes = await decode_all(Node, ctx.keys, "nodes", snap.by_kind["nodes"], ctx.corrupt)
-    specs = await decode_all(VMSpec, ctx.keys, "vms", snap.by_kind["vms"], ctx.corrupt)
-    node_list = [n for n, _ in nodes.items.values()]
-    spec_map = {name: s for name, (s, _) in specs.items.items()}
+    snap = await read_snapshot(ctx.store, ctx.keys, ("switches", "nodes", "vms"))
+    switches = await snap.decoded(Switch, "switches", ctx.corrupt)
+    nodes = await snap.decoded(Node, "nodes", ctx.corrupt)
+    specs = await snap.decoded(VMSpec, "vms", ctx.corrupt)
+    node_list = [n for n in nodes.values()]
+    spec_map = {name: s for name, s in specs.by_name().items()}
     return SwitchList(
-        switches=[view(s, node_list, spec_map) for s, _ in switches.items.values()],
-        skipped=switches.skipped + nodes.skipped + specs.skipped,
+        switches=[view(s, node_list, spec_map) for s in switches.values()],
+        skipped=skipped_of(switches, nodes, specs),
         revision=snap.revision,
     )
 
@@ -81,11 +82,11 @@ async def refuse_busy_uplink(ctx: ApiContext, switch: Switch) -> None:
     uplink = switch.uplink
     if uplink is None:
         return
-    snap = await snapshot(ctx.store, ctx.keys, ("nodes",))
-    nodes = await decode_all(Node, ctx.keys, "nodes", snap.by_kind["nodes"], ctx.corrupt)
+    snap = await read_snapshot(ctx.store, ctx.keys, ("nodes",))
+    nodes = await snap.decoded(Node, "nodes", ctx.corrupt)
     carrying = {
         name: node.interfaces_in_use[uplink]
-        for name, (node, _) in sorted(nodes.items.items())
+        for name, node in sorted(nodes.by_name().items())
         if uplink in node.interfaces_in_use
     }
     if carrying:
@@ -128,12 +129,12 @@ async def show_switch(
     if not found:
         raise NotFound(f"switch {name!r} not found")
     switch = await decode_one(Switch, found[0], ctx.corrupt)
-    nodes = await decode_all(Node, keys, "nodes", node_kvs, ctx.corrupt)
-    specs = await decode_all(VMSpec, keys, "vms", vm_kvs, ctx.corrupt)
+    nodes = await decode_many(Node, keys.prefix("nodes"), node_kvs, ctx.corrupt)
+    specs = await decode_many(VMSpec, keys.prefix("vms"), vm_kvs, ctx.corrupt)
     return view(
         switch,
-        [n for n, _ in nodes.items.values()],
-        {n: s for n, (s, _) in specs.items.items()},
+        [n for n in nodes.values()],
+        {n: s for n, s in specs.by_name().items()},
     )
 
 

@@ -13,13 +13,14 @@ from fastapi import APIRouter, Depends
 from pydantic import ConfigDict, Field
 
 from hvcluster.api.context import ApiContext, context, valid_name
-from hvcluster.api.reads import decode_all, snapshot
+from hvcluster.api.reads import skipped_of
 from hvcluster.api.removal import Removed
 from hvcluster.api.views import Skipped, View
 from hvcluster.models.errors import Conflict, NotFound
 from hvcluster.models.names import Name
 from hvcluster.models.token import Role, Token, issue
 from hvcluster.store.base import Compare, Delete
+from hvcluster.store.reads import read_snapshot
 from hvcluster.store.tokens import add_token
 
 router = APIRouter(prefix="/tokens", tags=["tokens"])
@@ -71,12 +72,12 @@ def view(token: Token, now: float) -> TokenView:
 
 @router.get("", response_model=TokenList)
 async def list_tokens(ctx: ApiContext = Depends(context)) -> TokenList:
-    snap = await snapshot(ctx.store, ctx.keys, ("tokens",))
-    tokens = await decode_all(Token, ctx.keys, "tokens", snap.by_kind["tokens"], ctx.corrupt)
+    snap = await read_snapshot(ctx.store, ctx.keys, ("tokens",))
+    tokens = await snap.decoded(Token, "tokens", ctx.corrupt)
     now = time.time()
     return TokenList(
-        tokens=[view(t, now) for t, _ in tokens.items.values()],
-        skipped=tokens.skipped,
+        tokens=[view(t, now) for t in tokens.values()],
+        skipped=skipped_of(tokens),
         revision=snap.revision,
     )
 
@@ -102,20 +103,20 @@ async def revoke_token(
     name: str = Depends(valid_name), ctx: ApiContext = Depends(context)
 ) -> Removed:
     """Revoke a token: its record is deleted, so it is refused from the next request on."""
-    snap = await snapshot(ctx.store, ctx.keys, ("tokens",))
-    tokens = await decode_all(Token, ctx.keys, "tokens", snap.by_kind["tokens"], ctx.corrupt)
+    snap = await read_snapshot(ctx.store, ctx.keys, ("tokens",))
+    tokens = await snap.decoded(Token, "tokens", ctx.corrupt)
     key = ctx.keys.token(name)
     found = next((kv for kv in snap.by_kind["tokens"] if kv.key == key), None)
     if found is None:
         raise NotFound(f"token {name!r} not found")
     now = time.time()
     admins = [
-        kv
-        for t, kv in tokens.items.values()
-        if t.role is Role.ADMIN and not t.expired(now) and t.name != name
+        stored
+        for stored in tokens.items.values()
+        if (t := stored.value).role is Role.ADMIN and not t.expired(now) and t.name != name
     ]
-    target = tokens.items.get(name)
-    if target is not None and target[0].role is Role.ADMIN and not admins:
+    target = tokens.get(name)
+    if target is not None and target.role is Role.ADMIN and not admins:
         raise Conflict(
             f"token {name!r} is the last valid admin token: create another admin token first"
         )
@@ -125,7 +126,7 @@ async def revoke_token(
     # admins (a compare per admin would outgrow etcd's 128 operations per txn).
     guard = [Compare.mod_is(key, found.mod_revision)]
     if admins:
-        witness = min(admins, key=lambda kv: kv.key)
+        witness = min(admins, key=lambda stored: stored.key)
         guard.append(Compare.mod_is(witness.key, witness.mod_revision))
     done = await ctx.store.txn(guard, [Delete(key)])
     if not done.succeeded:

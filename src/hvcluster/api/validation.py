@@ -29,7 +29,6 @@ from fastapi import APIRouter, Depends, Query
 
 from hvcluster.api.context import ApiContext, context
 from hvcluster.api.listen import ListenRefused, open_listener, reach_listener, split
-from hvcluster.api.reads import decode_all, snapshot
 from hvcluster.models.errors import InvalidInput, StoreError
 from hvcluster.models.lifecycle import VMState
 from hvcluster.models.node import Node
@@ -47,6 +46,7 @@ from hvcluster.models.validation import (
 from hvcluster.models.vm import VMStatus
 from hvcluster.store.base import Store
 from hvcluster.store.health import has_quorum
+from hvcluster.store.reads import read_snapshot
 from hvcluster.validate import validate
 
 router = APIRouter(tags=["cluster"])
@@ -89,9 +89,9 @@ async def tcp_probe(address: str, timeout: float = CONNECT_TIMEOUT_S) -> tuple[b
 
 
 async def _nodes(ctx: ApiContext) -> list[Node]:
-    snap = await snapshot(ctx.store, ctx.keys, ("nodes",))
-    decoded = await decode_all(Node, ctx.keys, "nodes", snap.by_kind["nodes"], ctx.corrupt)
-    return [n for n, _ in decoded.items.values()]
+    snap = await read_snapshot(ctx.store, ctx.keys, ("nodes",))
+    decoded = await snap.decoded(Node, "nodes", ctx.corrupt)
+    return [n for n in decoded.values()]
 
 
 @router.get("/probe", response_model=ProbeAnswer)
@@ -309,17 +309,17 @@ async def validate_cluster(ctx: ApiContext = Depends(context)) -> ValidationRepo
     passes, warns or fails, with what to do."""
     started = time.monotonic()
     keys = ctx.keys
-    snap = await snapshot(ctx.store, keys, ("nodes", "alive", "volumes", "switches", "status"))
-    nodes = await decode_all(Node, keys, "nodes", snap.by_kind["nodes"], ctx.corrupt)
-    volumes = await decode_all(Volume, keys, "volumes", snap.by_kind["volumes"], ctx.corrupt)
-    switches = await decode_all(Switch, keys, "switches", snap.by_kind["switches"], ctx.corrupt)
+    snap = await read_snapshot(ctx.store, keys, ("nodes", "alive", "volumes", "switches", "status"))
+    nodes = await snap.decoded(Node, "nodes", ctx.corrupt)
+    volumes = await snap.decoded(Volume, "volumes", ctx.corrupt)
+    switches = await snap.decoded(Switch, "switches", ctx.corrupt)
     alive = frozenset(keys.name_of(kv.key, "alive") for kv in snap.by_kind["alive"])
-    statuses = await decode_all(VMStatus, keys, "status", snap.by_kind["status"], ctx.corrupt)
+    statuses = await snap.decoded(VMStatus, "status", ctx.corrupt)
     guest_cpus: dict[str, dict[str, str]] = {}  # node -> {vm: its CPU model}, running there
-    for status, _ in statuses.items.values():
+    for status in statuses.values():
         if status.node and status.state in RUNS:
             guest_cpus.setdefault(status.node, {})[status.vm] = status.cpu_model
-    all_nodes = [n for n, _ in nodes.items.values()]
+    all_nodes = [n for n in nodes.values()]
     live = sorted((n for n in all_nodes if n.name in alive), key=lambda n: n.name)
     # At most MAX_ASKS requests in flight; the others wait for the pool, not for a timeout.
     timeout = httpx.Timeout(ASK_TIMEOUT_S, pool=None)
@@ -342,8 +342,8 @@ async def validate_cluster(ctx: ApiContext = Depends(context)) -> ValidationRepo
         time=time.time(),
         nodes=tuple(all_nodes),
         alive=alive,
-        volumes=tuple(v for v, _ in volumes.items.values()),
-        switches=tuple(s for s, _ in switches.items.values()),
+        volumes=tuple(v for v in volumes.values()),
+        switches=tuple(s for s in switches.values()),
         probes=(*probes, *ports),
         clocks=tuple(clocks),
         etcd=etcd,

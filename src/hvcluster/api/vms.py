@@ -9,15 +9,16 @@ import uuid
 from fastapi import APIRouter, Body, Depends, Query
 
 from hvcluster.api.context import ApiContext, context, valid_name
-from hvcluster.api.reads import Decoded, decode_all, decode_one, decode_optional, snapshot
+from hvcluster.api.reads import decode_one, decode_optional, skipped_of
 from hvcluster.api.views import ActionRequest, Deleted, Skipped, VMList, VMView
 from hvcluster.api.writes import ATTEMPTS, update
-from hvcluster.models.base import decode, encode
-from hvcluster.models.errors import Conflict, CorruptValue, InvalidInput, NotFound
+from hvcluster.models.base import encode
+from hvcluster.models.errors import Conflict, InvalidInput, NotFound
 from hvcluster.models.lifecycle import VMState
 from hvcluster.models.storage import DiskDeletion, Volume
 from hvcluster.models.vm import Placement, VMSpec, VMStatus, is_under, same_vm
 from hvcluster.store.base import Compare, Delete, Get, Put, TxnResult
+from hvcluster.store.reads import Decoded, decode_many, read_one, read_snapshot
 from hvcluster.store.state import read_config
 
 router = APIRouter(prefix="/vms", tags=["vms"])
@@ -82,20 +83,14 @@ async def _load(ctx: ApiContext, name: str, skipped: list[Skipped]) -> VMView:
 
 @router.get("", response_model=VMList)
 async def list_vms(ctx: ApiContext = Depends(context)) -> VMList:
-    snap = await snapshot(ctx.store, ctx.keys, ("vms", "placements", "status"))
-    specs = await decode_all(VMSpec, ctx.keys, "vms", snap.by_kind["vms"], ctx.corrupt)
-    placements: Decoded[Placement] = await decode_all(
-        Placement, ctx.keys, "placements", snap.by_kind["placements"], ctx.corrupt
-    )
-    statuses: Decoded[VMStatus] = await decode_all(
-        VMStatus, ctx.keys, "status", snap.by_kind["status"], ctx.corrupt
-    )
+    snap = await read_snapshot(ctx.store, ctx.keys, ("vms", "placements", "status"))
+    specs = await snap.decoded(VMSpec, "vms", ctx.corrupt)
+    placements: Decoded[Placement] = await snap.decoded(Placement, "placements", ctx.corrupt)
+    statuses: Decoded[VMStatus] = await snap.decoded(VMStatus, "status", ctx.corrupt)
     vms = []
-    for name, (spec, _) in specs.items.items():
-        placement = placements.items.get(name)
-        status = statuses.items.get(name)
-        vms.append(view(spec, placement[0] if placement else None, status[0] if status else None))
-    skipped = specs.skipped + placements.skipped + statuses.skipped
+    for name, spec in specs.by_name().items():
+        vms.append(view(spec, placements.get(name), statuses.get(name)))
+    skipped = skipped_of(specs, placements, statuses)
     return VMList(vms=vms, skipped=skipped, revision=snap.revision)
 
 
@@ -129,9 +124,9 @@ async def refuse_volume_files_by_path(ctx: ApiContext, spec: VMSpec) -> None:
     form only (``VOLUME:relative/path``), else it has two names, and a spec naming it by
     path would not keep it from a deletion by its volume name."""
     found = await ctx.store.range(ctx.keys.prefix("volumes"))
-    volumes = await decode_all(Volume, ctx.keys, "volumes", found.kvs, ctx.corrupt)
+    volumes = await decode_many(Volume, ctx.keys.prefix("volumes"), found.kvs, ctx.corrupt)
     for i, disk in enumerate(spec.disks):
-        for volume, _ in volumes.items.values():
+        for volume in volumes.values():
             if disk.volume is None and is_under(disk.path, volume.path):
                 relative = disk.path[len(volume.path.rstrip("/")) + 1 :]
                 raise InvalidInput(
@@ -195,16 +190,13 @@ async def _clear_left_failed(ctx: ApiContext, name: str, request: ActionRequest 
     controller then places the VM again as a new one."""
     key = ctx.keys.status(name)
     for _ in range(ATTEMPTS):
-        kv = await ctx.store.get(key)
-        if kv is None:
-            return
-        try:
-            status = decode(VMStatus, kv.key, kv.value)
-        except CorruptValue:
-            return  # not ours to judge; the list reports it
+        found = await read_one(ctx.store, key, VMStatus)
+        if found is None:
+            return  # none, or corrupt: not ours to judge (the list reports it)
+        status = found.value
         if not (status.left_failed and status.node == "" and status.state is VMState.FAILED):
             return
-        result = await ctx.store.txn([Compare.mod_is(key, kv.mod_revision)], [Delete(key)])
+        result = await ctx.store.txn([Compare.mod_is(key, found.mod_revision)], [Delete(key)])
         if result.succeeded:
             reason = request.reason if request and request.reason else "start requested"
             await ctx.record(

@@ -18,7 +18,7 @@ from fastapi import APIRouter, Depends
 from pydantic import ConfigDict, Field, field_validator
 
 from hvcluster.api.context import ApiContext, context, valid_name
-from hvcluster.api.reads import decode_all, decode_one, snapshot
+from hvcluster.api.reads import decode_one, skipped_of
 from hvcluster.api.removal import Removed, remove_unused
 from hvcluster.api.views import Skipped, View
 from hvcluster.models.base import encode
@@ -34,6 +34,7 @@ from hvcluster.models.storage import (
 )
 from hvcluster.models.vm import VMSpec
 from hvcluster.store.base import Compare, Get, KeyValue, Put
+from hvcluster.store.reads import decode_many, read_snapshot
 
 router = APIRouter(prefix="/volumes", tags=["storage"])
 
@@ -158,23 +159,23 @@ def view(volume: Volume, nodes: list[Node], specs: dict[str, VMSpec]) -> VolumeV
 async def _others(
     ctx: ApiContext, node_kvs: tuple[KeyValue, ...], vm_kvs: tuple[KeyValue, ...]
 ) -> tuple[list[Node], dict[str, VMSpec], list[Skipped]]:
-    nodes = await decode_all(Node, ctx.keys, "nodes", node_kvs, ctx.corrupt)
-    specs = await decode_all(VMSpec, ctx.keys, "vms", vm_kvs, ctx.corrupt)
+    nodes = await decode_many(Node, ctx.keys.prefix("nodes"), node_kvs, ctx.corrupt)
+    specs = await decode_many(VMSpec, ctx.keys.prefix("vms"), vm_kvs, ctx.corrupt)
     return (
-        [n for n, _ in nodes.items.values()],
-        {name: s for name, (s, _) in specs.items.items()},
-        nodes.skipped + specs.skipped,
+        [n for n in nodes.values()],
+        {name: s for name, s in specs.by_name().items()},
+        skipped_of(nodes, specs),
     )
 
 
 @router.get("", response_model=VolumeList)
 async def list_volumes(ctx: ApiContext = Depends(context)) -> VolumeList:
-    snap = await snapshot(ctx.store, ctx.keys, ("volumes", "nodes", "vms"))
-    volumes = await decode_all(Volume, ctx.keys, "volumes", snap.by_kind["volumes"], ctx.corrupt)
+    snap = await read_snapshot(ctx.store, ctx.keys, ("volumes", "nodes", "vms"))
+    volumes = await snap.decoded(Volume, "volumes", ctx.corrupt)
     nodes, specs, skipped = await _others(ctx, snap.by_kind["nodes"], snap.by_kind["vms"])
     return VolumeList(
-        volumes=[view(v, nodes, specs) for v, _ in volumes.items.values()],
-        skipped=volumes.skipped + skipped,
+        volumes=[view(v, nodes, specs) for v in volumes.values()],
+        skipped=skipped_of(volumes) + skipped,
         revision=snap.revision,
     )
 
@@ -191,10 +192,10 @@ async def add_volume(request: VolumeRequest, ctx: ApiContext = Depends(context))
     key, prefix = ctx.keys.volume(volume.name), ctx.keys.prefix("volumes")
     while True:
         existing = await ctx.store.range(prefix)
-        volumes = await decode_all(Volume, ctx.keys, "volumes", existing.kvs, ctx.corrupt)
+        volumes = await decode_many(Volume, ctx.keys.prefix("volumes"), existing.kvs, ctx.corrupt)
         if volume.name in volumes.items or any(kv.key == key for kv in existing.kvs):
             raise Conflict(f"volume {volume.name!r} already exists")
-        await asyncio.to_thread(refuse_overlap, volume, [v for v, _ in volumes.items.values()])
+        await asyncio.to_thread(refuse_overlap, volume, [v for v in volumes.values()])
         guard = [Compare.absent(key), Compare.unchanged_since(prefix, existing.revision)]
         result = await ctx.store.txn(guard, [Put(key, encode(volume))])
         if result.succeeded:

@@ -12,10 +12,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from hvcluster.api.reads import CorruptReporter, decode_one
+from hvcluster.api.reads import decode_one
 from hvcluster.models.base import Model, encode
 from hvcluster.models.errors import Conflict, NotFound
 from hvcluster.store.base import Compare, Put, Store
+from hvcluster.store.reads import CorruptReporter
 
 M = TypeVar("M", bound=Model)
 

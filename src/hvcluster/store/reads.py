@@ -75,6 +75,13 @@ class Decoded(Generic[M]):
     def values(self) -> list[M]:
         return [s.value for s in self.items.values()]
 
+    def by_name(self) -> dict[str, M]:
+        return {name: s.value for name, s in self.items.items()}
+
+    def get(self, name: str) -> M | None:
+        found = self.items.get(name)
+        return found.value if found is not None else None
+
 
 class CorruptReporter:
     """Reports each corrupt stored value once: a log line (and an event, with
@@ -203,16 +210,28 @@ async def read_kind(
 class Snapshot:
     """The keys under some prefixes, all read at one revision (one transaction)."""
 
+    keys: Keys
     revision: int
     by_kind: dict[str, tuple[KeyValue, ...]]
     single: dict[str, KeyValue | None] = field(default_factory=dict)
+
+    async def decoded(
+        self, model: type[M], kind: str, report: CorruptReporter = LOG_ONCE
+    ) -> Decoded[M]:
+        """The objects of ``kind`` read, by name."""
+        return await decode_many(model, self.keys.prefix(kind), self.by_kind[kind], report)
+
+    def names(self, kind: str) -> set[str]:
+        """The name of every key of ``kind`` read, whether it decodes or not."""
+        prefix = self.keys.prefix(kind)
+        return {kv.key[len(prefix) :] for kv in self.by_kind[kind]}
 
 
 async def read_snapshot(
     store: Store, keys: Keys, kinds: Sequence[str], single: Sequence[str] = ()
 ) -> Snapshot:
     """Every key of ``kinds`` and the ``single`` keys, read in one transaction; decode them
-    with :func:`decode_many` and :func:`decode_one`."""
+    with :meth:`Snapshot.decoded` and :func:`decode_one`."""
     ops = [Get(keys.prefix(k), prefix=True) for k in kinds] + [Get(k) for k in single]
     result = await store.txn((), ops)
     by_kind = dict(zip(kinds, result.gets[: len(kinds)], strict=True))
@@ -220,7 +239,7 @@ async def read_snapshot(
         k: (kvs[0] if kvs else None)
         for k, kvs in zip(single, result.gets[len(kinds) :], strict=True)
     }
-    return Snapshot(result.revision, by_kind, found)
+    return Snapshot(keys, result.revision, by_kind, found)
 
 
 def _decode(model: type[M], kv: Entry | None) -> Stored[M] | CorruptValue | None:

@@ -1,4 +1,4 @@
-"""API tokens in the store (``tokens/<name>``): added only if absent, read by name.
+"""API tokens in the store (``tokens/<name>``): added only if absent (read through store/reads.py).
 
 The API checks every request against these records; the CLI's bootstrap path
 (``hvc token create ... --store-endpoints``) and the tests add the first one directly.
@@ -6,7 +6,7 @@ The API checks every request against these records; the CLI's bootstrap path
 
 from __future__ import annotations
 
-from hvcluster.models.base import decode, encode
+from hvcluster.models.base import encode
 from hvcluster.models.errors import Conflict
 from hvcluster.models.token import Token
 from hvcluster.store.base import Compare, Put, Store
@@ -20,9 +20,3 @@ async def add_token(store: Store, keys: Keys, token: Token) -> int:
     if not result.succeeded:
         raise Conflict(f"token {token.name!r} already exists (revoke it first to replace it)")
     return result.revision
-
-
-async def find_token(store: Store, keys: Keys, name: str) -> Token | None:
-    """The token named ``name``, or None. A corrupt record raises ``CorruptValue``."""
-    kv = await store.get(keys.token(name))
-    return None if kv is None else decode(Token, kv.key, kv.value)
