@@ -34,10 +34,9 @@ from hvcluster.agent.migration_target import TargetRole
 from hvcluster.models.errors import StoreError
 from hvcluster.models.migration import Migration
 from hvcluster.store.base import WatchEvent
-from hvcluster.store.follow import follow
+from hvcluster.store.follow import follow, run_cycles
 from hvcluster.store.migrations import read_migrations
 from hvcluster.store.reads import decode_kv
-from hvcluster.tasks import wait_event
 
 log = logging.getLogger(__name__)
 
@@ -47,16 +46,8 @@ class MigrationWorker(TargetRole, SourceRole):
     failure (see :meth:`_step_broke`), never the worker's: the agent and its VMs go on."""
 
     async def run(self, interval: float = 1.0) -> None:
-        while True:
-            self.cycles += 1
-            try:
-                await self.cycle()
-            except (StoreError, TimeoutError) as e:
-                log.warning("migration cycle failed: %s", e)
-            except Exception:  # not one record's (those are caught in the cycle): say, go on
-                log.exception("migration cycle failed unexpectedly; carrying on")
-            self.wake.clear()
-            await wait_event(self.wake, interval, self.agent.clock.sleep)
+        # (an error of one record's step is caught in the cycle: this is the cycle's own)
+        await run_cycles("migration", self.cycle, self.wake, interval, self.agent.clock.sleep)
 
     async def watch(self) -> None:
         def seen(event: WatchEvent) -> None:
@@ -78,6 +69,7 @@ class MigrationWorker(TargetRole, SourceRole):
         await follow(self.store, self.keys.prefix("migrations"), seen)
 
     async def cycle(self) -> None:
+        self.cycles += 1
         for task_id in [t for t, task in self.tasks.items() if task.done()]:
             self.tasks.pop(task_id)
         records = await read_migrations(self.store, self.keys)

@@ -13,7 +13,6 @@ Each cycle reads specs, placements and statuses, asks the driver what runs here,
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,13 +42,11 @@ from hvcluster.models.lifecycle import VMState, vm_status_change
 from hvcluster.models.node import Node
 from hvcluster.models.vm import Placement, VMSpec, VMStatus
 from hvcluster.store.base import Compare, Put, Store
-from hvcluster.store.follow import follow
+from hvcluster.store.follow import follow, run_cycles
 from hvcluster.store.keys import Keys
-from hvcluster.store.reads import decode_one, read_kind
-from hvcluster.tasks import wait_event
+from hvcluster.store.reads import decode_kv, decode_one, read_kind
 
 log = logging.getLogger(__name__)
-
 
 
 @dataclass
@@ -158,20 +155,22 @@ class NodeAgent:
 
     # --- the loop --------------------------------------------------------------------
     async def run(self, interval: float = 1.0) -> None:
-        while True:
-            try:
-                await self.cycle()
-            except (StoreError, TimeoutError) as e:
-                log.warning("reconcile cycle failed: %s", e)
-            except DriverError as e:
-                log.warning("driver failed during reconcile: %s", e)
-            except Exception:  # a bug must not stop the agent: its VMs would be fenced
-                log.exception("reconcile cycle failed unexpectedly; carrying on")
-            self.wake.clear()
-            await wait_event(self.wake, interval, self.clock.sleep)
-            hold = self.quiet_until - self.clock.now()
-            if hold > 0:
-                await self.clock.sleep(hold)
+        # (a bug must not stop the agent: its VMs would be fenced)
+        await run_cycles(
+            "reconcile",
+            self._cycle_when_quiet,
+            self.wake,
+            interval,
+            self.clock.sleep,
+            (DriverError,),
+        )
+
+    async def _cycle_when_quiet(self) -> None:
+        """A cycle, once a guest switching over here is done (see ``quiet_until``)."""
+        hold = self.quiet_until - self.clock.now()
+        if hold > 0:
+            await self.clock.sleep(hold)
+        await self.cycle()
 
     async def watch_changes(self, kind: str) -> None:
         """Wake the loop whenever anything under ``kind`` changes."""
@@ -379,10 +378,8 @@ class NodeAgent:
         reason, when that move is not in the VM lifecycle: it is not written."""
         key = self.keys.status(status.vm)
         kv = await self.store.get(key)
-        before = None
-        if kv is not None:
-            with contextlib.suppress(CorruptValue):  # unreadable: overwritten, as a new run
-                before = decode(VMStatus, kv.key, kv.value)
+        found = decode_kv(VMStatus, kv)  # unreadable: overwritten, as a new run
+        before = found.value if found is not None else None
         why = vm_status_change(before, status)
         if why is not None:
             if self._refused.get(status.vm) != why:

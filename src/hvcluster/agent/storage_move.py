@@ -44,13 +44,12 @@ from hvcluster.models.migration import Migration, Progress
 from hvcluster.models.storage import disk_on_volume, disks_to_move
 from hvcluster.models.vm import Disk, Placement, VMSpec
 from hvcluster.store.base import Compare, Delete, Put, Store, WatchEvent
-from hvcluster.store.follow import follow
+from hvcluster.store.follow import follow, run_cycles
 from hvcluster.store.jobs import busy, release_if_named
 from hvcluster.store.keys import Keys
 from hvcluster.store.migrations import change_move, read_moves
 from hvcluster.store.reads import Reader, read_one
 from hvcluster.store.state import read_config
-from hvcluster.tasks import wait_event
 
 log = logging.getLogger(__name__)
 
@@ -80,16 +79,9 @@ class StorageMover:
     # --- the loop --------------------------------------------------------------------
     async def run(self, interval: float = 1.0) -> None:
         try:
-            while True:
-                self.cycles += 1
-                try:
-                    await self.cycle()
-                except (StoreError, TimeoutError) as e:
-                    log.warning("storage move cycle failed: %s", e)
-                except Exception:  # not one record's (those are caught in the cycle)
-                    log.exception("storage move cycle failed unexpectedly; carrying on")
-                self.wake.clear()
-                await wait_event(self.wake, interval, self.agent.clock.sleep)
+            await run_cycles(
+                "storage move", self.cycle, self.wake, interval, self.agent.clock.sleep
+            )
         finally:  # the daemon stops: so do the copies (the driver stops their mirrors)
             for task in self.tasks.values():
                 task.cancel()
@@ -103,6 +95,7 @@ class StorageMover:
         await follow(self.store, self.keys.storage_move(), seen)
 
     async def cycle(self) -> None:
+        self.cycles += 1
         for mid in [m for m, task in self.tasks.items() if task.done()]:
             self.tasks.pop(mid)
         records = sorted((await read_moves(self.store, self.keys)).items.items())

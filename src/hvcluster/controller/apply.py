@@ -9,24 +9,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from hvcluster.models.base import encode
 from hvcluster.models.lifecycle import MigrationState, NodeAdminState, VMState, vm_status_change
 from hvcluster.models.migration import MigrationKind
 from hvcluster.models.node import Node
 from hvcluster.models.vm import Placement, VMStatus
-from hvcluster.scheduler.decisions import (
-    Decision,
-    DeclareDead,
-    Failback,
-    LeaveFailed,
-    Place,
-    Quarantine,
-    Recover,
-    Unplace,
-    Unquarantine,
-    Wait,
-)
+from hvcluster.scheduler import decisions as dec
 from hvcluster.store.base import Compare, Delete, Put, Store
 from hvcluster.store.keys import Keys
 from hvcluster.store.migrations import create_migration, read_migrations
@@ -39,50 +29,32 @@ class Applier:
     def __init__(self, store: Store, keys: Keys, state: ClusterState, now: float) -> None:
         self.store, self.keys, self.state, self.now = store, keys, state, now
 
-    async def apply(self, d: Decision) -> bool:
+    async def apply(self, d: dec.Decision) -> bool:
         """Apply one decision; False if it lost a race (nothing was written)."""
         match d:
-            case Place():
+            case dec.Place():
                 return await self._place(
                     d.vm,
                     Placement(node=d.node, epoch=d.epoch, reason=d.reason, uid=self._uid(d.vm)),
                 )
-            case Recover():
+            case dec.Recover():
                 return await self._recover(d)
-            case LeaveFailed():
+            case dec.LeaveFailed():
                 return await self._leave_failed(d)
-            case Unplace():
+            case dec.Unplace():
                 return await self._unplace(d.vm)
-            case Failback():
+            case dec.Failback():
                 return await self._failback(d)
-            case DeclareDead():
+            case dec.DeclareDead():
                 return await self._update_node(
                     d.node, lambda n: n.model_copy(update={"failures": (*n.failures, self.now)})
                 )
-            case Quarantine():
-                return await self._update_node(
-                    d.node,
-                    lambda n: n.model_copy(
-                        update={
-                            "admin_state": NodeAdminState.QUARANTINED,
-                            "quarantined_until": d.until,
-                            "admin_reason": d.reason,
-                            "admin_since": self.now,
-                        }
-                    ),
-                )
-            case Unquarantine():
-                return await self._update_node(
-                    d.node,
-                    lambda n: n.model_copy(
-                        update={
-                            "admin_state": NodeAdminState.UP,
-                            "admin_reason": d.reason,
-                            "admin_since": self.now,
-                        }
-                    ),
-                )
-            case Wait():
+            case dec.Quarantine():
+                quarantined = NodeAdminState.QUARANTINED
+                return await self._admin(d.node, quarantined, d.reason, quarantined_until=d.until)
+            case dec.Unquarantine():
+                return await self._admin(d.node, NodeAdminState.UP, d.reason)
+            case dec.Wait():
                 return True
         raise AssertionError(f"unknown decision {d!r}")
 
@@ -101,7 +73,12 @@ class Applier:
         result = await self.store.txn(compares, [Put(key, encode(placement))])
         return result.succeeded
 
-    async def _recover(self, d: Recover) -> bool:
+    async def _admin(self, node: str, state: NodeAdminState, reason: str, **more: Any) -> bool:
+        """Set ``node``'s admin state, saying why and since when."""
+        update = {"admin_state": state, "admin_reason": reason, "admin_since": self.now, **more}
+        return await self._update_node(node, lambda n: n.model_copy(update=update))
+
+    async def _recover(self, d: dec.Recover) -> bool:
         key = self.keys.placement(d.vm)
         old = self.state.placements.items.get(d.vm)
         failovers = (*(old.value.failovers if old else ()), self.now)
@@ -120,7 +97,7 @@ class Applier:
         result = await self.store.txn(compares, [Put(key, encode(placement))])
         return result.succeeded
 
-    async def _leave_failed(self, d: LeaveFailed) -> bool:
+    async def _leave_failed(self, d: dec.LeaveFailed) -> bool:
         placed = self.state.placements.items.get(d.vm)
         status = self.state.statuses.items.get(d.vm)
         epoch = max(placed.value.epoch if placed else 0, status.value.epoch if status else 0)
@@ -154,7 +131,7 @@ class Applier:
         result = await self.store.txn([Compare.mod_is(key, self._placement_rev(vm))], [Delete(key)])
         return result.succeeded
 
-    async def _failback(self, d: Failback) -> bool:
+    async def _failback(self, d: dec.Failback) -> bool:
         """A live migration when both nodes are alive; a cold move when not, when the
         scheduler says they cannot migrate live between them, or when the VM's last live
         failback failed."""
@@ -191,7 +168,7 @@ class Applier:
                 return made is not None
         return await self._cold_move(d)
 
-    async def _cold_move(self, d: Failback) -> bool:
+    async def _cold_move(self, d: dec.Failback) -> bool:
         """Phase one of a cold move: ask the current owner to shut the VM down. Phase two
         (:meth:`finish_moves`) places it on the target once it reports stopped."""
         placed = self.state.placements.items.get(d.vm)

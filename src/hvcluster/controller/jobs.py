@@ -29,7 +29,6 @@ from hvcluster.store.reads import read_one_or_error
 log = logging.getLogger(__name__)
 
 
-
 async def sweep_jobs(store: Store, keys: Keys, say: Say) -> None:
     """Clear stale job keys and fail storage moves no agent will end (see the module doc)."""
     found = await store.range(keys.prefix("jobs"))

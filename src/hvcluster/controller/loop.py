@@ -23,42 +23,32 @@ from hvcluster.models.config import ClusterConfig
 from hvcluster.models.errors import StoreError
 from hvcluster.models.event import Say
 from hvcluster.models.node import Node, NodeAlive
-from hvcluster.scheduler.decisions import (
-    Decision,
-    DeclareDead,
-    Failback,
-    LeaveFailed,
-    Place,
-    Quarantine,
-    Recover,
-    Unplace,
-    Unquarantine,
-    Wait,
-)
+from hvcluster.scheduler import decisions as dec
 from hvcluster.scheduler.plan import plan
 from hvcluster.store.base import Store
+from hvcluster.store.follow import run_cycles
 from hvcluster.store.keys import Keys
 from hvcluster.store.migrations import read_migrations
 from hvcluster.store.reads import Decoded, read_kind
 from hvcluster.store.state import ClusterState, read_cluster
-from hvcluster.tasks import cancel_all, wait_event
+from hvcluster.tasks import cancel_all
 
 log = logging.getLogger(__name__)
 
 
 EVENT_KIND: dict[type, str] = {
-    Place: "vm.placed",
-    Recover: "vm.recovered",
-    LeaveFailed: "vm.failed",
-    Unplace: "vm.unplaced",
-    Failback: "vm.failback",
-    DeclareDead: "node.dead",
-    Quarantine: "node.quarantined",
-    Unquarantine: "node.unquarantined",
-    Wait: "controller.waiting",
+    dec.Place: "vm.placed",
+    dec.Recover: "vm.recovered",
+    dec.LeaveFailed: "vm.failed",
+    dec.Unplace: "vm.unplaced",
+    dec.Failback: "vm.failback",
+    dec.DeclareDead: "node.dead",
+    dec.Quarantine: "node.quarantined",
+    dec.Unquarantine: "node.unquarantined",
+    dec.Wait: "controller.waiting",
 }
 # Decisions that may repeat every cycle with the same reason: said once.
-REPEATING = (Wait, LeaveFailed)
+REPEATING = (dec.Wait, dec.LeaveFailed)
 
 
 class Controller:
@@ -96,22 +86,18 @@ class Controller:
             await cancel_all(helpers)  # again until they end: a wait_for may swallow one
 
     async def _run(self, interval: float) -> None:
-        while True:
-            try:
-                if not self.is_leader():
-                    if self.leading:
-                        log.info("%s is no longer the controller", self.name)
-                        self.leading = False
-                    await self.observe()
-                else:
-                    for sentence in await self.cycle():
-                        log.info("controller: %s", sentence)
-            except (StoreError, TimeoutError) as e:
-                log.warning("controller cycle failed: %s", e)
-            except Exception:  # a bug in one cycle must not take the agent down
-                log.exception("controller cycle failed unexpectedly; carrying on")
-            self.wake.clear()
-            await wait_event(self.wake, interval, self.sleep)
+        # (a bug in one cycle must not take the agent down)
+        await run_cycles("controller", self._turn, self.wake, interval, self.sleep)
+
+    async def _turn(self) -> None:
+        if not self.is_leader():
+            if self.leading:
+                log.info("%s is no longer the controller", self.name)
+                self.leading = False
+            await self.observe()
+        else:
+            for sentence in await self.cycle():
+                log.info("controller: %s", sentence)
 
     async def cycle(self) -> list[str]:
         """One read-decide-apply pass; returns a sentence per decision applied."""
@@ -150,7 +136,9 @@ class Controller:
                 await self._decision_broke(decision, e, notes)
         return said
 
-    async def _decision_broke(self, d: Decision, error: Exception, notes: ControllerNotes) -> None:
+    async def _decision_broke(
+        self, d: dec.Decision, error: Exception, notes: ControllerNotes
+    ) -> None:
         """Applying ``d`` raised unexpectedly: logged with its traceback and said as
         ``controller.error`` (once while it repeats); the cycle goes on with the other
         decisions, and the next cycle decides afresh."""
@@ -198,7 +186,7 @@ class Controller:
         for node in notes.gone_since:
             self.fencer.request(node, command, timeout)
 
-    async def _apply(self, applier: Applier, d: Decision, notes: ControllerNotes) -> bool:
+    async def _apply(self, applier: Applier, d: dec.Decision, notes: ControllerNotes) -> bool:
         ok = await applier.apply(d)
         kind = EVENT_KIND[type(d)]
         if isinstance(d, REPEATING):

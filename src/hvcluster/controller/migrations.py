@@ -47,7 +47,7 @@ from hvcluster.scheduler.drain import DrainDone, DrainMove, DrainStay, InFlight,
 from hvcluster.scheduler.placement import Choice, Ledger, choose_node
 from hvcluster.scheduler.snapshot import ClusterSnapshot
 from hvcluster.store.base import Compare, Put, Store, WatchEvent
-from hvcluster.store.follow import follow
+from hvcluster.store.follow import follow, run_cycles
 from hvcluster.store.jobs import busy
 from hvcluster.store.keys import Keys
 from hvcluster.store.migrations import (
@@ -60,7 +60,6 @@ from hvcluster.store.migrations import (
 )
 from hvcluster.store.reads import Decoded, Stored, decode_kv, read_kind, read_one
 from hvcluster.store.state import ClusterState, read_cluster
-from hvcluster.tasks import wait_event
 
 log = logging.getLogger(__name__)
 
@@ -92,17 +91,13 @@ class MigrationCoordinator:
         self.retention = Retention(store, keys, say, clock)
 
     async def run(self, interval: float = 0.5) -> None:
-        while True:
-            self.cycles += 1
-            try:
-                if self.is_leader():
-                    await self.cycle()
-            except (StoreError, TimeoutError) as e:
-                log.warning("migration coordinator cycle failed: %s", e)
-            except Exception:  # not one record's (those fail alone): say, go on
-                log.exception("migration coordinator cycle failed unexpectedly; carrying on")
-            self.wake.clear()
-            await wait_event(self.wake, interval, self.sleep)
+        # (a record's own failure fails that record alone: this is the cycle's own)
+        await run_cycles("migration coordinator", self._turn, self.wake, interval, self.sleep)
+
+    async def _turn(self) -> None:
+        self.cycles += 1
+        if self.is_leader():
+            await self.cycle()
 
     async def watch(self) -> None:
         loop = asyncio.get_running_loop()

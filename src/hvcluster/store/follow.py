@@ -1,4 +1,5 @@
-"""Follow a prefix for as long as a loop runs: the one way our loops wake on changes."""
+"""The one way our loops wake on changes: :func:`follow` a prefix, setting the loop's wake
+event, and :func:`run_cycles`, the loop itself."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import Awaitable, Callable
 
 from hvcluster.models.errors import StoreError
 from hvcluster.store.base import Store, WatchEvent
+from hvcluster.tasks import Sleep, wait_event
 
 log = logging.getLogger(__name__)
 
@@ -31,3 +33,28 @@ async def follow(store: Store, prefix: str, on_event: OnEvent, retry_s: float = 
         except StoreError as e:
             log.warning("watch on %s broke: %s; re-watching", prefix, e)
             await asyncio.sleep(retry_s)
+
+
+async def run_cycles(
+    what: str,
+    cycle: Callable[[], Awaitable[object]],
+    wake: asyncio.Event,
+    interval: float,
+    sleep: Sleep | None = None,
+    expected: tuple[type[Exception], ...] = (),
+) -> None:
+    """Run ``cycle`` forever: again as soon as ``wake`` is set (a :func:`follow` saw a change),
+    else every ``interval`` seconds (of ``sleep``'s clock when given). A store error, a
+    timeout or one of ``expected`` is a warning and the next cycle retries; anything else is
+    a bug, logged with its traceback, and the loop goes on all the same (a loop that stopped
+    would leave its work undone)."""
+    warned: tuple[type[Exception], ...] = (StoreError, TimeoutError, *expected)
+    while True:
+        try:
+            await cycle()
+        except warned as e:
+            log.warning("%s cycle failed: %s", what, e)
+        except Exception:
+            log.exception("%s cycle failed unexpectedly; carrying on", what)
+        wake.clear()
+        await wait_event(wake, interval, sleep)
