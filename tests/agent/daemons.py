@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 from hvcluster.drivers.base import HostFacts
 from hvcluster.drivers.sim import SimDriver
 from hvcluster.watchdog.node import LOG_NAME, SOCKET_NAME
-from tests.waiting import wait_for
+from tests.waiting import wait_for, wait_for_sync
 
 __all__ = ["wait_for"]  # the agent tests wait as the sim tests do
 
@@ -29,10 +28,12 @@ def node_watchdog(run_dir: Path, fence_after: float) -> Iterator[subprocess.Pope
         stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        end = time.monotonic() + 20
-        while not (run_dir / SOCKET_NAME).exists():
-            assert proc.poll() is None and time.monotonic() < end, "the watchdog did not start"
-            time.sleep(0.02)
+
+        def listening() -> bool:
+            assert proc.poll() is None, "the watchdog exited"
+            return (run_dir / SOCKET_NAME).exists()
+
+        wait_for_sync(listening, 20, "the watchdog to listen", every=0.02)
         yield proc
     finally:
         proc.kill()

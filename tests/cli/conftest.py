@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
-import time
 from collections.abc import Coroutine, Iterator
 from typing import Any, TypeVar
 
@@ -21,6 +20,7 @@ from hvcluster.models.node import Capacity, Node
 from hvcluster.store.keys import Keys
 from hvcluster.store.memory_store import MemoryStore
 from tests.tokens import make_token
+from tests.waiting import wait_for_sync
 
 KEYS = Keys("cli")
 T = TypeVar("T")
@@ -64,13 +64,13 @@ class ApiServer:
 
     def start(self, timeout: float = 10.0) -> None:
         self.thread.start()
-        deadline = time.monotonic() + timeout
-        while not (self.server and self.server.started):
+
+        def started() -> bool:
             if self.error is not None or not self.thread.is_alive():
                 raise RuntimeError(f"the API server did not start: {self.error!r}")
-            if time.monotonic() > deadline:
-                raise RuntimeError("the API server did not start in time")
-            time.sleep(0.01)
+            return bool(self.server and self.server.started)
+
+        wait_for_sync(started, timeout, "the API server to start", every=0.01)
 
     def stop(self) -> None:
         if self.server is not None:

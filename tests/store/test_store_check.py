@@ -18,6 +18,7 @@ from hvcluster.store.base import StoreHealth
 from hvcluster.store.etcd import EtcdStore
 from hvcluster.store.health import has_quorum, nobody_can_act
 from tests.etcd_fixtures import running_etcd
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.etcd
 WIDE = {"COLUMNS": "200"}
@@ -80,18 +81,13 @@ def _by_name(h: StoreHealth) -> dict[str, bool]:
 async def _put_retrying(endpoints: list[str], key: str, limit: float = 20.0) -> None:
     """A write as a caller makes it while a new leader is being elected: retry on unknown."""
     store = EtcdStore(endpoints, timeout=3)
-    deadline = time.monotonic() + limit
+
+    async def written() -> bool:
+        await store.put(key, b"x")
+        return await store.get(key) is not None
+
     try:
-        while True:
-            try:
-                await store.put(key, b"x")
-                kv = await store.get(key)
-                assert kv is not None
-                return
-            except StoreUnavailable:
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.2)
+        await wait_for(written, limit, f"{key} written", every=0.2, tolerate=(StoreUnavailable,))
     finally:
         await store.close()
 

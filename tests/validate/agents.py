@@ -17,6 +17,7 @@ from hvcluster.models.base import encode
 from hvcluster.models.node import Capacity, Inventory, Node, NodeAlive
 from hvcluster.store.base import Store
 from hvcluster.store.keys import Keys
+from tests.waiting import wait_for
 
 INVENTORY = Inventory(
     host_cpu="Test CPU", cpu_flags=("fpu", "sse2"), accelerator="tcg", qemu_version="7.2.22"
@@ -54,13 +55,13 @@ class Agents:
         server = _Server(config)
         task = asyncio.create_task(server.serve())
         self.servers.append((server, task))
-        deadline = time.monotonic() + 10
-        while not server.started:
+
+        def started() -> bool:
             if task.done():
                 raise RuntimeError(f"the API of {name} did not start: {task.exception()!r}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the API of {name} did not start in time")
-            await asyncio.sleep(0.01)
+            return bool(server.started)
+
+        await wait_for(started, 10, f"the API of {name} to start", every=0.01)
         return port
 
     async def register(self, name: str, port: int, *, alive: bool = True, **over: Any) -> Node:
