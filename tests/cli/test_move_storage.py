@@ -15,7 +15,7 @@ from hvcluster.models.migration import Migration
 from hvcluster.models.node import Node
 from hvcluster.models.storage import Volume
 from hvcluster.models.vm import Disk, VMSpec
-from hvcluster.store.migrations import change_move, read_moves
+from hvcluster.store.migrations import change_migration, read_moves
 from tests.cli.conftest import KEYS, ApiServer
 from tests.cli.test_move import cluster
 
@@ -48,10 +48,16 @@ def finish_soon(server: ApiServer) -> threading.Thread:
     async def finish() -> bool:
         for rec in (await read_moves(store, KEYS)).values():
             for state in (MigrationState.PREPARING, MigrationState.TRANSFERRING):
-                await change_move(store, KEYS, rec.id, lambda m, s=state: _to(m, s))
-            await change_move(store, KEYS, rec.id, lambda m: _to(m, MigrationState.SWITCHING))
+                await change_migration(
+                    store, KEYS, rec.id, lambda m, s=state: _to(m, s), storage=True
+                )
+            await change_migration(
+                store, KEYS, rec.id, lambda m: _to(m, MigrationState.SWITCHING), storage=True
+            )
             return (
-                await change_move(store, KEYS, rec.id, lambda m: _to(m, MigrationState.DONE))
+                await change_migration(
+                    store, KEYS, rec.id, lambda m: _to(m, MigrationState.DONE), storage=True
+                )
                 is not None
             )
         return False

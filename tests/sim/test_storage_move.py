@@ -15,7 +15,7 @@ from hvcluster.models.lifecycle import MigrationState
 from hvcluster.models.migration import Migration, MigrationKind
 from hvcluster.models.storage import Volume
 from hvcluster.models.vm import Disk, VMSpec
-from hvcluster.store.migrations import change_move, create_move, read_move
+from hvcluster.store.migrations import change_migration, create_move, read_move
 from tests.sim.cluster import SimCluster
 
 pytestmark = pytest.mark.timeout(60)
@@ -178,7 +178,10 @@ async def test_a_cancel_mid_copy_stops_it(cluster: SimCluster, tmp_path: Path) -
     def cancel(cur: Migration) -> Migration:
         return cur.model_copy(update={"state": _M.CANCELLED, "reason": "test"})
 
-    assert await change_move(cluster.store, cluster.keys, rec.id, cancel) is not None
+    assert (
+        await change_migration(cluster.store, cluster.keys, rec.id, cancel, storage=True)
+        is not None
+    )
 
     async def removed() -> bool:
         return not (paths["b"] / "db" / "disk.qcow2").exists()

@@ -13,13 +13,7 @@ from hvcluster.models.lifecycle import MigrationState
 from hvcluster.models.migration import Migration, MigrationKind
 from hvcluster.models.vm import Placement
 from hvcluster.store.jobs import busy, clear, stale
-from hvcluster.store.migrations import (
-    change_migration,
-    change_move,
-    create_migration,
-    create_move,
-    flip,
-)
+from hvcluster.store.migrations import change_migration, create_migration, create_move, flip
 from tests.store.conftest import Harness
 
 _M = MigrationState
@@ -47,7 +41,7 @@ async def test_ending_a_record_frees_the_vm(h: Harness) -> None:
     move = await create_move(s, k, "web", "n1", 3, "vol", "t")
     assert move is not None
 
-    assert await change_move(s, k, move.id, to(_M.FAILED)) is not None
+    assert await change_migration(s, k, move.id, to(_M.FAILED), storage=True) is not None
     assert await s.get(k.job("web")) is None
     # a live migration then, ended by the flip
     for name in ("n1", "n2"):

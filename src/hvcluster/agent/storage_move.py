@@ -31,7 +31,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from hvcluster.agent.node import NodeAgent
@@ -47,7 +47,7 @@ from hvcluster.store.base import Compare, Delete, Put, Store, WatchEvent
 from hvcluster.store.follow import follow, run_cycles
 from hvcluster.store.jobs import busy, release_if_named
 from hvcluster.store.keys import Keys
-from hvcluster.store.migrations import change_move, read_moves
+from hvcluster.store.migrations import Change, change_migration, read_moves
 from hvcluster.store.reads import Reader, read_one
 from hvcluster.store.state import read_config
 
@@ -243,7 +243,7 @@ class StorageMover:
         if not disks:
             raise MoveFailed(f"vm {rec.vm} has no writable disk off volume {rec.volume!r}")
         for state in (_M.PREPARING, _M.TRANSFERRING):
-            if await change_move(self.store, self.keys, rec.id, _step(state)) is None:
+            if await self._change(rec.id, _step(state)) is None:
                 raise MoveFailed("the move was cancelled")
         return spec, disks
 
@@ -294,10 +294,10 @@ class StorageMover:
         created = self.agent.disks.created_put(new, spec)
         ops: list[Put | Delete] = [Put(skv.key, encode(updated)), created]
         await self._move_lock(rec.vm, old, new, compares, ops)
-        if last and await change_move(self.store, self.keys, rec.id, _step(_M.SWITCHING)) is None:
+        if last and await self._change(rec.id, _step(_M.SWITCHING)) is None:
             return False  # cancelled meanwhile
         after = _M.DONE if last else _M.TRANSFERRING
-        done = await change_move(self.store, self.keys, rec.id, _step(after), compares, ops)
+        done = await self._change(rec.id, _step(after), compares, ops)
         if done is None and last:
             await self._fail(rec.id, rec.vm, "the VM's spec or placement changed during the move")
         return done is not None
@@ -353,8 +353,19 @@ class StorageMover:
                 return cur.model_copy(update={"progress": p})
 
             with contextlib.suppress(StoreError):
-                await change_move(self.store, self.keys, mid, put)
+                await self._change(mid, put)
                 written = progress
+
+    async def _change(
+        self,
+        mid: str,
+        change: Change,
+        compares: Sequence[Compare] = (),
+        ops: Sequence[Put | Delete] = (),
+    ) -> Migration | None:
+        return await change_migration(
+            self.store, self.keys, mid, change, compares, ops, storage=True
+        )
 
     async def _fail(self, mid: str, vm: str, reason: str) -> bool:
         def fail(cur: Migration) -> Migration | None:
@@ -363,7 +374,7 @@ class StorageMover:
             return cur.model_copy(update={"state": _M.FAILED, "reason": reason})
 
         with contextlib.suppress(StoreError):
-            if await change_move(self.store, self.keys, mid, fail) is not None:
+            if await self._change(mid, fail) is not None:
                 await self.say("storage.move_failed", f"vm/{vm}", f"storage move {mid}: {reason}")
                 return True
         return False

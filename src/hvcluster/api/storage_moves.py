@@ -22,7 +22,7 @@ from hvcluster.models.migration import Migration
 from hvcluster.models.names import check_name
 from hvcluster.models.storage import disks_to_move
 from hvcluster.store.jobs import busy
-from hvcluster.store.migrations import change_move, create_move, read_move, read_moves
+from hvcluster.store.migrations import change_migration, create_move, read_move, read_moves
 
 router = APIRouter(tags=["storage"])
 
@@ -119,7 +119,7 @@ async def cancel_move(
     disk and the copy is removed."""
     reason = request.reason if request and request.reason else "cancelled by an administrator"
     cancel = cancelling(f"storage move {mid}", reason)
-    done = await change_move(ctx.store, ctx.keys, _valid_id(mid), cancel)
+    done = await change_migration(ctx.store, ctx.keys, _valid_id(mid), cancel, storage=True)
     if done is not None:
         await ctx.record("storage.move_cancelled", f"vm/{done.vm}", f"storage move {mid}: {reason}")
     return await show_move(mid, ctx)

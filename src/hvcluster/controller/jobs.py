@@ -23,7 +23,7 @@ from hvcluster.models.vm import Placement
 from hvcluster.store.base import Store
 from hvcluster.store.jobs import clear, holder, stale
 from hvcluster.store.keys import Keys
-from hvcluster.store.migrations import change_move
+from hvcluster.store.migrations import change_migration
 from hvcluster.store.reads import read_one_or_error
 
 log = logging.getLogger(__name__)
@@ -80,5 +80,5 @@ async def _fail_move(store: Store, keys: Keys, say: Say, rec: Migration, why: st
             return None
         return cur.model_copy(update={"state": MigrationState.FAILED, "reason": why})
 
-    if await change_move(store, keys, rec.id, fail) is not None:
+    if await change_migration(store, keys, rec.id, fail, storage=True) is not None:
         await say("storage.move_failed", f"vm/{rec.vm}", f"storage move {rec.id}: {why}")

@@ -118,22 +118,12 @@ async def change_migration(
     compares: Sequence[Compare] = (),
     ops: Sequence[Put | Delete] = (),
     attempts: int = ATTEMPTS,
+    storage: bool = False,
 ) -> Migration | None:
-    """:func:`change_record` of the migration ``mid``, the record written alone."""
-    written = await change_record(store, keys, keys.migration(mid), change, compares, ops, attempts)
-    return written[0] if written is not None else None
-
-
-async def change_move(
-    store: Store,
-    keys: Keys,
-    mid: str,
-    change: Change,
-    compares: Sequence[Compare] = (),
-    ops: Sequence[Put | Delete] = (),
-) -> Migration | None:
-    """:func:`change_record` of the storage move ``mid``, the record written alone."""
-    written = await change_record(store, keys, keys.storage_move(mid), change, compares, ops)
+    """:func:`change_record` of the migration ``mid`` (``storage``: of the storage move
+    ``mid``), the record written alone."""
+    key = keys.storage_move(mid) if storage else keys.migration(mid)
+    written = await change_record(store, keys, key, change, compares, ops, attempts)
     return written[0] if written is not None else None
 
 

@@ -2,7 +2,7 @@
 revision a later compare-and-set needs; a corrupt value reported once and skipped.
 
 * :func:`read_one` / :func:`read_value`: one key (absent or corrupt: None); :class:`Reader`
-  for the named objects (a VM's spec, placement, status; a node; a job record);
+  for a VM's spec or placement, or a node;
   :func:`read_one_or_error` when the caller must tell "corrupt" from "absent".
 * :func:`read_kind` / :func:`read_prefix`: every object under a prefix, at one revision.
 * :func:`read_snapshot`: several prefixes and single keys in one transaction (one revision).
@@ -25,9 +25,8 @@ from typing import Generic, Protocol, TypeVar
 
 from hvcluster.models.base import Model, decode
 from hvcluster.models.errors import CorruptValue
-from hvcluster.models.migration import Migration
 from hvcluster.models.node import Node
-from hvcluster.models.vm import Placement, VMSpec, VMStatus
+from hvcluster.models.vm import Placement, VMSpec
 from hvcluster.store.base import Get, KeyValue, Store
 from hvcluster.store.keys import Keys
 
@@ -264,14 +263,5 @@ class Reader:
     async def placement(self, vm: str) -> Placement | None:
         return await read_value(self.store, self.keys.placement(vm), Placement, self.report)
 
-    async def status(self, vm: str) -> VMStatus | None:
-        return await read_value(self.store, self.keys.status(vm), VMStatus, self.report)
-
     async def node(self, name: str) -> Node | None:
         return await read_value(self.store, self.keys.node(name), Node, self.report)
-
-    async def migration(self, mid: str) -> Migration | None:
-        return await read_value(self.store, self.keys.migration(mid), Migration, self.report)
-
-    async def storage_move(self, mid: str) -> Migration | None:
-        return await read_value(self.store, self.keys.storage_move(mid), Migration, self.report)
