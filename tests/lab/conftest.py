@@ -4,6 +4,7 @@ with TLS, as every lab does: requests verify the API's certificate against the l
 from __future__ import annotations
 
 import ssl
+import uuid
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,12 @@ class Lab:
         assert r.status_code < 300, r.text
         return r.json()
 
+    def delete(self, path: str, avoid: str | None = None) -> None:
+        r = httpx.delete(
+            f"{self.api(avoid)}/api/v1{path}", timeout=10, headers=self.headers, verify=self.ca
+        )
+        assert r.status_code < 300, r.text
+
     def vm(self, name: str, avoid: str | None = None) -> dict[str, Any]:
         result: dict[str, Any] = self.get(f"/vms/{name}", avoid)
         return result
@@ -90,6 +97,30 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, every: flo
     """:func:`tests.waiting.wait_for_sync`, an agent's transient errors (one restarting, a
     node being cut off) counting as 'not yet'."""
     return wait_for_sync(predicate, timeout, what, every=every, tolerate=LAB_ERRORS)
+
+
+def config(lab: Lab, avoid: str | None = None) -> ClusterConfig:
+    """The cluster's config, as its API says."""
+    return ClusterConfig.model_validate(lab.get("/cluster", avoid)["config"])
+
+
+def controller_cycled(lab: Lab, avoid: str | None = None, timeout: float = 30) -> None:
+    """Positive evidence that the controller ran a whole cycle that began after this call:
+    a canary VM that fits on no node, created now, is said left failed (then removed). What
+    a negative assert ('nothing moved') waits for once the moment it would move has passed."""
+    name = f"canary-{uuid.uuid4().hex[:8]}"
+    lab.post("/vms", {"name": name, "memory_mib": 4 * 1024 * 1024}, avoid)
+
+    def judged() -> bool:
+        return any(
+            e["event"]["kind"] == "vm.failed" and e["event"]["subject"] == f"vm/{name}"
+            for e in lab.events(avoid)
+        )
+
+    try:
+        wait_for(judged, timeout, f"the controller to judge the canary {name}")
+    finally:
+        lab.delete(f"/vms/{name}", avoid)
 
 
 def make_lab(

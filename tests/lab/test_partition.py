@@ -16,7 +16,14 @@ from hvcluster.guestimage.image import cached_image
 from hvcluster.guestimage.testguest import read_counter
 from hvcluster.lab import processes
 from tests.lab.conftest import CACHE, Lab, make_lab, wait_for
-from tests.lab.test_qemu_failover import TwoCopies, counter_rises, create_guest, running, vm_pid
+from tests.lab.test_qemu_failover import (
+    TwoCopies,
+    agent_cycled,
+    counter_rises,
+    create_guest,
+    running,
+    vm_pid,
+)
 
 pytestmark = [pytest.mark.lab, pytest.mark.qemu, pytest.mark.timeout(300)]
 
@@ -80,7 +87,7 @@ def test_a_partitioned_controller_node_is_fenced_and_its_vm_moves_once(netns_lab
         30,
         f"{cut} back after the link came up",
     )
-    time.sleep(2)  # long enough for a confused agent to start its old copy again
+    agent_cycled(lab, cut)  # had it been confused, it would have started its old copy again
     assert vm_pid(lab, cut, "part-1") is None
     after = running(lab, "part-1")
     assert after is not None and after["node"] == moved["node"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import pytest
 from hvcluster.guestimage.image import require_image
 from hvcluster.guestimage.testguest import create_disk, read_counter
 from hvcluster.lab import processes
-from tests.lab.conftest import CACHE, Lab, wait_for
+from tests.lab.conftest import CACHE, Lab, config, controller_cycled, wait_for
 
 pytestmark = [pytest.mark.lab, pytest.mark.qemu, pytest.mark.timeout(240)]
 
@@ -33,6 +34,27 @@ def create_guest(lab: Lab, name: str, home: str) -> Path:
     }
     lab.post("/vms", spec)
     return disk
+
+
+def agent_cycled(lab: Lab, node: str, timeout: float = 60) -> None:
+    """Positive evidence that ``node``'s agent ran whole reconcile cycles after this call
+    (each compares every placement with what runs there): a canary guest that may run only
+    there, created now, runs there (then is removed)."""
+    name = f"canary-{uuid.uuid4().hex[:8]}"
+    disk = Path(lab.state.shared_dir) / f"{name}.qcow2"
+    create_disk(disk)
+    spec = {
+        "name": name,
+        "memory_mib": 64,
+        "boot": require_image(CACHE).boot().model_dump(),
+        "disks": [{"path": str(disk)}],
+        "ha": {"preferred_owners": [node], "possible_owners": [node]},
+    }
+    lab.post("/vms", spec)
+    try:
+        wait_for(lambda: running(lab, name), timeout, f"the canary {name} running on {node}")
+    finally:
+        lab.delete(f"/vms/{name}")
 
 
 def running(lab: Lab, name: str, avoid: str | None = None) -> dict[str, Any] | None:
@@ -156,7 +178,7 @@ def test_a_hung_agent_is_fenced_by_its_watchdog_before_the_vm_starts_elsewhere(
         30,
         "n3 back",
     )
-    time.sleep(2)
+    agent_cycled(lab, "n3")  # had it been confused, it would have started its old copy
     assert vm_pid(lab, "n3", "hang-1") is None
     assert running(lab, "hang-1")["node"] == moved["node"]  # type: ignore[index]
 
@@ -168,9 +190,15 @@ def test_agent_killed_and_restarted_within_fence_after_changes_nothing(qemu_lab:
     pid = vm_pid(lab, "n1", "steady-1")
     counter_rises(disk, 0)
     recovered_before = _count(lab, "vm.recovered", "vm/steady-1")
+    cfg = config(lab)
     lab.fault("kill-agent", "n1")
+    killed = time.monotonic()
     lab.restart("n1")
-    time.sleep(6)  # longer than fence_after + margin: a failover would have happened by now
+    # Had the lease been lost, steady-1 would be recovered this long after the kill: wait
+    # past that on the clock, then for a whole controller cycle after it.
+    moment = killed + cfg.lease_ttl_s + cfg.fence_after_s + cfg.recovery_margin_s
+    wait_for(lambda: time.monotonic() >= moment, moment - time.monotonic() + 5, "the moment")
+    controller_cycled(lab, avoid="n1")
     after = wait_for(lambda: running(lab, "steady-1"), 30, "steady-1 still running")
     assert vm_pid(lab, "n1", "steady-1") == pid  # same QEMU process
     assert after["placement"]["epoch"] == before["placement"]["epoch"]
@@ -196,7 +224,7 @@ def test_a_killed_controller_is_replaced_within_a_lease_ttl(qemu_lab: Lab) -> No
     wait_for(new_leader, 10, "a new controller")
     elapsed = time.monotonic() - t0
     assert elapsed < 4.0 + 2.0  # one lease TTL (+ the time to see it)
-    time.sleep(3)
+    controller_cycled(lab, avoid=leader)  # the new controller has decided
     after = {vm["name"]: vm["placement"] for vm in lab.get("/vms", avoid=leader)["vms"]}
     assert after == before  # the new controller re-decided nothing
     # No decision was ever applied twice: each (vm, epoch) was placed or recovered once.
