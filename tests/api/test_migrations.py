@@ -72,6 +72,23 @@ async def test_refusals_name_the_reason(api: httpx.AsyncClient, store: MemorySto
     assert (await api.post("/vms/nope/move", json={})).status_code == 404
 
 
+async def test_a_move_is_refused_by_hard_anti_affinity_with_the_vm_there(
+    api: httpx.AsyncClient, store: MemoryStore
+) -> None:
+    """The API asks the one fitting rule (models/fit.py) with the VMs on the target: the
+    controller would refuse the move for the same reason."""
+    await add_node(store, "n1")
+    await add_node(store, "n2")
+    dc = {"anti_affinity_classes": ["dc"], "anti_affinity_enforced": True}
+    await running(api, store, "dc1", "n1", ha=dc)
+    await running(api, store, "dc2", "n2", ha=dc)
+    r = await api.post("/vms/dc1/move", json={"to": "n2"})
+    assert r.status_code == 409
+    assert r.json()["error"] == (
+        "cannot move dc1 to n2: n2 runs dc2 of hard anti-affinity class 'dc'"
+    )
+
+
 async def test_cancel(api: httpx.AsyncClient, store: MemoryStore) -> None:
     await add_node(store, "n1")
     await add_node(store, "n2")
