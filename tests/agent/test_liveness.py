@@ -74,7 +74,7 @@ async def _liveness(
     killed: list[set[str]] | None = None,
 ) -> tuple[NodeLiveness, RecordingFeeder]:
     feeder = RecordingFeeder(tmp_path)
-    said: list[str] = []
+    said = SAID.setdefault(id(store), [])
 
     async def kill(names: set[str]) -> None:
         if killed is not None:
@@ -83,13 +83,16 @@ async def _liveness(
             (local or {}).pop(name, None)
 
     async def say(kind: str, reason: str) -> None:
-        said.append(kind)
+        said.append(f"{kind}: {reason}")
 
     live = NodeLiveness(
         store, Keys("t"), "n1", CONFIG, feeder, lambda: dict(local or {}), kill, say
     )
     await live.register()
     return live, feeder
+
+
+SAID: dict[int, list[str]] = {}  # id(store) -> the events its liveness said
 
 
 @pytest.fixture
@@ -130,6 +133,10 @@ async def test_an_etcd_without_leader_is_not_a_node_failure(
     ok = CONFIG.keepalive_interval_s * 3
     await wait_for(lambda: live.confirmed_within(ok), 5, "keepalives confirmed again")
     assert await store.get(Keys("t").alive("n1")) is not None
+    said = SAID[id(store)]
+    await wait_for(lambda: any("node.etcd_back" in x for x in said), 5, "an event")
+    back = next(x for x in said if "node.etcd_back" in x)
+    assert "kept its VMs on evidence" in back and "none of the 1 etcd members" in back
 
 
 async def test_a_node_cut_off_stops_feeding_and_fences(

@@ -72,15 +72,23 @@ def watch(lab: Lab, seconds: float, start: float, fenced: set[str]) -> dict[str,
     return gone
 
 
-def back_home(lab: Lab, epochs: dict[str, int], since: float, seq: int) -> float:
-    """Wait until every VM runs at home again, at the same epoch; no move in the log; the
-    seconds since ``since``."""
+def back_home(lab: Lab, epochs: dict[str, int], since: float, seq: int, fenced: set[str]) -> float:
+    """Wait until every VM runs at home again, at the same epoch; no move in the log; every
+    node said how it came back (registered anew, or its lease lived); the seconds since
+    ``since``."""
     wait_for(lambda: alive_nodes(lab) == list(NODES), 60, "every node alive after quorum")
     wait_for(lambda: all_home(lab), 60, "every VM running at home after quorum")
     took = time.monotonic() - since
     assert {vm: placed(lab, vm)[1] for vm in VMS} == epochs  # type: ignore[index]
     events = events_since(lab, seq)
     assert not [e for e in events if e["kind"] in MOVES], events
+
+    def said() -> bool:
+        back = {"node.registered", "node.etcd_back", "node.rejoined"}
+        subjects = {e["subject"] for e in events_since(lab, seq) if e["kind"] in back}
+        return subjects >= {f"node/{n}" for n in fenced}
+
+    wait_for(said, 30, "the fenced nodes saying they are back")
     return took
 
 
@@ -99,7 +107,7 @@ def test_leader_and_a_follower_frozen_fence_every_node_and_all_come_back_home(la
         lab.fault("etcd-cont", leader)
     resumed = time.monotonic()
     assert set(gone) == set(VMS), f"not every node fenced: {gone}{why(lab)}"
-    took = back_home(lab, epochs, resumed, seq)
+    took = back_home(lab, epochs, resumed, seq, set(NODES))
     fenced = ", ".join(f"{t:.1f}s" for t in gone.values())
     print(
         f"\nfrozen leader+follower: VMs fenced after {fenced}; "
@@ -118,8 +126,8 @@ def test_a_node_cut_off_while_etcd_has_no_quorum_fences_alone(lab: Lab) -> None:
     try:
         lab.fault("etcd-kill", "etcd0")
         lab.fault("etcd-kill", "etcd1")
+        cut = time.monotonic()  # the fault's event waits for quorum after the cut: time first
         lab.fault("partition", "n3", source="etcd")
-        cut = time.monotonic()
         gone = watch(lab, OUTAGE_S, cut, fenced={"n3"})
     finally:
         lab.fault("heal", "n3")
@@ -127,7 +135,7 @@ def test_a_node_cut_off_while_etcd_has_no_quorum_fences_alone(lab: Lab) -> None:
             lab.fault("etcd-start", member)
     quorum = time.monotonic()
     assert set(gone) == {"out-n3"}, f"n3 did not fence: {gone}{why(lab)}"
-    took = back_home(lab, epochs, quorum, seq)
+    took = back_home(lab, epochs, quorum, seq, {"n3"})
     print(
         f"\nn3 cut off without quorum: fenced {gone['out-n3']:.1f}s after the cut; "
         f"all at home {took:.1f}s after the restarts"

@@ -140,6 +140,15 @@ def unchanged_for(
         time.sleep(0.5)
 
 
+def said_back(lab: Lab, seq: int) -> dict[str, str]:
+    """node -> what it said when its keepalives were confirmed again (``node.etcd_back``),
+    once every node said it."""
+    backs = {
+        e["subject"]: e["reason"] for e in events_since(lab, seq) if e["kind"] == "node.etcd_back"
+    }
+    return backs if set(backs) == {f"node/{n}" for n in NODES} else {}
+
+
 def why(lab: Lab) -> str:
     """What the agents and watchdogs said about liveness: for a failure message."""
     said = []
@@ -243,7 +252,11 @@ def test_two_of_three_members_crashed_then_all_three_kill_no_vm_and_move_none(la
     is evidence; a member restarting neither refuses nor answers until it has a quorum, which
     is none, so the nodes live on the last evidence (fence_after, or a TTL while nobody led)
     until their keepalives are confirmed again."""
+    seq = last_seq(lab)
     events = outage(lab, [["etcd0", "etcd1"], ["etcd2"]], OUTAGE_S / 2)
+    # each node says it rode the outage out, and on what
+    backs = wait_for(lambda: said_back(lab, seq), 30, "every node saying it is back")
+    assert all("kept its VMs on evidence" in reason for reason in backs.values()), backs
     # in the order done: the events that found no quorum waited for the next fault that did
     assert recorded_faults(lab, events) == [
         ("etcd-kill", "etcd/etcd0"),

@@ -105,6 +105,8 @@ class NodeLiveness:
         self.lease_ttl = config.lease_ttl_s  # as etcd last reported it for our lease
         self.failing = False  # the last keepalive failed: seek evidence
         self.last_evidence: Evidence = NONE
+        self.fed_on: Evidence | None = None  # what fed the watchdog since the last keepalive
+        self._saying: set[asyncio.Task[None]] = set()
         self.registered = asyncio.Event()
         self.key_gone = asyncio.Event()  # our alive key vanished while the lease lives
         self.watchdog: WatchdogReport | None = None  # as last judged
@@ -266,7 +268,11 @@ class NodeLiveness:
                 ttl = await asyncio.wait_for(self.store.keepalive(self.lease_id), interval)
                 self.failing = False
                 self.lease_ttl = ttl
+                before, fenced = self.last_confirmed_sent, self.fenced
                 self._confirmed(started)
+                if before is not None and started - before > self.config.fence_after_s:
+                    self._say_later(*self._back(started - before, fenced))
+                self.fed_on = None
                 if self.key_gone.is_set():
                     self.key_gone.clear()
                     await self._replace_deleted_key()
@@ -289,6 +295,31 @@ class NodeLiveness:
             except Exception:
                 log.exception("watchdog check failed unexpectedly; carrying on")
             await self.sleep(max(0.0, interval - (self.clock() - started)))
+
+    def _back(self, gap: float, fenced: bool) -> tuple[str, str]:
+        """The event of a keepalive confirmed after longer than ``fence_after`` without."""
+        evidence = (self.fed_on or self.last_evidence).describe()
+        fate = (
+            "its watchdog had fired: its VMs were killed, and start again where placed"
+            if fenced
+            else f"it kept its VMs on evidence that nobody could act ({evidence})"
+        )
+        return "node.etcd_back", f"node {self.node} reached etcd again after {gap:.1f}s; {fate}"
+
+    def _say_later(self, kind: str, reason: str) -> None:
+        """Say it without holding up the next keepalive (an event is a write)."""
+
+        async def say() -> None:
+            await self.say(kind, reason)
+
+        task = asyncio.get_running_loop().create_task(say())
+        self._saying.add(task)
+        task.add_done_callback(self._said)
+
+    def _said(self, task: asyncio.Task[None]) -> None:
+        self._saying.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("could not say %s", task.exception())
 
     def _overdue(self) -> bool:
         """A keepalive failed, or none was confirmed for longer than an interval and a half
@@ -317,6 +348,7 @@ class NodeLiveness:
         ttl = min(self.lease_ttl, self.config.lease_ttl_s)
         until = evidence.feeds_until(asked, self.config.fence_after_s, ttl)
         if until is not None and self._overdue():
+            self.fed_on = evidence
             self._feed(until)
         if evidence != was:
             fate = "VMs keep running" if until is not None else "it may be us cut off"
