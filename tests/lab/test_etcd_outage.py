@@ -91,8 +91,8 @@ def events_since(lab: Lab, seq: int) -> list[dict[str, Any]]:
 
 def outage(lab: Lab, phases: list[list[str]], hold_s: float) -> list[dict[str, Any]]:
     """Kill the members of each phase in turn, each phase held ``hold_s`` while every VM
-    process is watched, then start them all again in the order killed; assert nothing was
-    killed or moved; the events written since."""
+    process is watched, then start them all again at once; assert nothing was killed or
+    moved; the events written since."""
     wait_for(lambda: alive_nodes(lab) == list(NODES), 60, "every node alive before")
     for vm in VMS:
         wait_for(functools.partial(running_once, lab, vm), 60, f"{vm} running")
@@ -107,10 +107,10 @@ def outage(lab: Lab, phases: list[list[str]], hold_s: float) -> list[dict[str, A
             for member in phase:
                 lab.fault("etcd-kill", member)
             unchanged_for(lab, hold_s, before, agents)
-    finally:
-        for member in down:
-            if not processes.alive(lab.state.member(member).pid):
-                lab.fault("etcd-start", member)
+    finally:  # all at once, as when power returns or an init system restarts them
+        dead = [m for m in down if not processes.alive(lab.state.member(m).pid)]
+        if dead:
+            lab.fault("etcd-start", ",".join(dead))
     started = time.monotonic()
     wait_for(lambda: alive_nodes(lab) == list(NODES), 60, "every node alive after quorum")
     print(f"every node alive {time.monotonic() - started:.1f}s after the last member started")
@@ -247,11 +247,18 @@ def test_every_fault_leaves_an_event_and_a_short_stall_moves_nothing(lab: Lab) -
 
 def test_two_of_three_members_crashed_then_all_three_kill_no_vm_and_move_none(lab: Lab) -> None:
     """30 s without quorum: two members crashed (killed) for half of it, then the third too;
-    then all started again one after another (``etcd-start`` waits up to 5 s for a leader,
-    as an operator would). Safety rule 5: while members are down their hosts refuse, which
-    is evidence; a member restarting neither refuses nor answers until it has a quorum, which
-    is none, so the nodes live on the last evidence (fence_after, or a TTL while nobody led)
-    until their keepalives are confirmed again."""
+    then all started again at once (power back, or an init system). Safety rule 5: while
+    members are down their hosts refuse, which is evidence; a member restarting neither
+    refuses nor answers until it has a quorum and has published itself, which is none, so
+    the nodes live on the last evidence (every member refused: nobody leads, a lease TTL)
+    until their keepalives are confirmed again, under a second later here.
+
+    Restarted one after another, the nodes live on less (a majority refused: fence_after)
+    from when the second member starts listening, and etcd takes longer: a member's first
+    publish proposal, made before there is a leader, is dropped and retried only after its
+    request timeout. Seen in this lab under load: over 3 s, and every node fenced (safely:
+    nothing ran twice, everything restarted at home). Rule 5 cannot promise more without
+    evidence, and a restarting member gives none."""
     seq = last_seq(lab)
     events = outage(lab, [["etcd0", "etcd1"], ["etcd2"]], OUTAGE_S / 2)
     # each node says it rode the outage out, and on what
@@ -262,9 +269,7 @@ def test_two_of_three_members_crashed_then_all_three_kill_no_vm_and_move_none(la
         ("etcd-kill", "etcd/etcd0"),
         ("etcd-kill", "etcd/etcd1"),
         ("etcd-kill", "etcd/etcd2"),
-        ("etcd-start", "etcd/etcd0"),
-        ("etcd-start", "etcd/etcd1"),
-        ("etcd-start", "etcd/etcd2"),
+        ("etcd-start", "etcd/etcd0,etcd1,etcd2"),
     ]
 
 

@@ -149,8 +149,9 @@ def fault(
     host); cont = SIGCONT it; delay NODE MS = a stall (SIGSTOP, SIGCONT after MS; no netem
     here); partition = cut the node's link (--from all) or drop its packets to etcd or the
     other nodes (a lab with --netns), heal = undo. etcd: etcd-kill (SIGKILL), etcd-stop
-    (SIGSTOP), etcd-cont (SIGCONT), etcd-start (again, same data dir) MEMBER. vm-kill VM: its
-    QEMU (or sim placeholder) process dies, found from the hosts' process tables."""
+    (SIGSTOP), etcd-cont (SIGCONT), etcd-start (again, same data dir; A,B,C: at once)
+    MEMBER. vm-kill VM: its QEMU (or sim placeholder) process dies, found from the hosts'
+    process tables."""
     said = faults.fault(load(lab_dir), action, target, ms=ms or None, source=source)
     console.print(said, highlight=False)
 

@@ -6,7 +6,6 @@ again on its ports and data dir (``hvc lab fault etcd-kill|etcd-stop|etcd-cont|e
 
 from __future__ import annotations
 
-import functools
 import json
 import signal
 import ssl
@@ -134,17 +133,24 @@ def cont(state: LabState, name: str) -> tuple[LabState, str]:
 
 
 def start(state: LabState, name: str, timeout: float = 5.0) -> tuple[LabState, str]:
-    """Start a dead member again with its data dir; wait (up to ``timeout``) until it has a
-    leader, which it cannot have while most members are still down: then it says so."""
-    member = state.member(name)
-    if processes.alive(member.pid):
-        how = "stopped: use etcd-cont" if processes.stopped(member.pid) else "running"
-        raise MemberError(f"etcd member {name} is already {how} (pid {member.pid})")
-    member = spawn(state, member)
-    state = state.with_member(member)
-    ready = wait(functools.partial(healthy, state, member, 0.5), timeout)
+    """Start a dead member again with its data dir (``a,b,c``: those members at once, as
+    after a power cut); wait (up to ``timeout``) until it has a leader, which it cannot have
+    while most members are still down: then it says so."""
+    names = [n.strip() for n in name.split(",") if n.strip()]
+    for n in names:
+        member = state.member(n)
+        if processes.alive(member.pid):
+            how = "stopped: use etcd-cont" if processes.stopped(member.pid) else "running"
+            raise MemberError(f"etcd member {n} is already {how} (pid {member.pid})")
+    started = []
+    for n in names:
+        member = spawn(state, state.member(n))
+        state = state.with_member(member)
+        started.append(member)
+    ready = wait(lambda: all(healthy(state, m, 0.5) for m in started), timeout)
     said = "healthy" if ready else f"no leader yet after {timeout:.0f}s (no quorum?)"
-    return state, f"started etcd member {name} again (pid {member.pid}, same data dir): {said}"
+    which = ", ".join(f"{m.name} (pid {m.pid})" for m in started)
+    return state, f"started etcd member {which} again (same data dir): {said}"
 
 
 def _running(state: LabState, name: str) -> LabEtcd:
