@@ -33,15 +33,15 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from hvcluster.agent.evidence import NONE, Evidence, seek
-from hvcluster.models.base import decode, encode
+from hvcluster.models.base import encode
 from hvcluster.models.config import ClusterConfig
-from hvcluster.models.errors import CorruptValue, LeaseLost, StoreError
+from hvcluster.models.errors import LeaseLost, StoreError
 from hvcluster.models.node import Node, NodeAlive, WatchdogReport
 from hvcluster.store.base import Compare, EventType, Put, Store, WatchEvent
 from hvcluster.store.follow import follow
 from hvcluster.store.guards import keys_unchanged
 from hvcluster.store.keys import Keys
-from hvcluster.store.reads import read_one
+from hvcluster.store.reads import read_one, read_value
 from hvcluster.watchdog.node import WatchdogFeeder
 
 log = logging.getLogger(__name__)
@@ -130,11 +130,9 @@ class NodeLiveness:
     async def register(self) -> None:
         """Adopt a live lease left by a previous agent of this node, or take a new one and
         bind ``alive/<node>`` to it, checking the placements of local VMs are unchanged."""
-        key = self.keys.alive(self.node)
-        kv = await self.store.get(key)
-        if kv is not None:
+        previous = await read_value(self.store, self.keys.alive(self.node), NodeAlive)
+        if previous is not None:
             try:
-                previous = decode(NodeAlive, key, kv.value)
                 sent = self.clock()
                 ttl = await self.store.keepalive(previous.lease)
                 if ttl > 0 and previous.node == self.node:
@@ -149,7 +147,7 @@ class NodeLiveness:
                         f"{previous.lease:x}: nothing moves",
                     )
                     return
-            except (CorruptValue, LeaseLost):
+            except LeaseLost:
                 pass
         await self._register_new()
 

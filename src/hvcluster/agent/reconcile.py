@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from hvcluster.models.lifecycle import VMState
 from hvcluster.models.vm import Placement, VMSpec, VMStatus, same_vm
@@ -155,13 +156,7 @@ def plan_local(
             if running:
                 actions.append(Shutdown(name, seen, why))
             elif not (mine and status is not None and status.state is VMState.STOPPED):
-                actions.append(
-                    Report(
-                        _status(name, me, epoch, VMState.STOPPED, now, uid=spec.uid),
-                        seen,
-                        f"{why}: stopped",
-                    )
-                )
+                actions.append(_report(spec, seen, me, VMState.STOPPED, now, f"{why}: stopped"))
             continue
         if running:
             assert vm is not None
@@ -172,23 +167,10 @@ def plan_local(
                 or status.pid != vm.pid
                 or status.cpu_model != vm.cpu_model
             ):
-                actions.append(
-                    Report(
-                        _status(
-                            name,
-                            me,
-                            epoch,
-                            vm.state,
-                            vm.since,
-                            pid=vm.pid,
-                            restarts=status.restarts if mine and status else 0,
-                            cpu_model=vm.cpu_model,
-                            uid=spec.uid,
-                        ),
-                        seen,
-                        f"vm {name} is {vm.state.value} here",
-                    )
-                )
+                restarts = status.restarts if mine and status else 0
+                more = {"pid": vm.pid, "restarts": restarts, "cpu_model": vm.cpu_model}
+                why = f"vm {name} is {vm.state.value} here"
+                actions.append(_report(spec, seen, me, vm.state, vm.since, why, **more))
             continue
         # Placed here, to run, not running.
         if mine and status is not None and status.state is VMState.FAILED:
@@ -201,24 +183,11 @@ def plan_local(
             in (VMState.RUNNING, VMState.PAUSED, VMState.STARTING, VMState.MIGRATING)
         )
         if was_running and len(recent) >= limits.restart_threshold:
-            actions.append(
-                Report(
-                    _status(
-                        name,
-                        me,
-                        epoch,
-                        VMState.FAILED,
-                        now,
-                        restarts=len(recent),
-                        error=f"crashed {len(recent)} times in {limits.restart_period_s:.0f}s",
-                        uid=spec.uid,
-                    ),
-                    seen,
-                    f"vm {name} left failed: crashed {len(recent)} times in "
-                    f"{limits.restart_period_s:.0f}s, above the restart threshold "
-                    f"{limits.restart_threshold}",
-                )
-            )
+            crashed = f"crashed {len(recent)} times in {limits.restart_period_s:.0f}s"
+            why = f"vm {name} left failed: {crashed}, above the restart threshold "
+            why += f"{limits.restart_threshold}"
+            failed = {"restarts": len(recent), "last_error": crashed}
+            actions.append(_report(spec, seen, me, VMState.FAILED, now, why, **failed))
             continue
         reason = (
             f"vm {name} stopped unexpectedly; restart {len(recent)} of "
@@ -230,27 +199,18 @@ def plan_local(
     return actions
 
 
-def _status(
-    vm: str,
-    node: str,
-    epoch: int,
-    state: VMState,
-    since: float,
-    pid: int | None = None,
-    restarts: int = 0,
-    error: str = "",
-    cpu_model: str = "",
-    uid: str = "",
-) -> VMStatus:
-    return VMStatus(
-        vm=vm,
-        node=node,
-        epoch=epoch,
+def _report(
+    spec: VMSpec, seen: SeenPlacement, me: str, state: VMState, since: float, why: str, **more: Any
+) -> Report:
+    """``spec``'s VM seen ``state`` here since ``since`` (at the placement's epoch): its status
+    to write, and ``why``. ``more``: the status's other fields (pid, restarts, ...)."""
+    status = VMStatus(
+        vm=spec.name,
+        node=me,
+        epoch=seen.placement.epoch,
         state=state,
-        pid=pid,
         since=since,
-        restarts=restarts,
-        last_error=error,
-        cpu_model=cpu_model,
-        uid=uid,
+        uid=spec.uid,
+        **more,
     )
+    return Report(status, seen, why)
