@@ -47,6 +47,7 @@ def result(lab: Lab) -> dict[str, object]:
 def test_a_three_minute_chaos_breaks_no_invariant(result: dict[str, object]) -> None:
     assert result["violations"] == [], json.dumps(result["violations"], indent=2)
     assert not result["aborted"]
+    assert result["false_failovers"] == [], result["false_failovers"]
     assert int(result["faults"]) >= 8  # type: ignore[call-overload]
     by_kind = result["by_kind"]
     assert isinstance(by_kind, dict) and set(by_kind) == set(KINDS)

@@ -129,9 +129,11 @@ def one_fault(
         time.sleep(max(0.0, fault.hold_s - (time.time() - t0)))
         _undo(lab_dir, fault)
     record.undone = time.time()
-    # A stall that must change nothing is watched a lease longer: a lease it made expire
-    # would move VMs only then.
-    watch = 0.0 if fault.moves else timing.lease_ttl_s + 1.0
+    # Watched a lease longer after it is undone, whatever it was: a watchdog that fires, a
+    # lease that expires because of it, shows by then (a killed agent started again at once
+    # has VMs that still run and a lease that still holds for a while: the next fault must
+    # not be blamed for what follows).
+    watch = timing.lease_ttl_s + 1.0
     back = _wait_back(lab_dir, checker, options.slo_s + options.settle_timeout_s, watch)
     record.settled = time.time()
     record.affected, record.recovery_s = checker.recovery(t0, record.settled)
