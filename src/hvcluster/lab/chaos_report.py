@@ -101,7 +101,12 @@ def report(
             continue
         r = _window(records, e["time"])
         if r is not None and not r.fault.moves:
-            said = {"event": e["kind"], "subject": e["subject"], "fault": r.fault.describe()}
+            said = {
+                "event": e["kind"],
+                "subject": e["subject"],
+                "fault": r.fault.describe(),
+                "reason": str(e.get("reason", ""))[:300],
+            }
             (false_failovers if e["kind"] == FAILOVER else lost_leases).append(said)
     return {
         "seed": options.seed,
