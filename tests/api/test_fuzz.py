@@ -48,6 +48,7 @@ from hvcluster.models.vm import Disk, Nic, Placement, VMSpec, VMStatus
 from hvcluster.store.memory_store import MemoryStore
 from hvcluster.store.tokens import add_token
 from tests.api.conftest import KEYS
+from tests.waiting import wait_for_sync
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -90,11 +91,13 @@ class ServedApi:
         )
         server = self.server = _Server(config)
         self.task = asyncio.run_coroutine_threadsafe(server.serve(), self.loop)
-        deadline = time.monotonic() + 10
-        while not server.started:
-            assert not self.task.done(), self.task
-            assert time.monotonic() < deadline, "the API did not start"
-            time.sleep(0.01)
+        task = self.task
+
+        def started() -> bool:
+            assert not task.done(), task
+            return bool(server.started)
+
+        wait_for_sync(started, 10, "the API to start", every=0.01)
 
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout=30)

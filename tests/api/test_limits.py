@@ -24,6 +24,7 @@ from hvcluster.api.serving import MAX_HEAD_BYTES, HeadTimeoutH11Protocol, server
 from hvcluster.models.config import ClusterConfig
 from hvcluster.store.memory_store import MemoryStore
 from tests.api.conftest import KEYS, spec
+from tests.waiting import wait_for
 
 CHUNK = 64 * 1024
 
@@ -273,10 +274,10 @@ async def test_requests_beyond_those_in_progress_are_answered_503_unread() -> No
 
     first, _ = call("/a")
     streamed, stream_sent = call("/stream")
-    await asyncio.sleep(0.05)
-    assert stream_sent and stream_sent[0]["status"] == 200  # answering: no longer counted
+    await wait_for(lambda: stream_sent, 5, "the stream answering")
+    assert stream_sent[0]["status"] == 200  # answering: no longer counted
     second, second_sent = call("/b")
-    await asyncio.sleep(0.05)
+    await wait_for(lambda: "/b" in pulled, 5, "the second request worked on")
     third, third_sent = call("/c")
     await asyncio.wait_for(third, 10)
     assert third_sent[0]["status"] == 503 and "/c" not in pulled
@@ -374,10 +375,12 @@ async def serve(store: MemoryStore, protocol: type[HeadTimeoutH11Protocol]) -> A
     server = _Server(config)
     task = asyncio.create_task(server.serve())
     try:
-        async with asyncio.timeout(10):
-            while not server.started:
-                assert not task.done(), task
-                await asyncio.sleep(0.01)
+
+        def started() -> bool:
+            assert not task.done(), task
+            return bool(server.started)
+
+        await wait_for(started, 10, "the API server to start", every=0.01)
         yield port
     finally:
         server.should_exit = True
