@@ -77,6 +77,17 @@ class MigrationBase:
         except (StoreError, TimeoutError) as e:
             log.warning("migration %s: could not record its error: %s", rec.id, e)
 
+    async def _while_preparing(self, rec: Migration, field: str, value: object) -> bool:
+        """The target's part of preparing: ``field`` of ``rec`` set to ``value``, once, while
+        the record is preparing; False if it moved on (cancelled or failed meanwhile)."""
+
+        def write(cur: Migration) -> Migration | None:
+            if cur.state is not _M.PREPARING or getattr(cur, field):
+                return None
+            return cur.model_copy(update={field: value})
+
+        return await change_migration(self.store, self.keys, rec.id, write) is not None
+
     async def _fail(self, rec: Migration, reason: str) -> bool:
         """Fail ``rec`` with ``reason`` (said as ``migration.failed``); False if it was not
         under way any more, or switching (the controller decides then)."""

@@ -66,12 +66,7 @@ class QuickState(MigrationBase):
             self.agent.incoming.discard(rec.vm)
             return
 
-        def prepared(cur: Migration) -> Migration | None:
-            if cur.state is not _M.PREPARING or cur.state_prepared:
-                return None
-            return cur.model_copy(update={"state_prepared": True})
-
-        if await change_migration(self.store, self.keys, rec.id, prepared) is None:
+        if not await self._while_preparing(rec, "state_prepared", True):
             self.agent.incoming.discard(rec.vm)  # cancelled or failed meanwhile
 
     async def _verify_state(self, rec: Migration) -> None:

@@ -97,12 +97,7 @@ class TargetRole(QuickState):
             await self._discard_incoming(rec)
             return
 
-        def set_address(cur: Migration) -> Migration | None:
-            if cur.state is not _M.PREPARING or cur.target_address:
-                return None
-            return cur.model_copy(update={"target_address": address})
-
-        if await change_migration(self.store, self.keys, rec.id, set_address) is None:
+        if not await self._while_preparing(rec, "target_address", address):
             await self._discard_incoming(rec)  # cancelled or failed meanwhile
 
     async def _take_over(self, rec: Migration, flipped: bool = False) -> None:
