@@ -11,7 +11,7 @@ controller checks again before the transfer begins.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Literal, TypeVar
 
 from fastapi import APIRouter, Body, Depends
@@ -30,11 +30,9 @@ from hvcluster.models.migration import Migration, MigrationKind
 from hvcluster.models.node import Node
 from hvcluster.models.storage import disks_to_move, spec_on_volume
 from hvcluster.models.vm import Placement, VMSpec, VMStatus
-from hvcluster.store.base import Get, KeyValue
 from hvcluster.store.jobs import busy
-from hvcluster.store.keys import Keys
 from hvcluster.store.migrations import change_migration, create_migration, read_migrations
-from hvcluster.store.reads import decode_many
+from hvcluster.store.reads import read_snapshot
 
 M = TypeVar("M", bound=Model)
 
@@ -75,18 +73,15 @@ class Cluster:
         self.migrations: list[Migration] = []
 
     async def load(self) -> Cluster:
-        ctx, keys = self.ctx, self.ctx.keys
+        ctx = self.ctx
         kinds = ("nodes", "alive", "vms", "placements", "status", "migrations")
-        result = await ctx.store.txn((), [Get(keys.prefix(k), True) for k in kinds])
-        found = dict(zip(kinds, result.gets, strict=True))
-        self.alive = {keys.name_of(kv.key, "alive") for kv in found["alive"]}
-        self.nodes = await _items(Node, keys, "nodes", found["nodes"], ctx)
-        self.specs = await _items(VMSpec, keys, "vms", found["vms"], ctx)
-        self.placements = await _items(Placement, keys, "placements", found["placements"], ctx)
-        self.statuses = await _items(VMStatus, keys, "status", found["status"], ctx)
-        self.migrations = list(
-            (await _items(Migration, keys, "migrations", found["migrations"], ctx)).values()
-        )
+        snap = await read_snapshot(ctx.store, ctx.keys, kinds)
+        self.alive = snap.names("alive")
+        self.nodes = (await snap.decoded(Node, "nodes", ctx.corrupt)).by_name()
+        self.specs = (await snap.decoded(VMSpec, "vms", ctx.corrupt)).by_name()
+        self.placements = (await snap.decoded(Placement, "placements", ctx.corrupt)).by_name()
+        self.statuses = (await snap.decoded(VMStatus, "status", ctx.corrupt)).by_name()
+        self.migrations = (await snap.decoded(Migration, "migrations", ctx.corrupt)).values()
         return self
 
     def active(self, vm: str) -> Migration | None:
@@ -112,13 +107,6 @@ class Cluster:
         )
         model = vm_cpu_model(spec, self.statuses.get(spec.name), src)
         return why_not_move(spec, model, src, target, kind)
-
-
-async def _items(
-    cls: type[M], keys: Keys, kind: str, kvs: Sequence[KeyValue], ctx: ApiContext
-) -> dict[str, M]:
-    decoded = await decode_many(cls, keys.prefix(kind), kvs, ctx.corrupt)
-    return {name: value for name, value in decoded.by_name().items()}
 
 
 @router.post("/vms/{name}/move", status_code=202, response_model=Migration)

@@ -68,8 +68,8 @@ async def list_switches(ctx: ApiContext = Depends(context)) -> SwitchList:
     switches = await snap.decoded(Switch, "switches", ctx.corrupt)
     nodes = await snap.decoded(Node, "nodes", ctx.corrupt)
     specs = await snap.decoded(VMSpec, "vms", ctx.corrupt)
-    node_list = [n for n in nodes.values()]
-    spec_map = {name: s for name, s in specs.by_name().items()}
+    node_list = nodes.values()
+    spec_map = specs.by_name()
     return SwitchList(
         switches=[view(s, node_list, spec_map) for s in switches.values()],
         skipped=skipped_of(switches, nodes, specs),
@@ -133,8 +133,8 @@ async def show_switch(
     specs = await decode_many(VMSpec, keys.prefix("vms"), vm_kvs, ctx.corrupt)
     return view(
         switch,
-        [n for n in nodes.values()],
-        {n: s for n, s in specs.by_name().items()},
+        nodes.values(),
+        specs.by_name(),
     )
 
 

@@ -91,7 +91,7 @@ async def tcp_probe(address: str, timeout: float = CONNECT_TIMEOUT_S) -> tuple[b
 async def _nodes(ctx: ApiContext) -> list[Node]:
     snap = await read_snapshot(ctx.store, ctx.keys, ("nodes",))
     decoded = await snap.decoded(Node, "nodes", ctx.corrupt)
-    return [n for n in decoded.values()]
+    return decoded.values()
 
 
 @router.get("/probe", response_model=ProbeAnswer)
@@ -319,7 +319,7 @@ async def validate_cluster(ctx: ApiContext = Depends(context)) -> ValidationRepo
     for status in statuses.values():
         if status.node and status.state in RUNS:
             guest_cpus.setdefault(status.node, {})[status.vm] = status.cpu_model
-    all_nodes = [n for n in nodes.values()]
+    all_nodes = nodes.values()
     live = sorted((n for n in all_nodes if n.name in alive), key=lambda n: n.name)
     # At most MAX_ASKS requests in flight; the others wait for the pool, not for a timeout.
     timeout = httpx.Timeout(ASK_TIMEOUT_S, pool=None)

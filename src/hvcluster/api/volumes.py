@@ -162,8 +162,8 @@ async def _others(
     nodes = await decode_many(Node, ctx.keys.prefix("nodes"), node_kvs, ctx.corrupt)
     specs = await decode_many(VMSpec, ctx.keys.prefix("vms"), vm_kvs, ctx.corrupt)
     return (
-        [n for n in nodes.values()],
-        {name: s for name, s in specs.by_name().items()},
+        nodes.values(),
+        specs.by_name(),
         skipped_of(nodes, specs),
     )
 
@@ -195,7 +195,7 @@ async def add_volume(request: VolumeRequest, ctx: ApiContext = Depends(context))
         volumes = await decode_many(Volume, ctx.keys.prefix("volumes"), existing.kvs, ctx.corrupt)
         if volume.name in volumes.items or any(kv.key == key for kv in existing.kvs):
             raise Conflict(f"volume {volume.name!r} already exists")
-        await asyncio.to_thread(refuse_overlap, volume, [v for v in volumes.values()])
+        await asyncio.to_thread(refuse_overlap, volume, volumes.values())
         guard = [Compare.absent(key), Compare.unchanged_since(prefix, existing.revision)]
         result = await ctx.store.txn(guard, [Put(key, encode(volume))])
         if result.succeeded:
