@@ -6,7 +6,6 @@ not). The store contract itself runs over TLS too (``h`` fixture, ``etcd-tls``).
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ from hvcluster.store.etcd import EtcdStore
 from hvcluster.store.etcd_conn import EtcdTls
 from hvcluster.store.health import has_quorum, nobody_can_act
 from tests.etcd_fixtures import running_etcd, store_tls
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.etcd
 
@@ -166,13 +166,14 @@ async def _health(cluster: EtcdCluster) -> StoreHealth:
 
 async def _leaderless(cluster: EtcdCluster, alive: str) -> StoreHealth:
     """Health once the member ``alive`` has noticed it has no leader (an election timeout)."""
-    deadline = time.monotonic() + 30
-    while True:
+
+    async def leaderless() -> StoreHealth | None:
         h = await _health(cluster)
         survivor = next(m for m in h.members if m.name == alive)
-        if survivor.leader_id == 0 or time.monotonic() > deadline:
-            return h
-        await asyncio.sleep(0.3)
+        return h if survivor.leader_id == 0 else None
+
+    health: StoreHealth = await wait_for(leaderless, 30, f"{alive} without a leader", every=0.3)
+    return health
 
 
 @pytest.mark.slow

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 
 import pytest
 import typer
@@ -18,7 +17,7 @@ from hvcluster.store.base import StoreHealth
 from hvcluster.store.etcd import EtcdStore
 from hvcluster.store.health import has_quorum, nobody_can_act
 from tests.etcd_fixtures import running_etcd
-from tests.waiting import wait_for
+from tests.waiting import wait_for, wait_for_sync
 
 pytestmark = pytest.mark.etcd
 WIDE = {"COLUMNS": "200"}
@@ -121,13 +120,13 @@ def test_three_members_losing_one_then_quorum() -> None:
         assert "refused" in out and leader.name in out  # killed: nothing listens
 
         other.kill()
-        deadline = time.monotonic() + 20
-        while True:  # the last member notices it has no leader after an election timeout
+
+        def leaderless() -> StoreHealth | None:  # after an election timeout
             h = health(cluster.endpoints)
-            alive = next(m for m in h.members if m.reachable)
-            if alive.leader_id == 0 or time.monotonic() > deadline:
-                break
-            time.sleep(0.3)
+            return h if next(m for m in h.members if m.reachable).leader_id == 0 else None
+
+        h = wait_for_sync(leaderless, 20, "the last member without a leader", every=0.3)
+        alive = next(m for m in h.members if m.reachable)
         assert alive.name == follower.name and alive.leader_id == 0
         assert not has_quorum(h)
         assert [m.refused for m in h.members if not m.reachable] == [True, True]
