@@ -8,12 +8,13 @@ returns, on its own node (which is back). Measured: how long fencing and the ret
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 
 import pytest
 
-from hvcluster.lab import faults
+from hvcluster.lab import faults, processes
 from hvcluster.models.config import ClusterConfig
 from tests.lab.conftest import Lab, wait_for
 from tests.lab.test_etcd_outage import (
@@ -144,3 +145,37 @@ def test_a_node_cut_off_while_etcd_has_no_quorum_fences_alone(lab: Lab) -> None:
     # it feeds a TTL from when it was asked, up to half an evidence interval before the cut
     config = ClusterConfig.with_profile(lab.state.profile)
     assert gone["out-n3"] <= config.lease_ttl_s + config.evidence_interval_s + 1.0, gone
+
+
+def test_members_restarted_one_by_one_after_all_crashed_never_run_a_vm_twice(lab: Lab) -> None:
+    """All three members crashed, then started one after another (each ``etcd-start`` waits
+    up to 5 s for a leader). From when the second listens, the nodes live on fence_after
+    only (a restarting member is no evidence), and etcd may take longer to serve again:
+    nodes may fence, as rule 5 says. Whatever happens: no VM ever runs twice or moves, and
+    every VM runs at home again once quorum is back."""
+    epochs = ready(lab)
+    seq = last_seq(lab)
+    members = ["etcd0", "etcd1", "etcd2"]
+    restarts = threading.Thread(target=lambda: None)
+    try:
+        for member in members:
+            lab.fault("etcd-kill", member)
+        watch(lab, 5.0, time.monotonic(), fenced=set())  # refusals: every VM runs on
+
+        def restart() -> None:
+            for member in members:
+                lab.fault("etcd-start", member)
+
+        restarts = threading.Thread(target=restart)
+        started = time.monotonic()
+        restarts.start()
+        gone = watch(lab, 20.0, started, fenced=set(NODES))
+    finally:
+        restarts.join(60)
+        for member in members:  # whatever failed above: every member runs again
+            if not processes.alive(lab.state.member(member).pid):
+                lab.fault("etcd-start", member)
+    took = back_home(lab, epochs, time.monotonic(), seq, set())
+    fenced = ", ".join(f"{vm} {t:.1f}s" for vm, t in gone.items()) or "none"
+    print(f"\nmembers restarted one by one: fenced {fenced} (after the first restart)")
+    assert took < 60
