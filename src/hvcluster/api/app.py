@@ -23,7 +23,7 @@ from hvcluster.api import (
     volumes,
 )
 from hvcluster.api.auth import Authorizer
-from hvcluster.api.context import ApiContext, PeerApi, context
+from hvcluster.api.context import ApiContext, Ctx, PeerApi
 from hvcluster.api.errors import install_error_handlers
 from hvcluster.api.limits import RequestLimits
 from hvcluster.api.reads import decode_optional, skipped_of
@@ -42,14 +42,14 @@ cluster_router = APIRouter(tags=["cluster"])
 
 
 @cluster_router.get("/healthz", response_model=Health)
-async def healthz(ctx: ApiContext = Depends(context)) -> Health:
+async def healthz(ctx: Ctx) -> Health:
     """200 when this API reaches the store; 503 (from the error handler) when not. Open to
     anyone, without a token (see api/auth.py)."""
     return Health(ok=True, node=ctx.node, revision=await ctx.store.revision())
 
 
 @cluster_router.get("/cluster", response_model=ClusterView)
-async def cluster(ctx: ApiContext = Depends(context)) -> ClusterView:
+async def cluster(ctx: Ctx) -> ClusterView:
     keys = ctx.keys
     kinds = ("nodes", "alive", "vms", "placements", "status")
     snap = await read_snapshot(ctx.store, keys, kinds, single=(keys.config,))

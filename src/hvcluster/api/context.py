@@ -7,10 +7,10 @@ import logging
 import ssl
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
-from fastapi import Path, Request
+from fastapi import Body, Depends, Path, Request
 
 from hvcluster.api.auth import Caller
 from hvcluster.api.views import Skipped
@@ -135,3 +135,10 @@ def valid_name(name: str = Path(description="a VM or node name")) -> str:
         return check_name(name)
     except ValueError as e:
         raise InvalidInput(str(e), field="name") from None
+
+
+# What a route declares to get them: ``ctx: Ctx``, ``name: ValidName``, and an optional body
+# ``request: ActionRequest | None = NO_BODY``.
+Ctx = Annotated[ApiContext, Depends(context)]
+ValidName = Annotated[str, Depends(valid_name)]
+NO_BODY = Body(default=None)

@@ -12,10 +12,10 @@ import contextlib
 import json
 from collections.abc import AsyncIterator
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
-from hvcluster.api.context import ApiContext, context
+from hvcluster.api.context import ApiContext, Ctx
 from hvcluster.api.views import EventList, EventView, Skipped
 from hvcluster.models.errors import InvalidInput
 from hvcluster.store.base import WatchCompacted
@@ -34,8 +34,7 @@ def _view(logged: LoggedEvent) -> EventView:
 
 @router.get("", response_model=EventList)
 async def list_events(
-    limit: int = Query(50, ge=1, le=10_000, description="how many of the latest events"),
-    ctx: ApiContext = Depends(context),
+    ctx: Ctx, limit: int = Query(50, ge=1, le=10_000, description="how many of the latest events")
 ) -> EventList:
     """The latest events, oldest first. Follow on with ``/events/follow?since=<revision + 1>
     &after=<last seq>``: the revision is read before the events, so nothing falls between."""
@@ -64,6 +63,7 @@ def _start_revision(since: int | None, last_event_id: str | None) -> int | None:
 @router.get("/follow", response_class=StreamingResponse)
 async def follow_events(
     request: Request,
+    ctx: Ctx,
     since: int | None = Query(
         None,
         ge=1,
@@ -74,7 +74,6 @@ async def follow_events(
         0, ge=0, le=REVISION_MAX, description="skip events up to this sequence number"
     ),
     count: int | None = Query(None, ge=1, description="end the stream after this many"),
-    ctx: ApiContext = Depends(context),
 ) -> StreamingResponse:
     """A text/event-stream of new events: ``id: <revision>``, ``event: event``,
     ``data: <EventView JSON>``. A compacted start revision ends it with ``event: error``."""

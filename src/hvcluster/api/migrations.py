@@ -14,10 +14,10 @@ import time
 from collections.abc import Callable
 from typing import Literal, TypeVar
 
-from fastapi import APIRouter, Body, Depends
+from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
-from hvcluster.api.context import ApiContext, context, valid_name
+from hvcluster.api.context import NO_BODY, ApiContext, Ctx, ValidName
 from hvcluster.api.reads import decode_one
 from hvcluster.api.views import ActionRequest, View
 from hvcluster.api.writes import update
@@ -37,8 +37,6 @@ from hvcluster.store.reads import read_snapshot
 M = TypeVar("M", bound=Model)
 
 router = APIRouter(tags=["migrations"])
-
-_NO_BODY = Body(default=None)
 
 
 class MoveRequest(BaseModel):
@@ -110,11 +108,7 @@ class Cluster:
 
 
 @router.post("/vms/{name}/move", status_code=202, response_model=Migration)
-async def move_vm(
-    name: str = Depends(valid_name),
-    request: MoveRequest | None = _NO_BODY,
-    ctx: ApiContext = Depends(context),
-) -> Migration:
+async def move_vm(name: ValidName, ctx: Ctx, request: MoveRequest | None = NO_BODY) -> Migration:
     """Move a running VM to another node, live (memory copied while it runs) or quick (its
     state saved and restored). Returns the migration record; follow it under /migrations."""
     request = request or MoveRequest()
@@ -193,14 +187,14 @@ async def shared_nothing_spec(ctx: ApiContext, spec: VMSpec, request: MoveReques
 
 
 @router.get("/migrations", response_model=MigrationList)
-async def list_migrations(ctx: ApiContext = Depends(context)) -> MigrationList:
+async def list_migrations(ctx: Ctx) -> MigrationList:
     found = await read_migrations(ctx.store, ctx.keys)
     records = sorted((s.value for s in found.items.values()), key=lambda m: m.created)
     return MigrationList(migrations=records, revision=await ctx.store.revision())
 
 
 @router.get("/migrations/{mid}", response_model=Migration)
-async def show_migration(mid: str, ctx: ApiContext = Depends(context)) -> Migration:
+async def show_migration(mid: str, ctx: Ctx) -> Migration:
     kv = await ctx.store.get(ctx.keys.migration(_valid_id(mid)))
     if kv is None:
         raise NotFound(f"migration {mid!r} not found")
@@ -209,7 +203,7 @@ async def show_migration(mid: str, ctx: ApiContext = Depends(context)) -> Migrat
 
 @router.post("/migrations/{mid}/cancel", status_code=202, response_model=Migration)
 async def cancel_migration(
-    mid: str, request: ActionRequest | None = _NO_BODY, ctx: ApiContext = Depends(context)
+    mid: str, ctx: Ctx, request: ActionRequest | None = NO_BODY
 ) -> Migration:
     """Cancel a migration before the placement flips; the VM keeps running on its source."""
     reason = request.reason if request and request.reason else "cancelled by an administrator"
@@ -249,11 +243,7 @@ def _valid_id(mid: str) -> str:
 
 # --- drain and failback ---------------------------------------------------------------
 @router.post("/nodes/{name}/drain", status_code=202, response_model=Node)
-async def drain_node(
-    name: str = Depends(valid_name),
-    request: ActionRequest | None = _NO_BODY,
-    ctx: ApiContext = Depends(context),
-) -> Node:
+async def drain_node(name: ValidName, ctx: Ctx, request: ActionRequest | None = NO_BODY) -> Node:
     """Move every VM off the node (live, at most ``migration.max_parallel_per_node`` at
     once); the node ends paused. Follow it with GET /nodes/{name} (admin_state)."""
     reason = request.reason if request and request.reason else "drained by an administrator"

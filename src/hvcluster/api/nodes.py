@@ -6,10 +6,10 @@ from __future__ import annotations
 import time
 from collections import Counter
 
-from fastapi import APIRouter, Body, Depends
+from fastapi import APIRouter
 
 from hvcluster.api import migrations
-from hvcluster.api.context import ApiContext, context, valid_name
+from hvcluster.api.context import NO_BODY, ApiContext, Ctx, ValidName
 from hvcluster.api.reads import decode_one, decode_optional, skipped_of
 from hvcluster.api.views import ActionRequest, NodeList, NodeView, ResumeRequest, Skipped
 from hvcluster.api.writes import update
@@ -21,8 +21,6 @@ from hvcluster.store.base import Get
 from hvcluster.store.reads import decode_many, read_snapshot
 
 router = APIRouter(prefix="/nodes", tags=["nodes"])
-
-_NO_BODY = Body(default=None)
 
 
 def watchdog_state(node: Node) -> str:
@@ -45,7 +43,7 @@ def view(node: Node, alive: NodeAlive | None, alive_present: bool, vms: int) -> 
 
 
 @router.get("", response_model=NodeList)
-async def list_nodes(ctx: ApiContext = Depends(context)) -> NodeList:
+async def list_nodes(ctx: Ctx) -> NodeList:
     snap = await read_snapshot(ctx.store, ctx.keys, ("nodes", "alive", "placements"))
     nodes = await snap.decoded(Node, "nodes", ctx.corrupt)
     alive = await snap.decoded(NodeAlive, "alive", ctx.corrupt)
@@ -79,9 +77,7 @@ async def _load(ctx: ApiContext, name: str) -> NodeView:
 
 
 @router.get("/{name}", response_model=NodeView)
-async def show_node(
-    name: str = Depends(valid_name), ctx: ApiContext = Depends(context)
-) -> NodeView:
+async def show_node(name: ValidName, ctx: Ctx) -> NodeView:
     return await _load(ctx, name)
 
 
@@ -141,9 +137,7 @@ async def _set_admin(
 
 @router.post("/{name}/pause", status_code=202, response_model=NodeView)
 async def pause_node(
-    name: str = Depends(valid_name),
-    request: ActionRequest | None = _NO_BODY,
-    ctx: ApiContext = Depends(context),
+    name: ValidName, ctx: Ctx, request: ActionRequest | None = NO_BODY
 ) -> NodeView:
     """No new VMs are placed on a paused node; those on it keep running."""
     reason = request.reason if request and request.reason else "paused by an administrator"
@@ -152,9 +146,7 @@ async def pause_node(
 
 @router.post("/{name}/resume", status_code=202, response_model=NodeView)
 async def resume_node(
-    name: str = Depends(valid_name),
-    request: ResumeRequest | None = _NO_BODY,
-    ctx: ApiContext = Depends(context),
+    name: ValidName, ctx: Ctx, request: ResumeRequest | None = NO_BODY
 ) -> NodeView:
     """The node takes VMs again. ``failback``: ``none``, the VMs away from it now stay
     where they are (until they next move), whatever their own failback policy says;

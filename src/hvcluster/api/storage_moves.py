@@ -10,10 +10,10 @@ nothing to move. Follow it at ``/storage-moves/{id}``.
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Body, Depends
+from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
-from hvcluster.api.context import ApiContext, context, valid_name
+from hvcluster.api.context import NO_BODY, Ctx, ValidName
 from hvcluster.api.migrations import Cluster, cancelling, valid_id
 from hvcluster.api.views import ActionRequest, View
 from hvcluster.models.errors import Conflict, InvalidInput, NotFound
@@ -25,8 +25,6 @@ from hvcluster.store.jobs import busy
 from hvcluster.store.migrations import change_migration, create_move, read_move, read_moves
 
 router = APIRouter(tags=["storage"])
-
-_NO_BODY = Body(default=None)
 
 
 class StorageMoveRequest(BaseModel):
@@ -42,9 +40,7 @@ class StorageMoveList(View):
 
 @router.post("/vms/{name}/move-storage", status_code=202, response_model=Migration)
 async def move_storage(
-    name: str = Depends(valid_name),
-    request: StorageMoveRequest | None = _NO_BODY,
-    ctx: ApiContext = Depends(context),
+    name: ValidName, ctx: Ctx, request: StorageMoveRequest | None = NO_BODY
 ) -> Migration:
     """Move the disks of a running VM to ``volume`` while it runs. Returns the record;
     follow it under /storage-moves/{id}."""
@@ -97,14 +93,14 @@ async def move_storage(
 
 
 @router.get("/storage-moves", response_model=StorageMoveList)
-async def list_moves(ctx: ApiContext = Depends(context)) -> StorageMoveList:
+async def list_moves(ctx: Ctx) -> StorageMoveList:
     found = await read_moves(ctx.store, ctx.keys)
     records = sorted(found.values(), key=lambda m: m.created)
     return StorageMoveList(moves=records, revision=await ctx.store.revision())
 
 
 @router.get("/storage-moves/{mid}", response_model=Migration)
-async def show_move(mid: str, ctx: ApiContext = Depends(context)) -> Migration:
+async def show_move(mid: str, ctx: Ctx) -> Migration:
     rec = await read_move(ctx.store, ctx.keys, _valid_id(mid))
     if rec is None:
         raise NotFound(f"storage move {mid!r} not found")
@@ -112,9 +108,7 @@ async def show_move(mid: str, ctx: ApiContext = Depends(context)) -> Migration:
 
 
 @router.post("/storage-moves/{mid}/cancel", status_code=202, response_model=Migration)
-async def cancel_move(
-    mid: str, request: ActionRequest | None = _NO_BODY, ctx: ApiContext = Depends(context)
-) -> Migration:
+async def cancel_move(mid: str, ctx: Ctx, request: ActionRequest | None = NO_BODY) -> Migration:
     """Cancel a storage move before the VM's spec names the new disk; the VM keeps its old
     disk and the copy is removed."""
     reason = request.reason if request and request.reason else "cancelled by an administrator"

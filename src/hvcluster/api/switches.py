@@ -10,9 +10,9 @@ network (its agent refuses it too, for nodes that report it later).
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 
-from hvcluster.api.context import ApiContext, context, valid_name
+from hvcluster.api.context import ApiContext, Ctx, ValidName
 from hvcluster.api.reads import decode_one, skipped_of
 from hvcluster.api.removal import Removed, remove_unused
 from hvcluster.api.views import Skipped, View
@@ -63,7 +63,7 @@ def view(switch: Switch, nodes: list[Node], specs: dict[str, VMSpec]) -> SwitchV
 
 
 @router.get("", response_model=SwitchList)
-async def list_switches(ctx: ApiContext = Depends(context)) -> SwitchList:
+async def list_switches(ctx: Ctx) -> SwitchList:
     snap = await read_snapshot(ctx.store, ctx.keys, ("switches", "nodes", "vms"))
     switches = await snap.decoded(Switch, "switches", ctx.corrupt)
     nodes = await snap.decoded(Node, "nodes", ctx.corrupt)
@@ -100,7 +100,7 @@ async def refuse_busy_uplink(ctx: ApiContext, switch: Switch) -> None:
 
 
 @router.post("", status_code=201, response_model=SwitchView)
-async def add_switch(switch: Switch, ctx: ApiContext = Depends(context)) -> SwitchView:
+async def add_switch(switch: Switch, ctx: Ctx) -> SwitchView:
     await refuse_busy_uplink(ctx, switch)
     key = ctx.keys.switch(switch.name)
     result = await ctx.store.txn([Compare.absent(key)], [Put(key, encode(switch))])
@@ -117,9 +117,7 @@ async def add_switch(switch: Switch, ctx: ApiContext = Depends(context)) -> Swit
 
 
 @router.get("/{name}", response_model=SwitchView)
-async def show_switch(
-    name: str = Depends(valid_name), ctx: ApiContext = Depends(context)
-) -> SwitchView:
+async def show_switch(name: ValidName, ctx: Ctx) -> SwitchView:
     keys = ctx.keys
     result = await ctx.store.txn(
         (),
@@ -139,8 +137,6 @@ async def show_switch(
 
 
 @router.delete("/{name}", response_model=Removed)
-async def remove_switch(
-    name: str = Depends(valid_name), ctx: ApiContext = Depends(context)
-) -> Removed:
+async def remove_switch(name: ValidName, ctx: Ctx) -> Removed:
     """Forget a switch (agents leave existing bridges alone). Refused while a VM uses it."""
     return await remove_unused(ctx, "switch", ctx.keys.switch(name), name, users)

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import time
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from pydantic import ConfigDict, Field
 
-from hvcluster.api.context import ApiContext, context, valid_name
+from hvcluster.api.context import Ctx, ValidName
 from hvcluster.api.reads import skipped_of
 from hvcluster.api.removal import Removed
 from hvcluster.api.views import Skipped, View
@@ -71,7 +71,7 @@ def view(token: Token, now: float) -> TokenView:
 
 
 @router.get("", response_model=TokenList)
-async def list_tokens(ctx: ApiContext = Depends(context)) -> TokenList:
+async def list_tokens(ctx: Ctx) -> TokenList:
     snap = await read_snapshot(ctx.store, ctx.keys, ("tokens",))
     tokens = await snap.decoded(Token, "tokens", ctx.corrupt)
     now = time.time()
@@ -83,7 +83,7 @@ async def list_tokens(ctx: ApiContext = Depends(context)) -> TokenList:
 
 
 @router.post("", status_code=201, response_model=TokenCreated)
-async def create_token(request: TokenRequest, ctx: ApiContext = Depends(context)) -> TokenCreated:
+async def create_token(request: TokenRequest, ctx: Ctx) -> TokenCreated:
     now = time.time()
     expires_at = now + request.expires_in_s if request.expires_in_s is not None else None
     token, secret = issue(request.name, request.role, now, expires_at, created_by=ctx.actor)
@@ -99,9 +99,7 @@ async def create_token(request: TokenRequest, ctx: ApiContext = Depends(context)
 
 
 @router.delete("/{name}", response_model=Removed)
-async def revoke_token(
-    name: str = Depends(valid_name), ctx: ApiContext = Depends(context)
-) -> Removed:
+async def revoke_token(name: ValidName, ctx: Ctx) -> Removed:
     """Revoke a token: its record is deleted, so it is refused from the next request on."""
     snap = await read_snapshot(ctx.store, ctx.keys, ("tokens",))
     tokens = await snap.decoded(Token, "tokens", ctx.corrupt)

@@ -25,9 +25,9 @@ import os
 import time
 
 import httpx
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Query
 
-from hvcluster.api.context import ApiContext, context
+from hvcluster.api.context import ApiContext, Ctx
 from hvcluster.api.listen import ListenRefused, open_listener, reach_listener, split
 from hvcluster.models.errors import InvalidInput, StoreError
 from hvcluster.models.lifecycle import VMState
@@ -96,6 +96,7 @@ async def _nodes(ctx: ApiContext) -> list[Node]:
 
 @router.get("/probe", response_model=ProbeAnswer)
 async def probe(
+    ctx: Ctx,
     target: str | None = Query(
         default=None,
         description="host:port of a registered node's agent API; without it, only this "
@@ -106,7 +107,6 @@ async def probe(
         description="a registered node: can this agent reach a listener that node opens on "
         "its migration address, as for an incoming migration?",
     ),
-    ctx: ApiContext = Depends(context),
 ) -> ProbeAnswer:
     """Can this agent open a TCP connection to ``target`` (or to ``migration``'s migration
     address)? With this agent's wall clock."""
@@ -146,7 +146,7 @@ async def probe(
 
 
 @router.post("/probe/listen", response_model=ListenAnswer)
-async def probe_listen(ctx: ApiContext = Depends(context)) -> ListenAnswer:
+async def probe_listen(ctx: Ctx) -> ListenAnswer:
     """Open a short-lived TCP listener on this node's migration address (its registered
     address, where QEMU listens for an incoming migration) at a free port, as an incoming
     migration does; it greets one connection with the token answered here, then closes."""
@@ -304,7 +304,7 @@ async def etcd_facts(store: Store) -> EtcdFacts:
 
 
 @router.get("/cluster/validate", response_model=ValidationReport)
-async def validate_cluster(ctx: ApiContext = Depends(context)) -> ValidationReport:
+async def validate_cluster(ctx: Ctx) -> ValidationReport:
     """Check the cluster as a failover cluster's validation does, by category; each check
     passes, warns or fails, with what to do."""
     started = time.monotonic()

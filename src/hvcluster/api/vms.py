@@ -6,9 +6,9 @@ from __future__ import annotations
 import time
 import uuid
 
-from fastapi import APIRouter, Body, Depends, Query
+from fastapi import APIRouter, Query
 
-from hvcluster.api.context import ApiContext, context, valid_name
+from hvcluster.api.context import NO_BODY, ApiContext, Ctx, ValidName
 from hvcluster.api.reads import decode_one, decode_optional, skipped_of
 from hvcluster.api.views import ActionRequest, Deleted, Skipped, VMList, VMView
 from hvcluster.api.writes import ATTEMPTS, update
@@ -22,8 +22,6 @@ from hvcluster.store.reads import Decoded, decode_many, read_one, read_snapshot
 from hvcluster.store.state import read_config
 
 router = APIRouter(prefix="/vms", tags=["vms"])
-
-_NO_BODY = Body(default=None)
 
 
 def state_of(spec: VMSpec, placement: Placement | None, status: VMStatus | None) -> VMState:
@@ -82,7 +80,7 @@ async def _load(ctx: ApiContext, name: str, skipped: list[Skipped]) -> VMView:
 
 
 @router.get("", response_model=VMList)
-async def list_vms(ctx: ApiContext = Depends(context)) -> VMList:
+async def list_vms(ctx: Ctx) -> VMList:
     snap = await read_snapshot(ctx.store, ctx.keys, ("vms", "placements", "status"))
     specs = await snap.decoded(VMSpec, "vms", ctx.corrupt)
     placements: Decoded[Placement] = await snap.decoded(Placement, "placements", ctx.corrupt)
@@ -137,7 +135,7 @@ async def refuse_volume_files_by_path(ctx: ApiContext, spec: VMSpec) -> None:
 
 
 @router.post("", status_code=201, response_model=VMView)
-async def create_vm(spec: VMSpec, ctx: ApiContext = Depends(context)) -> VMView:
+async def create_vm(spec: VMSpec, ctx: Ctx) -> VMView:
     """Create a VM. It gets a new uid: its placement and status carry it, so nothing of an
     older VM of the same name (deleted, perhaps still stopping) is ever taken for its own."""
     await check_disk_dirs(ctx, spec)
@@ -157,7 +155,7 @@ async def create_vm(spec: VMSpec, ctx: ApiContext = Depends(context)) -> VMView:
 
 
 @router.get("/{name}", response_model=VMView)
-async def show_vm(name: str = Depends(valid_name), ctx: ApiContext = Depends(context)) -> VMView:
+async def show_vm(name: ValidName, ctx: Ctx) -> VMView:
     return await _load(ctx, name, [])
 
 
@@ -210,11 +208,7 @@ async def _clear_left_failed(ctx: ApiContext, name: str, request: ActionRequest 
 
 
 @router.post("/{name}/start", status_code=202, response_model=VMView)
-async def start_vm(
-    name: str = Depends(valid_name),
-    request: ActionRequest | None = _NO_BODY,
-    ctx: ApiContext = Depends(context),
-) -> VMView:
+async def start_vm(name: ValidName, ctx: Ctx, request: ActionRequest | None = NO_BODY) -> VMView:
     """Desired state running. A VM the controller left failed (too many failovers, no node
     fits) is also given another chance: its left-failed mark is cleared."""
     await _clear_left_failed(ctx, name, request)
@@ -222,19 +216,15 @@ async def start_vm(
 
 
 @router.post("/{name}/stop", status_code=202, response_model=VMView)
-async def stop_vm(
-    name: str = Depends(valid_name),
-    request: ActionRequest | None = _NO_BODY,
-    ctx: ApiContext = Depends(context),
-) -> VMView:
+async def stop_vm(name: ValidName, ctx: Ctx, request: ActionRequest | None = NO_BODY) -> VMView:
     return await _set_desired(ctx, name, "stopped", request)
 
 
 @router.delete("/{name}", status_code=202, response_model=Deleted)
 async def delete_vm(
-    name: str = Depends(valid_name),
+    name: ValidName,
+    ctx: Ctx,
     disks: bool = Query(False, description="also delete its disk files on shared volumes"),
-    ctx: ApiContext = Depends(context),
 ) -> Deleted:
     """Delete the spec. The controller then removes the placement and the owning agent stops
     the VM (agents stop VMs that have no spec). A corrupt spec can be deleted too.

@@ -14,10 +14,10 @@ import asyncio
 import os
 from pathlib import Path
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from pydantic import ConfigDict, Field, field_validator
 
-from hvcluster.api.context import ApiContext, context, valid_name
+from hvcluster.api.context import ApiContext, Ctx, ValidName
 from hvcluster.api.reads import decode_one, skipped_of
 from hvcluster.api.removal import Removed, remove_unused
 from hvcluster.api.views import Skipped, View
@@ -169,7 +169,7 @@ async def _others(
 
 
 @router.get("", response_model=VolumeList)
-async def list_volumes(ctx: ApiContext = Depends(context)) -> VolumeList:
+async def list_volumes(ctx: Ctx) -> VolumeList:
     snap = await read_snapshot(ctx.store, ctx.keys, ("volumes", "nodes", "vms"))
     volumes = await snap.decoded(Volume, "volumes", ctx.corrupt)
     nodes, specs, skipped = await _others(ctx, snap.by_kind["nodes"], snap.by_kind["vms"])
@@ -181,7 +181,7 @@ async def list_volumes(ctx: ApiContext = Depends(context)) -> VolumeList:
 
 
 @router.post("", status_code=201, response_model=VolumeView)
-async def add_volume(request: VolumeRequest, ctx: ApiContext = Depends(context)) -> VolumeView:
+async def add_volume(request: VolumeRequest, ctx: Ctx) -> VolumeView:
     """Add a volume an admin prepared: its path holds the marker with the volume's id."""
     found = await asyncio.to_thread(read_marker, request.path)
     if request.id is not None and request.id != found:
@@ -210,9 +210,7 @@ async def add_volume(request: VolumeRequest, ctx: ApiContext = Depends(context))
 
 
 @router.get("/{name}", response_model=VolumeView)
-async def show_volume(
-    name: str = Depends(valid_name), ctx: ApiContext = Depends(context)
-) -> VolumeView:
+async def show_volume(name: ValidName, ctx: Ctx) -> VolumeView:
     keys = ctx.keys
     result = await ctx.store.txn(
         (),
@@ -227,8 +225,6 @@ async def show_volume(
 
 
 @router.delete("/{name}", response_model=Removed)
-async def remove_volume(
-    name: str = Depends(valid_name), ctx: ApiContext = Depends(context)
-) -> Removed:
+async def remove_volume(name: ValidName, ctx: Ctx) -> Removed:
     """Forget a volume (its files stay where they are). Refused while a VM has a disk on it."""
     return await remove_unused(ctx, "volume", ctx.keys.volume(name), name, users)
