@@ -339,7 +339,7 @@ class NodeLiveness:
                     self._feed_on(evidence, asked)
                 except Exception:  # never let it die: the watchdog would fire for nothing
                     log.exception("seeking evidence failed unexpectedly; carrying on")
-            await asyncio.sleep(max(0.0, period - (self.clock() - asked)))
+            await self.sleep(max(0.0, period - (self.clock() - asked)))
 
     def _feed_on(self, evidence: Evidence, asked: float) -> None:
         was, self.last_evidence = self.last_evidence, evidence
