@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -30,6 +31,13 @@ RESULTS = Path(__file__).parent / "results"
 
 def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
+
+
+def keep_logs(lab_dir: Path, to: Path) -> None:
+    """The agents' and watchdogs' logs, kept after the lab is gone: what a finding needs."""
+    to.mkdir(parents=True, exist_ok=True)
+    for log in (*lab_dir.glob("nodes/*/agent.log"), *lab_dir.glob("nodes/*/watchdog.log")):
+        shutil.copy(log, to / f"{log.parent.name}-{log.name}")
 
 
 def main() -> None:
@@ -70,6 +78,7 @@ def main() -> None:
         result: dict[str, Any] = chaos.run(lab_dir, options, log=print)
         elapsed = time.monotonic() - t0
     finally:
+        keep_logs(lab_dir, args.work / "logs")
         cluster.down(lab_dir, log=lambda _: None)
     result["driver"] = args.driver
     result["load_average"] = {"before": load_before, "after": load_average()}
