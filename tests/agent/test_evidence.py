@@ -3,9 +3,10 @@ keepalives fail keep its VMs, and for how long after the question was asked."""
 
 from __future__ import annotations
 
-from hvcluster.agent.evidence import Evidence
+from hvcluster.agent.evidence import Evidence, members_of, seek
 from hvcluster.store.base import Member, StoreHealth
 from hvcluster.store.health import nobody_can_act, nobody_leads
+from hvcluster.store.memory_store import MemoryStore
 
 
 def answered(id_: int, leader: int) -> Member:
@@ -53,3 +54,25 @@ def test_how_long_each_kind_of_evidence_feeds() -> None:
     assert majority.feeds_until(100.0, fence_after=3.0, lease_ttl=4.0) == 103.0
     assert none.feeds_until(100.0, fence_after=3.0, lease_ttl=4.0) is None
     assert "none of the 3" in strong.describe() and "may follow" in none.describe()
+
+
+class Endpoints(MemoryStore):
+    """No member answers: etcd's member list is unknown, only the endpoints given."""
+
+    def __init__(self, members: tuple[Member, ...]) -> None:
+        super().__init__()
+        self.members = members
+
+    async def health(self) -> StoreHealth:
+        return StoreHealth(members=self.members)
+
+
+async def test_fewer_endpoints_than_members_prove_nothing_of_the_others() -> None:
+    """An agent given 3 of 5 members' endpoints, all refused: the 2 others may lead."""
+    down = tuple(Member(f"https://m{i}:2379", 0, (), reachable=False, refused=True) for i in "abc")
+    store = Endpoints(down)
+    assert (await seek(store, 1.0)).nobody_leads  # all the members there are, as far as known
+    known = await seek(store, 1.0, known=5)
+    assert not known.nobody_leads and not known.nobody_can_act
+    assert await members_of(store, 1.0) == 0  # no member list: nothing learnt
+    assert await members_of(MemoryStore(), 1.0) == 1

@@ -68,12 +68,27 @@ class Evidence:
 NONE = Evidence(reachable=0, members=0, nobody_can_act=False, nobody_leads=False)
 
 
-async def seek(store: Store, budget: float) -> Evidence:
-    """Ask every member, within ``budget`` seconds."""
+async def seek(store: Store, budget: float, known: int = 0) -> Evidence:
+    """Ask every member, within ``budget`` seconds. ``known``: how many members the cluster
+    was last seen to have. When no member answers, the members counted are the endpoints
+    this agent was given; fewer than ``known`` (an agent given only some of them) prove
+    nothing of the others: no evidence then."""
     try:
         health = await asyncio.wait_for(store.health(), budget)
     except (StoreError, TimeoutError):
         return NONE
+    if len(health.members) < known:
+        return Evidence(health.reachable, len(health.members), False, False)
     return Evidence(
         health.reachable, len(health.members), nobody_can_act(health), nobody_leads(health)
     )
+
+
+async def members_of(store: Store, budget: float) -> int:
+    """How many members etcd says it has (0: it could not say)."""
+    try:
+        health = await asyncio.wait_for(store.health(), budget)
+    except (StoreError, TimeoutError):
+        return 0
+    listed = any(m.id for m in health.members)  # ids come from etcd's own member list
+    return len(health.members) if listed else 0

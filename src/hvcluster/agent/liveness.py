@@ -32,7 +32,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
-from hvcluster.agent.evidence import NONE, Evidence, seek
+from hvcluster.agent.evidence import NONE, Evidence, members_of, seek
 from hvcluster.models.base import encode
 from hvcluster.models.config import ClusterConfig
 from hvcluster.models.errors import LeaseLost, StoreError
@@ -105,6 +105,8 @@ class NodeLiveness:
         self.lease_ttl = config.lease_ttl_s  # as etcd last reported it for our lease
         self.failing = False  # the last keepalive failed: seek evidence
         self.last_evidence: Evidence = NONE
+        self.members_known = 0  # how many etcd members the cluster has, once learnt
+        self._ask_members_at = 0.0
         self.fed_on: Evidence | None = None  # what fed the watchdog since the last keepalive
         self._saying: set[asyncio.Task[None]] = set()
         self.registered = asyncio.Event()
@@ -331,14 +333,18 @@ class NodeLiveness:
         Positive evidence feeds the watchdog from when the question was asked
         (:meth:`hvcluster.agent.evidence.Evidence.feeds_until`)."""
         period = self.config.evidence_interval_s / 2
+        budget = self.config.evidence_interval_s
         while True:
             asked = self.clock()
-            if self._overdue():
-                try:
-                    evidence = await seek(self.store, self.config.evidence_interval_s)
+            try:
+                if self._overdue():
+                    evidence = await seek(self.store, budget, self.members_known)
                     self._feed_on(evidence, asked)
-                except Exception:  # never let it die: the watchdog would fire for nothing
-                    log.exception("seeking evidence failed unexpectedly; carrying on")
+                elif not self.members_known and asked >= self._ask_members_at:
+                    self._ask_members_at = asked + 30.0  # once, or again in a while
+                    self.members_known = await members_of(self.store, budget)
+            except Exception:  # never let it die: the watchdog would fire for nothing
+                log.exception("seeking evidence failed unexpectedly; carrying on")
             await self.sleep(max(0.0, period - (self.clock() - asked)))
 
     def _feed_on(self, evidence: Evidence, asked: float) -> None:
