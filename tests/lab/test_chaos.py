@@ -69,7 +69,8 @@ def test_the_checker_sees_a_second_holder_of_a_disk_and_a_stopped_vm_started(
     run_dir = state.nodes[0].run_dir
     # A process named as QEMU, of node n1, holding the guest's disk open: a second copy.
     fake = subprocess.Popen(
-        ["bash", "-c", f"exec 3<{disk}; exec -a qemu-system-x86_64 tail -f {run_dir}/agent.log"]
+        ["bash", "-c", f"exec 3<{disk}; exec -a qemu-system-x86_64 tail -f {run_dir}/agent.log"],
+        stdout=subprocess.DEVNULL,
     )
     try:
         wait_for(
