@@ -59,12 +59,12 @@ class CutOffStore(MemoryStore):
         )
         return StoreHealth(members=members, leader=None)
 
-    async def keepalive(self, lease_id: int) -> float:
+    async def keepalive(self, lease_id: int, timeout: float | None = None) -> float:
         if self.cut:
             from hvcluster.models.errors import StoreUnavailable
 
             raise StoreUnavailable("cut off")
-        return await super().keepalive(lease_id)
+        return await super().keepalive(lease_id, timeout)
 
 
 async def _liveness(
@@ -202,10 +202,10 @@ class AllCrashedStore(MemoryStore):
         )
         return StoreHealth(members=members, leader=None)
 
-    async def keepalive(self, lease_id: int) -> float:
+    async def keepalive(self, lease_id: int, timeout: float | None = None) -> float:
         if self.down:
             await asyncio.sleep(3600)  # a connection attempt that never ends
-        return await super().keepalive(lease_id)
+        return await super().keepalive(lease_id, timeout)
 
 
 async def test_with_every_member_down_a_node_feeds_a_lease_ttl_from_each_question(

@@ -179,3 +179,26 @@ def test_members_restarted_one_by_one_after_all_crashed_never_run_a_vm_twice(lab
     fenced = ", ".join(f"{vm} {t:.1f}s" for vm, t in gone.items()) or "none"
     print(f"\nmembers restarted one by one: fenced {fenced} (after the first restart)")
     assert took < 60
+
+
+def test_one_follower_frozen_fences_nobody(lab: Lab) -> None:
+    """Each follower frozen in turn for longer than ``fence_after`` (so whichever one the
+    agents talk to is frozen once): etcd keeps quorum and its leader, each keepalive that
+    times out on the frozen member goes to another next: no node fences, nothing moves.
+    (Found by ``hvc lab chaos``: nodes stayed on a frozen member and fenced themselves.) A
+    frozen *leader* costs an election too (1-2 s with etcd's defaults): see the limits of
+    Safety rule 5 in docs/architecture.md."""
+    epochs = ready(lab)
+    seq = last_seq(lab)
+    leader = wait_for(lambda: etcd_leader(lab), 30, "an etcd leader")
+    hold = lab.state.fence_after_s + 4.0
+    for member in [m.name for m in lab.state.etcd_members if m.name != leader]:
+        start = time.monotonic()
+        try:
+            lab.fault("etcd-stop", member)
+            watch(lab, hold, start, fenced=set())  # every VM runs all along, at home
+        finally:
+            lab.fault("etcd-cont", member)
+        ready(lab)
+    assert {vm: placed(lab, vm)[1] for vm in VMS} == epochs  # type: ignore[index]
+    assert not [e for e in events_since(lab, seq) if e["kind"] in MOVES]

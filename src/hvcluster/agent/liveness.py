@@ -265,7 +265,11 @@ class NodeLiveness:
         while True:
             started = self.clock()
             try:
-                ttl = await asyncio.wait_for(self.store.keepalive(self.lease_id), interval)
+                # The store's own deadline (shorter than ours) lets it time out and move
+                # to the next member: cancelled from outside, it would stay on a frozen one.
+                ttl = await asyncio.wait_for(
+                    self.store.keepalive(self.lease_id, timeout=0.9 * interval), interval
+                )
                 self.failing = False
                 self.lease_ttl = ttl
                 before, fenced = self.last_confirmed_sent, self.fenced

@@ -269,8 +269,11 @@ class Store(abc.ABC):
         """A new lease. etcd counts TTLs in whole seconds: it is rounded up there."""
 
     @abc.abstractmethod
-    async def keepalive(self, lease_id: int) -> float:
-        """Renew once; return the TTL now granted. Raise :class:`LeaseLost` if it is gone."""
+    async def keepalive(self, lease_id: int, timeout: float | None = None) -> float:
+        """Renew once; return the TTL now granted. Raise :class:`LeaseLost` if it is gone.
+        ``timeout``: give up after that long (default: the store's own timeout); a store
+        with several endpoints then asks the next one next time: one silent etcd member
+        (frozen, or cut off) must not stall every keepalive of the node."""
 
     @abc.abstractmethod
     async def revoke(self, lease_id: int) -> None:

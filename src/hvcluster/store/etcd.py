@@ -341,7 +341,7 @@ class EtcdStore(Store):
             raise StoreError(f"etcd refused a lease of {ttl}s: {response.error}")
         return Lease(int(response.ID), float(response.TTL))
 
-    async def keepalive(self, lease_id: int) -> float:
+    async def keepalive(self, lease_id: int, timeout: float | None = None) -> float:
         request = rpc.LeaseKeepAliveRequest(ID=lease_id)
 
         async def call(ep: Endpoint, left: float) -> Any:
@@ -353,7 +353,9 @@ class EtcdStore(Store):
             finally:
                 stream.cancel()
 
-        response = await self._conn.call(f"keepalive {lease_id:x}", call, mutable=False)
+        response = await self._conn.call(
+            f"keepalive {lease_id:x}", call, mutable=False, timeout=timeout
+        )
         if response is grpc.aio.EOF or response.TTL <= 0:
             raise LeaseLost(f"lease {lease_id:x} is gone: it expired or was revoked")
         return float(response.TTL)

@@ -214,7 +214,7 @@ class MemoryStore(Store):
         self._start_reaper()
         return Lease(lease.id, ttl)
 
-    async def keepalive(self, lease_id: int) -> float:
+    async def keepalive(self, lease_id: int, timeout: float | None = None) -> float:
         await self._checkpoint()
         lease = self._lease(lease_id)
         lease.deadline = self._clock() + lease.ttl
