@@ -404,13 +404,17 @@ async def _closed_by_server(reader: asyncio.StreamReader, within: float) -> bool
 async def test_a_client_trickling_its_request_head_is_cut_off(served: int) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", served)
     try:
-        for byte in b"GET /api/v1/healthz HTTP/1.1\r\nHost: x\r\n":
-            writer.write(bytes([byte]))
-            await writer.drain()
-            if reader.at_eof():
-                break
-            await asyncio.sleep(0.02)
-        assert await _closed_by_server(reader, within=10)
+        cut = False
+        try:
+            for byte in b"GET /api/v1/healthz HTTP/1.1\r\nHost: x\r\n":
+                writer.write(bytes([byte]))
+                await writer.drain()
+                if reader.at_eof():
+                    break
+                await asyncio.sleep(0.02)
+        except ConnectionError:  # cut off while still trickling (a slow, loaded machine)
+            cut = True
+        assert cut or await _closed_by_server(reader, within=10)
     finally:
         writer.close()
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{served}/api/v1") as http:
