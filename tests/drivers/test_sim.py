@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from hvcluster.drivers.clock import ManualClock
+from hvcluster.clock import ManualClock
 from hvcluster.drivers.errors import MigrationCancelled, MigrationFailed
 from hvcluster.drivers.sim import SimDriver, SimParams
 from hvcluster.drivers.sim.model import migration_plan

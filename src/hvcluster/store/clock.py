@@ -8,8 +8,8 @@ from collections.abc import Awaitable, Callable
 from hvcluster.clock import ManualClock
 
 # The time as the store reads it: seconds on the monotonic scale, each time it is called
-# (``time.monotonic``, or a ManualClock). Not a ``Clock``: that is the sim driver's object
-# that also sleeps (hvcluster.drivers.clock).
+# (``time.monotonic``, or a ManualClock). Not a ``Clock``: that is the daemon's and the
+# sim driver's object that also sleeps (hvcluster.clock).
 Now = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 

@@ -1,8 +1,9 @@
 """The ``sim`` driver: VMs that exist only as a model, with the same contract as ``qemu``.
 
-Time comes from an injected :class:`~hvcluster.drivers.clock.Clock`; every random choice
-(boot time, load, crashes, failed migrations) from a source seeded by ``seed``, the VM's name
-and epoch, so a run with a :class:`~hvcluster.drivers.clock.ManualClock` is reproducible:
+Time comes from an injected :class:`~hvcluster.clock.Clock` (its wall-clock scale); every
+random choice (boot time, load, crashes, failed migrations) from a source seeded by
+``seed``, the VM's name and epoch, so a run with a :class:`~hvcluster.clock.ManualClock`
+is reproducible:
 the same seed gives the same :attr:`SimDriver.trace`.
 
 With a ``run_dir``, each sim VM is also a real placeholder process with its pid in
@@ -23,8 +24,8 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from hvcluster.clock import SYSTEM, Clock
 from hvcluster.drivers.base import Driver, HostFacts, Usage, VMEvent, VMInfo
-from hvcluster.drivers.clock import Clock, SystemClock
 from hvcluster.drivers.errors import (
     AlreadyRunning,
     NotRunning,
@@ -68,7 +69,7 @@ class SimDriver(Driver):
         params: model.SimParams | None = None,
     ) -> None:
         super().__init__(run_dir)
-        self.clock: Clock = clock or SystemClock()
+        self.clock: Clock = clock or SYSTEM
         self.seed = seed
         self.host = host or SimHost()
         self.params = params or model.SimParams()
@@ -89,7 +90,7 @@ class SimDriver(Driver):
     def inject_crash(self, name: str, at: float | None = None, reason: str = "crashed") -> None:
         """Crash ``name`` at clock time ``at`` (now if None)."""
         vm = self.get(name)
-        vm.crash_at = self.clock.now() if at is None else at
+        vm.crash_at = self.clock.wall() if at is None else at
         vm.crash_reason = reason
         self.observe(vm)
 
@@ -148,7 +149,7 @@ class SimDriver(Driver):
 
     async def shutdown(self, name: str, timeout: float) -> VMInfo:
         vm = self.get(name)
-        age = self.clock.now() - vm.started
+        age = self.clock.wall() - vm.started
         listens = vm.state == VMState.RUNNING and age >= vm.profile.boot_s
         self.set_state(vm, VMState.STOPPING, "shutdown requested")
         wait = min(self.params.shutdown_s, timeout) if listens else timeout
@@ -196,7 +197,7 @@ class SimDriver(Driver):
         self.observe(vm)
         if vm.state != VMState.RUNNING:
             return Usage(cpu_percent=0.0, memory_mib=vm.spec.memory_mib * 0.1)
-        age = self.clock.now() - vm.started
+        age = self.clock.wall() - vm.started
         return Usage(
             cpu_percent=model.cpu_percent(self.params, vm.profile, vm.spec.vcpus, age),
             memory_mib=model.memory_mib(self.params, vm.profile, vm.spec.memory_mib, age),
@@ -275,7 +276,7 @@ class SimDriver(Driver):
                 )
 
     async def create(self, spec: VMSpec, epoch: int, state: VMState, reason: str) -> SimVM:
-        now = self.clock.now()
+        now = self.clock.wall()
         prof = model.profile(self.params, model.vm_rng(self.seed, spec.name, epoch))
         crash_at = now + prof.crash_after_s if prof.crash_after_s is not None else None
         vm = SimVM(spec, epoch, VMState.STARTING, now, now, prof, crash_at=crash_at)
@@ -336,7 +337,7 @@ class SimDriver(Driver):
             return
         if vm.pid is not None and not pid_alive(vm.pid, vm.pid_start):
             self.finish(vm, VMState.FAILED, "its process was killed")
-        elif vm.crash_at is not None and self.clock.now() >= vm.crash_at:
+        elif vm.crash_at is not None and self.clock.wall() >= vm.crash_at:
             self.finish(vm, VMState.FAILED, vm.crash_reason)
 
     def _ensure_ticker(self) -> None:
@@ -352,7 +353,7 @@ class SimDriver(Driver):
     def set_state(self, vm: SimVM, state: VMState, reason: str) -> None:
         if state == vm.state:
             return
-        vm.state, vm.since, vm.reason = state, self.clock.now(), reason
+        vm.state, vm.since, vm.reason = state, self.clock.wall(), reason
         self.trace.append((vm.since, vm.name, state.value, reason))
         if self.run_dir is not None:
             with contextlib.suppress(OSError):
@@ -376,11 +377,11 @@ class SimDriver(Driver):
             asyncio.get_running_loop().create_task(incoming.close())
         if self.run_dir is not None:
             shutil.rmtree(vm_dir(self.run_dir, vm.name), ignore_errors=True)
-        vm.state, vm.reason, vm.since = state, reason, self.clock.now()
+        vm.state, vm.reason, vm.since = state, reason, self.clock.wall()
         self._record_gone(vm.name, state, reason, vm.epoch)
 
     def _record_gone(self, name: str, state: VMState, reason: str, epoch: int) -> None:
-        now = self.clock.now()
+        now = self.clock.wall()
         self.gone[name] = VMInfo(name=name, state=state, since=now, epoch=epoch, reason=reason)
         self.trace.append((now, name, state.value, reason))
         self._emit(VMEvent(name=name, state=state, at=now, epoch=epoch, reason=reason))

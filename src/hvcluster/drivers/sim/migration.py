@@ -48,7 +48,7 @@ class SimMigration:
             if self.driver.running.get(vm.name) is not vm:
                 return
             if completed:
-                vm.started = self.driver.clock.now() - float(meta.get("age_s", 0.0))
+                vm.started = self.driver.clock.wall() - float(meta.get("age_s", 0.0))
                 self.driver.set_state(vm, VMState.PAUSED, reason)
             else:
                 self.driver.finish(vm, VMState.FAILED, reason)
@@ -67,7 +67,7 @@ class SimMigration:
         vm = self.driver.get(name)
         if vm.state not in (VMState.RUNNING, VMState.PAUSED):
             raise MigrationFailed(f"vm {name} is {vm.state}; only a running VM migrates")
-        prior, started = vm.state, self.driver.clock.now()
+        prior, started = vm.state, self.driver.clock.wall()
         vm.moving.count += 1
         vm.moving.cancel = False
         rng = model.vm_rng(self.driver.seed, name, vm.epoch, f"migration-{vm.moving.count}")
@@ -116,7 +116,7 @@ class SimMigration:
         self.driver.set_state(vm, VMState.PAUSED, "migrated out")
         if send.on_complete is not None:
             await send.on_complete(time.time())
-        total_ms = (self.driver.clock.now() - started) * 1000
+        total_ms = (self.driver.clock.wall() - started) * 1000
         return MigrationResult(total_ms=total_ms, downtime_ms=downtime_ms, progress=progress)
 
     async def cancel(self, name: str) -> None:
@@ -129,14 +129,14 @@ class SimMigration:
         vm = self.driver.get(name)
         if vm.state not in (VMState.RUNNING, VMState.PAUSED):
             raise MigrationFailed(f"vm {name} is {vm.state}; it cannot be saved")
-        prior, started = vm.state, self.driver.clock.now()
+        prior, started = vm.state, self.driver.clock.wall()
         self.driver.set_state(vm, VMState.MIGRATING, f"saving to {path}")
         await self._sleep_migrating(vm, vm.spec.memory_mib / self.driver.params.save_mib_s)
         state = {
             "hvc-sim-state": 1,
             "vm": name,
             "epoch": vm.epoch,
-            "age_s": self.driver.clock.now() - vm.started,
+            "age_s": self.driver.clock.wall() - vm.started,
             "cpu_model": vm.spec.cpu_model,
         }
         if name in self.driver.bugs.unshared:
@@ -148,7 +148,7 @@ class SimMigration:
             self.driver.set_state(vm, prior, f"save failed: {e}")
             raise
         self.driver.set_state(vm, VMState.PAUSED, f"saved to {path}")
-        total_ms = (self.driver.clock.now() - started) * 1000
+        total_ms = (self.driver.clock.wall() - started) * 1000
         return MigrationResult(total_ms=total_ms, downtime_ms=total_ms)
 
     async def restore(self, spec: VMSpec, epoch: int, path: Path, paused: bool) -> VMInfo:
@@ -164,7 +164,7 @@ class SimMigration:
         await self.driver.clock.sleep(spec.memory_mib / self.driver.params.save_mib_s)
         state = VMState.PAUSED if paused else VMState.RUNNING
         vm = await self.driver.create(spec, epoch, state, f"restored from {path}")
-        vm.started = self.driver.clock.now() - float(saved.get("age_s", 0.0))
+        vm.started = self.driver.clock.wall() - float(saved.get("age_s", 0.0))
         return vm.info()
 
     async def _sleep_migrating(self, vm: SimVM, seconds: float) -> None:

@@ -105,7 +105,7 @@ class SimStorage:
         what = f"vm {name} disk {index}"
         if not 0 <= index < len(vm.spec.disks):
             raise SpecError(f"vm {name} has no disk {index}", f"disks[{index}]")
-        began = self.driver.clock.now()
+        began = self.driver.clock.wall()
         try:
             old = self._path(vm.spec.disks[index], index)
             new = self._path(dest, index)
@@ -136,7 +136,7 @@ class SimStorage:
             old_path=str(old),
             new_path=str(new),
             bytes_total=size,
-            total_ms=(self.driver.clock.now() - began) * 1000,
+            total_ms=(self.driver.clock.wall() - began) * 1000,
         )
 
     def _respec(self, vm: SimVM) -> None:
