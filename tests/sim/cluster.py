@@ -125,6 +125,10 @@ class SimCluster:
         self.daemons[name], self.drivers[name] = daemon, driver
         self.tasks[name] = asyncio.create_task(daemon.run(), name=f"daemon-{name}")
         await self.wait_for(lambda: self.alive(name), 10, f"{name} to register")
+        # registered: its lease and alive key; its node record (inventory) is written next
+        await self.wait_for(
+            lambda: self.store.get(self.keys.node(name)), 10, f"{name}'s node record"
+        )
 
     async def crash(self, name: str) -> None:
         """The host dies: its daemon stops at once and its VMs with it."""
