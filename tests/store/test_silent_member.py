@@ -46,8 +46,11 @@ async def test_a_keepalive_moves_on_from_a_frozen_member(which: str) -> None:
                 assert confirmed is not None, "no keepalive confirmed with one member frozen"
                 if which == "first":
                     assert timeouts >= 1, "the store was not talking to the frozen member"
-                # a deadline on the frozen member, and an election if it led (etcd's: 1 s)
-                assert confirmed < 3.0, f"first keepalive confirmed {confirmed:.1f}s after"
+                # first: one deadline on the frozen member, then another member answers;
+                # leader: the others elect a new one first (etcd's election timeout is 1 s,
+                # randomised up to 2 s, then the vote): no store deadline may hold it longer
+                limit = 3.0 if which == "first" else 6.0
+                assert confirmed < limit, f"first keepalive confirmed {confirmed:.1f}s after"
             finally:
                 frozen.resume()
         finally:
