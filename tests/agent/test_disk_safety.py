@@ -6,7 +6,6 @@ VM and no VM's spec names; the others are kept, with an event saying why."""
 from __future__ import annotations
 
 import shutil
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -22,15 +21,6 @@ from hvcluster.store.memory_store import MemoryStore
 
 pytestmark = pytest.mark.timeout(30)
 KEYS = Keys("t")
-
-
-@pytest.fixture
-async def store() -> AsyncIterator[MemoryStore]:
-    s = MemoryStore()
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 class Said:

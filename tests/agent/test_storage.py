@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import shutil
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -29,15 +28,6 @@ GIB = 1024**3
 
 def volume(path: Path, name: str = "csv1") -> Volume:
     return Volume(name=name, path=str(path), id=uuid.uuid4().hex)
-
-
-@pytest.fixture
-async def store() -> AsyncIterator[MemoryStore]:
-    s = MemoryStore()
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 def place_marker(v: Volume) -> None:

@@ -23,15 +23,6 @@ KEYS = Keys("t")
 
 
 @pytest.fixture
-async def store() -> AsyncIterator[MemoryStore]:
-    s = MemoryStore()
-    try:
-        yield s
-    finally:
-        await s.close()
-
-
-@pytest.fixture
 async def api(store: MemoryStore) -> AsyncIterator[httpx.AsyncClient]:
     """A client of n1's API carrying an admin token (``tests.tokens.ADMIN``)."""
     app = create_app(store, KEYS, "n1")

@@ -8,7 +8,6 @@ and the test's event loop hung at its close. :func:`hvcluster.tasks.wait_event` 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -21,15 +20,6 @@ from tests.controller.test_migrations import KEYS
 
 async def _nothing(kind: str, subject: str, reason: str) -> None:
     return None
-
-
-@pytest.fixture
-async def store() -> AsyncIterator[MemoryStore]:
-    s = MemoryStore()
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 @pytest.mark.parametrize("turns", [0, 1, 2])

@@ -4,9 +4,6 @@ is one transaction, old finished records are pruned."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-
-import pytest
 
 from hvcluster.controller.migrations import MigrationCoordinator
 from hvcluster.controller.notes import ControllerNotes
@@ -22,15 +19,6 @@ from hvcluster.store.migrations import create_migration, flip
 
 KEYS = Keys("c")
 _M = MigrationState
-
-
-@pytest.fixture
-async def store() -> AsyncIterator[MemoryStore]:
-    s = MemoryStore()
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 async def node(store: MemoryStore, name: str, alive: bool = True) -> None:

@@ -22,15 +22,21 @@ from tests.lab.conftest import CACHE, Lab, config, controller_cycled, wait_for
 pytestmark = [pytest.mark.lab, pytest.mark.qemu, pytest.mark.timeout(240)]
 
 
-def create_guest(lab: Lab, name: str, home: str) -> Path:
+def create_guest(
+    lab: Lab, name: str, home: str, memory_mib: int = 128, only_there: bool = False
+) -> Path:
+    """A test guest on a new disk, preferring ``home`` (high priority), or allowed nowhere
+    else if ``only_there``; its disk."""
     disk = Path(lab.state.shared_dir) / f"{name}.qcow2"
     create_disk(disk)
+    ha: dict[str, Any] = {"preferred_owners": [home]}
+    ha.update({"possible_owners": [home]} if only_there else {"priority": "high"})
     spec = {
         "name": name,
-        "memory_mib": 128,
+        "memory_mib": memory_mib,
         "boot": require_image(CACHE).boot().model_dump(),
         "disks": [{"path": str(disk)}],
-        "ha": {"priority": "high", "preferred_owners": [home]},
+        "ha": ha,
     }
     lab.post("/vms", spec)
     return disk
@@ -41,16 +47,7 @@ def agent_cycled(lab: Lab, node: str, timeout: float = 60) -> None:
     (each compares every placement with what runs there): a canary guest that may run only
     there, created now, runs there (then is removed)."""
     name = f"canary-{uuid.uuid4().hex[:8]}"
-    disk = Path(lab.state.shared_dir) / f"{name}.qcow2"
-    create_disk(disk)
-    spec = {
-        "name": name,
-        "memory_mib": 64,
-        "boot": require_image(CACHE).boot().model_dump(),
-        "disks": [{"path": str(disk)}],
-        "ha": {"preferred_owners": [node], "possible_owners": [node]},
-    }
-    lab.post("/vms", spec)
+    create_guest(lab, name, node, memory_mib=64, only_there=True)
     try:
         wait_for(lambda: running(lab, name), timeout, f"the canary {name} running on {node}")
     finally:
