@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -135,6 +136,26 @@ def test_image_build_is_cached(guest_image: GuestImage) -> None:
     assert again == guest_image
     assert manifest.stat().st_mtime_ns == before
     assert said and "up to date" in said[0]
+
+
+def test_image_build_keeps_another_recipes_initrd_for_a_day(
+    guest_image: GuestImage, tmp_path: Path
+) -> None:
+    """Checkouts of two versions may share a cache: a rebuild for one must not take away the
+    initrd the other boots its guests from (for a day), but does not keep them for ever."""
+    cache = tmp_path / "cache"
+    (cache / "debs").mkdir(parents=True)
+    for deb in (CACHE / "debs").glob("*.deb"):
+        (cache / "debs" / deb.name).symlink_to(deb)
+    out = image_dir(cache)
+    out.mkdir(parents=True)
+    recent, old = out / "initrd-other-recipe.img", out / "initrd-older-recipe.img"
+    recent.write_bytes(b"x")
+    old.write_bytes(b"x")
+    two_days_ago = time.time() - 2 * 86_400
+    os.utime(old, (two_days_ago, two_days_ago))
+    built = build_image(cache, log=lambda _: None)
+    assert built.initrd.is_file() and recent.is_file() and not old.exists()
 
 
 def test_image_holds_the_virtio_modules_in_dependency_order(guest_image: GuestImage) -> None:

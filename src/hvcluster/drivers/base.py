@@ -23,6 +23,9 @@ Live migration, as the agents run it (target T, source S)::
 
 Quick migration is :meth:`Driver.save` on the source and :meth:`Driver.restore` on the target.
 
+Consoles: :meth:`Driver.console` names the unix socket of a running VM's serial or graphical
+(VNC) console on this host; the API bridges websockets to it. Never a TCP port.
+
 Storage migration, on one host: ``await D.move_disk(name, index, new_disk, on_progress)`` copies
 the disk while the guest runs and switches the guest to the copy; the caller records the new
 path and deletes the old file. Shared-nothing migration (the target does not see the disks)::
@@ -43,6 +46,7 @@ from pathlib import Path
 
 from pydantic import Field
 
+from hvcluster.drivers.errors import NoConsole, NotRunning
 from hvcluster.drivers.parts import (
     Books,
     DiskMove,
@@ -54,9 +58,11 @@ from hvcluster.drivers.parts import (
     known_vm,
     known_vms,
 )
+from hvcluster.drivers.runtime import vm_dir
 from hvcluster.host.network import IpLinks, Links
 from hvcluster.models.base import Model
 from hvcluster.models.config import MigrationSettings
+from hvcluster.models.console import ConsoleKind, console_socket_name
 from hvcluster.models.guestcpu import default_guest_cpu
 from hvcluster.models.lifecycle import VMState
 from hvcluster.models.migration import Progress
@@ -223,6 +229,25 @@ class Driver(ABC):
         the iterator never ends on its own."""
         while True:
             yield await self._events.get()
+
+    async def console(self, name: str, kind: ConsoleKind) -> Path:
+        """The unix socket of console ``kind`` of the running VM ``name``: a byte stream to
+        the guest's serial port, or QEMU's VNC server (RFB). Only the agent connects to it
+        (the API bridges a websocket to it). Raises :class:`NotRunning` if this host does not
+        run ``name``, :class:`NoConsole` if it has no such console. Here: the socket
+        ``<kind>.sock`` in the VM's runtime dir, if the VM was started with it."""
+        self.books.look(name)
+        if name not in self.books.running:
+            raise NotRunning(name)
+        if self.run_dir is None:
+            raise NoConsole(f"vm {name!r} has no {kind.value} console: its driver has no run dir")
+        path = vm_dir(self.run_dir, name) / console_socket_name(kind)
+        if not path.is_socket():
+            raise NoConsole(
+                f"vm {name!r} has no {kind.value} console: it was started without one "
+                "(it gets one at its next start)"
+            )
+        return path
 
     # -- migration --------------------------------------------------------------------------
 

@@ -25,6 +25,11 @@ class NotRunning(DriverError):
         )
 
 
+class NoConsole(DriverError):
+    """The VM runs here but has no console of that kind (a driver without one, or a VM started
+    before its driver gave it one: it gets one at its next start)."""
+
+
 class AlreadyRunning(DriverError):
     """A VM of that name already runs on this host."""
 

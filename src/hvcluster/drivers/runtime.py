@@ -7,7 +7,9 @@ Each VM a driver runs has a directory ``<run_dir>/vms/<name>/`` holding:
   recycled pid is never mistaken for the VM;
 - ``spec.json``: the spec and epoch the VM was started from;
 - ``state.json``: the last state the driver saw, and since when;
-- ``qmp.sock`` and ``serial.log`` (QEMU only).
+- ``serial.sock`` and ``vnc.sock``: its consoles (:mod:`hvcluster.models.console`; the sim
+  driver serves a fake serial console and a VNC greeting there);
+- ``qmp.sock`` and ``serial.log`` (QEMU only: everything the guest wrote to its serial port).
 
 The node watchdog uses :func:`running_pids` / :func:`kill_all` to kill every VM of the node at
 once; they are plain synchronous code so the watchdog stays tiny.

@@ -4,7 +4,8 @@ package. See the script's own header for what it does."""
 INIT_SCRIPT = r"""#!/bin/busybox sh
 # /init of the hvcluster test guest. It proves, from outside, that a VM runs, was never reset,
 # never ran twice and lost nothing:
-# - prints HVC-BOOT once booted and HVC-HEARTBEAT lines on the serial console;
+# - prints HVC-BOOT once booted and HVC-HEARTBEAT lines on the serial console, where a shell
+#   answers too;
 # - keeps a counter in the first sector of its disk (/dev/vda), written every ~200 ms and
 #   flushed; at boot it resumes from the value on disk, so it only ever rises.
 # The ACPI power button powers it off cleanly.
@@ -69,6 +70,13 @@ if [ -b "$disk" ]; then
 fi
 [ -b "$disk" ] || disk=none
 echo "HVC-BOOT kernel=$(uname -r) disk=$disk counter=$n uptime=$(cut -d' ' -f1 /proc/uptime)"
+
+# A shell on the serial console (hvc vm console, the dashboard's terminal), in a session of
+# its own with ttyS0 as its terminal (so ^C reaches it, not init); started again on exit.
+(while true; do
+   setsid sh -c 'exec sh -i </dev/ttyS0 >/dev/ttyS0 2>&1'
+   sleep 1
+ done) &
 
 beat=0
 while true; do

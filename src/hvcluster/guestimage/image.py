@@ -30,6 +30,7 @@ BUSYBOX = Path("/bin/busybox")
 # The transport first, then the devices; their dependencies are pulled in by modinfo.
 ROOT_MODULES = ("virtio_pci", "virtio_blk", "virtio_net", "button", "evdev")
 CMDLINE = "console=ttyS0 quiet"
+DAY_S = 86_400.0
 # Bumped by any change of what goes into the image (the init script is hashed in as well).
 FORMAT = 1
 
@@ -127,6 +128,10 @@ def build_image(cache: Path = DEFAULT_CACHE, force: bool = False, log: Log = pri
         make_initramfs(modules, Path(tmp) / "initramfs", initrd)
     for stale in out.iterdir():
         if stale not in (kernel, initrd) and stale.name != "manifest.json":
+            # Another recipe's initrd may still be booted by a checkout of another version
+            # sharing this cache (and a VM it starts meanwhile): kept for a day.
+            if stale.name.startswith("initrd-") and time.time() - stale.stat().st_mtime < DAY_S:
+                continue
             stale.unlink()
     manifest = {
         "kernel": str(kernel),

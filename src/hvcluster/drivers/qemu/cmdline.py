@@ -10,6 +10,7 @@ from pathlib import Path
 from hvcluster.drivers.diskpath import disk_path
 from hvcluster.drivers.errors import SpecError
 from hvcluster.drivers.qemu.settings import QemuSettings
+from hvcluster.models.console import ConsoleKind, console_socket_name
 from hvcluster.models.guestcpu import guest_cpu_of
 from hvcluster.models.storage import bridge_name
 from hvcluster.models.vm import VMSpec
@@ -77,9 +78,17 @@ def qemu_argv(
         "-cpu", guest_cpu_of(spec, settings.cpu_model),
         "-smp", str(spec.vcpus),
         "-m", f"{spec.memory_mib}M",
-        "-nodefaults", "-no-user-config", "-display", "none", "-vga", "none",
-        "-chardev", f"file,id=serial0,path={opt(d / 'serial.log')},append=on",
+        "-nodefaults", "-no-user-config", "-display", "none",
+        # The consoles (models/console.py): unix sockets of the VM, never a TCP port. The
+        # serial port is a socket server the agent bridges to websockets, and everything
+        # the guest writes there also goes to serial.log, whether anyone is connected or not.
+        "-chardev", (
+            f"socket,id=serial0,path={opt(d / console_socket_name(ConsoleKind.SERIAL))},"
+            f"server=on,wait=off,logfile={opt(d / 'serial.log')},logappend=on"
+        ),
         "-serial", "chardev:serial0",
+        "-vga", "std",
+        "-vnc", f"unix:{opt(d / console_socket_name(ConsoleKind.VNC))}",
         "-chardev", f"socket,id=qmp,path={opt(d / 'qmp.sock')},server=on,wait=off",
         "-mon", "chardev=qmp,mode=control",
         "-pidfile", str(d / "pid"),

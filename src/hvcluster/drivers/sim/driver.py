@@ -42,12 +42,14 @@ from hvcluster.drivers.runtime import (
     write_json,
 )
 from hvcluster.drivers.sim import model, placeholder
+from hvcluster.drivers.sim.console import SimConsoles
 from hvcluster.drivers.sim.faults import Bug, SimBugs
 from hvcluster.drivers.sim.links import SimHostLinks
 from hvcluster.drivers.sim.migration import SimMigration
 from hvcluster.drivers.sim.state import SimHost, SimVM, persist
 from hvcluster.drivers.sim.storage import SimStorage
 from hvcluster.host.network import Links
+from hvcluster.models.console import ConsoleKind
 from hvcluster.models.lifecycle import VMState
 from hvcluster.models.node import Capacity, Inventory
 from hvcluster.models.storage import bridge_name
@@ -82,6 +84,8 @@ class SimDriver(Driver):
         self.storage = SimStorage(self)
         self.migrator, self.saver, self.disks = self.migrations, self.migrations, self.storage
         self._ticker: asyncio.Task[None] | None = None
+        run_dir = self.run_dir
+        self.consoles = SimConsoles(lambda vm: vm_dir(run_dir, vm) if run_dir else None)
         if self.run_dir is not None:
             vms_root(self.run_dir).mkdir(parents=True, exist_ok=True)
 
@@ -167,6 +171,7 @@ class SimDriver(Driver):
 
     async def discard(self, name: str) -> None:
         self.bugs.trip("discard", name)
+        self.consoles.drop(name)
         vm = self.running.get(name)
         if vm is not None:
             self.finish(vm, VMState.STOPPED, "discarded")
@@ -218,7 +223,13 @@ class SimDriver(Driver):
         self.set_state(vm, VMState.RUNNING, "resumed on request")
         return vm.info()
 
+    async def console(self, name: str, kind: ConsoleKind) -> Path:
+        """A fake but real console socket (see :mod:`hvcluster.drivers.sim.console`)."""
+        self.get(name)
+        return await self.consoles.serve(name, kind)
+
     async def close(self) -> None:
+        self.consoles.close()  # (a QEMU's sockets stay with it; these end with the driver)
         if self._ticker is not None:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -364,6 +375,7 @@ class SimDriver(Driver):
         if self.running.get(vm.name) is not vm:
             return
         del self.running[vm.name]
+        self.consoles.drop(vm.name)
         if vm.pid is not None and pid_alive(vm.pid, vm.pid_start):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(vm.pid, signal.SIGKILL)
