@@ -47,6 +47,7 @@ from hvcluster.store.lease import LeaseKeeper
 from hvcluster.store.state import read_config
 from hvcluster.tasks import cancel_all
 from hvcluster.watchdog.node import WatchdogFeeder
+from hvcluster.web.app import install_dashboard
 
 log = logging.getLogger("hvc.agent")
 
@@ -312,6 +313,7 @@ class Daemon:
         cfg = self.cfg
         peers = PeerApi(cfg.api_cert is not None, str(cfg.api_ca) if cfg.api_ca else None)
         app = create_app(self.store, self.keys, cfg.node, peers)
+        install_dashboard(app)  # the web dashboard at / (hvcluster.web), same port and tokens
         server = _ApiServer(
             uvicorn.Config(
                 app,

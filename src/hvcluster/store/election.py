@@ -44,6 +44,13 @@ def _leader_of(candidates: dict[str, tuple[int, bytes]]) -> str | None:
     return value.decode(errors="replace")
 
 
+async def current_leader(store: Store, prefix: str) -> str | None:
+    """Who leads the election whose keys are under ``prefix`` (``Keys.election(name)``),
+    for those who only watch it (the dashboard), or None."""
+    r = await store.range(prefix)
+    return _leader_of({kv.key: (kv.create_revision, kv.value) for kv in r.kvs})
+
+
 class Election:
     """One candidate's view of the election ``name`` (e.g. ``controller``)."""
 
@@ -114,8 +121,7 @@ class Election:
 
     async def leader(self) -> str | None:
         """The current leader's candidate id, or None."""
-        r = await self.store.range(self.prefix)
-        return _leader_of({kv.key: (kv.create_revision, kv.value) for kv in r.kvs})
+        return await current_leader(self.store, self.prefix)
 
     async def observe(self) -> AsyncIterator[str | None]:
         """The current leader, then every change of leader (None: nobody leads)."""
