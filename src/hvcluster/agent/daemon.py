@@ -33,6 +33,7 @@ from hvcluster.controller.loop import Controller
 from hvcluster.drivers.base import Driver
 from hvcluster.drivers.registry import DriverOptions, make_driver
 from hvcluster.host.network import Links
+from hvcluster.metrics import AgentMetrics
 from hvcluster.models.config import ClusterConfig
 from hvcluster.models.errors import HvcError, StoreError
 from hvcluster.models.event import Event, Say
@@ -85,6 +86,8 @@ class Daemon:
         self.resources: HostResources | None = None
         self.migrations: MigrationWorker | None = None
         self.storage: StorageMover | None = None
+        # What this agent measures of itself, served by its API at /metrics.
+        self.metrics = AgentMetrics(cfg.node, clock=clock.now)
 
     @property
     def liveness(self) -> NodeLiveness | None:
@@ -312,7 +315,7 @@ class Daemon:
         """The API, over https when a certificate is configured."""
         cfg = self.cfg
         peers = PeerApi(cfg.api_cert is not None, str(cfg.api_ca) if cfg.api_ca else None)
-        app = create_app(self.store, self.keys, cfg.node, peers)
+        app = create_app(self.store, self.keys, cfg.node, peers, self.metrics)
         install_dashboard(app)  # the web dashboard at / (hvcluster.web), same port and tokens
         server = _ApiServer(
             uvicorn.Config(

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends, FastAPI
 from hvcluster import __version__
 from hvcluster.api import (
     events,
+    metrics,
     migrations,
     nodes,
     storage_moves,
@@ -28,6 +29,7 @@ from hvcluster.api.errors import install_error_handlers
 from hvcluster.api.limits import RequestLimits
 from hvcluster.api.reads import decode_optional, skipped_of
 from hvcluster.api.views import ClusterView, Counts, Health, Skipped
+from hvcluster.metrics import AgentMetrics
 from hvcluster.models.config import ClusterConfig
 from hvcluster.models.lifecycle import NodeAdminState
 from hvcluster.models.node import Node
@@ -91,9 +93,16 @@ async def cluster(ctx: Ctx) -> ClusterView:
     )
 
 
-def create_app(store: Store, keys: Keys, node: str, peers: PeerApi | None = None) -> FastAPI:
+def create_app(
+    store: Store,
+    keys: Keys,
+    node: str,
+    peers: PeerApi | None = None,
+    agent_metrics: AgentMetrics | None = None,
+) -> FastAPI:
     """The API of the agent ``node`` over ``store``. The caller owns the store (and closes it).
-    ``peers``: how to reach other agents' APIs (default: plain http)."""
+    ``peers``: how to reach other agents' APIs (default: plain http); ``agent_metrics``: what
+    the agent measures of itself, served at ``/metrics`` (default: a registry of its own)."""
     app = FastAPI(
         title="hvcluster",
         version=__version__,
@@ -101,7 +110,13 @@ def create_app(store: Store, keys: Keys, node: str, peers: PeerApi | None = None
         # Every route, whichever router it comes from: the token and its role (api/auth.py).
         dependencies=[Depends(Authorizer(store, keys, PREFIX))],
     )
-    app.state.ctx = ApiContext(store=store, keys=keys, node=node, peers=peers or PeerApi())
+    app.state.ctx = ApiContext(
+        store=store,
+        keys=keys,
+        node=node,
+        peers=peers or PeerApi(),
+        metrics=agent_metrics or AgentMetrics(node),
+    )
     install_error_handlers(app)
     app.add_middleware(RequestLimits)  # bodies bounded in size and time before any route
     routers = (cluster_router, vms.router, nodes.router, events.router, migrations.router)
@@ -109,4 +124,5 @@ def create_app(store: Store, keys: Keys, node: str, peers: PeerApi | None = None
         app.include_router(router, prefix=PREFIX)
     app.include_router(validation.router, prefix=PREFIX)
     app.include_router(tokens.router, prefix=PREFIX)
+    app.include_router(metrics.router)  # /metrics, where Prometheus looks (reader role)
     return app

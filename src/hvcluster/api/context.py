@@ -14,6 +14,7 @@ from fastapi import Body, Depends, Path, Request
 
 from hvcluster.api.auth import Caller
 from hvcluster.api.views import Skipped
+from hvcluster.metrics import AgentMetrics
 from hvcluster.models.errors import CorruptValue, InvalidInput, StoreError
 from hvcluster.models.event import Event
 from hvcluster.models.names import check_name
@@ -53,6 +54,7 @@ class ApiContext:
     node: str
     caller: Caller | None = None  # the request's checked token; None: the API itself
     peers: PeerApi = field(default_factory=PeerApi)
+    metrics: AgentMetrics = field(default_factory=AgentMetrics)  # this agent's own numbers
     log: EventLog = field(init=False)  # the writer: every change this API makes is logged
     corrupt: CorruptReporter = field(init=False)
 
