@@ -77,9 +77,11 @@ def up(
     )
     print(state.token)  # alone on its line, unwrapped, for scripts
     console.print(
-        f"[bold]lab up[/]: REST API at {state.api[0]}/api/v1 (OpenAPI docs at "
-        f"{state.api[0]}/docs; no web dashboard yet) — try 'hvc vm list', "
-        f"'hvc events --follow', 'hvc lab fault kill n1', 'hvc lab down'"
+        f"[bold]lab up[/]: web dashboard at {state.api[0]}/ (log in with the admin token "
+        f"above; its certificate is signed by the lab's CA, {state.ca}), REST API at "
+        f"{state.api[0]}/api/v1 (OpenAPI docs at {state.api[0]}/docs) — try 'hvc vm list', "
+        f"'hvc events --follow', 'hvc lab fault kill n1', 'hvc lab down'",
+        highlight=False,
     )
 
 
