@@ -24,7 +24,19 @@ async def with_guest_cpu(facts: HostFacts, driver: Driver) -> HostFacts:
 def guest_spec(spec: VMSpec, facts: HostFacts | None, model: str = "") -> VMSpec:
     """``spec`` as this node starts it, with an explicit CPU model: ``model`` (the one the VM
     runs with, for an incoming migration), else the spec's own, else this node's default.
-    Raises :class:`SpecError` (field ``cpu_model``) when this node cannot provide it."""
+    Raises :class:`SpecError` (field ``cpu_model``) when this node cannot provide it.
+
+    Why this is not :mod:`hvcluster.models.fit`: fit asks whether a node, *as its record in
+    the store says*, may take a VM (admin state, owners, switches, volumes, room,
+    anti-affinity, the CPU model a spec names), and the scheduler, controller and API ask it
+    before a placement or a migration is written. This runs after that, on the node the
+    placement chose, and asks only what that node alone can answer from its live facts: which
+    model this start uses (a migration's carried model, which fit never sees for a start)
+    and whether the host gives it now. Its own default counts as given even when it is not
+    among the named models it reports ("host", "max": not a model another node could be
+    asked for, so fit's :func:`~hvcluster.models.fit.lacks` never meets it). The parts it
+    shares with fit, which model and what a node provides, are the same functions of
+    :mod:`hvcluster.models.guestcpu` fit uses."""
     if facts is None:
         return spec.model_copy(update={"cpu_model": model}) if model else spec
     inv = facts.inventory
