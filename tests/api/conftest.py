@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 
 from hvcluster.api import create_app
 from hvcluster.models.base import encode
@@ -23,9 +24,14 @@ KEYS = Keys("t")
 
 
 @pytest.fixture
-async def api(store: MemoryStore) -> AsyncIterator[httpx.AsyncClient]:
+def app(store: MemoryStore) -> FastAPI:
+    """n1's API over the test's store."""
+    return create_app(store, KEYS, "n1")
+
+
+@pytest.fixture
+async def api(store: MemoryStore, app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     """A client of n1's API carrying an admin token (``tests.tokens.ADMIN``)."""
-    app = create_app(store, KEYS, "n1")
     transport = httpx.ASGITransport(app=app)
     headers = auth(await make_token(store, KEYS))
     async with httpx.AsyncClient(

@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 import httpx
+from fastapi import FastAPI
 
 from hvcluster.store.memory_store import MemoryStore
 from tests.api.conftest import KEYS, add_node, kinds, spec
@@ -42,13 +43,13 @@ async def test_list_latest_in_order(api: httpx.AsyncClient) -> None:
     assert (await api.get("/events", params={"limit": 0})).status_code == 422
 
 
-async def test_follow_streams_new_events(api: httpx.AsyncClient) -> None:
+async def test_follow_streams_new_events(api: httpx.AsyncClient, store: MemoryStore) -> None:
     await api.post("/vms", json=spec("before"))
     since = (await api.get("/events")).json()["revision"] + 1
 
     follow = asyncio.create_task(api.get("/events/follow", params={"since": since, "count": 2}))
-    await asyncio.sleep(0.05)
-    assert not follow.done()  # waiting for what comes next
+    await wait_for(lambda: store.caught_up_watches == 1, 5, "the follow's watch caught up")
+    assert not follow.done()  # it has seen all there is: waiting for what comes next
     await api.post("/vms", json=spec("web-1"))
     await api.post("/vms/web-1/stop")
     r = await asyncio.wait_for(follow, 10)
@@ -131,7 +132,7 @@ async def test_store_outage_is_503(api: httpx.AsyncClient, store: MemoryStore) -
 
 
 async def test_corrupt_event_is_skipped_and_reported(
-    api: httpx.AsyncClient, store: MemoryStore
+    api: httpx.AsyncClient, store: MemoryStore, app: FastAPI
 ) -> None:
     await api.post("/vms", json=spec("a"))
     await api.post("/vms", json=spec("b"))

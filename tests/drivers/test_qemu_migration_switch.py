@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -40,6 +41,11 @@ async def test_target_resumed_from_the_completion_hook_runs_the_guest_on(
         await wait_for(lambda: bool(heartbeats(serial1)), BOOT_S, "first heartbeat")
         address = await dst.prepare_incoming(spec, 2, "127.0.0.1", MigrationSettings())
         seen: dict[str, object] = {}
+        landed = asyncio.Event()  # the target's own MIGRATION "completed" event, handled
+
+        def on_target_event(event: str, data: dict[str, Any]) -> None:
+            if event == "MIGRATION" and data.get("status") == "completed":
+                landed.set()  # (subscribers are called just before the driver's own handler)
 
         async def completed(at: float) -> None:
             seen["source"] = (await src.status("mig")).state
@@ -47,14 +53,16 @@ async def test_target_resumed_from_the_completion_hook_runs_the_guest_on(
             seen["resumed"] = (await dst.resume("mig")).state  # returns once it runs
             seen["at"] = at
 
-        result = await src.migrate_out("mig", address, MigrationSettings(), None, completed)
-        print(f"target when the hook ran: {seen['target before']}")  # usually migrating
-        assert seen["source"] is VMState.PAUSED
-        assert seen["resumed"] is VMState.RUNNING
-        assert result.completed_at == seen["at"] and result.downtime_ms > 0
-        before = read_counter(disk)
-        await src.discard("mig")
-        await asyncio.sleep(0.5)  # its own "completed" event came after RESUME: still running
+        with dst.vms.qmp(dst.vms.get("mig")).subscribe(on_target_event):
+            result = await src.migrate_out("mig", address, MigrationSettings(), None, completed)
+            print(f"target when the hook ran: {seen['target before']}")  # usually migrating
+            assert seen["source"] is VMState.PAUSED
+            assert seen["resumed"] is VMState.RUNNING
+            assert result.completed_at == seen["at"] and result.downtime_ms > 0
+            before = read_counter(disk)
+            await src.discard("mig")
+            # its own "completed" event may come after RESUME: once handled, still running
+            await asyncio.wait_for(landed.wait(), 20)
         assert (await dst.status("mig")).state is VMState.RUNNING
         serial2 = vm_dir(n2, "mig") / "serial.log"
         await wait_for(lambda: bool(heartbeats(serial2)), 20, "heartbeat on the target")

@@ -26,6 +26,7 @@ import httpx
 import pytest
 
 from hvcluster.lab import cluster, processes
+from tests import waiting
 from tests.lab.conftest import Lab, make_lab, wait_for
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow, pytest.mark.timeout(300)]
@@ -259,22 +260,28 @@ def test_a_thousand_concurrent_requests_get_answers_or_503(flood_lab: Lab) -> No
     assert_unharmed(flood_lab, was, memory_mib=TLS_FLOOD_MIB)
 
 
-async def slowloris(target: Target, count: int, give_up_s: float) -> list[float | None]:
+async def slowloris(
+    target: Target, count: int, give_up_s: float, trickling: list[int] | None = None
+) -> list[float | None]:
     """``count`` sockets, each sending an endless request head a byte a second; for each,
-    how long until the agent closed it (None: still open after ``give_up_s``)."""
+    how long until the agent closed it (None: still open after ``give_up_s``).
+    ``trickling[0]`` counts the sockets connected and sending (their first byte sent)."""
     started = time.monotonic()
+    trickling = trickling if trickling is not None else [0]
 
     async def one() -> float | None:
         reader, writer = await target.connect()
         head = b"GET /api/v1/healthz HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 10_000
         closed = asyncio.create_task(reader.read())  # b"" (or an error) once the agent closes
         try:
-            for byte in head:
+            for i, byte in enumerate(head):
                 if closed.done():
                     break
                 writer.write(bytes([byte]))
                 with contextlib.suppress(ConnectionError):
                     await writer.drain()
+                if i == 0:
+                    trickling[0] += 1
                 if time.monotonic() - started > give_up_s:
                     return None
                 await asyncio.wait([closed], timeout=1.0)
@@ -294,13 +301,15 @@ def test_a_slowloris_crowd_is_cut_off(flood_lab: Lab) -> None:
     was = before(flood_lab)
     target = address(flood_lab)
 
+    trickling = [0]
+
     async def meanwhile() -> int:
-        await asyncio.sleep(3)  # the crowd is connected and trickling
+        await waiting.wait_for(lambda: trickling[0] == 300, 60, "300 sockets trickling")
         async with httpx.AsyncClient(timeout=30, verify=flood_lab.ca) as http:
             return (await http.get(f"{flood_lab.api()}/api/v1/healthz")).status_code
 
     async def attack() -> tuple[list[float | None], int]:
-        return await asyncio.gather(slowloris(target, 300, give_up_s=90), meanwhile())
+        return await asyncio.gather(slowloris(target, 300, 90, trickling), meanwhile())
 
     closed_after, served = asyncio.run(attack())
     still_open = sum(1 for t in closed_after if t is None)

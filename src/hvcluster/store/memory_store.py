@@ -113,6 +113,7 @@ class MemoryStore(Store):
         self._available = True
         self._reaper: asyncio.Task[None] | None = None
         self._lease_added = asyncio.Event()
+        self._caught_up = 0  # watches that sent everything and wait for the next change
 
     # --- faults and time -------------------------------------------------------------
     @property
@@ -252,7 +253,17 @@ class MemoryStore(Store):
                 for event in batch:
                     yield event
                 continue
-            await self._changed.wait()
+            self._caught_up += 1
+            try:
+                await self._changed.wait()
+            finally:
+                self._caught_up -= 1
+
+    @property
+    def caught_up_watches(self) -> int:
+        """How many watches have handed out every change up to now and wait for the next:
+        what a test waits for before asserting that a watcher did nothing more."""
+        return self._caught_up
 
     # --- the store itself ------------------------------------------------------------
     async def health(self) -> StoreHealth:

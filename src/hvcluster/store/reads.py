@@ -122,6 +122,12 @@ class CorruptReporter:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    async def settled(self) -> None:
+        """Return once every report started by :meth:`report_soon` so far has finished: the
+        point after which a test may assert that nothing more was reported."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
 
 LOG_ONCE = CorruptReporter()  # the default: a warning per corrupt key and version
 
