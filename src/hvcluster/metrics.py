@@ -82,9 +82,11 @@ class AgentMetrics:
         )
         self.failovers = Counter(
             "hvc_vm_failovers",
-            "VMs this agent's controller recovered onto another node after their node "
-            "was declared dead, by the node they left. Only the leader counts. " + PER_PROCESS,
-            ["from_node"],
+            "VMs this agent's controller moved to another node by a failover, by the node "
+            "they left and the cause (node_dead: its lease ran out or a fence agent confirmed "
+            "it off; vm_failed: the VM's local restarts ran out). Only the leader counts. "
+            + PER_PROCESS,
+            ["from_node", "cause"],
             registry=reg,
         )
         self.fence_agent_runs = Counter(

@@ -71,8 +71,11 @@ class Daemon:
         self.cfg = cfg
         self.clock = clock  # real; a simulation's ManualClock moves every loop of the daemon
         self.keys = Keys(cfg.cluster)
+        # What this agent measures of itself (its etcd clients record into it too), served
+        # by its API at /metrics.
+        self.metrics = AgentMetrics(cfg.node, clock=clock.now)
         self._own_store = store is None
-        self.store: Store = store if store is not None else etcd_store(cfg)
+        self.store: Store = store if store is not None else etcd_store(cfg, self.metrics)
         self.driver: Driver = driver if driver is not None else driver_of(cfg)
         self.serve_api = serve_api
         self.links: Links = links if links is not None else self.driver.links()
@@ -86,8 +89,6 @@ class Daemon:
         self.resources: HostResources | None = None
         self.migrations: MigrationWorker | None = None
         self.storage: StorageMover | None = None
-        # What this agent measures of itself, served by its API at /metrics.
-        self.metrics = AgentMetrics(cfg.node, clock=clock.now)
 
     @property
     def liveness(self) -> NodeLiveness | None:
@@ -118,7 +119,9 @@ class Daemon:
         when the daemon made its store; on this loop with the store it was handed (an
         in-process simulation on a memory store: see agent/liveness_thread.py)."""
         if self._own_store:
-            return OwnThread(lambda: etcd_store(self.cfg), self._build_liveness, "liveness")
+            return OwnThread(
+                lambda: etcd_store(self.cfg, self.metrics), self._build_liveness, "liveness"
+            )
         return OnLoop(self.store, self._build_liveness)
 
     async def _build_liveness(self, store: Store, runner: LivenessRunner) -> NodeLiveness:
@@ -158,6 +161,7 @@ class Daemon:
             clock=self.clock.now,
             sleep=self.clock.sleep,
             wall=self.clock.wall,
+            metrics=self.metrics,
         )
 
     async def run(self) -> None:
@@ -212,6 +216,7 @@ class Daemon:
             lease=lambda: live.state().lease_id,
             may_start=lambda: live.state().may_start(self.clock.now(), config.fence_after_s),
             clock=self.clock,
+            metrics=self.metrics,
         )
         self.migrations = MigrationWorker(self.store, self.keys, agent, agent_say)
         storage = self.storage = StorageMover(self.store, self.keys, agent, agent_say)
@@ -274,6 +279,7 @@ class Daemon:
             is_leader=lambda: election is not None and election.is_leader,
             clock=self.clock.wall,
             sleep=self.clock.sleep,
+            metrics=self.metrics,
         )
         loop = asyncio.create_task(controller.run(), name="controller-loop")
         self.tasks.append(loop)  # stopped with the others (cancel_all: never left running)
@@ -344,11 +350,11 @@ def driver_of(cfg: AgentConfig) -> Driver:
     return make_driver(cfg.driver, options)
 
 
-def etcd_store(cfg: AgentConfig) -> EtcdStore:
+def etcd_store(cfg: AgentConfig, metrics: AgentMetrics | None = None) -> EtcdStore:
     """The agent's etcd client (the daemon's, and liveness's own): TLS (with its client
-    certificate) when ``etcd_ca`` is set."""
+    certificate) when ``etcd_ca`` is set; each request timed into ``metrics``."""
     tls = EtcdTls(cfg.etcd_ca, cfg.etcd_cert, cfg.etcd_key) if cfg.etcd_ca else None
-    return EtcdStore(list(cfg.etcd), tls=tls)
+    return EtcdStore(list(cfg.etcd), tls=tls, metrics=metrics)
 
 
 class _ApiServer(uvicorn.Server):

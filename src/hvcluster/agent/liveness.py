@@ -33,6 +33,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from hvcluster.agent.evidence import NONE, Evidence, members_of, seek
+from hvcluster.metrics import AgentMetrics
 from hvcluster.models.base import encode
 from hvcluster.models.config import ClusterConfig
 from hvcluster.models.errors import LeaseLost, StoreError
@@ -91,8 +92,11 @@ class NodeLiveness:
         on_registered: Callable[[], Awaitable[object]] | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         wall: Callable[[], float] = time.time,
+        metrics: AgentMetrics | None = None,
     ) -> None:
         self.store, self.keys, self.node, self.config = store, keys, node, config
+        # renewals, feeding and fences measured (the agent's, else a registry nobody reads)
+        self.metrics = metrics if metrics is not None else AgentMetrics(node, clock)
         self.feeder = feeder
         self.local_placements = local_placements
         self.kill_changed = kill_changed
@@ -102,6 +106,7 @@ class NodeLiveness:
         self.lease_id = 0
         self.last_confirmed_sent: float | None = None
         self.deadline = 0.0  # the last deadline given to the watchdog
+        self._fence_counted = 0.0  # the passed deadline last counted as a fence
         self.lease_ttl = config.lease_ttl_s  # as etcd last reported it for our lease
         self.failing = False  # the last keepalive failed: seek evidence
         self.last_evidence: Evidence = NONE
@@ -202,10 +207,18 @@ class NodeLiveness:
         self._feed(sent + self.config.fence_after_s)
 
     def _feed(self, deadline: float) -> None:
+        self._count_fence()  # a deadline that passed before this feed was a fence
         self.deadline = max(self.deadline, deadline)
         if self.feeder is not None:
             self.feeder.feed(self.deadline)
+        self.metrics.watchdog.fed(self.deadline)
         self._publish()
+
+    def _count_fence(self) -> None:
+        """Count the watchdog's deadline as passed (its VMs killed), once per deadline."""
+        if 0 < self.deadline <= self.clock() and self._fence_counted != self.deadline:
+            self._fence_counted = self.deadline
+            self.metrics.watchdog_fences.inc()
 
     # --- does the watchdog answer? ------------------------------------------------------
     async def check_watchdog(self) -> None:
@@ -263,6 +276,7 @@ class NodeLiveness:
     async def _keepalives(self) -> None:
         interval = self.config.keepalive_interval_s
         while True:
+            self._count_fence()  # (still cut off: no feed would count it)
             started = self.clock()
             try:
                 # The store's own deadline (shorter than ours) lets it time out and move
@@ -272,6 +286,7 @@ class NodeLiveness:
                 )
                 self.failing = False
                 self.lease_ttl = ttl
+                self.metrics.lease_renew_seconds.observe(self.clock() - started)
                 before, fenced = self.last_confirmed_sent, self.fenced
                 self._confirmed(started)
                 if before is not None and started - before > self.config.fence_after_s:
@@ -282,6 +297,7 @@ class NodeLiveness:
                     await self._replace_deleted_key()
             except LeaseLost:
                 self.failing = False  # etcd answers: no outage to weigh
+                self.metrics.lease_renew_failures.inc()
                 await self.say(
                     "node.lease_lost",
                     f"node {self.node} lost lease {self.lease_id:x}; re-registering",
@@ -289,6 +305,7 @@ class NodeLiveness:
                 await self._reregister()
             except (StoreError, TimeoutError) as e:
                 self.failing = True
+                self.metrics.lease_renew_failures.inc()
                 self._without_keepalive(e)
             except Exception:  # never let the keepalive loop die: the watchdog would fire
                 log.exception("keepalive cycle failed unexpectedly; carrying on")

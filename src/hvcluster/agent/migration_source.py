@@ -258,6 +258,7 @@ class SourceRole(QuickState):
 
         written = await change_migration(self.store, self.keys, rec.id, add)
         if written is not None and written.downtime_ms is not None:
+            self.agent.metrics.migration_done(written.kind, written.total_ms, written.downtime_ms)
             await self.say("migration.done", f"vm/{rec.vm}", done_sentence(written))
         return written or rec.model_copy(update=times)
 
@@ -275,6 +276,7 @@ class SourceRole(QuickState):
 
         written = await change_migration(self.store, self.keys, rec.id, mark)
         if written is not None:
+            self.agent.metrics.migration_done(written.kind, written.total_ms, written.downtime_ms)
             await self.say("migration.done", f"vm/{rec.vm}", done_sentence(written))
         return written or rec
 

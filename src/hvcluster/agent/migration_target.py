@@ -190,6 +190,7 @@ class TargetRole(QuickState):
 
         written = await change_migration(self.store, self.keys, rec.id, record)
         if written is not None and written.downtime_ms is not None:
+            self.agent.metrics.migration_done(written.kind, written.total_ms, written.downtime_ms)
             await self.say("migration.done", f"vm/{rec.vm}", done_sentence(written))
 
     async def _discard_incoming(self, rec: Migration) -> None:

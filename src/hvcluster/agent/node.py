@@ -34,6 +34,7 @@ from hvcluster.agent.reconcile import (
 from hvcluster.agent.resources import Resources
 from hvcluster.clock import SYSTEM, Clock
 from hvcluster.drivers.base import Driver, HostFacts
+from hvcluster.metrics import AgentMetrics
 from hvcluster.models.base import encode
 from hvcluster.models.config import ClusterConfig
 from hvcluster.models.errors import CorruptValue, DriverError, StoreError
@@ -72,8 +73,11 @@ class NodeAgent:
         may_start: Callable[[], str | None],
         shutdown_timeout: float = 20.0,
         clock: Clock = SYSTEM,
+        metrics: AgentMetrics | None = None,
     ) -> None:
         self.store, self.keys, self.me, self.driver = store, keys, me, driver
+        # restarts and migrations it carries out (its workers' too) are counted here
+        self.metrics = metrics if metrics is not None else AgentMetrics(me.name)
         self.clock = clock  # this agent's loops and its migration and storage workers'
         self.config, self.say = config, say
         self.lease = lease  # the lease alive/<me> must be bound to for a start
@@ -296,6 +300,7 @@ class NodeAgent:
             return None
         if action.restart:
             self.crashes.setdefault(action.vm, []).append(now)
+            self.metrics.restarts.inc()
             await self.say("vm.restarted", f"vm/{action.vm}", action.reason)
         try:
             for done in await self.disks.prepare(action.spec):

@@ -8,6 +8,7 @@ import asyncio
 import logging
 import shlex
 
+from hvcluster.metrics import AgentMetrics
 from hvcluster.models.event import Say
 
 log = logging.getLogger(__name__)
@@ -39,8 +40,9 @@ async def run_fence(command: str, node: str, timeout: float) -> tuple[bool, str]
 class Fencer:
     """Fences each gone node once per outage, in the background."""
 
-    def __init__(self, say: Say) -> None:
+    def __init__(self, say: Say, metrics: AgentMetrics | None = None) -> None:
         self.say = say
+        self.metrics = metrics if metrics is not None else AgentMetrics()
         self.fenced: set[str] = set()
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
@@ -58,6 +60,7 @@ class Fencer:
 
     async def _fence(self, node: str, command: str, timeout: float) -> None:
         ok, said = await run_fence(command, node, timeout)
+        self.metrics.fence_agent_runs.labels(result="confirmed" if ok else "failed").inc()
         if ok:
             self.fenced.add(node)
             await self.say(

@@ -19,6 +19,7 @@ from hvcluster.controller.fencing import Fencer
 from hvcluster.controller.migrations import MigrationCoordinator
 from hvcluster.controller.notes import ControllerNotes
 from hvcluster.controller.view import build_snapshot
+from hvcluster.metrics import AgentMetrics
 from hvcluster.models.config import ClusterConfig
 from hvcluster.models.errors import StoreError
 from hvcluster.models.event import Say
@@ -61,18 +62,21 @@ class Controller:
         is_leader: Callable[[], bool],
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        metrics: AgentMetrics | None = None,
     ) -> None:
         self.store, self.keys, self.name, self.say = store, keys, name, say
+        # cycles, leadership, failovers and fence agent runs (the agent's registry)
+        self.metrics = metrics if metrics is not None else AgentMetrics(name)
         self.sleep = sleep  # clock and sleep: a simulation's ManualClock, real by default
         self.is_leader = is_leader
         self.clock = clock
         self.notes = ControllerNotes(started=clock())
         self.leading = False
-        self.fencer = Fencer(say)
+        self.fencer = Fencer(say, self.metrics)
         self.wake = asyncio.Event()
         self.cycles = 0
         self.migrations = MigrationCoordinator(
-            store, keys, say, self.notes, is_leader, clock, sleep
+            store, keys, say, self.notes, is_leader, clock, sleep, self.metrics
         )
 
     async def run(self, interval: float = 0.5) -> None:
@@ -94,10 +98,14 @@ class Controller:
             if self.leading:
                 log.info("%s is no longer the controller", self.name)
                 self.leading = False
+            self.metrics.controller_leader.set(0)
             await self.observe()
         else:
+            self.metrics.controller_leader.set(1)
+            started = time.monotonic()  # a measure of work done, on any clock
             for sentence in await self.cycle():
                 log.info("controller: %s", sentence)
+            self.metrics.controller_cycle_seconds.observe(time.monotonic() - started)
 
     async def cycle(self) -> list[str]:
         """One read-decide-apply pass; returns a sentence per decision applied."""
@@ -197,6 +205,9 @@ class Controller:
             log.info("decision lost a race (the next cycle recomputes): %s", d.reason)
             return False
         notes.reported.pop(d.subject, None)
+        if isinstance(d, dec.Recover):
+            cause = "node_dead" if d.from_dead else "vm_failed"
+            self.metrics.failovers.labels(from_node=d.from_node, cause=cause).inc()
         await self.say(kind, d.subject, d.reason)
         return True
 

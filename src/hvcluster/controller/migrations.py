@@ -32,6 +32,7 @@ from hvcluster.controller.jobs import sweep_jobs
 from hvcluster.controller.notes import ControllerNotes
 from hvcluster.controller.retention import Retention
 from hvcluster.controller.view import build_snapshot
+from hvcluster.metrics import AgentMetrics
 from hvcluster.models.base import encode
 from hvcluster.models.errors import StoreError
 from hvcluster.models.event import Say
@@ -80,8 +81,10 @@ class MigrationCoordinator:
         is_leader: Callable[[], bool],
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        metrics: AgentMetrics | None = None,
     ) -> None:
         self.sleep = sleep
+        self.metrics = metrics if metrics is not None else AgentMetrics()
         self.store, self.keys, self.say = store, keys, say
         self.notes, self.is_leader, self.clock = notes, is_leader, clock
         self.wake = asyncio.Event()
@@ -205,6 +208,7 @@ class MigrationCoordinator:
 
             written = await change_migration(self.store, self.keys, rec.id, mark)
             if written is not None:
+                self.metrics.migration_done(written.kind, written.total_ms, written.downtime_ms)
                 await self.say("migration.done", f"vm/{rec.vm}", done_sentence(written))
 
     # --- one migration ---------------------------------------------------------------

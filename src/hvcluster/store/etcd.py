@@ -30,6 +30,7 @@ import grpc  # type: ignore[import-untyped]
 import grpc.aio  # type: ignore[import-untyped]
 from aetcd import rpc
 
+from hvcluster.metrics import AgentMetrics
 from hvcluster.models.errors import InvalidInput, LeaseLost, StoreError
 from hvcluster.store.base import (
     RANGE_ATTEMPTS,
@@ -175,9 +176,15 @@ class EtcdStore(Store):
     """The store contract on a real etcd cluster."""
 
     def __init__(
-        self, endpoints: Sequence[str] | str, timeout: float = 5.0, tls: EtcdTls | None = None
+        self,
+        endpoints: Sequence[str] | str,
+        timeout: float = 5.0,
+        tls: EtcdTls | None = None,
+        metrics: AgentMetrics | None = None,
     ) -> None:
-        self._conn = Connection(endpoints, timeout, tls)
+        """``metrics``: the agent's, told how long each request took."""
+        observe = metrics.etcd_request if metrics is not None else None
+        self._conn = Connection(endpoints, timeout, tls, observe)
 
     @property
     def endpoints(self) -> list[str]:
@@ -190,7 +197,7 @@ class EtcdStore(Store):
         async def call(ep: Endpoint, left: float) -> Any:
             return await ep.stub("kv").Range(request, timeout=left)
 
-        response = await self._conn.call(f"get {key}", call, mutable=False)
+        response = await self._conn.call(f"get {key}", call, op="get", mutable=False)
         return _kv(response.kvs[0]) if response.kvs else None
 
     async def _range_page(self, prefix: str, start: str, revision: int, limit: int) -> Page:
@@ -229,7 +236,7 @@ class EtcdStore(Store):
                     raise
                 raise mine from None
 
-        return await self._conn.call(what, call, mutable=False)
+        return await self._conn.call(what, call, op="range", mutable=False)
 
     async def _read_all(self, gets: Sequence[Get]) -> TxnResult:
         """A txn of only Gets, each read whole (in pages), all at one revision: that of the
@@ -258,7 +265,7 @@ class EtcdStore(Store):
         async def call(ep: Endpoint, left: float) -> Any:
             return await ep.stub("kv").Range(request, timeout=left)
 
-        response = await self._conn.call("revision", call, mutable=False)
+        response = await self._conn.call("revision", call, op="revision", mutable=False)
         return int(response.header.revision)
 
     # --- writes ----------------------------------------------------------------------
@@ -268,7 +275,7 @@ class EtcdStore(Store):
         async def call(ep: Endpoint, left: float) -> Any:
             return await ep.stub("kv").Put(request, timeout=left)
 
-        response = await self._conn.call(f"put {key}", call, mutable=True)
+        response = await self._conn.call(f"put {key}", call, op="put", mutable=True)
         return int(response.header.revision)
 
     async def delete(self, key: str, prefix: bool = False) -> int:
@@ -278,7 +285,7 @@ class EtcdStore(Store):
         async def call(ep: Endpoint, left: float) -> Any:
             return await ep.stub("kv").DeleteRange(request, timeout=left)
 
-        response = await self._conn.call(f"delete {key}", call, mutable=True)
+        response = await self._conn.call(f"delete {key}", call, op="delete", mutable=True)
         return int(response.deleted)
 
     async def txn(
@@ -303,7 +310,7 @@ class EtcdStore(Store):
                 raise
 
         try:
-            response = await self._conn.call("txn", call, mutable=not read_only)
+            response = await self._conn.call("txn", call, op="txn", mutable=not read_only)
         except _TooLarge as e:
             if read_only:
                 return await self._read_all(reads)
@@ -325,7 +332,7 @@ class EtcdStore(Store):
         async def call(ep: Endpoint, left: float) -> Any:
             return await ep.stub("kv").Compact(request, timeout=left)
 
-        await self._conn.call(f"compact {revision}", call, mutable=True)
+        await self._conn.call(f"compact {revision}", call, op="compact", mutable=True)
 
     # --- leases ----------------------------------------------------------------------
     async def grant(self, ttl: float) -> Lease:
@@ -336,7 +343,7 @@ class EtcdStore(Store):
         async def call(ep: Endpoint, left: float) -> Any:
             return await ep.stub("lease").LeaseGrant(request, timeout=left)
 
-        response = await self._conn.call("lease grant", call, mutable=True)
+        response = await self._conn.call("lease grant", call, op="lease_grant", mutable=True)
         if response.error:
             raise StoreError(f"etcd refused a lease of {ttl}s: {response.error}")
         return Lease(int(response.ID), float(response.TTL))
@@ -354,7 +361,7 @@ class EtcdStore(Store):
                 stream.cancel()
 
         response = await self._conn.call(
-            f"keepalive {lease_id:x}", call, mutable=False, timeout=timeout
+            f"keepalive {lease_id:x}", call, op="keepalive", mutable=False, timeout=timeout
         )
         if response is grpc.aio.EOF or response.TTL <= 0:
             raise LeaseLost(f"lease {lease_id:x} is gone: it expired or was revoked")
@@ -367,7 +374,7 @@ class EtcdStore(Store):
             return await ep.stub("lease").LeaseRevoke(request, timeout=left)
 
         with contextlib.suppress(LeaseLost):  # already gone: that is what was asked
-            await self._conn.call(f"revoke {lease_id:x}", call, mutable=False)
+            await self._conn.call(f"revoke {lease_id:x}", call, op="lease_revoke", mutable=False)
 
     async def lease_ttl(self, lease_id: int) -> float:
         request = rpc.LeaseTimeToLiveRequest(ID=lease_id, keys=False)
@@ -375,7 +382,9 @@ class EtcdStore(Store):
         async def call(ep: Endpoint, left: float) -> Any:
             return await ep.stub("lease").LeaseTimeToLive(request, timeout=left)
 
-        response = await self._conn.call(f"lease ttl {lease_id:x}", call, mutable=False)
+        response = await self._conn.call(
+            f"lease ttl {lease_id:x}", call, op="lease_ttl", mutable=False
+        )
         if response.TTL < 0:
             raise LeaseLost(f"lease {lease_id:x} is gone: it expired or was revoked")
         return float(response.TTL)

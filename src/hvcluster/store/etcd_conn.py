@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -255,11 +256,20 @@ class Endpoint:
                 await channel.close(grace=None)
 
 
+# Told of every request: (operation, answered?, seconds). An agent's metrics.
+Observe = Callable[[str, bool, float], None]
+
+
 class Connection:
-    """The endpoints of one etcd cluster, one of which is current; fails over on errors."""
+    """The endpoints of one etcd cluster, one of which is current; fails over on errors.
+    ``observe`` is told how long each :meth:`call` took (fail-over included)."""
 
     def __init__(
-        self, endpoints: Sequence[str] | str, timeout: float, tls: EtcdTls | None = None
+        self,
+        endpoints: Sequence[str] | str,
+        timeout: float,
+        tls: EtcdTls | None = None,
+        observe: Observe | None = None,
     ) -> None:
         if timeout <= 0:
             raise InvalidInput(f"must be positive, got {timeout}", "timeout")
@@ -270,6 +280,7 @@ class Connection:
         self._extra: dict[str, Endpoint] = {}
         self._current = 0
         self.closed = False
+        self.observe = observe
         # With several endpoints, give each a share of the deadline to connect.
         n = len(self.endpoints)
         self.connect_timeout = timeout if n == 1 else max(0.5, timeout / n)
@@ -303,15 +314,38 @@ class Connection:
         what: str,
         fn: Callable[[Endpoint, float], Awaitable[T]],
         *,
+        op: str,
         mutable: bool,
         timeout: float | None = None,
     ) -> T:
         """Run ``fn(endpoint, seconds_left)`` on a connected endpoint within the deadline.
+        ``what`` names the request in errors, ``op`` its kind to :attr:`observe` (``get``,
+        ``txn``, ``keepalive``...: few values, no keys).
 
         On a connection failure it moves to the next endpoint and tries again, unless the
         request changes state and may have reached etcd: then the outcome is unknown and it
         raises :class:`StoreUnavailable` (the caller re-reads and decides).
         """
+        if self.observe is None:
+            return await self._call(what, fn, mutable, timeout)
+        started, answered = time.monotonic(), False
+        try:
+            result = await self._call(what, fn, mutable, timeout)
+            answered = True
+            return result
+        except LeaseLost:  # an answer: the lease is gone
+            answered = True
+            raise
+        finally:
+            self.observe(op, answered, time.monotonic() - started)
+
+    async def _call(
+        self,
+        what: str,
+        fn: Callable[[Endpoint, float], Awaitable[T]],
+        mutable: bool,
+        timeout: float | None,
+    ) -> T:
         self.check_open()
         loop = asyncio.get_running_loop()
         budget = self.timeout if timeout is None else timeout
