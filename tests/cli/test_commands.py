@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from hvcluster.cli.client import ApiError, resolve_urls
 from hvcluster.cli.main import app as cli_app
+from hvcluster.cli.output import ExitCode
 from tests.cli.conftest import ApiServer, free_port
 
 pytestmark = pytest.mark.timeout(60)
@@ -71,7 +72,7 @@ def test_vm_lifecycle(hvc: Any) -> None:
 
     assert "deleted vm web-1" in ok(hvc("vm", "rm", "web-1"))
     gone = hvc("vm", "show", "web-1")
-    assert gone.exit_code == 1
+    assert gone.exit_code == ExitCode.NOT_FOUND
     assert "vm 'web-1' not found" in gone.output
 
 
@@ -108,21 +109,28 @@ def test_create_from_file_with_overrides(hvc: Any, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("args", "words"),
+    ("args", "words", "code"),
     [
-        (("vm", "create", "Bad_Name"), "name: invalid name 'Bad_Name'"),
-        (("vm", "create", "x1", "--memory", "-5"), "memory_mib: Input should be greater"),
+        (("vm", "create", "Bad_Name"), "name: invalid name 'Bad_Name'", ExitCode.USAGE),
+        (
+            ("vm", "create", "x1", "--memory", "-5"),
+            "memory_mib: Input should be greater",
+            ExitCode.USAGE,
+        ),
         (
             ("vm", "create", "x2", "--preferred-owner", "n1", "--possible-owner", "n2"),
             "not among possible_owners",
+            ExitCode.USAGE,
         ),
-        (("vm", "start", "ghost"), "vm 'ghost' not found"),
-        (("node", "pause", "ghost"), "node 'ghost' not found"),
+        (("vm", "start", "ghost"), "vm 'ghost' not found", ExitCode.NOT_FOUND),
+        (("node", "pause", "ghost"), "node 'ghost' not found", ExitCode.NOT_FOUND),
     ],
 )
-def test_errors_are_one_line_without_traceback(hvc: Any, args: tuple[str, ...], words: str) -> None:
+def test_errors_are_one_line_without_traceback(
+    hvc: Any, args: tuple[str, ...], words: str, code: ExitCode
+) -> None:
     result = hvc(*args)
-    assert result.exit_code == 1
+    assert result.exit_code == code
     assert "Traceback" not in result.output
     assert result.output.startswith("error: ")
     assert words in " ".join(result.output.split())
@@ -131,7 +139,7 @@ def test_errors_are_one_line_without_traceback(hvc: Any, args: tuple[str, ...], 
 def test_duplicate_is_refused(hvc: Any) -> None:
     ok(hvc("vm", "create", "dup-1"))
     again = hvc("vm", "create", "dup-1")
-    assert again.exit_code == 1
+    assert again.exit_code == ExitCode.CONFLICT
     assert "vm 'dup-1' already exists" in again.output
 
 
@@ -206,7 +214,7 @@ def test_events_follow(hvc: Any, server: ApiServer) -> None:
 def test_connection_refused_names_the_url() -> None:
     url = f"http://127.0.0.1:{free_port()}"
     result = CliRunner().invoke(cli_app, ["vm", "list", "--api", url])
-    assert result.exit_code == 1
+    assert result.exit_code == ExitCode.UNREACHABLE
     assert "Traceback" not in result.output
     said = " ".join(result.output.split())  # Rich wraps at the (test) terminal's width
     assert url in said

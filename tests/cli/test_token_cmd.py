@@ -87,7 +87,7 @@ def test_the_ca_file_is_used(server: ApiServer, tmp_path: Path) -> None:
     result = CliRunner().invoke(
         cli_app, ["--ca", str(tmp_path / "absent.pem"), "vm", "list", "--api", server.url]
     )
-    assert result.exit_code == 1 and "cannot read the CA file" in said(result)
+    assert result.exit_code == 2 and "cannot read the CA file" in said(result)  # usage
 
 
 def test_where_endpoint_token_and_ca_come_from(tmp_path: Path) -> None:
@@ -145,7 +145,7 @@ def test_the_first_admin_token_is_written_straight_into_etcd(
     out = ok(CliRunner().invoke(cli_app, [*args, "--cluster", cluster]))
     root = out.strip().splitlines()[-1]
     again = CliRunner().invoke(cli_app, [*args, "--cluster", cluster])
-    assert again.exit_code == 1 and "already exists" in said(again)
+    assert again.exit_code == 4 and "already exists" in said(again)  # conflict
 
     async def use() -> tuple[int, list[dict[str, Any]], bytes]:
         store = EtcdStore([endpoint])

@@ -133,6 +133,6 @@ def test_a_passing_cluster_exits_0(cluster: Cluster) -> None:
 
 def test_unreachable_api_is_one_line(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli_app, ["cluster", "validate", "--api", "http://127.0.0.1:9"])
-    assert result.exit_code == 1
+    assert result.exit_code == 5  # unreachable
     assert "cannot reach the hvcluster API" in result.output
     assert "Traceback" not in result.output

@@ -46,6 +46,7 @@ from hvcluster.store.base import Compare, Put, Store
 from hvcluster.store.follow import follow, run_cycles
 from hvcluster.store.keys import Keys
 from hvcluster.store.reads import decode_kv, decode_one, read_kind
+from hvcluster.store.state import read_config
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +192,9 @@ class NodeAgent:
         specs = await read_kind(self.store, self.keys, "vms", VMSpec)
         placements = await read_kind(self.store, self.keys, "placements", Placement)
         statuses = await read_kind(self.store, self.keys, "status", VMStatus)
+        # Read each cycle: an admin's change of the local restart limits applies at once
+        # (the timings stay as the agent started with them: see models/config.RESTART_NEEDED).
+        self.config, _ = await read_config(self.store, self.keys)
         local = {
             vm.name: LocalVM(vm.name, vm.state, vm.pid, vm.epoch, vm.since, vm.cpu_model)
             for vm in await self.driver.list()

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, FastAPI
 
 from hvcluster import __version__
 from hvcluster.api import (
+    cluster_config,
     events,
     metrics,
     migrations,
@@ -125,4 +126,5 @@ def create_app(
     app.include_router(validation.router, prefix=PREFIX)
     app.include_router(tokens.router, prefix=PREFIX)
     app.include_router(metrics.router)  # /metrics, where Prometheus looks (reader role)
+    app.include_router(cluster_config.router, prefix=PREFIX)
     return app

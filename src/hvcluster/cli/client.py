@@ -44,11 +44,28 @@ TIMEOUT_S = 5.0
 
 
 class ApiError(HvcError):
-    """The API refused a request, or could not be reached."""
+    """The API refused a request (``status``: its HTTP status), or could not be reached
+    (``unreachable``), or the CLI could not even ask (status 0: a bad config file)."""
+
+    unreachable = False
+    usage = False
 
     def __init__(self, message: str, status: int = 0, field: str | None = None) -> None:
         self.status, self.field = status, field
         super().__init__(message)
+
+
+class UsageError(ApiError):
+    """The CLI cannot ask as it was told or configured: no API named, a config file or CA
+    file that cannot be read."""
+
+    usage = True
+
+
+class Unreachable(ApiError):
+    """No API answered: refused, timed out, or its certificate is not trusted."""
+
+    unreachable = True
 
 
 def _split(value: str) -> list[str]:
@@ -70,23 +87,23 @@ def read_config(path: Path, required: bool = False) -> dict[str, Any]:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:
         if required:
-            raise ApiError(f"the config file {path} ($HVC_CONFIG) does not exist") from None
+            raise UsageError(f"the config file {path} ($HVC_CONFIG) does not exist") from None
         return {}
     except OSError as e:
-        raise ApiError(f"cannot read the config file {path}: {e.strerror or e}") from None
+        raise UsageError(f"cannot read the config file {path}: {e.strerror or e}") from None
     except tomllib.TOMLDecodeError as e:
-        raise ApiError(f"the config file {path} is not valid TOML: {e}") from None
+        raise UsageError(f"the config file {path} is not valid TOML: {e}") from None
     unknown = sorted(set(data) - set(CONFIG_KEYS))
     if unknown:
-        raise ApiError(f"{path}: unknown key(s) {', '.join(unknown)} (known: api, token, ca)")
+        raise UsageError(f"{path}: unknown key(s) {', '.join(unknown)} (known: api, token, ca)")
     api = data.get("api")
     if api is not None and not (
         isinstance(api, str) or (isinstance(api, list) and all(isinstance(u, str) for u in api))
     ):
-        raise ApiError(f"{path}: api must be a URL or a list of URLs")
+        raise UsageError(f"{path}: api must be a URL or a list of URLs")
     for key in ("token", "ca"):
         if key in data and not isinstance(data[key], str):
-            raise ApiError(f"{path}: {key} must be a string")
+            raise UsageError(f"{path}: {key} must be a string")
     return data
 
 
@@ -167,16 +184,16 @@ def _urls(
         items = [configured] if isinstance(configured, str) else configured
         return [u for item in items for u in _split(item)]
     if lab is None:
-        raise ApiError(
+        raise UsageError(
             f"no API given and no lab running ({path} not found): pass --api URL, "
             'set HVC_API, write api = "URL" in ~/.config/hvc/config.toml, or start a lab '
             "with 'hvc lab up'"
         )
     if isinstance(lab, str):
-        raise ApiError(lab)
+        raise UsageError(lab)
     urls = lab.get("api")
     if not isinstance(urls, list) or not urls or not all(isinstance(u, str) for u in urls):
-        raise ApiError(f"{path} lists no API URLs (key 'api'): pass --api URL or set HVC_API")
+        raise UsageError(f"{path} lists no API URLs (key 'api'): pass --api URL or set HVC_API")
     return [u.rstrip("/") for u in urls]
 
 
@@ -205,7 +222,7 @@ def tls_context(ca: str | None) -> ssl.SSLContext:
     try:
         return ssl.create_default_context(cafile=ca)
     except OSError as e:
-        raise ApiError(f"cannot read the CA file {ca} (HVC_CA): {e.strerror or e}") from None
+        raise UsageError(f"cannot read the CA file {ca} (HVC_CA): {e.strerror or e}") from None
 
 
 def _error_of(response: httpx.Response) -> ApiError:
@@ -236,7 +253,7 @@ class Client:
     ) -> None:
         """``ca``: the CA file to check an https API against (None: the system's CAs)."""
         if not urls:
-            raise ApiError("no API URL to talk to")
+            raise UsageError("no API URL to talk to")
         self.urls = list(urls)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(timeout=timeout, headers=headers, verify=tls_context(ca))
@@ -256,7 +273,7 @@ class Client:
         self.close()
 
     def _unreachable(self, errors: list[str]) -> ApiError:
-        return ApiError("cannot reach the hvcluster API: " + "; ".join(errors))
+        return Unreachable("cannot reach the hvcluster API: " + "; ".join(errors))
 
     def request(
         self,
@@ -295,6 +312,9 @@ class Client:
 
     def post(self, path: str, body: Any = None) -> Any:
         return self.request("POST", path, json_body=body)
+
+    def patch(self, path: str, body: Any = None) -> Any:
+        return self.request("PATCH", path, json_body=body)
 
     def delete(self, path: str) -> Any:
         return self.request("DELETE", path)

@@ -13,7 +13,9 @@ from hvcluster.cli.output import console, fail, friendly_errors, print_json
 from hvcluster.cli.report_html import render
 from hvcluster.models.validation import Category, CheckStatus, ValidationReport
 
-app = typer.Typer(help="The cluster as a whole: validate.", no_args_is_help=True)
+app = typer.Typer(
+    help="The cluster as a whole: validate it, show and change its settings.", no_args_is_help=True
+)
 
 # The API asks every agent (each within a few seconds); give it time to.
 VALIDATE_TIMEOUT_S = 30.0

@@ -8,6 +8,7 @@ from hvcluster import __version__
 from hvcluster.cli import (
     client,
     cluster_cmd,
+    config_cmd,
     events_cmd,
     image_cmd,
     lab_cmd,
@@ -19,6 +20,7 @@ from hvcluster.cli import (
     vm_cmd,
     volume_cmd,
 )
+from hvcluster.cli.output import EXIT_CODES_HELP
 
 
 def _version(value: bool) -> None:
@@ -30,6 +32,8 @@ def _version(value: bool) -> None:
 app = typer.Typer(
     name="hvc",
     help="hvcluster: a failover cluster for QEMU/KVM virtual machines.",
+    epilog=EXIT_CODES_HELP + " Where the API is: --api, $HVC_API, the config file ($HVC_CONFIG or "
+    "~/.config/hvc/config.toml: api, token, ca), else the running lab.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
@@ -69,5 +73,6 @@ app.add_typer(lab_cmd.app, name="lab")
 app.add_typer(store_cmd.app, name="store")
 app.add_typer(volume_cmd.app, name="volume")
 app.add_typer(switch_cmd.app, name="switch")
+cluster_cmd.app.add_typer(config_cmd.app, name="config")
 app.add_typer(cluster_cmd.app, name="cluster")
 app.add_typer(token_cmd.app, name="token")

@@ -9,7 +9,14 @@ import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
 
 from hvcluster.cli.client import ApiError, Client, api_option
-from hvcluster.cli.output import console, err_console, friendly_errors, print_json, print_table
+from hvcluster.cli.output import (
+    ExitCode,
+    console,
+    err_console,
+    friendly_errors,
+    print_json,
+    print_table,
+)
 from hvcluster.cli.views import listing
 
 app = typer.Typer(help="List, show and cancel migrations.", no_args_is_help=True)
@@ -61,9 +68,9 @@ def follow(
             time.sleep(POLL_S)
 
 
-def _fail(message: str) -> int:
+def _fail(message: str, code: int = ExitCode.ERROR) -> int:
     err_console.print(f"[bold red]error:[/] {message}", highlight=False)
-    return 1
+    return code
 
 
 @friendly_errors
@@ -88,11 +95,13 @@ def move(
     """Move a running VM to another node, live (it keeps running) or quick; or, with
     --storage, move its disks to another volume while it runs."""
     if live and quick:
-        raise typer.Exit(_fail("choose one of --live and --quick"))
+        raise typer.Exit(_fail("choose one of --live and --quick", ExitCode.USAGE))
     if storage and (to or quick or with_storage):
-        raise typer.Exit(_fail("--storage moves the disks only: without --to or --quick"))
+        raise typer.Exit(
+            _fail("--storage moves the disks only: without --to or --quick", ExitCode.USAGE)
+        )
     if with_storage and quick:
-        raise typer.Exit(_fail("--with-storage moves it live: not with --quick"))
+        raise typer.Exit(_fail("--with-storage moves it live: not with --quick", ExitCode.USAGE))
     with Client.from_options(api) as client:
         if storage:
             m = client.post(f"/vms/{name}/move-storage", {"volume": storage})

@@ -8,7 +8,7 @@ from typing import Any
 import typer
 
 from hvcluster.cli.client import Client, api_option
-from hvcluster.cli.output import console, err_console, friendly_errors, print_table
+from hvcluster.cli.output import ExitCode, console, err_console, friendly_errors, print_table
 from hvcluster.cli.views import listing, post, showing
 from hvcluster.cli.vm_cmd import warn_skipped, when
 
@@ -128,7 +128,8 @@ def resume(
 ) -> None:
     """Resume a paused node: it takes new VMs again."""
     if failback not in ("none", "immediate", "policy"):
-        raise typer.Exit(_fail(f"--failback must be none, immediate or policy, not {failback!r}"))
+        why = f"--failback must be none, immediate or policy, not {failback!r}"
+        raise typer.Exit(_fail(why, ExitCode.USAGE))
     body: dict[str, Any] = {"failback": failback}
     if reason:
         body["reason"] = reason
@@ -137,9 +138,9 @@ def resume(
     _say(post(api, f"/nodes/{name}/resume", body))
 
 
-def _fail(message: str) -> int:
+def _fail(message: str, code: int = ExitCode.ERROR) -> int:
     err_console.print(f"[bold red]error:[/] {message}", highlight=False)
-    return 1
+    return code
 
 
 @app.command("drain")

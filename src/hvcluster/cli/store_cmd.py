@@ -9,7 +9,7 @@ from typing import Any
 
 import typer
 
-from hvcluster.cli.output import console, fail, friendly_errors, print_json, print_table
+from hvcluster.cli.output import ExitCode, console, fail, friendly_errors, print_json, print_table
 from hvcluster.store.base import StoreHealth
 from hvcluster.store.etcd import EtcdStore
 from hvcluster.store.etcd_conn import EtcdTls
@@ -138,12 +138,12 @@ def check(
     n = len(health.members)
     if not any(m.reachable for m in health.members):
         reasons = "; ".join(f"{m.name}: {m.error}" for m in health.members)
-        raise fail(f"cannot reach any etcd endpoint ({reasons})", 2)
+        raise fail(f"cannot reach any etcd endpoint ({reasons})", ExitCode.UNREACHABLE)
     if not has_quorum(health):
         raise fail(
             f"no quorum: {followers_of_leader(health)} of {n} members follow a leader, "
             f"{quorum_size(n)} needed",
-            2,
+            ExitCode.ERROR,
         )
     if not as_json:
         console.print(

@@ -17,7 +17,7 @@ from typing import Any
 import typer
 
 from hvcluster.cli.client import api_option
-from hvcluster.cli.output import console, fail, friendly_errors, print_json, print_table
+from hvcluster.cli.output import ExitCode, console, fail, friendly_errors, print_json, print_table
 from hvcluster.cli.store_cmd import ca_option, cert_option, key_option, store_tls
 from hvcluster.cli.views import listing, post, removing
 from hvcluster.models.errors import InvalidInput
@@ -95,7 +95,7 @@ def create(
             check_name(name)
             check_name(cluster)
         except ValueError as e:
-            raise fail(str(e)) from None
+            raise fail(str(e), ExitCode.USAGE) from None
         now = time.time()
         expires_at = now + lifetime if lifetime is not None else None
         token, bearer = issue(name, role, now, expires_at, created_by="bootstrap")

@@ -9,7 +9,7 @@ from typing import Any
 
 import typer
 
-from hvcluster.cli.client import ApiError, Client, api_option
+from hvcluster.cli.client import Client, UsageError, api_option
 from hvcluster.cli.output import console, err_console, friendly_errors, print_json, print_table
 from hvcluster.cli.views import listing, post, showing
 from hvcluster.models.vm import Priority
@@ -38,7 +38,7 @@ def _disk(value: str) -> dict[str, Any]:
         try:
             disk["size_gib"] = float(size)
         except ValueError:
-            raise ApiError(f"--disk {value}@{size}: the size after '@' is in GiB") from None
+            raise UsageError(f"--disk {value}@{size}: the size after '@' is in GiB") from None
     if disk["path"].endswith((".raw", ".img")):
         disk["format"] = "raw"
     return disk
@@ -48,11 +48,11 @@ def _load_file(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except OSError as e:
-        raise ApiError(f"cannot read {path}: {e.strerror}") from None
+        raise UsageError(f"cannot read {path}: {e.strerror}") from None
     except ValueError as e:
-        raise ApiError(f"{path} is not valid JSON: {e}") from None
+        raise UsageError(f"{path} is not valid JSON: {e}") from None
     if not isinstance(data, dict):
-        raise ApiError(f"{path} must hold a JSON object (a VM spec)")
+        raise UsageError(f"{path} must hold a JSON object (a VM spec)")
     return data
 
 
@@ -98,7 +98,7 @@ def create(
     if name is not None:
         spec["name"] = name
     if "name" not in spec:
-        raise ApiError("give the VM a NAME (or a --file whose spec has a name)")
+        raise UsageError("give the VM a NAME (or a --file whose spec has a name)")
     for key, value in (("vcpus", vcpus), ("memory_mib", memory), ("cpu_model", cpu_model)):
         if value is not None:
             spec[key] = value

@@ -146,3 +146,60 @@ PROFILES: dict[str, dict[str, float]] = {
         "evidence_interval_s": 0.5,
     },
 }
+
+
+# --- Changing the config (PATCH /cluster/config, hvc cluster config set) -------------------
+
+# ``name`` is the cluster's key prefix in etcd: it is never changed by an edit.
+FIXED = frozenset({"name"})
+
+# What each agent reads once, when it starts: its lease is granted with the TTL, and its
+# liveness (keepalives, watchdog deadlines, "is it me or etcd" evidence) runs on these. A
+# change reaches an agent when it restarts; meanwhile the controller (which reads the config
+# every cycle) waits as long as the node's own published timings need too (Node.timings).
+RESTART_NEEDED = frozenset(
+    {"lease_ttl_s", "keepalive_interval_s", "fence_after_s", "evidence_interval_s"}
+)
+
+
+def settable_keys() -> frozenset[str]:
+    """The dotted keys an admin may set (``migration.downtime_limit_ms``, ...)."""
+    from hvcluster.models.settings import dotted_fields  # settings imports models.base only
+
+    return frozenset(k for k, _ in dotted_fields(ClusterConfig) if k not in FIXED)
+
+
+def safety_problems(config: ClusterConfig) -> list[tuple[str, str]]:
+    """Rules a *new* config must keep beyond the model's own (which every stored config
+    keeps: keepalive < fence_after < TTL, recovery margin above the evidence interval), as
+    ``(field, why)``. Checked on a change only, so a config stored before a rule existed
+    still reads (docs/architecture.md, "Safety" and "Timing profiles")."""
+    problems = []
+    if 2 * config.keepalive_interval_s > config.fence_after_s:
+        problems.append(
+            (
+                "keepalive_interval_s",
+                f"keepalive_interval_s ({config.keepalive_interval_s}) must be at most half of "
+                f"fence_after_s ({config.fence_after_s}): with fewer than two keepalives in "
+                "fence_after, one lost or late keepalive makes a node fence itself",
+            )
+        )
+    if config.evidence_interval_s >= config.fence_after_s:
+        problems.append(
+            (
+                "evidence_interval_s",
+                f"evidence_interval_s ({config.evidence_interval_s}) must be below "
+                f"fence_after_s ({config.fence_after_s}): evidence that etcd is out (Safety "
+                "rule 5) must arrive before a node's watchdog fires, or an etcd outage "
+                "fences every node",
+            )
+        )
+    if config.expired_margin_s <= 0:
+        problems.append(
+            (
+                "expired_margin_s",
+                "expired_margin_s must be above 0: it is the time a watchdog's kill has to "
+                "land before a node's VMs start elsewhere",
+            )
+        )
+    return problems

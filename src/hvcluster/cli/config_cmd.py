@@ -1,0 +1,119 @@
+"""``hvc cluster config show|set``: the cluster settings (timings, migration, quarantine,
+retention, fence command), through ``/cluster/config``."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import typer
+
+from hvcluster.cli.client import Client, UsageError, api_option
+from hvcluster.cli.output import console, friendly_errors, print_json, print_table
+from hvcluster.cli.views import json_option
+from hvcluster.models.config import ClusterConfig, settable_keys
+from hvcluster.models.settings import dotted_fields, is_list_field, is_text_field
+
+app = typer.Typer(help="Show and change the cluster settings.", no_args_is_help=True)
+
+_FIELDS = dict(dotted_fields(ClusterConfig))
+
+
+def parse_setting(item: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` as the API takes it: a list field's value split on commas (empty: none),
+    a text field's as typed, any other parsed as JSON when it is (numbers, true/false) and
+    left as text when not (``migration.drain_fallback=stay``): the API validates it."""
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise UsageError(f"{item!r}: give KEY=VALUE (e.g. migration.downtime_limit_ms=500)")
+    if key not in settable_keys():
+        raise UsageError(
+            f"{key}: not a cluster setting that can be changed; settable: "
+            + ", ".join(sorted(settable_keys()))
+        )
+    annotation = _FIELDS[key]
+    if is_list_field(annotation):
+        return key, [v.strip() for v in text.split(",") if v.strip()]
+    if is_text_field(annotation):
+        return key, text
+    try:
+        return key, json.loads(text)
+    except ValueError:
+        return key, text
+
+
+def _rows(config: dict[str, Any], restart: set[str]) -> list[tuple[str, object]]:
+    rows: list[tuple[str, object]] = []
+    for key, _ in dotted_fields(ClusterConfig):
+        value: Any = config
+        for part in key.split("."):
+            value = value[part]
+        if isinstance(value, list):
+            value = ",".join(value) or "(none)"
+        rows.append((key + (" *" if key in restart else ""), value))
+    return rows
+
+
+@app.command("show")
+@friendly_errors
+def show(as_json: bool = json_option(), api: list[str] | None = api_option()) -> None:
+    """Show the cluster settings, the revision to name with 'set --revision', and which
+    settings an agent reads only when it starts (marked *)."""
+    with Client.from_options(api) as client:
+        answer = client.get("/cluster/config")
+    if as_json:
+        print_json(answer)
+        return
+    stored = "stored" if answer["stored"] else "defaults, none stored"
+    profile = f", timing profile {answer['profile']}" if answer["profile"] else ""
+    print_table(
+        f"cluster config (revision {answer['revision']}: {stored}{profile})",
+        ("SETTING", "VALUE"),
+        _rows(answer["config"], set(answer["restart_needed"])),
+    )
+    console.print("* read by each agent when it starts: a change needs an agent restart")
+
+
+@app.command("set")
+@friendly_errors
+def set_(
+    settings: list[str] = typer.Argument(
+        ..., help="KEY=VALUE, dotted for nested ones (migration.downtime_limit_ms=500)."
+    ),
+    revision: int | None = typer.Option(
+        None,
+        "--revision",
+        help="Only if the config is still at this revision ('config show' says it): "
+        "exit code 4 if another change came first.",
+    ),
+    reason: str = typer.Option("", "--reason", help="Why (kept in the event log)."),
+    as_json: bool = json_option(),
+    api: list[str] | None = api_option(),
+) -> None:
+    """Change cluster settings (admin). The whole config is checked before anything is
+    stored: a refusal names the setting and why (exit code 2). Every change is an event
+    saying who changed what from what to what."""
+    body: dict[str, Any] = {"settings": dict(parse_setting(s) for s in settings)}
+    if revision is not None:
+        body["revision"] = revision
+    if reason:
+        body["reason"] = reason
+    with Client.from_options(api) as client:
+        answer = client.patch("/cluster/config", body)
+    if as_json:
+        print_json(answer)
+        return
+    if not answer["changes"]:
+        console.print(f"nothing changed (revision {answer['revision']})", highlight=False)
+        return
+    for c in answer["changes"]:
+        note = " (agents use it once restarted)" if c["restart_needed"] else ""
+        console.print(f"{c['key']}: {c['before']} -> {c['after']}{note}", highlight=False)
+    console.print(f"cluster config at revision {answer['revision']}", highlight=False)
+    if any(c["restart_needed"] for c in answer["changes"]):
+        console.print(
+            "restart each agent (one at a time) for its lease and watchdog to use the new "
+            "timings; until then the controller waits as long as the old ones need",
+            highlight=False,
+        )
