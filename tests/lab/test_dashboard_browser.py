@@ -143,6 +143,62 @@ def test_admin_sees_nodes_and_vms_and_drains_a_node_live(
         page.context.close()
 
 
+def test_an_operator_moves_a_vm_live_from_its_page_and_runs_validate(
+    browser: Any, qemu_lab: Lab, guests: dict[str, str]
+) -> None:
+    made = httpx.post(
+        f"{qemu_lab.api()}/api/v1/tokens",
+        json={"name": "dash-operator", "role": "operator"},
+        headers=qemu_lab.headers,
+        verify=qemu_lab.ca,
+        timeout=10,
+    )
+    assert made.status_code == 201, made.text
+    page = logged_in(browser, qemu_lab, made.json()["token"])
+    try:
+        vm = "dash-a"
+        source = qemu_lab.vm(vm)["node"]
+        target = next(n for n in ("n1", "n2", "n3") if n != source)
+        page.goto(f"{qemu_lab.api()}/ui/vms/{vm}")
+        assert page.inner_text("#vm-node") == source
+        mark_page(page)
+        page.select_option("#move-to", target)
+        page.select_option("#move-kind", "live")
+        page.click('#move-form button[type="submit"]')
+        page.wait_for_selector("#flash .ok")
+        assert f"{vm}: move requested" in page.inner_text("#flash")
+        page.wait_for_function(
+            f"document.querySelector('#vm-node').innerText.trim() === '{target}'",
+            timeout=SLOW_MS,
+        )
+        page.wait_for_selector("#vm-state .state-running")
+        assert not_reloaded(page)
+        moves = page.inner_text("#vm-migrations")
+        assert re.search(rf"{source}\s+{target}\s+live\s+done", moves), moves
+        shot(page, "vm-moved")
+        # A move to where it runs is refused with the API's own reason; then back it goes.
+        page.select_option("#move-to", target)
+        page.click('#move-form button[type="submit"]')
+        page.wait_for_selector("#flash .error")
+        assert f"already runs on {target}" in page.inner_text("#flash")
+        page.select_option("#move-to", source)
+        page.click('#move-form button[type="submit"]')
+        page.wait_for_selector("#flash .ok")
+        page.wait_for_function(
+            f"document.querySelector('#vm-node').innerText.trim() === '{source}'",
+            timeout=SLOW_MS,
+        )
+
+        page.click('nav a[href="/ui/validate"]')
+        page.click("#run-validate")
+        page.wait_for_selector("#validate-summary", timeout=60_000)
+        assert "checks by" in page.inner_text("#validate-summary")
+        assert page.locator("#validate-table tr.check-pass").count() > 0
+        shot(page, "validate")
+    finally:
+        page.context.close()
+
+
 def test_a_killed_node_s_failover_arrives_in_the_live_event_list(
     browser: Any, qemu_lab: Lab, guests: dict[str, str]
 ) -> None:

@@ -185,3 +185,14 @@ async def test_a_node_card_shows_its_state(web: httpx.AsyncClient, store: Memory
     await login(web, store, Role.READER)
     page = (await web.get("/ui/")).text
     assert re.search(r'data-node="n3".*?not alive.*?admin-paused', page, re.S)
+
+
+async def test_validate_runs_the_apis_checks_failures_first(
+    web: httpx.AsyncClient, store: MemoryStore
+) -> None:
+    await login(web, store, Role.READER)
+    frag = (await web.get("/ui/frag/validate", headers=HX)).text
+    assert 'id="validate-summary"' in frag
+    results = re.findall(r'<tr class="check-(\w+)">', frag)
+    assert results and "fail" in results  # the memory store has no etcd members to ask
+    assert results == sorted(results, key=["fail", "warn", "pass"].index)

@@ -72,7 +72,8 @@ async def _vm(who: Viewer, name: str) -> dict[str, Any]:
     logged = (await events.list_events(who.ctx, limit=EVENTS_READ)).events
     history = [e for e in logged if e.event.subject == f"vm/{name}"][::-1][:30]
     node_list = await nodes.list_nodes(who.ctx)
-    targets = [n.name for n in node_list.nodes if n.name != vm.node]
+    # Every node: the page is not redrawn after a move, and the API says why one cannot take it.
+    targets = sorted(n.name for n in node_list.nodes)
     return {
         "vm": vm,
         "moves": moves[:10],
@@ -152,4 +153,6 @@ async def validate_page(request: Request, who: Who) -> Response:
 async def validate_frag(request: Request, who: Who) -> Response:
     """Runs ``cluster validate`` (the API's own: probes between every pair of agents)."""
     report = await validation.validate_cluster(who.ctx)
-    return render(request, who, "_validate.html", {"report": report})
+    order = {"fail": 0, "warn": 1, "pass": 2}  # what needs doing first
+    checks = sorted(report.checks, key=lambda c: (order.get(c.status.value, 3), c.category))
+    return render(request, who, "_validate.html", {"report": report, "checks": checks})
