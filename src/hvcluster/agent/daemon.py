@@ -19,6 +19,7 @@ from pathlib import Path
 import uvicorn
 
 from hvcluster.agent.config import AgentConfig
+from hvcluster.agent.consoles import local_console
 from hvcluster.agent.liveness import NodeLiveness
 from hvcluster.agent.liveness_thread import LivenessRunner, OnLoop, OwnThread
 from hvcluster.agent.migration import MigrationWorker
@@ -321,7 +322,9 @@ class Daemon:
         """The API, over https when a certificate is configured."""
         cfg = self.cfg
         peers = PeerApi(cfg.api_cert is not None, str(cfg.api_ca) if cfg.api_ca else None)
-        app = create_app(self.store, self.keys, cfg.node, peers, self.metrics)
+        app = create_app(
+            self.store, self.keys, cfg.node, peers, self.metrics, local_console(self.driver)
+        )
         install_dashboard(app)  # the web dashboard at / (hvcluster.web), same port and tokens
         server = _ApiServer(
             uvicorn.Config(

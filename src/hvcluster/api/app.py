@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends, FastAPI
 from hvcluster import __version__
 from hvcluster.api import (
     cluster_config,
+    consoles,
     events,
     metrics,
     migrations,
@@ -100,10 +101,13 @@ def create_app(
     node: str,
     peers: PeerApi | None = None,
     agent_metrics: AgentMetrics | None = None,
+    local_console: consoles.LocalConsole | None = None,
 ) -> FastAPI:
     """The API of the agent ``node`` over ``store``. The caller owns the store (and closes it).
     ``peers``: how to reach other agents' APIs (default: plain http); ``agent_metrics``: what
-    the agent measures of itself, served at ``/metrics`` (default: a registry of its own)."""
+    the agent measures of itself, served at ``/metrics`` (default: a registry of its own);
+    ``local_console``: where this node's VMs' consoles are (the agent's driver; None: this API
+    bridges none itself)."""
     app = FastAPI(
         title="hvcluster",
         version=__version__,
@@ -118,6 +122,7 @@ def create_app(
         peers=peers or PeerApi(),
         metrics=agent_metrics or AgentMetrics(node),
     )
+    app.state.consoles = consoles.Consoles(local_console)
     install_error_handlers(app)
     app.add_middleware(RequestLimits)  # bodies bounded in size and time before any route
     routers = (cluster_router, vms.router, nodes.router, events.router, migrations.router)
@@ -127,4 +132,5 @@ def create_app(
     app.include_router(tokens.router, prefix=PREFIX)
     app.include_router(metrics.router)  # /metrics, where Prometheus looks (reader role)
     app.include_router(cluster_config.router, prefix=PREFIX)
+    app.include_router(consoles.router, prefix=PREFIX)
     return app

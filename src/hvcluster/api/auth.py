@@ -19,6 +19,13 @@ Agents call each other only while serving a request (``cluster validate``); they
 that request's own token (:attr:`Caller.credential`), so a caller can never do more through
 another agent than directly, and agents need no secret of their own.
 
+Websockets (the VM consoles, ``api/consoles.py``) go through the same dependency: their
+handshake is judged as the method ``WEBSOCKET``, which no rule counts as a read, so a console
+needs ``operator`` (it types into a VM). Browsers cannot set a header on a websocket, so a
+handshake may carry its token instead as a subprotocol ``hvc.token.NAME.SECRET`` (the server
+never echoes that one back) or in the dashboard's session cookie, taken only from a page of
+the agent's own origin (a page elsewhere cannot ride a user's cookie into a console).
+
 No token, an unknown, wrong, revoked or expired one: 401 with ``WWW-Authenticate: Bearer``.
 A valid token whose role is below the route's: 403, naming the role needed.
 """
@@ -27,9 +34,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
-from fastapi import Request, Security
+from fastapi import Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.requests import HTTPConnection
 
 from hvcluster.models.errors import CorruptValue, Forbidden, Unauthenticated
 from hvcluster.models.token import Role, Token, split_bearer
@@ -42,6 +51,9 @@ OPEN = frozenset({"/healthz"})  # reads anyone may make
 ADMIN_ONLY = frozenset({"tokens"})  # areas whose reads need admin too
 ADMIN_AREAS = frozenset({"tokens", "volumes", "switches", "cluster"})
 READER_WRITES = frozenset({"/probe/listen"})
+WEBSOCKET = "WEBSOCKET"  # the method a websocket handshake is judged as: never a read
+TOKEN_SUBPROTOCOL = "hvc.token."  # + NAME.SECRET: a browser's way to send its token
+SESSION_COOKIE = "hvc_session"  # the dashboard's session cookie (web/session.py), the token
 # Declares the scheme in the OpenAPI document (the docs' "Authorize" button, API fuzzers);
 # the header itself is read and judged here, with our own messages.
 BEARER = HTTPBearer(
@@ -109,20 +121,44 @@ class Authorizer:
 
     async def __call__(
         self,
-        request: Request,
+        request: HTTPConnection,
         _: HTTPAuthorizationCredentials | None = Security(BEARER),
     ) -> None:
         path = str(request.scope["path"])  # what the router matched
         if path.startswith(self.prefix + "/"):
             path = path[len(self.prefix) :]
-        needed = required_role(request.method, path)
+        websocket = request.scope["type"] == "websocket"
+        method = WEBSOCKET if websocket else str(request.scope["method"])
+        needed = required_role(method, path)
         if needed is None:
             return
         header = request.headers.get("authorization")
+        if header is None and websocket:
+            header = websocket_credential(request)
         caller = await authenticate(self.store, self.keys, header, time.time())
         if not caller.role.allows(needed):
             raise Forbidden(
-                f"{request.method} {path} needs the {needed.value} role or above; "
+                f"{method} {path} needs the {needed.value} role or above; "
                 f"token {caller.name!r} has the {caller.role.value} role"
             )
         request.state.caller = caller
+
+
+def websocket_credential(connection: HTTPConnection) -> str | None:
+    """A websocket handshake's token as an ``Authorization`` value: from a subprotocol
+    ``hvc.token.NAME.SECRET``, else from the dashboard's cookie if the page that opened it is
+    of this agent's own origin; None when it has neither."""
+    offered = connection.headers.get("sec-websocket-protocol", "")
+    for protocol in (p.strip() for p in offered.split(",")):
+        if protocol.startswith(TOKEN_SUBPROTOCOL):
+            return f"Bearer {protocol[len(TOKEN_SUBPROTOCOL) :]}"
+    cookie = connection.cookies.get(SESSION_COOKIE)
+    if not cookie:
+        return None
+    origin = connection.headers.get("origin", "")
+    if urlsplit(origin).netloc != connection.headers.get("host"):
+        raise Unauthenticated(
+            f"a console opened from another origin ({origin[:80] or 'none'}) cannot use the "
+            "dashboard's session: send a token"
+        )
+    return f"Bearer {cookie}"

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import httpx
-from fastapi import Body, Depends, Path, Request
+from fastapi import Body, Depends, Path
+from starlette.requests import HTTPConnection
 
 from hvcluster.api.auth import Caller
 from hvcluster.api.views import Skipped
@@ -122,9 +123,9 @@ class ApiContext:
         )
 
 
-def context(request: Request) -> ApiContext:
-    """The context of this request: as its caller (checked by ``api.auth.Authorizer``, which
-    every route depends on, before this)."""
+def context(request: HTTPConnection) -> ApiContext:
+    """The context of this request (or websocket): as its caller (checked by
+    ``api.auth.Authorizer``, which every route depends on, before this)."""
     ctx = request.app.state.ctx
     assert isinstance(ctx, ApiContext)
     caller = getattr(request.state, "caller", None)

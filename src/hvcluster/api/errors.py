@@ -11,6 +11,10 @@ The body is always ``{"error": "<one sentence>", "field": "<what was wrong>" | n
 * :class:`StoreError` (unavailable, ...)         -> 503: state is unknown, nothing was changed
 * anything else                                  -> 500, logged with its traceback
 
+A websocket (a console) refused before it is accepted gets the same status and body as an
+HTTP answer to its handshake (the ASGI "websocket denial response"; a server without it
+closes the handshake with 403).
+
 Before any route, :mod:`hvcluster.api.limits` answers in the same shape: 413 for a body over
 the limit and 408 for one that does not arrive in time (``"field": "body"``), 503 when too
 many requests are in progress.
@@ -22,11 +26,14 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError, WebSocketRequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
+from starlette.requests import HTTPConnection
+from starlette.responses import Response
+from starlette.websockets import WebSocket
 
 from hvcluster.models.errors import (
     Conflict,
@@ -100,44 +107,59 @@ def describe_errors(errors: Sequence[Any]) -> tuple[str, str | None]:
     return ("; ".join(parts) or "invalid input"), first
 
 
+def _what(conn: HTTPConnection) -> str:
+    """``METHOD /path`` of a request, ``WEBSOCKET /path`` of a websocket."""
+    method = conn.scope.get("method", "WEBSOCKET")
+    return f"{method} {conn.url.path}"
+
+
+async def _answer(conn: HTTPConnection, response: JSONResponse) -> Response:
+    """``response`` for a request; a websocket's handshake is refused with it."""
+    if isinstance(conn, WebSocket):
+        try:
+            await conn.send_denial_response(response)
+        except RuntimeError:  # the server cannot answer a handshake with a response
+            await conn.close(1008, str(response.status_code))
+    return response
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    async def on_hvc_error(request: Request, exc: Exception) -> JSONResponse:
+    async def on_hvc_error(request: HTTPConnection, exc: Exception) -> Response:
         assert isinstance(exc, HvcError)
         status = status_of(exc)
         if status == 500:
-            log.error(
-                "unexpected %s on %s %s: %s",
-                type(exc).__name__,
-                request.method,
-                request.url.path,
-                exc,
-            )
+            log.error("unexpected %s on %s: %s", type(exc).__name__, _what(request), exc)
         field = exc.field if isinstance(exc, InvalidInput) else None
         if isinstance(exc, CorruptValue):
             field = exc.key
         response = error_response(status, str(exc), field)
         if status == 401:
             response.headers["WWW-Authenticate"] = 'Bearer realm="hvcluster"'
-        return response
+        return await _answer(request, response)
 
-    async def on_validation(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, RequestValidationError | ValidationError)
+    async def on_validation(request: HTTPConnection, exc: Exception) -> Response:
+        assert isinstance(
+            exc, RequestValidationError | WebSocketRequestValidationError | ValidationError
+        )
         message, field = describe_errors(exc.errors())
-        return error_response(422, message, field)
+        return await _answer(request, error_response(422, message, field))
 
-    async def on_http(request: Request, exc: Exception) -> JSONResponse:
+    async def on_http(request: HTTPConnection, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         message = str(exc.detail)
         if exc.status_code == 404 and message == "Not Found":
-            message = f"no such API path: {request.method} {request.url.path}"
-        return error_response(exc.status_code, message)
+            message = f"no such API path: {_what(request)}"
+        return await _answer(request, error_response(exc.status_code, message))
 
-    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(500, f"internal error: {type(exc).__name__}: {exc}")
+    async def on_unexpected(request: HTTPConnection, exc: Exception) -> Response:
+        log.exception("unhandled error on %s", _what(request))
+        return await _answer(
+            request, error_response(500, f"internal error: {type(exc).__name__}: {exc}")
+        )
 
     app.add_exception_handler(HvcError, on_hvc_error)
     app.add_exception_handler(HTTPException, on_http)
     app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(WebSocketRequestValidationError, on_validation)
     app.add_exception_handler(ValidationError, on_validation)
     app.add_exception_handler(Exception, on_unexpected)

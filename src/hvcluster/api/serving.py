@@ -13,6 +13,9 @@ hurting the agent, whose event loop also keeps the node's lease.
   trickling its headers byte by byte (slowloris) would hold its connection, and a slot of
   the limit above, for ever. An unfinished head is held up to :data:`MAX_HEAD_BYTES`
   (h11's limit; past it: 400). The body has its own limits (:mod:`hvcluster.api.limits`).
+* A websocket (a VM console) message from a client is at most :data:`MAX_WS_MESSAGE`
+  bytes (keystrokes, VNC input events), and an unanswered ping closes it after
+  :data:`WS_PING_S` twice over: a console left by a vanished client is freed.
 * An idle kept-alive connection is closed after :data:`KEEP_ALIVE_S`; the listen backlog
   holds :data:`BACKLOG` connections not yet accepted.
 """
@@ -31,6 +34,8 @@ HEAD_TIMEOUT_S = 10.0
 MAX_HEAD_BYTES = 16 * 1024
 KEEP_ALIVE_S = 5
 BACKLOG = 2048
+MAX_WS_MESSAGE = 1024 * 1024
+WS_PING_S = 20.0
 
 
 class Tally:
@@ -103,4 +108,7 @@ def server_settings() -> dict[str, Any]:
         "h11_max_incomplete_event_size": MAX_HEAD_BYTES,
         "timeout_keep_alive": KEEP_ALIVE_S,
         "backlog": BACKLOG,
+        "ws_max_size": MAX_WS_MESSAGE,
+        "ws_ping_interval": WS_PING_S,
+        "ws_ping_timeout": WS_PING_S,
     }
