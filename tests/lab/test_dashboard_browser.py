@@ -32,7 +32,10 @@ SLOW_MS = 90_000  # a drain moves two guests live, one at a time under load: wel
 def browser() -> Iterator[Any]:
     """Chromium, headless, closed after the module even when a test failed. Playwright's own
     browser download cannot work here: the distribution's chromium is driven instead."""
-    sync_api = pytest.importorskip("playwright.sync_api")
+    try:
+        from playwright import sync_api
+    except ImportError:
+        pytest.fail("playwright is not installed: run scripts/install (the dev extras)")
     if not CHROMIUM.exists():
         pytest.fail("chromium is not installed: run scripts/install")
     with sync_api.sync_playwright() as p:

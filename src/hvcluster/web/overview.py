@@ -172,5 +172,8 @@ async def failover_capacity(ctx: ApiContext) -> Capacity:
         return Capacity(True, "no HA VM is running: nothing to fail over", {})
     if not short:
         return Capacity(True, "the running HA VMs survive the loss of any one node (N+1 holds)", {})
-    said = "; ".join(f"if {n} fails: {', '.join(v)} find no room" for n, v in sorted(short.items()))
+    said = "; ".join(
+        f"if {n} fails: {', '.join(v)} {'finds' if len(v) == 1 else 'find'} no room"
+        for n, v in sorted(short.items())
+    )
     return Capacity(False, f"N+1 does not hold: {said}", short)
