@@ -23,8 +23,19 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
+
+# No ``*_created`` series beside every counter and histogram: Prometheus' text format has no
+# use for them, and they double the answer. (prometheus_client's switch: process-wide, untyped.)
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 # Seconds. A request to etcd, a keepalive: a millisecond on a quiet LAN, seconds when a
 # member is frozen (the store's deadline is 5 s; a keepalive's 0.9 of the interval).
@@ -39,9 +50,16 @@ PER_PROCESS = "Per process: counted by this agent only, from 0 when it starts; s
 class AgentMetrics:
     """What one agent process measures. ``node``: the agent's node name (``hvc_agent_info``
     says it, to join a scrape target to a node); ``clock``: monotonic seconds, the one the
-    agent's liveness feeds its watchdog by (a simulation's manual clock)."""
+    agent's liveness feeds its watchdog by (a simulation's manual clock);
+    ``migration_kinds``: their series exist from the start, at 0 (a series that appears at
+    its first count hides that count from ``increase``)."""
 
-    def __init__(self, node: str = "", clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        node: str = "",
+        clock: Callable[[], float] = time.monotonic,
+        migration_kinds: Iterable[str] = (),
+    ) -> None:
         self.registry = CollectorRegistry()
         self.clock = clock
         reg = self.registry
@@ -129,6 +147,11 @@ class AgentMetrics:
         )
         self.watchdog = WatchdogAge(clock)
         reg.register(self.watchdog)
+        for result in ("confirmed", "failed"):
+            self.fence_agent_runs.labels(result=result)
+        for kind in migration_kinds:
+            self.migration_seconds.labels(kind=kind)
+            self.migration_downtime_seconds.labels(kind=kind)
 
     # --- recording (each a line at the call site) -----------------------------------
     def etcd_request(self, op: str, ok: bool, seconds: float) -> None:

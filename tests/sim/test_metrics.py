@@ -138,3 +138,28 @@ async def test_failovers_and_restarts_are_counted_as_the_events_say(
     assert len(restarts) == 1
     assert total(scraped, "hvc_vm_restarts_total") == len(restarts)
     assert by_label(scraped[0], "hvc_node_up", "node") == {("n1",): 1, ("n2",): 0, ("n3",): 1}
+
+
+async def test_a_vm_whose_local_restarts_ran_out_is_a_failover_of_its_own_cause(
+    cluster: SimCluster,
+) -> None:
+    await cluster.start("n1", "n2")
+    await cluster.create_vm("flaky", ha={"preferred_owners": ["n1"]})
+    assert await cluster.wait_running("flaky") == "n1"
+    driver = cluster.drivers["n1"]
+    for i in range(FAST.local_restart_threshold + 1):
+        driver.inject_crash("flaky")
+
+        async def handled(n: int = i) -> bool:
+            s = await cluster.status("flaky")
+            return s is not None and (s.restarts > n or s.node != "n1")
+
+        await cluster.wait_for(handled, 10, f"crash {i + 1} handled")
+    assert await cluster.wait_running("flaky", not_on="n1") == "n2"
+    scraped = [await scrape(cluster, n) for n in ("n1", "n2")]
+    recovered = await cluster.event_list("vm.recovered", "vm/flaky")
+    assert len(recovered) == 1
+    assert total(scraped, "hvc_vm_failovers_total", from_node="n1", cause="vm_failed") == 1
+    assert total(scraped, "hvc_vm_failovers_total", cause="node_dead") == 0
+    restarts = await cluster.event_list("vm.restarted", "vm/flaky")
+    assert total(scraped, "hvc_vm_restarts_total") == len(restarts) == FAST.local_restart_threshold

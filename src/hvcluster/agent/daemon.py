@@ -39,6 +39,7 @@ from hvcluster.models.config import ClusterConfig
 from hvcluster.models.errors import HvcError, StoreError
 from hvcluster.models.event import Event, Say
 from hvcluster.models.lifecycle import VMState
+from hvcluster.models.migration import MigrationKind
 from hvcluster.store.base import Store
 from hvcluster.store.election import Election
 from hvcluster.store.etcd import EtcdStore
@@ -74,7 +75,7 @@ class Daemon:
         self.keys = Keys(cfg.cluster)
         # What this agent measures of itself (its etcd clients record into it too), served
         # by its API at /metrics.
-        self.metrics = AgentMetrics(cfg.node, clock=clock.now)
+        self.metrics = AgentMetrics(cfg.node, clock.now, [k.value for k in MigrationKind])
         self._own_store = store is None
         self.store: Store = store if store is not None else etcd_store(cfg, self.metrics)
         self.driver: Driver = driver if driver is not None else driver_of(cfg)
