@@ -196,3 +196,15 @@ async def test_validate_runs_the_apis_checks_failures_first(
     results = re.findall(r'<tr class="check-(\w+)">', frag)
     assert results and "fail" in results  # the memory store has no etcd members to ask
     assert results == sorted(results, key=["fail", "warn", "pass"].index)
+
+
+async def test_over_https_the_cookie_is_secure(store: MemoryStore) -> None:
+    app = create_app(store, KEYS, "n1")
+    install_dashboard(app)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="https://n1") as web:
+        bearer = await make_token(store, KEYS, "carol", Role.READER)
+        r = await web.post("/ui/login", data={"token": bearer})
+        assert r.status_code == 303
+        assert "secure" in r.headers["set-cookie"].lower()
+        assert (await web.get("/ui/")).status_code == 200
