@@ -22,8 +22,12 @@ from hvcluster.web.templates import render
 
 router = APIRouter()
 Who = Annotated[Viewer, Depends(viewer)]
-EVENTS_READ = 500  # the latest events read for the events page (then filtered)
-EVENTS_SHOWN = 200
+# How many of the latest events a poll reads (each is a read of etcd and a decode, on the
+# agent's event loop, every second or two per open page): the events page reads what it
+# shows, or more when a filter may leave most of them out; a VM's history looks further back.
+EVENTS_SHOWN = 100
+EVENTS_FILTERED = 500
+VM_HISTORY_READ = 300
 
 
 # --- overview -------------------------------------------------------------------------
@@ -69,7 +73,7 @@ async def _vm(who: Viewer, name: str) -> dict[str, Any]:
     vm = await vms.show_vm(name, who.ctx)
     moves = [m for m in (await migrations.list_migrations(who.ctx)).migrations if m.vm == name]
     moves.sort(key=lambda m: m.created, reverse=True)
-    logged = (await events.list_events(who.ctx, limit=EVENTS_READ)).events
+    logged = (await events.list_events(who.ctx, limit=VM_HISTORY_READ)).events
     history = [e for e in logged if e.event.subject == f"vm/{name}"][::-1][:30]
     node_list = await nodes.list_nodes(who.ctx)
     # Every node: the page is not redrawn after a move, and the API says why one cannot take it.
@@ -121,7 +125,8 @@ def event_matches(e: EventView, node: str, vm: str, kind: str) -> bool:
 
 
 async def _events(who: Viewer, node: str, vm: str, kind: str) -> dict[str, Any]:
-    logged = (await events.list_events(who.ctx, limit=EVENTS_READ)).events
+    read = EVENTS_FILTERED if node or vm or kind else EVENTS_SHOWN
+    logged = (await events.list_events(who.ctx, limit=read)).events
     shown = [e for e in reversed(logged) if event_matches(e, node, vm, kind)][:EVENTS_SHOWN]
     return {"events": shown, "node": node, "vm": vm, "kind": kind}
 
