@@ -23,12 +23,12 @@ from dataclasses import dataclass
 from fastapi import Request
 from starlette.responses import Response
 
-from hvcluster.api.auth import Caller, authenticate, required_role
+from hvcluster.api.auth import SESSION_COOKIE, Caller, authenticate, required_role
 from hvcluster.api.context import ApiContext
 from hvcluster.models.errors import Forbidden, Unauthenticated
 from hvcluster.models.token import Role
 
-COOKIE = "hvc_session"
+COOKIE = SESSION_COOKIE  # the API reads it too: a console websocket opened by our pages
 MAX_AGE_S = 12 * 3600  # the browser forgets it after a working day; the token may live on
 
 
