@@ -9,6 +9,7 @@ from hvcluster.cli import (
     client,
     cluster_cmd,
     config_cmd,
+    console_cmd,
     events_cmd,
     image_cmd,
     lab_cmd,
@@ -64,6 +65,7 @@ def main(
 
 
 vm_cmd.app.command("move")(move_cmd.move)
+vm_cmd.app.command("console")(console_cmd.console)
 app.add_typer(vm_cmd.app, name="vm")
 app.add_typer(move_cmd.app, name="migration")
 app.add_typer(node_cmd.app, name="node")

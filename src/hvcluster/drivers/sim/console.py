@@ -5,7 +5,7 @@ console``) without QEMU.
 * ``serial``: a tiny line shell, as a guest's serial getty would be. What is typed is echoed
   back (a terminal's echo); at the end of a line (CR or LF) it answers and prompts
   ``<vm>:/# ``: ``echo WORDS`` prints the words, ``hostname`` the VM's name, anything else
-  ``sh: CMD: not found``.
+  ``sh: CMD: not found``; ^C drops the line typed so far.
 * ``vnc``: greets with the RFB version line (``RFB 003.008``), as QEMU's VNC server does, and
   reads whatever comes after.
 
@@ -121,6 +121,9 @@ class SimConsoles:
                     out += b"\r\n" + (said.encode() + b"\r\n" if said else b"")
                     out += f"{vm}:/# ".encode()
                     line.clear()
+                elif byte == 0x03:  # ^C: the line is dropped, as a shell does
+                    line.clear()
+                    out += b"^C\r\n" + f"{vm}:/# ".encode()
                 elif byte in (0x08, 0x7F):  # backspace, delete
                     if line:
                         line.pop()
