@@ -22,6 +22,7 @@ from hvcluster.api import (
     switches,
     tokens,
     validation,
+    vm_edit,
     vms,
     volumes,
 )
@@ -133,4 +134,5 @@ def create_app(
     app.include_router(metrics.router)  # /metrics, where Prometheus looks (reader role)
     app.include_router(cluster_config.router, prefix=PREFIX)
     app.include_router(consoles.router, prefix=PREFIX)
+    app.include_router(vm_edit.router, prefix=PREFIX)
     return app

@@ -33,6 +33,8 @@ class VMView(View):
     spec: VMSpec
     placement: Placement | None = None
     status: VMStatus | None = None
+    # the spec's mod revision: an edit (PATCH /vms/{name}) may name it, refused if changed
+    spec_revision: int = 0
 
 
 class VMList(View):

@@ -46,7 +46,9 @@ def state_of(spec: VMSpec, placement: Placement | None, status: VMStatus | None)
     return VMState.PENDING
 
 
-def view(spec: VMSpec, placement: Placement | None, status: VMStatus | None) -> VMView:
+def view(
+    spec: VMSpec, placement: Placement | None, status: VMStatus | None, spec_revision: int = 0
+) -> VMView:
     """The VM as shown. A placement or status of an older VM of the same name (deleted,
     perhaps still stopping: another uid) is not this one's and is left out."""
     if placement is not None and not same_vm(spec, placement.uid):
@@ -61,10 +63,11 @@ def view(spec: VMSpec, placement: Placement | None, status: VMStatus | None) -> 
         spec=spec,
         placement=placement,
         status=status,
+        spec_revision=spec_revision,
     )
 
 
-async def _load(ctx: ApiContext, name: str, skipped: list[Skipped]) -> VMView:
+async def load_vm(ctx: ApiContext, name: str, skipped: list[Skipped]) -> VMView:
     """One VM with its placement and status, read in one transaction."""
     keys = ctx.keys
     result = await ctx.store.txn(
@@ -76,7 +79,7 @@ async def _load(ctx: ApiContext, name: str, skipped: list[Skipped]) -> VMView:
     spec = await decode_one(VMSpec, spec_kv, ctx.corrupt)
     placement = await decode_optional(Placement, placement_kv, ctx.corrupt, skipped)
     status = await decode_optional(VMStatus, status_kv, ctx.corrupt, skipped)
-    return view(spec, placement, status)
+    return view(spec, placement, status, spec_kv.mod_revision)
 
 
 @router.get("", response_model=VMList)
@@ -87,7 +90,8 @@ async def list_vms(ctx: Ctx) -> VMList:
     statuses: Decoded[VMStatus] = await snap.decoded(VMStatus, "status", ctx.corrupt)
     vms = []
     for name, spec in specs.by_name().items():
-        vms.append(view(spec, placements.get(name), statuses.get(name)))
+        revision = specs.items[name].mod_revision
+        vms.append(view(spec, placements.get(name), statuses.get(name), revision))
     skipped = skipped_of(specs, placements, statuses)
     return VMList(vms=vms, skipped=skipped, revision=snap.revision)
 
@@ -156,7 +160,7 @@ async def create_vm(spec: VMSpec, ctx: Ctx) -> VMView:
 
 @router.get("/{name}", response_model=VMView)
 async def show_vm(name: ValidName, ctx: Ctx) -> VMView:
-    return await _load(ctx, name, [])
+    return await load_vm(ctx, name, [])
 
 
 async def _set_desired(
@@ -179,7 +183,7 @@ async def _set_desired(
             reason,
             {"desired_state": desired, "revision": done.revision},
         )
-    return await _load(ctx, name, [])
+    return await load_vm(ctx, name, [])
 
 
 async def _clear_left_failed(ctx: ApiContext, name: str, request: ActionRequest | None) -> None:

@@ -19,6 +19,7 @@ from hvcluster.cli import (
     switch_cmd,
     token_cmd,
     vm_cmd,
+    vm_set_cmd,
     volume_cmd,
 )
 from hvcluster.cli.output import EXIT_CODES_HELP
@@ -66,6 +67,7 @@ def main(
 
 vm_cmd.app.command("move")(move_cmd.move)
 vm_cmd.app.command("console")(console_cmd.console)
+vm_cmd.app.command("set")(vm_set_cmd.set_vm)
 app.add_typer(vm_cmd.app, name="vm")
 app.add_typer(move_cmd.app, name="migration")
 app.add_typer(node_cmd.app, name="node")

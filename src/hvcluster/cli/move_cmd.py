@@ -19,7 +19,10 @@ from hvcluster.cli.output import (
 )
 from hvcluster.cli.views import listing
 
-app = typer.Typer(help="List, show and cancel migrations.", no_args_is_help=True)
+app = typer.Typer(
+    help="List, show and cancel migrations (storage moves too: one id names either).",
+    no_args_is_help=True,
+)
 
 POLL_S = 0.2
 FINAL = ("done", "failed", "cancelled")
@@ -149,10 +152,70 @@ def list_migrations(answer: dict[str, Any]) -> None:
     print_table("migrations", columns, rows)
 
 
+def fetch_record(client: Client, mid: str) -> dict[str, Any]:
+    """A migration's record, or a storage move's: one id names either."""
+    try:
+        record: dict[str, Any] = client.get(f"/migrations/{mid}")
+    except ApiError as e:
+        if e.status != 404:
+            raise
+        record = client.get(f"/storage-moves/{mid}")
+    return record
+
+
+def _when(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else ""
+
+
+def _ms(value: float | None) -> str:
+    return "" if value is None else f"{value:.0f} ms"
+
+
+def record_rows(m: dict[str, Any]) -> list[tuple[str, object]]:
+    p = m["progress"]
+    moved = f"{p['bytes_transferred']} of {p['bytes_total'] or '?'} bytes"
+    rows: list[tuple[str, object]] = [
+        ("vm", m["vm"]),
+        ("kind", m["kind"]),
+        ("state", m["state"]),
+        ("from", m["source"]),
+        ("to", m["target"] or ("(its node)" if m["kind"] == "storage" else "(not chosen yet)")),
+        ("volume", m.get("volume", "")),
+        ("requested by", m.get("requested_by", "")),
+        ("created", _when(m["created"])),
+        ("updated", _when(m["updated"])),
+        ("progress", moved),
+        ("downtime", _ms(m.get("downtime_ms"))),
+        ("total", _ms(m.get("total_ms"))),
+        ("transfer downtime", _ms(m.get("transfer_downtime_ms"))),
+        ("epoch", m.get("epoch", "")),
+        ("cpu model", m.get("cpu_model", "")),
+        ("reason", m["reason"]),
+    ]
+    return [(k, v) for k, v in rows if v not in ("", None)]
+
+
+@app.command("show")
+@friendly_errors
+def show(
+    mid: str = typer.Argument(..., help="Migration (or storage move) id."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+    api: list[str] | None = api_option(),
+) -> None:
+    """Show one migration or storage move: route, state, progress, times, reason."""
+    with Client.from_options(api) as client:
+        m = fetch_record(client, mid)
+    if as_json:
+        print_json(m)
+        return
+    print_table(f"migration {m['id']}", ("FIELD", "VALUE"), record_rows(m))
+
+
 @app.command("cancel")
 @friendly_errors
 def cancel(
     mid: str = typer.Argument(..., help="Migration id."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
     api: list[str] | None = api_option(),
 ) -> None:
     """Cancel a migration (or storage move) before the switch; the VM keeps running where
@@ -164,4 +227,7 @@ def cancel(
             if e.status != 404:
                 raise
             m = client.post(f"/storage-moves/{mid}/cancel")
+    if as_json:
+        print_json(m)
+    else:
         console.print(describe(m), highlight=False)

@@ -8,8 +8,15 @@ from typing import Any
 import typer
 
 from hvcluster.cli.client import Client, api_option
-from hvcluster.cli.output import ExitCode, console, err_console, friendly_errors, print_table
-from hvcluster.cli.views import listing, post, showing
+from hvcluster.cli.output import (
+    ExitCode,
+    console,
+    err_console,
+    friendly_errors,
+    print_json,
+    print_table,
+)
+from hvcluster.cli.views import json_option, listing, post, showing
 from hvcluster.cli.vm_cmd import warn_skipped, when
 
 app = typer.Typer(help="List nodes; pause, drain and resume them.", no_args_is_help=True)
@@ -91,7 +98,10 @@ def show(n: dict[str, Any]) -> None:
     print_table(f"node {n['name']}", ("FIELD", "VALUE"), _rows(n))
 
 
-def _say(n: dict[str, Any]) -> None:
+def _say(n: dict[str, Any], as_json: bool = False) -> None:
+    if as_json:
+        print_json(n)
+        return
     console.print(
         f"node [bold]{n['name']}[/]: {n['admin_state']}"
         + (f" ({n['node']['admin_reason']})" if n["node"]["admin_reason"] else ""),
@@ -104,10 +114,11 @@ def _say(n: dict[str, Any]) -> None:
 def pause(
     name: str = typer.Argument(..., help="Node name."),
     reason: str = typer.Option("", "--reason", help="Why (shown with the node)."),
+    as_json: bool = json_option(),
     api: list[str] | None = api_option(),
 ) -> None:
     """Pause a node: no new VMs are placed on it; those it runs keep running."""
-    _say(post(api, f"/nodes/{name}/pause", {"reason": reason} if reason else None))
+    _say(post(api, f"/nodes/{name}/pause", {"reason": reason} if reason else None), as_json)
 
 
 @app.command("resume")
@@ -124,6 +135,7 @@ def resume(
         help="none: VMs stay where they are; immediate: VMs drained off it move back now; "
         "policy: each VM's failback policy decides.",
     ),
+    as_json: bool = json_option(),
     api: list[str] | None = api_option(),
 ) -> None:
     """Resume a paused node: it takes new VMs again."""
@@ -135,7 +147,7 @@ def resume(
         body["reason"] = reason
     if clear_quarantine:
         body["clear_quarantine"] = True
-    _say(post(api, f"/nodes/{name}/resume", body))
+    _say(post(api, f"/nodes/{name}/resume", body), as_json)
 
 
 def _fail(message: str, code: int = ExitCode.ERROR) -> int:
@@ -150,6 +162,7 @@ def drain(
     reason: str = typer.Option("", "--reason", help="Why (shown with the node)."),
     wait: bool = typer.Option(False, "--wait", help="Follow it to the end; non-zero if VMs stay."),
     timeout: float = typer.Option(1800.0, "--timeout", help="Seconds --wait waits at most."),
+    as_json: bool = json_option(),
     api: list[str] | None = api_option(),
 ) -> None:
     """Move every VM off a node (live, a few at a time); the node ends paused."""
@@ -158,7 +171,7 @@ def drain(
         n = client.get(f"/nodes/{name}")
         if wait:
             n = _follow_drain(client, name, timeout)
-    _say(n)
+    _say(n, as_json)
     if wait and "stayed" in n["node"]["admin_reason"]:
         raise typer.Exit(1)
 

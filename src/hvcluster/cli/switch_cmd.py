@@ -7,8 +7,8 @@ from typing import Any
 import typer
 
 from hvcluster.cli.client import api_option
-from hvcluster.cli.output import console, friendly_errors, print_table
-from hvcluster.cli.views import listing, post, removing
+from hvcluster.cli.output import console, friendly_errors, print_json, print_table
+from hvcluster.cli.views import json_option, listing, post, removing
 from hvcluster.cli.vm_cmd import warn_skipped
 from hvcluster.models.storage import SwitchType
 
@@ -27,6 +27,7 @@ def add(
     uplink: str | None = typer.Option(
         None, "--uplink", help="External switches: the host NIC to bridge in (where present)."
     ),
+    as_json: bool = json_option(),
     api: list[str] | None = api_option(),
 ) -> None:
     """Add a switch. Each agent creates its bridge and reports it."""
@@ -34,6 +35,9 @@ def add(
     if uplink:
         body["uplink"] = uplink
     s = post(api, "/switches", body)
+    if as_json:
+        print_json(s)
+        return
     console.print(
         f"switch [bold]{s['name']}[/] ({s['type']}), bridge {s['bridge']} on every node",
         highlight=False,

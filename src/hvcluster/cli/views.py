@@ -82,10 +82,14 @@ def removing(
     @friendly_errors
     def command(
         name: str = typer.Argument(..., help=f"{what.capitalize()} name."),
+        as_json: bool = json_option(),
         api: list[str] | None = api_option(),
     ) -> None:
         with Client.from_options(api) as client:
-            client.delete(f"{collection}/{name}")
+            answer = client.delete(f"{collection}/{name}")
+        if as_json:
+            print_json(answer)
+            return
         console.print(f"{done} {what} [bold]{name}[/]", highlight=False)
 
 

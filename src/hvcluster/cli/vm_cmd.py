@@ -11,7 +11,7 @@ import typer
 
 from hvcluster.cli.client import Client, UsageError, api_option
 from hvcluster.cli.output import console, err_console, friendly_errors, print_json, print_table
-from hvcluster.cli.views import listing, post, showing
+from hvcluster.cli.views import json_option, listing, post, showing
 from hvcluster.models.vm import Priority
 
 app = typer.Typer(help="Create, list and manage VMs.", no_args_is_help=True)
@@ -208,10 +208,14 @@ def _desired(verb: str, help: str) -> None:
     def command(
         name: str = typer.Argument(..., help="VM name."),
         reason: str = typer.Option("", "--reason", help="Why (kept in the event log)."),
+        as_json: bool = json_option(),
         api: list[str] | None = api_option(),
     ) -> None:
         body = {"reason": reason} if reason else None
         vm = post(api, f"/vms/{name}/{verb}", body)
+        if as_json:
+            print_json(vm)
+            return
         console.print(
             f"vm [bold]{vm['name']}[/]: desired {vm['desired_state']} (now {vm['state']}"
             + (f" on {vm['node']}" if vm["node"] else "")
@@ -234,11 +238,15 @@ def rm(
         help="Also delete its disk files on shared volumes: those the cluster created for "
         "it that no other VM names (the others are kept; 'hvc events' says why).",
     ),
+    as_json: bool = json_option(),
     api: list[str] | None = api_option(),
 ) -> None:
     """Delete a VM: its spec goes, its agent stops it. Disk images are kept unless --disks."""
     with Client.from_options(api) as client:
-        client.delete(f"/vms/{name}?disks=true" if disks else f"/vms/{name}")
+        answer = client.delete(f"/vms/{name}?disks=true" if disks else f"/vms/{name}")
+    if as_json:
+        print_json(answer)
+        return
     also = (
         " (its disks on volumes that the cluster created and no VM names are deleted once it "
         "is stopped)"

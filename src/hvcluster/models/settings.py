@@ -112,8 +112,8 @@ def refused(error: ValidationError, settings: Mapping[str, Any]) -> InvalidInput
     for item in error.errors()[:10]:
         where = ".".join(str(p) for p in item["loc"])
         msg = str(item["msg"]).removeprefix("Value error, ")
-        if where and where.split(".")[0] == where and where not in settings:
-            # a nested model's own rule: loc is the nested field (e.g. "ha")
+        if where and where not in settings:
+            # a nested model's own rule: loc is the nested model ("ha.failback")
             matching = [k for k in settings if k.startswith(where + ".")]
             where = matching[0] if len(matching) == 1 else where
         if not where and len(settings) == 1:
