@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from hvcluster.host.pki import Authority
 from hvcluster.lab.etcd import EtcdCluster
-from hvcluster.lab.pki import Authority
 from hvcluster.store.etcd_conn import EtcdTls
 
 SHM = Path("/dev/shm")

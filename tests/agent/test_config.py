@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from hvcluster.agent.config import load_config
-from hvcluster.lab.pki import Authority
+from hvcluster.host.pki import Authority
 from hvcluster.models.errors import ConfigError
 
 

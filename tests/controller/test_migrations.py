@@ -49,9 +49,7 @@ def coordinator(
         said.append(f"{kind} {reason}")
 
     clock = (lambda: now) if now is not None else time.time
-    return MigrationCoordinator(
-        store, KEYS, say, ControllerNotes(started=0.0), lambda: True, clock
-    )
+    return MigrationCoordinator(store, KEYS, say, ControllerNotes(started=0.0), lambda: True, clock)
 
 
 async def test_requests_are_prepared_or_failed_with_the_reason(store: MemoryStore) -> None:

@@ -19,8 +19,8 @@ from typer.testing import CliRunner
 
 from hvcluster.cli.main import app as cli_app
 from hvcluster.cli.volume_cmd import place_marker
+from hvcluster.host.pki import Authority
 from hvcluster.lab import processes
-from hvcluster.lab.pki import Authority
 from tests.lab.conftest import Lab, make_lab, wait_for
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(120)]

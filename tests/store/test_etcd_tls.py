@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from hvcluster.host.pki import Authority
 from hvcluster.lab.etcd import EtcdCluster, free_ports
-from hvcluster.lab.pki import Authority
 from hvcluster.models.errors import InvalidInput, StoreError
 from hvcluster.store.base import Member, StoreHealth
 from hvcluster.store.etcd import EtcdStore

@@ -47,7 +47,6 @@ GIB = 1024**3
 DELETIONS = "delete-disks/"
 
 
-
 @dataclass(frozen=True)
 class NamedFiles:
     """What VM specs name, read once for a batch of deletions."""

@@ -30,7 +30,6 @@ from hvcluster.store.reads import read_kind
 log = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True)
 class Resources:
     """What this node reports of its switches and volumes in ``nodes/<me>``."""

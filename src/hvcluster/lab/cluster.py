@@ -29,9 +29,9 @@ from typing import Literal
 import httpx
 
 from hvcluster.drivers.runtime import running_pids
+from hvcluster.host.pki import Authority, CertFiles
 from hvcluster.lab import members, netns, processes
 from hvcluster.lab.etcd import free_ports
-from hvcluster.lab.pki import Authority, CertFiles
 from hvcluster.lab.state import DEFAULT_LAB_DIR, LabNode, LabState, load, save
 from hvcluster.models.config import ClusterConfig
 from hvcluster.models.errors import HvcError

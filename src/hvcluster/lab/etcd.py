@@ -1,7 +1,7 @@
 """Real etcd processes on this machine: for the test fixtures, the lab and fault injection.
 
 :class:`EtcdCluster` starts 1, 3 or 5 members of the Debian ``etcd`` on free loopback ports
-with their own data dirs, over plain HTTP or (given an :class:`~hvcluster.lab.pki.Authority`)
+with their own data dirs, over plain HTTP or (given an :class:`~hvcluster.host.pki.Authority`)
 with TLS on client and peer links and client-certificate authentication. Each member
 (:class:`EtcdProcess`) can be stopped (SIGTERM, then SIGKILL), killed, paused (SIGSTOP),
 resumed (SIGCONT) and restarted on the same ports and data dir. No process outlives its owner:
@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
-from hvcluster.lab.pki import Authority, CertFiles
+from hvcluster.host.pki import Authority, CertFiles
 from hvcluster.models.errors import HvcError
 
 ETCD_BINARY = "/usr/bin/etcd"
@@ -99,8 +99,11 @@ class EtcdProcess:
         host: str = HOST,
         tls: CertFiles | None = None,
         client_tls: CertFiles | None = None,
+        cluster_state: str = "new",
     ) -> None:
-        """``tls``: this member's certificate (its client and peer URLs are then https and
+        """``cluster_state``: ``new`` (a member of a cluster starting now) or ``existing``
+        (one added to a running cluster: ``hvc node join``). ``tls``: this member's
+        certificate (its client and peer URLs are then https and
         it asks every client and peer for a certificate signed by the same CA);
         ``client_tls``: the certificate its health check presents (default ``tls``)."""
         self.name = name
@@ -115,6 +118,7 @@ class EtcdProcess:
         self.binary = binary
         self.tls = tls
         self.client_tls = client_tls or tls
+        self.cluster_state = cluster_state
         self.log_path = data_dir.parent / f"{name}.log"
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -154,7 +158,7 @@ class EtcdProcess:
             f"--initial-advertise-peer-urls={self.peer_url}",
             f"--initial-cluster={self.initial_cluster}",
             f"--initial-cluster-token={self.cluster_token}",
-            "--initial-cluster-state=new",
+            f"--initial-cluster-state={self.cluster_state}",
             f"--heartbeat-interval={self.heartbeat_ms}",
             f"--election-timeout={self.election_ms}",
             "--logger=zap",

@@ -15,10 +15,10 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from hvcluster.host.pki import Authority, CertFiles
 from hvcluster.lab import processes
 from hvcluster.lab.etcd import EtcdProcess
 from hvcluster.lab.netns import LabNet
-from hvcluster.lab.pki import Authority, CertFiles
 from hvcluster.lab.state import LabEtcd, LabState
 from hvcluster.models.errors import HvcError
 

@@ -176,6 +176,18 @@ class Member:
 
 
 @dataclass(frozen=True)
+class Membership:
+    """An etcd member as the cluster's member list has it (``hvc node join``/``evict``
+    manage these; :class:`Member` is the health view)."""
+
+    id: int
+    name: str  # empty until the member has started and announced itself
+    peer_urls: tuple[str, ...]
+    client_urls: tuple[str, ...] = ()
+    learner: bool = False
+
+
+@dataclass(frozen=True)
 class StoreHealth:
     """What ``hvc store check`` shows, and what an agent's "is it me or etcd?" asks."""
 
@@ -293,6 +305,25 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def health(self) -> StoreHealth:
         """Members, leader, latency: what ``hvc store check`` shows."""
+
+    # --- membership (hvc node join/evict) -------------------------------------------
+    @abc.abstractmethod
+    async def members(self) -> tuple[Membership, ...]:
+        """The store's members, learners included."""
+
+    @abc.abstractmethod
+    async def add_member(self, peer_urls: Sequence[str], learner: bool = True) -> Membership:
+        """Add a member (a learner by default: it votes only once promoted, so a member that
+        never starts cannot cost the cluster its quorum)."""
+
+    @abc.abstractmethod
+    async def promote_member(self, member_id: int) -> None:
+        """Make a learner a voting member; refused (:class:`StoreError`) until it has caught
+        up with the leader."""
+
+    @abc.abstractmethod
+    async def remove_member(self, member_id: int) -> None:
+        """Remove a member (:class:`~hvcluster.models.errors.NotFound` if there is none)."""
 
     @abc.abstractmethod
     async def close(self) -> None:

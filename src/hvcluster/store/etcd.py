@@ -32,6 +32,7 @@ from aetcd import rpc
 
 from hvcluster.metrics import AgentMetrics
 from hvcluster.models.errors import InvalidInput, LeaseLost, StoreError
+from hvcluster.store import etcd_members
 from hvcluster.store.base import (
     RANGE_ATTEMPTS,
     Compare,
@@ -40,6 +41,7 @@ from hvcluster.store.base import (
     KeyValue,
     Lease,
     Member,
+    Membership,
     Op,
     Page,
     Put,
@@ -496,6 +498,18 @@ class EtcdStore(Store):
                 return list(response.members)
         except (TimeoutError, grpc.aio.AioRpcError):
             return None
+
+    async def members(self) -> tuple[Membership, ...]:
+        return await etcd_members.members(self._conn)
+
+    async def add_member(self, peer_urls: Sequence[str], learner: bool = True) -> Membership:
+        return await etcd_members.add(self._conn, peer_urls, learner)
+
+    async def promote_member(self, member_id: int) -> None:
+        await etcd_members.promote(self._conn, member_id)
+
+    async def remove_member(self, member_id: int) -> None:
+        await etcd_members.remove(self._conn, member_id)
 
     async def close(self) -> None:
         await self._conn.close()

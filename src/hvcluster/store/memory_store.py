@@ -27,9 +27,9 @@ import contextlib
 import itertools
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from hvcluster.models.errors import LeaseLost, StoreError, StoreUnavailable
+from hvcluster.models.errors import LeaseLost, NotFound, StoreError, StoreUnavailable
 from hvcluster.store.base import (
     Compare,
     Delete,
@@ -38,6 +38,7 @@ from hvcluster.store.base import (
     KeyValue,
     Lease,
     Member,
+    Membership,
     Op,
     Page,
     Put,
@@ -111,6 +112,9 @@ class MemoryStore(Store):
         self._changed = asyncio.Event()
         self._closed = False
         self._available = True
+        self._self_member = Membership(id=1, name="memory", peer_urls=("memory://1",))
+        self._members: dict[int, Membership] = {}
+        self._caught_up_members: set[int] = set()
         self._reaper: asyncio.Task[None] | None = None
         self._lease_added = asyncio.Event()
         self._caught_up = 0  # watches that sent everything and wait for the next change
@@ -282,6 +286,42 @@ class MemoryStore(Store):
             error="" if self._available else "no leader (simulated outage)",
         )
         return StoreHealth((member,), "memory" if self._available else None)
+
+    # A stateful fake of etcd's member list: one voting member, learners added by join, a
+    # learner promoted once :meth:`catch_up` says it has caught up (as etcd refuses before).
+    async def members(self) -> tuple[Membership, ...]:
+        await self._checkpoint()
+        return (self._self_member, *self._members.values())
+
+    async def add_member(self, peer_urls: Sequence[str], learner: bool = True) -> Membership:
+        await self._checkpoint()
+        if any(set(peer_urls) & set(m.peer_urls) for m in await self.members()):
+            raise StoreError(f"memory store: a member already has peer URL(s) {peer_urls}")
+        member = Membership(id=len(self._members) + 2, name="", peer_urls=tuple(peer_urls),
+                            learner=learner)  # fmt: skip
+        self._members[member.id] = member
+        return member
+
+    def catch_up(self, member_id: int, name: str) -> None:
+        """The member started and caught up with the leader (what a real learner does)."""
+        self._caught_up_members.add(member_id)
+        self._members[member_id] = replace(self._members[member_id], name=name)
+
+    async def promote_member(self, member_id: int) -> None:
+        await self._checkpoint()
+        member = self._members.get(member_id)
+        if member is None or not member.learner:
+            raise StoreError(f"memory store: member {member_id:x} is not a learner")
+        if member_id not in self._caught_up_members:
+            raise StoreError(
+                "memory store: can only promote a learner member which is in sync with leader"
+            )
+        self._members[member_id] = replace(member, learner=False)
+
+    async def remove_member(self, member_id: int) -> None:
+        await self._checkpoint()
+        if self._members.pop(member_id, None) is None:
+            raise NotFound(f"etcd member {member_id:x} not found")
 
     async def close(self) -> None:
         self._closed = True

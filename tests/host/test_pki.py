@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hvcluster.lab.pki import Authority, PkiError
+from hvcluster.host.pki import Authority, PkiError, make_request, serial_of, sign_request
 
 
 def openssl(*args: str) -> str:
@@ -38,3 +38,27 @@ def test_certificates_name_their_addresses_and_keys_are_private(tmp_path: Path) 
 def test_a_name_that_cannot_be_a_file_is_refused(tmp_path: Path) -> None:
     with pytest.raises(PkiError, match="cannot name"):
         Authority(tmp_path / "pki").issue("../escape")
+
+
+def test_a_request_is_signed_for_the_name_it_was_made_for_only(tmp_path: Path) -> None:
+    pki = Authority(tmp_path / "pki")
+    pki.ensure_ca()
+    ca_cert, ca_key = pki.ca_cert.read_text(), pki.ca_key.read_text()
+    key, csr = make_request(tmp_path / "host", "n4")
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert "PRIVATE KEY" not in csr
+    signed = sign_request(ca_cert, ca_key, csr, "n4", ["10.0.0.4"])
+    (tmp_path / "n4.crt").write_text(signed.cert_pem)
+    assert "OK" in openssl("verify", "-CAfile", str(pki.ca_cert), str(tmp_path / "n4.crt"))
+    assert serial_of(signed.cert_pem) == signed.serial
+    names = openssl("x509", "-in", str(tmp_path / "n4.crt"), "-noout", "-ext", "subjectAltName")
+    assert "IP Address:10.0.0.4" in names
+    # The certificate matches the host's own key.
+    modulus = openssl("x509", "-in", str(tmp_path / "n4.crt"), "-noout", "-pubkey")
+    assert modulus == openssl("pkey", "-in", str(key), "-pubout")
+    with pytest.raises(PkiError, match="subject must be CN=n5, it is CN=n4"):
+        sign_request(ca_cert, ca_key, csr, "n5")
+    with pytest.raises(PkiError, match="csr: not a valid"):
+        sign_request(ca_cert, ca_key, csr.replace("A", "B", 3), "n4")
+    with pytest.raises(PkiError, match="cannot name a certificate"):
+        make_request(tmp_path, "../x")

@@ -1,0 +1,68 @@
+"""etcd's member API (add a learner, promote it, remove a member, list), on the store's own
+gRPC connection: ``aetcd`` wraps MemberAdd without its ``isLearner`` field and has no
+MemberPromote, so these use etcd's cluster service directly through the stubs ``aetcd``
+ships (the same ones every other store call uses).
+
+Membership changes are never retried on another endpoint once sent (``mutable``): a member
+add whose answer was lost may have happened, and the caller lists the members again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from aetcd import rpc
+
+from hvcluster.models.errors import NotFound
+from hvcluster.store.base import Membership
+from hvcluster.store.etcd_conn import Connection, Endpoint
+
+
+def membership(m: Any) -> Membership:
+    return Membership(
+        id=int(m.ID),
+        name=str(m.name),
+        peer_urls=tuple(m.peerURLs),
+        client_urls=tuple(m.clientURLs),
+        learner=bool(m.isLearner),
+    )
+
+
+async def members(conn: Connection) -> tuple[Membership, ...]:
+    async def call(ep: Endpoint, left: float) -> Any:
+        return await ep.stub("cluster").MemberList(rpc.MemberListRequest(), timeout=left)
+
+    response = await conn.call("member list", call, op="member", mutable=False)
+    return tuple(membership(m) for m in response.members)
+
+
+async def add(conn: Connection, peer_urls: Sequence[str], learner: bool) -> Membership:
+    request = rpc.MemberAddRequest(peerURLs=list(peer_urls), isLearner=learner)
+
+    async def call(ep: Endpoint, left: float) -> Any:
+        return await ep.stub("cluster").MemberAdd(request, timeout=left)
+
+    what = f"member add {','.join(peer_urls)}"
+    response = await conn.call(what, call, op="member", mutable=True)
+    return membership(response.member)
+
+
+async def promote(conn: Connection, member_id: int) -> None:
+    request = rpc.MemberPromoteRequest(ID=member_id)
+
+    async def call(ep: Endpoint, left: float) -> Any:
+        return await ep.stub("cluster").MemberPromote(request, timeout=left)
+
+    await conn.call(f"member promote {member_id:x}", call, op="member", mutable=True)
+
+
+async def remove(conn: Connection, member_id: int) -> None:
+    if not any(m.id == member_id for m in await members(conn)):
+        raise NotFound(f"etcd member {member_id:x} not found")
+    request = rpc.MemberRemoveRequest(ID=member_id)
+
+    async def call(ep: Endpoint, left: float) -> Any:
+        return await ep.stub("cluster").MemberRemove(request, timeout=left)
+
+    await conn.call(f"member remove {member_id:x}", call, op="member", mutable=True)
