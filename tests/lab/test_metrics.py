@@ -1,7 +1,8 @@
 """``/metrics`` of real agent processes (a sim lab: etcd and agents on loopback, TLS):
 scraped over https as Prometheus would, parsed with prometheus_client's parser, and checked
-against the API: VMs by state and node, and a live migration counted once with its
-downtime. The agents' own etcd clients (liveness's thread included) are timed."""
+against the API: VMs by state and node, a live migration counted once with its downtime,
+then a failover when a node's host is killed. The agents' own etcd clients (liveness's thread
+included) are timed."""
 
 from __future__ import annotations
 
@@ -98,3 +99,22 @@ def test_metrics_of_real_agents_agree_with_the_api(sim_lab: Lab) -> None:
     assert downtime == pytest.approx(final["downtime_ms"] / 1000)
     wait_for(agree, 20, "hvc_vms to follow the move")
     assert vms_by_node_and_state(scrape(lab, "n1"))[("n2", "running")] == 1
+
+    # n2's host dies: mweb fails over to n1, whose controller leads (if it did not yet) and
+    # counts it; its agent's numbers say what GET /nodes and the events say.
+    lab.fault("kill", "n2")
+
+    def back_on_n1() -> bool:
+        vm = lab.vm("mweb", avoid="n2")
+        return bool(vm["state"] == "running" and vm["node"] == "n1")
+
+    wait_for(back_on_n1, 60, "mweb failed over to n1")
+    recovered = [e["event"] for e in lab.events(avoid="n2") if e["event"]["kind"] == "vm.recovered"]
+    assert [e["subject"] for e in recovered].count("vm/mweb") == 1
+    m = scrape(lab, "n1")
+    failovers = named(m, "hvc_vm_failovers_total", from_node="n2", cause="node_dead")
+    assert failovers == len(recovered)  # (mweb, and any other VM n2 ran)
+    assert named(m, "hvc_controller_leader") == 1
+    alive = {n["name"]: n["alive"] for n in lab.get("/nodes", avoid="n2")["nodes"]}
+    assert alive == {"n1": True, "n2": False}
+    assert named(m, "hvc_node_up", node="n2") == 0 and named(m, "hvc_node_up", node="n1") == 1
