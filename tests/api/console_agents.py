@@ -9,11 +9,12 @@ import contextlib
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import uvicorn
+from fastapi import FastAPI
 
 from hvcluster.agent.consoles import local_console
 from hvcluster.api import create_app
@@ -49,7 +50,8 @@ class ConsoleAgents:
     def url(self, node: str, vm: str, kind: str = "serial") -> str:
         return f"ws://127.0.0.1:{self.ports[node]}/api/v1/vms/{vm}/console/{kind}"
 
-    async def add_node(self, name: str) -> None:
+    async def add_node(self, name: str, setup: Callable[[FastAPI], None] | None = None) -> None:
+        """Node ``name`` and its API served; ``setup(app)`` adds to the app (the dashboard)."""
         driver = self.drivers[name] = SimDriver(run_dir=self.tmp / name)
         port = self.ports[name] = free_port()
         node = Node(
@@ -63,6 +65,8 @@ class ConsoleAgents:
         beat = NodeAlive(node=name, lease=lease.id, since=time.time())
         await self.store.put(KEYS.alive(name), encode(beat), lease=lease.id)
         app = create_app(self.store, KEYS, name, local_console=local_console(driver))
+        if setup is not None:
+            setup(app)
         config = uvicorn.Config(
             app, host="127.0.0.1", port=port, log_level="warning", lifespan="off",
             **server_settings(),
@@ -116,12 +120,12 @@ class ConsoleAgents:
 
 @contextlib.asynccontextmanager
 async def console_agents(
-    store: MemoryStore, tmp: Path, *nodes: str
+    store: MemoryStore, tmp: Path, *nodes: str, setup: Callable[[FastAPI], None] | None = None
 ) -> AsyncIterator[ConsoleAgents]:
     agents = ConsoleAgents(store, tmp)
     try:
         for node in nodes:
-            await agents.add_node(node)
+            await agents.add_node(node, setup)
         yield agents
     finally:
         await agents.stop()

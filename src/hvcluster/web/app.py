@@ -19,7 +19,7 @@ from starlette.responses import RedirectResponse, Response
 from hvcluster.api.context import ApiContext
 from hvcluster.api.errors import status_of
 from hvcluster.models.errors import HvcError, Unauthenticated
-from hvcluster.web import actions, pages, vendor
+from hvcluster.web import actions, console_page, pages, vendor
 from hvcluster.web.session import (
     CrossSite,
     NeedsLogin,
@@ -42,6 +42,7 @@ def create_dashboard(ctx: ApiContext, vendor_dir: Path = vendor.VENDOR_DIR) -> F
     web.mount("/static", StaticFiles(directory=STATIC, check_dir=False), name="static")
     web.include_router(pages.router)
     web.include_router(actions.router)
+    web.include_router(console_page.router)
     web.add_api_route("/login", login_page, methods=["GET"])
     web.add_api_route("/login", login, methods=["POST"])
     web.add_api_route("/logout", logout, methods=["POST"])

@@ -6,8 +6,9 @@ console``) without QEMU.
   back (a terminal's echo); at the end of a line (CR or LF) it answers and prompts
   ``<vm>:/# ``: ``echo WORDS`` prints the words, ``hostname`` the VM's name, anything else
   ``sh: CMD: not found``; ^C drops the line typed so far.
-* ``vnc``: greets with the RFB version line (``RFB 003.008``), as QEMU's VNC server does, and
-  reads whatever comes after.
+* ``vnc``: speaks RFB 3.8 as QEMU's VNC server without a password does, up to the server's
+  init (a 640x480 screen named after the VM; no pixels ever come), then reads whatever
+  comes after.
 
 A server is started the first time its console is asked for, and stops (cutting its clients)
 when the VM stops here or leaves: a client then sees the stream end, as with QEMU.
@@ -18,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
+import struct
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +28,8 @@ from hvcluster.drivers.errors import NoConsole
 from hvcluster.models.console import ConsoleKind, console_socket_name
 
 RFB_GREETING = b"RFB 003.008\n"
+# 32 bits per pixel, depth 24, little-endian, true colour, 8 bits each of red, green, blue.
+PIXEL_FORMAT = struct.pack(">BBBBHHHBBB3x", 32, 24, 0, 1, 255, 255, 255, 16, 8, 0)
 MAX_LINE = 4096
 
 
@@ -136,8 +140,19 @@ class SimConsoles:
 
     @staticmethod
     async def _vnc(vm: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(RFB_GREETING)
-        await writer.drain()
-        with contextlib.suppress(ConnectionError):
+        """RFB 3.8 up to the server's init, as QEMU's VNC server without a password (security
+        type None) and a black 640x480 screen; then it takes and ignores what comes."""
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            writer.write(RFB_GREETING)
+            await writer.drain()
+            await reader.readexactly(len(RFB_GREETING))  # the client's version
+            writer.write(bytes([1, 1]))  # one security type: None
+            await reader.readexactly(1)
+            writer.write(struct.pack(">I", 0))  # security result: OK
+            await reader.readexactly(1)  # client init (shared or not)
+            name = vm.encode()
+            writer.write(struct.pack(">HH", 640, 480) + PIXEL_FORMAT)
+            writer.write(struct.pack(">I", len(name)) + name)
+            await writer.drain()
             while await reader.read(4096):
                 pass
