@@ -11,8 +11,9 @@ Where the API is, which token to send and which CA to trust are each found in th
    ``/run/hvc-lab/lab.json``, keys ``"api"``: a list of base URLs, ``"token"``, ``"ca"``);
    its token and CA only for the lab's own URLs (its admin token goes nowhere else).
 
-Each URL is tried in turn until one answers; a request is only retried on another URL when
-it could not connect (so it was never sent).
+With several URLs, the first that answers ``/healthz`` quickly is used (a hung agent accepts
+connections but never answers); a write is only retried on another URL when it could not
+connect (so it was never sent), a read also when it timed out (see :class:`Client`).
 
 An https API's certificate is checked against the CA found as above, else the system's CAs.
 
@@ -41,6 +42,9 @@ CONFIG_FILE = Path("~/.config/hvc/config.toml")
 CONFIG_KEYS = ("api", "token", "ca")
 PREFIX = "/api/v1"
 TIMEOUT_S = 5.0
+# How long an agent has to answer /healthz before the next is tried (see Client): long
+# enough for a loaded but working agent, short enough that a hung one costs little.
+PROBE_TIMEOUT_S = 0.75
 
 
 class ApiError(HvcError):
@@ -242,7 +246,25 @@ def _error_of(response: httpx.Response) -> ApiError:
 
 
 class Client:
-    """Sync client of one cluster's API, trying each known URL until one answers."""
+    """Sync client of one cluster's API, given several agents' URLs.
+
+    **Which agent.** With more than one URL, the client first picks a live one: it asks each
+    in turn for ``/healthz`` with a short timeout (:data:`PROBE_TIMEOUT_S`) and keeps the
+    first that answers 200 for every request it makes. A hung agent (SIGSTOPped, or its host
+    frozen) still accepts TCP connections, since the kernel completes them, but never
+    answers: without the probe a request would wait out the full timeout there. An agent
+    whose etcd is out answers 503 and is passed over too (it could not serve).
+
+    **Writes are sent once.** A request that reached an agent's socket runs when that agent
+    resumes, even if we gave up on it, so a write is never sent to a second agent after a
+    timeout (it might be done twice: a VM created twice is refused, but a move or a config
+    change would be asked twice). A write goes to the agent the probe found live, a moment
+    before, and moves on to the next only when it could not connect at all (refused, no
+    route: nothing was sent). If it then times out, the error says it may or may not have
+    been done. Reads are safe to repeat: one that times out goes to the next agent.
+
+    When no agent answers the probe in time (all slow, not hung), each is asked anyway with
+    the full timeout, in order, as above."""
 
     def __init__(
         self,
@@ -250,11 +272,15 @@ class Client:
         timeout: float = TIMEOUT_S,
         token: str | None = None,
         ca: str | None = None,
+        probe_timeout: float = PROBE_TIMEOUT_S,
     ) -> None:
         """``ca``: the CA file to check an https API against (None: the system's CAs)."""
         if not urls:
             raise UsageError("no API URL to talk to")
         self.urls = list(urls)
+        self.probe_timeout = probe_timeout
+        self.live: str | None = None  # the agent chosen, once one answered
+        self._probed = False
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(timeout=timeout, headers=headers, verify=tls_context(ca))
 
@@ -275,6 +301,38 @@ class Client:
     def _unreachable(self, errors: list[str]) -> ApiError:
         return Unreachable("cannot reach the hvcluster API: " + "; ".join(errors))
 
+    def _healthy(self, base: str) -> str | None:
+        """None if ``base`` answers ``/healthz`` with 200 within the probe timeout, else why
+        not."""
+        try:
+            response = self._http.get(base + PREFIX + "/healthz", timeout=self.probe_timeout)
+        except httpx.ConnectError as e:
+            return _why(e)
+        except httpx.TimeoutException:
+            return f"did not answer within {self.probe_timeout:g}s (hung?)"
+        except httpx.HTTPError as e:
+            return str(e) or type(e).__name__
+        if response.status_code != 200:
+            return _error_of(response).args[0] if response.is_error else "not healthy"
+        return None
+
+    def _candidates(self, errors: list[str]) -> list[str]:
+        """The URLs to try, best first: the live agent (found by the probe, once per client)
+        and then the others in order; with one URL, just it (there is no other to choose)."""
+        if len(self.urls) == 1:
+            return list(self.urls)
+        if not self._probed:
+            self._probed = True
+            for base in self.urls:
+                why = self._healthy(base)
+                if why is None:
+                    self.live = base
+                    break
+                errors.append(f"{base}: {why}")
+        if self.live is None:
+            return list(self.urls)
+        return [self.live] + [u for u in self.urls if u != self.live]
+
     def request(
         self,
         method: str,
@@ -283,22 +341,28 @@ class Client:
         json_body: Any = None,
         params: Mapping[str, Any] | None = None,
     ) -> Any:
-        """Send a request; return the decoded JSON body or raise :class:`ApiError`."""
+        """Send a request; return the decoded JSON body or raise :class:`ApiError`. See the
+        class docstring for which agent gets it, and when another is tried."""
         errors: list[str] = []
-        for base in self.urls:
+        read = method in ("GET", "HEAD")
+        for base in self._candidates(errors):
             url = base + PREFIX + path
             try:
                 response = self._http.request(method, url, json=json_body, params=params)
             except httpx.ConnectError as e:
                 errors.append(f"{base}: {_why(e)}")
-                continue
+                continue  # never sent: another agent may take it
             except httpx.TimeoutException:
-                if method == "GET":  # safe to ask the next agent (this one may be hung)
+                if read:  # safe to ask the next agent (this one may be hung)
                     errors.append(f"{base}: did not answer in time")
                     continue
-                raise ApiError(f"{base} did not answer in time ({method} {path})") from None
+                raise Unreachable(
+                    f"{base} did not answer in time ({method} {path}): it may or may not "
+                    "have been done; look before trying again"
+                ) from None
             except httpx.HTTPError as e:
-                raise ApiError(f"{base}: {e}") from None
+                raise Unreachable(f"{base}: {e}") from None
+            self.live = base
             if response.is_error:
                 raise _error_of(response)
             try:
@@ -324,7 +388,7 @@ class Client:
         when the server ends the stream."""
         errors: list[str] = []
         query = {k: v for k, v in params.items() if v is not None}
-        for base in self.urls:
+        for base in self._candidates(errors):
             url = base + PREFIX + path
             try:
                 with self._http.stream(
