@@ -70,7 +70,8 @@ class AgentMetrics:
         self.etcd_request_seconds = Histogram(
             "hvc_etcd_request_seconds",
             "Time of this agent's requests to etcd (liveness's own client included), by "
-            "operation and outcome (ok, error), fail-over to another member included.",
+            "operation and outcome (ok, error), fail-over to another member included; "
+            "watch streams and member status probes aside.",
             ["op", "outcome"],
             buckets=REQUEST_BUCKETS,
             registry=reg,
