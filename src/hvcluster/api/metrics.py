@@ -31,7 +31,7 @@ from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, gener
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from hvcluster.api import vms
-from hvcluster.api.context import Ctx
+from hvcluster.api.context import ApiContext, Ctx
 from hvcluster.api.views import VMView
 from hvcluster.models.errors import StoreError
 from hvcluster.models.lifecycle import NodeAdminState, VMState
@@ -89,7 +89,7 @@ class _Fixed(CollectorRegistry):
         return self.families
 
 
-async def cluster_facts(ctx: Ctx, snap: Snapshot) -> list[Metric]:
+async def cluster_facts(ctx: ApiContext, snap: Snapshot) -> list[Metric]:
     """The cluster-wide facts of ``snap`` (corrupt values skipped, counted by kind)."""
     nodes: Decoded[Node] = await snap.decoded(Node, "nodes", ctx.corrupt)
     specs: Decoded[VMSpec] = await snap.decoded(VMSpec, "vms", ctx.corrupt)
