@@ -219,6 +219,7 @@ class Daemon:
             may_start=lambda: live.state().may_start(self.clock.now(), config.fence_after_s),
             clock=self.clock,
             metrics=self.metrics,
+            timings=self._timings,
         )
         self.migrations = MigrationWorker(self.store, self.keys, agent, agent_say)
         storage = self.storage = StorageMover(self.store, self.keys, agent, agent_say)
@@ -246,6 +247,13 @@ class Daemon:
         for task in done:
             if task.exception() is not None:
                 raise task.exception()  # type: ignore[misc]
+
+    def _timings(self) -> tuple[float, float]:
+        """The fence_after and lease TTL the node's liveness runs with (what it read at
+        start; the TTL of the lease it holds, which an adopted lease keeps from before)."""
+        liveness = self.liveness
+        assert liveness is not None  # started before the node agent exists
+        return liveness.config.fence_after_s, liveness.lease_ttl
 
     def _resources(self, agent: NodeAgent, say: Say) -> HostResources:
         """The periodic check of this host's volumes and switches, wired to the agent."""

@@ -75,6 +75,7 @@ class NodeAgent:
         shutdown_timeout: float = 20.0,
         clock: Clock = SYSTEM,
         metrics: AgentMetrics | None = None,
+        timings: Callable[[], tuple[float, float]] | None = None,
     ) -> None:
         self.store, self.keys, self.me, self.driver = store, keys, me, driver
         # restarts and migrations it carries out (its workers' too) are counted here
@@ -86,6 +87,8 @@ class NodeAgent:
         # watchdog not acknowledging feeding).
         self.may_start = may_start
         self.shutdown_timeout = shutdown_timeout
+        # (fence_after, lease TTL) its liveness runs with, published in the node record
+        self.timings = timings
         self.crashes: dict[str, list[float]] = {}
         self.owned: dict[str, int] = {}  # vm -> placement mod revision it runs under
         self.incoming: set[str] = set()
@@ -126,6 +129,8 @@ class NodeAgent:
             "registered_at": self.clock.wall(),
             **self.resources.fields(),
         }
+        if self.timings is not None:
+            mine["fence_after_s"], mine["lease_ttl_s"] = self.timings()
         node = await self._write_node(mine)
         assert node is not None
         return node

@@ -156,7 +156,8 @@ FIXED = frozenset({"name"})
 # What each agent reads once, when it starts: its lease is granted with the TTL, and its
 # liveness (keepalives, watchdog deadlines, "is it me or etcd" evidence) runs on these. A
 # change reaches an agent when it restarts; meanwhile the controller (which reads the config
-# every cycle) waits as long as the node's own published timings need too (Node.timings).
+# every cycle) waits as long as the node's own published timings need too
+# (Node.fence_after_s and lease_ttl_s, scheduler/liveness.node_timings).
 RESTART_NEEDED = frozenset(
     {"lease_ttl_s", "keepalive_interval_s", "fence_after_s", "evidence_interval_s"}
 )

@@ -65,6 +65,12 @@ class Node(Model):
     interfaces_in_use: dict[str, str] = {}
     inventory: Inventory = Inventory()
     registered_at: float = 0.0  # wall clock of the agent's last (re-)registration
+    # The timings its agent runs with, written at each registration (0: not reported, an
+    # agent from before). An agent reads the cluster config's timings only when it starts,
+    # and keeps the TTL of a lease it adopted, so after an admin changed them the controller
+    # waits as long as either the config or these need (scheduler/liveness.py).
+    fence_after_s: float = Field(default=0.0, ge=0, le=3600.0)
+    lease_ttl_s: float = Field(default=0.0, ge=0, le=3600.0)
     watchdog: WatchdogReport | None = None  # written by the agent; None: not reported
     # Written by the controller: times this node was declared dead (for quarantine), and
     # until when it is quarantined.

@@ -62,13 +62,29 @@ class MassFailure:
 TTL_ROUNDING_S = 1.0
 
 
-def expired_wait(cfg: ClusterConfig) -> float:
+def node_timings(cfg: ClusterConfig, node: NodeView | None = None) -> tuple[float, float]:
+    """The ``(fence_after, lease TTL)`` to wait on for ``node``: the longer fence_after and
+    the shorter TTL of the cluster config's and of those the node's agent published (it
+    reads the config only when it starts, and keeps an adopted lease's TTL). After an admin
+    changed the timings, a node whose agent has not restarted yet still fences on its old
+    ones: waiting on the config's alone could reclaim its VMs before its watchdog fired."""
+    fence_after, ttl = cfg.fence_after_s, cfg.lease_ttl_s
+    if node is not None:
+        fence_after = max(fence_after, node.node.fence_after_s)
+        if node.node.lease_ttl_s > 0:
+            ttl = min(ttl, node.node.lease_ttl_s)
+    return fence_after, ttl
+
+
+def expired_wait(cfg: ClusterConfig, node: NodeView | None = None) -> float:
     """How long after a node's lease ran out its VMs may be reclaimed. The node went at
     least ``TTL - 1 s`` without a confirmed keepalive, so its watchdog fired
     ``fence_after - (TTL - 1 s)`` after the key went at the latest (nothing, with the
     default timings): that, plus ``expired_margin`` for the kill to land. With the fast
-    profile (TTL 2 s, fence_after 1.5 s) it is 0.5 s more than the margin."""
-    late = max(0.0, cfg.fence_after_s - (cfg.lease_ttl_s - TTL_ROUNDING_S))
+    profile (TTL 2 s, fence_after 1.5 s) it is 0.5 s more than the margin. The timings are
+    the node's own where they need longer (:func:`node_timings`)."""
+    fence_after, ttl = node_timings(cfg, node)
+    late = max(0.0, fence_after - (ttl - TTL_ROUNDING_S))
     return late + cfg.expired_margin_s
 
 
@@ -95,8 +111,6 @@ def assess(snapshot: ClusterSnapshot) -> Mapping[str, NodeHealth]:
     cfg, now = snapshot.config, snapshot.now
     mass = mass_failure(snapshot)
     in_mass = frozenset(mass.vanished) if mass else frozenset()
-    base_wait = cfg.fence_after_s + cfg.recovery_margin_s
-    wait_text = f"fence_after {span(cfg.fence_after_s)} + margin {span(cfg.recovery_margin_s)}"
     result: dict[str, NodeHealth] = {}
     for node in snapshot.nodes.values():
         name = node.name
@@ -109,9 +123,13 @@ def assess(snapshot: ClusterSnapshot) -> Mapping[str, NodeHealth]:
             why = f"{gone} and a fence agent confirmed it is powered off"
             result[name] = NodeHealth(name, Liveness.DEAD, since, min(since, now), why)
             continue
-        wait, text = base_wait, wait_text
+        fence_after, _ = node_timings(cfg, node)
+        wait = fence_after + cfg.recovery_margin_s
+        text = f"fence_after {span(fence_after)} + margin {span(cfg.recovery_margin_s)}"
+        if fence_after > cfg.fence_after_s:
+            text += " (the node's own fence_after: its agent has not restarted since it changed)"
         if node.expired:
-            wait = expired_wait(cfg)
+            wait = expired_wait(cfg, node)
             text = (
                 f"its lease ran out (a whole TTL without a keepalive, so its watchdog fired "
                 f"by then) + margin {span(wait)}"
