@@ -23,7 +23,7 @@ from hvcluster.models.base import encode
 from hvcluster.models.lifecycle import VMState
 from hvcluster.models.token import Role
 from hvcluster.store.memory_store import MemoryStore
-from tests.api.conftest import kinds
+from tests.api.conftest import stored_events
 from tests.api.console_agents import KEYS, ConsoleAgents, console_agents
 from tests.tokens import auth, make_token
 
@@ -82,7 +82,12 @@ async def test_serial_console_on_the_owner_and_through_another_agent(
             assert b"\r\nhello from " + via.encode() + b"\r\n" in said
             await ws.send("echo as text\r")  # text messages are typed too (xterm.js sends them)
             assert b"as text\r\n" in await read_until(ws, b"web:/# ")
-    assert (await kinds(store)).count("vm.console") == 2  # one each, not one per hop
+    logged = [e for e in await stored_events(store) if e.kind == "vm.console"]
+    assert len(logged) == 2  # one each, not one per hop
+    assert {(e.subject, e.actor) for e in logged} == {
+        ("vm/web", "token:ops@n1"),
+        ("vm/web", "token:ops@n2"),
+    }
 
 
 async def test_the_serial_console_follows_the_vm_to_another_node(

@@ -110,7 +110,7 @@ async def console(websocket: WebSocket, ctx: Ctx, name: ValidName, kind: Console
             raise
         if not forwarded:
             await ctx.record(
-                "vm.console", name, f"{kind.value} console opened (the VM runs on {node})"
+                "vm.console", f"vm/{name}", f"{kind.value} console opened (the VM runs on {node})"
             )
         await bridge(websocket, ctx, consoles, name, kind, forwarded, backend)
     finally:

@@ -1,0 +1,138 @@
+"""VM consoles in a real lab (real agent processes over TLS, real QEMU guests): ``hvc vm
+console`` in a terminal, through an agent that does not run the guest, gets the guest's
+shell to answer a typed line, stays open across a live migration (the agent reconnects it to
+the new owner) and is left with ^]; a reader is refused; no QEMU opens a TCP port for its
+consoles."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pty
+import select
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hvcluster.guestimage.image import cached_image
+from hvcluster.guestimage.testguest import booted
+from tests.drivers.listening import tcp_listening_ports
+from tests.lab.conftest import CACHE, Lab, make_lab, wait_for
+from tests.lab.test_qemu_failover import create_guest, running, vm_pid
+from tests.lab.test_qemu_migration import migrate, serial
+
+pytestmark = [pytest.mark.lab, pytest.mark.qemu, pytest.mark.timeout(300)]
+
+
+@pytest.fixture(scope="module")
+def lab2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    if cached_image(CACHE) is None:
+        pytest.fail("the test guest image is not built: run scripts/install (hvc image build)")
+    yield from make_lab(tmp_path_factory.mktemp("qemu-console"), "qemu", nodes=2)
+
+
+def hvc_env(lab: Lab, token: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "HVC_TOKEN": token,
+        "HVC_CA": lab.state.ca,
+        "HVC_CONFIG": "",
+        "HVC_LAB_DIR": "/nonexistent",
+    }
+
+
+class Terminal:
+    """``hvc vm console`` in a pseudo-terminal, as a person runs it."""
+
+    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
+        self.main, child = pty.openpty()
+        self.proc = subprocess.Popen(argv, stdin=child, stdout=child, stderr=child, env=env)
+        os.close(child)
+        self.seen = b""
+
+    def type(self, keys: bytes) -> None:
+        os.write(self.main, keys)
+
+    def until(self, marker: bytes, timeout: float = 30) -> bytes:
+        deadline = time.monotonic() + timeout
+        while marker not in self.seen:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(
+                    f"no {marker!r} on the terminal; it shows {self.seen[-600:]!r}"
+                )
+            ready, _, _ = select.select([self.main], [], [], min(left, 0.5))
+            if ready:
+                try:
+                    self.seen += os.read(self.main, 4096)
+                except OSError:  # the process ended and its side of the pty closed
+                    raise AssertionError(
+                        f"the console ended before {marker!r}: {self.seen[-600:]!r}"
+                    ) from None
+        return self.seen
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        os.close(self.main)
+
+
+def test_hvc_vm_console_answers_and_follows_a_live_migration(lab2: Lab) -> None:
+    lab = lab2
+    create_guest(lab, "con-1", "n1")
+    wait_for(lambda: running(lab, "con-1"), 90, "con-1 running")
+    wait_for(lambda: booted(serial(lab, "n1", "con-1")), 90, "con-1 booted")
+    n2 = lab.state.api_url(lab.state.node("n2"))
+    argv = [sys.executable, "-m", "hvcluster", "vm", "console", "con-1", "--api", n2]
+    term = Terminal(argv, hvc_env(lab, lab.state.token))
+    try:
+        term.until(b"Escape key is '^]'")
+        # Only the guest's shell computes 42. What is typed before its shell opened the serial
+        # port is lost (the guest's UART drops it at startup): typed again until answered.
+        for _ in range(12):
+            term.type(b"echo HVC-ANSWER-$((40+2))\r")
+            with contextlib.suppress(AssertionError):
+                term.until(b"HVC-ANSWER-42", timeout=5)
+                break
+        term.until(b"HVC-ANSWER-42", timeout=1)
+
+        migrate(lab, "con-1", "n2", "live")
+        term.until(b"[hvc: the console of con-1 on n2]", timeout=90)
+        term.type(b"echo HVC-MOVED-$((1+1))\r")
+        term.until(b"HVC-MOVED-2")
+        assert "HVC-MOVED-2" in serial(lab, "n2", "con-1").read_text(errors="replace")
+
+        term.type(b"\x1d")  # ^]
+        assert term.proc.wait(20) == 0
+        term.until(b"Left the console of con-1")
+    finally:
+        term.close()
+
+    pid = vm_pid(lab, "n2", "con-1")
+    assert pid is not None
+    argv_of_qemu = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    vnc = argv_of_qemu[argv_of_qemu.index(b"-vnc") + 1]
+    assert vnc.startswith(b"unix:") and vnc.endswith(b"/vnc.sock")
+    assert tcp_listening_ports(pid) == [], "a QEMU must listen on no TCP port"
+    events = [e["event"] for e in lab.events() if e["event"]["kind"] == "vm.console"]
+    assert events and events[-1]["subject"] == "vm/con-1"
+
+
+def test_a_reader_cannot_open_a_console(lab2: Lab) -> None:
+    lab = lab2
+    reader = lab.post("/tokens", {"name": "console-reader", "role": "reader"})["token"]
+    n1 = lab.state.api_url(lab.state.node("n1"))
+    done = subprocess.run(
+        [sys.executable, "-m", "hvcluster", "vm", "console", "con-1", "--api", n1],
+        env=hvc_env(lab, reader),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert b"needs the operator role" in done.stderr
