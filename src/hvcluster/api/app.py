@@ -15,6 +15,8 @@ from hvcluster.api import (
     cluster_config,
     consoles,
     events,
+    eviction,
+    joining,
     metrics,
     migrations,
     nodes,
@@ -135,4 +137,6 @@ def create_app(
     app.include_router(cluster_config.router, prefix=PREFIX)
     app.include_router(consoles.router, prefix=PREFIX)
     app.include_router(vm_edit.router, prefix=PREFIX)
+    app.include_router(joining.router, prefix=PREFIX)
+    app.include_router(eviction.router, prefix=PREFIX)
     return app

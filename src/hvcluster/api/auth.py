@@ -13,7 +13,10 @@ place (:func:`required_role`), so a new route gets a role without anyone remembe
   open for seconds, at most 32 at once) and is how ``cluster validate``, a read, checks
   migration ports from agent to agent;
 * ``GET /healthz`` is open: load balancers and the lab ask it whether an agent answers; it
-  says only the node's name and the store revision.
+  says only the node's name and the store revision. ``GET /cluster/ca`` is open too: the
+  CA certificate is public, and a joining host has no token yet;
+* ``POST /join`` and ``POST /join/promote`` are open: a joining host has no API token, the
+  one-use join token in the body is its credential, checked by the route (api/joining.py).
 
 Agents call each other only while serving a request (``cluster validate``); they forward
 that request's own token (:attr:`Caller.credential`), so a caller can never do more through
@@ -47,7 +50,8 @@ from hvcluster.store.keys import Keys
 from hvcluster.store.reads import read_one_or_error
 
 READS = frozenset({"GET", "HEAD"})
-OPEN = frozenset({"/healthz"})  # reads anyone may make
+OPEN = frozenset({"/healthz", "/cluster/ca"})  # reads anyone may make
+JOIN_WRITES = frozenset({"/join", "/join/promote"})  # credential: the join token in the body
 ADMIN_ONLY = frozenset({"tokens"})  # areas whose reads need admin too
 ADMIN_AREAS = frozenset({"tokens", "volumes", "switches", "cluster"})
 READER_WRITES = frozenset({"/probe/listen"})
@@ -83,6 +87,8 @@ def required_role(method: str, path: str) -> Role | None:
         return None if path in OPEN else Role.READER
     if path in READER_WRITES:
         return Role.READER
+    if path in JOIN_WRITES and method == "POST":
+        return None
     return Role.ADMIN if area in ADMIN_AREAS else Role.OPERATOR
 
 

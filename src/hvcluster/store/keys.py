@@ -23,6 +23,8 @@ KINDS = (
     "jobs",
     "tokens",
     "disks",
+    "pki",
+    "join",
 )
 
 
@@ -85,6 +87,20 @@ class Keys:
     def token(self, name: str) -> str:
         """An API token's record (its secret only hashed): see models/token.py."""
         return self.prefix("tokens") + name
+
+    # Joining and evicting hosts: see models/join.py.
+    @property
+    def cluster_ca(self) -> str:
+        return self.prefix("pki") + "ca"
+
+    def join_token(self, node: str) -> str:
+        return self.prefix("join") + node
+
+    def issued_cert(self, node: str) -> str:
+        return self.prefix("pki") + "issued/" + node
+
+    def revoked_cert(self, serial: str) -> str:
+        return self.prefix("pki") + "revoked/" + serial
 
     def request(self, name: str) -> str:
         return self.prefix("requests") + name
