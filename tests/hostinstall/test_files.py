@@ -95,8 +95,13 @@ def test_etcd_env_follows_the_agents_tls(tmp_path: Path) -> None:
     assert "ETCD_LISTEN_PEER_URLS=http://10.0.0.1:2380\n" in plain
     assert "ETCD_INITIAL_CLUSTER=hv1=http://10.0.0.1:2380\n" in plain
     assert "CERT" not in plain
-    tls = etcd_env(HostPlan(agent={"node": "hv1", "etcd_ca": Path("/etc/hvcluster/pki/ca.pem")}))
-    assert "ETCD_CERT_FILE=/etc/hvcluster/pki/server.pem\n" in tls
+    pki = Path("/etc/hvcluster/pki")
+    agent = {"node": "hv1", "etcd_ca": pki / "ca.crt", "etcd_cert": pki / "hv1.crt"}
+    with pytest.raises(ConfigError, match="--etcd-key"):
+        etcd_env(HostPlan(agent=agent))
+    tls = etcd_env(HostPlan(agent={**agent, "etcd_key": pki / "hv1.key"}))
+    assert "ETCD_CERT_FILE=/etc/hvcluster/pki/hv1.crt\n" in tls
+    assert "ETCD_PEER_KEY_FILE=/etc/hvcluster/pki/hv1.key\n" in tls
     assert "ETCD_CLIENT_CERT_AUTH=true\n" in tls
 
 

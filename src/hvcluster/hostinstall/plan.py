@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from hvcluster.agent.config import AgentConfig, load_config
+from hvcluster.models.errors import ConfigError
 
 PREFIX = Path("/opt/hvcluster")
 ETC = Path("/etc/hvcluster")
@@ -111,8 +112,9 @@ def agent_toml(plan: HostPlan) -> str:
 
 def etcd_env(plan: HostPlan) -> str:
     """The etcd member's ``ETCD_*`` settings (etcd reads them from its environment): it
-    listens on the agent's address, TLS when the agent talks TLS to etcd (the same CA; the
-    member's own certificate and key in ``server.pem``/``server-key.pem`` beside it)."""
+    listens on the agent's address, TLS when the agent talks TLS to etcd: the same CA, and
+    the node's certificate (``etcd_cert``, named for its address, for server and client use)
+    on its client and peer links."""
     name = plan.agent["node"]
     address = plan.agent.get("address", "127.0.0.1")
     ca = plan.agent.get("etcd_ca")
@@ -132,8 +134,13 @@ def etcd_env(plan: HostPlan) -> str:
         "ETCD_INITIAL_CLUSTER_TOKEN": plan.agent.get("cluster", "hvc"),
     }
     if ca:
-        pki = Path(ca).parent
-        cert, key = pki / "server.pem", pki / "server-key.pem"
+        cert, key = plan.agent.get("etcd_cert"), plan.agent.get("etcd_key")
+        if cert is None or key is None:
+            raise ConfigError(
+                "an etcd member with TLS needs this node's certificate: give --etcd-cert "
+                "and --etcd-key (its address in the names, for server and client use)",
+                field="etcd_cert",
+            )
         env |= {
             "ETCD_TRUSTED_CA_FILE": str(ca),
             "ETCD_CERT_FILE": str(cert),

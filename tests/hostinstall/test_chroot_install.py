@@ -1,0 +1,142 @@
+"""The host install in a fresh Debian 12 root, as on a new host: ``scripts/host-install``
+from a checkout, offline from a wheelhouse, then the units' ExecStart commands started by
+hand (no systemd runs in a chroot): the watchdog serves its socket, the agent refuses an
+etcd that does not answer with a clear error. Then again (idempotent), then uninstall.
+
+Runs as root (CI does); the Debian root is cached (see :mod:`tests.hostinstall.debian_root`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from tests.hostinstall.debian_root import CACHE, fresh_root, mounts_under
+
+REPO = Path(__file__).resolve().parents[2]
+UNITS = "etc/systemd/system"
+
+pytestmark = [
+    pytest.mark.chroot,
+    pytest.mark.slow,
+    pytest.mark.timeout(1500),
+    pytest.mark.skipif(os.geteuid() != 0, reason="chroot and mounts need root"),
+]
+
+
+def wheelhouse(dist: Path) -> Path:
+    """The dependencies' wheels (cached, refreshed when pyproject.toml changes) and this
+    checkout's own wheel, built fresh into ``dist``."""
+    wheels = CACHE / "wheels"
+    stamp = wheels / ".stamp"
+    pip = [sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-check"]
+    if not stamp.exists() or (REPO / "pyproject.toml").stat().st_mtime > stamp.stat().st_mtime:
+        subprocess.run([*pip, "-w", str(wheels), str(REPO)], check=True, timeout=600)
+        stamp.touch()
+    for own in wheels.glob("hvcluster-*.whl"):
+        own.unlink()  # the package comes from dist/, never a stale build
+    subprocess.run([*pip, "--no-deps", "-w", str(dist), str(REPO)], check=True, timeout=300)
+    return wheels
+
+
+def exec_start(unit: Path) -> list[str]:
+    text = unit.read_text().replace("\\\n", " ")
+    found = re.search(r"(?m)^ExecStart=(.+)$", text)
+    assert found, f"no ExecStart in {unit}"
+    return found.group(1).split()
+
+
+def in_root(root: Path, argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["chroot", str(root), *argv], capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def test_host_install_in_a_fresh_debian_root(tmp_path: Path) -> None:
+    dist = tmp_path / "dist"
+    wheels = wheelhouse(dist)
+    wheel = next(dist.glob("hvcluster-*.whl"))
+    scratch = tmp_path / "chroot"
+    binds = {"/mnt/hvc-src": REPO, "/mnt/wheels": wheels, "/mnt/dist": dist}
+    install = [
+        "/mnt/hvc-src/scripts/host-install",
+        "--source", f"/mnt/dist/{wheel.name}",
+        "--wheels", "/mnt/wheels",
+        "--node", "hv1",
+        "--etcd", "127.0.0.1:1",  # nothing listens there: the agent must say so
+        "--etcd-member",
+        "--softdog",
+    ]  # fmt: skip
+    try:
+        with fresh_root(scratch, binds) as root:
+            started = time.monotonic()
+            done = in_root(root, install, timeout=1200)
+            took = time.monotonic() - started
+            assert done.returncode == 0, done.stdout + done.stderr
+            print(f"host install in a fresh root: {took:.0f}s")
+
+            config = tomllib.loads((root / "etc/hvcluster/agent.toml").read_text())
+            assert config["node"] == "hv1"
+            assert config["etcd"] == ["127.0.0.1:1"]
+            assert "ETCD_NAME=hv1" in (root / "etc/hvcluster/etcd.env").read_text()
+            wants = root / UNITS / "multi-user.target.wants"
+            for name in ("hvc-watchdog.service", "hvc-agent.service", "hvc-etcd.service"):
+                assert (wants / name).is_symlink(), f"{name} not enabled"
+            assert os.readlink(root / UNITS / "etcd.service") == "/dev/null"  # Debian's: masked
+            assert (root / "etc/modules-load.d/hvc-softdog.conf").exists()
+            for tool in ("qemu-system-x86_64", "qemu-img", "ip", "etcd", "etcdctl"):
+                assert in_root(root, ["which", tool], 30).returncode == 0, f"{tool} missing"
+
+            verify = subprocess.run(
+                ["systemd-analyze", "verify", f"--root={root}",
+                 *(f"/{UNITS}/hvc-{n}.service" for n in ("watchdog", "agent", "etcd"))],
+                capture_output=True, text=True, timeout=120, check=False,
+            )  # fmt: skip
+            assert verify.returncode == 0, verify.stdout + verify.stderr
+            assert verify.stdout + verify.stderr == ""
+
+            watchdog = subprocess.Popen(
+                ["chroot", str(root), *exec_start(root / UNITS / "hvc-watchdog.service")],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            try:
+                sock = root / "run/hvc/watchdog.sock"
+                deadline = time.monotonic() + 30
+                while not sock.exists() and watchdog.poll() is None:
+                    assert time.monotonic() < deadline, "the watchdog made no socket in 30s"
+                    time.sleep(0.1)
+                assert watchdog.poll() is None, watchdog.communicate()
+                agent = in_root(root, exec_start(root / UNITS / "hvc-agent.service"), 120)
+            finally:
+                watchdog.send_signal(signal.SIGTERM)
+                out, err = watchdog.communicate(timeout=30)
+            assert watchdog.returncode == 0, out + err
+            assert agent.returncode != 0
+            assert "etcd did not answer" in agent.stderr, agent.stderr
+            assert "127.0.0.1:1" in agent.stderr
+
+            # Again: nothing rewritten, an edited config kept.
+            conf = root / "etc/hvcluster/agent.toml"
+            conf.write_text(conf.read_text() + "# the admin's line\n")
+            again = in_root(root, [*install, "--etcd", "127.0.0.1:2"], timeout=600)
+            assert again.returncode == 0, again.stdout + again.stderr
+            assert " written" not in again.stdout, again.stdout
+            assert "the admin's line" in conf.read_text()
+
+            gone = in_root(root, ["/opt/hvcluster/bin/hvc", "host", "uninstall"], 120)
+            assert gone.returncode == 0, gone.stdout + gone.stderr
+            assert not (root / "opt/hvcluster").exists()
+            assert not (root / UNITS / "hvc-agent.service").exists()
+            assert conf.exists()
+        assert mounts_under(scratch) == []
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)  # the overlay's upper layer: hundreds of MB
