@@ -87,7 +87,7 @@ def test_defaults_and_priority_rank() -> None:
 
 def test_cluster_config_defaults_and_contradictions() -> None:
     c = ClusterConfig()
-    assert (c.lease_ttl_s, c.keepalive_interval_s, c.fence_after_s) == (4.0, 1.0, 3.0)
+    assert (c.lease_ttl_s, c.keepalive_interval_s, c.fence_after_s) == (4.0, 0.5, 3.0)
     with pytest.raises(InvalidInput, match="fence_after_s"):
         parse(ClusterConfig, {"fence_after_s": 5.0})
     with pytest.raises(InvalidInput, match="keepalive_interval_s"):

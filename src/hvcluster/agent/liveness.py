@@ -289,6 +289,15 @@ class NodeLiveness:
                 self.metrics.lease_renew_seconds.observe(self.clock() - started)
                 before, fenced = self.last_confirmed_sent, self.fenced
                 self._confirmed(started)
+                if before is not None and self.clock() - before > 1.5 * interval:
+                    # How close a stall came to the watchdog's deadline (docs: a stall is
+                    # survived when stall + interval + reconnect < fence_after).
+                    log.warning(
+                        "keepalive confirmed again %.2fs after the last confirmed one was "
+                        "sent (fence_after %gs)",
+                        self.clock() - before,
+                        self.config.fence_after_s,
+                    )
                 if before is not None and started - before > self.config.fence_after_s:
                     self._say_later(*self._back(started - before, fenced))
                 self.fed_on = None

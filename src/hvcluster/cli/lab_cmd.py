@@ -38,7 +38,7 @@ def up(
     etcd: int = typer.Option(3, help="How many etcd members: 1, 3 or 5."),
     profile: str = typer.Option(
         "default",
-        help="Timings: default (lease TTL 4 s, fence_after 3 s, keepalive 1 s) or fast "
+        help="Timings: default (lease TTL 4 s, fence_after 3 s, keepalive 0.5 s) or fast "
         "(2 s, 1.5 s, 0.5 s: faster failover, more etcd load, a 1 s stall can fence a host).",
     ),
     lab_dir: Path = LabDir,

@@ -43,7 +43,7 @@ class QuarantineSettings(Model):
 class ClusterConfig(Model):
     name: str = Field(default="hvc", max_length=63)
     lease_ttl_s: float = Field(default=4.0, gt=0, le=TIMING_S_MAX)
-    keepalive_interval_s: float = Field(default=1.0, gt=0, le=TIMING_S_MAX)
+    keepalive_interval_s: float = Field(default=0.5, gt=0, le=TIMING_S_MAX)
     fence_after_s: float = Field(default=3.0, gt=0, le=TIMING_S_MAX)
     # Wait this much beyond fence_after before moving a dead node's VMs; must exceed the
     # interval at which an agent re-checks its "is it me or etcd" evidence.
@@ -126,12 +126,12 @@ class ClusterConfig(Model):
 
 # Timing profiles (docs/architecture.md, "Timing profiles"). ``default`` is the defaults
 # above; ``fast`` halves the time to failover at the price of etcd load and of fencing a host
-# that stalls for a second. Each keeps the rules of the validator: keepalive < fence_after <
+# that stalls for over about 0.7 s. Each keeps the rules of the validator: keepalive < fence_after <
 # TTL, and the recovery margin above the evidence interval.
 PROFILES: dict[str, dict[str, float]] = {
     "default": {
         "lease_ttl_s": 4.0,
-        "keepalive_interval_s": 1.0,
+        "keepalive_interval_s": 0.5,
         "fence_after_s": 3.0,
         "recovery_margin_s": 1.5,
         "expired_margin_s": 0.5,

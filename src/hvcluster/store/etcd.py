@@ -363,7 +363,12 @@ class EtcdStore(Store):
                 stream.cancel()
 
         response = await self._conn.call(
-            f"keepalive {lease_id:x}", call, op="keepalive", mutable=False, timeout=timeout
+            f"keepalive {lease_id:x}",
+            call,
+            op="keepalive",
+            mutable=False,
+            timeout=timeout,
+            fresh=True,
         )
         if response is grpc.aio.EOF or response.TTL <= 0:
             raise LeaseLost(f"lease {lease_id:x} is gone: it expired or was revoked")
@@ -487,6 +492,8 @@ class EtcdStore(Store):
             return _Answer(None, error=str(e) or f"no answer within {budget:g}s")
         except grpc.aio.AioRpcError as e:
             return _Answer(None, error=str(translate(e, target)))
+        except grpc.aio.UsageError as e:  # its channel was dropped meanwhile (a keepalive's)
+            return _Answer(None, error=f"etcd at {target}: {e}")
 
     async def _member_list(self, target: str, budget: float) -> Any:
         ep = self._conn.endpoint_for(target)
@@ -496,7 +503,7 @@ class EtcdStore(Store):
                     rpc.MemberListRequest(), timeout=budget
                 )
                 return list(response.members)
-        except (TimeoutError, grpc.aio.AioRpcError):
+        except (TimeoutError, grpc.aio.AioRpcError, grpc.aio.UsageError):
             return None
 
     async def members(self) -> tuple[Membership, ...]:

@@ -37,7 +37,12 @@ T = TypeVar("T")
 # Keepalive pings find a stream whose server froze (SIGSTOP, a dead link) without waiting for
 # TCP. etcd refuses pings more often than every 5 s (--grpc-keepalive-min-time), hence 6 s.
 # Reconnect back-off is capped at 1 s so that a restarted etcd is found again quickly.
+# Each channel has its own connections (a local subchannel pool): gRPC otherwise shares one
+# TCP connection among all channels of a process to the same address, so the liveness
+# thread's client would wait behind the main loop's, and a channel closed to dial anew
+# (:meth:`Endpoint.reset`) would get the old connection back.
 CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.use_local_subchannel_pool", 1),
     ("grpc.keepalive_time_ms", 6000),
     ("grpc.keepalive_timeout_ms", 4000),
     ("grpc.keepalive_permit_without_calls", 0),
@@ -255,6 +260,27 @@ class Endpoint:
             with contextlib.suppress(Exception):
                 await channel.close(grace=None)
 
+    def reset(self) -> None:
+        """Drop the channel, so the next call dials a new TCP connection. After a cut link
+        heals, the old connection's data waits for TCP's next retransmission (0.2 s after
+        the loss, then 0.4, 0.8, 1.6 s later) and a connection attempt whose SYN was lost
+        for its retransmission (1 s, then 2 s later): a new connection goes through within
+        a round trip. Calls still running on the old channel fail (a watch resumes). The
+        old channel closes in the background: the caller's own deadline may be up."""
+        channel, self._channel, self._stubs = self._channel, None, {}
+        if channel is not None:
+            task = asyncio.get_running_loop().create_task(_close(channel))
+            _closing.add(task)
+            task.add_done_callback(_closing.discard)
+
+
+_closing: set[asyncio.Task[None]] = set()  # channels being closed after a reset
+
+
+async def _close(channel: grpc.aio.Channel) -> None:
+    with contextlib.suppress(Exception):
+        await channel.close(grace=None)
+
 
 # Told of every request: (operation, answered?, seconds). An agent's metrics.
 Observe = Callable[[str, bool, float], None]
@@ -277,6 +303,9 @@ class Connection:
         self.credentials = tls.credentials() if tls is not None else None
         targets = parse_endpoints(endpoints, tls is not None)
         self.endpoints = [Endpoint(t, self.credentials) for t in targets]
+        # Keepalives (``fresh`` calls) have channels of their own: dropping one to dial anew
+        # must not break what else runs on that member (a watch, an evidence question).
+        self.fresh_endpoints = [Endpoint(t, self.credentials) for t in targets]
         self._extra: dict[str, Endpoint] = {}
         self._current = 0
         self.closed = False
@@ -317,6 +346,7 @@ class Connection:
         op: str,
         mutable: bool,
         timeout: float | None = None,
+        fresh: bool = False,
     ) -> T:
         """Run ``fn(endpoint, seconds_left)`` on a connected endpoint within the deadline.
         ``what`` names the request in errors, ``op`` its kind to :attr:`observe` (``get``,
@@ -325,12 +355,19 @@ class Connection:
         On a connection failure it moves to the next endpoint and tries again, unless the
         request changes state and may have reached etcd: then the outcome is unknown and it
         raises :class:`StoreUnavailable` (the caller re-reads and decides).
+
+        ``fresh`` (a keepalive: the node's proof of life, Safety rule 2) runs on channels of
+        its own; an endpoint that does not connect, or does not answer, within the deadline
+        has its channel dropped (:meth:`Endpoint.reset`), so the next try dials anew rather
+        than waiting on TCP's retransmission back-off: a node whose link to etcd healed is
+        heard again at its next keepalive, not seconds later. (Not sooner: a dial cut short
+        to try again may be a TLS handshake that a loaded host was about to finish.)
         """
         if self.observe is None:
-            return await self._call(what, fn, mutable, timeout)
+            return await self._call(what, fn, mutable, timeout, fresh)
         started, answered = time.monotonic(), False
         try:
-            result = await self._call(what, fn, mutable, timeout)
+            result = await self._call(what, fn, mutable, timeout, fresh)
             answered = True
             return result
         except LeaseLost:  # an answer: the lease is gone
@@ -345,6 +382,7 @@ class Connection:
         fn: Callable[[Endpoint, float], Awaitable[T]],
         mutable: bool,
         timeout: float | None,
+        fresh: bool,
     ) -> T:
         self.check_open()
         loop = asyncio.get_running_loop()
@@ -355,12 +393,14 @@ class Connection:
             left = deadline - loop.time()
             if left <= 0:
                 raise StoreUnavailable(f"etcd did not answer {what} within {budget:g}s: {last}")
-            ep = self.current
+            ep = self.fresh_endpoints[self._current] if fresh else self.current
             try:
                 await ep.ready(min(left, self.connect_timeout), fail_fast=self.several)
             except TimeoutError as e:
                 last = str(e)
                 self.rotate()
+                if fresh:  # a dial whose SYN was lost, or a refusal (gRPC's back-off)
+                    ep.reset()
                 await asyncio.sleep(0.02)  # all may be down: do not spin
                 continue
             left = deadline - loop.time()
@@ -369,6 +409,8 @@ class Connection:
                     return await fn(ep, max(left, 0.001))
             except TimeoutError:
                 self.rotate()
+                if fresh:
+                    ep.reset()
                 raise StoreUnavailable(
                     f"etcd at {ep.target} did not answer {what} within {budget:g}s"
                 ) from None
@@ -387,5 +429,5 @@ class Connection:
 
     async def close(self) -> None:
         self.closed = True
-        for ep in [*self.endpoints, *self._extra.values()]:
+        for ep in [*self.endpoints, *self.fresh_endpoints, *self._extra.values()]:
             await ep.close()
