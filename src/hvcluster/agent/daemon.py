@@ -25,6 +25,7 @@ from hvcluster.agent.liveness_thread import LivenessRunner, OnLoop, OwnThread
 from hvcluster.agent.migration import MigrationWorker
 from hvcluster.agent.node import NodeAgent, NodeIdentity
 from hvcluster.agent.resources import HostResources
+from hvcluster.agent.revocation import refuse_if_revoked
 from hvcluster.agent.storage_move import StorageMover
 from hvcluster.api.app import create_app
 from hvcluster.api.context import PeerApi
@@ -169,6 +170,12 @@ class Daemon:
     async def run(self) -> None:
         cfg = self.cfg
         cfg.run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            await refuse_if_revoked(self.store, self.keys, cfg.etcd_cert)  # evicted: never
+        except BaseException:  # register again
+            if self._own_store:
+                await self.store.close()
+            raise
         # Liveness first: a restarted agent adopts its lease and feeds the watchdog before
         # anything slow (re-attaching, probing the accelerator, checking volumes).
         live = self.live = self._liveness_runner()

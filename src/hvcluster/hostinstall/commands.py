@@ -95,9 +95,7 @@ def install(
         etcd_existing=etcd_existing,
     )
     try:
-        apply.install(
-            plan, _say, force=force, packages=packages, enable_units=enable, start=start
-        )
+        apply.install(plan, _say, force=force, packages=packages, enable_units=enable, start=start)
     except HvcError as e:
         _fail(e)
 
