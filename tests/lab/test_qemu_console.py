@@ -35,6 +35,15 @@ def lab2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     yield from make_lab(tmp_path_factory.mktemp("qemu-console"), "qemu", nodes=2)
 
 
+@pytest.fixture(scope="module")
+def guest(lab2: Lab) -> str:
+    """The test guest ``con-1``, started on n1 and booted (its shell on the serial port)."""
+    create_guest(lab2, "con-1", "n1")
+    wait_for(lambda: running(lab2, "con-1"), 90, "con-1 running")
+    wait_for(lambda: booted(serial(lab2, "n1", "con-1")), 90, "con-1 booted")
+    return "con-1"
+
+
 def hvc_env(lab: Lab, token: str) -> dict[str, str]:
     return {
         **os.environ,
@@ -82,11 +91,9 @@ class Terminal:
         os.close(self.main)
 
 
-def test_hvc_vm_console_answers_and_follows_a_live_migration(lab2: Lab) -> None:
+def test_hvc_vm_console_answers_and_follows_a_live_migration(lab2: Lab, guest: str) -> None:
     lab = lab2
-    create_guest(lab, "con-1", "n1")
-    wait_for(lambda: running(lab, "con-1"), 90, "con-1 running")
-    wait_for(lambda: booted(serial(lab, "n1", "con-1")), 90, "con-1 booted")
+    assert running(lab, guest, avoid="n2"), "it starts on n1"
     n2 = lab.state.api_url(lab.state.node("n2"))
     argv = [sys.executable, "-m", "hvcluster", "vm", "console", "con-1", "--api", n2]
     term = Terminal(argv, hvc_env(lab, lab.state.token))
@@ -123,7 +130,7 @@ def test_hvc_vm_console_answers_and_follows_a_live_migration(lab2: Lab) -> None:
     assert events and events[-1]["subject"] == "vm/con-1"
 
 
-def test_a_reader_cannot_open_a_console(lab2: Lab) -> None:
+def test_a_reader_cannot_open_a_console(lab2: Lab, guest: str) -> None:
     lab = lab2
     reader = lab.post("/tokens", {"name": "console-reader", "role": "reader"})["token"]
     n1 = lab.state.api_url(lab.state.node("n1"))
@@ -136,3 +143,60 @@ def test_a_reader_cannot_open_a_console(lab2: Lab) -> None:
     )
     assert done.returncode == 1
     assert b"needs the operator role" in done.stderr
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "dashboard"
+TERMINAL_TEXT = (
+    "(() => { const b = window.hvcSerial.term.buffer.active; const out = [];"
+    " for (let i = 0; i < b.length; i++) out.push(b.getLine(i).translateToString(true));"
+    " return out.join('\\n'); })()"
+)
+
+
+def test_the_dashboard_console_page_types_into_the_guest_and_shows_its_screen(
+    lab2: Lab, guest: str
+) -> None:
+    """In chromium, through the agent that does not run the guest: the xterm.js terminal
+    gets the guest's shell to answer; noVNC connects to QEMU's VNC server (its unix socket,
+    bridged by the API's websocket) and draws the guest's screen."""
+    from playwright import sync_api
+
+    lab = lab2
+    vm = wait_for(lambda: running(lab, "con-1"), 90, "con-1 running")
+    other = "n1" if vm["node"] != "n1" else "n2"
+    url = lab.state.api_url(lab.state.node(other))
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        try:
+            context = browser.new_context(ignore_https_errors=True)
+            page = context.new_page()
+            page.set_default_timeout(30_000)
+            page.goto(f"{url}/ui/login")
+            page.fill("#token", lab.state.token)
+            page.click("#login")
+            page.wait_for_url(f"{url}/ui/")
+            page.goto(f"{url}/ui/vms/con-1/console")
+            page.wait_for_function(
+                "document.getElementById('serial-status').textContent === 'connected'"
+            )
+            page.click("#terminal")
+            for _ in range(12):  # (typed again until the guest's shell has its serial port)
+                page.keyboard.type("echo HVC-BROWSER-$((2+3))")
+                page.keyboard.press("Enter")
+                with contextlib.suppress(sync_api.TimeoutError):
+                    page.wait_for_function(
+                        f"{TERMINAL_TEXT}.includes('HVC-BROWSER-5')", timeout=5000
+                    )
+                    break
+            assert "HVC-BROWSER-5" in page.evaluate(TERMINAL_TEXT)
+
+            page.click("#vnc-connect")
+            page.wait_for_function(
+                "document.getElementById('vnc-status').textContent === 'connected'"
+            )
+            page.wait_for_selector("#screen canvas")
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "console-qemu.png"), full_page=True)
+        finally:
+            browser.close()
