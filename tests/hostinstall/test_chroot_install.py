@@ -78,12 +78,17 @@ def test_host_install_in_a_fresh_debian_root(tmp_path: Path) -> None:
     ]  # fmt: skip
     try:
         with fresh_root(scratch, binds) as root:
+            npm = Path(os.environ.get("HVC_CACHE", "/var/cache/hvcluster")) / "npm"
+            if npm.is_dir():  # the browser libraries scripts/install fetched: no network
+                shutil.copytree(npm, root / "var/cache/hvcluster/npm")
             started = time.monotonic()
             done = in_root(root, install, timeout=1200)
             took = time.monotonic() - started
             assert done.returncode == 0, done.stdout + done.stderr
             print(f"host install in a fresh root: {took:.0f}s")
 
+            (site,) = (root / "opt/hvcluster/lib").glob("python3*/site-packages")
+            assert (site / "hvcluster/web/static/vendor/.installed.json").exists()
             config = tomllib.loads((root / "etc/hvcluster/agent.toml").read_text())
             assert config["node"] == "hv1"
             assert config["etcd"] == ["127.0.0.1:1"]

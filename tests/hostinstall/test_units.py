@@ -86,4 +86,5 @@ def test_etcd_unit_only_for_members() -> None:
     assert ETCD_UNIT not in units(plan())
     member = units(plan(etcd_member=True))
     assert "EnvironmentFile=/etc/hvcluster/etcd.env" in member[ETCD_UNIT]
+    assert "StateDirectory=hvcluster/etcd" in member[ETCD_UNIT]  # /var/lib/, owned by etcd
     assert f"Wants={ETCD_UNIT}" in member[AGENT_UNIT]

@@ -6,7 +6,7 @@ an admin reading ``systemctl cat hvc-agent`` should not need this file.
 
 from __future__ import annotations
 
-from hvcluster.hostinstall.plan import HostPlan
+from hvcluster.hostinstall.plan import ETCD_DATA_DIR, HostPlan
 
 WATCHDOG_UNIT = "hvc-watchdog.service"
 AGENT_UNIT = "hvc-agent.service"
@@ -26,6 +26,7 @@ def watchdog_unit(plan: HostPlan) -> str:
 [Unit]
 Description=hvcluster node watchdog: kills this host's VMs when its agent stops feeding it
 Before={AGENT_UNIT}
+StartLimitIntervalSec=0
 
 [Service]
 Type=simple
@@ -98,6 +99,9 @@ ConditionPathExists={plan.etcd_env_path}
 [Service]
 Type=notify
 User=etcd
+# Made (owned by etcd) by systemd: {ETCD_DATA_DIR}, the ETCD_DATA_DIR install writes.
+StateDirectory=hvcluster/etcd
+StateDirectoryMode=0700
 EnvironmentFile={plan.etcd_env_path}
 ExecStart=/usr/bin/etcd
 Restart=always
