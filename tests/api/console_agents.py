@@ -46,6 +46,7 @@ class ConsoleAgents:
     drivers: dict[str, SimDriver] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
     servers: list[tuple[uvicorn.Server, asyncio.Task[None]]] = field(default_factory=list)
+    apps: dict[str, FastAPI] = field(default_factory=dict)
 
     def url(self, node: str, vm: str, kind: str = "serial") -> str:
         return f"ws://127.0.0.1:{self.ports[node]}/api/v1/vms/{vm}/console/{kind}"
@@ -67,6 +68,7 @@ class ConsoleAgents:
         app = create_app(self.store, KEYS, name, local_console=local_console(driver))
         if setup is not None:
             setup(app)
+        self.apps[name] = app
         config = uvicorn.Config(
             app, host="127.0.0.1", port=port, log_level="warning", lifespan="off",
             **server_settings(),

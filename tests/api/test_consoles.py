@@ -26,6 +26,7 @@ from hvcluster.store.memory_store import MemoryStore
 from tests.api.conftest import stored_events
 from tests.api.console_agents import KEYS, ConsoleAgents, console_agents
 from tests.tokens import auth, make_token
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -157,6 +158,22 @@ async def test_one_serial_user_at_a_time(agents: ConsoleAgents, operator: str) -
     async with opened(agents.url("n2", "web"), additional_headers=auth(operator)) as ws:
         await ws.send(b"\r")
         await read_until(ws, b"web:/# ")  # free again once the first left
+
+
+async def test_consoles_open_at_once_are_bounded(agents: ConsoleAgents, operator: str) -> None:
+    await agents.create_vm("web", "n1")
+    agents.apps["n2"].state.consoles.max_open = 1
+    vnc = agents.url("n2", "web", "vnc")
+    async with opened(vnc, additional_headers=auth(operator)) as ws:
+        await read_until(ws, b"\n")
+        status, body = await refused(vnc, additional_headers=auth(operator))
+        assert status == 503 and b"1 consoles are open on n2 already" in body
+
+    async def greeted_again() -> bool:  # the slot is freed once the server saw it close
+        async with opened(vnc, additional_headers=auth(operator)) as ws:
+            return await read_until(ws, b"\n") == b"RFB 003.008\n"
+
+    await wait_for(greeted_again, 5, "a console once the first closed", tolerate=(InvalidStatus,))
 
 
 async def test_who_may_open_a_console(

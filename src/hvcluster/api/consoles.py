@@ -88,6 +88,7 @@ class Consoles:
     the sessions open."""
 
     local: LocalConsole | None = None
+    max_open: int = MAX_CONSOLES
     open: int = 0
     serial_users: dict[str, str] = field(default_factory=dict)  # VM -> who has its console
 
@@ -98,8 +99,8 @@ async def console(websocket: WebSocket, ctx: Ctx, name: ValidName, kind: Console
     console, wherever the VM runs."""
     consoles: Consoles = websocket.app.state.consoles
     forwarded = websocket.headers.get(FORWARDED) == "1"
-    if consoles.open >= MAX_CONSOLES:
-        raise HTTPException(503, f"{MAX_CONSOLES} consoles are open on {ctx.node} already")
+    if consoles.open >= consoles.max_open:
+        raise HTTPException(503, f"{consoles.max_open} consoles are open on {ctx.node} already")
     consoles.open += 1
     try:
         backend, node = await open_console(ctx, consoles, name, kind, forwarded)
