@@ -20,6 +20,7 @@ from typer.testing import CliRunner, Result
 
 from hvcluster.cli.main import app as cli_app
 from hvcluster.lab import faults, processes
+from hvcluster.models.config import ClusterConfig
 from hvcluster.store.etcd import EtcdStore
 from hvcluster.store.etcd_conn import EtcdTls
 from tests.lab.conftest import Lab, make_lab, wait_for
@@ -38,10 +39,11 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     yield from outage_lab(tmp_path_factory.mktemp("etcd-lab"))
 
 
-def outage_lab(tmp: Path) -> Iterator[Lab]:
+def outage_lab(tmp: Path, config: ClusterConfig | None = None) -> Iterator[Lab]:
     """Three etcd members and three nodes, each in its namespace; a sim VM at home on every
-    node (a real placeholder process); stopped after."""
-    labs = make_lab(tmp, "sim", network="netns", etcd=3)
+    node (a real placeholder process); stopped after. ``config``: the default timings unless
+    given."""
+    labs = make_lab(tmp, "sim", network="netns", etcd=3, config=config)
     lab = next(labs)
     try:
         for vm, node in VMS.items():
