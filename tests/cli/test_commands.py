@@ -308,3 +308,31 @@ def test_a_write_that_times_out_is_not_sent_again(server: ApiServer) -> None:
         client.close()
     finally:
         hung.close()
+
+
+@pytest.mark.timeout(30)
+def test_no_agent_answering_is_unreachable_naming_each(server: ApiServer) -> None:
+    """Every agent hung: the probe passes each over, each is still asked (it may only be
+    slow), and the error names every one; the exit code says unreachable."""
+    import socket
+
+    hung = [socket.socket(), socket.socket()]
+    for s in hung:
+        s.bind(("127.0.0.1", 0))
+        s.listen(8)
+    try:
+        urls = [f"http://127.0.0.1:{s.getsockname()[1]}" for s in hung]
+        client = Client(urls, timeout=0.5, token="x.y", probe_timeout=0.2)
+        with pytest.raises(ApiError) as caught:
+            client.get("/vms")
+        client.close()
+        assert caught.value.unreachable
+        message = str(caught.value)
+        assert all(u in message for u in urls) and "did not answer in time" in message
+        result = CliRunner().invoke(
+            cli_app, ["vm", "list", "--api", ",".join(urls)], env=server.env()
+        )
+        assert result.exit_code == ExitCode.UNREACHABLE
+    finally:
+        for s in hung:
+            s.close()
