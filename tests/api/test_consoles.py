@@ -10,6 +10,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import pytest
 from fastapi.routing import APIWebSocketRoute
 from starlette.routing import WebSocketRoute
@@ -174,6 +175,25 @@ async def test_consoles_open_at_once_are_bounded(agents: ConsoleAgents, operator
             return await read_until(ws, b"\n") == b"RFB 003.008\n"
 
     await wait_for(greeted_again, 5, "a console once the first closed", tolerate=(InvalidStatus,))
+
+
+async def test_a_revoked_token_ends_its_open_console(
+    agents: ConsoleAgents, store: MemoryStore
+) -> None:
+    await agents.create_vm("web", "n1")
+    for node in ("n1", "n2"):
+        agents.apps[node].state.consoles.recheck_s = 0.1
+    admin = await make_token(store, KEYS)
+    brief = await make_token(store, KEYS, "brief", Role.OPERATOR)
+    async with opened(agents.url("n2", "web"), additional_headers=auth(brief)) as ws:
+        await ws.send(b"\r")
+        await read_until(ws, b"web:/# ")
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{agents.ports['n1']}") as api:
+            r = await api.delete("/api/v1/tokens/brief", headers=auth(admin))
+            assert r.status_code == 200, r.text
+        await until_closed(ws)
+        assert ws.close_code == consoles.CLOSE_REVOKED
+        assert "'brief' is unknown, revoked" in (ws.close_reason or "")
 
 
 async def test_who_may_open_a_console(

@@ -192,14 +192,14 @@ async def pump(websocket: WebSocket, backend: Backend) -> bool:
     False if the console did."""
     to_client = asyncio.create_task(_to_client(websocket, backend))
     from_client = asyncio.create_task(_from_client(websocket, backend))
-    done, pending = await asyncio.wait(
-        {to_client, from_client}, return_when=asyncio.FIRST_COMPLETED
-    )
-    for task in pending:
-        task.cancel()
-    for task in pending:
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
+    try:
+        done, _ = await asyncio.wait({to_client, from_client}, return_when=asyncio.FIRST_COMPLETED)
+    finally:  # (also when this is cancelled: neither side is left running)
+        for task in (to_client, from_client):
+            task.cancel()
+        for task in (to_client, from_client):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
     return any(task.result() for task in done)
 
 

@@ -26,6 +26,8 @@ refused handshake is answered with the API's usual HTTP status and error body (4
 404 no such VM, 409 not running or the serial console in use, 503 too many consoles). A
 serial console has one user at a time (QEMU's serial socket takes one client); a VNC console
 any number (QEMU's VNC server shares the screen). Opening one is an event (``vm.console``).
+The token is checked again every :data:`RECHECK_S` while a console is open: revoked or
+expired, the console ends (:data:`CLOSE_REVOKED`).
 
 The websocket carries bytes both ways (binary messages; text ones are taken as UTF-8). It
 accepts the subprotocols ``hvc.console`` and, for VNC clients such as noVNC, ``binary``.
@@ -36,14 +38,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from fastapi import APIRouter, HTTPException
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from hvcluster.api import vms
+from hvcluster.api.auth import authenticate
 from hvcluster.api.console_bridge import (
     FORWARDED,
     SERIAL_BACKLOG,
@@ -55,7 +60,7 @@ from hvcluster.api.console_bridge import (
 from hvcluster.api.context import ApiContext, Ctx, ValidName
 from hvcluster.api.validation import api_address
 from hvcluster.models.console import ConsoleKind
-from hvcluster.models.errors import Conflict, HvcError, NotFound
+from hvcluster.models.errors import Conflict, HvcError, NotFound, StoreError, Unauthenticated
 from hvcluster.models.lifecycle import VMState
 from hvcluster.models.node import Node
 from hvcluster.models.vm import Placement, VMSpec, VMStatus
@@ -73,7 +78,9 @@ SUBPROTOCOLS = ("hvc.console", "binary")
 CLOSE_ENDED = 1000  # the VM stopped or was deleted
 CLOSE_MOVED = 4001  # (vnc) the VM runs again, on the node the reason names: reconnect
 CLOSE_LOST = 4002  # the VM did not run again within FOLLOW_S
+CLOSE_REVOKED = 4401  # the caller's token was revoked or expired while the console was open
 CLOSE_FAILED = 1011
+RECHECK_S = 30.0  # how often an open console's token is checked again
 
 router = APIRouter(tags=["consoles"])
 
@@ -89,6 +96,7 @@ class Consoles:
 
     local: LocalConsole | None = None
     max_open: int = MAX_CONSOLES
+    recheck_s: float = RECHECK_S
     open: int = 0
     serial_users: dict[str, str] = field(default_factory=dict)  # VM -> who has its console
 
@@ -113,9 +121,48 @@ async def console(websocket: WebSocket, ctx: Ctx, name: ValidName, kind: Console
             await ctx.record(
                 "vm.console", f"vm/{name}", f"{kind.value} console opened (the VM runs on {node})"
             )
-        await bridge(websocket, ctx, consoles, name, kind, forwarded, backend)
+        await until_revoked(
+            websocket,
+            ctx,
+            consoles.recheck_s,
+            bridge(websocket, ctx, consoles, name, kind, forwarded, backend),
+        )
     finally:
         consoles.open -= 1
+
+
+async def until_revoked(
+    websocket: WebSocket, ctx: ApiContext, every_s: float, work: Coroutine[Any, Any, None]
+) -> None:
+    """Run ``work`` (the console) while the caller's token stays valid, checked every
+    ``every_s``: a token revoked or expired meanwhile ends its open consoles too (code
+    :data:`CLOSE_REVOKED`). A store that cannot be asked ends nothing."""
+    bridged = asyncio.create_task(work)
+    checked = asyncio.create_task(_invalid(ctx, every_s))
+    try:
+        done, _ = await asyncio.wait({bridged, checked}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (bridged, checked):
+            task.cancel()
+        for task in (bridged, checked):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    if checked in done:
+        await close(websocket, CLOSE_REVOKED, checked.result())
+
+
+async def _invalid(ctx: ApiContext, every_s: float) -> str:
+    """Once the caller's token no longer authenticates: why."""
+    while True:
+        await asyncio.sleep(every_s)
+        if ctx.caller is None:
+            continue
+        try:
+            await authenticate(ctx.store, ctx.keys, f"Bearer {ctx.caller.credential}", time.time())
+        except Unauthenticated as e:
+            return str(e)
+        except StoreError:
+            continue
 
 
 def chosen_subprotocol(websocket: WebSocket) -> str | None:
