@@ -35,6 +35,7 @@ from hvcluster.lab.etcd import free_ports
 from hvcluster.lab.state import DEFAULT_LAB_DIR, LabNode, LabState, load, save
 from hvcluster.models.config import ClusterConfig
 from hvcluster.models.errors import HvcError
+from hvcluster.models.join import ClusterCa
 from hvcluster.models.token import Role, issue
 from hvcluster.store.keys import Keys
 
@@ -122,7 +123,7 @@ def up(
             f"etcd: {len(etcd)} member(s) on {', '.join(state.etcd_endpoints)}; "
             f"CA and certificates in {pki.dir}"
         )
-        state = _bootstrap(state, config)
+        state = _bootstrap(state, config, pki)
         save(state)
         Path(state.shared_dir).mkdir(parents=True, exist_ok=True)
         lab_nodes = []
@@ -167,15 +168,18 @@ def lab_config(config: ClusterConfig, shared: Path, cache_dir: Path) -> ClusterC
     )
 
 
-def _bootstrap(state: LabState, config: ClusterConfig) -> LabState:
-    """Write the cluster config and the lab's admin token (hashed) straight into etcd (the
-    lab's one use of etcd other than through the API); the state, with that token."""
+def _bootstrap(state: LabState, config: ClusterConfig, pki: Authority) -> LabState:
+    """Write the cluster config, the lab's admin token (hashed) and its CA (so that nodes
+    can join: lab/joining.py) straight into etcd (the lab's one use of etcd other than
+    through the API, as 'hvc cluster init' does); the state, with that token."""
     endpoints = ",".join(state.etcd_endpoints)
     keys = Keys(state.cluster)
     token, bearer = issue("admin", Role.ADMIN, time.time(), created_by="hvc lab up")
+    ca = ClusterCa(cert_pem=pki.ca_cert.read_text(), key_pem=pki.ca_key.read_text())
     writes = (
         (keys.config, config.model_copy(update={"name": state.cluster}).model_dump_json()),
         (keys.token(token.name), token.model_dump_json()),
+        (keys.cluster_ca, ca.model_dump_json()),
     )
     tls = [f"--cacert={state.ca}", f"--cert={state.client_cert}", f"--key={state.client_key}"]
     for key, value in writes:

@@ -1,0 +1,161 @@
+"""The joining host's side of ``hvc node join`` (the lab's new nodes use it too).
+
+1. The CA: ``GET /cluster/ca`` without trusting the server yet, kept only if its SHA-256 is
+   the fingerprint the join token carries; from then on every request is verified by it.
+2. A key and a certificate signing request made here (the key never leaves the host),
+   sent with the token to ``POST /join``; the certificate is written next to the key.
+3. When the host is to be an etcd member, the cluster added it as a learner: the caller
+   starts etcd with :func:`etcd_flags`, then :func:`promote` asks until etcd accepts it.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from hvcluster.host.pki import make_request
+from hvcluster.models.errors import Conflict, HvcError, InvalidInput
+from hvcluster.models.join import ca_fingerprint, split_join
+
+PREFIX = "/api/v1"
+TIMEOUT_S = 30.0  # signing runs openssl on the agent
+
+
+class JoinError(HvcError):
+    """The host could not join (the message says which step and why)."""
+
+
+@dataclass(frozen=True)
+class EtcdMember:
+    member_id: int
+    name: str
+    initial_cluster: str
+
+
+@dataclass(frozen=True)
+class Joined:
+    node: str
+    cluster: str
+    ca: Path
+    cert: Path
+    key: Path
+    serial: str
+    etcd_endpoints: tuple[str, ...]
+    etcd: EtcdMember | None
+
+
+def fetch_ca(url: str, fingerprint: str) -> str:
+    """The cluster's CA certificate, checked against the join token's ``fingerprint``."""
+    try:
+        got = httpx.get(f"{url}{PREFIX}/cluster/ca", verify=False, timeout=TIMEOUT_S)
+    except httpx.HTTPError as e:
+        raise JoinError(f"cannot reach {url} for the cluster CA: {e}") from None
+    if got.status_code != 200:
+        raise JoinError(f"{url} answered {got.status_code} for the cluster CA: {_said(got)}")
+    pem = str(got.json().get("cert_pem", ""))
+    if ca_fingerprint(pem) != fingerprint:
+        raise JoinError(
+            f"the CA {url} sent does not match the join token's fingerprint: not this "
+            "cluster, or someone in between; nothing was sent to it"
+        )
+    return pem
+
+
+def join(url: str, token: str, address: str, directory: Path, peer_url: str = "") -> Joined:
+    """Join the cluster at ``url`` (an agent's API) with a join token; the files written in
+    ``directory``: ``ca.crt``, ``<node>.key`` (0600) and ``<node>.crt``."""
+    try:
+        node, _, fingerprint = split_join(token)
+    except ValueError as e:
+        raise InvalidInput(str(e), field="token") from None
+    url = url.rstrip("/")
+    ca_pem = fetch_ca(url, fingerprint)
+    directory.mkdir(parents=True, exist_ok=True)
+    ca = directory / "ca.crt"
+    ca.write_text(ca_pem)
+    key, csr = make_request(directory, node)
+    body = {"token": token, "csr": csr, "address": address, "peer_url": peer_url}
+    answer = _post(url, ca, "/join", body)
+    cert = directory / f"{node}.crt"
+    cert.write_text(answer["cert_pem"])
+    os.chmod(cert, 0o644)
+    etcd = answer.get("etcd")
+    return Joined(
+        node=node,
+        cluster=answer["cluster"],
+        ca=ca,
+        cert=cert,
+        key=key,
+        serial=answer["serial"],
+        etcd_endpoints=tuple(answer["etcd_endpoints"]),
+        etcd=EtcdMember(etcd["member_id"], etcd["name"], etcd["initial_cluster"]) if etcd else None,
+    )
+
+
+def promote(url: str, ca: Path, token: str, timeout: float = 60.0) -> None:
+    """Ask the cluster to make this host's etcd learner a voter, until etcd accepts (it
+    refuses while the learner has not caught up) or ``timeout`` passes."""
+    end = time.monotonic() + timeout
+    while True:
+        try:
+            _post(url.rstrip("/"), ca, "/join/promote", {"token": token})
+            return
+        except Conflict as e:
+            if time.monotonic() > end:
+                raise JoinError(f"etcd member not promoted after {timeout:.0f}s: {e}") from None
+            time.sleep(0.5)
+
+
+def etcd_flags(joined: Joined, data_dir: Path, client_url: str, peer_url: str) -> list[str]:
+    """etcd's flags for this host's new member (TLS with the joined certificate, client
+    certificates required, joining the existing cluster)."""
+    if joined.etcd is None:
+        raise JoinError(f"node {joined.node} is not to run an etcd member")
+    tls = (joined.ca, joined.cert, joined.key)
+    return [
+        f"--name={joined.node}",
+        f"--data-dir={data_dir}",
+        f"--listen-client-urls={client_url}",
+        f"--advertise-client-urls={client_url}",
+        f"--listen-peer-urls={peer_url}",
+        f"--initial-advertise-peer-urls={peer_url}",
+        f"--initial-cluster={joined.etcd.initial_cluster}",
+        "--initial-cluster-state=existing",
+        "--client-cert-auth",
+        "--peer-client-cert-auth",
+        f"--trusted-ca-file={tls[0]}",
+        f"--cert-file={tls[1]}",
+        f"--key-file={tls[2]}",
+        f"--peer-trusted-ca-file={tls[0]}",
+        f"--peer-cert-file={tls[1]}",
+        f"--peer-key-file={tls[2]}",
+    ]
+
+
+def _post(url: str, ca: Path, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    verify = ssl.create_default_context(cafile=str(ca))
+    try:
+        got = httpx.post(f"{url}{PREFIX}{path}", json=body, verify=verify, timeout=TIMEOUT_S)
+    except httpx.HTTPError as e:
+        raise JoinError(f"cannot reach {url} ({path}): {e}") from None
+    if got.status_code == 409:
+        raise Conflict(_said(got))
+    if got.status_code == 422:
+        raise InvalidInput(_said(got), field=got.json().get("field"))
+    if got.status_code != 200:
+        raise JoinError(f"{url} refused {path} ({got.status_code}): {_said(got)}")
+    answer: dict[str, Any] = got.json()
+    return answer
+
+
+def _said(response: httpx.Response) -> str:
+    try:
+        return str(response.json().get("error") or response.text)
+    except ValueError:
+        return response.text[:200]

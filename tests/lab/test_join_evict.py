@@ -1,0 +1,140 @@
+"""A 4th node joins a running lab (join token, certificate signed by the cluster, an etcd
+learner added and promoted), a VM moves onto it, and it is evicted (drained first, its etcd
+member removed, its certificate revoked), with VMs running throughout; ``hvc cluster
+validate`` green before and after."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from hvcluster.cli.main import app as cli_app
+from hvcluster.lab import faults
+from hvcluster.lab.joining import evict_node, join_node
+from hvcluster.models.errors import HvcError
+from hvcluster.store.etcd import EtcdStore
+from hvcluster.store.etcd_conn import EtcdTls
+from tests.lab.conftest import Lab, make_lab, wait_for
+
+pytestmark = [pytest.mark.lab, pytest.mark.timeout(300)]
+VMS = ("j1", "j2")
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[Lab]:
+    yield from make_lab(tmp_path, "sim", nodes=3, etcd=1)
+
+
+def validate(lab: Lab) -> dict[str, str]:
+    """The failed checks of ``hvc cluster validate`` (none: green)."""
+    args = ["cluster", "validate", "--json", "--api", lab.api()]
+    result = CliRunner().invoke(cli_app, args, env={"HVC_LAB_DIR": str(lab.dir)})
+    assert result.exit_code in (0, 1), result.output
+    checks = json.loads(result.stdout)["checks"]
+    return {c["name"]: c["message"] for c in checks if c["status"] == "fail"}
+
+
+def members(lab: Lab) -> dict[str, bool]:
+    """etcd's own member list: name -> learner."""
+    state = lab.state
+    tls = EtcdTls(Path(state.ca), Path(state.client_cert), Path(state.client_key))
+
+    async def read() -> dict[str, bool]:
+        async with EtcdStore(list(state.etcd_endpoints), tls=tls) as store:
+            return {m.name: m.learner for m in await store.members()}
+
+    return asyncio.run(read())
+
+
+def alive(lab: Lab) -> list[str]:
+    return sorted(n["name"] for n in lab.get("/nodes")["nodes"] if n["alive"])
+
+
+def where(lab: Lab, vm: str) -> str | None:
+    v = lab.vm(vm)
+    status, placement = v.get("status") or {}, v.get("placement") or {}
+    if status.get("state") == "running" and status.get("node") == placement.get("node"):
+        return str(placement["node"])
+    return None
+
+
+class Watch:
+    """Samples every VM's processes in the background: a moment with none is a VM down."""
+
+    def __init__(self, lab: Lab) -> None:
+        self.lab, self.down, self.samples = lab, [], 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        while not self.stop.wait(0.05):
+            try:
+                state = self.lab.state
+            except HvcError:  # the state file caught being rewritten
+                continue
+            for vm in VMS:
+                if not faults.find_vm(state, vm):
+                    self.down.append((time.time(), vm))
+            self.samples += 1
+
+
+def test_a_node_joins_takes_a_vm_and_is_evicted_with_vms_running(lab: Lab) -> None:
+    wait_for(lambda: alive(lab) == ["n1", "n2", "n3"], 30, "three nodes alive")
+    for vm in VMS:
+        lab.post("/vms", {"name": vm, "memory_mib": 64})
+    for vm in VMS:
+        wait_for(lambda vm=vm: where(lab, vm), 60, f"{vm} running")
+    assert validate(lab) == {}
+    watch = Watch(lab)
+    watch.thread.start()
+    try:
+        _, name = join_node(lab.state, etcd_member=True, log=lambda _: None)
+        assert name == "n4"
+        assert members(lab) == {"etcd0": False, "n4": False}  # added, then promoted
+        wait_for(lambda: alive(lab) == ["n1", "n2", "n3", "n4"], 30, "n4 alive")
+        lab.post(f"/vms/{VMS[0]}/move", {"to": "n4", "kind": "live"})
+        wait_for(lambda: where(lab, VMS[0]) == "n4", 60, f"{VMS[0]} running on n4")
+        assert validate(lab) == {}
+
+        status, answer = evict(lab, "n4")
+        assert status == 409 and "draining it now" in answer["error"], answer
+        wait_for(lambda: drained(lab, "n4"), 120, "n4 drained")
+        _, done = evict_node(lab.state, "n4", log=lambda _: None)
+        assert done["etcd_member_removed"] and done["revoked_serial"]
+        assert where(lab, VMS[0]) not in (None, "n4")
+        assert members(lab) == {"etcd0": False}
+        assert "n4" not in [n["name"] for n in lab.get("/nodes")["nodes"]]
+    finally:
+        watch.stop.set()
+        watch.thread.join(5)
+    assert watch.samples > 20 and watch.down == []
+    kinds = [e["event"]["kind"] for e in lab.events(limit=1000)]
+    for kind in ("etcd.member.added", "etcd.member.promoted", "node.join.certificate",
+                 "node.draining", "etcd.member.removed", "node.evicted",
+                 "node.certificate.revoked"):  # fmt: skip
+        assert kind in kinds, kind
+    assert validate(lab) == {}
+
+
+def evict(lab: Lab, node: str) -> tuple[int, dict[str, Any]]:
+    r = httpx.post(
+        f"{lab.api()}/api/v1/cluster/nodes/{node}/evict",
+        headers=lab.headers,
+        verify=lab.ca,
+        timeout=10,
+    )
+    return r.status_code, r.json()
+
+
+def drained(lab: Lab, node: str) -> bool:
+    n = lab.get(f"/nodes/{node}")
+    return bool(n["vms"] == 0 and n["admin_state"] == "paused")
