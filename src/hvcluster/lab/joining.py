@@ -63,8 +63,8 @@ def join_node(
             command=(
                 "etcd",
                 *flags,
-                "--heartbeat-interval=100",
-                "--election-timeout=1000",
+                f"--heartbeat-interval={members.HEARTBEAT_MS}",
+                f"--election-timeout={members.ELECTION_MS}",
                 "--logger=zap",
                 "--log-outputs=stderr",
                 "--log-level=warn",
