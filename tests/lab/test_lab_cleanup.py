@@ -2,7 +2,8 @@
 or veth, no process, no mount, no nft rule. The machine is shared (other labs may come and
 go meanwhile), so only what belongs to this lab is compared: names derived from its lab dir
 (its bridge, the stem of every link and namespace), processes whose command line names the lab
-dir or that live in one of its namespaces, mounts naming either. The same probes must see all
+dir or that live in one of its namespaces (network, or a node's mount namespace), mounts naming
+either. The same probes must see all
 of it while the lab is up, or the comparison would prove nothing."""
 
 from __future__ import annotations
@@ -66,6 +67,17 @@ def mounts(lab_dir: Path, stem: str) -> set[str]:
     return {line for line in text.splitlines() if str(lab_dir) in line or stem in line}
 
 
+def in_mount_namespaces(inodes: set[int]) -> set[int]:
+    """Processes in one of these mount namespaces (a node's own, lab/hostns.py): a namespace
+    lives as long as one of its processes, so none left means none left."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if entry.name.isdigit() and os.stat(entry / "ns" / "mnt").st_ino in inodes:
+                found.add(int(entry.name))
+    return found
+
+
 def nft_tables() -> set[str]:
     """This host namespace's nft tables named for the lab (the lab puts its partition rules
     in node namespaces only, which go with them; none may leak here)."""
@@ -86,6 +98,7 @@ def test_lab_up_then_down_leaves_nothing_behind(tmp_path: Path) -> None:
     lab_dir = tmp_path / "lab"
     stem = netns.choose(str(lab_dir.resolve())).bridge
     before = snapshot(lab_dir, stem)
+    node_mnt: set[int] = set()
     assert not any(before[k] for k in ("namespaces", "links", "processes")), before
     try:
         state = cluster.up(
@@ -110,8 +123,12 @@ def test_lab_up_then_down_leaves_nothing_behind(tmp_path: Path) -> None:
         assert any(f"/run/netns/{stem}" in m for m in up["mounts"]), up["mounts"]
         in_n2 = run(*state.net.enter("n2", ["nft", "list", "tables"]))
         assert netns.NFT_TABLE in in_n2
+        node_mnt = {os.stat(f"/proc/{p}/ns/mnt").st_ino for p in pids}
+        assert os.stat("/proc/self/ns/mnt").st_ino not in node_mnt and len(node_mnt) == 2 * 2
+        assert vm[0][1] in in_mount_namespaces(node_mnt)
     finally:
         cluster.down(lab_dir, log=lambda _: None)
     after = snapshot(lab_dir, stem)
     assert after == before, {k: after[k] - before[k] for k in after}
+    assert not in_mount_namespaces(node_mnt)
     assert not lab_dir.exists()

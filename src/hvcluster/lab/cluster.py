@@ -2,7 +2,9 @@
 its watchdog), as detached processes, each node with its own run dir, so that faults are real:
 kill -9 a host, SIGSTOP an agent, restart one, kill etcd members (lab/faults.py). On loopback
 ports, or (``network="netns"``) each node and each etcd member in its own network namespace,
-so a node's link can be cut too.
+so a node's link can be cut too. As root, each node's processes (agent, watchdog, VMs) also
+get a mount namespace of their own in which the lab dir holds only that node's run dir, its
+certificate files and the shared volume (lab/hostns.py): no node can read another's files.
 
 Everything lives under one lab dir (default ``/run/hvc-lab``); ``lab.json`` there says what
 runs, so later commands (and ``hvc`` itself, to find the API) can find it.
@@ -17,11 +19,13 @@ etcd and serves its API with it), and ``client.crt``/``client.key`` for etcdctl 
 from __future__ import annotations
 
 import functools
+import os
 import shutil
 import ssl
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
@@ -30,7 +34,7 @@ import httpx
 
 from hvcluster.drivers.runtime import running_pids
 from hvcluster.host.pki import Authority, CertFiles
-from hvcluster.lab import members, netns, processes
+from hvcluster.lab import hostns, members, netns, processes
 from hvcluster.lab.etcd import free_ports
 from hvcluster.lab.state import DEFAULT_LAB_DIR, LabNode, LabState, load, save
 from hvcluster.models.config import ClusterConfig
@@ -68,9 +72,10 @@ def up(
     timeout: float = 60.0,
     network: Network = "loopback",
     etcd_members: int = 3,
+    private_mounts: bool | None = None,
 ) -> LabState:
     """Start ``etcd_members`` etcd members and ``nodes`` agents; return once every API
-    answers."""
+    answers. ``private_mounts`` (default: when root): a mount namespace per node."""
     if nodes < 1:
         raise LabError("a lab needs at least one node")
     if running_lab(lab_dir) is not None:
@@ -104,6 +109,7 @@ def up(
         etcd_members=tuple(etcd),
         shared_dir=str(lab_dir / "shared"),
         net=net,
+        private_mounts=os.geteuid() == 0 if private_mounts is None else private_mounts,
         ca=str(client.ca),
         client_cert=str(client.cert),
         client_key=str(client.key),
@@ -224,7 +230,13 @@ def start_node(state: LabState, name: str) -> LabState:
     node = state.node(name)
     run_dir = Path(node.run_dir)
     wd = node.watchdog_pid
-    enter = functools.partial(state.net.enter, name) if state.net else list
+    net = functools.partial(state.net.enter, name) if state.net else list
+
+    def enter(argv: list[str]) -> list[str]:
+        if state.private_mounts:
+            argv = hostns.wrap(state.dir, node_paths(state, node), argv)
+        return net(argv)
+
     if not processes.alive(wd):
         wd = processes.spawn(
             enter(
@@ -248,6 +260,17 @@ def start_node(state: LabState, name: str) -> LabState:
     state = state.with_node(node.model_copy(update={"agent_pid": agent, "watchdog_pid": wd}))
     save(state)
     return state
+
+
+def node_paths(state: LabState, node: LabNode) -> list[str]:
+    """What of the lab dir ``node`` sees in its own mount namespace: the shared volume and
+    every path its agent's config names there (its run dir, its certificate files)."""
+    lab = Path(state.dir).resolve()
+    config = tomllib.loads(Path(node.config).read_text())
+    named = [v for v in config.values() if isinstance(v, str) and v.startswith("/")]
+    paths = [state.shared_dir, node.run_dir, *named]
+    inside = [p for p in paths if p and Path(p).resolve().is_relative_to(lab)]
+    return [p for p in dict.fromkeys(inside) if Path(p).resolve() != lab and Path(p).exists()]
 
 
 def _healthy(url: str, ca: str) -> bool:

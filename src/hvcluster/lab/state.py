@@ -53,6 +53,9 @@ class LabState(Model):
     api: tuple[str, ...] = ()  # every agent's API base URL
     shared_dir: str = ""  # the lab's one "shared volume"
     net: LabNet | None = None  # None: every node on loopback; else a namespace per node
+    # True: each node's processes in a mount namespace of their own that sees only its own
+    # paths of the lab dir (lab/hostns.py); False (not root): every node sees the whole dir.
+    private_mounts: bool = False
     token: str = ""  # the admin API token made at bootstrap (hvc reads it from here)
     profile: str = "default"  # the timing profile of its cluster config (models/config.py)
     fence_after_s: float = 3.0  # of that config: what each node's watchdog is started with
