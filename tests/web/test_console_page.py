@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,9 +59,10 @@ async def test_the_console_page_is_for_operators(agents: ConsoleAgents) -> None:
         await web.aclose()
 
 
-def browse(url: str, token: str) -> dict[str, Any]:
+def browse(url: str, token: str, move: Callable[[], None]) -> dict[str, Any]:
     """In chromium: log in, open the console page, type a line into the terminal, read the
-    answer; connect the graphical console. What was seen, and a screenshot."""
+    answer; connect the graphical console; ``move()`` the VM and see both consoles follow.
+    What was seen, and a screenshot."""
     from playwright import sync_api
 
     with sync_api.sync_playwright() as p:
@@ -102,7 +103,23 @@ def browse(url: str, token: str) -> dict[str, Any]:
             )
             ARTIFACTS.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "console.png"), full_page=True)
-            return {"lines": page.evaluate(lines)}
+            first = page.evaluate(lines)
+
+            move()  # the terminal is carried over; noVNC is closed, and the page reconnects it
+            text = (
+                "(() => { const b = window.hvcSerial.term.buffer.active; const out = [];"
+                " for (let i = 0; i < b.length; i++)"
+                " out.push(b.getLine(i).translateToString(true));"
+                " return out.join('\\n'); })()"
+            )
+            page.wait_for_function(f"{text}.includes('[hvc: the console of web on n2]')")
+            page.wait_for_function(
+                "document.getElementById('vnc-status').textContent.startsWith('disconnected')"
+            )
+            page.wait_for_function(
+                "document.getElementById('vnc-status').textContent === 'connected'"
+            )
+            return {"lines": first}
         finally:
             browser.close()
 
@@ -110,7 +127,13 @@ def browse(url: str, token: str) -> dict[str, Any]:
 async def test_a_browser_types_into_the_serial_console(agents: ConsoleAgents) -> None:
     if not await asyncio.to_thread(CHROMIUM.exists):
         pytest.fail("chromium is not installed: run scripts/install")
-    await agents.create_vm("web", "n1")
+    spec = await agents.create_vm("web", "n1")
     token = await make_token(agents.store, KEYS, "browser", Role.OPERATOR)
-    seen = await asyncio.to_thread(browse, f"http://127.0.0.1:{agents.ports['n2']}", token)
+    loop = asyncio.get_running_loop()
+
+    def move() -> None:  # from the browser's thread, on the agents' loop
+        migrated = agents.migrate(spec, "n1", "n2", epoch=2)
+        asyncio.run_coroutine_threadsafe(migrated, loop).result(10)
+
+    seen = await asyncio.to_thread(browse, f"http://127.0.0.1:{agents.ports['n2']}", token, move)
     assert seen["lines"][:2] == ["echo typed-in-the-browser", "typed-in-the-browser"]
