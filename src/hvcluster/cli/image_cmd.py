@@ -7,9 +7,13 @@ from pathlib import Path
 import typer
 
 from hvcluster.cli.output import friendly_errors, print_json
+from hvcluster.guestimage.debian import build_debian_image
 from hvcluster.guestimage.image import DEFAULT_CACHE, build_image, cached_image
 
-app = typer.Typer(help="The test/demo guest image (a Debian kernel + busybox initramfs).")
+app = typer.Typer(
+    help="The test/demo guest images: busybox (a Debian kernel + busybox initramfs, the fast "
+    "default) or debian (a Debian 12 disk image that boots from its disk)."
+)
 
 CACHE = typer.Option(DEFAULT_CACHE, "--cache", help="Where downloads and the image are kept.")
 
@@ -19,9 +23,39 @@ CACHE = typer.Option(DEFAULT_CACHE, "--cache", help="Where downloads and the ima
 def build(
     cache: Path = CACHE,
     force: bool = typer.Option(False, "--force", help="Rebuild even if an image is cached."),
+    os_name: str = typer.Option("busybox", "--os", help="busybox or debian."),
+    mirror: str = typer.Option(
+        "", help="debian: the Debian mirror (default: the first one apt is configured with)."
+    ),
+    user: str = typer.Option("", help="debian: a user the first boot creates."),
+    ssh_key: Path | None = typer.Option(
+        None, "--ssh-key", help="debian: a public key file the user logs in with over SSH."
+    ),
 ) -> None:
     """Build the guest image into the cache; does nothing if an up-to-date one is there."""
-    build_image(cache, force=force, log=lambda line: typer.echo(f"[image] {line}"))
+    log = lambda line: typer.echo(f"[image] {line}")  # noqa: E731
+    if os_name == "busybox":
+        if mirror or user or ssh_key:
+            raise typer.BadParameter(
+                "only with --os debian", param_hint="--mirror/--user/--ssh-key"
+            )
+        build_image(cache, force=force, log=log)
+        return
+    if os_name != "debian":
+        raise typer.BadParameter("use busybox or debian", param_hint="--os")
+    key = ""
+    if ssh_key is not None:
+        try:
+            key = ssh_key.read_text().strip()
+        except OSError as e:
+            raise typer.BadParameter(
+                f"cannot read {ssh_key}: {e}", param_hint="--ssh-key"
+            ) from None
+        if not key.startswith(("ssh-", "ecdsa-", "sk-")):
+            raise typer.BadParameter(f"{ssh_key} is not an SSH public key", param_hint="--ssh-key")
+        if not user:
+            raise typer.BadParameter("an SSH key needs a --user", param_hint="--user")
+    build_debian_image(cache, force=force, log=log, mirror=mirror or None, user=user, ssh_key=key)
 
 
 @app.command("show")

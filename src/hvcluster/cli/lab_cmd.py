@@ -10,6 +10,7 @@ from typing import Literal
 import typer
 
 from hvcluster.cli.output import console, friendly_errors, print_json, print_table
+from hvcluster.guestimage.debian import require_debian_image
 from hvcluster.lab import chaos as chaos_run
 from hvcluster.lab import chaos_plan, chaos_report, cluster, faults, members, processes
 from hvcluster.lab.demo import create_vms, demo_specs
@@ -29,6 +30,11 @@ def up(
     demo: bool = typer.Option(False, help="Create demo VMs."),
     demo_vms: int = typer.Option(0, help="How many demo VMs (default: 3 qemu, 6 sim)."),
     cache: Path = typer.Option(Path("/var/cache/hvcluster"), help="The guest image cache."),
+    guest: str = typer.Option(
+        "busybox",
+        help="The demo VMs' guest (qemu): busybox (fast) or debian (`hvc image build --os "
+        "debian` first; boots from its disk).",
+    ),
     netns: bool | None = typer.Option(
         None,
         "--netns/--loopback",
@@ -48,9 +54,13 @@ def up(
         raise typer.BadParameter("use qemu or sim", param_hint="--driver")
     if etcd not in members.SIZES:
         raise typer.BadParameter("use 1, 3 or 5", param_hint="--etcd")
+    if guest not in ("busybox", "debian"):
+        raise typer.BadParameter("use busybox or debian", param_hint="--guest")
     if profile not in PROFILES:
         raise typer.BadParameter(f"use {' or '.join(PROFILES)}", param_hint="--profile")
     kind: Literal["qemu", "sim"] = "qemu" if driver == "qemu" else "sim"
+    if demo and kind == "qemu" and guest == "debian":
+        require_debian_image(cache)  # before any process starts: says how to build it
     if netns is None:
         netns = os.geteuid() == 0
         if not netns:
@@ -68,7 +78,8 @@ def up(
     )
     if demo:
         count = demo_vms or (3 if kind == "qemu" else 6)
-        names = create_vms(state.api[0], demo_specs(state, count, cache), state.token, state.ca)
+        specs = demo_specs(state, count, cache, guest)
+        names = create_vms(state.api[0], specs, state.token, state.ca)
         console.print(f"demo VMs: {', '.join(names)}")
     console.print(
         f"admin token (hvc finds it in {Path(state.dir) / 'lab.json'}; other clients send "

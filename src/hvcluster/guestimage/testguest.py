@@ -27,18 +27,19 @@ def create_disk(path: Path, size_mib: int = 16, fmt: str = "qcow2") -> Path:
 
 
 def read_counter(path: Path, fmt: str = "qcow2") -> int:
-    """The counter the guest last wrote to the disk; 0 if it never wrote one."""
+    """The counter the guest last wrote to the disk; 0 if it never wrote one. The busybox
+    guest keeps it in sector 0; the Debian guest, whose sector 0 is its MBR, in sector 1."""
     if fmt == "raw":
         with open(path, "rb") as f:
-            head = f.read(64)
+            head = f.read(1024)
     else:
         with tempfile.TemporaryDirectory(prefix="hvc-counter-") as tmp:
             out = Path(tmp) / "sector"
             qemu_img_blocking(
-                "dd", "-U", "-f", fmt, "-O", "raw", "bs=512", "count=1", f"if={path}", f"of={out}"
+                "dd", "-U", "-f", fmt, "-O", "raw", "bs=512", "count=2", f"if={path}", f"of={out}"
             )
-            head = out.read_bytes()[:64]
-    m = COUNTER.match(head)
+            head = out.read_bytes()[:1024]
+    m = COUNTER.match(head[:64]) or COUNTER.match(head[512:576])
     return int(m.group(1)) if m else 0
 
 

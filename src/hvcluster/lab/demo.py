@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 
+from hvcluster.guestimage.debian import DEBIAN_MEMORY_MIB, require_debian_image
 from hvcluster.guestimage.image import require_image
 from hvcluster.guestimage.testguest import create_disk
 from hvcluster.lab.state import LabState
@@ -16,11 +17,19 @@ from hvcluster.models.errors import HvcError
 PRIORITIES = ("high", "medium", "low")
 
 
-def demo_specs(state: LabState, count: int, cache_dir: Path) -> list[dict[str, Any]]:
-    """``count`` small VMs: test guests with a counter disk (qemu) or simulated ones (sim)."""
+def demo_specs(
+    state: LabState, count: int, cache_dir: Path, guest: str = "busybox"
+) -> list[dict[str, Any]]:
+    """``count`` small VMs: test guests with a counter disk (qemu) or simulated ones (sim).
+    ``guest``: busybox (kernel + initramfs, the counter on a blank disk) or debian (booting
+    from its own disk, a thin overlay of the cached Debian image)."""
     specs: list[dict[str, Any]] = []
     boot: dict[str, Any] = {}
-    if state.driver == "qemu":
+    debian = None
+    if state.driver == "qemu" and guest == "debian":
+        debian = require_debian_image(cache_dir)
+        boot = debian.boot().model_dump()
+    elif state.driver == "qemu":
         boot = require_image(cache_dir).boot().model_dump()
     for i in range(count):
         name = f"demo-{i + 1}"
@@ -32,7 +41,12 @@ def demo_specs(state: LabState, count: int, cache_dir: Path) -> list[dict[str, A
         }
         if state.driver == "qemu":
             disk = Path(state.shared_dir) / f"{name}.qcow2"
-            make_disk(disk, size_mib=64)
+            if debian is not None:
+                spec["memory_mib"] = DEBIAN_MEMORY_MIB
+                if not disk.exists():
+                    debian.create_disk(disk)
+            else:
+                make_disk(disk, size_mib=64)
             spec["boot"] = boot
             spec["disks"] = [{"path": str(disk)}]
         specs.append(spec)
