@@ -12,6 +12,7 @@ from hvcluster.cli import (
     console_cmd,
     events_cmd,
     image_cmd,
+    init_cmd,
     join_cmd,
     lab_cmd,
     move_cmd,
@@ -70,6 +71,7 @@ vm_cmd.app.command("move")(move_cmd.move)
 node_cmd.app.command("join")(join_cmd.join)
 node_cmd.app.command("evict")(join_cmd.evict)
 cluster_cmd.app.command("join-token")(join_cmd.join_token)
+cluster_cmd.app.command("init")(init_cmd.init)
 vm_cmd.app.command("console")(console_cmd.console)
 vm_cmd.app.command("set")(vm_set_cmd.set_vm)
 app.add_typer(vm_cmd.app, name="vm")
