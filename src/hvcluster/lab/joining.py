@@ -104,6 +104,14 @@ def evict_node(state: LabState, name: str, log: Log = print) -> tuple[LabState, 
     """Evict ``name`` through the API (it must be drained already: the API refuses
     otherwise), then stop its agent, watchdog and etcd member; the state without them."""
     done = _api(state, "POST", f"/cluster/nodes/{name}/evict", {"reason": "lab eviction"})
+    state = forget_node(state, name)
+    log(f"node {name} evicted: {done}")
+    return state, done
+
+
+def forget_node(state: LabState, name: str) -> LabState:
+    """After ``name`` was evicted: stop its agent, watchdog and etcd member; the state
+    without them."""
     node = state.node(name)
     processes.terminate([node.agent_pid])
     processes.terminate([node.watchdog_pid], grace=2)
@@ -121,5 +129,4 @@ def evict_node(state: LabState, name: str, log: Log = print) -> tuple[LabState, 
         }
     )
     save(state)
-    log(f"node {name} evicted: {done}")
-    return state, done
+    return state
