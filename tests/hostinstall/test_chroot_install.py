@@ -8,6 +8,8 @@ Runs as root (CI does); the Debian root is cached (see :mod:`tests.hostinstall.d
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
 import shutil
@@ -16,10 +18,12 @@ import subprocess
 import sys
 import time
 import tomllib
+import urllib.request
 from pathlib import Path
 
 import pytest
 
+from hvcluster.lab.etcd import free_ports
 from tests.hostinstall.debian_root import CACHE, fresh_root, mounts_under
 
 REPO = Path(__file__).resolve().parents[2]
@@ -59,6 +63,45 @@ def in_root(root: Path, argv: list[str], timeout: float) -> subprocess.Completed
     return subprocess.run(
         ["chroot", str(root), *argv], capture_output=True, text=True, timeout=timeout, check=False
     )
+
+
+def etcd_member_starts(root: Path) -> None:
+    """hvc-etcd's command as its unit runs it: /usr/bin/etcd as user etcd, its settings only
+    from etcd.env, its data dir made as systemd's StateDirectory= does. Ports 2379/2380 are
+    swapped for free ones (other tests share this machine); everything else is the file's."""
+    client, peer = free_ports(2)
+    env = {"PATH": "/usr/bin:/bin"}
+    for line in (root / "etc/hvcluster/etcd.env").read_text().splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            env[key] = value.replace(":2379", f":{client}").replace(":2380", f":{peer}")
+    assert env["ETCD_DATA_DIR"] == "/var/lib/hvcluster/etcd"
+    made = in_root(root, ["install", "-d", "-o", "etcd", "-m", "0700", env["ETCD_DATA_DIR"]], 30)
+    assert made.returncode == 0, made.stderr
+    settings = [f"{key}={value}" for key, value in env.items()]
+    etcd = subprocess.Popen(
+        ["chroot", "--userspec=etcd:etcd", str(root), "/usr/bin/env", "-i", *settings,
+         "/usr/bin/etcd"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert etcd.poll() is None, etcd.communicate()[1][-2000:]
+            with contextlib.suppress(OSError):
+                url = f"http://127.0.0.1:{client}/health"
+                with urllib.request.urlopen(url, timeout=2) as answer:
+                    if json.loads(answer.read()).get("health") == "true":
+                        break
+            assert time.monotonic() < deadline, "the etcd member was not healthy in 60s"
+            time.sleep(0.2)
+    finally:
+        etcd.terminate()
+        try:
+            etcd.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            etcd.kill()
+            etcd.communicate()
 
 
 def test_host_install_in_a_fresh_debian_root(tmp_path: Path) -> None:
@@ -128,6 +171,8 @@ def test_host_install_in_a_fresh_debian_root(tmp_path: Path) -> None:
             assert agent.returncode != 0
             assert "etcd did not answer" in agent.stderr, agent.stderr
             assert "127.0.0.1:1" in agent.stderr
+
+            etcd_member_starts(root)
 
             # Again: nothing rewritten, an edited config kept.
             conf = root / "etc/hvcluster/agent.toml"
