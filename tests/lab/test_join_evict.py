@@ -18,6 +18,8 @@ import pytest
 from typer.testing import CliRunner
 
 from hvcluster.cli.main import app as cli_app
+from hvcluster.host import join as host_join
+from hvcluster.host.join import JoinError
 from hvcluster.lab import faults
 from hvcluster.lab.joining import forget_node, join_node
 from hvcluster.models.errors import HvcError
@@ -85,6 +87,14 @@ class Watch:
                 if not faults.find_vm(state, vm):
                     self.down.append((time.time(), vm))
             self.samples += 1
+
+
+def test_a_host_trusts_only_the_ca_its_join_token_names(lab: Lab, tmp_path: Path) -> None:
+    token = lab.post("/cluster/join-tokens", {"node": "n9"})["token"]
+    forged = token[:-64] + "0" * 64  # another cluster's CA, or someone in between
+    with pytest.raises(JoinError, match="does not match the join token's fingerprint"):
+        host_join.join(lab.api(), forged, "127.0.0.1", tmp_path / "n9")
+    assert not (tmp_path / "n9").exists()  # no key made, nothing sent
 
 
 def test_a_node_joins_takes_a_vm_and_is_evicted_with_vms_running(lab: Lab) -> None:

@@ -14,7 +14,7 @@ from hvcluster.cli.output import console, err_console, fail, friendly_errors, pr
 from hvcluster.cli.views import json_option
 from hvcluster.host import join as joining
 
-DEFAULT_DIR = Path("/etc/hvcluster/pki")
+DEFAULT_DIR = Path("/etc/hvcluster")  # pki/ under it, and etcd.flags (as cluster init)
 
 
 @friendly_errors
@@ -55,7 +55,11 @@ def join(
     address: str = typer.Option(
         "", "--address", help="This host's address in the cluster (to join)."
     ),
-    directory: Path = typer.Option(DEFAULT_DIR, "--dir", help="Where the key and certificates go."),
+    directory: Path = typer.Option(
+        DEFAULT_DIR,
+        "--dir",
+        help="Config dir: key and certificates go to its pki/, etcd flags to etcd.flags.",
+    ),
     etcd_data_dir: Path = typer.Option(
         Path("/var/lib/hvcluster/etcd"), "--etcd-data-dir", help="The etcd member's data."
     ),
@@ -72,12 +76,12 @@ def join(
     signs it. If it is to run an etcd member (a learner until promoted), etcd's flags are
     written to <dir>/etcd.flags: start etcd with them, then run this again with --promote."""
     if promote:
-        joining.promote(cluster, directory / "ca.crt", token, timeout)
+        joining.promote(cluster, directory / "pki" / "ca.crt", token, timeout)
         console.print("etcd member promoted: it votes now")
         return
     if not address:
         raise UsageError("--address: this host's address is needed to join", field="address")
-    joined = joining.join(cluster, token, address, directory)
+    joined = joining.join(cluster, token, address, directory / "pki")
     flags: list[str] = []
     if joined.etcd is not None:
         host = f"[{address}]" if ":" in address else address
