@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -95,6 +96,27 @@ def test_a_host_trusts_only_the_ca_its_join_token_names(lab: Lab, tmp_path: Path
     with pytest.raises(JoinError, match="does not match the join token's fingerprint"):
         host_join.join(lab.api(), forged, "127.0.0.1", tmp_path / "n9")
     assert not (tmp_path / "n9").exists()  # no key made, nothing sent
+    # The commands an admin and the new host run (no etcd member: nothing to start).
+    env = {"HVC_LAB_DIR": str(lab.dir)}
+    made = CliRunner().invoke(
+        cli_app,
+        ["cluster", "join-token", "n8", "--no-etcd-member", "--json", "--api", lab.api()],
+        env=env,
+    )
+    assert made.exit_code == 0, made.output
+    token = json.loads(made.stdout)["token"]
+    args = ["node", "join", "--cluster", lab.api(), "--token", token, "--address", "127.0.0.1"]
+    joined = CliRunner().invoke(cli_app, [*args, "--dir", str(tmp_path / "n8"), "--json"])
+    assert joined.exit_code == 0, joined.output
+    assert json.loads(joined.stdout)["etcd_flags"] == []
+    cert, ca = tmp_path / "n8" / "pki" / "n8.crt", tmp_path / "n8" / "pki" / "ca.crt"
+    verified = subprocess.run(
+        ["openssl", "verify", "-CAfile", str(ca), str(cert)],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert verified.stdout.strip().endswith("OK"), verified
+    again = CliRunner().invoke(cli_app, [*args, "--dir", str(tmp_path / "again")])
+    assert again.exit_code != 0 and "unknown, used" in again.output
 
 
 def test_a_node_joins_takes_a_vm_and_is_evicted_with_vms_running(lab: Lab) -> None:
