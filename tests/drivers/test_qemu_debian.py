@@ -1,0 +1,77 @@
+"""The qemu driver booting the Debian guest from its own disk (no -kernel): its counter
+service writes the same record the lab reads, in sector 1 of a thin overlay of the cached
+image; after a clean ACPI shutdown its file system checks clean. Slow under TCG (a systemd
+boot: about a minute on these shared cores)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from hvcluster.drivers.qemu.driver import QemuDriver
+from hvcluster.drivers.qemu.settings import QemuSettings
+from hvcluster.drivers.runtime import vm_dir
+from hvcluster.guestimage.debian import (
+    DEBIAN_MEMORY_MIB,
+    DebianImage,
+    build_debian_image,
+    fsck_disk,
+)
+from hvcluster.guestimage.testguest import booted, read_counter
+from hvcluster.models.lifecycle import VMState
+from hvcluster.models.vm import Disk, VMSpec
+from tests.drivers.conftest import CACHE
+from tests.waiting import wait_for
+
+pytestmark = [pytest.mark.qemu, pytest.mark.slow, pytest.mark.timeout(1800)]
+
+BOOT_S = 300.0  # a systemd boot under TCG on two cores shared by several test suites
+
+
+def process_argv(pid: int | None) -> list[bytes]:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+
+
+@pytest.fixture(scope="session")
+def debian_image() -> DebianImage:
+    """The Debian guest (a no-op when cached; the first build takes minutes)."""
+    return build_debian_image(CACHE, log=lambda _: None)
+
+
+def test_the_image_build_is_cached(debian_image: DebianImage) -> None:
+    built = debian_image.base.stat().st_mtime
+    again = build_debian_image(CACHE, log=lambda _: None)
+    assert again == debian_image and again.base.stat().st_mtime == built
+    assert read_counter(debian_image.base) == 0  # the base itself never ran
+
+
+async def test_boots_from_its_disk_counts_and_shuts_down_clean(
+    run_dirs: Callable[[str], Path], debian_image: DebianImage, tmp_path: Path
+) -> None:
+    node = run_dirs("n1")
+    disk = debian_image.create_disk(tmp_path / "deb.qcow2")
+    spec = VMSpec(
+        name="deb1",
+        memory_mib=DEBIAN_MEMORY_MIB,
+        disks=(Disk(path=str(disk)),),
+        boot=debian_image.boot(),
+    )
+    driver = QemuDriver(node, QemuSettings(accelerator="tcg", cache_dir=CACHE))
+    started = time.monotonic()
+    info = await driver.start(spec, epoch=1)
+    assert info.state is VMState.RUNNING
+    serial = vm_dir(node, "deb1") / "serial.log"
+    await wait_for(lambda: read_counter(disk) > 0, BOOT_S, "the first counter write")
+    print(f"Debian guest: first counter write {time.monotonic() - started:.1f} s after start")
+    assert booted(serial)
+    argv = process_argv(info.pid)
+    assert b"-kernel" not in argv and b"-initrd" not in argv  # booted from its disk
+    first = read_counter(disk)
+    await wait_for(lambda: read_counter(disk) >= first + 2, 30, "the counter rising")
+    stopped = await driver.shutdown("deb1", timeout=120)
+    assert stopped.state is VMState.STOPPED
+    await driver.close()
+    fsck_disk(disk)
