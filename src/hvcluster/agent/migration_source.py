@@ -23,7 +23,14 @@ from hvcluster.drivers.errors import MigrationCancelled
 from hvcluster.models.base import encode
 from hvcluster.models.errors import DriverError, StoreError
 from hvcluster.models.lifecycle import MigrationState, VMState
-from hvcluster.models.migration import Migration, MigrationKind, Progress, address_host
+from hvcluster.models.migration import (
+    Migration,
+    MigrationKind,
+    Progress,
+    RunningSize,
+    address_host,
+    needs_running,
+)
 from hvcluster.models.migration_times import (
     done_sentence,
     source_times_lost,
@@ -58,6 +65,8 @@ class SourceRole(QuickState):
         busy = rec.id in self.tasks
         if shared_nothing(rec) and rec.state in (_M.REQUESTED, _M.PREPARING):
             await self.shared.publish_sizes(rec)  # the target waits for them (once)
+        if needs_running(rec) and rec.state in (_M.REQUESTED, _M.PREPARING):
+            await self._publish_running(rec)  # the target waits for it (once)
         if rec.state is _M.PREPARING and rec.target_ready and not busy:
             self._spawn(rec, self._transfer(rec))
         elif rec.state is _M.TRANSFERRING and not busy:
@@ -98,6 +107,23 @@ class SourceRole(QuickState):
                 await self._said_switched(rec)
             self.flipped.discard(rec.id)
             self.finished.add(rec.id)
+
+    async def _publish_running(self, rec: Migration) -> None:
+        """The size the guest runs with here into the record, once: the target builds the
+        incoming VM from it, not from the spec as edited since the VM started (that edit
+        waits for its next cold start). A VM this host does not run cannot move: failed."""
+        try:
+            size = RunningSize.of(await self.driver.running_spec(rec.vm))
+        except DriverError as e:
+            await self._fail(rec, f"{rec.vm} does not run on {self.me}: {e}")
+            return
+
+        def put(cur: Migration) -> Migration | None:
+            if cur.running is not None or not cur.active:
+                return None
+            return cur.model_copy(update={"running": size})
+
+        await change_migration(self.store, self.keys, rec.id, put)
 
     async def _transfer(self, rec: Migration) -> None:
         def start(cur: Migration) -> Migration | None:

@@ -19,7 +19,12 @@ from hvcluster.drivers.base import VMInfo
 from hvcluster.drivers.errors import NotRunning
 from hvcluster.models.errors import DriverError
 from hvcluster.models.lifecycle import MigrationState, VMState
-from hvcluster.models.migration import Migration, MigrationKind
+from hvcluster.models.migration import (
+    Migration,
+    MigrationKind,
+    needs_running,
+    sized_as_running,
+)
 from hvcluster.models.migration_times import done_sentence, with_times
 from hvcluster.store.migrations import change_migration
 from hvcluster.store.state import read_config
@@ -38,6 +43,8 @@ class TargetRole(QuickState):
         if rec.state is _M.PREPARING and not rec.target_ready and not busy:
             if rec.vm in self.migrated_out or not self.shared.ready_to_prepare(rec):
                 return  # our paused copy from its last move here is not discarded yet
+            if needs_running(rec) and rec.running is None:
+                return  # the source has not said yet which size the guest runs with
             self._spawn(rec, self._prepare(rec))
         elif rec.state is _M.TRANSFERRING and rec.saved_path and not rec.state_verified:
             if not busy:  # quick: the source saved the state; can we read it?
@@ -84,6 +91,7 @@ class TargetRole(QuickState):
             if rec.kind is MigrationKind.QUICK:
                 await self._prepare_state(rec)  # its state comes by a file: nothing to start
                 return
+            spec = sized_as_running(spec, rec)  # not as edited since it started
             spec = guest_spec(spec, self.agent.facts, rec.cpu_model)  # the model it runs with
             config, _ = await read_config(self.store, self.keys)
             if shared_nothing(rec):  # its disks come too: made here, served to the source
@@ -165,6 +173,7 @@ class TargetRole(QuickState):
         if spec is None:
             return
         path = self._state_path(rec.saved_path)
+        spec = sized_as_running(spec, rec)  # the size it was saved with
         spec = guest_spec(spec, self.agent.facts, rec.cpu_model)  # the model it was saved with
         resumed = _ran_at(await self.driver.restore(spec, epoch, path))
         with contextlib.suppress(OSError):

@@ -13,9 +13,9 @@ since; without one it applies to the spec as stored when it commits.
 
 A running VM keeps the size and CPU model it was started with: those changes
 (:data:`RESTART_NEEDED`) take effect when it next starts cold (stop and start, or a
-failover). Until then a live or quick migration makes its target from the new spec, and
-QEMU refuses the incoming state of another size: the move fails and the VM stays where it
-runs. The answer and the event say so.
+failover). Until then a live or quick migration keeps them: its source writes the size the
+guest runs with into the record and the target builds the incoming VM from that (see
+:class:`hvcluster.models.migration.RunningSize`). The answer and the event say which wait.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ async def edit_vm(name: ValidName, change: SettingsChange, ctx: Ctx) -> VMChange
         if later:
             text += (
                 f". It runs on with its old {', '.join(later)} until its next cold start "
-                "(stop and start it); a live or quick move before then fails"
+                "(stop and start it, or a failover); live and quick moves keep them meanwhile"
             )
         if change.reason:
             text += f". Reason: {change.reason}"

@@ -143,6 +143,6 @@ def set_vm(
         err_console.print(
             f"[yellow]note:[/] {name} runs with its old {', '.join(answer['restart_needed'])} "
             f"until it is stopped and started ('hvc vm stop {name}', then 'hvc vm start "
-            f"{name}'); a live or quick move before then fails and leaves it where it runs",
+            f"{name}'); live and quick moves keep them meanwhile",
             highlight=False,
         )

@@ -210,6 +210,16 @@ class Driver(ABC):
         """The state of one VM; raises :class:`NotRunning` if this host does not know it."""
         return known_vm(self.books, name)
 
+    async def running_spec(self, name: str) -> VMSpec:
+        """The spec VM ``name`` runs with here: the one it was started, received or restored
+        with. An edit of its stored spec changes none of that until its next cold start, and
+        a live or quick move must build its target from this one. Raises
+        :class:`NotRunning` if this host does not run it."""
+        self.books.look(name)
+        if name not in self.books.running:
+            raise NotRunning(name)
+        return self.books.running[name].spec
+
     async def list(self) -> builtins.list[VMInfo]:
         """Every VM this host runs, with pid, state and since. Polling it notices crashes."""
         return known_vms(self.books)

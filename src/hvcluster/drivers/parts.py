@@ -98,6 +98,9 @@ class DiskMover(Protocol):
 
 
 class HasInfo(Protocol):
+    @property
+    def spec(self) -> VMSpec: ...  # the spec it was started (or received) with
+
     def info(self) -> VMInfo: ...
 
 

@@ -12,7 +12,7 @@ from hvcluster.models.base import Model
 from hvcluster.models.lifecycle import MigrationState
 from hvcluster.models.names import Name, check_name
 from hvcluster.models.node import Node
-from hvcluster.models.vm import VMSpec
+from hvcluster.models.vm import MEMORY_MIB_MAX, MEMORY_MIB_MIN, VCPUS_MAX, Boot, VMSpec
 
 
 def _name_or_empty(value: str) -> str:
@@ -71,6 +71,26 @@ class Progress(Model):
     passes: int = Field(default=0, ge=0)
 
 
+class RunningSize(Model):
+    """The size a running VM's guest was started with (``vcpus``, ``memory_mib``, ``boot``),
+    which an edit of its spec does not change until its next cold start. A live or quick
+    move carries it (written by the source, from its driver) so that the target builds the
+    incoming VM as the guest runs: QEMU refuses a state of another RAM size or vCPU count,
+    and a direct-boot guest's kernel is part of what moves. Validated as the spec's fields."""
+
+    vcpus: int = Field(gt=0, le=VCPUS_MAX)
+    memory_mib: int = Field(ge=MEMORY_MIB_MIN, le=MEMORY_MIB_MAX)
+    boot: Boot = Boot()
+
+    @classmethod
+    def of(cls, spec: VMSpec) -> RunningSize:
+        return cls(vcpus=spec.vcpus, memory_mib=spec.memory_mib, boot=spec.boot)
+
+    def applied(self, spec: VMSpec) -> VMSpec:
+        """``spec`` (its disks, NICs, name, uid as stored now) with this size."""
+        return spec.model_copy(update=dict(self))
+
+
 class Migration(Model):
     id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
     vm: Name
@@ -110,6 +130,9 @@ class Migration(Model):
     # The CPU model the VM runs with, set by the controller when it picks the target: the
     # target starts its incoming (or restored) QEMU with it, never with its own default.
     cpu_model: str = ""
+    # Live and quick: the size the guest runs with, written by the source before the target
+    # prepares (None: not yet, or a record from before it existed: the spec's size).
+    running: RunningSize | None = None
 
     @property
     def active(self) -> bool:
@@ -122,6 +145,18 @@ class Migration(Model):
         if self.kind is MigrationKind.QUICK:
             return self.state_prepared and bool(self.state_file)
         return bool(self.target_address)
+
+
+def needs_running(rec: Migration) -> bool:
+    """Does ``rec`` move a running guest's state (live or quick), so that its target must
+    build the VM with the size it runs with (:class:`RunningSize`)? A storage move does not."""
+    return rec.kind is not MigrationKind.STORAGE
+
+
+def sized_as_running(spec: VMSpec, rec: Migration) -> VMSpec:
+    """``spec`` as the target of ``rec`` builds it: with the size the guest runs with, or
+    the spec's own for a record written before the size was carried."""
+    return rec.running.applied(spec) if rec.running is not None else spec
 
 
 def state_file_for(volume: str, vm: str, mid: str) -> str:

@@ -26,6 +26,8 @@ NICS_MAX = 32
 DISK_GIB_MAX = 64 * 1024  # 64 TiB, as Hyper-V's VHDX; size_gib * GiB stays an exact int
 CMDLINE_MAX = 4096
 FAILOVERS_MAX = 10_000
+VCPUS_MAX = 256
+MEMORY_MIB_MIN, MEMORY_MIB_MAX = 16, 4 * 1024 * 1024
 
 
 class Priority(StrEnum):
@@ -207,8 +209,8 @@ UID_PATTERN = r"^([0-9a-f]{32})?$"
 class VMSpec(Model):
     name: Name
     uid: str = Field(default="", pattern=UID_PATTERN)  # "": created before uids existed
-    vcpus: int = Field(default=1, gt=0, le=256)
-    memory_mib: int = Field(default=128, ge=16, le=4 * 1024 * 1024)
+    vcpus: int = Field(default=1, gt=0, le=VCPUS_MAX)
+    memory_mib: int = Field(default=128, ge=MEMORY_MIB_MIN, le=MEMORY_MIB_MAX)
     disks: tuple[Disk, ...] = Field(default=(), max_length=DISKS_MAX)
     nics: tuple[Nic, ...] = Field(default=(), max_length=NICS_MAX)
     boot: Boot = Boot()

@@ -2,8 +2,9 @@
 socket (:mod:`hvcluster.drivers.sim.transport`), timed by :mod:`hvcluster.drivers.sim.model`
 on the driver's clock, cancellable, made to fail on demand
 (:meth:`SimDriver.fail_next_migration`) or by chance (``params.migration_failure_rate``).
-A saved state file names its VM and the CPU model it ran with; restoring it into another
-model is refused, as QEMU would fail."""
+A saved state file names its VM, the CPU model and the size (memory, vCPUs) it ran with;
+restoring it into another model or size is refused, and so is a live state sent to a
+target of another, as QEMU would fail."""
 
 from __future__ import annotations
 
@@ -53,7 +54,7 @@ class SimMigration:
             else:
                 self.driver.finish(vm, VMState.FAILED, reason)
 
-        vm.moving.incoming = Incoming(spec.name, outcome, spec.cpu_model)
+        vm.moving.incoming = Incoming(spec.name, outcome, spec.cpu_model, _size(spec))
         try:
             return await vm.moving.incoming.listen(host)
         except MigrationFailed:
@@ -82,7 +83,9 @@ class SimMigration:
             fail_reason = "simulated failure"
         fail_at = rng.randrange(len(passes)) if fail_reason else -1
         out = Outgoing(name, address)
-        await out.open({"age_s": started - vm.started, "cpu_model": vm.spec.cpu_model})
+        await out.open(
+            {"age_s": started - vm.started, "cpu_model": vm.spec.cpu_model} | _size(vm.spec)
+        )
         self.driver.set_state(vm, VMState.MIGRATING, "migrating out")
         total, sent = vm.spec.memory_mib * MIB, 0
         progress = Progress(bytes_total=total)
@@ -138,7 +141,7 @@ class SimMigration:
             "epoch": vm.epoch,
             "age_s": self.driver.clock.wall() - vm.started,
             "cpu_model": vm.spec.cpu_model,
-        }
+        } | _size(vm.spec)
         if name in self.driver.bugs.unshared:
             self.driver.bugs.unshared.discard(name)
             path = Path(path).with_suffix(".unshared")
@@ -160,6 +163,12 @@ class SimMigration:
             raise MigrationFailed(
                 f"vm {spec.name}: {path} holds the CPU state of model {saved['cpu_model']}, "
                 f"not of {spec.cpu_model or 'the default'}"
+            )
+        other = {k: saved[k] for k, v in _size(spec).items() if k in saved and saved[k] != v}
+        if other:
+            raise MigrationFailed(
+                f"vm {spec.name}: {path} holds the state of a guest of {other}, not of "
+                f"{_size(spec)}"
             )
         await self.driver.clock.sleep(spec.memory_mib / self.driver.params.save_mib_s)
         state = VMState.PAUSED if paused else VMState.RUNNING
@@ -184,3 +193,9 @@ class SimMigration:
     def _gone_reason(self, vm: SimVM) -> str:
         info = self.driver.gone.get(vm.name)
         return info.reason if info else "gone"
+
+
+def _size(spec: VMSpec) -> dict[str, int]:
+    """What a guest's state must match to be loaded into another (QEMU refuses a RAM block
+    of another length, or vCPUs the target has not)."""
+    return {"memory_mib": spec.memory_mib, "vcpus": spec.vcpus}

@@ -45,10 +45,17 @@ async def _receive(reader: asyncio.StreamReader) -> dict[str, Any] | None:
 class Incoming:
     """The target's listener for one VM: accepts one source, reports the outcome once."""
 
-    def __init__(self, vm: str, on_outcome: Outcome, model: str | None = None) -> None:
+    def __init__(
+        self,
+        vm: str,
+        on_outcome: Outcome,
+        model: str | None = None,
+        size: dict[str, int] | None = None,
+    ) -> None:
         self.vm = vm
         self._on_outcome = on_outcome
         self._model = model  # the CPU model the guest here has: the state must be of it
+        self._size = size or {}  # memory_mib, vcpus of the guest here: the state's must match
         self._server: asyncio.Server | None = None
         self._decided = False
 
@@ -81,6 +88,13 @@ class Incoming:
             sent = dict(hello.get("meta", {})).get("cpu_model", self._model)
             if self._model is not None and sent != self._model:
                 why = f"CPU state of model {sent or 'default'} into a guest of {self._model}"
+                await _send(writer, {"ok": False, "error": why})
+                self._decide(False, f"incoming migration refused: {why}")
+                return
+            meta = dict(hello.get("meta", {}))
+            other = {k: meta[k] for k, v in self._size.items() if k in meta and meta[k] != v}
+            if other:  # as QEMU: a RAM block of another length, a CPU it does not have
+                why = f"a guest of {other} into one of {self._size}"
                 await _send(writer, {"ok": False, "error": why})
                 self._decide(False, f"incoming migration refused: {why}")
                 return
