@@ -7,8 +7,8 @@ from pathlib import Path
 import typer
 
 from hvcluster.cli.output import friendly_errors, print_json
-from hvcluster.guestimage.debian import build_debian_image
-from hvcluster.guestimage.image import DEFAULT_CACHE, build_image, cached_image
+from hvcluster.guestimage.debian import build_debian_image, require_debian_image
+from hvcluster.guestimage.image import DEFAULT_CACHE, ImageBuildFailed, build_image, cached_image
 
 app = typer.Typer(
     help="The test/demo guest images: busybox (a Debian kernel + busybox initramfs, the fast "
@@ -63,8 +63,30 @@ def build(
 def show(
     cache: Path = CACHE,
     json: bool = typer.Option(False, "--json", help="Print JSON."),
+    os_name: str = typer.Option("busybox", "--os", help="busybox or debian."),
 ) -> None:
     """Where the cached guest image is, and the VM spec ``boot`` section that boots it."""
+    if os_name == "debian":
+        try:
+            debian = require_debian_image(cache)
+        except ImageBuildFailed as e:
+            typer.echo(str(e), err=True)
+            raise typer.Exit(1) from None
+        info = {
+            "base": str(debian.base),
+            "kernel_version": debian.kernel_version,
+            "mirror": debian.mirror,
+            "disks": "thin qcow2 overlays: qemu-img create -f qcow2 -b BASE -F qcow2 DISK",
+            "boot": debian.boot().model_dump(),
+        }
+        if json:
+            print_json(info)
+        else:
+            for key, value in info.items():
+                typer.echo(f"{key}: {value}")
+        return
+    if os_name != "busybox":
+        raise typer.BadParameter("use busybox or debian", param_hint="--os")
     image = cached_image(cache)
     if image is None:
         raise typer.Exit(_missing(cache))
