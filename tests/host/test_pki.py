@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from hvcluster.host.pki import Authority, PkiError, make_request, serial_of, sign_request
+from hvcluster.host.pki import (
+    Authority,
+    PkiError,
+    make_crl,
+    make_request,
+    serial_of,
+    sign_request,
+)
 
 
 def openssl(*args: str) -> str:
@@ -62,3 +69,28 @@ def test_a_request_is_signed_for_the_name_it_was_made_for_only(tmp_path: Path) -
         sign_request(ca_cert, ca_key, csr.replace("A", "B", 3), "n4")
     with pytest.raises(PkiError, match="cannot name a certificate"):
         make_request(tmp_path, "../x")
+
+
+def test_a_crl_names_the_revoked_serials_and_openssl_refuses_them(tmp_path: Path) -> None:
+    pki = Authority(tmp_path / "pki")
+    gone, kept = pki.issue("n4"), pki.issue("n5")
+    serial = serial_of(gone.cert.read_text())
+    crl = make_crl(pki.ca_cert.read_text(), pki.ca_key.read_text(), [(serial, "n4")])
+    (tmp_path / "crl.pem").write_text(crl)
+    listed = openssl("crl", "-in", str(tmp_path / "crl.pem"), "-noout", "-text")
+    assert f"Serial Number: {serial}" in listed
+    check = [
+        "verify",
+        "-crl_check",
+        "-CRLfile",
+        str(tmp_path / "crl.pem"),
+        "-CAfile",
+        str(pki.ca_cert),
+    ]
+    assert "OK" in openssl(*check, str(kept.cert))
+    refused = subprocess.run(
+        ["openssl", *check, str(gone.cert)], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert refused.returncode != 0 and "revoked" in (refused.stdout + refused.stderr)
+    with pytest.raises(PkiError, match="not hexadecimal"):
+        make_crl(pki.ca_cert.read_text(), pki.ca_key.read_text(), [("xyz", "n4")])

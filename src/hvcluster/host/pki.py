@@ -24,6 +24,7 @@ import re
 import secrets
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -228,3 +229,41 @@ def serial_of(cert_pem: str) -> str:
         (Path(tmp) / "c.crt").write_text(cert_pem)
         out = _run(["x509", "-in", "c.crt", "-noout", "-serial"], Path(tmp))
     return out.strip().partition("=")[2]
+
+
+CRL_DAYS = 3650
+_CRL_CONFIG = """[ ca ]
+default_ca = hvc
+[ hvc ]
+database = index.txt
+crlnumber = crlnumber
+default_md = sha256
+default_crl_days = {days}
+"""
+
+
+def make_crl(ca_cert_pem: str, ca_key_pem: str, revoked: Iterable[tuple[str, str]]) -> str:
+    """A certificate revocation list (PEM) signed by the CA, naming ``revoked``
+    (``(serial hex, node)`` pairs): what etcd's ``--client-crl-file``/``--peer-crl-file``
+    read (docs/architecture.md, "What revocation means here")."""
+    with tempfile.TemporaryDirectory(prefix="hvc-crl-") as tmp:
+        work = Path(tmp)
+        (work / "ca.crt").write_text(ca_cert_pem)
+        (work / "ca.key").write_text(ca_key_pem)
+        (work / "crlnumber").write_text("01\n")
+        (work / "ca.cnf").write_text(_CRL_CONFIG.format(days=CRL_DAYS))
+        now = time.strftime("%y%m%d%H%M%SZ", time.gmtime())
+        lines = []
+        for serial, node in revoked:
+            if not re.fullmatch(r"[0-9A-Fa-f]{1,40}", serial):
+                raise PkiError(f"serial {serial!r} is not hexadecimal")
+            _check_name(node)
+            even = serial.upper() if len(serial) % 2 == 0 else "0" + serial.upper()
+            lines.append(f"R\t491231235959Z\t{now}\t{even}\tunknown\t/CN={node}\n")
+        (work / "index.txt").write_text("".join(lines))
+        _run(
+            ["ca", "-gencrl", "-config", "ca.cnf", "-keyfile", "ca.key", "-cert", "ca.crt",
+             "-out", "crl.pem"],
+            work,
+        )  # fmt: skip
+        return (work / "crl.pem").read_text()
