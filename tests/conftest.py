@@ -3,10 +3,31 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
 from hvcluster.store.memory_store import MemoryStore
+
+HERE = Path(__file__).parent
+# The directories whose tests may share the cores with other tests (scripts/test runs those
+# marked ``parallel`` on several workers at once): in-process, on memory stores and manual
+# clocks, or on real time with margins that a busy core does not eat. A test there whose
+# bounds are real time (an agent that must answer within seconds) is marked ``alone``.
+PARALLEL_DIRS = frozenset(
+    {"models", "scheduler", "controller", "sim", "api", "cli", "validate", "web"}
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``parallel`` every test of :data:`PARALLEL_DIRS` not marked ``alone``."""
+    for item in items:
+        try:
+            top = item.path.relative_to(HERE).parts[0]
+        except ValueError:
+            continue
+        if top in PARALLEL_DIRS and item.get_closest_marker("alone") is None:
+            item.add_marker(pytest.mark.parallel)
 
 
 @pytest.fixture

@@ -26,7 +26,8 @@ from tests.tokens import api_client
 from tests.validate.agents import Agents, free_port
 from tests.waiting import wait_for
 
-pytestmark = pytest.mark.timeout(60)
+# agents that must answer within seconds: not on a core shared with other tests
+pytestmark = [pytest.mark.timeout(60), pytest.mark.alone]
 
 
 @pytest.fixture

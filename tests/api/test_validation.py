@@ -19,7 +19,8 @@ from hvcluster.store.memory_store import MemoryStore
 from tests.api.conftest import KEYS
 from tests.validate.agents import Agents, free_port
 
-pytestmark = pytest.mark.timeout(60)
+# agents that must answer within seconds: not on a core shared with other tests
+pytestmark = [pytest.mark.timeout(60), pytest.mark.alone]
 
 
 @pytest.fixture

@@ -22,7 +22,8 @@ from hvcluster.store.memory_store import MemoryStore
 from tests.tokens import make_token
 from tests.validate.agents import Agents
 
-pytestmark = pytest.mark.timeout(60)
+# agents that must answer within seconds: not on a core shared with other tests
+pytestmark = [pytest.mark.timeout(60), pytest.mark.alone]
 
 KEYS = Keys("val")
 T = TypeVar("T")

@@ -15,6 +15,7 @@ from collections import defaultdict
 from dataclasses import replace
 from typing import TypeVar
 
+import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -42,6 +43,9 @@ CLASSES = ("a", "b", "c")
 GROUPS = ("g1", "g2")
 SWITCHES = ("lan", "dmz")
 VOLUMES = ("csv1", "csv2")
+# 300 examples are ~25 s of CPU on a free core; on a shared one (other tests beside it, a
+# busy machine) 130 s were seen: above the default hang guard of 120 s, not a hang.
+pytestmark = pytest.mark.timeout(400)
 PROPERTY_SETTINGS = settings(
     max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )

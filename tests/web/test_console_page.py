@@ -20,7 +20,8 @@ from hvcluster.web.app import install_dashboard
 from tests.api.console_agents import KEYS, ConsoleAgents, console_agents
 from tests.tokens import make_token
 
-pytestmark = pytest.mark.timeout(90)
+# a real browser (chromium) whose waits are real time: not on a core shared with other tests
+pytestmark = [pytest.mark.timeout(90), pytest.mark.alone]
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "dashboard"
