@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -52,11 +53,15 @@ def wheelhouse(dist: Path) -> Path:
     return wheels
 
 
-def exec_start(unit: Path) -> list[str]:
+def exec_start_line(unit: Path) -> str:
     text = unit.read_text().replace("\\\n", " ")
     found = re.search(r"(?m)^ExecStart=(.+)$", text)
     assert found, f"no ExecStart in {unit}"
-    return found.group(1).split()
+    return found.group(1)
+
+
+def exec_start(unit: Path) -> list[str]:
+    return exec_start_line(unit).split()
 
 
 def in_root(root: Path, argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
@@ -65,23 +70,22 @@ def in_root(root: Path, argv: list[str], timeout: float) -> subprocess.Completed
     )
 
 
-def etcd_member_starts(root: Path) -> None:
-    """hvc-etcd's command as its unit runs it: /usr/bin/etcd as user etcd, its settings only
-    from etcd.env, its data dir made as systemd's StateDirectory= does. Ports 2379/2380 are
-    swapped for free ones (other tests share this machine); everything else is the file's."""
+def etcd_member_starts(root: Path, unit: Path) -> None:
+    """hvc-etcd's ExecStart as its unit runs it (its flags from etcd.flags), its data dir
+    made as systemd's StateDirectory= does, until the member is healthy. Ports 2379/2380 are
+    swapped for free ones in a copy of the flags (other tests share this machine)."""
     client, peer = free_ports(2)
-    env = {"PATH": "/usr/bin:/bin"}
-    for line in (root / "etc/hvcluster/etcd.env").read_text().splitlines():
-        if line and not line.startswith("#"):
-            key, _, value = line.partition("=")
-            env[key] = value.replace(":2379", f":{client}").replace(":2380", f":{peer}")
-    assert env["ETCD_DATA_DIR"] == "/var/lib/hvcluster/etcd"
-    made = in_root(root, ["install", "-d", "-o", "etcd", "-m", "0700", env["ETCD_DATA_DIR"]], 30)
+    flags = root / "etc/hvcluster/etcd.flags"
+    text = flags.read_text()
+    assert "--data-dir=/var/lib/hvcluster/etcd\n" in text
+    shifted = text.replace(":2379", f":{client}").replace(":2380", f":{peer}")
+    (root / "tmp/etcd.flags").write_text(shifted)
+    command = exec_start_line(unit).replace("/etc/hvcluster/etcd.flags", "/tmp/etcd.flags")
+    made = in_root(root, ["install", "-d", "-m", "0700", "/var/lib/hvcluster/etcd"], 30)
     assert made.returncode == 0, made.stderr
-    settings = [f"{key}={value}" for key, value in env.items()]
+    shell = shlex.split(command.replace("$$", "$"))
     etcd = subprocess.Popen(
-        ["chroot", "--userspec=etcd:etcd", str(root), "/usr/bin/env", "-i", *settings,
-         "/usr/bin/etcd"],
+        ["chroot", str(root), *shell],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -135,7 +139,7 @@ def test_host_install_in_a_fresh_debian_root(tmp_path: Path) -> None:
             config = tomllib.loads((root / "etc/hvcluster/agent.toml").read_text())
             assert config["node"] == "hv1"
             assert config["etcd"] == ["127.0.0.1:1"]
-            assert "ETCD_NAME=hv1" in (root / "etc/hvcluster/etcd.env").read_text()
+            assert "--name=hv1\n" in (root / "etc/hvcluster/etcd.flags").read_text()
             wants = root / UNITS / "multi-user.target.wants"
             for name in ("hvc-watchdog.service", "hvc-agent.service", "hvc-etcd.service"):
                 assert (wants / name).is_symlink(), f"{name} not enabled"
@@ -172,7 +176,7 @@ def test_host_install_in_a_fresh_debian_root(tmp_path: Path) -> None:
             assert "etcd did not answer" in agent.stderr, agent.stderr
             assert "127.0.0.1:1" in agent.stderr
 
-            etcd_member_starts(root)
+            etcd_member_starts(root, root / UNITS / "hvc-etcd.service")
 
             # Again: nothing rewritten, an edited config kept.
             conf = root / "etc/hvcluster/agent.toml"
@@ -181,6 +185,12 @@ def test_host_install_in_a_fresh_debian_root(tmp_path: Path) -> None:
             assert again.returncode == 0, again.stdout + again.stderr
             assert " written" not in again.stdout, again.stdout
             assert "the admin's line" in conf.read_text()
+
+            # The venv alone (before hvc cluster init / hvc node join): no config step at all.
+            venv = in_root(root, [*install[:5], "--venv-only"], timeout=600)
+            assert venv.returncode == 0, venv.stdout + venv.stderr
+            assert "--venv-only" in venv.stdout
+            assert "[host]" not in venv.stdout
 
             gone = in_root(root, ["/opt/hvcluster/bin/hvc", "host", "uninstall"], 120)
             assert gone.returncode == 0, gone.stdout + gone.stderr

@@ -12,7 +12,7 @@ import pytest
 from hvcluster.agent.config import load_config
 from hvcluster.drivers.runtime import record_identity
 from hvcluster.hostinstall import apply
-from hvcluster.hostinstall.plan import HostPlan, agent_toml, etcd_env
+from hvcluster.hostinstall.plan import HostPlan, agent_toml, etcd_flags
 from hvcluster.hostinstall.units import AGENT_UNIT, ETCD_UNIT, WATCHDOG_UNIT
 from hvcluster.models.errors import ConfigError
 
@@ -90,19 +90,19 @@ def test_install_needs_the_virtualenv_and_a_node_name(tmp_path: Path) -> None:
         run(nameless)
 
 
-def test_etcd_env_follows_the_agents_tls(tmp_path: Path) -> None:
-    plain = etcd_env(scratch(tmp_path, address="10.0.0.1"))
-    assert "ETCD_LISTEN_PEER_URLS=http://10.0.0.1:2380\n" in plain
-    assert "ETCD_INITIAL_CLUSTER=hv1=http://10.0.0.1:2380\n" in plain
-    assert "CERT" not in plain
+def test_etcd_flags_follows_the_agents_tls(tmp_path: Path) -> None:
+    plain = etcd_flags(scratch(tmp_path, address="10.0.0.1"))
+    assert "--listen-peer-urls=http://10.0.0.1:2380\n" in plain
+    assert "--initial-cluster=hv1=http://10.0.0.1:2380\n" in plain
+    assert "cert" not in plain
     pki = Path("/etc/hvcluster/pki")
     agent = {"node": "hv1", "etcd_ca": pki / "ca.crt", "etcd_cert": pki / "hv1.crt"}
     with pytest.raises(ConfigError, match="--etcd-key"):
-        etcd_env(HostPlan(agent=agent))
-    tls = etcd_env(HostPlan(agent={**agent, "etcd_key": pki / "hv1.key"}))
-    assert "ETCD_CERT_FILE=/etc/hvcluster/pki/hv1.crt\n" in tls
-    assert "ETCD_PEER_KEY_FILE=/etc/hvcluster/pki/hv1.key\n" in tls
-    assert "ETCD_CLIENT_CERT_AUTH=true\n" in tls
+        etcd_flags(HostPlan(agent=agent))
+    tls = etcd_flags(HostPlan(agent={**agent, "etcd_key": pki / "hv1.key"}))
+    assert "--cert-file=/etc/hvcluster/pki/hv1.crt\n" in tls
+    assert "--peer-key-file=/etc/hvcluster/pki/hv1.key\n" in tls
+    assert "--client-cert-auth\n" in tls
 
 
 def test_uninstall_refuses_while_vms_run_and_keeps_the_config(tmp_path: Path) -> None:

@@ -85,6 +85,6 @@ def test_watchdog_options() -> None:
 def test_etcd_unit_only_for_members() -> None:
     assert ETCD_UNIT not in units(plan())
     member = units(plan(etcd_member=True))
-    assert "EnvironmentFile=/etc/hvcluster/etcd.env" in member[ETCD_UNIT]
-    assert "StateDirectory=hvcluster/etcd" in member[ETCD_UNIT]  # /var/lib/, owned by etcd
+    assert 'grep -v "^#" /etc/hvcluster/etcd.flags)' in member[ETCD_UNIT]
+    assert "StateDirectory=hvcluster/etcd" in member[ETCD_UNIT]  # /var/lib/hvcluster/etcd
     assert f"Wants={ETCD_UNIT}" in member[AGENT_UNIT]

@@ -13,7 +13,7 @@ import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from hvcluster.hostinstall.plan import HostPlan, agent_toml, etcd_env
+from hvcluster.hostinstall.plan import HostPlan, agent_toml, etcd_flags
 from hvcluster.hostinstall.units import AGENT_UNIT, ETCD_UNIT, WATCHDOG_UNIT, units
 from hvcluster.models.errors import ConfigError, HvcError
 from hvcluster.watchdog.node import vm_pids
@@ -108,9 +108,9 @@ def install(
         write_file(plan.config_path, agent_toml(plan), 0o640, say, keep=False)
     if plan.etcd_member:
         if "node" in plan.agent:
-            write_file(plan.etcd_env_path, etcd_env(plan), 0o640, say, keep=not force)
-        elif not plan.etcd_env_path.exists():
-            raise ConfigError(f"--node is needed: no {plan.etcd_env_path} yet", field="node")
+            write_file(plan.etcd_flags_path, etcd_flags(plan), 0o640, say, keep=not force)
+        elif not plan.etcd_flags_path.exists():
+            raise ConfigError(f"--node is needed: no {plan.etcd_flags_path} yet", field="node")
     for name, text in units(plan).items():
         write_file(plan.unit_dir / name, text, 0o644, say, keep=False)
     if plan.softdog:

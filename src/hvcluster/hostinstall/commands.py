@@ -55,12 +55,12 @@ def install(
     ),
     etcd_existing: bool = typer.Option(False, help="Join a running etcd cluster, not found one."),
     prefix: Path = typer.Option(PREFIX, help="The virtualenv the units run."),
-    etc: Path = typer.Option(ETC, help="Where agent.toml (and etcd.env) live."),
+    etc: Path = typer.Option(ETC, help="Where agent.toml (and etcd.flags) live."),
     unit_dir: Path = typer.Option(UNIT_DIR, help="Where the units go."),
     packages: bool = typer.Option(True, help="Install the Debian packages a host needs."),
     enable: bool = typer.Option(True, help="Enable the units (systemctl enable)."),
     start: bool = typer.Option(False, help="Start the units now (where systemd runs)."),
-    force: bool = typer.Option(False, help="Rewrite an existing agent.toml / etcd.env."),
+    force: bool = typer.Option(False, help="Rewrite an existing agent.toml / etcd.flags."),
 ) -> None:
     """Write /etc/hvcluster/agent.toml (never over an existing one without --force), the
     units hvc-watchdog, hvc-agent (and hvc-etcd), install the host's Debian packages and

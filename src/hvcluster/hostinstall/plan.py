@@ -66,8 +66,8 @@ class HostPlan:
         return self.etc / "agent.toml"
 
     @property
-    def etcd_env_path(self) -> Path:
-        return self.etc / "etcd.env"
+    def etcd_flags_path(self) -> Path:
+        return self.etc / "etcd.flags"
 
     @property
     def softdog_conf(self) -> Path:
@@ -110,11 +110,11 @@ def agent_toml(plan: HostPlan) -> str:
     return text
 
 
-def etcd_env(plan: HostPlan) -> str:
-    """The etcd member's ``ETCD_*`` settings (etcd reads them from its environment): it
-    listens on the agent's address, TLS when the agent talks TLS to etcd: the same CA, and
-    the node's certificate (``etcd_cert``, named for its address, for server and client use)
-    on its client and peer links."""
+def etcd_flags(plan: HostPlan) -> str:
+    """The etcd member's flags, one a line, as ``hvc cluster init`` and ``hvc node join``
+    write them (``etcd.flags``; hvc-etcd.service runs etcd with them): it listens on the
+    agent's address, TLS when the agent talks TLS to etcd (the same CA, and the node's
+    certificate ``etcd_cert``, named for its address, on its client and peer links)."""
     name = plan.agent["node"]
     address = plan.agent.get("address", "127.0.0.1")
     ca = plan.agent.get("etcd_ca")
@@ -122,17 +122,17 @@ def etcd_env(plan: HostPlan) -> str:
     peer = f"{scheme}://{address}:{ETCD_PEER_PORT}"
     client = f"{scheme}://{address}:{ETCD_CLIENT_PORT}"
     local = f"{scheme}://127.0.0.1:{ETCD_CLIENT_PORT}"
-    env = {
-        "ETCD_NAME": name,
-        "ETCD_DATA_DIR": str(ETCD_DATA_DIR),
-        "ETCD_LISTEN_PEER_URLS": peer,
-        "ETCD_LISTEN_CLIENT_URLS": client if address == "127.0.0.1" else f"{client},{local}",
-        "ETCD_ADVERTISE_CLIENT_URLS": client,
-        "ETCD_INITIAL_ADVERTISE_PEER_URLS": peer,
-        "ETCD_INITIAL_CLUSTER": plan.etcd_initial_cluster or f"{name}={peer}",
-        "ETCD_INITIAL_CLUSTER_STATE": "existing" if plan.etcd_existing else "new",
-        "ETCD_INITIAL_CLUSTER_TOKEN": plan.agent.get("cluster", "hvc"),
-    }
+    flags = [
+        f"--name={name}",
+        f"--data-dir={ETCD_DATA_DIR}",
+        f"--listen-client-urls={client if address == '127.0.0.1' else f'{client},{local}'}",
+        f"--advertise-client-urls={client}",
+        f"--listen-peer-urls={peer}",
+        f"--initial-advertise-peer-urls={peer}",
+        f"--initial-cluster={plan.etcd_initial_cluster or f'{name}={peer}'}",
+        f"--initial-cluster-token=hvc-{plan.agent.get('cluster', 'hvc')}",
+        f"--initial-cluster-state={'existing' if plan.etcd_existing else 'new'}",
+    ]
     if ca:
         cert, key = plan.agent.get("etcd_cert"), plan.agent.get("etcd_key")
         if cert is None or key is None:
@@ -141,15 +141,14 @@ def etcd_env(plan: HostPlan) -> str:
                 "and --etcd-key (its address in the names, for server and client use)",
                 field="etcd_cert",
             )
-        env |= {
-            "ETCD_TRUSTED_CA_FILE": str(ca),
-            "ETCD_CERT_FILE": str(cert),
-            "ETCD_KEY_FILE": str(key),
-            "ETCD_CLIENT_CERT_AUTH": "true",
-            "ETCD_PEER_TRUSTED_CA_FILE": str(ca),
-            "ETCD_PEER_CERT_FILE": str(cert),
-            "ETCD_PEER_KEY_FILE": str(key),
-            "ETCD_PEER_CLIENT_CERT_AUTH": "true",
-        }
-    head = "# Written by hvc host install --etcd-member: etcd reads these ETCD_* variables.\n"
-    return head + "".join(f"{k}={v}\n" for k, v in env.items())
+        flags += [
+            "--client-cert-auth",
+            "--peer-client-cert-auth",
+            f"--trusted-ca-file={ca}",
+            f"--cert-file={cert}",
+            f"--key-file={key}",
+            f"--peer-trusted-ca-file={ca}",
+            f"--peer-cert-file={cert}",
+            f"--peer-key-file={key}",
+        ]
+    return "\n".join(flags) + "\n"

@@ -93,17 +93,18 @@ After=network-online.target
 Wants=network-online.target
 Before={AGENT_UNIT}
 StartLimitIntervalSec=0
-# The member's name, URLs, cluster and certificates: ETCD_* variables, read by etcd itself.
-ConditionPathExists={plan.etcd_env_path}
+# The member's name, URLs, cluster and certificates: one flag a line, as hvc cluster init,
+# hvc node join and hvc host install --etcd-member write them.
+ConditionPathExists={plan.etcd_flags_path}
 
 [Service]
 Type=notify
-User=etcd
-# Made (owned by etcd) by systemd: {ETCD_DATA_DIR}, the ETCD_DATA_DIR install writes.
+# As root, like the agent: it reads the node's key, which the agent holds anyway.
+# {ETCD_DATA_DIR} (the flags' --data-dir), made by systemd if missing.
 StateDirectory=hvcluster/etcd
 StateDirectoryMode=0700
-EnvironmentFile={plan.etcd_env_path}
-ExecStart=/usr/bin/etcd
+# exec: etcd itself is the main process (Type=notify); one flag a line, no globbing.
+ExecStart=/bin/sh -c 'set -f; exec /usr/bin/etcd $$(grep -v "^#" {plan.etcd_flags_path})'
 Restart=always
 RestartSec=2
 LimitNOFILE=65536
