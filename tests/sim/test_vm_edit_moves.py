@@ -4,11 +4,8 @@ incoming side refuses a state of another memory size or vCPU count, as QEMU does
 
 The VM runs on n1 with 256 MiB and 1 vCPU; its spec is edited to 512 MiB and 2 vCPUs. A
 live move to n2 and a quick move back to n1 both succeed, the VM running with the old size
-on each target; its next cold start (a failover) runs it with the new size.
-
-(A stop and start would be the admin's cold start, but a VM stopped by ``POST /stop`` keeps
-its last status, ``running``, and the controller then waits for it to stop before starting
-it again: reported to the lead, not this test's subject.)"""
+on each target; its next cold start (a failover, or a stop and start) runs it with the
+new size."""
 
 from __future__ import annotations
 
@@ -18,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from hvcluster.models.lifecycle import MigrationState
+from hvcluster.models.lifecycle import MigrationState, VMState
 from hvcluster.models.migration import RunningSize
 from tests.sim.cluster import FAST, SimCluster, with_api
 from tests.sim.test_cpu_compat import finished
@@ -74,3 +71,32 @@ async def test_moves_after_a_size_edit_keep_the_running_size_until_a_cold_start(
     await cluster.crash("n1")
     assert await cluster.wait_running("web", 30, not_on="n1") == "n2"
     assert await size_on(cluster, "n2") == (512, 2)
+
+
+async def test_a_stop_and_start_after_a_size_edit_takes_the_new_size(
+    setup: tuple[SimCluster, httpx.AsyncClient],
+) -> None:
+    """The admin's cold start: the stopped VM's status says stopped (it has no placement left
+    to report under), so the start is not held waiting for it to stop."""
+    cluster, api = setup
+    await cluster.start("n1", "n2")
+    await cluster.create_vm("web", vcpus=1, ha={"preferred_owners": ["n1"]})
+    assert await cluster.wait_running("web") == "n1"
+    r = await api.patch("/vms/web", json={"settings": {"memory_mib": 512, "vcpus": 2}})
+    assert r.status_code == 200, r.text
+    assert (await api.post("/vms/web/stop")).status_code == 202
+
+    async def stopped() -> bool:
+        status = await cluster.status("web")
+        here = [vm.state for vm in await cluster.drivers["n1"].list() if vm.name == "web"]
+        return (
+            await cluster.placement("web") is None
+            and here == [VMState.STOPPED]
+            and status is not None
+            and status.state is VMState.STOPPED
+        )
+
+    await cluster.wait_for(stopped, 20, "web unplaced, stopped and reported stopped")
+    assert (await api.post("/vms/web/start")).status_code == 202
+    assert await cluster.wait_running("web", 20) == "n1"
+    assert await size_on(cluster, "n1") == (512, 2)

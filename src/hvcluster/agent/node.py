@@ -347,6 +347,7 @@ class NodeAgent:
     async def _shutdown(self, action: Shutdown) -> None:
         try:
             info = await self.driver.shutdown(action.vm, self.shutdown_timeout)
+            reported = False
             if action.seen is not None:
                 status = VMStatus(
                     vm=action.vm,
@@ -356,7 +357,9 @@ class NodeAgent:
                     since=info.since or self.clock.wall(),
                     uid=action.seen.placement.uid,
                 )
-                await self._report(status, action.seen)
+                reported = await self._report(status, action.seen)
+            if not reported:  # unplaced meanwhile (a stop removes the placement), or before
+                await self._report_unplaced(action.vm, info.epoch, info.since)
             await self.say(
                 "vm.stopped", f"vm/{action.vm}", f"{action.reason}: stopped on {self.me.name}"
             )
@@ -377,6 +380,22 @@ class NodeAgent:
                 continue
             self.owned.pop(name, None)
             await self.say("vm.killed", f"vm/{name}", f"killed {name} on {self.me.name}: {reason}")
+
+    async def _report_unplaced(self, name: str, epoch: int, since: float) -> None:
+        """A VM stopped here with no placement left (desired stopped): its status says so.
+        Else it would show it running still, and the controller, asked to start it again,
+        would wait for it to stop here first, forever. Written only while the VM is still
+        unplaced and its status is this host's run of it at ``epoch``."""
+        found = decode_kv(VMStatus, await self.store.get(self.keys.status(name)))
+        if found is None or (found.value.node, found.value.epoch) != (self.me.name, epoch):
+            return
+        status = found.value.model_copy(
+            update={"state": VMState.STOPPED, "pid": None, "since": since or self.clock.wall()}
+        )
+        held = await self._status_held(status)
+        if held is not None:
+            guard = [Compare.absent(self.keys.placement(name)), *held]
+            await self.store.txn(guard, [Put(self.keys.status(name), encode(status))])
 
     async def _report(self, status: VMStatus, seen: SeenPlacement) -> bool:
         held = await self._status_held(status)
