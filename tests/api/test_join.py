@@ -67,6 +67,7 @@ async def test_a_host_joins_with_a_learner_promoted_once_caught_up(
     assert joined.status_code == 200, joined.text
     answer = joined.json()
     assert "OK" in verify(ca, answer["cert_pem"], tmp_path)
+    assert "BEGIN X509 CRL" in answer["crl_pem"]
     assert answer["etcd"]["initial_cluster"] == "memory=memory://1,n4=https://10.0.0.4:2380"
     member = answer["etcd"]["member_id"]
     assert [m.learner for m in await store.members() if m.id == member] == [True]

@@ -58,6 +58,7 @@ def test_init_makes_a_cluster_on_its_first_host(tmp_path: Path) -> None:
         assert token.matches(parts[1])
         agent = load_config(conf / "agent.toml", {})
         assert (agent.node, agent.cluster, agent.etcd_cert) == ("h1", "c1", pki / "h1.crt")
+        assert agent.etcd_crl == pki / "crl.pem" and "BEGIN X509 CRL" in agent.etcd_crl.read_text()
         again = [
             "cluster", "init", "--address", "127.0.0.1", "--node", "h1", "--cluster", "c1",
             "--dir", str(conf), "--etcd-endpoints", url, "--ca", str(pki / "ca.crt"),

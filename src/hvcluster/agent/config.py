@@ -50,6 +50,10 @@ class AgentConfig(Model):
     api_cert: Path | None = None
     api_key: Path | None = None
     api_ca: Path | None = None
+    # Where this host's etcd member reads its CRL (--client-crl-file, --peer-crl-file): the
+    # agent rewrites it whenever a certificate is revoked (agent/revocation.py). None: no
+    # etcd member here, or revocations not enforced by etcd.
+    etcd_crl: Path | None = None
 
     @field_validator("etcd_ca", "etcd_cert", "etcd_key", "api_cert", "api_key", "api_ca")
     @classmethod

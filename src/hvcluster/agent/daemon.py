@@ -25,7 +25,7 @@ from hvcluster.agent.liveness_thread import LivenessRunner, OnLoop, OwnThread
 from hvcluster.agent.migration import MigrationWorker
 from hvcluster.agent.node import NodeAgent, NodeIdentity
 from hvcluster.agent.resources import HostResources
-from hvcluster.agent.revocation import refuse_if_revoked
+from hvcluster.agent.revocation import keep_crl, refuse_if_revoked
 from hvcluster.agent.storage_move import StorageMover
 from hvcluster.api.app import create_app
 from hvcluster.api.context import PeerApi
@@ -234,6 +234,9 @@ class Daemon:
         await resources.check()  # the node registers with its switches and volumes
         await agent.register_node(facts)
         await live.registered()
+        if cfg.etcd_crl is not None:
+            crl = keep_crl(self.store, self.keys, cfg.etcd_crl)
+            self.tasks.append(asyncio.create_task(crl, name="etcd-crl"))
         self.tasks += [
             asyncio.create_task(live.finished(), name="liveness"),
             asyncio.create_task(agent.run(), name="reconcile"),

@@ -99,7 +99,8 @@ def join(
     if joined.etcd is not None:
         console.print(
             f"etcd learner added: start etcd with the flags in {directory / 'etcd.flags'}, "
-            "then run this again with --promote"
+            f'then run this again with --promote; set etcd_crl = "{joined.crl}" in '
+            "agent.toml (the agent keeps that CRL up to date)"
         )
 
 

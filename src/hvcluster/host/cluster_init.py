@@ -19,7 +19,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from hvcluster.host.pki import Authority, CertFiles
+from hvcluster.host.pki import Authority, CertFiles, make_crl
 from hvcluster.models.errors import HvcError
 
 
@@ -43,12 +43,22 @@ class FirstHost:
 def make_pki(directory: Path, cluster: str, node: str, address: str) -> tuple[CertFiles, Path]:
     """The cluster CA (made once) and this host's certificate (its etcd member, its agent's
     etcd client and its API all use it); with the CA key's path. Files there already (an
-    init run again after a failure) are kept."""
+    init run again after a failure) are kept. A first, empty CRL goes to ``pki/crl.pem``
+    (:func:`crl_path`), which the agent keeps up to date."""
     pki = Authority(directory / "pki", f"hvcluster {cluster} CA")
+    pki.ensure_ca()
+    if not crl_path(directory).exists():
+        crl_path(directory).write_text(
+            make_crl(pki.ca_cert.read_text(), pki.ca_key.read_text(), [])
+        )
     cert, key = pki.dir / f"{node}.crt", pki.dir / f"{node}.key"
     if pki.ca_cert.exists() and pki.ca_key.exists() and cert.exists() and key.exists():
         return CertFiles(pki.ca_cert, cert, key), pki.ca_key
     return pki.issue(node, [address, node, "127.0.0.1", "localhost"]), pki.ca_key
+
+
+def crl_path(directory: Path) -> Path:
+    return directory / "pki" / "crl.pem"
 
 
 def etcd_flags(host: FirstHost) -> list[str]:
@@ -72,6 +82,8 @@ def etcd_flags(host: FirstHost) -> list[str]:
         f"--peer-trusted-ca-file={ca}",
         f"--peer-cert-file={cert}",
         f"--peer-key-file={key}",
+        f"--client-crl-file={crl_path(host.directory)}",
+        f"--peer-crl-file={crl_path(host.directory)}",
     ]
 
 
@@ -124,6 +136,7 @@ def agent_toml(host: FirstHost, endpoints: list[str], api_port: int) -> str:
         f'address = "{host.address}"\napi_host = "{host.address}"\napi_port = {api_port}\n'
         f'etcd_ca = "{c.ca}"\netcd_cert = "{c.cert}"\netcd_key = "{c.key}"\n'
         f'api_cert = "{c.cert}"\napi_key = "{c.key}"\napi_ca = "{c.ca}"\n'
+        f'etcd_crl = "{crl_path(host.directory)}"\n'
     )
 
 

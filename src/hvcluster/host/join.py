@@ -45,6 +45,7 @@ class Joined:
     ca: Path
     cert: Path
     key: Path
+    crl: Path  # its etcd's CRL, kept up to date by its agent (agent.toml etcd_crl)
     serial: str
     etcd_endpoints: tuple[str, ...]
     etcd: EtcdMember | None
@@ -85,6 +86,8 @@ def join(url: str, token: str, address: str, directory: Path, peer_url: str = ""
     cert = directory / f"{node}.crt"
     cert.write_text(answer["cert_pem"])
     os.chmod(cert, 0o644)
+    crl = directory / "crl.pem"
+    crl.write_text(answer["crl_pem"])
     etcd = answer.get("etcd")
     return Joined(
         node=node,
@@ -92,6 +95,7 @@ def join(url: str, token: str, address: str, directory: Path, peer_url: str = ""
         ca=ca,
         cert=cert,
         key=key,
+        crl=crl,
         serial=answer["serial"],
         etcd_endpoints=tuple(answer["etcd_endpoints"]),
         etcd=EtcdMember(etcd["member_id"], etcd["name"], etcd["initial_cluster"]) if etcd else None,

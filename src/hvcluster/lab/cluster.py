@@ -155,9 +155,26 @@ def up(
             )
         log(f"{nodes} agents up ({driver} driver): " + ", ".join(state.api))
         return state
+    except LabError as e:
+        # The logs go with the lab dir: say their last lines (what failed) first.
+        said = _log_tails(lab_dir)
+        down(lab_dir, log=lambda _: None)
+        raise LabError(f"{e}{said}") from None
     except BaseException:
         down(lab_dir, log=lambda _: None)
         raise
+
+
+def _log_tails(lab_dir: Path, lines: int = 8) -> str:
+    """The last lines of every agent's and etcd member's log, for an error message."""
+    said = []
+    for log in sorted([*lab_dir.glob("nodes/*/agent.log"), *lab_dir.glob("etcd/*.log")]):
+        try:
+            tail = log.read_text(errors="replace").splitlines()[-lines:]
+        except OSError:
+            continue
+        said.append(f"\n--- {log.relative_to(lab_dir)}:\n" + "\n".join(tail))
+    return "".join(said)
 
 
 def _etcd_healthy(state: LabState) -> bool:

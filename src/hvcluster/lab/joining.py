@@ -89,6 +89,9 @@ def join_node(
     node = _make_node(
         state, name, LOOPBACK, api_port, state.driver, Path(first["cache_dir"]), certs
     )
+    if joined.etcd is not None:  # its agent keeps its etcd's CRL up to date
+        with open(node.config, "a") as conf:
+            conf.write(f'etcd_crl = "{joined.crl}"\n')
     state = state.model_copy(
         update={"nodes": (*state.nodes, node), "api": (*state.api, state.api_url(node))}
     )
