@@ -239,6 +239,28 @@ async def test_live_migration_primitives(make: Factory, spec: VMSpec) -> None:
     assert [i.name for i in await src.list()] == []
 
 
+async def test_running_spec_and_a_state_of_another_size(make: Factory, spec: VMSpec) -> None:
+    """What a VM runs with is the spec it was started with (an edit of the stored spec
+    waits for its next cold start); a target prepared with another memory size refuses the
+    state, and the source runs on."""
+    src, dst = make("n1"), make("n2")
+    await src.start(spec, 1)
+    running = await src.running_spec("c1")
+    assert (running.memory_mib, running.vcpus, running.boot) == (
+        spec.memory_mib,
+        spec.vcpus,
+        spec.boot,
+    )
+    with pytest.raises(NotRunning):
+        await dst.running_spec("c1")
+    bigger = spec.model_copy(update={"memory_mib": spec.memory_mib * 2})
+    address = await dst.prepare_incoming(bigger, 2, "127.0.0.1", MigrationSettings())
+    with pytest.raises(MigrationFailed):
+        await src.migrate_out("c1", address, MigrationSettings(timeout_s=20))
+    assert (await src.status("c1")).state is VMState.RUNNING
+    assert (await src.running_spec("c1")).memory_mib == spec.memory_mib
+
+
 async def test_failed_migration_leaves_the_source_running(make: Factory, spec: VMSpec) -> None:
     src, dst = make("n1"), make("n2")
     await src.start(spec, 1)
