@@ -49,6 +49,9 @@ def wheelhouse(dist: Path) -> Path:
         stamp.touch()
     for own in wheels.glob("hvcluster-*.whl"):
         own.unlink()  # the package comes from dist/, never a stale build
+    # setuptools builds in the checkout's build/lib and never removes from it: a module
+    # deleted from src/ would still be in the wheel.
+    shutil.rmtree(REPO / "build" / "lib", ignore_errors=True)
     subprocess.run([*pip, "--no-deps", "-w", str(dist), str(REPO)], check=True, timeout=300)
     return wheels
 
