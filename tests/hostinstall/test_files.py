@@ -44,13 +44,17 @@ def run(plan: HostPlan, force: bool = False) -> list[str]:
 
 
 def test_agent_config_is_what_the_agent_loads(tmp_path: Path) -> None:
-    plan = scratch(tmp_path, etcd=["10.0.0.1:2379", "10.0.0.2:2379"], address="10.0.0.1")
+    crl = tmp_path / "crl.pem"
+    plan = scratch(
+        tmp_path, etcd=["10.0.0.1:2379", "10.0.0.2:2379"], address="10.0.0.1", etcd_crl=crl
+    )
     path = tmp_path / "agent.toml"
     path.write_text(agent_toml(plan))
     cfg = load_config(path, {})
     assert cfg.node == "hv1"
     assert cfg.etcd == ("10.0.0.1:2379", "10.0.0.2:2379")
     assert cfg.address == "10.0.0.1"
+    assert cfg.etcd_crl == crl
     assert cfg.driver == "qemu"
 
 

@@ -41,6 +41,9 @@ def install(
     etcd_ca: Path | None = typer.Option(None, help="CA of etcd's certificates (TLS to etcd)."),
     etcd_cert: Path | None = typer.Option(None, help="This agent's client certificate for etcd."),
     etcd_key: Path | None = typer.Option(None, help="Its key."),
+    etcd_crl: Path | None = typer.Option(
+        None, help="The etcd member's CRL this agent keeps up to date (hvc node join's)."
+    ),
     api_cert: Path | None = typer.Option(None, help="The API's certificate (https)."),
     api_key: Path | None = typer.Option(None, help="Its key."),
     api_ca: Path | None = typer.Option(None, help="CA the other agents' APIs are checked with."),
@@ -78,6 +81,7 @@ def install(
         "etcd_ca": etcd_ca,
         "etcd_cert": etcd_cert,
         "etcd_key": etcd_key,
+        "etcd_crl": etcd_crl,
         "api_cert": api_cert,
         "api_key": api_key,
         "api_ca": api_ca,
