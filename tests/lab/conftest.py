@@ -130,6 +130,7 @@ def make_lab(
     network: cluster.Network = "loopback",
     etcd: int = 1,
     config: ClusterConfig | None = None,
+    private_mounts: bool = False,
 ) -> Generator[Lab, None, None]:
     """A lab, stopped after. One etcd member unless asked (``hvc lab up`` runs 3): the tests
     that are not about etcd outages stay light on a loaded machine. ``config``: e.g.
@@ -145,6 +146,7 @@ def make_lab(
             log=lambda _: None,
             network=network,
             etcd_members=etcd,
+            private_mounts=private_mounts,
         )
         yield Lab(lab_dir)
     finally:

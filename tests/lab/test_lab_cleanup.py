@@ -110,6 +110,7 @@ def test_lab_up_then_down_leaves_nothing_behind(tmp_path: Path) -> None:
             log=lambda _: None,
             network="netns",
             etcd_members=3,
+            private_mounts=True,
         )
         lab = Lab(lab_dir)
         lab.post("/vms", {"name": "left-1", "memory_mib": 64})
@@ -124,7 +125,7 @@ def test_lab_up_then_down_leaves_nothing_behind(tmp_path: Path) -> None:
         in_n2 = run(*state.net.enter("n2", ["nft", "list", "tables"]))
         assert netns.NFT_TABLE in in_n2
         node_mnt = {os.stat(f"/proc/{p}/ns/mnt").st_ino for p in pids}
-        assert os.stat("/proc/self/ns/mnt").st_ino not in node_mnt and len(node_mnt) == 2 * 2
+        assert os.stat("/proc/self/ns/mnt").st_ino not in node_mnt and len(node_mnt) == 2
         assert vm[0][1] in in_mount_namespaces(node_mnt)
     finally:
         cluster.down(lab_dir, log=lambda _: None)

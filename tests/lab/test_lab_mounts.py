@@ -1,9 +1,9 @@
-"""A root lab models separate hosts (lab/hostns.py): each node's agent (with the QEMU
-processes it starts) and its watchdog run in mount namespaces of that node's own, in which the
-lab dir holds only its run dir, its certificate files and the shared volume. A file one node
-writes into its run dir is not there for another node, a VM's QMP socket is only in its node's
-namespace, and this host (the lab's operator, and its host-view checker) still sees every
-node's files and QEMU."""
+"""A lab with private mounts models separate hosts (lab/hostns.py): each node's watchdog, its
+agent and the QEMU processes the agent starts run in a mount namespace of that node's own, in
+which the lab dir holds only its run dir, its certificate files and the shared volume. A file
+one node writes into its run dir is not there for another node, a VM's QMP socket is only in
+its node's namespace, and this host (the lab's operator, and its host-view checker) still sees
+every node's files and QEMU."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from hvcluster.guestimage.image import cached_image
@@ -31,7 +32,7 @@ pytestmark = [
 def lab2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     if cached_image(CACHE) is None:
         pytest.fail("the test guest image is not built: run scripts/install (hvc image build)")
-    yield from make_lab(tmp_path_factory.mktemp("mounts-lab"), "qemu", nodes=2)
+    yield from make_lab(tmp_path_factory.mktemp("mounts-lab"), "qemu", nodes=2, private_mounts=True)
 
 
 def mnt_ns(pid: int) -> int:
@@ -58,16 +59,21 @@ def test_each_node_has_its_own_mount_namespace(lab2: Lab) -> None:
     n1, n2 = state.nodes
     host = mnt_ns(os.getpid())
     assert len({host, mnt_ns(n1.agent_pid), mnt_ns(n2.agent_pid)}) == 3
-    assert mnt_ns(n1.watchdog_pid) not in (host, mnt_ns(n2.agent_pid))
-    for node in (n1, n2):  # its watchdog sees its run dir as its agent does: the same files
+    for node in (n1, n2):  # its agent, its watchdog: one host
+        assert mnt_ns(node.watchdog_pid) == mnt_ns(node.agent_pid)
         assert exists_in(node, Path(node.run_dir) / "agent.toml")
-        beside = subprocess.run(
-            ["nsenter", f"--mount=/proc/{node.watchdog_pid}/ns/mnt", "--", "ls", node.run_dir],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-        assert "agent.toml" in beside.stdout.split(), beside
+
+
+def test_a_restarted_agent_is_back_in_its_nodes_namespace(lab2: Lab) -> None:
+    n1 = lab2.state.node("n1")
+    lab2.fault("kill-agent", "n1")
+    lab2.restart("n1")
+    back = lab2.state.node("n1")
+    assert back.agent_pid != n1.agent_pid and back.watchdog_pid == n1.watchdog_pid
+    home = mnt_ns(n1.watchdog_pid)  # (nsenter enters it just after it starts)
+    wait_for(lambda: mnt_ns(back.agent_pid) == home, 10, "the new agent in n1's namespace")
+    url = f"{lab2.state.api_url(back)}/api/v1/healthz"
+    wait_for(lambda: httpx.get(url, timeout=2, verify=lab2.ca).status_code == 200, 60, "n1 back")
 
 
 def test_a_file_in_a_run_dir_is_only_on_its_node(lab2: Lab) -> None:

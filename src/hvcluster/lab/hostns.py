@@ -98,6 +98,30 @@ def wrap(hide: str, keep: Sequence[str], argv: Sequence[str]) -> list[str]:
     return [*args, "--", *argv]
 
 
+def join(pid: int, argv: Sequence[str]) -> list[str]:
+    """``argv`` run in the mount namespace of ``pid`` (the node's watchdog, which made it):
+    a node's agent and watchdog are one host's. nsenter execs it (a C program: an agent
+    restarted after a crash is back as fast as without a namespace, well within
+    ``fence_after``); entering a mount namespace starts in its ``/``, so ``--wd`` keeps
+    the working directory."""
+    return ["nsenter", f"--mount=/proc/{pid}/ns/mnt", f"--wd={os.getcwd()}", "--", *argv]
+
+
+def ready(pid: int, hide: str) -> bool:
+    """True once ``pid``'s namespace is made: ``hide`` is the read-only tmpfs (made last)."""
+    target = os.path.realpath(hide)
+    try:
+        with open(f"/proc/{pid}/mountinfo") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return False
+    for line in lines:
+        fields = line.split()
+        if len(fields) > 5 and fields[4] == target and "ro" in fields[5].split(","):
+            return True
+    return False
+
+
 def main(args: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="hvcluster.lab.hostns", description=__doc__)
     parser.add_argument("--hide", required=True)
