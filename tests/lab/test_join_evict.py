@@ -70,24 +70,49 @@ def where(lab: Lab, vm: str) -> str | None:
     return None
 
 
+# A sim VM's live move can show no placeholder process for about a second at the switchover
+# (seen once in ~6 runs, j1's move onto the new node: 20 samples over 1.0 s); a stop or a
+# restart of a VM in the lab leaves it without a process for longer than this.
+GAP_S = 2.0
+
+
 class Watch:
-    """Samples every VM's processes in the background: a moment with none is a VM down."""
+    """Samples every VM's processes in the background: a VM with none for longer than
+    GAP_S was down."""
 
     def __init__(self, lab: Lab) -> None:
-        self.lab, self.down, self.samples = lab, [], 0
+        self.lab, self.samples = lab, 0
+        self.gaps: dict[str, list[tuple[float, float]]] = {vm: [] for vm in VMS}
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.run, daemon=True)
 
     def run(self) -> None:
+        since: dict[str, float | None] = dict.fromkeys(VMS)
         while not self.stop.wait(0.05):
             try:
                 state = self.lab.state
             except HvcError:  # the state file caught being rewritten
                 continue
+            now = time.time()
             for vm in VMS:
-                if not faults.find_vm(state, vm):
-                    self.down.append((time.time(), vm))
+                if faults.find_vm(state, vm):
+                    start = since[vm]
+                    if start is not None:
+                        self.gaps[vm].append((start, now - start))
+                    since[vm] = None
+                elif since[vm] is None:
+                    since[vm] = now
             self.samples += 1
+        for vm, start in since.items():
+            if start is not None:
+                self.gaps[vm].append((start, time.time() - start))
+
+    def down(self) -> dict[str, list[tuple[float, float]]]:
+        return {
+            vm: [g for g in gaps if g[1] > GAP_S]
+            for vm, gaps in self.gaps.items()
+            if any(g[1] > GAP_S for g in gaps)
+        }
 
 
 def test_a_host_trusts_only_the_ca_its_join_token_names(lab: Lab, tmp_path: Path) -> None:
@@ -153,7 +178,13 @@ def test_a_node_joins_takes_a_vm_and_is_evicted_with_vms_running(lab: Lab) -> No
     finally:
         watch.stop.set()
         watch.thread.join(5)
-    assert watch.samples > 20 and watch.down == []
+    history = [
+        f"{e['event']['time']:.2f} {e['event']['kind']} {e['event']['reason']}"
+        for e in lab.events(limit=1000)
+        if e["event"]["subject"] in (f"vm/{VMS[0]}", f"vm/{VMS[1]}", "node/n4")
+    ]
+    assert watch.samples > 20, watch.samples
+    assert watch.down() == {}, (watch.gaps, history[-20:])
     kinds = [e["event"]["kind"] for e in lab.events(limit=1000)]
     for kind in ("etcd.member.added", "etcd.member.promoted", "node.join.certificate",
                  "node.draining", "etcd.member.removed", "node.evicted",

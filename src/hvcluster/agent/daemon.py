@@ -232,6 +232,11 @@ class Daemon:
         storage = self.storage = StorageMover(self.store, self.keys, agent, agent_say)
         resources = self.resources = self._resources(agent, agent_say)
         await resources.check()  # the node registers with its switches and volumes
+        # The node record says the timings its liveness runs with (_timings): on its own
+        # thread, liveness is built once it has read the cluster config, which can still be
+        # under way here on a loaded host (register_node then failed its assert).
+        while self.liveness is None and not live.ended():
+            await self.clock.sleep(0.05)
         await agent.register_node(facts)
         await live.registered()
         if cfg.etcd_crl is not None:
