@@ -186,3 +186,38 @@ def test_the_watchdog_acknowledges_feeding_and_silence_is_noticed(
         assert ack.ok is False and "no watchdog listens at" in ack.problem
     finally:
         elsewhere.close()
+
+
+def test_a_stopped_watchdog_fences_its_vms_at_the_deadline_it_holds(
+    run_dir: Path, fake_vms: list[subprocess.Popen[bytes]], watchdog: subprocess.Popen[bytes]
+) -> None:
+    """SIGTERM while VMs run: no exit that leaves them unguarded (the cluster would start them
+    elsewhere once the lease expires), no kill before the deadline, no more feeds taken."""
+    feeder = WatchdogFeeder(run_dir)
+    deadline = time.monotonic() + 2 * FENCE_AFTER
+    feeder.feed(deadline)
+    assert _held(feeder, 1) == pytest.approx(deadline, abs=1e-5)
+    watchdog.send_signal(signal.SIGTERM)
+    log = run_dir / "watchdog.log"
+    _wait_for(lambda: "asked to stop while VMs run" in log.read_text(), 2)
+    feeder.feed(deadline + 30)  # taken no more: the fence stays at the deadline held
+    assert _wait_for(lambda: not any(_alive(p) for p in fake_vms), 2 * FENCE_AFTER + 3)
+    assert time.monotonic() >= deadline, "killed before the deadline it held"
+    assert watchdog.wait(timeout=5) == 0
+    feeder.close()
+
+
+def test_a_stopped_watchdog_without_vms_exits_at_once(run_dir: Path) -> None:
+    run_dir.mkdir(parents=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hvcluster.watchdog", "--run-dir", str(run_dir)],
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert _wait_for(lambda: (run_dir / SOCKET_NAME).exists(), 10)
+        WatchdogFeeder(run_dir).feed(time.monotonic() + 60)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=3) == 0  # not held until the 60 s deadline: nothing to guard
+    finally:
+        proc.kill()
+        proc.wait()

@@ -15,6 +15,9 @@ one) knows nobody would kill its VMs if it were cut off, and starts none
 No etcd, no asyncio, no threads: a datagram socket, ``select`` and ``kill``. Optionally it also
 feeds the hardware watchdog (``/dev/watchdog``) so that a hung kernel reboots the host; that is
 off by default and never used in tests.
+
+Stopping it (SIGTERM) while VMs run fences them at the deadline it holds before it exits
+(:meth:`Watchdog.stopping`): a stopped watchdog must not leave VMs running unguarded.
 """
 
 from __future__ import annotations
@@ -104,7 +107,8 @@ class Watchdog:
             self._hw = None
 
     def serve(self, stop_after: float | None = None) -> None:
-        """Run until SIGTERM/SIGINT. Messages are ``feed <monotonic deadline>``."""
+        """Run until SIGTERM/SIGINT (then :meth:`stopping`). Messages are ``feed <monotonic
+        deadline>``."""
         path = self.run_dir / SOCKET_NAME
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
@@ -131,11 +135,31 @@ class Watchdog:
                     message, sender = sock.recvfrom(256)
                     self._answer(sock, sender, self._handle(message))
                 self.check()
+            if not running:  # a signal, not the tests' stop_after
+                self.stopping()
         finally:
             self.close_hardware()
             sock.close()
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
+
+    def stopping(self, poll: float = 0.05) -> list[tuple[str, int]]:
+        """Asked to stop (SIGTERM: the host shuts down, or an admin stops the service) while
+        VMs may still run here. A watchdog that just exits guards nothing: once the node's
+        lease expires the cluster starts these VMs elsewhere while they still run here (the
+        agent's unit leaves QEMU running when the agent stops). So a stopping watchdog takes
+        no more feeds and kills the VMs still here at the deadline it already holds, exactly
+        as if the agent had stopped feeding, then exits. With no VM running it exits at once,
+        so a drained host stops without delay. Returns what was killed."""
+        if not vm_pids(self.run_dir):
+            return []
+        self.log(
+            "asked to stop while VMs run: taking no more feeds, their fence comes "
+            f"at the deadline held ({max(0.0, self.deadline - time.monotonic()):.2f}s)"
+        )
+        while vm_pids(self.run_dir) and time.monotonic() < self.deadline:
+            time.sleep(min(poll, max(0.0, self.deadline - time.monotonic())))
+        return self.check()
 
     def _handle(self, message: bytes) -> bool:
         """Take one message; True if it was a feed (to be acknowledged)."""
