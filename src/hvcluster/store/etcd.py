@@ -21,9 +21,7 @@ import asyncio
 import contextlib
 import logging
 import math
-import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import grpc  # type: ignore[import-untyped]
@@ -31,8 +29,8 @@ import grpc.aio  # type: ignore[import-untyped]
 from aetcd import rpc
 
 from hvcluster.metrics import AgentMetrics
-from hvcluster.models.errors import InvalidInput, LeaseLost, StoreError
-from hvcluster.store import etcd_members
+from hvcluster.models.errors import LeaseLost, StoreError
+from hvcluster.store import etcd_health, etcd_members
 from hvcluster.store.base import (
     RANGE_ATTEMPTS,
     Compare,
@@ -40,7 +38,6 @@ from hvcluster.store.base import (
     Get,
     KeyValue,
     Lease,
-    Member,
     Membership,
     Op,
     Page,
@@ -52,12 +49,9 @@ from hvcluster.store.base import (
     WatchEvent,
 )
 from hvcluster.store.etcd_conn import (
-    ConnectFailed,
     Connection,
     Endpoint,
     EtcdTls,
-    parse_endpoint,
-    translate,
 )
 from hvcluster.store.etcd_watch import watch
 
@@ -103,14 +97,6 @@ def _span(prefix: str, is_prefix: bool = True) -> tuple[bytes, bytes]:
     return key, b"\0"
 
 
-def _target(url: str) -> str | None:
-    """A member's client URL as a target we can dial (None for one we cannot parse)."""
-    try:
-        return parse_endpoint(url)
-    except InvalidInput:
-        return None
-
-
 def _kv(kv: Any) -> KeyValue:
     return KeyValue(
         kv.key.decode(), kv.value, kv.create_revision, kv.mod_revision, kv.version, kv.lease
@@ -145,17 +131,6 @@ def _request_op(op: Op) -> Any:
         key, end = _span(op.key, op.prefix)
         return rpc.RequestOp(request_range=rpc.RangeRequest(key=key, range_end=end))
     raise StoreError(f"unknown txn op {op!r}")
-
-
-@dataclass(frozen=True)
-class _Answer:
-    """What asking one member for its status gave: its StatusResponse, or the error, and
-    whether its host refused the connection (nothing listens: its etcd is not running)."""
-
-    status: Any
-    seconds: float = 0.0
-    error: str = ""
-    refused: bool = False
 
 
 def _reading(error: grpc.aio.AioRpcError, revision: int) -> Exception | None:
@@ -404,107 +379,7 @@ class EtcdStore(Store):
     # --- the store itself ------------------------------------------------------------
     async def health(self, timeout: float | None = None) -> StoreHealth:
         """Ask every member for its status (in parallel, each within ``timeout``)."""
-        budget = min(self._conn.timeout, 2.0) if timeout is None else timeout
-        targets = [ep.target for ep in self._conn.endpoints]
-        statuses = dict(
-            zip(
-                targets,
-                await asyncio.gather(*(self._status(t, budget) for t in targets)),
-                strict=True,
-            )
-        )
-        listed = None
-        for target in targets:
-            if statuses[target].status is not None:
-                listed = await self._member_list(target, budget)
-                if listed is not None:
-                    break
-        if listed is None:
-            members = tuple(
-                Member(
-                    name=t,
-                    id=0,
-                    client_urls=(t,),
-                    reachable=False,
-                    error=statuses[t].error,
-                    refused=statuses[t].refused,
-                )
-                for t in targets
-            )
-            return StoreHealth(members, None)
-        # Ask members we were not given as endpoints too: a check must see every member.
-        urls = {m.ID: [t for u in m.clientURLs if (t := _target(u))] for m in listed}
-        missing = {u[0] for u in urls.values() if u and not any(t in statuses for t in u)}
-        extra = await asyncio.gather(*(self._status(t, budget) for t in missing))
-        statuses.update(zip(missing, extra, strict=True))
-        leader_term = max(
-            ((a.status.raftTerm, a.status.leader) for a in statuses.values() if a.status),
-            default=(0, 0),
-        )
-        leader_id = leader_term[1]
-        found: list[Member] = []
-        for m in listed:
-            answers = [statuses[t] for t in urls[m.ID] if t in statuses]
-            answer = next(
-                (a for a in answers if a.status is not None),
-                answers[0] if answers else _Answer(None),
-            )
-            status, latency, error = answer.status, answer.seconds, answer.error
-            if not urls[m.ID]:
-                error = "no client URL we can reach: " + (", ".join(m.clientURLs) or "none")
-            found.append(
-                Member(
-                    name=m.name or f"{m.ID:x}",
-                    id=int(m.ID),
-                    client_urls=tuple(urls[m.ID]),
-                    is_leader=leader_id != 0 and leader_id == m.ID,
-                    reachable=status is not None,
-                    latency_ms=round(latency * 1000, 2) if status is not None else None,
-                    db_size=int(status.dbSize) if status is not None else None,
-                    raft_term=int(status.raftTerm) if status is not None else None,
-                    error=error or ("; ".join(str(e) for e in status.errors) if status else ""),
-                    leader_id=int(status.leader) if status is not None else None,
-                    refused=bool(answers) and all(a.refused for a in answers),
-                )
-            )
-        leader = next((m.name for m in found if m.is_leader), None)
-        if leader is None and leader_id:
-            leader = f"{leader_id:x}"
-        return StoreHealth(tuple(found), leader)
-
-    async def _status(self, target: str, budget: float) -> _Answer:
-        """One member's status, or why there is none."""
-        ep = self._conn.endpoint_for(target)
-        try:
-            started = time.monotonic()
-            # A refused connection is known at the first failed attempt (gRPC keeps its
-            # error for at most its 1 s reconnect back-off): no need to wait out the budget,
-            # and the "is it me or etcd?" evidence has only a second.
-            await ep.ready(budget, fail_fast=True)
-            left = max(0.001, budget - (time.monotonic() - started))
-            started = time.monotonic()
-            async with asyncio.timeout(left + 0.2):  # grpc's own deadline should come first
-                status = await ep.stub("maintenance").Status(rpc.StatusRequest(), timeout=left)
-            return _Answer(status, time.monotonic() - started)
-        except ConnectFailed as e:
-            return _Answer(None, error=str(e), refused=e.refused)
-        except TimeoutError as e:
-            return _Answer(None, error=str(e) or f"no answer within {budget:g}s")
-        except grpc.aio.AioRpcError as e:
-            return _Answer(None, error=str(translate(e, target)))
-        except grpc.aio.UsageError as e:  # its channel was dropped meanwhile (a keepalive's)
-            return _Answer(None, error=f"etcd at {target}: {e}")
-
-    async def _member_list(self, target: str, budget: float) -> Any:
-        ep = self._conn.endpoint_for(target)
-        try:
-            async with asyncio.timeout(budget):
-                response = await ep.stub("cluster").MemberList(
-                    rpc.MemberListRequest(), timeout=budget
-                )
-                return list(response.members)
-        except (TimeoutError, grpc.aio.AioRpcError, grpc.aio.UsageError):
-            return None
+        return await etcd_health.health(self._conn, timeout)  # etcd_health.py
 
     async def members(self) -> tuple[Membership, ...]:
         return await etcd_members.members(self._conn)
