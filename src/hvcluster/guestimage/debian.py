@@ -300,25 +300,38 @@ def remove_stale(out: Path, keep: Path) -> None:
             stale.unlink()
 
 
-def fsck_disk(disk: Path, fmt: str = "qcow2") -> str:
+def fsck_disk(disk: Path, fmt: str = "qcow2", replay_journal: bool = False) -> str:
     """``e2fsck -n -f`` of the root file system of a Debian guest's disk (not in use): its
-    report; raises if it finds anything wrong. Reads a raw copy through a read-only loop
-    device, so the disk itself is never written."""
+    report; raises if it finds anything wrong. Works on a raw copy through a loop device, so
+    the disk itself is never written. ``replay_journal``: first replay the file system's
+    journal on the copy, as the guest's next boot would after a power cut (a crash leaves
+    committed transactions in the journal, which a read-only check reports as errors)."""
     with tempfile.TemporaryDirectory(prefix="hvc-fsck-") as tmp:
         raw = Path(disk)
-        if fmt != "raw":
+        if fmt != "raw" or replay_journal:
             raw = Path(tmp) / "disk.raw"
             qemu_img_blocking(
                 "convert", "-q", "-f", fmt, "-O", "raw", str(disk), str(raw), timeout_s=600
             )
         offset = PART_START_SECTOR * 512
-        dev = run(["losetup", "--find", "--show", "--read-only", f"--offset={offset}", str(raw)])
+        mode = [] if replay_journal else ["--read-only"]
+        dev = run(["losetup", "--find", "--show", *mode, f"--offset={offset}", str(raw)]).strip()
         try:
+            if replay_journal:  # 0: nothing to replay, 1: replayed; more is a real error
+                replayed = subprocess.run(
+                    ["e2fsck", "-y", "-E", "journal_only", dev],
+                    capture_output=True, text=True, check=False,
+                )  # fmt: skip
+                if replayed.returncode > 1:
+                    raise ImageBuildFailed(
+                        f"replaying the journal of {disk} failed ({replayed.returncode}): "
+                        + (replayed.stdout + replayed.stderr).strip()
+                    )
             done = subprocess.run(
-                ["e2fsck", "-n", "-f", dev.strip()], capture_output=True, text=True, check=False
+                ["e2fsck", "-n", "-f", dev], capture_output=True, text=True, check=False
             )
         finally:
-            subprocess.run(["losetup", "-d", dev.strip()], check=False)
+            subprocess.run(["losetup", "-d", dev], check=False)
     report = (done.stdout + done.stderr).strip()
     if done.returncode != 0:
         raise ImageBuildFailed(f"e2fsck -n of {disk} found errors ({done.returncode}): {report}")
