@@ -3,7 +3,6 @@ retention, fence command), through ``/cluster/config``."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import typer
@@ -12,7 +11,7 @@ from hvcluster.cli.client import Client, UsageError, api_option
 from hvcluster.cli.output import console, friendly_errors, print_json, print_table
 from hvcluster.cli.views import json_option
 from hvcluster.models.config import ClusterConfig, settable_keys
-from hvcluster.models.settings import dotted_fields, is_list_field, is_text_field
+from hvcluster.models.settings import dotted_fields, typed_value
 
 app = typer.Typer(help="Show and change the cluster settings.", no_args_is_help=True)
 
@@ -20,9 +19,7 @@ _FIELDS = dict(dotted_fields(ClusterConfig))
 
 
 def parse_setting(item: str) -> tuple[str, Any]:
-    """``KEY=VALUE`` as the API takes it: a list field's value split on commas (empty: none),
-    a text field's as typed, any other parsed as JSON when it is (numbers, true/false) and
-    left as text when not (``migration.drain_fallback=stay``): the API validates it."""
+    """``KEY=VALUE`` as the API takes it (:func:`~hvcluster.models.settings.typed_value`)."""
     key, sep, text = item.partition("=")
     key = key.strip()
     if not sep or not key:
@@ -32,15 +29,7 @@ def parse_setting(item: str) -> tuple[str, Any]:
             f"{key}: not a cluster setting that can be changed; settable: "
             + ", ".join(sorted(settable_keys()))
         )
-    annotation = _FIELDS[key]
-    if is_list_field(annotation):
-        return key, [v.strip() for v in text.split(",") if v.strip()]
-    if is_text_field(annotation):
-        return key, text
-    try:
-        return key, json.loads(text)
-    except ValueError:
-        return key, text
+    return key, typed_value(_FIELDS[key], text)
 
 
 def _rows(config: dict[str, Any], restart: set[str]) -> list[tuple[str, object]]:

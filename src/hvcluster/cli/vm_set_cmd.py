@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import typer
@@ -11,7 +10,7 @@ import typer
 from hvcluster.cli.client import Client, UsageError, api_option
 from hvcluster.cli.output import console, err_console, friendly_errors, print_json
 from hvcluster.cli.views import json_option
-from hvcluster.models.settings import dotted_fields, is_list_field, is_text_field
+from hvcluster.models.settings import dotted_fields, typed_value
 from hvcluster.models.vm import FailbackMode, Priority, VMSpec
 
 _FIELDS = dict(dotted_fields(VMSpec))
@@ -30,15 +29,7 @@ def _generic(item: str) -> tuple[str, Any]:
     key = key.strip()
     if not sep or key not in _FIELDS:
         raise UsageError(f"--set {item!r}: give KEY=VALUE with KEY a VM spec field (ha.priority)")
-    annotation = _FIELDS[key]
-    if is_list_field(annotation):
-        return key, [v.strip() for v in text.split(",") if v.strip()]
-    if is_text_field(annotation):
-        return key, text
-    try:
-        return key, json.loads(text)
-    except ValueError:
-        return key, text
+    return key, typed_value(_FIELDS[key], text)
 
 
 def _window(text: str) -> tuple[int, int]:

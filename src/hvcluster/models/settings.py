@@ -10,6 +10,7 @@ refuses the edit as it refuses a stored value, naming the field.
 
 from __future__ import annotations
 
+import json
 import types
 import typing
 from collections.abc import Collection, Iterator, Mapping
@@ -57,6 +58,21 @@ def is_text_field(annotation: Any) -> bool:
     if origin in (types.UnionType, typing.Union):
         return all(a is str or a is type(None) for a in typing.get_args(annotation))
     return False
+
+
+def typed_value(annotation: Any, text: str) -> Any:
+    """A ``KEY=VALUE``'s value as the API takes it for a field of ``annotation``: a list
+    field's split on commas (empty: none), a text field's as typed, any other parsed as JSON
+    when it is (numbers, true/false) and left as text when not (``drain_fallback=stay``):
+    the API validates it."""
+    if is_list_field(annotation):
+        return [v.strip() for v in text.split(",") if v.strip()]
+    if is_text_field(annotation):
+        return text
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 @dataclass(frozen=True)
