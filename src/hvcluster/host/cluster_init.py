@@ -19,7 +19,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from hvcluster.host.pki import Authority, CertFiles, make_crl
+from hvcluster.host.pki import Authority, CertFiles, etcd_tls_flags, make_crl
 from hvcluster.models.errors import HvcError
 
 
@@ -74,14 +74,7 @@ def etcd_flags(host: FirstHost) -> list[str]:
         f"--initial-cluster={host.node}={host.etcd_peer_url}",
         f"--initial-cluster-token=hvc-{host.cluster}",
         "--initial-cluster-state=new",
-        "--client-cert-auth",
-        "--peer-client-cert-auth",
-        f"--trusted-ca-file={ca}",
-        f"--cert-file={cert}",
-        f"--key-file={key}",
-        f"--peer-trusted-ca-file={ca}",
-        f"--peer-cert-file={cert}",
-        f"--peer-key-file={key}",
+        *etcd_tls_flags(ca, cert, key),
         f"--client-crl-file={crl_path(host.directory)}",
         f"--peer-crl-file={crl_path(host.directory)}",
     ]

@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from hvcluster.host.pki import make_request
+from hvcluster.host.pki import etcd_tls_flags, make_request
 from hvcluster.models.errors import Conflict, HvcError, InvalidInput
 from hvcluster.models.join import ca_fingerprint, split_join
 
@@ -131,14 +131,7 @@ def etcd_flags(joined: Joined, data_dir: Path, client_url: str, peer_url: str) -
         f"--initial-advertise-peer-urls={peer_url}",
         f"--initial-cluster={joined.etcd.initial_cluster}",
         "--initial-cluster-state=existing",
-        "--client-cert-auth",
-        "--peer-client-cert-auth",
-        f"--trusted-ca-file={tls[0]}",
-        f"--cert-file={tls[1]}",
-        f"--key-file={tls[2]}",
-        f"--peer-trusted-ca-file={tls[0]}",
-        f"--peer-cert-file={tls[1]}",
-        f"--peer-key-file={tls[2]}",
+        *etcd_tls_flags(*tls),
     ]
 
 

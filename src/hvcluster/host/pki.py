@@ -51,6 +51,22 @@ class CertFiles:
     key: Path
 
 
+def etcd_tls_flags(ca: Path | str, cert: Path | str, key: Path | str) -> list[str]:
+    """An etcd member's mutual TLS, for clients and peers alike: both must show a
+    certificate signed by the cluster CA (``--client-cert-auth``, ``--peer-client-cert-auth``);
+    the member serves and dials with its own ``cert``/``key``."""
+    return [
+        "--client-cert-auth",
+        "--peer-client-cert-auth",
+        f"--trusted-ca-file={ca}",
+        f"--cert-file={cert}",
+        f"--key-file={key}",
+        f"--peer-trusted-ca-file={ca}",
+        f"--peer-cert-file={cert}",
+        f"--peer-key-file={key}",
+    ]
+
+
 def _run(args: list[str], cwd: Path) -> str:
     try:
         # umask 077: the key is never readable by others, not even for a moment.

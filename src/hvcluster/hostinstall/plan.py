@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from hvcluster.agent.config import AgentConfig, load_config
+from hvcluster.host.pki import etcd_tls_flags
 from hvcluster.models.errors import ConfigError
 
 PREFIX = Path("/opt/hvcluster")
@@ -141,14 +142,5 @@ def etcd_flags(plan: HostPlan) -> str:
                 "and --etcd-key (its address in the names, for server and client use)",
                 field="etcd_cert",
             )
-        flags += [
-            "--client-cert-auth",
-            "--peer-client-cert-auth",
-            f"--trusted-ca-file={ca}",
-            f"--cert-file={cert}",
-            f"--key-file={key}",
-            f"--peer-trusted-ca-file={ca}",
-            f"--peer-cert-file={cert}",
-            f"--peer-key-file={key}",
-        ]
+        flags += etcd_tls_flags(ca, cert, key)
     return "\n".join(flags) + "\n"

@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
-from hvcluster.host.pki import Authority, CertFiles
+from hvcluster.host.pki import Authority, CertFiles, etcd_tls_flags
 from hvcluster.models.errors import HvcError
 
 ETCD_BINARY = "/usr/bin/etcd"
@@ -171,16 +171,7 @@ class EtcdProcess:
         if self.tls is None:
             return []
         ca, cert, key = self.tls.ca, self.tls.cert, self.tls.key
-        return [
-            f"--cert-file={cert}",
-            f"--key-file={key}",
-            f"--trusted-ca-file={ca}",
-            "--client-cert-auth",
-            f"--peer-cert-file={cert}",
-            f"--peer-key-file={key}",
-            f"--peer-trusted-ca-file={ca}",
-            "--peer-client-cert-auth",
-        ]
+        return etcd_tls_flags(ca, cert, key)
 
     def _ssl_context(self) -> ssl.SSLContext | None:
         if self.client_tls is None:
