@@ -14,60 +14,14 @@ has passed (a deadline on the clock, an event, a counter), then asserts.
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
-POLL_S = 0.05
+from hvcluster.simulate.waiting import POLL_S, SteppedClock, wait_for
+from hvcluster.simulate.waiting import timed_out as _failed
 
-
-class SteppedClock(Protocol):
-    """What :func:`wait_for` needs of a manual clock."""
-
-    def now(self) -> float: ...
-
-    async def advance(self, seconds: float) -> None: ...
-
-
-def _failed(what: str, timeout: float, last: Any) -> AssertionError:
-    return AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
-
-
-async def wait_for(
-    predicate: Callable[[], Any],
-    timeout: float,
-    what: str,
-    *,
-    every: float = POLL_S,
-    clock: SteppedClock | None = None,
-    tolerate: tuple[type[BaseException], ...] = (),
-) -> Any:
-    """The first true value of ``predicate`` (sync or async), polled every ``every``
-    seconds (of ``clock``, moved on by each poll, when given); an exception of a type in
-    ``tolerate`` counts as a false value. Fails naming ``what`` after ``timeout``."""
-    now = clock.now if clock is not None else time.monotonic
-    end = now() + timeout
-    last: Any = None
-    while True:
-        try:
-            value = predicate()
-            if inspect.isawaitable(value):
-                value = await value
-        except tolerate as e:
-            value = None
-            last = e
-        else:
-            last = value
-        if value:
-            return value
-        if now() >= end:
-            raise _failed(what, timeout, last)
-        if clock is not None:
-            await clock.advance(every)
-        else:
-            await asyncio.sleep(every)
+__all__ = ["POLL_S", "SteppedClock", "wait_for", "wait_for_sync"]
 
 
 def wait_for_sync(

@@ -4,7 +4,6 @@ decisions: the only thing simulated is the hypervisor."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 import uuid
@@ -14,38 +13,18 @@ from typing import Any
 
 import httpx
 
-from hvcluster.agent.config import AgentConfig
-from hvcluster.agent.daemon import Daemon, cancel_all
-from hvcluster.clock import SYSTEM, ManualClock
+from hvcluster.clock import ManualClock
 from hvcluster.controller.loop import Controller
-from hvcluster.drivers.sim import SimDriver
-from hvcluster.drivers.sim.links import SimHostLinks
-from hvcluster.drivers.sim.model import SimParams
-from hvcluster.drivers.sim.state import SimHost
 from hvcluster.models.base import decode, encode, parse
 from hvcluster.models.config import ClusterConfig
-from hvcluster.models.event import Event
-from hvcluster.models.lifecycle import VMState
 from hvcluster.models.node import Node
 from hvcluster.models.storage import MARKER, CreatedDisk, Volume
-from hvcluster.models.vm import Disk, Placement, VMSpec, VMStatus
-from hvcluster.store.events import EventLog
-from hvcluster.store.keys import Keys
-from hvcluster.store.memory_store import MemoryStore
-from hvcluster.watchdog.node import MemoryWatchdog
+from hvcluster.models.vm import Disk, VMSpec
+from hvcluster.simulate import cluster as simulated
+from hvcluster.simulate.cluster import FAST
 from tests.tokens import api_client
-from tests.waiting import wait_for
 
-# Short timings keep the suite fast; their ratios are the defaults'.
-FAST = ClusterConfig(
-    name="sim",
-    lease_ttl_s=2.0,
-    keepalive_interval_s=0.4,
-    fence_after_s=1.4,
-    recovery_margin_s=0.6,
-    evidence_interval_s=0.4,
-    mass_failure_grace_s=3.0,
-)
+__all__ = ["FAST", "SimCluster", "manual_clock", "node_record", "with_api"]
 
 
 def manual_clock() -> ManualClock:
@@ -54,128 +33,22 @@ def manual_clock() -> ManualClock:
     return ManualClock(time.time())
 
 
-class SimCluster:
-    """Every daemon, the store and the sim drivers run on one :class:`ManualClock`: nothing
-    moves until a wait moves it (:meth:`wait_for`), so a test takes the CPU time of its
-    events, not their seconds. ``real_time``: on the real clocks instead."""
+class SimCluster(simulated.SimCluster):
+    """:class:`hvcluster.simulate.cluster.SimCluster` (the one ``hvc sim`` runs) with what
+    tests add: a manual clock started now (``real_time``: the real clocks instead), VMs and
+    volumes written as the API would, and waits for cycles of the loops."""
 
     def __init__(
         self, tmp: Path, config: ClusterConfig = FAST, cpus: int = 4, real_time: bool = False
     ) -> None:
+        super().__init__(tmp, config, None if real_time else manual_clock(), cpus)
         self.tmp = tmp
-        self.config = config
-        self.cpus = cpus
-        self.clock = None if real_time else manual_clock()
-        clock = self.clock
-        if clock is None:
-            self.store = MemoryStore()
-        else:
-            self.store = MemoryStore(clock.now)
-            clock.on_tick.append(self.store.expire_leases)
-        self.keys = Keys("sim")
-        self.events = EventLog(self.store, self.keys)
-        self.daemons: dict[str, Daemon] = {}
-        self.tasks: dict[str, asyncio.Task[None]] = {}
-        self.drivers: dict[str, SimDriver] = {}
-        self.links: dict[str, SimHostLinks] = {}
-        self.cpu_models: dict[str, str] = {}  # node -> its sim host's (and guests') CPU model
-        self.cpu_provides: dict[str, tuple[str, ...]] = {}  # node -> models it gives guests
-
-    def monotonic(self) -> float:
-        """Monotonic time as the cluster's store and daemons see it (what a store takes)."""
-        return self.clock.now() if self.clock else time.monotonic()
-
-    def use_store(self, store: MemoryStore) -> None:
-        """Run on ``store`` (one that injects faults, made on :meth:`monotonic`) instead,
-        before any node starts."""
-        if self.clock is not None:
-            self.clock.on_tick.remove(self.store.expire_leases)
-            self.clock.on_tick.append(store.expire_leases)
-        self.store, self.events = store, EventLog(store, self.keys)
-
-    async def start(self, *names: str) -> None:
-        await self.store.put(self.keys.config, encode(self.config))
-        for name in names:
-            await self.start_node(name)
-
-    async def start_node(self, name: str, nics: tuple[str, ...] = ()) -> None:
-        """Start node ``name``; its host has the NICs ``nics`` (uplinks for external
-        switches) and bridges made in memory (:class:`SimHostLinks`), never real ones."""
-        cfg = AgentConfig(node=name, cluster="sim", run_dir=self.tmp / name, driver="sim")
-        driver = SimDriver(
-            host=SimHost(
-                cpus=self.cpus,
-                memory_mib=8192,
-                check_disks=False,
-                host_cpu=self.cpu_models.get(name, "sim-cpu"),
-                guest_cpu_models=self.cpu_provides.get(name, ()),
-            ),
-            params=SimParams(boot_s=0.3, shutdown_s=0.2),
-            clock=self.clock,
-        )
-        links = self.links[name] = SimHostLinks(driver)
-        for nic in nics:
-            links.add_nic(nic)
-        clock = self.clock
-        daemon = Daemon(
-            cfg, store=self.store, driver=driver, serve_api=False, links=links,
-            watchdog=MemoryWatchdog(clock.now) if clock else MemoryWatchdog(),
-            clock=clock or SYSTEM,
-        )  # fmt: skip
-        self.daemons[name], self.drivers[name] = daemon, driver
-        self.tasks[name] = asyncio.create_task(daemon.run(), name=f"daemon-{name}")
-        await self.wait_for(lambda: self.alive(name), 10, f"{name} to register")
-        # registered: its lease and alive key; its node record (inventory) is written next
-        await self.wait_for(
-            lambda: self.store.get(self.keys.node(name)), 10, f"{name}'s node record"
-        )
-
-    async def crash(self, name: str) -> None:
-        """The host dies: its daemon stops at once and its VMs with it."""
-        task = self.tasks.pop(name)
-        await cancel_all([task])
-        driver = self.drivers[name]
-        for vm in await driver.list():
-            with contextlib.suppress(Exception):
-                await driver.kill(vm.name)
-
-    async def stop(self) -> None:
-        for name in list(self.tasks):
-            await self.crash(name)
-        await self.store.close()
-
-    # --- reading -------------------------------------------------------------------
-    def alive(self, name: str) -> bool:
-        d = self.daemons.get(name)
-        return bool(d and d.liveness and d.liveness.registered.is_set() and name in self.tasks)
-
-    async def placement(self, vm: str) -> Placement | None:
-        kv = await self.store.get(self.keys.placement(vm))
-        return decode(Placement, kv.key, kv.value) if kv else None
-
-    async def status(self, vm: str) -> VMStatus | None:
-        kv = await self.store.get(self.keys.status(vm))
-        return decode(VMStatus, kv.key, kv.value) if kv else None
 
     async def running_on(self, vm: str) -> str | None:
         """The node whose driver really runs ``vm`` (None if none), asserting never two."""
-        hosts = []
-        for name, driver in self.drivers.items():
-            if name not in self.tasks:
-                continue
-            for info in await driver.list():
-                if info.name == vm and info.state is VMState.RUNNING:
-                    hosts.append(name)
+        hosts = [h for h in await self.hosts_running(vm) if h in self.tasks]
         assert len(hosts) <= 1, f"{vm} runs on {hosts} at once"
         return hosts[0] if hosts else None
-
-    async def event_list(self, kind: str | None = None, subject: str | None = None) -> list[Event]:
-        found = [e.event for e in await self.events.recent(10_000)]
-        return [
-            e
-            for e in found
-            if (kind is None or e.kind == kind) and (subject is None or e.subject == subject)
-        ]
 
     # --- writing (as the API would) ------------------------------------------------
     async def create_vm(self, name: str, **spec: Any) -> VMSpec:
@@ -200,21 +73,6 @@ class SimCluster:
         await self.store.put(self.keys.created_disk(disk.file), encode(record))
 
     # --- waiting -------------------------------------------------------------------
-    async def wait_for(self, predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-        """:func:`tests.waiting.wait_for`, on the cluster's clock (moving it, if manual)."""
-        return await wait_for(predicate, timeout, what, clock=self.clock)
-
-    def now(self) -> float:
-        """Wall time as the cluster's daemons see it."""
-        return self.clock.wall() if self.clock else time.time()
-
-    def leader(self) -> Controller | None:
-        """The controller leading now, if any."""
-        for name, daemon in self.daemons.items():
-            if name in self.tasks and daemon.controller is not None and daemon.controller.leading:
-                return daemon.controller
-        return None
-
     async def cycles_pass(
         self,
         counters: dict[str, Callable[[], int]],

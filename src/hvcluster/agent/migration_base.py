@@ -86,7 +86,12 @@ class MigrationBase:
                 return None
             return cur.model_copy(update={field: value})
 
-        return await change_migration(self.store, self.keys, rec.id, write) is not None
+        return (
+            await change_migration(
+                self.store, self.keys, rec.id, write, now=self.agent.clock.wall()
+            )
+            is not None
+        )
 
     async def _fail(self, rec: Migration, reason: str) -> bool:
         """Fail ``rec`` with ``reason`` (said as ``migration.failed``); False if it was not
@@ -97,7 +102,10 @@ class MigrationBase:
                 return None  # final already, or the controller decides now
             return cur.model_copy(update={"state": _M.FAILED, "reason": reason})
 
-        if await change_migration(self.store, self.keys, rec.id, fail) is None:
+        if (
+            await change_migration(self.store, self.keys, rec.id, fail, now=self.agent.clock.wall())
+            is None
+        ):
             return False
         await self.say("migration.failed", f"vm/{rec.vm}", f"migration {rec.id}: {reason}")
         return True

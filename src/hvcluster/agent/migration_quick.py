@@ -85,7 +85,7 @@ class QuickState(MigrationBase):
                 return None
             return None if cur.state_verified else cur.model_copy(update={"state_verified": True})
 
-        await change_migration(self.store, self.keys, rec.id, verified)
+        await change_migration(self.store, self.keys, rec.id, verified, now=self.agent.clock.wall())
 
     # --- source ----------------------------------------------------------------------
     async def _saved_and_verified(self, rec: Migration) -> tuple[Migration, int]:
@@ -98,7 +98,9 @@ class QuickState(MigrationBase):
                 return None
             return cur.model_copy(update={"saved_path": cur.state_file})
 
-        written = await change_record(self.store, self.keys, self.keys.migration(rec.id), saved)
+        written = await change_record(
+            self.store, self.keys, self.keys.migration(rec.id), saved, now=self.agent.clock.wall()
+        )
         if written is None:
             raise NotVerified("the migration ended while the state was saved")
         waiting = self.verify_waits.setdefault(rec.id, asyncio.Event())

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,13 +86,13 @@ class SourceRole(QuickState):
             self.finished.add(rec.id)
         elif rec.state is _M.DONE and not busy:
             held = rec.id in self.flipped and self.migrated_out.get(rec.vm) == rec.id
-            if held and not rec.resumed_at and time.time() - rec.switching_at < HOLD_S:
+            if held and not rec.resumed_at and self.agent.clock.wall() - rec.switching_at < HOLD_S:
                 return  # the target is resuming it: nothing here meanwhile, not even a write
             if rec.id in self.times:
                 rec = await self._add_times(rec, self.times.pop(rec.id))
             elif rec.id not in self.flipped and times_missing(rec):
                 # Flipped by this host's agent before a restart: QEMU's measures went with it.
-                if not rec.resumed_at and time.time() - rec.switching_at < HOLD_S:
+                if not rec.resumed_at and self.agent.clock.wall() - rec.switching_at < HOLD_S:
                     return  # the target is about to write when it ran the VM: wait for it
                 rec = await self._times_lost(rec)
             self.migrated_out.pop(rec.vm, None)
@@ -123,7 +122,7 @@ class SourceRole(QuickState):
                 return None
             return cur.model_copy(update={"running": size})
 
-        await change_migration(self.store, self.keys, rec.id, put)
+        await change_migration(self.store, self.keys, rec.id, put, now=self.agent.clock.wall())
 
     async def _transfer(self, rec: Migration) -> None:
         def start(cur: Migration) -> Migration | None:
@@ -131,7 +130,9 @@ class SourceRole(QuickState):
                 return None
             return cur.model_copy(update={"state": _M.TRANSFERRING})
 
-        started = await change_record(self.store, self.keys, self.keys.migration(rec.id), start)
+        started = await change_record(
+            self.store, self.keys, self.keys.migration(rec.id), start, now=self.agent.clock.wall()
+        )
         if started is None:
             return
         written = Written(*started)
@@ -193,7 +194,7 @@ class SourceRole(QuickState):
         finally:
             await self._stop_publishing(written, stop, publisher)
         self.migrated_out[rec.vm] = rec.id
-        saved_at = time.time()
+        saved_at = self.agent.clock.wall()
         if rec.kind is MigrationKind.QUICK:
             try:  # the target must read the state before the placement flips
                 written.record, written.revision = await self._saved_and_verified(rec)
@@ -221,7 +222,9 @@ class SourceRole(QuickState):
         log.info("migration %s: could not flip; the controller decides", rec.id)
         # None: cancelled or failed meanwhile (the cycle runs the paused copy here again),
         # or done: the flip landed after all
-        await change_migration(self.store, self.keys, rec.id, switching)
+        await change_migration(
+            self.store, self.keys, rec.id, switching, now=self.agent.clock.wall()
+        )
 
     async def _stop_publishing(
         self, written: Written, stop: asyncio.Event, publisher: asyncio.Task[None]
@@ -254,7 +257,15 @@ class SourceRole(QuickState):
             at = written.revision
             placement, placement_rev = placed.value, placed.mod_revision
             done = await flip(
-                self.store, self.keys, rec, at, placement, placement_rev, moved, **fields
+                self.store,
+                self.keys,
+                rec,
+                at,
+                placement,
+                placement_rev,
+                moved,
+                **fields,
+                now=self.agent.clock.wall(),
             )
         except StoreError as e:
             log.warning("migration %s: the flip got no answer (%s); re-checking", rec.id, e)
@@ -269,7 +280,7 @@ class SourceRole(QuickState):
             rec.id,
             rec.vm,
             rec.target,
-            (time.time() - done.switching_at) * 1000,
+            (self.agent.clock.wall() - done.switching_at) * 1000,
         )
         return True  # said, and the copy here discarded, once the target runs it
 
@@ -282,7 +293,9 @@ class SourceRole(QuickState):
                 return None
             return with_times(cur.model_copy(update=times))
 
-        written = await change_migration(self.store, self.keys, rec.id, add)
+        written = await change_migration(
+            self.store, self.keys, rec.id, add, now=self.agent.clock.wall()
+        )
         if written is not None and written.downtime_ms is not None:
             self.agent.metrics.migration_done(written.kind, written.total_ms, written.downtime_ms)
             await self.say("migration.done", f"vm/{rec.vm}", done_sentence(written))
@@ -300,7 +313,9 @@ class SourceRole(QuickState):
         def mark(cur: Migration) -> Migration | None:
             return source_times_lost(cur, why) if times_missing(cur) else None
 
-        written = await change_migration(self.store, self.keys, rec.id, mark)
+        written = await change_migration(
+            self.store, self.keys, rec.id, mark, now=self.agent.clock.wall()
+        )
         if written is not None:
             self.agent.metrics.migration_done(written.kind, written.total_ms, written.downtime_ms)
             await self.say("migration.done", f"vm/{rec.vm}", done_sentence(written))
@@ -326,7 +341,9 @@ class SourceRole(QuickState):
             if stop.is_set() or not latest or latest[-1] == last:
                 continue
             progress = latest[-1]
-            new = written.record.model_copy(update={"progress": progress, "updated": time.time()})
+            new = written.record.model_copy(
+                update={"progress": progress, "updated": self.agent.clock.wall()}
+            )
             written.writing = True
             try:
                 result = await self.store.txn(
@@ -343,7 +360,11 @@ class SourceRole(QuickState):
 
                 # someone else wrote the record (a cancel, say): follow it, or stop
                 again = await change_record(
-                    self.store, self.keys, self.keys.migration(written.record.id), put
+                    self.store,
+                    self.keys,
+                    self.keys.migration(written.record.id),
+                    put,
+                    now=self.agent.clock.wall(),
                 )
                 if again is None:
                     return

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 
 from hvcluster.agent.guestcpu import guest_spec
 from hvcluster.agent.migration_quick import QuickState
@@ -50,7 +49,7 @@ class TargetRole(QuickState):
             if not busy:  # quick: the source saved the state; can we read it?
                 self._spawn(rec, self._verify_state(rec))
         elif rec.state is _M.DONE and not busy:
-            if time.time() - rec.updated < RECENT_S or rec.vm in self.agent.incoming:
+            if self.agent.clock.wall() - rec.updated < RECENT_S or rec.vm in self.agent.incoming:
                 self._spawn(rec, self._take_over(rec))
             else:
                 self.finished.add(rec.id)
@@ -144,12 +143,16 @@ class TargetRole(QuickState):
         if info.epoch == epoch and info.state is VMState.MIGRATING:
             try:
                 # the driver runs it the moment its state is loaded, if it can
-                await self._record_times(rec, _ran_at(await self.driver.resume(rec.vm)))
+                await self._record_times(
+                    rec, _ran_at(await self.driver.resume(rec.vm), self.agent.clock.wall())
+                )
                 return
             except NotRunning:
                 info = await self._settled(rec.vm)  # it cannot: wait until it is loaded
         if info.epoch == epoch and info.state is VMState.PAUSED:
-            await self._record_times(rec, _ran_at(await self.driver.resume(rec.vm)))
+            await self._record_times(
+                rec, _ran_at(await self.driver.resume(rec.vm), self.agent.clock.wall())
+            )
         elif info.state is not VMState.RUNNING:
             raise DriverError(f"it is {info.state.value} at epoch {info.epoch}")
 
@@ -175,7 +178,7 @@ class TargetRole(QuickState):
         path = self._state_path(rec.saved_path)
         spec = sized_as_running(spec, rec)  # the size it was saved with
         spec = guest_spec(spec, self.agent.facts, rec.cpu_model)  # the model it was saved with
-        resumed = _ran_at(await self.driver.restore(spec, epoch, path))
+        resumed = _ran_at(await self.driver.restore(spec, epoch, path), self.agent.clock.wall())
         with contextlib.suppress(OSError):
             await asyncio.to_thread(path.unlink)
         await self._record_times(rec, resumed)
@@ -197,7 +200,9 @@ class TargetRole(QuickState):
                 return None
             return with_times(cur.model_copy(update={"resumed_at": resumed}))
 
-        written = await change_migration(self.store, self.keys, rec.id, record)
+        written = await change_migration(
+            self.store, self.keys, rec.id, record, now=self.agent.clock.wall()
+        )
         if written is not None and written.downtime_ms is not None:
             self.agent.metrics.migration_done(written.kind, written.total_ms, written.downtime_ms)
             await self.say("migration.done", f"vm/{rec.vm}", done_sentence(written))
@@ -222,11 +227,10 @@ class TargetRole(QuickState):
         self.agent.wake.set()
 
 
-def _ran_at(info: VMInfo) -> float:
+def _ran_at(info: VMInfo, now: float) -> float:
     """When the driver saw the VM start running (its state's ``since``: for QEMU when it
-    said RESUME, which may come before ``resume`` returns to this busy loop); now if that
-    is not a plausible wall clock."""
-    now = time.time()
+    said RESUME, which may come before ``resume`` returns to this busy loop); ``now`` (the
+    agent's clock) if that is not a plausible wall clock."""
     if info.state is VMState.RUNNING and now - 60 < info.since <= now:
         return info.since
     return now

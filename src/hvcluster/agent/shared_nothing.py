@@ -67,7 +67,7 @@ class SharedNothing:
                     return None
                 return cur.model_copy(update={"disk_sizes": sizes})
 
-            await change_migration(self.store, self.keys, rec.id, put)
+            await change_migration(self.store, self.keys, rec.id, put, now=self.agent.clock.wall())
         except DriverError as e:
             log.warning("migration %s: sizes of %s's disks: %s", rec.id, rec.vm, e)
         finally:
@@ -120,7 +120,10 @@ class SharedNothing:
                 return None
             return cur.model_copy(update={"disks_address": incoming.disks_address})
 
-        if await change_migration(self.store, self.keys, rec.id, put) is None:
+        if (
+            await change_migration(self.store, self.keys, rec.id, put, now=self.agent.clock.wall())
+            is None
+        ):
             raise DriverError("the migration moved on while its disks were prepared")
         return incoming.address
 

@@ -30,7 +30,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
@@ -113,7 +112,7 @@ class StorageMover:
         if rec.state is _M.DONE and mid not in self.checked and mid not in self.tasks:
             self.checked.add(mid)
             await self._finish(rec)
-        if not rec.active and max(rec.updated, rec.created) < time.time() - RETAIN_S:
+        if not rec.active and max(rec.updated, rec.created) < self.agent.clock.wall() - RETAIN_S:
             key = self.keys.storage_move(mid)
             job = await self.store.get(self.keys.job(rec.vm))
             held, ops = release_if_named(self.keys, rec, job)  # if it still names it
@@ -168,7 +167,7 @@ class StorageMover:
                 kept = await self.agent.disks.delete_if_ours(old, rec.vm, spec.uid)
                 if kept is not None:
                     moved[-1] += f" (old file {old.file} kept: {kept})"
-            total = (time.time() - rec.created) * 1000
+            total = (self.agent.clock.wall() - rec.created) * 1000
             await self.say(
                 "storage.moved",
                 f"vm/{rec.vm}",
@@ -364,7 +363,14 @@ class StorageMover:
         ops: Sequence[Put | Delete] = (),
     ) -> Migration | None:
         return await change_migration(
-            self.store, self.keys, mid, change, compares, ops, storage=True
+            self.store,
+            self.keys,
+            mid,
+            change,
+            compares,
+            ops,
+            storage=True,
+            now=self.agent.clock.wall(),
         )
 
     async def _fail(self, mid: str, vm: str, reason: str) -> bool:

@@ -164,6 +164,7 @@ class Applier:
                     placed.value.epoch,
                     MigrationKind.LIVE,
                     "failback",
+                    now=self.now,
                 )
                 return made is not None
         return await self._cold_move(d)

@@ -206,7 +206,7 @@ class MigrationCoordinator:
             def mark(cur: Migration, why: str = why) -> Migration | None:
                 return source_times_lost(cur, why) if times_missing(cur) else None
 
-            written = await change_migration(self.store, self.keys, rec.id, mark)
+            written = await change_migration(self.store, self.keys, rec.id, mark, now=self.clock())
             if written is not None:
                 self.metrics.migration_done(written.kind, written.total_ms, written.downtime_ms)
                 await self.say("migration.done", f"vm/{rec.vm}", done_sentence(written))
@@ -309,7 +309,10 @@ class MigrationCoordinator:
                 return None
             return cur.model_copy(update=update)
 
-        if await change_migration(self.store, self.keys, rec.id, prepare) is not None:
+        if (
+            await change_migration(self.store, self.keys, rec.id, prepare, now=self.clock())
+            is not None
+        ):
             log.info("migration %s: %s -> %s (%s)", rec.id, rec.source, target, choice.why)
 
     async def _switch_fast(self, rec: Migration, record_rev: int) -> None:
@@ -327,7 +330,14 @@ class MigrationCoordinator:
         one transaction, no re-read. False if anything compared has changed."""
         extra = await moved_spec_ops(self.store, self.keys, rec)  # shared-nothing: new paths
         done = await flip(
-            self.store, self.keys, rec, record_rev, placed.value, placed.mod_revision, extra
+            self.store,
+            self.keys,
+            rec,
+            record_rev,
+            placed.value,
+            placed.mod_revision,
+            extra,
+            now=self.clock(),
         )
         if done is not None:
             await self._said_switched(rec, placed.value.epoch + 1)
@@ -366,7 +376,10 @@ class MigrationCoordinator:
                 return None
             return cur.model_copy(update={"state": _M.FAILED, "reason": why})
 
-        if await change_migration(self.store, self.keys, rec.id, fail) is not None:
+        if (
+            await change_migration(self.store, self.keys, rec.id, fail, now=self.clock())
+            is not None
+        ):
             await self.say(
                 "migration.failed",
                 f"vm/{rec.vm}",
@@ -410,6 +423,7 @@ class MigrationCoordinator:
                         epoch,
                         d.kind,
                         f"drain:{d.node}",
+                        now=self.clock(),
                     )
                     if made is not None:
                         await self.say("drain.move", f"vm/{d.vm}", f"{d.reason} ({made.id})")

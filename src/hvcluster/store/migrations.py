@@ -69,12 +69,13 @@ async def create_migration(
     kind: MigrationKind,
     requested_by: str,
     volume: str = "",
+    now: float | None = None,
 ) -> Migration | None:
     """Store a new ``requested`` record, with the VM's job key (store/jobs.py) in the same
     transaction; None if another job holds the VM (:func:`hvcluster.store.jobs.busy` says
     which). ``volume``: a shared-nothing migration's destination volume, or a storage
     move's (kind ``storage``: stored under ``requests/storage-moves/``)."""
-    now = time.time()
+    now = time.time() if now is None else now
     rec = Migration(
         id=new_id(vm),
         vm=vm,
@@ -119,11 +120,12 @@ async def change_migration(
     ops: Sequence[Put | Delete] = (),
     attempts: int = ATTEMPTS,
     storage: bool = False,
+    now: float | None = None,
 ) -> Migration | None:
     """:func:`change_record` of the migration ``mid`` (``storage``: of the storage move
     ``mid``), the record written alone."""
     key = keys.storage_move(mid) if storage else keys.migration(mid)
-    written = await change_record(store, keys, key, change, compares, ops, attempts)
+    written = await change_record(store, keys, key, change, compares, ops, attempts, now)
     return written[0] if written is not None else None
 
 
@@ -135,6 +137,7 @@ async def change_record(
     compares: Sequence[Compare] = (),
     ops: Sequence[Put | Delete] = (),
     attempts: int = ATTEMPTS,
+    now: float | None = None,
 ) -> tuple[Migration, int] | None:
     """Apply ``change`` to the record at ``key`` (a migration or a storage move) under
     compare-and-set, with the caller's ``compares`` and ``ops`` in the same transaction; the
@@ -152,7 +155,7 @@ async def change_record(
         if new is None:
             return None
         MIGRATION_LIFECYCLE.check(current.state, new.state)
-        new = new.model_copy(update={"updated": time.time()})
+        new = new.model_copy(update={"updated": time.time() if now is None else now})
         guard = [Compare.mod_is(key, found.mod_revision), *compares]
         ends = release(keys, current) if current.active and not new.active else []
         result = await store.txn(guard, [Put(key, encode(new)), *ops, *ends])
@@ -174,6 +177,7 @@ async def flip(
     placement: Placement,
     placement_rev: int,
     extra: tuple[Sequence[Compare], Sequence[Put]] = ((), ()),
+    now: float | None = None,
     **fields: Any,
 ) -> Migration | None:
     """The end of a migration in one transaction: the record (as it was at ``record_rev``)
@@ -186,7 +190,13 @@ async def flip(
     MIGRATION_LIFECYCLE.check(rec.state, MigrationState.DONE)
     if (placement.node, placement.epoch) != (rec.source, rec.epoch):
         return None
-    done = rec.model_copy(update={**fields, "state": MigrationState.DONE, "updated": time.time()})
+    done = rec.model_copy(
+        update={
+            **fields,
+            "state": MigrationState.DONE,
+            "updated": time.time() if now is None else now,
+        }
+    )
     rkey, pkey = keys.migration(rec.id), keys.placement(rec.vm)
     compares = [
         Compare.mod_is(rkey, record_rev),

@@ -8,7 +8,6 @@ target of another, as QEMU would fail."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -118,7 +117,7 @@ class SimMigration:
             await out.close()
         self.driver.set_state(vm, VMState.PAUSED, "migrated out")
         if send.on_complete is not None:
-            await send.on_complete(time.time())
+            await send.on_complete(self.driver.clock.wall())
         total_ms = (self.driver.clock.wall() - started) * 1000
         return MigrationResult(total_ms=total_ms, downtime_ms=downtime_ms, progress=progress)
 
