@@ -329,7 +329,9 @@ def down(lab_dir: Path = DEFAULT_LAB_DIR, log: Log = print) -> None:
         vms = [p for n in state.nodes for p in vm_pids(n)]
         processes.kill(vms)
         processes.terminate([n.watchdog_pid for n in state.nodes], grace=2)
-        processes.terminate(list(state.etcd_pids))
+        # SIGKILL, not SIGTERM: their data dirs go with the lab dir, and etcd members stopped
+        # together each wait ~5 s for a leadership transfer no member is left to take.
+        processes.kill(list(state.etcd_pids))
         log(f"stopped {len(agents)} agents, {len(vms)} VMs, {len(state.etcd_pids)} etcd member(s)")
         if state.net is not None:
             names = [n.name for n in state.nodes] or [f"n{i + 1}" for i in range(16)]
