@@ -7,15 +7,20 @@ import contextlib
 
 
 class TcpProxy:
-    """Forwards 127.0.0.1:<port> to ``target``; :meth:`cut` drops every open connection."""
+    """Forwards 127.0.0.1:<port> to ``target``; :meth:`cut` drops every open connection.
+    ``delay_s``: what the target sends waits that long (a slow host: its TLS handshake too).
+    While ``hold`` is set, connections are accepted but never forwarded (as a SYN lost in a
+    cut link): clear it and new ones go through again, the held ones stay stuck."""
 
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, delay_s: float = 0.0) -> None:
         host, _, port = target.rpartition(":")
         self._target = (host, int(port))
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self.connections = 0
+        self.delay_s = delay_s
+        self.hold = False
 
     @property
     def endpoint(self) -> str:
@@ -28,20 +33,27 @@ class TcpProxy:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        if self.hold:
+            self._writers.add(writer)  # never answered; closed by cut()
+            return
         try:
             up_reader, up_writer = await asyncio.open_connection(*self._target)
         except OSError:
             writer.close()
             return
         self._writers |= {writer, up_writer}
-        for src, dst in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.create_task(self._pipe(src, dst))
+        for src, dst, delay in ((reader, up_writer, 0.0), (up_reader, writer, self.delay_s)):
+            task = asyncio.create_task(self._pipe(src, dst, delay))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+    async def _pipe(
+        self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, delay: float
+    ) -> None:
         with contextlib.suppress(OSError, asyncio.IncompleteReadError):
             while data := await src.read(65536):
+                if delay:
+                    await asyncio.sleep(delay)
                 dst.write(data)
                 await dst.drain()
         dst.close()

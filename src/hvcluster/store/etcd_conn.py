@@ -16,42 +16,24 @@ Every gRPC error becomes a :class:`StoreError` subclass here, and nowhere else.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import grpc  # type: ignore[import-untyped]
 import grpc.aio  # type: ignore[import-untyped]
-from aetcd import rpc
 
 from hvcluster.models.errors import InvalidInput, LeaseLost, StoreError, StoreUnavailable
+from hvcluster.store.etcd_endpoint import ConnectFailed, Endpoint
+
+__all__ = ["ConnectFailed", "Connection", "Endpoint", "EtcdTls", "translate"]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-# Keepalive pings find a stream whose server froze (SIGSTOP, a dead link) without waiting for
-# TCP. etcd refuses pings more often than every 5 s (--grpc-keepalive-min-time), hence 6 s.
-# Reconnect back-off is capped at 1 s so that a restarted etcd is found again quickly.
-# Each channel has its own connections (a local subchannel pool): gRPC otherwise shares one
-# TCP connection among all channels of a process to the same address, so the liveness
-# thread's client would wait behind the main loop's, and a channel closed to dial anew
-# (:meth:`Endpoint.reset`) would get the old connection back.
-CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
-    ("grpc.use_local_subchannel_pool", 1),
-    ("grpc.keepalive_time_ms", 6000),
-    ("grpc.keepalive_timeout_ms", 4000),
-    ("grpc.keepalive_permit_without_calls", 0),
-    ("grpc.http2.max_pings_without_data", 0),
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-    ("grpc.enable_retries", 0),
-)
 
 _UNAVAILABLE_CODES = {
     grpc.StatusCode.UNAVAILABLE,
@@ -143,143 +125,10 @@ def translate(error: grpc.aio.AioRpcError, target: str) -> StoreError:
     return StoreError(f"{where} refused the request ({code.name}): {details}")
 
 
-class ConnectFailed(TimeoutError):
-    """A channel could not connect. ``refused``: the host answered that nothing listens on
-    the port (its etcd is not running), as opposed to no answer or a TLS failure, which
-    say nothing about whether the member runs."""
-
-    def __init__(self, message: str, refused: bool) -> None:
-        super().__init__(message)
-        self.refused = refused
-
-
-def connect_error(details: str, tls: bool) -> tuple[str, bool]:
-    """(a sentence saying why, refused?) from gRPC's last connection error."""
-    text = details.lower()
-    if "connection refused" in text:
-        return "connection refused (no etcd listens there)", True
-    if "certificate_verify_failed" in text or ("handshake failed" in text and tls):
-        return (
-            "TLS handshake failed: its certificate is not signed by the CA we were given, "
-            f"or does not name the address we dialled ({details})",
-            False,
-        )
-    if tls and ("tsi_data_corrupted" in text or "bad_certificate" in text):
-        return (
-            "etcd refused our TLS client certificate (none given, or not signed by a CA it "
-            f"trusts) ({details})",
-            False,
-        )
-    if tls and "handshake read failed" in text:
-        return f"the TLS handshake broke off: does it speak TLS? ({details})", False
-    if not tls and "socket closed" in text:
-        return f"it closed the connection at once: does it expect TLS? ({details})", False
-    return details, False
-
-
 def never_sent(error: grpc.aio.AioRpcError) -> bool:
     """True when the request cannot have reached etcd (no connection was ever made)."""
     details = error.details() or ""
     return error.code() == grpc.StatusCode.UNAVAILABLE and "failed to connect" in details
-
-
-class Endpoint:
-    """One etcd client URL and its (lazily opened) gRPC channel and stubs."""
-
-    def __init__(self, target: str, credentials: grpc.ChannelCredentials | None = None) -> None:
-        self.target = target
-        self.credentials = credentials
-        self._channel: grpc.aio.Channel | None = None
-        self._stubs: dict[str, Any] = {}
-
-    @property
-    def channel(self) -> grpc.aio.Channel:
-        if self._channel is None:
-            if self.credentials is None:
-                self._channel = grpc.aio.insecure_channel(self.target, options=CHANNEL_OPTIONS)
-            else:
-                self._channel = grpc.aio.secure_channel(
-                    self.target, self.credentials, options=CHANNEL_OPTIONS
-                )
-            self._stubs = {}
-        return self._channel
-
-    def stub(self, kind: str) -> Any:
-        """``kv``, ``lease``, ``watch``, ``cluster`` or ``maintenance``."""
-        channel = self.channel
-        if kind not in self._stubs:
-            factory = {
-                "kv": rpc.KVStub,
-                "lease": rpc.LeaseStub,
-                "watch": rpc.WatchStub,
-                "cluster": rpc.ClusterStub,
-                "maintenance": rpc.MaintenanceStub,
-            }[kind]
-            self._stubs[kind] = factory(channel)
-        return self._stubs[kind]
-
-    async def ready(self, timeout: float, fail_fast: bool = False) -> None:
-        """Wait until the channel is connected; raise TimeoutError after ``timeout``, or at
-        once when the connection is refused if ``fail_fast`` (another endpoint may answer)."""
-        channel = self.channel
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        state = channel.get_state(try_to_connect=True)
-        while state != grpc.ChannelConnectivity.READY:
-            failed = state == grpc.ChannelConnectivity.TRANSIENT_FAILURE
-            if failed and fail_fast:
-                raise await self._connect_failed()
-            left = deadline - loop.time()
-            try:
-                if left <= 0:
-                    raise TimeoutError
-                async with asyncio.timeout(left):
-                    await channel.wait_for_state_change(state)
-            except TimeoutError:
-                if failed:
-                    raise await self._connect_failed() from None
-                raise TimeoutError(f"{self.target} did not answer within {timeout:g}s") from None
-            state = channel.get_state(try_to_connect=True)
-
-    async def _connect_failed(self) -> ConnectFailed:
-        """Why the channel is in TRANSIENT_FAILURE: gRPC keeps the last connection error and
-        fails a call at once with it (a refused port, a TLS certificate refused by either
-        side, a plain-text peer), which says much more than the state alone."""
-        try:
-            await self.stub("maintenance").Status(rpc.StatusRequest(), timeout=0.5)
-        except grpc.aio.AioRpcError as e:
-            details = e.details() or e.code().name
-        else:
-            details = "it answered when asked again"
-        why, refused = connect_error(details, self.credentials is not None)
-        return ConnectFailed(f"cannot connect to {self.target}: {why}", refused)
-
-    async def close(self) -> None:
-        channel, self._channel, self._stubs = self._channel, None, {}
-        if channel is not None:
-            with contextlib.suppress(Exception):
-                await channel.close(grace=None)
-
-    def reset(self) -> None:
-        """Drop the channel, so the next call dials a new TCP connection. After a cut link
-        heals, the old connection's data waits for TCP's next retransmission (0.2 s after
-        the loss, then 0.4, 0.8, 1.6 s later) and a connection attempt whose SYN was lost
-        for its retransmission (1 s, then 2 s later): a new connection goes through within
-        a round trip. Calls still running on the old channel fail (a watch resumes). The
-        old channel closes in the background: the caller's own deadline may be up."""
-        channel, self._channel, self._stubs = self._channel, None, {}
-        if channel is not None:
-            task = asyncio.get_running_loop().create_task(_close(channel))
-            _closing.add(task)
-            task.add_done_callback(_closing.discard)
-
-
-_closing: set[asyncio.Task[None]] = set()  # channels being closed after a reset
-
-
-async def _close(channel: grpc.aio.Channel) -> None:
-    with contextlib.suppress(Exception):
-        await channel.close(grace=None)
 
 
 # Told of every request: (operation, answered?, seconds). An agent's metrics.
@@ -305,7 +154,7 @@ class Connection:
         self.endpoints = [Endpoint(t, self.credentials) for t in targets]
         # Keepalives (``fresh`` calls) have channels of their own: dropping one to dial anew
         # must not break what else runs on that member (a watch, an evidence question).
-        self.fresh_endpoints = [Endpoint(t, self.credentials) for t in targets]
+        self.fresh_endpoints = [Endpoint(t, self.credentials, hedge=True) for t in targets]
         self._extra: dict[str, Endpoint] = {}
         self._current = 0
         self.closed = False
@@ -357,11 +206,12 @@ class Connection:
         raises :class:`StoreUnavailable` (the caller re-reads and decides).
 
         ``fresh`` (a keepalive: the node's proof of life, Safety rule 2) runs on channels of
-        its own; an endpoint that does not connect, or does not answer, within the deadline
-        has its channel dropped (:meth:`Endpoint.reset`), so the next try dials anew rather
-        than waiting on TCP's retransmission back-off: a node whose link to etcd healed is
-        heard again at its next keepalive, not seconds later. (Not sooner: a dial cut short
-        to try again may be a TLS handshake that a loaded host was about to finish.)
+        its own. One that does not connect within HEDGE_S gets another dial beside it, and
+        the first to connect is taken (:meth:`Endpoint.ready`), so a node whose link to
+        etcd healed is heard again within about HEDGE_S and a round trip, not after TCP's
+        retransmission back-off; no dial is cut short (it may be a TLS handshake a loaded
+        host was about to finish). A connected endpoint that does not answer within the
+        deadline has its channel dropped (:meth:`Endpoint.reset`): the next try dials anew.
         """
         if self.observe is None:
             return await self._call(what, fn, mutable, timeout, fresh)
@@ -399,8 +249,8 @@ class Connection:
             except TimeoutError as e:
                 last = str(e)
                 self.rotate()
-                if fresh:  # a dial whose SYN was lost, or a refusal (gRPC's back-off)
-                    ep.reset()
+                if fresh:  # a refusal: dial anew next time, not after gRPC's back-off
+                    ep.drop_failed()
                 await asyncio.sleep(0.02)  # all may be down: do not spin
                 continue
             left = deadline - loop.time()
