@@ -56,8 +56,11 @@ async def test_a_host_joins_with_a_learner_promoted_once_caught_up(
     ca: Authority,
     tmp_path: Path,
 ) -> None:
-    made = await api.post("/cluster/join-tokens", json={"node": "n4", "etcd_member": True})
+    for node in ("n1", "n2"):  # with the joining host, 3: the cluster wants 3 voters
+        await add_node(store, node)
+    made = await api.post("/cluster/join-tokens", json={"node": "n4"})
     assert made.status_code == 201, made.text
+    assert made.json()["etcd_member"] is True  # by default: 1 member, fewer than 5
     token = made.json()["token"]
     got_ca = (await anonymous.get("/cluster/ca")).json()
     assert token.endswith("." + got_ca["fingerprint"])
@@ -78,6 +81,8 @@ async def test_a_host_joins_with_a_learner_promoted_once_caught_up(
     store.catch_up(member, "n4")
     promoted = await anonymous.post("/join/promote", json={"token": token})
     assert promoted.status_code == 200, promoted.text
+    assert promoted.json()["voting"] is True
+    assert "promoted: 2 voting member(s) for 3 host(s)" in promoted.json()["reason"]
     assert [m.learner for m in await store.members() if m.id == member] == [False]
     spent = await anonymous.post("/join/promote", json={"token": token})
     assert spent.status_code == 401
@@ -92,9 +97,9 @@ async def test_join_refusals_name_the_field_or_the_reason(
     ca: Authority,
     tmp_path: Path,
 ) -> None:
-    made = await api.post("/cluster/join-tokens", json={"node": "n5"})
+    made = await api.post("/cluster/join-tokens", json={"node": "n5", "etcd_member": False})
     token = made.json()["token"]
-    assert made.json()["etcd_member"] is False  # 1 voter, 1 node: a second would be even
+    assert made.json()["etcd_member"] is False
     _, wrong_name = make_request(tmp_path, "n6")
     bad = await anonymous.post("/join", json={"token": token, "csr": wrong_name, "address": "h"})
     assert bad.status_code == 422 and bad.json()["field"] == "csr"
@@ -136,7 +141,10 @@ async def test_evict_drains_first_refuses_while_vms_stay_then_removes_and_revoke
     body = {"token": token.json()["token"], "csr": csr, "address": "10.0.0.4"}
     joined = (await anonymous.post("/join", json=body)).json()
     store.catch_up(joined["etcd"]["member_id"], "n4")
-    await anonymous.post("/join/promote", json={"token": body["token"]})
+    # 1 host (itself) wants 1 voter: it stays a learner, and the answer says why
+    stays = await anonymous.post("/join/promote", json={"token": body["token"]})
+    assert stays.status_code == 200 and stays.json()["voting"] is False
+    assert "stays a learner: 1 voting member(s) already" in stays.json()["reason"]
     await add_node(store, "n4")
     await store.put(KEYS.placement("web-1"), encode(Placement(node="n4", epoch=1)))
     first = await api.post("/cluster/nodes/n4/evict")

@@ -20,7 +20,6 @@ compromised if the host is, and the cluster CA re-made if that matters.
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 from fastapi import APIRouter
@@ -40,9 +39,6 @@ from hvcluster.store.reads import Stored, read_one_or_error, read_snapshot
 router = APIRouter(tags=["join"])
 
 NAMED = 10
-# etcd refuses a member removal until the remaining members have been connected for 5 s
-UNHEALTHY_WAIT_S = 15.0
-UNHEALTHY_RETRY_S = 1.0
 
 
 class Evicted(View):
@@ -134,21 +130,13 @@ async def _remove_member(ctx: ApiContext, name: str, cert: IssuedCert | None) ->
     if not mine:
         return ""
     member = mine[0]
-    deadline = time.monotonic() + UNHEALTHY_WAIT_S
-    while True:
-        try:
-            await ctx.store.remove_member(member.id)
-            break
-        except NotFound:
-            return ""
-        except StoreError as e:
-            # etcd's strict reconfiguration check refuses ("unhealthy cluster") while the
-            # members that would remain have not all been connected for its health interval
-            # (5 s), e.g. just after a promotion or a leader change: that passes, ask again.
-            if "unhealthy cluster" in str(e) and time.monotonic() < deadline:
-                await asyncio.sleep(UNHEALTHY_RETRY_S)
-                continue
-            raise Conflict(f"etcd refused to remove member {name} ({member.id:x}): {e}") from e
+    try:
+        # (the store asks again while etcd says "unhealthy cluster": store/etcd_members.py)
+        await ctx.store.remove_member(member.id)
+    except NotFound:
+        return ""
+    except StoreError as e:
+        raise Conflict(f"etcd refused to remove member {name} ({member.id:x}): {e}") from e
     await ctx.record(
         "etcd.member.removed",
         f"node/{name}",

@@ -6,7 +6,9 @@ certificate signing request for that name (``hvc node join``: its key never leav
 agent signs it with the cluster CA from etcd, once per token. When the token says the host
 is to be an etcd member, the agent adds it as a *learner* (it receives the log but does not
 vote, so a member that never comes up cannot cost the cluster its quorum); the host starts
-its etcd, and once that has caught up it asks ``/join/promote`` and becomes a voter.
+its etcd, and once that has caught up it is promoted to a voter when the cluster wants one
+more (store/promotion.py): by the controller, which tries by itself, or here when the host
+asks ``/join/promote`` (which answers where it stands: it is how ``hvc node join`` waits).
 
 ``/join`` and ``/join/promote`` need no API token (api/auth.py): the join token in the body
 is the credential, checked here. ``/cluster/ca`` is open too: the CA certificate is public,
@@ -34,10 +36,12 @@ from hvcluster.models.join import (
     JoinToken,
     RevokedCert,
     issue_join,
+    should_be_member,
     split_join,
 )
 from hvcluster.models.names import Name
 from hvcluster.store.base import Compare, Delete, Membership, Op, Put
+from hvcluster.store.promotion import promote_if_due
 from hvcluster.store.reads import Stored, read_one_or_error
 
 router = APIRouter(tags=["join"])
@@ -56,8 +60,9 @@ class JoinTokenRequest(View):
     ttl_s: float = Field(default=JOIN_TTL_S, gt=0, le=7 * 86400.0)
     etcd_member: bool | None = Field(
         default=None,
-        description="run an etcd member on the host; default: when the cluster has fewer "
-        "voting members than it should (3 from 3 nodes, 5 from 5)",
+        description="run an etcd member on the host; default: while the cluster has fewer "
+        "than 5 members (voters and learners); a learner is promoted when the cluster wants "
+        "another voter (3 from 3 hosts, 5 from 5)",
     )
 
 
@@ -101,12 +106,8 @@ class PromoteRequest(View):
 class Promoted(View):
     node: str
     member_id: int
-
-
-def wanted_members(nodes: int) -> int:
-    """How many voting etcd members a cluster of ``nodes`` hosts should have: 5 from 5 hosts,
-    3 from 3, else 1 (an even number adds a vote needed without adding a failure survived)."""
-    return 5 if nodes >= 5 else 3 if nodes >= 3 else 1
+    voting: bool = Field(description="it votes now; false: it stays a learner (reason says why)")
+    reason: str
 
 
 @router.get("/cluster/ca", response_model=CaView)
@@ -123,9 +124,7 @@ async def create_join_token(request: JoinTokenRequest, ctx: Ctx) -> JoinTokenCre
         raise Conflict(f"node {request.node!r} exists: evict it before joining a host by that name")
     member = request.etcd_member
     if member is None:
-        nodes = len((await ctx.store.range(ctx.keys.prefix("nodes"))).kvs)
-        voters = [m for m in await ctx.store.members() if not m.learner]
-        member = len(voters) < wanted_members(nodes + 1)
+        member = should_be_member(len(await ctx.store.members()))
     record, token = issue_join(
         request.node,
         ca.cert_pem,
@@ -180,7 +179,8 @@ async def join(request: JoinRequest, ctx: Ctx) -> Joined:
         await ctx.record(
             "etcd.member.added",
             f"node/{token.node}",
-            f"etcd learner {token.node} added ({peer}); it votes once promoted",
+            f"etcd learner {token.node} added ({peer}); it is promoted once its etcd has "
+            "caught up, when the cluster wants another voter",
             {"member_id": f"{added.id:x}", "peer_url": peer},
         )
     now = time.time()
@@ -219,30 +219,34 @@ async def join(request: JoinRequest, ctx: Ctx) -> Joined:
 
 @router.post("/join/promote", response_model=Promoted)
 async def promote(request: PromoteRequest, ctx: Ctx) -> Promoted:
-    """Make the host's etcd learner a voter; 409 until it has caught up (ask again)."""
+    """Where the host's etcd learner stands, promoting it if it is due (store/promotion.py):
+    200 once it votes (the token is spent then) or when it is to stay a learner (``voting``
+    false, the reason says why); 409 while etcd refuses it (not started or not caught up:
+    ask again). The controller promotes it too, whether or not anyone asks."""
     stored = await _token(ctx, request.token)
     token = stored.value
     issued = await read_one_or_error(ctx.store, ctx.keys.issued_cert(token.node), IssuedCert)
     if not token.serial or not token.etcd_member or not isinstance(issued, Stored):
         raise Conflict(f"join token for {token.node!r} has no etcd learner to promote")
     member_id = issued.value.etcd_member_id
-    try:
-        await ctx.store.promote_member(member_id)
-    except StoreError as e:
-        raise Conflict(
-            f"etcd learner {token.node} cannot be promoted yet (has it started and caught up?): {e}"
-        ) from e
-    await ctx.store.txn(
-        [Compare.mod_is(ctx.keys.join_token(token.node), stored.mod_revision)],
-        [Delete(ctx.keys.join_token(token.node))],
+    verdict = await promote_if_due(ctx.store, ctx.keys, token.node, member_id)
+    if verdict.retry:
+        raise Conflict(verdict.reason)
+    if verdict.promoted:
+        await ctx.record(
+            "etcd.member.promoted",
+            f"node/{token.node}",
+            f"{verdict.reason} (asked by the joining host)",
+            {"member_id": f"{member_id:x}"},
+        )
+    if verdict.voting:
+        await ctx.store.txn(
+            [Compare.mod_is(ctx.keys.join_token(token.node), stored.mod_revision)],
+            [Delete(ctx.keys.join_token(token.node))],
+        )
+    return Promoted(
+        node=token.node, member_id=member_id, voting=verdict.voting, reason=verdict.reason
     )
-    await ctx.record(
-        "etcd.member.promoted",
-        f"node/{token.node}",
-        f"etcd member {token.node} promoted: it votes now",
-        {"member_id": f"{member_id:x}"},
-    )
-    return Promoted(node=token.node, member_id=member_id)
 
 
 async def _ca(ctx: ApiContext) -> ClusterCa:

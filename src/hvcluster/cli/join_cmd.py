@@ -3,6 +3,7 @@ leaving the cluster (docs/architecture.md, "Joining and evicting hosts")."""
 
 from __future__ import annotations
 
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,10 @@ from hvcluster.cli.views import json_option
 from hvcluster.host import join as joining
 
 DEFAULT_DIR = Path("/etc/hvcluster")  # pki/ under it, and etcd.flags (as cluster init)
+# What 'hvc host install --etcd-member' installs (hostinstall/units.py; not imported: the
+# CLI stays off the agent's config that the install's plan reads)
+ETCD_UNIT = "hvc-etcd.service"
+UNIT_DIR = Path("/etc/systemd/system")
 
 
 @friendly_errors
@@ -66,18 +71,20 @@ def join(
     promote: bool = typer.Option(
         False,
         "--promote",
-        help="Joined already and etcd runs: have its learner promoted (waits until etcd "
-        "says it caught up, at most --timeout).",
+        help="Joined already and etcd runs: follow its learner until it votes (the cluster "
+        "promotes it once it has caught up) or the cluster says why not, at most --timeout.",
     ),
-    timeout: float = typer.Option(300.0, "--timeout", help="Seconds --promote waits."),
+    timeout: float = typer.Option(300.0, "--timeout", help="Seconds to wait for the vote."),
     as_json: bool = json_option(),
 ) -> None:
     """Join this host: its key and certificate signing request are made here, the cluster
     signs it. If it is to run an etcd member (a learner until promoted), etcd's flags are
-    written to <dir>/etcd.flags: start etcd with them, then run this again with --promote."""
+    written to <dir>/etcd.flags; with the hvc-etcd unit installed ('hvc host install
+    --etcd-member') it is started and this waits until the member votes, else start etcd
+    with them and run this again with --promote (the cluster promotes it by itself too)."""
+    ca = directory / "pki" / "ca.crt"
     if promote:
-        joining.promote(cluster, directory / "pki" / "ca.crt", token, timeout)
-        console.print("etcd member promoted: it votes now")
+        _follow(cluster, ca, token, timeout, as_json)
         return
     if not address:
         raise UsageError("--address: this host's address is needed to join", field="address")
@@ -96,12 +103,48 @@ def join(
         return
     console.print(f"joined as {joined.node}: certificate {joined.serial} in {joined.cert}")
     console.print(f"etcd endpoints: {', '.join(joined.etcd_endpoints)}")
-    if joined.etcd is not None:
-        console.print(
-            f"etcd learner added: start etcd with the flags in {directory / 'etcd.flags'}, "
-            f'then run this again with --promote; set etcd_crl = "{joined.crl}" in '
-            "agent.toml (the agent keeps that CRL up to date)"
-        )
+    if joined.etcd is None:
+        return
+    console.print(
+        f'etcd learner added; set etcd_crl = "{joined.crl}" in agent.toml (the agent keeps '
+        "that CRL up to date)"
+    )
+    if directory == DEFAULT_DIR and _start_etcd_unit():
+        console.print(f"started {ETCD_UNIT} (its flags: {directory / 'etcd.flags'})")
+        _follow(cluster, ca, token, timeout, as_json=False)
+        return
+    console.print(
+        f"start etcd with the flags in {directory / 'etcd.flags'} ('systemctl start "
+        f"{ETCD_UNIT}' once 'hvc host install --etcd-member' ran): the cluster promotes it "
+        "once it has caught up; 'hvc node join --promote' follows it until it votes"
+    )
+
+
+def _start_etcd_unit() -> bool:
+    """Start hvc-etcd when it is installed and systemd runs here: whether it was."""
+    if not (UNIT_DIR / ETCD_UNIT).exists() or not Path("/run/systemd/system").is_dir():
+        return False
+    started = subprocess.run(
+        ["systemctl", "start", ETCD_UNIT], capture_output=True, text=True, check=False
+    )
+    if started.returncode != 0:
+        raise fail(f"systemctl start {ETCD_UNIT} failed: {started.stderr.strip()}")
+    return True
+
+
+def _follow(cluster: str, ca: Path, token: str, timeout: float, as_json: bool) -> None:
+    """Wait for the joined learner's vote, saying each new reason it is not there yet."""
+
+    def progress(said: str) -> None:
+        err_console.print(f"waiting for the vote: {said}", highlight=False)
+
+    done = joining.promote(cluster, ca, token, timeout, progress)
+    if as_json:
+        print_json({"voting": done.voting, "reason": done.reason, "waited_s": done.waited_s})
+    elif done.voting:
+        console.print(f"{done.reason}: it votes now (after {done.waited_s:.1f}s)")
+    else:
+        console.print(f"not a voter yet: {done.reason}")
 
 
 @friendly_errors

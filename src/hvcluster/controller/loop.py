@@ -18,6 +18,7 @@ from hvcluster.controller.apply import Applier
 from hvcluster.controller.fencing import Fencer
 from hvcluster.controller.migrations import MigrationCoordinator
 from hvcluster.controller.notes import ControllerNotes
+from hvcluster.controller.promotion import Promoter
 from hvcluster.controller.view import build_snapshot
 from hvcluster.metrics import AgentMetrics
 from hvcluster.models.config import ClusterConfig
@@ -78,11 +79,13 @@ class Controller:
         self.migrations = MigrationCoordinator(
             store, keys, say, self.notes, is_leader, clock, sleep, self.metrics
         )
+        self.promoter = Promoter(store, keys, say, is_leader, clock, sleep)
 
     async def run(self, interval: float = 0.5) -> None:
         helpers = [
             asyncio.create_task(self.migrations.run(), name="migrations"),
             asyncio.create_task(self.migrations.watch(), name="watch-migrations"),
+            asyncio.create_task(self.promoter.run(), name="etcd-promotion"),
         ]
         try:
             await self._run(interval)

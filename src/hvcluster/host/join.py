@@ -5,7 +5,9 @@
 2. A key and a certificate signing request made here (the key never leaves the host),
    sent with the token to ``POST /join``; the certificate is written next to the key.
 3. When the host is to be an etcd member, the cluster added it as a learner: the caller
-   starts etcd with :func:`etcd_flags`, then :func:`promote` asks until etcd accepts it.
+   starts etcd with :func:`etcd_flags`, then :func:`promote` follows it until it votes
+   (the cluster's controller promotes it once it has caught up; asking promotes it as
+   soon as it can) or the cluster says it is to stay a learner, and why.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import os
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,7 @@ from hvcluster.models.join import ca_fingerprint, split_join
 
 PREFIX = "/api/v1"
 TIMEOUT_S = 30.0  # signing runs openssl on the agent
+RETRY_S, MAX_RETRY_S = 0.25, 5.0  # asking whether the learner votes yet
 
 
 class JoinError(HvcError):
@@ -102,18 +106,42 @@ def join(url: str, token: str, address: str, directory: Path, peer_url: str = ""
     )
 
 
-def promote(url: str, ca: Path, token: str, timeout: float = 60.0) -> None:
-    """Ask the cluster to make this host's etcd learner a voter, until etcd accepts (it
-    refuses while the learner has not caught up) or ``timeout`` passes."""
-    end = time.monotonic() + timeout
+@dataclass(frozen=True)
+class Promotion:
+    voting: bool  # false: it stays a learner for now (reason says why)
+    reason: str
+    waited_s: float
+
+
+def promote(
+    url: str,
+    ca: Path,
+    token: str,
+    timeout: float = 60.0,
+    progress: Callable[[str], None] | None = None,
+) -> Promotion:
+    """Follow this host's etcd learner until it votes or the cluster says it stays a
+    learner; ``progress`` hears each new reason it is not promoted yet (etcd refuses a
+    learner that has not started or caught up: asked again, backing off up to 5 s). Raises
+    :class:`JoinError` after ``timeout`` seconds of refusals."""
+    start = time.monotonic()
+    delay, said = RETRY_S, ""
     while True:
         try:
-            _post(url.rstrip("/"), ca, "/join/promote", {"token": token})
-            return
+            got = _post(url.rstrip("/"), ca, "/join/promote", {"token": token})
+            return Promotion(bool(got["voting"]), str(got["reason"]), time.monotonic() - start)
         except Conflict as e:
-            if time.monotonic() > end:
-                raise JoinError(f"etcd member not promoted after {timeout:.0f}s: {e}") from None
-            time.sleep(0.5)
+            waited = time.monotonic() - start
+            if waited > timeout:
+                raise JoinError(
+                    f"etcd member not promoted after {timeout:.0f}s: {e} (the cluster's "
+                    "controller keeps trying: 'hvc events' says when)"
+                ) from None
+            if progress is not None and str(e) != said:
+                progress(f"{waited:.0f}s: {e}")
+            said = str(e)
+            time.sleep(delay)
+            delay = min(delay * 2, MAX_RETRY_S)
 
 
 def etcd_flags(joined: Joined, data_dir: Path, client_url: str, peer_url: str) -> list[str]:

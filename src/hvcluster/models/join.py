@@ -106,3 +106,21 @@ def split_join(token: str) -> tuple[str, str, str]:
     if not secret or len(fingerprint) != 64:
         raise ValueError("a join token reads hvcjoin.NODE.SECRET.FINGERPRINT")
     return node, secret, fingerprint
+
+
+MAX_MEMBERS = 5  # etcd members (voters and learners) a cluster takes by default
+
+
+def wanted_voters(hosts: int) -> int:
+    """How many voting etcd members a cluster of ``hosts`` hosts should have: 5 from 5
+    hosts, 3 from 3, else 1 (an even number adds a vote needed without adding a failure
+    survived: 2 voters survive no failure, 4 survive one, as 3 do)."""
+    return 5 if hosts >= 5 else 3 if hosts >= 3 else 1
+
+
+def should_be_member(members: int) -> bool:
+    """Whether a joining host runs an etcd member by default, given the ``members`` (voters
+    and learners) there are: while they are fewer than :data:`MAX_MEMBERS`. The 2nd and 4th
+    hosts join as learners that stay learners until the 3rd and 5th join (then both are
+    promoted): a 3-host cluster ends with 3 voters, not 2."""
+    return members < MAX_MEMBERS

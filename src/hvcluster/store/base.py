@@ -323,7 +323,9 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def remove_member(self, member_id: int) -> None:
-        """Remove a member (:class:`~hvcluster.models.errors.NotFound` if there is none)."""
+        """Remove a member (:class:`~hvcluster.models.errors.NotFound` if there is none).
+        etcd's "unhealthy cluster" refusal (the members left not yet connected long enough)
+        is asked again for a while before it is raised."""
 
     @abc.abstractmethod
     async def close(self) -> None:

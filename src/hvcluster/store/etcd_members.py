@@ -4,19 +4,28 @@ MemberPromote, so these use etcd's cluster service directly through the stubs ``
 ships (the same ones every other store call uses).
 
 Membership changes are never retried on another endpoint once sent (``mutable``): a member
-add whose answer was lost may have happened, and the caller lists the members again.
+add whose answer was lost may have happened, and the caller lists the members again. The one
+refusal retried is a removal's "unhealthy cluster" (:func:`remove`): it passes by itself.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Sequence
 from typing import Any
 
 from aetcd import rpc
 
-from hvcluster.models.errors import NotFound
+from hvcluster.models.errors import NotFound, StoreError
 from hvcluster.store.base import Membership
 from hvcluster.store.etcd_conn import Connection, Endpoint
+
+# etcd's strict reconfiguration check refuses a removal ("unhealthy cluster") until every
+# member that would remain has been connected for its health interval (5 s): just after a
+# promotion, a member's start or a leader change. That passes by itself: ask again this long.
+UNHEALTHY_WAIT_S = 15.0
+UNHEALTHY_RETRY_S = 1.0
 
 
 def membership(m: Any) -> Membership:
@@ -57,7 +66,12 @@ async def promote(conn: Connection, member_id: int) -> None:
     await conn.call(f"member promote {member_id:x}", call, op="member", mutable=True)
 
 
-async def remove(conn: Connection, member_id: int) -> None:
+async def remove(
+    conn: Connection, member_id: int, unhealthy_wait: float = UNHEALTHY_WAIT_S
+) -> None:
+    """Remove a member; :class:`NotFound` if there is none by that id. etcd's "unhealthy
+    cluster" refusal is asked again for up to ``unhealthy_wait`` seconds (every caller, an
+    eviction or a join's rollback, would otherwise fail on what passes by itself)."""
     if not any(m.id == member_id for m in await members(conn)):
         raise NotFound(f"etcd member {member_id:x} not found")
     request = rpc.MemberRemoveRequest(ID=member_id)
@@ -65,4 +79,15 @@ async def remove(conn: Connection, member_id: int) -> None:
     async def call(ep: Endpoint, left: float) -> Any:
         return await ep.stub("cluster").MemberRemove(request, timeout=left)
 
-    await conn.call(f"member remove {member_id:x}", call, op="member", mutable=True)
+    deadline = time.monotonic() + unhealthy_wait
+    while True:
+        try:
+            await conn.call(f"member remove {member_id:x}", call, op="member", mutable=True)
+            return
+        except StoreError as e:
+            if "unhealthy cluster" not in str(e) or time.monotonic() >= deadline:
+                raise
+        await asyncio.sleep(UNHEALTHY_RETRY_S)
+        # a removal whose answer was lost may have happened: then it is done
+        if not any(m.id == member_id for m in await members(conn)):
+            return
