@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from hvcluster.host import etcd_unit
 from hvcluster.hostinstall.plan import HostPlan
 from hvcluster.hostinstall.units import AGENT_UNIT, ETCD_UNIT, WATCHDOG_UNIT, units
 
@@ -88,3 +89,20 @@ def test_etcd_unit_only_for_members() -> None:
     assert 'grep -v "^#" /etc/hvcluster/etcd.flags)' in member[ETCD_UNIT]
     assert "StateDirectory=hvcluster/etcd" in member[ETCD_UNIT]  # /var/lib/hvcluster/etcd
     assert f"Wants={ETCD_UNIT}" in member[AGENT_UNIT]
+
+
+def test_init_and_join_start_the_installed_etcd_unit_only_when_it_runs_their_flags(
+    tmp_path: Path,
+) -> None:
+    """``hvc cluster init`` and ``hvc node join`` start hvc-etcd instead of an etcd of
+    their own when the unit reads the flags file they write and systemd runs here."""
+    member = plan(etcd_member=True)
+    unit_dir, systemd = tmp_path / "units", tmp_path / "run-systemd"
+    unit_dir.mkdir()
+    assert not etcd_unit.usable(member.etcd_flags_path, unit_dir, systemd)  # not installed
+    for name, text in units(member).items():
+        (unit_dir / name).write_text(text)
+    assert not etcd_unit.usable(member.etcd_flags_path, unit_dir, systemd)  # no systemd
+    systemd.mkdir()
+    assert etcd_unit.usable(member.etcd_flags_path, unit_dir, systemd)
+    assert not etcd_unit.usable(tmp_path / "etc" / "etcd.flags", unit_dir, systemd)

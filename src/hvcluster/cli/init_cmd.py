@@ -18,7 +18,7 @@ import typer
 
 from hvcluster.cli.output import console, err_console, friendly_errors
 from hvcluster.cli.store_cmd import ca_option, cert_option, key_option, store_tls
-from hvcluster.host import cluster_init
+from hvcluster.host import cluster_init, etcd_unit
 from hvcluster.host.cluster_init import FirstHost
 from hvcluster.host.pki import serial_of
 from hvcluster.models.base import encode
@@ -102,6 +102,13 @@ def init(
     if etcd_endpoints:
         endpoints = [e.strip() for e in etcd_endpoints.split(",") if e.strip()]
         tls = store_tls(ca, cert, key)
+    elif etcd_unit.usable(directory / "etcd.flags"):
+        etcd_unit.start()
+        cluster_init.wait_healthy(host, f"journalctl -u {etcd_unit.ETCD_UNIT}")
+        err_console.print(
+            f"etcd started by systemd ({etcd_unit.ETCD_UNIT}, enabled), flags in "
+            f"{directory / 'etcd.flags'}"
+        )
     else:
         pid = cluster_init.start_etcd(host)
         err_console.print(f"etcd started (pid {pid}), flags in {directory / 'etcd.flags'}")

@@ -3,7 +3,6 @@ leaving the cluster (docs/architecture.md, "Joining and evicting hosts")."""
 
 from __future__ import annotations
 
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -13,13 +12,10 @@ import typer
 from hvcluster.cli.client import ApiError, Client, UsageError, api_option
 from hvcluster.cli.output import console, err_console, fail, friendly_errors, print_json
 from hvcluster.cli.views import json_option
+from hvcluster.host import etcd_unit
 from hvcluster.host import join as joining
 
 DEFAULT_DIR = Path("/etc/hvcluster")  # pki/ under it, and etcd.flags (as cluster init)
-# What 'hvc host install --etcd-member' installs (hostinstall/units.py; not imported: the
-# CLI stays off the agent's config that the install's plan reads)
-ETCD_UNIT = "hvc-etcd.service"
-UNIT_DIR = Path("/etc/systemd/system")
 
 
 @friendly_errors
@@ -109,27 +105,16 @@ def join(
         f'etcd learner added; set etcd_crl = "{joined.crl}" in agent.toml (the agent keeps '
         "that CRL up to date)"
     )
-    if directory == DEFAULT_DIR and _start_etcd_unit():
-        console.print(f"started {ETCD_UNIT} (its flags: {directory / 'etcd.flags'})")
+    if etcd_unit.usable(directory / "etcd.flags"):
+        etcd_unit.start()
+        console.print(f"started {etcd_unit.ETCD_UNIT} (its flags: {directory / 'etcd.flags'})")
         _follow(cluster, ca, token, timeout, as_json=False)
         return
     console.print(
         f"start etcd with the flags in {directory / 'etcd.flags'} ('systemctl start "
-        f"{ETCD_UNIT}' once 'hvc host install --etcd-member' ran): the cluster promotes it "
-        "once it has caught up; 'hvc node join --promote' follows it until it votes"
+        f"{etcd_unit.ETCD_UNIT}' once 'hvc host install --etcd-member' ran): the cluster "
+        "promotes it once it has caught up; 'hvc node join --promote' follows it until it votes"
     )
-
-
-def _start_etcd_unit() -> bool:
-    """Start hvc-etcd when it is installed and systemd runs here: whether it was."""
-    if not (UNIT_DIR / ETCD_UNIT).exists() or not Path("/run/systemd/system").is_dir():
-        return False
-    started = subprocess.run(
-        ["systemctl", "start", ETCD_UNIT], capture_output=True, text=True, check=False
-    )
-    if started.returncode != 0:
-        raise fail(f"systemctl start {ETCD_UNIT} failed: {started.stderr.strip()}")
-    return True
 
 
 def _follow(cluster: str, ca: Path, token: str, timeout: float, as_json: bool) -> None:

@@ -16,6 +16,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,8 +83,8 @@ def etcd_flags(host: FirstHost) -> list[str]:
 
 def start_etcd(host: FirstHost, binary: str = "etcd", timeout: float = 30.0) -> int:
     """Start the one-member etcd detached (its log next to its data dir); its pid, once it
-    answers ``/health``. A host with ``hvc-etcd.service`` runs it from ``etcd.flags``
-    instead."""
+    answers ``/health``. Where ``hvc-etcd.service`` runs etcd from these flags, the
+    command starts that unit instead (host/etcd_unit.py)."""
     host.etcd_data_dir.mkdir(parents=True, exist_ok=True)
     log = host.etcd_data_dir.parent / f"{host.etcd_data_dir.name}.log"
     with open(log, "ab") as out:
@@ -98,14 +99,29 @@ def start_etcd(host: FirstHost, binary: str = "etcd", timeout: float = 30.0) -> 
         except FileNotFoundError:
             raise InitError(f"etcd: the {binary} command is not installed") from None
     (host.directory / "etcd.pid").write_text(f"{proc.pid}\n")
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
+
+    def exited() -> None:
         if proc.poll() is not None:
             raise InitError(f"etcd exited ({proc.returncode}) at once; see {log}")
+
+    wait_healthy(host, f"see {log}", timeout, exited)
+    return proc.pid
+
+
+def wait_healthy(
+    host: FirstHost,
+    see: str,
+    timeout: float = 30.0,
+    check: Callable[[], None] = lambda: None,
+) -> None:
+    """Until the member answers ``/health`` (``check`` raises if it cannot any more)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        check()
         if healthy(host):
-            return proc.pid
+            return
         time.sleep(0.2)
-    raise InitError(f"etcd did not answer within {timeout:.0f}s; see {log}")
+    raise InitError(f"etcd did not answer within {timeout:.0f}s; {see}")
 
 
 def healthy(host: FirstHost) -> bool:

@@ -6,11 +6,11 @@ an admin reading ``systemctl cat hvc-agent`` should not need this file.
 
 from __future__ import annotations
 
+from hvcluster.host.etcd_unit import ETCD_UNIT as ETCD_UNIT  # cluster init starts it too
 from hvcluster.hostinstall.plan import ETCD_DATA_DIR, HostPlan
 
 WATCHDOG_UNIT = "hvc-watchdog.service"
 AGENT_UNIT = "hvc-agent.service"
-ETCD_UNIT = "hvc-etcd.service"
 
 
 def watchdog_unit(plan: HostPlan) -> str:

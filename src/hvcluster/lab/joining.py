@@ -2,7 +2,11 @@
 ``hvc node evict`` do on real hosts, with the lab starting the processes (the new node's
 etcd member, watchdog and agent) and stopping them after the eviction.
 
-Loopback labs only for now: a netns lab would need a namespace made for the new host.
+In a netns lab the new node gets a namespace of its own (``n<k>`` at ``.<10 + k>``, as the
+nodes ``hvc lab up`` made) and its etcd member runs there with it, on etcd's usual ports, as
+on a real host; on loopback both take free ports. The etcd member joins as a learner and is
+promoted by the cluster once caught up (its controller, or the answer to the host asking:
+store/promotion.py); this waits for that as ``hvc node join`` does.
 """
 
 from __future__ import annotations
@@ -17,10 +21,11 @@ import httpx
 
 from hvcluster.host import join as host_join
 from hvcluster.host.pki import CertFiles
-from hvcluster.lab import members, processes
+from hvcluster.lab import members, netns, processes
 from hvcluster.lab.cluster import LabError, _healthy, _make_node, _wait, start_node
 from hvcluster.lab.etcd import free_ports
-from hvcluster.lab.state import LabEtcd, LabState, save
+from hvcluster.lab.state import LabEtcd, LabState, load, save
+from hvcluster.models.errors import HvcError
 
 Log = Callable[[str], None]
 LOOPBACK = "127.0.0.1"
@@ -41,24 +46,54 @@ def join_node(
     state: LabState, etcd_member: bool = False, log: Log = print, timeout: float = 60.0
 ) -> tuple[LabState, str]:
     """A new node ``n<k+1>`` joined with a join token (an etcd learner too if
-    ``etcd_member``, promoted once caught up), its agent started; the state and its name."""
-    if state.net is not None:
-        raise LabError("joining a node to a netns lab is not supported yet: use a loopback lab")
+    ``etcd_member``, waited for until the cluster promoted it), its agent started; the state
+    and its name."""
     taken = {n.name for n in state.nodes}
-    name = next(f"n{i}" for i in range(1, 100) if f"n{i}" not in taken)
+    index = next(i for i in range(1, 100) if f"n{i}" not in taken)
+    name = f"n{index}"
     made = _api(state, "POST", "/cluster/join-tokens", {"node": name, "etcd_member": etcd_member})
     api_port, client_port, peer_port = free_ports(3)
-    peer_url = f"https://{LOOPBACK}:{peer_port}"
+    address = LOOPBACK
+    if state.net is not None:  # its own host: etcd's usual ports on its own address
+        address, client_port, peer_port = state.net.node_ip(index), 2379, 2380
+        netns.add_host(state.net, name, address)
+    try:
+        return _join(state, name, address, made["token"], (api_port, client_port, peer_port),
+                     log, timeout)  # fmt: skip
+    except BaseException:
+        if state.net is not None and name not in {n.name for n in _saved(state).nodes}:
+            netns.remove_host(state.net, name)
+        raise
+
+
+def _saved(state: LabState) -> LabState:
+    try:
+        return load(Path(state.dir))
+    except HvcError:
+        return state
+
+
+def _join(
+    state: LabState,
+    name: str,
+    address: str,
+    token: str,
+    ports: tuple[int, int, int],
+    log: Log,
+    timeout: float,
+) -> tuple[LabState, str]:
+    api_port, client_port, peer_port = ports
+    peer_url = f"https://{address}:{peer_port}"
     joined = host_join.join(
-        state.api[0], made["token"], LOOPBACK, Path(state.dir) / "joined" / name, peer_url
+        state.api[0], token, address, Path(state.dir) / "joined" / name, peer_url
     )
     if joined.etcd is not None:
-        client_url = f"https://{LOOPBACK}:{client_port}"
+        client_url = f"https://{address}:{client_port}"
         data_dir = Path(state.dir) / "etcd" / name
         flags = host_join.etcd_flags(joined, data_dir, client_url, peer_url)
         member = LabEtcd(
             name=name,
-            address=LOOPBACK,
+            address=address,
             client_url=client_url,
             command=(
                 "etcd",
@@ -72,7 +107,7 @@ def join_node(
             data_dir=str(data_dir),
             log=str(data_dir.parent / f"{name}.log"),
         )
-        member = members.spawn(state, member)
+        member = members.spawn(state, member)  # (in its node's namespace: the same name)
         state = state.model_copy(
             update={
                 "etcd_members": (*state.etcd_members, member),
@@ -82,13 +117,13 @@ def join_node(
             }
         )
         save(state)
-        host_join.promote(state.api[0], joined.ca, made["token"], timeout)
-        log(f"etcd member {name} added as a learner and promoted ({client_url})")
+        done = host_join.promote(state.api[0], joined.ca, token, timeout, log)
+        if not done.voting:
+            raise LabError(f"etcd member {name} was not promoted: {done.reason}")
+        log(f"etcd member {name} added as a learner, {done.reason} after {done.waited_s:.1f}s")
     first = tomllib.loads(Path(state.nodes[0].config).read_text())
     certs = CertFiles(joined.ca, joined.cert, joined.key)
-    node = _make_node(
-        state, name, LOOPBACK, api_port, state.driver, Path(first["cache_dir"]), certs
-    )
+    node = _make_node(state, name, address, api_port, state.driver, Path(first["cache_dir"]), certs)
     if joined.etcd is not None:  # its agent keeps its etcd's CRL up to date
         with open(node.config, "a") as conf:
             conf.write(f'etcd_crl = "{joined.crl}"\n')
@@ -132,4 +167,6 @@ def forget_node(state: LabState, name: str) -> LabState:
         }
     )
     save(state)
+    if state.net is not None:
+        netns.remove_host(state.net, name)
     return state

@@ -91,13 +91,24 @@ def create(net: LabNet, hosts: Mapping[str, str]) -> None:
     _ip("addr", "add", f"{net.host_ip}/24", "dev", net.bridge)
     _ip("link", "set", net.bridge, "up")
     for name, address in hosts.items():
-        ns, veth = net.netns(name), net.veth(name)
-        _ip("netns", "add", ns)
-        _ip("link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
-        _ip("link", "set", veth, "master", net.bridge, "up")
-        _ip("-n", ns, "addr", "add", f"{address}/24", "dev", "eth0")
-        _ip("-n", ns, "link", "set", "eth0", "up")
-        _ip("-n", ns, "link", "set", "lo", "up")
+        add_host(net, name, address)
+
+
+def add_host(net: LabNet, name: str, address: str) -> None:
+    """One more host's namespace, linked to the bridge (a node joining a running lab)."""
+    ns, veth = net.netns(name), net.veth(name)
+    _ip("netns", "add", ns)
+    _ip("link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
+    _ip("link", "set", veth, "master", net.bridge, "up")
+    _ip("-n", ns, "addr", "add", f"{address}/24", "dev", "eth0")
+    _ip("-n", ns, "link", "set", "eth0", "up")
+    _ip("-n", ns, "link", "set", "lo", "up")
+
+
+def remove_host(net: LabNet, name: str) -> None:
+    """Remove one host's link and namespace (an evicted node's); gone already is fine."""
+    _ip("link", "del", net.veth(name), check=False)
+    _ip("netns", "del", net.netns(name), check=False)
 
 
 def _nft(net: LabNet, node: str, script: str, check: bool = True) -> None:
@@ -143,6 +154,5 @@ def link_up(net: LabNet, node: str) -> bool:
 def destroy(net: LabNet, nodes: Sequence[str]) -> None:
     """Remove what :func:`create` made; what is already gone is fine."""
     for node in nodes:
-        _ip("link", "del", net.veth(node), check=False)
-        _ip("netns", "del", net.netns(node), check=False)
+        remove_host(net, node)
     _ip("link", "del", net.bridge, check=False)

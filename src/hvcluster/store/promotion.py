@@ -49,9 +49,7 @@ async def joined_learners(store: Store, keys: Keys) -> list[Learner]:
     """The learners a join added (by the member id its certificate record names)."""
     issued = await read_prefix(store, keys.issued_cert(""), IssuedCert)
     by_id = {c.value.etcd_member_id: name for name, c in issued.items.items()}
-    return [
-        Learner(by_id[m.id], m) for m in await store.members() if m.learner and m.id in by_id
-    ]
+    return [Learner(by_id[m.id], m) for m in await store.members() if m.learner and m.id in by_id]
 
 
 async def promote_if_due(store: Store, keys: Keys, node: str, member_id: int) -> Verdict:
