@@ -15,7 +15,7 @@ HERE = Path(__file__).parent
 # clocks, or on real time with margins that a busy core does not eat. A test there whose
 # bounds are real time (an agent that must answer within seconds) is marked ``alone``.
 PARALLEL_DIRS = frozenset(
-    {"models", "scheduler", "controller", "sim", "api", "cli", "validate", "web"}
+    {"models", "scheduler", "controller", "sim", "scenarios", "api", "cli", "validate", "web"}
 )
 
 

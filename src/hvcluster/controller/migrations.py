@@ -91,6 +91,7 @@ class MigrationCoordinator:
         self.said: dict[str, str] = {}  # subject -> last stay reason said
         self.broken: set[str] = set()  # records whose step raised unexpectedly: not again
         self.cycles = 0  # cycles begun (tests wait on it: 'a later cycle did not retry')
+        self._later: set[asyncio.Future[None]] = set()  # wake-ups soon, held while due
         self.retention = Retention(store, keys, say, clock)
 
     async def run(self, interval: float = 0.5) -> None:
@@ -103,7 +104,6 @@ class MigrationCoordinator:
             await self.cycle()
 
     async def watch(self) -> None:
-        loop = asyncio.get_running_loop()
 
         async def seen(event: WatchEvent) -> None:
             found = decode_kv(Migration, event)
@@ -122,9 +122,16 @@ class MigrationCoordinator:
             elif not self.wake.is_set():
                 # Progress, or a migration just ended (a drain's next move): soon, not at
                 # the very moment a target resumes its guest.
-                loop.call_later(LATER_S, self.wake.set)
+                # (on the controller's clock, a simulation's virtual one included)
+                later = asyncio.ensure_future(self._wake_later())
+                self._later.add(later)
+                later.add_done_callback(self._later.discard)
 
         await follow(self.store, self.keys.prefix("migrations"), seen)
+
+    async def _wake_later(self) -> None:
+        await self.sleep(LATER_S)
+        self.wake.set()
 
     async def cycle(self) -> None:
         # stale job keys, orphaned moves

@@ -3,6 +3,7 @@ helpers of job records: a fresh record id, where a finished migration puts its V
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from typing import Literal
 
@@ -28,9 +29,15 @@ def job_of(rec: Migration) -> Job:
     return Job(id=rec.id, vm=rec.vm, record="migration", what=what)
 
 
-def new_id(vm: str) -> str:
-    """A fresh record id: the VM's name and a random suffix, sortable by nothing."""
-    return f"{vm}-{uuid.uuid4().hex[:10]}"
+def new_id(vm: str, *made_of: object) -> str:
+    """A fresh record id: the VM's name and a suffix sortable by nothing: random, or (given
+    ``made_of``: what the record is, with its creation time from the caller's clock) a hash
+    of those, so a simulation on a virtual clock makes the same ids every run. The record is
+    written only if its key is absent: two records that hashed alike could not both be."""
+    if not made_of:
+        return f"{vm}-{uuid.uuid4().hex[:10]}"
+    digest = hashlib.sha256(repr((vm, *made_of)).encode()).hexdigest()
+    return f"{vm}-{digest[:10]}"
 
 
 def flipped_placement(rec: Migration, current: Placement) -> Placement:

@@ -63,8 +63,12 @@ class SimCluster:
         memory_mib: int = 8192,
         seed: int = 0,
         params: SimParams | None = None,
+        memory_transport: bool = False,
     ) -> None:
+        """``memory_transport``: migrations connect in memory, not over loopback TCP, so
+        their timing is the event loop's alone (``hvc sim``'s byte-identical replays)."""
         self.run_dir = run_dir
+        self.memory_transport = memory_transport
         self.config = config
         self.cpus = cpus
         self.memory_mib = memory_mib
@@ -131,6 +135,7 @@ class SimCluster:
             params=self.params,
             clock=self.clock,
             seed=self.seed,
+            memory_transport=self.memory_transport,
         )
         links = self.links[name] = SimHostLinks(driver)
         for nic in nics:

@@ -86,18 +86,28 @@ class Run:
         self.seed = scenario.sim.seed if seed is None else seed
         self.rng = random.Random(self.seed)
         self.clock = ManualClock(START)
-        self.notes: list[Line] = []
+        self.notes: list[tuple[int, Line]] = []  # (events logged before it, the note)
+        self._seq = 0
         self.config = scenario.config()
 
-    def note(self, kind: str, subject: str, reason: str) -> None:
-        self.notes.append(Line(self.clock.now() - START, kind, subject, "sim", reason))
+    async def after(self) -> int:
+        """How many cluster events were logged so far: a note goes after those in the log
+        (a position in the log, not a time: an action's effects may be logged at the same
+        virtual time as the action)."""
+        if self.cluster.store.available:
+            self._seq = await self.cluster.events.last_seq()
+        return self._seq
+
+    def note(self, after: int, kind: str, subject: str, reason: str) -> None:
+        line = Line(self.clock.now() - START, kind, subject, "sim", reason)
+        self.notes.append((after, line))
 
     async def run(self) -> Result:
         sim = self.scenario.sim
         with tempfile.TemporaryDirectory(prefix="hvc-sim-") as tmp:
             params = SimParams(boot_s=sim.boot_s, shutdown_s=0.2)
             cluster = SimCluster(Path(tmp), self.config, self.clock, sim.cpus, sim.memory_mib,
-                                 self.seed, params)  # fmt: skip
+                                 self.seed, params, memory_transport=True)  # fmt: skip
             for node in self.scenario.nodes:
                 if node.cpus is not None:
                     cluster.host_cpus[node.name] = node.cpus
@@ -132,8 +142,9 @@ class Run:
             if tick == ticks:
                 break
             await self.clock.advance(START + (tick + 1) * sim.step_s - self.clock.now())
+            after = await self.after()
             for fenced, vms in (await cluster.fence_overdue()).items():
-                self.note("sim.watchdog_fired", f"node/{fenced}",
+                self.note(after, "sim.watchdog_fired", f"node/{fenced}",
                           f"watchdog deadline passed: killed {', '.join(vms)}")  # fmt: skip
             await self.checker.check()
         return await self._result(cluster)
@@ -151,11 +162,12 @@ class Run:
         """Carry out one timeline step (noted in the log, with why when it cannot be)."""
         c, node = self.cluster, self._node(step)
         subject = f"node/{node}" if step.node else f"vm/{step.vm}" if step.vm else "cluster"
+        after = await self.after()
         try:
             why = await self._apply(step, node)
         except HvcError as e:
             why = f"refused: {e}"
-        self.note(f"sim.{step.do.value}", subject, why or "done")
+        self.note(after, f"sim.{step.do.value}", subject, why or "done")
         if step.do is Do.ETCD_UP:
             c.store.expire_leases()
 
@@ -211,16 +223,15 @@ class Run:
     async def _result(self, cluster: SimCluster) -> Result:
         if not cluster.store.available:
             cluster.store.set_available(True)  # to read the log and the records at the end
-        events = [
-            Line(e.time - START, e.kind, e.subject, e.actor, e.reason)
-            for e in await cluster.event_list()
-        ]
-        # one log in time order: the cluster's events, then the simulation's notes at a tie
+        logged = await cluster.events.recent(100_000)
+        # one log: the cluster's events in their order, each note after the events logged
+        # before it was made
         merged = sorted(
-            [(line.time, 0, i, line) for i, line in enumerate(events)]
-            + [(line.time, 1, i, line) for i, line in enumerate(self.notes)],
+            [(e.seq, 0, i, Line(e.event.time - START, e.event.kind, e.event.subject,
+                                e.event.actor, e.event.reason)) for i, e in enumerate(logged)]
+            + [(after, 1, i, line) for i, (after, line) in enumerate(self.notes)],
             key=lambda x: (x[0], x[1], x[2]),
-        )
+        )  # fmt: skip
         result = Result(self.scenario.name, self.seed, [m[3] for m in merged])
         for vm in sorted(v.name for v in self.scenario.vms):
             status = await cluster.status(vm)

@@ -75,9 +75,11 @@ async def create_migration(
     transaction; None if another job holds the VM (:func:`hvcluster.store.jobs.busy` says
     which). ``volume``: a shared-nothing migration's destination volume, or a storage
     move's (kind ``storage``: stored under ``requests/storage-moves/``)."""
+    # the caller's clock: ids made of it (a simulation's replay); else random ones
+    made_of = () if now is None else (source, target, epoch, kind.value, requested_by, volume, now)
     now = time.time() if now is None else now
     rec = Migration(
-        id=new_id(vm),
+        id=new_id(vm, *made_of),
         vm=vm,
         source=source,
         target=target,

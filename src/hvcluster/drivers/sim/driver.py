@@ -69,8 +69,13 @@ class SimDriver(Driver):
         seed: int = 0,
         host: SimHost | None = None,
         params: model.SimParams | None = None,
+        memory_transport: bool = False,
     ) -> None:
+        """``memory_transport``: migrations between drivers of this process connect in
+        memory, not over TCP (what a deterministic simulation needs: see
+        :mod:`hvcluster.drivers.sim.transport`)."""
         super().__init__(run_dir)
+        self.memory_transport = memory_transport
         self.clock: Clock = clock or SYSTEM
         self.seed = seed
         self.host = host or SimHost()

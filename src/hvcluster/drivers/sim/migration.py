@@ -55,6 +55,8 @@ class SimMigration:
 
         vm.moving.incoming = Incoming(spec.name, outcome, spec.cpu_model, _size(spec))
         try:
+            if self.driver.memory_transport:
+                return vm.moving.incoming.listen_in_memory(host)
             return await vm.moving.incoming.listen(host)
         except MigrationFailed:
             self.driver.finish(vm, VMState.FAILED, "could not listen")
@@ -81,7 +83,7 @@ class SimMigration:
         if fail_reason is None and rng.random() < self.driver.params.migration_failure_rate:
             fail_reason = "simulated failure"
         fail_at = rng.randrange(len(passes)) if fail_reason else -1
-        out = Outgoing(name, address)
+        out = Outgoing(name, address, self.driver.memory_transport)
         await out.open(
             {"age_s": started - vm.started, "cpu_model": vm.spec.cpu_model} | _size(vm.spec)
         )

@@ -1,6 +1,13 @@
 """How a simulated migration crosses from one sim driver to another, even in another process:
 a TCP connection that carries no memory, only the handshake and the outcome. If the target
-goes away mid-migration the source sees it, as with QEMU."""
+goes away mid-migration the source sees it, as with QEMU.
+
+Within one process (a deterministic simulation, ``hvc sim``) the connection can be in memory
+instead: the same messages, delivered on the event loop with no socket, so when they arrive
+depends on the tasks' order alone and not on the kernel. Its addresses have the one form a
+migration record allows (``tcp:HOST:PORT``), the port a number of this process's registry of
+listeners, not a socket's; only a source in memory mode looks them up there.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +15,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from hvcluster.drivers.errors import MigrationFailed
 
@@ -29,7 +36,47 @@ def format_address(host: str, port: int) -> str:
     return f"tcp:[{host}]:{port}" if ":" in host else f"tcp:{host}:{port}"
 
 
-async def _send(writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:
+class Writer(Protocol):
+    """What is used of an :class:`asyncio.StreamWriter` (and :class:`MemoryWriter` has)."""
+
+    def write(self, data: bytes) -> None: ...
+
+    async def drain(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    async def wait_closed(self) -> None: ...
+
+
+class MemoryWriter:
+    """One direction of an in-memory connection: what is written is fed to the peer's
+    reader; closing is its end of file."""
+
+    def __init__(self, peer: asyncio.StreamReader) -> None:
+        self._peer = peer
+        self._closed = False
+
+    def write(self, data: bytes) -> None:
+        if self._closed:
+            raise ConnectionResetError("the in-memory connection is closed")
+        self._peer.feed_data(data)
+
+    async def drain(self) -> None:
+        await asyncio.sleep(0)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._peer.feed_eof()
+
+    async def wait_closed(self) -> None:
+        return None
+
+
+_LISTENING: dict[str, Incoming] = {}  # in-memory address -> the listener there (this process)
+
+
+async def _send(writer: Writer, message: dict[str, Any]) -> None:
     writer.write(json.dumps(message).encode() + b"\n")
     await writer.drain()
 
@@ -57,6 +104,8 @@ class Incoming:
         self._model = model  # the CPU model the guest here has: the state must be of it
         self._size = size or {}  # memory_mib, vcpus of the guest here: the state's must match
         self._server: asyncio.Server | None = None
+        self._address = ""  # in memory: where it listens
+        self._task: asyncio.Task[None] | None = None  # in memory: serving the source
         self._decided = False
 
     async def listen(self, host: str) -> str:
@@ -67,17 +116,37 @@ class Incoming:
         port = self._server.sockets[0].getsockname()[1]
         return format_address(host, int(port))
 
+    def listen_in_memory(self, host: str) -> str:
+        """Listen in memory (see the module docstring): the lowest port number free in this
+        process's registry."""
+        port = 1
+        while format_address(host, port) in _LISTENING:
+            port += 1
+        self._address = format_address(host, port)
+        _LISTENING[self._address] = self
+        return self._address
+
+    def accept_in_memory(self) -> tuple[asyncio.StreamReader, Writer]:
+        """A source connects (one only): its reader and writer; this side is served."""
+        _LISTENING.pop(self._address, None)
+        mine, theirs = asyncio.StreamReader(), asyncio.StreamReader()
+        task = asyncio.get_running_loop().create_task(self._serve(mine, MemoryWriter(theirs)))
+        self._task = task
+        return theirs, MemoryWriter(mine)
+
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
             self._server = None
+        if self._address and _LISTENING.get(self._address) is self:
+            del _LISTENING[self._address]
 
     def _decide(self, completed: bool, reason: str, meta: dict[str, Any] | None = None) -> None:
         if not self._decided:
             self._decided = True
             self._on_outcome(completed, reason, meta or {})
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve(self, reader: asyncio.StreamReader, writer: Writer) -> None:
         if self._server is not None:
             self._server.close()  # one source only
         try:
@@ -117,16 +186,26 @@ class Incoming:
 class Outgoing:
     """The source's side of one migration."""
 
-    def __init__(self, vm: str, address: str) -> None:
+    def __init__(self, vm: str, address: str, memory: bool = False) -> None:
+        """``memory``: connect to a listener in memory (see the module docstring)."""
         self.vm = vm
         self.address = address
+        self.memory = memory
         self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
+        self._writer: Writer | None = None
+
+    async def _connect(self) -> tuple[asyncio.StreamReader, Writer]:
+        if self.memory:
+            target = _LISTENING.get(self.address)
+            if target is None:
+                raise ConnectionRefusedError(f"nothing listens at {self.address}")
+            return target.accept_in_memory()
+        host, port = parse_address(self.address)
+        return await asyncio.open_connection(host, port)
 
     async def open(self, meta: dict[str, Any]) -> None:
-        host, port = parse_address(self.address)
         try:
-            self._reader, self._writer = await asyncio.open_connection(host, port)
+            self._reader, self._writer = await self._connect()
             await _send(self._writer, {"op": "hello", "vm": self.vm, "meta": meta})
             reply = await _receive(self._reader)
         except (OSError, ValueError) as e:
