@@ -14,8 +14,21 @@ HERE = Path(__file__).parent
 # marked ``parallel`` on several workers at once): in-process, on memory stores and manual
 # clocks, or on real time with margins that a busy core does not eat. A test there whose
 # bounds are real time (an agent that must answer within seconds) is marked ``alone``.
+# ``hostinstall``: the host install in a chroot waits a minute for what it starts and
+# times nothing tighter; on the workers its ~50 s overlap the in-process tests.
 PARALLEL_DIRS = frozenset(
-    {"models", "scheduler", "controller", "sim", "scenarios", "api", "cli", "validate", "web"}
+    {
+        "models",
+        "scheduler",
+        "controller",
+        "sim",
+        "scenarios",
+        "api",
+        "cli",
+        "validate",
+        "web",
+        "hostinstall",
+    }
 )
 
 

@@ -9,6 +9,7 @@ Runs as root (CI does); the Debian root is cached (see :mod:`tests.hostinstall.d
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -39,14 +40,17 @@ pytestmark = [
 
 
 def wheelhouse(dist: Path) -> Path:
-    """The dependencies' wheels (cached, refreshed when pyproject.toml changes) and this
-    checkout's own wheel, built fresh into ``dist``."""
+    """The dependencies' wheels (cached, refreshed when pyproject.toml's content changes)
+    and this checkout's own wheel, built fresh into ``dist``. The stamp holds a hash of
+    pyproject.toml, not a time: every fresh clone (each CI run) has a new pyproject.toml
+    mtime, and the refresh asks the package index for every dependency (10 to 60 s)."""
     wheels = CACHE / "wheels"
     stamp = wheels / ".stamp"
     pip = [sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-check"]
-    if not stamp.exists() or (REPO / "pyproject.toml").stat().st_mtime > stamp.stat().st_mtime:
+    wanted = hashlib.sha256((REPO / "pyproject.toml").read_bytes()).hexdigest()
+    if not stamp.exists() or stamp.read_text().strip() != wanted:
         subprocess.run([*pip, "-w", str(wheels), str(REPO)], check=True, timeout=600)
-        stamp.touch()
+        stamp.write_text(wanted + "\n")
     for own in wheels.glob("hvcluster-*.whl"):
         own.unlink()  # the package comes from dist/, never a stale build
     # setuptools builds in the checkout's build/lib and never removes from it: a module
