@@ -2,7 +2,8 @@
 three etcd members and three nodes in network namespaces, with real QEMU test guests (or sim
 VMs), default timings (or ``--profile fast``). Reports recovery p50/p99 per fault kind (from
 the fault until every HA VM runs again), false failovers (a failover during a fault that must
-not cause one) and violations of the safety invariants, both expected 0.
+not cause one) and violations of the safety invariants, both expected 0; and the live
+migrations started beside the faults (done, failed, cancelled, refused).
 
 Writes bench/results/chaos.json (``--profile fast``: chaos-fast.json) and prints a summary,
 with the machine's load average before and after (a shared machine makes the numbers noisy).
@@ -50,6 +51,9 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/hvc-bench-chaos"))
     parser.add_argument("--profile", default="default", choices=sorted(PROFILES))
     parser.add_argument("--out", type=Path, help="default: results/chaos[-PROFILE].json")
+    parser.add_argument(
+        "--no-migrations", action="store_true", help="no live moves beside the faults"
+    )
     args = parser.parse_args()
     out: Path = args.out or RESULTS / (
         "chaos.json" if args.profile == "default" else f"chaos-{args.profile}.json"
@@ -73,6 +77,7 @@ def main() -> None:
             kinds=parse_kinds(args.faults),
             vms=args.vms,
             cache=DEFAULT_CACHE,
+            migrations=not args.no_migrations,
         )
         t0 = time.monotonic()
         result: dict[str, Any] = chaos.run(lab_dir, options, log=print)
@@ -92,6 +97,8 @@ def main() -> None:
     for row in chaos_report.rows(result):
         kind, faults, actions, down, p50, p99 = row
         print(f"  {kind:10} {faults:3} faults ({actions}); HA VMs down {down}: p50 {p50} p99 {p99}")
+    moves = result["migrations"]
+    print(f"  live migrations: {moves['requested']} requested, {moves['outcomes']}")
     print("  " + chaos_report.verdict(result))
     for v in result["violations"]:
         print(f"  violation {v['rule']} {v['subject']}: {v['detail']}")

@@ -1,6 +1,7 @@
 """A 3-minute chaos (fixed seed) against a real lab: three etcd members and three nodes in
-network namespaces, two real QEMU test guests, every fault kind. The checker watching from
-outside (the hosts' process tables, the guests' disk counters, the API) must find nothing.
+network namespaces, two real QEMU test guests, every fault kind, and live migrations of the
+guests at random times beside them. The checker watching from outside (the hosts' process
+tables and each QEMU's own run state, the guests' disk counters, the API) must find nothing.
 Then the checker is shown to see what it looks for: a second process holding a guest's disk,
 a stopped VM started."""
 
@@ -55,6 +56,12 @@ def test_a_three_minute_chaos_breaks_no_invariant(result: dict[str, object]) -> 
     assert samples["processes"] > 300 and samples["counters"] > 60 and samples["api"] > 150
     counters = result["checker"]["counters"]  # type: ignore[index]
     assert all(counters[vm] > 0 for vm in ("chaos-1", "chaos-2"))  # the guests wrote
+    # live migrations beside the faults, and the checker saw their two processes as one run
+    moves = result["migrations"]
+    assert isinstance(moves, dict) and moves["requested"] >= 5, moves
+    assert moves["outcomes"].get("done", 0) >= 3, moves
+    assert "unfinished" not in moves["outcomes"], moves
+    assert samples["held twice"] > 0
 
 
 def test_the_checker_sees_a_second_holder_of_a_disk_and_a_stopped_vm_started(
@@ -74,7 +81,7 @@ def test_the_checker_sees_a_second_holder_of_a_disk_and_a_stopped_vm_started(
     )
     try:
         wait_for(
-            lambda: [v for v in checker.violations if v.rule == "two-copies"], 10, "two copies"
+            lambda: [v for v in checker.violations if v.rule == "two-copies"], 20, "two copies"
         )
         lab.post(f"/vms/{chaos.STOPPED_VM}/start")
         wait_for(lambda: [v for v in checker.violations if v.rule == "intent"], 10, "intent")

@@ -191,6 +191,11 @@ def chaos(
     vms: int = typer.Option(2, min=1, max=20, help="How many HA test guests to create."),
     slo: float = typer.Option(30.0, help="Every HA VM running again within this (s)."),
     json_out: Path | None = typer.Option(None, "--json", help="Also write the report here."),
+    migrations: bool = typer.Option(
+        True,
+        help="Also move HA guests live at random times (every 5 to 15 s), so that "
+        "faults hit migrations in flight.",
+    ),
     cache: Path = typer.Option(Path("/var/cache/hvcluster"), help="The guest image cache."),
     profile: str | None = typer.Option(
         None,
@@ -200,11 +205,12 @@ def chaos(
     lab_dir: Path = LabDir,
 ) -> None:
     """Random faults at random times against the running lab, one at a time, each undone,
-    while a checker watches from outside: never two QEMU processes of one disk (the hosts'
-    process tables), guest disk counters never going back, every HA VM running again within
-    the SLO, admin intent kept (a stopped VM, a paused node), the API answering. Raises the
-    lab's quarantine and restart thresholds for the run (and says so). Ends with a table and
-    JSON; exits 1 on any violation."""
+    while a checker watches from outside: never two QEMU processes running one disk's guest
+    (the hosts' process tables; a migration's waiting target is not one), guest disk
+    counters never going back, every HA VM running again within the SLO, admin intent kept
+    (a stopped VM, a paused node), the API answering; HA guests moved live meanwhile.
+    Raises the lab's quarantine and restart thresholds for the run (and says so). Ends with
+    a table and JSON; exits 1 on any violation."""
     try:
         kinds = chaos_plan.parse_kinds(fault_kinds)
     except ValueError as e:
@@ -224,6 +230,7 @@ def chaos(
         vms=vms,
         slo_s=slo,
         cache=cache,
+        migrations=migrations,
     )
     result = chaos_run.run(lab_dir, options, log=lambda s: console.print(s, highlight=False))
     out = json_out or lab_dir / "chaos.json"

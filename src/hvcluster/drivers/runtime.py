@@ -9,7 +9,9 @@ Each VM a driver runs has a directory ``<run_dir>/vms/<name>/`` holding:
 - ``state.json``: the last state the driver saw, and since when;
 - ``serial.sock`` and ``vnc.sock``: its consoles (:mod:`hvcluster.models.console`; the sim
   driver serves a fake serial console and a VNC greeting there);
-- ``qmp.sock`` and ``serial.log`` (QEMU only: everything the guest wrote to its serial port).
+- ``qmp.sock`` and ``serial.log`` (QEMU only: everything the guest wrote to its serial port);
+- ``qmp2.sock`` (QEMU only): a second QMP monitor for onlookers, the agent holding the
+  first (:data:`OBSERVE_SOCKET`).
 
 The node watchdog uses :func:`running_pids` / :func:`kill_all` to kill every VM of the node at
 once; they are plain synchronous code so the watchdog stays tiny.
@@ -24,6 +26,10 @@ import shutil
 import signal
 from pathlib import Path
 from typing import Any
+
+# The second QMP monitor of a QEMU VM (its dir); no longer than serial.sock, so that a VM dir
+# whose consoles fit in a socket path (108 bytes) fits it too.
+OBSERVE_SOCKET = "qmp2.sock"
 
 VMS_DIR = "vms"
 

@@ -9,7 +9,9 @@ stopped and (with three nodes or more) a node the administrator paused: the admi
 checker watches. Then, until the duration is spent: wait a random gap, inject a fault
 (``lab/chaos_plan.py``), hold it, undo it, and wait until the cluster is back: every node
 alive, every etcd member healthy, every HA VM running. The recovery of a fault is the time
-from the fault until every HA VM runs again; it must be within the SLO.
+from the fault until every HA VM runs again; it must be within the SLO. Meanwhile (unless
+``migrations`` is off) HA guests are moved live at random times (``lab/chaos_moves.py``), so
+that faults hit migrations in flight.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import httpx
 from hvcluster.guestimage.image import require_image
 from hvcluster.guestimage.testguest import create_disk
 from hvcluster.lab import cluster, faults, members
+from hvcluster.lab.chaos_moves import Mover
 from hvcluster.lab.chaos_plan import KINDS, Fault, Planner, Timing
 from hvcluster.lab.chaos_report import FaultRecord, report
 from hvcluster.lab.invariants import Checker, Watched
@@ -61,6 +64,8 @@ class Options:
     settle_timeout_s: float = 90.0  # the lab back (nodes, members) after a fault is undone
     cache: Path = Path("/var/cache/hvcluster")
     pause_node: bool = True
+    migrations: bool = True  # live moves of HA guests at random times, beside the faults
+    migrate_every_s: tuple[float, float] = (5.0, 15.0)
 
 
 @dataclass
@@ -90,10 +95,15 @@ def run(lab_dir: Path, options: Options, log: Log = print) -> dict[str, Any]:
         quiet=tuple(setup.watched.paused),
     )
     checker = Checker(lambda: load(lab_dir), setup.watched, log=log).start()
+    moving = list(setup.watched.ha) if options.migrations else []
+    mover = Mover(
+        lambda: load(lab_dir), moving, checker, options.seed, options.migrate_every_s, log
+    )
     records: list[FaultRecord] = []
     started = time.time()
     try:
         _wait_back(lab_dir, checker, options.settle_timeout_s, 0.0)
+        mover.start()
         end = time.monotonic() + options.duration_s
         while time.monotonic() < end:
             time.sleep(planner.gap())
@@ -102,8 +112,10 @@ def run(lab_dir: Path, options: Options, log: Log = print) -> dict[str, Any]:
             if record.aborted:
                 break
     finally:
+        mover.stop()
         checker.stop()
-    return report(options, setup, records, checker, started, _events(load(lab_dir), started), kinds)
+    events = _events(load(lab_dir), started)
+    return report(options, setup, records, checker, started, events, kinds, mover.moves)
 
 
 def one_fault(

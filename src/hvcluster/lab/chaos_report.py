@@ -17,6 +17,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from hvcluster.lab.chaos_moves import Move, summary
 from hvcluster.lab.chaos_plan import Fault
 
 if TYPE_CHECKING:
@@ -82,6 +83,7 @@ def report(
     started: float,
     events: list[dict[str, Any]],
     kinds: tuple[str, ...],
+    moves: list[Move] | None = None,
 ) -> dict[str, Any]:
     done = [r for r in records if not r.skipped]
     by_kind: dict[str, Any] = {}
@@ -133,6 +135,7 @@ def report(
             for r in done
             if not r.fault.moves and r.affected and r.fault.kind != "vm"
         ],
+        "migrations": summary(moves or []),
         "violations": [v.as_dict() for v in checker.violations],
         "checker": {
             "samples": dict(checker.samples),
@@ -169,9 +172,11 @@ def verdict(result: dict[str, Any]) -> str:
     v, ff = len(result["violations"]), len(result["false_failovers"])
     rec = result["recovery_s"]
     said = f"p50 {rec['p50']:.2f} s, p99 {rec['p99']:.2f} s" if rec["n"] else "none needed"
+    outcomes = result.get("migrations", {}).get("outcomes", {})
+    moved = ", ".join(f"{k} {n}" for k, n in sorted(outcomes.items())) or "none"
     return (
         f"{result['faults']} faults in {result['duration_s']:.0f} s (seed {result['seed']}): "
-        f"recoveries {said}; false failovers {ff}; "
+        f"recoveries {said}; live migrations {moved}; false failovers {ff}; "
         f"no-move faults that lost a lease {len(result['lost_leases_in_no_move_faults'])} "
         f"or took an HA VM down {len(result['no_move_faults_with_ha_vms_down'])}; "
         f"violations {v} (expected 0)"

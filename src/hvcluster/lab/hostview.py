@@ -5,16 +5,25 @@ A QEMU process of the lab is found by its command line (``qemu-system-*`` naming
 under one of the lab nodes' run dirs, which says the node); the disk files it holds are its
 open file descriptors (``/proc/<pid>/fd``). A sim VM's placeholder is a bare ``sleep``, so a
 sim VM is found from its node's run dir, its pid checked against its start time in ``/proc``.
+
+Whether a process runs its guest (:func:`runs_guest`) tells a live migration's two processes
+apart: the target QEMU (``-incoming``) waits paused until the state has come over, and the
+source stops its guest before the target starts it. QEMU is asked itself, on its second QMP
+monitor (``qmp2.sock``: the agent holds the first), never the cluster; a sim VM's state file
+says whether it is an incoming one.
 """
 
 from __future__ import annotations
 
+import io
 import itertools
+import json
 import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hvcluster.drivers.runtime import vm_dir, vm_pid
+from hvcluster.drivers.runtime import OBSERVE_SOCKET, vm_dir, vm_pid
 from hvcluster.lab import processes
 from hvcluster.lab.state import LabState
 
@@ -29,6 +38,9 @@ class VMProcess:
     disks: frozenset[str] = field(default_factory=frozenset)  # resolved paths it holds open
     stopped: bool = False  # SIGSTOPped: it runs no guest code now
     parent: int = 0
+    dir: str = ""  # its VM dir (QMP sockets, the sim's state file)
+    incoming: bool = False  # started as a live migration's target (QEMU's -incoming)
+    qemu: bool = True
 
 
 def _cmdline(pid: str) -> list[str]:
@@ -56,11 +68,15 @@ def _open_files(pid: int) -> frozenset[str]:
     return frozenset(found)
 
 
-def _vm_name(argv: list[str]) -> str:
+def _option(argv: list[str], name: str) -> str:
     for flag, value in itertools.pairwise(argv):
-        if flag == "-name":
-            return value.split(",", 1)[0]
+        if flag == name:
+            return value
     return ""
+
+
+def _vm_name(argv: list[str]) -> str:
+    return _option(argv, "-name").split(",", 1)[0]
 
 
 def qemu_processes(state: LabState) -> list[VMProcess]:
@@ -88,6 +104,8 @@ def qemu_processes(state: LabState) -> list[VMProcess]:
                 disks=_open_files(pid),
                 stopped=processes.stopped(pid),
                 parent=_parent(pid),
+                dir=os.path.dirname(_option(argv, "-pidfile")),
+                incoming="-incoming" in argv,
             )
         )
     # QEMU's -daemonize: the process started forks the one that runs the guest and waits
@@ -112,7 +130,8 @@ def sim_processes(state: LabState, vms: list[str]) -> list[VMProcess]:
         for vm in vms:
             pid = vm_pid(vm_dir(Path(node.run_dir), vm))
             if pid is not None:
-                found.append(VMProcess(pid=pid, node=node.name, vm=vm))
+                d = str(vm_dir(Path(node.run_dir), vm))
+                found.append(VMProcess(pid=pid, node=node.name, vm=vm, dir=d, qemu=False))
     return found
 
 
@@ -121,3 +140,52 @@ def vm_processes(state: LabState, vms: list[str]) -> list[VMProcess]:
     if state.driver == "qemu":
         return qemu_processes(state)
     return sim_processes(state, vms)
+
+
+def runs_guest(p: VMProcess, timeout: float = 1.0) -> bool | None:
+    """Whether ``p`` runs its guest now: QEMU's own ``query-status`` (its vCPUs run), or for a
+    sim VM not an incoming one; None when it cannot be told (no answer: count it as running)."""
+    if p.stopped:
+        return False
+    if not p.qemu:
+        try:
+            state = json.loads((Path(p.dir) / "sim.json").read_text())
+        except (OSError, ValueError):
+            return None
+        if state.get("state") != "migrating":
+            return True
+        # a sim target waits; a sim source's switchover is not modelled apart: cannot tell
+        return False if state.get("incoming") else None
+    try:
+        status = qmp_status(Path(p.dir) / OBSERVE_SOCKET, timeout)
+    except (OSError, ValueError):
+        return None
+    return bool(status.get("running"))
+
+
+def qmp_status(path: Path, timeout: float) -> dict[str, object]:
+    """``query-status`` on a QMP socket: ``{"running": bool, "status": "inmigrate"...}``."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(str(path))
+        stream = sock.makefile("rwb")
+        _answer(stream, None)  # the greeting
+        for command in ("qmp_capabilities", "query-status"):
+            stream.write(json.dumps({"execute": command}).encode() + b"\n")
+            stream.flush()
+            answer = _answer(stream, "return")
+        return dict(answer) if isinstance(answer, dict) else {}
+
+
+def _answer(stream: io.BufferedIOBase, key: str | None) -> object:
+    """The next message of the monitor that is not an event (its ``key``, or all of it)."""
+    while True:
+        line = stream.readline()
+        if not line:
+            raise ValueError("the monitor closed the connection")
+        message = json.loads(line)
+        if "event" in message:
+            continue
+        if "error" in message:
+            raise ValueError(f"QMP error: {message['error']}")
+        return message if key is None else message.get(key)

@@ -1,9 +1,15 @@
 """The chaos checker: watches a lab all the time, from outside the cluster, and records every
 broken invariant as a :class:`Violation` (``hvc lab chaos``, ``lab/chaos.py``).
 
-1. Never two QEMU processes holding one VM's disk at once, from the hosts' process tables
-   (``lab/hostview.py``), not from the cluster's records. (A chaos run moves no VM live, so
-   even a migration's two processes would count.)
+1. Never two QEMU processes running the guest of one VM's disk at once, from the hosts'
+   process tables (``lab/hostview.py``), not from the cluster's records. A live migration
+   holds the disk in two processes: its target waits paused (``-incoming``) until the state
+   has come over, and its source stops the guest before the target starts it. So when two
+   processes hold one disk, each QEMU is asked whether it runs its guest (``query-status``
+   on its second monitor), twice in turn: a source and a target both running it, at both
+   looks, is a double run; one look at each around the switchover is not. A QEMU that
+   cannot be asked counts as running, once that has lasted UNSURE_GRACE_S (one on its way
+   out after a migration has closed its monitors while it still holds the disk).
 2. Each guest's disk counter never goes backwards or resets (read as the lab tests read it,
    ``qemu-img dd -U``).
 3. (Recovery within the SLO: the runner's, from :meth:`Checker.recovery`.)
@@ -37,6 +43,9 @@ from hvcluster.lab.state import LabState
 from hvcluster.models.errors import HvcError
 
 API_TIMEOUT_S = 2.0
+# A disk held by two processes of which one cannot be asked whether it runs the guest is a
+# double run once this has lasted: QEMU closes its monitors on its way out, before its disks.
+UNSURE_GRACE_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -80,13 +89,19 @@ class Checker:
         self.api_grace_s = api_grace_s
         self.log = log
         self.violations: list[Violation] = []
-        self.samples = {"processes": 0, "counters": 0, "api": 0}
+        # "held twice": looks that found a disk held by two processes, one running the guest
+        # (a migration in flight: the precise check of rule 1 at work)
+        self.samples = {"processes": 0, "counters": 0, "api": 0, "held twice": 0}
         self.counter_errors = 0
         self.max_counter: dict[str, int] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._processes: list[VMProcess] = []
-        self._doubled: set[str] = set()  # disks (or VMs) now held twice: said once each
+        self._doubled: set[str] = set()  # disks (or VMs) now run twice: said once each
+        self._unsure: dict[str, float] = {}  # disks held twice, one process mute: since when
+        # VMs being moved live (the runner's migrations, lab/chaos_moves.py): one that runs
+        # somewhere is not down while its placement and status switch over
+        self.moving: set[str] = set()
         self._intent_broken: set[str] = set()
         self.looks = Looks()  # which HA VMs were down at each API look
         self._nodes_alive: dict[str, bool] = {}
@@ -135,10 +150,9 @@ class Checker:
         names = [*self.watched.ha, *self.watched.stopped]
         found = hostview.vm_processes(self._state(), names)
         self.samples["processes"] += 1
-        with self._lock:
-            self._processes = found
         holders: dict[str, list[VMProcess]] = {}
         disks = self._disks()
+        waiting: set[int] = set()  # pids of a migration's processes not running the guest
         for p in found:
             # A VM with a disk by the disk only: a QEMU daemonizing is two processes of one
             # name for a moment (the first opens no disk, waits for the one it forked and
@@ -148,11 +162,34 @@ class Checker:
                 keys = [f"vm {p.vm}"]
             for key in keys:
                 holders.setdefault(key, []).append(p)
-        doubled = {k for k, ps in holders.items() if len(ps) > 1}
-        for key in sorted(doubled - self._doubled):
-            where = ", ".join(f"pid {p.pid} on {p.node}" for p in holders[key])
-            self.violate("two-copies", key, f"held by {len(holders[key])} processes: {where}")
-        self._doubled = doubled
+        unsure: dict[str, float] = {}
+        said: dict[str, str] = {}
+        now = time.monotonic()
+        for key, ps in holders.items():
+            if len(ps) < 2:
+                continue
+            answers = guest_answers(ps)
+            running = [p for p, runs in answers if runs is not False]
+            waiting |= {p.pid for p, runs in answers if runs is False}
+            sure = [p for p, runs in answers if runs]
+            # both said so: at once; with one that cannot be asked, once it has lasted
+            # (a QEMU exiting after its migration has closed its monitors, the disk not yet)
+            if len(running) > 1:
+                unsure[key] = self._unsure.get(key, now)
+            if len(sure) > 1 or (len(running) > 1 and now - unsure[key] >= UNSURE_GRACE_S):
+                said[key] = ", ".join(
+                    f"pid {p.pid} on {p.node} ({'runs it' if runs else 'cannot be asked'})"
+                    for p, runs in answers
+                    if runs is not False
+                )
+            elif len(running) < 2:
+                self.samples["held twice"] += 1
+        self._unsure = unsure
+        with self._lock:
+            self._processes = [p for p in found if p.pid not in waiting]
+        for key in sorted(set(said) - self._doubled):
+            self.violate("two-copies", key, f"processes running the guest: {said[key]}")
+        self._doubled = set(said)
         for vm in self.watched.stopped:
             running = [p for p in found if p.vm == vm]
             if running and f"vm {vm}" not in self._intent_broken:
@@ -196,7 +233,14 @@ class Checker:
         self.samples["api"] += 1
         with self._lock:
             procs = list(self._processes)
-        down = frozenset(vm for vm in self.watched.ha if not _runs_once(vms.get(vm), procs, vm))
+        with self._lock:
+            moving = set(self.moving)
+        down = frozenset(
+            vm
+            for vm in self.watched.ha
+            if not _runs_once(vms.get(vm), procs, vm)
+            and not (vm in moving and any(p.vm == vm and not p.stopped for p in procs))
+        )
         self.looks.add(time.time(), down)
         with self._lock:
             self._nodes_alive = {n["name"]: bool(n["alive"]) for n in nodes}
@@ -230,6 +274,10 @@ class Checker:
 
     # -- for the runner ------------------------------------------------------------------
 
+    def set_moving(self, vm: str, moving: bool) -> None:
+        with self._lock:
+            (self.moving.add if moving else self.moving.discard)(vm)
+
     def nodes_alive(self) -> dict[str, bool]:
         with self._lock:
             return dict(self._nodes_alive)
@@ -247,9 +295,24 @@ def _runs_once(view: dict[str, Any] | None, procs: list[VMProcess], vm: str) -> 
     if view is None:
         return False
     status, placement = view.get("status") or {}, view.get("placement") or {}
-    if status.get("state") != "running" or not placement:
+    if status.get("state") not in ("running", "migrating") or not placement:
         return False
     if status.get("node") != placement.get("node") or status.get("epoch") != placement.get("epoch"):
         return False
     mine = [p for p in procs if p.vm == vm]
     return len(mine) == 1 and mine[0].node == placement["node"] and not mine[0].stopped
+
+
+def guest_answers(ps: list[VMProcess]) -> list[tuple[VMProcess, bool | None]]:
+    """Whether each of ``ps`` (holding one disk) runs the guest (None: it cannot be asked):
+    asked in turn, then those that did not say no asked again, so that a source asked before
+    its switchover and a target after it are not both counted."""
+    first = [(p, hostview.runs_guest(p)) for p in ps]
+    if sum(runs is not False for _, runs in first) < 2:
+        return first
+    return [(p, runs if runs is False else hostview.runs_guest(p)) for p, runs in first]
+
+
+def running_guests(ps: list[VMProcess]) -> list[VMProcess]:
+    """Those of ``ps`` that run the guest or cannot say (:func:`guest_answers`)."""
+    return [p for p, runs in guest_answers(ps) if runs is not False]

@@ -10,6 +10,7 @@ from pathlib import Path
 from hvcluster.drivers.diskpath import disk_path
 from hvcluster.drivers.errors import SpecError
 from hvcluster.drivers.qemu.settings import QemuSettings
+from hvcluster.drivers.runtime import OBSERVE_SOCKET
 from hvcluster.models.console import ConsoleKind, console_socket_name
 from hvcluster.models.guestcpu import guest_cpu_of
 from hvcluster.models.storage import bridge_name
@@ -91,6 +92,11 @@ def qemu_argv(
         "-vnc", f"unix:{opt(d / console_socket_name(ConsoleKind.VNC))}",
         "-chardev", f"socket,id=qmp,path={opt(d / 'qmp.sock')},server=on,wait=off",
         "-mon", "chardev=qmp,mode=control",
+        # A second monitor for onlookers (hvc lab chaos's checker asks each QEMU whether it
+        # runs its guest; an operator's qmp-shell): the agent holds the first for as long
+        # as the VM runs, and a monitor socket takes one client at a time.
+        "-chardev", f"socket,id=qmp-observe,path={opt(d / OBSERVE_SOCKET)},server=on,wait=off",
+        "-mon", "chardev=qmp-observe,mode=control",
         "-pidfile", str(d / "pid"),
         "-D", str(d / "qemu.log"),  # keeps QEMU's stderr in qemu.log after it daemonizes
         "-daemonize",
