@@ -150,7 +150,7 @@ class Endpoint:
                 async with asyncio.timeout(min(left, POLL_S) if self.hedge else left):
                     await channel.wait_for_state_change(state)
             except TimeoutError:
-                if loop.time() < deadline:  # a look at the dials (hedge)
+                if self.hedge and loop.time() < deadline:  # a look at the dials
                     self._hedge()
                 elif failed:
                     raise await self._connect_failed() from None
@@ -160,6 +160,13 @@ class Endpoint:
                     ) from None
             channel = self.channel
             state = channel.get_state(try_to_connect=True)
+        if self._dials:  # connected: the other dials are of no more use
+            self._drop_dials()
+
+    def _drop_dials(self) -> None:
+        dials, self._dials = self._dials, []
+        for _, channel in dials:
+            _close_later(channel)
 
     def _hedge(self) -> None:
         """Take a dial that connected meanwhile; else, when the channel has dialled for
