@@ -16,9 +16,12 @@ from hvcluster.agent.config import AgentConfig
 from hvcluster.agent.daemon import Daemon, cancel_all
 from hvcluster.drivers.sim import SimDriver
 from hvcluster.host.network import MemoryLinks
+from hvcluster.host.pki import serial_of
 from hvcluster.lab.etcd import EtcdCluster
 from hvcluster.models.base import encode
 from hvcluster.models.config import ClusterConfig
+from hvcluster.models.join import RevokedCert
+from hvcluster.store.base import Delete, Put
 from hvcluster.store.etcd import EtcdStore
 from hvcluster.store.keys import Keys
 from tests.agent.daemons import SlowProbeDriver, node_watchdog, vm_process, wait_for, watchdog_log
@@ -136,3 +139,48 @@ async def test_a_blocked_main_loop_does_not_stop_feeding(
             assert daemon.liveness.lease_id == lease  # never lost
         finally:
             await cancel_all([task])
+
+
+async def test_an_agent_evicted_while_running_does_not_register_its_node_again(
+    etcd_tls_session: EtcdCluster, tmp_path: Path
+) -> None:
+    """Eviction deletes the node and alive records and revokes the certificate; the
+    agent's liveness registers again when its alive key goes, and its node record must not
+    come back with it (the node would be in the cluster again)."""
+    cluster = await _cluster(etcd_tls_session)
+    cfg = cluster.agent(tmp_path / "n1")
+    keys = Keys(cluster.name)
+    assert cfg.etcd_cert is not None
+    with node_watchdog(cfg.run_dir, FENCE_AFTER):
+        daemon = Daemon(cfg, driver=SimDriver(), serve_api=False, links=MemoryLinks())
+        task = asyncio.create_task(daemon.run())
+        store = EtcdStore(cluster.etcd.endpoints, tls=store_tls(cluster.etcd))
+        try:
+            await wait_for(
+                lambda: daemon.agent is not None and daemon.agent.cycles >= 1, 30, "reconciling"
+            )
+            assert await store.get(keys.node("n1")) is not None
+            serial = serial_of(cfg.etcd_cert.read_text())
+            revoked = RevokedCert(serial=serial, node="n1", revoked_at=time.time())
+            await store.txn(
+                [],
+                [
+                    Delete(keys.node("n1")),
+                    Delete(keys.alive("n1")),
+                    Put(keys.revoked_cert(serial), encode(revoked)),
+                ],
+            )
+
+            async def alive_again() -> bool:
+                return await store.get(keys.alive("n1")) is not None
+
+            for _ in range(300):  # liveness sees its key gone and registers again
+                if await alive_again():
+                    break
+                await asyncio.sleep(0.05)
+            assert await alive_again(), "liveness did not register again"
+            await asyncio.sleep(1.0)  # what the re-registration triggers has run
+            assert await store.get(keys.node("n1")) is None
+        finally:
+            await cancel_all([task])
+            await store.close()

@@ -155,6 +155,11 @@ async def test_evict_drains_first_refuses_while_vms_stay_then_removes_and_revoke
     assert (
         second.status_code == 409 and "is draining, 1 VM(s) left (web-1)" in second.json()["error"]
     )
+    # The VM moved, the controller has not said the drain is complete yet: not yet either
+    await store.put(KEYS.placement("web-1"), encode(Placement(node="n1", epoch=2)))
+    moved = await api.post("/cluster/nodes/n4/evict")
+    assert moved.status_code == 409 and "once the drain is complete" in moved.json()["error"]
+    await store.put(KEYS.placement("web-1"), encode(Placement(node="n4", epoch=3)))
     stayed = node.model_copy(
         update={
             "admin_state": NodeAdminState.PAUSED,
@@ -164,7 +169,7 @@ async def test_evict_drains_first_refuses_while_vms_stay_then_removes_and_revoke
     await store.put(KEYS.node("n4"), encode(stayed))
     third = await api.post("/cluster/nodes/n4/evict")
     assert third.status_code == 409 and "web-1 cannot move off it" in third.json()["error"]
-    await store.put(KEYS.placement("web-1"), encode(Placement(node="n1", epoch=2)))
+    await store.put(KEYS.placement("web-1"), encode(Placement(node="n1", epoch=4)))
     done = await api.post("/cluster/nodes/n4/evict")
     assert done.status_code == 200, done.text
     assert done.json()["revoked_serial"] == joined["serial"]

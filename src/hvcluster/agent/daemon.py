@@ -25,7 +25,7 @@ from hvcluster.agent.liveness_thread import LivenessRunner, OnLoop, OwnThread
 from hvcluster.agent.migration import MigrationWorker
 from hvcluster.agent.node import NodeAgent, NodeIdentity
 from hvcluster.agent.resources import HostResources
-from hvcluster.agent.revocation import keep_crl, refuse_if_revoked
+from hvcluster.agent.revocation import CertificateRevoked, keep_crl, refuse_if_revoked
 from hvcluster.agent.storage_move import StorageMover
 from hvcluster.api.app import create_app
 from hvcluster.api.context import PeerApi
@@ -148,8 +148,17 @@ class Daemon:
                 await self.agent.kill_now(names)
 
         async def node_registered_again() -> None:
-            if self.agent is not None and self.agent.facts is not None:
-                await self.agent.register_node()
+            if self.agent is None or self.agent.facts is None:
+                return
+            try:
+                # Evicted while running (eviction deletes the alive key, so liveness
+                # registers again): writing the node record would bring the node back.
+                await refuse_if_revoked(self.store, self.keys, self.cfg.etcd_cert)
+            except CertificateRevoked as e:
+                log.error("not registering the node again: %s; stop this agent", e)
+                await say("node.revoked", f"{e}; its agent did not register it again")
+                return
+            await self.agent.register_node()
 
         return NodeLiveness(
             store,

@@ -2,7 +2,8 @@
 
 Drain first: a node with VMs placed on it is drained (its VMs move live, as ``hvc node
 drain``) and the call answers 409 saying so; the caller asks again once the drain ended
-(``hvc node evict`` follows it). A drain that ended with VMs left (they could not move)
+(``hvc node evict`` follows it): until the controller has judged it complete, not only
+until the last VM moved. A drain that ended with VMs left (they could not move)
 makes eviction refuse, naming them and the drain's reason. Once no VM is placed there:
 
 1. its etcd member (if it has one) is removed; etcd refuses when that would leave the
@@ -61,6 +62,13 @@ async def evict_node(name: ValidName, ctx: Ctx, request: ActionRequest | None = 
     here = sorted(vm for vm, p in placements.by_name().items() if p.node == name)
     if here:
         await _refuse_until_drained(ctx, name, node, here, reason)
+    if node is not None and node.admin_state is NodeAdminState.DRAINING:
+        # Its last VM moved, but the controller has not yet judged the drain complete:
+        # evicting now would delete the node under it, and the drain's end go unsaid.
+        raise Conflict(
+            f"node {name} is draining, no VM left: evict it once the drain is complete "
+            "(the controller says so at its next cycle)"
+        )
     issued = await read_one_or_error(ctx.store, ctx.keys.issued_cert(name), IssuedCert)
     cert = issued.value if isinstance(issued, Stored) else None
     removed = await _remove_member(ctx, name, cert)

@@ -6,12 +6,14 @@ In a netns lab the new node gets a namespace of its own (``n<k>`` at ``.<10 + k>
 nodes ``hvc lab up`` made) and its etcd member runs there with it, on etcd's usual ports, as
 on a real host; on loopback both take free ports. The etcd member joins as a learner and is
 promoted by the cluster once caught up (its controller, or the answer to the host asking:
-store/promotion.py); this waits for that as ``hvc node join`` does.
+store/promotion.py); this waits for that as ``hvc node join`` does (asking), or, with
+``ask=False``, as a host nobody waits on: until the controller's ``etcd.member.promoted``.
 """
 
 from __future__ import annotations
 
 import ssl
+import time
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
@@ -43,11 +45,16 @@ def _api(state: LabState, method: str, path: str, body: Any = None) -> Any:
 
 
 def join_node(
-    state: LabState, etcd_member: bool = False, log: Log = print, timeout: float = 60.0
+    state: LabState,
+    etcd_member: bool = False,
+    log: Log = print,
+    timeout: float = 60.0,
+    ask: bool = True,
 ) -> tuple[LabState, str]:
     """A new node ``n<k+1>`` joined with a join token (an etcd learner too if
-    ``etcd_member``, waited for until the cluster promoted it), its agent started; the state
-    and its name."""
+    ``etcd_member``, waited for until the cluster promoted it: asking ``/join/promote`` as
+    ``hvc node join`` does, or with ``ask=False`` leaving it to the controller), its agent
+    started; the state and its name."""
     taken = {n.name for n in state.nodes}
     index = next(i for i in range(1, 100) if f"n{i}" not in taken)
     name = f"n{index}"
@@ -58,8 +65,8 @@ def join_node(
         address, client_port, peer_port = state.net.node_ip(index), 2379, 2380
         netns.add_host(state.net, name, address)
     try:
-        return _join(state, name, address, made["token"], (api_port, client_port, peer_port),
-                     log, timeout)  # fmt: skip
+        ports = (api_port, client_port, peer_port)
+        return _join(state, name, address, made["token"], ports, log, timeout, ask)
     except BaseException:
         if state.net is not None and name not in {n.name for n in _saved(state).nodes}:
             netns.remove_host(state.net, name)
@@ -81,8 +88,10 @@ def _join(
     ports: tuple[int, int, int],
     log: Log,
     timeout: float,
+    ask: bool,
 ) -> tuple[LabState, str]:
     api_port, client_port, peer_port = ports
+    started = time.monotonic()
     peer_url = f"https://{address}:{peer_port}"
     joined = host_join.join(
         state.api[0], token, address, Path(state.dir) / "joined" / name, peer_url
@@ -117,10 +126,19 @@ def _join(
             }
         )
         save(state)
-        done = host_join.promote(state.api[0], joined.ca, token, timeout, log)
-        if not done.voting:
-            raise LabError(f"etcd member {name} was not promoted: {done.reason}")
-        log(f"etcd member {name} added as a learner, {done.reason} after {done.waited_s:.1f}s")
+        spawned = time.monotonic()
+        if ask:
+            done = host_join.promote(state.api[0], joined.ca, token, timeout, log)
+            if not done.voting:
+                raise LabError(f"etcd member {name} was not promoted: {done.reason}")
+            said = done.reason
+        else:
+            said = _promoted_event(state, name, timeout, log)
+        now = time.monotonic()
+        log(
+            f"etcd member {name} added as a learner; {said}: {now - spawned:.1f}s after its "
+            f"etcd started, {now - started:.1f}s after the join request"
+        )
     first = tomllib.loads(Path(state.nodes[0].config).read_text())
     certs = CertFiles(joined.ca, joined.cert, joined.key)
     node = _make_node(state, name, address, api_port, state.driver, Path(first["cache_dir"]), certs)
@@ -136,6 +154,25 @@ def _join(
     _wait(lambda: _healthy(url, state.ca), timeout, f"{name}'s agent did not answer at {url}")
     log(f"node {name} joined (certificate {joined.serial}) and its agent is up at {url}")
     return state, name
+
+
+def _promoted_event(state: LabState, name: str, timeout: float, log: Log) -> str:
+    """The reason of the ``etcd.member.promoted`` event about ``name`` (saying each
+    refusal seen meanwhile), once there is one."""
+    end = time.monotonic() + timeout
+    seen: set[int] = set()
+    while time.monotonic() < end:
+        for logged in _api(state, "GET", "/events?limit=200")["events"]:
+            event = logged["event"]
+            if event["subject"] != f"node/{name}" or logged["seq"] in seen:
+                continue
+            seen.add(logged["seq"])
+            if event["kind"] == "etcd.member.promoted":
+                return str(event["reason"])
+            if event["kind"].startswith("etcd.member."):
+                log(f"{event['kind']}: {event['reason']}")
+        time.sleep(0.2)
+    raise LabError(f"etcd member {name} was not promoted within {timeout:.0f}s ('hvc events')")
 
 
 def evict_node(state: LabState, name: str, log: Log = print) -> tuple[LabState, dict[str, Any]]:
