@@ -5,9 +5,11 @@ CLI's layer may not import the agent and controller the simulation runs."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import typer
@@ -20,11 +22,19 @@ from hvcluster.simulate.scenario import load_scenario
 VERBOSE = typer.Option(False, "--verbose", "-v", help="Show the daemons' own log (stderr).")
 
 
-def _quiet(verbose: bool) -> None:
+@contextlib.contextmanager
+def _quiet(verbose: bool) -> Iterator[None]:
     """The daemons log as they would on a host (retries, failed keepalives): in a
     simulation that is noise beside the event log, shown only when asked for."""
-    if not verbose:
-        logging.disable(logging.CRITICAL)
+    if verbose:
+        yield
+        return
+    before = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logging.disable(before)
 
 
 app = typer.Typer(
@@ -41,13 +51,13 @@ def run(
 ) -> None:
     """Run SCENARIO: print the event log (virtual times) and the final placement; exit 1
     if an invariant broke."""
-    _quiet(verbose)
     try:
         loaded = load_scenario(scenario)
     except HvcError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
-    result = asyncio.run(run_scenario(loaded, seed))
+    with _quiet(verbose):
+        result = asyncio.run(run_scenario(loaded, seed))
     typer.echo(json.dumps(result.as_dict(), indent=2) if json_out else result.text(), nl=False)
     if json_out:
         typer.echo()
@@ -64,14 +74,14 @@ def fuzz_cmd(
 ) -> None:
     """Run random scenarios with every invariant checked; for a violation print the seed
     and write a shrunk replay scenario (exit 1)."""
-    _quiet(verbose)
     started = time.monotonic()
 
     def show(s: int, result: Result) -> None:
         for v in result.violations:
             typer.echo(f"seed {s}: {v.line().strip()}")
 
-    failures = asyncio.run(fuzz(runs, seed, show))
+    with _quiet(verbose):
+        failures = asyncio.run(fuzz(runs, seed, show))
     took = time.monotonic() - started
     typer.echo(f"{runs} runs in {took:.1f} s ({runs / took:.1f} runs/s), "
                f"{len(failures)} with violations")  # fmt: skip
