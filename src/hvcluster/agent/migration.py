@@ -31,8 +31,10 @@ import logging
 
 from hvcluster.agent.migration_source import SourceRole
 from hvcluster.agent.migration_target import TargetRole
+from hvcluster.agent.shared_nothing import shared_nothing
 from hvcluster.models.errors import StoreError
-from hvcluster.models.migration import Migration
+from hvcluster.models.lifecycle import MigrationState
+from hvcluster.models.migration import Migration, MigrationKind
 from hvcluster.store.base import WatchEvent
 from hvcluster.store.follow import follow, run_cycles
 from hvcluster.store.migrations import read_migrations
@@ -60,6 +62,8 @@ class MigrationWorker(TargetRole, SourceRole):
                 self._state_changed(rec)  # quick: a source waits for the target's check
                 if rec.id in self.flipped and not rec.resumed_at:
                     pass  # our own flip: nothing to do here until the target has run the VM
+                elif self._transferring_live(rec):
+                    pass  # nothing to do here until it ends (see _transferring_live)
                 elif self.me in (rec.source, rec.target) and not self._fast_take_over(rec):
                     self.wake.set()  # (a take-over wakes the cycle when it has run the VM)
             except Exception:  # the watch must go on; the cycle sees the record anyway
@@ -67,6 +71,19 @@ class MigrationWorker(TargetRole, SourceRole):
                 self.wake.set()
 
         await follow(self.store, self.keys.prefix("migrations"), seen)
+
+    def _transferring_live(self, rec: Migration) -> bool:
+        """``rec`` is a live transfer under way between this host and another, and neither
+        end has anything to do until it ends: the source's own task runs it (its writes of
+        ``transferring`` and of progress come back here), the target waits for ``done``.
+        A cycle woken for it would only read every record while the two QEMUs need the
+        CPU for the guest's last pages. (Quick and shared-nothing moves have steps during
+        the transfer; a source whose task is not running is judged by the next cycle.)"""
+        if rec.state is not MigrationState.TRANSFERRING or rec.kind is not MigrationKind.LIVE:
+            return False
+        if shared_nothing(rec):
+            return False
+        return rec.target == self.me or (rec.source == self.me and rec.id in self.tasks)
 
     async def cycle(self) -> None:
         self.cycles += 1

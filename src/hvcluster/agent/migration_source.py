@@ -162,6 +162,7 @@ class SourceRole(QuickState):
                 await self._flip(written, placed, moved, progress=progress, switching_at=at)
             )
 
+        self.agent.moving_out.add(rec.vm)  # (its state changes wake no reconcile meanwhile)
         try:
             if rec.kind is MigrationKind.QUICK:  # to the volume the target checked it sees
                 path = self._state_path(written.record.state_file)
@@ -192,6 +193,7 @@ class SourceRole(QuickState):
                 self.migrated_out[rec.vm] = rec.id
             raise
         finally:
+            self.agent.moving_out.discard(rec.vm)  # (_spawn wakes the loop, unless flipped)
             await self._stop_publishing(written, stop, publisher)
         self.migrated_out[rec.vm] = rec.id
         saved_at = self.agent.clock.wall()

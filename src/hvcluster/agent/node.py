@@ -42,7 +42,7 @@ from hvcluster.models.event import Say
 from hvcluster.models.lifecycle import VMState, vm_status_change
 from hvcluster.models.node import Node
 from hvcluster.models.vm import Placement, VMSpec, VMStatus
-from hvcluster.store.base import Compare, Put, Store
+from hvcluster.store.base import Compare, Put, Store, WatchEvent
 from hvcluster.store.follow import follow, run_cycles
 from hvcluster.store.keys import Keys
 from hvcluster.store.reads import decode_kv, decode_one, read_kind
@@ -92,6 +92,9 @@ class NodeAgent:
         self.crashes: dict[str, list[float]] = {}
         self.owned: dict[str, int] = {}  # vm -> placement mod revision it runs under
         self.incoming: set[str] = set()
+        # VMs whose transfer out of this host is under way: their state changes (migrating,
+        # paused at the end) do not wake the loop; the migration worker wakes it after.
+        self.moving_out: set[str] = set()
         # A migration switching over on this host asks the loop to hold off until then
         # (monotonic clock): a cycle's reads would take CPU from the guest's resume.
         self.quiet_until = 0.0
@@ -183,13 +186,26 @@ class NodeAgent:
         await self.cycle()
 
     async def watch_changes(self, kind: str) -> None:
-        """Wake the loop whenever anything under ``kind`` changes."""
-        await follow(self.store, self.keys.prefix(kind), lambda _: self.wake.set())
+        """Wake the loop whenever anything under ``kind`` changes, except for a VM in
+        :attr:`incoming` (as :meth:`watch_driver`): a migration's flip moves its placement
+        while the target resumes the guest, and a cycle leaves that VM alone anyway."""
+
+        def seen(event: WatchEvent) -> None:
+            if event.key[len(self.keys.prefix(kind)) :] not in self.incoming:
+                self.wake.set()
+
+        await follow(self.store, self.keys.prefix(kind), seen)
 
     async def watch_driver(self) -> None:
+        """Wake the loop when a VM changes state here, except a VM a migration worker is
+        moving (:attr:`incoming`, :attr:`moving_out`): it wakes the loop itself when it lets
+        go, and the interval's cycle still runs meanwhile. Those changes come just as the
+        transfer starts and as it ends: a cycle then (the whole store read, a status
+        written) would take CPU from the two QEMUs moving the guest and from its resume."""
         async for event in self.driver.events():
             log.info("driver: vm %s is %s %s", event.name, event.state.value, event.reason)
-            self.wake.set()
+            if event.name not in self.incoming and event.name not in self.moving_out:
+                self.wake.set()
 
     async def cycle(self) -> list[str]:
         """One pass; returns what it did, a sentence per action."""

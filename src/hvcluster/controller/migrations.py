@@ -119,9 +119,15 @@ class MigrationCoordinator:
                     log.warning("switch of %s failed: %s; the cycle retries", rec.id, e)
                 except Exception:  # the watch goes on; the cycle judges the record
                     log.exception("switch of %s failed unexpectedly; the cycle judges", rec.id)
+            elif rec.state in (_M.PREPARING, _M.TRANSFERRING):
+                # The agents' own steps (the target's address, the transfer starting, its
+                # progress): nothing for the controller to decide, and a cycle now (a full
+                # read of the cluster) would take CPU from the two QEMUs moving the guest.
+                # What could end it (a node gone, a timeout) the interval's cycle judges.
+                pass
             elif not self.wake.is_set():
-                # Progress, or a migration just ended (a drain's next move): soon, not at
-                # the very moment a target resumes its guest.
+                # A migration just ended (a drain's next move): soon, not at the very
+                # moment a target resumes its guest.
                 # (on the controller's clock, a simulation's virtual one included)
                 later = asyncio.ensure_future(self._wake_later())
                 self._later.add(later)
