@@ -72,7 +72,6 @@ class NodeAgent:
         say: Say,
         lease: Callable[[], int],
         may_start: Callable[[], str | None],
-        shutdown_timeout: float = 20.0,
         clock: Clock = SYSTEM,
         metrics: AgentMetrics | None = None,
         timings: Callable[[], tuple[float, float]] | None = None,
@@ -86,7 +85,6 @@ class NodeAgent:
         # None when this node may start a VM, else why not (keepalives unconfirmed, the
         # watchdog not acknowledging feeding).
         self.may_start = may_start
-        self.shutdown_timeout = shutdown_timeout
         # (fence_after, lease TTL) its liveness runs with, published in the node record
         self.timings = timings
         self.crashes: dict[str, list[float]] = {}
@@ -362,7 +360,7 @@ class NodeAgent:
 
     async def _shutdown(self, action: Shutdown) -> None:
         try:
-            info = await self.driver.shutdown(action.vm, self.shutdown_timeout)
+            info = await self.driver.shutdown(action.vm, self.config.shutdown_timeout_s)
             reported = False
             if action.seen is not None:
                 status = VMStatus(

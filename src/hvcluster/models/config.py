@@ -64,6 +64,9 @@ class ClusterConfig(Model):
     # replaced by the node's name; IPMI or Redfish tools fit here). Empty: no fence agent.
     fence_command: Argument = Field(default="", max_length=PATH_MAX)
     fence_timeout_s: float = Field(default=30.0, gt=0, le=DAY_S)
+    # A VM's graceful stop: the ACPI power button, then forced off after this long (a
+    # systemd guest under TCG on a busy host needs more than the default's 20 s).
+    shutdown_timeout_s: float = Field(default=20.0, gt=0, le=DAY_S)
     # Records that grow with use, kept by count and by age (the leader prunes them): the
     # cluster log's newest events, and each of finished migrations and storage moves.
     event_retention: int = Field(default=10_000, ge=100, le=COUNT_MAX)

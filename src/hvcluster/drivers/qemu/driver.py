@@ -41,6 +41,9 @@ from hvcluster.models.vm import VMSpec
 
 log = logging.getLogger(__name__)
 
+# A graceful shutdown presses the power button again after this long without a power-off.
+PRESS_AGAIN_S = 10.0
+
 
 class QemuDriver(Driver):
     kind = "qemu"
@@ -96,13 +99,22 @@ class QemuDriver(Driver):
             return vm.info()
 
     async def shutdown(self, name: str, timeout: float) -> VMInfo:
+        """Press the ACPI power button, again every :data:`PRESS_AGAIN_S` (a guest still
+        booting has no one listening yet: systemd-logind opens the button's input device
+        late in the boot, and a press before is lost); forced off after ``timeout``."""
         async with self.vms.lock(name):
             vm = self.vms.get(name)
             vm.stopping = True
-            if vm.monitor is not None:
-                with contextlib.suppress(QemuFailed):
-                    await vm.monitor.execute("system_powerdown")
-            if not await self.vms.wait_exit(vm, timeout):
+            deadline = time.monotonic() + timeout
+            while True:
+                if vm.monitor is not None:
+                    with contextlib.suppress(QemuFailed):
+                        await vm.monitor.execute("system_powerdown")
+                left = max(0.0, deadline - time.monotonic())
+                off = await self.vms.wait_exit(vm, min(left, PRESS_AGAIN_S))
+                if off or left <= PRESS_AGAIN_S:
+                    break
+            if not off:
                 log.info("vm %s: no power-off in %ss, forcing it off", name, timeout)
                 await kill_and_wait(vm.pid, vm.start)
                 await self.vms.wait_exit(vm, 10.0)
