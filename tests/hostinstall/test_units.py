@@ -70,7 +70,10 @@ def test_agent_restart_leaves_the_vms_running_and_needs_the_watchdog() -> None:
     assert "TasksMax=infinity" in agent  # the guests' threads count here
     assert f"Requires={WATCHDOG_UNIT}" in agent
     assert any(line.startswith(f"After={WATCHDOG_UNIT}") for line in agent)
-    assert f"ExecStart={PREFIX}/bin/hvc agent --config /etc/hvcluster/agent.toml" in agent
+    assert (
+        f"ExecStart={PREFIX}/bin/python -m hvcluster.agent --config /etc/hvcluster/agent.toml"
+        in agent
+    )
     assert not any(line.startswith(("MemoryMax", "RuntimeDirectory")) for line in agent)
 
 

@@ -31,7 +31,7 @@ def agent(
 ) -> None:
     """Run this host's agent: node agent, controller candidate and API."""
     from hvcluster.agent.config import load_config
-    from hvcluster.agent.daemon import run
+    from hvcluster.agent.start import run
     from hvcluster.models.errors import HvcError
 
     overrides = {

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,12 +19,13 @@ import uvicorn
 
 from hvcluster.agent.config import AgentConfig
 from hvcluster.agent.consoles import local_console
+from hvcluster.agent.host_liveness import HostLiveness
 from hvcluster.agent.liveness import NodeLiveness
-from hvcluster.agent.liveness_thread import LivenessRunner, OnLoop, OwnThread
+from hvcluster.agent.liveness_thread import LivenessRunner
 from hvcluster.agent.migration import MigrationWorker
 from hvcluster.agent.node import NodeAgent, NodeIdentity
 from hvcluster.agent.resources import HostResources
-from hvcluster.agent.revocation import CertificateRevoked, keep_crl, refuse_if_revoked
+from hvcluster.agent.revocation import keep_crl
 from hvcluster.agent.storage_move import StorageMover
 from hvcluster.api.app import create_app
 from hvcluster.api.context import PeerApi
@@ -35,18 +35,13 @@ from hvcluster.controller.loop import Controller
 from hvcluster.drivers.base import Driver
 from hvcluster.drivers.registry import DriverOptions, make_driver
 from hvcluster.host.network import Links
-from hvcluster.metrics import AgentMetrics
 from hvcluster.models.config import ClusterConfig
-from hvcluster.models.errors import HvcError, StoreError
-from hvcluster.models.event import Event, Say
+from hvcluster.models.errors import StoreError
+from hvcluster.models.event import Say
 from hvcluster.models.lifecycle import VMState
-from hvcluster.models.migration import MigrationKind
 from hvcluster.store.base import Store
 from hvcluster.store.election import Election
-from hvcluster.store.etcd import EtcdStore
-from hvcluster.store.etcd_conn import EtcdTls
 from hvcluster.store.events import EventLog
-from hvcluster.store.keys import Keys
 from hvcluster.store.lease import LeaseKeeper
 from hvcluster.store.state import read_config
 from hvcluster.tasks import cancel_all
@@ -70,24 +65,24 @@ class Daemon:
         links: Links | None = None,
         watchdog: WatchdogFeeder | None = None,
         clock: Clock = SYSTEM,
+        host: HostLiveness | None = None,
     ) -> None:
+        """``host``: its liveness, made (and maybe started) before this daemon's modules
+        were imported (agent/start.py); else made here from ``store``, ``watchdog``."""
         self.cfg = cfg
         self.clock = clock  # real; a simulation's ManualClock moves every loop of the daemon
-        self.keys = Keys(cfg.cluster)
-        # What this agent measures of itself (its etcd clients record into it too), served
-        # by its API at /metrics.
-        self.metrics = AgentMetrics(cfg.node, clock.now, [k.value for k in MigrationKind])
-        self._own_store = store is None
-        self.store: Store = store if store is not None else etcd_store(cfg, self.metrics)
+        self.host = host if host is not None else HostLiveness(cfg, store, watchdog, clock)
+        self.keys = self.host.keys
+        self.metrics = self.host.metrics
+        self.store: Store = self.host.store
+        self.watchdog = self.host.watchdog
         self.driver: Driver = driver if driver is not None else driver_of(cfg)
         self.serve_api = serve_api
         self.links: Links = links if links is not None else self.driver.links()
         self.events = EventLog(self.store, self.keys)
-        # The node watchdog's feeder (MemoryWatchdog, its twin, in simulations).
-        self.watchdog = watchdog if watchdog is not None else WatchdogFeeder(cfg.run_dir)
         self.tasks: list[asyncio.Task[None]] = []
         self.agent: NodeAgent | None = None
-        self.live: LivenessRunner | None = None
+        self.live: LivenessRunner = self.host.runner
         self.controller: Controller | None = None
         self.resources: HostResources | None = None
         self.migrations: MigrationWorker | None = None
@@ -95,100 +90,19 @@ class Daemon:
 
     @property
     def liveness(self) -> NodeLiveness | None:
-        return self.live.liveness if self.live is not None else None
+        return self.live.liveness
 
     async def say(self, kind: str, subject: str, reason: str, actor: str = "agent") -> None:
         """Log a decision or action, and record it as a cluster event."""
-        await self._say_to(self.events, kind, subject, reason, actor)
-
-    async def _say_to(
-        self, events: EventLog, kind: str, subject: str, reason: str, actor: str
-    ) -> None:
-        log.info("%s %s: %s", kind, subject, reason)
-        event = Event(
-            time=self.clock.wall(),
-            kind=kind,
-            subject=subject,
-            reason=reason,
-            actor=f"{actor}@{self.cfg.node}",
-        )
-        try:
-            await events.append(event)
-        except StoreError as e:
-            log.warning("could not record event %s: %s", kind, e)
-
-    def _liveness_runner(self) -> LivenessRunner:
-        """Liveness on its own thread with its own etcd client, built from the same config,
-        when the daemon made its store; on this loop with the store it was handed (an
-        in-process simulation on a memory store: see agent/liveness_thread.py)."""
-        if self._own_store:
-            return OwnThread(
-                lambda: etcd_store(self.cfg, self.metrics), self._build_liveness, "liveness"
-            )
-        return OnLoop(self.store, self._build_liveness)
-
-    async def _build_liveness(self, store: Store, runner: LivenessRunner) -> NodeLiveness:
-        """The node's liveness on ``store``, its events said through ``store`` too; the
-        node agent's hooks run on the main loop (the agent may not exist yet: then it runs
-        no VM it knows of, and registers the node itself)."""
-        node, events = self.cfg.node, EventLog(store, self.keys)
-        while True:
-            try:
-                config, _ = await read_config(store, self.keys)
-                break
-            except (StoreError, TimeoutError) as e:
-                log.warning("liveness cannot read the cluster config: %s; trying again", e)
-                await self.clock.sleep(1.0)
-
-        async def say(kind: str, reason: str) -> None:
-            await self._say_to(events, kind, f"node/{node}", reason, "agent")
-
-        async def kill_changed(names: set[str]) -> None:
-            if self.agent is not None:
-                await self.agent.kill_now(names)
-
-        async def node_registered_again() -> None:
-            if self.agent is None or self.agent.facts is None:
-                return
-            try:
-                # Evicted while running (eviction deletes the alive key, so liveness
-                # registers again): writing the node record would bring the node back.
-                await refuse_if_revoked(self.store, self.keys, self.cfg.etcd_cert)
-            except CertificateRevoked as e:
-                log.error("not registering the node again: %s; stop this agent", e)
-                await say("node.revoked", f"{e}; its agent did not register it again")
-                return
-            await self.agent.register_node()
-
-        return NodeLiveness(
-            store,
-            self.keys,
-            node,
-            config,
-            self.watchdog,
-            local_placements=lambda: self.agent.owned_placements() if self.agent else {},
-            kill_changed=runner.on_main(kill_changed),
-            say=say,
-            on_registered=runner.on_main(node_registered_again, wait=False),
-            clock=self.clock.now,
-            sleep=self.clock.sleep,
-            wall=self.clock.wall,
-            metrics=self.metrics,
-        )
+        await self.host.say_to(self.events, kind, subject, reason, actor)
 
     async def run(self) -> None:
-        cfg = self.cfg
-        cfg.run_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            await refuse_if_revoked(self.store, self.keys, cfg.etcd_cert)  # evicted: never
-        except BaseException:  # register again
-            if self._own_store:
-                await self.store.close()
-            raise
-        # Liveness first: a restarted agent adopts its lease and feeds the watchdog before
-        # anything slow (re-attaching, probing the accelerator, checking volumes).
-        live = self.live = self._liveness_runner()
-        await live.start()
+        # Liveness first (if agent/start.py did not start it already): a restarted agent
+        # adopts its lease and feeds the watchdog before anything slow (re-attaching,
+        # probing the accelerator, checking volumes).
+        if not self.host.started:
+            await self.host.start()
+        live = self.live
         try:
             await self._run(live)
         finally:
@@ -204,9 +118,7 @@ class Daemon:
                     try:
                         await self.driver.close()  # lets go of the VMs; they keep running
                     finally:
-                        self.watchdog.close()
-                        if self._own_store:
-                            await self.store.close()
+                        await self.host.close()
 
     async def _run(self, live: LivenessRunner) -> None:
         cfg = self.cfg
@@ -222,7 +134,7 @@ class Daemon:
         async def agent_say(kind: str, subject: str, reason: str) -> None:
             await self.say(kind, subject, reason, "agent")
 
-        agent = self.agent = NodeAgent(
+        agent = self.agent = self.host.agent = NodeAgent(
             self.store,
             self.keys,
             NodeIdentity(
@@ -386,38 +298,9 @@ def driver_of(cfg: AgentConfig) -> Driver:
     return make_driver(cfg.driver, options)
 
 
-def etcd_store(cfg: AgentConfig, metrics: AgentMetrics | None = None) -> EtcdStore:
-    """The agent's etcd client (the daemon's, and liveness's own): TLS (with its client
-    certificate) when ``etcd_ca`` is set; each request timed into ``metrics``."""
-    tls = EtcdTls(cfg.etcd_ca, cfg.etcd_cert, cfg.etcd_key) if cfg.etcd_ca else None
-    return EtcdStore(list(cfg.etcd), tls=tls, metrics=metrics)
-
-
 class _ApiServer(uvicorn.Server):
     """uvicorn, minus its signal handlers: the daemon handles SIGTERM/SIGINT itself."""
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
-
-
-def run(cfg: AgentConfig) -> None:
-    logging.basicConfig(
-        level=logging.INFO,
-        format=f"%(asctime)s {cfg.node} %(name)s %(levelname)s %(message)s",
-    )
-    daemon = Daemon(cfg)
-
-    async def main() -> None:
-        task = asyncio.current_task()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, lambda: task.cancel() if task else None)
-        with contextlib.suppress(asyncio.CancelledError):
-            await daemon.run()
-
-    try:
-        asyncio.run(main())
-    except HvcError as e:
-        log.error("agent stopped: %s", e)
-        raise SystemExit(1) from None

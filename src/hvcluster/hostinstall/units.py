@@ -61,7 +61,7 @@ StartLimitIntervalSec=0
 
 [Service]
 Type=simple
-ExecStart={plan.prefix}/bin/hvc agent --config {plan.config_path}
+ExecStart={plan.prefix}/bin/python -m hvcluster.agent --config {plan.config_path}
 # Restarted within fence_after (3 s by default), the agent adopts its lease and re-attaches
 # to its VMs; later, the watchdog has killed them and the cluster restarts them elsewhere.
 Restart=always

@@ -273,7 +273,7 @@ def start_node(state: LabState, name: str, timeout: float = 10.0) -> LabState:
             )
     agent = node.agent_pid
     if not processes.alive(agent):
-        argv = [*HVC, "agent", "--config", node.config]
+        argv = [sys.executable, "-m", "hvcluster.agent", "--config", node.config]
         agent = processes.spawn(
             net(hostns.join(wd, argv) if mounts else argv), run_dir / "agent.log"
         )
