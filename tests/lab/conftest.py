@@ -130,11 +130,12 @@ def make_lab(
     network: cluster.Network = "loopback",
     etcd: int = 1,
     config: ClusterConfig | None = None,
-    private_mounts: bool = False,
+    private_mounts: bool | None = None,
 ) -> Generator[Lab, None, None]:
     """A lab, stopped after. One etcd member unless asked (``hvc lab up`` runs 3): the tests
     that are not about etcd outages stay light on a loaded machine. ``config``: e.g.
-    ``ClusterConfig.with_profile("fast")``; the defaults unless given."""
+    ``ClusterConfig.with_profile("fast")``; the defaults unless given. ``private_mounts``:
+    the lab's default (as root, a mount namespace per node) unless given."""
     lab_dir = tmp / "lab"
     try:
         cluster.up(

@@ -41,6 +41,13 @@ def up(
         help="Each node and etcd member in its own network namespace (links can be cut), "
         "or all on loopback. Default: --netns as root, --loopback otherwise.",
     ),
+    private_mounts: bool | None = typer.Option(
+        None,
+        "--private-mounts/--shared-mounts",
+        help="Each node in its own mount namespace, seeing of the lab dir only its run dir, "
+        "its certificates and the shared volume, as a separate host would; or every node "
+        "sees the whole lab dir. Default: --private-mounts as root, --shared-mounts otherwise.",
+    ),
     etcd: int = typer.Option(3, help="How many etcd members: 1, 3 or 5."),
     profile: str = typer.Option(
         "default",
@@ -66,6 +73,13 @@ def up(
         if not netns:
             console.print("network: loopback (not root: no namespaces, links cannot be cut)")
     network: cluster.Network = "netns" if netns else "loopback"
+    if private_mounts is None:
+        private_mounts = cluster.can_make_namespaces()
+    if not private_mounts:
+        console.print(
+            "mounts: shared (every node sees the whole lab dir: a node can read files "
+            "another node wrote, which separate hosts cannot)"
+        )
     state = cluster.up(
         nodes,
         kind,
@@ -75,6 +89,7 @@ def up(
         log=console.print,
         network=network,
         etcd_members=etcd,
+        private_mounts=private_mounts,
     )
     if demo:
         count = demo_vms or (3 if kind == "qemu" else 6)

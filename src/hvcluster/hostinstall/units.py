@@ -66,15 +66,15 @@ ExecStart={plan.prefix}/bin/python -m hvcluster.agent --config {plan.config_path
 # to its VMs; later, the watchdog has killed them and the cluster restarts them elsewhere.
 Restart=always
 RestartSec=1
-# QEMU daemonizes but stays in this unit's control group. KillMode=process stops only the
-# agent, so stopping or restarting it never stops a VM (the default, control-group, would
-# kill every guest on each restart).
+# Each QEMU runs in a scope of its own (systemd-run --scope, machine.slice), outside this
+# unit's control group. KillMode=process still stops only the agent, should a QEMU be here
+# after all (an agent told scope = none): stopping or restarting it never stops a VM.
 KillMode=process
 TimeoutStopSec=30
 # A guest killed by the OOM killer is the agent's business to report, not a reason to stop
 # the unit (the default policy, stop, would take the agent down with it).
 OOMPolicy=continue
-# The guests' QEMU processes count here: no task, memory or CPU limit on this unit.
+# No task, memory or CPU limit on this unit (a QEMU started without a scope counts here).
 TasksMax=infinity
 LimitNOFILE=1048576
 LimitMEMLOCK=infinity

@@ -2,10 +2,10 @@
 its watchdog), as detached processes, each node with its own run dir, so that faults are real:
 kill -9 a host, SIGSTOP an agent, restart one, kill etcd members (lab/faults.py). On loopback
 ports, or (``network="netns"``) each node and each etcd member in its own network namespace,
-so a node's link can be cut too. With ``private_mounts`` (root), each node's processes (agent,
-watchdog, VMs) also get a mount namespace of their own in which the lab dir holds only that
-node's run dir, its certificate files and the shared volume (lab/hostns.py): no node can read
-another's files.
+so a node's link can be cut too. As root (unless ``private_mounts=False``), each node's
+processes (agent, watchdog, VMs) also get a mount namespace of their own in which the lab
+dir holds only that node's run dir, its certificate files and the shared volume
+(lab/hostns.py): no node can read another's files.
 
 Everything lives under one lab dir (default ``/run/hvc-lab``); ``lab.json`` there says what
 runs, so later commands (and ``hvc`` itself, to find the API) can find it.
@@ -20,6 +20,7 @@ etcd and serves its API with it), and ``client.crt``/``client.key`` for etcdctl 
 from __future__ import annotations
 
 import functools
+import os
 import shutil
 import ssl
 import subprocess
@@ -72,14 +73,17 @@ def up(
     timeout: float = 60.0,
     network: Network = "loopback",
     etcd_members: int = 3,
-    private_mounts: bool = False,
+    private_mounts: bool | None = None,
 ) -> LabState:
     """Start ``etcd_members`` etcd members and ``nodes`` agents; return once every API
-    answers. ``private_mounts`` (needs root): a mount namespace per node, lab/hostns.py
-    (not yet the default: an agent restarted in it is back later than ``fence_after``
-    on a loaded machine, see docs/architecture.md)."""
+    answers. ``private_mounts``: a mount namespace per node (lab/hostns.py; needs root);
+    None: as root, yes."""
     if nodes < 1:
         raise LabError("a lab needs at least one node")
+    if private_mounts is None:
+        private_mounts = can_make_namespaces()
+    elif private_mounts and not can_make_namespaces():
+        raise LabError("private mounts need root (a mount namespace per node): run as root")
     if running_lab(lab_dir) is not None:
         raise LabError(f"a lab is already running in {lab_dir}: 'hvc lab down' first")
     if lab_dir.exists():
@@ -102,6 +106,8 @@ def up(
             netns.destroy(net, list(hosts))
             raise
         log(f"network: bridge {net.bridge} {net.host_ip}/24, a namespace per node and member")
+    if private_mounts:
+        log("mounts: a namespace per node (it sees its run dir, certificates, shared volume)")
     state = LabState(
         cluster="lab",
         dir=str(lab_dir),
@@ -165,6 +171,11 @@ def up(
     except BaseException:
         down(lab_dir, log=lambda _: None)
         raise
+
+
+def can_make_namespaces() -> bool:
+    """Root on Linux: what a namespace per node (network or mount) needs."""
+    return sys.platform == "linux" and os.geteuid() == 0
 
 
 def _log_tails(lab_dir: Path, lines: int = 8) -> str:

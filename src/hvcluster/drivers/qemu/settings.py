@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from hvcluster.drivers.qemu.scope import ScopeMode
 from hvcluster.guestimage.image import DEFAULT_CACHE
 from hvcluster.models.base import Model
 from hvcluster.models.guestcpu import QEMU_DEFAULT
@@ -23,3 +24,5 @@ class QemuSettings(Model):
     probe_timeout_s: float = Field(default=20.0, gt=0)
     start_timeout_s: float = Field(default=30.0, gt=0)
     qmp_timeout_s: float = Field(default=10.0, gt=0)
+    # Each QEMU in a systemd scope of its own: auto (when systemd is PID 1), systemd, none.
+    scope: ScopeMode = "auto"

@@ -25,6 +25,7 @@ from hvcluster.drivers.qemu.migration import ACTIVE
 from hvcluster.drivers.qemu.monitor import Monitor
 from hvcluster.drivers.qemu.probe import decide_accelerator
 from hvcluster.drivers.qemu.process import enslave_tap, kill_and_wait, launch, log_tail, wait_gone
+from hvcluster.drivers.qemu.scope import scoped, systemd_run
 from hvcluster.drivers.qemu.settings import QemuSettings
 from hvcluster.drivers.qemu.vm import RUNSTATES, QemuVM
 from hvcluster.drivers.runtime import (
@@ -61,6 +62,7 @@ class QemuSupervisor:
         self._locks: dict[str, asyncio.Lock] = {}
         self.followers: dict[str, asyncio.Task[None]] = {}
         self._accel: tuple[str, str] | None = None
+        self.systemd_run = systemd_run(settings.scope)  # None: QEMU starts from the agent
         vms_root(self.run_dir).mkdir(parents=True, exist_ok=True)
 
     async def accelerator(self) -> tuple[str, str]:
@@ -133,6 +135,8 @@ class QemuSupervisor:
         record = {"spec": spec.model_dump(mode="json"), "epoch": epoch, "started": started}
         write_json(d / "spec.json", record | {"accelerator": accel, "incoming": incoming})
         argv = qemu_argv(spec, d, self.run_dir, Launch(accel, paused, incoming), self.settings)
+        if self.systemd_run is not None:
+            argv = scoped(argv, name, self.systemd_run)
         try:
             pid = await launch(argv, d, self.settings.start_timeout_s)
         except DriverError:
