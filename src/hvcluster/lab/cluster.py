@@ -295,11 +295,16 @@ def start_node(state: LabState, name: str, timeout: float = 10.0) -> LabState:
 
 def node_paths(state: LabState, node: LabNode) -> list[str]:
     """What of the lab dir ``node`` sees in its own mount namespace: the shared volume and
-    every path its agent's config names there (its run dir, its certificate files)."""
+    every path its agent's config names there (its run dir, its certificate files, the
+    directory of the CRL it keeps)."""
     lab = Path(state.dir).resolve()
     config = tomllib.loads(Path(node.config).read_text())
     named = [v for v in config.values() if isinstance(v, str) and v.startswith("/")]
-    paths = [state.shared_dir, node.run_dir, *named]
+    # The CRL the agent rewrites (a new file renamed over it): its directory, the node's own
+    # (lab/joining.py), not the file, which a rename cannot replace under a bind mount.
+    crl = config.get("etcd_crl")
+    writes = [str(Path(crl).parent)] if isinstance(crl, str) else []
+    paths = [state.shared_dir, node.run_dir, *writes, *named]
     inside = [p for p in paths if p and Path(p).resolve().is_relative_to(lab)]
     return [p for p in dict.fromkeys(inside) if Path(p).resolve() != lab and Path(p).exists()]
 
