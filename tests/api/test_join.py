@@ -182,3 +182,32 @@ async def test_evict_drains_first_refuses_while_vms_stay_then_removes_and_revoke
             "node.certificate.revoked"} <= set(await kinds(store))  # fmt: skip
     gone = await api.post("/cluster/nodes/n4/evict")
     assert gone.status_code == 404
+
+
+async def test_the_third_hosts_join_promotes_the_second_hosts_learner_first(
+    api: httpx.AsyncClient,
+    anonymous: httpx.AsyncClient,
+    store: MemoryStore,
+    ca: Authority,
+    tmp_path: Path,
+) -> None:
+    """etcd takes one learner at a time: the 2nd host's, kept a learner (2 hosts want 1
+    voter), is promoted as the 3rd host joins, which then gets its own learner (as
+    docs/install.md's 3 hosts found: the 3rd host's join was refused)."""
+    await add_node(store, "n1")
+    members: dict[str, int] = {}
+    for node in ("n2", "n3"):
+        made = await api.post("/cluster/join-tokens", json={"node": node})
+        assert made.status_code == 201, made.text
+        token = made.json()["token"]
+        _, csr = make_request(tmp_path / node, node)
+        body = {"token": token, "csr": csr, "address": f"10.0.0.{node[1]}"}
+        joined = await anonymous.post("/join", json=body)
+        assert joined.status_code == 200, joined.text
+        members[node] = joined.json()["etcd"]["member_id"]
+        store.catch_up(members[node], node)
+        if node == "n2":
+            stays = await anonymous.post("/join/promote", json={"token": token})
+            assert stays.json()["voting"] is False, stays.text
+    learner = {m.id: m.learner for m in await store.members()}
+    assert learner[members["n2"]] is False and learner[members["n3"]] is True

@@ -41,7 +41,7 @@ from hvcluster.models.join import (
 )
 from hvcluster.models.names import Name
 from hvcluster.store.base import Compare, Delete, Membership, Op, Put
-from hvcluster.store.promotion import promote_if_due
+from hvcluster.store.promotion import joined_learners, promote_if_due
 from hvcluster.store.reads import Stored, read_one_or_error
 
 router = APIRouter(tags=["join"])
@@ -167,6 +167,7 @@ async def join(request: JoinRequest, ctx: Ctx) -> Joined:
     added: Membership | None = None
     if token.etcd_member:
         peer = request.peer_url or f"https://{_host(request.address)}:{PEER_PORT}"
+        await _promote_waiting(ctx, token.node)
         try:
             added = await ctx.store.add_member([peer], learner=True)
         except StoreError as e:
@@ -215,6 +216,23 @@ async def join(request: JoinRequest, ctx: Ctx) -> Joined:
         etcd_endpoints=await _client_urls(ctx),
         etcd=etcd,
     )
+
+
+async def _promote_waiting(ctx: ApiContext, joining: str) -> None:
+    """The learner a 2nd (or 4th) host left, promoted now that ``joining`` makes the hosts
+    want another voter: etcd (3.4) takes one learner at a time, so the joining host's would
+    be refused while it waits ("too many learner members in cluster")."""
+    for learner in await joined_learners(ctx.store, ctx.keys):
+        verdict = await promote_if_due(
+            ctx.store, ctx.keys, learner.node, learner.member.id, joining=joining
+        )
+        if verdict.promoted:
+            await ctx.record(
+                "etcd.member.promoted",
+                f"node/{learner.node}",
+                f"{verdict.reason} (as {joining} joins)",
+                {"member_id": f"{learner.member.id:x}"},
+            )
 
 
 @router.post("/join/promote", response_model=Promoted)

@@ -297,6 +297,8 @@ class MemoryStore(Store):
         await self._checkpoint()
         if any(set(peer_urls) & set(m.peer_urls) for m in await self.members()):
             raise StoreError(f"memory store: a member already has peer URL(s) {peer_urls}")
+        if learner and any(m.learner for m in self._members.values()):  # etcd 3.4: one at a time
+            raise StoreError("memory store: etcdserver: too many learner members in cluster")
         member = Membership(id=len(self._members) + 2, name="", peer_urls=tuple(peer_urls),
                             learner=learner)  # fmt: skip
         self._members[member.id] = member

@@ -52,9 +52,12 @@ async def joined_learners(store: Store, keys: Keys) -> list[Learner]:
     return [Learner(by_id[m.id], m) for m in await store.members() if m.learner and m.id in by_id]
 
 
-async def promote_if_due(store: Store, keys: Keys, node: str, member_id: int) -> Verdict:
+async def promote_if_due(
+    store: Store, keys: Keys, node: str, member_id: int, joining: str | None = None
+) -> Verdict:
     """Promote ``node``'s learner when the cluster wants another voter; the verdict says
-    what happened and why (never raises for etcd's refusal: that is a retry)."""
+    what happened and why (never raises for etcd's refusal: that is a retry). ``joining``:
+    a host joining now, counted among the hosts before its certificate is recorded."""
 
     def verdict(voting: bool, reason: str, promoted: bool = False, retry: bool = False) -> Verdict:
         return Verdict(node, member_id, voting, promoted, retry, reason)
@@ -66,7 +69,7 @@ async def promote_if_due(store: Store, keys: Keys, node: str, member_id: int) ->
     if not member.learner:
         return verdict(True, f"etcd member {node} votes")
     voters = sum(1 for m in members.values() if not m.learner)
-    count = len(await hosts(store, keys))
+    count = len(await hosts(store, keys) | ({joining} if joining else set()))
     wanted = wanted_voters(count)
     if voters >= wanted:
         return verdict(
