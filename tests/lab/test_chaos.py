@@ -36,7 +36,9 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 
 @pytest.fixture(scope="module")
 def result(lab: Lab) -> dict[str, object]:
-    options = chaos.Options(duration_s=DURATION_S, seed=SEED, vms=2, cache=CACHE)
+    options = chaos.Options(
+        duration_s=DURATION_S, seed=SEED, vms=2, cache=CACHE, boot_timeout_s=120.0
+    )
     said: list[str] = []
     out = chaos.run(lab.dir, options, log=said.append)
     print("\n".join(said))

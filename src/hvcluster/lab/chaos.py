@@ -62,6 +62,7 @@ class Options:
     memory_mib: int = 128
     slo_s: float = 30.0  # every HA VM running again within this after a fault
     settle_timeout_s: float = 90.0  # the lab back (nodes, members) after a fault is undone
+    boot_timeout_s: float = 240.0  # the guests' counters running before the first fault
     cache: Path = Path("/var/cache/hvcluster")
     pause_node: bool = True
     migrations: bool = True  # live moves of HA guests at random times, beside the faults
@@ -103,6 +104,7 @@ def run(lab_dir: Path, options: Options, log: Log = print) -> dict[str, Any]:
     started = time.time()
     try:
         _wait_back(lab_dir, checker, options.settle_timeout_s, 0.0)
+        _wait_booted(checker, setup.watched, options.boot_timeout_s, log)
         mover.start()
         end = time.monotonic() + options.duration_s
         while time.monotonic() < end:
@@ -172,6 +174,20 @@ def _undo(lab_dir: Path, fault: Fault) -> None:
         cluster.start_node(state, fault.target)
     else:
         faults.fault(state, fault.undo, fault.target)
+
+
+def _wait_booted(checker: Checker, watched: Watched, timeout: float, log: Log) -> None:
+    """Until every guest with a disk has written its counter (it booted), so that the counter
+    invariant has something to guard from the first fault (a TCG guest on a loaded machine
+    takes a minute or more); said if not within ``timeout``."""
+    start = time.monotonic()
+    guests = [vm for vm, disk in watched.ha.items() if disk is not None]
+    while time.monotonic() - start < timeout:
+        if all(checker.max_counter.get(vm, 0) > 0 for vm in guests):
+            log(f"guests booted (their disk counters run) after {time.monotonic() - start:.0f} s")
+            return
+        time.sleep(0.5)
+    log(f"not every guest wrote its disk counter within {timeout:.0f} s: faults begin anyway")
 
 
 def _wait_back(lab_dir: Path, checker: Checker, timeout: float, at_least: float) -> bool:
