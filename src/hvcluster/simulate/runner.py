@@ -179,6 +179,9 @@ class Run:
             case Do.CRASH:
                 if node not in c.tasks:
                     return "not running: nothing done"
+                # A dead host's goodbyes never reach etcd: cut it off first, so its daemon's
+                # cleanup on cancellation (resigning the election, say) cannot write.
+                c.views[node].set_cut(True)
                 await c.crash(node)
             case Do.RESTART:
                 assert node is not None
