@@ -95,6 +95,8 @@ def vm(
     volumes: tuple[str, ...] = (),
     migrating_to: str | None = None,
     migrating: bool = False,
+    together: tuple[str, ...] = (),
+    together_enforced: bool = False,
 ) -> VMView:
     """A VM; ``on`` places it (with a status ``state`` there unless ``state`` is None);
     ``status_on`` puts its status on another node; ``migrating_to`` names the target of a
@@ -105,6 +107,8 @@ def vm(
         "possible_owners": possible,
         "anti_affinity_classes": classes,
         "anti_affinity_enforced": enforced,
+        "affinity_classes": together,
+        "affinity_enforced": together_enforced,
         "failover_threshold": threshold,
         "start_group": group,
         "start_after": after,

@@ -302,7 +302,9 @@ class MigrationCoordinator:
         exclude.update(move_blockers(snapshot, vm, rec.source, rec.kind))  # CPU model, accel
         # shared-nothing: the target needs the volume the disks go to, not the ones they are on
         spec = spec_on_volume(vm.spec, rec.volume) if rec.volume else vm.spec
-        choice = choose_node(spec, snapshot, closed, ledger, exclude)
+        # a drain or a balance moves a VM's hard-affinity partners with it: not held there
+        leaving = {rec.source} if rec.requested_by.startswith(("drain:", "balance:")) else ()
+        choice = choose_node(spec, snapshot, closed, ledger, exclude, leaving)
         if not isinstance(choice, Choice):
             await self._fail(rec, choice.why)
             return

@@ -40,6 +40,31 @@ class QuarantineSettings(Model):
     duration_s: float = Field(default=7200.0, gt=0, le=PERIOD_S_MAX)
 
 
+# The balancer's levels, as a failover cluster has them: a node is relieved when its CPU or
+# memory use is above this fraction *and* above the cluster's average (docs, "Balancing").
+BALANCE_LEVELS: dict[str, float] = {"low": 0.8, "medium": 0.7, "high": 0.6}
+
+
+class BalanceSettings(Model):
+    """When and how hard the controller balances load by live migration."""
+
+    enabled: bool = True  # False: only ``hvc cluster balance`` moves VMs for load
+    # How aggressively: low moves VMs off nodes above 80 %, medium 70 %, high 60 %.
+    level: Literal["low", "medium", "high"] = "low"
+    interval_s: float = Field(default=1800.0, ge=0, le=PERIOD_S_MAX)  # 0: not periodically
+    on_join: bool = True  # also when a node joins or is resumed
+    cpu_window_s: float = Field(default=300.0, gt=0, le=DAY_S)  # CPU use averaged over this
+
+
+class AdmissionSettings(Model):
+    """Room kept for node failures: creating or starting an HA VM that the running HA VMs
+    (with it) would not survive ``node_failures_tolerated`` node failures with is warned
+    about or refused (``hvc cluster capacity`` shows what they survive)."""
+
+    node_failures_tolerated: int = Field(default=0, ge=0, le=63)  # 0: no admission control
+    action: Literal["warn", "refuse"] = "warn"
+
+
 class ClusterConfig(Model):
     name: str = Field(default="hvc", max_length=63)
     lease_ttl_s: float = Field(default=4.0, gt=0, le=TIMING_S_MAX)
@@ -75,6 +100,8 @@ class ClusterConfig(Model):
     migration_retention_s: float = Field(default=7 * DAY_S, gt=0, le=PERIOD_S_MAX)
     migration: MigrationSettings = MigrationSettings()
     quarantine: QuarantineSettings = QuarantineSettings()
+    balance: BalanceSettings = BalanceSettings()
+    admission: AdmissionSettings = AdmissionSettings()
     # Host directories where a disk may be an absolute path (outside any volume); empty:
     # disks live on volumes only. Never / nor a system directory.
     allowed_disk_dirs: tuple[str, ...] = Field(default=(), max_length=64)

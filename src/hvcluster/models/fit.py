@@ -13,6 +13,8 @@ reason a person reads in an event or a 409, or ``None`` when it does not stand i
 - :func:`no_room`: its vCPUs or memory do not fit beside what the node has in use (no
   overcommit);
 - :func:`hard_conflict`: a VM there shares a hard anti-affinity class with it;
+- :func:`apart`: a VM it shares a hard (positive) affinity class with runs on another open
+  node (:func:`partners` finds them; the scheduler applies it, knowing which nodes are open);
 - :func:`cannot_move`: a running guest cannot be carried over (driver, accelerator, the CPU
   model it runs with: :mod:`hvcluster.models.guestcpu`; for a quick migration, a volume both
   nodes see to save its state on).
@@ -34,17 +36,68 @@ from hvcluster.models.vm import VMSpec
 
 @dataclass(frozen=True)
 class Resident:
-    """A VM that holds (or may hold) resources on a node, as anti-affinity sees it."""
+    """A VM that holds (or may hold) resources on a node, as (anti-)affinity sees it:
+    ``classes``/``enforced`` its anti-affinity, ``together``/``together_enforced`` its
+    positive affinity."""
 
     vm: str
     classes: frozenset[str]
     enforced: bool
+    together: frozenset[str] = frozenset()
+    together_enforced: bool = False
 
 
 def resident(spec: VMSpec) -> Resident:
+    ha = spec.ha
     return Resident(
-        spec.name, frozenset(spec.ha.anti_affinity_classes), spec.ha.anti_affinity_enforced
+        spec.name,
+        frozenset(ha.anti_affinity_classes),
+        ha.anti_affinity_enforced,
+        frozenset(ha.affinity_classes),
+        ha.affinity_enforced,
     )
+
+
+@dataclass(frozen=True)
+class Partners:
+    """Where the VMs ``spec`` shares a positive affinity class with run: ``hard`` maps a
+    node to (partner, class) pairs of classes either of the two enforces; ``soft`` counts
+    the other partners per node."""
+
+    hard: Mapping[str, tuple[tuple[str, str], ...]]
+    soft: Mapping[str, int]
+
+
+def partners(spec: VMSpec, placed: Iterable[tuple[str, Resident]]) -> Partners:
+    """The affinity partners of ``spec`` among ``placed`` (node, resident) pairs (itself
+    excluded); the caller passes only the nodes that count (open ones)."""
+    mine = frozenset(spec.ha.affinity_classes)
+    hard: dict[str, list[tuple[str, str]]] = {}
+    soft: dict[str, int] = {}
+    if not mine:
+        return Partners({}, {})
+    for node, other in sorted(placed, key=lambda p: (p[0], p[1].vm)):
+        shared = mine & other.together
+        if other.vm == spec.name or not shared:
+            continue
+        if spec.ha.affinity_enforced or other.together_enforced:
+            hard.setdefault(node, []).append((other.vm, min(shared)))
+        else:
+            soft[node] = soft.get(node, 0) + 1
+    return Partners({n: tuple(p) for n, p in hard.items()}, soft)
+
+
+def apart(spec: VMSpec, node: str, found: Partners) -> str | None:
+    """Why ``spec`` may not run on ``node`` by hard positive affinity: a partner runs on
+    another node (the first such, by node name)."""
+    for other_node, pairs in sorted(found.hard.items()):
+        if other_node != node:
+            vm, cls = pairs[0]
+            return (
+                f"{spec.name} must run beside {vm} (hard affinity class {cls!r}), "
+                f"which runs on {other_node}"
+            )
+    return None
 
 
 @dataclass(frozen=True)

@@ -75,6 +75,10 @@ class HAPolicy(Model):
     possible_owners: tuple[Name, ...] = Field(default=(), max_length=NODE_NAMES_MAX)  # (): any
     anti_affinity_classes: tuple[ShortText, ...] = Field(default=(), max_length=LIST_MAX)
     anti_affinity_enforced: bool = False  # hard if true, soft (best effort) otherwise
+    # Positive affinity: VMs sharing a class run on one node (hard when either enforces it:
+    # never apart on open nodes; soft: together when a node fits them).
+    affinity_classes: tuple[ShortText, ...] = Field(default=(), max_length=LIST_MAX)
+    affinity_enforced: bool = False
     # failovers allowed in the period
     failover_threshold: int = Field(default=3, ge=0, le=FAILOVERS_MAX)
     failover_period_s: float = Field(default=6 * 3600.0, gt=0, le=PERIOD_S_MAX)

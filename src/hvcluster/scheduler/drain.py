@@ -137,11 +137,15 @@ def plan_drain(
             full = {n: f"{n} runs {limit} migrations already" for n in busy if busy[n] >= limit}
             shut, draining = {**closed, **full}, {name: f"{name} is draining"}
             blocked = move_blockers(snapshot, vm, name, kind)  # CPU model, accelerator
-            choice = choose_node(vm.spec, snapshot, shut, ledger, {**draining, **blocked})
+            choice = choose_node(
+                vm.spec, snapshot, shut, ledger, {**draining, **blocked}, leaving={name}
+            )
             why_quick = "its live migration failed"
             if not isinstance(choice, Choice) and blocked and fallback == "quick":
                 no_quick = move_blockers(snapshot, vm, name, MigrationKind.QUICK)
-                quick = choose_node(vm.spec, snapshot, shut, ledger, {**draining, **no_quick})
+                quick = choose_node(
+                    vm.spec, snapshot, shut, ledger, {**draining, **no_quick}, leaving={name}
+                )
                 if isinstance(quick, Choice):
                     choice, kind, why_quick = quick, MigrationKind.QUICK, blocked[quick.node]
             if not isinstance(choice, Choice):

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 
-from hvcluster.models.fit import conflicts, not_owner
+from hvcluster.models.fit import apart, conflicts, not_owner
 from hvcluster.models.vm import FailbackMode
 from hvcluster.scheduler.compat import move_blocker, vm_model
 from hvcluster.scheduler.decisions import Decision, Failback, Wait, vm_subject
@@ -62,6 +62,8 @@ def _target(
             continue
         if not_owner(spec, name) is not None or misfit(spec, node, ledger) is not None:
             continue
+        if apart(spec, name, ledger.partners(spec, closed)) is not None:
+            continue  # it would leave a VM it must run beside
         if conflicts(spec, ledger.residents(name)).soft > soft_here:
             continue
         if held(vm, snapshot, name):

@@ -14,10 +14,15 @@ The rules, in order:
    flip *and* on its target from the moment one is named) - including VMs placed earlier in
    the same plan (the :class:`Ledger` is updated as the plan goes). No overcommit.
 4. Hard anti-affinity: two VMs sharing an anti-affinity class never share a node when either
-   of them enforces it. If no node is left, the VM is not placed, with that reason.
+   of them enforces it. Hard (positive) affinity: two VMs sharing an affinity class run on
+   one node when either enforces it: while a partner is on an open node, only that node
+   (partners on nodes that take no VMs - dead, paused, draining - do not bind: the first of
+   a group to move picks the node, the others follow it). If no node is left, the VM is
+   not placed, with that reason.
 5. Among the nodes that fit, the best is the one with, in order: the fewest soft
-   anti-affinity conflicts (VMs sharing a class, neither enforcing it); the most preferred
-   owner (preferred owners in their order, then every other node); the least load (the
+   anti-affinity conflicts (VMs sharing a class, neither enforcing it); the most soft
+   affinity partners (VMs sharing an affinity class); the most preferred owner (preferred
+   owners in their order, then every other node); the least load (the
    higher of its CPU and memory use, as a fraction of capacity); the smallest name. Soft
    anti-affinity comes before preferred owners because keeping the members of a class apart
    (two domain controllers that both prefer n1) is the point of the class; among equally
@@ -26,7 +31,7 @@ The rules, in order:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 from hvcluster.models import fit
@@ -44,6 +49,7 @@ class Ledger:
         self._cpus: dict[str, int] = {}
         self._memory: dict[str, int] = {}
         self._residents: dict[str, dict[str, Resident]] = {}
+        self._together: dict[str, dict[str, Resident]] = {}  # residents with affinity
         for vm in snapshot.vms.values():
             for node in sorted(vm.hosts()):
                 self.add(node, vm.spec)
@@ -53,7 +59,9 @@ class Ledger:
         here = self._residents.setdefault(node, {})
         if spec.name in here:
             return
-        here[spec.name] = resident(spec)
+        here[spec.name] = me = resident(spec)
+        if me.together:
+            self._together.setdefault(node, {})[spec.name] = me
         self._cpus[node] = self._cpus.get(node, 0) + spec.vcpus
         self._memory[node] = self._memory.get(node, 0) + spec.memory_mib
 
@@ -68,6 +76,15 @@ class Ledger:
 
     def hosts(self, node: str, vm: str) -> bool:
         return vm in self._residents.get(node, {})
+
+    def partners(self, spec: VMSpec, skip: Collection[str] = ()) -> fit.Partners:
+        """Where the affinity partners of ``spec`` are, on nodes not in ``skip``."""
+        if not spec.ha.affinity_classes:
+            return fit.Partners({}, {})
+        return fit.partners(
+            spec,
+            ((n, r) for n, here in self._together.items() if n not in skip for r in here.values()),
+        )
 
 
 def load(node: NodeView, ledger: Ledger) -> float:
@@ -110,16 +127,20 @@ def choose_node(
     closed: Mapping[str, str],
     ledger: Ledger,
     exclude: Mapping[str, str] | None = None,
+    leaving: Collection[str] = (),
 ) -> Choice | NoFit:
     """The best node for ``spec``, or why none fits.
 
     ``closed`` maps nodes that take no VMs to the reason (dead, paused, quarantined, ...);
-    ``exclude`` maps further nodes to skip for this VM (e.g. where it just failed) to why.
+    ``exclude`` maps further nodes to skip for this VM (e.g. where it just failed) to why;
+    ``leaving``: nodes whose VMs are all moving off (a drained one), where affinity
+    partners do not hold this VM.
     """
     exclude = exclude or {}
     preferred = spec.ha.preferred_owners
     rejections: list[str] = []
-    fits: list[tuple[int, int, float, str]] = []
+    fits: list[tuple[int, int, int, float, str]] = []
+    together = ledger.partners(spec, {*closed, *leaving})
     for node in snapshot.nodes.values():
         name = node.name
         if name in closed:
@@ -128,26 +149,31 @@ def choose_node(
             rejections.append(exclude[name])
         elif (not_owner := fit.not_owner(spec, name)) is not None:
             rejections.append(not_owner)
-        elif (why_not := misfit(spec, node, ledger)) is not None:
+        elif why_not := misfit(spec, node, ledger) or fit.apart(spec, name, together):
             rejections.append(why_not)
         else:
             soft = conflicts(spec, ledger.residents(name)).soft
             rank = preferred.index(name) if name in preferred else len(preferred)
-            fits.append((soft, rank, load(node, ledger), name))
+            fits.append((soft, -together.soft.get(name, 0), rank, load(node, ledger), name))
     if not fits:
         return NoFit(_no_fit(spec, rejections))
-    soft, rank, _, best = min(fits)
+    soft, _, rank, _, best = min(fits)
     return Choice(best, _chosen(spec, snapshot.nodes[best], ledger, soft, rank, len(fits)))
 
 
 def _chosen(spec: VMSpec, node: NodeView, ledger: Ledger, soft: int, rank: int, count: int) -> str:
     name, cap = node.name, node.node.capacity
+    mates = ledger.partners(spec).soft.get(name, 0)
     if rank < len(spec.ha.preferred_owners):
         parts = [f"preferred owner #{rank + 1}"]
-    elif count > 1:
+    elif count > 1 and not mates:
         parts = [f"least loaded of {count} nodes that fit"]
-    else:
+    elif count == 1:
         parts = ["the only node that fits"]
+    else:
+        parts = []
+    if mates:
+        parts.append(f"beside {mates} VM(s) it has affinity with")
     classes = ", ".join(repr(c) for c in spec.ha.anti_affinity_classes)
     if classes:
         if soft:
