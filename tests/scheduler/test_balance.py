@@ -32,9 +32,9 @@ def test_one_vm_that_covers_the_excess_beats_two_that_do_not() -> None:
     assert [m.vm for m in plan.moves] == ["c"]
 
 
-def test_cpu_use_counts_measured_cores_and_the_host_overhead() -> None:
+def test_cpu_use_counts_measured_cores_and_the_host_s_own() -> None:
     s = snap([node("n1"), node("n2")], [vm("hot", on="n1"), vm("cold", on="n1")])
-    cpu = CpuUse(hosts={"n1": 7.5, "n2": 0.5}, vms={"hot": 4.0, "cold": 0.5})
+    cpu = CpuUse(other={"n1": 3.0, "n2": 0.5}, vms={"hot": 4.0, "cold": 0.5})
     plan = plan_balance(s, cpu)
     assert [(m.vm, m.target) for m in plan.moves] == [("hot", "n2")]
     assert "4.0 cores" in plan.moves[0].reason

@@ -80,16 +80,12 @@ def clusters(draw: st.DrawFn) -> tuple[ClusterSnapshot, CpuUse, list[InFlight], 
             )
         )
         cpu_vms[name] = draw(st.floats(0, vcpus))
-    hosts = {
-        n: sum(cpu_vms[v.name] for v in vms if v.placement and v.placement.node == n)
-        + draw(st.floats(0, 1))
-        for n in names
-    }
+    other = {n: draw(st.floats(0, 1)) for n in names}
     flights = []
     if len(names) > 2 and draw(st.booleans()):
         flights.append(InFlight("elsewhere", names[1], names[2]))
     s = snap(nodes, vms, migration={"max_parallel_per_node": draw(st.integers(1, 3))})
-    return s, CpuUse(hosts=hosts, vms=cpu_vms), flights, draw(st.sampled_from(LEVELS))
+    return s, CpuUse(other=other, vms=cpu_vms), flights, draw(st.sampled_from(LEVELS))
 
 
 def _open(s: ClusterSnapshot) -> list[str]:
@@ -102,11 +98,9 @@ def _loads(
     """node -> (CPU cores, memory MiB) used, VMs at ``where``, for open nodes."""
     out = {}
     for n in _open(s):
-        on_before = [v for v in s.vms.values() if v.placement and v.placement.node == n]
-        overhead = cpu.hosts.get(n, 0.0) - sum(cpu.vms.get(v.name, 0.0) for v in on_before)
         here = [v for v in s.vms.values() if where.get(v.name) == n]
         out[n] = (
-            max(0.0, overhead) + sum(cpu.vms.get(v.name, 0.0) for v in here),
+            cpu.other.get(n, 0.0) + sum(cpu.vms.get(v.name, 0.0) for v in here),
             float(sum(v.spec.memory_mib for v in here)),
         )
     return out
@@ -233,10 +227,5 @@ def test_after_a_complete_plan_nothing_is_left_to_move(
             st_ = v.status.model_copy(update={"node": moved[v.name]})
             v = VMView(v.spec, placement=p, status=st_)
         vms.append(v)
-    cpu_hosts = dict(cpu.hosts)
-    for m in plan.moves:  # the host's measure follows its guests
-        use = cpu.vms.get(m.vm, 0.0)
-        cpu_hosts[m.source] = cpu_hosts.get(m.source, 0.0) - use
-        cpu_hosts[m.target] = cpu_hosts.get(m.target, 0.0) + use
     again = snap(s.nodes.values(), vms, migration=s.config.migration.model_dump())
-    assert plan_balance(again, CpuUse(cpu_hosts, cpu.vms), (), level).moves == ()
+    assert plan_balance(again, cpu, (), level).moves == ()

@@ -27,6 +27,7 @@ from hvcluster.agent.node import NodeAgent, NodeIdentity
 from hvcluster.agent.resources import HostResources
 from hvcluster.agent.revocation import keep_crl
 from hvcluster.agent.storage_move import StorageMover
+from hvcluster.agent.usage import UsagePublisher
 from hvcluster.api.app import create_app
 from hvcluster.api.context import PeerApi
 from hvcluster.api.serving import server_settings
@@ -85,6 +86,7 @@ class Daemon:
         self.live: LivenessRunner = self.host.runner
         self.controller: Controller | None = None
         self.resources: HostResources | None = None
+        self.usage: UsagePublisher | None = None
         self.migrations: MigrationWorker | None = None
         self.storage: StorageMover | None = None
 
@@ -152,6 +154,9 @@ class Daemon:
         self.migrations = MigrationWorker(self.store, self.keys, agent, agent_say)
         storage = self.storage = StorageMover(self.store, self.keys, agent, agent_say)
         resources = self.resources = self._resources(agent, agent_say)
+        usage = self.usage = UsagePublisher(
+            self.store, self.keys, cfg.node, driver, self.clock.wall, self.clock.sleep
+        )  # CPU use for the balancer, at usage/<node>
         await resources.check()  # the node registers with its switches and volumes
         # The node record says the timings its liveness runs with (_timings): on its own
         # thread, liveness is built once it has read the cluster config, which can still be
@@ -174,6 +179,7 @@ class Daemon:
             asyncio.create_task(self.migrations.watch(), name="watch-migrations"),
             asyncio.create_task(storage.run(), name="storage-moves"),
             asyncio.create_task(storage.watch(), name="watch-storage-moves"),
+            asyncio.create_task(usage.run(), name="cpu-use"),
         ]
         if self.serve_api:
             self.tasks.append(asyncio.create_task(self._serve_api(), name="api"))

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, FastAPI
 
 from hvcluster import __version__
 from hvcluster.api import (
+    balancing,
     cluster_config,
     consoles,
     events,
@@ -135,6 +136,7 @@ def create_app(
     app.include_router(tokens.router, prefix=PREFIX)
     app.include_router(metrics.router)  # /metrics, where Prometheus looks (reader role)
     app.include_router(cluster_config.router, prefix=PREFIX)
+    app.include_router(balancing.router, prefix=PREFIX)
     app.include_router(consoles.router, prefix=PREFIX)
     app.include_router(vm_edit.router, prefix=PREFIX)
     app.include_router(joining.router, prefix=PREFIX)

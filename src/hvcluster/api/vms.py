@@ -8,6 +8,7 @@ import uuid
 
 from fastapi import APIRouter, Query
 
+from hvcluster.api.balancing import check_admission
 from hvcluster.api.context import NO_BODY, ApiContext, Ctx, ValidName
 from hvcluster.api.reads import decode_one, decode_optional, skipped_of
 from hvcluster.api.views import ActionRequest, Deleted, Skipped, VMList, VMView
@@ -143,6 +144,7 @@ async def create_vm(spec: VMSpec, ctx: Ctx) -> VMView:
     """Create a VM. It gets a new uid: its placement and status carry it, so nothing of an
     older VM of the same name (deleted, perhaps still stopping) is ever taken for its own."""
     await check_disk_dirs(ctx, spec)
+    await check_admission(ctx, spec)  # room kept for node failures
     spec = spec.model_copy(update={"uid": uuid.uuid4().hex})
     key = ctx.keys.vm(spec.name)
     result = await ctx.store.txn([Compare.absent(key)], [Put(key, encode(spec))])
@@ -215,6 +217,9 @@ async def _clear_left_failed(ctx: ApiContext, name: str, request: ActionRequest 
 async def start_vm(name: ValidName, ctx: Ctx, request: ActionRequest | None = NO_BODY) -> VMView:
     """Desired state running. A VM the controller left failed (too many failovers, no node
     fits) is also given another chance: its left-failed mark is cleared."""
+    current = await read_one(ctx.store, ctx.keys.vm(name), VMSpec, ctx.corrupt)
+    if current is not None and current.value.desired_state != "running":
+        await check_admission(ctx, current.value.model_copy(update={"desired_state": "running"}))
     await _clear_left_failed(ctx, name, request)
     return await _set_desired(ctx, name, "running", request)
 

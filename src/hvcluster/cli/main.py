@@ -6,6 +6,7 @@ import typer
 
 from hvcluster import __version__
 from hvcluster.cli import (
+    balance_cmd,
     client,
     cluster_cmd,
     config_cmd,
@@ -72,6 +73,8 @@ node_cmd.app.command("join")(join_cmd.join)
 node_cmd.app.command("evict")(join_cmd.evict)
 cluster_cmd.app.command("join-token")(join_cmd.join_token)
 cluster_cmd.app.command("init")(init_cmd.init)
+cluster_cmd.app.command("balance")(balance_cmd.balance)
+cluster_cmd.app.command("capacity")(balance_cmd.capacity)
 vm_cmd.app.command("console")(console_cmd.console)
 vm_cmd.app.command("set")(vm_set_cmd.set_vm)
 app.add_typer(vm_cmd.app, name="vm")

@@ -15,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from hvcluster.controller.apply import Applier
+from hvcluster.controller.balance import BalanceRunner
 from hvcluster.controller.fencing import Fencer
 from hvcluster.controller.migrations import MigrationCoordinator
 from hvcluster.controller.notes import ControllerNotes
@@ -76,6 +77,7 @@ class Controller:
         self.fencer = Fencer(say, self.metrics)
         self.wake = asyncio.Event()
         self.cycles = 0
+        self.balance = BalanceRunner(store, keys, say, clock, clock())
         self.migrations = MigrationCoordinator(
             store, keys, say, self.notes, is_leader, clock, sleep, self.metrics
         )
@@ -137,7 +139,8 @@ class Controller:
         said = await applier.finish_moves()
         for sentence in said:
             await self.say("vm.moved", "", sentence)
-        for decision in plan(build_snapshot(state, notes, now, migrations)):
+        snapshot = build_snapshot(state, notes, now, migrations)
+        for decision in plan(snapshot):
             try:
                 if await self._apply(applier, decision, notes):
                     said.append(decision.reason)
@@ -145,6 +148,15 @@ class Controller:
                 raise  # the store: the next cycle recomputes everything
             except Exception as e:  # this decision only: the others still apply
                 await self._decision_broke(decision, e, notes)
+        try:
+            said += await self.balance.cycle(snapshot, migrations, now)
+        except (StoreError, TimeoutError):
+            raise
+        except Exception as e:  # a bug in balancing must not stop failover
+            log.error("controller: balancing", exc_info=e)
+            what = f"balancing failed: {type(e).__name__}: {e}"
+            if notes.changed("error:balance", what):
+                await self.say("controller.error", "cluster", what)
         return said
 
     async def _decision_broke(

@@ -234,6 +234,11 @@ class Driver(ABC):
         await self.status(name)
         return Usage()
 
+    async def host_cpu_cores(self) -> float | None:
+        """Busy cores of the whole host since the previous call (every process, not only
+        guests), for balancing; None when the driver cannot tell."""
+        return None
+
     async def events(self) -> AsyncIterator[VMEvent]:
         """State changes as they happen (crash, guest power-off, migration done). One consumer;
         the iterator never ends on its own."""

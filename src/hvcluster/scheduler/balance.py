@@ -44,11 +44,11 @@ EPS = 1e-9
 
 @dataclass(frozen=True)
 class CpuUse:
-    """Measured CPU use in cores, averaged over the balance window: each node's host as a
-    whole (its guests, QEMU's own threads, everything else) and each VM's. A node or VM not
-    measured counts its VMs' measures, or nothing."""
+    """Measured CPU use in cores, averaged over the balance window: each node's besides its
+    guests (the host's own work; it stays when a guest leaves) and each VM's (it goes where
+    the VM goes). What is not measured counts nothing."""
 
-    hosts: Mapping[str, float] = field(default_factory=dict)
+    other: Mapping[str, float] = field(default_factory=dict)
     vms: Mapping[str, float] = field(default_factory=dict)
 
 
@@ -136,18 +136,13 @@ def _node_loads(
         )
         for n in taking_part
     }
-    measured: dict[str, float] = {}
     for vm in snapshot.vms.values():
         where = load_node(vm)
         if where in loads:
             loads[where].mem += vm.spec.memory_mib
-            use = cpu.vms.get(vm.name, 0.0)
-            loads[where].cpu += use
-            measured[where] = measured.get(where, 0.0) + use
+            loads[where].cpu += cpu.vms.get(vm.name, 0.0)
     for name, load in loads.items():
-        host = cpu.hosts.get(name)
-        if host is not None:  # the host's own use besides its guests'
-            load.cpu += max(0.0, host - measured.get(name, 0.0))
+        load.cpu += cpu.other.get(name, 0.0)
     return loads
 
 

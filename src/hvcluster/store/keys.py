@@ -25,6 +25,7 @@ KINDS = (
     "disks",
     "pki",
     "join",
+    "usage",
 )
 
 
@@ -63,6 +64,9 @@ class Keys:
 
     def migration(self, mid: str) -> str:
         return self.prefix("migrations") + mid
+
+    def usage(self, node: str) -> str:
+        return self.prefix("usage") + node
 
     def volume(self, name: str) -> str:
         return self.prefix("volumes") + name

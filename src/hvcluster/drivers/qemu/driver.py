@@ -21,6 +21,7 @@ from hvcluster.drivers.errors import NotRunning, QemuFailed
 from hvcluster.drivers.qemu import blockjobs
 from hvcluster.drivers.qemu.guestcpu import cpu_models
 from hvcluster.drivers.qemu.host import (
+    HostCpu,
     cpu_model_and_flags,
     host_cpus,
     host_memory_mib,
@@ -55,6 +56,7 @@ class QemuDriver(Driver):
         self.books = self.vms
         live = QemuLive(self.vms)
         self.migrator, self.saver, self.disks = live, QemuSaver(self.vms), QemuDisks(self.vms, live)
+        self.host_cpu: HostCpu | None = None  # /proc/stat, read from the first call on
 
     @property
     def settings(self) -> QemuSettings:
@@ -137,6 +139,12 @@ class QemuDriver(Driver):
             if vm is not None:
                 attached.append(vm.info())
         return attached
+
+    async def host_cpu_cores(self) -> float | None:
+        if self.host_cpu is None:
+            self.host_cpu = HostCpu()
+            return None  # the first read is the baseline
+        return self.host_cpu.busy_cores()
 
     async def usage(self, name: str) -> Usage:
         vm = self.vms.get(name)

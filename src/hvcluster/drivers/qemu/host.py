@@ -16,6 +16,33 @@ def host_memory_mib() -> int:
     raise RuntimeError("no MemTotal in /proc/meminfo")
 
 
+def cpu_jiffies(stat: str) -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs from the text of /proc/stat's ``cpu`` line: busy is
+    every column but idle and iowait (guest time is already in user and nice)."""
+    for line in stat.splitlines():
+        if line.startswith("cpu "):
+            cols = [int(x) for x in line.split()[1:]]
+            total = sum(cols[:8])  # user nice system idle iowait irq softirq steal
+            idle = cols[3] + (cols[4] if len(cols) > 4 else 0)
+            return total - idle, total
+    raise RuntimeError("no cpu line in /proc/stat")
+
+
+class HostCpu:
+    """Busy cores of this host between two reads of /proc/stat."""
+
+    def __init__(self, stat: Path = Path("/proc/stat")) -> None:
+        self.stat, self.last = stat, cpu_jiffies(stat.read_text())
+
+    def busy_cores(self) -> float | None:
+        busy, total = cpu_jiffies(self.stat.read_text())
+        d_busy, d_total = busy - self.last[0], total - self.last[1]
+        self.last = (busy, total)
+        if d_total <= 0:
+            return None  # read twice within a tick: nothing to tell
+        return host_cpus() * d_busy / d_total
+
+
 def host_cpus() -> int:
     return len(os.sched_getaffinity(0)) or os.cpu_count() or 1
 

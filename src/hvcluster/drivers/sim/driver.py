@@ -83,6 +83,10 @@ class SimDriver(Driver):
         self.trace: list[tuple[float, str, str, str]] = []  # (time, vm, state, reason)
         self.running: dict[str, SimVM] = {}  # by VM name
         self.gone: dict[str, VMInfo] = {}  # stopped or crashed here, not started again since
+        # CPU use set by a test or a scenario (percent of one host CPU, by VM name; it stays
+        # with the name across restarts and moves), and the host's own use besides guests
+        self.cpu_set: dict[str, float] = {}
+        self.host_overhead_cores = 0.0
         self.bugs = SimBugs()
         self.books = self
         self.migrations = SimMigration(self)
@@ -208,10 +212,23 @@ class SimDriver(Driver):
         if vm.state != VMState.RUNNING:
             return Usage(cpu_percent=0.0, memory_mib=vm.spec.memory_mib * 0.1)
         age = self.clock.wall() - vm.started
+        cpu = self.cpu_set.get(name)
         return Usage(
-            cpu_percent=model.cpu_percent(self.params, vm.profile, vm.spec.vcpus, age),
+            cpu_percent=(
+                cpu
+                if cpu is not None
+                else model.cpu_percent(self.params, vm.profile, vm.spec.vcpus, age)
+            ),
             memory_mib=model.memory_mib(self.params, vm.profile, vm.spec.memory_mib, age),
         )
+
+    async def host_cpu_cores(self) -> float:
+        """Its guests' use (as :meth:`usage` reports it) plus ``host_overhead_cores``."""
+        busy = self.host_overhead_cores
+        for name, vm in list(self.running.items()):
+            if vm.state is VMState.RUNNING:
+                busy += (await self.usage(name)).cpu_percent / 100
+        return busy
 
     async def pause(self, name: str) -> VMInfo:
         vm = self.get(name)

@@ -1,0 +1,140 @@
+"""``/api/v1/cluster/balance`` and ``/api/v1/cluster/capacity``; admission control.
+
+Balance: only the controller plans (the API imports no scheduler), so the API writes a
+request at ``requests/balance/<id>`` and waits for the leading controller to write its plan
+into it (:mod:`hvcluster.controller.balance`): a dry run answers the plan; an apply begins a
+balance run with it too. No controller answering within ``ANSWER_TIMEOUT_S`` is a 503.
+
+Capacity: how many node failures the running HA VMs survive
+(:mod:`hvcluster.models.admission`), and whether that keeps the setting
+``admission.node_failures_tolerated``. Creating or starting an HA VM that would leave fewer
+is warned about (an event) or refused (409), per ``admission.action``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+from fastapi import APIRouter
+
+from hvcluster.api.context import ApiContext, Ctx
+from hvcluster.api.views import View
+from hvcluster.models.admission import admit, survival
+from hvcluster.models.base import Model, encode
+from hvcluster.models.config import ClusterConfig
+from hvcluster.models.errors import Conflict, StoreUnavailable
+from hvcluster.models.lifecycle import NodeAdminState
+from hvcluster.models.node import Node
+from hvcluster.models.usage import BalanceAnswer, BalanceRequest
+from hvcluster.models.vm import Placement, VMSpec
+from hvcluster.store.base import Delete
+from hvcluster.store.reads import read_one, read_snapshot
+from hvcluster.store.state import read_config
+
+router = APIRouter(prefix="/cluster", tags=["cluster"])
+
+ANSWER_TIMEOUT_S = 15.0
+POLL_S = 0.05
+
+
+class BalanceAsk(Model):
+    apply: bool = False  # False: a dry run, the plan only
+
+
+@router.post("/balance", response_model=BalanceAnswer)
+async def balance(ask: BalanceAsk, ctx: Ctx) -> BalanceAnswer:
+    """The controller's balance plan (a table of moves, each with its reason); with
+    ``apply`` it also begins moving VMs by it."""
+    request = BalanceRequest(
+        id=uuid.uuid4().hex[:12], by=ctx.actor, at=time.time(), apply=ask.apply
+    )
+    key = ctx.keys.request(f"balance/{request.id}")
+    await ctx.store.put(key, encode(request))
+    try:
+        async with asyncio.timeout(ANSWER_TIMEOUT_S):
+            while True:
+                found = await read_one(ctx.store, key, BalanceRequest, ctx.corrupt)
+                if found is not None and found.value.answer is not None:
+                    answer = found.value.answer
+                    break
+                await asyncio.sleep(POLL_S)
+    except TimeoutError:
+        raise StoreUnavailable(
+            f"no controller answered the balance request within {ANSWER_TIMEOUT_S:g} s "
+            "(is one elected? 'hvc cluster status' says)"
+        ) from None
+    finally:
+        await ctx.store.txn([], [Delete(key)])
+    if answer.started:
+        await ctx.record(
+            "balance.requested",
+            "cluster",
+            f"balance requested: {answer.reason}",
+            {"moves": len(answer.moves)},
+        )
+    return answer
+
+
+class CapacityView(View):
+    survived: int  # node failures the running HA VMs survive
+    at_least: bool
+    nodes: int  # open nodes (alive, up)
+    ha_vms: int
+    tolerated: int  # admission.node_failures_tolerated
+    action: str  # admission.action
+    meets: bool
+    why_not_more: str
+
+
+async def cluster_load(
+    ctx: ApiContext,
+) -> tuple[ClusterConfig, list[Node], dict[str, list[VMSpec]]]:
+    """The config, the open nodes (alive and up) and, by node, the VMs placed there."""
+    snap = await read_snapshot(ctx.store, ctx.keys, ("nodes", "alive", "vms", "placements"))
+    config, _ = await read_config(ctx.store, ctx.keys)
+    nodes = await snap.decoded(Node, "nodes", ctx.corrupt)
+    specs = (await snap.decoded(VMSpec, "vms", ctx.corrupt)).by_name()
+    placements = await snap.decoded(Placement, "placements", ctx.corrupt)
+    alive = snap.names("alive")
+    open_nodes = [
+        n.value
+        for name, n in sorted(nodes.items.items())
+        if name in alive and n.value.admin_state is NodeAdminState.UP
+    ]
+    placed: dict[str, list[VMSpec]] = {}
+    for vm, stored in placements.items.items():
+        if vm in specs:
+            placed.setdefault(stored.value.node, []).append(specs[vm])
+    return config, open_nodes, placed
+
+
+@router.get("/capacity", response_model=CapacityView)
+async def capacity(ctx: Ctx) -> CapacityView:
+    """How many node failures the running HA VMs survive, against the setting."""
+    config, nodes, placed = await cluster_load(ctx)
+    found = survival(nodes, placed)
+    tolerated = config.admission.node_failures_tolerated
+    return CapacityView(
+        survived=found.survived,
+        at_least=found.at_least,
+        nodes=found.nodes,
+        ha_vms=found.ha_vms,
+        tolerated=tolerated,
+        action=config.admission.action,
+        meets=found.survived >= tolerated,
+        why_not_more=found.why_not_more,
+    )
+
+
+async def check_admission(ctx: ApiContext, spec: VMSpec) -> None:
+    """Refuse (409) or warn about (an event) running the HA VM ``spec``, per the setting."""
+    config, nodes, placed = await cluster_load(ctx)
+    tolerated = config.admission.node_failures_tolerated
+    why = admit(spec, nodes, placed, tolerated)
+    if why is None:
+        return
+    if config.admission.action == "refuse":
+        raise Conflict(f"admission control refuses {spec.name}: {why}")
+    await ctx.record("vm.admission_warning", f"vm/{spec.name}", f"admission control: {why}")
