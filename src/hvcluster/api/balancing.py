@@ -3,7 +3,8 @@
 Balance: only the controller plans (the API imports no scheduler), so the API writes a
 request at ``requests/balance/<id>`` and waits for the leading controller to write its plan
 into it (:mod:`hvcluster.controller.balance`): a dry run answers the plan; an apply begins a
-balance run with it too. No controller answering within ``ANSWER_TIMEOUT_S`` is a 503.
+balance run with it too. With no controller elected it is a 409; with none answering
+within ``wait_s`` (15 s), a 503.
 
 Capacity: how many node failures the running HA VMs survive
 (:mod:`hvcluster.models.admission`), and whether that keeps the setting
@@ -18,6 +19,7 @@ import time
 import uuid
 
 from fastapi import APIRouter
+from pydantic import Field
 
 from hvcluster.api.context import ApiContext, Ctx
 from hvcluster.api.views import View
@@ -41,19 +43,26 @@ POLL_S = 0.05
 
 class BalanceAsk(Model):
     apply: bool = False  # False: a dry run, the plan only
+    wait_s: float = Field(default=ANSWER_TIMEOUT_S, gt=0, le=60)  # for the controller's answer
 
 
 @router.post("/balance", response_model=BalanceAnswer)
 async def balance(ask: BalanceAsk, ctx: Ctx) -> BalanceAnswer:
     """The controller's balance plan (a table of moves, each with its reason); with
     ``apply`` it also begins moving VMs by it."""
+    candidates = await ctx.store.range(ctx.keys.election())
+    if not candidates.kvs:
+        raise Conflict(
+            "no controller is elected to plan a balance (no agent runs with its controller "
+            "on): 'hvc cluster status' says which agents are up"
+        )
     request = BalanceRequest(
         id=uuid.uuid4().hex[:12], by=ctx.actor, at=time.time(), apply=ask.apply
     )
     key = ctx.keys.request(f"balance/{request.id}")
     await ctx.store.put(key, encode(request))
     try:
-        async with asyncio.timeout(ANSWER_TIMEOUT_S):
+        async with asyncio.timeout(ask.wait_s):
             while True:
                 found = await read_one(ctx.store, key, BalanceRequest, ctx.corrupt)
                 if found is not None and found.value.answer is not None:
@@ -62,7 +71,7 @@ async def balance(ask: BalanceAsk, ctx: Ctx) -> BalanceAnswer:
                 await asyncio.sleep(POLL_S)
     except TimeoutError:
         raise StoreUnavailable(
-            f"no controller answered the balance request within {ANSWER_TIMEOUT_S:g} s "
+            f"no controller answered the balance request within {ask.wait_s:g} s "
             "(is one elected? 'hvc cluster status' says)"
         ) from None
     finally:
