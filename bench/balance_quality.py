@@ -27,13 +27,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from ortools.sat.python import cp_model  # noqa: E402
+from ortools.sat.python import cp_model
 
-from hvcluster.models.config import BALANCE_LEVELS, ClusterConfig  # noqa: E402
-from hvcluster.models.node import Capacity, Node  # noqa: E402
-from hvcluster.models.vm import HAPolicy, Placement, VMSpec, VMStatus  # noqa: E402
-from hvcluster.scheduler.balance import CpuUse, plan_balance  # noqa: E402
-from hvcluster.scheduler.snapshot import ClusterSnapshot, NodeView, VMView  # noqa: E402
+from hvcluster.models.config import BALANCE_LEVELS, ClusterConfig
+from hvcluster.models.node import Capacity, Node
+from hvcluster.models.vm import HAPolicy, Placement, VMSpec, VMStatus
+from hvcluster.scheduler.balance import CpuUse, plan_balance
+from hvcluster.scheduler.snapshot import ClusterSnapshot, NodeView, VMView
 
 RESULTS = Path(__file__).parent / "results"
 SCALE = 1000  # CPU in milli-cores for CP-SAT's integers
@@ -140,10 +140,8 @@ def optimum(
     for (v, n), var in x.items():
         present[v, n] = 1 if where[v] == n else var
     for n in names:
-        cpu_expr = sum(
-            int(round(cpu.vms.get(v, 0.0) * SCALE)) * x[v, n] for v in where if (v, n) in x
-        )
-        m.Add(int(round(cpu.other.get(n, 0.0) * SCALE)) + cpu_expr <= lim_cpu[n])
+        cpu_expr = sum(round(cpu.vms.get(v, 0.0) * SCALE) * x[v, n] for v in where if (v, n) in x)
+        m.Add(round(cpu.other.get(n, 0.0) * SCALE) + cpu_expr <= lim_cpu[n])
         m.Add(sum(s.vms[v].spec.memory_mib * x[v, n] for v in where if (v, n) in x) <= lim_mem[n])
         here = [v for v in where if (v, n) in present]
         m.Add(sum(s.vms[v].spec.vcpus * present[v, n] for v in here) <= caps[n].cpus)

@@ -72,6 +72,7 @@ async def read_plan(
 @dataclass
 class _Run:
     trigger: str
+    quiet: bool = True  # automatic: said only when it finds something to do
     waves: int = 0
     moved: set[str] = field(default_factory=set)
 
@@ -107,8 +108,8 @@ class BalanceRunner:
             return []  # nothing to do, or a wave is under way: plan again once it is done
         return await self._wave(self.run, snapshot, records)
 
-    def _begin(self, trigger: str) -> None:
-        self.run = _Run(trigger)
+    def _begin(self, trigger: str, quiet: bool = True) -> None:
+        self.run = _Run(trigger, quiet)
         self.runs += 1
 
     async def _answer(self, snapshot: ClusterSnapshot, records: Decoded[Migration]) -> None:
@@ -123,7 +124,7 @@ class BalanceRunner:
             if request.apply and self.run is not None:
                 why_not = f"a balance run ({self.run.trigger}) is under way"
             elif request.apply:
-                self._begin(f"requested by {request.by}")
+                self._begin(f"requested by {request.by}", quiet=False)
             answer = BalanceAnswer(
                 moves=tuple(
                     PlannedMove(vm=m.vm, source=m.source, target=m.target, wave=m.wave,
@@ -162,6 +163,10 @@ class BalanceRunner:
             said.append(sentence)
 
         run.waves += 1
+        if run.waves == 1 and not plan.moves and not plan.unresolved and run.quiet:
+            self.run = None  # an automatic run with nothing to do decides nothing: no event
+            log.info("balance (%s): %s", run.trigger, plan.reason)
+            return said
         if run.waves == 1:
             await tell("balance.start", "cluster", f"balance ({run.trigger}): {plan.reason}")
             for sentence in plan.unresolved:
