@@ -63,6 +63,6 @@ def test_admit_refuses_the_vm_that_breaks_the_setting_with_why() -> None:
     why = admit(_vm("big", 1200), nodes, placed, 1)
     assert why is not None
     assert "with big the running HA VMs survive 0 node failure(s)" in why
-    assert "admission.node_failures_tolerated (without it they survive 1)" in why
+    assert "(admission.node_failures_tolerated; without it they survive 1)" in why
     assert admit(_vm("big", 1200), nodes, placed, 0) is None  # 0: no admission control
     assert admit(_vm("big", 1200, priority="no_auto_start"), nodes, placed, 1) is None

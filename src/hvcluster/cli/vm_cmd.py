@@ -81,6 +81,12 @@ def create(
     hard_anti_affinity: bool = typer.Option(
         False, "--hard-anti-affinity", help="Never share a node with its anti-affinity classes."
     ),
+    affinity: list[str] | None = typer.Option(
+        None, "--affinity", help="Affinity class: run beside its other VMs (repeatable)."
+    ),
+    hard_affinity: bool = typer.Option(
+        False, "--hard-affinity", help="Never run apart from its affinity classes' VMs."
+    ),
     cpu_model: str | None = typer.Option(
         None,
         "--cpu-model",
@@ -117,6 +123,10 @@ def create(
         ha["anti_affinity_classes"] = anti_affinity
     if hard_anti_affinity:
         ha["anti_affinity_enforced"] = True
+    if affinity:
+        ha["affinity_classes"] = affinity
+    if hard_affinity:
+        ha["affinity_enforced"] = True
     if ha:
         spec["ha"] = ha
     vm = post(api, "/vms", spec)

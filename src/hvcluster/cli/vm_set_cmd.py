@@ -66,6 +66,15 @@ def set_vm(
         help="Never share a node with its classes, or only avoid it.",
         show_default=False,
     ),
+    affinity: list[str] | None = typer.Option(
+        None, "--affinity", help="Affinity classes: run beside their VMs ('' clears)."
+    ),
+    hard_affinity: bool | None = typer.Option(
+        None,
+        "--hard-affinity/--soft-affinity",
+        help="Never run apart from its affinity classes' VMs, or only prefer not to.",
+        show_default=False,
+    ),
     failback: FailbackMode | None = typer.Option(None, "--failback", help="Failback mode."),
     failback_window: str | None = typer.Option(
         None, "--failback-window", help="START-END local hours for --failback window (22-6)."
@@ -100,6 +109,8 @@ def set_vm(
         "ha.possible_owners": _names(possible_owner),
         "ha.anti_affinity_classes": _names(anti_affinity),
         "ha.anti_affinity_enforced": hard_anti_affinity,
+        "ha.affinity_classes": _names(affinity),
+        "ha.affinity_enforced": hard_affinity,
         "ha.failback.mode": failback.value if failback else None,
         "ha.failover_threshold": failover_threshold,
         "ha.start_group": start_group,

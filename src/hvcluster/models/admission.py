@@ -126,12 +126,12 @@ def admit(
     if after.survived >= tolerated:
         return None
     was = (
-        f" (without it they survive {before.survived}{'+' if before.at_least else ''})"
+        f"; without it they survive {before.survived}{'+' if before.at_least else ''}"
         if before.survived != after.survived
-        else " (they do not without it either)"
+        else "; they do not without it either"
     )
     return (
         f"with {spec.name} the running HA VMs survive {after.survived} node failure(s), "
         f"fewer than the {tolerated} the cluster keeps room for "
-        f"(admission.node_failures_tolerated){was}: {after.why_not_more}"
+        f"(admission.node_failures_tolerated{was}): {after.why_not_more}"
     )
