@@ -75,6 +75,7 @@ async def evict_node(name: ValidName, ctx: Ctx, request: ActionRequest | None = 
     ops: list[Op] = [
         Delete(node_key),
         Delete(ctx.keys.alive(name)),
+        Delete(ctx.keys.usage(name)),  # its CPU use, for the balancer
         Delete(ctx.keys.join_token(name)),
     ]
     if cert is not None:
