@@ -11,21 +11,19 @@ only every half hour.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 
 from hvcluster.drivers.base import Driver
 from hvcluster.models.base import encode
 from hvcluster.models.config import ClusterConfig
-from hvcluster.models.errors import DriverError, StoreError
+from hvcluster.models.errors import DriverError
 from hvcluster.models.lifecycle import VMState
 from hvcluster.models.usage import NodeUsage
 from hvcluster.store.base import Store
+from hvcluster.store.follow import run_cycles
 from hvcluster.store.keys import Keys
 from hvcluster.store.state import read_config
-
-log = logging.getLogger(__name__)
 
 
 class UsageSamples:
@@ -81,14 +79,8 @@ class UsagePublisher:
         self.puts = 0
 
     async def run(self) -> None:
-        while True:
-            try:
-                await self.round()
-            except (StoreError, TimeoutError) as e:
-                log.warning("publishing CPU use failed: %s", e)
-            except Exception:  # a bug here must not take the node agent down with it
-                log.exception("measuring CPU use failed unexpectedly")
-            await self.sleep(self.sample_s)
+        # (a failed round is logged; the next one, ``sample_s`` later, tries again)
+        await run_cycles("CPU use", self.round, asyncio.Event(), self.sample_s, self.sleep)
 
     async def sample(self) -> None:
         host = await self.driver.host_cpu_cores()
