@@ -29,6 +29,7 @@ read_counter() {
   if [ "${1:-}" = HVCCOUNTER1 ]; then echo $((10#$2)); else echo 0; fi
 }
 say() { echo "$*" > /dev/console; echo "$*"; }
+until [ -b "$disk" ]; do sleep 0.2; done
 n=$(read_counter)
 say "HVC-BOOT kernel=$(uname -r) disk=$disk counter=$n uptime=$(cut -d' ' -f1 /proc/uptime)"
 beat=0
@@ -46,13 +47,14 @@ while true; do
 done
 """
 
-# Started as early as the disk exists (no wait for the rest of boot): the time to the first
-# counter write is what a failover test waits for.
+# Started as early as systemd starts (no wait for the rest of boot): the time to the first
+# counter write is what a failover test waits for. No dependency on dev-vda.device: the
+# kernel's devtmpfs has /dev/vda before the root (on it) is mounted, while udev's coldplug
+# that makes the device unit can take minutes under TCG on a busy host, and past systemd's
+# device timeout (90 s) the counter was never started at all.
 COUNTER_UNIT = """[Unit]
 Description=hvcluster guest counter (an fsync'd rising counter in sector 1 of /dev/vda)
 DefaultDependencies=no
-Requires=dev-vda.device
-After=dev-vda.device
 Conflicts=shutdown.target
 Before=shutdown.target
 
@@ -122,6 +124,14 @@ LABEL debian
   LINUX /vmlinuz
   INITRD /initrd.img
   APPEND {KERNEL_CMDLINE}
+"""
+
+# A boot under TCG on a busy host (a fifth of a core) takes minutes: systemd waits for its
+# devices and units that long rather than failing them at its 90 s defaults (a serial getty
+# and systemd-logind, which acts on the ACPI power button, were among those it gave up on).
+SYSTEM_CONF = """[Manager]
+DefaultTimeoutStartSec=900s
+DefaultDeviceTimeoutSec=900s
 """
 
 # The initramfs holds only what mounts the root (MODULES=most would make it ~4x bigger, and
