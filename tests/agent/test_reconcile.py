@@ -116,6 +116,22 @@ def test_a_crashed_vm_is_restarted_up_to_the_threshold_then_left_failed() -> Non
     assert isinstance(old[0], Start)
 
 
+def test_a_restart_and_a_left_failed_vm_name_the_drivers_cause() -> None:
+    """The driver's reason (a QEMU crash, a guest panic, no heartbeat) is in the events."""
+    failed = LocalVM("a", VMState.FAILED, None, 1, since=45.0, reason="guest panicked (pvpanic)")
+    base = {
+        "placements": {"a": seen("n1")},
+        "statuses": {"a": status(VMState.RUNNING)},
+        "local": {"a": failed},
+    }
+    first = plan(**base)
+    assert isinstance(first[0], Start) and first[0].restart
+    assert "stopped unexpectedly (guest panicked (pvpanic))" in first[0].reason
+    last = plan(**base, crashes={"a": (40.0, 45.0)})
+    assert isinstance(last[0], Report) and last[0].status.state is VMState.FAILED
+    assert last[0].status.last_error == "crashed 2 times in 100s (guest panicked (pvpanic))"
+
+
 def test_left_failed_stays_failed() -> None:
     assert plan(placements={"a": seen("n1")}, statuses={"a": status(VMState.FAILED)}) == []
     # ... but a new epoch (the controller moved it back here) starts it again.

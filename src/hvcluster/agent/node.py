@@ -215,7 +215,7 @@ class NodeAgent:
         # (the timings stay as the agent started with them: see models/config.RESTART_NEEDED).
         self.config, _ = await read_config(self.store, self.keys)
         local = {
-            vm.name: LocalVM(vm.name, vm.state, vm.pid, vm.epoch, vm.since, vm.cpu_model)
+            vm.name: LocalVM(vm.name, vm.state, vm.pid, vm.epoch, vm.since, vm.cpu_model, vm.reason)
             for vm in await self.driver.list()
         }
         seen = {

@@ -35,6 +35,7 @@ class LocalVM:
     epoch: int
     since: float
     cpu_model: str = ""  # the CPU model its guest was given ("": not known)
+    reason: str = ""  # why the driver sees it so: a crash's or a guest failure's cause
 
 
 @dataclass(frozen=True)
@@ -182,15 +183,17 @@ def plan_local(
             and status.state
             in (VMState.RUNNING, VMState.PAUSED, VMState.STARTING, VMState.MIGRATING)
         )
+        # The driver's cause (a QEMU crash, a guest panic, no heartbeat): events say which.
+        cause = f" ({vm.reason})" if vm is not None and vm.state is VMState.FAILED else ""
         if was_running and len(recent) >= limits.restart_threshold:
-            crashed = f"crashed {len(recent)} times in {limits.restart_period_s:.0f}s"
+            crashed = f"crashed {len(recent)} times in {limits.restart_period_s:.0f}s{cause}"
             why = f"vm {name} left failed: {crashed}, above the restart threshold "
             why += f"{limits.restart_threshold}"
             failed = {"restarts": len(recent), "last_error": crashed}
             actions.append(_report(spec, seen, me, VMState.FAILED, now, why, **failed))
             continue
         reason = (
-            f"vm {name} stopped unexpectedly; restart {len(recent)} of "
+            f"vm {name} stopped unexpectedly{cause}; restart {len(recent)} of "
             f"{limits.restart_threshold} allowed in {limits.restart_period_s:.0f}s"
             if was_running
             else f"vm {name} is placed here at epoch {epoch}"

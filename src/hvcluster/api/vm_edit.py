@@ -37,7 +37,8 @@ from hvcluster.store.base import Compare, Put
 
 router = APIRouter(prefix="/vms", tags=["vms"])
 
-FIXED = frozenset({"name", "uid", "disks", "nics", "desired_state", "labels"})
+# monitor: its devices are on the command line, which both ends of a live migration share.
+FIXED = frozenset({"name", "uid", "disks", "nics", "desired_state", "labels", "monitor"})
 SETTABLE = frozenset(k for k, _ in dotted_fields(VMSpec) if k.split(".")[0] not in FIXED)
 RESTART_NEEDED = frozenset(
     {"vcpus", "memory_mib", "cpu_model", "boot.kernel", "boot.initrd", "boot.cmdline"}

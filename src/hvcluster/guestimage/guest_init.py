@@ -9,6 +9,9 @@ INIT_SCRIPT = r"""#!/bin/busybox sh
 # - keeps a counter in the first sector of its disk (/dev/vda), written every ~200 ms and
 #   flushed; at boot it resumes from the value on disk, so it only ever rises.
 # The ACPI power button powers it off cleanly.
+# - answers guest monitoring's heartbeat (qemu-guest-agent's guest-sync) on the virtio-serial
+#   port org.qemu.guest_agent.0 when the VM has one; `hvc-hang` (typed on the serial shell)
+#   stops answering, `hvc-panic` panics the kernel (reported through pvpanic if present).
 /bin/busybox mkdir -p /proc /sys /dev /tmp
 /bin/busybox --install -s /bin
 export PATH=/bin
@@ -70,6 +73,31 @@ if [ -b "$disk" ]; then
 fi
 [ -b "$disk" ] || disk=none
 echo "HVC-BOOT kernel=$(uname -r) disk=$disk counter=$n uptime=$(cut -d' ' -f1 /proc/uptime)"
+
+# The heartbeat responder: {"return": N} to each {"execute": "guest-sync", "arguments":
+# {"id": N}} line, as qemu-ga answers it.
+# A virtio-serial port opens once (read and write on one descriptor); a read with no host
+# connected ends at once, hence the pause before opening it again.
+(i=0  # its ports appear moments after virtio_console loads
+ while [ $i -lt 30 ]; do
+   for port in /sys/class/virtio-ports/*; do
+     [ "$(cat "$port/name" 2>/dev/null)" = org.qemu.guest_agent.0 ] || continue
+     dev=/dev/${port##*/}
+     echo "HVC-RESPONDER $dev"
+     while true; do
+       while read -r line <&3; do
+         id=${line##*\"id\": }; id=${id%%\}*}
+         echo "{\"return\": $id}" >&3
+       done 3<>"$dev"
+       sleep 0.2
+     done
+   done
+   sleep 0.1; i=$((i + 1))
+ done) &
+echo $! >/tmp/hvc-responder.pid
+printf '#!/bin/sh\nkill -STOP $(cat /tmp/hvc-responder.pid) && echo HVC-HUNG\n' >/bin/hvc-hang
+printf '#!/bin/sh\necho HVC-PANIC; echo c >/proc/sysrq-trigger\n' >/bin/hvc-panic
+chmod +x /bin/hvc-hang /bin/hvc-panic
 
 # A shell on the serial console (hvc vm console, the dashboard's terminal), in a session of
 # its own with ttyS0 as its terminal (so ^C reaches it, not init); started again on exit.

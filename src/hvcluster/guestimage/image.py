@@ -28,7 +28,11 @@ DEFAULT_CACHE = Path("/var/cache/hvcluster")
 META_PACKAGE = "linux-image-amd64"
 BUSYBOX = Path("/bin/busybox")
 # The transport first, then the devices; their dependencies are pulled in by modinfo.
-ROOT_MODULES = ("virtio_pci", "virtio_blk", "virtio_net", "button", "evdev")
+# virtio_console and pvpanic_mmio (QEMU's ISA pvpanic, an ACPI QEMU0001 device): guest
+# monitoring's heartbeat channel and panic report (drivers/qemu/heartbeat.py).
+ROOT_MODULES = (
+    "virtio_pci", "virtio_blk", "virtio_net", "button", "evdev", "virtio_console", "pvpanic_mmio",
+)  # fmt: skip
 CMDLINE = "console=ttyS0 quiet"
 DAY_S = 86_400.0
 # Bumped by any change of what goes into the image (the init script is hashed in as well).

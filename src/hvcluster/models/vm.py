@@ -68,6 +68,31 @@ class FailbackPolicy(Model):
         return self
 
 
+class GuestMonitor(Model):
+    """Watching the guest OS, beyond its QEMU process (a failover cluster's VM monitoring).
+
+    Off by default: the devices it needs (a pvpanic device, a virtio-serial channel) are on
+    the VM's command line only when it is on, so VMs created before it, and guests without
+    an agent that answers, run as before. A guest that panics (``panic``) or leaves the
+    channel's ``guest-sync`` unanswered for ``heartbeat_timeout_s`` is failed by its driver,
+    then restarted on its node like a crashed VM (the same local restart threshold), then
+    moved. Fixed at creation (the devices must match on both ends of a live migration)."""
+
+    panic: bool = False  # a pvpanic device: the guest's panic fails the VM
+    heartbeat_timeout_s: float = Field(default=0.0, ge=0, le=3600)  # 0: no heartbeat watch
+    # After a (re)start, the time the guest has to answer its first ping: its whole boot,
+    # up to its agent starting (minutes for some OSes; a TCG guest on a loaded host: 1).
+    heartbeat_grace_s: float = Field(default=300.0, ge=0, le=3600)
+
+    @property
+    def heartbeat(self) -> bool:
+        return self.heartbeat_timeout_s > 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.panic or self.heartbeat
+
+
 class HAPolicy(Model):
     priority: Priority = Priority.MEDIUM
     # ordered: first is most preferred
@@ -221,6 +246,7 @@ class VMSpec(Model):
     desired_state: Literal["running", "stopped"] = "running"
     ha: HAPolicy = HAPolicy()
     labels: Labels = {}
+    monitor: GuestMonitor = GuestMonitor()
     # The named CPU model its guest sees (QEMU's -cpu). "": the model of the node that
     # cold-starts it (its agent's guest_cpu). A running VM keeps the model it was started
     # with wherever it migrates (VMStatus.cpu_model); see hvcluster.models.guestcpu.

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from hvcluster.drivers.diskpath import disk_path
 from hvcluster.drivers.errors import SpecError
+from hvcluster.drivers.qemu.heartbeat import heartbeat_argv
 from hvcluster.drivers.qemu.settings import QemuSettings
 from hvcluster.drivers.runtime import OBSERVE_SOCKET
 from hvcluster.models.console import ConsoleKind, console_socket_name
@@ -119,6 +120,12 @@ def qemu_argv(
             "-netdev", f"tap,id=net{i},ifname={tap},script=no,downscript=no",
             "-device", f"virtio-net-pci,netdev=net{i},mac={nic.mac},id=nic{i}",
         ]  # fmt: skip
+    # Guest monitoring (models/vm.GuestMonitor), only when the spec asks: a VM's devices follow
+    # its spec alone, so both ends of a live migration (and VMs started before it) agree.
+    if spec.monitor.panic:
+        argv += ["-device", "pvpanic"]  # ISA; the guest's pvpanic driver reports its panics
+    if spec.monitor.heartbeat:
+        argv += heartbeat_argv(d, opt)
     if launch.paused or launch.incoming:
         argv.append("-S")
     if launch.incoming:

@@ -19,6 +19,7 @@ from typing import Any
 
 from hvcluster.drivers.base import VMEvent, VMInfo
 from hvcluster.drivers.errors import AlreadyRunning, NotRunning
+from hvcluster.drivers.qemu import heartbeat
 from hvcluster.drivers.qemu.cmdline import Launch, check_spec, qemu_argv, tap_name
 from hvcluster.drivers.qemu.host import host_memory_mib
 from hvcluster.drivers.qemu.migration import ACTIVE
@@ -61,6 +62,7 @@ class QemuSupervisor:
         self.gone: dict[str, VMInfo] = {}  # stopped or crashed here, not started again since
         self._locks: dict[str, asyncio.Lock] = {}
         self.followers: dict[str, asyncio.Task[None]] = {}
+        self.watchers: dict[str, asyncio.Task[None]] = {}  # heartbeats (and guest failures)
         self._accel: tuple[str, str] | None = None
         self.systemd_run = systemd_run(settings.scope)  # None: QEMU starts from the agent
         vms_root(self.run_dir).mkdir(parents=True, exist_ok=True)
@@ -94,12 +96,14 @@ class QemuSupervisor:
 
     async def close(self) -> None:
         """Stop following every QEMU and hang up on it (they keep running)."""
-        for task in self.followers.values():
+        tasks = [*self.followers.values(), *self.watchers.values()]
+        for task in tasks:
             task.cancel()
-        for task in self.followers.values():
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self.followers.clear()
+        self.watchers.clear()
         for vm in self.running.values():
             if vm.monitor is not None:
                 await vm.monitor.close()
@@ -203,6 +207,33 @@ class QemuSupervisor:
             vm.name, vm.dir / "qmp.sock", on_event, self.settings.qmp_timeout_s
         )
         self.followers[vm.name] = asyncio.create_task(self._follow(vm, vm.monitor))
+        if vm.spec.monitor.heartbeat:
+            beat = heartbeat.watch(
+                vm.name,
+                vm.dir / heartbeat.AGENT_SOCKET,
+                vm.spec.monitor,
+                lambda: vm.state,
+                vm.exited,
+                lambda why: self.fail_guest(vm, why),
+            )
+            self.watchers[vm.name] = asyncio.create_task(beat)
+
+    def fail_guest(self, vm: QemuVM, reason: str) -> None:
+        """The guest OS failed (it panicked, or stopped answering its heartbeat) while its
+        QEMU runs on: kill QEMU and report the VM failed with ``reason``, as a crash (the
+        agent restarts it, then the controller moves it: the same threshold)."""
+        if vm.failure or vm.stopping or vm.exited.is_set():
+            return
+        vm.failure = reason
+        log.warning("vm %s: %s: killing its QEMU (pid %s)", vm.name, reason, vm.pid)
+
+        async def kill() -> None:
+            await kill_and_wait(vm.pid, vm.start)
+            await self.wait_exit(vm, 5.0)
+
+        task = asyncio.get_running_loop().create_task(kill())
+        self.watchers[f"{vm.name}/kill"] = task
+        task.add_done_callback(lambda _: self.watchers.pop(f"{vm.name}/kill", None))
 
     async def _follow(self, vm: QemuVM, monitor: Monitor) -> None:
         """QEMU hung up its QMP socket: it is exiting. Wait for the process, then account."""
@@ -223,6 +254,8 @@ class QemuSupervisor:
         elif event == "SHUTDOWN":
             vm.guest_off = vm.guest_off or bool(data.get("guest"))
             self.set_state(vm, VMState.STOPPING, f"shutdown ({data.get('reason', '?')})")
+        elif event == "GUEST_PANICKED":
+            self.fail_guest(vm, "guest panicked (pvpanic)")
         elif event == "MIGRATION":
             status = str(data.get("status", ""))
             if status in ACTIVE:
@@ -233,6 +266,8 @@ class QemuSupervisor:
     async def refresh(self, vm: QemuVM) -> None:
         status = await self.qmp(vm).execute("query-status")
         state = RUNSTATES.get(str(status.get("status")), VMState.PAUSED)
+        if status.get("status") == "guest-panicked":  # while no agent watched
+            self.fail_guest(vm, "guest panicked (pvpanic)")
         self.set_state(vm, state, f"QEMU run state {status.get('status')}")
 
     async def after_failed_migration(self, vm: QemuVM, resume: bool = False) -> None:
@@ -268,7 +303,9 @@ class QemuSupervisor:
     def _finish(self, vm: QemuVM) -> None:
         if vm.exited.is_set():
             return
-        if vm.stopping:
+        if vm.failure:
+            state, reason = VMState.FAILED, vm.failure
+        elif vm.stopping:
             state, reason = VMState.STOPPED, "stopped on request"
         elif vm.guest_off:
             state, reason = VMState.STOPPED, "the guest powered off"

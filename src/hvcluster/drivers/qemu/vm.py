@@ -38,6 +38,7 @@ class QemuVM:
     monitor: Monitor | None = None
     stopping: bool = False  # we asked it to go: shutdown, kill, discard
     guest_off: bool = False  # the guest powered itself off
+    failure: str = ""  # the guest failed (panicked, stopped answering): we kill it for that
     exited: asyncio.Event = field(default_factory=asyncio.Event)
     cpu_sample: tuple[float, float] | None = None  # (monotonic, cpu seconds)
     dead_since: float | None = None  # monotonic time its process was first seen gone

@@ -107,6 +107,20 @@ class SimDriver(Driver):
         vm.crash_reason = reason
         self.observe(vm)
 
+    def inject_guest_panic(self, name: str) -> None:
+        """``name``'s guest OS panics now: a VM monitored for panics (``spec.monitor.panic``)
+        fails; a panicked guest answers no heartbeat either."""
+        vm = self.get(name)
+        vm.panicked_at = vm.silent_since = self.clock.wall()
+        self.observe(vm)
+
+    def inject_guest_hang(self, name: str) -> None:
+        """``name``'s guest OS stops answering its heartbeat now (its process runs on): a VM
+        with ``spec.monitor.heartbeat_timeout_s`` fails that long after."""
+        vm = self.get(name)
+        vm.silent_since = self.clock.wall()
+        self.observe(vm)
+
     def fail_next_migration(self, name: str, reason: str = "injected failure") -> None:
         self.migrations.failing[name] = reason
 
@@ -372,6 +386,8 @@ class SimDriver(Driver):
             self.finish(vm, VMState.FAILED, "its process was killed")
         elif vm.crash_at is not None and self.clock.wall() >= vm.crash_at:
             self.finish(vm, VMState.FAILED, vm.crash_reason)
+        elif (why := guest_failure(vm, self.clock.wall())) is not None:
+            self.finish(vm, VMState.FAILED, why)
 
     def _ensure_ticker(self) -> None:
         if self._ticker is None or self._ticker.done():
@@ -419,3 +435,15 @@ class SimDriver(Driver):
         self.gone[name] = VMInfo(name=name, state=state, since=now, epoch=epoch, reason=reason)
         self.trace.append((now, name, state.value, reason))
         self._emit(VMEvent(name=name, state=state, at=now, epoch=epoch, reason=reason))
+
+
+def guest_failure(vm: SimVM, now: float) -> str | None:
+    """What the qemu driver's guest monitoring would say of ``vm`` by ``now`` (the same
+    reasons), or None. Simplified: a silent guest's time counts whatever its state."""
+    monitor = vm.spec.monitor
+    if vm.panicked_at is not None and monitor.panic:
+        return "guest panicked (pvpanic)"
+    timeout = monitor.heartbeat_timeout_s
+    if vm.silent_since is not None and monitor.heartbeat and now - vm.silent_since > timeout:
+        return f"guest not answering: no heartbeat for {timeout:g}s (guest-sync)"
+    return None

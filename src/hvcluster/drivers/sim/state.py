@@ -59,6 +59,10 @@ class SimVM:
     pid_start: int | None = None
     crash_at: float | None = None
     crash_reason: str = "crashed"
+    # Guest failures (see SimDriver.inject_guest_panic/_hang): its OS panicked / stopped
+    # answering at these clock times. Its process runs on; only monitoring notices.
+    panicked_at: float | None = None
+    silent_since: float | None = None
     moving: Moving = field(default_factory=Moving)
 
     @property
