@@ -131,10 +131,13 @@ def _drop_node(vm: dict[str, Any], node: str) -> dict[str, Any]:
 
 
 async def fuzz(
-    runs: int, seed: int = 0, on_run: Callable[[int, Result], Awaitable[None] | None] | None = None
+    runs: int,
+    seed: int = 0,
+    on_run: Callable[[int, Result], Awaitable[None] | None] | None = None,
+    shrink_failures: bool = True,
 ) -> list[Failure]:
     """Run ``runs`` random scenarios (seeds ``seed`` .. ``seed + runs - 1``); the failures,
-    each with its shrunk replay."""
+    each with its shrunk replay (``shrink_failures``; else the whole scenario)."""
     failures = []
     for s in range(seed, seed + runs):
         result = await fuzz_one(s)
@@ -143,7 +146,8 @@ async def fuzz(
             if maybe is not None:
                 await maybe
         if result.violations:
-            failures.append(Failure(s, result, await shrink(random_scenario(s), s)))
+            data = random_scenario(s)
+            failures.append(Failure(s, result, await shrink(data, s) if shrink_failures else data))
     return failures
 
 
