@@ -7,6 +7,7 @@ from hvcluster.agent.reconcile import (
     Limits,
     LocalVM,
     Report,
+    ReportStopped,
     SeenPlacement,
     Shutdown,
     Start,
@@ -152,6 +153,29 @@ def test_a_cold_move_shuts_down_gracefully_and_reports_stopped() -> None:
 def test_unplaced_but_desired_stopped_is_shut_down_not_killed() -> None:
     actions = plan(specs={"a": spec(desired="stopped")}, local={"a": running()})
     assert [type(a) for a in actions] == [Shutdown]
+
+
+def test_a_vm_reported_here_that_died_with_the_host_unplaced_is_reported_stopped() -> None:
+    """The host died running the VM, the VM was asked to stop meanwhile (its placement
+    removed), and the host's new agent runs nothing: the status that still says "running
+    here" is corrected, else a later start would wait for it to stop here forever (found by
+    the simulator's fuzzer, seed 84)."""
+    was = status(VMState.RUNNING, epoch=3)
+    actions = plan(specs={"a": spec(desired="stopped")}, statuses={"a": was})
+    why = "vm a has no placement and does not run on n1: stopped"
+    assert actions == [ReportStopped("a", 3, why)]
+    # a local run that died counts as not running; one still running is step 1's to stop
+    dead = LocalVM("a", VMState.FAILED, None, 3, since=5.0)
+    assert [type(a) for a in plan(statuses={"a": was}, local={"a": dead})] == [ReportStopped]
+    assert [type(a) for a in plan(statuses={"a": was}, local={"a": running(epoch=3)})] == [Kill]
+    # not ours to correct: another host's report, a stopped one, a placed, moving or unknown VM
+    assert plan(statuses={"a": status(VMState.RUNNING, node="n2")}) == []
+    assert plan(statuses={"a": status(VMState.STOPPED)}) == []
+    assert not any(isinstance(a, ReportStopped) for a in plan(
+        placements={"a": seen("n2")}, statuses={"a": was}
+    ))  # fmt: skip
+    assert plan(statuses={"a": was}, incoming=frozenset({"a"})) == []
+    assert plan(specs={}, statuses={"a": was}) == []
 
 
 def test_unreadable_vms_are_left_alone() -> None:

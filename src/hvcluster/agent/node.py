@@ -26,6 +26,7 @@ from hvcluster.agent.reconcile import (
     Limits,
     LocalVM,
     Report,
+    ReportStopped,
     SeenPlacement,
     Shutdown,
     Start,
@@ -282,6 +283,10 @@ class NodeAgent:
                         await self.say("vm.failed", subject, action.reason)
                     return action.reason
                 return None
+            case ReportStopped():
+                if await self._report_unplaced(action.vm, action.epoch, 0.0):
+                    return action.reason
+                return None
         raise AssertionError(f"unknown action {action!r}")
 
     async def _start(self, action: Start, now: float) -> str | None:
@@ -395,21 +400,23 @@ class NodeAgent:
             self.owned.pop(name, None)
             await self.say("vm.killed", f"vm/{name}", f"killed {name} on {self.me.name}: {reason}")
 
-    async def _report_unplaced(self, name: str, epoch: int, since: float) -> None:
+    async def _report_unplaced(self, name: str, epoch: int, since: float) -> bool:
         """A VM stopped here with no placement left (desired stopped): its status says so.
         Else it would show it running still, and the controller, asked to start it again,
         would wait for it to stop here first, forever. Written only while the VM is still
         unplaced and its status is this host's run of it at ``epoch``."""
         found = decode_kv(VMStatus, await self.store.get(self.keys.status(name)))
         if found is None or (found.value.node, found.value.epoch) != (self.me.name, epoch):
-            return
+            return False
         status = found.value.model_copy(
             update={"state": VMState.STOPPED, "pid": None, "since": since or self.clock.wall()}
         )
         held = await self._status_held(status)
-        if held is not None:
-            guard = [Compare.absent(self.keys.placement(name)), *held]
-            await self.store.txn(guard, [Put(self.keys.status(name), encode(status))])
+        if held is None:
+            return False
+        guard = [Compare.absent(self.keys.placement(name)), *held]
+        result = await self.store.txn(guard, [Put(self.keys.status(name), encode(status))])
+        return result.succeeded
 
     async def _report(self, status: VMStatus, seen: SeenPlacement) -> bool:
         held = await self._status_held(status)

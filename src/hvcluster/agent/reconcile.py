@@ -75,7 +75,23 @@ class Report:
     reason: str
 
 
-Action = Start | Kill | Shutdown | Report
+@dataclass(frozen=True)
+class ReportStopped:
+    """Write ``status/<vm>`` as stopped for a VM that has no placement and does not run here,
+    while its status still says this host runs it at ``epoch``: the host died with it (its VMs
+    died with it) while the VM was asked to stop, and its new agent found nothing to run.
+    Left so, the controller, asked to start the VM again, would wait for it to stop here
+    first, forever."""
+
+    vm: str
+    epoch: int
+    reason: str
+
+
+Action = Start | Kill | Shutdown | Report | ReportStopped
+
+
+ACTIVE = frozenset({VMState.RUNNING, VMState.PAUSED, VMState.STARTING, VMState.MIGRATING})
 
 
 @dataclass(frozen=True)
@@ -177,12 +193,7 @@ def plan_local(
         if mine and status is not None and status.state is VMState.FAILED:
             continue  # left failed by us; the controller decides what next
         recent = [t for t in crashes.get(name, ()) if now - t <= limits.restart_period_s]
-        was_running = (
-            mine
-            and status is not None
-            and status.state
-            in (VMState.RUNNING, VMState.PAUSED, VMState.STARTING, VMState.MIGRATING)
-        )
+        was_running = mine and status is not None and status.state in ACTIVE
         # The driver's cause (a QEMU crash, a guest panic, no heartbeat): events say which.
         cause = f" ({vm.reason})" if vm is not None and vm.state is VMState.FAILED else ""
         if was_running and len(recent) >= limits.restart_threshold:
@@ -199,6 +210,18 @@ def plan_local(
             else f"vm {name} is placed here at epoch {epoch}"
         )
         actions.append(Start(name, spec, seen, len(recent), was_running, reason))
+
+    # 3. Unplaced, not running here, yet reported active here: say it stopped.
+    for name, status in sorted(statuses.items()):
+        if name in placements or name in incoming or name in unreadable or name not in specs:
+            continue
+        found = local.get(name)
+        if status.node != me or status.state not in ACTIVE:
+            continue
+        if found is not None and found.state not in (VMState.STOPPED, VMState.FAILED):
+            continue  # still running: step 1 stops it, and its stop reports it
+        why = f"vm {name} has no placement and does not run on {me}: stopped"
+        actions.append(ReportStopped(name, status.epoch, why))
     return actions
 
 

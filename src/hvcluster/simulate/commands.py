@@ -87,7 +87,12 @@ def fuzz_cmd(
                f"{len(failures)} with violations")  # fmt: skip
     for failure in failures:
         path = out / f"sim-fuzz-{failure.seed}.toml"
-        path.write_text(to_toml(failure.shrunk))
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            path.write_text(to_toml(failure.shrunk))
+        except OSError as e:  # the runs are done: say so, no traceback
+            typer.echo(f"seed {failure.seed}: cannot write the replay to {path}: {e}", err=True)
+            continue
         typer.echo(f"seed {failure.seed}: replay with 'hvc sim run {path}'")
     if failures:
         raise typer.Exit(1)

@@ -159,13 +159,16 @@ class Checker:
                     self._report(t, "hard-rule", f"vm/{vm}",
                                  f"runs on {node}, not one of its possible owners",
                                  once=f"owners:{vm}:{node}")  # fmt: skip
-                if spec.ha.anti_affinity_enforced:
-                    for cls in spec.ha.anti_affinity_classes:
-                        classes.setdefault((node, cls), []).append(vm)
+                for cls in spec.ha.anti_affinity_classes:
+                    classes.setdefault((node, cls), []).append(vm)
+        # A class shared on one node is a breach when any VM of it there enforces it: the
+        # rule binds both of a pair when either enforces (docs/architecture.md, fitting).
         for (node, cls), vms in sorted(classes.items()):
-            if len(vms) > 1:
+            enforcing = [vm for vm in vms if specs[vm].ha.anti_affinity_enforced]
+            if len(vms) > 1 and enforcing:
                 self._report(t, "hard-rule", f"node/{node}",
-                             f"enforced anti-affinity class {cls!r} has {', '.join(vms)}",
+                             f"anti-affinity class {cls!r}, enforced by "
+                             f"{', '.join(enforcing)}, has {', '.join(vms)}",
                              once=f"aa:{node}:{cls}:{vms}")  # fmt: skip
 
     def _capacity(self, t: float, load: dict[str, tuple[int, int]],
@@ -249,7 +252,7 @@ class Checker:
               specs: dict[str, VMSpec], nodes: dict[str, Node],
               load: dict[str, tuple[int, int]]) -> bool:  # fmt: skip
         """Could ``spec`` run on some node now (alive, reachable, up, allowed, with room and
-        no enforced anti-affinity partner)?"""
+        no anti-affinity partner there that either of the two enforces)?"""
         for name, node in sorted(nodes.items()):
             if self._unfit(name) or node.admin_state is not NodeAdminState.UP:
                 continue
@@ -260,10 +263,10 @@ class Checker:
                 continue
             if mem + spec.memory_mib > node.capacity.memory_mib:
                 continue
-            if spec.ha.anti_affinity_enforced and any(
+            if any(
                 other != spec.name
                 and (o := specs.get(other)) is not None
-                and o.ha.anti_affinity_enforced
+                and (spec.ha.anti_affinity_enforced or o.ha.anti_affinity_enforced)
                 and set(o.ha.anti_affinity_classes) & set(spec.ha.anti_affinity_classes)
                 and name in self._running(hosts, other)
                 for other in hosts
