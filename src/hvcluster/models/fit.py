@@ -109,6 +109,8 @@ class Conflicts:
 def conflicts(spec: VMSpec, residents: Iterable[Resident]) -> Conflicts:
     """Anti-affinity conflicts of ``spec`` with the VMs of one node (itself excluded): hard
     when either of the two enforces the class they share, soft otherwise."""
+    if not spec.ha.anti_affinity_classes:  # nothing to share (the common case, at scale)
+        return Conflicts((), 0)
     me = resident(spec)
     hard: list[tuple[str, str]] = []
     soft = 0

@@ -54,7 +54,7 @@ def _target(
     spec, current = vm.spec, vm.placement.node
     preferred = spec.ha.preferred_owners
     above = preferred[: preferred.index(current)] if current in preferred else preferred
-    soft_here = conflicts(spec, ledger.residents(current)).soft
+    soft_here = conflicts(spec, ledger.classmates(current, spec)).soft
     holder: str | None = None
     for name in above:
         node = snapshot.nodes.get(name)
@@ -64,7 +64,7 @@ def _target(
             continue
         if apart(spec, name, ledger.partners(spec, closed)) is not None:
             continue  # it would leave a VM it must run beside
-        if conflicts(spec, ledger.residents(name)).soft > soft_here:
+        if conflicts(spec, ledger.classmates(name, spec)).soft > soft_here:
             continue
         if held(vm, snapshot, name):
             holder = holder or name
