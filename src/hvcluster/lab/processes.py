@@ -83,10 +83,25 @@ def terminate(pids: Sequence[int], grace: float = 5.0) -> None:
         reap(p)
 
 
-def kill(pids: Sequence[int], wait: float = 5.0) -> None:
-    """SIGKILL ``pids`` and wait (up to ``wait`` seconds) until they are gone."""
+def kill_group(pid: int) -> bool:
+    """SIGKILL the process group ``pid`` leads (a process :func:`spawn` started leads its own),
+    so that the children it ran without a session of their own (``qemu-img``, ``ip``) go with
+    it; only ``pid`` when it leads no group (then its pid may be another's by now)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, signal.SIGKILL)
+            return True
+    return signal_pid(pid, signal.SIGKILL)
+
+
+def kill(pids: Sequence[int], wait: float = 5.0, groups: bool = False) -> None:
+    """SIGKILL ``pids`` (with ``groups``: the process groups they lead, :func:`kill_group`)
+    and wait (up to ``wait`` seconds) until they are gone."""
     for p in pids:
-        signal_pid(p, signal.SIGKILL)
+        if p > 0 and groups:
+            kill_group(p)
+        else:
+            signal_pid(p, signal.SIGKILL)
     end = time.monotonic() + wait
     live = list(pids)
     while live and time.monotonic() < end:
