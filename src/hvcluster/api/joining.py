@@ -41,7 +41,7 @@ from hvcluster.models.join import (
 )
 from hvcluster.models.names import Name
 from hvcluster.store.base import Compare, Delete, Membership, Op, Put
-from hvcluster.store.promotion import joined_learners, promote_if_due
+from hvcluster.store.promotion import joined_learners, promote_if_due, say_promoted
 from hvcluster.store.reads import Stored, read_one_or_error
 
 router = APIRouter(tags=["join"])
@@ -227,12 +227,7 @@ async def _promote_waiting(ctx: ApiContext, joining: str) -> None:
             ctx.store, ctx.keys, learner.node, learner.member.id, joining=joining
         )
         if verdict.promoted:
-            await ctx.record(
-                "etcd.member.promoted",
-                f"node/{learner.node}",
-                f"{verdict.reason} (as {joining} joins)",
-                {"member_id": f"{learner.member.id:x}"},
-            )
+            await say_promoted(ctx.record, verdict, f"as {joining} joins")
 
 
 @router.post("/join/promote", response_model=Promoted)
@@ -251,12 +246,7 @@ async def promote(request: PromoteRequest, ctx: Ctx) -> Promoted:
     if verdict.retry:
         raise Conflict(verdict.reason)
     if verdict.promoted:
-        await ctx.record(
-            "etcd.member.promoted",
-            f"node/{token.node}",
-            f"{verdict.reason} (asked by the joining host)",
-            {"member_id": f"{member_id:x}"},
-        )
+        await say_promoted(ctx.record, verdict, "asked by the joining host")
     if verdict.voting:
         await ctx.store.txn(
             [Compare.mod_is(ctx.keys.join_token(token.node), stored.mod_revision)],

@@ -21,7 +21,7 @@ from hvcluster.models.event import Say
 from hvcluster.store.base import Store
 from hvcluster.store.follow import run_cycles
 from hvcluster.store.keys import Keys
-from hvcluster.store.promotion import Verdict, joined_learners, promote_if_due
+from hvcluster.store.promotion import Verdict, joined_learners, promote_if_due, say_promoted
 
 INTERVAL_S = 2.0  # how often the leader looks for learners (a member list: one small RPC)
 FIRST_RETRY_S = 1.0
@@ -83,7 +83,7 @@ class Promoter:
         subject = f"node/{verdict.node}"
         if verdict.promoted:
             self.backoff.pop(verdict.member_id, None)
-            await self.say("etcd.member.promoted", subject, f"{verdict.reason} (by the controller)")
+            await say_promoted(self.say, verdict, "by the controller")
         elif verdict.retry:
             backoff.delay = min(max(backoff.delay * 2, FIRST_RETRY_S), MAX_RETRY_S)
             backoff.next_at = self.clock() + backoff.delay

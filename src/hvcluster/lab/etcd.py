@@ -28,6 +28,7 @@ import urllib.error
 import urllib.request
 import weakref
 from collections.abc import Iterator
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from types import TracebackType
 
@@ -81,46 +82,36 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+@dataclass(eq=False)  # compared and hashed as the one process it is (``_running``)
 class EtcdProcess:
-    """One etcd member: its ports, data dir and process."""
+    """One etcd member: its ports, data dir and process.
 
-    def __init__(
-        self,
-        name: str,
-        data_dir: Path,
-        client_port: int,
-        peer_port: int,
-        initial_cluster: str,
-        cluster_token: str,
-        *,
-        heartbeat_ms: int = 100,
-        election_ms: int = 1000,
-        binary: str = ETCD_BINARY,
-        host: str = HOST,
-        tls: CertFiles | None = None,
-        client_tls: CertFiles | None = None,
-        cluster_state: str = "new",
-    ) -> None:
-        """``cluster_state``: ``new`` (a member of a cluster starting now) or ``existing``
-        (one added to a running cluster: ``hvc node join``). ``tls``: this member's
-        certificate (its client and peer URLs are then https and
-        it asks every client and peer for a certificate signed by the same CA);
-        ``client_tls``: the certificate its health check presents (default ``tls``)."""
-        self.name = name
-        self.host = host
-        self.data_dir = data_dir
-        self.client_port = client_port
-        self.peer_port = peer_port
-        self.initial_cluster = initial_cluster
-        self.cluster_token = cluster_token
-        self.heartbeat_ms = heartbeat_ms
-        self.election_ms = election_ms
-        self.binary = binary
-        self.tls = tls
-        self.client_tls = client_tls or tls
-        self.cluster_state = cluster_state
-        self.log_path = data_dir.parent / f"{name}.log"
-        self._proc: subprocess.Popen[bytes] | None = None
+    ``cluster_state``: ``new`` (a member of a cluster starting now) or ``existing`` (one
+    added to a running cluster: ``hvc node join``). ``tls``: this member's certificate (its
+    client and peer URLs are then https and it asks every client and peer for a certificate
+    signed by the same CA); ``client_tls``: the certificate its health check presents
+    (default ``tls``)."""
+
+    name: str
+    data_dir: Path
+    client_port: int
+    peer_port: int
+    initial_cluster: str
+    cluster_token: str
+    _: KW_ONLY
+    heartbeat_ms: int = 100
+    election_ms: int = 1000
+    binary: str = ETCD_BINARY
+    host: str = HOST
+    tls: CertFiles | None = None
+    client_tls: CertFiles | None = None
+    cluster_state: str = "new"
+    log_path: Path = field(init=False)
+    _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.client_tls = self.client_tls or self.tls
+        self.log_path = self.data_dir.parent / f"{self.name}.log"
 
     @property
     def endpoint(self) -> str:

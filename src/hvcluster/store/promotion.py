@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hvcluster.models.errors import StoreError
+from hvcluster.models.event import Say
 from hvcluster.models.join import IssuedCert, wanted_voters
 from hvcluster.store.base import Membership, Store
 from hvcluster.store.keys import Keys
@@ -35,6 +36,13 @@ class Verdict:
     promoted: bool  # this call promoted it
     retry: bool  # not yet, for a reason that passes (etcd: not caught up): ask again
     reason: str
+
+
+async def say_promoted(say: Say, verdict: Verdict, by: str) -> None:
+    """The ``etcd.member.promoted`` event, said alike by whoever promoted (the controller,
+    ``POST /join`` for the learner a joining host waits behind, ``POST /join/promote``):
+    ``hvc lab join`` and the operator read one sentence, ``by`` saying who."""
+    await say("etcd.member.promoted", f"node/{verdict.node}", f"{verdict.reason} ({by})")
 
 
 async def hosts(store: Store, keys: Keys) -> set[str]:
