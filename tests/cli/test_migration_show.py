@@ -30,7 +30,14 @@ def test_migration_show(hvc: Any, server: ApiServer) -> None:
         updated=now,
         downtime_ms=42.0,
         total_ms=1800.0,
-        progress=Progress(bytes_transferred=1024, bytes_total=2048),
+        progress=Progress(
+            bytes_transferred=1024,
+            bytes_total=2048,
+            passes=7,
+            dirty_rate_mib_s=48.6,
+            expected_downtime_ms=290,
+            cpu_throttle_pct=40,
+        ),
         reason="moved for maintenance",
         requested_by="api",
     )
@@ -51,6 +58,9 @@ def test_migration_show(hvc: Any, server: ApiServer) -> None:
     assert shown.exit_code == 0, shown.output
     for words in ("web-9", "done", "n2", "42 ms", "1800 ms", "1024 of 2048 bytes", "maintenance"):
         assert words in shown.output, words
+    # a live migration's load, as QEMU reckoned it
+    for words in ("pass 7", "dirtying 49 MiB/s", "expected downtime 290 ms", "throttled 40 %"):
+        assert words in " ".join(shown.output.split()), words
     record = json.loads(hvc("migration", "show", "m-show-1", "--json").output)
     assert (record["id"], record["downtime_ms"], record["target"]) == ("m-show-1", 42.0, "n2")
 

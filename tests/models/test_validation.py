@@ -94,6 +94,15 @@ def test_cluster_config_defaults_and_contradictions() -> None:
         parse(ClusterConfig, {"keepalive_interval_s": 3.5})
 
 
+def test_migration_settings_name_the_field() -> None:
+    with pytest.raises(InvalidInput, match=r"migration\.postcopy_after_passes"):
+        parse(ClusterConfig, {"migration": {"postcopy": True, "postcopy_after_passes": 0}})
+    with pytest.raises(InvalidInput, match="postcopy and multifd"):
+        parse(ClusterConfig, {"migration": {"postcopy": True, "multifd": True}})
+    c = parse(ClusterConfig, {"migration": {"postcopy": True, "postcopy_after_passes": 3}})
+    assert c.migration.postcopy_after_passes == 3
+
+
 def test_corrupt_stored_value_names_the_key() -> None:
     with pytest.raises(CorruptValue) as info:
         decode(Placement, "/hvc/x/placements/a", b"{not json")

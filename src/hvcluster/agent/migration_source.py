@@ -18,7 +18,7 @@ from typing import Any
 
 from hvcluster.agent.migration_quick import NotVerified, QuickState
 from hvcluster.agent.shared_nothing import shared_nothing
-from hvcluster.drivers.errors import MigrationCancelled
+from hvcluster.drivers.errors import MigrationCancelled, PostcopyFailed
 from hvcluster.models.base import encode
 from hvcluster.models.errors import DriverError, StoreError
 from hvcluster.models.lifecycle import MigrationState, VMState
@@ -180,6 +180,8 @@ class SourceRole(QuickState):
                 )
                 saved = ""
         except (DriverError, OSError) as e:
+            if isinstance(e, PostcopyFailed):  # both copies are gone: failover restarts it
+                await self.say("migration.postcopy_failed", f"vm/{rec.vm}", f"{rec.id}: {e}")
             if not isinstance(e, MigrationCancelled):
                 await self._fail(rec, f"transfer from {self.me} to {rec.target} failed: {e}")
             return

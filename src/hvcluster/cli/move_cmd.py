@@ -61,7 +61,8 @@ def follow(
             m: dict[str, Any] = client.get(f"{records}/{mid}")
             p = m["progress"]
             total = p["bytes_total"] or None
-            bar.update(task, description=m["state"], total=total, completed=p["bytes_transferred"])
+            said = m["state"] + load_said(p)
+            bar.update(task, description=said, total=total, completed=p["bytes_transferred"])
             timed = m["state"] != "done" or m.get("downtime_ms") is not None
             timed = timed or m["kind"] == "storage"  # the guest never pauses
             if m["state"] in FINAL and timed:
@@ -69,6 +70,21 @@ def follow(
             if time.monotonic() > end:
                 raise typer.Exit(_fail(f"gave up waiting after {timeout:.0f}s: {describe(m)}"))
             time.sleep(POLL_S)
+
+
+def load_said(p: dict[str, Any]) -> str:
+    """A live migration's load, as QEMU reckons it: passes over the guest's memory, its dirty
+    rate, the pause the last pass would take now, auto-converge's throttle, postcopy."""
+    if not p.get("passes"):
+        return ""
+    said = f", pass {p['passes']}"
+    if p.get("dirty_rate_mib_s"):
+        said += f", dirtying {p['dirty_rate_mib_s']:.0f} MiB/s"
+    if p.get("expected_downtime_ms"):
+        said += f", expected downtime {p['expected_downtime_ms']:.0f} ms"
+    if p.get("cpu_throttle_pct"):
+        said += f", vCPUs throttled {p['cpu_throttle_pct']} %"
+    return said + (", postcopy" if p.get("postcopy") else "")
 
 
 def _fail(message: str, code: int = ExitCode.ERROR) -> int:
@@ -185,6 +201,7 @@ def record_rows(m: dict[str, Any]) -> list[tuple[str, object]]:
         ("created", _when(m["created"])),
         ("updated", _when(m["updated"])),
         ("progress", moved),
+        ("load", load_said(p).removeprefix(", ")),
         ("downtime", _ms(m.get("downtime_ms"))),
         ("total", _ms(m.get("total_ms"))),
         ("transfer downtime", _ms(m.get("transfer_downtime_ms"))),

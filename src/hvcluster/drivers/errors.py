@@ -56,6 +56,13 @@ class MigrationCancelled(MigrationFailed):
     """The migration was cancelled on request."""
 
 
+class PostcopyFailed(MigrationFailed):
+    """A migration failed in postcopy: the guest ran on the target while part of its memory
+    was still on the source, so neither copy can run on. Both QEMUs are killed (the source
+    must never resume it) and the VM starts again from its disk; the message says what was
+    lost."""
+
+
 class DiskMoveFailed(MigrationFailed):
     """A storage migration (a disk copied to a new file, or to another host) did not complete.
     The VM keeps using its old disk."""

@@ -12,6 +12,12 @@ INIT_SCRIPT = r"""#!/bin/busybox sh
 # - answers guest monitoring's heartbeat (qemu-guest-agent's guest-sync) on the virtio-serial
 #   port org.qemu.guest_agent.0 when the VM has one; `hvc-hang` (typed on the serial shell)
 #   stops answering, `hvc-panic` panics the kernel (reported through pvpanic if present).
+# - with hvc.dirty_mib_s=R (and hvc.dirty_set_mib=S, default 256) on the kernel command line,
+#   keeps dirtying memory for live migration under load: R MiB a second, paced in quarter
+#   seconds, over a tmpfs file of S MiB rewritten in place, 1 MiB at a time, from three random
+#   blocks in turn (non-zero, and each lap gives a page other contents than the last, so
+#   neither QEMU's zero-page detection nor xbzrle's delta hides the writes). It prints
+#   HVC-DIRTY once started and HVC-DIRTY-LAP n each time it has gone over the whole set.
 /bin/busybox mkdir -p /proc /sys /dev /tmp
 /bin/busybox --install -s /bin
 export PATH=/bin
@@ -98,6 +104,36 @@ echo $! >/tmp/hvc-responder.pid
 printf '#!/bin/sh\nkill -STOP $(cat /tmp/hvc-responder.pid) && echo HVC-HUNG\n' >/bin/hvc-hang
 printf '#!/bin/sh\necho HVC-PANIC; echo c >/proc/sysrq-trigger\n' >/bin/hvc-panic
 chmod +x /bin/hvc-hang /bin/hvc-panic
+
+# The memory writer (see the header): its file lives in /tmp, on the initramfs's tmpfs.
+rate=$(param dirty_mib_s)
+if [ -n "$rate" ] && [ "$rate" -gt 0 ] 2>/dev/null; then
+  set_mib=$(param dirty_set_mib)
+  [ -n "$set_mib" ] && [ "$set_mib" -gt 0 ] 2>/dev/null || set_mib=256
+  for b in 0 1 2; do
+    dd if=/dev/urandom of=/tmp/hvc-dirty-block$b bs=1048576 count=1 2>/dev/null
+  done
+  (now_ms() { # /proc/uptime's seconds.centiseconds in ms (the 1 keeps "08" from reading as octal)
+     t=$(cut -d' ' -f1 /proc/uptime); echo $(( ${t%.*} * 1000 + (1${t#*.} - 100) * 10 ))
+   }
+   echo "HVC-DIRTY rate=$rate set=$set_mib"
+   pos=0; lap=0; start=$(now_ms); done_mib=0
+   while true; do
+     # as many MiB as the rate asks for by now (catching up after a stall at most 1 s)
+     now=$(now_ms)
+     due=$(( (now - start) * rate / 1000 ))
+     if [ $((due - done_mib)) -gt "$rate" ]; then done_mib=$((due - rate)); fi
+     while [ "$done_mib" -lt "$due" ]; do
+       dd if=/tmp/hvc-dirty-block$((lap % 3)) of=/tmp/hvc-dirty bs=1048576 seek=$pos \
+         count=1 conv=notrunc 2>/dev/null
+       done_mib=$((done_mib + 1)); pos=$((pos + 1))
+       if [ "$pos" -ge "$set_mib" ]; then
+         pos=0; lap=$((lap + 1)); echo "HVC-DIRTY-LAP $lap"
+       fi
+     done
+     sleep 0.25
+   done) &
+fi
 
 # A shell on the serial console (hvc vm console, the dashboard's terminal), in a session of
 # its own with ttyS0 as its terminal (so ^C reaches it, not init); started again on exit.

@@ -70,9 +70,18 @@ def recipe_id() -> str:
     return h.hexdigest()[:16]
 
 
+def recipe_manifest(cache: Path) -> Path:
+    """The manifest of this recipe's build. ``manifest.json`` names the last build; checkouts
+    of other versions sharing the cache (other recipes) find theirs by this name too."""
+    return image_dir(cache) / f"manifest-{recipe_id()}.json"
+
+
 def cached_image(cache: Path = DEFAULT_CACHE) -> GuestImage | None:
     """The image built in ``cache`` if it is complete and of the current recipe, else None."""
-    manifest = image_dir(cache) / "manifest.json"
+    return _image_of(image_dir(cache) / "manifest.json") or _image_of(recipe_manifest(cache))
+
+
+def _image_of(manifest: Path) -> GuestImage | None:
     try:
         data = json.loads(manifest.read_text())
         image = GuestImage(
@@ -134,7 +143,8 @@ def build_image(cache: Path = DEFAULT_CACHE, force: bool = False, log: Log = pri
         if stale not in (kernel, initrd) and stale.name != "manifest.json":
             # Another recipe's initrd may still be booted by a checkout of another version
             # sharing this cache (and a VM it starts meanwhile): kept for a day.
-            if stale.name.startswith("initrd-") and time.time() - stale.stat().st_mtime < DAY_S:
+            kept = stale.name.startswith(("initrd-", "manifest-"))
+            if kept and time.time() - stale.stat().st_mtime < DAY_S:
                 continue
             stale.unlink()
     manifest = {
@@ -145,7 +155,9 @@ def build_image(cache: Path = DEFAULT_CACHE, force: bool = False, log: Log = pri
         "recipe": recipe_id(),
         "built": time.time(),
     }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    text = json.dumps(manifest, indent=1) + "\n"
+    recipe_manifest(cache).write_text(text)
+    (out / "manifest.json").write_text(text)
     log(f"guest image built: {kernel} + {initrd.name}")
     return GuestImage(kernel=kernel, initrd=initrd, kernel_version=version, package=package)
 

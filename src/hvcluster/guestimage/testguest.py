@@ -18,6 +18,7 @@ from hvcluster.models.vm import Disk, Nic, VMSpec
 COUNTER = re.compile(rb"^HVCCOUNTER1 (\d{20})\n")
 HEARTBEAT = re.compile(r"HVC-HEARTBEAT counter=(\d+)")
 BOOT_MARKER = "HVC-BOOT"
+DIRTY_LAP = re.compile(r"HVC-DIRTY-LAP \d+")
 
 
 def create_disk(path: Path, size_mib: int = 16, fmt: str = "qcow2") -> Path:
@@ -66,7 +67,31 @@ def guest_spec(
     memory_mib: int = 128,
     nics: tuple[Nic, ...] = (),
     fmt: str = "qcow2",
+    dirty_mib_s: int = 0,
+    dirty_set_mib: int = 0,
 ) -> VMSpec:
-    """A VM spec that boots the test guest, with its counter on ``disk`` if given."""
+    """A VM spec that boots the test guest, with its counter on ``disk`` if given; with
+    ``dirty_mib_s``, its memory writer dirties that many MiB a second over ``dirty_set_mib``
+    (the guest's default if 0)."""
     disks = (Disk(path=str(Path(disk).absolute()), format=fmt),) if disk is not None else ()
-    return VMSpec(name=name, memory_mib=memory_mib, disks=disks, nics=nics, boot=image.boot())
+    boot = image.boot(dirty_cmdline(dirty_mib_s, dirty_set_mib))
+    return VMSpec(name=name, memory_mib=memory_mib, disks=disks, nics=nics, boot=boot)
+
+
+def dirty_cmdline(dirty_mib_s: int, dirty_set_mib: int = 0) -> str:
+    """The kernel command line words that start the test guest's memory writer."""
+    words = [f"hvc.dirty_mib_s={dirty_mib_s}"] if dirty_mib_s > 0 else []
+    if dirty_mib_s > 0 and dirty_set_mib > 0:
+        words.append(f"hvc.dirty_set_mib={dirty_set_mib}")
+    return " ".join(words)
+
+
+def dirty_laps(serial_log: Path) -> int:
+    """How many times the memory writer went over its whole set (-1: it has not started)."""
+    try:
+        text = Path(serial_log).read_text(errors="replace")
+    except FileNotFoundError:
+        return -1
+    if "HVC-DIRTY rate=" not in text:
+        return -1
+    return len(DIRTY_LAP.findall(text))

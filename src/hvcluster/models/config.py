@@ -25,11 +25,22 @@ class MigrationSettings(Model):
     xbzrle: bool = False
     multifd: bool = False
     postcopy: bool = False
+    # With postcopy: switch to it once precopy has gone over the guest's memory this many
+    # times without converging (1: right after the first full pass).
+    postcopy_after_passes: int = Field(default=2, ge=1, le=COUNT_MAX)
     max_parallel_per_node: int = Field(default=2, ge=1, le=1000)
     timeout_s: float = Field(default=600.0, gt=0, le=DAY_S)
     # A drained VM whose live migration failed (or that cannot move live): "quick" tries a
     # quick migration (save state, restore on the target), "stay" leaves it, with the reason.
     drain_fallback: Literal["quick", "stay"] = "quick"
+
+    @model_validator(mode="after")
+    def _techniques_combine(self) -> Self:
+        if self.postcopy and self.multifd:  # QEMU 7 refuses the pair at migrate time
+            raise ValueError(
+                "postcopy and multifd: QEMU cannot use both in one migration; turn one off"
+            )
+        return self
 
 
 class QuarantineSettings(Model):

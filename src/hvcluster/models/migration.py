@@ -69,6 +69,12 @@ class Progress(Model):
     bytes_total: int = Field(default=0, ge=0)
     dirty_rate_pages_s: float = Field(default=0.0, ge=0)
     passes: int = Field(default=0, ge=0)
+    # As QEMU reckons them: the guest's dirty rate in MiB/s, the pause the last pass would take
+    # now, and how much auto-converge slows the guest's vCPUs (0-99 %).
+    dirty_rate_mib_s: float = Field(default=0.0, ge=0)
+    expected_downtime_ms: float = Field(default=0.0, ge=0)
+    cpu_throttle_pct: int = Field(default=0, ge=0, le=100)
+    postcopy: bool = False  # the VM runs on the target, fetching what it lacks from the source
 
 
 class RunningSize(Model):

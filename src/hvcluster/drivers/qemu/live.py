@@ -6,7 +6,7 @@ deferred, then ``migrate-incoming`` on a free port), the source's ``migrate`` (Q
 from __future__ import annotations
 
 from hvcluster.drivers.base import MigrationResult
-from hvcluster.drivers.errors import MigrationFailed, QemuFailed
+from hvcluster.drivers.errors import MigrationFailed, PostcopyFailed, QemuFailed
 from hvcluster.drivers.parts import Receive, Send
 from hvcluster.drivers.qemu.migration import configure, run_migration
 from hvcluster.drivers.qemu.supervision import QemuSupervisor
@@ -53,6 +53,10 @@ class QemuLive:
             result = await run_migration(
                 monitor, address, send.settings, send.on_progress, send.on_complete
             )
+        except PostcopyFailed as e:  # never resumed here: killed (if QEMU's event has not)
+            self.vms.fail_guest(vm, str(e))
+            await self.vms.wait_exit(vm, 5.0)
+            raise
         except DriverError as e:
             await self.vms.after_failed_migration(vm)
             if isinstance(e, MigrationFailed):

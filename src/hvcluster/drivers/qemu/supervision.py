@@ -22,7 +22,7 @@ from hvcluster.drivers.errors import AlreadyRunning, NotRunning
 from hvcluster.drivers.qemu import heartbeat
 from hvcluster.drivers.qemu.cmdline import Launch, check_spec, qemu_argv, tap_name
 from hvcluster.drivers.qemu.host import host_memory_mib
-from hvcluster.drivers.qemu.migration import ACTIVE
+from hvcluster.drivers.qemu.migration import ACTIVE, POSTCOPY
 from hvcluster.drivers.qemu.monitor import Monitor
 from hvcluster.drivers.qemu.probe import decide_accelerator
 from hvcluster.drivers.qemu.process import enslave_tap, kill_and_wait, launch, log_tail, wait_gone
@@ -258,6 +258,11 @@ class QemuSupervisor:
             self.fail_guest(vm, "guest panicked (pvpanic)")
         elif event == "MIGRATION":
             status = str(data.get("status", ""))
+            if status in POSTCOPY:
+                vm.postcopy = True
+            elif vm.postcopy and status not in ACTIVE and status != "completed":
+                # Its memory is split between two hosts: neither end may run it again.
+                self.fail_guest(vm, f"its migration failed in postcopy ({status})")
             if status in ACTIVE:
                 self.set_state(vm, VMState.MIGRATING, f"migration {status}")
             elif status == "completed" and vm.state != VMState.RUNNING:  # (resumed already)

@@ -1,0 +1,250 @@
+"""Live migration of a loaded guest: hvcluster's migration against raw QMP with the same
+settings, in the same run. For each guest size (1, 2, 4 GiB) and dirty rate (0, 20, 80 MiB/s,
+the test guest's memory writer over a working set, see the test guest's init), one guest boots
+with the qemu driver on "n1" and is migrated to "n2" by hvcluster's migration code (the qemu
+driver's ``prepare_incoming`` / ``migrate_out``, the target resumed from the completion hook
+as the agents do: at completion, or when postcopy starts; a precopy that does not converge
+within ``--timeout`` is cancelled). The same guest, still running and still dirtying, is then
+handed to raw QMP (the driver lets go) and migrated by hand to a raw target QEMU started with
+``-incoming``: the same capabilities and parameters (made by the driver's own functions, on
+both ends), ``migrate``, the source's MIGRATION event, ``cont``, the same timeout.
+
+Measures per path: ``downtime_ms`` (QEMU's, of the transfer), ``switch_ms`` (from the moment
+the end was heard until the target's ``cont`` returned: guest-visible downtime is the sum),
+``total_ms`` (QEMU's), ``passes`` (QEMU's dirty-sync count), ``converged``, the dirty rate QEMU
+last reckoned. This is the driver path: the agents' placement flip adds one etcd commit (see
+bench/migration.py for that part, on an idle guest).
+
+Writes bench/results/migration_load.json and prints a table. It is heavy (guests of up to
+4 GiB under TCG): run it on a quiet machine (load < 4); ``--sizes``/``--rates`` run a part.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from qemu.qmp import EventListener, QMPClient, QMPError
+
+from hvcluster.drivers.errors import MigrationFailed
+from hvcluster.drivers.qemu import QemuDriver, QemuSettings
+from hvcluster.drivers.qemu.cmdline import Launch, qemu_argv
+from hvcluster.drivers.qemu.migration import MIB, capabilities, parameters, progress_of
+from hvcluster.drivers.qemu.vm import free_port
+from hvcluster.drivers.runtime import kill_all, read_int, vm_dir
+from hvcluster.guestimage.image import DEFAULT_CACHE, build_image
+from hvcluster.guestimage.testguest import create_disk, guest_spec, heartbeats
+from hvcluster.models.config import MigrationSettings
+from hvcluster.models.migration import Progress
+from hvcluster.models.vm import VMSpec
+
+RESULTS = Path(__file__).parent / "results" / "migration_load.json"
+NAME = "load"
+SET_MIB = 512  # the writer's working set (every size has room for it)
+WARM_S = 5.0  # the writer runs this long before the migration starts
+
+
+async def hvc_path(
+    src: QemuDriver, dst: QemuDriver, spec: VMSpec, settings: MigrationSettings
+) -> dict[str, Any]:
+    """hvcluster's migration code (the qemu driver), the target resumed from its hook."""
+    address = await dst.prepare_incoming(spec, 2, "127.0.0.1", settings)
+    seen: list[Progress] = []
+    switch: dict[str, float] = {}
+
+    async def switched(at: float) -> None:
+        await dst.resume(spec.name)
+        switch["ms"] = (time.time() - at) * 1000
+
+    try:
+        result = await src.migrate_out(spec.name, address, settings, seen.append, switched)
+    except MigrationFailed as e:
+        await dst.discard(spec.name)
+        last = seen[-1] if seen else Progress()
+        return {"converged": False, "reason": str(e), **_load(last)}
+    await src.discard(spec.name)
+    return {
+        "converged": True,
+        "downtime_ms": result.downtime_ms,
+        "switch_ms": switch.get("ms", 0.0),
+        "total_ms": result.total_ms,
+        **_load(result.progress, seen),
+    }
+
+
+def _load(last: Progress, seen: list[Progress] | None = None) -> dict[str, Any]:
+    rates = [p.dirty_rate_mib_s for p in (seen or [last])]
+    return {
+        "passes": last.passes,
+        "dirty_rate_mib_s": max(rates),
+        "postcopy": last.postcopy,
+        "max_throttle_pct": max(p.cpu_throttle_pct for p in (seen or [last])),
+    }
+
+
+async def raw_path(
+    sock: Path, spec: VMSpec, work: Path, settings: MigrationSettings
+) -> tuple[dict[str, Any], int]:
+    """The same migration by hand with raw QMP (and the target QEMU's pid)."""
+    d = work / "raw" / "vms" / NAME
+    d.mkdir(parents=True)
+    port = free_port("127.0.0.1")
+    argv = qemu_argv(spec, d, work, Launch("tcg", paused=True, incoming=True), QemuSettings())
+    argv[argv.index("defer")] = f"tcp:127.0.0.1:{port}"
+    proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.DEVNULL)
+    if await proc.wait() != 0:
+        raise RuntimeError(f"raw target QEMU did not start: {(d / 'qemu.log').read_text()}")
+    dst_pid = read_int(d / "pid")
+    assert dst_pid is not None
+    src, dst = QMPClient("raw-src"), QMPClient("raw-dst")
+    await src.connect(str(sock))
+    await dst.connect(str(d / "qmp.sock"))
+    events = EventListener(("MIGRATION",))
+    src.register_listener(events)
+    for client in (dst, src):
+        await client.execute("migrate-set-capabilities", {"capabilities": capabilities(settings)})
+        await client.execute("migrate-set-parameters", parameters(settings))
+    await src.execute("migrate", {"uri": f"tcp:127.0.0.1:{port}"})
+    deadline = time.monotonic() + settings.timeout_s
+    last = Progress()
+    out: dict[str, Any] = {}
+    while True:
+        try:
+            event: Any = await asyncio.wait_for(events.get(), 0.5)
+            status = event.get("data", {}).get("status")
+        except TimeoutError:
+            info: Any = await src.execute("query-migrate")
+            status = info.get("status")
+            if status == "active":
+                last = progress_of(info)
+                if time.monotonic() > deadline:
+                    await src.execute("migrate_cancel")
+                    out = {"converged": False, "reason": "timeout", **_load(last)}
+                    break
+        if status == "completed":
+            heard = time.time()
+            await dst.execute("cont")
+            switch_ms = (time.time() - heard) * 1000
+            info = await src.execute("query-migrate")
+            while not info.get("total-time"):
+                await asyncio.sleep(0.01)
+                info = await src.execute("query-migrate")
+            done = progress_of(info)
+            out = {
+                "converged": True,
+                "downtime_ms": float(info["downtime"]),
+                "switch_ms": switch_ms,
+                "total_ms": float(info["total-time"]),
+                "passes": done.passes,
+                "dirty_rate_mib_s": max(last.dirty_rate_mib_s, done.dirty_rate_mib_s),
+                "postcopy": False,
+                "max_throttle_pct": last.cpu_throttle_pct,
+            }
+            break
+        if status in ("failed", "cancelled"):
+            out = {"converged": False, "reason": str(status), **_load(last)}
+            break
+    for client in (src, dst):
+        with contextlib.suppress(EOFError, QMPError):
+            await client.disconnect()
+    return out, dst_pid
+
+
+async def cell(
+    image: Any, cache: Path, memory: int, rate: int, settings: MigrationSettings
+) -> dict[str, Any]:
+    """One guest of ``memory`` MiB dirtying ``rate`` MiB/s: both paths."""
+    qemu = QemuSettings(accelerator="tcg", cache_dir=cache)
+    with tempfile.TemporaryDirectory(prefix="hvc-bench-load-") as tmp:
+        work = Path(tmp)
+        disk = create_disk(work / "disk.qcow2")
+        spec = guest_spec(NAME, image, disk, memory, dirty_mib_s=rate, dirty_set_mib=SET_MIB)
+        a, b = QemuDriver(work / "n1", qemu), QemuDriver(work / "n2", qemu)
+        raw_pid: int | None = None
+        try:
+            await a.start(spec, 1)
+            serial = vm_dir(work / "n1", NAME) / "serial.log"
+            for _ in range(1200):
+                if heartbeats(serial):
+                    break
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(WARM_S)
+            hvc = await hvc_path(a, b, spec, settings)
+            holder = b if hvc["converged"] else a
+            sock = vm_dir(holder.run_dir, NAME) / "qmp.sock"
+            await a.close()
+            await b.close()
+            await asyncio.sleep(WARM_S / 2)  # the guest settles (its writer catches up)
+            raw, raw_pid = await raw_path(sock, spec, work, settings)
+        finally:
+            if raw_pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(raw_pid, signal.SIGKILL)
+            for run_dir in work.iterdir():  # noqa: ASYNC240
+                if run_dir.is_dir():
+                    kill_all(run_dir)
+    return {"memory_mib": memory, "dirty_mib_s": rate, "hvcluster": hvc, "raw": raw}
+
+
+def row(c: dict[str, Any], path: str) -> str:
+    r = c[path]
+    if not r["converged"]:
+        return (
+            f"{c['memory_mib'] // 1024:>3} GiB {c['dirty_mib_s']:>3} MiB/s {path:9s}"
+            f" NOT CONVERGED after {r['passes']} passes (dirty {r['dirty_rate_mib_s']:.0f} MiB/s)"
+        )
+    return (
+        f"{c['memory_mib'] // 1024:>3} GiB {c['dirty_mib_s']:>3} MiB/s {path:9s}"
+        f" downtime {r['downtime_ms']:6.0f} ms + switch {r['switch_ms']:5.1f} ms"
+        f"  total {r['total_ms']:7.0f} ms  passes {r['passes']:3d}"
+        f"  dirty seen {r['dirty_rate_mib_s']:5.1f} MiB/s  throttle {r['max_throttle_pct']:2d} %"
+    )
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048, 4096], help="MiB")
+    parser.add_argument("--rates", type=int, nargs="+", default=[0, 20, 80], help="MiB/s")
+    parser.add_argument("--timeout", type=float, default=120.0, help="per migration, s")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--cache", type=Path, default=Path(os.environ.get("HVC_CACHE", DEFAULT_CACHE))
+    )
+    args = parser.parse_args()
+    image = build_image(args.cache, log=lambda _: None)
+    settings = MigrationSettings(timeout_s=args.timeout)  # the cluster's defaults otherwise
+    cells: list[dict[str, Any]] = []
+    started = time.time()
+    for memory in args.sizes:
+        for rate in args.rates:
+            load = os.getloadavg()[0]
+            c = await cell(image, args.cache, memory, rate, settings)
+            c["load_before"] = load
+            cells.append(c)
+            for path in ("hvcluster", "raw"):
+                print(row(c, path), flush=True)
+    results = {
+        "settings": settings.model_dump(),
+        "working_set_mib": SET_MIB,
+        "wall_s": time.time() - started,
+        "mib": MIB,
+        "cells": cells,
+    }
+    args.out.parent.mkdir(exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1) + "\n")
+    print(f"written {args.out}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
