@@ -11,12 +11,14 @@ auto-converge (or postcopy) is what lands it."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from hvcluster.drivers.errors import MigrationFailed
+from hvcluster.drivers.errors import MigrationFailed, PostcopyFailed
 from hvcluster.drivers.qemu.driver import QemuDriver
 from hvcluster.drivers.qemu.settings import QemuSettings
 from hvcluster.drivers.runtime import vm_dir
@@ -115,6 +117,42 @@ async def test_a_migration_that_cannot_converge_is_cancelled_and_the_vm_runs_on(
         await wait_for(lambda: heartbeats(serial)[-1] > before + 5, 20, "heartbeats going on")
         assert (await src.status("stuck")).state is VMState.RUNNING
         assert (await src.list())[0].epoch == 1
+    finally:
+        await stop_all(src, dst)
+
+
+async def test_a_failure_in_postcopy_kills_the_source_copy_too(
+    run_dirs: Callable[[str], Path],
+    qemu_settings: QemuSettings,
+    guest_image: GuestImage,
+    tmp_path: Path,
+) -> None:
+    """The target dies once the guest's pages are split between both hosts: the source must
+    not resume its copy (it lacks what the target changed); it is killed, and says why."""
+    n1, n2 = run_dirs("n1"), run_dirs("n2")
+    disk = create_disk(tmp_path / "shared.qcow2")
+    spec = guest_spec("split", guest_image, disk, memory_mib=256, dirty_mib_s=40, dirty_set_mib=32)
+    src, dst = QemuDriver(n1, qemu_settings), QemuDriver(n2, qemu_settings)
+    try:
+        await src.start(spec, epoch=1)
+        serial = vm_dir(n1, "split") / "serial.log"
+        await wait_for(lambda: dirty_laps(serial) >= 1, BOOT_S, "the writer's first lap")
+        settings = MigrationSettings(
+            max_bandwidth_mib_s=10, auto_converge=False, postcopy=True, postcopy_after_passes=1
+        )
+        address = await dst.prepare_incoming(spec, 2, "127.0.0.1", settings)
+        target_pid = dst.vms.get("split").pid
+
+        async def switched(at: float) -> None:  # postcopy began: the target dies now
+            os.kill(target_pid, signal.SIGKILL)
+
+        with pytest.raises(PostcopyFailed) as failed:
+            await asyncio.wait_for(src.migrate_out("split", address, settings, None, switched), 90)
+        print(failed.value)
+        assert "failed in postcopy" in str(failed.value) and "from its disk" in str(failed.value)
+        info = await src.status("split")
+        assert info.state is VMState.FAILED and "postcopy" in info.reason, info
+        assert not any(vm.state is VMState.RUNNING for vm in await src.list())
     finally:
         await stop_all(src, dst)
 

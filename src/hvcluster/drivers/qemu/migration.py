@@ -226,6 +226,6 @@ class _Follow:
     async def _error(self, status: str) -> str:
         try:
             info = await self.monitor.execute("query-migrate")
-        except DriverError as e:
-            return f"{status} ({e})"
+        except DriverError:  # (a QEMU whose postcopy failed is being killed)
+            return status
         return str(info.get("error-desc", status))
