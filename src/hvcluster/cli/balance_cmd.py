@@ -13,6 +13,7 @@ import typer
 
 from hvcluster.cli.client import Client, api_option
 from hvcluster.cli.output import console, friendly_errors, print_json, print_table
+from hvcluster.cli.views import answer
 
 
 def _show(plan: dict[str, Any]) -> None:
@@ -64,11 +65,10 @@ def capacity(
 ) -> None:
     """How many node failures the running HA VMs survive, against the setting
     admission.node_failures_tolerated."""
-    with Client.from_options(api) as client:
-        found = client.get("/cluster/capacity")
-    if as_json:
-        print_json(found)
-        return
+    answer(api, lambda client: client.get("/cluster/capacity"), as_json, _show_capacity)
+
+
+def _show_capacity(found: dict[str, Any]) -> None:
     more = "+" if found["at_least"] else ""
     console.print(
         f"{found['ha_vms']} HA VM(s) on {found['nodes']} open node(s) survive "

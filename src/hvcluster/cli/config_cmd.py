@@ -7,9 +7,15 @@ from typing import Any
 
 import typer
 
-from hvcluster.cli.client import Client, UsageError, api_option
-from hvcluster.cli.output import console, friendly_errors, print_json, print_table
-from hvcluster.cli.views import json_option
+from hvcluster.cli.client import UsageError, api_option
+from hvcluster.cli.output import console, friendly_errors, print_table
+from hvcluster.cli.views import (
+    answer,
+    change_body,
+    json_option,
+    reason_option,
+    revision_option,
+)
 from hvcluster.models.config import ClusterConfig, settable_keys
 from hvcluster.models.settings import dotted_fields, typed_value
 
@@ -49,17 +55,16 @@ def _rows(config: dict[str, Any], restart: set[str]) -> list[tuple[str, object]]
 def show(as_json: bool = json_option(), api: list[str] | None = api_option()) -> None:
     """Show the cluster settings, the revision to name with 'set --revision', and which
     settings an agent reads only when it starts (marked *)."""
-    with Client.from_options(api) as client:
-        answer = client.get("/cluster/config")
-    if as_json:
-        print_json(answer)
-        return
-    stored = "stored" if answer["stored"] else "defaults, none stored"
-    profile = f", timing profile {answer['profile']}" if answer["profile"] else ""
+    answer(api, lambda client: client.get("/cluster/config"), as_json, _show)
+
+
+def _show(found: dict[str, Any]) -> None:
+    stored = "stored" if found["stored"] else "defaults, none stored"
+    profile = f", timing profile {found['profile']}" if found["profile"] else ""
     print_table(
-        f"cluster config (revision {answer['revision']}: {stored}{profile})",
+        f"cluster config (revision {found['revision']}: {stored}{profile})",
         ("SETTING", "VALUE"),
-        _rows(answer["config"], set(answer["restart_needed"])),
+        _rows(found["config"], set(found["restart_needed"])),
     )
     console.print("* read by each agent when it starts: a change needs an agent restart")
 
@@ -70,37 +75,27 @@ def set_(
     settings: list[str] = typer.Argument(
         ..., help="KEY=VALUE, dotted for nested ones (migration.downtime_limit_ms=500)."
     ),
-    revision: int | None = typer.Option(
-        None,
-        "--revision",
-        help="Only if the config is still at this revision ('config show' says it): "
-        "exit code 4 if another change came first.",
-    ),
-    reason: str = typer.Option("", "--reason", help="Why (kept in the event log)."),
+    revision: int | None = revision_option("config ('config show' says its revision)"),
+    reason: str = reason_option(),
     as_json: bool = json_option(),
     api: list[str] | None = api_option(),
 ) -> None:
     """Change cluster settings (admin). The whole config is checked before anything is
     stored: a refusal names the setting and why (exit code 2). Every change is an event
     saying who changed what from what to what."""
-    body: dict[str, Any] = {"settings": dict(parse_setting(s) for s in settings)}
-    if revision is not None:
-        body["revision"] = revision
-    if reason:
-        body["reason"] = reason
-    with Client.from_options(api) as client:
-        answer = client.patch("/cluster/config", body)
-    if as_json:
-        print_json(answer)
+    body = change_body(dict(parse_setting(s) for s in settings), revision, reason)
+    answer(api, lambda client: client.patch("/cluster/config", body), as_json, _changed)
+
+
+def _changed(done: dict[str, Any]) -> None:
+    if not done["changes"]:
+        console.print(f"nothing changed (revision {done['revision']})", highlight=False)
         return
-    if not answer["changes"]:
-        console.print(f"nothing changed (revision {answer['revision']})", highlight=False)
-        return
-    for c in answer["changes"]:
+    for c in done["changes"]:
         note = " (agents use it once restarted)" if c["restart_needed"] else ""
         console.print(f"{c['key']}: {c['before']} -> {c['after']}{note}", highlight=False)
-    console.print(f"cluster config at revision {answer['revision']}", highlight=False)
-    if any(c["restart_needed"] for c in answer["changes"]):
+    console.print(f"cluster config at revision {done['revision']}", highlight=False)
+    if any(c["restart_needed"] for c in done["changes"]):
         console.print(
             "restart each agent (one at a time) for its lease and watchdog to use the new "
             "timings; until then the controller waits as long as the old ones need",

@@ -11,7 +11,7 @@ import typer
 
 from hvcluster.cli.client import ApiError, Client, UsageError, api_option
 from hvcluster.cli.output import console, err_console, fail, friendly_errors, print_json
-from hvcluster.cli.views import json_option
+from hvcluster.cli.views import answer, json_option
 from hvcluster.host import etcd_unit
 from hvcluster.host import join as joining
 
@@ -36,11 +36,11 @@ def join_token(
     body: dict[str, Any] = {"node": node, "ttl_s": ttl}
     if etcd_member is not None:
         body["etcd_member"] = etcd_member
-    with Client.from_options(api) as client:
-        made = client.post("/cluster/join-tokens", body)
-    if as_json:
-        print_json(made)
-        return
+    answer(api, lambda client: client.post("/cluster/join-tokens", body), as_json, _show_token)
+
+
+def _show_token(made: dict[str, Any]) -> None:
+    node = made["node"]
     member = " with an etcd member" if made["etcd_member"] else ""
     until = time.strftime("%H:%M:%S", time.localtime(made["expires_at"]))
     err_console.print(f"join token for {node}{member}, good once until {until}:")

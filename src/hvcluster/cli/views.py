@@ -29,6 +29,30 @@ def json_option(help: str = "Print JSON for scripts.") -> Any:
     return typer.Option(False, "--json", help=help)
 
 
+def revision_option(what: str) -> Any:
+    """``--revision``: the change applies only if ``what`` is still at that revision."""
+    return typer.Option(
+        None,
+        "--revision",
+        help=f"Only if the {what} is still at this revision: exit code 4 if it changed since.",
+    )
+
+
+def reason_option() -> Any:
+    return typer.Option("", "--reason", help="Why (kept in the event log).")
+
+
+def change_body(settings: dict[str, Any], revision: int | None, reason: str) -> dict[str, Any]:
+    """What a PATCH of settings sends (``/cluster/config``, ``/vms/NAME``): the settings, the
+    revision they must still be at (if given) and why (if said)."""
+    body: dict[str, Any] = {"settings": settings}
+    if revision is not None:
+        body["revision"] = revision
+    if reason:
+        body["reason"] = reason
+    return body
+
+
 def listing(app: typer.Typer, path: str | Read, name: str = "list") -> Callable[[Show], Show]:
     """Register the decorated function as ``name``: GET ``path`` (or ask ``read``), then
     print the answer as JSON, or hand it to the function."""
@@ -38,7 +62,7 @@ def listing(app: typer.Typer, path: str | Read, name: str = "list") -> Callable[
         @app.command(name, help=inspect.cleandoc(show.__doc__ or ""))
         @friendly_errors
         def command(as_json: bool = json_option(), api: list[str] | None = api_option()) -> None:
-            _answer(api, read, as_json, show)
+            answer(api, read, as_json, show)
 
         return show
 
@@ -57,14 +81,16 @@ def showing(app: typer.Typer, collection: str, what: str) -> Callable[[Show], Sh
             as_json: bool = json_option(),
             api: list[str] | None = api_option(),
         ) -> None:
-            _answer(api, lambda client: client.get(f"{collection}/{name}"), as_json, show)
+            answer(api, lambda client: client.get(f"{collection}/{name}"), as_json, show)
 
         return show
 
     return register
 
 
-def _answer(api: list[str] | None, read: Read, as_json: bool, show: Show) -> None:
+def answer(api: list[str] | None, read: Read, as_json: bool, show: Show) -> None:
+    """Ask the API (``read``, one client), then print its answer as JSON (``--json``, for
+    scripts: as the API gave it), or hand it to ``show`` (for people)."""
     with Client.from_options(api) as client:
         answer = read(client)
     if as_json:
@@ -85,12 +111,10 @@ def removing(
         as_json: bool = json_option(),
         api: list[str] | None = api_option(),
     ) -> None:
-        with Client.from_options(api) as client:
-            answer = client.delete(f"{collection}/{name}")
-        if as_json:
-            print_json(answer)
-            return
-        console.print(f"{done} {what} [bold]{name}[/]", highlight=False)
+        def said(_: Any) -> None:
+            console.print(f"{done} {what} [bold]{name}[/]", highlight=False)
+
+        answer(api, lambda client: client.delete(f"{collection}/{name}"), as_json, said)
 
 
 def post(api: list[str] | None, path: str, body: Any = None) -> Any:

@@ -9,9 +9,9 @@ from typing import Any
 
 import typer
 
-from hvcluster.cli.client import Client, UsageError, api_option
+from hvcluster.cli.client import UsageError, api_option
 from hvcluster.cli.output import console, err_console, friendly_errors, print_json, print_table
-from hvcluster.cli.views import json_option, listing, post, showing
+from hvcluster.cli.views import answer, json_option, listing, post, showing
 from hvcluster.models.vm import Priority
 
 app = typer.Typer(help="Create, list and manage VMs.", no_args_is_help=True)
@@ -252,15 +252,15 @@ def rm(
     api: list[str] | None = api_option(),
 ) -> None:
     """Delete a VM: its spec goes, its agent stops it. Disk images are kept unless --disks."""
-    with Client.from_options(api) as client:
-        answer = client.delete(f"/vms/{name}?disks=true" if disks else f"/vms/{name}")
-    if as_json:
-        print_json(answer)
-        return
     also = (
         " (its disks on volumes that the cluster created and no VM names are deleted once it "
         "is stopped)"
         if disks
         else ""
     )
-    console.print(f"deleted vm [bold]{name}[/]{also}", highlight=False)
+
+    def said(_: Any) -> None:
+        console.print(f"deleted vm [bold]{name}[/]{also}", highlight=False)
+
+    path = f"/vms/{name}?disks=true" if disks else f"/vms/{name}"
+    answer(api, lambda client: client.delete(path), as_json, said)

@@ -7,9 +7,15 @@ from typing import Any
 
 import typer
 
-from hvcluster.cli.client import Client, UsageError, api_option
-from hvcluster.cli.output import console, err_console, friendly_errors, print_json
-from hvcluster.cli.views import json_option
+from hvcluster.cli.client import UsageError, api_option
+from hvcluster.cli.output import console, err_console, friendly_errors
+from hvcluster.cli.views import (
+    answer,
+    change_body,
+    json_option,
+    reason_option,
+    revision_option,
+)
 from hvcluster.models.settings import dotted_fields, typed_value
 from hvcluster.models.vm import FailbackMode, Priority, VMSpec
 
@@ -86,13 +92,8 @@ def set_vm(
     setting: list[str] | None = typer.Option(
         None, "--set", help="Any other spec field, KEY=VALUE (ha.failover_period_s=3600)."
     ),
-    revision: int | None = typer.Option(
-        None,
-        "--revision",
-        help="Only if the spec is still at this revision (spec_revision of 'vm show --json'): "
-        "exit code 4 if it changed since.",
-    ),
-    reason: str = typer.Option("", "--reason", help="Why (kept in the event log)."),
+    revision: int | None = revision_option("spec (spec_revision of 'vm show --json')"),
+    reason: str = reason_option(),
     as_json: bool = json_option(),
     api: list[str] | None = api_option(),
 ) -> None:
@@ -122,28 +123,24 @@ def set_vm(
         settings["ha.failback.window_end_hour"] = end
     if not settings:
         raise UsageError("nothing to change: give at least one option (hvc vm set --help)")
-    body: dict[str, Any] = {"settings": settings}
-    if revision is not None:
-        body["revision"] = revision
-    if reason:
-        body["reason"] = reason
-    with Client.from_options(api) as client:
-        answer = client.patch(f"/vms/{name}", body)
-    if as_json:
-        print_json(answer)
-        return
-    if not answer["changes"]:
+    body = change_body(settings, revision, reason)
+    answer(api, lambda client: client.patch(f"/vms/{name}", body), as_json, _changed)
+
+
+def _changed(done: dict[str, Any]) -> None:
+    name = done["name"]
+    if not done["changes"]:
         console.print(f"vm [bold]{name}[/]: nothing changed", highlight=False)
         return
-    for c in answer["changes"]:
+    for c in done["changes"]:
         note = " (at its next start)" if c["restart_needed"] else ""
         console.print(f"{c['key']}: {c['before']} -> {c['after']}{note}", highlight=False)
     console.print(
-        f"vm [bold]{name}[/] changed (spec revision {answer['spec_revision']})", highlight=False
+        f"vm [bold]{name}[/] changed (spec revision {done['spec_revision']})", highlight=False
     )
-    if answer["restart_needed"]:
+    if done["restart_needed"]:
         err_console.print(
-            f"[yellow]note:[/] {name} runs with its old {', '.join(answer['restart_needed'])} "
+            f"[yellow]note:[/] {name} runs with its old {', '.join(done['restart_needed'])} "
             f"until it is stopped and started ('hvc vm stop {name}', then 'hvc vm start "
             f"{name}'); live and quick moves keep them meanwhile",
             highlight=False,
