@@ -13,6 +13,7 @@ from hvcluster.cli.views import (
     answer,
     change_body,
     json_option,
+    print_changes,
     reason_option,
     revision_option,
 )
@@ -91,9 +92,7 @@ def _changed(done: dict[str, Any]) -> None:
     if not done["changes"]:
         console.print(f"nothing changed (revision {done['revision']})", highlight=False)
         return
-    for c in done["changes"]:
-        note = " (agents use it once restarted)" if c["restart_needed"] else ""
-        console.print(f"{c['key']}: {c['before']} -> {c['after']}{note}", highlight=False)
+    print_changes(done["changes"], "agents use it once restarted")
     console.print(f"cluster config at revision {done['revision']}", highlight=False)
     if any(c["restart_needed"] for c in done["changes"]):
         console.print(

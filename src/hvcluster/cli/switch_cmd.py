@@ -7,8 +7,8 @@ from typing import Any
 import typer
 
 from hvcluster.cli.client import api_option
-from hvcluster.cli.output import console, friendly_errors, print_json, print_table
-from hvcluster.cli.views import json_option, listing, post, removing
+from hvcluster.cli.output import console, friendly_errors, print_table
+from hvcluster.cli.views import answer, json_option, listing, removing
 from hvcluster.cli.vm_cmd import warn_skipped
 from hvcluster.models.storage import SwitchType
 
@@ -34,10 +34,10 @@ def add(
     body: dict[str, Any] = {"name": name, "type": type_.value}
     if uplink:
         body["uplink"] = uplink
-    s = post(api, "/switches", body)
-    if as_json:
-        print_json(s)
-        return
+    answer(api, lambda client: client.post("/switches", body), as_json, _added)
+
+
+def _added(s: dict[str, Any]) -> None:
     console.print(
         f"switch [bold]{s['name']}[/] ({s['type']}), bridge {s['bridge']} on every node",
         highlight=False,

@@ -53,6 +53,14 @@ def change_body(settings: dict[str, Any], revision: int | None, reason: str) -> 
     return body
 
 
+def print_changes(changes: list[dict[str, Any]], later: str) -> None:
+    """Each setting a PATCH changed, from what to what; ``later`` says when the ones that
+    need a restart take effect."""
+    for c in changes:
+        note = f" ({later})" if c["restart_needed"] else ""
+        console.print(f"{c['key']}: {c['before']} -> {c['after']}{note}", highlight=False)
+
+
 def listing(app: typer.Typer, path: str | Read, name: str = "list") -> Callable[[Show], Show]:
     """Register the decorated function as ``name``: GET ``path`` (or ask ``read``), then
     print the answer as JSON, or hand it to the function."""

@@ -10,8 +10,8 @@ from typing import Any
 import typer
 
 from hvcluster.cli.client import UsageError, api_option
-from hvcluster.cli.output import console, err_console, friendly_errors, print_json, print_table
-from hvcluster.cli.views import answer, json_option, listing, post, showing
+from hvcluster.cli.output import console, err_console, friendly_errors, print_table
+from hvcluster.cli.views import answer, json_option, listing, reason_option, showing
 from hvcluster.models.vm import Priority
 
 app = typer.Typer(help="Create, list and manage VMs.", no_args_is_help=True)
@@ -112,27 +112,22 @@ def create(
         spec["disks"] = [_disk(d) for d in disk]
     if stopped:
         spec["desired_state"] = "stopped"
-    ha: dict[str, Any] = dict(spec.get("ha") or {})
-    if priority is not None:
-        ha["priority"] = priority.value
-    if preferred_owner:
-        ha["preferred_owners"] = preferred_owner
-    if possible_owner:
-        ha["possible_owners"] = possible_owner
-    if anti_affinity:
-        ha["anti_affinity_classes"] = anti_affinity
-    if hard_anti_affinity:
-        ha["anti_affinity_enforced"] = True
-    if affinity:
-        ha["affinity_classes"] = affinity
-    if hard_affinity:
-        ha["affinity_enforced"] = True
+    given = {  # what the options say (None: not given), over the --file's
+        "priority": priority.value if priority is not None else None,
+        "preferred_owners": preferred_owner or None,
+        "possible_owners": possible_owner or None,
+        "anti_affinity_classes": anti_affinity or None,
+        "anti_affinity_enforced": hard_anti_affinity or None,
+        "affinity_classes": affinity or None,
+        "affinity_enforced": hard_affinity or None,
+    }
+    ha = dict(spec.get("ha") or {}) | {k: v for k, v in given.items() if v is not None}
     if ha:
         spec["ha"] = ha
-    vm = post(api, "/vms", spec)
-    if as_json:
-        print_json(vm)
-        return
+    answer(api, lambda client: client.post("/vms", spec), as_json, _created)
+
+
+def _created(vm: dict[str, Any]) -> None:
     console.print(
         f"created vm [bold]{vm['name']}[/] (desired {vm['desired_state']}): "
         "the controller will place it",
@@ -217,21 +212,21 @@ def _desired(verb: str, help: str) -> None:
     @friendly_errors
     def command(
         name: str = typer.Argument(..., help="VM name."),
-        reason: str = typer.Option("", "--reason", help="Why (kept in the event log)."),
+        reason: str = reason_option(),
         as_json: bool = json_option(),
         api: list[str] | None = api_option(),
     ) -> None:
         body = {"reason": reason} if reason else None
-        vm = post(api, f"/vms/{name}/{verb}", body)
-        if as_json:
-            print_json(vm)
-            return
-        console.print(
-            f"vm [bold]{vm['name']}[/]: desired {vm['desired_state']} (now {vm['state']}"
-            + (f" on {vm['node']}" if vm["node"] else "")
-            + ")",
-            highlight=False,
-        )
+        answer(api, lambda client: client.post(f"/vms/{name}/{verb}", body), as_json, _desired_now)
+
+
+def _desired_now(vm: dict[str, Any]) -> None:
+    console.print(
+        f"vm [bold]{vm['name']}[/]: desired {vm['desired_state']} (now {vm['state']}"
+        + (f" on {vm['node']}" if vm["node"] else "")
+        + ")",
+        highlight=False,
+    )
 
 
 _desired("start", "Ask for a VM to run (its desired state becomes running).")

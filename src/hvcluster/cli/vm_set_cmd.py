@@ -13,6 +13,7 @@ from hvcluster.cli.views import (
     answer,
     change_body,
     json_option,
+    print_changes,
     reason_option,
     revision_option,
 )
@@ -132,9 +133,7 @@ def _changed(done: dict[str, Any]) -> None:
     if not done["changes"]:
         console.print(f"vm [bold]{name}[/]: nothing changed", highlight=False)
         return
-    for c in done["changes"]:
-        note = " (at its next start)" if c["restart_needed"] else ""
-        console.print(f"{c['key']}: {c['before']} -> {c['after']}{note}", highlight=False)
+    print_changes(done["changes"], "at its next start")
     console.print(
         f"vm [bold]{name}[/] changed (spec revision {done['spec_revision']})", highlight=False
     )

@@ -10,8 +10,8 @@ from typing import Any
 import typer
 
 from hvcluster.cli.client import api_option
-from hvcluster.cli.output import console, friendly_errors, print_json, print_table
-from hvcluster.cli.views import json_option, listing, post, removing, showing
+from hvcluster.cli.output import console, friendly_errors, print_table
+from hvcluster.cli.views import answer, json_option, listing, removing, showing
 from hvcluster.cli.vm_cmd import warn_skipped
 from hvcluster.models.errors import HvcError
 from hvcluster.models.storage import MARKER, check_volume_path
@@ -77,10 +77,10 @@ def add(
     """Add a shared volume whose marker an admin placed ('hvc volume mark PATH'). Each agent
     then checks it sees it (the marker file with its id)."""
     body = {"name": name, "path": path} | ({"id": volume_id} if volume_id else {})
-    v = post(api, "/volumes", body)
-    if as_json:
-        print_json(v)
-        return
+    answer(api, lambda client: client.post("/volumes", body), as_json, _added)
+
+
+def _added(v: dict[str, Any]) -> None:
     console.print(f"volume [bold]{v['name']}[/] at {v['path']} (id {v['id']})", highlight=False)
 
 
