@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from starlette.responses import Response
 
 from hvcluster.api import migrations, nodes, vms
-from hvcluster.api.context import valid_name
+from hvcluster.api.context import ApiContext, valid_name
 from hvcluster.api.errors import status_of
 from hvcluster.api.views import ActionRequest, ResumeRequest
 from hvcluster.models.errors import HvcError
@@ -66,30 +66,28 @@ def _reason(f: dict[str, str]) -> ActionRequest:
     return ActionRequest(reason=f.get("reason") or REASON)
 
 
-@router.post("/vms/{name}/start")
-async def start(request: Request, who: Who, name: str) -> Response:
-    name = valid_name(name)
-    return await act(
-        request,
-        who,
-        "POST",
-        f"/vms/{name}/start",
-        lambda f: vms.start_vm(name, who.ctx, _reason(f)),
-        f"{name}: start requested",
-    )
+Reasoned = Callable[[str, ApiContext, ActionRequest], Awaitable[Any]]
 
 
-@router.post("/vms/{name}/stop")
-async def stop(request: Request, who: Who, name: str) -> Response:
-    name = valid_name(name)
-    return await act(
-        request,
-        who,
-        "POST",
-        f"/vms/{name}/stop",
-        lambda f: vms.stop_vm(name, who.ctx, _reason(f)),
-        f"{name}: stop requested",
-    )
+def _reasoned(kind: str, verb: str, route: Reasoned, done: str) -> None:
+    """Register ``POST /act/<kind>/<name>/<verb>``: the API's ``POST /<kind>/<name>/<verb>``
+    (``route``) with the form's reason; ``done`` is what it answers."""
+
+    @router.post(f"/{kind}/{{name}}/{verb}", name=f"{verb}_{kind}")
+    async def action(request: Request, who: Who, name: str) -> Response:
+        name = valid_name(name)
+        path = f"/{kind}/{name}/{verb}"
+
+        async def call(f: dict[str, str]) -> Any:
+            return await route(name, who.ctx, _reason(f))
+
+        return await act(request, who, "POST", path, call, f"{name}: {done}")
+
+
+_reasoned("vms", "start", vms.start_vm, "start requested")
+_reasoned("vms", "stop", vms.stop_vm, "stop requested")
+_reasoned("nodes", "pause", nodes.pause_node, "paused")
+_reasoned("nodes", "drain", migrations.drain_node, "draining")
 
 
 @router.post("/vms/{name}/move")
@@ -116,32 +114,6 @@ async def delete(request: Request, who: Who, name: str) -> Response:
         f"/vms/{name}",
         lambda f: vms.delete_vm(name, who.ctx, disks=False),
         f"{name}: deleted",
-    )
-
-
-@router.post("/nodes/{name}/pause")
-async def pause(request: Request, who: Who, name: str) -> Response:
-    name = valid_name(name)
-    return await act(
-        request,
-        who,
-        "POST",
-        f"/nodes/{name}/pause",
-        lambda f: nodes.pause_node(name, who.ctx, _reason(f)),
-        f"{name}: paused",
-    )
-
-
-@router.post("/nodes/{name}/drain")
-async def drain(request: Request, who: Who, name: str) -> Response:
-    name = valid_name(name)
-    return await act(
-        request,
-        who,
-        "POST",
-        f"/nodes/{name}/drain",
-        lambda f: migrations.drain_node(name, who.ctx, _reason(f)),
-        f"{name}: draining",
     )
 
 
