@@ -35,14 +35,20 @@ async def _overview(who: Viewer) -> dict[str, Any]:
     return {"o": await overview(who.ctx)}
 
 
-@router.get("/")
-async def overview_page(request: Request, who: Who) -> Response:
-    return render(request, who, "overview.html", await _overview(who), page="overview")
+def _overview_pages(path: str, fragment: str, template: str) -> None:
+    """Register the page ``path`` (``<template>.html``) and the ``fragment`` its polling
+    redraws (``_<template>.html``), both drawn from the overview's data."""
+
+    @router.get(path, name=f"{template}_page")
+    async def page(request: Request, who: Who) -> Response:
+        return render(request, who, f"{template}.html", await _overview(who), page=template)
+
+    @router.get(fragment, name=f"{template}_frag")
+    async def frag(request: Request, who: Who) -> Response:
+        return render(request, who, f"_{template}.html", await _overview(who))
 
 
-@router.get("/frag/overview")
-async def overview_frag(request: Request, who: Who) -> Response:
-    return render(request, who, "_overview.html", await _overview(who))
+_overview_pages("/", "/frag/overview", "overview")
 
 
 # --- VMs ------------------------------------------------------------------------------
@@ -100,14 +106,7 @@ async def vm_frag(request: Request, who: Who, name: str) -> Response:
 
 
 # --- nodes ----------------------------------------------------------------------------
-@router.get("/nodes")
-async def nodes_page(request: Request, who: Who) -> Response:
-    return render(request, who, "nodes.html", await _overview(who), page="nodes")
-
-
-@router.get("/frag/nodes")
-async def nodes_frag(request: Request, who: Who) -> Response:
-    return render(request, who, "_nodes.html", await _overview(who))
+_overview_pages("/nodes", "/frag/nodes", "nodes")
 
 
 # --- events ---------------------------------------------------------------------------
