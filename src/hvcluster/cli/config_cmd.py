@@ -11,8 +11,8 @@ from hvcluster.cli.client import UsageError, api_option
 from hvcluster.cli.output import console, friendly_errors, print_table
 from hvcluster.cli.views import (
     answer,
-    change_body,
     json_option,
+    patch_settings,
     print_changes,
     reason_option,
     revision_option,
@@ -84,8 +84,8 @@ def set_(
     """Change cluster settings (admin). The whole config is checked before anything is
     stored: a refusal names the setting and why (exit code 2). Every change is an event
     saying who changed what from what to what."""
-    body = change_body(dict(parse_setting(s) for s in settings), revision, reason)
-    answer(api, lambda client: client.patch("/cluster/config", body), as_json, _changed)
+    parsed = dict(parse_setting(s) for s in settings)
+    patch_settings(api, "/cluster/config", parsed, revision, reason, as_json, _changed)
 
 
 def _changed(done: dict[str, Any]) -> None:

@@ -13,10 +13,9 @@ from hvcluster.cli.output import (
     console,
     err_console,
     friendly_errors,
-    print_json,
     print_table,
 )
-from hvcluster.cli.views import json_option, listing, post, showing
+from hvcluster.cli.views import answer, json_option, listing, showing
 from hvcluster.cli.vm_cmd import warn_skipped, when
 
 app = typer.Typer(help="List nodes; pause, drain and resume them.", no_args_is_help=True)
@@ -98,10 +97,7 @@ def show(n: dict[str, Any]) -> None:
     print_table(f"node {n['name']}", ("FIELD", "VALUE"), _rows(n))
 
 
-def _say(n: dict[str, Any], as_json: bool = False) -> None:
-    if as_json:
-        print_json(n)
-        return
+def _say(n: dict[str, Any]) -> None:
     console.print(
         f"node [bold]{n['name']}[/]: {n['admin_state']}"
         + (f" ({n['node']['admin_reason']})" if n["node"]["admin_reason"] else ""),
@@ -118,7 +114,8 @@ def pause(
     api: list[str] | None = api_option(),
 ) -> None:
     """Pause a node: no new VMs are placed on it; those it runs keep running."""
-    _say(post(api, f"/nodes/{name}/pause", {"reason": reason} if reason else None), as_json)
+    body = {"reason": reason} if reason else None
+    answer(api, lambda client: client.post(f"/nodes/{name}/pause", body), as_json, _say)
 
 
 @app.command("resume")
@@ -147,7 +144,7 @@ def resume(
         body["reason"] = reason
     if clear_quarantine:
         body["clear_quarantine"] = True
-    _say(post(api, f"/nodes/{name}/resume", body), as_json)
+    answer(api, lambda client: client.post(f"/nodes/{name}/resume", body), as_json, _say)
 
 
 def _fail(message: str, code: int = ExitCode.ERROR) -> int:
@@ -166,12 +163,12 @@ def drain(
     api: list[str] | None = api_option(),
 ) -> None:
     """Move every VM off a node (live, a few at a time); the node ends paused."""
-    with Client.from_options(api) as client:
+
+    def drained(client: Client) -> Any:
         client.post(f"/nodes/{name}/drain", {"reason": reason} if reason else None)
-        n = client.get(f"/nodes/{name}")
-        if wait:
-            n = _follow_drain(client, name, timeout)
-    _say(n, as_json)
+        return _follow_drain(client, name, timeout) if wait else client.get(f"/nodes/{name}")
+
+    n = answer(api, drained, as_json, _say)
     if wait and "stayed" in n["node"]["admin_reason"]:
         raise typer.Exit(1)
 

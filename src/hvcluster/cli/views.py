@@ -42,15 +42,24 @@ def reason_option() -> Any:
     return typer.Option("", "--reason", help="Why (kept in the event log).")
 
 
-def change_body(settings: dict[str, Any], revision: int | None, reason: str) -> dict[str, Any]:
-    """What a PATCH of settings sends (``/cluster/config``, ``/vms/NAME``): the settings, the
-    revision they must still be at (if given) and why (if said)."""
+def patch_settings(
+    api: list[str] | None,
+    path: str,
+    settings: dict[str, Any],
+    revision: int | None,
+    reason: str,
+    as_json: bool,
+    show: Show,
+) -> None:
+    """PATCH ``settings`` to ``path`` (``/cluster/config``, ``/vms/NAME``), only if it is
+    still at ``revision`` (None: any) and saying why (``reason``, may be empty), then
+    :func:`answer` with what the API says."""
     body: dict[str, Any] = {"settings": settings}
     if revision is not None:
         body["revision"] = revision
     if reason:
         body["reason"] = reason
-    return body
+    answer(api, lambda client: client.patch(path, body), as_json, show)
 
 
 def print_changes(changes: list[dict[str, Any]], later: str) -> None:
@@ -96,15 +105,16 @@ def showing(app: typer.Typer, collection: str, what: str) -> Callable[[Show], Sh
     return register
 
 
-def answer(api: list[str] | None, read: Read, as_json: bool, show: Show) -> None:
+def answer(api: list[str] | None, read: Read, as_json: bool, show: Show) -> Any:
     """Ask the API (``read``, one client), then print its answer as JSON (``--json``, for
-    scripts: as the API gave it), or hand it to ``show`` (for people)."""
+    scripts: as the API gave it), or hand it to ``show`` (for people); the answer."""
     with Client.from_options(api) as client:
         answer = read(client)
     if as_json:
         print_json(answer)
     else:
         show(answer)
+    return answer
 
 
 def removing(

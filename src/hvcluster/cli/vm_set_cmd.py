@@ -10,9 +10,8 @@ import typer
 from hvcluster.cli.client import UsageError, api_option
 from hvcluster.cli.output import console, err_console, friendly_errors
 from hvcluster.cli.views import (
-    answer,
-    change_body,
     json_option,
+    patch_settings,
     print_changes,
     reason_option,
     revision_option,
@@ -124,8 +123,7 @@ def set_vm(
         settings["ha.failback.window_end_hour"] = end
     if not settings:
         raise UsageError("nothing to change: give at least one option (hvc vm set --help)")
-    body = change_body(settings, revision, reason)
-    answer(api, lambda client: client.patch(f"/vms/{name}", body), as_json, _changed)
+    patch_settings(api, f"/vms/{name}", settings, revision, reason, as_json, _changed)
 
 
 def _changed(done: dict[str, Any]) -> None:
