@@ -17,6 +17,7 @@ from pathlib import Path
 
 import uvicorn
 
+from hvcluster.agent.checkpoints import CheckpointWorker
 from hvcluster.agent.config import AgentConfig
 from hvcluster.agent.consoles import local_console
 from hvcluster.agent.host_liveness import HostLiveness
@@ -153,6 +154,7 @@ class Daemon:
         )
         self.migrations = MigrationWorker(self.store, self.keys, agent, agent_say)
         storage = self.storage = StorageMover(self.store, self.keys, agent, agent_say)
+        checkpoints = CheckpointWorker(self.store, self.keys, agent, agent_say)
         resources = self.resources = self._resources(agent, agent_say)
         usage = self.usage = UsagePublisher(
             self.store, self.keys, cfg.node, driver, self.clock.wall, self.clock.sleep
@@ -179,6 +181,8 @@ class Daemon:
             asyncio.create_task(self.migrations.watch(), name="watch-migrations"),
             asyncio.create_task(storage.run(), name="storage-moves"),
             asyncio.create_task(storage.watch(), name="watch-storage-moves"),
+            asyncio.create_task(checkpoints.run(), name="checkpoints"),
+            asyncio.create_task(checkpoints.watch(), name="watch-checkpoints"),
             asyncio.create_task(usage.run(), name="cpu-use"),
         ]
         if self.serve_api:

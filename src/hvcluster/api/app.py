@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends, FastAPI
 from hvcluster import __version__
 from hvcluster.api import (
     balancing,
+    checkpoints,
     cluster_config,
     consoles,
     events,
@@ -141,4 +142,5 @@ def create_app(
     app.include_router(vm_edit.router, prefix=PREFIX)
     app.include_router(joining.router, prefix=PREFIX)
     app.include_router(eviction.router, prefix=PREFIX)
+    app.include_router(checkpoints.router, prefix=PREFIX)
     return app

@@ -30,6 +30,7 @@ from hvcluster.models.migration import Migration, MigrationKind
 from hvcluster.models.node import Node
 from hvcluster.models.storage import disks_to_move, spec_on_volume
 from hvcluster.models.vm import Placement, VMSpec, VMStatus
+from hvcluster.store.checkpoints import lost_by_copy
 from hvcluster.store.jobs import busy
 from hvcluster.store.migrations import change_migration, create_migration, read_migrations
 from hvcluster.store.reads import read_snapshot
@@ -183,6 +184,9 @@ async def shared_nothing_spec(ctx: ApiContext, spec: VMSpec, request: MoveReques
         kept = [i for i in range(len(spec.disks)) if i not in moving]
         why = f"disks {kept} are read-only or on {volume!r} already" if kept else "no disk"
         raise Conflict(f"a shared-nothing move of {spec.name} copies every disk: {why}")
+    lost = await lost_by_copy(ctx.store, ctx.keys, spec.name, "a shared-nothing migration")
+    if lost is not None:
+        raise Conflict(lost)
     return spec_on_volume(spec, volume)
 
 

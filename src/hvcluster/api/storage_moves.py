@@ -4,8 +4,9 @@ volume on the node that runs it (QEMU block mirror; the guest keeps running).
 The API stores a ``requested`` record (``requests/storage-moves/<id>``) and answers 202; the
 owning agent carries it out (:mod:`hvcluster.agent.storage_move`). It refuses (409, with the
 reason) what cannot work now: a VM that is not running, one already moving (a live or quick
-migration, or another storage move), an unknown volume, a volume its node does not see, or
-nothing to move. Follow it at ``/storage-moves/{id}``.
+migration, or another storage move), an unknown volume, a volume its node does not see,
+nothing to move, or a VM with checkpoints (the mirror would drop them). Follow it at
+``/storage-moves/{id}``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from hvcluster.models.lifecycle import VMState
 from hvcluster.models.migration import Migration
 from hvcluster.models.names import check_name
 from hvcluster.models.storage import disks_to_move
+from hvcluster.store.checkpoints import lost_by_copy
 from hvcluster.store.jobs import busy
 from hvcluster.store.migrations import change_migration, create_move, read_move, read_moves
 
@@ -77,6 +79,9 @@ async def move_storage(
         )
     if not disks_to_move(spec, volume):
         raise Conflict(f"vm {name} has no writable disk off volume {volume!r}: nothing to move")
+    lost = await lost_by_copy(ctx.store, ctx.keys, name, "a storage move")
+    if lost is not None:
+        raise Conflict(lost)
     rec = await create_move(
         ctx.store, ctx.keys, name, placement.node, placement.epoch, volume, "api"
     )

@@ -49,6 +49,7 @@ from pydantic import Field
 from hvcluster.drivers.errors import NoConsole, NotRunning
 from hvcluster.drivers.parts import (
     Books,
+    Checkpointer,
     DiskMove,
     DiskMover,
     Migrator,
@@ -61,6 +62,7 @@ from hvcluster.drivers.parts import (
 from hvcluster.drivers.runtime import vm_dir
 from hvcluster.host.network import IpLinks, Links
 from hvcluster.models.base import Model
+from hvcluster.models.checkpoint import Checkpoint, CheckpointAction
 from hvcluster.models.config import MigrationSettings
 from hvcluster.models.console import ConsoleKind, console_socket_name
 from hvcluster.models.guestcpu import default_guest_cpu
@@ -156,6 +158,7 @@ class Driver(ABC):
     migrator: Migrator
     saver: Saver
     disks: DiskMover
+    checkpointer: Checkpointer
 
     def __init__(self, run_dir: Path | None) -> None:
         self.run_dir = Path(run_dir) if run_dir is not None else None
@@ -380,6 +383,22 @@ class Driver(ABC):
         :meth:`discard` the caller deletes the files (``IncomingDisks.paths``)."""
         incoming = Receive(spec, epoch, host, settings, tuple(sizes))
         return await self.disks.receive(incoming)
+
+    # -- checkpoints ------------------------------------------------------------------------
+
+    async def checkpoint(
+        self, spec: VMSpec, action: CheckpointAction, name: str
+    ) -> builtins.list[Checkpoint]:
+        """Create, revert to or delete checkpoint ``name`` of VM ``spec`` (internal snapshots
+        of its writable qcow2 disks); return what its disks hold then. A VM running here is
+        checkpointed with its memory and a revert resumes that memory; a VM not running here
+        (stopped) has its disks alone snapshotted or reverted. Raises
+        :class:`~hvcluster.drivers.errors.CheckpointFailed` with the reason."""
+        return await self.checkpointer.run(spec, action, name)
+
+    async def checkpoints(self, spec: VMSpec) -> builtins.list[Checkpoint]:
+        """The checkpoints VM ``spec``'s first writable disk holds."""
+        return await self.checkpointer.list(spec)
 
     # -- the driver itself ------------------------------------------------------------------
 

@@ -70,3 +70,8 @@ class DiskMoveFailed(MigrationFailed):
 
 class ProcessFailed(DriverError):
     """A helper process the driver needs (the sim driver's placeholder, ``ip``) failed."""
+
+
+class CheckpointFailed(DriverError):
+    """A checkpoint could not be created, reverted to or removed (QEMU's or qemu-img's
+    words, or why it cannot be: a raw disk, a disk-only checkpoint on a running VM)."""

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from hvcluster.drivers.errors import NotRunning
+from hvcluster.models.checkpoint import Checkpoint, CheckpointAction
 from hvcluster.models.config import MigrationSettings
 from hvcluster.models.vm import Disk, VMSpec
 
@@ -95,6 +96,14 @@ class DiskMover(Protocol):
     async def send(self, name: str, send: Send) -> MigrationResult: ...
 
     async def cancel_copy(self, name: str) -> None: ...
+
+
+class Checkpointer(Protocol):
+    async def run(
+        self, spec: VMSpec, action: CheckpointAction, name: str
+    ) -> builtins.list[Checkpoint]: ...
+
+    async def list(self, spec: VMSpec) -> builtins.list[Checkpoint]: ...
 
 
 class HasInfo(Protocol):

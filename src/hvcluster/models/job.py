@@ -8,21 +8,24 @@ import uuid
 from typing import Literal
 
 from hvcluster.models.base import Model
+from hvcluster.models.checkpoint import CheckpointOp
 from hvcluster.models.migration import Migration, MigrationKind
 from hvcluster.models.vm import Placement
 
-RecordKind = Literal["migration", "storage-move"]
+RecordKind = Literal["migration", "storage-move", "checkpoint"]
 
 
 class Job(Model):
     id: str
     vm: str
     record: RecordKind
-    what: str  # "live migration", "quick migration", "shared-nothing migration", "storage move"
+    what: str  # "live migration", "storage move", "checkpoint create 'before'"...
 
 
-def job_of(rec: Migration) -> Job:
+def job_of(rec: Migration | CheckpointOp) -> Job:
     """The job key's value for ``rec``."""
+    if isinstance(rec, CheckpointOp):
+        return Job(id=rec.id, vm=rec.vm, record="checkpoint", what=rec.what)
     if rec.kind is MigrationKind.STORAGE:
         return Job(id=rec.id, vm=rec.vm, record="storage-move", what="storage move")
     what = "shared-nothing migration" if rec.volume else f"{rec.kind.value} migration"

@@ -1,7 +1,8 @@
 """One job per VM, enforced by the store: ``jobs/<vm>``.
 
 A VM moves by one job at a time: a live, quick or shared-nothing migration
-(``migrations/<id>``) or a storage move (``requests/storage-moves/<id>``). Reading "is
+(``migrations/<id>``), a storage move (``requests/storage-moves/<id>``) or a checkpoint
+operation (``requests/checkpoints/<id>``: QEMU cannot snapshot a VM that is moving). Reading "is
 another job under way?" before creating a record leaves a gap (no compare can say "no
 active record"), so the job key closes it:
 
@@ -23,33 +24,44 @@ name it: "vm web-1 is already moving (live migration web-1-3fa2, transferring)".
 from __future__ import annotations
 
 from hvcluster.models.base import encode
+from hvcluster.models.checkpoint import CheckpointOp
 from hvcluster.models.job import Job, job_of
 from hvcluster.models.migration import Migration
 from hvcluster.store.base import Compare, Delete, KeyValue, Put, Store
 from hvcluster.store.keys import Keys
 from hvcluster.store.reads import decode_kv, read_value
 
+Record = Migration | CheckpointOp
+
 
 def record_key(keys: Keys, job: Job) -> str:
     if job.record == "storage-move":
         return keys.storage_move(job.id)
+    if job.record == "checkpoint":
+        return keys.checkpoint_op(job.id)
     return keys.migration(job.id)
 
 
-def claim(keys: Keys, rec: Migration) -> tuple[list[Compare], list[Put]]:
+async def _record(store: Store, keys: Keys, job: Job) -> Record | None:
+    if job.record == "checkpoint":
+        return await read_value(store, record_key(keys, job), CheckpointOp)
+    return await read_value(store, record_key(keys, job), Migration)
+
+
+def claim(keys: Keys, rec: Record) -> tuple[list[Compare], list[Put]]:
     """The compare and write that make ``rec`` the VM's one job: with the record's own put,
     in one transaction (which fails if another job holds the VM)."""
     key = keys.job(rec.vm)
     return [Compare(key, "create", "==", 0)], [Put(key, encode(job_of(rec)))]
 
 
-def release(keys: Keys, rec: Migration) -> list[Delete]:
+def release(keys: Keys, rec: Record) -> list[Delete]:
     """The write that frees the VM when its active ``rec`` ends (see the module doc)."""
     return [Delete(keys.job(rec.vm))]
 
 
 def release_if_named(
-    keys: Keys, rec: Migration, kv: KeyValue | None
+    keys: Keys, rec: Record, kv: KeyValue | None
 ) -> tuple[list[Compare], list[Delete]]:
     """Pruning a final ``rec``: delete the job key too when it (as read: ``kv``) still names
     it, compared on its value; nothing otherwise."""
@@ -63,7 +75,7 @@ def _job(kv: KeyValue) -> Job | None:
     return found.value if found is not None else None
 
 
-async def holder(store: Store, keys: Keys, vm: str) -> tuple[Job | None, Migration | None] | None:
+async def holder(store: Store, keys: Keys, vm: str) -> tuple[Job | None, Record | None] | None:
     """The job key of ``vm`` (None: no job) and the record it names (None: missing or
     unreadable); the job is None if the key itself is unreadable."""
     kv = await store.get(keys.job(vm))
@@ -72,7 +84,7 @@ async def holder(store: Store, keys: Keys, vm: str) -> tuple[Job | None, Migrati
     job = _job(kv)
     if job is None:
         return None, None
-    return job, await read_value(store, record_key(keys, job), Migration)
+    return job, await _record(store, keys, job)
 
 
 async def busy(store: Store, keys: Keys, vm: str) -> str | None:
@@ -90,10 +102,12 @@ async def busy(store: Store, keys: Keys, vm: str) -> str | None:
             f"vm {vm} is held by {job.what} {job.id} ({state}) that did not release it; "
             f"the controller clears it, try again shortly"
         )
+    if isinstance(rec, CheckpointOp):
+        return f"vm {vm} is busy with {job.what} ({job.id}, {rec.state.value})"
     return f"vm {vm} is already moving ({job.what} {job.id}, {rec.state.value})"
 
 
-async def stale(store: Store, keys: Keys) -> list[tuple[KeyValue, Job | None, Migration | None]]:
+async def stale(store: Store, keys: Keys) -> list[tuple[KeyValue, Job | None, Record | None]]:
     """Job keys whose record is final, missing or unreadable (or that are unreadable
     themselves), with what they name: the controller clears them."""
     found = await store.range(keys.prefix("jobs"))
@@ -102,7 +116,7 @@ async def stale(store: Store, keys: Keys) -> list[tuple[KeyValue, Job | None, Mi
         job = _job(kv)
         rec = None
         if job is not None:
-            rec = await read_value(store, record_key(keys, job), Migration)
+            rec = await _record(store, keys, job)
         if job is None or rec is None or not rec.active:
             out.append((kv, job, rec))
     return out

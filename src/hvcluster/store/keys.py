@@ -26,6 +26,7 @@ KINDS = (
     "pki",
     "join",
     "usage",
+    "checkpoints",
 )
 
 
@@ -112,6 +113,14 @@ class Keys:
     def storage_move(self, mid: str = "") -> str:
         """A storage move's record (store/migrations.py); with no id, the prefix of them all."""
         return self.request("storage-moves/" + mid)
+
+    def checkpoint_op(self, oid: str = "") -> str:
+        """A checkpoint operation's record (store/checkpoints.py); no id: the prefix."""
+        return self.request("checkpoints/" + oid)
+
+    def checkpoints(self, vm: str) -> str:
+        """What ``vm``'s disks hold (models/checkpoint.py), written by its agent."""
+        return self.prefix("checkpoints") + vm
 
     def created_disk(self, file: str) -> str:
         """The record that the cluster created disk file ``file`` (``VOLUME:relative/path``):

@@ -19,6 +19,7 @@ from pathlib import Path
 from hvcluster.drivers.base import Driver, HostFacts, Usage, VMInfo
 from hvcluster.drivers.errors import NotRunning, QemuFailed
 from hvcluster.drivers.qemu import blockjobs
+from hvcluster.drivers.qemu.checkpoints import QemuCheckpoints
 from hvcluster.drivers.qemu.guestcpu import cpu_models
 from hvcluster.drivers.qemu.host import (
     HostCpu,
@@ -56,6 +57,7 @@ class QemuDriver(Driver):
         self.books = self.vms
         live = QemuLive(self.vms)
         self.migrator, self.saver, self.disks = live, QemuSaver(self.vms), QemuDisks(self.vms, live)
+        self.checkpointer = QemuCheckpoints(self.vms)
         self.host_cpu: HostCpu | None = None  # /proc/stat, read from the first call on
 
     @property

@@ -42,6 +42,7 @@ from hvcluster.drivers.runtime import (
     write_json,
 )
 from hvcluster.drivers.sim import model, placeholder
+from hvcluster.drivers.sim.checkpoints import SimCheckpoints
 from hvcluster.drivers.sim.console import SimConsoles
 from hvcluster.drivers.sim.faults import Bug, SimBugs
 from hvcluster.drivers.sim.links import SimHostLinks
@@ -92,6 +93,7 @@ class SimDriver(Driver):
         self.migrations = SimMigration(self)
         self.storage = SimStorage(self)
         self.migrator, self.saver, self.disks = self.migrations, self.migrations, self.storage
+        self.checkpointer = SimCheckpoints(self)
         self._ticker: asyncio.Task[None] | None = None
         run_dir = self.run_dir
         self.consoles = SimConsoles(lambda vm: vm_dir(run_dir, vm) if run_dir else None)
