@@ -7,6 +7,7 @@ import typer
 from hvcluster import __version__
 from hvcluster.cli import (
     balance_cmd,
+    checkpoint_cmd,
     client,
     cluster_cmd,
     config_cmd,
@@ -77,6 +78,7 @@ cluster_cmd.app.command("balance")(balance_cmd.balance)
 cluster_cmd.app.command("capacity")(balance_cmd.capacity)
 vm_cmd.app.command("console")(console_cmd.console)
 vm_cmd.app.command("set")(vm_set_cmd.set_vm)
+vm_cmd.app.add_typer(checkpoint_cmd.app, name="checkpoint")
 app.add_typer(vm_cmd.app, name="vm")
 app.add_typer(move_cmd.app, name="migration")
 app.add_typer(node_cmd.app, name="node")

@@ -95,7 +95,7 @@ class QemuCheckpoints:
         _refuse(action_problem(spec.name, action, name, found, running=False))
         flag = {"create": "-c", "revert": "-a", "delete": "-d"}[action.value]
         for path in paths:
-            args = ("snapshot", "-q", "-f", "qcow2", flag, name, str(path))
+            args = ("snapshot", "-q", flag, name, str(path))
             await qemu_img(*args, error=CheckpointFailed)
         return await _image_list(paths[0])
 
