@@ -31,9 +31,9 @@ from hvcluster.models.event import Say
 from hvcluster.models.job import Job, job_of
 from hvcluster.models.lifecycle import MigrationState
 from hvcluster.models.vm import VMSpec
-from hvcluster.store.base import Compare, Delete, Store, WatchEvent
+from hvcluster.store.base import Compare, Delete, Store
 from hvcluster.store.checkpoints import OpChange, change_op, fail_op, list_put, read_ops
-from hvcluster.store.follow import follow, run_cycles
+from hvcluster.store.follow import run_cycles_with_tasks, wake_on_changes
 from hvcluster.store.jobs import release_if_named
 from hvcluster.store.keys import Keys
 from hvcluster.store.reads import Reader, decode_kv
@@ -63,19 +63,13 @@ class CheckpointWorker:
         self.read = Reader(store, keys)
 
     async def run(self, interval: float = 1.0) -> None:
-        try:
-            await run_cycles("checkpoint", self.cycle, self.wake, interval, self.agent.clock.sleep)
-        finally:
-            for task in self.tasks.values():
-                task.cancel()
-            if self.tasks:
-                await asyncio.wait(list(self.tasks.values()), timeout=10)
+        sleep = self.agent.clock.sleep
+        await run_cycles_with_tasks(
+            "checkpoint", self.cycle, self.wake, interval, sleep, self.tasks
+        )
 
     async def watch(self) -> None:
-        def seen(_: WatchEvent) -> None:
-            self.wake.set()
-
-        await follow(self.store, self.keys.checkpoint_op(), seen)
+        await wake_on_changes(self.store, self.keys.checkpoint_op(), self.wake)
 
     async def cycle(self) -> None:
         for oid in [o for o, task in self.tasks.items() if task.done()]:

@@ -42,8 +42,8 @@ from hvcluster.models.lifecycle import MigrationState, VMState
 from hvcluster.models.migration import Migration, Progress
 from hvcluster.models.storage import disk_on_volume, disks_to_move
 from hvcluster.models.vm import Disk, Placement, VMSpec
-from hvcluster.store.base import Compare, Delete, Put, Store, WatchEvent
-from hvcluster.store.follow import follow, run_cycles
+from hvcluster.store.base import Compare, Delete, Put, Store
+from hvcluster.store.follow import run_cycles_with_tasks, wake_on_changes
 from hvcluster.store.jobs import busy, release_if_named
 from hvcluster.store.keys import Keys
 from hvcluster.store.migrations import Change, change_migration, read_moves
@@ -77,21 +77,13 @@ class StorageMover:
 
     # --- the loop --------------------------------------------------------------------
     async def run(self, interval: float = 1.0) -> None:
-        try:
-            await run_cycles(
-                "storage move", self.cycle, self.wake, interval, self.agent.clock.sleep
-            )
-        finally:  # the daemon stops: so do the copies (the driver stops their mirrors)
-            for task in self.tasks.values():
-                task.cancel()
-            if self.tasks:
-                await asyncio.wait(list(self.tasks.values()), timeout=10)
+        sleep = self.agent.clock.sleep  # when it stops, so do the copies (and their mirrors)
+        await run_cycles_with_tasks(
+            "storage move", self.cycle, self.wake, interval, sleep, self.tasks
+        )
 
     async def watch(self) -> None:
-        def seen(_: WatchEvent) -> None:
-            self.wake.set()
-
-        await follow(self.store, self.keys.storage_move(), seen)
+        await wake_on_changes(self.store, self.keys.storage_move(), self.wake)
 
     async def cycle(self) -> None:
         self.cycles += 1

@@ -61,55 +61,40 @@ def _change(
         raise typer.Exit(1)
 
 
-def _wait() -> Any:
-    return typer.Option(True, "--wait/--no-wait", help="Wait for its end (non-zero if it fails).")
+def _command(verb: str, method: str, path: str, help: str, body: bool = False) -> None:
+    """Register ``verb VM NAME``: ``method path`` (``{vm}``, ``{name}`` filled in; with the
+    name in the body if ``body``), then wait for the operation's end."""
+
+    @app.command(verb, help=help)
+    @friendly_errors
+    def command(
+        vm: str = typer.Argument(..., help="VM name."),
+        name: str = typer.Argument(..., help="Checkpoint name."),
+        wait: bool = typer.Option(
+            True, "--wait/--no-wait", help="Wait for its end (non-zero if it fails)."
+        ),
+        timeout: float = typer.Option(600.0, "--timeout", help="Seconds to wait at most."),
+        as_json: bool = json_option(),
+        api: list[str] | None = api_option(),
+    ) -> None:
+        where = path.format(vm=vm, name=name)
+        _change(api, method, where, {"name": name} if body else None, wait, timeout, as_json)
 
 
-def _timeout() -> Any:
-    return typer.Option(600.0, "--timeout", help="Seconds to wait at most.")
-
-
-@app.command("create")
-@friendly_errors
-def create(
-    vm: str = typer.Argument(..., help="VM name."),
-    name: str = typer.Argument(..., help="Checkpoint name."),
-    wait: bool = _wait(),
-    timeout: float = _timeout(),
-    as_json: bool = json_option(),
-    api: list[str] | None = api_option(),
-) -> None:
-    """Checkpoint a VM: its disks, and its memory when it runs (the guest pauses meanwhile)."""
-    _change(api, "POST", f"/vms/{vm}/checkpoints", {"name": name}, wait, timeout, as_json)
-
-
-@app.command("revert")
-@friendly_errors
-def revert(
-    vm: str = typer.Argument(..., help="VM name."),
-    name: str = typer.Argument(..., help="Checkpoint name."),
-    wait: bool = _wait(),
-    timeout: float = _timeout(),
-    as_json: bool = json_option(),
-    api: list[str] | None = api_option(),
-) -> None:
-    """Bring a VM back to a checkpoint (a running VM goes on from its saved memory)."""
-    path = f"/vms/{vm}/checkpoints/{name}/revert"
-    _change(api, "POST", path, None, wait, timeout, as_json)
-
-
-@app.command("rm")
-@friendly_errors
-def remove(
-    vm: str = typer.Argument(..., help="VM name."),
-    name: str = typer.Argument(..., help="Checkpoint name."),
-    wait: bool = _wait(),
-    timeout: float = _timeout(),
-    as_json: bool = json_option(),
-    api: list[str] | None = api_option(),
-) -> None:
-    """Remove a checkpoint from a VM's disks."""
-    _change(api, "DELETE", f"/vms/{vm}/checkpoints/{name}", None, wait, timeout, as_json)
+_command(
+    "create",
+    "POST",
+    "/vms/{vm}/checkpoints",
+    "Checkpoint a VM: its disks, and its memory when it runs (the guest pauses meanwhile).",
+    body=True,
+)
+_command(
+    "revert",
+    "POST",
+    "/vms/{vm}/checkpoints/{name}/revert",
+    "Bring a VM back to a checkpoint (a running VM goes on from its saved memory).",
+)
+_command("rm", "DELETE", "/vms/{vm}/checkpoints/{name}", "Remove a checkpoint from a VM's disks.")
 
 
 @app.command("list")

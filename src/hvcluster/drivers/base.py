@@ -46,7 +46,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from hvcluster.drivers.errors import NoConsole, NotRunning
+from hvcluster.drivers.errors import CheckpointFailed, NoConsole, NotRunning
 from hvcluster.drivers.parts import (
     Books,
     Checkpointer,
@@ -62,7 +62,7 @@ from hvcluster.drivers.parts import (
 from hvcluster.drivers.runtime import vm_dir
 from hvcluster.host.network import IpLinks, Links
 from hvcluster.models.base import Model
-from hvcluster.models.checkpoint import Checkpoint, CheckpointAction
+from hvcluster.models.checkpoint import Checkpoint, CheckpointAction, checkpoint_problem
 from hvcluster.models.config import MigrationSettings
 from hvcluster.models.console import ConsoleKind, console_socket_name
 from hvcluster.models.guestcpu import default_guest_cpu
@@ -393,11 +393,17 @@ class Driver(ABC):
         of its writable qcow2 disks); return what its disks hold then. A VM running here is
         checkpointed with its memory and a revert resumes that memory; a VM not running here
         (stopped) has its disks alone snapshotted or reverted. Raises
-        :class:`~hvcluster.drivers.errors.CheckpointFailed` with the reason."""
+        :class:`~hvcluster.drivers.errors.CheckpointFailed` with the reason (here: a VM
+        whose disks cannot hold one; the parts have writable qcow2 disks to work on)."""
+        problem = checkpoint_problem(spec)
+        if problem is not None:
+            raise CheckpointFailed(problem)
         return await self.checkpointer.run(spec, action, name)
 
     async def checkpoints(self, spec: VMSpec) -> builtins.list[Checkpoint]:
         """The checkpoints VM ``spec``'s first writable disk holds."""
+        if checkpoint_problem(spec) is not None:
+            return []
         return await self.checkpointer.list(spec)
 
     # -- the driver itself ------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 from hvcluster.models.errors import StoreError
 from hvcluster.store.base import Store, WatchEvent
@@ -58,3 +58,31 @@ async def run_cycles(
             log.exception("%s cycle failed unexpectedly; carrying on", what)
         wake.clear()
         await wait_event(wake, interval, sleep)
+
+
+async def run_cycles_with_tasks(
+    what: str,
+    cycle: Callable[[], Awaitable[object]],
+    wake: asyncio.Event,
+    interval: float,
+    sleep: Sleep | None,
+    tasks: Mapping[str, asyncio.Task[None]],
+) -> None:
+    """:func:`run_cycles` of a loop that starts a task per record (``tasks``): when the loop
+    stops (the daemon does), so do they, given up to 10 s to clean up after themselves."""
+    try:
+        await run_cycles(what, cycle, wake, interval, sleep)
+    finally:
+        for task in tasks.values():
+            task.cancel()
+        if tasks:
+            await asyncio.wait(list(tasks.values()), timeout=10)
+
+
+async def wake_on_changes(store: Store, prefix: str, wake: asyncio.Event) -> None:
+    """Set ``wake`` at every change under ``prefix`` (:func:`follow`), forever."""
+
+    def seen(_: WatchEvent) -> None:
+        wake.set()
+
+    await follow(store, prefix, seen)

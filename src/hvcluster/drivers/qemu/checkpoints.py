@@ -31,12 +31,7 @@ from hvcluster.drivers.errors import CheckpointFailed, QemuFailed
 from hvcluster.drivers.qemu.monitor import Monitor
 from hvcluster.drivers.qemu.supervision import QemuSupervisor
 from hvcluster.host.qemuimg import qemu_img
-from hvcluster.models.checkpoint import (
-    Checkpoint,
-    CheckpointAction,
-    action_problem,
-    checkpoint_problem,
-)
+from hvcluster.models.checkpoint import Checkpoint, CheckpointAction, action_problem
 from hvcluster.models.vm import VMSpec
 
 POLL_S = 0.05
@@ -57,9 +52,6 @@ class QemuCheckpoints:
     async def run(
         self, spec: VMSpec, action: CheckpointAction, name: str
     ) -> builtins.list[Checkpoint]:
-        problem = checkpoint_problem(spec)
-        if problem is not None:
-            raise CheckpointFailed(problem)
         async with self.vms.lock(spec.name):
             vm = self.vms.running.get(spec.name)
             if vm is None:
@@ -75,8 +67,6 @@ class QemuCheckpoints:
             return await _listed(monitor, nodes[0])
 
     async def list(self, spec: VMSpec) -> builtins.list[Checkpoint]:
-        if checkpoint_problem(spec) is not None:
-            return []
         vm = self.vms.running.get(spec.name)
         if vm is not None:
             monitor = self.vms.qmp(vm)
