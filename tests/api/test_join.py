@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -39,6 +40,21 @@ async def anonymous(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://api/api/v1") as client:
         yield client
+
+
+async def join(
+    api: httpx.AsyncClient, anonymous: httpx.AsyncClient, node: str, where: Path, **token: object
+) -> tuple[dict[str, str], dict[str, Any]]:
+    """What ``hvc node join`` does up to its certificate: a join token from the admin (with
+    ``token``'s options), then ``POST /join`` with a CSR for ``node`` (address
+    ``10.0.0.<its number>``), both asserted to succeed: the body posted and the answer."""
+    made = await api.post("/cluster/join-tokens", json={"node": node, **token})
+    assert made.status_code == 201, made.text
+    _, csr = make_request(where / node, node)
+    body = {"token": made.json()["token"], "csr": csr, "address": f"10.0.0.{node[1:]}"}
+    joined = await anonymous.post("/join", json=body)
+    assert joined.status_code == 200, joined.text
+    return body, joined.json()
 
 
 def verify(ca: Authority, cert_pem: str, where: Path) -> str:
@@ -136,10 +152,7 @@ async def test_evict_drains_first_refuses_while_vms_stay_then_removes_and_revoke
     ca: Authority,
     tmp_path: Path,
 ) -> None:
-    token = await api.post("/cluster/join-tokens", json={"node": "n4", "etcd_member": True})
-    _, csr = make_request(tmp_path, "n4")
-    body = {"token": token.json()["token"], "csr": csr, "address": "10.0.0.4"}
-    joined = (await anonymous.post("/join", json=body)).json()
+    body, joined = await join(api, anonymous, "n4", tmp_path, etcd_member=True)
     store.catch_up(joined["etcd"]["member_id"], "n4")
     # 1 host (itself) wants 1 voter: it stays a learner, and the answer says why
     stays = await anonymous.post("/join/promote", json={"token": body["token"]})
@@ -197,17 +210,11 @@ async def test_the_third_hosts_join_promotes_the_second_hosts_learner_first(
     await add_node(store, "n1")
     members: dict[str, int] = {}
     for node in ("n2", "n3"):
-        made = await api.post("/cluster/join-tokens", json={"node": node})
-        assert made.status_code == 201, made.text
-        token = made.json()["token"]
-        _, csr = make_request(tmp_path / node, node)
-        body = {"token": token, "csr": csr, "address": f"10.0.0.{node[1]}"}
-        joined = await anonymous.post("/join", json=body)
-        assert joined.status_code == 200, joined.text
-        members[node] = joined.json()["etcd"]["member_id"]
+        body, joined = await join(api, anonymous, node, tmp_path)
+        members[node] = joined["etcd"]["member_id"]
         store.catch_up(members[node], node)
         if node == "n2":
-            stays = await anonymous.post("/join/promote", json={"token": token})
+            stays = await anonymous.post("/join/promote", json={"token": body["token"]})
             assert stays.json()["voting"] is False, stays.text
     learner = {m.id: m.learner for m in await store.members()}
     assert learner[members["n2"]] is False and learner[members["n3"]] is True
