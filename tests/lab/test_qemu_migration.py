@@ -9,10 +9,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
-from hvcluster.guestimage.image import cached_image
-from hvcluster.guestimage.testguest import heartbeats, read_counter
+from hvcluster.guestimage.image import cached_image, require_image
+from hvcluster.guestimage.testguest import (
+    create_disk,
+    dirty_cmdline,
+    dirty_laps,
+    heartbeats,
+    read_counter,
+)
 from tests.lab.conftest import CACHE, Lab, make_lab, wait_for
 from tests.lab.test_qemu_failover import counter_rises, create_guest, running, vm_pid
 from tests.lab.test_qemu_storage_move import add_volume
@@ -90,3 +97,56 @@ def test_migration_keeps_the_guest_running_with_no_reset(lab2: Lab, kind: str) -
         if e["event"]["kind"] == "migration.done" and e["event"]["subject"] == f"vm/{name}"
     ]
     assert done and "downtime" in done[-1] and "total" in done[-1]
+
+
+def set_migration(lab: Lab, **settings: Any) -> None:
+    body = {"settings": {f"migration.{k}": v for k, v in settings.items()}, "reason": "test"}
+    r = httpx.patch(
+        f"{lab.api()}/api/v1/cluster/config",
+        json=body,
+        timeout=10,
+        headers=lab.headers,
+        verify=lab.ca,
+    )
+    assert r.status_code == 200, r.text
+
+
+def test_postcopy_moves_a_loaded_guest_through_the_agents(lab2: Lab) -> None:
+    """A guest dirtying faster than the bandwidth cap: precopy cannot converge, so after one
+    pass the source switches to postcopy; the placement flips then and the target runs the
+    guest while it fetches the rest. The guest goes on with no reset."""
+    lab, name = lab2, "mig-postcopy"
+    disk = Path(lab.state.shared_dir) / f"{name}.qcow2"
+    create_disk(disk)
+    boot = require_image(CACHE).boot(dirty_cmdline(40, 32))
+    spec = {
+        "name": name,
+        "memory_mib": 256,
+        "boot": boot.model_dump(),
+        "disks": [{"path": str(disk)}],
+    }
+    spec["ha"] = {"preferred_owners": ["n1"], "priority": "high"}
+    set_migration(
+        lab, postcopy=True, postcopy_after_passes=1, max_bandwidth_mib_s=8, auto_converge=False
+    )
+    try:
+        lab.post("/vms", spec)
+        vm = wait_for(lambda: running(lab, name), 60, f"{name} running")
+        assert vm["node"] == "n1"
+        wait_for(lambda: dirty_laps(serial(lab, "n1", name)) >= 1, 60, "the writer's first lap")
+        seen_on_n1 = heartbeats(serial(lab, "n1", name))[-1]
+        rec = migrate(lab, name, "n2", "live")
+        assert rec["progress"]["postcopy"], rec["progress"]
+        assert rec["progress"]["passes"] >= 2 and rec["target"] == "n2"
+        moved = wait_for(lambda: running(lab, name), 30, f"{name} running on n2")
+        assert moved["node"] == "n2"
+        beats = wait_for(
+            lambda: (b := heartbeats(serial(lab, "n2", name))) and len(b) >= 2 and b,
+            30,
+            "heartbeats on n2",
+        )
+        assert beats[0] > seen_on_n1 and beats == sorted(beats), (seen_on_n1, beats[:5])
+        assert counter_rises(disk, read_counter(disk)) > 0
+    finally:
+        set_migration(lab, postcopy=False, max_bandwidth_mib_s=10_000, auto_converge=True)
+        lab.delete(f"/vms/{name}")

@@ -29,6 +29,7 @@ from hvcluster.drivers.qemu.host import (
     qemu_version,
 )
 from hvcluster.drivers.qemu.live import QemuLive
+from hvcluster.drivers.qemu.monitor import Monitor
 from hvcluster.drivers.qemu.process import kill_and_wait
 from hvcluster.drivers.qemu.saved import QemuSaver
 from hvcluster.drivers.qemu.settings import QemuSettings
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 
 # A graceful shutdown presses the power button again after this long without a power-off.
 PRESS_AGAIN_S = 10.0
+POSTCOPY_LOCK_S = 5.0  # a postcopy target's cont is retried this long on a disk lock
 
 
 class QemuDriver(Driver):
@@ -177,11 +179,26 @@ class QemuDriver(Driver):
         # in-migrate); return then, when QEMU says RESUME.
         monitor, resumed = self.vms.qmp(vm), asyncio.Event()
         with monitor.subscribe(lambda event, _: resumed.set() if event == "RESUME" else None):
-            await monitor.execute("cont")
+            await self._cont(vm, monitor)
             if vm.state == VMState.MIGRATING:
                 await self._until_resumed(vm, resumed)
         self.vms.set_state(vm, VMState.RUNNING, "resumed on request")
         return vm.info()
+
+    async def _cont(self, vm: QemuVM, monitor: Monitor) -> None:
+        """``cont``. A postcopy target takes its disks' write locks when it runs; the source
+        lets go of them as postcopy starts, but the target's first try can come a moment
+        before: retried for :data:`POSTCOPY_LOCK_S` then."""
+        deadline = time.monotonic() + POSTCOPY_LOCK_S
+        while True:
+            try:
+                await monitor.execute("cont")
+                return
+            except QemuFailed as e:
+                if not vm.postcopy or "lock" not in str(e) or time.monotonic() > deadline:
+                    raise
+                log.info("vm %s: %s; trying again", vm.name, e)
+                await asyncio.sleep(0.05)
 
     async def _until_resumed(self, vm: QemuVM, resumed: asyncio.Event) -> None:
         deadline = time.monotonic() + MigrationSettings().timeout_s
