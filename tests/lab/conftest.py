@@ -3,6 +3,8 @@ with TLS, as every lab does: requests verify the API's certificate against the l
 
 from __future__ import annotations
 
+import os
+import shutil
 import ssl
 import uuid
 from collections.abc import Callable, Generator, Iterator
@@ -151,6 +153,12 @@ def make_lab(
         )
         yield Lab(lab_dir)
     finally:
+        keep = os.environ.get("HVC_KEEP_LAB_LOGS")  # a directory: the logs copied there
+        if keep:
+            for log_file in lab_dir.glob("**/*.log"):
+                dest = Path(keep) / log_file.relative_to(tmp.parent)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(log_file, dest)
         cluster.down(lab_dir, log=lambda _: None)
 
 

@@ -6,13 +6,16 @@ it, every node talking to the frozen member fenced itself although etcd had quor
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
 
+from hvcluster.lab.etcd import EtcdCluster
 from hvcluster.models.errors import StoreUnavailable
 from hvcluster.store.etcd import EtcdStore
 from tests.etcd_fixtures import running_etcd
+from tests.waiting import wait_for_sync
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -55,3 +58,38 @@ async def test_a_keepalive_moves_on_from_a_frozen_member(which: str) -> None:
                 frozen.resume()
         finally:
             await store.close()
+
+
+@pytest.mark.timeout(60)
+async def test_a_keepalive_whose_channel_another_drops_fails_as_unavailable(
+    etcd_private: EtcdCluster,
+) -> None:
+    """Keepalives side by side on one frozen member (the agent hedges them): the first to
+    time out drops the channel, and gRPC cancels the others on it. That is not our
+    cancellation: each fails as an unreachable etcd, never as a cancelled task (which ended
+    the agent's keepalive loop: its watchdog fired with etcd healthy)."""
+    store = EtcdStore(etcd_private.endpoints, timeout=5.0)
+    member = etcd_private.members[0]
+    try:
+        lease = await store.grant(10)
+        await store.keepalive(lease.id, timeout=KEEPALIVE_S)  # the channel connected
+        member.pause()
+        try:
+            assert member.pid is not None
+            wait_for_sync(lambda: stopped(member.pid), 5, "etcd stopped")
+            first = asyncio.create_task(store.keepalive(lease.id, timeout=KEEPALIVE_S))
+            await asyncio.sleep(0.1)
+            second = asyncio.create_task(store.keepalive(lease.id, timeout=KEEPALIVE_S))
+            results = await asyncio.gather(first, second, return_exceptions=True)
+        finally:
+            member.resume()
+        assert all(isinstance(r, StoreUnavailable) for r in results), results
+        await store.keepalive(lease.id, timeout=5.0)  # and the store goes on
+    finally:
+        await store.close()
+
+
+def stopped(pid: int) -> bool:
+    """The process is stopped (SIGSTOP takes effect once each thread is scheduled)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0] == "T"

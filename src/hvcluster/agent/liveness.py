@@ -33,6 +33,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from hvcluster.agent.evidence import NONE, Evidence, members_of, seek
+from hvcluster.agent.keepalive_hedge import hedged_keepalive
 from hvcluster.metrics import AgentMetrics
 from hvcluster.models.base import encode
 from hvcluster.models.config import ClusterConfig
@@ -52,6 +53,8 @@ LocalPlacements = Callable[[], Mapping[str, int]]
 KillChanged = Callable[[set[str]], Awaitable[None]]
 # Record an event about this node: (event kind, reason); the subject is bound in.
 SayOfNode = Callable[[str, str], Awaitable[None]]
+# While a keepalive hangs, another leaves every this share of the interval (keepalive_hedge).
+HEDGE_SHARE = 0.2
 
 
 @dataclass(frozen=True)
@@ -279,16 +282,18 @@ class NodeLiveness:
             self._count_fence()  # (still cut off: no feed would count it)
             started = self.clock()
             try:
-                # The store's own deadline (shorter than ours) lets it time out and move
-                # to the next member: cancelled from outside, it would stay on a frozen one.
-                ttl = await asyncio.wait_for(
-                    self.store.keepalive(self.lease_id, timeout=0.9 * interval), interval
+                confirmed = await hedged_keepalive(
+                    self.store,
+                    self.lease_id,
+                    interval=interval,
+                    hedge_after=interval * HEDGE_SHARE,
+                    clock=self.clock,
                 )
                 self.failing = False
-                self.lease_ttl = ttl
-                self.metrics.lease_renew_seconds.observe(self.clock() - started)
+                self.lease_ttl = confirmed.ttl
+                self.metrics.lease_renew_seconds.observe(self.clock() - confirmed.sent)
                 before, fenced = self.last_confirmed_sent, self.fenced
-                self._confirmed(started)
+                self._confirmed(confirmed.sent)
                 if before is not None and self.clock() - before > 1.5 * interval:
                     # How close a stall came to the watchdog's deadline (docs: a stall is
                     # survived when stall + interval + reconnect < fence_after).
@@ -298,8 +303,9 @@ class NodeLiveness:
                         self.clock() - before,
                         self.config.fence_after_s,
                     )
-                if before is not None and started - before > self.config.fence_after_s:
-                    self._say_later(*self._back(started - before, fenced))
+                gap = None if before is None else confirmed.sent - before
+                if gap is not None and gap > self.config.fence_after_s:
+                    self._say_later(*self._back(gap, fenced))
                 self.fed_on = None
                 if self.key_gone.is_set():
                     self.key_gone.clear()

@@ -264,6 +264,16 @@ class Connection:
                 raise StoreUnavailable(
                     f"etcd at {ep.target} did not answer {what} within {budget:g}s"
                 ) from None
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # we are cancelled
+                # gRPC cancels a call whose channel was closed (another call's reset):
+                # not our cancellation, and it must not end the caller as one would.
+                last = f"etcd at {ep.target}: the call's channel was closed"
+                if mutable:
+                    raise StoreUnavailable(last) from None
+                await asyncio.sleep(min(0.05, max(0.0, deadline - loop.time())))
             except grpc.aio.AioRpcError as e:
                 error = translate(e, ep.target)
                 if not isinstance(error, StoreUnavailable):
