@@ -46,7 +46,7 @@ from hvcluster.models.vm import Placement, VMSpec, VMStatus
 from hvcluster.store.base import Compare, Put, Store, WatchEvent
 from hvcluster.store.follow import follow, run_cycles
 from hvcluster.store.keys import Keys
-from hvcluster.store.reads import decode_kv, decode_one, read_kind
+from hvcluster.store.reads import DecodeCache, decode_kv, decode_one, read_kind
 from hvcluster.store.state import read_config
 
 log = logging.getLogger(__name__)
@@ -100,6 +100,7 @@ class NodeAgent:
         self._shutting: dict[str, asyncio.Task[None]] = {}
         self.wake = asyncio.Event()
         self.cycles = 0
+        self.decoded = DecodeCache()
         self.facts: HostFacts | None = None
         self.resources = Resources()  # switches and volumes, as agent/resources.py found them
         self.disks = VolumeDisks(store, keys, me.name, lease)
@@ -209,9 +210,10 @@ class NodeAgent:
     async def cycle(self) -> list[str]:
         """One pass; returns what it did, a sentence per action."""
         self.cycles += 1
-        specs = await read_kind(self.store, self.keys, "vms", VMSpec)
-        placements = await read_kind(self.store, self.keys, "placements", Placement)
-        statuses = await read_kind(self.store, self.keys, "status", VMStatus)
+        decoded = self.decoded  # every key read, only what changed since decoded again
+        specs = await read_kind(self.store, self.keys, "vms", VMSpec, cache=decoded)
+        placements = await read_kind(self.store, self.keys, "placements", Placement, cache=decoded)
+        statuses = await read_kind(self.store, self.keys, "status", VMStatus, cache=decoded)
         # Read each cycle: an admin's change of the local restart limits applies at once
         # (the timings stay as the agent started with them: see models/config.RESTART_NEEDED).
         self.config, _ = await read_config(self.store, self.keys)

@@ -23,7 +23,7 @@ from pydantic import Field
 
 from hvcluster.api.context import ApiContext, Ctx
 from hvcluster.api.views import View
-from hvcluster.models.admission import admit, survival
+from hvcluster.models.admission import admit, is_ha, survival
 from hvcluster.models.base import Model, encode
 from hvcluster.models.config import ClusterConfig
 from hvcluster.models.errors import Conflict, StoreUnavailable
@@ -139,6 +139,11 @@ async def capacity(ctx: Ctx) -> CapacityView:
 
 async def check_admission(ctx: ApiContext, spec: VMSpec) -> None:
     """Refuse (409) or warn about (an event) running the HA VM ``spec``, per the setting."""
+    if not is_ha(spec):
+        return  # nothing to check: spare the store a read of the whole cluster
+    config, _ = await read_config(ctx.store, ctx.keys)
+    if config.admission.node_failures_tolerated <= 0:
+        return  # admission control off (the default): as above
     config, nodes, placed = await cluster_load(ctx)
     tolerated = config.admission.node_failures_tolerated
     why = admit(spec, nodes, placed, tolerated)

@@ -59,7 +59,7 @@ from hvcluster.store.migrations import (
     moved_spec_ops,
     read_migrations,
 )
-from hvcluster.store.reads import Decoded, Stored, decode_kv, read_kind, read_one
+from hvcluster.store.reads import DecodeCache, Decoded, Stored, decode_kv, read_kind, read_one
 from hvcluster.store.state import ClusterState, read_cluster
 
 log = logging.getLogger(__name__)
@@ -93,6 +93,7 @@ class MigrationCoordinator:
         self.cycles = 0  # cycles begun (tests wait on it: 'a later cycle did not retry')
         self._later: set[asyncio.Future[None]] = set()  # wake-ups soon, held while due
         self.retention = Retention(store, keys, say, clock)
+        self.decoded = DecodeCache()  # its full reads decode only what changed since the last
 
     async def run(self, interval: float = 0.5) -> None:
         # (a record's own failure fails that record alone: this is the cycle's own)
@@ -151,7 +152,7 @@ class MigrationCoordinator:
                 n.value.admin_state is not NodeAdminState.DRAINING for n in nodes.items.values()
             ):
                 return  # nothing to do: spare the store a full read
-        state = await read_cluster(self.store, self.keys)
+        state = await read_cluster(self.store, self.keys, self.decoded)
         now = self.clock()
         snapshot = build_snapshot(state, self.notes, now)
         active = [s for s in records.items.values() if s.value.active]

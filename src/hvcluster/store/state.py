@@ -14,7 +14,7 @@ from hvcluster.models.node import Node, NodeAlive
 from hvcluster.models.vm import Placement, VMSpec, VMStatus
 from hvcluster.store.base import Store
 from hvcluster.store.keys import Keys
-from hvcluster.store.reads import Decoded, read_kind, read_one_or_error
+from hvcluster.store.reads import DecodeCache, Decoded, read_kind, read_one_or_error
 
 
 async def read_config(store: Store, keys: Keys) -> tuple[ClusterConfig, CorruptValue | None]:
@@ -42,13 +42,15 @@ class ClusterState:
         return self.vms.unreadable | self.placements.unreadable
 
 
-async def read_cluster(store: Store, keys: Keys) -> ClusterState:
+async def read_cluster(store: Store, keys: Keys, cache: DecodeCache | None = None) -> ClusterState:
+    """Everything, read afresh; with ``cache``, only what changed since its last read is
+    decoded (what a loop reading this every cycle passes)."""
     config, bad = await read_config(store, keys)
-    nodes = await read_kind(store, keys, "nodes", Node)
-    alive = await read_kind(store, keys, "alive", NodeAlive)
-    vms = await read_kind(store, keys, "vms", VMSpec)
-    placements = await read_kind(store, keys, "placements", Placement)
-    statuses = await read_kind(store, keys, "status", VMStatus)
+    nodes = await read_kind(store, keys, "nodes", Node, cache=cache)
+    alive = await read_kind(store, keys, "alive", NodeAlive, cache=cache)
+    vms = await read_kind(store, keys, "vms", VMSpec, cache=cache)
+    placements = await read_kind(store, keys, "placements", Placement, cache=cache)
+    statuses = await read_kind(store, keys, "status", VMStatus, cache=cache)
     corrupt = [bad] if bad else []
     for d in (nodes, alive, vms, placements, statuses):
         corrupt.extend(d.corrupt)
