@@ -82,6 +82,9 @@ async def test_an_interactive_terminal_follows_the_vm_and_leaves_with_the_escape
                 seen += await loop.run_in_executor(None, os.read, main, 4096)
 
     try:
+        # Typed before hvc has even connected: not lost when it makes the terminal raw.
+        os.write(main, b"echo early\r")
+        await until(b"early\r\nweb:/# ")
         await until(b"Escape key")
         # Raw: ^C goes to the guest (a cooked terminal would interrupt hvc itself).
         os.write(main, b"\x03echo raw-one\r")

@@ -40,9 +40,11 @@ QUIET_S = 1.0  # stdin not a terminal and ended: leave once the guest was quiet 
 ENDED_NORMALLY = 1000
 
 
-def note(line: str) -> None:
-    """A line of ours on stderr (not the guest's: its output alone goes to stdout)."""
-    sys.stderr.write(line + "\n")
+def note(line: str, raw: bool = False) -> None:
+    """A line of ours on stderr (not the guest's: its output alone goes to stdout).
+    ``raw``: the terminal is raw, so a new line must return the carriage itself."""
+    text = line + "\n"
+    sys.stderr.write(text.replace("\n", "\r\n") if raw else text)
     sys.stderr.flush()
 
 
@@ -163,11 +165,16 @@ async def run(name: str, urls: Sequence[str], token: str | None, ca: str | None,
     escape = escape_byte(key)
     ws, base = await open_console(urls, name, token, ca)
     interactive = sys.stdin.isatty()
-    note(f"Connected to the serial console of {name} (through {base}). Escape key is '{key}'.")
     saved = termios.tcgetattr(sys.stdin.fileno()) if interactive else None
     try:
         if interactive:
-            tty.setraw(sys.stdin.fileno())
+            # Raw before we say we are connected, and at once (TCSANOW): setraw's default
+            # TCSAFLUSH threw away what was typed between the two (seen as a lost line).
+            tty.setraw(sys.stdin.fileno(), termios.TCSANOW)
+        note(
+            f"Connected to the serial console of {name} (through {base}). Escape key is '{key}'.",
+            raw=interactive,
+        )
         code, reason = await session(ws, escape, interactive)
     finally:
         if saved is not None:
