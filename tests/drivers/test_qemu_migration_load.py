@@ -5,7 +5,7 @@ VM untouched on the source.
 
 The guest has 1 GiB (what the issue asks; under TCG it boots in ~5-15 s, and the part of its
 memory it never touched costs a migration almost nothing: zero pages) and dirties 50 MiB/s over
-a 128 MiB set. A bandwidth cap below that dirty rate keeps plain precopy from converging, so
+a 64 MiB set. A bandwidth cap below that dirty rate keeps plain precopy from converging, so
 auto-converge (or postcopy) is what lands it."""
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ pytestmark = [pytest.mark.qemu, pytest.mark.slow, pytest.mark.timeout(240)]
 
 BOOT_S = 60.0  # generous: two cores shared with other test suites
 DIRTY_MIB_S = 50
-SET_MIB = 128
-CAP_MIB_S = 32  # below the dirty rate: precopy alone cannot converge
+SET_MIB = 64
+CAP_MIB_S = 24  # below the dirty rate: precopy alone cannot converge
 
 
 async def test_a_loaded_guest_migrates_with_auto_converge_then_postcopy(
@@ -62,7 +62,10 @@ async def test_a_loaded_guest_migrates_with_auto_converge_then_postcopy(
         serial1 = vm_dir(n1, "load") / "serial.log"
         await wait_for(lambda: dirty_laps(serial1) >= 1, BOOT_S, "the writer's first lap")
 
-        converge = MigrationSettings(max_bandwidth_mib_s=CAP_MIB_S, auto_converge=True)
+        # (a pause of up to 1 s: fewer passes, hence fewer seconds of test, to converge)
+        converge = MigrationSettings(
+            max_bandwidth_mib_s=CAP_MIB_S, auto_converge=True, downtime_limit_ms=1000
+        )
         seen, last = await migrate(one, two, spec, 2, converge, serial1)
         result_passes = seen[-1].passes
         print(f"precopy: {[p.dirty_rate_mib_s for p in seen]} {result_passes} passes")
@@ -87,15 +90,19 @@ async def test_a_loaded_guest_migrates_with_auto_converge_then_postcopy(
         await stop_all(one, two)
 
 
-async def test_a_migration_that_cannot_converge_is_cancelled_and_the_vm_runs_on(
+async def test_a_migration_that_cannot_converge_is_cancelled_then_one_failing_in_postcopy(
     run_dirs: Callable[[str], Path],
     qemu_settings: QemuSettings,
     guest_image: GuestImage,
     tmp_path: Path,
 ) -> None:
+    """One guest (a boot is the costly part under TCG): first a precopy that cannot converge
+    (a tiny bandwidth cap) is cancelled at its timeout, the VM untouched on the source; then
+    the target dies once postcopy has split the guest's pages between both hosts: the source
+    must not resume its copy (it lacks what the target changed); it is killed, and says why."""
     n1, n2 = run_dirs("n1"), run_dirs("n2")
     disk = create_disk(tmp_path / "shared.qcow2")
-    spec = guest_spec("stuck", guest_image, disk, memory_mib=256, dirty_mib_s=40, dirty_set_mib=64)
+    spec = guest_spec("stuck", guest_image, disk, memory_mib=256, dirty_mib_s=40, dirty_set_mib=32)
     src, dst = QemuDriver(n1, qemu_settings), QemuDriver(n2, qemu_settings)
     try:
         await src.start(spec, epoch=1)
@@ -117,40 +124,21 @@ async def test_a_migration_that_cannot_converge_is_cancelled_and_the_vm_runs_on(
         await wait_for(lambda: heartbeats(serial)[-1] > before + 5, 20, "heartbeats going on")
         assert (await src.status("stuck")).state is VMState.RUNNING
         assert (await src.list())[0].epoch == 1
-    finally:
-        await stop_all(src, dst)
 
-
-async def test_a_failure_in_postcopy_kills_the_source_copy_too(
-    run_dirs: Callable[[str], Path],
-    qemu_settings: QemuSettings,
-    guest_image: GuestImage,
-    tmp_path: Path,
-) -> None:
-    """The target dies once the guest's pages are split between both hosts: the source must
-    not resume its copy (it lacks what the target changed); it is killed, and says why."""
-    n1, n2 = run_dirs("n1"), run_dirs("n2")
-    disk = create_disk(tmp_path / "shared.qcow2")
-    spec = guest_spec("split", guest_image, disk, memory_mib=256, dirty_mib_s=40, dirty_set_mib=32)
-    src, dst = QemuDriver(n1, qemu_settings), QemuDriver(n2, qemu_settings)
-    try:
-        await src.start(spec, epoch=1)
-        serial = vm_dir(n1, "split") / "serial.log"
-        await wait_for(lambda: dirty_laps(serial) >= 1, BOOT_S, "the writer's first lap")
         settings = MigrationSettings(
             max_bandwidth_mib_s=10, auto_converge=False, postcopy=True, postcopy_after_passes=1
         )
-        address = await dst.prepare_incoming(spec, 2, "127.0.0.1", settings)
-        target_pid = dst.vms.get("split").pid
+        address = await dst.prepare_incoming(spec, 3, "127.0.0.1", settings)
+        target_pid = dst.vms.get("stuck").pid
 
         async def switched(at: float) -> None:  # postcopy began: the target dies now
             os.kill(target_pid, signal.SIGKILL)
 
-        with pytest.raises(PostcopyFailed) as failed:
-            await asyncio.wait_for(src.migrate_out("split", address, settings, None, switched), 90)
-        print(failed.value)
-        assert "failed in postcopy" in str(failed.value) and "from its disk" in str(failed.value)
-        info = await src.status("split")
+        with pytest.raises(PostcopyFailed) as lost:
+            await asyncio.wait_for(src.migrate_out("stuck", address, settings, None, switched), 90)
+        print(lost.value)
+        assert "failed in postcopy" in str(lost.value) and "from its disk" in str(lost.value)
+        info = await src.status("stuck")
         assert info.state is VMState.FAILED and "postcopy" in info.reason, info
         assert not any(vm.state is VMState.RUNNING for vm in await src.list())
     finally:
