@@ -86,6 +86,14 @@ async def test_a_loaded_guest_migrates_with_auto_converge_then_postcopy(
         assert seen[-1].postcopy, seen[-1]
         assert max(p.cpu_throttle_pct for p in seen) == 0
         await continues(disk, vm_dir(n1, "load") / "serial.log", last)
+
+        # a VM that came by postcopy is an ordinary VM: a later migration that fails in
+        # precopy (here: cancelled at its timeout) leaves it running
+        stuck = MigrationSettings(max_bandwidth_mib_s=2, auto_converge=False, timeout_s=2)
+        address = await two.prepare_incoming(spec, 4, "127.0.0.1", stuck)
+        with pytest.raises(MigrationFailed, match="did not converge"):
+            await one.migrate_out("load", address, stuck)
+        assert (await one.status("load")).state is VMState.RUNNING
     finally:
         await stop_all(one, two)
 

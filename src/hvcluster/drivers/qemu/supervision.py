@@ -260,7 +260,9 @@ class QemuSupervisor:
             status = str(data.get("status", ""))
             if status in POSTCOPY:
                 vm.postcopy = True
-            elif vm.postcopy and status not in ACTIVE and status != "completed":
+            elif status in ("setup", "completed"):  # a new migration; or this one is done
+                vm.postcopy = False
+            elif vm.postcopy and status not in ACTIVE:
                 # Its memory is split between two hosts: neither end may run it again.
                 self.fail_guest(vm, f"its migration failed in postcopy ({status})")
             if status in ACTIVE:
