@@ -22,6 +22,7 @@ from hvcluster.cli.output import console, friendly_errors, print_json
 
 Show = Callable[[Any], None]  # prints an answer for people
 Read = Callable[[Client], Any]  # what a list asks of the API, when more than one GET
+Ask = Callable[[Client, str], Any]  # what a command asks of the API about the NAME it is given
 
 
 def json_option(help: str = "Print JSON for scripts.") -> Any:
@@ -91,18 +92,36 @@ def showing(app: typer.Typer, collection: str, what: str) -> Callable[[Show], Sh
     print the answer as JSON, or hand it to the function."""
 
     def register(show: Show) -> Show:
-        @app.command("show", help=inspect.cleandoc(show.__doc__ or ""))
-        @friendly_errors
-        def command(
-            name: str = typer.Argument(..., help=f"{what} name."),
-            as_json: bool = json_option(),
-            api: list[str] | None = api_option(),
-        ) -> None:
-            answer(api, lambda client: client.get(f"{collection}/{name}"), as_json, show)
+        help = inspect.cleandoc(show.__doc__ or "")
 
+        def get(client: Client, name: str) -> Any:
+            return client.get(f"{collection}/{name}")
+
+        _named(app, "show", help, what, get, lambda _, found: show(found))
         return show
 
     return register
+
+
+def _named(
+    app: typer.Typer,
+    verb: str,
+    help: str,
+    what: str,
+    ask: Ask,
+    show: Callable[[str, Any], None],
+) -> None:
+    """Register ``verb NAME`` (``what`` NAME names): ``ask`` the API about NAME, then
+    :func:`answer` with what it says (``show`` given NAME too)."""
+
+    @app.command(verb, help=help)
+    @friendly_errors
+    def command(
+        name: str = typer.Argument(..., help=f"{what} name."),
+        as_json: bool = json_option(),
+        api: list[str] | None = api_option(),
+    ) -> None:
+        answer(api, lambda client: ask(client, name), as_json, lambda found: show(name, found))
 
 
 def answer(api: list[str] | None, read: Read, as_json: bool, show: Show) -> Any:
@@ -122,17 +141,13 @@ def removing(
 ) -> None:
     """Register ``verb NAME``: DELETE ``collection/NAME``, then say it is ``done``."""
 
-    @app.command(verb, help=help)
-    @friendly_errors
-    def command(
-        name: str = typer.Argument(..., help=f"{what.capitalize()} name."),
-        as_json: bool = json_option(),
-        api: list[str] | None = api_option(),
-    ) -> None:
-        def said(_: Any) -> None:
-            console.print(f"{done} {what} [bold]{name}[/]", highlight=False)
+    def said(name: str, _: Any) -> None:
+        console.print(f"{done} {what} [bold]{name}[/]", highlight=False)
 
-        answer(api, lambda client: client.delete(f"{collection}/{name}"), as_json, said)
+    def delete(client: Client, name: str) -> Any:
+        return client.delete(f"{collection}/{name}")
+
+    _named(app, verb, help, what.capitalize(), delete, said)
 
 
 def post(api: list[str] | None, path: str, body: Any = None) -> Any:
