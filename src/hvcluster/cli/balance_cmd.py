@@ -13,7 +13,7 @@ import typer
 
 from hvcluster.cli.client import Client, api_option
 from hvcluster.cli.output import console, friendly_errors, print_json, print_table
-from hvcluster.cli.views import answer
+from hvcluster.cli.views import answer, json_option
 
 
 def _show(plan: dict[str, Any]) -> None:
@@ -29,7 +29,7 @@ def _show(plan: dict[str, Any]) -> None:
 def balance(
     dry_run: bool = typer.Option(False, "--dry-run", help="Show the plan only."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Apply without asking."),
-    as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
+    as_json: bool = json_option("Print the plan as JSON."),
     api: list[str] | None = api_option(),
 ) -> None:
     """Balance the load: move VMs live off nodes above the balance level, with the fewest
@@ -60,7 +60,7 @@ def balance(
 
 @friendly_errors
 def capacity(
-    as_json: bool = typer.Option(False, "--json", help="Print it as JSON."),
+    as_json: bool = json_option("Print it as JSON."),
     api: list[str] | None = api_option(),
 ) -> None:
     """How many node failures the running HA VMs survive, against the setting

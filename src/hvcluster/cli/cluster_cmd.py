@@ -11,6 +11,7 @@ from rich.table import Table
 from hvcluster.cli.client import Client, api_option
 from hvcluster.cli.output import console, fail, friendly_errors, print_json
 from hvcluster.cli.report_html import render
+from hvcluster.cli.views import json_option
 from hvcluster.models.validation import Category, CheckStatus, ValidationReport
 
 app = typer.Typer(
@@ -53,7 +54,7 @@ def summary(report: ValidationReport) -> str:
 @app.command("validate")
 @friendly_errors
 def validate(
-    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    as_json: bool = json_option("Print the report as JSON."),
     html: Path | None = typer.Option(
         None,
         "--html",

@@ -11,7 +11,7 @@ import typer
 
 from hvcluster.cli.client import ApiError, Client, UsageError, api_option
 from hvcluster.cli.output import console, err_console, fail, friendly_errors, print_json
-from hvcluster.cli.views import answer, json_option
+from hvcluster.cli.views import answer, json_option, reason_option
 from hvcluster.host import etcd_unit
 from hvcluster.host import join as joining
 
@@ -135,7 +135,7 @@ def _follow(cluster: str, ca: Path, token: str, timeout: float, as_json: bool) -
 @friendly_errors
 def evict(
     name: str = typer.Argument(..., help="Node name."),
-    reason: str = typer.Option("", "--reason", help="Why (kept in the events)."),
+    reason: str = reason_option(),
     timeout: float = typer.Option(1800.0, "--timeout", help="Seconds to wait for the drain."),
     as_json: bool = json_option(),
     api: list[str] | None = api_option(),

@@ -17,7 +17,7 @@ from hvcluster.cli.output import (
     print_json,
     print_table,
 )
-from hvcluster.cli.views import listing
+from hvcluster.cli.views import answer, json_option, listing
 
 app = typer.Typer(
     help="List, show and cancel migrations (storage moves too: one id names either).",
@@ -108,7 +108,7 @@ def move(
     ),
     wait: bool = typer.Option(False, "--wait", help="Follow it to the end; non-zero if it fails."),
     timeout: float = typer.Option(600.0, "--timeout", help="Seconds --wait waits at most."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+    as_json: bool = json_option(),
     api: list[str] | None = api_option(),
 ) -> None:
     """Move a running VM to another node, live (it keeps running) or quick; or, with
@@ -216,15 +216,14 @@ def record_rows(m: dict[str, Any]) -> list[tuple[str, object]]:
 @friendly_errors
 def show(
     mid: str = typer.Argument(..., help="Migration (or storage move) id."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+    as_json: bool = json_option(),
     api: list[str] | None = api_option(),
 ) -> None:
     """Show one migration or storage move: route, state, progress, times, reason."""
-    with Client.from_options(api) as client:
-        m = fetch_record(client, mid)
-    if as_json:
-        print_json(m)
-        return
+    answer(api, lambda client: fetch_record(client, mid), as_json, _show_record)
+
+
+def _show_record(m: dict[str, Any]) -> None:
     print_table(f"migration {m['id']}", ("FIELD", "VALUE"), record_rows(m))
 
 
@@ -232,19 +231,18 @@ def show(
 @friendly_errors
 def cancel(
     mid: str = typer.Argument(..., help="Migration id."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+    as_json: bool = json_option(),
     api: list[str] | None = api_option(),
 ) -> None:
     """Cancel a migration (or storage move) before the switch; the VM keeps running where
     it was, on its old disks."""
-    with Client.from_options(api) as client:
+
+    def cancelled(client: Client) -> Any:
         try:
-            m = client.post(f"/migrations/{mid}/cancel")
+            return client.post(f"/migrations/{mid}/cancel")
         except ApiError as e:
             if e.status != 404:
                 raise
-            m = client.post(f"/storage-moves/{mid}/cancel")
-    if as_json:
-        print_json(m)
-    else:
-        console.print(describe(m), highlight=False)
+            return client.post(f"/storage-moves/{mid}/cancel")
+
+    answer(api, cancelled, as_json, lambda m: console.print(describe(m), highlight=False))

@@ -15,7 +15,7 @@ from hvcluster.cli.output import (
     friendly_errors,
     print_table,
 )
-from hvcluster.cli.views import answer, json_option, listing, showing
+from hvcluster.cli.views import answer, json_option, listing, reason_option, showing
 from hvcluster.cli.vm_cmd import warn_skipped, when
 
 app = typer.Typer(help="List nodes; pause, drain and resume them.", no_args_is_help=True)
@@ -109,7 +109,7 @@ def _say(n: dict[str, Any]) -> None:
 @friendly_errors
 def pause(
     name: str = typer.Argument(..., help="Node name."),
-    reason: str = typer.Option("", "--reason", help="Why (shown with the node)."),
+    reason: str = reason_option("Why (shown with the node)."),
     as_json: bool = json_option(),
     api: list[str] | None = api_option(),
 ) -> None:
@@ -122,7 +122,7 @@ def pause(
 @friendly_errors
 def resume(
     name: str = typer.Argument(..., help="Node name."),
-    reason: str = typer.Option("", "--reason", help="Why (shown with the node)."),
+    reason: str = reason_option("Why (shown with the node)."),
     clear_quarantine: bool = typer.Option(
         False, "--clear-quarantine", help="Also resume a node quarantined for failing often."
     ),
@@ -156,7 +156,7 @@ def _fail(message: str, code: int = ExitCode.ERROR) -> int:
 @friendly_errors
 def drain(
     name: str = typer.Argument(..., help="Node name."),
-    reason: str = typer.Option("", "--reason", help="Why (shown with the node)."),
+    reason: str = reason_option("Why (shown with the node)."),
     wait: bool = typer.Option(False, "--wait", help="Follow it to the end; non-zero if VMs stay."),
     timeout: float = typer.Option(1800.0, "--timeout", help="Seconds --wait waits at most."),
     as_json: bool = json_option(),

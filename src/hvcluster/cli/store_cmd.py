@@ -10,6 +10,7 @@ from typing import Any
 import typer
 
 from hvcluster.cli.output import ExitCode, console, fail, friendly_errors, print_json, print_table
+from hvcluster.cli.views import json_option
 from hvcluster.store.base import StoreHealth
 from hvcluster.store.etcd import EtcdStore
 from hvcluster.store.etcd_conn import EtcdTls
@@ -89,7 +90,7 @@ def check(
     endpoints: str = typer.Option(
         ..., "--endpoints", "-e", help="etcd client endpoints, comma-separated: 127.0.0.1:2379,..."
     ),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    as_json: bool = json_option("Print JSON instead of a table."),
     timeout: float = typer.Option(2.0, min=0.1, help="Seconds to wait for each member."),
     ca: Path | None = ca_option(),
     cert: Path | None = cert_option(),

@@ -19,7 +19,7 @@ import typer
 from hvcluster.cli.client import api_option
 from hvcluster.cli.output import ExitCode, console, fail, friendly_errors, print_json, print_table
 from hvcluster.cli.store_cmd import ca_option, cert_option, key_option, store_tls
-from hvcluster.cli.views import listing, post, removing
+from hvcluster.cli.views import json_option, listing, post, removing
 from hvcluster.models.errors import InvalidInput
 from hvcluster.models.names import check_name
 from hvcluster.models.token import Role, Token, issue
@@ -85,7 +85,7 @@ def create(
     ca: Path | None = ca_option(),
     cert: Path | None = cert_option(),
     key: Path | None = key_option(),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON (with the token)."),
+    as_json: bool = json_option("Print JSON (with the token)."),
     api: list[str] | None = api_option(),
 ) -> None:
     """Create a token; its secret is printed once and stored only hashed."""

@@ -39,8 +39,9 @@ def revision_option(what: str) -> Any:
     )
 
 
-def reason_option() -> Any:
-    return typer.Option("", "--reason", help="Why (kept in the event log).")
+def reason_option(help: str = "Why (kept in the event log).") -> Any:
+    """The ``--reason`` option of every command that changes something an event records."""
+    return typer.Option("", "--reason", help=help)
 
 
 def patch_settings(

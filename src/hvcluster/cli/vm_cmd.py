@@ -96,7 +96,7 @@ def create(
     ),
     stopped: bool = typer.Option(False, "--stopped", help="Create it without starting it."),
     file: Path | None = typer.Option(None, "--file", help="A VM spec as JSON; options override."),
-    as_json: bool = typer.Option(False, "--json", help="Print the created VM as JSON."),
+    as_json: bool = json_option("Print the created VM as JSON."),
     api: list[str] | None = api_option(),
 ) -> None:
     """Create a VM. The controller places it and an agent starts it (unless --stopped)."""
