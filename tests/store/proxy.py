@@ -50,10 +50,30 @@ class TcpProxy:
     async def _pipe(
         self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, delay: float
     ) -> None:
+        """Copy until EOF, then close ``dst``. With a ``delay`` each piece is sent that long
+        after it came, while the next ones are read: a late link, not a slow one (waiting
+        for each piece before reading the next held a reply behind the one before it, up
+        to twice the delay)."""
+        loop = asyncio.get_running_loop()
+        late: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+        sender = asyncio.create_task(self._send_late(late, dst))
+        self._tasks.add(sender)
+        sender.add_done_callback(self._tasks.discard)
         with contextlib.suppress(OSError, asyncio.IncompleteReadError):
             while data := await src.read(65536):
-                if delay:
-                    await asyncio.sleep(delay)
+                late.put_nowait((loop.time() + delay, data))
+        late.put_nowait((loop.time() + delay, b""))
+
+    async def _send_late(
+        self, late: asyncio.Queue[tuple[float, bytes]], dst: asyncio.StreamWriter
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(OSError):
+            while True:
+                due, data = await late.get()
+                await asyncio.sleep(max(0.0, due - loop.time()))
+                if not data:
+                    break
                 dst.write(data)
                 await dst.drain()
         dst.close()

@@ -114,10 +114,33 @@ def parse_endpoints(endpoints: Sequence[str] | str, tls: bool = False) -> list[s
     return targets
 
 
-def translate(error: grpc.aio.AioRpcError, target: str) -> StoreError:
-    """The one place where a gRPC error becomes one of ours."""
+def send_refused(error: grpc.aio.AioRpcError) -> bool:
+    """True for gRPC's asyncio client failing a stream's write on a call that had already
+    ended (e.g. its connection closed as the call began): it reports INTERNAL "Internal
+    error from Core" with the failed SendMessageOperation as debug string, over the status
+    that ended the call (grpc/grpc#36066). Not an answer of etcd: the message never left."""
+    debug = error.debug_error_string() or ""
+    return error.code() == grpc.StatusCode.INTERNAL and (
+        "SendMessageOperation" in debug or "send_message" in debug.lower()
+    )
+
+
+def translate(
+    error: grpc.aio.AioRpcError, target: str, connection_lost: bool = False
+) -> StoreError:
+    """The one place where a gRPC error becomes one of ours. ``connection_lost``: the
+    channel the call ran on lost its connection; a write refused on it (:func:`send_refused`)
+    is that loss (the status gRPC overwrote was UNAVAILABLE), any other refused write is
+    reported as an error."""
     code, details = error.code(), error.details() or ""
     where = f"etcd at {target}"
+    if send_refused(error):
+        if connection_lost:
+            return StoreUnavailable(f"{where} unavailable: the connection closed as the call began")
+        return StoreError(
+            f"{where}: gRPC could not send the request, the call had ended (INTERNAL "
+            f"{details!r}; the status that ended it is lost: grpc/grpc#36066)"
+        )
     if code in _UNAVAILABLE_CODES:
         return StoreUnavailable(f"{where} unavailable: {details or code.name}")
     if "lease not found" in details:
@@ -129,6 +152,11 @@ def never_sent(error: grpc.aio.AioRpcError) -> bool:
     """True when the request cannot have reached etcd (no connection was ever made)."""
     details = error.details() or ""
     return error.code() == grpc.StatusCode.UNAVAILABLE and "failed to connect" in details
+
+
+# A write refused on a call (:func:`send_refused`): how long its channel may take to show
+# that its connection closed (gRPC fails the call first, then updates the state).
+LOST_WITHIN_S = 0.05
 
 
 # Told of every request: (operation, answered?, seconds). An agent's metrics.
@@ -212,6 +240,10 @@ class Connection:
         retransmission back-off; no dial is cut short (it may be a TLS handshake a loaded
         host was about to finish). A connected endpoint that does not answer within the
         deadline has its channel dropped (:meth:`Endpoint.reset`): the next try dials anew.
+        Not one that connected during the call: the call had only what was left of the
+        deadline, which says nothing of the connection (over a late link the handshake takes
+        most of it), and dropping it threw a whole handshake away each time; the next
+        keepalive has all its time on it, and drops it if it does not answer either.
         """
         if self.observe is None:
             return await self._call(what, fn, mutable, timeout, fresh)
@@ -245,7 +277,9 @@ class Connection:
                 raise StoreUnavailable(f"etcd did not answer {what} within {budget:g}s: {last}")
             ep = self.fresh_endpoints[self._current] if fresh else self.current
             try:
-                await ep.ready(min(left, self.connect_timeout), fail_fast=self.several)
+                was_connected = await ep.ready(
+                    min(left, self.connect_timeout), fail_fast=self.several
+                )
             except TimeoutError as e:
                 last = str(e)
                 self.rotate()
@@ -259,7 +293,7 @@ class Connection:
                     return await fn(ep, max(left, 0.001))
             except TimeoutError:
                 self.rotate()
-                if fresh:
+                if fresh and was_connected:
                     ep.reset()
                 raise StoreUnavailable(
                     f"etcd at {ep.target} did not answer {what} within {budget:g}s"
@@ -275,7 +309,8 @@ class Connection:
                     raise StoreUnavailable(last) from None
                 await asyncio.sleep(min(0.05, max(0.0, deadline - loop.time())))
             except grpc.aio.AioRpcError as e:
-                error = translate(e, ep.target)
+                lost = send_refused(e) and await ep.lost_connection(LOST_WITHIN_S)
+                error = translate(e, ep.target, connection_lost=lost)
                 if not isinstance(error, StoreUnavailable):
                     raise error from None
                 self.rotate()

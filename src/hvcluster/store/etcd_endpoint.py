@@ -131,14 +131,16 @@ class Endpoint:
             self._stubs[kind] = factory(channel)
         return self._stubs[kind]
 
-    async def ready(self, timeout: float, fail_fast: bool = False) -> None:
+    async def ready(self, timeout: float, fail_fast: bool = False) -> bool:
         """Wait until the channel is connected; raise TimeoutError after ``timeout``, or at
-        once when the connection is refused if ``fail_fast`` (another endpoint may answer)."""
+        once when the connection is refused if ``fail_fast`` (another endpoint may answer).
+        True if it was connected already, False if it connected while we waited."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         self._adopt_connected()
         channel = self.channel
         state = channel.get_state(try_to_connect=True)
+        connected = bool(state == grpc.ChannelConnectivity.READY)
         while state != grpc.ChannelConnectivity.READY:
             failed = state == grpc.ChannelConnectivity.TRANSIENT_FAILURE
             if failed and fail_fast:
@@ -162,6 +164,22 @@ class Endpoint:
             state = channel.get_state(try_to_connect=True)
         if self._dials:  # connected: the other dials are of no more use
             self._drop_dials()
+        return connected
+
+    async def lost_connection(self, within: float) -> bool:
+        """True if the channel is not connected, or leaves READY within ``within`` seconds:
+        its connection closed (gRPC may tell a call so before it updates the state)."""
+        channel = self._channel
+        if channel is None:
+            return True
+        if channel.get_state() != grpc.ChannelConnectivity.READY:
+            return True
+        try:
+            async with asyncio.timeout(within):
+                await channel.wait_for_state_change(grpc.ChannelConnectivity.READY)
+        except TimeoutError:
+            return False
+        return True
 
     def _drop_dials(self) -> None:
         dials, self._dials = self._dials, []

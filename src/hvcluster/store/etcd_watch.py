@@ -20,7 +20,7 @@ from aetcd import rpc
 
 from hvcluster.models.errors import StoreUnavailable
 from hvcluster.store.base import EventType, WatchCompacted, WatchEvent
-from hvcluster.store.etcd_conn import Connection, translate
+from hvcluster.store.etcd_conn import LOST_WITHIN_S, Connection, send_refused, translate
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,8 @@ async def watch(
         except TimeoutError as e:
             reason = str(e) or f"cannot connect to {ep.target}"
         except grpc.aio.AioRpcError as e:
-            error = translate(e, ep.target)
+            lost = send_refused(e) and await ep.lost_connection(LOST_WITHIN_S)
+            error = translate(e, ep.target, connection_lost=lost)
             if not isinstance(error, StoreUnavailable):
                 raise error from None
             reason = str(error)
