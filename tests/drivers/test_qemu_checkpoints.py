@@ -16,6 +16,7 @@ from hvcluster.drivers.runtime import vm_dir
 from hvcluster.guestimage.image import GuestImage
 from hvcluster.guestimage.testguest import create_disk, guest_spec, heartbeats, read_counter
 from hvcluster.models.checkpoint import CheckpointAction
+from hvcluster.models.lifecycle import VMState
 from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.qemu, pytest.mark.timeout(180)]
@@ -38,6 +39,7 @@ async def test_checkpoint_revert_and_remove_on_a_running_guest(
 
         [cp] = await driver.checkpoint(spec, _A.CREATE, "one")
         at = read_counter(disk)
+        assert (await driver.status("cp")).state is VMState.RUNNING, "paused only meanwhile"
         assert (cp.name, cp.memory) == ("one", True) and cp.size > 0 and cp.created > 0
         with pytest.raises(CheckpointFailed, match="has a checkpoint 'one' already"):
             await driver.checkpoint(spec, _A.CREATE, "one")
@@ -45,6 +47,7 @@ async def test_checkpoint_revert_and_remove_on_a_running_guest(
         before = read_counter(disk)
         await driver.checkpoint(spec, _A.REVERT, "one")
         back = read_counter(disk)
+        assert (await driver.status("cp")).state is VMState.RUNNING
         assert back < before, f"the counter went back to about {at}: {back} (was {before})"
         await wait_for(lambda: read_counter(disk) > back + 5, 30, "the guest running on")
         assert [c.name for c in await driver.checkpoints(spec)] == ["one"]

@@ -240,3 +240,57 @@ def _count(lab: Lab, kind: str, subject: str | None = None, avoid: str | None = 
         for e in lab.events(avoid=avoid)
         if e["event"]["kind"] == kind and (subject is None or e["event"]["subject"] == subject)
     )
+
+
+def checkpoint(lab: Lab, path: str, avoid: str | None = None) -> dict[str, Any]:
+    """POST ``path`` (a checkpoint change; create: of 'one') and wait for it: done."""
+    op = lab.post(path, {"name": "one"} if path.endswith("/checkpoints") else None, avoid)
+
+    def ended() -> dict[str, Any] | None:
+        found: dict[str, Any] = lab.get(f"/checkpoint-ops/{op['id']}", avoid)
+        return found if found["state"] in ("done", "failed") else None
+
+    done: dict[str, Any] = wait_for(ended, 60, f"checkpoint operation {op['id']}", 0.2)
+    assert done["state"] == "done", done["reason"]
+    return done
+
+
+def reverts(lab: Lab, vm: str, disk: Path, at: int, node: str, avoid: str | None = None) -> None:
+    """Checkpoint 'one' (taken with the counter at ``at`` or below) is listed with memory,
+    and a revert (done on ``node``) sends the guest's counter back; it runs on from there.
+    The counter is first seen well past ``at`` on the disk: a guest that failed over need
+    not have booted (the revert loads the saved memory instead)."""
+    [cp] = lab.get(f"/vms/{vm}/checkpoints", avoid)["checkpoints"]
+    assert (cp["name"], cp["memory"]) == ("one", True) and cp["size"] > 0
+    before = counter_rises(disk, at + 15)
+    assert checkpoint(lab, f"/vms/{vm}/checkpoints/one/revert", avoid)["node"] == node
+    back = read_counter(disk)
+    assert back < before, (at, back, before)
+    counter_rises(disk, back)
+
+
+def test_a_checkpoint_survives_live_migration_and_failover(qemu_lab: Lab) -> None:
+    """Taken on n1; the guest live-migrated to n2, then failed over when n2 dies: each time
+    the checkpoint is still listed (it lives in the qcow2 disk) and reverts."""
+    lab = qemu_lab
+    disk = create_guest(lab, "cp-1", "n1")
+    wait_for(lambda: running(lab, "cp-1"), 60, "cp-1 running")
+    counter_rises(disk, 5, timeout=90)  # its boot: TCG on a loaded machine took over 30 s
+    assert checkpoint(lab, "/vms/cp-1/checkpoints")["node"] == "n1"
+    at = read_counter(disk)
+    rec = lab.post("/vms/cp-1/move", {"to": "n2", "kind": "live"})
+    wait_for(lambda: lab.get(f"/migrations/{rec['id']}")["state"] == "done", 90, "migration")
+    wait_for(lambda: (vm := running(lab, "cp-1")) and vm["node"] == "n2", 30, "cp-1 on n2")
+    reverts(lab, "cp-1", disk, at, "n2")
+
+    counter_rises(disk, at + 15)  # past the checkpoint again when n2 dies
+    lab.fault("kill", "n2")
+    moved = wait_for(lambda: running(lab, "cp-1", avoid="n2"), 90, "recovery", 0.2)
+    reverts(lab, "cp-1", disk, at, moved["node"], avoid="n2")
+    lab.restart("n2")
+    wait_for(
+        lambda: any(n["name"] == "n2" and n["alive"] for n in lab.get("/nodes")["nodes"]),
+        30,
+        "n2 back",
+    )
+    lab.delete("/vms/cp-1")

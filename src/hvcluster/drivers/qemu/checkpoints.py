@@ -32,9 +32,12 @@ from hvcluster.drivers.qemu.monitor import Monitor
 from hvcluster.drivers.qemu.supervision import QemuSupervisor
 from hvcluster.host.qemuimg import qemu_img
 from hvcluster.models.checkpoint import Checkpoint, CheckpointAction, action_problem
+from hvcluster.models.errors import DriverError
+from hvcluster.models.lifecycle import VMState
 from hvcluster.models.vm import VMSpec
 
 POLL_S = 0.05
+RESUME_WAIT_S = 2.0
 JOB_TIMEOUT_S = 600.0  # the guest's whole memory is written (or read) within it
 _JOBS = {
     CheckpointAction.CREATE: "snapshot-save",
@@ -63,7 +66,20 @@ class QemuCheckpoints:
             args: dict[str, Any] = {"tag": name, "devices": nodes}
             if action is not CheckpointAction.DELETE:
                 args["vmstate"] = nodes[0]
-            await _job(monitor, _JOBS[action], args)
+            # The guest pauses for the job: not a state to report. QEMU resumes it after (if
+            # it ran); its RESUME event is awaited so that a late one is not taken for news.
+            was_running, resumed = vm.state is VMState.RUNNING, asyncio.Event()
+            vm.checkpointing = True
+            try:
+                with monitor.subscribe(lambda e, _: resumed.set() if e == "RESUME" else None):
+                    await _job(monitor, _JOBS[action], args)
+                    if was_running and action is not CheckpointAction.DELETE:
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(resumed.wait(), RESUME_WAIT_S)
+            finally:
+                vm.checkpointing = False
+                with contextlib.suppress(DriverError):
+                    await self.vms.refresh(vm)
             return await _listed(monitor, nodes[0])
 
     async def list(self, spec: VMSpec) -> builtins.list[Checkpoint]:

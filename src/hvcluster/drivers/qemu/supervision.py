@@ -247,6 +247,8 @@ class QemuSupervisor:
             del self.followers[vm.name]
 
     def _on_event(self, vm: QemuVM, event: str, data: dict[str, Any]) -> None:
+        if event in ("STOP", "RESUME") and vm.checkpointing:
+            return  # a snapshot job's own pause: the job's end refreshes the state
         if event == "STOP" and vm.state != VMState.MIGRATING:
             self.set_state(vm, VMState.PAUSED, "stopped")
         elif event == "RESUME":

@@ -43,6 +43,7 @@ class QemuVM:
     cpu_sample: tuple[float, float] | None = None  # (monotonic, cpu seconds)
     dead_since: float | None = None  # monotonic time its process was first seen gone
     exports: bool = False  # serves its disks over NBD (a shared-nothing migration target)
+    checkpointing: bool = False  # a snapshot job pauses it: no PAUSED for that (see refresh)
     postcopy: bool = False  # a migration of it (either end) went into postcopy
 
     @property
