@@ -13,7 +13,7 @@ import typer
 
 from hvcluster.cli.client import Client, api_option
 from hvcluster.cli.output import console, err_console, friendly_errors, print_json, print_table
-from hvcluster.cli.views import json_option
+from hvcluster.cli.views import answer, json_option
 
 app = typer.Typer(
     help="Checkpoints of a VM (its disks, and its memory when it runs).", no_args_is_help=True
@@ -105,13 +105,12 @@ def list_checkpoints(
     api: list[str] | None = api_option(),
 ) -> None:
     """A VM's checkpoints: name, when taken, the size of the saved memory, with memory."""
-    with Client.from_options(api) as client:
-        answer: dict[str, Any] = client.get(f"/vms/{vm}/checkpoints")
-    if as_json:
-        print_json(answer)
-        return
-    rows = [
-        (c["name"], _when(c["created"]), _size(c["size"]), "yes" if c["memory"] else "no")
-        for c in answer["checkpoints"]
-    ]
-    print_table(f"Checkpoints of {vm}", ["NAME", "CREATED", "SIZE", "MEMORY"], rows)
+
+    def show(found: dict[str, Any]) -> None:
+        rows = [
+            (c["name"], _when(c["created"]), _size(c["size"]), "yes" if c["memory"] else "no")
+            for c in found["checkpoints"]
+        ]
+        print_table(f"Checkpoints of {vm}", ["NAME", "CREATED", "SIZE", "MEMORY"], rows)
+
+    answer(api, lambda client: client.get(f"/vms/{vm}/checkpoints"), as_json, show)
