@@ -119,3 +119,16 @@ async def test_a_stopped_vm_goes_to_a_node_that_sees_its_disks(
     r = await api.post("/vms/off/checkpoints", json={"name": "cold"})
     assert r.status_code == 202, r.text
     assert (r.json()["node"], r.json()["epoch"]) == ("n2", 0)  # n1 does not see volume a
+
+
+async def test_an_older_namesakes_list_is_not_this_vms(
+    api: httpx.AsyncClient, store: MemoryStore
+) -> None:
+    await setup(store)
+    spec = VMSpec(name="db", disks=(Disk(volume="a", path="db.qcow2"),), uid=uuid.uuid4().hex)
+    await store.put(KEYS.vm("db"), encode(spec))
+    kept = Checkpoint(name="old", size=9, memory=True)
+    old = CheckpointList(vm="db", uid=uuid.uuid4().hex, checkpoints=(kept,))
+    await store.put(KEYS.checkpoints("db"), encode(old))
+    assert (await api.get("/vms/db/checkpoints")).json()["checkpoints"] == []
+    assert (await api.post("/vms/db/checkpoints", json={"name": "old"})).status_code == 202

@@ -10,7 +10,9 @@ import pytest
 
 from hvcluster.models.checkpoint import CheckpointAction, CheckpointList, CheckpointOp
 from hvcluster.models.lifecycle import MigrationState
+from hvcluster.models.vm import VMSpec
 from hvcluster.store.checkpoints import create_op, read_list, read_op
+from hvcluster.store.reads import read_value
 from tests.sim.cluster import SimCluster
 
 pytestmark = pytest.mark.timeout(60)
@@ -35,7 +37,11 @@ async def run_op(cluster: SimCluster, vm: str, action: CheckpointAction, name: s
 
 
 async def listed(cluster: SimCluster, vm: str) -> CheckpointList:
-    return await read_list(cluster.store, cluster.keys, vm)
+    spec = await read_value(cluster.store, cluster.keys.vm(vm), VMSpec)
+    assert spec is not None
+    found = await read_list(cluster.store, cluster.keys, spec)
+    assert found.uid == spec.uid != "", "the agent says whose disks these are"
+    return found
 
 
 async def test_create_revert_delete_and_a_failover_keeps_them(

@@ -22,10 +22,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 
 from hvcluster.agent.node import NodeAgent
 from hvcluster.drivers.errors import NotRunning
-from hvcluster.models.checkpoint import CheckpointAction, CheckpointList, CheckpointOp
+from hvcluster.models.checkpoint import Checkpoint, CheckpointAction, CheckpointList, CheckpointOp
 from hvcluster.models.errors import DriverError, StoreError
 from hvcluster.models.event import Say
 from hvcluster.models.job import Job, job_of
@@ -98,7 +99,11 @@ class CheckpointWorker:
             spec = await self._accept(op)
             found = await self.driver.checkpoint(spec, op.action, op.name)
             listed = CheckpointList(
-                vm=op.vm, checkpoints=tuple(found), node=self.me, updated=self.agent.clock.wall()
+                vm=op.vm,
+                uid=spec.uid,
+                checkpoints=tuple(found),
+                node=self.me,
+                updated=self.agent.clock.wall(),
             )
             done = await change_op(
                 self.store, self.keys, op.id, _to(_M.DONE), ops=[list_put(self.keys, listed)]
@@ -142,6 +147,12 @@ class CheckpointWorker:
         except NotRunning:
             return spec
 
+    def _listed(self, spec: VMSpec, found: Sequence[Checkpoint]) -> CheckpointList:
+        now = self.agent.clock.wall()
+        return CheckpointList(
+            vm=spec.name, uid=spec.uid, checkpoints=tuple(found), node=self.me, updated=now
+        )
+
     async def _refresh(self, vm: str) -> None:
         """Write what the VM's disks hold now (best effort: after a failure)."""
         try:
@@ -152,7 +163,11 @@ class CheckpointWorker:
                 spec = await self.driver.running_spec(vm)
             found = await self.driver.checkpoints(spec)
             listed = CheckpointList(
-                vm=vm, checkpoints=tuple(found), node=self.me, updated=self.agent.clock.wall()
+                vm=vm,
+                uid=spec.uid,
+                checkpoints=tuple(found),
+                node=self.me,
+                updated=self.agent.clock.wall(),
             )
             await self.store.txn([], [list_put(self.keys, listed)])
         except (DriverError, StoreError, TimeoutError) as e:

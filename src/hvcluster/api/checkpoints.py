@@ -35,6 +35,7 @@ from hvcluster.models.lifecycle import VMState
 from hvcluster.models.vm import VMSpec
 from hvcluster.store.checkpoints import create_op, read_list, read_op
 from hvcluster.store.jobs import busy
+from hvcluster.store.reads import read_value
 
 router = APIRouter(tags=["checkpoints"])
 
@@ -54,9 +55,10 @@ class CheckpointsView(View):
 
 @router.get("/vms/{name}/checkpoints", response_model=CheckpointsView)
 async def list_checkpoints(name: ValidName, ctx: Ctx) -> CheckpointsView:
-    if await ctx.store.get(ctx.keys.vm(name)) is None:
+    spec = await read_value(ctx.store, ctx.keys.vm(name), VMSpec, ctx.corrupt)
+    if spec is None:
         raise NotFound(f"vm {name!r} not found")
-    found = await read_list(ctx.store, ctx.keys, name)
+    found = await read_list(ctx.store, ctx.keys, spec)
     return CheckpointsView(
         vm=name, checkpoints=list(found.checkpoints), node=found.node, updated=found.updated
     )
@@ -113,7 +115,7 @@ async def _request(
     under_way = await busy(ctx.store, ctx.keys, vm)  # the store's create enforces it
     if under_way is not None:
         raise Conflict(under_way)
-    held = (await read_list(ctx.store, ctx.keys, vm)).find(name)
+    held = (await read_list(ctx.store, ctx.keys, spec)).find(name)
     if action is CheckpointAction.CREATE and held is not None:
         raise Conflict(f"vm {vm} has a checkpoint {name!r} already")
     if action is not CheckpointAction.CREATE and held is None:

@@ -184,7 +184,7 @@ async def shared_nothing_spec(ctx: ApiContext, spec: VMSpec, request: MoveReques
         kept = [i for i in range(len(spec.disks)) if i not in moving]
         why = f"disks {kept} are read-only or on {volume!r} already" if kept else "no disk"
         raise Conflict(f"a shared-nothing move of {spec.name} copies every disk: {why}")
-    lost = await lost_by_copy(ctx.store, ctx.keys, spec.name, "a shared-nothing migration")
+    lost = await lost_by_copy(ctx.store, ctx.keys, spec, "a shared-nothing migration")
     if lost is not None:
         raise Conflict(lost)
     return spec_on_volume(spec, volume)

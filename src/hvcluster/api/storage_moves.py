@@ -79,7 +79,7 @@ async def move_storage(
         )
     if not disks_to_move(spec, volume):
         raise Conflict(f"vm {name} has no writable disk off volume {volume!r}: nothing to move")
-    lost = await lost_by_copy(ctx.store, ctx.keys, name, "a storage move")
+    lost = await lost_by_copy(ctx.store, ctx.keys, spec, "a storage move")
     if lost is not None:
         raise Conflict(lost)
     rec = await create_move(

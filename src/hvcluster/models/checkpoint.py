@@ -66,6 +66,7 @@ class CheckpointList(Model):
     """What the VM's disks hold, as the agent that last changed (or read) them saw it."""
 
     vm: Name
+    uid: str = ""  # the VMSpec.uid of the VM whose disks these are (not an older namesake)
     checkpoints: tuple[Checkpoint, ...] = ()
     node: str = ""
     updated: float = 0.0

@@ -22,6 +22,7 @@ from hvcluster.models.checkpoint import (
 from hvcluster.models.event import Say
 from hvcluster.models.job import new_id
 from hvcluster.models.lifecycle import MigrationState
+from hvcluster.models.vm import VMSpec, same_vm
 from hvcluster.store.base import Compare, Delete, Put, Store
 from hvcluster.store.jobs import claim, release
 from hvcluster.store.keys import Keys
@@ -61,16 +62,21 @@ async def read_ops(store: Store, keys: Keys) -> Decoded[CheckpointOp]:
     return await read_prefix(store, keys.checkpoint_op(), CheckpointOp)
 
 
-async def read_list(store: Store, keys: Keys, vm: str) -> CheckpointList:
-    found = await read_value(store, keys.checkpoints(vm), CheckpointList)
-    return found if found is not None else CheckpointList(vm=vm)
+async def read_list(store: Store, keys: Keys, spec: VMSpec) -> CheckpointList:
+    """What the disks of VM ``spec`` hold, as its agent last wrote it (nothing: the list
+    of an older VM of that name, deleted since, is not this one's)."""
+    found = await read_value(store, keys.checkpoints(spec.name), CheckpointList)
+    if found is None or not same_vm(spec, found.uid):
+        return CheckpointList(vm=spec.name, uid=spec.uid)
+    return found
 
 
-async def lost_by_copy(store: Store, keys: Keys, vm: str, what: str) -> str | None:
+async def lost_by_copy(store: Store, keys: Keys, spec: VMSpec, what: str) -> str | None:
     """Why ``what`` (a storage move, a shared-nothing migration: a block mirror onto a new
-    file) is refused for ``vm``: QEMU's mirror copies each disk's current state only, so its
+    file) is refused for VM ``spec``: QEMU's mirror copies each disk's current state only, so its
     checkpoints would be lost. None when it has none."""
-    found = await read_list(store, keys, vm)
+    vm = spec.name
+    found = await read_list(store, keys, spec)
     if not found.checkpoints:
         return None
     names = ", ".join(c.name for c in found.checkpoints)
