@@ -90,6 +90,8 @@ class NodeAgent:
         self.timings = timings
         self.crashes: dict[str, list[float]] = {}
         self.owned: dict[str, int] = {}  # vm -> placement mod revision it runs under
+        # VMs placed here or run by the driver at the last cycle: their changes wake the loop
+        self.mine: set[str] = set()
         self.incoming: set[str] = set()
         # VMs whose transfer out of this host is under way: their state changes (migrating,
         # paused at the end) do not wake the loop; the migration worker wakes it after.
@@ -186,15 +188,26 @@ class NodeAgent:
         await self.cycle()
 
     async def watch_changes(self, kind: str) -> None:
-        """Wake the loop whenever anything under ``kind`` changes, except for a VM in
-        :attr:`incoming` (as :meth:`watch_driver`): a migration's flip moves its placement
-        while the target resumes the guest, and a cycle leaves that VM alone anyway."""
+        """Wake the loop when a change under ``kind`` (``vms`` or ``placements``) may concern
+        this host: a VM placed here or running here at the last cycle (:attr:`mine`), or a
+        placement that now names this node. Not for others' VMs: with 64 nodes each change
+        would cost every agent a cycle; the interval's cycle still runs meanwhile. Nor for a
+        VM in :attr:`incoming` (as :meth:`watch_driver`): a migration's flip moves its
+        placement while the target resumes the guest, and a cycle leaves that VM alone."""
+        prefix = self.keys.prefix(kind)
 
         def seen(event: WatchEvent) -> None:
-            if event.key[len(self.keys.prefix(kind)) :] not in self.incoming:
+            name = event.key[len(prefix) :]
+            if name in self.incoming:
+                return
+            if name in self.mine or (kind == "placements" and self._names_me(event)):
                 self.wake.set()
 
-        await follow(self.store, self.keys.prefix(kind), seen)
+        await follow(self.store, prefix, seen)
+
+    def _names_me(self, event: WatchEvent) -> bool:
+        found = decode_kv(Placement, event)  # a corrupt one: the next cycle reports it
+        return found is not None and found.value.node == self.me.name
 
     async def watch_driver(self) -> None:
         """Wake the loop when a VM changes state here, except a VM a migration worker is
@@ -239,6 +252,7 @@ class NodeAgent:
             unreadable=frozenset(specs.unreadable | placements.unreadable),
         )
         self._track_owned(seen, local)
+        self.mine = set(local) | {n for n, s in seen.items() if s.placement.node == self.me.name}
         said = []
         for action in actions:
             sentence = await self._do(action, now)

@@ -33,6 +33,8 @@ from hvcluster.models.migration import MigrationKind, no_state_volume, state_vol
 from hvcluster.models.node import Node
 from hvcluster.models.vm import VMSpec
 
+_NONE: frozenset[str] = frozenset()
+
 
 @dataclass(frozen=True)
 class Resident:
@@ -49,6 +51,8 @@ class Resident:
 
 def resident(spec: VMSpec) -> Resident:
     ha = spec.ha
+    if not ha.anti_affinity_classes and not ha.affinity_classes:  # most VMs: no rule
+        return Resident(spec.name, _NONE, ha.anti_affinity_enforced, _NONE, ha.affinity_enforced)
     return Resident(
         spec.name,
         frozenset(ha.anti_affinity_classes),
