@@ -58,7 +58,7 @@ from hvcluster.store.keys import Keys
 RESULTS = Path(__file__).parent / "results" / "scale.json"
 TXN_OPS = 128  # etcd's default --max-txn-ops
 PRIORITY_RANK = {Priority.HIGH: 0, Priority.MEDIUM: 1, Priority.LOW: 2}
-# Each node: 96 vCPUs, 384 GiB (8,000 VMs of 1-2 vCPUs and 1-4 GiB fill 64 of them ~70 %).
+# Each node: 192 vCPUs, 384 GiB (8,000 VMs of 1-2 vCPUs and 1-4 GiB fill 64 of them ~87 % of CPU).
 NODE_CAPACITY = Capacity(cpus=192, memory_mib=384 * 1024)
 
 
@@ -534,22 +534,24 @@ def main() -> None:
     )
     passed = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
               if k not in ("part", "etcd", "out") and v is not None]  # fmt: skip
-    with EtcdCluster(1, base) as cluster:  # its data on tmpfs when there is one
-        for part in args.part or list(PARTS):
-            command = [
-                sys.executable,
-                __file__,
-                *passed,
-                "--part",
-                part,
-                "--etcd",
-                cluster.endpoints[0],
-            ]
-            out = subprocess.run(command, capture_output=True, text=True)
-            if out.returncode != 0:
-                sys.exit(f"part {part} failed:\n{out.stderr[-4000:]}")
-            results.update(json.loads(out.stdout.strip().splitlines()[-1]))
-    shutil.rmtree(base, ignore_errors=True)
+    try:
+        with EtcdCluster(1, base) as cluster:  # its data on tmpfs when there is one
+            for part in args.part or list(PARTS):
+                command = [
+                    sys.executable,
+                    __file__,
+                    *passed,
+                    "--part",
+                    part,
+                    "--etcd",
+                    cluster.endpoints[0],
+                ]
+                out = subprocess.run(command, capture_output=True, text=True)
+                if out.returncode != 0:
+                    sys.exit(f"part {part} failed:\n{out.stderr[-4000:]}")
+                results.update(json.loads(out.stdout.strip().splitlines()[-1]))
+    finally:  # (a part that fails too)
+        shutil.rmtree(base, ignore_errors=True)
     results["load_after"] = os.getloadavg()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
