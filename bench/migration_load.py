@@ -40,7 +40,7 @@ from qemu.qmp import EventListener, QMPClient, QMPError
 from hvcluster.drivers.errors import MigrationFailed
 from hvcluster.drivers.qemu import QemuDriver, QemuSettings
 from hvcluster.drivers.qemu.cmdline import Launch, qemu_argv
-from hvcluster.drivers.qemu.migration import MIB, capabilities, parameters, progress_of
+from hvcluster.drivers.qemu.migration import capabilities, parameters, progress_of
 from hvcluster.drivers.qemu.vm import free_port
 from hvcluster.drivers.runtime import kill_all, read_int, vm_dir
 from hvcluster.guestimage.image import DEFAULT_CACHE, build_image
@@ -256,15 +256,14 @@ async def main() -> None:
             print(f"  (QEMU measured the guest dirtying {c['dirty_measured_mib_s']:.0f} MiB/s)")
             for path in ("hvcluster", "raw"):
                 print(row(c, path), flush=True)
-    results = {
-        "settings": settings.model_dump(),
-        "working_set_mib": SET_MIB,
-        "wall_s": time.time() - started,
-        "mib": MIB,
-        "cells": cells,
-    }
-    args.out.parent.mkdir(exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1) + "\n")
+            results = {  # written after each cell: a run cut short keeps what it measured
+                "settings": settings.model_dump(),
+                "working_set_mib": SET_MIB,
+                "wall_s": time.time() - started,
+                "cells": cells,
+            }
+            args.out.parent.mkdir(exist_ok=True)
+            args.out.write_text(json.dumps(results, indent=1) + "\n")
     print(f"written {args.out}")
 
 
