@@ -88,6 +88,7 @@ async def test_quarantined_node_is_not_resumed_silently(
     assert r.status_code == 202, r.text
     node = await stored_node(store, "n1")
     assert (node.admin_state, node.quarantined_until) == (NodeAdminState.UP, None)
+    assert node.failures_forgiven_at == node.admin_since  # its past failures count no more
 
 
 async def test_unknown_body_field_is_refused(api: httpx.AsyncClient, store: MemoryStore) -> None:

@@ -45,6 +45,7 @@ def node(
     quarantined_until: float | None = None,
     switches: tuple[str, ...] = (),
     volumes: tuple[str, ...] = (),
+    forgiven_at: float | None = None,
 ) -> NodeView:
     spec = Node(
         name=name,
@@ -53,6 +54,7 @@ def node(
         admin_state=admin,
         switches=switches,
         volumes=volumes,
+        failures_forgiven_at=forgiven_at,
     )
     if not alive and gone_since is None:
         gone_since = NOW - 3600  # long gone unless told otherwise

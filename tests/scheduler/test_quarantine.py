@@ -50,6 +50,16 @@ def test_third_failure_in_an_hour_quarantines_in_the_same_plan() -> None:
     assert kinds.index(DeclareDead) < kinds.index(Quarantine)
 
 
+def test_failures_forgiven_by_an_admin_do_not_quarantine_again() -> None:
+    """Resumed with clear_quarantine: the failures that quarantined it count no more, a
+    new one after the resume does."""
+    failures = [NOW - 30, NOW - 20, NOW - 10]
+    n1 = node("n1", failures=failures, forgiven_at=NOW - 5)
+    assert of(plan(snap([n1, node("n2")])), Quarantine) == []
+    again = node("n1", failures=[*failures, NOW - 3, NOW - 2, NOW - 1], forgiven_at=NOW - 5)
+    assert [q.node for q in of(plan(snap([again, node("n2")])), Quarantine)] == ["n1"]
+
+
 def test_alive_node_with_enough_recorded_failures_is_quarantined_and_closed() -> None:
     n1 = node("n1", failures=[NOW - 30, NOW - 20, NOW - 10])
     d = plan(snap([n1, node("n2")], [vm("a")]))

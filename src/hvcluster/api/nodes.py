@@ -114,6 +114,7 @@ async def _set_admin(
         }
         if node.admin_state is NodeAdminState.QUARANTINED:
             fields["quarantined_until"] = None
+            fields["failures_forgiven_at"] = fields["admin_since"]
         return node.model_copy(update=fields)
 
     done = await update(

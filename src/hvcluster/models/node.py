@@ -76,6 +76,10 @@ class Node(Model):
     # until when it is quarantined.
     failures: tuple[float, ...] = ()
     quarantined_until: float | None = None
+    # Written by the API when an admin ends a quarantine early (resume with
+    # clear_quarantine): the failures before it are forgiven, not counted again (they would
+    # quarantine the node again at once).
+    failures_forgiven_at: float | None = None
     # Written by the API on ``resume --failback none``: VM -> the placement epoch it had
     # then. While a VM is still at that epoch (it has not moved since), it does not fail back
     # to this node, whatever its own failback policy says. Resuming with another failback

@@ -11,7 +11,8 @@ A node declared dead ``quarantine.threshold`` times within ``quarantine.period_s
 quarantined (WSFC's defaults: 3 times in an hour, for 2 hours): :class:`Quarantine` until
 ``now + duration_s`` (a draining node once its drain has ended). An expired quarantine is
 lifted (:class:`Unquarantine`). Failures from before the start of the node's last
-quarantine are not counted again.
+quarantine are not counted again, nor those before an admin ended a quarantine early
+(``failures_forgiven_at``).
 """
 
 from __future__ import annotations
@@ -60,6 +61,8 @@ def counted_failures(node: NodeView, snapshot: ClusterSnapshot, extra: float | N
     floor = now - q.period_s
     if node.quarantined_until is not None:
         floor = max(floor, node.quarantined_until - q.duration_s)
+    if node.node.failures_forgiven_at is not None:  # an admin cleared a quarantine
+        floor = max(floor, node.node.failures_forgiven_at)
     times = [*node.failures, *([] if extra is None else [extra])]
     return sum(1 for t in times if floor < t <= now)
 

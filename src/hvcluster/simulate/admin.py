@@ -67,6 +67,7 @@ class Admin:
                                          "admin_since": self.now()}  # fmt: skip
             if current.admin_state is NodeAdminState.QUARANTINED:
                 fields["quarantined_until"] = None
+                fields["failures_forgiven_at"] = fields["admin_since"]
             if target is NodeAdminState.UP:
                 fields["failback_held"] = held or {}
             return current.model_copy(update=fields)
