@@ -26,7 +26,7 @@ from hvcluster.cli import (
     vm_set_cmd,
     volume_cmd,
 )
-from hvcluster.cli.output import EXIT_CODES_HELP
+from hvcluster.cli.output import EXIT_CODES_HELP, follow_columns
 
 
 def _version(value: bool) -> None:
@@ -67,6 +67,7 @@ def main(
 ) -> None:
     """hvcluster: a failover cluster for QEMU/KVM virtual machines."""
     client.given.token, client.given.ca = token, ca
+    follow_columns()
 
 
 vm_cmd.app.command("move")(move_cmd.move)

@@ -4,6 +4,7 @@ and exit codes scripts can tell apart (:class:`ExitCode`)."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from enum import IntEnum
@@ -18,6 +19,15 @@ from hvcluster.models.errors import Conflict, HvcError, InvalidInput, NotFound
 
 console = Console()
 err_console = Console(stderr=True)
+
+
+def follow_columns() -> None:
+    """Take ``$COLUMNS`` as it is when a command runs: the consoles read it once, when this
+    module was imported (in-process runs, e.g. tests or a shell, may set it later)."""
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        console.width = err_console.width = int(columns)
+
 
 P = ParamSpec("P")
 R = TypeVar("R")
