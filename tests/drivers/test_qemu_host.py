@@ -18,7 +18,13 @@ from hvcluster.drivers.qemu.cmdline import tap_name
 from hvcluster.drivers.qemu.driver import QemuDriver
 from hvcluster.drivers.qemu.probe import VERDICT_FILE, decide_accelerator
 from hvcluster.drivers.qemu.settings import QemuSettings
-from hvcluster.guestimage.image import GuestImage, build_image, cached_image, image_dir
+from hvcluster.guestimage.image import (
+    GuestImage,
+    build_image,
+    cached_image,
+    image_dir,
+    recipe_manifest,
+)
 from hvcluster.guestimage.testguest import create_disk, guest_spec, read_counter
 from hvcluster.models.errors import DriverError
 from hvcluster.models.lifecycle import VMState
@@ -113,7 +119,9 @@ async def test_kvm_probe_decides_once_and_is_cached(
 ) -> None:
     cache = tmp_path / "cache"
     (image_dir(cache)).mkdir(parents=True)
-    shutil.copy(image_dir(CACHE) / "manifest.json", image_dir(cache) / "manifest.json")
+    # This recipe's manifest: ``manifest.json`` names the last build, maybe another recipe's.
+    built = recipe_manifest(CACHE)
+    shutil.copy(built, image_dir(cache) / built.name)
     assert cached_image(cache) is not None
     settings = QemuSettings(accelerator="auto", cache_dir=cache, probe_timeout_s=8)
     verdict, why = await decide_accelerator(settings)
