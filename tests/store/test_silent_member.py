@@ -12,6 +12,7 @@ import time
 import pytest
 
 from hvcluster.lab.etcd import EtcdCluster
+from hvcluster.lab.processes import stopped
 from hvcluster.models.errors import StoreUnavailable
 from hvcluster.store.etcd import EtcdStore
 from tests.etcd_fixtures import running_etcd
@@ -87,9 +88,3 @@ async def test_a_keepalive_whose_channel_another_drops_fails_as_unavailable(
         await store.keepalive(lease.id, timeout=5.0)  # and the store goes on
     finally:
         await store.close()
-
-
-def stopped(pid: int) -> bool:
-    """The process is stopped (SIGSTOP takes effect once each thread is scheduled)."""
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().rsplit(")", 1)[1].split()[0] == "T"
