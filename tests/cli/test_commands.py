@@ -109,6 +109,29 @@ def test_create_from_file_with_overrides(hvc: Any, tmp_path: Path) -> None:
     )
 
 
+def test_guest_monitor_options_reach_the_spec_and_show(hvc: Any, tmp_path: Path) -> None:
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"name": "mon-1", "monitor": {"heartbeat_grace_s": 600}}))
+    ok(hvc("vm", "create", "--file", str(spec), "--stopped", "--panic-monitor"))
+    ok(hvc("vm", "create", "mon-2", "--stopped", "--heartbeat-timeout", "30"))
+    ok(hvc("vm", "create", "mon-3", "--stopped"))
+    monitors = [
+        json.loads(ok(hvc("vm", "show", name, "--json")))["spec"]["monitor"]
+        for name in ("mon-1", "mon-2", "mon-3")
+    ]
+    assert [(m["panic"], m["heartbeat_timeout_s"], m["heartbeat_grace_s"]) for m in monitors] == [
+        (True, 0.0, 600.0),  # the file's grace kept beside the option
+        (False, 30.0, 300.0),
+        (False, 0.0, 300.0),
+    ]
+    assert "panic" in ok(hvc("vm", "show", "mon-1"))
+    assert "heartbeat within 30 s (first after 300 s)" in ok(hvc("vm", "show", "mon-2"))
+    shown = " ".join(ok(hvc("vm", "show", "mon-3")).replace("│", " ").split())
+    assert "guest monitor off" in shown
+    bad = hvc("vm", "create", "mon-4", "--heartbeat-timeout", "-1")
+    assert bad.exit_code == ExitCode.USAGE and "heartbeat_timeout_s" in bad.output
+
+
 @pytest.mark.parametrize(
     ("args", "words", "code"),
     [

@@ -94,6 +94,24 @@ def create(
         "provide it. Default: the model of the node that starts it; either way it keeps the "
         "model through live and quick migrations.",
     ),
+    panic_monitor: bool = typer.Option(
+        False,
+        "--panic-monitor",
+        help="Give the guest a pvpanic device: a guest kernel panic fails the VM, which is "
+        "then restarted on its node, then moved (its restart threshold).",
+    ),
+    heartbeat_timeout: float | None = typer.Option(
+        None,
+        "--heartbeat-timeout",
+        help="Seconds the guest agent may leave its heartbeat (guest-sync on a virtio-serial "
+        "channel) unanswered before the VM is failed and restarted. Default: not watched.",
+    ),
+    heartbeat_grace: float | None = typer.Option(
+        None,
+        "--heartbeat-grace",
+        help="Seconds after each (re)start for the guest's first answer: its whole boot "
+        "(default 300).",
+    ),
     stopped: bool = typer.Option(False, "--stopped", help="Create it without starting it."),
     file: Path | None = typer.Option(None, "--file", help="A VM spec as JSON; options override."),
     as_json: bool = json_option("Print the created VM as JSON."),
@@ -124,6 +142,14 @@ def create(
     ha = dict(spec.get("ha") or {}) | {k: v for k, v in given.items() if v is not None}
     if ha:
         spec["ha"] = ha
+    watch = {
+        "panic": panic_monitor or None,
+        "heartbeat_timeout_s": heartbeat_timeout,
+        "heartbeat_grace_s": heartbeat_grace,
+    }
+    monitor = dict(spec.get("monitor") or {}) | {k: v for k, v in watch.items() if v is not None}
+    if monitor:
+        spec["monitor"] = monitor
     answer(api, lambda client: client.post("/vms", spec), as_json, _created)
 
 
@@ -159,6 +185,17 @@ def list_vms(answer: dict[str, Any]) -> None:
     warn_skipped(answer)
 
 
+def _monitor(monitor: dict[str, Any]) -> str:
+    """What watches the guest OS, in words: ``off`` when nothing does."""
+    watched = ["panic"] if monitor.get("panic") else []
+    if monitor.get("heartbeat_timeout_s"):
+        watched.append(
+            f"heartbeat within {monitor['heartbeat_timeout_s']:g} s"
+            f" (first after {monitor.get('heartbeat_grace_s', 300):g} s)"
+        )
+    return ", ".join(watched) or "off"
+
+
 def _show_rows(vm: dict[str, Any]) -> list[tuple[str, object]]:
     spec, ha = vm["spec"], vm["spec"]["ha"]
     placement, status = vm.get("placement") or {}, vm.get("status") or {}
@@ -183,6 +220,7 @@ def _show_rows(vm: dict[str, Any]) -> list[tuple[str, object]]:
             ", ".join(ha["anti_affinity_classes"])
             + (" (hard)" if ha["anti_affinity_enforced"] and ha["anti_affinity_classes"] else ""),
         ),
+        ("guest monitor", _monitor(spec.get("monitor") or {})),
     ]
     if status:
         rows += [
