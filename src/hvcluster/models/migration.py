@@ -75,6 +75,12 @@ class Progress(Model):
     expected_downtime_ms: float = Field(default=0.0, ge=0)
     cpu_throttle_pct: int = Field(default=0, ge=0, le=100)
     postcopy: bool = False  # the VM runs on the target, fetching what it lacks from the source
+    # What the optional techniques did, when on: pages sent as XBZRLE deltas of the copy
+    # sent before, pages looked up in its cache and not found there (from the second pass),
+    # and bytes sent over multifd's parallel channels.
+    xbzrle_pages: int = Field(default=0, ge=0)
+    xbzrle_cache_misses: int = Field(default=0, ge=0)
+    multifd_bytes: int = Field(default=0, ge=0)
 
 
 class RunningSize(Model):

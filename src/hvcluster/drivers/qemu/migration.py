@@ -51,7 +51,7 @@ async def configure(monitor: Monitor, settings: MigrationSettings) -> None:
 
 
 def progress_of(info: dict[str, Any]) -> Progress:
-    ram = info.get("ram", {})
+    ram, xbzrle = info.get("ram", {}), info.get("xbzrle-cache", {})
     page = int(ram.get("page-size", 0)) or 4096
     rate = float(ram.get("dirty-pages-rate", 0))
     return Progress(
@@ -64,6 +64,9 @@ def progress_of(info: dict[str, Any]) -> Progress:
         expected_downtime_ms=float(info.get("expected-downtime", 0)),
         cpu_throttle_pct=min(int(info.get("cpu-throttle-percentage", 0)), 100),
         postcopy=info.get("status") in POSTCOPY,
+        xbzrle_pages=int(xbzrle.get("pages", 0)),
+        xbzrle_cache_misses=int(xbzrle.get("cache-miss", 0)),
+        multifd_bytes=int(ram.get("multifd-bytes", 0)),
     )
 
 
