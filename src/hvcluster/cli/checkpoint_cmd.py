@@ -13,7 +13,7 @@ import typer
 
 from hvcluster.cli.client import Client, api_option
 from hvcluster.cli.output import console, err_console, friendly_errors, print_json, print_table
-from hvcluster.cli.views import answer, json_option
+from hvcluster.cli.views import asking, json_option
 
 app = typer.Typer(
     help="Checkpoints of a VM (its disks, and its memory when it runs).", no_args_is_help=True
@@ -97,20 +97,11 @@ _command(
 _command("rm", "DELETE", "/vms/{vm}/checkpoints/{name}", "Remove a checkpoint from a VM's disks.")
 
 
-@app.command("list")
-@friendly_errors
-def list_checkpoints(
-    vm: str = typer.Argument(..., help="VM name."),
-    as_json: bool = json_option(),
-    api: list[str] | None = api_option(),
-) -> None:
+@asking(app, "list", "VM", "/vms/{name}/checkpoints")
+def list_checkpoints(vm: str, found: dict[str, Any]) -> None:
     """A VM's checkpoints: name, when taken, the size of the saved memory, with memory."""
-
-    def show(found: dict[str, Any]) -> None:
-        rows = [
-            (c["name"], _when(c["created"]), _size(c["size"]), "yes" if c["memory"] else "no")
-            for c in found["checkpoints"]
-        ]
-        print_table(f"Checkpoints of {vm}", ["NAME", "CREATED", "SIZE", "MEMORY"], rows)
-
-    answer(api, lambda client: client.get(f"/vms/{vm}/checkpoints"), as_json, show)
+    rows = [
+        (c["name"], _when(c["created"]), _size(c["size"]), "yes" if c["memory"] else "no")
+        for c in found["checkpoints"]
+    ]
+    print_table(f"Checkpoints of {vm}", ["NAME", "CREATED", "SIZE", "MEMORY"], rows)

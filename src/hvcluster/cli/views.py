@@ -23,6 +23,7 @@ from hvcluster.cli.output import console, friendly_errors, print_json
 Show = Callable[[Any], None]  # prints an answer for people
 Read = Callable[[Client], Any]  # what a list asks of the API, when more than one GET
 Ask = Callable[[Client, str], Any]  # what a command asks of the API about the NAME it is given
+Told = Callable[[str, Any], None]  # prints the answer about NAME for people
 
 
 def json_option(help: str = "Print JSON for scripts.") -> Any:
@@ -104,13 +105,30 @@ def showing(app: typer.Typer, collection: str, what: str) -> Callable[[Show], Sh
     return register
 
 
+def asking(app: typer.Typer, verb: str, what: str, path: str) -> Callable[[Told], Told]:
+    """Register the decorated function as ``verb NAME``: GET ``path`` with NAME in it
+    (``{name}``; ``/vms/{name}/checkpoints``), then print the answer as JSON, or hand it
+    to the function with NAME. For the reads about one item that are not its ``show``."""
+
+    def register(show: Told) -> Told:
+        help = inspect.cleandoc(show.__doc__ or "")
+
+        def get(client: Client, name: str) -> Any:
+            return client.get(path.format(name=name))
+
+        _named(app, verb, help, what, get, show)
+        return show
+
+    return register
+
+
 def _named(
     app: typer.Typer,
     verb: str,
     help: str,
     what: str,
     ask: Ask,
-    show: Callable[[str, Any], None],
+    show: Told,
 ) -> None:
     """Register ``verb NAME`` (``what`` NAME names): ``ask`` the API about NAME, then
     :func:`answer` with what it says (``show`` given NAME too)."""
