@@ -18,9 +18,10 @@ whether memory was saved (as the agent last read the disks).
 from __future__ import annotations
 
 from fastapi import APIRouter
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from hvcluster.api.context import NO_BODY, Ctx, ValidName
+from hvcluster.api.jobs import created, refuse_if_busy
 from hvcluster.api.migrations import Cluster
 from hvcluster.api.views import ActionRequest, View
 from hvcluster.models.checkpoint import (
@@ -34,16 +35,13 @@ from hvcluster.models.errors import Conflict, InvalidInput, NotFound
 from hvcluster.models.lifecycle import VMState
 from hvcluster.models.vm import VMSpec
 from hvcluster.store.checkpoints import create_op, read_list, read_op
-from hvcluster.store.jobs import busy
 from hvcluster.store.reads import read_value
 
 router = APIRouter(tags=["checkpoints"])
 
 
-class CheckpointRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class CheckpointRequest(ActionRequest):
     name: str = Field(max_length=63, description="the checkpoint's name")
-    reason: str = Field(default="", max_length=500)
 
 
 class CheckpointsView(View):
@@ -106,25 +104,19 @@ async def _request(
     except ValueError as e:
         raise InvalidInput(str(e), field="name") from None
     cluster = await Cluster(ctx).load()
-    spec = cluster.specs.get(vm)
-    if spec is None:
-        raise NotFound(f"vm {vm!r} not found")
+    spec = cluster.spec(vm)
     problem = checkpoint_problem(spec)
     if problem is not None:
         raise Conflict(f"cannot checkpoint vm {vm}: {problem}")
-    under_way = await busy(ctx.store, ctx.keys, vm)  # the store's create enforces it
-    if under_way is not None:
-        raise Conflict(under_way)
+    await refuse_if_busy(ctx, vm)
     held = (await read_list(ctx.store, ctx.keys, spec)).find(name)
     if action is CheckpointAction.CREATE and held is not None:
         raise Conflict(f"vm {vm} has a checkpoint {name!r} already")
     if action is not CheckpointAction.CREATE and held is None:
         raise NotFound(f"vm {vm} has no checkpoint {name!r}")
     node, epoch = _where(cluster, spec)
-    op = await create_op(ctx.store, ctx.keys, vm, node, epoch, action, name, "api")
-    if op is None:  # another job took the VM since we looked
-        taken = await busy(ctx.store, ctx.keys, vm)
-        raise Conflict(taken or f"vm {vm}: the operation could not be stored; try again")
+    stored = await create_op(ctx.store, ctx.keys, vm, node, epoch, action, name, "api")
+    op = await created(ctx, vm, stored, "the operation")
     said = reason or f"{action.value} checkpoint {name!r} of vm {vm} on {node}"
     await ctx.record(
         "checkpoint.requested", f"vm/{vm}", said, {"id": op.id, "action": action.value}

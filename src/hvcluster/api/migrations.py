@@ -18,6 +18,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
 from hvcluster.api.context import NO_BODY, ApiContext, Ctx, ValidName
+from hvcluster.api.jobs import created, refuse_if_busy
 from hvcluster.api.reads import decode_one
 from hvcluster.api.views import ActionRequest, View
 from hvcluster.api.writes import update
@@ -31,7 +32,6 @@ from hvcluster.models.node import Node
 from hvcluster.models.storage import disks_to_move, spec_on_volume
 from hvcluster.models.vm import Placement, VMSpec, VMStatus
 from hvcluster.store.checkpoints import lost_by_copy
-from hvcluster.store.jobs import busy
 from hvcluster.store.migrations import change_migration, create_migration, read_migrations
 from hvcluster.store.reads import read_snapshot
 
@@ -83,6 +83,13 @@ class Cluster:
         self.migrations = (await snap.decoded(Migration, "migrations", ctx.corrupt)).values()
         return self
 
+    def spec(self, vm: str) -> VMSpec:
+        """The spec of ``vm``; an unknown VM is refused (404)."""
+        spec = self.specs.get(vm)
+        if spec is None:
+            raise NotFound(f"vm {vm!r} not found")
+        return spec
+
     def active(self, vm: str) -> Migration | None:
         return next((m for m in self.migrations if m.vm == vm and m.active), None)
 
@@ -114,9 +121,7 @@ async def move_vm(name: ValidName, ctx: Ctx, request: MoveRequest | None = NO_BO
     state saved and restored). Returns the migration record; follow it under /migrations."""
     request = request or MoveRequest()
     cluster = await Cluster(ctx).load()
-    spec = cluster.specs.get(name)
-    if spec is None:
-        raise NotFound(f"vm {name!r} not found")
+    spec = cluster.spec(name)
     placement, status = cluster.placements.get(name), cluster.statuses.get(name)
     running = (
         placement is not None
@@ -127,9 +132,7 @@ async def move_vm(name: ValidName, ctx: Ctx, request: MoveRequest | None = NO_BO
     if not running or placement is None:
         state = status.state.value if status else "not reported"
         raise Conflict(f"vm {name} is not running ({state}); only a running VM moves")
-    under_way = await busy(ctx.store, ctx.keys, name)  # the store's create enforces it
-    if under_way is not None:
-        raise Conflict(under_way)
+    await refuse_if_busy(ctx, name)
     source = placement.node
     if request.with_storage:
         spec = await shared_nothing_spec(ctx, spec, request)  # the target must see its volume
@@ -147,7 +150,7 @@ async def move_vm(name: ValidName, ctx: Ctx, request: MoveRequest | None = NO_BO
         if len(reasons) == len(cluster.nodes) - 1:
             detail = "; ".join(reasons) or "there is no other node"
             raise Conflict(f"no node can take {name}: {detail}")
-    rec = await create_migration(
+    stored = await create_migration(
         ctx.store,
         ctx.keys,
         name,
@@ -158,9 +161,7 @@ async def move_vm(name: ValidName, ctx: Ctx, request: MoveRequest | None = NO_BO
         "api",
         volume=request.with_storage,
     )
-    if rec is None:  # another job took the VM since we looked
-        why = await busy(ctx.store, ctx.keys, name)
-        raise Conflict(why or f"vm {name}: the migration record could not be stored; try again")
+    rec = await created(ctx, name, stored, "the migration record")
     where = request.to or "a node the scheduler picks"
     await ctx.record(
         "migration.requested",

@@ -12,9 +12,10 @@ nothing to move, or a VM with checkpoints (the mirror would drop them). Follow i
 from __future__ import annotations
 
 from fastapi import APIRouter
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from hvcluster.api.context import NO_BODY, Ctx, ValidName
+from hvcluster.api.jobs import created, refuse_if_busy
 from hvcluster.api.migrations import Cluster, cancelling, valid_id
 from hvcluster.api.views import ActionRequest, View
 from hvcluster.models.errors import Conflict, InvalidInput, NotFound
@@ -23,16 +24,13 @@ from hvcluster.models.migration import Migration
 from hvcluster.models.names import check_name
 from hvcluster.models.storage import disks_to_move
 from hvcluster.store.checkpoints import lost_by_copy
-from hvcluster.store.jobs import busy
 from hvcluster.store.migrations import change_migration, create_move, read_move, read_moves
 
 router = APIRouter(tags=["storage"])
 
 
-class StorageMoveRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class StorageMoveRequest(ActionRequest):
     volume: str = Field(max_length=63, description="the volume the VM's disks move to")
-    reason: str = Field(default="", max_length=500)
 
 
 class StorageMoveList(View):
@@ -53,9 +51,7 @@ async def move_storage(
     except ValueError as e:
         raise InvalidInput(str(e), field="volume") from None
     cluster = await Cluster(ctx).load()
-    spec = cluster.specs.get(name)
-    if spec is None:
-        raise NotFound(f"vm {name!r} not found")
+    spec = cluster.spec(name)
     placement, status = cluster.placements.get(name), cluster.statuses.get(name)
     if (
         placement is None
@@ -65,9 +61,7 @@ async def move_storage(
     ):
         state = status.state.value if status else "not reported"
         raise Conflict(f"vm {name} is not running ({state}); only a running VM's disks move")
-    under_way = await busy(ctx.store, ctx.keys, name)  # the store's create enforces it
-    if under_way is not None:
-        raise Conflict(under_way)
+    await refuse_if_busy(ctx, name)
     if await ctx.store.get(ctx.keys.volume(volume)) is None:
         raise NotFound(f"volume {volume!r} not found")
     node = cluster.nodes.get(placement.node)
@@ -82,12 +76,10 @@ async def move_storage(
     lost = await lost_by_copy(ctx.store, ctx.keys, spec, "a storage move")
     if lost is not None:
         raise Conflict(lost)
-    rec = await create_move(
+    stored = await create_move(
         ctx.store, ctx.keys, name, placement.node, placement.epoch, volume, "api"
     )
-    if rec is None:  # another job took the VM since we looked
-        taken = await busy(ctx.store, ctx.keys, name)
-        raise Conflict(taken or f"vm {name}: the storage move could not be stored; try again")
+    rec = await created(ctx, name, stored, "the storage move")
     await ctx.record(
         "storage.move_requested",
         f"vm/{name}",
