@@ -25,6 +25,7 @@ import logging
 from collections.abc import Sequence
 
 from hvcluster.agent.node import NodeAgent
+from hvcluster.agent.owned_jobs import OwnedJobs
 from hvcluster.drivers.errors import NotRunning
 from hvcluster.models.checkpoint import Checkpoint, CheckpointAction, CheckpointList, CheckpointOp
 from hvcluster.models.errors import DriverError, StoreError
@@ -32,12 +33,10 @@ from hvcluster.models.event import Say
 from hvcluster.models.job import Job, job_of
 from hvcluster.models.lifecycle import MigrationState
 from hvcluster.models.vm import VMSpec
-from hvcluster.store.base import Compare, Delete, Store
+from hvcluster.store.base import Store
 from hvcluster.store.checkpoints import OpChange, change_op, fail_op, list_put, read_ops
-from hvcluster.store.follow import run_cycles_with_tasks, wake_on_changes
-from hvcluster.store.jobs import release_if_named
 from hvcluster.store.keys import Keys
-from hvcluster.store.reads import Reader, decode_kv
+from hvcluster.store.reads import decode_kv
 
 log = logging.getLogger(__name__)
 
@@ -54,27 +53,15 @@ class OpFailed(Exception):
     """Why a checkpoint operation cannot go on (it fails with this reason)."""
 
 
-class CheckpointWorker:
+class CheckpointWorker(OwnedJobs):
+    what = "checkpoint"
+    retain_s = RETAIN_S
+
     def __init__(self, store: Store, keys: Keys, agent: NodeAgent, say: Say) -> None:
-        self.store, self.keys, self.agent, self.say = store, keys, agent, say
-        self.me = agent.me.name
-        self.driver = agent.driver
-        self.tasks: dict[str, asyncio.Task[None]] = {}
-        self.wake = asyncio.Event()
-        self.read = Reader(store, keys)
-
-    async def run(self, interval: float = 1.0) -> None:
-        sleep = self.agent.clock.sleep
-        await run_cycles_with_tasks(
-            "checkpoint", self.cycle, self.wake, interval, sleep, self.tasks
-        )
-
-    async def watch(self) -> None:
-        await wake_on_changes(self.store, self.keys.checkpoint_op(), self.wake)
+        super().__init__(store, keys, agent, say, keys.checkpoint_op())
 
     async def cycle(self) -> None:
-        for oid in [o for o, task in self.tasks.items() if task.done()]:
-            self.tasks.pop(oid)
+        self.forget_ended_tasks()
         found = await read_ops(self.store, self.keys)
         for oid, stored in sorted(found.items.items()):
             op = stored.value
@@ -86,13 +73,8 @@ class CheckpointWorker:
                 why = f"the agent on {self.me} restarted during it; the list says what is kept"
                 await fail_op(self.store, self.keys, self.say, op, why)
                 await self._refresh(op.vm)
-            elif not op.active and max(op.updated, op.created) < self.agent.clock.wall() - RETAIN_S:
-                key = self.keys.checkpoint_op(oid)
-                job = await self.store.get(self.keys.job(op.vm))
-                held, ops = release_if_named(self.keys, op, job)
-                await self.store.txn(
-                    [Compare.mod_is(key, stored.mod_revision), *held], [Delete(key), *ops]
-                )
+            else:
+                await self.prune_if_old(self.keys.checkpoint_op(oid), op, stored.mod_revision)
 
     async def _run(self, op: CheckpointOp) -> None:
         try:

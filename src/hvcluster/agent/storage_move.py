@@ -34,6 +34,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from hvcluster.agent.node import NodeAgent
+from hvcluster.agent.owned_jobs import OwnedJobs
 from hvcluster.models.base import encode
 from hvcluster.models.errors import DriverError, StoreError
 from hvcluster.models.event import Say
@@ -43,11 +44,10 @@ from hvcluster.models.migration import Migration, Progress
 from hvcluster.models.storage import disk_on_volume, disks_to_move
 from hvcluster.models.vm import Disk, Placement, VMSpec
 from hvcluster.store.base import Compare, Delete, Put, Store
-from hvcluster.store.follow import run_cycles_with_tasks, wake_on_changes
-from hvcluster.store.jobs import busy, release_if_named
+from hvcluster.store.jobs import busy
 from hvcluster.store.keys import Keys
 from hvcluster.store.migrations import Change, change_migration, read_moves
-from hvcluster.store.reads import Reader, read_one
+from hvcluster.store.reads import read_one
 from hvcluster.store.state import read_config
 
 log = logging.getLogger(__name__)
@@ -63,32 +63,20 @@ class MoveFailed(Exception):
     """Why a storage move cannot go on (the record fails with this reason)."""
 
 
-class StorageMover:
+class StorageMover(OwnedJobs):
+    what = "storage move"
+    retain_s = RETAIN_S
+
     def __init__(self, store: Store, keys: Keys, agent: NodeAgent, say: Say) -> None:
-        self.store, self.keys, self.agent, self.say = store, keys, agent, say
-        self.me = agent.me.name
-        self.driver = agent.driver
-        self.tasks: dict[str, asyncio.Task[None]] = {}
+        super().__init__(store, keys, agent, say, keys.storage_move())
         self.checked: set[str] = set()  # done records seen switched (see _finish)
         self.given_up: set[str] = set()  # records whose step raised unexpectedly here
-        self.wake = asyncio.Event()
-        self.read = Reader(store, keys)
         self.cycles = 0  # cycles begun (tests wait on it: 'a later cycle did not retry')
 
-    # --- the loop --------------------------------------------------------------------
-    async def run(self, interval: float = 1.0) -> None:
-        sleep = self.agent.clock.sleep  # when it stops, so do the copies (and their mirrors)
-        await run_cycles_with_tasks(
-            "storage move", self.cycle, self.wake, interval, sleep, self.tasks
-        )
-
-    async def watch(self) -> None:
-        await wake_on_changes(self.store, self.keys.storage_move(), self.wake)
-
+    # --- the loop (OwnedJobs.run: when it stops, so do the copies and their mirrors) ----
     async def cycle(self) -> None:
         self.cycles += 1
-        for mid in [m for m, task in self.tasks.items() if task.done()]:
-            self.tasks.pop(mid)
+        self.forget_ended_tasks()
         records = sorted((await read_moves(self.store, self.keys)).items.items())
         mine = [
             (mid, s.value, s.mod_revision)
@@ -104,11 +92,7 @@ class StorageMover:
         if rec.state is _M.DONE and mid not in self.checked and mid not in self.tasks:
             self.checked.add(mid)
             await self._finish(rec)
-        if not rec.active and max(rec.updated, rec.created) < self.agent.clock.wall() - RETAIN_S:
-            key = self.keys.storage_move(mid)
-            job = await self.store.get(self.keys.job(rec.vm))
-            held, ops = release_if_named(self.keys, rec, job)  # if it still names it
-            await self.store.txn([Compare.mod_is(key, rev), *held], [Delete(key), *ops])
+        await self.prune_if_old(self.keys.storage_move(mid), rec, rev)
 
     async def _step(self, mid: str, rec: Migration) -> None:
         task = self.tasks.get(mid)
