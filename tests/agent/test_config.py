@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from hvcluster.agent.config import load_config
+from hvcluster.agent.node import NodeIdentity
 from hvcluster.host.pki import Authority
 from hvcluster.models.errors import ConfigError
 
@@ -26,6 +27,10 @@ def test_file_and_flags(tmp_path: Path) -> None:
         ('node = "n1"\ndriver = "xen"', "driver"),
         ('node = "n1"\ncolour = "blue"', "colour"),
         ('node = "n1"\netcd = []', "etcd"),
+        ('node = "n1"\nmigration_address = "0.0.0.0"', "migration_address"),
+        ('node = "n1"\nmigration_address = "10.0.0.300"', "migration_address"),
+        ('node = "n1"\nmigration_address = "mig net"', "migration_address"),
+        ('node = "n1"\nmigration_address = 10', "migration_address"),
     ],
 )
 def test_bad_values_name_the_field(tmp_path: Path, text: str, field: str) -> None:
@@ -34,6 +39,19 @@ def test_bad_values_name_the_field(tmp_path: Path, text: str, field: str) -> Non
     with pytest.raises(ConfigError) as info:
         load_config(f, {})
     assert field in str(info.value)
+
+
+def test_the_migration_address_defaults_to_the_nodes_address(tmp_path: Path) -> None:
+    """Unset, migrations listen where they always did (``address``); set, there."""
+    f = tmp_path / "agent.toml"
+    f.write_text('node = "n1"\naddress = "10.1.0.5"\n')
+    cfg = load_config(f, {})
+    me = NodeIdentity(cfg.node, cfg.address, cfg.api_port, migration_address=cfg.migration_address)
+    assert (cfg.migration_address, me.migration_host) == ("", "10.1.0.5")
+    for given in ("10.2.0.5", "fd00:2::5", "mig-n1.example"):
+        cfg = load_config(f, {"migration_address": given})
+        me = NodeIdentity(cfg.node, cfg.address, cfg.api_port, migration_address=given)
+        assert me.migration_host == given
 
 
 def test_unreadable_or_broken_file(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from hvcluster.models.base import Model, describe
 from hvcluster.models.errors import ConfigError
 from hvcluster.models.guestcpu import QEMU_DEFAULT
-from hvcluster.models.names import Labels, Name
+from hvcluster.models.names import Labels, Name, check_host_or_empty
 
 
 class AgentConfig(Model):
@@ -30,6 +30,9 @@ class AgentConfig(Model):
     cluster: Name = "hvc"
     etcd: tuple[str, ...] = Field(default=("127.0.0.1:2379",), min_length=1)
     address: str = "127.0.0.1"  # how other nodes reach this one (API, migrations)
+    # Where QEMU's migration streams (and a shared-nothing move's disks) reach this host, if
+    # not at ``address``: an address on a separate migration network. "": ``address``.
+    migration_address: str = Field(default="", max_length=253)
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8440, gt=0, lt=65536)
     run_dir: Path = Path("/run/hvc")
@@ -54,6 +57,11 @@ class AgentConfig(Model):
     # agent rewrites it whenever a certificate is revoked (agent/revocation.py). None: no
     # etcd member here, or revocations not enforced by etcd.
     etcd_crl: Path | None = None
+
+    @field_validator("migration_address")
+    @classmethod
+    def _migration_host(cls, value: str) -> str:
+        return check_host_or_empty(value)
 
     @field_validator("etcd_ca", "etcd_cert", "etcd_key", "api_cert", "api_key", "api_ca")
     @classmethod

@@ -141,7 +141,13 @@ class Daemon:
             self.store,
             self.keys,
             NodeIdentity(
-                cfg.node, cfg.address, cfg.api_port, dict(cfg.labels), cfg.cpus, cfg.memory_mib
+                cfg.node,
+                cfg.address,
+                cfg.api_port,
+                dict(cfg.labels),
+                cfg.cpus,
+                cfg.memory_mib,
+                cfg.migration_address,
             ),
             driver,
             config,

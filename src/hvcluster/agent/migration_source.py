@@ -29,6 +29,7 @@ from hvcluster.models.migration import (
     RunningSize,
     address_host,
     needs_running,
+    settings_for,
 )
 from hvcluster.models.migration_times import (
     done_sentence,
@@ -146,6 +147,7 @@ class SourceRole(QuickState):
         placed = await read_one(self.store, self.keys.placement(rec.vm), Placement)
         moved = await moved_spec_ops(self.store, self.keys, rec)  # shared-nothing: new paths
         config, _ = await read_config(self.store, self.keys)
+        settings = settings_for(written.record, config.migration)  # its own cap, if any
         latest: list[Progress] = []
         stop = asyncio.Event()
         publisher = asyncio.create_task(self._publish(written, latest, stop))
@@ -171,12 +173,12 @@ class SourceRole(QuickState):
                 saved = written.record.state_file
             elif shared_nothing(rec):  # the disks first, into the target's exports
                 result = await self.shared.migrate_out(
-                    written.record, address, config.migration, latest.append, completed
+                    written.record, address, settings, latest.append, completed
                 )
                 saved = ""
             else:
                 result = await self.driver.migrate_out(
-                    rec.vm, address, config.migration, latest.append, completed
+                    rec.vm, address, settings, latest.append, completed
                 )
                 saved = ""
         except (DriverError, OSError) as e:
@@ -382,13 +384,14 @@ class SourceRole(QuickState):
     async def _refused(self, rec: Migration) -> str | None:
         """Why this host will not send ``rec``'s VM to its ``target_address`` (whoever can
         write the record could point it anywhere): it must be the target node's registered
-        address (the model admits only tcp:HOST:PORT). None if it is."""
+        migration address (its ``migration_address``, else its address; the model admits
+        only tcp:HOST:PORT). None if it is."""
         node = await self.read.node(rec.target)
         if node is None:
             return f"the target node {rec.target} is not registered"
-        host = address_host(rec.target_address)
-        if host != node.address.strip("[]"):
-            return f"{host} is not {rec.target}'s registered address {node.address}"
+        host, wanted = address_host(rec.target_address), node.migration_host
+        if host != wanted:
+            return f"{host} is not {rec.target}'s registered migration address {wanted}"
         return None
 
     async def _keep_running(self, rec: Migration) -> None:

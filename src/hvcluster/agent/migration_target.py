@@ -97,7 +97,7 @@ class TargetRole(QuickState):
                 address = await self.shared.prepare(rec, spec, config.migration)
             else:
                 address = await self.driver.prepare_incoming(
-                    spec, rec.epoch + 1, self.agent.me.address, config.migration
+                    spec, rec.epoch + 1, self.agent.me.migration_host, config.migration
                 )
         except DriverError as e:
             await self._fail(rec, f"target {self.me} could not prepare: {e}")

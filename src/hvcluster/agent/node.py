@@ -60,6 +60,12 @@ class NodeIdentity:
     labels: dict[str, str] = field(default_factory=dict)
     cpus: int | None = None
     memory_mib: int | None = None
+    migration_address: str = ""  # "": migrations reach it at ``address`` too
+
+    @property
+    def migration_host(self) -> str:
+        """Where this host's incoming migrations (QEMU's stream, NBD disks) listen."""
+        return (self.migration_address or self.address).strip("[]")
 
 
 class NodeAgent:
@@ -127,6 +133,7 @@ class NodeAgent:
         )
         mine = {
             "address": self.me.address,
+            "migration_address": self.me.migration_address,
             "api_port": self.me.api_port,
             "capacity": capacity,
             "inventory": facts.inventory,

@@ -109,7 +109,7 @@ class SharedNothing:
         target = spec_on_volume(spec, rec.volume)
         await self._clear_leftovers(target)
         incoming = await self.driver.prepare_incoming_with_disks(
-            target, rec.epoch + 1, self.agent.me.address, rec.disk_sizes, settings
+            target, rec.epoch + 1, self.agent.me.migration_host, rec.disk_sizes, settings
         )
         self.created[rec.id] = (target.disks, spec.uid)
         for disk in target.disks:  # the cluster's own files: only such are ever deleted

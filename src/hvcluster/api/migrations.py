@@ -23,6 +23,7 @@ from hvcluster.api.reads import decode_one
 from hvcluster.api.views import ActionRequest, View
 from hvcluster.api.writes import update
 from hvcluster.models.base import Model
+from hvcluster.models.config import COUNT_MAX
 from hvcluster.models.errors import Conflict, InvalidInput, NotFound
 from hvcluster.models.fit import Target, resident, why_not_move
 from hvcluster.models.guestcpu import vm_cpu_model
@@ -51,6 +52,13 @@ class MoveRequest(BaseModel):
         default="",
         max_length=63,
         description="shared-nothing: copy the VM's disks to this volume of the target (live)",
+    )
+    max_bandwidth_mib_s: int | None = Field(
+        default=None,
+        gt=0,
+        le=COUNT_MAX,
+        description="live: this migration's bandwidth cap in MiB/s (precopy and postcopy), "
+        "over the cluster's migration.max_bandwidth_mib_s",
     )
 
 
@@ -134,6 +142,11 @@ async def move_vm(name: ValidName, ctx: Ctx, request: MoveRequest | None = NO_BO
         raise Conflict(f"vm {name} is not running ({state}); only a running VM moves")
     await refuse_if_busy(ctx, name)
     source = placement.node
+    if request.max_bandwidth_mib_s is not None and request.kind != "live":
+        raise InvalidInput(
+            "a bandwidth cap is for a live migration (a quick one saves to a file)",
+            field="max_bandwidth_mib_s",
+        )
     if request.with_storage:
         spec = await shared_nothing_spec(ctx, spec, request)  # the target must see its volume
     if request.to:
@@ -160,14 +173,23 @@ async def move_vm(name: ValidName, ctx: Ctx, request: MoveRequest | None = NO_BO
         MigrationKind(request.kind),
         "api",
         volume=request.with_storage,
+        max_bandwidth_mib_s=request.max_bandwidth_mib_s,
     )
     rec = await created(ctx, name, stored, "the migration record")
     where = request.to or "a node the scheduler picks"
+    if request.max_bandwidth_mib_s is not None:
+        where += f", capped at {request.max_bandwidth_mib_s} MiB/s"
     await ctx.record(
         "migration.requested",
         f"vm/{name}",
         request.reason or f"{request.kind} migration of {name} from {source} to {where}",
-        {"id": rec.id, "kind": request.kind, "source": source, "target": request.to},
+        {
+            "id": rec.id,
+            "kind": request.kind,
+            "source": source,
+            "target": request.to,
+            "max_bandwidth_mib_s": request.max_bandwidth_mib_s,
+        },
     )
     return rec
 

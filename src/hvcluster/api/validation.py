@@ -148,13 +148,14 @@ async def probe(
 @router.post("/probe/listen", response_model=ListenAnswer)
 async def probe_listen(ctx: Ctx) -> ListenAnswer:
     """Open a short-lived TCP listener on this node's migration address (its registered
-    address, where QEMU listens for an incoming migration) at a free port, as an incoming
-    migration does; it greets one connection with the token answered here, then closes."""
+    migration_address, else its address: where QEMU listens for an incoming migration) at
+    a free port, as an incoming migration does; it greets one connection with the token
+    answered here, then closes."""
     me = next((n for n in await _nodes(ctx) if n.name == ctx.node), None)
     if me is None:
         return ListenAnswer(node=ctx.node, error=f"{ctx.node} is not registered")
     try:
-        address, token = await open_listener(me.address)
+        address, token = await open_listener(me.migration_host)
     except ListenRefused as e:
         return ListenAnswer(node=ctx.node, error=str(e))
     return ListenAnswer(node=ctx.node, address=address, token=token)
@@ -172,12 +173,13 @@ async def _migration_probe(
         listen = ListenAnswer.model_validate_json(response.content)
     except (httpx.HTTPError, ValueError) as e:
         why = f"{target.name}'s agent could not be asked to open a listener: {_why(e)}"
-        return Probe(**base, address=target.address, reachable=False, asked=False, error=why)
+        return Probe(**base, address=target.migration_host, reachable=False, asked=False, error=why)
     if listen.error:
         why = f"{target.name} could not open a listener on its migration address: {listen.error}"
-        return Probe(**base, address=target.address, reachable=False, error=why)
-    if split(listen.address)[0] != target.address.strip("[]"):
-        why = f"{target.name} listened at {listen.address}, not on its address {target.address}"
+        return Probe(**base, address=target.migration_host, reachable=False, error=why)
+    if split(listen.address)[0] != target.migration_host:
+        where = target.migration_host
+        why = f"{target.name} listened at {listen.address}, not on its migration address {where}"
         return Probe(**base, address=listen.address, reachable=False, error=why)
     reached, latency, error = await reach_listener(listen.address, listen.token, CONNECT_TIMEOUT_S)
     return Probe(
@@ -204,10 +206,11 @@ async def _probe_migration_pair(
         response.raise_for_status()
         answer = ProbeAnswer.model_validate_json(response.content)
     except (httpx.HTTPError, ValueError) as e:
-        return Probe(**base, address=target.address, reachable=False, asked=False, error=_why(e))
+        where = target.migration_host
+        return Probe(**base, address=where, reachable=False, asked=False, error=_why(e))
     return Probe(
         **base,
-        address=answer.target or target.address,
+        address=answer.target or target.migration_host,
         reachable=bool(answer.reachable),
         latency_ms=answer.latency_ms,
         error=answer.error,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -18,6 +19,7 @@ from hvcluster.cli.output import (
     print_table,
 )
 from hvcluster.cli.views import answer, json_option, listing
+from hvcluster.models.config import COUNT_MAX
 
 app = typer.Typer(
     help="List, show and cancel migrations (storage moves too: one id names either).",
@@ -32,6 +34,8 @@ def describe(m: dict[str, Any]) -> str:
     route = f"{m['source']} -> {m['target'] or '?'}"
     if m["kind"] == "live" and m.get("volume"):
         route += f", disks to volume {m['volume']}"
+    if m.get("max_bandwidth_mib_s"):
+        route += f", capped at {m['max_bandwidth_mib_s']} MiB/s"
     if m["kind"] == "storage":
         route = f"on {m['source']} to volume {m.get('volume', '?')}"
     text = f"migration {m['id']} of {m['vm']} ({m['kind']}, {route}): {m['state']}"
@@ -75,9 +79,10 @@ def follow(
 def load_said(p: dict[str, Any]) -> str:
     """A live migration's load, as QEMU reckons it: passes over the guest's memory, its dirty
     rate, the pause the last pass would take now, auto-converge's throttle, postcopy."""
+    rate = f", sending {p['transfer_rate_mib_s']:.0f} MiB/s" if p.get("transfer_rate_mib_s") else ""
     if not p.get("passes"):
-        return ""
-    said = f", pass {p['passes']}"
+        return rate
+    said = f"{rate}, pass {p['passes']}"
     if p.get("dirty_rate_mib_s"):
         said += f", dirtying {p['dirty_rate_mib_s']:.0f} MiB/s"
     if p.get("expected_downtime_ms"):
@@ -85,6 +90,24 @@ def load_said(p: dict[str, Any]) -> str:
     if p.get("cpu_throttle_pct"):
         said += f", vCPUs throttled {p['cpu_throttle_pct']} %"
     return said + (", postcopy" if p.get("postcopy") else "")
+
+
+_UNITS = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}
+_BANDWIDTH = re.compile(r"^([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)(?:i?B)?(?:/s)?$", re.IGNORECASE)
+
+
+def bandwidth_mib_s(text: str) -> int:
+    """``100M``, ``1.5G``, ``2048K``, ``100`` (MiB/s), per second, binary units as QEMU's:
+    the whole MiB/s they make (at least 1)."""
+    found = _BANDWIDTH.match(text.strip())
+    if found is None:
+        raise ValueError(f"{text!r} is not a bandwidth: give e.g. 100M or 1G (per second)")
+    mib = float(found.group(1)) * _UNITS[found.group(2).upper() or "M"]
+    if mib < 1 or mib != int(mib):
+        raise ValueError(f"{text!r} is not a whole number of MiB/s (at least 1M)")
+    if mib > COUNT_MAX:
+        raise ValueError(f"{text!r} is over {COUNT_MAX} MiB/s")
+    return int(mib)
 
 
 def _fail(message: str, code: int = ExitCode.ERROR) -> int:
@@ -106,6 +129,12 @@ def move(
         "--with-storage",
         help="Shared-nothing: copy its disks to this volume of the target as it moves live.",
     ),
+    max_bandwidth: str = typer.Option(
+        "",
+        "--max-bandwidth",
+        help="Live: cap this migration's bandwidth, e.g. 100M or 1G (per second; binary "
+        "units, MiB/s without a suffix), over the cluster's migration.max_bandwidth_mib_s.",
+    ),
     wait: bool = typer.Option(False, "--wait", help="Follow it to the end; non-zero if it fails."),
     timeout: float = typer.Option(600.0, "--timeout", help="Seconds --wait waits at most."),
     as_json: bool = json_option(),
@@ -121,13 +150,23 @@ def move(
         )
     if with_storage and quick:
         raise typer.Exit(_fail("--with-storage moves it live: not with --quick", ExitCode.USAGE))
+    if max_bandwidth and (quick or storage):
+        raise typer.Exit(_fail("--max-bandwidth caps a live migration only", ExitCode.USAGE))
+    cap = None
+    if max_bandwidth:
+        try:
+            cap = bandwidth_mib_s(max_bandwidth)
+        except ValueError as e:
+            raise typer.Exit(_fail(f"--max-bandwidth: {e}", ExitCode.USAGE)) from None
     with Client.from_options(api) as client:
         if storage:
             m = client.post(f"/vms/{name}/move-storage", {"volume": storage})
             records = "/storage-moves"
         else:
             kind = "quick" if quick else "live"
-            body = {"to": to, "kind": kind, "with_storage": with_storage}
+            body: dict[str, Any] = {"to": to, "kind": kind, "with_storage": with_storage}
+            if cap is not None:
+                body["max_bandwidth_mib_s"] = cap
             m = client.post(f"/vms/{name}/move", body)
             records = "/migrations"
         if wait:
@@ -197,6 +236,10 @@ def record_rows(m: dict[str, Any]) -> list[tuple[str, object]]:
         ("from", m["source"]),
         ("to", m["target"] or ("(its node)" if m["kind"] == "storage" else "(not chosen yet)")),
         ("volume", m.get("volume", "")),
+        (
+            "bandwidth cap",
+            f"{m['max_bandwidth_mib_s']} MiB/s" if m.get("max_bandwidth_mib_s") else "",
+        ),
         ("requested by", m.get("requested_by", "")),
         ("created", _when(m["created"])),
         ("updated", _when(m["updated"])),

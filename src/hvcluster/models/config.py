@@ -20,6 +20,9 @@ COUNT_MAX = 1_000_000
 class MigrationSettings(Model):
     # QEMU's default cap is far too low
     max_bandwidth_mib_s: int = Field(default=10_000, gt=0, le=COUNT_MAX)
+    # Postcopy's own cap (QEMU's max-postcopy-bandwidth), once it has switched: 0, QEMU's
+    # default, is no cap. A migration's own cap (hvc vm move --max-bandwidth) sets both.
+    max_postcopy_bandwidth_mib_s: int = Field(default=0, ge=0, le=COUNT_MAX)
     downtime_limit_ms: int = Field(default=300, gt=0, le=2_000_000)  # QEMU's own maximum
     auto_converge: bool = True
     xbzrle: bool = False

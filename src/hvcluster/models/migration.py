@@ -9,6 +9,7 @@ from typing import Annotated
 from pydantic import AfterValidator, Field
 
 from hvcluster.models.base import Model
+from hvcluster.models.config import COUNT_MAX, MigrationSettings
 from hvcluster.models.lifecycle import MigrationState
 from hvcluster.models.names import Name, check_name
 from hvcluster.models.node import Node
@@ -81,6 +82,8 @@ class Progress(Model):
     xbzrle_pages: int = Field(default=0, ge=0)
     xbzrle_cache_misses: int = Field(default=0, ge=0)
     multifd_bytes: int = Field(default=0, ge=0)
+    # How fast QEMU sends now, in MiB/s (what a bandwidth cap bounds); 0: not reported.
+    transfer_rate_mib_s: float = Field(default=0.0, ge=0)
 
 
 class RunningSize(Model):
@@ -145,6 +148,10 @@ class Migration(Model):
     # Live and quick: the size the guest runs with, written by the source before the target
     # prepares (None: not yet, or a record from before it existed: the spec's size).
     running: RunningSize | None = None
+    # Live: this migration's bandwidth cap in MiB/s (hvc vm move --max-bandwidth), over the
+    # cluster's migration.max_bandwidth_mib_s, for precopy and postcopy alike. None: the
+    # cluster's settings.
+    max_bandwidth_mib_s: int | None = Field(default=None, gt=0, le=COUNT_MAX)
 
     @property
     def active(self) -> bool:
@@ -157,6 +164,18 @@ class Migration(Model):
         if self.kind is MigrationKind.QUICK:
             return self.state_prepared and bool(self.state_file)
         return bool(self.target_address)
+
+
+def settings_for(rec: Migration, settings: MigrationSettings) -> MigrationSettings:
+    """The cluster's migration ``settings`` as ``rec``'s source runs it: with the record's
+    own bandwidth cap, if it has one, in place of the cluster's (QEMU's max-bandwidth, and
+    max-postcopy-bandwidth once postcopy starts)."""
+    cap = rec.max_bandwidth_mib_s
+    if cap is None:
+        return settings
+    return settings.model_copy(
+        update={"max_bandwidth_mib_s": cap, "max_postcopy_bandwidth_mib_s": cap}
+    )
 
 
 def needs_running(rec: Migration) -> bool:

@@ -3,6 +3,7 @@ bounds shared by the fields a request may fill (labels, host paths, lists, perio
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Annotated
 
@@ -37,6 +38,28 @@ def check_mac(value: str) -> str:
     if int(value[:2], 16) & 1:
         raise ValueError(f"MAC address {value!r} is multicast; a NIC needs a unicast address")
     return value
+
+
+_HOSTNAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})$")
+_DOTTED = re.compile(r"^[0-9.]+$")  # looks like an IPv4 address: must be a valid one
+
+
+def check_host(value: str) -> str:
+    """An address other hosts reach this one at: an IP address (IPv6 without brackets) or
+    a host name. Never "any address" (0.0.0.0, ::): another host must connect to it."""
+    try:
+        ip = ipaddress.ip_address(value)
+    except ValueError:
+        if _DOTTED.match(value) or not _HOSTNAME.match(value):
+            raise ValueError(f"{value!r} is not an IP address or a host name") from None
+        return value
+    if ip.is_unspecified:
+        raise ValueError(f"{value} means any address: give the one other hosts reach it at")
+    return value
+
+
+def check_host_or_empty(value: str) -> str:
+    return value if value == "" else check_host(value)
 
 
 # The rule is also in the OpenAPI schema (clients and API fuzzers see it); our validator

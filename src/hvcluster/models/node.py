@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field
+from typing import Annotated
+
+from pydantic import AfterValidator, AliasChoices, Field
 
 from hvcluster.models.base import Model
 from hvcluster.models.lifecycle import NodeAdminState
-from hvcluster.models.names import Labels, Name
+from hvcluster.models.names import Labels, Name, check_host_or_empty
+
+# A host's migration address: "" (its ``address``), or an IP address or host name.
+HostOrEmpty = Annotated[str, Field(max_length=253), AfterValidator(check_host_or_empty)]
 
 
 class Capacity(Model):
@@ -47,7 +52,11 @@ class WatchdogReport(Model):
 
 class Node(Model):
     name: Name
-    address: str = Field(min_length=1)  # where its API and migrations are reached
+    address: str = Field(min_length=1)  # where its API (and migrations, by default) are reached
+    # Where QEMU's migration stream and a shared-nothing move's disks (NBD) reach this node,
+    # if not at ``address``: a host's separate migration network (its agent config's
+    # ``migration_address``). "": at ``address``.
+    migration_address: HostOrEmpty = ""
     api_port: int = Field(default=8440, gt=0, lt=65536)
     capacity: Capacity
     labels: Labels = {}
@@ -85,6 +94,11 @@ class Node(Model):
     # to this node, whatever its own failback policy says. Resuming with another failback
     # mode clears it.
     failback_held: dict[str, int] = {}
+
+    @property
+    def migration_host(self) -> str:
+        """The address its incoming migrations listen on (without IPv6 brackets)."""
+        return (self.migration_address or self.address).strip("[]")
 
 
 class NodeAlive(Model):

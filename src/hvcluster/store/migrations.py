@@ -70,11 +70,13 @@ async def create_migration(
     requested_by: str,
     volume: str = "",
     now: float | None = None,
+    max_bandwidth_mib_s: int | None = None,
 ) -> Migration | None:
     """Store a new ``requested`` record, with the VM's job key (store/jobs.py) in the same
     transaction; None if another job holds the VM (:func:`hvcluster.store.jobs.busy` says
     which). ``volume``: a shared-nothing migration's destination volume, or a storage
-    move's (kind ``storage``: stored under ``requests/storage-moves/``)."""
+    move's (kind ``storage``: stored under ``requests/storage-moves/``).
+    ``max_bandwidth_mib_s``: a live migration's own bandwidth cap."""
     # the caller's clock: ids made of it (a simulation's replay); else random ones
     made_of = () if now is None else (source, target, epoch, kind.value, requested_by, volume, now)
     now = time.time() if now is None else now
@@ -89,6 +91,7 @@ async def create_migration(
         updated=now,
         requested_by=requested_by,
         volume=volume,
+        max_bandwidth_mib_s=max_bandwidth_mib_s,
     )
     key = keys.storage_move(rec.id) if kind is MigrationKind.STORAGE else keys.migration(rec.id)
     held, hold = claim(keys, rec)

@@ -36,11 +36,13 @@ def capabilities(settings: MigrationSettings) -> list[dict[str, Any]]:
 
 def parameters(settings: MigrationSettings) -> dict[str, Any]:
     params: dict[str, Any] = {
-        "max-bandwidth": settings.max_bandwidth_mib_s * 1024 * 1024,
+        "max-bandwidth": settings.max_bandwidth_mib_s * MIB,
         "downtime-limit": settings.downtime_limit_ms,
     }
     if settings.multifd:
         params["multifd-channels"] = 2
+    if settings.postcopy:  # its own cap once switched (0: none, QEMU's default)
+        params["max-postcopy-bandwidth"] = settings.max_postcopy_bandwidth_mib_s * MIB
     return params
 
 
@@ -67,6 +69,7 @@ def progress_of(info: dict[str, Any]) -> Progress:
         xbzrle_pages=int(xbzrle.get("pages", 0)),
         xbzrle_cache_misses=int(xbzrle.get("cache-miss", 0)),
         multifd_bytes=int(ram.get("multifd-bytes", 0)),
+        transfer_rate_mib_s=float(ram.get("mbps", 0)) * 1e6 / 8 / MIB,  # QEMU's megabits/s
     )
 
 

@@ -66,7 +66,17 @@ def uri_host(host: str) -> str:
 
 
 def free_port(host: str) -> int:
+    """A port free on ``host``, this node's migration address: an address that is not one
+    of this host's (a wrong ``migration_address`` in its agent config) is the migration's
+    failure, said, not an agent's crash."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            return int(s.getsockname()[1])
+    except OSError as e:
+        raise SpecError(
+            f"cannot listen on {host} for an incoming migration: {e.strerror or e}; is it "
+            f"an address of this host?",
+            "migration_address",
+        ) from e
