@@ -123,8 +123,14 @@ class SimDriver(Driver):
         vm.silent_since = self.clock.wall()
         self.observe(vm)
 
-    def fail_next_migration(self, name: str, reason: str = "injected failure") -> None:
+    def fail_next_migration(
+        self, name: str, reason: str = "injected failure", in_postcopy: bool = False
+    ) -> None:
+        """The next live migration of ``name`` fails with ``reason``: in precopy, or, with
+        ``in_postcopy`` (and postcopy on and reached), right after the guest switched."""
         self.migrations.failing[name] = reason
+        if in_postcopy:
+            self.migrations.failing_in_postcopy.add(name)
 
     def fail_next_disk_move(self, name: str, reason: str = "injected failure") -> None:
         """The next disk move or disk copy of ``name`` fails half-way with ``reason``."""

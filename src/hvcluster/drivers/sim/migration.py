@@ -1,7 +1,10 @@
 """The sim driver's live migration and save/restore: memory sent in passes over a loopback
 socket (:mod:`hvcluster.drivers.sim.transport`), timed by :mod:`hvcluster.drivers.sim.model`
 on the driver's clock, cancellable, made to fail on demand
-(:meth:`SimDriver.fail_next_migration`) or by chance (``params.migration_failure_rate``).
+(:meth:`SimDriver.fail_next_migration`, in precopy or once postcopy began) or by chance
+(``params.migration_failure_rate``). With ``postcopy`` on, a migration that has not converged
+after ``postcopy_after_passes`` passes switches: the target may run the guest from then, and a
+failure after it kills both copies, as the qemu driver does.
 A saved state file names its VM, the CPU model and the size (memory, vCPUs) it ran with;
 restoring it into another model or size is refused, and so is a live state sent to a
 target of another, as QEMU would fail."""
@@ -12,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hvcluster.drivers.base import MigrationResult, VMInfo
-from hvcluster.drivers.errors import MigrationCancelled, MigrationFailed
+from hvcluster.drivers.errors import MigrationCancelled, MigrationFailed, PostcopyFailed
 from hvcluster.drivers.parts import Receive, Send
 from hvcluster.drivers.sim import model
 from hvcluster.drivers.sim.state import SimVM, read_saved_state, write_saved_state
@@ -35,6 +38,7 @@ class SimMigration:
     def __init__(self, driver: SimDriver) -> None:
         self.driver = driver
         self.failing: dict[str, str] = {}  # vm -> reason its next migration fails
+        self.failing_in_postcopy: set[str] = set()  # ... and it fails once in postcopy
 
     async def receive(self, incoming: Receive) -> str:
         spec, epoch = incoming.spec, incoming.epoch
@@ -53,7 +57,11 @@ class SimMigration:
             else:
                 self.driver.finish(vm, VMState.FAILED, reason)
 
-        vm.moving.incoming = Incoming(spec.name, outcome, spec.cpu_model, _size(spec))
+        def lost(reason: str) -> None:  # postcopy failed: the pages still there are gone
+            if self.driver.running.get(vm.name) is vm:
+                self.driver.finish(vm, VMState.FAILED, f"incoming migration {reason}")
+
+        vm.moving.incoming = Incoming(spec.name, outcome, spec.cpu_model, _size(spec), lost)
         try:
             if self.driver.memory_transport:
                 return vm.moving.incoming.listen_in_memory(host)
@@ -83,6 +91,16 @@ class SimMigration:
         if fail_reason is None and rng.random() < self.driver.params.migration_failure_rate:
             fail_reason = "simulated failure"
         fail_at = rng.randrange(len(passes)) if fail_reason else -1
+        # Postcopy starts once precopy has made its passes without converging (QEMU's
+        # dirty-bitmap syncs, as the qemu driver counts them); a failure asked for in postcopy
+        # comes right after the switch.
+        switch_after = settings.postcopy_after_passes
+        if not settings.postcopy or len(passes) <= switch_after:
+            switch_after = -1
+        fail_in_postcopy = None  # why it fails once postcopy began, if it is to
+        if name in self.failing_in_postcopy and switch_after > 0:
+            self.failing_in_postcopy.discard(name)
+            fail_in_postcopy, fail_at = fail_reason, -1
         out = Outgoing(name, address, self.driver.memory_transport)
         await out.open(
             {"age_s": started - vm.started, "cpu_model": vm.spec.cpu_model} | _size(vm.spec)
@@ -104,12 +122,22 @@ class SimMigration:
                     bytes_total=total,
                     dirty_rate_pages_s=self.driver.params.dirty_mib_s * MIB / 4096,
                     passes=i + 1,
+                    postcopy=progress.postcopy,
                 )
                 if on_progress is not None:
                     on_progress(progress)
-            await self._sleep_migrating(vm, downtime_ms / 1000)
+                if i + 1 == switch_after:
+                    progress = await self._switch(vm, out, send, progress, fail_in_postcopy)
+            if switch_after < 0:
+                await self._sleep_migrating(vm, downtime_ms / 1000)
             await out.finish()
+        except PostcopyFailed:
+            raise
         except MigrationFailed as e:
+            if progress.postcopy:  # the target runs it and lacks what was not sent: lost
+                await out.abort(str(e))
+                self.driver.finish(vm, VMState.FAILED, "migration failed in postcopy")
+                raise PostcopyFailed(f"{e} (in postcopy: the guest's memory is lost)") from e
             cancelled = isinstance(e, MigrationCancelled)
             await out.abort("cancelled" if cancelled else fail_reason or "the source failed")
             if self.driver.running.get(name) is vm:
@@ -118,10 +146,35 @@ class SimMigration:
         finally:
             await out.close()
         self.driver.set_state(vm, VMState.PAUSED, "migrated out")
-        if send.on_complete is not None:
+        if send.on_complete is not None and not progress.postcopy:
             await send.on_complete(self.driver.clock.wall())
         total_ms = (self.driver.clock.wall() - started) * 1000
         return MigrationResult(total_ms=total_ms, downtime_ms=downtime_ms, progress=progress)
+
+    async def _switch(
+        self, vm: SimVM, out: Outgoing, send: Send, progress: Progress, fail_reason: str | None
+    ) -> Progress:
+        """Postcopy begins: the guest stops here for good and may run on the target, which
+        the completion hook lets happen. A failure asked for in postcopy comes now: both
+        copies are killed (this one must never resume: the target has changed pages it
+        lacks), and the VM can only start again from its disk."""
+        self.driver.set_state(vm, VMState.PAUSED, "postcopy: the guest runs on the target")
+        await out.postcopy()
+        progress = progress.model_copy(update={"postcopy": True})
+        if send.on_progress is not None:
+            send.on_progress(progress)
+        if send.on_complete is not None:
+            await send.on_complete(self.driver.clock.wall())
+        if fail_reason is not None:
+            await out.abort(fail_reason)
+            self.driver.finish(vm, VMState.FAILED, f"migration failed in postcopy: {fail_reason}")
+            raise PostcopyFailed(
+                f"vm {vm.name}: migration to {send.address} failed in postcopy ({fail_reason}): "
+                "the guest's memory was split between both hosts and is lost, with whatever it "
+                "had not written to its disk; both copies are killed and the VM starts again "
+                "from its disk"
+            )
+        return progress
 
     async def cancel(self, name: str) -> None:
         vm = self.driver.get(name)

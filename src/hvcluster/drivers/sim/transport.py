@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from hvcluster.drivers.errors import MigrationFailed
 
 Outcome = Callable[[bool, str, dict[str, Any]], None]  # (completed, reason, what the source sent)
+Lost = Callable[[str], None]  # a guest switched over by postcopy lost its source: why
 
 
 def parse_address(address: str) -> tuple[str, int]:
@@ -98,9 +99,14 @@ class Incoming:
         on_outcome: Outcome,
         model: str | None = None,
         size: dict[str, int] | None = None,
+        on_lost: Lost | None = None,
     ) -> None:
+        """``on_outcome`` is called once: completed (the state is all here, or postcopy began:
+        the guest may run here, fetching the rest), or failed. After a postcopy start, a source
+        that aborts or hangs up is ``on_lost``: the guest here lacks pages it never got."""
         self.vm = vm
         self._on_outcome = on_outcome
+        self._on_lost = on_lost
         self._model = model  # the CPU model the guest here has: the state must be of it
         self._size = size or {}  # memory_mib, vcpus of the guest here: the state's must match
         self._server: asyncio.Server | None = None
@@ -169,6 +175,14 @@ class Incoming:
                 return
             await _send(writer, {"ok": True})
             end = await _receive(reader)
+            if end and end.get("op") == "postcopy":
+                self._decide(True, "postcopy: the guest runs here", meta)
+                end = await _receive(reader)
+                if not end or end.get("op") != "done":
+                    why = end.get("reason", "aborted") if end else "the source hung up"
+                    if self._on_lost is not None:
+                        self._on_lost(f"failed in postcopy: {why}")
+                    return
             if end and end.get("op") == "done":
                 self._decide(True, "incoming migration completed", dict(hello.get("meta", {})))
                 await _send(writer, {"ok": True})
@@ -223,6 +237,14 @@ class Outgoing:
             raise MigrationFailed(f"vm {self.vm}: target {self.address} lost: {e}") from e
         if not reply or not reply.get("ok"):
             raise MigrationFailed(f"vm {self.vm}: target {self.address} did not take the VM")
+
+    async def postcopy(self) -> None:
+        """Postcopy begins: the target may run the guest now (the rest follows)."""
+        assert self._writer is not None
+        try:
+            await _send(self._writer, {"op": "postcopy"})
+        except OSError as e:
+            raise MigrationFailed(f"vm {self.vm}: target {self.address} lost: {e}") from e
 
     async def abort(self, reason: str) -> None:
         if self._writer is not None:
