@@ -25,7 +25,7 @@ import logging
 from collections.abc import Sequence
 
 from hvcluster.agent.node import NodeAgent
-from hvcluster.agent.owned_jobs import OwnedJobs
+from hvcluster.agent.owned_jobs import JobFailed, OwnedJobs
 from hvcluster.drivers.errors import NotRunning
 from hvcluster.models.checkpoint import Checkpoint, CheckpointAction, CheckpointList, CheckpointOp
 from hvcluster.models.errors import DriverError, StoreError
@@ -47,10 +47,6 @@ _DONE = {
     CheckpointAction.REVERT: ("checkpoint.reverted", "reverted to"),
     CheckpointAction.DELETE: ("checkpoint.deleted", "deleted"),
 }
-
-
-class OpFailed(Exception):
-    """Why a checkpoint operation cannot go on (it fails with this reason)."""
 
 
 class CheckpointWorker(OwnedJobs):
@@ -99,7 +95,7 @@ class CheckpointWorker(OwnedJobs):
                 memory = " with its memory" if cp is not None and cp.memory else " (disks only)"
             said = f"vm {op.vm}: {verb} checkpoint {op.name!r}{memory} on {self.me} ({op.id})"
             await self.say(kind, f"vm/{op.vm}", said)
-        except (OpFailed, DriverError, StoreError, TimeoutError) as e:
+        except (JobFailed, DriverError, StoreError, TimeoutError) as e:
             await fail_op(self.store, self.keys, self.say, op, str(e))
             await self._refresh(op.vm)
         except Exception as e:  # a bug: this operation fails with it, the agent goes on
@@ -113,17 +109,17 @@ class CheckpointWorker(OwnedJobs):
         spec = await self.read.spec(op.vm)
         placement = await self.read.placement(op.vm)
         if spec is None:
-            raise OpFailed(f"vm {op.vm} was deleted")
+            raise JobFailed(f"vm {op.vm} was deleted")
         where = (placement.node, placement.epoch) if placement is not None else ("", 0)
         if where != ((self.me, op.epoch) if op.epoch else ("", 0)):
             now = f"placed on {where[0]}" if where[0] else "placed nowhere"
-            raise OpFailed(f"vm {op.vm} is now {now}, not as when the operation was asked")
+            raise JobFailed(f"vm {op.vm} is now {now}, not as when the operation was asked")
         kv = await self.store.get(self.keys.job(op.vm))
         job = decode_kv(Job, kv) if kv is not None else None
         if job is None or job.value != job_of(op):
-            raise OpFailed(f"vm {op.vm}: its job key does not name this operation")
+            raise JobFailed(f"vm {op.vm}: its job key does not name this operation")
         if await change_op(self.store, self.keys, op.id, _to(_M.PREPARING)) is None:
-            raise OpFailed("the operation ended before it began")
+            raise JobFailed("the operation ended before it began")
         try:
             return await self.driver.running_spec(op.vm)
         except NotRunning:

@@ -21,6 +21,10 @@ from hvcluster.store.keys import Keys
 from hvcluster.store.reads import Reader
 
 
+class JobFailed(Exception):
+    """Why a record's work cannot go on: the record fails with this reason."""
+
+
 class OwnedJobs:
     """The base of a worker: ``what`` names it in logs, ``prefix`` is where its records
     are, :meth:`cycle` is its own."""

@@ -34,7 +34,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from hvcluster.agent.node import NodeAgent
-from hvcluster.agent.owned_jobs import OwnedJobs
+from hvcluster.agent.owned_jobs import JobFailed, OwnedJobs
 from hvcluster.models.base import encode
 from hvcluster.models.errors import DriverError, StoreError
 from hvcluster.models.event import Say
@@ -57,10 +57,6 @@ PROGRESS_EVERY = 0.5
 RETAIN_S = 7 * 86400.0  # finished records are kept this long
 T = TypeVar("T", VMSpec, Placement)
 RUNNING = (_M.PREPARING, _M.TRANSFERRING, _M.SWITCHING)
-
-
-class MoveFailed(Exception):
-    """Why a storage move cannot go on (the record fails with this reason)."""
 
 
 class StorageMover(OwnedJobs):
@@ -138,7 +134,7 @@ class StorageMover(OwnedJobs):
                 await self.driver.move_disk(rec.vm, index, new, latest.append, timeout, confirm)
                 now = await self.read.spec(rec.vm) or spec
                 if now.disks[index] != new and not await confirm():
-                    raise MoveFailed(f"disk {index} was switched but its new path not recorded")
+                    raise JobFailed(f"disk {index} was switched but its new path not recorded")
                 moved.append(f"disk {index} to {new.file}")
                 kept = await self.agent.disks.delete_if_ours(old, rec.vm, spec.uid)
                 if kept is not None:
@@ -150,7 +146,7 @@ class StorageMover(OwnedJobs):
                 f"vm {rec.vm} moved {', '.join(moved)} on {self.me} while running "
                 f"(storage move {rec.id}, {total:.0f} ms)",
             )
-        except (MoveFailed, DriverError, StoreError, TimeoutError) as e:
+        except (JobFailed, DriverError, StoreError, TimeoutError) as e:
             done = f" ({', '.join(moved)} moved before)" if moved else ""
             await self._fail(rec.id, rec.vm, f"{e}{done}")
         except Exception as e:  # a bug: this record fails with it, the agent goes on
@@ -197,39 +193,39 @@ class StorageMover(OwnedJobs):
                 )
 
     async def _accept(self, rec: Migration) -> tuple[VMSpec, list[int]]:
-        """The checks of step 1; the record moves to transferring. Raises MoveFailed."""
+        """The checks of step 1; the record moves to transferring. Raises JobFailed."""
         spec = await self.read.spec(rec.vm)
         placement = await self.read.placement(rec.vm)
         if spec is None or placement is None:
-            raise MoveFailed(f"vm {rec.vm} has no spec or placement any more")
+            raise JobFailed(f"vm {rec.vm} has no spec or placement any more")
         if (placement.node, placement.epoch) != (self.me, rec.epoch):
-            raise MoveFailed(f"vm {rec.vm} is now placed on {placement.node}, not here")
+            raise JobFailed(f"vm {rec.vm} is now placed on {placement.node}, not here")
         if rec.volume not in self.agent.disks.mounts:
-            raise MoveFailed(f"node {self.me} does not see volume {rec.volume!r}")
+            raise JobFailed(f"node {self.me} does not see volume {rec.volume!r}")
         try:
             info = await self.driver.status(rec.vm)
         except DriverError:
             info = None
         if info is None or info.state is not VMState.RUNNING:
             state = info.state.value if info else "not running"
-            raise MoveFailed(f"vm {rec.vm} is {state} on {self.me}; only a running VM moves")
+            raise JobFailed(f"vm {rec.vm} is {state} on {self.me}; only a running VM moves")
         await self._holds_the_vm(rec)
         disks = disks_to_move(spec, rec.volume)
         if not disks:
-            raise MoveFailed(f"vm {rec.vm} has no writable disk off volume {rec.volume!r}")
+            raise JobFailed(f"vm {rec.vm} has no writable disk off volume {rec.volume!r}")
         for state in (_M.PREPARING, _M.TRANSFERRING):
             if await self._change(rec.id, _step(state)) is None:
-                raise MoveFailed("the move was cancelled")
+                raise JobFailed("the move was cancelled")
         return spec, disks
 
     async def _holds_the_vm(self, rec: Migration) -> Compare:
         """The VM's job key names this move (it was created with it: no migration can start
-        meanwhile); the compare that keeps it so in the commit. Raises MoveFailed."""
+        meanwhile); the compare that keeps it so in the commit. Raises JobFailed."""
         key, value = self.keys.job(rec.vm), encode(job_of(rec))
         kv = await self.store.get(key)
         if kv is None or kv.value != value:
             why = await busy(self.store, self.keys, rec.vm)
-            raise MoveFailed(why or f"vm {rec.vm} is not held by storage move {rec.id}")
+            raise JobFailed(why or f"vm {rec.vm} is not held by storage move {rec.id}")
         return Compare.value_is(key, value)
 
     async def _commit(self, rec: Migration, index: int, old: Disk, new: Disk, last: bool) -> bool:
@@ -289,7 +285,7 @@ class StorageMover(OwnedJobs):
         key = disks.lock_key(new)
         kv = await self.store.get(key)
         if kv is not None and kv.value != mine:
-            raise MoveFailed(f"disk {new.volume}:{new.path} is locked by {kv.value.decode()}")
+            raise JobFailed(f"disk {new.volume}:{new.path} is locked by {kv.value.decode()}")
         compares.append(Compare.value_is(key, mine) if kv else Compare.absent(key))
         ops.append(Put(key, mine, lease=disks.lease()))
 
@@ -299,7 +295,7 @@ class StorageMover(OwnedJobs):
         there is never the cluster's (the driver refuses to copy onto it)."""
         path = await asyncio.to_thread(self.agent.disks.path_of, new)
         if await asyncio.to_thread(path.exists):
-            raise MoveFailed(f"{new.file} exists already; a disk is never moved onto a file")
+            raise JobFailed(f"{new.file} exists already; a disk is never moved onto a file")
         await self.agent.disks.record_created(new, spec)
 
     async def _remove_copies(self, rec: Migration) -> None:
