@@ -13,16 +13,17 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from hvcluster.api.context import ApiContext, Ctx, ValidName
-from hvcluster.api.reads import decode_one, skipped_of
+from hvcluster.api.node_reported import nodes_and_specs, read_one_with_nodes
+from hvcluster.api.reads import skipped_of
 from hvcluster.api.removal import Removed, remove_unused
 from hvcluster.api.views import Skipped, View
 from hvcluster.models.base import encode
-from hvcluster.models.errors import Conflict, InvalidInput, NotFound
+from hvcluster.models.errors import Conflict, InvalidInput
 from hvcluster.models.node import Node
 from hvcluster.models.storage import Switch
 from hvcluster.models.vm import VMSpec
-from hvcluster.store.base import Compare, Get, Put
-from hvcluster.store.reads import decode_many, read_snapshot
+from hvcluster.store.base import Compare, Put
+from hvcluster.store.reads import read_snapshot
 
 router = APIRouter(prefix="/switches", tags=["network"])
 
@@ -66,13 +67,10 @@ def view(switch: Switch, nodes: list[Node], specs: dict[str, VMSpec]) -> SwitchV
 async def list_switches(ctx: Ctx) -> SwitchList:
     snap = await read_snapshot(ctx.store, ctx.keys, ("switches", "nodes", "vms"))
     switches = await snap.decoded(Switch, "switches", ctx.corrupt)
-    nodes = await snap.decoded(Node, "nodes", ctx.corrupt)
-    specs = await snap.decoded(VMSpec, "vms", ctx.corrupt)
-    node_list = nodes.values()
-    spec_map = specs.by_name()
+    nodes, specs, skipped = await nodes_and_specs(ctx, snap.by_kind["nodes"], snap.by_kind["vms"])
     return SwitchList(
-        switches=[view(s, node_list, spec_map) for s in switches.values()],
-        skipped=skipped_of(switches, nodes, specs),
+        switches=[view(s, nodes, specs) for s in switches.values()],
+        skipped=skipped_of(switches) + skipped,
         revision=snap.revision,
     )
 
@@ -118,22 +116,9 @@ async def add_switch(switch: Switch, ctx: Ctx) -> SwitchView:
 
 @router.get("/{name}", response_model=SwitchView)
 async def show_switch(name: ValidName, ctx: Ctx) -> SwitchView:
-    keys = ctx.keys
-    result = await ctx.store.txn(
-        (),
-        [Get(keys.switch(name)), Get(keys.prefix("nodes"), True), Get(keys.prefix("vms"), True)],
-    )
-    found, node_kvs, vm_kvs = result.gets
-    if not found:
-        raise NotFound(f"switch {name!r} not found")
-    switch = await decode_one(Switch, found[0], ctx.corrupt)
-    nodes = await decode_many(Node, keys.prefix("nodes"), node_kvs, ctx.corrupt)
-    specs = await decode_many(VMSpec, keys.prefix("vms"), vm_kvs, ctx.corrupt)
-    return view(
-        switch,
-        nodes.values(),
-        specs.by_name(),
-    )
+    key = ctx.keys.switch(name)
+    switch, nodes, specs = await read_one_with_nodes(ctx, Switch, key, f"switch {name!r}")
+    return view(switch, nodes, specs)
 
 
 @router.delete("/{name}", response_model=Removed)

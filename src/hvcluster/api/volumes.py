@@ -17,12 +17,13 @@ from pathlib import Path
 from fastapi import APIRouter
 from pydantic import ConfigDict, Field, field_validator
 
-from hvcluster.api.context import ApiContext, Ctx, ValidName
-from hvcluster.api.reads import decode_one, skipped_of
+from hvcluster.api.context import Ctx, ValidName
+from hvcluster.api.node_reported import nodes_and_specs, read_one_with_nodes
+from hvcluster.api.reads import skipped_of
 from hvcluster.api.removal import Removed, remove_unused
 from hvcluster.api.views import Skipped, View
 from hvcluster.models.base import encode
-from hvcluster.models.errors import Conflict, InvalidInput, NotFound
+from hvcluster.models.errors import Conflict, InvalidInput
 from hvcluster.models.names import HostPath, Name
 from hvcluster.models.node import Node
 from hvcluster.models.storage import (
@@ -33,7 +34,7 @@ from hvcluster.models.storage import (
     system_dir_problem,
 )
 from hvcluster.models.vm import VMSpec
-from hvcluster.store.base import Compare, Get, KeyValue, Put
+from hvcluster.store.base import Compare, Put
 from hvcluster.store.reads import decode_many, read_snapshot
 
 router = APIRouter(prefix="/volumes", tags=["storage"])
@@ -156,23 +157,11 @@ def view(volume: Volume, nodes: list[Node], specs: dict[str, VMSpec]) -> VolumeV
     )
 
 
-async def _others(
-    ctx: ApiContext, node_kvs: tuple[KeyValue, ...], vm_kvs: tuple[KeyValue, ...]
-) -> tuple[list[Node], dict[str, VMSpec], list[Skipped]]:
-    nodes = await decode_many(Node, ctx.keys.prefix("nodes"), node_kvs, ctx.corrupt)
-    specs = await decode_many(VMSpec, ctx.keys.prefix("vms"), vm_kvs, ctx.corrupt)
-    return (
-        nodes.values(),
-        specs.by_name(),
-        skipped_of(nodes, specs),
-    )
-
-
 @router.get("", response_model=VolumeList)
 async def list_volumes(ctx: Ctx) -> VolumeList:
     snap = await read_snapshot(ctx.store, ctx.keys, ("volumes", "nodes", "vms"))
     volumes = await snap.decoded(Volume, "volumes", ctx.corrupt)
-    nodes, specs, skipped = await _others(ctx, snap.by_kind["nodes"], snap.by_kind["vms"])
+    nodes, specs, skipped = await nodes_and_specs(ctx, snap.by_kind["nodes"], snap.by_kind["vms"])
     return VolumeList(
         volumes=[view(v, nodes, specs) for v in volumes.values()],
         skipped=skipped_of(volumes) + skipped,
@@ -211,16 +200,8 @@ async def add_volume(request: VolumeRequest, ctx: Ctx) -> VolumeView:
 
 @router.get("/{name}", response_model=VolumeView)
 async def show_volume(name: ValidName, ctx: Ctx) -> VolumeView:
-    keys = ctx.keys
-    result = await ctx.store.txn(
-        (),
-        [Get(keys.volume(name)), Get(keys.prefix("nodes"), True), Get(keys.prefix("vms"), True)],
-    )
-    found, node_kvs, vm_kvs = result.gets
-    if not found:
-        raise NotFound(f"volume {name!r} not found")
-    volume = await decode_one(Volume, found[0], ctx.corrupt)
-    nodes, specs, _ = await _others(ctx, node_kvs, vm_kvs)
+    key = ctx.keys.volume(name)
+    volume, nodes, specs = await read_one_with_nodes(ctx, Volume, key, f"volume {name!r}")
     return view(volume, nodes, specs)
 
 
