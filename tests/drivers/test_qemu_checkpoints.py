@@ -1,5 +1,6 @@
 """Checkpoints of a real test guest (TCG): created with its memory while it runs, reverted
-(the guest's counter goes back and runs on), refused where QEMU cannot, removed; and, once
+(the guest's counter goes back and runs on), refused where QEMU cannot, removed; created and
+reverted while it is paused (it stays paused); and, once
 the VM is off, a disk-only checkpoint through qemu-img. One guest boot."""
 
 from __future__ import annotations
@@ -53,6 +54,19 @@ async def test_checkpoint_revert_and_remove_on_a_running_guest(
         assert [c.name for c in await driver.checkpoints(spec)] == ["one"]
         with pytest.raises(CheckpointFailed, match="no checkpoint 'two'"):
             await driver.checkpoint(spec, _A.REVERT, "two")
+
+        # a paused VM: its checkpoint has its memory too, and it stays paused through the
+        # create and a revert (QEMU resumes only a guest that ran), running on when resumed
+        await driver.pause("cp")
+        listed = await driver.checkpoint(spec, _A.CREATE, "held")
+        assert [(c.name, c.memory) for c in listed] == [("one", True), ("held", True)]
+        assert (await driver.status("cp")).state is VMState.PAUSED
+        await driver.checkpoint(spec, _A.REVERT, "held")
+        assert (await driver.status("cp")).state is VMState.PAUSED
+        held = read_counter(disk)
+        await driver.resume("cp")
+        await wait_for(lambda: read_counter(disk) > held + 3, 30, "the resumed guest running on")
+        assert await driver.checkpoint(spec, _A.DELETE, "held") == listed[:1]
 
         assert await driver.checkpoint(spec, _A.DELETE, "one") == []
         await driver.kill("cp")
