@@ -13,6 +13,7 @@ from hvcluster.drivers.qemu.settings import QemuSettings
 from hvcluster.drivers.runtime import pid_alive, vm_dir
 from hvcluster.guestimage.image import GuestImage
 from hvcluster.guestimage.testguest import booted, create_disk, guest_spec, heartbeats, read_counter
+from hvcluster.models.checkpoint import CheckpointAction
 from hvcluster.models.config import MigrationSettings
 from hvcluster.models.lifecycle import VMState
 from hvcluster.models.migration import Progress
@@ -105,7 +106,10 @@ async def test_live_migration_then_save_restore_keep_the_counter(
     beats = heartbeats(serial(n2, "mig"))
     assert beats[0] > before - 5  # it carried on counting where the source was
 
-    # Quick migration back: save on n2, restore on n1.
+    # Quick migration back: save on n2, restore on n1, with a checkpoint taken before: it is
+    # in the disk file, so it moves with the disk and reverts on the other host.
+    [cp] = await dst.checkpoint(spec, CheckpointAction.CREATE, "before-quick")
+    at_checkpoint = read_counter(disk)
     state = tmp_path / "mig.state"
     saved = await dst.save("mig", state)
     assert state.stat().st_size > 0 and saved.total_ms >= 0
@@ -115,6 +119,12 @@ async def test_live_migration_then_save_restore_keep_the_counter(
     assert restored.state is VMState.RUNNING and restored.epoch == 3
     await counter_rises(disk, at_save)
     assert not booted(serial(n1, "mig"))
+    assert await src.checkpoints(spec) == [cp]
+    await counter_rises(disk, at_checkpoint + 3)
+    ahead = read_counter(disk)
+    await src.checkpoint(spec, CheckpointAction.REVERT, "before-quick")
+    assert read_counter(disk) < ahead  # back to about at_checkpoint, and on from there
+    await counter_rises(disk, read_counter(disk))
     await src.kill("mig")
     await src.close()
     await dst.close()
