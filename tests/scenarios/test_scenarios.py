@@ -39,7 +39,8 @@ async def test_scenario_gives_its_golden_log_and_placement(path: Path) -> None:
 def test_the_library_covers_what_it_promises() -> None:
     names = {p.stem for p in SCENARIOS}
     for needed in ("failover", "priorities", "start_order", "failback_window", "quarantine",
-                   "thresholds", "drain_limits", "leader_loss", "partition"):  # fmt: skip
+                   "thresholds", "drain_limits", "leader_loss", "partition", "balance_hot_node",
+                   "balance_unresolved", "balance_on_resume"):  # fmt: skip
         assert needed in names
 
 
@@ -66,6 +67,10 @@ async def test_the_same_seed_gives_the_same_output_and_another_seed_may_not() ->
           "timeline": [{"at": 1, "do": "config", "set": {"quarantine.nope": 1}}]},
          "timeline.0.set: quarantine.nope"),
         ({"nodes": [{"name": "n1"}], "sim": {"duration_s": 0}}, "sim.duration_s"),
+        ({"nodes": [{"name": "n1"}], "vms": [{"name": "a"}],
+          "timeline": [{"at": 1, "do": "cpu", "vm": "a"}]}, "'cpu' needs cpu_percent"),
+        ({"nodes": [{"name": "n1"}], "vms": [{"name": "a", "cpu_percent": -1}]},
+         "vms.0.cpu_percent"),
     ],
 )  # fmt: skip
 def test_a_bad_scenario_is_refused_naming_the_field(data: dict[str, object], field: str) -> None:

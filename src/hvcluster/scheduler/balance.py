@@ -395,7 +395,7 @@ def _hard_groups(vms: list[VMView]) -> list[list[VMView]]:
 
 
 def _stuck(why_none: list[str], rejections: list[str]) -> str:
-    reasons = rejections or why_none
+    reasons = list(dict.fromkeys(rejections or why_none))  # each said once
     if not reasons:
         return "no VM there can take load off it"
     return "no move fits: " + "; ".join(reasons[:6])

@@ -89,6 +89,9 @@ class Run:
         self.notes: list[tuple[int, Line]] = []  # (events logged before it, the note)
         self._seq = 0
         self.config = scenario.config()
+        # each VM's CPU use (percent of one host CPU) as the scenario sets it: every host's
+        # sim driver reports it, so it follows the VM wherever it runs
+        self.cpu = {v.name: v.cpu_percent for v in scenario.vms if v.cpu_percent is not None}
 
     async def after(self) -> int:
         """How many cluster events were logged so far: a note goes after those in the log
@@ -132,7 +135,7 @@ class Run:
             if vm.desired_state == "stopped":
                 self.checker.stopped_at[vm.name] = 0.0
         for node in self.scenario.nodes:
-            await cluster.launch(node.name)
+            await self._launch(node.name)
         steps = sorted(enumerate(self.scenario.timeline), key=lambda s: (s[1].at, s[0]))
         ticks = round(sim.duration_s / sim.step_s)
         for tick in range(ticks + 1):
@@ -148,6 +151,10 @@ class Run:
                           f"watchdog deadline passed: killed {', '.join(vms)}")  # fmt: skip
             await self.checker.check()
         return await self._result(cluster)
+
+    async def _launch(self, node: str) -> None:
+        await self.cluster.launch(node)
+        self.cluster.drivers[node].cpu_set = self.cpu  # shared: a ``cpu`` step reaches all
 
     def _node(self, step: Step) -> str | None:
         if step.node != LEADER:
@@ -187,7 +194,7 @@ class Run:
                 assert node is not None
                 if node in c.tasks:
                     return "running already: nothing done"
-                await c.launch(node)
+                await self._launch(node)
             case Do.HANG | Do.UNHANG:
                 assert node is not None
                 c.views[node].set_hung(step.do is Do.HANG)
@@ -221,6 +228,9 @@ class Run:
                 self.config = config_with(self.config, step.set)
                 what = ", ".join(f"{k}={v}" for k, v in sorted(step.set.items()))
                 await self.admin.set_config(self.config, what)
+            case Do.CPU:
+                assert step.cpu_percent is not None
+                self.cpu[step.vm] = step.cpu_percent
         return ""
 
     async def _result(self, cluster: SimCluster) -> Result:

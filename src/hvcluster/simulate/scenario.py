@@ -46,7 +46,9 @@ class Do(StrEnum):
     making progress; its VMs run on until its watchdog fires), ``partition`` / ``heal`` (the
     node loses etcd and gets it back), ``etcd_down`` / ``etcd_up`` (all of etcd), ``vm_crash``
     (a VM's guest dies). Admin commands: ``drain``, ``pause``, ``resume`` (a node),
-    ``start_vm``, ``stop_vm`` (a VM's desired state), ``config`` (cluster settings)."""
+    ``start_vm``, ``stop_vm`` (a VM's desired state), ``config`` (cluster settings). Load:
+    ``cpu`` (a VM's guest uses ``cpu_percent`` of one host CPU from then on, wherever it
+    runs: what the balancer measures)."""
 
     CRASH = "crash"
     RESTART = "restart"
@@ -63,11 +65,12 @@ class Do(StrEnum):
     START_VM = "start_vm"
     STOP_VM = "stop_vm"
     CONFIG = "config"
+    CPU = "cpu"
 
 
 NODE_STEPS = {Do.CRASH, Do.RESTART, Do.HANG, Do.UNHANG, Do.PARTITION, Do.HEAL, Do.DRAIN,
               Do.PAUSE, Do.RESUME}  # fmt: skip
-VM_STEPS = {Do.VM_CRASH, Do.START_VM, Do.STOP_VM}
+VM_STEPS = {Do.VM_CRASH, Do.START_VM, Do.STOP_VM, Do.CPU}
 
 
 class SimSettings(Model):
@@ -93,6 +96,9 @@ class VMEntry(Model):
     memory_mib: int = Field(default=256, ge=16, le=16 * 1024 * 1024)
     desired_state: Literal["running", "stopped"] = "running"
     ha: HAPolicy = HAPolicy()
+    # its guest's CPU use, percent of one host CPU (100: a whole core busy) wherever it runs;
+    # None: the sim driver's own model of a guest's use
+    cpu_percent: float | None = Field(default=None, ge=0, le=100 * 1024)
 
 
 class Step(Model):
@@ -103,6 +109,7 @@ class Step(Model):
     set: dict[str, Any] = {}  # config: dotted ClusterConfig field -> value
     failback: Literal["policy", "none", "immediate"] = "policy"  # resume
     clear_quarantine: bool = False  # resume
+    cpu_percent: float | None = Field(default=None, ge=0, le=100 * 1024)  # cpu
 
     @model_validator(mode="after")
     def _needs(self) -> Step:
@@ -112,6 +119,8 @@ class Step(Model):
             raise ValueError(f"'{self.do.value}' needs a vm")
         if self.do is Do.CONFIG and not self.set:
             raise ValueError("'config' needs set = { field = value, ... }")
+        if self.do is Do.CPU and self.cpu_percent is None:
+            raise ValueError("'cpu' needs cpu_percent")
         return self
 
 
