@@ -48,9 +48,9 @@ class ApiServer:
     async def _main(self) -> None:
         try:
             self.loop = asyncio.get_running_loop()
-            self.store = MemoryStore()
-            self.token = await make_token(self.store, KEYS)
-            app = create_app(self.store, KEYS, "n1")
+            self.store, keys = await self.open_store()
+            self.token = await make_token(self.store, keys)
+            app = create_app(self.store, keys, "n1")
             config = uvicorn.Config(
                 app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off"
             )
@@ -59,8 +59,15 @@ class ApiServer:
         except BaseException as e:  # surfaced by start()
             self.error = e
         finally:
-            if self.store is not None:
-                await self.store.close()
+            await self.close_store()
+
+    async def open_store(self) -> tuple[MemoryStore, Keys]:
+        """The store the API serves (a subclass may run a cluster on it)."""
+        return MemoryStore(), KEYS
+
+    async def close_store(self) -> None:
+        if self.store is not None:
+            await self.store.close()
 
     def start(self, timeout: float = 10.0) -> None:
         self.thread.start()
