@@ -14,7 +14,6 @@ from collections.abc import Callable, Sequence
 
 from hvcluster.models.base import encode
 from hvcluster.models.checkpoint import (
-    CHECKPOINT_LIFECYCLE,
     CheckpointAction,
     CheckpointList,
     CheckpointOp,
@@ -24,11 +23,10 @@ from hvcluster.models.job import new_id
 from hvcluster.models.lifecycle import MigrationState
 from hvcluster.models.vm import VMSpec, same_vm
 from hvcluster.store.base import Compare, Delete, Put, Store
-from hvcluster.store.jobs import claim, release
+from hvcluster.store.jobs import change_job, claim
 from hvcluster.store.keys import Keys
-from hvcluster.store.reads import Decoded, read_one, read_prefix, read_value
+from hvcluster.store.reads import Decoded, read_prefix, read_value
 
-ATTEMPTS = 10
 OpChange = Callable[[CheckpointOp], CheckpointOp | None]
 
 
@@ -92,40 +90,13 @@ def list_put(keys: Keys, found: CheckpointList) -> Put:
 
 
 async def change_op(
-    store: Store,
-    keys: Keys,
-    oid: str,
-    change: OpChange,
-    compares: Sequence[Compare] = (),
-    ops: Sequence[Put | Delete] = (),
+    store: Store, keys: Keys, oid: str, change: OpChange, ops: Sequence[Put | Delete] = ()
 ) -> CheckpointOp | None:
-    """Apply ``change`` to operation ``oid`` under compare-and-set (re-decided on a lost
-    race), with ``compares`` and ``ops`` in the same transaction; the change that ends it
-    releases its VM's job key. None: declined, gone, or ``compares`` failed."""
-    key = keys.checkpoint_op(oid)
-    for _ in range(ATTEMPTS):
-        found = await read_one(store, key, CheckpointOp)
-        if found is None:
-            return None
-        new = change(found.value)
-        if new is None:
-            return None
-        CHECKPOINT_LIFECYCLE.check(found.value.state, new.state)
-        new = new.model_copy(update={"updated": time.time()})
-        ending = found.value.active and not new.active
-        guard = [Compare.mod_is(key, found.mod_revision), *compares]
-        writes = [Put(key, encode(new)), *ops, *(release(keys, new) if ending else [])]
-        result = await store.txn(guard, writes)
-        if result.succeeded:
-            return new
-        if compares and await _extra_failed(store, compares):
-            return None
-    return None
-
-
-async def _extra_failed(store: Store, compares: Sequence[Compare]) -> bool:
-    result = await store.txn(list(compares), [])
-    return not result.succeeded
+    """:func:`~hvcluster.store.jobs.change_job` of operation ``oid``, with ``ops`` in the
+    same transaction (the change that ends it releases its VM's job key). None: declined,
+    or gone."""
+    written = await change_job(store, keys, CheckpointOp, keys.checkpoint_op(oid), change, ops=ops)
+    return written[0] if written is not None else None
 
 
 async def fail_op(store: Store, keys: Keys, say: Say, op: CheckpointOp, why: str) -> None:

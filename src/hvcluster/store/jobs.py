@@ -23,15 +23,22 @@ name it: "vm web-1 is already moving (live migration web-1-3fa2, transferring)".
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
 from hvcluster.models.base import encode
-from hvcluster.models.checkpoint import CheckpointOp
+from hvcluster.models.checkpoint import CHECKPOINT_LIFECYCLE, CheckpointOp
 from hvcluster.models.job import Job, job_of
+from hvcluster.models.lifecycle import MIGRATION_LIFECYCLE
 from hvcluster.models.migration import Migration
 from hvcluster.store.base import Compare, Delete, KeyValue, Put, Store
 from hvcluster.store.keys import Keys
-from hvcluster.store.reads import decode_kv, read_value
+from hvcluster.store.reads import decode_kv, read_one, read_value
 
 Record = Migration | CheckpointOp
+R = TypeVar("R", Migration, CheckpointOp)
+ATTEMPTS = 10
 
 
 def record_key(keys: Keys, job: Job) -> str:
@@ -58,6 +65,48 @@ def claim(keys: Keys, rec: Record) -> tuple[list[Compare], list[Put]]:
 def release(keys: Keys, rec: Record) -> list[Delete]:
     """The write that frees the VM when its active ``rec`` ends (see the module doc)."""
     return [Delete(keys.job(rec.vm))]
+
+
+async def change_job(
+    store: Store,
+    keys: Keys,
+    model: type[R],
+    key: str,
+    change: Callable[[R], R | None],
+    compares: Sequence[Compare] = (),
+    ops: Sequence[Put | Delete] = (),
+    attempts: int = ATTEMPTS,
+    now: float | None = None,
+) -> tuple[R, int] | None:
+    """Apply ``change`` to the job record at ``key`` (a migration, a storage move, a
+    checkpoint operation: ``model``) under compare-and-set, with the caller's ``compares``
+    and ``ops`` in the same transaction; the VM's job key is released by the change that
+    ends the record. Return the record written and its mod revision, or None when ``change``
+    declined (returned None), the record is gone or unreadable, or the extra ``compares``
+    failed. ``change`` is re-run on the fresh record after a lost race; an illegal state
+    change raises :class:`~hvcluster.models.errors.IllegalTransition`."""
+    lifecycle = CHECKPOINT_LIFECYCLE if model is CheckpointOp else MIGRATION_LIFECYCLE
+    for _ in range(attempts):
+        found = await read_one(store, key, model)
+        if found is None:
+            return None
+        current = found.value
+        new = change(current)
+        if new is None:
+            return None
+        lifecycle.check(current.state, new.state)
+        new = new.model_copy(update={"updated": time.time() if now is None else now})
+        guard = [Compare.mod_is(key, found.mod_revision), *compares]
+        ends: list[Delete] = release(keys, current) if current.active and not new.active else []
+        result = await store.txn(guard, [Put(key, encode(new)), *ops, *ends])
+        if result.succeeded:
+            return new, result.revision
+        if compares:
+            # Did the record move, or one of the caller's compares fail? Re-check the record.
+            again = await store.get(key)
+            if again is not None and again.mod_revision == found.mod_revision:
+                return None
+    return None
 
 
 def release_if_named(

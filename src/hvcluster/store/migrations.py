@@ -30,18 +30,16 @@ from hvcluster.models.migration import Migration, MigrationKind
 from hvcluster.models.storage import spec_on_volume
 from hvcluster.models.vm import Placement, VMSpec
 from hvcluster.store.base import Compare, Delete, Put, Store
-from hvcluster.store.jobs import claim, release
+from hvcluster.store.jobs import ATTEMPTS as ATTEMPTS  # the controller's too
+from hvcluster.store.jobs import change_job, claim, release
 from hvcluster.store.keys import Keys
 from hvcluster.store.reads import (
     Decoded,
     read_kind,
-    read_one,
     read_one_or_error,
     read_prefix,
     read_value,
 )
-
-ATTEMPTS = 10
 
 Change = Callable[[Migration], Migration | None]
 
@@ -144,34 +142,9 @@ async def change_record(
     attempts: int = ATTEMPTS,
     now: float | None = None,
 ) -> tuple[Migration, int] | None:
-    """Apply ``change`` to the record at ``key`` (a migration or a storage move) under
-    compare-and-set, with the caller's ``compares`` and ``ops`` in the same transaction; the
-    VM's job key is released by the change that ends the record. Return the record written
-    and its mod revision, or None when ``change`` declined (returned None), the record is
-    gone or unreadable, or the extra ``compares`` failed. ``change`` is re-run on the fresh
-    record after a lost race; an illegal state change raises
-    :class:`~hvcluster.models.errors.IllegalTransition`."""
-    for _ in range(attempts):
-        found = await read_one(store, key, Migration)
-        if found is None:
-            return None
-        current = found.value
-        new = change(current)
-        if new is None:
-            return None
-        MIGRATION_LIFECYCLE.check(current.state, new.state)
-        new = new.model_copy(update={"updated": time.time() if now is None else now})
-        guard = [Compare.mod_is(key, found.mod_revision), *compares]
-        ends = release(keys, current) if current.active and not new.active else []
-        result = await store.txn(guard, [Put(key, encode(new)), *ops, *ends])
-        if result.succeeded:
-            return new, result.revision
-        if compares:
-            # Did the record move, or one of the caller's compares fail? Re-check the record.
-            again = await store.get(key)
-            if again is not None and again.mod_revision == found.mod_revision:
-                return None
-    return None
+    """:func:`~hvcluster.store.jobs.change_job` of the migration or storage move at
+    ``key``."""
+    return await change_job(store, keys, Migration, key, change, compares, ops, attempts, now)
 
 
 async def flip(
