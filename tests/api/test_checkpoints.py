@@ -132,3 +132,15 @@ async def test_an_older_namesakes_list_is_not_this_vms(
     await store.put(KEYS.checkpoints("db"), encode(old))
     assert (await api.get("/vms/db/checkpoints")).json()["checkpoints"] == []
     assert (await api.post("/vms/db/checkpoints", json={"name": "old"})).status_code == 202
+
+
+async def test_a_deleted_vms_list_goes_with_it(api: httpx.AsyncClient, store: MemoryStore) -> None:
+    """Deleting a VM (with its disks or not) deletes its checkpoint list in the same txn."""
+    await setup(store)
+    for vm in ("db", "off"):
+        listed = CheckpointList(vm=vm, checkpoints=(Checkpoint(name="cp", size=1),))
+        await store.put(KEYS.checkpoints(vm), encode(listed))
+    assert (await api.delete("/vms/db")).status_code == 202
+    assert (await api.delete("/vms/off", params={"disks": "true"})).status_code == 202
+    assert await store.get(KEYS.checkpoints("db")) is None
+    assert await store.get(KEYS.checkpoints("off")) is None

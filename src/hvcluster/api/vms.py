@@ -245,13 +245,19 @@ async def delete_vm(
     if disks:
         result = await _delete_with_disks(ctx, name)
     else:
-        result = await ctx.store.txn([Compare.present(key)], [Delete(key)])
+        result = await ctx.store.txn([Compare.present(key)], _deletes(ctx, name))
     if not result.succeeded:
         raise NotFound(f"vm {name!r} not found")
     await ctx.record(
         "vm.deleted", f"vm/{name}", f"vm {name} deleted", {"revision": result.revision}
     )
     return Deleted(name=name, revision=result.revision)
+
+
+def _deletes(ctx: ApiContext, name: str) -> list[Put | Delete]:
+    """The spec and what only it gives meaning to: its checkpoint list (what its disks
+    hold; the disks may stay, but a VM created again under the name has other ones)."""
+    return [Delete(ctx.keys.vm(name)), Delete(ctx.keys.checkpoints(name))]
 
 
 async def _delete_with_disks(ctx: ApiContext, name: str) -> TxnResult:
@@ -263,7 +269,7 @@ async def _delete_with_disks(ctx: ApiContext, name: str) -> TxnResult:
             return TxnResult(False, await ctx.store.revision())
         spec = await decode_one(VMSpec, kv, ctx.corrupt)
         on_volumes = tuple(d for d in spec.disks if d.volume is not None)
-        ops: list[Put | Delete] = [Delete(key)]
+        ops = _deletes(ctx, name)
         if on_volumes:
             request = DiskDeletion(
                 vm=name, disks=on_volumes, requested_at=time.time(), uid=spec.uid
