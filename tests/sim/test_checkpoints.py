@@ -4,10 +4,13 @@ written with the result, refusals fail with the reason, and a failover keeps the
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 
+from hvcluster.agent.checkpoints import RETAIN_S
+from hvcluster.models.base import encode
 from hvcluster.models.checkpoint import CheckpointAction, CheckpointList, CheckpointOp
 from hvcluster.models.lifecycle import MigrationState
 from hvcluster.models.vm import VMSpec
@@ -81,3 +84,20 @@ async def test_create_revert_delete_and_a_failover_keeps_them(
     assert disk.read_bytes() == b"state 1"
     assert (await run_op(cluster, "db", _A.DELETE, "one")).state is MigrationState.DONE
     assert (await listed(cluster, "db")).checkpoints == ()
+
+
+async def test_an_old_finished_op_of_a_node_gone_for_good_is_pruned(cluster: SimCluster) -> None:
+    """Finished operations go after RETAIN_S, whichever node ran them: one of a node removed
+    since has no agent of its own to remove it."""
+    await cluster.start("n1")
+    op = await create_op(cluster.store, cluster.keys, "db", "gone", 0, _A.CREATE, "x", "test")
+    assert op is not None
+    old = time.time() - RETAIN_S - 60  # the cluster's clock started at the wall clock's now
+    ended = op.model_copy(update={"state": MigrationState.FAILED, "created": old, "updated": old})
+    await cluster.store.put(cluster.keys.checkpoint_op(op.id), encode(ended))
+
+    async def pruned() -> bool:
+        return await cluster.store.get(cluster.keys.checkpoint_op(op.id)) is None
+
+    await cluster.wait_for(pruned, 10, "the old operation of node gone to be pruned")
+    assert await cluster.store.get(cluster.keys.job("db")) is None, "its job key with it"

@@ -14,7 +14,8 @@ placement epoch and what to do. Only that node's agent acts on it, one task per 
 
 Any failure: the operation fails with the reason (``checkpoint.failed``) and the list is
 read again from the disks. An agent restarted mid-operation fails it (what QEMU did is in
-the list it then reads). Finished records are removed after :data:`RETAIN_S`.
+the list it then reads). Finished records are removed after :data:`RETAIN_S`, by any agent
+(the compare on the record's revision lets one do it): the node of one may be gone for good.
 """
 
 from __future__ import annotations
@@ -61,16 +62,16 @@ class CheckpointWorker(OwnedJobs):
         found = await read_ops(self.store, self.keys)
         for oid, stored in sorted(found.items.items()):
             op = stored.value
-            if op.node != self.me:
+            if not op.active:  # any node's: the agent of a node removed since never would
+                await self.prune_if_old(self.keys.checkpoint_op(oid), op, stored.mod_revision)
+            elif op.node != self.me:
                 continue
-            if op.state is _M.REQUESTED and oid not in self.tasks:
+            elif op.state is _M.REQUESTED and oid not in self.tasks:
                 self.tasks[oid] = asyncio.create_task(self._run(op), name=f"checkpoint-{oid}")
             elif op.state is _M.PREPARING and oid not in self.tasks:
                 why = f"the agent on {self.me} restarted during it; the list says what is kept"
                 await fail_op(self.store, self.keys, self.say, op, why)
                 await self._refresh(op.vm)
-            else:
-                await self.prune_if_old(self.keys.checkpoint_op(oid), op, stored.mod_revision)
 
     async def _run(self, op: CheckpointOp) -> None:
         try:
