@@ -77,7 +77,9 @@ def vm_pid(lab: Lab, node: str, vm: str) -> int | None:
     return pid if processes.alive(pid) else None
 
 
-def counter_rises(disk: Path, above: int, timeout: float = 30) -> int:
+def counter_rises(disk: Path, above: int, timeout: float = 90) -> int:
+    """The guest's disk counter once above ``above``. A wait for something to happen, not a
+    bound: a TCG boot took over 30 s at load 8 to 11 (two failures of 'hang-1' so)."""
     value: int = wait_for(
         lambda: (c := read_counter(disk)) > above and c,
         timeout,
