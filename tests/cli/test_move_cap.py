@@ -8,7 +8,9 @@ from typing import Any
 import pytest
 
 from hvcluster.cli.move_cmd import bandwidth_mib_s, load_said
-from tests.cli.conftest import ApiServer
+from hvcluster.models.base import encode
+from hvcluster.models.node import Capacity, Node
+from tests.cli.conftest import KEYS, ApiServer
 from tests.cli.test_move import cluster
 
 pytestmark = pytest.mark.timeout(60)
@@ -51,3 +53,20 @@ def test_a_bad_cap_is_refused_and_nothing_moves(server: ApiServer, hvc: Any) -> 
 def test_progress_says_the_rate_it_sends_at() -> None:
     said = load_said({"transfer_rate_mib_s": 95.4, "passes": 2, "dirty_rate_mib_s": 3})
     assert said == ", sending 95 MiB/s, pass 2, dirtying 3 MiB/s"
+
+
+def test_node_show_says_where_migrations_reach_it(server: ApiServer, hvc: Any) -> None:
+    store = server.store
+    assert store is not None
+    server.add_node("m8")
+    server.add_node("m9")
+    node = Node(
+        name="m9",
+        address="127.0.0.1",
+        migration_address="10.9.0.9",
+        capacity=Capacity(cpus=2, memory_mib=2048),
+    )
+    server.run(store.put(KEYS.node("m9"), encode(node)))
+    assert "127.0.0.1 (its address)" in hvc("node", "show", "m8").output
+    shown = hvc("node", "show", "m9")
+    assert "migration address" in shown.output and "10.9.0.9" in shown.output, shown.output

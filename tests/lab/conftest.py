@@ -133,6 +133,7 @@ def make_lab(
     etcd: int = 1,
     config: ClusterConfig | None = None,
     private_mounts: bool | None = None,
+    migration_network: bool = False,
 ) -> Generator[Lab, None, None]:
     """A lab, stopped after. One etcd member unless asked (``hvc lab up`` runs 3): the tests
     that are not about etcd outages stay light on a loaded machine. ``config``: e.g.
@@ -150,6 +151,7 @@ def make_lab(
             network=network,
             etcd_members=etcd,
             private_mounts=private_mounts,
+            migration_network=migration_network,
         )
         yield Lab(lab_dir)
     finally:

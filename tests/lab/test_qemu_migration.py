@@ -1,7 +1,11 @@
 """Live and quick migration of the real test guest between two lab nodes, through the API.
 
 The guest's counter lives in its memory and on its disk, and it prints every value on its
-serial console: a migrated guest continues both with no reset."""
+serial console: a migrated guest continues both with no reset.
+
+The lab's nodes each have a second link, on a migration network (lab/netns.py), whose
+address is their agent's ``migration_address``: a live migration's stream goes over it (its
+byte counters say so), the API and etcd over the first."""
 
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ from hvcluster.guestimage.testguest import (
     heartbeats,
     read_counter,
 )
+from hvcluster.lab.netns import MIGRATION_DEV, link_bytes
 from tests.lab.conftest import CACHE, Lab, make_lab, wait_for
 from tests.lab.test_qemu_failover import counter_rises, create_guest, running, vm_pid
 from tests.lab.test_qemu_storage_move import add_volume
@@ -32,7 +37,8 @@ pytestmark = [pytest.mark.lab, pytest.mark.qemu, pytest.mark.timeout(240)]
 def lab2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     if cached_image(CACHE) is None:
         pytest.fail("the test guest image is not built: run scripts/install (hvc image build)")
-    yield from make_lab(tmp_path_factory.mktemp("qemu-migration"), "qemu", nodes=2)
+    tmp = tmp_path_factory.mktemp("qemu-migration")
+    yield from make_lab(tmp, "qemu", nodes=2, network="netns", migration_network=True)
 
 
 def serial(lab: Lab, node: str, vm: str) -> Path:
@@ -66,7 +72,18 @@ def test_migration_keeps_the_guest_running_with_no_reset(lab2: Lab, kind: str) -
     if kind == "quick":  # the state is saved where both nodes see it: a volume of both
         add_volume(lab, "csv-state")
 
+    net = lab.state.net
+    assert net is not None and lab.state.node("n2").migration_address == net.migration_ip(2)
+    before = {dev: link_bytes(net, "n2", dev) for dev in ("eth0", MIGRATION_DEV)}
     rec = migrate(lab, name, "n2", kind)
+    after = {dev: link_bytes(net, "n2", dev) for dev in ("eth0", MIGRATION_DEV)}
+    received = {dev: after[dev][0] - before[dev][0] for dev in after}
+    if kind == "live":  # n2 listened on its migration address; the stream came over mig0
+        assert rec["target_address"].startswith(f"tcp:{net.migration_ip(2)}:"), rec
+        sent = rec["progress"]["bytes_transferred"]
+        assert received[MIGRATION_DEV] >= sent > 10 * 1024 * 1024, (received, sent)
+        assert received["eth0"] < sent / 2, (received, sent)  # the API's and etcd's link
+        assert lab.get("/nodes/n2")["node"]["migration_address"] == net.migration_ip(2)
     if kind == "quick":  # restored from the state n2 read on the shared volume
         assert rec["saved_path"] == f"csv-state:.hvc-migration-state/{name}-{rec['id']}.state"
         assert rec["state_verified"]

@@ -48,6 +48,12 @@ def up(
         "its certificates and the shared volume, as a separate host would; or every node "
         "sees the whole lab dir. Default: --private-mounts as root, --shared-mounts otherwise.",
     ),
+    migration_network: bool = typer.Option(
+        False,
+        "--migration-network",
+        help="With --netns: a second link per node, on a network of its own, that live "
+        "migrations stream over (each agent's migration_address).",
+    ),
     etcd: int = typer.Option(3, help="How many etcd members: 1, 3 or 5."),
     profile: str = typer.Option(
         "default",
@@ -90,6 +96,7 @@ def up(
         network=network,
         etcd_members=etcd,
         private_mounts=private_mounts,
+        migration_network=migration_network,
     )
     if demo:
         count = demo_vms or (3 if kind == "qemu" else 6)

@@ -77,6 +77,7 @@ def _rows(n: dict[str, Any]) -> list[tuple[str, object]]:
         ("admin since", when(node["admin_since"])),
         ("watchdog", _watchdog(n)),
         ("address", f"{node['address']}:{node['api_port']}"),
+        ("migration address", node.get("migration_address") or f"{node['address']} (its address)"),
         ("capacity", f"{node['capacity']['cpus']} CPUs, {node['capacity']['memory_mib']} MiB"),
         ("vms placed", n["vms"]),
         ("driver", f"{inv['driver']} ({inv['accelerator']})"),

@@ -74,10 +74,12 @@ def up(
     network: Network = "loopback",
     etcd_members: int = 3,
     private_mounts: bool | None = None,
+    migration_network: bool = False,
 ) -> LabState:
     """Start ``etcd_members`` etcd members and ``nodes`` agents; return once every API
     answers. ``private_mounts``: a mount namespace per node (lab/hostns.py; needs root);
-    None: as root, yes."""
+    None: as root, yes. ``migration_network`` (netns only): a second link per node that
+    migrations go over (its agent's ``migration_address``; lab/netns.py)."""
     if nodes < 1:
         raise LabError("a lab needs at least one node")
     if private_mounts is None:
@@ -93,6 +95,10 @@ def up(
     ports = free_ports(nodes + 2 * etcd_members)
     names = [f"n{i + 1}" for i in range(nodes)]
     net = netns.choose(str(lab_dir.resolve())) if network == "netns" else None
+    if migration_network and net is None:
+        raise LabError("a migration network is a second link per node: it needs --network netns")
+    if migration_network and net is not None:
+        net = netns.with_migration_network(net)
     pki = Authority(lab_dir / "pki", "hvcluster lab CA")
     client = pki.issue("client")
     etcd = members.plan(lab_dir, etcd_members, net, pki, client, ports[nodes:])
@@ -102,6 +108,9 @@ def up(
         }
         try:
             netns.create(net, hosts)
+            if net.migration_subnet:
+                mig = {n: net.migration_ip(i + 1) for i, n in enumerate(names)}
+                netns.create_migration_network(net, mig)
         except BaseException:
             netns.destroy(net, list(hosts))
             raise
@@ -134,6 +143,8 @@ def up(
             address = net.node_ip(i + 1) if net else "127.0.0.1"
             certs = pki.issue(name, [address, "127.0.0.1", "localhost"])
             node = _make_node(state, name, address, ports[i], driver, cache_dir, certs)
+            if net is not None and net.migration_subnet:
+                node = _with_migration_address(node, net.migration_ip(i + 1))
             lab_nodes.append(node)
         _wait(
             functools.partial(_etcd_healthy, state),
@@ -252,6 +263,13 @@ def _make_node(
     return LabNode(
         name=name, run_dir=str(run_dir), config=str(conf), api_port=port, address=address
     )
+
+
+def _with_migration_address(node: LabNode, address: str) -> LabNode:
+    """``node`` whose agent's migrations listen on ``address`` (its config says so)."""
+    with Path(node.config).open("a") as conf:
+        conf.write(f'migration_address = "{address}"\n')
+    return node.model_copy(update={"migration_address": address})
 
 
 def start_node(state: LabState, name: str, timeout: float = 10.0) -> LabState:

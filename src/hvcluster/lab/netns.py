@@ -9,11 +9,18 @@ Addresses come from ``10.213.<k>.0/24`` (``<k>`` chosen so no address of this ho
 the bridge is ``.1``, etcd member ``etcd<j>`` is ``.<2 + j>``, node ``n<i>`` is ``.<10 + i>``.
 Traffic stays inside the namespaces the lab made. Needs root, iproute2, nsenter (util-linux)
 and nft.
+
+With a migration network (``hvc lab up --migration-network``), each node has a second link,
+``mig0``, to a second bridge (``<bridge>m``, no address of this host on it) in
+``10.214.<k>.0/24``, node ``n<i>`` at ``.<10 + i>``: its agent's ``migration_address``, so
+QEMU's migration streams go over that link while the API and etcd stay on the first, as a
+real cluster's separate migration network does.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 from collections.abc import Mapping, Sequence
 
@@ -21,6 +28,8 @@ from hvcluster.models.base import Model
 from hvcluster.models.errors import HvcError
 
 PREFIX = "10.213"
+MIGRATION_PREFIX = "10.214"
+MIGRATION_DEV = "mig0"  # a node's link to the migration network, in its namespace
 NFT_TABLE = "hvclab"  # in a node's namespace: what 'partition --from etcd|nodes' drops
 COMMAND_TIMEOUT_S = 10.0
 
@@ -32,6 +41,7 @@ class NetnsError(HvcError):
 class LabNet(Model):
     bridge: str  # in this host's namespace; also the stem of every other name
     subnet: str  # "10.213.<k>"
+    migration_subnet: str = ""  # "10.214.<k>" with a migration network; "": none
 
     @property
     def host_ip(self) -> str:
@@ -40,6 +50,14 @@ class LabNet(Model):
     def node_ip(self, index: int) -> str:
         """The address of the ``index``-th node (1-based)."""
         return f"{self.subnet}.{10 + index}"
+
+    def migration_ip(self, index: int) -> str:
+        """The ``index``-th node's address on the migration network ("" without one)."""
+        return f"{self.migration_subnet}.{10 + index}" if self.migration_subnet else ""
+
+    @property
+    def migration_bridge(self) -> str:
+        return f"{self.bridge}m"
 
     def etcd_ip(self, index: int) -> str:
         """The address of etcd member ``index`` (0-based; at most 8 members fit)."""
@@ -132,6 +150,43 @@ def create(net: LabNet, hosts: Mapping[str, str]) -> None:
         _batch(_inside_lines(address), netns=net.netns(name))
 
 
+def with_migration_network(net: LabNet) -> LabNet:
+    """``net`` with a migration subnet: ``10.214.<k>`` for the first ``k`` (from the main
+    subnet's) that no address of this host is in."""
+    used = _ip("-4", "-o", "addr", "show")
+    start = int(net.subnet.rsplit(".", 1)[1])
+    for step in range(256):
+        subnet = f"{MIGRATION_PREFIX}.{(start + step) % 254 + 1}"
+        if f" {subnet}." not in used:
+            return net.model_copy(update={"migration_subnet": subnet})
+    raise NetnsError(f"no free /24 left in {MIGRATION_PREFIX}.0.0/16 for a migration network")
+
+
+def create_migration_network(net: LabNet, nodes: Mapping[str, str]) -> None:
+    """The migration bridge and a ``mig0`` link to it in each node's namespace (``nodes``:
+    name -> its migration address); the namespaces exist already (:func:`create`)."""
+    bridge = net.migration_bridge
+    lines = [f"link add {bridge} type bridge", f"link set {bridge} up"]
+    for name in nodes:
+        veth = f"{bridge}{name}"
+        lines += [
+            f"link add {veth} type veth peer name {MIGRATION_DEV} netns {net.netns(name)}",
+            f"link set {veth} master {bridge} up",
+        ]
+    _batch(lines)
+    for name, address in nodes.items():
+        inside = [f"addr add {address}/24 dev {MIGRATION_DEV}", f"link set {MIGRATION_DEV} up"]
+        _batch(inside, netns=net.netns(name))
+
+
+def link_bytes(net: LabNet, node: str, dev: str) -> tuple[int, int]:
+    """(received, sent) bytes of ``dev`` in ``node``'s namespace (``eth0``: its main link,
+    :data:`MIGRATION_DEV`: its migration link)."""
+    out = _ip("-n", net.netns(node), "-j", "-s", "link", "show", dev)
+    stats = json.loads(out)[0]["stats64"]
+    return int(stats["rx"]["bytes"]), int(stats["tx"]["bytes"])
+
+
 def add_host(net: LabNet, name: str, address: str) -> None:
     """One more host's namespace, linked to the bridge (a node joining a running lab)."""
     _batch(_link_lines(net, name))
@@ -190,4 +245,5 @@ def link_up(net: LabNet, node: str) -> bool:
 def destroy(net: LabNet, nodes: Sequence[str]) -> None:
     """Remove what :func:`create` made; what is already gone is fine."""
     lines = [line for node in nodes for line in _remove_lines(net, node)]
-    _batch([*lines, f"link del {net.bridge}"], check=False)
+    extra = [f"link del {net.migration_bridge}"] if net.migration_subnet else []
+    _batch([*lines, f"link del {net.bridge}", *extra], check=False)

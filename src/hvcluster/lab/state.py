@@ -25,6 +25,7 @@ class LabNode(Model):
     config: str  # path of the agent's TOML config
     api_port: int
     address: str = "127.0.0.1"  # the agent's API and migration address
+    migration_address: str = ""  # with a migration network: its address there
     agent_pid: int = 0
     watchdog_pid: int = 0
 
