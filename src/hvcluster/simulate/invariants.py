@@ -62,6 +62,7 @@ class Checker:
     _placements: dict[str, tuple[str, int]] = field(default_factory=dict)
     _reported: set[tuple[str, str]] = field(default_factory=set)
     _decoded: dict[str, tuple[int, Any]] = field(default_factory=dict)  # key -> (mod rev, value)
+    _records: tuple[int, tuple[dict[str, Any], ...]] | None = None  # (revision, as read then)
 
     def _report(self, t: float, rule: str, subject: str, detail: str, once: str = "") -> None:
         if once:
@@ -73,10 +74,7 @@ class Checker:
     async def check(self) -> None:
         c = self.cluster
         t = c.now() - self.start
-        specs = await self._read(c.keys.prefix("vms"), VMSpec)
-        placements = await self._read(c.keys.prefix("placements"), Placement)
-        statuses = await self._read(c.keys.prefix("status"), VMStatus)
-        nodes = await self._read(c.keys.prefix("nodes"), Node)
+        specs, placements, statuses, nodes = self._records_now()
         hosts: dict[str, list[tuple[str, VMState, int]]] = {}  # vm -> (node, state, epoch)
         load: dict[str, tuple[int, int]] = {}  # node -> (vcpus, memory)
         for name in sorted(c.drivers):
@@ -96,14 +94,26 @@ class Checker:
         self._intent(t, hosts, nodes, placements)
         self._recovery(t, hosts, specs, statuses, nodes, load)
 
-    async def _read(self, prefix: str, cls: type[Any]) -> dict[str, Any]:
-        """The records under ``prefix`` by name, decoded once per revision of each (the
-        checks run every step: decoding everything each time would be most of a run)."""
-        store = self.cluster.store
+    def _records_now(self) -> tuple[dict[str, Any], ...]:
+        """Specs, placements, statuses and nodes by name (none while etcd is down), read
+        again only when the store's revision moved (most steps change nothing)."""
+        store, keys = self.cluster.store, self.cluster.keys
         if not store.available:
-            return {}
+            return {}, {}, {}, {}
+        revision = store.revision_now
+        if self._records is None or self._records[0] != revision:
+            kinds = (("vms", VMSpec), ("placements", Placement), ("status", VMStatus),
+                     ("nodes", Node))  # fmt: skip
+            self._records = revision, tuple(self._read(keys.prefix(k), m) for k, m in kinds)
+        return self._records[1]
+
+    def _read(self, prefix: str, cls: type[Any]) -> dict[str, Any]:
+        """The records under ``prefix`` by name, decoded once per revision of each (the
+        checks run every step: decoding everything each time would be most of a run).
+        Read at once (:meth:`MemoryStore.peek`): a check looks, it takes no turn from the
+        daemons."""
         out = {}
-        for kv in (await store.range(prefix)).kvs:
+        for kv in self.cluster.store.peek(prefix)[1]:
             cached = self._decoded.get(kv.key)
             if cached is None or cached[0] != kv.mod_revision:
                 cached = self._decoded[kv.key] = (kv.mod_revision, decode(cls, kv.key, kv.value))

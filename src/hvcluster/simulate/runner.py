@@ -20,7 +20,7 @@ from typing import Any
 
 from hvcluster.clock import ManualClock
 from hvcluster.drivers.sim.model import SimParams
-from hvcluster.models.base import encode
+from hvcluster.models.base import encode, remembering_decodes
 from hvcluster.models.errors import HvcError
 from hvcluster.models.lifecycle import NodeAdminState, VMState
 from hvcluster.models.vm import VMSpec
@@ -85,7 +85,7 @@ class Run:
         self.scenario = scenario
         self.seed = scenario.sim.seed if seed is None else seed
         self.rng = random.Random(self.seed)
-        self.clock = ManualClock(START)
+        self.clock = ManualClock(START, stop_when_idle=True)
         self.notes: list[tuple[int, Line]] = []  # (events logged before it, the note)
         self._seq = 0
         self.config = scenario.config()
@@ -120,7 +120,8 @@ class Run:
             self.admin = Admin(cluster.store, cluster.keys, self.clock.wall)
             self.checker = Checker(cluster, sim.recovery_slo_s, START)
             try:
-                return await self._run(cluster)
+                with remembering_decodes():
+                    return await self._run(cluster)
             finally:
                 await cluster.stop()
 

@@ -166,6 +166,17 @@ class MemoryStore(Store):
         await self._checkpoint()
         return self._rev
 
+    def peek(self, prefix: str) -> tuple[int, list[KeyValue]]:
+        """The revision and the keys under ``prefix`` now, read at once: for a simulation's
+        own checks, which look without taking part (no turn given to other tasks, no lease
+        expired, no outage or closing in the way)."""
+        return self._rev, [self._data[k] for k in self._keys_under(prefix)]
+
+    @property
+    def revision_now(self) -> int:
+        """The current revision, read as :meth:`peek` reads."""
+        return self._rev
+
     # --- writes ----------------------------------------------------------------------
     async def put(self, key: str, value: bytes, lease: int = 0) -> int:
         await self._checkpoint()
