@@ -204,8 +204,9 @@ def plan_local(
             actions.append(_report(spec, seen, me, VMState.FAILED, now, why, **failed))
             continue
         reason = (
-            f"vm {name} stopped unexpectedly{cause}; restart {len(recent)} of "
-            f"{limits.restart_threshold} allowed in {limits.restart_period_s:.0f}s"
+            # counted as an administrator reads it: this restart is the first, not the 0th
+            f"vm {name} stopped unexpectedly{cause}; restart {len(recent) + 1} of at most "
+            f"{limits.restart_threshold} within {limits.restart_period_s:.0f}s"
             if was_running
             else f"vm {name} is placed here at epoch {epoch}"
         )
