@@ -144,3 +144,19 @@ async def test_a_deleted_vms_list_goes_with_it(api: httpx.AsyncClient, store: Me
     assert (await api.delete("/vms/off", params={"disks": "true"})).status_code == 202
     assert await store.get(KEYS.checkpoints("db")) is None
     assert await store.get(KEYS.checkpoints("off")) is None
+
+
+async def test_a_stopped_vm_does_not_start_during_its_checkpoint(
+    api: httpx.AsyncClient, store: MemoryStore
+) -> None:
+    """qemu-img snapshot works on the disks of a stopped VM: a start waits for its end."""
+    await setup(store)
+    r = await api.post("/vms/off/checkpoints", json={"name": "cold"})
+    assert r.status_code == 202, r.text
+    started = await api.post("/vms/off/start")
+    assert started.status_code == 409, started.text
+    assert "busy with checkpoint create 'cold'" in started.json()["error"]
+    spec = await store.get(KEYS.vm("off"))
+    assert spec is not None and decode(VMSpec, spec.key, spec.value).desired_state == "stopped"
+    assert (await api.post("/vms/db/checkpoints", json={"name": "warm"})).status_code == 202
+    assert (await api.post("/vms/db/start")).status_code == 202, "a running VM's: nothing to do"

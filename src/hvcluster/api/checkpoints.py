@@ -34,6 +34,7 @@ from hvcluster.models.checkpoint import (
 from hvcluster.models.errors import Conflict, InvalidInput, NotFound
 from hvcluster.models.lifecycle import VMState
 from hvcluster.models.vm import VMSpec
+from hvcluster.store.base import Compare
 from hvcluster.store.checkpoints import create_op, read_list, read_op
 from hvcluster.store.reads import read_value
 
@@ -115,7 +116,11 @@ async def _request(
     if action is not CheckpointAction.CREATE and held is None:
         raise NotFound(f"vm {vm} has no checkpoint {name!r}")
     node, epoch = _where(cluster, spec)
-    stored = await create_op(ctx.store, ctx.keys, vm, node, epoch, action, name, "api")
+    # A stopped VM's (qemu-img on its disks) is not created if its spec was written since
+    # the read (a start, say); a start compares the job key the other way (api/vms.py).
+    unchanged = Compare(ctx.keys.vm(vm), "mod", "<", cluster.revision + 1)
+    stopped = [unchanged] if not epoch else []
+    stored = await create_op(ctx.store, ctx.keys, vm, node, epoch, action, name, "api", stopped)
     op = await created(ctx, vm, stored, "the operation")
     said = reason or f"{action.value} checkpoint {name!r} of vm {vm} on {node}"
     await ctx.record(

@@ -78,6 +78,7 @@ class Cluster:
         self.placements: dict[str, Placement] = {}
         self.statuses: dict[str, VMStatus] = {}
         self.migrations: list[Migration] = []
+        self.revision = 0  # of the read
 
     async def load(self) -> Cluster:
         ctx = self.ctx
@@ -89,6 +90,7 @@ class Cluster:
         self.placements = (await snap.decoded(Placement, "placements", ctx.corrupt)).by_name()
         self.statuses = (await snap.decoded(VMStatus, "status", ctx.corrupt)).by_name()
         self.migrations = (await snap.decoded(Migration, "migrations", ctx.corrupt)).values()
+        self.revision = snap.revision
         return self
 
     def spec(self, vm: str) -> VMSpec:

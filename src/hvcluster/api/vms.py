@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Sequence
 
 from fastapi import APIRouter, Query
 
@@ -14,11 +15,13 @@ from hvcluster.api.reads import decode_one, decode_optional, skipped_of
 from hvcluster.api.views import ActionRequest, Deleted, Skipped, VMList, VMView
 from hvcluster.api.writes import ATTEMPTS, update
 from hvcluster.models.base import encode
+from hvcluster.models.checkpoint import CheckpointOp
 from hvcluster.models.errors import Conflict, InvalidInput, NotFound
 from hvcluster.models.lifecycle import VMState
 from hvcluster.models.storage import DiskDeletion, Volume
 from hvcluster.models.vm import Placement, VMSpec, VMStatus, is_under, same_vm
 from hvcluster.store.base import Compare, Delete, Get, Put, TxnResult
+from hvcluster.store.jobs import holder
 from hvcluster.store.reads import Decoded, decode_many, read_one, read_snapshot
 from hvcluster.store.state import read_config
 
@@ -166,15 +169,20 @@ async def show_vm(name: ValidName, ctx: Ctx) -> VMView:
 
 
 async def _set_desired(
-    ctx: ApiContext, name: str, desired: str, request: ActionRequest | None
+    ctx: ApiContext,
+    name: str,
+    desired: str,
+    request: ActionRequest | None,
+    compares: Sequence[Compare] = (),
 ) -> VMView:
     def change(spec: VMSpec) -> VMSpec | None:
         if spec.desired_state == desired:
             return None
         return spec.model_copy(update={"desired_state": desired})
 
+    vm = ctx.keys.vm(name)
     done = await update(
-        ctx.store, ctx.keys.vm(name), VMSpec, change, what=f"vm {name!r}", report=ctx.corrupt
+        ctx.store, vm, VMSpec, change, what=f"vm {name!r}", report=ctx.corrupt, compares=compares
     )
     if done.changed:
         verb = "start" if desired == "running" else "stop"
@@ -218,10 +226,28 @@ async def start_vm(name: ValidName, ctx: Ctx, request: ActionRequest | None = NO
     """Desired state running. A VM the controller left failed (too many failovers, no node
     fits) is also given another chance: its left-failed mark is cleared."""
     current = await read_one(ctx.store, ctx.keys.vm(name), VMSpec, ctx.corrupt)
+    guard: list[Compare] = []
     if current is not None and current.value.desired_state != "running":
+        guard = await _no_checkpoint_under_way(ctx, name)
         await check_admission(ctx, current.value.model_copy(update={"desired_state": "running"}))
     await _clear_left_failed(ctx, name, request)
-    return await _set_desired(ctx, name, "running", request)
+    return await _set_desired(ctx, name, "running", request, guard)
+
+
+async def _no_checkpoint_under_way(ctx: ApiContext, name: str) -> list[Compare]:
+    """A stopped VM does not start during a checkpoint operation of it (``qemu-img snapshot``
+    on its disks, which a QEMU starting on them would fail on): refused (409) while one
+    holds the VM; else the compare that fails the start's write if a job takes the VM
+    meanwhile (the checkpoint API compares the VM's spec the other way)."""
+    key = ctx.keys.job(name)
+    kv = await ctx.store.get(key)  # before the holder: one created between is seen there
+    found = await holder(ctx.store, ctx.keys, name)
+    if found is not None and isinstance(found[1], CheckpointOp) and found[1].active:
+        op = found[1]
+        raise Conflict(
+            f"vm {name} is busy with {op.what} ({op.id}, {op.state.value}): start it once that ends"
+        )
+    return [Compare.absent(key) if kv is None else Compare.mod_is(key, kv.mod_revision)]
 
 
 @router.post("/{name}/stop", status_code=202, response_model=VMView)

@@ -8,7 +8,7 @@ if not, it reads again and re-decides (the change may no longer be needed, or al
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -40,8 +40,10 @@ async def update(
     what: str,
     report: CorruptReporter,
     attempts: int = ATTEMPTS,
+    compares: Sequence[Compare] = (),
 ) -> Updated[M]:
-    """Apply ``change`` to the value at ``key`` under compare-and-set.
+    """Apply ``change`` to the value at ``key`` under compare-and-set (and ``compares``: a
+    write they fail is tried again, up to ``attempts`` times).
 
     ``change`` returns the new value, or None when there is nothing to do; it may raise
     (e.g. an illegal transition), which aborts the update. ``what`` names the object in
@@ -55,7 +57,8 @@ async def update(
         new = change(current)
         if new is None or new == current:
             return Updated(current, current, False, kv.mod_revision)
-        result = await store.txn([Compare.mod_is(key, kv.mod_revision)], [Put(key, encode(new))])
+        guard = [Compare.mod_is(key, kv.mod_revision), *compares]
+        result = await store.txn(guard, [Put(key, encode(new))])
         if result.succeeded:
             return Updated(current, new, True, result.revision)
     raise Conflict(f"{what} kept changing under us ({attempts} attempts); try again")

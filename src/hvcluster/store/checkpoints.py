@@ -39,8 +39,10 @@ async def create_op(
     action: CheckpointAction,
     name: str,
     requested_by: str,
+    compares: Sequence[Compare] = (),
 ) -> CheckpointOp | None:
-    """A new ``requested`` operation with the VM's job key; None if another job holds it."""
+    """A new ``requested`` operation with the VM's job key; None if another job holds it
+    (or ``compares``, of the same transaction, fail)."""
     now = time.time()
     op = CheckpointOp(
         id=new_id(vm), vm=vm, node=node, epoch=epoch, action=action, name=name,
@@ -48,7 +50,8 @@ async def create_op(
     )  # fmt: skip
     key = keys.checkpoint_op(op.id)
     held, hold = claim(keys, op)
-    result = await store.txn([Compare.absent(key), *held], [Put(key, encode(op)), *hold])
+    guard = [Compare.absent(key), *held, *compares]
+    result = await store.txn(guard, [Put(key, encode(op)), *hold])
     return op if result.succeeded else None
 
 
