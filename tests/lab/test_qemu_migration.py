@@ -31,6 +31,7 @@ from tests.lab.test_qemu_failover import counter_rises, create_guest, running, v
 from tests.lab.test_qemu_storage_move import add_volume
 
 pytestmark = [pytest.mark.lab, pytest.mark.qemu, pytest.mark.timeout(240)]
+CAP_MIB_S = 32  # the live move's own bandwidth cap (a guest's ~30-40 MiB: about a second)
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +46,8 @@ def serial(lab: Lab, node: str, vm: str) -> Path:
     return Path(lab.state.node(node).run_dir) / "vms" / vm / "serial.log"
 
 
-def migrate(lab: Lab, vm: str, to: str, kind: str) -> dict[str, Any]:
-    rec = lab.post(f"/vms/{vm}/move", {"to": to, "kind": kind})
+def migrate(lab: Lab, vm: str, to: str, kind: str, **more: Any) -> dict[str, Any]:
+    rec = lab.post(f"/vms/{vm}/move", {"to": to, "kind": kind, **more})
 
     def finished() -> dict[str, Any] | None:
         m: dict[str, Any] = lab.get(f"/migrations/{rec['id']}")
@@ -75,7 +76,8 @@ def test_migration_keeps_the_guest_running_with_no_reset(lab2: Lab, kind: str) -
     net = lab.state.net
     assert net is not None and lab.state.node("n2").migration_address == net.migration_ip(2)
     before = {dev: link_bytes(net, "n2", dev) for dev in ("eth0", MIGRATION_DEV)}
-    rec = migrate(lab, name, "n2", kind)
+    cap = {"max_bandwidth_mib_s": CAP_MIB_S} if kind == "live" else {}
+    rec = migrate(lab, name, "n2", kind, **cap)
     after = {dev: link_bytes(net, "n2", dev) for dev in ("eth0", MIGRATION_DEV)}
     received = {dev: after[dev][0] - before[dev][0] for dev in after}
     if kind == "live":  # n2 listened on its migration address; the stream came over mig0
@@ -84,6 +86,12 @@ def test_migration_keeps_the_guest_running_with_no_reset(lab2: Lab, kind: str) -
         assert received[MIGRATION_DEV] >= sent > 10 * 1024 * 1024, (received, sent)
         assert received["eth0"] < sent / 2, (received, sent)  # the API's and etcd's link
         assert lab.get("/nodes/n2")["node"]["migration_address"] == net.migration_ip(2)
+        # n1 sent at the move's own cap: no faster than CAP_MIB_S (QEMU's limiter may let
+        # 0.3 s worth through ahead; uncapped, it sends several times faster)
+        assert rec["max_bandwidth_mib_s"] == CAP_MIB_S
+        at_cap_ms = 1000 * sent / (CAP_MIB_S * 1024 * 1024)
+        print(f"{sent / 2**20:.1f} MiB in {rec['transfer_ms']:.0f} ms, {at_cap_ms:.0f} at cap")
+        assert rec["transfer_ms"] >= at_cap_ms - 300, rec
     if kind == "quick":  # restored from the state n2 read on the shared volume
         assert rec["saved_path"] == f"csv-state:.hvc-migration-state/{name}-{rec['id']}.state"
         assert rec["state_verified"]
