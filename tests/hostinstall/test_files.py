@@ -54,6 +54,7 @@ def test_agent_config_is_what_the_agent_loads(tmp_path: Path) -> None:
     assert cfg.node == "hv1"
     assert cfg.etcd == ("10.0.0.1:2379", "10.0.0.2:2379")
     assert cfg.address == "10.0.0.1"
+    assert cfg.migration_address == ""  # (unless given: --address)
     assert cfg.etcd_crl == crl
     assert cfg.driver == "qemu"
 
@@ -63,6 +64,8 @@ def test_a_bad_option_fails_the_install_naming_it(tmp_path: Path) -> None:
         agent_toml(scratch(tmp_path, api_port=70000))
     with pytest.raises(ConfigError, match="etcd_ca"):  # https endpoints without a CA
         agent_toml(scratch(tmp_path, etcd=["https://10.0.0.1:2379"]))
+    with pytest.raises(ConfigError, match="migration_address"):
+        agent_toml(scratch(tmp_path, migration_address="0.0.0.0"))
 
 
 def test_install_is_idempotent_and_keeps_an_existing_config(tmp_path: Path) -> None:

@@ -34,6 +34,9 @@ def install(
     cluster: str | None = typer.Option(None, help="Cluster name (etcd prefix /hvc/<name>/)."),
     address: str | None = typer.Option(None, help="Address other nodes reach this one at."),
     api_host: str | None = typer.Option(None, help="Address the API listens on (0.0.0.0: all)."),
+    migration_address: str | None = typer.Option(
+        None, help="This host's address on a separate migration network (default: --address)."
+    ),
     api_port: int | None = typer.Option(None, help="Port of this agent's API (8440)."),
     driver: str | None = typer.Option(None, help="qemu (default) or sim."),
     run_dir: Path | None = typer.Option(None, help="Runtime dir (/run/hvc)."),
@@ -74,6 +77,7 @@ def install(
         "etcd": [e.strip() for e in etcd.split(",") if e.strip()] if etcd else None,
         "address": address,
         "api_host": api_host,
+        "migration_address": migration_address,
         "api_port": api_port,
         "driver": driver,
         "run_dir": run_dir,
