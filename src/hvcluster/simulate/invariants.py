@@ -10,6 +10,11 @@ sim drivers) and the records, and each breach reported as a :class:`Violation`:
 * ``recovery``: an HA VM meant to run that could run somewhere (a node alive, reachable, up,
   allowed, with room, etcd available) runs again within the recovery SLO.
 * ``threshold``: no VM fails over more often than its ``failover_threshold`` in its period.
+* ``quarantine``: a node declared dead ``quarantine.threshold`` times within
+  ``quarantine.period_s`` (failures before its last quarantine or an admin's clearing aside)
+  is quarantined within :data:`QUARANTINE_GRACE_S` (unless draining: that waits for the
+  drain's end); no node is quarantined below the threshold; no quarantine ends before its
+  time unless the administrator clears it.
 * ``intent``: a VM the administrator stopped does not run (after its shutdown's grace); a
   node the administrator paused or drained stays so until resumed, and no VM is newly
   placed on it.
@@ -21,12 +26,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hvcluster.models.base import decode
+from hvcluster.models.config import ClusterConfig, QuarantineSettings
 from hvcluster.models.lifecycle import NodeAdminState, VMState
 from hvcluster.models.node import Node
 from hvcluster.models.vm import Placement, VMSpec, VMStatus
 from hvcluster.simulate.cluster import SimCluster
 
 STOP_GRACE_S = 15.0  # a stopped VM's clean shutdown, then the kill, fit in this
+# A node due for quarantine is quarantined within this (the controller's next cycle, or a
+# new leader's first when the old one died with it), while etcd is up.
+QUARANTINE_GRACE_S = 10.0
+UNSET = -1.0  # (failures_counted: the node's own quarantine)
 ACTIVE = {VMState.RUNNING, VMState.PAUSED, VMState.STARTING, VMState.MIGRATING,
           VMState.STOPPING}  # fmt: skip
 
@@ -63,6 +73,10 @@ class Checker:
     _reported: set[tuple[str, str]] = field(default_factory=set)
     _decoded: dict[str, tuple[int, Any]] = field(default_factory=dict)  # key -> (mod rev, value)
     _records: tuple[int, tuple[dict[str, Any], ...]] | None = None  # (revision, as read then)
+    _config: ClusterConfig = field(default_factory=ClusterConfig)
+    _nodes_before: dict[str, Node] = field(default_factory=dict)  # as the last check saw them
+    _quarantine_due: dict[str, float] = field(default_factory=dict)  # node -> due since
+    _thresholds_seen: list[tuple[float, int]] = field(default_factory=list)  # (t, threshold)
 
     def _report(self, t: float, rule: str, subject: str, detail: str, once: str = "") -> None:
         if once:
@@ -93,6 +107,7 @@ class Checker:
         self._thresholds(t, specs, placements)
         self._intent(t, hosts, nodes, placements)
         self._recovery(t, hosts, specs, statuses, nodes, load)
+        self._quarantine(t, nodes)
 
     def _records_now(self) -> tuple[dict[str, Any], ...]:
         """Specs, placements, statuses and nodes by name (none while etcd is down), read
@@ -105,6 +120,9 @@ class Checker:
             kinds = (("vms", VMSpec), ("placements", Placement), ("status", VMStatus),
                      ("nodes", Node))  # fmt: skip
             self._records = revision, tuple(self._read(keys.prefix(k), m) for k, m in kinds)
+            found = [kv for kv in store.peek(keys.config)[1] if kv.key == keys.config]
+            if found:
+                self._config = decode(ClusterConfig, found[0].key, found[0].value)
         return self._records[1]
 
     def _read(self, prefix: str, cls: type[Any]) -> dict[str, Any]:
@@ -284,3 +302,62 @@ class Checker:
                 continue
             return True
         return False
+
+    def _quarantine(self, t: float, nodes: dict[str, Node]) -> None:
+        c = self.cluster
+        if not c.store.available:  # no controller can decide meanwhile
+            self._quarantine_due.clear()
+            return
+        now, q = c.now(), self._config.quarantine
+        # a change of threshold reaches the controller at its next cycle: within the grace,
+        # either threshold may be the one it decided on
+        self._thresholds_seen.append((t, q.threshold))
+        while self._thresholds_seen[0][0] < t - QUARANTINE_GRACE_S:
+            self._thresholds_seen.pop(0)
+        low = min(th for _, th in self._thresholds_seen)
+        high = max(th for _, th in self._thresholds_seen)
+        for name, node in sorted(nodes.items()):
+            before = self._nodes_before.get(name)
+            self._nodes_before[name] = node
+            counted = failures_counted(node, q, now)
+            quarantined = node.admin_state is NodeAdminState.QUARANTINED
+            was = before is not None and before.admin_state is NodeAdminState.QUARANTINED
+            # (counted as the controller did, before this quarantine began)
+            earlier = before.quarantined_until if before is not None else None
+            if quarantined and not was and (n := failures_counted(node, q, now, earlier)) < low:
+                self._report(t, "quarantine", f"node/{name}",
+                             f"quarantined after {n} failure(s) within "
+                             f"{q.period_s:g} s; the threshold is {low}")  # fmt: skip
+            if (
+                was and not quarantined and before is not None
+                and before.quarantined_until is not None and now < before.quarantined_until
+                and node.failures_forgiven_at == before.failures_forgiven_at
+            ):  # fmt: skip
+                self._report(t, "quarantine", f"node/{name}",
+                             f"quarantine lifted {before.quarantined_until - now:.1f} s "
+                             "before its end, not by the administrator")  # fmt: skip
+            due = not quarantined and node.admin_state is not NodeAdminState.DRAINING
+            if not (due and counted >= high):
+                self._quarantine_due.pop(name, None)
+                continue
+            since = self._quarantine_due.setdefault(name, t)
+            if t - since > QUARANTINE_GRACE_S:
+                self._report(t, "quarantine", f"node/{name}",
+                             f"declared dead {counted} time(s) within {q.period_s:g} s "
+                             f"(threshold {high}), not quarantined for {t - since:.1f} s",
+                             once=f"due:{name}:{since}")  # fmt: skip
+
+
+def failures_counted(
+    node: Node, q: QuarantineSettings, now: float, until: float | None = UNSET
+) -> int:
+    """The failures of ``node`` that count towards its quarantine now: those within the
+    period, after the start of its last quarantine (one ending at ``until``: by default
+    the node's) and after an admin forgave them."""
+    floor = now - q.period_s
+    until = node.quarantined_until if until == UNSET else until
+    if until is not None:
+        floor = max(floor, until - q.duration_s)
+    if node.failures_forgiven_at is not None:
+        floor = max(floor, node.failures_forgiven_at)
+    return sum(1 for f in node.failures if floor < f <= now)
