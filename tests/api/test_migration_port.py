@@ -97,6 +97,20 @@ async def test_unregistered_agent_and_unreachable_target(
     assert by["migration port n2 -> n1"]["status"] == "pass"
 
 
+async def test_a_node_with_a_migration_address_is_probed_there(
+    api: httpx.AsyncClient, agents: Agents
+) -> None:
+    """Its migrations listen on its migration network's address (agent config
+    ``migration_address``), not on its API's: the probe opens and reaches the listener there."""
+    await agents.add("n1")
+    await agents.add("n2", migration_address="127.0.0.2")
+    by = checks((await api.get("/cluster/validate")).json())
+    there = by["migration port n1 -> n2"]
+    assert there["status"] == "pass", there
+    assert "on n2 at 127.0.0.2:" in there["message"], there
+    assert "on n1 at 127.0.0.1:" in by["migration port n2 -> n1"]["message"]
+
+
 # --- a firewall that lets only the agent API through -------------------------------------
 
 CLONE_NEWNET = 0x40000000
