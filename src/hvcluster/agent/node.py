@@ -18,10 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from hvcluster.agent.disks import DiskBusy, VolumeDisks
-from hvcluster.agent.guestcpu import guest_spec, with_guest_cpu
+from hvcluster.agent.disks import VolumeDisks
+from hvcluster.agent.guestcpu import with_guest_cpu
 from hvcluster.agent.reconcile import (
-    Action,
     Kill,
     Limits,
     LocalVM,
@@ -33,6 +32,7 @@ from hvcluster.agent.reconcile import (
     plan_local,
 )
 from hvcluster.agent.resources import Resources
+from hvcluster.agent.rounds import carry_out
 from hvcluster.clock import SYSTEM, Clock
 from hvcluster.drivers.base import Driver, HostFacts
 from hvcluster.metrics import AgentMetrics
@@ -112,7 +112,7 @@ class NodeAgent:
         self.facts: HostFacts | None = None
         self.resources = Resources()  # switches and volumes, as agent/resources.py found them
         self.disks = VolumeDisks(store, keys, me.name, lease)
-        self._disk_busy: dict[str, str] = {}  # vm -> why its disks are busy, said once
+        self.disk_busy: dict[str, str] = {}  # vm -> why its disks are busy, said once
         self._refused: dict[str, str] = {}  # vm -> why its status was not written, logged once
 
     # --- registration of the node record ---------------------------------------------
@@ -260,11 +260,17 @@ class NodeAgent:
         )
         self._track_owned(seen, local)
         self.mine = set(local) | {n for n, s in seen.items() if s.placement.node == self.me.name}
-        said = []
+        said: list[str] = []
+        round_: list[Start | Report] = []  # written many to a txn (agent/rounds.py)
         for action in actions:
-            sentence = await self._do(action, now)
-            if sentence:
+            if isinstance(action, Start | Report):
+                round_.append(action)
+                continue
+            said += await carry_out(self, round_, statuses, now)
+            round_ = []
+            if sentence := await self._do(action):
                 said.append(sentence)
+        said += await carry_out(self, round_, statuses, now)
         await self._hold_disk_locks({n: s.value for n, s in specs.items.items()})
         return said
 
@@ -288,11 +294,9 @@ class NodeAgent:
     def owned_placements(self) -> dict[str, int]:
         return dict(self.owned)
 
-    async def _do(self, action: Action, now: float) -> str | None:
-        subject = f"vm/{action.vm}" if not isinstance(action, Report) else f"vm/{action.status.vm}"
+    async def _do(self, action: Kill | Shutdown | ReportStopped) -> str | None:
+        """Carry out an action that is not a start nor a report (those: :func:`carry_out`)."""
         match action:
-            case Start():
-                return await self._start(action, now)
             case Kill():
                 await self.kill_now({action.vm}, action.reason)
                 return f"killed {action.vm}: {action.reason}"
@@ -300,91 +304,11 @@ class NodeAgent:
                 if action.vm not in self._shutting:
                     self._shutting[action.vm] = asyncio.create_task(self._shutdown(action))
                 return None
-            case Report():
-                if await self._report(action.status, action.seen):
-                    if action.status.state is VMState.FAILED:
-                        await self.say("vm.failed", subject, action.reason)
-                    return action.reason
-                return None
             case ReportStopped():
                 if await self._report_unplaced(action.vm, action.epoch, 0.0):
                     return action.reason
                 return None
         raise AssertionError(f"unknown action {action!r}")
-
-    async def _start(self, action: Start, now: float) -> str | None:
-        why_not = self.may_start()
-        if why_not is not None:
-            log.info("not starting %s: %s", action.vm, why_not)
-            return None
-        epoch = action.seen.placement.epoch
-        status = VMStatus(
-            vm=action.vm,
-            node=self.me.name,
-            epoch=epoch,
-            state=VMState.STARTING,
-            since=now,
-            restarts=action.restarts + (1 if action.restart else 0),
-            uid=action.spec.uid,
-        )
-        guard = [
-            Compare.value_is(self.keys.placement(action.vm), action.seen.raw),
-            Compare(self.keys.alive(self.me.name), "lease", "==", self.lease()),
-        ]
-        try:  # and the locks of its disks on volumes: absent, or already ours
-            lock_compares, lock_puts = await self.disks.lock_ops(action.spec)
-        except DiskBusy as e:
-            if self._disk_busy.get(action.vm) != str(e):
-                self._disk_busy[action.vm] = str(e)
-                await self.say("vm.disk_busy", f"vm/{action.vm}", f"not starting {action.vm}: {e}")
-            return None
-        self._disk_busy.pop(action.vm, None)
-        held = await self._status_held(status)
-        if held is None:
-            return None
-        result = await self.store.txn(
-            guard + held + lock_compares,
-            [Put(self.keys.status(action.vm), encode(status)), *lock_puts],
-        )
-        if not result.succeeded:
-            log.info("start of %s skipped: placement or our lease changed", action.vm)
-            return None
-        if action.restart:
-            self.crashes.setdefault(action.vm, []).append(now)
-            self.metrics.restarts.inc()
-            await self.say("vm.restarted", f"vm/{action.vm}", action.reason)
-        try:
-            for done in await self.disks.prepare(action.spec):
-                await self.say("vm.disk_prepared", f"vm/{action.vm}", f"{done} for {action.vm}")
-            spec = guest_spec(action.spec, self.facts)  # its CPU model: the spec's, or ours
-            info = await self.driver.start(spec, epoch)
-        except Exception as e:  # a bug (ours or the driver's) fails this start, not the cycle
-            if not isinstance(e, DriverError):
-                log.exception("starting %s failed unexpectedly", action.vm)
-            why = str(e) if isinstance(e, DriverError) else f"{type(e).__name__}: {e}"
-            failed = status.model_copy(
-                update={"state": VMState.FAILED, "last_error": why, "since": self.clock.wall()}
-            )
-            await self._report(failed, action.seen)
-            self.crashes.setdefault(action.vm, []).append(now)
-            await self.say(
-                "vm.start_failed",
-                f"vm/{action.vm}",
-                f"vm {action.vm} failed to start on {self.me.name}: {why}",
-            )
-            return None
-        running = status.model_copy(
-            update={
-                "state": info.state,
-                "pid": info.pid,
-                "since": info.since or self.clock.wall(),
-                "cpu_model": info.cpu_model,
-            }
-        )
-        await self._report(running, action.seen)
-        sentence = f"started {action.vm} on {self.me.name} at epoch {epoch} (pid {info.pid})"
-        await self.say("vm.started", f"vm/{action.vm}", sentence)
-        return sentence
 
     async def _shutdown(self, action: Shutdown) -> None:
         try:
@@ -399,7 +323,7 @@ class NodeAgent:
                     since=info.since or self.clock.wall(),
                     uid=action.seen.placement.uid,
                 )
-                reported = await self._report(status, action.seen)
+                reported = await self.report(status, action.seen)
             if not reported:  # unplaced meanwhile (a stop removes the placement), or before
                 await self._report_unplaced(action.vm, info.epoch, info.since)
             await self.say(
@@ -434,34 +358,40 @@ class NodeAgent:
         status = found.value.model_copy(
             update={"state": VMState.STOPPED, "pid": None, "since": since or self.clock.wall()}
         )
-        held = await self._status_held(status)
+        held = await self.status_held(status)
         if held is None:
             return False
         guard = [Compare.absent(self.keys.placement(name)), *held]
         result = await self.store.txn(guard, [Put(self.keys.status(name), encode(status))])
         return result.succeeded
 
-    async def _report(self, status: VMStatus, seen: SeenPlacement) -> bool:
-        held = await self._status_held(status)
+    async def report(self, status: VMStatus, seen: SeenPlacement) -> bool:
+        held = await self.status_held(status)
         if held is None:
             return False
         guard = [Compare.value_is(self.keys.placement(status.vm), seen.raw), *held]
         result = await self.store.txn(guard, [Put(self.keys.status(status.vm), encode(status))])
         return result.succeeded
 
-    async def _status_held(self, status: VMStatus) -> list[Compare] | None:
+    async def status_held(self, status: VMStatus) -> list[Compare] | None:
         """The compare that holds ``status/<vm>`` as read, so that ``status`` replaces the
         very status it was checked against (:func:`vm_status_change`); None, logged once per
         reason, when that move is not in the VM lifecycle: it is not written."""
         key = self.keys.status(status.vm)
         kv = await self.store.get(key)
         found = decode_kv(VMStatus, kv)  # unreadable: overwritten, as a new run
-        before = found.value if found is not None else None
+        if not self.may_replace(found.value if found is not None else None, status):
+            return None
+        return [Compare.mod_is(key, kv.mod_revision) if kv else Compare.absent(key)]
+
+    def may_replace(self, before: VMStatus | None, status: VMStatus) -> bool:
+        """Whether ``status`` may replace ``before`` in the VM lifecycle; a refusal is
+        logged once per reason."""
         why = vm_status_change(before, status)
         if why is not None:
             if self._refused.get(status.vm) != why:
                 self._refused[status.vm] = why
                 log.warning("not writing the status of %s: %s", status.vm, why)
-            return None
+            return False
         self._refused.pop(status.vm, None)
-        return [Compare.mod_is(key, kv.mod_revision) if kv else Compare.absent(key)]
+        return True

@@ -3,6 +3,11 @@
 Every write compares what it read (the placement's mod revision; for a recovery, also that
 the dead node's ``alive`` key is still absent), so applying a decision twice, or after the
 world moved on, does nothing: the next cycle recomputes from etcd.
+
+The decisions about VMs (place, recover, leave failed, unplace) are :class:`Write` s that
+the controller commits many to a transaction (:func:`~hvcluster.store.batches.commit_all`):
+a dead node's 125 VMs are placed elsewhere in two transactions, not 125. Each keeps its own
+compares; one that lost a race leaves the others committed.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from hvcluster.models.node import Node
 from hvcluster.models.vm import Placement, VMStatus
 from hvcluster.scheduler import decisions as dec
 from hvcluster.store.base import Compare, Delete, Put, Store
+from hvcluster.store.batches import Write, commit_all
 from hvcluster.store.keys import Keys
 from hvcluster.store.migrations import create_migration, read_migrations
 from hvcluster.store.state import ClusterState
@@ -31,18 +37,39 @@ class Applier:
 
     async def apply(self, d: dec.Decision) -> bool:
         """Apply one decision; False if it lost a race (nothing was written)."""
+        prepared = self.prepare(d)
+        if prepared is None:
+            return await self.apply_alone(d)
+        if isinstance(prepared, bool):
+            return prepared
+        return (await commit_all(self.store, [prepared]))[0]
+
+    def prepare(self, d: dec.Decision) -> Write | bool | None:
+        """What applying ``d`` writes, so that many decisions of a cycle commit in a few
+        transactions (:func:`~hvcluster.store.batches.commit_all`): a :class:`Write`; a
+        bool when it writes nothing (True: done already, False: refused); None for a
+        decision that reads or writes a shared key first (a node, a migration): it goes
+        through :meth:`apply_alone`."""
         match d:
             case dec.Place():
-                return await self._place(
-                    d.vm,
-                    Placement(node=d.node, epoch=d.epoch, reason=d.reason, uid=self._uid(d.vm)),
+                placement = Placement(
+                    node=d.node, epoch=d.epoch, reason=d.reason, uid=self._uid(d.vm)
                 )
+                return self._place(d.vm, placement)
             case dec.Recover():
-                return await self._recover(d)
+                return self._recover(d)
             case dec.LeaveFailed():
-                return await self._leave_failed(d)
+                return self._leave_failed(d)
             case dec.Unplace():
-                return await self._unplace(d.vm)
+                key = self.keys.placement(d.vm)
+                return Write((Compare.mod_is(key, self._placement_rev(d.vm)),), (Delete(key),))
+            case dec.Wait():
+                return True
+        return None
+
+    async def apply_alone(self, d: dec.Decision) -> bool:
+        """Apply a decision that :meth:`prepare` leaves to its own transaction."""
+        match d:
             case dec.Failback():
                 return await self._failback(d)
             case dec.DeclareDead():
@@ -54,8 +81,6 @@ class Applier:
                 return await self._admin(d.node, quarantined, d.reason, quarantined_until=d.until)
             case dec.Unquarantine():
                 return await self._admin(d.node, NodeAdminState.UP, d.reason)
-            case dec.Wait():
-                return True
         raise AssertionError(f"unknown decision {d!r}")
 
     def _uid(self, vm: str) -> str:
@@ -67,18 +92,17 @@ class Applier:
         stored = self.state.placements.items.get(vm)
         return stored.mod_revision if stored else 0
 
-    async def _place(self, vm: str, placement: Placement) -> bool:
+    def _place(self, vm: str, placement: Placement) -> Write:
         key = self.keys.placement(vm)
-        compares = [Compare.mod_is(key, self._placement_rev(vm)), Compare.present(self.keys.vm(vm))]
-        result = await self.store.txn(compares, [Put(key, encode(placement))])
-        return result.succeeded
+        compares = (Compare.mod_is(key, self._placement_rev(vm)), Compare.present(self.keys.vm(vm)))
+        return Write(compares, (Put(key, encode(placement)),))
 
     async def _admin(self, node: str, state: NodeAdminState, reason: str, **more: Any) -> bool:
         """Set ``node``'s admin state, saying why and since when."""
         update = {"admin_state": state, "admin_reason": reason, "admin_since": self.now, **more}
         return await self._update_node(node, lambda n: n.model_copy(update=update))
 
-    async def _recover(self, d: dec.Recover) -> bool:
+    def _recover(self, d: dec.Recover) -> Write:
         key = self.keys.placement(d.vm)
         old = self.state.placements.items.get(d.vm)
         failovers = (*(old.value.failovers if old else ()), self.now)
@@ -94,10 +118,9 @@ class Applier:
             # The dead node must not have come back since we looked: whichever commits
             # first wins, and the other side kills or skips.
             compares.append(Compare.absent(self.keys.alive(d.from_node)))
-        result = await self.store.txn(compares, [Put(key, encode(placement))])
-        return result.succeeded
+        return Write(tuple(compares), (Put(key, encode(placement)),))
 
-    async def _leave_failed(self, d: dec.LeaveFailed) -> bool:
+    def _leave_failed(self, d: dec.LeaveFailed) -> Write | bool:
         placed = self.state.placements.items.get(d.vm)
         status = self.state.statuses.items.get(d.vm)
         epoch = max(placed.value.epoch if placed else 0, status.value.epoch if status else 0)
@@ -123,13 +146,7 @@ class Applier:
         compares = [Compare.mod_is(self.keys.placement(d.vm), self._placement_rev(d.vm))]
         if not d.retry and placed is not None:
             ops.append(Delete(self.keys.placement(d.vm)))
-        result = await self.store.txn(compares, ops)
-        return result.succeeded
-
-    async def _unplace(self, vm: str) -> bool:
-        key = self.keys.placement(vm)
-        result = await self.store.txn([Compare.mod_is(key, self._placement_rev(vm))], [Delete(key)])
-        return result.succeeded
+        return Write(tuple(compares), tuple(ops))
 
     async def _failback(self, d: dec.Failback) -> bool:
         """A live migration when both nodes are alive; a cold move when not, when the
@@ -185,7 +202,8 @@ class Applier:
     async def finish_moves(self) -> list[str]:
         """Phase two of cold moves: a VM its old owner reports stopped (or whose old owner is
         dead, which normal recovery handles) goes to its target with epoch + 1."""
-        said = []
+        reasons: list[str] = []
+        writes: list[Write] = []
         for vm, placed in self.state.placements.items.items():
             p = placed.value
             if not p.moving_to:
@@ -208,12 +226,12 @@ class Applier:
                 uid=p.uid,
             )
             key = self.keys.placement(vm)
-            result = await self.store.txn(
-                [Compare.mod_is(key, placed.mod_revision)], [Put(key, encode(new))]
+            writes.append(
+                Write((Compare.mod_is(key, placed.mod_revision),), (Put(key, encode(new)),))
             )
-            if result.succeeded:
-                said.append(reason)
-        return said
+            reasons.append(reason)
+        done = await commit_all(self.store, writes)
+        return [reason for reason, ok in zip(reasons, done, strict=True) if ok]
 
     async def _update_node(self, name: str, change: Callable[[Node], Node]) -> bool:
         stored = self.state.nodes.items.get(name)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from hvcluster.controller.apply import Applier
 from hvcluster.controller.balance import BalanceRunner
@@ -20,6 +20,7 @@ from hvcluster.controller.fencing import Fencer
 from hvcluster.controller.migrations import MigrationCoordinator
 from hvcluster.controller.notes import ControllerNotes
 from hvcluster.controller.promotion import Promoter
+from hvcluster.controller.telling import Telling, bounded
 from hvcluster.controller.view import build_snapshot
 from hvcluster.metrics import AgentMetrics
 from hvcluster.models.config import ClusterConfig
@@ -29,6 +30,7 @@ from hvcluster.models.node import Node, NodeAlive
 from hvcluster.scheduler import decisions as dec
 from hvcluster.scheduler.plan import plan
 from hvcluster.store.base import Store, WatchEvent
+from hvcluster.store.batches import Write, commit_all
 from hvcluster.store.follow import follow, run_cycles
 from hvcluster.store.keys import Keys
 from hvcluster.store.migrations import read_migrations
@@ -158,14 +160,7 @@ class Controller:
         for sentence in said:
             await self.say("vm.moved", "", sentence)
         snapshot = build_snapshot(state, notes, now, migrations)
-        for decision in plan(snapshot):
-            try:
-                if await self._apply(applier, decision, notes):
-                    said.append(decision.reason)
-            except (StoreError, TimeoutError):
-                raise  # the store: the next cycle recomputes everything
-            except Exception as e:  # this decision only: the others still apply
-                await self._decision_broke(decision, e, notes)
+        said += await self._apply_plan(applier, plan(snapshot), notes)
         try:
             said += await self.balance.cycle(snapshot, migrations, now)
         except (StoreError, TimeoutError):
@@ -227,22 +222,96 @@ class Controller:
         for node in notes.gone_since:
             self.fencer.request(node, command, timeout)
 
-    async def _apply(self, applier: Applier, d: dec.Decision, notes: ControllerNotes) -> bool:
-        ok = await applier.apply(d)
+    async def _apply_plan(
+        self, applier: Applier, decisions: Sequence[dec.Decision], notes: ControllerNotes
+    ) -> list[str]:
+        """Apply a plan in order; returns the reasons of the decisions applied. The
+        decisions about VMs between two others (a node's, a failback) commit together, in
+        as few transactions as etcd's limits allow (:func:`commit_all`); their events are
+        then said in the plan's order, waits bounded (:func:`telling.bounded`)."""
+        applied: list[str] = []
+        pending: list[tuple[dec.Decision, Write | bool]] = []
+
+        async def flush() -> None:
+            outcomes = await self._commit(pending, notes)
+            pending.clear()
+            tellings = [t for d, ok in outcomes if (t := self._telling(d, ok, notes))]
+            applied.extend(d.reason for d, ok in outcomes if ok and not isinstance(d, REPEATING))
+            for t in bounded(tellings):
+                await self._tell(t, notes)
+
+        for decision in decisions:
+            try:
+                prepared = applier.prepare(decision)
+                if prepared is not None:
+                    pending.append((decision, prepared))
+                    continue
+                await flush()
+                ok = await applier.apply_alone(decision)
+                if (t := self._telling(decision, ok, notes)) is not None:
+                    await self._tell(t, notes)
+                    applied.append(decision.reason)
+            except (StoreError, TimeoutError):
+                raise  # the store: the next cycle recomputes everything
+            except Exception as e:  # this decision only: the others still apply
+                await self._decision_broke(decision, e, notes)
+        await flush()
+        return applied
+
+    async def _commit(
+        self, pending: Sequence[tuple[dec.Decision, Write | bool]], notes: ControllerNotes
+    ) -> list[tuple[dec.Decision, bool]]:
+        """Commit the writes of ``pending`` together; each decision with whether it
+        applied. A write that raises (not the store's error: a bug) is found by committing
+        them one by one again: said for its decision alone, the others still apply."""
+        writes = [w for _, w in pending if isinstance(w, Write)]
+        try:
+            done = iter(await commit_all(self.store, writes))
+            return [(d, next(done) if isinstance(w, Write) else w) for d, w in pending]
+        except (StoreError, TimeoutError):
+            raise
+        except Exception:
+            log.info("controller: a batch of writes raised; applying them one by one")
+        outcomes = []
+        for d, w in pending:
+            if not isinstance(w, Write):
+                outcomes.append((d, w))
+                continue
+            try:
+                outcomes.append((d, (await commit_all(self.store, [w]))[0]))
+            except (StoreError, TimeoutError):
+                raise
+            except Exception as e:
+                await self._decision_broke(d, e, notes)
+        return outcomes
+
+    def _telling(self, d: dec.Decision, ok: bool, notes: ControllerNotes) -> Telling | None:
+        """The event that says ``d`` was applied (``ok``), or None: it lost a race (the
+        next cycle recomputes), or it is a wait or a failure said already."""
         kind = EVENT_KIND[type(d)]
         if isinstance(d, REPEATING):
             if ok and notes.changed(d.subject, d.reason):
-                await self.say(kind, d.subject, d.reason)
-            return False
+                return Telling(kind, d.subject, d.reason, d)
+            return None
         if not ok:
             log.info("decision lost a race (the next cycle recomputes): %s", d.reason)
-            return False
+            return None
         notes.reported.pop(d.subject, None)
         if isinstance(d, dec.Recover):
             cause = "node_dead" if d.from_dead else "vm_failed"
             self.metrics.failovers.labels(from_node=d.from_node, cause=cause).inc()
-        await self.say(kind, d.subject, d.reason)
-        return True
+        return Telling(kind, d.subject, d.reason, d)
+
+    async def _tell(self, t: Telling, notes: ControllerNotes) -> None:
+        try:
+            await self.say(t.kind, t.subject, t.reason)
+        except (StoreError, TimeoutError):
+            raise
+        except Exception as e:  # (a bug in saying one must not stop the others)
+            if t.decision is not None:
+                await self._decision_broke(t.decision, e, notes)
+            else:
+                log.error("controller: saying %s", t.reason, exc_info=e)
 
     def close(self) -> None:
         self.fencer.close()

@@ -10,7 +10,15 @@ compares revisions, and the next cycle recomputes everything from etcd.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+
+def named(names: Sequence[str], most: int = 10) -> str:
+    """``names`` joined, the first ``most`` of them and how many more: a reason names a
+    sample, not every VM of a 125-VM node."""
+    shown = ", ".join(names[:most])
+    return f"{shown} and {len(names) - most} more" if len(names) > most else shown
 
 
 def vm_subject(name: str) -> str:
@@ -136,6 +144,10 @@ class Wait:
     subject: str
     until: float | None
     reason: str
+    # What it waits on when many may wait on the same (a gone node: ``node/n2``), and that
+    # shared sentence: the controller says many such waits as one event (bounded volume).
+    on: str = ""
+    cause: str = ""
 
 
 Decision = (

@@ -20,7 +20,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from hvcluster.models.lifecycle import NodeAdminState
-from hvcluster.scheduler.decisions import Decision, DeclareDead, Quarantine, Unquarantine
+from hvcluster.scheduler.decisions import (
+    Decision,
+    DeclareDead,
+    Quarantine,
+    Unquarantine,
+    named,
+)
 from hvcluster.scheduler.liveness import Liveness, NodeHealth
 from hvcluster.scheduler.snapshot import ClusterSnapshot, NodeView
 from hvcluster.scheduler.timefmt import clock, span, stamp
@@ -50,7 +56,7 @@ def declare_dead(
         if any(t >= h.gone_since for t in node.failures):
             continue  # this outage is already recorded
         vms = hosted.get(node.name, ())
-        held = f"its VMs {', '.join(vms)} may move" if vms else "it held no VMs"
+        held = f"its VMs {named(vms)} may move" if vms else "it held no VMs"
         out.append(DeclareDead(node.name, h.gone_since, f"{h.why}: declared dead; {held}"))
     return tuple(out)
 

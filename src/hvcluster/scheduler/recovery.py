@@ -24,7 +24,14 @@ from enum import StrEnum
 
 from hvcluster.models.lifecycle import VMState
 from hvcluster.models.vm import Priority
-from hvcluster.scheduler.decisions import Decision, LeaveFailed, Unplace, Wait, vm_subject
+from hvcluster.scheduler.decisions import (
+    Decision,
+    LeaveFailed,
+    Unplace,
+    Wait,
+    node_subject,
+    vm_subject,
+)
 from hvcluster.scheduler.liveness import Liveness, NodeHealth
 from hvcluster.scheduler.snapshot import ClusterSnapshot, VMView
 from hvcluster.scheduler.timefmt import span
@@ -97,7 +104,13 @@ def _triage_one(
             "not moving it until that node is known dead",
         )
     if where.liveness is Liveness.SUSPECT:
-        return Wait(vm_subject(name), where.reclaim_at, f"{name} stays put for now: {where.why}")
+        return Wait(
+            vm_subject(name),
+            where.reclaim_at,
+            f"{name} stays put for now: {where.why}",
+            node_subject(placement.node),
+            where.why,
+        )
     if where.liveness is Liveness.ALIVE:
         status = vm.status
         failed_here = (
@@ -141,7 +154,13 @@ def _may_run_elsewhere(
             "before starting it elsewhere",
         )
     if there.liveness is Liveness.SUSPECT:
-        return Wait(subject, there.reclaim_at, f"{name} was last reported {state}: {there.why}")
+        return Wait(
+            subject,
+            there.reclaim_at,
+            f"{name} was last reported {state}: {there.why}",
+            node_subject(node),
+            there.why,
+        )
     return None
 
 

@@ -7,8 +7,9 @@ A ``keep`` predicate spares records from the count (a drain in progress reads it
 
 Each deletion compares the record's mod revision as read (a record changed since is left
 for the next sweep) and deletes the VM's job key too when it still names the record
-(:func:`hvcluster.store.jobs.release_if_named`). Deletions go :data:`BATCH` to a txn; a
-batch that fails (one record changed) is done again one by one.
+(:func:`hvcluster.store.jobs.release_if_named`). Deletions go many to a txn
+(:func:`hvcluster.store.batches.commit_all`); a batch that fails (one record changed) is
+done again one by one.
 """
 
 from __future__ import annotations
@@ -18,10 +19,9 @@ from dataclasses import dataclass
 
 from hvcluster.models.migration import Migration
 from hvcluster.store.base import Compare, Delete, KeyValue, Store
+from hvcluster.store.batches import Write, commit_all
 from hvcluster.store.jobs import release_if_named
 from hvcluster.store.keys import Keys
-
-BATCH = 30  # records per txn: each up to 2 compares and 2 deletes, under etcd's 128
 
 
 @dataclass(frozen=True)
@@ -64,24 +64,14 @@ async def prune(
     if not victims:
         return 0
     jobs = {kv.key: kv for kv in (await store.range(keys.prefix("jobs"))).kvs}
-    gone = 0
-    for i in range(0, len(victims), BATCH):
-        batch = victims[i : i + BATCH]
-        guards = [_guard(keys, key_of, jobs, v) for v in batch]
-        compares = [c for cs, _ in guards for c in cs]
-        ops = [d for _, ds in guards for d in ds]
-        if (await store.txn(compares, ops)).succeeded:
-            gone += len(batch)
-            continue
-        for cs, ds in guards:  # one changed since read: the others still go
-            gone += (await store.txn(cs, ds)).succeeded
-    return gone
+    writes = [Write(*_guard(keys, key_of, jobs, v)) for v in victims]
+    return sum(await commit_all(store, writes))
 
 
 def _guard(
     keys: Keys, key_of: Callable[[Migration], str], jobs: dict[str, KeyValue], v: Prunable
-) -> tuple[list[Compare], list[Delete]]:
+) -> tuple[tuple[Compare, ...], tuple[Delete, ...]]:
     key = key_of(v.rec)
     job = jobs.get(keys.job(v.rec.vm))
     held, release = release_if_named(keys, v.rec, job)
-    return [Compare.mod_is(key, v.mod_revision), *held], [Delete(key), *release]
+    return (Compare.mod_is(key, v.mod_revision), *held), (Delete(key), *release)
