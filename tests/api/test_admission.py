@@ -1,5 +1,6 @@
 """Admission control through the API: an HA VM that would leave fewer node failures
-survived than the setting is refused (409, naming why) or warned about (an event);
+survived than the setting is refused (409, naming why) or warned about (an event, and in
+the answer);
 ``GET /cluster/capacity`` says what the running HA VMs survive. A balance request with no
 controller to answer it says so."""
 
@@ -55,6 +56,16 @@ async def test_starting_an_ha_vm_is_checked_too_and_warn_only_warns(
     started = await api.post("/vms/db-2/start")
     assert started.status_code == 202  # warn: it starts
     assert "vm.admission_warning" in await kinds(store)
+    # the answer says it too, for the admin who asked, at once
+    [warning] = started.json()["warnings"]
+    assert warning.startswith("admission control: with db-2 the running HA VMs")
+    again = await api.post("/vms/db-2/start")  # running already: nothing checked, no warning
+    assert again.status_code == 202 and again.json()["warnings"] == []
+    created = await api.post("/vms", json=spec("db-3", memory_mib=3000))
+    assert created.status_code == 201
+    assert created.json()["warnings"][0].startswith("admission control: with db-3")
+    shown = await api.get("/vms/db-3")
+    assert shown.json()["warnings"] == []  # said once, to whoever acted: never stored
 
 
 async def test_no_controller_no_balance_plan(store: MemoryStore, api: httpx.AsyncClient) -> None:

@@ -137,18 +137,22 @@ async def capacity(ctx: Ctx) -> CapacityView:
     )
 
 
-async def check_admission(ctx: ApiContext, spec: VMSpec) -> None:
-    """Refuse (409) or warn about (an event) running the HA VM ``spec``, per the setting."""
+async def check_admission(ctx: ApiContext, spec: VMSpec) -> list[str]:
+    """Refuse (409) or warn about running the HA VM ``spec``, per the setting. A warning is
+    an event and is returned, for the answer: the admin sees it as they act, not only in
+    the log later."""
     if not is_ha(spec):
-        return  # nothing to check: spare the store a read of the whole cluster
+        return []  # nothing to check: spare the store a read of the whole cluster
     config, _ = await read_config(ctx.store, ctx.keys)
     if config.admission.node_failures_tolerated <= 0:
-        return  # admission control off (the default): as above
+        return []  # admission control off (the default): as above
     config, nodes, placed = await cluster_load(ctx)
     tolerated = config.admission.node_failures_tolerated
     why = admit(spec, nodes, placed, tolerated)
     if why is None:
-        return
+        return []
     if config.admission.action == "refuse":
         raise Conflict(f"admission control refuses {spec.name}: {why}")
-    await ctx.record("vm.admission_warning", f"vm/{spec.name}", f"admission control: {why}")
+    warning = f"admission control: {why}"
+    await ctx.record("vm.admission_warning", f"vm/{spec.name}", warning)
+    return [warning]

@@ -35,6 +35,9 @@ class VMView(View):
     status: VMStatus | None = None
     # the spec's mod revision: an edit (PATCH /vms/{name}) may name it, refused if changed
     spec_revision: int = 0
+    # what the request that answers with it should tell the admin at once (admission
+    # control's warn mode, on create and start); never stored, empty on reads
+    warnings: list[str] = []
 
 
 class VMList(View):

@@ -147,7 +147,7 @@ async def create_vm(spec: VMSpec, ctx: Ctx) -> VMView:
     """Create a VM. It gets a new uid: its placement and status carry it, so nothing of an
     older VM of the same name (deleted, perhaps still stopping) is ever taken for its own."""
     await check_disk_dirs(ctx, spec)
-    await check_admission(ctx, spec)  # room kept for node failures
+    warnings = await check_admission(ctx, spec)  # room kept for node failures
     spec = spec.model_copy(update={"uid": uuid.uuid4().hex})
     key = ctx.keys.vm(spec.name)
     result = await ctx.store.txn([Compare.absent(key)], [Put(key, encode(spec))])
@@ -160,7 +160,7 @@ async def create_vm(spec: VMSpec, ctx: Ctx) -> VMView:
         f"desired {spec.desired_state}, priority {spec.ha.priority.value})",
         {"revision": result.revision},
     )
-    return view(spec, None, None)
+    return view(spec, None, None).model_copy(update={"warnings": warnings})
 
 
 @router.get("/{name}", response_model=VMView)
@@ -227,11 +227,14 @@ async def start_vm(name: ValidName, ctx: Ctx, request: ActionRequest | None = NO
     fits) is also given another chance: its left-failed mark is cleared."""
     current = await read_one(ctx.store, ctx.keys.vm(name), VMSpec, ctx.corrupt)
     guard: list[Compare] = []
+    warnings: list[str] = []
     if current is not None and current.value.desired_state != "running":
         guard = await _no_checkpoint_under_way(ctx, name)
-        await check_admission(ctx, current.value.model_copy(update={"desired_state": "running"}))
+        running = current.value.model_copy(update={"desired_state": "running"})
+        warnings = await check_admission(ctx, running)
     await _clear_left_failed(ctx, name, request)
-    return await _set_desired(ctx, name, "running", request, guard)
+    started = await _set_desired(ctx, name, "running", request, guard)
+    return started.model_copy(update={"warnings": warnings})
 
 
 async def _no_checkpoint_under_way(ctx: ApiContext, name: str) -> list[Compare]:

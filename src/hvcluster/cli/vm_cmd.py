@@ -28,6 +28,14 @@ def warn_skipped(answer: dict[str, Any]) -> None:
         )
 
 
+def warned(answer: dict[str, Any]) -> dict[str, Any]:
+    """Say the answer's warnings (admission control's, say) on stderr, in yellow, whatever
+    the output format: the admin sees them as they act."""
+    for warning in answer.get("warnings", []):
+        err_console.print(f"[yellow]warning: {warning}[/]", highlight=False)
+    return answer
+
+
 def _disk(value: str) -> dict[str, Any]:
     """``/abs/path.qcow2`` or ``VOLUME:relative/path.qcow2``, either with ``@GIB`` to have
     it created (or grown to) that size."""
@@ -150,7 +158,7 @@ def create(
     monitor = dict(spec.get("monitor") or {}) | {k: v for k, v in watch.items() if v is not None}
     if monitor:
         spec["monitor"] = monitor
-    answer(api, lambda client: client.post("/vms", spec), as_json, _created)
+    answer(api, lambda client: warned(client.post("/vms", spec)), as_json, _created)
 
 
 def _created(vm: dict[str, Any]) -> None:
@@ -255,7 +263,10 @@ def _desired(verb: str, help: str) -> None:
         api: list[str] | None = api_option(),
     ) -> None:
         body = {"reason": reason} if reason else None
-        answer(api, lambda client: client.post(f"/vms/{name}/{verb}", body), as_json, _desired_now)
+        answer(
+            api, lambda client: warned(client.post(f"/vms/{name}/{verb}", body)), as_json,
+            _desired_now,
+        )  # fmt: skip
 
 
 def _desired_now(vm: dict[str, Any]) -> None:
