@@ -4,6 +4,7 @@ the API's reads, actions through the API's functions, roles and CSRF enforced on
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -11,8 +12,10 @@ import httpx
 import pytest
 
 from hvcluster.api import create_app
+from hvcluster.models.base import encode
 from hvcluster.models.lifecycle import NodeAdminState
 from hvcluster.models.token import Role
+from hvcluster.models.usage import NodeUsage
 from hvcluster.store.memory_store import MemoryStore
 from hvcluster.web.app import install_dashboard
 from hvcluster.web.session import COOKIE
@@ -185,6 +188,20 @@ async def test_a_node_card_shows_its_state(web: httpx.AsyncClient, store: Memory
     await login(web, store, Role.READER)
     page = (await web.get("/ui/")).text
     assert re.search(r'data-node="n3".*?not alive.*?admin-paused', page, re.S)
+
+
+async def test_a_node_shows_its_measured_cpu_use(
+    web: httpx.AsyncClient, store: MemoryStore
+) -> None:
+    usage = NodeUsage(node="n1", at=time.time(), window_s=300, host_cores=3.4)
+    await store.put(KEYS.usage("n1"), encode(usage))  # what n1's agent publishes
+    await login(web, store, Role.READER)
+    for page in ((await web.get("/ui/")).text, (await web.get("/ui/nodes")).text):
+        found = re.search(r'data-cpu-use="n1" title="([^"]*)".*?CPU use (\d+) %', page, re.S)
+        assert found is not None, page
+        assert found.group(2) == "85"  # 3.4 of 4 cores
+        assert "3.4 of 4 cores busy, averaged over 300 s" in found.group(1)
+        assert 'data-cpu-use="n2"' not in page  # not measured yet: no figure, not 0 %
 
 
 async def test_validate_runs_the_apis_checks_failures_first(

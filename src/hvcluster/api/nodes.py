@@ -16,7 +16,8 @@ from hvcluster.api.writes import update
 from hvcluster.models.errors import Conflict, NotFound
 from hvcluster.models.lifecycle import NODE_LIFECYCLE, NodeAdminState
 from hvcluster.models.node import Node, NodeAlive
-from hvcluster.models.vm import Placement, VMSpec
+from hvcluster.models.usage import NodeUsage
+from hvcluster.models.vm import Placement, VMSpec, same_vm
 from hvcluster.store.base import Get
 from hvcluster.store.reads import decode_many, read_snapshot
 
@@ -29,7 +30,14 @@ def watchdog_state(node: Node) -> str:
     return "ok" if node.watchdog.acknowledging else "not acknowledging"
 
 
-def view(node: Node, alive: NodeAlive | None, alive_present: bool, vms: int) -> NodeView:
+def view(
+    node: Node,
+    alive: NodeAlive | None,
+    alive_present: bool,
+    vms: int,
+    usage: NodeUsage | None = None,
+    memory_mib: int = 0,
+) -> NodeView:
     return NodeView(
         name=node.name,
         alive=alive_present,
@@ -39,31 +47,60 @@ def view(node: Node, alive: NodeAlive | None, alive_present: bool, vms: int) -> 
         node=node,
         heartbeat=alive,
         watchdog=watchdog_state(node),
+        cpu_used_cores=usage.host_cores if usage else None,
+        cpu_window_s=usage.window_s if usage else None,
+        cpu_measured_at=usage.at if usage else None,
+        memory_placed_mib=memory_mib,
     )
+
+
+def placed_memory(placements: dict[str, Placement], specs: dict[str, VMSpec]) -> Counter[str]:
+    """Node -> the memory (MiB) of the VMs placed on it (a placement of an older VM of the
+    same name is not counted)."""
+    memory: Counter[str] = Counter()
+    for vm, placement in placements.items():
+        spec = specs.get(vm)
+        if spec is not None and same_vm(spec, placement.uid):
+            memory[placement.node] += spec.memory_mib
+    return memory
 
 
 @router.get("", response_model=NodeList)
 async def list_nodes(ctx: Ctx) -> NodeList:
-    snap = await read_snapshot(ctx.store, ctx.keys, ("nodes", "alive", "placements"))
+    kinds = ("nodes", "alive", "placements", "vms", "usage")
+    snap = await read_snapshot(ctx.store, ctx.keys, kinds)
     nodes = await snap.decoded(Node, "nodes", ctx.corrupt)
     alive = await snap.decoded(NodeAlive, "alive", ctx.corrupt)
     placements = await snap.decoded(Placement, "placements", ctx.corrupt)
+    specs = await snap.decoded(VMSpec, "vms", ctx.corrupt)
+    usages = await snap.decoded(NodeUsage, "usage", ctx.corrupt)
     # A key under alive/ that does not decode still proves the lease is held.
     present = {ctx.keys.name_of(kv.key, "alive") for kv in snap.by_kind["alive"]}
     per_node = Counter(p.node for p in placements.values())
+    memory = placed_memory(placements.by_name(), specs.by_name())
     views = []
     for name, node in nodes.by_name().items():
-        views.append(view(node, alive.get(name), name in present, per_node[name]))
-    skipped = skipped_of(nodes, alive, placements)
+        views.append(
+            view(node, alive.get(name), name in present, per_node[name], usages.get(name),
+                 memory[name])
+        )  # fmt: skip
+    skipped = skipped_of(nodes, alive, placements, specs, usages)
     return NodeList(nodes=views, skipped=skipped, revision=snap.revision)
 
 
 async def _load(ctx: ApiContext, name: str) -> NodeView:
     keys = ctx.keys
     result = await ctx.store.txn(
-        (), [Get(keys.node(name)), Get(keys.alive(name)), Get(keys.prefix("placements"), True)]
+        (),
+        [
+            Get(keys.node(name)),
+            Get(keys.alive(name)),
+            Get(keys.prefix("placements"), True),
+            Get(keys.prefix("vms"), True),
+            Get(keys.usage(name)),
+        ],
     )
-    node_found, alive_found, placement_kvs = result.gets
+    node_found, alive_found, placement_kvs, spec_kvs, usage_found = result.gets
     if not node_found:
         raise NotFound(f"node {name!r} not found")
     node = await decode_one(Node, node_found[0], ctx.corrupt)
@@ -72,8 +109,13 @@ async def _load(ctx: ApiContext, name: str) -> NodeView:
         NodeAlive, alive_found[0] if alive_found else None, ctx.corrupt, skipped
     )
     placements = await decode_many(Placement, keys.prefix("placements"), placement_kvs, ctx.corrupt)
+    specs = await decode_many(VMSpec, keys.prefix("vms"), spec_kvs, ctx.corrupt)
+    usage = await decode_optional(
+        NodeUsage, usage_found[0] if usage_found else None, ctx.corrupt, skipped
+    )
     vms = sum(1 for p in placements.values() if p.node == name)
-    return view(node, alive, bool(alive_found), vms)
+    memory = placed_memory(placements.by_name(), specs.by_name())[name]
+    return view(node, alive, bool(alive_found), vms, usage, memory)
 
 
 @router.get("/{name}", response_model=NodeView)

@@ -57,6 +57,15 @@ class NodeView(View):
     # Does its watchdog acknowledge feeding ("ok", "not acknowledging": then it starts no
     # VM, node.watchdog says since when and why; "unknown": its agent has not said)?
     watchdog: str = "unknown"
+    # Measured CPU use: the host's busy cores averaged over ``cpu_window_s``, as its agent
+    # last published it for the balancer (usage/<node>, every 30 s) at ``cpu_measured_at``;
+    # None: not published yet.
+    cpu_used_cores: float | None = None
+    cpu_window_s: float | None = None
+    cpu_measured_at: float | None = None
+    # Memory of the VMs placed on it: there is no overcommit, so what the balancer counts
+    # as its memory use.
+    memory_placed_mib: int = 0
 
 
 class NodeList(View):

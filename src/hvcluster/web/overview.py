@@ -34,6 +34,15 @@ class NodeCard:
     def memory_pct(self) -> int:
         return _pct(self.memory_used_mib, self.view.node.capacity.memory_mib)
 
+    @property
+    def cpu_use_pct(self) -> int | None:
+        """The host's measured CPU use in percent (what the balancer reads); None while
+        not measured or when the node is not alive (its last figure is stale)."""
+        cores = self.view.cpu_used_cores
+        if cores is None or not self.view.alive:
+            return None
+        return _pct(cores, self.view.node.capacity.cpus)
+
 
 @dataclass(frozen=True)
 class DrainProgress:
