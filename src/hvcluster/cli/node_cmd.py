@@ -35,36 +35,34 @@ def list_nodes(answer: dict[str, Any]) -> None:
                 n["admin_state"],
                 _watchdog(n, short=True),
                 f"{node['address']}:{node['api_port']}",
-                node["capacity"]["cpus"],
-                node["capacity"]["memory_mib"],
-                cpu_use(n, short=True),
-                memory_use(n, short=True),
+                f"{node['capacity']['cpus']} ({cpu_use(n, short=True)})",
+                f"{node['capacity']['memory_mib']} ({memory_use(n, short=True)})",
                 n["vms"],
                 node["admin_reason"],
             )
         )
     print_table(
         "nodes",
-        ("NAME", "ALIVE", "ADMIN", "WATCHDOG", "ADDRESS", "CPUS", "MIB", "CPU USE", "MEM USE",
-         "VMS", "REASON"),
+        ("NAME", "ALIVE", "ADMIN", "WATCHDOG", "ADDRESS", "CPUS (USE)", "MIB (USE)", "VMS",
+         "REASON"),
         rows,
     )  # fmt: skip
     warn_skipped(answer)
 
 
-def _pct(used: float, total: float) -> str:
-    return f"{100 * used / total:.0f} %" if total > 0 else "-"
+def _pct(used: float, total: float, sep: str = " ") -> str:
+    return f"{100 * used / total:.0f}{sep}%" if total > 0 else "-"
 
 
 def cpu_use(n: dict[str, Any], short: bool = False) -> str:
-    """The host's measured CPU use (what the balancer reads): ``45 %``, or with ``short``
-    off ``45 % (1.8 of 4 cores, averaged over 300 s)``; ``-`` while not measured, or when
+    """The host's measured CPU use (what the balancer reads): ``45%`` (``short``), else
+    ``45 % (1.8 of 4 cores, averaged over 300 s)``; ``-`` while not measured, or when
     the node is not alive (the last figure is stale)."""
     cores, cpus = n.get("cpu_used_cores"), n["node"]["capacity"]["cpus"]
     if cores is None or not n["alive"]:
         return "-"
     if short:
-        return _pct(cores, cpus)
+        return _pct(cores, cpus, "")
     window = n.get("cpu_window_s") or 0
     return f"{_pct(cores, cpus)} ({cores:.1f} of {cpus} cores, averaged over {window:.0f} s)"
 
@@ -72,7 +70,7 @@ def cpu_use(n: dict[str, Any], short: bool = False) -> str:
 def memory_use(n: dict[str, Any], short: bool = False) -> str:
     """The memory of the VMs placed on the node, against its memory (no overcommit)."""
     used, total = n.get("memory_placed_mib", 0), n["node"]["capacity"]["memory_mib"]
-    return _pct(used, total) if short else f"{_pct(used, total)} ({used} of {total} MiB placed)"
+    return _pct(used, total, "") if short else f"{_pct(used, total)} ({used} of {total} MiB placed)"
 
 
 def _watchdog(n: dict[str, Any], short: bool = False) -> str:
