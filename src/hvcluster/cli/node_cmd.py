@@ -23,8 +23,9 @@ app = typer.Typer(help="List nodes; pause, drain and resume them.", no_args_is_h
 
 @listing(app, "/nodes")
 def list_nodes(answer: dict[str, Any]) -> None:
-    """List nodes: alive or not, admin state, watchdog, capacity, CPU and memory use, VMs
-    placed."""
+    """List nodes: alive or not, admin state, watchdog, capacity and use (CPUS: the host's
+    CPUs, then its measured CPU use; MIB: its memory, then the share the VMs placed there
+    take), VMs placed."""
     rows = []
     for n in answer["nodes"]:
         node = n["node"]
@@ -35,18 +36,17 @@ def list_nodes(answer: dict[str, Any]) -> None:
                 n["admin_state"],
                 _watchdog(n, short=True),
                 f"{node['address']}:{node['api_port']}",
-                f"{node['capacity']['cpus']} ({cpu_use(n, short=True)})",
-                f"{node['capacity']['memory_mib']} ({memory_use(n, short=True)})",
+                f"{node['capacity']['cpus']} {cpu_use(n, short=True)}".removesuffix(" -"),
+                f"{node['capacity']['memory_mib']} {memory_use(n, short=True)}",
                 n["vms"],
                 node["admin_reason"],
             )
         )
     print_table(
         "nodes",
-        ("NAME", "ALIVE", "ADMIN", "WATCHDOG", "ADDRESS", "CPUS (USE)", "MIB (USE)", "VMS",
-         "REASON"),
+        ("NAME", "ALIVE", "ADMIN", "WATCHDOG", "ADDRESS", "CPUS", "MIB", "VMS", "REASON"),
         rows,
-    )  # fmt: skip
+    )
     warn_skipped(answer)
 
 
