@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from hvcluster.agent import options
 from hvcluster.watchdog.node import Watchdog
 
 
@@ -21,13 +22,13 @@ def watchdog(
 
 def agent(
     config: Path | None = typer.Option(None, "--config", "-c", help="Agent TOML config file."),
-    node: str | None = typer.Option(None, help="This node's name."),
-    etcd: str | None = typer.Option(None, help="etcd endpoints, comma-separated."),
-    cluster: str | None = typer.Option(None, help="Cluster name (etcd prefix /hvc/<name>/)."),
-    address: str | None = typer.Option(None, help="Address other nodes reach this one at."),
-    api_port: int | None = typer.Option(None, help="Port of this agent's API."),
-    run_dir: Path | None = typer.Option(None, help="Runtime dir (VM dirs, watchdog socket)."),
-    driver: str | None = typer.Option(None, help="qemu or sim."),
+    node: str | None = options.NODE,
+    etcd: str | None = options.ETCD,
+    cluster: str | None = options.CLUSTER,
+    address: str | None = options.ADDRESS,
+    api_port: int | None = options.API_PORT,
+    run_dir: Path | None = options.RUN_DIR,
+    driver: str | None = options.DRIVER,
 ) -> None:
     """Run this host's agent: node agent, controller candidate and API."""
     from hvcluster.agent.config import load_config
@@ -41,7 +42,7 @@ def agent(
         "api_port": api_port,
         "run_dir": run_dir,
         "driver": driver,
-        "etcd": tuple(e.strip() for e in etcd.split(",") if e.strip()) if etcd else None,
+        "etcd": options.endpoints(etcd),
     }
     try:
         cfg = load_config(config, overrides)

@@ -8,6 +8,7 @@ from typing import Any
 
 import typer
 
+from hvcluster.agent import options
 from hvcluster.hostinstall import apply
 from hvcluster.hostinstall.plan import ETC, PREFIX, UNIT_DIR, HostPlan
 from hvcluster.models.errors import HvcError
@@ -29,17 +30,17 @@ def _fail(e: HvcError) -> None:
 
 @app.command()
 def install(
-    node: str | None = typer.Option(None, help="This node's name (needed for a new config)."),
-    etcd: str | None = typer.Option(None, help="etcd endpoints, comma-separated."),
-    cluster: str | None = typer.Option(None, help="Cluster name (etcd prefix /hvc/<name>/)."),
-    address: str | None = typer.Option(None, help="Address other nodes reach this one at."),
+    node: str | None = options.NODE,
+    etcd: str | None = options.ETCD,
+    cluster: str | None = options.CLUSTER,
+    address: str | None = options.ADDRESS,
     api_host: str | None = typer.Option(None, help="Address the API listens on (0.0.0.0: all)."),
     migration_address: str | None = typer.Option(
         None, help="This host's address on a separate migration network (default: --address)."
     ),
-    api_port: int | None = typer.Option(None, help="Port of this agent's API (8440)."),
-    driver: str | None = typer.Option(None, help="qemu (default) or sim."),
-    run_dir: Path | None = typer.Option(None, help="Runtime dir (/run/hvc)."),
+    api_port: int | None = options.API_PORT,
+    driver: str | None = options.DRIVER,
+    run_dir: Path | None = options.RUN_DIR,
     cache_dir: Path | None = typer.Option(None, help="Images, downloads."),
     etcd_ca: Path | None = typer.Option(None, help="CA of etcd's certificates (TLS to etcd)."),
     etcd_cert: Path | None = typer.Option(None, help="This agent's client certificate for etcd."),
@@ -74,7 +75,7 @@ def install(
     agent: dict[str, Any] = {
         "node": node,
         "cluster": cluster,
-        "etcd": [e.strip() for e in etcd.split(",") if e.strip()] if etcd else None,
+        "etcd": options.endpoints(etcd),
         "address": address,
         "api_host": api_host,
         "migration_address": migration_address,
