@@ -5,6 +5,7 @@ on the volume). Its views need every node and every VM spec, read with it at one
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TypeVar
 
 from hvcluster.api.context import ApiContext
@@ -15,9 +16,10 @@ from hvcluster.models.errors import NotFound
 from hvcluster.models.node import Node
 from hvcluster.models.vm import VMSpec
 from hvcluster.store.base import Get, KeyValue
-from hvcluster.store.reads import decode_many
+from hvcluster.store.reads import decode_many, read_snapshot
 
 M = TypeVar("M", bound=Model)
+V = TypeVar("V")
 
 
 async def nodes_and_specs(
@@ -45,3 +47,18 @@ async def read_one_with_nodes(
     value = await decode_one(cls, found[0], ctx.corrupt)
     nodes, specs, _ = await nodes_and_specs(ctx, node_kvs, vm_kvs)
     return value, nodes, specs
+
+
+async def read_all_with_nodes(
+    ctx: ApiContext,
+    cls: type[M],
+    kind: str,
+    view: Callable[[M, list[Node], dict[str, VMSpec]], V],
+) -> tuple[list[V], list[Skipped], int]:
+    """Every ``cls`` of ``kind`` as its ``view`` (with every node and VM spec, all read at
+    one revision), what did not decode, and that revision: a list route's answer."""
+    snap = await read_snapshot(ctx.store, ctx.keys, (kind, "nodes", "vms"))
+    found = await snap.decoded(cls, kind, ctx.corrupt)
+    nodes, specs, skipped = await nodes_and_specs(ctx, snap.by_kind["nodes"], snap.by_kind["vms"])
+    views = [view(value, nodes, specs) for value in found.values()]
+    return views, skipped_of(found) + skipped, snap.revision

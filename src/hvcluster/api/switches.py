@@ -13,8 +13,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from hvcluster.api.context import ApiContext, Ctx, ValidName
-from hvcluster.api.node_reported import nodes_and_specs, read_one_with_nodes
-from hvcluster.api.reads import skipped_of
+from hvcluster.api.node_reported import read_all_with_nodes, read_one_with_nodes
 from hvcluster.api.removal import Removed, remove_unused
 from hvcluster.api.views import Skipped, View
 from hvcluster.models.base import encode
@@ -65,14 +64,8 @@ def view(switch: Switch, nodes: list[Node], specs: dict[str, VMSpec]) -> SwitchV
 
 @router.get("", response_model=SwitchList)
 async def list_switches(ctx: Ctx) -> SwitchList:
-    snap = await read_snapshot(ctx.store, ctx.keys, ("switches", "nodes", "vms"))
-    switches = await snap.decoded(Switch, "switches", ctx.corrupt)
-    nodes, specs, skipped = await nodes_and_specs(ctx, snap.by_kind["nodes"], snap.by_kind["vms"])
-    return SwitchList(
-        switches=[view(s, nodes, specs) for s in switches.values()],
-        skipped=skipped_of(switches) + skipped,
-        revision=snap.revision,
-    )
+    views, skipped, revision = await read_all_with_nodes(ctx, Switch, "switches", view)
+    return SwitchList(switches=views, skipped=skipped, revision=revision)
 
 
 async def refuse_busy_uplink(ctx: ApiContext, switch: Switch) -> None:

@@ -18,8 +18,7 @@ from fastapi import APIRouter
 from pydantic import ConfigDict, Field, field_validator
 
 from hvcluster.api.context import Ctx, ValidName
-from hvcluster.api.node_reported import nodes_and_specs, read_one_with_nodes
-from hvcluster.api.reads import skipped_of
+from hvcluster.api.node_reported import read_all_with_nodes, read_one_with_nodes
 from hvcluster.api.removal import Removed, remove_unused
 from hvcluster.api.views import Skipped, View
 from hvcluster.models.base import encode
@@ -35,7 +34,7 @@ from hvcluster.models.storage import (
 )
 from hvcluster.models.vm import VMSpec
 from hvcluster.store.base import Compare, Put
-from hvcluster.store.reads import decode_many, read_snapshot
+from hvcluster.store.reads import decode_many
 
 router = APIRouter(prefix="/volumes", tags=["storage"])
 
@@ -159,14 +158,8 @@ def view(volume: Volume, nodes: list[Node], specs: dict[str, VMSpec]) -> VolumeV
 
 @router.get("", response_model=VolumeList)
 async def list_volumes(ctx: Ctx) -> VolumeList:
-    snap = await read_snapshot(ctx.store, ctx.keys, ("volumes", "nodes", "vms"))
-    volumes = await snap.decoded(Volume, "volumes", ctx.corrupt)
-    nodes, specs, skipped = await nodes_and_specs(ctx, snap.by_kind["nodes"], snap.by_kind["vms"])
-    return VolumeList(
-        volumes=[view(v, nodes, specs) for v in volumes.values()],
-        skipped=skipped_of(volumes) + skipped,
-        revision=snap.revision,
-    )
+    views, skipped, revision = await read_all_with_nodes(ctx, Volume, "volumes", view)
+    return VolumeList(volumes=views, skipped=skipped, revision=revision)
 
 
 @router.post("", status_code=201, response_model=VolumeView)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 
 import typer
@@ -18,12 +19,22 @@ app = typer.Typer(
 CACHE = typer.Option(DEFAULT_CACHE, "--cache", help="Where downloads and the image are kept.")
 
 
+class GuestOS(StrEnum):
+    """The guest images there are (typer refuses any other ``--os`` naming it)."""
+
+    BUSYBOX = "busybox"
+    DEBIAN = "debian"
+
+
+OS = typer.Option(GuestOS.BUSYBOX, "--os", help="busybox or debian.")
+
+
 @app.command("build")
 @friendly_errors
 def build(
     cache: Path = CACHE,
     force: bool = typer.Option(False, "--force", help="Rebuild even if an image is cached."),
-    os_name: str = typer.Option("busybox", "--os", help="busybox or debian."),
+    os_name: GuestOS = OS,
     mirror: str = typer.Option(
         "", help="debian: the Debian mirror (default: the first one apt is configured with)."
     ),
@@ -34,15 +45,13 @@ def build(
 ) -> None:
     """Build the guest image into the cache; does nothing if an up-to-date one is there."""
     log = lambda line: typer.echo(f"[image] {line}")  # noqa: E731
-    if os_name == "busybox":
+    if os_name is GuestOS.BUSYBOX:
         if mirror or user or ssh_key:
             raise typer.BadParameter(
                 "only with --os debian", param_hint="--mirror/--user/--ssh-key"
             )
         build_image(cache, force=force, log=log)
         return
-    if os_name != "debian":
-        raise typer.BadParameter("use busybox or debian", param_hint="--os")
     key = ""
     if ssh_key is not None:
         try:
@@ -63,10 +72,10 @@ def build(
 def show(
     cache: Path = CACHE,
     json: bool = typer.Option(False, "--json", help="Print JSON."),
-    os_name: str = typer.Option("busybox", "--os", help="busybox or debian."),
+    os_name: GuestOS = OS,
 ) -> None:
     """Where the cached guest image is, and the VM spec ``boot`` section that boots it."""
-    if os_name == "debian":
+    if os_name is GuestOS.DEBIAN:
         try:
             debian = require_debian_image(cache)
         except ImageBuildFailed as e:
@@ -85,8 +94,6 @@ def show(
             for key, value in info.items():
                 typer.echo(f"{key}: {value}")
         return
-    if os_name != "busybox":
-        raise typer.BadParameter("use busybox or debian", param_hint="--os")
     image = cached_image(cache)
     if image is None:
         raise typer.Exit(_missing(cache))
