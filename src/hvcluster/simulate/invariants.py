@@ -12,9 +12,9 @@ sim drivers) and the records, and each breach reported as a :class:`Violation`:
 * ``threshold``: no VM fails over more often than its ``failover_threshold`` in its period.
 * ``quarantine``: a node declared dead ``quarantine.threshold`` times within
   ``quarantine.period_s`` (failures before its last quarantine or an admin's clearing aside)
-  is quarantined within :data:`QUARANTINE_GRACE_S` (unless draining: that waits for the
-  drain's end); no node is quarantined below the threshold; no quarantine ends before its
-  time unless the administrator clears it.
+  is quarantined within :data:`QUARANTINE_GRACE_S` of some node being able to lead (unless
+  draining: that waits for the drain's end); no node is quarantined below the threshold;
+  no quarantine ends before its time unless the administrator clears it.
 * ``intent``: a VM the administrator stopped does not run (after its shutdown's grace); a
   node the administrator paused or drained stays so until resumed, and no VM is newly
   placed on it.
@@ -305,7 +305,9 @@ class Checker:
 
     def _quarantine(self, t: float, nodes: dict[str, Node]) -> None:
         c = self.cluster
-        if not c.store.available:  # no controller can decide meanwhile
+        # No controller can decide while etcd is down or no node could lead (every host run
+        # is dead, cut off or hung): a due quarantine's grace starts again when one can.
+        if not c.store.available or (c.views and all(self._unfit(n) for n in c.views)):
             self._quarantine_due.clear()
             return
         now, q = c.now(), self._config.quarantine
