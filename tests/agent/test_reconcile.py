@@ -168,14 +168,27 @@ def test_a_vm_reported_here_that_died_with_the_host_unplaced_is_reported_stopped
     dead = LocalVM("a", VMState.FAILED, None, 3, since=5.0)
     assert [type(a) for a in plan(statuses={"a": was}, local={"a": dead})] == [ReportStopped]
     assert [type(a) for a in plan(statuses={"a": was}, local={"a": running(epoch=3)})] == [Kill]
-    # not ours to correct: another host's report, a stopped one, a placed, moving or unknown VM
+    # not ours to correct: another host's report, a stopped one, one placed here, a moving
+    # or unknown VM
     assert plan(statuses={"a": status(VMState.RUNNING, node="n2")}) == []
     assert plan(statuses={"a": status(VMState.STOPPED)}) == []
     assert not any(isinstance(a, ReportStopped) for a in plan(
-        placements={"a": seen("n2")}, statuses={"a": was}
+        placements={"a": seen("n1")}, statuses={"a": was}
     ))  # fmt: skip
     assert plan(statuses={"a": was}, incoming=frozenset({"a"})) == []
     assert plan(specs={}, statuses={"a": was}) == []
+
+
+def test_a_vm_reported_here_that_died_with_the_host_placed_elsewhere_is_reported_stopped() -> None:
+    """The host died running the VM, which was recovered to n2, and n2 died too before it
+    reported the VM: the status that still says "running on n1" (alive again, running
+    nothing) made the controller wait for it to stop there, forever (found by the
+    simulator's fuzzer, seeds 2776 and 3563). The write holds the placement as read."""
+    was = status(VMState.RUNNING, epoch=1)
+    elsewhere = seen("n2", epoch=2)
+    actions = plan(placements={"a": elsewhere}, statuses={"a": was})
+    why = "vm a is placed on n2 (epoch 2) and does not run on n1: stopped"
+    assert actions == [ReportStopped("a", 1, why, elsewhere)]
 
 
 def test_unreadable_vms_are_left_alone() -> None:

@@ -305,7 +305,7 @@ class NodeAgent:
                     self._shutting[action.vm] = asyncio.create_task(self._shutdown(action))
                 return None
             case ReportStopped():
-                if await self._report_unplaced(action.vm, action.epoch, 0.0):
+                if await self._report_unplaced(action.vm, action.epoch, 0.0, action.seen):
                     return action.reason
                 return None
         raise AssertionError(f"unknown action {action!r}")
@@ -347,11 +347,14 @@ class NodeAgent:
             self.owned.pop(name, None)
             await self.say("vm.killed", f"vm/{name}", f"killed {name} on {self.me.name}: {reason}")
 
-    async def _report_unplaced(self, name: str, epoch: int, since: float) -> bool:
-        """A VM stopped here with no placement left (desired stopped): its status says so.
-        Else it would show it running still, and the controller, asked to start it again,
-        would wait for it to stop here first, forever. Written only while the VM is still
-        unplaced and its status is this host's run of it at ``epoch``."""
+    async def _report_unplaced(
+        self, name: str, epoch: int, since: float, elsewhere: SeenPlacement | None = None
+    ) -> bool:
+        """A VM stopped here with no placement left (desired stopped), or placed on another
+        node (``elsewhere``, as read): its status says so. Else it would show it running
+        still, and the controller would wait for it to stop here before starting it
+        anywhere, forever. Written only while the placement is still as read (absent, or
+        ``elsewhere``'s bytes) and its status is this host's run of it at ``epoch``."""
         found = decode_kv(VMStatus, await self.store.get(self.keys.status(name)))
         if found is None or (found.value.node, found.value.epoch) != (self.me.name, epoch):
             return False
@@ -361,7 +364,9 @@ class NodeAgent:
         held = await self.status_held(status)
         if held is None:
             return False
-        guard = [Compare.absent(self.keys.placement(name)), *held]
+        key = self.keys.placement(name)
+        placed = Compare.absent(key) if elsewhere is None else Compare.value_is(key, elsewhere.raw)
+        guard = [placed, *held]
         result = await self.store.txn(guard, [Put(self.keys.status(name), encode(status))])
         return result.succeeded
 

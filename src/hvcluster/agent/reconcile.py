@@ -77,15 +77,18 @@ class Report:
 
 @dataclass(frozen=True)
 class ReportStopped:
-    """Write ``status/<vm>`` as stopped for a VM that has no placement and does not run here,
-    while its status still says this host runs it at ``epoch``: the host died with it (its VMs
-    died with it) while the VM was asked to stop, and its new agent found nothing to run.
-    Left so, the controller, asked to start the VM again, would wait for it to stop here
-    first, forever."""
+    """Write ``status/<vm>`` as stopped for a VM that is not placed here (no placement, or
+    one on another node) and does not run here, while its status still says this host runs
+    it at ``epoch``: the host died with it (its VMs died with it) and its new agent found
+    nothing to run. Left so, the controller would wait for it to stop here before starting it
+    anywhere, forever: asked to start it again, or when the node it was recovered to died
+    too before that node reported it. ``seen``: the placement elsewhere, as read (the write
+    holds it); None: no placement (the write holds its absence)."""
 
     vm: str
     epoch: int
     reason: str
+    seen: SeenPlacement | None = None
 
 
 Action = Start | Kill | Shutdown | Report | ReportStopped
@@ -212,17 +215,25 @@ def plan_local(
         )
         actions.append(Start(name, spec, seen, len(recent), was_running, reason))
 
-    # 3. Unplaced, not running here, yet reported active here: say it stopped.
+    # 3. Not placed here, not running here, yet reported active here: say it stopped.
     for name, status in sorted(statuses.items()):
-        if name in placements or name in incoming or name in unreadable or name not in specs:
+        if name in incoming or name in unreadable or name not in specs:
             continue
+        elsewhere = placements.get(name)
+        if elsewhere is not None and elsewhere.placement.node == me:
+            continue  # placed here: step 2 starts or reports it
         found = local.get(name)
         if status.node != me or status.state not in ACTIVE:
             continue
         if found is not None and found.state not in (VMState.STOPPED, VMState.FAILED):
             continue  # still running: step 1 stops it, and its stop reports it
-        why = f"vm {name} has no placement and does not run on {me}: stopped"
-        actions.append(ReportStopped(name, status.epoch, why))
+        where = (
+            "has no placement"
+            if elsewhere is None
+            else f"is placed on {elsewhere.placement.node} (epoch {elsewhere.placement.epoch})"
+        )
+        why = f"vm {name} {where} and does not run on {me}: stopped"
+        actions.append(ReportStopped(name, status.epoch, why, elsewhere))
     return actions
 
 
