@@ -37,6 +37,7 @@ from hvcluster.controller.loop import Controller
 from hvcluster.drivers.base import Driver
 from hvcluster.drivers.registry import DriverOptions, make_driver
 from hvcluster.host.network import Links
+from hvcluster.host.pki import serial_of
 from hvcluster.models.config import ClusterConfig
 from hvcluster.models.errors import StoreError
 from hvcluster.models.event import Say
@@ -157,6 +158,7 @@ class Daemon:
             clock=self.clock,
             metrics=self.metrics,
             timings=self._timings,
+            revoked_key=await self._revoked_key(),
         )
         self.migrations = MigrationWorker(self.store, self.keys, agent, agent_say)
         storage = self.storage = StorageMover(self.store, self.keys, agent, agent_say)
@@ -199,6 +201,14 @@ class Daemon:
         for task in done:
             if task.exception() is not None:
                 raise task.exception()  # type: ignore[misc]
+
+    async def _revoked_key(self) -> str | None:
+        """Where this host's certificate would be listed as revoked (None: plain etcd)."""
+        cert = self.cfg.etcd_cert
+        if cert is None:
+            return None
+        serial = await asyncio.to_thread(lambda: serial_of(cert.read_text()))
+        return self.keys.revoked_cert(serial)
 
     def _timings(self) -> tuple[float, float]:
         """The fence_after and lease TTL the node's liveness runs with (what it read at

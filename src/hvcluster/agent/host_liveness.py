@@ -157,13 +157,14 @@ class HostLiveness:
                 return
             try:
                 # Evicted while running (eviction deletes the alive key, so liveness
-                # registers again): writing the node record would bring the node back.
+                # registers again): writing the node record would bring the node back. (An
+                # eviction right after this check fails the record's write: it is created
+                # only while the certificate is not revoked, see NodeAgent.revoked_key.)
                 await refuse_if_revoked(self.store, self.keys, self.cfg.etcd_cert)
+                await self.agent.register_node()
             except CertificateRevoked as e:
                 log.error("not registering the node again: %s; stop this agent", e)
                 await say("node.revoked", f"{e}; its agent did not register it again")
-                return
-            await self.agent.register_node()
 
         return NodeLiveness(
             store,

@@ -32,6 +32,7 @@ from hvcluster.agent.reconcile import (
     plan_local,
 )
 from hvcluster.agent.resources import Resources
+from hvcluster.agent.revocation import CertificateRevoked
 from hvcluster.agent.rounds import carry_out
 from hvcluster.clock import SYSTEM, Clock
 from hvcluster.drivers.base import Driver, HostFacts
@@ -82,8 +83,13 @@ class NodeAgent:
         clock: Clock = SYSTEM,
         metrics: AgentMetrics | None = None,
         timings: Callable[[], tuple[float, float]] | None = None,
+        revoked_key: str | None = None,
     ) -> None:
         self.store, self.keys, self.me, self.driver = store, keys, me, driver
+        # pki/revoked/<serial> of this host's certificate (None: plain etcd): its node record
+        # is created only while that key is absent, in the same transaction, so that an
+        # eviction can never be undone by a registration that checked just before it
+        self.revoked_key = revoked_key
         # restarts and migrations it carries out (its workers' too) are counted here
         self.metrics = metrics if metrics is not None else AgentMetrics(me.name)
         self.clock = clock  # this agent's loops and its migration and storage workers'
@@ -144,7 +150,11 @@ class NodeAgent:
         if self.timings is not None:
             mine["fence_after_s"], mine["lease_ttl_s"] = self.timings()
         node = await self._write_node(mine)
-        assert node is not None
+        if node is None:
+            raise CertificateRevoked(
+                f"node {self.me.name}: this host's certificate was revoked (evicted); "
+                "its node record was not written again"
+            )
         return node
 
     async def report_resources(self, resources: Resources) -> Node | None:
@@ -154,6 +164,8 @@ class NodeAgent:
         return await self._write_node(resources.fields(), create=False)
 
     async def _write_node(self, mine: dict[str, Any], create: bool = True) -> Node | None:
+        """``mine`` over ``nodes/<me>`` as read (CAS), or a new record with ``create``; None
+        when there is none and ``create`` is off, or this host's certificate is revoked."""
         key = self.keys.node(self.me.name)
         while True:
             kv = await self.store.get(key)
@@ -170,10 +182,14 @@ class NodeAgent:
                 node = Node(name=self.me.name, **mine)
             else:
                 node = found.value.model_copy(update=mine)
-            compare = Compare.mod_is(key, kv.mod_revision if kv else 0)
-            result = await self.store.txn([compare], [Put(key, encode(node))])
+            compares = [Compare.mod_is(key, kv.mod_revision if kv else 0)]
+            if kv is None and self.revoked_key is not None:
+                compares.append(Compare.absent(self.revoked_key))
+            result = await self.store.txn(compares, [Put(key, encode(node))])
             if result.succeeded:
                 return node
+            if self.revoked_key is not None and await self.store.get(self.revoked_key):
+                return None
 
     # --- the loop --------------------------------------------------------------------
     async def run(self, interval: float = 1.0) -> None:
