@@ -314,7 +314,9 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def add_member(self, peer_urls: Sequence[str], learner: bool = True) -> Membership:
         """Add a member (a learner by default: it votes only once promoted, so a member that
-        never starts cannot cost the cluster its quorum)."""
+        never starts cannot cost the cluster its quorum). etcd's "unhealthy cluster" refusal
+        (just after a promotion: the host before it joined a moment ago) is asked again for
+        a while before it is raised."""
 
     @abc.abstractmethod
     async def promote_member(self, member_id: int) -> None:

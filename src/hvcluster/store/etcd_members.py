@@ -5,14 +5,15 @@ ships (the same ones every other store call uses).
 
 Membership changes are never retried on another endpoint once sent (``mutable``): a member
 add whose answer was lost may have happened, and the caller lists the members again. The one
-refusal retried is a removal's "unhealthy cluster" (:func:`remove`): it passes by itself.
+refusal asked again is "unhealthy cluster" (:func:`add`, :func:`remove`): etcd refuses the
+change before proposing it, and it passes by itself.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from aetcd import rpc
@@ -21,9 +22,10 @@ from hvcluster.models.errors import NotFound, StoreError
 from hvcluster.store.base import Membership
 from hvcluster.store.etcd_conn import Connection, Endpoint
 
-# etcd's strict reconfiguration check refuses a removal ("unhealthy cluster") until every
-# member that would remain has been connected for its health interval (5 s): just after a
-# promotion, a member's start or a leader change. That passes by itself: ask again this long.
+# etcd's strict reconfiguration check refuses an add or a removal ("unhealthy cluster") until
+# every member has been connected for its health interval (5 s): just after a promotion (a
+# host joining right after the one before), a member's start or a leader change. That passes
+# by itself: ask again this long.
 UNHEALTHY_WAIT_S = 15.0
 UNHEALTHY_RETRY_S = 1.0
 
@@ -53,7 +55,7 @@ async def add(conn: Connection, peer_urls: Sequence[str], learner: bool) -> Memb
         return await ep.stub("cluster").MemberAdd(request, timeout=left)
 
     what = f"member add {','.join(peer_urls)}"
-    response = await conn.call(what, call, op="member", mutable=True)
+    response = await while_unhealthy(conn, what, call, UNHEALTHY_WAIT_S)
     return membership(response.member)
 
 
@@ -79,15 +81,29 @@ async def remove(
     async def call(ep: Endpoint, left: float) -> Any:
         return await ep.stub("cluster").MemberRemove(request, timeout=left)
 
-    deadline = time.monotonic() + unhealthy_wait
+    async def gone() -> bool:  # a removal whose answer was lost may have happened
+        return not any(m.id == member_id for m in await members(conn))
+
+    await while_unhealthy(conn, f"member remove {member_id:x}", call, unhealthy_wait, gone)
+
+
+async def while_unhealthy(
+    conn: Connection,
+    what: str,
+    call: Callable[[Endpoint, float], Awaitable[Any]],
+    wait: float,
+    done: Callable[[], Awaitable[bool]] | None = None,
+) -> Any:
+    """A membership change, asked again every :data:`UNHEALTHY_RETRY_S` while etcd refuses
+    it as "unhealthy cluster", for up to ``wait`` seconds (then that refusal is raised);
+    ``done``, if given, says before each new ask whether the change happened after all."""
+    deadline = time.monotonic() + wait
     while True:
         try:
-            await conn.call(f"member remove {member_id:x}", call, op="member", mutable=True)
-            return
+            return await conn.call(what, call, op="member", mutable=True)
         except StoreError as e:
             if "unhealthy cluster" not in str(e) or time.monotonic() >= deadline:
                 raise
         await asyncio.sleep(UNHEALTHY_RETRY_S)
-        # a removal whose answer was lost may have happened: then it is done
-        if not any(m.id == member_id for m in await members(conn)):
-            return
+        if done is not None and await done():
+            return None
