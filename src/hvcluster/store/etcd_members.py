@@ -93,10 +93,11 @@ async def while_unhealthy(
     call: Callable[[Endpoint, float], Awaitable[Any]],
     wait: float,
     done: Callable[[], Awaitable[bool]] | None = None,
+    every: float = UNHEALTHY_RETRY_S,
 ) -> Any:
-    """A membership change, asked again every :data:`UNHEALTHY_RETRY_S` while etcd refuses
-    it as "unhealthy cluster", for up to ``wait`` seconds (then that refusal is raised);
-    ``done``, if given, says before each new ask whether the change happened after all."""
+    """A membership change, asked again ``every`` seconds while etcd refuses it as
+    "unhealthy cluster", for up to ``wait`` seconds (then that refusal is raised); ``done``,
+    if given, says before each new ask whether the change happened after all."""
     deadline = time.monotonic() + wait
     while True:
         try:
@@ -104,6 +105,6 @@ async def while_unhealthy(
         except StoreError as e:
             if "unhealthy cluster" not in str(e) or time.monotonic() >= deadline:
                 raise
-        await asyncio.sleep(UNHEALTHY_RETRY_S)
+        await asyncio.sleep(every)
         if done is not None and await done():
             return None
