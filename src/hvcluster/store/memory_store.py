@@ -27,9 +27,9 @@ import contextlib
 import itertools
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
-from hvcluster.models.errors import LeaseLost, NotFound, StoreError, StoreUnavailable
+from hvcluster.models.errors import LeaseLost, StoreError, StoreUnavailable
 from hvcluster.store.base import (
     Compare,
     Delete,
@@ -50,6 +50,7 @@ from hvcluster.store.base import (
     WatchEvent,
 )
 from hvcluster.store.clock import Now
+from hvcluster.store.memory_members import MemberList
 
 REAPER_PERIOD = 0.05  # seconds between expiry checks with the real clock
 MAX_TXN_OPS = 128  # etcd's default --max-txn-ops
@@ -112,9 +113,7 @@ class MemoryStore(Store):
         self._changed = asyncio.Event()
         self._closed = False
         self._available = True
-        self._self_member = Membership(id=1, name="memory", peer_urls=("memory://1",))
-        self._members: dict[int, Membership] = {}
-        self._caught_up_members: set[int] = set()
+        self.member_list = MemberList()
         self._reaper: asyncio.Task[None] | None = None
         self._lease_added = asyncio.Event()
         self._caught_up = 0  # watches that sent everything and wait for the next change
@@ -298,43 +297,26 @@ class MemoryStore(Store):
         )
         return StoreHealth((member,), "memory" if self._available else None)
 
-    # A stateful fake of etcd's member list: one voting member, learners added by join, a
-    # learner promoted once :meth:`catch_up` says it has caught up (as etcd refuses before).
+    # etcd's member list: see hvcluster.store.memory_members
     async def members(self) -> tuple[Membership, ...]:
         await self._checkpoint()
-        return (self._self_member, *self._members.values())
+        return self.member_list.all()
 
     async def add_member(self, peer_urls: Sequence[str], learner: bool = True) -> Membership:
         await self._checkpoint()
-        if any(set(peer_urls) & set(m.peer_urls) for m in await self.members()):
-            raise StoreError(f"memory store: a member already has peer URL(s) {peer_urls}")
-        if learner and any(m.learner for m in self._members.values()):  # etcd 3.4: one at a time
-            raise StoreError("memory store: etcdserver: too many learner members in cluster")
-        member = Membership(id=len(self._members) + 2, name="", peer_urls=tuple(peer_urls),
-                            learner=learner)  # fmt: skip
-        self._members[member.id] = member
-        return member
+        return self.member_list.add(peer_urls, learner)
 
     def catch_up(self, member_id: int, name: str) -> None:
         """The member started and caught up with the leader (what a real learner does)."""
-        self._caught_up_members.add(member_id)
-        self._members[member_id] = replace(self._members[member_id], name=name)
+        self.member_list.catch_up(member_id, name)
 
     async def promote_member(self, member_id: int) -> None:
         await self._checkpoint()
-        member = self._members.get(member_id)
-        if member is None or not member.learner:
-            raise StoreError(f"memory store: member {member_id:x} is not a learner")
-        if member_id not in self._caught_up_members:
-            raise StoreError(
-                "memory store: can only promote a learner member which is in sync with leader"
-            )
-        self._members[member_id] = replace(member, learner=False)
+        self.member_list.promote(member_id)
 
     async def remove_member(self, member_id: int) -> None:
         await self._checkpoint()
-        if self._members.pop(member_id, None) is None:
-            raise NotFound(f"etcd member {member_id:x} not found")
+        self.member_list.remove(member_id)
 
     async def close(self) -> None:
         self._closed = True
