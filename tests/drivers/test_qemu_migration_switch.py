@@ -74,3 +74,34 @@ async def test_target_resumed_from_the_completion_hook_runs_the_guest_on(
                 if vm.state not in (VMState.STOPPED, VMState.FAILED):
                     await driver.discard(vm.name)
             await driver.close()
+
+
+async def test_a_target_asked_to_run_before_the_source_let_go_of_its_disk_waits_for_it(
+    run_dirs: Callable[[str], Path],
+    qemu_settings: QemuSettings,
+    guest_image: GuestImage,
+    tmp_path: Path,
+) -> None:
+    """QEMU 7.2's ``cont`` on an incoming target takes its disks' write locks at once; they are
+    the source's until it switches (postcopy's start, or precopy's end). The source's
+    postcopy-active is heard before the target knows of postcopy, so the target must wait for
+    the locks whatever the kind of migration (a CI run failed here). The source is a paused,
+    never-booted QEMU: nothing to wait for but the disk lock."""
+    n1, n2 = run_dirs("n1"), run_dirs("n2")
+    spec = guest_spec("early", guest_image, create_disk(tmp_path / "shared.qcow2"))
+    src, dst = QemuDriver(n1, qemu_settings), QemuDriver(n2, qemu_settings)
+    try:
+        await src.start(spec, epoch=1, paused=True)
+        address = await dst.prepare_incoming(spec, 2, "127.0.0.1", MigrationSettings())
+        early = asyncio.create_task(dst.resume("early"))  # the source still holds the disk
+        await asyncio.sleep(0.3)
+        assert not early.done(), early  # refused by the lock, and asking again
+        await src.migrate_out("early", address, MigrationSettings(), None, None)
+        assert (await asyncio.wait_for(early, 30)).state is VMState.RUNNING
+        assert (await dst.status("early")).state is VMState.RUNNING
+    finally:
+        for driver in (src, dst):
+            for vm in await driver.list():
+                if vm.state not in (VMState.STOPPED, VMState.FAILED):
+                    await driver.discard(vm.name)
+            await driver.close()

@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 
 # A graceful shutdown presses the power button again after this long without a power-off.
 PRESS_AGAIN_S = 10.0
-POSTCOPY_LOCK_S = 5.0  # a postcopy target's cont is retried this long on a disk lock
+SWITCH_LOCK_S = 5.0  # an incoming target's cont is retried this long on a disk lock
 
 
 class QemuDriver(Driver):
@@ -186,16 +186,19 @@ class QemuDriver(Driver):
         return vm.info()
 
     async def _cont(self, vm: QemuVM, monitor: Monitor) -> None:
-        """``cont``. A postcopy target takes its disks' write locks when it runs; the source
-        lets go of them as postcopy starts, but the target's first try can come a moment
-        before: retried for :data:`POSTCOPY_LOCK_S` then."""
-        deadline = time.monotonic() + POSTCOPY_LOCK_S
+        """``cont``. QEMU 7.2 takes an incoming target's disk write locks at its ``cont``;
+        the source lets go of them as it switches (postcopy's start, precopy's end), and the
+        target may be asked a moment before: the source says postcopy-active before the
+        target has heard of postcopy. While the target is incoming (or in postcopy) a lock
+        refusal is retried for :data:`SWITCH_LOCK_S`."""
+        deadline = time.monotonic() + SWITCH_LOCK_S
         while True:
             try:
                 await monitor.execute("cont")
                 return
             except QemuFailed as e:
-                if not vm.postcopy or "lock" not in str(e) or time.monotonic() > deadline:
+                incoming = vm.postcopy or vm.state == VMState.MIGRATING
+                if not incoming or "lock" not in str(e) or time.monotonic() > deadline:
                     raise
                 log.info("vm %s: %s; trying again", vm.name, e)
                 await asyncio.sleep(0.05)
