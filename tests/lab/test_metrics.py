@@ -97,6 +97,7 @@ def test_metrics_of_real_agents_agree_with_the_api(sim_lab: Lab) -> None:
         named(m, "hvc_migration_downtime_seconds_sum", kind="live") for m in after
     ) - sum(named(m, "hvc_migration_downtime_seconds_sum", kind="live") for m in before)
     assert downtime == pytest.approx(final["downtime_ms"] / 1000)
+
     # The record has its downtime once the target resumed the VM; its status says so a
     # moment later (the agent's status write): hvc_vms follows the status.
     def moved() -> bool:

@@ -140,9 +140,7 @@ async def test_the_source_sends_only_to_the_target_nodes_registered_address(
     rec = await move(cluster, "app", "n2")
     failed = await wait_state(cluster, rec.id, _M.FAILED, _M.DONE)
     assert failed.reason.startswith("refused to migrate app to 'tcp:127.0.0.2:")
-    assert failed.reason.endswith(
-        "127.0.0.2 is not n2's registered migration address 127.0.0.1"
-    )
+    assert failed.reason.endswith("127.0.0.2 is not n2's registered migration address 127.0.0.1")
     [said] = await cluster.event_list("migration.failed", "vm/app")
     assert "is not n2's registered migration address" in said.reason
     assert await cluster.running_on("app") == "n1"
