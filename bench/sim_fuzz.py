@@ -3,6 +3,7 @@ many as fit in ``--budget-s`` seconds, whichever ends first), each a 60-virtual-
 the real agents and controller (``hvc sim fuzz``'s), with every invariant checked after every
 step. Reports runs per second (wall and CPU), virtual seconds simulated per second, and the
 violations (each with its seed: ``hvc sim fuzz --runs 1 --seed SEED`` replays one, shrunk).
+``--jobs N`` splits the seeds into N processes (runs are independent; each is deterministic).
 
 Writes bench/results/sim_fuzz.json and prints a summary.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import json
 import logging
 import os
@@ -27,10 +29,11 @@ from hvcluster.simulate.fuzz import fuzz_one, random_scenario
 RESULTS = Path(__file__).parent / "results"
 
 
-async def run(runs: int, seed: int, budget_s: float) -> dict[str, Any]:
+async def run_seeds(seeds: range, budget_s: float) -> dict[str, Any]:
+    """One process's share: its seeds in order until the budget is spent."""
     started, cpu0 = time.monotonic(), time.process_time()
     done, virtual, violations = 0, 0.0, []
-    for s in range(seed, seed + runs):
+    for s in seeds:
         if time.monotonic() - started > budget_s:
             break
         result = await fuzz_one(s)
@@ -39,8 +42,27 @@ async def run(runs: int, seed: int, budget_s: float) -> dict[str, Any]:
         violations += [{"seed": s, **v.as_dict()} for v in result.violations]
         if done % 50 == 0:
             rate = done / (time.monotonic() - started)
-            print(f"{done} runs, {rate:.2f} runs/s, {len(violations)} violations", flush=True)
-    wall, cpu = time.monotonic() - started, time.process_time() - cpu0
+            print(f"[{seeds.start}..] {done} runs, {rate:.2f} runs/s, "
+                  f"{len(violations)} violations", flush=True)  # fmt: skip
+    cpu = time.process_time() - cpu0
+    return {"runs": done, "cpu_s": cpu, "virtual_s": virtual, "violations": violations}
+
+
+def share(seeds: range, budget_s: float) -> dict[str, Any]:
+    logging.disable(logging.CRITICAL)  # the daemons' own log: noise beside the results
+    return asyncio.run(run_seeds(seeds, budget_s))
+
+
+def run(runs: int, seed: int, budget_s: float, jobs: int) -> dict[str, Any]:
+    started = time.monotonic()
+    step = -(-runs // jobs)
+    shares = [range(s, min(s + step, seed + runs)) for s in range(seed, seed + runs, step)]
+    with concurrent.futures.ProcessPoolExecutor(len(shares)) as pool:
+        parts = list(pool.map(share, shares, [budget_s] * len(shares)))
+    wall = time.monotonic() - started
+    done, cpu = sum(p["runs"] for p in parts), sum(p["cpu_s"] for p in parts)
+    virtual = sum(p["virtual_s"] for p in parts)
+    violations = sorted((v for p in parts for v in p["violations"]), key=lambda v: v["seed"])
     return {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
@@ -48,6 +70,7 @@ async def run(runs: int, seed: int, budget_s: float) -> dict[str, Any]:
         "asked_runs": runs,
         "first_seed": seed,
         "budget_s": budget_s,
+        "jobs": len(shares),
         "runs": done,
         "wall_s": round(wall, 1),
         "cpu_s": round(cpu, 1),
@@ -64,9 +87,11 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=10_000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--budget-s", type=float, default=600.0, help="stop after this long")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="processes")
     args = parser.parse_args()
-    logging.disable(logging.CRITICAL)  # the daemons' own log: noise beside the results
-    out = asyncio.run(run(args.runs, args.seed, args.budget_s))
+    if args.runs < 1 or args.jobs < 1:
+        parser.error("--runs and --jobs must be at least 1")
+    out = run(args.runs, args.seed, args.budget_s, args.jobs)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "sim_fuzz.json").write_text(json.dumps(out, indent=2) + "\n")
     print(
