@@ -340,6 +340,9 @@ async def test_shared_nothing_primitives(make: Factory, spec: VMSpec, tmp_path: 
     assert len(sizes) == 1 and sizes[0] > 0
     incoming = await dst.prepare_incoming_with_disks(on_dst, 2, "127.0.0.1", sizes)
     assert incoming.paths == (str(there),) and there.is_file()
+    assert src.disks_host(incoming.disks_address) == "127.0.0.1"  # what the agent checks
+    with pytest.raises(SpecError, match="disks_address"):
+        src.disks_host("tcp:127.0.0.1:1")
     with pytest.raises(SpecError, match="exists"):  # its disk file is there now
         await make("n3").prepare_incoming_with_disks(on_dst, 2, "127.0.0.1", sizes)
     result = await src.migrate_out(

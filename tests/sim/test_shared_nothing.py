@@ -126,3 +126,38 @@ async def test_a_cancel_while_the_disks_copy_stops_the_copy(
     assert (await spec(cluster, "db")).disks == (Disk(volume="a", path="db/disk.qcow2"),)
     placement = await cluster.placement("db")
     assert placement is not None and placement.node == host
+
+
+async def test_the_source_copies_disks_only_to_the_target_nodes_registered_address(
+    cluster: SimCluster, tmp_path: Path
+) -> None:
+    """The memory's address is the target's, but the disks are offered on another host (as
+    a record written by anyone could say): refused before any byte is copied, the record
+    failed with the reason, the VM stays with its disk; the next move of it works."""
+    paths = await volumes(cluster, tmp_path, "a", "b")
+    await cluster.start("n1", "n2")
+    host = await running_vm(cluster, paths["a"])
+    other = "n2" if host == "n1" else "n1"
+    cluster.drivers[other].serve_disks_elsewhere("db", "127.0.0.2")
+    rec = await request(cluster, "db", other, "b")
+    failed = await wait_state(cluster, rec.id, _M.DONE, _M.FAILED)
+    assert failed.state is _M.FAILED
+    assert failed.reason.startswith("refused to migrate db to its disks at 'sim-disks:")
+    assert failed.reason.endswith(
+        f"127.0.0.2 is not {other}'s registered migration address 127.0.0.1"
+    )
+    [said] = await cluster.event_list("migration.failed", "vm/db")
+    assert f"is not {other}'s registered migration address" in said.reason
+    assert failed.progress.bytes_transferred == 0
+    assert await cluster.running_on("db") == host
+    assert (await spec(cluster, "db")).disks == (Disk(volume="a", path="db/disk.qcow2"),)
+    assert (paths["a"] / "db" / "disk.qcow2").read_bytes() == b"old disk"
+
+    async def copy_gone() -> bool:
+        return not (paths["b"] / "db" / "disk.qcow2").exists()
+
+    await cluster.wait_for(copy_gone, 10, "the target's new file deleted")
+    again = await request(cluster, "db", other, "b")
+    done = await wait_state(cluster, again.id, _M.DONE, _M.FAILED)
+    assert done.state is _M.DONE, done.reason
+    assert await cluster.wait_running("db") == other

@@ -141,7 +141,7 @@ class SourceRole(QuickState):
         if rec.kind is not MigrationKind.QUICK:
             refused = await self._refused(written.record)
             if refused is not None:
-                await self._fail(rec, f"refused to migrate {rec.vm} to {address!r}: {refused}")
+                await self._fail(rec, f"refused to migrate {rec.vm} to {refused}")
                 return
         # what the flip compares, read beforehand
         placed = await read_one(self.store, self.keys.placement(rec.vm), Placement)
@@ -382,16 +382,27 @@ class SourceRole(QuickState):
                 written.writing = False
 
     async def _refused(self, rec: Migration) -> str | None:
-        """Why this host will not send ``rec``'s VM to its ``target_address`` (whoever can
-        write the record could point it anywhere): it must be the target node's registered
-        migration address (its ``migration_address``, else its address; the model admits
-        only tcp:HOST:PORT). None if it is."""
+        """Why this host will not send ``rec``'s VM to its ``target_address``, nor (shared-
+        nothing) its disks to its ``disks_address`` (whoever can write the record could point
+        them anywhere): each must be on the target node's registered migration address (its
+        ``migration_address``, else its address; the model admits only tcp:HOST:PORT for the
+        first, the driver reads the host of the second). None if both are."""
         node = await self.read.node(rec.target)
         if node is None:
-            return f"the target node {rec.target} is not registered"
-        host, wanted = address_host(rec.target_address), node.migration_host
-        if host != wanted:
-            return f"{host} is not {rec.target}'s registered migration address {wanted}"
+            return f"{rec.target_address!r}: the target node {rec.target} is not registered"
+        wanted = node.migration_host
+        sends = [(repr(rec.target_address), address_host(rec.target_address))]
+        if shared_nothing(rec):
+            disks = f"its disks at {rec.disks_address!r}"
+            try:
+                sends.append((disks, self.driver.disks_host(rec.disks_address)))
+            except DriverError as e:
+                return f"{disks}: {e}"
+        for where, host in sends:
+            if host != wanted:
+                return (
+                    f"{where}: {host} is not {rec.target}'s registered migration address {wanted}"
+                )
         return None
 
     async def _keep_running(self, rec: Migration) -> None:

@@ -384,6 +384,13 @@ class Driver(ABC):
         incoming = Receive(spec, epoch, host, settings, tuple(sizes))
         return await self.disks.receive(incoming)
 
+    def disks_host(self, disks_address: str) -> str:
+        """The host a shared-nothing target's ``disks_address`` (in this driver's form, see
+        :class:`IncomingDisks`) points at: its source checks it is the target node's
+        registered migration address before sending the disks there. Raises
+        :class:`SpecError` (field ``disks_address``) if it is not in that form."""
+        return self.disks.address_host(disks_address)
+
     # -- checkpoints ------------------------------------------------------------------------
 
     async def checkpoint(

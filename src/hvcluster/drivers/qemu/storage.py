@@ -30,6 +30,9 @@ class QemuDisks:
         self.copying: set[str] = set()  # VMs copying their disks for a shared-nothing move
         self.copy_cancelled: set[str] = set()
 
+    def address_host(self, disks_address: str) -> str:
+        return blockjobs.nbd_server(disks_address)[0]
+
     async def cancel_copy(self, name: str) -> None:
         """Stop the disk copy of a shared-nothing migration of ``name``, if one runs; or
         the mirrors one left behind when its agent went away (never a reason to fail)."""

@@ -153,6 +153,11 @@ class SimDriver(Driver):
         (its address then names a host that is not this node's)."""
         self.bugs.listen_elsewhere[vm] = host
 
+    def serve_disks_elsewhere(self, vm: str, host: str) -> None:
+        """The next shared-nothing incoming migration of ``vm`` serves its disks on ``host``,
+        not the one asked (its ``disks_address`` then names a host that is not this node's)."""
+        self.bugs.disks_elsewhere[vm] = host
+
     # -- host and lifecycle -----------------------------------------------------------------
 
     def set_volumes(self, mounts: Mapping[str, Path]) -> None:

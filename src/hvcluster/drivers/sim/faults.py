@@ -43,6 +43,8 @@ class SimBugs:
         self.unshared: set[str] = set()
         # VM -> the host its next incoming migration listens on instead of the one asked
         self.listen_elsewhere: dict[str, str] = {}
+        # VM -> the host its next shared-nothing incoming migration serves its disks on
+        self.disks_elsewhere: dict[str, str] = {}
 
     def add(self, operation: str, vm: str, message: str, times: int | None) -> Bug:
         if operation not in OPERATIONS:

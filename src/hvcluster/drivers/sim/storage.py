@@ -5,8 +5,9 @@ progress every tick; it can be made to fail (:meth:`SimDriver.fail_next_disk_mov
 disk files exist (``host.check_disks``), their bytes are really copied, so the file a moved VM
 uses is there for its next start. A disk's size is its ``size_gib``, else its file's size,
 else :data:`DEFAULT_DISK_BYTES`. A shared-nothing target's ``disks_address`` is
-``sim-disks:`` and the JSON list of the files it created; the source writes its copies there
-(tests run every sim host on one machine).
+``sim-disks:`` and a JSON object: the host it "serves" on (its migration host, as a QEMU
+target's NBD server) and the files it created; the source writes its copies there (tests
+run every sim host on one machine).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from hvcluster.drivers.base import DiskMoveResult, IncomingDisks, MigrationResult, ProgressCallback
 from hvcluster.drivers.diskpath import disk_path, incoming_paths
@@ -174,16 +175,18 @@ class SimStorage:
             if isinstance(e, OSError):
                 raise SpecError(f"cannot create the disks: {e}", "disks") from e
             raise
-        disks_address = PREFIX + json.dumps([str(p) for p in paths])
+        host = self.driver.bugs.disks_elsewhere.pop(incoming.spec.name, incoming.host)
+        disks_address = PREFIX + json.dumps({"host": host, "paths": [str(p) for p in paths]})
         return IncomingDisks(
             address=address, disks_address=disks_address, paths=tuple(map(str, paths))
         )
 
+    def address_host(self, disks_address: str) -> str:
+        return str(_served(disks_address)["host"])
+
     async def send(self, name: str, send: Send) -> MigrationResult:
         vm, disks_address = self.driver.get(name), send.disks_address
-        if not disks_address.startswith(PREFIX):
-            raise SpecError(f"{disks_address!r} is not a sim disks address", "disks_address")
-        dests = [Path(p) for p in json.loads(disks_address.removeprefix(PREFIX))]
+        dests = [Path(p) for p in _served(disks_address)["paths"]]
         sources = [self._path(d, i) for i, d in enumerate(vm.spec.disks)]
         if len(dests) != len(sources):
             raise SpecError(f"{len(dests)} targets for {len(sources)} disks", "disks_address")
@@ -196,3 +199,18 @@ class SimStorage:
             self.copying.discard(name)
             self.copy_cancelled.discard(name)
         return await self.driver.migrations.send(name, send)
+
+
+def _served(disks_address: str) -> dict[str, Any]:
+    """A sim ``disks_address`` read: its ``host`` and ``paths``."""
+    try:
+        if not disks_address.startswith(PREFIX):
+            raise ValueError("no prefix")
+        served = json.loads(disks_address.removeprefix(PREFIX))
+        if not isinstance(served, dict) or not isinstance(served.get("paths"), list):
+            raise ValueError("not an object with paths")
+        if not isinstance(served.get("host"), str):
+            raise ValueError("no host")
+    except ValueError as e:
+        raise SpecError(f"{disks_address!r} is not a sim disks address", "disks_address") from e
+    return served
