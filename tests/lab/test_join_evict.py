@@ -35,10 +35,12 @@ VMS = ("j1", "j2")
 
 @pytest.fixture
 def lab(tmp_path: Path) -> Iterator[Lab]:
-    """As ``hvc lab up`` makes it: as root, each node in its own network namespace (the new
-    node gets one too, and its etcd member runs in it, on its own address)."""
-    network = "netns" if os.geteuid() == 0 else "loopback"
-    yield from make_lab(tmp_path, "sim", nodes=3, etcd=1, network=network)
+    """As ``hvc lab up`` makes it: as root, each node in its own network namespace, with a
+    migration network (the new node gets a namespace and a migration link too, and its etcd
+    member runs in it, on its own address)."""
+    netns = os.geteuid() == 0
+    net = "netns" if netns else "loopback"
+    yield from make_lab(tmp_path, "sim", nodes=3, etcd=1, network=net, migration_network=netns)
 
 
 def validate(lab: Lab) -> dict[str, str]:
@@ -173,6 +175,10 @@ def test_a_node_joins_takes_a_vm_and_is_evicted_with_vms_running(lab: Lab) -> No
             assert state.node("n4").address == state.net.node_ip(4)
             assert state.member("n4").client_url == f"https://{state.net.node_ip(4)}:2379"
         wait_for(lambda: alive(lab) == ["n1", "n2", "n3", "n4"], 30, "n4 alive")
+        if state.net is not None:  # its agent registered its own mig0 address, as n1-n3 did
+            n4 = lab.get("/nodes/n4")["node"]
+            assert n4["migration_address"] == state.net.migration_ip(4), n4
+        # (the stream goes to that address: only n4's mig0 link has it)
         lab.post(f"/vms/{VMS[0]}/move", {"to": "n4", "kind": "live"})
         wait_for(lambda: where(lab, VMS[0]) == "n4", 60, f"{VMS[0]} running on n4")
         assert validate(lab) == {}
@@ -186,9 +192,11 @@ def test_a_node_joins_takes_a_vm_and_is_evicted_with_vms_running(lab: Lab) -> No
         done = json.loads(result.stdout)
         assert drained_events(lab, "n4")
         state = forget_node(lab.state, "n4")
-        if state.net is not None:  # its namespace went with it
+        if state.net is not None:  # its namespace and links went with it
             spaces = subprocess.run(["ip", "netns"], capture_output=True, text=True).stdout
             assert state.net.netns("n4") not in spaces
+            links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+            assert f" {state.net.migration_veth('n4')}@" not in links
         assert done["etcd_member_removed"] and done["revoked_serial"]
         assert where(lab, VMS[0]) not in (None, "n4")
         assert members(lab) == {"etcd0": False}

@@ -3,11 +3,13 @@
 etcd member, watchdog and agent) and stopping them after the eviction.
 
 In a netns lab the new node gets a namespace of its own (``n<k>`` at ``.<10 + k>``, as the
-nodes ``hvc lab up`` made) and its etcd member runs there with it, on etcd's usual ports, as
-on a real host; on loopback both take free ports. The etcd member joins as a learner and is
-promoted by the cluster once caught up (its controller, or the answer to the host asking:
-store/promotion.py); this waits for that as ``hvc node join`` does (asking), or, with
-``ask=False``, as a host nobody waits on: until the controller's ``etcd.member.promoted``.
+nodes ``hvc lab up`` made), and with a migration network its ``mig0`` link too (at
+``.<10 + k>`` there, its agent's ``migration_address``); its etcd member runs there with it,
+on etcd's usual ports, as on a real host; on loopback both take free ports. The etcd member
+joins as a learner and is promoted by the cluster once caught up (its controller, or the
+answer to the host asking: store/promotion.py); this waits for that as ``hvc node join``
+does (asking), or, with ``ask=False``, as a host nobody waits on: until the controller's
+``etcd.member.promoted``.
 """
 
 from __future__ import annotations
@@ -24,7 +26,14 @@ import httpx
 from hvcluster.host import join as host_join
 from hvcluster.host.pki import CertFiles
 from hvcluster.lab import members, netns, processes
-from hvcluster.lab.cluster import LabError, _healthy, _make_node, _wait, start_node
+from hvcluster.lab.cluster import (
+    LabError,
+    _healthy,
+    _make_node,
+    _wait,
+    _with_migration_address,
+    start_node,
+)
 from hvcluster.lab.etcd import free_ports
 from hvcluster.lab.state import LabEtcd, LabState, load, save
 from hvcluster.models.errors import HvcError
@@ -60,13 +69,16 @@ def join_node(
     name = f"n{index}"
     made = _api(state, "POST", "/cluster/join-tokens", {"node": name, "etcd_member": etcd_member})
     api_port, client_port, peer_port = free_ports(3)
-    address = LOOPBACK
+    address, migration = LOOPBACK, ""
     if state.net is not None:  # its own host: etcd's usual ports on its own address
         address, client_port, peer_port = state.net.node_ip(index), 2379, 2380
         netns.add_host(state.net, name, address)
     try:
+        if state.net is not None and state.net.migration_subnet:  # a 2nd link, as the others
+            migration = state.net.migration_ip(index)
+            netns.add_migration_link(state.net, name, migration)
         ports = (api_port, client_port, peer_port)
-        return _join(state, name, address, made["token"], ports, log, timeout, ask)
+        return _join(state, name, (address, migration), made["token"], ports, log, timeout, ask)
     except BaseException:
         if state.net is not None and name not in {n.name for n in _saved(state).nodes}:
             netns.remove_host(state.net, name)
@@ -83,14 +95,15 @@ def _saved(state: LabState) -> LabState:
 def _join(
     state: LabState,
     name: str,
-    address: str,
+    addresses: tuple[str, str],
     token: str,
     ports: tuple[int, int, int],
     log: Log,
     timeout: float,
     ask: bool,
 ) -> tuple[LabState, str]:
-    api_port, client_port, peer_port = ports
+    """``addresses``: the new node's address, and its migration address ("": none)."""
+    (address, migration), (api_port, client_port, peer_port) = addresses, ports
     started = time.monotonic()
     peer_url = f"https://{address}:{peer_port}"
     joined = host_join.join(
@@ -142,6 +155,8 @@ def _join(
     first = tomllib.loads(Path(state.nodes[0].config).read_text())
     certs = CertFiles(joined.ca, joined.cert, joined.key)
     node = _make_node(state, name, address, api_port, state.driver, Path(first["cache_dir"]), certs)
+    if migration:
+        node = _with_migration_address(node, migration)
     if joined.etcd is not None:  # its agent keeps its etcd's CRL up to date
         with open(node.config, "a") as conf:
             conf.write(f'etcd_crl = "{joined.crl}"\n')

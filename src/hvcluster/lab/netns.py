@@ -59,6 +59,10 @@ class LabNet(Model):
     def migration_bridge(self) -> str:
         return f"{self.bridge}m"
 
+    def migration_veth(self, node: str) -> str:
+        """The host's end of ``node``'s migration link (at most 15 characters)."""
+        return f"{self.migration_bridge}{node}"
+
     def etcd_ip(self, index: int) -> str:
         """The address of etcd member ``index`` (0-based; at most 8 members fit)."""
         return f"{self.subnet}.{2 + index}"
@@ -167,16 +171,29 @@ def create_migration_network(net: LabNet, nodes: Mapping[str, str]) -> None:
     name -> its migration address); the namespaces exist already (:func:`create`)."""
     bridge = net.migration_bridge
     lines = [f"link add {bridge} type bridge", f"link set {bridge} up"]
-    for name in nodes:
-        veth = f"{bridge}{name}"
-        lines += [
-            f"link add {veth} type veth peer name {MIGRATION_DEV} netns {net.netns(name)}",
-            f"link set {veth} master {bridge} up",
-        ]
-    _batch(lines)
+    _batch(lines + [line for name in nodes for line in _migration_link_lines(net, name)])
     for name, address in nodes.items():
-        inside = [f"addr add {address}/24 dev {MIGRATION_DEV}", f"link set {MIGRATION_DEV} up"]
-        _batch(inside, netns=net.netns(name))
+        _batch(_migration_inside_lines(address), netns=net.netns(name))
+
+
+def add_migration_link(net: LabNet, name: str, address: str) -> None:
+    """A ``mig0`` link to the migration bridge for one more host (a node joining a running
+    lab that has a migration network), addressed ``address``; its namespace exists."""
+    _batch(_migration_link_lines(net, name))
+    _batch(_migration_inside_lines(address), netns=net.netns(name))
+
+
+def _migration_link_lines(net: LabNet, name: str) -> list[str]:
+    """In this host's namespace: ``name``'s ``mig0`` link to the migration bridge."""
+    veth = net.migration_veth(name)
+    return [
+        f"link add {veth} type veth peer name {MIGRATION_DEV} netns {net.netns(name)}",
+        f"link set {veth} master {net.migration_bridge} up",
+    ]
+
+
+def _migration_inside_lines(address: str) -> list[str]:
+    return [f"addr add {address}/24 dev {MIGRATION_DEV}", f"link set {MIGRATION_DEV} up"]
 
 
 def link_bytes(net: LabNet, node: str, dev: str) -> tuple[int, int]:
@@ -194,7 +211,8 @@ def add_host(net: LabNet, name: str, address: str) -> None:
 
 
 def _remove_lines(net: LabNet, name: str) -> list[str]:
-    return [f"link del {net.veth(name)}", f"netns del {net.netns(name)}"]
+    mig = [f"link del {net.migration_veth(name)}"] if net.migration_subnet else []
+    return [f"link del {net.veth(name)}", *mig, f"netns del {net.netns(name)}"]
 
 
 def remove_host(net: LabNet, name: str) -> None:
