@@ -141,11 +141,6 @@ def set_migration(lab: Lab, **settings: Any) -> None:
     assert r.status_code == 200, r.text
 
 
-@pytest.mark.skip(
-    reason="failed 2 runs in 14 (session 7): once the target's cont hit the disk lock (now "
-    "retried), once the guest on the target printed no heartbeat for 30 s after the move "
-    "(cause not found yet); the driver tests cover postcopy meanwhile"
-)
 def test_postcopy_moves_a_loaded_guest_through_the_agents(lab2: Lab) -> None:
     """A guest dirtying faster than the bandwidth cap: precopy cannot converge, so after one
     pass the source switches to postcopy; the placement flips then and the target runs the
