@@ -24,12 +24,13 @@ from hvcluster.models.event import Say
 from hvcluster.models.lifecycle import NodeAdminState
 from hvcluster.models.migration import Migration, MigrationKind
 from hvcluster.models.usage import BalanceAnswer, BalanceRequest, NodeUsage, PlannedMove
-from hvcluster.scheduler.balance import BalancePlan, CpuUse, plan_balance
+from hvcluster.scheduler.balance import BalanceMove, BalancePlan, CpuUse, plan_balance
 from hvcluster.scheduler.drain import InFlight
 from hvcluster.scheduler.snapshot import ClusterSnapshot
 from hvcluster.store.base import Compare, Put, Store
+from hvcluster.store.batches import Write
 from hvcluster.store.keys import Keys
-from hvcluster.store.migrations import create_migration
+from hvcluster.store.migrations import create_migrations, new_migration
 from hvcluster.store.reads import Decoded, read_kind, read_prefix
 
 log = logging.getLogger(__name__)
@@ -182,19 +183,23 @@ class BalanceRunner:
             self.run = None
             await tell("balance.done", "cluster", f"balance ({run.trigger}) ends: {why}")
             return said
-        for move in wave:
-            vm = snapshot.vms[move.vm]
-            epoch = vm.placement.epoch if vm.placement is not None else 0
-            made = await create_migration(
-                self.store, self.keys, move.vm, move.source, move.target, epoch,
-                MigrationKind.LIVE, f"balance:{run.trigger}", now=self.clock(),
-            )  # fmt: skip
+        by = f"balance:{run.trigger}"
+        made = await create_migrations(  # the wave's moves in a few transactions
+            self.store, [self._new(snapshot, m, by) for m in wave]
+        )
+        for move, rec in zip(wave, made, strict=True):
             run.moved.add(move.vm)
-            if made is not None:
-                await tell("balance.move", f"vm/{move.vm}", f"{move.reason} ({made.id})")
+            if rec is not None:
+                await tell("balance.move", f"vm/{move.vm}", f"{move.reason} ({rec.id})")
             else:
                 log.info("balance: %s is busy with another job; not moved", move.vm)
         return said
+
+    def _new(self, snapshot: ClusterSnapshot, m: BalanceMove, by: str) -> tuple[Migration, Write]:
+        placement = snapshot.vms[m.vm].placement
+        epoch = placement.epoch if placement is not None else 0
+        kind = MigrationKind.LIVE
+        return new_migration(self.keys, m.vm, m.source, m.target, epoch, kind, by, now=self.clock())
 
 
 def _balancing(records: Decoded[Migration]) -> bool:

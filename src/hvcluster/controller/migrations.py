@@ -48,15 +48,17 @@ from hvcluster.scheduler.drain import DrainDone, DrainMove, DrainStay, InFlight,
 from hvcluster.scheduler.placement import Choice, Ledger, choose_node
 from hvcluster.scheduler.snapshot import ClusterSnapshot
 from hvcluster.store.base import Compare, Put, Store, WatchEvent
+from hvcluster.store.batches import Write
 from hvcluster.store.follow import follow, run_cycles
 from hvcluster.store.jobs import busy
 from hvcluster.store.keys import Keys
 from hvcluster.store.migrations import (
     ATTEMPTS,
     change_migration,
-    create_migration,
+    create_migrations,
     flip,
     moved_spec_ops,
+    new_migration,
     read_migrations,
 )
 from hvcluster.store.reads import DecodeCache, Decoded, Stored, decode_kv, read_kind, read_one
@@ -426,23 +428,18 @@ class MigrationCoordinator:
                 stay[r.vm] = f"{r.vm} stays on {r.source}: quick migration failed ({r.reason})"
             elif r.state is _M.FAILED:
                 failed_live[r.vm] = r.reason
-        for d in plan_drain(snapshot, in_flight, failed_live, stay):
+        decisions = plan_drain(snapshot, in_flight, failed_live, stay)
+        moves = [d for d in decisions if isinstance(d, DrainMove)]
+        made = await create_migrations(  # the step's moves in a few transactions
+            self.store, [self._drain_move(d, snapshot) for d in moves]
+        )
+        created = iter(made)  # in the decisions' order
+        for d in decisions:
             match d:
                 case DrainMove():
-                    epoch = snapshot.vms[d.vm].placement.epoch  # type: ignore[union-attr]
-                    made = await create_migration(
-                        self.store,
-                        self.keys,
-                        d.vm,
-                        d.node,
-                        d.target,
-                        epoch,
-                        d.kind,
-                        f"drain:{d.node}",
-                        now=self.clock(),
-                    )
-                    if made is not None:
-                        await self.say("drain.move", f"vm/{d.vm}", f"{d.reason} ({made.id})")
+                    rec = next(created)
+                    if rec is not None:
+                        await self.say("drain.move", f"vm/{d.vm}", f"{d.reason} ({rec.id})")
                     elif (why := await busy(self.store, self.keys, d.vm)) is not None and (
                         self.said.get(f"vm/{d.vm}") != why  # it moves once that job ends
                     ):
@@ -455,6 +452,12 @@ class MigrationCoordinator:
                 case DrainDone():
                     if await self._pause(state, d.node, d.reason):
                         await self.say("node.drained", f"node/{d.node}", d.reason)
+
+    def _drain_move(self, d: DrainMove, snapshot: ClusterSnapshot) -> tuple[Migration, Write]:
+        placement = snapshot.vms[d.vm].placement
+        epoch = placement.epoch if placement is not None else 0
+        by = f"drain:{d.node}"
+        return new_migration(self.keys, d.vm, d.node, d.target, epoch, d.kind, by, now=self.clock())
 
     async def _pause(self, state: ClusterState, name: str, reason: str) -> bool:
         stored = state.nodes.items.get(name)

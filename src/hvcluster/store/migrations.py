@@ -19,8 +19,8 @@ epoch + 1 and the record done, written by the source agent the moment its transf
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Concatenate, ParamSpec
 
 from hvcluster.models.base import encode
 from hvcluster.models.errors import CorruptValue
@@ -30,6 +30,7 @@ from hvcluster.models.migration import Migration, MigrationKind
 from hvcluster.models.storage import spec_on_volume
 from hvcluster.models.vm import Placement, VMSpec
 from hvcluster.store.base import Compare, Delete, Put, Store
+from hvcluster.store.batches import Write, commit_all
 from hvcluster.store.jobs import ATTEMPTS as ATTEMPTS  # the controller's too
 from hvcluster.store.jobs import change_job, claim, release
 from hvcluster.store.keys import Keys
@@ -42,6 +43,7 @@ from hvcluster.store.reads import (
 )
 
 Change = Callable[[Migration], Migration | None]
+P = ParamSpec("P")
 
 
 async def read_migrations(store: Store, keys: Keys) -> Decoded[Migration]:
@@ -57,8 +59,7 @@ async def read_move(store: Store, keys: Keys, mid: str) -> Migration | None:
     return await read_value(store, keys.storage_move(mid), Migration)
 
 
-async def create_migration(
-    store: Store,
+def new_migration(
     keys: Keys,
     vm: str,
     source: str,
@@ -69,12 +70,12 @@ async def create_migration(
     volume: str = "",
     now: float | None = None,
     max_bandwidth_mib_s: int | None = None,
-) -> Migration | None:
-    """Store a new ``requested`` record, with the VM's job key (store/jobs.py) in the same
-    transaction; None if another job holds the VM (:func:`hvcluster.store.jobs.busy` says
-    which). ``volume``: a shared-nothing migration's destination volume, or a storage
-    move's (kind ``storage``: stored under ``requests/storage-moves/``).
-    ``max_bandwidth_mib_s``: a live migration's own bandwidth cap."""
+) -> tuple[Migration, Write]:
+    """A new ``requested`` record and the :class:`~hvcluster.store.batches.Write` that
+    creates it with its VM's job key (store/jobs.py): it commits only while no record has
+    its id and no other job holds the VM. ``volume``: a shared-nothing migration's
+    destination volume, or a storage move's (kind ``storage``: stored under
+    ``requests/storage-moves/``). ``max_bandwidth_mib_s``: a live migration's own cap."""
     # the caller's clock: ids made of it (a simulation's replay); else random ones
     made_of = () if now is None else (source, target, epoch, kind.value, requested_by, volume, now)
     now = time.time() if now is None else now
@@ -93,8 +94,32 @@ async def create_migration(
     )
     key = keys.storage_move(rec.id) if kind is MigrationKind.STORAGE else keys.migration(rec.id)
     held, hold = claim(keys, rec)
-    result = await store.txn([Compare.absent(key), *held], [Put(key, encode(rec)), *hold])
-    return rec if result.succeeded else None
+    return rec, Write((Compare.absent(key), *held), (Put(key, encode(rec)), *hold))
+
+
+async def create_migrations(
+    store: Store, made: Sequence[tuple[Migration, Write]]
+) -> list[Migration | None]:
+    """Store many :func:`new_migration` s in as few transactions as etcd's limits allow
+    (:func:`~hvcluster.store.batches.commit_all`: a drain's or a balance wave's moves
+    together), each with its own compares; for each, its record, or None if another job
+    holds its VM."""
+    done = await commit_all(store, [w for _, w in made])
+    return [rec if ok else None for (rec, _), ok in zip(made, done, strict=True)]
+
+
+def _alone(
+    make: Callable[P, tuple[Migration, Write]],
+) -> Callable[Concatenate[Store, P], Awaitable[Migration | None]]:
+    async def create(store: Store, /, *args: P.args, **kwargs: P.kwargs) -> Migration | None:
+        return (await create_migrations(store, [make(*args, **kwargs)]))[0]
+
+    return create
+
+
+# create_migration(store, <new_migration's arguments>): one new record in its own
+# transaction; None if another job holds the VM (store.jobs.busy says which)
+create_migration = _alone(new_migration)
 
 
 async def create_move(
