@@ -12,6 +12,7 @@ import pytest
 
 from hvcluster.api import volumes
 from hvcluster.api.context import ApiContext
+from hvcluster.api.node_reported import users_of
 from hvcluster.api.removal import remove_unused
 from hvcluster.cli.volume_cmd import place_marker
 from hvcluster.lab.etcd import EtcdCluster
@@ -48,7 +49,7 @@ def uses_volume(name: str) -> bytes:
 
 
 async def remove_volume(ctx: ApiContext) -> None:
-    await remove_unused(ctx, "volume", ctx.keys.volume("csv1"), "csv1", volumes.users)
+    await remove_unused(ctx, "volume", ctx.keys.volume("csv1"), "csv1", users_of(volumes.uses))
 
 
 @pytest.fixture(params=["memory", "etcd"])

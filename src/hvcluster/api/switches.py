@@ -12,10 +12,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from hvcluster.api.context import ApiContext, Ctx, ValidName
-from hvcluster.api.node_reported import read_all_with_nodes, read_one_with_nodes
-from hvcluster.api.removal import Removed, remove_unused
-from hvcluster.api.views import Skipped, View
+from hvcluster.api.context import ApiContext, Ctx
+from hvcluster.api.node_reported import (
+    ReportedList,
+    ReportedView,
+    add_reported_routes,
+)
 from hvcluster.models.base import encode
 from hvcluster.models.errors import Conflict, InvalidInput
 from hvcluster.models.node import Node
@@ -27,28 +29,24 @@ from hvcluster.store.reads import read_snapshot
 router = APIRouter(prefix="/switches", tags=["network"])
 
 
-class SwitchView(View):
+class SwitchView(ReportedView):
     name: str
     type: str
     uplink: str | None
     bridge: str  # the Linux bridge on every node
     switch: Switch
     ready_on: list[str]  # nodes that report the bridge ready
-    problems: dict[str, str]  # node -> why it does not have it
-    used_by: list[str]  # VMs with a NIC on it
 
 
-class SwitchList(View):
+class SwitchList(ReportedList):
     switches: list[SwitchView]
-    skipped: list[Skipped] = []
-    revision: int
 
 
-def users(specs: dict[str, VMSpec], switch: str) -> list[str]:
-    return sorted(n for n, s in specs.items() if any(nic.switch == switch for nic in s.nics))
+def uses(spec: VMSpec, switch: str) -> bool:
+    return any(nic.switch == switch for nic in spec.nics)
 
 
-def view(switch: Switch, nodes: list[Node], specs: dict[str, VMSpec]) -> SwitchView:
+def view(switch: Switch, nodes: list[Node], used_by: list[str]) -> SwitchView:
     name = switch.name
     return SwitchView(
         name=name,
@@ -58,14 +56,8 @@ def view(switch: Switch, nodes: list[Node], specs: dict[str, VMSpec]) -> SwitchV
         switch=switch,
         ready_on=sorted(n.name for n in nodes if name in n.switches),
         problems={n.name: n.switch_problems[name] for n in nodes if name in n.switch_problems},
-        used_by=users(specs, name),
+        used_by=used_by,
     )
-
-
-@router.get("", response_model=SwitchList)
-async def list_switches(ctx: Ctx) -> SwitchList:
-    views, skipped, revision = await read_all_with_nodes(ctx, Switch, "switches", view)
-    return SwitchList(switches=views, skipped=skipped, revision=revision)
 
 
 async def refuse_busy_uplink(ctx: ApiContext, switch: Switch) -> None:
@@ -104,17 +96,10 @@ async def add_switch(switch: Switch, ctx: Ctx) -> SwitchView:
         f"switch {switch.name} added ({switch.type.value}{uplink}, bridge {switch.bridge})",
         {"type": switch.type.value, "uplink": switch.uplink, "revision": result.revision},
     )
-    return view(switch, [], {})
+    return view(switch, [], [])
 
 
-@router.get("/{name}", response_model=SwitchView)
-async def show_switch(name: ValidName, ctx: Ctx) -> SwitchView:
-    key = ctx.keys.switch(name)
-    switch, nodes, specs = await read_one_with_nodes(ctx, Switch, key, f"switch {name!r}")
-    return view(switch, nodes, specs)
-
-
-@router.delete("/{name}", response_model=Removed)
-async def remove_switch(name: ValidName, ctx: Ctx) -> Removed:
-    """Forget a switch (agents leave existing bridges alone). Refused while a VM uses it."""
-    return await remove_unused(ctx, "switch", ctx.keys.switch(name), name, users)
+add_reported_routes(
+    router, "switch", "switches", Switch, view, (SwitchView, SwitchList), uses,
+    "Forget a switch (agents leave existing bridges alone). Refused while a VM uses it.",
+)  # fmt: skip

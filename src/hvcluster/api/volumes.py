@@ -17,10 +17,13 @@ from pathlib import Path
 from fastapi import APIRouter
 from pydantic import ConfigDict, Field, field_validator
 
-from hvcluster.api.context import Ctx, ValidName
-from hvcluster.api.node_reported import read_all_with_nodes, read_one_with_nodes
-from hvcluster.api.removal import Removed, remove_unused
-from hvcluster.api.views import Skipped, View
+from hvcluster.api.context import Ctx
+from hvcluster.api.node_reported import (
+    ReportedList,
+    ReportedView,
+    add_reported_routes,
+)
+from hvcluster.api.views import View
 from hvcluster.models.base import encode
 from hvcluster.models.errors import Conflict, InvalidInput
 from hvcluster.models.names import HostPath, Name
@@ -121,28 +124,24 @@ def refuse_overlap(volume: Volume, others: list[Volume]) -> None:
             )
 
 
-class VolumeView(View):
+class VolumeView(ReportedView):
     name: str
     path: str
     id: str
     volume: Volume
     seen_by: list[str]  # nodes that report it with the right id
     free_mib: dict[str, int]  # per node that sees it
-    problems: dict[str, str]  # node -> why it does not see it
-    used_by: list[str]  # VMs with a disk on it
 
 
-class VolumeList(View):
+class VolumeList(ReportedList):
     volumes: list[VolumeView]
-    skipped: list[Skipped] = []
-    revision: int
 
 
-def users(specs: dict[str, VMSpec], volume: str) -> list[str]:
-    return sorted(n for n, s in specs.items() if any(d.volume == volume for d in s.disks))
+def uses(spec: VMSpec, volume: str) -> bool:
+    return any(disk.volume == volume for disk in spec.disks)
 
 
-def view(volume: Volume, nodes: list[Node], specs: dict[str, VMSpec]) -> VolumeView:
+def view(volume: Volume, nodes: list[Node], used_by: list[str]) -> VolumeView:
     name = volume.name
     return VolumeView(
         name=name,
@@ -152,14 +151,8 @@ def view(volume: Volume, nodes: list[Node], specs: dict[str, VMSpec]) -> VolumeV
         seen_by=sorted(n.name for n in nodes if name in n.volumes),
         free_mib={n.name: n.volume_free_mib[name] for n in nodes if name in n.volume_free_mib},
         problems={n.name: n.volume_problems[name] for n in nodes if name in n.volume_problems},
-        used_by=users(specs, name),
+        used_by=used_by,
     )
-
-
-@router.get("", response_model=VolumeList)
-async def list_volumes(ctx: Ctx) -> VolumeList:
-    views, skipped, revision = await read_all_with_nodes(ctx, Volume, "volumes", view)
-    return VolumeList(volumes=views, skipped=skipped, revision=revision)
 
 
 @router.post("", status_code=201, response_model=VolumeView)
@@ -188,17 +181,10 @@ async def add_volume(request: VolumeRequest, ctx: Ctx) -> VolumeView:
         f"volume {volume.name} added at {volume.path} (id {volume.id})",
         {"path": volume.path, "id": volume.id, "revision": result.revision},
     )
-    return view(volume, [], {})
+    return view(volume, [], [])
 
 
-@router.get("/{name}", response_model=VolumeView)
-async def show_volume(name: ValidName, ctx: Ctx) -> VolumeView:
-    key = ctx.keys.volume(name)
-    volume, nodes, specs = await read_one_with_nodes(ctx, Volume, key, f"volume {name!r}")
-    return view(volume, nodes, specs)
-
-
-@router.delete("/{name}", response_model=Removed)
-async def remove_volume(name: ValidName, ctx: Ctx) -> Removed:
-    """Forget a volume (its files stay where they are). Refused while a VM has a disk on it."""
-    return await remove_unused(ctx, "volume", ctx.keys.volume(name), name, users)
+add_reported_routes(
+    router, "volume", "volumes", Volume, view, (VolumeView, VolumeList), uses,
+    "Forget a volume (its files stay where they are). Refused while a VM has a disk on it.",
+)  # fmt: skip
