@@ -15,15 +15,16 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from hvcluster.guestimage.image import cached_image
-from hvcluster.guestimage.testguest import booted
+from hvcluster.guestimage.image import cached_image, require_image
+from hvcluster.guestimage.testguest import booted, create_disk
 from tests.drivers.listening import tcp_listening_ports
 from tests.lab.conftest import CACHE, Lab, make_lab, wait_for
 from tests.lab.test_qemu_failover import create_guest, running, vm_pid
-from tests.lab.test_qemu_migration import migrate, serial
+from tests.lab.test_qemu_migration import migrate, serial, set_settings
 
 pytestmark = [pytest.mark.lab, pytest.mark.qemu, pytest.mark.timeout(300)]
 
@@ -143,6 +144,71 @@ def test_a_reader_cannot_open_a_console(lab2: Lab, guest: str) -> None:
     )
     assert done.returncode == 1
     assert b"needs the operator role" in done.stderr
+
+
+def test_a_guest_that_panics_is_restarted_on_its_node_then_moved(lab2: Lab) -> None:
+    """Guest monitoring through the agents, on real QEMU: the guest panics (typed on its
+    console, through pvpanic); its agent restarts it on its node while its local restarts
+    last (here 1), then the controller moves it; the events say why."""
+    lab, name = lab2, "gm-1"
+    disk = Path(lab.state.shared_dir) / f"{name}.qcow2"
+    create_disk(disk)
+    spec = {
+        "name": name,
+        "memory_mib": 128,
+        "boot": require_image(CACHE).boot().model_dump(),
+        "disks": [{"path": str(disk)}],
+        "ha": {"preferred_owners": ["n1"], "possible_owners": ["n1", "n2"], "priority": "high"},
+        "monitor": {"panic": True},
+    }
+    set_settings(lab, {"local_restart_threshold": 1})
+    try:
+        lab.post("/vms", spec)
+        first = wait_for(lambda: running(lab, name, avoid="n2"), 90, f"{name} running on n1")
+        panic(lab, name, first)
+        again = wait_for(lambda: restarted(lab, name, first), 120, f"{name} restarted on n1")
+        assert again["status"]["node"] == "n1" and again["status"]["restarts"] == 1, again
+        panic(lab, name, again)
+        moved = wait_for(lambda: running(lab, name, avoid="n1"), 120, f"{name} moved to n2")
+        assert moved["status"]["node"] == "n2"
+        events = [e["event"] for e in lab.events(limit=2000)]
+        mine = [e for e in events if e["subject"] == f"vm/{name}"]
+        said = [e["reason"] for e in mine if e["kind"] == "vm.restarted"]
+        assert said and all("guest panicked" in r for r in said), said
+        assert any(e["kind"] == "vm.failed" and "guest panicked" in e["reason"] for e in mine)
+    finally:
+        set_settings(lab, {"local_restart_threshold": 3})
+        lab.delete(f"/vms/{name}")
+
+
+def restarted(lab: Lab, name: str, before: dict[str, Any]) -> dict[str, Any] | None:
+    """The VM running again with another QEMU than in ``before``, wherever it runs."""
+    vm = running(lab, name)
+    return vm if vm is not None and vm["status"]["pid"] != before["status"]["pid"] else None
+
+
+def panic(lab: Lab, name: str, vm: dict[str, Any]) -> None:
+    """Type ``hvc-panic`` on the guest's console until its QEMU is gone (what is typed before
+    the guest's shell has its serial port is lost, and a fresh boot takes a while)."""
+    node = vm["status"]["node"]
+    argv = [sys.executable, "-m", "hvcluster", "vm", "console", name,
+            "--api", lab.state.api_url(lab.state.node(node))]  # fmt: skip
+    term = Terminal(argv, hvc_env(lab, lab.state.token))
+    try:
+        term.until(b"Escape key is '^]'")
+        for _ in range(30):
+            term.type(b"hvc-panic\r")
+            with contextlib.suppress(AssertionError):
+                wait_for(lambda: not same_qemu(lab, name, vm), 4, "the guest's QEMU gone")
+                return
+        raise AssertionError(f"{name} did not panic: {term.seen[-600:]!r}")
+    finally:
+        term.close()
+
+
+def same_qemu(lab: Lab, name: str, vm: dict[str, Any]) -> bool:
+    status = lab.vm(name).get("status") or {}
+    return bool(status.get("state") == "running" and status.get("pid") == vm["status"]["pid"])
 
 
 CHROMIUM = Path("/usr/bin/chromium")

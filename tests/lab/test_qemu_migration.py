@@ -130,7 +130,12 @@ def removed(lab: Lab, vm: str) -> bool:
 
 
 def set_migration(lab: Lab, **settings: Any) -> None:
-    body = {"settings": {f"migration.{k}": v for k, v in settings.items()}, "reason": "test"}
+    set_settings(lab, {f"migration.{k}": v for k, v in settings.items()})
+
+
+def set_settings(lab: Lab, settings: dict[str, Any]) -> None:
+    """Change cluster settings by dotted key (``PATCH /cluster/config``)."""
+    body = {"settings": settings, "reason": "test"}
     r = httpx.patch(
         f"{lab.api()}/api/v1/cluster/config",
         json=body,
