@@ -9,6 +9,13 @@ handed to raw QMP (the driver lets go) and migrated by hand to a raw target QEMU
 ``-incoming``: the same capabilities and parameters (made by the driver's own functions, on
 both ends), ``migrate``, the source's MIGRATION event, ``cont``, the same timeout.
 
+The second path moves a guest that has moved once already (its memory touched on a host
+that has it all), so the order may favour one path: ``--first`` says which goes first
+(``alternate``, the default: hvcluster in even cells, raw in odd ones; ``both``: each size
+and rate twice, one order each; each cell records its ``first``). Raw first, its target
+QEMU runs in a driver's run dir with the driver's ``spec.json``, so a driver attaches it (as
+an agent restarted does) and hvcluster's path moves it on to a third driver.
+
 Measures per path: ``downtime_ms`` (QEMU's, of the transfer), ``switch_ms`` (from the moment
 the end was heard until the target's ``cont`` returned: guest-visible downtime is the sum),
 ``total_ms`` (QEMU's), ``passes`` (QEMU's dirty-sync count), ``converged``, the dirty rate QEMU
@@ -42,7 +49,7 @@ from hvcluster.drivers.qemu import QemuDriver, QemuSettings
 from hvcluster.drivers.qemu.cmdline import Launch, qemu_argv
 from hvcluster.drivers.qemu.migration import capabilities, parameters, progress_of
 from hvcluster.drivers.qemu.vm import free_port
-from hvcluster.drivers.runtime import kill_all, read_int, vm_dir
+from hvcluster.drivers.runtime import kill_all, read_int, vm_dir, write_json
 from hvcluster.guestimage.image import DEFAULT_CACHE, build_image
 from hvcluster.guestimage.testguest import create_disk, guest_spec, heartbeats
 from hvcluster.models.config import MigrationSettings
@@ -56,10 +63,10 @@ WARM_S = 5.0  # the writer runs this long before the migration starts
 
 
 async def hvc_path(
-    src: QemuDriver, dst: QemuDriver, spec: VMSpec, settings: MigrationSettings
+    src: QemuDriver, dst: QemuDriver, spec: VMSpec, settings: MigrationSettings, epoch: int
 ) -> dict[str, Any]:
     """hvcluster's migration code (the qemu driver), the target resumed from its hook."""
-    address = await dst.prepare_incoming(spec, 2, "127.0.0.1", settings)
+    address = await dst.prepare_incoming(spec, epoch, "127.0.0.1", settings)
     seen: list[Progress] = []
     switch: dict[str, float] = {}
 
@@ -94,13 +101,16 @@ def _load(last: Progress, seen: list[Progress] | None = None) -> dict[str, Any]:
 
 
 async def raw_path(
-    sock: Path, spec: VMSpec, work: Path, settings: MigrationSettings
+    sock: Path, spec: VMSpec, run_dir: Path, settings: MigrationSettings, epoch: int
 ) -> tuple[dict[str, Any], int]:
-    """The same migration by hand with raw QMP (and the target QEMU's pid)."""
-    d = work / "raw" / "vms" / NAME
+    """The same migration by hand with raw QMP (and the target QEMU's pid), to a QEMU in
+    ``run_dir`` as a driver's would be there (its ``spec.json`` says ``epoch``)."""
+    d = vm_dir(run_dir, NAME)
     d.mkdir(parents=True)
+    record = {"spec": spec.model_dump(mode="json"), "epoch": epoch, "started": time.time()}
+    write_json(d / "spec.json", record)
     port = free_port("127.0.0.1")
-    argv = qemu_argv(spec, d, work, Launch("tcg", paused=True, incoming=True), QemuSettings())
+    argv = qemu_argv(spec, d, run_dir, Launch("tcg", paused=True, incoming=True), QemuSettings())
     argv[argv.index("defer")] = f"tcp:127.0.0.1:{port}"
     proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.DEVNULL)
     if await proc.wait() != 0:
@@ -162,32 +172,42 @@ async def raw_path(
 
 
 async def cell(
-    image: Any, cache: Path, memory: int, rate: int, settings: MigrationSettings
+    image: Any, cache: Path, memory: int, rate: int, settings: MigrationSettings, first: str
 ) -> dict[str, Any]:
-    """One guest of ``memory`` MiB dirtying ``rate`` MiB/s: both paths."""
+    """One guest of ``memory`` MiB dirtying ``rate`` MiB/s: both paths, ``first`` first."""
     qemu = QemuSettings(accelerator="tcg", cache_dir=cache)
     with tempfile.TemporaryDirectory(prefix="hvc-bench-load-") as tmp:
         work = Path(tmp)
         disk = create_disk(work / "disk.qcow2")
         spec = guest_spec(NAME, image, disk, memory, dirty_mib_s=rate, dirty_set_mib=SET_MIB)
-        a, b = QemuDriver(work / "n1", qemu), QemuDriver(work / "n2", qemu)
+        drivers = [QemuDriver(work / "n1", qemu)]
         raw_pid: int | None = None
         try:
-            await a.start(spec, 1)
+            await drivers[0].start(spec, 1)
             serial = vm_dir(work / "n1", NAME) / "serial.log"
             for _ in range(1200):
                 if heartbeats(serial):
                     break
                 await asyncio.sleep(0.1)
             await asyncio.sleep(WARM_S)
-            measured = await dirty_rate(a)
-            hvc = await hvc_path(a, b, spec, settings)
-            holder = b if hvc["converged"] else a
-            sock = vm_dir(holder.run_dir, NAME) / "qmp.sock"
-            await a.close()
-            await b.close()
-            await asyncio.sleep(WARM_S / 2)  # the guest settles (its writer catches up)
-            raw, raw_pid = await raw_path(sock, spec, work, settings)
+            measured = await dirty_rate(drivers[0])
+            if first == "hvcluster":
+                drivers.append(QemuDriver(work / "n2", qemu))
+                hvc = await hvc_path(drivers[0], drivers[1], spec, settings, 2)
+                holder = drivers[1 if hvc["converged"] else 0].run_dir
+                await _let_go(drivers)
+                raw, raw_pid = await raw_path(_sock(holder), spec, work / "raw", settings, 3)
+            else:
+                await _let_go(drivers)
+                raw, _ = await raw_path(_sock(work / "n1"), spec, work / "n2", settings, 2)
+                holder = work / ("n2" if raw["converged"] else "n1")
+                if raw["converged"]:  # the source's copy, paused for good (as discard does)
+                    kill_all(work / "n1")
+                drivers = [QemuDriver(holder, qemu), QemuDriver(work / "n3", qemu)]
+                await drivers[0].attach()  # (its QMP socket is free: raw_path let go)
+                await asyncio.sleep(WARM_S / 2)
+                hvc = await hvc_path(drivers[0], drivers[1], spec, settings, 3)
+                await _let_go(drivers)
         finally:
             if raw_pid is not None:
                 with contextlib.suppress(ProcessLookupError):
@@ -199,9 +219,21 @@ async def cell(
         "memory_mib": memory,
         "dirty_mib_s": rate,
         "dirty_measured_mib_s": measured,
+        "first": first,
         "hvcluster": hvc,
         "raw": raw,
     }
+
+
+def _sock(run_dir: Path) -> Path:
+    return vm_dir(run_dir, NAME) / "qmp.sock"
+
+
+async def _let_go(drivers: list[QemuDriver]) -> None:
+    """The drivers close (their QEMUs run on); the guest settles (its writer catches up)."""
+    for driver in drivers:
+        await driver.close()
+    await asyncio.sleep(WARM_S / 2)
 
 
 async def dirty_rate(driver: QemuDriver, calc_s: int = 2) -> float:
@@ -238,6 +270,10 @@ async def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048, 4096], help="MiB")
     parser.add_argument("--rates", type=int, nargs="+", default=[0, 20, 80], help="MiB/s")
     parser.add_argument("--timeout", type=float, default=120.0, help="per migration, s")
+    parser.add_argument(
+        "--first", choices=("alternate", "both", "hvcluster", "raw"), default="alternate",
+        help="which path migrates the guest first (alternate: by cell; both: each order)",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument(
         "--cache", type=Path, default=Path(os.environ.get("HVC_CACHE", DEFAULT_CACHE))
@@ -249,21 +285,27 @@ async def main() -> None:
     started = time.time()
     for memory in args.sizes:
         for rate in args.rates:
-            load = os.getloadavg()[0]
-            c = await cell(image, args.cache, memory, rate, settings)
-            c["load_before"] = load
-            cells.append(c)
-            print(f"  (QEMU measured the guest dirtying {c['dirty_measured_mib_s']:.0f} MiB/s)")
-            for path in ("hvcluster", "raw"):
-                print(row(c, path), flush=True)
-            results = {  # written after each cell: a run cut short keeps what it measured
-                "settings": settings.model_dump(),
-                "working_set_mib": SET_MIB,
-                "wall_s": time.time() - started,
-                "cells": cells,
-            }
-            args.out.parent.mkdir(exist_ok=True)
-            args.out.write_text(json.dumps(results, indent=1) + "\n")
+            orders = {
+                "alternate": [("hvcluster", "raw")[len(cells) % 2]],
+                "both": ["hvcluster", "raw"],
+            }.get(args.first, [args.first])
+            for first in orders:
+                load = os.getloadavg()[0]
+                c = await cell(image, args.cache, memory, rate, settings, first)
+                c["load_before"], c["load_after"] = load, os.getloadavg()[0]
+                cells.append(c)
+                print(f"  (QEMU measured the guest dirtying {c['dirty_measured_mib_s']:.0f} MiB/s)")
+                for path in ("hvcluster", "raw") if first == "hvcluster" else ("raw", "hvcluster"):
+                    print(row(c, path), flush=True)
+                results = {  # written after each cell: a run cut short keeps what it measured
+                    "settings": settings.model_dump(),
+                    "working_set_mib": SET_MIB,
+                    "first": args.first,
+                    "wall_s": time.time() - started,
+                    "cells": cells,
+                }
+                args.out.parent.mkdir(exist_ok=True)
+                args.out.write_text(json.dumps(results, indent=1) + "\n")
     print(f"written {args.out}")
 
 
