@@ -26,16 +26,17 @@ from hvcluster.metrics import AgentMetrics
 from hvcluster.models.config import ClusterConfig
 from hvcluster.models.errors import StoreError
 from hvcluster.models.event import Say
+from hvcluster.models.migration import Migration
 from hvcluster.models.node import Node, NodeAlive
 from hvcluster.scheduler import decisions as dec
 from hvcluster.scheduler.plan import plan
 from hvcluster.store.base import Store, WatchEvent
 from hvcluster.store.batches import Write, commit_all
+from hvcluster.store.cache import WatchedCache
 from hvcluster.store.follow import follow, run_cycles
 from hvcluster.store.keys import Keys
-from hvcluster.store.migrations import read_migrations
-from hvcluster.store.reads import DecodeCache, Decoded, read_kind
-from hvcluster.store.state import ClusterState, read_cluster
+from hvcluster.store.reads import Decoded, read_kind
+from hvcluster.store.state import ClusterState, cluster_from, cluster_prefixes
 from hvcluster.tasks import cancel_all
 
 log = logging.getLogger(__name__)
@@ -79,8 +80,10 @@ class Controller:
         self.fencer = Fencer(say, self.metrics)
         self.wake = asyncio.Event()
         self.cycles = 0
-        # Each cycle reads the whole cluster, but decodes only what changed since the last.
-        self.decoded = DecodeCache()
+        # What each cycle decides from: read once, then kept current by a watch (the store
+        # is not read whole every cycle), decoding only what changed.
+        watched = cluster_prefixes(keys) | {keys.prefix("migrations"): Migration}
+        self.cache = WatchedCache(store, watched)
         self.balance = BalanceRunner(store, keys, say, clock, clock())
         self.migrations = MigrationCoordinator(
             store, keys, say, self.notes, is_leader, clock, sleep, self.metrics
@@ -98,6 +101,7 @@ class Controller:
             await self._run(interval)
         finally:
             await cancel_all(helpers)  # again until they end: a wait_for may swallow one
+            await self.cache.close()
 
     async def follow_intent(self) -> None:
         """Wake the leader's loop at once when a VM's spec changes (created, started,
@@ -123,6 +127,7 @@ class Controller:
             if self.leading:
                 log.info("%s is no longer the controller", self.name)
                 self.leading = False
+                await self.cache.suspend()  # (no watch to buffer while it does not lead)
             self.metrics.controller_leader.set(0)
             await self.observe()
         else:
@@ -143,10 +148,11 @@ class Controller:
             await self.say(
                 "controller.elected", f"node/{self.name}", f"{self.name} is now the controller"
             )
-        # Migrations first: one that ends (flips) between the two reads is then seen under
-        # way with its placement already flipped, so both nodes stay counted.
-        migrations = await read_migrations(self.store, self.keys)
-        state = await read_cluster(self.store, self.keys, self.decoded)
+        # Migrations and the cluster at one revision (a migration that ends flips its
+        # placement in the same transaction), and every write of ours before it included.
+        view = await self.cache.read()
+        migrations = view.decoded(self.keys.prefix("migrations"), Migration)
+        state = cluster_from(view, self.keys)
         for bad in state.corrupt:
             if bad.key not in notes.corrupt_reported:
                 notes.corrupt_reported.add(bad.key)
@@ -314,4 +320,6 @@ class Controller:
                 log.error("controller: saying %s", t.reason, exc_info=e)
 
     def close(self) -> None:
+        """Stop the fence runs and the cache's watch (a caller of :meth:`cycle` alone too)."""
         self.fencer.close()
+        self.cache.cancel()

@@ -26,6 +26,9 @@ rules a backend must keep:
   order, each once. The etcd backend re-connects after a connection error and resumes from
   the last revision it delivered + 1, so a caller sees no gap and no duplicate. If the
   revision was compacted away it raises :class:`WatchCompacted` and the caller re-reads.
+  The events of one revision are handed on one after another, never suspending between
+  them: a consumer that does not await while taking them is never seen by other tasks
+  holding half a transaction (what store/cache.WatchedCache rests on).
 * **Errors.** Only :class:`~hvcluster.models.errors.StoreError` subclasses leave a backend.
 """
 

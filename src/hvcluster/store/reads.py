@@ -10,6 +10,8 @@ revision a later compare-and-set needs; a corrupt value reported once and skippe
   a transaction's gets).
 * :class:`DecodeCache`: for loops that read whole prefixes every cycle: only the values
   changed since the last read are decoded again.
+* :class:`~hvcluster.store.cache.WatchedCache`: for a loop that needs whole prefixes every
+  cycle and should not read them every cycle: read once, then kept current by a watch.
 
 A value that does not decode is never fatal: :class:`CorruptReporter` writes one warning
 naming the key and the field (and, given ``write_event``, one event) per stored version, not
@@ -147,7 +149,7 @@ def decode_kv(
 
 
 async def decode_one(
-    model: type[M], kv: KeyValue | None, report: CorruptReporter = LOG_ONCE
+    model: type[M], kv: Entry | None, report: CorruptReporter = LOG_ONCE
 ) -> Stored[M] | CorruptValue | None:
     """``kv`` decoded, None if absent, or the error (reported) if corrupt."""
     found = _decode(model, kv)

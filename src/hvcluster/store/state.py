@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hvcluster.models.base import Model
 from hvcluster.models.config import ClusterConfig
 from hvcluster.models.errors import CorruptValue
 from hvcluster.models.node import Node, NodeAlive
 from hvcluster.models.vm import Placement, VMSpec, VMStatus
 from hvcluster.store.base import Store
+from hvcluster.store.cache import CacheView
 from hvcluster.store.keys import Keys
 from hvcluster.store.reads import DecodeCache, Decoded, read_kind, read_one_or_error
 
@@ -52,6 +54,39 @@ async def read_cluster(store: Store, keys: Keys, cache: DecodeCache | None = Non
     placements = await read_kind(store, keys, "placements", Placement, cache=cache)
     statuses = await read_kind(store, keys, "status", VMStatus, cache=cache)
     corrupt = [bad] if bad else []
+    for d in (nodes, alive, vms, placements, statuses):
+        corrupt.extend(d.corrupt)
+    return ClusterState(config, nodes, alive, vms, placements, statuses, corrupt)
+
+
+# What :func:`read_cluster` reads, by kind: a :class:`~.cache.WatchedCache` given
+# :func:`cluster_prefixes` keeps the same, and :func:`cluster_from` reads it from the cache.
+CLUSTER_KINDS: dict[str, type[Model]] = {
+    "nodes": Node,
+    "alive": NodeAlive,
+    "vms": VMSpec,
+    "placements": Placement,
+    "status": VMStatus,
+}
+
+
+def cluster_prefixes(keys: Keys) -> dict[str, type[Model]]:
+    """The prefixes (and the config key) a watched cache needs for :func:`cluster_from`."""
+    found: dict[str, type[Model]] = {keys.config: ClusterConfig}
+    found.update({keys.prefix(kind): model for kind, model in CLUSTER_KINDS.items()})
+    return found
+
+
+def cluster_from(view: CacheView, keys: Keys) -> ClusterState:
+    """:func:`read_cluster`'s answer, from a watched cache's view (all at one revision)."""
+    settings = view.decoded(keys.config, ClusterConfig)
+    config = settings.get("") or ClusterConfig(name=keys.cluster)
+    corrupt = list(settings.corrupt)
+    nodes = view.decoded(keys.prefix("nodes"), Node)
+    alive = view.decoded(keys.prefix("alive"), NodeAlive)
+    vms = view.decoded(keys.prefix("vms"), VMSpec)
+    placements = view.decoded(keys.prefix("placements"), Placement)
+    statuses = view.decoded(keys.prefix("status"), VMStatus)
     for d in (nodes, alive, vms, placements, statuses):
         corrupt.extend(d.corrupt)
     return ClusterState(config, nodes, alive, vms, placements, statuses, corrupt)
