@@ -111,6 +111,8 @@ class ManualClock:
         target = self._now + seconds
         await self.settle()
         while True:
+            while self._sleepers and self._sleepers[0][2].done():  # cancelled: no stop there
+                heapq.heappop(self._sleepers)
             due = self._sleepers[0][0] if self._sleepers else None
             if due is None or due > target:
                 break

@@ -6,6 +6,10 @@ in the same loop turn as the waiting task is cancelled: the cancellation is swal
 for it for ever (a sim cluster's controller was seen doing exactly that after a stop).
 :func:`wait_event` never swallows one, and :func:`cancel_all` cancels again until the tasks
 end (for code that may still use ``wait_for``, ours or a library's).
+
+Timeouts take the caller's ``sleep`` (:func:`within`, :func:`wait_event`): a simulation's
+daemons run on a virtual clock, and a timeout in real seconds there would fire at a virtual
+moment that depends on how fast the machine runs (``hvc sim``'s replays must not).
 """
 
 from __future__ import annotations
@@ -13,7 +17,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +45,37 @@ async def wait_event(event: asyncio.Event, timeout: float, sleep: Sleep | None =
     return event.is_set()
 
 
+async def within(work: Awaitable[T], timeout: float, sleep: Sleep | None = None) -> T:
+    """``asyncio.wait_for(work, timeout)`` with ``timeout`` in seconds of ``sleep``'s clock
+    (real time when None): ``work`` cancelled and :class:`TimeoutError` raised when the time
+    runs out first. A cancellation of the caller cancels ``work`` too."""
+    if sleep is None:
+        return await asyncio.wait_for(work, timeout)
+    task = asyncio.ensure_future(work)
+    timer = asyncio.ensure_future(sleep(timeout))
+    try:
+        await asyncio.wait((task, timer), return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    finally:
+        timer.cancel()
+    if not task.done():
+        task.cancel()
+        await asyncio.wait((task,))  # (a cancellation of ours here propagates, as wait_for's)
+    if task.cancelled():
+        raise TimeoutError(f"no answer within {timeout:g}s")
+    return task.result()
+
+
 async def cancel_all(tasks: Iterable[asyncio.Task[Any]], rounds: int = 10) -> None:
     """Cancel ``tasks`` and wait until they are done, cancelling again while one runs on
     (a swallowed cancellation: see the module's docstring); never waits for ever (``rounds``
     half-seconds). A caller cancelled meanwhile still stops them first, then is cancelled:
-    a child left running would outlive its parent."""
-    pending = {t for t in tasks if not t.done()}
+    a child left running would outlive its parent. They are cancelled in the order given
+    (not a set's, which follows their addresses: a simulation's replay would depend on
+    what ran before it in the process)."""
+    pending = [t for t in dict.fromkeys(tasks) if not t.done()]
     interrupted = False
     for _ in range(rounds):
         if not pending:
@@ -52,10 +83,10 @@ async def cancel_all(tasks: Iterable[asyncio.Task[Any]], rounds: int = 10) -> No
         for task in pending:
             task.cancel()
         try:
-            _, pending = await asyncio.wait(pending, timeout=0.5)
+            await asyncio.wait(pending, timeout=0.5)
         except asyncio.CancelledError:
             interrupted = True
-            pending = {t for t in pending if not t.done()}
+        pending = [t for t in pending if not t.done()]
     if pending:
         log.warning("tasks did not stop: %s", ", ".join(t.get_name() for t in pending))
     if interrupted:

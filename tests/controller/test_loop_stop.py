@@ -11,10 +11,10 @@ import asyncio
 
 import pytest
 
-from hvcluster.clock import settle
+from hvcluster.clock import ManualClock, settle
 from hvcluster.controller.loop import Controller
 from hvcluster.store.memory_store import MemoryStore
-from hvcluster.tasks import cancel_all, wait_event
+from hvcluster.tasks import cancel_all, wait_event, within
 from tests.controller.test_migrations import KEYS
 
 
@@ -47,6 +47,37 @@ async def test_a_wait_ends_at_its_timeout_of_the_given_clock() -> None:
     assert slept == [7.0]
     event.set()
     assert await wait_event(event, 7.0, sleep) is True
+
+
+async def test_a_bounded_wait_ends_at_its_timeout_of_the_given_clock_not_real_time() -> None:
+    clock, event = ManualClock(), asyncio.Event()
+    waiting = asyncio.ensure_future(event.wait())
+    bounded = asyncio.create_task(within(waiting, 5.0, clock.sleep))
+    await clock.advance(4.9)
+    assert not bounded.done()
+    await clock.advance(0.2)
+    with pytest.raises(TimeoutError):
+        await bounded
+    assert waiting.cancelled()
+    event.set()
+    assert await within(event.wait(), 5.0, clock.sleep) is True
+
+
+async def test_cancel_all_cancels_in_the_order_given() -> None:
+    """Not in a set's order (the tasks' addresses): a simulation's replay would depend on
+    what ran before it in the process."""
+    stopped: list[int] = []
+
+    async def child(i: int) -> None:
+        try:
+            await asyncio.sleep(60)
+        finally:
+            stopped.append(i)
+
+    tasks = [asyncio.create_task(child(i)) for i in range(20)]
+    await settle()
+    await cancel_all(tasks[::-1])
+    assert stopped == list(range(20))[::-1]
 
 
 async def test_cancel_all_stops_a_task_that_swallows_one_cancellation() -> None:

@@ -47,7 +47,7 @@ from hvcluster.store.election import Election
 from hvcluster.store.events import EventLog
 from hvcluster.store.lease import LeaseKeeper
 from hvcluster.store.state import read_config
-from hvcluster.tasks import cancel_all
+from hvcluster.tasks import cancel_all, within
 from hvcluster.watchdog.node import WatchdogFeeder
 from hvcluster.web.app import install_dashboard
 
@@ -197,9 +197,9 @@ class Daemon:
             self.tasks.append(asyncio.create_task(self._serve_api(), name="api"))
         if cfg.controller:
             self.tasks.append(asyncio.create_task(self._control(config), name="controller"))
-        done, _ = await asyncio.wait(self.tasks, return_when=asyncio.FIRST_EXCEPTION)
-        for task in done:
-            if task.exception() is not None:
+        await asyncio.wait(self.tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in self.tasks:  # in their order, not a set's (that follows addresses)
+            if task.done() and task.exception() is not None:
                 raise task.exception()  # type: ignore[misc]
 
     async def _revoked_key(self) -> str | None:
@@ -279,7 +279,7 @@ class Daemon:
                     if keeper is not None:
                         keeper.stop_renewing()  # at once, whatever interrupts the rest
                         with contextlib.suppress(BaseException):
-                            await asyncio.wait_for(keeper.stop(revoke=False), 2.0)
+                            await within(keeper.stop(revoke=False), 2.0, self.clock.sleep)
         finally:
             try:  # the controller ends with us, never left running on its own
                 await cancel_all([loop])
@@ -287,7 +287,7 @@ class Daemon:
                 controller.close()
             if election is not None:
                 with contextlib.suppress(BaseException):
-                    await asyncio.wait_for(election.resign(), 2.0)
+                    await within(election.resign(), 2.0, self.clock.sleep)
 
     async def _serve_api(self) -> None:
         """The API, over https when a certificate is configured."""

@@ -23,12 +23,12 @@ lease the moment it resumes) and a cut link look the same.
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 
 from hvcluster.models.errors import StoreError
 from hvcluster.store.base import Store
 from hvcluster.store.health import nobody_can_act, nobody_leads
+from hvcluster.tasks import Sleep, within
 
 
 @dataclass(frozen=True)
@@ -68,13 +68,14 @@ class Evidence:
 NONE = Evidence(reachable=0, members=0, nobody_can_act=False, nobody_leads=False)
 
 
-async def seek(store: Store, budget: float, known: int = 0) -> Evidence:
+async def seek(store: Store, budget: float, known: int = 0, sleep: Sleep | None = None) -> Evidence:
     """Ask every member, within ``budget`` seconds. ``known``: how many members the cluster
     was last seen to have. When no member answers, the members counted are the endpoints
     this agent was given; fewer than ``known`` (an agent given only some of them) prove
-    nothing of the others: no evidence then."""
+    nothing of the others: no evidence then. ``sleep``: the clock ``budget`` is measured on
+    (real time when None; a simulation's virtual one)."""
     try:
-        health = await asyncio.wait_for(store.health(), budget)
+        health = await within(store.health(), budget, sleep)
     except (StoreError, TimeoutError):
         return NONE
     if len(health.members) < known:
@@ -84,10 +85,11 @@ async def seek(store: Store, budget: float, known: int = 0) -> Evidence:
     )
 
 
-async def members_of(store: Store, budget: float) -> int:
-    """How many members etcd says it has (0: it could not say)."""
+async def members_of(store: Store, budget: float, sleep: Sleep | None = None) -> int:
+    """How many members etcd says it has (0: it could not say), within ``budget`` seconds
+    of ``sleep``'s clock."""
     try:
-        health = await asyncio.wait_for(store.health(), budget)
+        health = await within(store.health(), budget, sleep)
     except (StoreError, TimeoutError):
         return 0
     listed = any(m.id for m in health.members)  # ids come from etcd's own member list

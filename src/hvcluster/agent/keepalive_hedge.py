@@ -15,6 +15,10 @@ first confirmed one counts, with the time *it* was sent (Safety rule 2: the leas
 expire at the server before that time + TTL). Requests that fail fast (a member refusing
 connections) end the round as a single keepalive did: hedging is for the slow case only, so
 an outage costs etcd no extra requests.
+
+Every wait here is on the caller's clock (``clock`` and ``sleep``): in a simulation that
+is virtual time, and a deadline in real seconds would end a hung keepalive at a virtual
+moment set by how fast the machine runs.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from dataclasses import dataclass
 
 from hvcluster.models.errors import LeaseLost, StoreError, StoreUnavailable
 from hvcluster.store.base import Store
+from hvcluster.tasks import Sleep, within
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,7 @@ async def hedged_keepalive(
     interval: float,
     hedge_after: float,
     clock: Callable[[], float],
+    sleep: Sleep = asyncio.sleep,
 ) -> Confirmed:
     """Renew ``lease_id``, sending another keepalive every ``hedge_after`` while none has
     answered, for at most ``interval``. Raises :class:`LeaseLost` when etcd says the lease
@@ -54,7 +60,7 @@ async def hedged_keepalive(
         # The store's own deadline (shorter than ours) lets it time out and move to the
         # next member: cancelled from outside, it would stay on a frozen one.
         call = store.keepalive(lease_id, timeout=0.9 * interval)
-        sent_at[asyncio.ensure_future(asyncio.wait_for(call, interval))] = clock()
+        sent_at[asyncio.ensure_future(within(call, interval, sleep))] = clock()
 
     send()
     hedges = 1  # the next one's number: it leaves at started + hedges * hedge_after
@@ -62,7 +68,15 @@ async def hedged_keepalive(
         while sent_at:
             may_send = hedges * hedge_after < interval
             wait = max(0.0, started + hedges * hedge_after - clock()) if may_send else None
-            done, _ = await asyncio.wait(sent_at, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+            timer = asyncio.ensure_future(sleep(wait)) if wait is not None else None
+            try:
+                await asyncio.wait([*sent_at, *([timer] if timer else [])],
+                                   return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+            finally:
+                if timer is not None:
+                    timer.cancel()
+            # in the order sent (not a set's: its order follows the tasks' addresses)
+            done = [task for task in sent_at if task.done()]
             if not done:
                 send()
                 hedges += 1

@@ -288,6 +288,7 @@ class NodeLiveness:
                     interval=interval,
                     hedge_after=interval * HEDGE_SHARE,
                     clock=self.clock,
+                    sleep=self.sleep,
                 )
                 self.failing = False
                 self.lease_ttl = confirmed.ttl
@@ -374,11 +375,11 @@ class NodeLiveness:
             asked = self.clock()
             try:
                 if self._overdue():
-                    evidence = await seek(self.store, budget, self.members_known)
+                    evidence = await seek(self.store, budget, self.members_known, self.sleep)
                     self._feed_on(evidence, asked)
                 elif not self.members_known and asked >= self._ask_members_at:
                     self._ask_members_at = asked + 30.0  # once, or again in a while
-                    self.members_known = await members_of(self.store, budget)
+                    self.members_known = await members_of(self.store, budget, self.sleep)
             except Exception:  # never let it die: the watchdog would fire for nothing
                 log.exception("seeking evidence failed unexpectedly; carrying on")
             await self.sleep(max(0.0, period - (self.clock() - asked)))
@@ -417,7 +418,7 @@ class NodeLiveness:
             if event.key == key and event.type is EventType.DELETE:
                 self.key_gone.set()
 
-        await follow(self.store, key, seen, retry_s=self.config.keepalive_interval_s)
+        await follow(self.store, key, seen, self.config.keepalive_interval_s, self.sleep)
 
     async def _reregister(self) -> None:
         try:

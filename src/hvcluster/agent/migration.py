@@ -70,7 +70,7 @@ class MigrationWorker(TargetRole, SourceRole):
                 log.exception("migration watch: event on %s", event.key)
                 self.wake.set()
 
-        await follow(self.store, self.keys.prefix("migrations"), seen)
+        await follow(self.store, self.keys.prefix("migrations"), seen, sleep=self.agent.clock.sleep)
 
     def _transferring_live(self, rec: Migration) -> bool:
         """``rec`` is a live transfer under way between this host and another, and neither

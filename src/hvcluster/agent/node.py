@@ -226,7 +226,7 @@ class NodeAgent:
             if name in self.mine or (kind == "placements" and self._names_me(event)):
                 self.wake.set()
 
-        await follow(self.store, prefix, seen)
+        await follow(self.store, prefix, seen, sleep=self.clock.sleep)
 
     def _names_me(self, event: WatchEvent) -> bool:
         found = decode_kv(Placement, event)  # a corrupt one: the next cycle reports it

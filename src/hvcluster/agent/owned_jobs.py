@@ -46,7 +46,7 @@ class OwnedJobs:
         await run_cycles_with_tasks(self.what, self.cycle, self.wake, interval, sleep, self.tasks)
 
     async def watch(self) -> None:
-        await wake_on_changes(self.store, self.prefix, self.wake)
+        await wake_on_changes(self.store, self.prefix, self.wake, self.agent.clock.sleep)
 
     async def cycle(self) -> None:
         raise NotImplementedError

@@ -114,8 +114,8 @@ class Controller:
                 self.wake.set()
 
         await asyncio.gather(
-            follow(self.store, self.keys.prefix("vms"), seen),
-            follow(self.store, self.keys.prefix("alive"), seen),
+            follow(self.store, self.keys.prefix("vms"), seen, sleep=self.sleep),
+            follow(self.store, self.keys.prefix("alive"), seen, sleep=self.sleep),
         )
 
     async def _run(self, interval: float) -> None:

@@ -136,7 +136,7 @@ class MigrationCoordinator:
                 self._later.add(later)
                 later.add_done_callback(self._later.discard)
 
-        await follow(self.store, self.keys.prefix("migrations"), seen)
+        await follow(self.store, self.keys.prefix("migrations"), seen, sleep=self.sleep)
 
     async def _wake_later(self) -> None:
         await self.sleep(LATER_S)

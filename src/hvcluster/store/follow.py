@@ -16,12 +16,15 @@ log = logging.getLogger(__name__)
 OnEvent = Callable[[WatchEvent], Awaitable[None] | None]
 
 
-async def follow(store: Store, prefix: str, on_event: OnEvent, retry_s: float = 0.5) -> None:
+async def follow(
+    store: Store, prefix: str, on_event: OnEvent, retry_s: float = 0.5, sleep: Sleep | None = None
+) -> None:
     """Call ``on_event`` for every change under ``prefix`` from now on, forever.
 
     When the watch breaks (etcd unreachable), it is started again from the then current
     revision after ``retry_s``: changes in between are not replayed. That suits its callers,
-    loops that only need waking and re-read the whole state each cycle anyway.
+    loops that only need waking and re-read the whole state each cycle anyway. ``sleep``:
+    the clock ``retry_s`` is measured on (real time when None; a simulation's virtual one).
     """
     while True:
         try:
@@ -32,7 +35,7 @@ async def follow(store: Store, prefix: str, on_event: OnEvent, retry_s: float = 
                     await result
         except StoreError as e:
             log.warning("watch on %s broke: %s; re-watching", prefix, e)
-            await asyncio.sleep(retry_s)
+            await (sleep or asyncio.sleep)(retry_s)
 
 
 async def run_cycles(
@@ -79,10 +82,13 @@ async def run_cycles_with_tasks(
             await asyncio.wait(list(tasks.values()), timeout=10)
 
 
-async def wake_on_changes(store: Store, prefix: str, wake: asyncio.Event) -> None:
-    """Set ``wake`` at every change under ``prefix`` (:func:`follow`), forever."""
+async def wake_on_changes(
+    store: Store, prefix: str, wake: asyncio.Event, sleep: Sleep | None = None
+) -> None:
+    """Set ``wake`` at every change under ``prefix`` (:func:`follow`, retrying on
+    ``sleep``'s clock), forever."""
 
     def seen(_: WatchEvent) -> None:
         wake.set()
 
-    await follow(store, prefix, seen)
+    await follow(store, prefix, seen, sleep=sleep)

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from hvcluster.models.errors import LeaseLost, StoreError
 from hvcluster.store.base import Store
 from hvcluster.store.clock import Now, Sleep
+from hvcluster.tasks import within
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +102,10 @@ class LeaseKeeper:
             return False
         sent = self._clock()
         try:
-            async with asyncio.timeout(self._call_timeout):
-                self.ttl = await self.store.keepalive(self.lease_id)
+            # bounded on our clock (a simulation's virtual one), not in real seconds
+            self.ttl = await within(
+                self.store.keepalive(self.lease_id), self._call_timeout, self._sleep
+            )
         except LeaseLost as e:
             self._mark_lost(e)
             return False
