@@ -252,6 +252,7 @@ class Daemon:
             clock=self.clock.wall,
             sleep=self.clock.sleep,
             metrics=self.metrics,
+            now=self.clock.now,
         )
         loop = asyncio.create_task(controller.run(), name="controller-loop")
         self.tasks.append(loop)  # stopped with the others (cancel_all: never left running)

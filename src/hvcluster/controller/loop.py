@@ -68,7 +68,10 @@ class Controller:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         metrics: AgentMetrics | None = None,
+        now: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``clock``: wall time; ``now``: monotonic (the cache's stall deadline); with
+        ``sleep``, a simulation's ManualClock, real by default."""
         self.store, self.keys, self.name, self.say = store, keys, name, say
         # cycles, leadership, failovers and fence agent runs (the agent's registry)
         self.metrics = metrics if metrics is not None else AgentMetrics(name)
@@ -83,7 +86,7 @@ class Controller:
         # What each cycle decides from: read once, then kept current by a watch (the store
         # is not read whole every cycle), decoding only what changed.
         watched = cluster_prefixes(keys) | {keys.prefix("migrations"): Migration}
-        self.cache = WatchedCache(store, watched)
+        self.cache = WatchedCache(store, watched, now=now, sleep=sleep)
         self.balance = BalanceRunner(store, keys, say, clock, clock())
         self.migrations = MigrationCoordinator(
             store, keys, say, self.notes, is_leader, clock, sleep, self.metrics

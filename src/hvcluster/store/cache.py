@@ -21,8 +21,9 @@ hands out the same typed :class:`~hvcluster.store.reads.Decoded` values as
   sees part of a transaction.
 * **Lost watch, compaction.** A watch that breaks (``WatchCompacted``: "required revision
   has been compacted", or any other store error), or that does not reach S within
-  :data:`STALL_S`, is replaced: everything is read again at a new revision (values whose
-  bytes and revision did not change are kept, not decoded again) and the watch resumes
+  :data:`STALL_S` (on the caller's clock: a simulation's virtual one), is replaced:
+  everything is read again at a new revision (values whose bytes and revision did not
+  change are kept, not decoded again) and the watch resumes
   after it. :meth:`WatchedCache.suspend` stops the watch (a controller that stops leading);
   the next read resumes it from where it stopped, or reads again if that was compacted.
 * **Stale is safe.** Every write decided from what is read here compares (CAS) the keys it
@@ -43,8 +44,9 @@ from typing import Any, TypeVar
 from hvcluster.models.base import Model
 from hvcluster.models.errors import CorruptValue, StoreError
 from hvcluster.store.base import EventType, KeyValue, RevisionCompacted, Store, WatchEvent
+from hvcluster.store.clock import Now
 from hvcluster.store.reads import LOG_ONCE, CorruptReporter, Decoded, Entry, Stored, decode_one
-from hvcluster.tasks import cancel_all, wait_event
+from hvcluster.tasks import Sleep, cancel_all, wait_event
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +98,12 @@ class WatchedCache:
         prefixes: Mapping[str, type[Model]],
         report: CorruptReporter = LOG_ONCE,
         stall_s: float = STALL_S,
+        now: Now = time.monotonic,
+        sleep: Sleep | None = None,
     ) -> None:
+        """``now`` and ``sleep``: the clock ``stall_s`` is measured on (real by default)."""
         self._store, self._report, self._stall_s = store, report, stall_s
+        self._now, self._sleep = now, sleep
         self._kept = {prefix: _Prefix(model) for prefix, model in prefixes.items()}
         self._models = dict(prefixes)
         self._lock = asyncio.Lock()
@@ -118,13 +124,13 @@ class WatchedCache:
             elif self._task is None:
                 self._watch_from(self._delivered + 1)
             target = await self._store.revision()
-            deadline = time.monotonic() + self._stall_s
+            deadline = self._now() + self._stall_s
             while self._delivered < target:
                 if self._lost is not None:
                     log.warning("cache watch lost (%s): reading everything again", self._lost)
                     await self._reread()
                     continue
-                left = deadline - time.monotonic()
+                left = deadline - self._now()
                 if left <= 0:
                     log.warning(
                         "cache watch at revision %s, not %s, after %ss: reading everything again",
@@ -135,7 +141,7 @@ class WatchedCache:
                     await self._reread()
                     continue
                 self._arrived.clear()
-                await wait_event(self._arrived, left)
+                await wait_event(self._arrived, left, self._sleep)
             await self._apply_pending()
             self.revision = max(self.revision, target)
             kinds = {prefix: kept.decoded() for prefix, kept in self._kept.items()}
