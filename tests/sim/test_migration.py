@@ -300,3 +300,28 @@ async def test_failback_is_a_live_migration_and_falls_back_to_a_cold_move(
     assert by_vm["away"].state is _M.FAILED and "cpu flags differ" in by_vm["away"].reason
     away = await cluster.placement("away")
     assert away is not None and away.node == "n1" and "stopped there" in away.reason  # cold move
+
+
+async def test_a_target_that_cannot_run_the_vm_at_once_tries_again_when_its_state_is_here(
+    cluster: SimCluster,
+) -> None:
+    """The target's first resume is refused (as QEMU's ``cont`` was while the source still
+    held the disks' locks): it tries once more when the stream has ended, and says so;
+    before, the VM stayed paused there for good (the placement flipped, no one to run it)."""
+    await cluster.start("n1", "n2")
+    await cluster.create_vm("web", ha={"preferred_owners": ["n1"]})
+    assert await cluster.wait_running("web") == "n1"
+    cluster.drivers["n2"].refuse_next_resume("web", "Failed to get write lock")
+    rec = await move(cluster, "web", "n2")
+    done = await wait_state(cluster, rec.id, _M.DONE, _M.FAILED)
+    assert done.state is _M.DONE, done.reason
+    assert await cluster.wait_running("web", not_on="n1") == "n2"
+
+    async def reported() -> bool:
+        s = await cluster.status("web")
+        return s is not None and (s.node, s.epoch, s.state) == ("n2", 2, VMState.RUNNING)
+
+    await cluster.wait_for(reported, 10, "n2 to report web running at epoch 2")
+    [said] = await cluster.event_list("migration.resume_retried", "vm/web")
+    assert "Failed to get write lock" in said.reason
+    assert await cluster.event_list("migration.resume_failed", "vm/web") == []

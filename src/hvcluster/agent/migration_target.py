@@ -125,12 +125,7 @@ class TargetRole(QuickState):
             else:
                 await self._resume(rec, epoch)
         except DriverError as e:
-            log.warning("migration %s: could not run %s here: %s", rec.id, rec.vm, e)
-            await self.say(
-                "migration.resume_failed",
-                f"vm/{rec.vm}",
-                f"vm {rec.vm} moved to {self.me} but did not run here: {e}",
-            )
+            await self._did_not_run(rec, "migration.resume_failed", f"{e}")
         finally:
             self.shared.keep_created(rec)  # the spec names them now
             self.agent.incoming.discard(rec.vm)
@@ -139,6 +134,25 @@ class TargetRole(QuickState):
             self.agent.wake.set()
 
     async def _resume(self, rec: Migration, epoch: int) -> None:
+        """Run the incoming VM. If the driver refuses (a disk lock the source kept longer
+        than the driver waits, say), once more when its state is all here: the source has
+        let go of everything by then. Left so, it would stay paused here for good, the
+        placement ours and no one to run it (both ends of a postcopy alike)."""
+        try:
+            await self._resume_once(rec, epoch)
+        except DriverError as e:
+            why = f"{e}; trying again once its state is all here"
+            await self._did_not_run(rec, "migration.resume_retried", why)
+            await self._settled(rec.vm)
+            await self._resume_once(rec, epoch)
+
+    async def _did_not_run(self, rec: Migration, kind: str, why: str) -> None:
+        log.warning("migration %s: %s did not run here: %s", rec.id, rec.vm, why)
+        await self.say(
+            kind, f"vm/{rec.vm}", f"vm {rec.vm} moved to {self.me} but did not run here: {why}"
+        )
+
+    async def _resume_once(self, rec: Migration, epoch: int) -> None:
         info = await self.driver.status(rec.vm)
         if info.epoch == epoch and info.state is VMState.MIGRATING:
             try:

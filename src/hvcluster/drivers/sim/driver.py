@@ -51,6 +51,7 @@ from hvcluster.drivers.sim.state import SimHost, SimVM, persist
 from hvcluster.drivers.sim.storage import SimStorage
 from hvcluster.host.network import Links
 from hvcluster.models.console import ConsoleKind
+from hvcluster.models.errors import DriverError
 from hvcluster.models.lifecycle import VMState
 from hvcluster.models.node import Capacity, Inventory
 from hvcluster.models.storage import bridge_name
@@ -147,6 +148,11 @@ class SimDriver(Driver):
         """The next save of ``vm`` reports success but writes its state beside the path it
         was given (``.unshared``), as a host whose volume is not the shared one would."""
         self.bugs.unshared.add(vm)
+
+    def refuse_next_resume(self, vm: str, reason: str) -> None:
+        """The next ``resume`` of ``vm`` fails with a :class:`DriverError` saying ``reason``
+        (as QEMU's ``cont`` refused while another host held the disks' locks)."""
+        self.bugs.refuse_resume[vm] = reason
 
     def listen_elsewhere(self, vm: str, host: str) -> None:
         """The next incoming migration of ``vm`` listens on ``host``, not the one asked
@@ -266,6 +272,9 @@ class SimDriver(Driver):
 
     async def resume(self, name: str) -> VMInfo:
         self.bugs.trip("resume", name)
+        refused = self.bugs.refuse_resume.pop(name, None)
+        if refused is not None:
+            raise DriverError(f"vm {name}: {refused}")
         vm = self.get(name)
         if vm.state not in (VMState.RUNNING, VMState.PAUSED):
             raise NotRunning(name, f"it is {vm.state}")

@@ -43,6 +43,8 @@ class SimBugs:
         self.unshared: set[str] = set()
         # VM -> the host its next incoming migration listens on instead of the one asked
         self.listen_elsewhere: dict[str, str] = {}
+        # VM -> why its next resume fails (a driver error, not a bug)
+        self.refuse_resume: dict[str, str] = {}
         # VM -> the host its next shared-nothing incoming migration serves its disks on
         self.disks_elsewhere: dict[str, str] = {}
 
