@@ -156,3 +156,19 @@ async def test_a_corrupt_value_is_reported_once_until_fixed(h: Harness) -> None:
         assert fixed.items["vm1"].value.epoch == 3 and not fixed.corrupt
     finally:
         await cache.close()
+
+
+async def test_too_many_changes_unread_stop_the_watch(h: Harness) -> None:
+    """A cache nobody reads stops holding changes past its bound; a read then reads all."""
+    cache = WatchedCache(h.store, {h.keys.prefix("placements"): Placement}, max_pending=5)
+    try:
+        await placements(h, cache)
+        for i in range(10):
+            await h.store.put(h.keys.placement(f"vm{i}"), placed("n1", 1))
+        found = await placements(h, cache)
+        assert len(found.items) == 10 and cache.rereads == 2
+        await h.store.put(h.keys.placement("vm0"), placed("n2", 2))
+        assert (await placements(h, cache)).items["vm0"].value.node == "n2"
+        assert cache.rereads == 2  # under the bound: from the watch
+    finally:
+        await cache.close()

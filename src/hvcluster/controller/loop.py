@@ -89,7 +89,7 @@ class Controller:
         self.cache = WatchedCache(store, watched, now=now, sleep=sleep)
         self.balance = BalanceRunner(store, keys, say, clock, clock())
         self.migrations = MigrationCoordinator(
-            store, keys, say, self.notes, is_leader, clock, sleep, self.metrics
+            store, keys, say, self.notes, is_leader, clock, sleep, self.metrics, self.cache
         )
         self.promoter = Promoter(store, keys, say, is_leader, clock, sleep)
 

@@ -49,6 +49,7 @@ from hvcluster.scheduler.placement import Choice, Ledger, choose_node
 from hvcluster.scheduler.snapshot import ClusterSnapshot
 from hvcluster.store.base import Compare, Put, Store, WatchEvent
 from hvcluster.store.batches import Write
+from hvcluster.store.cache import WatchedCache
 from hvcluster.store.follow import follow, run_cycles
 from hvcluster.store.jobs import busy
 from hvcluster.store.keys import Keys
@@ -62,7 +63,7 @@ from hvcluster.store.migrations import (
     read_migrations,
 )
 from hvcluster.store.reads import DecodeCache, Decoded, Stored, decode_kv, read_kind, read_one
-from hvcluster.store.state import ClusterState, read_cluster
+from hvcluster.store.state import ClusterState, cluster_from, read_cluster
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +85,11 @@ class MigrationCoordinator:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         metrics: AgentMetrics | None = None,
+        cache: WatchedCache | None = None,
     ) -> None:
         self.sleep = sleep
+        # the controller's watched cache, read instead of the whole cluster (None: read it)
+        self.cache = cache
         self.metrics = metrics if metrics is not None else AgentMetrics()
         self.store, self.keys, self.say = store, keys, say
         self.notes, self.is_leader, self.clock = notes, is_leader, clock
@@ -154,7 +158,10 @@ class MigrationCoordinator:
                 n.value.admin_state is not NodeAdminState.DRAINING for n in nodes.items.values()
             ):
                 return  # nothing to do: spare the store a full read
-        state = await read_cluster(self.store, self.keys, self.decoded)
+        if self.cache is not None:
+            state = cluster_from(await self.cache.read(), self.keys)
+        else:
+            state = await read_cluster(self.store, self.keys, self.decoded)
         now = self.clock()
         snapshot = build_snapshot(state, self.notes, now)
         active = [s for s in records.items.values() if s.value.active]

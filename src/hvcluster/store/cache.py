@@ -53,6 +53,9 @@ log = logging.getLogger(__name__)
 M = TypeVar("M", bound=Model)
 
 STALL_S = 2.0  # a watch that has not reached the store's revision by then is replaced
+# Changes held for the next read at most: a cache nobody reads any more (its loop stopped
+# without closing it) stops watching rather than growing; a later read reads everything.
+MAX_PENDING = 100_000
 REREAD_ATTEMPTS = 5  # a whole read starts over when compaction overtakes its revision
 
 
@@ -100,10 +103,12 @@ class WatchedCache:
         stall_s: float = STALL_S,
         now: Now = time.monotonic,
         sleep: Sleep | None = None,
+        max_pending: int = MAX_PENDING,
     ) -> None:
         """``now`` and ``sleep``: the clock ``stall_s`` is measured on (real by default)."""
         self._store, self._report, self._stall_s = store, report, stall_s
         self._now, self._sleep = now, sleep
+        self._max_pending = max_pending
         self._kept = {prefix: _Prefix(model) for prefix, model in prefixes.items()}
         self._models = dict(prefixes)
         self._lock = asyncio.Lock()
@@ -125,7 +130,7 @@ class WatchedCache:
                 self._watch_from(self._delivered + 1)
             target = await self._store.revision()
             deadline = self._now() + self._stall_s
-            while self._delivered < target:
+            while self._lost is not None or self._delivered < target:
                 if self._lost is not None:
                     log.warning("cache watch lost (%s): reading everything again", self._lost)
                     await self._reread()
@@ -222,6 +227,9 @@ class WatchedCache:
                 self._pending.append(event)
                 self._delivered = event.mod_revision
                 self._arrived.set()
+                if len(self._pending) > self._max_pending:
+                    self._pending.clear()  # (read again instead: see MAX_PENDING)
+                    raise StoreError(f"over {self._max_pending} changes held and not read")
         except StoreError as e:
             self._lost = e
             self._arrived.set()
