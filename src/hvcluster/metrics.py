@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from functools import partial
 
 from prometheus_client import (
     CollectorRegistry,
@@ -64,87 +65,78 @@ class AgentMetrics:
         self.clock = clock
         reg = self.registry
         ProcessCollector(registry=reg)  # process_*: its CPU time, memory, open files
-        about = "This agent: 1, labelled with its node."
-        info = Gauge("hvc_agent_info", about, ["node"], registry=reg)
+        # every metric in this agent's registry
+        gauge, counter = partial(Gauge, registry=reg), partial(Counter, registry=reg)
+        histogram = partial(Histogram, registry=reg)
+        info = gauge("hvc_agent_info", "This agent: 1, labelled with its node.", ["node"])
         info.labels(node=node).set(1)
-        self.etcd_request_seconds = Histogram(
+        self.etcd_request_seconds = histogram(
             "hvc_etcd_request_seconds",
             "Time of this agent's requests to etcd (liveness's own client included), by "
             "operation and outcome (ok, error), fail-over to another member included; "
             "watch streams and member status probes aside.",
             ["op", "outcome"],
             buckets=REQUEST_BUCKETS,
-            registry=reg,
         )
-        self.lease_renew_seconds = Histogram(
+        self.lease_renew_seconds = histogram(
             "hvc_lease_renew_seconds",
             "Time from sending a keepalive of this node's lease to its confirmation.",
             buckets=REQUEST_BUCKETS,
-            registry=reg,
         )
-        self.lease_renew_failures = Counter(
+        self.lease_renew_failures = counter(
             "hvc_lease_renew_failures",
             "Keepalives of this node's lease that were not confirmed (no answer in time, "
             "or the lease was gone). " + PER_PROCESS,
-            registry=reg,
         )
-        self.controller_cycle_seconds = Histogram(
+        self.controller_cycle_seconds = histogram(
             "hvc_controller_cycle_seconds",
             "Time of a controller cycle (read, decide, apply) on this agent while it leads.",
             buckets=CYCLE_BUCKETS,
-            registry=reg,
         )
-        self.controller_leader = Gauge(
+        self.controller_leader = gauge(
             "hvc_controller_leader",
             "1 while this agent's controller leads (as of its last cycle), else 0.",
-            registry=reg,
         )
-        self.failovers = Counter(
+        self.failovers = counter(
             "hvc_vm_failovers",
             "VMs this agent's controller moved to another node by a failover, by the node "
             "they left and the cause (node_dead: its lease ran out or a fence agent confirmed "
             "it off; vm_failed: the VM's local restarts ran out). Only the leader counts. "
             + PER_PROCESS,
             ["from_node", "cause"],
-            registry=reg,
         )
-        self.fence_agent_runs = Counter(
+        self.fence_agent_runs = counter(
             "hvc_fence_agent_runs",
             "Runs of the cluster's fence_command by this agent's controller, by result "
             "(confirmed: it exited 0; failed). " + PER_PROCESS,
             ["result"],
-            registry=reg,
         )
-        self.watchdog_fences = Counter(
+        self.watchdog_fences = counter(
             "hvc_watchdog_fences",
             "Times this node's watchdog deadline passed while this agent ran: its watchdog "
             "killed every VM of the node (self-fencing, safety rule 2). An agent frozen past "
             "it counts it when it runs again; one killed does not. " + PER_PROCESS,
-            registry=reg,
         )
-        self.restarts = Counter(
+        self.restarts = counter(
             "hvc_vm_restarts",
             "VMs this agent restarted on its own node after they stopped unasked (local "
             "restarts, before any failover). " + PER_PROCESS,
-            registry=reg,
         )
-        self.migration_seconds = Histogram(
+        self.migration_seconds = histogram(
             "hvc_migration_duration_seconds",
             "Total time of a finished migration, request to running on the target, by "
             "kind; observed once per migration cluster-wide, by the agent that completed "
             "its record (source, target or controller). " + PER_PROCESS,
             ["kind"],
             buckets=MIGRATION_BUCKETS,
-            registry=reg,
         )
-        self.migration_downtime_seconds = Histogram(
+        self.migration_downtime_seconds = histogram(
             "hvc_migration_downtime_seconds",
             "Downtime of a finished migration as the guest saw it (paused on the source "
             "until running on the target), by kind; as hvc_migration_duration_seconds, and "
             "only when both halves were measured. " + PER_PROCESS,
             ["kind"],
             buckets=DOWNTIME_BUCKETS,
-            registry=reg,
         )
         self.watchdog = WatchdogAge(clock)
         reg.register(self.watchdog)
