@@ -3,13 +3,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from hvcluster.controller.loop import Controller
 from hvcluster.models.base import encode
 from hvcluster.models.config import ClusterConfig
+from hvcluster.models.event import Event
 from hvcluster.models.lifecycle import VMState
 from hvcluster.models.node import Capacity, Node, NodeAlive
 from hvcluster.models.vm import Placement, VMSpec, VMStatus
 from hvcluster.store.clock import ManualClock
+from hvcluster.store.events import EventLog
 from hvcluster.store.keys import Keys
 from tests.counting import CountingStore
 
@@ -72,3 +76,37 @@ async def test_125_vms_of_a_dead_node_placed_in_few_txns_their_waits_in_one_even
     said.clear()
     await controller.cycle()
     assert not [s for s in said if s[0] in ("vm.recovered", "controller.waiting")]
+
+
+async def test_a_cycles_events_are_appended_together_in_the_plans_order() -> None:
+    """The controller says a cycle's events through ``say_all``: 125 recoveries are 2
+    appends to the event log, not 125, in the order they were decided."""
+    clock = ManualClock()
+    store = CountingStore(clock)
+    leases = await cluster(store)
+    log = EventLog(store, KEYS)
+
+    def event(said: tuple[str, str, str]) -> Event:
+        return Event(time=clock.wall(), kind=said[0], subject=said[1], reason=said[2])
+
+    async def say(kind: str, subject: str, reason: str) -> None:
+        await log.append(event((kind, subject, reason)))
+
+    async def say_all(said: Sequence[tuple[str, str, str]]) -> None:
+        await log.append_all([event(s) for s in said])
+
+    controller = Controller(
+        store, KEYS, "n1", say, is_leader=lambda: True, clock=clock.wall, say_all=say_all
+    )
+    await controller.cycle()
+    await store.revoke(leases["n0"])
+    await controller.cycle()
+    await clock.advance(10)
+    before, store.txns = await log.last_seq(), 0
+    await controller.cycle()
+    assert store.txns <= 4 + 3, f"{store.txns} txns"  # + node.dead alone, 125 events in 2
+    said = [e.event for e in await log.recent(1000) if e.seq > before]
+    assert [(e.kind, e.subject) for e in said] == [("node.dead", "node/n0")] + [
+        ("vm.recovered", f"vm/vm{i:03}") for i in range(VMS)
+    ]
+    assert all(e.reason.startswith(f"recover {e.subject[3:]} from n0 to ") for e in said[1:])

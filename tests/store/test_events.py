@@ -7,6 +7,8 @@ import asyncio
 from hvcluster.models.errors import CorruptValue
 from hvcluster.models.event import Event
 from hvcluster.store.events import EventLog, LoggedEvent
+from hvcluster.store.keys import Keys
+from tests.counting import CountingStore
 from tests.store.conftest import Harness
 
 
@@ -68,6 +70,27 @@ async def test_retention_keeps_the_newest_in_batches(h: Harness) -> None:
     assert await log.trim() == 5
     assert [e.seq for e in await log.recent(100)] == list(range(36, 56))
     assert await log.append(ev(56)) == 56
+
+
+async def test_append_all_numbers_many_in_order_and_keeps_the_retention(h: Harness) -> None:
+    """250 events at once (more than one transaction's limit, on etcd too): consecutive
+    numbers in their order, after the one before; retention as if appended one by one."""
+    log = EventLog(h.store, h.keys, retention=150, batch=10)
+    assert await log.append(ev(0)) == 1
+    assert await log.append_all([]) == []
+    seqs = await log.append_all([ev(i) for i in range(1, 251)])
+    assert seqs == list(range(2, 252))
+    kept = await log.recent(300)
+    assert [e.seq for e in kept] == list(range(101, 252))
+    assert [e.event for e in kept] == [ev(i) for i in range(100, 251)]
+    assert await log.append(ev(251)) == 252
+
+
+async def test_append_all_takes_few_transactions() -> None:
+    store = CountingStore()
+    log = EventLog(store, Keys("few"))
+    await log.append_all([ev(i) for i in range(125)])
+    assert store.txns == 2, f"{store.txns} txns for 125 events"  # 99 and 26
 
 
 async def test_trim_by_age_keeps_young_and_undecodable_events(h: Harness) -> None:

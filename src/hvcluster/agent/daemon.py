@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import uvicorn
@@ -99,6 +99,10 @@ class Daemon:
     async def say(self, kind: str, subject: str, reason: str, actor: str = "agent") -> None:
         """Log a decision or action, and record it as a cluster event."""
         await self.host.say_to(self.events, kind, subject, reason, actor)
+
+    async def say_all(self, said: Sequence[tuple[str, str, str]], actor: str = "agent") -> None:
+        """Log decisions or actions, and record them as cluster events in few writes."""
+        await self.host.say_all_to(self.events, said, actor)
 
     async def run(self) -> None:
         # Liveness first (if agent/start.py did not start it already): a restarted agent
@@ -243,6 +247,9 @@ class Daemon:
         async def controller_say(kind: str, subject: str, reason: str) -> None:
             await self.say(kind, subject, reason, "controller")
 
+        async def controller_say_all(said: Sequence[tuple[str, str, str]]) -> None:
+            await self.say_all(said, "controller")
+
         controller = self.controller = Controller(
             self.store,
             self.keys,
@@ -253,6 +260,7 @@ class Daemon:
             sleep=self.clock.sleep,
             metrics=self.metrics,
             now=self.clock.now,
+            say_all=controller_say_all,
         )
         loop = asyncio.create_task(controller.run(), name="controller-loop")
         self.tasks.append(loop)  # stopped with the others (cancel_all: never left running)

@@ -20,7 +20,7 @@ no VM it knows of (``agent`` None), as before.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from hvcluster.agent.config import AgentConfig
@@ -119,18 +119,21 @@ class HostLiveness:
         self, events: EventLog, kind: str, subject: str, reason: str, actor: str
     ) -> None:
         """Log a decision or action, and record it as a cluster event."""
-        log.info("%s %s: %s", kind, subject, reason)
-        event = Event(
-            time=self.clock.wall(),
-            kind=kind,
-            subject=subject,
-            reason=reason,
-            actor=f"{actor}@{self.cfg.node}",
-        )
+        await self.say_all_to(events, [(kind, subject, reason)], actor)
+
+    async def say_all_to(
+        self, events: EventLog, said: Sequence[tuple[str, str, str]], actor: str
+    ) -> None:
+        """Log decisions or actions, and record them as cluster events, in order, in as
+        few writes as the store takes (:meth:`EventLog.append_all`)."""
+        for kind, subject, reason in said:
+            log.info("%s %s: %s", kind, subject, reason)
+        now, by = self.clock.wall(), f"{actor}@{self.cfg.node}"
+        made = [Event(time=now, kind=k, subject=s, reason=r, actor=by) for k, s, r in said]
         try:
-            await events.append(event)
+            await events.append_all(made)
         except StoreError as e:
-            log.warning("could not record event %s: %s", kind, e)
+            log.warning("could not record events %s: %s", ", ".join(k for k, _, _ in said), e)
 
     async def _build(self, store: Store, runner: LivenessRunner) -> NodeLiveness:
         """The node's liveness on ``store``, its events said through ``store`` too; the

@@ -25,7 +25,7 @@ from hvcluster.controller.view import build_snapshot
 from hvcluster.metrics import AgentMetrics
 from hvcluster.models.config import ClusterConfig
 from hvcluster.models.errors import StoreError
-from hvcluster.models.event import Say
+from hvcluster.models.event import Say, SayAll
 from hvcluster.models.migration import Migration
 from hvcluster.models.node import Node, NodeAlive
 from hvcluster.scheduler import decisions as dec
@@ -69,10 +69,13 @@ class Controller:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         metrics: AgentMetrics | None = None,
         now: Callable[[], float] = time.monotonic,
+        say_all: SayAll | None = None,
     ) -> None:
         """``clock``: wall time; ``now``: monotonic (the cache's stall deadline); with
-        ``sleep``, a simulation's ManualClock, real by default."""
+        ``sleep``, a simulation's ManualClock, real by default. ``say_all``: how a cycle's
+        events are said together, in few writes (by default one by one through ``say``)."""
         self.store, self.keys, self.name, self.say = store, keys, name, say
+        self.say_all = say_all
         # cycles, leadership, failovers and fence agent runs (the agent's registry)
         self.metrics = metrics if metrics is not None else AgentMetrics(name)
         self.sleep = sleep  # clock and sleep: a simulation's ManualClock, real by default
@@ -246,8 +249,7 @@ class Controller:
             pending.clear()
             tellings = [t for d, ok in outcomes if (t := self._telling(d, ok, notes))]
             applied.extend(d.reason for d, ok in outcomes if ok and not isinstance(d, REPEATING))
-            for t in bounded(tellings):
-                await self._tell(t, notes)
+            await self._tell_all(bounded(tellings), notes)
 
         for decision in decisions:
             try:
@@ -321,6 +323,23 @@ class Controller:
                 await self._decision_broke(t.decision, e, notes)
             else:
                 log.error("controller: saying %s", t.reason, exc_info=e)
+
+    async def _tell_all(self, tellings: Sequence[Telling], notes: ControllerNotes) -> None:
+        """Say ``tellings`` in order, in few writes (``say_all``). One that cannot be said
+        (a bug, not the store) is found by saying them one by one again."""
+        if len(tellings) < 2 or self.say_all is None:
+            for t in tellings:
+                await self._tell(t, notes)
+            return
+        try:
+            await self.say_all([(t.kind, t.subject, t.reason) for t in tellings])
+            return
+        except (StoreError, TimeoutError):
+            raise
+        except Exception:
+            log.info("controller: saying a cycle's events together raised; one by one")
+        for t in tellings:
+            await self._tell(t, notes)
 
     def close(self) -> None:
         """Stop the fence runs and the cache's watch (a caller of :meth:`cycle` alone too)."""

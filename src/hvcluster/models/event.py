@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from pydantic import Field
 
@@ -21,3 +21,6 @@ class Event(Model):
 # How a component records an event: ``await say(kind, subject, reason)``. The one who says it
 # (its actor) is bound in by whoever hands the component its ``say``.
 Say = Callable[[str, str, str], Awaitable[None]]
+# How a component records many events at once, in order (a cycle's decisions: a few writes,
+# not one each): ``await say_all([(kind, subject, reason), ...])``.
+SayAll = Callable[[Sequence[tuple[str, str, str]]], Awaitable[None]]

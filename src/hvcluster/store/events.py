@@ -1,7 +1,8 @@
 """The cluster log: events under ``events/<seq>``, numbered in order, bounded in size.
 
 * :meth:`EventLog.append` takes the next sequence number by compare-and-set on a counter and
-  writes the event in the same transaction, so numbers are unique, rising and without holes.
+  writes the event in the same transaction, so numbers are unique, rising and without holes;
+  :meth:`EventLog.append_all` takes the next several numbers for many events at once.
   The counter is the key of sequence 0 (``events/000…0``), which no event ever uses; a
   counter that is corrupt or behind is reported and the log goes on after its newest event.
 * Retention: whoever appends a multiple of ``batch`` also deletes the ``batch`` events that
@@ -17,7 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 from hvcluster.models.base import decode, encode
@@ -29,6 +30,7 @@ from hvcluster.store.keys import Keys
 log = logging.getLogger(__name__)
 
 MAX_TXN_OPS = 100  # etcd refuses transactions of more than 128 operations
+MAX_BYTES = 1024 * 1024  # events per transaction: under etcd's 1.5 MiB request
 
 
 @dataclass(frozen=True)
@@ -63,32 +65,58 @@ class EventLog:
 
     async def append(self, event: Event) -> int:
         """Write ``event`` as the next in sequence; return its sequence number."""
-        value = encode(event)
+        return (await self.append_all([event]))[0]
+
+    async def append_all(self, events: Sequence[Event]) -> list[int]:
+        """Write ``events`` as the next in sequence, in their order, as many to a
+        transaction as etcd takes (a cycle's 125 decisions in 2 writes, not 125); return
+        their sequence numbers. Each transaction's events have consecutive numbers; another
+        writer's may come between two transactions."""
+        values = [encode(e) for e in events]
+        seqs: list[int] = []
+        start = 0
+        while start < len(values):
+            end, size = start, 0
+            while end < len(values) and end - start < MAX_TXN_OPS - 1:
+                size += len(values[end])
+                if end > start and size > MAX_BYTES:
+                    break
+                end += 1
+            seqs += await self._append_run(values[start:end])
+            start = end
+        return seqs
+
+    async def _append_run(self, values: Sequence[bytes]) -> list[int]:
+        """Write ``values`` as the next events, with consecutive numbers, in one
+        transaction; then forget what fell out of the retention."""
         current = await self.store.get(self.counter)
         last = await self._last(current.value if current else None)
         while True:
-            seq = last + 1
+            seqs = range(last + 1, last + 1 + len(values))
             mod = current.mod_revision if current else 0
             result = await self.store.txn(
-                [Compare.mod_is(self.counter, mod), Compare.absent(self.keys.event(seq))],
-                [Put(self.counter, str(seq).encode()), Put(self.keys.event(seq), value)],
+                [Compare.mod_is(self.counter, mod)]
+                + [Compare.absent(self.keys.event(seq)) for seq in seqs],
+                [Put(self.counter, str(seqs[-1]).encode())]
+                + [Put(self.keys.event(seq), v) for seq, v in zip(seqs, values, strict=True)],
                 [Get(self.counter)],
             )
             if result.succeeded:
                 break
             new = result.gets[0][0] if result.gets and result.gets[0] else None
             if (new.mod_revision if new else 0) == mod:
-                # The counter did not move but the event key exists: the counter is behind
+                # The counter did not move but an event key exists: the counter is behind
                 # (it was corrupt or lost). Continue after the newest event there is.
                 last = await self._scan_last()
             else:
                 current = new
                 last = await self._last(new.value if new else None)
-        if seq % self.batch == 0 and seq > self.retention:
-            await self._forget(
-                range(max(1, seq - self.retention - self.batch + 1), seq - self.retention + 1)
-            )
-        return seq
+        for seq in seqs:  # each multiple of batch passed: its batch that fell out goes
+            if seq % self.batch == 0 and seq > self.retention:
+                await self._forget(
+                    range(max(1, seq - self.retention - self.batch + 1), seq - self.retention + 1)
+                )
+        return list(seqs)
 
     async def last_seq(self) -> int:
         """The sequence number of the newest event appended (0: none yet)."""
