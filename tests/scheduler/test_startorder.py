@@ -76,3 +76,15 @@ def test_zero_delay_never_waits() -> None:
     vms = [vm("db1", group="db", state=None), vm("app1", after=("db",))]
     p = one_for(plan(snap([node("n1")], vms, start_group_delay_s=0)), "app1")
     assert isinstance(p, Place)
+
+
+def test_each_wait_keeps_its_own_reason_and_shares_what_it_waits_on() -> None:
+    vms = [vm("db", group="db")] + [vm(f"app{i}", after=("db",)) for i in range(8)]
+    waits = [d for d in plan(snap([node("n1")], vms)) if isinstance(d, Wait)]
+    assert len(waits) == 8
+    assert {w.on for w in waits} == {"group/db"}
+    assert {w.cause for w in waits} == {
+        "start group(s) db (0/1 running) not running yet; each starts once they are, or "
+        "start_group_delay_s 30s after it became startable"
+    }
+    assert all(w.reason.startswith(f"{w.subject[3:]} waits for start group(s) db") for w in waits)

@@ -5,7 +5,8 @@ said when its reason changes). A node with 125 VMs that stops answering would st
 waits at once, each VM's reason the same but for its name. :func:`bounded` says waits on one
 cause (:attr:`~hvcluster.scheduler.decisions.Wait.on`) one by one up to
 :data:`ONE_BY_ONE` of them, and more as one event that names how many, a sample of them
-and the shared reason. Decisions that change something (a VM recovered, left failed) are
+and the shared reason (a gone node's VMs staying put; VMs waiting for the same start
+groups). Decisions that change something (a VM recovered, left failed) are
 each said: one event per change, never per cycle.
 """
 
@@ -47,6 +48,6 @@ def bounded(tellings: Sequence[Telling]) -> list[Telling]:
             out.append(t)
         elif subjects[0] == t.subject:
             names = [s.removeprefix("vm/") for s in subjects]
-            why = f"{len(names)} VMs stay put for now ({dec.named(names)}): {d.cause}"
+            why = f"{len(names)} VMs {d.doing} ({dec.named(names)}): {d.cause}"
             out.append(Telling(t.kind, d.on, why))
     return out

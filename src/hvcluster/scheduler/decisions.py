@@ -144,10 +144,12 @@ class Wait:
     subject: str
     until: float | None
     reason: str
-    # What it waits on when many may wait on the same (a gone node: ``node/n2``), and that
-    # shared sentence: the controller says many such waits as one event (bounded volume).
+    # What it waits on when many may wait on the same (a gone node: ``node/n2``; start
+    # groups: ``group/db``), and that shared sentence: the controller says many such waits
+    # as one event (bounded volume), "<count> VMs <doing> (<names>): <cause>".
     on: str = ""
     cause: str = ""
+    doing: str = "stay put for now"
 
 
 Decision = (

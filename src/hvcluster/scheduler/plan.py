@@ -97,7 +97,7 @@ def _place(
     name, spec = vm.name, vm.spec
     gate = start_gate(vm, snapshot, groups)
     if not gate.open:
-        return Wait(vm_subject(name), gate.until, gate.note)
+        return Wait(vm_subject(name), gate.until, gate.note, gate.on, gate.cause, "wait to start")
     exclude: dict[str, str] = {}
     if need.kind is NeedKind.RESTART and need.from_node is not None:
         exclude[need.from_node] = f"{need.from_node} is where it failed"

@@ -42,11 +42,14 @@ def group_states(snapshot: ClusterSnapshot) -> Mapping[str, GroupState]:
 
 @dataclass(frozen=True)
 class Gate:
-    """``open``: the VM may start now; else it waits ``until``. ``note`` says why."""
+    """``open``: the VM may start now; else it waits ``until``. ``note`` says why;
+    ``on`` and ``cause``: what it waits on, said alike for every VM waiting on the same."""
 
     open: bool
     until: float | None
     note: str
+    on: str = ""
+    cause: str = ""
 
 
 def start_gate(vm: VMView, snapshot: ClusterSnapshot, groups: Mapping[str, GroupState]) -> Gate:
@@ -76,4 +79,7 @@ def start_gate(vm: VMView, snapshot: ClusterSnapshot, groups: Mapping[str, Group
         f"{vm.name} waits for start group(s) {detail} to be running, at most until "
         f"{clock(deadline)} (start_group_delay_s {span(delay)} after it became startable "
         f"at {clock(since)})",
+        f"group/{','.join(waiting)}",
+        f"start group(s) {detail} not running yet; each starts once they are, or "
+        f"start_group_delay_s {span(delay)} after it became startable",
     )
