@@ -84,6 +84,13 @@ def test_balance_yes_shows_the_plan_and_each_move_s_outcome(server: ClusterApi) 
     text = " ".join(out.split())
     assert "not moved vm-0:" in text and "the migration link is down" in text
     assert "0 of 1 VM(s) moved; not moved: vm-0" in text
+    # the run's end says which move failed and why, that it stopped, what is left above
+    assert "stopped: moving vm-0 from n1 to n2 failed (" in text
+    assert (
+        "a run moves each VM at most once, so this one stopped with n1 still above the low level"
+        in text
+    )
+    assert "moved already" not in text
     assert server.run(server.where()) == dict.fromkeys(VMS, "n1")
 
     for vm in VMS:

@@ -8,9 +8,10 @@ leaves only the last. A run plans (:func:`hvcluster.scheduler.balance.plan_balan
 CPU use the agents publish at ``usage/<node>``), creates the live migrations of the plan's
 first wave (``requested_by`` ``balance:<trigger>``), waits for them to end, and plans
 again, until a plan is empty (every node within the level) or moves nothing new: a VM the
-run moved already is not moved again by it (no ping-pong), and a run stops after
-``MAX_WAVES``. Every start, move, node left above the level and end is an event with its
-reason.
+run moved (or tried to) already is not moved again by it (no ping-pong): a plan that would
+stops the run, said with the moves that failed and why, and the nodes left above the level;
+a run also stops after ``MAX_WAVES``. Every start, move, node left above the level and end
+is an event with its reason.
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ from dataclasses import dataclass, field
 
 from hvcluster.models.base import encode
 from hvcluster.models.event import Say
+from hvcluster.models.lifecycle import MigrationState as _M
 from hvcluster.models.lifecycle import NodeAdminState
 from hvcluster.models.migration import Migration, MigrationKind
 from hvcluster.models.usage import BalanceAnswer, BalanceRequest, NodeUsage, PlannedMove
 from hvcluster.scheduler.balance import BalanceMove, BalancePlan, CpuUse, plan_balance
+from hvcluster.scheduler.decisions import named
 from hvcluster.scheduler.drain import InFlight
 from hvcluster.scheduler.snapshot import ClusterSnapshot
 from hvcluster.store.base import Compare, Put, Store
@@ -76,6 +79,7 @@ class _Run:
     quiet: bool = True  # automatic: said only when it finds something to do
     waves: int = 0
     moved: set[str] = field(default_factory=set)
+    made: dict[str, str] = field(default_factory=dict)  # VM -> the id of its move
 
 
 class BalanceRunner:
@@ -177,11 +181,12 @@ class BalanceRunner:
             if run.waves > MAX_WAVES:
                 why = f"{MAX_WAVES} waves done"
             elif plan.moves:
-                why = "its plan would move a VM it moved already"
+                why = _stopped(run, plan, records, snapshot.config.balance.level)
             else:
                 why = plan.reason
             self.run = None
-            await tell("balance.done", "cluster", f"balance ({run.trigger}) ends: {why}")
+            ends = "stopped" if plan.moves and run.waves <= MAX_WAVES else "ends"
+            await tell("balance.done", "cluster", f"balance ({run.trigger}) {ends}: {why}")
             return said
         by = f"balance:{run.trigger}"
         made = await create_migrations(  # the wave's moves in a few transactions
@@ -190,6 +195,7 @@ class BalanceRunner:
         for move, rec in zip(wave, made, strict=True):
             run.moved.add(move.vm)
             if rec is not None:
+                run.made[move.vm] = rec.id
                 await tell("balance.move", f"vm/{move.vm}", f"{move.reason} ({rec.id})")
             else:
                 log.info("balance: %s is busy with another job; not moved", move.vm)
@@ -200,6 +206,29 @@ class BalanceRunner:
         epoch = placement.epoch if placement is not None else 0
         kind = MigrationKind.LIVE
         return new_migration(self.keys, m.vm, m.source, m.target, epoch, kind, by, now=self.clock())
+
+
+def _stopped(run: _Run, plan: BalancePlan, records: Decoded[Migration], level: str) -> str:
+    """Why a run stops while its plan still has moves: every move of its next wave is of a
+    VM it moved (or tried to) already, and a run moves each VM once (no ping-pong). Says
+    which of its moves failed and why, and which nodes stay above the level."""
+    failed: dict[str, Migration] = {}
+    for m in plan.first_wave:
+        found = records.items.get(run.made.get(m.vm, ""))
+        if found is not None and found.value.state in (_M.FAILED, _M.CANCELLED):
+            failed[m.vm] = found.value
+    told = [
+        f"moving {vm} from {r.source} to {r.target or 'another node'} {r.state.value} "
+        f"({r.reason or 'no reason given'})"
+        for vm, r in failed.items()
+    ]
+    if done := [m.vm for m in plan.first_wave if m.vm not in failed]:
+        told.append(f"its new plan would move {named(done)} again, which it moved already")
+    above = ", ".join(plan.over) or "no node"
+    return (
+        f"{'; '.join(told)}; a run moves each VM at most once, so this one stopped with "
+        f"{above} still above the {level} level"
+    )
 
 
 def _balancing(records: Decoded[Migration]) -> bool:
