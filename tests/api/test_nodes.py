@@ -6,11 +6,12 @@ from __future__ import annotations
 import time
 
 import httpx
+from fastapi import FastAPI
 
 from hvcluster.models.base import decode, encode
 from hvcluster.models.lifecycle import NodeAdminState
 from hvcluster.models.node import Node
-from hvcluster.models.vm import Placement
+from hvcluster.models.vm import Placement, VMSpec
 from hvcluster.store.memory_store import MemoryStore
 from tests.api.conftest import KEYS, add_node, kinds, spec, stored_events
 
@@ -105,3 +106,45 @@ async def test_corrupt_node_is_skipped(api: httpx.AsyncClient, store: MemoryStor
     assert [n["name"] for n in answer["nodes"]] == ["n1"]
     assert [s["key"] for s in answer["skipped"]] == [KEYS.node("n9")]
     assert await kinds(store) == ["store.corrupt_value"]
+
+
+async def test_node_use_follows_changes_and_decodes_only_them(
+    api: httpx.AsyncClient, store: MemoryStore, app: FastAPI
+) -> None:
+    """Each call reflects the store as it is now (an edited spec, a moved VM, a deleted
+    one, a corrupt one skipped and named) while decoding only what changed since the last
+    (api/node_use.py)."""
+    await add_node(store, "n1")
+    await add_node(store, "n2")
+    for name in ("a", "b", "c"):
+        await api.post("/vms", json=spec(name, memory_mib=256))
+        kv = await store.get(KEYS.vm(name))
+        assert kv is not None
+        uid = decode(VMSpec, kv.key, kv.value).uid
+        await store.put(KEYS.placement(name), encode(Placement(node="n1", epoch=1, uid=uid)))
+
+    async def use() -> dict[str, tuple[int, int]]:
+        answer = (await api.get("/nodes")).json()
+        return {n["name"]: (n["vms"], n["memory_placed_mib"]) for n in answer["nodes"]}
+
+    assert await use() == {"n1": (3, 768), "n2": (0, 0)}
+    kept = app.state.ctx.node_use
+    decoded = kept.specs.decoded + kept.placements.decoded
+    assert await use() == {"n1": (3, 768), "n2": (0, 0)}
+    assert kept.specs.decoded + kept.placements.decoded == decoded, "nothing changed"
+
+    kv = await store.get(KEYS.vm("a"))
+    assert kv is not None
+    bigger = decode(VMSpec, kv.key, kv.value).model_copy(update={"memory_mib": 1024})
+    await store.put(KEYS.vm("a"), encode(bigger))
+    kv = await store.get(KEYS.placement("b"))
+    assert kv is not None
+    moved = decode(Placement, kv.key, kv.value).model_copy(update={"node": "n2", "epoch": 2})
+    await store.put(KEYS.placement("b"), encode(moved))
+    await store.delete(KEYS.placement("c"))
+    await store.put(KEYS.vm("c"), b"not json")
+    assert await use() == {"n1": (1, 1024), "n2": (1, 256)}
+    assert kept.specs.decoded + kept.placements.decoded == decoded + 3  # a, b, c
+    answer = (await api.get("/nodes")).json()
+    assert [s["key"] for s in answer["skipped"]] == [KEYS.vm("c")], "reported every call"
+    assert (await api.get("/nodes/n2")).json()["memory_placed_mib"] == 256

@@ -14,6 +14,7 @@ from fastapi import Body, Depends, Path
 from starlette.requests import HTTPConnection
 
 from hvcluster.api.auth import Caller
+from hvcluster.api.node_use import NodeUse
 from hvcluster.api.views import Skipped
 from hvcluster.metrics import AgentMetrics
 from hvcluster.models.errors import CorruptValue, InvalidInput, StoreError
@@ -56,6 +57,7 @@ class ApiContext:
     caller: Caller | None = None  # the request's checked token; None: the API itself
     peers: PeerApi = field(default_factory=PeerApi)
     metrics: AgentMetrics = field(default_factory=AgentMetrics)  # this agent's own numbers
+    node_use: NodeUse = field(default_factory=NodeUse)  # what node views need of each VM
     log: EventLog = field(init=False)  # the writer: every change this API makes is logged
     corrupt: CorruptReporter = field(init=False)
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Sequence
 
 from fastapi import APIRouter
 
 from hvcluster.api import migrations
 from hvcluster.api.context import NO_BODY, ApiContext, Ctx, ValidName
+from hvcluster.api.node_use import Found, Use, placed_memory
 from hvcluster.api.reads import decode_one, decode_optional, skipped_of
 from hvcluster.api.views import ActionRequest, NodeList, NodeView, ResumeRequest, Skipped
 from hvcluster.api.writes import update
@@ -17,9 +19,9 @@ from hvcluster.models.errors import Conflict, NotFound
 from hvcluster.models.lifecycle import NODE_LIFECYCLE, NodeAdminState
 from hvcluster.models.node import Node, NodeAlive
 from hvcluster.models.usage import NodeUsage
-from hvcluster.models.vm import Placement, VMSpec, same_vm
-from hvcluster.store.base import Get
-from hvcluster.store.reads import decode_many, read_snapshot
+from hvcluster.models.vm import Placement, VMSpec
+from hvcluster.store.base import Get, KeyValue
+from hvcluster.store.reads import read_snapshot
 
 router = APIRouter(prefix="/nodes", tags=["nodes"])
 
@@ -54,38 +56,42 @@ def view(
     )
 
 
-def placed_memory(placements: dict[str, Placement], specs: dict[str, VMSpec]) -> Counter[str]:
-    """Node -> the memory (MiB) of the VMs placed on it (a placement of an older VM of the
-    same name is not counted)."""
-    memory: Counter[str] = Counter()
-    for vm, placement in placements.items():
-        spec = specs.get(vm)
-        if spec is not None and same_vm(spec, placement.uid):
-            memory[placement.node] += spec.memory_mib
-    return memory
-
-
 @router.get("", response_model=NodeList)
 async def list_nodes(ctx: Ctx) -> NodeList:
     kinds = ("nodes", "alive", "placements", "vms", "usage")
     snap = await read_snapshot(ctx.store, ctx.keys, kinds)
     nodes = await snap.decoded(Node, "nodes", ctx.corrupt)
     alive = await snap.decoded(NodeAlive, "alive", ctx.corrupt)
-    placements = await snap.decoded(Placement, "placements", ctx.corrupt)
-    specs = await snap.decoded(VMSpec, "vms", ctx.corrupt)
+    placements, specs = await _uses(ctx, snap.by_kind["placements"], snap.by_kind["vms"])
     usages = await snap.decoded(NodeUsage, "usage", ctx.corrupt)
     # A key under alive/ that does not decode still proves the lease is held.
     present = {ctx.keys.name_of(kv.key, "alive") for kv in snap.by_kind["alive"]}
-    per_node = Counter(p.node for p in placements.values())
-    memory = placed_memory(placements.by_name(), specs.by_name())
+    per_node = Counter(p.node for p in placements.items.values())
+    memory = placed_memory(placements.items, specs.items)
     views = []
     for name, node in nodes.by_name().items():
         views.append(
             view(node, alive.get(name), name in present, per_node[name], usages.get(name),
                  memory[name])
         )  # fmt: skip
-    skipped = skipped_of(nodes, alive, placements, specs, usages)
+    skipped = skipped_of(nodes, alive) + _skipped(placements, specs) + skipped_of(usages)
     return NodeList(nodes=views, skipped=skipped, revision=snap.revision)
+
+
+async def _uses(
+    ctx: ApiContext, placements: Sequence[KeyValue], specs: Sequence[KeyValue]
+) -> tuple[Found[Use], Found[Use]]:
+    """What the views need of every placement and spec (api/node_use.py: decoded only when
+    changed since this API's last call)."""
+    use, keys = ctx.node_use, ctx.keys
+    return (
+        await use.placements.read(keys.prefix("placements"), placements, ctx.corrupt),
+        await use.specs.read(keys.prefix("vms"), specs, ctx.corrupt),
+    )
+
+
+def _skipped(*found: Found[Use]) -> list[Skipped]:
+    return [Skipped(key=e.key, error=e.reason) for f in found for e in f.corrupt]
 
 
 async def _load(ctx: ApiContext, name: str) -> NodeView:
@@ -108,13 +114,12 @@ async def _load(ctx: ApiContext, name: str) -> NodeView:
     alive = await decode_optional(
         NodeAlive, alive_found[0] if alive_found else None, ctx.corrupt, skipped
     )
-    placements = await decode_many(Placement, keys.prefix("placements"), placement_kvs, ctx.corrupt)
-    specs = await decode_many(VMSpec, keys.prefix("vms"), spec_kvs, ctx.corrupt)
+    placements, specs = await _uses(ctx, placement_kvs, spec_kvs)
     usage = await decode_optional(
         NodeUsage, usage_found[0] if usage_found else None, ctx.corrupt, skipped
     )
-    vms = sum(1 for p in placements.values() if p.node == name)
-    memory = placed_memory(placements.by_name(), specs.by_name())[name]
+    vms = sum(1 for p in placements.items.values() if p.node == name)
+    memory = placed_memory(placements.items, specs.items)[name]
     return view(node, alive, bool(alive_found), vms, usage, memory)
 
 

@@ -306,4 +306,9 @@ def same_vm(spec: VMSpec, uid: str) -> bool:
     """Is a placement or status carrying ``uid`` about the VM ``spec`` (and not about an
     older VM of the same name, deleted since)? Either side written before uids existed
     ("") counts as the same VM."""
-    return not spec.uid or not uid or uid == spec.uid
+    return same_uid(spec.uid, uid)
+
+
+def same_uid(spec_uid: str, uid: str) -> bool:
+    """:func:`same_vm` of a spec's uid alone."""
+    return not spec_uid or not uid or uid == spec_uid
