@@ -48,24 +48,32 @@ async def wait_event(event: asyncio.Event, timeout: float, sleep: Sleep | None =
 async def within(work: Awaitable[T], timeout: float, sleep: Sleep | None = None) -> T:
     """``asyncio.wait_for(work, timeout)`` with ``timeout`` in seconds of ``sleep``'s clock
     (real time when None): ``work`` cancelled and :class:`TimeoutError` raised when the time
-    runs out first. A cancellation of the caller cancels ``work`` too."""
+    runs out first; a cancellation of the caller propagates. As ``asyncio.timeout`` does,
+    ``work`` runs in the caller's task and the timer cancels that task: one task (the
+    timer's) per call, not two (a simulation bounds every keepalive this way)."""
     if sleep is None:
         return await asyncio.wait_for(work, timeout)
-    task = asyncio.ensure_future(work)
+    me = asyncio.current_task()
+    assert me is not None
+    cancelling = me.cancelling()
+    state = {"fired": False, "over": False}
+
+    def expire(timer: asyncio.Future[None]) -> None:
+        if not state["over"] and not timer.cancelled():
+            state["fired"] = True
+            me.cancel()
+
     timer = asyncio.ensure_future(sleep(timeout))
+    timer.add_done_callback(expire)
     try:
-        await asyncio.wait((task, timer), return_when=asyncio.FIRST_COMPLETED)
+        return await work
     except asyncio.CancelledError:
-        task.cancel()
+        if state["fired"] and me.uncancel() <= cancelling:  # ours, not the caller's
+            raise TimeoutError(f"no answer within {timeout:g}s") from None
         raise
     finally:
+        state["over"] = True
         timer.cancel()
-    if not task.done():
-        task.cancel()
-        await asyncio.wait((task,))  # (a cancellation of ours here propagates, as wait_for's)
-    if task.cancelled():
-        raise TimeoutError(f"no answer within {timeout:g}s")
-    return task.result()
 
 
 async def cancel_all(tasks: Iterable[asyncio.Task[Any]], rounds: int = 10) -> None:

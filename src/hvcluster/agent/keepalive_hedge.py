@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from hvcluster.models.errors import LeaseLost, StoreError, StoreUnavailable
 from hvcluster.store.base import Store
-from hvcluster.tasks import Sleep, within
+from hvcluster.tasks import Sleep
 
 
 @dataclass(frozen=True)
@@ -60,26 +60,36 @@ async def hedged_keepalive(
         # The store's own deadline (shorter than ours) lets it time out and move to the
         # next member: cancelled from outside, it would stay on a frozen one.
         call = store.keepalive(lease_id, timeout=0.9 * interval)
-        sent_at[asyncio.ensure_future(within(call, interval, sleep))] = clock()
+        sent_at[asyncio.ensure_future(call)] = clock()
 
     send()
     hedges = 1  # the next one's number: it leaves at started + hedges * hedge_after
     try:
         while sent_at:
-            may_send = hedges * hedge_after < interval
-            wait = max(0.0, started + hedges * hedge_after - clock()) if may_send else None
-            timer = asyncio.ensure_future(sleep(wait)) if wait is not None else None
+            now = clock()
+            for task, sent in list(sent_at.items()):  # each has ``interval`` to answer
+                if not task.done() and now - sent >= interval:
+                    del sent_at[task]
+                    task.add_done_callback(_forget)
+                    task.cancel()
+                    last_error = TimeoutError(f"no answer to a keepalive in {interval:g}s")
+            if not sent_at:
+                break
+            hedge_at = started + hedges * hedge_after if hedges * hedge_after < interval else None
+            wake = min(sent + interval for sent in sent_at.values())
+            wake = wake if hedge_at is None else min(wake, hedge_at)
+            # one timer (on the caller's clock) for the next hedge and the deadlines
+            timer = asyncio.ensure_future(sleep(max(0.0, wake - now)))
             try:
-                await asyncio.wait([*sent_at, *([timer] if timer else [])],
-                                   return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+                await asyncio.wait([*sent_at, timer], return_when=asyncio.FIRST_COMPLETED)
             finally:
-                if timer is not None:
-                    timer.cancel()
+                timer.cancel()
             # in the order sent (not a set's: its order follows the tasks' addresses)
             done = [task for task in sent_at if task.done()]
             if not done:
-                send()
-                hedges += 1
+                if hedge_at is not None and clock() >= hedge_at:
+                    send()
+                    hedges += 1
                 continue
             confirmed: Confirmed | None = None
             for task in done:  # every result read, so none is left unretrieved
