@@ -97,11 +97,8 @@ def test_a_slow_machine_changes_no_output() -> None:
     the virtual clock)."""
     items = ["3", "hang"]
     normal = asyncio.run(outputs(items))
-    loop = FastRealTime()
-    try:
-        slow = loop.run_until_complete(outputs(items))
-    finally:
-        loop.close()
+    with asyncio.Runner(loop_factory=FastRealTime) as runner:  # (ends what is left, as run)
+        slow = runner.run(outputs(items))
     for item in items:
         assert slow[item] == normal[item], f"{item} depends on the speed of real time"
 
