@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import httpx
 
@@ -37,11 +37,16 @@ def auth(bearer: str) -> dict[str, str]:
 
 @contextlib.asynccontextmanager
 async def api_client(
-    store: Store, keys: Keys, node: str = "n1", role: Role = Role.ADMIN
+    store: Store,
+    keys: Keys,
+    node: str = "n1",
+    role: Role = Role.ADMIN,
+    now: Callable[[], float] = time.time,
 ) -> AsyncIterator[httpx.AsyncClient]:
-    """``node``'s API over ``store``, in-process, spoken to with a new token of ``role``."""
+    """``node``'s API over ``store``, in-process, spoken to with a new token of ``role``;
+    ``now``: the cluster's wall clock (a simulated cluster's)."""
     bearer = await make_token(store, keys, f"test-{role.value}-{secrets.token_hex(4)}", role)
-    transport = httpx.ASGITransport(app=create_app(store, keys, node))
+    transport = httpx.ASGITransport(app=create_app(store, keys, node, now=now))
     async with httpx.AsyncClient(
         transport=transport, base_url="http://api/api/v1", headers=auth(bearer)
     ) as client:

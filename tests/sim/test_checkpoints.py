@@ -4,7 +4,6 @@ written with the result, refusals fail with the reason, and a failover keeps the
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -92,7 +91,8 @@ async def test_an_old_finished_op_of_a_node_gone_for_good_is_pruned(cluster: Sim
     await cluster.start("n1")
     op = await create_op(cluster.store, cluster.keys, "db", "gone", 0, _A.CREATE, "x", "test")
     assert op is not None
-    old = time.time() - RETAIN_S - 60  # the cluster's clock started at the wall clock's now
+    assert cluster.clock is not None
+    old = cluster.clock.wall() - RETAIN_S - 60  # on the cluster's (virtual) clock
     ended = op.model_copy(update={"state": MigrationState.FAILED, "created": old, "updated": old})
     await cluster.store.put(cluster.keys.checkpoint_op(op.id), encode(ended))
 

@@ -214,7 +214,7 @@ async def test_a_move_its_agent_lost_fails_and_its_unnamed_copy_goes(
         state=_M.TRANSFERRING,
         epoch=placement.epoch,
         volume="b",
-        created=time.time(),
+        created=cluster.clock.wall() if cluster.clock else time.time(),
     )
     await cluster.store.put(cluster.keys.storage_move(rec.id), encode(rec))
     failed = await final(cluster, rec.id)
@@ -231,6 +231,8 @@ async def test_a_move_its_agent_lost_fails_and_its_unnamed_copy_goes(
 async def test_finished_moves_are_pruned_after_a_week(cluster: SimCluster, tmp_path: Path) -> None:
     await cluster.start("n1")
     week = 7 * 86400
+    assert cluster.clock is not None
+    now = cluster.clock.wall()  # the cluster's (virtual) clock, the one it prunes by
     for mid, age in (("old-1", week + 60), ("new-1", week - 60)):
         rec = Migration(
             id=mid,
@@ -240,8 +242,8 @@ async def test_finished_moves_are_pruned_after_a_week(cluster: SimCluster, tmp_p
             kind=MigrationKind.STORAGE,
             state=_M.DONE,
             volume="b",
-            created=time.time() - age,
-            updated=time.time() - age,
+            created=now - age,
+            updated=now - age,
         )
         await cluster.store.put(cluster.keys.storage_move(mid), encode(rec))
 

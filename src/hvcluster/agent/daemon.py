@@ -303,7 +303,13 @@ class Daemon:
         cfg = self.cfg
         peers = PeerApi(cfg.api_cert is not None, str(cfg.api_ca) if cfg.api_ca else None)
         app = create_app(
-            self.store, self.keys, cfg.node, peers, self.metrics, local_console(self.driver)
+            self.store,
+            self.keys,
+            cfg.node,
+            peers,
+            self.metrics,
+            local_console(self.driver),
+            self.clock.wall,
         )
         install_dashboard(app)  # the web dashboard at / (hvcluster.web), same port and tokens
         server = _ApiServer(

@@ -6,7 +6,9 @@ the controller and the agents act on what it writes. Routes live under ``/api/v1
 
 from __future__ import annotations
 
+import time
 from collections import Counter
+from collections.abc import Callable
 
 from fastapi import APIRouter, Depends, FastAPI
 
@@ -107,12 +109,13 @@ def create_app(
     peers: PeerApi | None = None,
     agent_metrics: AgentMetrics | None = None,
     local_console: consoles.LocalConsole | None = None,
+    now: Callable[[], float] = time.time,
 ) -> FastAPI:
     """The API of the agent ``node`` over ``store``. The caller owns the store (and closes it).
     ``peers``: how to reach other agents' APIs (default: plain http); ``agent_metrics``: what
     the agent measures of itself, served at ``/metrics`` (default: a registry of its own);
     ``local_console``: where this node's VMs' consoles are (the agent's driver; None: this API
-    bridges none itself)."""
+    bridges none itself); ``now``: the cluster's wall clock (a simulation's virtual one)."""
     app = FastAPI(
         title="hvcluster",
         version=__version__,
@@ -126,6 +129,7 @@ def create_app(
         node=node,
         peers=peers or PeerApi(),
         metrics=agent_metrics or AgentMetrics(node),
+        now=now,
     )
     app.state.consoles = consoles.Consoles(local_console)
     install_error_handlers(app)

@@ -6,6 +6,7 @@ import copy
 import logging
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -58,6 +59,10 @@ class ApiContext:
     peers: PeerApi = field(default_factory=PeerApi)
     metrics: AgentMetrics = field(default_factory=AgentMetrics)  # this agent's own numbers
     node_use: NodeUse = field(default_factory=NodeUse)  # what node views need of each VM
+    # The cluster's wall clock, which the controller stamps its records by: a simulation's
+    # virtual one there, so that what the API stamps (a node's admin_since, which the
+    # controller compares its migrations' times with) reads on the same clock.
+    now: Callable[[], float] = time.time
     log: EventLog = field(init=False)  # the writer: every change this API makes is logged
     corrupt: CorruptReporter = field(init=False)
 
@@ -93,7 +98,7 @@ class ApiContext:
         change still stands, so the failure is logged here rather than answered as an error
         (which would tell the client nothing changed)."""
         event = Event(
-            time=time.time(),
+            time=self.now(),
             kind=kind,
             subject=subject,
             reason=reason,

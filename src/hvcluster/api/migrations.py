@@ -10,7 +10,6 @@ controller checks again before the transfer begins.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Literal, TypeVar
 
@@ -285,7 +284,7 @@ async def drain_node(name: ValidName, ctx: Ctx, request: ActionRequest | None = 
             update={
                 "admin_state": NodeAdminState.DRAINING,
                 "admin_reason": reason,
-                "admin_since": time.time(),
+                "admin_since": ctx.now(),
             }
         )
 

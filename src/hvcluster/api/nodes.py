@@ -156,7 +156,7 @@ async def _set_admin(
         fields: dict[str, object] = {
             "admin_state": target,
             "admin_reason": reason,
-            "admin_since": time.time(),
+            "admin_since": ctx.now(),
             **extra,
         }
         if node.admin_state is NodeAdminState.QUARANTINED:
