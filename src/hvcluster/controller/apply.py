@@ -92,9 +92,20 @@ class Applier:
         stored = self.state.placements.items.get(vm)
         return stored.mod_revision if stored else 0
 
+    def _node_as_read(self, node: str) -> Compare:
+        """The target node's record unchanged since read: a placement decided on a node
+        that an admin paused or drained meanwhile (or whose resources changed) is not
+        written, and is decided again on what is there now."""
+        stored = self.state.nodes.items.get(node)
+        return Compare.mod_is(self.keys.node(node), stored.mod_revision if stored else 0)
+
     def _place(self, vm: str, placement: Placement) -> Write:
         key = self.keys.placement(vm)
-        compares = (Compare.mod_is(key, self._placement_rev(vm)), Compare.present(self.keys.vm(vm)))
+        compares = (
+            Compare.mod_is(key, self._placement_rev(vm)),
+            Compare.present(self.keys.vm(vm)),
+            self._node_as_read(placement.node),
+        )
         return Write(compares, (Put(key, encode(placement)),))
 
     async def _admin(self, node: str, state: NodeAdminState, reason: str, **more: Any) -> bool:
@@ -113,7 +124,7 @@ class Applier:
             failovers=failovers,
             uid=self._uid(d.vm),
         )
-        compares = [Compare.mod_is(key, self._placement_rev(d.vm))]
+        compares = [Compare.mod_is(key, self._placement_rev(d.vm)), self._node_as_read(d.to_node)]
         if d.from_node not in self.state.alive.present:
             # The dead node must not have come back since we looked: whichever commits
             # first wins, and the other side kills or skips.
