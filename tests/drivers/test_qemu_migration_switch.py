@@ -18,6 +18,7 @@ from hvcluster.guestimage.image import GuestImage
 from hvcluster.guestimage.testguest import booted, create_disk, guest_spec, heartbeats, read_counter
 from hvcluster.models.config import MigrationSettings
 from hvcluster.models.lifecycle import VMState
+from tests.drivers.test_qemu_migration_load import stop_all
 from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.qemu, pytest.mark.timeout(120)]
@@ -69,11 +70,7 @@ async def test_target_resumed_from_the_completion_hook_runs_the_guest_on(
         assert not booted(serial2), "the target must continue the guest, not boot it"
         await wait_for(lambda: read_counter(disk) > before, 20, "the counter going on")
     finally:
-        for driver in (src, dst):
-            for vm in await driver.list():
-                if vm.state not in (VMState.STOPPED, VMState.FAILED):
-                    await driver.discard(vm.name)
-            await driver.close()
+        await stop_all(src, dst)
 
 
 async def test_a_target_asked_to_run_before_the_source_let_go_of_its_disk_waits_for_it(
@@ -100,8 +97,4 @@ async def test_a_target_asked_to_run_before_the_source_let_go_of_its_disk_waits_
         assert (await asyncio.wait_for(early, 30)).state is VMState.RUNNING
         assert (await dst.status("early")).state is VMState.RUNNING
     finally:
-        for driver in (src, dst):
-            for vm in await driver.list():
-                if vm.state not in (VMState.STOPPED, VMState.FAILED):
-                    await driver.discard(vm.name)
-            await driver.close()
+        await stop_all(src, dst)
