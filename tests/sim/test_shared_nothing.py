@@ -89,14 +89,7 @@ async def test_a_failed_disk_copy_leaves_the_vm_where_it_was(
     rec = await request(cluster, "db", other, "b")
     failed = await wait_state(cluster, rec.id, _M.DONE, _M.FAILED)
     assert failed.state is _M.FAILED and "the link went down" in failed.reason
-    assert await cluster.running_on("db") == host
-    assert (await spec(cluster, "db")).disks == (Disk(volume="a", path="db/disk.qcow2"),)
-    assert (paths["a"] / "db" / "disk.qcow2").read_bytes() == b"old disk"
-
-    async def copy_gone() -> bool:
-        return not (paths["b"] / "db" / "disk.qcow2").exists()
-
-    await cluster.wait_for(copy_gone, 10, "the target's new file deleted")
+    await stayed_on_its_disk(cluster, paths, host)
 
 
 async def test_a_cancel_while_the_disks_copy_stops_the_copy(
@@ -149,6 +142,16 @@ async def test_the_source_copies_disks_only_to_the_target_nodes_registered_addre
     [said] = await cluster.event_list("migration.failed", "vm/db")
     assert f"is not {other}'s registered migration address" in said.reason
     assert failed.progress.bytes_transferred == 0
+    await stayed_on_its_disk(cluster, paths, host)
+    again = await request(cluster, "db", other, "b")
+    done = await wait_state(cluster, again.id, _M.DONE, _M.FAILED)
+    assert done.state is _M.DONE, done.reason
+    assert await cluster.wait_running("db") == other
+
+
+async def stayed_on_its_disk(cluster: SimCluster, paths: dict[str, Path], host: str) -> None:
+    """``db`` still runs on ``host`` from its disk on volume a, untouched, and the copy its
+    failed move began on volume b is deleted."""
     assert await cluster.running_on("db") == host
     assert (await spec(cluster, "db")).disks == (Disk(volume="a", path="db/disk.qcow2"),)
     assert (paths["a"] / "db" / "disk.qcow2").read_bytes() == b"old disk"
@@ -157,7 +160,3 @@ async def test_the_source_copies_disks_only_to_the_target_nodes_registered_addre
         return not (paths["b"] / "db" / "disk.qcow2").exists()
 
     await cluster.wait_for(copy_gone, 10, "the target's new file deleted")
-    again = await request(cluster, "db", other, "b")
-    done = await wait_state(cluster, again.id, _M.DONE, _M.FAILED)
-    assert done.state is _M.DONE, done.reason
-    assert await cluster.wait_running("db") == other
