@@ -12,6 +12,7 @@ from hvcluster.models.event import Event
 from hvcluster.models.lifecycle import VMState
 from hvcluster.models.node import Capacity, Node, NodeAlive
 from hvcluster.models.vm import Placement, VMSpec, VMStatus
+from hvcluster.store.base import Store
 from hvcluster.store.clock import ManualClock
 from hvcluster.store.events import EventLog
 from hvcluster.store.keys import Keys
@@ -31,15 +32,20 @@ async def cluster(store: CountingStore) -> dict[str, int]:
         leases[name] = lease.id
         alive = NodeAlive(node=name, lease=lease.id, since=0.0)
         await store.put(KEYS.alive(name), encode(alive), lease=lease.id)
-    for i in range(VMS):
+    await vms_running_on_n0(store, KEYS, VMS)
+    return leases
+
+
+async def vms_running_on_n0(store: Store, keys: Keys, count: int) -> None:
+    """``count`` VMs (vm000, ...; 128 MiB each) placed on n0 and reported running there."""
+    for i in range(count):
         vm = VMSpec(name=f"vm{i:03}", memory_mib=128)
-        await store.put(KEYS.vm(vm.name), encode(vm))
-        await store.put(KEYS.placement(vm.name), encode(Placement(node="n0", epoch=1, uid=vm.uid)))
+        await store.put(keys.vm(vm.name), encode(vm))
+        await store.put(keys.placement(vm.name), encode(Placement(node="n0", epoch=1, uid=vm.uid)))
         status = VMStatus(
             vm=vm.name, node="n0", epoch=1, state=VMState.RUNNING, since=0.0, uid=vm.uid
         )
-        await store.put(KEYS.status(vm.name), encode(status))
-    return leases
+        await store.put(keys.status(vm.name), encode(status))
 
 
 async def test_125_vms_of_a_dead_node_placed_in_few_txns_their_waits_in_one_event() -> None:

@@ -10,12 +10,12 @@ from hvcluster.controller.notes import ControllerNotes
 from hvcluster.models.base import decode, encode
 from hvcluster.models.checkpoint import CheckpointAction
 from hvcluster.models.config import ClusterConfig, MigrationSettings
-from hvcluster.models.lifecycle import NodeAdminState, VMState
+from hvcluster.models.lifecycle import NodeAdminState
 from hvcluster.models.migration import Migration, MigrationKind
 from hvcluster.models.node import Capacity, Node, NodeAlive
-from hvcluster.models.vm import Placement, VMSpec, VMStatus
 from hvcluster.store.checkpoints import create_op
 from hvcluster.store.keys import Keys
+from tests.controller.test_big_failover import vms_running_on_n0
 from tests.counting import CountingStore
 
 KEYS = Keys("drain")
@@ -37,14 +37,7 @@ async def cluster(store: CountingStore, vms: int) -> None:
         lease = await store.grant(30)
         alive = NodeAlive(node=name, lease=lease.id, since=time.time())
         await store.put(KEYS.alive(name), encode(alive), lease=lease.id)
-    for i in range(vms):
-        vm = VMSpec(name=f"vm{i:03}", memory_mib=128)
-        await store.put(KEYS.vm(vm.name), encode(vm))
-        await store.put(KEYS.placement(vm.name), encode(Placement(node="n0", epoch=1, uid=vm.uid)))
-        status = VMStatus(
-            vm=vm.name, node="n0", epoch=1, state=VMState.RUNNING, since=1.0, uid=vm.uid
-        )
-        await store.put(KEYS.status(vm.name), encode(status))
+    await vms_running_on_n0(store, KEYS, vms)
 
 
 def coordinator(store: CountingStore, said: list[tuple[str, str, str]]) -> MigrationCoordinator:
