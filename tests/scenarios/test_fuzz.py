@@ -28,7 +28,7 @@ KNOWN: dict[int, str] = {}  # seed -> the breach it finds, while not fixed
 # controller waited for it to stop there forever (the agent now reports it stopped).
 # 1528, 7138: a VM started by an admin at the same moment its only node was paused (drained)
 # was placed there: the placement's write did not compare the node's record as read.
-FIXED = (84, 201, 282, 302, 327, 406, 418, 1528, 2609, 2776, 3563, 7138)
+FIXED = (84, 201, 282, 302, 327, 406, 418, 1528, 2609, 2776, 3563, 7138, 9328, 9626)
 
 pytestmark = pytest.mark.timeout(1200)
 

@@ -145,3 +145,38 @@ async def test_a_vm_that_cannot_move_live_stays_when_no_volume_is_shared(
     [stay] = await cluster.event_list("drain.stay", "vm/stubborn")
     assert "n1 and n2 share no volume to save the VM's state on" in stay.reason
     assert "stayed: stubborn" in (await node_record(cluster, "n1")).admin_reason
+
+
+async def test_a_drain_move_whose_target_is_paused_midway_moves_live_elsewhere(
+    setup: tuple[SimCluster, httpx.AsyncClient],
+) -> None:
+    """An admin pauses the target while the drain's live move to it is under way: that move
+    fails (the VM never lands on the paused node, not even by the source's own flip), and
+    the drain moves it live again to a node that is open, not by its quick fallback."""
+    cluster, api = setup
+    await cluster.start("n1", "n2", "n3")
+    await cluster.create_vm("web", ha={"preferred_owners": ["n1", "n2", "n3"]})
+    assert await cluster.wait_running("web") == "n1"
+    assert (await api.post("/nodes/n1/drain")).status_code == 202
+
+    async def moving_to_n2() -> bool:
+        found = (await api.get("/migrations")).json()["migrations"]
+        return any(m["target"] == "n2" and m["state"] == "transferring" for m in found)
+
+    await cluster.wait_for(moving_to_n2, 20, "web's move to n2 under way")
+    r = await api.post("/nodes/n2/pause", json={"reason": "firmware update"})
+    assert r.status_code == 202, r.text
+
+    async def paused() -> bool:
+        return (await node_record(cluster, "n1")).admin_state is NodeAdminState.PAUSED
+
+    await cluster.wait_for(paused, 60, "n1 drained and paused")
+    assert await cluster.wait_running("web", 10) == "n3"
+    moves = (await api.get("/migrations")).json()["migrations"]
+    assert [(m["kind"], m["target"], m["state"]) for m in moves] == [
+        ("live", "n2", "failed"),
+        ("live", "n3", "done"),
+    ]
+    assert "the target node n2 is paused: firmware update" in moves[0]["reason"]
+    placed = [e.reason for e in await cluster.event_list("vm.placed", "vm/web")]
+    assert not any(" on n2 " in why for why in placed), placed

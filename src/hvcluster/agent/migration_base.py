@@ -31,6 +31,7 @@ class MigrationBase:
         self.me = agent.me.name
         self.driver = agent.driver
         self.tasks: dict[str, asyncio.Task[None]] = {}  # record id -> its job here
+        self.task_vms: dict[str, str] = {}  # record id -> its VM, while its job runs
         self.cancelled: set[str] = set()  # records whose transfer we asked the driver to stop
         self.migrated_out: dict[str, str] = {}  # vm -> record id: paused here after transfer
         self.finished: set[str] = set()  # records this host is done with
@@ -58,10 +59,12 @@ class MigrationBase:
             except Exception as e:  # a bug (ours or the driver's): this record only
                 await self._broke(rec, e)
             finally:
+                self.task_vms.pop(mid, None)
                 if mid not in self.flipped:  # (a flip here: the target's resume wakes us)
                     self.wake.set()
                     self.agent.wake.set()
 
+        self.task_vms[mid] = rec.vm
         self.tasks[mid] = asyncio.create_task(run(), name=f"migration-{mid}")
 
     async def _broke(self, rec: Migration, error: Exception) -> None:

@@ -21,6 +21,7 @@ from hvcluster.agent.shared_nothing import shared_nothing
 from hvcluster.drivers.errors import MigrationCancelled, PostcopyFailed
 from hvcluster.models.base import encode
 from hvcluster.models.errors import DriverError, StoreError
+from hvcluster.models.fit import not_up
 from hvcluster.models.lifecycle import MigrationState, VMState
 from hvcluster.models.migration import (
     Migration,
@@ -37,6 +38,7 @@ from hvcluster.models.migration_times import (
     times_missing,
     with_times,
 )
+from hvcluster.models.node import Node
 from hvcluster.models.vm import Placement
 from hvcluster.store.base import Compare, Put
 from hvcluster.store.migrations import change_migration, change_record, flip, moved_spec_ops
@@ -68,7 +70,8 @@ class SourceRole(QuickState):
         if needs_running(rec) and rec.state in (_M.REQUESTED, _M.PREPARING):
             await self._publish_running(rec)  # the target waits for it (once)
         if rec.state is _M.PREPARING and rec.target_ready and not busy:
-            self._spawn(rec, self._transfer(rec))
+            if not self._still_moving(rec):
+                self._spawn(rec, self._transfer(rec))
         elif rec.state is _M.TRANSFERRING and not busy:
             # Our transfer is not running (this agent restarted): it cannot finish.
             with contextlib.suppress(DriverError):
@@ -85,6 +88,7 @@ class SourceRole(QuickState):
             await self._drop_state(rec)
             self.shared.forget(rec)
             self.finished.add(rec.id)
+            self.wake.set()  # a later move of the same VM may have waited for this one
         elif rec.state is _M.DONE and not busy:
             held = rec.id in self.flipped and self.migrated_out.get(rec.vm) == rec.id
             if held and not rec.resumed_at and self.agent.clock.wall() - rec.switching_at < HOLD_S:
@@ -107,6 +111,14 @@ class SourceRole(QuickState):
                 await self._said_switched(rec)
             self.flipped.discard(rec.id)
             self.finished.add(rec.id)
+
+    def _still_moving(self, rec: Migration) -> bool:
+        """An earlier move of ``rec``'s VM is still ending here (its transfer being
+        cancelled, or its paused copy not yet run again after a failed flip): ``rec`` waits
+        for it, as QEMU would refuse a second transfer (woken when that one ends)."""
+        if self.migrated_out.get(rec.vm, rec.id) != rec.id:
+            return True
+        return any(vm == rec.vm and mid != rec.id for mid, vm in self.task_vms.items())
 
     async def _publish_running(self, rec: Migration) -> None:
         """The size the guest runs with here into the record, once: the target builds the
@@ -138,14 +150,19 @@ class SourceRole(QuickState):
             return
         written = Written(*started)
         address = written.record.target_address
-        if rec.kind is not MigrationKind.QUICK:
-            refused = await self._refused(written.record)
-            if refused is not None:
-                await self._fail(rec, f"refused to migrate {rec.vm} to {refused}")
-                return
-        # what the flip compares, read beforehand
+        # what the flip compares, read beforehand: the target's node record too (an admin
+        # who pauses or drains it meanwhile fails the flip; the controller then fails the
+        # move, and the VM runs here again)
+        target = await read_one(self.store, self.keys.node(rec.target), Node)
+        refused = self._refused(written.record, target.value if target else None)
+        if refused is not None:
+            await self._fail(rec, refused)
+            return
+        assert target is not None  # (refused otherwise)
         placed = await read_one(self.store, self.keys.placement(rec.vm), Placement)
-        moved = await moved_spec_ops(self.store, self.keys, rec)  # shared-nothing: new paths
+        spec_compares, spec_puts = await moved_spec_ops(self.store, self.keys, rec)
+        as_read = Compare.mod_is(self.keys.node(rec.target), target.mod_revision)
+        moved = ([*spec_compares, as_read], spec_puts)  # (shared-nothing: its new disk paths)
         config, _ = await read_config(self.store, self.keys)
         settings = settings_for(written.record, config.migration)  # its own cap, if any
         latest: list[Progress] = []
@@ -381,15 +398,21 @@ class SourceRole(QuickState):
             finally:
                 written.writing = False
 
-    async def _refused(self, rec: Migration) -> str | None:
-        """Why this host will not send ``rec``'s VM to its ``target_address``, nor (shared-
-        nothing) its disks to its ``disks_address`` (whoever can write the record could point
-        them anywhere): each must be on the target node's registered migration address (its
-        ``migration_address``, else its address; the model admits only tcp:HOST:PORT for the
-        first, the driver reads the host of the second). None if both are."""
-        node = await self.read.node(rec.target)
+    def _refused(self, rec: Migration, node: Node | None) -> str | None:
+        """Why this host will not send ``rec``'s VM to its target ``node`` (as read now):
+        not registered, or taking no VMs (paused, draining, quarantined). Nor, for a live
+        move, its state to the ``target_address``, nor (shared-nothing) its disks to the
+        ``disks_address`` (whoever can write the record could point them anywhere): each
+        must be on the target's registered migration address (its ``migration_address``,
+        else its address; the model admits only tcp:HOST:PORT for the first, the driver
+        reads the host of the second). None if it may go."""
         if node is None:
-            return f"{rec.target_address!r}: the target node {rec.target} is not registered"
+            return f"the target node {rec.target} is not registered; {rec.vm} stays on {self.me}"
+        closed = not_up(node)
+        if closed is not None:
+            return f"the target node {closed}; {rec.vm} stays on {self.me}"
+        if rec.kind is MigrationKind.QUICK:
+            return None
         wanted = node.migration_host
         sends = [(repr(rec.target_address), address_host(rec.target_address))]
         if shared_nothing(rec):
@@ -397,11 +420,12 @@ class SourceRole(QuickState):
             try:
                 sends.append((disks, self.driver.disks_host(rec.disks_address)))
             except DriverError as e:
-                return f"{disks}: {e}"
+                return f"refused to migrate {rec.vm} to {disks}: {e}"
         for where, host in sends:
             if host != wanted:
                 return (
-                    f"{where}: {host} is not {rec.target}'s registered migration address {wanted}"
+                    f"refused to migrate {rec.vm} to {where}: {host} is not {rec.target}'s "
+                    f"registered migration address {wanted}"
                 )
         return None
 

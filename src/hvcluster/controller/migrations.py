@@ -277,6 +277,10 @@ class MigrationCoordinator:
             return f"the source node {rec.source} is not alive; normal failover takes over"
         if rec.target and rec.target not in state.alive.present:
             return f"the target node {rec.target} is not alive; {vm} stays on {rec.source}"
+        target = state.nodes.items.get(rec.target) if rec.target else None
+        if rec.state is not _M.REQUESTED and target is not None and not_up(target.value):
+            # paused, drained or quarantined since it was chosen: no new VM goes there
+            return f"the target node {not_up(target.value)}; {vm} stays on {rec.source}"
         timeout = state.config.migration.timeout_s
         if rec.state is not _M.SWITCHING and now - rec.created > timeout:
             return f"timed out after {timeout:.0f}s in state {rec.state.value}"
@@ -304,11 +308,12 @@ class MigrationCoordinator:
             for n in snapshot.nodes.values()
             if (why := f"{n.name} is not alive" if not n.alive else not_up(n.node)) is not None
         }
-        if rec.target and rec.target in closed and rec.requested_by.startswith("drain:"):
-            closed.pop(rec.target)  # a drain picked it; it was open then
+        asked = rec.target
+        if asked in closed and rec.requested_by.startswith("drain:"):
+            asked = ""  # a drain picked it while it was open: any open node will do now
         exclude = {rec.source: f"{rec.source} is where it runs"}
-        if rec.target:
-            exclude.update({n: f"{n} was not asked for" for n in snapshot.nodes if n != rec.target})
+        if asked:
+            exclude.update({n: f"{n} was not asked for" for n in snapshot.nodes if n != asked})
         exclude.update(move_blockers(snapshot, vm, rec.source, rec.kind))  # CPU model, accel
         # shared-nothing: the target needs the volume the disks go to, not the ones they are on
         spec = spec_on_volume(vm.spec, rec.volume) if rec.volume else vm.spec
@@ -352,8 +357,15 @@ class MigrationCoordinator:
 
     async def _flip_at(self, rec: Migration, record_rev: int, placed: Stored[Placement]) -> bool:
         """The flip against the record exactly as a watch event showed it (``record_rev``):
-        one transaction, no re-read. False if anything compared has changed."""
-        extra = await moved_spec_ops(self.store, self.keys, rec)  # shared-nothing: new paths
+        one transaction, no re-read but the target's node record (one that takes no VMs
+        now fails the record instead). False if anything compared has changed."""
+        target = await read_one(self.store, self.keys.node(rec.target), Node)
+        closed = not_up(target.value) if target is not None else f"{rec.target} is unregistered"
+        if target is None or closed is not None:
+            await self._fail(rec, f"the target node {closed}; {rec.vm} stays on {rec.source}")
+            return True
+        compares, puts = await moved_spec_ops(self.store, self.keys, rec)  # shared-nothing
+        as_read = Compare.mod_is(self.keys.node(rec.target), target.mod_revision)
         done = await flip(
             self.store,
             self.keys,
@@ -361,7 +373,7 @@ class MigrationCoordinator:
             record_rev,
             placed.value,
             placed.mod_revision,
-            extra,
+            ([*compares, as_read], puts),
             now=self.clock(),
         )
         if done is not None:
@@ -433,7 +445,7 @@ class MigrationCoordinator:
                 stay[r.vm] = f"{r.vm} stays on {r.source}: its move was cancelled"
             elif r.state is _M.FAILED and r.kind is MigrationKind.QUICK:
                 stay[r.vm] = f"{r.vm} stays on {r.source}: quick migration failed ({r.reason})"
-            elif r.state is _M.FAILED:
+            elif r.state is _M.FAILED and not self._closed_since(snapshot, r.target):
                 failed_live[r.vm] = r.reason
         decisions = plan_drain(snapshot, in_flight, failed_live, stay)
         moves = [d for d in decisions if isinstance(d, DrainMove)]
@@ -459,6 +471,14 @@ class MigrationCoordinator:
                 case DrainDone():
                     if await self._pause(state, d.node, d.reason):
                         await self.say("node.drained", f"node/{d.node}", d.reason)
+
+    @staticmethod
+    def _closed_since(snapshot: ClusterSnapshot, target: str) -> bool:
+        """A failed drain move's target now takes no VMs (paused, drained or quarantined,
+        perhaps while the move ran): the move is tried live again, elsewhere, rather than
+        by the quick fallback."""
+        node = snapshot.nodes.get(target)
+        return node is not None and not_up(node.node) is not None
 
     def _drain_move(self, d: DrainMove, snapshot: ClusterSnapshot) -> tuple[Migration, Write]:
         placement = snapshot.vms[d.vm].placement
