@@ -9,7 +9,11 @@ byte counters say so), the API and etcd over the first."""
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -25,6 +29,7 @@ from hvcluster.guestimage.testguest import (
     heartbeats,
     read_counter,
 )
+from hvcluster.lab import processes
 from hvcluster.lab.netns import MIGRATION_DEV, link_bytes
 from tests.lab.conftest import CACHE, Lab, make_lab, wait_for
 from tests.lab.test_qemu_failover import counter_rises, create_guest, running, vm_pid
@@ -146,12 +151,13 @@ def set_settings(lab: Lab, settings: dict[str, Any]) -> None:
     assert r.status_code == 200, r.text
 
 
-def test_postcopy_moves_a_loaded_guest_through_the_agents(lab2: Lab) -> None:
-    """A guest dirtying faster than the bandwidth cap: precopy cannot converge, so after one
-    pass the source switches to postcopy; the placement flips then and the target runs the
-    guest while it fetches the rest. The guest goes on with no reset."""
-    lab, name = lab2, "mig-postcopy"
-    for done in ("mig-live", "mig-quick"):  # the module's earlier guests: room on both nodes
+@contextmanager
+def loaded_guest(lab: Lab, name: str, **migration: Any) -> Iterator[tuple[Path, str, str]]:
+    """A 256 MiB guest dirtying 40 MiB/s over 32 MiB, running (its writer past its first
+    lap), with postcopy on after one pass and a bandwidth cap of 8 MiB/s that precopy cannot
+    converge under (``migration``: more settings): its disk, its node and the other node.
+    After it, the cluster's migration settings are the defaults again and the VM is gone."""
+    for done in ("mig-live", "mig-quick", "mig-postcopy"):  # the module's earlier guests
         if lab.get_status(f"/vms/{done}") == 200:
             lab.delete(f"/vms/{done}")
             wait_for(partial(removed, lab, done), 30, f"{done} removed")
@@ -163,17 +169,40 @@ def test_postcopy_moves_a_loaded_guest_through_the_agents(lab2: Lab) -> None:
         "memory_mib": 256,
         "boot": boot.model_dump(),
         "disks": [{"path": str(disk)}],
+        "ha": {"preferred_owners": ["n1"], "priority": "high"},
     }
-    spec["ha"] = {"preferred_owners": ["n1"], "priority": "high"}
     set_migration(
-        lab, postcopy=True, postcopy_after_passes=1, max_bandwidth_mib_s=8, auto_converge=False
+        lab,
+        postcopy=True,
+        postcopy_after_passes=1,
+        max_bandwidth_mib_s=8,
+        auto_converge=False,
+        **migration,
     )
     try:
         lab.post("/vms", spec)
         vm = wait_for(lambda: running(lab, name), 60, f"{name} running")
         home = vm["node"]  # n1 unless an earlier test's guests fill it
-        away = "n2" if home == "n1" else "n1"
         wait_for(lambda: dirty_laps(serial(lab, home, name)) >= 1, 90, "the writer's first lap")
+        yield disk, home, "n2" if home == "n1" else "n1"
+    finally:
+        set_migration(
+            lab,
+            postcopy=False,
+            postcopy_after_passes=2,
+            max_bandwidth_mib_s=10_000,
+            max_postcopy_bandwidth_mib_s=0,
+            auto_converge=True,
+        )
+        lab.delete(f"/vms/{name}")
+
+
+def test_postcopy_moves_a_loaded_guest_through_the_agents(lab2: Lab) -> None:
+    """A guest dirtying faster than the bandwidth cap: precopy cannot converge, so after one
+    pass the source switches to postcopy; the placement flips then and the target runs the
+    guest while it fetches the rest. The guest goes on with no reset."""
+    lab, name = lab2, "mig-postcopy"
+    with loaded_guest(lab, name) as (disk, home, away):
         seen_before = heartbeats(serial(lab, home, name))[-1]
         rec = migrate(lab, name, away, "live")
         assert rec["progress"]["postcopy"], rec["progress"]
@@ -187,12 +216,51 @@ def test_postcopy_moves_a_loaded_guest_through_the_agents(lab2: Lab) -> None:
         )
         assert beats[0] > seen_before and beats == sorted(beats), (seen_before, beats[:5])
         assert counter_rises(disk, read_counter(disk)) > 0
-    finally:
-        set_migration(
-            lab,
-            postcopy=False,
-            postcopy_after_passes=2,
-            max_bandwidth_mib_s=10_000,
-            auto_converge=True,
-        )
-        lab.delete(f"/vms/{name}")
+
+
+def test_a_failure_in_postcopy_restarts_the_vm_from_its_disk(lab2: Lab) -> None:
+    """The target's QEMU is killed (kill -9) while postcopy still fetches the guest's pages
+    (capped at 1 MiB/s: tens of seconds of it). The guest's memory was split between both
+    hosts and is lost: the source must not run its copy again (it lacks what the target
+    changed), so it is killed; the failure is an event saying what was lost; and the VM
+    starts again from its disk, whose counter goes on."""
+    lab, name = lab2, "mig-lost"
+    with loaded_guest(lab, name, max_postcopy_bandwidth_mib_s=1) as (disk, home, away):
+        source_pid = vm_pid(lab, home, name)
+        rec = lab.post(f"/vms/{name}/move", {"to": away, "kind": "live"})
+
+        def switched() -> bool:  # the placement flips when postcopy begins, then it runs there
+            m: dict[str, Any] = lab.get(f"/migrations/{rec['id']}")
+            assert m["state"] not in ("failed", "cancelled"), m
+            return m["state"] == "done" and bool(m["resumed_at"])
+
+        wait_for(switched, 90, f"the switch to postcopy, {name} running on {away}", 0.05)
+        target_pid = vm_pid(lab, away, name)
+        assert target_pid is not None and source_pid is not None
+        killed_at = time.time()
+        os.kill(target_pid, signal.SIGKILL)
+
+        def lost() -> list[dict[str, Any]]:
+            return [
+                e["event"]
+                for e in lab.events()
+                if e["event"]["kind"] == "migration.postcopy_failed"
+                and e["event"]["subject"] == f"vm/{name}"
+            ]
+
+        (said,) = wait_for(lost, 60, "the postcopy failure's event")
+        print(said["reason"])
+        assert "failed in postcopy" in said["reason"] and "from its disk" in said["reason"]
+        wait_for(lambda: not processes.alive(source_pid), 30, "the source's copy killed")
+        at = read_counter(disk)
+        vm = wait_for(lambda: running(lab, name), 90, f"{name} running again")
+        starts = [
+            e["event"]
+            for e in lab.events()
+            if e["event"]["subject"] == f"vm/{name}"
+            and e["event"]["kind"] in ("vm.started", "vm.restarted")
+            and e["event"]["time"] >= killed_at  # (its target's agent may be first)
+        ]
+        assert starts and f"on {vm['node']}" in starts[-1]["reason"], starts
+        assert vm_pid(lab, vm["node"], name) not in (source_pid, target_pid)
+        assert counter_rises(disk, at) > at  # from its disk: the count goes on from there
