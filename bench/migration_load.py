@@ -32,8 +32,10 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import signal
+import statistics
 import sys
 import tempfile
 import time
@@ -265,6 +267,58 @@ def row(c: dict[str, Any], path: str) -> str:
     )
 
 
+def visible(r: dict[str, Any]) -> float:
+    """Guest-visible downtime of one path: QEMU's downtime, then the switch to the target."""
+    return float(r["downtime_ms"]) + float(r["switch_ms"])
+
+
+def summary(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per size and dirty rate, over its samples (both orders): whether every path
+    converged, the median guest-visible downtime of each, the median of hvcluster's minus
+    raw's (paired, the same guest in the same cell) and the geometric mean of the totals'
+    ratio."""
+    out = []
+    for key in sorted({(c["memory_mib"], c["dirty_mib_s"]) for c in cells}):
+        mine = [c for c in cells if (c["memory_mib"], c["dirty_mib_s"]) == key]
+        both = [c for c in mine if c["hvcluster"]["converged"] and c["raw"]["converged"]]
+        ratios = [c["hvcluster"]["total_ms"] / c["raw"]["total_ms"] for c in both]
+        out.append({
+            "memory_mib": key[0],
+            "dirty_mib_s": key[1],
+            "samples": len(mine),
+            "hvcluster_converged": sum(c["hvcluster"]["converged"] for c in mine),
+            "raw_converged": sum(c["raw"]["converged"] for c in mine),
+            "hvcluster_downtime_ms": _median([visible(c["hvcluster"]) for c in both]),
+            "raw_downtime_ms": _median([visible(c["raw"]) for c in both]),
+            "downtime_diff_ms": _median(
+                [visible(c["hvcluster"]) - visible(c["raw"]) for c in both]
+            ),
+            "total_ratio": math.exp(statistics.fmean(map(math.log, ratios))) if ratios else None,
+        })  # fmt: skip
+    return out
+
+
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def summary_lines(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["GiB MiB/s  n  conv hvc/raw  downtime ms hvc / raw (median)  diff  total hvc/raw"]
+    for r in rows:
+        conv = f"{r['hvcluster_converged']}/{r['raw_converged']}"
+        if r["total_ratio"] is None:
+            lines.append(
+                f"{r['memory_mib'] // 1024:>3} {r['dirty_mib_s']:>5} {r['samples']:>2}  {conv}"
+            )
+            continue
+        lines.append(
+            f"{r['memory_mib'] // 1024:>3} {r['dirty_mib_s']:>5} {r['samples']:>2}  {conv:>12}"
+            f"  {r['hvcluster_downtime_ms']:8.0f} / {r['raw_downtime_ms']:<8.0f}"
+            f"            {r['downtime_diff_ms']:+6.0f}  {r['total_ratio']:.2f}x"
+        )
+    return lines
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048, 4096], help="MiB")
@@ -274,6 +328,7 @@ async def main() -> None:
         "--first", choices=("alternate", "both", "hvcluster", "raw"), default="alternate",
         help="which path migrates the guest first (alternate: by cell; both: each order)",
     )  # fmt: skip
+    parser.add_argument("--repeat", type=int, default=1, help="samples of each cell (and order)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument(
         "--cache", type=Path, default=Path(os.environ.get("HVC_CACHE", DEFAULT_CACHE))
@@ -283,29 +338,32 @@ async def main() -> None:
     settings = MigrationSettings(timeout_s=args.timeout)  # the cluster's defaults otherwise
     cells: list[dict[str, Any]] = []
     started = time.time()
-    for memory in args.sizes:
-        for rate in args.rates:
-            orders = {
-                "alternate": [("hvcluster", "raw")[len(cells) % 2]],
-                "both": ["hvcluster", "raw"],
-            }.get(args.first, [args.first])
-            for first in orders:
-                load = os.getloadavg()[0]
-                c = await cell(image, args.cache, memory, rate, settings, first)
-                c["load_before"], c["load_after"] = load, os.getloadavg()[0]
-                cells.append(c)
-                print(f"  (QEMU measured the guest dirtying {c['dirty_measured_mib_s']:.0f} MiB/s)")
-                for path in ("hvcluster", "raw") if first == "hvcluster" else ("raw", "hvcluster"):
-                    print(row(c, path), flush=True)
-                results = {  # written after each cell: a run cut short keeps what it measured
-                    "settings": settings.model_dump(),
-                    "working_set_mib": SET_MIB,
-                    "first": args.first,
-                    "wall_s": time.time() - started,
-                    "cells": cells,
-                }
-                args.out.parent.mkdir(exist_ok=True)
-                args.out.write_text(json.dumps(results, indent=1) + "\n")
+    grid = [(m, r) for _ in range(args.repeat) for m in args.sizes for r in args.rates]
+    for memory, rate in grid:  # (repeats go round the whole grid: drift hits every cell)
+        orders = {
+            "alternate": [("hvcluster", "raw")[len(cells) % 2]],
+            "both": ["hvcluster", "raw"],
+        }.get(args.first, [args.first])
+        for first in orders:
+            load = os.getloadavg()[0]
+            c = await cell(image, args.cache, memory, rate, settings, first)
+            c["load_before"], c["load_after"] = load, os.getloadavg()[0]
+            cells.append(c)
+            print(f"  (QEMU measured the guest dirtying {c['dirty_measured_mib_s']:.0f} MiB/s)")
+            for path in ("hvcluster", "raw") if first == "hvcluster" else ("raw", "hvcluster"):
+                print(row(c, path), flush=True)
+            results = {  # written after each cell: a run cut short keeps what it measured
+                "settings": settings.model_dump(),
+                "working_set_mib": SET_MIB,
+                "first": args.first,
+                "wall_s": time.time() - started,
+                "cells": cells,
+                "summary": summary(cells),
+            }
+            args.out.parent.mkdir(exist_ok=True)
+            args.out.write_text(json.dumps(results, indent=1) + "\n")
+    for line in summary_lines(summary(cells)):
+        print(line)
     print(f"written {args.out}")
 
 
