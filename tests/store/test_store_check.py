@@ -117,7 +117,7 @@ def test_three_members_losing_one_then_quorum() -> None:
         asyncio.run(_put_retrying(cluster.endpoints, "/three/after-leader-died"))
         code, out = check("--endpoints", ",".join(cluster.endpoints), "--timeout", "1")
         assert code == 0, out
-        assert "refused" in out and leader.name in out  # killed: nothing listens
+        assert "refused" in out and leader.name in out, out  # killed: nothing listens
 
         other.kill()
 
