@@ -7,6 +7,7 @@ it, every node talking to the frozen member fenced itself although etcd had quor
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 
 import pytest
@@ -32,10 +33,12 @@ async def test_a_keepalive_moves_on_from_a_frozen_member(which: str) -> None:
         try:
             lease = await store.grant(10)
             await store.keepalive(lease.id, timeout=KEEPALIVE_S)  # talking to the first
-            leader = (await store.health()).leader
-            frozen = next(m for m in cluster if m.name == leader)
+            health = await store.health()
+            frozen = next(m for m in cluster if m.name == health.leader)
             if which == "first":
                 frozen = cluster.members[0]
+                if frozen.name == health.leader:  # else this would be the leader case
+                    await _hand_leadership_away(store, cluster, frozen.name)
             frozen.pause()
             try:
                 paused = time.monotonic()
@@ -59,6 +62,28 @@ async def test_a_keepalive_moves_on_from_a_frozen_member(which: str) -> None:
                 frozen.resume()
         finally:
             await store.close()
+
+
+async def _hand_leadership_away(store: EtcdStore, cluster: EtcdCluster, name: str) -> None:
+    """etcd's own ``move-leader`` to another member, waited for."""
+    health = await store.health()
+    heir = next(m for m in health.members if m.name != name)
+    leader = next(m for m in cluster if m.name == name)
+    moving = await asyncio.create_subprocess_exec(
+        "etcdctl",
+        f"--endpoints={leader.endpoint}",
+        "move-leader",
+        f"{heir.id:x}",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, "ETCDCTL_API": "3"},
+    )
+    out, _ = await asyncio.wait_for(moving.communicate(), 10.0)
+    assert moving.returncode == 0, f"etcdctl move-leader: {out.decode()}"
+    deadline = time.monotonic() + 10.0
+    while (await store.health()).leader == name:
+        assert time.monotonic() < deadline, f"{name} still etcd's leader after move-leader"
+        await asyncio.sleep(0.1)
 
 
 @pytest.mark.timeout(60)
