@@ -194,6 +194,7 @@ async def cell(
             await asyncio.sleep(WARM_S)
             measured = await dirty_rate(drivers[0])
             if first == "hvcluster":
+                await asyncio.sleep(WARM_S / 2)  # as _let_go lets the raw path's guest settle
                 drivers.append(QemuDriver(work / "n2", qemu))
                 hvc = await hvc_path(drivers[0], drivers[1], spec, settings, 2)
                 holder = drivers[1 if hvc["converged"] else 0].run_dir
