@@ -1,10 +1,11 @@
-"""A memory store that counts its transactions: what batching writes must bring down."""
+"""Memory stores that count what is asked of them: what batching writes and watched caches
+must bring down."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from hvcluster.store.base import Compare, Delete, Get, Put, TxnResult
+from hvcluster.store.base import Compare, Delete, Get, Put, Range, TxnResult
 from hvcluster.store.memory_store import MemoryStore
 
 
@@ -21,3 +22,15 @@ class CountingStore(MemoryStore):
     ) -> TxnResult:
         self.txns += 1
         return await super().txn(compares, success, failure)
+
+
+class RangeCountingStore(MemoryStore):
+    """A memory store that records the prefix of every range (whole-prefix read) asked of it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ranged: list[str] = []
+
+    async def range(self, prefix: str, revision: int = 0) -> Range:
+        self.ranged.append(prefix)
+        return await super().range(prefix, revision)

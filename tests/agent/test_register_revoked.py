@@ -46,5 +46,6 @@ async def test_a_revoked_host_does_not_write_its_node_record_again() -> None:
         assert await agent.report_resources(agent.resources) is None
         assert await store.get(KEYS.node("n1")) is None
     finally:
+        agent.close()
         await driver.close()
         await store.close()

@@ -57,6 +57,7 @@ async def test_150_starts_of_one_round_take_a_few_transactions() -> None:
         await agent.cycle()
         assert store.txns == 0, "nothing to write in a steady round"
     finally:
+        agent.close()
         await driver.close()
         await store.close()
 
@@ -82,5 +83,6 @@ async def test_a_start_whose_lease_is_not_ours_writes_nothing() -> None:
         assert await driver.list() == []
         assert await store.get(KEYS.status("a")) is None
     finally:
+        agent.close()
         await driver.close()
         await store.close()

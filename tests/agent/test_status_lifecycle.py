@@ -47,6 +47,7 @@ async def setup() -> AsyncIterator[tuple[MemoryStore, SimDriver, NodeAgent]]:
     try:
         yield store, driver, agent
     finally:
+        agent.close()
         await driver.close()
         await store.close()
 

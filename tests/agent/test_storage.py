@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hvcluster.agent.disks import DiskBusy, DiskError, VolumeDisks
+from hvcluster.agent.disks import RESWEEP_S, DiskBusy, DiskError, VolumeDisks
 from hvcluster.agent.resources import HostResources, Resources
 from hvcluster.drivers.sim import SimDriver
 from hvcluster.host.network import MemoryLinks
@@ -20,6 +20,7 @@ from hvcluster.models.storage import MARKER, DiskDeletion, Switch, SwitchType, V
 from hvcluster.models.vm import Disk, VMSpec
 from hvcluster.store.keys import Keys
 from hvcluster.store.memory_store import MemoryStore
+from tests.counting import RangeCountingStore
 
 pytestmark = pytest.mark.timeout(30)
 KEYS = Keys("t")
@@ -170,13 +171,38 @@ async def test_disk_locks(store: MemoryStore) -> None:
     with pytest.raises(DiskBusy, match="locked by n1 db"):
         await n2.lock_ops(vm)
     # the sweep gives back what no longer runs here, and takes what runs without one
-    await n1.sweep(set(), {"db": vm})
+    await n1.sweep(set(), {"db": vm}, now=0.0)
     assert await store.get(key) is None
-    await n2.sweep({"db"}, {"db": vm})
+    await n2.sweep({"db"}, {"db": vm}, now=0.0)
     kv = await store.get(key)
     assert kv is not None and kv.value == b"n2 db"
-    await n1.sweep(set(), {"db": vm})  # not n1's to give back
+    await n1.sweep(set(), {"db": vm}, now=0.0)  # not n1's to give back
     assert await store.get(key) is not None
+
+
+async def test_a_sweep_reads_the_locks_again_on_a_change_a_refusal_or_after_a_while() -> None:
+    store = RangeCountingStore()
+    lease = (await store.grant(30)).id
+    n1 = VolumeDisks(store, KEYS, "n1", lambda: lease)
+    vm = spec(Disk(volume="csv1", path="a.qcow2"))
+    key = KEYS.lock("disk:csv1:a.qcow2")
+    await store.put(key, b"n2 db", lease=lease)  # another node's still
+    await n1.sweep({"db"}, {"db": vm}, now=0.0)
+    await n1.sweep({"db"}, {"db": vm}, now=1.0)  # not taken: tried again
+    assert len(store.ranged) == 2
+    await store.delete(key)
+    await n1.sweep({"db"}, {"db": vm}, now=2.0)
+    kv = await store.get(key)
+    assert kv is not None and kv.value == b"n1 db"
+    await n1.sweep({"db"}, {"db": vm}, now=3.0)  # settled: nothing read
+    assert len(store.ranged) == 3
+    await store.delete(key)  # (an admin's hand) taken again once RESWEEP_S have passed
+    await n1.sweep({"db"}, {"db": vm}, now=2.0 + RESWEEP_S - 0.1)
+    assert await store.get(key) is None
+    await n1.sweep({"db"}, {"db": vm}, now=2.0 + RESWEEP_S)
+    assert await store.get(key) is not None
+    await n1.sweep(set(), {"db": vm}, now=2.0 + RESWEEP_S + 1)  # a change: given back at once
+    assert await store.get(key) is None
 
 
 async def test_disks_of_a_deleted_vm_are_deleted_once_unlocked(

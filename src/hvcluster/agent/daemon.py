@@ -120,6 +120,8 @@ class Daemon:
             try:
                 await cancel_all(self.tasks)
             finally:
+                if self.agent is not None:
+                    self.agent.close()  # (its cache's watch: a task of its own)
                 try:
                     await live.stop()
                 finally:

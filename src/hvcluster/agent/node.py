@@ -37,7 +37,7 @@ from hvcluster.agent.rounds import carry_out
 from hvcluster.clock import SYSTEM, Clock
 from hvcluster.drivers.base import Driver, HostFacts
 from hvcluster.metrics import AgentMetrics
-from hvcluster.models.base import encode
+from hvcluster.models.base import Model, encode
 from hvcluster.models.config import ClusterConfig
 from hvcluster.models.errors import CorruptValue, DriverError, StoreError
 from hvcluster.models.event import Say
@@ -45,10 +45,10 @@ from hvcluster.models.lifecycle import VMState, vm_status_change
 from hvcluster.models.node import Node
 from hvcluster.models.vm import Placement, VMSpec, VMStatus
 from hvcluster.store.base import Compare, Put, Store, WatchEvent
+from hvcluster.store.cache import WatchedCache
 from hvcluster.store.follow import follow, run_cycles
 from hvcluster.store.keys import Keys
-from hvcluster.store.reads import DecodeCache, decode_kv, decode_one, read_kind
-from hvcluster.store.state import read_config
+from hvcluster.store.reads import decode_kv, decode_one
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,16 @@ class NodeIdentity:
     def migration_host(self) -> str:
         """Where this host's incoming migrations (QEMU's stream, NBD disks) listen."""
         return (self.migration_address or self.address).strip("[]")
+
+
+def cycle_prefixes(keys: Keys) -> dict[str, type[Model]]:
+    """What an agent's cycle reads: the cluster config, every VM, placement and status."""
+    return {
+        keys.config: ClusterConfig,
+        keys.prefix("vms"): VMSpec,
+        keys.prefix("placements"): Placement,
+        keys.prefix("status"): VMStatus,
+    }
 
 
 class NodeAgent:
@@ -114,12 +124,19 @@ class NodeAgent:
         self._shutting: dict[str, asyncio.Task[None]] = {}
         self.wake = asyncio.Event()
         self.cycles = 0
-        self.decoded = DecodeCache()
+        # What each cycle reads (the VMs, placements, statuses of the whole cluster, and its
+        # config): read once, then kept current by a watch (store/cache.py), so an agent does
+        # not read 8,000 VMs three times a second; each read is still the store as of then.
+        self.cache = WatchedCache(store, cycle_prefixes(keys), now=clock.now, sleep=clock.sleep)
         self.facts: HostFacts | None = None
         self.resources = Resources()  # switches and volumes, as agent/resources.py found them
         self.disks = VolumeDisks(store, keys, me.name, lease)
         self.disk_busy: dict[str, str] = {}  # vm -> why its disks are busy, said once
         self._refused: dict[str, str] = {}  # vm -> why its status was not written, logged once
+
+    def close(self) -> None:
+        """Stop the cache's watch (the agent stops; what it knows is dropped with it)."""
+        self.cache.cancel()
 
     # --- registration of the node record ---------------------------------------------
     async def register_node(self, facts: HostFacts | None = None) -> Node:
@@ -246,13 +263,15 @@ class NodeAgent:
     async def cycle(self) -> list[str]:
         """One pass; returns what it did, a sentence per action."""
         self.cycles += 1
-        decoded = self.decoded  # every key read, only what changed since decoded again
-        specs = await read_kind(self.store, self.keys, "vms", VMSpec, cache=decoded)
-        placements = await read_kind(self.store, self.keys, "placements", Placement, cache=decoded)
-        statuses = await read_kind(self.store, self.keys, "status", VMStatus, cache=decoded)
+        view = await self.cache.read()  # all at one revision, every write before it included
+        specs = view.decoded(self.keys.prefix("vms"), VMSpec)
+        placements = view.decoded(self.keys.prefix("placements"), Placement)
+        statuses = view.decoded(self.keys.prefix("status"), VMStatus)
         # Read each cycle: an admin's change of the local restart limits applies at once
         # (the timings stay as the agent started with them: see models/config.RESTART_NEEDED).
-        self.config, _ = await read_config(self.store, self.keys)
+        # A corrupt config: the defaults (the controller reports it).
+        config = view.decoded(self.keys.config, ClusterConfig).get("")
+        self.config = config or ClusterConfig(name=self.keys.cluster)
         local = {
             vm.name: LocalVM(vm.name, vm.state, vm.pid, vm.epoch, vm.since, vm.cpu_model, vm.reason)
             for vm in await self.driver.list()
@@ -296,7 +315,7 @@ class NodeAgent:
             for vm in await self.driver.list()
             if vm.state not in (VMState.STOPPED, VMState.FAILED)
         }
-        await self.disks.sweep(running, specs)
+        await self.disks.sweep(running, specs, self.clock.now())
 
     def _track_owned(self, seen: dict[str, SeenPlacement], local: dict[str, LocalVM]) -> None:
         self.owned = {
