@@ -13,8 +13,8 @@ watch event, or a failed record with the reason. Only after a flip commits does 
 resume the VM; a record left ``transferring`` by a source that died ends failed (the source
 is not alive: normal failover), never flipped.
 
-Drains: :func:`hvcluster.scheduler.drain.plan_drain` decides, this module creates the
-migration records and pauses the node when the drain is complete.
+Drains: :func:`hvcluster.scheduler.drain.plan_drain` decides, and each cycle runs a step of
+:class:`hvcluster.controller.drains.Drains` (the migration records, the node paused when done).
 
 It runs as its own loop while this agent leads, woken at once by a new request and, a
 moment later, by any other change under ``migrations/`` (those need no haste; the flip does
@@ -28,12 +28,12 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from hvcluster.controller.drains import Drains
 from hvcluster.controller.jobs import sweep_jobs
 from hvcluster.controller.notes import ControllerNotes
 from hvcluster.controller.retention import Retention
 from hvcluster.controller.view import build_snapshot
 from hvcluster.metrics import AgentMetrics
-from hvcluster.models.base import encode
 from hvcluster.models.errors import StoreError
 from hvcluster.models.event import Say
 from hvcluster.models.fit import not_up
@@ -44,22 +44,17 @@ from hvcluster.models.node import Node
 from hvcluster.models.storage import spec_on_volume
 from hvcluster.models.vm import Placement
 from hvcluster.scheduler.compat import move_blockers, vm_model
-from hvcluster.scheduler.drain import DrainDone, DrainMove, DrainStay, InFlight, plan_drain
 from hvcluster.scheduler.placement import Choice, Ledger, choose_node
 from hvcluster.scheduler.snapshot import ClusterSnapshot
-from hvcluster.store.base import Compare, Put, Store, WatchEvent
-from hvcluster.store.batches import Write
+from hvcluster.store.base import Compare, Store, WatchEvent
 from hvcluster.store.cache import WatchedCache
 from hvcluster.store.follow import follow, run_cycles
-from hvcluster.store.jobs import busy
 from hvcluster.store.keys import Keys
 from hvcluster.store.migrations import (
     ATTEMPTS,
     change_migration,
-    create_migrations,
     flip,
     moved_spec_ops,
-    new_migration,
     read_migrations,
 )
 from hvcluster.store.reads import DecodeCache, Decoded, Stored, decode_kv, read_kind, read_one
@@ -99,6 +94,7 @@ class MigrationCoordinator:
         self.cycles = 0  # cycles begun (tests wait on it: 'a later cycle did not retry')
         self._later: set[asyncio.Future[None]] = set()  # wake-ups soon, held while due
         self.retention = Retention(store, keys, say, clock)
+        self.drains = Drains(store, keys, say, clock, self.said)
         self.decoded = DecodeCache()  # its full reads decode only what changed since the last
 
     async def run(self, interval: float = 0.5) -> None:
@@ -180,7 +176,7 @@ class MigrationCoordinator:
             except Exception as e:
                 await self._advance_broke(rec, e)
         if any(n.admin_state is NodeAdminState.DRAINING for n in snapshot.nodes.values()):
-            await self._drain(state, snapshot, await read_migrations(self.store, self.keys))
+            await self.drains.step(state, snapshot, await read_migrations(self.store, self.keys))
 
     async def _guarded(self, what: str, step: Awaitable[None]) -> None:
         """Run a housekeeping ``step`` of the cycle: an unexpected exception in it is logged
@@ -422,83 +418,3 @@ class MigrationCoordinator:
                 f"vm/{rec.vm}",
                 f"migration {rec.id} of {rec.vm} from {rec.source} failed: {why}",
             )
-
-    # --- drains ----------------------------------------------------------------------
-    async def _drain(
-        self, state: ClusterState, snapshot: ClusterSnapshot, records: Decoded[Migration]
-    ) -> None:
-        in_flight = [
-            InFlight(r.value.vm, r.value.source, r.value.target)
-            for r in records.items.values()
-            if r.value.active
-        ]
-        failed_live: dict[str, str] = {}
-        stay: dict[str, str] = {}
-        for stored in sorted(records.items.values(), key=lambda s: s.value.created):
-            r = stored.value
-            node = snapshot.nodes.get(r.source)
-            if node is None or node.admin_state is not NodeAdminState.DRAINING:
-                continue
-            if r.requested_by != f"drain:{r.source}" or r.created < node.node.admin_since:
-                continue
-            if r.state is _M.CANCELLED:
-                stay[r.vm] = f"{r.vm} stays on {r.source}: its move was cancelled"
-            elif r.state is _M.FAILED and r.kind is MigrationKind.QUICK:
-                stay[r.vm] = f"{r.vm} stays on {r.source}: quick migration failed ({r.reason})"
-            elif r.state is _M.FAILED and not self._closed_since(snapshot, r.target):
-                failed_live[r.vm] = r.reason
-        decisions = plan_drain(snapshot, in_flight, failed_live, stay)
-        moves = [d for d in decisions if isinstance(d, DrainMove)]
-        made = await create_migrations(  # the step's moves in a few transactions
-            self.store, [self._drain_move(d, snapshot) for d in moves]
-        )
-        created = iter(made)  # in the decisions' order
-        for d in decisions:
-            match d:
-                case DrainMove():
-                    rec = next(created)
-                    if rec is not None:
-                        await self.say("drain.move", f"vm/{d.vm}", f"{d.reason} ({rec.id})")
-                    elif (why := await busy(self.store, self.keys, d.vm)) is not None and (
-                        self.said.get(f"vm/{d.vm}") != why  # it moves once that job ends
-                    ):
-                        self.said[f"vm/{d.vm}"] = why
-                        await self.say("drain.wait", f"vm/{d.vm}", f"{why}; drain waits")
-                case DrainStay():
-                    if self.said.get(f"vm/{d.vm}") != d.reason:
-                        self.said[f"vm/{d.vm}"] = d.reason
-                        await self.say("drain.stay", f"vm/{d.vm}", d.reason)
-                case DrainDone():
-                    if await self._pause(state, d.node, d.reason):
-                        await self.say("node.drained", f"node/{d.node}", d.reason)
-
-    @staticmethod
-    def _closed_since(snapshot: ClusterSnapshot, target: str) -> bool:
-        """A failed drain move's target now takes no VMs (paused, drained or quarantined,
-        perhaps while the move ran): the move is tried live again, elsewhere, rather than
-        by the quick fallback."""
-        node = snapshot.nodes.get(target)
-        return node is not None and not_up(node.node) is not None
-
-    def _drain_move(self, d: DrainMove, snapshot: ClusterSnapshot) -> tuple[Migration, Write]:
-        placement = snapshot.vms[d.vm].placement
-        epoch = placement.epoch if placement is not None else 0
-        by = f"drain:{d.node}"
-        return new_migration(self.keys, d.vm, d.node, d.target, epoch, d.kind, by, now=self.clock())
-
-    async def _pause(self, state: ClusterState, name: str, reason: str) -> bool:
-        stored = state.nodes.items.get(name)
-        if stored is None or stored.value.admin_state is not NodeAdminState.DRAINING:
-            return False
-        node: Node = stored.value.model_copy(
-            update={
-                "admin_state": NodeAdminState.PAUSED,
-                "admin_reason": reason,
-                "admin_since": self.clock(),
-            }
-        )
-        key = self.keys.node(name)
-        result = await self.store.txn(
-            [Compare.mod_is(key, stored.mod_revision)], [Put(key, encode(node))]
-        )
-        return result.succeeded
