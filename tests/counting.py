@@ -3,16 +3,27 @@ must bring down."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 from hvcluster.store.base import Compare, Delete, Get, Put, Range, TxnResult
+from hvcluster.store.clock import Now
 from hvcluster.store.memory_store import MemoryStore
 
 
 class CountingStore(MemoryStore):
-    """A memory store that counts the transactions it commits or refuses."""
+    """A memory store that counts the transactions it commits or refuses, and records the
+    prefix of every range (whole-prefix read) asked of it."""
 
     txns = 0
+
+    def __init__(self, clock: Now = time.monotonic) -> None:
+        super().__init__(clock)
+        self.ranged: list[str] = []
+
+    async def range(self, prefix: str, revision: int = 0) -> Range:
+        self.ranged.append(prefix)
+        return await super().range(prefix, revision)
 
     async def txn(
         self,
@@ -22,15 +33,3 @@ class CountingStore(MemoryStore):
     ) -> TxnResult:
         self.txns += 1
         return await super().txn(compares, success, failure)
-
-
-class RangeCountingStore(MemoryStore):
-    """A memory store that records the prefix of every range (whole-prefix read) asked of it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.ranged: list[str] = []
-
-    async def range(self, prefix: str, revision: int = 0) -> Range:
-        self.ranged.append(prefix)
-        return await super().range(prefix, revision)

@@ -17,13 +17,13 @@ from hvcluster.models.node import NodeAlive
 from hvcluster.models.vm import Placement, VMSpec
 from hvcluster.store.base import Put
 from hvcluster.store.keys import Keys
-from tests.counting import RangeCountingStore
+from tests.counting import CountingStore
 
 pytestmark = pytest.mark.timeout(60)
 KEYS = Keys("t")
 
 
-async def _place(store: RangeCountingStore, name: str, node: str) -> None:
+async def _place(store: CountingStore, name: str, node: str) -> None:
     spec = VMSpec(name=name, memory_mib=64)
     await store.txn(
         [],
@@ -35,8 +35,8 @@ async def _place(store: RangeCountingStore, name: str, node: str) -> None:
 
 
 @pytest.fixture
-async def agent_and_store() -> AsyncIterator[tuple[NodeAgent, RangeCountingStore, SimDriver]]:
-    store, driver = RangeCountingStore(), SimDriver()
+async def agent_and_store() -> AsyncIterator[tuple[NodeAgent, CountingStore, SimDriver]]:
+    store, driver = CountingStore(), SimDriver()
 
     async def say(kind: str, subject: str, reason: str) -> None:
         return None
@@ -60,7 +60,7 @@ async def agent_and_store() -> AsyncIterator[tuple[NodeAgent, RangeCountingStore
 
 
 async def test_a_cycle_after_the_first_reads_no_prefix_again(
-    agent_and_store: tuple[NodeAgent, RangeCountingStore, SimDriver],
+    agent_and_store: tuple[NodeAgent, CountingStore, SimDriver],
 ) -> None:
     agent, store, driver = agent_and_store
     await agent.cycle()
@@ -75,7 +75,7 @@ async def test_a_cycle_after_the_first_reads_no_prefix_again(
 
 
 async def test_a_config_change_applies_at_the_next_cycle_and_a_corrupt_one_means_defaults(
-    agent_and_store: tuple[NodeAgent, RangeCountingStore, SimDriver],
+    agent_and_store: tuple[NodeAgent, CountingStore, SimDriver],
 ) -> None:
     agent, store, _ = agent_and_store
     await agent.cycle()

@@ -20,7 +20,7 @@ from hvcluster.models.storage import MARKER, DiskDeletion, Switch, SwitchType, V
 from hvcluster.models.vm import Disk, VMSpec
 from hvcluster.store.keys import Keys
 from hvcluster.store.memory_store import MemoryStore
-from tests.counting import RangeCountingStore
+from tests.counting import CountingStore
 
 pytestmark = pytest.mark.timeout(30)
 KEYS = Keys("t")
@@ -181,7 +181,7 @@ async def test_disk_locks(store: MemoryStore) -> None:
 
 
 async def test_a_sweep_reads_the_locks_again_on_a_change_a_refusal_or_after_a_while() -> None:
-    store = RangeCountingStore()
+    store = CountingStore()
     lease = (await store.grant(30)).id
     n1 = VolumeDisks(store, KEYS, "n1", lambda: lease)
     vm = spec(Disk(volume="csv1", path="a.qcow2"))

@@ -49,6 +49,7 @@ from hvcluster.store.cache import WatchedCache
 from hvcluster.store.follow import follow, run_cycles
 from hvcluster.store.keys import Keys
 from hvcluster.store.reads import decode_kv, decode_one
+from hvcluster.store.state import config_from
 
 log = logging.getLogger(__name__)
 
@@ -270,8 +271,7 @@ class NodeAgent:
         # Read each cycle: an admin's change of the local restart limits applies at once
         # (the timings stay as the agent started with them: see models/config.RESTART_NEEDED).
         # A corrupt config: the defaults (the controller reports it).
-        config = view.decoded(self.keys.config, ClusterConfig).get("")
-        self.config = config or ClusterConfig(name=self.keys.cluster)
+        self.config = config_from(view, self.keys)
         local = {
             vm.name: LocalVM(vm.name, vm.state, vm.pid, vm.epoch, vm.since, vm.cpu_model, vm.reason)
             for vm in await self.driver.list()

@@ -77,11 +77,15 @@ def cluster_prefixes(keys: Keys) -> dict[str, type[Model]]:
     return found
 
 
+def config_from(view: CacheView, keys: Keys) -> ClusterConfig:
+    """The cluster config in a watched cache's view, or the defaults if absent or corrupt."""
+    return view.decoded(keys.config, ClusterConfig).get("") or ClusterConfig(name=keys.cluster)
+
+
 def cluster_from(view: CacheView, keys: Keys) -> ClusterState:
     """:func:`read_cluster`'s answer, from a watched cache's view (all at one revision)."""
-    settings = view.decoded(keys.config, ClusterConfig)
-    config = settings.get("") or ClusterConfig(name=keys.cluster)
-    corrupt = list(settings.corrupt)
+    config = config_from(view, keys)
+    corrupt = list(view.decoded(keys.config, ClusterConfig).corrupt)
     nodes = view.decoded(keys.prefix("nodes"), Node)
     alive = view.decoded(keys.prefix("alive"), NodeAlive)
     vms = view.decoded(keys.prefix("vms"), VMSpec)
