@@ -9,11 +9,11 @@ from __future__ import annotations
 import contextlib
 import os
 import pty
-import select
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -56,39 +56,58 @@ def hvc_env(lab: Lab, token: str) -> dict[str, str]:
 
 
 class Terminal:
-    """``hvc vm console`` in a pseudo-terminal, as a person runs it."""
+    """``hvc vm console`` in a pseudo-terminal, as a person runs it. What it shows is read
+    all the time (by a thread), as a terminal does: a console whose output nobody took would
+    block on its full pty and stop carrying keys too."""
 
     def __init__(self, argv: list[str], env: dict[str, str]) -> None:
         self.main, child = pty.openpty()
         self.proc = subprocess.Popen(argv, stdin=child, stdout=child, stderr=child, env=env)
         os.close(child)
         self.seen = b""
+        self.ended = False
+        self._changed = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                data = os.read(self.main, 4096)
+            except OSError:  # the process ended and its side of the pty closed
+                data = b""
+            with self._changed:
+                if not data:
+                    self.ended = True
+                self.seen += data
+                self._changed.notify_all()
+            if not data:
+                return
 
     def type(self, keys: bytes) -> None:
         os.write(self.main, keys)
 
     def until(self, marker: bytes, timeout: float = 30) -> bytes:
         deadline = time.monotonic() + timeout
-        while marker not in self.seen:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(
-                    f"no {marker!r} on the terminal; it shows {self.seen[-600:]!r}"
-                )
-            ready, _, _ = select.select([self.main], [], [], min(left, 0.5))
-            if ready:
-                try:
-                    self.seen += os.read(self.main, 4096)
-                except OSError:  # the process ended and its side of the pty closed
+        with self._changed:
+            while marker not in self.seen:
+                if self.ended:
                     raise AssertionError(
                         f"the console ended before {marker!r}: {self.seen[-600:]!r}"
-                    ) from None
-        return self.seen
+                    )
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(
+                        f"no {marker!r} on the terminal; it shows {self.seen[-600:]!r}"
+                    )
+                self._changed.wait(min(left, 0.5))
+            return self.seen
 
     def close(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+        self._reader.join(10)
         os.close(self.main)
 
 
@@ -113,7 +132,9 @@ def test_hvc_vm_console_answers_and_follows_a_live_migration(lab2: Lab, guest: s
         term.until(b"[hvc: the console of con-1 on n2]", timeout=90)
         term.type(b"echo HVC-MOVED-$((1+1))\r")
         term.until(b"HVC-MOVED-2")
-        assert "HVC-MOVED-2" in serial(lab, "n2", "con-1").read_text(errors="replace")
+        # QEMU writes the guest's output to the socket, then to serial.log: a moment later.
+        log = serial(lab, "n2", "con-1")
+        wait_for(lambda: "HVC-MOVED-2" in log.read_text(errors="replace"), 5, "serial.log")
 
         term.type(b"\x1d")  # ^]
         assert term.proc.wait(20) == 0
@@ -200,23 +221,47 @@ def failures(lab: Lab, name: str) -> int:
 
 
 def fail(lab: Lab, name: str, node: str, command: str) -> None:
-    """Type ``command`` on the guest's console (through ``node``'s agent) until its agent
-    says it failed (what is typed before the guest's shell has its serial port is lost, and
-    a fresh boot takes a while)."""
+    """Type ``command`` on the guest's console (through ``node``'s agent) once its shell
+    answers there (what is typed before the guest's shell has its serial port is lost, and a
+    fresh boot takes a while), until its agent says it failed."""
     before = failures(lab, name)
     argv = [sys.executable, "-m", "hvcluster", "vm", "console", name,
             "--api", lab.state.api_url(lab.state.node(node))]  # fmt: skip
     term = Terminal(argv, hvc_env(lab, lab.state.token))
     try:
         term.until(b"Escape key is '^]'")
-        for _ in range(30):
+        shell_answers(term, lambda: guest_said(lab, node, name))
+        for _ in range(6):
             term.type(f"{command}\r".encode())
             with contextlib.suppress(AssertionError):
-                wait_for(lambda: failures(lab, name) > before, 8, f"{name} failed")
+                wait_for(lambda: failures(lab, name) > before, 10, f"{name} failed")
                 return
-        raise AssertionError(f"{name} did not fail on {command}: {term.seen[-600:]!r}")
+        raise AssertionError(
+            f"{name} did not fail on {command}: the terminal shows {term.seen[-600:]!r}; "
+            f"{guest_said(lab, node, name)}; its events: {said_of(lab, name)[-8:]}"
+        )
     finally:
         term.close()
+
+
+def shell_answers(term: Terminal, context: Callable[[], str], within: float = 150) -> None:
+    """Type a line the guest's shell alone answers until it does."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        term.type(b"echo HVC-READY-$((20+1))\r")
+        with contextlib.suppress(AssertionError):
+            term.until(b"HVC-READY-21", timeout=5)
+            return
+    raise AssertionError(
+        f"the guest's shell did not answer on its console within {within:g} s: "
+        f"the terminal shows {term.seen[-600:]!r}; {context()}"
+    )
+
+
+def guest_said(lab: Lab, node: str, name: str) -> str:
+    log = serial(lab, node, name)
+    tail = log.read_bytes()[-600:] if log.exists() else b"(none)"
+    return f"its serial.log on {node} ends {tail!r}"
 
 
 CHROMIUM = Path("/usr/bin/chromium")
