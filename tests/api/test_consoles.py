@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -32,10 +33,30 @@ from tests.waiting import wait_for
 pytestmark = pytest.mark.timeout(60)
 
 
+class Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.seen: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.seen.append(
+            record.getMessage() + (f": {record.exc_info[1]!r}" if record.exc_info else "")
+        )
+
+
 @pytest.fixture
 async def agents(store: MemoryStore, tmp_path: Path) -> AsyncIterator[ConsoleAgents]:
+    """Two agents; what their servers log as errors fails the test. (Every refused
+    handshake was answered twice, the second raising in the server and logged there.)"""
+    errors = Records()
+    server_log = logging.getLogger("uvicorn.error")  # (uvicorn sets it up as it starts)
     async with console_agents(store, tmp_path, "n1", "n2") as a:
-        yield a
+        server_log.addHandler(errors)
+        try:
+            yield a
+        finally:
+            server_log.removeHandler(errors)
+    assert not errors.seen, f"the agents' servers logged errors: {errors.seen}"
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError, WebSocketRequestValidationError
@@ -33,6 +33,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import HTTPConnection
 from starlette.responses import Response
+from starlette.types import ExceptionHandler
 from starlette.websockets import WebSocket
 
 from hvcluster.models.errors import (
@@ -113,18 +114,21 @@ def _what(conn: HTTPConnection) -> str:
     return f"{method} {conn.url.path}"
 
 
-async def _answer(conn: HTTPConnection, response: JSONResponse) -> Response:
-    """``response`` for a request; a websocket's handshake is refused with it."""
-    if isinstance(conn, WebSocket):
-        try:
-            await conn.send_denial_response(response)
-        except RuntimeError:  # the server cannot answer a handshake with a response
-            await conn.close(1008, str(response.status_code))
-    return response
+async def _answer(conn: HTTPConnection, response: JSONResponse) -> Response | None:
+    """``response`` for a request, which Starlette sends; a websocket's handshake is refused
+    with it here, and nothing is returned: Starlette would send a returned response again,
+    a second answer to one handshake (the server raised on it, and logged it as an error)."""
+    if not isinstance(conn, WebSocket):
+        return response
+    try:
+        await conn.send_denial_response(response)
+    except RuntimeError:  # the server cannot answer a handshake with a response
+        await conn.close(1008, str(response.status_code))
+    return None
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    async def on_hvc_error(request: HTTPConnection, exc: Exception) -> Response:
+    async def on_hvc_error(request: HTTPConnection, exc: Exception) -> Response | None:
         assert isinstance(exc, HvcError)
         status = status_of(exc)
         if status == 500:
@@ -137,29 +141,35 @@ def install_error_handlers(app: FastAPI) -> None:
             response.headers["WWW-Authenticate"] = 'Bearer realm="hvcluster"'
         return await _answer(request, response)
 
-    async def on_validation(request: HTTPConnection, exc: Exception) -> Response:
+    async def on_validation(request: HTTPConnection, exc: Exception) -> Response | None:
         assert isinstance(
             exc, RequestValidationError | WebSocketRequestValidationError | ValidationError
         )
         message, field = describe_errors(exc.errors())
         return await _answer(request, error_response(422, message, field))
 
-    async def on_http(request: HTTPConnection, exc: Exception) -> Response:
+    async def on_http(request: HTTPConnection, exc: Exception) -> Response | None:
         assert isinstance(exc, HTTPException)
         message = str(exc.detail)
         if exc.status_code == 404 and message == "Not Found":
             message = f"no such API path: {_what(request)}"
         return await _answer(request, error_response(exc.status_code, message))
 
-    async def on_unexpected(request: HTTPConnection, exc: Exception) -> Response:
+    async def on_unexpected(request: HTTPConnection, exc: Exception) -> Response | None:
         log.exception("unhandled error on %s", _what(request))
         return await _answer(
             request, error_response(500, f"internal error: {type(exc).__name__}: {exc}")
         )
 
-    app.add_exception_handler(HvcError, on_hvc_error)
-    app.add_exception_handler(HTTPException, on_http)
-    app.add_exception_handler(RequestValidationError, on_validation)
-    app.add_exception_handler(WebSocketRequestValidationError, on_validation)
-    app.add_exception_handler(ValidationError, on_validation)
-    app.add_exception_handler(Exception, on_unexpected)
+    # Starlette calls each handler for requests and websockets alike, while its types tell
+    # the two apart (a response returned; None for a websocket): hence the casts.
+    handlers = [
+        (HvcError, on_hvc_error),
+        (HTTPException, on_http),
+        (RequestValidationError, on_validation),
+        (WebSocketRequestValidationError, on_validation),
+        (ValidationError, on_validation),
+        (Exception, on_unexpected),
+    ]
+    for kind, handler in handlers:
+        app.add_exception_handler(kind, cast(ExceptionHandler, handler))
