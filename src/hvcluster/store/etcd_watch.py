@@ -95,7 +95,7 @@ async def watch(
         conn.rotate()
         log.warning(
             "watch of %s interrupted (%s); resuming at revision %s",
-            prefix,
+            prefix or "every key",
             reason,
             next_rev or "now",
         )
