@@ -8,10 +8,15 @@ from __future__ import annotations
 
 import httpx
 
+from hvcluster.agent.node import cycle_prefixes
+from hvcluster.api import create_app
 from hvcluster.models.base import encode
 from hvcluster.models.config import AdmissionSettings, ClusterConfig
 from hvcluster.models.vm import Placement
+from hvcluster.store.cache import WatchedCache
 from hvcluster.store.memory_store import MemoryStore
+from tests.counting import CountingStore
+from tests.tokens import auth, make_token
 
 from .conftest import KEYS, add_node, kinds, spec
 
@@ -78,3 +83,31 @@ async def test_no_controller_no_balance_plan(store: MemoryStore, api: httpx.Asyn
     assert answer.status_code == 503
     assert "no controller answered the balance request" in answer.json()["error"]
     assert not (await store.range(KEYS.prefix("requests"))).kvs
+
+
+async def test_an_agents_api_counts_from_its_cache_with_the_same_answer() -> None:
+    """On an agent, the API reads the VMs and placements for the count from the agent's
+    watched cache (the same process), not from the store on each request; the answer is
+    the one a read of the store gives, a placement written just before included."""
+    said: dict[bool, list[str]] = {}
+    for cached in (False, True):
+        store = CountingStore()
+        cache = WatchedCache(store, cycle_prefixes(KEYS)) if cached else None
+        await _cluster(store, "warn")
+        headers = auth(await make_token(store, KEYS))
+        transport = httpx.ASGITransport(app=create_app(store, KEYS, "n1", cache=cache))
+        try:
+            async with httpx.AsyncClient(
+                transport=transport, base_url="http://api/api/v1", headers=headers
+            ) as api:
+                assert (await api.post("/vms", json=spec("db-1", memory_mib=3000))).is_success
+                await store.put(KEYS.placement("db-1"), encode(Placement(node="n1", epoch=1)))
+                store.got.clear()
+                second = await api.post("/vms", json=spec("db-2", memory_mib=3000))
+                assert second.status_code == 201, second.text
+                said[cached] = second.json()["warnings"]
+                assert (KEYS.prefix("vms") in store.got) is not cached, (cached, store.got)
+        finally:
+            if cache is not None:
+                await cache.close()
+    assert said[True] == said[False] and said[True][0].startswith("admission control: with db-2")

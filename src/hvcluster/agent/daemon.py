@@ -312,6 +312,7 @@ class Daemon:
             self.metrics,
             local_console(self.driver),
             self.clock.wall,
+            self.agent.cache if self.agent is not None else None,
         )
         install_dashboard(app)  # the web dashboard at / (hvcluster.web), same port and tokens
         server = _ApiServer(

@@ -44,6 +44,7 @@ from hvcluster.models.lifecycle import NodeAdminState
 from hvcluster.models.node import Node
 from hvcluster.models.vm import Placement, VMSpec, VMStatus
 from hvcluster.store.base import Store
+from hvcluster.store.cache import WatchedCache
 from hvcluster.store.keys import Keys
 from hvcluster.store.reads import read_snapshot
 
@@ -110,12 +111,15 @@ def create_app(
     agent_metrics: AgentMetrics | None = None,
     local_console: consoles.LocalConsole | None = None,
     now: Callable[[], float] = time.time,
+    cache: WatchedCache | None = None,
 ) -> FastAPI:
     """The API of the agent ``node`` over ``store``. The caller owns the store (and closes it).
     ``peers``: how to reach other agents' APIs (default: plain http); ``agent_metrics``: what
     the agent measures of itself, served at ``/metrics`` (default: a registry of its own);
     ``local_console``: where this node's VMs' consoles are (the agent's driver; None: this API
-    bridges none itself); ``now``: the cluster's wall clock (a simulation's virtual one)."""
+    bridges none itself); ``now``: the cluster's wall clock (a simulation's virtual one);
+    ``cache``: the agent's watched cache (``agent/node.cycle_prefixes``), read instead of the
+    store for the whole cluster on a request's path."""
     app = FastAPI(
         title="hvcluster",
         version=__version__,
@@ -130,6 +134,7 @@ def create_app(
         peers=peers or PeerApi(),
         metrics=agent_metrics or AgentMetrics(node),
         now=now,
+        cache=cache,
     )
     app.state.consoles = consoles.Consoles(local_console)
     install_error_handlers(app)

@@ -33,7 +33,7 @@ from hvcluster.models.usage import BalanceAnswer, BalanceRequest
 from hvcluster.models.vm import Placement, VMSpec
 from hvcluster.store.base import Delete
 from hvcluster.store.reads import read_one, read_snapshot
-from hvcluster.store.state import read_config
+from hvcluster.store.state import config_from, read_config
 
 router = APIRouter(prefix="/cluster", tags=["cluster"])
 
@@ -100,12 +100,21 @@ class CapacityView(View):
 async def cluster_load(
     ctx: ApiContext,
 ) -> tuple[ClusterConfig, list[Node], dict[str, list[VMSpec]]]:
-    """The config, the open nodes (alive and up) and, by node, the VMs placed there."""
-    snap = await read_snapshot(ctx.store, ctx.keys, ("nodes", "alive", "vms", "placements"))
-    config, _ = await read_config(ctx.store, ctx.keys)
+    """The config, the open nodes (alive and up) and, by node, the VMs placed there. The
+    VMs and placements from the agent's cache when the API has one (decoded once, kept
+    current by its watch: at 8,000 VMs, reading and decoding them took 0.5 s a request)."""
+    if ctx.cache is None:
+        snap = await read_snapshot(ctx.store, ctx.keys, ("nodes", "alive", "vms", "placements"))
+        config, _ = await read_config(ctx.store, ctx.keys)
+        specs = (await snap.decoded(VMSpec, "vms", ctx.corrupt)).by_name()
+        placements = await snap.decoded(Placement, "placements", ctx.corrupt)
+    else:
+        view = await ctx.cache.read()
+        snap = await read_snapshot(ctx.store, ctx.keys, ("nodes", "alive"))
+        config = config_from(view, ctx.keys)
+        specs = view.decoded(ctx.keys.prefix("vms"), VMSpec).by_name()
+        placements = view.decoded(ctx.keys.prefix("placements"), Placement)
     nodes = await snap.decoded(Node, "nodes", ctx.corrupt)
-    specs = (await snap.decoded(VMSpec, "vms", ctx.corrupt)).by_name()
-    placements = await snap.decoded(Placement, "placements", ctx.corrupt)
     alive = snap.names("alive")
     open_nodes = [
         n.value

@@ -22,6 +22,7 @@ from hvcluster.models.errors import CorruptValue, InvalidInput, StoreError
 from hvcluster.models.event import Event
 from hvcluster.models.names import check_name
 from hvcluster.store.base import Store
+from hvcluster.store.cache import WatchedCache
 from hvcluster.store.events import EventLog
 from hvcluster.store.keys import Keys
 from hvcluster.store.reads import CorruptReporter
@@ -63,6 +64,10 @@ class ApiContext:
     # virtual one there, so that what the API stamps (a node's admin_since, which the
     # controller compares its migrations' times with) reads on the same clock.
     now: Callable[[], float] = time.time
+    # This agent's own watched cache of the config, VMs, placements and statuses (the node
+    # agent's: the same process), for the reads of the whole cluster on a request's path
+    # (admission control); None: read from the store.
+    cache: WatchedCache | None = None
     log: EventLog = field(init=False)  # the writer: every change this API makes is logged
     corrupt: CorruptReporter = field(init=False)
 
