@@ -121,12 +121,13 @@ def test_hvc_vm_console_answers_and_follows_a_live_migration(lab2: Lab, guest: s
         term.until(b"Escape key is '^]'")
         # Only the guest's shell computes 42. What is typed before its shell opened the serial
         # port is lost (the guest's UART drops it at startup): typed again until answered.
-        for _ in range(12):
-            term.type(b"echo HVC-ANSWER-$((40+2))\r")
-            with contextlib.suppress(AssertionError):
-                term.until(b"HVC-ANSWER-42", timeout=5)
-                break
-        term.until(b"HVC-ANSWER-42", timeout=1)
+        shell_answers(
+            term,
+            lambda: guest_said(lab, "n1", "con-1"),
+            within=60,
+            line=b"echo HVC-ANSWER-$((40+2))\r",
+            answer=b"HVC-ANSWER-42",
+        )
 
         migrate(lab, "con-1", "n2", "live")
         term.until(b"[hvc: the console of con-1 on n2]", timeout=90)
@@ -244,13 +245,19 @@ def fail(lab: Lab, name: str, node: str, command: str) -> None:
         term.close()
 
 
-def shell_answers(term: Terminal, context: Callable[[], str], within: float = 150) -> None:
-    """Type a line the guest's shell alone answers until it does."""
+def shell_answers(
+    term: Terminal,
+    context: Callable[[], str],
+    within: float = 150,
+    line: bytes = b"echo HVC-READY-$((20+1))\r",
+    answer: bytes = b"HVC-READY-21",
+) -> None:
+    """Type ``line``, which the guest's shell alone answers with ``answer``, until it does."""
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
-        term.type(b"echo HVC-READY-$((20+1))\r")
+        term.type(line)
         with contextlib.suppress(AssertionError):
-            term.until(b"HVC-READY-21", timeout=5)
+            term.until(answer, timeout=5)
             return
     raise AssertionError(
         f"the guest's shell did not answer on its console within {within:g} s: "
