@@ -113,6 +113,11 @@ async def test_a_bug_in_a_disk_move_fails_that_move_and_the_vm_keeps_its_disk(
     assert (
         failed.reason == "unexpected error on n1: RuntimeError: move_disk of db: mirror went away"
     )
+
+    async def said_failed() -> bool:  # (the record fails first, then its event is written)
+        return bool(await cluster.event_list("storage.move_failed", "vm/db"))
+
+    await cluster.wait_for(said_failed, 5, "the storage.move_failed event")
     [said] = await cluster.event_list("storage.move_failed", "vm/db")
     assert "mirror went away" in said.reason
     await cluster.worker_cycles("n1")
