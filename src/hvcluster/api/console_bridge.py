@@ -27,6 +27,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
 from hvcluster.models.errors import Conflict, Forbidden, HvcError, NotFound, Unauthenticated
+from hvcluster.tasks import cancel_all
 
 CHUNK = 64 * 1024
 SERIAL_BACKLOG = 1024 * 1024  # bytes of serial output held for a slow client, at most
@@ -194,12 +195,9 @@ async def pump(websocket: WebSocket, backend: Backend) -> bool:
     from_client = asyncio.create_task(_from_client(websocket, backend))
     try:
         done, _ = await asyncio.wait({to_client, from_client}, return_when=asyncio.FIRST_COMPLETED)
-    finally:  # (also when this is cancelled: neither side is left running)
-        for task in (to_client, from_client):
-            task.cancel()
-        for task in (to_client, from_client):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+    finally:  # (also when this is cancelled: neither side is left running, and the
+        # cancellation is not swallowed while waiting for them: see hvcluster.tasks)
+        await cancel_all([to_client, from_client])
     return any(task.result() for task in done)
 
 

@@ -65,6 +65,7 @@ from hvcluster.models.lifecycle import VMState
 from hvcluster.models.node import Node
 from hvcluster.models.vm import Placement, VMSpec, VMStatus
 from hvcluster.store.reads import read_value
+from hvcluster.tasks import cancel_all
 
 # Where this agent finds a console of a VM it runs: the socket, or None if it does not run
 # the VM (the agent asks its driver). It raises Conflict when the VM has no such console.
@@ -141,12 +142,8 @@ async def until_revoked(
     checked = asyncio.create_task(_invalid(ctx, every_s))
     try:
         done, _ = await asyncio.wait({bridged, checked}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in (bridged, checked):
-            task.cancel()
-        for task in (bridged, checked):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+    finally:  # (a cancellation of ours is not swallowed while they stop: hvcluster.tasks)
+        await cancel_all([bridged, checked])
     if checked in done:
         await close(websocket, CLOSE_REVOKED, checked.result())
 
@@ -232,9 +229,7 @@ async def follow(
             await asyncio.wait({left}, timeout=POLL_S)
         return None
     finally:
-        left.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await left
+        await cancel_all([left])
 
 
 async def _client_leaves(websocket: WebSocket) -> None:
